@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` and `make test` (README).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU torch wheel first, so no range below pulls a CUDA build
+	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.3,<2.14"
+	$(BIN)/pip install -q -e ".[web,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tiltflow demo-data $(DEMO_DIR)/data --force
+	$(BIN)/tiltflow workflow run tutorial -p $(DEMO_DIR)/project --set import-movies.files=$(DEMO_DIR)/data --fresh
+	$(BIN)/tiltflow show -p $(DEMO_DIR)/project
+	@echo "Browse the results: $(BIN)/tiltflow view -p $(DEMO_DIR)/project"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)

@@ -1,0 +1,1 @@
+"""tiltflow.distributed."""
