@@ -1,1 +1,3 @@
-"""tiltflow.workflow.steps."""
+"""The built-in steps; importing this package registers them."""
+
+from tiltflow.workflow.steps import import_movies, import_tilt_series  # noqa: F401

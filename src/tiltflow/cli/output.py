@@ -1,0 +1,42 @@
+"""Printing helpers for the CLI: short rich summaries, JSON, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, is_dataclass
+from typing import Any, NoReturn
+
+from rich.console import Console
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(lines: list[str], code: int = 2) -> NoReturn:
+    for line in lines:
+        err_console.print(f"[bold red]error:[/] {line}", markup=True)
+    sys.exit(code)
+
+
+def to_jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: to_jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def echo_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False) + "\n")
+
+
+def print_run(store: Any, run: Any, *, elapsed: float | None = None, warnings: list[str] = ()) -> None:
+    took = f" in {elapsed:.1f} s" if elapsed is not None else ""
+    console.print(f"run {run.id} [bold]{run.step}[/] {run.status}{took}", markup=True)
+    for out in store.outputs(run.id):
+        console.print(f"  {out.pointer}: {out.summary}", markup=False)
+    for w in warnings:
+        console.print(f"  [yellow]warning:[/] {w}", markup=True)

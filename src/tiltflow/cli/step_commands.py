@@ -1,0 +1,105 @@
+"""Command-line commands generated from step declarations (one per step)."""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+import typing
+from typing import Any, Literal
+
+import click
+
+from tiltflow.cli.output import echo_json, fail, print_run
+from tiltflow.workflow.steps.base import Step
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _option_for(name: str, field: Any) -> click.Option:
+    extra = field.json_schema_extra or {}
+    flag = extra.get("cli") or "--" + name.replace("_", "-")
+    ann = _unwrap_optional(field.annotation)
+    origin = typing.get_origin(ann)
+    help_text = field.description or ""
+    required = field.is_required()
+    default = None if required else field.default
+    if ann is bool:
+        return click.Option([f"{flag}/--no-{flag[2:]}", name], default=default, show_default=True, help=help_text)
+    if origin is Literal:
+        return click.Option([flag, name], type=click.Choice([str(a) for a in typing.get_args(ann)]),
+                            default=default, show_default=True, required=required, help=help_text)
+    if origin is list:
+        (inner,) = typing.get_args(ann) or (str,)
+        return click.Option([flag, name], multiple=True, type=inner, default=default or (), help=help_text)
+    if origin is tuple:
+        args = typing.get_args(ann)
+        return click.Option([flag, name], nargs=len(args), type=args[0], default=default, show_default=True,
+                            required=required, help=help_text)
+    ptype = {float: float, int: int, str: str}.get(ann, str)
+    return click.Option([flag, name], type=ptype, default=default, show_default=default is not None,
+                        required=required, help=help_text)
+
+
+COMMON_OPTIONS = [
+    click.Option(["-p", "--project", "project"], default=".", show_default=True, help="Project folder (created if missing)."),
+    click.Option(["--json", "as_json"], is_flag=True, help="Print machine-readable output."),
+    click.Option(["--skip-bad", "skip_bad"], is_flag=True, help="Report and skip bad series/movies instead of failing."),
+    click.Option(["--device", "device"], type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                 help="Where the heavy math runs."),
+    click.Option(["--label", "label"], default=None, help="A label for this run."),
+]
+
+
+def make_step_command(step: Step) -> click.Command:
+    fields = step.params.model_fields
+    params: list[click.Parameter] = [_option_for(name, f) for name, f in fields.items()]
+    for spec in step.inputs:
+        params.append(click.Option([f"--{spec.name}", f"input__{spec.name}"], required=not spec.optional,
+                                   help=f"{spec.help} (RUN_ID or RUN_ID.outputName; {' or '.join(spec.types)})"))
+    params.extend(COMMON_OPTIONS)
+
+    def callback(**kwargs: Any) -> None:
+        from tiltflow.workflow.errors import InputError, ProjectError
+        from tiltflow.workflow.runner import run_step
+        from tiltflow.workflow.store import ProjectStore
+
+        inputs = {k[len("input__"):]: v for k, v in kwargs.items() if k.startswith("input__")}
+        values = {k: v for k, v in kwargs.items() if k in fields}
+        values = {k: (list(v) if isinstance(v, tuple) and typing.get_origin(_unwrap_optional(fields[k].annotation)) is list else v)
+                  for k, v in values.items() if v is not None}
+        options = {"skip_bad": kwargs["skip_bad"], "device": kwargs["device"]}
+        try:
+            store = ProjectStore(kwargs["project"])
+            t0 = time.time()
+            run = run_step(store, step.id, values, inputs, options=options, label=kwargs["label"])
+        except (InputError, ProjectError) as err:
+            fail(getattr(err, "problems", [str(err)]), code=2)
+        except KeyboardInterrupt:
+            fail(["interrupted — resume with the same command and --continue"], code=130)
+        except Exception as err:  # the run is marked failed; its log has the traceback
+            fail([f"{step.id} failed: {type(err).__name__}: {err} (see the run's run.log)"], code=1)
+        if kwargs["as_json"]:
+            echo_json(run_summary_json(store, run.id))
+        else:
+            print_run(store, run, elapsed=time.time() - t0, warnings=options.get("warnings", []))
+
+    return click.Command(step.id, params=params, callback=callback, help=step.help + "\n\n" + step.title,
+                         short_help=step.title)
+
+
+def run_summary_json(store: Any, run_id: int) -> dict:
+    run = store.run(run_id)
+    return {"id": run.id, "step": run.step, "status": run.status,
+            "outputs": {o.name: {"pointer": o.pointer, "type": o.type, "summary": o.summary}
+                        for o in store.outputs(run.id)}}
+
+
+_ = sys  # keep import for debugging hooks

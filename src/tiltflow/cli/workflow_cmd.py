@@ -1,0 +1,94 @@
+"""``tiltflow workflow run|export|template``."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from tiltflow.cli.output import console, echo_json, fail
+
+
+@click.group("workflow")
+def workflow_group() -> None:
+    """Run a whole chain from a workflow file (or a built-in template), or save the project's chain."""
+
+
+@workflow_group.command("run")
+@click.argument("source")
+@click.option("-p", "--project", default=".", show_default=True, help="Project folder (created if missing).")
+@click.option("--set", "overrides", multiple=True, help="Override a parameter: STEP.PARAM=VALUE.")
+@click.option("--fresh", is_flag=True, help="Start from an empty project (removes the folder's project first).")
+@click.option("--skip-bad", is_flag=True, help="Skip bad series instead of failing.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def run_command(source, project, overrides, fresh, skip_bad, device, as_json) -> None:
+    """Run SOURCE (a workflow JSON file, a Scipion workflow JSON, or a template name such as 'tutorial').
+
+    Example: tiltflow workflow run tutorial -p P --set import-movies.files=/data/session
+    """
+    import shutil
+    from pathlib import Path
+
+    from tiltflow.workflow.errors import InputError, ProjectError
+    from tiltflow.workflow.store import DB_NAME, ProjectStore
+    from tiltflow.workflow.workflow_file import apply_overrides, load_workflow, run_workflow
+
+    try:
+        wf = load_workflow(source)
+        apply_overrides(wf, list(overrides))
+        root = Path(project)
+        if fresh and (root / DB_NAME).exists():
+            for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+                (root / name).unlink(missing_ok=True)
+            shutil.rmtree(root / "runs", ignore_errors=True)
+        store = ProjectStore(root)
+        t0 = time.time()
+
+        def on_step(s, run):
+            if not as_json:
+                took = (run.ended or time.time()) - (run.started or t0)
+                console.print(f"[{s.id}] run {run.id} {run.step} {run.status} in {took:.1f} s", markup=False)
+                for o in store.outputs(run.id):
+                    console.print(f"    {o.pointer}: {o.summary}", markup=False)
+
+        runs = run_workflow(store, wf, options={"skip_bad": skip_bad, "device": device}, on_step=on_step)
+    except (InputError, ProjectError) as err:
+        fail(getattr(err, "problems", [str(err)]))
+    except Exception as err:
+        fail([f"workflow failed: {type(err).__name__}: {err}"], code=1)
+    if as_json:
+        echo_json({sid: {"id": r.id, "step": r.step, "status": r.status} for sid, r in runs.items()})
+    else:
+        console.print(f"workflow '{wf.name}' finished in {time.time() - t0:.1f} s", markup=False)
+
+
+@workflow_group.command("export")
+@click.option("-p", "--project", default=".", show_default=True)
+def export_command(project) -> None:
+    """Print the project's chain of finished runs as a workflow file (JSON)."""
+    from tiltflow.workflow.errors import ProjectError
+    from tiltflow.workflow.store import ProjectStore
+    from tiltflow.workflow.workflow_file import export_workflow
+
+    try:
+        echo_json(export_workflow(ProjectStore(project, create=False)).to_json())
+    except ProjectError as err:
+        fail([str(err)])
+
+
+@workflow_group.command("template")
+@click.argument("name", required=False)
+def template_command(name) -> None:
+    """Print a built-in template (or list them)."""
+    from tiltflow.workflow.errors import InputError
+    from tiltflow.workflow.workflow_file import load_workflow, template_names
+
+    if not name:
+        for t in template_names():
+            console.print(t)
+        return
+    try:
+        echo_json(load_workflow(name).to_json())
+    except InputError as err:
+        fail(err.problems)

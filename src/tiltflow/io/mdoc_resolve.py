@@ -1,0 +1,214 @@
+"""Helpers of the mdoc reader that turn written values into meaning: dates, dose, tilt axis,
+movie files and series ids. No error classes here: callers in ``mdoc.py`` word the messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import re
+from pathlib import Path, PureWindowsPath
+
+_MONTHS = {m: i for i, m in enumerate(
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)}
+_DATETIME = re.compile(r"^(\d{1,4})-([A-Za-z]{3})-(\d{1,4})\s+(\d{1,2}):(\d{1,2}):(\d{1,2})$")
+# Tomo5 movie names: <Position>_<NNN acquisition index>_<nominal angle>_<yyyymmdd>_<hhmmss><suffix>
+_TOMO5_MOVIE = re.compile(
+    r"^(?P<prefix>.+?_(?P<index>\d+)_)(?P<angle>[-+]?\d+(?:\.\d+)?)_(?P<date>\d{8})_(?P<time>\d{6})"
+    r"(?P<suffix>(?:_[A-Za-z]+)?\.[A-Za-z0-9]+)$")
+# per-movie (FrameSet) mdoc names: <tsId>_<NNN index>_<angle with a decimal point>[_Mon08_07.39.05]
+_PER_MOVIE_STEM = re.compile(
+    r"^(?P<ts>.+?)_\d{3,}_[-+]?\d+\.\d+(?:_[A-Za-z]{3}\d{2}_\d{2}\.\d{2}\.\d{2})?$")
+_MOVIE_EXTS = (".mrc", ".st", ".mrcs", ".tif", ".tiff", ".eer", ".ali")
+
+
+def parse_datetime(text: str, *, year_first: bool) -> dt.datetime | None:
+    """``DD-Mon-YY(YY)  HH:MM:SS`` (SerialEM) or, ``year_first``, ``YY-Mon-DD`` (Tomo5).
+
+    A 4-digit field is a year whatever ``year_first`` says. Returns None when it does not parse
+    or names no real date.
+    """
+    m = _DATETIME.match(" ".join(text.split()))
+    if m is None or m.group(2).lower() not in _MONTHS:
+        return None
+    a, b = m.group(1), m.group(3)
+    if len(a) == 4 or (year_first and len(b) != 4):
+        year, day = a, b
+    else:
+        year, day = b, a
+    y = int(year) + (2000 if len(year) <= 2 else 0)
+    try:
+        return dt.datetime(y, _MONTHS[m.group(2).lower()], int(day),
+                           int(m.group(4)), int(m.group(5)), int(m.group(6)))
+    except ValueError:
+        return None
+
+
+def parse_datetimes(texts: list[str | None], *, tomo5: bool, now: dt.datetime | None = None
+                    ) -> tuple[list[dt.datetime | None], str | None]:
+    """Parse every ``DateTime`` of one series with one reading (tomo5: year first).
+
+    A reading is sane when every given date parses, lies after 1990 and not in the future; when
+    the preferred one is not and the other is, the other is used and a warning returned.
+    """
+    now = now or dt.datetime.now()
+    given = [t for t in texts if t and t.strip()]
+
+    def reading(year_first: bool) -> list[dt.datetime | None] | None:
+        out = [parse_datetime(t, year_first=year_first) if t and t.strip() else None
+               for t in texts]
+        sane = all(d is not None and dt.datetime(1990, 1, 1) <= d <= now + dt.timedelta(days=2)
+                   for d, t in zip(out, texts) if t and t.strip())
+        return out if sane else None
+
+    preferred, other = reading(tomo5), reading(not tomo5)
+    if preferred is not None or not given:
+        return preferred or [None] * len(texts), None
+    if other is not None:
+        names = ("YY-Mon-DD (Tomo5)", "DD-Mon-YY (SerialEM)")
+        return other, (f"DateTime read as {names[int(tomo5)]}: the {names[int(not tomo5)]} "
+                       f"reading gives impossible dates (e.g. '{given[0].strip()}')")
+    return [None] * len(texts), (f"DateTime not understood (e.g. '{given[0].strip()}'); "
+                                 "acquisition order taken from the section order")
+
+
+def frame_doses_sum(text: str) -> float:
+    """``FrameDosesAndNumber = d1 n1  d2 n2 ...`` -> sum(d_i * n_i) (e/Å²). Raises ValueError."""
+    tokens = [float(t) for t in text.split()]
+    if len(tokens) % 2:
+        raise ValueError("needs pairs of 'dose count'")
+    return sum(d * n for d, n in zip(tokens[::2], tokens[1::2]))
+
+
+def dose_from_rate(dose_rate: float | None, exposure_time_s: float | None,
+                   pixel_size_a: float | None, binning: float | None) -> float | None:
+    """``DoseRate`` (e/unbinned px/s) x ``ExposureTime`` (s) / (unbinned pixel size Å)², or None.
+
+    Unbinned pixel size = ``PixelSpacing / Binning`` (SerialEM: Binning 0.5 = super-resolution).
+    """
+    vals = (dose_rate, exposure_time_s, pixel_size_a, binning)
+    if any(v is None or not v > 0 for v in vals):
+        return None
+    unbinned_a = pixel_size_a / binning  # type: ignore[operator]
+    return dose_rate * exposure_time_s / unbinned_a**2  # type: ignore[operator]  # e/px/s*s/(Å/px)² = e/Å²
+
+
+def normalise_angle_deg(angle_deg: float) -> float:
+    """Map any angle into (-180, 180]."""
+    a = math.fmod(angle_deg, 360.0)
+    if a <= -180.0:
+        a += 360.0
+    elif a > 180.0:
+        a -= 360.0
+    return a
+
+
+def angle_difference_deg(a_deg: float, b_deg: float) -> float:
+    """Smallest absolute difference of two angles (degrees, 0..180)."""
+    return abs(normalise_angle_deg(a_deg - b_deg))
+
+
+_SERIALEM_AXIS = re.compile(r"Tilt\s+axis\s+angle\s*=\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)")
+_TOMO5_AXIS = re.compile(r"TiltAxisAngle\s*=\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)")
+
+
+def axis_from_titles(titles: list[str]) -> tuple[float | None, str | None]:
+    """The tilt-axis angle (DESIGN.md convention, degrees) from ``[T = ...]`` titles.
+
+    SerialEM ``Tilt axis angle = 85.3, ...`` -> 85.3; Tomo5 ``TiltAxisAngle = a`` -> ``-a - 90``.
+    Returns (angle or None, "serialem" / "tomo5" / None for the form found).
+    """
+    for title in titles:
+        for pattern, form in ((_TOMO5_AXIS, "tomo5"), (_SERIALEM_AXIS, "serialem")):
+            m = pattern.search(title)
+            if m is None:
+                continue
+            try:
+                a = float(m.group(1))
+            except ValueError:
+                continue
+            if math.isfinite(a):
+                return normalise_angle_deg(-a - 90.0 if form == "tomo5" else a), form
+    return None, None
+
+
+def movie_basename(sub_frame_path: str) -> str | None:
+    """Basename of a ``SubFramePath`` as written (Windows ``Z:\\a\\b.tif`` or POSIX paths)."""
+    name = PureWindowsPath(sub_frame_path.strip()).name
+    return name or None
+
+
+def nominal_angle_from_name(name: str) -> float | None:
+    """The nominal angle in a Tomo5 movie name ``<Pos>_<NNN>_<angle>_<yyyymmdd>_<hhmmss>...``."""
+    m = _TOMO5_MOVIE.match(name)
+    return float(m.group("angle")) if m else None
+
+
+def _listing(directory: Path, cache: dict[Path, list[str]]) -> list[str]:
+    if directory not in cache:
+        try:
+            cache[directory] = sorted(os.listdir(directory))
+        except OSError:
+            cache[directory] = []
+    return cache[directory]
+
+
+def resolve_movie(name: str, sub_frame_path: str, dirs: list[Path],
+                  cache: dict[Path, list[str]]) -> tuple[Path | None, str | None]:
+    """Find the movie ``name`` in ``dirs`` (first the mdoc's folder).
+
+    Tries, in order: the exact name; a relative ``SubFramePath`` below the first folder; the name
+    in any letter case (Tomo5 ``_fractions``/``_Fractions``); for Tomo5 names, the one file with
+    the same ``<Pos>_<NNN>_`` prefix and suffix (the nominal angle in the name may differ).
+    Returns (path or None, warning or None).
+    """
+    for d in dirs:
+        if (d / name).is_file():
+            return d / name, None
+    rel = sub_frame_path.strip().replace("\\", "/")
+    if dirs and rel and not rel.startswith("/") and ":" not in rel and (dirs[0] / rel).is_file():
+        return dirs[0] / rel, None
+    lower = name.lower()
+    m = _TOMO5_MOVIE.match(name)
+    for d in dirs:
+        files = _listing(d, cache)
+        same = [f for f in files if f.lower() == lower]
+        if len(same) == 1:
+            return d / same[0], None
+        if m is None:
+            continue
+        prefix, suffix = m.group("prefix").lower(), m.group("suffix").lower()
+        near = [f for f in files if f.lower().startswith(prefix) and f.lower().endswith(suffix)
+                and _TOMO5_MOVIE.match(f)]
+        if len(near) == 1:
+            return d / near[0], None
+        if len(near) > 1:
+            return None, (f"movie {name}: {len(near)} files in {d} start with "
+                          f"{m.group('prefix')} ({', '.join(near[:3])}) — cannot tell which")
+    return None, None
+
+
+def natural_key(text: str) -> list[object]:
+    """Sort key that orders embedded numbers by value (``a_2`` before ``a_10``)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def ts_id_from_name(file_name: str) -> str:
+    """``TS_01.mrc.mdoc`` -> ``TS_01``; per-movie ``TS_019_0000_8.0.mrc.mdoc`` -> ``TS_019``.
+
+    Drops ``.mdoc`` and a stack/movie extension, then a per-movie tail ``_<NNN>_<angle.d>``;
+    characters outside ``[A-Za-z0-9_.-]`` become ``_``.
+    """
+    stem = file_name
+    if stem.lower().endswith(".mdoc"):
+        stem = stem[: -len(".mdoc")]
+    for ext in _MOVIE_EXTS:
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    m = _PER_MOVIE_STEM.match(stem)
+    if m:
+        stem = m.group("ts")
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).strip(".")
+    return stem or "mdoc"

@@ -1,0 +1,131 @@
+"""Movie files: TIFF (LZW/zlib/none, any dtype), EER (TIFF-based, with fraction grouping), MRC.
+
+``read_movie_header`` reads headers only (fast, for import); ``read_movie_frames`` decodes.
+Every error is a :class:`MovieError` with one line naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+EER_SUFFIXES = (".eer",)
+MRC_SUFFIXES = (".mrc", ".mrcs")
+MOVIE_SUFFIXES = TIFF_SUFFIXES + EER_SUFFIXES + MRC_SUFFIXES
+
+
+class MovieError(ValueError):
+    """A movie that cannot be used; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class MovieHeader:
+    path: Path
+    format: str          # "tiff" | "eer" | "mrc"
+    n_frames: int        # stored frames (EER: fractions)
+    size: tuple[int, int]  # (nx, ny)
+    dtype: str
+
+
+def movie_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return "tiff"
+    if suffix in EER_SUFFIXES:
+        return "eer"
+    if suffix in MRC_SUFFIXES:
+        return "mrc"
+    raise MovieError(f"{path}: unknown movie format '{suffix}' — expected one of {', '.join(MOVIE_SUFFIXES)}")
+
+
+def _tiff_header(path: Path, fmt: str) -> MovieHeader:
+    import tifffile
+
+    size_on_disk = os.path.getsize(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = tif.pages
+            n = len(pages)
+            if n == 0:
+                raise MovieError(f"{path}: TIFF with no image pages — the file is empty or corrupt; re-copy it")
+            first = pages.first
+            last = pages[-1]
+            offsets = getattr(last, "dataoffsets", ()) or ()
+            counts = getattr(last, "databytecounts", ()) or ()
+            if offsets and counts and max(o + c for o, c in zip(offsets, counts)) > size_on_disk:
+                raise MovieError(f"{path}: truncated TIFF (last frame ends past the end of the file) — re-copy it")
+            ny, nx = first.shape[-2:]
+            dtype = str(first.dtype) if first.dtype is not None else "uint8"
+    except MovieError:
+        raise
+    except Exception as err:  # tifffile raises many kinds on corrupt files
+        raise MovieError(f"{path}: not a readable TIFF ({err}) — check the file is complete") from None
+    return MovieHeader(path, fmt, n, (int(nx), int(ny)), dtype)
+
+
+def _mrc_header(path: Path) -> MovieHeader:
+    import mrcfile
+
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            h = mrc.header
+            nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
+            mode = int(h.mode)
+            ext = int(h.nsymbt)
+    except Exception as err:
+        raise MovieError(f"{path}: not a readable MRC file ({err})") from None
+    itemsize = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2, 101: 0.5}.get(mode)
+    if itemsize is None:
+        raise MovieError(f"{path}: unsupported MRC mode {mode}")
+    need = 1024 + ext + int(nx * ny * nz * itemsize)
+    if os.path.getsize(path) < need:
+        raise MovieError(f"{path}: truncated MRC ({os.path.getsize(path)} bytes, header says {need}) — re-copy it")
+    dtype = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16", 101: "uint4"}[mode]
+    return MovieHeader(path, "mrc", nz, (nx, ny), dtype)
+
+
+def read_movie_header(path: Path | str) -> MovieHeader:
+    """Frames, size and dtype of a movie without decoding its pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise MovieError(f"{path}: movie not found — check --files and that the movies were copied")
+    fmt = movie_format(path)
+    return _mrc_header(path) if fmt == "mrc" else _tiff_header(path, fmt)
+
+
+def read_movie_frames(path: Path | str, *, eer_groups: int | None = None) -> np.ndarray:
+    """Decode a movie into ``(t, ny, nx)``; EER fractions are summed into ``eer_groups`` groups."""
+    path = Path(path)
+    header = read_movie_header(path)
+    try:
+        if header.format == "mrc":
+            import mrcfile
+
+            with mrcfile.open(path, permissive=True) as mrc:
+                data = np.asarray(mrc.data)
+            frames = data[None] if data.ndim == 2 else data
+        else:
+            import tifffile
+
+            frames = tifffile.imread(path)
+            if frames.ndim == 2:
+                frames = frames[None]
+    except MovieError:
+        raise
+    except Exception as err:
+        raise MovieError(f"{path}: cannot decode frames ({err}) — the file is corrupt or truncated") from None
+    if header.format == "eer" and eer_groups:
+        frames = group_frames(frames, eer_groups)
+    return frames
+
+
+def group_frames(frames: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum consecutive frames into ``n_groups`` groups (EER fractions -> frames); leftovers dropped."""
+    t = frames.shape[0]
+    per = max(t // max(n_groups, 1), 1)
+    n = t // per
+    return frames[: n * per].reshape(n, per, *frames.shape[1:]).sum(axis=1, dtype=np.float32)

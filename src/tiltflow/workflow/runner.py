@@ -1,0 +1,103 @@
+"""Run one step in a project: validate, create the run, call the step, register outputs atomically."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from tiltflow.workflow.errors import InputError, ProjectError
+from tiltflow.workflow.steps.base import Step, StepContext, get_step
+from tiltflow.workflow.store import ProjectStore, RunRecord
+
+
+def _validation_messages(step: Step, err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "parameters"
+        out.append(f"{step.id}: parameter '{loc}': {e['msg']}")
+    return out
+
+
+def _run_logger(run_dir: Path, run_id: int) -> logging.Logger:
+    log = logging.getLogger(f"tiltflow.run.{run_id}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return log
+
+
+def _close_logger(log: logging.Logger) -> None:
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+
+
+def run_step(
+    store: ProjectStore,
+    step_id: str,
+    params: dict[str, Any],
+    inputs: dict[str, str] | None = None,
+    *,
+    options: dict[str, Any] | None = None,
+    label: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> RunRecord:
+    """Run ``step_id`` and return its finished run.
+
+    Raises :class:`InputError` (project unchanged) for bad parameters, inputs or input files, and
+    re-raises other errors after marking the run failed (its log keeps the traceback).
+    """
+    step = get_step(step_id)
+    try:
+        p = step.params.model_validate(params)
+    except ValidationError as err:
+        raise InputError(_validation_messages(step, err)) from None
+    pointers = {k: str(v) for k, v in (inputs or {}).items() if v not in (None, "")}
+    loaded = {}
+    for spec in step.inputs:
+        if spec.name not in pointers:
+            if spec.optional:
+                continue
+            raise InputError(f"{step.id}: --{spec.name} is required (a RUN_ID or RUN_ID.outputName)")
+        try:
+            out = store.resolve(pointers[spec.name], spec.types)
+        except ProjectError as err:
+            raise InputError(str(err)) from None
+        pointers[spec.name] = out.pointer
+        loaded[spec.name] = store.load(out)
+    run = store.create_run(step.id, p.model_dump(mode="json"), pointers, label)
+    run_dir = store.root / (run.run_dir or "")
+    log = _run_logger(run_dir, run.id)
+    log.info("step %s, parameters %s, inputs %s", step.id, p.model_dump_json(), pointers)
+    ctx = StepContext(params=p, inputs=loaded, input_pointers=pointers, run_dir=run_dir,
+                      project_root=store.root, run_id=run.id, log=log, options=dict(options or {}),
+                      progress=progress or (lambda what, done, total: None), store=store)
+    try:
+        outputs = step.run(ctx)
+        store.finish_run(run.id, outputs)
+        log.info("finished: %s", {k: v.summary() for k, v in outputs.items()})
+    except InputError:
+        _close_logger(log)
+        store.delete_run(run.id)
+        raise
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        store.fail_run(run.id, "interrupted", status="interrupted")
+        _close_logger(log)
+        raise
+    except BaseException as err:
+        log.error("failed: %s\n%s", err, traceback.format_exc())
+        store.fail_run(run.id, f"{type(err).__name__}: {err}")
+        _close_logger(log)
+        raise
+    _close_logger(log)
+    return store.run(run.id)

@@ -1,0 +1,56 @@
+"""Helpers shared by steps: acquisition values with user overrides, bad-series handling."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.steps.base import StepContext
+
+
+def find_files(files_dir: Path, pattern: str, exclusion_words: Iterable[str] = ()) -> list[Path]:
+    """Files under ``files_dir`` matching the glob ``pattern`` (``{TS}`` reads as ``*``), sorted."""
+    if not files_dir.is_dir():
+        raise InputError(f"{files_dir}: folder not found — check --files")
+    glob = pattern.replace("{TS}", "*")
+    words = [w for w in exclusion_words if w]
+    found = sorted(p for p in files_dir.glob(glob) if p.is_file() and not any(w in p.name for w in words))
+    if not found:
+        raise InputError(f"{files_dir}: no file matches --pattern '{pattern}'"
+                         + (f" (after excluding {words})" if words else "") + " — check the pattern")
+    return found
+
+
+def ts_id_from_pattern(path: Path, pattern: str) -> str | None:
+    """The ``{TS}`` part of a file name matched by ``pattern``, or None when the pattern has no {TS}."""
+    if "{TS}" not in pattern:
+        return None
+    name_pattern = Path(pattern).name
+    regex = "^" + re.escape(name_pattern).replace(r"\{TS\}", "(?P<ts>.+?)").replace(r"\*", ".*").replace(r"\?", ".") + "$"
+    m = re.match(regex, path.name)
+    return m.group("ts") if m else None
+
+
+def safe_ts_id(name: str) -> str:
+    """Only [A-Za-z0-9_.-] in tsIds (others become '_')."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip("._") or "TS"
+
+
+def report_bad_series(ctx: StepContext, problems: dict[str, list[str]], total: int) -> None:
+    """Fail with every problem listed, or (``--skip-bad``) log and skip the bad series."""
+    if not problems:
+        return
+    lines = [line for lines in problems.values() for line in lines]
+    if not ctx.skip_bad or len(problems) >= total:
+        hint = "" if ctx.skip_bad else " (use --skip-bad to import the other series)"
+        raise InputError(lines + ([f"{len(problems)} of {total} series have problems{hint}"] if total > 1 else []))
+    for line in lines:
+        ctx.log.warning("skipped: %s", line)
+    ctx.options.setdefault("warnings", []).extend(f"skipped: {line}" for line in lines)
+
+
+def override(user: float | None, from_file: float | None) -> float | None:
+    """A user value always wins over the file's."""
+    return user if user is not None else from_file

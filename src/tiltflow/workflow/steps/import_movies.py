@@ -1,0 +1,180 @@
+"""Step ``import-movies``: tilt-series movies from a folder of ``.mdoc`` files (Scipion's
+"import tilt series movies"). Reads headers only; tilts sorted by angle with acquisition order
+and dose; gain recorded (its orientation is applied by motion correction)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pydantic import field_validator
+
+from tiltflow.io.gain import GainError, gain_orientations_for, read_gain
+from tiltflow.io.mdoc import MdocError, MdocTiltSeries, group_mdocs, read_frame_set_mdocs, read_tilt_series_mdoc
+from tiltflow.io.movies import MovieError, MovieHeader, read_movie_header
+from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeries, TiltSeriesSet
+from tiltflow.workflow.steps.base import Step, StepContext, StepParams, param, register
+from tiltflow.workflow.steps.common import find_files, override, report_bad_series
+
+
+class ImportMoviesParams(StepParams):
+    files: str = param(..., "Folder holding the .mdoc files (movies next to them or in a subfolder).", cli="--files")
+    pattern: str = param("*.mdoc", "Glob pattern of the mdoc files inside --files.", cli="--pattern")
+    tomo5: bool = param(False, "The mdocs were written by Thermo Tomo5 (tilt axis = -TiltAxisAngle - 90).", cli="--tomo5")
+    exclusion_words: list[str] = param([], "Skip mdoc files whose name contains any of these words.", cli="--exclude-words")
+    voltage_kv: float | None = param(None, "Acceleration voltage, kV (empty: from the mdoc).", cli="--voltage", gt=0)
+    cs_mm: float = param(2.7, "Spherical aberration, mm.", cli="--cs", ge=0)
+    amplitude_contrast: float = param(0.1, "Amplitude contrast (0-1).", cli="--amp-contrast", ge=0, lt=1)
+    magnification: float | None = param(None, "Nominal magnification (empty: from the mdoc).", cli="--magnification", gt=0)
+    pixel_size_a: float | None = param(None, "Pixel size of the movies, Å/px (empty: from the mdoc).", cli="--pixel-size", gt=0)
+    tilt_axis_deg: float | None = param(None, "Tilt-axis angle, degrees from +y CCW (empty: from the mdoc).", cli="--tilt-axis")
+    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose", ge=0)
+    initial_dose_e_a2: float = param(0.0, "Dose received before the first tilt, e/Å².", cli="--initial-dose", ge=0)
+    gain: str | None = param(None, "Gain reference (.gain, .tif, .mrc).", cli="--gain")
+    dark: str | None = param(None, "Dark reference (.tif, .mrc).", cli="--dark")
+
+    @field_validator("files", "gain", "dark")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        return str(Path(v).expanduser().absolute()) if v else v
+
+
+def _read_series(paths: list[Path], p: ImportMoviesParams, movie_dirs: list[Path]) -> MdocTiltSeries:
+    kwargs = dict(tomo5=p.tomo5, initial_dose_e_a2=p.initial_dose_e_a2,
+                  dose_per_tilt_e_a2=p.dose_per_tilt_e_a2, movie_dirs=movie_dirs)
+    if len(paths) > 1:
+        return read_frame_set_mdocs(paths, **kwargs)
+    return read_tilt_series_mdoc(paths[0], **kwargs)
+
+
+def _check_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict[Path, MovieHeader | str]) -> list[str]:
+    """Every problem of one series, one line each."""
+    where = ms.paths[0] if len(ms.paths) == 1 else f"{ms.paths[0].parent} ({ms.ts_id}, {len(ms.paths)} mdocs)"
+    problems = []
+    if override(p.voltage_kv, ms.voltage_kv) is None:
+        problems.append(f"{where}: no Voltage in the mdoc — give --voltage (kV)")
+    if override(p.pixel_size_a, ms.pixel_size_a) is None:
+        problems.append(f"{where}: no PixelSpacing in the mdoc — give --pixel-size (Å/px)")
+    if override(p.tilt_axis_deg, ms.tilt_axis_deg) is None:
+        problems.append(f"{where}: no tilt-axis angle in the mdoc — give --tilt-axis (degrees)")
+    if p.dose_per_tilt_e_a2 is None and any(t.dose_e_a2 is None for t in ms.tilts):
+        problems.append(f"{where}: no dose in the mdoc (ExposureDose, FrameDosesAndNumber, DoseRate) — give --dose (e/Å² per tilt)")
+    sizes: Counter = Counter()
+    frames: Counter = Counter()
+    for t in ms.tilts:
+        if t.movie_path is None:
+            problems.append(f"{t.source}:{t.line} [{t.section}]: movie '{t.movie_name}' not found next to the mdoc"
+                            " or in --files — copy it there or fix SubFramePath")
+            continue
+        h = headers[t.movie_path]
+        if isinstance(h, str):
+            problems.append(h)
+            continue
+        sizes[h.size] += 1
+        frames[h.n_frames] += 1
+    if sizes and len(sizes) > 1:
+        common = sizes.most_common(1)[0][0]
+        for t in ms.tilts:
+            h = headers.get(t.movie_path) if t.movie_path else None
+            if isinstance(h, MovieHeader) and h.size != common:
+                problems.append(f"{t.movie_path}: {h.size[0]} x {h.size[1]} px while the other movies of {ms.ts_id}"
+                                f" are {common[0]} x {common[1]} — remove or replace this movie")
+    if frames and len(frames) > 1:
+        common_n = frames.most_common(1)[0][0]
+        for t in ms.tilts:
+            h = headers.get(t.movie_path) if t.movie_path else None
+            if isinstance(h, MovieHeader) and h.n_frames != common_n:
+                problems.append(f"{t.movie_path}: {h.n_frames} frames while the other movies of {ms.ts_id}"
+                                f" have {common_n} — remove or replace this movie")
+    return problems
+
+
+def _header_or_error(path: Path) -> MovieHeader | str:
+    try:
+        return read_movie_header(path)
+    except MovieError as err:
+        return str(err)
+
+
+def _build_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict) -> TiltSeries:
+    acq = Acquisition(
+        voltage_kv=float(override(p.voltage_kv, ms.voltage_kv)),
+        cs_mm=p.cs_mm, amplitude_contrast=p.amplitude_contrast,
+        pixel_size_a=float(override(p.pixel_size_a, ms.pixel_size_a)),
+        tilt_axis_deg=float(override(p.tilt_axis_deg, ms.tilt_axis_deg)),
+        magnification=override(p.magnification, ms.magnification),
+        dose_per_tilt_e_a2=p.dose_per_tilt_e_a2, initial_dose_e_a2=p.initial_dose_e_a2)
+    images = []
+    for t in sorted(ms.tilts, key=lambda t: t.tilt_angle_deg):
+        h = headers[t.movie_path]
+        attrs = {"mdoc": str(t.source), "mdoc_section": t.section}
+        if t.nominal_angle_deg is not None:
+            attrs["nominal_angle_deg"] = t.nominal_angle_deg
+        images.append(TiltImage(
+            tilt_angle_deg=t.tilt_angle_deg, acquisition_order=t.acquisition_order,
+            dose_prior_e_a2=t.prior_dose_e_a2, dose_e_a2=t.dose_e_a2,
+            dose_accumulated_e_a2=t.accumulated_dose_e_a2, file=str(t.movie_path), index=None,
+            frames=h.n_frames, attrs=attrs))
+    size = headers[ms.tilts[0].movie_path].size
+    return TiltSeries(ts_id=ms.ts_id, acquisition=acq, images=images, size=size,
+                      attrs={"mdoc": [str(x) for x in ms.paths], "flavour": ms.flavour,
+                             "movie_format": headers[ms.tilts[0].movie_path].format})
+
+
+def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
+    p: ImportMoviesParams = ctx.params
+    files_dir = Path(p.files)
+    mdocs = find_files(files_dir, p.pattern, p.exclusion_words)
+    groups = group_mdocs(mdocs)
+    movie_dirs = [files_dir] + [d for d in sorted(files_dir.iterdir()) if d.is_dir()]
+    series: list[MdocTiltSeries] = []
+    problems: dict[str, list[str]] = {}
+    for ts_id, paths in groups.items():
+        try:
+            series.append(_read_series(paths, p, movie_dirs))
+        except MdocError as err:
+            problems[ts_id] = [str(err)]
+    movie_paths = sorted({t.movie_path for ms in series for t in ms.tilts if t.movie_path})
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        headers = dict(zip(movie_paths, pool.map(_header_or_error, movie_paths)))
+    for ms in series:
+        found = _check_series(ms, p, headers)
+        if found:
+            problems[ms.ts_id] = found
+    good = [ms for ms in series if ms.ts_id not in problems]
+    pixel_sizes = {round(float(override(p.pixel_size_a, ms.pixel_size_a)), 4) for ms in good}
+    if len(pixel_sizes) > 1:
+        detail = ", ".join(f"{ms.ts_id}: {ms.pixel_size_a}" for ms in good)
+        raise InputError(f"{files_dir}: mixed pixel sizes in one import ({detail} Å/px) — import them separately"
+                         " with different --pattern, or give --pixel-size")
+    gain_attrs: dict = {}
+    if p.gain:
+        try:
+            gain = read_gain(p.gain)
+        except GainError as err:
+            raise InputError(str(err)) from None
+        size = next((headers[ms.tilts[0].movie_path].size for ms in good), None)
+        if size is not None:
+            fits = gain_orientations_for(gain.shape, size)
+            if not fits:
+                raise InputError(f"{p.gain}: gain is {gain.shape[1]} x {gain.shape[0]} px, the movies are "
+                                 f"{size[0]} x {size[1]} — no orientation fits; pass the gain of this camera/mode")
+            gain_attrs = {"gain_file": p.gain, "gain_fits": fits}
+    if p.dark:
+        gain_attrs["dark_file"] = p.dark
+    report_bad_series(ctx, problems, total=len(groups))
+    items = [_build_series(ms, p, headers) for ms in sorted(good, key=lambda s: s.ts_id)]
+    for ms in good:
+        for w in ms.warnings:
+            ctx.log.warning("%s: %s", ms.ts_id, w)
+    result = TiltSeriesSet(kind="TiltSeriesM", items=items, attrs=gain_attrs)
+    ctx.log.info("imported %s", result.summary())
+    return {"TiltSeriesM": result}
+
+
+register(Step(
+    id="import-movies", title="Import tilt-series movies", params=ImportMoviesParams, inputs=(),
+    outputs={"TiltSeriesM": "TiltSeriesM"}, run=run_import_movies, scipion_class="ProtImportTsMovies",
+    help="Import tilt-series movies from a folder of .mdoc files (SerialEM or Tomo5) and their movies."))

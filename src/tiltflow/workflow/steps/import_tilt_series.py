@@ -1,0 +1,194 @@
+"""Step ``import-tilt-series``: stacks made elsewhere (``.mrc .st .mrcs .ali``) with tilt angles
+from an ``.mdoc``, a ``.rawtlt``/``.tlt`` beside the stack, or the MRC extended header (Scipion's
+"import tilt series"). Acquisition order and dose come from the mdoc when there is one, else from a
+RELION-style order list ``<stem>_order.csv`` (acquisition index, tilt angle), else the stack order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+
+from tiltflow.io.mdoc import MdocError, read_tilt_series_mdoc
+from tiltflow.io.mrc import StackError, extended_header_tilt_angles, read_stack_header
+from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeries, TiltSeriesSet
+from tiltflow.workflow.steps.base import Step, StepContext, StepParams, param, register
+from tiltflow.workflow.steps.common import (
+    find_files, override, report_bad_series, safe_ts_id, ts_id_from_pattern,
+)
+
+STACK_SUFFIXES = (".mrc", ".st", ".mrcs", ".ali")
+NEAR_DUPLICATE_DEG = 0.05
+
+
+class ImportTiltSeriesParams(StepParams):
+    files: str = param(..., "Folder holding the stacks.", cli="--files")
+    pattern: str = param("*.mrc", "Glob pattern of the stacks; {TS} marks the tilt-series id (e.g. '{TS}.st').", cli="--pattern")
+    angles: Literal["auto", "mdoc", "tlt", "header"] = param(
+        "auto", "Where tilt angles come from: mdoc, tlt (.rawtlt/.tlt beside the stack), header; auto tries them in that order.",
+        cli="--angles")
+    exclusion_words: list[str] = param([], "Skip stacks whose name contains any of these words.", cli="--exclude-words")
+    voltage_kv: float | None = param(None, "Acceleration voltage, kV (empty: from the mdoc).", cli="--voltage", gt=0)
+    cs_mm: float = param(2.7, "Spherical aberration, mm.", cli="--cs", ge=0)
+    amplitude_contrast: float = param(0.1, "Amplitude contrast (0-1).", cli="--amp-contrast", ge=0, lt=1)
+    magnification: float | None = param(None, "Nominal magnification.", cli="--magnification", gt=0)
+    pixel_size_a: float | None = param(None, "Pixel size, Å/px (empty: from the MRC header or mdoc).", cli="--pixel-size", gt=0)
+    tilt_axis_deg: float | None = param(None, "Tilt-axis angle, degrees from +y CCW (empty: from the mdoc).", cli="--tilt-axis")
+    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose", ge=0)
+    initial_dose_e_a2: float = param(0.0, "Dose received before the first tilt, e/Å².", cli="--initial-dose", ge=0)
+
+    @field_validator("files")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return str(Path(v).expanduser().absolute())
+
+
+def _angles_from_tlt(stack: Path) -> tuple[list[float], Path] | None:
+    for suffix in (".rawtlt", ".tlt"):
+        for cand in (stack.with_suffix(suffix), stack.parent / (stack.name + suffix)):
+            if cand.is_file():
+                values = []
+                for i, line in enumerate(cand.read_text().splitlines(), 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        values.append(float(line.split()[0]))
+                    except ValueError:
+                        raise InputError(f"{cand}:{i}: '{line.strip()}' is not a tilt angle") from None
+                return values, cand
+    return None
+
+
+def _find_mdoc(stack: Path) -> Path | None:
+    for cand in (stack.parent / (stack.name + ".mdoc"), stack.with_suffix(".mdoc")):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _order_list(stack: Path, angles: list[float]) -> list[int] | None:
+    """Acquisition order (1-based per stack section) from ``<stem>_order.csv``, matched by angle."""
+    cand = stack.with_name(stack.stem + "_order.csv")
+    if not cand.is_file():
+        return None
+    rows = []
+    for i, line in enumerate(cand.read_text().splitlines(), 1):
+        parts = line.replace(",", " ").split()
+        if not parts:
+            continue
+        try:
+            rows.append((int(float(parts[0])), float(parts[1])))
+        except (ValueError, IndexError):
+            raise InputError(f"{cand}:{i}: expected 'acquisition_index, tilt_angle'") from None
+    order = []
+    for a in angles:
+        best = min(rows, key=lambda r: abs(r[1] - a))
+        if abs(best[1] - a) > 0.5:
+            raise InputError(f"{cand}: no entry for tilt angle {a:g} — the order list does not match the stack")
+        order.append(best[0])
+    return order
+
+
+def _import_one(stack: Path, p: ImportTiltSeriesParams, ts_id: str) -> TiltSeries:
+    header = read_stack_header(stack)
+    n = header.n_sections
+    angles: list[float] | None = None
+    order: list[int] | None = None
+    doses: list[tuple] | None = None
+    meta = {"voltage": None, "pixel": None, "axis": None, "mag": None}
+    mdoc = _find_mdoc(stack) if p.angles in ("auto", "mdoc") else None
+    if p.angles == "mdoc" and mdoc is None:
+        raise InputError(f"{stack}: no mdoc beside it ({stack.name}.mdoc) — use --angles tlt or header")
+    source = ""
+    if mdoc is not None:
+        ms = read_tilt_series_mdoc(mdoc, initial_dose_e_a2=p.initial_dose_e_a2, dose_per_tilt_e_a2=p.dose_per_tilt_e_a2)
+        # mdoc sections are stack sections in ZValue order
+        by_z = sorted(ms.tilts, key=lambda t: int(t.section.split("=")[-1]) if "=" in t.section else 0)
+        angles = [t.tilt_angle_deg for t in by_z]
+        order = [t.acquisition_order for t in by_z]
+        doses = [(t.prior_dose_e_a2, t.dose_e_a2, t.accumulated_dose_e_a2) for t in by_z]
+        meta = {"voltage": ms.voltage_kv, "pixel": ms.pixel_size_a, "axis": ms.tilt_axis_deg, "mag": ms.magnification}
+        source = str(mdoc)
+    if angles is None and p.angles in ("auto", "tlt"):
+        found = _angles_from_tlt(stack)
+        if found:
+            angles, tlt = found
+            source = str(tlt)
+        elif p.angles == "tlt":
+            raise InputError(f"{stack}: no {stack.stem}.rawtlt or .tlt beside it — use --angles mdoc or header")
+    if angles is None:
+        angles = extended_header_tilt_angles(stack)
+        source = f"{stack} extended header"
+        if angles is None:
+            raise InputError(f"{stack}: no tilt angles (no mdoc, .rawtlt/.tlt, or FEI/SerialEM extended header)"
+                             " — put a .rawtlt beside the stack")
+    if len(angles) != n:
+        raise InputError(f"{source}: {len(angles)} tilt angles for {n} sections in {stack} — they must match")
+    if order is None:
+        order = _order_list(stack, angles) or list(range(1, n + 1))
+    if doses is None:
+        dose = p.dose_per_tilt_e_a2
+        doses = []
+        for k in order:
+            prior = None if dose is None else p.initial_dose_e_a2 + dose * (k - 1)
+            doses.append((prior, dose, None if dose is None else prior + dose))
+    pixel = override(p.pixel_size_a, meta["pixel"] or header.pixel_size_a)
+    if pixel is None or pixel <= 0:
+        raise InputError(f"{stack}: no pixel size in the header or mdoc — give --pixel-size (Å/px)")
+    voltage = override(p.voltage_kv, meta["voltage"])
+    if voltage is None:
+        raise InputError(f"{stack}: no voltage known — give --voltage (kV)")
+    axis = override(p.tilt_axis_deg, meta["axis"])
+    warnings = []
+    if axis is None:
+        axis = 0.0
+        warnings.append("no tilt-axis angle given or in an mdoc: 0° assumed (give --tilt-axis)")
+    images = [TiltImage(tilt_angle_deg=float(a), acquisition_order=int(o), dose_prior_e_a2=d[0], dose_e_a2=d[1],
+                        dose_accumulated_e_a2=d[2], file=str(stack), index=i)
+              for i, (a, o, d) in enumerate(zip(angles, order, doses))]
+    images.sort(key=lambda im: (im.tilt_angle_deg, im.index))
+    for a, b in zip(images, images[1:]):
+        if abs(a.tilt_angle_deg - b.tilt_angle_deg) < NEAR_DUPLICATE_DEG:
+            warnings.append(f"sections {a.index} and {b.index} have the same tilt angle {a.tilt_angle_deg:g}°")
+    acq = Acquisition(voltage_kv=float(voltage), cs_mm=p.cs_mm, amplitude_contrast=p.amplitude_contrast,
+                      pixel_size_a=float(pixel), tilt_axis_deg=float(axis),
+                      magnification=override(p.magnification, meta["mag"]),
+                      dose_per_tilt_e_a2=p.dose_per_tilt_e_a2, initial_dose_e_a2=p.initial_dose_e_a2)
+    return TiltSeries(ts_id=ts_id, acquisition=acq, images=images, size=header.size,
+                      attrs={"stack": str(stack), "angles_from": source, "warnings": warnings})
+
+
+def run_import_tilt_series(ctx: StepContext) -> dict[str, TiltSeriesSet]:
+    p: ImportTiltSeriesParams = ctx.params
+    stacks = [s for s in find_files(Path(p.files), p.pattern, p.exclusion_words) if s.suffix.lower() in STACK_SUFFIXES]
+    if not stacks:
+        raise InputError(f"{p.files}: --pattern '{p.pattern}' matches no stack ({', '.join(STACK_SUFFIXES)})")
+    items, problems = [], {}
+    for stack in stacks:
+        ts_id = safe_ts_id(ts_id_from_pattern(stack, p.pattern) or stack.name.split(".")[0])
+        try:
+            ts = _import_one(stack, p, ts_id)
+        except (InputError, StackError, MdocError) as err:
+            problems[ts_id] = getattr(err, "problems", [str(err)])
+            continue
+        for w in ts.attrs["warnings"]:
+            ctx.log.warning("%s: %s", ts_id, w)
+        items.append(ts)
+    report_bad_series(ctx, problems, total=len(stacks))
+    sizes = {round(ts.acquisition.pixel_size_a, 4) for ts in items}
+    if len(sizes) > 1:
+        raise InputError(f"{p.files}: mixed pixel sizes {sorted(sizes)} Å/px — import them separately or give --pixel-size")
+    ids = [ts.ts_id for ts in items]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise InputError(f"{p.files}: several stacks give the tsId {sorted(dup)} — use a {{TS}} pattern that tells them apart")
+    result = TiltSeriesSet(kind="TiltSeries", items=sorted(items, key=lambda t: t.ts_id))
+    return {"TiltSeries": result}
+
+
+register(Step(
+    id="import-tilt-series", title="Import tilt series", params=ImportTiltSeriesParams, inputs=(),
+    outputs={"TiltSeries": "TiltSeries"}, run=run_import_tilt_series, scipion_class="ProtImportTs",
+    help="Import stacks made elsewhere (.mrc/.st/.mrcs/.ali) with angles from an mdoc, .rawtlt/.tlt or the header."))

@@ -1,0 +1,272 @@
+"""The project store: ``project.sqlite`` (WAL) beside ``runs/<id>_<step>/``.
+
+Plain tables: runs, outputs, and the items of sets (tilt series, tilt images, CTF, tomograms).
+Only the coordinating process writes. A run's outputs are registered in one transaction, so
+readers (the viewer) never see a half-registered output.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from tiltflow import __version__
+from tiltflow.workflow.errors import ProjectError
+from tiltflow.workflow.sets import AnySet, CtfSeriesSet, TiltSeriesSet, TomogramSet
+from tiltflow.workflow import set_tables
+
+SCHEMA_VERSION = 1
+DB_NAME = "project.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, step TEXT NOT NULL, label TEXT, params TEXT NOT NULL,
+    inputs TEXT NOT NULL, status TEXT NOT NULL, created REAL, started REAL, ended REAL,
+    code_version TEXT, error TEXT, run_dir TEXT);
+CREATE TABLE IF NOT EXISTS outputs (
+    id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL, type TEXT NOT NULL, summary TEXT, attrs TEXT, created REAL,
+    UNIQUE(run_id, name));
+CREATE TABLE IF NOT EXISTS item_progress (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, item TEXT NOT NULL,
+    result TEXT, finished REAL, PRIMARY KEY (run_id, item));
+""" + set_tables.SCHEMA
+
+
+@dataclass
+class RunRecord:
+    id: int
+    step: str
+    label: str | None
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    status: str
+    created: float | None
+    started: float | None
+    ended: float | None
+    code_version: str | None
+    error: str | None
+    run_dir: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class OutputRecord:
+    id: int
+    run_id: int
+    name: str
+    type: str
+    summary: str
+    attrs: dict[str, Any]
+
+    @property
+    def pointer(self) -> str:
+        return f"{self.run_id}.{self.name}"
+
+
+def _run_from_row(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"], step=row["step"], label=row["label"], params=json.loads(row["params"]),
+        inputs=json.loads(row["inputs"]), status=row["status"], created=row["created"],
+        started=row["started"], ended=row["ended"], code_version=row["code_version"],
+        error=row["error"], run_dir=row["run_dir"])
+
+
+class ProjectStore:
+    """A project folder. ``ProjectStore(path)`` opens it, creating it when ``create`` is true."""
+
+    def __init__(self, root: Path | str, *, create: bool = True):
+        self.root = Path(root).absolute()
+        self.db_path = self.root / DB_NAME
+        if not self.db_path.exists():
+            if not create:
+                raise ProjectError(f"{self.root}: no tiltflow project here ({DB_NAME} missing) — "
+                                   "run a step with -p to create one")
+            if self.root.exists() and not self.root.is_dir():
+                raise ProjectError(f"{self.root}: exists and is not a folder — choose another -p")
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "runs").mkdir(exist_ok=True)
+        with self.transaction() as con:
+            con.executescript(_SCHEMA)
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # -- connection -------------------------------------------------------------------------
+    def connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA foreign_keys=ON")
+        con.execute("PRAGMA busy_timeout=30000")
+        return con
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        con = self.connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for readers (one read transaction)."""
+        con = self.connect()
+        try:
+            con.execute("BEGIN")
+            yield con
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    # -- paths ------------------------------------------------------------------------------
+    def relpath(self, path: Path | str) -> str:
+        """Paths inside the project are stored relative to it; others absolute."""
+        p = Path(path).absolute()
+        try:
+            return str(p.relative_to(self.root))
+        except ValueError:
+            return str(p)
+
+    def abspath(self, stored: str) -> Path:
+        p = Path(stored)
+        return p if p.is_absolute() else self.root / p
+
+    # -- runs -------------------------------------------------------------------------------
+    def create_run(self, step: str, params: dict[str, Any], inputs: dict[str, str],
+                   label: str | None = None) -> RunRecord:
+        now = time.time()
+        with self.transaction() as con:
+            cur = con.execute(
+                "INSERT INTO runs (step, label, params, inputs, status, created, started, code_version)"
+                " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                (step, label, json.dumps(params), json.dumps(inputs), now, now, __version__))
+            run_id = int(cur.lastrowid)
+            run_dir = f"runs/{run_id:03d}_{step}"
+            con.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (run_dir, run_id))
+        (self.root / run_dir).mkdir(parents=True, exist_ok=True)
+        return self.run(run_id)
+
+    def run(self, run_id: int) -> RunRecord:
+        with self.reading() as con:
+            row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise ProjectError(f"{self.root}: no run {run_id} — `tiltflow show -p {self.root}` lists the runs")
+        return _run_from_row(row)
+
+    def runs(self) -> list[RunRecord]:
+        with self.reading() as con:
+            return [_run_from_row(r) for r in con.execute("SELECT * FROM runs ORDER BY id")]
+
+    def run_dir(self, run_id: int) -> Path:
+        rd = self.run(run_id).run_dir
+        assert rd is not None
+        return self.root / rd
+
+    def finish_run(self, run_id: int, outputs: dict[str, AnySet]) -> None:
+        """Register all outputs and mark the run finished, in one transaction."""
+        with self.transaction() as con:
+            for name, value in outputs.items():
+                self._insert_output(con, run_id, name, value)
+            con.execute("UPDATE runs SET status='finished', ended=?, error=NULL WHERE id=?",
+                        (time.time(), run_id))
+
+    def fail_run(self, run_id: int, error: str, status: str = "failed") -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE runs SET status=?, ended=?, error=? WHERE id=?",
+                        (status, time.time(), error, run_id))
+
+    def set_status(self, run_id: int, status: str) -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE runs SET status=?, error=NULL, ended=NULL WHERE id=?", (status, run_id))
+
+    def delete_run(self, run_id: int) -> None:
+        """Remove a run that never got going (bad input): the project is as before."""
+        run = self.run(run_id)
+        with self.transaction() as con:
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        if run.run_dir:
+            shutil.rmtree(self.root / run.run_dir, ignore_errors=True)
+
+    # -- per-item progress (resume) ---------------------------------------------------------
+    def record_item(self, run_id: int, item: str, result: Any) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO item_progress VALUES (?, ?, ?, ?)",
+                        (run_id, item, json.dumps(result), time.time()))
+
+    def finished_items(self, run_id: int) -> dict[str, Any]:
+        with self.reading() as con:
+            rows = con.execute("SELECT item, result FROM item_progress WHERE run_id=?", (run_id,))
+            return {r["item"]: json.loads(r["result"]) for r in rows}
+
+    # -- outputs ----------------------------------------------------------------------------
+    def _insert_output(self, con: sqlite3.Connection, run_id: int, name: str, value: AnySet) -> int:
+        cur = con.execute(
+            "INSERT INTO outputs (run_id, name, type, summary, attrs, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, name, value.kind, value.summary(), json.dumps(value.attrs), time.time()))
+        output_id = int(cur.lastrowid)
+        set_tables.insert_set(con, output_id, value, self.relpath)
+        return output_id
+
+    def add_output(self, run_id: int, name: str, value: AnySet) -> OutputRecord:
+        """Register one more output on an existing run (the viewer's Save, like Scipion)."""
+        self.run(run_id)
+        with self.transaction() as con:
+            self._insert_output(con, run_id, name, value)
+        return self.output(run_id, name)
+
+    def next_output_name(self, run_id: int, base: str) -> str:
+        names = {o.name for o in self.outputs(run_id)}
+        n = 2
+        while f"{base}_{n}" in names:
+            n += 1
+        return f"{base}_{n}"
+
+    def outputs(self, run_id: int | None = None) -> list[OutputRecord]:
+        sql = "SELECT * FROM outputs" + (" WHERE run_id = ?" if run_id is not None else "") + " ORDER BY run_id, id"
+        with self.reading() as con:
+            rows = con.execute(sql, (run_id,) if run_id is not None else ()).fetchall()
+        return [OutputRecord(r["id"], r["run_id"], r["name"], r["type"], r["summary"],
+                             json.loads(r["attrs"] or "{}")) for r in rows]
+
+    def output(self, run_id: int, name: str) -> OutputRecord:
+        for o in self.outputs(run_id):
+            if o.name == name:
+                return o
+        raise ProjectError(f"run {run_id} has no output '{name}' — `tiltflow show -p {self.root} {run_id}` lists them")
+
+    def load(self, output: OutputRecord) -> AnySet:
+        with self.reading() as con:
+            return set_tables.load_set(con, output.id, output.type, output.attrs, self.abspath)
+
+    def resolve(self, pointer: str, types: tuple[str, ...] = ()) -> OutputRecord:
+        """``RUN_ID`` or ``RUN_ID.outputName`` -> the output (of one of ``types`` when given)."""
+        text = str(pointer).strip()
+        run_part, _, name = text.partition(".")
+        if not run_part.isdigit():
+            raise ProjectError(f"input '{pointer}': expected RUN_ID or RUN_ID.outputName (e.g. 1 or 3.TiltSeries_2)")
+        run = self.run(int(run_part))
+        if name:
+            out = self.output(run.id, name)
+            if types and out.type not in types:
+                raise ProjectError(f"input '{pointer}' is a {out.type}; this step needs {' or '.join(types)}")
+            return out
+        if run.status != "finished":
+            raise ProjectError(f"input '{pointer}': run {run.id} is {run.status}, not finished")
+        candidates = [o for o in self.outputs(run.id) if not types or o.type in types]
+        if not candidates:
+            raise ProjectError(f"input '{pointer}': run {run.id} has no output of type {' or '.join(types)}")
+        return candidates[0]

@@ -1,0 +1,166 @@
+"""Workflow files: a JSON chain of steps, validated by the steps' parameter models.
+
+Format (version 1)::
+
+    {"tiltflow_workflow": 1, "name": "tutorial",
+     "steps": [{"id": "import", "step": "import-movies", "params": {...}, "inputs": {}},
+               {"id": "motion", "step": "motion-ctf", "params": {...}, "inputs": {"input": "import"}}]}
+
+An input names an earlier step's ``id`` (optionally ``id.outputName``) or an existing run pointer
+(``RUN_ID`` / ``RUN_ID.outputName``). ``--set STEP.PARAM=VALUE`` overrides a parameter, ``STEP``
+being a step ``id`` or a step type.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.steps.base import get_step
+from tiltflow.workflow.store import ProjectStore, RunRecord
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class WorkflowStep:
+    id: str
+    step: str
+    params: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Workflow:
+    steps: list[WorkflowStep]
+    name: str = "workflow"
+
+    def to_json(self) -> dict:
+        return {"tiltflow_workflow": FORMAT_VERSION, "name": self.name,
+                "steps": [{"id": s.id, "step": s.step, "params": s.params, "inputs": s.inputs} for s in self.steps]}
+
+
+def template_names() -> list[str]:
+    folder = resources.files("tiltflow.workflow") / "templates"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_workflow(source: str | Path) -> Workflow:
+    """A workflow from a file, or a built-in template by name (``tutorial``)."""
+    path = Path(source)
+    if not path.is_file() and str(source) in template_names():
+        text = (resources.files("tiltflow.workflow") / "templates" / f"{source}.json").read_text()
+        origin = f"template '{source}'"
+    elif path.is_file():
+        text = path.read_text()
+        origin = str(path)
+    else:
+        raise InputError(f"{source}: no such workflow file or template (templates: {', '.join(template_names())})")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{origin}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if isinstance(data, list):
+        from tiltflow.workflow.scipion import workflow_from_scipion
+
+        return workflow_from_scipion(data, origin)
+    if not isinstance(data, dict) or "steps" not in data:
+        raise InputError(f"{origin}: not a tiltflow workflow (expected an object with 'steps')")
+    steps = []
+    for i, s in enumerate(data["steps"], 1):
+        try:
+            steps.append(WorkflowStep(id=str(s.get("id") or s["step"]), step=s["step"],
+                                      params=dict(s.get("params") or {}), inputs=dict(s.get("inputs") or {})))
+        except (KeyError, TypeError, AttributeError):
+            raise InputError(f"{origin}: step {i} needs at least a 'step' name") from None
+    return Workflow(steps=steps, name=str(data.get("name", path.stem)))
+
+
+def _coerce(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(wf: Workflow, overrides: list[str]) -> None:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        target, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise InputError(f"--set '{item}': expected STEP.PARAM=VALUE (e.g. import-movies.files=/data)")
+        matched = [s for s in wf.steps if s.id == target or s.step == target]
+        if not matched:
+            raise InputError(f"--set '{item}': no step '{target}' in the workflow ({', '.join(s.id for s in wf.steps)})")
+        for s in matched:
+            s.params[name] = _coerce(value)
+
+
+def validate(wf: Workflow) -> None:
+    """Check every step's type and parameters before anything runs (all problems at once)."""
+    problems, ids = [], set()
+    for s in wf.steps:
+        try:
+            step = get_step(s.step)
+        except KeyError as err:
+            problems.append(f"workflow step '{s.id}': {err.args[0]}")
+            continue
+        try:
+            step.params.model_validate(s.params)
+        except ValidationError as err:
+            for e in err.errors():
+                problems.append(f"workflow step '{s.id}' ({s.step}): '{'.'.join(map(str, e['loc']))}': {e['msg']}")
+        for name, ref in s.inputs.items():
+            head = str(ref).split(".")[0]
+            if head not in ids and not head.isdigit():
+                problems.append(f"workflow step '{s.id}': input {name}='{ref}' names no earlier step")
+        ids.add(s.id)
+    if problems:
+        raise InputError(problems)
+
+
+def run_workflow(store: ProjectStore, wf: Workflow, *, options: dict | None = None,
+                 on_step: Callable[[WorkflowStep, RunRecord], None] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, RunRecord]:
+    """Run the steps in order; returns step id -> run."""
+    from tiltflow.workflow.runner import run_step
+
+    validate(wf)
+    done: dict[str, RunRecord] = {}
+    for s in wf.steps:
+        inputs = {}
+        for name, ref in s.inputs.items():
+            head, _, out = str(ref).partition(".")
+            if head in done:
+                inputs[name] = f"{done[head].id}.{out}" if out else str(done[head].id)
+            else:
+                inputs[name] = str(ref)
+        run = run_step(store, s.step, s.params, inputs, options=options, label=s.id, progress=progress)
+        done[s.id] = run
+        if on_step:
+            on_step(s, run)
+    return done
+
+
+def export_workflow(store: ProjectStore, name: str = "project") -> Workflow:
+    """The project's finished runs as a workflow (inputs rewritten to step ids)."""
+    steps, ids = [], {}
+    for run in store.runs():
+        if run.status != "finished":
+            continue
+        sid = run.label or f"{run.step}-{run.id}"
+        while sid in ids.values():
+            sid += f"-{run.id}"
+        ids[run.id] = sid
+        inputs = {}
+        for k, ptr in run.inputs.items():
+            head, _, out = ptr.partition(".")
+            inputs[k] = f"{ids[int(head)]}.{out}" if head.isdigit() and int(head) in ids else ptr
+        steps.append(WorkflowStep(id=sid, step=run.step, params=run.params, inputs=inputs))
+    return Workflow(steps=steps, name=name)
