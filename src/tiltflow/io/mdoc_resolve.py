@@ -1,5 +1,6 @@
-"""Helpers of the mdoc reader that turn written values into meaning: dates, dose, tilt axis,
-movie files and series ids. No error classes here: callers in ``mdoc.py`` word the messages.
+"""The low-level half of the mdoc reader (see ``mdoc.py``): the error classes, a tolerant parser
+of the text (CRLF, empty values, NaN, unknown keys kept, line numbers kept) and the rules that turn
+written values into meaning: dates, dose, tilt axis, movie files, series ids.
 """
 
 from __future__ import annotations
@@ -8,7 +9,139 @@ import datetime as dt
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
+
+
+class MdocError(ValueError):
+    """One line: ``<file>[:line N][ section/key]: what is wrong — what to do``."""
+
+
+class NotATiltSeriesError(MdocError):
+    """A montage, grid map, single (target) image, empty file or not an mdoc."""
+
+
+def error(path: Path | str, what: str, fix: str, *, line: int | None = None, where: str = "",
+          cls: type[MdocError] = MdocError) -> MdocError:
+    """Build the one-line error ``<file>[:line N][ where]: what — fix``."""
+    loc = f"{path}" + (f":line {line}" if line else "") + (f" {where}" if where else "")
+    return cls(" ".join(f"{loc}: {what} — {fix}".split()))
+
+
+@dataclass
+class Section:
+    """A ``[Kind = label]`` section (kind "" for the header before the first one)."""
+
+    kind: str
+    label: str
+    line: int
+    values: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RawMdoc:
+    path: Path
+    header: Section
+    titles: list[str]
+    sections: list[Section]
+    warnings: list[str]
+
+
+_LINES = re.compile(r"\r\n|\r|\n")
+_HEADER = re.compile(r"^\[\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(.*?)\s*\]?\s*$")
+_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
+
+
+def parse_text(text: str, path: Path) -> RawMdoc:
+    """Split mdoc text into header keys, ``[T = ...]`` titles and sections (1-based lines)."""
+    header = Section("", "header", 1)
+    raw = RawMdoc(path, header, [], [], [])
+    cur, ignored = header, []
+    for n, line in enumerate(_LINES.split(text.lstrip("\ufeff")), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            m = _HEADER.match(line)
+            if m is None:
+                ignored.append(n)
+            elif m.group(1) == "T":
+                raw.titles.append(m.group(2))
+            else:
+                cur = Section(m.group(1), f"{m.group(1)} = {m.group(2)}", n)
+                raw.sections.append(cur)
+            continue
+        key, sep, value = (part.strip() for part in line.partition("="))
+        if not sep or not _KEY.match(key):
+            ignored.append(n)
+        elif key == "T" and cur is header:
+            raw.titles.append(value)
+        else:
+            cur.values[key], cur.lines[key] = value, n
+    if ignored:
+        raw.warnings.append(f"{path}: {len(ignored)} lines ignored (not 'key = value' or "
+                            f"'[section]'), first at line {ignored[0]}")
+    return raw
+
+
+def read_raw(path: Path) -> RawMdoc:
+    """Read and parse one file; MdocError when it cannot be read, NotATiltSeriesError if binary."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(path, f"cannot be read ({exc.strerror or exc})", "check the path") from None
+    if b"\x00" in data:
+        raise error(path, "is a binary file, not an mdoc", "select the .mdoc files with --pattern",
+                    cls=NotATiltSeriesError)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    return parse_text(text, path)
+
+
+def number(raw: RawMdoc, s: Section, key: str, *, header: bool = True) -> float | None:
+    """First number of ``key`` in section ``s`` (else, ``header``, the file header); None when
+    absent, empty or not finite (NaN); MdocError when it is not a number."""
+    src = s if key in s.values or not header else raw.header
+    text = src.values.get(key, "")
+    if not text.split():
+        return None
+    try:
+        value = float(text.split()[0])
+    except ValueError:
+        raise error(raw.path, f"{key} = {text} is not a number", "correct or delete the line",
+                    line=src.lines[key], where=src.label if src.kind else "") from None
+    return value if math.isfinite(value) else None
+
+
+def check_tilt_series(raw: RawMdoc) -> str:
+    """The kind of tilt sections ("ZValue" or "FrameSet"); raises for anything else."""
+    kinds = {s.kind for s in raw.sections}
+    pieces = {s.values["PieceCoordinates"] for s in raw.sections if "PieceCoordinates" in s.values}
+    if not raw.sections and not raw.header.values:
+        raise error(raw.path, "is empty or not an mdoc (no 'key = value' lines)",
+                    "select the tilt-series .mdoc files with --pattern", cls=NotATiltSeriesError)
+    if "MontSection" in kinds or len(pieces) > 1 or raw.header.values.get("Montage", "0") not in ("", "0"):
+        mags = [m for s in raw.sections if (m := number(raw, s, "Magnification")) is not None]
+        what = "a grid map (low-magnification montage)" if mags and min(mags) < 1000 else "a montage"
+        raise error(raw.path, f"is {what}, not a tilt series",
+                    "select only tilt-series mdocs with --pattern", cls=NotATiltSeriesError)
+    frame_ts = [s for s in raw.sections if "FrameTSStartEndFrames" in s.values]
+    if frame_ts:
+        raise error(raw.path, f"is a frame-based tilt series (FrameTSStartEndFrames: "
+                    f"{len(frame_ts)} tilts in one movie), which tiltflow cannot import",
+                    "import the aligned stack with import-tilt-series", line=frame_ts[0].line)
+    tilt_kinds = kinds & {"ZValue", "FrameSet"}
+    if not tilt_kinds:
+        raise error(raw.path, "has no [ZValue] or [FrameSet] section, so it is not a tilt series",
+                    "select only tilt-series mdocs with --pattern", cls=NotATiltSeriesError)
+    if len(tilt_kinds) > 1:
+        raise error(raw.path, "mixes [ZValue] and [FrameSet] sections",
+                    "keep one kind: a tilt-series mdoc or one per-movie mdoc per movie")
+    return tilt_kinds.pop()
+
 
 _MONTHS = {m: i for i, m in enumerate(
     ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)}
@@ -74,8 +207,11 @@ def parse_datetimes(texts: list[str | None], *, tomo5: bool, now: dt.datetime | 
 
 
 def frame_doses_sum(text: str) -> float:
-    """``FrameDosesAndNumber = d1 n1  d2 n2 ...`` -> sum(d_i * n_i) (e/Å²). Raises ValueError."""
+    """``FrameDosesAndNumber = d1 n1  d2 n2 ...`` -> sum(d_i * n_i) (e/Å²); a lone ``NaN`` gives
+    NaN. Raises ValueError when the text is not pairs of numbers."""
     tokens = [float(t) for t in text.split()]
+    if len(tokens) == 1 and math.isnan(tokens[0]):
+        return math.nan
     if len(tokens) % 2:
         raise ValueError("needs pairs of 'dose count'")
     return sum(d * n for d, n in zip(tokens[::2], tokens[1::2]))
@@ -91,7 +227,8 @@ def dose_from_rate(dose_rate: float | None, exposure_time_s: float | None,
     if any(v is None or not v > 0 for v in vals):
         return None
     unbinned_a = pixel_size_a / binning  # type: ignore[operator]
-    return dose_rate * exposure_time_s / unbinned_a**2  # type: ignore[operator]  # e/px/s*s/(Å/px)² = e/Å²
+    # e/px/s * s / (Å/px)² = e/Å²; a product, not **2, so huge values give inf, not OverflowError
+    return dose_rate * exposure_time_s / (unbinned_a * unbinned_a)  # type: ignore[operator]
 
 
 def normalise_angle_deg(angle_deg: float) -> float:

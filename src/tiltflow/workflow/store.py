@@ -95,9 +95,12 @@ class ProjectStore:
                 raise ProjectError(f"{self.root}: exists and is not a folder — choose another -p")
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / "runs").mkdir(exist_ok=True)
-        with self.transaction() as con:
+        con = self.connect()
+        try:
             con.executescript(_SCHEMA)
             con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        finally:
+            con.close()
 
     # -- connection -------------------------------------------------------------------------
     def connect(self) -> sqlite3.Connection:
@@ -116,7 +119,8 @@ class ProjectStore:
             yield con
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:
+                con.execute("ROLLBACK")
             raise
         finally:
             con.close()

@@ -1,0 +1,62 @@
+"""``tiltflow subset``: the viewer's Save, scriptable."""
+
+from __future__ import annotations
+
+import click
+
+from tiltflow.cli.output import console, echo_json, fail
+
+
+@click.command("subset")
+@click.option("-p", "--project", default=".", show_default=True)
+@click.option("--input", "pointer", required=True, help="The set to curate: RUN_ID or RUN_ID.outputName.")
+@click.option("--exclude", "exclude_ts", multiple=True, help="Exclude a whole tilt series (tsId); repeatable.")
+@click.option("--exclude-views", multiple=True,
+              help="TS:1,5,41 — views by 1-based position in tilt-angle order (IMOD EXCLUDELIST); repeatable.")
+@click.option("--exclude-beyond", type=float, default=None, help="Exclude every view with |tilt| above this, degrees.")
+@click.option("--restack", is_flag=True, help="Write new stacks without the excluded views.")
+@click.option("--json", "as_json", is_flag=True)
+def subset_command(project, pointer, exclude_ts, exclude_views, exclude_beyond, restack, as_json) -> None:
+    """Save a subset of a set, with excluded tilt series / views disabled or re-stacked.
+
+    Example: tiltflow subset -p P --input 2.TiltSeries --exclude TS_03 --exclude-views TS_01:1,41 --restack
+    """
+    from tiltflow.workflow.curation import WHOLE_SERIES, exclusions, save_subset, views_to_orders
+    from tiltflow.workflow.errors import InputError, ProjectError
+    from tiltflow.workflow.sets import TiltSeriesSet
+    from tiltflow.workflow.store import ProjectStore
+
+    try:
+        store = ProjectStore(project, create=False)
+        out = store.resolve(pointer)
+        value = store.load(out)
+        by_id = {s.ts_id: s for s in value.items}
+        flags = exclusions(store, out)
+        for ts in exclude_ts:
+            if ts not in by_id:
+                raise InputError(f"--exclude {ts}: no such tilt series in {out.pointer} ({', '.join(by_id)})")
+            flags[(ts, WHOLE_SERIES)] = True
+        for spec in exclude_views:
+            ts, sep, views = spec.partition(":")
+            if not sep or ts not in by_id:
+                raise InputError(f"--exclude-views '{spec}': expected TS:1,5,41 with a tsId of {out.pointer}")
+            try:
+                positions = [int(v) for v in views.split(",") if v.strip()]
+            except ValueError:
+                raise InputError(f"--exclude-views '{spec}': view numbers must be integers") from None
+            if not isinstance(value, TiltSeriesSet):
+                raise InputError(f"--exclude-views applies to tilt series, {out.pointer} is a {out.type}")
+            for order in views_to_orders(by_id[ts], positions):
+                flags[(ts, order)] = True
+        if exclude_beyond is not None:
+            for s in value.items:
+                for item in (s.images if isinstance(value, TiltSeriesSet) else s.items):
+                    if abs(item.tilt_angle_deg) > exclude_beyond:
+                        flags[(s.ts_id, item.acquisition_order)] = True
+        new = save_subset(store, out, restack=restack, flags=flags)
+    except (InputError, ProjectError) as err:
+        fail(getattr(err, "problems", [str(err)]))
+    if as_json:
+        echo_json({"pointer": new.pointer, "type": new.type, "summary": new.summary})
+    else:
+        console.print(f"{new.pointer}: {new.summary}", markup=False)

@@ -1,0 +1,76 @@
+"""``tiltflow view``: the curation web viewer (TomoViewer + CTF viewer) on a local port."""
+
+from __future__ import annotations
+
+import click
+
+from tiltflow.cli.output import console, fail
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _free_port(host: str, wanted: int) -> int:
+    """``wanted`` when it is free on ``host``, else any free port (0 asks for any)."""
+    import socket
+
+    for port in ((wanted, 0) if wanted else (0,)):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError(f"no free port on {host}")
+
+
+def serve(app, host: str, port: int) -> None:  # pragma: no cover - blocks; tests patch it
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@click.command("view")
+@click.option("-p", "--project", default=".", show_default=True, help="Project folder.")
+@click.option("--port", type=int, default=8765, show_default=True,
+              help="Port to listen on (another free one is used when it is taken; 0 = any).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but 127.0.0.1 opens the viewer to your network (token still needed).")
+@click.option("--no-browser", is_flag=True, help="Only print the URL; do not open a browser.")
+def view_command(project: str, port: int, host: str, no_browser: bool) -> None:
+    """Open the project in the web viewer: browse runs, curate tilt series and CTF, save subsets.
+
+    Prints a URL with a one-time token; only requests carrying it are served.
+
+    Examples: tiltflow view -p P; tiltflow view -p P --port 9000 --no-browser
+    """
+    import secrets
+    import threading
+    import webbrowser
+
+    from tiltflow.workflow.errors import ProjectError
+    from tiltflow.workflow.store import ProjectStore
+
+    try:
+        store = ProjectStore(project, create=False)
+    except ProjectError as err:
+        fail([str(err)])
+    try:
+        from tiltflow.web.app import create_app
+    except ModuleNotFoundError as err:
+        fail([f"the viewer needs the web extra ({err.name} missing) — pip install 'tiltflow[web]'"])
+    try:
+        port = _free_port(host, port)
+    except OSError as err:
+        fail([f"--host {host}: cannot listen there ({err}) — use an address of this machine"])
+    token = secrets.token_urlsafe(24)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/?token={token}"
+    if host not in LOOPBACK:
+        console.print(f"warning: listening on {host}: anyone on your network who gets the URL can curate "
+                      "this project", markup=False)
+    console.print(f"tiltflow viewer for {store.root}", markup=False)
+    console.print(f"  {url}", markup=False)
+    console.print("  (Ctrl+C to stop)", markup=False)
+    if not no_browser:  # a moment later, when the server listens
+        threading.Timer(1.0, webbrowser.open, (url,)).start()
+    serve(create_app(store, token), host, port)

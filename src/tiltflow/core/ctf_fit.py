@@ -1,0 +1,360 @@
+"""CTF fitting of one power spectrum: 1-D defocus search, 2-D refinement, fit resolution.
+
+Conventions (DESIGN.md §2): defocus underfocus-positive in Å, ``defocus_u_a >= defocus_v_a``,
+``astigmatism_angle_deg`` the azimuth of u from +x counter-clockwise in [-90, 90), phase shift in
+radians; the CTF is ``ctf_model`` (``-sin(chi + arcsin(A) + phase)``). Spectra are rfft2 layout
+``(n, n//2+1)`` as in ``ctf_spectra``.
+
+Method (after CTFFIND4, Rohou & Grigorieff 2015, doi:10.1016/j.jsb.2015.08.008):
+1. rotational average -> for every candidate defocus (and phase) remove the background and
+   normalise the envelope over one Thon-ring period, and correlate with the equally treated
+   ``ctf^2`` over the fit range; keep the best (coarse grid, then a 10x finer one);
+2. 2-D: background-subtracted spectrum; grid search of the astigmatism (a1, a2) =
+   ``(u-v)/2 * (cos 2θ, sin 2θ)``, then L-BFGS (torch autograd) of mean defocus, a1, a2 (and phase)
+   maximising the Pearson correlation with ``ctf^2`` over the fit annulus (the score);
+3. fit resolution: per-ring correlation of the astigmatism-corrected (equi-phase) average with
+   the fitted ``ctf^2`` in a one-period sliding window; CTFFIND's rule (below 0.5 after > 3 bins
+   above 0.66, or below 0.1 after > 3 bins above 0.1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tiltflow.core.ctf_model import ctf_1d, defocus_at_azimuth, electron_wavelength_a
+from tiltflow.core.ctf_spectra import (
+    defocus_phase,
+    local_mean,
+    matching_k2,
+    normalise_profile,
+    pixel_radius,
+    radial_bins,
+    ring_window,
+    subtract_background,
+    interp_profile,
+)
+from tiltflow.core.fourier import frequency_grid_2d
+
+
+@dataclass(frozen=True, kw_only=True)
+class CtfParams:
+    """Optics and search settings; lengths in Å, defocus range in µm."""
+
+    pixel_size_a: float
+    window_px: int = 512
+    resolution_range_a: tuple[float, float] = (30.0, 8.0)
+    defocus_range_um: tuple[float, float] = (0.5, 8.0)
+    fit_phase: bool = False
+    astigmatism: bool = True
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    max_astigmatism_a: float = 2000.0
+
+    def __post_init__(self) -> None:
+        low, high = self.resolution_range_a
+        if self.pixel_size_a <= 0:
+            raise ValueError(f"CtfParams: pixel_size_a={self.pixel_size_a} must be > 0")
+        if self.window_px < 64 or self.window_px % 2:
+            raise ValueError(f"CtfParams: window_px={self.window_px} must be even and >= 64")
+        if not low > high >= 2.0 * self.pixel_size_a:
+            raise ValueError(
+                f"CtfParams: resolution_range_a={self.resolution_range_a} must be (low, high) with "
+                f"low > high >= Nyquist {2 * self.pixel_size_a:.2f} Å; raise the high-resolution limit"
+            )
+        if not 0 < self.defocus_range_um[0] < self.defocus_range_um[1]:
+            raise ValueError(f"CtfParams: defocus_range_um={self.defocus_range_um} must be (min, max) with 0 < min < max")
+        if not 0 <= self.amplitude_contrast < 1:
+            raise ValueError(f"CtfParams: amplitude_contrast={self.amplitude_contrast} must be in [0, 1)")
+
+
+@dataclass
+class CtfFit:
+    """One tilt's CTF. ``defocus_grid_a`` (ny, nx): local defocus beyond the tilt plane (Å), or None."""
+
+    defocus_u_a: float
+    defocus_v_a: float
+    astigmatism_angle_deg: float
+    phase_shift_rad: float
+    fit_resolution_a: float
+    score: float
+    defocus_grid_a: torch.Tensor | None = None
+
+    @property
+    def defocus_mean_a(self) -> float:
+        return 0.5 * (self.defocus_u_a + self.defocus_v_a)
+
+    @property
+    def astigmatism_a(self) -> float:
+        return self.defocus_u_a - self.defocus_v_a
+
+
+def _fit_from_components(m: float, a1: float, a2: float, phase: float, res: float, score: float) -> CtfFit:
+    half = math.hypot(a1, a2)
+    angle = 0.5 * math.degrees(math.atan2(a2, a1)) if half > 0 else 0.0
+    angle = (angle + 90.0) % 180.0 - 90.0
+    return CtfFit(m + half, m - half, angle, phase % math.pi, res, score)
+
+
+def _components(fit: CtfFit) -> tuple[float, float, float]:
+    half = 0.5 * fit.astigmatism_a
+    t = math.radians(2.0 * fit.astigmatism_angle_deg)
+    return fit.defocus_mean_a, half * math.cos(t), half * math.sin(t)
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """Pearson correlation along the last dim (optionally weighted)."""
+    if w is None:
+        w = torch.ones_like(x[..., :1]).expand(torch.broadcast_shapes(x.shape, y.shape))
+    sw = w.sum(-1, keepdim=True)
+    xm, ym = (w * x).sum(-1, keepdim=True) / sw, (w * y).sum(-1, keepdim=True) / sw
+    xc, yc = x - xm, y - ym
+    return (w * xc * yc).sum(-1) / torch.sqrt((w * xc * xc).sum(-1) * (w * yc * yc).sum(-1)).clamp_min(1e-30)
+
+
+def _k_limits(params: CtfParams) -> tuple[float, float]:
+    low, high = params.resolution_range_a
+    return 1.0 / low, 1.0 / high
+
+
+def search_defocus_1d(
+    spectrum: torch.Tensor, params: CtfParams, *, defocus_range_a: tuple[float, float] | None = None
+) -> tuple[float, float, float]:
+    """Best (mean defocus Å, phase rad, score) of the rotational average; coarse then fine grid."""
+    n = spectrum.shape[-2]
+    nb = n // 2 + 1
+    dev = spectrum.device
+    profile, counts = radial_bins(spectrum, pixel_radius(n, device=dev), nb)
+    k = torch.arange(nb, dtype=torch.float64, device=dev) / (n * params.pixel_size_a)
+    kmin, kmax = _k_limits(params)
+    in_range = (k >= kmin) & (k <= kmax)
+    w = counts * in_range
+    lam = electron_wavelength_a(params.voltage_kv)
+    lo_df, hi_df = defocus_range_a or (params.defocus_range_um[0] * 1e4, params.defocus_range_um[1] * 1e4)
+    step = 0.1 / (lam * kmax**2)  # Å: ring phase at kmax moves by 0.1*pi per step
+    phases = torch.arange(0.0, math.pi, math.pi / 18, dtype=torch.float64, device=dev) if params.fit_phase \
+        else torch.zeros(1, dtype=torch.float64, device=dev)
+
+    def scores(dfs: torch.Tensor, phs: torch.Tensor) -> torch.Tensor:
+        df = dfs[:, None].expand(-1, phs.numel()).reshape(-1)
+        ph = phs[None, :].expand(dfs.numel(), -1).reshape(-1)
+        lo, hi = ring_window(n, pixel_size_a=params.pixel_size_a, defocus_a=df, voltage_kv=params.voltage_kv,
+                             cs_mm=params.cs_mm)
+        model = ctf_1d(k, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm, amplitude_contrast=params.amplitude_contrast,
+                       defocus_a=df[:, None], phase_shift_rad=ph[:, None]) ** 2
+        obs = normalise_profile(profile.expand_as(model), counts, lo, hi)
+        mod = normalise_profile(model, counts, lo, hi)
+        return _pearson(obs, mod, w.expand_as(model)).reshape(dfs.numel(), phs.numel())
+
+    coarse = torch.arange(lo_df, hi_df + step, step, dtype=torch.float64, device=dev)
+    sc = scores(coarse, phases)
+    best = int(sc.max(dim=1).values.argmax())
+    fine = torch.linspace(coarse[best] - step, coarse[best] + step, 21, dtype=torch.float64, device=dev)
+    fine = fine.clamp(lo_df, hi_df)
+    sf = scores(fine, phases)
+    flat = int(sf.argmax())
+    i, j = divmod(flat, phases.numel())
+    return float(fine[i]), float(phases[j]), float(sf[i, j])
+
+
+def _annulus(spectrum: torch.Tensor, params: CtfParams, mean_defocus_a: float) -> dict:
+    n = spectrum.shape[-2]
+    dev = spectrum.device
+    ky, kx = frequency_grid_2d((n, n), device=dev)
+    ky, kx = ky.to(torch.float64) / params.pixel_size_a, kx.to(torch.float64) / params.pixel_size_a  # 1/Å
+    k2 = kx**2 + ky**2
+    kmin, kmax = _k_limits(params)
+    mask = (k2 >= kmin**2) & (k2 <= kmax**2)
+    norm = subtract_background(spectrum, pixel_size_a=params.pixel_size_a, defocus_a=mean_defocus_a,
+                               voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
+    return {"k": torch.sqrt(k2[mask]), "az": torch.atan2(ky, kx)[mask], "y": norm.to(torch.float64)[mask],
+            "r": torch.sqrt(k2[mask]) * n * params.pixel_size_a}
+
+
+def _model_sq(ann: dict, params: CtfParams, m, a1, a2, ph) -> torch.Tensor:
+    az = ann["az"]
+    df = m[..., None] + a1[..., None] * torch.cos(2 * az) + a2[..., None] * torch.sin(2 * az)
+    ctf = ctf_1d(ann["k"], voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
+                 amplitude_contrast=params.amplitude_contrast, defocus_a=df, phase_shift_rad=ph[..., None])
+    return ctf * ctf
+
+
+def refine_2d(
+    spectrum: torch.Tensor, params: CtfParams, *, mean_defocus_a: float, phase_rad: float = 0.0,
+    astigmatism_starts: list[tuple[float, float]] = (), max_iter: int = 60, ring_weights=None,
+    astigmatism_start: tuple[float, float] | None = None,
+) -> tuple[float, float, float, float, float]:
+    """2-D refinement -> (mean defocus Å, a1 Å, a2 Å, phase rad, correlation)."""
+    ann = _annulus(spectrum, params, mean_defocus_a)
+    wpix = None if ring_weights is None else interp_profile(ring_weights, ann["r"])
+    dev, f64 = spectrum.device, torch.float64
+    a1, a2 = 0.0, 0.0
+    if params.astigmatism and astigmatism_start is not None:
+        a1, a2 = astigmatism_start
+    elif params.astigmatism:
+        half, step = 0.5 * params.max_astigmatism_a, 0.1 * params.max_astigmatism_a
+        g = torch.arange(-half, half + 1e-6, step, dtype=f64, device=dev)
+        ga1, ga2 = torch.meshgrid(g, g, indexing="ij")
+        keep = ga1**2 + ga2**2 <= half**2 + 1e-6
+        cands = torch.stack([ga1[keep], ga2[keep]], -1)
+        if astigmatism_starts:
+            cands = torch.cat([cands, torch.tensor(list(astigmatism_starts), dtype=f64, device=dev)])
+        best, best_score = (0.0, 0.0), -2.0
+        for chunk in cands.split(64):
+            m = torch.full((chunk.shape[0],), mean_defocus_a, dtype=f64, device=dev)
+            sc = _pearson(_model_sq(ann, params, m, chunk[:, 0], chunk[:, 1], torch.full_like(m, phase_rad)), ann["y"])
+            i = int(sc.argmax())
+            if float(sc[i]) > best_score:
+                best, best_score = (float(chunk[i, 0]), float(chunk[i, 1])), float(sc[i])
+        a1, a2 = best
+    scale = 1000.0  # Å per optimiser unit
+    x = torch.zeros(4, dtype=f64, device=dev, requires_grad=True)
+    free = torch.tensor([1.0, float(params.astigmatism), float(params.astigmatism), float(params.fit_phase)],
+                        dtype=f64, device=dev)
+
+    def unpack(v):
+        v = v * free
+        return (mean_defocus_a + scale * v[0], a1 + scale * v[1], a2 + scale * v[2], phase_rad + v[3])
+
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        m, b1, b2, ph = unpack(x)
+        loss = -_pearson(_model_sq(ann, params, m, b1, b2, ph), ann["y"], wpix)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        m, b1, b2, ph = (float(t) for t in unpack(x))
+        score = float(_pearson(_model_sq(ann, params, *(torch.tensor(t, dtype=f64, device=dev) for t in (m, b1, b2, ph))),
+                               ann["y"]))
+    return m, b1, b2, ph, score
+
+
+def search_defocus_local(
+    spectrum: torch.Tensor, params: CtfParams, fit: CtfFit, *, mean_defocus_a: float, halfwidth_a: float = 1500.0
+) -> float:
+    """Mean defocus (Å) near ``mean_defocus_a`` with the astigmatism and phase of ``fit`` held fixed.
+
+    2-D correlation on a grid (ring phase at the high-resolution limit moves 0.02*pi per step),
+    then a parabola through the best point and its neighbours.
+    """
+    ann = _annulus(spectrum, params, mean_defocus_a)
+    dev, f64 = spectrum.device, torch.float64
+    lam = electron_wavelength_a(params.voltage_kv)
+    step = 0.02 / (lam * _k_limits(params)[1] ** 2)
+    m = torch.arange(mean_defocus_a - halfwidth_a, mean_defocus_a + halfwidth_a + step, step, dtype=f64, device=dev)
+    _, a1, a2 = _components(fit)
+    full = torch.ones_like(m)
+    sc = torch.cat([_pearson(_model_sq(ann, params, c, a1 * full[: c.numel()], a2 * full[: c.numel()],
+                                       fit.phase_shift_rad * full[: c.numel()]), ann["y"]) for c in m.split(32)])
+    i = int(sc[1:-1].argmax()) + 1
+    denom = float(sc[i - 1] - 2 * sc[i] + sc[i + 1])
+    shift = 0.5 * float(sc[i - 1] - sc[i + 1]) / denom if denom < 0 else 0.0
+    return float(m[i]) + max(-1.0, min(1.0, shift)) * step
+
+
+def equiphase_average(
+    spectrum: torch.Tensor, params: CtfParams, fit: CtfFit
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Astigmatism-corrected rotational average of the normalised spectrum -> (profile, counts) (nb,).
+
+    Each pixel is binned at the radius where a CTF of the mean defocus has the same phase.
+    """
+    n = spectrum.shape[-2]
+    nb = n // 2 + 1
+    dev = spectrum.device
+    lam, cs_a = electron_wavelength_a(params.voltage_kv), params.cs_mm * 1e7
+    ky, kx = frequency_grid_2d((n, n), device=dev)
+    ky, kx = ky.to(torch.float64) / params.pixel_size_a, kx.to(torch.float64) / params.pixel_size_a
+    k2 = kx**2 + ky**2
+    df = defocus_at_azimuth(fit.defocus_u_a, fit.defocus_v_a, fit.astigmatism_angle_deg, torch.atan2(ky, kx))
+    chi = defocus_phase(k2, df, wavelength_a=lam, cs_a=cs_a)
+    mean = torch.full_like(k2, fit.defocus_mean_a)
+    r_eq = torch.sqrt(matching_k2(chi, mean, wavelength_a=lam, cs_a=cs_a)) * n * params.pixel_size_a
+    r_eq = torch.where(pixel_radius(n, device=dev) <= nb - 1, r_eq, torch.full_like(r_eq, float(nb + 1)))
+    norm = subtract_background(spectrum, pixel_size_a=params.pixel_size_a, defocus_a=fit.defocus_mean_a,
+                               voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
+    return radial_bins(norm, r_eq, nb)
+
+
+def ring_correlation(
+    spectrum: torch.Tensor, params: CtfParams, fit: CtfFit
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(k 1/Å, equi-phase profile, fitted ctf^2, per-ring correlation), each (nb,)."""
+    n = spectrum.shape[-2]
+    nb = n // 2 + 1
+    dev = spectrum.device
+    profile, counts = equiphase_average(spectrum, params, fit)
+    k = torch.arange(nb, dtype=torch.float64, device=dev) / (n * params.pixel_size_a)
+    model = ctf_1d(k, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm, amplitude_contrast=params.amplitude_contrast,
+                   defocus_a=fit.defocus_mean_a, phase_shift_rad=fit.phase_shift_rad) ** 2
+    lo, hi = ring_window(n, pixel_size_a=params.pixel_size_a, defocus_a=torch.tensor(fit.defocus_mean_a, device=dev),
+                         voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
+    mo, mm = local_mean(profile, counts, lo, hi), local_mean(model, counts, lo, hi)
+    cov = local_mean(profile * model, counts, lo, hi) - mo * mm
+    vo = local_mean(profile * profile, counts, lo, hi) - mo * mo
+    vm = local_mean(model * model, counts, lo, hi) - mm * mm
+    frc = cov / torch.sqrt((vo * vm).clamp_min(1e-30))
+    return k, profile, model, frc
+
+
+def fit_resolution_a(spectrum: torch.Tensor, params: CtfParams, fit: CtfFit) -> float:
+    """Resolution (Å) up to which Thon rings are fitted (CTFFIND4's thresholds on ring correlation)."""
+    k, _, _, frc = ring_correlation(spectrum, params, fit)
+    kmin, _ = _k_limits(params)
+    above_low = above_high = 0
+    start = int(torch.searchsorted(k, torch.tensor(kmin, dtype=k.dtype, device=k.device)))
+    for i in range(max(start, 1), k.numel()):
+        c = float(frc[i])
+        if (above_low > 3 and c < 0.1) or (above_high > 3 and c < 0.5):
+            return float(1.0 / k[i])
+        above_low += c > 0.1
+        above_high += c > 0.66
+    return float(1.0 / k[-1]) if above_high > 3 else float(1.0 / k[max(start, 1)])
+
+
+def fit_ctf_spectrum(
+    spectrum: torch.Tensor,             # (n, n//2+1) power, rfft layout
+    params: CtfParams,
+    *,
+    initial: CtfFit | None = None,
+    search_halfwidth_a: float = 15000.0,
+) -> CtfFit:
+    """Fit one spectrum; with ``initial`` the 1-D search spans its mean defocus ± ``search_halfwidth_a``."""
+    n = spectrum.shape[-2]
+    if spectrum.ndim != 2 or spectrum.shape[-1] != n // 2 + 1:
+        raise ValueError(f"fit_ctf_spectrum: expected an (n, n//2+1) rfft power spectrum, got {tuple(spectrum.shape)}")
+    lo, hi = params.defocus_range_um[0] * 1e4, params.defocus_range_um[1] * 1e4
+    starts: list[tuple[float, float]] = []
+    if initial is not None:
+        c = initial.defocus_mean_a
+        lo, hi = max(lo, c - search_halfwidth_a), min(hi, c + search_halfwidth_a)
+        if lo >= hi:
+            lo, hi = sorted((params.defocus_range_um[0] * 1e4, params.defocus_range_um[1] * 1e4))
+        starts.append(_components(initial)[1:])
+    m0, ph0, _ = search_defocus_1d(spectrum, params, defocus_range_a=(lo, hi))
+    m, a1, a2, ph, score = refine_2d(spectrum, params, mean_defocus_a=m0, phase_rad=ph0, astigmatism_starts=starts)
+    fit = _fit_from_components(m, a1, a2, ph if params.fit_phase else 0.0, float("nan"), score)
+    if WEIGHTED:
+        k, prof, model, frc = ring_correlation(spectrum, params, fit)
+        nb = k.numel()
+        _, counts = equiphase_average(spectrum, params, fit)
+        lo, hi = ring_window(n, pixel_size_a=params.pixel_size_a, defocus_a=torch.tensor(fit.defocus_mean_a, device=spectrum.device),
+                             voltage_kv=params.voltage_kv, cs_mm=params.cs_mm, periods=WP)
+        mo, mm = local_mean(prof, counts, lo, hi), local_mean(model, counts, lo, hi)
+        cov = local_mean(prof * model, counts, lo, hi) - mo * mm
+        vm = local_mean(model * model, counts, lo, hi) - mm * mm
+        alpha = (cov / vm.clamp_min(1e-12)).clamp_min(0)
+        m, a1, a2, ph, score = refine_2d(spectrum, params, mean_defocus_a=m, phase_rad=ph, astigmatism_start=(a1, a2), ring_weights=alpha)
+        fit = _fit_from_components(m, a1, a2, ph if params.fit_phase else 0.0, float("nan"), score)
+    fit.fit_resolution_a = fit_resolution_a(spectrum, params, fit)
+    return fit
+WEIGHTED = True
+WP = 3.0

@@ -1,0 +1,105 @@
+"""Global (whole-frame) motion of a movie: one sub-pixel shift per frame.
+
+Shift convention (DESIGN.md §2): per frame, in pixels of the unbinned movie, the displacement of the
+specimen in that frame relative to the aligned sum (a feature at p in the sum lies at p + shift in
+the frame), mean zero over frames.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tiltflow.core.motion_xcorr import (
+    align_stack,
+    bin_frames,
+    edge_taper,
+    estimation_shape,
+    fit_weights,
+    frequency_vectors,
+    smooth_trajectory,
+)
+
+
+def check_movie(frames: torch.Tensor, pixel_size_a: float, fit_range_a, binning: int, name: str):
+    """Validate the common arguments of the motion functions; raise a one-line ValueError."""
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 3 or frames.is_complex():
+        shape = tuple(getattr(frames, "shape", ()))
+        raise ValueError(f"{name}: frames must be a real (t, h, w) tensor, got shape {shape}")
+    if frames.shape[0] < 1 or min(frames.shape[-2:]) < 16:
+        raise ValueError(f"{name}: frames {tuple(frames.shape)} need t >= 1 and h, w >= 16")
+    if not pixel_size_a > 0:
+        raise ValueError(f"{name}: pixel_size_a must be > 0 Å/px, got {pixel_size_a}")
+    low_a, high_a = fit_range_a
+    if not (low_a > high_a > 0):
+        raise ValueError(f"{name}: fit_range_a must be (low, high) in Å with low > high > 0, got {fit_range_a}")
+    if int(binning) != binning or binning < 1:
+        raise ValueError(f"{name}: binning must be an integer >= 1, got {binning}")
+
+
+def estimate_global_shifts(
+    frames: torch.Tensor,  # (t, h, w) gain-corrected counts
+    *,
+    pixel_size_a: float,
+    fit_range_a: tuple[float, float] = (500.0, 10.0),
+    bfactor_a2: float = -500.0,
+    binning: int = 1,
+    iterations: int = 4,
+    smooth: bool = True,
+    max_shift_a: float | None = None,
+) -> torch.Tensor:  # (t, 2) x, y shifts in unbinned px, mean zero
+    """Per-frame specimen shifts of a movie, sub-pixel, mean zero over frames.
+
+    The movie is Fourier-cropped so that its Nyquist holds ``fit_range_a[1]`` (and by at least
+    ``binning``), edge-tapered, and each frame aligned to the sum of the others: a coarse
+    cross-correlation search, then ``iterations`` rounds of Newton refinement on the Fourier
+    cross-correlation. With ``smooth`` each round ends by fitting a smooth trajectory: the posterior
+    mean under a prior on frame-to-frame accelerations whose strength is set by restricted maximum
+    likelihood from the per-frame error estimates (steady drift is averaged, sudden jumps kept).
+
+    Parameters
+    ----------
+    frames : (t, h, w) gain-corrected frames; never modified; the device follows them.
+    pixel_size_a : unbinned pixel size, Å/px.
+    fit_range_a : (low, high) resolution in Å of the band used for alignment.
+    bfactor_a2 : B-factor (Å²) weighting the cross-correlation; negative dampens high frequencies.
+    binning : minimum down-sampling before estimation (e.g. 2 for super-resolution movies).
+    max_shift_a : search radius of the coarse search, Å (default: a quarter of the image).
+    """
+    name = "estimate_global_shifts"
+    check_movie(frames, pixel_size_a, fit_range_a, binning, name)
+    t, h, w = frames.shape
+    if t == 1:
+        return torch.zeros((1, 2), dtype=torch.float32, device=frames.device)
+    shape_b = estimation_shape((h, w), pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning)
+    scale = (h / shape_b[0], w / shape_b[1])  # unbinned px per binned px
+    binned = bin_frames(frames, shape_b)
+    spectra = torch.fft.rfft2(binned * edge_taper(shape_b, device=frames.device))
+    del binned
+    ky, kx = frequency_vectors(shape_b, scale, device=frames.device)
+    weights = fit_weights(ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2)
+    max_shift_px = min(h, w) / 4.0 if max_shift_a is None else max_shift_a / pixel_size_a
+
+    fit = align_stack(
+        spectra,
+        ky=ky,
+        kx=kx,
+        image_shape=shape_b,
+        scale_yx=scale,
+        weights=weights,
+        shifts=torch.zeros((t, 2), device=frames.device),
+        coarse_iterations=2,
+        outer_iterations=iterations,
+        max_shift_px=max_shift_px,
+        smooth=smooth_trajectory if smooth else None,
+    )
+    return fit.shifts
+
+
+def total_motion_px(shifts: torch.Tensor) -> float:
+    """Path length of a trajectory (t, 2): the sum of frame-to-frame displacements, px."""
+    shifts = torch.as_tensor(shifts)
+    if shifts.ndim != 2 or shifts.shape[-1] != 2:
+        raise ValueError(f"total_motion_px: shifts must be (t, 2), got shape {tuple(shifts.shape)}")
+    if shifts.shape[0] < 2:
+        return 0.0
+    return float(torch.linalg.vector_norm(shifts[1:] - shifts[:-1], dim=-1).sum())

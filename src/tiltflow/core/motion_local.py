@@ -1,0 +1,202 @@
+"""Local (spatially varying) motion on top of the global shifts: a smooth (x, y, t) control grid.
+
+The residual shift field is piecewise linear between control points spread evenly over the image
+(x from 0 to w-1, y from 0 to h-1, unbinned px) and over the frames (0 to t-1). Shift convention
+(DESIGN.md §2): a feature at p in the sum lies at p + global(t) + residual(p, t) in frame t; the
+residual is mean zero over frames at every point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tiltflow.core.motion_global import check_movie
+from tiltflow.core.motion_xcorr import (
+    align_stack,
+    bin_frames,
+    edge_taper,
+    estimation_shape,
+    fast_fft_size,
+    fit_weights,
+    frequency_vectors,
+)
+
+NEIGHBOUR_SIGMA_PX = 1.0  # prior std of the difference between neighbouring control points
+
+
+def _hat_weights(u: torch.Tensor, n: int) -> torch.Tensor:
+    """Linear-interpolation weights (..., n) at node coordinates ``u`` (clamped to [0, n-1])."""
+    if n == 1:
+        return torch.ones((*u.shape, 1), dtype=u.dtype, device=u.device)
+    u = u.clamp(0, n - 1)
+    nodes = torch.arange(n, dtype=u.dtype, device=u.device)
+    return torch.clamp(1.0 - (u[..., None] - nodes).abs(), min=0.0)
+
+
+@dataclass
+class LocalMotion:
+    """Residual motion ``grid`` (nt, ny, nx, 2) x, y px on top of ``global_shifts`` (t, 2).
+
+    ``image_shape`` (h, w) is the unbinned frame shape the control points span.
+    """
+
+    grid: torch.Tensor
+    global_shifts: torch.Tensor
+    image_shape: tuple[int, int]
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.global_shifts.shape[0])
+
+    def _weights(self, frame_index, x_px, y_px):
+        nt, ny, nx, _ = self.grid.shape
+        h, w = self.image_shape
+        dev, dt = self.grid.device, self.grid.dtype
+        f, x, y = (torch.as_tensor(v, device=dev, dtype=dt) for v in (frame_index, x_px, y_px))
+        f, x, y = torch.broadcast_tensors(f, x, y)
+        wt = _hat_weights(f * (nt - 1) / max(self.n_frames - 1, 1), nt)
+        wy = _hat_weights(y * (ny - 1) / max(h - 1, 1), ny)
+        wx = _hat_weights(x * (nx - 1) / max(w - 1, 1), nx)
+        return f, wt, wy, wx
+
+    def residual_at(self, frame_index, x_px, y_px) -> torch.Tensor:
+        """Residual shift (..., 2) at frame(s) and unbinned pixel positions (broadcast together)."""
+        _, wt, wy, wx = self._weights(frame_index, x_px, y_px)
+        return torch.einsum("...a,...b,...c,abcd->...d", wt, wy, wx, self.grid)
+
+    def shifts_at(self, frame_index, x_px, y_px) -> torch.Tensor:
+        """Total shift (..., 2) = global + residual; ``frame_index`` must be integral here."""
+        f, wt, wy, wx = self._weights(frame_index, x_px, y_px)
+        glob = self.global_shifts.to(self.grid.dtype)[f.round().long()]
+        return glob + torch.einsum("...a,...b,...c,abcd->...d", wt, wy, wx, self.grid)
+
+
+def automatic_grid(image_shape: tuple[int, int], n_frames: int) -> tuple[int, int, int]:
+    """(nx, ny, nt): 2 control points per axis up to 1024 px, one more per 1024 px, at most 5."""
+    h, w = image_shape
+    return (
+        min(5, max(2, math.ceil(w / 1024) + 1)),
+        min(5, max(2, math.ceil(h / 1024) + 1)),
+        min(n_frames, 3),
+    )
+
+
+def _patch_layout(n_b: int, n_ctrl: int) -> tuple[int, torch.Tensor]:
+    """Patch size and start positions along one binned axis: 2 n - 1 patches, 50 % overlap."""
+    count = max(1, 2 * n_ctrl - 1)
+    size = n_b if count == 1 else min(n_b, fast_fft_size(math.ceil(2 * n_b / (count + 1))))
+    starts = torch.linspace(0, n_b - size, count).round().long()
+    return size, starts
+
+
+def _extract_patches(binned, starts_y, starts_x, size, offsets):
+    """Patches (P, t, ph, pw) of binned frames (t, h, w), frame i displaced by ``offsets[i]`` (x, y)."""
+    t, h, w = binned.shape
+    ph, pw = size
+    sy, sx = torch.meshgrid(starts_y, starts_x, indexing="ij")
+    sy, sx = sy.reshape(-1, 1).to(binned.device), sx.reshape(-1, 1).to(binned.device)
+    rows = (sy + offsets[:, 1])[..., None] + torch.arange(ph, device=binned.device)  # (P, t, ph)
+    cols = (sx + offsets[:, 0])[..., None] + torch.arange(pw, device=binned.device)
+    rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    frame = torch.arange(t, device=binned.device)[None, :, None, None]
+    return binned[frame, rows[..., :, None], cols[..., None, :]]
+
+
+def _fit_grid(residual, variance, centres_xy, grid_nyx_t, n_frames, image_shape):
+    """Least-squares control grid (nt, ny, nx, 2) through patch residuals (P, t, 2)."""
+    nx, ny, nt = grid_nyx_t
+    h, w = image_shape
+    dt = torch.float64
+    dev = residual.device
+    frames = torch.arange(n_frames, dtype=dt, device=dev)
+    wt = _hat_weights(frames * (nt - 1) / max(n_frames - 1, 1), nt)  # (t, nt)
+    wy = _hat_weights(centres_xy[:, 1].to(dt) * (ny - 1) / max(h - 1, 1), ny)  # (P, ny)
+    wx = _hat_weights(centres_xy[:, 0].to(dt) * (nx - 1) / max(w - 1, 1), nx)
+    design = torch.einsum("pb,pc,ta->ptabc", wy, wx, wt).reshape(-1, nt * ny * nx)
+    # neighbour differences along t, y and x as rows of a penalty matrix
+    idx = torch.arange(nt * ny * nx, device=dev).reshape(nt, ny, nx)
+    pairs = [
+        torch.stack([a.reshape(-1), b.reshape(-1)], -1)
+        for a, b in ((idx[1:], idx[:-1]), (idx[:, 1:], idx[:, :-1]), (idx[:, :, 1:], idx[:, :, :-1]))
+    ]
+    pairs = torch.cat(pairs)
+    pen = torch.zeros((pairs.shape[0], nt * ny * nx), dtype=dt, device=dev)
+    rng = torch.arange(pairs.shape[0], device=dev)
+    pen[rng, pairs[:, 0]], pen[rng, pairs[:, 1]] = 1.0, -1.0
+    prior = pen.T @ pen / NEIGHBOUR_SIGMA_PX**2 + 1e-6 * torch.eye(nt * ny * nx, dtype=dt, device=dev)
+    out = []
+    for c in range(2):
+        wts = 1.0 / variance[..., c].reshape(-1).to(dt).clamp_min(1e-8)
+        lhs = design.T @ (wts[:, None] * design) + prior
+        rhs = design.T @ (wts * residual[..., c].reshape(-1).to(dt))
+        out.append(torch.linalg.solve(lhs, rhs).reshape(nt, ny, nx))
+    grid = torch.stack(out, -1)
+    # mean zero over frames at every point: remove each node's time-average
+    mean_t = torch.einsum("ta,abcd->bcd", wt, grid) / n_frames
+    return (grid - mean_t).to(torch.float32)
+
+
+def estimate_local_motion(
+    frames: torch.Tensor,  # (t, h, w) gain-corrected counts
+    global_shifts: torch.Tensor,  # (t, 2) from estimate_global_shifts
+    *,
+    pixel_size_a: float,
+    grid: tuple[int, int, int] | None = None,  # (nx, ny, nt) control points
+    fit_range_a: tuple[float, float] = (500.0, 10.0),
+    bfactor_a2: float = -500.0,
+    binning: int = 1,
+    iterations: int = 3,
+) -> LocalMotion:
+    """Smooth residual motion field on top of ``global_shifts``.
+
+    The down-sampled movie is cut into (2 nx - 1) x (2 ny - 1) half-overlapping patches, each
+    displaced by its frame's global shift; each patch stack is aligned like the global one
+    (leave-one-out references, Newton on the Fourier cross-correlation, per-shift error estimate)
+    and a control grid (``grid`` = (nx, ny, nt), default :func:`automatic_grid`) is fitted to the
+    patch shifts by inverse-variance weighted least squares with a weak smoothness prior
+    (neighbouring control points differ by ~N(0, 1 px)); ``iterations`` rounds.
+    """
+    name = "estimate_local_motion"
+    check_movie(frames, pixel_size_a, fit_range_a, binning, name)
+    t, h, w = frames.shape
+    global_shifts = torch.as_tensor(global_shifts, dtype=torch.float32, device=frames.device)
+    if tuple(global_shifts.shape) != (t, 2):
+        raise ValueError(f"{name}: global_shifts must be ({t}, 2) for {t} frames, got {tuple(global_shifts.shape)}")
+    nx, ny, nt = automatic_grid((h, w), t) if grid is None else (int(g) for g in grid)
+    if min(nx, ny, nt) < 1 or nt > t:
+        raise ValueError(f"{name}: grid (nx, ny, nt) needs values >= 1 and nt <= {t} frames, got {grid}")
+    empty = torch.zeros((nt, ny, nx, 2), device=frames.device)
+    motion = LocalMotion(grid=empty, global_shifts=global_shifts, image_shape=(h, w))
+    if t == 1:
+        return motion
+    shape_b = estimation_shape((h, w), pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning)
+    scale = (h / shape_b[0], w / shape_b[1])  # unbinned px per binned px
+    (ph, starts_y), (pw, starts_x) = _patch_layout(shape_b[0], ny), _patch_layout(shape_b[1], nx)
+    scale_xy = torch.tensor([scale[1], scale[0]], device=frames.device)
+    offsets = torch.round(global_shifts / scale_xy).long()  # (t, 2) binned px
+    patches = _extract_patches(bin_frames(frames, shape_b), starts_y, starts_x, (ph, pw), offsets)
+    patches = patches - patches.mean(dim=(-2, -1), keepdim=True)
+    spectra = torch.fft.rfft2(patches * edge_taper((ph, pw), device=frames.device))
+    del patches
+    ky, kx = frequency_vectors((ph, pw), scale, device=frames.device)
+    weights = fit_weights(ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2)
+    cy, cx = torch.meshgrid(starts_y.float() + (ph - 1) / 2, starts_x.float() + (pw - 1) / 2, indexing="ij")
+    centres = torch.stack([(cx.reshape(-1) + 0.5) * scale[1] - 0.5, (cy.reshape(-1) + 0.5) * scale[0] - 0.5], -1)
+    centres = centres.to(frames.device)  # (P, 2) x, y unbinned px
+    inside = global_shifts - offsets * scale_xy  # global shift left within each extracted patch
+    frame_idx = torch.arange(t, device=frames.device)
+    for _ in range(iterations):
+        current = motion.residual_at(frame_idx[None, :], centres[:, None, 0], centres[:, None, 1])
+        fit = align_stack(
+            spectra, ky=ky, kx=kx, image_shape=(ph, pw), scale_yx=scale, weights=weights,
+            shifts=inside[None] + current, coarse_iterations=0, outer_iterations=1,
+            max_shift_px=0.0,
+        )
+        residual = fit.shifts + offsets * scale_xy - global_shifts  # (P, t, 2)
+        residual = residual - residual.mean(dim=-2, keepdim=True)
+        new_grid = _fit_grid(residual, fit.variance, centres, (nx, ny, nt), t, (h, w))
+        motion = LocalMotion(grid=new_grid, global_shifts=global_shifts, image_shape=(h, w))
+    return motion

@@ -1,0 +1,256 @@
+"""Frame-shift estimation shared by global and local motion (internal to ``core.motion*``).
+
+Each frame is aligned against the sum of all other frames (a leave-one-out reference, so its own
+noise never correlates with itself), band-passed by the fit range and B-factor weighted. A coarse
+search takes the peak of the cross-correlation map (parabolic sub-pixel); Newton steps on the
+continuous Fourier cross-correlation ``C(s) = sum_k W(k) Re(F(k) conj(R(k)) exp(2 pi i k.s))``
+then refine it with no interpolation bias. Work is batched over leading dimensions (patches).
+
+Spectra are rfft2 of down-sampled images; their frequency vectors ``ky``, ``kx`` are given in
+cycles per *unbinned* pixel, so shifts are always in unbinned pixels. Shift convention
+(DESIGN.md §2): a feature at p in the reference lies at p + s in the frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from tiltflow.core.fourier import fourier_crop_2d
+
+TWO_PI = 2.0 * math.pi
+
+
+def fast_fft_size(n: int) -> int:
+    """Smallest even size >= n whose prime factors are all 2, 3, 5 or 7."""
+    m = max(2, int(n) + (int(n) % 2))
+    while True:
+        r = m
+        for p in (2, 3, 5, 7):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 2
+
+
+def estimation_shape(
+    image_shape: tuple[int, int], *, pixel_size_a: float, high_res_a: float, binning: int
+) -> tuple[int, int]:
+    """(h, w) of the down-sampled copy whose Nyquist just holds ``high_res_a`` (at most n // binning)."""
+    k_need = min(0.5, pixel_size_a / high_res_a)  # Å/px / Å = cycles per unbinned px
+    out = []
+    for n in image_shape:
+        m = min(fast_fft_size(math.ceil(2.0 * k_need * n * 1.02)), n // binning)
+        out.append(max(m, 8))
+    return out[0], out[1]
+
+
+def frequency_vectors(
+    spectrum_shape: tuple[int, int], scale_yx: tuple[float, float], device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ky`` (h,), ``kx`` (w//2+1,) of an rfft2 of an (h, w) image, in cycles per unbinned px.
+
+    ``scale_yx`` is the size of one pixel of that image in unbinned pixels.
+    """
+    h, w = spectrum_shape
+    ky = torch.fft.fftfreq(h, device=device) / scale_yx[0]
+    kx = torch.fft.rfftfreq(w, device=device) / scale_yx[1]
+    return ky, kx
+
+
+def hermitian_weights(width: int, device=None) -> torch.Tensor:
+    """Column weights (w//2+1,) that turn a sum over the rfft half plane into the full-plane sum."""
+    hw = torch.full((width // 2 + 1,), 2.0, device=device)
+    hw[0] = 1.0
+    if width % 2 == 0:
+        hw[-1] = 1.0
+    return hw
+
+
+def fit_weights(
+    ky: torch.Tensor, kx: torch.Tensor, *, pixel_size_a: float,
+    fit_range_a: tuple[float, float], bfactor_a2: float,
+) -> torch.Tensor:
+    """Band-pass (cosine edges) times ``exp(B k^2 / 4)`` on the (ky, kx) grid; k in 1/Å."""
+    low_a, high_a = fit_range_a
+    k = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) / pixel_size_a  # cycles/px / (Å/px) = 1/Å
+    k_lo, k_hi = 1.0 / low_a, 1.0 / high_a
+    rise = torch.clamp((k - k_lo) / k_lo, 0.0, 1.0)  # 0 at 1/low, 1 at 2/low
+    fall = torch.clamp((k - 0.85 * k_hi) / (0.15 * k_hi), 0.0, 1.0)  # 1 below 0.85/high, 0 at 1/high
+    band = 0.5 * (1 - torch.cos(math.pi * rise)) * 0.5 * (1 + torch.cos(math.pi * fall))
+    return (band * torch.exp(bfactor_a2 * k**2 / 4.0)).to(torch.float32)
+
+
+def edge_taper(shape: tuple[int, int], *, fraction: float = 0.1, device=None) -> torch.Tensor:
+    """Separable cosine taper (h, w): 0 at the border, 1 beyond ``fraction`` of each side."""
+    vecs = []
+    for n in shape:
+        ramp = max(1, int(round(fraction * n)))
+        x = torch.arange(n, device=device, dtype=torch.float32)
+        d = torch.minimum(x, n - 1 - x) + 0.5
+        vecs.append(torch.sin(0.5 * math.pi * torch.clamp(d / ramp, max=1.0)) ** 2)
+    return vecs[0][:, None] * vecs[1][None, :]
+
+
+def bin_frames(
+    frames: torch.Tensor, shape: tuple[int, int], *, chunk_pixels: int = 1 << 25
+) -> torch.Tensor:
+    """Mean-subtracted, Fourier-cropped copy ``(t, h', w')`` of frames ``(t, h, w)``, in chunks."""
+    t, h, w = frames.shape
+    step = max(1, chunk_pixels // (h * w))
+    out = torch.empty((t, *shape), dtype=torch.float32, device=frames.device)
+    for i in range(0, t, step):
+        x = frames[i : i + step].to(torch.float32)
+        x = x - x.mean(dim=(-2, -1), keepdim=True)
+        out[i : i + step] = fourier_crop_2d(x, shape)
+    return out
+
+
+def phase_ramp(ky: torch.Tensor, kx: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``exp(2 pi i k.s)`` (..., h, w//2+1) for shifts (..., 2) (x, y): multiplying moves by -s."""
+    one = torch.ones((), device=ky.device)
+    py = torch.polar(one, TWO_PI * ky * shifts[..., 1, None].to(ky.dtype))
+    px = torch.polar(one, TWO_PI * kx * shifts[..., 0, None].to(kx.dtype))
+    return py[..., :, None] * px[..., None, :]
+
+
+@dataclass
+class StackFit:
+    """Shifts (..., t, 2) x, y in unbinned px, their curvature ``-d2C/ds2`` and variance (..., t, 2)."""
+
+    shifts: torch.Tensor
+    curvature: torch.Tensor
+    variance: torch.Tensor
+
+
+def _coarse_peaks(cc: torch.Tensor, radius_b: tuple[float, float]) -> torch.Tensor:
+    """Peak (x, y) in pixels of ``cc`` (..., h, w) within ``radius_b``, parabolic sub-pixel."""
+    h, w = cc.shape[-2:]
+    dy = torch.fft.fftfreq(h, 1.0 / h, device=cc.device)
+    dx = torch.fft.fftfreq(w, 1.0 / w, device=cc.device)
+    allowed = (dy.abs()[:, None] <= radius_b[0]) & (dx.abs()[None, :] <= radius_b[1])
+    flat = cc.masked_fill(~allowed, -torch.inf).flatten(-2)
+    idx = flat.argmax(-1)
+    iy, ix = idx // w, idx % w
+    cflat = cc.flatten(-2)
+
+    def at(y, x):
+        return cflat.gather(-1, ((y % h) * w + (x % w))[..., None])[..., 0]
+
+    def vertex(cm, c0, cp):
+        den = cm - 2.0 * c0 + cp
+        d = torch.where(den < 0, 0.5 * (cm - cp) / torch.where(den < 0, den, -1.0), 0.0)
+        return d.clamp(-0.5, 0.5)
+
+    c0 = at(iy, ix)
+    fy = vertex(at(iy - 1, ix), c0, at(iy + 1, ix))
+    fx = vertex(at(iy, ix - 1), c0, at(iy, ix + 1))
+    return torch.stack([dx[ix] + fx, dy[iy] + fy], dim=-1)
+
+
+def _cross_spectra(spectra, ky, kx, shifts, weights):
+    """``F_i conj(R_i) W`` with leave-one-out references ``R_i`` aligned by ``shifts``."""
+    aligned = spectra * phase_ramp(ky, kx, shifts)
+    refs = aligned.sum(dim=-3, keepdim=True) - aligned
+    return spectra * refs.conj() * weights
+
+
+def align_stack(
+    spectra: torch.Tensor,  # (..., t, h, w//2+1) complex
+    *,
+    ky: torch.Tensor,  # (h,) cycles per unbinned px
+    kx: torch.Tensor,  # (w//2+1,)
+    image_shape: tuple[int, int],  # (h, w) of the images behind ``spectra``
+    scale_yx: tuple[float, float],  # unbinned px per pixel of those images
+    weights: torch.Tensor,  # (h, w//2+1) fit weights (no Hermitian factor)
+    shifts: torch.Tensor,  # (..., t, 2) starting shifts, unbinned px
+    coarse_iterations: int,
+    outer_iterations: int,
+    max_shift_px: float,
+    newton_steps: int = 3,
+    smooth: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> StackFit:
+    """Estimate per-frame shifts of a stack against leave-one-out references (see module doc)."""
+    s = shifts.to(torch.float32).clone()
+    h, w = image_shape
+    t = spectra.shape[-3]
+    # A reference built from the other frames carries their errors, -e_i / (t - 1) on average:
+    # moving each frame by (t - 1) / t of its measured offset cancels that (one-step convergence).
+    damping = (t - 1) / t
+    for _ in range(coarse_iterations):
+        cross = _cross_spectra(spectra, ky, kx, s, weights)
+        cc = torch.fft.irfft2(cross, s=(h, w))
+        radius = (max_shift_px / scale_yx[0], max_shift_px / scale_yx[1])
+        peak = _coarse_peaks(cc, radius)
+        peak = torch.stack([peak[..., 0] * scale_yx[1], peak[..., 1] * scale_yx[0]], dim=-1)
+        s = s + (peak - s) * damping
+        s = s - s.mean(dim=-2, keepdim=True)
+    w_full = weights * hermitian_weights(w, device=weights.device)
+    max_step = torch.tensor([0.5 * scale_yx[1], 0.5 * scale_yx[0]], device=s.device)
+    kx2, ky2 = kx**2, ky**2
+    curvature = variance = torch.ones_like(s)
+    for _ in range(outer_iterations):
+        cross = _cross_spectra(spectra, ky, kx, s, w_full)
+        raw = s.clone()
+        for _ in range(newton_steps):
+            q = cross * phase_ramp(ky, kx, raw)
+            re, im = q.real, q.imag
+            gx = -TWO_PI * (im.sum(-2) @ kx)
+            gy = -TWO_PI * (im.sum(-1) @ ky)
+            hxx = -(TWO_PI**2) * (re.sum(-2) @ kx2)
+            hyy = -(TWO_PI**2) * (re.sum(-1) @ ky2)
+            hxy = -(TWO_PI**2) * ((re @ kx) @ ky)
+            det = hxx * hyy - hxy**2
+            ok = (hxx < 0) & (hyy < 0) & (det > 0)
+            safe = torch.where(ok, det, 1.0)
+            newton = -torch.stack([(hyy * gx - hxy * gy) / safe, (hxx * gy - hxy * gx) / safe], -1)
+            ascent = torch.sign(torch.stack([gx, gy], -1)) * max_step
+            step = torch.where(ok[..., None], newton, ascent)
+            raw = raw + torch.maximum(torch.minimum(step, max_step), -max_step)
+        curvature = torch.stack([-hxx, -hyy], -1).clamp_min(1e-30)
+        # at the optimum Im(Q) is noise: Var(g) ~ sum (2 pi k)^2 Im(Q)^2
+        im2 = im**2
+        var_g = torch.stack([im2.sum(-2) @ kx2, im2.sum(-1) @ ky2], -1) * TWO_PI**2
+        variance = var_g / curvature**2
+        raw = s + (raw - s) * damping
+        variance = variance * damping**2
+        s = smooth(raw, variance) if smooth is not None else raw
+        s = s - s.mean(dim=-2, keepdim=True)
+    return StackFit(shifts=s, curvature=curvature, variance=variance)
+
+
+def smooth_trajectory(shifts: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """Posterior mean of a trajectory (..., t, 2) under a Gaussian prior on its accelerations.
+
+    Model: measured = true + noise of ``variance`` (..., t, 2); second differences of the true
+    trajectory ~ N(0, a^2). ``a^2`` is chosen per leading index by restricted maximum likelihood
+    (the linear part is free), so smooth motion is averaged over frames and jumps are kept.
+    """
+    t = shifts.shape[-2]
+    if t < 3:
+        return shifts
+    dt = torch.float64
+    dev = shifts.device
+    d2 = torch.zeros((t - 2, t), dtype=dt, device=dev)
+    idx = torch.arange(t - 2, device=dev)
+    d2[idx, idx], d2[idx, idx + 1], d2[idx, idx + 2] = 1.0, -2.0, 1.0
+    r = shifts.to(dt).movedim(-1, -2)  # (..., 2, t)
+    v = variance.to(dt).movedim(-1, -2).clamp_min(1e-12)
+    z = r @ d2.T  # (..., 2, t-2)
+    dvd = torch.einsum("it,...ct,jt->...cij", d2, v, d2)  # (..., 2, t-2, t-2)
+    a2 = torch.logspace(-6, 3, 37, dtype=dt, device=dev)  # px^2 / frame^4
+    eye = torch.eye(t - 2, dtype=dt, device=dev)
+    cov = dvd[..., None, :, :, :] + a2[:, None, None, None] * eye  # (..., g, 2, t-2, t-2)
+    chol = torch.linalg.cholesky(cov)
+    sol = torch.cholesky_solve(z[..., None, :, :, None], chol)[..., 0]
+    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    nll = (logdet + (z[..., None, :, :] * sol).sum(-1)).sum(-1)  # (..., g)
+    best = a2[nll.argmin(dim=-1)]  # (...)
+    prec = torch.diag_embed(1.0 / v) + (d2.T @ d2) / best[..., None, None, None]
+    out = torch.linalg.solve(prec, (r / v)[..., None])[..., 0]
+    return out.movedim(-2, -1).to(shifts.dtype)
+

@@ -1,0 +1,98 @@
+"""Parameters of the simulated demo session (``tiltflow demo-data``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+REFERENCE_AREA_PX = 512 * 512  # object counts below are per this image area
+
+
+@dataclass
+class DemoConfig:
+    """A simulated cryo-ET session; every random choice follows from ``seed``.
+
+    Tilt scheme: dose-symmetric (Hagen et al. 2017, doi:10.1016/j.jsb.2016.06.007) from 0°:
+    with ``dose_group_size = 2`` (Tomo5 / PACEtomo style) 0, +3, -3, -6, +6, +9, -9, -12, ...;
+    with 1 plain alternation 0, +3, -3, +6, -6, ...; n tilts span
+    ``step * (i - (n - 1) // 2)`` for i in 0..n-1 (one more positive tilt when n is even).
+    Object counts (``n_beads``, ``n_vesicles``, ``n_blobs``) are per image area (None: 12, 2
+    and 150 per 512² pixels, beads capped at 60, vesicles at 40); the simulator fills the wider
+    region seen at high tilt at the same density. ``size`` is (nx, ny).
+    """
+
+    n_series: int = 3
+    n_tilts: int = 21
+    tilt_step_deg: float = 3.0
+    dose_group_size: int = 2
+    size: tuple[int, int] = (512, 512)
+    n_frames: int = 6
+    pixel_size_a: float = 2.76
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    dose_per_tilt_e_a2: float = 3.0
+    flavour: Literal["serialem", "tomo5"] = "serialem"
+    seed: int = 0
+    # specimen
+    ice_thickness_nm: float = 150.0
+    ice_mean_free_path_nm: float = 350.0  # inelastic: counts fall as exp(-t / cos(tilt) / mfp)
+    ice_texture_rad: float = 0.15  # white phase noise of amorphous ice (shows Thon rings)
+    bead_diameter_nm: float = 10.0
+    n_beads: int | None = None
+    n_vesicles: int | None = None
+    n_blobs: int | None = None
+    # geometry and optics per series / tilt
+    tilt_axis_deg: float = 85.0  # written in the mdoc; the true axis adds U(-jitter, jitter)
+    tilt_axis_jitter_deg: float = 2.0
+    tilt_offset_max_deg: float = 2.0  # true angle = mdoc angle + U(-max, max) per series
+    defocus_range_um: tuple[float, float] = (2.0, 5.0)
+    astigmatism_range_a: tuple[float, float] = (200.0, 1500.0)
+    defocus_jitter_a: float = 300.0
+    stage_shift_step_px: float = 5.0  # random walk in acquisition order
+    stage_shift_max_px: float = 20.0
+    # movies and detector
+    motion_total_px: tuple[float, float] = (0.5, 3.0)
+    local_motion: bool = True
+    local_motion_px: float = 0.6
+    xray_hits_per_frame_mpx: float = 2.0  # events per frame per 10^6 pixels
+    n_hot_pixels: int = 4
+    gain_range: tuple[float, float] = (0.8, 1.2)
+    gain_pixel_noise: float = 0.02
+    dose_rate_e_px_s: float = 10.0  # sets ExposureTime in the mdoc
+
+    def __post_init__(self) -> None:
+        self.size = (int(self.size[0]), int(self.size[1]))
+        checks = [
+            (self.n_series >= 1, f"n_series must be >= 1, got {self.n_series}"),
+            (self.n_tilts >= 1, f"n_tilts must be >= 1, got {self.n_tilts}"),
+            (self.n_frames >= 1, f"n_frames must be >= 1, got {self.n_frames}"),
+            (min(self.size) >= 64, f"size (nx, ny) must be at least 64 px each, got {self.size}"),
+            (self.tilt_step_deg > 0, f"tilt_step_deg must be > 0, got {self.tilt_step_deg}"),
+            (self.dose_group_size >= 1,
+             f"dose_group_size must be >= 1, got {self.dose_group_size}"),
+            (self.max_nominal_tilt_deg() < 80,
+             f"n_tilts x tilt_step_deg reaches {self.max_nominal_tilt_deg()}°; keep it below 80°"),
+            (self.pixel_size_a > 0, f"pixel_size_a must be > 0, got {self.pixel_size_a}"),
+            (self.flavour in ("serialem", "tomo5"),
+             f"flavour must be 'serialem' or 'tomo5', got {self.flavour!r}"),
+            (self.dose_per_tilt_e_a2 > 0,
+             f"dose_per_tilt_e_a2 must be > 0, got {self.dose_per_tilt_e_a2}"),
+            (2 * self.bead_diameter_nm < self.ice_thickness_nm,
+             "ice_thickness_nm must exceed twice bead_diameter_nm"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"DemoConfig: {message}")
+
+    def max_nominal_tilt_deg(self) -> float:
+        """Largest |nominal tilt| of the scheme."""
+        return self.tilt_step_deg * (self.n_tilts // 2)
+
+    def object_counts(self) -> tuple[int, int, int]:
+        """(beads, vesicles, blobs) per image area, defaults scaled from 512² pixels."""
+        scale = self.size[0] * self.size[1] / REFERENCE_AREA_PX
+        beads = self.n_beads if self.n_beads is not None else min(max(round(12 * scale), 1), 60)
+        ves = self.n_vesicles if self.n_vesicles is not None else min(round(2 * scale), 40)
+        blobs = self.n_blobs if self.n_blobs is not None else round(150 * scale)
+        return beads, ves, blobs

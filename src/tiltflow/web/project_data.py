@@ -1,0 +1,187 @@
+"""What the viewer shows, read from the project: runs, curated sets, per-view rows, CTF rows.
+
+Every read goes through the store's snapshot methods, so pages load while runs register outputs.
+Images are found from the items' own references only; the client never names a file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from tiltflow.web.models import (
+    CtfInfo, CtfSeriesDetail, OutputInfo, ProjectInfo, RadialProfile, RunInfo, SeriesInfo, ViewInfo,
+)
+from tiltflow.web.spectra import ctf_zero_frequencies
+from tiltflow.web.thumbnails import ImageRef
+from tiltflow.workflow.curation import apply_exclusions, exclusions
+from tiltflow.workflow.errors import ProjectError
+from tiltflow.workflow.sets import (
+    Acquisition, AnySet, CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltImage, TiltSeries, TiltSeriesSet,
+)
+from tiltflow.workflow.store import OutputRecord, ProjectStore
+
+TILT_TYPES = ("TiltSeries", "TiltSeriesM")
+CTF_TYPES = ("CTFTomoSeries",)
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def project_info(store: ProjectStore) -> ProjectInfo:
+    outputs = store.outputs()
+    runs = []
+    for r in store.runs():
+        outs = [OutputInfo(pointer=o.pointer, name=o.name, type=o.type, summary=o.summary,
+                           viewer="tomo" if o.type in TILT_TYPES else "ctf" if o.type in CTF_TYPES else None)
+                for o in outputs if o.run_id == r.id]
+        duration = r.ended - r.started if r.started and r.ended else None
+        runs.append(RunInfo(id=r.id, step=r.step, label=r.label, status=r.status, duration_s=duration,
+                            error=r.error, outputs=outs))
+    return ProjectInfo(root=str(store.root), runs=runs)
+
+
+def get_output(store: ProjectStore, pointer: str, types: tuple[str, ...] = ()) -> OutputRecord:
+    """``RUN_ID.outputName`` -> the output; ProjectError (404) for anything else."""
+    if "." not in pointer:
+        raise ProjectError(f"output '{pointer}': expected RUN_ID.outputName, e.g. 2.TiltSeries")
+    return store.resolve(pointer, types)
+
+
+def load_curated(store: ProjectStore, output: OutputRecord) -> AnySet:
+    """The set with the viewer's exclusion flags applied (``enabled`` = not excluded)."""
+    return apply_exclusions(store.load(output), exclusions(store, output))
+
+
+def find_series(value: AnySet, ts_id: str) -> TiltSeries | CtfTomoSeries:
+    for s in value.items:
+        if s.ts_id == ts_id:
+            return s
+    raise ProjectError(f"no tilt series '{ts_id}' in this set")
+
+
+def find_image(series: TiltSeries, order: int) -> TiltImage:
+    for im in series.images:
+        if im.acquisition_order == order:
+            return im
+    raise ProjectError(f"{series.ts_id}: no view with acquisition order {order}")
+
+
+def image_ref(image: TiltImage) -> ImageRef:
+    return ImageRef(Path(image.file), image.index)
+
+
+def series_infos(value: AnySet) -> list[SeriesInfo]:
+    out = []
+    for s in value.items:
+        if isinstance(s, TiltSeries):
+            tilts = [im.tilt_angle_deg for im in s.images]
+            out.append(SeriesInfo(
+                ts_id=s.ts_id, n_views=len(s.images), tilt_min_deg=min(tilts, default=None),
+                tilt_max_deg=max(tilts, default=None), tilt_axis_deg=s.acquisition.tilt_axis_deg,
+                pixel_size_a=s.acquisition.pixel_size_a, size_px=tuple(s.size), excluded=not s.enabled,
+                n_excluded=sum(not im.enabled for im in s.images),
+                is_movie=any(im.index is None for im in s.images)))
+        else:
+            tilts = [c.tilt_angle_deg for c in s.items]
+            out.append(SeriesInfo(
+                ts_id=s.ts_id, n_views=len(s.items), tilt_min_deg=min(tilts, default=None),
+                tilt_max_deg=max(tilts, default=None), tilt_axis_deg=None, pixel_size_a=None, size_px=None,
+                excluded=not s.enabled, n_excluded=sum(not c.enabled for c in s.items)))
+    return out
+
+
+def ctf_of_same_run(store: ProjectStore, output: OutputRecord) -> CtfSeriesSet | None:
+    """The first CTF set registered by the run that produced ``output``, if any."""
+    for o in store.outputs(output.run_id):
+        if o.type in CTF_TYPES:
+            value = store.load(o)
+            assert isinstance(value, CtfSeriesSet)
+            return value
+    return None
+
+
+def view_infos(series: TiltSeries, ctf: CtfSeriesSet | None) -> list[ViewInfo]:
+    by_order = {}
+    if ctf is not None:
+        for cs in ctf.items:
+            if cs.ts_id == series.ts_id:
+                by_order = {c.acquisition_order: c for c in cs.items}
+    rows = []
+    for pos, im in enumerate(sorted(series.images, key=lambda im: im.tilt_angle_deg), start=1):
+        c = by_order.get(im.acquisition_order)
+        if c is not None:
+            du, dv, source = c.defocus_u_a, c.defocus_v_a, "ctf"
+        else:
+            du = im.attrs.get("defocus_u_a", im.attrs.get("defocus_a"))
+            dv = im.attrs.get("defocus_v_a", du)
+            source = "attrs" if du is not None else None
+        rows.append(ViewInfo(
+            position=pos, acquisition_order=im.acquisition_order, tilt_angle_deg=im.tilt_angle_deg,
+            dose_e_a2=_num(im.dose_e_a2), dose_accumulated_e_a2=_num(im.dose_accumulated_e_a2),
+            defocus_u_a=_num(du), defocus_v_a=_num(dv), defocus_source=source,
+            total_motion_px=_num(im.attrs.get("total_motion_px")), excluded=not im.enabled,
+            file_name=Path(im.file).name if im.index is None else f"{Path(im.file).name}[{im.index}]",
+            frames=im.frames))
+    return rows
+
+
+def find_acquisition(store: ProjectStore, output: OutputRecord, ts_id: str) -> Acquisition | None:
+    """Microscope values for a CTF series: its own attrs, else a tilt-series set of the same run,
+    else one of that run's inputs."""
+    keys = ("voltage_kv", "cs_mm", "amplitude_contrast", "pixel_size_a")
+    value = store.load(output)
+    for attrs in [s.attrs for s in value.items if s.ts_id == ts_id] + [value.attrs]:
+        acq = attrs.get("acquisition", attrs)
+        if all(acq.get(k) is not None for k in keys):
+            return Acquisition(**{k: float(acq[k]) for k in keys}, tilt_axis_deg=float(acq.get("tilt_axis_deg", 0.0)))
+    candidates = [o for o in store.outputs(output.run_id) if o.type in TILT_TYPES]
+    for pointer in store.run(output.run_id).inputs.values():
+        try:
+            candidates.append(store.resolve(str(pointer), TILT_TYPES))
+        except ProjectError:
+            continue
+    for o in candidates:
+        for s in store.load(o).items:
+            if s.ts_id == ts_id and isinstance(s, TiltSeries):
+                return s.acquisition
+    return None
+
+
+def ctf_detail(series: CtfTomoSeries, acq: Acquisition | None, spectrum_pixel_size_a: float | None) -> CtfSeriesDetail:
+    pixel = spectrum_pixel_size_a or (acq.pixel_size_a if acq else None)
+    nyquist = 0.5 / pixel if pixel else None
+    items = []
+    for c in sorted(series.items, key=lambda c: c.tilt_angle_deg):
+        zeros_u: list[float] = []
+        zeros_v: list[float] = []
+        if acq is not None and nyquist:
+            kw = dict(voltage_kv=acq.voltage_kv, cs_mm=acq.cs_mm, amplitude_contrast=acq.amplitude_contrast,
+                      phase_shift_rad=c.phase_shift_rad or 0.0, k_max_per_a=nyquist)
+            zeros_u = ctf_zero_frequencies(c.defocus_u_a, **kw)
+            zeros_v = ctf_zero_frequencies(c.defocus_v_a, **kw)
+        prof = c.attrs.get("radial_profile")
+        radial = None
+        if isinstance(prof, dict) and all(isinstance(prof.get(k), list) for k in ("k", "observed", "fitted")):
+            radial = RadialProfile(k=prof["k"], observed=prof["observed"], fitted=prof["fitted"])
+        items.append(CtfInfo(
+            acquisition_order=c.acquisition_order, tilt_angle_deg=c.tilt_angle_deg, defocus_u_a=c.defocus_u_a,
+            defocus_v_a=c.defocus_v_a, astigmatism_angle_deg=c.astigmatism_angle_deg,
+            phase_shift_deg=math.degrees(c.phase_shift_rad or 0.0), fit_resolution_a=_num(c.fit_resolution_a),
+            score=_num(c.score), excluded=not c.enabled, has_spectrum_file=bool(c.attrs.get("spectrum_file")),
+            radial_profile=radial, zeros_u_per_a=zeros_u, zeros_v_per_a=zeros_v))
+    return CtfSeriesDetail(ts_id=series.ts_id, excluded=not series.enabled, nyquist_per_a=nyquist, items=items)
+
+
+def find_ctf(series: CtfTomoSeries, order: int) -> CtfTomo:
+    for c in series.items:
+        if c.acquisition_order == order:
+            return c
+    raise ProjectError(f"{series.ts_id}: no CTF with acquisition order {order}")
+
+
+def spectrum_file(store: ProjectStore, series: CtfTomoSeries, order: int) -> Path | None:
+    """The spectrum image a CTF step recorded for one tilt (``attrs['spectrum_file']``), if any."""
+    name = find_ctf(series, order).attrs.get("spectrum_file")
+    return store.abspath(str(name)) if name else None

@@ -1,0 +1,136 @@
+"use strict";
+/* Shared by the viewer's pages: API calls, tabs, the project page, status line, keys, Save dialog. */
+const TF = {
+  tab: "project",
+  tomoOutput: null,   // pointer of the tilt-series set in the TomoViewer
+  ctfOutput: null,    // pointer of the CTF set in the CTF viewer
+  pages: {},          // tab -> {show(), key(event)} registered by tomo.js / ctf.js
+};
+
+const $ = sel => document.querySelector(sel);
+const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+const fmt = (v, digits, unit) => (v === null || v === undefined || !Number.isFinite(v)) ? "–" : v.toFixed(digits) + (unit || "");
+const um = a => fmt(a === null || a === undefined ? NaN : a / 1e4, 2, " µm");
+
+function status(text, kind) {
+  const s = $("#status");
+  s.textContent = text || "";
+  s.className = kind || "";
+  s.title = text || "";
+}
+
+function outputUrl(pointer, rest) {
+  return `/api/outputs/${encodeURIComponent(pointer)}${rest || ""}`;
+}
+
+async function api(path, options) {
+  const opts = Object.assign({credentials: "same-origin"}, options || {});
+  if (opts.json !== undefined) {
+    opts.method = opts.method || "POST";
+    opts.headers = {"Content-Type": "application/json"};
+    opts.body = JSON.stringify(opts.json);
+    delete opts.json;
+  }
+  const r = await fetch(path, opts);
+  if (!r.ok) {
+    let detail = r.statusText;
+    try { detail = (await r.json()).detail || detail; } catch (e) { /* not JSON */ }
+    if (r.status === 401 || r.status === 403) detail += " (open the URL that `tiltflow view` printed)";
+    const err = new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+    err.status = r.status;
+    throw err;
+  }
+  return opts.raw ? r : r.json();
+}
+
+function report(err) {
+  console.error(err);
+  status(err.message || String(err), "error");
+}
+
+function showTab(name) {
+  TF.tab = name;
+  for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.tab === name);
+  for (const t of ["project", "tomo", "ctf"]) $(`#tab-${t}`).hidden = t !== name;
+  const pointer = name === "tomo" ? TF.tomoOutput : name === "ctf" ? TF.ctfOutput : null;
+  $("#current-set").textContent = pointer || "";
+  const page = TF.pages[name];
+  if (page) page.show().catch(report);
+  else if (name === "project") loadProject().catch(report);
+  const hash = pointer ? `#${name}/${encodeURIComponent(pointer)}` : `#${name}`;
+  if (location.hash !== hash) history.replaceState(null, "", hash);
+}
+
+function openOutput(o) {
+  if (o.viewer === "tomo") { TF.tomoOutput = o.pointer; showTab("tomo"); }
+  else if (o.viewer === "ctf") { TF.ctfOutput = o.pointer; showTab("ctf"); }
+}
+
+async function loadProject() {
+  const p = await api("/api/project");
+  $("#project-root").textContent = p.root;
+  const box = $("#runs");
+  if (!p.runs.length) { box.innerHTML = '<p class="muted">No runs yet.</p>'; return p; }
+  box.innerHTML = p.runs.map(r => `
+    <div class="run">
+      <div class="run-head"><span class="id">${r.id}</span><span class="step">${esc(r.step)}</span>
+        <span class="status-${esc(r.status)}">${esc(r.status)}</span>
+        <span class="muted">${r.duration_s !== null ? fmt(r.duration_s, 1, " s") : ""}</span>
+        <span class="muted">${esc(r.label || "")}</span>
+        ${r.error ? `<span class="status-failed">${esc(r.error)}</span>` : ""}</div>
+      ${r.outputs.map(o => `
+        <div class="output"><span class="pointer">${esc(o.pointer)}</span><span>${esc(o.summary)}</span>
+          ${o.viewer ? `<button data-pointer="${esc(o.pointer)}" data-viewer="${o.viewer}">open in ${o.viewer === "tomo" ? "TomoViewer" : "CTF viewer"}</button>` : ""}
+        </div>`).join("")}
+    </div>`).join("");
+  for (const b of box.querySelectorAll("button[data-pointer]")) {
+    b.addEventListener("click", () => openOutput({pointer: b.dataset.pointer, viewer: b.dataset.viewer}));
+  }
+  return p;
+}
+
+/* Save: ask "keep excluded views disabled" or "re-stack" (tilt series), or confirm (CTF). */
+async function saveSubset(pointer, isCtf) {
+  const dlg = $("#save-dialog");
+  $("#save-title").textContent = isCtf ? "Save good CTFs" : "Save subset";
+  $("#save-text").textContent = isCtf
+    ? `Register the CTF series of ${pointer} with the excluded tilts disabled as a new output (goodSetOfCTFTomoSeries…) of the same run; the excluded ones are recorded.`
+    : `Register ${pointer} as a new output (…_2) of the same run. Keep the excluded views in the stacks, disabled, or write new stacks without them (acquisition order and dose are kept)?`;
+  $("#save-disabled").textContent = isCtf ? "Save" : "Keep excluded views disabled";
+  $("#save-restack").hidden = isCtf;
+  dlg.returnValue = "cancel";
+  dlg.showModal();
+  const choice = await new Promise(resolve => dlg.addEventListener("close", () => resolve(dlg.returnValue), {once: true}));
+  if (choice !== "disabled" && choice !== "restack") return null;
+  status(choice === "restack" ? "re-stacking…" : "saving…");
+  const r = await api(outputUrl(pointer, "/save"), {json: {restack: choice === "restack"}});
+  status(`saved ${r.pointer}: ${r.summary}`, "ok");
+  return r;
+}
+
+async function exclude(pointer, body) {
+  const r = await api(outputUrl(pointer, "/exclude"), {json: body});
+  status(`${r.changed} flag${r.changed === 1 ? "" : "s"} changed`);
+  return r;
+}
+
+async function undo(pointer) {
+  const r = await api(outputUrl(pointer, "/undo"), {method: "POST"});
+  status(r.changed ? `undone (${r.undo_depth} more to undo)` : "nothing to undo");
+  return r;
+}
+
+document.addEventListener("keydown", ev => {
+  if (ev.target.closest && ev.target.closest("input, select, textarea, dialog")) return;
+  if (ev.key === "1" || ev.key === "2" || ev.key === "3") { showTab(["project", "tomo", "ctf"][+ev.key - 1]); return; }
+  const page = TF.pages[TF.tab];
+  if (page && page.key(ev)) ev.preventDefault();
+});
+
+window.addEventListener("DOMContentLoaded", () => {
+  for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+  const [tab, pointer] = location.hash.slice(1).split("/");
+  if (tab === "tomo" && pointer) TF.tomoOutput = decodeURIComponent(pointer);
+  if (tab === "ctf" && pointer) TF.ctfOutput = decodeURIComponent(pointer);
+  showTab(["tomo", "ctf"].includes(tab) ? tab : "project");
+});

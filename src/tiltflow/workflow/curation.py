@@ -1,0 +1,149 @@
+"""Curation: exclusion flags on a set (kept as rows while the user works) and saving a subset.
+
+Exclusions are rows of ``curation`` keyed by (output, tsId, view); a view is its acquisition
+order, so flags survive re-sorting. Saving creates a new output on the run that produced the viewed
+set (``TiltSeries_2``, ``goodSetOfCTFTomoSeries2``…) as Scipion's viewers do; ``restack`` writes new
+stacks without the excluded views, keeping acquisition order and dose.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.sets import CtfSeriesSet, TiltSeries, TiltSeriesSet
+from tiltflow.workflow.store import OutputRecord, ProjectStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS curation (
+    output_id INTEGER NOT NULL REFERENCES outputs(id) ON DELETE CASCADE,
+    ts_id TEXT NOT NULL, view INTEGER NOT NULL,      -- acquisition order; 0 = the whole series
+    excluded INTEGER NOT NULL, reason TEXT, updated REAL,
+    PRIMARY KEY (output_id, ts_id, view));
+"""
+WHOLE_SERIES = 0
+
+
+def _ensure(store: ProjectStore) -> None:
+    con = store.connect()
+    try:
+        con.executescript(SCHEMA)
+    finally:
+        con.close()
+
+
+def set_excluded(store: ProjectStore, output: OutputRecord, ts_id: str, views: list[int] | None,
+                 excluded: bool, reason: str = "user") -> None:
+    """Flag views (acquisition orders) of ``ts_id``, or the whole series when ``views`` is None."""
+    _ensure(store)
+    now = time.time()
+    rows = [(output.id, ts_id, v, int(excluded), reason, now) for v in (views if views is not None else [WHOLE_SERIES])]
+    with store.transaction() as con:
+        con.executemany("INSERT OR REPLACE INTO curation VALUES (?,?,?,?,?,?)", rows)
+
+
+def exclusions(store: ProjectStore, output: OutputRecord) -> dict[tuple[str, int], bool]:
+    _ensure(store)
+    with store.reading() as con:
+        rows = con.execute("SELECT ts_id, view, excluded FROM curation WHERE output_id=?", (output.id,)).fetchall()
+    return {(r["ts_id"], r["view"]): bool(r["excluded"]) for r in rows}
+
+
+def clear(store: ProjectStore, output: OutputRecord) -> None:
+    _ensure(store)
+    with store.transaction() as con:
+        con.execute("DELETE FROM curation WHERE output_id=?", (output.id,))
+
+
+def apply_exclusions(value, flags: dict[tuple[str, int], bool]):
+    """A copy of the set with ``enabled`` following the flags (flags override stored state)."""
+    out = copy.deepcopy(value)
+    for series in out.items:
+        whole = flags.get((series.ts_id, WHOLE_SERIES))
+        if whole is not None:
+            series.enabled = not whole
+        children = series.images if isinstance(out, TiltSeriesSet) else series.items
+        for item in children:
+            f = flags.get((series.ts_id, item.acquisition_order))
+            if f is not None:
+                item.enabled = not f
+    return out
+
+
+def views_to_orders(series: TiltSeries, positions: list[int]) -> list[int]:
+    """1-based positions in tilt-angle order (IMOD EXCLUDELIST) -> acquisition orders."""
+    ordered = sorted(series.images, key=lambda im: im.tilt_angle_deg)
+    bad = [p for p in positions if not 1 <= p <= len(ordered)]
+    if bad:
+        raise InputError(f"{series.ts_id}: view(s) {bad} out of range 1..{len(ordered)}")
+    return [ordered[p - 1].acquisition_order for p in positions]
+
+
+def _restack_series(series: TiltSeries, out_dir: Path) -> TiltSeries:
+    from tiltflow.io.mrc import read_section, write_mrc
+
+    kept = [im for im in series.images if im.enabled]
+    if not kept:
+        raise InputError(f"{series.ts_id}: every view is excluded — exclude the whole series instead")
+    if any(im.index is None for im in kept):
+        # movies: nothing to stack; the subset simply omits the excluded movies
+        return TiltSeries(series.ts_id, series.acquisition, [copy.deepcopy(im) for im in kept], series.size,
+                          series.enabled, dict(series.attrs))
+    new_images = []
+    stacks: dict[str, list[np.ndarray]] = {"file": [], "odd_file": [], "even_file": []}
+    for im in kept:
+        stacks["file"].append(read_section(im.file, im.index))
+        for key in ("odd_file", "even_file"):
+            path = getattr(im, key)
+            if path:
+                stacks[key].append(read_section(path, im.index))
+    pixel = series.acquisition.pixel_size_a
+    names = {"file": f"{series.ts_id}.mrc", "odd_file": f"{series.ts_id}_odd.mrc", "even_file": f"{series.ts_id}_even.mrc"}
+    written = {}
+    for key, data in stacks.items():
+        if data and len(data) == len(kept):
+            written[key] = str(write_mrc(out_dir / names[key], np.stack(data), voxel_size_a=pixel))
+    for i, im in enumerate(kept):
+        new = copy.deepcopy(im)
+        new.index = i
+        new.file = written["file"]
+        new.odd_file = written.get("odd_file")
+        new.even_file = written.get("even_file")
+        new_images.append(new)
+    attrs = dict(series.attrs, restacked_from=series.images[0].file)
+    return TiltSeries(series.ts_id, series.acquisition, new_images, series.size, True, attrs)
+
+
+def save_subset(store: ProjectStore, output: OutputRecord, *, restack: bool = False,
+                flags: dict[tuple[str, int], bool] | None = None) -> OutputRecord:
+    """Register the curated set as a new output of the run that produced ``output``."""
+    value = store.load(output)
+    flags = exclusions(store, output) if flags is None else flags
+    curated = apply_exclusions(value, flags)
+    if isinstance(curated, CtfSeriesSet):
+        name = _ctf_subset_name(store, output.run_id)
+        curated.attrs = dict(curated.attrs, subset_of=output.pointer,
+                             bad=[f"{s.ts_id}:{c.acquisition_order}" for s in curated.items for c in s.items if not c.enabled])
+        return store.add_output(output.run_id, name, curated)
+    if not isinstance(curated, TiltSeriesSet):
+        raise InputError(f"{output.pointer}: a {output.type} cannot be curated")
+    base = output.name.rsplit("_", 1)[0] if output.name.rsplit("_", 1)[-1].isdigit() else output.name
+    name = store.next_output_name(output.run_id, base)
+    if restack:
+        out_dir = store.run_dir(output.run_id) / name
+        items = [_restack_series(s, out_dir) for s in curated.items if s.enabled]
+        curated = TiltSeriesSet(curated.kind, items, dict(curated.attrs))
+    curated.attrs = dict(curated.attrs, subset_of=output.pointer, restacked=restack)
+    return store.add_output(output.run_id, name, curated)
+
+
+def _ctf_subset_name(store: ProjectStore, run_id: int) -> str:
+    names = {o.name for o in store.outputs(run_id)}
+    n = 2
+    while f"goodSetOfCTFTomoSeries{n}" in names:
+        n += 1
+    return f"goodSetOfCTFTomoSeries{n}"

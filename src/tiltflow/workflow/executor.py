@@ -1,0 +1,93 @@
+"""Executors run a step's per-item tasks (per movie, per tilt series).
+
+A task is a module-level function and its arguments (picklable, so the Dask executor can ship it);
+it reads its inputs from the shared filesystem and returns a small result. Only the coordinator
+(the step function, in this process) writes the project: it records each finished item so an
+interrupted run resumes without recomputing it (``resume_items``).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+
+class Executor(Protocol):
+    def map_unordered(self, fn: Callable[..., Any], tasks: Iterable[tuple[str, tuple]]) -> Iterator[tuple[str, Any]]:
+        """Run ``fn(*args)`` for each ``(key, args)``; yield ``(key, result or exception)`` as they finish."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Threads in this process. Torch releases the GIL in its kernels and file decoding releases it
+    in the codecs, so ``workers`` tasks overlap I/O and math; ``workers=1`` runs them in order."""
+
+    def __init__(self, workers: int | None = None):
+        self.workers = max(1, workers or min(2, os.cpu_count() or 1))
+
+    def map_unordered(self, fn, tasks):
+        tasks = list(tasks)
+        if self.workers == 1:
+            for key, args in tasks:
+                try:
+                    yield key, fn(*args)
+                except Exception as err:  # reported per item by the caller
+                    yield key, err
+            return
+        with ThreadPoolExecutor(self.workers) as pool:
+            pending: dict[Future, str] = {}
+            it = iter(tasks)
+            for key, args in it:
+                pending[pool.submit(fn, *args)] = key
+                if len(pending) >= self.workers * 2:
+                    break
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    key = pending.pop(fut)
+                    err = fut.exception()
+                    yield key, err if err is not None else fut.result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending[pool.submit(fn, *nxt[1])] = nxt[0]
+
+    def close(self) -> None:
+        pass
+
+
+def make_executor(options: dict[str, Any]) -> Executor:
+    """``options['executor']``: 'local' (default) or 'dask' (``scheduler``, ``workers``, ``jobqueue``)."""
+    kind = options.get("executor") or "local"
+    if kind == "local":
+        return LocalExecutor(options.get("workers"))
+    if kind == "dask":
+        try:
+            from tiltflow.distributed.dask_executor import DaskExecutor
+        except ModuleNotFoundError as err:
+            raise RuntimeError("--executor dask needs the dask extra: pip install 'tiltflow[dask]'") from err
+        return DaskExecutor.from_options(options)
+    raise ValueError(f"unknown executor '{kind}' (local or dask)")
+
+
+def run_items(ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]],
+              on_result: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+    """Run per-item tasks through the step's executor, skipping items this run already finished
+    (resume) and recording each new result atomically in the project. Exceptions are returned as
+    values (keyed), for the step to report per item."""
+    store = ctx.store
+    done = store.finished_items(ctx.run_id) if store is not None else {}
+    results: dict[str, Any] = {k: v for k, v in done.items() if any(k == t[0] for t in tasks)}
+    todo = [t for t in tasks if t[0] not in results]
+    executor = ctx.options.get("_executor") or make_executor(ctx.options)
+    total = len(tasks)
+    for key, value in executor.map_unordered(fn, todo):
+        if not isinstance(value, BaseException) and store is not None:
+            store.record_item(ctx.run_id, key, value)
+        results[key] = value
+        if on_result:
+            on_result(key, value)
+        ctx.progress(key, len(results), total)
+    return results

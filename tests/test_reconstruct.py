@@ -1,0 +1,309 @@
+"""Known-answer tests for the reconstruction core (projector pair, WBP, SIRT, .xf alignment, binning).
+
+Ground truth: Gaussian blobs at known 3-D positions; their volume and their tilt-series projections are
+both computed analytically (a blob of sigma s and amplitude a projects to a 2-D Gaussian of amplitude
+``a * s * sqrt(2 pi)`` at ``geometry.tilt_points``), so reconstructions are not tested against the
+projector that made their input.
+"""
+
+import math
+
+import pytest
+import torch
+
+from tiltflow.core import geometry
+from tiltflow.core.radial_filter import FAKE_SIRT_ALPHA, fake_sirt_exponent, padded_length
+from tiltflow.core.reconstruct import apply_xf, backproject, bin_views, project_volume, radial_filter, sirt, wbp
+
+NZ, NY, NX = 40, 64, 96
+ANGLES = torch.linspace(-60.0, 60.0, 41)
+# x, y, z (px, specimen frame), sigma (px), amplitude
+BLOBS = torch.tensor(
+    [[-20.0, -10.0, 8.0, 2.5, 1.0], [15.0, 12.0, -10.0, 2.0, 1.5], [0.0, 0.0, 0.0, 3.0, 0.8], [30.0, -20.0, -5.0, 2.0, 1.2]],
+    dtype=torch.float64,
+)
+
+
+def _axis(n):
+    return torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0
+
+
+def blob_volume(nz=NZ, ny=NY, nx=NX):
+    z, y, x = torch.meshgrid(_axis(nz), _axis(ny), _axis(nx), indexing="ij")
+    vol = torch.zeros_like(x)
+    for bx, by, bz, s, a in BLOBS.tolist():
+        vol += a * torch.exp(-((x - bx) ** 2 + (y - by) ** 2 + (z - bz) ** 2) / (2 * s * s))
+    return vol.float()
+
+
+def gaussian_image(centres_xy, sigma, amps, shape):
+    """Sum of 2-D Gaussians at 0-based pixel positions ``(n, 2)`` (x, y) -> ``(h, w)``."""
+    h, w = shape
+    yy = torch.arange(h, dtype=torch.float64)[:, None]
+    xx = torch.arange(w, dtype=torch.float64)[None, :]
+    img = torch.zeros(h, w, dtype=torch.float64)
+    for (cx, cy), s, a in zip(centres_xy.tolist(), sigma, amps):
+        img += a * torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+    return img
+
+
+def blob_projections(angles, *, tilt_axis_deg=0.0, shifts_px=None, shape=(NY, NX)):
+    """Analytic projections of BLOBS into raw views ``(t, h, w)`` via geometry.project_points."""
+    raw = geometry.project_points(
+        BLOBS[:, :3], tilt_angles_deg=torch.as_tensor(angles), tilt_axis_deg=tilt_axis_deg,
+        shifts_px=shifts_px, image_shape=shape,
+    )
+    sig = BLOBS[:, 3].tolist()
+    amps = (BLOBS[:, 4] * BLOBS[:, 3] * math.sqrt(2 * math.pi)).tolist()
+    return torch.stack([gaussian_image(raw[i], sig, amps, shape) for i in range(len(angles))]).float()
+
+
+def pearson(a, b):
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def wedge_band_correlation(a, b, *, max_tilt_deg=60.0, k_max=0.25):
+    """Correlation over the Fourier components a ±max_tilt series measures: |kz| <= tan(max) |kx|, 0 < |k| < k_max."""
+    fa, fb = torch.fft.fftn(a.double()), torch.fft.fftn(b.double())
+    nz, ny, nx = a.shape
+    kz = torch.fft.fftfreq(nz)[:, None, None]
+    ky = torch.fft.fftfreq(ny)[None, :, None]
+    kx = torch.fft.fftfreq(nx)[None, None, :]
+    k = torch.sqrt(kx**2 + ky**2 + kz**2)
+    m = (kz.abs() <= math.tan(math.radians(max_tilt_deg)) * kx.abs() + 1e-9) & (k > 0) & (k < k_max)
+    num = (fa[m] * fb[m].conj()).real.sum()
+    return float(num / torch.sqrt((fa[m].abs() ** 2).sum() * (fb[m].abs() ** 2).sum()))
+
+
+def subvoxel_peak(vol, near_zyx, radius=3):
+    """Specimen (z, y, x) of the local maximum near a voxel, refined by a parabola along each axis."""
+    dims = vol.shape
+    idx = [int(round(c + (n - 1) / 2.0)) for c, n in zip(near_zyx, dims)]
+    lo = [max(i - radius, 0) for i in idx]
+    sub = vol[lo[0]:idx[0] + radius + 1, lo[1]:idx[1] + radius + 1, lo[2]:idx[2] + radius + 1]
+    p = [int(q) + o for q, o in zip(torch.nonzero(sub == sub.max())[0], lo)]
+    out = []
+    for ax in range(3):
+        m, c, pl = (list(p) for _ in range(3))
+        m[ax] -= 1
+        pl[ax] += 1
+        fm, fc, fp = float(vol[tuple(m)]), float(vol[tuple(c)]), float(vol[tuple(pl)])
+        out.append(p[ax] + 0.5 * (fm - fp) / (fm - 2 * fc + fp) - (dims[ax] - 1) / 2.0)
+    return out
+
+
+def centroid(img, centre_xy, radius=6):
+    """Intensity centroid (x, y) of ``img`` in a square window around a 0-based position."""
+    cx, cy = (int(round(c)) for c in centre_xy)
+    win = img[cy - radius:cy + radius + 1, cx - radius:cx + radius + 1].double()
+    win = win - win.min()
+    yy, xx = torch.meshgrid(torch.arange(cy - radius, cy + radius + 1), torch.arange(cx - radius, cx + radius + 1), indexing="ij")
+    return float((win * xx).sum() / win.sum()), float((win * yy).sum() / win.sum())
+
+
+@pytest.fixture(scope="module")
+def blob_series():
+    return blob_projections(ANGLES)
+
+
+@pytest.fixture(scope="module")
+def wbp_volume(blob_series):
+    return wbp(blob_series, ANGLES, thickness_px=NZ)
+
+
+# --- projector pair --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("zyx, offsets", [((15, 5, 30), (0.0, 0.0)), ((3, 10, 70), (4.5, -7.25)), ((35, 0, 11), (-2.0, 3.0))])
+def test_project_volume_puts_a_voxel_where_geometry_projects_it(zyx, offsets):
+    z_off, x_off = offsets
+    iz, iy, ix = zyx
+    vol = torch.zeros(NZ, 16, NX)
+    vol[iz, iy, ix] = 1.0
+    views = project_volume(vol, ANGLES, z_offset_px=z_off, x_offset_px=x_off)
+    point = torch.tensor([[ix - (NX - 1) / 2 + x_off, iy - 7.5, iz - (NZ - 1) / 2 + z_off]], dtype=torch.float64)
+    expected = geometry.project_points(point, tilt_angles_deg=ANGLES, tilt_axis_deg=0.0, shifts_px=None, image_shape=(16, NX))
+    row = views[:, iy, :].double()
+    cols = torch.arange(NX, dtype=torch.float64)
+    found_x = (row * cols).sum(-1) / row.sum(-1)
+    assert torch.allclose(row.sum(-1), torch.ones(len(ANGLES), dtype=torch.float64), atol=1e-5)  # mass kept
+    assert (found_x - expected[:, 0, 0]).abs().max() < 0.5  # measured: 1e-7 px
+    assert views[:, [r for r in range(16) if r != iy], :].abs().max() == 0
+
+
+def test_project_and_backproject_are_adjoint():
+    gen = torch.Generator().manual_seed(1)
+    vol = torch.randn(2, 24, 12, 50, generator=gen)  # a leading batch dimension
+    views = torch.randn(2, 41, 12, 56, generator=gen)
+    kw = dict(z_offset_px=1.3, x_offset_px=-2.2)
+    lhs = (project_volume(vol, ANGLES, nx_view=56, **kw) * views).sum()
+    rhs = (vol * backproject(views, ANGLES, thickness_px=24, nx=50, **kw)).sum()
+    assert abs(float(lhs - rhs)) / abs(float(lhs)) < 1e-3  # measured ~3e-7
+
+
+def test_project_volume_matches_analytic_projections(blob_series):
+    views = project_volume(blob_volume(), ANGLES)
+    assert float((views - blob_series).norm() / blob_series.norm()) < 0.04  # measured 0.023
+
+
+# --- WBP -------------------------------------------------------------------------------------------
+
+def test_wbp_peaks_at_the_blob_positions(wbp_volume):
+    for bx, by, bz, _, _ in BLOBS.tolist():
+        z, y, x = subvoxel_peak(wbp_volume, (bz, by, bx))
+        assert abs(z - bz) < 1.0 and abs(y - by) < 1.0 and abs(x - bx) < 1.0, (z, y, x, bz, by, bx)
+
+
+def test_wbp_correlates_with_phantom_inside_the_measured_wedge(wbp_volume):
+    vol = blob_volume()
+    assert wedge_band_correlation(wbp_volume, vol) > 0.98  # measured 0.994
+    assert pearson(wbp_volume, vol) > 0.80  # whole volume, missing wedge included: measured 0.844
+
+
+def test_wbp_with_full_coverage_reproduces_the_density_scale():
+    angles = torch.arange(60) * 3.0 - 90.0
+    rec = wbp(blob_projections(angles), angles, thickness_px=NZ, radial_cutoff=0.5)
+    vol = blob_volume()
+    assert float((rec - vol).norm() / vol.norm()) < 0.05  # measured 0.024
+    assert abs(float(rec.max() / vol.max()) - 1.0) < 0.06  # measured 0.966
+
+
+def test_wbp_finds_blobs_from_raw_views_aligned_with_xf():
+    tilt_axis, shape_raw = 84.6, (112, 112)
+    gen = torch.Generator().manual_seed(3)
+    shifts = (torch.rand(len(ANGLES), 2, generator=gen, dtype=torch.float64) - 0.5) * 10.0
+    raw = blob_projections(ANGLES, tilt_axis_deg=tilt_axis, shifts_px=shifts, shape=shape_raw)
+    aligned = apply_xf(raw, geometry.xf_from_geometry(tilt_axis, shifts), out_shape=(NY, NX))
+    rec = wbp(aligned, ANGLES, thickness_px=NZ)
+    for bx, by, bz, _, _ in BLOBS.tolist():
+        z, y, x = subvoxel_peak(rec, (bz, by, bx))
+        assert max(abs(z - bz), abs(y - by), abs(x - bx)) < 1.0
+
+
+def test_radial_filter_is_a_ramp_with_gaussian_falloff():
+    n = 400
+    w = radial_filter(n, cutoff=0.3, falloff=0.05).double()
+    k = torch.arange(n // 2 + 1, dtype=torch.float64) / n
+    assert w.shape == (n // 2 + 1,)
+    assert torch.allclose(w[1:121], k[1:121], rtol=1e-6)          # ramp up to 0.3 cycles/px
+    assert abs(float(w[0]) - 0.2 / n) < 1e-9                      # Kak & Slaney's value at 0
+    assert abs(float(w[140] / w[120]) - math.exp(-0.5 * (0.05 / 0.05) ** 2)) < 1e-5  # one sigma out
+    assert torch.allclose(radial_filter(n, n_views=41), radial_filter(n) * math.pi / 41)
+
+
+def test_fake_sirt_filter_keeps_low_frequencies_and_flattens_high_ones():
+    n = 1024
+    k = torch.arange(n // 2 + 1, dtype=torch.float64) / n
+    ramp = radial_filter(n, cutoff=0.5).double()
+    prev = None
+    for iters in (5, 10, 20, 40):
+        ratio = (radial_filter(n, cutoff=0.5, sirt_like_iterations=iters).double() / ramp)[1:]
+        kk = k[1:]
+        assert torch.all(ratio <= 1.0 + 1e-6) and torch.all(ratio > 0)
+        assert torch.all(ratio[kk <= 2 * FAKE_SIRT_ALPHA] > 0.99)           # low frequencies untouched
+        assert torch.all(ratio[1:] <= ratio[:-1] + 1e-6)                    # attenuation grows with k
+        plateau = fake_sirt_exponent(iters) * FAKE_SIRT_ALPHA               # weight -> N alpha at high k
+        hi = kk > 20 * plateau
+        assert torch.allclose(ratio[hi] * kk[hi], torch.full_like(kk[hi], plateau), rtol=0.05)
+        if prev is not None:
+            assert torch.all(ratio >= prev - 1e-6)                          # more iterations, closer to WBP
+        prev = ratio
+
+
+def test_fake_sirt_reconstruction_moves_power_to_low_frequencies(blob_series, wbp_volume):
+    def low_fraction(v):
+        p = torch.fft.fftn(v.double() - v.double().mean()).abs() ** 2
+        kz, ky, kx = torch.meshgrid(*(torch.fft.fftfreq(s) for s in v.shape), indexing="ij")
+        return float(p[torch.sqrt(kx**2 + ky**2 + kz**2) < 0.05].sum() / p.sum())
+    fake = wbp(blob_series, ANGLES, thickness_px=NZ, fake_sirt_iterations=10)
+    assert low_fraction(fake) > low_fraction(wbp_volume) + 0.05  # measured 0.38 vs 0.20
+
+
+# --- SIRT ------------------------------------------------------------------------------------------
+
+def test_sirt_residual_decreases_monotonically(blob_series):
+    x, residuals = None, []
+    for _ in range(8):
+        x = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=1, initial=x)
+        residuals.append(float((project_volume(x, ANGLES) - blob_series).norm() / blob_series.norm()))
+    assert all(b < a for a, b in zip(residuals, residuals[1:])), residuals
+    assert residuals[-1] < 0.25  # measured 0.20 after 8 iterations
+
+
+def test_sirt_correlates_better_than_wbp(blob_series, wbp_volume):
+    vol = blob_volume()
+    rec20 = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=20)
+    assert pearson(rec20, vol) > pearson(wbp_volume, vol) + 0.01  # measured 0.862 vs 0.844
+    for iters, rec in ((10, None), (20, rec20)):
+        rec = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=iters) if rec is None else rec
+        fake = wbp(blob_series, ANGLES, thickness_px=NZ, fake_sirt_iterations=iters)
+        assert pearson(rec, vol) > pearson(fake, vol) + 0.03  # measured 0.842 vs 0.768, 0.862 vs 0.799
+
+
+def test_sirt_positivity_clamps_and_helps(blob_series):
+    vol = blob_volume()
+    free = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=20)
+    positive = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=20, positivity=True)
+    assert float(free.min()) < -0.05 and float(positive.min()) >= 0.0
+    assert pearson(positive, vol) > pearson(free, vol) + 0.03  # measured 0.944 vs 0.862
+
+
+# --- .xf alignment and binning ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("out_shape", [None, (100, 140)])
+def test_apply_xf_maps_raw_projections_to_aligned_positions(out_shape):
+    tilt_axis, shape = -96.3, (128, 112)
+    angles = torch.tensor([-50.0, -20.0, 0.0, 30.0, 55.0])
+    shifts = torch.tensor([[3.2, -5.7], [-6.1, 2.4], [0.0, 0.0], [4.4, 4.9], [-2.3, -6.6]], dtype=torch.float64)
+    raw = blob_projections(angles, tilt_axis_deg=tilt_axis, shifts_px=shifts, shape=shape)
+    xf = geometry.xf_from_geometry(tilt_axis, shifts)
+    oh, ow = shape if out_shape is None else out_shape
+    for mode in ("bicubic", "bilinear"):
+        aligned = apply_xf(raw, xf, out_shape, mode=mode)
+        assert aligned.shape == (5, oh, ow)
+        expected = geometry.tilt_points(BLOBS[:, :3], angles)[..., :2] + torch.tensor([(ow - 1) / 2, (oh - 1) / 2], dtype=torch.float64)
+        for i in range(5):
+            for j in range(len(BLOBS)):
+                cx, cy = centroid(aligned[i], expected[i, j].tolist())
+                assert abs(cx - expected[i, j, 0]) < 0.3 and abs(cy - expected[i, j, 1]) < 0.3  # measured < 0.05
+
+
+def test_apply_xf_fills_outside_with_the_mean_and_rejects_bad_xf():
+    img = torch.rand(1, 32, 32) + 5.0
+    xf = torch.tensor([[1.0, 0.0, 0.0, 1.0, 100.0, 0.0]])
+    out = apply_xf(img, xf)
+    assert torch.allclose(out, img.mean().expand_as(out), atol=1e-5)
+    with pytest.raises(ValueError, match="xf must have shape"):
+        apply_xf(img, torch.zeros(2, 6))
+    with pytest.raises(ValueError, match="singular"):
+        apply_xf(img, torch.zeros(1, 6))
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_bin_views_keeps_imod_centres(factor):
+    h, w = 131, 200
+    pos = torch.tensor([[40.3, 30.7], [150.0, 100.2], [99.5, 65.0], [170.8, 20.1]], dtype=torch.float64)
+    img = gaussian_image(pos, [5.0] * 4, [1.0] * 4, (h, w)).float()
+    binned = bin_views(torch.stack([img, 2 * img]), factor)
+    hb, wb = h // factor, w // factor
+    assert binned.shape == (2, hb, wb)
+    assert torch.allclose(binned[1], 2 * binned[0], atol=1e-5)
+    for x, y in pos.tolist():
+        ex = (x - (w - 1) / 2) / factor + (wb - 1) / 2
+        ey = (y - (h - 1) / 2) / factor + (hb - 1) / 2
+        cx, cy = centroid(binned[0], (ex, ey), radius=4)
+        assert abs(cx - ex) < 0.1 and abs(cy - ey) < 0.1, (cx, cy, ex, ey)  # measured < 0.02
+
+
+def test_bad_inputs_raise_clear_errors(blob_series):
+    with pytest.raises(ValueError, match="one angle per view"):
+        wbp(blob_series, ANGLES[:-1], thickness_px=NZ)
+    with pytest.raises(ValueError, match="thickness_px"):
+        backproject(blob_series, ANGLES, thickness_px=0)
+    with pytest.raises(ValueError, match="relaxation"):
+        sirt(blob_series, ANGLES, thickness_px=NZ, relaxation=2.5)
+    with pytest.raises(ValueError, match="cutoff"):
+        radial_filter(64, cutoff=0.8)
+    with pytest.raises(ValueError, match="factor"):
+        bin_views(blob_series, 0)
+    assert padded_length(97) == 200 and padded_length(360) == 720

@@ -1,0 +1,370 @@
+"""The demo-data simulator: its truth must be what its pixels and files show."""
+
+import json
+import re
+from datetime import datetime
+
+import mdocfile
+import numpy as np
+import pytest
+import tifffile
+import torch
+from scipy import ndimage, optimize
+
+from tiltflow.core import geometry
+from tiltflow.core.ctf_model import ctf_1d
+from tiltflow.core.fourier import shift_image_2d
+from tiltflow.testing import detector
+from tiltflow.testing.acquisition import dose_symmetric_order, plan_series
+from tiltflow.testing.config import DemoConfig
+from tiltflow.testing.demo import (
+    MARGIN_PX, expected_frames, make_detector, render_truth_tilt, simulate_movie,
+    write_demo_dataset,
+)
+from tiltflow.testing.imaging import (
+    critical_exposure_e_a2, defocus_offset_map_a, render_tilt_image,
+)
+from tiltflow.testing.phantom import Specimen
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machine is shared: one torch thread is several times faster here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_config(**kw) -> DemoConfig:
+    base = dict(n_series=1, n_tilts=5, size=(192, 160), n_frames=3, pixel_size_a=5.0,
+                tilt_step_deg=10.0)
+    base.update(kw)
+    return DemoConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    cfg = small_config(n_series=2, xray_hits_per_frame_mpx=60.0)
+    return out, cfg, write_demo_dataset(out, cfg)
+
+
+def fit_shift(a: np.ndarray, b: np.ndarray, border: int = 24) -> np.ndarray:
+    """Sub-pixel (x, y) d with shift(a, d) = b, least squares on the centre (noise-free input)."""
+    ta = torch.from_numpy(a).double()
+    core = (slice(border, -border), slice(border, -border))
+
+    def residual(d):
+        moved = shift_image_2d(ta, torch.tensor(d, dtype=torch.float64)).numpy()
+        return (moved - b)[core].ravel()
+
+    return optimize.least_squares(residual, x0=np.zeros(2), xtol=1e-10).x
+
+
+def test_dose_symmetric_order_hagen_groups_and_plain():
+    assert dose_symmetric_order(7, 3.0, 2) == [0, 3, -3, -6, 6, 9, -9]
+    assert dose_symmetric_order(7, 3.0, 1) == [0, 3, -3, 6, -6, 9, -9]
+    assert sorted(dose_symmetric_order(4, 2.0, 2)) == [-2, 0, 2, 4]
+
+
+def test_doses_accumulate_in_acquisition_order(dataset):
+    out, cfg, truth = dataset
+    for series in truth["series"]:
+        tilts = series["tilts"]
+        assert [t["acquisition_order"] for t in tilts] == list(range(cfg.n_tilts))
+        prior = np.cumsum([0.0] + [t["dose_e_a2"] for t in tilts])[:-1]
+        np.testing.assert_allclose([t["prior_dose_e_a2"] for t in tilts], prior)
+        np.testing.assert_allclose([t["accumulated_dose_e_a2"] for t in tilts],
+                                   prior + cfg.dose_per_tilt_e_a2)
+        df = mdocfile.read(out / series["mdoc"])
+        np.testing.assert_allclose(df["PriorRecordDose"], prior, atol=1e-4)
+
+
+def test_bead_truth_projections_are_the_darkest_spots():
+    cfg = DemoConfig(n_series=1, n_tilts=11, size=(320, 256))
+    series = plan_series(cfg, 0, np.random.default_rng(3))
+    radius = series["specimen"]["bead_radius_px"]
+    checked, errors = 0, []
+    for i in (0, 3, 4, 9, 10):  # 0°, +-6°, then the two highest tilts (+-15°)
+        t = series["tilts"][i]
+        img = render_truth_tilt(series, i).numpy()
+        smooth = ndimage.gaussian_filter(img, radius / 2)
+        minima = (smooth == ndimage.minimum_filter(smooth, size=int(2 * radius) + 1))
+        minima &= smooth < 0.7 * np.median(smooth)
+        pred = np.array(t["bead_projections_px"])
+        yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+        for k, (px, py) in enumerate(pred):
+            others = np.delete(pred, k, axis=0)
+            edge = min(px, py, img.shape[1] - 1 - px, img.shape[0] - 1 - py)
+            if edge < 2.5 * radius or np.hypot(*(others - [px, py]).T).min() < 4 * radius:
+                continue
+            ys, xs = np.nonzero(minima & (np.hypot(xx - px, yy - py) < radius))
+            assert len(xs) == 1, f"tilt {i}: bead {k} has {len(xs)} dark minima near its truth"
+            r = np.hypot(xx - xs[0], yy - ys[0])
+            background = np.median(img[(r > 1.5 * radius) & (r < 2.5 * radius)])
+            w = np.clip(background - img, 0, None) * (r < 1.2 * radius)
+            centroid = np.array([(w * xx).sum(), (w * yy).sum()]) / w.sum()
+            errors.append(np.hypot(*(centroid - [px, py])))
+            checked += 1
+    assert checked >= 8
+    assert max(errors) < 1.0, errors
+
+
+def test_projection_convention_independent_of_project_points():
+    # axis 90°: aligned +x' lies along raw +y; tilt 30°: x' = x cos + z sin
+    spec = Specimen(
+        bead_xyz_px=torch.tensor([[30.0, 0.0, 60.0]], dtype=torch.float64), bead_radius_px=6.0,
+        vesicle_xyz_px=torch.zeros(0, 3), vesicle_radius_px=torch.zeros(0),
+        blob_xyz_px=torch.zeros(0, 3), blob_sigma_px=torch.zeros(0),
+        ice_thickness_px=200.0, pixel_size_a=4.0,
+    )
+    img = render_tilt_image(spec, tilt_angle_deg=30.0, tilt_axis_deg=90.0, image_shape=(160, 128),
+                            defocus_u_a=5000.0, defocus_v_a=5000.0, shift_px=(3.0, -5.0)).numpy()
+    xprime = 30 * np.cos(np.radians(30)) + 60 * np.sin(np.radians(30))
+    expected = np.array([63.5 + 3.0 - 0.0, 79.5 - 5.0 + xprime])  # R(90) (x', 0) = (0, x')
+    w = np.clip(np.median(img) - img, 0, None)
+    w[w < 0.3 * w.max()] = 0
+    yy, xx = np.mgrid[:160, :128]
+    centroid = np.array([(w * xx).sum(), (w * yy).sum()]) / w.sum()
+    assert np.hypot(*(centroid - expected)) < 0.5
+
+
+def test_frame_shifts_are_what_the_frames_show():
+    cfg = small_config(local_motion=False, motion_total_px=(2.5, 3.0), ice_texture_rad=0.0)
+    series = plan_series(cfg, 0, np.random.default_rng(1))
+    frames = expected_frames(series, 2).double().numpy()
+    s = np.array(series["tilts"][2]["frame_shifts_px"])
+    np.testing.assert_allclose(s.mean(axis=0), 0.0, atol=1e-12)
+    measured = fit_shift(frames[0], frames[-1])
+    err = np.abs(measured - (s[-1] - s[0]))
+    assert err.max() < 0.05, (measured, s[-1] - s[0])
+    assert np.hypot(*(s[-1] - s[0])) > 1.0  # the check is not trivially small
+    # the tilt image is the frame-average geometry: frames moved back average to it
+    tilt = render_truth_tilt(series, 2).double()
+    back = torch.stack([shift_image_2d(torch.from_numpy(f), torch.tensor(-d))
+                        for f, d in zip(frames, s)]).mean(0)
+    core = (slice(16, -16), slice(16, -16))
+    rel = (back - tilt)[core].abs().max() / tilt.mean()
+    assert rel < 2e-3
+
+
+def test_local_motion_matches_the_truth_field():
+    cfg = small_config(local_motion=True, local_motion_px=3.0, ice_texture_rad=0.0,
+                       size=(256, 256), n_frames=2)
+    series = plan_series(cfg, 0, np.random.default_rng(2))
+    t = series["tilts"][0]
+    nx, ny = series["image_size"]
+    canvas = render_truth_tilt(series, 0, margin_px=MARGIN_PX)
+    coeff = torch.tensor(t["local_motion"]["coefficients_px"])
+    checked = 0
+    for f in range(cfg.n_frames):
+        s = np.array(t["frame_shifts_px"][f])
+        frame = detector.move_frame(canvas, tuple(s), margin_px=MARGIN_PX, image_shape=(ny, nx),
+                                    local=t["local_motion"], frame_index=f).double().numpy()
+        for cy, cx in [(64, 64), (64, 192), (192, 64), (192, 192), (128, 128)]:
+            box = (slice(cy - 32, cy + 32), slice(cx - 32, cx + 32))
+
+            def residual(d):
+                rigid = detector.move_frame(canvas, tuple(s + d), margin_px=MARGIN_PX,
+                                            image_shape=(ny, nx))
+                return (rigid.double().numpy() - frame)[box].ravel()
+
+            d = optimize.least_squares(residual, x0=np.zeros(2), diff_step=1e-3).x
+            want = detector.local_displacement_px(
+                torch.tensor([cx, cy], dtype=torch.float64), coefficients_px=coeff,
+                frame_weight=t["local_motion"]["frame_weights"][f], image_shape=(ny, nx)).numpy()
+            assert np.abs(d - want).max() < 0.05, (f, cx, cy, d, want)
+            checked += np.hypot(*want) > 0.3
+    assert checked >= 3
+
+
+def test_gain_corrected_mean_is_flat():
+    rng = np.random.default_rng(0)
+    gain = detector.make_gain((128, 128), rng)
+    assert 0.75 < gain.min() and gain.max() < 1.25
+    expected = np.full((128, 128), 30.0)
+    raw = np.mean([detector.count_frame(expected, gain, rng, frame_index=0, hot_pixels=[],
+                                        xray_hits=[]) for _ in range(40)], axis=0)
+    block = lambda a: a.reshape(16, 8, 16, 8).mean(axis=(1, 3))  # noqa: E731
+    corrected = block(raw * gain)
+    assert np.abs(corrected / 30.0 - 1).max() < 0.02  # flat within Poisson error (~0.6 %)
+    assert np.corrcoef(block(raw).ravel(), block(1 / gain).ravel())[0, 1] > 0.95
+
+
+def test_defocus_offset_map_is_geometry_defocus_offset():
+    kw = dict(tilt_angle_deg=40.0, tilt_axis_deg=85.0, pixel_size_a=2.0)
+    m = 8
+    amap = defocus_offset_map_a((80 + 2 * m, 96 + 2 * m), margin_px=m, image_shape=(80, 96), **kw)
+    pts = torch.tensor([[0.0, 0.0], [95.0, 79.0], [17.0, 60.0]], dtype=torch.float64)
+    want = geometry.defocus_offset_a(pts, image_shape=(80, 96), **kw)
+    got = torch.stack([amap[int(y) + m, int(x) + m] for x, y in pts.tolist()])
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=0.05)
+
+
+def _fit_defocus(tile_stack: np.ndarray, pixel_size_a: float, candidates: np.ndarray) -> float:
+    """Defocus whose CTF² best matches the background-subtracted radial power spectrum."""
+    n = tile_stack.shape[-1]
+    ps = np.mean([np.abs(np.fft.fft2(t - t.mean())) ** 2 for t in tile_stack], 0)
+    ky, kx = np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij")
+    r = np.round(np.hypot(kx, ky) * n).astype(int)
+    radial = (np.bincount(r.ravel(), ps.ravel()) / np.bincount(r.ravel()))[: n // 2]
+    k = torch.arange(n // 2, dtype=torch.float64) / n / pixel_size_a
+    sl = slice(6, n // 2 - 2)
+    flat = radial[sl] - ndimage.uniform_filter1d(radial[sl], 7)
+    scores = []
+    for df in candidates:
+        c2 = ctf_1d(k, voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07, defocus_a=df).numpy() ** 2
+        scores.append(np.corrcoef(flat, c2[sl] - ndimage.uniform_filter1d(c2[sl], 7))[0, 1])
+    return float(candidates[int(np.argmax(scores))])
+
+
+def test_defocus_gradient_sign_in_rendered_power_spectra():
+    """Tilt axis along +y, tilt +40°: the right half (x' > 0) is further underfocus."""
+    px, df = 2.0, 15000.0
+    spec = Specimen(torch.zeros(0, 3), 5.0, torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3),
+                    torch.zeros(0), 500.0, px)
+    img = render_tilt_image(spec, tilt_angle_deg=40.0, tilt_axis_deg=0.0, image_shape=(256, 512),
+                            defocus_u_a=df, defocus_v_a=df, ice_texture_rad=0.2).numpy()
+    candidates = np.arange(12000.0, 18001.0, 50.0)
+    found = {}
+    for side, x0 in (("left", 0), ("right", 384)):  # 128-px columns centred at x = 64 and 448
+        tiles = [img[y : y + 64, x0 + x : x0 + x + 64] for y in range(0, 193, 32)
+                 for x in range(0, 65, 32)]
+        found[side] = _fit_defocus(np.array(tiles), px, candidates)
+    want = {s: df + (x - 255.5) * np.tan(np.radians(40)) * px for s, x in (("left", 63.5),
+                                                                           ("right", 447.5))}
+    assert found["right"] > found["left"]
+    for s in found:
+        assert abs(found[s] - want[s]) < 150, (found, want)
+
+
+def test_critical_exposure_known_values():
+    k = torch.tensor([0.1, 0.25])
+    ne = critical_exposure_e_a2(k, voltage_kv=300)
+    np.testing.assert_allclose(ne.numpy(), 0.245 * k.numpy() ** -1.665 + 2.81, rtol=1e-6)
+    assert ne[0] > ne[1]
+    np.testing.assert_allclose(critical_exposure_e_a2(k, voltage_kv=200).numpy(),
+                               0.8 * ne.numpy(), rtol=1e-6)
+
+
+def test_xf_rows_align_bead_projections(dataset):
+    _, _, truth = dataset
+    s = truth["series"][0]
+    nx, ny = s["image_size"]
+    xyz = torch.tensor(s["bead_xyz_px"], dtype=torch.float64)
+    for stack_index, acq in enumerate(s["tilt_order_by_angle"]):
+        t = s["tilts"][acq]
+        a11, a12, a21, a22, dx, dy = s["xf_rows"][stack_index]
+        raw = np.array(t["bead_projections_px"]) - [(nx - 1) / 2, (ny - 1) / 2]
+        aligned = raw @ np.array([[a11, a12], [a21, a22]]).T + [dx, dy]
+        tilted = geometry.tilt_points(xyz, torch.tensor([t["true_tilt_angle_deg"]]))[0, :, :2]
+        np.testing.assert_allclose(aligned, tilted.numpy(), atol=1e-6)
+
+
+def test_mdoc_serialem_fields(dataset):
+    out, cfg, truth = dataset
+    s = truth["series"][0]
+    text = (out / s["mdoc"]).read_text()
+    assert "[T = Tilt axis angle = 85.0, binning = 1  spot = 7  camera = 0]" in text
+    assert re.search(r"\[T = SerialEM: .*\d\d-[A-Z][a-z]{2}-\d\d  \d\d:\d\d:\d\d\]", text)
+    df = mdocfile.read(out / s["mdoc"])
+    assert list(df["ZValue"]) == list(range(cfg.n_tilts))
+    np.testing.assert_allclose(df["TiltAngle"], [t["mdoc_tilt_angle_deg"] for t in s["tilts"]])
+    np.testing.assert_allclose(df["ExposureDose"], cfg.dose_per_tilt_e_a2)
+    np.testing.assert_allclose(df["PixelSpacing"], cfg.pixel_size_a)
+    assert (df["NumSubFrames"] == cfg.n_frames).all() and (df["DividedBy2"] == 0).all()
+    np.testing.assert_allclose(df["RotationAngle"], 175.0)
+    for key in ("Voltage", "Magnification", "ExposureTime", "DoseRate"):
+        assert key in df.columns, key
+    assert all(p.startswith("X:\\Session\\frames\\") for p in df["SubFramePath"])
+    names = [p.split("\\")[-1] for p in df["SubFramePath"]]
+    assert names == [t["movie"].split("/")[-1] for t in s["tilts"]]
+    times = [datetime.strptime(d, "%d-%b-%y  %H:%M:%S") for d in df["DateTime"]]
+    assert all(b > a for a, b in zip(times, times[1:]))
+    assert f"FrameDosesAndNumber = {cfg.dose_per_tilt_e_a2 / cfg.n_frames:g} {cfg.n_frames}" in text
+
+
+def test_mdoc_tomo5_fields(tmp_path):
+    cfg = small_config(flavour="tomo5", n_tilts=3, tilt_axis_deg=84.23, n_frames=2)
+    truth = write_demo_dataset(tmp_path, cfg)
+    s = truth["series"][0]
+    assert s["tsId"] == "Position_1"
+    text = (tmp_path / s["mdoc"]).read_text()
+    header = re.search(r"\[T =   TiltAxisAngle = (\S+)  Binning = 1  SpotSize = 7\]", text)
+    assert header and abs(-float(header.group(1)) - 90 - 84.23) < 1e-6
+    assert re.search(r"\[T = Tomography: .*\d\d-[A-Z][a-z]{2}-\d\d  \d\d:\d\d:\d\d\]", text)
+    assert text.count("ChannelName =\n") == 3 and text.count("CameraLength = NaN") == 3
+    df = mdocfile.read(tmp_path / s["mdoc"])
+    np.testing.assert_allclose(df["RotationAngle"], -84.23)
+    times = [datetime.strptime(d, "%y-%b-%d  %H:%M:%S") for d in df["DateTime"]]
+    assert all(b > a for a, b in zip(times, times[1:]))
+    for i, t in enumerate(s["tilts"]):
+        name = t["movie"].split("/")[-1]
+        m = re.fullmatch(r"Position_1_(\d{3})_(-?\d+\.\d\d)_(\d{8})_(\d{6})_fractions\.tiff", name)
+        assert m and int(m.group(1)) == i + 1
+        assert float(m.group(2)) == t["nominal_tilt_angle_deg"]
+        assert (tmp_path / t["movie"]).is_file()
+
+
+def test_movies_gain_and_truth_files(dataset):
+    out, cfg, truth = dataset
+    nx, ny = cfg.size
+    assert json.loads((out / "truth.json").read_text()) == truth
+    gain = tifffile.imread(out / "gain_ref.gain")
+    assert gain.dtype == np.float32 and gain.shape == (ny, nx)
+    for s in truth["series"]:
+        for t in s["tilts"]:
+            with tifffile.TiffFile(out / t["movie"]) as tif:
+                assert len(tif.pages) == cfg.n_frames
+                assert tif.pages[0].compression == tifffile.COMPRESSION.LZW
+                movie = tif.asarray()
+            assert movie.shape == (cfg.n_frames, ny, nx)
+            assert movie.dtype == (np.uint8 if movie.max() <= 255 else np.uint16)
+            mean = (movie * gain).mean()
+            assert abs(mean / t["mean_counts_per_frame_px"] - 1) < 0.1
+    with pytest.raises(FileExistsError, match="force"):
+        write_demo_dataset(out, cfg)
+
+
+def test_same_seed_same_dataset_other_seed_differs(tmp_path):
+    cfg1 = small_config(n_series=1, n_tilts=2, xray_hits_per_frame_mpx=60.0)
+    a = write_demo_dataset(tmp_path / "a", cfg1)
+    b = write_demo_dataset(tmp_path / "b", cfg1)
+    c = write_demo_dataset(tmp_path / "c", small_config(n_series=1, n_tilts=2, seed=1))
+    assert a == b and a != c
+    for t in a["series"][0]["tilts"]:
+        assert (tmp_path / "a" / t["movie"]).read_bytes() == (tmp_path / "b" / t["movie"]).read_bytes()
+
+
+def test_xray_hits_and_hot_pixels_are_where_truth_says(dataset):
+    out, cfg, truth = dataset
+    s = truth["series"][0]
+    camera = make_detector(cfg)
+    gain = camera["gain"]
+    hits = [h for t in s["tilts"] for h in t["xray_hits"]]
+    assert len(hits) >= 5
+    for acq in range(2):
+        t = s["tilts"][acq]
+        movie = tifffile.imread(out / t["movie"]).astype(np.int64)
+        expected = expected_frames(s, acq).double().numpy() / gain
+        excess = movie - expected
+        z = excess / np.sqrt(np.maximum(expected, 1.0))
+        marked = np.zeros_like(movie, dtype=bool)
+        for h in t["xray_hits"]:
+            marked[h["frame"], h["y"], h["x"]] = True
+            noise_sd = np.sqrt(expected[h["frame"], h["y"], h["x"]] + 1)
+            assert excess[h["frame"], h["y"], h["x"]] > h["excess_counts"] - 6 * noise_sd
+        for hp in s["hot_pixels"]:
+            marked[:, hp["y"], hp["x"]] = True
+            assert (excess[:, hp["y"], hp["x"]] > hp["excess_counts_per_frame"] - 30).all()
+        assert (z[~marked] < 8).all()  # no bright pixel that truth does not list
+
+
+def test_config_rejects_bad_input():
+    with pytest.raises(ValueError, match="flavour"):
+        DemoConfig(flavour="epu")
+    with pytest.raises(ValueError, match="size"):
+        DemoConfig(size=(16, 512))
+    with pytest.raises(ValueError, match="80"):
+        DemoConfig(n_tilts=61, tilt_step_deg=3.0)
