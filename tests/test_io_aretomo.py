@@ -48,7 +48,8 @@ def test_global_and_local_with_dark_frames(aln_dir):
     assert last == [36, 15, 1483.93, 997.39, 12.57, -1.59, 1.0]
     full = aln_to_xf(aln.column("ROT"), torch.stack([aln.column("TX"), aln.column("TY")], 1),
                      raw_indices=aln.raw_indices(), n_raw=aln.RawSize[2])
-    assert full.shape == (51, 6) and torch.equal(full[:14, :4], torch.eye(2).reshape(1, 4).repeat(14, 1).double())
+    identity = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    assert full.shape == (51, 6) and torch.equal(full[:14], identity.repeat(14, 1))
 
 
 def test_truncated_fixture_is_rejected_strictly_and_read_permissively(aln_dir):
@@ -87,8 +88,9 @@ def test_alnfile_tlt_and_xf_companions(aln_dir):
 
 
 def test_new_aln_round_trip_and_unknown_keys(tmp_path):
-    table = pd.DataFrame([[1, 85.1, 1.0, 3.5, -2.25, 1.0, 1.0, 1.0, 0.0, -3.0],
-                          [2, 85.1, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]], columns=list(GLOBAL_COLUMNS))
+    rows = [[1, 85.1, 1.0, 3.5, -2.25, 1.0, 1.0, 1.0, 0.0, -3.0],
+            [2, 85.1, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
+    table = pd.DataFrame(rows, columns=list(GLOBAL_COLUMNS))
     aln = AlnFile((512, 480, 3), 0, table, DarkFrame=[(2, 3, 3.0)], Thickness=300,
                   extra={"Binning": "4"})
     write_aln(tmp_path / "a.aln", aln)

@@ -119,7 +119,8 @@ def test_local_xf_counts_and_byte_round_trip(imod_dir, tmp_path, name, zfac):
 
 TLT_FILES = {
     "IMOD_BB_tutorial/BBa.tlt": (61, 65.06), "IMOD_BB_tutorial/BBb.tlt": (61, 64.73),
-    "cryoet-alignment_imod_1/tilt_1.tlt": (59, -52.24), "etomofiles_TS_001/TS_001.tlt": (40, -57.12),
+    "cryoet-alignment_imod_1/tilt_1.tlt": (59, -52.24),
+    "etomofiles_TS_001/TS_001.tlt": (40, -57.12),
     "etomofiles_TS_001/TS_001.rawtlt": (40, -60.0), "pytom_testData/angles.tlt": (59, -60.0),
     "pytom-match-pick/test_angles.rawtlt": (35, -51.0),
     "pytom-match-pick/test_angles_multi_column.rawtlt": (35, -51.0),
@@ -142,7 +143,8 @@ def test_multi_column_rawtlt_and_xtilt(imod_dir, tmp_path):
     assert xtilt.shape == (40,) and xtilt[0].item() == -0.01
     assert read_xtilt(imod_dir / "IMOD_BB_tutorial/BBa.xtilt").abs().max() == 0
     write_tlt(tmp_path / "m.rawtlt", read_tlt(path), extra_columns=torch.arange(35)[:, None])
-    assert torch.equal(read_tlt(tmp_path / "m.rawtlt", column=1), torch.arange(35.0, dtype=torch.float64))
+    indices = read_tlt(tmp_path / "m.rawtlt", column=1)
+    assert torch.equal(indices, torch.arange(35.0, dtype=torch.float64))
 
 
 def test_tlt_byte_round_trip(imod_dir, tmp_path):
@@ -189,7 +191,8 @@ def test_corpus_com_files(imod_dir):
     xcorr = read_com(imod_dir / "IMOD_BB_tutorial/xcorrb.com")[0]
     assert xcorr.program == "tiltxcorr" and xcorr.options["RotationAngle"] == "-12.5"
     newst = read_com(imod_dir / "cryoet-alignment_imod_1/newst.com")[0]
-    assert newst.environment == {"IMOD_OUTPUT_FORMAT": "MRC"} and newst.arguments == "-StandardInput"
+    assert newst.environment == {"IMOD_OUTPUT_FORMAT": "MRC"}
+    assert newst.arguments == "-StandardInput"
     assert newst.options["BinByFactor"] == "4" and newst.options["SizeToOutputInXandY"] == "928,958"
     assert "DistortionField" not in newst.options and len(newst.options) == 10
     tilt_1 = read_com(imod_dir / "cryoet-alignment_imod_1/tilt.com")[0].options
@@ -269,7 +272,8 @@ def test_corpus_models(imod_dir, tmp_path, name, contours, sized, first):
     assert ours[:8] + ours[136:] == original[:8] + original[136:]
     again = read_mod(tmp_path / "m.mod")
     assert again.header == model.header
-    assert all(torch.equal(a.points, b.points) for a, b in zip(again.objects[0].contours, obj.contours))
+    pairs = zip(again.objects[0].contours, obj.contours)
+    assert all(torch.equal(a.points, b.points) for a, b in pairs)
 
 
 def test_fiducial_model_round_trip(tmp_path):

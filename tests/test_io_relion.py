@@ -1,4 +1,4 @@
-"""RELION 5 STAR files: tomograms.star, per-tilt-series STAR, other tomography STAR in the corpus."""
+"""RELION 5 STAR files: tomograms.star, per-tilt-series STAR and the other corpus STAR files."""
 
 import os
 from pathlib import Path
@@ -112,7 +112,8 @@ def test_projection_matrices_parse_and_format(relion_dir):
     star = read_tomograms_star(relion_dir / "cryocat_warp2_matching_tomograms.star")
     table = star.tilt_series["TS_17.tomostar"]
     proj = parse_projection_matrices(table)
-    assert proj.shape == (41, 4, 4) and proj[0, 0].tolist() == [0.05876775, 0.99705213, -0.049329475, 0]
+    assert proj.shape == (41, 4, 4)
+    assert proj[0, 0].tolist() == [0.05876775, 0.99705213, -0.049329475, 0]
     rot = proj[:, :3, :3]
     assert (rot @ rot.transpose(-1, -2) - torch.eye(3, dtype=torch.float64)).abs().max() < 1e-6
     again = parse_projection_matrices(pd.DataFrame(format_projection_matrices(proj)))
@@ -139,16 +140,17 @@ def test_errors_name_file_and_problem(relion_dir, tmp_path):
         read_tomograms_star(relion_dir / "cryocat_relion5_TS_01_tilt.star")
     with pytest.raises(RelionFormatError, match="no loop block"):
         read_tilt_series_star(relion_dir / "cryocat_warp2_matching_optimisation_set.star")
+    motion = relion_dir / "tomo_preprocessing_relion_motion_correction_output.star"
     with pytest.raises(RelionFormatError, match="2 loop blocks"):
-        read_tilt_series_star(relion_dir / "tomo_preprocessing_relion_motion_correction_output.star")
+        read_tilt_series_star(motion)
     with pytest.warns(UserWarning, match="using the first"):
-        first = read_tilt_series_star(relion_dir / "tomo_preprocessing_relion_motion_correction_output.star",
-                                      strict=False)
+        first = read_tilt_series_star(motion, strict=False)
     assert first.name == "optics"
     with pytest.raises(FileNotFoundError, match="no such STAR file"):
         read_star_blocks(tmp_path / "missing.star")
     with pytest.raises(ValueError, match="without spaces"):
-        write_tilt_series_star(tmp_path / "x.star", TiltSeriesStar("TS 1", pd.DataFrame({"a": [1]})))
+        bad = TiltSeriesStar("TS 1", pd.DataFrame({"a": [1]}))
+        write_tilt_series_star(tmp_path / "x.star", bad)
     no_name = TomogramsStar(pd.DataFrame({"rlnTomoSizeX": [1]}))
     with pytest.raises(ValueError, match="rlnTomoName"):
         write_tomograms_star(tmp_path / "t.star", no_name)

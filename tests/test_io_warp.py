@@ -11,9 +11,10 @@ from tiltflow.io.warp import WarpFormatError, read_warp_xml, write_warp_xml
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_FILES = {
-    # name: (tilts, encoding, pixel size Å, first angle, axis angle, kept elements, per-tilt lists)
+    # name: tilts, encoding, pixel size Å, first angle, axis angle, kept elements, per-tilt lists
     "warp/pytom-match-pick_gs04_ts_003.xml": (47, "utf-8-sig", "0.7303", 46.0, 84.500114, 114, 7),
-    "warp/warpxmlfile_EMPIAR-10491_TS_1.xml": (41, "utf-8-sig", "0.7894", -40.01, -85.59953, 102, 8),
+    "warp/warpxmlfile_EMPIAR-10491_TS_1.xml": (41, "utf-8-sig", "0.7894", -40.01, -85.59953, 102,
+                                               8),
     "cryocat_TS_017/017.xml": (60, "utf-16", "1.97100", -52.0, 83.22321, 18, 7),
 }
 
@@ -50,9 +51,11 @@ def test_utf16_file_matches_its_tlt_and_converts_to_utf8(corpus_root, tmp_path):
     assert ts.per_tilt["MoviePath"][:2] == ["017_01.mrc", "017_02.mrc"]
     assert ts.params["OptionsCTF"]["PixelSizeX"] == "1.9710" and ts.newline == "\r\n"
     write_warp_xml(tmp_path / "u8.xml", ts, encoding="utf-8-sig")
-    assert (tmp_path / "u8.xml").read_bytes().startswith(b'\xef\xbb\xbf<?xml version="1.0" encoding="utf-8"?>')
+    declaration = b'\xef\xbb\xbf<?xml version="1.0" encoding="utf-8"?>'
+    assert (tmp_path / "u8.xml").read_bytes().startswith(declaration)
     back = read_warp_xml(tmp_path / "u8.xml")
-    assert back.encoding == "utf-8-sig" and back.per_tilt == ts.per_tilt and back.params == ts.params
+    assert back.encoding == "utf-8-sig"
+    assert back.per_tilt == ts.per_tilt and back.params == ts.params
 
 
 def test_edited_values_round_trip(corpus_root, tmp_path):

@@ -47,14 +47,14 @@ def gaussian_image(centres_xy, sigma, amps, shape):
     return img
 
 
-def blob_projections(angles, *, tilt_axis_deg=0.0, shifts_px=None, shape=(NY, NX)):
-    """Analytic projections of BLOBS into raw views ``(t, h, w)`` via geometry.project_points."""
+def blob_projections(angles, *, tilt_axis_deg=0.0, shifts_px=None, shape=(NY, NX), blobs=BLOBS):
+    """Analytic projections of ``blobs`` into raw views ``(t, h, w)`` via geometry.project_points."""
     raw = geometry.project_points(
-        BLOBS[:, :3], tilt_angles_deg=torch.as_tensor(angles), tilt_axis_deg=tilt_axis_deg,
+        blobs[:, :3], tilt_angles_deg=torch.as_tensor(angles), tilt_axis_deg=tilt_axis_deg,
         shifts_px=shifts_px, image_shape=shape,
     )
-    sig = BLOBS[:, 3].tolist()
-    amps = (BLOBS[:, 4] * BLOBS[:, 3] * math.sqrt(2 * math.pi)).tolist()
+    sig = blobs[:, 3].tolist()
+    amps = (blobs[:, 4] * blobs[:, 3] * math.sqrt(2 * math.pi)).tolist()
     return torch.stack([gaussian_image(raw[i], sig, amps, shape) for i in range(len(angles))]).float()
 
 
@@ -110,6 +110,11 @@ def blob_series():
 @pytest.fixture(scope="module")
 def wbp_volume(blob_series):
     return wbp(blob_series, ANGLES, thickness_px=NZ)
+
+
+@pytest.fixture(scope="module")
+def sirt20_volume(blob_series):
+    return sirt(blob_series, ANGLES, thickness_px=NZ, iterations=20)
 
 
 # --- projector pair --------------------------------------------------------------------------------
@@ -223,26 +228,23 @@ def test_fake_sirt_reconstruction_moves_power_to_low_frequencies(blob_series, wb
 
 def test_sirt_residual_decreases_monotonically(blob_series):
     x, residuals = None, []
-    for _ in range(8):
+    for _ in range(5):
         x = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=1, initial=x)
         residuals.append(float((project_volume(x, ANGLES) - blob_series).norm() / blob_series.norm()))
     assert all(b < a for a, b in zip(residuals, residuals[1:])), residuals
-    assert residuals[-1] < 0.25  # measured 0.20 after 8 iterations
+    assert residuals[-1] < 0.35  # measured 0.28 after 5 iterations (0.65 after 1)
 
 
-def test_sirt_correlates_better_than_wbp(blob_series, wbp_volume):
+def test_sirt_correlates_better_than_wbp(blob_series, wbp_volume, sirt20_volume):
     vol = blob_volume()
-    rec20 = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=20)
-    assert pearson(rec20, vol) > pearson(wbp_volume, vol) + 0.01  # measured 0.862 vs 0.844
-    for iters, rec in ((10, None), (20, rec20)):
-        rec = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=iters) if rec is None else rec
-        fake = wbp(blob_series, ANGLES, thickness_px=NZ, fake_sirt_iterations=iters)
-        assert pearson(rec, vol) > pearson(fake, vol) + 0.03  # measured 0.842 vs 0.768, 0.862 vs 0.799
+    fake20 = wbp(blob_series, ANGLES, thickness_px=NZ, fake_sirt_iterations=20)
+    assert pearson(sirt20_volume, vol) > pearson(wbp_volume, vol) + 0.01  # measured 0.862 vs 0.844
+    assert pearson(sirt20_volume, vol) > pearson(fake20, vol) + 0.03  # measured 0.862 vs 0.799
 
 
-def test_sirt_positivity_clamps_and_helps(blob_series):
+def test_sirt_positivity_clamps_and_helps(blob_series, sirt20_volume):
     vol = blob_volume()
-    free = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=20)
+    free = sirt20_volume
     positive = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=20, positivity=True)
     assert float(free.min()) < -0.05 and float(positive.min()) >= 0.0
     assert pearson(positive, vol) > pearson(free, vol) + 0.03  # measured 0.944 vs 0.862
@@ -255,15 +257,17 @@ def test_apply_xf_maps_raw_projections_to_aligned_positions(out_shape):
     tilt_axis, shape = -96.3, (128, 112)
     angles = torch.tensor([-50.0, -20.0, 0.0, 30.0, 55.0])
     shifts = torch.tensor([[3.2, -5.7], [-6.1, 2.4], [0.0, 0.0], [4.4, 4.9], [-2.3, -6.6]], dtype=torch.float64)
-    raw = blob_projections(angles, tilt_axis_deg=tilt_axis, shifts_px=shifts, shape=shape)
+    # points whose projections stay > 20 px apart, so window centroids are unbiased
+    points = torch.tensor([[-30.0, -35.0, 5.0, 2.0, 1.0], [25.0, -5.0, -8.0, 2.0, 1.0], [-5.0, 25.0, 10.0, 2.0, 1.0], [35.0, 40.0, 0.0, 2.0, 1.0]], dtype=torch.float64)
+    raw = blob_projections(angles, tilt_axis_deg=tilt_axis, shifts_px=shifts, shape=shape, blobs=points)
     xf = geometry.xf_from_geometry(tilt_axis, shifts)
     oh, ow = shape if out_shape is None else out_shape
     for mode in ("bicubic", "bilinear"):
         aligned = apply_xf(raw, xf, out_shape, mode=mode)
         assert aligned.shape == (5, oh, ow)
-        expected = geometry.tilt_points(BLOBS[:, :3], angles)[..., :2] + torch.tensor([(ow - 1) / 2, (oh - 1) / 2], dtype=torch.float64)
+        expected = geometry.tilt_points(points[:, :3], angles)[..., :2] + torch.tensor([(ow - 1) / 2, (oh - 1) / 2], dtype=torch.float64)
         for i in range(5):
-            for j in range(len(BLOBS)):
+            for j in range(len(points)):
                 cx, cy = centroid(aligned[i], expected[i, j].tolist())
                 assert abs(cx - expected[i, j, 0]) < 0.3 and abs(cy - expected[i, j, 1]) < 0.3  # measured < 0.05
 
@@ -282,7 +286,7 @@ def test_apply_xf_fills_outside_with_the_mean_and_rejects_bad_xf():
 @pytest.mark.parametrize("factor", [2, 3])
 def test_bin_views_keeps_imod_centres(factor):
     h, w = 131, 200
-    pos = torch.tensor([[40.3, 30.7], [150.0, 100.2], [99.5, 65.0], [170.8, 20.1]], dtype=torch.float64)
+    pos = torch.tensor([[40.3, 30.7], [150.0, 100.2], [99.5, 65.0], [170.8, 28.1]], dtype=torch.float64)
     img = gaussian_image(pos, [5.0] * 4, [1.0] * 4, (h, w)).float()
     binned = bin_views(torch.stack([img, 2 * img]), factor)
     hb, wb = h // factor, w // factor
@@ -291,7 +295,7 @@ def test_bin_views_keeps_imod_centres(factor):
     for x, y in pos.tolist():
         ex = (x - (w - 1) / 2) / factor + (wb - 1) / 2
         ey = (y - (h - 1) / 2) / factor + (hb - 1) / 2
-        cx, cy = centroid(binned[0], (ex, ey), radius=4)
+        cx, cy = centroid(binned[0], (ex, ey), radius=7)
         assert abs(cx - ex) < 0.1 and abs(cy - ey) < 0.1, (cx, cy, ex, ey)  # measured < 0.02
 
 

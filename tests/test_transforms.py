@@ -43,7 +43,8 @@ def _random_geometry(t: int, seed: int = 0):
     axis = torch.rand(t, generator=g, dtype=torch.float64) * 360 - 180
     shifts = torch.randn(t, 2, generator=g, dtype=torch.float64) * 40
     tilts = torch.linspace(-60, 60, t, dtype=torch.float64)
-    points = torch.randn(20, 3, generator=g, dtype=torch.float64) * torch.tensor([150.0, 150.0, 40.0])
+    scale = torch.tensor([150.0, 150.0, 40.0], dtype=torch.float64)
+    points = torch.randn(20, 3, generator=g, dtype=torch.float64) * scale
     return axis, shifts, tilts, points
 
 
@@ -79,7 +80,8 @@ def test_xf_maps_projected_raw_points_to_aligned_positions(shape):
     raw = project_points(points, tilt_angles_deg=tilts, tilt_axis_deg=85.3, shifts_px=shifts,
                          image_shape=shape)
     aligned = _apply_xf(geometry_to_xf(axis, shifts), raw, shape, shape)
-    expected = tilt_points(points, tilts)[..., :2] + torch.tensor(image_centre(shape), dtype=torch.float64)
+    centre = torch.tensor(image_centre(shape), dtype=torch.float64)
+    expected = tilt_points(points, tilts)[..., :2] + centre
     assert (aligned - expected).abs().max() < 1e-9
 
 
@@ -134,7 +136,8 @@ def test_xf_to_relion_columns_project_like_our_geometry(shape):
     rot = relion_rotation_matrices(cols["rlnTomoXTilt"], cols["rlnTomoYTilt"], cols["rlnTomoZRot"])
     shift = torch.stack([cols["rlnTomoXShiftAngst"], cols["rlnTomoYShiftAngst"]], 1) / pixel
     ny, nx = shape
-    relion = points @ rot[:, :2, :].transpose(-1, -2) + shift[:, None] + torch.tensor([nx // 2, ny // 2])
+    centre = torch.tensor([nx // 2, ny // 2], dtype=torch.float64)
+    relion = points @ rot[:, :2, :].transpose(-1, -2) + shift[:, None] + centre
     ours = project_points(points, tilt_angles_deg=tilts, tilt_axis_deg=-84.2, shifts_px=shifts,
                           image_shape=shape)
     assert (relion - ours).abs().max() < 1e-9
@@ -163,7 +166,8 @@ def test_bad_inputs_give_one_line_errors():
     with pytest.raises(ValueError, match="det"):
         xf_to_geometry(torch.zeros(1, 6))
     with pytest.raises(ValueError, match="image_shape"):
-        xf_to_relion(geometry_to_xf(0.0, torch.zeros(1, 2)), [0.0], pixel_size_a=1.0, image_shape=(0, 4))
+        xf_to_relion(geometry_to_xf(0.0, torch.zeros(1, 2)), [0.0], pixel_size_a=1.0,
+                     image_shape=(0, 4))
     with pytest.raises(ValueError, match="missing columns"):
         relion_to_xf({"rlnTomoYTilt": [0.0]}, pixel_size_a=1.0, image_shape=(8, 8))
     with pytest.raises(ValueError, match="convention"):
@@ -215,10 +219,11 @@ def test_aretomo_rot_has_the_sign_of_the_imod_tilt_axis(corpus_root):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         aln = read_aln(corpus_root / "aretomo/cryoet-alignment_test.aln", strict=False)
-    imod_axis = xf_to_geometry(read_xf(corpus_root / "aretomo/cryoet-alignment_test.xf")).tilt_axis_deg
+    imod_xf = read_xf(corpus_root / "aretomo/cryoet-alignment_test.xf")
+    imod_axis = xf_to_geometry(imod_xf).tilt_axis_deg
     rot = aln.column("ROT")[0].item()  # -12.66; IMOD -11.38 .. -11.41
     assert (imod_axis - rot).abs().max() < 1.5
-    as_alnfile = xf_to_aln(read_xf(corpus_root / "aretomo/cryoet-alignment_test.xf"), convention="alnfile")
+    as_alnfile = xf_to_aln(imod_xf, convention="alnfile")
     assert (as_alnfile.tilt_axis_deg - rot).abs().min() > 20.0
 
 

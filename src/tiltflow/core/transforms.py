@@ -1,4 +1,4 @@
-"""Conversions between our tilt-series geometry and the alignment conventions of IMOD, AreTomo, RELION 5.
+"""Conversions between our tilt-series geometry and IMOD, AreTomo and RELION 5 alignments.
 
 Our geometry (``core/geometry.py``): a raw view shows the aligned image rotated by the tilt-axis
 angle ``a`` (degrees from +y, counter-clockwise) and displaced by ``s`` (px, x y):
@@ -275,8 +275,10 @@ def relion_rotation_matrices(
 
     Its first two rows are the x, y rows of RELION's projection matrices (``rlnTomoProjX/Y``).
     """
+    inputs = (xtilt_deg, ytilt_deg, zrot_deg)
+    device = next((v.device for v in inputs if isinstance(v, torch.Tensor)), None)
     x, y, z = torch.broadcast_tensors(
-        *(torch.as_tensor(v, dtype=torch.float64) for v in (xtilt_deg, ytilt_deg, zrot_deg))
+        *(torch.as_tensor(v, dtype=torch.float64, device=device) for v in inputs)
     )
     x, y, z = (torch.deg2rad(v.reshape(-1)) for v in (x, y, z))
     one, zero = torch.ones_like(x), torch.zeros_like(x)

@@ -32,8 +32,10 @@ __all__ = ["GLOBAL_COLUMNS", "LOCAL_COLUMNS", "AlnFile", "AlnFormatError", "read
 
 GLOBAL_COLUMNS = ("SEC", "ROT", "GMAG", "TX", "TY", "SMEAN", "SFIT", "SCALE", "BASE", "TILT")
 LOCAL_COLUMNS = ("TILT_INDEX", "PATCH", "X", "Y", "SHIFT_X", "SHIFT_Y", "GOOD")
-_GLOBAL_HEADER = "# SEC     ROT         GMAG       TX          TY      SMEAN     SFIT    SCALE     BASE     TILT"
-_GLOBAL_FMT = "{:5d}  {:9.4f}  {:9.5f}  {:9.3f}  {:9.3f}  {:7.2f}  {:7.2f}  {:7.2f}  {:7.2f}  {:8.2f}"
+_GLOBAL_HEADER = (
+    "# SEC     ROT         GMAG       TX          TY      SMEAN     SFIT    SCALE     BASE     TILT"
+)
+_GLOBAL_FMT = "{:5d}  {:9.4f}  {:9.5f}  {:9.3f}  {:9.3f}" + "  {:7.2f}" * 4 + "  {:8.2f}"
 _LOCAL_FMT = "{:4d} {:3d} {:8.2f}  {:8.2f}  {:8.2f}  {:8.2f}  {:4.1f}"
 _KEY = re.compile(r"^#\s*([A-Za-z][A-Za-z ]*?)\s*=\s*(.*)$")
 
@@ -75,7 +77,7 @@ class AlnFile:
         Old AreTomo versions wrote dark-frame tilts without ``AlphaOffset``; they are returned as
         written."""
         out = torch.full((self.RawSize[2],), float("nan"), dtype=torch.float64)
-        out[self.raw_indices()] = torch.tensor(self.global_alignment["TILT"].to_numpy(), dtype=torch.float64)
+        out[self.raw_indices()] = self.column("TILT")
         for frame, _, tilt in self.DarkFrame:
             out[frame] = tilt
         return out
@@ -148,7 +150,8 @@ def read_aln(path: str | Path, *, strict: bool = True) -> AlnFile:
     gdf = pd.DataFrame(glob, columns=list(GLOBAL_COLUMNS)).astype({"SEC": int})
     ldf = None
     if local:
-        ldf = pd.DataFrame(local, columns=list(LOCAL_COLUMNS)).astype({"TILT_INDEX": int, "PATCH": int})
+        ldf = pd.DataFrame(local, columns=list(LOCAL_COLUMNS))
+        ldf = ldf.astype({"TILT_INDEX": int, "PATCH": int})
     aln = AlnFile(raw_size, num_patches, gdf, dark, alpha, beta, thickness, ldf, header, lines[0])
     if len(gdf) + len(dark) != raw_size[2]:
         _problem(strict, f"{path}: {len(gdf)} global rows + {len(dark)} dark frames != "
@@ -161,7 +164,8 @@ def read_aln(path: str | Path, *, strict: bool = True) -> AlnFile:
 
 def write_aln(path: str | Path, aln: AlnFile) -> None:
     """Write an ``.aln`` in AreTomo3's layout (AreTomo reads it back with ``-AlnFile``)."""
-    out = [aln.title, "# RawSize = {} {} {}".format(*aln.RawSize), f"# NumPatches = {aln.NumPatches}"]
+    out = [aln.title, "# RawSize = {} {} {}".format(*aln.RawSize)]
+    out.append(f"# NumPatches = {aln.NumPatches}")
     out += [f"# DarkFrame =  {f:4d} {s:4d} {t:8.2f}" for f, s, t in aln.DarkFrame]
     out += [f"# AlphaOffset = {aln.AlphaOffset:8.2f}", f"# BetaOffset = {aln.BetaOffset:8.2f}"]
     if aln.Thickness is not None:

@@ -1,4 +1,4 @@
-"""IMOD text files: ``.xf`` (+ local ``*local.xf``), ``.tlt``/``.rawtlt``/``.xtilt``, ``fid.xyz``, ``.com``.
+"""IMOD text files: ``.xf``, local ``.xf``, ``.tlt``/``.rawtlt``/``.xtilt``, ``fid.xyz``, ``.com``.
 
 Conventions (DESIGN.md §2): an ``.xf`` row ``A11 A12 A21 A22 DX DY`` maps raw to aligned pixel
 coordinates about IMOD's centres ``(N-1)/2``; arrays come back as float64 tensors in file order
@@ -98,7 +98,9 @@ def read_tlt(path: str | Path, *, column: int = 0, strict: bool = True) -> torch
     """Angles ``(t,)`` (degrees) from ``.tlt``/``.rawtlt``/``.xtilt``; ``column`` picks one of
     several columns (e.g. ``angle index`` rawtlt files)."""
     rows = _rows(Path(path), None, strict, "one or more numbers")
-    table = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), -1)
+    if not rows:
+        return torch.zeros(0, dtype=torch.float64)
+    table = torch.tensor(rows, dtype=torch.float64)
     if not 0 <= column < table.shape[1]:
         raise ImodFormatError(f"{path}: asked for column {column}, the file has {table.shape[1]}")
     return table[:, column].clone()
@@ -113,7 +115,9 @@ def write_tlt(
 ) -> None:
     """Write one angle per line (IMOD's ``f7.2``), optionally with further columns."""
     angles = torch.as_tensor(angles_deg, dtype=torch.float64).reshape(-1).cpu().tolist()
-    extra = None if extra_columns is None else torch.as_tensor(extra_columns).reshape(len(angles), -1)
+    extra = None
+    if extra_columns is not None:
+        extra = torch.as_tensor(extra_columns).reshape(len(angles), -1)
     lines = []
     for i, a in enumerate(angles):
         more = "" if extra is None else " " + " ".join(f"{v:g}" for v in extra[i].tolist())
@@ -258,8 +262,11 @@ class ComProgram:
 
 
 def read_com(path: str | Path, *, strict: bool = True) -> list[ComProgram]:
-    """Programs and their options (comments, ``$if`` lines and ``$b3dcopy`` etc. are kept as
-    argument-only programs, except ``$if`` which is skipped)."""
+    """Programs of a ``.com`` file with their options, in file order.
+
+    Comments (also commented-out options) and ``$if`` lines are skipped; ``$setenv`` lines go to
+    the next program's ``environment``; other ``$cmd args`` lines become option-less programs.
+    """
     path = Path(path)
     programs: list[ComProgram] = []
     env: dict[str, str] = {}

@@ -179,7 +179,8 @@ def _to_be(t: torch.Tensor) -> bytes:
 
 def write_mod(path: str | Path, model: ImodModel) -> None:
     """Write a model; counts in the headers follow the lists, chunks are written back as read."""
-    out = [b"IMODV1.2", _pack(MODEL_HEADER, _MODEL, {**model.header, "objsize": len(model.objects)})]
+    header = {**model.header, "objsize": len(model.objects)}
+    out = [b"IMODV1.2", _pack(MODEL_HEADER, _MODEL, header)]
     for obj in model.objects:
         meshes = sum(1 for cid, _ in obj.chunks if cid == b"MESH")
         header = {**obj.header, "contsize": len(obj.contours), "meshsize": meshes}
@@ -190,7 +191,9 @@ def write_mod(path: str | Path, model: ImodModel) -> None:
             if c.sizes is not None:
                 sizes = torch.as_tensor(c.sizes, dtype=torch.float32).reshape(-1)
                 if sizes.numel() != pts.shape[0]:
-                    raise ValueError(f"contour sizes ({sizes.numel()}) must match points ({pts.shape[0]})")
+                    raise ValueError(
+                        f"contour has {pts.shape[0]} points, {sizes.numel()} sizes; give one each"
+                    )
                 out += [b"SIZE", struct.pack(">i", 4 * sizes.numel()), _to_be(sizes)]
             out += [cid + struct.pack(">i", len(body)) + body for cid, body in c.chunks]
         for cid, body in obj.chunks:

@@ -194,13 +194,7 @@ def _build(raws: list[RawMdoc], kind: str, tomo5: bool, initial_dose_e_a2: float
     order = [0] * len(items)
     for k, i in enumerate(rank):
         order[i] = k + 1
-    doses = _doses(items, rank, dose_per_tilt_e_a2, warnings)
-    prior: list[float | None] = [None] * len(items)
-    if all(d is not None for d in doses):
-        total = initial_dose_e_a2
-        for i in rank:
-            prior[i] = total
-            total += doses[i]  # type: ignore[operator]
+    doses, prior = _doses(items, rank, dose_per_tilt_e_a2, initial_dose_e_a2, warnings)
     cache: dict[Path, list[str]] = {}
     tilts = []
     for i, (raw, s) in enumerate(items):
@@ -291,46 +285,50 @@ def _flavour_and_axis(raws: list[RawMdoc], items: list[tuple[RawMdoc, Section]],
     return flavour, axis
 
 
+def _own_dose(raw: RawMdoc, s: Section) -> tuple[float | None, str]:
+    """This image's dose (e/Å²) and the key it came from; (None, "") when none gives one > 0."""
+    d = number(raw, s, "ExposureDose", header=False)
+    if d is not None and d > 0:
+        return d, "ExposureDose"
+    text = s.values.get("FrameDosesAndNumber", "")
+    if text.strip():
+        try:
+            d = rs.frame_doses_sum(text)
+        except ValueError:
+            raise error(raw.path, f"FrameDosesAndNumber = {text} is not pairs of 'dose count'",
+                        "correct or delete the line", line=s.lines["FrameDosesAndNumber"],
+                        where=s.label) from None
+        if math.isfinite(d) and d > 0:
+            return d, "FrameDosesAndNumber"
+    d = rs.dose_from_rate(number(raw, s, "DoseRate", header=False),
+                          number(raw, s, "ExposureTime", header=False),
+                          number(raw, s, "PixelSpacing"), number(raw, s, "Binning"))
+    return (d, "DoseRate") if d is not None and math.isfinite(d) and d > 0 else (None, "")
+
+
 def _doses(items: list[tuple[RawMdoc, Section]], rank: list[int], user: float | None,
-           warnings: list[str]) -> list[float | None]:
+           initial: float, warnings: list[str]) -> tuple[list[float | None], list[float | None]]:
+    """Per-image dose and prior dose (e/Å²), in the order of ``items``."""
+    records = [number(raw, s, "PriorRecordDose", header=False) for raw, s in items]
+    labels = [s.label for _, s in items]
     if user is not None:
-        return [user] * len(items)
-    doses: list[float | None] = []
-    for raw, s in items:
-        d = number(raw, s, "ExposureDose", header=False)
-        if not (d is not None and d > 0) and s.values.get("FrameDosesAndNumber", "").strip():
-            try:
-                d = rs.frame_doses_sum(s.values["FrameDosesAndNumber"])
-            except (ValueError, OverflowError):
-                raise error(raw.path, f"FrameDosesAndNumber = {s.values['FrameDosesAndNumber']} "
-                            "is not pairs of 'dose count'", "correct or delete the line",
-                            line=s.lines["FrameDosesAndNumber"], where=s.label) from None
-        if not (d is not None and math.isfinite(d) and d > 0):
-            d = rs.dose_from_rate(number(raw, s, "DoseRate", header=False),
-                                  number(raw, s, "ExposureTime", header=False),
-                                  number(raw, s, "PixelSpacing"), number(raw, s, "Binning"))
-        doses.append(d if d is not None and math.isfinite(d) and d > 0 else None)
-    priors = [number(raw, s, "PriorRecordDose", header=False) for raw, s in items]
-    if any(d is None for d in doses) and all(p is not None for p in priors):
-        steps = [priors[b] - priors[a] for a, b in zip(rank, rank[1:])]  # type: ignore[operator]
-        if all(x > 0 for x in steps):
-            steps.append(statistics.median(steps))
-            if doses[rank[-1]] is None:
+        doses: list[float | None] = [user] * len(items)
+    else:
+        found = [_own_dose(raw, s) for raw, s in items]
+        doses = [d for d, _ in found]
+        if any(d is None for d in doses) and all(r is not None for r in records):
+            steps = rs.prior_record_steps(records, rank)  # type: ignore[arg-type]
+            if steps is not None and doses[rank[-1]] is None:
                 warnings.append("dose of the last image acquired set to the median of the "
                                 "PriorRecordDose steps")
-            for i, step in zip(rank, steps):
+            for i, step in zip(rank, steps or []):
                 doses[i] = step if doses[i] is None else doses[i]
-    missing = [items[i][1].label for i, d in enumerate(doses) if d is None]
-    if missing:
-        warnings.append(f"no dose for {len(missing)} of {len(items)} images ("
-                        f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): no "
-                        "ExposureDose, FrameDosesAndNumber, DoseRate or PriorRecordDose — give "
-                        "the dose per tilt (--dose); prior doses left unknown")
-    high = [d for d in doses if d is not None and d > 50]
-    if high:
-        warnings.append(f"{len(high)} images have an implausible dose (> 50 e/Å², e.g. "
-                        f"{high[0]:.4g}) — check the mdoc or give --dose")
-    return doses
+        warnings += rs.dose_warnings(doses, [src for _, src in found], labels)
+    prior = rs.prior_doses(doses, rank, initial)
+    if user is None and all(r is not None for r in records) and all(p is not None for p in prior):
+        note = rs.prior_record_gap(prior, records, rank, labels)  # type: ignore[arg-type]
+        warnings += [note] if note else []
+    return doses, prior
 
 
 def _common(items: list[tuple[RawMdoc, Section]], key: str, warnings: list[str]) -> float | None:

@@ -231,6 +231,63 @@ def dose_from_rate(dose_rate: float | None, exposure_time_s: float | None,
     return dose_rate * exposure_time_s / (unbinned_a * unbinned_a)  # type: ignore[operator]
 
 
+def prior_doses(doses: list[float | None], rank: list[int], initial: float) -> list[float | None]:
+    """Dose received before each image: ``initial`` + doses of images acquired before it
+    (``rank`` lists indices in acquisition order). All None when any dose is unknown."""
+    if any(d is None for d in doses):
+        return [None] * len(doses)
+    prior: list[float | None] = [None] * len(doses)
+    total = initial
+    for i in rank:
+        prior[i] = total
+        total += doses[i]  # type: ignore[operator]
+    return prior
+
+
+def prior_record_steps(records: list[float], rank: list[int]) -> list[float] | None:
+    """Doses from ``PriorRecordDose`` differences in acquisition order (in ``rank`` order); the
+    last image gets the median step. None when a step is not > 0."""
+    steps = [records[b] - records[a] for a, b in zip(rank, rank[1:])]
+    if not steps or not all(x > 0 for x in steps):
+        return None
+    return steps + [sorted(steps)[len(steps) // 2]]
+
+
+def prior_record_gap(prior: list[float], records: list[float], rank: list[int],
+                     labels: list[str]) -> str | None:
+    """A warning when ``PriorRecordDose`` stops matching the summed doses (an image missing
+    from the mdoc, e.g. one deleted after acquisition), else None."""
+    offset = records[rank[0]] - prior[rank[0]]
+    for i in rank:
+        excess = records[i] - prior[i] - offset
+        if abs(excess) > 0.05 + 0.01 * abs(records[i]):
+            return (f"PriorRecordDose differs from the summed doses by {excess:+.3g} e/Å² from "
+                    f"{labels[i]} on (acquisition order) — an image missing from the mdoc? Prior "
+                    "doses here count only the images listed")
+    return None
+
+
+def dose_warnings(doses: list[float | None], sources: list[str], labels: list[str]) -> list[str]:
+    """Warnings about missing, implausible or DoseRate-derived doses."""
+    out = []
+    missing = [lab for lab, d in zip(labels, doses) if d is None]
+    if missing:
+        out.append(f"no dose for {len(missing)} of {len(doses)} images ("
+                   f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): no ExposureDose, "
+                   "FrameDosesAndNumber, DoseRate or PriorRecordDose — give the dose per tilt "
+                   "(--dose); prior doses left unknown")
+    high = [d for d in doses if d is not None and d > 50]
+    if high:
+        out.append(f"{len(high)} images have an implausible dose (> 50 e/Å², e.g. {high[0]:.4g})"
+                   " — check the mdoc or give --dose")
+    rate = [d for d, src in zip(doses, sources) if src == "DoseRate" and d is not None]
+    if rate and max(rate) > 2 * min(rate):
+        out.append(f"doses from DoseRate x ExposureTime (counted through the specimen) vary "
+                   f"from {min(rate):.3g} to {max(rate):.3g} e/Å² — give --dose for the incident "
+                   "dose per tilt")
+    return out
+
+
 def normalise_angle_deg(angle_deg: float) -> float:
     """Map any angle into (-180, 180]."""
     a = math.fmod(angle_deg, 360.0)

@@ -40,7 +40,7 @@ class RelionFormatError(ValueError):
 @dataclass
 class TomogramsStar:
     tomograms: pd.DataFrame  # data_global, one row per tilt series
-    tilt_series: dict[str, pd.DataFrame] = field(default_factory=dict)  # blocks named by rlnTomoName
+    tilt_series: dict[str, pd.DataFrame] = field(default_factory=dict)  # block per rlnTomoName
     other: dict[str, pd.DataFrame | dict] = field(default_factory=dict)  # any other block, kept
 
 
@@ -87,7 +87,8 @@ def read_tomograms_star(path: str | Path, *, strict: bool = True) -> TomogramsSt
             out.tilt_series[key] = block
         else:
             out.other[key] = block
-    missing = [n for n in names if "rlnTomoTiltSeriesStarFile" not in table and n not in out.tilt_series]
+    has_files = "rlnTomoTiltSeriesStarFile" in table
+    missing = [n for n in names if not has_files and n not in out.tilt_series]
     if missing:
         _problem(strict, f"{path}: no rlnTomoTiltSeriesStarFile column and no tables for {missing}")
     return out

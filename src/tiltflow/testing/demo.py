@@ -152,7 +152,8 @@ def write_demo_dataset(out_dir: Path | str, config: DemoConfig, *, force: bool =
                              photometric="minisblack")
         (out_dir / series["mdoc"]).write_text(format_mdoc(series), newline="\r\n")
         truth["series"].append(series)
+    text = json.dumps(truth, indent=1)
     tmp = out_dir / (TRUTH_FILE + ".tmp")
-    tmp.write_text(json.dumps(truth, indent=1))
+    tmp.write_text(text)
     os.replace(tmp, out_dir / TRUTH_FILE)
-    return truth
+    return json.loads(text)  # exactly what the file holds (tuples as lists)

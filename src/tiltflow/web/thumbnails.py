@@ -109,12 +109,15 @@ def _frame_average(path: Path) -> np.ndarray:
         import tifffile
 
         read_movie_header(path)  # clear errors for missing / truncated files
+        total, n = None, 0
         with tifffile.TiffFile(path) as tif:
-            total = None
             for page in tif.pages:
-                frame = page.asarray().astype(np.float64)  # type: ignore[union-attr]
-                total = frame if total is None else total + frame
-            n = len(tif.pages)
+                frames = np.asarray(page.asarray(), dtype=np.float64)  # type: ignore[union-attr]
+                frames = frames.reshape(-1, *frames.shape[-2:])       # a page may hold several planes
+                total = frames.sum(axis=0) if total is None else total + frames.sum(axis=0)
+                n += frames.shape[0]
+        if total is None:
+            raise ValueError(f"{path}: movie without frames — the file is empty or corrupt")
         return (total / n).astype(np.float32)
     return read_movie_frames(path).astype(np.float32).mean(axis=0)
 

@@ -108,6 +108,16 @@ async function saveSubset(pointer, isCtf) {
   return r;
 }
 
+/* Fill a <select> with the project's outputs that ``viewer`` opens; returns the chosen pointer. */
+async function fillOutputSelect(select, viewer, current) {
+  const p = await api("/api/project");
+  const outs = p.runs.flatMap(r => r.outputs).filter(o => o.viewer === viewer);
+  select.innerHTML = outs.map(o => `<option value="${esc(o.pointer)}">${esc(o.pointer)} — ${esc(o.summary)}</option>`).join("");
+  const chosen = outs.some(o => o.pointer === current) ? current : (outs.length ? outs[0].pointer : null);
+  if (chosen) select.value = chosen;
+  return chosen;
+}
+
 async function exclude(pointer, body) {
   const r = await api(outputUrl(pointer, "/exclude"), {json: body});
   status(`${r.changed} flag${r.changed === 1 ? "" : "s"} changed`);

@@ -1,0 +1,225 @@
+"use strict";
+/* CTF viewer: defocus U/V and fit resolution against tilt, per-tilt spectrum with fitted zeros,
+   radial profile, exclusion of outliers, Save (goodSetOfCTFTomoSeries…). */
+(() => {
+  const C = {series: [], ts: null, detail: null, cur: 0, suggestions: []};
+  const pointer = () => TF.ctfOutput;
+  const item = () => C.detail && C.detail.items[C.cur];
+
+  async function show() {
+    const chosen = await fillOutputSelect($("#ctf-output"), "ctf", TF.ctfOutput);
+    if (chosen !== TF.ctfOutput) { TF.ctfOutput = chosen; C.ts = null; }
+    $("#current-set").textContent = chosen || "";
+    if (!chosen) { $("#ctf-plot").innerHTML = '<div class="empty">No CTF set in this project yet.</div>'; return; }
+    await loadSeries();
+  }
+
+  async function loadSeries() {
+    C.series = await api(outputUrl(pointer(), "/series"));
+    if (!C.series.some(s => s.ts_id === C.ts)) { C.ts = C.series.length ? C.series[0].ts_id : null; C.cur = 0; }
+    renderSeries();
+    if (C.ts) await loadDetail();
+  }
+
+  function renderSeries() {
+    const rows = C.series.map(s => `
+      <tr class="row ${s.ts_id === C.ts ? "selected" : ""} ${s.excluded ? "excluded" : ""}" data-ts="${esc(s.ts_id)}">
+        <td>${esc(s.ts_id)}</td><td>${s.n_views}</td><td>${fmt(s.tilt_min_deg, 0)}…${fmt(s.tilt_max_deg, 0)}°</td>
+        <td class="${s.n_excluded ? "bad" : ""}">${s.n_excluded}</td>
+        <td><button class="x-btn" data-toggle="${esc(s.ts_id)}" title="exclude / include the whole series (X)">${s.excluded ? "include" : "exclude"}</button></td>
+      </tr>`).join("");
+    $("#ctf-series").innerHTML = `<tr><th>tsId</th><th>tilts</th><th>tilt</th><th>excl.</th><th></th></tr>${rows}`;
+    for (const tr of $("#ctf-series").querySelectorAll("tr.row")) {
+      tr.addEventListener("click", ev => {
+        if (ev.target.dataset.toggle) return;
+        C.ts = tr.dataset.ts; C.cur = 0; renderSeries(); loadDetail().catch(report);
+      });
+    }
+    for (const b of $("#ctf-series").querySelectorAll("button[data-toggle]")) {
+      b.addEventListener("click", () => toggleSeries(b.dataset.toggle).catch(report));
+    }
+  }
+
+  async function loadDetail() {
+    const ts = C.ts;
+    const [detail, sugg] = await Promise.all([
+      api(outputUrl(pointer(), `/ctf/${encodeURIComponent(ts)}`)),
+      api(outputUrl(pointer(), `/ctf/${encodeURIComponent(ts)}/suggestions`)),
+    ]);
+    if (ts !== C.ts) return;
+    C.detail = detail; C.suggestions = sugg;
+    C.cur = Math.min(C.cur, Math.max(detail.items.length - 1, 0));
+    renderSuggestions();
+    select(C.cur);
+  }
+
+  function renderPlot() {
+    const items = C.detail.items, it = item();
+    const pts = key => items.map((c, i) => ({x: c.tilt_angle_deg, y: c[key] === null ? NaN : key.startsWith("defocus") ? c[key] / 1e4 : c[key], bad: c.excluded, id: i}));
+    const dfs = items.flatMap(c => [c.defocus_u_a / 1e4, c.defocus_v_a / 1e4]);
+    const res = items.map(c => c.fit_resolution_a).filter(v => v !== null);
+    const [xmin, xmax] = TFPlot.extent(items.map(c => c.tilt_angle_deg), 0.04);
+    const [ymin, ymax] = TFPlot.extent(dfs, 0.1);
+    const y2 = res.length ? TFPlot.extent(res, 0.1) : null;
+    TFPlot.chart($("#ctf-plot"), {
+      height: 290, x: {min: xmin, max: xmax, label: "tilt angle (°)"},
+      y: {min: ymin, max: ymax, label: "defocus (µm, underfocus +)", fmt: v => v.toFixed(2)},
+      y2: y2 ? {min: y2[0], max: y2[1], label: "fit resolution (Å)"} : null,
+      series: [
+        {name: "defocus U", color: "#5aa9e6", points: pts("defocus_u_a")},
+        {name: "defocus V", color: "#f0a03c", points: pts("defocus_v_a")},
+        ...(y2 ? [{name: "fit resolution", color: "#8fd16a", axis: "y2", marker: "square", dash: "4 3", points: pts("fit_resolution_a")}] : []),
+      ],
+      marks: it ? [{x: it.tilt_angle_deg}] : [],
+      onClick: i => select(i),
+    });
+    const excluded = items.filter(c => c.excluded).length;
+    if (excluded) {
+      const t = TFPlot.el("text", {x: 60, y: 284}, $("#ctf-plot svg"));
+      t.textContent = `red ✕ = excluded (${excluded})`;
+    }
+  }
+
+  function renderTable() {
+    const sugg = new Set(C.suggestions.map(s => s.view));
+    const rows = C.detail.items.map((c, i) => `
+      <tr class="${i === C.cur ? "selected" : ""} ${c.excluded ? "excluded" : ""}" data-i="${i}">
+        <td>${fmt(c.tilt_angle_deg, 1)}</td><td>${c.acquisition_order}</td>
+        <td>${fmt(c.defocus_u_a / 1e4, 3)}</td><td>${fmt(c.defocus_v_a / 1e4, 3)}</td>
+        <td>${fmt(c.defocus_u_a - c.defocus_v_a, 0)}</td><td>${fmt(c.astigmatism_angle_deg, 1)}</td>
+        <td>${fmt(c.phase_shift_deg, 1)}</td><td>${fmt(c.fit_resolution_a, 1)}</td><td>${fmt(c.score, 3)}</td>
+        <td>${sugg.has(c.acquisition_order) && !c.excluded ? '<span class="kind">?</span>' : ""}</td>
+        <td><button class="x-btn" data-x="${i}">${c.excluded ? "include" : "exclude"}</button></td></tr>`).join("");
+    $("#ctf-table").innerHTML = `<tr><th>tilt °</th><th>acq</th><th>U µm</th><th>V µm</th><th>U−V Å</th><th>azimuth °</th>
+      <th>phase °</th><th>fit res. Å</th><th>score</th><th></th><th></th></tr>${rows}`;
+    for (const tr of $("#ctf-table").querySelectorAll("tr[data-i]")) {
+      tr.addEventListener("click", ev => {
+        if (ev.target.dataset.x !== undefined) toggleTilt(+ev.target.dataset.x).catch(report);
+        else select(+tr.dataset.i);
+      });
+    }
+  }
+
+  function renderSpectrum() {
+    const c = item(), svg = $("#spectrum-rings");
+    const url = outputUrl(pointer(), `/ctf/${encodeURIComponent(C.ts)}/${c.acquisition_order}/spectrum.png`);
+    const img = $("#spectrum");
+    img.onerror = () => { $("#spectrum-source").textContent = "(no spectrum and no acquisition values)"; };
+    img.src = url;
+    $("#spectrum-source").textContent = c.has_spectrum_file ? "(saved by the CTF step)" : "(model CTF², no spectrum saved)";
+    svg.innerHTML = "";
+    if (!$("#rings").checked || !C.detail.nyquist_per_a) return;
+    const half = 128, n = Math.min(c.zeros_u_per_a.length, c.zeros_v_per_a.length, 12);
+    for (let i = 0; i < n; i++) {
+      TFPlot.el("ellipse", {cx: half, cy: half, rx: c.zeros_u_per_a[i] / C.detail.nyquist_per_a * half,
+        ry: c.zeros_v_per_a[i] / C.detail.nyquist_per_a * half, fill: "none", stroke: i ? "#e5484d" : "#f0a03c",
+        "stroke-width": 1, "stroke-opacity": 0.8, transform: `rotate(${c.astigmatism_angle_deg} ${half} ${half})`}, svg);
+    }
+  }
+
+  function renderRadial() {
+    const c = item(), box = $("#radial");
+    const p = c.radial_profile;
+    if (!p || !p.k.length) { box.innerHTML = '<div class="empty">No radial profile recorded by the CTF step for this tilt.</div>'; return; }
+    const [xmin, xmax] = TFPlot.extent(p.k, 0);
+    const [ymin, ymax] = TFPlot.extent(p.observed.concat(p.fitted), 0.05);
+    TFPlot.chart(box, {
+      width: 420, height: 250, x: {min: xmin, max: xmax, label: "spatial frequency (1/Å)", fmt: v => v.toFixed(2)},
+      y: {min: ymin, max: ymax, label: "amplitude", fmt: v => v.toFixed(2)},
+      series: [
+        {name: "observed", color: "#aab1bd", marker: "none", points: p.k.map((k, i) => ({x: k, y: p.observed[i]}))},
+        {name: "fitted", color: "#e5484d", marker: "none", points: p.k.map((k, i) => ({x: k, y: p.fitted[i]}))},
+      ],
+      marks: c.fit_resolution_a ? [{x: 1 / c.fit_resolution_a, color: "#8fd16a"}] : [],
+    });
+  }
+
+  function renderInfo() {
+    const c = item();
+    const rows = [
+      ["tilt angle", fmt(c.tilt_angle_deg, 2, "°")], ["acquisition order", c.acquisition_order],
+      ["defocus U / V", `${um(c.defocus_u_a)} / ${um(c.defocus_v_a)}`],
+      ["astigmatism", `${fmt(c.defocus_u_a - c.defocus_v_a, 0, " Å")} at ${fmt(c.astigmatism_angle_deg, 1, "°")}`],
+      ["phase shift", fmt(c.phase_shift_deg, 1, "°")], ["fit resolution", fmt(c.fit_resolution_a, 2, " Å")],
+      ["score", fmt(c.score, 4)], ["state", c.excluded ? '<span class="status-failed">excluded</span>' : "included"],
+    ];
+    const s = C.suggestions.filter(x => x.view === c.acquisition_order);
+    $("#ctf-info").innerHTML = `<table>${rows.map(r => `<tr><td>${r[0]}</td><td>${r[1]}</td></tr>`).join("")}</table>` +
+      s.map(x => `<div><span class="kind">${esc(x.kind)}</span> ${esc(x.message)}</div>`).join("");
+    $("#ctf-toggle").textContent = c.excluded ? "Include tilt" : "Exclude tilt";
+  }
+
+  function select(i) {
+    if (!C.detail || !C.detail.items.length) return;
+    C.cur = (i + C.detail.items.length) % C.detail.items.length;
+    renderPlot(); renderTable(); renderSpectrum(); renderRadial(); renderInfo();
+    const row = document.querySelector(`#ctf-table tr[data-i="${C.cur}"]`);
+    if (row) row.scrollIntoView({block: "nearest"});
+  }
+
+  function renderSuggestions() {
+    const box = $("#ctf-suggest"), list = C.suggestions;
+    if (!list.length) { box.innerHTML = '<span class="muted">No CTF outliers flagged in this series.</span>'; return; }
+    const byOrder = Object.fromEntries(C.detail.items.map(c => [c.acquisition_order, c]));
+    box.innerHTML = `<h3>Suggestions (${list.length}) <button id="ctf-accept-all">accept all</button></h3>` +
+      list.map((s, i) => `<div class="item"><span><span class="kind">${esc(s.kind)}</span>
+        ${byOrder[s.view] ? fmt(byOrder[s.view].tilt_angle_deg, 1, "°") : ""} (acq ${s.view}): ${esc(s.message)}</span>
+        <button data-s="${i}">accept</button></div>`).join("");
+    const accept = async items => {
+      for (const s of items) await exclude(pointer(), {ts_id: s.ts_id, views: [s.view], excluded: true, reason: `auto:${s.kind}`});
+      await refresh();
+    };
+    $("#ctf-accept-all").addEventListener("click", () => accept(list).catch(report));
+    for (const b of box.querySelectorAll("button[data-s]")) b.addEventListener("click", () => accept([list[+b.dataset.s]]).catch(report));
+  }
+
+  async function refresh() {
+    C.series = await api(outputUrl(pointer(), "/series"));
+    renderSeries();
+    await loadDetail();
+  }
+  async function after(r) { if (r && r.changed) await refresh(); }
+
+  async function toggleTilt(i) {
+    const c = C.detail.items[i];
+    await after(await exclude(pointer(), {ts_id: C.ts, views: [c.acquisition_order], excluded: !c.excluded}));
+  }
+
+  async function toggleSeries(ts) {
+    const s = C.series.find(x => x.ts_id === ts);
+    await after(await exclude(pointer(), {ts_id: ts, excluded: !s.excluded}));
+  }
+
+  function moveSeries(d) {
+    const i = C.series.findIndex(s => s.ts_id === C.ts);
+    const next = C.series[i + d];
+    if (next) { C.ts = next.ts_id; C.cur = 0; renderSeries(); loadDetail().catch(report); }
+  }
+
+  async function save() { if (await saveSubset(pointer(), true)) await show(); }
+
+  function key(ev) {
+    if (!C.detail) return false;
+    if ((ev.key === "z" && (ev.ctrlKey || ev.metaKey)) || ev.key === "u") { undo(pointer()).then(after).catch(report); return true; }
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return false;
+    const actions = {
+      ArrowRight: () => select(C.cur + 1), ArrowLeft: () => select(C.cur - 1),
+      ArrowDown: () => moveSeries(1), ArrowUp: () => moveSeries(-1),
+      " ": () => toggleTilt(C.cur), x: () => toggleSeries(C.ts), s: () => save(),
+    };
+    const f = actions[ev.key];
+    if (!f) return false;
+    Promise.resolve(f()).catch(report);
+    return true;
+  }
+
+  window.addEventListener("DOMContentLoaded", () => {
+    $("#ctf-output").addEventListener("change", e => { TF.ctfOutput = e.target.value; C.ts = null; showTab("ctf"); });
+    $("#ctf-undo").addEventListener("click", () => undo(pointer()).then(after).catch(report));
+    $("#ctf-save").addEventListener("click", () => save().catch(report));
+    $("#ctf-toggle").addEventListener("click", () => toggleTilt(C.cur).catch(report));
+    $("#rings").addEventListener("change", () => item() && renderSpectrum());
+  });
+
+  TF.pages.ctf = {show, key};
+})();
