@@ -137,6 +137,34 @@ def test_dose_from_prior_record_dose_differences_in_acquisition_order(tmp_path):
     assert any("median" in w for w in ts.warnings)
 
 
+def test_prior_record_dose_gap_warns_that_an_image_was_deleted(tmp_path):
+    angles, order = [-6.0, -3.0, 0.0, 3.0, 6.0], [4, 2, 0, 1, 3]
+    secs = serialem_sections(angles, order, ExposureDose="2")
+    for sec, k in zip(secs, order):
+        sec["PriorRecordDose"] = f"{0.1 + 2.0 * k}"
+    p = write(tmp_path / "a.mdoc", serialem_text(secs))
+    assert read_tilt_series_mdoc(p, initial_dose_e_a2=0.1).warnings == []
+    del secs[1]                                            # -3°, acquired third, deleted
+    ts = read_tilt_series_mdoc(write(p, serialem_text(secs)), initial_dose_e_a2=0.1)
+    assert [t.prior_dose_e_a2 for t in by_angle(ts)] == pytest.approx([6.1, 0.1, 2.1, 4.1])
+    assert [w for w in ts.warnings if "PriorRecordDose differs" in w] == [
+        "PriorRecordDose differs from the summed doses by +2 e/Å² from ZValue = 3 on (acquisition "
+        "order) — an image missing from the mdoc? Prior doses here count only the images listed"]
+
+
+def test_dose_rate_doses_that_vary_a_lot_are_flagged(tmp_path):
+    secs = serialem_sections([-3.0, 0.0, 3.0], [1, 0, 2], DoseRate="10", ExposureTime="1",
+                             PixelSpacing="2")
+    secs[2]["DoseRate"] = "2"                              # thick region: few counts
+    ts = read_tilt_series_mdoc(write(tmp_path / "a.mdoc", serialem_text(secs)))
+    assert [t.dose_e_a2 for t in ts.tilts] == pytest.approx([2.5, 2.5, 0.5])
+    assert any("vary from 0.5 to 2.5" in w for w in ts.warnings)
+
+
+def by_angle(ts):
+    return sorted(ts.tilts, key=lambda t: t.tilt_angle_deg)
+
+
 def test_user_dose_wins_and_missing_dose_is_none(tmp_path):
     secs = serialem_sections([-3.0, 0.0, 3.0], [1, 0, 2], ExposureDose="0")
     p = write(tmp_path / "a.mdoc", serialem_text(secs))

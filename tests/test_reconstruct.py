@@ -15,11 +15,11 @@ from tiltflow.core import geometry
 from tiltflow.core.radial_filter import FAKE_SIRT_ALPHA, fake_sirt_exponent, padded_length
 from tiltflow.core.reconstruct import apply_xf, backproject, bin_views, project_volume, radial_filter, sirt, wbp
 
-NZ, NY, NX = 40, 64, 96
+NZ, NY, NX = 40, 40, 80
 ANGLES = torch.linspace(-60.0, 60.0, 41)
 # x, y, z (px, specimen frame), sigma (px), amplitude
 BLOBS = torch.tensor(
-    [[-20.0, -10.0, 8.0, 2.5, 1.0], [15.0, 12.0, -10.0, 2.0, 1.5], [0.0, 0.0, 0.0, 3.0, 0.8], [30.0, -20.0, -5.0, 2.0, 1.2]],
+    [[-20.0, -8.0, 8.0, 2.5, 1.0], [15.0, 10.0, -10.0, 2.0, 1.5], [0.0, 0.0, 0.0, 3.0, 0.8], [30.0, -12.0, -5.0, 2.0, 1.2]],
     dtype=torch.float64,
 )
 
@@ -228,7 +228,7 @@ def test_fake_sirt_reconstruction_moves_power_to_low_frequencies(blob_series, wb
 
 def test_sirt_residual_decreases_monotonically(blob_series):
     x, residuals = None, []
-    for _ in range(5):
+    for _ in range(4):
         x = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=1, initial=x)
         residuals.append(float((project_volume(x, ANGLES) - blob_series).norm() / blob_series.norm()))
     assert all(b < a for a, b in zip(residuals, residuals[1:])), residuals
