@@ -20,7 +20,11 @@ from tiltflow.io.mdoc import (
 )
 from tiltflow.io.mdoc_resolve import angle_difference_deg, axis_from_titles, number, read_raw
 
-CORPUS = Path(os.environ.get("TILTFLOW_CORPUS", Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"))
+CORPUS = Path(
+    os.environ.get(
+        "TILTFLOW_CORPUS", Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"
+    )
+)
 MDOC = CORPUS / "mdoc"
 FRAMES_019 = MDOC / "cryocat_TS_019_frame_mdocs"
 TS_017 = CORPUS / "cryocat_TS_017" / "017.mdoc"
@@ -51,9 +55,11 @@ def test_empiar_10164_ts01_no_voltage_no_dose_dose_symmetric():
     assert [round(t.tilt_angle_deg) for t in by_order(ts)][:6] == [0, 3, -3, -6, 6, 9]
     assert [t.acquisition_order for t in by_section(ts)] == list(range(1, 42))
     first = by_order(ts)[0]
-    assert first.datetime == dt.datetime(2015, 11, 30, 15, 21, 38)       # 2-digit year
-    assert first.movie_name == "TS_01_000_0.0.mrc" and first.num_frames == 8   # D:\DATA\...\
-    ts = read_tilt_series_mdoc(MDOC / "mdocfile_EMPIAR-10164_TS_01.mrc.mdoc", dose_per_tilt_e_a2=3.0)
+    assert first.datetime == dt.datetime(2015, 11, 30, 15, 21, 38)  # 2-digit year
+    assert first.movie_name == "TS_01_000_0.0.mrc" and first.num_frames == 8  # D:\DATA\...\
+    ts = read_tilt_series_mdoc(
+        MDOC / "mdocfile_EMPIAR-10164_TS_01.mrc.mdoc", dose_per_tilt_e_a2=3.0
+    )
     assert max(t.accumulated_dose_e_a2 for t in ts.tilts) == pytest.approx(123.0)
     assert by_order(ts)[-1].tilt_angle_deg == pytest.approx(60.0006)
 
@@ -64,10 +70,14 @@ def test_aretomo3_ts_dose_from_dose_rate_exposure_time_and_pixel_size():
     assert ts.tilts[0].tilt_angle_deg == pytest.approx(-60.0006)
     assert ts.tilts[-1].tilt_angle_deg == pytest.approx(59.9926)
     assert ts.tilt_axis_deg == pytest.approx(94.0) and ts.image_size == (5760, 4092)
-    zero = by_section(ts)[0]                   # ZValue 0: DoseRate 11.2815, ExposureTime 0.988016
+    zero = by_section(ts)[0]  # ZValue 0: DoseRate 11.2815, ExposureTime 0.988016
     assert zero.acquisition_order == 1 and zero.tilt_angle_deg == pytest.approx(-0.00949884)
-    assert zero.dose_e_a2 == pytest.approx(11.2815 * 0.988016 / 2.663**2) == pytest.approx(1.5718, abs=1e-4)
-    assert zero.datetime == dt.datetime(2023, 8, 11, 17, 44, 56)        # 4-digit year
+    assert (
+        zero.dose_e_a2
+        == pytest.approx(11.2815 * 0.988016 / 2.663**2)
+        == pytest.approx(1.5718, abs=1e-4)
+    )
+    assert zero.datetime == dt.datetime(2023, 8, 11, 17, 44, 56)  # 4-digit year
     assert zero.movie_name == "amelo_20230811_33kx_hydraliftout_0001_-0.0.tif"  # Z:\krios2\...
     assert zero.num_frames == 14
     # DoseRate is counted through the lamella: 0.17 (39-42°) .. 2.73 e/Å² (60°), 54.3 in all
@@ -99,14 +109,19 @@ def test_frame_set_multiple_frame_based_tilt_series_is_refused():
     assert not isinstance(exc.value, NotATiltSeriesError)
 
 
-@pytest.mark.parametrize("name, what", [
-    ("mdocfile__montage_section.mdoc", "is a grid map"),          # 135x, [MontSection], Montage = 1
-    ("mdocfile__montage_section_multiple.mdoc", "is a montage"),  # 2250x, 10 [MontSection]
-    ("pyserialem__gm.mrc.mdoc", "is a grid map"),                 # 100x
-])
+@pytest.mark.parametrize(
+    "name, what",
+    [
+        ("mdocfile__montage_section.mdoc", "is a grid map"),  # 135x, [MontSection], Montage = 1
+        ("mdocfile__montage_section_multiple.mdoc", "is a montage"),  # 2250x, 10 [MontSection]
+        ("pyserialem__gm.mrc.mdoc", "is a grid map"),  # 100x
+    ],
+)
 def test_montages_and_grid_maps_are_rejected(name, what):
-    with pytest.raises(NotATiltSeriesError, match=f"{what}.*, not a tilt series — select only "
-                                                  "tilt-series mdocs with --pattern"):
+    with pytest.raises(
+        NotATiltSeriesError,
+        match=f"{what}.*, not a tilt series — select only tilt-series mdocs with --pattern",
+    ):
         read_tilt_series_mdoc(MDOC / name)
 
 
@@ -145,14 +160,16 @@ def test_cryocat_ts019_61_frame_mdocs_merge_into_one_series():
     assert ts.tilts[0].tilt_angle_deg == pytest.approx(-52.0059)
     assert ts.tilts[-1].tilt_angle_deg == pytest.approx(67.9889)
     assert (ts.voltage_kv, ts.pixel_size_a, ts.magnification) == (300, 1.971, 64000)
-    assert ts.tilt_axis_deg == pytest.approx(82.9)     # RotationAngle 172.9 - 90 (no axis title)
+    assert ts.tilt_axis_deg == pytest.approx(82.9)  # RotationAngle 172.9 - 90 (no axis title)
     # DateTime order (crossing midnight 06->07 Jun 2023) is the file index order 0000..0060
     ordered = by_order(ts)
     assert [t.source.name[7:11] for t in ordered] == [f"{k:04d}" for k in range(61)]
     assert ordered[-1].datetime == dt.datetime(2023, 6, 7, 0, 17, 28)
     assert all(t.dose_e_a2 == pytest.approx(2.23843) for t in ts.tilts)
     # our prior doses match SerialEM's PriorRecordDose less its initial 0.0728 e/Å²
-    err = [abs(t.prior_dose_e_a2 - (float(t.extra["PriorRecordDose"]) - 0.0728312)) for t in ts.tilts]
+    err = [
+        abs(t.prior_dose_e_a2 - (float(t.extra["PriorRecordDose"]) - 0.0728312)) for t in ts.tilts
+    ]
     assert max(err) < 0.001
     assert ordered[0].movie_name == "TS_019_0000_8.0.mrc" and ordered[0].num_frames == 10
     assert [s.ts_id for s in read_mdocs(files)] == ["TS_019"]
@@ -171,7 +188,9 @@ def test_cryocat_ts017_stack_in_angle_order_acquired_dose_symmetric():
     # PriorRecordDose agrees with the summed ExposureDose for the first 58 images acquired; the
     # last two (-50°, -52°) follow an image deleted from the mdoc (PriorRecordDose 129.9): warned
     gaps = [float(t.extra["PriorRecordDose"]) - t.prior_dose_e_a2 for t in by_order(ts)]
-    assert max(abs(g) for g in gaps[:58]) < 0.01 and gaps[58:] == pytest.approx([2.23843] * 2, abs=0.01)
+    assert max(abs(g) for g in gaps[:58]) < 0.01 and gaps[58:] == pytest.approx(
+        [2.23843] * 2, abs=0.01
+    )
     assert any("PriorRecordDose differs" in w and "ZValue = 1 " in w for w in ts.warnings)
     # the corrected accumulated dose cryoCAT wrote (in ZValue order) = PriorRecordDose + 2.238
     corrected = [float(v) for v in (TS_017.parent / "017_corrected_dose.txt").read_text().split()]
@@ -182,8 +201,11 @@ def test_cryocat_ts017_stack_in_angle_order_acquired_dose_symmetric():
 def test_etspy_stem_two_images_at_the_same_angle_are_refused():
     if not ETSPY.is_file():
         pytest.skip("etspy corpus file absent")
-    with pytest.raises(MdocError, match=r"\[ZValue = 0\] \(line 12, -0.000488°\) and "
-                                        r"\[ZValue = 1\] \(line 37, -0.000488°\)"):
+    with pytest.raises(
+        MdocError,
+        match=r"\[ZValue = 0\] \(line 12, -0.000488°\) and "
+        r"\[ZValue = 1\] \(line 37, -0.000488°\)",
+    ):
         read_tilt_series_mdoc(ETSPY)
 
 
@@ -192,13 +214,22 @@ def test_read_mdocs_on_the_whole_folder_lists_every_bad_file_once():
     with pytest.raises(MdocError) as exc:
         read_mdocs(files)
     bad = {line.split(":")[0].split("/")[-1] for line in str(exc.value).splitlines()}
-    assert bad == {"aretomo3__L1_tgt_001.mrc.mdoc", "czportal__close-TS_run1.mdoc",
-                   "mdocfile__frame_set_multiple.mdoc", "mdocfile__frame_set_single.mdoc",
-                   "mdocfile__montage_section.mdoc", "mdocfile__montage_section_multiple.mdoc",
-                   "pyserialem__gm.mrc.mdoc"}
+    assert bad == {
+        "aretomo3__L1_tgt_001.mrc.mdoc",
+        "czportal__close-TS_run1.mdoc",
+        "mdocfile__frame_set_multiple.mdoc",
+        "mdocfile__frame_set_single.mdoc",
+        "mdocfile__montage_section.mdoc",
+        "mdocfile__montage_section_multiple.mdoc",
+        "pyserialem__gm.mrc.mdoc",
+    }
     assert len(str(exc.value).splitlines()) == 7
-    good = [f for f in files if f.name.split(".")[0] in
-            ("aretomo3__L1_ts_001", "czportal__foo-TS_run1", "mdocfile_EMPIAR-10164_TS_01")]
+    good = [
+        f
+        for f in files
+        if f.name.split(".")[0]
+        in ("aretomo3__L1_ts_001", "czportal__foo-TS_run1", "mdocfile_EMPIAR-10164_TS_01")
+    ]
     assert [len(s.tilts) for s in read_mdocs(good)] == [41, 5, 41]
 
 
@@ -209,8 +240,11 @@ def test_serialem_title_axis_equals_rotation_angle_minus_90_on_every_corpus_file
     for path in files:
         raw = read_raw(path)
         axis, form = axis_from_titles(raw.titles)
-        rotations = [r for s in raw.sections if (r := number(raw, s, "RotationAngle", header=False))
-                     is not None]
+        rotations = [
+            r
+            for s in raw.sections
+            if (r := number(raw, s, "RotationAngle", header=False)) is not None
+        ]
         if axis is None or not rotations:
             continue
         assert form == "serialem"

@@ -146,13 +146,11 @@ def test_frame_shifts_are_what_the_frames_show():
     err = np.abs(measured - (s[-1] - s[0]))
     assert err.max() < 0.05, (measured, s[-1] - s[0])
     assert np.hypot(*(s[-1] - s[0])) > 1.0  # the check is not trivially small
-    # the tilt image is the frame-average geometry: frames moved back average to it
-    tilt = render_truth_tilt(series, 2).double()
-    back = torch.stack([shift_image_2d(torch.from_numpy(f), torch.tensor(-d))
-                        for f, d in zip(frames, s)]).mean(0)
-    core = (slice(16, -16), slice(16, -16))
-    rel = (back - tilt)[core].abs().max() / tilt.mean()
-    assert rel < 2e-3
+    # each frame is the tilt image moved by its shift; shifts are mean zero, so the tilt image
+    # has the frame-average geometry
+    tilt = render_truth_tilt(series, 2).double().numpy()
+    for f in range(cfg.n_frames):
+        assert np.abs(fit_shift(tilt, frames[f]) - s[f]).max() < 0.02
 
 
 def _dark_centroid(img: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
@@ -167,27 +165,29 @@ def test_local_motion_moves_beads_as_truth_says():
     """A bead at p in the tilt image lies at p + shift + local(p) in the frame."""
     cfg = small_config(local_motion=True, local_motion_px=3.0, ice_texture_rad=0.0,
                        size=(256, 256), n_frames=2, pixel_size_a=4.0)
-    series = plan_series(cfg, 0, np.random.default_rng(2))
-    t = series["tilts"][0]
-    nx, ny = series["image_size"]
-    tilt = render_truth_tilt(series, 0).double().numpy()
-    frames = expected_frames(series, 0).double().numpy()
-    radius = 1.6 * series["specimen"]["bead_radius_px"]
-    coeff = torch.tensor(t["local_motion"]["coefficients_px"])
-    checked = 0
-    for p in np.array(t["bead_projections_px"]):
-        if min(p[0], p[1], nx - 1 - p[0], ny - 1 - p[1]) < 2 * radius:
-            continue
-        base = _dark_centroid(tilt, p, radius)
-        for f in range(cfg.n_frames):
-            d = detector.local_displacement_px(
-                torch.tensor(p), coefficients_px=coeff,
-                frame_weight=t["local_motion"]["frame_weights"][f], image_shape=(ny, nx)).numpy()
-            move = np.array(t["frame_shifts_px"][f]) + d
-            moved = _dark_centroid(frames[f], p + move, radius)
-            assert np.abs((moved - base) - move).max() < 0.05, (p, f, moved - base, move)
-            checked += np.hypot(*d) > 0.3
-    assert checked >= 3
+    checked, errors = 0, []
+    for seed in (2, 3, 4):
+        series = plan_series(cfg, 0, np.random.default_rng(seed))
+        t = series["tilts"][0]
+        nx, ny = series["image_size"]
+        tilt = render_truth_tilt(series, 0).double().numpy()
+        frames = expected_frames(series, 0).double().numpy()
+        radius = 1.6 * series["specimen"]["bead_radius_px"]
+        coeff = torch.tensor(t["local_motion"]["coefficients_px"])
+        for p in np.array(t["bead_projections_px"]):
+            if min(p[0], p[1], nx - 1 - p[0], ny - 1 - p[1]) < 2 * radius:
+                continue
+            base = _dark_centroid(tilt, p, radius)
+            for f in range(cfg.n_frames):
+                d = detector.local_displacement_px(
+                    torch.tensor(p), coefficients_px=coeff, image_shape=(ny, nx),
+                    frame_weight=t["local_motion"]["frame_weights"][f]).numpy()
+                move = np.array(t["frame_shifts_px"][f]) + d
+                moved = _dark_centroid(frames[f], p + move, radius)
+                errors.append(np.abs((moved - base) - move).max())
+                checked += np.hypot(*d) > 0.3
+    assert checked >= 4
+    assert max(errors) < 0.04, errors
 
 
 def test_gain_corrected_mean_is_flat():
@@ -294,7 +294,10 @@ def test_mdoc_serialem_fields(dataset):
     assert names == [t["movie"].split("/")[-1] for t in s["tilts"]]
     times = [datetime.strptime(d, "%d-%b-%y  %H:%M:%S") for d in df["DateTime"]]
     assert all(b > a for a, b in zip(times, times[1:]))
-    assert f"FrameDosesAndNumber = {cfg.dose_per_tilt_e_a2 / cfg.n_frames:g} {cfg.n_frames}" in text
+    frame_doses = re.findall(r"FrameDosesAndNumber = (\S+) (\d+)", text)
+    assert len(frame_doses) == cfg.n_tilts
+    assert all(float(d) == cfg.dose_per_tilt_e_a2 / cfg.n_frames and int(n) == cfg.n_frames
+               for d, n in frame_doses)
 
 
 def test_mdoc_tomo5_fields(tmp_path):

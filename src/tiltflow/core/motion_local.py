@@ -22,18 +22,33 @@ from tiltflow.core.motion_xcorr import (
     fast_fft_size,
     fit_weights,
     frequency_vectors,
+    smooth_trajectory,
 )
 
-NEIGHBOUR_SIGMA_PX = 1.0  # prior std of the difference between neighbouring control points
+def _spline_weights(u: torch.Tensor, n: int) -> torch.Tensor:
+    """Natural cubic spline interpolation weights (..., n) at node coordinates ``u`` (clamped).
 
-
-def _hat_weights(u: torch.Tensor, n: int) -> torch.Tensor:
-    """Linear-interpolation weights (..., n) at node coordinates ``u`` (clamped to [0, n-1])."""
+    The value at ``u`` of the natural cubic spline through values ``y`` at nodes 0..n-1 is
+    ``weights @ y``; two nodes give linear interpolation.
+    """
     if n == 1:
         return torch.ones((*u.shape, 1), dtype=u.dtype, device=u.device)
     u = u.clamp(0, n - 1)
-    nodes = torch.arange(n, dtype=u.dtype, device=u.device)
-    return torch.clamp(1.0 - (u[..., None] - nodes).abs(), min=0.0)
+    k = torch.clamp(torch.floor(u), max=n - 2).long()
+    a = u - k
+    eye = torch.eye(n, dtype=u.dtype, device=u.device)
+    # second derivatives m = K y of the natural spline (unit spacing, m_0 = m_{n-1} = 0)
+    curv = torch.zeros((n, n), dtype=u.dtype, device=u.device)
+    if n > 2:
+        tri = 4.0 * torch.eye(n - 2, dtype=u.dtype, device=u.device)
+        tri += torch.diag(torch.ones(n - 3, dtype=u.dtype, device=u.device), 1)
+        tri += torch.diag(torch.ones(n - 3, dtype=u.dtype, device=u.device), -1)
+        second_diff = 6.0 * (eye[:-2] - 2.0 * eye[1:-1] + eye[2:])
+        curv[1:-1] = torch.linalg.solve(tri, second_diff)
+    b = 1.0 - a
+    out = b[..., None] * eye[k] + a[..., None] * eye[k + 1]
+    out = out + ((b**3 - b) / 6.0)[..., None] * curv[k] + ((a**3 - a) / 6.0)[..., None] * curv[k + 1]
+    return out
 
 
 @dataclass
@@ -57,9 +72,9 @@ class LocalMotion:
         dev, dt = self.grid.device, self.grid.dtype
         f, x, y = (torch.as_tensor(v, device=dev, dtype=dt) for v in (frame_index, x_px, y_px))
         f, x, y = torch.broadcast_tensors(f, x, y)
-        wt = _hat_weights(f * (nt - 1) / max(self.n_frames - 1, 1), nt)
-        wy = _hat_weights(y * (ny - 1) / max(h - 1, 1), ny)
-        wx = _hat_weights(x * (nx - 1) / max(w - 1, 1), nx)
+        wt = _spline_weights(f * (nt - 1) / max(self.n_frames - 1, 1), nt)
+        wy = _spline_weights(y * (ny - 1) / max(h - 1, 1), ny)
+        wx = _spline_weights(x * (nx - 1) / max(w - 1, 1), nx)
         return f, wt, wy, wx
 
     def residual_at(self, frame_index, x_px, y_px) -> torch.Tensor:
@@ -105,38 +120,55 @@ def _extract_patches(binned, starts_y, starts_x, size, offsets):
     return binned[frame, rows[..., :, None], cols[..., None, :]]
 
 
-def _fit_grid(residual, variance, centres_xy, grid_nyx_t, n_frames, image_shape):
-    """Least-squares control grid (nt, ny, nx, 2) through patch residuals (P, t, 2)."""
-    nx, ny, nt = grid_nyx_t
+def _fit_grid(residual, variance, centres_xy, grid_shape, image_shape):
+    """Per-frame global corrections (t, 2) and a control grid (nt, ny, nx, 2) through patch shifts.
+
+    ``residual`` (P, t, 2) = correction(t) + field(patch centre, t) + noise of ``variance``. Prior:
+    neighbouring control points differ by N(0, a^2), ``a`` chosen by maximum marginal likelihood
+    (a zero field stays zero, a strong one is followed); the grid has zero mean over its spatial
+    nodes at every time node (the rest is global motion) and zero mean over frames.
+    Returns (correction, its variance, grid).
+    """
+    nx, ny, nt = grid_shape
+    n_patches, t, _ = residual.shape
     h, w = image_shape
-    dt = torch.float64
-    dev = residual.device
-    frames = torch.arange(n_frames, dtype=dt, device=dev)
-    wt = _hat_weights(frames * (nt - 1) / max(n_frames - 1, 1), nt)  # (t, nt)
-    wy = _hat_weights(centres_xy[:, 1].to(dt) * (ny - 1) / max(h - 1, 1), ny)  # (P, ny)
-    wx = _hat_weights(centres_xy[:, 0].to(dt) * (nx - 1) / max(w - 1, 1), nx)
-    design = torch.einsum("pb,pc,ta->ptabc", wy, wx, wt).reshape(-1, nt * ny * nx)
-    # neighbour differences along t, y and x as rows of a penalty matrix
-    idx = torch.arange(nt * ny * nx, device=dev).reshape(nt, ny, nx)
-    pairs = [
-        torch.stack([a.reshape(-1), b.reshape(-1)], -1)
-        for a, b in ((idx[1:], idx[:-1]), (idx[:, 1:], idx[:, :-1]), (idx[:, :, 1:], idx[:, :, :-1]))
-    ]
-    pairs = torch.cat(pairs)
-    pen = torch.zeros((pairs.shape[0], nt * ny * nx), dtype=dt, device=dev)
-    rng = torch.arange(pairs.shape[0], device=dev)
-    pen[rng, pairs[:, 0]], pen[rng, pairs[:, 1]] = 1.0, -1.0
-    prior = pen.T @ pen / NEIGHBOUR_SIGMA_PX**2 + 1e-6 * torch.eye(nt * ny * nx, dtype=dt, device=dev)
-    out = []
-    for c in range(2):
-        wts = 1.0 / variance[..., c].reshape(-1).to(dt).clamp_min(1e-8)
-        lhs = design.T @ (wts[:, None] * design) + prior
-        rhs = design.T @ (wts * residual[..., c].reshape(-1).to(dt))
-        out.append(torch.linalg.solve(lhs, rhs).reshape(nt, ny, nx))
-    grid = torch.stack(out, -1)
-    # mean zero over frames at every point: remove each node's time-average
-    mean_t = torch.einsum("ta,abcd->bcd", wt, grid) / n_frames
-    return (grid - mean_t).to(torch.float32)
+    dt, dev = torch.float64, residual.device
+    n_grid = nt * ny * nx
+    n = t + n_grid
+    wt = _spline_weights(torch.arange(t, dtype=dt, device=dev) * (nt - 1) / max(t - 1, 1), nt)
+    wy = _spline_weights(centres_xy[:, 1].to(dt) * (ny - 1) / max(h - 1, 1), ny)  # (P, ny)
+    wx = _spline_weights(centres_xy[:, 0].to(dt) * (nx - 1) / max(w - 1, 1), nx)
+    field = torch.einsum("pb,pc,ta->ptabc", wy, wx, wt).reshape(n_patches * t, n_grid)
+    design = torch.cat([torch.eye(t, dtype=dt, device=dev).repeat(n_patches, 1), field], dim=1)
+    idx = torch.arange(n_grid, device=dev).reshape(nt, ny, nx)
+    pairs = torch.cat([
+        torch.stack([p.reshape(-1), q.reshape(-1)], -1)
+        for p, q in ((idx[1:], idx[:-1]), (idx[:, 1:], idx[:, :-1]), (idx[:, :, 1:], idx[:, :, :-1]))
+    ])
+    pen = torch.zeros((pairs.shape[0], n), dtype=dt, device=dev)
+    rows = torch.arange(pairs.shape[0], device=dev)
+    pen[rows, t + pairs[:, 0]], pen[rows, t + pairs[:, 1]] = 1.0, -1.0
+    node_mean = torch.zeros((nt, n), dtype=dt, device=dev)
+    node_mean[:, t:] = torch.eye(nt, dtype=dt, device=dev).repeat_interleave(ny * nx, dim=1)
+    wts = 1.0 / variance.reshape(-1, 2).to(dt).clamp_min(1e-8).T  # (2, P t)
+    y = residual.reshape(-1, 2).to(dt).T  # (2, P t)
+    dwd = torch.einsum("ri,cr,rj->cij", design, wts, design)  # (2, n, n)
+    rhs = torch.einsum("ri,cr->ci", design, wts * y)  # (2, n)
+    fixed = 1e3 * wts.sum(-1)[:, None, None] * (node_mean.T @ node_mean) + 1e-6 * torch.eye(n, dtype=dt, device=dev)
+    a2 = torch.logspace(-4, 2, 25, dtype=dt, device=dev)[:, None, None, None]  # px^2
+    prior = (pen.T @ pen) / a2 + fixed  # (g, 2, n, n)
+    chol_a = torch.linalg.cholesky(dwd + prior)
+    sol = torch.cholesky_solve(rhs[..., None], chol_a)[..., 0]  # (g, 2, n)
+    logdet = lambda c: 2.0 * torch.log(torch.diagonal(c, dim1=-2, dim2=-1)).sum(-1)
+    # -2 log evidence up to a constant: -b^T A^-1 b + log det A - log det prior
+    nll = -(rhs * sol).sum(-1) + logdet(chol_a) - logdet(torch.linalg.cholesky(prior))
+    best = int(nll.sum(-1).argmin())
+    sol = sol[best].T  # (n, 2)
+    cov_diag = torch.diagonal(torch.cholesky_inverse(chol_a[best]), dim1=-2, dim2=-1)[:, :t].T
+    correction = sol[:t] - sol[:t].mean(dim=0)
+    grid = sol[t:].reshape(nt, ny, nx, 2)
+    grid = grid - torch.einsum("ta,abcd->bcd", wt, grid) / t  # mean zero over frames
+    return correction.float(), cov_diag.float(), grid.float()
 
 
 def estimate_local_motion(
@@ -156,8 +188,9 @@ def estimate_local_motion(
     displaced by its frame's global shift; each patch stack is aligned like the global one
     (leave-one-out references, Newton on the Fourier cross-correlation, per-shift error estimate)
     and a control grid (``grid`` = (nx, ny, nt), default :func:`automatic_grid`) is fitted to the
-    patch shifts by inverse-variance weighted least squares with a weak smoothness prior
-    (neighbouring control points differ by ~N(0, 1 px)); ``iterations`` rounds.
+    patch shifts by inverse-variance weighted least squares with a smoothness prior whose strength
+    is set by maximum marginal likelihood. The fit also refines the per-frame global shifts, which
+    the result carries as its ``global_shifts``; ``iterations`` rounds.
     """
     name = "estimate_local_motion"
     check_movie(frames, pixel_size_a, fit_range_a, binning, name)
@@ -186,17 +219,17 @@ def estimate_local_motion(
     cy, cx = torch.meshgrid(starts_y.float() + (ph - 1) / 2, starts_x.float() + (pw - 1) / 2, indexing="ij")
     centres = torch.stack([(cx.reshape(-1) + 0.5) * scale[1] - 0.5, (cy.reshape(-1) + 0.5) * scale[0] - 0.5], -1)
     centres = centres.to(frames.device)  # (P, 2) x, y unbinned px
-    inside = global_shifts - offsets * scale_xy  # global shift left within each extracted patch
     frame_idx = torch.arange(t, device=frames.device)
     for _ in range(iterations):
-        current = motion.residual_at(frame_idx[None, :], centres[:, None, 0], centres[:, None, 1])
+        total = motion.shifts_at(frame_idx[None, :], centres[:, None, 0], centres[:, None, 1])
         fit = align_stack(
             spectra, ky=ky, kx=kx, image_shape=(ph, pw), scale_yx=scale, weights=weights,
-            shifts=inside[None] + current, coarse_iterations=0, outer_iterations=1,
+            shifts=total - offsets * scale_xy, coarse_iterations=0, outer_iterations=1,
             max_shift_px=0.0,
         )
         residual = fit.shifts + offsets * scale_xy - global_shifts  # (P, t, 2)
         residual = residual - residual.mean(dim=-2, keepdim=True)
-        new_grid = _fit_grid(residual, fit.variance, centres, (nx, ny, nt), t, (h, w))
-        motion = LocalMotion(grid=new_grid, global_shifts=global_shifts, image_shape=(h, w))
+        correction, variance, new_grid = _fit_grid(residual, fit.variance, centres, (nx, ny, nt), (h, w))
+        new_global = global_shifts + smooth_trajectory(correction, variance)
+        motion = LocalMotion(grid=new_grid, global_shifts=new_global, image_shape=(h, w))
     return motion

@@ -147,10 +147,11 @@ def _scan_band(x, r0, size, edge, p):
     nb, h, w = x.shape
     r1, s0 = min(r0 + size, h), min(r0, h - size)  # the last area's statistics shift inward
     step = 2 if size % 2 == 0 and size >= 20 else 1  # area statistics on a 2x subsample
-    mean, sd = _tile_stats(x[:, s0:s0 + size:step, ::step], size // step)
+    mean, sd = _area_stats(x[:, s0:s0 + size:step, ::step], size // step)
     if not bool(torch.isfinite(mean).all() & torch.isfinite(sd).all()):
         raise ValueError("find_xrays: image contains NaN or inf; replace them before erasing")
-    sd = sd.clamp_min(1e-12 * (float(mean.abs().max()) + 1.0))
+    tiny = 1e-12 * (float(mean.abs().max()) + 1.0)
+    sd = sd.clamp_min(tiny)
     cand = _exceeds(x[:, r0:r1], mean + p.scan_criterion * sd, size)
     b, y, xx = _band_nonzero(cand, r0, h, edge)
     big = (mean + (p.scan_criterion + 1.0) * sd)[b, 0, (xx // size).clamp_max(mean.shape[2] - 1)]
@@ -165,8 +166,8 @@ def _scan_band(x, r0, size, edge, p):
     box = rows[:, :-2] + rows[:, 1:-1]
     box += rows[:, 2:]
     nd[:, a - lo:z - lo, 1:-1] = box.sub_(x[:, a:z, 1:-1], alpha=9.0).neg_()
-    dmean, dsd = _tile_stats(nd[:, s0 - lo:s0 - lo + size:step, ::step], size // step)
-    dsd = dsd.clamp_min(1e-12 * (float(x[:, r0:r1].abs().amax()) + 1.0))
+    dmean, dsd = _area_stats(nd[:, s0 - lo:s0 - lo + size:step, ::step], size // step)
+    dsd = dsd.clamp_min(tiny)
     sb, sy, sx = _band_nonzero(_exceeds(nd[:, r0 - lo:r1 - lo], dmean + p.diff_criterion * dsd,
                                         size), r0, h, edge)
     tx = (sx // size).clamp_max(dmean.shape[2] - 1)
@@ -263,26 +264,26 @@ def _big_diff_z(x, b, y, xx, reach, size):
 # ----------------------------------------------------------------------------- statistics
 
 
-def _tile_stats(t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and robust SD of ``t`` (B, h, w) in k x k scan areas -> (B, ceil(h/k), ceil(w/k));
-    the last area of a row/column is shifted inward so it also has k x k pixels."""
-    nb, h, w = t.shape
-    k = min(k, h, w)
-    mean = t.new_empty(nb, -(-h // k), -(-w // k))
-    sd = torch.empty_like(mean)
-    for ys, y0, ny in _area_parts(h, k):
-        for xs, x0, nx in _area_parts(w, k):
-            v = t[:, y0:y0 + ny * k, x0:x0 + nx * k].reshape(nb, ny, k, nx, k)
-            m = v.mean((2, 4))
-            mean[:, ys, xs] = m
-            sd[:, ys, xs] = (v - m[:, :, None, :, None]).abs().mean((2, 4)) * _SD_PER_MAD
-    return mean, sd
+def _area_stats(t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trimmed mean and robust SD of a band ``t`` (B, k, w) in k x k areas -> (B, 1, ceil(w/k)).
 
-
-def _area_parts(n: int, k: int) -> list[tuple[slice, int, int]]:
-    full = n // k
-    parts = [(slice(0, full), 0, full)]
-    return parts + [(slice(full, full + 1), n - k, 1)] if n % k else parts
+    SD = sqrt(pi/2) x mean absolute deviation; two rounds leave out values beyond 4 SD, so strong
+    hits neither inflate the statistics nor change them once erased. The last area is shifted
+    inward so that it also holds k x k values."""
+    nb, kk, w = t.shape
+    full = w // k
+    parts = [t[:, :, :full * k].reshape(nb, kk, full, k)]
+    if w % k:
+        parts.append(t[:, :, w - k:].reshape(nb, kk, 1, k))
+    v = torch.cat(parts, 2) if len(parts) > 1 else parts[0]
+    keep = None
+    for _ in range(3):
+        n = kk * k if keep is None else keep.sum((1, 3), keepdim=True)
+        mean = (v if keep is None else v * keep).sum((1, 3), keepdim=True) / n
+        dev = (v - mean).abs()
+        sd = (dev if keep is None else dev * keep).sum((1, 3), keepdim=True) / n * _SD_PER_MAD
+        keep = dev <= 4.0 * sd
+    return mean.view(nb, 1, -1), sd.view(nb, 1, -1)
 
 
 def _exceeds(t: torch.Tensor, thr: torch.Tensor, k: int, below: bool = False) -> torch.Tensor:
@@ -313,9 +314,11 @@ def _offsets(r_out: float, r_in: float, r: int | None = None) -> tuple[torch.Ten
 
 def _gather(flat, h, w, b, y, x, dy, dx):
     """Values at (y + dy, x + dx), clamped to the image, for n points and k offsets -> (n, k)."""
-    dy, dx = dy.to(y.device), dx.to(y.device)
+    dt = torch.int32 if flat.numel() < 2**31 else torch.int64  # small indices: faster, no mmap
+    dy, dx = dy.to(y.device, dt), dx.to(y.device, dt)
+    b, y, x = b.to(dt), y.to(dt), x.to(dt)
     idx = ((b * h + y) * w + x)[:, None] + (dy * w + dx)
-    r = int(max(dy.abs().max(), dx.abs().max()))
+    r = int(max(dy.abs().max(), dx.abs().max())) if dy.numel() else 0
     near = ((y < r) | (y >= h - r) | (x < r) | (x >= w - r)).nonzero().flatten()
     if near.numel():  # only points near the image edges need clamped coordinates
         yy = (y[near, None] + dy).clamp(0, h - 1)
@@ -324,14 +327,19 @@ def _gather(flat, h, w, b, y, x, dy, dx):
     return flat.index_select(0, idx.flatten()).view(idx.shape)  # faster than flat[idx]
 
 
-def _ring_stats(flat, h, w, b, y, x, r_in, width):
+def _ring_stats(flat, h, w, b, y, x, r_in, width, chunk=16384):
     """Mean and SD of the annulus r_in < r <= r_in + width around each point -> (n,), (n,)."""
-    v = _gather(flat, h, w, b, y, x, *_offsets(r_in + width, r_in))
-    ref = v[:, 0]
-    v = v - ref[:, None]  # shifted for an accurate one-pass variance (torch.std is slow here)
-    k = v.shape[1]
-    s1, s2 = v.sum(1), v.square().sum(1)
-    return ref + s1 / k, ((s2 - s1 * s1 / k) / (k - 1)).clamp_min(0).sqrt().clamp_min(1e-12)
+    dy, dx = _offsets(r_in + width, r_in)
+    k = dy.numel()
+    means, sds = [y.new_zeros(0, dtype=flat.dtype)], [y.new_zeros(0, dtype=flat.dtype)]
+    for i in range(0, y.numel(), chunk):  # chunks keep temporaries small and cached
+        v = _gather(flat, h, w, b[i:i + chunk], y[i:i + chunk], x[i:i + chunk], dy, dx)
+        ref = v[:, 0]
+        v = v - ref[:, None]  # shifted for an accurate one-pass variance (torch.std is slow)
+        s1, s2 = v.sum(1), v.square().sum(1)
+        means.append(ref + s1 / k)
+        sds.append(((s2 - s1 * s1 / k) / (k - 1)).clamp_min(0).sqrt().clamp_min(1e-12))
+    return torch.cat(means), torch.cat(sds)
 
 
 def _area_index(y, x, size, shape):

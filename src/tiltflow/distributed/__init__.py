@@ -1,1 +1,1 @@
-"""tiltflow.distributed."""
+"""Scale-out on Dask: the only package of tiltflow that imports Dask."""

@@ -27,8 +27,16 @@ from pathlib import Path
 from typing import Literal
 
 from tiltflow.io import mdoc_resolve as rs
-from tiltflow.io.mdoc_resolve import MdocError, NotATiltSeriesError, RawMdoc, Section, read_raw
-from tiltflow.io.mdoc_resolve import check_tilt_series, error, number
+from tiltflow.io.mdoc_resolve import (
+    MdocError,
+    NotATiltSeriesError,
+    RawMdoc,
+    Section,
+    check_tilt_series,
+    error,
+    number,
+    read_raw,
+)
 
 __all__ = ["MdocError", "NotATiltSeriesError", "MdocTilt", "MdocTiltSeries", "group_mdocs",
            "read_frame_set_mdocs", "read_mdocs", "read_tilt_series_mdoc", "ts_id_from_path"]
@@ -80,15 +88,17 @@ def ts_id_from_path(path: Path) -> str:
 
 def read_tilt_series_mdoc(path: Path, *, tomo5: bool = False, initial_dose_e_a2: float = 0.0,
                           dose_per_tilt_e_a2: float | None = None,
-                          movie_dirs: Sequence[Path] = ()) -> MdocTiltSeries:
+                          movie_dirs: Sequence[Path] = (),
+                          allow_duplicate_angles: bool = False) -> MdocTiltSeries:
     """Read one tilt-series mdoc (``[ZValue]`` sections; a ``[FrameSet]`` file is read as a
     one-file per-movie set). Raises MdocError, or NotATiltSeriesError for montages, grid maps,
-    single images, empty files and non-mdocs.
+    single images, empty files and non-mdocs. ``allow_duplicate_angles`` turns the near-duplicate
+    angle error into a warning (for stacks that already exist, whose sections are what they are).
     """
     raw = read_raw(Path(path))
-    if check_tilt_series(raw) == "FrameSet":
-        return _build([raw], "FrameSet", tomo5, initial_dose_e_a2, dose_per_tilt_e_a2, movie_dirs)
-    return _build([raw], "ZValue", tomo5, initial_dose_e_a2, dose_per_tilt_e_a2, movie_dirs)
+    kind = "FrameSet" if check_tilt_series(raw) == "FrameSet" else "ZValue"
+    return _build([raw], kind, tomo5, initial_dose_e_a2, dose_per_tilt_e_a2, movie_dirs,
+                  allow_duplicate_angles=allow_duplicate_angles)
 
 
 def read_frame_set_mdocs(paths: Sequence[Path], *, tomo5: bool = False,
@@ -97,7 +107,8 @@ def read_frame_set_mdocs(paths: Sequence[Path], *, tomo5: bool = False,
     """Merge the per-movie ``[FrameSet]`` mdocs of ONE tilt series into one series."""
     unique = sorted({Path(p) for p in paths}, key=lambda p: rs.natural_key(str(p)))
     if not unique:
-        raise MdocError("read_frame_set_mdocs: no files given — pass the per-movie mdocs of one series")
+        raise MdocError("read_frame_set_mdocs: no files given — pass the per-movie mdocs of "
+                        "one series")
     raws = [read_raw(p) for p in unique]
     for raw in raws:
         if check_tilt_series(raw) != "FrameSet":
@@ -139,7 +150,8 @@ def group_mdocs(paths: Sequence[Path]) -> dict[str, list[Path]]:
     if clashes:
         raise MdocError(f"{len(clashes)} series names are used by several mdocs ("
                         f"{'; '.join(clashes)}) — rename the files or select one with --pattern")
-    return {ts_id: gs[0] for ts_id, gs in sorted(by_id.items(), key=lambda kv: rs.natural_key(kv[0]))}
+    ordered = sorted(by_id.items(), key=lambda kv: rs.natural_key(kv[0]))
+    return {ts_id: gs[0] for ts_id, gs in ordered}
 
 
 def read_mdocs(paths: Sequence[Path], **kwargs: object) -> list[MdocTiltSeries]:
@@ -150,7 +162,7 @@ def read_mdocs(paths: Sequence[Path], **kwargs: object) -> list[MdocTiltSeries]:
     """
     series: list[MdocTiltSeries] = []
     problems: list[MdocError] = []
-    for ts_id, files in group_mdocs(paths).items():
+    for files in group_mdocs(paths).values():
         try:
             if len(files) == 1:
                 series.append(read_tilt_series_mdoc(files[0], **kwargs))  # type: ignore[arg-type]
@@ -166,7 +178,8 @@ def read_mdocs(paths: Sequence[Path], **kwargs: object) -> list[MdocTiltSeries]:
 
 
 def _build(raws: list[RawMdoc], kind: str, tomo5: bool, initial_dose_e_a2: float,
-           dose_per_tilt_e_a2: float | None, movie_dirs: Sequence[Path]) -> MdocTiltSeries:
+           dose_per_tilt_e_a2: float | None, movie_dirs: Sequence[Path],
+           allow_duplicate_angles: bool = False) -> MdocTiltSeries:
     if not (math.isfinite(initial_dose_e_a2) and initial_dose_e_a2 >= 0):
         raise ValueError(f"initial_dose_e_a2 = {initial_dose_e_a2} — give a dose >= 0 (e/Å²)")
     if dose_per_tilt_e_a2 is not None and not (math.isfinite(dose_per_tilt_e_a2)
@@ -183,7 +196,12 @@ def _build(raws: list[RawMdoc], kind: str, tomo5: bool, initial_dose_e_a2: float
                                         "select tilt-series mdocs (or all per-movie mdocs of a "
                                         "series) with --pattern", line=sec.line))
     angles = [_tilt_angle(raw, s) for raw, s in items]
-    _check_near_duplicates(items, angles)
+    try:
+        _check_near_duplicates(items, angles)
+    except MdocError as err:
+        if not allow_duplicate_angles:
+            raise
+        warnings.append(str(err))
     flavour, axis = _flavour_and_axis(raws, items, tomo5, warnings)
     dates, note = rs.parse_datetimes([s.values.get("DateTime") for _, s in items],
                                      tomo5=flavour == "tomo5")
@@ -234,7 +252,7 @@ def _tilt_angle(raw: RawMdoc, s: Section) -> float:
     if abs(angle) > 90:
         raise error(raw.path, f"TiltAngle = {angle:g} is outside [-90, 90]",
                     "correct the angle or delete the section", line=s.lines["TiltAngle"],
-                    where=f"{s.label}/TiltAngle")
+                    where=s.label)
     return angle
 
 

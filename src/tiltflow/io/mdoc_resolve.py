@@ -41,6 +41,8 @@ class Section:
 
 @dataclass
 class RawMdoc:
+    """One parsed file: header keys, titles, sections in file order, parser warnings."""
+
     path: Path
     header: Section
     titles: list[str]
@@ -123,9 +125,11 @@ def check_tilt_series(raw: RawMdoc) -> str:
     if not raw.sections and not raw.header.values:
         raise error(raw.path, "is empty or not an mdoc (no 'key = value' lines)",
                     "select the tilt-series .mdoc files with --pattern", cls=NotATiltSeriesError)
-    if "MontSection" in kinds or len(pieces) > 1 or raw.header.values.get("Montage", "0") not in ("", "0"):
+    montage = raw.header.values.get("Montage", "0") not in ("", "0")
+    if montage or "MontSection" in kinds or len(pieces) > 1:
         mags = [m for s in raw.sections if (m := number(raw, s, "Magnification")) is not None]
-        what = "a grid map (low-magnification montage)" if mags and min(mags) < 1000 else "a montage"
+        low_mag = bool(mags) and min(mags) < 1000
+        what = "a grid map (low-magnification montage)" if low_mag else "a montage"
         raise error(raw.path, f"is {what}, not a tilt series",
                     "select only tilt-series mdocs with --pattern", cls=NotATiltSeriesError)
     frame_ts = [s for s in raw.sections if "FrameTSStartEndFrames" in s.values]
@@ -273,9 +277,9 @@ def dose_warnings(doses: list[float | None], sources: list[str], labels: list[st
     missing = [lab for lab, d in zip(labels, doses) if d is None]
     if missing:
         out.append(f"no dose for {len(missing)} of {len(doses)} images ("
-                   f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): no ExposureDose, "
-                   "FrameDosesAndNumber, DoseRate or PriorRecordDose — give the dose per tilt "
-                   "(--dose); prior doses left unknown")
+                   f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): no "
+                   "ExposureDose, FrameDosesAndNumber, DoseRate or PriorRecordDose — give the "
+                   "dose per tilt (--dose); prior doses left unknown")
     high = [d for d in doses if d is not None and d > 50]
     if high:
         out.append(f"{len(high)} images have an implausible dose (> 50 e/Å², e.g. {high[0]:.4g})"
@@ -385,7 +389,7 @@ def resolve_movie(name: str, sub_frame_path: str, dirs: list[Path],
 
 def natural_key(text: str) -> list[object]:
     """Sort key that orders embedded numbers by value (``a_2`` before ``a_10``)."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+    return [int(t) if t.isdecimal() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
 def ts_id_from_name(file_name: str) -> str:

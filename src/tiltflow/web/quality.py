@@ -61,11 +61,11 @@ def suggest_for_tilt_series(series: TiltSeries, stats: dict[int, ViewStats],
         std = torch.tensor([stats[o].std for o in orders], dtype=torch.float64)
         dark = quality.flag_dark_views(mean)
         found += _collect(series.ts_id, orders, dark, "dark",
-                          lambda i, s: f"dark: mean {s:.2f}x the series' median")
+                          lambda i, s: f"mean {s:.2f}x the series' median")
         blank = quality.flag_blank_views(std)
         blank.flagged &= ~dark.flagged  # a dark view has little contrast too: one message per cause
         found += _collect(series.ts_id, orders, blank, "blank",
-                          lambda i, s: f"blank: contrast {s:.2f}x the series' median")
+                          lambda i, s: f"contrast (std) {s:.2f}x the series' median")
         drops = quality.flag_intensity_drops(tilts, mean)
         drops.flagged &= ~(dark.flagged | blank.flagged)
         found += _collect(series.ts_id, orders, drops, "intensity_drop",

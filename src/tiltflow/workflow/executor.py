@@ -81,13 +81,18 @@ def run_items(ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]],
     done = store.finished_items(ctx.run_id) if store is not None else {}
     results: dict[str, Any] = {k: v for k, v in done.items() if any(k == t[0] for t in tasks)}
     todo = [t for t in tasks if t[0] not in results]
-    executor = ctx.options.get("_executor") or make_executor(ctx.options)
+    shared = ctx.options.get("_executor")
+    executor = shared or make_executor(ctx.options)
     total = len(tasks)
-    for key, value in executor.map_unordered(fn, todo):
-        if not isinstance(value, BaseException) and store is not None:
-            store.record_item(ctx.run_id, key, value)
-        results[key] = value
-        if on_result:
-            on_result(key, value)
-        ctx.progress(key, len(results), total)
+    try:
+        for key, value in executor.map_unordered(fn, todo):
+            if not isinstance(value, BaseException) and store is not None:
+                store.record_item(ctx.run_id, key, value)
+            results[key] = value
+            if on_result:
+                on_result(key, value)
+            ctx.progress(key, len(results), total)
+    finally:
+        if shared is None:
+            executor.close()
     return results

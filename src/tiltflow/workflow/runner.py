@@ -50,13 +50,23 @@ def run_step(
     options: dict[str, Any] | None = None,
     label: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    resume: int | None = None,
 ) -> RunRecord:
     """Run ``step_id`` and return its finished run.
 
     Raises :class:`InputError` (project unchanged) for bad parameters, inputs or input files, and
     re-raises other errors after marking the run failed (its log keeps the traceback).
+    ``resume=RUN_ID`` continues an interrupted or failed run of the same step with its recorded
+    parameters and inputs; items it finished are not recomputed.
     """
     step = get_step(step_id)
+    if resume is not None:
+        old = store.run(resume)
+        if old.step != step.id:
+            raise InputError(f"--continue {resume}: run {resume} is a {old.step} run, not {step.id}")
+        if old.status == "finished":
+            return old
+        params, inputs = old.params, old.inputs
     try:
         p = step.params.model_validate(params)
     except ValidationError as err:
@@ -74,7 +84,11 @@ def run_step(
             raise InputError(str(err)) from None
         pointers[spec.name] = out.pointer
         loaded[spec.name] = store.load(out)
-    run = store.create_run(step.id, p.model_dump(mode="json"), pointers, label)
+    if resume is not None:
+        store.set_status(resume, "running")
+        run = store.run(resume)
+    else:
+        run = store.create_run(step.id, p.model_dump(mode="json"), pointers, label)
     run_dir = store.root / (run.run_dir or "")
     log = _run_logger(run_dir, run.id)
     log.info("step %s, parameters %s, inputs %s", step.id, p.model_dump_json(), pointers)
@@ -87,7 +101,10 @@ def run_step(
         log.info("finished: %s", {k: v.summary() for k, v in outputs.items()})
     except InputError:
         _close_logger(log)
-        store.delete_run(run.id)
+        if resume is None:
+            store.delete_run(run.id)
+        else:
+            store.fail_run(run.id, "bad input on resume")
         raise
     except KeyboardInterrupt:
         log.error("interrupted")

@@ -109,8 +109,10 @@
     $("#spectrum-source").textContent = c.has_spectrum_file ? "(saved by the CTF step)" : "(model CTF², no spectrum saved)";
     svg.innerHTML = "";
     if (!$("#rings").checked || !C.detail.nyquist_per_a) return;
-    const half = 128, n = Math.min(c.zeros_u_per_a.length, c.zeros_v_per_a.length, 12);
-    for (let i = 0; i < n; i++) {
+    // zeros within the fitted range (up to the fit resolution) only
+    const kmax = c.fit_resolution_a ? 1 / c.fit_resolution_a : Infinity;
+    const half = 128, n = Math.min(c.zeros_u_per_a.length, c.zeros_v_per_a.length);
+    for (let i = 0; i < n && c.zeros_v_per_a[i] <= kmax; i++) {
       TFPlot.el("ellipse", {cx: half, cy: half, rx: c.zeros_u_per_a[i] / C.detail.nyquist_per_a * half,
         ry: c.zeros_v_per_a[i] / C.detail.nyquist_per_a * half, fill: "none", stroke: i ? "#e5484d" : "#f0a03c",
         "stroke-width": 1, "stroke-opacity": 0.8, transform: `rotate(${c.astigmatism_angle_deg} ${half} ${half})`}, svg);

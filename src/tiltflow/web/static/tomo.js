@@ -64,7 +64,7 @@
   function buildGallery() {
     const g = $("#gallery");
     g.innerHTML = T.views.map((v, i) => `
-      <div class="thumb" data-i="${i}" title="${esc(v.file_name)}">
+      <div class="thumb" data-i="${i}">
         <img loading="lazy" alt="view ${v.position}" src="${viewUrl(v.acquisition_order, "/thumbnail.png")}">
         <button class="x" data-x="${i}" title="exclude / include (Space)">✕</button>
         <div class="cap">${caption(v)}</div>
@@ -86,6 +86,7 @@
       d.classList.toggle("excluded", v.excluded);
       d.classList.toggle("current", +d.dataset.i === T.cur);
       d.classList.toggle("suggested", suggested.has(v.acquisition_order) && !v.excluded);
+      d.title = [v.file_name, ...T.suggestions.filter(s => s.view === v.acquisition_order).map(s => `${s.kind}: ${s.message}`)].join("\n");
       d.querySelector(".x").textContent = v.excluded ? "↺" : "✕";
       d.querySelector(".cap").innerHTML = caption(v);
     }
@@ -110,7 +111,7 @@
       ["view", `${v.position} of ${T.views.length} (tilt order)`],
       ["acquisition order", v.acquisition_order],
       ["tilt angle", fmt(v.tilt_angle_deg, 2, "°")],
-      ["dose (own / accum.)", `${fmt(v.dose_e_a2, 2)} / ${fmt(v.dose_accumulated_e_a2, 1, " e⁻/Å²")}`],
+      ["dose / accumulated", `${fmt(v.dose_e_a2, 2)} / ${fmt(v.dose_accumulated_e_a2, 1, " e⁻/Å²")}`],
       ["defocus U / V", v.defocus_u_a !== null ? `${um(v.defocus_u_a)} / ${um(v.defocus_v_a)} <span class="muted">(${v.defocus_source})</span>` : "–"],
       ["total motion", fmt(v.total_motion_px, 2, " px")],
       ["file", esc(v.file_name) + (v.frames ? ` <span class="muted">(${v.frames} frames averaged)</span>` : "")],

@@ -30,7 +30,7 @@ class ImportMoviesParams(StepParams):
     magnification: float | None = param(None, "Nominal magnification (empty: from the mdoc).", cli="--magnification", gt=0)
     pixel_size_a: float | None = param(None, "Pixel size of the movies, Å/px (empty: from the mdoc).", cli="--pixel-size", gt=0)
     tilt_axis_deg: float | None = param(None, "Tilt-axis angle, degrees from +y CCW (empty: from the mdoc).", cli="--tilt-axis")
-    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose", ge=0)
+    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose", gt=0)
     initial_dose_e_a2: float = param(0.0, "Dose received before the first tilt, e/Å².", cli="--initial-dose", ge=0)
     gain: str | None = param(None, "Gain reference (.gain, .tif, .mrc).", cli="--gain")
     dark: str | None = param(None, "Dark reference (.tif, .mrc).", cli="--dark")
@@ -169,6 +169,7 @@ def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     for ms in good:
         for w in ms.warnings:
             ctx.log.warning("%s: %s", ms.ts_id, w)
+            ctx.options.setdefault("warnings", []).append(f"{ms.ts_id}: {w}")
     result = TiltSeriesSet(kind="TiltSeriesM", items=items, attrs=gain_attrs)
     ctx.log.info("imported %s", result.summary())
     return {"TiltSeriesM": result}

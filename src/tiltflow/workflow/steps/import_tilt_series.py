@@ -36,7 +36,7 @@ class ImportTiltSeriesParams(StepParams):
     magnification: float | None = param(None, "Nominal magnification.", cli="--magnification", gt=0)
     pixel_size_a: float | None = param(None, "Pixel size, Å/px (empty: from the MRC header or mdoc).", cli="--pixel-size", gt=0)
     tilt_axis_deg: float | None = param(None, "Tilt-axis angle, degrees from +y CCW (empty: from the mdoc).", cli="--tilt-axis")
-    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose", ge=0)
+    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose", gt=0)
     initial_dose_e_a2: float = param(0.0, "Dose received before the first tilt, e/Å².", cli="--initial-dose", ge=0)
 
     @field_validator("files")
@@ -98,12 +98,15 @@ def _import_one(stack: Path, p: ImportTiltSeriesParams, ts_id: str) -> TiltSerie
     order: list[int] | None = None
     doses: list[tuple] | None = None
     meta = {"voltage": None, "pixel": None, "axis": None, "mag": None}
+    warnings: list[str] = []
     mdoc = _find_mdoc(stack) if p.angles in ("auto", "mdoc") else None
     if p.angles == "mdoc" and mdoc is None:
         raise InputError(f"{stack}: no mdoc beside it ({stack.name}.mdoc) — use --angles tlt or header")
     source = ""
     if mdoc is not None:
-        ms = read_tilt_series_mdoc(mdoc, initial_dose_e_a2=p.initial_dose_e_a2, dose_per_tilt_e_a2=p.dose_per_tilt_e_a2)
+        ms = read_tilt_series_mdoc(mdoc, initial_dose_e_a2=p.initial_dose_e_a2, dose_per_tilt_e_a2=p.dose_per_tilt_e_a2,
+                                  allow_duplicate_angles=True)
+        warnings += ms.warnings
         # mdoc sections are stack sections in ZValue order
         by_z = sorted(ms.tilts, key=lambda t: int(t.section.split("=")[-1]) if "=" in t.section else 0)
         angles = [t.tilt_angle_deg for t in by_z]
@@ -141,7 +144,6 @@ def _import_one(stack: Path, p: ImportTiltSeriesParams, ts_id: str) -> TiltSerie
     if voltage is None:
         raise InputError(f"{stack}: no voltage known — give --voltage (kV)")
     axis = override(p.tilt_axis_deg, meta["axis"])
-    warnings = []
     if axis is None:
         axis = 0.0
         warnings.append("no tilt-axis angle given or in an mdoc: 0° assumed (give --tilt-axis)")
@@ -175,6 +177,7 @@ def run_import_tilt_series(ctx: StepContext) -> dict[str, TiltSeriesSet]:
             continue
         for w in ts.attrs["warnings"]:
             ctx.log.warning("%s: %s", ts_id, w)
+            ctx.options.setdefault("warnings", []).append(f"{ts_id}: {w}")
         items.append(ts)
     report_bad_series(ctx, problems, total=len(stacks))
     sizes = {round(ts.acquisition.pixel_size_a, 4) for ts in items}
