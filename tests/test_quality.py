@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from tiltflow.core.quality import (
-    flag_blank_views, flag_dark_views, flag_defocus_outliers, flag_intensity_drops, flag_large_motion,
-    flag_poor_fit_resolution, robust_sigma,
+    flag_blank_views,
+    flag_dark_views,
+    flag_defocus_outliers,
+    flag_intensity_drops,
+    flag_large_motion,
+    flag_poor_fit_resolution,
+    robust_sigma,
 )
 
 TILTS = torch.arange(-60.0, 61.0, 3.0, dtype=torch.float64)  # 41 views, tilt-angle order

@@ -1,5 +1,7 @@
 """The curation web viewer: token, listings, thumbnails cache, exclusion/undo, Save, CTF, safety."""
 
+import itertools
+import json
 import struct
 import threading
 
@@ -9,18 +11,24 @@ import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from tiltflow.core.ctf_model import ctf_1d  # noqa: E402
-from tiltflow.io.mrc import read_stack, write_mrc  # noqa: E402
-from tiltflow.web.app import TOKEN_HEADER, cookie_name, create_app  # noqa: E402
-from tiltflow.web.spectra import ctf_zero_frequencies  # noqa: E402
-from tiltflow.web.thumbnails import ImageRef, ThumbnailCache, downsample_to_max_2d, encode_png_gray8  # noqa: E402
-from tiltflow.workflow.curation import exclusions  # noqa: E402
-from tiltflow.workflow.sets import (  # noqa: E402
-    Acquisition, CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltImage, TiltSeries, TiltSeriesSet,
+from tiltflow.core.ctf_model import ctf_1d
+from tiltflow.io.mrc import read_stack, write_mrc
+from tiltflow.web.app import TOKEN_HEADER, cookie_name, create_app
+from tiltflow.web.spectra import ctf_zero_frequencies
+from tiltflow.web.thumbnails import ImageRef, ThumbnailCache, downsample_to_max_2d, encode_png_gray8
+from tiltflow.workflow.curation import exclusions
+from tiltflow.workflow.sets import (
+    Acquisition,
+    CtfSeriesSet,
+    CtfTomo,
+    CtfTomoSeries,
+    TiltImage,
+    TiltSeries,
+    TiltSeriesSet,
 )
-from tiltflow.workflow.store import ProjectStore  # noqa: E402
+from tiltflow.workflow.store import ProjectStore
 
 TOKEN = "test-token-0123456789abcdef"
 TILTS = [-54.0, -36.0, -18.0, 0.0, 18.0, 36.0, 54.0]
@@ -287,6 +295,16 @@ def test_tilt_series_suggestions(project):
     assert found == {("dark", ORDERS[DARK]), ("motion", ORDERS[MOVING]), ("defocus", ORDERS[DEFOCUS_BAD])}
 
 
+def test_missing_image_file_is_a_clear_404(project):
+    store, _, client, _ = project
+    (store.run_dir(1) / "TS_02.mrc").unlink()
+    r = client.get("/api/outputs/1.TiltSeries/series/TS_02/views/1/thumbnail.png")
+    assert r.status_code == 404 and "TS_02.mrc: image file not found" in r.json()["detail"]
+    sug = client.get("/api/outputs/1.TiltSeries/series/TS_02/suggestions")
+    assert sug.status_code == 200   # image flags need the pixels; motion and CTF flags still come
+    assert {s["kind"] for s in sug.json()} == {"motion", "defocus"}
+
+
 def test_reading_while_runs_register(project):
     store, _, client, _ = project
     template = store.load(store.resolve("1.TiltSeries"))
@@ -297,7 +315,7 @@ def test_reading_while_runs_register(project):
             for i in range(15):
                 run = store.create_run("import-tilt-series", {"i": i}, {})
                 store.finish_run(run.id, {"TiltSeries": template})
-        except Exception as err:  # pragma: no cover - reported below
+        except Exception as err:  # noqa: BLE001 - any error in the writer fails the test below
             errors.append(err)
 
     t = threading.Thread(target=writer)
@@ -314,12 +332,12 @@ def test_reading_while_runs_register(project):
 
 
 def test_ctf_zero_frequencies_are_zeros():
-    kw = dict(voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07)
+    kw = {"voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07}
     zeros = ctf_zero_frequencies(25000.0, k_max_per_a=0.25, **kw)
     assert len(zeros) > 10 and zeros == sorted(zeros) and zeros[-1] <= 0.25
     values = ctf_1d(torch.tensor(zeros, dtype=torch.float64), defocus_a=25000.0, **kw)
     assert values.abs().max().item() < 1e-9
-    mids = torch.tensor([(a + b) / 2 for a, b in zip(zeros, zeros[1:])], dtype=torch.float64)
+    mids = torch.tensor([(a + b) / 2 for a, b in itertools.pairwise(zeros)], dtype=torch.float64)
     assert ctf_1d(mids, defocus_a=25000.0, **kw).abs().min().item() > 0.3   # real zeros, none skipped
     # first zero of a weak-phase CTF: k ≈ sqrt((1 - arcsin(A)/pi) / (lam df)) when Cs is negligible
     lam = 0.019687
@@ -329,7 +347,7 @@ def test_ctf_zero_frequencies_are_zeros():
 def test_view_command_prints_token_url(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import tiltflow.cli.view as view
+    from tiltflow.cli import view
 
     build_project(tmp_path / "proj")
     served = {}
@@ -343,5 +361,8 @@ def test_view_command_prints_token_url(tmp_path, monkeypatch):
     client = TestClient(served["app"])
     assert client.get("/api/project").status_code == 401
     assert client.get("/api/project", headers={TOKEN_HEADER: token}).status_code == 200
+    r = CliRunner().invoke(view.view_command, ["-p", str(tmp_path / "proj"), "--port", "0", "--no-browser", "--json"])
+    info = json.loads(r.output)
+    assert info["port"] == served["port"] and info["url"].split("token=")[1] != token  # a fresh token per start
     r = CliRunner().invoke(view.view_command, ["-p", str(tmp_path / "missing"), "--no-browser"])
     assert r.exit_code == 2 and "no tiltflow project" in r.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tiltflow.cli.output import console, fail
+from tiltflow.cli.output import console, echo_json, err_console, fail
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -36,14 +36,16 @@ def serve(app, host: str, port: int) -> None:  # pragma: no cover - blocks; test
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but 127.0.0.1 opens the viewer to your network (token still needed).")
 @click.option("--no-browser", is_flag=True, help="Only print the URL; do not open a browser.")
-def view_command(project: str, port: int, host: str, no_browser: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the URL, host, port and project as JSON.")
+def view_command(project: str, port: int, host: str, no_browser: bool, as_json: bool) -> None:
     """Open the project in the web viewer: browse runs, curate tilt series and CTF, save subsets.
 
-    Prints a URL with a one-time token; only requests carrying it are served.
+    Prints a URL with a random token for this session; only requests carrying it are served.
 
     Examples: tiltflow view -p P; tiltflow view -p P --port 9000 --no-browser
     """
     import secrets
+    import sys
     import threading
     import webbrowser
 
@@ -66,11 +68,15 @@ def view_command(project: str, port: int, host: str, no_browser: bool) -> None:
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/?token={token}"
     if host not in LOOPBACK:
-        console.print(f"warning: listening on {host}: anyone on your network who gets the URL can curate "
-                      "this project", markup=False)
-    console.print(f"tiltflow viewer for {store.root}", markup=False)
-    console.print(f"  {url}", markup=False)
-    console.print("  (Ctrl+C to stop)", markup=False)
+        err_console.print(f"warning: listening on {host}: anyone on your network who gets the URL can curate "
+                          "this project", markup=False)
+    if as_json:
+        echo_json({"url": url, "host": host, "port": port, "project": str(store.root)})
+        sys.stdout.flush()
+    else:
+        console.print(f"tiltflow viewer for {store.root}", markup=False)
+        console.print(f"  {url}", markup=False)
+        console.print("  (Ctrl+C to stop)", markup=False)
     if not no_browser:  # a moment later, when the server listens
         threading.Timer(1.0, webbrowser.open, (url,)).start()
     serve(create_app(store, token), host, port)

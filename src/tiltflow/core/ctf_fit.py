@@ -34,7 +34,6 @@ from tiltflow.core.ctf_spectra import (
     radial_bins,
     ring_window,
     subtract_background,
-    interp_profile,
 )
 from tiltflow.core.fourier import frequency_grid_2d
 
@@ -170,8 +169,7 @@ def _annulus(spectrum: torch.Tensor, params: CtfParams, mean_defocus_a: float) -
     mask = (k2 >= kmin**2) & (k2 <= kmax**2)
     norm = subtract_background(spectrum, pixel_size_a=params.pixel_size_a, defocus_a=mean_defocus_a,
                                voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
-    return {"k": torch.sqrt(k2[mask]), "az": torch.atan2(ky, kx)[mask], "y": norm.to(torch.float64)[mask],
-            "r": torch.sqrt(k2[mask]) * n * params.pixel_size_a}
+    return {"k": torch.sqrt(k2[mask]), "az": torch.atan2(ky, kx)[mask], "y": norm.to(torch.float64)[mask]}
 
 
 def _model_sq(ann: dict, params: CtfParams, m, a1, a2, ph) -> torch.Tensor:
@@ -184,17 +182,17 @@ def _model_sq(ann: dict, params: CtfParams, m, a1, a2, ph) -> torch.Tensor:
 
 def refine_2d(
     spectrum: torch.Tensor, params: CtfParams, *, mean_defocus_a: float, phase_rad: float = 0.0,
-    astigmatism_starts: list[tuple[float, float]] = (), max_iter: int = 60, ring_weights=None,
-    astigmatism_start: tuple[float, float] | None = None,
+    astigmatism_starts: list[tuple[float, float]] = (), max_iter: int = 60,
 ) -> tuple[float, float, float, float, float]:
-    """2-D refinement -> (mean defocus Å, a1 Å, a2 Å, phase rad, correlation)."""
+    """2-D refinement -> (mean defocus Å, a1 Å, a2 Å, phase rad, correlation).
+
+    The astigmatism starts from the best of a grid (steps of max_astigmatism_a / 10) and the
+    extra ``astigmatism_starts`` (a1, a2), at ``mean_defocus_a`` and ``phase_rad``.
+    """
     ann = _annulus(spectrum, params, mean_defocus_a)
-    wpix = None if ring_weights is None else interp_profile(ring_weights, ann["r"])
     dev, f64 = spectrum.device, torch.float64
     a1, a2 = 0.0, 0.0
-    if params.astigmatism and astigmatism_start is not None:
-        a1, a2 = astigmatism_start
-    elif params.astigmatism:
+    if params.astigmatism:
         half, step = 0.5 * params.max_astigmatism_a, 0.1 * params.max_astigmatism_a
         g = torch.arange(-half, half + 1e-6, step, dtype=f64, device=dev)
         ga1, ga2 = torch.meshgrid(g, g, indexing="ij")
@@ -225,7 +223,7 @@ def refine_2d(
     def closure():
         opt.zero_grad()
         m, b1, b2, ph = unpack(x)
-        loss = -_pearson(_model_sq(ann, params, m, b1, b2, ph), ann["y"], wpix)
+        loss = -_pearson(_model_sq(ann, params, m, b1, b2, ph), ann["y"])
         loss.backward()
         return loss
 
@@ -342,19 +340,6 @@ def fit_ctf_spectrum(
     m0, ph0, _ = search_defocus_1d(spectrum, params, defocus_range_a=(lo, hi))
     m, a1, a2, ph, score = refine_2d(spectrum, params, mean_defocus_a=m0, phase_rad=ph0, astigmatism_starts=starts)
     fit = _fit_from_components(m, a1, a2, ph if params.fit_phase else 0.0, float("nan"), score)
-    if WEIGHTED:
-        k, prof, model, frc = ring_correlation(spectrum, params, fit)
-        nb = k.numel()
-        _, counts = equiphase_average(spectrum, params, fit)
-        lo, hi = ring_window(n, pixel_size_a=params.pixel_size_a, defocus_a=torch.tensor(fit.defocus_mean_a, device=spectrum.device),
-                             voltage_kv=params.voltage_kv, cs_mm=params.cs_mm, periods=WP)
-        mo, mm = local_mean(prof, counts, lo, hi), local_mean(model, counts, lo, hi)
-        cov = local_mean(prof * model, counts, lo, hi) - mo * mm
-        vm = local_mean(model * model, counts, lo, hi) - mm * mm
-        alpha = (cov / vm.clamp_min(1e-12)).clamp_min(0)
-        m, a1, a2, ph, score = refine_2d(spectrum, params, mean_defocus_a=m, phase_rad=ph, astigmatism_start=(a1, a2), ring_weights=alpha)
-        fit = _fit_from_components(m, a1, a2, ph if params.fit_phase else 0.0, float("nan"), score)
     fit.fit_resolution_a = fit_resolution_a(spectrum, params, fit)
     return fit
-WEIGHTED = True
-WP = 3.0
+

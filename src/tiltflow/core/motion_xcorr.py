@@ -159,6 +159,23 @@ def _cross_spectra(spectra, ky, kx, shifts, weights):
     return spectra * refs.conj() * weights
 
 
+def _derivatives(cross, ky, kx, shifts):
+    """Gradient (..., 2) and Hessian terms of ``C(s) = sum Re(cross exp(2 pi i k.s))`` at ``shifts``.
+
+    Every needed sum is a bilinear form ``u^T cross v`` with u = exp(2 pi i ky sy) [1, ky, ky^2]
+    and v = exp(2 pi i kx sx) [1, kx, kx^2], so two batched matrix products do all the work.
+    """
+    one = torch.ones((), device=ky.device)
+    py = torch.polar(one, TWO_PI * ky * shifts[..., 1, None])  # (..., h)
+    px = torch.polar(one, TWO_PI * kx * shifts[..., 0, None])  # (..., w')
+    u = py[..., :, None] * torch.stack([torch.ones_like(ky), ky, ky**2], -1).to(py.dtype)
+    v = px[..., :, None] * torch.stack([torch.ones_like(kx), kx, kx**2], -1).to(px.dtype)
+    m = u.transpose(-2, -1) @ (cross @ v)  # (..., 3, 3): m[a, b] = sum ky^a kx^b Q
+    g = -TWO_PI * torch.stack([m[..., 0, 1].imag, m[..., 1, 0].imag], -1)
+    c = -(TWO_PI**2)
+    return g, c * m[..., 0, 2].real, c * m[..., 2, 0].real, c * m[..., 1, 1].real
+
+
 def align_stack(
     spectra: torch.Tensor,  # (..., t, h, w//2+1) complex
     *,
@@ -197,23 +214,18 @@ def align_stack(
         cross = _cross_spectra(spectra, ky, kx, s, w_full)
         raw = s.clone()
         for _ in range(newton_steps):
-            q = cross * phase_ramp(ky, kx, raw)
-            re, im = q.real, q.imag
-            gx = -TWO_PI * (im.sum(-2) @ kx)
-            gy = -TWO_PI * (im.sum(-1) @ ky)
-            hxx = -(TWO_PI**2) * (re.sum(-2) @ kx2)
-            hyy = -(TWO_PI**2) * (re.sum(-1) @ ky2)
-            hxy = -(TWO_PI**2) * ((re @ kx) @ ky)
+            g, hxx, hyy, hxy = _derivatives(cross, ky, kx, raw)
             det = hxx * hyy - hxy**2
             ok = (hxx < 0) & (hyy < 0) & (det > 0)
             safe = torch.where(ok, det, 1.0)
-            newton = -torch.stack([(hyy * gx - hxy * gy) / safe, (hxx * gy - hxy * gx) / safe], -1)
-            ascent = torch.sign(torch.stack([gx, gy], -1)) * max_step
-            step = torch.where(ok[..., None], newton, ascent)
+            newton = -torch.stack([(hyy * g[..., 0] - hxy * g[..., 1]) / safe,
+                                   (hxx * g[..., 1] - hxy * g[..., 0]) / safe], -1)
+            step = torch.where(ok[..., None], newton, torch.sign(g) * max_step)
             raw = raw + torch.maximum(torch.minimum(step, max_step), -max_step)
+        _, hxx, hyy, _ = _derivatives(cross, ky, kx, raw)
         curvature = torch.stack([-hxx, -hyy], -1).clamp_min(1e-30)
         # at the optimum Im(Q) is noise: Var(g) ~ sum (2 pi k)^2 Im(Q)^2
-        im2 = im**2
+        im2 = (cross * phase_ramp(ky, kx, raw)).imag ** 2
         var_g = torch.stack([im2.sum(-2) @ kx2, im2.sum(-1) @ ky2], -1) * TWO_PI**2
         variance = var_g / curvature**2
         raw = s + (raw - s) * damping

@@ -64,7 +64,7 @@ def radial_filter(
         w[above] = k[above] * ratio
     w[0] = 0.2 / n_px
     if cutoff < 0.5:
-        i_cut = int(round(cutoff * n_px))
+        i_cut = round(cutoff * n_px)
         top = w[min(i_cut, w.numel() - 1)]
         tail = k > i_cut / n_px
         w[tail] = top * torch.exp(-0.5 * ((k[tail] - i_cut / n_px) / falloff) ** 2)

@@ -26,6 +26,7 @@ __all__ = [
     "apply_xf",
     "backproject",
     "bin_views",
+    "ctf_phase_flip_strips",
     "project_volume",
     "radial_filter",
     "sirt",
@@ -146,3 +147,60 @@ def bin_views(
     dy = -(h - 1) / (2.0 * f) + (hb - 1) / 2.0 + sy / f
     shift = torch.tensor([dx, dy], dtype=binned.dtype, device=binned.device)
     return shift_image_2d(binned, shift.expand(*binned.shape[:-2], 2))
+
+
+def ctf_phase_flip_strips(
+    views: torch.Tensor,                 # (t, h, w) ALIGNED views (tilt axis along y)
+    tilt_angles_deg,                     # (t,)
+    *,
+    defocus_u_a,                         # (t,) Å at the view centre, underfocus positive
+    defocus_v_a=None,                    # (t,) Å, default = defocus_u_a (no astigmatism)
+    astigmatism_angle_deg=0.0,           # (t,) or float, in the frame of these views
+    pixel_size_a: float,
+    voltage_kv: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    phase_shift_rad=0.0,
+    strip_width_px: int = 64,
+    strips_per_batch: int = 8,
+) -> torch.Tensor:                       # (t, h, w)
+    """Phase-flip tilted views in strips parallel to the tilt axis (like IMOD ``ctfphaseflip``).
+
+    Each strip of ``strip_width_px`` columns is corrected with the defocus at its centre,
+    ``df + x' tan(theta) * pixel_size_a`` (``geometry.defocus_offset_a``; x' from the view centre).
+    The image is multiplied by ``-sign(CTF)`` so low frequencies keep their sign: contrast stays as in
+    the images (dark protein, DESIGN.md §2) and every frequency band agrees with it.
+    """
+    from tiltflow.core.ctf_model import ctf_2d
+    from tiltflow.core.geometry import defocus_offset_a
+
+    views = _as_float(views, "views", 3)
+    t, h, w = views.shape
+    angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1)
+    if angles.numel() != t:
+        raise ValueError(f"tilt_angles_deg has {angles.numel()} angles for {t} views; pass one angle per view")
+    du = torch.as_tensor(defocus_u_a, dtype=torch.float64).reshape(-1).expand(t)
+    dv = du if defocus_v_a is None else torch.as_tensor(defocus_v_a, dtype=torch.float64).reshape(-1).expand(t)
+    da = torch.as_tensor(astigmatism_angle_deg, dtype=torch.float64).reshape(-1).expand(t)
+    if strip_width_px < 1:
+        raise ValueError(f"strip_width_px must be a positive number of pixels, got {strip_width_px}")
+    starts = list(range(0, w, int(strip_width_px)))
+    centres = torch.tensor([min(s + strip_width_px, w) / 2.0 + s / 2.0 - 0.5 for s in starts], dtype=torch.float64)
+    points = torch.stack([centres, torch.full_like(centres, (h - 1) / 2.0)], -1)
+    out = torch.empty_like(views)
+    for i in range(t):
+        spectrum = torch.fft.rfft2(views[i])
+        offsets = defocus_offset_a(points, tilt_angle_deg=float(angles[i]), tilt_axis_deg=0.0,
+                                   pixel_size_a=pixel_size_a, image_shape=(h, w))
+        for b0 in range(0, len(starts), strips_per_batch):
+            sl = slice(b0, b0 + strips_per_batch)
+            ctf = ctf_2d(
+                (h, w), pixel_size_a=pixel_size_a, voltage_kv=voltage_kv, cs_mm=cs_mm,
+                amplitude_contrast=amplitude_contrast, defocus_u_a=du[i] + offsets[sl],
+                defocus_v_a=dv[i] + offsets[sl], astigmatism_angle_deg=da[i].expand(offsets[sl].shape),
+                phase_shift_rad=phase_shift_rad, device=views.device,
+            )
+            flipped = torch.fft.irfft2(spectrum * -torch.sign(ctf).to(views.dtype), s=(h, w))
+            for j, s in enumerate(starts[sl]):
+                out[i, :, s:s + strip_width_px] = flipped[j, :, s:s + strip_width_px]
+    return out

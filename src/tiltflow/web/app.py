@@ -19,8 +19,15 @@ from fastapi.staticfiles import StaticFiles
 from tiltflow.web import project_data as pd
 from tiltflow.web.curate import Curator
 from tiltflow.web.models import (
-    CtfSeriesDetail, CurationResult, ExcludeRequest, ProjectInfo, SaveRequest, SaveResult, SeriesInfo,
-    Suggestion, ViewInfo,
+    CtfSeriesDetail,
+    CurationResult,
+    ExcludeRequest,
+    ProjectInfo,
+    SaveRequest,
+    SaveResult,
+    SeriesInfo,
+    Suggestion,
+    ViewInfo,
 )
 from tiltflow.web.quality import suggest_for_ctf, suggest_for_tilt_series
 from tiltflow.web.spectra import ctf_power_image
@@ -138,7 +145,7 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
     @app.get("/api/outputs/{pointer}/series/{ts_id}/suggestions")
     def tilt_suggestions(pointer: str, ts_id: str) -> list[Suggestion]:
         out, series = tilt_series(pointer, ts_id)
-        stats = {im.acquisition_order: cache.stats(pd.image_ref(im)) for im in series.images}
+        stats = pd.series_stats(cache, series)
         ctf = pd.ctf_of_same_run(store, out)
         ctf_s = next((s for s in ctf.items if s.ts_id == ts_id), None) if ctf else None
         return suggest_for_tilt_series(series, stats, ctf_s)
@@ -146,8 +153,7 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
     @app.get("/api/outputs/{pointer}/ctf/{ts_id}")
     def ctf_detail(pointer: str, ts_id: str) -> CtfSeriesDetail:
         out, series = ctf_series(pointer, ts_id)
-        value = store.load(out)
-        spectrum_pixel = series.attrs.get("spectrum_pixel_size_a", value.attrs.get("spectrum_pixel_size_a"))
+        spectrum_pixel = series.attrs.get("spectrum_pixel_size_a", out.attrs.get("spectrum_pixel_size_a"))
         return pd.ctf_detail(series, pd.find_acquisition(store, out, ts_id), spectrum_pixel)
 
     @app.get("/api/outputs/{pointer}/ctf/{ts_id}/suggestions")

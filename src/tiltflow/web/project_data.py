@@ -10,14 +10,27 @@ import math
 from pathlib import Path
 
 from tiltflow.web.models import (
-    CtfInfo, CtfSeriesDetail, OutputInfo, ProjectInfo, RadialProfile, RunInfo, SeriesInfo, ViewInfo,
+    CtfInfo,
+    CtfSeriesDetail,
+    OutputInfo,
+    ProjectInfo,
+    RadialProfile,
+    RunInfo,
+    SeriesInfo,
+    ViewInfo,
 )
 from tiltflow.web.spectra import ctf_zero_frequencies
-from tiltflow.web.thumbnails import ImageRef
+from tiltflow.web.thumbnails import ImageRef, ThumbnailCache, ViewStats
 from tiltflow.workflow.curation import apply_exclusions, exclusions
 from tiltflow.workflow.errors import ProjectError
 from tiltflow.workflow.sets import (
-    Acquisition, AnySet, CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltImage, TiltSeries, TiltSeriesSet,
+    Acquisition,
+    AnySet,
+    CtfSeriesSet,
+    CtfTomo,
+    CtfTomoSeries,
+    TiltImage,
+    TiltSeries,
 )
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
@@ -70,6 +83,18 @@ def find_image(series: TiltSeries, order: int) -> TiltImage:
 
 def image_ref(image: TiltImage) -> ImageRef:
     return ImageRef(Path(image.file), image.index)
+
+
+def series_stats(cache: ThumbnailCache, series: TiltSeries) -> dict[int, ViewStats]:
+    """Full-resolution statistics per acquisition order (rendering views not cached yet); views
+    whose file is missing or unreadable are left out."""
+    stats = {}
+    for im in series.images:
+        try:
+            stats[im.acquisition_order] = cache.stats(image_ref(im))
+        except (OSError, ValueError):
+            continue
+    return stats
 
 
 def series_infos(value: AnySet) -> list[SeriesInfo]:
@@ -157,8 +182,8 @@ def ctf_detail(series: CtfTomoSeries, acq: Acquisition | None, spectrum_pixel_si
         zeros_u: list[float] = []
         zeros_v: list[float] = []
         if acq is not None and nyquist:
-            kw = dict(voltage_kv=acq.voltage_kv, cs_mm=acq.cs_mm, amplitude_contrast=acq.amplitude_contrast,
-                      phase_shift_rad=c.phase_shift_rad or 0.0, k_max_per_a=nyquist)
+            kw = {"voltage_kv": acq.voltage_kv, "cs_mm": acq.cs_mm, "amplitude_contrast": acq.amplitude_contrast,
+                  "phase_shift_rad": c.phase_shift_rad or 0.0, "k_max_per_a": nyquist}
             zeros_u = ctf_zero_frequencies(c.defocus_u_a, **kw)
             zeros_v = ctf_zero_frequencies(c.defocus_v_a, **kw)
         prof = c.attrs.get("radial_profile")

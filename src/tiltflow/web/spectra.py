@@ -27,7 +27,7 @@ def ctf_zero_frequencies(defocus_a: float, *, voltage_kv: float, cs_mm: float, a
     b = -math.pi * lam * defocus_a
     phi0 = math.asin(amplitude_contrast) + phase_shift_rad
     zeros = []
-    for n in range(0, n_max + 1):
+    for n in range(n_max + 1):
         c = n * math.pi - phi0
         if c <= 0:
             continue

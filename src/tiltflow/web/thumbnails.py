@@ -183,7 +183,8 @@ class ThumbnailCache:
             np.save(fh, preview.numpy().astype(np.float32))
         os.replace(tmp, paths["npy"])
         _atomic_write(paths["json"], json.dumps(asdict(stats)).encode())  # last: marks the entry complete
-        self.computed += 1
+        with self._guard:
+            self.computed += 1
 
     def thumbnail_png(self, ref: ImageRef) -> Path:
         return self.ensure(ref)["png"]

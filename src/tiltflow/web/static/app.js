@@ -137,6 +137,9 @@ document.addEventListener("keydown", ev => {
   if (page && page.key(ev)) ev.preventDefault();
 });
 
+// the project page follows runs as they register outputs
+setInterval(() => { if (TF.tab === "project" && !document.hidden) loadProject().catch(report); }, 5000);
+
 window.addEventListener("DOMContentLoaded", () => {
   for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   const [tab, pointer] = location.hash.slice(1).split("/");
