@@ -1,20 +1,21 @@
-"""Matched linear-interpolation projector and backprojector for single-axis parallel-beam tomography.
+"""Matched linear-interpolation projector and backprojector for single-axis tomography.
 
-Geometry (``core/geometry.py``): the tilt axis is +y; a specimen point (x, y, z) seen at tilt ``theta``
-lands in the ALIGNED view at column ``u = x cos(theta) + z sin(theta) + (nx_view - 1) / 2`` and row
-``y + (ny - 1) / 2``.  Volumes are ``(nz, ny, nx)`` with z the beam / thickness axis (DESIGN.md §2); voxel
-``(iz, iy, ix)`` is the specimen point
+Geometry (``core/geometry.py``): the tilt axis is +y; a specimen point (x, y, z) seen at tilt
+``theta`` lands in the ALIGNED view at column ``u = x cos(theta) + z sin(theta) + (nx_view-1)/2``
+and row ``y + (ny - 1) / 2``.  Volumes are ``(nz, ny, nx)`` with z the beam / thickness axis
+(DESIGN.md §2); voxel ``(iz, iy, ix)`` is the specimen point
 
-    x = ix - (nx - 1) / 2 + x_offset_px,   y = iy - (ny - 1) / 2,   z = iz - (nz - 1) / 2 + z_offset_px,
+    x = ix - (nx-1)/2 + x_offset_px,   y = iy - (ny-1)/2,   z = iz - (nz-1)/2 + z_offset_px,
 
 so ``z_offset_px`` / ``x_offset_px`` are the specimen coordinates of the volume's centre (IMOD's
 ``SHIFT x z`` moves the content the other way: ``SHIFT = -offset``).
 
-Every y row is an independent 2-D problem sharing the same interpolation weights, so for a chunk of z
-planes the weights form one sparse matrix ``W`` (``nz_chunk * nx`` rows, ``t * (nx_view + 2)`` columns,
-two entries per view: linear interpolation in u, one zero column padding each view).  Backprojection
-is ``W @ V`` with the views laid out as ``(t * (nx_view + 2), batch * ny)`` and projection is ``W.T @ vol``:
-exact adjoints, contiguous rows, bounded memory (only one chunk of ``W`` at a time unless cached).
+Every y row is an independent 2-D problem sharing the same interpolation weights, so for a chunk
+of z planes the weights form one sparse CSR matrix ``W`` (``nz_chunk * nx`` rows,
+``t * (nx_view + 2)`` columns, two entries per view: linear interpolation in u, one zero column
+padding each side of a view).  Backprojection is ``W @ V`` with the views laid out as
+``(t * (nx_view + 2), batch * ny)``; projection is ``W.T @ vol``.  Exact adjoints, contiguous rows,
+bounded memory (one chunk of ``W`` at a time unless cached).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _angles_rad(tilt_angles_deg, n_views: int | None, device: torch.device) -> t
         raise ValueError("tilt_angles_deg is empty; pass one angle per view")
     if n_views is not None and angles.numel() != n_views:
         raise ValueError(
-            f"tilt_angles_deg has {angles.numel()} angles but the views have {n_views}; pass one angle per view"
+            f"tilt_angles_deg has {angles.numel()} angles but the views have {n_views}; "
+            "pass one angle per view"
         )
     if not torch.isfinite(angles).all() or angles.abs().max() > 90.0:
         raise ValueError("tilt_angles_deg must be finite degrees within [-90, 90]")
@@ -84,7 +86,7 @@ def _transpose_csr(w: torch.Tensor) -> torch.Tensor:
 
 
 class _Projector:
-    """The matched pair (project, backproject) for one geometry; keeps the sparse chunks if ``cache``."""
+    """The matched pair (project, backproject) for one geometry; keeps the chunks if ``cache``."""
 
     def __init__(self, theta_rad, *, nx_view, nx, nz, x_offset_px, z_offset_px, dtype, cache=False):
         self.theta, self.nx_view, self.nx, self.nz = theta_rad, nx_view, nx, nz
@@ -138,7 +140,8 @@ class _Projector:
 
 def _as_float(x: torch.Tensor, name: str, min_dim: int) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.ndim < min_dim:
-        raise ValueError(f"{name} must be a tensor with at least {min_dim} dimensions, got {getattr(x, 'shape', type(x))}")
+        got = getattr(x, "shape", type(x))
+        raise ValueError(f"{name} must be a tensor with at least {min_dim} dimensions, got {got}")
     if not torch.is_floating_point(x):
         x = x.to(torch.float32)
     return x
@@ -193,7 +196,7 @@ def backproject(
     if weights is not None:
         w = torch.as_tensor(weights, dtype=views.dtype, device=views.device).reshape(-1)
         if w.numel() != t:
-            raise ValueError(f"weights has {w.numel()} values for {t} views; pass one weight per view")
+            raise ValueError(f"weights has {w.numel()} values for {t} views; give one per view")
         views = views * w[:, None, None]
     proj = _Projector(theta, nx_view=nxv, nx=nxv if nx is None else int(nx), nz=nz,
                       x_offset_px=x_offset_px, z_offset_px=z_offset_px, dtype=views.dtype)

@@ -1,17 +1,17 @@
-"""Radial (ramp) weighting for weighted backprojection, as IMOD ``tilt`` does it, plus the SIRT-like filter.
+"""Radial (ramp) weighting for weighted backprojection as IMOD ``tilt`` does it; SIRT-like filter.
 
 Filters are 1-D along the view x axis in ``rfft`` layout: index ``i`` is ``k = i / n_px`` cycles/px.
 
-- RADIAL: the ramp ``|k|`` up to ``cutoff`` (cycles/px), then the value at ``cutoff`` times a Gaussian
-  of standard deviation ``falloff`` (cycles/px; IMOD's ``RADIAL cutoff falloff`` with
-  ``FalloffIsTrueSigma 1``).  At ``k = 0`` the weight is ``0.2 / n_px``, what the Kak & Slaney spatial
-  ramp kernel gives there (keeps the mean from vanishing).
+- RADIAL: the ramp ``|k|`` up to ``cutoff`` (cycles/px), then the value at ``cutoff`` times a
+  Gaussian of standard deviation ``falloff`` (cycles/px; IMOD's ``RADIAL cutoff falloff`` with
+  ``FalloffIsTrueSigma 1``).  At ``k = 0`` the weight is ``0.2 / n_px``, what the Kak & Slaney
+  spatial ramp kernel gives there (keeps the mean from vanishing).
 - SIRT-like (IMOD's ``FakeSIRTiterations``; Zeng, Med. Phys. 39:603 (2012), doi:10.1118/1.3673956):
   ``N`` SIRT / Landweber iterations started from zero equal a backprojection weighted by
   ``ramp * (1 - (1 - alpha / |k|) ** N)``: the full ramp where ``|k| << N alpha`` (low frequencies
-  converge first), flattening to about ``N alpha`` above.  IMOD's empirical constants are used so that
+  converge first), flattening to about ``N alpha`` above.  IMOD's empirical constants are used so
   the same ``N`` looks like IMOD's: ``alpha = 0.00195`` cycles/px, ``N`` reduced above 15 and 30
-  iterations and increased by 0.3; the ramp is kept below ``k = alpha``.
+  iterations and increased by 0.3; the plain ramp is kept below ``k = alpha``.
 """
 
 from __future__ import annotations
@@ -44,15 +44,15 @@ def radial_filter(
 ) -> torch.Tensor:                        # (n_px // 2 + 1,) float32 weights, rfft layout
     """IMOD-style radial weighting for rows of ``n_px`` pixels (module docstring).
 
-    Without ``n_views`` the weights are in cycles/px: backprojecting rows filtered by them and summed
-    with each view's angular increment in radians gives densities on the scale of the specimen.
+    Without ``n_views`` the weights are in cycles/px: backprojecting rows filtered by them, each
+    view weighted by its angular increment in radians, gives densities on the specimen's scale.
     """
     if n_px < 2:
         raise ValueError(f"radial_filter: n_px must be at least 2, got {n_px}")
     if not 0.0 < cutoff <= 0.5:
         raise ValueError(f"radial_filter: cutoff must be in (0, 0.5] cycles/px, got {cutoff}")
     if falloff <= 0.0:
-        raise ValueError(f"radial_filter: falloff must be a positive sigma in cycles/px, got {falloff}")
+        raise ValueError(f"radial_filter: falloff (a sigma in cycles/px) must be > 0, got {falloff}")
     k = torch.arange(n_px // 2 + 1, dtype=torch.float64, device=device) / n_px  # cycles/px
     w = k.clone()
     if sirt_like_iterations:
@@ -112,10 +112,12 @@ def filter_views(
     n_pad: int,
     rows_per_batch: int = 16384,
 ) -> torch.Tensor:                        # (..., ny, nx) filtered rows
-    """Filter every row along x with a 1-D rfft weighting after padding it to ``n_pad`` with edge values."""
+    """Filter rows along x with 1-D rfft weights after edge-value padding to ``n_pad`` pixels."""
     nx = views.shape[-1]
     if n_pad < nx or weights.numel() != n_pad // 2 + 1:
-        raise ValueError(f"filter_views: weights of {weights.numel()} values do not fit n_pad={n_pad} >= nx={nx}")
+        raise ValueError(
+            f"filter_views: {weights.numel()} weights do not fit n_pad={n_pad} (must be >= nx={nx})"
+        )
     left = (n_pad - nx) // 2
     rows = views.reshape(-1, 1, nx)
     out = torch.empty_like(rows)

@@ -78,23 +78,26 @@ def apply_xf(
     *,
     mode: str = "bicubic",               # or "bilinear"
 ) -> torch.Tensor:                       # (..., t, h', w') aligned views
-    """Transform raw views into aligned ones with IMOD ``.xf`` rows (DESIGN.md §2), like ``newstack -xform``.
+    """Transform raw views into aligned ones with IMOD ``.xf`` rows, like ``newstack -xform``.
 
-    ``X' = A (X - c_in) + D + c_out`` maps raw to aligned pixels (centres ``(n-1)/2``), so each aligned
-    pixel samples the raw image at ``A^-1 (X' - c_out - D) + c_in``.  Areas outside the raw image are
-    filled with the view's mean.
+    ``X' = A (X - c_in) + D + c_out`` maps raw to aligned pixels (DESIGN.md §2; centres
+    ``(n-1)/2``), so each aligned pixel samples the raw image at ``A^-1 (X' - c_out - D) + c_in``.
+    Areas outside the raw image are filled with the view's mean.
     """
     images = _as_float(images, "images", 3)
     t, h, w = images.shape[-3:]
     xf = torch.as_tensor(xf, dtype=torch.float64).to(images.device)
     if xf.shape != (t, 6):
-        raise ValueError(f"xf must have shape ({t}, 6) for {t} views (A11 A12 A21 A22 DX DY), got {tuple(xf.shape)}")
+        raise ValueError(
+            f"xf must have shape ({t}, 6) for {t} views (A11 A12 A21 A22 DX DY), "
+            f"got {tuple(xf.shape)}"
+        )
     if mode not in ("bilinear", "bicubic"):
         raise ValueError(f"apply_xf: mode must be 'bilinear' or 'bicubic', got {mode!r}")
     ho, wo = (h, w) if out_shape is None else (int(out_shape[0]), int(out_shape[1]))
     a = xf[:, :4].reshape(t, 2, 2)
     if (torch.linalg.det(a).abs() < 1e-9).any():
-        raise ValueError("xf has a singular 2x2 matrix; every view needs an invertible A11 A12 A21 A22")
+        raise ValueError("xf has a singular 2x2 matrix; each view needs invertible A11 A12 A21 A22")
     a_inv = torch.linalg.inv(a)
     dev = images.device
     yo, xo = torch.meshgrid(
@@ -106,7 +109,9 @@ def apply_xf(
     raw = torch.einsum("tij,tyxj->tyxi", a_inv, d)
     raw = raw + torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64, device=dev)
     # grid_sample with align_corners=True: -1 and 1 are the centres of the first and last pixels
-    grid = torch.stack([2.0 * raw[..., 0] / max(w - 1, 1) - 1.0, 2.0 * raw[..., 1] / max(h - 1, 1) - 1.0], -1)
+    gx = 2.0 * raw[..., 0] / max(w - 1, 1) - 1.0
+    gy = 2.0 * raw[..., 1] / max(h - 1, 1) - 1.0
+    grid = torch.stack([gx, gy], -1)
     flat = images.reshape(-1, t, h, w)
     mean = flat.mean(dim=(-2, -1), keepdim=True)
     out = torch.empty((flat.shape[0], t, ho, wo), dtype=images.dtype, device=dev)
@@ -123,7 +128,7 @@ def bin_views(
     views: torch.Tensor,                 # (..., h, w)
     factor: int,
 ) -> torch.Tensor:                       # (..., h // factor, w // factor)
-    """Bin by Fourier cropping, keeping IMOD's centre: ``(x_b - (n_b-1)/2) * factor == x - (n-1)/2``.
+    """Bin by Fourier cropping keeping IMOD's centre: ``(x_b - (n_b-1)/2) * f == x - (n-1)/2``.
 
     Rows / columns beyond a multiple of ``factor`` are trimmed first and a sub-pixel shift puts the
     binned pixels at the right place (pixel ``j`` covers original pixels ``j*f .. j*f + f-1`` when
@@ -168,8 +173,8 @@ def ctf_phase_flip_strips(
 
     Each strip of ``strip_width_px`` columns is corrected with the defocus at its centre,
     ``df + x' tan(theta) * pixel_size_a`` (``geometry.defocus_offset_a``; x' from the view centre).
-    The image is multiplied by ``-sign(CTF)`` so low frequencies keep their sign: contrast stays as in
-    the images (dark protein, DESIGN.md §2) and every frequency band agrees with it.
+    The image is multiplied by ``-sign(CTF)`` so low frequencies keep their sign: contrast stays
+    as in the images (dark protein, DESIGN.md §2) and every frequency band agrees with it.
     """
     from tiltflow.core.ctf_model import ctf_2d
     from tiltflow.core.geometry import defocus_offset_a
@@ -178,14 +183,19 @@ def ctf_phase_flip_strips(
     t, h, w = views.shape
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1)
     if angles.numel() != t:
-        raise ValueError(f"tilt_angles_deg has {angles.numel()} angles for {t} views; pass one angle per view")
+        raise ValueError(
+            f"tilt_angles_deg has {angles.numel()} angles for {t} views; pass one angle per view"
+        )
     du = torch.as_tensor(defocus_u_a, dtype=torch.float64).reshape(-1).expand(t)
-    dv = du if defocus_v_a is None else torch.as_tensor(defocus_v_a, dtype=torch.float64).reshape(-1).expand(t)
+    dv = du
+    if defocus_v_a is not None:
+        dv = torch.as_tensor(defocus_v_a, dtype=torch.float64).reshape(-1).expand(t)
     da = torch.as_tensor(astigmatism_angle_deg, dtype=torch.float64).reshape(-1).expand(t)
     if strip_width_px < 1:
-        raise ValueError(f"strip_width_px must be a positive number of pixels, got {strip_width_px}")
+        raise ValueError(f"strip_width_px must be a positive pixel count, got {strip_width_px}")
     starts = list(range(0, w, int(strip_width_px)))
-    centres = torch.tensor([min(s + strip_width_px, w) / 2.0 + s / 2.0 - 0.5 for s in starts], dtype=torch.float64)
+    ends = [min(s + strip_width_px, w) for s in starts]
+    centres = torch.tensor([(s + e - 1) / 2.0 for s, e in zip(starts, ends)], dtype=torch.float64)
     points = torch.stack([centres, torch.full_like(centres, (h - 1) / 2.0)], -1)
     out = torch.empty_like(views)
     for i in range(t):
@@ -197,7 +207,8 @@ def ctf_phase_flip_strips(
             ctf = ctf_2d(
                 (h, w), pixel_size_a=pixel_size_a, voltage_kv=voltage_kv, cs_mm=cs_mm,
                 amplitude_contrast=amplitude_contrast, defocus_u_a=du[i] + offsets[sl],
-                defocus_v_a=dv[i] + offsets[sl], astigmatism_angle_deg=da[i].expand(offsets[sl].shape),
+                defocus_v_a=dv[i] + offsets[sl],
+                astigmatism_angle_deg=da[i].expand(offsets[sl].shape),
                 phase_shift_rad=phase_shift_rad, device=views.device,
             )
             flipped = torch.fft.irfft2(spectrum * -torch.sign(ctf).to(views.dtype), s=(h, w))

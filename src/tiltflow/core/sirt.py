@@ -29,7 +29,7 @@ def sirt(
     z_offset_px: float = 0.0,
     x_offset_px: float = 0.0,
 ) -> torch.Tensor:                       # (..., nz, ny, nx)
-    """Reconstruct by ``iterations`` SIRT updates (module docstring); geometry as :func:`backproject`.
+    """Reconstruct by ``iterations`` SIRT updates (module docstring); geometry as ``backproject``.
 
     ``positivity`` clamps the volume at 0 after every update (for contrast-inverted data where the
     specimen is bright).  Calling again with ``initial`` set to the result continues the iteration.
@@ -48,8 +48,9 @@ def sirt(
                     z_offset_px=z_offset_px, dtype=views.dtype, cache=True)
     b = views.reshape(-1, t, ny, nx)
     ones_vol = b.new_ones((1, nz, ny, nx))
-    row_w = _safe_inverse(op.project(ones_vol))                    # (1, t, ny, nx): 1 / ray length
-    col_w = _safe_inverse(op.backproject(b.new_ones((1, t, ny, nx))))  # (1, nz, ny, nx): 1 / n views
+    # (1, t, ny, nx): 1 / ray length; (1, nz, ny, nx): 1 / number of views
+    row_w = _safe_inverse(op.project(ones_vol))
+    col_w = _safe_inverse(op.backproject(b.new_ones((1, t, ny, nx))))
     if initial is None:
         x = b.new_zeros((b.shape[0], nz, ny, nx))
     else:

@@ -187,25 +187,18 @@ def _affected_areas(lin, h, w, grid, p):
 
 
 def _find(x, p, grid, todo):
-    """Scan the areas marked in ``todo`` -> (flat indices, area of the seed) of patch pixels."""
+    """Scan the areas marked in ``todo`` (ny, nx) -> (flat indices, area of the seed) of the
+    patch pixels found there. Every area is scanned as a tile (its statistics window plus a
+    margin) so that a rescan of some areas computes exactly what a full scan would."""
     nb, h, w = x.shape
     size, ny, nx = grid
     edge = max(p.edge_exclusion_px, 1)
-    runs = []
-    for j, row in enumerate(todo.tolist()):  # runs of consecutive areas in each band
-        c = 0
-        while c < nx:
-            if row[c]:
-                c1 = c
-                while c1 < nx and row[c1]:
-                    c1 += 1
-                runs.append(_scan(x, j, c, c1, size, edge, p))
-                c = c1
-            c += 1
-    if not runs:
+    parts = [_scan_tiles(x, j, cols, size, edge, p)
+             for j, cols in enumerate(todo.tolist()) if any(cols)]
+    if not parts:
         empty = torch.zeros(0, dtype=torch.long, device=x.device)
         return empty, empty
-    peaks, seeds = ([torch.cat(c) for c in zip(*part)] for part in zip(*runs))
+    peaks, seeds = ([torch.cat(c) for c in zip(*part)] for part in zip(*parts))
     coords = list(_peak_patches(x, *peaks, size, edge, p))
     b, y, xx, win, level, scale = seeds
     reach = _grow(win, level, scale, p.grow_criterion, math.inf, y, xx, h, w, edge)
@@ -215,50 +208,53 @@ def _find(x, p, grid, todo):
     return (b * h + y) * w + xx, (sy // size) * nx + (sx // size).clamp_max(nx - 1)
 
 
-def _scan(x, j, c0, c1, size, edge, p):
-    """Areas [c0, c1) of band j: intensity candidates (b, y, x, giant threshold) and difference
-    seeds (b, y, x, windows of ``9 * pixel - box3x3``, area mean and SD of that difference)."""
+def _scan_tiles(x, j, cols, size, edge, p):
+    """Areas of band j flagged in ``cols``: intensity candidates (b, y, x, giant threshold) and
+    difference seeds (b, y, x, windows of ``9 * pixel - box3x3``, area mean and SD of it)."""
     nb, h, w = x.shape
-    r0, r1, x0, x1 = j * size, min((j + 1) * size, h), c0 * size, min(c1 * size, w)
-    s0, t0 = min(r0, h - size), min(x0, w - size)  # statistics windows of edge areas shift in
+    m = p.max_diff_patch_px
+    pad = m + 1  # tile = statistics window + margin for the seeds' difference windows
+    r0, r1, s0 = j * size, min((j + 1) * size, h), min(j * size, h - size)
+    lo, hi = s0 - pad, s0 + size + pad
+    band = F.pad(x[:, None, max(lo, 0):min(hi, h)], (pad, pad, max(-lo, 0), max(hi - h, 0)))
+    c = torch.tensor([i for i, f in enumerate(cols) if f], device=x.device)
+    x0 = c * size
+    x1, t0 = torch.clamp(x0 + size, max=w), torch.clamp(x0, max=w - size)
+    tiles = torch.cat([band[:, :, :, t:t + size + 2 * pad] for t in t0.tolist()], 1)
+    n, t = nb * c.numel(), size + 2 * pad
+    tiles = tiles.reshape(n, t, t)  # tile i: image i // len(c), area c[i % len(c)]
+    img = torch.arange(nb, device=x.device).repeat_interleave(c.numel())
+    gy = torch.arange(lo, hi, device=x.device)
+    gx = (t0 - pad)[:, None] + torch.arange(t, device=x.device)  # (len(c), t)
+    rows = (gy >= max(r0, edge)) & (gy < min(r1, h - edge))
+    inside = rows[None, :, None] & ((gx >= x0[:, None].clamp_min(edge))
+                                    & (gx < x1[:, None].clamp_max(w - edge)))[:, None, :]
+    inside = inside.repeat(nb, 1, 1)  # assigned to this area and off the edges
     st = 2 if size % 2 == 0 and size >= 20 else 1  # statistics on a 2x subsample
-    mean, sd = _area_stats(x[:, s0:s0 + size:st, t0:x1:st], size // st)
+    mean, sd = _robust_stats(tiles[:, pad:pad + size:st, pad:pad + size:st].reshape(n, -1))
     if not bool(torch.isfinite(mean).all() & torch.isfinite(sd).all()):
         raise ValueError("find_xrays: image contains NaN or inf; replace them before erasing")
     tiny = 1e-12 * (float(mean.abs().max()) + 1.0)
     sd = sd.clamp_min(tiny)
-    thr = (mean + p.scan_criterion * sd).repeat_interleave(size, -1)[..., :x1 - x0]
-    b, y, xx = _nonzero(x[:, r0:r1, x0:x1] > thr, r0, x0, h, w, edge)
-    area = ((xx - x0) // size).clamp_max(mean.shape[-1] - 1)
-    big = (mean + (p.scan_criterion + 1.0) * sd)[b, 0, area]
-    m = p.max_diff_patch_px  # 9 * pixel - box3x3 = 8 * (pixel - mean of its 8 neighbours)
-    lo, hi, cl, ch = max(s0 - m, 0), min(r1 + m, h), max(t0 - m, 0), min(x1 + m, w)
-    nd = x.new_zeros(nb, hi - lo, ch - cl)
-    ya, yz, xa, xz = max(lo, 1), min(hi, h - 1), max(cl, 1), min(ch, w - 1)
-    xb = x[:, ya - 1:yz + 1, xa - 1:xz + 1]
-    rows = xb[:, :, :-2] + xb[:, :, 1:-1]
-    rows += xb[:, :, 2:]
-    box = rows[:, :-2] + rows[:, 1:-1]
-    box += rows[:, 2:]
-    nd[:, ya - lo:yz - lo, xa - cl:xz - cl] = box.sub_(xb[:, 1:-1, 1:-1], alpha=9.0).neg_()
-    dmean, dsd = _area_stats(nd[:, s0 - lo:s0 - lo + size:st, t0 - cl:x1 - cl:st], size // st)
+    i, ty, tx = ((tiles > (mean + p.scan_criterion * sd)[:, None, None]) & inside).nonzero(
+        as_tuple=True)
+    peaks = (img[i], ty + lo, tx + (t0 - pad)[i % c.numel()],
+             (mean + (p.scan_criterion + 1.0) * sd)[i])
+    rs = tiles[:, :, :-2] + tiles[:, :, 1:-1]
+    rs += tiles[:, :, 2:]
+    nd = rs[:, :-2] + rs[:, 1:-1]
+    nd += rs[:, 2:]
+    nd.sub_(tiles[:, 1:-1, 1:-1], alpha=9.0).neg_()  # 9 * pixel - box = 8 * (pixel - mean8)
+    valid = ((gy[1:-1] >= 1) & (gy[1:-1] < h - 1))[None, :, None]
+    nd.mul_(valid & ((gx[:, 1:-1] >= 1) & (gx[:, 1:-1] < w - 1))[:, None, :].repeat(nb, 1, 1))
+    dmean, dsd = _robust_stats(nd[:, pad - 1:pad - 1 + size:st, pad - 1:pad - 1 + size:st]
+                               .reshape(n, -1))
     dsd = dsd.clamp_min(tiny)
-    thr = (dmean + p.diff_criterion * dsd).repeat_interleave(size, -1)[..., :x1 - x0]
-    sb, sy, sx = _nonzero(nd[:, r0 - lo:r1 - lo, x0 - cl:x1 - cl] > thr, r0, x0, h, w, edge)
-    area = ((sx - x0) // size).clamp_max(dmean.shape[-1] - 1)
-    win = _gather(nd.reshape(-1), hi - lo, ch - cl, sb, sy - lo, sx - cl,
-                  *_offsets(math.inf, -1.0, m))
-    return (b, y, xx, big), (sb, sy, sx, win, dmean[sb, 0, area], dsd[sb, 0, area])
-
-
-def _nonzero(m, r0, c0, h, w, e):
-    """(b, y, x) of the True pixels of a block at (r0, c0), outside the edge exclusion ``e``."""
-    m[:, :max(e - r0, 0)] = False
-    m[:, max(h - e - r0, 0):] = False
-    m[:, :, :max(e - c0, 0)] = False
-    m[:, :, max(w - e - c0, 0):] = False
-    b, y, x = m.nonzero(as_tuple=True)
-    return b, y + r0, x + c0
+    i, ty, tx = ((nd > (dmean + p.diff_criterion * dsd)[:, None, None])
+                 & inside[:, 1:-1, 1:-1]).nonzero(as_tuple=True)
+    win = _gather(nd.reshape(-1), t - 2, t - 2, i, ty, tx, *_offsets(math.inf, -1.0, m))
+    seeds = (img[i], ty + lo + 1, tx + (t0 - pad + 1)[i % c.numel()], win, dmean[i], dsd[i])
+    return peaks, seeds
 
 
 def _peak_patches(x, b, y, xx, big, size, edge, p):
@@ -334,22 +330,17 @@ def _big_diff_z(x, b, y, xx, reach, size):
 # ----------------------------------------------------------------------------- statistics
 
 
-def _area_stats(t: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trimmed mean and robust SD of a band ``t`` (B, k, w) in k x k areas -> (B, 1, ceil(w/k));
-    the last area is shifted inward so that it also holds k x k values."""
-    nb, kk, w = t.shape
-    full = w // k
-    v = t[:, :, :full * k].reshape(nb, kk, full, k)
-    if w % k:
-        v = torch.cat([v, t[:, :, w - k:].reshape(nb, kk, 1, k)], 2)
-    n, vk = kk * k, v
-    for _ in range(3):  # plain estimate, then twice without the values beyond 4 SD
-        mean = vk.sum((1, 3), keepdim=True) / n
-        dev = (v - mean).abs()
-        sd = (dev if vk is v else dev * keep).sum((1, 3), keepdim=True) / n * _SD_PER_MAD
-        keep = dev <= 4.0 * sd
-        n, vk = keep.sum((1, 3), keepdim=True).clamp_min(1), v * keep
-    return mean.view(nb, 1, -1), sd.view(nb, 1, -1)
+def _robust_stats(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trimmed mean and robust SD along the last axis of ``v`` (n, k) -> (n,), (n,): SD is
+    sqrt(pi/2) x the mean absolute deviation; two rounds leave out values beyond 4 SD."""
+    mean = v.mean(-1, keepdim=True)
+    sd = (v - mean).abs().mean(-1, keepdim=True) * _SD_PER_MAD
+    for _ in range(2):
+        keep = (v - mean).abs() <= 4.0 * sd
+        cnt = keep.sum(-1, keepdim=True).clamp_min(1)
+        mean = torch.where(keep, v, 0.0).sum(-1, keepdim=True) / cnt
+        sd = torch.where(keep, (v - mean).abs(), 0.0).sum(-1, keepdim=True) / cnt * _SD_PER_MAD
+    return mean[:, 0], sd[:, 0]
 
 
 @functools.lru_cache(maxsize=32)

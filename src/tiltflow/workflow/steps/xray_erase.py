@@ -1,0 +1,130 @@
+"""Step ``xray-erase``: find and remove hot pixels / X-ray hits in tilt-series stacks (what IMOD's
+ccderaser does with the parameters Scipion passes). Same size and order out; exclusion flags kept;
+per tilt the erased pixels are saved (and, optionally, an IMOD point model)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.executor import run_items
+from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet
+from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
+
+
+class XrayEraseParams(StepParams):
+    peak_criterion: float = param(8.0, "Peaks this many SD above the local annulus are X-rays.", cli="--peak-criterion", gt=0)
+    diff_criterion: float = param(6.0, "Pixel-to-neighbour differences this many SD are X-rays.", cli="--diff-criterion", gt=0)
+    grow_criterion: float = param(4.0, "Neighbours above this many SD join a patch.", cli="--grow-criterion", gt=0)
+    scan_criterion: float = param(3.0, "Criterion for the scan that finds candidate peaks, SD.", cli="--scan-criterion", gt=0)
+    max_radius_px: float = param(4.2, "Largest radius of a patch, px.", cli="--max-radius", gt=0)
+    giant_criterion: float = param(12.0, "Peaks this many SD are giant X-rays (erased up to --extra-large-radius).",
+                                   cli="--giant-criterion", gt=0)
+    extra_large_radius_px: float = param(8.0, "Largest radius of a giant patch, px.", cli="--extra-large-radius", gt=0)
+    big_diff_criterion: float = param(19.0, "Differences this many SD mark a big X-ray.", cli="--big-diff-criterion", gt=0)
+    annulus_width_px: float = param(2.0, "Width of the annulus for local statistics, px.", cli="--annulus-width", gt=0)
+    scan_size_px: int = param(100, "Size of the regions for local statistics, px.", cli="--scan-size", ge=10)
+    edge_exclusion_px: int = param(4, "Pixels at the edges not examined.", cli="--edge-exclusion", ge=0)
+    border_px: int = param(2, "Border around a patch used to fit the replacement, px.", cli="--border", ge=1)
+    poly_order: int = param(2, "Order of the polynomial fitted to the border (0-3).", cli="--poly-order", ge=0, le=3)
+    odd_even: bool = param(True, "Erase the odd/even half-sum stacks too, when present.", cli="--odd-even")
+    imod_model: bool = param(False, "Also write the erased pixels as an IMOD point model per series.", cli="--imod-model")
+
+    def core(self):
+        from tiltflow.core.xray import XrayParams
+
+        return XrayParams(**{k: v for k, v in self.model_dump().items() if k not in ("odd_even", "imod_model")})
+
+
+def erase_series_task(images: list[tuple[str, int]], halves: dict[str, list[tuple[str, int]]], out_dir: str,
+                      ts_id: str, params: dict, device: str, pixel_size_a: float, imod_model: bool,
+                      erase_halves: bool) -> dict:
+    """Erase one tilt series (module level, so a Dask worker can run it). Returns small results.
+    Odd/even half-sum stacks are erased too with ``erase_halves``, else copied in the same order."""
+    import torch
+
+    from tiltflow.core.xray import XrayParams, erase_xrays
+    from tiltflow.io.mrc import read_section, write_mrc
+
+    p = XrayParams(**params)
+    out = Path(out_dir)
+    result: dict = {"files": {}, "erased_px": [], "patches": []}
+    masks = []
+    for key, refs in {"file": images, **halves}.items():
+        stack = np.stack([read_section(f, i) for f, i in refs])
+        name = f"{ts_id}.mrc" if key == "file" else f"{ts_id}_{key.split('_')[0]}.mrc"
+        if key != "file" and not erase_halves:
+            result["files"][key] = str(write_mrc(out / name, stack, voxel_size_a=pixel_size_a))
+            continue
+        erased = erase_xrays(torch.from_numpy(stack).to(device), p)
+        result["files"][key] = str(write_mrc(out / name, erased.image.cpu().numpy(), voxel_size_a=pixel_size_a))
+        if key == "file":
+            mask = erased.mask.cpu().numpy()
+            masks = mask
+            result["erased_px"] = [int(m.sum()) for m in mask]
+            n = erased.n_patches
+            result["patches"] = [int(v) for v in (n.tolist() if torch.is_tensor(n) else [n])]
+    # positions of erased pixels: view (0-based, tilt order), x, y
+    views, ys, xs = np.nonzero(masks)
+    positions = out / f"{ts_id}_xray_pixels.txt"
+    np.savetxt(positions, np.stack([views, xs, ys], 1), fmt="%d", header="view(0-based, tilt order) x y")
+    result["positions"] = str(positions)
+    if imod_model and len(views):
+        from tiltflow.io.imod import fiducial_model, write_mod
+
+        contours = [torch.tensor(np.stack([xs[views == v], ys[views == v], views[views == v]], 1), dtype=torch.float32)
+                    for v in np.unique(views)]
+        model = fiducial_model(contours, image_shape=masks.shape[1:], n_views=masks.shape[0],
+                               pixel_size_a=pixel_size_a, name=f"{ts_id} erased pixels")
+        write_mod(out / f"{ts_id}_xrays.mod", model)
+        result["imod_model"] = str(out / f"{ts_id}_xrays.mod")
+    return result
+
+
+def run_xray_erase(ctx: StepContext) -> dict[str, TiltSeriesSet]:
+    from tiltflow.workflow.device import resolve_device
+
+    p: XrayEraseParams = ctx.params
+    source: TiltSeriesSet = ctx.inputs["input"]
+    core = asdict(p.core())
+    device = resolve_device(ctx.options.get("device"))
+    tasks = []
+    for ts in source.items:
+        if any(im.index is None for im in ts.images):
+            raise InputError(f"{ctx.input_pointers['input']}: {ts.ts_id} holds movies — run motion-ctf first")
+        halves = {key: [(getattr(im, key), im.index) for im in ts.images]
+                  for key in ("odd_file", "even_file") if all(getattr(im, key) for im in ts.images)}
+        tasks.append((ts.ts_id, ([(im.file, im.index) for im in ts.images], halves,
+                                 str(ctx.run_dir), ts.ts_id, core, device, ts.acquisition.pixel_size_a, p.imod_model,
+                                 p.odd_even)))
+    results = run_items(ctx, erase_series_task, tasks)
+    failed = [f"{key}: {type(v).__name__}: {v}" for key, v in results.items() if isinstance(v, BaseException)]
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    items, total = [], 0
+    for ts in source.items:
+        r = results[ts.ts_id]
+        new_images = []
+        for pos, im in enumerate(ts.images):
+            attrs = dict(im.attrs, xray_erased_px=r["erased_px"][pos])
+            new_images.append(type(im)(**{**im.__dict__, "file": r["files"]["file"], "index": pos,
+                                          "odd_file": r["files"].get("odd_file"),
+                                          "even_file": r["files"].get("even_file"),
+                                          "attrs": attrs}))
+        total += sum(r["erased_px"])
+        items.append(TiltSeries(ts.ts_id, ts.acquisition, new_images, ts.size, ts.enabled,
+                                dict(ts.attrs, xray_pixels=r["positions"], xray_model=r.get("imod_model"))))
+        ctx.log.info("%s: %d px erased in %d patches", ts.ts_id, sum(r["erased_px"]), sum(r["patches"]))
+    attrs = dict(source.attrs, xray_erased_px=total)
+    attrs["odd_even"] = all(im.odd_file and im.even_file for ts in items for im in ts.images)
+    return {"TiltSeries": TiltSeriesSet("TiltSeries", items, attrs)}
+
+
+register(Step(
+    id="xray-erase", title="X-ray eraser", params=XrayEraseParams,
+    inputs=(InputSpec("input", ("TiltSeries",), "Tilt series to clean"),),
+    outputs={"TiltSeries": "TiltSeries"}, run=run_xray_erase, scipion_class="ProtImodXraysEraser",
+    help="Find and remove hot pixels and X-ray hits (IMOD ccderaser's detection and replacement)."))
