@@ -47,10 +47,9 @@ def sirt(
     op = _Projector(theta, nx_view=nx, nx=nx, nz=nz, x_offset_px=x_offset_px,
                     z_offset_px=z_offset_px, dtype=views.dtype, cache=True)
     b = views.reshape(-1, t, ny, nx)
-    ones_vol = b.new_ones((1, nz, ny, nx))
-    # (1, t, ny, nx): 1 / ray length; (1, nz, ny, nx): 1 / number of views
-    row_w = _safe_inverse(op.project(ones_vol))
-    col_w = _safe_inverse(op.backproject(b.new_ones((1, t, ny, nx))))
+    # every y row sees the same geometry: (1, t, 1, nx) 1 / ray length, (1, nz, 1, nx) 1 / views
+    row_w = _safe_inverse(op.project(b.new_ones((1, nz, 1, nx))))
+    col_w = _safe_inverse(op.backproject(b.new_ones((1, t, 1, nx))))
     if initial is None:
         x = b.new_zeros((b.shape[0], nz, ny, nx))
     else:

@@ -214,46 +214,52 @@ def _scan_tiles(x, j, cols, size, edge, p):
     nb, h, w = x.shape
     m = p.max_diff_patch_px
     pad = m + 1  # tile = statistics window + margin for the seeds' difference windows
+    t = size + 2 * pad
     r0, r1, s0 = j * size, min((j + 1) * size, h), min(j * size, h - size)
     lo, hi = s0 - pad, s0 + size + pad
     band = F.pad(x[:, None, max(lo, 0):min(hi, h)], (pad, pad, max(-lo, 0), max(hi - h, 0)))
-    c = torch.tensor([i for i, f in enumerate(cols) if f], device=x.device)
-    x0 = c * size
-    x1, t0 = torch.clamp(x0 + size, max=w), torch.clamp(x0, max=w - size)
-    tiles = torch.cat([band[:, :, :, t:t + size + 2 * pad] for t in t0.tolist()], 1)
-    n, t = nb * c.numel(), size + 2 * pad
-    tiles = tiles.reshape(n, t, t)  # tile i: image i // len(c), area c[i % len(c)]
-    img = torch.arange(nb, device=x.device).repeat_interleave(c.numel())
-    gy = torch.arange(lo, hi, device=x.device)
-    gx = (t0 - pad)[:, None] + torch.arange(t, device=x.device)  # (len(c), t)
-    rows = (gy >= max(r0, edge)) & (gy < min(r1, h - edge))
-    inside = rows[None, :, None] & ((gx >= x0[:, None].clamp_min(edge))
-                                    & (gx < x1[:, None].clamp_max(w - edge)))[:, None, :]
-    inside = inside.repeat(nb, 1, 1)  # assigned to this area and off the edges
+    c = [i for i, f in enumerate(cols) if f]
+    t0 = [min(i * size, w - size) for i in c]  # statistics windows of edge areas shift in
+    tiles = torch.cat([band[:, :, :, a:a + t] for a in t0], 1).reshape(-1, t, t)
+    n = tiles.shape[0]  # tile k: image k // len(c), area column c[k % len(c)]
     st = 2 if size % 2 == 0 and size >= 20 else 1  # statistics on a 2x subsample
+    core = slice(pad, pad + size)
     mean, sd = _robust_stats(tiles[:, pad:pad + size:st, pad:pad + size:st].reshape(n, -1))
     if not bool(torch.isfinite(mean).all() & torch.isfinite(sd).all()):
         raise ValueError("find_xrays: image contains NaN or inf; replace them before erasing")
     tiny = 1e-12 * (float(mean.abs().max()) + 1.0)
     sd = sd.clamp_min(tiny)
-    i, ty, tx = ((tiles > (mean + p.scan_criterion * sd)[:, None, None]) & inside).nonzero(
-        as_tuple=True)
-    peaks = (img[i], ty + lo, tx + (t0 - pad)[i % c.numel()],
-             (mean + (p.scan_criterion + 1.0) * sd)[i])
     rs = tiles[:, :, :-2] + tiles[:, :, 1:-1]
     rs += tiles[:, :, 2:]
     nd = rs[:, :-2] + rs[:, 1:-1]
     nd += rs[:, 2:]
     nd.sub_(tiles[:, 1:-1, 1:-1], alpha=9.0).neg_()  # 9 * pixel - box = 8 * (pixel - mean8)
-    valid = ((gy[1:-1] >= 1) & (gy[1:-1] < h - 1))[None, :, None]
-    nd.mul_(valid & ((gx[:, 1:-1] >= 1) & (gx[:, 1:-1] < w - 1))[:, None, :].repeat(nb, 1, 1))
+    rim = [k for k in range(t - 2) if not 1 <= lo + 1 + k < h - 1]
+    nd[:, rim] = 0.0  # undefined on the image's first and last rows and columns
+    for k, a in enumerate(t0):
+        bad = [q for q in range(t - 2) if not 1 <= a - pad + 1 + q < w - 1]
+        if bad:
+            nd.view(nb, len(c), t - 2, t - 2)[:, k, :, bad] = 0.0
     dmean, dsd = _robust_stats(nd[:, pad - 1:pad - 1 + size:st, pad - 1:pad - 1 + size:st]
                                .reshape(n, -1))
     dsd = dsd.clamp_min(tiny)
-    i, ty, tx = ((nd > (dmean + p.diff_criterion * dsd)[:, None, None])
-                 & inside[:, 1:-1, 1:-1]).nonzero(as_tuple=True)
-    win = _gather(nd.reshape(-1), t - 2, t - 2, i, ty, tx, *_offsets(math.inf, -1.0, m))
-    seeds = (img[i], ty + lo + 1, tx + (t0 - pad + 1)[i % c.numel()], win, dmean[i], dsd[i])
+    code = (tiles[:, core, core] > (mean + p.scan_criterion * sd)[:, None, None]).to(torch.uint8)
+    code += (nd[:, core.start - 1:core.stop - 1, core.start - 1:core.stop - 1]
+             > (dmean + p.diff_criterion * dsd)[:, None, None]) * 2
+    k, ty, tx = code.nonzero(as_tuple=True)  # one sparse scan for both detectors
+    kind = code[k, ty, tx]
+    a0 = torch.tensor(t0, device=x.device)[k % len(c)]
+    y, xx = ty + s0, tx + a0
+    x0 = torch.tensor(c, device=x.device)[k % len(c)] * size
+    ok = (y >= max(r0, edge)) & (y < min(r1, h - edge)) & (xx >= x0.clamp_min(edge))
+    ok &= (xx < torch.clamp(x0 + size, max=w - edge))  # assigned to this area, off the edges
+    img = k // len(c)
+    sel = ok & (kind & 1).bool()
+    peaks = (img[sel], y[sel], xx[sel], (mean + (p.scan_criterion + 1.0) * sd)[k[sel]])
+    sel = ok & (kind & 2).bool()
+    win = _gather(nd.reshape(-1), t - 2, t - 2, k[sel], ty[sel] + pad - 1, tx[sel] + pad - 1,
+                  *_offsets(math.inf, -1.0, m))
+    seeds = (img[sel], y[sel], xx[sel], win, dmean[k[sel]], dsd[k[sel]])
     return peaks, seeds
 
 

@@ -81,10 +81,10 @@ def iter_expected_frames(
     t = series["tilts"][acquisition_index]
     nx, ny = series["image_size"]
     canvas = render_truth_tilt(series, acquisition_index, margin_px=MARGIN_PX, device=device)
-    up = detector.fourier_upsample_2x(canvas) if t["local_motion"] else None
+    spline = detector.bspline_coefficients_2x(canvas) if t["local_motion"] else None
     for f, shift in enumerate(t["frame_shifts_px"]):
         yield detector.move_frame(canvas, tuple(shift), margin_px=MARGIN_PX, image_shape=(ny, nx),
-                                  local=t["local_motion"], frame_index=f, canvas_up2=up)
+                                  local=t["local_motion"], frame_index=f, spline_2x=spline)
 
 
 def expected_frames(series: dict, acquisition_index: int, **kw) -> torch.Tensor:

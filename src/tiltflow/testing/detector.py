@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tiltflow.core.fourier import shift_image_2d
 
@@ -71,8 +72,9 @@ def local_motion_model(
             "displacement": "frame_weights[f] * coefficients_px @ basis(x, y), x and y in raw px"}
 
 
-def fourier_upsample_2x(image: torch.Tensor) -> torch.Tensor:  # (2h, 2w)
-    """Band-limited 2x upsampling by zero-padding the spectrum; output index j is input x = j / 2."""
+def bspline_coefficients_2x(image: torch.Tensor) -> torch.Tensor:  # (2h, 2w)
+    """Cubic B-spline coefficients of the band-limited 2x upsampled image (index j is x = j / 2):
+    the spectrum is zero-padded and divided by the B-spline response ``(2 + cos 2 pi k) / 3``."""
     h, w = image.shape[-2:]
     spec = torch.fft.rfft2(image)
     out = torch.zeros((2 * h, w + 1), dtype=spec.dtype, device=spec.device)
@@ -85,7 +87,33 @@ def fourier_upsample_2x(image: torch.Tensor) -> torch.Tensor:  # (2h, 2w)
         out[h // 2] = out[2 * h - neg]
     if w % 2 == 0:  # the Nyquist column stands for +N and -N
         out[:, w // 2] *= 0.5
-    return torch.fft.irfft2(out, s=(2 * h, 2 * w)) * 4.0
+    ky = torch.fft.fftfreq(2 * h, device=spec.device)[:, None]
+    kx = torch.fft.rfftfreq(2 * w, device=spec.device)[None, :]
+    response = (2 + torch.cos(2 * torch.pi * ky)) * (2 + torch.cos(2 * torch.pi * kx)) / 9
+    return torch.fft.irfft2(out / response, s=(2 * h, 2 * w)) * 4.0
+
+
+def sample_bspline_2d(coefficients: torch.Tensor, points_xy: torch.Tensor) -> torch.Tensor:
+    """Cubic B-spline interpolation at ``points_xy`` (ny, nx, 2) pixel coordinates (x, y) of the
+    coefficient image (h, w); four bilinear look-ups (positive weights merge pairs of taps)."""
+    h, w = coefficients.shape[-2:]
+
+    def taps(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x0 = x.floor()
+        t = x - x0
+        w0, w3 = (1 - t) ** 3 / 6, t**3 / 6
+        w1 = (3 * t**3 - 6 * t**2 + 4) / 6
+        g0 = w0 + w1
+        return g0, 1 - g0, x0 - 1 + w1 / g0, x0 + 1 + w3 / (1 - g0)
+
+    gx0, gx1, hx0, hx1 = taps(points_xy[..., 0])
+    gy0, gy1, hy0, hy1 = taps(points_xy[..., 1])
+    xs = torch.stack([hx0, hx1, hx0, hx1]) * (2.0 / (w - 1)) - 1
+    ys = torch.stack([hy0, hy0, hy1, hy1]) * (2.0 / (h - 1)) - 1
+    grid = torch.stack([xs, ys], -1).reshape(1, -1, xs.shape[-1], 2)
+    v = F.grid_sample(coefficients[None, None], grid.to(coefficients.dtype), mode="bilinear",
+                      padding_mode="border", align_corners=True).reshape(xs.shape)
+    return gy0 * (gx0 * v[0] + gx1 * v[1]) + gy1 * (gx0 * v[2] + gx1 * v[3])
 
 
 def move_frame(
@@ -96,19 +124,19 @@ def move_frame(
     image_shape: tuple[int, int],  # (ny, nx)
     local: dict | None = None,
     frame_index: int = 0,
-    canvas_up2: torch.Tensor | None = None,  # fourier_upsample_2x(canvas), to reuse per movie
+    spline_2x: torch.Tensor | None = None,  # bspline_coefficients_2x(canvas), reused per movie
 ) -> torch.Tensor:  # (ny, nx)
     """One noise-free frame cropped from the canvas moved by ``shift_px`` and, if given, deformed
     by the local field. Without local motion: an exact Fourier shift. With it: frame pixel q shows
     the sum position p solving ``p + s + d(p) = q`` (two fixed-point steps from ``p = q - s``),
-    sampled (Catmull-Rom) from the 2x band-limited upsampled canvas (error ~1e-3 px)."""
+    interpolated by a cubic B-spline of the 2x band-limited upsampled canvas (error ~1e-3 px)."""
     ny, nx = image_shape
     m = margin_px
     dev = canvas.device
     if local is None:
         moved = shift_image_2d(canvas, torch.tensor(shift_px, dtype=torch.float32, device=dev))
         return moved[m : m + ny, m : m + nx]
-    up = fourier_upsample_2x(canvas) if canvas_up2 is None else canvas_up2
+    spline = bspline_coefficients_2x(canvas) if spline_2x is None else spline_2x
     s = torch.tensor(shift_px, dtype=torch.float32, device=dev)
     q = torch.stack(torch.meshgrid(torch.arange(ny, dtype=torch.float32, device=dev),
                                    torch.arange(nx, dtype=torch.float32, device=dev),
@@ -118,31 +146,7 @@ def move_frame(
     kw = dict(coefficients_px=coeff, frame_weight=weight, image_shape=image_shape)
     p = q - s - local_displacement_px(q - s, **kw)
     p = q - s - local_displacement_px(p, **kw)
-    return sample_cubic_2d(up, 2.0 * (p + m))  # canvas pixel p + m in the upsampled canvas
-
-
-def sample_cubic_2d(image: torch.Tensor, points_xy: torch.Tensor) -> torch.Tensor:
-    """Catmull-Rom (Keys a = -0.5, third-order) interpolation of ``image`` (h, w) at
-    ``points_xy`` (..., 2) pixel coordinates (x, y); coordinates clamp to the border."""
-    h, w = image.shape[-2:]
-    x = points_xy[..., 0].clamp(1.0, w - 3.0)
-    y = points_xy[..., 1].clamp(1.0, h - 3.0)
-    x0, y0 = x.floor(), y.floor()
-
-    def weights(t: torch.Tensor) -> list[torch.Tensor]:
-        t2, t3 = t * t, t * t * t
-        return [0.5 * (-t3 + 2 * t2 - t), 0.5 * (3 * t3 - 5 * t2 + 2),
-                0.5 * (-3 * t3 + 4 * t2 + t), 0.5 * (t3 - t2)]
-
-    wx, wy = weights(x - x0), weights(y - y0)
-    flat = image.reshape(-1)
-    ix, iy = x0.long() - 1, y0.long() - 1
-    out = torch.zeros_like(x, dtype=image.dtype)
-    for i in range(4):
-        row = (iy + i) * w
-        acc = sum(wx[j].to(image.dtype) * flat[row + ix + j] for j in range(4))
-        out += wy[i].to(image.dtype) * acc
-    return out
+    return sample_bspline_2d(spline, 2.0 * (p + m))  # canvas pixel p + m in the 2x canvas
 
 
 def make_gain(

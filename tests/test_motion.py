@@ -1,0 +1,353 @@
+"""Known-answer tests of motion correction (core.frames, core.motion_*) on simulated movies.
+
+Movies: a noise-free specimen image (CTF-modulated band-limited texture, std 10 % of the mean,
+plus a few dark 10 nm disks), moved per frame by a known sub-pixel trajectory (a Fourier shift of a
+larger image, then cropped, so no periodic edges) or deformed by a known smooth field, then
+Poisson noise at the stated dose. Errors are RMS over frames of the 2-D shift error, mean-zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tiltflow.core.ctf_model import ctf_2d
+from tiltflow.core.fourier import fourier_crop_2d, frequency_grid_2d, shift_image_2d
+from tiltflow.core.motion import (
+    DoseWeighting,
+    GainOrientation,
+    LocalMotion,
+    align_and_sum,
+    estimate_global_shifts,
+    estimate_local_motion,
+    gain_orientations_matching,
+    orient_gain,
+    prepare_frames,
+    total_motion_px,
+    warp_frame_2d,
+)
+
+
+def specimen(shape, pixel_size_a, seed, contrast=0.1, n_disks=4):
+    g = torch.Generator().manual_seed(seed)
+    h, w = shape
+    spec = torch.fft.rfft2(torch.randn(h, w, generator=g))
+    ky, kx = frequency_grid_2d(shape)
+    k_a = torch.sqrt(kx**2 + ky**2) / pixel_size_a
+    ctf = ctf_2d(shape, pixel_size_a=pixel_size_a, voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07,
+                 defocus_u_a=35000.0, defocus_v_a=33000.0, astigmatism_angle_deg=30.0)
+    envelope = torch.exp(-150.0 * k_a**2 / 4) / torch.sqrt(1 + (k_a * 200) ** 2)
+    texture = torch.fft.irfft2(spec * ctf * envelope, s=shape)
+    img = 1.0 + texture / texture.std() * contrast
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    radius = 50.0 / pixel_size_a
+    for _ in range(n_disks):
+        cy, cx = (torch.rand(2, generator=g) * torch.tensor([h, w])).tolist()
+        img = img - 0.5 * torch.clamp(radius + 0.5 - torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2), 0, 1)
+    return img.clamp_min(0.05)
+
+
+def trajectory(t, seed, jump_px=3.0, tau=2.0, drift_px=0.3):
+    """Beam-induced jump decaying with ``tau`` frames plus steady drift; mean zero, (t, 2) px."""
+    g = torch.Generator().manual_seed(seed + 1)
+    ang = torch.rand(2, generator=g) * 2 * math.pi
+    i = torch.arange(t, dtype=torch.float32)
+    jump = jump_px * (1 - torch.exp(-i / tau))
+    s = torch.stack([jump * torch.cos(ang[0]) + drift_px * i * torch.cos(ang[1]),
+                     jump * torch.sin(ang[0]) + drift_px * i * torch.sin(ang[1])], -1)
+    return s - s.mean(0)
+
+
+def poisson(clean, dose_px, seed):
+    return torch.poisson(clean.clamp_min(0) * dose_px, generator=torch.Generator().manual_seed(seed + 2))
+
+
+def movie(shape, t, pixel_size_a, dose_e_a2, seed, margin=64, **kw):
+    """Noisy frames (t, h, w), true shifts (t, 2), clean frames, dose per frame in e/px."""
+    h, w = shape
+    big = specimen((h + 2 * margin, w + 2 * margin), pixel_size_a, seed)
+    shifts = trajectory(t, seed, **kw)
+    clean = shift_image_2d(big.expand(t, -1, -1), shifts)[:, margin : margin + h, margin : margin + w]
+    dose_px = dose_e_a2 / t * pixel_size_a**2  # e/Å² / frames * (Å/px)² = e/px per frame
+    return poisson(clean, dose_px, seed), shifts, clean, dose_px
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The test machine's cores are shared: one thread avoids stalls in torch's thread pool."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rms_px(a, b):
+    return float(((a - b) ** 2).sum(-1).mean().sqrt())
+
+
+# --- global shifts ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "shape, pixel_size_a, t, kw",
+    [
+        ((512, 512), 2.76, 8, {}),  # 2.9 e/px per frame
+        ((1024, 1024), 1.38, 8, {}),  # same 1400 Å field at 0.7 e/px per frame
+        ((512, 512), 2.76, 8, dict(jump_px=4.0, tau=0.7)),  # sudden first-frame jump
+        ((512, 512), 2.76, 8, dict(jump_px=15.0, drift_px=2.0)),  # 25 px of motion
+        ((512, 512), 2.76, 4, {}),
+        ((512, 512), 2.76, 10, {}),
+    ],
+)
+def test_global_shifts_recovered_at_tutorial_dose(shape, pixel_size_a, t, kw):
+    """3 e/Å² per tilt over the frames (the tutorial's dose): RMS error <= 0.15 px."""
+    frames, truth, _, _ = movie(shape, t, pixel_size_a, 3.0, seed=0, **kw)
+    est = estimate_global_shifts(frames, pixel_size_a=pixel_size_a)
+    assert est.shape == (t, 2) and est.dtype == torch.float32
+    assert float(est.mean(0).abs().max()) < 1e-4
+    assert rms_px(est, truth) <= 0.15
+
+
+def test_global_shifts_noise_free_are_exact_and_not_rounded():
+    frames, truth, _, _ = movie((512, 512), 8, 2.76, 1e5, seed=3, jump_px=2.3)
+    est = estimate_global_shifts(frames, pixel_size_a=2.76, smooth=False)
+    assert rms_px(est, truth) < 0.02
+    assert float((est - est.round()).abs().max()) > 0.1  # sub-pixel values survive
+
+
+def test_shift_convention_feature_in_sum_lies_at_p_plus_shift_in_frame():
+    frames, _, clean, dose_px = movie((512, 512), 6, 2.76, 3.0, seed=4, jump_px=6.0)
+    est = estimate_global_shifts(frames, pixel_size_a=2.76)
+    mean = align_and_sum(clean, est).total / 6
+    inner = (slice(48, -48), slice(48, -48))
+    for i in (0, 5):
+        moved = shift_image_2d(mean, est[i])  # the sum moved by +shift must match the frame
+        wrong = shift_image_2d(mean, -est[i])
+        err, err_wrong = (moved - clean[i])[inner].std(), (wrong - clean[i])[inner].std()
+        assert err < 0.1 * clean[i].std() < err_wrong
+
+
+def test_single_frame_and_path_length():
+    one = torch.rand(1, 64, 64)
+    assert torch.equal(estimate_global_shifts(one, pixel_size_a=2.0), torch.zeros(1, 2))
+    path = torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 4.0], [3.0, 5.5]])
+    assert total_motion_px(path) == pytest.approx(6.5)
+
+
+# --- local motion ----------------------------------------------------------------------------
+
+def smooth_field(t, shape, amp_px, seed):
+    """Affine + twist + dome deformation growing over the frames, mean zero over frames."""
+    h, w = shape
+    c = (torch.rand(2, 4, generator=torch.Generator().manual_seed(seed + 7)) * 2 - 1) * amp_px
+    t_mean = (1 - torch.exp(-torch.arange(t) / 2.0)).mean()
+
+    def field(f, x, y):
+        u, v = (x / (w - 1) - 0.5) * 2, (y / (h - 1) - 0.5) * 2
+        basis = torch.stack([u, v, u * v, 0.5 * (u * u + v * v) - 1 / 3], -1)
+        return (basis @ c.T) * ((1 - torch.exp(-f / 2.0)) - t_mean)[..., None]
+
+    return field
+
+
+def deformed_movie(shape, t, pixel_size_a, dose_e_a2, seed, amp_px, margin=32):
+    """Frames rendered as frame(q) = specimen(q - global(t) - field(q, t)) by bicubic sampling of
+    a 2x Fourier-upsampled (band-limited) specimen; returns noisy, clean, global, field."""
+    h, w = shape
+    hh, ww = h + 2 * margin, w + 2 * margin
+    spec = torch.fft.rfft2(specimen((hh, ww), pixel_size_a, seed))
+    padded = torch.zeros((2 * hh, ww + 1), dtype=spec.dtype)
+    padded[: hh // 2, : ww // 2 + 1], padded[-(hh // 2) :, : ww // 2 + 1] = spec[: hh // 2], spec[-(hh // 2) :]
+    up = torch.fft.irfft2(padded, s=(2 * hh, 2 * ww)) * 4
+    glob = trajectory(t, seed)
+    field = smooth_field(t, shape, amp_px, seed)
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    clean = []
+    for i in range(t):
+        d = glob[i] + field(torch.full_like(xx, float(i)), xx, yy)
+        sx, sy = (xx - d[..., 0] + margin) * 2, (yy - d[..., 1] + margin) * 2
+        grid = torch.stack([sx / (2 * ww - 1) * 2 - 1, sy / (2 * hh - 1) * 2 - 1], -1)[None]
+        clean.append(torch.nn.functional.grid_sample(up[None, None], grid, mode="bicubic", align_corners=True)[0, 0])
+    clean = torch.stack(clean)
+    return poisson(clean, dose_e_a2 / t * pixel_size_a**2, seed), clean, glob, field
+
+
+def field_errors(motion, glob_est, glob, field, t, shape):
+    """RMS error of the total motion at the control points: local fit, and global shifts alone."""
+    nt, ny, nx, _ = motion.grid.shape
+    f = torch.arange(t, dtype=torch.float32)[:, None, None]
+    ys = torch.linspace(0, shape[0] - 1, ny)[None, :, None]
+    xs = torch.linspace(0, shape[1] - 1, nx)[None, None, :]
+    f, ys, xs = torch.broadcast_tensors(f, ys, xs)
+    truth = glob[f.long()] + field(f, xs, ys)
+    return rms_px(motion.shifts_at(f, xs, ys), truth), rms_px(glob_est[f.long()], truth)
+
+
+@pytest.mark.parametrize("dose_e_a2, tolerance_px", [(3.0, 0.3), (30.0, 0.15)])
+def test_local_motion_recovers_smooth_deformation(dose_e_a2, tolerance_px):
+    shape, t = (512, 512), 8
+    frames, clean, glob, field = deformed_movie(shape, t, 2.76, dose_e_a2, seed=0, amp_px=1.5)
+    g = estimate_global_shifts(frames, pixel_size_a=2.76)
+    motion = estimate_local_motion(frames, g, pixel_size_a=2.76, grid=(3, 3, 3))
+    assert motion.grid.shape == (3, 3, 3, 2)
+    err, err_global = field_errors(motion, g, glob, field, t, shape)
+    assert err <= tolerance_px and err < 0.5 * err_global
+    # the locally aligned sum of clean frames is closer to the specimen than the global one
+    truth = specimen((576, 576), 2.76, 0)[32:-32, 32:-32]
+    inner = (slice(40, -40), slice(40, -40))
+
+    def corr(img):
+        a, b = img[inner] - img[inner].mean(), truth[inner] - truth[inner].mean()
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    mismatch_local = 1 - corr(align_and_sum(clean, motion).total)
+    mismatch_global = 1 - corr(align_and_sum(clean, g).total)
+    assert mismatch_local < 0.5 * mismatch_global
+
+
+def test_local_motion_without_deformation_stays_at_global():
+    shape, t = (512, 512), 8
+    frames, _, glob, field = deformed_movie(shape, t, 2.76, 3.0, seed=1, amp_px=0.0)
+    g = estimate_global_shifts(frames, pixel_size_a=2.76)
+    motion = estimate_local_motion(frames, g, pixel_size_a=2.76)  # automatic grid
+    assert motion.grid.shape == (3, 2, 2, 2)
+    err, err_global = field_errors(motion, g, glob, field, t, shape)
+    assert err <= err_global + 0.03
+
+
+def test_local_motion_interpolates_control_points():
+    grid = torch.randn(3, 2, 4, 2)
+    glob = torch.randn(5, 2)
+    motion = LocalMotion(grid=grid, global_shifts=glob, image_shape=(100, 300))
+    xs, ys = torch.tensor([0.0, 299.0, 299.0 / 3]), torch.tensor([0.0, 99.0, 0.0])
+    got = motion.shifts_at(torch.tensor([0, 4, 2]), xs, ys)
+    expected = torch.stack([grid[0, 0, 0] + glob[0], grid[2, 1, 3] + glob[4], grid[1, 0, 1] + glob[2]])
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_tile_warp_with_zero_local_motion_matches_fourier_shift():
+    _, shifts, clean, _ = movie((384, 448), 3, 2.76, 3.0, seed=5, jump_px=5.0)
+    motion = LocalMotion(grid=torch.zeros(2, 2, 2, 2), global_shifts=shifts, image_shape=(384, 448))
+    warped = warp_frame_2d(clean[2], motion, 2, tile_px=128)
+    reference = shift_image_2d(clean[2], -shifts[2])
+    inner = (slice(16, -16), slice(16, -16))
+    assert float((warped - reference)[inner].abs().max()) < 0.03 * float(clean[2].std()) * 10
+    assert float((warped - reference)[inner].std()) < 0.03 * float(clean[2].std())
+
+
+# --- sums ------------------------------------------------------------------------------------
+
+def test_even_odd_add_up_and_their_noise_is_independent():
+    frames, shifts, clean, dose_px = movie((512, 512), 8, 2.76, 3.0, seed=6)
+    for dose in (None, DoseWeighting(pixel_size_a=2.76, dose_per_frame_e_a2=3.0 / 8, pre_exposure_e_a2=20.0)):
+        out = align_and_sum(frames, shifts, even_odd=True, dose_weights=dose)
+        assert torch.allclose(out.even + out.odd, out.total, atol=1e-5 * float(out.total.abs().max()))
+        expected = align_and_sum(clean * dose_px, shifts, even_odd=True, dose_weights=dose)
+        n_even, n_odd = (out.even - expected.even).flatten(), (out.odd - expected.odd).flatten()
+        n_total = (out.total - expected.total).flatten()
+        corr = lambda a, b: float(torch.corrcoef(torch.stack([a, b]))[0, 1])  # noqa: E731
+        assert abs(corr(n_even, n_odd)) < 0.02
+        assert corr(n_even, n_total) > 0.6  # the measure does see shared noise
+
+
+def test_binning_crops_the_spectrum_and_keeps_the_mean():
+    frames, shifts, _, _ = movie((256, 320), 4, 2.76, 3.0, seed=7)
+    plain = align_and_sum(frames, shifts)
+    binned = align_and_sum(frames, shifts, binning=2)
+    assert binned.total.shape == (128, 160) and binned.binning == 2
+    assert torch.allclose(binned.total, fourier_crop_2d(plain.total, (128, 160)), atol=1e-3)
+    assert float(binned.total.mean()) == pytest.approx(float(frames.sum(0).mean()), rel=1e-5)
+    odd = align_and_sum(frames[:, :255, :317], shifts, binning=3)
+    assert odd.total.shape == (85, 105)
+    assert float(odd.total.mean()) == pytest.approx(float(frames[:, :255, :317].sum(0).mean()), rel=1e-5)
+
+
+def test_dose_weighting_matches_grant_grigorieff():
+    t, n, px = 6, 128, 2.0
+    period_px = 8.0  # along x: k = 1 / (8 px * 2 Å/px) = 1/16 Å^-1
+    x = torch.arange(n, dtype=torch.float32)
+    frames = (10.0 + torch.cos(2 * math.pi * x / period_px)).expand(t, n, n).clone()
+    dose = DoseWeighting(pixel_size_a=px, dose_per_frame_e_a2=[2.0, 2.0, 2.0, 3.0, 3.0, 3.0], pre_exposure_e_a2=10.0)
+    out = align_and_sum(frames, torch.zeros(t, 2), dose_weights=dose).total
+    k = 1.0 / (period_px * px)
+    critical = 0.245 * k**-1.665 + 2.81
+    exposure = 10.0 + np.cumsum([2, 2, 2, 3, 3, 3]) - 0.5 * np.array([2, 2, 2, 3, 3, 3])
+    w = np.exp(-exposure / (2 * critical))
+    expected = w.sum() * np.sqrt(t / (w**2).sum())  # amplitude relative to one frame's
+    spectrum = torch.fft.rfft2(out) / (n * n)
+    amplitude = 2 * float(spectrum[0, int(n / period_px)].abs())
+    assert amplitude == pytest.approx(expected, rel=1e-3)
+    assert float(out.mean()) == pytest.approx(10.0 * t, rel=1e-5)
+    with pytest.raises(ValueError, match="one non-negative dose per frame"):
+        align_and_sum(frames, torch.zeros(t, 2), dose_weights=DoseWeighting(px, [1.0, 2.0]))
+
+
+# --- gain and raw frames ---------------------------------------------------------------------
+
+ORIENTATIONS = [GainOrientation(tr, fx, fy) for tr in (False, True) for fx in (False, True) for fy in (False, True)]
+
+
+@pytest.mark.parametrize("o", ORIENTATIONS)
+def test_prepare_frames_orients_the_gain(o):
+    g = torch.Generator().manual_seed(8)
+    raw = torch.randint(0, 5, (3, 48, 64), generator=g, dtype=torch.int16)
+    gain = 0.5 + torch.rand(48, 64, generator=g)
+    dark = torch.rand(48, 64, generator=g)
+    # what the camera software stored: undo the orientation (transpose first, then the flips)
+    stored_gain, stored_dark = gain, dark
+    if o.transpose:
+        stored_gain, stored_dark = stored_gain.T, stored_dark.T
+    dims = [d for d, on in ((-1, o.flip_x), (-2, o.flip_y)) if on]
+    if dims:
+        stored_gain, stored_dark = torch.flip(stored_gain, dims), torch.flip(stored_dark, dims)
+    before = raw.clone()
+    out = prepare_frames(raw, gain=stored_gain.numpy(), dark=stored_dark, gain_transpose=o.transpose,
+                         gain_flip_x=o.flip_x, gain_flip_y=o.flip_y)
+    assert out.dtype == torch.float32 and torch.equal(raw, before)
+    assert torch.allclose(out, (raw.float() - dark) * gain, atol=1e-6)
+    assert torch.equal(orient_gain(stored_gain, transpose=o.transpose, flip_x=o.flip_x, flip_y=o.flip_y), gain)
+
+
+def test_gain_orientations_matching_and_clear_errors():
+    assert all(o.transpose for o in gain_orientations_matching((64, 48), (48, 64)))
+    assert len(gain_orientations_matching((64, 48), (48, 64))) == 4
+    assert len(gain_orientations_matching((32, 32), (32, 32))) == 8
+    assert gain_orientations_matching((32, 33), (48, 64)) == []
+    raw = torch.ones(2, 48, 64)
+    with pytest.raises(ValueError, match=r"\(64, 48\).*\(48, 64\).*gain_transpose=True"):
+        prepare_frames(raw, gain=torch.ones(64, 48))
+    with pytest.raises(ValueError, match=r"\(30, 30\).*\(48, 64\)"):
+        prepare_frames(raw, gain=torch.ones(30, 30))
+    with pytest.raises(ValueError, match="frames must be a real"):
+        prepare_frames(torch.ones(48, 64))
+    with pytest.warns(UserWarning, match="non-finite gain"):
+        gain = torch.ones(48, 64)
+        gain[3, 4] = float("nan")
+        assert float(prepare_frames(raw, gain=gain)[0, 3, 4]) == 0.0
+
+
+def test_bad_inputs_raise_one_line_errors():
+    frames = torch.rand(4, 64, 64)
+    with pytest.raises(ValueError, match=r"estimate_global_shifts: frames must be a real \(t, h, w\)"):
+        estimate_global_shifts(frames[0], pixel_size_a=1.0)
+    with pytest.raises(ValueError, match="fit_range_a must be"):
+        estimate_global_shifts(frames, pixel_size_a=1.0, fit_range_a=(10.0, 500.0))
+    with pytest.raises(ValueError, match=r"global_shifts must be \(4, 2\)"):
+        estimate_local_motion(frames, torch.zeros(3, 2), pixel_size_a=1.0)
+    with pytest.raises(ValueError, match=r"shifts must be \(4, 2\)"):
+        align_and_sum(frames, torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="binning must be"):
+        align_and_sum(frames, torch.zeros(4, 2), binning=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_runs_on_cuda_with_the_same_result():
+    frames, truth, _, _ = movie((512, 512), 8, 2.76, 3.0, seed=0)
+    cpu = estimate_global_shifts(frames, pixel_size_a=2.76)
+    gpu = estimate_global_shifts(frames.cuda(), pixel_size_a=2.76)
+    assert gpu.device.type == "cuda" and rms_px(gpu.cpu(), cpu) < 0.01
+    motion = estimate_local_motion(frames.cuda(), gpu, pixel_size_a=2.76)
+    out = align_and_sum(frames.cuda(), motion, even_odd=True, binning=2)
+    assert out.total.device.type == "cuda"
