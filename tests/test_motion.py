@@ -96,7 +96,7 @@ def rms_px(a, b):
         ((512, 512), 2.76, 8, {}),  # 2.9 e/px per frame
         ((1024, 1024), 1.38, 8, {}),  # same 1400 Å field at 0.7 e/px per frame
         ((512, 512), 2.76, 8, dict(jump_px=4.0, tau=0.7)),  # sudden first-frame jump
-        ((512, 512), 2.76, 8, dict(jump_px=15.0, drift_px=2.0)),  # 25 px of motion
+        ((512, 512), 2.76, 8, dict(jump_px=15.0, drift_px=2.0)),  # 15 px jump + 2 px/frame drift
         ((512, 512), 2.76, 4, {}),
         ((512, 512), 2.76, 10, {}),
     ],
@@ -233,8 +233,8 @@ def test_tile_warp_with_zero_local_motion_matches_fourier_shift():
     warped = warp_frame_2d(clean[2], motion, 2, tile_px=128)
     reference = shift_image_2d(clean[2], -shifts[2])
     inner = (slice(16, -16), slice(16, -16))
-    assert float((warped - reference)[inner].abs().max()) < 0.03 * float(clean[2].std()) * 10
-    assert float((warped - reference)[inner].std()) < 0.03 * float(clean[2].std())
+    difference, signal = (warped - reference)[inner], float(clean[2].std())
+    assert float(difference.abs().max()) < 0.1 * signal and float(difference.std()) < 0.02 * signal
 
 
 # --- sums ------------------------------------------------------------------------------------

@@ -18,8 +18,7 @@ from tiltflow.testing import detector
 from tiltflow.testing.acquisition import dose_symmetric_order, plan_series
 from tiltflow.testing.config import DemoConfig
 from tiltflow.testing.demo import (
-    MARGIN_PX, expected_frames, make_detector, render_truth_tilt, simulate_movie,
-    write_demo_dataset,
+    expected_frames, make_detector, render_truth_tilt, write_demo_dataset,
 )
 from tiltflow.testing.imaging import (
     critical_exposure_e_a2, defocus_offset_map_a, render_tilt_image,
@@ -225,7 +224,8 @@ def _fit_defocus(tile_stack: np.ndarray, pixel_size_a: float, candidates: np.nda
     flat = radial[sl] - ndimage.uniform_filter1d(radial[sl], 7)
     scores = []
     for df in candidates:
-        c2 = ctf_1d(k, voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07, defocus_a=df).numpy() ** 2
+        c2 = ctf_1d(k, voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07, defocus_a=df) ** 2
+        c2 = c2.numpy()
         scores.append(np.corrcoef(flat, c2[sl] - ndimage.uniform_filter1d(c2[sl], 7))[0, 1])
     return float(candidates[int(np.argmax(scores))])
 
@@ -349,7 +349,8 @@ def test_same_seed_same_dataset_other_seed_differs(tmp_path):
     c = write_demo_dataset(tmp_path / "c", small_config(n_series=1, n_tilts=2, seed=1))
     assert a == b and a != c
     for t in a["series"][0]["tilts"]:
-        assert (tmp_path / "a" / t["movie"]).read_bytes() == (tmp_path / "b" / t["movie"]).read_bytes()
+        movie = t["movie"]
+        assert (tmp_path / "a" / movie).read_bytes() == (tmp_path / "b" / movie).read_bytes()
 
 
 def test_xray_hits_and_hot_pixels_are_where_truth_says(dataset):

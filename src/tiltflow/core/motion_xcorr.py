@@ -227,7 +227,8 @@ def align_stack(
         # at the optimum Im(Q) is noise: Var(g) ~ sum (2 pi k)^2 Im(Q)^2
         im2 = (cross * phase_ramp(ky, kx, raw)).imag ** 2
         var_g = torch.stack([im2.sum(-2) @ kx2, im2.sum(-1) @ ky2], -1) * TWO_PI**2
-        variance = var_g / curvature**2
+        # frames without signal get a huge but finite variance, so smoothing stays well posed
+        variance = torch.nan_to_num(var_g / curvature**2, nan=1e6, posinf=1e6).clamp(1e-8, 1e6)
         raw = s + (raw - s) * damping
         variance = variance * damping**2
         s = smooth(raw, variance) if smooth is not None else raw

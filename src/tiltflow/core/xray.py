@@ -222,9 +222,9 @@ def _scan_tiles(x, j, cols, size, edge, p):
     t0 = [min(i * size, w - size) for i in c]  # statistics windows of edge areas shift in
     tiles = torch.cat([band[:, :, :, a:a + t] for a in t0], 1).reshape(-1, t, t)
     n = tiles.shape[0]  # tile k: image k // len(c), area column c[k % len(c)]
-    st = 2 if size % 2 == 0 and size >= 20 else 1  # statistics on a 2x subsample
-    core = slice(pad, pad + size)
-    mean, sd = _robust_stats(tiles[:, pad:pad + size:st, pad:pad + size:st].reshape(n, -1))
+    si = 4 if size % 4 == 0 and size >= 40 else 1  # intensity statistics: 4x subsample
+    st = 2 if size % 2 == 0 and size >= 20 else 1  # difference statistics: 2x subsample
+    mean, sd = _robust_stats(tiles[:, pad:pad + size:si, pad:pad + size:si].reshape(n, -1))
     if not bool(torch.isfinite(mean).all() & torch.isfinite(sd).all()):
         raise ValueError("find_xrays: image contains NaN or inf; replace them before erasing")
     tiny = 1e-12 * (float(mean.abs().max()) + 1.0)
@@ -234,29 +234,28 @@ def _scan_tiles(x, j, cols, size, edge, p):
     nd = rs[:, :-2] + rs[:, 1:-1]
     nd += rs[:, 2:]
     nd.sub_(tiles[:, 1:-1, 1:-1], alpha=9.0).neg_()  # 9 * pixel - box = 8 * (pixel - mean8)
-    rim = [k for k in range(t - 2) if not 1 <= lo + 1 + k < h - 1]
-    nd[:, rim] = 0.0  # undefined on the image's first and last rows and columns
-    for k, a in enumerate(t0):
-        bad = [q for q in range(t - 2) if not 1 <= a - pad + 1 + q < w - 1]
-        if bad:
-            nd.view(nb, len(c), t - 2, t - 2)[:, k, :, bad] = 0.0
+    nd[:, :max(1 - lo - 1, 0)] = 0.0  # undefined on the image's first and last rows/columns
+    nd[:, max(h - 2 - lo, 0):] = 0.0
+    nd4 = nd.view(nb, len(c), t - 2, t - 2)
+    for k in (0, len(c) - 1):
+        nd4[:, k, :, :max(pad - t0[k], 0)] = 0.0
+        nd4[:, k, :, max(w - 2 - t0[k] + pad, 0):] = 0.0
     dmean, dsd = _robust_stats(nd[:, pad - 1:pad - 1 + size:st, pad - 1:pad - 1 + size:st]
                                .reshape(n, -1))
     dsd = dsd.clamp_min(tiny)
-    code = (tiles[:, core, core] > (mean + p.scan_criterion * sd)[:, None, None]).to(torch.uint8)
-    code += (nd[:, core.start - 1:core.stop - 1, core.start - 1:core.stop - 1]
-             > (dmean + p.diff_criterion * dsd)[:, None, None]) * 2
-    k, ty, tx = code.nonzero(as_tuple=True)  # one sparse scan for both detectors
-    kind = code[k, ty, tx]
+    cand = tiles[:, pad:pad + size, pad:pad + size] > (mean + p.scan_criterion * sd)[:, None, None]
+    seed = nd[:, pad - 1:pad - 1 + size, pad - 1:pad - 1 + size] > (
+        dmean + p.diff_criterion * dsd)[:, None, None]
+    k, ty, tx = (cand | seed).nonzero(as_tuple=True)  # one sparse scan for both detectors
     a0 = torch.tensor(t0, device=x.device)[k % len(c)]
     y, xx = ty + s0, tx + a0
     x0 = torch.tensor(c, device=x.device)[k % len(c)] * size
     ok = (y >= max(r0, edge)) & (y < min(r1, h - edge)) & (xx >= x0.clamp_min(edge))
     ok &= (xx < torch.clamp(x0 + size, max=w - edge))  # assigned to this area, off the edges
     img = k // len(c)
-    sel = ok & (kind & 1).bool()
+    sel = ok & cand[k, ty, tx]
     peaks = (img[sel], y[sel], xx[sel], (mean + (p.scan_criterion + 1.0) * sd)[k[sel]])
-    sel = ok & (kind & 2).bool()
+    sel = ok & seed[k, ty, tx]
     win = _gather(nd.reshape(-1), t - 2, t - 2, k[sel], ty[sel] + pad - 1, tx[sel] + pad - 1,
                   *_offsets(math.inf, -1.0, m))
     seeds = (img[sel], y[sel], xx[sel], win, dmean[k[sel]], dsd[k[sel]])

@@ -19,9 +19,12 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tiltflow import __version__
 
 COLUMNS_7 = (
     "#1 - micrograph number; #2 - defocus 1 [Angstroms]; #3 - defocus 2; #4 - azimuth of astigmatism; "
@@ -110,6 +113,9 @@ def _parse_header_line(text: str, out: dict, extra: dict) -> bool:
     if body.lower().startswith("columns:"):
         out["columns"] = body.split(":", 1)[1].strip()
         return True
+    if re.match(r"\d+ lines per micrograph", body):
+        out["lines_per_micrograph"] = body
+        return True
     found = False
     for part in (p.strip() for p in body.split(";") if p.strip()):
         if ":" in part:
@@ -130,19 +136,31 @@ def _parse_header_line(text: str, out: dict, extra: dict) -> bool:
     return found
 
 
-def parse_ctffind(text: str, *, strict: bool = True) -> CtffindFile:
-    """Parse CTFFIND4 text. ``strict``: raise on a malformed data line (else warn and skip it)."""
+def _split(text: str) -> tuple[dict, dict[str, str], list[str], list[tuple[int, str]]]:
+    """Header fields, unknown header pairs, unrecognised header lines, numbered data lines."""
     header: dict = {}
     extra: dict[str, str] = {}
     other: list[str] = []
-    rows: list[CtffindRow] = []
+    data: list[tuple[int, str]] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if line.lstrip().startswith("#"):
             if not _parse_header_line(line, header, extra):
                 other.append(line.rstrip())
-            continue
+        else:
+            data.append((lineno, line))
+    return header, extra, other, data
+
+
+def parse_ctffind(text: str, *, strict: bool = True) -> CtffindFile:
+    """Parse CTFFIND4 text. ``strict``: raise on a malformed data line (else warn and skip it)."""
+    header, extra, other, data = _split(text)
+    if "lines_per_micrograph" in header:
+        raise ValueError("this is a CTFFIND rotational-average file (*_avrot.txt), not the per-micrograph "
+                         "summary; read it with read_ctffind_avrot")
+    rows: list[CtffindRow] = []
+    for lineno, line in data:
         try:
             values = [float(v) for v in line.split()]
             if len(values) < 4:
@@ -182,8 +200,9 @@ def format_ctffind(data: CtffindFile, *, tilt_angles_deg: list[float] | None = N
         order = sorted(range(len(rows)), key=lambda i: tilt_angles_deg[i])
         rows = [rows[i].model_copy(update={"micrograph_number": k + 1}) for k, i in enumerate(order)]
     lines = []
-    version = data.version or "4.1.14"
-    lines.append(f"# Output from CTFFind version {version}, run on {data.run_on or 'unknown date'} (written by tiltflow)")
+    version = data.version or f"tiltflow-{__version__}"
+    run_on = data.run_on or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    lines.append(f"# Output from CTFFind version {version}, run on {run_on}")
     lines.append(f"# Input file: {data.input_file or 'unknown'} ; Number of micrographs: {len(rows)}")
     if data.pixel_size_a is not None:
         lines.append(f"# Pixel size: {_fmt(data.pixel_size_a, '.3f')} Angstroms ; acceleration voltage: "
@@ -209,3 +228,32 @@ def format_ctffind(data: CtffindFile, *, tilt_angles_deg: list[float] | None = N
 def write_ctffind(path: str | Path, data: CtffindFile, *, tilt_angles_deg: list[float] | None = None) -> None:
     """Write a CTFFIND4 text file (see ``format_ctffind``)."""
     Path(path).write_text(format_ctffind(data, tilt_angles_deg=tilt_angles_deg), encoding="utf-8")
+
+
+class CtffindAvrot(BaseModel):
+    """CTFFIND's rotational-average diagnostic (``*_avrot.txt``): six curves per micrograph."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    header: CtffindFile                                   # metadata only (no rows)
+    spatial_frequency_per_a: list[list[float]]            # [micrograph][bin], 1/Å
+    rotational_average_no_astigmatism: list[list[float]]
+    rotational_average: list[list[float]]
+    ctf_fit: list[list[float]]
+    cross_correlation: list[list[float]]
+    two_sigma_noise: list[list[float]]
+
+
+def read_ctffind_avrot(path: str | Path) -> CtffindAvrot:
+    """Read a CTFFIND ``*_avrot.txt`` (6 lines per micrograph, see its header)."""
+    header, extra, other, data = _split(Path(path).read_text(encoding="utf-8", errors="replace"))
+    header.pop("lines_per_micrograph", None)
+    if len(data) % 6:
+        raise ValueError(f"read_ctffind_avrot: {path}: {len(data)} data lines, expected 6 per micrograph; "
+                         "is this a CTFFIND *_avrot.txt file?")
+    curves = [[float(v) for v in line.split()] for _, line in data]
+    groups = [curves[i::6] for i in range(6)]
+    return CtffindAvrot(header=CtffindFile(**header, header_extra=extra, other_header_lines=other),
+                        spatial_frequency_per_a=groups[0], rotational_average_no_astigmatism=groups[1],
+                        rotational_average=groups[2], ctf_fit=groups[3], cross_correlation=groups[4],
+                        two_sigma_noise=groups[5])

@@ -21,19 +21,25 @@ SESSION_START = datetime(2024, 3, 15, 9, 0, 0)
 WINDOWS_FRAMES_DIR = "X:\\Session\\frames\\"
 
 CONVENTIONS = {
-    "arrays": "(..., y, x); raw pixel (x, y) = column, row, 0-based; image centre ((nx-1)/2, (ny-1)/2)",
-    "specimen_frame": "tiltflow.core.geometry: px, origin at the volume centre, tilt axis +y, z to the source",
+    "arrays": "(..., y, x); raw pixel (x, y) = column, row, 0-based; "
+              "image centre ((nx-1)/2, (ny-1)/2)",
+    "specimen_frame": "tiltflow.core.geometry: px, origin at the volume centre, tilt axis +y, "
+                      "z towards the source",
     "true_tilt_angle": "mdoc TiltAngle + tilt_offset_deg",
-    "tilt_axis": "degrees from image +y, counter-clockwise (DESIGN.md); mdoc_tilt_axis_deg is what the mdoc says",
+    "tilt_axis": "degrees from image +y, counter-clockwise (DESIGN.md); mdoc_tilt_axis_deg is "
+                 "what the mdoc says",
     "projection": "raw = geometry.project_points(xyz, true angles, true tilt axis, stage_shift_px)",
     "defocus": "underfocus positive, Å, at the raw image centre; at raw pixel p: defocus_u/v_a + "
-               "geometry.defocus_offset_a(p, true angle, true axis, shift_px=None) (specimen mid-plane)",
+               "geometry.defocus_offset_a(p, true angle, true axis, shift_px=None) "
+               "(the specimen mid-plane)",
     "frame_shifts": "a feature at p in the tilt image (aligned sum) lies at p + frame_shifts_px[f] "
                     "(+ local motion) in frame f; mean zero over frames, so the tilt image has the "
                     "frame-average geometry",
-    "dose": "e/Å², incident; prior = before this tilt in acquisition order; accumulated = prior + dose",
+    "dose": "e/Å², incident; prior = before this tilt in acquisition order; "
+            "accumulated = prior + dose",
     "damage": "Grant & Grigorieff filter at exposure prior + dose / 2 (mid-exposure)",
-    "gain": "raw = Poisson(expected / gain); gain-corrected = raw * gain; gain_ref.gain float32 TIFF",
+    "gain": "raw = Poisson(expected / gain); gain-corrected = raw * gain; "
+            "gain_ref.gain is a float32 TIFF",
     "xf": "IMOD .xf rows of the true alignment (geometry.xf_from_geometry), in tilt-angle order",
     "mean_counts": "expected gain-corrected counts per pixel per frame of the empty field",
 }
@@ -65,7 +71,7 @@ def movie_name(config: DemoConfig, ts_id: str, index: int, nominal_deg: float,
 
 
 def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dict:
-    """Draw the specimen, geometry, defocus, doses, motion and detector events of series ``index``."""
+    """Draw specimen, geometry, defocus, doses, motion and detector events of series ``index``."""
     nx, ny = config.size
     shape = (ny, nx)
     ts_id = f"Position_{index + 1}" if config.flavour == "tomo5" else f"TS_{index + 1:02d}"
@@ -85,7 +91,8 @@ def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dic
     # stage shifts: random walk in acquisition order
     steps = rng.normal(0.0, config.stage_shift_step_px, (n, 2))
     steps[0] *= 0.5
-    shifts = np.clip(np.cumsum(steps, axis=0), -config.stage_shift_max_px, config.stage_shift_max_px)
+    limit = config.stage_shift_max_px
+    shifts = np.clip(np.cumsum(steps, axis=0), -limit, limit)
     # defocus
     df_series = rng.uniform(*config.defocus_range_um) * 1e4
     astig = rng.uniform(*config.astigmatism_range_a)
@@ -111,8 +118,10 @@ def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dic
                 * math.exp(-config.ice_thickness_nm / math.cos(math.radians(true[i]))
                            / config.ice_mean_free_path_nm))
         name = movie_name(config, ts_id, i, nominal[i], when)
-        local = (detector.local_motion_model(config.n_frames, rng, amplitude_px=config.local_motion_px)
-                 if config.local_motion else None)
+        local = None
+        if config.local_motion:
+            local = detector.local_motion_model(config.n_frames, rng,
+                                                amplitude_px=config.local_motion_px)
         traj = detector.global_trajectory_px(config.n_frames, rng, total_px=config.motion_total_px)
         inside = ((beads_raw[i, :, 0] >= 0) & (beads_raw[i, :, 0] <= nx - 1)
                   & (beads_raw[i, :, 1] >= 0) & (beads_raw[i, :, 1] <= ny - 1))

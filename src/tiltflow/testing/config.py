@@ -72,7 +72,7 @@ class DemoConfig:
             (self.dose_group_size >= 1,
              f"dose_group_size must be >= 1, got {self.dose_group_size}"),
             (self.max_nominal_tilt_deg() < 80,
-             f"n_tilts x tilt_step_deg reaches {self.max_nominal_tilt_deg()}°; keep it below 80°"),
+             f"the tilt scheme reaches {self.max_nominal_tilt_deg()}°; keep it below 80°"),
             (self.pixel_size_a > 0, f"pixel_size_a must be > 0, got {self.pixel_size_a}"),
             (self.flavour in ("serialem", "tomo5"),
              f"flavour must be 'serialem' or 'tomo5', got {self.flavour!r}"),

@@ -77,7 +77,7 @@ def render_truth_tilt(
 def iter_expected_frames(
     series: dict, acquisition_index: int, *, device: torch.device | str | None = None
 ) -> Iterator[torch.Tensor]:
-    """Noise-free frames ``(ny, nx)`` of one movie, one at a time (expected gain-corrected counts)."""
+    """Noise-free frames ``(ny, nx)`` of one movie, one at a time (gain-corrected counts)."""
     t = series["tilts"][acquisition_index]
     nx, ny = series["image_size"]
     canvas = render_truth_tilt(series, acquisition_index, margin_px=MARGIN_PX, device=device)

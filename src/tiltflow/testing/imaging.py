@@ -63,7 +63,9 @@ def defocus_offset_map_a(
     return gy * y[:, None] + gx * x[None, :]
 
 
-def nyquist_strip_step_a(pixel_size_a: float, voltage_kv: float, max_phase_rad: float = 0.5) -> float:
+def nyquist_strip_step_a(
+    pixel_size_a: float, voltage_kv: float, max_phase_rad: float = 0.5
+) -> float:
     """Defocus step (Å) whose CTF phase change at Nyquist is ``max_phase_rad``."""
     lam = electron_wavelength_a(voltage_kv)
     k2 = (0.5 / pixel_size_a) ** 2  # (1/Å)^2 at Nyquist

@@ -1,8 +1,9 @@
 """SerialEM- and Tomo5-flavoured ``.mdoc`` text for a simulated tilt series (from its truth dict).
 
-SerialEM: title ``[T = SerialEM: ...  DD-Mon-YY  HH:MM:SS]``, ``[T = Tilt axis angle = a, binning = 1
-spot = 7  camera = 0]``, sections ``[ZValue = N]`` in acquisition order, ``RotationAngle = a + 90``
-(wrapped to (-180, 180], as in real SerialEM files), ``DateTime = DD-Mon-YY  HH:MM:SS``.
+SerialEM: title ``[T = SerialEM: ...  DD-Mon-YY  HH:MM:SS]``,
+``[T = Tilt axis angle = a, binning = 1  spot = 7  camera = 0]``, sections ``[ZValue = N]`` in
+acquisition order, ``RotationAngle = a + 90`` (wrapped to (-180, 180], as in real SerialEM
+files), ``DateTime = DD-Mon-YY  HH:MM:SS``.
 Tomo5: title ``[T = Tomography: ...  YY-Mon-DD  HH:MM:SS]``, header
 ``[T =   TiltAxisAngle = -a - 90  Binning = 1  SpotSize = 7]`` (a reader's ``-value - 90`` gives a
 back), ``RotationAngle = -a``, ``DateTime = YY-Mon-DD  HH:MM:SS``, ``ChannelName =`` (empty) and

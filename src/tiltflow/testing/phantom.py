@@ -20,7 +20,7 @@ from tiltflow.core import geometry
 
 # Phase per Å of projected material (300 kV): sigma_e ~ 6.5e-4 rad/(V Å) times the mean inner
 # potential over vitreous ice (~3 V for protein and lipid head groups). Gold's phase is kept small
-# (real: ~0.016 rad/Å) so the linear image model stays sane; gold is dark through its amplitude term.
+# (real: ~0.016 rad/Å) so the linear image model stays sane; gold is dark by its amplitude term.
 PROTEIN_PHASE_RAD_PER_A = 2.0e-3
 GOLD_PHASE_RAD_PER_A = 5.0e-3
 GOLD_ABSORPTION_LENGTH_A = 120.0  # transmission exp(-t / 120 Å): 0.43 through a 10 nm bead
