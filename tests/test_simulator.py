@@ -300,6 +300,20 @@ def test_mdoc_serialem_fields(dataset):
                for d, n in frame_doses)
 
 
+def _section_keys(text: str) -> set[str]:
+    section = text.split("[ZValue = 1]")[1].split("[ZValue = 2]")[0]
+    return {line.split(" = ")[0].strip() for line in section.splitlines() if " = " in line}
+
+
+def test_mdoc_serialem_keys_are_those_of_real_serialem_files(dataset, corpus):
+    out, _, truth = dataset
+    ours = _section_keys((out / truth["series"][0]["mdoc"]).read_text())
+    real = set()
+    for name in ("mdoc/aretomo3__L1_ts_001.mrc.mdoc", "cryocat_TS_017/017.mdoc"):
+        real |= _section_keys((corpus / name).read_text())
+    assert ours - real == {"Voltage"}  # per-section Voltage: asked for; real files keep it global
+
+
 def test_mdoc_tomo5_fields(tmp_path):
     cfg = small_config(flavour="tomo5", n_tilts=3, tilt_axis_deg=84.23, n_frames=2)
     truth = write_demo_dataset(tmp_path, cfg)

@@ -208,31 +208,37 @@ def refine_2d(
             if float(sc[i]) > best_score:
                 best, best_score = (float(chunk[i, 0]), float(chunk[i, 1])), float(sc[i])
         a1, a2 = best
-    scale = 1000.0  # Å per optimiser unit
-    x = torch.zeros(4, dtype=f64, device=dev, requires_grad=True)
-    free = torch.tensor([1.0, float(params.astigmatism), float(params.astigmatism), float(params.fit_phase)],
-                        dtype=f64, device=dev)
-
-    def unpack(v):
-        v = v * free
-        return (mean_defocus_a + scale * v[0], a1 + scale * v[1], a2 + scale * v[2], phase_rad + v[3])
-
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        m, b1, b2, ph = unpack(x)
-        loss = -_pearson(_model_sq(ann, params, m, b1, b2, ph), ann["y"])
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    start = torch.tensor([mean_defocus_a, a1, a2, phase_rad], dtype=f64, device=dev)
+    x = _lbfgs(lambda v: -_pearson(_model_sq(ann, params, *_unpack(v, start, params)), ann["y"]), max_iter, dev)
     with torch.no_grad():
-        m, b1, b2, ph = (float(t) for t in unpack(x))
-        score = float(_pearson(_model_sq(ann, params, *(torch.tensor(t, dtype=f64, device=dev) for t in (m, b1, b2, ph))),
-                               ann["y"]))
+        best = _unpack(torch.as_tensor(x, dtype=f64, device=dev), start, params)
+        score = float(_pearson(_model_sq(ann, params, *best), ann["y"]))
+    m, b1, b2, ph = (float(t) for t in best)
     return m, b1, b2, ph, score
+
+
+_SCALE = (1000.0, 1000.0, 1000.0, 1.0)  # optimiser unit: 1000 Å for defocus terms, 1 rad for phase
+
+
+def _unpack(v: torch.Tensor, start: torch.Tensor, params: CtfParams) -> tuple[torch.Tensor, ...]:
+    free = (1.0, float(params.astigmatism), float(params.astigmatism), float(params.fit_phase))
+    return tuple(start[i] + _SCALE[i] * free[i] * v[i] for i in range(4))
+
+
+def _lbfgs(loss_fn, max_iter: int, device: torch.device) -> list[float]:
+    """Minimise ``loss_fn(v)`` over 4 scaled parameters from 0: scipy's L-BFGS-B on torch autograd
+    gradients (only the 4 numbers leave the device)."""
+    from scipy.optimize import minimize  # lazy: keeps `import tiltflow.core` light
+
+    def value_and_grad(v):
+        t = torch.tensor(v, dtype=torch.float64, device=device, requires_grad=True)
+        loss = loss_fn(t)
+        (grad,) = torch.autograd.grad(loss, t)
+        return float(loss), grad.detach().cpu().numpy()
+
+    res = minimize(value_and_grad, x0=[0.0] * 4, jac=True, method="L-BFGS-B",
+                   bounds=[(-20.0, 20.0)] * 3 + [(-4.0, 4.0)], options={"maxiter": max_iter})
+    return list(res.x)
 
 
 def search_defocus_local(

@@ -99,25 +99,29 @@ def automatic_grid(image_shape: tuple[int, int], n_frames: int) -> tuple[int, in
     )
 
 
-def _patch_layout(n_b: int, n_ctrl: int) -> tuple[int, torch.Tensor]:
-    """Patch size and start positions along one binned axis: 2 n - 1 patches, 50 % overlap."""
+def _patch_layout(n_b: int, n_ctrl: int) -> tuple[int, int, int]:
+    """(size, stride, count) of 2 n - 1 abutting patches along one binned axis of ``n_b`` px.
+
+    Overlapping patches would add no information, only work: they tile the axis instead.
+    """
     count = max(1, 2 * n_ctrl - 1)
-    size = n_b if count == 1 else min(n_b, fast_fft_size(math.ceil(2 * n_b / (count + 1))))
-    starts = torch.linspace(0, n_b - size, count).round().long()
-    return size, starts
+    if count == 1:
+        return n_b, n_b, 1
+    size = min(n_b, fast_fft_size(math.ceil(n_b / count)))
+    return size, (n_b - size) // (count - 1), count
 
 
-def _extract_patches(binned, starts_y, starts_x, size, offsets):
+def _extract_patches(binned, layout_y, layout_x, offsets):
     """Patches (P, t, ph, pw) of binned frames (t, h, w), frame i displaced by ``offsets[i]`` (x, y)."""
-    t, h, w = binned.shape
-    ph, pw = size
-    sy, sx = torch.meshgrid(starts_y, starts_x, indexing="ij")
-    sy, sx = sy.reshape(-1, 1).to(binned.device), sx.reshape(-1, 1).to(binned.device)
-    rows = (sy + offsets[:, 1])[..., None] + torch.arange(ph, device=binned.device)  # (P, t, ph)
-    cols = (sx + offsets[:, 0])[..., None] + torch.arange(pw, device=binned.device)
-    rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
-    frame = torch.arange(t, device=binned.device)[None, :, None, None]
-    return binned[frame, rows[..., :, None], cols[..., None, :]]
+    (ph, sy, cy), (pw, sx, cx) = layout_y, layout_x
+    pad = int(offsets.abs().max()) if offsets.numel() else 0
+    padded = torch.nn.functional.pad(binned[:, None], (pad,) * 4, mode="replicate")[:, 0] if pad else binned
+    stacks = []
+    for i, (ox, oy) in enumerate(offsets.tolist()):
+        top, left = pad + oy, pad + ox
+        view = padded[i, top : top + (cy - 1) * sy + ph, left : left + (cx - 1) * sx + pw]
+        stacks.append(view.unfold(0, ph, sy).unfold(1, pw, sx).reshape(cy * cx, ph, pw))
+    return torch.stack(stacks, dim=1)
 
 
 def _fit_grid(residual, variance, centres_xy, grid_shape, image_shape):
@@ -184,7 +188,7 @@ def estimate_local_motion(
 ) -> LocalMotion:
     """Smooth residual motion field on top of ``global_shifts``.
 
-    The down-sampled movie is cut into (2 nx - 1) x (2 ny - 1) half-overlapping patches, each
+    The down-sampled movie is cut into (2 nx - 1) x (2 ny - 1) abutting patches, each
     displaced by its frame's global shift; each patch stack is aligned like the global one
     (leave-one-out references, Newton on the Fourier cross-correlation, per-shift error estimate)
     and a control grid (``grid`` = (nx, ny, nt), default :func:`automatic_grid`) is fitted to the
@@ -207,18 +211,20 @@ def estimate_local_motion(
         return motion
     shape_b = estimation_shape((h, w), pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning)
     scale = (h / shape_b[0], w / shape_b[1])  # unbinned px per binned px
-    (ph, starts_y), (pw, starts_x) = _patch_layout(shape_b[0], ny), _patch_layout(shape_b[1], nx)
+    layout_y, layout_x = _patch_layout(shape_b[0], ny), _patch_layout(shape_b[1], nx)
+    (ph, step_y, count_y), (pw, step_x, count_x) = layout_y, layout_x
     scale_xy = torch.tensor([scale[1], scale[0]], device=frames.device)
     offsets = torch.round(global_shifts / scale_xy).long()  # (t, 2) binned px
-    patches = _extract_patches(bin_frames(frames, shape_b), starts_y, starts_x, (ph, pw), offsets)
+    patches = _extract_patches(bin_frames(frames, shape_b), layout_y, layout_x, offsets)
     patches = patches - patches.mean(dim=(-2, -1), keepdim=True)
     spectra = torch.fft.rfft2(patches * edge_taper((ph, pw), device=frames.device))
     del patches
     ky, kx = frequency_vectors((ph, pw), scale, device=frames.device)
     weights = fit_weights(ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2)
-    cy, cx = torch.meshgrid(starts_y.float() + (ph - 1) / 2, starts_x.float() + (pw - 1) / 2, indexing="ij")
+    cy = torch.arange(count_y, device=frames.device) * step_y + (ph - 1) / 2  # patch centres, binned px
+    cx = torch.arange(count_x, device=frames.device) * step_x + (pw - 1) / 2
+    cy, cx = torch.meshgrid(cy, cx, indexing="ij")
     centres = torch.stack([(cx.reshape(-1) + 0.5) * scale[1] - 0.5, (cy.reshape(-1) + 0.5) * scale[0] - 0.5], -1)
-    centres = centres.to(frames.device)  # (P, 2) x, y unbinned px
     frame_idx = torch.arange(t, device=frames.device)
     for _ in range(iterations):
         total = motion.shifts_at(frame_idx[None, :], centres[:, None, 0], centres[:, None, 1])

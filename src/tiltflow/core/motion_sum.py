@@ -17,7 +17,12 @@ import torch
 
 from tiltflow.core.fourier import fourier_crop_2d
 from tiltflow.core.motion_local import LocalMotion
-from tiltflow.core.motion_xcorr import fast_fft_size, frequency_vectors, phase_ramp
+from tiltflow.core.motion_xcorr import (
+    cropped_spectrum_2d,
+    fast_fft_size,
+    frequency_vectors,
+    phase_ramp,
+)
 
 
 @dataclass(frozen=True)
@@ -48,17 +53,6 @@ class MotionSum:
     shifts_px: torch.Tensor
     local: LocalMotion | None
     binning: int
-
-
-def crop_spectrum_2d(spectrum: torch.Tensor, image_shape, new_shape) -> torch.Tensor:
-    """rfft2 spectrum (..., h, w//2+1) of an (h, w) image cropped to ``new_shape``, mean kept."""
-    h, w = image_shape
-    nh, nw = new_shape
-    top, bottom = (nh + 1) // 2, nh // 2
-    rows = spectrum[..., :top, :]
-    if bottom:
-        rows = torch.cat([rows, spectrum[..., h - bottom :, :]], dim=-2)
-    return rows[..., : nw // 2 + 1] * ((nh * nw) / (h * w))
 
 
 def critical_exposure_e_a2(k_per_a: torch.Tensor, voltage_kv: float) -> torch.Tensor:
@@ -175,9 +169,9 @@ def align_and_sum(
         if local is not None:
             item = warp_frame_2d(frames[i], local, i, tile_px=tile_px)
             if in_fourier:
-                item = crop_spectrum_2d(torch.fft.rfft2(item), (h, w), out_shape)
+                item = cropped_spectrum_2d(item, out_shape)
         else:
-            item = crop_spectrum_2d(torch.fft.rfft2(frames[i].to(torch.float32)), (h, w), out_shape)
+            item = cropped_spectrum_2d(frames[i], out_shape)
             item = item * phase_ramp(ky, kx, glob[i])  # moves the frame by -shift
         if dose_weights is not None:
             weight = torch.exp(-exposure[i] / (2.0 * critical))

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from tiltflow.core.fourier import fourier_crop_2d
-
 TWO_PI = 2.0 * math.pi
 
 
@@ -96,6 +94,26 @@ def edge_taper(shape: tuple[int, int], *, fraction: float = 0.1, device=None) ->
     return vecs[0][:, None] * vecs[1][None, :]
 
 
+def cropped_spectrum_2d(images: torch.Tensor, new_shape: tuple[int, int]) -> torch.Tensor:
+    """rfft2 of images (..., h, w) cropped to ``new_shape`` (rfft layout), scaled to keep the mean.
+
+    Equals cropping ``torch.fft.rfft2(images)`` as :func:`tiltflow.core.fourier.fourier_crop_2d`
+    does, but transforms along y only the kept columns.
+    """
+    h, w = images.shape[-2:]
+    nh, nw = new_shape
+    cols = torch.fft.rfft(images.to(torch.float32), dim=-1)[..., : nw // 2 + 1]
+    spec = torch.fft.fft(cols, dim=-2)
+    top, bottom = (nh + 1) // 2, nh // 2
+    if nh == h:
+        pass
+    elif bottom:
+        spec = torch.cat([spec[..., :top, :], spec[..., h - bottom :, :]], dim=-2)
+    else:
+        spec = spec[..., :top, :]
+    return spec * ((nh * nw) / (h * w))
+
+
 def bin_frames(
     frames: torch.Tensor, shape: tuple[int, int], *, chunk_pixels: int = 1 << 25
 ) -> torch.Tensor:
@@ -104,9 +122,9 @@ def bin_frames(
     step = max(1, chunk_pixels // (h * w))
     out = torch.empty((t, *shape), dtype=torch.float32, device=frames.device)
     for i in range(0, t, step):
-        x = frames[i : i + step].to(torch.float32)
-        x = x - x.mean(dim=(-2, -1), keepdim=True)
-        out[i : i + step] = fourier_crop_2d(x, shape)
+        spec = cropped_spectrum_2d(frames[i : i + step], shape)
+        spec[..., 0, 0] = 0.0  # mean zero
+        out[i : i + step] = torch.fft.irfft2(spec, s=shape)
     return out
 
 
@@ -152,14 +170,14 @@ def _coarse_peaks(cc: torch.Tensor, radius_b: tuple[float, float]) -> torch.Tens
     return torch.stack([dx[ix] + fx, dy[iy] + fy], dim=-1)
 
 
-def _cross_spectra(spectra, ky, kx, shifts, weights):
-    """``F_i conj(R_i) W`` with leave-one-out references ``R_i`` aligned by ``shifts``."""
+def _cross_spectra(spectra, ky, kx, shifts):
+    """``F_i conj(R_i)`` with leave-one-out references ``R_i`` aligned by ``shifts``."""
     aligned = spectra * phase_ramp(ky, kx, shifts)
     refs = aligned.sum(dim=-3, keepdim=True) - aligned
-    return spectra * refs.conj() * weights
+    return spectra * refs.conj()
 
 
-def _derivatives(cross, ky, kx, shifts):
+def _derivatives(cross, ky, kx, shifts, column_weights):
     """Gradient (..., 2) and Hessian terms of ``C(s) = sum Re(cross exp(2 pi i k.s))`` at ``shifts``.
 
     Every needed sum is a bilinear form ``u^T cross v`` with u = exp(2 pi i ky sy) [1, ky, ky^2]
@@ -169,7 +187,7 @@ def _derivatives(cross, ky, kx, shifts):
     py = torch.polar(one, TWO_PI * ky * shifts[..., 1, None])  # (..., h)
     px = torch.polar(one, TWO_PI * kx * shifts[..., 0, None])  # (..., w')
     u = py[..., :, None] * torch.stack([torch.ones_like(ky), ky, ky**2], -1).to(py.dtype)
-    v = px[..., :, None] * torch.stack([torch.ones_like(kx), kx, kx**2], -1).to(px.dtype)
+    v = px[..., :, None] * (column_weights[:, None] * torch.stack([torch.ones_like(kx), kx, kx**2], -1))
     m = u.transpose(-2, -1) @ (cross @ v)  # (..., 3, 3): m[a, b] = sum ky^a kx^b Q
     g = -TWO_PI * torch.stack([m[..., 0, 1].imag, m[..., 1, 0].imag], -1)
     c = -(TWO_PI**2)
@@ -198,23 +216,24 @@ def align_stack(
     # A reference built from the other frames carries their errors, -e_i / (t - 1) on average:
     # moving each frame by (t - 1) / t of its measured offset cancels that (one-step convergence).
     damping = (t - 1) / t
+    spectra = spectra * weights.sqrt()  # so that F conj(R) carries the fit weights once
     for _ in range(coarse_iterations):
-        cross = _cross_spectra(spectra, ky, kx, s, weights)
+        cross = _cross_spectra(spectra, ky, kx, s)
         cc = torch.fft.irfft2(cross, s=(h, w))
         radius = (max_shift_px / scale_yx[0], max_shift_px / scale_yx[1])
         peak = _coarse_peaks(cc, radius)
         peak = torch.stack([peak[..., 0] * scale_yx[1], peak[..., 1] * scale_yx[0]], dim=-1)
         s = s + (peak - s) * damping
         s = s - s.mean(dim=-2, keepdim=True)
-    w_full = weights * hermitian_weights(w, device=weights.device)
+    herm = hermitian_weights(w, device=weights.device)
     max_step = torch.tensor([0.5 * scale_yx[1], 0.5 * scale_yx[0]], device=s.device)
     kx2, ky2 = kx**2, ky**2
     curvature = variance = torch.ones_like(s)
     for _ in range(outer_iterations):
-        cross = _cross_spectra(spectra, ky, kx, s, w_full)
+        cross = _cross_spectra(spectra, ky, kx, s)
         raw = s.clone()
         for _ in range(newton_steps):
-            g, hxx, hyy, hxy = _derivatives(cross, ky, kx, raw)
+            g, hxx, hyy, hxy = _derivatives(cross, ky, kx, raw, herm)
             det = hxx * hyy - hxy**2
             ok = (hxx < 0) & (hyy < 0) & (det > 0)
             safe = torch.where(ok, det, 1.0)
@@ -222,11 +241,11 @@ def align_stack(
                                    (hxx * g[..., 1] - hxy * g[..., 0]) / safe], -1)
             step = torch.where(ok[..., None], newton, torch.sign(g) * max_step)
             raw = raw + torch.maximum(torch.minimum(step, max_step), -max_step)
-        _, hxx, hyy, _ = _derivatives(cross, ky, kx, raw)
+        _, hxx, hyy, _ = _derivatives(cross, ky, kx, raw, herm)
         curvature = torch.stack([-hxx, -hyy], -1).clamp_min(1e-30)
         # at the optimum Im(Q) is noise: Var(g) ~ sum (2 pi k)^2 Im(Q)^2
         im2 = (cross * phase_ramp(ky, kx, raw)).imag ** 2
-        var_g = torch.stack([im2.sum(-2) @ kx2, im2.sum(-1) @ ky2], -1) * TWO_PI**2
+        var_g = torch.stack([im2.sum(-2) @ (kx2 * herm**2), (im2 @ herm**2) @ ky2], -1) * TWO_PI**2
         # frames without signal get a huge but finite variance, so smoothing stays well posed
         variance = torch.nan_to_num(var_g / curvature**2, nan=1e6, posinf=1e6).clamp(1e-8, 1e6)
         raw = s + (raw - s) * damping

@@ -193,8 +193,9 @@ def _find(x, p, grid, todo):
     nb, h, w = x.shape
     size, ny, nx = grid
     edge = max(p.edge_exclusion_px, 1)
-    parts = [_scan_tiles(x, j, cols, size, edge, p)
-             for j, cols in enumerate(todo.tolist()) if any(cols)]
+    areas = todo.nonzero().tolist()
+    per = max(1, 2**19 // (size * size * nb))  # tiles per batch: ~2 MB temporaries
+    parts = [_scan_tiles(x, areas[i:i + per], size, edge, p) for i in range(0, len(areas), per)]
     if not parts:
         empty = torch.zeros(0, dtype=torch.long, device=x.device)
         return empty, empty
@@ -208,58 +209,62 @@ def _find(x, p, grid, todo):
     return (b * h + y) * w + xx, (sy // size) * nx + (sx // size).clamp_max(nx - 1)
 
 
-def _scan_tiles(x, j, cols, size, edge, p):
-    """Areas of band j flagged in ``cols``: intensity candidates (b, y, x, giant threshold) and
+def _scan_tiles(x, areas, size, edge, p):
+    """Scan areas [(row, column)]: intensity candidates (b, y, x, giant threshold) and
     difference seeds (b, y, x, windows of ``9 * pixel - box3x3``, area mean and SD of it)."""
     nb, h, w = x.shape
     m = p.max_diff_patch_px
-    pad = m + 1  # tile = statistics window + margin for the seeds' difference windows
+    pad, na, dev = m + 1, len(areas), x.device  # tile = statistics window + seed margin
     t = size + 2 * pad
-    r0, r1, s0 = j * size, min((j + 1) * size, h), min(j * size, h - size)
-    lo, hi = s0 - pad, s0 + size + pad
-    band = F.pad(x[:, None, max(lo, 0):min(hi, h)], (pad, pad, max(-lo, 0), max(hi - h, 0)))
-    c = [i for i, f in enumerate(cols) if f]
-    t0 = [min(i * size, w - size) for i in c]  # statistics windows of edge areas shift in
-    tiles = torch.cat([band[:, :, :, a:a + t] for a in t0], 1).reshape(-1, t, t)
-    n = tiles.shape[0]  # tile k: image k // len(c), area column c[k % len(c)]
-    si = 4 if size % 4 == 0 and size >= 40 else 1  # intensity statistics: 4x subsample
-    st = 2 if size % 2 == 0 and size >= 20 else 1  # difference statistics: 2x subsample
-    mean, sd = _robust_stats(tiles[:, pad:pad + size:si, pad:pad + size:si].reshape(n, -1))
-    if not bool(torch.isfinite(mean).all() & torch.isfinite(sd).all()):
-        raise ValueError("find_xrays: image contains NaN or inf; replace them before erasing")
-    tiny = 1e-12 * (float(mean.abs().max()) + 1.0)
-    sd = sd.clamp_min(tiny)
+    s0 = [min(j * size, h - size) for j, _ in areas]  # statistics windows of edge areas
+    t0 = [min(c * size, w - size) for _, c in areas]  # are shifted inward
+    tiles = x.new_empty(nb, na, t, t)
+    border = []
+    for k, (a, b) in enumerate(zip(s0, t0)):
+        ya, yb, xa, xb = max(a - pad, 0), min(a - pad + t, h), max(b - pad, 0), min(b - pad + t, w)
+        if yb - ya < t or xb - xa < t:
+            tiles[:, k].zero_()
+            border.append(k)
+        tiles[:, k, ya - a + pad:yb - a + pad, xa - b + pad:xb - b + pad] = x[:, ya:yb, xa:xb]
+    tiles = tiles.view(nb * na, t, t)  # tile i: image i // na, area i % na
     rs = tiles[:, :, :-2] + tiles[:, :, 1:-1]
     rs += tiles[:, :, 2:]
     nd = rs[:, :-2] + rs[:, 1:-1]
     nd += rs[:, 2:]
     nd.sub_(tiles[:, 1:-1, 1:-1], alpha=9.0).neg_()  # 9 * pixel - box = 8 * (pixel - mean8)
-    nd[:, :max(1 - lo - 1, 0)] = 0.0  # undefined on the image's first and last rows/columns
-    nd[:, max(h - 2 - lo, 0):] = 0.0
-    nd4 = nd.view(nb, len(c), t - 2, t - 2)
-    for k in (0, len(c) - 1):
-        nd4[:, k, :, :max(pad - t0[k], 0)] = 0.0
-        nd4[:, k, :, max(w - 2 - t0[k] + pad, 0):] = 0.0
-    dmean, dsd = _robust_stats(nd[:, pad - 1:pad - 1 + size:st, pad - 1:pad - 1 + size:st]
-                               .reshape(n, -1))
-    dsd = dsd.clamp_min(tiny)
-    cand = tiles[:, pad:pad + size, pad:pad + size] > (mean + p.scan_criterion * sd)[:, None, None]
+    nd4 = nd.view(nb, na, t - 2, t - 2)
+    for k in border:  # undefined on the image's first and last rows and columns
+        a, b = s0[k] - pad + 1, t0[k] - pad + 1  # image row / column of nd[0, 0]
+        nd4[:, k, :max(1 - a, 0)] = 0.0
+        nd4[:, k, max(h - 1 - a, 0):] = 0.0
+        nd4[:, k, :, :max(1 - b, 0)] = 0.0
+        nd4[:, k, :, max(w - 1 - b, 0):] = 0.0
+    si = 4 if size % 4 == 0 and size >= 40 else 1  # intensity statistics: 4x subsample
+    st = 2 if size % 2 == 0 and size >= 20 else 1  # difference statistics: 2x subsample
+    win = slice(pad, pad + size)
+    mean, sd = _robust_stats(tiles[:, pad:pad + size:si, pad:pad + size:si].reshape(nb * na, -1))
+    sub = nd[:, pad - 1:pad - 1 + size:st, pad - 1:pad - 1 + size:st].reshape(nb * na, -1)
+    if not bool(torch.isfinite(sub.sum())):  # a NaN or inf pixel spoils 3 x 3 differences
+        raise ValueError("find_xrays: image contains NaN or inf; replace them before erasing")
+    dmean, dsd = _robust_stats(sub)
+    tiny = 1e-12 * (float(mean.abs().max()) + 1.0)
+    sd, dsd = sd.clamp_min(tiny), dsd.clamp_min(tiny)
+    cand = tiles[:, win, win] > (mean + p.scan_criterion * sd)[:, None, None]
     seed = nd[:, pad - 1:pad - 1 + size, pad - 1:pad - 1 + size] > (
         dmean + p.diff_criterion * dsd)[:, None, None]
-    k, ty, tx = (cand | seed).nonzero(as_tuple=True)  # one sparse scan for both detectors
-    a0 = torch.tensor(t0, device=x.device)[k % len(c)]
-    y, xx = ty + s0, tx + a0
-    x0 = torch.tensor(c, device=x.device)[k % len(c)] * size
-    ok = (y >= max(r0, edge)) & (y < min(r1, h - edge)) & (xx >= x0.clamp_min(edge))
-    ok &= (xx < torch.clamp(x0 + size, max=w - edge))  # assigned to this area, off the edges
-    img = k // len(c)
-    sel = ok & cand[k, ty, tx]
-    peaks = (img[sel], y[sel], xx[sel], (mean + (p.scan_criterion + 1.0) * sd)[k[sel]])
-    sel = ok & seed[k, ty, tx]
-    win = _gather(nd.reshape(-1), t - 2, t - 2, k[sel], ty[sel] + pad - 1, tx[sel] + pad - 1,
+    i, ty, tx = (cand | seed).nonzero(as_tuple=True)  # one sparse scan for both detectors
+    k = i % na
+    meta = torch.tensor([[j * size, c * size] for j, c in areas], device=dev)[k]
+    y, xx = ty + torch.tensor(s0, device=dev)[k], tx + torch.tensor(t0, device=dev)[k]
+    ok = (y >= meta[:, 0].clamp_min(edge)) & (y < torch.clamp(meta[:, 0] + size, max=h - edge))
+    ok &= (xx >= meta[:, 1].clamp_min(edge)) & (xx < torch.clamp(meta[:, 1] + size, max=w - edge))
+    img = i // na  # pixels assigned to this area (not just in its window), off the edges
+    sel = ok & cand[i, ty, tx]
+    peaks = (img[sel], y[sel], xx[sel], (mean + (p.scan_criterion + 1.0) * sd)[i[sel]])
+    sel = ok & seed[i, ty, tx]
+    win = _gather(nd.reshape(-1), t - 2, t - 2, i[sel], ty[sel] + pad - 1, tx[sel] + pad - 1,
                   *_offsets(math.inf, -1.0, m))
-    seeds = (img[sel], y[sel], xx[sel], win, dmean[k[sel]], dsd[k[sel]])
-    return peaks, seeds
+    return peaks, (img[sel], y[sel], xx[sel], win, dmean[i[sel]], dsd[i[sel]])
 
 
 def _peak_patches(x, b, y, xx, big, size, edge, p):

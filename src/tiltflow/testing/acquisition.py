@@ -70,6 +70,26 @@ def movie_name(config: DemoConfig, ts_id: str, index: int, nominal_deg: float,
     return f"{ts_id}_{index:03d}_{nominal_deg:.1f}.tif"
 
 
+def _movie_events(config: DemoConfig, rng: np.random.Generator, flux: float) -> dict:
+    """Frame shifts, local motion and X-ray hits of one movie (truth entries)."""
+    nx, ny = config.size
+    traj = detector.global_trajectory_px(config.n_frames, rng, total_px=config.motion_total_px)
+    local = None
+    if config.local_motion:
+        local = detector.local_motion_model(config.n_frames, rng,
+                                            amplitude_px=config.local_motion_px)
+    xrays = detector.draw_xray_hits(
+        config.n_frames, (ny, nx), rng,
+        hits_per_frame=config.xray_hits_per_frame_mpx * nx * ny / 1e6,
+        frame_sd_counts=detector.frame_sd(flux))
+    return {
+        "frame_shifts_px": traj.tolist(),
+        "motion_path_px": float(np.linalg.norm(np.diff(traj, axis=0), axis=1).sum()),
+        "local_motion": local,
+        "xray_hits": xrays,
+    }
+
+
 def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dict:
     """Draw specimen, geometry, defocus, doses, motion and detector events of series ``index``."""
     nx, ny = config.size
@@ -118,11 +138,6 @@ def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dic
                 * math.exp(-config.ice_thickness_nm / math.cos(math.radians(true[i]))
                            / config.ice_mean_free_path_nm))
         name = movie_name(config, ts_id, i, nominal[i], when)
-        local = None
-        if config.local_motion:
-            local = detector.local_motion_model(config.n_frames, rng,
-                                                amplitude_px=config.local_motion_px)
-        traj = detector.global_trajectory_px(config.n_frames, rng, total_px=config.motion_total_px)
         inside = ((beads_raw[i, :, 0] >= 0) & (beads_raw[i, :, 0] <= nx - 1)
                   & (beads_raw[i, :, 1] >= 0) & (beads_raw[i, :, 1] <= ny - 1))
         tilts.append({
@@ -134,17 +149,11 @@ def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dic
             "damage_exposure_e_a2": float(prior[i] + dose / 2),
             "movie": f"frames/{name}", "subframe_path": WINDOWS_FRAMES_DIR + name,
             "datetime": when.isoformat(), "exposure_time_s": exposure_s,
-            "frame_shifts_px": traj.tolist(),
-            "motion_path_px": float(np.linalg.norm(np.diff(traj, axis=0), axis=1).sum()),
-            "local_motion": local,
+            **_movie_events(config, rng, flux),
             "stage_shift_px": shifts[i].tolist(),
             "defocus_u_a": float(df[i] + astig / 2), "defocus_v_a": float(df[i] - astig / 2),
             "astigmatism_angle_deg": astig_angle,
             "mean_counts_per_frame_px": flux,
-            "xray_hits": detector.draw_xray_hits(
-                config.n_frames, shape, rng,
-                hits_per_frame=config.xray_hits_per_frame_mpx * nx * ny / 1e6,
-                frame_sd_counts=detector.frame_sd(flux)),
             "bead_projections_px": beads_raw[i].tolist(),
             "bead_in_image": inside.tolist(),
             "xf": xf[by_angle.index(i)].tolist(),

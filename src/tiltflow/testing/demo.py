@@ -96,12 +96,13 @@ def simulate_movie(series: dict, acquisition_index: int, camera: dict) -> np.nda
     """Raw counts ``(n_frames, ny, nx)`` uint8/uint16 of one movie, seeded by the truth."""
     t = series["tilts"][acquisition_index]
     rng = np.random.default_rng(t["noise_seed"])
-    raw = [
-        detector.count_frame(frame.double().cpu().numpy(), camera["gain"], rng, frame_index=f,
-                             hot_pixels=camera["hot_pixels"], xray_hits=t["xray_hits"])
-        for f, frame in enumerate(iter_expected_frames(series, acquisition_index))
-    ]
-    return detector.to_movie_dtype(np.stack(raw))
+    nx, ny = series["image_size"]
+    movie = np.empty((series["n_frames"], ny, nx), dtype=np.uint16)
+    for f, frame in enumerate(iter_expected_frames(series, acquisition_index)):
+        raw = detector.count_frame(frame.cpu().numpy(), camera["gain"], rng, frame_index=f,
+                                   hot_pixels=camera["hot_pixels"], xray_hits=t["xray_hits"])
+        movie[f] = np.clip(raw, 0, 65535)
+    return detector.to_movie_dtype(movie)
 
 
 def simulate_series(

@@ -159,7 +159,7 @@ def render_tilt_image(
     phase = proj.phase_rad.to(device=device, dtype=torch.float32)
     canvas_shape = (phase.shape[-2], phase.shape[-1])
     if ice_texture_rad > 0:
-        noise = np.random.default_rng(texture_seed).standard_normal(canvas_shape)
+        noise = np.random.default_rng(texture_seed).standard_normal(canvas_shape, np.float32)
         phase = phase + ice_texture_rad * torch.from_numpy(noise).to(phase)
     damage = None
     if exposure_e_a2 > 0:

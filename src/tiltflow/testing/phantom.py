@@ -233,14 +233,14 @@ def project_specimen(
         return p.numpy()
 
     px = specimen.pixel_size_a
-    soft = np.zeros(canvas_shape)
+    soft = np.zeros(canvas_shape, np.float32)
     bead_xy = centres(specimen.bead_xyz_px)
     nm = 10.0 / px
     leaflets = [(0.0, HEAD_GROUP_NM * nm), ((BILAYER_NM - HEAD_GROUP_NM) * nm, BILAYER_NM * nm)]
     _add_spheres(soft, centres(specimen.vesicle_xyz_px) + m, leaflets,
                  specimen.vesicle_radius_px.numpy())
     _add_blobs(soft, centres(specimen.blob_xyz_px) + m, specimen.blob_sigma_px.numpy())
-    gold = np.zeros(canvas_shape)
+    gold = np.zeros(canvas_shape, np.float32)
     radii = np.full(len(bead_xy), specimen.bead_radius_px)
     _add_spheres(gold, bead_xy + m, [(0.0, math.inf)], radii, supersample=4)
     # px * Å/px * rad/Å = rad

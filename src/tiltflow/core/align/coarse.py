@@ -1,0 +1,180 @@
+"""Coarse tilt-series alignment by cosine-stretched cross-correlation (like IMOD ``tiltxcorr``).
+
+Geometry (``core/geometry.py``): raw view k shows the aligned image rotated by the tilt-axis angle
+and displaced by ``s_k``: ``p = c + R(axis) u + s_k``. For a flat specimen (z = 0) aligned
+coordinates of views j and k differ by a stretch perpendicular to the axis,
+``u_j = diag(cos(theta_j) / cos(theta_k), 1) u_k``. Each view is resampled into its lower-tilt
+neighbour's frame about the neighbour's axis position, so a measured displacement ``d`` gives
+``s_k = s_j + B d`` exactly, ``B = R diag(cos theta_k / cos theta_j, 1) R^T``. Shifts chain
+outwards from the view nearest 0°, whose shift is 0 (the alignment's free translation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from tiltflow.core.fourier import bandpass_2d
+from tiltflow.core.geometry import image_centre, rotation_matrix_2d
+from tiltflow.core.reconstruct import bin_views
+from tiltflow.core.transforms import geometry_to_xf
+
+__all__ = ["CoarseResult", "coarse_align", "warp_affine"]
+
+
+@dataclass(frozen=True)
+class CoarseResult:
+    """Coarse alignment of a tilt series sorted by tilt angle."""
+
+    shifts_px: torch.Tensor      # (t, 2) raw-image shifts s (x, y), px of the input views
+    xf: torch.Tensor             # (t, 6) IMOD .xf rows = geometry_to_xf(tilt_axis_deg, shifts_px)
+    peak_scores: torch.Tensor    # (t,) normalised cross-correlation at the peak (1 for reference)
+    reference_index: int         # the view nearest 0°, shift (0, 0)
+    tilt_axis_deg: float
+
+
+def warp_affine(
+    image: torch.Tensor,                 # (h, w)
+    matrix: torch.Tensor,                # (2, 2) B
+    src_centre: torch.Tensor,            # (2,) x, y px
+    dst_centre: torch.Tensor,            # (2,) x, y px
+    *,
+    mode: str = "bicubic",
+) -> torch.Tensor:                       # (h, w)
+    """Resample ``out(p) = image(src_centre + B (p - dst_centre))``; outside filled with the mean."""
+    h, w = image.shape[-2:]
+    dev = image.device
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=dev),
+                            torch.arange(w, dtype=torch.float64, device=dev), indexing="ij")
+    p = torch.stack([xx, yy], -1) - dst_centre.to(dev, torch.float64)
+    q = p @ matrix.to(dev, torch.float64).T + src_centre.to(dev, torch.float64)
+    grid = torch.stack([2.0 * q[..., 0] / max(w - 1, 1) - 1.0, 2.0 * q[..., 1] / max(h - 1, 1) - 1.0], -1)
+    mean = image.mean()
+    out = F.grid_sample((image - mean)[None, None], grid[None].to(image.dtype), mode=mode,
+                        padding_mode="zeros", align_corners=True)
+    return out[0, 0] + mean
+
+
+def _edge_taper(shape: tuple[int, int], width_px: int, device) -> torch.Tensor:
+    """Cosine ramp from 0 at the border to 1 at ``width_px`` inside, ``(h, w)``."""
+
+    def ramp(n: int) -> torch.Tensor:
+        i = torch.arange(n, dtype=torch.float32, device=device)
+        d = torch.minimum(i, n - 1 - i) / max(width_px, 1)
+        return 0.5 - 0.5 * torch.cos(torch.pi * d.clamp(0, 1))
+
+    return ramp(shape[0])[:, None] * ramp(shape[1])[None, :]
+
+
+def _parabola_offset(m1: torch.Tensor, c0: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
+    den = m1 - 2 * c0 + p1
+    safe = torch.where(den.abs() > 1e-12, den, torch.ones_like(den))
+    off = torch.where(den.abs() > 1e-12, 0.5 * (m1 - p1) / safe, torch.zeros_like(den))
+    return off.clamp(-0.5, 0.5)
+
+
+def _xcorr_peak(moving: torch.Tensor, reference: torch.Tensor, band: torch.Tensor,
+                taper: torch.Tensor, max_shift_px: float) -> tuple[torch.Tensor, float]:
+    """Displacement d (x, y) with ``moving(p + d) ~ reference(p)`` and the normalised peak."""
+    h, w = moving.shape
+    fm = torch.fft.rfft2((moving - moving.mean()) * taper) * band
+    fr = torch.fft.rfft2((reference - reference.mean()) * taper) * band
+    cc = torch.fft.irfft2(fm * fr.conj(), s=(h, w))
+    norm = torch.sqrt((torch.fft.irfft2(fm, s=(h, w)) ** 2).sum()
+                      * (torch.fft.irfft2(fr, s=(h, w)) ** 2).sum())
+    ky = torch.fft.fftfreq(h, d=1.0 / h, device=cc.device)
+    kx = torch.fft.fftfreq(w, d=1.0 / w, device=cc.device)
+    allowed = (ky[:, None] ** 2 + kx[None, :] ** 2) <= max_shift_px ** 2
+    masked = torch.where(allowed, cc, torch.full_like(cc, -torch.inf))
+    idx = int(torch.argmax(masked))
+    iy, ix = divmod(idx, w)
+    c0 = cc[iy, ix]
+    dx = _parabola_offset(cc[iy, (ix - 1) % w], c0, cc[iy, (ix + 1) % w])
+    dy = _parabola_offset(cc[(iy - 1) % h, ix], c0, cc[(iy + 1) % h, ix])
+    d = torch.stack([kx[ix] + dx, ky[iy] + dy]).to(torch.float64)
+    return d, float(c0 / norm.clamp_min(1e-30))
+
+
+def _check_inputs(views: torch.Tensor, tilt_angles_deg) -> torch.Tensor:
+    if views.ndim != 3:
+        raise ValueError(f"views must have shape (t, h, w), got {tuple(views.shape)}")
+    angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).cpu()
+    if angles.numel() != views.shape[0]:
+        raise ValueError(f"{angles.numel()} tilt angles for {views.shape[0]} views; pass one per view")
+    if not bool(torch.isfinite(angles).all()) or bool((angles.abs() >= 85).any()):
+        raise ValueError("tilt_angles_deg must be finite and within (-85, 85) degrees")
+    if angles.numel() > 1 and not bool((angles[1:] > angles[:-1]).all()):
+        raise ValueError("views must be sorted by increasing tilt angle (restack them in tilt order)")
+    return angles
+
+
+def coarse_align(
+    views: torch.Tensor,                 # (t, h, w) raw views sorted by tilt angle
+    tilt_angles_deg: torch.Tensor,       # (t,)
+    *,
+    tilt_axis_deg: float,
+    binning: int = 1,
+    lowpass_px: float | None = None,     # period (px of the input) below which to filter out
+    highpass_px: float | None = None,    # period (px of the input) above which to filter out
+    reference: Literal["neighbour", "cumulative"] = "neighbour",
+    n_cumulative: int = 5,               # aligned views summed into a cumulative reference
+    max_shift_px: float | None = None,   # largest displacement between neighbours, input px
+    taper_fraction: float = 0.1,
+) -> CoarseResult:
+    """Cosine-stretched cross-correlation of each view with its lower-tilt neighbour (module
+    docstring), chained outwards from the view nearest 0°.
+
+    ``reference="cumulative"`` correlates with the mean of up to ``n_cumulative`` already aligned
+    views, each resampled into the neighbour's frame (IMOD's cumulative correlation). Defaults:
+    ``lowpass_px = 4 * binning`` (0.25 cycles/binned px), ``highpass_px`` = a quarter of the
+    binned image's smaller side, ``max_shift_px`` = a quarter of the smaller side.
+    """
+    angles = _check_inputs(views, tilt_angles_deg)
+    if reference not in ("neighbour", "cumulative"):
+        raise ValueError(f"reference must be 'neighbour' or 'cumulative', got {reference!r}")
+    if binning < 1 or int(binning) != binning:
+        raise ValueError(f"binning must be a positive integer, got {binning}")
+    b = int(binning)
+    work = bin_views(views.float(), b) if b > 1 else views.float()
+    t, h, w = work.shape
+    dev = work.device
+    band = bandpass_2d((h, w), low_cut_px=(highpass_px / b) if highpass_px else min(h, w) / 4.0,
+                       high_cut_px=(lowpass_px / b) if lowpass_px else 4.0, falloff=0.03,
+                       device=dev).to(work.dtype)
+    taper = _edge_taper((h, w), max(int(taper_fraction * min(h, w)), 1), dev)
+    max_shift = (max_shift_px / b) if max_shift_px else min(h, w) / 4.0
+    rot = rotation_matrix_2d(tilt_axis_deg)
+    centre = torch.tensor(image_centre((h, w)), dtype=torch.float64)
+    cos = torch.cos(torch.deg2rad(angles))
+    ref = int(torch.argmin(angles.abs()))
+    shifts = torch.zeros(t, 2, dtype=torch.float64)
+    scores = torch.ones(t, dtype=torch.float64)
+
+    def stretch(ratio: float) -> torch.Tensor:  # R diag(ratio, 1) R^T
+        return rot @ torch.diag(torch.tensor([ratio, 1.0], dtype=torch.float64)) @ rot.T
+
+    for side in (1, -1):
+        chain = [ref]
+        for k in range(ref + side, t if side > 0 else -1, side):
+            j = chain[-1]
+            target = centre + shifts[j]
+            if reference == "neighbour":
+                ref_img = work[j]
+            else:
+                members = chain[-n_cumulative:]
+                ref_img = sum(work[i] if i == j else warp_affine(
+                    work[i], stretch(float(cos[i] / cos[j])), centre + shifts[i], target)
+                    for i in members) / len(members)
+            bmat = stretch(float(cos[k] / cos[j]))
+            moving = warp_affine(work[k], bmat, target, target)
+            d, score = _xcorr_peak(moving, ref_img, band, taper, max_shift)
+            shifts[k] = shifts[j] + bmat @ d
+            scores[k] = score
+            chain.append(k)
+    shifts = (shifts * b).to(dev)
+    return CoarseResult(shifts_px=shifts, xf=geometry_to_xf(tilt_axis_deg, shifts),
+                        peak_scores=scores.to(dev), reference_index=ref,
+                        tilt_axis_deg=float(tilt_axis_deg))
