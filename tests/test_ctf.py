@@ -3,7 +3,7 @@
 Simulation (weak-phase object, DESIGN.md §2 CTF): specimen phase = band-limited Gaussian noise
 (power ~ 1/(1 + (k/0.02 Å^-1)^2), RMS 0.25 rad) + Gaussian blobs; CTF with a B-factor envelope of
 150 Å^2; across a tilted specimen the defocus follows ``geometry.defocus_offset_a`` (applied in
-strips of 40 Å); intensity ``dose * (1 + 2 * ctf ⊛ phase)`` with Poisson noise at 5 e/px for the
+strips of 50 Å); intensity ``dose * (1 + 2 * ctf ⊛ phase)`` with Poisson noise at 5 e/px for the
 whole tilt. Truth: the defocus at the image centre.
 """
 
@@ -26,7 +26,7 @@ from tiltflow.core.ctf import (
     tiled_power_spectrum,
 )
 from tiltflow.core.ctf_fit import fit_resolution_a
-from tiltflow.core.ctf_model import ctf_2d
+from tiltflow.core.ctf_model import ctf_2d, defocus_at_azimuth, electron_wavelength_a
 from tiltflow.core.fourier import frequency_grid_2d
 from tiltflow.core.geometry import defocus_offset_a
 
@@ -47,21 +47,34 @@ def _phase_object(shape, pixel_size_a, gen, rms_rad=0.25):
     k = torch.sqrt(kx**2 + ky**2) / pixel_size_a
     noise = torch.fft.irfft2(torch.fft.rfft2(torch.randn(shape, generator=gen)) / torch.sqrt(1 + (k / 0.02) ** 2), s=shape)
     phase = noise / noise.std() * rms_rad
-    yy, xx = torch.meshgrid(torch.arange(shape[0]), torch.arange(shape[1]), indexing="ij")
-    for _ in range(40):
+    for _ in range(40):  # blobs 10-40 Å in radius, drawn in a local window
         cy, cx = (torch.rand(2, generator=gen) * torch.tensor(shape)).tolist()
         r = float(10 + 30 * torch.rand(1, generator=gen)) / pixel_size_a
-        phase += 0.3 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        y0, y1 = max(int(cy - 4 * r), 0), min(int(cy + 4 * r) + 1, shape[0])
+        x0, x1 = max(int(cx - 4 * r), 0), min(int(cx + 4 * r) + 1, shape[1])
+        yy, xx = torch.meshgrid(torch.arange(y0, y1), torch.arange(x0, x1), indexing="ij")
+        phase[y0:y1, x0:x1] += 0.3 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
     return phase
 
 
+def _chi(shape, pixel_size_a, defocus_u_a, defocus_v_a, angle_deg, phase_shift_rad):
+    """(k^2 in 1/Å^2, full CTF phase chi + arcsin(A) + phase) in rfft layout (DESIGN.md §2 formula)."""
+    ky, kx = frequency_grid_2d(shape)
+    ky, kx = ky.double() / pixel_size_a, kx.double() / pixel_size_a
+    k2 = kx**2 + ky**2
+    lam = electron_wavelength_a(300.0)
+    df = defocus_at_azimuth(defocus_u_a, defocus_v_a, angle_deg, torch.atan2(ky, kx))
+    chi = math.pi * lam * df * k2 - 0.5 * math.pi * 2.7e7 * lam**3 * k2**2 + math.asin(0.07) + phase_shift_rad
+    return k2, chi
+
+
 def simulate_tilt(shape=(512, 512), *, pixel_size_a=2.76, defocus_u_a, defocus_v_a, angle_deg, tilt_deg=0.0,
-                  axis_deg=AXIS_DEG, dose_e_px=5.0, phase_shift_rad=0.0, seed=0, extra_offset_a=None, strip_a=40.0):
+                  axis_deg=AXIS_DEG, dose_e_px=5.0, phase_shift_rad=0.0, seed=0, extra_offset_a=None, strip_a=50.0):
     """Counts (h, w) of one tilt image; ``extra_offset_a(x, y)`` adds a defocus field (Å)."""
     gen = torch.Generator().manual_seed(seed)
-    spectrum = torch.fft.rfft2(_phase_object(shape, pixel_size_a, gen))
-    ky, kx = frequency_grid_2d(shape)
-    envelope = torch.exp(-150.0 * (kx**2 + ky**2) / pixel_size_a**2 / 4)
+    spectrum = torch.fft.rfft2(_phase_object(shape, pixel_size_a, gen)).to(torch.complex128)
+    k2, chi = _chi(shape, pixel_size_a, defocus_u_a, defocus_v_a, angle_deg, phase_shift_rad)
+    spectrum = spectrum * torch.exp(-150.0 * k2 / 4)  # B-factor envelope, 150 Å^2
     yy, xx = torch.meshgrid(torch.arange(shape[0], dtype=torch.float64), torch.arange(shape[1], dtype=torch.float64),
                             indexing="ij")
     offset = defocus_offset_a(torch.stack([xx, yy], -1), tilt_angle_deg=tilt_deg, tilt_axis_deg=axis_deg,
@@ -69,15 +82,13 @@ def simulate_tilt(shape=(512, 512), *, pixel_size_a=2.76, defocus_u_a, defocus_v
     if extra_offset_a is not None:
         offset = offset + extra_offset_a(xx, yy)
     level = torch.round(offset / strip_a)
-    contrast = torch.zeros(shape)
+    contrast = torch.zeros(shape, dtype=torch.float64)
+    lam = electron_wavelength_a(300.0)
     for lv in torch.unique(level):
-        d = float(lv) * strip_a
-        ctf = ctf_2d(shape, pixel_size_a=pixel_size_a, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07,
-                     defocus_u_a=defocus_u_a + d, defocus_v_a=defocus_v_a + d, astigmatism_angle_deg=angle_deg,
-                     phase_shift_rad=phase_shift_rad)
+        ctf = -torch.sin(chi + math.pi * lam * float(lv) * strip_a * k2)  # defocus + offset
         sel = level == lv
-        contrast[sel] = torch.fft.irfft2(spectrum * ctf * envelope, s=shape)[sel]
-    return torch.poisson((dose_e_px * (1 + 2 * contrast)).clamp_min(0), generator=gen)
+        contrast[sel] = torch.fft.irfft2(spectrum * ctf, s=shape)[sel]
+    return torch.poisson((dose_e_px * (1 + 2 * contrast)).clamp_min(0).float(), generator=gen)
 
 
 def _truths(n, seed):
@@ -119,6 +130,13 @@ def test_fit_ctf_recovers_defocus_and_astigmatism(pixel_size_a, window_px, tilt_
     assert n_astig >= 2
     assert astig_err <= 250.0
     assert angle_err <= 10.0
+
+
+def test_simulator_ctf_is_the_ctf_model():
+    k2, chi = _chi((64, 64), 2.76, 31000.0, 29000.0, 35.0, 0.4)
+    model = ctf_2d((64, 64), pixel_size_a=2.76, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07,
+                   defocus_u_a=31000.0, defocus_v_a=29000.0, astigmatism_angle_deg=35.0, phase_shift_rad=0.4)
+    assert torch.allclose(-torch.sin(chi).float(), model, atol=1e-5)
 
 
 def _annulus_correlation(spectrum, pixel_size_a, truth, resolution_a=(30.0, 8.0)):

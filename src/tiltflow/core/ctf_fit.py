@@ -234,7 +234,7 @@ def _lbfgs(loss_fn, max_iter: int, device: torch.device) -> list[float]:
         t = torch.tensor(v, dtype=torch.float64, device=device, requires_grad=True)
         loss = loss_fn(t)
         (grad,) = torch.autograd.grad(loss, t)
-        return float(loss), grad.detach().cpu().numpy()
+        return float(loss.detach()), grad.detach().cpu().numpy()
 
     res = minimize(value_and_grad, x0=[0.0] * 4, jac=True, method="L-BFGS-B",
                    bounds=[(-20.0, 20.0)] * 3 + [(-4.0, 4.0)], options={"maxiter": max_iter})

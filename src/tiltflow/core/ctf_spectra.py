@@ -223,10 +223,11 @@ def ring_window(
 
 
 def _window_sum(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Sums of ``values (..., nb)`` over bins ``[lo, hi)``; leading dims of values or bounds broadcast."""
     csum = F.pad(torch.cumsum(values, dim=-1), (1, 0))
-    shape = torch.broadcast_shapes(csum.shape[:-1], lo.shape[:-1]) + (csum.shape[-1],)
-    csum = csum.expand(shape)
-    lo, hi = lo.expand(shape[:-1] + lo.shape[-1:]), hi.expand(shape[:-1] + hi.shape[-1:])
+    batch = lo.shape[:-1] if lo.dim() >= csum.dim() else csum.shape[:-1]
+    csum = csum.expand(*batch, csum.shape[-1])
+    lo, hi = lo.expand(*batch, lo.shape[-1]), hi.expand(*batch, hi.shape[-1])
     return torch.gather(csum, -1, hi) - torch.gather(csum, -1, lo)
 
 

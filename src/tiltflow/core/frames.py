@@ -16,7 +16,7 @@ import torch
 
 @dataclass(frozen=True)
 class GainOrientation:
-    """How to turn a stored gain reference into the frames' orientation (flips first, then transpose)."""
+    """How a stored gain reference turns into the frames' orientation (flips, then transpose)."""
 
     transpose: bool = False
     flip_x: bool = False
@@ -26,7 +26,7 @@ class GainOrientation:
 def orient_gain(
     gain: torch.Tensor, *, transpose: bool = False, flip_x: bool = False, flip_y: bool = False
 ) -> torch.Tensor:
-    """Apply a gain orientation to ``gain`` ``(h, w)``: flip x (columns), flip y (rows), transpose."""
+    """Orient ``gain`` (h, w): flip x (reverse columns), flip y (reverse rows), then transpose."""
     out = gain
     if flip_x:
         out = torch.flip(out, dims=(-1,))
@@ -66,7 +66,8 @@ def _as_tensor(x, device) -> torch.Tensor:
 def _oriented_reference(ref, name, frame_shape, device, transpose, flip_x, flip_y) -> torch.Tensor:
     ref = _as_tensor(ref, device).to(torch.float32)
     if ref.ndim != 2:
-        raise ValueError(f"prepare_frames: {name} must be a 2-D image, got shape {tuple(ref.shape)}")
+        shape = tuple(ref.shape)
+        raise ValueError(f"prepare_frames: {name} must be a 2-D image, got shape {shape}")
     oriented = orient_gain(ref, transpose=transpose, flip_x=flip_x, flip_y=flip_y)
     if tuple(oriented.shape) != tuple(frame_shape):
         options = gain_orientations_matching(tuple(ref.shape), tuple(frame_shape))
@@ -107,7 +108,8 @@ def prepare_frames(
     frames_raw = _as_tensor(frames_raw, None)
     if frames_raw.ndim != 3 or frames_raw.is_complex():
         raise ValueError(
-            f"prepare_frames: frames must be a real (t, h, w) stack, got shape {tuple(frames_raw.shape)}"
+            "prepare_frames: frames must be a real (t, h, w) stack, "
+            f"got shape {tuple(frames_raw.shape)}"
         )
     shape = tuple(frames_raw.shape[-2:])
     device = frames_raw.device

@@ -1,8 +1,8 @@
 """Global (whole-frame) motion of a movie: one sub-pixel shift per frame.
 
-Shift convention (DESIGN.md §2): per frame, in pixels of the unbinned movie, the displacement of the
-specimen in that frame relative to the aligned sum (a feature at p in the sum lies at p + shift in
-the frame), mean zero over frames.
+Shift convention (DESIGN.md §2): per frame, in pixels of the unbinned movie, the displacement of
+the specimen in that frame relative to the aligned sum (a feature at p in the sum lies at
+p + shift in the frame), mean zero over frames.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def check_movie(frames: torch.Tensor, pixel_size_a: float, fit_range_a, binning:
         raise ValueError(f"{name}: pixel_size_a must be > 0 Å/px, got {pixel_size_a}")
     low_a, high_a = fit_range_a
     if not (low_a > high_a > 0):
-        raise ValueError(f"{name}: fit_range_a must be (low, high) in Å with low > high > 0, got {fit_range_a}")
+        raise ValueError(
+            f"{name}: fit_range_a must be (low, high) in Å with low > high > 0, got {fit_range_a}"
+        )
     if int(binning) != binning or binning < 1:
         raise ValueError(f"{name}: binning must be an integer >= 1, got {binning}")
 
@@ -70,13 +72,17 @@ def estimate_global_shifts(
     t, h, w = frames.shape
     if t == 1:
         return torch.zeros((1, 2), dtype=torch.float32, device=frames.device)
-    shape_b = estimation_shape((h, w), pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning)
+    shape_b = estimation_shape(
+        (h, w), pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning
+    )
     scale = (h / shape_b[0], w / shape_b[1])  # unbinned px per binned px
     binned = bin_frames(frames, shape_b)
     spectra = torch.fft.rfft2(binned * edge_taper(shape_b, device=frames.device))
     del binned
     ky, kx = frequency_vectors(shape_b, scale, device=frames.device)
-    weights = fit_weights(ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2)
+    weights = fit_weights(
+        ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2
+    )
     max_shift_px = min(h, w) / 4.0 if max_shift_a is None else max_shift_a / pixel_size_a
 
     fit = align_stack(

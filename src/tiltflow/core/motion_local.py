@@ -47,8 +47,8 @@ def _spline_weights(u: torch.Tensor, n: int) -> torch.Tensor:
         curv[1:-1] = torch.linalg.solve(tri, second_diff)
     b = 1.0 - a
     out = b[..., None] * eye[k] + a[..., None] * eye[k + 1]
-    out = out + ((b**3 - b) / 6.0)[..., None] * curv[k] + ((a**3 - a) / 6.0)[..., None] * curv[k + 1]
-    return out
+    out = out + ((b**3 - b) / 6.0)[..., None] * curv[k]
+    return out + ((a**3 - a) / 6.0)[..., None] * curv[k + 1]
 
 
 @dataclass
@@ -112,16 +112,22 @@ def _patch_layout(n_b: int, n_ctrl: int) -> tuple[int, int, int]:
 
 
 def _extract_patches(binned, layout_y, layout_x, offsets):
-    """Patches (P, t, ph, pw) of binned frames (t, h, w), frame i displaced by ``offsets[i]`` (x, y)."""
+    """Patches (P, t, ph, pw) of frames (t, h, w); frame i is read ``offsets[i]`` (x, y) away."""
     (ph, sy, cy), (pw, sx, cx) = layout_y, layout_x
-    pad = int(offsets.abs().max()) if offsets.numel() else 0
-    padded = torch.nn.functional.pad(binned[:, None], (pad,) * 4, mode="replicate")[:, 0] if pad else binned
+    pad = int(offsets.abs().max())
+    padded = binned
+    if pad:
+        padded = torch.nn.functional.pad(binned[:, None], (pad,) * 4, mode="replicate")[:, 0]
     stacks = []
     for i, (ox, oy) in enumerate(offsets.tolist()):
         top, left = pad + oy, pad + ox
         view = padded[i, top : top + (cy - 1) * sy + ph, left : left + (cx - 1) * sx + pw]
         stacks.append(view.unfold(0, ph, sy).unfold(1, pw, sx).reshape(cy * cx, ph, pw))
     return torch.stack(stacks, dim=1)
+
+
+def _logdet(chol: torch.Tensor) -> torch.Tensor:
+    return 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
 
 
 def _fit_grid(residual, variance, centres_xy, grid_shape, image_shape):
@@ -145,10 +151,8 @@ def _fit_grid(residual, variance, centres_xy, grid_shape, image_shape):
     field = torch.einsum("pb,pc,ta->ptabc", wy, wx, wt).reshape(n_patches * t, n_grid)
     design = torch.cat([torch.eye(t, dtype=dt, device=dev).repeat(n_patches, 1), field], dim=1)
     idx = torch.arange(n_grid, device=dev).reshape(nt, ny, nx)
-    pairs = torch.cat([
-        torch.stack([p.reshape(-1), q.reshape(-1)], -1)
-        for p, q in ((idx[1:], idx[:-1]), (idx[:, 1:], idx[:, :-1]), (idx[:, :, 1:], idx[:, :, :-1]))
-    ])
+    neighbours = ((idx[1:], idx[:-1]), (idx[:, 1:], idx[:, :-1]), (idx[:, :, 1:], idx[:, :, :-1]))
+    pairs = torch.cat([torch.stack([p.reshape(-1), q.reshape(-1)], -1) for p, q in neighbours])
     pen = torch.zeros((pairs.shape[0], n), dtype=dt, device=dev)
     rows = torch.arange(pairs.shape[0], device=dev)
     pen[rows, t + pairs[:, 0]], pen[rows, t + pairs[:, 1]] = 1.0, -1.0
@@ -158,14 +162,15 @@ def _fit_grid(residual, variance, centres_xy, grid_shape, image_shape):
     y = residual.reshape(-1, 2).to(dt).T  # (2, P t)
     dwd = torch.einsum("ri,cr,rj->cij", design, wts, design)  # (2, n, n)
     rhs = torch.einsum("ri,cr->ci", design, wts * y)  # (2, n)
-    fixed = 1e3 * wts.sum(-1)[:, None, None] * (node_mean.T @ node_mean) + 1e-6 * torch.eye(n, dtype=dt, device=dev)
+    scale = wts.mean(-1)[:, None, None]  # typical data weight, 1/px^2
+    ridge = 1e-6 * torch.eye(n, dtype=dt, device=dev)
+    fixed = scale * (1e3 * n_patches * node_mean.T @ node_mean + ridge)
     a2 = torch.logspace(-4, 2, 25, dtype=dt, device=dev)[:, None, None, None]  # px^2
     prior = (pen.T @ pen) / a2 + fixed  # (g, 2, n, n)
     chol_a = torch.linalg.cholesky(dwd + prior)
     sol = torch.cholesky_solve(rhs[..., None], chol_a)[..., 0]  # (g, 2, n)
-    logdet = lambda c: 2.0 * torch.log(torch.diagonal(c, dim1=-2, dim2=-1)).sum(-1)
     # -2 log evidence up to a constant: -b^T A^-1 b + log det A - log det prior
-    nll = -(rhs * sol).sum(-1) + logdet(chol_a) - logdet(torch.linalg.cholesky(prior))
+    nll = -(rhs * sol).sum(-1) + _logdet(chol_a) - _logdet(torch.linalg.cholesky(prior))
     best = int(nll.sum(-1).argmin())
     sol = sol[best].T  # (n, 2)
     cov_diag = torch.diagonal(torch.cholesky_inverse(chol_a[best]), dim1=-2, dim2=-1)[:, :t].T
@@ -201,15 +206,18 @@ def estimate_local_motion(
     t, h, w = frames.shape
     global_shifts = torch.as_tensor(global_shifts, dtype=torch.float32, device=frames.device)
     if tuple(global_shifts.shape) != (t, 2):
-        raise ValueError(f"{name}: global_shifts must be ({t}, 2) for {t} frames, got {tuple(global_shifts.shape)}")
+        shape = tuple(global_shifts.shape)
+        raise ValueError(f"{name}: global_shifts must be ({t}, 2) for {t} frames, got {shape}")
     nx, ny, nt = automatic_grid((h, w), t) if grid is None else (int(g) for g in grid)
     if min(nx, ny, nt) < 1 or nt > t:
-        raise ValueError(f"{name}: grid (nx, ny, nt) needs values >= 1 and nt <= {t} frames, got {grid}")
+        raise ValueError(f"{name}: grid (nx, ny, nt) needs values >= 1 and nt <= {t}, got {grid}")
     empty = torch.zeros((nt, ny, nx, 2), device=frames.device)
     motion = LocalMotion(grid=empty, global_shifts=global_shifts, image_shape=(h, w))
     if t == 1:
         return motion
-    shape_b = estimation_shape((h, w), pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning)
+    shape_b = estimation_shape(
+        (h, w), pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning
+    )
     scale = (h / shape_b[0], w / shape_b[1])  # unbinned px per binned px
     layout_y, layout_x = _patch_layout(shape_b[0], ny), _patch_layout(shape_b[1], nx)
     (ph, step_y, count_y), (pw, step_x, count_x) = layout_y, layout_x
@@ -220,11 +228,14 @@ def estimate_local_motion(
     spectra = torch.fft.rfft2(patches * edge_taper((ph, pw), device=frames.device))
     del patches
     ky, kx = frequency_vectors((ph, pw), scale, device=frames.device)
-    weights = fit_weights(ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2)
-    cy = torch.arange(count_y, device=frames.device) * step_y + (ph - 1) / 2  # patch centres, binned px
+    weights = fit_weights(
+        ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2
+    )
+    # patch centres: binned px -> unbinned px, (P, 2) x, y
+    cy = torch.arange(count_y, device=frames.device) * step_y + (ph - 1) / 2
     cx = torch.arange(count_x, device=frames.device) * step_x + (pw - 1) / 2
-    cy, cx = torch.meshgrid(cy, cx, indexing="ij")
-    centres = torch.stack([(cx.reshape(-1) + 0.5) * scale[1] - 0.5, (cy.reshape(-1) + 0.5) * scale[0] - 0.5], -1)
+    cy, cx = torch.meshgrid((cy + 0.5) * scale[0] - 0.5, (cx + 0.5) * scale[1] - 0.5, indexing="ij")
+    centres = torch.stack([cx.reshape(-1), cy.reshape(-1)], -1)
     frame_idx = torch.arange(t, device=frames.device)
     for _ in range(iterations):
         total = motion.shifts_at(frame_idx[None, :], centres[:, None, 0], centres[:, None, 1])
@@ -235,7 +246,9 @@ def estimate_local_motion(
         )
         residual = fit.shifts + offsets * scale_xy - global_shifts  # (P, t, 2)
         residual = residual - residual.mean(dim=-2, keepdim=True)
-        correction, variance, new_grid = _fit_grid(residual, fit.variance, centres, (nx, ny, nt), (h, w))
+        correction, variance, new_grid = _fit_grid(
+            residual, fit.variance, centres, (nx, ny, nt), (h, w)
+        )
         new_global = global_shifts + smooth_trajectory(correction, variance)
         motion = LocalMotion(grid=new_grid, global_shifts=new_global, image_shape=(h, w))
     return motion

@@ -58,7 +58,9 @@ class MotionSum:
 def critical_exposure_e_a2(k_per_a: torch.Tensor, voltage_kv: float) -> torch.Tensor:
     """Grant & Grigorieff critical exposure (e/Å²) at spatial frequency ``k_per_a`` (1/Å)."""
     if not 200.0 <= voltage_kv <= 300.0:
-        raise ValueError(f"dose weighting: voltage_kv {voltage_kv} outside the fitted 200-300 kV range")
+        raise ValueError(
+            f"dose weighting: voltage_kv {voltage_kv} is outside the fitted 200-300 kV range"
+        )
     scale = 0.8 + 0.2 * (voltage_kv - 200.0) / 100.0  # 0.8 at 200 kV, 1 at 300 kV
     return (0.245 * k_per_a.clamp_min(1e-6) ** -1.665 + 2.81) * scale
 
@@ -68,7 +70,9 @@ def _mid_frame_exposure(dw: DoseWeighting, t: int, device) -> torch.Tensor:
     if dose.numel() == 1:
         dose = dose.expand(t)
     if dose.numel() != t or bool((dose < 0).any()):
-        raise ValueError(f"dose weighting: need one non-negative dose per frame ({t}), got {dose.numel()}")
+        raise ValueError(
+            f"dose weighting: need one non-negative dose per frame ({t}), got {dose.numel()}"
+        )
     return dw.pre_exposure_e_a2 + torch.cumsum(dose, 0) - 0.5 * dose
 
 
@@ -80,7 +84,13 @@ def _window_1d(stride: int, overlap: int, device) -> torch.Tensor:
     return torch.cat([rise, flat, 1.0 - rise])
 
 
-def warp_frame_2d(frame: torch.Tensor, motion: LocalMotion, index: int, *, tile_px: int = 256) -> torch.Tensor:
+def warp_frame_2d(
+    frame: torch.Tensor,  # (h, w)
+    motion: LocalMotion,
+    index: int,
+    *,
+    tile_px: int = 256,
+) -> torch.Tensor:  # (h, w) float32
     """Frame ``index`` (h, w) moved back by its total (global + local) motion.
 
     Tiles stepping by ``tile_px`` (a quarter of that overlapping) are cut from the frame, each
@@ -104,9 +114,9 @@ def warp_frame_2d(frame: torch.Tensor, motion: LocalMotion, index: int, *, tile_
     bottom = (ny - 1) * stride + ext - top - h
     right = (nx - 1) * stride + ext - left - w
     pads = [max(0, v) for v in (left, right, top, bottom)]
-    padded = torch.nn.functional.pad(frame.to(torch.float32)[None, None], pads, mode="replicate")[0, 0]
-    padded = padded[pads[2] - top : pads[2] - top + (ny - 1) * stride + ext,
-                    pads[0] - left : pads[0] - left + (nx - 1) * stride + ext]
+    padded = torch.nn.functional.pad(frame.to(torch.float32)[None, None], pads, mode="replicate")
+    r0, c0 = pads[2] - top, pads[0] - left
+    padded = padded[0, 0, r0 : r0 + (ny - 1) * stride + ext, c0 : c0 + (nx - 1) * stride + ext]
     tiles = padded.unfold(0, ext, stride).unfold(1, ext, stride).reshape(ny * nx, ext, ext)
     ky, kx = frequency_vectors((ext, ext), (1.0, 1.0), device=dev)
     spec = torch.fft.rfft2(tiles) * phase_ramp(ky, kx, rest)  # moves each tile by -rest
@@ -139,7 +149,8 @@ def align_and_sum(
     """
     name = "align_and_sum"
     if not isinstance(frames, torch.Tensor) or frames.ndim != 3 or frames.is_complex():
-        raise ValueError(f"{name}: frames must be a real (t, h, w) tensor, got shape {tuple(getattr(frames, 'shape', ()))}")
+        shape = tuple(getattr(frames, "shape", ()))
+        raise ValueError(f"{name}: frames must be a real (t, h, w) tensor, got shape {shape}")
     t, h, w = frames.shape
     local = shifts if isinstance(shifts, LocalMotion) else None
     glob = (local.global_shifts if local is not None else torch.as_tensor(shifts)).to(torch.float32)
@@ -148,7 +159,13 @@ def align_and_sum(
     if local is not None and tuple(local.image_shape) != (h, w):
         raise ValueError(f"{name}: local motion is for frames {local.image_shape}, not {(h, w)}")
     if int(binning) != binning or not 1 <= binning <= min(h, w):
-        raise ValueError(f"{name}: binning must be an integer between 1 and {min(h, w)}, got {binning}")
+        raise ValueError(
+            f"{name}: binning must be an integer between 1 and {min(h, w)}, got {binning}"
+        )
+    if int(tile_px) != tile_px or tile_px < 16:
+        raise ValueError(f"{name}: tile_px must be an integer >= 16, got {tile_px}")
+    if dose_weights is not None and not dose_weights.pixel_size_a > 0:
+        raise ValueError(f"{name}: dose_weights.pixel_size_a must be > 0 Å/px")
     dev = frames.device
     glob = glob.to(dev)
     out_shape = (h // int(binning), w // int(binning))
@@ -162,7 +179,8 @@ def align_and_sum(
     in_fourier = local is None or dose_weights is not None
     n_sums = 3 if even_odd else 1
     if in_fourier:
-        sums = torch.zeros((n_sums, out_shape[0], out_shape[1] // 2 + 1), dtype=torch.complex64, device=dev)
+        spec_shape = (n_sums, out_shape[0], out_shape[1] // 2 + 1)
+        sums = torch.zeros(spec_shape, dtype=torch.complex64, device=dev)
     else:
         sums = torch.zeros((n_sums, h, w), dtype=torch.float32, device=dev)
     for i in range(t):

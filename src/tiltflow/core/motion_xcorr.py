@@ -38,7 +38,7 @@ def fast_fft_size(n: int) -> int:
 def estimation_shape(
     image_shape: tuple[int, int], *, pixel_size_a: float, high_res_a: float, binning: int
 ) -> tuple[int, int]:
-    """(h, w) of the down-sampled copy whose Nyquist just holds ``high_res_a`` (at most n // binning)."""
+    """(h, w) of a down-sampled copy whose Nyquist just holds ``high_res_a`` (<= n // binning)."""
     k_need = min(0.5, pixel_size_a / high_res_a)  # Å/px / Å = cycles per unbinned px
     out = []
     for n in image_shape:
@@ -78,7 +78,7 @@ def fit_weights(
     k = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) / pixel_size_a  # cycles/px / (Å/px) = 1/Å
     k_lo, k_hi = 1.0 / low_a, 1.0 / high_a
     rise = torch.clamp((k - k_lo) / k_lo, 0.0, 1.0)  # 0 at 1/low, 1 at 2/low
-    fall = torch.clamp((k - 0.85 * k_hi) / (0.15 * k_hi), 0.0, 1.0)  # 1 below 0.85/high, 0 at 1/high
+    fall = torch.clamp((k - 0.85 * k_hi) / (0.15 * k_hi), 0.0, 1.0)  # 0 to 0.85/high, 1 at 1/high
     band = 0.5 * (1 - torch.cos(math.pi * rise)) * 0.5 * (1 + torch.cos(math.pi * fall))
     return (band * torch.exp(bfactor_a2 * k**2 / 4.0)).to(torch.float32)
 
@@ -138,7 +138,7 @@ def phase_ramp(ky: torch.Tensor, kx: torch.Tensor, shifts: torch.Tensor) -> torc
 
 @dataclass
 class StackFit:
-    """Shifts (..., t, 2) x, y in unbinned px, their curvature ``-d2C/ds2`` and variance (..., t, 2)."""
+    """Shifts (..., t, 2) x, y in unbinned px; curvature ``-d2C/ds2`` and variance, (..., t, 2)."""
 
     shifts: torch.Tensor
     curvature: torch.Tensor
@@ -178,7 +178,7 @@ def _cross_spectra(spectra, ky, kx, shifts):
 
 
 def _derivatives(cross, ky, kx, shifts, column_weights):
-    """Gradient (..., 2) and Hessian terms of ``C(s) = sum Re(cross exp(2 pi i k.s))`` at ``shifts``.
+    """Gradient (..., 2) and Hessian terms of ``C(s) = sum Re(cross exp(2 pi i k.s))`` at s.
 
     Every needed sum is a bilinear form ``u^T cross v`` with u = exp(2 pi i ky sy) [1, ky, ky^2]
     and v = exp(2 pi i kx sx) [1, kx, kx^2], so two batched matrix products do all the work.
@@ -187,7 +187,8 @@ def _derivatives(cross, ky, kx, shifts, column_weights):
     py = torch.polar(one, TWO_PI * ky * shifts[..., 1, None])  # (..., h)
     px = torch.polar(one, TWO_PI * kx * shifts[..., 0, None])  # (..., w')
     u = py[..., :, None] * torch.stack([torch.ones_like(ky), ky, ky**2], -1).to(py.dtype)
-    v = px[..., :, None] * (column_weights[:, None] * torch.stack([torch.ones_like(kx), kx, kx**2], -1))
+    powers_x = torch.stack([torch.ones_like(kx), kx, kx**2], -1)
+    v = px[..., :, None] * (column_weights[:, None] * powers_x)
     m = u.transpose(-2, -1) @ (cross @ v)  # (..., 3, 3): m[a, b] = sum ky^a kx^b Q
     g = -TWO_PI * torch.stack([m[..., 0, 1].imag, m[..., 1, 0].imag], -1)
     c = -(TWO_PI**2)
@@ -237,15 +238,16 @@ def align_stack(
             det = hxx * hyy - hxy**2
             ok = (hxx < 0) & (hyy < 0) & (det > 0)
             safe = torch.where(ok, det, 1.0)
-            newton = -torch.stack([(hyy * g[..., 0] - hxy * g[..., 1]) / safe,
-                                   (hxx * g[..., 1] - hxy * g[..., 0]) / safe], -1)
+            gx, gy = g[..., 0], g[..., 1]
+            newton = -torch.stack([(hyy * gx - hxy * gy) / safe, (hxx * gy - hxy * gx) / safe], -1)
             step = torch.where(ok[..., None], newton, torch.sign(g) * max_step)
             raw = raw + torch.maximum(torch.minimum(step, max_step), -max_step)
         _, hxx, hyy, _ = _derivatives(cross, ky, kx, raw, herm)
         curvature = torch.stack([-hxx, -hyy], -1).clamp_min(1e-30)
         # at the optimum Im(Q) is noise: Var(g) ~ sum (2 pi k)^2 Im(Q)^2
         im2 = (cross * phase_ramp(ky, kx, raw)).imag ** 2
-        var_g = torch.stack([im2.sum(-2) @ (kx2 * herm**2), (im2 @ herm**2) @ ky2], -1) * TWO_PI**2
+        var_g = torch.stack([im2.sum(-2) @ (kx2 * herm**2), (im2 @ herm**2) @ ky2], -1)
+        var_g = var_g * TWO_PI**2
         # frames without signal get a huge but finite variance, so smoothing stays well posed
         variance = torch.nan_to_num(var_g / curvature**2, nan=1e6, posinf=1e6).clamp(1e-8, 1e6)
         raw = s + (raw - s) * damping

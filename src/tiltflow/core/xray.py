@@ -108,11 +108,12 @@ def replace_patches(
         raise ValueError("replace_patches: mask must be a bool tensor of the image's shape "
                          f"{tuple(image.shape)}")
     lin = mask.to(x.device).reshape(-1).nonzero().flatten()
-    out = image.clone(memory_format=torch.contiguous_format)
-    if lin.numel():
-        values = _quantize(_fit_values(x, lin, border_px, poly_order), image.dtype)
-        out.view(-1)[lin] = values.to(image.dtype)
-    return out
+    if not lin.numel():
+        return image.clone(memory_format=torch.contiguous_format)
+    values = _quantize(_fit_values(x, lin, border_px, poly_order), image.dtype)
+    out = x.clone()  # the work dtype: index_put is not implemented for every dtype (uint16)
+    out.view(-1)[lin] = values.to(out.dtype)
+    return out.to(image.dtype).reshape(image.shape)
 
 
 def erase_xrays(image: torch.Tensor, params: XrayParams = XrayParams()) -> XrayResult:
@@ -193,9 +194,13 @@ def _find(x, p, grid, todo):
     nb, h, w = x.shape
     size, ny, nx = grid
     edge = max(p.edge_exclusion_px, 1)
-    areas = todo.nonzero().tolist()
-    per = max(1, 2**19 // (size * size * nb))  # tiles per batch: ~2 MB temporaries
-    parts = [_scan_tiles(x, areas[i:i + per], size, edge, p) for i in range(0, len(areas), per)]
+    chunks, loose = [], []  # whole bands (cut with one strided copy) or <= 64 loose areas
+    for j, row in enumerate(todo.tolist()):
+        areas = [(j, c) for c, f in enumerate(row) if f]
+        (chunks if len(areas) == nx else loose).append(areas)
+    loose = sum(loose, [])
+    chunks += [loose[i:i + 64] for i in range(0, len(loose), 64)]
+    parts = [_scan_tiles(x, areas, size, edge, p) for areas in chunks]
     if not parts:
         empty = torch.zeros(0, dtype=torch.long, device=x.device)
         return empty, empty
@@ -218,14 +223,7 @@ def _scan_tiles(x, areas, size, edge, p):
     t = size + 2 * pad
     s0 = [min(j * size, h - size) for j, _ in areas]  # statistics windows of edge areas
     t0 = [min(c * size, w - size) for _, c in areas]  # are shifted inward
-    tiles = x.new_empty(nb, na, t, t)
-    border = []
-    for k, (a, b) in enumerate(zip(s0, t0)):
-        ya, yb, xa, xb = max(a - pad, 0), min(a - pad + t, h), max(b - pad, 0), min(b - pad + t, w)
-        if yb - ya < t or xb - xa < t:
-            tiles[:, k].zero_()
-            border.append(k)
-        tiles[:, k, ya - a + pad:yb - a + pad, xa - b + pad:xb - b + pad] = x[:, ya:yb, xa:xb]
+    tiles, border = _cut_tiles(x, areas, s0, t0, size, pad)
     tiles = tiles.view(nb * na, t, t)  # tile i: image i // na, area i % na
     rs = tiles[:, :, :-2] + tiles[:, :, 1:-1]
     rs += tiles[:, :, 2:]
@@ -265,6 +263,33 @@ def _scan_tiles(x, areas, size, edge, p):
     win = _gather(nd.reshape(-1), t - 2, t - 2, i[sel], ty[sel] + pad - 1, tx[sel] + pad - 1,
                   *_offsets(math.inf, -1.0, m))
     return peaks, (img[sel], y[sel], xx[sel], win, dmean[i[sel]], dsd[i[sel]])
+
+
+def _cut_tiles(x, areas, s0, t0, size, pad):
+    """(B, n, t, t) copies of the areas' statistics windows plus ``pad``; zeros outside the
+    image, whose tiles are listed in ``border``. Identical values whichever way they are cut."""
+    nb, h, w = x.shape
+    t = size + 2 * pad
+    tiles = x.new_empty(nb, len(areas), t, t)
+    done = set()
+    a = s0[0] - pad
+    if len(areas) > 2 and a >= 0 and a + t <= h and all(j == areas[0][0] for j, _ in areas):
+        # a whole band: the regular areas 1..n-2 at once from a strided view
+        n = min((w - t + pad) // size, len(areas) - 1) + 1  # areas 1..n-1 fit entirely
+        if n > 1:
+            view = x[:, a:a + t, size - pad:].unfold(2, t, size)  # window i: area i + 1
+            tiles[:, 1:n] = view[:, :, :n - 1].permute(0, 2, 1, 3)
+            done = set(range(1, n))
+    border = []
+    for k, (a, b) in enumerate(zip(s0, t0)):
+        if k in done:
+            continue
+        ya, yb, xa, xb = max(a - pad, 0), min(a - pad + t, h), max(b - pad, 0), min(b - pad + t, w)
+        if yb - ya < t or xb - xa < t:
+            tiles[:, k].zero_()
+            border.append(k)
+        tiles[:, k, ya - a + pad:yb - a + pad, xa - b + pad:xb - b + pad] = x[:, ya:yb, xa:xb]
+    return tiles, border
 
 
 def _peak_patches(x, b, y, xx, big, size, edge, p):

@@ -10,17 +10,18 @@ first (it becomes the top row of the PNG).
 
 from __future__ import annotations
 
+
 import hashlib
 import json
 import os
-import struct
 import threading
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from tiltflow.io.png import encode_png_gray8
 
 THUMB_PX = 256
 PREVIEW_PX = 1024
@@ -77,20 +78,6 @@ def to_uint8(image: torch.Tensor, lo: float, hi: float, *, gamma: float = 1.0) -
     span = hi - lo if hi > lo else 1.0
     x = ((image.to(torch.float64) - lo) / span).clamp(0.0, 1.0).nan_to_num(0.0)
     return (x.pow(1.0 / gamma) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-
-
-def encode_png_gray8(pixels: np.ndarray) -> bytes:
-    """An 8-bit greyscale PNG of ``(h, w)`` uint8 pixels (no dependency beyond zlib)."""
-    if pixels.ndim != 2 or pixels.dtype != np.uint8:
-        raise ValueError(f"encode_png_gray8: need (h, w) uint8, got {pixels.shape} {pixels.dtype}")
-    h, w = pixels.shape
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    raw = b"".join(b"\x00" + pixels[r].tobytes() for r in range(h))  # filter 0 per row
-    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
 def render_png(image: torch.Tensor, max_px: int = THUMB_PX) -> bytes:

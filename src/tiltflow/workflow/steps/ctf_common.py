@@ -1,0 +1,127 @@
+"""CTF pieces shared by the ``motion-ctf`` and ``ctf`` steps: parameters, the per-tilt fit with
+its viewer files, and the per-series CTFFIND4 / IMOD ``.defocus`` files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltSeries
+from tiltflow.workflow.steps.base import StepParams, param
+
+
+class CtfOptions(StepParams):
+    window_px: int = param(512, "CTF: periodogram window, px.", cli="--window", ge=64)
+    ctf_range_a: tuple[float, float] = param((30.0, 8.0), "CTF: fit resolution range (low, high), Å.", cli="--ctf-range")
+    defocus_range_um: tuple[float, float] = param((0.5, 8.0), "CTF: defocus search range (min, max), µm.", cli="--defocus-range")
+    defocus_grid: tuple[int, int, int] | None = param(
+        None, "CTF: spatial (x, y) and temporal (t, frame groups) defocus model grid, e.g. 2 2 8; empty: none.",
+        cli="--defocus-grid")
+    fit_phase: bool = param(False, "CTF: fit a phase shift (phase plate).", cli="--fit-phase")
+
+
+def ctf_params(o: CtfOptions, *, pixel_size_a: float, voltage_kv: float, cs_mm: float, amplitude_contrast: float):
+    from tiltflow.core.ctf_fit import CtfParams
+
+    high = max(o.ctf_range_a[1], 2.0 * pixel_size_a * 1.001)
+    return CtfParams(pixel_size_a=pixel_size_a, window_px=o.window_px, resolution_range_a=(o.ctf_range_a[0], high),
+                     defocus_range_um=o.defocus_range_um, fit_phase=o.fit_phase, voltage_kv=voltage_kv,
+                     cs_mm=cs_mm, amplitude_contrast=amplitude_contrast)
+
+
+def _mean_spectrum(images, params, *, tilt_angle_deg, tilt_axis_deg, reference=None, max_offset_a=None):
+    import torch
+
+    from tiltflow.core.ctf_spectra import tiled_power_spectrum
+
+    return torch.stack([tiled_power_spectrum(im, window_px=params.window_px, pixel_size_a=params.pixel_size_a,
+                                             tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
+                                             reference_defocus_a=reference, max_offset_a=max_offset_a,
+                                             voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
+                        for im in images]).mean(0)
+
+
+def fit_tilt_ctf(images, params, *, tilt_angle_deg: float, tilt_axis_deg: float,
+                 grid_xy: tuple[int, int] | None, out_png: Path) -> dict:
+    """Fit one tilt from the mean tilt-aware periodogram of ``images`` (the aligned sum, or the
+    movie's frames: a shift does not change a power spectrum). Two passes when tilted: tiles near
+    the axis first, then every tile rescaled to the fitted centre defocus (CTFFIND-tilt style).
+    Writes the spectrum picture; returns the values a CtfTomo needs (JSON-able)."""
+    from tiltflow.core.ctf import ctf_fit_image, ctf_fit_profile, fit_ctf, fit_defocus_grid
+    from tiltflow.core.ctf_model import electron_wavelength_a
+    from tiltflow.io.png import encode_png_gray8
+
+    angles = dict(tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg)
+    tilted = abs(tilt_angle_deg) > 1e-3
+    max_offset = 0.25 * params.resolution_range_a[1] ** 2 / electron_wavelength_a(params.voltage_kv) if tilted else None
+    spectrum = _mean_spectrum(images, params, max_offset_a=max_offset, **angles)
+    fit = fit_ctf(spectrum, params)
+    if tilted:
+        spectrum = _mean_spectrum(images, params, reference=(fit.defocus_u_a, fit.defocus_v_a,
+                                                             fit.astigmatism_angle_deg), **angles)
+        fit = fit_ctf(spectrum, params, initial=fit)
+    out = {"defocus_u_a": fit.defocus_u_a, "defocus_v_a": fit.defocus_v_a,
+           "astigmatism_angle_deg": fit.astigmatism_angle_deg, "phase_shift_rad": fit.phase_shift_rad,
+           "fit_resolution_a": fit.fit_resolution_a, "score": fit.score}
+    if grid_xy and tuple(grid_xy) != (1, 1):
+        total = images[0] if len(images) == 1 else sum(images)
+        grid = fit_defocus_grid(total, params, fit, grid_shape=(grid_xy[1], grid_xy[0]), **angles)
+        out["defocus_grid_a"] = grid.cpu().tolist()
+    picture = ctf_fit_image(spectrum, fit, params).cpu().numpy()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    out_png.write_bytes(encode_png_gray8((picture * 255).astype(np.uint8)))
+    prof = ctf_fit_profile(spectrum, fit, params)
+    keep = prof.k_per_a <= 1.2 / params.resolution_range_a[1]
+    out["spectrum_file"] = str(out_png)
+    out["radial_profile"] = {"k": prof.k_per_a[keep].cpu().tolist(), "observed": prof.observed[keep].cpu().tolist(),
+                             "fitted": prof.fitted[keep].cpu().tolist()}
+    return out
+
+
+def ctf_series_from_results(ts: TiltSeries, results: dict[int, dict], params) -> CtfTomoSeries:
+    """Per tilt values keyed by acquisition order -> a CTF series (tilt-angle order)."""
+    items = []
+    for im in ts.images:
+        r = results.get(im.acquisition_order)
+        if r is None:
+            continue
+        attrs = {k: r[k] for k in ("spectrum_file", "radial_profile", "defocus_grid_a") if k in r}
+        items.append(CtfTomo(acquisition_order=im.acquisition_order, tilt_angle_deg=im.tilt_angle_deg,
+                             defocus_u_a=r["defocus_u_a"], defocus_v_a=r["defocus_v_a"],
+                             astigmatism_angle_deg=r["astigmatism_angle_deg"], phase_shift_rad=r["phase_shift_rad"],
+                             fit_resolution_a=r["fit_resolution_a"], score=r["score"], enabled=im.enabled, attrs=attrs))
+    attrs = {"pixel_size_a": params.pixel_size_a, "voltage_kv": params.voltage_kv, "cs_mm": params.cs_mm,
+             "amplitude_contrast": params.amplitude_contrast, "spectrum_pixel_size_a": params.pixel_size_a}
+    return CtfTomoSeries(ts.ts_id, items, ts.enabled, attrs)
+
+
+def write_series_ctf_files(series: CtfTomoSeries, params, out_dir: Path) -> dict[str, str]:
+    """CTFFIND4 text (tilt-angle order) and an IMOD version-3 ``.defocus`` for one series."""
+    from tiltflow.io.ctffind import CtffindFile, CtffindRow, write_ctffind
+    from tiltflow.io.imod_defocus import defocus_file_from_ctf, write_defocus
+
+    rows = [CtffindRow.from_u_v_angle(i + 1, c.defocus_u_a, c.defocus_v_a, c.astigmatism_angle_deg,
+                                      phase_shift_rad=c.phase_shift_rad, cross_correlation=c.score or 0.0,
+                                      fit_resolution_a=c.fit_resolution_a or 0.0) for i, c in enumerate(series.items)]
+    data = CtffindFile(version="4.1.14-compatible (tiltflow)", input_file=series.ts_id,
+                       number_of_micrographs=len(rows), pixel_size_a=params.pixel_size_a,
+                       voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
+                       amplitude_contrast=params.amplitude_contrast, box_size_px=params.window_px,
+                       min_resolution_a=params.resolution_range_a[0], max_resolution_a=params.resolution_range_a[1],
+                       min_defocus_a=params.defocus_range_um[0] * 1e4, max_defocus_a=params.defocus_range_um[1] * 1e4,
+                       rows=rows)
+    ctffind = out_dir / f"{series.ts_id}_ctffind.txt"
+    write_ctffind(ctffind, data)
+    defocus = out_dir / f"{series.ts_id}.defocus"
+    write_defocus(defocus, defocus_file_from_ctf([c.tilt_angle_deg for c in series.items],
+                                                 [c.defocus_u_a for c in series.items],
+                                                 [c.defocus_v_a for c in series.items],
+                                                 [c.astigmatism_angle_deg for c in series.items],
+                                                 [c.phase_shift_rad for c in series.items]))
+    return {"ctffind": str(ctffind), "defocus": str(defocus)}
+
+
+def ctf_set(series: list[CtfTomoSeries]) -> CtfSeriesSet:
+    return CtfSeriesSet(series, {})
+

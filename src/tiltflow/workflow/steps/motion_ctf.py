@@ -1,0 +1,194 @@
+"""Step ``motion-ctf`` (Warp's tilt-series motion + CTF): per movie, gain correction, global and
+local (grid) motion, aligned sum (+ even/odd half sums), optional dose weighting, and per-tilt CTF.
+
+Per movie a task runs on the executor (threads, or Dask workers) and writes the movie's sum, its
+RELION motion STAR and its spectrum picture; the coordinator then writes one MRC stack per tilt
+series (tilt-angle order) and the CTFFIND4 / IMOD ``.defocus`` files, and registers a
+``TiltSeries`` and a ``CTFTomoSeries`` set. A bad movie (unreadable, one frame, zeros, NaNs) is
+reported per movie; ``--skip-bad`` drops it (the view disappears from the output), otherwise the
+run fails and nothing is registered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.executor import run_items
+from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
+from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
+from tiltflow.workflow.steps.ctf_common import (
+    CtfOptions, ctf_params, ctf_series_from_results, ctf_set, fit_tilt_ctf, write_series_ctf_files,
+)
+
+
+class MotionCtfParams(CtfOptions):
+    binning: int = param(1, "Bin the output by this factor (Fourier cropping).", cli="--binning", ge=1)
+    fit_range_a: tuple[float, float] = param((500.0, 10.0), "Motion: fit resolution range (low, high), Å.", cli="--fit-range")
+    bfactor_a2: float = param(-500.0, "Motion: B-factor weighting of the fit, Å².", cli="--bfactor")
+    motion_grid: tuple[int, int, int] | None = param(
+        None, "Motion model grid (x, y, frames); empty: automatic; 1 1 1: global only.", cli="--motion-grid")
+    even_odd: bool = param(True, "Write even/odd half-sum stacks.", cli="--even-odd")
+    gain_transpose: Literal["none", "transpose"] = param("none", "Transpose the gain before use.", cli="--gain-transpose")
+    gain_flip: Literal["none", "x", "y"] = param("none", "Flip the gain (after transposing).", cli="--gain-flip")
+    eer_groups: int = param(16, "EER: fractions summed into this many frames.", cli="--eer-groups", ge=1)
+    dose_weighting: bool = param(False, "Weight frames by the accumulated dose (Grant & Grigorieff).", cli="--dose-weighting")
+    estimate_ctf: bool = param(True, "Estimate the CTF of each tilt.", cli="--estimate-ctf")
+    use_movie_average: bool = param(False, "CTF from the aligned sum's spectrum instead of the frames' spectra.",
+                                    cli="--use-movie-average")
+
+
+def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, pixel_size_a: float,
+                      voltage_kv: float, cs_mm: float, amplitude_contrast: float, tilt_angle_deg: float,
+                      tilt_axis_deg: float, prior_dose: float | None, dose: float | None, out_dir: str,
+                      name: str, device: str) -> dict:
+    """Motion-correct (and CTF-fit) one movie; writes its files, returns small results."""
+    import numpy as np
+    import torch
+
+    from tiltflow.core.motion import (
+        DoseWeighting, align_and_sum, estimate_global_shifts, estimate_local_motion, prepare_frames, total_motion_px,
+    )
+    from tiltflow.io.gain import read_gain
+    from tiltflow.io.movies import MovieError, read_movie_frames
+    from tiltflow.io.mrc import write_mrc
+    from tiltflow.io.star import write_motion_star
+
+    raw = read_movie_frames(movie, eer_groups=p["eer_groups"])
+    if raw.shape[0] < 2:
+        raise MovieError(f"{movie}: only {raw.shape[0]} frame — motion correction needs at least 2")
+    frames = torch.from_numpy(np.ascontiguousarray(raw)).to(device)
+    if not torch.isfinite(frames.float()).all():
+        raise MovieError(f"{movie}: frames contain NaN or infinite values — the file is corrupt")
+    if (frames.reshape(frames.shape[0], -1).float().abs().amax(1) == 0).any():
+        raise MovieError(f"{movie}: a frame is all zeros — the file is corrupt or the camera dropped a frame")
+    frames = prepare_frames(frames, gain=None if gain is None else read_gain(gain),
+                            dark=None if dark is None else read_gain(dark),
+                            gain_transpose=p["gain_transpose"] == "transpose",
+                            gain_flip_x=p["gain_flip"] == "x", gain_flip_y=p["gain_flip"] == "y")
+    t = frames.shape[0]
+    shifts = estimate_global_shifts(frames, pixel_size_a=pixel_size_a, fit_range_a=tuple(p["fit_range_a"]),
+                                    bfactor_a2=p["bfactor_a2"])
+    motion = shifts
+    grid = tuple(p["motion_grid"]) if p["motion_grid"] else None
+    if grid != (1, 1, 1):
+        motion = estimate_local_motion(frames, shifts, pixel_size_a=pixel_size_a, grid=grid,
+                                       fit_range_a=tuple(p["fit_range_a"]), bfactor_a2=p["bfactor_a2"])
+    weights = None
+    if p["dose_weighting"] and dose is not None:
+        weights = DoseWeighting(pixel_size_a=pixel_size_a, dose_per_frame_e_a2=dose / t,
+                                pre_exposure_e_a2=prior_dose or 0.0, voltage_kv=voltage_kv)
+    summed = align_and_sum(frames, motion, even_odd=p["even_odd"], dose_weights=weights, binning=p["binning"])
+    out = Path(out_dir)
+    files = {"sum": str(write_mrc(out / "sums" / f"{name}.mrc", summed.total.cpu().numpy(), voxel_size_a=pixel_size_a * p["binning"]))}
+    if p["even_odd"]:
+        files["even"] = str(write_mrc(out / "sums" / f"{name}_even.mrc", summed.even.cpu().numpy(),
+                                      voxel_size_a=pixel_size_a * p["binning"]))
+        files["odd"] = str(write_mrc(out / "sums" / f"{name}_odd.mrc", summed.odd.cpu().numpy(),
+                                     voxel_size_a=pixel_size_a * p["binning"]))
+    write_motion_star(out / "motion" / f"{name}.star", shifts.cpu().numpy(), movie=movie, pixel_size_a=pixel_size_a)
+    result = {"files": files, "shifts_px": shifts.cpu().tolist(), "total_motion_px": total_motion_px(shifts)}
+    if p["estimate_ctf"]:
+        from tiltflow.core.reconstruct import bin_views
+
+        params = ctf_params(CtfOptions(**{k: p[k] for k in CtfOptions.model_fields}),
+                            pixel_size_a=pixel_size_a * p["binning"], voltage_kv=voltage_kv, cs_mm=cs_mm,
+                            amplitude_contrast=amplitude_contrast)
+        images = [summed.total] if p["use_movie_average"] else [bin_views(f, p["binning"]) for f in frames]
+        grid = tuple(p["defocus_grid"][:2]) if p["defocus_grid"] else None
+        result["ctf"] = fit_tilt_ctf(images, params, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
+                                     grid_xy=grid, out_png=out / "ctf" / f"{name}.png")
+    return result
+
+
+def _assemble_series(ts: TiltSeries, results: dict, run_dir: Path, binning: int, even_odd: bool) -> TiltSeries:
+    """One MRC stack per series (tilt-angle order) from the per-movie sums; per-movie sums removed."""
+    import numpy as np
+
+    from tiltflow.io.mrc import read_stack, write_mrc
+
+    kept = [im for im in ts.images if im.file in results]
+    pixel = ts.acquisition.pixel_size_a * binning
+    stacks = {}
+    for key in ("sum", "even", "odd") if even_odd else ("sum",):
+        data = np.stack([read_stack(results[im.file]["files"][key])[0] for im in kept])
+        suffix = "" if key == "sum" else f"_{key}"
+        stacks[key] = str(write_mrc(run_dir / f"{ts.ts_id}{suffix}.mrc", data, voxel_size_a=pixel))
+    images = []
+    for i, im in enumerate(kept):
+        r = results[im.file]
+        attrs = dict(im.attrs, movie=im.file, total_motion_px=r["total_motion_px"])
+        if "ctf" in r:
+            attrs.update(defocus_u_a=r["ctf"]["defocus_u_a"], defocus_v_a=r["ctf"]["defocus_v_a"])
+        images.append(TiltImage(tilt_angle_deg=im.tilt_angle_deg, acquisition_order=im.acquisition_order,
+                                dose_prior_e_a2=im.dose_prior_e_a2, dose_e_a2=im.dose_e_a2,
+                                dose_accumulated_e_a2=im.dose_accumulated_e_a2, file=stacks["sum"], index=i,
+                                frames=None, enabled=im.enabled, odd_file=stacks.get("odd"),
+                                even_file=stacks.get("even"), attrs=attrs))
+    for im in kept:
+        for f in results[im.file]["files"].values():
+            Path(f).unlink(missing_ok=True)
+    nx, ny = ts.size
+    size = (nx // binning, ny // binning)
+    return TiltSeries(ts.ts_id, ts.acquisition.__class__(**{**ts.acquisition.__dict__, "pixel_size_a": pixel}),
+                      images, size, ts.enabled, dict(ts.attrs, motion_star_dir=str(run_dir / "motion")))
+
+
+def run_motion_ctf(ctx: StepContext):
+    from tiltflow.workflow.device import resolve_device
+
+    p: MotionCtfParams = ctx.params
+    source: TiltSeriesSet = ctx.inputs["input"]
+    device = resolve_device(ctx.options.get("device"))
+    gain, dark = source.attrs.get("gain_file"), source.attrs.get("dark_file")
+    pd = p.model_dump()
+    tasks, where = [], {}
+    for ts in source.items:
+        a = ts.acquisition
+        for im in ts.images:
+            name = f"{ts.ts_id}_{im.acquisition_order:03d}"
+            where[im.file] = (ts.ts_id, name)
+            tasks.append((im.file, (im.file, gain, dark, pd, a.pixel_size_a, a.voltage_kv, a.cs_mm,
+                                    a.amplitude_contrast, im.tilt_angle_deg, a.tilt_axis_deg, im.dose_prior_e_a2,
+                                    im.dose_e_a2, str(ctx.run_dir), name, device)))
+    results = run_items(ctx, motion_movie_task, tasks,
+                        on_result=lambda key, v: ctx.log.info("%s: %s", where[key][1], "failed: " + str(v)
+                                                              if isinstance(v, BaseException) else
+                                                              f"{v['total_motion_px']:.2f} px total motion"))
+    bad = {k: v for k, v in results.items() if isinstance(v, BaseException)}
+    if bad:
+        lines = [str(v) if str(v).startswith(k) else f"{k}: {type(v).__name__}: {v}" for k, v in bad.items()]
+        if not ctx.skip_bad:
+            raise RuntimeError(f"{len(bad)} movie(s) failed (use --skip-bad to process the rest): " + " | ".join(lines))
+        for line in lines:
+            ctx.log.warning("skipped: %s", line)
+            ctx.options.setdefault("warnings", []).append(f"skipped: {line}")
+    good = {k: v for k, v in results.items() if not isinstance(v, BaseException)}
+    items, ctf_items = [], []
+    for ts in source.items:
+        if not any(im.file in good for im in ts.images):
+            continue
+        new = _assemble_series(ts, good, ctx.run_dir, p.binning, p.even_odd)
+        items.append(new)
+        if p.estimate_ctf:
+            a = new.acquisition
+            params = ctf_params(p, pixel_size_a=a.pixel_size_a, voltage_kv=a.voltage_kv, cs_mm=a.cs_mm,
+                                amplitude_contrast=a.amplitude_contrast)
+            per_tilt = {im.acquisition_order: good[im.attrs["movie"]]["ctf"] for im in new.images}
+            series = ctf_series_from_results(new, per_tilt, params)
+            series.attrs.update(write_series_ctf_files(series, params, ctx.run_dir))
+            ctf_items.append(series)
+    if not items:
+        raise RuntimeError("no movie could be processed")
+    outputs = {"TiltSeries": TiltSeriesSet("TiltSeries", items, {"odd_even": p.even_odd, "source": ctx.input_pointers["input"]})}
+    if p.estimate_ctf:
+        outputs["CTFTomoSeries"] = ctf_set(ctf_items)
+    return outputs
+
+
+register(Step(
+    id="motion-ctf", title="Motion correction and CTF estimation (tilt-series movies)", params=MotionCtfParams,
+    inputs=(InputSpec("input", ("TiltSeriesM",), "Tilt-series movies"),),
+    outputs={"TiltSeries": "TiltSeries", "CTFTomoSeries": "CTFTomoSeries"}, run=run_motion_ctf,
+    scipion_class="ProtWarpTSMotionCorr",
+    help="Warp-style motion correction (global + local grid, even/odd) and per-tilt CTF estimation."))
