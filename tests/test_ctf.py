@@ -211,13 +211,11 @@ def test_fit_ctf_phase_shift():
 def test_fit_ctf_series_local_grid_recovers_a_defocus_ramp_and_the_tilt_plane():
     params = CtfParams(pixel_size_a=2.76, window_px=256)
     ramp = lambda x, y: 1000.0 * (x - 511.5) / 1024.0  # noqa: E731  Å; -250 / +250 at the cells' tile centres
-    flat = [simulate_tilt((1024, 1024), defocus_u_a=30400.0, defocus_v_a=29600.0, angle_deg=-20.0, seed=30 + i,
-                          extra_offset_a=ramp) for i in range(2)]
-    fits = fit_ctf_series(torch.stack(flat), params, tilt_angles_deg=[0.0, 0.0], tilt_axis_deg=AXIS_DEG,
-                          defocus_grid=(2, 1, 1))
-    grid = fits[0].defocus_grid_a
+    flat = simulate_tilt((1024, 1024), defocus_u_a=30400.0, defocus_v_a=29600.0, angle_deg=-20.0, seed=30,
+                         extra_offset_a=ramp)
+    grid = fit_ctf_series(flat[None], params, tilt_angles_deg=[0.0], tilt_axis_deg=AXIS_DEG,
+                          defocus_grid=(2, 1, 1))[0].defocus_grid_a
     assert grid.shape == (1, 2)
-    assert torch.equal(fits[0].defocus_grid_a, fits[1].defocus_grid_a)  # nt = 1: one field for the series
     assert grid[0, 0].item() == pytest.approx(-250.0, abs=120.0)
     assert grid[0, 1].item() == pytest.approx(250.0, abs=120.0)
     # tilted 40°: the tilt plane (±590 Å at the cells) is modelled; nothing must be left in the grid
@@ -234,10 +232,13 @@ def test_fit_ctf_series_fits_every_tilt_in_input_order():
     means = [30000.0 + 400.0 * a / 50.0 for a in angles]  # a slow drift with tilt
     images = torch.stack([simulate_tilt(defocus_u_a=m + 500, defocus_v_a=m - 500, angle_deg=45.0, tilt_deg=a, seed=40 + i)
                           for i, (a, m) in enumerate(zip(angles, means))])
-    fits = fit_ctf_series(images, params, tilt_angles_deg=angles, tilt_axis_deg=AXIS_DEG)
+    fits = fit_ctf_series(images, params, tilt_angles_deg=angles, tilt_axis_deg=AXIS_DEG, defocus_grid=(2, 1, 1))
     errors = [abs(f.defocus_mean_a - m) for f, m in zip(fits, means)]
-    assert all(isinstance(f, CtfFit) and f.defocus_grid_a is None for f in fits)
+    assert all(isinstance(f, CtfFit) for f in fits)
     assert torch.tensor(errors).median() <= 100.0 and max(errors) <= 300.0
+    # nt = 1: one spatial field for the whole series (the mean of the per-tilt fields)
+    assert all(f.defocus_grid_a.shape == (1, 2) and torch.equal(f.defocus_grid_a, fits[0].defocus_grid_a) for f in fits)
+    assert fits[0].defocus_grid_a.abs().max() <= 250.0
 
 
 def test_fit_picture_and_profile_agree_with_the_data():

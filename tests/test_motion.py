@@ -31,22 +31,31 @@ from tiltflow.core.motion import (
 )
 
 
+def pixel_grid(shape):
+    h, w = shape
+    y, x = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+    return torch.meshgrid(y, x, indexing="ij")
+
+
 def specimen(shape, pixel_size_a, seed, contrast=0.1, n_disks=4):
     g = torch.Generator().manual_seed(seed)
     h, w = shape
     spec = torch.fft.rfft2(torch.randn(h, w, generator=g))
     ky, kx = frequency_grid_2d(shape)
     k_a = torch.sqrt(kx**2 + ky**2) / pixel_size_a
-    ctf = ctf_2d(shape, pixel_size_a=pixel_size_a, voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07,
-                 defocus_u_a=35000.0, defocus_v_a=33000.0, astigmatism_angle_deg=30.0)
+    ctf = ctf_2d(
+        shape, pixel_size_a=pixel_size_a, voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07,
+        defocus_u_a=35000.0, defocus_v_a=33000.0, astigmatism_angle_deg=30.0,
+    )
     envelope = torch.exp(-150.0 * k_a**2 / 4) / torch.sqrt(1 + (k_a * 200) ** 2)
     texture = torch.fft.irfft2(spec * ctf * envelope, s=shape)
     img = 1.0 + texture / texture.std() * contrast
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    yy, xx = pixel_grid(shape)
     radius = 50.0 / pixel_size_a
     for _ in range(n_disks):
         cy, cx = (torch.rand(2, generator=g) * torch.tensor([h, w])).tolist()
-        img = img - 0.5 * torch.clamp(radius + 0.5 - torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2), 0, 1)
+        distance = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+        img = img - 0.5 * torch.clamp(radius + 0.5 - distance, 0, 1)
     return img.clamp_min(0.05)
 
 
@@ -62,7 +71,8 @@ def trajectory(t, seed, jump_px=3.0, tau=2.0, drift_px=0.3):
 
 
 def poisson(clean, dose_px, seed):
-    return torch.poisson(clean.clamp_min(0) * dose_px, generator=torch.Generator().manual_seed(seed + 2))
+    generator = torch.Generator().manual_seed(seed + 2)
+    return torch.poisson(clean.clamp_min(0) * dose_px, generator=generator)
 
 
 def movie(shape, t, pixel_size_a, dose_e_a2, seed, margin=64, **kw):
@@ -70,7 +80,8 @@ def movie(shape, t, pixel_size_a, dose_e_a2, seed, margin=64, **kw):
     h, w = shape
     big = specimen((h + 2 * margin, w + 2 * margin), pixel_size_a, seed)
     shifts = trajectory(t, seed, **kw)
-    clean = shift_image_2d(big.expand(t, -1, -1), shifts)[:, margin : margin + h, margin : margin + w]
+    clean = shift_image_2d(big.expand(t, -1, -1), shifts)
+    clean = clean[:, margin : margin + h, margin : margin + w]
     dose_px = dose_e_a2 / t * pixel_size_a**2  # e/Å² / frames * (Å/px)² = e/px per frame
     return poisson(clean, dose_px, seed), shifts, clean, dose_px
 
@@ -118,7 +129,7 @@ def test_global_shifts_noise_free_are_exact_and_not_rounded():
 
 
 def test_shift_convention_feature_in_sum_lies_at_p_plus_shift_in_frame():
-    frames, _, clean, dose_px = movie((512, 512), 6, 2.76, 3.0, seed=4, jump_px=6.0)
+    frames, _, clean, _ = movie((512, 512), 6, 2.76, 3.0, seed=4, jump_px=6.0)
     est = estimate_global_shifts(frames, pixel_size_a=2.76)
     mean = align_and_sum(clean, est).total / 6
     inner = (slice(48, -48), slice(48, -48))
@@ -159,17 +170,21 @@ def deformed_movie(shape, t, pixel_size_a, dose_e_a2, seed, amp_px, margin=32):
     hh, ww = h + 2 * margin, w + 2 * margin
     spec = torch.fft.rfft2(specimen((hh, ww), pixel_size_a, seed))
     padded = torch.zeros((2 * hh, ww + 1), dtype=spec.dtype)
-    padded[: hh // 2, : ww // 2 + 1], padded[-(hh // 2) :, : ww // 2 + 1] = spec[: hh // 2], spec[-(hh // 2) :]
+    padded[: hh // 2, : ww // 2 + 1] = spec[: hh // 2]
+    padded[-(hh // 2) :, : ww // 2 + 1] = spec[-(hh // 2) :]
     up = torch.fft.irfft2(padded, s=(2 * hh, 2 * ww)) * 4
     glob = trajectory(t, seed)
     field = smooth_field(t, shape, amp_px, seed)
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    yy, xx = pixel_grid(shape)
     clean = []
     for i in range(t):
         d = glob[i] + field(torch.full_like(xx, float(i)), xx, yy)
         sx, sy = (xx - d[..., 0] + margin) * 2, (yy - d[..., 1] + margin) * 2
         grid = torch.stack([sx / (2 * ww - 1) * 2 - 1, sy / (2 * hh - 1) * 2 - 1], -1)[None]
-        clean.append(torch.nn.functional.grid_sample(up[None, None], grid, mode="bicubic", align_corners=True)[0, 0])
+        sampled = torch.nn.functional.grid_sample(
+            up[None, None], grid, mode="bicubic", align_corners=True
+        )
+        clean.append(sampled[0, 0])
     clean = torch.stack(clean)
     return poisson(clean, dose_e_a2 / t * pixel_size_a**2, seed), clean, glob, field
 
@@ -223,7 +238,9 @@ def test_local_motion_interpolates_control_points():
     motion = LocalMotion(grid=grid, global_shifts=glob, image_shape=(100, 300))
     xs, ys = torch.tensor([0.0, 299.0, 299.0 / 3]), torch.tensor([0.0, 99.0, 0.0])
     got = motion.shifts_at(torch.tensor([0, 4, 2]), xs, ys)
-    expected = torch.stack([grid[0, 0, 0] + glob[0], grid[2, 1, 3] + glob[4], grid[1, 0, 1] + glob[2]])
+    expected = torch.stack(
+        [grid[0, 0, 0] + glob[0], grid[2, 1, 3] + glob[4], grid[1, 0, 1] + glob[2]]
+    )
     assert torch.allclose(got, expected, atol=1e-4)
 
 
@@ -241,9 +258,11 @@ def test_tile_warp_with_zero_local_motion_matches_fourier_shift():
 
 def test_even_odd_add_up_and_their_noise_is_independent():
     frames, shifts, clean, dose_px = movie((512, 512), 8, 2.76, 3.0, seed=6)
-    for dose in (None, DoseWeighting(pixel_size_a=2.76, dose_per_frame_e_a2=3.0 / 8, pre_exposure_e_a2=20.0)):
+    weighting = DoseWeighting(2.76, dose_per_frame_e_a2=3.0 / 8, pre_exposure_e_a2=20.0)
+    for dose in (None, weighting):
         out = align_and_sum(frames, shifts, even_odd=True, dose_weights=dose)
-        assert torch.allclose(out.even + out.odd, out.total, atol=1e-5 * float(out.total.abs().max()))
+        tolerance = 1e-5 * float(out.total.abs().max())
+        assert torch.allclose(out.even + out.odd, out.total, atol=tolerance)
         expected = align_and_sum(clean * dose_px, shifts, even_odd=True, dose_weights=dose)
         n_even, n_odd = (out.even - expected.even).flatten(), (out.odd - expected.odd).flatten()
         n_total = (out.total - expected.total).flatten()
@@ -259,34 +278,38 @@ def test_binning_crops_the_spectrum_and_keeps_the_mean():
     assert binned.total.shape == (128, 160) and binned.binning == 2
     assert torch.allclose(binned.total, fourier_crop_2d(plain.total, (128, 160)), atol=1e-3)
     assert float(binned.total.mean()) == pytest.approx(float(frames.sum(0).mean()), rel=1e-5)
-    odd = align_and_sum(frames[:, :255, :317], shifts, binning=3)
+    cut = frames[:, :255, :317]
+    odd = align_and_sum(cut, shifts, binning=3)
     assert odd.total.shape == (85, 105)
-    assert float(odd.total.mean()) == pytest.approx(float(frames[:, :255, :317].sum(0).mean()), rel=1e-5)
+    assert float(odd.total.mean()) == pytest.approx(float(cut.sum(0).mean()), rel=1e-5)
 
 
 def test_dose_weighting_matches_grant_grigorieff():
+    """A cosine present in one frame only comes out scaled by w_i(k) sqrt(t / sum_j w_j(k)^2)."""
     t, n, px = 6, 128, 2.0
     period_px = 8.0  # along x: k = 1 / (8 px * 2 Å/px) = 1/16 Å^-1
-    x = torch.arange(n, dtype=torch.float32)
-    frames = (10.0 + torch.cos(2 * math.pi * x / period_px)).expand(t, n, n).clone()
-    dose = DoseWeighting(pixel_size_a=px, dose_per_frame_e_a2=[2.0, 2.0, 2.0, 3.0, 3.0, 3.0], pre_exposure_e_a2=10.0)
-    out = align_and_sum(frames, torch.zeros(t, 2), dose_weights=dose).total
+    per_frame = [2.0, 2.0, 2.0, 3.0, 3.0, 3.0]
+    dose = DoseWeighting(pixel_size_a=px, dose_per_frame_e_a2=per_frame, pre_exposure_e_a2=10.0)
     k = 1.0 / (period_px * px)
-    critical = 0.245 * k**-1.665 + 2.81
-    exposure = 10.0 + np.cumsum([2, 2, 2, 3, 3, 3]) - 0.5 * np.array([2, 2, 2, 3, 3, 3])
+    critical = 0.245 * k**-1.665 + 2.81  # e/Å², Grant & Grigorieff 2015 at 300 kV
+    exposure = 10.0 + np.cumsum(per_frame) - 0.5 * np.array(per_frame)  # mid-frame, e/Å²
     w = np.exp(-exposure / (2 * critical))
-    expected = w.sum() * np.sqrt(t / (w**2).sum())  # amplitude relative to one frame's
-    spectrum = torch.fft.rfft2(out) / (n * n)
-    amplitude = 2 * float(spectrum[0, int(n / period_px)].abs())
-    assert amplitude == pytest.approx(expected, rel=1e-3)
-    assert float(out.mean()) == pytest.approx(10.0 * t, rel=1e-5)
+    cosine = torch.cos(2 * math.pi * torch.arange(n) / period_px).expand(n, n)
+    for i in (0, 5):
+        frames = torch.full((t, n, n), 10.0)
+        frames[i] += cosine
+        out = align_and_sum(frames, torch.zeros(t, 2), dose_weights=dose).total
+        amplitude = 2 * float((torch.fft.rfft2(out) / (n * n))[0, int(n / period_px)].abs())
+        assert amplitude == pytest.approx(w[i] * np.sqrt(t / (w**2).sum()), rel=1e-4)
+        assert float(out.mean()) == pytest.approx(10.0 * t, rel=1e-5)
     with pytest.raises(ValueError, match="one non-negative dose per frame"):
         align_and_sum(frames, torch.zeros(t, 2), dose_weights=DoseWeighting(px, [1.0, 2.0]))
 
 
 # --- gain and raw frames ---------------------------------------------------------------------
 
-ORIENTATIONS = [GainOrientation(tr, fx, fy) for tr in (False, True) for fx in (False, True) for fy in (False, True)]
+FLAGS = (False, True)
+ORIENTATIONS = [GainOrientation(tr, fx, fy) for tr in FLAGS for fx in FLAGS for fy in FLAGS]
 
 
 @pytest.mark.parametrize("o", ORIENTATIONS)
@@ -303,11 +326,14 @@ def test_prepare_frames_orients_the_gain(o):
     if dims:
         stored_gain, stored_dark = torch.flip(stored_gain, dims), torch.flip(stored_dark, dims)
     before = raw.clone()
-    out = prepare_frames(raw, gain=stored_gain.numpy(), dark=stored_dark, gain_transpose=o.transpose,
-                         gain_flip_x=o.flip_x, gain_flip_y=o.flip_y)
+    out = prepare_frames(
+        raw, gain=stored_gain.numpy(), dark=stored_dark,
+        gain_transpose=o.transpose, gain_flip_x=o.flip_x, gain_flip_y=o.flip_y,
+    )
     assert out.dtype == torch.float32 and torch.equal(raw, before)
     assert torch.allclose(out, (raw.float() - dark) * gain, atol=1e-6)
-    assert torch.equal(orient_gain(stored_gain, transpose=o.transpose, flip_x=o.flip_x, flip_y=o.flip_y), gain)
+    oriented = orient_gain(stored_gain, transpose=o.transpose, flip_x=o.flip_x, flip_y=o.flip_y)
+    assert torch.equal(oriented, gain)
 
 
 def test_gain_orientations_matching_and_clear_errors():
@@ -330,7 +356,7 @@ def test_gain_orientations_matching_and_clear_errors():
 
 def test_bad_inputs_raise_one_line_errors():
     frames = torch.rand(4, 64, 64)
-    with pytest.raises(ValueError, match=r"estimate_global_shifts: frames must be a real \(t, h, w\)"):
+    with pytest.raises(ValueError, match=r"estimate_global_shifts: frames must be a real \(t, h"):
         estimate_global_shifts(frames[0], pixel_size_a=1.0)
     with pytest.raises(ValueError, match="fit_range_a must be"):
         estimate_global_shifts(frames, pixel_size_a=1.0, fit_range_a=(10.0, 500.0))

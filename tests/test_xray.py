@@ -23,6 +23,16 @@ CORPUS = Path(os.environ.get("TILTFLOW_CORPUS", Path(__file__).resolve().parents
 LEGINON = CORPUS / "images" / "leginon" / "08mar13e_00010gr_00004sq_v02_00005hl.mrc"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Results do not depend on the thread count; one thread keeps this file fast on a shared
+    2-core machine (two contended threads are ~5x slower there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _ring(r_in: float = 4.2, r_out: float = 6.2) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.arange(-7, 8)
     dy, dx = (a.flatten() for a in torch.meshgrid(g, g, indexing="ij"))

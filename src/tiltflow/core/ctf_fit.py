@@ -134,7 +134,7 @@ def search_defocus_1d(
     lam = electron_wavelength_a(params.voltage_kv)
     lo_df, hi_df = defocus_range_a or (params.defocus_range_um[0] * 1e4, params.defocus_range_um[1] * 1e4)
     step = 0.1 / (lam * kmax**2)  # Å: ring phase at kmax moves by 0.1*pi per step
-    phases = torch.arange(0.0, math.pi, math.pi / 18, dtype=torch.float64, device=dev) if params.fit_phase \
+    phases = torch.arange(0.0, math.pi, math.pi / 12, dtype=torch.float64, device=dev) if params.fit_phase \
         else torch.zeros(1, dtype=torch.float64, device=dev)
 
     def scores(dfs: torch.Tensor, phs: torch.Tensor) -> torch.Tensor:

@@ -51,12 +51,13 @@ def estimate_global_shifts(
 ) -> torch.Tensor:  # (t, 2) x, y shifts in unbinned px, mean zero
     """Per-frame specimen shifts of a movie, sub-pixel, mean zero over frames.
 
-    The movie is Fourier-cropped so that its Nyquist holds ``fit_range_a[1]`` (and by at least
-    ``binning``), edge-tapered, and each frame aligned to the sum of the others: a coarse
-    cross-correlation search, then ``iterations`` rounds of Newton refinement on the Fourier
-    cross-correlation. With ``smooth`` each round ends by fitting a smooth trajectory: the posterior
-    mean under a prior on frame-to-frame accelerations whose strength is set by restricted maximum
-    likelihood from the per-frame error estimates (steady drift is averaged, sudden jumps kept).
+    The movie is Fourier-cropped until its Nyquist just holds ``fit_range_a[1]`` (and at least
+    ``binning`` times), edge-tapered, and each frame aligned to the sum of the others: two coarse
+    cross-correlation searches, then ``iterations`` rounds of Newton refinement on the Fourier
+    cross-correlation. With ``smooth`` each round ends by fitting a smooth trajectory: the
+    posterior mean under a prior on frame-to-frame accelerations whose strength is set by
+    restricted maximum likelihood from the per-frame error estimates (steady drift is averaged,
+    sudden jumps are kept).
 
     Parameters
     ----------

@@ -1,4 +1,6 @@
-"""X-ray and hot-pixel removal after IMOD's ``ccderaser -find`` (Mastronarde; IMOD man page).
+"""X-ray and hot-pixel removal after IMOD's ``ccderaser -find``.
+
+Reference: D. Mastronarde, ccderaser(1), https://bio3d.colorado.edu/imod/doc/man/ccderaser.html
 
 Images are ``(..., h, w)``; X-rays are BRIGHT outliers. Dark objects (gold beads) never qualify,
 so their pixels are never changed. Each image is cut into ``scan_size_px`` scan areas whose
@@ -239,7 +241,7 @@ def _scan_tiles(x, areas, size, edge, p):
         nd4[:, k, :, max(w - 1 - b, 0):] = 0.0
     si = 4 if size % 4 == 0 and size >= 40 else 1  # intensity statistics: 4x subsample
     st = 2 if size % 2 == 0 and size >= 20 else 1  # difference statistics: 2x subsample
-    win = slice(pad, pad + size)
+    core = slice(pad, pad + size)
     mean, sd = _robust_stats(tiles[:, pad:pad + size:si, pad:pad + size:si].reshape(nb * na, -1))
     sub = nd[:, pad - 1:pad - 1 + size:st, pad - 1:pad - 1 + size:st].reshape(nb * na, -1)
     if not bool(torch.isfinite(sub.sum())):  # a NaN or inf pixel spoils 3 x 3 differences
@@ -247,7 +249,7 @@ def _scan_tiles(x, areas, size, edge, p):
     dmean, dsd = _robust_stats(sub)
     tiny = 1e-12 * (float(mean.abs().max()) + 1.0)
     sd, dsd = sd.clamp_min(tiny), dsd.clamp_min(tiny)
-    cand = tiles[:, win, win] > (mean + p.scan_criterion * sd)[:, None, None]
+    cand = tiles[:, core, core] > (mean + p.scan_criterion * sd)[:, None, None]
     seed = nd[:, pad - 1:pad - 1 + size, pad - 1:pad - 1 + size] > (
         dmean + p.diff_criterion * dsd)[:, None, None]
     i, ty, tx = (cand | seed).nonzero(as_tuple=True)  # one sparse scan for both detectors
@@ -273,8 +275,9 @@ def _cut_tiles(x, areas, s0, t0, size, pad):
     tiles = x.new_empty(nb, len(areas), t, t)
     done = set()
     a = s0[0] - pad
-    if len(areas) > 2 and a >= 0 and a + t <= h and all(j == areas[0][0] for j, _ in areas):
-        # a whole band: the regular areas 1..n-2 at once from a strided view
+    if len(areas) > 2 and a >= 0 and a + t <= h and areas == [(areas[0][0], c)
+                                                               for c in range(len(areas))]:
+        # areas 0.. of one band: the regular ones 1..n-1 at once from a strided view
         n = min((w - t + pad) // size, len(areas) - 1) + 1  # areas 1..n-1 fit entirely
         if n > 1:
             view = x[:, a:a + t, size - pad:].unfold(2, t, size)  # window i: area i + 1

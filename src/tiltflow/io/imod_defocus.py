@@ -129,7 +129,7 @@ def format_defocus(data: DefocusFile) -> str:
         raise ValueError("format_defocus: astigmatism or phase shifts need version 3 (set version=3 and flags)")
     lines = [f"{flags}\t0\t0.0\t0.0\t0.0\t3"] if data.version == 3 else []
     for k, e in enumerate(data.entries):
-        cols = [str(e.start_view), str(e.end_view), f"{e.start_tilt_deg:.2f}", f"{e.end_tilt_deg:.2f}",
+        cols = [str(e.start_view), str(e.end_view), f"{e.start_tilt_deg:5.2f}", f"{e.end_tilt_deg:5.2f}",
                 f"{e.defocus_1_nm:7.1f}"]
         if flags & ASTIGMATISM:
             ang = e.astigmatism_angle_deg or 0.0

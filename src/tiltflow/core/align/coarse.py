@@ -119,8 +119,8 @@ def coarse_align(
     binning: int = 1,
     lowpass_px: float | None = None,     # period (px of the input) below which to filter out
     highpass_px: float | None = None,    # period (px of the input) above which to filter out
-    reference: Literal["neighbour", "cumulative"] = "neighbour",
-    n_cumulative: int = 5,               # aligned views summed into a cumulative reference
+    reference: Literal["neighbour", "cumulative"] = "cumulative",
+    n_cumulative: int = 10,              # aligned views summed into a cumulative reference
     max_shift_px: float | None = None,   # largest displacement between neighbours, input px
     taper_fraction: float = 0.1,
 ) -> CoarseResult:

@@ -34,7 +34,8 @@ class MotionCtfParams(CtfOptions):
     eer_groups: int = param(16, "EER: fractions summed into this many frames.", cli="--eer-groups", ge=1)
     dose_weighting: bool = param(False, "Weight frames by the accumulated dose (Grant & Grigorieff).", cli="--dose-weighting")
     estimate_ctf: bool = param(True, "Estimate the CTF of each tilt.", cli="--estimate-ctf")
-    use_movie_average: bool = param(False, "CTF from the aligned sum's spectrum instead of the frames' spectra.",
+    use_movie_average: bool = param(False, "CTF from the aligned sum's spectrum instead of the mean spectrum of the"
+                                    " aligned frame groups (even/odd half sums).",
                                     cli="--use-movie-average")
 
 
@@ -46,6 +47,7 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     import numpy as np
     import torch
 
+    from tiltflow.core.defects import suppress_bright_outliers
     from tiltflow.core.motion import (
         DoseWeighting, align_and_sum, estimate_global_shifts, estimate_local_motion, prepare_frames, total_motion_px,
     )
@@ -67,18 +69,21 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
                             gain_transpose=p["gain_transpose"] == "transpose",
                             gain_flip_x=p["gain_flip"] == "x", gain_flip_y=p["gain_flip"] == "y")
     t = frames.shape[0]
-    shifts = estimate_global_shifts(frames, pixel_size_a=pixel_size_a, fit_range_a=tuple(p["fit_range_a"]),
+    clean = suppress_bright_outliers(frames)       # hot pixels / X-rays would pin the shifts at zero
+    shifts = estimate_global_shifts(clean, pixel_size_a=pixel_size_a, fit_range_a=tuple(p["fit_range_a"]),
                                     bfactor_a2=p["bfactor_a2"])
     motion = shifts
     grid = tuple(p["motion_grid"]) if p["motion_grid"] else None
     if grid != (1, 1, 1):
-        motion = estimate_local_motion(frames, shifts, pixel_size_a=pixel_size_a, grid=grid,
+        motion = estimate_local_motion(clean, shifts, pixel_size_a=pixel_size_a, grid=grid,
                                        fit_range_a=tuple(p["fit_range_a"]), bfactor_a2=p["bfactor_a2"])
     weights = None
     if p["dose_weighting"] and dose is not None:
         weights = DoseWeighting(pixel_size_a=pixel_size_a, dose_per_frame_e_a2=dose / t,
                                 pre_exposure_e_a2=prior_dose or 0.0, voltage_kv=voltage_kv)
-    summed = align_and_sum(frames, motion, even_odd=p["even_odd"], dose_weights=weights, binning=p["binning"])
+    # the CTF's "frame spectra" mode averages the spectra of the aligned even and odd half sums
+    halves = p["even_odd"] or (p["estimate_ctf"] and not p["use_movie_average"])
+    summed = align_and_sum(frames, motion, even_odd=halves, dose_weights=weights, binning=p["binning"])
     out = Path(out_dir)
     files = {"sum": str(write_mrc(out / "sums" / f"{name}.mrc", summed.total.cpu().numpy(), voxel_size_a=pixel_size_a * p["binning"]))}
     if p["even_odd"]:
@@ -89,12 +94,11 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     write_motion_star(out / "motion" / f"{name}.star", shifts.cpu().numpy(), movie=movie, pixel_size_a=pixel_size_a)
     result = {"files": files, "shifts_px": shifts.cpu().tolist(), "total_motion_px": total_motion_px(shifts)}
     if p["estimate_ctf"]:
-        from tiltflow.core.reconstruct import bin_views
-
         params = ctf_params(CtfOptions(**{k: p[k] for k in CtfOptions.model_fields}),
                             pixel_size_a=pixel_size_a * p["binning"], voltage_kv=voltage_kv, cs_mm=cs_mm,
                             amplitude_contrast=amplitude_contrast)
-        images = [summed.total] if p["use_movie_average"] else [bin_views(f, p["binning"]) for f in frames]
+        # single frames are too noisy at tilt-series doses: the aligned half sums are the frame groups
+        images = [summed.total] if p["use_movie_average"] else [summed.even, summed.odd]
         grid = tuple(p["defocus_grid"][:2]) if p["defocus_grid"] else None
         result["ctf"] = fit_tilt_ctf(images, params, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
                                      grid_xy=grid, out_png=out / "ctf" / f"{name}.png")
