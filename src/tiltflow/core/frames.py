@@ -2,7 +2,8 @@
 
 A gain reference written by the camera software is often stored transposed or flipped relative to
 the frames. The orientation options act on the gain (and the dark) before they are applied, in
-Warp's order: flip x (reverse columns), then flip y (reverse rows), then transpose.
+Warp's order: flip x (reverse columns), then flip y (reverse rows), then transpose. Unlike Warp,
+the gain is used as given (Warp divides it by its mean and sets zeros to one).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def warp_frame_2d(
     y0 = torch.arange(ny, device=dev) * stride - overlap  # tile origins in output pixels
     x0 = torch.arange(nx, device=dev) * stride - overlap
     cy, cx = torch.meshgrid(y0 + (size - 1) / 2, x0 + (size - 1) / 2, indexing="ij")
-    shift = motion.shifts_at(index, cx.reshape(-1), cy.reshape(-1)).to(torch.float32)  # (n, 2)
+    shift = motion.shifts_at(index, cx.reshape(-1), cy.reshape(-1)).to(dev, torch.float32)  # (n, 2)
     common = torch.round(shift.mean(dim=0)).long()
     rest = shift - common  # moved by a Fourier shift inside each tile
     margin = 16 + math.ceil(float(rest.abs().max()))
