@@ -4,8 +4,8 @@ Run: ``python benchmarks/xray.py [--repeats 5] [--hits 100]``. Each configuratio
 process (CPU with 1 and 2 torch threads, CPU with PyTorch's THP_MEM_ALLOC_ENABLE=1 huge-page
 allocations, CUDA when available) on a Poisson image (10 e/px) with ``--hits`` bright hits.
 Peak memory: how far the first call raises the process's peak RSS above its RSS with the
-image loaded (CPU), or ``torch.cuda.max_memory_allocated`` minus the image (CUDA). Prints the load average: on a shared machine the
-wall time depends on it; CPU time is printed too.
+image loaded (CPU), or ``torch.cuda.max_memory_allocated`` minus the image (CUDA). The load
+average is printed because wall time on a shared machine depends on it; so is CPU time.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def test_fit_ctf_recovers_defocus_and_astigmatism(pixel_size_a, window_px, tilt_
 
 
 def test_simulator_ctf_is_the_ctf_model():
-    k2, chi = _chi((64, 64), 2.76, 31000.0, 29000.0, 35.0, 0.4)
+    _, chi = _chi((64, 64), 2.76, 31000.0, 29000.0, 35.0, 0.4)
     model = ctf_2d((64, 64), pixel_size_a=2.76, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07,
                    defocus_u_a=31000.0, defocus_v_a=29000.0, astigmatism_angle_deg=35.0, phase_shift_rad=0.4)
     assert torch.allclose(-torch.sin(chi).float(), model, atol=1e-5)
@@ -158,7 +158,7 @@ def test_tiled_spectrum_rescaling_sharpens_rings_of_tilted_image():
     truth = (30500.0, 29500.0, 30.0)
     image = simulate_tilt((256, 1024), defocus_u_a=truth[0], defocus_v_a=truth[1], angle_deg=truth[2],
                           tilt_deg=60.0, axis_deg=0.0, dose_e_px=1e5, seed=1)
-    common = dict(window_px=256, pixel_size_a=2.76, tilt_axis_deg=0.0)
+    common = {"window_px": 256, "pixel_size_a": 2.76, "tilt_axis_deg": 0.0}
     plain = tiled_power_spectrum(image, tilt_angle_deg=60.0, **common)
     rescaled = tiled_power_spectrum(image, tilt_angle_deg=60.0, reference_defocus_a=truth, **common)
     wrong = tiled_power_spectrum(image, tilt_angle_deg=-60.0, reference_defocus_a=truth, **common)
@@ -210,7 +210,10 @@ def test_fit_ctf_phase_shift():
 
 def test_fit_ctf_series_local_grid_recovers_a_defocus_ramp_and_the_tilt_plane():
     params = CtfParams(pixel_size_a=2.76, window_px=256)
-    ramp = lambda x, y: 1000.0 * (x - 511.5) / 1024.0  # noqa: E731  Å; -250 / +250 at the cells' tile centres
+
+    def ramp(x, y):  # Å along x: -250 / +250 at the two cells' tile centres (x = 255.5, 767.5)
+        return 1000.0 * (x - 511.5) / 1024.0
+
     flat = simulate_tilt((1024, 1024), defocus_u_a=30400.0, defocus_v_a=29600.0, angle_deg=-20.0, seed=30,
                          extra_offset_a=ramp)
     grid = fit_ctf_series(flat[None], params, tilt_angles_deg=[0.0], tilt_axis_deg=AXIS_DEG,

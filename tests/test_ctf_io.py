@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from pathlib import Path
@@ -133,7 +134,7 @@ def test_ctffind_corpus_rotational_average():
     assert avrot.header.pixel_size_a == 40.0 and avrot.header.header_extra == {"num. frames averaged": "3"}
     assert len(avrot.spatial_frequency_per_a) == 1 and len(avrot.ctf_fit[0]) == 363
     k = avrot.spatial_frequency_per_a[0]
-    assert k[0] == 0.0 and all(b > a for a, b in zip(k, k[1:]))
+    assert k[0] == 0.0 and all(b > a for a, b in itertools.pairwise(k))
     assert avrot.ctf_fit[0][0] == pytest.approx(0.07)  # the fit curve is |ctf|: A = 0.07 at k = 0
 
 

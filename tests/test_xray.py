@@ -13,8 +13,10 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from tiltflow.core.xray import XrayParams, erase_xrays, find_xrays, replace_patches
 
@@ -109,7 +111,7 @@ def test_erases_hits_spares_beads_and_background(dose, n_hits):
     assert res.mask.shape == image.shape and res.mask.dtype == torch.bool
     changed = res.image != image
     assert torch.equal(changed & ~res.mask, torch.zeros_like(changed))  # only masked pixels move
-    erased = torch.tensor([all(bool(res.mask[p]) for p in h["pix"][:1]) for h in sim["hits"]])
+    erased = torch.tensor([bool(res.mask[h["pix"][0]]) for h in sim["hits"]])
     injected = torch.tensor([h["excess"] for h in sim["hits"]])
     observed = torch.tensor([h["observed"] for h in sim["hits"]])
     # acceptance: >= 99 % of hits >= 8 SD above the local annulus background (IMOD's criterion)
@@ -120,7 +122,8 @@ def test_erases_hits_spares_beads_and_background(dose, n_hits):
     false = (changed & ~hits).sum().item() / (~hits).sum().item()
     assert false < 1e-4  # < 0.01 % of the other pixels modified
     assert not changed[sim["bead"]].any()  # gold beads are never touched
-    assert res.n_patches >= erased.sum().item() * 0.9
+    n_labels = ndimage.label(res.mask.numpy(), structure=np.ones((3, 3)))[1]
+    assert res.n_patches == n_labels  # 8-connected patches
 
 
 def test_replacement_is_close_to_local_background():

@@ -105,12 +105,12 @@ def _components(fit: CtfFit) -> tuple[float, float, float]:
 
 
 def _pearson(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-    """Pearson correlation along the last dim (optionally weighted)."""
+    """Pearson correlation along the last dim, optionally weighted by ``w``."""
     if w is None:
-        w = torch.ones_like(x[..., :1]).expand(torch.broadcast_shapes(x.shape, y.shape))
+        xc, yc = x - x.mean(-1, keepdim=True), y - y.mean(-1, keepdim=True)
+        return (xc * yc).sum(-1) / torch.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1)).clamp_min(1e-30)
     sw = w.sum(-1, keepdim=True)
-    xm, ym = (w * x).sum(-1, keepdim=True) / sw, (w * y).sum(-1, keepdim=True) / sw
-    xc, yc = x - xm, y - ym
+    xc, yc = x - (w * x).sum(-1, keepdim=True) / sw, y - (w * y).sum(-1, keepdim=True) / sw
     return (w * xc * yc).sum(-1) / torch.sqrt((w * xc * xc).sum(-1) * (w * yc * yc).sum(-1)).clamp_min(1e-30)
 
 
@@ -255,9 +255,11 @@ def search_defocus_local(
     step = 0.02 / (lam * _k_limits(params)[1] ** 2)
     m = torch.arange(mean_defocus_a - halfwidth_a, mean_defocus_a + halfwidth_a + step, step, dtype=f64, device=dev)
     _, a1, a2 = _components(fit)
-    full = torch.ones_like(m)
-    sc = torch.cat([_pearson(_model_sq(ann, params, c, a1 * full[: c.numel()], a2 * full[: c.numel()],
-                                       fit.phase_shift_rad * full[: c.numel()]), ann["y"]) for c in m.split(32)])
+    sc = torch.cat([
+        _pearson(_model_sq(ann, params, c, torch.full_like(c, a1), torch.full_like(c, a2),
+                           torch.full_like(c, fit.phase_shift_rad)), ann["y"])
+        for c in m.split(32)
+    ])
     i = int(sc[1:-1].argmax()) + 1
     denom = float(sc[i - 1] - 2 * sc[i] + sc[i + 1])
     shift = 0.5 * float(sc[i - 1] - sc[i + 1]) / denom if denom < 0 else 0.0
@@ -310,18 +312,24 @@ def ring_correlation(
 
 
 def fit_resolution_a(spectrum: torch.Tensor, params: CtfParams, fit: CtfFit) -> float:
-    """Resolution (Å) up to which Thon rings are fitted (CTFFIND4's thresholds on ring correlation)."""
+    """Resolution (Å) up to which Thon rings are fitted: CTFFIND4's thresholds on the ring
+    correlation, scanned from the low-resolution limit up to where rings come closer than 3 px."""
     k, _, _, frc = ring_correlation(spectrum, params, fit)
+    n = spectrum.shape[-2]
     kmin, _ = _k_limits(params)
+    lam = electron_wavelength_a(params.voltage_kv)
+    # ring period in bins at bin i: d(r^2) = (n*px)^2 / (lam*df) per ring, dr = d(r^2) / (2r)
+    period = (n * params.pixel_size_a) ** 2 / (lam * max(fit.defocus_u_a, 1.0) * 2.0 * torch.arange(k.numel()).clamp_min(1))
+    last = int((period >= 3.0).sum()) - 1
+    start = max(int(torch.searchsorted(k, torch.tensor(kmin, dtype=k.dtype, device=k.device))), 1)
     above_low = above_high = 0
-    start = int(torch.searchsorted(k, torch.tensor(kmin, dtype=k.dtype, device=k.device)))
-    for i in range(max(start, 1), k.numel()):
+    for i in range(start, last + 1):
         c = float(frc[i])
         if (above_low > 3 and c < 0.1) or (above_high > 3 and c < 0.5):
             return float(1.0 / k[i])
         above_low += c > 0.1
         above_high += c > 0.66
-    return float(1.0 / k[-1]) if above_high > 3 else float(1.0 / k[max(start, 1)])
+    return float(1.0 / k[max(last, start)]) if above_high > 3 else float(1.0 / k[start])
 
 
 def fit_ctf_spectrum(

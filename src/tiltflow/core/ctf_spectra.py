@@ -50,7 +50,7 @@ def tile_grid(
         )
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"tile_grid: overlap={overlap} must be in [0, 1)")
-    step = max(int(round(window_px * (1.0 - overlap))), 1)
+    step = max(round(window_px * (1.0 - overlap)), 1)
     ys, xs = _tile_starts(h, window_px, step), _tile_starts(w, window_px, step)
     half = (window_px - 1) / 2.0
     cy, cx = torch.meshgrid(torch.tensor(ys, dtype=torch.float64) + half,
@@ -120,7 +120,7 @@ def tiled_power_spectrum(
     img = image.to(torch.float32)
     taper = _taper_2d(n, device=img.device, dtype=img.dtype)
     norm = taper.square().sum()
-    step = max(int(round(n * (1.0 - overlap))), 1)
+    step = max(round(n * (1.0 - overlap)), 1)
     crop = img[ys[0] : ys[-1] + n, xs[0] : xs[-1] + n]
     tiles = crop.unfold(0, n, step).unfold(1, n, step)  # (ty, tx, n, n), a view
     flat_keep = keep.to(img.device)

@@ -55,7 +55,8 @@ def _spline_weights(u: torch.Tensor, n: int) -> torch.Tensor:
 class LocalMotion:
     """Residual motion ``grid`` (nt, ny, nx, 2) x, y px on top of ``global_shifts`` (t, 2).
 
-    ``image_shape`` (h, w) is the unbinned frame shape the control points span.
+    ``image_shape`` (h, w) is the unbinned frame shape the control points span. From
+    :func:`estimate_local_motion`, ``global_shifts`` are the input shifts refined by the patch fit.
     """
 
     grid: torch.Tensor

@@ -43,8 +43,8 @@ class DoseWeighting:
 class MotionSum:
     """Aligned sums (h', w'); ``even``/``odd`` sum frames 0, 2, 4... / 1, 3, 5... (0-based).
 
-    ``shifts_px`` (t, 2) are the global shifts applied (unbinned px), ``local`` the local motion
-    applied on top of them (or None). ``even + odd == total``.
+    ``shifts_px`` (t, 2) are the global shifts applied (unbinned px; a LocalMotion's own), ``local``
+    the local motion applied on top of them (or None). ``even + odd == total``.
     """
 
     total: torch.Tensor
@@ -152,12 +152,15 @@ def align_and_sum(
         shape = tuple(getattr(frames, "shape", ()))
         raise ValueError(f"{name}: frames must be a real (t, h, w) tensor, got shape {shape}")
     t, h, w = frames.shape
-    local = shifts if isinstance(shifts, LocalMotion) else None
-    glob = (local.global_shifts if local is not None else torch.as_tensor(shifts)).to(torch.float32)
+    motion = shifts if isinstance(shifts, LocalMotion) else None
+    glob = motion.global_shifts if motion is not None else torch.as_tensor(shifts)
+    glob = glob.to(torch.float32)
+    # a local field below 0.001 px everywhere is applied as the (exact, faster) global shift
+    local = motion if motion is not None and float(motion.grid.abs().max()) >= 1e-3 else None
     if tuple(glob.shape) != (t, 2):
         raise ValueError(f"{name}: shifts must be ({t}, 2) for {t} frames, got {tuple(glob.shape)}")
-    if local is not None and tuple(local.image_shape) != (h, w):
-        raise ValueError(f"{name}: local motion is for frames {local.image_shape}, not {(h, w)}")
+    if motion is not None and tuple(motion.image_shape) != (h, w):
+        raise ValueError(f"{name}: local motion is for frames {motion.image_shape}, not {(h, w)}")
     if int(binning) != binning or not 1 <= binning <= min(h, w):
         raise ValueError(
             f"{name}: binning must be an integer between 1 and {min(h, w)}, got {binning}"
@@ -206,6 +209,6 @@ def align_and_sum(
         even=images[1] if even_odd else None,
         odd=images[2] if even_odd else None,
         shifts_px=glob,
-        local=local,
+        local=motion,
         binning=int(binning),
     )

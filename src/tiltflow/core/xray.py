@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 _SD_PER_MAD = math.sqrt(math.pi / 2.0)  # SD / mean absolute deviation of a Gaussian
-_CHUNK = 16384  # points per batched gather / patches per batched fit (small, cached temporaries)
+_CHUNK = 16384  # points per batched gather (keeps temporaries small and cached)
+_FIT_CHUNK = 1024  # patches per batched polynomial fit
 _MAX_PASSES = 8
 
 
@@ -355,14 +356,17 @@ def _big_diff_z(x, b, y, xx, reach, size):
     k = (reach.flatten(1).sum(1) * 0.25).round().clamp_min(1)  # IMOD: most extreme 1/4
     first = torch.arange(top.shape[1], device=x.device)[None] < k[:, None]
     avg = torch.where(first, top, 0.0).sum(1) / k
-    y0 = torch.clamp(y // size * size, max=h - size)
-    x0 = torch.clamp(xx // size * size, max=w - size)
+    key = torch.stack([b, torch.clamp(y // size * size, max=h - size),
+                       torch.clamp(xx // size * size, max=w - size)], 1)
+    key, which = torch.unique(key, dim=0, return_inverse=True)  # scan areas of these patches
     g = torch.arange(size, device=x.device)
-    win = x[b[:, None, None], (y0[:, None] + g)[:, :, None], (x0[:, None] + g)[:, None, :]]
+    win = x[key[:, 0, None, None], (key[:, 1, None] + g)[:, :, None],
+            (key[:, 2, None] + g)[:, None, :]]
     d = torch.cat([(win[:, :, 1:] - win[:, :, :-1]).abs().flatten(1),
                    (win[:, 1:] - win[:, :-1]).abs().flatten(1)], 1)
     m = d.mean(1)
-    return (avg - m) / ((d - m[:, None]).abs().mean(1) * _SD_PER_MAD).clamp_min(1e-12)
+    sd = ((d - m[:, None]).abs().mean(1) * _SD_PER_MAD).clamp_min(1e-12)
+    return (avg - m[which]) / sd[which]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -490,8 +494,8 @@ def _fit_values(x, lin, border, order):
     terms = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
     eye = torch.eye(len(terms), dtype=torch.float64, device=dev)
     coef = []
-    for c0 in range(0, n_comp, _CHUNK):
-        c = torch.arange(c0, min(c0 + _CHUNK, n_comp), device=dev)
+    for c0 in range(0, n_comp, _FIT_CHUNK):
+        c = torch.arange(c0, min(c0 + _FIT_CHUNK, n_comp), device=dev)
         s = int(extent[c].max()) + 1 + 2 * border
         g = torch.arange(s, device=dev)
         wy, wx = lo[0][c, None] - border + g, lo[1][c, None] - border + g  # (n, s)

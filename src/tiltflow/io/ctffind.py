@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -106,7 +106,7 @@ class CtffindFile(BaseModel):
 def _parse_header_line(text: str, out: dict, extra: dict) -> bool:
     """Read one '#' line into ``out`` (known keys) and ``extra``; False if nothing was recognised."""
     body = text.lstrip("#").strip()
-    m = re.match(r"Output from CTFFind version (\S+?),? run on (.*)$", body, re.IGNORECASE)
+    m = re.match(r"Output from CTFFind version (.+?),? run on (.*)$", body, re.IGNORECASE)
     if m:
         out["version"], out["run_on"] = m.group(1), m.group(2).strip()
         return True
@@ -166,7 +166,7 @@ def parse_ctffind(text: str, *, strict: bool = True) -> CtffindFile:
             if len(values) < 4:
                 raise ValueError(f"{len(values)} columns, need at least 4")
             pad = values + [0.0] * max(0, 7 - len(values))
-            rows.append(CtffindRow(micrograph_number=int(round(pad[0])), defocus_1_a=pad[1], defocus_2_a=pad[2],
+            rows.append(CtffindRow(micrograph_number=round(pad[0]), defocus_1_a=pad[1], defocus_2_a=pad[2],
                                    azimuth_deg=pad[3], phase_shift_rad=pad[4], cross_correlation=pad[5],
                                    fit_resolution_a=pad[6], extra=values[7:]))
         except ValueError as err:
@@ -201,7 +201,7 @@ def format_ctffind(data: CtffindFile, *, tilt_angles_deg: list[float] | None = N
         rows = [rows[i].model_copy(update={"micrograph_number": k + 1}) for k, i in enumerate(order)]
     lines = []
     version = data.version or f"tiltflow-{__version__}"
-    run_on = data.run_on or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    run_on = data.run_on or datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
     lines.append(f"# Output from CTFFind version {version}, run on {run_on}")
     lines.append(f"# Input file: {data.input_file or 'unknown'} ; Number of micrographs: {len(rows)}")
     if data.pixel_size_a is not None:

@@ -45,16 +45,6 @@ def read_gain(path: Path | str) -> np.ndarray:
     return data
 
 
-def orient_gain(gain: np.ndarray, *, transpose: bool = False, flip_x: bool = False, flip_y: bool = False) -> np.ndarray:
-    """Apply Warp's order: transpose first, then flip x (columns), then flip y (rows)."""
-    g = gain.T if transpose else gain
-    if flip_x:
-        g = g[:, ::-1]
-    if flip_y:
-        g = g[::-1, :]
-    return np.ascontiguousarray(g)
-
-
 def gain_orientations_for(gain_shape: tuple[int, int], frame_size: tuple[int, int]) -> list[str]:
     """Which orientations make a gain ``(ny, nx)`` fit frames of ``(nx, ny)``: 'as is' and/or 'transposed'."""
     nx, ny = frame_size

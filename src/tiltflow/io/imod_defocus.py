@@ -69,12 +69,13 @@ def _n_columns(flags: int) -> int:
 
 
 def _entry(values: list[float], flags: int) -> DefocusEntry:
-    fields = dict(start_view=int(values[0]), end_view=int(values[1]), start_tilt_deg=values[2],
-                  end_tilt_deg=values[3], defocus_1_nm=values[4])
+    fields = {"start_view": int(values[0]), "end_view": int(values[1]), "start_tilt_deg": values[2],
+              "end_tilt_deg": values[3], "defocus_1_nm": values[4]}
     i = 5
     if flags & ASTIGMATISM:
         angle = values[i + 1]
-        fields.update(defocus_2_nm=values[i], astigmatism_angle_deg=math.degrees(angle) if flags & ANGLE_RADIANS else angle)
+        fields["defocus_2_nm"] = values[i]
+        fields["astigmatism_angle_deg"] = math.degrees(angle) if flags & ANGLE_RADIANS else angle
         i += 2
     if flags & PHASE:
         fields["phase_shift_deg"] = math.degrees(values[i]) if flags & PHASE_RADIANS else values[i]

@@ -9,6 +9,7 @@ interrupted run resumes without recomputing it (``resume_items``).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -30,6 +31,10 @@ class LocalExecutor:
 
     def map_unordered(self, fn, tasks):
         tasks = list(tasks)
+        with _torch_threads(max(1, (os.cpu_count() or 1) // self.workers)):
+            yield from self._map(fn, tasks)
+
+    def _map(self, fn, tasks):
         if self.workers == 1:
             for key, args in tasks:
                 try:
@@ -56,6 +61,19 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+@contextmanager
+def _torch_threads(n: int):
+    """Share the cores between concurrent tasks: each task's torch kernels get ``n`` threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_executor(options: dict[str, Any]) -> Executor:

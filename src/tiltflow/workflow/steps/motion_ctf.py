@@ -30,7 +30,7 @@ class MotionCtfParams(CtfOptions):
         None, "Motion model grid (x, y, frames); empty: automatic; 1 1 1: global only.", cli="--motion-grid")
     even_odd: bool = param(True, "Write even/odd half-sum stacks.", cli="--even-odd")
     gain_transpose: Literal["none", "transpose"] = param("none", "Transpose the gain before use.", cli="--gain-transpose")
-    gain_flip: Literal["none", "x", "y"] = param("none", "Flip the gain (after transposing).", cli="--gain-flip")
+    gain_flip: Literal["none", "x", "y"] = param("none", "Flip the gain (before transposing, as Warp).", cli="--gain-flip")
     eer_groups: int = param(16, "EER: fractions summed into this many frames.", cli="--eer-groups", ge=1)
     dose_weighting: bool = param(False, "Weight frames by the accumulated dose (Grant & Grigorieff).", cli="--dose-weighting")
     estimate_ctf: bool = param(True, "Estimate the CTF of each tilt.", cli="--estimate-ctf")
@@ -91,6 +91,7 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
                                       voxel_size_a=pixel_size_a * p["binning"]))
         files["odd"] = str(write_mrc(out / "sums" / f"{name}_odd.mrc", summed.odd.cpu().numpy(),
                                      voxel_size_a=pixel_size_a * p["binning"]))
+    shifts = summed.shifts_px                      # refined by the local fit when there is one
     write_motion_star(out / "motion" / f"{name}.star", shifts.cpu().numpy(), movie=movie, pixel_size_a=pixel_size_a)
     result = {"files": files, "shifts_px": shifts.cpu().tolist(), "total_motion_px": total_motion_px(shifts)}
     if p["estimate_ctf"]:

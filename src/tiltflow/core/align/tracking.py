@@ -1,0 +1,260 @@
+"""Bead tracking through a tilt series: seeding near 0°, model-based prediction, local search,
+gap filling (in the spirit of IMOD ``beadtrack``).
+
+Positions are raw pixel (x, y); views are sorted by tilt. The tracking model is
+``p = c + R(axis) (x cos(theta) + z sin(theta), y) + s_view`` (``core/geometry.py``): every tracked
+bead gets a 3-D position and every view a shift, re-fitted as views are added
+(``residuals.fit_beads_and_shifts``). Views are visited alternately on both sides of the seed
+view. A bead seen once has an unknown z, so it is searched along a slit in the x' direction
+(``max_z_px * |sin(theta) - sin(theta_seed)|`` long); once beads have a z, the view's common
+offset is found first by summing their correlation maps (robust to coarse-alignment errors).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tiltflow.core.align.beads import bead_template, detect_beads, ncc_map, subpixel_peak
+from tiltflow.core.align.residuals import fit_beads_and_shifts, project_beads
+from tiltflow.core.geometry import rotation_matrix_2d
+
+__all__ = ["Tracks", "estimate_axis_from_tracks", "locate_beads", "track_beads"]
+
+
+@dataclass(frozen=True)
+class Tracks:
+    """Bead tracks through a tilt series sorted by tilt angle."""
+
+    positions_px: torch.Tensor   # (n, t, 2) raw (x, y), NaN where the bead was not found
+    scores: torch.Tensor         # (n, t) NCC with the bead template, NaN where not found
+    predicted_px: torch.Tensor   # (n, t, 2) the tracking model's positions in every view
+    seed_view: int               # index of the view the beads were seeded in
+    tilt_axis_deg: float         # axis angle of the tracking model (refined from the tracks)
+
+    @property
+    def found(self) -> torch.Tensor:  # (n, t) bool
+        return torch.isfinite(self.positions_px).all(-1)
+
+
+def locate_beads(
+    image: torch.Tensor,                 # (h, w)
+    predicted_px: torch.Tensor,          # (n, 2) raw (x, y)
+    *,
+    template: torch.Tensor,              # (L, L) from beads.bead_template
+    radius_px: float,                    # search radius across the slit (or of a disc)
+    along_px: torch.Tensor | float = 0.0,  # (n,) extra half-length along x' (slit), px
+    tilt_axis_deg: float = 0.0,          # x' is perpendicular to the axis
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # xy (n, 2), scores (n,), maps (n, S, S)
+    """Best NCC peak of each bead within an ellipse around its prediction.
+
+    The ellipse has semi-axes ``radius_px + along_px`` along x' and ``radius_px`` along the axis.
+    A peak on the region's edge that is not a local maximum is rejected (NaN). ``maps`` are the
+    NCC maps on the integer grid centred at the rounded predictions (for voting).
+    """
+    n = predicted_px.shape[0]
+    dev = image.device
+    along = torch.as_tensor(along_px, dtype=torch.float64, device=dev).expand(n)
+    half = int(math.ceil(radius_px + (float(along.max()) if n else 0.0))) + 1
+    size_t = template.shape[-1]
+    pad = half + size_t // 2 + 1
+    img = torch.nn.functional.pad(image[None, None].float(), (pad,) * 4, mode="constant",
+                                  value=float(image.mean()))[0, 0]
+    base = torch.round(predicted_px.to(torch.float64)).long()
+    r = torch.arange(-half - size_t // 2, half + size_t // 2 + 1, device=dev)
+    rows = (base[:, 1, None] + pad + r[None])[:, :, None]
+    cols = (base[:, 0, None] + pad + r[None])[:, None, :]
+    rows, cols = rows.clamp(0, img.shape[0] - 1), cols.clamp(0, img.shape[1] - 1)
+    maps = ncc_map(img[rows, cols], template.to(dev), padding="valid")  # (n, S, S)
+    g = torch.arange(-half, half + 1, dtype=torch.float64, device=dev)
+    off = torch.stack(torch.broadcast_tensors(g[None, None, :], g[None, :, None]), -1)
+    off = off + (base - predicted_px.to(torch.float64))[:, None, None, :]  # from the prediction
+    aligned = off @ rotation_matrix_2d(-tilt_axis_deg).to(off).T
+    inside = (aligned[..., 0] / (radius_px + along[:, None, None])) ** 2 \
+        + (aligned[..., 1] / radius_px) ** 2 <= 1.0
+    masked = torch.where(inside, maps.to(torch.float64), -torch.inf)
+    flat = masked.reshape(n, -1).argmax(1) if n else torch.zeros(0, dtype=torch.long, device=dev)
+    iy, ix = flat // masked.shape[-1], flat % masked.shape[-1]
+    idx = torch.arange(n, device=dev)
+    best = maps[idx, iy, ix]
+    neigh = torch.nn.functional.max_pool2d(maps[:, None], 3, stride=1, padding=1)[:, 0]
+    is_peak = best >= neigh[idx, iy, ix]
+    xy = (base + torch.stack([ix, iy], -1) - half).to(torch.float64)
+    xy = xy + subpixel_peak(maps, iy, ix).to(torch.float64)
+    ok = is_peak & torch.isfinite(best)
+    xy = torch.where(ok[:, None], xy, torch.nan)
+    return xy, torch.where(ok, best.to(torch.float64), torch.nan), maps
+
+
+def _vote(maps: torch.Tensor, keep: torch.Tensor, radius_px: float) -> torch.Tensor:
+    """Common offset (x, y) of beads ``keep`` from their summed NCC maps within ``radius_px``."""
+    total = maps[keep].clamp_min(0).sum(0)
+    half = total.shape[-1] // 2
+    g = torch.arange(-half, half + 1, device=maps.device)
+    disc = (g[None, :] ** 2 + g[:, None] ** 2) <= radius_px ** 2
+    total = torch.where(disc, total, -torch.inf)
+    k = int(total.argmax())
+    iy, ix = torch.tensor([k // total.shape[-1]]), torch.tensor([k % total.shape[-1]])
+    sub = subpixel_peak(torch.where(disc, total, 0)[None], iy.to(maps.device), ix.to(maps.device))
+    return (torch.stack([ix, iy], -1).to(sub) - half + sub)[0].to(torch.float64)
+
+
+def estimate_axis_from_tracks(
+    positions_px: torch.Tensor,          # (n, t, 2) raw, NaN missing
+    tilt_angles_deg: torch.Tensor,       # (t,)
+    *,
+    tilt_axis_deg: float,                # starting value
+    image_shape: tuple[int, int],
+    search_deg: float = 3.0,
+    step_deg: float = 0.25,
+) -> float:
+    """Axis angle minimising the median bead residual of the tracking model (grid + parabola)."""
+    trial = torch.arange(-search_deg, search_deg + 1e-9, step_deg, dtype=torch.float64) + tilt_axis_deg
+    seen = torch.isfinite(positions_px).all(-1)
+    cost = []
+    for a in trial.tolist():
+        xyz, s = fit_beads_and_shifts(positions_px, tilt_angles_deg, tilt_axis_deg=a,
+                                      image_shape=image_shape, iterations=3)
+        pred = project_beads(xyz, tilt_angles_deg, tilt_axis_deg=a, shifts_px=s,
+                             image_shape=image_shape)
+        cost.append(float(((pred - positions_px) ** 2).sum(-1)[seen].sqrt().median()))
+    c = torch.tensor(cost)
+    i = int(c.argmin())
+    if 0 < i < len(cost) - 1:
+        den = c[i - 1] - 2 * c[i] + c[i + 1]
+        frac = float(0.5 * (c[i - 1] - c[i + 1]) / den) if den > 0 else 0.0
+        return float(trial[i]) + max(-0.5, min(0.5, frac)) * step_deg
+    return float(trial[i])
+
+
+def _visit_order(seed: int, t: int) -> list[int]:
+    order = []
+    for k in range(1, t):
+        order += [v for v in (seed + k, seed - k) if 0 <= v < t]
+    return order
+
+
+def track_beads(
+    views: torch.Tensor,                 # (t, h, w) raw views sorted by tilt angle
+    tilt_angles_deg: torch.Tensor,       # (t,)
+    *,
+    tilt_axis_deg: float,
+    coarse_shifts_px: torch.Tensor,      # (t, 2) raw-image shifts, e.g. CoarseResult.shifts_px
+    bead_diameter_px: float,
+    seeds: torch.Tensor | None = None,   # (n, 2) bead positions in the seed view, default detected
+    seed_view: int | None = None,        # default: the view nearest 0°
+    search_radius_px: float | None = None,  # default max(0.3 d, 3)
+    vote_radius_px: float | None = None,  # common-offset search, default max(d, 8)
+    max_z_px: float | None = None,       # bead |z| range for slit searches, default max(h, w)
+    min_score: float = 0.35,
+    max_residual_px: float | None = None,  # outlier limit after tracking, default max(0.3 d, 2.5)
+    fill_gaps: bool = True,
+    refine_axis: bool = True,
+) -> Tracks:
+    """Seed beads in the view nearest 0° and follow them through the series (module docstring).
+
+    After the first pass the model (axis included when ``refine_axis``) is re-fitted to all
+    points; points further than ``max_residual_px`` from it are dropped and missing points are
+    searched again around the model's prediction (``fill_gaps``).
+    """
+    if views.ndim != 3:
+        raise ValueError(f"views must have shape (t, h, w), got {tuple(views.shape)}")
+    t, h, w = views.shape
+    dev = views.device
+    angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).to(dev)
+    shifts = torch.as_tensor(coarse_shifts_px, dtype=torch.float64).to(dev).clone()
+    if angles.shape != (t,) or shifts.shape != (t, 2):
+        raise ValueError(f"need one tilt angle and one (x, y) coarse shift per view for {t} views, "
+                         f"got {tuple(angles.shape)} and {tuple(shifts.shape)}")
+    d = float(bead_diameter_px)
+    seed = int(torch.argmin(angles.abs())) if seed_view is None else int(seed_view)
+    if seeds is None:
+        seeds = detect_beads(views[seed], bead_diameter_px=d, edge_px=d).xy_px
+    seeds = torch.as_tensor(seeds, dtype=torch.float64).to(dev).reshape(-1, 2)
+    if seeds.shape[0] < 3:
+        raise ValueError(f"track_beads: only {seeds.shape[0]} beads to seed in view {seed}; "
+                         "pass seeds or check bead_diameter_px")
+    r_small = max(0.3 * d, 3.0) if search_radius_px is None else search_radius_px
+    r_vote = max(d, 8.0) if vote_radius_px is None else vote_radius_px
+    z_max = float(max(h, w)) if max_z_px is None else max_z_px
+    tol = max(0.3 * d, 2.5) if max_residual_px is None else max_residual_px
+    tpl = bead_template(d, device=dev)
+    margin = d / 2 + 1
+    n = seeds.shape[0]
+    pos = torch.full((n, t, 2), torch.nan, dtype=torch.float64, device=dev)
+    score = torch.full((n, t), torch.nan, dtype=torch.float64, device=dev)
+    pos[:, seed] = seeds
+    score[:, seed] = 1.0
+    axis = float(tilt_axis_deg)
+    sin = torch.sin(torch.deg2rad(angles))
+    model = dict(image_shape=(h, w))
+
+    def inside(p: torch.Tensor) -> torch.Tensor:
+        return (p[:, 0] >= margin) & (p[:, 0] <= w - 1 - margin) & (p[:, 1] >= margin) \
+            & (p[:, 1] <= h - 1 - margin)
+
+    for count, k in enumerate(_visit_order(seed, t)):
+        done = torch.isfinite(pos).all(-1)
+        j = k - 1 if k > seed else k + 1  # the neighbour towards the seed view, already visited
+        shifts[k] = shifts[k] + (shifts[j] - torch.as_tensor(coarse_shifts_px).to(shifts)[j])
+        xyz, shifts_fit = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts,
+                                               iterations=2, **model)
+        visited = done.any(0)
+        shifts = torch.where(visited[:, None], shifts_fit, shifts)
+        known = done.sum(1) >= 2
+        if refine_axis and count >= 6 and count % 4 == 2:
+            axis = estimate_axis_from_tracks(pos, angles, tilt_axis_deg=axis, **model)
+        pred = project_beads(xyz, angles[k:k + 1], tilt_axis_deg=axis, shifts_px=shifts[k:k + 1],
+                             **model)[:, 0]
+        if int(known.sum()) >= 3:
+            _, _, maps = locate_beads(views[k], pred, template=tpl, radius_px=r_vote,
+                                      tilt_axis_deg=axis)
+            offset = _vote(maps, known & inside(pred), r_vote)
+            shifts[k] = shifts[k] + offset
+            pred = pred + offset
+        seen_sin = torch.where(done, sin[None], 0.0).sum(1) / done.sum(1).clamp_min(1)
+        along = torch.where(known, 0.0, z_max * (seen_sin - sin[k]).abs())
+        xy, sc, _ = locate_beads(views[k], pred, template=tpl, radius_px=r_small, along_px=along,
+                                 tilt_axis_deg=axis)
+        ok = inside(pred) & (sc >= min_score) & inside(torch.nan_to_num(xy, nan=-1e9))
+        pos[ok, k] = xy[ok]
+        score[ok, k] = sc[ok]
+    return _finish(views, pos, score, angles, axis, shifts, seed, tpl=tpl, r_small=r_small,
+                   tol=tol, min_score=min_score, inside=inside, fill_gaps=fill_gaps,
+                   refine_axis=refine_axis)
+
+
+def _finish(views, pos, score, angles, axis, shifts, seed, *, tpl, r_small, tol, min_score,
+            inside, fill_gaps, refine_axis) -> Tracks:
+    """Refit the model, drop outliers, fill gaps around the model's predictions."""
+    t, h, w = views.shape
+    model = dict(image_shape=(h, w))
+    for round_ in range(2):
+        if refine_axis:
+            axis = estimate_axis_from_tracks(pos, angles, tilt_axis_deg=axis, **model)
+        xyz, shifts = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts,
+                                           iterations=4, **model)
+        pred = project_beads(xyz, angles, tilt_axis_deg=axis, shifts_px=shifts, **model)
+        bad = ((pos - pred).norm(dim=-1) > tol) & torch.isfinite(pos).all(-1)
+        bad[:, seed] = False
+        pos[bad] = torch.nan
+        score[bad] = torch.nan
+        if not fill_gaps:
+            break
+        for k in range(t):
+            miss = ~torch.isfinite(pos[:, k]).all(-1) & inside(pred[:, k])
+            if not bool(miss.any()):
+                continue
+            xy, sc, _ = locate_beads(views[k], pred[miss, k], template=tpl, radius_px=r_small,
+                                     tilt_axis_deg=axis)
+            good = (sc >= min_score) & ((xy - pred[miss, k]).norm(dim=-1) <= tol)
+            idx = torch.nonzero(miss).squeeze(1)[good]
+            pos[idx, k] = xy[good]
+            score[idx, k] = sc[good]
+    xyz, shifts = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts,
+                                       iterations=2, **model)
+    pred = project_beads(xyz, angles, tilt_axis_deg=axis, shifts_px=shifts, **model)
+    return Tracks(positions_px=pos, scores=score, predicted_px=pred, seed_view=seed,
+                  tilt_axis_deg=float(axis))
