@@ -19,7 +19,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/tiltflow demo-data $(DEMO_DIR)/data --force
-	$(BIN)/tiltflow workflow run tutorial -p $(DEMO_DIR)/project --set import-movies.files=$(DEMO_DIR)/data --fresh
+	$(BIN)/tiltflow workflow run tutorial -p $(DEMO_DIR)/project --fresh \
+		--set import-movies.files=$(DEMO_DIR)/data --set import-movies.gain=$(DEMO_DIR)/data/gain_ref.gain
 	$(BIN)/tiltflow show -p $(DEMO_DIR)/project
 	@echo "Browse the results: $(BIN)/tiltflow view -p $(DEMO_DIR)/project"
 

@@ -38,7 +38,7 @@ from tiltflow.core.geometry import defocus_offset_a
 
 __all__ = [
     "CtfFit", "CtfParams", "CtfProfile", "ctf_fit_image", "ctf_fit_profile", "fit_ctf", "fit_ctf_series",
-    "radial_average", "subtract_background", "tiled_power_spectrum",
+    "fit_defocus_grid", "radial_average", "subtract_background", "tiled_power_spectrum",
 ]
 
 

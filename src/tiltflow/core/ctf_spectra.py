@@ -138,7 +138,7 @@ def tiled_power_spectrum(
                 continue
             block = tiles[iy, start : start + chunk][sel]
             block = block - block.mean(dim=(-2, -1), keepdim=True)
-            power = torch.fft.rfft2(block * taper).abs().square() / norm
+            power = torch.view_as_real(torch.fft.rfft2(block * taper)).square().sum(-1) / norm
             if scale_map is not None:
                 power = _rescale_tiles(power, offsets.to(img.device)[idx][sel], scale_map)
             total += power.sum(0).to(torch.float64)
@@ -147,29 +147,34 @@ def tiled_power_spectrum(
 
 
 def _rescale_setup(n, pixel_size_a, reference, voltage_kv, cs_mm, device) -> dict:
+    """Per-pixel terms (float32) of the ring-matching map for the reference defocus."""
     ky, kx = frequency_grid_2d((n, n), device=device)
     ky, kx = ky.to(torch.float64), kx.to(torch.float64)
     k2 = (kx**2 + ky**2) / pixel_size_a**2  # 1/Å^2
     u, v, ang = reference
     df = defocus_at_azimuth(u, v, ang, torch.atan2(ky, kx))
     lam, cs_a = electron_wavelength_a(voltage_kv), cs_mm * 1e7
-    return {"ky": ky, "kx": kx, "k2": k2, "df": df, "chi": defocus_phase(k2, df, wavelength_a=lam, cs_a=cs_a),
-            "lam": lam, "cs_a": cs_a, "n": n}
+    inv_k2 = torch.where(k2 > 0, 1.0 / k2.clamp_min(1e-30), torch.zeros_like(k2))
+    f32 = {"a": math.pi * lam * df, "c": defocus_phase(k2, df, wavelength_a=lam, cs_a=cs_a), "inv_k2": inv_k2,
+           "gx": kx * n / (n // 2) * 2.0, "gy": ky * n / (n - 1) * 2.0}
+    out = {key: val.to(torch.float32) for key, val in f32.items()}
+    out.update(b=0.5 * math.pi * cs_a * lam**3, a_per_a=math.pi * lam, gy0=(n // 2) / (n - 1) * 2.0 - 1.0)
+    return out
 
 
 def _rescale_tiles(power: torch.Tensor, offsets_a: torch.Tensor, setup: dict) -> torch.Tensor:
-    """Resample tile spectra ``(t, n, n//2+1)`` so rings of defocus df+offset sit where df puts them."""
-    n = setup["n"]
-    df_tile = setup["df"][None] + offsets_a.to(torch.float64)[:, None, None]
-    k2_src = matching_k2(setup["chi"][None].expand_as(df_tile), df_tile, wavelength_a=setup["lam"], cs_a=setup["cs_a"])
-    k2 = setup["k2"][None]
-    ratio = torch.where(k2 > 0, torch.sqrt(k2_src / k2.clamp_min(1e-30)), torch.ones_like(k2_src))
-    x_idx = ratio * setup["kx"] * n                     # source column (cycles/px * px)
-    y_idx = ratio * setup["ky"] * n + n // 2            # source row in the fftshifted spectrum
-    grid = torch.stack([x_idx / (n // 2) * 2 - 1, y_idx / (n - 1) * 2 - 1], dim=-1).to(power.dtype)
+    """Resample tile spectra ``(t, n, n//2+1)`` so rings of defocus df+offset sit where df puts them.
+
+    The source radius solves chi(k_src; df + offset) = chi(k; df) (``matching_k2``, inlined here in
+    float32 for speed); the source lies on the same azimuth, sampled bilinearly.
+    """
+    a = setup["a"][None] + (setup["a_per_a"] * offsets_a.to(torch.float32))[:, None, None]
+    c = setup["c"][None]
+    k2_src = 2.0 * c / (a + torch.sqrt((a * a - 4.0 * setup["b"] * c).clamp_min(0.0)))
+    ratio = torch.sqrt(k2_src * setup["inv_k2"][None])
+    grid = torch.stack([ratio * setup["gx"] - 1.0, ratio * setup["gy"] + setup["gy0"]], dim=-1)
     shifted = torch.fft.fftshift(power, dim=-2)[:, None]
-    out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out[:, 0]
+    return F.grid_sample(shifted, grid.to(power.dtype), mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
 
 
 def pixel_radius(n: int, *, device=None) -> torch.Tensor:

@@ -1,0 +1,43 @@
+"""Tilt-series alignment: coarse cross-correlation and the fiducial (gold bead) route.
+
+``coarse_align`` (cosine-stretched cross-correlation) -> ``detect_beads`` -> ``track_beads`` ->
+``solve_alignment`` (bundle adjustment, robust) -> ``FiducialSolution.xf``; ``align_fiducial``
+chains them. ``alignment_residual_against_truth`` is the honest measure used by the tests.
+Conventions: ``core/geometry.py`` and DESIGN.md §2 (IMOD ``.xf``, axis from +y, CCW).
+"""
+
+from tiltflow.core.align.beads import BeadDetections, bead_template, detect_beads
+from tiltflow.core.align.bundle import FiducialSolution, solve_alignment, tukey_weights
+from tiltflow.core.align.coarse import CoarseResult, coarse_align
+from tiltflow.core.align.fiducial import FiducialAlignment, align_fiducial
+from tiltflow.core.align.residuals import (
+    ResidualSummary,
+    alignment_residual_against_truth,
+    fit_bead_positions_3d,
+    summarize_residuals,
+    transform_points_xf,
+)
+from tiltflow.core.align.tracking import Tracks, fill_gaps, locate_beads, refine_tilt_axis, track_beads
+
+__all__ = [
+    "BeadDetections",
+    "CoarseResult",
+    "FiducialAlignment",
+    "FiducialSolution",
+    "ResidualSummary",
+    "Tracks",
+    "align_fiducial",
+    "alignment_residual_against_truth",
+    "bead_template",
+    "coarse_align",
+    "detect_beads",
+    "fill_gaps",
+    "fit_bead_positions_3d",
+    "locate_beads",
+    "refine_tilt_axis",
+    "solve_alignment",
+    "summarize_residuals",
+    "track_beads",
+    "transform_points_xf",
+    "tukey_weights",
+]

@@ -46,8 +46,8 @@ class FiducialSolution:
     mean_residual_px: float            # mean over all observed points (tiltalign's mean)
     per_view_residual_px: torch.Tensor  # (t,)
     per_bead_residual_px: torch.Tensor  # (n,)
-    flagged_beads: torch.Tensor        # (k,) long: mean weight < 0.5 or residual > 3 x median
-    flagged_views: torch.Tensor        # (k,) long: same rule per view
+    flagged_beads: torch.Tensor        # (k,) long: mean weight < 0.3 or residual > 4 x median
+    flagged_views: torch.Tensor        # (k,) long: the same rule per view
     reference_view: int
 
 
@@ -99,22 +99,32 @@ def _lm(fun, p: torch.Tensor, max_iterations: int) -> torch.Tensor:
 
 
 def _surface_tilt_deg(xyz: torch.Tensor) -> float:
-    """Rotation about y that levels the beads: two parallel planes (upper / lower surface)."""
+    """Rotation about y (degrees) that levels the beads: two parallel planes (upper and lower
+    surface, shared slope, 2-means labels), refitted on inliers so beads inside the ice and
+    single-surface samples do not bias the slope."""
     x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    one = torch.ones_like(x)
-    upper = torch.ones_like(x, dtype=torch.bool)
-    slope = 0.0
-    for _ in range(4):
-        cols = [x, y, one] if upper.all() or (~upper).all() else [x, y, upper.to(x), (~upper).to(x)]
+    slope_x, slope_y = 0.0, 0.0
+    inlier = torch.ones_like(x, dtype=torch.bool)
+    for _ in range(6):
+        level = z - slope_x * x - slope_y * y
+        lo, hi = float(level[inlier].min()), float(level[inlier].max())
+        for _ in range(10):  # 2-means on the levelled heights
+            upper = (level - lo).abs() > (level - hi).abs()
+            if bool(upper.all()) or not bool(upper.any()):
+                break
+            lo, hi = float(level[~upper & inlier].mean()), float(level[upper & inlier].mean())
+        two = int((upper & inlier).sum()) >= 2 and int((~upper & inlier).sum()) >= 2
+        cols = [x, y, upper.to(x), (~upper).to(x)] if two else [x, y, torch.ones_like(x)]
         design = torch.stack(cols, -1)
-        coef = torch.linalg.lstsq(design, z[:, None]).solution[:, 0]
-        slope = float(coef[0])
-        single = z - (x * coef[0] + y * coef[1])
-        new = single > single.median()
-        if int(new.sum()) < 3 or int((~new).sum()) < 3 or bool((new == upper).all()):
+        coef = torch.linalg.lstsq(design[inlier], z[inlier][:, None]).solution[:, 0]
+        slope_x, slope_y = float(coef[0]), float(coef[1])
+        res = z - design @ coef
+        mad = float((res[inlier] - res[inlier].median()).abs().median())
+        inlier = res.abs() <= max(3.0 * 1.4826 * mad, 1.0)
+        if int(inlier.sum()) < 4:
+            inlier = torch.ones_like(inlier)
             break
-        upper = new
-    return -math.degrees(math.atan(slope))
+    return -math.degrees(math.atan(slope_x))
 
 
 def solve_alignment(
@@ -210,8 +220,12 @@ def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
     axis = math.degrees(float(a))
     tilts = angles + torch.rad2deg(dth)
     offset = 0.0
-    if solve_tilt_offset and n >= 4:
-        offset = _surface_tilt_deg(xyz)
+    # beads with a well-determined z: seen over at least half the tilt range (or 30°)
+    seen_deg = torch.where(seen & (w > 0.5), angles[None], torch.nan)
+    span = torch.nan_to_num(seen_deg, nan=-1e9).amax(1) - torch.nan_to_num(seen_deg, nan=1e9).amin(1)
+    solid = span >= min(30.0, 0.5 * float(angles.max() - angles.min()))
+    if solve_tilt_offset and int(solid.sum()) >= 4:
+        offset = _surface_tilt_deg(xyz[solid])
         phi = math.radians(offset)
         x, z = xyz[:, 0], xyz[:, 2]
         xyz = torch.stack([x * math.cos(phi) - z * math.sin(phi), xyz[:, 1],
@@ -225,7 +239,7 @@ def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
 
     def flag(per: torch.Tensor, mean_w: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         med = torch.nanmedian(per)
-        bad = present & ((mean_w < 0.5) | (per > 3.0 * med))
+        bad = present & ((mean_w < 0.3) | (per > 4.0 * med))
         return torch.nonzero(bad).squeeze(1)
 
     return FiducialSolution(

@@ -87,20 +87,42 @@ def _aligned_views(s: _Series, axis_deg: float, shifts_px: torch.Tensor) -> tupl
     return aligned, mask.to(aligned.dtype)
 
 
+def _own_share_operator(theta_rad: torch.Tensor, *, nz: int, nx_volume: int, nx_view: int,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """``M_i = P_i BP_i`` per view ``(t, nx_view, nx_view)``: backprojecting a row of view ``i`` and
+    reprojecting it at the same angle (``core/backproject.py``'s linear taps, zero padding)."""
+    dev = theta_rad.device
+    x = torch.arange(nx_volume, dtype=torch.float64, device=dev) - (nx_volume - 1) / 2.0
+    z = torch.arange(nz, dtype=torch.float64, device=dev) - (nz - 1) / 2.0
+    u = (x[None, None, :] * torch.cos(theta_rad)[:, None, None]
+         + z[None, :, None] * torch.sin(theta_rad)[:, None, None] + (nx_view - 1) / 2.0)
+    u = u.clamp(-1.0, float(nx_view)).reshape(theta_rad.shape[0], -1)
+    i0 = torch.floor(u).clamp(max=nx_view - 1)
+    frac = u - i0
+    col = i0.to(torch.int64) + 1  # padded column of the left tap
+    taps = torch.stack([col, col + 1], -1)  # (t, voxels, 2)
+    vals = torch.stack([1.0 - frac, frac], -1)
+    n = nx_view + 2
+    idx = (taps[..., :, None] * n + taps[..., None, :]).reshape(theta_rad.shape[0], -1)
+    prod = (vals[..., :, None] * vals[..., None, :]).reshape(theta_rad.shape[0], -1)
+    m = torch.zeros(theta_rad.shape[0], n * n, dtype=torch.float64, device=dev)
+    m.scatter_add_(1, idx, prod)
+    return m.reshape(-1, n, n)[:, 1:-1, 1:-1].to(dtype)
+
+
 def _loo_reprojections(aligned: torch.Tensor, angles_deg: torch.Tensor, *, nz: int, nx_volume: int) -> torch.Tensor:
     """Reprojection ``(n, h, w)`` of a WBP slab at each angle without that view's own share."""
-    n, _, w = aligned.shape
+    _, _, w = aligned.shape
     n_pad = padded_length(w)
     ramp = radial_filter(n_pad, cutoff=0.3, falloff=0.05, device=aligned.device).to(aligned.dtype)
     weights = tilt_increment_weights(angles_deg).to(device=aligned.device, dtype=aligned.dtype)
     filtered = filter_views(aligned, ramp, n_pad=n_pad) * weights[:, None, None]
     angles = angles_deg.to(aligned.device)
     volume = backproject(filtered, angles, thickness_px=nz, nx=nx_volume)
-    out = project_volume(volume, angles, nx_view=w)
-    for i in range(n):  # the view's own share: P_i BP_i, the same matched pair, so exact
-        own = backproject(filtered[i:i + 1], angles[i:i + 1], thickness_px=nz, nx=nx_volume)
-        out[i] -= project_volume(own, angles[i:i + 1], nx_view=w)[0]
-    return out
+    own = _own_share_operator(torch.deg2rad(angles.to(torch.float64)), nz=nz, nx_volume=nx_volume,
+                              nx_view=w, dtype=aligned.dtype)
+    # linearity of the matched pair: P_i sum_j BP_j = full projection; drop j = i exactly
+    return project_volume(volume, angles, nx_view=w) - filtered @ own.transpose(-1, -2)
 
 
 def _match(aligned: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, max_shift_px: float

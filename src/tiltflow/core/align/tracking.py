@@ -21,7 +21,7 @@ from tiltflow.core.align.beads import bead_template, detect_beads, ncc_map, subp
 from tiltflow.core.align.residuals import fit_beads_and_shifts, project_beads
 from tiltflow.core.geometry import rotation_matrix_2d
 
-__all__ = ["Tracks", "estimate_axis_from_tracks", "locate_beads", "track_beads"]
+__all__ = ["Tracks", "fill_gaps", "locate_beads", "refine_tilt_axis", "track_beads"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def _vote(maps: torch.Tensor, keep: torch.Tensor, radius_px: float) -> torch.Ten
     return (torch.stack([ix, iy], -1).to(sub) - half + sub)[0].to(torch.float64)
 
 
-def estimate_axis_from_tracks(
+def refine_tilt_axis(
     positions_px: torch.Tensor,          # (n, t, 2) raw, NaN missing
     tilt_angles_deg: torch.Tensor,       # (t,)
     *,
@@ -110,7 +110,10 @@ def estimate_axis_from_tracks(
     search_deg: float = 3.0,
     step_deg: float = 0.25,
 ) -> float:
-    """Axis angle minimising the median bead residual of the tracking model (grid + parabola)."""
+    """In-plane axis angle from bead tracks: minimises the median residual of the tracking model
+    (3-D beads + per-view shifts, ``residuals.fit_beads_and_shifts``) over a grid of angles
+    around ``tilt_axis_deg``, refined by a parabola. The full solve
+    (``bundle.solve_alignment``) refines it further."""
     trial = torch.arange(-search_deg, search_deg + 1e-9, step_deg, dtype=torch.float64) + tilt_axis_deg
     seen = torch.isfinite(positions_px).all(-1)
     cost = []
@@ -205,7 +208,7 @@ def track_beads(
         shifts = torch.where(visited[:, None], shifts_fit, shifts)
         known = done.sum(1) >= 2
         if refine_axis and count >= 6 and count % 4 == 2:
-            axis = estimate_axis_from_tracks(pos, angles, tilt_axis_deg=axis, **model)
+            axis = refine_tilt_axis(pos, angles, tilt_axis_deg=axis, **model)
         pred = project_beads(xyz, angles[k:k + 1], tilt_axis_deg=axis, shifts_px=shifts[k:k + 1],
                              **model)[:, 0]
         if int(known.sum()) >= 3:
@@ -221,38 +224,64 @@ def track_beads(
         ok = inside(pred) & (sc >= min_score) & inside(torch.nan_to_num(xy, nan=-1e9))
         pos[ok, k] = xy[ok]
         score[ok, k] = sc[ok]
-    return _finish(views, pos, score, angles, axis, shifts, seed, tpl=tpl, r_small=r_small,
-                   tol=tol, min_score=min_score, inside=inside, fill_gaps=fill_gaps,
-                   refine_axis=refine_axis)
+    return _finish(views, pos, score, angles, axis, shifts, seed, d=d, r_small=r_small, tol=tol,
+                   min_score=min_score, fill=fill_gaps, refine_axis=refine_axis)
 
 
-def _finish(views, pos, score, angles, axis, shifts, seed, *, tpl, r_small, tol, min_score,
-            inside, fill_gaps, refine_axis) -> Tracks:
-    """Refit the model, drop outliers, fill gaps around the model's predictions."""
+def fill_gaps(
+    views: torch.Tensor,                 # (t, h, w)
+    positions_px: torch.Tensor,          # (n, t, 2) raw, NaN missing
+    scores: torch.Tensor,                # (n, t)
+    predicted_px: torch.Tensor,          # (n, t, 2) model positions, e.g. FiducialSolution.projected_px
+    *,
+    bead_diameter_px: float,
+    tilt_axis_deg: float,
+    search_radius_px: float | None = None,  # default max(0.3 d, 3)
+    min_score: float = 0.35,
+    max_residual_px: float | None = None,  # default max(0.3 d, 2.5)
+    keep_views: tuple[int, ...] = (),    # views whose points are never dropped (the seed view)
+) -> tuple[torch.Tensor, torch.Tensor]:  # new positions (n, t, 2), scores (n, t)
+    """Drop points further than ``max_residual_px`` from the model and search missing points
+    within ``search_radius_px`` of the model's prediction (inputs are not modified)."""
     t, h, w = views.shape
-    model = dict(image_shape=(h, w))
-    for round_ in range(2):
+    d = float(bead_diameter_px)
+    r_small = max(0.3 * d, 3.0) if search_radius_px is None else search_radius_px
+    tol = max(0.3 * d, 2.5) if max_residual_px is None else max_residual_px
+    pos, score = positions_px.clone(), scores.clone()
+    pred = predicted_px.to(pos)
+    bad = ((pos - pred).norm(dim=-1) > tol) & torch.isfinite(pos).all(-1)
+    bad[:, list(keep_views)] = False
+    pos[bad], score[bad] = torch.nan, torch.nan
+    tpl = bead_template(d, device=views.device)
+    m = d / 2 + 1
+    inside = (pred[..., 0] >= m) & (pred[..., 0] <= w - 1 - m) & (pred[..., 1] >= m) \
+        & (pred[..., 1] <= h - 1 - m)
+    for k in range(t):
+        miss = ~torch.isfinite(pos[:, k]).all(-1) & inside[:, k]
+        if not bool(miss.any()):
+            continue
+        xy, sc, _ = locate_beads(views[k], pred[miss, k], template=tpl, radius_px=r_small,
+                                 tilt_axis_deg=tilt_axis_deg)
+        good = (sc >= min_score) & ((xy - pred[miss, k]).norm(dim=-1) <= tol)
+        idx = torch.nonzero(miss).squeeze(1)[good]
+        pos[idx, k], score[idx, k] = xy[good], sc[good]
+    return pos, score
+
+
+def _finish(views, pos, score, angles, axis, shifts, seed, *, d, r_small, tol, min_score,
+            fill, refine_axis) -> Tracks:
+    """Refit the model (axis too), drop outliers, fill gaps around the model's predictions."""
+    model = dict(image_shape=tuple(views.shape[-2:]))
+    for _ in range(2 if fill else 1):
         if refine_axis:
-            axis = estimate_axis_from_tracks(pos, angles, tilt_axis_deg=axis, **model)
+            axis = refine_tilt_axis(pos, angles, tilt_axis_deg=axis, **model)
         xyz, shifts = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts,
                                            iterations=4, **model)
         pred = project_beads(xyz, angles, tilt_axis_deg=axis, shifts_px=shifts, **model)
-        bad = ((pos - pred).norm(dim=-1) > tol) & torch.isfinite(pos).all(-1)
-        bad[:, seed] = False
-        pos[bad] = torch.nan
-        score[bad] = torch.nan
-        if not fill_gaps:
-            break
-        for k in range(t):
-            miss = ~torch.isfinite(pos[:, k]).all(-1) & inside(pred[:, k])
-            if not bool(miss.any()):
-                continue
-            xy, sc, _ = locate_beads(views[k], pred[miss, k], template=tpl, radius_px=r_small,
-                                     tilt_axis_deg=axis)
-            good = (sc >= min_score) & ((xy - pred[miss, k]).norm(dim=-1) <= tol)
-            idx = torch.nonzero(miss).squeeze(1)[good]
-            pos[idx, k] = xy[good]
-            score[idx, k] = sc[good]
+        if fill:
+            pos, score = fill_gaps(views, pos, score, pred, bead_diameter_px=d, tilt_axis_deg=axis,
+                                   search_radius_px=r_small, min_score=min_score,
+                                   max_residual_px=tol, keep_views=(seed,))
     xyz, shifts = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts,
                                        iterations=2, **model)
     pred = project_beads(xyz, angles, tilt_axis_deg=axis, shifts_px=shifts, **model)
