@@ -32,6 +32,21 @@ def _import_movies_fix(src: dict[str, Any], out: dict[str, Any]) -> None:
         out["dose_per_tilt_e_a2"] = src["dosePerFrame"]
 
 
+def _warp_fix(src: dict[str, Any], out: dict[str, Any]) -> None:
+    out["fit_range_a"] = [src.get("m_range_min", 500.0), src.get("m_range_max", 10.0)]
+    out["ctf_range_a"] = [src.get("range_min", 30.0), src.get("range_max", 8.0)]
+    out["defocus_range_um"] = [src.get("defocus_min", 0.5), src.get("defocus_max", 8.0)]
+    grid = [src.get(k) for k in ("x", "y", "z")]
+    if all(isinstance(v, int) and v > 0 for v in grid):
+        out["motion_grid"] = grid
+    cgrid = [src.get(k) for k in ("c_x", "c_y", "c_z")]
+    if all(isinstance(v, int) and v > 0 for v in cgrid):
+        out["defocus_grid"] = cgrid
+    out["gain_transpose"] = ["none", "transpose"][int(src.get("gainSwap") or 0)]
+    out["gain_flip"] = ["none", "x", "y"][int(src.get("gainFlip") or 0)]
+    out["binning"] = max(1, int(round(float(src.get("binFactor") or 1))))    # the tutorial's 1.0 = unbinned
+
+
 PROTOCOLS: dict[str, ProtocolMap] = {
     "ProtImportTsMovies": ProtocolMap(
         step="import-movies",
@@ -40,6 +55,25 @@ PROTOCOLS: dict[str, ProtocolMap] = {
                 "magnification": "magnification", "samplingRate": "pixel_size_a", "tiltAxisAngle": "tilt_axis_deg",
                 "doseInitial": "initial_dose_e_a2", "gainFile": "gain", "darkFile": "dark"},
         convert=_import_movies_fix),
+    "ProtWarpTSMotionCorr": ProtocolMap(
+        step="motion-ctf",
+        params={"bfactor": "bfactor_a2", "average_halves": "even_odd", "eer_ngroups": "eer_groups",
+                "estimateCTF": "estimate_ctf", "window": "window_px", "fit_phase": "fit_phase",
+                "use_sum": "use_movie_average"},
+        inputs={"inputTSMovies": "input"}, convert=_warp_fix),
+    "ProtImodXraysEraser": ProtocolMap(
+        step="xray-erase",
+        params={"peakCriterion": "peak_criterion", "diffCriterion": "diff_criterion",
+                "maximumRadius": "max_radius_px", "bigDiffCriterion": "big_diff_criterion",
+                "processOddEven": "odd_even"},
+        inputs={"inputSetOfTiltSeries": "input"}),
+    "ProtImodTomoReconstruction": ProtocolMap(
+        step="reconstruct",
+        params={"tomoThickness": "thickness_px", "radialFirstParameter": "radial_cutoff",
+                "radialSecondParameter": "radial_falloff", "processOddEven": "even_odd"},
+        inputs={"inputSetOfTiltSeries": "input"},
+        convert=lambda src, out: out.update(method="wbp", binning=1,
+                                            fake_sirt_iterations=src.get("fakeInteractionsSIRT") or None)),
 }
 
 

@@ -65,7 +65,13 @@ def load_workflow(source: str | Path) -> Workflow:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise InputError(f"{origin}:{err.lineno}: not valid JSON ({err.msg})") from None
+        if "object.className" not in text:
+            raise InputError(f"{origin}:{err.lineno}: not valid JSON ({err.msg})") from None
+        import os
+
+        from tiltflow.workflow.scipion import parse_scipion_template
+
+        data = parse_scipion_template(text, dict(os.environ))   # a Scipion .json.template
     if isinstance(data, list):
         from tiltflow.workflow.scipion import workflow_from_scipion
 
@@ -132,12 +138,15 @@ def run_workflow(store: ProjectStore, wf: Workflow, *, options: dict | None = No
     from tiltflow.workflow.runner import run_step
 
     validate(wf)
+    options = {} if options is None else options
+    warn = options.setdefault("warnings", []).append
     done: dict[str, RunRecord] = {}
     for s in wf.steps:
         inputs = {}
         for name, ref in s.inputs.items():
             head, _, out = str(ref).partition(".")
             if head in done:
+                out = _existing_output(store, done[head].id, out, warn) if out else out
                 inputs[name] = f"{done[head].id}.{out}" if out else str(done[head].id)
             else:
                 inputs[name] = str(ref)
@@ -146,6 +155,23 @@ def run_workflow(store: ProjectStore, wf: Workflow, *, options: dict | None = No
         if on_step:
             on_step(s, run)
     return done
+
+
+def _existing_output(store: ProjectStore, run_id: int, name: str, warn: Callable[[str], None]) -> str:
+    """A Scipion pointer may name a subset a viewer creates later (``TiltSeries_3``): until it
+    exists, the run's base output stands in for it, with a warning."""
+    names = {o.name for o in store.outputs(run_id)}
+    if name in names:
+        return name
+    base = name.rstrip("0123456789").rstrip("_")
+    for candidate in (base, "output" + base[0].upper() + base[1:] if base else base):
+        if candidate in names:
+            warn(f"output {run_id}.{name} does not exist yet (a curation viewer creates it); using {run_id}.{candidate}")
+            return candidate
+    stripped = base[len("output"):] if base.startswith("output") else None
+    if stripped and stripped in names:
+        return stripped
+    return name
 
 
 def export_workflow(store: ProjectStore, name: str = "project") -> Workflow:

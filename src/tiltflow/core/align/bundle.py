@@ -98,33 +98,32 @@ def _lm(fun, p: torch.Tensor, max_iterations: int) -> torch.Tensor:
     return p
 
 
-def _surface_tilt_deg(xyz: torch.Tensor) -> float:
-    """Rotation about y (degrees) that levels the beads: two parallel planes (upper and lower
-    surface, shared slope, 2-means labels), refitted on inliers so beads inside the ice and
-    single-surface samples do not bias the slope."""
-    x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    slope_x, slope_y = 0.0, 0.0
-    inlier = torch.ones_like(x, dtype=torch.bool)
-    for _ in range(6):
-        level = z - slope_x * x - slope_y * y
-        lo, hi = float(level[inlier].min()), float(level[inlier].max())
-        for _ in range(10):  # 2-means on the levelled heights
-            upper = (level - lo).abs() > (level - hi).abs()
-            if bool(upper.all()) or not bool(upper.any()):
-                break
-            lo, hi = float(level[~upper & inlier].mean()), float(level[upper & inlier].mean())
-        two = int((upper & inlier).sum()) >= 2 and int((~upper & inlier).sum()) >= 2
-        cols = [x, y, upper.to(x), (~upper).to(x)] if two else [x, y, torch.ones_like(x)]
-        design = torch.stack(cols, -1)
-        coef = torch.linalg.lstsq(design[inlier], z[inlier][:, None]).solution[:, 0]
-        slope_x, slope_y = float(coef[0]), float(coef[1])
-        res = z - design @ coef
-        mad = float((res[inlier] - res[inlier].median()).abs().median())
-        inlier = res.abs() <= max(3.0 * 1.4826 * mad, 1.0)
-        if int(inlier.sum()) < 4:
-            inlier = torch.ones_like(inlier)
-            break
-    return -math.degrees(math.atan(slope_x))
+def _surface_tilt_deg(xyz: torch.Tensor, max_deg: float = 15.0) -> float:
+    """Rotation about y (degrees) that levels the beads on one or two parallel surfaces.
+
+    Robust: for trial angles every 0.1°, the levelled heights are explained by the best pair of
+    plane heights (taken from the beads) under a truncated quadratic loss, so beads inside the
+    ice do not pull the slope; then two parallel planes are least-squares fitted to the inliers.
+    """
+    x, y, z = (xyz[:, i].to(torch.float64) for i in range(3))
+    cut = max(3.0, 0.05 * float(z.max() - z.min()))
+    trial = torch.deg2rad(torch.arange(-max_deg, max_deg + 1e-9, 0.1, dtype=torch.float64))
+    level = z[None] + torch.tan(trial)[:, None] * x[None]           # (a, n): z' after rotation
+    dist = ((level[:, None, :] - level[:, :, None]) ** 2).clamp_max(cut ** 2)  # (a, cand, n)
+    pair = torch.minimum(dist[:, :, None, :], dist[:, None, :, :]).sum(-1)   # (a, i, j)
+    best = int(pair.reshape(-1).argmin())
+    ai, rest = divmod(best, pair.shape[1] * pair.shape[2])
+    i, j = divmod(rest, pair.shape[2])
+    h = level[ai]
+    near_i, near_j = (h - h[i]).abs() <= cut, (h - h[j]).abs() <= cut
+    upper = near_i & ((h - h[i]).abs() <= (h - h[j]).abs())
+    inlier = near_i | near_j
+    lower = inlier & ~upper
+    cols = [x, y, upper.to(x), lower.to(x)] if int(lower.sum()) >= 2 and int(upper.sum()) >= 2 \
+        else [x, y, torch.ones_like(x)]
+    design = torch.stack(cols, -1)[inlier]
+    coef = torch.linalg.lstsq(design, z[inlier][:, None]).solution[:, 0]
+    return -math.degrees(math.atan(float(coef[0])))
 
 
 def solve_alignment(

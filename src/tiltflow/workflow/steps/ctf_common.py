@@ -66,8 +66,11 @@ def fit_tilt_ctf(images, params, *, tilt_angle_deg: float, tilt_axis_deg: float,
            "fit_resolution_a": fit.fit_resolution_a, "score": fit.score}
     if grid_xy and tuple(grid_xy) != (1, 1):
         total = images[0] if len(images) == 1 else sum(images)
-        grid = fit_defocus_grid(total, params, fit, grid_shape=(grid_xy[1], grid_xy[0]), **angles)
-        out["defocus_grid_a"] = grid.cpu().tolist()
+        try:
+            grid = fit_defocus_grid(total, params, fit, grid_shape=(grid_xy[1], grid_xy[0]), **angles)
+            out["defocus_grid_a"] = grid.cpu().tolist()
+        except ValueError as err:      # image too small for this grid and window: the plane fit stands
+            out["defocus_grid_skipped"] = str(err)
     picture = ctf_fit_image(spectrum, fit, params).cpu().numpy()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     out_png.write_bytes(encode_png_gray8((picture * 255).astype(np.uint8)))

@@ -180,6 +180,10 @@ def run_motion_ctf(ctx: StepContext):
             params = ctf_params(p, pixel_size_a=a.pixel_size_a, voltage_kv=a.voltage_kv, cs_mm=a.cs_mm,
                                 amplitude_contrast=a.amplitude_contrast)
             per_tilt = {im.acquisition_order: good[im.attrs["movie"]]["ctf"] for im in new.images}
+            skipped = next((r["defocus_grid_skipped"] for r in per_tilt.values() if "defocus_grid_skipped" in r), None)
+            if skipped:
+                ctx.log.warning("%s: defocus grid not fitted: %s", new.ts_id, skipped)
+                ctx.options.setdefault("warnings", []).append(f"{new.ts_id}: defocus grid not fitted ({skipped})")
             series = ctf_series_from_results(new, per_tilt, params)
             series.attrs.update(write_series_ctf_files(series, params, ctx.run_dir))
             ctf_items.append(series)

@@ -18,6 +18,8 @@ class ReconstructParams(StepParams):
     method: Literal["wbp", "sirt"] = param("wbp", "Weighted back-projection or SIRT.", cli="--method")
     binning: int = param(4, "Bin the views by this factor (Fourier cropping) before reconstructing.", cli="--binning", ge=1)
     thickness_nm: float = param(200.0, "Tomogram thickness, nm.", cli="--thickness-nm", gt=0)
+    thickness_px: int | None = param(None, "Tomogram thickness in pixels of the binned views (overrides --thickness-nm).",
+                                     cli="--thickness-px", ge=1)
     z_offset_nm: float = param(0.0, "Specimen z at the volume centre, nm (IMOD SHIFT z = -offset).", cli="--z-offset-nm")
     x_offset_nm: float = param(0.0, "Specimen x at the volume centre, nm.", cli="--x-offset-nm")
     radial_cutoff: float = param(0.35, "Radial filter cut-off, cycles/px of the binned views (IMOD RADIAL).",
@@ -110,7 +112,7 @@ def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
             refs["odd_file"] = [(im.odd_file, im.index) for im in enabled]
             refs["even_file"] = [(im.even_file, im.index) for im in enabled]
         voxel = ts.acquisition.pixel_size_a * p.binning
-        thickness_px = max(1, int(round(p.thickness_nm * 10.0 / voxel)))
+        thickness_px = p.thickness_px or max(1, int(round(p.thickness_nm * 10.0 / voxel)))
         angles = [im.tilt_angle_deg for im in enabled]
         meta[ts.ts_id] = voxel
         tasks.append((ts.ts_id, (refs, series_xf(ts), angles, p.model_dump(), thickness_px,
