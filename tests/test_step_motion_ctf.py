@@ -112,3 +112,21 @@ def test_one_frame_movies(demo, tmp_path):
     imp = run_step(store, "import-movies", {"files": str(data)})
     with pytest.raises(RuntimeError, match="5 movie.*only 1 frame"):
         run_step(store, "motion-ctf", {**PARAMS, "estimate_ctf": False}, {"input": str(imp.id)})
+
+
+def test_ctf_step_on_stacks_agrees_with_truth(demo, tmp_path):
+    """CTF alone on the motion-corrected stacks (any tilt-series set), with a defocus grid."""
+    truth = json.loads((demo / "truth.json").read_text())["series"][0]
+    by_order = {t["acquisition_order"] + 1: t for t in truth["tilts"]}
+    store, imp = imported(tmp_path, demo)
+    motion = run_step(store, "motion-ctf", {**PARAMS, "estimate_ctf": False}, {"input": str(imp.id)})
+    run = run_step(store, "ctf", {"window_px": 128, "ctf_range_a": [30.0, 7.0], "defocus_grid": [2, 2, 2]},
+                   {"input": f"{motion.id}.TiltSeries"})
+    ctf = store.load(store.output(run.id, "CTFTomoSeries")).items[0]
+    assert len(ctf.items) == 5
+    errors = [abs(c.defocus_mean_a - 0.5 * (by_order[c.acquisition_order]["defocus_u_a"]
+                                            + by_order[c.acquisition_order]["defocus_v_a"])) for c in ctf.items]
+    assert np.median(errors) <= 400, errors
+    grids = [np.array(c.attrs["defocus_grid_a"]) for c in ctf.items]
+    assert all(g.shape == (2, 2) for g in grids)
+    assert read_ctffind(ctf.attrs["ctffind"]).rows[0].defocus_1_a == pytest.approx(ctf.items[0].defocus_u_a, rel=1e-4)

@@ -136,7 +136,7 @@ def fit_ctf_series(
             fit_defocus_grid(images[i], params, fits[i], tilt_angle_deg=angles[i], tilt_axis_deg=tilt_axis_deg,
                              grid_shape=(ny, nx)) for i in range(len(angles))
         ])
-        grids = _smooth_along_series(grids, nt)
+        grids = smooth_grids_along_series(grids, nt)
         for i, f in enumerate(fits):
             f.defocus_grid_a = grids[i]
     return fits  # type: ignore[return-value]
@@ -183,7 +183,7 @@ def fit_defocus_grid(
     return out
 
 
-def _smooth_along_series(grids: torch.Tensor, nt: int) -> torch.Tensor:
+def smooth_grids_along_series(grids: torch.Tensor, nt: int) -> torch.Tensor:
     """Least-squares piecewise-linear fit with ``nt`` nodes along dim 0 of ``grids (t, ny, nx)``."""
     t = grids.shape[0]
     if nt >= t:

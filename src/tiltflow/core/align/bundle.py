@@ -109,14 +109,21 @@ def _surface_tilt_deg(xyz: torch.Tensor, max_deg: float = 15.0) -> float:
     cut = max(3.0, 0.05 * float(z.max() - z.min()))
     trial = torch.deg2rad(torch.arange(-max_deg, max_deg + 1e-9, 0.1, dtype=torch.float64))
     level = z[None] + torch.tan(trial)[:, None] * x[None]           # (a, n): z' after rotation
-    dist = ((level[:, None, :] - level[:, :, None]) ** 2).clamp_max(cut ** 2)  # (a, cand, n)
-    pair = torch.minimum(dist[:, :, None, :], dist[:, None, :, :]).sum(-1)   # (a, i, j)
-    best = int(pair.reshape(-1).argmin())
-    ai, rest = divmod(best, pair.shape[1] * pair.shape[2])
-    i, j = divmod(rest, pair.shape[2])
-    h = level[ai]
-    near_i, near_j = (h - h[i]).abs() <= cut, (h - h[j]).abs() <= cut
-    upper = near_i & ((h - h[i]).abs() <= (h - h[j]).abs())
+    q = torch.linspace(0, 1, min(z.numel(), 32), dtype=torch.float64)
+    cand = torch.quantile(level, q, dim=1).T                        # (a, c) candidate heights
+    best_cost, best = math.inf, (0, 0.0, 0.0)
+    for a0 in range(0, trial.numel(), 16):                          # bounded memory
+        lv, cd = level[a0:a0 + 16], cand[a0:a0 + 16]
+        dist = ((lv[:, None, :] - cd[:, :, None]) ** 2).clamp_max(cut ** 2)  # (a, c, n)
+        pair = torch.minimum(dist[:, :, None, :], dist[:, None, :, :]).sum(-1)  # (a, c, c)
+        k = int(pair.reshape(-1).argmin())
+        if float(pair.reshape(-1)[k]) < best_cost:
+            ai, rest = divmod(k, pair.shape[1] * pair.shape[2])
+            i, j = divmod(rest, pair.shape[2])
+            best_cost, best = float(pair.reshape(-1)[k]), (a0 + ai, float(cd[ai, i]), float(cd[ai, j]))
+    h, hi, hj = level[best[0]], best[1], best[2]
+    near_i, near_j = (h - hi).abs() <= cut, (h - hj).abs() <= cut
+    upper = near_i & ((h - hi).abs() <= (h - hj).abs())
     inlier = near_i | near_j
     lower = inlier & ~upper
     cols = [x, y, upper.to(x), lower.to(x)] if int(lower.sum()) >= 2 and int(upper.sum()) >= 2 \

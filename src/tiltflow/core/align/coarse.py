@@ -127,8 +127,11 @@ def coarse_align(
     """Cosine-stretched cross-correlation of each view with its lower-tilt neighbour (module
     docstring), chained outwards from the view nearest 0°.
 
-    ``reference="cumulative"`` correlates with the mean of up to ``n_cumulative`` already aligned
-    views, each resampled into the neighbour's frame (IMOD's cumulative correlation). Defaults:
+    Views are visited alternately on both sides. ``reference="cumulative"`` correlates with the
+    mean of the ``n_cumulative`` aligned views nearest in angle (both sides), each resampled into
+    the neighbour's frame (IMOD's cumulative correlation); sharing views across 0° keeps both
+    sides on the same depth when strong features (gold) sit at several depths, where
+    ``"neighbour"`` may follow the top surface on one side and the bottom on the other. Defaults:
     ``lowpass_px = 4 * binning`` (0.25 cycles/binned px), ``highpass_px`` = a quarter of the
     binned image's smaller side, ``max_shift_px`` = a quarter of the smaller side.
     """
@@ -156,24 +159,23 @@ def coarse_align(
     def stretch(ratio: float) -> torch.Tensor:  # R diag(ratio, 1) R^T
         return rot @ torch.diag(torch.tensor([ratio, 1.0], dtype=torch.float64)) @ rot.T
 
-    for side in (1, -1):
-        chain = [ref]
-        for k in range(ref + side, t if side > 0 else -1, side):
-            j = chain[-1]
-            target = centre + shifts[j]
-            if reference == "neighbour":
-                ref_img = work[j]
-            else:
-                members = chain[-n_cumulative:]
-                ref_img = sum(work[i] if i == j else warp_affine(
-                    work[i], stretch(float(cos[i] / cos[j])), centre + shifts[i], target)
-                    for i in members) / len(members)
-            bmat = stretch(float(cos[k] / cos[j]))
-            moving = warp_affine(work[k], bmat, target, target)
-            d, score = _xcorr_peak(moving, ref_img, band, taper, max_shift)
-            shifts[k] = shifts[j] + bmat @ d
-            scores[k] = score
-            chain.append(k)
+    done = [ref]
+    for k in [v for i in range(1, t) for v in (ref + i, ref - i) if 0 <= v < t]:
+        j = k - 1 if k > ref else k + 1  # the aligned neighbour towards 0°
+        target = centre + shifts[j]
+        if reference == "neighbour":
+            ref_img = work[j]
+        else:  # the aligned views nearest in angle, from both sides, in j's frame
+            members = sorted(done, key=lambda i: abs(float(angles[i] - angles[k])))[:n_cumulative]
+            ref_img = sum(work[i] if i == j else warp_affine(
+                work[i], stretch(float(cos[i] / cos[j])), centre + shifts[i], target)
+                for i in members) / len(members)
+        bmat = stretch(float(cos[k] / cos[j]))
+        moving = warp_affine(work[k], bmat, target, target)
+        d, score = _xcorr_peak(moving, ref_img, band, taper, max_shift)
+        shifts[k] = shifts[j] + bmat @ d
+        scores[k] = score
+        done.append(k)
     shifts = (shifts * b).to(dev)
     return CoarseResult(shifts_px=shifts, xf=geometry_to_xf(tilt_axis_deg, shifts),
                         peak_scores=scores.to(dev), reference_index=ref,

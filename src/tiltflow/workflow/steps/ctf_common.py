@@ -16,7 +16,8 @@ class CtfOptions(StepParams):
     ctf_range_a: tuple[float, float] = param((30.0, 8.0), "CTF: fit resolution range (low, high), Å.", cli="--ctf-range")
     defocus_range_um: tuple[float, float] = param((0.5, 8.0), "CTF: defocus search range (min, max), µm.", cli="--defocus-range")
     defocus_grid: tuple[int, int, int] | None = param(
-        None, "CTF: spatial (x, y) and temporal (t, frame groups) defocus model grid, e.g. 2 2 8; empty: none.",
+        None, "CTF: defocus model grid: x, y cells over each tilt and t nodes along the acquisition order"
+        " (a smooth temporal model), e.g. 2 2 8; empty: none.",
         cli="--defocus-grid")
     fit_phase: bool = param(False, "CTF: fit a phase shift (phase plate).", cli="--fit-phase")
 
@@ -80,6 +81,20 @@ def fit_tilt_ctf(images, params, *, tilt_angle_deg: float, tilt_axis_deg: float,
     out["radial_profile"] = {"k": prof.k_per_a[keep].cpu().tolist(), "observed": prof.observed[keep].cpu().tolist(),
                              "fitted": prof.fitted[keep].cpu().tolist()}
     return out
+
+
+def smooth_grids_in_time(results: dict[int, dict], nt: int) -> None:
+    """Smooth the per-tilt defocus grids along the acquisition order with ``nt`` nodes (in place)."""
+    import torch
+
+    from tiltflow.core.ctf import smooth_grids_along_series
+
+    orders = sorted(o for o, r in results.items() if "defocus_grid_a" in r)
+    if len(orders) < 2:
+        return
+    grids = torch.tensor([results[o]["defocus_grid_a"] for o in orders], dtype=torch.float64)
+    for o, g in zip(orders, smooth_grids_along_series(grids, nt)):
+        results[o]["defocus_grid_a"] = g.tolist()
 
 
 def ctf_series_from_results(ts: TiltSeries, results: dict[int, dict], params) -> CtfTomoSeries:

@@ -18,7 +18,8 @@ from tiltflow.workflow.executor import run_items
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.ctf_common import (
-    CtfOptions, ctf_params, ctf_series_from_results, ctf_set, fit_tilt_ctf, write_series_ctf_files,
+    CtfOptions, ctf_params, ctf_series_from_results, ctf_set, fit_tilt_ctf, smooth_grids_in_time,
+    write_series_ctf_files,
 )
 
 
@@ -179,7 +180,9 @@ def run_motion_ctf(ctx: StepContext):
             a = new.acquisition
             params = ctf_params(p, pixel_size_a=a.pixel_size_a, voltage_kv=a.voltage_kv, cs_mm=a.cs_mm,
                                 amplitude_contrast=a.amplitude_contrast)
-            per_tilt = {im.acquisition_order: good[im.attrs["movie"]]["ctf"] for im in new.images}
+            per_tilt = {im.acquisition_order: dict(good[im.attrs["movie"]]["ctf"]) for im in new.images}
+            if p.defocus_grid:
+                smooth_grids_in_time(per_tilt, p.defocus_grid[2])
             skipped = next((r["defocus_grid_skipped"] for r in per_tilt.values() if "defocus_grid_skipped" in r), None)
             if skipped:
                 ctx.log.warning("%s: defocus grid not fitted: %s", new.ts_id, skipped)
