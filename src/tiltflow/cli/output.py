@@ -33,10 +33,13 @@ def echo_json(value: Any) -> None:
     sys.stdout.write(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False) + "\n")
 
 
-def print_run(store: Any, run: Any, *, elapsed: float | None = None, warnings: list[str] = ()) -> None:
+def print_run(store: Any, run: Any, *, elapsed: float | None = None, warnings: list[str] = (),
+              notes: list[str] = ()) -> None:
     took = f" in {elapsed:.1f} s" if elapsed is not None else ""
     console.print(f"run {run.id} [bold]{run.step}[/] {run.status}{took}", markup=True)
     for out in store.outputs(run.id):
         console.print(f"  {out.pointer}: {out.summary}", markup=False)
+    for n in notes:
+        console.print(f"  {n}", markup=False)
     for w in warnings:
         console.print(f"  [yellow]warning:[/] {w}", markup=True)

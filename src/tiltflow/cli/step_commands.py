@@ -89,7 +89,8 @@ def make_step_command(step: Step) -> click.Command:
         if kwargs["as_json"]:
             echo_json(run_summary_json(store, run.id))
         else:
-            print_run(store, run, elapsed=time.time() - t0, warnings=options.get("warnings", []))
+            print_run(store, run, elapsed=time.time() - t0, warnings=options.get("warnings", []),
+                      notes=options.get("notes", []))
 
     return click.Command(step.id, params=params, callback=callback, help=step.help + "\n\n" + step.title,
                          short_help=step.title)

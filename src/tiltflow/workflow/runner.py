@@ -93,7 +93,7 @@ def run_step(
     log = _run_logger(run_dir, run.id)
     log.info("step %s, parameters %s, inputs %s", step.id, p.model_dump_json(), pointers)
     ctx = StepContext(params=p, inputs=loaded, input_pointers=pointers, run_dir=run_dir,
-                      project_root=store.root, run_id=run.id, log=log, options=dict(options or {}),
+                      project_root=store.root, run_id=run.id, log=log, options=options if options is not None else {},
                       progress=progress or (lambda what, done, total: None), store=store)
     try:
         outputs = step.run(ctx)

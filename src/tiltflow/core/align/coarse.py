@@ -4,9 +4,11 @@ Geometry (``core/geometry.py``): raw view k shows the aligned image rotated by t
 and displaced by ``s_k``: ``p = c + R(axis) u + s_k``. For a flat specimen (z = 0) aligned
 coordinates of views j and k differ by a stretch perpendicular to the axis,
 ``u_j = diag(cos(theta_j) / cos(theta_k), 1) u_k``. Each view is resampled into its lower-tilt
-neighbour's frame about the neighbour's axis position, so a measured displacement ``d`` gives
-``s_k = s_j + B d`` exactly, ``B = R diag(cos theta_k / cos theta_j, 1) R^T``. Shifts chain
-outwards from the view nearest 0°, whose shift is 0 (the alignment's free translation).
+neighbour's frame (view k about ``c + s_k0``, a guess, onto the neighbour's ``c + s_j``), so a
+measured displacement ``d`` gives ``s_k = s_k0 + B d`` exactly,
+``B = R diag(cos theta_k / cos theta_j, 1) R^T``; a second pass from that estimate removes the
+peak-fit bias. Shifts chain outwards from the view nearest 0°, whose shift is 0 (the
+alignment's free translation).
 """
 
 from __future__ import annotations
@@ -171,9 +173,11 @@ def coarse_align(
                 work[i], stretch(float(cos[i] / cos[j])), centre + shifts[i], target)
                 for i in members) / len(members)
         bmat = stretch(float(cos[k] / cos[j]))
-        moving = warp_affine(work[k], bmat, target, target)
-        d, score = _xcorr_peak(moving, ref_img, band, taper, max_shift)
-        shifts[k] = shifts[j] + bmat @ d
+        shifts[k] = shifts[j]
+        for limit in (max_shift, 2.0):  # the second pass brings the peak to ~0 (no fit bias)
+            moving = warp_affine(work[k], bmat, centre + shifts[k], target)
+            d, score = _xcorr_peak(moving, ref_img, band, taper, limit)
+            shifts[k] = shifts[k] + bmat @ d
         scores[k] = score
         done.append(k)
     shifts = (shifts * b).to(dev)

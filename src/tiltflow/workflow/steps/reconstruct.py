@@ -113,7 +113,7 @@ def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
             refs["even_file"] = [(im.even_file, im.index) for im in enabled]
         voxel = ts.acquisition.pixel_size_a * p.binning
         thickness_px = p.thickness_px or max(1, int(round(p.thickness_nm * 10.0 / voxel)))
-        angles = [im.tilt_angle_deg for im in enabled]
+        angles = [im.attrs.get("refined_tilt_angle_deg", im.tilt_angle_deg) for im in enabled]
         meta[ts.ts_id] = voxel
         tasks.append((ts.ts_id, (refs, series_xf(ts), angles, p.model_dump(), thickness_px,
                                  p.z_offset_nm * 10.0 / voxel, p.x_offset_nm * 10.0 / voxel,
