@@ -73,7 +73,7 @@ def _node_matrix(t: int, group_size: int, ref: int, device) -> torch.Tensor:
 
 def _lm(fun, p: torch.Tensor, max_iterations: int) -> torch.Tensor:
     """Levenberg-Marquardt with Marquardt's diagonal scaling and autograd Jacobians."""
-    jac = torch.func.jacfwd(fun)
+    jac = torch.func.jacrev(fun)
     r = fun(p)
     cost, lam = float(r @ r), 1e-3
     eye = torch.eye(p.numel(), dtype=p.dtype, device=p.device)

@@ -87,42 +87,56 @@ def _aligned_views(s: _Series, axis_deg: float, shifts_px: torch.Tensor) -> tupl
     return aligned, mask.to(aligned.dtype)
 
 
-def _own_share_operator(theta_rad: torch.Tensor, *, nz: int, nx_volume: int, nx_view: int,
-                        dtype: torch.dtype) -> torch.Tensor:
-    """``M_i = P_i BP_i`` per view ``(t, nx_view, nx_view)``: backprojecting a row of view ``i`` and
-    reprojecting it at the same angle (``core/backproject.py``'s linear taps, zero padding)."""
-    dev = theta_rad.device
+def _share_operator(theta_out: torch.Tensor, theta_in: torch.Tensor, *, nz: int, nx_volume: int,
+                    nx_view: int) -> torch.Tensor:
+    """``M = P(theta_out) BP(theta_in)`` acting on one view row, ``(n, nx_view, nx_view)`` float64.
+
+    Built from the linear taps of ``core/backproject.py`` (a voxel at ``u`` feeds columns
+    ``floor(u)`` and ``floor(u) + 1``; zero padding outside the view), so it is exact.
+    """
+    dev = theta_out.device
     x = torch.arange(nx_volume, dtype=torch.float64, device=dev) - (nx_volume - 1) / 2.0
     z = torch.arange(nz, dtype=torch.float64, device=dev) - (nz - 1) / 2.0
-    u = (x[None, None, :] * torch.cos(theta_rad)[:, None, None]
-         + z[None, :, None] * torch.sin(theta_rad)[:, None, None] + (nx_view - 1) / 2.0)
-    u = u.clamp(-1.0, float(nx_view)).reshape(theta_rad.shape[0], -1)
-    i0 = torch.floor(u).clamp(max=nx_view - 1)
-    frac = u - i0
-    col = i0.to(torch.int64) + 1  # padded column of the left tap
-    taps = torch.stack([col, col + 1], -1)  # (t, voxels, 2)
-    vals = torch.stack([1.0 - frac, frac], -1)
+
+    def taps(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = (x[None, None, :] * torch.cos(theta)[:, None, None]
+             + z[None, :, None] * torch.sin(theta)[:, None, None] + (nx_view - 1) / 2.0)
+        u = u.clamp(-1.0, float(nx_view)).reshape(theta.shape[0], -1)
+        i0 = torch.floor(u).clamp(max=nx_view - 1)
+        col = i0.to(torch.int64) + 1  # padded column of the left tap
+        return torch.stack([col, col + 1], -1), torch.stack([1.0 - (u - i0), u - i0], -1)
+
+    (c_out, w_out), (c_in, w_in) = taps(theta_out), taps(theta_in)
     n = nx_view + 2
-    idx = (taps[..., :, None] * n + taps[..., None, :]).reshape(theta_rad.shape[0], -1)
-    prod = (vals[..., :, None] * vals[..., None, :]).reshape(theta_rad.shape[0], -1)
-    m = torch.zeros(theta_rad.shape[0], n * n, dtype=torch.float64, device=dev)
+    idx = (c_out[..., :, None] * n + c_in[..., None, :]).reshape(theta_out.shape[0], -1)
+    prod = (w_out[..., :, None] * w_in[..., None, :]).reshape(theta_out.shape[0], -1)
+    m = torch.zeros(theta_out.shape[0], n * n, dtype=torch.float64, device=dev)
     m.scatter_add_(1, idx, prod)
-    return m.reshape(-1, n, n)[:, 1:-1, 1:-1].to(dtype)
+    return m.reshape(-1, n, n)[:, 1:-1, 1:-1]
 
 
-def _loo_reprojections(aligned: torch.Tensor, angles_deg: torch.Tensor, *, nz: int, nx_volume: int) -> torch.Tensor:
-    """Reprojection ``(n, h, w)`` of a WBP slab at each angle without that view's own share."""
-    _, _, w = aligned.shape
+def _reference_views(aligned: torch.Tensor, angles_deg: torch.Tensor, *, nz: int, nx_volume: int,
+                     exclude_deg: float) -> torch.Tensor:
+    """Reprojection ``(n, h, w)`` at each angle of a WBP slab built without that view and without
+    the views within ``exclude_deg`` of it (neighbours would explain slow drifts away)."""
+    n, _, w = aligned.shape
     n_pad = padded_length(w)
     ramp = radial_filter(n_pad, cutoff=0.3, falloff=0.05, device=aligned.device).to(aligned.dtype)
     weights = tilt_increment_weights(angles_deg).to(device=aligned.device, dtype=aligned.dtype)
     filtered = filter_views(aligned, ramp, n_pad=n_pad) * weights[:, None, None]
-    angles = angles_deg.to(aligned.device)
+    angles = angles_deg.to(device=aligned.device, dtype=torch.float64)
     volume = backproject(filtered, angles, thickness_px=nz, nx=nx_volume)
-    own = _own_share_operator(torch.deg2rad(angles.to(torch.float64)), nz=nz, nx_volume=nx_volume,
-                              nx_view=w, dtype=aligned.dtype)
-    # linearity of the matched pair: P_i sum_j BP_j = full projection; drop j = i exactly
-    return project_volume(volume, angles, nx_view=w) - filtered @ own.transpose(-1, -2)
+    out = project_volume(volume, angles, nx_view=w)
+    theta = torch.deg2rad(angles)
+    # linearity of the matched pair: P_i sum_j BP_j f_j is the full projection; drop the j near i
+    for delta in range(-n + 1, n):
+        i = torch.arange(max(0, -delta), min(n, n - delta), device=aligned.device)
+        i = i[(angles[i + delta] - angles[i]).abs() <= exclude_deg + 1e-6]
+        if i.numel() == 0:
+            continue
+        m = _share_operator(theta[i], theta[i + delta], nz=nz, nx_volume=nx_volume, nx_view=w)
+        out[i] -= filtered[i + delta] @ m.to(aligned.dtype).transpose(-1, -2)
+    return out
 
 
 def _match(aligned: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, max_shift_px: float
@@ -174,10 +188,11 @@ def _remove_gauge(d: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
 
 
 def _evaluate(s: _Series, axis_deg: float, offset_deg: float, shifts_px: torch.Tensor,
-              max_shift_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+              max_shift_px: float, exclude_deg: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-view shift corrections (binned aligned px) and NCC at the current geometry."""
     aligned, mask = _aligned_views(s, axis_deg, shifts_px)
-    reproj = _loo_reprojections(aligned, s.angles_deg + offset_deg, nz=s.nz, nx_volume=s.nx_volume)
+    reproj = _reference_views(aligned, s.angles_deg + offset_deg, nz=s.nz, nx_volume=s.nx_volume,
+                              exclude_deg=exclude_deg)
     return _match(aligned, reproj, mask, max_shift_px)
 
 
