@@ -175,19 +175,20 @@ def test_robust_weighting_downweights_a_corrupted_track():
     bad = 5
     high = s["angles"].abs() > 25
     gen = torch.Generator().manual_seed(7)
-    jump = torch.tensor([3.0, -2.0], dtype=torch.float64) + torch.rand(int(high.sum()), 2, generator=gen)
+    jump = torch.tensor([5.0, -3.0], dtype=torch.float64) + torch.rand(int(high.sum()), 2, generator=gen)
     tracks[bad, high] += jump  # the tracker jumped onto a neighbour at high tilt
-    robust = solve_alignment(tracks, s["angles"], tilt_axis_deg_initial=s["axis"],
-                             image_shape=s["shape"])
-    plain = solve_alignment(tracks, s["angles"], tilt_axis_deg_initial=s["axis"],
-                            image_shape=s["shape"], robust=False)
+    options = dict(tilt_axis_deg_initial=s["axis"], image_shape=s["shape"])
+    clean = solve_alignment(s["noisy"], s["angles"], **options)
+    robust = solve_alignment(tracks, s["angles"], **options)
+    plain = solve_alignment(tracks, s["angles"], robust=False, **options)
     good = torch.arange(tracks.shape[0]) != bad
-    assert float(robust.weights[bad, high].mean()) < 0.1
-    assert float(robust.weights[good].mean()) > 0.7
-    assert bad in robust.flagged_beads.tolist()
+    assert float(robust.weights[bad, high].mean()) < 0.1   # measured 0.0
+    assert float(robust.weights[good].mean()) > 0.7        # measured 0.8
+    assert robust.flagged_beads.tolist() == [bad]
     honest = [alignment_residual_against_truth(x.xf, x.tilt_angles_deg, s["true_pos"], s["shape"])
-              for x in (robust, plain)]
-    assert honest[0] < 0.1 and honest[0] < 0.5 * honest[1], honest
+              for x in (clean, robust, plain)]
+    # measured 0.052 (clean), 0.054 (robust), 0.154 (least squares)
+    assert honest[1] < 1.1 * honest[0] and honest[2] > 2 * honest[1], honest
 
 
 def test_honest_measure_sees_real_errors_and_ignores_gauge_freedoms():

@@ -44,15 +44,23 @@ def run_command(source, project, overrides, fresh, skip_bad, device, as_json) ->
             shutil.rmtree(root / "runs", ignore_errors=True)
         store = ProjectStore(root)
         t0 = time.time()
+        options = {"skip_bad": skip_bad, "device": device}
+        shown = {"warnings": 0, "notes": 0}
 
         def on_step(s, run):
-            if not as_json:
-                took = (run.ended or time.time()) - (run.started or t0)
-                console.print(f"[{s.id}] run {run.id} {run.step} {run.status} in {took:.1f} s", markup=False)
-                for o in store.outputs(run.id):
-                    console.print(f"    {o.pointer}: {o.summary}", markup=False)
+            if as_json:
+                return
+            took = (run.ended or time.time()) - (run.started or t0)
+            console.print(f"[{s.id}] run {run.id} {run.step} {run.status} in {took:.1f} s", markup=False)
+            for o in store.outputs(run.id):
+                console.print(f"    {o.pointer}: {o.summary}", markup=False)
+            for kind, prefix in (("notes", "    "), ("warnings", "    warning: ")):
+                new = options.get(kind, [])[shown[kind]:]
+                shown[kind] += len(new)
+                for line in new:
+                    console.print(prefix + line, markup=False)
 
-        runs = run_workflow(store, wf, options={"skip_bad": skip_bad, "device": device}, on_step=on_step)
+        runs = run_workflow(store, wf, options=options, on_step=on_step)
     except (InputError, ProjectError) as err:
         fail(getattr(err, "problems", [str(err)]))
     except Exception as err:

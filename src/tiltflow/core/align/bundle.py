@@ -15,6 +15,7 @@ beads' surface planes are level (``solve_tilt_offset``), as tiltalign suggests.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -73,12 +74,14 @@ def _node_matrix(t: int, group_size: int, ref: int, device) -> torch.Tensor:
 
 def _lm(fun, p: torch.Tensor, max_iterations: int) -> torch.Tensor:
     """Levenberg-Marquardt with Marquardt's diagonal scaling and autograd Jacobians."""
-    jac = torch.func.jacrev(fun)
+    jac = torch.func.jacfwd(fun)
     r = fun(p)
     cost, lam = float(r @ r), 1e-3
     eye = torch.eye(p.numel(), dtype=p.dtype, device=p.device)
     for _ in range(max_iterations):
-        j = jac(p)
+        with warnings.catch_warnings():  # torch's forward-AD import warns about torch.jit.script
+            warnings.simplefilter("ignore", DeprecationWarning)
+            j = jac(p)
         g, h = j.T @ r, j.T @ j
         improved = False
         while lam < 1e10:
