@@ -55,6 +55,13 @@ COMMON_OPTIONS = [
     click.Option(["--device", "device"], type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                  help="Where the heavy math runs."),
     click.Option(["--label", "label"], default=None, help="A label for this run."),
+    click.Option(["--continue", "resume"], type=int, default=None, metavar="RUN",
+                 help="Continue an interrupted run (same parameters); finished items are not recomputed."),
+    click.Option(["--executor", "executor"], type=click.Choice(["local", "dask"]), default="local", show_default=True,
+                 help="Where per-movie / per-series tasks run."),
+    click.Option(["--workers", "workers"], type=int, default=None, help="Parallel tasks (local threads or Dask workers)."),
+    click.Option(["--scheduler", "scheduler"], default=None, help="Dask: address of an existing scheduler (tcp://host:8786)."),
+    click.Option(["--jobqueue", "jobqueue"], default=None, help="Dask: a dask-jobqueue SLURM cluster config (YAML)."),
 ]
 
 
@@ -75,11 +82,14 @@ def make_step_command(step: Step) -> click.Command:
         values = {k: v for k, v in kwargs.items() if k in fields}
         values = {k: (list(v) if isinstance(v, tuple) and typing.get_origin(_unwrap_optional(fields[k].annotation)) is list else v)
                   for k, v in values.items() if v is not None}
-        options = {"skip_bad": kwargs["skip_bad"], "device": kwargs["device"]}
+        options = {k: kwargs[k] for k in ("skip_bad", "device", "executor", "workers", "scheduler", "jobqueue")}
+        if kwargs["scheduler"] or kwargs["jobqueue"]:
+            options["executor"] = "dask"
         try:
             store = ProjectStore(kwargs["project"])
             t0 = time.time()
-            run = run_step(store, step.id, values, inputs, options=options, label=kwargs["label"])
+            run = run_step(store, step.id, values, inputs, options=options, label=kwargs["label"],
+                           resume=kwargs["resume"])
         except (InputError, ProjectError) as err:
             fail(getattr(err, "problems", [str(err)]), code=2)
         except KeyboardInterrupt:

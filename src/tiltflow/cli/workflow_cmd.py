@@ -21,8 +21,16 @@ def workflow_group() -> None:
 @click.option("--fresh", is_flag=True, help="Start from an empty project (removes the folder's project first).")
 @click.option("--skip-bad", is_flag=True, help="Skip bad series instead of failing.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--continue", "resume", is_flag=True,
+              help="Continue after a crash or kill: finished steps are kept, the interrupted one resumes.")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
+@click.option("--workers", type=int, default=None, help="Parallel tasks (local threads or Dask LocalCluster workers).")
+@click.option("--threads-per-worker", type=int, default=None, help="Dask: threads (and torch threads) per worker.")
+@click.option("--scheduler", default=None, help="Dask: address of an existing scheduler (tcp://host:8786).")
+@click.option("--jobqueue", default=None, help="Dask: SLURM cluster config for dask-jobqueue (YAML).")
 @click.option("--json", "as_json", is_flag=True)
-def run_command(source, project, overrides, fresh, skip_bad, device, as_json) -> None:
+def run_command(source, project, overrides, fresh, skip_bad, device, resume, executor, workers, threads_per_worker,
+                scheduler, jobqueue, as_json) -> None:
     """Run SOURCE (a workflow JSON file, a Scipion workflow JSON, or a template name such as 'tutorial').
 
     Example: tiltflow workflow run tutorial -p P --set import-movies.files=/data/session
@@ -44,7 +52,9 @@ def run_command(source, project, overrides, fresh, skip_bad, device, as_json) ->
             shutil.rmtree(root / "runs", ignore_errors=True)
         store = ProjectStore(root)
         t0 = time.time()
-        options = {"skip_bad": skip_bad, "device": device}
+        options = {"skip_bad": skip_bad, "device": device, "workers": workers, "threads_per_worker": threads_per_worker,
+                   "executor": "dask" if (scheduler or jobqueue) else executor, "scheduler": scheduler,
+                   "jobqueue": jobqueue}
         shown = {"warnings": 0, "notes": 0}
 
         def on_step(s, run):
@@ -60,7 +70,7 @@ def run_command(source, project, overrides, fresh, skip_bad, device, as_json) ->
                 for line in new:
                     console.print(prefix + line, markup=False)
 
-        runs = run_workflow(store, wf, options=options, on_step=on_step)
+        runs = run_workflow(store, wf, options=options, on_step=on_step, resume=resume)
     except (InputError, ProjectError) as err:
         fail(getattr(err, "problems", [str(err)]))
     except Exception as err:

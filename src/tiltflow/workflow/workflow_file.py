@@ -133,12 +133,41 @@ def validate(wf: Workflow) -> None:
 
 def run_workflow(store: ProjectStore, wf: Workflow, *, options: dict | None = None,
                  on_step: Callable[[WorkflowStep, RunRecord], None] | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, RunRecord]:
-    """Run the steps in order; returns step id -> run."""
-    from tiltflow.workflow.runner import run_step
+                 progress: Callable[[str, int, int], None] | None = None,
+                 resume: bool = False) -> dict[str, RunRecord]:
+    """Run the steps in order; returns step id -> run.
+
+    With ``resume`` a step whose run (matched by label = step id) finished is skipped, and one that
+    was interrupted (killed, failed) continues where it stopped, recomputing nothing it finished.
+    The executor (``options['executor']``: local or dask) is made once for the whole chain.
+    """
+    from tiltflow.workflow.executor import make_executor
 
     validate(wf)
     options = {} if options is None else options
+    owned = None
+    if "_executor" not in options and options.get("executor") == "dask":
+        owned = options["_executor"] = make_executor(options)
+    try:
+        return _run_steps(store, wf, options, on_step, progress, resume)
+    finally:
+        if owned is not None:
+            owned.close()
+            options.pop("_executor", None)
+
+
+def _previous_runs(store: ProjectStore) -> dict[str, RunRecord]:
+    latest: dict[str, RunRecord] = {}
+    for run in store.runs():
+        if run.label:
+            latest[run.label] = run
+    return latest
+
+
+def _run_steps(store, wf, options, on_step, progress, resume) -> dict[str, RunRecord]:
+    from tiltflow.workflow.runner import run_step
+
+    previous = _previous_runs(store) if resume else {}
     warn = options.setdefault("warnings", []).append
     done: dict[str, RunRecord] = {}
     for s in wf.steps:
@@ -150,7 +179,13 @@ def run_workflow(store: ProjectStore, wf: Workflow, *, options: dict | None = No
                 inputs[name] = f"{done[head].id}.{out}" if out else str(done[head].id)
             else:
                 inputs[name] = str(ref)
-        run = run_step(store, s.step, s.params, inputs, options=options, label=s.id, progress=progress)
+        old = previous.get(s.id)
+        if old is not None and old.step == s.step and old.status == "finished":
+            run = old
+        else:
+            again = old.id if old is not None and old.step == s.step else None
+            run = run_step(store, s.step, s.params, inputs, options=options, label=s.id, progress=progress,
+                           resume=again)
         done[s.id] = run
         if on_step:
             on_step(s, run)

@@ -110,9 +110,10 @@ def _surface_tilt_deg(xyz: torch.Tensor, max_deg: float = 15.0) -> float:
     """
     x, y, z = (xyz[:, i].to(torch.float64) for i in range(3))
     cut = max(3.0, 0.05 * float(z.max() - z.min()))
-    trial = torch.deg2rad(torch.arange(-max_deg, max_deg + 1e-9, 0.1, dtype=torch.float64))
+    trial = torch.deg2rad(torch.arange(-max_deg, max_deg + 1e-9, 0.1, dtype=torch.float64,
+                                       device=xyz.device))
     level = z[None] + torch.tan(trial)[:, None] * x[None]           # (a, n): z' after rotation
-    q = torch.linspace(0, 1, min(z.numel(), 32), dtype=torch.float64)
+    q = torch.linspace(0, 1, min(z.numel(), 32), dtype=torch.float64, device=xyz.device)
     cand = torch.quantile(level, q, dim=1).T                        # (a, c) candidate heights
     best_cost, best = math.inf, (0, 0.0, 0.0)
     for a0 in range(0, trial.numel(), 16):                          # bounded memory

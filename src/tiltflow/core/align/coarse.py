@@ -96,7 +96,7 @@ def _xcorr_peak(moving: torch.Tensor, reference: torch.Tensor, band: torch.Tenso
     c0 = cc[iy, ix]
     dx = _parabola_offset(cc[iy, (ix - 1) % w], c0, cc[iy, (ix + 1) % w])
     dy = _parabola_offset(cc[(iy - 1) % h, ix], c0, cc[(iy + 1) % h, ix])
-    d = torch.stack([kx[ix] + dx, ky[iy] + dy]).to(torch.float64)
+    d = torch.stack([kx[ix] + dx, ky[iy] + dy]).to(torch.float64).cpu()
     return d, float(c0 / norm.clamp_min(1e-30))
 
 

@@ -167,10 +167,10 @@ def track_beads(
     t, h, w = views.shape
     dev = views.device
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).to(dev)
-    shifts = torch.as_tensor(coarse_shifts_px, dtype=torch.float64).to(dev).clone()
-    if angles.shape != (t,) or shifts.shape != (t, 2):
-        raise ValueError(f"need one tilt angle and one (x, y) coarse shift per view for {t} views, "
-                         f"got {tuple(angles.shape)} and {tuple(shifts.shape)}")
+    coarse = torch.as_tensor(coarse_shifts_px, dtype=torch.float64).to(dev)
+    if angles.shape != (t,) or coarse.shape != (t, 2):
+        raise ValueError(f"need one tilt angle and one (x, y) coarse shift per view for {t} "
+                         f"views, got {tuple(angles.shape)} and {tuple(coarse.shape)}")
     d = float(bead_diameter_px)
     seed = int(torch.argmin(angles.abs())) if seed_view is None else int(seed_view)
     if seeds is None:
@@ -179,53 +179,70 @@ def track_beads(
     if seeds.shape[0] < 3:
         raise ValueError(f"track_beads: only {seeds.shape[0]} beads to seed in view {seed}; "
                          "pass seeds or check bead_diameter_px")
-    r_small = max(0.3 * d, 3.0) if search_radius_px is None else search_radius_px
-    r_vote = max(d, 8.0) if vote_radius_px is None else vote_radius_px
+    search = _Search(
+        template=bead_template(d, device=dev), margin=d / 2 + 1, shape=(h, w),
+        radius_px=max(0.3 * d, 3.0) if search_radius_px is None else search_radius_px,
+        vote_px=max(d, 8.0) if vote_radius_px is None else vote_radius_px,
+        min_score=min_score)
     z_max = float(max(h, w)) if max_z_px is None else max_z_px
-    tol = max(0.3 * d, 2.5) if max_residual_px is None else max_residual_px
-    tpl = bead_template(d, device=dev)
-    margin = d / 2 + 1
     n = seeds.shape[0]
     pos = torch.full((n, t, 2), torch.nan, dtype=torch.float64, device=dev)
     score = torch.full((n, t), torch.nan, dtype=torch.float64, device=dev)
-    pos[:, seed] = seeds
-    score[:, seed] = 1.0
-    axis = float(tilt_axis_deg)
+    pos[:, seed], score[:, seed] = seeds, 1.0
+    shifts, axis = coarse.clone(), float(tilt_axis_deg)
     sin = torch.sin(torch.deg2rad(angles))
-    model = dict(image_shape=(h, w))
-
-    def inside(p: torch.Tensor) -> torch.Tensor:
-        return (p[:, 0] >= margin) & (p[:, 0] <= w - 1 - margin) & (p[:, 1] >= margin) \
-            & (p[:, 1] <= h - 1 - margin)
-
     for count, k in enumerate(_visit_order(seed, t)):
         done = torch.isfinite(pos).all(-1)
         j = k - 1 if k > seed else k + 1  # the neighbour towards the seed view, already visited
-        shifts[k] = shifts[k] + (shifts[j] - torch.as_tensor(coarse_shifts_px).to(shifts)[j])
-        xyz, shifts_fit = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts,
-                                               iterations=2, **model)
-        visited = done.any(0)
-        shifts = torch.where(visited[:, None], shifts_fit, shifts)
-        known = done.sum(1) >= 2
+        shifts[k] = coarse[k] + (shifts[j] - coarse[j])  # carry the neighbour's correction
+        xyz, fitted = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts,
+                                           iterations=2, image_shape=(h, w))
+        shifts = torch.where(done.any(0)[:, None], fitted, shifts)
         if refine_axis and count >= 6 and count % 4 == 2:
-            axis = refine_tilt_axis(pos, angles, tilt_axis_deg=axis, **model)
-        pred = project_beads(xyz, angles[k:k + 1], tilt_axis_deg=axis, shifts_px=shifts[k:k + 1],
-                             **model)[:, 0]
-        if int(known.sum()) >= 3:
-            _, _, maps = locate_beads(views[k], pred, template=tpl, radius_px=r_vote,
-                                      tilt_axis_deg=axis)
-            offset = _vote(maps, known & inside(pred), r_vote)
-            shifts[k] = shifts[k] + offset
-            pred = pred + offset
+            axis = refine_tilt_axis(pos, angles, tilt_axis_deg=axis, image_shape=(h, w))
+        pred = project_beads(xyz, angles[k:k + 1], tilt_axis_deg=axis,
+                             shifts_px=shifts[k:k + 1], image_shape=(h, w))[:, 0]
         seen_sin = torch.where(done, sin[None], 0.0).sum(1) / done.sum(1).clamp_min(1)
+        known = done.sum(1) >= 2
         along = torch.where(known, 0.0, z_max * (seen_sin - sin[k]).abs())
-        xy, sc, _ = locate_beads(views[k], pred, template=tpl, radius_px=r_small, along_px=along,
-                                 tilt_axis_deg=axis)
-        ok = inside(pred) & (sc >= min_score) & inside(torch.nan_to_num(xy, nan=-1e9))
-        pos[ok, k] = xy[ok]
-        score[ok, k] = sc[ok]
-    return _finish(views, pos, score, angles, axis, shifts, seed, d=d, r_small=r_small, tol=tol,
-                   min_score=min_score, fill=fill_gaps, refine_axis=refine_axis)
+        xy, sc, offset = _search_view(views[k], pred, known, along, axis, search)
+        shifts[k] = shifts[k] + offset
+        ok = torch.isfinite(sc)
+        pos[ok, k], score[ok, k] = xy[ok], sc[ok]
+    tol = max(0.3 * d, 2.5) if max_residual_px is None else max_residual_px
+    return _finish(views, pos, score, angles, axis, shifts, seed, d=d, r_small=search.radius_px,
+                   tol=tol, min_score=min_score, fill=fill_gaps, refine_axis=refine_axis)
+
+
+@dataclass(frozen=True)
+class _Search:
+    template: torch.Tensor
+    margin: float
+    shape: tuple[int, int]
+    radius_px: float
+    vote_px: float
+    min_score: float
+
+    def inside(self, p: torch.Tensor) -> torch.Tensor:
+        h, w = self.shape
+        p = torch.nan_to_num(p, nan=-1e9)
+        return (p[:, 0] >= self.margin) & (p[:, 0] <= w - 1 - self.margin) \
+            & (p[:, 1] >= self.margin) & (p[:, 1] <= h - 1 - self.margin)
+
+
+def _search_view(image, pred, known, along, axis, search: _Search):
+    """One view: the common offset by voting (beads with a z), then each bead's peak near its
+    shifted prediction. Returns positions (n, 2), scores (n,) (NaN = rejected), offset (2,)."""
+    offset = torch.zeros(2, dtype=torch.float64, device=pred.device)
+    if int((known & search.inside(pred)).sum()) >= 3:
+        _, _, maps = locate_beads(image, pred, template=search.template,
+                                  radius_px=search.vote_px, tilt_axis_deg=axis)
+        offset = _vote(maps, known & search.inside(pred), search.vote_px)
+        pred = pred + offset
+    xy, sc, _ = locate_beads(image, pred, template=search.template, radius_px=search.radius_px,
+                             along_px=along, tilt_axis_deg=axis)
+    ok = search.inside(pred) & (sc >= search.min_score) & search.inside(xy)
+    return xy, torch.where(ok, sc, torch.nan), offset
 
 
 def fill_gaps(
