@@ -100,7 +100,8 @@ def test_flat_specimen_shifts_recovered_up_to_the_free_translation():
 
 def test_flat_specimen_binning_and_neighbour_reference_agree():
     angles = torch.arange(-45.0, 45.1, 9.0, dtype=torch.float64)
-    shifts = torch.tensor([[3.0 * i, -2.0 * i + 1] for i in range(angles.numel())], dtype=torch.float64)
+    shifts = torch.tensor([[3.0 * i, -2.0 * i + 1] for i in range(angles.numel())],
+                          dtype=torch.float64)
     views = flat_specimen_series(angles, -10.0, shifts, shape=(200, 200), seed=2)
     full = coarse_align(views, angles, tilt_axis_deg=-10.0, reference="neighbour")
     binned = coarse_align(views, angles, tilt_axis_deg=-10.0, binning=2)

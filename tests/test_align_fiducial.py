@@ -77,8 +77,8 @@ def test_detect_beads_recall_and_precision_at_zero_tilt(series):
     nearest = torch.cdist(truth, found.xy_px).min(1).values
     recall = float((nearest < 1.0).float().mean())
     precision = float((torch.cdist(found.xy_px, truth).min(1).values < 1.5).float().mean())
-    print(f"beads at 0°: {truth.shape[0]} true, {found.xy_px.shape[0]} found, recall {recall:.2f}, "
-          f"precision {precision:.2f}, median error {nearest.median():.3f} px")
+    print(f"beads at 0°: {truth.shape[0]} true, {found.xy_px.shape[0]} found, "
+          f"recall {recall:.2f}, precision {precision:.2f}, median error {nearest.median():.3f} px")
     assert truth.shape[0] >= 10
     assert recall >= 0.9 and precision >= 0.9
     assert nearest.median() < 0.3  # measured 0.07 px
@@ -156,7 +156,8 @@ def test_bundle_adjustment_recovers_known_geometry():
     s = synthetic_tracks()
     sol = solve_alignment(s["noisy"], s["angles"], tilt_axis_deg_initial=s["axis"] + 2.0,
                           image_shape=s["shape"])
-    honest = alignment_residual_against_truth(sol.xf, sol.tilt_angles_deg, s["true_pos"], s["shape"])
+    honest = alignment_residual_against_truth(sol.xf, sol.tilt_angles_deg, s["true_pos"],
+                                              s["shape"])
     assert abs(sol.tilt_axis_deg - s["axis"]) < 0.05
     assert (sol.magnification - s["mag"]).abs().max() < 0.002
     assert (sol.tilt_angles_deg - s["true_angles"]).abs().max() < 0.15
@@ -175,7 +176,8 @@ def test_robust_weighting_downweights_a_corrupted_track():
     bad = 5
     high = s["angles"].abs() > 25
     gen = torch.Generator().manual_seed(7)
-    jump = torch.tensor([5.0, -3.0], dtype=torch.float64) + torch.rand(int(high.sum()), 2, generator=gen)
+    jump = torch.tensor([5.0, -3.0], dtype=torch.float64) \
+        + torch.rand(int(high.sum()), 2, generator=gen)
     tracks[bad, high] += jump  # the tracker jumped onto a neighbour at high tilt
     options = dict(tilt_axis_deg_initial=s["axis"], image_shape=s["shape"])
     clean = solve_alignment(s["noisy"], s["angles"], **options)

@@ -76,3 +76,16 @@ def test_scipion_tutorial_workflow_imports_and_runs(corpus, demo, tmp_path):
     assert [r.status for r in runs.values()] == ["finished"] * 3
     assert runs["113"].inputs == {"input": f"{runs['52'].id}.TiltSeries"}
     assert any("TiltSeries_3 does not exist yet" in w for w in options["warnings"])
+
+
+def test_json_schema_validates_the_tutorial_template():
+    import jsonschema
+
+    from tiltflow.workflow.workflow_file import json_schema
+
+    schema = json_schema()
+    template = load_workflow("tutorial").to_json()
+    jsonschema.validate(template, schema)
+    template["steps"][1]["params"]["no_such_param"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(template, schema)

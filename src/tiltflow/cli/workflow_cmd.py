@@ -110,3 +110,11 @@ def template_command(name) -> None:
         echo_json(load_workflow(name).to_json())
     except InputError as err:
         fail(err.problems)
+
+
+@workflow_group.command("schema")
+def schema_command() -> None:
+    """Print the JSON Schema of workflow files (generated from the steps' parameter models)."""
+    from tiltflow.workflow.workflow_file import json_schema
+
+    echo_json(json_schema())

@@ -46,6 +46,30 @@ class Workflow:
                 "steps": [{"id": s.id, "step": s.step, "params": s.params, "inputs": s.inputs} for s in self.steps]}
 
 
+def json_schema() -> dict:
+    """JSON Schema of workflow files, generated from the steps' parameter models."""
+    from tiltflow.workflow.steps.base import all_steps
+
+    variants = []
+    for step in all_steps().values():
+        variants.append({
+            "type": "object", "title": step.title, "additionalProperties": False,
+            "required": ["step"],
+            "properties": {
+                "id": {"type": "string", "description": "Name other steps use in their inputs"},
+                "step": {"const": step.id},
+                "params": step.params.model_json_schema(),
+                "inputs": {"type": "object", "properties": {
+                    spec.name: {"type": "string", "description": f"{spec.help}: step id[.output] or RUN_ID[.output]"}
+                    for spec in step.inputs}, "additionalProperties": False},
+            }})
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "tiltflow workflow",
+            "type": "object", "required": ["steps"],
+            "properties": {"tiltflow_workflow": {"const": FORMAT_VERSION}, "name": {"type": "string"},
+                           "description": {"type": "string"},
+                           "steps": {"type": "array", "items": {"oneOf": variants}}}}
+
+
 def template_names() -> list[str]:
     folder = resources.files("tiltflow.workflow") / "templates"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))

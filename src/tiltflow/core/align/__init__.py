@@ -17,7 +17,13 @@ from tiltflow.core.align.residuals import (
     summarize_residuals,
     transform_points_xf,
 )
-from tiltflow.core.align.tracking import Tracks, fill_gaps, locate_beads, refine_tilt_axis, track_beads
+from tiltflow.core.align.tracking import (
+    Tracks,
+    fill_gaps,
+    locate_beads,
+    refine_tilt_axis,
+    track_beads,
+)
 
 __all__ = [
     "BeadDetections",

@@ -45,8 +45,8 @@ def bead_template(
     sigma = 0.15 * diameter_px if blur_px is None else blur_px
     if sigma > 0:
         g = torch.exp(-rr / (2 * sigma ** 2))
-        prof = torch.fft.irfft2(torch.fft.rfft2(prof) * torch.fft.rfft2(torch.fft.ifftshift(g / g.sum())),
-                                s=(size, size))
+        kernel = torch.fft.rfft2(torch.fft.ifftshift(g / g.sum()))
+        prof = torch.fft.irfft2(torch.fft.rfft2(prof) * kernel, s=(size, size))
     tpl = -(prof - prof.mean())
     return (tpl / tpl.norm()).to(device=device, dtype=dtype)
 
@@ -127,7 +127,8 @@ def detect_beads(
         threshold = max(0.3, 0.5 * float(top.median())) if top.numel() else 0.3
     keep = vals >= threshold
     iy, ix, vals = iy[keep], ix[keep], vals[keep]
-    xy = torch.stack([ix, iy], -1).to(torch.float64) + subpixel_peak(score, iy, ix).to(torch.float64)
+    xy = torch.stack([ix, iy], -1).to(torch.float64)
+    xy = xy + subpixel_peak(score, iy, ix).to(torch.float64)
     sep = bead_diameter_px if min_separation_px is None else min_separation_px
     chosen: list[int] = []
     for i in range(xy.shape[0]):  # greedy: strongest first

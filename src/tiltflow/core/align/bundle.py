@@ -124,7 +124,8 @@ def _surface_tilt_deg(xyz: torch.Tensor, max_deg: float = 15.0) -> float:
         if float(pair.reshape(-1)[k]) < best_cost:
             ai, rest = divmod(k, pair.shape[1] * pair.shape[2])
             i, j = divmod(rest, pair.shape[2])
-            best_cost, best = float(pair.reshape(-1)[k]), (a0 + ai, float(cd[ai, i]), float(cd[ai, j]))
+            best_cost = float(pair.reshape(-1)[k])
+            best = (a0 + ai, float(cd[ai, i]), float(cd[ai, j]))
     h, hi, hj = level[best[0]], best[1], best[2]
     near_i, near_j = (h - hi).abs() <= cut, (h - hj).abs() <= cut
     upper = near_i & ((h - hi).abs() <= (h - hj).abs())
@@ -135,6 +136,43 @@ def _surface_tilt_deg(xyz: torch.Tensor, max_deg: float = 15.0) -> float:
     design = torch.stack(cols, -1)[inlier]
     coef = torch.linalg.lstsq(design, z[inlier][:, None]).solution[:, 0]
     return -math.degrees(math.atan(float(coef[0])))
+
+
+def _check_tracks(tracks, tilt_angles_deg) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = tracks.positions_px if isinstance(tracks, Tracks) else torch.as_tensor(tracks)
+    pos = pos.to(torch.float64)
+    angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).to(pos.device)
+    t = pos.shape[1] if pos.ndim == 3 else -1
+    if pos.ndim != 3 or pos.shape[-1] != 2 or angles.shape != (t,):
+        raise ValueError(f"tracks must be (n_beads, t, 2) with one tilt angle per view; got "
+                         f"{tuple(pos.shape)} and {tuple(angles.shape)} angles")
+    if int((torch.isfinite(pos).all(-1).sum(1) >= 3).sum()) < 3:
+        raise ValueError("solve_alignment: need at least 3 beads each seen in 3 or more views; "
+                         "track more beads or lower the tracking threshold")
+    return pos, angles
+
+
+def _irls(p, residual, beads, *, robust, rounds, k_factor, max_iterations):
+    """LM on ``residual(p)`` (m, 2), then Tukey re-weighting until the weights settle; the
+    mean of ``beads(p)`` (n, 3) is held at 0 (the free translation)."""
+    m = residual(p).shape[0]
+    weights = torch.ones(m, dtype=p.dtype, device=p.device)
+    gauge = 10.0 * math.sqrt(max(m, 1))
+    for round_ in range(rounds + 1 if robust else 1):
+        sw = weights.sqrt()[:, None]
+
+        def fun(q: torch.Tensor, sw=sw) -> torch.Tensor:
+            return torch.cat([(residual(q) * sw).reshape(-1), gauge * beads(q).mean(0)])
+
+        p = _lm(fun, p, max_iterations)
+        if not robust:
+            break
+        new = tukey_weights(residual(p).norm(dim=-1), k_factor=k_factor)
+        change = float((new - weights).abs().max())
+        weights = new
+        if round_ > 0 and change < 0.01:
+            break
+    return p, weights
 
 
 def solve_alignment(
@@ -154,18 +192,10 @@ def solve_alignment(
     max_iterations: int = 100,
 ) -> FiducialSolution:
     """Bundle adjustment of bead tracks (module docstring). Views without beads keep shift 0."""
-    pos = tracks.positions_px if isinstance(tracks, Tracks) else torch.as_tensor(tracks)
-    pos = pos.to(torch.float64)
+    pos, angles = _check_tracks(tracks, tilt_angles_deg)
     dev = pos.device
-    angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).to(dev)
-    n, t = pos.shape[:2] if pos.ndim == 3 else (0, 0)
-    if pos.ndim != 3 or pos.shape[-1] != 2 or angles.shape != (t,):
-        raise ValueError(f"tracks must be (n_beads, t, 2) with one tilt angle per view; got "
-                         f"{tuple(pos.shape)} and {tuple(angles.shape)} angles")
+    n, t = pos.shape[:2]
     seen = torch.isfinite(pos).all(-1)
-    if int((seen.sum(1) >= 3).sum()) < 3:
-        raise ValueError("solve_alignment: need at least 3 beads each seen in 3 or more views; "
-                         "track more beads or lower the tracking threshold")
     ref = int(torch.argmin(angles.abs())) if reference_view is None else int(reference_view)
     bi, vi = torch.nonzero(seen, as_tuple=True)
     obs = pos[bi, vi]
@@ -194,25 +224,9 @@ def solve_alignment(
     xyz0 = torch.nan_to_num(xyz0, nan=0.0)
     p = torch.cat([torch.tensor([math.radians(tilt_axis_deg_initial)]).to(pos),
                    torch.zeros(gm + gt).to(pos), s0.reshape(-1), xyz0.reshape(-1)])
-    weights = torch.ones(bi.shape[0], dtype=torch.float64, device=dev)
-    gauge = 10.0 * math.sqrt(max(bi.shape[0], 1))
-
-    for round_ in range(robust_rounds + 1 if robust else 1):
-        sw = weights.sqrt()[:, None]
-
-        def fun(q: torch.Tensor) -> torch.Tensor:
-            res = ((project(q, bi, vi) - obs) * sw).reshape(-1)
-            return torch.cat([res, gauge * unpack(q)[4].mean(0)])
-
-        p = _lm(fun, p, max_iterations)
-        if not robust:
-            break
-        r = (project(p, bi, vi) - obs).norm(dim=-1)
-        new = tukey_weights(r, k_factor=k_factor)
-        change = float((new - weights).abs().max())
-        weights = new
-        if round_ > 0 and change < 0.01:
-            break
+    p, weights = _irls(p, lambda q: project(q, bi, vi) - obs, lambda q: unpack(q)[4],
+                       robust=robust, rounds=robust_rounds, k_factor=k_factor,
+                       max_iterations=max_iterations)
     return _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
                      image_shape, solve_tilt_offset)
 
@@ -232,7 +246,8 @@ def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
     offset = 0.0
     # beads with a well-determined z: seen over at least half the tilt range (or 30°)
     seen_deg = torch.where(seen & (w > 0.5), angles[None], torch.nan)
-    span = torch.nan_to_num(seen_deg, nan=-1e9).amax(1) - torch.nan_to_num(seen_deg, nan=1e9).amin(1)
+    span = torch.nan_to_num(seen_deg, nan=-1e9).amax(1) \
+        - torch.nan_to_num(seen_deg, nan=1e9).amin(1)
     solid = span >= min(30.0, 0.5 * float(angles.max() - angles.min()))
     if solve_tilt_offset and int(solid.sum()) >= 4:
         offset = _surface_tilt_deg(xyz[solid])

@@ -46,14 +46,15 @@ def warp_affine(
     *,
     mode: str = "bicubic",
 ) -> torch.Tensor:                       # (h, w)
-    """Resample ``out(p) = image(src_centre + B (p - dst_centre))``; outside filled with the mean."""
+    """Resample ``out(p) = image(src_centre + B (p - dst_centre))``; outside = the mean."""
     h, w = image.shape[-2:]
     dev = image.device
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=dev),
                             torch.arange(w, dtype=torch.float64, device=dev), indexing="ij")
     p = torch.stack([xx, yy], -1) - dst_centre.to(dev, torch.float64)
     q = p @ matrix.to(dev, torch.float64).T + src_centre.to(dev, torch.float64)
-    grid = torch.stack([2.0 * q[..., 0] / max(w - 1, 1) - 1.0, 2.0 * q[..., 1] / max(h - 1, 1) - 1.0], -1)
+    grid = torch.stack([2.0 * q[..., 0] / max(w - 1, 1) - 1.0,
+                        2.0 * q[..., 1] / max(h - 1, 1) - 1.0], -1)
     mean = image.mean()
     out = F.grid_sample((image - mean)[None, None], grid[None].to(image.dtype), mode=mode,
                         padding_mode="zeros", align_corners=True)
@@ -105,11 +106,13 @@ def _check_inputs(views: torch.Tensor, tilt_angles_deg) -> torch.Tensor:
         raise ValueError(f"views must have shape (t, h, w), got {tuple(views.shape)}")
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).cpu()
     if angles.numel() != views.shape[0]:
-        raise ValueError(f"{angles.numel()} tilt angles for {views.shape[0]} views; pass one per view")
+        raise ValueError(f"{angles.numel()} tilt angles for {views.shape[0]} views; "
+                         "pass one per view")
     if not bool(torch.isfinite(angles).all()) or bool((angles.abs() >= 85).any()):
         raise ValueError("tilt_angles_deg must be finite and within (-85, 85) degrees")
     if angles.numel() > 1 and not bool((angles[1:] > angles[:-1]).all()):
-        raise ValueError("views must be sorted by increasing tilt angle (restack them in tilt order)")
+        raise ValueError("views must be sorted by increasing tilt angle "
+                         "(restack them in tilt order)")
     return angles
 
 

@@ -114,7 +114,8 @@ def refine_tilt_axis(
     (3-D beads + per-view shifts, ``residuals.fit_beads_and_shifts``) over a grid of angles
     around ``tilt_axis_deg``, refined by a parabola. The full solve
     (``bundle.solve_alignment``) refines it further."""
-    trial = torch.arange(-search_deg, search_deg + 1e-9, step_deg, dtype=torch.float64) + tilt_axis_deg
+    trial = tilt_axis_deg + torch.arange(-search_deg, search_deg + 1e-9, step_deg,
+                                         dtype=torch.float64)
     seen = torch.isfinite(positions_px).all(-1)
     cost = []
     for a in trial.tolist():
@@ -249,7 +250,7 @@ def fill_gaps(
     views: torch.Tensor,                 # (t, h, w)
     positions_px: torch.Tensor,          # (n, t, 2) raw, NaN missing
     scores: torch.Tensor,                # (n, t)
-    predicted_px: torch.Tensor,          # (n, t, 2) model positions, e.g. FiducialSolution.projected_px
+    predicted_px: torch.Tensor,          # (n, t, 2) model, e.g. FiducialSolution.projected_px
     *,
     bead_diameter_px: float,
     tilt_axis_deg: float,

@@ -1,0 +1,54 @@
+"""Wall time of the demo workflow with 1 and 2 local workers and a 2-worker Dask LocalCluster.
+
+Run: .venv/bin/python benchmarks/scaling.py [--series 2 --tilts 11 --size 384 384 --frames 6]
+Prints a table with the speed-up against 1 local worker and the per-task overhead estimate
+(Dask wall - local-2 wall) / number of tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from tiltflow.testing.demo import DemoConfig, write_demo_dataset
+from tiltflow.workflow.store import ProjectStore
+from tiltflow.workflow.workflow_file import apply_overrides, load_workflow, run_workflow
+
+
+def run(data: Path, root: Path, options: dict, extra: list[str]) -> float:
+    wf = load_workflow("tutorial")
+    apply_overrides(wf, [f"import-movies.files={data}", f"import-movies.gain={data / 'gain_ref.gain'}", *extra])
+    t0 = time.perf_counter()
+    run_workflow(ProjectStore(root), wf, options=options)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--series", type=int, default=2)
+    ap.add_argument("--tilts", type=int, default=11)
+    ap.add_argument("--size", type=int, nargs=2, default=(384, 384))
+    ap.add_argument("--frames", type=int, default=6)
+    args = ap.parse_args()
+    extra = ["motion-ctf.window_px=256", "motion-ctf.defocus_grid=null", "reconstruct.binning=2"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_demo_dataset(tmp / "data", DemoConfig(n_series=args.series, n_tilts=args.tilts, size=tuple(args.size),
+                                                    n_frames=args.frames), force=True)
+        rows = [("local, 1 worker", {"workers": 1}), ("local, 2 workers", {"workers": 2}),
+                ("dask LocalCluster, 2 workers", {"executor": "dask", "workers": 2, "threads_per_worker": 1})]
+        times = {name: run(tmp / "data", tmp / f"p{i}", opts, extra) for i, (name, opts) in enumerate(rows)}
+    n_tasks = args.series * args.tilts + 2 * args.series     # movies + per-series erase / reconstruct
+    base = times["local, 1 worker"]
+    print(f"demo workflow: {args.series} x {args.tilts} movies of {args.size[0]} x {args.size[1]} x {args.frames}")
+    print("| executor | wall (s) | speed-up vs 1 local worker |\n| --- | --- | --- |")
+    for name, t in times.items():
+        print(f"| {name} | {t:.1f} | {base / t:.2f}x |")
+    overhead = (times["dask LocalCluster, 2 workers"] - times["local, 2 workers"]) / n_tasks
+    print(f"Dask overhead per task (incl. cluster start-up spread over {n_tasks} tasks): {overhead * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
