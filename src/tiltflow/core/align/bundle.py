@@ -105,11 +105,12 @@ def _surface_tilt_deg(xyz: torch.Tensor, max_deg: float = 15.0) -> float:
     """Rotation about y (degrees) that levels the beads on one or two parallel surfaces.
 
     Robust: for trial angles every 0.1°, the levelled heights are explained by the best pair of
-    plane heights (taken from the beads) under a truncated quadratic loss, so beads inside the
-    ice do not pull the slope; then two parallel planes are least-squares fitted to the inliers.
+    plane heights (quantiles of the beads) under a truncated quadratic loss, so beads inside the
+    ice do not pull the slope; then two parallel planes (one when a surface holds fewer than two
+    beads) are least-squares fitted to the beads within ``cut`` of them.
     """
     x, y, z = (xyz[:, i].to(torch.float64) for i in range(3))
-    cut = max(3.0, 0.05 * float(z.max() - z.min()))
+    cut = max(2.0, 0.02 * float(z.max() - z.min()))  # px; surfaces are not perfectly flat
     trial = torch.deg2rad(torch.arange(-max_deg, max_deg + 1e-9, 0.1, dtype=torch.float64,
                                        device=xyz.device))
     level = z[None] + torch.tan(trial)[:, None] * x[None]           # (a, n): z' after rotation
@@ -129,12 +130,14 @@ def _surface_tilt_deg(xyz: torch.Tensor, max_deg: float = 15.0) -> float:
     h, hi, hj = level[best[0]], best[1], best[2]
     near_i, near_j = (h - hi).abs() <= cut, (h - hj).abs() <= cut
     upper = near_i & ((h - hi).abs() <= (h - hj).abs())
-    inlier = near_i | near_j
-    lower = inlier & ~upper
-    cols = [x, y, upper.to(x), lower.to(x)] if int(lower.sum()) >= 2 and int(upper.sum()) >= 2 \
-        else [x, y, torch.ones_like(x)]
-    design = torch.stack(cols, -1)[inlier]
-    coef = torch.linalg.lstsq(design, z[inlier][:, None]).solution[:, 0]
+    lower = near_j & ~upper
+    if int(lower.sum()) >= 2 and int(upper.sum()) >= 2:
+        design = torch.stack([x, y, upper.to(x), lower.to(x)], -1)[upper | lower]
+        target = z[upper | lower]
+    else:  # one surface: the plane holding more beads
+        one = upper if int(upper.sum()) >= int(lower.sum()) else lower
+        design, target = torch.stack([x, y, torch.ones_like(x)], -1)[one], z[one]
+    coef = torch.linalg.lstsq(design, target[:, None]).solution[:, 0]
     return -math.degrees(math.atan(float(coef[0])))
 
 
@@ -228,10 +231,10 @@ def solve_alignment(
                        robust=robust, rounds=robust_rounds, k_factor=k_factor,
                        max_iterations=max_iterations)
     return _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
-                     image_shape, solve_tilt_offset)
+                     solve_tilt_offset)
 
 
-def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref, image_shape,
+def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
               solve_tilt_offset) -> FiducialSolution:
     a, logm, dth, s, xyz = (x.detach() for x in unpack(p))
     dev = pos.device
