@@ -17,7 +17,7 @@ from tiltflow.workflow.store import ProjectStore
 
 @pytest.fixture(scope="module")
 def noisy_series(tmp_path_factory):
-    config = DemoConfig(n_series=1, n_tilts=25, size=(384, 384), seed=21, n_beads=16, tilt_step_deg=5.0)
+    config = DemoConfig(n_series=1, n_tilts=25, size=(768, 768), seed=21, tilt_step_deg=5.0)
     series = plan_series(config, 0, np.random.default_rng(21))
     order = sorted(range(len(series["tilts"])), key=lambda i: series["tilts"][i]["mdoc_tilt_angle_deg"])
     rng = np.random.default_rng(0)
@@ -42,11 +42,11 @@ def test_align_step_recovers_geometry(noisy_series, tmp_path, method, limit):
     store = ProjectStore(tmp_path / "p")
     imp = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
                                                  "tilt_axis_deg": series["mdoc_tilt_axis_deg"]})
-    run = run_step(store, "align", {"method": method, "binning": 2, "align_z_nm": 160.0}, {"input": str(imp.id)})
+    run = run_step(store, "align", {"method": method, "binning": 3, "align_z_nm": 160.0}, {"input": str(imp.id)})
     ts = store.load(store.resolve(str(run.id))).items[0]
     xf = torch.tensor([im.transform for im in ts.images], dtype=torch.float64)
     refined = torch.tensor([im.attrs["refined_tilt_angle_deg"] for im in ts.images], dtype=torch.float64)
-    residual = alignment_residual_against_truth(xf, refined, truth, (384, 384))
+    residual = alignment_residual_against_truth(xf, refined, truth, (768, 768))
     assert residual <= limit, residual
     assert abs(ts.acquisition.tilt_axis_deg - series["tilt_axis_deg"]) <= 0.5
     files = ts.attrs["alignment"]
@@ -56,5 +56,5 @@ def test_align_step_recovers_geometry(noisy_series, tmp_path, method, limit):
         assert files["mean_residual_px"] < 1.5
         model = read_mod(files["fid"])
         assert len(model.objects[0].contours) >= 5
-    rec = run_step(store, "reconstruct", {"binning": 4, "thickness_nm": 160.0}, {"input": str(run.id)})
-    assert store.load(store.resolve(str(rec.id))).items[0].shape == (145, 96, 96)
+    rec = run_step(store, "reconstruct", {"binning": 8, "thickness_nm": 160.0}, {"input": str(run.id)})
+    assert store.load(store.resolve(str(rec.id))).items[0].shape == (72, 96, 96)

@@ -130,22 +130,22 @@ def _search_1d(score, centre: float, half_range: float, step: float) -> tuple[fl
     return best, list(zip(xs, values))
 
 
-def _level_specimen(s: _Series, axis: float, offset: float, shifts: torch.Tensor, history: list[dict]
-                    ) -> tuple[float, torch.Tensor]:
-    """New tilt offset and shifts that make the specimen level and centred in z."""
+def _centre_specimen(s: _Series, axis: float, offset: float, shifts: torch.Tensor, history: list[dict],
+                     *, level: bool) -> tuple[float, torch.Tensor]:
+    """Shifts that centre the specimen in z and, if ``level``, the tilt offset that levels it."""
     aligned, _ = _aligned(s, axis, shifts)
     pitch_deg, z_centre = specimen_pitch(aligned, s.angles_deg + offset, nz=2 * s.nz,
                                          x_extent_px=s.out_shape[1])
     # a level slab reconstructed with angles short by e appears as z = c - x tan(e)
-    new_offset = offset - pitch_deg
+    new_offset = offset - pitch_deg if level else offset
     th = torch.deg2rad(s.angles_deg + new_offset)
     c, sn = math.cos(math.radians(axis)), math.sin(math.radians(axis))
     rot = torch.tensor([[c, -sn], [sn, c]], dtype=torch.float64)
     # moving the volume by -z_centre moves view content by -z sin(theta) across the axis
     d = torch.stack([-z_centre * torch.sin(th), torch.zeros_like(th)], -1)
-    history.append({"stage": "tilt_offset", "specimen_pitch_deg": pitch_deg,
+    history.append({"stage": "level" if level else "centre", "specimen_pitch_deg": pitch_deg,
                     "specimen_z_px": z_centre * s.binning, "tilt_offset_deg": new_offset})
-    return new_offset, shifts - s.binning * d @ rot.T
+    return new_offset, shifts + s.binning * d @ rot.T
 
 
 def projection_matching_align(
@@ -210,6 +210,7 @@ def projection_matching_align(
     history: list[dict] = []
     offset = 0.0
     sub = shifts[use]
+    offset, sub = _centre_specimen(s, axis, offset, sub, history, level=False)
     sub, _ = _refine_shifts(s, axis, offset, sub, iterations, history)
     if refine_tilt_axis:
         def axis_score(a: float) -> float:
@@ -219,7 +220,7 @@ def projection_matching_align(
         history.append({"stage": "tilt_axis", "tilt_axis_deg": axis, "grid": grid + grid2})
         sub, _ = _refine_shifts(s, axis, offset, sub, iterations, history)
     if refine_tilt_offset:
-        offset, sub = _level_specimen(s, axis, offset, sub, history)
+        offset, sub = _centre_specimen(s, axis, offset, sub, history, level=True)
         sub, _ = _refine_shifts(s, axis, offset, sub, max(1, iterations // 2), history)
     _, ncc, _ = _measure(s, axis, offset, sub, 2.0)
 
