@@ -43,3 +43,36 @@ def print_run(store: Any, run: Any, *, elapsed: float | None = None, warnings: l
         console.print(f"  {n}", markup=False)
     for w in warnings:
         console.print(f"  [yellow]warning:[/] {w}", markup=True)
+
+
+class ProgressPrinter:
+    """Live per-item progress with an ETA: one updating line on a terminal, a line per ~10% otherwise."""
+
+    def __init__(self, label: str = ""):
+        import time
+
+        self.label = label
+        self._clock = time.monotonic
+        self._start: float | None = None
+        self._last_pct = -1
+
+    def __call__(self, item: str, done: int, total: int) -> None:
+        now = self._clock()
+        if self._start is None:
+            self._start = now
+        elapsed = now - self._start
+        eta = elapsed / done * (total - done) if done else 0.0
+        name = item.rsplit("/", 1)[-1]
+        text = f"  {self.label} {done}/{total} ({name}), elapsed {elapsed:.0f} s, ETA {eta:.0f} s"
+        if console.is_terminal:
+            console.print(text.ljust(100), end="\r", markup=False, highlight=False)
+            if done == total:
+                console.print(" " * 100, end="\r")
+        else:
+            pct = int(100 * done / max(total, 1)) // 10
+            if pct != self._last_pct:
+                self._last_pct = pct
+                console.print(text, markup=False)
+
+    def reset(self, label: str) -> None:
+        self.label, self._start, self._last_pct = label, None, -1

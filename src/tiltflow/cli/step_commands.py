@@ -88,8 +88,10 @@ def make_step_command(step: Step) -> click.Command:
         try:
             store = ProjectStore(kwargs["project"])
             t0 = time.time()
+            from tiltflow.cli.output import ProgressPrinter
+
             run = run_step(store, step.id, values, inputs, options=options, label=kwargs["label"],
-                           resume=kwargs["resume"])
+                           resume=kwargs["resume"], progress=None if kwargs["as_json"] else ProgressPrinter(step.id))
         except (InputError, ProjectError) as err:
             fail(getattr(err, "problems", [str(err)]), code=2)
         except KeyboardInterrupt:

@@ -70,7 +70,20 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
                 for line in new:
                     console.print(prefix + line, markup=False)
 
-        runs = run_workflow(store, wf, options=options, on_step=on_step, resume=resume)
+        from tiltflow.cli.output import ProgressPrinter
+
+        printer = ProgressPrinter()
+        steps = iter(wf.steps)
+        printer.reset(f"[{next(steps).id}]")
+
+        def on_step_and_progress(s, run):
+            on_step(s, run)
+            nxt = next(steps, None)
+            if nxt is not None:
+                printer.reset(f"[{nxt.id}]")
+
+        runs = run_workflow(store, wf, options=options, on_step=on_step_and_progress, resume=resume,
+                            progress=None if as_json else printer)
     except (InputError, ProjectError) as err:
         fail(getattr(err, "problems", [str(err)]))
     except Exception as err:

@@ -145,7 +145,7 @@ def _centre_specimen(s: _Series, axis: float, offset: float, shifts: torch.Tenso
     d = torch.stack([-z_centre * torch.sin(th), torch.zeros_like(th)], -1)
     history.append({"stage": "level" if level else "centre", "specimen_pitch_deg": pitch_deg,
                     "specimen_z_px": z_centre * s.binning, "tilt_offset_deg": new_offset})
-    return new_offset, shifts + s.binning * d @ rot.T
+    return new_offset, shifts - s.binning * d @ rot.T
 
 
 def projection_matching_align(
