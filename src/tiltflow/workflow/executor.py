@@ -114,3 +114,12 @@ def run_items(ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]],
         if shared is None:
             executor.close()
     return results
+
+
+def run_items_or_fail(ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]]) -> dict[str, Any]:
+    """:func:`run_items`, then one error listing every failed item (nothing is registered)."""
+    results = run_items(ctx, fn, tasks)
+    failed = [f"{k}: {type(v).__name__}: {v}" for k, v in results.items() if isinstance(v, BaseException)]
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    return results

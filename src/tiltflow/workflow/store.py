@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from tiltflow import __version__
 from tiltflow.workflow.errors import ProjectError
-from tiltflow.workflow.sets import AnySet, CtfSeriesSet, TiltSeriesSet, TomogramSet
+from tiltflow.workflow.sets import AnySet
 from tiltflow.workflow import set_tables
 
 SCHEMA_VERSION = 1

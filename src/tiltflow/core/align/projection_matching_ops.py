@@ -197,34 +197,53 @@ def specimen_pitch(
     *,
     nz: int,  # thickness of the reconstruction, > the specimen's
     x_extent_px: int,  # width of the central region to use
-    n_blocks: int = 6,
+    max_pitch_deg: float = 6.0,
+    step_deg: float = 0.5,
 ) -> tuple[float, float]:  # (pitch in degrees, z of the specimen centre at x = 0 in px)
-    """Pitch of the specimen slab in a WBP reconstruction: per block of x, the centroid in z of the
-    band-passed structure power above its background; a line through the centroids gives the slope
-    ``dz/dx = tan(pitch)`` (z towards the source, x across the axis) and the centre."""
+    """Pitch of the specimen slab in a WBP reconstruction (z towards the source, x across the axis).
+
+    The band-passed structure power of each (z, x) column, averaged over y, is projected onto
+    ``z' = z - x tan(pitch)`` for trial pitches; layers of features (a flat specimen's surfaces,
+    its contents) give the sharpest profile (largest sum of squares) when the pitch is right, even
+    if each x holds features of only one layer.  The centre is the middle of the range where
+    that profile exceeds 20 % of its peak above the median.
+    """
     vol = wbp(aligned, angles_deg.to(aligned.device), thickness_px=nz, radial_cutoff=RAMP_CUTOFF)
     nzv, ny, nx = vol.shape
     bp = bandpass_2d((ny, nx), low_cut_px=BANDPASS_PX[0] / 2, high_cut_px=BANDPASS_PX[1],
                      device=vol.device).to(vol.dtype)
-    power = torch.fft.irfft2(torch.fft.rfft2(vol) * bp, s=(ny, nx)).square().mean(dim=1)  # (nz, nx)
-    half = min(nx, x_extent_px) * 0.4
+    power = torch.fft.irfft2(torch.fft.rfft2(vol) * bp, s=(ny, nx)).square().mean(dim=1)
+    power = power.to(torch.float64).cpu()
     xs = torch.arange(nx, dtype=torch.float64) - (nx - 1) / 2.0
+    cols = xs.abs() <= min(nx, x_extent_px) * 0.45
+    power, xs = power[:, cols], xs[cols]
+    power = (power - power.median()).clamp_min(0.0)  # background: the empty ice / vacuum
     zs = torch.arange(nzv, dtype=torch.float64) - (nzv - 1) / 2.0
-    edges = torch.linspace(-half, half, n_blocks + 1).tolist()
-    centres, heights, masses = [], [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        cols = ((xs >= lo) & (xs < hi)).to(power.device)
-        p = power[:, cols].mean(dim=1).to(torch.float64).cpu()
-        signal = (p - p.quantile(0.25)).clamp_min(0.0)
-        if float(signal.sum()) <= 0:
-            continue
-        centres.append((lo + hi) / 2.0)
-        heights.append(float((signal * zs).sum() / signal.sum()))
-        masses.append(float(signal.sum()))
-    if len(centres) < 2:
+    if float(power.sum()) <= 0:
         return 0.0, 0.0
-    wts = torch.tensor(masses, dtype=torch.float64).sqrt()
-    basis = torch.stack([torch.ones(len(centres), dtype=torch.float64),
-                         torch.tensor(centres, dtype=torch.float64)], -1)
-    coef = torch.linalg.lstsq(basis * wts[:, None], (torch.tensor(heights) * wts)[:, None]).solution
-    return math.degrees(math.atan(float(coef[1, 0]))), float(coef[0, 0])
+
+    def profile(pitch_deg: float) -> torch.Tensor:
+        zp = zs[:, None] - xs[None, :] * math.tan(math.radians(pitch_deg)) + nzv  # >= 0
+        i0 = torch.floor(zp)
+        frac = zp - i0
+        out = torch.zeros(3 * nzv + 2, dtype=torch.float64)
+        out.index_add_(0, i0.long().reshape(-1), (power * (1 - frac)).reshape(-1))
+        out.index_add_(0, i0.long().reshape(-1) + 1, (power * frac).reshape(-1))
+        return out
+
+    def sharpness(pitch_deg: float) -> float:
+        return float(profile(pitch_deg).square().sum())
+
+    n = round(max_pitch_deg / step_deg)
+    grid = [step_deg * k for k in range(-n, n + 1)]
+    values = [sharpness(g) for g in grid]
+    k = max(range(len(grid)), key=lambda i: values[i])
+    pitch = grid[k]
+    if 0 < k < len(grid) - 1:
+        den = values[k - 1] - 2 * values[k] + values[k + 1]
+        if den < 0:
+            pitch += step_deg * 0.5 * (values[k - 1] - values[k + 1]) / den
+    prof = profile(pitch)[nzv:2 * nzv]
+    base = prof.median()
+    above = torch.nonzero(prof > base + 0.2 * (prof.max() - base)).reshape(-1)
+    return pitch, float(above[0] + above[-1]) / 2.0 - (nzv - 1) / 2.0

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.executor import run_items
+from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
+from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
 
 
@@ -29,17 +30,6 @@ class AlignParams(StepParams):
     exclude_dark: bool = param(True, "Patch: detect dark views and leave them out of the alignment.", cli="--exclude-dark")
 
 
-def _load(refs, binning: int, device: str):
-    import numpy as np
-    import torch
-
-    from tiltflow.core.reconstruct import bin_views
-    from tiltflow.io.mrc import read_section
-
-    return torch.stack([bin_views(torch.from_numpy(np.ascontiguousarray(read_section(f, i))).to(device), binning)
-                        for f, i in refs])
-
-
 def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict, tilt_axis_deg: float,
                       pixel_size_a: float, out_dir: str, ts_id: str, device: str) -> dict:
     """Align one series (enabled views in tilt order); module level so a Dask worker can run it."""
@@ -48,7 +38,7 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
     from tiltflow.io.imod import FidXyz, fiducial_model, write_fid_xyz, write_mod, write_tlt, write_xf
 
     b = p["binning"]
-    views = _load(refs, b, device)
+    views = load_binned_views(refs, b, device)
     angles_t = torch.tensor(angles, dtype=torch.float64)
     out = Path(out_dir)
     result: dict = {}
@@ -108,8 +98,7 @@ def run_align(ctx: StepContext):
         if not ts.enabled:
             continue
         enabled = ts.enabled_images
-        if any(im.index is None for im in enabled):
-            raise InputError(f"{ctx.input_pointers['input']}: {ts.ts_id} holds movies — run motion-ctf first")
+        require_stacks(ts, ctx.input_pointers['input'], enabled)
         if len(enabled) < 5:
             raise InputError(f"{ts.ts_id}: {len(enabled)} enabled views — alignment needs at least 5")
         a = ts.acquisition
@@ -117,10 +106,7 @@ def run_align(ctx: StepContext):
                                  p.model_dump(), a.tilt_axis_deg, a.pixel_size_a, str(ctx.run_dir), ts.ts_id, device)))
     if not tasks:
         raise InputError(f"{ctx.input_pointers['input']}: every tilt series is excluded")
-    results = run_items(ctx, align_series_task, tasks)
-    failed = [f"{k}: {type(v).__name__}: {v}" for k, v in results.items() if isinstance(v, BaseException)]
-    if failed:
-        raise RuntimeError("; ".join(failed))
+    results = run_items_or_fail(ctx, align_series_task, tasks)
     items = []
     for ts in source.items:
         if ts.ts_id not in results:

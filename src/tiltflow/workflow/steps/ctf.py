@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.executor import run_items
+from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltSeriesSet
+from tiltflow.workflow.steps.views import require_stacks
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, register
 from tiltflow.workflow.steps.ctf_common import (
     CtfOptions, ctf_params, ctf_series_from_results, ctf_set, fit_tilt_ctf, smooth_grids_in_time,
@@ -45,17 +45,13 @@ def run_ctf(ctx: StepContext):
     device = resolve_device(ctx.options.get("device"))
     tasks = []
     for ts in source.items:
-        if any(im.index is None for im in ts.images):
-            raise InputError(f"{ctx.input_pointers['input']}: {ts.ts_id} holds movies — use motion-ctf")
+        require_stacks(ts, ctx.input_pointers['input'])
         a = ts.acquisition
         optics = {"pixel_size_a": a.pixel_size_a, "voltage_kv": a.voltage_kv, "cs_mm": a.cs_mm,
                   "amplitude_contrast": a.amplitude_contrast}
         refs = [(im.acquisition_order, im.file, im.index, im.tilt_angle_deg) for im in ts.images]
         tasks.append((ts.ts_id, (refs, p.model_dump(), optics, a.tilt_axis_deg, str(ctx.run_dir), ts.ts_id, device)))
-    results = run_items(ctx, ctf_series_task, tasks)
-    failed = [f"{k}: {type(v).__name__}: {v}" for k, v in results.items() if isinstance(v, BaseException)]
-    if failed:
-        raise RuntimeError("; ".join(failed))
+    results = run_items_or_fail(ctx, ctf_series_task, tasks)
     series = []
     for ts in source.items:
         a = ts.acquisition

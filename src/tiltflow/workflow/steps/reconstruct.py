@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.executor import run_items
+from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet, Tomogram, TomogramSet
+from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
 
 
@@ -32,17 +33,6 @@ class ReconstructParams(StepParams):
     invert: bool = param(False, "Invert contrast (bright protein).", cli="--invert")
 
 
-def _load_binned(refs, binning: int, device: str):
-    import numpy as np
-    import torch
-
-    from tiltflow.core.reconstruct import bin_views
-    from tiltflow.io.mrc import read_section
-
-    views = [bin_views(torch.from_numpy(np.ascontiguousarray(read_section(f, i))).to(device), binning) for f, i in refs]
-    return torch.stack(views)
-
-
 def reconstruct_series_task(refs: dict[str, list[tuple[str, int]]], xf: list[list[float]], angles: list[float],
                             p: dict, thickness_px: int, z_offset_px: float, x_offset_px: float, out_dir: str,
                             ts_id: str, voxel_size_a: float, device: str) -> dict:
@@ -59,7 +49,7 @@ def reconstruct_series_task(refs: dict[str, list[tuple[str, int]]], xf: list[lis
     files = {}
     shape = None
     for key, view_refs in refs.items():
-        views = apply_xf(_load_binned(view_refs, binning, device), xf_b.to(device))
+        views = apply_xf(load_binned_views(view_refs, binning, device), xf_b.to(device))
         views = views - views.mean(dim=(-2, -1), keepdim=True)
         if p["invert"]:
             views = -views
@@ -101,8 +91,7 @@ def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
         if not ts.enabled:
             continue
         enabled = ts.enabled_images
-        if any(im.index is None for im in enabled):
-            raise InputError(f"{ctx.input_pointers['input']}: {ts.ts_id} holds movies — run motion-ctf first")
+        require_stacks(ts, ctx.input_pointers['input'], enabled)
         if len(enabled) < 3:
             raise InputError(f"{ts.ts_id}: only {len(enabled)} enabled views — at least 3 are needed")
         refs = {"file": [(im.file, im.index) for im in enabled]}
@@ -120,10 +109,7 @@ def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
                                  str(ctx.run_dir), ts.ts_id, voxel, device)))
     if not tasks:
         raise InputError(f"{ctx.input_pointers['input']}: every tilt series is excluded")
-    results = run_items(ctx, reconstruct_series_task, tasks)
-    failed = [f"{k}: {type(v).__name__}: {v}" for k, v in results.items() if isinstance(v, BaseException)]
-    if failed:
-        raise RuntimeError("; ".join(failed))
+    results = run_items_or_fail(ctx, reconstruct_series_task, tasks)
     items = []
     for key, _ in tasks:
         r = results[key]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.executor import run_items
+from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet
+from tiltflow.workflow.steps.views import require_stacks
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
 
 
@@ -93,17 +93,13 @@ def run_xray_erase(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     device = resolve_device(ctx.options.get("device"))
     tasks = []
     for ts in source.items:
-        if any(im.index is None for im in ts.images):
-            raise InputError(f"{ctx.input_pointers['input']}: {ts.ts_id} holds movies — run motion-ctf first")
+        require_stacks(ts, ctx.input_pointers['input'])
         halves = {key: [(getattr(im, key), im.index) for im in ts.images]
                   for key in ("odd_file", "even_file") if all(getattr(im, key) for im in ts.images)}
         tasks.append((ts.ts_id, ([(im.file, im.index) for im in ts.images], halves,
                                  str(ctx.run_dir), ts.ts_id, core, device, ts.acquisition.pixel_size_a, p.imod_model,
                                  p.odd_even)))
-    results = run_items(ctx, erase_series_task, tasks)
-    failed = [f"{key}: {type(v).__name__}: {v}" for key, v in results.items() if isinstance(v, BaseException)]
-    if failed:
-        raise RuntimeError("; ".join(failed))
+    results = run_items_or_fail(ctx, erase_series_task, tasks)
     items, total = [], 0
     for ts in source.items:
         r = results[ts.ts_id]
