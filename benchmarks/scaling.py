@@ -37,6 +37,7 @@ def main() -> None:
         tmp = Path(tmp)
         write_demo_dataset(tmp / "data", DemoConfig(n_series=args.series, n_tilts=args.tilts, size=tuple(args.size),
                                                     n_frames=args.frames), force=True)
+        run(tmp / "data", tmp / "warm-up", {"workers": 2}, extra)      # imports, caches: not timed
         rows = [("local, 1 worker", {"workers": 1}), ("local, 2 workers", {"workers": 2}),
                 ("dask LocalCluster, 2 workers", {"executor": "dask", "workers": 2, "threads_per_worker": 1})]
         times = {name: run(tmp / "data", tmp / f"p{i}", opts, extra) for i, (name, opts) in enumerate(rows)}

@@ -83,16 +83,15 @@ def _aligned(s: _Series, axis_deg: float, shifts_px: torch.Tensor) -> tuple[torc
 
 def _measure(s: _Series, axis: float, offset: float, shifts: torch.Tensor, max_shift_px: float
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Shift corrections ``(n, 2)`` (binned aligned px), leave-one-out NCC and wide NCC ``(n,)``."""
+    """Shift corrections ``(n, 2)`` (binned aligned px): x' against the leave-one-out reference,
+    y' against the wide one; the leave-one-out NCC ``(n,)`` and the wide y' agreement ``(n,)``."""
     aligned, mask = _aligned(s, axis, shifts)
     loo, wide = references(aligned, s.angles_deg + offset, nz=s.nz, nx_volume=s.nx_volume,
                            exclude_deg=s.exclude_deg, cache=s.cache)
-    cc_loo = cross_correlation(aligned, loo, mask)
-    cc_wide = cross_correlation(aligned, wide, mask)
-    d_loo, ncc_loo = peak_2d(cc_loo, max_shift_px)
-    d_wide, ncc_wide = peak_2d(cc_wide, max_shift_px)
-    dy = peak_y(cc_wide, max_shift_px, x_halfwidth_px=max(2.0, abs(float(d_loo[:, 0].abs().max()))))
-    return torch.stack([d_loo[:, 0], dy], -1), ncc_loo, ncc_wide
+    d_loo, ncc_loo = peak_2d(cross_correlation(aligned, loo, mask), max_shift_px)
+    dy, y_score = peak_y(cross_correlation(aligned, wide, mask), max_shift_px,
+                         x_halfwidth_px=s.max_shift_px)
+    return torch.stack([d_loo[:, 0], dy], -1), ncc_loo, y_score
 
 
 def _refine_shifts(s: _Series, axis: float, offset: float, shifts: torch.Tensor, iterations: int,
@@ -214,7 +213,9 @@ def projection_matching_align(
     sub, _ = _refine_shifts(s, axis, offset, sub, iterations, history)
     if refine_tilt_axis:
         def axis_score(a: float) -> float:
-            return float(_measure(s, a, offset, sub, 2.0)[2].mean())
+            # features far from the axis move along it when the axis turns: score how well y'
+            # agrees with far views (x' errors summed out), each view at its best y' shift
+            return float(_measure(s, a, offset, sub, s.max_shift_px)[2].mean())
         axis, grid = _search_1d(axis_score, axis, axis_search_deg, 1.0)
         axis, grid2 = _search_1d(axis_score, axis, 0.5, 0.25)
         history.append({"stage": "tilt_axis", "tilt_axis_deg": axis, "grid": grid + grid2})

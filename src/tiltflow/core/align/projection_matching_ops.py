@@ -164,9 +164,10 @@ def peak_2d(cc: torch.Tensor, max_shift_px: float) -> tuple[torch.Tensor, torch.
     return d.to(torch.float64).cpu(), c0.to(torch.float64).cpu()
 
 
-def peak_y(cc: torch.Tensor, max_shift_px: float, *, x_halfwidth_px: float) -> torch.Tensor:
-    """Sub-pixel y shift ``(n,)`` of the peak of the CC summed over ``|dx| <= x_halfwidth_px``
-    (a reference smeared along x' still pins y')."""
+def peak_y(cc: torch.Tensor, max_shift_px: float, *, x_halfwidth_px: float
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-pixel y shift ``(n,)`` and height ``(n,)`` of the peak of the CC summed over
+    ``|dx| <= x_halfwidth_px`` (a reference smeared along x' still pins y')."""
     n, h, w = cc.shape
     cy, cx = h // 2, w // 2
     r = int(math.ceil(x_halfwidth_px))
@@ -174,8 +175,28 @@ def peak_y(cc: torch.Tensor, max_shift_px: float, *, x_halfwidth_px: float) -> t
     yy = torch.arange(h, device=cc.device) - cy
     py = profile.masked_fill(yy.abs()[None] > max_shift_px, -torch.inf).argmax(dim=1)
     rows = torch.arange(n, device=cc.device)
-    dy = _vertex(profile[rows, (py - 1) % h], profile[rows, py], profile[rows, (py + 1) % h])
-    return ((py - cy).to(cc.dtype) + dy).to(torch.float64).cpu()
+    c0 = profile[rows, py]
+    dy = _vertex(profile[rows, (py - 1) % h], c0, profile[rows, (py + 1) % h])
+    return ((py - cy).to(cc.dtype) + dy).to(torch.float64).cpu(), c0.to(torch.float64).cpu()
+
+
+def strip_y_shifts(views: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, *,
+                   n_strips: int, max_shift_px: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y' shift ``(n, k)`` of each of ``k`` strips of the views across x' (x' centres ``(k,)``,
+    px from the view centre) against the reference, and the peak heights ``(n, k)`` as weights."""
+    w = views.shape[-1]
+    xs = torch.arange(w, dtype=views.dtype, device=views.device) - (w - 1) / 2.0
+    edges = torch.linspace(-(w - 1) / 2.0, (w - 1) / 2.0, n_strips + 1).tolist()
+    shifts, heights, centres = [], [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        half = (hi - lo) / 2.0
+        strip = (1.0 - ((xs - (lo + hi) / 2.0).abs() / half).clamp(max=1.0) ** 4)  # soft box
+        dy, height = peak_y(cross_correlation(views * strip, reference, mask), max_shift_px,
+                            x_halfwidth_px=max_shift_px)
+        shifts.append(dy)
+        heights.append(height.clamp_min(0.0))
+        centres.append((lo + hi) / 2.0)
+    return torch.stack(shifts, -1), torch.stack(heights, -1), torch.tensor(centres, dtype=torch.float64)
 
 
 def smooth_part(values: torch.Tensor, angles_deg: torch.Tensor, *, degree: int) -> torch.Tensor:
@@ -243,7 +264,8 @@ def specimen_pitch(
         den = values[k - 1] - 2 * values[k] + values[k + 1]
         if den < 0:
             pitch += step_deg * 0.5 * (values[k - 1] - values[k + 1]) / den
-    prof = profile(pitch)[nzv:2 * nzv]
+    lo = nzv - (nzv - 1) // 2  # bin k holds z' = k - nzv; these bins lie inside the volume at x = 0
+    prof = profile(pitch)[lo:lo + nzv]
     base = prof.median()
     above = torch.nonzero(prof > base + 0.2 * (prof.max() - base)).reshape(-1)
-    return pitch, float(above[0] + above[-1]) / 2.0 - (nzv - 1) / 2.0
+    return pitch, float(above[0] + above[-1]) / 2.0 + lo - nzv
