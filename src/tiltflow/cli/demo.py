@@ -24,7 +24,11 @@ def demo_command(out_dir, n_series, n_tilts, size, n_frames, pixel_size_a, tomo5
     """
     from pathlib import Path
 
+    import torch
+
     from tiltflow.testing.demo import DemoConfig, write_demo_dataset
+
+    torch.set_num_threads(1)   # many small FFTs: one thread is faster, and never stalls on a busy machine
 
     values = {"n_series": n_series, "n_tilts": n_tilts, "size": tuple(size) if size else None,
               "n_frames": n_frames, "pixel_size_a": pixel_size_a, "seed": seed}
