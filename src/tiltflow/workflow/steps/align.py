@@ -5,6 +5,7 @@ tilt-series set; writes per series ``.xf`` (unbinned stack pixels), ``.tlt`` (re
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,9 @@ from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
+
+
+_FORWARD_AD_LOCK = threading.Lock()
 
 
 class AlignParams(StepParams):
@@ -45,10 +49,11 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
     if p["method"] == "fiducial":
         from tiltflow.core.align import align_fiducial
 
-        fid = align_fiducial(views, angles_t, tilt_axis_deg=tilt_axis_deg,
-                             bead_diameter_px=p["bead_diameter_nm"] * 10.0 / (pixel_size_a * b),
-                             solve_magnification=p["solve_magnification"], solve_tilt_angles=p["solve_tilt_angles"],
-                             solve_tilt_offset=p["refine_tilt_offset"])
+        with _FORWARD_AD_LOCK:       # torch's forward-mode AD levels are process-global: one solve at a time
+            fid = align_fiducial(views, angles_t, tilt_axis_deg=tilt_axis_deg,
+                                 bead_diameter_px=p["bead_diameter_nm"] * 10.0 / (pixel_size_a * b),
+                                 solve_magnification=p["solve_magnification"],
+                                 solve_tilt_angles=p["solve_tilt_angles"], solve_tilt_offset=p["refine_tilt_offset"])
         sol = fid.solution
         xf, refined, axis, offset = sol.xf.clone(), sol.tilt_angles_deg, sol.tilt_axis_deg, sol.tilt_offset_deg
         result.update(mean_residual_px=sol.mean_residual_px * b,
