@@ -7,7 +7,22 @@ from pathlib import Path
 from typing import Iterable
 
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.steps.base import StepContext
+from tiltflow.workflow.steps.base import StepContext, StepParams, param
+
+
+class AcquisitionParams(StepParams):
+    """The microscope values both imports take; empty means "read it from the mdoc / header"."""
+
+    voltage_kv: float | None = param(None, "Acceleration voltage, kV (empty: from the mdoc).", cli="--voltage", gt=0)
+    cs_mm: float = param(2.7, "Spherical aberration, mm.", cli="--cs", ge=0)
+    amplitude_contrast: float = param(0.1, "Amplitude contrast (0-1).", cli="--amp-contrast", ge=0, lt=1)
+    magnification: float | None = param(None, "Nominal magnification (empty: from the mdoc).", cli="--magnification", gt=0)
+    pixel_size_a: float | None = param(None, "Pixel size, Å/px (empty: from the mdoc or the stack header).",
+                                       cli="--pixel-size", gt=0)
+    tilt_axis_deg: float | None = param(None, "Tilt-axis angle, degrees from +y CCW (empty: from the mdoc).",
+                                        cli="--tilt-axis")
+    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose", gt=0)
+    initial_dose_e_a2: float = param(0.0, "Dose received before the first tilt, e/Å².", cli="--initial-dose", ge=0)
 
 
 def find_files(files_dir: Path, pattern: str, exclusion_words: Iterable[str] = ()) -> list[Path]:

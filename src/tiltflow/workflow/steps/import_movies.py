@@ -15,23 +15,15 @@ from tiltflow.io.mdoc import MdocError, MdocTiltSeries, group_mdocs, read_frame_
 from tiltflow.io.movies import MovieError, MovieHeader, read_movie_header
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeries, TiltSeriesSet
-from tiltflow.workflow.steps.base import Step, StepContext, StepParams, param, register
-from tiltflow.workflow.steps.common import find_files, override, report_bad_series
+from tiltflow.workflow.steps.base import Step, StepContext, param, register
+from tiltflow.workflow.steps.common import AcquisitionParams, find_files, override, report_bad_series
 
 
-class ImportMoviesParams(StepParams):
+class ImportMoviesParams(AcquisitionParams):
     files: str = param(..., "Folder holding the .mdoc files (movies next to them or in a subfolder).", cli="--files")
     pattern: str = param("*.mdoc", "Glob pattern of the mdoc files inside --files.", cli="--pattern")
     tomo5: bool = param(False, "The mdocs were written by Thermo Tomo5 (tilt axis = -TiltAxisAngle - 90).", cli="--tomo5")
     exclusion_words: list[str] = param([], "Skip mdoc files whose name contains any of these words.", cli="--exclude-words")
-    voltage_kv: float | None = param(None, "Acceleration voltage, kV (empty: from the mdoc).", cli="--voltage", gt=0)
-    cs_mm: float = param(2.7, "Spherical aberration, mm.", cli="--cs", ge=0)
-    amplitude_contrast: float = param(0.1, "Amplitude contrast (0-1).", cli="--amp-contrast", ge=0, lt=1)
-    magnification: float | None = param(None, "Nominal magnification (empty: from the mdoc).", cli="--magnification", gt=0)
-    pixel_size_a: float | None = param(None, "Pixel size of the movies, Å/px (empty: from the mdoc).", cli="--pixel-size", gt=0)
-    tilt_axis_deg: float | None = param(None, "Tilt-axis angle, degrees from +y CCW (empty: from the mdoc).", cli="--tilt-axis")
-    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose", gt=0)
-    initial_dose_e_a2: float = param(0.0, "Dose received before the first tilt, e/Å².", cli="--initial-dose", ge=0)
     gain: str | None = param(None, "Gain reference (.gain, .tif, .mrc).", cli="--gain")
     dark: str | None = param(None, "Dark reference (.tif, .mrc).", cli="--dark")
 

@@ -14,8 +14,9 @@ from tiltflow.io.mdoc import MdocError, read_tilt_series_mdoc
 from tiltflow.io.mrc import StackError, extended_header_tilt_angles, read_stack_header
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeries, TiltSeriesSet
-from tiltflow.workflow.steps.base import Step, StepContext, StepParams, param, register
+from tiltflow.workflow.steps.base import Step, StepContext, param, register
 from tiltflow.workflow.steps.common import (
+    AcquisitionParams,
     find_files, override, report_bad_series, safe_ts_id, ts_id_from_pattern,
 )
 
@@ -23,21 +24,13 @@ STACK_SUFFIXES = (".mrc", ".st", ".mrcs", ".ali")
 NEAR_DUPLICATE_DEG = 0.05
 
 
-class ImportTiltSeriesParams(StepParams):
+class ImportTiltSeriesParams(AcquisitionParams):
     files: str = param(..., "Folder holding the stacks.", cli="--files")
     pattern: str = param("*.mrc", "Glob pattern of the stacks; {TS} marks the tilt-series id (e.g. '{TS}.st').", cli="--pattern")
     angles: Literal["auto", "mdoc", "tlt", "header"] = param(
         "auto", "Where tilt angles come from: mdoc, tlt (.rawtlt/.tlt beside the stack), header; auto tries them in that order.",
         cli="--angles")
     exclusion_words: list[str] = param([], "Skip stacks whose name contains any of these words.", cli="--exclude-words")
-    voltage_kv: float | None = param(None, "Acceleration voltage, kV (empty: from the mdoc).", cli="--voltage", gt=0)
-    cs_mm: float = param(2.7, "Spherical aberration, mm.", cli="--cs", ge=0)
-    amplitude_contrast: float = param(0.1, "Amplitude contrast (0-1).", cli="--amp-contrast", ge=0, lt=1)
-    magnification: float | None = param(None, "Nominal magnification.", cli="--magnification", gt=0)
-    pixel_size_a: float | None = param(None, "Pixel size, Å/px (empty: from the MRC header or mdoc).", cli="--pixel-size", gt=0)
-    tilt_axis_deg: float | None = param(None, "Tilt-axis angle, degrees from +y CCW (empty: from the mdoc).", cli="--tilt-axis")
-    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose", gt=0)
-    initial_dose_e_a2: float = param(0.0, "Dose received before the first tilt, e/Å².", cli="--initial-dose", ge=0)
 
     @field_validator("files")
     @classmethod
