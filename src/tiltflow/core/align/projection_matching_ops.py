@@ -8,12 +8,18 @@ Cross-correlation maps are ``fftshift``-ed: index ``(h // 2, w // 2)`` is zero s
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 
 from tiltflow.core.fourier import bandpass_2d
-from tiltflow.core.radial_filter import filter_views, padded_length, radial_filter, tilt_increment_weights
+from tiltflow.core.radial_filter import (
+    filter_views,
+    padded_length,
+    radial_filter,
+    tilt_increment_weights,
+)
 from tiltflow.core.reconstruct import backproject, project_volume, wbp
 
 BANDPASS_PX = (48.0, 3.0)  # CC band-pass: periods kept, binned px (low cut, high cut)
@@ -21,28 +27,37 @@ EDGE_TAPER = 0.1  # cosine taper of the CC mask, fraction of the view size
 RAMP_CUTOFF = 0.3  # cycles/px, radial filter of the intermediate reconstructions
 
 
-def support_mask(xf: torch.Tensor, raw_shape: tuple[int, int], out_shape: tuple[int, int]) -> torch.Tensor:
+def support_mask(
+    xf: torch.Tensor, raw_shape: tuple[int, int], out_shape: tuple[int, int]
+) -> torch.Tensor:
     """Soft mask ``(n, ho, wo)``: 1 inside the raw view's footprint, cosine edges; the aligned
     view's own border tapered too.  ``xf`` ``(n, 6)`` maps raw ``raw_shape`` to aligned views."""
     h, w = raw_shape
     ho, wo = out_shape
     dev = xf.device
-    yo, xo = torch.meshgrid(torch.arange(ho, dtype=torch.float64, device=dev) - (ho - 1) / 2.0,
-                            torch.arange(wo, dtype=torch.float64, device=dev) - (wo - 1) / 2.0,
-                            indexing="ij")
+    yo, xo = torch.meshgrid(
+        torch.arange(ho, dtype=torch.float64, device=dev) - (ho - 1) / 2.0,
+        torch.arange(wo, dtype=torch.float64, device=dev) - (wo - 1) / 2.0,
+        indexing="ij",
+    )
     a_inv = torch.linalg.inv(xf[:, :4].reshape(-1, 2, 2).to(torch.float64))
     d = torch.stack([xo, yo], -1)[None] - xf[:, None, None, 4:].to(torch.float64)
-    raw = torch.einsum("tij,tyxj->tyxi", a_inv, d)  # relative to the raw centre, as apply_xf samples
-    dist = torch.minimum(torch.minimum(raw[..., 0] + (w - 1) / 2.0, (w - 1) / 2.0 - raw[..., 0]),
-                         torch.minimum(raw[..., 1] + (h - 1) / 2.0, (h - 1) / 2.0 - raw[..., 1]))
+    raw = torch.einsum(
+        "tij,tyxj->tyxi", a_inv, d
+    )  # relative to the raw centre, as apply_xf samples
+    dist = torch.minimum(
+        torch.minimum(raw[..., 0] + (w - 1) / 2.0, (w - 1) / 2.0 - raw[..., 0]),
+        torch.minimum(raw[..., 1] + (h - 1) / 2.0, (h - 1) / 2.0 - raw[..., 1]),
+    )
     ex = torch.minimum(xo + (wo - 1) / 2.0, (wo - 1) / 2.0 - xo) / max(EDGE_TAPER * wo, 1.0)
     ey = torch.minimum(yo + (ho - 1) / 2.0, (ho - 1) / 2.0 - yo) / max(EDGE_TAPER * ho, 1.0)
     ramp = torch.minimum(dist / max(EDGE_TAPER * min(h, w), 1.0), torch.minimum(ex, ey)[None])
     return 0.5 - 0.5 * torch.cos(math.pi * ramp.clamp(0.0, 1.0))
 
 
-def share_operator(theta_out: torch.Tensor, theta_in: torch.Tensor, *, nz: int, nx_volume: int,
-                   nx_view: int) -> torch.Tensor:
+def share_operator(
+    theta_out: torch.Tensor, theta_in: torch.Tensor, *, nz: int, nx_volume: int, nx_view: int
+) -> torch.Tensor:
     """``P(theta_out) BP(theta_in)`` on one view row: ``(n, nx_view, nx_view)`` float64 matrices.
 
     Uses the taps of ``core/backproject.py`` (a voxel at column ``u`` feeds ``floor(u)`` and
@@ -53,8 +68,11 @@ def share_operator(theta_out: torch.Tensor, theta_in: torch.Tensor, *, nz: int, 
     z = torch.arange(nz, dtype=torch.float64, device=dev) - (nz - 1) / 2.0
 
     def taps(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        u = (x[None, None, :] * torch.cos(theta)[:, None, None]
-             + z[None, :, None] * torch.sin(theta)[:, None, None] + (nx_view - 1) / 2.0)
+        u = (
+            x[None, None, :] * torch.cos(theta)[:, None, None]
+            + z[None, :, None] * torch.sin(theta)[:, None, None]
+            + (nx_view - 1) / 2.0
+        )
         u = u.clamp(-1.0, float(nx_view)).reshape(theta.shape[0], -1)
         i0 = torch.floor(u).clamp(max=nx_view - 1)
         col = i0.to(torch.int64) + 1  # padded column of the left tap
@@ -69,8 +87,16 @@ def share_operator(theta_out: torch.Tensor, theta_in: torch.Tensor, *, nz: int, 
     return m.reshape(-1, n, n)[:, 1:-1, 1:-1]
 
 
-def _operators(angles: torch.Tensor, *, nz: int, nx_volume: int, nx_view: int, exclude_deg: float,
-               dtype: torch.dtype, cache: dict | None) -> list:
+def _operators(
+    angles: torch.Tensor,
+    *,
+    nz: int,
+    nx_volume: int,
+    nx_view: int,
+    exclude_deg: float,
+    dtype: torch.dtype,
+    cache: dict | None,
+) -> list:
     """``[(delta, i, M_{i, i+delta})]`` for every pair of views within ``exclude_deg``."""
     key = (tuple(angles.tolist()), nz, nx_volume, nx_view, exclude_deg, dtype, str(angles.device))
     if cache is not None and key in cache:
@@ -82,10 +108,13 @@ def _operators(angles: torch.Tensor, *, nz: int, nx_volume: int, nx_view: int, e
         i = torch.arange(max(0, -delta), min(n, n - delta), device=angles.device)
         i = i[(angles[i + delta] - angles[i]).abs() <= exclude_deg + 1e-6]
         if delta == 0 or i.numel():
-            m = share_operator(theta[i], theta[i + delta], nz=nz, nx_volume=nx_volume, nx_view=nx_view)
+            m = share_operator(
+                theta[i], theta[i + delta], nz=nz, nx_volume=nx_volume, nx_view=nx_view
+            )
             ops.append((delta, i, m.to(dtype)))
     if cache is not None:
-        cache.clear()  # one geometry at a time
+        while len(cache) >= 2:  # two windows of the current geometry at most
+            cache.pop(next(iter(cache)))
         cache[key] = ops
     return ops
 
@@ -114,8 +143,15 @@ def references(
     volume = backproject(filtered, angles, thickness_px=nz, nx=nx_volume)
     loo = project_volume(volume, angles, nx_view=w)
     wide = loo.clone()
-    for delta, i, m in _operators(angles, nz=nz, nx_volume=nx_volume, nx_view=w,
-                                  exclude_deg=exclude_deg, dtype=aligned.dtype, cache=cache):
+    for delta, i, m in _operators(
+        angles,
+        nz=nz,
+        nx_volume=nx_volume,
+        nx_view=w,
+        exclude_deg=exclude_deg,
+        dtype=aligned.dtype,
+        cache=cache,
+    ):
         part = filtered[i + delta] @ m.transpose(-1, -2)
         wide[i] -= part
         if delta == 0:
@@ -123,11 +159,18 @@ def references(
     return loo, wide
 
 
-def cross_correlation(views: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def cross_correlation(
+    views: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Normalised, band-passed, masked cross-correlation maps ``(n, h, w)``, fftshift-ed."""
     h, w = views.shape[-2:]
-    bp = bandpass_2d((h, w), low_cut_px=BANDPASS_PX[0], high_cut_px=BANDPASS_PX[1], falloff=0.03,
-                     device=views.device).to(views.dtype)
+    bp = bandpass_2d(
+        (h, w),
+        low_cut_px=BANDPASS_PX[0],
+        high_cut_px=BANDPASS_PX[1],
+        falloff=0.03,
+        device=views.device,
+    ).to(views.dtype)
     msum = mask.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
 
     def prepared(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,14 +207,15 @@ def peak_2d(cc: torch.Tensor, max_shift_px: float) -> tuple[torch.Tensor, torch.
     return d.to(torch.float64).cpu(), c0.to(torch.float64).cpu()
 
 
-def peak_y(cc: torch.Tensor, max_shift_px: float, *, x_halfwidth_px: float
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def peak_y(
+    cc: torch.Tensor, max_shift_px: float, *, x_halfwidth_px: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-pixel y shift ``(n,)`` and height ``(n,)`` of the peak of the CC summed over
     ``|dx| <= x_halfwidth_px`` (a reference smeared along x' still pins y')."""
     n, h, w = cc.shape
     cy, cx = h // 2, w // 2
-    r = int(math.ceil(x_halfwidth_px))
-    profile = cc[:, :, max(cx - r, 0):cx + r + 1].sum(dim=-1)  # (n, h)
+    r = math.ceil(x_halfwidth_px)
+    profile = cc[:, :, max(cx - r, 0) : cx + r + 1].sum(dim=-1)  # (n, h)
     yy = torch.arange(h, device=cc.device) - cy
     py = profile.masked_fill(yy.abs()[None] > max_shift_px, -torch.inf).argmax(dim=1)
     rows = torch.arange(n, device=cc.device)
@@ -180,34 +224,83 @@ def peak_y(cc: torch.Tensor, max_shift_px: float, *, x_halfwidth_px: float
     return ((py - cy).to(cc.dtype) + dy).to(torch.float64).cpu(), c0.to(torch.float64).cpu()
 
 
-def strip_y_shifts(views: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, *,
-                   n_strips: int, max_shift_px: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def strip_y_shifts(
+    views: torch.Tensor,
+    reference: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    n_strips: int,
+    max_shift_px: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """y' shift ``(n, k)`` of each of ``k`` strips of the views across x' (x' centres ``(k,)``,
     px from the view centre) against the reference, and the peak heights ``(n, k)`` as weights."""
     w = views.shape[-1]
     xs = torch.arange(w, dtype=views.dtype, device=views.device) - (w - 1) / 2.0
     edges = torch.linspace(-(w - 1) / 2.0, (w - 1) / 2.0, n_strips + 1).tolist()
     shifts, heights, centres = [], [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         half = (hi - lo) / 2.0
-        strip = (1.0 - ((xs - (lo + hi) / 2.0).abs() / half).clamp(max=1.0) ** 4)  # soft box
-        dy, height = peak_y(cross_correlation(views * strip, reference, mask), max_shift_px,
-                            x_halfwidth_px=max_shift_px)
+        strip = 1.0 - ((xs - (lo + hi) / 2.0).abs() / half).clamp(max=1.0) ** 4  # soft box
+        dy, height = peak_y(
+            cross_correlation(views * strip, reference, mask),
+            max_shift_px,
+            x_halfwidth_px=max_shift_px,
+        )
         shifts.append(dy)
         heights.append(height.clamp_min(0.0))
         centres.append((lo + hi) / 2.0)
-    return torch.stack(shifts, -1), torch.stack(heights, -1), torch.tensor(centres, dtype=torch.float64)
+    return (
+        torch.stack(shifts, -1),
+        torch.stack(heights, -1),
+        torch.tensor(centres, dtype=torch.float64),
+    )
+
+
+def axis_error_from_strips(
+    dy: torch.Tensor,  # (n, k) y' shift of each strip against the wide reference, px
+    height: torch.Tensor,  # (n, k) its peak height (weight)
+    x_centres: torch.Tensor,  # (k,) x' of the strips, px from the view centre
+    angles_deg: torch.Tensor,  # (n,)
+    *,
+    exclude_deg: float,  # the wide reference's exclusion window
+) -> float:  # estimated (axis used - true axis), degrees
+    """Tilt-axis error from y' slopes across x'.
+
+    With the axis off by ``e`` a feature at x' sits ``-e x'`` off along the axis; the wide
+    reference holds it at the far views' average ``-e x'_j``, so view ``i`` shows a y' slope
+    ``r_i = -e g_i``, ``g_i = 1 - mean_j cos(theta_j) / cos(theta_i)`` (features near z = 0;
+    the far views weighted by their angular increments).  Per view a weighted line through the
+    strips (strips more than 1.5 px from the view's median are outliers), then least squares.
+    """
+    angles = angles_deg.to(torch.float64).cpu()
+    cos = torch.cos(torch.deg2rad(angles))
+    inc = tilt_increment_weights(angles)
+    far = (angles[None, :] - angles[:, None]).abs() > exclude_deg  # (i, j)
+    mean_cos = (far * inc * cos).sum(1) / (far * inc).sum(1).clamp_min(1e-12)
+    g = 1.0 - mean_cos / cos
+    w = height.square() * ((dy - dy.median(dim=1, keepdim=True).values).abs() < 1.5)
+    xk = x_centres.to(torch.float64)
+    sw, sx, sy = w.sum(1), (w * xk).sum(1), (w * dy).sum(1)
+    sxx, sxy = (w * xk * xk).sum(1), (w * xk * dy).sum(1)
+    den = (sw * sxx - sx * sx).clamp_min(1e-12)
+    r = (sw * sxy - sx * sy) / den
+    weight = den / sw.clamp_min(1e-12)  # ~ 1 / var(r)
+    return math.degrees(float(-(weight * r * g).sum() / (weight * g * g).sum().clamp_min(1e-12)))
+
+
+def legendre_basis(angles_deg: torch.Tensor, degrees: tuple[int, ...]) -> torch.Tensor:
+    """Legendre polynomials ``(n, len(degrees))`` of the angles mapped onto [-1, 1] (float64)."""
+    a = angles_deg.to(torch.float64).cpu()
+    u = (a - (a.max() + a.min()) / 2.0) / max(float(a.max() - a.min()) / 2.0, 1e-6)
+    p = [torch.ones_like(u), u]
+    for k in range(2, max(degrees) + 1):  # Bonnet's recursion
+        p.append(((2 * k - 1) * u * p[-1] - (k - 1) * p[-2]) / k)
+    return torch.stack([p[k] for k in degrees], -1)
 
 
 def smooth_part(values: torch.Tensor, angles_deg: torch.Tensor, *, degree: int) -> torch.Tensor:
-    """Least-squares fit ``(n,)`` of ``values`` by Legendre polynomials up to ``degree`` in angle."""
-    a = angles_deg.to(torch.float64).cpu()
-    half = max(float(a.max() - a.min()) / 2.0, 1e-6)
-    u = (a - (a.max() + a.min()) / 2.0) / half
-    basis = [torch.ones_like(u), u]
-    for k in range(2, degree + 1):  # Bonnet's recursion
-        basis.append(((2 * k - 1) * u * basis[-1] - (k - 1) * basis[-2]) / k)
-    b = torch.stack(basis[:degree + 1], -1)
+    """Least-squares fit ``(n,)`` of ``values`` by Legendre polynomials up to ``degree``."""
+    b = legendre_basis(angles_deg, tuple(range(degree + 1)))
     coef = torch.linalg.lstsq(b, values.to(torch.float64).cpu()[:, None]).solution
     return (b @ coef)[:, 0]
 
@@ -231,8 +324,9 @@ def specimen_pitch(
     """
     vol = wbp(aligned, angles_deg.to(aligned.device), thickness_px=nz, radial_cutoff=RAMP_CUTOFF)
     nzv, ny, nx = vol.shape
-    bp = bandpass_2d((ny, nx), low_cut_px=BANDPASS_PX[0] / 2, high_cut_px=BANDPASS_PX[1],
-                     device=vol.device).to(vol.dtype)
+    bp = bandpass_2d(
+        (ny, nx), low_cut_px=BANDPASS_PX[0] / 2, high_cut_px=BANDPASS_PX[1], device=vol.device
+    ).to(vol.dtype)
     power = torch.fft.irfft2(torch.fft.rfft2(vol) * bp, s=(ny, nx)).square().mean(dim=1)
     power = power.to(torch.float64).cpu()
     xs = torch.arange(nx, dtype=torch.float64) - (nx - 1) / 2.0
@@ -265,7 +359,7 @@ def specimen_pitch(
         if den < 0:
             pitch += step_deg * 0.5 * (values[k - 1] - values[k + 1]) / den
     lo = nzv - (nzv - 1) // 2  # bin k holds z' = k - nzv; these bins lie inside the volume at x = 0
-    prof = profile(pitch)[lo:lo + nzv]
+    prof = profile(pitch)[lo : lo + nzv]
     base = prof.median()
     above = torch.nonzero(prof > base + 0.2 * (prof.max() - base)).reshape(-1)
     return pitch, float(above[0] + above[-1]) / 2.0 + lo - nzv
