@@ -62,7 +62,7 @@ def _tiff_header(path: Path, fmt: str) -> MovieHeader:
             dtype = str(first.dtype) if first.dtype is not None else "uint8"
     except MovieError:
         raise
-    except Exception as err:  # tifffile raises many kinds on corrupt files
+    except Exception as err:  # noqa: BLE001 — tifffile raises many kinds on corrupt files
         raise MovieError(f"{path}: not a readable TIFF ({err}) — check the file is complete") from None
     return MovieHeader(path, fmt, n, (int(nx), int(ny)), dtype)
 
@@ -76,7 +76,7 @@ def _mrc_header(path: Path) -> MovieHeader:
             nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
             mode = int(h.mode)
             ext = int(h.nsymbt)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 — mrcfile raises many kinds on corrupt files
         raise MovieError(f"{path}: not a readable MRC file ({err})") from None
     itemsize = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2, 101: 0.5}.get(mode)
     if itemsize is None:
@@ -98,7 +98,11 @@ def read_movie_header(path: Path | str) -> MovieHeader:
 
 
 def read_movie_frames(path: Path | str, *, eer_groups: int | None = None) -> np.ndarray:
-    """Decode a movie into ``(t, ny, nx)``; EER fractions are summed into ``eer_groups`` groups."""
+    """Decode a movie into ``(t, ny, nx)``; EER fractions are summed into ``eer_groups`` groups.
+
+    EER with ``eer_groups``: fractions are decoded one at a time into the groups (float32), so a movie
+    of a thousand 4K fractions never sits in memory whole; without it, every fraction is returned.
+    """
     path = Path(path)
     header = read_movie_header(path)
     try:
@@ -108,6 +112,8 @@ def read_movie_frames(path: Path | str, *, eer_groups: int | None = None) -> np.
             with mrcfile.open(path, permissive=True) as mrc:
                 data = np.asarray(mrc.data)
             frames = data[None] if data.ndim == 2 else data
+        elif header.format == "eer" and eer_groups:
+            frames = _read_eer_grouped(path, eer_groups)
         else:
             import tifffile
 
@@ -116,16 +122,34 @@ def read_movie_frames(path: Path | str, *, eer_groups: int | None = None) -> np.
                 frames = frames[None]
     except MovieError:
         raise
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 — the decoders raise many kinds on corrupt data
         raise MovieError(f"{path}: cannot decode frames ({err}) — the file is corrupt or truncated") from None
-    if header.format == "eer" and eer_groups:
-        frames = group_frames(frames, eer_groups)
     return frames
 
 
+def eer_group_layout(n_fractions: int, n_groups: int) -> tuple[int, int]:
+    """(groups, fractions per group) of Warp's EER grouping: ``n_fractions // n_groups`` consecutive
+    fractions per group, the last ``n_fractions % n_groups`` dropped; never more groups than fractions."""
+    if n_groups < 1:
+        raise ValueError(f"EER grouping: the number of groups must be >= 1, got {n_groups}")
+    groups = min(n_groups, n_fractions)
+    return groups, n_fractions // groups if groups else 0
+
+
+def _read_eer_grouped(path: Path, n_groups: int) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        pages = tif.series[0].pages          # EER: the fractions (an integrated image, if any, is another series)
+        groups, per = eer_group_layout(len(pages), n_groups)
+        ny, nx = pages[0].shape[-2:]
+        out = np.zeros((groups, ny, nx), dtype=np.float32)
+        for i in range(groups * per):
+            out[i // per] += pages[i].asarray()
+    return out
+
+
 def group_frames(frames: np.ndarray, n_groups: int) -> np.ndarray:
-    """Sum consecutive frames into ``n_groups`` groups (EER fractions -> frames); leftovers dropped."""
-    t = frames.shape[0]
-    per = max(t // max(n_groups, 1), 1)
-    n = t // per
-    return frames[: n * per].reshape(n, per, *frames.shape[1:]).sum(axis=1, dtype=np.float32)
+    """Sum consecutive frames (EER fractions) into groups as :func:`eer_group_layout` says (float32)."""
+    groups, per = eer_group_layout(frames.shape[0], n_groups)
+    return frames[: groups * per].reshape(groups, per, *frames.shape[1:]).sum(axis=1, dtype=np.float32)
