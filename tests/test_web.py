@@ -96,9 +96,9 @@ def png_size(data: bytes) -> tuple[int, int]:
 def test_token_refused_then_cookie(tmp_path):
     store, _ = build_project(tmp_path / "proj")
     client = TestClient(create_app(store, TOKEN))
-    assert client.get("/api/project").status_code == 401
-    assert client.get("/").status_code == 401
-    assert client.get("/static/app.js").status_code == 401
+    assert client.get("/api/project").status_code == 403
+    assert client.get("/").status_code == 403
+    assert client.get("/static/app.js").status_code == 403
     assert client.get("/api/project", headers={TOKEN_HEADER: "wrong-token-but-long-enough"}).status_code == 403
     assert client.get("/api/project?token=nope").status_code == 403
     r = client.get(f"/?token={TOKEN}", follow_redirects=False)
@@ -359,7 +359,7 @@ def test_view_command_prints_token_url(tmp_path, monkeypatch):
     assert url.startswith(f"http://127.0.0.1:{served['port']}/?token=")
     token = url.split("token=")[1]
     client = TestClient(served["app"])
-    assert client.get("/api/project").status_code == 401
+    assert client.get("/api/project").status_code == 403
     assert client.get("/api/project", headers={TOKEN_HEADER: token}).status_code == 200
     r = CliRunner().invoke(view.view_command, ["-p", str(tmp_path / "proj"), "--port", "0", "--no-browser", "--json"])
     info = json.loads(r.output)

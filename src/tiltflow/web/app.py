@@ -2,7 +2,7 @@
 ``curate``, ``quality`` and ``thumbnails``, which call the workflow layer.
 
 Safety: every request needs the session token — ``?token=`` once (then a cookie), or the header
-``X-Tiltflow-Token``; without one the answer is 401, with a wrong one 403. No route takes a path:
+``X-Tiltflow-Token``; without one, or with a wrong one, the answer is 403. No route takes a path:
 images are found from the project's items and rendered server-side into ``.cache/thumbs``.
 """
 
@@ -55,7 +55,7 @@ def _install_token_check(app: FastAPI, token: str) -> None:
         from_query = request.query_params.get("token")
         supplied = [t for t in (from_query, request.headers.get(TOKEN_HEADER), request.cookies.get(name)) if t]
         if not supplied:
-            return JSONResponse({"detail": "token required — open the URL that `tiltflow view` printed"}, 401)
+            return JSONResponse({"detail": "token required — open the URL that `tiltflow view` printed"}, 403)
         if not any(secrets.compare_digest(t.encode(), expected) for t in supplied):
             return JSONResponse({"detail": "wrong token — open the URL that `tiltflow view` printed"}, 403)
         if from_query and request.method == "GET" and request.url.path == "/":

@@ -10,7 +10,6 @@ first (it becomes the top row of the PNG).
 
 from __future__ import annotations
 
-
 import hashlib
 import json
 import os

@@ -9,7 +9,11 @@ const TF = {
 
 const $ = sel => document.querySelector(sel);
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
-const fmt = (v, digits, unit) => (v === null || v === undefined || !Number.isFinite(v)) ? "–" : v.toFixed(digits) + (unit || "");
+function fmt(v, digits, unit) {
+  if (v === null || v === undefined || !Number.isFinite(v)) return "–";
+  const s = v.toFixed(digits);
+  return (/^-0(\.0*)?$/.test(s) ? s.slice(1) : s) + (unit || "");   // no "-0.0"
+}
 const um = a => fmt(a === null || a === undefined ? NaN : a / 1e4, 2, " µm");
 
 function status(text, kind) {
@@ -35,7 +39,7 @@ async function api(path, options) {
   if (!r.ok) {
     let detail = r.statusText;
     try { detail = (await r.json()).detail || detail; } catch (e) { /* not JSON */ }
-    if (r.status === 401 || r.status === 403) detail += " (open the URL that `tiltflow view` printed)";
+    if (r.status === 403 && !String(detail).includes("tiltflow view")) detail += " (open the URL that `tiltflow view` printed)";
     const err = new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
     err.status = r.status;
     throw err;
@@ -118,6 +122,18 @@ async function fillOutputSelect(select, viewer, current) {
   return chosen;
 }
 
+/* The series list's rows take the focus (click or Tab): Space and X then act on the focused series.
+   Re-rendering the list keeps the focus on the row of the same series. */
+function focusedSeriesRow(table) {
+  const a = document.activeElement;
+  return a && a.closest && table.contains(a) ? a.closest("tr.row") : null;
+}
+function refocusSeriesRow(table, tsId) {
+  if (tsId === null || tsId === undefined) return;
+  const row = [...table.querySelectorAll("tr.row")].find(tr => tr.dataset.ts === tsId);
+  if (row) row.focus({preventScroll: true});
+}
+
 async function exclude(pointer, body) {
   const r = await api(outputUrl(pointer, "/exclude"), {json: body});
   status(`${r.changed} flag${r.changed === 1 ? "" : "s"} changed`);
@@ -130,8 +146,10 @@ async function undo(pointer) {
   return r;
 }
 
+/* Keys go to the page unless a form control has the focus (a focused button keeps Space and Enter). */
 document.addEventListener("keydown", ev => {
   if (ev.target.closest && ev.target.closest("input, select, textarea, dialog")) return;
+  if ((ev.key === " " || ev.key === "Enter") && ev.target.closest && ev.target.closest("button")) return;
   if (ev.key === "1" || ev.key === "2" || ev.key === "3") { showTab(["project", "tomo", "ctf"][+ev.key - 1]); return; }
   const page = TF.pages[TF.tab];
   if (page && page.key(ev)) ev.preventDefault();

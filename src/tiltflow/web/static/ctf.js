@@ -21,23 +21,32 @@
     if (C.ts) await loadDetail();
   }
 
-  function renderSeries() {
+  function renderSeries(focusTs) {
+    const table = $("#ctf-series"), had = focusedSeriesRow(table);
     const rows = C.series.map(s => `
-      <tr class="row ${s.ts_id === C.ts ? "selected" : ""} ${s.excluded ? "excluded" : ""}" data-ts="${esc(s.ts_id)}">
+      <tr class="row ${s.ts_id === C.ts ? "selected" : ""} ${s.excluded ? "excluded" : ""}" data-ts="${esc(s.ts_id)}" tabindex="0">
         <td>${esc(s.ts_id)}</td><td>${s.n_views}</td><td>${fmt(s.tilt_min_deg, 0)}…${fmt(s.tilt_max_deg, 0)}°</td>
         <td class="${s.n_excluded ? "bad" : ""}">${s.n_excluded}</td>
         <td><button class="x-btn" data-toggle="${esc(s.ts_id)}" title="exclude / include the whole series (X)">${s.excluded ? "include" : "exclude"}</button></td>
       </tr>`).join("");
-    $("#ctf-series").innerHTML = `<tr><th>tsId</th><th>tilts</th><th>tilt</th><th>excl.</th><th></th></tr>${rows}`;
-    for (const tr of $("#ctf-series").querySelectorAll("tr.row")) {
+    table.innerHTML = `<tr><th>tsId</th><th>tilts</th><th>tilt</th><th>excl.</th><th></th></tr>${rows}`;
+    for (const tr of table.querySelectorAll("tr.row")) {
       tr.addEventListener("click", ev => {
         if (ev.target.dataset.toggle) return;
-        C.ts = tr.dataset.ts; C.cur = 0; renderSeries(); loadDetail().catch(report);
+        tr.focus();
+        if (tr.dataset.ts !== C.ts) openSeries(tr.dataset.ts);
       });
     }
-    for (const b of $("#ctf-series").querySelectorAll("button[data-toggle]")) {
+    for (const b of table.querySelectorAll("button[data-toggle]")) {
       b.addEventListener("click", () => toggleSeries(b.dataset.toggle).catch(report));
     }
+    refocusSeriesRow(table, focusTs !== undefined ? focusTs : had && had.dataset.ts);
+  }
+
+  function openSeries(ts) {
+    C.ts = ts; C.cur = 0;
+    renderSeries(focusedSeriesRow($("#ctf-series")) ? ts : undefined);
+    loadDetail().catch(report);
   }
 
   async function loadDetail() {
@@ -61,6 +70,7 @@
     const [xmin, xmax] = TFPlot.extent(items.map(c => c.tilt_angle_deg), 0.04);
     const [ymin, ymax] = TFPlot.extent(dfs, 0.1);
     const y2 = res.length ? TFPlot.extent(res, 0.1) : null;
+    const excluded = items.filter(c => c.excluded).length;
     TFPlot.chart($("#ctf-plot"), {
       height: 290, x: {min: xmin, max: xmax, label: "tilt angle (°)"},
       y: {min: ymin, max: ymax, label: "defocus (µm, underfocus +)", fmt: v => v.toFixed(2)},
@@ -71,13 +81,9 @@
         ...(y2 ? [{name: "fit resolution", color: "#8fd16a", axis: "y2", marker: "square", dash: "4 3", points: pts("fit_resolution_a")}] : []),
       ],
       marks: it ? [{x: it.tilt_angle_deg}] : [],
+      note: excluded ? {text: `red ⊗ / □ = excluded (${excluded} of ${items.length})`, color: "#e5484d"} : null,
       onClick: i => select(i),
     });
-    const excluded = items.filter(c => c.excluded).length;
-    if (excluded) {
-      const t = TFPlot.el("text", {x: 60, y: 284}, $("#ctf-plot svg"));
-      t.textContent = `red ✕ = excluded (${excluded})`;
-    }
   }
 
   function renderTable() {
@@ -109,30 +115,50 @@
     $("#spectrum-source").textContent = c.has_spectrum_file ? "(saved by the CTF step)" : "(model CTF², no spectrum saved)";
     svg.innerHTML = "";
     if (!$("#rings").checked || !C.detail.nyquist_per_a) return;
-    // zeros within the fitted range (up to the fit resolution) only
+    // zeros within the fitted range (up to the fit resolution) only, over the left half of the
+    // picture (the observed spectrum; the CTF step draws its model in the right half)
     const kmax = c.fit_resolution_a ? 1 / c.fit_resolution_a : Infinity;
     const half = 128, n = Math.min(c.zeros_u_per_a.length, c.zeros_v_per_a.length);
+    const clip = TFPlot.el("clipPath", {id: "spectrum-left"}, svg);
+    TFPlot.el("rect", {x: 0, y: 0, width: c.has_spectrum_file ? half : 2 * half, height: 2 * half}, clip);
+    const g = TFPlot.el("g", {"clip-path": "url(#spectrum-left)"}, svg);
+    // the picture's row 0 is its top row and the azimuth turns from +x towards +row, as SVG's rotate()
     for (let i = 0; i < n && c.zeros_v_per_a[i] <= kmax; i++) {
       TFPlot.el("ellipse", {cx: half, cy: half, rx: c.zeros_u_per_a[i] / C.detail.nyquist_per_a * half,
         ry: c.zeros_v_per_a[i] / C.detail.nyquist_per_a * half, fill: "none", stroke: i ? "#e5484d" : "#f0a03c",
-        "stroke-width": 1, "stroke-opacity": 0.8, transform: `rotate(${c.astigmatism_angle_deg} ${half} ${half})`}, svg);
+        "stroke-width": i ? 0.8 : 1.2, "stroke-opacity": i ? 0.6 : 0.9,
+        transform: `rotate(${c.astigmatism_angle_deg} ${half} ${half})`}, g);
     }
   }
 
+  /* Observed equi-phase average and the fitted CTF², from just before the first zero (below it the
+     background dominates) to the end of the recorded profile. The fitted curve is drawn with the
+     observed curve's mean and spread over the fitted range (its own scale is arbitrary). */
   function renderRadial() {
     const c = item(), box = $("#radial");
     const p = c.radial_profile;
     if (!p || !p.k.length) { box.innerHTML = '<div class="empty">No radial profile recorded by the CTF step for this tilt.</div>'; return; }
-    const [xmin, xmax] = TFPlot.extent(p.k, 0);
-    const [ymin, ymax] = TFPlot.extent(p.observed.concat(p.fitted), 0.05);
+    const first = Math.min(c.zeros_u_per_a[0] ?? Infinity, c.zeros_v_per_a[0] ?? Infinity);
+    const kStart = Number.isFinite(first) ? 0.6 * first : 0;
+    const kFit = c.fit_resolution_a ? 1 / c.fit_resolution_a : Infinity;
+    const idx = p.k.map((k, i) => i).filter(i => p.k[i] >= kStart && Number.isFinite(p.observed[i]) && Number.isFinite(p.fitted[i]));
+    const inFit = idx.filter(i => p.k[i] <= kFit);
+    const use = inFit.length > 3 ? inFit : idx;
+    const stats = v => { const m = v.reduce((a, b) => a + b, 0) / v.length;
+      return [m, Math.sqrt(v.reduce((a, b) => a + (b - m) * (b - m), 0) / v.length) || 1]; };
+    const [mo, so] = stats(use.map(i => p.observed[i])), [mf, sf] = stats(use.map(i => p.fitted[i]));
+    const fitted = i => mo + (p.fitted[i] - mf) * so / sf;
+    const [xmin, xmax] = TFPlot.extent(idx.map(i => p.k[i]), 0);
+    const [ymin, ymax] = TFPlot.extent(idx.map(i => p.observed[i]).concat(use.map(fitted)), 0.05);
     TFPlot.chart(box, {
       width: 420, height: 250, x: {min: xmin, max: xmax, label: "spatial frequency (1/Å)", fmt: v => v.toFixed(2)},
-      y: {min: ymin, max: ymax, label: "amplitude", fmt: v => v.toFixed(2)},
+      y: {min: ymin, max: ymax, label: "amplitude (a.u.)", fmt: v => v.toPrecision(2)},
       series: [
-        {name: "observed", color: "#aab1bd", marker: "none", points: p.k.map((k, i) => ({x: k, y: p.observed[i]}))},
-        {name: "fitted", color: "#e5484d", marker: "none", points: p.k.map((k, i) => ({x: k, y: p.fitted[i]}))},
+        {name: "observed", color: "#aab1bd", marker: "none", points: idx.map(i => ({x: p.k[i], y: p.observed[i]}))},
+        {name: "fitted CTF²", color: "#e5484d", marker: "none", points: idx.map(i => ({x: p.k[i], y: fitted(i)}))},
       ],
-      marks: c.fit_resolution_a ? [{x: 1 / c.fit_resolution_a, color: "#8fd16a"}] : [],
+      marks: Number.isFinite(kFit) ? [{x: kFit, color: "#8fd16a", label: `fit ${fmt(c.fit_resolution_a, 1, " Å")}`}] : [],
+      clip: true,
     });
   }
 
@@ -195,12 +221,15 @@
   function moveSeries(d) {
     const i = C.series.findIndex(s => s.ts_id === C.ts);
     const next = C.series[i + d];
-    if (next) { C.ts = next.ts_id; C.cur = 0; renderSeries(); loadDetail().catch(report); }
+    if (next) openSeries(next.ts_id);
   }
 
   async function save() { if (await saveSubset(pointer(), true)) await show(); }
 
   function key(ev) {
+    const row = focusedSeriesRow($("#ctf-series"));
+    if (row && (ev.key === " " || ev.key === "x")) { toggleSeries(row.dataset.ts).catch(report); return true; }
+    if (row && ev.key === "Enter") { openSeries(row.dataset.ts); return true; }
     if (!C.detail) return false;
     if ((ev.key === "z" && (ev.ctrlKey || ev.metaKey)) || ev.key === "u") { undo(pointer()).then(after).catch(report); return true; }
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return false;

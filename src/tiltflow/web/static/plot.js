@@ -2,6 +2,7 @@
 /* Small inline-SVG charts (no library): axes with nice ticks, lines, markers, a second y axis. */
 const TFPlot = (() => {
   const NS = "http://www.w3.org/2000/svg";
+  let uid = 0;
 
   function el(tag, attrs, parent) {
     const node = document.createElementNS(NS, tag);
@@ -29,20 +30,26 @@ const TFPlot = (() => {
     return [lo - p, hi + p];
   }
 
+  /* One drawn point: a <g class="pt"> (class "pt bad" when excluded: a red circled cross, or a hollow
+     red square for square markers). */
   function marker(g, kind, x, y, color, bad) {
-    if (bad) {
-      el("circle", {cx: x, cy: y, r: 5, fill: "none", stroke: "#e5484d", "stroke-width": 1.5}, g);
-      el("path", {d: `M${x - 3} ${y - 3}L${x + 3} ${y + 3}M${x - 3} ${y + 3}L${x + 3} ${y - 3}`, stroke: "#e5484d", "stroke-width": 1.5}, g);
+    const pt = el("g", {class: bad ? "pt bad" : "pt"}, g);
+    if (bad && kind === "square") {
+      el("rect", {x: x - 3.5, y: y - 3.5, width: 7, height: 7, fill: "none", stroke: "#e5484d", "stroke-width": 1.5}, pt);
+    } else if (bad) {
+      el("circle", {cx: x, cy: y, r: 5, fill: "none", stroke: "#e5484d", "stroke-width": 1.5}, pt);
+      el("path", {d: `M${x - 3} ${y - 3}L${x + 3} ${y + 3}M${x - 3} ${y + 3}L${x + 3} ${y - 3}`, stroke: "#e5484d", "stroke-width": 1.5}, pt);
     } else if (kind === "square") {
-      el("rect", {x: x - 3, y: y - 3, width: 6, height: 6, fill: color}, g);
-    } else if (kind !== "none") {
-      el("circle", {cx: x, cy: y, r: 3.5, fill: color}, g);
+      el("rect", {x: x - 3, y: y - 3, width: 6, height: 6, fill: color}, pt);
+    } else {
+      el("circle", {cx: x, cy: y, r: 3.5, fill: color}, pt);
     }
+    return pt;
   }
 
   /* opts: {width, height, x: {min, max, label, fmt}, y: {...}, y2: {...} | null,
      series: [{name, color, axis: "y"|"y2", points: [{x, y, bad, id}], line, marker, dash}],
-     marks: [{x, color}], onClick(id)} */
+     marks: [{x, color, label}], note: {text, color}, clip: bool, onClick(id)} */
   function chart(container, opts) {
     container.innerHTML = "";
     const W = opts.width || container.clientWidth || 600, H = opts.height || container.clientHeight || 260;
@@ -76,13 +83,25 @@ const TFPlot = (() => {
         transform: `rotate(90 ${x2} ${(m.t + H - m.b) / 2})`}, axis).textContent = opts.y2.label || "";
     }
     for (const mk of opts.marks || []) {
+      if (!(mk.x >= opts.x.min && mk.x <= opts.x.max)) continue;
       el("line", {x1: sx(mk.x), x2: sx(mk.x), y1: m.t, y2: H - m.b, stroke: mk.color || "#5aa9e6",
         "stroke-width": 1.5, "stroke-dasharray": "4 3"}, svg);
+      if (mk.label) {
+        const right = sx(mk.x) > (m.l + W - m.r) / 2;
+        el("text", {x: sx(mk.x) + (right ? -4 : 4), y: m.t + 12, "text-anchor": right ? "end" : "start",
+          style: `fill:${mk.color || "#5aa9e6"}`}, svg).textContent = mk.label;
+      }
+    }
+    let clipId = null;
+    if (opts.clip) {  // keep lines inside the axes
+      clipId = `clip${++uid}`;
+      el("rect", {x: m.l, y: m.t, width: W - m.l - m.r, height: H - m.t - m.b}, el("clipPath", {id: clipId}, svg));
     }
     let lx = m.l + 6;
     for (const s of opts.series) {
       const ax = s.axis === "y2" ? opts.y2 : opts.y;
-      const g = el("g", {}, svg);
+      const g = el("g", {class: "series", "data-series": s.name || ""}, svg);
+      if (clipId) g.setAttribute("clip-path", `url(#${clipId})`);
       const good = s.points.filter(p => !p.bad && Number.isFinite(p.y));
       if (s.line !== false && good.length > 1) {
         el("path", {d: good.map((p, i) => `${i ? "L" : "M"}${sx(p.x).toFixed(1)} ${sy(ax, p.y).toFixed(1)}`).join(""),
@@ -91,7 +110,7 @@ const TFPlot = (() => {
       for (const p of s.points) {
         if (!Number.isFinite(p.y)) continue;
         const x = sx(p.x), y = sy(ax, p.y);
-        marker(g, s.marker || "circle", x, y, s.color, p.bad);
+        if ((s.marker || "circle") !== "none" || p.bad) marker(g, s.marker || "circle", x, y, s.color, p.bad);
         if (opts.onClick && p.id !== undefined) {
           const hit = el("circle", {cx: x, cy: y, r: 8, fill: "transparent", style: "cursor:pointer"}, g);
           el("title", {}, hit).textContent = `${s.name}: ${fmt(ax, p.y)} at ${fmt(opts.x, p.x)}`;
@@ -104,6 +123,10 @@ const TFPlot = (() => {
         t.textContent = s.name;
         lx += 30 + 7 * s.name.length;
       }
+    }
+    if (opts.note) {  // right end of the legend line
+      el("text", {x: W - m.r, y: 15, "text-anchor": "end", style: `fill:${opts.note.color || "#8b919c"}`}, svg)
+        .textContent = opts.note.text;
     }
     return {svg, sx, sy};
   }

@@ -2,7 +2,7 @@
 /* TomoViewer: tilt-series list, gallery of views, large preview with contrast, exclusion, Save. */
 (() => {
   const T = {series: [], ts: null, views: [], cur: 0, suggestions: [], previews: new Map(), playing: null, token: 0};
-  const DEFAULT = {mode: "percentile", lo: 5, hi: 995, gamma: 100};
+  const DEFAULT = {mode: "percentile", lo: 10, hi: 990, gamma: 100};   // 1–99 %, as the thumbnails
 
   const pointer = () => TF.tomoOutput;
   const view = () => T.views[T.cur];
@@ -23,24 +23,33 @@
     if (T.ts) await loadViews(true);
   }
 
-  function renderSeries() {
+  function renderSeries(focusTs) {
+    const table = $("#tomo-series"), had = focusedSeriesRow(table);
     const rows = T.series.map(s => `
-      <tr class="row ${s.ts_id === T.ts ? "selected" : ""} ${s.excluded ? "excluded" : ""}" data-ts="${esc(s.ts_id)}">
+      <tr class="row ${s.ts_id === T.ts ? "selected" : ""} ${s.excluded ? "excluded" : ""}" data-ts="${esc(s.ts_id)}" tabindex="0">
         <td>${esc(s.ts_id)}</td><td>${s.n_views}</td>
         <td>${fmt(s.tilt_min_deg, 0)}…${fmt(s.tilt_max_deg, 0)}°</td><td>${fmt(s.tilt_axis_deg, 1, "°")}</td>
         <td class="${s.n_excluded ? "bad" : ""}">${s.n_excluded}</td>
         <td><button class="x-btn" data-toggle="${esc(s.ts_id)}" title="exclude / include the whole series (X)">${s.excluded ? "include" : "exclude"}</button></td>
       </tr>`).join("");
-    $("#tomo-series").innerHTML = `<tr><th>tsId</th><th>views</th><th>tilt</th><th>axis</th><th>excl.</th><th></th></tr>${rows}`;
-    for (const tr of $("#tomo-series").querySelectorAll("tr.row")) {
+    table.innerHTML = `<tr><th>tsId</th><th>views</th><th>tilt</th><th>axis</th><th>excl.</th><th></th></tr>${rows}`;
+    for (const tr of table.querySelectorAll("tr.row")) {
       tr.addEventListener("click", ev => {
         if (ev.target.dataset.toggle) return;
-        T.ts = tr.dataset.ts; T.cur = 0; renderSeries(); loadViews(true).catch(report);
+        tr.focus();
+        if (tr.dataset.ts !== T.ts) openSeries(tr.dataset.ts);
       });
     }
-    for (const b of $("#tomo-series").querySelectorAll("button[data-toggle]")) {
+    for (const b of table.querySelectorAll("button[data-toggle]")) {
       b.addEventListener("click", () => toggleSeries(b.dataset.toggle).catch(report));
     }
+    refocusSeriesRow(table, focusTs !== undefined ? focusTs : had && had.dataset.ts);
+  }
+
+  function openSeries(ts) {
+    T.ts = ts; T.cur = 0;
+    renderSeries(focusedSeriesRow($("#tomo-series")) ? ts : undefined);
+    loadViews(true).catch(report);
   }
 
   async function loadViews(rebuild) {
@@ -229,12 +238,15 @@
   function moveSeries(d) {
     const i = T.series.findIndex(s => s.ts_id === T.ts);
     const next = T.series[i + d];
-    if (next) { T.ts = next.ts_id; T.cur = 0; renderSeries(); loadViews(true).catch(report); }
+    if (next) openSeries(next.ts_id);
   }
 
   async function save() { if (await saveSubset(pointer(), false)) await show(); }
 
   function key(ev) {
+    const row = focusedSeriesRow($("#tomo-series"));
+    if (row && (ev.key === " " || ev.key === "x")) { toggleSeries(row.dataset.ts).catch(report); return true; }
+    if (row && ev.key === "Enter") { openSeries(row.dataset.ts); return true; }
     if (!T.views.length) return false;
     if ((ev.key === "z" && (ev.ctrlKey || ev.metaKey)) || ev.key === "u") { undo(pointer()).then(after).catch(report); return true; }
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return false;
