@@ -1,0 +1,541 @@
+"""Motion correction and per-tilt CTF on simulated movies: tiltflow against its peers, same data.
+
+Run in the peers' venv (benchmarks/README.md): ``python benchmarks/motion_ctf.py [--small]
+[--sizes 1440x1024 4096x4096] [--device cpu|cuda|auto] [--full-size] [--repeats 3]``.
+
+Data: ``tiltflow demo-data`` tilt series (one per size, cached under ``--data``; 8 frames, 3 e/Å² per
+tilt, 2.76 Å/px, gain, hot pixels, X-rays, local motion), whose ``truth.json`` holds every true shift
+and defocus. Methods, each on the same movies:
+
+- ``tiltflow core``: decoded frames in memory -> ``prepare_frames`` (gain) -> bright-outlier
+  suppression -> ``estimate_global_shifts`` -> ``estimate_local_motion`` (automatic grid) ->
+  ``align_and_sum`` (+ even/odd) | ``fit_ctf`` on the sum (tilt-aware, 512 px window, 30-8 Å).
+- ``tiltflow step``: ``motion_movie_task`` of the ``motion-ctf`` step with the tutorial's values
+  (file in -> sums, STAR, CTF, spectrum picture out; decode included); also motion alone.
+- ``teamtomo``: torch-motion-correction 0.6.0 ``estimate_global_motion`` (XC pre-pass) ->
+  ``estimate_local_motion`` (Adam, 100 iterations, lr 0.2, B 500, 300-10 Å, as teamtomo's ripple
+  pipeline) -> ``correct_motion`` -> sum | torch-ctf-estimation 0.6.0 ``estimate_ctf`` on that sum
+  (same range, window and defocus search; 1 x 2 x 2 defocus grid). It gets tiltflow's cleaned frames
+  (gain-corrected, X-rays suppressed; not timed). Its ``torchvision`` import is shimmed with an
+  equivalent ``gaussian_blur`` (torchvision cannot be installed beside CPU torch 2.13). Its results
+  report U/V as mean ± astigmatism / 2 while its CTF model (torch-ctf) uses mean ± astigmatism:
+  U/V are recomputed as mean ± astigmatism before comparing.
+- ``relion``: RELION 3.1.3 ``relion_run_motioncorr --use_own`` (CPU; file in -> files out; decode
+  included; B 150 px², patches as below). RELION reads TIFF movies upside down: the gain is given
+  with ``--gain_flip 1`` and its shifts are converted to DESIGN.md's convention as (-x, +y).
+
+Accuracy: frame trajectories on an 8 x 8 grid of points, mean-subtracted over frames; "global" =
+the trajectory of the grid mean (truth: ``frame_shifts_px`` + local field averaged the same way),
+"local" = per point (global-only methods apply one shift everywhere). CTF: mean defocus error
+(median |.| for |tilt| <= 30° and above), astigmatism magnitude and angle errors where the true
+astigmatism exceeds 300 Å. Timing: each timed item ``--repeats`` times, methods interleaved, the
+minimum; ``uptime`` is printed because the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")   # the teamtomo optimisers print a progress bar per movie
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+try:
+    import tiltflow  # noqa: F401
+except ImportError:       # a bare GPU machine: run from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+PIXEL_A, FRAMES, DOSE_E_A2 = 2.76, 8, 3.0
+WINDOW_PX, CTF_RANGE_A, DEFOCUS_RANGE_UM = 512, (30.0, 8.0), (0.5, 8.0)
+FIT_RANGE_A, BFACTOR_A2 = (500.0, 10.0), -500.0
+GRID_POINTS = 8
+# size -> (tilts, tilt step °): tilts above 30° for the CTF's high-tilt column
+PLANS = {(1440, 1024): (11, 10.0), (4096, 4096): (7, 12.0), (5760, 4092): (1, 10.0)}
+SMALL_PLAN = (5, 20.0)
+
+
+# --- peers --------------------------------------------------------------------------------------
+
+def _gaussian_blur(img: torch.Tensor, kernel_size, sigma=None) -> torch.Tensor:
+    """torchvision.transforms.functional.gaussian_blur for tensors (separable, reflect padding)."""
+    kx, ky = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    sx, sy = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
+
+    def kernel(n, s):
+        x = torch.linspace(-(n - 1) / 2, (n - 1) / 2, n, dtype=img.dtype, device=img.device)
+        p = torch.exp(-0.5 * (x / s) ** 2)
+        return p / p.sum()
+
+    x = img.reshape(-1, 1, *img.shape[-2:])
+    x = F.pad(x, [kx // 2, kx // 2, ky // 2, ky // 2], mode="reflect")
+    x = F.conv2d(F.conv2d(x, kernel(kx, sx).view(1, 1, 1, -1)), kernel(ky, sy).view(1, 1, -1, 1))
+    return x.reshape(img.shape)
+
+
+def _shim_torchvision() -> None:
+    if "torchvision" in sys.modules:
+        return
+    tv, tr, fn = (types.ModuleType(n) for n in ("torchvision", "torchvision.transforms",
+                                                "torchvision.transforms.functional"))
+    fn.gaussian_blur, tr.functional, tv.transforms = _gaussian_blur, fn, tr
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn})
+
+
+def available_methods() -> dict[str, str]:
+    """method -> '' when usable, else why not."""
+    out = {"tiltflow core": "", "tiltflow step": "", "tiltflow step (motion only)": ""}
+    try:
+        _shim_torchvision()
+        import torch_ctf_estimation  # noqa: F401
+        import torch_motion_correction  # noqa: F401
+        out["teamtomo"] = ""
+    except ImportError as err:
+        out["teamtomo"] = f"not installed ({err.name})"
+    out["relion"] = "" if shutil.which("relion_run_motioncorr") else "relion_run_motioncorr not on PATH"
+    return out
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+@dataclass
+class Dataset:
+    root: Path
+    series: dict
+    gain: np.ndarray
+    size: tuple[int, int]     # (nx, ny)
+
+    def movie(self, i: int) -> Path:
+        return self.root / self.series["tilts"][i]["movie"]
+
+
+def ensure_dataset(root: Path, size: tuple[int, int], n_tilts: int, step_deg: float, seed: int = 1) -> Dataset:
+    from tiltflow.io.gain import read_gain
+    from tiltflow.testing.demo import DemoConfig, write_demo_dataset
+
+    cfg = DemoConfig(n_series=1, n_tilts=n_tilts, tilt_step_deg=step_deg, size=size, n_frames=FRAMES,
+                     pixel_size_a=PIXEL_A, dose_per_tilt_e_a2=DOSE_E_A2, seed=seed)
+    truth_file = root / "truth.json"
+    want = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()}
+    if not (truth_file.is_file() and json.loads(truth_file.read_text())["config"] == want):
+        print(f"simulating {n_tilts} movies of {size[0]} x {size[1]} x {FRAMES} in {root} ...", flush=True)
+        write_demo_dataset(root, cfg, force=True)
+    gain = read_gain(root / "gain_ref.gain")
+    mrc = root / "gain_relion.mrc"
+    if not mrc.is_file():
+        import mrcfile
+
+        with mrcfile.new(mrc, overwrite=True) as m:
+            m.set_data(gain.astype(np.float32))
+    return Dataset(root, json.loads(truth_file.read_text())["series"][0], gain, size)
+
+
+def grid_points(size: tuple[int, int]) -> torch.Tensor:
+    """(P, 2) x, y raw pixel positions: centres of a GRID_POINTS x GRID_POINTS tiling."""
+    nx, ny = size
+    c = (torch.arange(GRID_POINTS, dtype=torch.float64) + 0.5) / GRID_POINTS
+    yy, xx = torch.meshgrid(c * ny, c * nx, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
+
+
+def true_displacements(tilt: dict, size: tuple[int, int], points: torch.Tensor) -> np.ndarray:
+    """(t, P, 2): where a feature at each point of the sum lies in each frame, minus the point."""
+    from tiltflow.testing.detector import local_displacement_px
+
+    shifts = torch.tensor(tilt["frame_shifts_px"], dtype=torch.float64)
+    out = shifts[:, None, :].expand(-1, points.shape[0], -1).clone()
+    local = tilt.get("local_motion")
+    if local:
+        coef = torch.tensor(local["coefficients_px"], dtype=torch.float64)
+        for f, w in enumerate(local["frame_weights"]):
+            out[f] += local_displacement_px(points, coefficients_px=coef, frame_weight=w,
+                                            image_shape=(size[1], size[0]))
+    return out.numpy()
+
+
+# --- methods: each returns {"seconds": {...}, "disp": (t, P, 2) or None, "ctf": {...} or None} ----
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _ctf_truth_free_params():
+    from tiltflow.core.ctf import CtfParams
+
+    return CtfParams(pixel_size_a=PIXEL_A, window_px=WINDOW_PX, resolution_range_a=CTF_RANGE_A,
+                     defocus_range_um=DEFOCUS_RANGE_UM, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07)
+
+
+def clean_frames(raw: np.ndarray, gain: np.ndarray, device: str) -> torch.Tensor:
+    from tiltflow.core.defects import suppress_bright_outliers
+    from tiltflow.core.motion import prepare_frames
+
+    frames = prepare_frames(torch.from_numpy(raw).to(device), gain=gain)
+    return suppress_bright_outliers(frames)
+
+
+def run_tiltflow_core(ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor, device: str) -> dict:
+    from tiltflow.core.ctf import fit_ctf
+    from tiltflow.core.motion import align_and_sum, estimate_global_shifts, estimate_local_motion
+
+    tilt = ds.series["tilts"][i]
+    _sync(device)
+    t0 = time.perf_counter()
+    frames = clean_frames(raw, ds.gain, device)
+    shifts = estimate_global_shifts(frames, pixel_size_a=PIXEL_A, fit_range_a=FIT_RANGE_A, bfactor_a2=BFACTOR_A2)
+    motion = estimate_local_motion(frames, shifts, pixel_size_a=PIXEL_A, fit_range_a=FIT_RANGE_A,
+                                   bfactor_a2=BFACTOR_A2)
+    summed = align_and_sum(frames, motion, even_odd=True)
+    _sync(device)
+    t1 = time.perf_counter()
+    fit = fit_ctf(summed.total, _ctf_truth_free_params(), tilt_angle_deg=tilt["mdoc_tilt_angle_deg"],
+                  tilt_axis_deg=ds.series["mdoc_tilt_axis_deg"])
+    _sync(device)
+    t2 = time.perf_counter()
+    f = torch.arange(raw.shape[0])[:, None].expand(-1, points.shape[0])
+    disp = motion.shifts_at(f, points[:, 0].float().to(device), points[:, 1].float().to(device))
+    return {"seconds": {"motion": t1 - t0, "ctf": t2 - t1}, "disp": disp.double().cpu().numpy(),
+            "ctf": {"u": fit.defocus_u_a, "v": fit.defocus_v_a, "angle": fit.astigmatism_angle_deg}}
+
+
+def run_tiltflow_step(ds: Dataset, i: int, points: torch.Tensor, device: str, *, with_ctf: bool) -> dict:
+    from tiltflow.workflow.steps.motion_ctf import MotionCtfParams, motion_movie_task
+
+    tilt, s = ds.series["tilts"][i], ds.series
+    # the tutorial's command line (issue #3), CTF alone switched by with_ctf
+    p = MotionCtfParams(binning=1, fit_range_a=FIT_RANGE_A, bfactor_a2=BFACTOR_A2, even_odd=True, eer_groups=16,
+                        estimate_ctf=with_ctf, window_px=WINDOW_PX, ctf_range_a=CTF_RANGE_A,
+                        defocus_range_um=DEFOCUS_RANGE_UM, defocus_grid=(2, 2, 8), fit_phase=False,
+                        use_movie_average=False).model_dump()
+    with tempfile.TemporaryDirectory(dir=ds.root) as out:
+        _sync(device)
+        t0 = time.perf_counter()
+        r = motion_movie_task(str(ds.movie(i)), str(ds.root / "gain_ref.gain"), None, p, PIXEL_A, s["voltage_kv"],
+                              s["cs_mm"], s["amplitude_contrast"], tilt["mdoc_tilt_angle_deg"],
+                              s["mdoc_tilt_axis_deg"], tilt["prior_dose_e_a2"], tilt["dose_e_a2"], out,
+                              f"m{i:03d}", device)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    shifts = np.asarray(r["shifts_px"], dtype=np.float64)
+    ctf = None
+    if with_ctf:
+        c = r["ctf"]
+        ctf = {"u": c["defocus_u_a"], "v": c["defocus_v_a"], "angle": c["astigmatism_angle_deg"]}
+    return {"seconds": {"total": seconds}, "disp": np.repeat(shifts[:, None], points.shape[0], 1), "ctf": ctf}
+
+
+def _teamtomo_field_px(field, t: int, points: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(t, P, 2) x, y px of a teamtomo DeformationField (Å, y/x channels, normalised t, y, x)."""
+    nx, ny = size
+    tt = torch.linspace(0, 1, t, dtype=torch.float32)[:, None].expand(-1, points.shape[0])
+    yy = (points[:, 1] / (ny - 1)).float()[None].expand(t, -1)
+    xx = (points[:, 0] / (nx - 1)).float()[None].expand(t, -1)
+    tyx = torch.stack([tt, yy, xx], -1).to(field.device)
+    with torch.no_grad():
+        yx = field(tyx).double().cpu() / PIXEL_A
+    return yx.flip(-1).numpy()
+
+
+def run_teamtomo(ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor, device: str) -> dict:
+    _shim_torchvision()
+    from torch_ctf_estimation import CTFFittingParams, OpticalParams, estimate_ctf
+    from torch_motion_correction import (
+        FourierFilterConfig,
+        OptimizationConfig,
+        PatchSamplingConfig,
+        correct_motion,
+        estimate_global_motion,
+        estimate_local_motion,
+    )
+
+    from tiltflow.core.motion import automatic_grid
+
+    frames = clean_frames(raw, ds.gain, device)      # the same cleaned frames tiltflow aligns; not timed
+    t, h, w = frames.shape
+    nx_ctrl, ny_ctrl, _ = automatic_grid((h, w), t)  # the control points tiltflow's automatic grid uses
+    patch = 1024 if min(h, w) >= 2048 else 512
+    filt = FourierFilterConfig(b_factor=-BFACTOR_A2, frequency_range=(300.0, 10.0))
+    _sync(device)
+    t0 = time.perf_counter()
+    glob = estimate_global_motion(frames, pixel_spacing=PIXEL_A, fourier_filter=filt, device=torch.device(device))
+    _sync(device)
+    t_glob = time.perf_counter()
+    field, _ = estimate_local_motion(
+        frames, PIXEL_A, deformation_field_resolution=(t, ny_ctrl, nx_ctrl),
+        patch_sampling=PatchSamplingConfig(patch_shape=(patch, patch), overlap=0.5), initial_deformation_field=glob,
+        fourier_filter=filt, optimization=OptimizationConfig(max_iterations=100, optimizer_type="adam",
+                                                             optimizer_kwargs={"lr": 0.2}),
+        device=torch.device(device))
+    total = correct_motion(frames, field, pixel_spacing=PIXEL_A, device=torch.device(device)).sum(0)
+    _sync(device)
+    t1 = time.perf_counter()
+    _, _, r2 = estimate_ctf(total, OpticalParams(pixel_spacing_angstroms=PIXEL_A, voltage_kev=300.0,
+                                                 spherical_aberration_mm=2.7, amplitude_contrast_fraction=0.07),
+                            CTFFittingParams(defocus_grid_resolution=(1, 2, 2), frequency_fit_range_angstroms=CTF_RANGE_A,
+                                             defocus_range_microns=DEFOCUS_RANGE_UM, patch_sidelength=WINDOW_PX),
+                            device=torch.device(device))
+    _sync(device)
+    t2 = time.perf_counter()
+    mean_a = 0.5 * (r2.defocus_u + r2.defocus_v) * 1e4
+    astig_a = abs(r2.astigmatism) * 1e4            # torch-ctf: U, V = mean ± astigmatism
+    angle = r2.astigmatism_angle + (90.0 if r2.astigmatism < 0 else 0.0)
+    xc = glob.data[:, :, 0, 0].T.flip(-1).double().cpu().numpy() / PIXEL_A     # (t, 2) x, y px
+    return {"seconds": {"motion": t1 - t0, "ctf": t2 - t1, "global": t_glob - t0},
+            "disp": _teamtomo_field_px(field, t, points, ds.size),
+            "xc": np.repeat(xc[:, None], points.shape[0], 1),
+            "ctf": {"u": mean_a + astig_a, "v": mean_a - astig_a, "angle": angle}}
+
+
+def _relion_patches(size: tuple[int, int]) -> tuple[int, int]:
+    return (5, 5) if min(size) >= 2048 else (4, 3)
+
+
+def run_relion(ds: Dataset, i: int, points: torch.Tensor) -> dict:
+    movie = ds.movie(i)
+    s = ds.series
+    with tempfile.TemporaryDirectory(dir=ds.root) as tmp:
+        tmp = Path(tmp)
+        star = tmp / "movies.star"
+        star.write_text(
+            "\ndata_optics\n\nloop_\n_rlnOpticsGroupName #1\n_rlnOpticsGroup #2\n"
+            "_rlnMicrographOriginalPixelSize #3\n_rlnVoltage #4\n_rlnSphericalAberration #5\n"
+            f"_rlnAmplitudeContrast #6\nopticsGroup1 1 {PIXEL_A} {s['voltage_kv']} {s['cs_mm']} "
+            f"{s['amplitude_contrast']}\n\n\ndata_movies\n\nloop_\n_rlnMicrographMovieName #1\n"
+            f"_rlnOpticsGroup #2\n{movie} 1\n")
+        px, py = _relion_patches(ds.size)
+        cmd = ["relion_run_motioncorr", "--i", str(star), "--o", str(tmp / "out") + "/", "--use_own", "--j", "1",
+               "--bin_factor", "1", "--bfactor", "150", "--angpix", str(PIXEL_A), "--voltage", str(s["voltage_kv"]),
+               "--dose_per_frame", str(s["dose_per_frame_e_a2"]), "--preexposure",
+               str(s["tilts"][i]["prior_dose_e_a2"]), "--patch_x", str(px), "--patch_y", str(py),
+               "--gainref", str(ds.root / "gain_relion.mrc"), "--gain_rot", "0", "--gain_flip", "1"]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=tmp)
+        seconds = time.perf_counter() - t0
+        out = list((tmp / "out").rglob(f"{movie.stem.replace('.', '_')}.star"))
+        if done.returncode or not out:
+            raise RuntimeError(f"relion_run_motioncorr failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
+        shifts = _relion_global_shifts(out[0])
+    shifts = shifts * np.array([-1.0, 1.0])      # RELION: the shift that aligns the frame, y of the flipped TIFF
+    return {"seconds": {"motion": seconds}, "disp": np.repeat(shifts[:, None], points.shape[0], 1), "ctf": None}
+
+
+def _relion_global_shifts(path: Path) -> np.ndarray:
+    import starfile
+
+    table = starfile.read(path, always_dict=True)["global_shift"]
+    return table[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(dtype=np.float64)
+
+
+# --- accuracy -----------------------------------------------------------------------------------
+
+def trajectory_errors(est: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(global, local) RMS error px of (t, P, 2) displacements, each mean-subtracted over frames."""
+    g_est, g_true = est.mean(1), truth.mean(1)
+    g = (g_est - g_est.mean(0)) - (g_true - g_true.mean(0))
+    loc = (est - est.mean(0)) - (truth - truth.mean(0))
+    return float(np.sqrt((g ** 2).sum(-1).mean())), float(np.sqrt((loc ** 2).sum(-1).mean()))
+
+
+def ctf_errors(ctf: dict, tilt: dict) -> dict:
+    true_mean = 0.5 * (tilt["defocus_u_a"] + tilt["defocus_v_a"])
+    true_astig = tilt["defocus_u_a"] - tilt["defocus_v_a"]
+    d_angle = (ctf["angle"] - tilt["astigmatism_angle_deg"] + 90.0) % 180.0 - 90.0
+    return {"defocus": 0.5 * (ctf["u"] + ctf["v"]) - true_mean, "astig": abs(ctf["u"] - ctf["v"]) - true_astig,
+            "angle": d_angle, "true_astig": true_astig, "tilt": tilt["nominal_tilt_angle_deg"]}
+
+
+@dataclass
+class MethodResult:
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    global_err: list[float] = field(default_factory=list)
+    local_err: list[float] = field(default_factory=list)
+    ctf: list[dict] = field(default_factory=list)
+    note: str = ""
+
+
+def _median(xs) -> float:
+    return float(np.median(xs)) if len(xs) else float("nan")
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+# --- running ------------------------------------------------------------------------------------
+
+def run_one(name: str, ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor, device: str) -> dict:
+    if name == "tiltflow core":
+        return run_tiltflow_core(ds, i, raw, points, device)
+    if name == "tiltflow step":
+        return run_tiltflow_step(ds, i, points, device, with_ctf=True)
+    if name == "tiltflow step (motion only)":
+        return run_tiltflow_step(ds, i, points, device, with_ctf=False)
+    if name == "teamtomo":
+        return run_teamtomo(ds, i, raw, points, device)
+    if name == "relion":
+        return run_relion(ds, i, points)
+    raise ValueError(name)
+
+
+def record(results: dict[str, MethodResult], name: str, r: dict, ds: Dataset, i: int, truth: np.ndarray,
+           timed: bool) -> None:
+    res = results.setdefault(name, MethodResult())
+    if timed:
+        for k, v in r["seconds"].items():
+            res.seconds.setdefault(k, []).append(v)
+    g, loc = trajectory_errors(r["disp"], truth)
+    res.global_err.append(g)
+    res.local_err.append(loc)
+    if r.get("ctf"):
+        res.ctf.append(ctf_errors(r["ctf"], ds.series["tilts"][i]))
+    if "xc" in r:   # teamtomo's global cross-correlation pre-pass on its own
+        xc = results.setdefault("teamtomo (global XC only)", MethodResult(note="integer shifts"))
+        if timed:
+            xc.seconds.setdefault("motion", []).append(r["seconds"]["global"])
+        g, loc = trajectory_errors(r["xc"], truth)
+        xc.global_err.append(g)
+        xc.local_err.append(loc)
+        if not np.allclose(r["xc"] * 1.0, np.round(r["xc"]), atol=1e-4):
+            xc.note = "non-integer shifts seen"
+
+
+def benchmark_size(ds: Dataset, methods: list[str], repeats: int, device: str, accuracy_tilts: int | None) -> dict:
+    from tiltflow.io.movies import read_movie_frames
+
+    points = grid_points(ds.size)
+    tilts = ds.series["tilts"]
+    timed_i = min(range(len(tilts)), key=lambda k: abs(tilts[k]["nominal_tilt_angle_deg"]))
+    results: dict[str, MethodResult] = {}
+    raw = read_movie_frames(ds.movie(timed_i))
+    truth = true_displacements(tilts[timed_i], ds.size, points)
+    for name in methods:                   # warm-up (imports, allocator, FFT plans): not timed
+        run_one(name, ds, timed_i, raw, points, device)
+    for rep in range(repeats):             # methods interleaved, so that load changes hit them alike
+        for name in methods:
+            r = run_one(name, ds, timed_i, raw, points, device)
+            if rep == 0:
+                record(results, name, r, ds, timed_i, truth, timed=True)
+                continue
+            for k, v in r["seconds"].items():
+                results[name].seconds[k].append(v)
+            if "global" in r["seconds"]:
+                results["teamtomo (global XC only)"].seconds["motion"].append(r["seconds"]["global"])
+        print(f"  repeat {rep + 1}/{repeats} done", flush=True)
+    others = [k for k in range(len(tilts)) if k != timed_i]
+    others = sorted(others, key=lambda k: abs(tilts[k]["nominal_tilt_angle_deg"]))
+    if accuracy_tilts is not None:
+        others = others[: max(accuracy_tilts - 1, 0)]
+    for k in others:
+        raw = read_movie_frames(ds.movie(k))
+        truth = true_displacements(tilts[k], ds.size, points)
+        for name in methods:
+            record(results, name, run_one(name, ds, k, raw, points, device), ds, k, truth, timed=False)
+        print(f"  accuracy: tilt {tilts[k]['nominal_tilt_angle_deg']:+.0f}° done", flush=True)
+    return results
+
+
+def print_tables(size: tuple[int, int], results: dict[str, MethodResult], device: str) -> None:
+    nx, ny = size
+    core = results.get("tiltflow core")
+    step_motion = results.get("tiltflow step (motion only)")
+
+    def best(res: MethodResult | None, key: str) -> float | None:
+        if res is None:
+            return None
+        if key == "total":
+            if "total" in res.seconds:
+                return min(res.seconds["total"])
+            keys = [k for k in ("motion", "ctf") if k in res.seconds]
+            return min(sum(res.seconds[k][r] for k in keys) for r in range(len(res.seconds[keys[0]])))
+        return min(res.seconds[key]) if key in res.seconds else None
+
+    print(f"\n### {nx} x {ny} x {FRAMES} movie, {PIXEL_A} Å/px, {DOSE_E_A2} e/Å² per tilt, device {device}")
+    print("Seconds per movie (min of the repeats). x tiltflow = method / tiltflow core (in memory) or, for"
+          " file-to-file RELION, / tiltflow step (motion only).")
+    print("| method | motion s | CTF s | total s | x tiltflow (motion) | x tiltflow (CTF) | x tiltflow (total) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, res in results.items():
+        m, c, tot = best(res, "motion"), best(res, "ctf"), best(res, "total")
+        ref = step_motion if name == "relion" else core
+        rm = rc = rt = None
+        if ref is not None and name not in ("tiltflow core",) and not name.startswith("tiltflow step"):
+            ref_m = best(ref, "total" if name == "relion" else "motion")
+            rm = m / ref_m if m and ref_m else None
+            rc = c / best(ref, "ctf") if c and best(ref, "ctf") else None
+            rt = tot / best(ref, "total") if tot and name != "relion" else rm
+        print(f"| {name} | {_fmt(m)} | {_fmt(c)} | {_fmt(tot)} | {_fmt(rm, 1)} | {_fmt(rc, 1)} | {_fmt(rt, 1)} |")
+    print("\nAccuracy against truth.json (medians over tilts; trajectories mean-subtracted, px)")
+    print("| method | tilts | global RMS px (median / max) | local RMS px (median) | |Δdefocus| Å <=30° | "
+          "|Δdefocus| Å >30° | |Δastig| Å (astig>300) | |Δangle| ° (astig>300) | note |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, res in results.items():
+        low = [abs(c["defocus"]) for c in res.ctf if abs(c["tilt"]) <= 30]
+        high = [abs(c["defocus"]) for c in res.ctf if abs(c["tilt"]) > 30]
+        ast = [c for c in res.ctf if c["true_astig"] > 300]
+        local = _median(res.local_err) if name in ("tiltflow core", "teamtomo") else float("nan")
+        print(f"| {name} | {len(res.global_err)} | {_fmt(_median(res.global_err), 3)} / "
+              f"{_fmt(max(res.global_err), 3)} | {_fmt(local, 3)} | {_fmt(_median(low), 0)} | "
+              f"{_fmt(_median(high), 0)} | {_fmt(_median([abs(c['astig']) for c in ast]), 0)} | "
+              f"{_fmt(_median([abs(c['angle']) for c in ast]), 1)} | {res.note} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="quick run: 1440 x 1024, 5 tilts, 1 repeat")
+    ap.add_argument("--sizes", nargs="+", default=["1440x1024", "4096x4096"], help="NXxNY movie sizes")
+    ap.add_argument("--full-size", action="store_true", help="also one 5760 x 4092 x 8 movie (decode included)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--accuracy-tilts", type=int, default=None, help="tilts per size for accuracy (default all)")
+    ap.add_argument("--methods", nargs="+", default=None, help="subset of the methods")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "tiltflow-bench-motion-ctf")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    args = ap.parse_args()
+
+    from tiltflow.workflow.device import resolve_device
+
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    usable = available_methods()
+    methods = [m for m, why in usable.items() if not why and (args.methods is None or m in args.methods)]
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+    if args.small:
+        sizes, args.repeats = [(1440, 1024)], 1
+    if args.full_size:
+        sizes.append((5760, 4092))
+    print(f"uptime: {subprocess.run(['uptime'], check=False, capture_output=True, text=True).stdout.strip()}")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""))
+    for m, why in usable.items():
+        if why:
+            print(f"skipped {m}: {why}")
+    all_results = {}
+    for size in sizes:
+        n_tilts, step = SMALL_PLAN if args.small else PLANS.get(size, (5, 15.0))
+        ds = ensure_dataset(args.data / f"{size[0]}x{size[1]}_{n_tilts}", size, n_tilts, step)
+        print(f"benchmarking {size[0]} x {size[1]}: {', '.join(methods)}", flush=True)
+        results = benchmark_size(ds, methods, args.repeats, device, args.accuracy_tilts)
+        print_tables(size, results, device)
+        all_results[f"{size[0]}x{size[1]}"] = {k: v.__dict__ for k, v in results.items()}
+    print(f"\nuptime: {subprocess.run(['uptime'], check=False, capture_output=True, text=True).stdout.strip()}")
+    if args.json:
+        args.json.write_text(json.dumps(all_results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
