@@ -1,11 +1,11 @@
 """Screenshots of the curation viewer for the README (TomoViewer and CTF viewer).
 
     python docs/make_screenshots.py                # builds a simulated project (about a minute)
-    python docs/make_screenshots.py --project P    # or uses yours (its first tilt-series and CTF sets)
+    python docs/make_screenshots.py --project P    # or a copy of yours (its first tilt-series and CTF sets)
 
 Needs the web extra, Playwright (``pip install playwright``) and a Chromium: Debian's
 ``/usr/bin/chromium`` by default (``--chromium PATH``); ``playwright install`` is not needed.
-The simulated project: ``tiltflow demo-data`` (2 series, 15 tilts of 768 x 768 px, ±56°) ->
+The simulated project: ``tiltflow demo-data`` (2 series, 15 tilts of 1024 x 1024 px, ±56°) ->
 ``import-movies`` -> ``motion-ctf``. In the TomoViewer the views beyond ±54° and one more are
 excluded (red); in the CTF viewer the suggested defocus outliers are accepted (red crosses).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -33,13 +34,24 @@ def build_demo_project(root: Path):
 
     torch.set_num_threads(1)
     data = root / "data"
-    write_demo_dataset(data, DemoConfig(n_series=2, n_tilts=15, tilt_step_deg=8.0, size=(768, 768), n_frames=4,
+    write_demo_dataset(data, DemoConfig(n_series=2, n_tilts=15, tilt_step_deg=8.0, size=(1024, 1024), n_frames=4,
                                         seed=1, local_motion=False), force=True)
     store = ProjectStore(root / "project")
     imp = run_step(store, "import-movies", {"files": str(data), "gain": str(data / "gain_ref.gain")})
     run_step(store, "motion-ctf", {"window_px": 256, "ctf_range_a": [30.0, 7.0], "motion_grid": [1, 1, 1]},
              {"input": str(imp.id)})
     return store
+
+
+def save_png(page, path: Path) -> None:
+    """The page as a 256-colour PNG (max-coverage palette, no dither: about a third of the bytes,
+    every pixel within a few grey levels)."""
+    import io
+
+    from PIL import Image
+
+    shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    shot.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def first_output(store, types: tuple[str, ...]) -> str:
@@ -66,7 +78,7 @@ def tomo_viewer(page, pointer: str, path: Path) -> None:
     page.click("#gallery .thumb[data-i='4'] img")                # show it in the preview
     page.wait_for_function("document.querySelector('#preview').width > 16")
     page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth)")
-    page.screenshot(path=str(path))
+    save_png(page, path)
 
 
 def ctf_viewer(page, pointer: str, path: Path) -> None:
@@ -78,13 +90,14 @@ def ctf_viewer(page, pointer: str, path: Path) -> None:
     rows = page.locator("#ctf-table tr[data-i]")
     rows.nth(rows.count() // 2 + 1).click()                      # a tilt near 0°
     page.wait_for_function("document.querySelector('#spectrum').complete && document.querySelector('#spectrum').naturalWidth > 0")
-    page.screenshot(path=str(path))
+    save_png(page, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, help="an existing project (default: build a simulated one)")
-    ap.add_argument("--keep-demo", type=Path, help="build the simulated project in this folder and keep it")
+    ap.add_argument("--keep-demo", type=Path, help="build the simulated project in this folder and keep it"
+                    " (reused when it is there)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for the PNGs (default: docs/)")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args(argv)
@@ -93,13 +106,20 @@ def main(argv: list[str] | None = None) -> None:
 
     from tiltflow.web.app import create_app
     from tiltflow.web.server import serve_in_thread
+    from tiltflow.workflow.curation import clear
     from tiltflow.workflow.store import ProjectStore
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.project:
-            store = ProjectStore(args.project, create=False)
-        else:
-            store = build_demo_project(args.keep_demo or Path(tmp))
+        source = args.project
+        if source is None:
+            demo = args.keep_demo or Path(tmp) / "demo"
+            source = demo / "project" if (demo / "project" / "project.sqlite").is_file() else build_demo_project(demo).root
+        # curate a copy, from no exclusions: the shots are reproducible and the source stays as it was
+        ProjectStore(source, create=False)
+        shutil.copytree(source, Path(tmp) / "shown", ignore=shutil.ignore_patterns(".cache"))
+        store = ProjectStore(Path(tmp) / "shown", create=False)
+        for output in store.outputs():
+            clear(store, output)
         token = secrets.token_urlsafe(24)
         args.out.mkdir(parents=True, exist_ok=True)
         with serve_in_thread(create_app(store, token)) as base, sync_playwright() as pw:

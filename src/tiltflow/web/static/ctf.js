@@ -115,19 +115,24 @@
     $("#spectrum-source").textContent = c.has_spectrum_file ? "(saved by the CTF step)" : "(model CTF², no spectrum saved)";
     svg.innerHTML = "";
     if (!$("#rings").checked || !C.detail.nyquist_per_a) return;
-    // zeros within the fitted range (up to the fit resolution) only, over the left half of the
-    // picture (the observed spectrum; the CTF step draws its model in the right half)
+    // over the left half of the picture (the observed spectrum; the CTF step draws its model in the
+    // right half): the first zeros of the fit (first orange, the next red) and the fit-resolution limit
+    // (green, dashed). The picture's row 0 is its top row and the azimuth turns from +x towards +row,
+    // as SVG's rotate() does.
     const kmax = c.fit_resolution_a ? 1 / c.fit_resolution_a : Infinity;
-    const half = 128, n = Math.min(c.zeros_u_per_a.length, c.zeros_v_per_a.length);
+    const half = 128, scale = half / C.detail.nyquist_per_a;
+    const n = Math.min(c.zeros_u_per_a.length, c.zeros_v_per_a.length, 3);
     const clip = TFPlot.el("clipPath", {id: "spectrum-left"}, svg);
     TFPlot.el("rect", {x: 0, y: 0, width: c.has_spectrum_file ? half : 2 * half, height: 2 * half}, clip);
     const g = TFPlot.el("g", {"clip-path": "url(#spectrum-left)"}, svg);
-    // the picture's row 0 is its top row and the azimuth turns from +x towards +row, as SVG's rotate()
     for (let i = 0; i < n && c.zeros_v_per_a[i] <= kmax; i++) {
-      TFPlot.el("ellipse", {cx: half, cy: half, rx: c.zeros_u_per_a[i] / C.detail.nyquist_per_a * half,
-        ry: c.zeros_v_per_a[i] / C.detail.nyquist_per_a * half, fill: "none", stroke: i ? "#e5484d" : "#f0a03c",
-        "stroke-width": i ? 0.8 : 1.2, "stroke-opacity": i ? 0.6 : 0.9,
+      TFPlot.el("ellipse", {class: "zero", cx: half, cy: half, rx: c.zeros_u_per_a[i] * scale, ry: c.zeros_v_per_a[i] * scale,
+        fill: "none", stroke: i ? "#e5484d" : "#f0a03c", "stroke-width": 1.2, "stroke-opacity": 0.9,
         transform: `rotate(${c.astigmatism_angle_deg} ${half} ${half})`}, g);
+    }
+    if (Number.isFinite(kmax) && kmax <= C.detail.nyquist_per_a) {
+      TFPlot.el("circle", {class: "fit-limit", cx: half, cy: half, r: kmax * scale, fill: "none", stroke: "#8fd16a",
+        "stroke-width": 1.2, "stroke-dasharray": "4 3"}, g);
     }
   }
 
