@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")   # the teamtomo optimisers print a progress bar per movie
@@ -207,7 +207,7 @@ def run_tiltflow_core(ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor
     t2 = time.perf_counter()
     f = torch.arange(raw.shape[0])[:, None].expand(-1, points.shape[0])
     disp = motion.shifts_at(f, points[:, 0].float().to(device), points[:, 1].float().to(device))
-    return {"seconds": {"motion": t1 - t0, "ctf": t2 - t1}, "disp": disp.double().cpu().numpy(),
+    return {"seconds": {"motion": t1 - t0, "ctf": t2 - t1}, "disp": disp.double().cpu().numpy(), "local": True,
             "ctf": {"u": fit.defocus_u_a, "v": fit.defocus_v_a, "angle": fit.astigmatism_angle_deg}}
 
 
@@ -294,7 +294,7 @@ def run_teamtomo(ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor, dev
     angle = r2.astigmatism_angle + (90.0 if r2.astigmatism < 0 else 0.0)
     xc = glob.data[:, :, 0, 0].T.flip(-1).double().cpu().numpy() / PIXEL_A     # (t, 2) x, y px
     return {"seconds": {"motion": t1 - t0, "ctf": t2 - t1, "global": t_glob - t0},
-            "disp": _teamtomo_field_px(field, t, points, ds.size),
+            "disp": _teamtomo_field_px(field, t, points, ds.size), "local": True,
             "xc": np.repeat(xc[:, None], points.shape[0], 1),
             "ctf": {"u": mean_a + astig_a, "v": mean_a - astig_a, "angle": angle}}
 
@@ -340,7 +340,7 @@ def _relion_global_shifts(path: Path) -> np.ndarray:
     return table[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(dtype=np.float64)
 
 
-# --- accuracy -----------------------------------------------------------------------------------
+# --- accuracy ---------------------------------------------------------------------------------
 
 def trajectory_errors(est: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """(global, local) RMS error px of (t, P, 2) displacements, each mean-subtracted over frames."""
@@ -355,24 +355,35 @@ def ctf_errors(ctf: dict, tilt: dict) -> dict:
     true_astig = tilt["defocus_u_a"] - tilt["defocus_v_a"]
     d_angle = (ctf["angle"] - tilt["astigmatism_angle_deg"] + 90.0) % 180.0 - 90.0
     return {"defocus": 0.5 * (ctf["u"] + ctf["v"]) - true_mean, "astig": abs(ctf["u"] - ctf["v"]) - true_astig,
-            "angle": d_angle, "true_astig": true_astig, "tilt": tilt["nominal_tilt_angle_deg"]}
+            "angle": d_angle, "true_astig": true_astig}
 
 
-@dataclass
-class MethodResult:
-    seconds: dict[str, list[float]] = field(default_factory=dict)
-    global_err: list[float] = field(default_factory=list)
-    local_err: list[float] = field(default_factory=list)
-    ctf: list[dict] = field(default_factory=list)
-    note: str = ""
+# Results: {method: {"seconds": {part: [s, ...]}, "tilts": {acquisition index: {...}}, "note": str}}
+
+def _slot(results: dict, name: str) -> dict:
+    return results.setdefault(name, {"seconds": {}, "tilts": {}, "note": ""})
 
 
-def _median(xs) -> float:
-    return float(np.median(xs)) if len(xs) else float("nan")
+def add_seconds(results: dict, name: str, r: dict) -> None:
+    for k, v in r["seconds"].items():
+        if k != "global":
+            _slot(results, name)["seconds"].setdefault(k, []).append(v)
+    if "global" in r["seconds"]:          # teamtomo's cross-correlation pre-pass, timed inside its run
+        _slot(results, "teamtomo (global XC only)")["seconds"].setdefault("motion", []).append(r["seconds"]["global"])
 
 
-def _fmt(x: float, digits: int = 2) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def add_accuracy(results: dict, name: str, r: dict, tilt: dict, i: int, truth: np.ndarray) -> None:
+    g, loc = trajectory_errors(r["disp"], truth)
+    entry = {"tilt": tilt["nominal_tilt_angle_deg"], "global": g, "local": loc if r.get("local") else None,
+             "ctf": ctf_errors(r["ctf"], tilt) if r.get("ctf") else None}
+    _slot(results, name)["tilts"][str(i)] = entry
+    if "xc" in r:
+        xc = _slot(results, "teamtomo (global XC only)")
+        g, _ = trajectory_errors(r["xc"], truth)
+        xc["tilts"][str(i)] = {"tilt": tilt["nominal_tilt_angle_deg"], "global": g, "local": None, "ctf": None}
+        integral = bool(np.allclose(r["xc"], np.round(r["xc"]), atol=1e-4))
+        if xc["note"] != "non-integer shifts seen":
+            xc["note"] = "whole-pixel shifts" if integral else "non-integer shifts seen"
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -391,121 +402,158 @@ def run_one(name: str, ds: Dataset, i: int, raw: np.ndarray, points: torch.Tenso
     raise ValueError(name)
 
 
-def record(results: dict[str, MethodResult], name: str, r: dict, ds: Dataset, i: int, truth: np.ndarray,
-           timed: bool) -> None:
-    res = results.setdefault(name, MethodResult())
-    if timed:
-        for k, v in r["seconds"].items():
-            res.seconds.setdefault(k, []).append(v)
-    g, loc = trajectory_errors(r["disp"], truth)
-    res.global_err.append(g)
-    res.local_err.append(loc)
-    if r.get("ctf"):
-        res.ctf.append(ctf_errors(r["ctf"], ds.series["tilts"][i]))
-    if "xc" in r:   # teamtomo's global cross-correlation pre-pass on its own
-        xc = results.setdefault("teamtomo (global XC only)", MethodResult(note="integer shifts"))
-        if timed:
-            xc.seconds.setdefault("motion", []).append(r["seconds"]["global"])
-        g, loc = trajectory_errors(r["xc"], truth)
-        xc.global_err.append(g)
-        xc.local_err.append(loc)
-        if not np.allclose(r["xc"] * 1.0, np.round(r["xc"]), atol=1e-4):
-            xc.note = "non-integer shifts seen"
+def warm_up(ds: Dataset, methods: list[str], i: int, raw: np.ndarray, device: str) -> None:
+    """Imports, allocators, FFT plans: in-memory methods on a 1024 px crop, the step on the file."""
+    c = min(1024, *ds.size)
+    crop = Dataset(ds.root, ds.series, ds.gain[:c, :c], (c, c))
+    points = grid_points(crop.size)
+    for name in methods:
+        if name in ("tiltflow core", "teamtomo"):
+            run_one(name, crop, i, np.ascontiguousarray(raw[:, :c, :c]), points, device)
+        elif name.startswith("tiltflow step"):
+            run_one(name, ds, i, raw, grid_points(ds.size), device)
 
 
 def benchmark_size(ds: Dataset, methods: list[str], repeats: int, device: str, accuracy_tilts: int | None) -> dict:
+    """Timing on the movie nearest 0° (``repeats`` rounds, methods interleaved), accuracy on up to
+    ``accuracy_tilts`` tilts (nearest 0° first; None: all)."""
     from tiltflow.io.movies import read_movie_frames
 
     points = grid_points(ds.size)
     tilts = ds.series["tilts"]
-    timed_i = min(range(len(tilts)), key=lambda k: abs(tilts[k]["nominal_tilt_angle_deg"]))
-    results: dict[str, MethodResult] = {}
-    raw = read_movie_frames(ds.movie(timed_i))
-    truth = true_displacements(tilts[timed_i], ds.size, points)
-    for name in methods:                   # warm-up (imports, allocator, FFT plans): not timed
-        run_one(name, ds, timed_i, raw, points, device)
-    for rep in range(repeats):             # methods interleaved, so that load changes hit them alike
+    order = sorted(range(len(tilts)), key=lambda k: (abs(tilts[k]["nominal_tilt_angle_deg"]), k))
+    results: dict = {}
+    if repeats:
+        i = order[0]
+        raw = read_movie_frames(ds.movie(i))
+        truth = true_displacements(tilts[i], ds.size, points)
+        warm_up(ds, methods, i, raw, device)
+        for rep in range(repeats):        # methods interleaved, so that load changes hit them alike
+            for name in methods:
+                r = run_one(name, ds, i, raw, points, device)
+                add_seconds(results, name, r)
+                if rep == 0:
+                    add_accuracy(results, name, r, tilts[i], i, truth)
+            print(f"  timing round {rep + 1}/{repeats} done", flush=True)
+    todo = order if accuracy_tilts is None else order[:accuracy_tilts]
+    for i in todo:
+        if all(str(i) in results.get(name, {}).get("tilts", {}) for name in methods):
+            continue
+        raw = read_movie_frames(ds.movie(i))
+        truth = true_displacements(tilts[i], ds.size, points)
         for name in methods:
-            r = run_one(name, ds, timed_i, raw, points, device)
-            if rep == 0:
-                record(results, name, r, ds, timed_i, truth, timed=True)
-                continue
-            for k, v in r["seconds"].items():
-                results[name].seconds[k].append(v)
-            if "global" in r["seconds"]:
-                results["teamtomo (global XC only)"].seconds["motion"].append(r["seconds"]["global"])
-        print(f"  repeat {rep + 1}/{repeats} done", flush=True)
-    others = [k for k in range(len(tilts)) if k != timed_i]
-    others = sorted(others, key=lambda k: abs(tilts[k]["nominal_tilt_angle_deg"]))
-    if accuracy_tilts is not None:
-        others = others[: max(accuracy_tilts - 1, 0)]
-    for k in others:
-        raw = read_movie_frames(ds.movie(k))
-        truth = true_displacements(tilts[k], ds.size, points)
-        for name in methods:
-            record(results, name, run_one(name, ds, k, raw, points, device), ds, k, truth, timed=False)
-        print(f"  accuracy: tilt {tilts[k]['nominal_tilt_angle_deg']:+.0f}° done", flush=True)
+            add_accuracy(results, name, run_one(name, ds, i, raw, points, device), tilts[i], i, truth)
+        print(f"  accuracy: tilt {tilts[i]['nominal_tilt_angle_deg']:+.0f}° done", flush=True)
     return results
 
 
-def print_tables(size: tuple[int, int], results: dict[str, MethodResult], device: str) -> None:
-    nx, ny = size
-    core = results.get("tiltflow core")
-    step_motion = results.get("tiltflow step (motion only)")
+def merge(into: dict, other: dict) -> None:
+    """Runs of the same size and method: timings appended, per-tilt accuracy united."""
+    for name, res in other.items():
+        slot = _slot(into, name)
+        for k, v in res["seconds"].items():
+            slot["seconds"].setdefault(k, []).extend(v)
+        slot["tilts"].update(res["tilts"])
+        if res["note"] and slot["note"] != "non-integer shifts seen":
+            slot["note"] = res["note"]
 
-    def best(res: MethodResult | None, key: str) -> float | None:
-        if res is None:
-            return None
-        if key == "total":
-            if "total" in res.seconds:
-                return min(res.seconds["total"])
-            keys = [k for k in ("motion", "ctf") if k in res.seconds]
-            return min(sum(res.seconds[k][r] for k in keys) for r in range(len(res.seconds[keys[0]])))
-        return min(res.seconds[key]) if key in res.seconds else None
 
-    print(f"\n### {nx} x {ny} x {FRAMES} movie, {PIXEL_A} Å/px, {DOSE_E_A2} e/Å² per tilt, device {device}")
-    print("Seconds per movie (min of the repeats). x tiltflow = method / tiltflow core (in memory) or, for"
-          " file-to-file RELION, / tiltflow step (motion only).")
-    print("| method | motion s | CTF s | total s | x tiltflow (motion) | x tiltflow (CTF) | x tiltflow (total) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+# --- tables -------------------------------------------------------------------------------------
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _median(xs) -> float | None:
+    return float(np.median(xs)) if len(xs) else None
+
+
+def _best(res: dict | None, part: str) -> float | None:
+    """Minimum over the repeats of one part, or of motion + CTF per repeat for ``total``."""
+    if res is None or not res["seconds"]:
+        return None
+    sec = res["seconds"]
+    if part in sec:
+        return min(sec[part])
+    if part == "total":
+        keys = [k for k in ("motion", "ctf") if k in sec]
+        return min(sum(sec[k][r] for k in keys) for r in range(min(len(sec[k]) for k in keys)))
+    return None
+
+
+def print_tables(size: str, results: dict, device: str) -> None:
+    core, step_motion = results.get("tiltflow core"), results.get("tiltflow step (motion only)")
+    print(f"\n### {size.replace('x', ' x ')} x {FRAMES} movies, {PIXEL_A} Å/px, {DOSE_E_A2} e/Å² per tilt, {device}")
+    print("Seconds per movie: the minimum over the repeats (n). Ratio = method / tiltflow core (both in memory);"
+          " for RELION (file to file, decode included) / tiltflow step (motion only).")
+    print("| method | n | motion s | CTF s | total s | ratio motion | ratio CTF | ratio total |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, res in results.items():
-        m, c, tot = best(res, "motion"), best(res, "ctf"), best(res, "total")
-        ref = step_motion if name == "relion" else core
-        rm = rc = rt = None
-        if ref is not None and name not in ("tiltflow core",) and not name.startswith("tiltflow step"):
-            ref_m = best(ref, "total" if name == "relion" else "motion")
-            rm = m / ref_m if m and ref_m else None
-            rc = c / best(ref, "ctf") if c and best(ref, "ctf") else None
-            rt = tot / best(ref, "total") if tot and name != "relion" else rm
-        print(f"| {name} | {_fmt(m)} | {_fmt(c)} | {_fmt(tot)} | {_fmt(rm, 1)} | {_fmt(rc, 1)} | {_fmt(rt, 1)} |")
-    print("\nAccuracy against truth.json (medians over tilts; trajectories mean-subtracted, px)")
-    print("| method | tilts | global RMS px (median / max) | local RMS px (median) | |Δdefocus| Å <=30° | "
-          "|Δdefocus| Å >30° | |Δastig| Å (astig>300) | |Δangle| ° (astig>300) | note |")
+        if not res["seconds"]:
+            continue
+        m, c, tot = _best(res, "motion"), _best(res, "ctf"), _best(res, "total")
+        n = max(len(v) for v in res["seconds"].values())
+        ratios = [None, None, None]
+        if name == "relion":
+            ref = _best(step_motion, "total")
+            ratios = [m / ref, None, m / ref] if ref else ratios
+        elif not name.startswith("tiltflow") and _best(core, "motion"):
+            ratios = [m / _best(core, "motion") if m else None, c / _best(core, "ctf") if c else None,
+                      tot / _best(core, "total") if tot and c else None]
+        print(f"| {name} | {n} | {_fmt(m)} | {_fmt(c)} | {_fmt(tot)} | "
+              + " | ".join(_fmt(r, 1) for r in ratios) + " |")
+    print("\nAccuracy against truth.json: trajectories mean-subtracted, RMS px over frames (global: grid mean;"
+          " local: per grid point); CTF errors |estimate - truth| in Å, medians over tilts")
+    print("| method | tilts | global RMS px median / max | local RMS px median | |Δdefocus| <=30° | "
+          "|Δdefocus| >30° | |Δastig| (astig > 300 Å) | |Δangle| ° (astig > 300 Å) | note |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, res in results.items():
-        low = [abs(c["defocus"]) for c in res.ctf if abs(c["tilt"]) <= 30]
-        high = [abs(c["defocus"]) for c in res.ctf if abs(c["tilt"]) > 30]
-        ast = [c for c in res.ctf if c["true_astig"] > 300]
-        local = _median(res.local_err) if name in ("tiltflow core", "teamtomo") else float("nan")
-        print(f"| {name} | {len(res.global_err)} | {_fmt(_median(res.global_err), 3)} / "
-              f"{_fmt(max(res.global_err), 3)} | {_fmt(local, 3)} | {_fmt(_median(low), 0)} | "
-              f"{_fmt(_median(high), 0)} | {_fmt(_median([abs(c['astig']) for c in ast]), 0)} | "
-              f"{_fmt(_median([abs(c['angle']) for c in ast]), 1)} | {res.note} |")
+        t = list(res["tilts"].values())
+        if not t:
+            continue
+        glob = [e["global"] for e in t]
+        local = [e["local"] for e in t if e["local"] is not None]
+        ctf = [(e["tilt"], e["ctf"]) for e in t if e["ctf"]]
+        low = [abs(c["defocus"]) for a, c in ctf if abs(a) <= 30]
+        high = [abs(c["defocus"]) for a, c in ctf if abs(a) > 30]
+        ast = [c for _, c in ctf if c["true_astig"] > 300]
+        n_ctf = f" ({len(low)} + {len(high)} CTF)" if ctf else ""
+        print(f"| {name} | {len(t)}{n_ctf} | {_fmt(_median(glob), 3)} / {_fmt(max(glob), 3)} | "
+              f"{_fmt(_median(local), 3)} | {_fmt(_median(low), 0)} | {_fmt(_median(high), 0)} | "
+              f"{_fmt(_median([abs(c['astig']) for c in ast]), 0)} | "
+              f"{_fmt(_median([abs(c['angle']) for c in ast]), 1)} | {res['note']} |")
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="quick run: 1440 x 1024, 5 tilts, 1 repeat")
+    ap.add_argument("--small", action="store_true", help="quick run: 1440 x 1024, 5 tilts, 1 timing round")
     ap.add_argument("--sizes", nargs="+", default=["1440x1024", "4096x4096"], help="NXxNY movie sizes")
     ap.add_argument("--full-size", action="store_true", help="also one 5760 x 4092 x 8 movie (decode included)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timing rounds (0: accuracy only)")
     ap.add_argument("--accuracy-tilts", type=int, default=None, help="tilts per size for accuracy (default all)")
-    ap.add_argument("--methods", nargs="+", default=None, help="subset of the methods")
+    ap.add_argument("--methods", nargs="+", default=None, help="subset of the methods (names as printed)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "tiltflow-bench-motion-ctf")
-    ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    ap.add_argument("--json", type=Path, default=None, help="write the raw results here")
+    ap.add_argument("--report", type=Path, nargs="+", default=None,
+                    help="print the tables of earlier --json files merged (timings appended), run nothing")
     args = ap.parse_args()
+
+    if args.report:
+        merged: dict = {}
+        for f in args.report:
+            run = json.loads(f.read_text())
+            print(f"{f.name}: {run['environment']}; {run['uptime'][0]} ... {run['uptime'][1]}")
+            for size, res in run["sizes"].items():
+                merge(merged.setdefault((size, run["device"]), {}), res)
+        for (size, device), res in merged.items():
+            print_tables(size, res, device)
+        return
 
     from tiltflow.workflow.device import resolve_device
 
@@ -518,23 +566,27 @@ def main() -> None:
         sizes, args.repeats = [(1440, 1024)], 1
     if args.full_size:
         sizes.append((5760, 4092))
-    print(f"uptime: {subprocess.run(['uptime'], check=False, capture_output=True, text=True).stdout.strip()}")
-    print(f"torch {torch.__version__}, {args.threads} thread(s), device {device}"
-          + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""))
+    environment = (f"torch {torch.__version__}, {args.threads} thread(s), device {device}"
+                   + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""))
+    uptime = [_uptime()]
+    print(f"uptime: {uptime[0]}\n{environment}")
     for m, why in usable.items():
         if why:
             print(f"skipped {m}: {why}")
-    all_results = {}
+    out = {"environment": environment, "device": device, "uptime": uptime, "sizes": {}}
     for size in sizes:
         n_tilts, step = SMALL_PLAN if args.small else PLANS.get(size, (5, 15.0))
         ds = ensure_dataset(args.data / f"{size[0]}x{size[1]}_{n_tilts}", size, n_tilts, step)
         print(f"benchmarking {size[0]} x {size[1]}: {', '.join(methods)}", flush=True)
         results = benchmark_size(ds, methods, args.repeats, device, args.accuracy_tilts)
-        print_tables(size, results, device)
-        all_results[f"{size[0]}x{size[1]}"] = {k: v.__dict__ for k, v in results.items()}
-    print(f"\nuptime: {subprocess.run(['uptime'], check=False, capture_output=True, text=True).stdout.strip()}")
+        out["sizes"][f"{size[0]}x{size[1]}"] = results
+        print_tables(f"{size[0]}x{size[1]}", results, device)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+    uptime.append(_uptime())
+    print(f"\nuptime: {uptime[1]}")
     if args.json:
-        args.json.write_text(json.dumps(all_results, indent=1))
+        args.json.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
