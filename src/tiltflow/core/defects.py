@@ -4,11 +4,89 @@ Motion estimation correlates frames with each other: a hot pixel, identical in e
 every shift towards zero, and a single X-ray hit adds a false peak. Estimating on frames whose
 bright outliers are replaced by the frame mean avoids both; the sum itself is made from the
 original frames (the X-ray eraser step deals with what is left).
+
+Per frame, a pixel is an outlier when it lies more than ``k_sigma`` robust SDs above the frame's
+mean; a pixel is a persistent hot pixel when the sum over frames does the same. The statistics
+(mean, SD after one trimming pass) come from an even sample of rows (about 10^6 pixels), so the
+frames are read only once more to find the persistent pixels; :class:`BrightOutliers` then
+cleans any block of a frame on the fly (used while binning for motion estimation).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+
+SAMPLE_PIXELS = 1 << 20  # pixels per frame that set the statistics
+CHUNK_PIXELS = 1 << 21   # CPU work block (8 MB of float32): large temporaries cost page faults
+
+
+def row_chunk(h: int, w: int, device: torch.device) -> int:
+    """Rows per block for streaming over an (h, w) frame: whole frames on a GPU."""
+    if device.type != "cpu":
+        return h
+    return max(1, min(h, CHUNK_PIXELS // max(w, 1)))
+
+
+def _robust_mean_sd(x: torch.Tensor, k_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and SD of each row of ``x`` (b, n) after removing values above mean + k SD once."""
+    x = x.to(torch.float64)
+    mean, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True)
+    keep = x <= mean + k_sigma * std            # one trim pass: the outliers inflate the first SD
+    n = keep.sum(-1, keepdim=True).clamp_min(2)
+    mean = (x * keep).sum(-1, keepdim=True) / n
+    std = torch.sqrt(((x - mean) ** 2 * keep).sum(-1, keepdim=True) / (n - 1))
+    return mean[:, 0], std[:, 0].clamp_min(1e-6)
+
+
+@dataclass
+class BrightOutliers:
+    """Outlier model of a movie: pixel > ``threshold[i]`` in frame i, or ``persistent`` (h, w).
+
+    ``fill`` (t,) is each frame's mean without its outliers, the replacement value.
+    """
+
+    threshold: torch.Tensor   # (t,) counts
+    fill: torch.Tensor        # (t,) counts
+    persistent: torch.Tensor  # (h, w) bool
+
+    def mask(self, block: torch.Tensor, index: int, row0: int) -> torch.Tensor:
+        """Outlier mask of ``block`` = rows ``row0 ..`` of frame ``index`` (rows, w)."""
+        rows = block.shape[-2]
+        return (block > self.threshold[index]) | self.persistent[row0 : row0 + rows]
+
+    def clean(
+        self, block: torch.Tensor, index: int, row0: int, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A float32 copy of ``block`` (rows of frame ``index`` from ``row0``) with outliers filled
+        (written into ``out`` when given)."""
+        out = block.to(torch.float32, copy=True) if out is None else out.copy_(block)
+        return out.masked_fill_(self.mask(out, index, row0), float(self.fill[index]))
+
+
+def find_bright_outliers(
+    frames: torch.Tensor,                # (t, h, w) gain-corrected counts
+    *,
+    k_sigma: float = 10.0,
+) -> BrightOutliers:
+    """Thresholds, fill values and persistent hot pixels of a movie (see the module doc)."""
+    t, h, w = frames.shape
+    step = max(1, math.ceil(h * w / SAMPLE_PIXELS))
+    sample = frames[:, ::step]                                      # a view: every step-th row
+    mean, std = _robust_mean_sd(sample.reshape(t, -1), k_sigma)
+    threshold = (mean + k_sigma * std).to(torch.float32)
+    x = sample.reshape(t, -1).to(torch.float32)
+    keep = x <= threshold[:, None]
+    fill = ((x * keep).sum(-1) / keep.sum(-1).clamp_min(1)).to(torch.float32)
+    s_mean, s_std = _robust_mean_sd(sample.sum(0, dtype=torch.float32).reshape(1, -1), k_sigma)
+    limit = float(s_mean[0] + k_sigma * s_std[0])
+    persistent = torch.empty((h, w), dtype=torch.bool, device=frames.device)
+    rows = max(1, row_chunk(h, w, frames.device) // max(t, 1))
+    for r0 in range(0, h, rows):
+        persistent[r0 : r0 + rows] = frames[:, r0 : r0 + rows].sum(0, dtype=torch.float32) > limit
+    return BrightOutliers(threshold=threshold, fill=fill, persistent=persistent)
 
 
 def bright_outlier_mask(
@@ -18,26 +96,17 @@ def bright_outlier_mask(
 ) -> torch.Tensor:                       # (t, h, w) bool
     """Pixels more than ``k_sigma`` robust SDs above their frame's mean, or whose sum over frames is
     (persistent hot pixels, each frame only mildly high)."""
-    def high(x: torch.Tensor) -> torch.Tensor:      # (b, n) -> bool (b, n)
-        mean = x.mean(-1, keepdim=True)
-        std = x.std(-1, keepdim=True)
-        keep = x <= mean + k_sigma * std            # one trim pass: the outliers inflate the first SD
-        n = keep.sum(-1, keepdim=True).clamp_min(2)
-        mean = (x * keep).sum(-1, keepdim=True) / n
-        std = torch.sqrt(((x - mean) ** 2 * keep).sum(-1, keepdim=True) / (n - 1))
-        return x > mean + k_sigma * std.clamp_min(1e-6)
-
-    t, h, w = frames.shape
-    x = frames.reshape(t, -1).float()
-    per_frame = high(x)
-    persistent = high(x.sum(0, keepdim=True))
-    return (per_frame | persistent).reshape(t, h, w)
+    model = find_bright_outliers(frames, k_sigma=k_sigma)
+    return (frames > model.threshold[:, None, None]) | model.persistent
 
 
 def suppress_bright_outliers(frames: torch.Tensor, *, k_sigma: float = 10.0) -> torch.Tensor:
-    """A copy of ``frames`` (t, h, w) with bright outliers replaced by their frame's mean."""
-    mask = bright_outlier_mask(frames, k_sigma=k_sigma)
-    x = frames.float()
-    keep = (~mask).float()
-    mean = (x * keep).sum((-2, -1), keepdim=True) / keep.sum((-2, -1), keepdim=True).clamp_min(1)
-    return torch.where(mask, mean.expand_as(x), x).to(frames.dtype)
+    """A float32 copy of ``frames`` (t, h, w) with bright outliers replaced by their frame's mean."""
+    model = find_bright_outliers(frames, k_sigma=k_sigma)
+    t, h, w = frames.shape
+    out = torch.empty((t, h, w), dtype=torch.float32, device=frames.device)
+    rows = row_chunk(h, w, frames.device)
+    for i in range(t):
+        for r0 in range(0, h, rows):
+            model.clean(frames[i, r0 : r0 + rows], i, r0, out=out[i, r0 : r0 + rows])
+    return out

@@ -7,8 +7,11 @@ p + shift in the frame), mean zero over frames.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from tiltflow.core.defects import BrightOutliers
 from tiltflow.core.motion_xcorr import (
     align_stack,
     bin_frames,
@@ -38,6 +41,40 @@ def check_movie(frames: torch.Tensor, pixel_size_a: float, fit_range_a, binning:
         raise ValueError(f"{name}: binning must be an integer >= 1, got {binning}")
 
 
+@dataclass
+class BinnedMovie:
+    """Frames Fourier-cropped for estimation: ``frames`` (t, h', w') mean zero, float32.
+
+    ``scale_yx`` is the size of one binned pixel in unbinned pixels, ``image_shape`` the unbinned
+    (h, w). Estimators work on this so that a movie is binned once for global and local motion.
+    """
+
+    frames: torch.Tensor
+    scale_yx: tuple[float, float]
+    image_shape: tuple[int, int]
+
+
+def bin_movie(
+    frames: torch.Tensor,  # (t, h, w) gain-corrected counts
+    *,
+    pixel_size_a: float,
+    high_res_a: float,
+    binning: int = 1,
+    outliers: BrightOutliers | None = None,
+) -> BinnedMovie:
+    """Fourier-crop a movie until its Nyquist just holds ``high_res_a`` (and >= ``binning``).
+
+    With ``outliers`` (:func:`tiltflow.core.defects.find_bright_outliers`) hot pixels and X-ray
+    hits are replaced by the frame mean on the way, without copying the frames.
+    """
+    h, w = frames.shape[-2:]
+    shape_b = estimation_shape(
+        (h, w), pixel_size_a=pixel_size_a, high_res_a=high_res_a, binning=binning
+    )
+    binned = bin_frames(frames, shape_b, outliers=outliers)
+    return BinnedMovie(binned, (h / shape_b[0], w / shape_b[1]), (h, w))
+
+
 def estimate_global_shifts(
     frames: torch.Tensor,  # (t, h, w) gain-corrected counts
     *,
@@ -53,11 +90,11 @@ def estimate_global_shifts(
 
     The movie is Fourier-cropped until its Nyquist just holds ``fit_range_a[1]`` (and at least
     ``binning`` times), edge-tapered, and each frame aligned to the sum of the others: two coarse
-    cross-correlation searches, then ``iterations`` rounds of Newton refinement on the Fourier
-    cross-correlation. With ``smooth`` each round ends by fitting a smooth trajectory: the
-    posterior mean under a prior on frame-to-frame accelerations whose strength is set by
-    restricted maximum likelihood from the per-frame error estimates (steady drift is averaged,
-    sudden jumps are kept).
+    cross-correlation searches (on maps at half that resolution), then ``iterations`` rounds of
+    Newton refinement on the Fourier cross-correlation. With ``smooth`` each round ends by fitting
+    a smooth trajectory: the posterior mean under a prior on frame-to-frame accelerations whose
+    strength is set by restricted maximum likelihood from the per-frame error estimates (steady
+    drift is averaged, sudden jumps are kept).
 
     Parameters
     ----------
@@ -70,30 +107,51 @@ def estimate_global_shifts(
     """
     name = "estimate_global_shifts"
     check_movie(frames, pixel_size_a, fit_range_a, binning, name)
-    t, h, w = frames.shape
-    if t == 1:
+    if frames.shape[0] == 1:
         return torch.zeros((1, 2), dtype=torch.float32, device=frames.device)
-    shape_b = estimation_shape(
-        (h, w), pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning
+    binned = bin_movie(frames, pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning)
+    return global_shifts_binned(
+        binned, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2,
+        iterations=iterations, smooth=smooth, max_shift_a=max_shift_a,
     )
-    scale = (h / shape_b[0], w / shape_b[1])  # unbinned px per binned px
-    binned = bin_frames(frames, shape_b)
-    spectra = torch.fft.rfft2(binned * edge_taper(shape_b, device=frames.device))
-    del binned
-    ky, kx = frequency_vectors(shape_b, scale, device=frames.device)
+
+
+def global_shifts_binned(
+    binned: BinnedMovie,
+    *,
+    pixel_size_a: float,
+    fit_range_a: tuple[float, float] = (500.0, 10.0),
+    bfactor_a2: float = -500.0,
+    iterations: int = 4,
+    smooth: bool = True,
+    max_shift_a: float | None = None,
+) -> torch.Tensor:  # (t, 2)
+    """:func:`estimate_global_shifts` on a movie already binned by :func:`bin_movie`."""
+    frames = binned.frames
+    t, hb, wb = frames.shape
+    dev = frames.device
+    if t == 1:
+        return torch.zeros((1, 2), dtype=torch.float32, device=dev)
+    ky, kx = frequency_vectors((hb, wb), binned.scale_yx, device=dev)
     weights = fit_weights(
         ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2
     )
+    root_w = weights.sqrt()
+    taper = edge_taper((hb, wb), device=dev)
+    spectra = torch.empty((t, hb, wb // 2 + 1), dtype=torch.complex64, device=dev)
+    for i in range(t):  # one frame at a time: no (t, h, w) temporaries
+        torch.fft.rfft2(frames[i] * taper, out=spectra[i])
+        spectra[i].mul_(root_w)
+    h, w = binned.image_shape
     max_shift_px = min(h, w) / 4.0 if max_shift_a is None else max_shift_a / pixel_size_a
-
     fit = align_stack(
         spectra,
         ky=ky,
         kx=kx,
-        image_shape=shape_b,
-        scale_yx=scale,
-        weights=weights,
-        shifts=torch.zeros((t, 2), device=frames.device),
+        image_shape=(hb, wb),
+        scale_yx=binned.scale_yx,
+        weights=None,
+        shifts=torch.zeros((t, 2), device=dev),
         coarse_iterations=2,
         outer_iterations=iterations,
         max_shift_px=max_shift_px,

@@ -13,17 +13,16 @@ from dataclasses import dataclass
 
 import torch
 
-from tiltflow.core.motion_global import check_movie
+from tiltflow.core.motion_global import BinnedMovie, bin_movie, check_movie
 from tiltflow.core.motion_xcorr import (
     align_stack,
-    bin_frames,
     edge_taper,
-    estimation_shape,
     fast_fft_size,
     fit_weights,
     frequency_vectors,
     smooth_trajectory,
 )
+
 
 def _spline_weights(u: torch.Tensor, n: int) -> torch.Tensor:
     """Natural cubic spline interpolation weights (..., n) at node coordinates ``u`` (clamped).
@@ -212,36 +211,63 @@ def estimate_local_motion(
     nx, ny, nt = automatic_grid((h, w), t) if grid is None else (int(g) for g in grid)
     if min(nx, ny, nt) < 1 or nt > t:
         raise ValueError(f"{name}: grid (nx, ny, nt) needs values >= 1 and nt <= {t}, got {grid}")
-    empty = torch.zeros((nt, ny, nx, 2), device=frames.device)
-    motion = LocalMotion(grid=empty, global_shifts=global_shifts, image_shape=(h, w))
+    if t == 1:
+        empty = torch.zeros((nt, ny, nx, 2), device=frames.device)
+        return LocalMotion(grid=empty, global_shifts=global_shifts, image_shape=(h, w))
+    binned = bin_movie(frames, pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning)
+    return local_motion_binned(
+        binned, global_shifts, pixel_size_a=pixel_size_a, grid=(nx, ny, nt),
+        fit_range_a=fit_range_a, bfactor_a2=bfactor_a2, iterations=iterations,
+    )
+
+
+def local_motion_binned(
+    binned: BinnedMovie,
+    global_shifts: torch.Tensor,  # (t, 2)
+    *,
+    pixel_size_a: float,
+    grid: tuple[int, int, int],  # (nx, ny, nt)
+    fit_range_a: tuple[float, float] = (500.0, 10.0),
+    bfactor_a2: float = -500.0,
+    iterations: int = 3,
+) -> LocalMotion:
+    """:func:`estimate_local_motion` on a movie already binned by ``motion_global.bin_movie``."""
+    nx, ny, nt = grid
+    h, w = binned.image_shape
+    t, hb, wb = binned.frames.shape
+    dev = binned.frames.device
+    global_shifts = global_shifts.to(device=dev, dtype=torch.float32)
+    motion = LocalMotion(
+        grid=torch.zeros((nt, ny, nx, 2), device=dev), global_shifts=global_shifts, image_shape=(h, w)
+    )
     if t == 1:
         return motion
-    shape_b = estimation_shape(
-        (h, w), pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning
-    )
-    scale = (h / shape_b[0], w / shape_b[1])  # unbinned px per binned px
-    layout_y, layout_x = _patch_layout(shape_b[0], ny), _patch_layout(shape_b[1], nx)
+    scale = binned.scale_yx  # unbinned px per binned px
+    layout_y, layout_x = _patch_layout(hb, ny), _patch_layout(wb, nx)
     (ph, step_y, count_y), (pw, step_x, count_x) = layout_y, layout_x
-    scale_xy = torch.tensor([scale[1], scale[0]], device=frames.device)
+    scale_xy = torch.tensor([scale[1], scale[0]], device=dev)
     offsets = torch.round(global_shifts / scale_xy).long()  # (t, 2) binned px
-    patches = _extract_patches(bin_frames(frames, shape_b), layout_y, layout_x, offsets)
-    patches = patches - patches.mean(dim=(-2, -1), keepdim=True)
-    spectra = torch.fft.rfft2(patches * edge_taper((ph, pw), device=frames.device))
-    del patches
-    ky, kx = frequency_vectors((ph, pw), scale, device=frames.device)
+    ky, kx = frequency_vectors((ph, pw), scale, device=dev)
     weights = fit_weights(
         ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2
     )
+    taper = edge_taper((ph, pw), device=dev)
+    root_w = weights.sqrt()
+    spectra = torch.empty((count_y * count_x, t, ph, pw // 2 + 1), dtype=torch.complex64, device=dev)
+    for i in range(t):  # one frame at a time: no (P, t, ph, pw) temporaries
+        patches = _extract_patches(binned.frames[i : i + 1], layout_y, layout_x, offsets[i : i + 1])
+        patches = patches[:, 0] - patches[:, 0].mean(dim=(-2, -1), keepdim=True)
+        spectra[:, i] = torch.fft.rfft2(patches * taper) * root_w
     # patch centres: binned px -> unbinned px, (P, 2) x, y
-    cy = torch.arange(count_y, device=frames.device) * step_y + (ph - 1) / 2
-    cx = torch.arange(count_x, device=frames.device) * step_x + (pw - 1) / 2
+    cy = torch.arange(count_y, device=dev) * step_y + (ph - 1) / 2
+    cx = torch.arange(count_x, device=dev) * step_x + (pw - 1) / 2
     cy, cx = torch.meshgrid((cy + 0.5) * scale[0] - 0.5, (cx + 0.5) * scale[1] - 0.5, indexing="ij")
     centres = torch.stack([cx.reshape(-1), cy.reshape(-1)], -1)
-    frame_idx = torch.arange(t, device=frames.device)
+    frame_idx = torch.arange(t, device=dev)
     for _ in range(iterations):
         total = motion.shifts_at(frame_idx[None, :], centres[:, None, 0], centres[:, None, 1])
         fit = align_stack(
-            spectra, ky=ky, kx=kx, image_shape=(ph, pw), scale_yx=scale, weights=weights,
+            spectra, ky=ky, kx=kx, image_shape=(ph, pw), scale_yx=scale, weights=None,
             shifts=total - offsets * scale_xy, coarse_iterations=0, outer_iterations=1,
             max_shift_px=0.0,
         )

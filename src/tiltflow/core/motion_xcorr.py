@@ -14,12 +14,16 @@ cycles per *unbinned* pixel, so shifts are always in unbinned pixels. Shift conv
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from tiltflow.core.defects import CHUNK_PIXELS, BrightOutliers, row_chunk
+
 TWO_PI = 2.0 * math.pi
+COARSE_CROP = 2  # coarse cross-correlation maps at 1/2 of the estimation resolution
+GROUP_ELEMENTS = 1 << 21  # spectrum values handled at once on the CPU (16 MB of complex64)
 
 
 def fast_fft_size(n: int) -> int:
@@ -87,7 +91,7 @@ def edge_taper(shape: tuple[int, int], *, fraction: float = 0.1, device=None) ->
     """Separable cosine taper (h, w): 0 at the border, 1 beyond ``fraction`` of each side."""
     vecs = []
     for n in shape:
-        ramp = max(1, int(round(fraction * n)))
+        ramp = max(1, round(fraction * n))
         x = torch.arange(n, device=device, dtype=torch.float32)
         d = torch.minimum(x, n - 1 - x) + 0.5
         vecs.append(torch.sin(0.5 * math.pi * torch.clamp(d / ramp, max=1.0)) ** 2)
@@ -103,28 +107,72 @@ def cropped_spectrum_2d(images: torch.Tensor, new_shape: tuple[int, int]) -> tor
     h, w = images.shape[-2:]
     nh, nw = new_shape
     cols = torch.fft.rfft(images.to(torch.float32), dim=-1)[..., : nw // 2 + 1]
-    spec = torch.fft.fft(cols, dim=-2)
-    top, bottom = (nh + 1) // 2, nh // 2
+    return _crop_rows(torch.fft.fft(cols, dim=-2), h, nh) * ((nh * nw) / (h * w))
+
+
+def _crop_rows(spec: torch.Tensor, h: int, nh: int) -> torch.Tensor:
+    """Keep the ``nh`` lowest-frequency rows (fft layout) of ``spec`` (..., h, cols)."""
     if nh == h:
-        pass
-    elif bottom:
-        spec = torch.cat([spec[..., :top, :], spec[..., h - bottom :, :]], dim=-2)
-    else:
-        spec = spec[..., :top, :]
-    return spec * ((nh * nw) / (h * w))
+        return spec
+    top, bottom = (nh + 1) // 2, nh // 2
+    if not bottom:
+        return spec[..., :top, :]
+    return torch.cat([spec[..., :top, :], spec[..., h - bottom :, :]], dim=-2)
+
+
+def stream_cropped_spectrum(
+    read_rows: Callable[[int, int], torch.Tensor],  # (r0, r1) -> rows r0..r1-1 (rows, w), float32
+    image_shape: tuple[int, int],
+    new_shape: tuple[int, int],
+    *,
+    device,
+    work: torch.Tensor | None = None,  # (h, new_w//2+1) complex64 scratch, reused between calls
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The cropped rfft2 of one image (as :func:`cropped_spectrum_2d`) in column blocks.
+
+    The image is read in row blocks and the y transform runs on blocks of kept columns, so on the
+    CPU no temporary exceeds a few MB (large fresh allocations cost page faults). Yields
+    ``(columns, block)`` with ``block`` (new_h, len(columns)) complex64.
+    """
+    h, w = image_shape
+    nh, nw = new_shape
+    kw = nw // 2 + 1
+    dev = torch.device(device)
+    if work is None or tuple(work.shape) != (h, kw):
+        work = torch.empty((h, kw), dtype=torch.complex64, device=dev)
+    rows = row_chunk(h, w, dev)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        spec = torch.fft.rfft(read_rows(r0, r1), dim=-1)
+        work[r0:r1] = spec[:, :kw]
+    scale = (nh * nw) / (h * w)
+    step = kw if dev.type != "cpu" else max(1, CHUNK_PIXELS // h)
+    for c0 in range(0, kw, step):
+        cols = slice(c0, min(kw, c0 + step))
+        yield cols, _crop_rows(torch.fft.fft(work[:, cols], dim=0), h, nh).mul_(scale)
 
 
 def bin_frames(
-    frames: torch.Tensor, shape: tuple[int, int], *, chunk_pixels: int = 1 << 25
+    frames: torch.Tensor, shape: tuple[int, int], *, outliers: BrightOutliers | None = None
 ) -> torch.Tensor:
-    """Mean-subtracted, Fourier-cropped copy ``(t, h', w')`` of frames ``(t, h, w)``, in chunks."""
+    """Mean-subtracted, Fourier-cropped copy ``(t, h', w')`` of frames ``(t, h, w)``.
+
+    With ``outliers`` each frame is cleaned block by block on the way (the frames are not copied).
+    """
     t, h, w = frames.shape
-    step = max(1, chunk_pixels // (h * w))
-    out = torch.empty((t, *shape), dtype=torch.float32, device=frames.device)
-    for i in range(0, t, step):
-        spec = cropped_spectrum_2d(frames[i : i + step], shape)
-        spec[..., 0, 0] = 0.0  # mean zero
-        out[i : i + step] = torch.fft.irfft2(spec, s=shape)
+    dev = frames.device
+    out = torch.empty((t, *shape), dtype=torch.float32, device=dev)
+    spec = torch.empty((shape[0], shape[1] // 2 + 1), dtype=torch.complex64, device=dev)
+    work = torch.empty((h, shape[1] // 2 + 1), dtype=torch.complex64, device=dev)
+    for i in range(t):
+        def read(r0, r1, i=i):
+            block = frames[i, r0:r1]
+            return block.float() if outliers is None else outliers.clean(block, i, r0)
+
+        for cols, block in stream_cropped_spectrum(read, (h, w), shape, device=dev, work=work):
+            spec[:, cols] = block
+        spec[0, 0] = 0.0  # mean zero
+        out[i] = torch.fft.irfft2(spec, s=shape)
     return out
 
 
@@ -170,11 +218,30 @@ def _coarse_peaks(cc: torch.Tensor, radius_b: tuple[float, float]) -> torch.Tens
     return torch.stack([dx[ix] + fx, dy[iy] + fy], dim=-1)
 
 
-def _cross_spectra(spectra, ky, kx, shifts):
-    """``F_i conj(R_i)`` with leave-one-out references ``R_i`` aligned by ``shifts``."""
-    aligned = spectra * phase_ramp(ky, kx, shifts)
-    refs = aligned.sum(dim=-3, keepdim=True) - aligned
-    return spectra * refs.conj()
+class _LeaveOneOut:
+    """``F_i conj(R_i)`` for groups of frames, ``R_i`` the other frames' sum aligned by ``shifts``.
+
+    Frames are handled in groups of at most ``GROUP_ELEMENTS`` spectrum values (all at once on a
+    GPU), so no (..., t, h, w') temporaries are made for large movies.
+    """
+
+    def __init__(self, spectra, ky, kx, shifts):
+        self.spectra, self.ky, self.kx, self.shifts = spectra, ky, kx, shifts
+        t = spectra.shape[-3]
+        per_frame = spectra[..., 0, :, :].numel()
+        size = t if spectra.device.type != "cpu" else max(1, GROUP_ELEMENTS // max(per_frame, 1))
+        self.groups = [slice(g, min(t, g + size)) for g in range(0, t, size)]
+        self.total = torch.zeros_like(spectra[..., 0, :, :])
+        for g in self.groups:
+            self.total += self._aligned(g).sum(dim=-3)
+
+    def _aligned(self, g: slice) -> torch.Tensor:
+        return phase_ramp(self.ky, self.kx, self.shifts[..., g, :]).mul_(self.spectra[..., g, :, :])
+
+    def cross(self, g: slice) -> torch.Tensor:
+        """(..., len(g), h, w') cross spectra of the frames in ``g``."""
+        ref = torch.sub(self.total.unsqueeze(-3), self._aligned(g))
+        return ref.conj_physical_().mul_(self.spectra[..., g, :, :])
 
 
 def _derivatives(cross, ky, kx, shifts, column_weights):
@@ -195,6 +262,45 @@ def _derivatives(cross, ky, kx, shifts, column_weights):
     return g, c * m[..., 0, 2].real, c * m[..., 2, 0].real, c * m[..., 1, 1].real
 
 
+def _coarse_shifts(loo, image_shape, scale_yx, max_shift_px) -> torch.Tensor:
+    """Cross-correlation peaks (..., t, 2) unbinned px, on maps at half the resolution."""
+    h, w = image_shape
+    mh = min(h, fast_fft_size(math.ceil(h / COARSE_CROP)))
+    mw = min(w, fast_fft_size(math.ceil(w / COARSE_CROP)))
+    sy, sx = scale_yx[0] * h / mh, scale_yx[1] * w / mw  # unbinned px per map px
+    peaks = []
+    for g in loo.groups:
+        cross = _crop_rows(loo.cross(g)[..., : mw // 2 + 1], h, mh)
+        cc = torch.fft.irfft2(cross, s=(mh, mw))
+        p = _coarse_peaks(cc, (max_shift_px / sy, max_shift_px / sx))
+        peaks.append(torch.stack([p[..., 0] * sx, p[..., 1] * sy], dim=-1))
+    return torch.cat(peaks, dim=-2)
+
+
+def _newton(cross, ky, kx, start, herm, max_step, steps):
+    """Newton ascent of ``C(s)`` from ``start`` (..., 2) for cross spectra (..., h, w'):
+    (s, curvature, variance), each (..., 2)."""
+    raw = start
+    for _ in range(steps):
+        g, hxx, hyy, hxy = _derivatives(cross, ky, kx, raw, herm)
+        det = hxx * hyy - hxy**2
+        ok = (hxx < 0) & (hyy < 0) & (det > 0)
+        safe = torch.where(ok, det, 1.0)
+        gx, gy = g[..., 0], g[..., 1]
+        newton = -torch.stack([(hyy * gx - hxy * gy) / safe, (hxx * gy - hxy * gx) / safe], -1)
+        step = torch.where(ok[..., None], newton, torch.sign(g) * max_step)
+        raw = raw + torch.maximum(torch.minimum(step, max_step), -max_step)
+    _, hxx, hyy, _ = _derivatives(cross, ky, kx, raw, herm)
+    curvature = torch.stack([-hxx, -hyy], -1).clamp_min(1e-30)
+    # at the optimum Im(Q) is noise: Var(g) ~ sum (2 pi k)^2 Im(Q)^2
+    im2 = phase_ramp(ky, kx, raw).mul_(cross).imag.square()
+    h2 = herm**2
+    var_g = torch.stack([im2.sum(-2) @ (kx**2 * h2), (im2 @ h2) @ ky**2], -1) * TWO_PI**2
+    # frames without signal get a huge but finite variance, so smoothing stays well posed
+    variance = torch.nan_to_num(var_g / curvature**2, nan=1e6, posinf=1e6).clamp(1e-8, 1e6)
+    return raw, curvature, variance
+
+
 def align_stack(
     spectra: torch.Tensor,  # (..., t, h, w//2+1) complex
     *,
@@ -202,7 +308,7 @@ def align_stack(
     kx: torch.Tensor,  # (w//2+1,)
     image_shape: tuple[int, int],  # (h, w) of the images behind ``spectra``
     scale_yx: tuple[float, float],  # unbinned px per pixel of those images
-    weights: torch.Tensor,  # (h, w//2+1) fit weights (no Hermitian factor)
+    weights: torch.Tensor | None,  # (h, w//2+1) fit weights (no Hermitian factor); None: applied
     shifts: torch.Tensor,  # (..., t, 2) starting shifts, unbinned px
     coarse_iterations: int,
     outer_iterations: int,
@@ -210,46 +316,31 @@ def align_stack(
     newton_steps: int = 3,
     smooth: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> StackFit:
-    """Estimate per-frame shifts of a stack against leave-one-out references (see module doc)."""
+    """Estimate per-frame shifts of a stack against leave-one-out references (see module doc).
+
+    ``weights=None`` means the spectra already carry the square root of the fit weights.
+    """
     s = shifts.to(torch.float32).clone()
-    h, w = image_shape
     t = spectra.shape[-3]
     # A reference built from the other frames carries their errors, -e_i / (t - 1) on average:
     # moving each frame by (t - 1) / t of its measured offset cancels that (one-step convergence).
     damping = (t - 1) / t
-    spectra = spectra * weights.sqrt()  # so that F conj(R) carries the fit weights once
+    if weights is not None:
+        spectra = spectra * weights.sqrt()  # so that F conj(R) carries the fit weights once
     for _ in range(coarse_iterations):
-        cross = _cross_spectra(spectra, ky, kx, s)
-        cc = torch.fft.irfft2(cross, s=(h, w))
-        radius = (max_shift_px / scale_yx[0], max_shift_px / scale_yx[1])
-        peak = _coarse_peaks(cc, radius)
-        peak = torch.stack([peak[..., 0] * scale_yx[1], peak[..., 1] * scale_yx[0]], dim=-1)
+        peak = _coarse_shifts(_LeaveOneOut(spectra, ky, kx, s), image_shape, scale_yx, max_shift_px)
         s = s + (peak - s) * damping
         s = s - s.mean(dim=-2, keepdim=True)
-    herm = hermitian_weights(w, device=weights.device)
+    herm = hermitian_weights(image_shape[1], device=spectra.device)
     max_step = torch.tensor([0.5 * scale_yx[1], 0.5 * scale_yx[0]], device=s.device)
-    kx2, ky2 = kx**2, ky**2
     curvature = variance = torch.ones_like(s)
     for _ in range(outer_iterations):
-        cross = _cross_spectra(spectra, ky, kx, s)
-        raw = s.clone()
-        for _ in range(newton_steps):
-            g, hxx, hyy, hxy = _derivatives(cross, ky, kx, raw, herm)
-            det = hxx * hyy - hxy**2
-            ok = (hxx < 0) & (hyy < 0) & (det > 0)
-            safe = torch.where(ok, det, 1.0)
-            gx, gy = g[..., 0], g[..., 1]
-            newton = -torch.stack([(hyy * gx - hxy * gy) / safe, (hxx * gy - hxy * gx) / safe], -1)
-            step = torch.where(ok[..., None], newton, torch.sign(g) * max_step)
-            raw = raw + torch.maximum(torch.minimum(step, max_step), -max_step)
-        _, hxx, hyy, _ = _derivatives(cross, ky, kx, raw, herm)
-        curvature = torch.stack([-hxx, -hyy], -1).clamp_min(1e-30)
-        # at the optimum Im(Q) is noise: Var(g) ~ sum (2 pi k)^2 Im(Q)^2
-        im2 = (cross * phase_ramp(ky, kx, raw)).imag ** 2
-        var_g = torch.stack([im2.sum(-2) @ (kx2 * herm**2), (im2 @ herm**2) @ ky2], -1)
-        var_g = var_g * TWO_PI**2
-        # frames without signal get a huge but finite variance, so smoothing stays well posed
-        variance = torch.nan_to_num(var_g / curvature**2, nan=1e6, posinf=1e6).clamp(1e-8, 1e6)
+        loo = _LeaveOneOut(spectra, ky, kx, s)
+        fits = [
+            _newton(loo.cross(g), ky, kx, s[..., g, :], herm, max_step, newton_steps)
+            for g in loo.groups
+        ]
+        raw, curvature, variance = (torch.cat(v, dim=-2) for v in zip(*fits))
         raw = s + (raw - s) * damping
         variance = variance * damping**2
         s = smooth(raw, variance) if smooth is not None else raw
