@@ -36,6 +36,8 @@ _GLOBAL_HEADER = (
     "# SEC     ROT         GMAG       TX          TY      SMEAN     SFIT    SCALE     BASE     TILT"
 )
 _GLOBAL_FMT = "{:5d}  {:9.4f}  {:9.5f}  {:9.3f}  {:9.3f}" + "  {:7.2f}" * 4 + "  {:8.2f}"
+# more decimals for files we write from our own alignments (AreTomo reads whitespace-separated)
+_GLOBAL_FMT_PRECISE = "{:5d}  {:11.6f}  {:10.7f}  {:11.5f}  {:11.5f}" + "  {:7.2f}" * 4 + "  {:10.5f}"
 _LOCAL_FMT = "{:4d} {:3d} {:8.2f}  {:8.2f}  {:8.2f}  {:8.2f}  {:4.1f}"
 _KEY = re.compile(r"^#\s*([A-Za-z][A-Za-z ]*?)\s*=\s*(.*)$")
 
@@ -162,8 +164,11 @@ def read_aln(path: str | Path, *, strict: bool = True) -> AlnFile:
     return aln
 
 
-def write_aln(path: str | Path, aln: AlnFile) -> None:
-    """Write an ``.aln`` in AreTomo3's layout (AreTomo reads it back with ``-AlnFile``)."""
+def write_aln(path: str | Path, aln: AlnFile, *, precise: bool = False) -> None:
+    """Write an ``.aln`` in AreTomo3's layout (AreTomo reads it back with ``-AlnFile``).
+
+    ``precise`` widens ROT/GMAG/TX/TY/TILT to 6/7/5/5/5 decimals (AreTomo prints 4/5/3/3/2), so
+    an alignment written and read back keeps its geometry to ~1e-4 px and 1e-5 degrees."""
     out = [aln.title, "# RawSize = {} {} {}".format(*aln.RawSize)]
     out.append(f"# NumPatches = {aln.NumPatches}")
     out += [f"# DarkFrame =  {f:4d} {s:4d} {t:8.2f}" for f, s, t in aln.DarkFrame]
@@ -173,7 +178,7 @@ def write_aln(path: str | Path, aln: AlnFile) -> None:
     out += [f"# {k} = {v}" for k, v in aln.extra.items()]
     out.append(_GLOBAL_HEADER)
     for row in aln.global_alignment[list(GLOBAL_COLUMNS)].itertuples(index=False):
-        out.append(_GLOBAL_FMT.format(int(row[0]), *map(float, row[1:])))
+        out.append((_GLOBAL_FMT_PRECISE if precise else _GLOBAL_FMT).format(int(row[0]), *map(float, row[1:])))
     if aln.local_alignment is not None and len(aln.local_alignment):
         out.append("# Local Alignment")
         for row in aln.local_alignment[list(LOCAL_COLUMNS)].itertuples(index=False):

@@ -6,17 +6,26 @@ accumulated before the tilt), ``UseTilt``, ``AxisAngle`` (tilt-axis angle, deg; 
 ``rlnTomoZRot`` in Warp 2 exports), ``AxisOffsetX/Y`` (Å), ``MoviePath``, ``FOVFraction``.
 ``CTF`` and ``OptionsCTF`` hold ``<Param Name= Value=>`` lists. Everything else (grids, power
 spectra) is kept as XML elements and written back unchanged, in the original order.
+Per-tilt grids (``GridCTF``, ``GridCTFDefocusDelta``, ``GridCTFDefocusAngle``: defocus and
+astigmatism in µm, angle in degrees) are ``Width=1 Height=1 Depth=<tilts>`` grids of ``<Node>``s;
+:func:`grid_element` / :func:`grid_values` make and read them. A ``.tomostar`` (the tilt-series
+list Warp loads, columns ``wrpMovieName wrpAngleTilt wrpAxisAngle wrpAxisOffsetX wrpAxisOffsetY
+wrpDose``) is written with :func:`write_tomostar`.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PER_TILT", "WarpFormatError", "WarpTiltSeries", "read_warp_xml", "write_warp_xml"]
+__all__ = [
+    "PER_TILT", "WarpFormatError", "WarpTiltSeries", "grid_element", "grid_values", "read_warp_xml",
+    "write_tomostar", "write_warp_xml",
+]
 
 # element -> value type of its per-tilt lines
 PER_TILT = {
@@ -171,3 +180,36 @@ def write_warp_xml(path: str | Path, ts: WarpTiltSeries, *, encoding: str | None
     label = "utf-16" if enc.startswith("utf-16") else "utf-8"
     text = f'<?xml version="1.0" encoding="{label}"?>{nl}' + ET.tostring(root, encoding="unicode")
     Path(path).write_bytes(text.encode(enc))
+
+
+def grid_element(tag: str, values: list[float], *, newline: str = "\n") -> ET.Element:
+    """A per-tilt grid ``<tag Width="1" Height="1" Depth="t">`` with one ``<Node>`` per value."""
+    depth = len(values)
+    el = ET.Element(tag, {"Width": "1", "Height": "1", "Depth": str(depth), "MarginX": "0",
+                          "MarginY": "0", "MarginZ": "0"})
+    for z, v in enumerate(values):
+        node = ET.SubElement(el, "Node", {"X": "0", "Y": "0", "Z": str(z), "Value": _format(float(v))})
+        node.tail = newline + ("\t\t" if z < depth - 1 else "\t")
+    el.text = newline + "\t\t" if depth else None
+    return el
+
+
+def grid_values(el: ET.Element) -> list[float]:
+    """The values of a per-tilt grid (``Width = Height = 1``) in ``Z`` order."""
+    if el.get("Width", "1") != "1" or el.get("Height", "1") != "1":
+        raise WarpFormatError(f"<{el.tag}> is a {el.get('Width')}x{el.get('Height')} spatial grid, "
+                              "not one value per tilt")
+    nodes = sorted(el.iter("Node"), key=lambda n: int(n.get("Z", "0")))
+    try:
+        return [float(n.get("Value", "")) for n in nodes]
+    except ValueError:
+        raise WarpFormatError(f"<{el.tag}>: a <Node> has no numeric Value") from None
+
+
+def write_tomostar(path: str | Path, table) -> None:
+    """Write a Warp ``.tomostar`` (one ``data_`` loop; ``table`` is a DataFrame of wrp columns)."""
+    import starfile
+
+    starfile.write({"": table}, path, float_format="%.6f", sep=" ")
+    text = Path(path).read_text()
+    Path(path).write_text(re.sub(r"^# Created by the starfile.*\n", "", text))
