@@ -51,13 +51,29 @@ def bead_template(
     return (tpl / tpl.norm()).to(device=device, dtype=dtype)
 
 
+def _box_sums(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Sums over every ``size`` x ``size`` window (valid positions) of ``x`` (b, 1, h, w), from an
+    integral image in float64: O(1) per pixel whatever the window size."""
+    c = F.pad(x.to(torch.float64), (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
+    return c[..., size:, size:] - c[..., :-size, size:] - c[..., size:, :-size] + c[..., :-size, :-size]
+
+
+def _correlate_valid(x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(x, template)`` (cross-correlation, valid positions) of (b, 1, h, w) by FFT."""
+    h, w = x.shape[-2:]
+    size = template.shape[-1]
+    spec = torch.fft.rfft2(x) * torch.conj(torch.fft.rfft2(template, s=(h, w)))
+    return torch.fft.irfft2(spec, s=(h, w))[..., : h - size + 1, : w - size + 1]
+
+
 def ncc_map(
     images: torch.Tensor,                # (b, h, w)
     template: torch.Tensor,              # (L, L) zero mean, unit norm
     *,
     padding: str = "same",               # "same" (reflect-padded) or "valid"
 ) -> torch.Tensor:                       # (b, h, w) or (b, h-L+1, w-L+1)
-    """Normalised cross-correlation of each image with the template at every position."""
+    """Normalised cross-correlation of each image with the template at every position
+    (FFT correlation and integral-image window statistics: cost independent of the template size)."""
     x = images.to(template.dtype)[:, None]
     size = template.shape[-1]
     if padding == "same":
@@ -65,10 +81,12 @@ def ncc_map(
         x = F.pad(x, (half, half, half, half), mode="reflect")
     elif padding != "valid":
         raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
-    num = F.conv2d(x, template[None, None])
-    mean = F.avg_pool2d(x, size, stride=1)
-    var = (F.avg_pool2d(x * x, size, stride=1) - mean * mean).clamp_min(0.0)
-    den = torch.sqrt(var * size * size)
+    x = x - x.mean(dim=(-2, -1), keepdim=True)    # NCC ignores offsets; FFT precision does not
+    num = _correlate_valid(x, template)
+    n_px = size * size
+    mean = _box_sums(x, size) / n_px
+    var = (_box_sums(x * x, size) / n_px - mean * mean).clamp_min(0.0)
+    den = torch.sqrt(var * n_px).to(num.dtype)
     return (num / den.clamp_min(1e-12 * float(den.max()) + 1e-30))[:, 0]
 
 

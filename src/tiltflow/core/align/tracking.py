@@ -63,11 +63,14 @@ def locate_beads(
     img = torch.nn.functional.pad(image[None, None].float(), (pad,) * 4, mode="constant",
                                   value=float(image.mean()))[0, 0]
     base = torch.round(predicted_px.to(torch.float64)).long()
-    r = torch.arange(-half - size_t // 2, half + size_t // 2 + 1, device=dev)
-    rows = (base[:, 1, None] + pad + r[None])[:, :, None]
-    cols = (base[:, 0, None] + pad + r[None])[:, None, :]
-    rows, cols = rows.clamp(0, img.shape[0] - 1), cols.clamp(0, img.shape[1] - 1)
-    maps = ncc_map(img[rows, cols], template.to(dev), padding="valid")  # (n, S, S)
+    # one NCC map of the whole (padded) image, then each bead's window of it: windows of many
+    # beads overlap, and the full map costs one FFT
+    full = ncc_map(img[None], template.to(dev), padding="valid")[0]   # window top-left (r, c)
+    r = torch.arange(-half, half + 1, device=dev)
+    rows = (base[:, 1, None] + pad - size_t // 2 + r[None])[:, :, None]
+    cols = (base[:, 0, None] + pad - size_t // 2 + r[None])[:, None, :]
+    rows, cols = rows.clamp(0, full.shape[0] - 1), cols.clamp(0, full.shape[1] - 1)
+    maps = full[rows, cols]                                              # (n, S, S)
     g = torch.arange(-half, half + 1, dtype=torch.float64, device=dev)
     off = torch.stack(torch.broadcast_tensors(g[None, None, :], g[None, :, None]), -1)
     off = off + (base - predicted_px.to(torch.float64))[:, None, None, :]  # from the prediction
