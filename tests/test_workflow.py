@@ -13,13 +13,16 @@ from tiltflow.workflow.workflow_file import (
 )
 
 FAST = ["motion-ctf.window_px=128", "motion-ctf.ctf_range_a=[30, 8]", "motion-ctf.motion_grid=[1, 1, 1]",
-        "motion-ctf.defocus_grid=null", "reconstruct.binning=2", "reconstruct.thickness_nm=120"]
+        "motion-ctf.defocus_grid=null", "align.binning=2", "align.bead_diameter_nm=5",
+        "reconstruct.binning=2", "reconstruct.thickness_nm=120"]
+# small fields need small gold for a fiducial alignment: 5 nm beads (18 px) instead of the course's 10 nm
+DEMO = DemoConfig(n_series=2, n_tilts=7, size=(256, 224), n_frames=4, seed=8, bead_diameter_nm=5.0, n_beads=12)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(out, DemoConfig(n_series=2, n_tilts=5, size=(160, 128), n_frames=4, seed=8), force=True)
+    write_demo_dataset(out, DEMO, force=True)
     return out
 
 
@@ -29,16 +32,20 @@ def test_tutorial_template_runs_end_to_end(demo, tmp_path):
     apply_overrides(wf, [f"import-movies.files={demo}", f"import-movies.gain={demo / 'gain_ref.gain'}", *FAST])
     store = ProjectStore(tmp_path / "p")
     runs = run_workflow(store, wf, options={})
-    assert [r.step for r in runs.values()] == ["import-movies", "motion-ctf", "xray-erase", "reconstruct"]
+    chain = ["import-movies", "motion-ctf", "xray-erase", "align", "reconstruct"]
+    assert [r.step for r in runs.values()] == chain
     assert all(r.status == "finished" for r in runs.values())
+    aligned = store.load(store.resolve(str(runs["align"].id)))
+    assert all(im.transform is not None for ts in aligned.items for im in ts.images)
+    assert runs["reconstruct"].inputs == {"input": f"{runs['align'].id}.TiltSeries"}
     tomos = store.load(store.resolve(str(runs["reconstruct"].id)))
-    assert len(tomos.items) == 2 and tomos.items[0].shape == (round(1200 / (2.76 * 2)), 64, 80)
+    assert len(tomos.items) == 2 and tomos.items[0].shape == (round(1200 / (2.76 * 2)), 112, 128)
     # export gives the same chain back, and it validates
     exported = export_workflow(store)
-    assert [s.step for s in exported.steps] == ["import-movies", "motion-ctf", "xray-erase", "reconstruct"]
+    assert [s.step for s in exported.steps] == chain
     assert exported.steps[1].inputs == {"input": "import-movies.TiltSeriesM"}
     validate(exported)
-    assert json.loads(json.dumps(exported.to_json()))["steps"][3]["params"]["binning"] == 2
+    assert json.loads(json.dumps(exported.to_json()))["steps"][4]["params"]["binning"] == 2
 
 
 def test_bad_workflow_lists_every_problem(tmp_path):
@@ -61,21 +68,72 @@ def test_bad_workflow_lists_every_problem(tmp_path):
 
 def test_scipion_tutorial_workflow_imports_and_runs(corpus, demo, tmp_path):
     wf = load_workflow(corpus / "scipion" / "tutorial_STA_CellEnv_Chlamy.json.template")
-    assert [s.step for s in wf.steps] == ["import-movies", "motion-ctf", "xray-erase"]
-    assert any("ProtAreTomoAlignRecon" in u for u in wf.unmapped)
-    imp, motion, xray = wf.steps
+    assert [(s.id, s.step) for s in wf.steps] == [
+        ("2", "import-movies"), ("52", "motion-ctf"), ("113", "xray-erase"), ("151", "align"),
+        ("151-reconstruct", "reconstruct")]
+    assert any("ProtRelion5ExtractSubtomos" in u for u in wf.unmapped)
+    imp, motion, xray, align, rec = wf.steps
     assert imp.params["tomo5"] is True and imp.params["pixel_size_a"] == 1.91 and imp.params["tilt_axis_deg"] == -95.0
     assert motion.params["ctf_range_a"] == [30.0, 8.0] and motion.params["defocus_grid"] == [1, 1, 8]
     assert motion.inputs == {"input": "2.outputTiltSeriesM"} and xray.inputs == {"input": "52.TiltSeries_3"}
+    # AreTomo's align + reconstruct: alignZ 1000 unbinned px at the import's 1.91 Å/px, thickness 2048 / bin 4
+    assert align.params == {"method": "patch", "binning": 4, "refine_tilt_axis": True, "refine_tilt_offset": True,
+                            "align_z_nm": pytest.approx(191.0)}
+    assert rec.inputs == {"input": "151.TiltSeries"}
+    assert rec.params == {"even_odd": True, "binning": 4, "method": "wbp", "thickness_px": 512}
     apply_overrides(wf, [f"2.files={demo}", "2.pattern=*.mdoc", "2.tomo5=false", "2.pixel_size_a=2.76",
                          "2.magnification=null", "2.tilt_axis_deg=85", "52.window_px=128", "52.motion_grid=[1,1,1]",
-                         "52.defocus_grid=null"])
+                         "52.defocus_grid=null", "151.binning=2", "151.iterations=1", "151-reconstruct.binning=2",
+                         "151-reconstruct.thickness_px=50"])
     store = ProjectStore(tmp_path / "p")
     options: dict = {}
     runs = run_workflow(store, wf, options=options)
-    assert [r.status for r in runs.values()] == ["finished"] * 3
+    assert [r.status for r in runs.values()] == ["finished"] * 5
     assert runs["113"].inputs == {"input": f"{runs['52'].id}.TiltSeries"}
+    assert runs["151-reconstruct"].inputs == {"input": f"{runs['151'].id}.TiltSeries"}
     assert any("TiltSeries_3 does not exist yet" in w for w in options["warnings"])
+    tomos = store.load(store.resolve(f"{runs['151-reconstruct'].id}.Tomograms"))
+    assert [t.shape for t in tomos.items] == [(50, 112, 128)] * 2
+
+
+def _protocol(cls: str, pid: str, **fields) -> dict:
+    """One protocol as Scipion's workflow export writes it."""
+    return {"object.className": cls, "object.id": pid, "object.label": cls, "object.comment": "",
+            "_useQueue": False, "_prerequisites": "", "_queueParams": None, "runName": None, "runMode": 0,
+            **fields, "hostName": "localhost", "numberOfThreads": 2}
+
+
+def test_scipion_imod_fiducial_chain_folds_into_align(tmp_path):
+    """IMOD's route in Scipion (preprocess -> xcorr -> fiducial model -> fiducial alignment -> tomogram),
+    listed out of dependency order, becomes align + reconstruct with the binning and bead size carried."""
+    protocols = [
+        _protocol("ProtImodTomoReconstruction", "808", inputSetOfTiltSeries="766.TiltSeries", tomoThickness=300,
+                  radialFirstParameter=0.35, radialSecondParameter=0.035, fakeInteractionsSIRT=0,
+                  processOddEven=False),
+        _protocol("ProtImportTsMovies", "2", filesPath="/data", filesPattern="*.mdoc", samplingRate=1.38),
+        _protocol("ProtImodXraysEraser", "113", inputSetOfTiltSeries="2.outputTiltSeriesM", peakCriterion=8.0),
+        _protocol("ProtImodTsNormalization", "500", inputSetOfTiltSeries="113.TiltSeries", binning=4,
+                  floatDensities=2),
+        _protocol("ProtImodXcorrPrealignment", "600", inputSetOfTiltSeries="500.TiltSeries", cumulativeCorr=False),
+        _protocol("ProtImodFiducialModel", "700", inputSetOfTiltSeries="600.TiltSeries", typeOfModel=0,
+                  fiducialDiameter=6.0, numberFiducial=10, twoSurfaces=False),
+        _protocol("ProtImodFiducialAlignment", "766", inputSetOfLandmarkModels="700.FiducialModelGaps",
+                  rotationSolutionType=2, magnificationSolutionType=0, tiltAngleSolutionType=1),
+        _protocol("ProtTomo3dReconstrucTomo", "900", inputSetOfTiltSeries="766.TiltSeries"),
+    ]
+    path = tmp_path / "imod.json"
+    path.write_text(json.dumps(protocols, indent=4))
+    wf = load_workflow(path)
+    assert [(s.id, s.step) for s in wf.steps] == [
+        ("2", "import-movies"), ("113", "xray-erase"), ("766", "align"), ("808", "reconstruct")]
+    align, rec = wf.steps[2:]
+    assert align.inputs == {"input": "113.TiltSeries"}
+    assert align.params == {"binning": 4, "bead_diameter_nm": 6.0, "method": "fiducial",
+                            "solve_magnification": False, "solve_tilt_angles": True}
+    assert rec.inputs == {"input": "766.TiltSeries"}
+    assert rec.params["binning"] == 4 and rec.params["thickness_px"] == 300   # the preprocess binned the stack and rec.params["method"] == "wbp"
+    assert wf.unmapped == ["ProtTomo3dReconstrucTomo (id 900)"]
+    validate(wf)
 
 
 def test_json_schema_validates_the_tutorial_template():
