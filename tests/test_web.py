@@ -366,3 +366,42 @@ def test_view_command_prints_token_url(tmp_path, monkeypatch):
     assert info["port"] == served["port"] and info["url"].split("token=")[1] != token  # a fresh token per start
     r = CliRunner().invoke(view.view_command, ["-p", str(tmp_path / "missing"), "--no-browser"])
     assert r.exit_code == 2 and "no tiltflow project" in r.output
+
+
+def test_movie_set_shows_motion_corrected_sums_when_a_run_made_them(tmp_path):
+    import tifffile
+
+    store = ProjectStore(tmp_path / "proj")
+    rng = np.random.default_rng(2)
+    movies = []
+    for i, t in enumerate(TILTS[:3]):
+        frames = rng.poisson(5.0, (3, 48, 64)).astype(np.uint8)
+        path = tmp_path / f"TS_01_{i:03d}.tif"
+        tifffile.imwrite(path, frames, photometric="minisblack")
+        movies.append((path, frames))
+    imp = store.create_run("import-movies", {}, {})
+    images = [TiltImage(tilt_angle_deg=t, acquisition_order=o, dose_prior_e_a2=0.0, dose_e_a2=3.0,
+                        dose_accumulated_e_a2=3.0 * o, file=str(path), index=None, frames=3)
+              for (path, _), t, o in zip(movies, TILTS[:3], [3, 1, 2])]
+    store.finish_run(imp.id, {"TiltSeriesM": TiltSeriesSet("TiltSeriesM", [TiltSeries("TS_01", acquisition(), images, (64, 48))])})
+    client = TestClient(create_app(store, TOKEN), headers={TOKEN_HEADER: TOKEN})
+    url = f"/api/outputs/{imp.id}.TiltSeriesM/series/TS_01/views"
+    views = client.get(url).json()
+    assert views[0]["picture"] == "average of 3 frames, no gain correction" and views[0]["total_motion_px"] is None
+    avg = np.frombuffer(client.get(f"{url}/3/preview").content, "<f4").reshape(48, 64)
+    np.testing.assert_allclose(avg, movies[0][1].mean(0), rtol=1e-6)
+    # a motion-correction run on the movies: its sums are shown instead, with its per-tilt motion
+    mc = store.create_run("motion-ctf", {}, {"input": f"{imp.id}.TiltSeriesM"})
+    sums = rng.normal(0, 1, (3, 48, 64)).astype(np.float32)
+    write_mrc(store.run_dir(mc.id) / "TS_01.mrc", sums, voxel_size_a=2.0)
+    corrected = [TiltImage(tilt_angle_deg=im.tilt_angle_deg, acquisition_order=im.acquisition_order, dose_prior_e_a2=0.0,
+                           dose_e_a2=3.0, dose_accumulated_e_a2=im.dose_accumulated_e_a2,
+                           file=str(store.run_dir(mc.id) / "TS_01.mrc"), index=i, attrs={"total_motion_px": 1.5 + i})
+                 for i, im in enumerate(images)]
+    store.finish_run(mc.id, {"TiltSeries": TiltSeriesSet("TiltSeries", [TiltSeries("TS_01", acquisition(), corrected, (64, 48))])})
+    views = client.get(url).json()
+    assert [v["picture"] for v in views] == [f"motion-corrected sum TS_01.mrc[{i}]" for i in range(3)]
+    assert [v["total_motion_px"] for v in views] == [1.5, 2.5, 3.5]
+    for i, order in enumerate([3, 1, 2]):
+        shown = np.frombuffer(client.get(f"{url}/{order}/preview").content, "<f4").reshape(48, 64)
+        np.testing.assert_array_equal(shown, sums[i])

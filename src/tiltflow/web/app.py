@@ -122,31 +122,37 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
         out = pd.get_output(store, pointer, pd.TILT_TYPES + pd.CTF_TYPES)
         return pd.series_infos(pd.load_curated(store, out))
 
+    def shown_ref(out: pd.OutputRecord, series: TiltSeries, order: int) -> ImageRef:
+        """The picture of one view: a movie's motion-corrected sum when a run made one."""
+        pd.find_image(series, order)  # 404 for an unknown view
+        return pd.image_ref(pd.shown_images(store, pd.motion_corrected(store, out), series)[order])
+
     @app.get("/api/outputs/{pointer}/series/{ts_id}/views")
     def views(pointer: str, ts_id: str) -> list[ViewInfo]:
         out, series = tilt_series(pointer, ts_id)
-        return pd.view_infos(series, pd.ctf_of_same_run(store, out))
+        sums = pd.motion_corrected(store, out)
+        return pd.view_infos(series, pd.ctf_of_same_run(store, sums or out), pd.shown_images(store, sums, series))
 
     @app.get("/api/outputs/{pointer}/series/{ts_id}/views/{order}/thumbnail.png")
     def thumbnail(pointer: str, ts_id: str, order: int) -> FileResponse:
-        _, series = tilt_series(pointer, ts_id)
-        path = cache.thumbnail_png(pd.image_ref(pd.find_image(series, order)))
+        out, series = tilt_series(pointer, ts_id)
+        path = cache.thumbnail_png(shown_ref(out, series, order))
         return FileResponse(path, media_type=PNG, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/outputs/{pointer}/series/{ts_id}/views/{order}/preview")
     def preview(pointer: str, ts_id: str, order: int) -> Response:
         """The view at <= 1024 px as little-endian float32, row 0 first; shape in ``X-Shape`` (ny,nx)."""
-        _, series = tilt_series(pointer, ts_id)
-        ref = pd.image_ref(pd.find_image(series, order))
-        data = cache.preview(ref)
+        out, series = tilt_series(pointer, ts_id)
+        data = cache.preview(shown_ref(out, series, order))
         return Response(data.astype("<f4").tobytes(), media_type="application/octet-stream",
                         headers={"X-Shape": f"{data.shape[0]},{data.shape[1]}", "Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/outputs/{pointer}/series/{ts_id}/suggestions")
     def tilt_suggestions(pointer: str, ts_id: str) -> list[Suggestion]:
         out, series = tilt_series(pointer, ts_id)
-        stats = pd.series_stats(cache, series)
-        ctf = pd.ctf_of_same_run(store, out)
+        sums = pd.motion_corrected(store, out)
+        stats = pd.series_stats(cache, list(pd.shown_images(store, sums, series).values()))
+        ctf = pd.ctf_of_same_run(store, sums or out)
         ctf_s = next((s for s in ctf.items if s.ts_id == ts_id), None) if ctf else None
         return suggest_for_tilt_series(series, stats, ctf_s)
 

@@ -55,7 +55,8 @@ class ViewInfo(BaseModel):
     total_motion_px: float | None
     excluded: bool
     file_name: str                    # the file's name only, for display
-    frames: int | None                # movies: frames averaged for the picture
+    frames: int | None                # movies: frames in the movie
+    picture: str = ""                 # what is drawn when not the item itself (a movie's sum or average)
 
 
 class RadialProfile(BaseModel):

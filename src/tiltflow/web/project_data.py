@@ -85,11 +85,41 @@ def image_ref(image: TiltImage) -> ImageRef:
     return ImageRef(Path(image.file), image.index)
 
 
-def series_stats(cache: ThumbnailCache, series: TiltSeries) -> dict[int, ViewStats]:
+def motion_corrected(store: ProjectStore, output: OutputRecord) -> OutputRecord | None:
+    """For a movie set: the tilt-series set of the newest finished run that took it as input (its
+    motion-corrected sums), if any; None for any other set."""
+    if output.type != "TiltSeriesM":
+        return None
+    for run in sorted(store.runs(), key=lambda r: r.id, reverse=True):
+        if run.status != "finished":
+            continue
+        for pointer in run.inputs.values():
+            try:
+                source = store.resolve(str(pointer))
+            except ProjectError:
+                continue
+            sums = [o for o in store.outputs(run.id) if o.type == "TiltSeries"]
+            if source.id == output.id and sums:
+                return sums[0]
+    return None
+
+
+def shown_images(store: ProjectStore, sums: OutputRecord | None, series: TiltSeries) -> dict[int, TiltImage]:
+    """Acquisition order -> the image the viewer draws for it: the motion-corrected sum in ``sums``
+    where there is one, else the item itself (a stack section, or a movie's frame average)."""
+    twin: dict[int, TiltImage] = {}
+    if sums is not None:
+        for s in store.load(sums).items:
+            if s.ts_id == series.ts_id and isinstance(s, TiltSeries):
+                twin = {im.acquisition_order: im for im in s.images if im.index is not None}
+    return {im.acquisition_order: twin.get(im.acquisition_order, im) for im in series.images}
+
+
+def series_stats(cache: ThumbnailCache, images: list[TiltImage]) -> dict[int, ViewStats]:
     """Full-resolution statistics per acquisition order (rendering views not cached yet); views
     whose file is missing or unreadable are left out."""
     stats = {}
-    for im in series.images:
+    for im in images:
         try:
             stats[im.acquisition_order] = cache.stats(image_ref(im))
         except (OSError, ValueError):
@@ -127,7 +157,18 @@ def ctf_of_same_run(store: ProjectStore, output: OutputRecord) -> CtfSeriesSet |
     return None
 
 
-def view_infos(series: TiltSeries, ctf: CtfSeriesSet | None) -> list[ViewInfo]:
+def _picture(item: TiltImage, shown: TiltImage) -> str:
+    if shown is not item:
+        return f"motion-corrected sum {Path(shown.file).name}[{shown.index}]"
+    if item.index is None:
+        return f"average of {item.frames or 'all'} frames, no gain correction"
+    return ""
+
+
+def view_infos(series: TiltSeries, ctf: CtfSeriesSet | None, shown: dict[int, TiltImage] | None = None) -> list[ViewInfo]:
+    """One row per view in tilt-angle order; ``shown`` (from ``shown_images``) gives the drawn image,
+    whose per-tilt values (total motion) complete those of a movie."""
+    shown = shown or {}
     by_order = {}
     if ctf is not None:
         for cs in ctf.items:
@@ -142,13 +183,15 @@ def view_infos(series: TiltSeries, ctf: CtfSeriesSet | None) -> list[ViewInfo]:
             du = im.attrs.get("defocus_u_a", im.attrs.get("defocus_a"))
             dv = im.attrs.get("defocus_v_a", du)
             source = "attrs" if du is not None else None
+        drawn = shown.get(im.acquisition_order, im)
         rows.append(ViewInfo(
             position=pos, acquisition_order=im.acquisition_order, tilt_angle_deg=im.tilt_angle_deg,
             dose_e_a2=_num(im.dose_e_a2), dose_accumulated_e_a2=_num(im.dose_accumulated_e_a2),
             defocus_u_a=_num(du), defocus_v_a=_num(dv), defocus_source=source,
-            total_motion_px=_num(im.attrs.get("total_motion_px")), excluded=not im.enabled,
+            total_motion_px=_num(im.attrs.get("total_motion_px", drawn.attrs.get("total_motion_px"))),
+            excluded=not im.enabled,
             file_name=Path(im.file).name if im.index is None else f"{Path(im.file).name}[{im.index}]",
-            frames=im.frames))
+            frames=im.frames, picture=_picture(im, drawn)))
     return rows
 
 

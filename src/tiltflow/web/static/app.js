@@ -122,6 +122,14 @@ async function fillOutputSelect(select, viewer, current) {
   return chosen;
 }
 
+/* Scroll ``container`` alone (not the page around it) so that ``el`` is in view; ``top`` px at the
+   top stay covered (a sticky header). */
+function scrollWithin(container, el, top) {
+  const c = container.getBoundingClientRect(), r = el.getBoundingClientRect();
+  if (r.top < c.top + (top || 0)) container.scrollTop -= c.top + (top || 0) - r.top;
+  else if (r.bottom > c.bottom) container.scrollTop += r.bottom - c.bottom;
+}
+
 /* The series list's rows take the focus (click or Tab): Space and X then act on the focused series.
    Re-rendering the list keeps the focus on the row of the same series. */
 function focusedSeriesRow(table) {

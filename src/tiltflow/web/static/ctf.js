@@ -110,9 +110,10 @@
     const c = item(), svg = $("#spectrum-rings");
     const url = outputUrl(pointer(), `/ctf/${encodeURIComponent(C.ts)}/${c.acquisition_order}/spectrum.png`);
     const img = $("#spectrum");
-    img.onerror = () => { $("#spectrum-source").textContent = "(no spectrum and no acquisition values)"; };
+    img.onerror = () => { $("#spectrum-source").textContent = "no spectrum saved, no acquisition values for a model"; };
     img.src = url;
-    $("#spectrum-source").textContent = c.has_spectrum_file ? "(saved by the CTF step)" : "(model CTF², no spectrum saved)";
+    $("#spectrum-source").textContent = c.has_spectrum_file ? "saved by the CTF step: observed left, fit right"
+      : "no spectrum saved: the fitted model's CTF²";
     svg.innerHTML = "";
     if (!$("#rings").checked || !C.detail.nyquist_per_a) return;
     // over the left half of the picture (the observed spectrum; the CTF step draws its model in the
@@ -186,8 +187,8 @@
     if (!C.detail || !C.detail.items.length) return;
     C.cur = (i + C.detail.items.length) % C.detail.items.length;
     renderPlot(); renderTable(); renderSpectrum(); renderRadial(); renderInfo();
-    const row = document.querySelector(`#ctf-table tr[data-i="${C.cur}"]`);
-    if (row) row.scrollIntoView({block: "nearest"});
+    const table = $("#ctf-table"), row = table.querySelector(`tr[data-i="${C.cur}"]`);
+    if (row) scrollWithin(table, row, table.rows[0].getBoundingClientRect().height);
   }
 
   function renderSuggestions() {
@@ -255,6 +256,11 @@
     $("#ctf-save").addEventListener("click", () => save().catch(report));
     $("#ctf-toggle").addEventListener("click", () => toggleTilt(C.cur).catch(report));
     $("#rings").addEventListener("change", () => item() && renderSpectrum());
+    let resizing = null;   // the plot is drawn at the width of its box
+    window.addEventListener("resize", () => {
+      clearTimeout(resizing);
+      resizing = setTimeout(() => { if (TF.tab === "ctf" && item()) renderPlot(); }, 150);
+    });
   });
 
   TF.pages.ctf = {show, key};

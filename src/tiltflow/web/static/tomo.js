@@ -106,7 +106,7 @@
     T.cur = (i + T.views.length) % T.views.length;
     updateGallery();
     const cur = document.querySelector(`#gallery .thumb[data-i="${T.cur}"]`);
-    if (cur) cur.scrollIntoView({block: "nearest"});
+    if (cur) scrollWithin($("#gallery"), cur);
     renderInfo();
     const token = ++T.token;
     const p = await getPreview(view().acquisition_order);
@@ -123,7 +123,8 @@
       ["dose / accumulated", `${fmt(v.dose_e_a2, 2)} / ${fmt(v.dose_accumulated_e_a2, 1, " e⁻/Å²")}`],
       ["defocus U / V", v.defocus_u_a !== null ? `${um(v.defocus_u_a)} / ${um(v.defocus_v_a)} <span class="muted">(${v.defocus_source})</span>` : "–"],
       ["total motion", fmt(v.total_motion_px, 2, " px")],
-      ["file", esc(v.file_name) + (v.frames ? ` <span class="muted">(${v.frames} frames averaged)</span>` : "")],
+      ["file", esc(v.file_name) + (v.frames ? ` <span class="muted">(${v.frames} frames)</span>` : "")],
+      ...(v.picture ? [["shown", `<span class="muted">${esc(v.picture)}</span>`]] : []),
       ["state", v.excluded ? '<span class="status-failed">excluded</span>' : "included"],
     ];
     $("#view-info").innerHTML = `<table>${rows.map(r => `<tr><td>${r[0]}</td><td>${r[1]}</td></tr>`).join("")}</table>`;
