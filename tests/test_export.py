@@ -48,7 +48,8 @@ def test_imod_layout(aligned, tmp_path):
     assert result.exit_code == 0, result.output
     d = out / "TS_01"
     np.testing.assert_array_equal(read_stack(d / "TS_01.st"), data)
-    assert mrcfile.validate(str(d / "TS_01.st"), print_file=open("/dev/null", "w"))
+    with open("/dev/null", "w") as sink:
+        assert mrcfile.validate(str(d / "TS_01.st"), print_file=sink)
     assert torch.allclose(read_xf(d / "TS_01.xf"), xf, atol=1e-4)
     assert read_tlt(d / "TS_01.rawtlt").tolist() == [-6, -3, 0, 3, 6]
     assert read_tlt(d / "TS_01.tlt").tolist() == pytest.approx([-5.5, -2.5, 0.5, 3.5, 6.5])

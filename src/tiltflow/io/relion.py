@@ -63,7 +63,7 @@ def read_star_blocks(path: str | Path) -> dict[str, pd.DataFrame | dict]:
         raise FileNotFoundError(f"{path}: no such STAR file")
     try:
         return starfile.read(path, always_dict=True)
-    except Exception as err:  # starfile raises several types on bad input
+    except Exception as err:  # noqa: BLE001 — starfile raises several types on bad input
         raise RelionFormatError(f"{path}: not a readable STAR file ({err})") from None
 
 
@@ -113,7 +113,7 @@ def write_star_blocks(path: str | Path, blocks: dict[str, pd.DataFrame | dict]) 
     text = path.read_text()
     text = re.sub(r"^# Created by the starfile.*\n", "", text)
     # RELION writes '# version NNNNN' above every block
-    text = re.sub(r"^data_", f"# version {STAR_VERSION}\n\ndata_", text, flags=re.M)
+    text = re.sub(r"^data_", f"# version {STAR_VERSION}\n\ndata_", text, flags=re.MULTILINE)
     path.write_text(text)
 
 
