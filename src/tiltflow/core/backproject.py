@@ -16,6 +16,10 @@ of z planes the weights form one sparse CSR matrix ``W`` (``nz_chunk * nx`` rows
 padding each side of a view).  Backprojection is ``W @ V`` with the views laid out as
 ``(t * (nx_view + 2), batch * ny)``; projection is ``W.T @ vol``.  Exact adjoints, contiguous rows,
 bounded memory (one chunk of ``W`` at a time unless cached).
+
+Callers that project or backproject with the same geometry many times (projection matching) pass
+an ``operators`` dict they own: the matrices of the last ``OPERATOR_CACHE_SIZE`` geometries
+(angles, shapes, offsets, dtype, device) are kept there instead of being rebuilt on every call.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import torch
 
 # nonzeros per chunk of the interpolation matrix (~50 MB of indices and values)
 _CHUNK_NNZ = 4_000_000
+# geometries kept in an ``operators`` dict (each holds W and W.T: ~16 bytes per nonzero)
+OPERATOR_CACHE_SIZE = 2
 
 
 def _angles_rad(tilt_angles_deg, n_views: int | None, device: torch.device) -> torch.Tensor:
@@ -138,6 +144,26 @@ class _Projector:
         return acc.permute(2, 0, 3, 1).contiguous()
 
 
+def _projector(
+    theta: torch.Tensor, operators: dict | None, *, nx_view: int, nx: int, nz: int,
+    x_offset_px: float, z_offset_px: float, dtype: torch.dtype,
+) -> _Projector:
+    """A projector for this geometry: the one kept in ``operators`` (built and kept there if new,
+    evicting the least recently used beyond ``OPERATOR_CACHE_SIZE``), or a throw-away one."""
+    geometry = {"nx_view": nx_view, "nx": nx, "nz": nz, "x_offset_px": float(x_offset_px),
+                    "z_offset_px": float(z_offset_px), "dtype": dtype}
+    if operators is None:
+        return _Projector(theta, **geometry)
+    key = (theta.detach().cpu().numpy().tobytes(), *geometry.values(), str(theta.device))
+    proj = operators.pop(key, None)     # re-inserted below: the most recently used comes last
+    if proj is None:
+        proj = _Projector(theta, cache=True, **geometry)
+        while len(operators) >= OPERATOR_CACHE_SIZE:
+            operators.pop(next(iter(operators)))
+    operators[key] = proj
+    return proj
+
+
 def _as_float(x: torch.Tensor, name: str, min_dim: int) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.ndim < min_dim:
         got = getattr(x, "shape", type(x))
@@ -154,18 +180,20 @@ def project_volume(
     z_offset_px: float = 0.0,
     x_offset_px: float = 0.0,
     nx_view: int | None = None,
+    operators: dict | None = None,
 ) -> torch.Tensor:                       # (..., t, ny, nx_view) aligned views
     """Forward-project a volume into aligned views: the exact adjoint of :func:`backproject`.
 
     Each voxel's value is split between the two view columns around ``u`` (module docstring), so a
     view holds sums of voxel values along the beam (line integrals in voxel units).  ``nx_view``
-    defaults to the volume width.
+    defaults to the volume width.  ``operators``: a dict to keep the interpolation matrices in
+    between calls with the same geometry (module docstring).
     """
     volume = _as_float(volume, "volume", 3)
     nz, ny, nx = volume.shape[-3:]
     nxv = nx if nx_view is None else int(nx_view)
     theta = _angles_rad(tilt_angles_deg, None, volume.device)
-    proj = _Projector(theta, nx_view=nxv, nx=nx, nz=nz, x_offset_px=x_offset_px,
+    proj = _projector(theta, operators, nx_view=nxv, nx=nx, nz=nz, x_offset_px=x_offset_px,
                       z_offset_px=z_offset_px, dtype=volume.dtype)
     flat = volume.reshape(-1, nz, ny, nx)
     return proj.project(flat).reshape(*volume.shape[:-3], theta.shape[0], ny, nxv)
@@ -180,12 +208,14 @@ def backproject(
     x_offset_px: float = 0.0,
     weights: torch.Tensor | None = None,  # (t,) per-view factors, e.g. angular increments in rad
     nx: int | None = None,
+    operators: dict | None = None,
 ) -> torch.Tensor:                       # (..., nz = thickness_px, ny, nx)
     """Backproject aligned views into a volume (z = beam axis); linear interpolation along x'.
 
     Sums ``weights[i] * views[i]`` sampled at each voxel's projected column (zero outside the view).
     The volume width ``nx`` defaults to the view width.  Memory: the output, one transposed copy of
-    the views and one chunk of about 4 M interpolation weights.
+    the views and one chunk of about 4 M interpolation weights (all of them, kept, with
+    ``operators``: see :func:`project_volume`).
     """
     views = _as_float(views, "views", 3)
     t, ny, nxv = views.shape[-3:]
@@ -198,7 +228,7 @@ def backproject(
         if w.numel() != t:
             raise ValueError(f"weights has {w.numel()} values for {t} views; give one per view")
         views = views * w[:, None, None]
-    proj = _Projector(theta, nx_view=nxv, nx=nxv if nx is None else int(nx), nz=nz,
+    proj = _projector(theta, operators, nx_view=nxv, nx=nxv if nx is None else int(nx), nz=nz,
                       x_offset_px=x_offset_px, z_offset_px=z_offset_px, dtype=views.dtype)
     flat = views.reshape(-1, t, ny, nxv)
     out = proj.backproject(flat)

@@ -84,7 +84,8 @@ class _Series:
     nx_volume: int
     exclude_deg: float
     max_shift_px: float  # binned px
-    cache: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)  # share operators of the references
+    projectors: dict = field(default_factory=dict)  # backprojection / projection matrices
 
 
 def _aligned(
@@ -109,6 +110,7 @@ def _measure(
         nx_volume=s.nx_volume,
         exclude_deg=s.exclude_deg,
         cache=s.cache,
+        projectors=s.projectors,
     )
     d_loo, ncc_loo = peak_2d(cross_correlation(aligned, loo, mask), max_shift_px)
     dy, y_score = peak_y(
@@ -198,7 +200,13 @@ def _axis_error_deg(s: _Series, axis: float, offset: float, shifts: torch.Tensor
     aligned, mask = _aligned(s, axis, shifts)
     angles = s.angles_deg + offset
     _, wide = references(
-        aligned, angles, nz=s.nz, nx_volume=s.nx_volume, exclude_deg=s.exclude_deg, cache=s.cache
+        aligned,
+        angles,
+        nz=s.nz,
+        nx_volume=s.nx_volume,
+        exclude_deg=s.exclude_deg,
+        cache=s.cache,
+        projectors=s.projectors,
     )
     dy, height, xk = strip_y_shifts(aligned, wide, mask, n_strips=6, max_shift_px=s.max_shift_px)
     return axis_error_from_strips(dy, height, xk, angles, exclude_deg=s.exclude_deg)

@@ -127,12 +127,14 @@ def references(
     nx_volume: int,
     exclude_deg: float,
     cache: dict | None = None,
+    projectors: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (n, h, w) leave-one-out, (n, h, w) wide
     """Reprojections at each angle of a WBP slab ``nz`` thick: without that view (leave-one-out)
     and without every view within ``exclude_deg`` of it (wide).
 
     ``P_i sum_j BP_j f_j`` is the full projection, so leaving views out subtracts ``M_ij f_j``
-    (:func:`share_operator`), exactly.
+    (:func:`share_operator`), exactly.  ``cache`` keeps those share operators, ``projectors`` the
+    backprojection / projection matrices (``backproject``'s ``operators``) between calls.
     """
     w = aligned.shape[-1]
     n_pad = padded_length(w)
@@ -140,8 +142,8 @@ def references(
     weights = tilt_increment_weights(angles_deg).to(device=aligned.device, dtype=aligned.dtype)
     filtered = filter_views(aligned, ramp.to(aligned.dtype), n_pad=n_pad) * weights[:, None, None]
     angles = angles_deg.to(device=aligned.device, dtype=torch.float64)
-    volume = backproject(filtered, angles, thickness_px=nz, nx=nx_volume)
-    loo = project_volume(volume, angles, nx_view=w)
+    volume = backproject(filtered, angles, thickness_px=nz, nx=nx_volume, operators=projectors)
+    loo = project_volume(volume, angles, nx_view=w, operators=projectors)
     wide = loo.clone()
     for delta, i, m in _operators(
         angles,
