@@ -1,10 +1,16 @@
 """The align step on a simulated noisy series: honest residual against the true bead positions,
 tilt axis, files IMOD reads, and reconstruction from the result."""
 
+import struct
+import zlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from tiltflow.cli.main import build_cli
 from tiltflow.core.align.residuals import alignment_residual_against_truth
 from tiltflow.io.imod import read_mod, read_tlt, read_xf
 from tiltflow.io.mrc import write_mrc
@@ -36,12 +42,64 @@ def noisy_series(tmp_path_factory):
     return folder, series, truth
 
 
-def test_align_step_recovers_geometry(noisy_series, tmp_path, method="fiducial", limit=0.5):
-    folder, series, truth = noisy_series
-    store = ProjectStore(tmp_path / "p")
+def cli_align(folder, series, root, *args):
+    """Import the stack, then ``tiltflow align`` through the CLI; returns (store, run id, printed text)."""
+    store = ProjectStore(root)
     imp = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
                                                  "tilt_axis_deg": series["mdoc_tilt_axis_deg"]})
-    run = run_step(store, "align", {"method": method, "binning": 3, "align_z_nm": 160.0}, {"input": str(imp.id)})
+    result = CliRunner().invoke(build_cli(), ["align", "-p", str(root), "--input", str(imp.id), "--binning", "3",
+                                              "--align-z-nm", "160", *args])
+    assert result.exit_code == 0, result.output
+    return store, int(store.runs()[-1].id), result.output
+
+
+@pytest.fixture(scope="module")
+def fiducial_run(noisy_series, tmp_path_factory):
+    folder, series, _ = noisy_series
+    return cli_align(folder, series, tmp_path_factory.mktemp("fid") / "p", "--method", "fiducial")
+
+
+@pytest.fixture(scope="module")
+def patch_run(noisy_series, tmp_path_factory):
+    folder, series, _ = noisy_series
+    return cli_align(folder, series, tmp_path_factory.mktemp("patch") / "p", "--method", "patch", "--iterations", "2")
+
+
+def png_pixels(path):
+    """(h, w, 3) uint8 pixels of an RGB PNG written with filter 0 (io.png)."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        n = struct.unpack(">I", data[pos:pos + 4])[0]
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        header = struct.unpack(">IIBBBBB", body) if tag == b"IHDR" else header
+        idat += body if tag == b"IDAT" else b""
+        pos += 12 + n
+    w, h, depth, colour = header[:4]
+    assert (depth, colour) == (8, 2)
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:].reshape(h, w, 3)
+
+
+def table_rows(output, title):
+    """Numeric rows of the printed table whose title line contains ``title``."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if title in line) + 2   # title, column names
+    rows = []
+    for line in lines[start:]:
+        fields = line.replace("*", " ").split()
+        if not fields or not fields[0].isdigit():
+            break
+        rows.append(fields)
+    return rows
+
+
+def test_align_step_recovers_geometry(noisy_series, fiducial_run, method="fiducial", limit=0.5):
+    _, series, truth = noisy_series
+    store, run_id, _ = fiducial_run
+    run = store.run(run_id)
     ts = store.load(store.resolve(str(run.id))).items[0]
     xf = torch.tensor([im.transform for im in ts.images], dtype=torch.float64)
     refined = torch.tensor([im.attrs["refined_tilt_angle_deg"] for im in ts.images], dtype=torch.float64)
@@ -59,18 +117,64 @@ def test_align_step_recovers_geometry(noisy_series, tmp_path, method="fiducial",
     assert store.load(store.resolve(str(rec.id))).items[0].shape == (72, 96, 96)
 
 
-def test_patch_route_writes_a_complete_alignment(noisy_series, tmp_path):
+def test_patch_route_writes_a_complete_alignment(patch_run):
     """The feature route through the step: every enabled view gets a transform and refined angle,
     the files agree with the set. (Its accuracy target, <= 1 px honest residual, is measured by the
     core tests and the benchmark, and is not claimed here.)"""
-    folder, series, _ = noisy_series
-    store = ProjectStore(tmp_path / "p")
-    imp = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": series["mdoc_tilt_axis_deg"]})
-    run = run_step(store, "align", {"method": "patch", "binning": 3, "align_z_nm": 160.0, "iterations": 2},
-                   {"input": str(imp.id)})
-    ts = store.load(store.resolve(str(run.id))).items[0]
+    store, run_id, _ = patch_run
+    ts = store.load(store.resolve(str(run_id))).items[0]
     xf = torch.tensor([im.transform for im in ts.images], dtype=torch.float64)
     assert xf.shape == (25, 6) and torch.isfinite(xf).all()
     assert torch.allclose(read_xf(ts.attrs["alignment"]["xf"]), xf, atol=1e-3)
     assert len(read_tlt(ts.attrs["alignment"]["tlt"])) == 25
+
+
+def test_fiducial_route_plots_and_tables_match_the_stored_residuals(fiducial_run, noisy_series):
+    store, run_id, output = fiducial_run
+    series = noisy_series[1]
+    ts = store.load(store.resolve(str(run_id))).items[0]
+    alignment = ts.attrs["alignment"]
+    plots = alignment["plots"]
+    run_dir = store.root / store.run(run_id).run_dir
+    assert set(plots) == {"residual_vs_tilt", "bead_tracks"}
+    assert all(Path(f).parent == run_dir for f in plots.values())
+    chart = png_pixels(plots["residual_vs_tilt"])
+    assert chart.shape == (520, 900, 3)
+    assert (np.abs(chart.astype(int) - [31, 119, 180]).sum(-1) == 0).sum() > 200   # the residual series drawn
+    tracks = png_pixels(plots["bead_tracks"])
+    assert tracks.shape == (40 + 512 + 80, 110 + 512 + 30, 3)     # 768 px views at bin 3 shown x2, margins
+    colourful = (tracks.max(-1).astype(int) - tracks.min(-1)) > 60
+    assert colourful.sum() > 50 * alignment["n_beads"]           # a coloured track per bead
+    # per-view table == stored per-view residuals (px, unbinned), one row per enabled view
+    rows = table_rows(output, "residual per view")
+    assert len(rows) == len(ts.images) == 25
+    for im, row in zip(ts.images, rows):
+        assert int(row[0]) == ts.images.index(im) + 1
+        assert float(row[1]) == pytest.approx(im.tilt_angle_deg, abs=0.006)
+        assert float(row[2]) == pytest.approx(im.attrs["refined_tilt_angle_deg"], abs=0.006)
+        assert float(row[3]) == pytest.approx(im.attrs["residual_px"], abs=6e-4)
+    per_view = np.array([im.attrs["residual_px"] for im in ts.images])
+    beads = np.array([int(r[4]) for r in rows])
+    # the tiltalign mean is over all points: the per-view means weighted by their bead counts
+    assert (per_view * beads).sum() / beads.sum() == pytest.approx(alignment["mean_residual_px"], rel=1e-3)
+    bead_rows = table_rows(output, "residual per bead")
+    assert len(bead_rows) == alignment["n_beads"] == len(alignment["per_bead_residual_px"])
+    for row, stored in zip(bead_rows, alignment["per_bead_residual_px"]):
+        assert float(row[2]) == pytest.approx(stored, abs=6e-4)
+    assert f"{series['tsId']}_residuals.png" in output and "bead_tracks.png" in output
+
+
+def test_patch_route_plots_and_table_match_the_stored_errors(patch_run):
+    store, run_id, output = patch_run
+    ts = store.load(store.resolve(str(run_id))).items[0]
+    plot = ts.attrs["alignment"]["plots"]["error_vs_tilt"]
+    assert png_pixels(plot).shape == (520, 900, 3)
+    rows = table_rows(output, "projection-matching error per view")
+    assert len(rows) == 25
+    for im, row in zip(ts.images, rows):
+        stored = im.attrs["projection_matching_error"]
+        if stored is None:
+            assert row[3] == "nan" and row[-1] == "dark"
+        else:
+            assert float(row[3]) == pytest.approx(stored, abs=6e-5)
+            assert 0.0 <= stored <= 1.0

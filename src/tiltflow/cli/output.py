@@ -39,8 +39,9 @@ def print_run(store: Any, run: Any, *, elapsed: float | None = None, warnings: l
     console.print(f"run {run.id} [bold]{run.step}[/] {run.status}{took}", markup=True)
     for out in store.outputs(run.id):
         console.print(f"  {out.pointer}: {out.summary}", markup=False)
-    for n in notes:
-        console.print(f"  {n}", markup=False)
+    for n in notes:                       # a note may be a multi-line table: indent every line
+        for line in str(n).splitlines():
+            console.print(f"  {line}", markup=False)
     for w in warnings:
         console.print(f"  [yellow]warning:[/] {w}", markup=True)
 

@@ -1,10 +1,17 @@
 """Step ``align``: tilt-series alignment, fiducial-based (IMOD-like: beads, tracking, bundle
 adjustment) or feature-based (AreTomo-like projection matching). Works on the enabled views of any
 tilt-series set; writes per series ``.xf`` (unbinned stack pixels), ``.tlt`` (refined angles),
-``.rawtlt``, residual tables, and for beads an IMOD fiducial model (``.fid``) and 3-D positions."""
+``.rawtlt``, and for beads an IMOD fiducial model (``.fid``) and 3-D positions.
+
+Inspection (etomo's step-by-step view, until the viewer shows it): per series PNG plots in the run
+folder — residual vs tilt angle and bead tracks over the 0° view (fiducial), projection-matching
+error vs tilt angle (patch) — registered under the series' ``alignment["plots"]``; per-view and
+per-bead residual tables printed under the run (the numbers stored in the views' ``attrs`` and
+the series' ``alignment``)."""
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Literal
@@ -12,9 +19,8 @@ from typing import Literal
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
-from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
-
+from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 
 _FORWARD_AD_LOCK = threading.Lock()
 
@@ -39,7 +45,14 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
     """Align one series (enabled views in tilt order); module level so a Dask worker can run it."""
     import torch
 
-    from tiltflow.io.imod import FidXyz, fiducial_model, write_fid_xyz, write_mod, write_tlt, write_xf
+    from tiltflow.io.imod import (
+        FidXyz,
+        fiducial_model,
+        write_fid_xyz,
+        write_mod,
+        write_tlt,
+        write_xf,
+    )
 
     b = p["binning"]
     views = load_binned_views(refs, b, device)
@@ -61,6 +74,9 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
                       per_bead_residual_px=(sol.per_bead_residual_px * b).tolist(),
                       flagged_beads=sol.flagged_beads.tolist(), flagged_views=sol.flagged_views.tolist(),
                       n_beads=int(sol.bead_xyz_px.shape[0]))
+        observed = torch.isfinite(sol.residuals_px)
+        result.update(per_view_beads=observed.sum(0).tolist(), per_bead_views=observed.sum(1).tolist(),
+                      bead_xyz_px=(sol.bead_xyz_px * b).tolist())
         pos = fid.tracks.positions_px * b
         contours = [torch.cat([pos[i][ok], torch.nonzero(ok).to(pos.dtype)], 1)
                     for i in range(pos.shape[0]) if (ok := torch.isfinite(pos[i]).all(-1)).any()]
@@ -72,6 +88,7 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
                                                       object=torch.ones(n), contour=torch.arange(1, n + 1),
                                                       pixel_size_a=pixel_size_a, image_size=(w, h)))
         result["files"] = {"fid": str(out / f"{ts_id}.fid"), "fid_xyz": str(out / f"{ts_id}fid.xyz")}
+        result["plots"] = fiducial_plots(out, ts_id, views, pos, angles_t, sol, b)
     else:
         from tiltflow.core.align.projection_matching import projection_matching_align
 
@@ -80,8 +97,9 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
                                        iterations=p["iterations"], refine_tilt_axis=p["refine_tilt_axis"],
                                        refine_tilt_offset=p["refine_tilt_offset"], exclude_dark=p["exclude_dark"])
         xf, refined, axis, offset = pm.xf.clone(), pm.tilt_angles_deg, pm.tilt_axis_deg, pm.tilt_offset_deg
-        err = torch.nan_to_num(pm.per_view_error, nan=float("nan"))
+        err = pm.per_view_error
         result.update(per_view_error=err.tolist(), dark_views=pm.dark_views.tolist(), files={})
+        result["plots"] = patch_plots(out, ts_id, pm.tilt_angles_deg, err, pm.dark_views)
     xf[:, 4:] *= b                                  # .xf shifts in pixels of the unbinned stack
     write_xf(out / f"{ts_id}.xf", xf)
     write_tlt(out / f"{ts_id}.tlt", refined)
@@ -118,21 +136,30 @@ def run_align(ctx: StepContext):
             items.append(ts)
             continue
         r = results[ts.ts_id]
-        rows = iter(zip(r["xf"], r["refined_tilt_angles_deg"]))
+        per_view = r.get("per_view_residual_px", r.get("per_view_error"))
+        rows = iter(zip(r["xf"], r["refined_tilt_angles_deg"], per_view))
         images = []
         for im in ts.images:
             new = TiltImage(**{**im.__dict__, "attrs": dict(im.attrs)})
+            new.attrs.pop("residual_px", None)
+            new.attrs.pop("projection_matching_error", None)
             if im.enabled:
-                row, angle = next(rows)
+                row, angle, value = next(rows)
                 new.transform = row
                 new.attrs["refined_tilt_angle_deg"] = angle
+                key = "residual_px" if p.method == "fiducial" else "projection_matching_error"
+                new.attrs[key] = None if value is None or math.isnan(value) else value
             else:
                 new.transform = None
             images.append(new)
         acq = ts.acquisition.__class__(**{**ts.acquisition.__dict__, "tilt_axis_deg": r["tilt_axis_deg"]})
-        summary = {k: r[k] for k in ("mean_residual_px", "n_beads", "tilt_offset_deg") if k in r}
+        summary = {k: r[k] for k in ("mean_residual_px", "n_beads", "tilt_offset_deg", "flagged_beads",
+                                     "flagged_views") if k in r}
+        if "per_bead_residual_px" in r:
+            summary["per_bead_residual_px"] = [None if math.isnan(v) else v for v in r["per_bead_residual_px"]]
         items.append(TiltSeries(ts.ts_id, acq, images, ts.size, ts.enabled,
-                                dict(ts.attrs, alignment={"method": p.method, **summary, **r["files"]})))
+                                dict(ts.attrs, alignment={"method": p.method, **summary, **r["files"],
+                                                          "plots": r["plots"]})))
         _log_summary(ctx, ts, r, p.method)
     return {"TiltSeries": TiltSeriesSet("TiltSeries", items, dict(source.attrs, aligned=p.method))}
 
@@ -144,13 +171,87 @@ def _log_summary(ctx: StepContext, ts: TiltSeries, r: dict, method: str) -> None
                 f" ({r['mean_residual_px'] * px / 10:.2f} nm), axis {r['tilt_axis_deg']:.2f}°,"
                 f" offset {r['tilt_offset_deg']:.2f}°")
     else:
-        import math
-
         errs = [e for e in r["per_view_error"] if not math.isnan(e)]
         line = (f"{ts.ts_id}: projection-matching error {sum(errs) / max(len(errs), 1):.3f} (1 - NCC),"
                 f" {sum(r['dark_views'])} dark views, axis {r['tilt_axis_deg']:.2f}°, offset {r['tilt_offset_deg']:.2f}°")
     ctx.log.info(line)
-    ctx.options.setdefault("notes", []).append(line)   # printed by the CLI under the run
+    tables = residual_tables(ts, r, method)
+    for table in tables:
+        ctx.log.info("%s", table)
+    plots = ", ".join(Path(f).name for f in r["plots"].values())
+    # printed by the CLI under the run
+    ctx.options.setdefault("notes", []).extend([line, *tables, f"{ts.ts_id}: plots in the run folder: {plots}"])
+
+
+def _num(value: float | None, spec: str) -> str:
+    return format(float("nan") if value is None else value, spec)
+
+
+def residual_tables(ts: TiltSeries, r: dict, method: str) -> list[str]:
+    """Per-view (and, with beads, per-bead) tables as text, like etomo's alignment log."""
+    enabled = ts.enabled_images
+    flagged_views = set(r.get("flagged_views", []))
+    if method == "fiducial":
+        lines = [f"{ts.ts_id}: residual per view (px of the unbinned stack; * = flagged)",
+                 " view   tilt°  refined°  residual  beads"]
+        for i, im in enumerate(enabled):
+            lines.append(f"{ts.images.index(im) + 1:5d} {im.tilt_angle_deg:7.2f} {r['refined_tilt_angles_deg'][i]:9.2f}"
+                         f" {_num(r['per_view_residual_px'][i], '9.3f')} {r['per_view_beads'][i]:6d}"
+                         f"{' *' if i in flagged_views else ''}")
+        flagged_beads = set(r.get("flagged_beads", []))
+        per_bead = [f"{ts.ts_id}: residual per bead (px; x y z of the 3-D position, px; * = flagged)",
+                    " bead  views  residual        x        y        z"]
+        for j, (res, n, xyz) in enumerate(zip(r["per_bead_residual_px"], r["per_bead_views"], r["bead_xyz_px"])):
+            per_bead.append(f"{j + 1:5d} {n:6d} {_num(res, '9.3f')} {xyz[0]:8.1f} {xyz[1]:8.1f} {xyz[2]:8.1f}"
+                            f"{' *' if j in flagged_beads else ''}")
+        return ["\n".join(lines), "\n".join(per_bead)]
+    lines = [(f"{ts.ts_id}: projection-matching error per view (1 - NCC with the leave-one-out reprojection;"
+             " dark = left out)"), " view   tilt°  refined°     error"]
+    for i, im in enumerate(enabled):
+        dark = " dark" if r["dark_views"][i] else ""
+        lines.append(f"{ts.images.index(im) + 1:5d} {im.tilt_angle_deg:7.2f} {r['refined_tilt_angles_deg'][i]:9.2f}"
+                     f" {_num(r['per_view_error'][i], '9.4f')}{dark}")
+    return ["\n".join(lines)]
+
+
+def fiducial_plots(out: Path, ts_id: str, views, positions_px, angles, sol, binning: int) -> dict[str, str]:
+    """Residual vs tilt angle and bead tracks over the view nearest 0° (PNG in ``out``)."""
+    import numpy as np
+
+    from tiltflow.io.plots import Series, line_chart, tracks_over_image, write_png
+
+    refined = sol.tilt_angles_deg.cpu().numpy()
+    per_view = (sol.per_view_residual_px * binning).cpu().numpy()
+    flagged = np.zeros(len(refined), dtype=bool)
+    flagged[sol.flagged_views.cpu().numpy()] = True
+    chart = line_chart([Series(refined, per_view, "mean residual per view", highlight=flagged)],
+                       x_label="refined tilt angle (deg)", y_label="mean residual (px, unbinned)",
+                       title=f"{ts_id}: residual vs tilt angle (mean {sol.mean_residual_px * binning:.2f} px)",
+                       legend_notes=("flagged view",) if flagged.any() else ())
+    zero = int(angles.abs().argmin())
+    bad = np.zeros(positions_px.shape[0], dtype=bool)
+    bad[sol.flagged_beads.cpu().numpy()] = True
+    tracks = tracks_over_image(
+        views[zero].cpu().numpy(), positions_px.cpu().numpy() / binning, scale=binning, flagged=bad,
+        labels=[str(i + 1) for i in range(positions_px.shape[0])],
+        title=f"{ts_id}: bead tracks over {views.shape[0]} views, on the {float(angles[zero]):.0f}° view")
+    return {"residual_vs_tilt": str(write_png(out / f"{ts_id}_residuals.png", chart)),
+            "bead_tracks": str(write_png(out / f"{ts_id}_bead_tracks.png", tracks))}
+
+
+def patch_plots(out: Path, ts_id: str, angles, error, dark) -> dict[str, str]:
+    """Projection-matching error vs tilt angle (PNG in ``out``); dark views have none."""
+    import numpy as np
+
+    from tiltflow.io.plots import Series, line_chart, write_png
+
+    err = error.cpu().numpy()
+    mean = float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")
+    notes = (f"{int(dark.sum())} dark views left out",) if bool(dark.any()) else ()
+    chart = line_chart([Series(angles.cpu().numpy(), err, "1 - NCC with the leave-one-out reprojection")],
+                       x_label="refined tilt angle (deg)", y_label="projection-matching error",
+                       title=f"{ts_id}: projection-matching error vs tilt angle (mean {mean:.3f})", legend_notes=notes)
+    return {"error_vs_tilt": str(write_png(out / f"{ts_id}_pm_error.png", chart))}
 
 
 register(Step(
