@@ -14,6 +14,7 @@ import torch
 
 from tiltflow.core.backproject import _angles_rad, _as_float, backproject, project_volume
 from tiltflow.core.fourier import fourier_crop_2d, shift_image_2d
+from tiltflow.core.phase_flip import ctf_phase_flip_strips
 from tiltflow.core.radial_filter import (
     filter_views,
     padded_length,
@@ -105,22 +106,20 @@ def apply_xf(
         torch.arange(wo, dtype=torch.float64, device=dev) - (wo - 1) / 2.0,
         indexing="ij",
     )
-    d = torch.stack([xo, yo], -1)[None] - xf[:, None, None, 4:6]       # (t, h', w', 2)
-    raw = torch.einsum("tij,tyxj->tyxi", a_inv, d)
-    raw = raw + torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64, device=dev)
-    # grid_sample with align_corners=True: -1 and 1 are the centres of the first and last pixels
-    gx = 2.0 * raw[..., 0] / max(w - 1, 1) - 1.0
-    gy = 2.0 * raw[..., 1] / max(h - 1, 1) - 1.0
-    grid = torch.stack([gx, gy], -1)
+    out_xy = torch.stack([xo, yo], -1)                                  # (h', w', 2)
+    centre_in = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64, device=dev)
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], dtype=torch.float64, device=dev)
     flat = images.reshape(-1, t, h, w)
-    mean = flat.mean(dim=(-2, -1), keepdim=True)
     out = torch.empty((flat.shape[0], t, ho, wo), dtype=images.dtype, device=dev)
-    for b in range(flat.shape[0]):
+    for i in range(t):  # one view at a time: the sampling grid is (h', w', 2) float64, not t of them
+        raw = (out_xy - xf[i, 4:6]) @ a_inv[i].T + centre_in
+        # grid_sample with align_corners=True: -1 and 1 are the centres of the first and last pixels
+        grid = (raw * scale - 1.0).to(images.dtype)[None].expand(flat.shape[0], ho, wo, 2)
+        mean = flat[:, i].mean(dim=(-2, -1), keepdim=True)
         sampled = torch.nn.functional.grid_sample(
-            (flat[b] - mean[b])[:, None], grid.to(images.dtype), mode=mode,
-            padding_mode="zeros", align_corners=True,
+            (flat[:, i] - mean)[:, None], grid, mode=mode, padding_mode="zeros", align_corners=True,
         )
-        out[b] = sampled[:, 0] + mean[b]
+        out[:, i] = sampled[:, 0] + mean
     return out.reshape(*images.shape[:-3], t, ho, wo)
 
 
@@ -152,66 +151,3 @@ def bin_views(
     dy = -(h - 1) / (2.0 * f) + (hb - 1) / 2.0 + sy / f
     shift = torch.tensor([dx, dy], dtype=binned.dtype, device=binned.device)
     return shift_image_2d(binned, shift.expand(*binned.shape[:-2], 2))
-
-
-def ctf_phase_flip_strips(
-    views: torch.Tensor,                 # (t, h, w) ALIGNED views (tilt axis along y)
-    tilt_angles_deg,                     # (t,)
-    *,
-    defocus_u_a,                         # (t,) Å at the view centre, underfocus positive
-    defocus_v_a=None,                    # (t,) Å, default = defocus_u_a (no astigmatism)
-    astigmatism_angle_deg=0.0,           # (t,) or float, in the frame of these views
-    pixel_size_a: float,
-    voltage_kv: float,
-    cs_mm: float,
-    amplitude_contrast: float,
-    phase_shift_rad=0.0,
-    strip_width_px: int = 64,
-    strips_per_batch: int = 8,
-) -> torch.Tensor:                       # (t, h, w)
-    """Phase-flip tilted views in strips parallel to the tilt axis (like IMOD ``ctfphaseflip``).
-
-    Each strip of ``strip_width_px`` columns is corrected with the defocus at its centre,
-    ``df + x' tan(theta) * pixel_size_a`` (``geometry.defocus_offset_a``; x' from the view centre).
-    The image is multiplied by ``-sign(CTF)`` so low frequencies keep their sign: contrast stays
-    as in the images (dark protein, DESIGN.md §2) and every frequency band agrees with it.
-    """
-    from tiltflow.core.ctf_model import ctf_2d
-    from tiltflow.core.geometry import defocus_offset_a
-
-    views = _as_float(views, "views", 3)
-    t, h, w = views.shape
-    angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1)
-    if angles.numel() != t:
-        raise ValueError(
-            f"tilt_angles_deg has {angles.numel()} angles for {t} views; pass one angle per view"
-        )
-    du = torch.as_tensor(defocus_u_a, dtype=torch.float64).reshape(-1).expand(t)
-    dv = du
-    if defocus_v_a is not None:
-        dv = torch.as_tensor(defocus_v_a, dtype=torch.float64).reshape(-1).expand(t)
-    da = torch.as_tensor(astigmatism_angle_deg, dtype=torch.float64).reshape(-1).expand(t)
-    if strip_width_px < 1:
-        raise ValueError(f"strip_width_px must be a positive pixel count, got {strip_width_px}")
-    starts = list(range(0, w, int(strip_width_px)))
-    ends = [min(s + strip_width_px, w) for s in starts]
-    centres = torch.tensor([(s + e - 1) / 2.0 for s, e in zip(starts, ends)], dtype=torch.float64)
-    points = torch.stack([centres, torch.full_like(centres, (h - 1) / 2.0)], -1)
-    out = torch.empty_like(views)
-    for i in range(t):
-        spectrum = torch.fft.rfft2(views[i])
-        offsets = defocus_offset_a(points, tilt_angle_deg=float(angles[i]), tilt_axis_deg=0.0,
-                                   pixel_size_a=pixel_size_a, image_shape=(h, w))
-        for b0 in range(0, len(starts), strips_per_batch):
-            sl = slice(b0, b0 + strips_per_batch)
-            ctf = ctf_2d(
-                (h, w), pixel_size_a=pixel_size_a, voltage_kv=voltage_kv, cs_mm=cs_mm,
-                amplitude_contrast=amplitude_contrast, defocus_u_a=du[i] + offsets[sl],
-                defocus_v_a=dv[i] + offsets[sl],
-                astigmatism_angle_deg=da[i].expand(offsets[sl].shape),
-                phase_shift_rad=phase_shift_rad, device=views.device,
-            )
-            flipped = torch.fft.irfft2(spectrum * -torch.sign(ctf).to(views.dtype), s=(h, w))
-            for j, s in enumerate(starts[sl]):
-                out[i, :, s:s + strip_width_px] = flipped[j, :, s:s + strip_width_px]
-    return out
