@@ -95,16 +95,19 @@ def prepare_frames(
     gain_transpose: bool = False,
     gain_flip_x: bool = False,
     gain_flip_y: bool = False,
+    out: torch.Tensor | None = None,  # (t, h, w) float32 to write into (e.g. reused between movies)
 ) -> torch.Tensor:  # (t, h, w) float32
     """Gain-correct raw frames: ``(frame - dark) * gain``, as float32 on the frames' device.
 
     The orientation options (flip x, flip y, then transpose) are applied to the gain and the dark
-    before use. The input is never modified; frames are converted one at a time to bound memory.
+    before use. The input is never modified; frames are converted in blocks of rows, so the only
+    large allocation is the result (none when ``out`` is given).
 
     Raises
     ------
     ValueError
-        If the frames are not ``(t, h, w)`` or the oriented gain/dark does not match their shape.
+        If the frames are not ``(t, h, w)``, the oriented gain/dark does not match their shape, or
+        ``out`` is not a float32 tensor of the frames' shape and device.
     """
     frames_raw = _as_tensor(frames_raw, None)
     if frames_raw.ndim != 3 or frames_raw.is_complex():
@@ -112,17 +115,25 @@ def prepare_frames(
             "prepare_frames: frames must be a real (t, h, w) stack, "
             f"got shape {tuple(frames_raw.shape)}"
         )
-    shape = tuple(frames_raw.shape[-2:])
+    t, h, w = frames_raw.shape
     device = frames_raw.device
     opts = (gain_transpose, gain_flip_x, gain_flip_y)
-    g = None if gain is None else _oriented_reference(gain, "gain", shape, device, *opts)
-    d = None if dark is None else _oriented_reference(dark, "dark", shape, device, *opts)
-    out = torch.empty(frames_raw.shape, dtype=torch.float32, device=device)
-    for i in range(frames_raw.shape[0]):
-        frame = frames_raw[i].to(torch.float32)
-        if d is not None:
-            frame = frame - d
-        if g is not None:
-            frame = frame * g
-        out[i] = frame
+    g = None if gain is None else _oriented_reference(gain, "gain", (h, w), device, *opts)
+    d = None if dark is None else _oriented_reference(dark, "dark", (h, w), device, *opts)
+    if out is None:
+        out = torch.empty((t, h, w), dtype=torch.float32, device=device)
+    elif out.shape != frames_raw.shape or out.dtype != torch.float32 or out.device != device:
+        raise ValueError(
+            f"prepare_frames: out must be float32 of shape {(t, h, w)} on {device}, "
+            f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    rows = h if device.type != "cpu" else max(1, min(h, (1 << 21) // max(w, 1)))
+    for i in range(t):
+        for r0 in range(0, h, rows):
+            block = out[i, r0 : r0 + rows]
+            block.copy_(frames_raw[i, r0 : r0 + rows])
+            if d is not None:
+                block.sub_(d[r0 : r0 + rows])
+            if g is not None:
+                block.mul_(g[r0 : r0 + rows])
     return out

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from tiltflow.core.fourier import fourier_crop_2d
 from tiltflow.core.motion_local import LocalMotion
 from tiltflow.core.motion_xcorr import (
-    cropped_spectrum_2d,
+    TWO_PI,
     fast_fft_size,
     frequency_vectors,
     phase_ramp,
+    stream_cropped_spectrum,
 )
 
 
@@ -84,50 +84,202 @@ def _window_1d(stride: int, overlap: int, device) -> torch.Tensor:
     return torch.cat([rise, flat, 1.0 - rise])
 
 
+TILE_STRIDES = (512, 448, 384, 320, 256, 192, 160, 128, 96, 64)
+MAX_TILES = 4096  # per frame: strong fields on large frames get their smallest stride above this
+TILE_MARGIN_PX = 8  # beyond each tile's window: room for the periodic wrap of its Fourier shift
+
+
+def tile_stride_px(motion: LocalMotion, *, max_error_px: float = 0.05, max_stride_px: int = 512) -> int:
+    """Largest tile stride (from ``TILE_STRIDES``, <= ``max_stride_px``) over which the residual
+    field departs from its value at the tile centre by at most ``max_error_px``, in every frame,
+    but not so small that a frame has more than ``MAX_TILES`` tiles.
+
+    The departure at a tile corner is bounded by ``(|dr/dx| + |dr/dy|) * stride / 2``; slopes are
+    taken on a 17 x 17 grid of points, in every frame.
+    """
+    h, w = motion.image_shape
+    dev = motion.grid.device
+    ys = torch.linspace(0, h - 1, 17, device=dev)
+    xs = torch.linspace(0, w - 1, 17, device=dev)
+    f = torch.arange(motion.n_frames, device=dev, dtype=torch.float32)[:, None, None]
+    f, yy, xx = torch.broadcast_tensors(f, ys[None, :, None], xs[None, None, :])
+    r = motion.residual_at(f, xx, yy)  # (t, 17, 17, 2)
+    sx = (r[:, :, 1:] - r[:, :, :-1]).norm(dim=-1) / float(xs[1] - xs[0])  # px per px
+    sy = (r[:, 1:] - r[:, :-1]).norm(dim=-1) / float(ys[1] - ys[0])
+    slope = float(sx.max()) + float(sy.max())
+    smallest = math.sqrt(h * w / MAX_TILES)
+    allowed = [s for s in TILE_STRIDES if s <= max_stride_px and s >= smallest] or [max_stride_px]
+    for stride in allowed:
+        if slope * stride / 2 <= max_error_px:
+            return stride
+    return allowed[-1]
+
+
+@dataclass(frozen=True)
+class _TileLayout:
+    stride: int
+    overlap: int
+    margin: int
+    size: int  # FFT size of one tile
+    origins_y: list[int]  # output row of each tile window's first pixel (may be < 0)
+    origins_x: list[int]
+
+    @property
+    def window(self) -> int:
+        return self.stride + self.overlap
+
+
+def _tile_layout(h: int, w: int, stride: int) -> _TileLayout:
+    """Tiles stepping by ``stride``; their windows overlap by >= stride / 16 (all the room up to
+    the next fast FFT size) and are read with ``TILE_MARGIN_PX`` more on each side."""
+    margin = TILE_MARGIN_PX
+    size = fast_fft_size(stride + max(8, stride // 16) + 2 * margin)
+    overlap = size - stride - 2 * margin
+    ny, nx = math.ceil((h + overlap) / stride), math.ceil((w + overlap) / stride)
+    return _TileLayout(stride, overlap, margin, size, [j * stride - overlap for j in range(ny)],
+                       [j * stride - overlap for j in range(nx)])
+
+
+def _read_tile(frame: torch.Tensor, top: int, left: int, size: int, out: torch.Tensor) -> None:
+    """Copy frame[top : top + size, left : left + size] into ``out`` (edge pixels repeated)."""
+    h, w = frame.shape
+    if top >= 0 and left >= 0 and top + size <= h and left + size <= w:
+        out.copy_(frame[top : top + size, left : left + size])
+        return
+    r0, r1 = min(max(top, 0), h), min(max(top + size, 0), h)
+    c0, c1 = min(max(left, 0), w), min(max(left + size, 0), w)
+    pads = (c0 - left, left + size - c1, r0 - top, top + size - r1)
+    if r1 - r0 > max(pads[2:]) and c1 - c0 > max(pads[:2]):
+        part = frame[r0:r1, c0:c1].to(torch.float32)[None]
+        out.copy_(torch.nn.functional.pad(part, pads, mode="replicate")[0])
+        return
+    rows = (torch.arange(size, device=frame.device) + top).clamp(0, h - 1)
+    cols = (torch.arange(size, device=frame.device) + left).clamp(0, w - 1)
+    out.copy_(frame[rows[:, None], cols[None, :]])
+
+
+def _sum_tiles(
+    frames: torch.Tensor,        # (t, h, w)
+    motion: LocalMotion,
+    layout: _TileLayout,
+    parity: list[int],           # accumulator of each frame
+    n_sums: int,
+    filters: torch.Tensor | None,  # (t, size, size//2+1) per-frame Fourier weights on the tile grid
+    frame_ids: list[int],        # frame index (for the motion) of each frame in ``frames``
+) -> torch.Tensor:               # (n_sums, h, w) float32
+    """Warped frames summed tile by tile: for each row of tiles every frame's tiles are moved by the
+    motion at their centres (whole pixels by where they are read, the rest by a Fourier shift),
+    filtered, accumulated in Fourier space, transformed back once per sum and blended."""
+    t, h, w = frames.shape
+    dev = frames.device
+    n, m, win = layout.size, layout.margin, layout.window
+    ky, kx = frequency_vectors((n, n), (1.0, 1.0), device=dev)
+    window = _window_1d(layout.stride, layout.overlap, dev)
+    window = window[:, None] * window[None, :]
+    out = torch.zeros((n_sums, h, w), dtype=torch.float32, device=dev)
+    nx = len(layout.origins_x)
+    cx = torch.tensor(layout.origins_x, dtype=torch.float32, device=dev) + (win - 1) / 2
+    ids = torch.tensor(frame_ids, device=dev)
+    buf = torch.empty((nx, n, n), dtype=torch.float32, device=dev)
+    spec = torch.empty((nx, n, n // 2 + 1), dtype=torch.complex64, device=dev)
+    acc = torch.empty((n_sums, nx, n, n // 2 + 1), dtype=torch.complex64, device=dev)
+    for y0 in layout.origins_y:
+        cy = torch.full_like(cx, y0 + (win - 1) / 2)
+        # (t, nx, 2): source of output pixel p is p + shift
+        shift = motion.shifts_at(ids[:, None], cx[None, :], cy[None, :]).to(dev, torch.float32)
+        whole = torch.round(shift)
+        frac = shift - whole
+        whole = whole.long().tolist()
+        acc.zero_()
+        for i in range(t):
+            for j, x0 in enumerate(layout.origins_x):
+                _read_tile(frames[i], y0 - m + whole[i][j][1], x0 - m + whole[i][j][0], n, buf[j])
+            torch.fft.rfft2(buf, out=spec)
+            spec.mul_(phase_ramp(ky, kx, frac[i]))  # moves each tile by -frac
+            if filters is not None:
+                spec.mul_(filters[i])
+            acc[parity[i]] += spec
+        for k in range(n_sums):
+            tiles = torch.fft.irfft2(acc[k], s=(n, n))[:, m : m + win, m : m + win] * window
+            r0, r1 = max(y0, 0), min(y0 + win, h)
+            for j, x0 in enumerate(layout.origins_x):
+                c0, c1 = max(x0, 0), min(x0 + win, w)
+                if r1 > r0 and c1 > c0:
+                    out[k, r0:r1, c0:c1] += tiles[j, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
+    return out
+
+
 def warp_frame_2d(
     frame: torch.Tensor,  # (h, w)
     motion: LocalMotion,
     index: int,
     *,
-    tile_px: int = 256,
+    tile_px: int | None = None,
+    max_error_px: float = 0.05,
 ) -> torch.Tensor:  # (h, w) float32
     """Frame ``index`` (h, w) moved back by its total (global + local) motion.
 
-    Tiles stepping by ``tile_px`` (a quarter of that overlapping) are cut from the frame, each
-    Fourier-shifted by the motion at its centre, and blended with weights that sum to one.
+    Tiles stepping by ``tile_px`` (default: :func:`tile_stride_px` for ``max_error_px``; a window
+    of at least 1/16 of that blends neighbours) are cut from the frame, each Fourier-shifted by the motion at
+    its centre, and blended with weights that sum to one.
     """
     h, w = frame.shape
-    dev = frame.device
-    stride, overlap = tile_px, max(tile_px // 4, 4)
-    size = stride + overlap
-    ny, nx = math.ceil((h + overlap) / stride), math.ceil((w + overlap) / stride)
-    y0 = torch.arange(ny, device=dev) * stride - overlap  # tile origins in output pixels
-    x0 = torch.arange(nx, device=dev) * stride - overlap
-    cy, cx = torch.meshgrid(y0 + (size - 1) / 2, x0 + (size - 1) / 2, indexing="ij")
-    shift = motion.shifts_at(index, cx.reshape(-1), cy.reshape(-1)).to(dev, torch.float32)  # (n, 2)
-    common = torch.round(shift.mean(dim=0)).long()
-    rest = shift - common  # moved by a Fourier shift inside each tile
-    margin = 16 + math.ceil(float(rest.abs().max()))
-    ext = fast_fft_size(size + 2 * margin)
-    # source of output pixel p is p + shift: pad the frame so every tile is a plain slice
-    top, left = overlap + margin - int(common[1]), overlap + margin - int(common[0])
-    bottom = (ny - 1) * stride + ext - top - h
-    right = (nx - 1) * stride + ext - left - w
-    pads = [max(0, v) for v in (left, right, top, bottom)]
-    padded = torch.nn.functional.pad(frame.to(torch.float32)[None, None], pads, mode="replicate")
-    r0, c0 = pads[2] - top, pads[0] - left
-    padded = padded[0, 0, r0 : r0 + (ny - 1) * stride + ext, c0 : c0 + (nx - 1) * stride + ext]
-    tiles = padded.unfold(0, ext, stride).unfold(1, ext, stride).reshape(ny * nx, ext, ext)
-    ky, kx = frequency_vectors((ext, ext), (1.0, 1.0), device=dev)
-    spec = torch.fft.rfft2(tiles) * phase_ramp(ky, kx, rest)  # moves each tile by -rest
-    tiles = torch.fft.irfft2(spec, s=(ext, ext))[:, margin : margin + size, margin : margin + size]
-    win = _window_1d(stride, overlap, dev)
-    tiles = (tiles * (win[:, None] * win[None, :])).reshape(ny, nx, size, size)
-    canvas = torch.zeros(((ny - 1) * stride + size, (nx - 1) * stride + size), device=dev)
-    for i in range(ny):
-        for j in range(nx):
-            canvas[i * stride : i * stride + size, j * stride : j * stride + size] += tiles[i, j]
-    return canvas[overlap : overlap + h, overlap : overlap + w]
+    stride = tile_stride_px(motion, max_error_px=max_error_px) if tile_px is None else int(tile_px)
+    layout = _tile_layout(h, w, stride)
+    return _sum_tiles(frame[None], motion, layout, [0], 1, None, [int(index)])[0]
+
+
+def _dose_filters(dw: DoseWeighting, t: int, ky, kx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame exposure weights (t, h, w') and the sum rescaling ``sqrt(t / sum w^2)`` (h, w')."""
+    exposure = _mid_frame_exposure(dw, t, ky.device)
+    k_a = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) / dw.pixel_size_a  # 1/Å
+    critical = critical_exposure_e_a2(k_a, dw.voltage_kv)
+    weights = torch.exp(-exposure[:, None, None] / (2.0 * critical))
+    return weights, torch.sqrt(t / weights.square().sum(0).clamp_min(1e-30))
+
+
+def _sum_fourier(frames, glob, parity, n_sums, out_shape, dose_weights) -> torch.Tensor:
+    """Globally shifted frames summed in Fourier space, streamed; returns (n_sums, h', w') images."""
+    t, h, w = frames.shape
+    dev = frames.device
+    ky, kx = frequency_vectors(out_shape, (h / out_shape[0], w / out_shape[1]), device=dev)
+    kw = out_shape[1] // 2 + 1
+    sums = torch.zeros((n_sums, out_shape[0], kw), dtype=torch.complex64, device=dev)
+    exposure = critical = sum_w2 = None
+    if dose_weights is not None:
+        exposure = _mid_frame_exposure(dose_weights, t, dev)
+        k_a = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) / dose_weights.pixel_size_a  # 1/Å
+        critical = critical_exposure_e_a2(k_a, dose_weights.voltage_kv)
+        sum_w2 = torch.zeros_like(critical)
+    work = torch.empty((h, kw), dtype=torch.complex64, device=dev)
+    one = torch.ones((), device=dev)
+    for i in range(t):
+        py = torch.polar(one, TWO_PI * ky * glob[i, 1])  # moves the frame by -shift
+        px = torch.polar(one, TWO_PI * kx * glob[i, 0])
+        blocks = stream_cropped_spectrum(lambda r0, r1, i=i: frames[i, r0:r1].float(), (h, w), out_shape,
+                                         device=dev, work=work)
+        for cols, block in blocks:
+            block.mul_(py[:, None] * px[None, cols])
+            if critical is not None:
+                weight = torch.exp(-exposure[i] / (2.0 * critical[:, cols]))
+                block.mul_(weight)
+                sum_w2[:, cols] += weight.square()
+            sums[parity[i]][:, cols] += block
+    if sum_w2 is not None:
+        sums.mul_(torch.sqrt(t / sum_w2.clamp_min(1e-30)))
+    return torch.stack([torch.fft.irfft2(sums[k], s=out_shape) for k in range(n_sums)])
+
+
+def _bin_image(image: torch.Tensor, out_shape: tuple[int, int]) -> torch.Tensor:
+    """Fourier-crop one (h, w) image to ``out_shape`` (as ``fourier_crop_2d``), streamed."""
+    h, w = image.shape
+    if (h, w) == tuple(out_shape):
+        return image
+    spec = torch.empty((out_shape[0], out_shape[1] // 2 + 1), dtype=torch.complex64, device=image.device)
+    for cols, block in stream_cropped_spectrum(lambda r0, r1: image[r0:r1], (h, w), out_shape,
+                                               device=image.device):
+        spec[:, cols] = block
+    return torch.fft.irfft2(spec, s=out_shape)
 
 
 def align_and_sum(
@@ -137,15 +289,23 @@ def align_and_sum(
     even_odd: bool = False,
     dose_weights: DoseWeighting | None = None,
     binning: int = 1,
-    tile_px: int = 256,
+    tile_px: int | None = None,
+    max_error_px: float = 0.05,
 ) -> MotionSum:
     """Sum of the aligned frames, binned to ``(h // binning, w // binning)`` by Fourier cropping.
 
+    Global shifts only: each frame's spectrum is phase-shifted and added (exact, periodic edges).
+    With local motion: tiles stepping by ``tile_px`` (default :func:`tile_stride_px`, so that the
+    residual field varies by at most ``max_error_px`` over a tile) are read at whole-pixel offsets,
+    Fourier-shifted by the rest of the motion at their centres, summed over frames in Fourier space
+    and blended (edge pixels repeated).
+
     With ``dose_weights`` each frame's spectrum is weighted by ``exp(-N / 2 Ne(k))`` (N: exposure
     at mid-frame, Ne: critical exposure) and the sum rescaled per frequency by
-    ``sqrt(t / sum_i w_i(k)^2)``, which keeps the mean and the noise power of a plain sum.
-    ``even``/``odd`` (with ``even_odd``) use the same weights and scaling, so they add up to
-    ``total``. Frames are processed one at a time; the input is never modified.
+    ``sqrt(t / sum_i w_i(k)^2)``, which keeps the mean and the noise power of a plain sum (with
+    local motion, on each tile's frequency grid). ``even``/``odd`` (with ``even_odd``) use the
+    same weights and scaling, and ``total`` is their sum. The input is never modified, and no
+    frame-sized temporaries are made beyond the sums.
     """
     name = "align_and_sum"
     if not isinstance(frames, torch.Tensor) or frames.ndim != 3 or frames.is_complex():
@@ -165,49 +325,33 @@ def align_and_sum(
         raise ValueError(
             f"{name}: binning must be an integer between 1 and {min(h, w)}, got {binning}"
         )
-    if int(tile_px) != tile_px or tile_px < 16:
+    if tile_px is not None and (int(tile_px) != tile_px or tile_px < 16):
         raise ValueError(f"{name}: tile_px must be an integer >= 16, got {tile_px}")
     if dose_weights is not None and not dose_weights.pixel_size_a > 0:
         raise ValueError(f"{name}: dose_weights.pixel_size_a must be > 0 Å/px")
     dev = frames.device
     glob = glob.to(dev)
     out_shape = (h // int(binning), w // int(binning))
-    ky, kx = frequency_vectors(out_shape, (h / out_shape[0], w / out_shape[1]), device=dev)
-    if dose_weights is not None:
-        exposure = _mid_frame_exposure(dose_weights, t, dev)
-        k_a = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) / dose_weights.pixel_size_a  # 1/Å
-        critical = critical_exposure_e_a2(k_a, dose_weights.voltage_kv)
-        sum_w2 = torch.zeros_like(critical)
-    # sum spectra (needed for global shifts and dose weights), or warped frames in real space
-    in_fourier = local is None or dose_weights is not None
-    n_sums = 3 if even_odd else 1
-    if in_fourier:
-        spec_shape = (n_sums, out_shape[0], out_shape[1] // 2 + 1)
-        sums = torch.zeros(spec_shape, dtype=torch.complex64, device=dev)
+    parity = [i % 2 if even_odd else 0 for i in range(t)]
+    n_sums = 2 if even_odd else 1
+    if local is None:
+        images = _sum_fourier(frames, glob, parity, n_sums, out_shape, dose_weights)
     else:
-        sums = torch.zeros((n_sums, h, w), dtype=torch.float32, device=dev)
-    for i in range(t):
-        if local is not None:
-            item = warp_frame_2d(frames[i], local, i, tile_px=tile_px)
-            if in_fourier:
-                item = cropped_spectrum_2d(item, out_shape)
-        else:
-            item = cropped_spectrum_2d(frames[i], out_shape)
-            item = item * phase_ramp(ky, kx, glob[i])  # moves the frame by -shift
+        stride = tile_stride_px(local, max_error_px=max_error_px) if tile_px is None else int(tile_px)
+        layout = _tile_layout(h, w, stride)
+        filters = None
         if dose_weights is not None:
-            weight = torch.exp(-exposure[i] / (2.0 * critical))
-            item = item * weight
-            sum_w2 += weight**2
-        sums[0] += item
-        if even_odd:
-            sums[1 + i % 2] += item
-    if dose_weights is not None:
-        sums = sums * torch.sqrt(t / sum_w2.clamp_min(1e-30))
-    images = torch.fft.irfft2(sums, s=out_shape) if in_fourier else fourier_crop_2d(sums, out_shape)
+            ky, kx = frequency_vectors((layout.size, layout.size), (1.0, 1.0), device=dev)
+            weights, rescale = _dose_filters(dose_weights, t, ky, kx)
+            filters = weights * rescale
+        images = _sum_tiles(frames, local, layout, parity, n_sums, filters, list(range(t)))
+        if out_shape != (h, w):
+            images = torch.stack([_bin_image(im, out_shape) for im in images])
+    total = images[0] + images[1] if even_odd else images[0]
     return MotionSum(
-        total=images[0],
-        even=images[1] if even_odd else None,
-        odd=images[2] if even_odd else None,
+        total=total,
+        even=images[0] if even_odd else None,
+        odd=images[1] if even_odd else None,
         shifts_px=glob,
         local=motion,
         binning=int(binning),

@@ -277,10 +277,12 @@ def _coarse_shifts(loo, image_shape, scale_yx, max_shift_px) -> torch.Tensor:
     return torch.cat(peaks, dim=-2)
 
 
-def _newton(cross, ky, kx, start, herm, max_step, steps):
+def _newton(cross, ky, kx, start, herm, max_step, steps, tol_px=1e-3):
     """Newton ascent of ``C(s)`` from ``start`` (..., 2) for cross spectra (..., h, w'):
-    (s, curvature, variance), each (..., 2)."""
+    (s, curvature, variance), each (..., 2). Stops early once every step is below ``tol_px``
+    (the curvature is then the one just evaluated, ``tol_px`` away)."""
     raw = start
+    hxx = hyy = None
     for _ in range(steps):
         g, hxx, hyy, hxy = _derivatives(cross, ky, kx, raw, herm)
         det = hxx * hyy - hxy**2
@@ -289,8 +291,12 @@ def _newton(cross, ky, kx, start, herm, max_step, steps):
         gx, gy = g[..., 0], g[..., 1]
         newton = -torch.stack([(hyy * gx - hxy * gy) / safe, (hxx * gy - hxy * gx) / safe], -1)
         step = torch.where(ok[..., None], newton, torch.sign(g) * max_step)
-        raw = raw + torch.maximum(torch.minimum(step, max_step), -max_step)
-    _, hxx, hyy, _ = _derivatives(cross, ky, kx, raw, herm)
+        step = torch.maximum(torch.minimum(step, max_step), -max_step)
+        raw = raw + step
+        if float(step.abs().max()) < tol_px:
+            break
+    else:
+        _, hxx, hyy, _ = _derivatives(cross, ky, kx, raw, herm)
     curvature = torch.stack([-hxx, -hyy], -1).clamp_min(1e-30)
     # at the optimum Im(Q) is noise: Var(g) ~ sum (2 pi k)^2 Im(Q)^2
     im2 = phase_ramp(ky, kx, raw).mul_(cross).imag.square()
