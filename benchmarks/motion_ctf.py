@@ -414,9 +414,10 @@ def warm_up(ds: Dataset, methods: list[str], i: int, raw: np.ndarray, device: st
             run_one(name, ds, i, raw, grid_points(ds.size), device)
 
 
-def benchmark_size(ds: Dataset, methods: list[str], repeats: int, device: str, accuracy_tilts: int | None) -> dict:
-    """Timing on the movie nearest 0° (``repeats`` rounds, methods interleaved), accuracy on up to
-    ``accuracy_tilts`` tilts (nearest 0° first; None: all)."""
+def benchmark_size(ds: Dataset, methods: list[str], repeats: int, device: str, accuracy_tilts: int | None,
+                   accuracy_from: int = 0) -> dict:
+    """Timing on the movie nearest 0° (``repeats`` rounds, methods interleaved); accuracy on the tilts
+    ``accuracy_from`` to ``accuracy_from + accuracy_tilts`` in the order of |tilt| (None: to the end)."""
     from tiltflow.io.movies import read_movie_frames
 
     points = grid_points(ds.size)
@@ -435,7 +436,7 @@ def benchmark_size(ds: Dataset, methods: list[str], repeats: int, device: str, a
                 if rep == 0:
                     add_accuracy(results, name, r, tilts[i], i, truth)
             print(f"  timing round {rep + 1}/{repeats} done", flush=True)
-    todo = order if accuracy_tilts is None else order[:accuracy_tilts]
+    todo = order[accuracy_from:] if accuracy_tilts is None else order[accuracy_from:accuracy_from + accuracy_tilts]
     for i in todo:
         if all(str(i) in results.get(name, {}).get("tilts", {}) for name in methods):
             continue
@@ -535,6 +536,8 @@ def main() -> None:
     ap.add_argument("--full-size", action="store_true", help="also one 5760 x 4092 x 8 movie (decode included)")
     ap.add_argument("--repeats", type=int, default=3, help="timing rounds (0: accuracy only)")
     ap.add_argument("--accuracy-tilts", type=int, default=None, help="tilts per size for accuracy (default all)")
+    ap.add_argument("--accuracy-from", type=int, default=0,
+                    help="skip this many tilts (in the order of |tilt|) for accuracy: to split a long run")
     ap.add_argument("--methods", nargs="+", default=None, help="subset of the methods (names as printed)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
@@ -578,7 +581,7 @@ def main() -> None:
         n_tilts, step = SMALL_PLAN if args.small else PLANS.get(size, (5, 15.0))
         ds = ensure_dataset(args.data / f"{size[0]}x{size[1]}_{n_tilts}", size, n_tilts, step)
         print(f"benchmarking {size[0]} x {size[1]}: {', '.join(methods)}", flush=True)
-        results = benchmark_size(ds, methods, args.repeats, device, args.accuracy_tilts)
+        results = benchmark_size(ds, methods, args.repeats, device, args.accuracy_tilts, args.accuracy_from)
         out["sizes"][f"{size[0]}x{size[1]}"] = results
         print_tables(f"{size[0]}x{size[1]}", results, device)
         if args.json:
