@@ -376,3 +376,75 @@ def test_ctf_phase_flip_strips_restores_contrast_in_every_band(tilted_ctf_image)
     high = (0.3, 0.45)  # where the defocus gradient matters
     assert shell_correlation(strips, ideal, *high) > shell_correlation(whole, ideal, *high) + 0.05  # measured 0.79 vs 0.48
     assert shell_correlation(wrong_way, ideal, *high) < 0.3  # reversed gradient: measured -0.01
+
+
+# --- CTF in the aligned frame, strip widths, dose weighting, cached operators ----------------------------
+
+def test_defocus_in_aligned_views_follows_the_xf_and_the_geometry():
+    from tiltflow.core.phase_flip import defocus_in_aligned_views
+
+    axis, shape, px = 85.0, (200, 300), 2.0
+    angles = torch.tensor([-50.0, 0.0, 40.0], dtype=torch.float64)
+    shifts = torch.tensor([[12.0, -7.0], [0.0, 0.0], [-20.0, 5.0]], dtype=torch.float64)
+    xf = geometry.xf_from_geometry(axis, shifts)
+    out = defocus_in_aligned_views(xf, angles, defocus_u_a=[20000.0] * 3, defocus_v_a=[19000.0] * 3,
+                                   astigmatism_angle_deg=[30.0] * 3, pixel_size_a=px, image_shape=shape)
+    # the aligned centre shows the raw point c + s (geometry: p_raw = c + R(axis) p_aligned + s); its
+    # mid-plane defocus is the raw centre's plus x' tan(theta) px, x' = (R(-axis) s)_x
+    s_aligned = shifts @ geometry.rotation_matrix_2d(-axis).T
+    expected = 20000.0 + s_aligned[:, 0] * torch.tan(torch.deg2rad(angles)) * px
+    assert torch.allclose(out.defocus_u_a, expected, atol=1e-6)
+    assert torch.allclose(out.defocus_u_a - out.defocus_v_a, torch.full((3,), 1000.0, dtype=torch.float64))
+    assert torch.allclose(out.astigmatism_angle_deg, torch.full((3,), (30.0 - axis) % 180.0, dtype=torch.float64))
+    assert out.defocus_u_a[1] == pytest.approx(20000.0)           # no gradient at 0°
+
+
+def test_strip_width_keeps_the_defocus_change_within_tolerance():
+    from tiltflow.core.phase_flip import strip_width_for_tolerance
+
+    widths = strip_width_for_tolerance([0.0, 30.0, 60.0], pixel_size_a=2.0, width_px=1000, defocus_tol_a=500.0)
+    assert widths[0] == 1000                                       # flat view: one strip
+    for w, a in zip(widths[1:], (30.0, 60.0)):
+        assert w * math.tan(math.radians(a)) * 2.0 <= 500.0 < (w + 1) * math.tan(math.radians(a)) * 2.0
+    auto = strip_width_for_tolerance([60.0], pixel_size_a=2.0, width_px=1000)[0]
+    lam = 0.019687                                                  # Å at 300 kV
+    tol = auto * math.tan(math.radians(60.0)) * 2.0                 # Å of defocus across one strip
+    assert math.pi * lam * tol * (0.25 / 2.0) ** 2 <= math.pi / 4 + 1e-3   # phase change at Nyquist <= pi/4
+
+
+def test_dose_weighting_is_the_simulators_damage_filter_per_view():
+    """Each view filtered by exp(-N / 2 Ne(k)) at its own exposure: against the simulator's own
+    damage filter (testing.imaging) and one value by hand; the mean and positions are kept."""
+    from tiltflow.core.dose import dose_weight_views, view_exposure_e_a2
+    from tiltflow.testing.imaging import damage_filter_2d
+
+    views = torch.randn(3, 96, 128, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 5.0
+    exposure = view_exposure_e_a2([0.0, 18.0, 78.0], [4.0, 4.0, 4.0])
+    assert exposure.tolist() == [2.0, 20.0, 80.0]
+    out = dose_weight_views(views, exposure, pixel_size_a=2.0, voltage_kv=300.0)
+    ratio = torch.fft.rfft2(out) / torch.fft.rfft2(views)
+    for i, n in enumerate(exposure.tolist()):
+        sim = damage_filter_2d((96, 128), pixel_size_a=2.0, exposure_e_a2=n, voltage_kv=300.0).double()
+        assert torch.allclose(ratio[i].real, sim, atol=2e-5) and ratio[i].imag.abs().max() < 1e-6
+    # by hand: k = 0.25 cycles/px = 0.125 / Å, Ne = 0.245 * 0.125^-1.665 + 2.81 = 10.63 e/Å²
+    assert ratio[1, 0, 32].real == pytest.approx(math.exp(-20.0 / (2 * 10.634)), rel=1e-3)
+    assert torch.allclose(out.mean(dim=(-2, -1)), views.mean(dim=(-2, -1)))
+    with pytest.raises(ValueError, match="one per view"):
+        dose_weight_views(views, [1.0, 2.0], pixel_size_a=2.0, voltage_kv=300.0)
+
+
+def test_cached_operators_give_the_same_projections_and_stay_bounded(blob_series):
+    from tiltflow.core.backproject import OPERATOR_CACHE_SIZE
+
+    vol = blob_volume()
+    cache: dict = {}
+    first = project_volume(vol, ANGLES, operators=cache)
+    again = project_volume(vol, ANGLES, operators=cache)
+    assert len(cache) == 1 and torch.equal(first, again)
+    assert torch.allclose(first, project_volume(vol, ANGLES), atol=1e-5)
+    bp = backproject(blob_series, ANGLES, thickness_px=NZ, operators=cache)
+    assert len(cache) == 1                                          # same geometry: the same matrices
+    assert torch.allclose(bp, backproject(blob_series, ANGLES, thickness_px=NZ), atol=1e-4)
+    for offset in (1.0, 2.0, 3.0):
+        project_volume(vol, ANGLES + offset, operators=cache)
+    assert len(cache) == OPERATOR_CACHE_SIZE
