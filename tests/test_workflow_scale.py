@@ -19,13 +19,15 @@ from tiltflow.workflow.store import ProjectStore
 from tiltflow.workflow.workflow_file import apply_overrides, load_workflow, run_workflow
 
 FAST = ["motion-ctf.window_px=128", "motion-ctf.ctf_range_a=[30, 8]", "motion-ctf.motion_grid=[1, 1, 1]",
-        "motion-ctf.defocus_grid=null", "reconstruct.binning=2", "reconstruct.thickness_nm=100"]
+        "motion-ctf.defocus_grid=null", "align.binning=2", "align.bead_diameter_nm=5",
+        "reconstruct.binning=2", "reconstruct.thickness_nm=100"]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(out, DemoConfig(n_series=2, n_tilts=7, size=(192, 160), n_frames=4, seed=9), force=True)
+    write_demo_dataset(out, DemoConfig(n_series=2, n_tilts=7, size=(256, 224), n_frames=4, seed=9,
+                                                   bead_diameter_nm=5.0, n_beads=12), force=True)
     return out
 
 
@@ -50,7 +52,9 @@ def outputs(store: ProjectStore) -> dict:
     ctf = store.load(store.output(runs["motion-ctf"].id, "CTFTomoSeries"))
     motion_dir = store.root / runs["motion-ctf"].run_dir / "motion"
     tomos = store.load(store.output(runs["reconstruct"].id, "Tomograms"))
+    aligned = store.load(store.output(runs["align"].id, "TiltSeries"))
     return {
+        "xf": [list(im.transform) for ts in aligned.items for im in ts.images],
         "items": [(ts.ts_id, [(im.tilt_angle_deg, im.acquisition_order) for im in ts.images]) for ts in ts_set.items],
         "shifts": {p.name: read_motion_star(p) for p in sorted(motion_dir.glob("*.star"))},
         "defocus": [c.defocus_mean_a for s in ctf.items for c in s.items],
@@ -65,6 +69,7 @@ def assert_same(a: dict, b: dict) -> None:
     for k in a["shifts"]:
         np.testing.assert_allclose(a["shifts"][k], b["shifts"][k], atol=1e-3)
     np.testing.assert_allclose(a["defocus"], b["defocus"], atol=5.0)
+    np.testing.assert_allclose(a["xf"], b["xf"], atol=1e-3)
     for x, y in zip(a["stacks"] + a["tomograms"], b["stacks"] + b["tomograms"]):
         np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-3 * float(np.abs(x).max()))
 
@@ -111,5 +116,5 @@ def test_sigkill_during_motion_then_continue(demo, reference, tmp_path):
     after = _finished_items(db, 2)
     assert len(after) == 14
     assert all(after[k] == before[k] for k in before), "finished movies were recomputed"
-    assert [r.id for r in store.runs()] == [1, 2, 3, 4]          # the interrupted run continued, no duplicate
+    assert [r.id for r in store.runs()] == [1, 2, 3, 4, 5]       # the interrupted run continued, no duplicate
     assert_same(outputs(reference), outputs(store))
