@@ -70,9 +70,9 @@ def test_scipion_tutorial_workflow_imports_and_runs(corpus, demo, tmp_path):
     wf = load_workflow(corpus / "scipion" / "tutorial_STA_CellEnv_Chlamy.json.template")
     assert [(s.id, s.step) for s in wf.steps] == [
         ("2", "import-movies"), ("52", "motion-ctf"), ("113", "xray-erase"), ("151", "align"),
-        ("151-reconstruct", "reconstruct")]
+        ("151-reconstruct", "reconstruct"), ("808", "reconstruct")]
     assert any("ProtRelion5ExtractSubtomos" in u for u in wf.unmapped)
-    imp, motion, xray, align, rec = wf.steps
+    imp, motion, xray, align, rec, flipped = wf.steps
     assert imp.params["tomo5"] is True and imp.params["pixel_size_a"] == 1.91 and imp.params["tilt_axis_deg"] == -95.0
     assert motion.params["ctf_range_a"] == [30.0, 8.0] and motion.params["defocus_grid"] == [1, 1, 8]
     assert motion.inputs == {"input": "2.outputTiltSeriesM"} and xray.inputs == {"input": "52.TiltSeries_3"}
@@ -81,14 +81,20 @@ def test_scipion_tutorial_workflow_imports_and_runs(corpus, demo, tmp_path):
                             "align_z_nm": pytest.approx(191.0)}
     assert rec.inputs == {"input": "151.TiltSeries"}
     assert rec.params == {"even_odd": True, "binning": 4, "method": "wbp", "thickness_px": 512}
+    # IMOD's CTF correction (ctfphaseflip) and preprocess (bin 4) fold into the IMOD reconstruction
+    assert flipped.inputs == {"input": "151.TiltSeries", "ctf": "52.CTFTomoSeries"}
+    assert flipped.params["ctf_correct"] == "phaseflip" and flipped.params["ctf_defocus_tol_nm"] == 200
+    assert flipped.params["binning"] == 4 and flipped.params["thickness_px"] == 350
+    assert flipped.params["fake_sirt_iterations"] == 10
     apply_overrides(wf, [f"2.files={demo}", "2.pattern=*.mdoc", "2.tomo5=false", "2.pixel_size_a=2.76",
                          "2.magnification=null", "2.tilt_axis_deg=85", "52.window_px=128", "52.motion_grid=[1,1,1]",
                          "52.defocus_grid=null", "151.binning=2", "151.iterations=1", "151-reconstruct.binning=2",
-                         "151-reconstruct.thickness_px=50"])
+                         "151-reconstruct.thickness_px=50", "808.binning=2", "808.thickness_px=50"])
     store = ProjectStore(tmp_path / "p")
     options: dict = {}
     runs = run_workflow(store, wf, options=options)
-    assert [r.status for r in runs.values()] == ["finished"] * 5
+    assert [r.status for r in runs.values()] == ["finished"] * 6
+    assert runs["808"].inputs == {"input": f"{runs['151'].id}.TiltSeries", "ctf": f"{runs['52'].id}.CTFTomoSeries"}
     assert runs["113"].inputs == {"input": f"{runs['52'].id}.TiltSeries"}
     assert runs["151-reconstruct"].inputs == {"input": f"{runs['151'].id}.TiltSeries"}
     assert any("TiltSeries_3 does not exist yet" in w for w in options["warnings"])

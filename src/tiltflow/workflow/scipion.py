@@ -123,6 +123,11 @@ PROTOCOLS: dict[str, ProtocolMap] = {
     # (binning), the coarse prealignment and the fiducial model fold into the fiducial alignment.
     "ProtImodTsNormalization": ProtocolMap(
         step=None, params={"binning": "binning"}, inputs={"inputSetOfTiltSeries": "input"}),
+    # IMOD's ctfphaseflip on the aligned stack: our reconstruction flips phases strip by strip itself
+    "ProtImodCtfCorrection": ProtocolMap(
+        step=None, params={"defocusTol": "ctf_defocus_tol_nm"},
+        inputs={"inputSetOfTiltSeries": "input", "inputSetOfCtfTomoSeries": "ctf"},
+        convert=lambda src, out: out.update(ctf_correct="phaseflip")),
     "ProtImodXcorrPrealignment": ProtocolMap(step=None, params={}, inputs={"inputSetOfTiltSeries": "input"}),
     "ProtImodFiducialModel": ProtocolMap(
         step=None, params={"fiducialDiameter": "bead_diameter_nm"}, inputs={"inputSetOfTiltSeries": "input"},
@@ -189,7 +194,8 @@ def workflow_from_scipion(protocols: list[dict[str, Any]], origin: str):
     known = all_steps()
     steps, unmapped = [], []
     ids: set[str] = set()                                  # Scipion ids that became steps
-    folded: dict[str, tuple[str, dict[str, Any]]] = {}    # folded id -> (pointer it stands for, carried params)
+    # folded id -> (pointer it stands for, carried params, carried extra inputs such as a CTF set)
+    folded: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {}
     second: dict[tuple[str, str], str] = {}                # (id, Scipion output) -> our pointer
     # what is known along each id's lineage: the import's pixel size (Å) and how much earlier
     # (folded) protocols binned the stack Scipion would pass on
@@ -203,6 +209,7 @@ def workflow_from_scipion(protocols: list[dict[str, Any]], origin: str):
             continue
         inputs: dict[str, str] = {}
         carried: dict[str, Any] = {}
+        carried_inputs: dict[str, str] = {}
         missing = None
         for s_name, our in mapping.inputs.items():
             ref = proto.get(s_name)
@@ -210,8 +217,9 @@ def workflow_from_scipion(protocols: list[dict[str, Any]], origin: str):
                 continue
             head, _, out = str(ref).partition(".")
             if head in folded:
-                inputs[our], more = folded[head]
+                inputs[our], more, more_inputs = folded[head]
                 carried.update(more)
+                carried_inputs.update(more_inputs)
             elif (head, out) in second:
                 inputs[our] = second[(head, out)]
             elif head in ids:
@@ -233,10 +241,13 @@ def workflow_from_scipion(protocols: list[dict[str, Any]], origin: str):
                 mapping.convert(proto, own)
             if own.get("binning"):
                 context["binning"] = context.get("binning", 1) * int(own["binning"])
-            folded[pid] = (inputs.get("input", ""), {**carried, **own})
+            extra = {k: v for k, v in inputs.items() if k != "input"}
+            folded[pid] = (inputs.get("input", ""), {**carried, **own}, {**carried_inputs, **extra})
             continue
         fields = _step_fields(mapping.step)
         params = {k: v for k, v in carried.items() if k in fields}
+        accepts = {spec.name for spec in known[mapping.step].inputs}
+        inputs.update({k: v for k, v in carried_inputs.items() if k in accepts and k not in inputs})
         params.update(own)
         steps.append(WorkflowStep(id=pid, step=mapping.step, params=_converted(mapping, proto, params, context),
                                   inputs=inputs))
