@@ -110,7 +110,7 @@ def filter_views(
     weights: torch.Tensor,                # (n_pad // 2 + 1,) from radial_filter(n_pad)
     *,
     n_pad: int,
-    rows_per_batch: int = 16384,
+    rows_per_batch: int = 2048,
 ) -> torch.Tensor:                        # (..., ny, nx) filtered rows
     """Filter rows along x with 1-D rfft weights after edge-value padding to ``n_pad`` pixels."""
     nx = views.shape[-1]

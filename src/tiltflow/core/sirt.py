@@ -57,9 +57,11 @@ def sirt(
         if tuple(initial.shape) != expected:
             raise ValueError(f"initial has shape {tuple(initial.shape)}, expected {expected}")
         x = initial.to(dtype=views.dtype, device=views.device).reshape(-1, nz, ny, nx).clone()
-    for _ in range(iterations):
+    for _ in range(iterations):  # in place: the volume, one update and the views in memory
         residual = (b - op.project(x)) * row_w
-        x = x + relaxation * col_w * op.backproject(residual)
+        update = op.backproject(residual).mul_(col_w)
+        x.add_(update, alpha=relaxation)
+        del update
         if positivity:
-            x = x.clamp(min=0.0)
+            x.clamp_(min=0.0)
     return x.reshape(*views.shape[:-3], nz, ny, nx)
