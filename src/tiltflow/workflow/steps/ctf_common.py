@@ -49,11 +49,10 @@ def fit_tilt_ctf(images, params, *, tilt_angle_deg: float, tilt_axis_deg: float,
     movie's frames: a shift does not change a power spectrum). Two passes when tilted: tiles near
     the axis first, then every tile rescaled to the fitted centre defocus (CTFFIND-tilt style).
     Writes the spectrum picture; returns the values a CtfTomo needs (JSON-able)."""
-    from tiltflow.core.ctf import ctf_fit_image, ctf_fit_profile, fit_ctf, fit_defocus_grid
+    from tiltflow.core.ctf import fit_ctf
     from tiltflow.core.ctf_model import electron_wavelength_a
-    from tiltflow.io.png import encode_png_gray8
 
-    angles = dict(tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg)
+    angles = {"tilt_angle_deg": tilt_angle_deg, "tilt_axis_deg": tilt_axis_deg}
     tilted = abs(tilt_angle_deg) > 1e-3
     max_offset = 0.25 * params.resolution_range_a[1] ** 2 / electron_wavelength_a(params.voltage_kv) if tilted else None
     spectrum = _mean_spectrum(images, params, max_offset_a=max_offset, **angles)
@@ -62,6 +61,16 @@ def fit_tilt_ctf(images, params, *, tilt_angle_deg: float, tilt_axis_deg: float,
         spectrum = _mean_spectrum(images, params, reference=(fit.defocus_u_a, fit.defocus_v_a,
                                                              fit.astigmatism_angle_deg), **angles)
         fit = fit_ctf(spectrum, params, initial=fit)
+    return tilt_ctf_outputs(images, spectrum, fit, params, grid_xy=grid_xy, out_png=out_png, **angles)
+
+
+def tilt_ctf_outputs(images, spectrum, fit, params, *, tilt_angle_deg: float, tilt_axis_deg: float,
+                     grid_xy: tuple[int, int] | None, out_png: Path) -> dict:
+    """The JSON-able values a CtfTomo needs for one fitted tilt; writes its spectrum picture."""
+    from tiltflow.core.ctf import ctf_fit_image, ctf_fit_profile, fit_defocus_grid
+    from tiltflow.io.png import encode_png_gray8
+
+    angles = {"tilt_angle_deg": tilt_angle_deg, "tilt_axis_deg": tilt_axis_deg}
     out = {"defocus_u_a": fit.defocus_u_a, "defocus_v_a": fit.defocus_v_a,
            "astigmatism_angle_deg": fit.astigmatism_angle_deg, "phase_shift_rad": fit.phase_shift_rad,
            "fit_resolution_a": fit.fit_resolution_a, "score": fit.score}
@@ -104,7 +113,7 @@ def ctf_series_from_results(ts: TiltSeries, results: dict[int, dict], params) ->
         r = results.get(im.acquisition_order)
         if r is None:
             continue
-        attrs = {k: r[k] for k in ("spectrum_file", "radial_profile", "defocus_grid_a") if k in r}
+        attrs = {k: r[k] for k in ("spectrum_file", "radial_profile", "defocus_grid_a", "series_refit") if k in r}
         items.append(CtfTomo(acquisition_order=im.acquisition_order, tilt_angle_deg=im.tilt_angle_deg,
                              defocus_u_a=r["defocus_u_a"], defocus_v_a=r["defocus_v_a"],
                              astigmatism_angle_deg=r["astigmatism_angle_deg"], phase_shift_rad=r["phase_shift_rad"],
