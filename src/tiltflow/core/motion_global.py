@@ -82,7 +82,7 @@ def estimate_global_shifts(
     fit_range_a: tuple[float, float] = (500.0, 10.0),
     bfactor_a2: float = -500.0,
     binning: int = 1,
-    iterations: int = 4,
+    iterations: int = 2,
     smooth: bool = True,
     max_shift_a: float | None = None,
 ) -> torch.Tensor:  # (t, 2) x, y shifts in unbinned px, mean zero
@@ -122,7 +122,7 @@ def global_shifts_binned(
     pixel_size_a: float,
     fit_range_a: tuple[float, float] = (500.0, 10.0),
     bfactor_a2: float = -500.0,
-    iterations: int = 4,
+    iterations: int = 2,
     smooth: bool = True,
     max_shift_a: float | None = None,
 ) -> torch.Tensor:  # (t, 2)

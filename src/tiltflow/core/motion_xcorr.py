@@ -256,22 +256,26 @@ def _derivatives(cross, ky, kx, shifts, column_weights):
     u = py[..., :, None] * torch.stack([torch.ones_like(ky), ky, ky**2], -1).to(py.dtype)
     powers_x = torch.stack([torch.ones_like(kx), kx, kx**2], -1)
     v = px[..., :, None] * (column_weights[:, None] * powers_x)
-    m = u.transpose(-2, -1) @ (cross @ v)  # (..., 3, 3): m[a, b] = sum ky^a kx^b Q
+    # (..., 3, 3): m[a, b] = sum ky^a kx^b Q; as (v^T cross^T) u, which BLAS does ~3x faster
+    m = ((v.transpose(-2, -1) @ cross.transpose(-2, -1)) @ u).transpose(-2, -1)
     g = -TWO_PI * torch.stack([m[..., 0, 1].imag, m[..., 1, 0].imag], -1)
     c = -(TWO_PI**2)
     return g, c * m[..., 0, 2].real, c * m[..., 2, 0].real, c * m[..., 1, 1].real
 
 
-def _coarse_shifts(loo, image_shape, scale_yx, max_shift_px) -> torch.Tensor:
-    """Cross-correlation peaks (..., t, 2) unbinned px, on maps at half the resolution."""
+def _coarse_shifts(spectra, ky, kx, shifts, image_shape, scale_yx, max_shift_px) -> torch.Tensor:
+    """Cross-correlation peaks (..., t, 2) unbinned px, on maps at 1 / ``COARSE_CROP`` of the
+    resolution of ``spectra`` (..., t, h, w//2+1), leave-one-out references aligned by ``shifts``."""
     h, w = image_shape
     mh = min(h, fast_fft_size(math.ceil(h / COARSE_CROP)))
     mw = min(w, fast_fft_size(math.ceil(w / COARSE_CROP)))
+    cols = slice(0, mw // 2 + 1)
+    loo = _LeaveOneOut(_crop_rows(spectra[..., cols], h, mh), _crop_rows(ky[:, None], h, mh)[:, 0],
+                       kx[cols], shifts)
     sy, sx = scale_yx[0] * h / mh, scale_yx[1] * w / mw  # unbinned px per map px
     peaks = []
     for g in loo.groups:
-        cross = _crop_rows(loo.cross(g)[..., : mw // 2 + 1], h, mh)
-        cc = torch.fft.irfft2(cross, s=(mh, mw))
+        cc = torch.fft.irfft2(loo.cross(g), s=(mh, mw))
         p = _coarse_peaks(cc, (max_shift_px / sy, max_shift_px / sx))
         peaks.append(torch.stack([p[..., 0] * sx, p[..., 1] * sy], dim=-1))
     return torch.cat(peaks, dim=-2)
@@ -334,7 +338,7 @@ def align_stack(
     if weights is not None:
         spectra = spectra * weights.sqrt()  # so that F conj(R) carries the fit weights once
     for _ in range(coarse_iterations):
-        peak = _coarse_shifts(_LeaveOneOut(spectra, ky, kx, s), image_shape, scale_yx, max_shift_px)
+        peak = _coarse_shifts(spectra, ky, kx, s, image_shape, scale_yx, max_shift_px)
         s = s + (peak - s) * damping
         s = s - s.mean(dim=-2, keepdim=True)
     herm = hermitian_weights(image_shape[1], device=spectra.device)

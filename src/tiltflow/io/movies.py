@@ -153,3 +153,89 @@ def group_frames(frames: np.ndarray, n_groups: int) -> np.ndarray:
     """Sum consecutive frames (EER fractions) into groups as :func:`eer_group_layout` says (float32)."""
     groups, per = eer_group_layout(frames.shape[0], n_groups)
     return frames[: groups * per].reshape(groups, per, *frames.shape[1:]).sum(axis=1, dtype=np.float32)
+
+
+class MoviePrefetcher:
+    """Decodes movies in a background thread while the caller computes on earlier ones.
+
+    ``paths`` is the order in which :meth:`get` is expected to ask for them: asking for one
+    starts decoding the ``depth`` paths after it, and the first ``depth`` are started at once. A
+    path never started (asked out of order, after :meth:`close`, or not in ``paths``) is read by
+    the caller; errors are raised by :meth:`get` of that path. At most ``depth`` decoded movies
+    wait at a time, plus the ones being asked for.
+    """
+
+    def __init__(self, paths, *, depth: int = 1, eer_groups: int | None = None):
+        import threading
+
+        self._order = [str(p) for p in paths]
+        self._index = {p: i for i, p in enumerate(self._order)}
+        self._depth = max(1, int(depth))
+        self._eer_groups = eer_groups
+        self._queue: list[str] = []
+        self._ready: dict[str, object] = {}   # path -> None while decoding, then frames or exception
+        self._cond = threading.Condition()
+        self._closed = False
+        self._schedule(range(min(self._depth, len(self._order))))
+        self._thread = threading.Thread(target=self._run, name="movie-prefetch", daemon=True)
+        self._thread.start()
+
+    def _schedule(self, indices) -> None:
+        for i in indices:
+            path = self._order[i]
+            if path not in self._ready and path not in self._queue:
+                self._queue.append(path)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._queue)
+                if self._closed:
+                    return
+                path = self._queue.pop(0)
+                self._ready[path] = None
+            try:
+                value: object = read_movie_frames(path, eer_groups=self._eer_groups)
+            except Exception as err:  # noqa: BLE001 — handed to the caller of get()
+                value = err
+            with self._cond:
+                if path in self._ready:
+                    self._ready[path] = value
+                self._cond.notify_all()
+
+    def get(self, path: Path | str) -> np.ndarray:
+        """The decoded frames of ``path`` (as :func:`read_movie_frames`), prefetched when possible."""
+        key = str(path)
+        with self._cond:
+            i = self._index.get(key)
+            if i is not None and not self._closed:
+                self._schedule(range(i + 1, min(i + 1 + self._depth, len(self._order))))
+                # decoded movies well before this one will not be asked for any more (resumed runs)
+                for old in [p for p, v in self._ready.items() if v is not None and self._index[p] < i - self._depth]:
+                    del self._ready[old]
+                self._cond.notify_all()
+            if key in self._queue:
+                self._queue.remove(key)                   # not started: read it here
+            if key in self._ready:
+                self._cond.wait_for(lambda: self._ready.get(key, 0) is not None)
+            value = self._ready.pop(key, None)
+        if value is None:
+            return read_movie_frames(key, eer_groups=self._eer_groups)
+        if isinstance(value, BaseException):
+            raise value
+        return value  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop decoding and drop what was not used (a decode in progress finishes first)."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._ready.clear()
+            self._cond.notify_all()
+        self._thread.join()
+
+    def __enter__(self) -> MoviePrefetcher:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -17,7 +17,12 @@ from tiltflow.workflow.executor import run_items
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.ctf_common import (
-    CtfOptions, ctf_params, ctf_series_from_results, ctf_set, fit_tilt_ctf, smooth_grids_in_time,
+    CtfOptions,
+    ctf_params,
+    ctf_series_from_results,
+    ctf_set,
+    fit_tilt_ctf,
+    smooth_grids_in_time,
     write_series_ctf_files,
 )
 
@@ -39,44 +44,106 @@ class MotionCtfParams(CtfOptions):
                                     cli="--use-movie-average")
 
 
+class _MovieSession:
+    """What the movies of one run share inside this process: a background decoder running ahead of
+    the tasks, the gain/dark references (read once), and per-thread float32 frame buffers reused
+    from movie to movie (large fresh allocations cost page faults on every movie)."""
+
+    def __init__(self, movies: list[str], eer_groups: int, depth: int):
+        import threading
+
+        from tiltflow.io.movies import MoviePrefetcher
+
+        self.prefetch = MoviePrefetcher(movies, depth=depth, eer_groups=eer_groups)
+        self._lock = threading.Lock()
+        self._refs: dict[str, object] = {}
+        self._buffers: dict[int, object] = {}
+
+    def reference(self, path: str):
+        from tiltflow.io.gain import read_gain
+
+        with self._lock:
+            if path not in self._refs:
+                self._refs[path] = read_gain(path)
+            return self._refs[path]
+
+    def buffer(self, shape: tuple[int, ...], device):
+        """A float32 tensor of ``shape`` on ``device`` owned by the calling thread."""
+        import threading
+
+        import torch
+
+        key = threading.get_ident()
+        with self._lock:
+            buf = self._buffers.get(key)
+            if buf is None or tuple(buf.shape) != tuple(shape) or buf.device != torch.device(device):
+                buf = self._buffers[key] = None  # free the old one first
+                buf = self._buffers[key] = torch.empty(shape, dtype=torch.float32, device=device)
+            return buf
+
+    def close(self) -> None:
+        self.prefetch.close()
+        self._buffers.clear()
+        self._refs.clear()
+
+
+_SESSIONS: dict[str, _MovieSession] = {}   # run key -> session, looked up by tasks in this process
+
+
+def _check_raw_frames(movie: str, raw) -> None:
+    """One-line MovieError for a movie that cannot be motion-corrected (checked on the raw array)."""
+    import numpy as np
+
+    from tiltflow.io.movies import MovieError
+
+    if raw.shape[0] < 2:
+        raise MovieError(f"{movie}: only {raw.shape[0]} frame — motion correction needs at least 2")
+    flat = raw.reshape(raw.shape[0], -1)
+    if raw.dtype.kind == "f" and not all(bool(np.isfinite(f).all()) for f in flat):
+        raise MovieError(f"{movie}: frames contain NaN or infinite values — the file is corrupt")
+    if ((flat.max(axis=1) == 0) & (flat.min(axis=1) == 0)).any():
+        raise MovieError(f"{movie}: a frame is all zeros — the file is corrupt or the camera dropped a frame")
+
+
 def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, pixel_size_a: float,
                       voltage_kv: float, cs_mm: float, amplitude_contrast: float, tilt_angle_deg: float,
                       tilt_axis_deg: float, prior_dose: float | None, dose: float | None, out_dir: str,
-                      name: str, device: str) -> dict:
-    """Motion-correct (and CTF-fit) one movie; writes its files, returns small results."""
+                      name: str, device: str, session: str | None = None) -> dict:
+    """Motion-correct (and CTF-fit) one movie; writes its files, returns small results.
+
+    ``session`` names this run's shared decoder and buffers when the task runs in the coordinator's
+    process (threads); elsewhere (Dask workers) the movie is read here."""
     import numpy as np
     import torch
 
-    from tiltflow.core.defects import suppress_bright_outliers
     from tiltflow.core.motion import (
-        DoseWeighting, align_and_sum, estimate_global_shifts, estimate_local_motion, prepare_frames, total_motion_px,
+        DoseWeighting,
+        align_and_sum,
+        estimate_motion,
+        prepare_frames,
+        total_motion_px,
     )
     from tiltflow.io.gain import read_gain
-    from tiltflow.io.movies import MovieError, read_movie_frames
+    from tiltflow.io.movies import read_movie_frames
     from tiltflow.io.mrc import write_mrc
     from tiltflow.io.star import write_motion_star
 
-    raw = read_movie_frames(movie, eer_groups=p["eer_groups"])
-    if raw.shape[0] < 2:
-        raise MovieError(f"{movie}: only {raw.shape[0]} frame — motion correction needs at least 2")
-    frames = torch.from_numpy(np.ascontiguousarray(raw)).to(device)
-    if not torch.isfinite(frames.float()).all():
-        raise MovieError(f"{movie}: frames contain NaN or infinite values — the file is corrupt")
-    if (frames.reshape(frames.shape[0], -1).float().abs().amax(1) == 0).any():
-        raise MovieError(f"{movie}: a frame is all zeros — the file is corrupt or the camera dropped a frame")
-    frames = prepare_frames(frames, gain=None if gain is None else read_gain(gain),
-                            dark=None if dark is None else read_gain(dark),
+    shared = _SESSIONS.get(session) if session else None
+    raw = shared.prefetch.get(movie) if shared else read_movie_frames(movie, eer_groups=p["eer_groups"])
+    _check_raw_frames(movie, raw)
+    def ref(path):
+        return None if path is None else shared.reference(path) if shared else read_gain(path)
+
+    frames = torch.from_numpy(np.ascontiguousarray(raw)).to(device)   # raw counts travel (4x smaller)
+    del raw
+    frames = prepare_frames(frames, gain=ref(gain), dark=ref(dark),
                             gain_transpose=p["gain_transpose"] == "transpose",
-                            gain_flip_x=p["gain_flip"] == "x", gain_flip_y=p["gain_flip"] == "y")
+                            gain_flip_x=p["gain_flip"] == "x", gain_flip_y=p["gain_flip"] == "y",
+                            out=shared.buffer(tuple(frames.shape), device) if shared else None)
     t = frames.shape[0]
-    clean = suppress_bright_outliers(frames)       # hot pixels / X-rays would pin the shifts at zero
-    shifts = estimate_global_shifts(clean, pixel_size_a=pixel_size_a, fit_range_a=tuple(p["fit_range_a"]),
-                                    bfactor_a2=p["bfactor_a2"])
-    motion = shifts
-    grid = tuple(p["motion_grid"]) if p["motion_grid"] else None
-    if grid != (1, 1, 1):
-        motion = estimate_local_motion(clean, shifts, pixel_size_a=pixel_size_a, grid=grid,
-                                       fit_range_a=tuple(p["fit_range_a"]), bfactor_a2=p["bfactor_a2"])
+    # hot pixels / X-rays would pin the shifts at zero: cleaned while binning for estimation
+    motion = estimate_motion(frames, pixel_size_a=pixel_size_a, fit_range_a=tuple(p["fit_range_a"]),
+                             bfactor_a2=p["bfactor_a2"], grid=tuple(p["motion_grid"]) if p["motion_grid"] else None)
     weights = None
     if p["dose_weighting"] and dose is not None:
         weights = DoseWeighting(pixel_size_a=pixel_size_a, dose_per_frame_e_a2=dose / t,
@@ -84,6 +151,7 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     # the CTF's "frame spectra" mode averages the spectra of the aligned even and odd half sums
     halves = p["even_odd"] or (p["estimate_ctf"] and not p["use_movie_average"])
     summed = align_and_sum(frames, motion, even_odd=halves, dose_weights=weights, binning=p["binning"])
+    del frames
     out = Path(out_dir)
     files = {"sum": str(write_mrc(out / "sums" / f"{name}.mrc", summed.total.cpu().numpy(), voxel_size_a=pixel_size_a * p["binning"]))}
     if p["even_odd"]:
@@ -147,6 +215,7 @@ def run_motion_ctf(ctx: StepContext):
     device = resolve_device(ctx.options.get("device"))
     gain, dark = source.attrs.get("gain_file"), source.attrs.get("dark_file")
     pd = p.model_dump()
+    session = f"{id(ctx)}-{ctx.run_id}"
     tasks, where = [], {}
     for ts in source.items:
         a = ts.acquisition
@@ -155,11 +224,17 @@ def run_motion_ctf(ctx: StepContext):
             where[im.file] = (ts.ts_id, name)
             tasks.append((im.file, (im.file, gain, dark, pd, a.pixel_size_a, a.voltage_kv, a.cs_mm,
                                     a.amplitude_contrast, im.tilt_angle_deg, a.tilt_axis_deg, im.dose_prior_e_a2,
-                                    im.dose_e_a2, str(ctx.run_dir), name, device)))
-    results = run_items(ctx, motion_movie_task, tasks,
-                        on_result=lambda key, v: ctx.log.info("%s: %s", where[key][1], "failed: " + str(v)
-                                                              if isinstance(v, BaseException) else
-                                                              f"{v['total_motion_px']:.2f} px total motion"))
+                                    im.dose_e_a2, str(ctx.run_dir), name, device, session)))
+    # movies are decoded in a background thread ahead of the tasks that use them
+    _SESSIONS[session] = _MovieSession([key for key, _ in tasks], p.eer_groups,
+                                       depth=max(1, int(ctx.options.get("workers") or 2)))
+    try:
+        results = run_items(ctx, motion_movie_task, tasks,
+                            on_result=lambda key, v: ctx.log.info("%s: %s", where[key][1], "failed: " + str(v)
+                                                                  if isinstance(v, BaseException) else
+                                                                  f"{v['total_motion_px']:.2f} px total motion"))
+    finally:
+        _SESSIONS.pop(session).close()
     bad = {k: v for k, v in results.items() if isinstance(v, BaseException)}
     if bad:
         lines = [str(v) if str(v).startswith(k) else f"{k}: {type(v).__name__}: {v}" for k, v in bad.items()]
