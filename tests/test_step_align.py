@@ -145,6 +145,20 @@ def test_fiducial_route_plots_and_tables_match_the_stored_residuals(fiducial_run
     assert tracks.shape == (40 + 512 + 80, 110 + 512 + 30, 3)     # 768 px views at bin 3 shown x2, margins
     colourful = (tracks.max(-1).astype(int) - tracks.min(-1)) > 60
     assert colourful.sum() > 50 * alignment["n_beads"]           # a coloured track per bead
+    # each bead's ring sits on its dark gold in the 0° view (y up, x2, bin 3): the plot's conventions hold
+    zero = int(np.argmin([abs(im.tilt_angle_deg) for im in ts.images]))
+    grey = tracks[40:552, 110:622].astype(int)
+    plain = (grey.max(-1) == grey.min(-1))
+    background = np.median(grey[..., 0][plain])
+    dark = 0
+    for contour in read_mod(alignment["fid"]).objects[0].contours:
+        at = [(x, y) for x, y, z in np.asarray(contour.points) if round(z) == zero]
+        if at:
+            col = round((at[0][0] / 3 + 0.5) / 256 * 511)
+            row = 511 - round((at[0][1] / 3 + 0.5) / 256 * 511)
+            box, ok = grey[max(row - 5, 0):row + 6, max(col - 5, 0):col + 6, 0], plain[max(row - 5, 0):row + 6, max(col - 5, 0):col + 6]
+            dark += int(box[ok].mean() < 0.6 * background)
+    assert dark >= 0.8 * alignment["n_beads"], (dark, alignment["n_beads"])
     # per-view table == stored per-view residuals (px, unbinned), one row per enabled view
     rows = table_rows(output, "residual per view")
     assert len(rows) == len(ts.images) == 25

@@ -224,13 +224,14 @@ def line_chart(series: list[Series], *, x_label: str, y_label: str, title: str, 
 
 def tracks_over_image(image: np.ndarray, tracks: np.ndarray, *, title: str, max_size: int = 720,
                       labels: list[str] | None = None, flagged: np.ndarray | None = None,
-                      scale: float = 1.0) -> np.ndarray:
+                      scale: float = 1.0, anchor: int | None = None) -> np.ndarray:
     """Point tracks ``(n, t, 2)`` (x, y image px; NaN = missing) over a greyscale ``(h, w)`` image.
 
     The image is shrunk to fit ``max_size`` and shown with row 0 at the bottom (y up); each track
-    is a coloured polyline with a disc at its first finite point and its label; ``flagged``
-    tracks (bool ``(n,)``) are drawn in red.  Axes are in pixels of ``image`` times ``scale``
-    (e.g. the binning, for pixels of the unbinned stack).
+    is a coloured polyline with a ring and its label at point ``anchor`` (the view the image
+    shows; default, or where missing: its first finite point); ``flagged`` tracks (bool ``(n,)``)
+    are drawn in red.  Axes are in pixels of ``image`` times ``scale`` (e.g. the binning, for
+    pixels of the unbinned stack).
     """
     h, w = image.shape
     f = max(1, math.ceil(max(h, w) / max_size))          # shrink by block means, or
@@ -255,9 +256,10 @@ def tracks_over_image(image: np.ndarray, tracks: np.ndarray, *, title: str, max_
         px, py = ax.to_px(track[ok, 0] * scale, track[ok, 1] * scale)
         for a in range(len(px) - 1):
             draw_line(img, px[a], py[a], px[a + 1], py[a + 1], color, width=2)
-        draw_marker(img, px[0], py[0], color, 4)
+        k = int(np.cumsum(ok)[anchor] - 1) if anchor is not None and ok[anchor] else 0
+        draw_marker(img, px[k], py[k], color, 7, filled=False)   # a ring: the bead stays visible inside
         if labels is not None:
-            draw_text(img, int(px[0]) + 6, int(py[0]) - CHAR_H - 4, labels[i], color, box=True)
+            draw_text(img, int(px[k]) + 8, int(py[k]) - CHAR_H - 6, labels[i], color, box=True)
     return img
 
 

@@ -232,7 +232,7 @@ def fiducial_plots(out: Path, ts_id: str, views, positions_px, angles, sol, binn
     bad = np.zeros(positions_px.shape[0], dtype=bool)
     bad[sol.flagged_beads.cpu().numpy()] = True
     tracks = tracks_over_image(
-        views[zero].cpu().numpy(), positions_px.cpu().numpy() / binning, scale=binning, flagged=bad,
+        views[zero].cpu().numpy(), positions_px.cpu().numpy() / binning, scale=binning, flagged=bad, anchor=zero,
         labels=[str(i + 1) for i in range(positions_px.shape[0])],
         title=f"{ts_id}: bead tracks over {views.shape[0]} views, on the {float(angles[zero]):.0f}° view")
     return {"residual_vs_tilt": str(write_png(out / f"{ts_id}_residuals.png", chart)),
