@@ -136,6 +136,10 @@ def test_dose_weighting_filters_by_the_exposure_filter_at_the_binned_pixel_size(
     run = run_step(store, "import-tilt-series", {"files": str(tmp_path), "pattern": "{TS}.st", "voltage_kv": 300,
                                                  "tilt_axis_deg": 0.0, "dose_per_tilt_e_a2": 0.001,
                                                  "initial_dose_e_a2": 40.0})
+    undosed = run_step(store, "import-tilt-series", {"files": str(tmp_path), "pattern": "{TS}.st", "voltage_kv": 300,
+                                                     "tilt_axis_deg": 0.0})
+    with pytest.raises(InputError, match="has no dose"):
+        run_step(store, "reconstruct", {"dose_weight": True}, {"input": str(undosed.id)})
     common = {"binning": 2, "thickness_nm": 100.0, "radial_cutoff": 0.5}
     _, plain = reconstruct(store, str(run.id), **common)
     _, weighted = reconstruct(store, str(run.id), dose_weight=True, **common)
