@@ -67,8 +67,9 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
             for kind, prefix in (("notes", "    "), ("warnings", "    warning: ")):
                 new = options.get(kind, [])[shown[kind]:]
                 shown[kind] += len(new)
-                for line in new:
-                    console.print(prefix + line, markup=False)
+                for note in new:                  # a note may be a multi-line table: indent every line
+                    for i, line in enumerate(str(note).splitlines()):
+                        console.print((prefix if i == 0 else "    ") + line, markup=False)
 
         from tiltflow.cli.output import ProgressPrinter
 
