@@ -27,6 +27,7 @@ from tiltflow.core.ctf_fit import (
     search_defocus_local,
 )
 from tiltflow.core.ctf_model import ctf_2d, electron_wavelength_a
+from tiltflow.core.ctf_series import refine_series
 from tiltflow.core.ctf_spectra import (
     pixel_radius,
     radial_bins,
@@ -109,8 +110,12 @@ def fit_ctf_series(
     tilt_angles_deg,                     # (t,) degrees
     tilt_axis_deg: float,
     defocus_grid: tuple[int, int, int] | None = None,   # (nx, ny, nt)
+    acquisition_order=None,              # (t,) for the series pass; None: the order of ``images``
+    series_pass: bool = True,
 ) -> list[CtfFit]:                       # in the order of ``images``
     """Fit every tilt; tilts are visited from 0° outwards, each seeded by its nearest fitted neighbour.
+    Then (``series_pass``, 4 tilts or more) ``ctf_series.refine_series`` re-fits the tilts that
+    disagree with the series' defocus trend along the acquisition and its consensus astigmatism.
 
     ``defocus_grid=(nx, ny, nt)`` adds a local defocus field (Warp's spatial + temporal grid):
     each tilt image is split into ny x nx cells; in each, the tiles (rescaled to the cell centre's
@@ -128,6 +133,11 @@ def fit_ctf_series(
     for i, seed in _neighbour_order(angles):
         fits[i] = fit_ctf(images[i], params, tilt_angle_deg=angles[i], tilt_axis_deg=tilt_axis_deg,
                           initial=fits[seed] if seed is not None else None)
+    if series_pass and len(angles) >= 4:
+        order = list(range(len(angles))) if acquisition_order is None else acquisition_order
+        fits = refine_series(fits, lambda i, ref: _spectrum(images[i], params, tilt_angle_deg=angles[i],
+                                                            tilt_axis_deg=tilt_axis_deg, reference=ref),
+                             params, tilt_angles_deg=angles, acquisition_order=order).fits
     if defocus_grid is not None:
         nx, ny, nt = defocus_grid
         if min(nx, ny, nt) < 1:

@@ -7,12 +7,17 @@ from pathlib import Path
 
 from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltSeriesSet
-from tiltflow.workflow.steps.views import require_stacks
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, register
 from tiltflow.workflow.steps.ctf_common import (
-    CtfOptions, ctf_params, ctf_series_from_results, ctf_set, fit_tilt_ctf, smooth_grids_in_time,
+    CtfOptions,
+    ctf_params,
+    ctf_series_from_results,
+    ctf_set,
+    fit_tilt_ctf,
+    smooth_grids_in_time,
     write_series_ctf_files,
 )
+from tiltflow.workflow.steps.views import require_stacks
 
 
 class CtfStepParams(CtfOptions):
@@ -26,15 +31,23 @@ def ctf_series_task(refs: list[tuple[int, str, int, float]], p: dict, optics: di
     import torch
 
     from tiltflow.io.mrc import read_section
+    from tiltflow.workflow.steps.ctf_series_pass import refine_series_results
 
     params = ctf_params(CtfOptions(**p), **optics)
     grid = tuple(p["defocus_grid"][:2]) if p["defocus_grid"] else None
+    where = {order: (file, index) for order, file, index, _ in refs}
+
+    def images_of(order: int) -> list:
+        return [torch.from_numpy(np.ascontiguousarray(read_section(*where[order]))).to(device)]
+
     out = {}
-    for order, file, index, angle in refs:
-        image = torch.from_numpy(np.ascontiguousarray(read_section(file, index))).to(device)
-        out[str(order)] = fit_tilt_ctf([image], params, tilt_angle_deg=angle, tilt_axis_deg=tilt_axis_deg,
-                                       grid_xy=grid, out_png=Path(out_dir) / "ctf" / f"{ts_id}_{order:03d}.png")
-    return out
+    for order, _, _, angle in refs:
+        out[order] = fit_tilt_ctf(images_of(order), params, tilt_angle_deg=angle, tilt_axis_deg=tilt_axis_deg,
+                                  grid_xy=grid, out_png=Path(out_dir) / "ctf" / f"{ts_id}_{order:03d}.png")
+    # series pass: tilts that disagree with the series' defocus trend / astigmatism are re-fitted
+    refine_series_results(out, images_of, params, tilt_angles_deg={r[0]: r[3] for r in refs},
+                          tilt_axis_deg=tilt_axis_deg, grid_xy=grid)
+    return {str(order): r for order, r in out.items()}
 
 
 def run_ctf(ctx: StepContext):

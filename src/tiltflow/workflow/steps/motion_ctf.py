@@ -25,6 +25,7 @@ from tiltflow.workflow.steps.ctf_common import (
     smooth_grids_in_time,
     write_series_ctf_files,
 )
+from tiltflow.workflow.steps.ctf_series_pass import refine_series_results, stack_images_of
 
 
 class MotionCtfParams(CtfOptions):
@@ -255,6 +256,11 @@ def run_motion_ctf(ctx: StepContext):
             params = ctf_params(p, pixel_size_a=a.pixel_size_a, voltage_kv=a.voltage_kv, cs_mm=a.cs_mm,
                                 amplitude_contrast=a.amplitude_contrast)
             per_tilt = {im.acquisition_order: dict(good[im.attrs["movie"]]["ctf"]) for im in new.images}
+            changed = refine_series_results(  # tilts that disagree with the series' trend are re-fitted
+                per_tilt, stack_images_of(new, halves=not p.use_movie_average, device=device), params,
+                tilt_angles_deg={im.acquisition_order: im.tilt_angle_deg for im in new.images},
+                tilt_axis_deg=a.tilt_axis_deg, grid_xy=tuple(p.defocus_grid[:2]) if p.defocus_grid else None)
+            ctx.log.info("%s: series pass re-fitted %d tilt(s): %s", new.ts_id, len(changed), changed)
             if p.defocus_grid:
                 smooth_grids_in_time(per_tilt, p.defocus_grid[2])
             skipped = next((r["defocus_grid_skipped"] for r in per_tilt.values() if "defocus_grid_skipped" in r), None)
