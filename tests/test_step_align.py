@@ -17,6 +17,8 @@ from tiltflow.io.mrc import write_mrc
 from tiltflow.testing.acquisition import plan_series
 from tiltflow.testing.config import DemoConfig
 from tiltflow.testing.demo import render_truth_tilt
+from tiltflow.workflow.curation import save_subset, views_to_orders
+from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.runner import run_step
 from tiltflow.workflow.store import ProjectStore
 
@@ -192,3 +194,31 @@ def test_patch_route_plots_and_table_match_the_stored_errors(patch_run):
         else:
             assert float(row[3]) == pytest.approx(stored, abs=6e-5)
             assert 0.0 <= stored <= 1.0
+
+
+def test_resolve_after_dropping_a_bead_and_excluding_views(noisy_series, fiducial_run):
+    """etomo's fix-and-re-solve: exclude two views (subset), drop one bead, re-solve the same model
+    without tracking; the alignment stays honest and the edits are honoured."""
+    _, series, truth = noisy_series
+    store, run_id, _ = fiducial_run
+    before = store.load(store.resolve(str(run_id))).items[0]
+    ts_id = before.ts_id
+    out = store.resolve(str(run_id))
+    flags = {(ts_id, order): True for order in views_to_orders(before, [1, 25])}
+    source = save_subset(store, out, flags=flags).pointer            # first and last view excluded
+    params = {"method": "fiducial", "binning": 3, "resolve": True, "drop_beads": [f"{ts_id}:2"]}
+    redo = run_step(store, "align", params, {"input": source})
+    ts = store.load(store.resolve(str(redo.id))).items[0]
+    alignment = ts.attrs["alignment"]
+    assert alignment["n_beads"] == before.attrs["alignment"]["n_beads"] - 1
+    assert ts.images[0].transform is None and ts.images[-1].transform is None
+    kept = [i for i, im in enumerate(ts.images) if im.enabled]
+    assert kept == list(range(1, 24))
+    xf = torch.tensor([ts.images[i].transform for i in kept], dtype=torch.float64)
+    refined = torch.tensor([ts.images[i].attrs["refined_tilt_angle_deg"] for i in kept], dtype=torch.float64)
+    assert alignment_residual_against_truth(xf, refined, truth[:, kept], (768, 768)) <= 0.5
+    assert abs(ts.acquisition.tilt_axis_deg - series["tilt_axis_deg"]) <= 0.5
+    with pytest.raises(InputError, match="needs --resolve"):
+        run_step(store, "align", {"drop_beads": [f"{ts_id}:2"]}, {"input": source})
+    with pytest.raises(InputError, match="bead 99 does not exist"):
+        run_step(store, "align", {**params, "drop_beads": [f"{ts_id}:99"]}, {"input": source})

@@ -9,7 +9,7 @@ Conventions: ``core/geometry.py`` and DESIGN.md §2 (IMOD ``.xf``, axis from +y,
 from tiltflow.core.align.beads import BeadDetections, bead_template, detect_beads
 from tiltflow.core.align.bundle import FiducialSolution, solve_alignment, tukey_weights
 from tiltflow.core.align.coarse import CoarseResult, coarse_align
-from tiltflow.core.align.fiducial import FiducialAlignment, align_fiducial
+from tiltflow.core.align.fiducial import FiducialAlignment, align_fiducial, resolve_fiducial
 from tiltflow.core.align.residuals import (
     ResidualSummary,
     alignment_residual_against_truth,
@@ -33,6 +33,7 @@ __all__ = [
     "ResidualSummary",
     "Tracks",
     "align_fiducial",
+    "resolve_fiducial",
     "alignment_residual_against_truth",
     "bead_template",
     "coarse_align",

@@ -15,14 +15,14 @@ from tiltflow.core.align.bundle import FiducialSolution, solve_alignment
 from tiltflow.core.align.coarse import CoarseResult, coarse_align
 from tiltflow.core.align.tracking import Tracks, fill_gaps, track_beads
 
-__all__ = ["FiducialAlignment", "align_fiducial"]
+__all__ = ["FiducialAlignment", "align_fiducial", "resolve_fiducial"]
 
 
 @dataclass(frozen=True)
 class FiducialAlignment:
     """Every stage of :func:`align_fiducial`; ``solution.xf`` is the alignment."""
 
-    coarse: CoarseResult
+    coarse: CoarseResult | None  # None when re-solved from an existing model
     tracks: Tracks               # after gap filling around the first solution
     solution: FiducialSolution
 
@@ -48,9 +48,9 @@ def align_fiducial(
     tracks = track_beads(views, angles, tilt_axis_deg=tilt_axis_deg,
                          coarse_shifts_px=coarse.shifts_px, bead_diameter_px=bead_diameter_px,
                          seeds=seeds)
-    options = dict(image_shape=shape, solve_tilt_offset=solve_tilt_offset,
-                   solve_magnification=solve_magnification, solve_tilt_angles=solve_tilt_angles,
-                   group_size=group_size, robust=robust)
+    options = {"image_shape": shape, "solve_tilt_offset": solve_tilt_offset,
+                   "solve_magnification": solve_magnification, "solve_tilt_angles": solve_tilt_angles,
+                   "group_size": group_size, "robust": robust}
     first = solve_alignment(tracks, angles, tilt_axis_deg_initial=tracks.tilt_axis_deg, **options)
     pos, scores = fill_gaps(views, tracks.positions_px, tracks.scores, first.projected_px,
                             bead_diameter_px=bead_diameter_px, tilt_axis_deg=first.tilt_axis_deg,
@@ -59,3 +59,28 @@ def align_fiducial(
                     seed_view=tracks.seed_view, tilt_axis_deg=first.tilt_axis_deg)
     solution = solve_alignment(tracks, angles, tilt_axis_deg_initial=first.tilt_axis_deg, **options)
     return FiducialAlignment(coarse=coarse, tracks=tracks, solution=solution)
+
+
+def resolve_fiducial(
+    positions_px: torch.Tensor,          # (n, t, 2) raw (x, y) bead positions, NaN where absent
+    tilt_angles_deg: torch.Tensor,       # (t,) as stored
+    *,
+    tilt_axis_deg: float,                # starting value (e.g. the previous solution's)
+    image_shape: tuple[int, int],        # (ny, nx) of the views the positions refer to
+    solve_magnification: bool = True,
+    solve_tilt_angles: bool = True,
+    solve_tilt_offset: bool = True,
+    group_size: int = 5,
+    robust: bool = True,
+) -> FiducialAlignment:
+    """Bundle adjustment of an existing bead model, without coarse alignment or tracking: etomo's
+    "fix the model and re-solve" after beads or views were dropped."""
+    pos = torch.as_tensor(positions_px, dtype=torch.float64)
+    angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64)
+    found = torch.isfinite(pos).all(-1)
+    tracks = Tracks(positions_px=pos, scores=found.to(torch.float64), predicted_px=pos.clone(),
+                    seed_view=int(torch.argmin(angles.abs())), tilt_axis_deg=float(tilt_axis_deg))
+    solution = solve_alignment(tracks, angles, tilt_axis_deg_initial=float(tilt_axis_deg), image_shape=image_shape,
+                               solve_tilt_offset=solve_tilt_offset, solve_magnification=solve_magnification,
+                               solve_tilt_angles=solve_tilt_angles, group_size=group_size, robust=robust)
+    return FiducialAlignment(coarse=None, tracks=tracks, solution=solution)

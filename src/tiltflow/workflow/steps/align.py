@@ -38,10 +38,16 @@ class AlignParams(StepParams):
     refine_tilt_axis: bool = param(True, "Refine the tilt-axis angle.", cli="--refine-tilt-axis")
     refine_tilt_offset: bool = param(True, "Refine a tilt-angle offset.", cli="--refine-tilt-offset")
     exclude_dark: bool = param(True, "Patch: detect dark views and leave them out of the alignment.", cli="--exclude-dark")
+    resolve: bool = param(False, "Fiducial: re-solve the input's bead model (no coarse alignment, no tracking) after "
+                                 "dropping beads (--drop-beads) or views (excluded in the input, e.g. by `subset`): "
+                                 "etomo's fix-and-re-solve.", cli="--resolve")
+    drop_beads: list[str] = param([], "With --resolve: beads to leave out, TS:N,N (1-based, as numbered in the "
+                                      "per-bead residual table and the .fid contours).", cli="--drop-beads")
 
 
 def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict, tilt_axis_deg: float,
-                      pixel_size_a: float, out_dir: str, ts_id: str, device: str) -> dict:
+                      pixel_size_a: float, out_dir: str, ts_id: str, device: str,
+                      model_px: list | None = None) -> dict:
     """Align one series (enabled views in tilt order); module level so a Dask worker can run it."""
     import torch
 
@@ -60,13 +66,17 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
     out = Path(out_dir)
     result: dict = {}
     if p["method"] == "fiducial":
-        from tiltflow.core.align import align_fiducial
+        from tiltflow.core.align import align_fiducial, resolve_fiducial
 
+        solve = {"solve_magnification": p["solve_magnification"], "solve_tilt_angles": p["solve_tilt_angles"],
+                     "solve_tilt_offset": p["refine_tilt_offset"]}
         with _FORWARD_AD_LOCK:       # torch's forward-mode AD levels are process-global: one solve at a time
-            fid = align_fiducial(views, angles_t, tilt_axis_deg=tilt_axis_deg,
-                                 bead_diameter_px=p["bead_diameter_nm"] * 10.0 / (pixel_size_a * b),
-                                 solve_magnification=p["solve_magnification"],
-                                 solve_tilt_angles=p["solve_tilt_angles"], solve_tilt_offset=p["refine_tilt_offset"])
+            if model_px is not None:  # (n, t, 2) unbinned raw positions of the input's model
+                fid = resolve_fiducial(torch.tensor(model_px, dtype=torch.float64) / b, angles_t,
+                                       tilt_axis_deg=tilt_axis_deg, image_shape=tuple(views.shape[-2:]), **solve)
+            else:
+                fid = align_fiducial(views, angles_t, tilt_axis_deg=tilt_axis_deg,
+                                     bead_diameter_px=p["bead_diameter_nm"] * 10.0 / (pixel_size_a * b), **solve)
         sol = fid.solution
         xf, refined, axis, offset = sol.xf.clone(), sol.tilt_angles_deg, sol.tilt_axis_deg, sol.tilt_offset_deg
         result.update(mean_residual_px=sol.mean_residual_px * b,
@@ -116,6 +126,11 @@ def run_align(ctx: StepContext):
     p: AlignParams = ctx.params
     source: TiltSeriesSet = ctx.inputs["input"]
     device = resolve_device(ctx.options.get("device"))
+    if p.resolve and p.method != "fiducial":
+        raise InputError("--resolve re-solves a bead model: it needs --method fiducial")
+    if p.drop_beads and not p.resolve:
+        raise InputError("--drop-beads needs --resolve (it edits the input's bead model)")
+    drops = _parse_drops(p.drop_beads, {ts.ts_id for ts in source.items})
     tasks = []
     for ts in source.items:
         if not ts.enabled:
@@ -125,8 +140,11 @@ def run_align(ctx: StepContext):
         if len(enabled) < 5:
             raise InputError(f"{ts.ts_id}: {len(enabled)} enabled views — alignment needs at least 5")
         a = ts.acquisition
+        model = _input_model(ts, enabled, drops.pop(ts.ts_id, set()), ctx.input_pointers["input"]) \
+            if p.resolve else None
         tasks.append((ts.ts_id, ([(im.file, im.index) for im in enabled], [im.tilt_angle_deg for im in enabled],
-                                 p.model_dump(), a.tilt_axis_deg, a.pixel_size_a, str(ctx.run_dir), ts.ts_id, device)))
+                                 p.model_dump(), a.tilt_axis_deg, a.pixel_size_a, str(ctx.run_dir), ts.ts_id, device,
+                                 model)))
     if not tasks:
         raise InputError(f"{ctx.input_pointers['input']}: every tilt series is excluded")
     results = run_items_or_fail(ctx, align_series_task, tasks)
@@ -155,6 +173,7 @@ def run_align(ctx: StepContext):
         acq = ts.acquisition.__class__(**{**ts.acquisition.__dict__, "tilt_axis_deg": r["tilt_axis_deg"]})
         summary = {k: r[k] for k in ("mean_residual_px", "n_beads", "tilt_offset_deg", "flagged_beads",
                                      "flagged_views") if k in r}
+        summary["view_orders"] = [im.acquisition_order for im in ts.images if im.enabled]   # the .fid's z
         if "per_bead_residual_px" in r:
             summary["per_bead_residual_px"] = [None if math.isnan(v) else v for v in r["per_bead_residual_px"]]
         items.append(TiltSeries(ts.ts_id, acq, images, ts.size, ts.enabled,
@@ -162,6 +181,54 @@ def run_align(ctx: StepContext):
                                                           "plots": r["plots"]})))
         _log_summary(ctx, ts, r, p.method)
     return {"TiltSeries": TiltSeriesSet("TiltSeries", items, dict(source.attrs, aligned=p.method))}
+
+
+def _parse_drops(specs: list[str], ts_ids: set[str]) -> dict[str, set[int]]:
+    """``TS:3,7`` -> {TS: {3, 7}} (1-based bead numbers)."""
+    drops: dict[str, set[int]] = {}
+    for spec in specs:
+        ts_id, sep, nums = spec.rpartition(":")
+        try:
+            beads = {int(v) for v in nums.split(",") if v.strip()}
+        except ValueError:
+            beads = set()
+        if not sep or not beads or min(beads) < 1:
+            raise InputError(f"--drop-beads {spec!r}: expected TS:N,N with 1-based bead numbers")
+        if ts_id not in ts_ids:
+            raise InputError(f"--drop-beads {spec!r}: no tilt series {ts_id!r} in the input")
+        drops.setdefault(ts_id, set()).update(beads)
+    return drops
+
+
+def _input_model(ts: TiltSeries, enabled: list[TiltImage], drop: set[int], pointer: str) -> list:
+    """The input alignment's bead model as (beads, enabled views, 2) unbinned raw px (NaN absent),
+    without the dropped beads; the .fid's sections are the views aligned then (``view_orders``)."""
+    from tiltflow.io.imod import read_mod
+
+    alignment = ts.attrs.get("alignment") or {}
+    fid, orders = alignment.get("fid"), alignment.get("view_orders")
+    if not fid or orders is None:
+        raise InputError(f"{pointer}: {ts.ts_id} has no fiducial model to re-solve; run align --method fiducial first")
+    if not Path(fid).exists():
+        raise InputError(f"{fid}: the fiducial model of {ts.ts_id} is missing; align it again")
+    model = read_mod(fid)
+    contours = [c.points for obj in model.objects for c in obj.contours]
+    if drop and max(drop) > len(contours):
+        raise InputError(f"--drop-beads {ts.ts_id}: bead {max(drop)} does not exist ({len(contours)} beads in {fid})")
+    column = {order: i for i, order in enumerate(im.acquisition_order for im in enabled)}
+    positions = [[[math.nan, math.nan] for _ in enabled] for _ in contours]
+    kept = []
+    for j, pts in enumerate(contours):
+        if j + 1 in drop:
+            continue
+        for x, y, z in pts.tolist():
+            k = round(z)
+            if 0 <= k < len(orders) and orders[k] in column:
+                positions[j][column[orders[k]]] = [x, y]
+        kept.append(positions[j])
+    if len(kept) < 3:
+        raise InputError(f"{ts.ts_id}: {len(kept)} beads left after --drop-beads; the solve needs at least 3")
+    return kept
 
 
 def _log_summary(ctx: StepContext, ts: TiltSeries, r: dict, method: str) -> None:
