@@ -21,6 +21,7 @@ from tiltflow.core.fourier import frequency_grid_2d
 from tiltflow.core.geometry import defocus_offset_a
 
 Reference = float | tuple[float, float, float]  # mean defocus, or (u, v, angle_deg), Å
+RESCALE_PHASE_STEP_RAD = 0.2  # offset bins for tile rescaling: ring phase at Nyquist moves this much
 
 
 def _taper_2d(n: int, *, device, dtype) -> torch.Tensor:
@@ -118,32 +119,46 @@ def tiled_power_spectrum(
         if int(keep.sum()) < min(4, keep.numel()):
             keep[offsets.abs().argsort()[: min(4, keep.numel())]] = True
     img = image.to(torch.float32)
-    taper = _taper_2d(n, device=img.device, dtype=img.dtype)
-    norm = taper.square().sum()
-    step = max(round(n * (1.0 - overlap)), 1)
-    crop = img[ys[0] : ys[-1] + n, xs[0] : xs[-1] + n]
-    tiles = crop.unfold(0, n, step).unfold(1, n, step)  # (ty, tx, n, n), a view
-    flat_keep = keep.to(img.device)
+    dev = img.device
+    taper = _taper_2d(n, device=dev, dtype=img.dtype)
     scale_map = None
     if reference_defocus_a is not None:
-        scale_map = _rescale_setup(n, pixel_size_a, _reference_tuple(reference_defocus_a), voltage_kv, cs_mm, img.device)
-    total = torch.zeros(n, n // 2 + 1, dtype=torch.float64, device=img.device)
-    count = 0
-    index = torch.arange(len(ys) * len(xs), device=img.device).reshape(len(ys), len(xs))
-    for iy in range(len(ys)):
-        for start in range(0, len(xs), chunk):
-            idx = index[iy, start : start + chunk]
-            sel = flat_keep[idx]
-            if not bool(sel.any()):
-                continue
-            block = tiles[iy, start : start + chunk][sel]
-            block = block - block.mean(dim=(-2, -1), keepdim=True)
-            power = torch.view_as_real(torch.fft.rfft2(block * taper)).square().sum(-1) / norm
-            if scale_map is not None:
-                power = _rescale_tiles(power, offsets.to(img.device)[idx][sel], scale_map)
-            total += power.sum(0).to(torch.float64)
-            count += power.shape[0]
-    return (total / count).to(torch.float32)
+        scale_map = _rescale_setup(n, pixel_size_a, _reference_tuple(reference_defocus_a), voltage_kv, cs_mm, dev)
+    chosen = keep.nonzero()[:, 0].tolist()
+    buf = torch.empty((min(chunk, len(chosen)), n, n), dtype=torch.float32, device=dev)
+    total = torch.zeros(n, n // 2 + 1, dtype=torch.float64, device=dev)
+    bins = None
+    if scale_map is not None:
+        # rescaling is linear in the power: tiles are pooled into offset bins (each tile split
+        # between its two nearest bins), and each bin is rescaled once
+        step_a = RESCALE_PHASE_STEP_RAD / (math.pi * electron_wavelength_a(voltage_kv) * (0.5 / pixel_size_a) ** 2)
+        pos = offsets[chosen].to(torch.float64) / step_a
+        first = int(pos.min().floor())
+        lower = (pos.floor() - first).long().to(dev)
+        frac = (pos - pos.floor()).to(device=dev, dtype=torch.float32)
+        bins = torch.zeros((int(lower.max()) + 2, n, n // 2 + 1), dtype=torch.float32, device=dev)
+    for c0 in range(0, len(chosen), chunk):
+        ids = chosen[c0 : c0 + chunk]
+        block = buf[: len(ids)]
+        for k, t in enumerate(ids):
+            y0, x0 = ys[t // len(xs)], xs[t % len(xs)]
+            block[k].copy_(img[y0 : y0 + n, x0 : x0 + n])
+        block.sub_(block.mean(dim=(-2, -1), keepdim=True)).mul_(taper)
+        spec = torch.fft.rfft2(block)
+        power = spec.real.square().addcmul_(spec.imag, spec.imag)
+        if bins is None:
+            total += power.sum(0)
+            continue
+        w = frac[c0 : c0 + len(ids), None, None]
+        bins.index_add_(0, lower[c0 : c0 + len(ids)] + 1, power * w)
+        bins.index_add_(0, lower[c0 : c0 + len(ids)], power.mul_(1.0 - w))
+    if bins is not None:
+        used = (bins.flatten(1).abs().amax(1) > 0).nonzero()[:, 0]
+        bin_offsets = (used.to(torch.float64) + first) * step_a
+        for c0 in range(0, used.numel(), chunk):
+            sel = used[c0 : c0 + chunk]
+            total += _rescale_tiles(bins[sel], bin_offsets[c0 : c0 + chunk].to(dev), scale_map).sum(0)
+    return (total / (len(chosen) * taper.square().sum())).to(torch.float32)
 
 
 def _rescale_setup(n, pixel_size_a, reference, voltage_kv, cs_mm, device) -> dict:

@@ -20,7 +20,7 @@ from tiltflow.core.motion_xcorr import (
     TWO_PI,
     fast_fft_size,
     frequency_vectors,
-    phase_ramp,
+    ramp_vectors,
     stream_cropped_spectrum,
 )
 
@@ -195,7 +195,8 @@ def _sum_tiles(
             for j, x0 in enumerate(layout.origins_x):
                 _read_tile(frames[i], y0 - m + whole[i][j][1], x0 - m + whole[i][j][0], n, buf[j])
             torch.fft.rfft2(buf, out=spec)
-            spec.mul_(phase_ramp(ky, kx, frac[i]))  # moves each tile by -frac
+            py, px = ramp_vectors(ky, kx, frac[i])  # moves each tile by -frac
+            spec.mul_(py[:, :, None]).mul_(px[:, None, :])
             if filters is not None:
                 spec.mul_(filters[i])
             acc[parity[i]] += spec

@@ -178,10 +178,22 @@ def bin_frames(
 
 def phase_ramp(ky: torch.Tensor, kx: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """``exp(2 pi i k.s)`` (..., h, w//2+1) for shifts (..., 2) (x, y): multiplying moves by -s."""
+    py, px = ramp_vectors(ky, kx, shifts)
+    return py[..., :, None] * px[..., None, :]
+
+
+def ramp_vectors(ky, kx, shifts) -> tuple[torch.Tensor, torch.Tensor]:
+    """The separable factors (..., h) and (..., w') of :func:`phase_ramp`."""
     one = torch.ones((), device=ky.device)
     py = torch.polar(one, TWO_PI * ky * shifts[..., 1, None].to(ky.dtype))
     px = torch.polar(one, TWO_PI * kx * shifts[..., 0, None].to(kx.dtype))
-    return py[..., :, None] * px[..., None, :]
+    return py, px
+
+
+def shifted(spectra: torch.Tensor, ky, kx, shifts) -> torch.Tensor:
+    """``spectra * phase_ramp(ky, kx, shifts)`` without making the ramp (one new tensor)."""
+    py, px = ramp_vectors(ky, kx, shifts)
+    return (spectra * py[..., :, None]).mul_(px[..., None, :])
 
 
 @dataclass
@@ -233,14 +245,15 @@ class _LeaveOneOut:
         self.groups = [slice(g, min(t, g + size)) for g in range(0, t, size)]
         self.total = torch.zeros_like(spectra[..., 0, :, :])
         for g in self.groups:
-            self.total += self._aligned(g).sum(dim=-3)
+            aligned = self._aligned(g)
+            self.total.add_(aligned[..., 0, :, :] if aligned.shape[-3] == 1 else aligned.sum(dim=-3))
 
     def _aligned(self, g: slice) -> torch.Tensor:
-        return phase_ramp(self.ky, self.kx, self.shifts[..., g, :]).mul_(self.spectra[..., g, :, :])
+        return shifted(self.spectra[..., g, :, :], self.ky, self.kx, self.shifts[..., g, :])
 
     def cross(self, g: slice) -> torch.Tensor:
         """(..., len(g), h, w') cross spectra of the frames in ``g``."""
-        ref = torch.sub(self.total.unsqueeze(-3), self._aligned(g))
+        ref = self._aligned(g).neg_().add_(self.total.unsqueeze(-3))
         return ref.conj_physical_().mul_(self.spectra[..., g, :, :])
 
 
@@ -303,7 +316,7 @@ def _newton(cross, ky, kx, start, herm, max_step, steps, tol_px=1e-3):
         _, hxx, hyy, _ = _derivatives(cross, ky, kx, raw, herm)
     curvature = torch.stack([-hxx, -hyy], -1).clamp_min(1e-30)
     # at the optimum Im(Q) is noise: Var(g) ~ sum (2 pi k)^2 Im(Q)^2
-    im2 = phase_ramp(ky, kx, raw).mul_(cross).imag.square()
+    im2 = shifted(cross, ky, kx, raw).imag.square()
     h2 = herm**2
     var_g = torch.stack([im2.sum(-2) @ (kx**2 * h2), (im2 @ h2) @ ky**2], -1) * TWO_PI**2
     # frames without signal get a huge but finite variance, so smoothing stays well posed
