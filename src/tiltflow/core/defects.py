@@ -6,7 +6,8 @@ bright outliers are replaced by the frame mean avoids both; the sum itself is ma
 original frames (the X-ray eraser step deals with what is left).
 
 Per frame, a pixel is an outlier when it lies more than ``k_sigma`` robust SDs above the frame's
-mean; a pixel is a persistent hot pixel when the sum over frames does the same. The statistics
+mean; a pixel is a persistent hot pixel when its sum over frames (each frame capped at its
+threshold, so that one X-ray hit does not count) does the same. The statistics
 (mean, SD after one trimming pass) come from an even sample of rows (about 2.6 10^5 pixels), so the
 frames are read only once more to find the persistent pixels; :class:`BrightOutliers` then
 cleans any block of a frame on the fly (used while binning for motion estimation).
@@ -92,13 +93,17 @@ def find_bright_outliers(
     x = sample.reshape(t, -1).to(torch.float32)
     keep = x <= threshold[:, None]
     fill = ((x * keep).sum(-1) / keep.sum(-1).clamp_min(1)).to(torch.float32)
-    s_mean, s_std = _robust_mean_sd(sample.sum(0, dtype=torch.float32).reshape(1, -1), k_sigma)
+    cap = threshold[:, None, None]  # a hit in one frame does not make a pixel persistent
+
+    def capped_sum(block: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(block.to(torch.float32), cap).sum(0)
+
+    s_mean, s_std = _robust_mean_sd(capped_sum(sample).reshape(1, -1), k_sigma)
     limit = float(s_mean[0] + k_sigma * s_std[0])
     hot = []
     rows = max(1, row_chunk(h, w, frames.device) // max(t, 1))
     for r0 in range(0, h, rows):
-        block = frames[:, r0 : r0 + rows].sum(0, dtype=torch.float32)
-        hot.append((block > limit).view(-1).nonzero()[:, 0] + r0 * w)
+        hot.append((capped_sum(frames[:, r0 : r0 + rows]) > limit).view(-1).nonzero()[:, 0] + r0 * w)
     return BrightOutliers(threshold=threshold, fill=fill, persistent=torch.cat(hot), width=w)
 
 
@@ -110,7 +115,7 @@ def bright_outlier_mask(
     """Pixels more than ``k_sigma`` robust SDs above their frame's mean, or whose sum over frames is
     (persistent hot pixels, each frame only mildly high)."""
     model = find_bright_outliers(frames, k_sigma=k_sigma)
-    mask = frames > model.threshold[:, None, None]
+    mask = (frames if frames.is_floating_point() else frames.float()) > model.threshold[:, None, None]
     mask.view(frames.shape[0], -1)[:, model.persistent] = True
     return mask
 

@@ -2,9 +2,11 @@
 
 Frames are moved back by their shifts (DESIGN.md §2: a feature at p in the sum lies at
 p + shift in the frame, so the aligned frame at p is the frame at p + shift). Global shifts use a
-Fourier shift of the whole frame (periodic at the edges); local motion moves overlapping tiles by
-Fourier shifts at their centres and blends them (edge pixels repeated). Binning crops the spectrum
-(as :func:`tiltflow.core.fourier.fourier_crop_2d`), so the mean is kept and nothing aliases.
+Fourier shift of the whole frame (periodic at the edges), streamed in blocks; local motion moves
+overlapping tiles by Fourier shifts at their centres (all frames of a tile summed in Fourier space,
+one inverse transform per sum; a first-order slope term when the field is strong) and blends them
+(edge pixels repeated). Binning crops the spectrum (as
+:func:`tiltflow.core.fourier.fourier_crop_2d`), so the mean is kept and nothing aliases.
 """
 
 from __future__ import annotations
@@ -89,13 +91,17 @@ MAX_TILES = 4096  # per frame: strong fields on large frames get their smallest 
 TILE_MARGIN_PX = 8  # beyond each tile's window: room for the periodic wrap of its Fourier shift
 
 
-def tile_stride_px(motion: LocalMotion, *, max_error_px: float = 0.05, max_stride_px: int = 512) -> int:
-    """Largest tile stride (from ``TILE_STRIDES``, <= ``max_stride_px``) over which the residual
-    field departs from its value at the tile centre by at most ``max_error_px``, in every frame,
-    but not so small that a frame has more than ``MAX_TILES`` tiles.
+def tile_plan(motion: LocalMotion, *, max_error_px: float = 0.05, max_stride_px: int = 512) -> tuple[int, bool]:
+    """(stride, first_order) of the tiles that apply ``motion`` within ``max_error_px``.
 
-    The departure at a tile corner is bounded by ``(|dr/dx| + |dr/dy|) * stride / 2``; slopes are
-    taken on a 17 x 17 grid of points, in every frame.
+    With slopes s' and curvatures s'' of the residual field (taken on a 17 x 17 grid of points,
+    in every frame), a tile of stride S departs from the value at its centre by at most
+    ``s' * S / 2`` (a plain tile), or, with the slope inside each tile applied to first order, by
+    ``s'' * (S / 2)^2 / 2`` (with ``s' * S / 2`` kept below 0.5 px, where the first-order term
+    holds). Plain tiles are used when they can be 256 px or larger; otherwise first-order tiles if
+    they can be larger than plain ones, or if no plain tile meets ``max_error_px``. Strides come
+    from ``TILE_STRIDES`` (<= ``max_stride_px``) and are never so small that a frame has more
+    than ``MAX_TILES`` tiles.
     """
     h, w = motion.image_shape
     dev = motion.grid.device
@@ -104,15 +110,20 @@ def tile_stride_px(motion: LocalMotion, *, max_error_px: float = 0.05, max_strid
     f = torch.arange(motion.n_frames, device=dev, dtype=torch.float32)[:, None, None]
     f, yy, xx = torch.broadcast_tensors(f, ys[None, :, None], xs[None, None, :])
     r = motion.residual_at(f, xx, yy)  # (t, 17, 17, 2)
-    sx = (r[:, :, 1:] - r[:, :, :-1]).norm(dim=-1) / float(xs[1] - xs[0])  # px per px
-    sy = (r[:, 1:] - r[:, :-1]).norm(dim=-1) / float(ys[1] - ys[0])
-    slope = float(sx.max()) + float(sy.max())
+    step_x, step_y = float(xs[1] - xs[0]), float(ys[1] - ys[0])
+    slope = float((r[:, :, 1:] - r[:, :, :-1]).norm(dim=-1).max()) / step_x
+    slope += float((r[:, 1:] - r[:, :-1]).norm(dim=-1).max()) / step_y
+    curvature = float((r[:, :, 2:] - 2 * r[:, :, 1:-1] + r[:, :, :-2]).norm(dim=-1).max()) / step_x**2
+    curvature += float((r[:, 2:] - 2 * r[:, 1:-1] + r[:, :-2]).norm(dim=-1).max()) / step_y**2
     smallest = math.sqrt(h * w / MAX_TILES)
     allowed = [s for s in TILE_STRIDES if s <= max_stride_px and s >= smallest] or [max_stride_px]
-    for stride in allowed:
-        if slope * stride / 2 <= max_error_px:
-            return stride
-    return allowed[-1]
+    plain = [s for s in allowed if slope * s / 2 <= max_error_px]
+    if plain and plain[0] >= min(256, allowed[0]):
+        return plain[0], False
+    taylor = [s for s in allowed if curvature * (s / 2) ** 2 / 2 <= max_error_px and slope * s / 2 <= 0.5]
+    if taylor and (not plain or taylor[0] > plain[0]):
+        return taylor[0], True
+    return (plain[0], False) if plain else (allowed[-1], True)
 
 
 @dataclass(frozen=True)
@@ -166,10 +177,16 @@ def _sum_tiles(
     n_sums: int,
     filters: torch.Tensor | None,  # (t, size, size//2+1) per-frame Fourier weights on the tile grid
     frame_ids: list[int],        # frame index (for the motion) of each frame in ``frames``
+    first_order: bool = False,
 ) -> torch.Tensor:               # (n_sums, h, w) float32
     """Warped frames summed tile by tile: for each row of tiles every frame's tiles are moved by the
     motion at their centres (whole pixels by where they are read, the rest by a Fourier shift),
-    filtered, accumulated in Fourier space, transformed back once per sum and blended."""
+    filtered, accumulated in Fourier space, transformed back once per sum and blended.
+
+    ``first_order`` adds the field's slope inside each tile: with J the Jacobian of the shift at
+    the tile centre c, the tile at p is G(p + J (p - c)) ~ G(p) + sum_ab J_ab (p - c)_b d_a G(p), and
+    since the sums are linear only ``sum_t J_t,ab G_t`` are accumulated (two more inverse
+    transforms per sum)."""
     t, h, w = frames.shape
     dev = frames.device
     n, m, win = layout.size, layout.margin, layout.window
@@ -183,6 +200,9 @@ def _sum_tiles(
     buf = torch.empty((nx, n, n), dtype=torch.float32, device=dev)
     spec = torch.empty((nx, n, n // 2 + 1), dtype=torch.complex64, device=dev)
     acc = torch.empty((n_sums, nx, n, n // 2 + 1), dtype=torch.complex64, device=dev)
+    slopes = torch.empty((n_sums, 2, 2, nx, n, n // 2 + 1), dtype=torch.complex64, device=dev) if first_order else None
+    local = torch.arange(win, dtype=torch.float32, device=dev) - (win - 1) / 2  # p - c inside a window
+    deriv = (TWO_PI * 1j * kx, TWO_PI * 1j * ky[:, None])  # d/dx, d/dy in Fourier space
     for y0 in layout.origins_y:
         cy = torch.full_like(cx, y0 + (win - 1) / 2)
         # (t, nx, 2): source of output pixel p is p + shift
@@ -191,6 +211,9 @@ def _sum_tiles(
         frac = shift - whole
         whole = whole.long().tolist()
         acc.zero_()
+        if slopes is not None:
+            slopes.zero_()
+            jac = _tile_jacobians(motion, ids, cx, cy, layout.stride / 2).to(torch.complex64)  # (t, nx, a, b)
         for i in range(t):
             for j, x0 in enumerate(layout.origins_x):
                 _read_tile(frames[i], y0 - m + whole[i][j][1], x0 - m + whole[i][j][0], n, buf[j])
@@ -200,14 +223,36 @@ def _sum_tiles(
             if filters is not None:
                 spec.mul_(filters[i])
             acc[parity[i]] += spec
+            if slopes is not None:
+                for a in range(2):
+                    for b in range(2):
+                        slopes[parity[i], a, b].addcmul_(spec, jac[i, :, a, b, None, None])
         for k in range(n_sums):
-            tiles = torch.fft.irfft2(acc[k], s=(n, n))[:, m : m + win, m : m + win] * window
+            tiles = torch.fft.irfft2(acc[k], s=(n, n))[:, m : m + win, m : m + win]
+            if slopes is not None:
+                for b, coordinate in enumerate((local[None, None, :], local[None, :, None])):
+                    grad = deriv[0] * slopes[k, 0, b] + deriv[1] * slopes[k, 1, b]
+                    tiles += torch.fft.irfft2(grad, s=(n, n))[:, m : m + win, m : m + win] * coordinate
+            tiles *= window
             r0, r1 = max(y0, 0), min(y0 + win, h)
             for j, x0 in enumerate(layout.origins_x):
                 c0, c1 = max(x0, 0), min(x0 + win, w)
                 if r1 > r0 and c1 > c0:
                     out[k, r0:r1, c0:c1] += tiles[j, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
     return out
+
+
+def _tile_jacobians(motion: LocalMotion, ids, cx, cy, step: float) -> torch.Tensor:
+    """(t, n, 2, 2) central differences ``d shift_a / d x_b`` of the residual field over +- step px
+    around the tile centres (cx, cy) (n,), in every frame ``ids``."""
+    f = ids[:, None]
+
+    def at(dx: float, dy: float) -> torch.Tensor:
+        return motion.residual_at(f, cx[None, :] + dx, cy[None, :] + dy).to(torch.float32)
+
+    d_dx = (at(step, 0.0) - at(-step, 0.0)) / (2 * step)
+    d_dy = (at(0.0, step) - at(0.0, -step)) / (2 * step)
+    return torch.stack([d_dx, d_dy], dim=-1)
 
 
 def warp_frame_2d(
@@ -225,9 +270,11 @@ def warp_frame_2d(
     its centre, and blended with weights that sum to one.
     """
     h, w = frame.shape
-    stride = tile_stride_px(motion, max_error_px=max_error_px) if tile_px is None else int(tile_px)
+    stride, first_order = tile_plan(motion, max_error_px=max_error_px)
+    if tile_px is not None:
+        stride = int(tile_px)
     layout = _tile_layout(h, w, stride)
-    return _sum_tiles(frame[None], motion, layout, [0], 1, None, [int(index)])[0]
+    return _sum_tiles(frame[None], motion, layout, [0], 1, None, [int(index)], first_order)[0]
 
 
 def _dose_filters(dw: DoseWeighting, t: int, ky, kx) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,9 +343,10 @@ def align_and_sum(
     """Sum of the aligned frames, binned to ``(h // binning, w // binning)`` by Fourier cropping.
 
     Global shifts only: each frame's spectrum is phase-shifted and added (exact, periodic edges).
-    With local motion: tiles stepping by ``tile_px`` (default :func:`tile_stride_px`, so that the
-    residual field varies by at most ``max_error_px`` over a tile) are read at whole-pixel offsets,
-    Fourier-shifted by the rest of the motion at their centres, summed over frames in Fourier space
+    With local motion: tiles stepping by ``tile_px`` (default :func:`tile_plan`, so that the
+    motion inside a tile is applied within ``max_error_px``) are read at whole-pixel offsets,
+    Fourier-shifted by the rest of the motion at their centres (plus a first-order term for the
+    field's slope inside each tile when the field is strong), summed over frames in Fourier space
     and blended (edge pixels repeated).
 
     With ``dose_weights`` each frame's spectrum is weighted by ``exp(-N / 2 Ne(k))`` (N: exposure
@@ -338,14 +386,16 @@ def align_and_sum(
     if local is None:
         images = _sum_fourier(frames, glob, parity, n_sums, out_shape, dose_weights)
     else:
-        stride = tile_stride_px(local, max_error_px=max_error_px) if tile_px is None else int(tile_px)
+        stride, first_order = tile_plan(local, max_error_px=max_error_px)
+        if tile_px is not None:
+            stride = int(tile_px)
         layout = _tile_layout(h, w, stride)
         filters = None
         if dose_weights is not None:
             ky, kx = frequency_vectors((layout.size, layout.size), (1.0, 1.0), device=dev)
             weights, rescale = _dose_filters(dose_weights, t, ky, kx)
             filters = weights * rescale
-        images = _sum_tiles(frames, local, layout, parity, n_sums, filters, list(range(t)))
+        images = _sum_tiles(frames, local, layout, parity, n_sums, filters, list(range(t)), first_order)
         if out_shape != (h, w):
             images = torch.stack([_bin_image(im, out_shape) for im in images])
     total = images[0] + images[1] if even_odd else images[0]
