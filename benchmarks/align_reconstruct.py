@@ -122,6 +122,23 @@ def binned_specimen(spec: Specimen, b: int) -> Specimen:
                     ice_thickness_px=spec.ice_thickness_px / b, pixel_size_a=spec.pixel_size_a * b)
 
 
+def objects_inside(spec: Specimen, shape: tuple[int, int, int]) -> Specimen:
+    """Only the objects lying wholly inside the box ``(nz, ny, nx)`` across x and z (the volume
+    then holds all the material its views see; rows along y are independent, so y may clip)."""
+    nz, _, nx = shape
+
+    def keep(xyz: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return ((xyz[:, 0].abs() + r <= (nx - 1) / 2) & (xyz[:, 2].abs() + r <= (nz - 1) / 2))
+
+    b = keep(spec.bead_xyz_px, torch.full((len(spec.bead_xyz_px),), spec.bead_radius_px))
+    v = keep(spec.vesicle_xyz_px, spec.vesicle_radius_px)
+    g = keep(spec.blob_xyz_px, 4 * spec.blob_sigma_px)
+    return Specimen(bead_xyz_px=spec.bead_xyz_px[b], bead_radius_px=spec.bead_radius_px,
+                    vesicle_xyz_px=spec.vesicle_xyz_px[v], vesicle_radius_px=spec.vesicle_radius_px[v],
+                    blob_xyz_px=spec.blob_xyz_px[g], blob_sigma_px=spec.blob_sigma_px[g],
+                    ice_thickness_px=spec.ice_thickness_px, pixel_size_a=spec.pixel_size_a)
+
+
 def _add_occupancy(grid, centre_xyz, outer_r, shells, ss=2):
     """Add the sub-sampled occupancy of spheres/shells (phantom.py's (a, b) depths) to ``grid``."""
     nz, ny, nx = grid.shape
@@ -171,9 +188,10 @@ def voxelize_specimen(spec: Specimen, shape: tuple[int, int, int]) -> torch.Tens
 
 
 def phantom_data(data: dict, nz: int, shape_al: tuple[int, int], seed: int) -> dict:
-    """Phantom volume at bin 4 and its analytic projections (noise-free, noisy) at the true angles."""
+    """Phantom volume at bin 4 (the objects inside the reconstructed box) and its analytic
+    projections (noise-free, noisy) at the true angles."""
     truth, cfg = data["truth"], data["config"]
-    spec = binned_specimen(specimen_from_dict(truth["specimen"]), BIN)
+    spec = objects_inside(binned_specimen(specimen_from_dict(truth["specimen"]), BIN), (nz, *shape_al))
     volume = voxelize_specimen(spec, (nz, *shape_al))
     rng = np.random.default_rng([seed, 11])
     clean, noisy = [], []
