@@ -358,6 +358,9 @@ def load() -> str:
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    if not rows:
+        print(f"\n{title}: nothing to show")
+        return
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else ("-" if v is None else str(v))
     cells = [[fmt(v) for v in row] for row in rows]
