@@ -24,6 +24,7 @@ from tiltflow.core.radial_filter import (
 from tiltflow.core.sirt import sirt
 
 __all__ = [
+    "aligned_shape",
     "apply_xf",
     "backproject",
     "bin_views",
@@ -70,6 +71,16 @@ def wbp(
         filtered, tilt_angles_deg, thickness_px=thickness_px, z_offset_px=z_offset_px,
         x_offset_px=x_offset_px, weights=view_w.to(device=views.device, dtype=views.dtype),
     )
+
+
+def aligned_shape(raw_shape: tuple[int, int], xf: torch.Tensor) -> tuple[int, int]:
+    """(h', w') of the aligned views: the raw (h, w), swapped when the ``.xf`` rotations turn the image
+    by more than 45° (a tilt axis near ±90°), so the field along the axis, which becomes y, is kept whole
+    (etomo does the same for its aligned stack)."""
+    xf = torch.as_tensor(xf, dtype=torch.float64)
+    turn = torch.atan2(xf[:, 2], xf[:, 0]).median()          # A = R(-axis) / mag: angle of the first column
+    h, w = int(raw_shape[0]), int(raw_shape[1])
+    return (w, h) if abs(math.sin(float(turn))) > abs(math.cos(float(turn))) else (h, w)
 
 
 def apply_xf(

@@ -59,7 +59,7 @@ def reconstruct_series_task(refs: dict[str, list[tuple[str, int]]], xf: list[lis
     """
     import torch
 
-    from tiltflow.core.reconstruct import apply_xf, sirt, wbp
+    from tiltflow.core.reconstruct import aligned_shape, apply_xf, sirt, wbp
     from tiltflow.io.mrc import write_mrc
 
     binning = p["binning"]
@@ -71,7 +71,7 @@ def reconstruct_series_task(refs: dict[str, list[tuple[str, int]]], xf: list[lis
     for key, view_refs in refs.items():
         raw = load_binned_views(view_refs, binning, device)
         raw_shape = (raw.shape[-2], raw.shape[-1])
-        views = apply_xf(raw, xf_b.to(device))
+        views = apply_xf(raw, xf_b.to(device), aligned_shape(raw_shape, xf_b))
         del raw
         views = correct_views(views, xf_b, angles_t, raw_shape=raw_shape, pixel_size_a=voxel_size_a, ctf=ctf,
                               exposure_e_a2=exposure_e_a2, optics=optics, defocus_tol_nm=p.get("ctf_defocus_tol_nm"))
