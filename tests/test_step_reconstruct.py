@@ -290,8 +290,8 @@ def test_tilt_axis_near_90_keeps_the_field_along_the_axis(tmp_path):
     series = plan_series(config, 0, np.random.default_rng(4))
     order = sorted(range(len(series["tilts"])), key=lambda i: series["tilts"][i]["mdoc_tilt_angle_deg"])
     views = np.stack([render_truth_tilt(series, i, with_texture=False).numpy() for i in order])
-    folder = write_stack_folder(tmp_path / "stack", series, order, views) if (tmp_path / "stack").mkdir() is None \
-        else None
+    (tmp_path / "stack").mkdir()
+    folder = write_stack_folder(tmp_path / "stack", series, order, views)
     shifts = torch.tensor([series["tilts"][i]["stage_shift_px"] for i in order], dtype=torch.float64)
     xf = xf_from_geometry(series["tilt_axis_deg"], shifts)
     store, pointer = aligned_project(tmp_path, folder, xf)
