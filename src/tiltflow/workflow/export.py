@@ -140,10 +140,15 @@ def _imod_series(ts: TiltSeries, ctf, out_dir: Path) -> list[Path]:
     if any(im.transform is not None for im in ts.images):
         write_xf(d / f"{ts.ts_id}.xf", al.xf)
         written.append(d / f"{ts.ts_id}.xf")
-        nx, ny = ts.size
+        from tiltflow.core.reconstruct import aligned_shape
+
+        # the aligned stack is swapped for an axis near 90°, as our reconstruction (and etomo) does
+        ny, nx = aligned_shape((ts.size[1], ts.size[0]), al.xf)
+        swapped = (nx, ny) != tuple(ts.size)
         excluded = [i + 1 for i, im in enumerate(ts.images) if not im.enabled]
         write_com(d / "newst.com", [newst_com(input_file=f"{ts.ts_id}.st", output_file=f"{ts.ts_id}.ali",
-                                              transform_file=f"{ts.ts_id}.xf")])
+                                              transform_file=f"{ts.ts_id}.xf",
+                                              size_to_output_xy=(nx, ny) if swapped else None)])
         write_com(d / "tilt.com", [tilt_com(input_projections=f"{ts.ts_id}.ali", output_file=f"{ts.ts_id}_full_rec.mrc",
                                             tilt_file=f"{ts.ts_id}.tlt", thickness_px=min(nx, ny) // 4,
                                             full_image_xy=(nx, ny), exclude_views=excluded)])
