@@ -121,3 +121,14 @@ def test_fit_ctf_with_prior_keeps_a_real_jump_and_falls_back_to_the_trend_withou
 def test_series_trend_needs_one_value_per_tilt():
     with pytest.raises(ValueError, match="one of each per tilt"):
         series_trend([30000.0, 31000.0], [[0.0, 0.0]], [0.0, 3.0], [0, 1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_ctf_with_prior_same_on_cuda():
+    params = CtfParams(pixel_size_a=2.76, window_px=256, resolution_range_a=(30.0, 7.0))
+    spectrum = _synthetic_spectrum(256, 2.76, 31000.0, (150.0, -150.0, 20.0), ring_amplitude=20.0, seed=2)
+    kw = {"prior_defocus_a": 30000.0, "prior_sigma_a": 300.0, "astigmatism_a": (140.0, 100.0)}
+    cpu = fit_ctf_with_prior(spectrum, params, **kw)
+    gpu = fit_ctf_with_prior(spectrum.cuda(), params, **kw)
+    assert gpu.defocus_mean_a == pytest.approx(cpu.defocus_mean_a, abs=5.0)
+    assert gpu.score == pytest.approx(cpu.score, abs=1e-3)
