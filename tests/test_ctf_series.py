@@ -118,7 +118,12 @@ def test_fit_ctf_with_prior_keeps_a_real_jump_and_falls_back_to_the_trend_withou
         fit_ctf_with_prior(strong, params, prior_defocus_a=30000.0, prior_sigma_a=0.0)
 
 
-def test_series_trend_needs_one_value_per_tilt():
+def test_series_trend_without_usable_scores_and_bad_input():
+    # every fit scored <= 0 (no rings anywhere): tilt weights alone, the majority still wins
+    trend = series_trend([30000.0, 30100.0, 29900.0, 30050.0, 52000.0], torch.zeros(5, 2), [0.0, 3.0, -3.0, 6.0, -6.0],
+                         range(5), scores=[0.0, -0.01, 0.0, -0.2, 0.0])
+    assert trend.defocus_a[0].item() == pytest.approx(30000.0, abs=100.0)
+    assert trend.refit.tolist() == [False, False, False, False, True]
     with pytest.raises(ValueError, match="one of each per tilt"):
         series_trend([30000.0, 31000.0], [[0.0, 0.0]], [0.0, 3.0], [0, 1])
 

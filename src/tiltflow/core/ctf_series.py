@@ -170,7 +170,8 @@ def series_trend(
     # 2) a robust trend: constant, drift along the acquisition, and sin(tilt) (a specimen off the
     #    eucentric height), each term kept only where significant
     x = (order - order.mean()) / order.std().clamp_min(1e-9) if t > 1 else order * 0
-    trend, sigma = _robust_fit([x, torch.sin(theta)], m, precision * near, min_sigma_a)
+    weights = precision * near if float((precision * near).sum()) > 0 else w_tilt * near  # no usable scores
+    trend, sigma = _robust_fit([x, torch.sin(theta)], m, weights, min_sigma_a)
     resid = m - trend
     consistent = resid.abs() <= 3 * sigma
     # 3) consensus astigmatism (and phase) of the consistent tilts
