@@ -130,3 +130,46 @@ def test_ctf_step_on_stacks_agrees_with_truth(demo, tmp_path):
     grids = [np.array(c.attrs["defocus_grid_a"]) for c in ctf.items]
     assert all(g.shape == (2, 2) for g in grids)
     assert read_ctffind(ctf.attrs["ctffind"]).rows[0].defocus_1_a == pytest.approx(ctf.items[0].defocus_u_a, rel=1e-4)
+
+
+def test_movie_prefetcher_decodes_ahead_in_a_background_thread(tmp_path, monkeypatch):
+    """get() returns what read_movie_frames returns; the next movies are decoded by the prefetch
+    thread while the caller works; out-of-order and unknown paths are read by the caller; a corrupt
+    movie raises its MovieError from get()."""
+    import threading
+    import time
+
+    from tiltflow.io import movies
+    from tiltflow.io.movies import MovieError, MoviePrefetcher, read_movie_frames
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"m{i}.tif"
+        tifffile.imwrite(p, rng.integers(0, 5, (3, 32, 40), dtype=np.uint8), compression="lzw",
+                         photometric="minisblack")
+        paths.append(p)
+    (tmp_path / "bad.tif").write_bytes(b"garbage" * 10)
+    decoded_by = {}
+    real = movies.read_movie_frames
+
+    def spy(path, **kw):
+        decoded_by[str(path)] = threading.current_thread().name
+        return real(path, **kw)
+
+    monkeypatch.setattr(movies, "read_movie_frames", spy)
+    order = [*paths[:2], tmp_path / "bad.tif", *paths[2:]]
+    with MoviePrefetcher(order, depth=1) as prefetch:
+        for p in paths[:2]:
+            assert np.array_equal(prefetch.get(p), read_movie_frames(p))
+            for _ in range(500):       # "computing": the next movie is decoded meanwhile
+                if str(order[order.index(p) + 1]) in decoded_by:
+                    break
+                time.sleep(0.01)
+        with pytest.raises(MovieError, match="bad.tif"):
+            prefetch.get(tmp_path / "bad.tif")
+        assert np.array_equal(prefetch.get(paths[3]), read_movie_frames(paths[3]))   # skips m2
+        assert np.array_equal(prefetch.get(paths[2]), read_movie_frames(paths[2]))
+    assert decoded_by[str(paths[0])] == decoded_by[str(paths[1])] == "movie-prefetch"
+    assert decoded_by[str(tmp_path / "bad.tif")] == "movie-prefetch"
+    assert not any(t.name == "movie-prefetch" for t in threading.enumerate())

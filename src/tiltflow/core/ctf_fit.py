@@ -169,7 +169,17 @@ def _annulus(spectrum: torch.Tensor, params: CtfParams, mean_defocus_a: float) -
     mask = (k2 >= kmin**2) & (k2 <= kmax**2)
     norm = subtract_background(spectrum, pixel_size_a=params.pixel_size_a, defocus_a=mean_defocus_a,
                                voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
-    return {"k": torch.sqrt(k2[mask]), "az": torch.atan2(ky, kx)[mask], "y": norm.to(torch.float64)[mask]}
+    ann = {"k": torch.sqrt(k2[mask]), "az": torch.atan2(ky, kx)[mask], "y": norm.to(torch.float64)[mask]}
+    # float32 terms of the grid searches: chi = df * per_df + fixed (+ phase), df = m + a1 c2 + a2 s2
+    lam, cs_a = electron_wavelength_a(params.voltage_kv), params.cs_mm * 1e7
+    k2m = k2[mask]
+    y = ann["y"] - ann["y"].mean()
+    ann["grid"] = {key: val.to(torch.float32) for key, val in {
+        "per_df": math.pi * lam * k2m,   # rad/Å
+        "fixed": -0.5 * math.pi * cs_a * lam**3 * k2m**2 + math.asin(params.amplitude_contrast),
+        "c2": torch.cos(2 * ann["az"]), "s2": torch.sin(2 * ann["az"]), "y": y / y.norm().clamp_min(1e-30),
+    }.items()}
+    return ann
 
 
 def _model_sq(ann: dict, params: CtfParams, m, a1, a2, ph) -> torch.Tensor:
@@ -178,6 +188,21 @@ def _model_sq(ann: dict, params: CtfParams, m, a1, a2, ph) -> torch.Tensor:
     ctf = ctf_1d(ann["k"], voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
                  amplitude_contrast=params.amplitude_contrast, defocus_a=df, phase_shift_rad=ph[..., None])
     return ctf * ctf
+
+
+def _grid_scores(ann: dict, m, a1, a2, ph, chunk: int = 32) -> torch.Tensor:
+    """Pearson correlations (c,) of ``ctf^2`` with the annulus for candidate (mean defocus, a1, a2,
+    phase) (c,) each, in float32 (for grid searches; refinement is float64)."""
+    g = ann["grid"]
+    out = []
+    for i in range(0, m.numel(), chunk):
+        sl = slice(i, i + chunk)
+        df = (m[sl, None].float() + a1[sl, None].float() * g["c2"]).addcmul_(a2[sl, None].float(), g["s2"])
+        chi = df.mul_(g["per_df"]).add_(g["fixed"]).add_(ph[sl, None].float())
+        x = chi.sin_().square_()
+        x = x - x.mean(-1, keepdim=True)
+        out.append((x @ g["y"]) / x.norm(dim=-1).clamp_min(1e-30))
+    return torch.cat(out).to(torch.float64)
 
 
 def refine_2d(
@@ -200,14 +225,9 @@ def refine_2d(
         cands = torch.stack([ga1[keep], ga2[keep]], -1)
         if astigmatism_starts:
             cands = torch.cat([cands, torch.tensor(list(astigmatism_starts), dtype=f64, device=dev)])
-        best, best_score = (0.0, 0.0), -2.0
-        for chunk in cands.split(64):
-            m = torch.full((chunk.shape[0],), mean_defocus_a, dtype=f64, device=dev)
-            sc = _pearson(_model_sq(ann, params, m, chunk[:, 0], chunk[:, 1], torch.full_like(m, phase_rad)), ann["y"])
-            i = int(sc.argmax())
-            if float(sc[i]) > best_score:
-                best, best_score = (float(chunk[i, 0]), float(chunk[i, 1])), float(sc[i])
-        a1, a2 = best
+        m = torch.full((cands.shape[0],), mean_defocus_a, dtype=f64, device=dev)
+        i = int(_grid_scores(ann, m, cands[:, 0], cands[:, 1], torch.full_like(m, phase_rad)).argmax())
+        a1, a2 = float(cands[i, 0]), float(cands[i, 1])
     start = torch.tensor([mean_defocus_a, a1, a2, phase_rad], dtype=f64, device=dev)
     x = _lbfgs(lambda v: -_pearson(_model_sq(ann, params, *_unpack(v, start, params)), ann["y"]), max_iter, dev)
     with torch.no_grad():
@@ -246,21 +266,27 @@ def search_defocus_local(
 ) -> float:
     """Mean defocus (Å) near ``mean_defocus_a`` with the astigmatism and phase of ``fit`` held fixed.
 
-    2-D correlation on a grid (ring phase at the high-resolution limit moves 0.02*pi per step),
-    then a parabola through the best point and its neighbours.
+    2-D correlation on a grid (ring phase at the high-resolution limit moves 0.02*pi per step;
+    every 4th point first, then the points around the best of those), then a parabola through
+    the best point and its neighbours.
     """
     ann = _annulus(spectrum, params, mean_defocus_a)
     dev, f64 = spectrum.device, torch.float64
     lam = electron_wavelength_a(params.voltage_kv)
     step = 0.02 / (lam * _k_limits(params)[1] ** 2)
-    m = torch.arange(mean_defocus_a - halfwidth_a, mean_defocus_a + halfwidth_a + step, step, dtype=f64, device=dev)
     _, a1, a2 = _components(fit)
-    sc = torch.cat([
-        _pearson(_model_sq(ann, params, c, torch.full_like(c, a1), torch.full_like(c, a2),
-                           torch.full_like(c, fit.phase_shift_rad)), ann["y"])
-        for c in m.split(32)
-    ])
-    i = int(sc[1:-1].argmax()) + 1
+
+    def scores(m: torch.Tensor) -> torch.Tensor:
+        return _grid_scores(ann, m, torch.full_like(m, a1), torch.full_like(m, a2), torch.full_like(m, fit.phase_shift_rad))
+
+    # every 4th point of the fine grid first, then the fine grid around the best of those
+    m = torch.arange(mean_defocus_a - halfwidth_a, mean_defocus_a + halfwidth_a + step, step, dtype=f64, device=dev)
+    coarse = m[::4]
+    j = 4 * int(scores(coarse).argmax())
+    lo, hi = max(j - 4, 0), min(j + 5, m.numel())
+    m = m[lo:hi]
+    sc = scores(m)
+    i = min(max(int(sc.argmax()), 1), m.numel() - 2)
     denom = float(sc[i - 1] - 2 * sc[i] + sc[i + 1])
     shift = 0.5 * float(sc[i - 1] - sc[i + 1]) / denom if denom < 0 else 0.0
     return float(m[i]) + max(-1.0, min(1.0, shift)) * step
