@@ -126,7 +126,6 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     )
     from tiltflow.io.gain import read_gain
     from tiltflow.io.movies import read_movie_frames
-    from tiltflow.io.mrc import write_mrc
     from tiltflow.io.star import write_motion_star
 
     shared = _SESSIONS.get(session) if session else None
@@ -154,12 +153,11 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     summed = align_and_sum(frames, motion, even_odd=halves, dose_weights=weights, binning=p["binning"])
     del frames
     out = Path(out_dir)
-    files = {"sum": str(write_mrc(out / "sums" / f"{name}.mrc", summed.total.cpu().numpy(), voxel_size_a=pixel_size_a * p["binning"]))}
+    # per-movie sums are intermediate (stacked per series by the coordinator, then removed): raw .npy
+    files = {"sum": _write_sum(out / "sums" / f"{name}.npy", summed.total)}
     if p["even_odd"]:
-        files["even"] = str(write_mrc(out / "sums" / f"{name}_even.mrc", summed.even.cpu().numpy(),
-                                      voxel_size_a=pixel_size_a * p["binning"]))
-        files["odd"] = str(write_mrc(out / "sums" / f"{name}_odd.mrc", summed.odd.cpu().numpy(),
-                                     voxel_size_a=pixel_size_a * p["binning"]))
+        files["even"] = _write_sum(out / "sums" / f"{name}_even.npy", summed.even)
+        files["odd"] = _write_sum(out / "sums" / f"{name}_odd.npy", summed.odd)
     shifts = summed.shifts_px                      # refined by the local fit when there is one
     write_motion_star(out / "motion" / f"{name}.star", shifts.cpu().numpy(), movie=movie, pixel_size_a=pixel_size_a)
     result = {"files": files, "shifts_px": shifts.cpu().tolist(), "total_motion_px": total_motion_px(shifts)}
@@ -175,17 +173,37 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     return result
 
 
+def _write_sum(path: Path, image) -> str:
+    """Write one per-movie sum (h, w) float32 as .npy, atomically; returns the path."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(tmp, image.cpu().numpy().astype(np.float32, copy=False))
+    tmp.replace(path)
+    return str(path)
+
+
+def _read_sum(path: str):
+    """A per-movie sum written by :func:`_write_sum` (or an MRC of an earlier version)."""
+    import numpy as np
+
+    from tiltflow.io.mrc import read_stack
+
+    return np.load(path) if path.endswith(".npy") else read_stack(path)[0]
+
+
 def _assemble_series(ts: TiltSeries, results: dict, run_dir: Path, binning: int, even_odd: bool) -> TiltSeries:
     """One MRC stack per series (tilt-angle order) from the per-movie sums; per-movie sums removed."""
     import numpy as np
 
-    from tiltflow.io.mrc import read_stack, write_mrc
+    from tiltflow.io.mrc import write_mrc
 
     kept = [im for im in ts.images if im.file in results]
     pixel = ts.acquisition.pixel_size_a * binning
     stacks = {}
     for key in ("sum", "even", "odd") if even_odd else ("sum",):
-        data = np.stack([read_stack(results[im.file]["files"][key])[0] for im in kept])
+        data = np.stack([_read_sum(results[im.file]["files"][key]) for im in kept])
         suffix = "" if key == "sum" else f"_{key}"
         stacks[key] = str(write_mrc(run_dir / f"{ts.ts_id}{suffix}.mrc", data, voxel_size_a=pixel))
     images = []
