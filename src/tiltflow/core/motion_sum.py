@@ -23,7 +23,7 @@ from tiltflow.core.motion_xcorr import (
     fast_fft_size,
     frequency_vectors,
     ramp_vectors,
-    stream_cropped_spectrum,
+    streamed_cropped_spectrum,
 )
 
 
@@ -291,30 +291,28 @@ def _sum_fourier(frames, glob, parity, n_sums, out_shape, dose_weights) -> torch
     t, h, w = frames.shape
     dev = frames.device
     ky, kx = frequency_vectors(out_shape, (h / out_shape[0], w / out_shape[1]), device=dev)
-    kw = out_shape[1] // 2 + 1
-    sums = torch.zeros((n_sums, out_shape[0], kw), dtype=torch.complex64, device=dev)
-    exposure = critical = sum_w2 = None
+    spec_shape = (out_shape[0], out_shape[1] // 2 + 1)
+    sums = torch.zeros((n_sums, *spec_shape), dtype=torch.complex64, device=dev)
+    spec = torch.empty(spec_shape, dtype=torch.complex64, device=dev)
+    work = torch.empty((h, spec_shape[1]), dtype=torch.complex64, device=dev)
     if dose_weights is not None:
         exposure = _mid_frame_exposure(dose_weights, t, dev)
         k_a = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) / dose_weights.pixel_size_a  # 1/Å
-        critical = critical_exposure_e_a2(k_a, dose_weights.voltage_kv)
-        sum_w2 = torch.zeros_like(critical)
-    work = torch.empty((h, kw), dtype=torch.complex64, device=dev)
-    one = torch.ones((), device=dev)
+        half_inverse = critical_exposure_e_a2(k_a, dose_weights.voltage_kv).reciprocal_().mul_(-0.5)
+        weight = torch.empty_like(half_inverse)
+        sum_w2 = torch.zeros_like(half_inverse)
     for i in range(t):
-        py = torch.polar(one, TWO_PI * ky * glob[i, 1])  # moves the frame by -shift
-        px = torch.polar(one, TWO_PI * kx * glob[i, 0])
-        blocks = stream_cropped_spectrum(lambda r0, r1, i=i: frames[i, r0:r1].float(), (h, w), out_shape,
-                                         device=dev, work=work)
-        for cols, block in blocks:
-            block.mul_(py[:, None] * px[None, cols])
-            if critical is not None:
-                weight = torch.exp(-exposure[i] / (2.0 * critical[:, cols]))
-                block.mul_(weight)
-                sum_w2[:, cols] += weight.square()
-            sums[parity[i]][:, cols] += block
-    if sum_w2 is not None:
-        sums.mul_(torch.sqrt(t / sum_w2.clamp_min(1e-30)))
+        streamed_cropped_spectrum(lambda r0, r1, i=i: frames[i, r0:r1].float(), (h, w), out_shape,
+                                  out=spec, work=work)
+        py, px = ramp_vectors(ky, kx, glob[i])  # moves the frame by -shift
+        spec.mul_(py[:, None]).mul_(px[None, :])
+        if dose_weights is not None:
+            torch.mul(half_inverse, exposure[i], out=weight).exp_()  # exp(-N / 2 Ne)
+            spec.mul_(weight)
+            sum_w2.addcmul_(weight, weight)
+        sums[parity[i]] += spec
+    if dose_weights is not None:
+        sums.mul_(sum_w2.clamp_min_(1e-30).reciprocal_().mul_(t).sqrt_())
     return torch.stack([torch.fft.irfft2(sums[k], s=out_shape) for k in range(n_sums)])
 
 
@@ -324,9 +322,7 @@ def _bin_image(image: torch.Tensor, out_shape: tuple[int, int]) -> torch.Tensor:
     if (h, w) == tuple(out_shape):
         return image
     spec = torch.empty((out_shape[0], out_shape[1] // 2 + 1), dtype=torch.complex64, device=image.device)
-    for cols, block in stream_cropped_spectrum(lambda r0, r1: image[r0:r1], (h, w), out_shape,
-                                               device=image.device):
-        spec[:, cols] = block
+    streamed_cropped_spectrum(lambda r0, r1: image[r0:r1], (h, w), out_shape, out=spec)
     return torch.fft.irfft2(spec, s=out_shape)
 
 

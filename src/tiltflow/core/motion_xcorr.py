@@ -14,7 +14,7 @@ cycles per *unbinned* pixel, so shifts are always in unbinned pixels. Shift conv
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -120,36 +120,38 @@ def _crop_rows(spec: torch.Tensor, h: int, nh: int) -> torch.Tensor:
     return torch.cat([spec[..., :top, :], spec[..., h - bottom :, :]], dim=-2)
 
 
-def stream_cropped_spectrum(
+def streamed_cropped_spectrum(
     read_rows: Callable[[int, int], torch.Tensor],  # (r0, r1) -> rows r0..r1-1 (rows, w), float32
     image_shape: tuple[int, int],
     new_shape: tuple[int, int],
     *,
-    device,
+    out: torch.Tensor,                 # (new_h, new_w//2+1) complex64, written and returned
     work: torch.Tensor | None = None,  # (h, new_w//2+1) complex64 scratch, reused between calls
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """The cropped rfft2 of one image (as :func:`cropped_spectrum_2d`) in column blocks.
+) -> torch.Tensor:
+    """The cropped rfft2 of one image (as :func:`cropped_spectrum_2d`), written into ``out``.
 
     The image is read in row blocks and the y transform runs on blocks of kept columns, so on the
-    CPU no temporary exceeds a few MB (large fresh allocations cost page faults). Yields
-    ``(columns, block)`` with ``block`` (new_h, len(columns)) complex64.
+    CPU no temporary exceeds a few MB (large fresh allocations cost page faults).
     """
     h, w = image_shape
     nh, nw = new_shape
     kw = nw // 2 + 1
-    dev = torch.device(device)
+    dev = out.device
     if work is None or tuple(work.shape) != (h, kw):
         work = torch.empty((h, kw), dtype=torch.complex64, device=dev)
     rows = row_chunk(h, w, dev)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
-        spec = torch.fft.rfft(read_rows(r0, r1), dim=-1)
-        work[r0:r1] = spec[:, :kw]
-    scale = (nh * nw) / (h * w)
+        work[r0:r1] = torch.fft.rfft(read_rows(r0, r1), dim=-1)[:, :kw]
+    top, bottom = (nh + 1) // 2, nh // 2
     step = kw if dev.type != "cpu" else max(1, CHUNK_PIXELS // h)
     for c0 in range(0, kw, step):
         cols = slice(c0, min(kw, c0 + step))
-        yield cols, _crop_rows(torch.fft.fft(work[:, cols], dim=0), h, nh).mul_(scale)
+        full = torch.fft.fft(work[:, cols], dim=0)
+        out[:top, cols] = full[:top]
+        if bottom:
+            out[top:, cols] = full[h - bottom :]
+    return out.mul_((nh * nw) / (h * w))
 
 
 def bin_frames(
@@ -169,8 +171,7 @@ def bin_frames(
             block = frames[i, r0:r1]
             return block.float() if outliers is None else outliers.clean(block, i, r0)
 
-        for cols, block in stream_cropped_spectrum(read, (h, w), shape, device=dev, work=work):
-            spec[:, cols] = block
+        streamed_cropped_spectrum(read, (h, w), shape, out=spec, work=work)
         spec[0, 0] = 0.0  # mean zero
         out[i] = torch.fft.irfft2(spec, s=shape)
     return out
