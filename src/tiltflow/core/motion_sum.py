@@ -294,7 +294,7 @@ def _sum_fourier(frames, glob, parity, n_sums, out_shape, dose_weights) -> torch
     spec_shape = (out_shape[0], out_shape[1] // 2 + 1)
     sums = torch.zeros((n_sums, *spec_shape), dtype=torch.complex64, device=dev)
     spec = torch.empty(spec_shape, dtype=torch.complex64, device=dev)
-    work = torch.empty((h, spec_shape[1]), dtype=torch.complex64, device=dev)
+    work = None
     if dose_weights is not None:
         exposure = _mid_frame_exposure(dose_weights, t, dev)
         k_a = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) / dose_weights.pixel_size_a  # 1/Å
@@ -302,8 +302,13 @@ def _sum_fourier(frames, glob, parity, n_sums, out_shape, dose_weights) -> torch
         weight = torch.empty_like(half_inverse)
         sum_w2 = torch.zeros_like(half_inverse)
     for i in range(t):
-        streamed_cropped_spectrum(lambda r0, r1, i=i: frames[i, r0:r1].float(), (h, w), out_shape,
-                                  out=spec, work=work)
+        if (h, w) == tuple(out_shape) and frames.dtype == torch.float32:
+            torch.fft.rfft2(frames[i], out=spec)  # no crop: one 2-D transform is faster
+        else:
+            if work is None:
+                work = torch.empty((h, spec_shape[1]), dtype=torch.complex64, device=dev)
+            streamed_cropped_spectrum(lambda r0, r1, i=i: frames[i, r0:r1].float(), (h, w), out_shape,
+                                      out=spec, work=work)
         py, px = ramp_vectors(ky, kx, glob[i])  # moves the frame by -shift
         spec.mul_(py[:, None]).mul_(px[None, :])
         if dose_weights is not None:
