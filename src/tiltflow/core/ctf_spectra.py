@@ -153,7 +153,7 @@ def tiled_power_spectrum(
         bins.index_add_(0, lower[c0 : c0 + len(ids)] + 1, power * w)
         bins.index_add_(0, lower[c0 : c0 + len(ids)], power.mul_(1.0 - w))
     if bins is not None:
-        used = (bins.flatten(1).abs().amax(1) > 0).nonzero()[:, 0]
+        used = torch.unique(torch.cat([lower, lower + 1]))
         bin_offsets = (used.to(torch.float64) + first) * step_a
         for c0 in range(0, used.numel(), chunk):
             sel = used[c0 : c0 + chunk]
@@ -170,10 +170,13 @@ def _rescale_setup(n, pixel_size_a, reference, voltage_kv, cs_mm, device) -> dic
     df = defocus_at_azimuth(u, v, ang, torch.atan2(ky, kx))
     lam, cs_a = electron_wavelength_a(voltage_kv), cs_mm * 1e7
     inv_k2 = torch.where(k2 > 0, 1.0 / k2.clamp_min(1e-30), torch.zeros_like(k2))
-    f32 = {"a": math.pi * lam * df, "c": defocus_phase(k2, df, wavelength_a=lam, cs_a=cs_a), "inv_k2": inv_k2,
-           "gx": kx * n / (n // 2) * 2.0, "gy": ky * n / (n - 1) * 2.0}
+    c = defocus_phase(k2, df, wavelength_a=lam, cs_a=cs_a)
+    b = 0.5 * math.pi * cs_a * lam**3
+    f32 = {"a": math.pi * lam * df, "four_bc": 4.0 * b * c, "two_c_inv_k2": 2.0 * c * inv_k2,
+           "gxy": torch.stack([kx * n / (n // 2) * 2.0, ky * n / (n - 1) * 2.0], dim=-1)}
     out = {key: val.to(torch.float32) for key, val in f32.items()}
-    out.update(b=0.5 * math.pi * cs_a * lam**3, a_per_a=math.pi * lam, gy0=(n // 2) / (n - 1) * 2.0 - 1.0)
+    out.update(a_per_a=math.pi * lam,
+               g0=torch.tensor([-1.0, (n // 2) / (n - 1) * 2.0 - 1.0], dtype=torch.float32, device=device))
     return out
 
 
@@ -183,11 +186,10 @@ def _rescale_tiles(power: torch.Tensor, offsets_a: torch.Tensor, setup: dict) ->
     The source radius solves chi(k_src; df + offset) = chi(k; df) (``matching_k2``, inlined here in
     float32 for speed); the source lies on the same azimuth, sampled bilinearly.
     """
-    a = setup["a"][None] + (setup["a_per_a"] * offsets_a.to(torch.float32))[:, None, None]
-    c = setup["c"][None]
-    k2_src = 2.0 * c / (a + torch.sqrt((a * a - 4.0 * setup["b"] * c).clamp_min(0.0)))
-    ratio = torch.sqrt(k2_src * setup["inv_k2"][None])
-    grid = torch.stack([ratio * setup["gx"] - 1.0, ratio * setup["gy"] + setup["gy0"]], dim=-1)
+    a = setup["a"] + (setup["a_per_a"] * offsets_a.to(torch.float32))[:, None, None]   # (t, n, n//2+1)
+    root = a.square().sub_(setup["four_bc"]).clamp_min_(0.0).sqrt_().add_(a)
+    ratio = torch.div(setup["two_c_inv_k2"], root, out=root).sqrt_()    # k_src / k = sqrt(k2_src / k2)
+    grid = (ratio[..., None] * setup["gxy"]).add_(setup["g0"])
     shifted = torch.fft.fftshift(power, dim=-2)[:, None]
     return F.grid_sample(shifted, grid.to(power.dtype), mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
 
