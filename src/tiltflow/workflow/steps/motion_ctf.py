@@ -50,12 +50,14 @@ class _MovieSession:
     the tasks, the gain/dark references (read once), and per-thread float32 frame buffers reused
     from movie to movie (large fresh allocations cost page faults on every movie)."""
 
-    def __init__(self, movies: list[str], eer_groups: int, depth: int):
+    def __init__(self, movies: list[str], eer_groups: int, depth: int, device: str = "cpu"):
         import threading
 
         from tiltflow.io.movies import MoviePrefetcher
 
-        self.prefetch = MoviePrefetcher(movies, depth=depth, eer_groups=eer_groups)
+        # for a GPU the raw counts are also copied into page-locked memory in the thread (fast upload)
+        self.prefetch = MoviePrefetcher(movies, depth=depth, eer_groups=eer_groups,
+                                        prepare=_pinned if str(device).startswith("cuda") else None)
         self._lock = threading.Lock()
         self._refs: dict[str, object] = {}
         self._buffers: dict[int, object] = {}
@@ -86,6 +88,14 @@ class _MovieSession:
         self.prefetch.close()
         self._buffers.clear()
         self._refs.clear()
+
+
+def _pinned(frames):
+    """Raw frames (numpy) as a page-locked CPU tensor."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(frames)).pin_memory()
 
 
 _SESSIONS: dict[str, _MovieSession] = {}   # run key -> session, looked up by tasks in this process
@@ -130,12 +140,17 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
 
     shared = _SESSIONS.get(session) if session else None
     raw = shared.prefetch.get(movie) if shared else read_movie_frames(movie, eer_groups=p["eer_groups"])
-    _check_raw_frames(movie, raw)
+    if isinstance(raw, torch.Tensor):   # page-locked by the prefetcher (GPU runs)
+        _check_raw_frames(movie, raw.numpy())
+        frames = raw.to(device, non_blocking=True)
+    else:
+        _check_raw_frames(movie, raw)
+        frames = torch.from_numpy(np.ascontiguousarray(raw)).to(device)   # raw counts travel (4x smaller)
+    del raw
+
     def ref(path):
         return None if path is None else shared.reference(path) if shared else read_gain(path)
 
-    frames = torch.from_numpy(np.ascontiguousarray(raw)).to(device)   # raw counts travel (4x smaller)
-    del raw
     frames = prepare_frames(frames, gain=ref(gain), dark=ref(dark),
                             gain_transpose=p["gain_transpose"] == "transpose",
                             gain_flip_x=p["gain_flip"] == "x", gain_flip_y=p["gain_flip"] == "y",
@@ -246,7 +261,7 @@ def run_motion_ctf(ctx: StepContext):
                                     im.dose_e_a2, str(ctx.run_dir), name, device, session)))
     # movies are decoded in a background thread ahead of the tasks that use them
     _SESSIONS[session] = _MovieSession([key for key, _ in tasks], p.eer_groups,
-                                       depth=max(1, int(ctx.options.get("workers") or 2)))
+                                       depth=max(1, int(ctx.options.get("workers") or 2)), device=device)
     try:
         results = run_items(ctx, motion_movie_task, tasks,
                             on_result=lambda key, v: ctx.log.info("%s: %s", where[key][1], "failed: " + str(v)
