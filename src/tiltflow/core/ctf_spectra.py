@@ -133,10 +133,11 @@ def tiled_power_spectrum(
         # between its two nearest bins), and each bin is rescaled once
         step_a = RESCALE_PHASE_STEP_RAD / (math.pi * electron_wavelength_a(voltage_kv) * (0.5 / pixel_size_a) ** 2)
         pos = offsets[chosen].to(torch.float64) / step_a
-        first = int(pos.min().floor())
-        lower = (pos.floor() - first).long().to(dev)
-        frac = (pos - pos.floor()).to(device=dev, dtype=torch.float32)
-        bins = torch.zeros((int(lower.max()) + 2, n, n // 2 + 1), dtype=torch.float32, device=dev)
+        floor = pos.floor()
+        used = torch.unique(torch.cat([floor, floor + 1.0]))       # bins holding tiles, sorted
+        lower = torch.searchsorted(used, floor).to(dev)            # index of a tile's lower bin
+        frac = (pos - floor).to(device=dev, dtype=torch.float32)
+        bins = torch.zeros((used.numel(), n, n // 2 + 1), dtype=torch.float32, device=dev)
     for c0 in range(0, len(chosen), chunk):
         ids = chosen[c0 : c0 + chunk]
         block = buf[: len(ids)]
@@ -153,11 +154,9 @@ def tiled_power_spectrum(
         bins.index_add_(0, lower[c0 : c0 + len(ids)] + 1, power * w)
         bins.index_add_(0, lower[c0 : c0 + len(ids)], power.mul_(1.0 - w))
     if bins is not None:
-        used = torch.unique(torch.cat([lower, lower + 1]))
-        bin_offsets = (used.to(torch.float64) + first) * step_a
+        bin_offsets = (used * step_a).to(dev)
         for c0 in range(0, used.numel(), chunk):
-            sel = used[c0 : c0 + chunk]
-            total += _rescale_tiles(bins[sel], bin_offsets[c0 : c0 + chunk].to(dev), scale_map).sum(0)
+            total += _rescale_tiles(bins[c0 : c0 + chunk], bin_offsets[c0 : c0 + chunk], scale_map).sum(0)
     return (total / (len(chosen) * taper.square().sum())).to(torch.float32)
 
 

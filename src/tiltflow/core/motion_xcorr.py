@@ -2,9 +2,12 @@
 
 Each frame is aligned against the sum of all other frames (a leave-one-out reference, so its own
 noise never correlates with itself), band-passed by the fit range and B-factor weighted. A coarse
-search takes the peak of the cross-correlation map (parabolic sub-pixel); Newton steps on the
-continuous Fourier cross-correlation ``C(s) = sum_k W(k) Re(F(k) conj(R(k)) exp(2 pi i k.s))``
-then refine it with no interpolation bias. Work is batched over leading dimensions (patches).
+search takes the peak of the cross-correlation map at half the resolution (parabolic sub-pixel);
+Newton steps on the continuous Fourier cross-correlation
+``C(s) = sum_k W(k) Re(F(k) conj(R(k)) exp(2 pi i k.s))`` then refine it with no interpolation
+bias. Work is batched over leading dimensions (patches) and, on the CPU, streamed over frames and
+blocks so that no temporary is much larger than a few MB (fresh large allocations cost page
+faults on every call).
 
 Spectra are rfft2 of down-sampled images; their frequency vectors ``ky``, ``kx`` are given in
 cycles per *unbinned* pixel, so shifts are always in unbinned pixels. Shift convention
