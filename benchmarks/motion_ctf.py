@@ -377,7 +377,7 @@ def add_seconds(results: dict, name: str, r: dict) -> None:
 def add_accuracy(results: dict, name: str, r: dict, tilt: dict, i: int, truth: np.ndarray) -> None:
     g, loc = trajectory_errors(r["disp"], truth)
     entry = {"tilt": tilt["nominal_tilt_angle_deg"], "global": g, "local": loc if r.get("local") else None,
-             "ctf": ctf_errors(r["ctf"], tilt) if r.get("ctf") else None}
+             "ctf": ctf_errors(r["ctf"], tilt) if r.get("ctf") else None, "seconds": r["seconds"]}
     _slot(results, name)["tilts"][str(i)] = entry
     if "xc" in r:
         xc = _slot(results, "teamtomo (global XC only)")
