@@ -4,8 +4,12 @@ The series: 25 tilts (5° steps, ±60°) of 256 px at 8 Å/px, ice 50 nm with go
 vesicles and protein blobs, Poisson noise at ~10 counts/px per tilt. The honest measure is the
 shared ``alignment_residual_against_truth``: our .xf applied to the TRUE bead projections.
 
-Tilt axis: the goal is 0.5° from an mdoc axis up to 2° off. On such 256-px series (seeds 3, 5,
-7, 11) the refined axis was 0.63, 0.34, 0.05 and 0.29° off; the assertion allows 1.0°.
+Measured on this scenario (seeds 3, 5, 7, 11; the mdoc axis 1.0-1.2° off): honest residual
+coarse 1.02, 0.96, 0.62, 0.65 px -> projection matching 0.59, 0.69, 0.24, 0.28 px; refined axis
++0.23, -0.05, +0.18, +0.31° off (0.5° asserted).  Thick ice (150 nm = 187 px of the 256-px field,
+seeds 3, 5, 7): coarse 1.32, 1.26, 1.57 -> 0.90, 0.53, 0.98 px, axis within 0.2°.  On 41-view
+series of 512 px at bin 2 (``/work/notes/pm_eval.py``-style runs, 4 seeds each) 120 nm ice:
+0.17-0.49 px, 280 nm: 0.28-0.37 px, axis within 0.37°.
 """
 
 import math
@@ -16,6 +20,7 @@ import torch
 
 from tiltflow.core.align import alignment_residual_against_truth, coarse_align
 from tiltflow.core.align.dark_views import dark_view_ratios, detect_dark_views
+from tiltflow.core.align.geometry_search import search_tilt_geometry
 from tiltflow.core.align.projection_matching import projection_matching_align
 from tiltflow.core.align.projection_matching_ops import references, specimen_pitch
 from tiltflow.core.radial_filter import (
@@ -74,15 +79,67 @@ def test_feature_alignment_beats_coarse_and_recovers_the_geometry(series):
           f"axis {out.tilt_axis_deg:.2f} (true {series['axis']:.2f}, mdoc "
           f"{series['mdoc_axis']:.1f}); offset {out.tilt_offset_deg:.2f} "
           f"(true {series['offset']:.2f})")
-    # measured (seed 3): coarse 1.02, PM 0.39 px; axis +0.63°, offset -0.27° off
+    # measured (seed 3): coarse 1.02, PM 0.59 px; axis +0.23°, offset -0.60° off
     assert res <= 1.0
     assert res < 0.8 * res_coarse
-    assert abs(out.tilt_axis_deg - series["axis"]) <= 1.0  # goal 0.5°, see the docstring
+    assert abs(out.tilt_axis_deg - series["axis"]) <= 0.5
     assert abs(out.tilt_offset_deg - series["offset"]) <= 1.0
     torch.testing.assert_close(out.tilt_angles_deg, angles + out.tilt_offset_deg)
     assert not bool(out.dark_views.any())
     assert out.xf.shape == (25, 6) and out.shifts_px.shape == (25, 2)
     assert bool(((out.per_view_error > 0) & (out.per_view_error < 1)).all())
+
+
+def _render(ice_nm: float, seed: int) -> dict:
+    cfg = DemoConfig(n_series=1, n_tilts=25, tilt_step_deg=5.0, size=(256, 256),
+                     pixel_size_a=8.0, ice_thickness_nm=ice_nm, n_beads=20, n_vesicles=4, seed=seed)
+    truth = plan_series(cfg, 0, series_rng(cfg, 0))
+    order = truth["tilt_order_by_angle"]
+    clean = torch.stack([render_truth_tilt(truth, i) for i in order]).double()
+    views = torch.poisson(clean * (10.0 / clean.mean()),
+                          generator=torch.Generator().manual_seed(seed)).float()
+    tilts = [truth["tilts"][i] for i in order]
+    proj = torch.tensor([t["bead_projections_px"] for t in tilts], dtype=torch.float64)
+    proj[~torch.tensor([t["bead_in_image"] for t in tilts])] = torch.nan
+    angles = torch.tensor([t["mdoc_tilt_angle_deg"] for t in tilts], dtype=torch.float64)
+    return {"views": views, "proj": proj.permute(1, 0, 2), "angles": angles, "truth": truth}
+
+
+def test_thick_specimen_is_no_worse_than_coarse():
+    """Ice 150 nm (187 px, 3/4 of the field) seen through a 100-px slab: the slab's references
+    are biased there, yet the result beats the coarse alignment from the mdoc axis, because the
+    geometry search fixes the axis (measured, seed 5: coarse 1.26 -> 0.53 px, axis -0.05°)."""
+    d = _render(150.0, 5)
+    axis0 = d["truth"]["mdoc_tilt_axis_deg"]
+    coarse = coarse_align(d["views"], d["angles"], tilt_axis_deg=axis0)
+    res_coarse = alignment_residual_against_truth(coarse.xf, d["angles"], d["proj"], (256, 256))
+    out = projection_matching_align(d["views"], d["angles"], tilt_axis_deg=axis0, align_z_px=100,
+                                    binning=1)
+    res = alignment_residual_against_truth(out.xf, out.tilt_angles_deg, d["proj"], (256, 256))
+    print(f"thick ice: coarse {res_coarse:.2f} px, projection matching {res:.2f} px, axis "
+          f"{out.tilt_axis_deg - d['truth']['tilt_axis_deg']:+.2f}° off")
+    assert res <= min(1.0, res_coarse)
+    assert abs(out.tilt_axis_deg - d["truth"]["tilt_axis_deg"]) <= 0.5
+
+
+def test_geometry_search_moves_a_far_axis_and_finds_the_offset(series):
+    """Started 2.5° from the true axis (beyond the mdoc's 2° jitter), the stretched-correlation
+    search comes back to it.  Its offset is rougher (1.8° off here, where the specimen's levelling
+    in ``projection_matching_align`` gets within 0.6°)."""
+    start = series["axis"] + 2.5
+    g = search_tilt_geometry(series["views"], series["angles"], tilt_axis_deg=start, binning=2)
+    print(f"search: axis {g.tilt_axis_deg - series['axis']:+.2f}° off, offset "
+          f"{g.tilt_offset_deg - series['offset']:+.2f}° off, {len(g.trials)} trials")
+    assert abs(g.tilt_axis_deg - series["axis"]) <= 0.5
+    assert abs(g.tilt_offset_deg - series["offset"]) <= 2.0
+    best = max(g.trials, key=lambda trial: trial[2])
+    assert g.score >= best[2] - 1e-3  # the answer is the best point seen (up to the fit)
+    kept = search_tilt_geometry(series["views"], series["angles"], tilt_axis_deg=start,
+                                axis_range_deg=0.0, binning=2)
+    assert kept.tilt_axis_deg == start
+    with pytest.raises(ValueError, match="narrow offset_range_deg"):
+        search_tilt_geometry(series["views"], series["angles"] * 1.35, tilt_axis_deg=start,
+                             offset_range_deg=5.0)
 
 
 def test_blanked_view_is_detected_and_excluded(series):
@@ -163,9 +220,12 @@ def test_specimen_pitch_and_height_of_a_tilted_slab():
             vol += torch.exp(-((x - bx) ** 2 + (y - by) ** 2 + (z - bz) ** 2) / 4.0)
     angles = torch.arange(-60.0, 61.0, 5.0, dtype=torch.float64)
     views = project_volume(vol, angles, nx_view=nx)
-    got_pitch, got_height = specimen_pitch(views.float(), angles, nz=64, x_extent_px=nx)
+    got_pitch, got_height, got_thickness = specimen_pitch(
+        views.float(), angles, nz=64, x_extent_px=nx
+    )
     assert got_pitch == pytest.approx(pitch, abs=0.5)
     assert got_height == pytest.approx(height, abs=2.0)
+    assert 16.0 <= got_thickness <= 26.0  # surfaces 16 px apart, blobs ~3 px across
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ Cross-correlation maps are ``fftshift``-ed: index ``(h // 2, w // 2)`` is zero s
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -56,7 +55,12 @@ def support_mask(
 
 
 def share_operator(
-    theta_out: torch.Tensor, theta_in: torch.Tensor, *, nz: int, nx_volume: int, nx_view: int
+    theta_out: torch.Tensor,
+    theta_in: torch.Tensor,
+    *,
+    nz: int,
+    nx_volume: int,
+    nx_view: int,
 ) -> torch.Tensor:
     """``P(theta_out) BP(theta_in)`` on one view row: ``(n, nx_view, nx_view)`` float64 matrices.
 
@@ -209,87 +213,6 @@ def peak_2d(cc: torch.Tensor, max_shift_px: float) -> tuple[torch.Tensor, torch.
     return d.to(torch.float64).cpu(), c0.to(torch.float64).cpu()
 
 
-def peak_y(
-    cc: torch.Tensor, max_shift_px: float, *, x_halfwidth_px: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-pixel y shift ``(n,)`` and height ``(n,)`` of the peak of the CC summed over
-    ``|dx| <= x_halfwidth_px`` (a reference smeared along x' still pins y')."""
-    n, h, w = cc.shape
-    cy, cx = h // 2, w // 2
-    r = math.ceil(x_halfwidth_px)
-    profile = cc[:, :, max(cx - r, 0) : cx + r + 1].sum(dim=-1)  # (n, h)
-    yy = torch.arange(h, device=cc.device) - cy
-    py = profile.masked_fill(yy.abs()[None] > max_shift_px, -torch.inf).argmax(dim=1)
-    rows = torch.arange(n, device=cc.device)
-    c0 = profile[rows, py]
-    dy = _vertex(profile[rows, (py - 1) % h], c0, profile[rows, (py + 1) % h])
-    return ((py - cy).to(cc.dtype) + dy).to(torch.float64).cpu(), c0.to(torch.float64).cpu()
-
-
-def strip_y_shifts(
-    views: torch.Tensor,
-    reference: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    n_strips: int,
-    max_shift_px: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y' shift ``(n, k)`` of each of ``k`` strips of the views across x' (x' centres ``(k,)``,
-    px from the view centre) against the reference, and the peak heights ``(n, k)`` as weights."""
-    w = views.shape[-1]
-    xs = torch.arange(w, dtype=views.dtype, device=views.device) - (w - 1) / 2.0
-    edges = torch.linspace(-(w - 1) / 2.0, (w - 1) / 2.0, n_strips + 1).tolist()
-    shifts, heights, centres = [], [], []
-    for lo, hi in itertools.pairwise(edges):
-        half = (hi - lo) / 2.0
-        strip = 1.0 - ((xs - (lo + hi) / 2.0).abs() / half).clamp(max=1.0) ** 4  # soft box
-        dy, height = peak_y(
-            cross_correlation(views * strip, reference, mask),
-            max_shift_px,
-            x_halfwidth_px=max_shift_px,
-        )
-        shifts.append(dy)
-        heights.append(height.clamp_min(0.0))
-        centres.append((lo + hi) / 2.0)
-    return (
-        torch.stack(shifts, -1),
-        torch.stack(heights, -1),
-        torch.tensor(centres, dtype=torch.float64),
-    )
-
-
-def axis_error_from_strips(
-    dy: torch.Tensor,  # (n, k) y' shift of each strip against the wide reference, px
-    height: torch.Tensor,  # (n, k) its peak height (weight)
-    x_centres: torch.Tensor,  # (k,) x' of the strips, px from the view centre
-    angles_deg: torch.Tensor,  # (n,)
-    *,
-    exclude_deg: float,  # the wide reference's exclusion window
-) -> float:  # estimated (axis used - true axis), degrees
-    """Tilt-axis error from y' slopes across x'.
-
-    With the axis off by ``e`` a feature at x' sits ``-e x'`` off along the axis; the wide
-    reference holds it at the far views' average ``-e x'_j``, so view ``i`` shows a y' slope
-    ``r_i = -e g_i``, ``g_i = 1 - mean_j cos(theta_j) / cos(theta_i)`` (features near z = 0;
-    the far views weighted by their angular increments).  Per view a weighted line through the
-    strips (strips more than 1.5 px from the view's median are outliers), then least squares.
-    """
-    angles = angles_deg.to(torch.float64).cpu()
-    cos = torch.cos(torch.deg2rad(angles))
-    inc = tilt_increment_weights(angles)
-    far = (angles[None, :] - angles[:, None]).abs() > exclude_deg  # (i, j)
-    mean_cos = (far * inc * cos).sum(1) / (far * inc).sum(1).clamp_min(1e-12)
-    g = 1.0 - mean_cos / cos
-    w = height.square() * ((dy - dy.median(dim=1, keepdim=True).values).abs() < 1.5)
-    xk = x_centres.to(torch.float64)
-    sw, sx, sy = w.sum(1), (w * xk).sum(1), (w * dy).sum(1)
-    sxx, sxy = (w * xk * xk).sum(1), (w * xk * dy).sum(1)
-    den = (sw * sxx - sx * sx).clamp_min(1e-12)
-    r = (sw * sxy - sx * sy) / den
-    weight = den / sw.clamp_min(1e-12)  # ~ 1 / var(r)
-    return math.degrees(float(-(weight * r * g).sum() / (weight * g * g).sum().clamp_min(1e-12)))
-
-
 def legendre_basis(angles_deg: torch.Tensor, degrees: tuple[int, ...]) -> torch.Tensor:
     """Legendre polynomials ``(n, len(degrees))`` of the angles mapped onto [-1, 1] (float64)."""
     a = angles_deg.to(torch.float64).cpu()
@@ -315,14 +238,15 @@ def specimen_pitch(
     x_extent_px: int,  # width of the central region to use
     max_pitch_deg: float = 6.0,
     step_deg: float = 0.5,
-) -> tuple[float, float]:  # (pitch in degrees, z of the specimen centre at x = 0 in px)
+) -> tuple[float, float, float]:  # pitch (deg), z of the specimen centre at x = 0, thickness (px)
     """Pitch of the specimen slab in a WBP reconstruction (z towards the source, x across the axis).
 
     The band-passed structure power of each (z, x) column, averaged over y, is projected onto
     ``z' = z - x tan(pitch)`` for trial pitches; layers of features (a flat specimen's surfaces,
     its contents) give the sharpest profile (largest sum of squares) when the pitch is right, even
     if each x holds features of only one layer.  The centre is the middle of the range where
-    that profile exceeds 20 % of its peak above the median.
+    that profile exceeds 20 % of its peak above the median, the thickness that range's length
+    (0.0, 0.0, 0.0 when the volume holds no structure).
     """
     vol = wbp(aligned, angles_deg.to(aligned.device), thickness_px=nz, radial_cutoff=RAMP_CUTOFF)
     nzv, ny, nx = vol.shape
@@ -337,7 +261,7 @@ def specimen_pitch(
     power = (power - power.median()).clamp_min(0.0)  # background: the empty ice / vacuum
     zs = torch.arange(nzv, dtype=torch.float64) - (nzv - 1) / 2.0
     if float(power.sum()) <= 0:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
 
     def profile(pitch_deg: float) -> torch.Tensor:
         zp = zs[:, None] - xs[None, :] * math.tan(math.radians(pitch_deg)) + nzv  # >= 0
@@ -364,4 +288,4 @@ def specimen_pitch(
     prof = profile(pitch)[lo : lo + nzv]
     base = prof.median()
     above = torch.nonzero(prof > base + 0.2 * (prof.max() - base)).reshape(-1)
-    return pitch, float(above[0] + above[-1]) / 2.0 + lo - nzv
+    return pitch, float(above[0] + above[-1]) / 2.0 + lo - nzv, float(above[-1] - above[0] + 1)
