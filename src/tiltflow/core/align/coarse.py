@@ -39,26 +39,38 @@ class CoarseResult:
 
 
 def warp_affine(
-    image: torch.Tensor,                 # (h, w)
-    matrix: torch.Tensor,                # (2, 2) B
-    src_centre: torch.Tensor,            # (2,) x, y px
-    dst_centre: torch.Tensor,            # (2,) x, y px
+    image: torch.Tensor,                 # (h, w) or (n, h, w)
+    matrix: torch.Tensor,                # (2, 2) B, or (n, 2, 2)
+    src_centre: torch.Tensor,            # (2,) x, y px, or (n, 2)
+    dst_centre: torch.Tensor,            # (2,) x, y px, or (n, 2)
     *,
     mode: str = "bicubic",
-) -> torch.Tensor:                       # (h, w)
-    """Resample ``out(p) = image(src_centre + B (p - dst_centre))``; outside = the mean."""
-    h, w = image.shape[-2:]
-    dev = image.device
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=dev),
-                            torch.arange(w, dtype=torch.float64, device=dev), indexing="ij")
-    p = torch.stack([xx, yy], -1) - dst_centre.to(dev, torch.float64)
-    q = p @ matrix.to(dev, torch.float64).T + src_centre.to(dev, torch.float64)
-    grid = torch.stack([2.0 * q[..., 0] / max(w - 1, 1) - 1.0,
-                        2.0 * q[..., 1] / max(h - 1, 1) - 1.0], -1)
-    mean = image.mean()
-    out = F.grid_sample((image - mean)[None, None], grid[None].to(image.dtype), mode=mode,
-                        padding_mode="zeros", align_corners=True)
-    return out[0, 0] + mean
+) -> torch.Tensor:                       # (h, w) or (n, h, w)
+    """Resample ``out(p) = image(src_centre + B (p - dst_centre))``; outside = the mean.
+
+    Batched over a leading dimension (one ``grid_sample`` call); the sampling grid is built in
+    normalised coordinates (``align_corners=True``: pixel ``p`` is ``2 p / (n - 1) - 1``).
+    """
+    single = image.ndim == 2
+    img = image[None] if single else image
+    n, h, w = img.shape
+    dev = img.device
+    b = matrix.to(dev, torch.float64).reshape(-1, 2, 2).expand(n, 2, 2)
+    src = src_centre.to(dev, torch.float64).reshape(-1, 2).expand(n, 2)
+    dst = dst_centre.to(dev, torch.float64).reshape(-1, 2).expand(n, 2)
+    half = torch.tensor([max(w - 1, 1) / 2.0, max(h - 1, 1) / 2.0], dtype=torch.float64,
+                        device=dev)
+    lin = b * half[None, None, :] / half[None, :, None]             # D^-1 B D
+    off = (src + torch.einsum("nij,nj->ni", b, half - dst) - half) / half
+    lin, off = lin.to(img.dtype)[:, :, :, None, None], off.to(img.dtype)[:, :, None, None]
+    xn = torch.linspace(-1.0, 1.0, w, dtype=img.dtype, device=dev)[None, :]
+    yn = torch.linspace(-1.0, 1.0, h, dtype=img.dtype, device=dev)[:, None]
+    grid = torch.stack([lin[:, 0, 0] * xn + (lin[:, 0, 1] * yn + off[:, 0]),
+                        lin[:, 1, 0] * xn + (lin[:, 1, 1] * yn + off[:, 1])], -1)
+    mean = img.mean(dim=(-2, -1), keepdim=True)
+    out = F.grid_sample((img - mean)[:, None], grid, mode=mode, padding_mode="zeros",
+                        align_corners=True)[:, 0] + mean
+    return out[0] if single else out
 
 
 def _edge_taper(shape: tuple[int, int], width_px: int, device) -> torch.Tensor:
@@ -172,9 +184,13 @@ def coarse_align(
             ref_img = work[j]
         else:  # the aligned views nearest in angle, from both sides, in j's frame
             members = sorted(done, key=lambda i: abs(float(angles[i] - angles[k])))[:n_cumulative]
-            ref_img = sum(work[i] if i == j else warp_affine(
-                work[i], stretch(float(cos[i] / cos[j])), centre + shifts[i], target)
-                for i in members) / len(members)
+            others = [i for i in members if i != j]
+            ref_img = work[j].clone() if j in members else torch.zeros_like(work[j])
+            if others:
+                mats = torch.stack([stretch(float(cos[i] / cos[j])) for i in others])
+                ref_img += warp_affine(work[others], mats, centre + shifts[others],
+                                       target).sum(0)
+            ref_img /= len(members)
         bmat = stretch(float(cos[k] / cos[j]))
         shifts[k] = shifts[j]
         for limit in (max_shift, 2.0):  # the second pass brings the peak to ~0 (no fit bias)

@@ -6,9 +6,11 @@ trial axis, then correlated with a cumulative reference) is run at trial geometr
 peak NCC is maximised.  A wrong axis shears each stretched view against its reference, a wrong
 offset stretches it by the wrong factor; both lower the peaks, and the two couple (on thick
 specimens the best axis at the nominal angles was 1° off), so they are searched jointly: a line
-search in the offset, one in the axis, then quadratic surfaces through 3 x 3 trials around the
-best, twice.  On simulated 41-view series (±60°, 120-280 nm ice) the maximum fell within 0.1-0.2°
-of the true axis and offset.
+search in the offset, one in the axis, then a quadratic surface through 3 x 3 trials around
+the best (24 coarse alignments, ~7 s on one CPU thread for 41 views of 128 px).  On simulated
+41-view series (±60°, 120-280 nm ice, 8 seeds) the axis came within 0.13° of the truth on 7 and
+0.34° on the last, where the offset came out 1.3° off (the offset is rougher: the specimen's
+levelling in ``projection_matching_align`` refines it).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def search_tilt_geometry(
     axis_range_deg: float = 3.0,  # search tilt_axis_deg +- this; 0: keep the axis
     offset_range_deg: float = 4.5,  # search offsets +- this; 0: keep offset 0
     binning: int = 1,  # of the trial coarse alignments (about 128 px across works)
+    refinements: int = 2,  # rounds of 3 x 3 trials around the best, the second at half steps
 ) -> GeometrySearchResult:
     """Axis and offset maximising :func:`stretch_score` (module docstring); pure, any device."""
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).cpu()
@@ -102,7 +105,7 @@ def search_tilt_geometry(
             xs, [score(x, o) for x in xs], a0 - axis_range_deg, a0 + axis_range_deg
         )
     # joint refinement: quadratic surface through 3 x 3 trials (1-D parabola for one unknown)
-    for da, do in ((0.5, 0.75), (0.25, 0.35)):
+    for da, do in ((0.5, 0.75), (0.25, 0.35))[:refinements]:
         da = da if axis_range_deg > 0 else 0.0
         do = do if offset_range_deg > 0 else 0.0
         if da == 0 and do == 0:
