@@ -37,6 +37,7 @@ import json
 import math
 import os
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +90,12 @@ def make_series(size: str, seed: int, cache: Path | None, device: str) -> dict:
         t0 = time.perf_counter()
         clean = torch.stack([render_truth_tilt(truth, i, device=device).cpu() * cfg.n_frames
                              for i in order])  # a whole tilt's expected counts
-        rng = np.random.default_rng(seed)
-        noisy = torch.from_numpy(rng.poisson(clean.numpy().clip(0, None)).astype(np.float32))
+        if device == "cuda":   # numpy's Poisson draw takes minutes at full size
+            gen = torch.Generator(device="cuda").manual_seed(seed)
+            noisy = torch.stack([torch.poisson(c.to(device).clamp_min(0), generator=gen).cpu() for c in clean])
+        else:
+            rng = np.random.default_rng(seed)
+            noisy = torch.from_numpy(rng.poisson(clean.numpy().clip(0, None)).astype(np.float32))
         print(f"rendered {t} x {ny} x {nx} in {time.perf_counter() - t0:.0f} s")
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
@@ -333,24 +338,44 @@ def tfs_reconstruct(tfs, views: torch.Tensor, angles_deg, nz: int) -> torch.Tens
 # --- timing ----------------------------------------------------------------------------------------
 
 def run_interleaved(items: dict, repeats: int, sync) -> dict:
-    """Run every ``name -> fn`` ``repeats`` times in rotating order; min wall / CPU s and a result."""
+    """Run every ``name -> fn`` ``repeats`` times in rotating order; min wall / CPU s and a result.
+    An item that raises is reported (traceback) and left out, so one failure costs only its row."""
     names = list(items)
     out = {n: {"wall": [], "cpu": [], "result": None} for n in names}
+    failed: set[str] = set()
     for r in range(repeats):
         k = r % len(names)
         for n in names[k:] + names[:k]:
+            if n in failed:
+                continue
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
-            res = items[n]()
-            sync()
+            try:
+                res = items[n]()
+                sync()
+            except Exception:  # noqa: BLE001 - a benchmark reports and goes on
+                print(f"    {n}: FAILED\n{traceback.format_exc()}", flush=True)
+                failed.add(n)
+                continue
             out[n]["wall"].append(time.perf_counter() - t0)
             out[n]["cpu"].append(time.process_time() - c0)
             if out[n]["result"] is None:
                 out[n]["result"] = res
             print(f"    {n}: {out[n]['wall'][-1]:.2f} s", flush=True)
-    for n in names:
+    for n in failed:
+        del out[n]
+    for n in out:
         out[n]["wall_min"], out[n]["cpu_min"] = min(out[n]["wall"]), min(out[n]["cpu"])
     return out
+
+
+def guarded(fn, *args) -> dict:
+    """``fn(*args)``, or ``{}`` with the traceback printed: one broken part leaves the others' tables."""
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001
+        print(f"{fn.__name__}: FAILED\n{traceback.format_exc()}", flush=True)
+        return {}
 
 
 def load() -> str:
@@ -532,9 +557,10 @@ def bench_reconstruction(data: dict, vb: torch.Tensor, args, sync) -> dict:
              "r in wedge k<0.25", "r vs phantom (noise-free)"],
             [[n, r["wall_s"], r["cpu_s"], r["r_noise_free_rec"], r["r_phantom"], r["r_phantom_wedge"],
               r["r_phantom_noise_free"]] for n, r in out.items() if r.get("kind") == kind])
-    whole = [n for n, r in out.items() if r.get("kind") == "sirt-whole"]
-    print(f"{whole[0]}: {out[whole[0]]['wall_s']:.3g} s wall, {out[whole[0]]['cpu_s']:.3g} s cpu; "
-          f"tiltflow apply .xf: {out['apply_xf']['wall_s']:.3g} s")
+    whole = [n for n, r in out.items() if r.get("kind") == "sirt-whole"] or [None]
+    if whole[0] is not None:
+        print(f"{whole[0]}: {out[whole[0]]['wall_s']:.3g} s wall, {out[whole[0]]['cpu_s']:.3g} s cpu; "
+              f"tiltflow apply .xf: {out['apply_xf']['wall_s']:.3g} s")
     return out
 
 
@@ -544,14 +570,18 @@ def summary(align: dict, recon: dict, repeats: int) -> None:
     for name, r in align.items():
         if name.startswith("torch-tiltxcorr"):
             for mine in ("tiltflow coarse", "tiltflow fiducial", "tiltflow patch (coarse + PM)"):
+                if mine not in align:
+                    continue
                 m = align[mine]
                 rows.append([f"{name} vs {mine}", r["wall_s"] / m["wall_s"], r["cpu_s"] / m["cpu_s"],
                              f"{r['residual_px']:.2f} vs {m['residual_px']:.2f} px"])
-    wbp_ours = next(r for n, r in recon.items() if n == "tiltflow WBP")
-    sirt_ours = next(r for n, r in recon.items() if r.get("kind") == "sirt" and n.startswith("tiltflow"))
+    wbp_ours = next((r for n, r in recon.items() if n == "tiltflow WBP"), None)
+    sirt_ours = next((r for n, r in recon.items() if r.get("kind") == "sirt" and n.startswith("tiltflow")), None)
     for name, r in recon.items():
         if r.get("kind") in ("wbp", "sirt") and not name.startswith("tiltflow"):
             m = wbp_ours if r["kind"] == "wbp" else sirt_ours
+            if m is None:
+                continue
             rows.append([f"{name} vs tiltflow {r['kind'].upper()}", r["wall_s"] / m["wall_s"], r["cpu_s"] / m["cpu_s"],
                          (f"phantom r {r['r_phantom']:.3f} vs {m['r_phantom']:.3f}; "
                           f"wedge {r['r_phantom_wedge']:.3f} vs {m['r_phantom_wedge']:.3f}")])
@@ -604,12 +634,13 @@ def main() -> None:
     noisy = data["noisy"].to(args.device)
     binned = run_interleaved({"tiltflow bin x4": lambda: bin_views(noisy, BIN)}, args.repeats, sync)
     vb = binned["tiltflow bin x4"]["result"]
-    align = bench_alignment(data, vb, args, sync)
-    recon = bench_reconstruction(data, vb, args, sync)
+    align = guarded(bench_alignment, data, vb, args, sync)
+    recon = guarded(bench_reconstruction, data, vb, args, sync)
     stages = [["bin x4 (Fourier crop)", binned["tiltflow bin x4"]["wall_min"], binned["tiltflow bin x4"]["cpu_min"]]]
     stages += [[n.removeprefix("tiltflow "), r["wall_s"], r["cpu_s"]] for n, r in align.items()
                if n.startswith("tiltflow")]
-    stages.append(["apply .xf (aligned stack, bin 4)", recon["apply_xf"]["wall_s"], recon["apply_xf"]["cpu_s"]])
+    if "apply_xf" in recon:
+        stages.append(["apply .xf (aligned stack, bin 4)", recon["apply_xf"]["wall_s"], recon["apply_xf"]["cpu_s"]])
     stages += [[n.removeprefix("tiltflow "), r["wall_s"], r["cpu_s"]] for n, r in recon.items()
                if n.startswith("tiltflow")]
     print_table(f"tiltflow time per stage ({t} x {ny} x {nx}, bin {BIN}, min of {args.repeats})",
