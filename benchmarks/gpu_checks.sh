@@ -27,14 +27,14 @@ want() { [[ $parts == *" $1 "* ]]; }
 
 if want tests; then
 t0=$SECONDS
-timeout 240 python3 -m pytest -q -p no:cacheprovider -rs tests/test_ctf.py tests/test_ctf_series.py \
+timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_ctf.py tests/test_ctf_series.py \
     tests/test_motion.py tests/test_xray.py tests/test_step_align.py -k "cuda" 2>&1 | tee "$OUT/tests.log"
 echo "tests: $((SECONDS - t0)) s"
 fi
 
 if want align; then
 t0=$SECONDS
-timeout 120 python3 benchmarks/align_reconstruct.py --small --device cuda --repeats 1 --threads 8 \
+timeout "${SMALL_S:-120}" python3 benchmarks/align_reconstruct.py --small --device cuda --repeats 1 --threads 8 \
     2>&1 | tee "$OUT/align_small.log"
 echo "align_reconstruct --small: $((SECONDS - t0)) s"
 
