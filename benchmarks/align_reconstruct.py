@@ -253,7 +253,7 @@ def import_peer(name: str):
 def tiltxcorr_xf(module, views_b, angles, axis_deg, lowpass_a=None, pixel_a=None) -> torch.Tensor:
     """torch-tiltxcorr's shifts (dy, dx that centre each image: a feature at raw p sits at p + shift
     once shifted) as .xf at bin 1: raw-image shift s = -(dx, dy) (core/geometry.py)."""
-    shifts_yx = module.tiltxcorr(views_b, angles.float(), tilt_axis_angle=axis_deg,
+    shifts_yx = module.tiltxcorr(views_b, angles.float().to(views_b.device), tilt_axis_angle=axis_deg,
                                  pixel_spacing_angstroms=pixel_a, lowpass_angstroms=lowpass_a)
     s = -shifts_yx.flip(-1).double().cpu() * BIN
     return geometry_to_xf(axis_deg, s)

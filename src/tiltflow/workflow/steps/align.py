@@ -32,7 +32,8 @@ class AlignParams(StepParams):
     bead_diameter_nm: float = param(10.0, "Fiducial: gold bead diameter, nm.", cli="--bead-diameter-nm", gt=0)
     solve_magnification: bool = param(True, "Fiducial: solve a magnification per view.", cli="--solve-magnification")
     solve_tilt_angles: bool = param(True, "Fiducial: grouped tilt-angle corrections.", cli="--solve-tilt-angles")
-    align_z_nm: float = param(150.0, "Patch: slab thickness of the intermediate reconstruction, nm.", cli="--align-z-nm",
+    align_z_nm: float = param(150.0, "Patch: slab thickness of the intermediate reconstructions, nm (at most 3/4 "
+                              "of the aligned field's width).", cli="--align-z-nm",
                               gt=0)
     iterations: int = param(5, "Patch: projection-matching iterations.", cli="--iterations", ge=1)
     refine_tilt_axis: bool = param(True, "Refine the tilt-axis angle.", cli="--refine-tilt-axis")
@@ -108,7 +109,8 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
                                        refine_tilt_offset=p["refine_tilt_offset"], exclude_dark=p["exclude_dark"])
         xf, refined, axis, offset = pm.xf.clone(), pm.tilt_angles_deg, pm.tilt_axis_deg, pm.tilt_offset_deg
         err = pm.per_view_error
-        result.update(per_view_error=err.tolist(), dark_views=pm.dark_views.tolist(), files={})
+        result.update(per_view_error=err.tolist(), dark_views=pm.dark_views.tolist(), files={},
+                      align_z_nm_used=pm.history[0]["align_z_px"] * pixel_size_a * b / 10.0)
         result["plots"] = patch_plots(out, ts_id, pm.tilt_angles_deg, err, pm.dark_views)
     xf[:, 4:] *= b                                  # .xf shifts in pixels of the unbinned stack
     write_xf(out / f"{ts_id}.xf", xf)
@@ -240,7 +242,8 @@ def _log_summary(ctx: StepContext, ts: TiltSeries, r: dict, method: str) -> None
     else:
         errs = [e for e in r["per_view_error"] if not math.isnan(e)]
         line = (f"{ts.ts_id}: projection-matching error {sum(errs) / max(len(errs), 1):.3f} (1 - NCC),"
-                f" {sum(r['dark_views'])} dark views, axis {r['tilt_axis_deg']:.2f}°, offset {r['tilt_offset_deg']:.2f}°")
+                f" {sum(r['dark_views'])} dark views, axis {r['tilt_axis_deg']:.2f}°, offset {r['tilt_offset_deg']:.2f}°"
+                + (f", slab {r['align_z_nm_used']:.0f} nm" if "align_z_nm_used" in r else ""))
     ctx.log.info(line)
     tables = residual_tables(ts, r, method)
     for table in tables:
