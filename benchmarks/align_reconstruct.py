@@ -422,6 +422,7 @@ def bench_alignment(data: dict, vb: torch.Tensor, args, sync) -> dict:
     def patch(start_from_coarse=True):
         c = coarse_align(vb, angles, tilt_axis_deg=axis0) if start_from_coarse else None
         pm = projection_matching_align(vb, angles, tilt_axis_deg=axis0, align_z_px=ALIGN_Z_NM * 10.0 / px_b,
+                                       pixel_size_a=px_b,
                                        initial_shifts_px=None if c is None else c.shifts_px, binning=1,
                                        iterations=PATCH_ITERATIONS)
         return unbinned(pm.xf), pm.tilt_angles_deg, pm.tilt_axis_deg

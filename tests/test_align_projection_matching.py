@@ -21,7 +21,7 @@ import torch
 from tiltflow.core.align import alignment_residual_against_truth, coarse_align
 from tiltflow.core.align.dark_views import dark_view_ratios, detect_dark_views
 from tiltflow.core.align.geometry_search import search_tilt_geometry
-from tiltflow.core.align.projection_matching import projection_matching_align
+from tiltflow.core.align.projection_matching import projection_matching_align, working_binning
 from tiltflow.core.align.projection_matching_ops import references, specimen_pitch
 from tiltflow.core.radial_filter import (
     filter_views,
@@ -161,6 +161,19 @@ def test_slab_as_thick_as_the_field_is_narrowed():
     print(f"128-px field: coarse {res_coarse:.2f} px, projection matching {res:.2f} px (bin 1)")
     assert out.history[0]["align_z_px"] == 96
     assert res <= min(res_coarse, 2.5)
+
+
+@pytest.mark.parametrize("side, pixel_a, expected", [
+    (1023, 11.04, 2),   # 4092 x 5760 at bin 4: matched at 512 x 720 px, 22 Å
+    (256, 11.04, 1),    # 1024 x 1440 at bin 4
+    (512, 5.52, 2),     # 512 px at 5.5 Å: 256 px at 11 Å
+    (256, 5.52, 1),     # never below 256 px
+    (2046, 5.52, 4),    # 4092 at bin 2: 512 px at 22 Å
+    (1023, None, 4),    # no pixel size: at most 320 px
+    (300, None, 1),
+])
+def test_working_binning(side, pixel_a, expected):
+    assert working_binning(side, pixel_a) == expected
 
 
 def test_geometry_search_moves_a_far_axis_and_finds_the_offset(series):

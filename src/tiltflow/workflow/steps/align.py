@@ -105,6 +105,7 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
 
         pm = projection_matching_align(views, angles_t, tilt_axis_deg=tilt_axis_deg,
                                        align_z_px=p["align_z_nm"] * 10.0 / (pixel_size_a * b), binning=1,
+                                       pixel_size_a=pixel_size_a * b,
                                        iterations=p["iterations"], refine_tilt_axis=p["refine_tilt_axis"],
                                        refine_tilt_offset=p["refine_tilt_offset"], exclude_dark=p["exclude_dark"])
         xf, refined, axis, offset = pm.xf.clone(), pm.tilt_angles_deg, pm.tilt_axis_deg, pm.tilt_offset_deg
