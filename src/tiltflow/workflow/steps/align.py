@@ -111,7 +111,8 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
         xf, refined, axis, offset = pm.xf.clone(), pm.tilt_angles_deg, pm.tilt_axis_deg, pm.tilt_offset_deg
         err = pm.per_view_error
         result.update(per_view_error=err.tolist(), dark_views=pm.dark_views.tolist(), files={},
-                      align_z_nm_used=pm.history[0]["align_z_px"] * pixel_size_a * b / 10.0)
+                      align_z_nm_used=pm.history[0]["align_z_px"] * pixel_size_a * b / 10.0,
+                      align_z_nm_asked=float(p["align_z_nm"]))
         result["plots"] = patch_plots(out, ts_id, pm.tilt_angles_deg, err, pm.dark_views)
     xf[:, 4:] *= b                                  # .xf shifts in pixels of the unbinned stack
     write_xf(out / f"{ts_id}.xf", xf)
@@ -244,7 +245,7 @@ def _log_summary(ctx: StepContext, ts: TiltSeries, r: dict, method: str) -> None
         errs = [e for e in r["per_view_error"] if not math.isnan(e)]
         line = (f"{ts.ts_id}: projection-matching error {sum(errs) / max(len(errs), 1):.3f} (1 - NCC),"
                 f" {sum(r['dark_views'])} dark views, axis {r['tilt_axis_deg']:.2f}°, offset {r['tilt_offset_deg']:.2f}°"
-                + (f", slab {r['align_z_nm_used']:.0f} nm" if "align_z_nm_used" in r else ""))
+                + _slab_note(r))
     ctx.log.info(line)
     tables = residual_tables(ts, r, method)
     for table in tables:
@@ -252,6 +253,15 @@ def _log_summary(ctx: StepContext, ts: TiltSeries, r: dict, method: str) -> None
     plots = ", ".join(Path(f).name for f in r["plots"].values())
     # printed by the CLI under the run
     ctx.options.setdefault("notes", []).extend([line, *tables, f"{ts.ts_id}: plots in the run folder: {plots}"])
+
+
+def _slab_note(r: dict) -> str:
+    """``, slab N nm`` and, when capped at 3/4 of the field's width, the thickness asked for."""
+    used, asked = r.get("align_z_nm_used"), r.get("align_z_nm_asked")
+    if used is None:
+        return ""
+    capped = asked is not None and used < asked - 0.5
+    return f", slab {used:.0f} nm" + (f" (asked {asked:.0f} nm; at most 3/4 of the field's width)" if capped else "")
 
 
 def _num(value: float | None, spec: str) -> str:
