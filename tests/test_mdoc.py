@@ -393,6 +393,17 @@ def test_tomo5_movie_name_variants_case_and_nominal_angle(tmp_path):
 
 
 # --- rejections and errors ----------------------------------------------------------------------
+def test_absurd_rotation_angle_is_named_not_overflowed(tmp_path):
+    """Two RotationAngle values near float max made the median infinite (found by hypothesis):
+    now a one-line MdocError naming the file, line and section."""
+    p = write(tmp_path / "a.mdoc", "\n[ZValue = 0]\nTiltAngle = 0.0\nRotationAngle = 8.98e+307\n"
+              "[ZValue = 1]\nTiltAngle = 1.0\nRotationAngle = 8.98e+307\n")
+    with pytest.raises(MdocError) as exc:
+        read_tilt_series_mdoc(p)
+    msg = str(exc.value)
+    assert msg.startswith(str(p)) and "line 4" in msg and "RotationAngle" in msg and "\n" not in msg
+
+
 def test_near_duplicate_angles_name_both_sections(tmp_path):
     secs = serialem_sections([0.0, 3.0, -3.0, 3.02], [0, 1, 2, 3], ExposureDose="2")
     p = write(tmp_path / "a.mdoc", serialem_text(secs))

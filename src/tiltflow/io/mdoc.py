@@ -286,8 +286,16 @@ def _flavour_and_axis(raws: list[RawMdoc], items: list[tuple[RawMdoc, Section]],
     if not tomo5 and flavour == "tomo5":
         warnings.append("read as Tomo5 (its TiltAxisAngle/Tomography title) although tomo5 was "
                         "not asked")
-    rotations = [r for raw, s in items
-                 if (r := number(raw, s, "RotationAngle", header=False)) is not None]
+    rotations = []
+    for raw, s in items:
+        r = number(raw, s, "RotationAngle", header=False)
+        if r is None:
+            continue
+        if abs(r) > 720.0:  # also keeps the median below from overflowing
+            raise error(raw.path, f"RotationAngle = {r:g} is not an image rotation in degrees",
+                        "correct or delete the line", line=s.lines["RotationAngle"],
+                        where=s.label if s.kind else "")
+        rotations.append(r)
     from_rotation = None
     if rotations:
         r = statistics.median(rotations)
