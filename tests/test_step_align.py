@@ -98,13 +98,19 @@ def table_rows(output, title):
     return rows
 
 
+def aligned_series(store, run_id):
+    """The align run's tilt series, its .xf rows ``(t, 6)`` and refined tilt angles ``(t,)``."""
+    ts = store.load(store.resolve(str(run_id))).items[0]
+    xf = torch.tensor([im.transform for im in ts.images], dtype=torch.float64)
+    refined = torch.tensor([im.attrs["refined_tilt_angle_deg"] for im in ts.images], dtype=torch.float64)
+    return ts, xf, refined
+
+
 def test_align_step_recovers_geometry(noisy_series, fiducial_run, method="fiducial", limit=0.5):
     _, series, truth = noisy_series
     store, run_id, _ = fiducial_run
     run = store.run(run_id)
-    ts = store.load(store.resolve(str(run.id))).items[0]
-    xf = torch.tensor([im.transform for im in ts.images], dtype=torch.float64)
-    refined = torch.tensor([im.attrs["refined_tilt_angle_deg"] for im in ts.images], dtype=torch.float64)
+    ts, xf, refined = aligned_series(store, run.id)
     residual = alignment_residual_against_truth(xf, refined, truth, (768, 768))
     assert residual <= limit, residual
     assert abs(ts.acquisition.tilt_axis_deg - series["tilt_axis_deg"]) <= 0.5
@@ -125,12 +131,10 @@ def test_patch_route_writes_a_complete_alignment(patch_run, noisy_series):
     honest residual and the refined axis meet the issue's targets."""
     _, series, truth = noisy_series
     store, run_id, _ = patch_run
-    ts = store.load(store.resolve(str(run_id))).items[0]
-    xf = torch.tensor([im.transform for im in ts.images], dtype=torch.float64)
+    ts, xf, refined = aligned_series(store, run_id)
     assert xf.shape == (25, 6) and torch.isfinite(xf).all()
     assert torch.allclose(read_xf(ts.attrs["alignment"]["xf"]), xf, atol=1e-3)
     assert len(read_tlt(ts.attrs["alignment"]["tlt"])) == 25
-    refined = torch.tensor([im.attrs["refined_tilt_angle_deg"] for im in ts.images], dtype=torch.float64)
     residual = alignment_residual_against_truth(xf, refined, truth, (768, 768))
     axis_error = ts.acquisition.tilt_axis_deg - series["tilt_axis_deg"]
     print(f"patch route: honest residual {residual:.2f} px (bin 1), axis error {axis_error:+.2f} deg "
@@ -242,14 +246,8 @@ def test_align_and_reconstruct_on_cuda_agree_with_cpu(method, noisy_series, fidu
     cpu_store, cpu_id, _ = fiducial_run if method == "fiducial" else patch_run
     extra = ["--iterations", "2"] if method == "patch" else []
     store, run_id, _ = cli_align(folder, series, tmp_path / "p", "--method", method, *extra, "--device", "cuda")
-
-    def xf_and_angles(st, rid):
-        ts = st.load(st.resolve(str(rid))).items[0]
-        return (torch.tensor([im.transform for im in ts.images], dtype=torch.float64),
-                torch.tensor([im.attrs["refined_tilt_angle_deg"] for im in ts.images], dtype=torch.float64))
-
-    xf, refined = xf_and_angles(store, run_id)
-    xf_cpu, _ = xf_and_angles(cpu_store, cpu_id)
+    _, xf, refined = aligned_series(store, run_id)
+    _, xf_cpu, _ = aligned_series(cpu_store, cpu_id)
     residual = alignment_residual_against_truth(xf, refined, truth, (768, 768))
     shift_gap = float((xf[:, 4:] - xf_cpu[:, 4:]).norm(dim=-1).max())
     print(f"{method} on CUDA: honest residual {residual:.2f} px, largest shift gap to CPU {shift_gap:.3f} px")

@@ -12,7 +12,6 @@ import torch
 
 from tiltflow.core.backproject import _angles_rad, _as_float, _Projector
 
-
 _CPU_BLOCK_VOXELS = 1 << 20  # voxels per block of rows on CPUs (4 MiB of float32)
 
 

@@ -9,13 +9,13 @@ After AreTomo (Zheng et al. 2022, doi:10.1016/j.yjsbx.2022.100068), on binned, n
 1. tilt axis and tilt offset of the whole series: the geometry where the cosine-stretched
    correlation of the series peaks (``geometry_search.search_tilt_geometry``), then the shifts of
    that coarse alignment at the views' binning (``coarse.coarse_align``);
-   the projection-matching slab is at most 3/4 of the field's width across the axis thick;
 2. the specimen's height from a tall reconstruction (``specimen_pitch``): the volume is
    centred on it;
-3. projection matching: reconstruct a slab ``align_z_px`` thick (WBP) from the views aligned
-   with the current shifts and reproject it at every angle without the view's own share
-   (leave-one-out, exact by linearity of the matched projector pair); each view's shift from its
-   correlation peak with that reference (both x' and y').  The reference follows slow trends of
+3. projection matching: reconstruct a slab ``align_z_px`` thick (WBP; at most 3/4 of the
+   field's width across the axis) from the views aligned with the current shifts and reproject
+   it at every angle without the view's own share (leave-one-out, exact by linearity of the
+   matched projector pair); each view's shift from its correlation peak with that reference
+   (both x' and y').  The reference follows slow trends of
    the shifts over the tilt range (nearby views carry them too), so those (Legendre degrees 0-3
    of the angle, per axis) are left to step 1 and only the rest is updated, damped by half;
    corrections far beyond the others (a wrong peak) are ignored, and iterations stop when the
@@ -263,10 +263,10 @@ def projection_matching_align(
     Shifts and ``align_z_px`` are in pixels of ``views``; the work runs on views binned by
     ``binning`` and by 2, 4, ... more: with ``pixel_size_a``, while their pixel is finer than 10 Å
     or they are larger than 640 px (never below 256 px), else until they are at most 320 px; the
-    geometry search on about 128 px.  Projection matching starts from the coarse alignment at the searched geometry, or from
-    ``initial_shifts_px`` when neither the axis nor the offset is refined (then dark views keep
-    those; else they get shifts interpolated from their neighbours in angle).  Raises
-    ``ValueError`` for malformed input or too few usable views.
+    geometry search on about 128 px.  Projection matching starts from the coarse alignment at
+    the searched geometry, or from ``initial_shifts_px`` when neither the axis nor the offset is
+    refined (then dark views keep those; else they get shifts interpolated from their
+    neighbours in angle).  Raises ``ValueError`` for malformed input or too few usable views.
     """
     if not isinstance(views, torch.Tensor) or views.ndim != 3:
         raise ValueError(
