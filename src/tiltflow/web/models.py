@@ -41,6 +41,8 @@ class SeriesInfo(BaseModel):
     excluded: bool                    # the whole series
     n_excluded: int                   # views (or CTF tilts) excluded
     is_movie: bool = False
+    verdict: str | None = None        # alignment verdict: good / check / failed (None: not judged)
+    verdict_reasons: list[str] = []
 
 
 class ViewInfo(BaseModel):

@@ -31,6 +31,7 @@ from tiltflow.workflow.sets import (
     CtfTomoSeries,
     TiltImage,
     TiltSeries,
+    alignment_verdict,
 )
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
@@ -132,7 +133,9 @@ def series_infos(value: AnySet) -> list[SeriesInfo]:
     for s in value.items:
         if isinstance(s, TiltSeries):
             tilts = [im.tilt_angle_deg for im in s.images]
+            verdict = alignment_verdict(s)
             out.append(SeriesInfo(
+                verdict=verdict["status"], verdict_reasons=verdict["reasons"],
                 ts_id=s.ts_id, n_views=len(s.images), tilt_min_deg=min(tilts, default=None),
                 tilt_max_deg=max(tilts, default=None), tilt_axis_deg=s.acquisition.tilt_axis_deg,
                 pixel_size_a=s.acquisition.pixel_size_a, size_px=tuple(s.size), excluded=not s.enabled,

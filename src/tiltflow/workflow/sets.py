@@ -94,9 +94,29 @@ class TiltSeriesSet:
             extras += f", {excluded} views excluded"
         if self.attrs.get("xray_erased_px") is not None:
             extras += f", {self.attrs['xray_erased_px']} px erased"
+        extras += self._verdict_summary()
         pix = first.acquisition.pixel_size_a
         items = "item" if n == 1 else "items"
         return f"{self.kind} ({n} {items}, {dims}{extras}, {pix:.4g} Å/px)"
+
+
+    def _verdict_summary(self) -> str:
+        """``, aligned: 2 good, 1 failed (TS_03)`` when the series carry alignment verdicts."""
+        status = {ts.ts_id: alignment_verdict(ts)["status"] for ts in self.items if ts.enabled}
+        status = {k: v for k, v in status.items() if v}
+        if not status:
+            return ""
+        counts = [f"{sum(v == s for v in status.values())} {s}" for s in ("good", "check", "failed")
+                  if s in status.values()]
+        failed = [k for k, v in status.items() if v == "failed"]
+        return ", aligned: " + ", ".join(counts) + (f" ({', '.join(failed)})" if failed else "")
+
+
+def alignment_verdict(ts: TiltSeries) -> dict[str, Any]:
+    """The series' alignment verdict: ``{"status": good|check|failed|None, "reasons": [...]}``
+    (status None when the series carries no judged alignment)."""
+    verdict = (ts.attrs.get("alignment") or {}).get("verdict") or {}
+    return {"status": verdict.get("status"), "reasons": list(verdict.get("reasons", []))}
 
 
 @dataclass

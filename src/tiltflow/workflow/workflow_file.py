@@ -193,6 +193,7 @@ def _run_steps(store, wf, options, on_step, progress, resume) -> dict[str, RunRe
 
     previous = _previous_runs(store) if resume else {}
     warn = options.setdefault("warnings", []).append
+    options["within_workflow"] = True     # steps go on with the series that aligned and report the rest
     done: dict[str, RunRecord] = {}
     for s in wf.steps:
         inputs = {}

@@ -22,6 +22,7 @@ import torch
 
 from tiltflow.core.align.residuals import fit_beads_and_shifts
 from tiltflow.core.align.tracking import Tracks
+from tiltflow.core.align.verdict import offset_spread_deg
 from tiltflow.core.geometry import image_centre
 from tiltflow.core.transforms import geometry_to_xf
 
@@ -38,6 +39,7 @@ class FiducialSolution:
     tilt_angles_deg: torch.Tensor      # (t,) refined: input + grouped change + tilt offset
     tilt_axis_deg: float               # from +y, counter-clockwise
     tilt_offset_deg: float             # added to every view so the bead surfaces are level
+    tilt_offset_sd_deg: float          # its bootstrap SD over the beads (NaN when not levelled)
     magnification: torch.Tensor        # (t,) of each view relative to the reference view
     shifts_px: torch.Tensor            # (t, 2) raw-image shifts s (geometry convention)
     bead_xyz_px: torch.Tensor          # (n, 3) specimen frame, mean zero
@@ -187,6 +189,7 @@ def solve_alignment(
     solve_tilt_offset: bool = True,
     solve_magnification: bool = True,
     solve_tilt_angles: bool = True,
+    solve_tilt_axis: bool = True,        # False: keep ``tilt_axis_deg_initial``
     group_size: int = 5,
     robust: bool = True,
     k_factor: float = 1.0,
@@ -207,9 +210,10 @@ def solve_alignment(
     gm, gt = wm.shape[1], wt.shape[1]
     centre = torch.tensor(image_centre(image_shape), dtype=torch.float64, device=dev)
     th0 = torch.deg2rad(angles)
+    axis0 = torch.tensor(math.radians(tilt_axis_deg_initial), dtype=torch.float64, device=dev)
 
     def unpack(p: torch.Tensor):
-        a = p[0]
+        a = p[0] if solve_tilt_axis else axis0
         logm, dth = wm @ p[1:1 + gm], wt @ p[1 + gm:1 + gm + gt]
         s = p[1 + gm + gt:1 + gm + gt + 2 * t].reshape(t, 2)
         return a, logm, dth, s, p[1 + gm + gt + 2 * t:].reshape(n, 3)
@@ -246,7 +250,7 @@ def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
     w[bi, vi] = weights
     axis = math.degrees(float(a))
     tilts = angles + torch.rad2deg(dth)
-    offset = 0.0
+    offset, offset_sd = 0.0, math.nan
     # beads with a well-determined z: seen over at least half the tilt range (or 30°)
     seen_deg = torch.where(seen & (w > 0.5), angles[None], torch.nan)
     span = torch.nan_to_num(seen_deg, nan=-1e9).amax(1) \
@@ -254,6 +258,7 @@ def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
     solid = span >= min(30.0, 0.5 * float(angles.max() - angles.min()))
     if solve_tilt_offset and int(solid.sum()) >= 4:
         offset = _surface_tilt_deg(xyz[solid])
+        offset_sd = offset_spread_deg(xyz[solid], _surface_tilt_deg)
         phi = math.radians(offset)
         x, z = xyz[:, 0], xyz[:, 2]
         xyz = torch.stack([x * math.cos(phi) - z * math.sin(phi), xyz[:, 1],
@@ -272,7 +277,7 @@ def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
 
     return FiducialSolution(
         xf=geometry_to_xf(axis, s, 1.0 / mag), tilt_angles_deg=tilts, tilt_axis_deg=axis,
-        tilt_offset_deg=offset, magnification=mag, shifts_px=s, bead_xyz_px=xyz,
+        tilt_offset_deg=offset, tilt_offset_sd_deg=offset_sd, magnification=mag, shifts_px=s, bead_xyz_px=xyz,
         projected_px=projected, residuals_px=residuals, weights=w,
         mean_residual_px=float(residuals[seen].mean()), per_view_residual_px=per_view,
         per_bead_residual_px=per_bead,

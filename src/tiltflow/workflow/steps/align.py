@@ -49,78 +49,108 @@ class AlignParams(StepParams):
 def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict, tilt_axis_deg: float,
                       pixel_size_a: float, out_dir: str, ts_id: str, device: str,
                       model_px: list | None = None) -> dict:
-    """Align one series (enabled views in tilt order); module level so a Dask worker can run it."""
+    """Align one series (enabled views in tilt order); module level so a Dask worker can run it.
+
+    The result always holds ``verdict`` (``status``: good / check / failed, ``reasons``) and
+    ``fixed`` (parameters held at their given value, and why); a failed series has no ``xf``."""
     import torch
 
-    from tiltflow.io.imod import (
-        FidXyz,
-        fiducial_model,
-        write_fid_xyz,
-        write_mod,
-        write_tlt,
-        write_xf,
-    )
+    from tiltflow.io.imod import write_tlt, write_xf
 
     b = p["binning"]
     views = load_binned_views(refs, b, device)
     angles_t = torch.tensor(angles, dtype=torch.float64)
     out = Path(out_dir)
-    result: dict = {}
     if p["method"] == "fiducial":
-        from tiltflow.core.align import align_fiducial, resolve_fiducial
+        result = _fiducial_task(views, angles_t, p, tilt_axis_deg, pixel_size_a, out, ts_id, model_px)
+    else:
+        result = _patch_task(views, angles_t, p, tilt_axis_deg, pixel_size_a, out, ts_id)
+    if result["verdict"]["status"] == "failed" or "xf" not in result:
+        result.pop("xf", None)
+        return result
+    xf = result["xf"]
+    xf[:, 4:] *= b                                  # .xf shifts in pixels of the unbinned stack
+    write_xf(out / f"{ts_id}.xf", xf)
+    write_tlt(out / f"{ts_id}.tlt", result["refined_tilt_angles_deg"])
+    write_tlt(out / f"{ts_id}.rawtlt", angles_t)
+    result["files"].update(xf=str(out / f"{ts_id}.xf"), tlt=str(out / f"{ts_id}.tlt"))
+    result.update(xf=xf.tolist(), refined_tilt_angles_deg=result["refined_tilt_angles_deg"].tolist())
+    return result
 
-        solve = {"solve_magnification": p["solve_magnification"], "solve_tilt_angles": p["solve_tilt_angles"],
-                     "solve_tilt_offset": p["refine_tilt_offset"]}
+
+def _fiducial_task(views, angles_t, p: dict, tilt_axis_deg: float, pixel_size_a: float, out: Path, ts_id: str,
+                   model_px: list | None) -> dict:
+    """Beads, bundle adjustment, plausibility checks (``core.align.checked``), model files, plots."""
+    import torch
+
+    from tiltflow.core.align import align_fiducial, resolve_fiducial
+    from tiltflow.core.align.checked import check_fiducial
+    from tiltflow.io.imod import FidXyz, fiducial_model, write_fid_xyz, write_mod
+
+    b = p["binning"]
+    bead_px = p["bead_diameter_nm"] * 10.0 / (pixel_size_a * b)
+    solve = {"solve_magnification": p["solve_magnification"], "solve_tilt_angles": p["solve_tilt_angles"],
+             "solve_tilt_offset": p["refine_tilt_offset"]}
+    shape = tuple(views.shape[-2:])
+    try:
         with _FORWARD_AD_LOCK:       # torch's forward-mode AD levels are process-global: one solve at a time
             if model_px is not None:  # (n, t, 2) unbinned raw positions of the input's model
                 fid = resolve_fiducial(torch.tensor(model_px, dtype=torch.float64) / b, angles_t,
-                                       tilt_axis_deg=tilt_axis_deg, image_shape=tuple(views.shape[-2:]), **solve)
+                                       tilt_axis_deg=tilt_axis_deg, image_shape=shape, **solve)
             else:
-                fid = align_fiducial(views, angles_t, tilt_axis_deg=tilt_axis_deg,
-                                     bead_diameter_px=p["bead_diameter_nm"] * 10.0 / (pixel_size_a * b), **solve)
-        sol = fid.solution
-        xf, refined, axis, offset = sol.xf.clone(), sol.tilt_angles_deg, sol.tilt_axis_deg, sol.tilt_offset_deg
-        result.update(mean_residual_px=sol.mean_residual_px * b,
-                      per_view_residual_px=(sol.per_view_residual_px * b).tolist(),
-                      per_bead_residual_px=(sol.per_bead_residual_px * b).tolist(),
-                      flagged_beads=sol.flagged_beads.tolist(), flagged_views=sol.flagged_views.tolist(),
-                      n_beads=int(sol.bead_xyz_px.shape[0]))
-        observed = torch.isfinite(sol.residuals_px)
-        result.update(per_view_beads=observed.sum(0).tolist(), per_bead_views=observed.sum(1).tolist(),
-                      bead_xyz_px=(sol.bead_xyz_px * b).tolist())
-        pos = fid.tracks.positions_px * b
-        contours = [torch.cat([pos[i][ok], torch.nonzero(ok).to(pos.dtype)], 1)
-                    for i in range(pos.shape[0]) if (ok := torch.isfinite(pos[i]).all(-1)).any()]
-        h, w = views.shape[-2] * b, views.shape[-1] * b
-        write_mod(out / f"{ts_id}.fid", fiducial_model(contours, image_shape=(h, w), n_views=len(angles),
-                                                       pixel_size_a=pixel_size_a, name=f"{ts_id} fiducials"))
-        n = sol.bead_xyz_px.shape[0]
-        write_fid_xyz(out / f"{ts_id}fid.xyz", FidXyz(point=torch.arange(1, n + 1), xyz=sol.bead_xyz_px * b,
-                                                      object=torch.ones(n), contour=torch.arange(1, n + 1),
-                                                      pixel_size_a=pixel_size_a, image_size=(w, h)))
-        result["files"] = {"fid": str(out / f"{ts_id}.fid"), "fid_xyz": str(out / f"{ts_id}fid.xyz")}
-        result["plots"] = fiducial_plots(out, ts_id, views, pos, angles_t, sol, b)
-    else:
-        from tiltflow.core.align.projection_matching import projection_matching_align
+                fid = align_fiducial(views, angles_t, tilt_axis_deg=tilt_axis_deg, bead_diameter_px=bead_px, **solve)
+            checked = check_fiducial(fid, angles_t, tilt_axis_deg=tilt_axis_deg, image_shape=shape,
+                                     bead_diameter_px=bead_px, **solve)
+    except ValueError as err:        # too few beads tracked, a degenerate model: the data, not the code
+        return {"verdict": {"status": "failed", "reasons": [str(err)]}, "fixed": {}, "files": {}, "plots": {}}
+    fid, sol = checked.alignment, checked.alignment.solution
+    result: dict = {"verdict": checked.verdict.to_dict(), "fixed": checked.fixed}
+    result.update(mean_residual_px=sol.mean_residual_px * b,
+                  per_view_residual_px=(sol.per_view_residual_px * b).tolist(),
+                  per_bead_residual_px=(sol.per_bead_residual_px * b).tolist(),
+                  flagged_beads=sol.flagged_beads.tolist(), flagged_views=sol.flagged_views.tolist(),
+                  n_beads=int(sol.bead_xyz_px.shape[0]))
+    observed = torch.isfinite(sol.residuals_px)
+    result.update(per_view_beads=observed.sum(0).tolist(), per_bead_views=observed.sum(1).tolist(),
+                  bead_xyz_px=(sol.bead_xyz_px * b).tolist())
+    pos = fid.tracks.positions_px * b
+    contours = [torch.cat([pos[i][ok], torch.nonzero(ok).to(pos.dtype)], 1)
+                for i in range(pos.shape[0]) if (ok := torch.isfinite(pos[i]).all(-1)).any()]
+    h, w = views.shape[-2] * b, views.shape[-1] * b
+    write_mod(out / f"{ts_id}.fid", fiducial_model(contours, image_shape=(h, w), n_views=len(angles_t),
+                                                   pixel_size_a=pixel_size_a, name=f"{ts_id} fiducials"))
+    n = sol.bead_xyz_px.shape[0]
+    write_fid_xyz(out / f"{ts_id}fid.xyz", FidXyz(point=torch.arange(1, n + 1), xyz=sol.bead_xyz_px * b,
+                                                  object=torch.ones(n), contour=torch.arange(1, n + 1),
+                                                  pixel_size_a=pixel_size_a, image_size=(w, h)))
+    result["files"] = {"fid": str(out / f"{ts_id}.fid"), "fid_xyz": str(out / f"{ts_id}fid.xyz")}
+    result["plots"] = fiducial_plots(out, ts_id, views, pos, angles_t, sol, b)
+    result.update(xf=sol.xf.clone(), refined_tilt_angles_deg=sol.tilt_angles_deg, tilt_axis_deg=float(sol.tilt_axis_deg),
+                  tilt_offset_deg=float(sol.tilt_offset_deg))
+    return result
 
-        pm = projection_matching_align(views, angles_t, tilt_axis_deg=tilt_axis_deg,
-                                       align_z_px=p["align_z_nm"] * 10.0 / (pixel_size_a * b), binning=1,
-                                       pixel_size_a=pixel_size_a * b,
-                                       iterations=p["iterations"], refine_tilt_axis=p["refine_tilt_axis"],
-                                       refine_tilt_offset=p["refine_tilt_offset"], exclude_dark=p["exclude_dark"])
-        xf, refined, axis, offset = pm.xf.clone(), pm.tilt_angles_deg, pm.tilt_axis_deg, pm.tilt_offset_deg
-        err = pm.per_view_error
-        result.update(per_view_error=err.tolist(), dark_views=pm.dark_views.tolist(), files={},
-                      align_z_nm_used=pm.history[0]["align_z_px"] * pixel_size_a * b / 10.0,
-                      align_z_nm_asked=float(p["align_z_nm"]))
-        result["plots"] = patch_plots(out, ts_id, pm.tilt_angles_deg, err, pm.dark_views)
-    xf[:, 4:] *= b                                  # .xf shifts in pixels of the unbinned stack
-    write_xf(out / f"{ts_id}.xf", xf)
-    write_tlt(out / f"{ts_id}.tlt", refined)
-    write_tlt(out / f"{ts_id}.rawtlt", angles_t)
-    result["files"].update(xf=str(out / f"{ts_id}.xf"), tlt=str(out / f"{ts_id}.tlt"))
-    result.update(xf=xf.tolist(), refined_tilt_angles_deg=refined.tolist(), tilt_axis_deg=float(axis),
-                  tilt_offset_deg=float(offset))
+
+def _patch_task(views, angles_t, p: dict, tilt_axis_deg: float, pixel_size_a: float, out: Path, ts_id: str) -> dict:
+    """Projection matching, checked (``core.align.checked``), and its plot."""
+    from tiltflow.core.align.checked import checked_projection_matching
+
+    b = p["binning"]
+    checked = checked_projection_matching(
+        views, angles_t, tilt_axis_deg=tilt_axis_deg, align_z_px=p["align_z_nm"] * 10.0 / (pixel_size_a * b),
+        binning=1, pixel_size_a=pixel_size_a * b, iterations=p["iterations"],
+        refine_tilt_axis=p["refine_tilt_axis"], refine_tilt_offset=p["refine_tilt_offset"],
+        exclude_dark=p["exclude_dark"])
+    result: dict = {"verdict": checked.verdict.to_dict(), "fixed": checked.fixed, "files": {}, "plots": {}}
+    pm = checked.result
+    if checked.verdict.status == "failed" and not pm.history:
+        return result
+    err = pm.per_view_error
+    result.update(per_view_error=err.tolist(), dark_views=pm.dark_views.tolist(),
+                  align_z_nm_used=pm.history[0]["align_z_px"] * pixel_size_a * b / 10.0,
+                  align_z_nm_asked=float(p["align_z_nm"]))
+    result["plots"] = patch_plots(out, ts_id, pm.tilt_angles_deg, err, pm.dark_views)
+    result.update(xf=pm.xf.clone(), refined_tilt_angles_deg=pm.tilt_angles_deg, tilt_axis_deg=float(pm.tilt_axis_deg),
+                  tilt_offset_deg=float(pm.tilt_offset_deg))
     return result
 
 
@@ -152,12 +182,20 @@ def run_align(ctx: StepContext):
     if not tasks:
         raise InputError(f"{ctx.input_pointers['input']}: every tilt series is excluded")
     results = run_items_or_fail(ctx, align_series_task, tasks)
+    failed = {k: r["verdict"] for k, r in results.items() if r["verdict"]["status"] == "failed"}
+    if len(failed) == len(results):
+        raise InputError("no tilt series aligned: " + "; ".join(
+            f"{k}: {'; '.join(v['reasons'])}" for k, v in sorted(failed.items())))
     items = []
     for ts in source.items:
         if ts.ts_id not in results:
             items.append(ts)
             continue
         r = results[ts.ts_id]
+        if ts.ts_id in failed:
+            items.append(_failed_series(ts, p.method, r))
+            _log_verdict(ctx, ts.ts_id, r)
+            continue
         per_view = r.get("per_view_residual_px", r.get("per_view_error"))
         rows = iter(zip(r["xf"], r["refined_tilt_angles_deg"], per_view))
         images = []
@@ -176,7 +214,7 @@ def run_align(ctx: StepContext):
             images.append(new)
         acq = ts.acquisition.__class__(**{**ts.acquisition.__dict__, "tilt_axis_deg": r["tilt_axis_deg"]})
         summary = {k: r[k] for k in ("mean_residual_px", "n_beads", "tilt_offset_deg", "flagged_beads",
-                                     "flagged_views") if k in r}
+                                     "flagged_views", "verdict", "fixed") if k in r}
         summary["view_orders"] = [im.acquisition_order for im in ts.images if im.enabled]   # the .fid's z
         if "per_bead_residual_px" in r:
             summary["per_bead_residual_px"] = [None if math.isnan(v) else v for v in r["per_bead_residual_px"]]
@@ -184,7 +222,23 @@ def run_align(ctx: StepContext):
                                 dict(ts.attrs, alignment={"method": p.method, **summary, **r["files"],
                                                           "plots": r["plots"]})))
         _log_summary(ctx, ts, r, p.method)
+        _log_verdict(ctx, ts.ts_id, r)
     return {"TiltSeries": TiltSeriesSet("TiltSeries", items, dict(source.attrs, aligned=p.method))}
+
+
+def _failed_series(ts: TiltSeries, method: str, r: dict) -> TiltSeries:
+    """The input series without transforms, carrying the failed verdict (reconstruct refuses it)."""
+    images = [TiltImage(**{**im.__dict__, "transform": None, "attrs": dict(im.attrs)}) for im in ts.images]
+    return TiltSeries(ts.ts_id, ts.acquisition, images, ts.size, ts.enabled,
+                      dict(ts.attrs, alignment={"method": method, "verdict": r["verdict"], "fixed": r["fixed"]}))
+
+
+def _log_verdict(ctx: StepContext, ts_id: str, r: dict) -> None:
+    """One line per series: its verdict and reasons, and each parameter held at its given value."""
+    v = r["verdict"]
+    line = f"{ts_id}: verdict {v['status']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "")
+    ctx.log.info(line)
+    ctx.options.setdefault("notes", []).append(line)
 
 
 def _parse_drops(specs: list[str], ts_ids: set[str]) -> dict[str, set[int]]:

@@ -69,3 +69,12 @@ def report_bad_series(ctx: StepContext, problems: dict[str, list[str]], total: i
 def override(user: float | None, from_file: float | None) -> float | None:
     """A user value always wins over the file's."""
     return user if user is not None else from_file
+
+
+def check_window_fits(window_px: int, source, option: str = "--window") -> None:
+    """One line, before any work, when the CTF window is larger than a series' images."""
+    for ts in source.items:
+        nx, ny = ts.size
+        if ts.enabled and window_px > min(nx, ny):
+            raise InputError(f"{option} {window_px}: larger than the {nx} x {ny} px images of {ts.ts_id}; "
+                             f"pass {option} {min(nx, ny) // 2 * 2} or less")

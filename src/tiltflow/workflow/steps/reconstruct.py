@@ -15,7 +15,14 @@ from typing import Literal
 
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.executor import run_items_or_fail
-from tiltflow.workflow.sets import CtfSeriesSet, TiltSeries, TiltSeriesSet, Tomogram, TomogramSet
+from tiltflow.workflow.sets import (
+    CtfSeriesSet,
+    TiltSeries,
+    TiltSeriesSet,
+    Tomogram,
+    TomogramSet,
+    alignment_verdict,
+)
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
 from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 
@@ -174,6 +181,24 @@ def series_xf(ts: TiltSeries) -> list[list[float]]:
     return rows.tolist()
 
 
+def _failed_alignments(ctx: StepContext, source: TiltSeriesSet) -> set[str]:
+    """Series whose alignment verdict is 'failed': refused with one line, or (``--skip-bad``, and
+    within a workflow) skipped with a note per series."""
+    failed = {ts.ts_id: alignment_verdict(ts)["reasons"] for ts in source.items
+              if ts.enabled and alignment_verdict(ts)["status"] == "failed"}
+    if not failed:
+        return set()
+    if not (ctx.skip_bad or ctx.options.get("within_workflow")):
+        ts_id, reasons = next(iter(failed.items()))
+        more = f" (and {len(failed) - 1} more series)" if len(failed) > 1 else ""
+        raise InputError(f"{ctx.input_pointers['input']}: {ts_id} failed to align ({'; '.join(reasons)}){more}; "
+                         f"exclude it (subset --exclude {ts_id}), align it again, or pass --skip-bad")
+    for ts_id, reasons in failed.items():
+        ctx.options.setdefault("notes", []).append(f"{ts_id}: not reconstructed, its alignment failed "
+                                                   f"({'; '.join(reasons)})")
+    return set(failed)
+
+
 def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
     from tiltflow.workflow.device import resolve_device
 
@@ -186,9 +211,10 @@ def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
     if ctf_set is not None and p.ctf_correct == "none":
         ctx.options.setdefault("warnings", []).append("--ctf given without --ctf-correct phaseflip: CTF not used")
     device = resolve_device(ctx.options.get("device"))
+    skip = _failed_alignments(ctx, source)
     tasks, meta = [], {}
     for ts in source.items:
-        if not ts.enabled:
+        if not ts.enabled or ts.ts_id in skip:
             continue
         enabled = ts.enabled_images
         require_stacks(ts, ctx.input_pointers['input'], enabled)
@@ -214,7 +240,8 @@ def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
                                  p.z_offset_nm * 10.0 / voxel, p.x_offset_nm * 10.0 / voxel,
                                  str(ctx.run_dir), ts.ts_id, voxel, device, ctf, exposure, optics)))
     if not tasks:
-        raise InputError(f"{ctx.input_pointers['input']}: every tilt series is excluded")
+        raise InputError(f"{ctx.input_pointers['input']}: every tilt series is excluded"
+                         + (" or failed to align" if skip else ""))
     results = run_items_or_fail(ctx, reconstruct_series_task, tasks)
     items = []
     for key, _ in tasks:

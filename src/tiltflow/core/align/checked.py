@@ -1,0 +1,153 @@
+"""Alignments the data support, or a ``failed`` verdict: the fiducial and patch routes followed by
+the plausibility checks of :mod:`tiltflow.core.align.verdict`, with a fall-back that holds every
+implausible or undetermined parameter (tilt offset, tilt angles, tilt axis, magnification) at the
+value it was given and solves again.
+
+The fiducial fall-back re-solves the same bead tracks (no new tracking); the patch fall-back
+runs projection matching again without the refinement that wandered. What still fails the
+checks after everything is held fixed gets a ``failed`` verdict and must not be used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from tiltflow.core.align.bundle import FiducialSolution, solve_alignment
+from tiltflow.core.align.fiducial import FiducialAlignment
+from tiltflow.core.align.projection_matching import ProjectionMatchingResult, projection_matching_align
+from tiltflow.core.align.verdict import (
+    GeometryLimits,
+    Verdict,
+    fiducial_verdict,
+    geometry_problems,
+    inconsistent_tracks,
+    patch_verdict,
+)
+
+__all__ = ["CheckedFiducial", "CheckedPatch", "check_fiducial", "checked_projection_matching"]
+
+_FIDUCIAL_FLAGS = {"tilt_offset": "solve_tilt_offset", "tilt_angles": "solve_tilt_angles",
+                   "magnification": "solve_magnification", "tilt_axis": "solve_tilt_axis"}
+
+
+@dataclass(frozen=True)
+class CheckedFiducial:
+    alignment: FiducialAlignment          # ``solution`` is the one to use (after any fall-back)
+    verdict: Verdict
+    fixed: dict[str, str] = field(default_factory=dict)  # parameter -> why it was held
+
+
+@dataclass(frozen=True)
+class CheckedPatch:
+    result: ProjectionMatchingResult
+    verdict: Verdict
+    fixed: dict[str, str] = field(default_factory=dict)
+
+
+def fiducial_problems(solution: FiducialSolution, tilt_angles_deg: torch.Tensor, *, tilt_axis_deg: float,
+                      limits: GeometryLimits = GeometryLimits()) -> dict[str, str]:
+    """:func:`geometry_problems` of a bundle solution, plus a tilt offset the beads leave free
+    (bootstrap SD above ``limits.max_offset_spread_deg``)."""
+    problems = geometry_problems(tilt_angles_deg, solution.tilt_angles_deg, axis_initial_deg=tilt_axis_deg,
+                                 axis_deg=solution.tilt_axis_deg, offset_deg=solution.tilt_offset_deg,
+                                 magnification=solution.magnification, limits=limits)
+    sd = solution.tilt_offset_sd_deg
+    if "tilt_offset" not in problems and math.isfinite(sd) and sd > limits.max_offset_spread_deg:
+        problems["tilt_offset"] = (f"tilt offset {solution.tilt_offset_deg:.1f}° not determined by the beads "
+                                   f"(±{sd:.1f}° over resamples)")
+    return problems
+
+
+def check_fiducial(
+    alignment: FiducialAlignment,
+    tilt_angles_deg: torch.Tensor,       # (t,) as given, tilt order
+    *,
+    tilt_axis_deg: float,                # as given (mdoc)
+    image_shape: tuple[int, int],        # (ny, nx) of the tracked views
+    bead_diameter_px: float,             # px of the tracked views
+    solve_magnification: bool = True,
+    solve_tilt_angles: bool = True,
+    solve_tilt_offset: bool = True,
+    limits: GeometryLimits = GeometryLimits(),
+) -> CheckedFiducial:
+    """Check a fiducial alignment; re-solve its tracks with the implausible parameters held at
+    their given values (then with every one held) until the geometry is plausible."""
+    angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64)
+    asked = {"solve_tilt_offset": solve_tilt_offset, "solve_tilt_angles": solve_tilt_angles,
+             "solve_magnification": solve_magnification, "solve_tilt_axis": True}
+    solution = alignment.solution
+    broken = inconsistent_tracks(angles, solution.tilt_angles_deg, solution.tilt_offset_deg,
+                                 solution.magnification if solve_magnification else None, limits)
+    if broken:
+        return CheckedFiducial(alignment, Verdict("failed", (broken,)), {})
+    problems = fiducial_problems(solution, angles, tilt_axis_deg=tilt_axis_deg, limits=limits)
+    fixed: dict[str, str] = {}
+    for hold_all in (False, True):
+        if not problems:
+            break
+        fixed.update(problems)
+        if hold_all:
+            fixed.update({k: "held with the others" for k in _FIDUCIAL_FLAGS if k not in fixed})
+        flags = {flag: asked[flag] and name not in fixed for name, flag in _FIDUCIAL_FLAGS.items()}
+        solution = solve_alignment(alignment.tracks.positions_px.to(angles.device), angles,
+                                   tilt_axis_deg_initial=tilt_axis_deg, image_shape=image_shape, **flags)
+        problems = fiducial_problems(solution, angles, tilt_axis_deg=tilt_axis_deg, limits=limits)
+    result = replace(alignment, solution=solution)
+    if problems:
+        return CheckedFiducial(result, Verdict("failed", tuple(problems.values())), fixed)
+    found = torch.isfinite(solution.residuals_px)
+    verdict = fiducial_verdict(
+        mean_residual_px=solution.mean_residual_px, bead_diameter_px=bead_diameter_px,
+        n_beads=int((found.sum(1) >= 3).sum()), n_views=int(angles.numel()),
+        n_flagged_views=int(solution.flagged_views.numel()), fixed=fixed)
+    return CheckedFiducial(result, verdict, fixed)
+
+
+def checked_projection_matching(
+    views: torch.Tensor,                 # (t, h, w) as for :func:`projection_matching_align`
+    tilt_angles_deg: torch.Tensor,
+    *,
+    tilt_axis_deg: float,
+    limits: GeometryLimits = GeometryLimits(),
+    **options,
+) -> CheckedPatch:
+    """:func:`projection_matching_align`, checked; a wandering axis or offset is held at its
+    given value and the matching run again. ``ValueError`` (too few usable views) becomes a
+    ``failed`` verdict."""
+    angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64)
+    fixed: dict[str, str] = {}
+    try:
+        result = projection_matching_align(views, angles, tilt_axis_deg=tilt_axis_deg, **options)
+    except ValueError as err:
+        return CheckedPatch(_empty_patch(angles, tilt_axis_deg), Verdict("failed", (str(err),)), fixed)
+    problems = _patch_problems(result, angles, tilt_axis_deg, limits)
+    if problems:
+        fixed.update(problems)
+        held = dict(options, refine_tilt_axis=False, refine_tilt_offset=False)
+        result = projection_matching_align(views, angles, tilt_axis_deg=tilt_axis_deg, **held)
+        problems = _patch_problems(result, angles, tilt_axis_deg, limits)
+    if problems:
+        return CheckedPatch(result, Verdict("failed", tuple(problems.values())), fixed)
+    verdict = patch_verdict(per_view_error=result.per_view_error, n_dark=int(result.dark_views.sum()), fixed=fixed)
+    return CheckedPatch(result, verdict, fixed)
+
+
+def _patch_problems(result: ProjectionMatchingResult, angles: torch.Tensor, axis_deg: float,
+                    limits: GeometryLimits) -> dict[str, str]:
+    return geometry_problems(angles, result.tilt_angles_deg, axis_initial_deg=axis_deg,
+                             axis_deg=result.tilt_axis_deg, offset_deg=result.tilt_offset_deg, limits=limits)
+
+
+def _empty_patch(angles: torch.Tensor, axis_deg: float) -> ProjectionMatchingResult:
+    """The identity alignment of a series that could not be matched (kept only for its shape)."""
+    from tiltflow.core.transforms import geometry_to_xf
+
+    t = int(angles.numel())
+    shifts = torch.zeros(t, 2, dtype=torch.float64)
+    return ProjectionMatchingResult(
+        xf=geometry_to_xf(axis_deg, shifts), shifts_px=shifts, tilt_axis_deg=axis_deg, tilt_offset_deg=0.0,
+        tilt_angles_deg=angles.clone(), dark_views=torch.zeros(t, dtype=torch.bool),
+        per_view_error=torch.full((t,), math.nan, dtype=torch.float64), history=[])

@@ -1,0 +1,187 @@
+"""No alignment the data do not support: plausibility limits, fall-back to the given geometry,
+per-series verdicts, and reconstruct's refusal of a failed series (issue 11, item 5)."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tiltflow.cli.main import build_cli
+from tiltflow.core.align import align_fiducial
+from tiltflow.core.align.checked import check_fiducial
+from tiltflow.core.align.residuals import alignment_residual_against_truth
+from tiltflow.core.align.verdict import Verdict, fiducial_verdict, geometry_problems, patch_verdict
+from tiltflow.io.mrc import write_mrc
+from tiltflow.testing.acquisition import plan_series
+from tiltflow.testing.config import DemoConfig
+from tiltflow.testing.demo import render_truth_tilt, series_rng
+from tiltflow.workflow.runner import run_step
+from tiltflow.workflow.store import ProjectStore
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+ANGLES = torch.arange(-60.0, 61.0, 3.0, dtype=torch.float64)
+
+
+def test_plausible_geometry_has_no_problems():
+    assert geometry_problems(ANGLES, ANGLES + 1.2, axis_initial_deg=85.0, axis_deg=86.5, offset_deg=1.2,
+                             magnification=torch.full_like(ANGLES, 1.01)) == {}
+
+
+@pytest.mark.parametrize("case, key", [
+    ({"offset_deg": 26.0, "refined": ANGLES + 26.0}, "tilt_offset"),
+    ({"offset_deg": 79.0, "refined": ANGLES + 79.0}, "tilt_angles"),      # tilts up to 139°
+    ({"offset_deg": 0.0, "refined": ANGLES * 1.2}, "tilt_angles"),         # grouped changes of 12°
+    ({"axis_deg": 92.0}, "tilt_axis"),
+    ({"axis_deg": float("nan")}, "tilt_axis"),
+    ({"magnification": torch.linspace(0.7, 1.3, ANGLES.numel())}, "magnification"),
+])
+def test_implausible_geometry_is_named(case, key):
+    kw = {"axis_initial_deg": 85.0, "axis_deg": 85.0, "offset_deg": 0.0, "magnification": None}
+    refined = case.pop("refined", ANGLES)
+    kw.update(case)
+    problems = geometry_problems(ANGLES, refined, **kw)
+    assert key in problems, problems
+    assert "°" in problems[key] or "magnification" in problems[key]
+
+
+def test_verdicts_follow_the_residual_beads_and_held_parameters():
+    good = fiducial_verdict(mean_residual_px=0.4, bead_diameter_px=6.0, n_beads=12, n_views=41,
+                            n_flagged_views=1, fixed={})
+    assert good == Verdict("good")
+    held = fiducial_verdict(mean_residual_px=0.4, bead_diameter_px=6.0, n_beads=12, n_views=41,
+                            n_flagged_views=1, fixed={"tilt_offset": "tilt offset 26.0° beyond ±10°"})
+    assert held.status == "check" and "tilt offset held at 0°" in held.line()
+    assert fiducial_verdict(mean_residual_px=5.0, bead_diameter_px=6.0, n_beads=12, n_views=41,
+                            n_flagged_views=0, fixed={}).status == "failed"
+    assert fiducial_verdict(mean_residual_px=0.3, bead_diameter_px=6.0, n_beads=2, n_views=41,
+                            n_flagged_views=0, fixed={}).status == "failed"
+    err = torch.full((41,), 0.4, dtype=torch.float64)
+    assert patch_verdict(per_view_error=err, n_dark=0, fixed={}).status == "good"
+    err[7] = 0.9
+    assert patch_verdict(per_view_error=err, n_dark=0, fixed={}).status == "check"
+    assert patch_verdict(per_view_error=torch.full((41,), 0.99, dtype=torch.float64), n_dark=0,
+                         fixed={}).status == "failed"
+
+
+def _series(config: DemoConfig) -> dict:
+    """Noisy views in tilt order, the true bead projections (n, t, 2) and true angles (t,)."""
+    truth = plan_series(config, 0, series_rng(config, 0))
+    order = truth["tilt_order_by_angle"]
+    tilts = [truth["tilts"][i] for i in order]
+    gen = torch.Generator().manual_seed(config.seed)
+    clean = torch.stack([render_truth_tilt(truth, i) for i in order]).double() * config.n_frames
+    views = torch.poisson(clean.clamp_min(0), generator=gen).float()
+    proj = torch.tensor([t["bead_projections_px"] for t in tilts], dtype=torch.float64)
+    proj[~torch.tensor([t["bead_in_image"] for t in tilts])] = torch.nan
+    return {"views": views, "proj": proj.permute(1, 0, 2), "truth": truth,
+            "mdoc": torch.tensor([t["mdoc_tilt_angle_deg"] for t in tilts], dtype=torch.float64),
+            "true": torch.tensor([t["true_tilt_angle_deg"] for t in tilts], dtype=torch.float64)}
+
+
+@pytest.mark.parametrize("name, config", [
+    # the 384² demo session at the tutorial's bin 2 (5.5 Å/px): 4-6 beads in view
+    ("demo 384", DemoConfig(n_series=1, size=(384, 384), seed=0)),
+    # a field about as narrow as the ice is thick: 211 nm field, 200 nm ice, few beads
+    ("narrow field", DemoConfig(n_series=1, n_tilts=31, tilt_step_deg=4.0, size=(384, 384), pixel_size_a=5.5,
+                                ice_thickness_nm=200.0, n_beads=6, seed=4)),
+])
+def test_small_fields_align_within_a_pixel_or_fail_never_beyond_90(name, config):
+    s = _series(config)
+    bead_px = config.bead_diameter_nm * 10.0 / config.pixel_size_a
+    axis = s["truth"]["mdoc_tilt_axis_deg"]
+    fid = align_fiducial(s["views"], s["mdoc"], tilt_axis_deg=axis, bead_diameter_px=bead_px)
+    checked = check_fiducial(fid, s["mdoc"], tilt_axis_deg=axis, image_shape=tuple(s["views"].shape[-2:]),
+                             bead_diameter_px=bead_px)
+    sol = checked.alignment.solution
+    assert float(sol.tilt_angles_deg.abs().max()) < 90.0
+    assert abs(sol.tilt_offset_deg) <= 10.0 and abs(sol.tilt_axis_deg - axis) <= 5.0
+    res = alignment_residual_against_truth(sol.xf, sol.tilt_angles_deg, s["proj"], tuple(s["views"].shape[-2:]))
+    angle_err = float((sol.tilt_angles_deg - s["true"]).abs().max())
+    print(f"{name}: verdict {checked.verdict.line()}; true-bead residual {res:.2f} px, angles within "
+          f"{angle_err:.2f}° (unchecked offset {fid.solution.tilt_offset_deg:.1f}°, true "
+          f"{s['truth']['tilt_offset_deg']:.2f}°)")
+    if checked.verdict.status != "failed":
+        assert res <= 1.0 and angle_err <= 3.0
+    else:
+        assert checked.verdict.reasons and all("\n" not in r for r in checked.verdict.reasons)
+
+
+def _stack(folder, name: str, views: np.ndarray, angles: list[float], pixel_size_a: float) -> None:
+    write_mrc(folder / f"{name}.st", views.astype(np.float32), voxel_size_a=pixel_size_a)
+    (folder / f"{name}.rawtlt").write_text("".join(f"{a:.3f}\n" for a in angles))
+
+
+@pytest.fixture(scope="module")
+def one_good_one_beadless(tmp_path_factory):
+    """A project with two imported stacks: TS_01 with beads, TS_02 pure noise (no beads to track),
+    and a fiducial align run of both."""
+    config = DemoConfig(n_series=1, n_tilts=21, size=(256, 256), pixel_size_a=5.5, n_beads=14, seed=2)
+    s = _series(config)
+    folder = tmp_path_factory.mktemp("stacks")
+    angles = s["mdoc"].tolist()
+    _stack(folder, "TS_01", s["views"].numpy(), angles, config.pixel_size_a)
+    noise = np.random.default_rng(0).poisson(30.0, size=s["views"].shape)
+    _stack(folder, "TS_02", noise, angles, config.pixel_size_a)
+    root = tmp_path_factory.mktemp("p") / "p"
+    store = ProjectStore(root)
+    imp = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
+                                                 "tilt_axis_deg": s["truth"]["mdoc_tilt_axis_deg"]})
+    out = CliRunner().invoke(build_cli(), ["align", "-p", str(root), "--input", str(imp.id), "--binning", "1",
+                                           "--method", "fiducial"])
+    return store, root, out
+
+
+def test_a_series_that_cannot_align_gets_a_failed_verdict_and_the_others_go_on(one_good_one_beadless):
+    store, root, out = one_good_one_beadless
+    assert out.exit_code == 0, out.output
+    assert "TS_02: verdict failed" in out.output
+    run = store.runs()[-1]
+    ts_set = store.load(store.resolve(str(run.id)))
+    by_id = {ts.ts_id: ts for ts in ts_set.items}
+    assert by_id["TS_02"].attrs["alignment"]["verdict"]["status"] == "failed"
+    assert all(im.transform is None for im in by_id["TS_02"].images)
+    assert by_id["TS_01"].attrs["alignment"]["verdict"]["status"] in ("good", "check")
+    assert "aligned: " in ts_set.summary() and "1 failed (TS_02)" in ts_set.summary()
+    shown = CliRunner().invoke(build_cli(), ["show", "-p", str(root)])
+    assert "1 failed (TS_02)" in shown.output
+
+
+def test_reconstruct_refuses_a_failed_alignment_in_one_line_or_skips_it(one_good_one_beadless):
+    store, root, _ = one_good_one_beadless
+    align_id = str(store.runs()[-1].id)
+    n_runs = len(store.runs())
+    refused = CliRunner().invoke(build_cli(), ["reconstruct", "-p", str(root), "--input", align_id,
+                                               "--binning", "4", "--thickness-nm", "100"])
+    assert refused.exit_code == 2
+    lines = [line for line in refused.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "TS_02 failed to align" in lines[0] and "Traceback" not in refused.output
+    assert len(store.runs()) == n_runs                       # the project is unchanged
+    skipped = CliRunner().invoke(build_cli(), ["reconstruct", "-p", str(root), "--input", align_id,
+                                               "--binning", "4", "--thickness-nm", "100", "--skip-bad"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "TS_02: not reconstructed" in skipped.output
+    tomograms = store.load(store.resolve(str(store.runs()[-1].id)))
+    assert [t.ts_id for t in tomograms.items] == ["TS_01"]
+
+
+def test_every_series_failing_is_one_line(tmp_path):
+    noise = np.random.default_rng(1).poisson(30.0, size=(11, 128, 128))
+    _stack(tmp_path, "TS_09", noise, [float(a) for a in range(-30, 31, 6)], 5.5)
+    store = ProjectStore(tmp_path / "p")
+    imp = run_step(store, "import-tilt-series", {"files": str(tmp_path), "pattern": "{TS}.st", "voltage_kv": 300,
+                                                 "tilt_axis_deg": 85.0})
+    out = CliRunner().invoke(build_cli(), ["align", "-p", str(tmp_path / "p"), "--input", str(imp.id),
+                                           "--binning", "1"])
+    assert out.exit_code == 2
+    errors = [line for line in out.output.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "no tilt series aligned: TS_09:" in errors[0]
+    assert "Traceback" not in out.output
+    assert [r.step for r in store.runs()] == ["import-tilt-series"]   # no align run registered
