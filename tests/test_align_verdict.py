@@ -185,3 +185,13 @@ def test_every_series_failing_is_one_line(tmp_path):
     assert len(errors) == 1 and "no tilt series aligned: TS_09:" in errors[0]
     assert "Traceback" not in out.output
     assert [r.step for r in store.runs()] == ["import-tilt-series"]   # no align run registered
+
+
+def test_the_viewer_lists_each_series_verdict(one_good_one_beadless):
+    from tiltflow.web.project_data import series_infos
+
+    store, _, _ = one_good_one_beadless
+    align = next(r for r in store.runs() if r.step == "align")
+    infos = {i.ts_id: i for i in series_infos(store.load(store.resolve(str(align.id))))}
+    assert infos["TS_02"].verdict == "failed" and infos["TS_02"].verdict_reasons
+    assert infos["TS_01"].verdict in ("good", "check")
