@@ -195,3 +195,28 @@ def test_the_viewer_lists_each_series_verdict(one_good_one_beadless):
     infos = {i.ts_id: i for i in series_infos(store.load(store.resolve(str(align.id))))}
     assert infos["TS_02"].verdict == "failed" and infos["TS_02"].verdict_reasons
     assert infos["TS_01"].verdict in ("good", "check")
+
+
+def test_views_without_beads_take_the_coarse_shift_in_the_bundle_frame():
+    """The bundle cannot place a view with no bead; it gets the coarse shift corrected by the
+    bundle-minus-coarse difference of its neighbours (here a constant 0.5, -0.3 px), not 0."""
+    from tiltflow.core.align import solve_alignment
+    from tiltflow.core.align.fiducial import beadless_views, fill_beadless_views
+    from tiltflow.core.align.residuals import project_beads
+
+    gen = torch.Generator().manual_seed(5)
+    angles = torch.arange(-45.0, 46.0, 5.0, dtype=torch.float64)
+    xyz = torch.randn(12, 3, generator=gen, dtype=torch.float64) * torch.tensor([60.0, 60.0, 15.0])
+    xyz -= xyz.mean(0)
+    shifts = torch.cumsum(torch.randn(angles.numel(), 2, generator=gen, dtype=torch.float64) * 2.0, 0)
+    obs = project_beads(xyz, angles, tilt_axis_deg=85.0, shifts_px=shifts, image_shape=(256, 256))
+    obs[:, :2] = torch.nan                                    # nothing tracked at -45° and -40°
+    sol = solve_alignment(obs, angles, tilt_axis_deg_initial=85.0, image_shape=(256, 256),
+                          solve_magnification=False, solve_tilt_angles=False, solve_tilt_offset=False)
+    assert beadless_views(sol).tolist() == [True, True] + [False] * (angles.numel() - 2)
+    coarse = shifts - torch.tensor([0.5, -0.3], dtype=torch.float64)
+    filled = fill_beadless_views(sol, coarse, angles)
+    gauge = (sol.shifts_px[2:] - shifts[2:]).mean(0)          # the bundle's frame vs the truth's
+    torch.testing.assert_close(filled.shifts_px[:2], shifts[:2] + gauge, atol=0.05, rtol=0)
+    assert float((sol.shifts_px[:2] - shifts[:2]).norm(dim=-1).max()) > 2.0  # what the bundle left
+    torch.testing.assert_close(filled.shifts_px[2:], sol.shifts_px[2:])

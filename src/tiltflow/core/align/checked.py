@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from tiltflow.core.align.bundle import FiducialSolution, solve_alignment
-from tiltflow.core.align.fiducial import FiducialAlignment
+from tiltflow.core.align.fiducial import FiducialAlignment, beadless_views, fill_beadless_views
 from tiltflow.core.align.projection_matching import ProjectionMatchingResult, projection_matching_align
 from tiltflow.core.align.verdict import (
     GeometryLimits,
@@ -94,6 +94,8 @@ def check_fiducial(
         flags = {flag: asked[flag] and name not in fixed for name, flag in _FIDUCIAL_FLAGS.items()}
         solution = solve_alignment(alignment.tracks.positions_px.to(angles.device), angles,
                                    tilt_axis_deg_initial=tilt_axis_deg, image_shape=image_shape, **flags)
+        if alignment.coarse is not None:
+            solution = fill_beadless_views(solution, alignment.coarse.shifts_px, angles)
         problems = fiducial_problems(solution, angles, tilt_axis_deg=tilt_axis_deg, limits=limits)
     result = replace(alignment, solution=solution)
     if problems:
@@ -102,7 +104,8 @@ def check_fiducial(
     verdict = fiducial_verdict(
         mean_residual_px=solution.mean_residual_px, bead_diameter_px=bead_diameter_px,
         n_beads=int((found.sum(1) >= 3).sum()), n_views=int(angles.numel()),
-        n_flagged_views=int(solution.flagged_views.numel()), fixed=fixed)
+        n_flagged_views=int(solution.flagged_views.numel()), fixed=fixed,
+        n_beadless_views=int(beadless_views(solution).sum()))
     return CheckedFiducial(result, verdict, fixed)
 
 

@@ -158,9 +158,10 @@ def fiducial_verdict(
     n_views: int,
     n_flagged_views: int,
     fixed: dict[str, str],                  # parameters held at their given value, and why
+    n_beadless_views: int = 0,              # views placed by the coarse alignment alone
 ) -> Verdict:
     """good: residual ≤ 1 px (or a quarter bead) with ≥ 5 beads; check: a larger residual, few
-    beads, many flagged views or a parameter held fixed; failed: a residual beyond half a bead
+    beads, many flagged views, views without beads or a parameter held fixed; failed: a residual beyond half a bead
     (the model does not explain the tracks) or fewer than 3 beads."""
     half_bead = 0.5 * bead_diameter_px
     if n_beads < 3:
@@ -175,6 +176,8 @@ def fiducial_verdict(
         reasons.append(f"only {n_beads} beads")
     if n_flagged_views > 0.2 * n_views:
         reasons.append(f"{n_flagged_views} of {n_views} views flagged")
+    if n_beadless_views:
+        reasons.append(f"{n_beadless_views} views without tracked beads (placed by the coarse alignment)")
     return Verdict("check" if reasons else "good", tuple(reasons))
 
 
