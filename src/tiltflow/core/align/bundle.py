@@ -39,7 +39,7 @@ class FiducialSolution:
     tilt_angles_deg: torch.Tensor      # (t,) refined: input + grouped change + tilt offset
     tilt_axis_deg: float               # from +y, counter-clockwise
     tilt_offset_deg: float             # added to every view so the bead surfaces are level
-    tilt_offset_sd_deg: float          # its bootstrap SD over the beads (NaN when not levelled)
+    tilt_offset_sd_deg: float          # its jackknife SD over the beads (NaN when not levelled)
     magnification: torch.Tensor        # (t,) of each view relative to the reference view
     shifts_px: torch.Tensor            # (t, 2) raw-image shifts s (geometry convention)
     bead_xyz_px: torch.Tensor          # (n, 3) specimen frame, mean zero

@@ -48,16 +48,28 @@ class CheckedPatch:
 
 
 def fiducial_problems(solution: FiducialSolution, tilt_angles_deg: torch.Tensor, *, tilt_axis_deg: float,
-                      limits: GeometryLimits = GeometryLimits()) -> dict[str, str]:
+                      limits: GeometryLimits = GeometryLimits(), solved: dict[str, bool] | None = None,
+                      min_beads: int = 5) -> dict[str, str]:
     """:func:`geometry_problems` of a bundle solution, plus a tilt offset the beads leave free
-    (bootstrap SD above ``limits.max_offset_spread_deg``)."""
+    (jackknife SD above ``limits.max_offset_spread_deg``, or too few beads to tell), and grouped
+    tilt angles / magnifications solved (``solved[name]``) from fewer than ``min_beads`` beads."""
+    solved = {} if solved is None else solved
     problems = geometry_problems(tilt_angles_deg, solution.tilt_angles_deg, axis_initial_deg=tilt_axis_deg,
                                  axis_deg=solution.tilt_axis_deg, offset_deg=solution.tilt_offset_deg,
                                  magnification=solution.magnification, limits=limits)
-    sd = solution.tilt_offset_sd_deg
-    if "tilt_offset" not in problems and math.isfinite(sd) and sd > limits.max_offset_spread_deg:
-        problems["tilt_offset"] = (f"tilt offset {solution.tilt_offset_deg:.1f}° not determined by the beads "
-                                   f"(±{sd:.1f}° over resamples)")
+    sd, offset = solution.tilt_offset_sd_deg, solution.tilt_offset_deg
+    if "tilt_offset" not in problems and offset != 0.0:
+        if not math.isfinite(sd):
+            problems["tilt_offset"] = f"tilt offset {offset:.1f}° from 4 beads cannot be checked"
+        elif sd > limits.max_offset_spread_deg:
+            problems["tilt_offset"] = (f"tilt offset {offset:.1f}° not determined by the beads "
+                                       f"(±{sd:.1f}° leaving out one bead at a time)")
+    n_beads = int((torch.isfinite(solution.residuals_px).sum(1) >= 3).sum())
+    if n_beads < min_beads:
+        too_few = f"only {n_beads} beads (grouped tilt angles and magnifications need {min_beads})"
+        for name in ("tilt_angles", "magnification"):
+            if solved.get(name, True):
+                problems.setdefault(name, too_few)
     return problems
 
 
@@ -83,7 +95,8 @@ def check_fiducial(
                                  solution.magnification if solve_magnification else None, limits)
     if broken:
         return CheckedFiducial(alignment, Verdict("failed", (broken,)), {})
-    problems = fiducial_problems(solution, angles, tilt_axis_deg=tilt_axis_deg, limits=limits)
+    solved = {"tilt_angles": solve_tilt_angles, "magnification": solve_magnification}
+    problems = fiducial_problems(solution, angles, tilt_axis_deg=tilt_axis_deg, limits=limits, solved=solved)
     fixed: dict[str, str] = {}
     for hold_all in (False, True):
         if not problems:
@@ -96,7 +109,8 @@ def check_fiducial(
                                    tilt_axis_deg_initial=tilt_axis_deg, image_shape=image_shape, **flags)
         if alignment.coarse is not None:
             solution = fill_beadless_views(solution, alignment.coarse.shifts_px, angles)
-        problems = fiducial_problems(solution, angles, tilt_axis_deg=tilt_axis_deg, limits=limits)
+        solved = {k: asked[_FIDUCIAL_FLAGS[k]] and k not in fixed for k in solved}
+        problems = fiducial_problems(solution, angles, tilt_axis_deg=tilt_axis_deg, limits=limits, solved=solved)
     result = replace(alignment, solution=solution)
     if problems:
         return CheckedFiducial(result, Verdict("failed", tuple(problems.values())), fixed)
