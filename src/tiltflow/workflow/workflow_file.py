@@ -129,7 +129,24 @@ def apply_overrides(wf: Workflow, overrides: list[str]) -> None:
         if not matched:
             raise InputError(f"--set '{item}': no step '{target}' in the workflow ({', '.join(s.id for s in wf.steps)})")
         for s in matched:
-            s.params[name] = _coerce(value)
+            s.params[_field_name(s.step, name)] = _coerce(value)
+
+
+def _field_name(step_id: str, name: str) -> str:
+    """A parameter's field name from its field name or its CLI spelling (``window`` or
+    ``--window`` -> ``window_px``; DESIGN §5: one vocabulary)."""
+    try:
+        fields = get_step(step_id).params.model_fields
+    except KeyError:
+        return name                 # an unknown step is reported by validate()
+    if name in fields:
+        return name
+    wanted = name.lstrip("-").replace("_", "-")
+    for field_name, info in fields.items():
+        cli = (info.json_schema_extra or {}).get("cli") if isinstance(info.json_schema_extra, dict) else None
+        if cli and cli.lstrip("-") == wanted:
+            return field_name
+    return name
 
 
 def validate(wf: Workflow) -> None:
