@@ -3,7 +3,7 @@
 Reference: D. Mastronarde, ccderaser(1), https://bio3d.colorado.edu/imod/doc/man/ccderaser.html
 
 Images are ``(..., h, w)``; X-rays are BRIGHT outliers. Dark objects (gold beads) never qualify,
-so their pixels are never changed. Each image is cut into ``scan_size_px`` scan areas whose
+nor do their rims (below), so their pixels are never changed. Each image is cut into ``scan_size_px`` scan areas whose
 trimmed mean and robust SD (``sqrt(pi/2) x`` mean absolute deviation, values beyond 4 SD left
 out, so strong hits neither hide others nor move the statistics once erased) drive two detectors:
 
@@ -17,6 +17,22 @@ out, so strong hits neither hide others nor move the statistics once erased) dri
 2. Difference stage: ``pixel - mean of its 8 neighbours`` above ``diff_criterion`` SDs (of that
    difference in the scan area) seeds a patch grown by ``grow_criterion``; patches of more than
    ``max_diff_patch_px`` pixels are ignored.
+
+Departures from IMOD, so that hits anywhere are found and gold beads are never taken for hits:
+
+- The search reaches the image border (``edge_exclusion_px`` 0 by default): annulus statistics use
+  only in-image pixels, and an edge pixel's difference is taken from its 5 (3 in a corner)
+  in-image neighbours, scaled to the interior's noise.
+- A normal peak must be sharp, ``(peak - mean of its 8 neighbours) >= MIN_SHARPNESS x (peak -
+  annulus mean)``, and a normal patch of more than ``MAX_COMPACT_PX`` pixels must pass the giant
+  patches' sharp-edge test: smooth blobs (beads in a stack of inverted contrast) are not hits.
+- A patch next to a dark feature (its ring 1.5 < r <= 4.5 px has a 10th percentile more than
+  ``RIM_DARK_SD`` scan-area SDs below its 75th: a bead's edge and bright Fresnel fringe) must be
+  ``peak_criterion`` SDs above the ring's bright side, not only above the bead-lowered mean.
+- A difference seed must also stand out from the differences of its own 15 x 15 neighbourhood
+  (beads lower the noise of part of a scan area, and so its SD).
+- At a few counts per pixel (where Poisson tails reach 6-7 Gaussian SDs) a patch's peak must be
+  ``POISSON_MIN_Z`` above its ring on the Anscombe (variance-stabilised) scale.
 
 Each 8-connected patch is replaced by a polynomial fitted to the unmasked pixels within
 ``border_px`` of it. The search is repeated on the erased image, in the scan areas that changed,
@@ -38,6 +54,11 @@ _SD_PER_MAD = math.sqrt(math.pi / 2.0)  # SD / mean absolute deviation of a Gaus
 _CHUNK = 16384  # points per batched gather (keeps temporaries small and cached)
 _FIT_CHUNK = 1024  # patches per batched polynomial fit
 _MAX_PASSES = 8
+MAX_COMPACT_PX = 12  # larger normal patches must pass the giant patches' sharp-edge test
+MIN_SHARPNESS = 0.4  # (peak - mean of its 8 neighbours) / (peak - annulus mean) of an X-ray
+RIM_DARK_SD = 4.0  # a ring this far below its bright side holds a dark feature (a bead)
+POISSON_MIN_Z = 4.5  # least Anscombe excess of an X-ray in images of few counts per pixel
+POISSON_MAX_COUNTS = 20.0  # ... up to this many counts per pixel (above, tails are Gaussian)
 
 
 def _check_fit_options(border_px: int, poly_order: int) -> None:
@@ -61,7 +82,7 @@ class XrayParams:
     big_diff_criterion: float = 19.0
     annulus_width_px: float = 2.0
     scan_size_px: int = 100
-    edge_exclusion_px: int = 4
+    edge_exclusion_px: int = 0  # IMOD/Scipion use 4; 0 reaches the border
     border_px: int = 2
     poly_order: int = 2
     max_diff_patch_px: int = 2  # IMOD's MaxPixelsInDiffPatch default
@@ -156,7 +177,7 @@ def _search(x, owned, p, dtype):
         done = todo.to(x.device).flatten()[keep_area]
         keep_lin = torch.cat([keep_lin[~done], new_lin])
         keep_area = torch.cat([keep_area[~done], new_area])
-        lin = torch.unique(keep_lin)  # what a scan of every area would find now
+        lin = _drop_unlike_xrays(work, torch.unique(keep_lin), size, p)  # as a full scan would
         if lin.numel() == 0:
             return found, work
         found = torch.unique(torch.cat([found, lin]))
@@ -196,7 +217,7 @@ def _find(x, p, grid, todo):
     margin) so that a rescan of some areas computes exactly what a full scan would."""
     nb, h, w = x.shape
     size, ny, nx = grid
-    edge = max(p.edge_exclusion_px, 1)
+    edge = p.edge_exclusion_px
     chunks, loose = [], []  # whole bands (cut with one strided copy) or <= 64 loose areas
     for j, row in enumerate(todo.tolist()):
         areas = [(j, c) for c, f in enumerate(row) if f]
@@ -212,6 +233,7 @@ def _find(x, p, grid, todo):
     b, y, xx, win, level, scale = seeds
     reach = _grow(win, level, scale, p.grow_criterion, math.inf, y, xx, h, w, edge)
     keep = reach.sum((1, 2)) <= p.max_diff_patch_px  # a bigger patch reaches the window edge
+    keep &= _stands_out_locally(x, b, y, xx, win[:, win.shape[1] // 2], p.diff_criterion)
     coords.append(_window_coords(reach[keep], b[keep], y[keep], xx[keep]))
     b, y, xx, sy, sx = (torch.cat(c) for c in zip(*coords))
     return (b * h + y) * w + xx, (sy // size) * nx + (sx // size).clamp_max(nx - 1)
@@ -234,12 +256,9 @@ def _scan_tiles(x, areas, size, edge, p):
     nd += rs[:, 2:]
     nd.sub_(tiles[:, 1:-1, 1:-1], alpha=9.0).neg_()  # 9 * pixel - box = 8 * (pixel - mean8)
     nd4 = nd.view(nb, na, t - 2, t - 2)
-    for k in border:  # undefined on the image's first and last rows and columns
-        a, b = s0[k] - pad + 1, t0[k] - pad + 1  # image row / column of nd[0, 0]
-        nd4[:, k, :max(1 - a, 0)] = 0.0
-        nd4[:, k, max(h - 1 - a, 0):] = 0.0
-        nd4[:, k, :, :max(1 - b, 0)] = 0.0
-        nd4[:, k, :, max(w - 1 - b, 0):] = 0.0
+    if border:  # edge rows / columns: pixel - mean of its in-image neighbours
+        _edge_differences(nd4, tiles.view(nb, na, t, t), border, [s0[k] - pad + 1 for k in border],
+                          [t0[k] - pad + 1 for k in border], h, w)
     si = 4 if size % 4 == 0 and size >= 40 else 1  # intensity statistics: 4x subsample
     st = 2 if size % 2 == 0 and size >= 20 else 1  # difference statistics: 2x subsample
     core = slice(pad, pad + size)
@@ -266,6 +285,28 @@ def _scan_tiles(x, areas, size, edge, p):
     win = _gather(nd.reshape(-1), t - 2, t - 2, i[sel], ty[sel] + pad - 1, tx[sel] + pad - 1,
                   *_offsets(math.inf, -1.0, m))
     return peaks, (img[sel], y[sel], xx[sel], win, dmean[i[sel]], dsd[i[sel]])
+
+
+def _edge_differences(nd, tiles, border, a, b, h, w):
+    """In place on ``nd`` (B, N, n, n) = 9 * pixel - box3 of ``tiles`` (B, N, n + 2, n + 2) (zeros
+    outside the image), for the tiles ``border`` whose nd[0, 0] lies at image (a[i], b[i]): at the
+    image's edges 8 * (pixel - mean of its k in-image neighbours) * sqrt((1 + 1/8) / (1 + 1/k))
+    (the interior's noise); 0 outside the image."""
+    n, dev = nd.shape[-1], nd.device
+    rows = torch.arange(n, device=dev) + torch.tensor(a, device=dev)[:, None]  # (K, n)
+    cols = torch.arange(n, device=dev) + torch.tensor(b, device=dev)[:, None]
+    cy = 1 + (rows - 1 >= 0).long() + (rows + 1 < h).long()
+    cx = 1 + (cols - 1 >= 0).long() + (cols + 1 < w).long()
+    k = cy[:, :, None] * cx[:, None, :] - 1
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    t, iy, ix = (inside & (k < 8)).nonzero(as_tuple=True)
+    kk = k[t, iy, ix].to(nd.dtype)
+    tile = torch.tensor(border, device=dev)[t]
+    pix, d = tiles[:, tile, iy + 1, ix + 1], nd[:, tile, iy, ix]
+    scale = 8.0 * torch.sqrt((1.0 + 1.0 / 8.0) / (1.0 + 1.0 / kk))
+    nd[:, tile, iy, ix] = scale * (pix - (8.0 * pix - d) / kk)
+    t, oy, ox = (~inside).nonzero(as_tuple=True)
+    nd[:, torch.tensor(border, device=dev)[t], oy, ox] = 0.0
 
 
 def _cut_tiles(x, areas, s0, t0, size, pad):
@@ -301,22 +342,32 @@ def _peak_patches(x, b, y, xx, big, size, edge, p):
     nb, h, w = x.shape
     flat = x.reshape(-1)
     v = flat[(b * h + y) * w + xx]
-    is_max = v >= _gather(flat, h, w, b, y, xx, *_offsets(1.5, 0.5)).amax(1)  # 8 neighbours
+    near = _gather(flat, h, w, b, y, xx, *_offsets(1.5, 0.5))  # 8 neighbours
+    is_max = v >= near.amax(1)
     b, y, xx, v, big = b[is_max], y[is_max], xx[is_max], v[is_max], big[is_max]
+    mean8 = near[is_max].mean(1)
     r_in, crit = p.max_radius_px, p.peak_criterion
     for giant in (False, True):
         ring_m, ring_s = _ring_stats(flat, h, w, b, y, xx, r_in, p.annulus_width_px)
         ok = (v - ring_m) > crit * ring_s
+        if not giant:  # X-rays are sharp; a smooth blob (a bright bead) is left to the giant test
+            ok &= (v - mean8) >= MIN_SHARPNESS * (v - ring_m)
         win = _gather(flat, h, w, b[ok], y[ok], xx[ok], *_offsets(math.inf, -1.0, int(r_in)))
         reach = _grow(win, ring_m[ok], ring_s[ok], p.grow_criterion, r_in, y[ok], xx[ok], h, w,
                       edge)
-        if giant:  # erased only when sharp-edged (an X-ray), not a smooth bright blob
-            sharp = _big_diff_z(x, b[ok], y[ok], xx[ok], reach, size) > p.big_diff_criterion
+        # giant patches, and normal ones larger than an X-ray's few pixels (a bead in a bright-
+        # bead stack), are erased only when sharp-edged (an X-ray), not a smooth bright blob
+        test = torch.ones_like(b[ok], dtype=torch.bool) if giant else \
+            reach.flatten(1).sum(1) > MAX_COMPACT_PX
+        if bool(test.any()):
+            sharp = ~test
+            sharp[test] = _big_diff_z(x, b[ok][test], y[ok][test], xx[ok][test], reach[test],
+                                      size) > p.big_diff_criterion
             ok[ok.clone()] = sharp
             reach = reach[sharp]
         yield _window_coords(reach, b[ok], y[ok], xx[ok])
         nxt = ~ok & (v > big)  # failed, but above scan criterion + 1: try as a giant peak
-        b, y, xx, v, big = b[nxt], y[nxt], xx[nxt], v[nxt], big[nxt]
+        b, y, xx, v, big, mean8 = b[nxt], y[nxt], xx[nxt], v[nxt], big[nxt], mean8[nxt]
         r_in, crit = p.extra_large_radius_px, p.giant_criterion
 
 
@@ -369,6 +420,91 @@ def _big_diff_z(x, b, y, xx, reach, size):
     return (avg - m[which]) / sd[which]
 
 
+def _stands_out_locally(x, b, y, xx, value, crit):
+    """Bool (n,): difference seeds whose ``value`` (9 * pixel - box3) also exceeds ``crit`` SDs of
+    the differences in their own 15 x 15 neighbourhood (their 5 x 5 centre left out; SD from the
+    noisiest quarter, 75th percentile of |d - median| / 1.1503): where dark beads lower the noise
+    of part of a scan area, its robust SD is too small for the pixels around them."""
+    nb, h, w = x.shape
+    r = 8
+    g = torch.arange(-r + 1, r, device=x.device)
+    centre = (g.abs() <= 2)[:, None] & (g.abs() <= 2)[None, :]
+    out = []
+    for i in range(0, y.numel(), _CHUNK):
+        bi, yi, xi = b[i:i + _CHUNK], y[i:i + _CHUNK], xx[i:i + _CHUNK]
+        v = _gather(x.reshape(-1), h, w, bi, yi, xi, *_offsets(math.inf, -1.0, r))
+        v = v.view(-1, 1, 2 * r + 1, 2 * r + 1)
+        nd = (9.0 * v[:, 0, 1:-1, 1:-1] - 9.0 * F.avg_pool2d(v, 3, 1)[:, 0]).flatten(1)
+        ok = ((yi[:, None] + g >= 1) & (yi[:, None] + g < h - 1))[:, :, None] & \
+            ((xi[:, None] + g >= 1) & (xi[:, None] + g < w - 1))[:, None, :]
+        nd = torch.where((ok & ~centre).flatten(1), nd, math.nan)
+        med = nd.nanmedian(1).values
+        sd = torch.nanquantile((nd - med[:, None]).abs(), 0.75, dim=1) / 1.1503
+        out.append(value[i:i + _CHUNK] - med > crit * sd.clamp_min(1e-12))
+    return torch.cat(out) if out else value.new_zeros(0, dtype=torch.bool)
+
+
+def _drop_unlike_xrays(x, lin, size, p):
+    """``lin`` without the patches that are not X-rays, judged on the ring 1.5 < r <= 4.5 px
+    (in-image, unmasked pixels) around each patch's brightest pixel and its scan area's robust
+    mean and SD:
+
+    - a bead's rim: the ring holds dark pixels (10th percentile more than ``RIM_DARK_SD`` SDs
+      below the 75th) and the peak is not ``peak_criterion`` SDs above the ring's bright side
+      (75th percentile): the bead lowered the local mean, not an X-ray raised the pixel;
+    - a Poisson tail: where the ring mean m holds at most ``POISSON_MAX_COUNTS`` counts (in units
+      of g = noise variance / mean of the area, the noise from adjacent-pixel differences, so
+      that structure does not count; areas of >= 1 count per pixel) the peak's Anscombe excess,
+      2 (sqrt(v / g + 3/8) - sqrt(m / g + 3/8)), is below ``POISSON_MIN_Z`` (or 0.75 x the smaller
+      criterion): at a few counts per pixel noise reaches 6-7 Gaussian SDs.
+    """
+    if not lin.numel():
+        return lin
+    nb, h, w = x.shape
+    flat = x.reshape(-1)
+    comp = _components(lin, lin // w % h, lin % w, h, w)
+    n = int(comp.max()) + 1
+    v = flat[lin]
+    top = torch.full((n,), -math.inf, dtype=v.dtype, device=x.device)
+    top = top.scatter_reduce(0, comp, v, "amax")
+    first = torch.full((n,), lin.numel(), device=x.device).scatter_reduce(
+        0, comp, torch.where(v == top[comp], torch.arange(lin.numel(), device=x.device),
+                             lin.numel()), "amin")
+    peak = lin[first]
+    b, y, xx = peak // (h * w), peak // w % h, peak % w
+    dy, dx = _offsets(4.5, 1.5)
+    ring = _gather(flat, h, w, b, y, xx, dy, dx)
+    ry, rx = y[:, None] + dy.to(y.device), xx[:, None] + dx.to(y.device)
+    at = (b[:, None] * h + ry.clamp(0, h - 1)) * w + rx.clamp(0, w - 1)
+    j = torch.searchsorted(lin, at).clamp_max(lin.numel() - 1)
+    ok = (ry >= 0) & (ry < h) & (rx >= 0) & (rx < w) & (lin[j] != at)
+    ring = torch.where(ok, ring, math.nan)
+    q = torch.nanquantile(ring, torch.tensor([0.1, 0.75], dtype=ring.dtype, device=x.device), dim=1)
+    mean, sd, noise = _area_stats(x, b, y, xx, size)
+    rim = (q[0] < q[1] - RIM_DARK_SD * sd) & (top - q[1] <= p.peak_criterion * sd)
+    g = noise.square() / mean.clamp_min(1e-12)  # counts scale: noise variance / mean
+    level = ring.nanmean(1).clamp_min(0.0)
+    few = (mean > 0) & (mean >= g) & (level <= POISSON_MAX_COUNTS * g)  # few counts per pixel
+    z = 2.0 * (torch.sqrt((top / g).clamp_min(0.0) + 0.375) - torch.sqrt(level / g + 0.375))
+    tail = few & (z < min(POISSON_MIN_Z, 0.75 * min(p.peak_criterion, p.diff_criterion)))
+    return lin[~(rim | tail)[comp]]
+
+
+def _area_stats(x, b, y, xx, size):
+    """Per point (b, y, x), of its scan area: robust intensity mean and SD, and the noise SD
+    (robust SD of adjacent-pixel differences / sqrt 2, blind to smooth structure) -> 3 x (n,)."""
+    nb, h, w = x.shape
+    key = torch.stack([b, torch.clamp(y // size * size, max=h - size),
+                       torch.clamp(xx // size * size, max=w - size)], 1)
+    key, which = torch.unique(key, dim=0, return_inverse=True)
+    rows, cols = torch.arange(0, size, 2, device=x.device), torch.arange(size, device=x.device)
+    win = x[key[:, 0, None, None], (key[:, 1, None] + rows)[:, :, None],
+            (key[:, 2, None] + cols)[:, None, :]]
+    mean, sd = _robust_stats(win[:, :, ::2].flatten(1))
+    noise = _robust_stats((win[:, :, 1:] - win[:, :, :-1]).flatten(1))[1] / math.sqrt(2.0)
+    return mean[which], sd.clamp_min(1e-12)[which], noise.clamp_min(1e-12)[which]
+
+
 # ----------------------------------------------------------------------------- statistics
 
 
@@ -413,7 +549,8 @@ def _gather(flat, h, w, b, y, x, dy, dx):
 
 
 def _ring_stats(flat, h, w, b, y, x, r_in, width):
-    """Mean and SD of the annulus r_in < r <= r_in + width around each point -> (n,), (n,)."""
+    """Mean and SD of the in-image pixels of the annulus r_in < r <= r_in + width around each
+    point -> (n,), (n,)."""
     dy, dx = _offsets(r_in + width, r_in)
     k = dy.numel()
     means, sds = [flat.new_zeros(0)], [flat.new_zeros(0)]
@@ -424,7 +561,17 @@ def _ring_stats(flat, h, w, b, y, x, r_in, width):
         s1, s2 = v.sum(1), v.square().sum(1)
         means.append(ref + s1 / k)
         sds.append(((s2 - s1 * s1 / k) / (k - 1)).clamp_min(0).sqrt().clamp_min(1e-12))
-    return torch.cat(means), torch.cat(sds)
+    mean, sd = torch.cat(means), torch.cat(sds)
+    r = int(math.ceil(r_in + width))
+    near = ((y < r) | (y >= h - r) | (x < r) | (x >= w - r)).nonzero().flatten()
+    if near.numel():  # rings that leave the image: only their in-image pixels
+        yy, xx = y[near, None] + dy.to(y.device), x[near, None] + dx.to(y.device)
+        ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        v = torch.where(ok, _gather(flat, h, w, b[near], y[near], x[near], dy, dx), math.nan)
+        mean[near] = v.nanmean(1)
+        var = (v - mean[near, None]).square().nansum(1) / (ok.sum(1) - 1).clamp_min(1)
+        sd[near] = var.sqrt().clamp_min(1e-12)
+    return mean, sd
 
 
 def _window_coords(reach, b, y, x):

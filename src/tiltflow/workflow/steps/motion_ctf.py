@@ -16,6 +16,7 @@ from typing import Literal
 from tiltflow.workflow.executor import run_items
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
+from tiltflow.workflow.steps.common import check_window_fits
 from tiltflow.workflow.steps.ctf_common import (
     CtfOptions,
     ctf_params,
@@ -38,6 +39,9 @@ class MotionCtfParams(CtfOptions):
     gain_transpose: Literal["none", "transpose"] = param("none", "Transpose the gain before use.", cli="--gain-transpose")
     gain_flip: Literal["none", "x", "y"] = param("none", "Flip the gain (before transposing, as Warp).", cli="--gain-flip")
     eer_groups: int = param(16, "EER: fractions summed into this many frames.", cli="--eer-groups", ge=1)
+    frame_xray_sd: float = param(
+        7.0, "X-rays: replace frame pixels this many noise SD above their local expectation (and their"
+        " neighbours above 3 SD) before the frames are shifted; 0: off.", cli="--frame-xray-sd", ge=0)
     dose_weighting: bool = param(False, "Weight frames by the accumulated dose (Grant & Grigorieff).", cli="--dose-weighting")
     estimate_ctf: bool = param(True, "Estimate the CTF of each tilt.", cli="--estimate-ctf")
     use_movie_average: bool = param(False, "CTF from the aligned sum's spectrum instead of the mean spectrum of the"
@@ -155,6 +159,15 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
                             gain_transpose=p["gain_transpose"] == "transpose",
                             gain_flip_x=p["gain_flip"] == "x", gain_flip_y=p["gain_flip"] == "y",
                             out=shared.buffer(tuple(frames.shape), device) if shared else None)
+    if p.get("frame_xray_sd", 0) > 0:  # before any shift: a hit is still a few bright pixels
+        from tiltflow.core.xray_frames import remove_frame_xrays
+
+        xrays = remove_frame_xrays(frames, threshold_sd=p["frame_xray_sd"],
+                                   grow_sd=min(3.0, p["frame_xray_sd"]), inplace=True)
+        n_xray_px = xrays.n_replaced_px
+        del xrays
+    else:
+        n_xray_px = 0
     t = frames.shape[0]
     # hot pixels / X-rays would pin the shifts at zero: cleaned while binning for estimation
     motion = estimate_motion(frames, pixel_size_a=pixel_size_a, fit_range_a=tuple(p["fit_range_a"]),
@@ -175,7 +188,8 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
         files["odd"] = _write_sum(out / "sums" / f"{name}_odd.npy", summed.odd)
     shifts = summed.shifts_px                      # refined by the local fit when there is one
     write_motion_star(out / "motion" / f"{name}.star", shifts.cpu().numpy(), movie=movie, pixel_size_a=pixel_size_a)
-    result = {"files": files, "shifts_px": shifts.cpu().tolist(), "total_motion_px": total_motion_px(shifts)}
+    result = {"files": files, "shifts_px": shifts.cpu().tolist(), "total_motion_px": total_motion_px(shifts),
+              "frame_xray_px": n_xray_px}
     if p["estimate_ctf"]:
         params = ctf_params(CtfOptions(**{k: p[k] for k in CtfOptions.model_fields}),
                             pixel_size_a=pixel_size_a * p["binning"], voltage_kv=voltage_kv, cs_mm=cs_mm,
@@ -224,7 +238,8 @@ def _assemble_series(ts: TiltSeries, results: dict, run_dir: Path, binning: int,
     images = []
     for i, im in enumerate(kept):
         r = results[im.file]
-        attrs = dict(im.attrs, movie=im.file, total_motion_px=r["total_motion_px"])
+        attrs = dict(im.attrs, movie=im.file, total_motion_px=r["total_motion_px"],
+                     frame_xray_px=r.get("frame_xray_px", 0))
         if "ctf" in r:
             attrs.update(defocus_u_a=r["ctf"]["defocus_u_a"], defocus_v_a=r["ctf"]["defocus_v_a"])
         images.append(TiltImage(tilt_angle_deg=im.tilt_angle_deg, acquisition_order=im.acquisition_order,
@@ -246,6 +261,7 @@ def run_motion_ctf(ctx: StepContext):
 
     p: MotionCtfParams = ctx.params
     source: TiltSeriesSet = ctx.inputs["input"]
+    check_window_fits(p.window_px, source)
     device = resolve_device(ctx.options.get("device"))
     gain, dark = source.attrs.get("gain_file"), source.attrs.get("dark_file")
     pd = p.model_dump()
@@ -266,7 +282,8 @@ def run_motion_ctf(ctx: StepContext):
         results = run_items(ctx, motion_movie_task, tasks,
                             on_result=lambda key, v: ctx.log.info("%s: %s", where[key][1], "failed: " + str(v)
                                                                   if isinstance(v, BaseException) else
-                                                                  f"{v['total_motion_px']:.2f} px total motion"))
+                                                                  f"{v['total_motion_px']:.2f} px total motion, "
+                                                                  f"{v.get('frame_xray_px', 0)} X-ray px replaced in frames"))
     finally:
         _SESSIONS.pop(session).close()
     bad = {k: v for k, v in results.items() if isinstance(v, BaseException)}

@@ -27,7 +27,8 @@ class XrayEraseParams(StepParams):
     big_diff_criterion: float = param(19.0, "Differences this many SD mark a big X-ray.", cli="--big-diff-criterion", gt=0)
     annulus_width_px: float = param(2.0, "Width of the annulus for local statistics, px.", cli="--annulus-width", gt=0)
     scan_size_px: int = param(100, "Size of the regions for local statistics, px.", cli="--scan-size", ge=10)
-    edge_exclusion_px: int = param(4, "Pixels at the edges not examined.", cli="--edge-exclusion", ge=0)
+    edge_exclusion_px: int = param(0, "Pixels at the edges not examined (IMOD's default: 4; 0 reaches the border).",
+                                   cli="--edge-exclusion", ge=0)
     border_px: int = param(2, "Border around a patch used to fit the replacement, px.", cli="--border", ge=1)
     poly_order: int = param(2, "Order of the polynomial fitted to the border (0-3).", cli="--poly-order", ge=0, le=3)
     odd_even: bool = param(True, "Erase the odd/even half-sum stacks too, when present.", cli="--odd-even")
