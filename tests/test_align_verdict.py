@@ -152,6 +152,8 @@ def test_a_series_that_cannot_align_gets_a_failed_verdict_and_the_others_go_on(o
     assert "aligned: " in ts_set.summary() and "1 failed (TS_02)" in ts_set.summary()
     shown = CliRunner().invoke(build_cli(), ["show", "-p", str(root)])
     assert "1 failed (TS_02)" in shown.output
+    one = CliRunner().invoke(build_cli(), ["show", "-p", str(root), str(run.id)])
+    assert "    TS_02: failed (" in one.output and "    TS_01: " in one.output
 
 
 def test_reconstruct_refuses_a_failed_alignment_in_one_line_or_skips_it(one_good_one_beadless):

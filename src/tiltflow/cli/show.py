@@ -62,5 +62,24 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
             console.print(f"    {k} = {v}", markup=False)
         for o in outs:
             console.print(f"  output {o.pointer}: {o.summary}", markup=False)
+            for line in _verdict_lines(store, o):
+                console.print(f"    {line}", markup=False)
     except (ProjectError, ValueError) as err:
         fail([str(err)])
+
+
+def _verdict_lines(store, output) -> list[str]:
+    """``TS_01: check (reason; reason)`` for each series of a tilt-series set with a verdict."""
+    from tiltflow.workflow.sets import TiltSeriesSet, alignment_verdict
+
+    if output.type != "TiltSeries":
+        return []
+    value = store.load(output)
+    if not isinstance(value, TiltSeriesSet):
+        return []
+    lines = []
+    for ts in value.items:
+        v = alignment_verdict(ts)
+        if v["status"]:
+            lines.append(f"{ts.ts_id}: {v['status']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else ""))
+    return lines
