@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from tiltflow.core.fourier import fourier_crop_2d
 from tiltflow.core.xray import XrayParams, erase_xrays, find_xrays, replace_patches
+from tiltflow.testing.xray_movies import motion_sum, simulate_movie
 
 CORPUS = Path(os.environ.get("TILTFLOW_CORPUS", Path(__file__).resolve().parents[1] / ".."
                              / "shared" / "corpus"))
@@ -257,13 +259,10 @@ def test_hits_at_the_border_are_erased(dose):
                                                        (2.76, 2, 302)])
 def test_no_gold_bead_pixel_changes(pixel_size_a, binning, seed):
     """Motion-corrected sums (3 e/px/frame, 8 frames) of a field with 5-15 nm gold beads (dark,
-    with CTF fringes; see tests/test_xray_frames.py), Fourier-binned as a tilt-series stack often
-    is, plus hits injected away from the beads: every hit is erased, no pixel within 2 px of a
-    bead changes. (Without both the bead-rim test and the local-noise test of difference seeds,
-    seed 300 at 5.5 Å/px, bin 4, loses bright fringe pixels.)"""
-    from tiltflow.core.fourier import fourier_crop_2d
-    from test_xray_frames import motion_sum, simulate_movie
-
+    with CTF fringes; see tiltflow.testing.xray_movies), Fourier-binned as a tilt-series stack
+    often is, plus hits injected away from the beads: every hit is erased, no pixel within 2 px
+    of a bead changes. (Without both the bead-rim test and the local-noise test of difference
+    seeds, seed 300 at 5.5 Å/px, bin 4, loses bright fringe pixels.)"""
     sim = simulate_movie(seed, shape=(512, 512), dose=3.0, pixel_size_a=pixel_size_a,
                          n_beads=int(8 * (pixel_size_a / 1.38) ** 1.5), hits_per_frame=(0, 0))
     n = 512 // binning
@@ -286,9 +285,6 @@ def test_bright_beads_of_an_inverted_stack_are_not_hits():
     """A stack of inverted contrast (beads bright, 2.3-6.8 px radius at 11 Å/px): the beads are
     smooth blobs, not hits (the eraser before the sharpness / compactness tests erased 31 bead
     pixels here). Known limit: at 22 Å/px beads of 1-2 px radius are X-ray sized and erased."""
-    from tiltflow.core.fourier import fourier_crop_2d
-    from test_xray_frames import motion_sum, simulate_movie
-
     sim = simulate_movie(303, shape=(512, 512), dose=3.0, pixel_size_a=2.76, n_beads=22,
                          hits_per_frame=(0, 0))
     image = fourier_crop_2d(motion_sum(sim["clean"], sim), (128, 128)) * 16
