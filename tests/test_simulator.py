@@ -398,3 +398,114 @@ def test_config_rejects_bad_input():
         DemoConfig(size=(16, 512))
     with pytest.raises(ValueError, match="80"):
         DemoConfig(n_tilts=61, tilt_step_deg=3.0)
+
+
+# --- scenario extensions (issue 11): additive, defaults unchanged ------------------------------
+
+def _plan(**kw) -> dict:
+    cfg = small_config(n_tilts=9, n_frames=12, **kw)
+    return plan_series(cfg, 0, np.random.default_rng([cfg.seed, 1, 0]))
+
+
+def test_extensions_at_their_defaults_change_nothing(tmp_path):
+    from tiltflow.testing.config import EXTENSION_DEFAULTS
+
+    assert _plan(**EXTENSION_DEFAULTS) == _plan()
+    assert DemoConfig().extension_values() == {}
+    truth = write_demo_dataset(tmp_path / "a", small_config(n_tilts=3, n_frames=2))
+    assert not set(EXTENSION_DEFAULTS) & set(truth["config"])  # truth.json as it was
+    truth = write_demo_dataset(tmp_path / "b", small_config(n_tilts=3, n_frames=2, jitter_px=0.1))
+    assert truth["config"]["jitter_px"] == 0.1 and "n_dark_views" not in truth["config"]
+
+
+def test_exact_tilt_offset_and_axis_error():
+    # (the specimen fills the region the true tilts see, so its draw may change with the offset)
+    base, s = _plan(), _plan(tilt_offset_deg=4.2, tilt_axis_error_deg=-2.5)
+    assert s["tilt_offset_deg"] == 4.2
+    assert s["tilt_axis_deg"] == pytest.approx(s["mdoc_tilt_axis_deg"] - 2.5)
+    for a, b in zip(base["tilts"], s["tilts"]):
+        assert b["true_tilt_angle_deg"] == pytest.approx(b["mdoc_tilt_angle_deg"] + 4.2)
+        assert a["mdoc_tilt_angle_deg"] == b["mdoc_tilt_angle_deg"]
+    xyz = torch.tensor(s["bead_xyz_px"], dtype=torch.float64).reshape(-1, 3)
+    raw = geometry.project_points(xyz, tilt_angles_deg=torch.tensor([t["true_tilt_angle_deg"] for t in s["tilts"]]),
+                                  tilt_axis_deg=s["mdoc_tilt_axis_deg"] - 2.5,
+                                  shifts_px=torch.tensor([t["stage_shift_px"] for t in s["tilts"]]),
+                                  image_shape=tuple(s["image_size"][::-1]))
+    for i, t in enumerate(s["tilts"]):
+        assert np.allclose(np.asarray(t["bead_projections_px"]).reshape(-1, 2), raw[i].numpy())
+
+
+def test_defocus_drifts_with_tilt_and_astigmatism_drifts_slowly():
+    s = _plan(defocus_range_um=(3.0, 3.0), defocus_jitter_a=0.0, defocus_slope_a_per_deg=40.0,
+              astigmatism_range_a=(400.0, 400.0), astigmatism_drift_a=100.0,
+              astigmatism_angle_drift_deg=8.0)
+    n = len(s["tilts"])
+    for i, t in enumerate(s["tilts"]):
+        mean = 0.5 * (t["defocus_u_a"] + t["defocus_v_a"])
+        assert mean == pytest.approx(3e4 + 40.0 * t["true_tilt_angle_deg"])
+        ramp = i / (n - 1) - 0.5  # linear in acquisition order, one astigmatism per series
+        assert t["defocus_u_a"] - t["defocus_v_a"] == pytest.approx(400.0 + 100.0 * ramp)
+    angles = [t["astigmatism_angle_deg"] for t in s["tilts"]]
+    assert max(angles) - min(angles) == pytest.approx(8.0)
+
+
+def test_drift_and_jitter_add_to_the_beam_induced_path():
+    base = _plan()
+    drift = _plan(drift_px_per_frame=0.2)
+    both = _plan(drift_px_per_frame=0.2, jitter_px=0.1)
+    for a, b, c in zip(base["tilts"], drift["tilts"], both["tilts"]):
+        d = np.asarray(b["frame_shifts_px"]) - np.asarray(a["frame_shifts_px"])
+        step = np.diff(d, axis=0)  # a straight line at 0.2 px per frame
+        assert np.allclose(step, step[0]) and np.linalg.norm(step[0]) == pytest.approx(0.2)
+        assert np.allclose(np.asarray(b["frame_shifts_px"]).mean(0), 0.0, atol=1e-12)
+        jitter = np.asarray(c["frame_shifts_px"]) - np.asarray(b["frame_shifts_px"])
+        assert 0.02 < jitter.std() < 0.3
+        assert a["xray_hits"] == b["xray_hits"]  # the old draws are untouched
+
+
+def test_xray_events_are_pixels_pairs_and_streaks_with_the_given_counts():
+    s = _plan(xray_events_per_frame=(1, 5), xray_counts=(40.0, 250.0), xray_streak_max_px=5)
+    nx, ny = s["image_size"]
+    sizes, per_frame = [], {}
+    for t in s["tilts"]:
+        events: dict = {}
+        for h in t["xray_hits"]:
+            events.setdefault(h["event"], []).append(h)
+            per_frame[(t["acquisition_order"], h["frame"])] = per_frame.get(
+                (t["acquisition_order"], h["frame"]), set()) | {h["event"]}
+            assert 0 <= h["x"] < nx and 0 <= h["y"] < ny
+        for pixels in events.values():
+            xy = np.array([(p["x"], p["y"]) for p in pixels])
+            assert 40 <= pixels[0]["excess_counts"] <= 250
+            assert all(p["excess_counts"] <= pixels[0]["excess_counts"] for p in pixels)
+            if len(xy) > 1:  # a straight line of neighbouring pixels
+                steps = np.diff(xy, axis=0)
+                assert (np.abs(steps).max(1) == 1).all() and (steps == steps[0]).all()
+            sizes.append(len(xy))
+    assert all(1 <= len(v) <= 5 for v in per_frame.values())
+    assert len(per_frame) == len(s["tilts"]) * 12  # every frame has at least one event
+    assert {1, 2} <= set(sizes) and max(sizes) >= 3 and max(sizes) <= 5
+
+
+def test_gain_stripes_multiply_column_blocks_and_keep_the_hot_pixels():
+    plain = make_detector(small_config())
+    striped = make_detector(small_config(gain_stripe_amplitude=0.05, gain_stripe_width_px=16))
+    assert plain["hot_pixels"] == striped["hot_pixels"]
+    ratio = striped["gain"] / plain["gain"]
+    assert np.allclose(ratio, ratio[0:1, :], rtol=1e-5)  # per column
+    blocks = ratio[0].reshape(-1, 16)
+    assert blocks.mean(1).std() > 0.01  # blocks differ ...
+    assert (blocks.std(1) < 0.5 * blocks.mean(1).std()).all()  # ... more than columns within one
+
+
+def test_dark_views_are_the_highest_tilts_and_lose_their_counts():
+    base, s = _plan(), _plan(n_dark_views=2, dark_view_factor=0.05)
+    dark = [t for t in s["tilts"] if t["dark_view"]]
+    assert len(dark) == 2
+    top = max(abs(t["nominal_tilt_angle_deg"]) for t in s["tilts"])
+    assert all(abs(t["nominal_tilt_angle_deg"]) == top for t in dark)
+    for a, b in zip(base["tilts"], s["tilts"]):
+        factor = 0.05 if b["dark_view"] else 1.0
+        assert b["mean_counts_per_frame_px"] == pytest.approx(factor * a["mean_counts_per_frame_px"])
+    with pytest.raises(ValueError, match="n_dark_views"):
+        small_config(n_dark_views=5)

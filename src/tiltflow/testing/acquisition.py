@@ -70,18 +70,28 @@ def movie_name(config: DemoConfig, ts_id: str, index: int, nominal_deg: float,
     return f"{ts_id}_{index:03d}_{nominal_deg:.1f}.tif"
 
 
-def _movie_events(config: DemoConfig, rng: np.random.Generator, flux: float) -> dict:
-    """Frame shifts, local motion and X-ray hits of one movie (truth entries)."""
+def _movie_events(config: DemoConfig, rng: np.random.Generator, flux: float,
+                  extra: np.random.Generator) -> dict:
+    """Frame shifts, local motion and X-ray hits of one movie (truth entries); ``extra`` draws
+    the scenario extensions (drift, jitter, X-ray events) so that ``rng`` is used as before."""
     nx, ny = config.size
     traj = detector.global_trajectory_px(config.n_frames, rng, total_px=config.motion_total_px)
+    if config.drift_px_per_frame or config.jitter_px:
+        traj = detector.add_drift_and_jitter(
+            traj, extra, drift_px_per_frame=config.drift_px_per_frame, jitter_px=config.jitter_px)
     local = None
     if config.local_motion:
         local = detector.local_motion_model(config.n_frames, rng,
                                             amplitude_px=config.local_motion_px)
-    xrays = detector.draw_xray_hits(
-        config.n_frames, (ny, nx), rng,
-        hits_per_frame=config.xray_hits_per_frame_mpx * nx * ny / 1e6,
-        frame_sd_counts=detector.frame_sd(flux))
+    if config.xray_events_per_frame is not None:
+        xrays = detector.draw_xray_events(
+            config.n_frames, (ny, nx), extra, events_per_frame=config.xray_events_per_frame,
+            counts=config.xray_counts, streak_max_px=config.xray_streak_max_px)
+    else:
+        xrays = detector.draw_xray_hits(
+            config.n_frames, (ny, nx), rng,
+            hits_per_frame=config.xray_hits_per_frame_mpx * nx * ny / 1e6,
+            frame_sd_counts=detector.frame_sd(flux))
     return {
         "frame_shifts_px": traj.tolist(),
         "motion_path_px": float(np.linalg.norm(np.diff(traj, axis=0), axis=1).sum()),
@@ -99,6 +109,11 @@ def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dic
     n = len(nominal)
     axis = config.tilt_axis_deg + rng.uniform(-1, 1) * config.tilt_axis_jitter_deg
     offset = rng.uniform(-1, 1) * config.tilt_offset_max_deg
+    if config.tilt_axis_error_deg is not None:  # drawn above all the same: later draws unchanged
+        axis = config.tilt_axis_deg + config.tilt_axis_error_deg
+    if config.tilt_offset_deg is not None:
+        offset = config.tilt_offset_deg
+    extra = np.random.default_rng([config.seed, 2, index])  # the extensions' own generator
     stored = np.round(np.array(nominal) + rng.uniform(-0.03, 0.03, n), 5)
     true = stored + offset
     n_beads, n_ves, n_blobs = config.object_counts()
@@ -118,6 +133,11 @@ def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dic
     astig = rng.uniform(*config.astigmatism_range_a)
     astig_angle = rng.uniform(0.0, 180.0)
     df = df_series + rng.uniform(-1, 1, n) * config.defocus_jitter_a
+    df = df + config.defocus_slope_a_per_deg * true  # 0 by default
+    ramp = np.arange(n) / max(n - 1, 1) - 0.5  # slow drift in acquisition order
+    astig_i = np.clip(astig + config.astigmatism_drift_a * ramp, 0.0, None)
+    angle_i = astig_angle + config.astigmatism_angle_drift_deg * ramp
+    dark = set(np.argsort(-np.abs(np.array(nominal)), kind="stable")[:config.n_dark_views].tolist())
     # doses
     dose = config.dose_per_tilt_e_a2
     prior = dose * np.arange(n)
@@ -137,6 +157,8 @@ def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dic
         flux = (dose / config.n_frames * px2
                 * math.exp(-config.ice_thickness_nm / math.cos(math.radians(true[i]))
                            / config.ice_mean_free_path_nm))
+        if i in dark:
+            flux *= config.dark_view_factor
         name = movie_name(config, ts_id, i, nominal[i], when)
         inside = ((beads_raw[i, :, 0] >= 0) & (beads_raw[i, :, 0] <= nx - 1)
                   & (beads_raw[i, :, 1] >= 0) & (beads_raw[i, :, 1] <= ny - 1))
@@ -149,15 +171,18 @@ def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dic
             "damage_exposure_e_a2": float(prior[i] + dose / 2),
             "movie": f"frames/{name}", "subframe_path": WINDOWS_FRAMES_DIR + name,
             "datetime": when.isoformat(), "exposure_time_s": exposure_s,
-            **_movie_events(config, rng, flux),
+            **_movie_events(config, rng, flux, extra),
             "stage_shift_px": shifts[i].tolist(),
-            "defocus_u_a": float(df[i] + astig / 2), "defocus_v_a": float(df[i] - astig / 2),
-            "astigmatism_angle_deg": astig_angle,
+            "defocus_u_a": float(df[i] + astig_i[i] / 2),
+            "defocus_v_a": float(df[i] - astig_i[i] / 2),
+            "astigmatism_angle_deg": float(angle_i[i]) if config.astigmatism_angle_drift_deg
+            else astig_angle,
             "mean_counts_per_frame_px": flux,
             "bead_projections_px": beads_raw[i].tolist(),
             "bead_in_image": inside.tolist(),
             "xf": xf[by_angle.index(i)].tolist(),
             "noise_seed": int(rng.integers(2**32)), "texture_seed": int(rng.integers(2**32)),
+            **({"dark_view": i in dark} if config.n_dark_views else {}),
         })
     return {
         "tsId": ts_id, "mdoc": f"{ts_id}.mdoc", "flavour": config.flavour,

@@ -60,6 +60,23 @@ class DemoConfig:
     gain_range: tuple[float, float] = (0.8, 1.2)
     gain_pixel_noise: float = 0.02
     dose_rate_e_px_s: float = 10.0  # sets ExposureTime in the mdoc
+    # scenario extensions (issue 11); the defaults keep the session above unchanged, and a
+    # non-default value draws from its own generator, so every other draw stays as it was
+    tilt_offset_deg: float | None = None  # exact true-minus-mdoc tilt offset (None: drawn)
+    tilt_axis_error_deg: float | None = None  # exact true-minus-mdoc axis angle (None: drawn)
+    defocus_slope_a_per_deg: float = 0.0  # defocus drifts with tilt: + slope * true tilt angle
+    astigmatism_drift_a: float = 0.0  # astigmatism changes linearly by this over the series
+    astigmatism_angle_drift_deg: float = 0.0  # its azimuth likewise
+    drift_px_per_frame: float = 0.0  # linear stage drift added to the beam-induced path
+    jitter_px: float = 0.0  # per-frame random jitter, SD per axis, px
+    xray_events_per_frame: tuple[int, int] | None = None  # uniform count per frame (replaces
+    # xray_hits_per_frame_mpx): single pixels, pairs and streaks (``detector.draw_xray_events``)
+    xray_counts: tuple[float, float] = (40.0, 250.0)  # raw excess counts of an event's peak
+    xray_streak_max_px: int = 5
+    gain_stripe_amplitude: float = 0.0  # SD of the relative gain of column stripes
+    gain_stripe_width_px: int = 16
+    n_dark_views: int = 0  # the highest-|tilt| views darkened (a grid bar), by dark_view_factor
+    dark_view_factor: float = 0.05
 
     def __post_init__(self) -> None:
         self.size = (int(self.size[0]), int(self.size[1]))
@@ -80,10 +97,18 @@ class DemoConfig:
              f"dose_per_tilt_e_a2 must be > 0, got {self.dose_per_tilt_e_a2}"),
             (2 * self.bead_diameter_nm < self.ice_thickness_nm,
              "ice_thickness_nm must exceed twice bead_diameter_nm"),
+            (0 <= self.n_dark_views < self.n_tilts,
+             f"n_dark_views must be in [0, n_tilts), got {self.n_dark_views}"),
+            (self.xray_events_per_frame is None or 0 <= min(self.xray_events_per_frame),
+             f"xray_events_per_frame must be >= 0, got {self.xray_events_per_frame}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"DemoConfig: {message}")
+
+    def extension_values(self) -> dict:
+        """The scenario extensions set away from their defaults (``EXTENSION_DEFAULTS``)."""
+        return {k: getattr(self, k) for k, v in EXTENSION_DEFAULTS.items() if getattr(self, k) != v}
 
     def max_nominal_tilt_deg(self) -> float:
         """Largest |nominal tilt| of the scheme."""
@@ -96,3 +121,12 @@ class DemoConfig:
         ves = self.n_vesicles if self.n_vesicles is not None else min(round(2 * scale), 40)
         blobs = self.n_blobs if self.n_blobs is not None else round(150 * scale)
         return beads, ves, blobs
+
+
+EXTENSION_DEFAULTS = {
+    "tilt_offset_deg": None, "tilt_axis_error_deg": None, "defocus_slope_a_per_deg": 0.0,
+    "astigmatism_drift_a": 0.0, "astigmatism_angle_drift_deg": 0.0, "drift_px_per_frame": 0.0,
+    "jitter_px": 0.0, "xray_events_per_frame": None, "xray_counts": (40.0, 250.0),
+    "xray_streak_max_px": 5, "gain_stripe_amplitude": 0.0, "gain_stripe_width_px": 16,
+    "n_dark_views": 0, "dark_view_factor": 0.05,
+}  # truth.json lists these only when set (the default session's truth stays as it was)

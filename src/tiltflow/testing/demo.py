@@ -27,7 +27,7 @@ import torch
 
 from tiltflow.testing import detector
 from tiltflow.testing.acquisition import CONVENTIONS, plan_series
-from tiltflow.testing.config import DemoConfig
+from tiltflow.testing.config import EXTENSION_DEFAULTS, DemoConfig
 from tiltflow.testing.imaging import render_tilt_image
 from tiltflow.testing.mdoc_writer import format_mdoc
 from tiltflow.testing.phantom import specimen_from_dict
@@ -44,6 +44,10 @@ def make_detector(config: DemoConfig) -> dict:
     gain = detector.make_gain((ny, nx), rng, smooth_range=config.gain_range,
                               pixel_noise=config.gain_pixel_noise)
     hot = detector.make_hot_pixels((ny, nx), rng, n=config.n_hot_pixels)
+    if config.gain_stripe_amplitude > 0:
+        gain = detector.add_gain_stripes(gain, np.random.default_rng([config.seed, 7919, 1]),
+                                         amplitude=config.gain_stripe_amplitude,
+                                         width_px=config.gain_stripe_width_px)
     return {"gain": gain, "hot_pixels": hot}
 
 
@@ -120,6 +124,15 @@ def simulate_series(
     return movies, truth
 
 
+def _config_dict(config: DemoConfig) -> dict:
+    """``asdict(config)`` without the scenario extensions left at their defaults."""
+    d = asdict(config)
+    for k in EXTENSION_DEFAULTS:
+        if k not in config.extension_values():
+            d.pop(k)
+    return d
+
+
 def _clear_previous(out_dir: Path, force: bool) -> None:
     """Refuse to overwrite an earlier dataset unless ``force``; then remove only its files."""
     old = [out_dir / TRUTH_FILE, out_dir / GAIN_FILE, out_dir / "frames", *out_dir.glob("*.mdoc")]
@@ -141,7 +154,7 @@ def write_demo_dataset(out_dir: Path | str, config: DemoConfig, *, force: bool =
     tifffile.imwrite(out_dir / GAIN_FILE, camera["gain"], photometric="minisblack")
     nx, ny = config.size
     truth = {
-        "format": "tiltflow-demo-truth", "version": 1, "config": asdict(config),
+        "format": "tiltflow-demo-truth", "version": 1, "config": _config_dict(config),
         "conventions": CONVENTIONS,
         "detector": {"gain_file": GAIN_FILE, "image_size": [nx, ny],
                      "hot_pixels": camera["hot_pixels"], "gain_convention": CONVENTIONS["gain"]},

@@ -43,6 +43,18 @@ def global_trajectory_px(
     return path - path.mean(axis=0)
 
 
+def add_drift_and_jitter(
+    trajectory_px: np.ndarray, rng: np.random.Generator, *, drift_px_per_frame: float,
+    jitter_px: float,
+) -> np.ndarray:  # (n_frames, 2) mean zero
+    """A beam-induced path plus a linear stage drift (random direction) and per-frame jitter."""
+    n = trajectory_px.shape[0]
+    angle = rng.uniform(0, 2 * np.pi)
+    drift = drift_px_per_frame * np.arange(n)[:, None] * np.array([np.cos(angle), np.sin(angle)])
+    path = trajectory_px + drift + rng.normal(0.0, jitter_px, (n, 2))
+    return path - path.mean(axis=0)
+
+
 def local_displacement_px(
     points_xy: torch.Tensor,  # (..., 2) raw pixel coordinates (x, y)
     *,
@@ -181,6 +193,46 @@ def make_gain(
     smooth = smooth_range[0] + (smooth_range[1] - smooth_range[0]) * field
     gain = smooth * (1.0 + pixel_noise * rng.standard_normal((ny, nx)))
     return gain.astype(np.float32)
+
+
+def add_gain_stripes(
+    gain: np.ndarray, rng: np.random.Generator, *, amplitude: float, width_px: int = 16,
+) -> np.ndarray:  # (ny, nx) float32
+    """Column stripes of a camera's readout sectors: each block of ``width_px`` columns times
+    ``1 + amplitude * N(0, 1)`` (clipped at 0.5), and a weaker ripple of single columns."""
+    ny, nx = gain.shape
+    blocks = np.clip(1.0 + amplitude * rng.standard_normal(-(-nx // width_px)), 0.5, None)
+    columns = np.repeat(blocks, width_px)[:nx] * (1.0 + 0.25 * amplitude * rng.standard_normal(nx))
+    return (gain * columns[None, :]).astype(np.float32)
+
+
+def draw_xray_events(
+    n_frames: int, image_shape: tuple[int, int], rng: np.random.Generator, *,
+    events_per_frame: tuple[int, int] = (1, 5), counts: tuple[float, float] = (40.0, 250.0),
+    streak_max_px: int = 5,
+) -> list[dict]:
+    """X-ray events anywhere on the frame, borders included: a count drawn uniformly from
+    ``events_per_frame`` per frame; each a single pixel (50 %), a pair (25 %) or a straight streak
+    of 3..``streak_max_px`` pixels (25 %); the first pixel ``counts`` raw counts above the frame,
+    the others 30-100 % of it. One dict per pixel, as ``draw_xray_hits``."""
+    ny, nx = image_shape
+    steps = [(1, 0), (0, 1), (1, 1), (1, -1)]
+    hits: list[dict] = []
+    n_events = 0
+    for f in range(n_frames):
+        for _ in range(int(rng.integers(events_per_frame[0], events_per_frame[1] + 1))):
+            x, y = int(rng.integers(0, nx)), int(rng.integers(0, ny))
+            peak = rng.uniform(*counts)
+            kind = rng.choice(3, p=[0.5, 0.25, 0.25])
+            length = (1 if kind == 0 else 2 if kind == 1
+                      else int(rng.integers(3, max(streak_max_px, 3) + 1)))
+            dx, dy = steps[rng.integers(4)]
+            pixels = [(x + k * dx, y + k * dy, peak * (1.0 if k == 0 else rng.uniform(0.3, 1.0)))
+                      for k in range(length)]
+            hits += [{"frame": f, "x": qx, "y": qy, "excess_counts": max(int(round(e)), 1),
+                      "event": n_events} for qx, qy, e in pixels if 0 <= qx < nx and 0 <= qy < ny]
+            n_events += 1
+    return hits
 
 
 def make_hot_pixels(

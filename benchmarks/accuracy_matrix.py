@@ -1,0 +1,119 @@
+"""Accuracy of the tutorial chain over a matrix of simulated sessions (issue 11, item 1).
+
+Each scenario (``tiltflow.testing.scenarios``: pixel size, dose, frames, ice, field width, beads,
+motion, defocus drift, astigmatism, tilt offset, axis error, X-rays, gain stripes, dark views) is
+simulated as ``demo-data`` writes it and run through motion-ctf, xray-erase and align (fiducial and
+patch) as the steps run them (``_matrix_run``). One row per scenario and quantity: value, target,
+whether it holds, the motion oracle (each frame registered to its noise-free image) and the
+alignment verdict where the step gives one. A method that fails is reported in its rows; the rest go on.
+
+Run (one torch thread; a 2-core machine)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/accuracy_matrix.py --quick        # 3 small scenarios
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/accuracy_matrix.py --scenarios 12 --json out.json
+
+Images are at most 256 px (``--max-size``): fields are narrow at fine pixels (the scenario line
+gives the simulated field / ice ratio), and the CTF window (half the image) may not resolve the
+Thon rings at the fit's limit; the CTF rows say so (``spectrum px per Thon ring``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from _matrix_run import run_scenario  # noqa: E402
+from tiltflow.testing.scenarios import Scenario, draw_scenarios  # noqa: E402
+
+QUICK = {"n_tilts": 11, "max_size_px": 160, "min_size_px": 128, "max_frames": 6}
+FULL = {"n_tilts": 13, "max_size_px": 256, "min_size_px": 128}
+
+
+def matrix_scenarios(n: int, seed: int, quick: bool, max_size_px: int | None = None) -> list[Scenario]:
+    """The scenarios a run measures: ``n`` drawn from ``seed`` (small ones with ``quick``);
+    ``max_size_px`` widens (or narrows) the largest simulated field."""
+    kw = dict(QUICK if quick else FULL)
+    if max_size_px:
+        kw["max_size_px"] = max(max_size_px, kw["min_size_px"])
+    return draw_scenarios(n, seed, **kw)
+
+
+def run_matrix(scenarios: list[Scenario], workdir: Path | None = None, log=print) -> list[dict]:
+    """One result per scenario: its description, rows and seconds per step."""
+    results = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for sc in scenarios:
+            log(sc.describe())
+            t0, c0 = time.perf_counter(), time.process_time()
+            rows, seconds = run_scenario(sc, Path(tmp) / sc.name, log=log)
+            seconds["total"] = time.perf_counter() - t0
+            seconds["cpu"] = time.process_time() - c0  # this process's CPU time: less load-dependent
+            results.append({"scenario": sc.as_dict(), "description": sc.describe(), "rows": rows,
+                            "seconds": seconds})
+            for row in rows:
+                log(format_row(sc.name, row))
+    return results
+
+
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def format_row(name: str, row: dict) -> str:
+    holds = {True: "yes", False: "NO", None: "n/a"}[row["holds"]]
+    return (f"{name:4s} {row['quantity']:44s} {_num(row['value']):>8s} {_num(row['oracle']):>7s} "
+            f"{row['target']:28s} {holds:4s} {row['verdict'] or '-':8s} {row['note']}")
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\n{'':4s} {'quantity':44s} {'value':>8s} {'oracle':>7s} {'target':28s} {'holds':4s} "
+          f"{'verdict':8s} note")
+    for r in results:
+        print(r["description"])
+        for row in r["rows"]:
+            print(format_row(r["scenario"]["name"], row))
+    n = sum(1 for r in results for row in r["rows"] if row["holds"] is not None)
+    ok = sum(1 for r in results for row in r["rows"] if row["holds"])
+    print(f"\n{ok} of {n} judged rows hold")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 small scenarios (the test of the harness)")
+    ap.add_argument("--scenarios", type=int, default=12, help="how many scenarios (default 12)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--workdir", type=Path, help="folder for the temporary sessions (default: system tmp)")
+    ap.add_argument("--max-size", type=int, help=f"largest image side, px (default {FULL['max_size_px']}; "
+                    "larger fields and CTF windows, slower)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    n = 3 if args.quick else args.scenarios
+    t0, c0 = time.perf_counter(), time.process_time()
+    results = run_matrix(matrix_scenarios(n, args.seed, args.quick, args.max_size), args.workdir)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print_table(results)
+    print(f"wall time {wall:.0f} s, CPU time {cpu:.0f} s for {n} scenarios ({torch.get_num_threads()} torch "
+          f"thread(s), load average {os.getloadavg()[0]:.1f})")
+    if args.json:
+        args.json.write_text(json.dumps({"seed": args.seed, "quick": args.quick, "wall_s": wall, "cpu_s": cpu,
+                                         "results": results}, indent=1, default=str))
+    return results
+
+
+if __name__ == "__main__":
+    main()
