@@ -222,3 +222,28 @@ def test_views_without_beads_take_the_coarse_shift_in_the_bundle_frame():
     torch.testing.assert_close(filled.shifts_px[:2], shifts[:2] + gauge, atol=0.05, rtol=0)
     assert float((sol.shifts_px[:2] - shifts[:2]).norm(dim=-1).max()) > 2.0  # what the bundle left
     torch.testing.assert_close(filled.shifts_px[2:], sol.shifts_px[2:])
+
+
+def test_coarse_peaks_of_noise_are_not_significant_and_the_verdicts_say_so():
+    from tiltflow.core.align import coarse_align
+    from tiltflow.core.align.verdict import weak_correlation
+
+    config = DemoConfig(n_series=1, n_tilts=11, tilt_step_deg=6.0, size=(192, 192), pixel_size_a=5.5,
+                        n_beads=10, seed=7)
+    s = _series(config)
+    real = coarse_align(s["views"], s["mdoc"], tilt_axis_deg=85.0).peak_significance
+    noise_views = torch.poisson(torch.full_like(s["views"], 30.0), generator=torch.Generator().manual_seed(1))
+    noise = coarse_align(noise_views, s["mdoc"], tilt_axis_deg=85.0).peak_significance
+    finite = torch.isfinite(real)
+    print(f"coarse peak significance: specimen min {float(real[finite].min()):.1f}, "
+          f"noise median {float(noise[finite].median()):.1f}")
+    assert float(real[finite].min()) > 8.0 and float(noise[finite].median()) < 6.0
+    assert weak_correlation(real) == (None, False)
+    reason, fatal = weak_correlation(noise)
+    assert fatal and "do not correlate" in reason
+    err = torch.full((11,), 0.5, dtype=torch.float64)
+    assert patch_verdict(per_view_error=err, n_dark=0, fixed={}, coarse_peak_significance=noise).status == "failed"
+    some_weak = real.clone()
+    some_weak[2] = 6.5
+    verdict = patch_verdict(per_view_error=err, n_dark=0, fixed={}, coarse_peak_significance=some_weak)
+    assert verdict.status == "check" and "1 views correlate weakly" in verdict.line()

@@ -119,7 +119,8 @@ def check_fiducial(
         mean_residual_px=solution.mean_residual_px, bead_diameter_px=bead_diameter_px,
         n_beads=int((found.sum(1) >= 3).sum()), n_views=int(angles.numel()),
         n_flagged_views=int(solution.flagged_views.numel()), fixed=fixed,
-        n_beadless_views=int(beadless_views(solution).sum()))
+        n_beadless_views=int(beadless_views(solution).sum()),
+        coarse_peak_significance=None if alignment.coarse is None else alignment.coarse.peak_significance)
     return CheckedFiducial(result, verdict, fixed)
 
 
@@ -143,13 +144,29 @@ def checked_projection_matching(
     problems = _patch_problems(result, angles, tilt_axis_deg, limits)
     if problems:
         fixed.update(problems)
-        held = dict(options, refine_tilt_axis=False, refine_tilt_offset=False)
-        result = projection_matching_align(views, angles, tilt_axis_deg=tilt_axis_deg, **held)
+        result = _matching_at_given_geometry(views, angles, tilt_axis_deg, result.dark_views, options)
         problems = _patch_problems(result, angles, tilt_axis_deg, limits)
     if problems:
         return CheckedPatch(result, Verdict("failed", tuple(problems.values())), fixed)
-    verdict = patch_verdict(per_view_error=result.per_view_error, n_dark=int(result.dark_views.sum()), fixed=fixed)
+    verdict = patch_verdict(per_view_error=result.per_view_error, n_dark=int(result.dark_views.sum()), fixed=fixed,
+                            coarse_peak_significance=result.coarse_peak_significance)
     return CheckedPatch(result, verdict, fixed)
+
+
+def _matching_at_given_geometry(views, angles, axis_deg: float, dark: torch.Tensor, options: dict):
+    """Projection matching without axis or offset refinement, from a coarse alignment of the
+    non-dark views at the given geometry (it would otherwise start from zero shifts)."""
+    from tiltflow.core.align.coarse import coarse_align
+
+    use = ~dark.cpu()
+    coarse = coarse_align(views[use.to(views.device)], angles[use], tilt_axis_deg=axis_deg)
+    initial = torch.zeros(int(angles.numel()), 2, dtype=torch.float64)
+    initial[use] = coarse.shifts_px.to(torch.float64).cpu()
+    significance = torch.full((int(angles.numel()),), math.nan, dtype=torch.float64)
+    significance[use] = coarse.peak_significance
+    held = dict(options, refine_tilt_axis=False, refine_tilt_offset=False, initial_shifts_px=initial)
+    result = projection_matching_align(views, angles, tilt_axis_deg=axis_deg, **held)
+    return replace(result, coarse_peak_significance=significance)
 
 
 def _patch_problems(result: ProjectionMatchingResult, angles: torch.Tensor, axis_deg: float,

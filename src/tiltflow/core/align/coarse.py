@@ -36,6 +36,9 @@ class CoarseResult:
     peak_scores: torch.Tensor    # (t,) normalised cross-correlation at the peak (1 for reference)
     reference_index: int         # the view nearest 0°, shift (0, 0)
     tilt_axis_deg: float
+    # (t,) the peak's height above the correlation map's median in robust SDs (1.4826 MAD) over
+    # the searched disc away from the peak: below ~5 the peak may be noise (inf for the reference)
+    peak_significance: torch.Tensor | None = None
 
 
 def warp_affine(
@@ -92,8 +95,9 @@ def _parabola_offset(m1: torch.Tensor, c0: torch.Tensor, p1: torch.Tensor) -> to
 
 
 def _xcorr_peak(moving: torch.Tensor, reference: torch.Tensor, band: torch.Tensor,
-                taper: torch.Tensor, max_shift_px: float) -> tuple[torch.Tensor, float]:
-    """Displacement d (x, y) with ``moving(p + d) ~ reference(p)`` and the normalised peak."""
+                taper: torch.Tensor, max_shift_px: float) -> tuple[torch.Tensor, float, float]:
+    """Displacement d (x, y) with ``moving(p + d) ~ reference(p)``, the normalised peak and its
+    significance (``CoarseResult.peak_significance``)."""
     h, w = moving.shape
     fm = torch.fft.rfft2((moving - moving.mean()) * taper) * band
     fr = torch.fft.rfft2((reference - reference.mean()) * taper) * band
@@ -110,7 +114,23 @@ def _xcorr_peak(moving: torch.Tensor, reference: torch.Tensor, band: torch.Tenso
     dx = _parabola_offset(cc[iy, (ix - 1) % w], c0, cc[iy, (ix + 1) % w])
     dy = _parabola_offset(cc[(iy - 1) % h, ix], c0, cc[(iy + 1) % h, ix])
     d = torch.stack([kx[ix] + dx, ky[iy] + dy]).to(torch.float64).cpu()
-    return d, float(c0 / norm.clamp_min(1e-30))
+    return d, float(c0 / norm.clamp_min(1e-30)), _significance(cc, allowed, ky[iy], kx[ix])
+
+
+def _significance(cc: torch.Tensor, allowed: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> float:
+    """(peak - median) / (1.4826 MAD) of ``cc`` over ``allowed`` beyond 3 px of the peak
+    (wrapped coordinates ``ky``/``kx`` as in :func:`_xcorr_peak`)."""
+    h, w = cc.shape
+    ky = torch.fft.fftfreq(h, d=1.0 / h, device=cc.device)
+    kx = torch.fft.fftfreq(w, d=1.0 / w, device=cc.device)
+    dy = torch.remainder(ky[:, None] - py + h / 2, h) - h / 2
+    dx = torch.remainder(kx[None, :] - px + w / 2, w) - w / 2
+    background = cc[allowed & ((dy ** 2 + dx ** 2) > 9.0)]
+    if background.numel() < 16:
+        return float("nan")
+    med = background.median()
+    mad = (background - med).abs().median().clamp_min(1e-30)
+    return float((cc[int(py) % h, int(px) % w] - med) / (1.4826 * mad))
 
 
 def _check_inputs(views: torch.Tensor, tilt_angles_deg) -> torch.Tensor:
@@ -172,6 +192,7 @@ def coarse_align(
     ref = int(torch.argmin(angles.abs()))
     shifts = torch.zeros(t, 2, dtype=torch.float64)
     scores = torch.ones(t, dtype=torch.float64)
+    significance = torch.full((t,), torch.inf, dtype=torch.float64)
 
     def stretch(ratio: float) -> torch.Tensor:  # R diag(ratio, 1) R^T
         return rot @ torch.diag(torch.tensor([ratio, 1.0], dtype=torch.float64)) @ rot.T
@@ -195,11 +216,12 @@ def coarse_align(
         shifts[k] = shifts[j]
         for limit in (max_shift, 2.0):  # the second pass brings the peak to ~0 (no fit bias)
             moving = warp_affine(work[k], bmat, centre + shifts[k], target)
-            d, score = _xcorr_peak(moving, ref_img, band, taper, limit)
+            d, score, sig = _xcorr_peak(moving, ref_img, band, taper, limit)
+            significance[k] = sig if limit == max_shift else significance[k]
             shifts[k] = shifts[k] + bmat @ d
         scores[k] = score
         done.append(k)
     shifts = (shifts * b).to(dev)
     return CoarseResult(shifts_px=shifts, xf=geometry_to_xf(tilt_axis_deg, shifts),
                         peak_scores=scores.to(dev), reference_index=ref,
-                        tilt_axis_deg=float(tilt_axis_deg))
+                        tilt_axis_deg=float(tilt_axis_deg), peak_significance=significance)

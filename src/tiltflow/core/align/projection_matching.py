@@ -82,6 +82,9 @@ class ProjectionMatchingResult:
     dark_views: torch.Tensor  # (t,) bool, excluded from the alignment
     per_view_error: torch.Tensor  # (t,) 1 - NCC(view, leave-one-out reprojection); nan if dark
     history: list[dict] = field(default_factory=list)  # one entry per stage / iteration
+    # (t,) significance of the coarse start's correlation peaks (``CoarseResult``); NaN for dark
+    # views, None when the coarse start was given (``initial_shifts_px``)
+    coarse_peak_significance: torch.Tensor | None = None
 
 
 @dataclass
@@ -354,13 +357,15 @@ def projection_matching_align(
             {"stage": "geometry_search", "tilt_axis_deg": axis, "tilt_offset_deg": offset,
              "score": g.score, "trials": len(g.trials)}
         )
-        sub = coarse_align(low.views, used + offset, tilt_axis_deg=axis).shifts_px.cpu()
-        sub = sub * low.binning
+        coarse = coarse_align(low.views, used + offset, tilt_axis_deg=axis)
+        significance = torch.full((t,), math.nan, dtype=torch.float64)
+        significance[use] = coarse.peak_significance
+        sub = coarse.shifts_px.cpu() * low.binning
         low.max_step_px = 1.0  # the coarse shifts are within a pixel or so
         if not max_shift_px:
             low.max_shift_px = min(low.max_shift_px, 3.0)
     else:
-        sub = shifts[use]
+        sub, significance = shifts[use], None
     nz_tall = max(2 * low.nz, low.out_shape[1] // 2)
     offset, sub = _specimen(low, axis, offset, sub, history, nz=nz_tall, level=False)
     sub, ncc = _refine_shifts(low, axis, offset, sub, iterations, history)
@@ -381,4 +386,5 @@ def projection_matching_align(
         dark_views=dark,
         per_view_error=error,
         history=history,
+        coarse_peak_significance=significance,
     )
