@@ -68,6 +68,8 @@ _WORK_PIXEL_A = 10.0  # with one: views are binned by 2, 4, ... while their pixe
 _WORK_MAX_PX = 640  # or while they are larger than this, but never below _WORK_MIN_PX
 _WORK_MIN_PX = 256
 _SLAB_FIELD_FRACTION = 0.75  # thickest slab, of the aligned field's width across the axis
+_MAX_PITCH_DEG = 6.0  # specimen pitch searched when levelling
+_SLAB_ASPECT = 2.0 / 3.0  # level only specimens thinner than this fraction of the field used
 
 
 @dataclass(frozen=True)
@@ -184,10 +186,13 @@ def _specimen(
     from a reconstruction ``nz`` thick."""
     aligned, _ = _aligned(s, axis, shifts)
     pitch_deg, z_centre, thickness = specimen_pitch(
-        aligned, s.angles_deg + offset, nz=nz, x_extent_px=s.out_shape[1]
+        aligned, s.angles_deg + offset, nz=nz, x_extent_px=s.out_shape[1], max_pitch_deg=_MAX_PITCH_DEG
     )
-    # a level slab reconstructed with angles short by e appears as z = c - x tan(e)
-    new_offset = offset - pitch_deg if level else offset
+    # a level slab reconstructed with angles short by e appears as z = c - x tan(e); the pitch is
+    # not measured when it sits at the search's edge or the specimen is not a slab across this
+    # field (thicker than 2/3 of the width used): then the offset stays
+    seen = abs(pitch_deg) < _MAX_PITCH_DEG - 0.25 and thickness < _SLAB_ASPECT * 0.9 * s.out_shape[1]
+    new_offset = offset - pitch_deg if level and seen else offset
     th = torch.deg2rad(s.angles_deg + new_offset)
     rot = rotation_matrix_2d(axis)
     # moving the volume by -z_centre moves view content by -z sin(theta) across the axis
@@ -199,6 +204,8 @@ def _specimen(
             "specimen_z_px": z_centre * s.binning,
             "specimen_thickness_px": thickness * s.binning,
             "tilt_offset_deg": new_offset,
+            **({"level_skipped": "pitch at the search's edge or the specimen too thick for this field"}
+               if level and not seen else {}),
         }
     )
     return new_offset, shifts - s.binning * d @ rot.T
