@@ -68,7 +68,10 @@ def estimate_motion(
     Equals :func:`estimate_global_shifts` followed by :func:`estimate_local_motion` on frames
     whose bright outliers (:mod:`tiltflow.core.defects`) are replaced by the frame mean, but bins
     the movie once and cleans it on the way (no copy of the frames). ``grid=(1, 1, 1)`` gives
-    global shifts only, as a LocalMotion with a zero grid.
+    global shifts only, as a LocalMotion with a zero grid; any other grid is kept only where it
+    predicts held-out (even/odd) frames better than global motion, else its grid is zero.
+    Shifts are refined with weights measured on the movie itself (signal and noise per ring of
+    |k| within ``fit_range_a``); ``bfactor_a2`` then only weights the coarse search.
     """
     name = "estimate_motion"
     check_movie(frames, pixel_size_a, fit_range_a, binning, name)

@@ -7,6 +7,7 @@ p + shift in the frame), mean zero over frames.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,6 @@ from tiltflow.core.motion_xcorr import (
     estimation_shape,
     fit_weights,
     frequency_vectors,
-    smooth_trajectory,
 )
 
 
@@ -91,10 +91,12 @@ def estimate_global_shifts(
     The movie is Fourier-cropped until its Nyquist just holds ``fit_range_a[1]`` (and at least
     ``binning`` times), edge-tapered, and each frame aligned to the sum of the others: two coarse
     cross-correlation searches (on maps at half that resolution), then ``iterations`` rounds of
-    Newton refinement on the Fourier cross-correlation. With ``smooth`` each round ends by fitting
-    a smooth trajectory: the posterior mean under a prior on frame-to-frame accelerations whose
-    strength is set by restricted maximum likelihood from the per-frame error estimates (steady
-    drift is averaged, sudden jumps are kept).
+    Newton refinement on the Fourier cross-correlation, weighted per ring of |k| by the signal
+    and noise the aligned movie itself shows (``motion_xcorr.signal_weights``: the band and
+    B-factor then only bound the fit and shape the coarse search). With ``smooth`` each round ends
+    by fitting a smooth trajectory (:func:`smooth_trajectory`: accelerations that may decay over
+    the exposure, strength set by restricted maximum likelihood; drift is averaged, the fast
+    beam-induced start is kept).
 
     Parameters
     ----------
@@ -168,3 +170,63 @@ def total_motion_px(shifts: torch.Tensor) -> float:
     if shifts.shape[0] < 2:
         return 0.0
     return float(torch.linalg.vector_norm(shifts[1:] - shifts[:-1], dim=-1).sum())
+
+
+# smooth_trajectory's hyperparameter grid (besides the acceleration scale a^2)
+DECAYS = (1.0, 0.7, 0.45, 0.25)  # r: acceleration amplitude ratio from one frame to the next
+JITTERS_PX2 = (0.0, 0.0005, 0.002, 0.008)  # j^2: per-frame jitter variance per axis, px^2
+NOISE_SCALES = (1.0, 1.5, 2.25, 3.4, 5.0)  # c: measured / stated shift variance
+
+
+def _second_differences(t: int, device) -> torch.Tensor:
+    """(t - 2, t) float64 operator taking a trajectory to its second differences."""
+    d2 = torch.zeros((t - 2, t), dtype=torch.float64, device=device)
+    idx = torch.arange(t - 2, device=device)
+    d2[idx, idx], d2[idx, idx + 1], d2[idx, idx + 2] = 1.0, -2.0, 1.0
+    return d2
+
+
+def smooth_trajectory(shifts: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """Posterior mean of a trajectory (..., t, 2) under a prior matched to beam-induced motion.
+
+    Model: measured = smooth + jitter + noise. The noise has variance ``c * variance``
+    (curvature-based variances are optimistic at low dose); the jitter, white with variance
+    ``j^2`` per frame, is part of the true trajectory and kept; the smooth part's second
+    difference at frame f + 1 ~ N(0, a^2 r^(2 f)): accelerations that decay over the exposure
+    (fast beam-induced motion first, then drift; r = 1 is uniform), the linear part free.
+    ``a^2``, ``r``, ``j^2`` and ``c`` are chosen per leading index by restricted maximum
+    likelihood, shared by x and y.
+    """
+    t = shifts.shape[-2]
+    if t < 3:
+        return shifts
+    dt, dev = torch.float64, shifts.device
+    d2 = _second_differences(t, dev)
+    r = shifts.to(dt).movedim(-1, -2)  # (..., 2, t)
+    v = variance.to(dt).movedim(-1, -2).clamp_min(1e-12)
+    z = r @ d2.T  # (..., 2, t-2)
+    a2 = torch.logspace(-6, 3, 28, dtype=dt, device=dev)  # px^2 / frame^4
+    f = torch.arange(t - 2, dtype=dt, device=dev)
+    best = None  # (nll, lam, c, j2) of the best hyperparameters so far, per leading index
+    for decay, j2, c in itertools.product(DECAYS, JITTERS_PX2, NOISE_SCALES):
+        lam = (a2[:, None] * decay ** (2 * f)).clamp_min(1e-12)  # (A, t-2)
+        white = torch.einsum("it,...ct,jt->...cij", d2, c * v + j2, d2)  # (..., 2, t-2, t-2)
+        cov = white[..., None, :, :, :] + torch.diag_embed(lam)[:, None]  # (..., A, 2, n, n)
+        chol = torch.linalg.cholesky(cov)
+        sol = torch.cholesky_solve(z[..., None, :, :, None], chol)[..., 0]
+        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        nll, idx = (logdet + (z[..., None, :, :] * sol).sum(-1)).sum(-1).min(dim=-1)  # (...)
+        cand = (nll, lam[idx], torch.full_like(nll, c), torch.full_like(nll, j2))
+        if best is None:
+            best = cand
+        else:
+            better = nll < best[0]
+            best = tuple(torch.where(better[..., None] if x.ndim > nll.ndim else better, x, y)
+                         for x, y in zip(cand, best))
+    _, lam, c, j2 = best
+    prior = torch.einsum("it,...i,is->...ts", d2, 1.0 / lam, d2)  # (..., t, t)
+    noise = c[..., None, None] * v + j2[..., None, None]  # (..., 2, t): all that is white
+    prec = torch.diag_embed(1.0 / noise) + prior[..., None, :, :]
+    smooth = torch.linalg.solve(prec, (r / noise)[..., None])[..., 0]
+    out = smooth + j2[..., None, None] / noise * (r - smooth)  # the jitter's share is kept
+    return out.movedim(-2, -1).to(shifts.dtype)

@@ -1,9 +1,10 @@
 """Frame-shift estimation shared by global and local motion (internal to ``core.motion*``).
 
 Each frame is aligned against the sum of all other frames (a leave-one-out reference, so its own
-noise never correlates with itself), band-passed by the fit range and B-factor weighted. A coarse
-search takes the peak of the cross-correlation map at half the resolution (parabolic sub-pixel);
-Newton steps on the continuous Fourier cross-correlation
+noise never correlates with itself), band-passed by the fit range and weighted per ring of |k| by
+the signal and noise measured on the aligned frames (:func:`signal_weights`; the B-factor only
+weights the coarse search). A coarse search takes the peak of the cross-correlation map at half
+the resolution (parabolic sub-pixel); Newton steps on the continuous Fourier cross-correlation
 ``C(s) = sum_k W(k) Re(F(k) conj(R(k)) exp(2 pi i k.s))`` then refine it with no interpolation
 bias. Work is batched over leading dimensions (patches) and, on the CPU, streamed over frames and
 blocks so that no temporary is much larger than a few MB (fresh large allocations cost page
@@ -243,14 +244,19 @@ class _LeaveOneOut:
 
     def __init__(self, spectra, ky, kx, shifts):
         self.spectra, self.ky, self.kx, self.shifts = spectra, ky, kx, shifts
-        t = spectra.shape[-3]
-        per_frame = spectra[..., 0, :, :].numel()
-        size = t if spectra.device.type != "cpu" else max(1, GROUP_ELEMENTS // max(per_frame, 1))
-        self.groups = [slice(g, min(t, g + size)) for g in range(0, t, size)]
+        self.groups = self.group_slices(spectra)
         self.total = torch.zeros_like(spectra[..., 0, :, :])
         for g in self.groups:
             aligned = self._aligned(g)
             self.total.add_(aligned[..., 0, :, :] if aligned.shape[-3] == 1 else aligned.sum(dim=-3))
+
+    @staticmethod
+    def group_slices(spectra) -> list[slice]:
+        """Frame groups of at most ``GROUP_ELEMENTS`` spectrum values (one group on a GPU)."""
+        t = spectra.shape[-3]
+        per_frame = spectra[..., 0, :, :].numel()
+        size = t if spectra.device.type != "cpu" else max(1, GROUP_ELEMENTS // max(per_frame, 1))
+        return [slice(g, min(t, g + size)) for g in range(0, t, size)]
 
     def _aligned(self, g: slice) -> torch.Tensor:
         return shifted(self.spectra[..., g, :, :], self.ky, self.kx, self.shifts[..., g, :])
@@ -259,6 +265,59 @@ class _LeaveOneOut:
         """(..., len(g), h, w') cross spectra of the frames in ``g``."""
         ref = self._aligned(g).neg_().add_(self.total.unsqueeze(-3))
         return ref.conj_physical_().mul_(self.spectra[..., g, :, :])
+
+
+def _ring_means(values, ring, herm, n, smooth_bins):
+    """Means over rings (n,) of ``values`` (h, w') and full-plane counts (n,), each ring averaged
+    with ``smooth_bins`` rings either side."""
+    kernel = torch.ones(1, 1, 2 * smooth_bins + 1, dtype=torch.float64, device=values.device)
+    out = []
+    for v in (values.flatten() * herm, herm):
+        acc = torch.zeros(n, dtype=torch.float64, device=values.device)
+        acc.index_add_(0, ring, v.double())
+        out.append(torch.nn.functional.conv1d(acc[None, None], kernel, padding=smooth_bins)[0, 0])
+    return out[0] / out[1].clamp_min(1e-12), out[1]
+
+
+def signal_weights(
+    spectra, ky, kx, shifts, groups, width: int, *, smooth_bins: int = 2
+) -> torch.Tensor:  # (h, w') weights, max 1
+    """Optimal cross-correlation weights from the data's own spectral signal and noise.
+
+    With frames ``spectra`` (..., t, h, w') aligned by ``shifts`` (..., t, 2),
+    ``S = (|sum F|^2 - sum |F|^2) / (t (t - 1))`` estimates the signal power per frame and
+    ``N = mean |F|^2 - S`` the noise power, both averaged over leading dimensions (patches) and
+    over rings of |k| (``smooth_bins`` rings either side); S is lowered by twice its standard
+    error, so rings without measurable signal get no weight. ``F_i conj(R_i)`` against a
+    leave-one-out reference of t - 1 frames has variance about ``(S + N) ((t - 1) S + N)``, so
+    ``w = S / ((S + N) ((t - 1) S + N))`` maximises the precision of the shift. ``width`` is the
+    image width behind the rfft columns. Without measurable signal anywhere: ones.
+    """
+    t = spectra.shape[-3]
+    h, wc = spectra.shape[-2:]
+    total = torch.zeros_like(spectra[..., 0, :, :])
+    power = torch.zeros(total.shape, dtype=torch.float32, device=spectra.device)
+    for g in groups:
+        total.add_(shifted(spectra[..., g, :, :], ky, kx, shifts[..., g, :]).sum(dim=-3))
+        power.add_(spectra[..., g, :, :].abs().square().sum(dim=-3))
+    lead = max(1, total[..., 0, 0].numel())
+    pair = (total.abs().square() - power).reshape(-1, h, wc).mean(0) / (t * (t - 1))
+    power = power.reshape(-1, h, wc).mean(0) / t
+    k = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)  # rings one coefficient wide
+    step = float(max(ky[1].abs() if h > 1 else 0.0, kx[1] if wc > 1 else 0.0))
+    ring = torch.round(k / step).long().flatten()
+    n = int(ring.max()) + 1
+    herm = hermitian_weights(width, device=k.device).expand(h, wc).flatten()
+    signal, count = _ring_means(pair, ring, herm, n, smooth_bins)
+    noise = (_ring_means(power, ring, herm, n, smooth_bins)[0] - signal).clamp_min(1e-30)
+    # with no signal, a ring's S has SD N / sqrt(t (t - 1) m), m = independent coefficients
+    # (half the full-plane count, times the patches)
+    m = (0.5 * count * lead).clamp_min(1.0)
+    signal = (signal - 2.0 * noise / torch.sqrt(t * (t - 1) * m)).clamp_min(0.0)
+    w = signal / ((signal + noise) * ((t - 1) * signal + noise))
+    if not bool(w.max() > 0):  # no measurable signal anywhere: keep the given weighting
+        return torch.ones((h, wc), dtype=torch.float32, device=spectra.device)
+    return (w / w.max())[ring].reshape(h, wc).to(torch.float32)
 
 
 def _derivatives(cross, ky, kx, shifts, column_weights):
@@ -342,10 +401,13 @@ def align_stack(
     max_shift_px: float,
     newton_steps: int = 3,
     smooth: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    adaptive: bool = True,
 ) -> StackFit:
     """Estimate per-frame shifts of a stack against leave-one-out references (see module doc).
 
-    ``weights=None`` means the spectra already carry the square root of the fit weights.
+    ``weights=None`` means the spectra already carry the square root of the fit weights. With
+    ``adaptive`` (and t > 2) each Newton round reweights them by :func:`signal_weights` measured
+    at the current shifts.
     """
     s = shifts.to(torch.float32).clone()
     t = spectra.shape[-3]
@@ -361,7 +423,11 @@ def align_stack(
     herm = hermitian_weights(image_shape[1], device=spectra.device)
     max_step = torch.tensor([0.5 * scale_yx[1], 0.5 * scale_yx[0]], device=s.device)
     curvature = variance = torch.ones_like(s)
+    base = spectra
     for _ in range(outer_iterations):
+        if adaptive and t > 2:
+            groups = _LeaveOneOut.group_slices(base)
+            spectra = base * signal_weights(base, ky, kx, s, groups, image_shape[1]).sqrt()
         loo = _LeaveOneOut(spectra, ky, kx, s)
         fits = [
             _newton(loo.cross(g), ky, kx, s[..., g, :], herm, max_step, newton_steps)
@@ -373,36 +439,3 @@ def align_stack(
         s = smooth(raw, variance) if smooth is not None else raw
         s = s - s.mean(dim=-2, keepdim=True)
     return StackFit(shifts=s, curvature=curvature, variance=variance)
-
-
-def smooth_trajectory(shifts: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """Posterior mean of a trajectory (..., t, 2) under a Gaussian prior on its accelerations.
-
-    Model: measured = true + noise of ``variance`` (..., t, 2); second differences of the true
-    trajectory ~ N(0, a^2). ``a^2`` is chosen per leading index by restricted maximum likelihood
-    (the linear part is free), so smooth motion is averaged over frames and jumps are kept.
-    """
-    t = shifts.shape[-2]
-    if t < 3:
-        return shifts
-    dt = torch.float64
-    dev = shifts.device
-    d2 = torch.zeros((t - 2, t), dtype=dt, device=dev)
-    idx = torch.arange(t - 2, device=dev)
-    d2[idx, idx], d2[idx, idx + 1], d2[idx, idx + 2] = 1.0, -2.0, 1.0
-    r = shifts.to(dt).movedim(-1, -2)  # (..., 2, t)
-    v = variance.to(dt).movedim(-1, -2).clamp_min(1e-12)
-    z = r @ d2.T  # (..., 2, t-2)
-    dvd = torch.einsum("it,...ct,jt->...cij", d2, v, d2)  # (..., 2, t-2, t-2)
-    a2 = torch.logspace(-6, 3, 37, dtype=dt, device=dev)  # px^2 / frame^4
-    eye = torch.eye(t - 2, dtype=dt, device=dev)
-    cov = dvd[..., None, :, :, :] + a2[:, None, None, None] * eye  # (..., g, 2, t-2, t-2)
-    chol = torch.linalg.cholesky(cov)
-    sol = torch.cholesky_solve(z[..., None, :, :, None], chol)[..., 0]
-    logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    nll = (logdet + (z[..., None, :, :] * sol).sum(-1)).sum(-1)  # (..., g)
-    best = a2[nll.argmin(dim=-1)]  # (...)
-    prec = torch.diag_embed(1.0 / v) + (d2.T @ d2) / best[..., None, None, None]
-    out = torch.linalg.solve(prec, (r / v)[..., None])[..., 0]
-    return out.movedim(-2, -1).to(shifts.dtype)
-
