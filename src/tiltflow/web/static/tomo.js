@@ -30,10 +30,10 @@
         <td>${esc(s.ts_id)}</td><td>${s.n_views}</td>
         <td>${fmt(s.tilt_min_deg, 0)}…${fmt(s.tilt_max_deg, 0)}°</td><td>${fmt(s.tilt_axis_deg, 1, "°")}</td>
         <td class="${s.n_excluded ? "bad" : ""}">${s.n_excluded}</td>
-        <td class="verdict-${esc(s.verdict || "none")}" title="${esc((s.verdict_reasons || []).join("; "))}">${s.verdict ? esc(s.verdict) : ""}</td>
+        <td class="verdict-${esc(s.verdict || "none")}" title="${s.verdict ? esc(`alignment ${s.verdict}${s.verdict_reasons.length ? ": " + s.verdict_reasons.join("; ") : ""}`) : ""}">${s.verdict ? "●" : ""}</td>
         <td><button class="x-btn" data-toggle="${esc(s.ts_id)}" title="exclude / include the whole series (X)">${s.excluded ? "include" : "exclude"}</button></td>
       </tr>`).join("");
-    table.innerHTML = `<tr><th>tsId</th><th>views</th><th>tilt</th><th>axis</th><th>excl.</th><th>alignment</th><th></th></tr>${rows}`;
+    table.innerHTML = `<tr><th>tsId</th><th>views</th><th>tilt</th><th>axis</th><th>excl.</th><th title="alignment verdict: green good, orange check, red failed (hover for the reasons)">aln</th><th></th></tr>${rows}`;
     for (const tr of table.querySelectorAll("tr.row")) {
       tr.addEventListener("click", ev => {
         if (ev.target.dataset.toggle) return;
