@@ -33,9 +33,8 @@ import torch
 
 from tiltflow.core.align import align_fiducial, alignment_residual_against_truth, solve_alignment
 from tiltflow.core.align.checked import check_fiducial, checked_projection_matching
-from tiltflow.testing.acquisition import plan_series
 from tiltflow.testing.config import DemoConfig
-from tiltflow.testing.demo import render_truth_tilt, series_rng
+from tiltflow.testing.tilt_series import noisy_tilt_series
 
 # (name, DemoConfig keywords): sizes and pixel sizes as the align step sees them (binned)
 CONDITIONS: list[tuple[str, dict]] = [
@@ -56,27 +55,11 @@ CONDITIONS: list[tuple[str, dict]] = [
 ]
 
 
-def simulate(config: DemoConfig) -> dict:
-    """Noisy views (tilt order), true bead projections (n, t, 2), mdoc and true angles."""
-    truth = plan_series(config, 0, series_rng(config, 0))
-    order = truth["tilt_order_by_angle"]
-    tilts = [truth["tilts"][i] for i in order]
-    gen = torch.Generator().manual_seed(config.seed)
-    clean = torch.stack([render_truth_tilt(truth, i) for i in order]).double() * config.n_frames
-    views = torch.poisson(clean.clamp_min(0), generator=gen).float()
-    proj = torch.tensor([t["bead_projections_px"] for t in tilts], dtype=torch.float64).reshape(len(tilts), -1, 2)
-    if proj.shape[1]:
-        proj[~torch.tensor([t["bead_in_image"] for t in tilts])] = torch.nan
-    return {"views": views, "proj": proj.permute(1, 0, 2), "truth": truth,
-            "mdoc": torch.tensor([t["mdoc_tilt_angle_deg"] for t in tilts], dtype=torch.float64),
-            "true": torch.tensor([t["true_tilt_angle_deg"] for t in tilts], dtype=torch.float64)}
-
-
 def honest(xf, angles, s) -> tuple[float, float]:
     """(honest residual px, largest tilt-angle error °); NaN residual when it cannot be measured."""
-    err = float((angles - s["true"]).abs().max())
+    err = float((angles - s.true).abs().max())
     try:
-        res = alignment_residual_against_truth(xf, angles, s["proj"], tuple(s["views"].shape[-2:]))
+        res = alignment_residual_against_truth(xf, angles, s.proj, tuple(s.views.shape[-2:]))
     except ValueError:              # |tilt| >= 90 or no bead in view
         res = math.nan
     return res, err
@@ -84,16 +67,16 @@ def honest(xf, angles, s) -> tuple[float, float]:
 
 def run_condition(name: str, kw: dict, seed: int, patch: bool) -> dict:
     config = DemoConfig(n_series=1, tilt_step_deg=3.0, seed=seed, **kw)
-    s = simulate(config)
-    shape = tuple(s["views"].shape[-2:])
-    axis = s["truth"]["mdoc_tilt_axis_deg"]
+    s = noisy_tilt_series(config)
+    shape = tuple(s.views.shape[-2:])
+    axis = s.truth["mdoc_tilt_axis_deg"]
     bead_px = config.bead_diameter_nm * 10.0 / config.pixel_size_a
-    row: dict = {"condition": name, "seed": seed, "true_offset_deg": s["truth"]["tilt_offset_deg"]}
+    row: dict = {"condition": name, "seed": seed, "true_offset_deg": s.truth["tilt_offset_deg"]}
     t0 = time.perf_counter()
     try:
-        fid = align_fiducial(s["views"], s["mdoc"], tilt_axis_deg=axis, bead_diameter_px=bead_px)
+        fid = align_fiducial(s.views, s.mdoc, tilt_axis_deg=axis, bead_diameter_px=bead_px)
         row["unchecked"] = honest(fid.solution.xf, fid.solution.tilt_angles_deg, s)
-        checked = check_fiducial(fid, s["mdoc"], tilt_axis_deg=axis, image_shape=shape, bead_diameter_px=bead_px)
+        checked = check_fiducial(fid, s.mdoc, tilt_axis_deg=axis, image_shape=shape, bead_diameter_px=bead_px)
         sol = checked.alignment.solution
         row["checked"] = honest(sol.xf, sol.tilt_angles_deg, s)
         row["verdict"] = checked.verdict.line()
@@ -101,16 +84,16 @@ def run_condition(name: str, kw: dict, seed: int, patch: bool) -> dict:
         row["unchecked"] = row["checked"] = (math.nan, math.nan)
         row["verdict"] = f"failed: {err}"
     row["fiducial_s"] = time.perf_counter() - t0
-    if s["proj"].shape[0] >= 3:
-        oracle = solve_alignment(s["proj"], s["mdoc"], tilt_axis_deg_initial=axis, image_shape=shape)
+    if s.proj.shape[0] >= 3:
+        oracle = solve_alignment(s.proj, s.mdoc, tilt_axis_deg_initial=axis, image_shape=shape)
         row["oracle"] = honest(oracle.xf, oracle.tilt_angles_deg, s)
     else:
         row["oracle"] = (math.nan, math.nan)
     if patch:
         t0 = time.perf_counter()
-        pm = checked_projection_matching(s["views"], s["mdoc"], tilt_axis_deg=axis, align_z_px=1500.0 / config.pixel_size_a,
+        pm = checked_projection_matching(s.views, s.mdoc, tilt_axis_deg=axis, align_z_px=1500.0 / config.pixel_size_a,
                                          binning=1, pixel_size_a=config.pixel_size_a, iterations=5)
-        row["patch"] = honest(pm.result.xf, pm.result.tilt_angles_deg, s) if s["proj"].shape[0] else (math.nan, math.nan)
+        row["patch"] = honest(pm.result.xf, pm.result.tilt_angles_deg, s) if s.proj.shape[0] else (math.nan, math.nan)
         row["patch_verdict"] = pm.verdict.line()
         row["patch_s"] = time.perf_counter() - t0
     return row

@@ -23,3 +23,14 @@ def corpus() -> Path:
     if not path.is_dir():
         pytest.skip("shared corpus not available")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The machine is shared; one torch thread is faster than oversubscribed ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,19 +12,13 @@ from tiltflow.core.align.checked import check_fiducial
 from tiltflow.core.align.residuals import alignment_residual_against_truth
 from tiltflow.core.align.verdict import Verdict, fiducial_verdict, geometry_problems, patch_verdict
 from tiltflow.io.mrc import write_mrc
-from tiltflow.testing.acquisition import plan_series
 from tiltflow.testing.config import DemoConfig
-from tiltflow.testing.demo import render_truth_tilt, series_rng
+from tiltflow.testing.tilt_series import noisy_tilt_series
 from tiltflow.workflow.runner import run_step
 from tiltflow.workflow.store import ProjectStore
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ANGLES = torch.arange(-60.0, 61.0, 3.0, dtype=torch.float64)
@@ -71,21 +65,6 @@ def test_verdicts_follow_the_residual_beads_and_held_parameters():
                          fixed={}).status == "failed"
 
 
-def _series(config: DemoConfig) -> dict:
-    """Noisy views in tilt order, the true bead projections (n, t, 2) and true angles (t,)."""
-    truth = plan_series(config, 0, series_rng(config, 0))
-    order = truth["tilt_order_by_angle"]
-    tilts = [truth["tilts"][i] for i in order]
-    gen = torch.Generator().manual_seed(config.seed)
-    clean = torch.stack([render_truth_tilt(truth, i) for i in order]).double() * config.n_frames
-    views = torch.poisson(clean.clamp_min(0), generator=gen).float()
-    proj = torch.tensor([t["bead_projections_px"] for t in tilts], dtype=torch.float64)
-    proj[~torch.tensor([t["bead_in_image"] for t in tilts])] = torch.nan
-    return {"views": views, "proj": proj.permute(1, 0, 2), "truth": truth,
-            "mdoc": torch.tensor([t["mdoc_tilt_angle_deg"] for t in tilts], dtype=torch.float64),
-            "true": torch.tensor([t["true_tilt_angle_deg"] for t in tilts], dtype=torch.float64)}
-
-
 @pytest.mark.parametrize("name, config", [
     # the 384² demo session at the tutorial's bin 2 (5.5 Å/px): 4-6 beads in view
     ("demo 384", DemoConfig(n_series=1, size=(384, 384), seed=0)),
@@ -94,20 +73,20 @@ def _series(config: DemoConfig) -> dict:
                                 ice_thickness_nm=200.0, n_beads=6, seed=4)),
 ])
 def test_small_fields_align_within_a_pixel_or_fail_never_beyond_90(name, config):
-    s = _series(config)
+    s = noisy_tilt_series(config)
     bead_px = config.bead_diameter_nm * 10.0 / config.pixel_size_a
-    axis = s["truth"]["mdoc_tilt_axis_deg"]
-    fid = align_fiducial(s["views"], s["mdoc"], tilt_axis_deg=axis, bead_diameter_px=bead_px)
-    checked = check_fiducial(fid, s["mdoc"], tilt_axis_deg=axis, image_shape=tuple(s["views"].shape[-2:]),
+    axis = s.truth["mdoc_tilt_axis_deg"]
+    fid = align_fiducial(s.views, s.mdoc, tilt_axis_deg=axis, bead_diameter_px=bead_px)
+    checked = check_fiducial(fid, s.mdoc, tilt_axis_deg=axis, image_shape=tuple(s.views.shape[-2:]),
                              bead_diameter_px=bead_px)
     sol = checked.alignment.solution
     assert float(sol.tilt_angles_deg.abs().max()) < 90.0
     assert abs(sol.tilt_offset_deg) <= 10.0 and abs(sol.tilt_axis_deg - axis) <= 5.0
-    res = alignment_residual_against_truth(sol.xf, sol.tilt_angles_deg, s["proj"], tuple(s["views"].shape[-2:]))
-    angle_err = float((sol.tilt_angles_deg - s["true"]).abs().max())
+    res = alignment_residual_against_truth(sol.xf, sol.tilt_angles_deg, s.proj, tuple(s.views.shape[-2:]))
+    angle_err = float((sol.tilt_angles_deg - s.true).abs().max())
     print(f"{name}: verdict {checked.verdict.line()}; true-bead residual {res:.2f} px, angles within "
           f"{angle_err:.2f}° (unchecked offset {fid.solution.tilt_offset_deg:.1f}°, true "
-          f"{s['truth']['tilt_offset_deg']:.2f}°)")
+          f"{s.truth['tilt_offset_deg']:.2f}°)")
     if checked.verdict.status != "failed":
         assert res <= 1.0 and angle_err <= 3.0
     else:
@@ -124,16 +103,16 @@ def one_good_one_beadless(tmp_path_factory):
     """A project with two imported stacks: TS_01 with beads, TS_02 pure noise (no beads to track),
     and a fiducial align run of both."""
     config = DemoConfig(n_series=1, n_tilts=21, size=(256, 256), pixel_size_a=5.5, n_beads=14, seed=2)
-    s = _series(config)
+    s = noisy_tilt_series(config)
     folder = tmp_path_factory.mktemp("stacks")
-    angles = s["mdoc"].tolist()
-    _stack(folder, "TS_01", s["views"].numpy(), angles, config.pixel_size_a)
-    noise = np.random.default_rng(0).poisson(30.0, size=s["views"].shape)
+    angles = s.mdoc.tolist()
+    _stack(folder, "TS_01", s.views.numpy(), angles, config.pixel_size_a)
+    noise = np.random.default_rng(0).poisson(30.0, size=s.views.shape)
     _stack(folder, "TS_02", noise, angles, config.pixel_size_a)
     root = tmp_path_factory.mktemp("p") / "p"
     store = ProjectStore(root)
     imp = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": s["truth"]["mdoc_tilt_axis_deg"]})
+                                                 "tilt_axis_deg": s.truth["mdoc_tilt_axis_deg"]})
     out = CliRunner().invoke(build_cli(), ["align", "-p", str(root), "--input", str(imp.id), "--binning", "1",
                                            "--method", "fiducial"])
     return store, root, out
@@ -230,10 +209,10 @@ def test_coarse_peaks_of_noise_are_not_significant_and_the_verdicts_say_so():
 
     config = DemoConfig(n_series=1, n_tilts=11, tilt_step_deg=6.0, size=(192, 192), pixel_size_a=5.5,
                         n_beads=10, seed=7)
-    s = _series(config)
-    real = coarse_align(s["views"], s["mdoc"], tilt_axis_deg=85.0).peak_significance
-    noise_views = torch.poisson(torch.full_like(s["views"], 30.0), generator=torch.Generator().manual_seed(1))
-    noise = coarse_align(noise_views, s["mdoc"], tilt_axis_deg=85.0).peak_significance
+    s = noisy_tilt_series(config)
+    real = coarse_align(s.views, s.mdoc, tilt_axis_deg=85.0).peak_significance
+    noise_views = torch.poisson(torch.full_like(s.views, 30.0), generator=torch.Generator().manual_seed(1))
+    noise = coarse_align(noise_views, s.mdoc, tilt_axis_deg=85.0).peak_significance
     finite = torch.isfinite(real)
     print(f"coarse peak significance: specimen min {float(real[finite].min()):.1f}, "
           f"noise median {float(noise[finite].median()):.1f}")

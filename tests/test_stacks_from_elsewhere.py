@@ -7,25 +7,16 @@ import torch
 
 from tiltflow.core.align.residuals import alignment_residual_against_truth
 from tiltflow.io.mrc import write_mrc
-from tiltflow.testing.acquisition import plan_series
 from tiltflow.testing.config import DemoConfig
-from tiltflow.testing.demo import render_truth_tilt, series_rng
+from tiltflow.testing.tilt_series import noisy_tilt_series
 from tiltflow.workflow.runner import run_step
 from tiltflow.workflow.store import ProjectStore
 
 
 @pytest.fixture(scope="module")
 def series():
-    config = DemoConfig(n_series=1, n_tilts=21, size=(256, 256), pixel_size_a=5.5, n_beads=14, seed=2)
-    truth = plan_series(config, 0, series_rng(config, 0))
-    order = truth["tilt_order_by_angle"]
-    gen = torch.Generator().manual_seed(2)
-    clean = torch.stack([render_truth_tilt(truth, i) for i in order]).double() * config.n_frames
-    tilts = [truth["tilts"][i] for i in order]
-    proj = torch.tensor([t["bead_projections_px"] for t in tilts], dtype=torch.float64)
-    proj[~torch.tensor([t["bead_in_image"] for t in tilts])] = torch.nan
-    return {"views": torch.poisson(clean.clamp_min(0), generator=gen).numpy(), "truth": truth,
-            "proj": proj.permute(1, 0, 2), "angles": [t["mdoc_tilt_angle_deg"] for t in tilts]}
+    s = noisy_tilt_series(DemoConfig(n_series=1, n_tilts=21, size=(256, 256), pixel_size_a=5.5, n_beads=14, seed=2))
+    return {"views": s.views.numpy(), "truth": s.truth, "proj": s.proj, "angles": s.mdoc.tolist()}
 
 
 def _signed(v: np.ndarray) -> np.ndarray:
