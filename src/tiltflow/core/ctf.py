@@ -114,8 +114,9 @@ def fit_ctf_series(
     series_pass: bool = True,
 ) -> list[CtfFit]:                       # in the order of ``images``
     """Fit every tilt; tilts are visited from 0° outwards, each seeded by its nearest fitted neighbour.
-    Then (``series_pass``, 4 tilts or more) ``ctf_series.refine_series`` re-fits the tilts that
-    disagree with the series' defocus trend along the acquisition and its consensus astigmatism.
+    Then (``series_pass``, 4 tilts or more) ``ctf_series.refine_series`` finds the series' defocus
+    trend in tilt angle from all tilts' spectra and one astigmatism, and re-fits every tilt with the
+    trend as prior and that astigmatism.
 
     ``defocus_grid=(nx, ny, nt)`` adds a local defocus field (Warp's spatial + temporal grid):
     each tilt image is split into ny x nx cells; in each, the tiles (rescaled to the cell centre's

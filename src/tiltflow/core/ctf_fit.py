@@ -91,20 +91,24 @@ class CtfFit:
         return self.defocus_u_a - self.defocus_v_a
 
 
-def _fit_from_components(m: float, a1: float, a2: float, phase: float, res: float, score: float) -> CtfFit:
+def fit_from_components(mean_a: float, a1: float, a2: float, *, phase_shift_rad: float = 0.0,
+                        fit_resolution_a: float = float("nan"), score: float = float("nan")) -> CtfFit:
+    """The CtfFit (u >= v, angle in [-90, 90), phase in [0, pi)) of a mean defocus and astigmatism
+    components ``(a1, a2) = (u - v) / 2 * (cos 2θ, sin 2θ)`` (Å)."""
     half = math.hypot(a1, a2)
     angle = 0.5 * math.degrees(math.atan2(a2, a1)) if half > 0 else 0.0
     angle = (angle + 90.0) % 180.0 - 90.0
-    return CtfFit(m + half, m - half, angle, phase % math.pi, res, score)
+    return CtfFit(mean_a + half, mean_a - half, angle, phase_shift_rad % math.pi, fit_resolution_a, score)
 
 
-def _components(fit: CtfFit) -> tuple[float, float, float]:
+def fit_components(fit: CtfFit) -> tuple[float, float, float]:
+    """(mean defocus, a1, a2) Å of a fit, ``(a1, a2) = (u - v) / 2 * (cos 2θ, sin 2θ)``."""
     half = 0.5 * fit.astigmatism_a
     t = math.radians(2.0 * fit.astigmatism_angle_deg)
     return fit.defocus_mean_a, half * math.cos(t), half * math.sin(t)
 
 
-def _pearson(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+def pearson(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
     """Pearson correlation along the last dim, optionally weighted by ``w``."""
     if w is None:
         xc, yc = x - x.mean(-1, keepdim=True), y - y.mean(-1, keepdim=True)
@@ -146,7 +150,7 @@ def search_defocus_1d(
                        defocus_a=df[:, None], phase_shift_rad=ph[:, None]) ** 2
         obs = normalise_profile(profile.expand_as(model), counts, lo, hi)
         mod = normalise_profile(model, counts, lo, hi)
-        return _pearson(obs, mod, w.expand_as(model)).reshape(dfs.numel(), phs.numel())
+        return pearson(obs, mod, w.expand_as(model)).reshape(dfs.numel(), phs.numel())
 
     coarse = torch.arange(lo_df, hi_df + step, step, dtype=torch.float64, device=dev)
     sc = scores(coarse, phases)
@@ -159,7 +163,9 @@ def search_defocus_1d(
     return float(fine[i]), float(phases[j]), float(sf[i, j])
 
 
-def _annulus(spectrum: torch.Tensor, params: CtfParams, mean_defocus_a: float) -> dict:
+def annulus(spectrum: torch.Tensor, params: CtfParams, mean_defocus_a: float) -> dict:
+    """The background-subtracted spectrum over the fit band: ``k`` (1/Å), ``az`` (rad), ``y``, each
+    (p,) float64, and ``grid``: float32 terms of the grid searches (``_grid_scores``)."""
     n = spectrum.shape[-2]
     dev = spectrum.device
     ky, kx = frequency_grid_2d((n, n), device=dev)
@@ -214,7 +220,7 @@ def refine_2d(
     The astigmatism starts from the best of a grid (steps of max_astigmatism_a / 10) and the
     extra ``astigmatism_starts`` (a1, a2), at ``mean_defocus_a`` and ``phase_rad``.
     """
-    ann = _annulus(spectrum, params, mean_defocus_a)
+    ann = annulus(spectrum, params, mean_defocus_a)
     dev, f64 = spectrum.device, torch.float64
     a1, a2 = 0.0, 0.0
     if params.astigmatism:
@@ -229,10 +235,10 @@ def refine_2d(
         i = int(_grid_scores(ann, m, cands[:, 0], cands[:, 1], torch.full_like(m, phase_rad)).argmax())
         a1, a2 = float(cands[i, 0]), float(cands[i, 1])
     start = torch.tensor([mean_defocus_a, a1, a2, phase_rad], dtype=f64, device=dev)
-    x = _lbfgs(lambda v: -_pearson(_model_sq(ann, params, *_unpack(v, start, params)), ann["y"]), max_iter, dev)
+    x = _lbfgs(lambda v: -pearson(_model_sq(ann, params, *_unpack(v, start, params)), ann["y"]), max_iter, dev)
     with torch.no_grad():
         best = _unpack(torch.as_tensor(x, dtype=f64, device=dev), start, params)
-        score = float(_pearson(_model_sq(ann, params, *best), ann["y"]))
+        score = float(pearson(_model_sq(ann, params, *best), ann["y"]))
     m, b1, b2, ph = (float(t) for t in best)
     return m, b1, b2, ph, score
 
@@ -270,11 +276,11 @@ def search_defocus_local(
     every 4th point first, then the points around the best of those), then a parabola through
     the best point and its neighbours.
     """
-    ann = _annulus(spectrum, params, mean_defocus_a)
+    ann = annulus(spectrum, params, mean_defocus_a)
     dev, f64 = spectrum.device, torch.float64
     lam = electron_wavelength_a(params.voltage_kv)
     step = 0.02 / (lam * _k_limits(params)[1] ** 2)
-    _, a1, a2 = _components(fit)
+    _, a1, a2 = fit_components(fit)
 
     def scores(m: torch.Tensor) -> torch.Tensor:
         return _grid_scores(ann, m, torch.full_like(m, a1), torch.full_like(m, a2), torch.full_like(m, fit.phase_shift_rad))
@@ -376,10 +382,10 @@ def fit_ctf_spectrum(
         lo, hi = max(lo, c - search_halfwidth_a), min(hi, c + search_halfwidth_a)
         if lo >= hi:
             lo, hi = sorted((params.defocus_range_um[0] * 1e4, params.defocus_range_um[1] * 1e4))
-        starts.append(_components(initial)[1:])
+        starts.append(fit_components(initial)[1:])
     m0, ph0, _ = search_defocus_1d(spectrum, params, defocus_range_a=(lo, hi))
     m, a1, a2, ph, score = refine_2d(spectrum, params, mean_defocus_a=m0, phase_rad=ph0, astigmatism_starts=starts)
-    fit = _fit_from_components(m, a1, a2, ph if params.fit_phase else 0.0, float("nan"), score)
+    fit = fit_from_components(m, a1, a2, phase_shift_rad=ph if params.fit_phase else 0.0, score=score)
     fit.fit_resolution_a = fit_resolution_a(spectrum, params, fit)
     return fit
 

@@ -1,7 +1,8 @@
 """The series pass of the ``motion-ctf`` and ``ctf`` steps: after every tilt of a series has been
-fitted on its own, ``core.ctf_series.refine_series`` checks the fits against the series' defocus
-trend and consensus astigmatism and re-fits the tilts that disagree (wrong minima at high tilt,
-weak astigmatism); their values, spectrum pictures, profiles and grids are replaced in place."""
+fitted on its own, ``core.ctf_series.refine_series`` finds the series' defocus trend in tilt angle
+and one astigmatism from all tilts' spectra and re-fits every tilt with the trend as prior (wrong
+minima at high tilt and low dose); values, spectrum pictures, profiles and grids are replaced in
+place (the old values are kept under ``series_refit``)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ def refine_series_results(
                    results[o]["phase_shift_rad"], results[o]["fit_resolution_a"], results[o]["score"]) for o in orders]
 
     def spectrum_of(i: int, reference: tuple[float, float, float]):
+        # the spectrum of the summed images (the aligned even + odd half sums are the sum): at low dose
+        # its rings stand sqrt(2) x higher above the noise than in the mean of the halves' spectra
         o = orders[i]
-        return _mean_spectrum(images_of(o), params, tilt_angle_deg=tilt_angles_deg[o], tilt_axis_deg=tilt_axis_deg,
-                              reference=reference)
+        return _mean_spectrum([sum(images_of(o))], params, tilt_angle_deg=tilt_angles_deg[o],
+                              tilt_axis_deg=tilt_axis_deg, reference=reference)
 
     refined = refine_series(fits, spectrum_of, params, tilt_angles_deg=[tilt_angles_deg[o] for o in orders],
                             acquisition_order=orders)
