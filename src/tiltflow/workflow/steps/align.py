@@ -66,7 +66,8 @@ def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict,
     else:
         result = _patch_task(views, angles_t, p, tilt_axis_deg, pixel_size_a, out, ts_id)
     if result["verdict"]["status"] == "failed" or "xf" not in result:
-        result.pop("xf", None)
+        for key in ("xf", "refined_tilt_angles_deg"):   # a failed series has no alignment
+            result.pop(key, None)
         return result
     xf = result["xf"]
     xf[:, 4:] *= b                                  # .xf shifts in pixels of the unbinned stack
