@@ -1,13 +1,15 @@
 """One scenario of the accuracy matrix through the tutorial chain, as the steps run it
-(``accuracy_matrix.py``): the simulated session is written as ``demo-data`` writes it, then
+(``accuracy_matrix.py``). Two simulations of the same scenario (``tiltflow.testing.scenarios``):
 
-- ``motion-ctf``: ``motion_movie_task`` per movie (file in, files out, the step's defaults), then
+- the **movies** (unbinned crop, a few tilts to ±60°), written as ``demo-data`` writes them:
+  ``motion-ctf``: ``motion_movie_task`` per movie (file in, files out, the step's defaults), then
   the step's CTF series pass (``refine_series_results``) on the even/odd half sums;
-- ``xray-erase``: ``erase_series_task`` on the stack of sums in tilt-angle order;
-- ``align``: ``align_series_task``, fiducial and patch, on the erased stack,
+  ``xray-erase``: ``erase_series_task`` on the stack of sums in tilt-angle order;
+- the **alignment series** (41 views at 3°, at the binned pixel size the align step works at,
+  ``demo.simulate_stack``): ``align``: ``align_series_task``, fiducial and patch, given the binned
+  stack with ``binning`` 1 (the step's other parameters at the CLI's defaults),
 
-with the mdoc's tilt angles and axis, as ``import-movies`` reads them. Step parameters are the CLI's
-defaults except where a small image needs another value (``step_params``)."""
+with the mdoc's tilt angles and axis, as ``import-movies`` reads them (``step_params``)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from _matrix_truth import (
 from tiltflow.core.ctf_model import electron_wavelength_a
 from tiltflow.io.mrc import read_section, write_mrc
 from tiltflow.testing import write_demo_dataset
-from tiltflow.testing.demo import GAIN_FILE
+from tiltflow.testing.demo import GAIN_FILE, simulate_stack
 from tiltflow.testing.scenarios import Scenario
 from tiltflow.workflow.steps.align import AlignParams, align_series_task
 from tiltflow.workflow.steps.ctf_common import ctf_params
@@ -53,10 +55,9 @@ QUANTITIES = {  # every row of a scenario, in order, with its target
 
 
 def step_params(sc: Scenario) -> dict:
-    """Parameters per step: CLI defaults; a CTF window that fits the image (half its side, at
-    most the default 512) and an alignment binning that keeps views >= 192 px (at most 4)."""
-    window = min(MotionCtfParams().window_px, sc.size_px // 2)
-    binning = max(1, min(AlignParams().binning, sc.size_px // 192))
+    """Parameters per step: CLI defaults; the scenario's CTF window (the default 512 where the
+    movie crop holds it), the bead diameter, and binning 1 for a stack simulated already binned."""
+    window, binning = sc.window_px, 1
     motion = MotionCtfParams(window_px=window).model_dump()
     # the X-ray reference: the hit-free movie, motion only, nothing replaced in its frames
     clean = dict(motion, estimate_ctf=False, even_odd=False, **({"frame_xray_sd": 0.0} if "frame_xray_sd" in motion
@@ -83,7 +84,7 @@ class Session:
 
     def __init__(self, sc: Scenario, root: Path):
         self.sc, self.root = sc, root
-        self.truth = write_demo_dataset(root / "data", sc.demo_config())
+        self.truth = write_demo_dataset(root / "data", sc.movie_config())
         self.series = self.truth["series"][0]
         self.gain = tifffile.imread(root / "data" / GAIN_FILE)
         self.order = list(self.series["tilt_order_by_angle"])  # acquisition index per stack slot
@@ -102,10 +103,18 @@ class Session:
                                  "cpu")
 
 
+def xray_views(series: dict) -> set[int]:
+    """The views whose X-ray hits are measured (acquisition indices): 0° and the two highest tilts,
+    where the ice dims the sums most (a hit-free reference costs a motion-ctf run per view)."""
+    by_tilt = sorted(range(len(series["tilts"])), key=lambda i: abs(series["tilts"][i]["nominal_tilt_angle_deg"]))
+    return {by_tilt[0], *by_tilt[-2:]}
+
+
 def run_motion(ses: Session) -> None:
-    """motion-ctf per movie, then the same movies without their X-rays (the X-ray reference;
-    their frames also give the motion oracle)."""
+    """motion-ctf per movie; the oracle of each from its frames without X-rays; for the
+    ``xray_views`` those hit-free movies through motion-ctf (motion only: the X-ray reference)."""
     (ses.root / "clean").mkdir(exist_ok=True)
+    measured = xray_views(ses.series)
     for i, t in enumerate(ses.series["tilts"]):
         try:
             ses.motion[i] = ses.movie_task(i, str(ses.root / "data" / t["movie"]), ses.params["motion"],
@@ -115,6 +124,8 @@ def run_motion(ses: Session) -> None:
             continue
         path = ses.root / "clean" / f"m{i:03d}.tif"
         clean, ses.oracle[i] = clean_movie_and_oracle(ses.series, i, ses.gain)
+        if i not in measured:
+            continue
         tifffile.imwrite(path, clean, compression="lzw", photometric="minisblack")
         ses.clean[i] = ses.movie_task(i, str(path), ses.params["clean"], str(ses.root / "clean_out"))
     ses.order = [i for i in ses.order if i not in ses.failed]
@@ -162,7 +173,7 @@ def ctf_rows(ses: Session) -> list[dict]:
             continue
         fit = per_tilt[i]
         e = abs(0.5 * (fit["defocus_u_a"] + fit["defocus_v_a"]) - 0.5 * (t["defocus_u_a"] + t["defocus_v_a"]))
-        (low if abs(t["mdoc_tilt_angle_deg"]) <= 30 else high).append(e)
+        (low if abs(t["nominal_tilt_angle_deg"]) <= 30 else high).append(e)  # the scheme's angle
     rows, rings = [], _ring_sampling(ses, params)
     for name, errs, lim in (("<= 30", low, TARGETS["ctf_low_a"]), ("> 30", high, TARGETS["ctf_high_a"])):
         med = float(np.median(errs)) if errs else math.nan
@@ -190,9 +201,9 @@ def _stack(ses: Session, runs: dict[int, dict], name: str) -> Path:
 
 
 def run_xray(ses: Session) -> tuple[list[dict], Path]:
-    """xray-erase on the sums; hits left >= 5 SD (%) and erased pixels on beads."""
+    """xray-erase on the sums; hits left >= 5 SD (%) on the views with a hit-free reference
+    (``xray_views``) and erased pixels on beads (every view)."""
     stack = _stack(ses, ses.motion, "sums")
-    clean = _stack(ses, ses.clean, "clean_sums")
     out = ses.root / "xray"
     out.mkdir(exist_ok=True)
     n = len(ses.order)
@@ -206,15 +217,18 @@ def run_xray(ses: Session) -> tuple[list[dict], Path]:
     for k, i in enumerate(ses.order):
         t = ses.series["tilts"][i]
         erased = read_section(erased_path, k)
-        a, b, c = xray_leftovers(t, ses.gain, read_section(str(clean), k), read_section(str(stack), k), erased)
-        seen, after_motion, left = seen + a, after_motion + b, left + c
+        if i in ses.clean:
+            clean = np.load(ses.clean[i]["files"]["sum"])
+            a, b, c = xray_leftovers(t, ses.gain, clean, read_section(str(stack), k), erased)
+            seen, after_motion, left = seen + a, after_motion + b, left + c
         mask = np.zeros(erased.shape, bool)
         sel = marks[marks[:, 0] == k]
         mask[sel[:, 2], sel[:, 1]] = True
         on_beads += bead_pixels(t, radius, mask)
     frac = 1.0 - left / seen if seen else math.nan
     rows = [_row(XRAY_ERASED, frac, f">= {TARGETS['xray_erased']}", frac >= TARGETS["xray_erased"] if seen else None,
-                 note=f"{left} of {seen} hits >= 5 SD left ({after_motion} after motion-ctf)"),
+                 note=f"{left} of {seen} hits >= 5 SD left ({after_motion} after motion-ctf) in "
+                      f"{sum(i in ses.clean for i in ses.order)} views"),
             _row("X-ray: erased pixels on beads", float(on_beads), "0", on_beads == 0)]
     return rows, Path(erased_path)
 
@@ -226,9 +240,21 @@ def _verdict(r: dict) -> str | None:
     return None if v is None else str(v)
 
 
-def align_rows(ses: Session, stack: Path, method: str) -> list[dict]:
-    """align (fiducial or patch) on the erased stack; residual of the true markers (px) and the
-    largest angle error (°, tilt angles and axis) against the truth."""
+class AlignSeries:
+    """The alignment series of a scenario: binned stack (tilt-angle order) and its truth."""
+
+    def __init__(self, sc: Scenario, root: Path, params: dict):
+        self.sc, self.root, self.params = sc, root, params
+        root.mkdir(parents=True, exist_ok=True)
+        data, self.series = simulate_stack(sc.align_config())
+        self.order = list(self.series["tilt_order_by_angle"])
+        self.stack = root / "align_stack.mrc"
+        write_mrc(self.stack, data, voxel_size_a=self.series["pixel_size_a"])
+
+
+def align_rows(ses: AlignSeries, stack: Path, method: str) -> list[dict]:
+    """align (fiducial or patch) on the binned stack; residual of the true markers (px of the
+    aligned views) and the largest angle error (°, tilt angles and axis) against the truth."""
     s = ses.series
     out = ses.root / f"align_{method}"
     out.mkdir(exist_ok=True)
@@ -260,6 +286,10 @@ MEASURES = [  # (the quantities a failure stands for, function)
 ]
 
 
+MOVIE_QUANTITIES = list(QUANTITIES)[:5]
+ALIGN_QUANTITIES = list(QUANTITIES)[5:]
+
+
 def run_scenario(sc: Scenario, root: Path, log=print) -> tuple[list[dict], dict]:
     """Every row of one scenario (a failing method gives error rows; the rest go on) and seconds."""
     seconds: dict[str, float] = {}
@@ -267,30 +297,31 @@ def run_scenario(sc: Scenario, root: Path, log=print) -> tuple[list[dict], dict]
     t0 = time.perf_counter()
     try:
         ses = Session(sc, root)
-        seconds["simulate"] = time.perf_counter() - t0
+        seconds["simulate movies"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         run_motion(ses)
         seconds["motion-ctf"] = time.perf_counter() - t0
-    except Exception as exc:  # noqa: BLE001 -- nothing downstream can run: every row reports it
+    except Exception as exc:  # noqa: BLE001 -- nothing downstream of the movies can run
         log(traceback.format_exc())
-        return [_error_row(n, exc) for n in QUANTITIES], seconds
-    for names, fn in MEASURES:
-        rows += _guarded(names, lambda fn=fn: fn(ses), log)
+        rows += [_error_row(n, exc) for n in MOVIE_QUANTITIES]
+        ses = None
+    if ses is not None:
+        for names, fn in MEASURES:
+            rows += _guarded(names, lambda fn=fn: fn(ses), log)
+        t0 = time.perf_counter()
+        rows += _guarded([XRAY_ERASED, "X-ray: erased pixels on beads"], lambda: run_xray(ses)[0], log)
+        seconds["xray-erase"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    stack_holder: list[Path] = []
-
-    def xray() -> list[dict]:
-        got, path = run_xray(ses)
-        stack_holder.append(path)
-        return got
-
-    rows += _guarded([XRAY_ERASED, "X-ray: erased pixels on beads"], xray, log)
-    seconds["xray-erase"] = time.perf_counter() - t0
-    stack = stack_holder[0] if stack_holder else root / "sums.mrc"
+    try:
+        series = AlignSeries(sc, root / "align", step_params(sc))
+    except Exception as exc:  # noqa: BLE001
+        log(traceback.format_exc())
+        return rows + [_error_row(n, exc) for n in ALIGN_QUANTITIES], seconds
+    seconds["simulate alignment series"] = time.perf_counter() - t0
     for method in ("fiducial", "patch"):
         t0 = time.perf_counter()
         rows += _guarded([f"{method} residual vs truth (px)", f"{method} angles vs truth (°)"],
-                         lambda m=method: align_rows(ses, stack, m), log)
+                         lambda m=method: align_rows(series, series.stack, m), log)
         seconds[f"align {method}"] = time.perf_counter() - t0
     return rows, seconds
 

@@ -2,8 +2,11 @@
 
 Each scenario (``tiltflow.testing.scenarios``: pixel size, dose, frames, ice, field width, beads,
 motion, defocus drift, astigmatism, tilt offset, axis error, X-rays, gain stripes, dark views) is
-simulated as ``demo-data`` writes it and run through motion-ctf, xray-erase and align (fiducial and
-patch) as the steps run them (``_matrix_run``). One row per scenario and quantity: value, target,
+simulated twice, each where its quantities mean what they mean in a real session: movies (a 512²
+crop at the unbinned pixel size, 7 tilts 0, ±20, ±40, ±60° with the full series' prior dose, the
+motion-ctf default CTF window of 512) run through motion-ctf and xray-erase, and an alignment
+series (41 views at 3°, at the binning the align step works at: views of 256-320 px over a field
+1-6x the ice thickness) aligned by fiducial and patch, as the steps run them (``_matrix_run``). One row per scenario and quantity: value, target,
 whether it holds, the motion oracle (each frame registered to its noise-free image) and the
 alignment verdict where the step gives one. A method that fails is reported in its rows; the rest go on.
 
@@ -12,9 +15,9 @@ Run (one torch thread; a 2-core machine)::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/accuracy_matrix.py --quick        # 3 small scenarios
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/accuracy_matrix.py --scenarios 12 --json out.json
 
-Images are at most 256 px (``--max-size``): fields are narrow at fine pixels (the scenario line
-gives the simulated field / ice ratio), and the CTF window (half the image) may not resolve the
-Thon rings at the fit's limit; the CTF rows say so (``spectrum px per Thon ring``).
+``--quick`` shrinks the simulations, not the draws (256² movies with 5 tilts to ±60° and at most 6
+frames, CTF window 256; 17 alignment views at 7.5° of 160-224 px): a test of the harness. The CTF rows
+say how finely the window samples the Thon rings at the fit's limit (``spectrum px per Thon ring``).
 """
 
 from __future__ import annotations
@@ -35,16 +38,18 @@ import torch  # noqa: E402
 from _matrix_run import run_scenario  # noqa: E402
 from tiltflow.testing.scenarios import Scenario, draw_scenarios  # noqa: E402
 
-QUICK = {"n_tilts": 11, "max_size_px": 160, "min_size_px": 128, "max_frames": 6}
-FULL = {"n_tilts": 13, "max_size_px": 256, "min_size_px": 128}
+QUICK = {"movie_size_px": 256, "movie_n_tilts": 5, "movie_tilt_step_deg": 30.0, "window_px": 256,
+         "max_frames": 6, "align_n_tilts": 17, "align_tilt_step_deg": 7.5, "align_min_px": 160,
+         "align_max_px": 224}
+FULL = {"movie_size_px": 512, "movie_n_tilts": 7, "movie_tilt_step_deg": 20.0, "window_px": 512,
+        "align_n_tilts": 41, "align_tilt_step_deg": 3.0, "align_min_px": 256, "align_max_px": 320}
 
 
-def matrix_scenarios(n: int, seed: int, quick: bool, max_size_px: int | None = None) -> list[Scenario]:
-    """The scenarios a run measures: ``n`` drawn from ``seed`` (small ones with ``quick``);
-    ``max_size_px`` widens (or narrows) the largest simulated field."""
+def matrix_scenarios(n: int, seed: int, quick: bool, **override) -> list[Scenario]:
+    """The scenarios a run measures: ``n`` drawn from ``seed`` (simulated small with ``quick``);
+    ``override`` replaces any of ``FULL``'s keywords (None: kept)."""
     kw = dict(QUICK if quick else FULL)
-    if max_size_px:
-        kw["max_size_px"] = max(max_size_px, kw["min_size_px"])
+    kw.update({k: v for k, v in override.items() if v is not None})
     return draw_scenarios(n, seed, **kw)
 
 
@@ -98,16 +103,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--workdir", type=Path, help="folder for the temporary sessions (default: system tmp)")
-    ap.add_argument("--max-size", type=int, help=f"largest image side, px (default {FULL['max_size_px']}; "
-                    "larger fields and CTF windows, slower)")
+    ap.add_argument("--movie-size", type=int, help=f"movie crop side, px (default {FULL['movie_size_px']})")
+    ap.add_argument("--window", type=int, help=f"motion-ctf's CTF window, px (default {FULL['window_px']})")
+    ap.add_argument("--align-max", type=int, help=f"largest alignment view side, px (default "
+                    f"{FULL['align_max_px']}; wider fields at finer binning, slower)")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     n = 3 if args.quick else args.scenarios
     t0, c0 = time.perf_counter(), time.process_time()
-    results = run_matrix(matrix_scenarios(n, args.seed, args.quick, args.max_size), args.workdir)
+    scenarios = matrix_scenarios(n, args.seed, args.quick, movie_size_px=args.movie_size, window_px=args.window,
+                                 align_max_px=args.align_max)
+    results = run_matrix(scenarios, args.workdir)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print_table(results)
-    print(f"wall time {wall:.0f} s, CPU time {cpu:.0f} s for {n} scenarios ({torch.get_num_threads()} torch "
+    print(f"wall time {wall:.0f} s ({wall / 60:.1f} min), CPU time {cpu:.0f} s for {n} scenarios ({torch.get_num_threads()} torch "
           f"thread(s), load average {os.getloadavg()[0]:.1f})")
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "quick": args.quick, "wall_s": wall, "cpu_s": cpu,

@@ -140,7 +140,7 @@ def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dic
     dark = set(np.argsort(-np.abs(np.array(nominal)), kind="stable")[:config.n_dark_views].tolist())
     # doses
     dose = config.dose_per_tilt_e_a2
-    prior = dose * np.arange(n)
+    prior = dose * np.arange(n) * config.prior_dose_scale  # scale 1 by default
     px2 = config.pixel_size_a**2
     exposure_s = dose * px2 / config.dose_rate_e_px_s  # e/Å² * Å²/px / (e/px/s) = s
     beads_raw = geometry.project_points(

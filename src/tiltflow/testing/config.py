@@ -77,6 +77,8 @@ class DemoConfig:
     gain_stripe_width_px: int = 16
     n_dark_views: int = 0  # the highest-|tilt| views darkened (a grid bar), by dark_view_factor
     dark_view_factor: float = 0.05
+    prior_dose_scale: float = 1.0  # prior dose of acquisition i = scale * i * dose per tilt: a few
+    # tilts standing for a longer series (scale = its tilts per simulated tilt) carry its damage
 
     def __post_init__(self) -> None:
         self.size = (int(self.size[0]), int(self.size[1]))
@@ -99,6 +101,8 @@ class DemoConfig:
              "ice_thickness_nm must exceed twice bead_diameter_nm"),
             (0 <= self.n_dark_views < self.n_tilts,
              f"n_dark_views must be in [0, n_tilts), got {self.n_dark_views}"),
+            (self.prior_dose_scale >= 0,
+             f"prior_dose_scale must be >= 0, got {self.prior_dose_scale}"),
             (self.xray_events_per_frame is None or 0 <= min(self.xray_events_per_frame),
              f"xray_events_per_frame must be >= 0, got {self.xray_events_per_frame}"),
         ]
@@ -128,5 +132,5 @@ EXTENSION_DEFAULTS = {
     "astigmatism_drift_a": 0.0, "astigmatism_angle_drift_deg": 0.0, "drift_px_per_frame": 0.0,
     "jitter_px": 0.0, "xray_events_per_frame": None, "xray_counts": (40.0, 250.0),
     "xray_streak_max_px": 5, "gain_stripe_amplitude": 0.0, "gain_stripe_width_px": 16,
-    "n_dark_views": 0, "dark_view_factor": 0.05,
+    "n_dark_views": 0, "dark_view_factor": 0.05, "prior_dose_scale": 1.0,
 }  # truth.json lists these only when set (the default session's truth stays as it was)

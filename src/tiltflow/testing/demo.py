@@ -172,3 +172,19 @@ def write_demo_dataset(out_dir: Path | str, config: DemoConfig, *, force: bool =
     tmp.write_text(text)
     os.replace(tmp, out_dir / TRUTH_FILE)
     return json.loads(text)  # exactly what the file holds (tuples as lists)
+
+
+def simulate_stack(config: DemoConfig, index: int = 0) -> tuple[np.ndarray, dict]:
+    """A tilt series as the aligned sums of its movies would give it, without the movies: truth of
+    series ``index`` (as ``simulate_series`` plans it) and a float32 stack ``(n_tilts, ny, nx)`` in
+    tilt-angle order of gain-corrected counts, ``Poisson(n_frames * expected)`` per pixel (the
+    frame-average geometry; no motion, X-rays, hot pixels or gain). For alignment at a binned
+    pixel size: give ``config.pixel_size_a`` the binned size (the dose per Å² stays)."""
+    truth = plan_series(config, index, series_rng(config, index))
+    rng = np.random.default_rng([config.seed, 3, index])
+    nx, ny = config.size
+    stack = np.empty((len(truth["tilts"]), ny, nx), dtype=np.float32)
+    for k, i in enumerate(truth["tilt_order_by_angle"]):
+        expected = render_truth_tilt(truth, i).cpu().numpy().astype(np.float64)
+        stack[k] = rng.poisson(np.clip(expected * config.n_frames, 0.0, None))
+    return stack, truth

@@ -1,25 +1,38 @@
 """A scenario matrix for the simulator: sessions that vary what real sessions vary (issue 11).
 
 ``draw_scenarios(n, seed)`` draws ``n`` :class:`Scenario` s; scenario ``i`` depends only on
-``(seed, i)``, so a longer list starts with the shorter one. ``Scenario.demo_config()`` maps one
-onto :class:`~tiltflow.testing.config.DemoConfig` (one tilt series).
+``(seed, i)``, so a longer list starts with the shorter one.
 
 What is drawn (``RANGES`` holds the numbers): pixel size (log-uniform), dose per frame
 (log-uniform), frame count, EER or TIFF, ice thickness, the field width as a multiple of the ice
 thickness, bead count and size, beam-induced motion (a fast start that decays,
-``detector.global_trajectory_px``) plus linear drift, per-frame jitter and local motion, defocus with a drift with tilt, one
-astigmatism per series with a slow drift, tilt offset and tilt-axis error of the mdoc, X-ray events
-(single pixels, pairs, streaks), gain variation with column stripes, dark views. Thickness
-attenuation at high tilt follows from the ice (``DemoConfig.ice_mean_free_path_nm``).
+``detector.global_trajectory_px``) plus linear drift, per-frame jitter and local motion, defocus
+with a drift with tilt, one astigmatism per series with a slow drift, tilt offset and tilt-axis
+error of the mdoc, X-ray events (single pixels, pairs, streaks), gain variation with column
+stripes, dark views. Thickness attenuation at high tilt follows from the ice
+(``DemoConfig.ice_mean_free_path_nm``).
 
-Limits of the simulation, stated where they apply:
+Each scenario is simulated twice, each where its quantities are physically meaningful, as real
+sessions measure them:
 
-- the field is simulated at most ``max_size_px`` wide (``size_px``). By default (``fit_field``)
-  ice and field are drawn within what fits, so wide fields come with coarse pixels and thin ice;
-  at fine pixels the field is cropped to a part of the session and ``simulated_field_ratio``
-  falls below the drawn ``field_ratio`` (below 1: a field narrower than the ice is thick);
-- EER: the simulator writes TIFF movies only; an ``eer`` scenario is simulated as the frames an EER
-  movie is grouped into (the same counts), so the EER decoder is not exercised.
+- **movies** (``movie_config``): a ``movie_size_px`` crop at the *unbinned* pixel size with the
+  scenario's dose and frames, ``movie_n_tilts`` tilts ``movie_tilt_step_deg`` apart (0, ±20, ±40,
+  ±60 by default), for motion, CTF and X-rays. Each carries the prior dose (damage) it would have
+  in the full series (``prior_dose_scale`` = the full series' tilts per simulated one). The bead
+  density is the alignment field's, but at least 4 beads (where the scenario has any) so that the
+  eraser's bead rule is tested; no dark views (they are left out of these measures anyway).
+- **alignment series** (``align_config``): ``align_n_tilts`` views ``align_tilt_step_deg`` apart
+  (41 x 3° by default) as the align step sees them, at the binned pixel size
+  ``align_pixel_size_a`` = pixel size x ``align_binning``, views ``align_size_px`` wide (256-320 px
+  by default) showing ``align_field_ratio`` x the ice thickness; the drawn ratio (1-6x) is kept
+  unless the camera (``camera_px`` unbinned pixels) or the beads (at least ``MIN_BEAD_PX`` across
+  after binning, as a user would bin) limit the field. Beads are ``n_beads`` per view, the
+  scenario's tilt offset, axis error and dark views apply here. The stack is the noise of the
+  summed dose (``demo.simulate_stack``: no motion, X-rays or gain; those are the movies' part).
+
+Limits of the simulation, stated where they apply: an ``eer`` scenario is simulated as the frames an
+EER movie is grouped into (the same counts), so the EER decoder is not exercised; the movie crop's
+local motion spans the crop (a real 4k frame's deformation seen on part of it is smaller).
 """
 
 from __future__ import annotations
@@ -57,9 +70,10 @@ RANGES = {
     "gain_variation": (0.02, 0.2),
     "gain_stripe_amplitude": (0.0, 0.05),
     "n_dark_views": (0, 2),
-    "tilt_step_deg": (7.0, 10.0),
 }
 AXIS_FAMILIES_DEG = (85.0, -95.0, 175.0, -5.0)  # mdoc axes of common microscope set-ups
+MIN_BEAD_PX = 4.0  # a bead at least this many binned pixels across (users bin no coarser)
+MIN_MOVIE_BEADS = 4
 
 
 @dataclass(frozen=True)
@@ -68,16 +82,13 @@ class Scenario:
 
     name: str
     seed: int
-    pixel_size_a: float
-    dose_e_px_frame: float  # incident electrons per pixel per frame (before ice attenuation)
+    pixel_size_a: float  # unbinned
+    dose_e_px_frame: float  # incident electrons per unbinned pixel per frame (before the ice)
     n_frames: int
     eer: bool
     ice_thickness_nm: float
     field_ratio: float  # drawn field width / ice thickness
-    size_px: int  # simulated square image side
-    n_tilts: int
-    tilt_step_deg: float
-    n_beads: int  # per image area
+    n_beads: int  # per alignment view
     bead_diameter_nm: float
     motion_burst_px: float  # end-to-end length of the decaying beam-induced path (median)
     drift_px_per_frame: float
@@ -97,67 +108,113 @@ class Scenario:
     gain_variation: float  # smooth gain spans 1 -/+ this
     gain_stripe_amplitude: float
     n_dark_views: int
+    # the movies (unbinned)
+    movie_size_px: int
+    movie_n_tilts: int
+    movie_tilt_step_deg: float
+    window_px: int  # motion-ctf's CTF window
+    # the alignment series (binned)
+    align_binning: int
+    align_size_px: int
+    align_n_tilts: int
+    align_tilt_step_deg: float
 
     @property
     def field_width_nm(self) -> float:
-        """The drawn field width (may exceed the simulated one)."""
+        """The drawn field width (the alignment field may be narrower: ``align_field_nm``)."""
         return self.field_ratio * self.ice_thickness_nm
 
     @property
-    def simulated_field_nm(self) -> float:
-        return self.size_px * self.pixel_size_a / 10.0
+    def align_pixel_size_a(self) -> float:
+        return self.pixel_size_a * self.align_binning
 
     @property
-    def simulated_field_ratio(self) -> float:
-        return self.simulated_field_nm / self.ice_thickness_nm
+    def align_field_nm(self) -> float:
+        return self.align_size_px * self.align_pixel_size_a / 10.0
+
+    @property
+    def align_field_ratio(self) -> float:
+        return self.align_field_nm / self.ice_thickness_nm
+
+    @property
+    def movie_field_nm(self) -> float:
+        return self.movie_size_px * self.pixel_size_a / 10.0
 
     @property
     def dose_per_tilt_e_a2(self) -> float:
         return self.dose_e_px_frame * self.n_frames / self.pixel_size_a**2
 
+    @property
+    def movie_n_beads(self) -> int:
+        """Beads per movie crop: the alignment field's density, at least ``MIN_MOVIE_BEADS``."""
+        density = self.n_beads * (self.movie_field_nm / self.align_field_nm) ** 2
+        return min(self.n_beads, max(round(density), MIN_MOVIE_BEADS))
+
     def describe(self) -> str:
         """One line: the numbers that matter most for the methods."""
-        return (f"{self.name}: {self.size_px}² px at {self.pixel_size_a:.2f} Å "
-                f"({self.simulated_field_nm:.0f} nm field = {self.simulated_field_ratio:.1f}x ice, "
-                f"drawn {self.field_ratio:.1f}x), ice {self.ice_thickness_nm:.0f} nm, "
+        top = self.movie_tilt_step_deg * (self.movie_n_tilts // 2)
+        return (f"{self.name}: {self.pixel_size_a:.2f} Å, ice {self.ice_thickness_nm:.0f} nm, "
                 f"{self.n_frames} frames{' (EER as frames)' if self.eer else ''} at "
-                f"{self.dose_e_px_frame:.2f} e/px/frame, {self.n_tilts} tilts x "
-                f"{self.tilt_step_deg:g}°, {self.n_beads} beads of "
-                f"{self.bead_diameter_nm:.1f} nm, "
+                f"{self.dose_e_px_frame:.2f} e/px/frame "
+                f"({self.dose_per_tilt_e_a2:.1f} e/Å²/tilt), "
                 f"defocus {self.defocus_um:.1f} µm ({self.defocus_slope_a_per_deg:+.0f} Å/°), "
-                f"astig {self.astigmatism_a:.0f} Å, offset {self.tilt_offset_deg:+.1f}°, "
-                f"axis {self.mdoc_tilt_axis_deg:.0f}{self.tilt_axis_error_deg:+.1f}°, "
-                f"{self.n_dark_views} dark")
+                f"astig {self.astigmatism_a:.0f} Å | movies {self.movie_size_px}² x "
+                f"{self.movie_n_tilts} tilts to ±{top:g}°, window {self.window_px} | "
+                f"align bin {self.align_binning} ({self.align_pixel_size_a:.1f} Å) "
+                f"{self.align_size_px}² x {self.align_n_tilts} x {self.align_tilt_step_deg:g}°, "
+                f"field {self.align_field_nm:.0f} nm = {self.align_field_ratio:.1f}x ice "
+                f"(drawn {self.field_ratio:.1f}x), {self.n_beads} beads of "
+                f"{self.bead_diameter_nm:.1f} nm, "
+                f"offset {self.tilt_offset_deg:+.1f}°, axis {self.mdoc_tilt_axis_deg:.0f}"
+                f"{self.tilt_axis_error_deg:+.1f}°, {self.n_dark_views} dark")
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "simulated_field_nm": self.simulated_field_nm,
-                "simulated_field_ratio": self.simulated_field_ratio,
+        return {**asdict(self), "align_pixel_size_a": self.align_pixel_size_a,
+                "align_field_nm": self.align_field_nm, "align_field_ratio": self.align_field_ratio,
+                "movie_field_nm": self.movie_field_nm, "movie_n_beads": self.movie_n_beads,
                 "dose_per_tilt_e_a2": self.dose_per_tilt_e_a2}
 
-    def demo_config(self) -> DemoConfig:
-        """The simulator's configuration of this scenario (one series, SerialEM flavour)."""
-        g = self.gain_variation
-        return DemoConfig(
-            n_series=1, n_tilts=self.n_tilts, tilt_step_deg=self.tilt_step_deg,
-            size=(self.size_px, self.size_px), n_frames=self.n_frames,
-            pixel_size_a=self.pixel_size_a, dose_per_tilt_e_a2=self.dose_per_tilt_e_a2,
+    def _common(self) -> dict:
+        return dict(
+            n_series=1, dose_per_tilt_e_a2=self.dose_per_tilt_e_a2, n_frames=self.n_frames,
             seed=self.seed, ice_thickness_nm=self.ice_thickness_nm,
-            bead_diameter_nm=self.bead_diameter_nm, n_beads=self.n_beads,
-            tilt_axis_deg=self.mdoc_tilt_axis_deg, tilt_axis_error_deg=self.tilt_axis_error_deg,
-            tilt_offset_deg=self.tilt_offset_deg,
+            bead_diameter_nm=self.bead_diameter_nm, tilt_axis_deg=self.mdoc_tilt_axis_deg,
+            tilt_axis_error_deg=self.tilt_axis_error_deg, tilt_offset_deg=self.tilt_offset_deg,
             defocus_range_um=(self.defocus_um, self.defocus_um),
             astigmatism_range_a=(self.astigmatism_a, self.astigmatism_a),
             defocus_jitter_a=self.defocus_jitter_a,
             defocus_slope_a_per_deg=self.defocus_slope_a_per_deg,
             astigmatism_drift_a=self.astigmatism_drift_a,
             astigmatism_angle_drift_deg=self.astigmatism_angle_drift_deg,
+        )
+
+    def movie_config(self) -> DemoConfig:
+        """The movies: unbinned crop, a few tilts with the full series' prior dose (SerialEM)."""
+        g = self.gain_variation
+        return DemoConfig(
+            **self._common(), n_tilts=self.movie_n_tilts, tilt_step_deg=self.movie_tilt_step_deg,
+            size=(self.movie_size_px, self.movie_size_px), pixel_size_a=self.pixel_size_a,
+            n_beads=self.movie_n_beads,
+            prior_dose_scale=self.movie_tilt_step_deg / self.align_tilt_step_deg,
             motion_total_px=(0.5 * self.motion_burst_px, 1.5 * self.motion_burst_px),
             local_motion=self.local_motion_px > 0, local_motion_px=self.local_motion_px,
             drift_px_per_frame=self.drift_px_per_frame, jitter_px=self.jitter_px,
             xray_events_per_frame=self.xray_events_per_frame, xray_counts=self.xray_counts,
             gain_range=(1.0 - g, 1.0 + g), gain_stripe_amplitude=self.gain_stripe_amplitude,
-            n_dark_views=self.n_dark_views,
         )
+
+    def align_config(self) -> DemoConfig:
+        """The alignment series at the binned pixel size (``demo.simulate_stack``)."""
+        return DemoConfig(
+            **self._common(), n_tilts=self.align_n_tilts, tilt_step_deg=self.align_tilt_step_deg,
+            size=(self.align_size_px, self.align_size_px), pixel_size_a=self.align_pixel_size_a,
+            n_beads=self.n_beads, n_dark_views=self.n_dark_views, local_motion=False,
+            xray_events_per_frame=(0, 0),
+        )
+
+    def demo_config(self) -> DemoConfig:
+        """The movies' configuration (kept for callers of the first matrix)."""
+        return self.movie_config()
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -177,49 +234,45 @@ def _dose_and_frames(
     return float(np.clip(per_px / frames, lo_d, hi_d)), frames
 
 
-def _tilt_step(drawn_deg: float, n_tilts: int) -> float:
-    """The drawn step rounded to 0.5°, raised where needed so that views beyond 30° remain when
-    the outermost pair is dark (``n_dark_views`` <= 2); at most the range's top."""
-    need = 30.0 / max(n_tilts // 2 - 1, 1)
-    step = max(round(drawn_deg * 2) / 2, math.floor(need * 2) / 2 + 0.5)
-    return min(step, RANGES["tilt_step_deg"][1])
-
-
-def _ice_and_field(
-    rng: np.random.Generator, px: float, max_size_px: int | None
-) -> tuple[float, float]:
-    """(ice nm, field / ice). With ``max_size_px`` both are drawn within what that many pixels
-    show (ice first, then the ratio); where not even the thinnest ice fits, the field is cropped."""
-    lo_i, hi_i = RANGES["ice_thickness_nm"]
-    lo_r, hi_r = RANGES["field_ratio"]
-    if max_size_px is None:
-        return float(rng.uniform(lo_i, hi_i)), float(rng.uniform(lo_r, hi_r))
-    field = max_size_px * px / 10.0  # nm
-    ice = float(rng.uniform(lo_i, min(hi_i, max(lo_i, field))))
-    return ice, float(rng.uniform(lo_r, min(hi_r, max(lo_r, field / ice))))
+def align_geometry(
+    px: float, ice_nm: float, ratio: float, bead_nm: float, *, min_px: int, max_px: int,
+    camera_px: int,
+) -> tuple[int, int]:
+    """(binning, view side px) of the alignment series: a field of ``ratio`` x ``ice_nm``, at most
+    the camera's (``camera_px`` unbinned pixels), binned so that the view is at most ``max_px`` but
+    no coarser than a bead ``MIN_BEAD_PX`` across (the field shrinks instead); side a multiple of
+    32 within ``[min_px, max_px]``."""
+    field_px = min(ratio * ice_nm * 10.0 / px, camera_px)  # unbinned px
+    binning = max(1, math.ceil(field_px / max_px))
+    coarsest = max(1, math.floor(bead_nm * 10.0 / MIN_BEAD_PX / px))
+    binning = min(binning, coarsest)
+    side = int(np.clip(round(field_px / binning / 32.0) * 32, min_px, max_px))
+    return binning, side
 
 
 def draw_scenario(
-    seed: int, index: int, *, n_tilts: int = 13, max_size_px: int = 320, min_size_px: int = 128,
-    max_frames: int | None = None, fit_field: bool = True,
+    seed: int, index: int, *, movie_size_px: int = 512, movie_n_tilts: int = 7,
+    movie_tilt_step_deg: float = 20.0, window_px: int = 512, align_n_tilts: int = 41,
+    align_tilt_step_deg: float = 3.0, align_min_px: int = 256, align_max_px: int = 320,
+    camera_px: int = 4096, max_frames: int | None = None,
 ) -> Scenario:
-    """Scenario ``index`` of the matrix drawn from ``seed`` (module docstring); ``fit_field``
-    draws ice and field (``_ice_and_field``) so that the field fits ``max_size_px`` where it can."""
+    """Scenario ``index`` of the matrix drawn from ``seed`` (module docstring). The keywords set
+    how it is simulated, not what is drawn: the same (seed, index) draws the same session."""
     rng = np.random.default_rng([seed, index, 11])
     r = RANGES
     u = lambda key: float(rng.uniform(*r[key]))  # noqa: E731
     px = _log_uniform(rng, *r["pixel_size_a"])
     dose, frames = _dose_and_frames(rng, px, max_frames)
     eer = bool(rng.uniform() < 0.25)
-    ice, ratio = _ice_and_field(rng, px, max_size_px if fit_field else None)
-    side = int(np.clip(round(ratio * ice * 10.0 / px / 32.0) * 32, min_size_px, max_size_px))
+    ice, ratio = u("ice_thickness_nm"), u("field_ratio")
     beads = int(rng.integers(r["n_beads"][0], r["n_beads"][1] + 1))
+    bead_nm = u("bead_diameter_nm")
+    binning, side = align_geometry(px, ice, ratio, bead_nm, min_px=align_min_px,
+                                   max_px=align_max_px, camera_px=camera_px)
     values = dict(
-        pixel_size_a=px, dose_e_px_frame=dose,
-        n_frames=frames, eer=eer,
-        ice_thickness_nm=ice, field_ratio=ratio, size_px=side, n_tilts=n_tilts,
-        tilt_step_deg=_tilt_step(u("tilt_step_deg"), n_tilts), n_beads=beads,
-        bead_diameter_nm=u("bead_diameter_nm"), motion_burst_px=u("motion_burst_px"),
+        pixel_size_a=px, dose_e_px_frame=dose, n_frames=frames, eer=eer,
+        ice_thickness_nm=ice, field_ratio=ratio, n_beads=beads, bead_diameter_nm=bead_nm,
+        motion_burst_px=u("motion_burst_px"),
         drift_px_per_frame=u("drift_px_per_frame"), jitter_px=u("jitter_px"),
         local_motion_px=u("local_motion_px"), defocus_um=u("defocus_um"),
         defocus_slope_a_per_deg=u("defocus_slope_a_per_deg"),
@@ -232,6 +285,10 @@ def draw_scenario(
         xray_counts=r["xray_counts"], gain_variation=u("gain_variation"),
         gain_stripe_amplitude=u("gain_stripe_amplitude"),
         n_dark_views=int(rng.integers(r["n_dark_views"][0], r["n_dark_views"][1] + 1)),
+        movie_size_px=movie_size_px, movie_n_tilts=movie_n_tilts,
+        movie_tilt_step_deg=movie_tilt_step_deg, window_px=min(window_px, movie_size_px),
+        align_binning=binning, align_size_px=side, align_n_tilts=align_n_tilts,
+        align_tilt_step_deg=align_tilt_step_deg,
     )
     return Scenario(name=f"S{index:02d}", seed=int(rng.integers(2**31)), **values)
 
