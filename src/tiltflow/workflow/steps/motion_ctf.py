@@ -134,10 +134,10 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     from tiltflow.core.motion import (
         DoseWeighting,
         align_and_sum,
-        estimate_motion,
         prepare_frames,
         total_motion_px,
     )
+    from tiltflow.core.motion_checked import estimate_motion_checked
     from tiltflow.io.gain import read_gain
     from tiltflow.io.movies import read_movie_frames
     from tiltflow.io.star import write_motion_star
@@ -170,8 +170,10 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
         n_xray_px = 0
     t = frames.shape[0]
     # hot pixels / X-rays would pin the shifts at zero: cleaned while binning for estimation
-    motion = estimate_motion(frames, pixel_size_a=pixel_size_a, fit_range_a=tuple(p["fit_range_a"]),
-                             bfactor_a2=p["bfactor_a2"], grid=tuple(p["motion_grid"]) if p["motion_grid"] else None)
+    checked = estimate_motion_checked(frames, pixel_size_a=pixel_size_a, fit_range_a=tuple(p["fit_range_a"]),
+                                      bfactor_a2=p["bfactor_a2"],
+                                      grid=tuple(p["motion_grid"]) if p["motion_grid"] else None)
+    motion = checked.motion
     weights = None
     if p["dose_weighting"] and dose is not None:
         weights = DoseWeighting(pixel_size_a=pixel_size_a, dose_per_frame_e_a2=dose / t,
@@ -189,7 +191,7 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     shifts = summed.shifts_px                      # refined by the local fit when there is one
     write_motion_star(out / "motion" / f"{name}.star", shifts.cpu().numpy(), movie=movie, pixel_size_a=pixel_size_a)
     result = {"files": files, "shifts_px": shifts.cpu().tolist(), "total_motion_px": total_motion_px(shifts),
-              "frame_xray_px": n_xray_px}
+              "frame_xray_px": n_xray_px, "motion_note": checked.note}
     if p["estimate_ctf"]:
         params = ctf_params(CtfOptions(**{k: p[k] for k in CtfOptions.model_fields}),
                             pixel_size_a=pixel_size_a * p["binning"], voltage_kv=voltage_kv, cs_mm=cs_mm,
@@ -240,6 +242,8 @@ def _assemble_series(ts: TiltSeries, results: dict, run_dir: Path, binning: int,
         r = results[im.file]
         attrs = dict(im.attrs, movie=im.file, total_motion_px=r["total_motion_px"],
                      frame_xray_px=r.get("frame_xray_px", 0))
+        if r.get("motion_note"):
+            attrs["motion_note"] = r["motion_note"]
         if "ctf" in r:
             attrs.update(defocus_u_a=r["ctf"]["defocus_u_a"], defocus_v_a=r["ctf"]["defocus_v_a"])
         images.append(TiltImage(tilt_angle_deg=im.tilt_angle_deg, acquisition_order=im.acquisition_order,
@@ -283,7 +287,8 @@ def run_motion_ctf(ctx: StepContext):
                             on_result=lambda key, v: ctx.log.info("%s: %s", where[key][1], "failed: " + str(v)
                                                                   if isinstance(v, BaseException) else
                                                                   f"{v['total_motion_px']:.2f} px total motion, "
-                                                                  f"{v.get('frame_xray_px', 0)} X-ray px replaced in frames"))
+                                                                  f"{v.get('frame_xray_px', 0)} X-ray px replaced in frames"
+                                                                  + (f"; {v['motion_note']}" if v.get("motion_note") else "")))
     finally:
         _SESSIONS.pop(session).close()
     bad = {k: v for k, v in results.items() if isinstance(v, BaseException)}
@@ -295,6 +300,10 @@ def run_motion_ctf(ctx: StepContext):
             ctx.log.warning("skipped: %s", line)
             ctx.options.setdefault("warnings", []).append(f"skipped: {line}")
     good = {k: v for k, v in results.items() if not isinstance(v, BaseException)}
+    noted = [f"{where[k][1]}: {v['motion_note']}" for k, v in good.items() if v.get("motion_note")]
+    if noted:
+        more = f" and {len(noted) - 3} more (see run.log)" if len(noted) > 3 else ""
+        ctx.options.setdefault("notes", []).append(f"motion: {'; '.join(noted[:3])}{more}")
     items, ctf_items = [], []
     for ts in source.items:
         if not any(im.file in good for im in ts.images):
