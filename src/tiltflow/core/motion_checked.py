@@ -72,7 +72,8 @@ def estimate_motion_checked(
         coarse = estimate_motion(grouped, pixel_size_a=pixel_size_a, grid=(1, 1, 1), **global_only)
         del grouped
         shifts = _interpolate_groups(coarse.global_shifts, group, t)
-        if implausible_motion(shifts, pixel_size_a) is None:
+        # judged on the groups themselves: interpolation spreads a noise jump over many frames
+        if implausible_motion(coarse.global_shifts, pixel_size_a) is None:
             zero = torch.zeros((1, 1, 1, 2), dtype=motion.grid.dtype, device=frames.device)
             return CheckedMotion(LocalMotion(zero, shifts.to(motion.global_shifts.dtype), (h, w)),
                                  f"single frames too dim ({why}): aligned in groups of {group} frames", group)
