@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tiltflow.testing.config import DemoConfig
 from tiltflow.testing.demo import simulate_stack
@@ -35,13 +34,7 @@ PENDING = {  # quantity -> the issue 11 item whose work should make it hold on t
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: one torch thread is several times faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- scenarios ---------------------------------------------------------------------------------
@@ -157,7 +150,6 @@ def test_prior_dose_scale_stands_a_few_tilts_for_the_full_series():
 def quick(tmp_path_factory):
     import accuracy_matrix
 
-    torch.set_num_threads(1)
     scenarios = accuracy_matrix.matrix_scenarios(3, 0, quick=True)
     lines: list[str] = []
     results = accuracy_matrix.run_matrix(scenarios, tmp_path_factory.mktemp("matrix"), log=lines.append)

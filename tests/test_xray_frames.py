@@ -16,12 +16,7 @@ from tiltflow.core.xray_frames import remove_frame_xrays
 from tiltflow.testing.xray_movies import hit_mask, hit_residuals_sd, motion_sum, simulate_movie
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("dose", [0.3, 3.0])
