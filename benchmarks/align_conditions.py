@@ -93,7 +93,8 @@ def run_condition(name: str, kw: dict, seed: int, patch: bool) -> dict:
         t0 = time.perf_counter()
         pm = checked_projection_matching(s.views, s.mdoc, tilt_axis_deg=axis, align_z_px=1500.0 / config.pixel_size_a,
                                          binning=1, pixel_size_a=config.pixel_size_a, iterations=5)
-        row["patch"] = honest(pm.result.xf, pm.result.tilt_angles_deg, s) if s.proj.shape[0] else (math.nan, math.nan)
+        ran = pm.result is not None and s.proj.shape[0]
+        row["patch"] = honest(pm.result.xf, pm.result.tilt_angles_deg, s) if ran else (math.nan, math.nan)
         row["patch_verdict"] = pm.verdict.line()
         row["patch_s"] = time.perf_counter() - t0
     return row

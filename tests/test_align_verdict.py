@@ -226,3 +226,12 @@ def test_coarse_peaks_of_noise_are_not_significant_and_the_verdicts_say_so():
     some_weak[2] = 6.5
     verdict = patch_verdict(per_view_error=err, n_dark=0, fixed={}, coarse_peak_significance=some_weak)
     assert verdict.status == "check" and "1 views correlate weakly" in verdict.line()
+
+
+def test_patch_matching_that_cannot_run_is_a_failed_verdict_without_a_result():
+    from tiltflow.core.align.checked import checked_projection_matching
+
+    views = torch.poisson(torch.full((4, 96, 96), 20.0), generator=torch.Generator().manual_seed(0))
+    out = checked_projection_matching(views, torch.tensor([-9.0, -3.0, 3.0, 9.0]), tilt_axis_deg=85.0,
+                                      align_z_px=30.0, binning=1)
+    assert out.result is None and out.verdict.status == "failed" and "needs >= 5" in out.verdict.line()

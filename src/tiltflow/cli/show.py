@@ -70,7 +70,7 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
 
 def _verdict_lines(store, output) -> list[str]:
     """``TS_01: check (reason; reason)`` for each series of a tilt-series set with a verdict."""
-    from tiltflow.workflow.sets import TiltSeriesSet, alignment_verdict
+    from tiltflow.workflow.sets import TiltSeriesSet, alignment_verdict, verdict_text
 
     if output.type != "TiltSeries":
         return []
@@ -81,5 +81,5 @@ def _verdict_lines(store, output) -> list[str]:
     for ts in value.items:
         v = alignment_verdict(ts)
         if v["status"]:
-            lines.append(f"{ts.ts_id}: {v['status']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else ""))
+            lines.append(f"{ts.ts_id}: {verdict_text(v)}")
     return lines

@@ -112,6 +112,12 @@ class TiltSeriesSet:
         return ", aligned: " + ", ".join(counts) + (f" ({', '.join(failed)})" if failed else "")
 
 
+def verdict_text(verdict: dict[str, Any]) -> str:
+    """``check (reason; reason)``, or just the status when there are no reasons."""
+    reasons = verdict.get("reasons") or []
+    return f"{verdict['status']}" + (f" ({'; '.join(reasons)})" if reasons else "")
+
+
 def alignment_verdict(ts: TiltSeries) -> dict[str, Any]:
     """The series' alignment verdict: ``{"status": good|check|failed|None, "reasons": [...]}``
     (status None when the series carries no judged alignment)."""

@@ -42,7 +42,7 @@ class CheckedFiducial:
 
 @dataclass(frozen=True)
 class CheckedPatch:
-    result: ProjectionMatchingResult
+    result: ProjectionMatchingResult | None  # None: matching could not run (verdict 'failed')
     verdict: Verdict
     fixed: dict[str, str] = field(default_factory=dict)
 
@@ -140,7 +140,7 @@ def checked_projection_matching(
     try:
         result = projection_matching_align(views, angles, tilt_axis_deg=tilt_axis_deg, **options)
     except ValueError as err:
-        return CheckedPatch(_empty_patch(angles, tilt_axis_deg), Verdict("failed", (str(err),)), fixed)
+        return CheckedPatch(None, Verdict("failed", (str(err),)), fixed)
     problems = _patch_problems(result, angles, tilt_axis_deg, limits)
     if problems:
         fixed.update(problems)
@@ -174,14 +174,3 @@ def _patch_problems(result: ProjectionMatchingResult, angles: torch.Tensor, axis
     return geometry_problems(angles, result.tilt_angles_deg, axis_initial_deg=axis_deg,
                              axis_deg=result.tilt_axis_deg, offset_deg=result.tilt_offset_deg, limits=limits)
 
-
-def _empty_patch(angles: torch.Tensor, axis_deg: float) -> ProjectionMatchingResult:
-    """The identity alignment of a series that could not be matched (kept only for its shape)."""
-    from tiltflow.core.transforms import geometry_to_xf
-
-    t = int(angles.numel())
-    shifts = torch.zeros(t, 2, dtype=torch.float64)
-    return ProjectionMatchingResult(
-        xf=geometry_to_xf(axis_deg, shifts), shifts_px=shifts, tilt_axis_deg=axis_deg, tilt_offset_deg=0.0,
-        tilt_angles_deg=angles.clone(), dark_views=torch.zeros(t, dtype=torch.bool),
-        per_view_error=torch.full((t,), math.nan, dtype=torch.float64), history=[])

@@ -18,7 +18,7 @@ from typing import Literal
 
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.executor import run_items_or_fail
-from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
+from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet, verdict_text
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
 from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 
@@ -143,7 +143,7 @@ def _patch_task(views, angles_t, p: dict, tilt_axis_deg: float, pixel_size_a: fl
         exclude_dark=p["exclude_dark"])
     result: dict = {"verdict": checked.verdict.to_dict(), "fixed": checked.fixed, "files": {}, "plots": {}}
     pm = checked.result
-    if checked.verdict.status == "failed" and not pm.history:
+    if pm is None:                   # too few usable views: nothing was matched
         return result
     err = pm.per_view_error
     result.update(per_view_error=err.tolist(), dark_views=pm.dark_views.tolist(),
@@ -236,8 +236,7 @@ def _failed_series(ts: TiltSeries, method: str, r: dict) -> TiltSeries:
 
 def _log_verdict(ctx: StepContext, ts_id: str, r: dict) -> None:
     """One line per series: its verdict and reasons, and each parameter held at its given value."""
-    v = r["verdict"]
-    line = f"{ts_id}: verdict {v['status']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "")
+    line = f"{ts_id}: verdict {verdict_text(r['verdict'])}"
     ctx.log.info(line)
     ctx.options.setdefault("notes", []).append(line)
 

@@ -184,8 +184,8 @@ def series_xf(ts: TiltSeries) -> list[list[float]]:
 def _failed_alignments(ctx: StepContext, source: TiltSeriesSet) -> set[str]:
     """Series whose alignment verdict is 'failed': refused with one line, or (``--skip-bad``, and
     within a workflow) skipped with a note per series."""
-    failed = {ts.ts_id: alignment_verdict(ts)["reasons"] for ts in source.items
-              if ts.enabled and alignment_verdict(ts)["status"] == "failed"}
+    verdicts = {ts.ts_id: alignment_verdict(ts) for ts in source.items if ts.enabled}
+    failed = {k: v["reasons"] for k, v in verdicts.items() if v["status"] == "failed"}
     if not failed:
         return set()
     if not (ctx.skip_bad or ctx.options.get("within_workflow")):
