@@ -109,7 +109,7 @@ def test_sigkill_during_motion_then_continue(demo, reference, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     store = ProjectStore(project, create=False)
-    assert store.run(2).status == "running" and store.outputs(2) == []
+    assert store.run(2).status == "interrupted" and store.outputs(2) == []
     before = _finished_items(db, 2)
     done = subprocess.run(cmd + ["--continue"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

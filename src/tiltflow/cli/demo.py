@@ -32,9 +32,9 @@ def demo_command(out_dir, n_series, n_tilts, size, n_frames, pixel_size_a, tomo5
 
     values = {"n_series": n_series, "n_tilts": n_tilts, "size": tuple(size) if size else None,
               "n_frames": n_frames, "pixel_size_a": pixel_size_a, "seed": seed}
-    config = DemoConfig(**{k: v for k, v in values.items() if v is not None},
-                        flavour="tomo5" if tomo5 else "serialem")
     try:
+        config = DemoConfig(**{k: v for k, v in values.items() if v is not None},
+                            flavour="tomo5" if tomo5 else "serialem")
         truth = write_demo_dataset(Path(out_dir), config, force=force)
     except (FileExistsError, ValueError) as err:
         fail([str(err)])

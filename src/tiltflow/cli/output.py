@@ -3,20 +3,50 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(highlight=False, soft_wrap=True, emoji=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def fail(lines: list[str], code: int = 2) -> NoReturn:
+    """Print each line as ``error: ...`` (user text is never read as rich markup) and exit."""
     for line in lines:
-        err_console.print(f"[bold red]error:[/] {line}", markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(line))}", markup=True)
     sys.exit(code)
+
+
+@contextmanager
+def warnings_as_notes() -> Iterator[list[str]]:
+    """Route Python warnings away from the terminal: each distinct message is collected once
+    (the caller prints them as ``note:`` lines) and written to the log of any open run."""
+    notes: list[str] = []
+
+    def collect(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text in notes:
+            return
+        notes.append(text)
+        for name, log in list(logging.Logger.manager.loggerDict.items()):
+            if name.startswith("tiltflow.run.") and isinstance(log, logging.Logger) and log.handlers:
+                log.warning("note: %s (%s)", text, category.__name__)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = collect
+        yield notes
+
+
+def print_notes(notes: list[str]) -> None:
+    for note in notes:
+        err_console.print(f"note: {note}", markup=False)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -43,7 +73,7 @@ def print_run(store: Any, run: Any, *, elapsed: float | None = None, warnings: l
         for line in str(n).splitlines():
             console.print(f"  {line}", markup=False)
     for w in warnings:
-        console.print(f"  [yellow]warning:[/] {w}", markup=True)
+        console.print(f"  [yellow]warning:[/] {escape(str(w))}", markup=True)
 
 
 class ProgressPrinter:

@@ -23,6 +23,7 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
     Examples: tiltflow show -p P; tiltflow show -p P 1 --json
     """
     from tiltflow.workflow.errors import ProjectError
+    from tiltflow.workflow.run_liveness import with_hint
     from tiltflow.workflow.store import ProjectStore
 
     try:
@@ -37,14 +38,20 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
                     for r in runs]})
                 return
             if not runs:
-                console.print(f"{store.root}: no runs yet")
+                console.print(f"{store.root}: no runs yet", markup=False)
             for r in runs:
                 console.print(f"{r.id:>3}  {r.step:<20} {r.status:<10} {_duration(r):>8}  {r.label or ''}", markup=False)
+                if r.status == "interrupted":
+                    console.print(f"       {with_hint(r, store.root)}", markup=False)
                 for o in outputs:
                     if o.run_id == r.id:
                         console.print(f"       {o.pointer}: {o.summary}", markup=False)
             return
-        rid = int(str(run_id).split(".")[0])
+        head = str(run_id).split(".")[0].strip()
+        if not head.isdigit():
+            raise ProjectError(f"run '{run_id}': expected a run number such as 1 (or 3.TiltSeries) — "
+                               f"`tiltflow show -p {project}` lists the runs")
+        rid = int(head)
         run = store.run(rid)
         outs = store.outputs(rid)
         if as_json:
@@ -53,7 +60,9 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
                  "items": store.load(o).items} for o in outs]})
             return
         console.print(f"run {run.id} {run.step} — {run.status} {_duration(run)}", markup=False)
-        if run.error:
+        if run.status == "interrupted":
+            console.print(f"  {with_hint(run, store.root)}", markup=False)
+        elif run.error:
             console.print(f"  error: {run.error}", markup=False)
         console.print(f"  folder: {store.root / (run.run_dir or '')}", markup=False)
         console.print("  inputs: " + (", ".join(f"{k}={v}" for k, v in run.inputs.items()) or "none"), markup=False)

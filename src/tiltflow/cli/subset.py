@@ -7,6 +7,9 @@ import click
 from tiltflow.cli.output import console, echo_json, fail
 
 
+CURATABLE = ("TiltSeries", "TiltSeriesM", "CTFTomoSeries")
+
+
 @click.command("subset")
 @click.option("-p", "--project", default=".", show_default=True)
 @click.option("--input", "pointer", required=True, help="The set to curate: RUN_ID or RUN_ID.outputName.")
@@ -28,7 +31,13 @@ def subset_command(project, pointer, exclude_ts, exclude_views, exclude_beyond, 
 
     try:
         store = ProjectStore(project, create=False)
-        out = store.resolve(pointer)
+        try:
+            out = store.resolve(pointer, CURATABLE)
+        except ProjectError:
+            out = store.resolve(pointer)          # the run's other output, to name it below
+        if out.type not in CURATABLE:
+            raise InputError(f"--input {pointer}: {out.pointer} is a set of {out.type}; subset works on tilt series "
+                             f"and CTF ({', '.join(CURATABLE)}) — `tiltflow show -p {project}` lists the outputs")
         value = store.load(out)
         by_id = {s.ts_id: s for s in value.items}
         flags = exclusions(store, out)

@@ -24,9 +24,19 @@ def _free_port(host: str, wanted: int) -> int:
 
 
 def serve(app, host: str, port: int) -> None:  # pragma: no cover - blocks; tests patch it
+    """Serve until Ctrl+C; OSError when ``host:port`` cannot be bound (uvicorn would log and exit)."""
+    import socket
+
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 @click.command("view")
@@ -52,6 +62,8 @@ def view_command(project: str, port: int, host: str, no_browser: bool, as_json: 
     from tiltflow.workflow.errors import ProjectError
     from tiltflow.workflow.store import ProjectStore
 
+    if not 0 <= port <= 65535:
+        fail([f"--port {port}: not a port — use 1-65535, or 0 for any free port"])
     try:
         store = ProjectStore(project, create=False)
     except ProjectError as err:
@@ -60,10 +72,13 @@ def view_command(project: str, port: int, host: str, no_browser: bool, as_json: 
         from tiltflow.web.app import create_app
     except ModuleNotFoundError as err:
         fail([f"the viewer needs the web extra ({err.name} missing) — pip install 'tiltflow[web]'"])
+    wanted = port
     try:
         port = _free_port(host, port)
-    except OSError as err:
+    except (OSError, UnicodeError, ValueError) as err:
         fail([f"--host {host}: cannot listen there ({err}) — use an address of this machine"])
+    if wanted and port != wanted:
+        err_console.print(f"note: --port {wanted} is in use; using {port}", markup=False)
     token = secrets.token_urlsafe(24)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/?token={token}"
@@ -77,6 +92,11 @@ def view_command(project: str, port: int, host: str, no_browser: bool, as_json: 
         console.print(f"tiltflow viewer for {store.root}", markup=False)
         console.print(f"  {url}", markup=False)
         console.print("  (Ctrl+C to stop)", markup=False)
-    if not no_browser:  # a moment later, when the server listens
-        threading.Timer(1.0, webbrowser.open, (url,)).start()
-    serve(create_app(store, token), host, port)
+    browser = threading.Timer(1.0, webbrowser.open, (url,))   # a moment later, when the server listens
+    if not no_browser:
+        browser.start()
+    try:
+        serve(create_app(store, token), host, port)
+    except OSError:                         # taken since we looked
+        browser.cancel()
+        fail([f"--port {port}: cannot listen on {shown}:{port} (in use?) — choose another --port, or 0 for any"])

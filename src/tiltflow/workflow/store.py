@@ -12,14 +12,14 @@ import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from tiltflow import __version__
 from tiltflow.workflow.errors import ProjectError
+from tiltflow.workflow.records import OutputRecord, RunRecord, run_from_row as _run_from_row
 from tiltflow.workflow.sets import AnySet
-from tiltflow.workflow import set_tables
+from tiltflow.workflow import run_liveness, set_tables
 
 SCHEMA_VERSION = 1
 DB_NAME = "project.sqlite"
@@ -37,74 +37,66 @@ CREATE TABLE IF NOT EXISTS outputs (
 CREATE TABLE IF NOT EXISTS item_progress (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, item TEXT NOT NULL,
     result TEXT, finished REAL, PRIMARY KEY (run_id, item));
-""" + set_tables.SCHEMA
-
-
-@dataclass
-class RunRecord:
-    id: int
-    step: str
-    label: str | None
-    params: dict[str, Any]
-    inputs: dict[str, str]
-    status: str
-    created: float | None
-    started: float | None
-    ended: float | None
-    code_version: str | None
-    error: str | None
-    run_dir: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class OutputRecord:
-    id: int
-    run_id: int
-    name: str
-    type: str
-    summary: str
-    attrs: dict[str, Any]
-
-    @property
-    def pointer(self) -> str:
-        return f"{self.run_id}.{self.name}"
-
-
-def _run_from_row(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(
-        id=row["id"], step=row["step"], label=row["label"], params=json.loads(row["params"]),
-        inputs=json.loads(row["inputs"]), status=row["status"], created=row["created"],
-        started=row["started"], ended=row["ended"], code_version=row["code_version"],
-        error=row["error"], run_dir=row["run_dir"])
+""" + set_tables.SCHEMA + run_liveness.SCHEMA
 
 
 class ProjectStore:
-    """A project folder. ``ProjectStore(path)`` opens it, creating it when ``create`` is true."""
+    """A project folder. ``ProjectStore(path)`` opens it; with ``create`` a missing project is
+    created on the first write (the first run), so a rejected first import leaves no folder."""
 
     def __init__(self, root: Path | str, *, create: bool = True):
         self.root = Path(root).absolute()
         self.db_path = self.root / DB_NAME
-        if not self.db_path.exists():
+        self._made: list[Path] | None = None   # set when this instance created the project: its new folders
+        self._pending = not self.db_path.exists()
+        if self._pending:
             if not create:
                 raise ProjectError(f"{self.root}: no tiltflow project here ({DB_NAME} missing) — "
-                                   "run a step with -p to create one")
+                                   "check -p, or import data there first to create one")
             if self.root.exists() and not self.root.is_dir():
                 raise ProjectError(f"{self.root}: exists and is not a folder — choose another -p")
-            self.root.mkdir(parents=True, exist_ok=True)
-            (self.root / "runs").mkdir(exist_ok=True)
-        con = self.connect()
+            return
+        self._init_schema()
+
+    def _init_schema(self) -> None:
+        con = self._open(self.db_path)
         try:
             con.executescript(_SCHEMA)
             con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         finally:
             con.close()
 
+    def _materialize(self) -> None:
+        """Create the folder and database of a project opened with ``create`` (first write)."""
+        missing = [p for p in (self.root / "runs", self.root, *self.root.parents) if not p.exists()]
+        try:
+            (self.root / "runs").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ProjectError(f"{self.root}: cannot create the project folder ({err.strerror}) — "
+                               "choose a writable -p") from None
+        self._made, self._pending = missing, False       # innermost first
+        self._init_schema()
+
+    def _discard(self) -> None:
+        """Undo :meth:`_materialize` when its only run was removed: the disk is as before."""
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+            (self.root / name).unlink(missing_ok=True)
+        for folder in self._made or []:
+            try:
+                folder.rmdir()                     # only when empty
+            except OSError:
+                pass
+        self._made, self._pending = None, True
+
     # -- connection -------------------------------------------------------------------------
     def connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        if self._pending:
+            self._materialize()
+        return self._open(self.db_path)
+
+    @staticmethod
+    def _open(path: Path | str) -> sqlite3.Connection:
+        con = sqlite3.connect(path, timeout=30.0, isolation_level=None)
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA foreign_keys=ON")
@@ -127,8 +119,13 @@ class ProjectStore:
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
-        """A consistent snapshot for readers (one read transaction)."""
-        con = self.connect()
+        """A consistent snapshot for readers (one read transaction); an empty project before the
+        first write."""
+        if self._pending:
+            con = self._open(":memory:")
+            con.executescript(_SCHEMA)
+        else:
+            con = self.connect()
         try:
             con.execute("BEGIN")
             yield con
@@ -161,19 +158,25 @@ class ProjectStore:
             run_id = int(cur.lastrowid)
             run_dir = f"runs/{run_id:03d}_{step}"
             con.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (run_dir, run_id))
+            run_liveness.record_process(con, run_id)
         (self.root / run_dir).mkdir(parents=True, exist_ok=True)
         return self.run(run_id)
 
     def run(self, run_id: int) -> RunRecord:
+        """One run; a 'running' run whose process is gone reads as 'interrupted' (with a hint)."""
+        if self._pending:
+            raise ProjectError(f"{self.root}: no tiltflow project here ({DB_NAME} missing) — check -p, "
+                               "or import data there first")
         with self.reading() as con:
             row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
-            raise ProjectError(f"{self.root}: no run {run_id} — `tiltflow show -p {self.root}` lists the runs")
-        return _run_from_row(row)
+            if row is None:
+                raise ProjectError(f"{self.root}: no run {run_id} — `tiltflow show -p {self.root}` lists the runs")
+            return run_liveness.as_reported(con, [_run_from_row(row)], self.root)[0]
 
     def runs(self) -> list[RunRecord]:
         with self.reading() as con:
-            return [_run_from_row(r) for r in con.execute("SELECT * FROM runs ORDER BY id")]
+            runs = [_run_from_row(r) for r in con.execute("SELECT * FROM runs ORDER BY id")]
+            return run_liveness.as_reported(con, runs, self.root)
 
     def run_dir(self, run_id: int) -> Path:
         rd = self.run(run_id).run_dir
@@ -196,14 +199,20 @@ class ProjectStore:
     def set_status(self, run_id: int, status: str) -> None:
         with self.transaction() as con:
             con.execute("UPDATE runs SET status=?, error=NULL, ended=NULL WHERE id=?", (status, run_id))
+            if status == "running":
+                run_liveness.record_process(con, run_id)
 
     def delete_run(self, run_id: int) -> None:
-        """Remove a run that never got going (bad input): the project is as before."""
+        """Remove a run that never got going (bad input): the project is as before — a project this
+        store created for it is removed again."""
         run = self.run(run_id)
         with self.transaction() as con:
             con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            left = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
         if run.run_dir:
             shutil.rmtree(self.root / run.run_dir, ignore_errors=True)
+        if self._made is not None and not left:
+            self._discard()
 
     # -- per-item progress (resume) ---------------------------------------------------------
     def record_item(self, run_id: int, item: str, result: Any) -> None:
