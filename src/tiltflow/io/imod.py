@@ -1,9 +1,10 @@
-"""IMOD text files: ``.xf``, local ``.xf``, ``.tlt``/``.rawtlt``/``.xtilt``, ``fid.xyz``, ``.com``.
+"""IMOD text files: ``.xf``, local ``.xf``, ``.tlt``/``.rawtlt``/``.xtilt``, ``fid.xyz``.
 
 Conventions (DESIGN.md §2): an ``.xf`` row ``A11 A12 A21 A22 DX DY`` maps raw to aligned pixel
 coordinates about IMOD's centres ``(N-1)/2``; arrays come back as float64 tensors in file order
 (view order of the stack). View numbers in ``.com`` lists (``EXCLUDELIST``) are 1-based.
-Binary models (``.mod``/``.fid``) live in :mod:`tiltflow.io.imod_model` and are re-exported here.
+Binary models (``.mod``/``.fid``) live in :mod:`tiltflow.io.imod_model`, ``.com`` files in
+:mod:`tiltflow.io.imod_com`; both are re-exported here.
 
 Readers take ``strict`` (default True): a recoverable oddity (a malformed line, a repeated
 ``.com`` key) raises :class:`ImodFormatError` naming file and line; with ``strict=False`` it is
@@ -14,12 +15,22 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from tiltflow.io.imod_com import (
+    ComProgram,
+    ctfphaseflip_com,
+    format_imod_list,
+    newst_com,
+    parse_imod_list,
+    read_com,
+    tilt_com,
+    write_com,
+)
 from tiltflow.io.imod_model import (
     ImodContour,
     ImodFormatError,
@@ -32,7 +43,8 @@ from tiltflow.io.imod_model import (
 
 __all__ = [
     "ComProgram", "FidXyz", "ImodContour", "ImodFormatError", "ImodModel", "ImodObject",
-    "LocalXf", "fiducial_model", "format_imod_list", "newst_com", "parse_imod_list", "read_com",
+    "LocalXf", "ctfphaseflip_com", "fiducial_model", "fid_xyz_to_imod", "format_imod_list", "newst_com",
+    "parse_imod_list", "read_com",
     "read_fid_xyz", "read_local_xf", "read_mod", "read_tlt", "read_xf", "read_xtilt", "tilt_com",
     "write_com", "write_fid_xyz", "write_local_xf", "write_mod", "write_tlt", "write_xf",
     "write_xtilt",
@@ -207,7 +219,13 @@ def write_local_xf(path: str | Path, local: LocalXf) -> None:
 
 @dataclass
 class FidXyz:
-    """tiltalign ``*fid.xyz``: 3-D fiducial positions (px of the aligned stack)."""
+    """tiltalign ``*fid.xyz``: 3-D fiducial positions, px.
+
+    IMOD's file (tiltalign's ``OutputFidXYZFile``, what etomo leaves) has x, y in model coordinates
+    of the aligned image: origin at its corner, the centre of pixel i at i + 0.5, the image centre
+    at ``Dim / 2``; z is height above the tilt axis. tiltalign's log lists the same points with
+    their centroid at zero; :func:`fid_xyz_to_imod` turns those into the file's convention.
+    """
 
     point: torch.Tensor  # (n,) point numbers
     xyz: torch.Tensor  # (n, 3)
@@ -237,7 +255,21 @@ def read_fid_xyz(path: str | Path, *, strict: bool = True) -> FidXyz:
     return FidXyz(t[:, 0].long(), t[:, 1:4].clone(), t[:, 4].long(), t[:, 5].long(), pix, dim)
 
 
+def fid_xyz_to_imod(centred_xyz_px: torch.Tensor, image_size: tuple[int, int], *,
+                    pixel_size_a: float | None = None) -> FidXyz:
+    """Bead positions ``(n, 3)`` relative to the aligned image centre (x, y) and the tilt axis (z)
+    -> IMOD's ``fid.xyz`` (x + nx / 2, y + ny / 2, z), one contour per bead; ``image_size`` (nx, ny)
+    of the images the beads were tracked on (tiltalign's ``Dim:``)."""
+    xyz = torch.as_tensor(centred_xyz_px, dtype=torch.float64).reshape(-1, 3).clone()
+    xyz[:, 0] += image_size[0] / 2.0
+    xyz[:, 1] += image_size[1] / 2.0
+    n = xyz.shape[0]
+    return FidXyz(torch.arange(1, n + 1), xyz, torch.ones(n, dtype=torch.long), torch.arange(1, n + 1),
+                  pixel_size_a, (int(image_size[0]), int(image_size[1])))
+
+
 def write_fid_xyz(path: str | Path, fid: FidXyz) -> None:
+    """Write tiltalign's layout ``i4, 3f10.2, i7, i5`` (``Pix: f12.5 Dim: 2i6`` on the first line)."""
     lines = []
     for i in range(fid.xyz.shape[0]):
         x, y, z = fid.xyz[i].tolist()
@@ -249,120 +281,3 @@ def write_fid_xyz(path: str | Path, fid: FidXyz) -> None:
                 line += f" Dim:{fid.image_size[0]:6d}{fid.image_size[1]:6d}"
         lines.append(line + "\n")
     Path(path).write_text("".join(lines))
-
-
-@dataclass
-class ComProgram:
-    """One ``$program -StandardInput`` block of an IMOD ``.com`` file; values as written."""
-
-    program: str
-    options: dict[str, str] = field(default_factory=dict)  # key -> value ('' for flags)
-    environment: dict[str, str] = field(default_factory=dict)  # $setenv lines before it
-    arguments: str = ""  # text after the program name (e.g. '-StandardInput')
-
-
-def read_com(path: str | Path, *, strict: bool = True) -> list[ComProgram]:
-    """Programs of a ``.com`` file with their options, in file order.
-
-    Comments (also commented-out options) and ``$if`` lines are skipped; ``$setenv`` lines go to
-    the next program's ``environment``; other ``$cmd args`` lines become option-less programs.
-    """
-    path = Path(path)
-    programs: list[ComProgram] = []
-    env: dict[str, str] = {}
-    for i, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("$"):
-            name, _, rest = line[1:].partition(" ")
-            if name == "setenv":
-                key, _, value = rest.strip().partition(" ")
-                env[key] = value.strip()
-            elif name != "if":
-                programs.append(ComProgram(name, {}, env, rest.strip()))
-                env = {}
-            continue
-        if not programs:
-            _problem(strict, f"{path}:{i}: option {line.split()[0]!r} before any $program line")
-            continue
-        key, _, value = line.replace("\t", " ").partition(" ")
-        opts = programs[-1].options
-        if key in opts:
-            _problem(strict, f"{path}:{i}: {key} given twice for {programs[-1].program}; last wins")
-        opts[key] = value.strip()
-    return programs
-
-
-def write_com(path: str | Path, programs: Sequence[ComProgram]) -> None:
-    lines = ["# written by tiltflow\n"]
-    for prog in programs:
-        lines += [f"$setenv {k} {v}\n" for k, v in prog.environment.items()]
-        lines.append(f"${prog.program} {prog.arguments}".rstrip() + "\n")
-        lines += [f"{k}\t{v}".rstrip() + "\n" for k, v in prog.options.items()]
-    Path(path).write_text("".join(lines))
-
-
-def newst_com(
-    *, input_file: str, output_file: str, transform_file: str, bin_by: int = 1,
-    size_to_output_xy: tuple[int, int] | None = None, extra: dict[str, str] | None = None,
-) -> ComProgram:
-    """A minimal ``newst.com`` program block (aligned stack from raw stack + ``.xf``)."""
-    opts = {"AntialiasFilter": "-1", "InputFile": input_file, "OutputFile": output_file,
-            "TransformFile": transform_file, "TaperAtFill": "1,1", "AdjustOrigin": ""}
-    if size_to_output_xy is not None:
-        opts["SizeToOutputInXandY"] = f"{size_to_output_xy[0]},{size_to_output_xy[1]}"
-    opts.update({"OffsetsInXandY": "0.0,0.0", "ImagesAreBinned": "1.0", "BinByFactor": str(bin_by)})
-    opts.update(extra or {})
-    return ComProgram("newstack", opts, {"IMOD_OUTPUT_FORMAT": "MRC"}, "-StandardInput")
-
-
-def tilt_com(
-    *, input_projections: str, output_file: str, tilt_file: str, thickness_px: int,
-    full_image_xy: tuple[int, int], image_binned: int = 1, xtilt_file: str | None = None,
-    exclude_views: Iterable[int] = (), extra: dict[str, str] | None = None,
-) -> ComProgram:
-    """A minimal ``tilt.com`` block; ``exclude_views`` are 1-based view numbers."""
-    opts = {"InputProjections": input_projections, "OutputFile": output_file,
-            "IMAGEBINNED": str(image_binned), "TILTFILE": tilt_file,
-            "THICKNESS": str(thickness_px), "RADIAL": "0.35 0.035", "FalloffIsTrueSigma": "1",
-            "XAXISTILT": "0.0", "LOG": "0.0", "SCALE": "0.0 1.0", "PERPENDICULAR": "",
-            "MODE": "2", "FULLIMAGE": f"{full_image_xy[0]} {full_image_xy[1]}",
-            "SUBSETSTART": "0 0", "AdjustOrigin": "", "OFFSET": "0.0", "SHIFT": "0.0 0.0",
-            "ActionIfGPUFails": "1,2"}
-    if xtilt_file is not None:
-        opts["XTILTFILE"] = xtilt_file
-    excluded = list(exclude_views)
-    if excluded:
-        opts["EXCLUDELIST"] = format_imod_list(excluded)
-    opts.update(extra or {})
-    return ComProgram("tilt", opts, {"IMOD_OUTPUT_FORMAT": "MRC"}, "-StandardInput")
-
-
-def parse_imod_list(text: str) -> list[int]:
-    """IMOD list ``'1,4-6,41'`` -> ``[1, 4, 5, 6, 41]`` (numbers as written, usually 1-based)."""
-    out: list[int] = []
-    for part in re.split(r"[,\s]+", text.strip()):
-        if not part:
-            continue
-        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
-        if m is None:
-            raise ValueError(f"not an IMOD list entry: {part!r} in {text!r} (use e.g. '1,4-6')")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        out.extend(range(lo, hi + 1) if hi >= lo else range(lo, hi - 1, -1))
-    return out
-
-
-def format_imod_list(values: Iterable[int]) -> str:
-    """``[1, 4, 5, 6, 41]`` -> ``'1,4-6,41'`` (sorted, duplicates removed)."""
-    vals = sorted(set(int(v) for v in values))
-    parts: list[str] = []
-    i = 0
-    while i < len(vals):
-        j = i
-        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
-            j += 1
-        parts.append(str(vals[i]) if j == i else f"{vals[i]}-{vals[j]}")
-        i = j + 1
-    return ",".join(parts)

@@ -1,27 +1,31 @@
-"""Export a set for other tools.
+"""Export a set for other tools (``tiltflow export ID --format ...``).
 
-- ``imod`` (DESIGN.md §4): ``DIR/<tsId>/<tsId>.st`` (every view, tilt-angle order), ``.rawtlt``
-  (angles as stored), ``.tlt`` (refined when aligned), ``.xf`` when aligned, the fiducial model
-  ``.fid`` and ``fid.xyz`` of a fiducial alignment, ``_ctffind.txt`` and ``.defocus`` when CTF
-  exists, ``_rec.mrc`` for tomograms, and ``newst.com`` / ``tilt.com`` (excluded views in
-  ``EXCLUDELIST``).
-- ``ctffind``: the CTFFIND4 text files alone.
-- ``relion``, ``warp``, ``aretomo``: see :mod:`tiltflow.workflow.export_formats`.
+Every per-view file of an export describes exactly the views of the stack written beside it, in
+the same (tilt-angle) order: a re-stacked subset's CTF, alignment and dose lists are those of its
+views, matched by acquisition order, never the parent set's. Every MRC written carries a header
+label naming tiltflow, its version and the run exported.
+
+- ``imod``: :mod:`tiltflow.workflow.export_imod`.
+- ``relion``, ``warp``, ``aretomo``: :mod:`tiltflow.workflow.export_formats`.
+- ``ctffind``: CTFFIND4 text per series (a CTF set's files, or a tilt-series set's views).
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, TiltSeries, TiltSeriesSet, TomogramSet
+from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltSeries, TiltSeriesSet, TomogramSet
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
 FORMATS = ("imod", "ctffind", "relion", "warp", "aretomo")
 TLT_FORMAT = "{:10.4f}"  # IMOD reads free format; 4 decimals keep refined angles (IMOD prints f7.2)
+DEFAULT_THICKNESS_A = 2000.0  # tomogram z size written when no tomogram is exported (reconstruct's 200 nm)
+MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".rec")
 
 
 def ctf_for(store: ProjectStore, out: OutputRecord, ctf_pointer: str | None) -> CtfSeriesSet | None:
@@ -46,18 +50,61 @@ def ctf_by_order(ctf: CtfSeriesSet | None, ts_id: str) -> dict[int, CtfTomo]:
     return {c.acquisition_order: c for c in series.items} if series is not None else {}
 
 
+def ctf_rows(ts: TiltSeries, ctf: CtfSeriesSet | None, notes: list[str]) -> list[CtfTomo] | None:
+    """The CTF of every view of ``ts`` (its stack's views, tilt order), matched by acquisition order;
+    None (with a note) when the series has none. A view left out of the CTF set must be excluded:
+    it gets the series' mean defocus so per-view files keep one line per section."""
+    by_order = ctf_by_order(ctf, ts.ts_id)
+    if not by_order:
+        notes.append(f"{ts.ts_id}: no CTF found (give --ctf): no defocus written")
+        return None
+    missing = [i + 1 for i, im in enumerate(ts.images) if im.enabled and im.acquisition_order not in by_order]
+    if missing:
+        raise InputError(f"{ts.ts_id}: the CTF set has no values for views {missing} (tilt order) — "
+                         "estimate CTF on this set or exclude those views")
+    mean = sum(c.defocus_mean_a for c in by_order.values()) / len(by_order)
+    return [by_order.get(im.acquisition_order) or CtfTomo(im.acquisition_order, im.tilt_angle_deg, mean, mean, 0.0)
+            for im in ts.images]
+
+
+def stack_ctf_series(ts: TiltSeries, rows: list[CtfTomo]) -> CtfTomoSeries:
+    """The CTF series of the stack's views, with the stack's tilt angles (for the per-view files)."""
+    items = [CtfTomo(**{**c.__dict__, "tilt_angle_deg": im.tilt_angle_deg}) for c, im in zip(rows, ts.images)]
+    return CtfTomoSeries(ts.ts_id, items)
+
+
+def write_ctf_files(ts: TiltSeries, rows: list[CtfTomo], out_dir: Path) -> list[Path]:
+    """``<tsId>_ctffind.txt`` and ``<tsId>.defocus`` with one line per view of the stack."""
+    from tiltflow.core.ctf_fit import CtfParams
+    from tiltflow.workflow.steps.ctf_common import write_series_ctf_files
+
+    a = ts.acquisition
+    params = CtfParams(pixel_size_a=a.pixel_size_a, voltage_kv=a.voltage_kv, cs_mm=a.cs_mm,
+                       amplitude_contrast=a.amplitude_contrast,
+                       resolution_range_a=(30.0, max(8.0, 2.01 * a.pixel_size_a)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = write_series_ctf_files(stack_ctf_series(ts, rows), params, out_dir)
+    return [Path(files["ctffind"]), Path(files["defocus"])]
+
+
 def write_stack(ts: TiltSeries, path: Path, key: str = "file") -> None:
     """Every view of ``ts`` in tilt-angle order as an MRC stack (``key``: file, odd_file, even_file)."""
-    from tiltflow.io.mrc import read_section, write_mrc
+    from tiltflow.io.mrc import StackError, read_section, write_mrc
 
     if any(im.index is None for im in ts.images):
         raise InputError(f"{ts.ts_id}: a set of movies has no stacks to export — export the motion-corrected set")
     files = [getattr(im, key) for im in ts.images]
-    if len(set(files)) == 1 and [im.index for im in ts.images] == list(range(len(ts.images))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(files[0], path)          # already every view in tilt order
-        return
-    data = np.stack([read_section(f, im.index) for f, im in zip(files, ts.images)])
+    try:
+        if len(set(files)) == 1 and [im.index for im in ts.images] == list(range(len(ts.images))):
+            from tiltflow.io.mrc import read_stack_header
+
+            if read_stack_header(files[0]).n_sections == len(ts.images):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(files[0], path)          # already every view in tilt order
+                return
+        data = np.stack([read_section(f, im.index) for f, im in zip(files, ts.images)])
+    except StackError as err:
+        raise InputError(str(err)) from None
     write_mrc(path, data, voxel_size_a=ts.acquisition.pixel_size_a)
 
 
@@ -90,7 +137,8 @@ def pre_exposure_e_a2(ts: TiltSeries) -> list[float]:
     return out
 
 
-def tilt_series_of(store: ProjectStore, out: OutputRecord, value) -> tuple[TiltSeriesSet, OutputRecord, TomogramSet | None]:
+def tilt_series_of(store: ProjectStore, out: OutputRecord,
+                   value) -> tuple[TiltSeriesSet, OutputRecord, TomogramSet | None]:
     """The tilt-series set to export: the set itself, or the one a tomogram set was made from."""
     if isinstance(value, TiltSeriesSet):
         return value, out, None
@@ -100,70 +148,51 @@ def tilt_series_of(store: ProjectStore, out: OutputRecord, value) -> tuple[TiltS
     raise InputError(f"{out.pointer}: a {out.type} holds no tilt series to export — give a tilt-series set")
 
 
-def _fiducial_files(ts: TiltSeries, d: Path) -> list[Path]:
-    """The alignment's ``.fid`` (z renumbered from enabled views to sections of the full stack) and ``fid.xyz``."""
-    import torch
+def export_label(store: ProjectStore, out: OutputRecord) -> str:
+    """The MRC header label of an export: ``tiltflow <version> export of run <id> <step> (<pointer>) <date>``."""
+    from tiltflow import __version__
 
-    from tiltflow.io.imod import read_mod, write_mod
-
-    files = ts.attrs.get("alignment", {})
-    written = []
-    if files.get("fid") and Path(files["fid"]).is_file():
-        model = read_mod(files["fid"])
-        sections = torch.tensor([i for i, im in enumerate(ts.images) if im.transform is not None])
-        for obj in model.objects:                 # the views aligned are those given a transform
-            for c in obj.contours:
-                z = c.points[:, 2].round().long().clamp(0, len(sections) - 1)
-                c.points[:, 2] = sections[z].to(c.points.dtype)
-        model.header["zmax"] = len(ts.images)
-        write_mod(d / f"{ts.ts_id}.fid", model)
-        written.append(d / f"{ts.ts_id}.fid")
-    if files.get("fid_xyz") and Path(files["fid_xyz"]).is_file():
-        shutil.copyfile(files["fid_xyz"], d / f"{ts.ts_id}fid.xyz")
-        written.append(d / f"{ts.ts_id}fid.xyz")
-    return written
+    step = store.run(out.run_id).step
+    date = time.strftime("%d-%b-%y %H:%M:%S")
+    head = f"tiltflow {__version__}: export of run {out.run_id} {step} "
+    tail = f" {date}"
+    pointer = f"({out.pointer})"[: max(8, 80 - len(head) - len(tail))]
+    return (head + pointer + tail)[:80]
 
 
-def _imod_series(ts: TiltSeries, ctf, out_dir: Path) -> list[Path]:
-    import torch
+def _label_mrcs(paths: list[Path], label: str) -> None:
+    from tiltflow.io.mrc import add_label
 
-    from tiltflow.io.imod import newst_com, tilt_com, write_com, write_tlt, write_xf
-    from tiltflow.workflow.steps.ctf_common import write_series_ctf_files
+    for path in dict.fromkeys(paths):
+        if path.suffix.lower() in MRC_SUFFIXES and path.is_file():
+            add_label(path, label)
 
-    d = out_dir / ts.ts_id
-    d.mkdir(parents=True, exist_ok=True)
-    written = [d / f"{ts.ts_id}.st", d / f"{ts.ts_id}.rawtlt", d / f"{ts.ts_id}.tlt"]
-    write_stack(ts, written[0])
-    al = series_alignment(ts)
-    write_tlt(written[1], torch.tensor([im.tilt_angle_deg for im in ts.images]), fmt=TLT_FORMAT)
-    write_tlt(written[2], al.tilt_angles_deg, fmt=TLT_FORMAT)
-    if any(im.transform is not None for im in ts.images):
-        write_xf(d / f"{ts.ts_id}.xf", al.xf)
-        written.append(d / f"{ts.ts_id}.xf")
-        from tiltflow.core.reconstruct import aligned_shape
 
-        # the aligned stack is swapped for an axis near 90°, as our reconstruction (and etomo) does
-        ny, nx = aligned_shape((ts.size[1], ts.size[0]), al.xf)
-        swapped = (nx, ny) != tuple(ts.size)
-        excluded = [i + 1 for i, im in enumerate(ts.images) if not im.enabled]
-        write_com(d / "newst.com", [newst_com(input_file=f"{ts.ts_id}.st", output_file=f"{ts.ts_id}.ali",
-                                              transform_file=f"{ts.ts_id}.xf",
-                                              size_to_output_xy=(nx, ny) if swapped else None)])
-        write_com(d / "tilt.com", [tilt_com(input_projections=f"{ts.ts_id}.ali", output_file=f"{ts.ts_id}_full_rec.mrc",
-                                            tilt_file=f"{ts.ts_id}.tlt", thickness_px=min(nx, ny) // 4,
-                                            full_image_xy=(nx, ny), exclude_views=excluded)])
-        written += [d / "newst.com", d / "tilt.com"]
-        written += _fiducial_files(ts, d)
-    series = next((s for s in (ctf.items if ctf else []) if s.ts_id == ts.ts_id), None)
-    if series is not None and series.items:
-        from tiltflow.core.ctf_fit import CtfParams
-
-        a = ts.acquisition
-        params = CtfParams(pixel_size_a=a.pixel_size_a, voltage_kv=a.voltage_kv, cs_mm=a.cs_mm,
-                           amplitude_contrast=a.amplitude_contrast,
-                           resolution_range_a=(30.0, max(8.0, 2.01 * a.pixel_size_a)))
-        files = write_series_ctf_files(series, params, d)
-        written += [Path(files["ctffind"]), Path(files["defocus"])]
+def _export_ctffind(value, ctf: CtfSeriesSet | None, out: OutputRecord, out_dir: Path, notes: list[str]) -> list[Path]:
+    if ctf is None:
+        raise InputError(f"{out.pointer}: no CTF estimated for this set — run motion-ctf or ctf first")
+    written: list[Path] = []
+    if isinstance(value, TiltSeriesSet):          # the views of this set, as its stacks hold them
+        by_id = {s.ts_id: s for s in ctf.items}
+        for ts in value.items:
+            rows = ctf_rows(ts, ctf, notes) if ts.enabled else None
+            if rows is None:
+                continue
+            src = by_id[ts.ts_id].attrs.get("ctffind")
+            same = [c.acquisition_order for c in by_id[ts.ts_id].items] == [im.acquisition_order for im in ts.images]
+            if src and same:
+                written.append(out_dir / Path(src).name)   # the estimate's own file describes these views
+                shutil.copyfile(src, written[-1])
+                continue
+            written.append(write_ctf_files(ts, rows, out_dir)[0])
+            (out_dir / f"{ts.ts_id}.defocus").unlink(missing_ok=True)
+        return written
+    for series in ctf.items:
+        src = series.attrs.get("ctffind")
+        if src:
+            dest = out_dir / Path(src).name
+            shutil.copyfile(src, dest)
+            written.append(dest)
     return written
 
 
@@ -178,7 +207,6 @@ def export_set(store: ProjectStore, pointer: str, fmt: str, out_dir: Path, *, ct
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt}: unknown (one of {', '.join(FORMATS)})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
     if fmt in ("relion", "warp", "aretomo"):
         from tiltflow.workflow import export_formats
 
@@ -186,28 +214,13 @@ def export_set(store: ProjectStore, pointer: str, fmt: str, out_dir: Path, *, ct
         ctf = ctf_for(store, ts_out, ctf_pointer)
         writer = {"relion": export_formats.export_relion, "warp": export_formats.export_warp,
                   "aretomo": export_formats.export_aretomo}[fmt]
-        return writer(tilt_series, ctf, out_dir, tomograms=tomograms, notes=notes)
-    if fmt == "imod":
-        if isinstance(value, TomogramSet):
-            for tomo in value.items:
-                (out_dir / tomo.ts_id).mkdir(exist_ok=True)
-                dest = out_dir / tomo.ts_id / f"{tomo.ts_id}_rec.mrc"
-                shutil.copyfile(tomo.file, dest)
-                written.append(dest)
-            return written
-        if not isinstance(value, TiltSeriesSet):
-            raise InputError(f"{out.pointer}: a {out.type} has no IMOD layout — export tilt series or tomograms")
-        ctf = ctf_for(store, out, ctf_pointer)
-        for ts in value.items:
-            written += _imod_series(ts, ctf, out_dir)
-        return written
-    ctf = value if isinstance(value, CtfSeriesSet) else ctf_for(store, out, ctf_pointer)
-    if ctf is None:
-        raise InputError(f"{out.pointer}: no CTF estimated for this set — run motion-ctf or ctf first")
-    for series in ctf.items:
-        src = series.attrs.get("ctffind")
-        if src:
-            dest = out_dir / Path(src).name
-            shutil.copyfile(src, dest)
-            written.append(dest)
+        written = writer(tilt_series, ctf, out_dir, tomograms=tomograms, notes=notes)
+    elif fmt == "imod":
+        from tiltflow.workflow.export_imod import export_imod
+
+        written = export_imod(store, out, value, out_dir, ctf_pointer=ctf_pointer, notes=notes)
+    else:
+        ctf = value if isinstance(value, CtfSeriesSet) else ctf_for(store, out, ctf_pointer)
+        written = _export_ctffind(value, ctf, out, out_dir, notes)
+    _label_mrcs(written, export_label(store, out))
     return written

@@ -1,7 +1,9 @@
 """Exports for RELION 5, Warp and AreTomo (``tiltflow export --format relion|warp|aretomo``).
 
 Each writes every view of a series in tilt-angle order as one stack, and the alignment in the
-tool's own terms (:mod:`tiltflow.core.transforms`, :mod:`tiltflow.core.alignment_convert`):
+tool's own terms (:mod:`tiltflow.core.transforms`, :mod:`tiltflow.core.alignment_convert`); every
+per-view list (STAR rows, XML per-tilt values, ``.tlt``/``.xf``/``.aln`` lines, doses, CTF matched
+by acquisition order) follows the views of that stack:
 
 - ``relion``: ``DIR/tomograms.star`` (``data_global``: optics, ``rlnTomoHand``, pixel size,
   tomogram size, ``rlnTomoTiltSeriesStarFile``) and ``DIR/tilt_series/<tsId>.star`` with one row
@@ -30,15 +32,15 @@ import torch
 
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.export import (
+    DEFAULT_THICKNESS_A,
     TLT_FORMAT,
-    ctf_by_order,
+    ctf_rows,
     pre_exposure_e_a2,
     series_alignment,
     write_stack,
 )
 from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, TiltSeries, TiltSeriesSet, TomogramSet
 
-DEFAULT_THICKNESS_A = 2000.0  # tomogram z size written when no tomogram is exported (reconstruct's 200 nm)
 RELION_HAND = -1.0
 
 
@@ -48,21 +50,6 @@ def _series(tilt_series: TiltSeriesSet, tomograms: TomogramSet | None) -> list[T
     if not items:
         raise InputError("nothing to export: every tilt series is excluded")
     return items
-
-
-def _ctf_rows(ts: TiltSeries, ctf: CtfSeriesSet | None, notes: list[str]) -> list[CtfTomo] | None:
-    """Per-view CTF in tilt order, or None (with a note) when the series has none."""
-    by_order = ctf_by_order(ctf, ts.ts_id)
-    if not by_order:
-        notes.append(f"{ts.ts_id}: no CTF found (give --ctf): no defocus written")
-        return None
-    missing = [i + 1 for i, im in enumerate(ts.images) if im.enabled and im.acquisition_order not in by_order]
-    if missing:
-        raise InputError(f"{ts.ts_id}: the CTF set has no values for views {missing} (tilt order) — "
-                         "estimate CTF on this set or exclude those views")
-    mean = sum(c.defocus_mean_a for c in by_order.values()) / len(by_order)
-    fill = CtfTomo(0, 0.0, mean, mean, 0.0)        # views left out of the CTF set are excluded views
-    return [by_order.get(im.acquisition_order, fill) for im in ts.images]
 
 
 def _note_dropped(ts: TiltSeries, al, tool: str, notes: list[str]) -> None:
@@ -150,7 +137,7 @@ def export_relion(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir:
             written.append(out_dir / rel)
         star_rel = f"tilt_series/{ts.ts_id}.star"
         (out_dir / "tilt_series").mkdir(exist_ok=True)
-        write_tilt_series_star(out_dir / star_rel, TiltSeriesStar(ts.ts_id, _relion_table(ts, _ctf_rows(ts, ctf, notes),
+        write_tilt_series_star(out_dir / star_rel, TiltSeriesStar(ts.ts_id, _relion_table(ts, ctf_rows(ts, ctf, notes),
                                                                                           stacks, notes)))
         written.append(out_dir / star_rel)
         a = ts.acquisition
@@ -232,7 +219,7 @@ def export_warp(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir: P
                       "PlaneNormal": "0, 0, 1", "Bfactor": "0", "Weight": "1", "MagnificationCorrection": "1, 0, 0, 1",
                       "UnselectFilter": "False", "UnselectManual": ""}
         order, params, other = list(per_tilt), {}, []
-        rows = _ctf_rows(ts, ctf, notes)
+        rows = ctf_rows(ts, ctf, notes)
         if rows is not None:
             _warp_ctf(ts, rows, order, params, other)
         xml = out_dir / "warp_tiltseries" / f"{ts.ts_id}.xml"
