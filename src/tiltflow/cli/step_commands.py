@@ -76,6 +76,7 @@ def make_step_command(step: Step) -> click.Command:
     def callback(**kwargs: Any) -> None:
         from tiltflow.workflow.errors import InputError, ProjectError
         from tiltflow.workflow.runner import run_step
+        from tiltflow.workflow.steps.checks import validate_cli
         from tiltflow.workflow.store import ProjectStore
 
         inputs = {k[len("input__"):]: v for k, v in kwargs.items() if k.startswith("input__")}
@@ -86,6 +87,7 @@ def make_step_command(step: Step) -> click.Command:
         if kwargs["scheduler"] or kwargs["jobqueue"]:
             options["executor"] = "dask"
         try:
+            validate_cli(step.params, values)        # one line per bad option, with its CLI name
             store = ProjectStore(kwargs["project"])
             t0 = time.time()
             from tiltflow.cli.output import ProgressPrinter

@@ -11,11 +11,12 @@ class GainError(ValueError):
     """A gain reference that cannot be used; one line naming the file and the fix."""
 
 
-def read_gain(path: Path | str) -> np.ndarray:
-    """The gain (or dark) reference as float32 ``(ny, nx)``."""
+def read_gain(path: Path | str, *, option: str = "--gain") -> np.ndarray:
+    """The gain (or dark, ``option="--dark"``) reference as float32 ``(ny, nx)``; errors name ``option``."""
     path = Path(path)
+    what = "dark reference" if option == "--dark" else "gain reference"
     if not path.is_file():
-        raise GainError(f"{path}: gain reference not found — check --gain")
+        raise GainError(f"{path}: {what} not found — check {option}")
     suffix = path.suffix.lower()
     try:
         if suffix in (".mrc", ".mrcs"):
@@ -28,21 +29,28 @@ def read_gain(path: Path | str) -> np.ndarray:
 
             data = tifffile.imread(path).astype(np.float32)
         elif suffix in (".dm4", ".dm3"):
-            raise GainError(f"{path}: DigitalMicrograph gain references are not read directly — "
-                            "convert it with IMOD's dm2mrc and pass the .mrc")
+            raise GainError(f"{path}: DigitalMicrograph {what}s are not read directly — "
+                            f"convert it with IMOD's dm2mrc and pass the .mrc to {option}")
         else:
-            raise GainError(f"{path}: unknown gain format '{suffix}' — use .gain, .tif or .mrc")
+            raise GainError(f"{path}: unknown {what} format '{suffix}' — pass a .gain, .tif or .mrc to {option}")
     except GainError:
         raise
     except Exception as err:
-        raise GainError(f"{path}: cannot read the gain reference ({err})") from None
+        raise GainError(f"{path}: cannot read the {what} ({err}) — check {option}") from None
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
     if data.ndim != 2:
-        raise GainError(f"{path}: gain reference has shape {data.shape}, expected one 2-D image")
+        raise GainError(f"{path}: {what} has shape {data.shape}, expected one 2-D image — check {option}")
     if not np.all(np.isfinite(data)):
-        raise GainError(f"{path}: gain reference contains NaN or infinite values")
+        raise GainError(f"{path}: {what} contains NaN or infinite values — check {option}")
     return data
+
+
+def check_gain_values(gain: np.ndarray, path: Path | str, *, option: str = "--gain") -> None:
+    """A gain reference without one positive value (all zeros) would zero every movie: GainError."""
+    if not bool((gain > 0).any()):
+        raise GainError(f"{path}: the gain reference has no positive value (all zeros?) — "
+                        f"pass the camera's gain reference to {option}")
 
 
 def gain_orientations_for(gain_shape: tuple[int, int], frame_size: tuple[int, int]) -> list[str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from tiltflow.io import mdoc_resolve as rs
+from tiltflow.io.mdoc_ranges import check_ranges, known
 from tiltflow.io.mdoc_resolve import (
     MdocError,
     NotATiltSeriesError,
@@ -195,6 +196,8 @@ def _build(raws: list[RawMdoc], kind: str, tomo5: bool, initial_dose_e_a2: float
         raise NotATiltSeriesError(error(raw.path, f"{what}, not a tilt series",
                                         "select tilt-series mdocs (or all per-movie mdocs of a "
                                         "series) with --pattern", line=sec.line))
+    for raw in raws:
+        check_ranges(raw, [s for s in raw.sections if s.kind == kind])
     angles = [_tilt_angle(raw, s) for raw, s in items]
     try:
         _check_near_duplicates(items, angles)
@@ -358,7 +361,7 @@ def _doses(items: list[tuple[RawMdoc, Section]], rank: list[int], user: float | 
 
 
 def _common(items: list[tuple[RawMdoc, Section]], key: str, warnings: list[str]) -> float | None:
-    values = [v for raw, s in items if (v := number(raw, s, key)) is not None]
+    values = [v for raw, s in items if (v := known(number(raw, s, key), key)) is not None]
     if not values:
         return None
     if max(values) - min(values) > 0.01 * abs(values[0]):

@@ -59,6 +59,9 @@ def _tiff_header(path: Path, fmt: str) -> MovieHeader:
             if offsets and counts and max(o + c for o, c in zip(offsets, counts)) > size_on_disk:
                 raise MovieError(f"{path}: truncated TIFF (last frame ends past the end of the file) — re-copy it")
             ny, nx = first.shape[-2:]
+            if fmt == "tiff" and tuple(last.shape[-2:]) != (ny, nx):
+                raise MovieError(f"{path}: TIFF pages of different sizes ({nx} x {ny} and {last.shape[-1]} x "
+                                 f"{last.shape[-2]} px) — not a movie of frames; check the file")
             dtype = str(first.dtype) if first.dtype is not None else "uint8"
     except MovieError:
         raise
@@ -114,16 +117,31 @@ def read_movie_frames(path: Path | str, *, eer_groups: int | None = None) -> np.
             frames = data[None] if data.ndim == 2 else data
         elif header.format == "eer" and eer_groups:
             frames = _read_eer_grouped(path, eer_groups)
-        else:
+        elif header.format == "eer":
             import tifffile
 
             frames = tifffile.imread(path)
-            if frames.ndim == 2:
-                frames = frames[None]
+            frames = frames[None] if frames.ndim == 2 else frames
+        else:
+            frames = _read_tiff_frames(path, header.n_frames)
     except MovieError:
         raise
     except Exception as err:  # noqa: BLE001 — the decoders raise many kinds on corrupt data
         raise MovieError(f"{path}: cannot decode frames ({err}) — the file is corrupt or truncated") from None
+    return frames
+
+
+def _read_tiff_frames(path: Path, n_pages: int) -> np.ndarray:
+    """Every page of a TIFF movie as ``(t, ny, nx)``: one series of all frames, or (frames written
+    one page per series, ``contiguous=False``) every page read and stacked; the header counts pages too."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        frames = tif.series[0].asarray()
+        frames = frames[None] if frames.ndim == 2 else frames.reshape(-1, *frames.shape[-2:])
+        if frames.shape[0] != n_pages:
+            frames = tif.asarray(key=range(n_pages))
+            frames = frames[None] if frames.ndim == 2 else frames
     return frames
 
 

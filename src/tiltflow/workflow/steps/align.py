@@ -19,13 +19,15 @@ from typing import Literal
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet, verdict_text
-from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
+from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
+from tiltflow.workflow.steps.checks import CheckedParams
+from tiltflow.workflow.steps.checks_data import check_align
 from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 
 _FORWARD_AD_LOCK = threading.Lock()
 
 
-class AlignParams(StepParams):
+class AlignParams(CheckedParams):
     method: Literal["fiducial", "patch"] = param("fiducial", "fiducial (gold beads) or patch (projection matching).",
                                                  cli="--method")
     binning: int = param(4, "Align views binned by this factor.", cli="--binning", ge=1)
@@ -160,6 +162,7 @@ def run_align(ctx: StepContext):
 
     p: AlignParams = ctx.params
     source: TiltSeriesSet = ctx.inputs["input"]
+    check_align(p, source)
     device = resolve_device(ctx.options.get("device"))
     if p.resolve and p.method != "fiducial":
         raise InputError("--resolve re-solves a bead model: it needs --method fiducial")

@@ -6,23 +6,33 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from tiltflow.io.mdoc_ranges import RANGES
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.steps.base import StepContext, StepParams, param
+from tiltflow.workflow.steps.base import StepContext, param
+from tiltflow.workflow.steps.checks import CheckedParams
+from tiltflow.workflow.steps.checks_data import check_window_fits  # noqa: F401 (imported from here)
 
 
-class AcquisitionParams(StepParams):
-    """The microscope values both imports take; empty means "read it from the mdoc / header"."""
+_KV, _PIX, _DOSE = RANGES["Voltage"], RANGES["PixelSpacing"], RANGES["ExposureDose"]
 
-    voltage_kv: float | None = param(None, "Acceleration voltage, kV (empty: from the mdoc).", cli="--voltage", gt=0)
-    cs_mm: float = param(2.7, "Spherical aberration, mm.", cli="--cs", ge=0)
+
+class AcquisitionParams(CheckedParams):
+    """The microscope values both imports take; empty means "read it from the mdoc / header".
+    Bounds are the plausible ranges of the same mdoc values (``io.mdoc_ranges``)."""
+
+    voltage_kv: float | None = param(None, "Acceleration voltage, kV (empty: from the mdoc).", cli="--voltage",
+                                     ge=_KV[0], le=_KV[1])
+    cs_mm: float = param(2.7, "Spherical aberration, mm.", cli="--cs", ge=0, le=20)
     amplitude_contrast: float = param(0.1, "Amplitude contrast (0-1).", cli="--amp-contrast", ge=0, lt=1)
     magnification: float | None = param(None, "Nominal magnification (empty: from the mdoc).", cli="--magnification", gt=0)
     pixel_size_a: float | None = param(None, "Pixel size, Å/px (empty: from the mdoc or the stack header).",
-                                       cli="--pixel-size", gt=0)
+                                       cli="--pixel-size", ge=_PIX[0], le=_PIX[1])
     tilt_axis_deg: float | None = param(None, "Tilt-axis angle, degrees from +y CCW (empty: from the mdoc).",
-                                        cli="--tilt-axis")
-    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose", gt=0)
-    initial_dose_e_a2: float = param(0.0, "Dose received before the first tilt, e/Å².", cli="--initial-dose", ge=0)
+                                        cli="--tilt-axis", ge=-360, le=360)
+    dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose",
+                                             gt=0, le=_DOSE[1])
+    initial_dose_e_a2: float = param(0.0, "Dose received before the first tilt, e/Å².", cli="--initial-dose",
+                                     ge=0, le=1e4)
 
 
 def find_files(files_dir: Path, pattern: str, exclusion_words: Iterable[str] = ()) -> list[Path]:
@@ -69,12 +79,3 @@ def report_bad_series(ctx: StepContext, problems: dict[str, list[str]], total: i
 def override(user: float | None, from_file: float | None) -> float | None:
     """A user value always wins over the file's."""
     return user if user is not None else from_file
-
-
-def check_window_fits(window_px: int, source, option: str = "--window") -> None:
-    """One line, before any work, when the CTF window is larger than a series' images."""
-    for ts in source.items:
-        nx, ny = ts.size
-        if ts.enabled and window_px > min(nx, ny):
-            raise InputError(f"{option} {window_px}: larger than the {nx} x {ny} px images of {ts.ts_id}; "
-                             f"pass {option} {min(nx, ny) // 2 * 2} or less")

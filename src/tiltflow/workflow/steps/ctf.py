@@ -8,7 +8,7 @@ from pathlib import Path
 from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, register
-from tiltflow.workflow.steps.common import check_window_fits
+from tiltflow.workflow.steps.checks_data import check_ctf
 from tiltflow.workflow.steps.ctf_common import (
     CtfOptions,
     ctf_params,
@@ -56,7 +56,7 @@ def run_ctf(ctx: StepContext):
 
     p: CtfStepParams = ctx.params
     source: TiltSeriesSet = ctx.inputs["input"]
-    check_window_fits(p.window_px, source)
+    check_ctf(p, source)
     device = resolve_device(ctx.options.get("device"))
     tasks = []
     for ts in source.items:

@@ -23,13 +23,14 @@ from pydantic import field_validator
 
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
-from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
+from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
+from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.common import find_files, report_bad_series, ts_id_from_pattern
 
 ORDER_TOLERANCE_DEG = 5.0  # file angles further than this from the set's (after a common offset): wrong order
 
 
-class ImportAlignmentParams(StepParams):
+class ImportAlignmentParams(CheckedParams):
     files: str = param(..., "Folder holding the alignment files.", cli="--files")
     pattern: str = param("{TS}.xf", "Glob pattern of the files; {TS} marks the tilt-series id ('{TS}/{TS}.xf', "
                          "'{TS}.aln'). .xf files are read as IMOD, .aln as AreTomo.", cli="--pattern")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import field_validator
 
-from tiltflow.io.gain import GainError, gain_orientations_for, read_gain
+from tiltflow.io.gain import GainError, check_gain_values, gain_orientations_for, read_gain
 from tiltflow.io.mdoc import MdocError, MdocTiltSeries, group_mdocs, read_frame_set_mdocs, read_tilt_series_mdoc
 from tiltflow.io.movies import MovieError, MovieHeader, read_movie_header
 from tiltflow.workflow.errors import InputError
@@ -115,10 +115,43 @@ def _build_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict) -> T
                              "movie_format": headers[ms.tilts[0].movie_path].format})
 
 
+def _read_references(p: ImportMoviesParams) -> dict[str, tuple[str, tuple[int, int]]]:
+    """--gain / --dark read first (before any movie): option -> (path, array shape)."""
+    refs = {}
+    for option, path in (("--gain", p.gain), ("--dark", p.dark)):
+        if not path:
+            continue
+        try:
+            ref = read_gain(path, option=option)
+            if option == "--gain":
+                check_gain_values(ref, path, option=option)
+        except GainError as err:
+            raise InputError(str(err)) from None
+        refs[option] = (path, ref.shape)
+    return refs
+
+
+def _reference_attrs(refs: dict, size: tuple[int, int] | None) -> dict:
+    """The set's gain/dark attributes; a reference that fits the movies in no orientation is refused."""
+    attrs: dict = {}
+    for option, (path, shape) in refs.items():
+        fits = gain_orientations_for(shape, size) if size is not None else []
+        what = "gain" if option == "--gain" else "dark reference"
+        if size is not None and not fits:
+            raise InputError(f"{path}: {what} is {shape[1]} x {shape[0]} px, the movies are {size[0]} x {size[1]}"
+                             f" — no orientation fits; pass the {what} of this camera/mode to {option}")
+        if option == "--gain":
+            attrs.update(gain_file=path, **({"gain_fits": fits} if fits else {}))
+        else:
+            attrs["dark_file"] = path
+    return attrs
+
+
 def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     p: ImportMoviesParams = ctx.params
     files_dir = Path(p.files)
     mdocs = find_files(files_dir, p.pattern, p.exclusion_words)
+    refs = _read_references(p)
     groups = group_mdocs(mdocs)
     movie_dirs = [files_dir] + [d for d in sorted(files_dir.iterdir()) if d.is_dir()]
     series: list[MdocTiltSeries] = []
@@ -141,21 +174,8 @@ def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
         detail = ", ".join(f"{ms.ts_id}: {ms.pixel_size_a}" for ms in good)
         raise InputError(f"{files_dir}: mixed pixel sizes in one import ({detail} Å/px) — import them separately"
                          " with different --pattern, or give --pixel-size")
-    gain_attrs: dict = {}
-    if p.gain:
-        try:
-            gain = read_gain(p.gain)
-        except GainError as err:
-            raise InputError(str(err)) from None
-        size = next((headers[ms.tilts[0].movie_path].size for ms in good), None)
-        if size is not None:
-            fits = gain_orientations_for(gain.shape, size)
-            if not fits:
-                raise InputError(f"{p.gain}: gain is {gain.shape[1]} x {gain.shape[0]} px, the movies are "
-                                 f"{size[0]} x {size[1]} — no orientation fits; pass the gain of this camera/mode")
-            gain_attrs = {"gain_file": p.gain, "gain_fits": fits}
-    if p.dark:
-        gain_attrs["dark_file"] = p.dark
+    size = next((headers[ms.tilts[0].movie_path].size for ms in good), None)
+    gain_attrs = _reference_attrs(refs, size)
     report_bad_series(ctx, problems, total=len(groups))
     items = [_build_series(ms, p, headers) for ms in sorted(good, key=lambda s: s.ts_id)]
     for ms in good:

@@ -5,12 +5,14 @@ RELION-style order list ``<stem>_order.csv`` (acquisition index, tilt angle), el
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
 from pydantic import field_validator
 
 from tiltflow.io.mdoc import MdocError, read_tilt_series_mdoc
+from tiltflow.io.mdoc_ranges import RANGES
 from tiltflow.io.mrc import StackError, extended_header_tilt_angles, read_stack_header
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeries, TiltSeriesSet
@@ -47,9 +49,13 @@ def _angles_from_tlt(stack: Path) -> tuple[list[float], Path] | None:
                     if not line.strip():
                         continue
                     try:
-                        values.append(float(line.split()[0]))
+                        value = float(line.split()[0])
                     except ValueError:
-                        raise InputError(f"{cand}:{i}: '{line.strip()}' is not a tilt angle") from None
+                        value = math.nan
+                    if not (math.isfinite(value) and abs(value) <= 90.0):
+                        raise InputError(f"{cand}:{i}: '{line.strip()}' is not a tilt angle in [-90, 90] degrees"
+                                         " — correct the line")
+                    values.append(value)
                 return values, cand
     return None
 
@@ -73,8 +79,10 @@ def _order_list(stack: Path, angles: list[float]) -> list[int] | None:
             continue
         try:
             rows.append((int(float(parts[0])), float(parts[1])))
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, OverflowError):
             raise InputError(f"{cand}:{i}: expected 'acquisition_index, tilt_angle'") from None
+        if not math.isfinite(rows[-1][1]):
+            raise InputError(f"{cand}:{i}: tilt angle '{parts[1]}' is not a number — correct the line")
     order = []
     for a in angles:
         best = min(rows, key=lambda r: abs(r[1] - a))
@@ -120,6 +128,10 @@ def _import_one(stack: Path, p: ImportTiltSeriesParams, ts_id: str) -> TiltSerie
         if angles is None:
             raise InputError(f"{stack}: no tilt angles (no mdoc, .rawtlt/.tlt, or FEI/SerialEM extended header)"
                              " — put a .rawtlt beside the stack")
+        bad = next((i for i, a in enumerate(angles) if not (math.isfinite(a) and abs(a) <= 90.0)), None)
+        if bad is not None:
+            raise InputError(f"{source}: section {bad} has tilt angle {angles[bad]:g}, not in [-90, 90] degrees"
+                             " — put a .rawtlt beside the stack")
     if len(angles) != n:
         raise InputError(f"{source}: {len(angles)} tilt angles for {n} sections in {stack} — they must match")
     if order is None:
@@ -133,6 +145,10 @@ def _import_one(stack: Path, p: ImportTiltSeriesParams, ts_id: str) -> TiltSerie
     pixel = override(p.pixel_size_a, meta["pixel"] or header.pixel_size_a)
     if pixel is None or pixel <= 0:
         raise InputError(f"{stack}: no pixel size in the header or mdoc — give --pixel-size (Å/px)")
+    low, high, _ = RANGES["PixelSpacing"]
+    if not low <= pixel <= high:
+        raise InputError(f"{stack}: pixel size {pixel:g} Å/px in its header is outside {low:g} to {high:g}"
+                         " — give --pixel-size (Å/px)")
     voltage = override(p.voltage_kv, meta["voltage"])
     if voltage is None:
         raise InputError(f"{stack}: no voltage known — give --voltage (kV)")

@@ -23,17 +23,20 @@ from tiltflow.workflow.sets import (
     TomogramSet,
     alignment_verdict,
 )
-from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
+from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
+from tiltflow.workflow.steps.checks import CheckedParams
+from tiltflow.workflow.steps.checks_data import MAX_THICKNESS_NM, check_reconstruct
 from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 
 
-class ReconstructParams(StepParams):
+class ReconstructParams(CheckedParams):
     method: Literal["wbp", "sirt"] = param("wbp", "Weighted back-projection or SIRT.", cli="--method")
     binning: int = param(4, "Bin the views by this factor (Fourier cropping) before reconstructing.", cli="--binning", ge=1)
-    thickness_nm: float = param(200.0, "Tomogram thickness, nm.", cli="--thickness-nm", gt=0)
+    thickness_nm: float = param(200.0, "Tomogram thickness, nm.", cli="--thickness-nm", gt=0, le=MAX_THICKNESS_NM)
     thickness_px: int | None = param(None, "Tomogram thickness in pixels of the binned views (overrides --thickness-nm).",
                                      cli="--thickness-px", ge=1)
-    z_offset_nm: float = param(0.0, "Specimen z at the volume centre, nm (IMOD SHIFT z = -offset).", cli="--z-offset-nm")
+    z_offset_nm: float = param(0.0, "Specimen z at the volume centre, nm (IMOD SHIFT z = -offset).", cli="--z-offset-nm",
+                               ge=-MAX_THICKNESS_NM, le=MAX_THICKNESS_NM)
     x_offset_nm: float = param(0.0, "Specimen x at the volume centre, nm.", cli="--x-offset-nm")
     radial_cutoff: float = param(0.35, "Radial filter cut-off, cycles/px of the binned views (IMOD RADIAL).",
                                  cli="--radial-cutoff", gt=0, le=0.5)
@@ -68,6 +71,7 @@ def reconstruct_series_task(refs: dict[str, list[tuple[str, int]]], xf: list[lis
 
     from tiltflow.core.reconstruct import aligned_shape, apply_xf, sirt, wbp
     from tiltflow.io.mrc import write_mrc
+    from tiltflow.io.snapshots import write_slice_snapshots
 
     binning = p["binning"]
     xf_b = torch.tensor(xf, dtype=torch.float64)
@@ -96,6 +100,8 @@ def reconstruct_series_task(refs: dict[str, list[tuple[str, int]]], xf: list[lis
         suffix = "" if key == "file" else f"_{key.split('_')[0]}"
         files[key] = str(write_mrc(Path(out_dir) / f"{ts_id}_rec{suffix}.mrc", vol.cpu().numpy(),
                                    voxel_size_a=voxel_size_a, is_volume=True))
+        if key == "file":   # PNGs of the central slices beside the tomogram, for the terminal user
+            write_slice_snapshots(vol, files[key])
         shape = list(vol.shape)
         del vol
     return {"files": files, "shape": shape}
@@ -205,6 +211,7 @@ def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
     p: ReconstructParams = ctx.params
     source: TiltSeriesSet = ctx.inputs["input"]
     ctf_set: CtfSeriesSet | None = ctx.inputs.get("ctf")
+    check_reconstruct(p, source)
     if p.ctf_correct == "phaseflip" and ctf_set is None:
         raise InputError("reconstruct: --ctf-correct phaseflip needs --ctf RUN_ID (the CTFTomoSeries of ctf or "
                          "motion-ctf)")

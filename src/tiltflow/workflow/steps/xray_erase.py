@@ -12,10 +12,12 @@ import numpy as np
 from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.views import require_stacks
-from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, param, register
+from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
+from tiltflow.workflow.steps.checks import CheckedParams
+from tiltflow.workflow.steps.checks_data import check_xray_erase
 
 
-class XrayEraseParams(StepParams):
+class XrayEraseParams(CheckedParams):
     peak_criterion: float = param(8.0, "Peaks this many SD above the local annulus are X-rays.", cli="--peak-criterion", gt=0)
     diff_criterion: float = param(6.0, "Pixel-to-neighbour differences this many SD are X-rays.", cli="--diff-criterion", gt=0)
     grow_criterion: float = param(4.0, "Neighbours above this many SD join a patch.", cli="--grow-criterion", gt=0)
@@ -29,10 +31,16 @@ class XrayEraseParams(StepParams):
     scan_size_px: int = param(100, "Size of the regions for local statistics, px.", cli="--scan-size", ge=10)
     edge_exclusion_px: int = param(0, "Pixels at the edges not examined (IMOD's default: 4; 0 reaches the border).",
                                    cli="--edge-exclusion", ge=0)
-    border_px: int = param(2, "Border around a patch used to fit the replacement, px.", cli="--border", ge=1)
+    border_px: int = param(2, "Border around a patch used to fit the replacement, px.", cli="--border", ge=1, le=5)
     poly_order: int = param(2, "Order of the polynomial fitted to the border (0-3).", cli="--poly-order", ge=0, le=3)
     odd_even: bool = param(True, "Erase the odd/even half-sum stacks too, when present.", cli="--odd-even")
     imod_model: bool = param(False, "Also write the erased pixels as an IMOD point model per series.", cli="--imod-model")
+
+    def problems(self) -> list[str]:
+        if self.extra_large_radius_px < self.max_radius_px:
+            return [f"--extra-large-radius {self.extra_large_radius_px:g}: smaller than --max-radius "
+                    f"{self.max_radius_px:g} — pass --extra-large-radius {self.max_radius_px:g} or more"]
+        return []
 
     def core(self):
         from tiltflow.core.xray import XrayParams
@@ -90,6 +98,7 @@ def run_xray_erase(ctx: StepContext) -> dict[str, TiltSeriesSet]:
 
     p: XrayEraseParams = ctx.params
     source: TiltSeriesSet = ctx.inputs["input"]
+    check_xray_erase(p, source)
     core = asdict(p.core())
     device = resolve_device(ctx.options.get("device"))
     tasks = []
