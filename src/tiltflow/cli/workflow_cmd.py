@@ -22,7 +22,9 @@ def workflow_group() -> None:
 @click.option("--skip-bad", is_flag=True, help="Skip bad series instead of failing.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--continue", "resume", is_flag=True,
-              help="Continue after a crash or kill: finished steps are kept, the interrupted one resumes.")
+              help="Continue in the same project: steps whose parameters and inputs are unchanged reuse their "
+                   "finished run, an interrupted one resumes, changed ones and everything downstream re-run "
+                   "(earlier runs are kept).")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
 @click.option("--workers", type=int, default=None, help="Parallel tasks (local threads or Dask LocalCluster workers).")
 @click.option("--threads-per-worker", type=int, default=None, help="Dask: threads (and torch threads) per worker.")
@@ -56,6 +58,12 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
                    "executor": "dask" if (scheduler or jobqueue) else executor, "scheduler": scheduler,
                    "jobqueue": jobqueue}
         shown = {"warnings": 0, "notes": 0}
+        decisions: dict[str, str] = {}
+
+        def on_continue(s, line):
+            decisions[s.id] = line.partition(": ")[2]
+            if not as_json:
+                console.print(line, markup=False)
 
         def on_step(s, run):
             if as_json:
@@ -84,13 +92,14 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
                 printer.reset(f"[{nxt.id}]")
 
         runs = run_workflow(store, wf, options=options, on_step=on_step_and_progress, resume=resume,
-                            progress=None if as_json else printer)
+                            progress=None if as_json else printer, on_continue=on_continue)
     except (InputError, ProjectError) as err:
         fail(getattr(err, "problems", [str(err)]))
     except Exception as err:
         fail([f"workflow failed: {type(err).__name__}: {err}"], code=1)
     if as_json:
-        echo_json({sid: {"id": r.id, "step": r.step, "status": r.status} for sid, r in runs.items()})
+        echo_json({sid: {"id": r.id, "step": r.step, "status": r.status,
+                         **({"continue": decisions[sid]} if sid in decisions else {})} for sid, r in runs.items()})
     else:
         console.print(f"workflow '{wf.name}' finished in {time.time() - t0:.1f} s", markup=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from tiltflow.workflow.errors import InputError, ProjectError
 from tiltflow.workflow.steps.base import Step, StepContext, get_step
-from tiltflow.workflow.store import ProjectStore, RunRecord
+from tiltflow.workflow.store import OutputRecord, ProjectStore, RunRecord
 
 
 def _validation_messages(step: Step, err: ValidationError) -> list[str]:
@@ -39,6 +40,39 @@ def _close_logger(log: logging.Logger) -> None:
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
+
+
+def recorded_params(step: Step, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as a run records them: validated, defaults filled, JSON values."""
+    try:
+        return step.params.model_validate(params).model_dump(mode="json")
+    except ValidationError as err:
+        raise InputError(_validation_messages(step, err)) from None
+
+
+def resolve_inputs(store: ProjectStore, step: Step, inputs: dict[str, str] | None) -> dict[str, OutputRecord]:
+    """The outputs a run of ``step`` would consume (``RUN_ID`` or ``RUN_ID.name`` per input)."""
+    pointers = {k: str(v) for k, v in (inputs or {}).items() if v not in (None, "")}
+    resolved = {}
+    for spec in step.inputs:
+        if spec.name not in pointers:
+            if spec.optional:
+                continue
+            raise InputError(f"{step.id}: --{spec.name} is required (a RUN_ID or RUN_ID.outputName)")
+        try:
+            resolved[spec.name] = store.resolve(pointers[spec.name], spec.types)
+        except ProjectError as err:
+            raise InputError(str(err)) from None
+    return resolved
+
+
+def _remove_scratch(paths: list[Path], log: logging.Logger) -> None:
+    """Delete a finished run's intermediate files (failures are logged: the run stays finished)."""
+    for path in paths:
+        try:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("could not remove intermediate %s: %s", path, err)
 
 
 def run_step(
@@ -71,19 +105,9 @@ def run_step(
         p = step.params.model_validate(params)
     except ValidationError as err:
         raise InputError(_validation_messages(step, err)) from None
-    pointers = {k: str(v) for k, v in (inputs or {}).items() if v not in (None, "")}
-    loaded = {}
-    for spec in step.inputs:
-        if spec.name not in pointers:
-            if spec.optional:
-                continue
-            raise InputError(f"{step.id}: --{spec.name} is required (a RUN_ID or RUN_ID.outputName)")
-        try:
-            out = store.resolve(pointers[spec.name], spec.types)
-        except ProjectError as err:
-            raise InputError(str(err)) from None
-        pointers[spec.name] = out.pointer
-        loaded[spec.name] = store.load(out)
+    resolved = resolve_inputs(store, step, inputs)
+    pointers = {name: out.pointer for name, out in resolved.items()}
+    loaded = {name: store.load(out) for name, out in resolved.items()}
     if resume is not None:
         store.set_status(resume, "running")
         run = store.run(resume)
@@ -99,6 +123,7 @@ def run_step(
         outputs = step.run(ctx)
         store.finish_run(run.id, outputs)
         log.info("finished: %s", {k: v.summary() for k, v in outputs.items()})
+        _remove_scratch(ctx.scratch, log)
     except InputError:
         _close_logger(log)
         if resume is None:

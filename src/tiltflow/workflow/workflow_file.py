@@ -175,11 +175,15 @@ def validate(wf: Workflow) -> None:
 def run_workflow(store: ProjectStore, wf: Workflow, *, options: dict | None = None,
                  on_step: Callable[[WorkflowStep, RunRecord], None] | None = None,
                  progress: Callable[[str, int, int], None] | None = None,
-                 resume: bool = False) -> dict[str, RunRecord]:
+                 resume: bool = False,
+                 on_continue: Callable[[WorkflowStep, str], None] | None = None) -> dict[str, RunRecord]:
     """Run the steps in order; returns step id -> run.
 
-    With ``resume`` a step whose run (matched by label = step id) finished is skipped, and one that
-    was interrupted (killed, failed) continues where it stopped, recomputing nothing it finished.
+    With ``resume`` each step is compared with the project's runs labelled with its id: a finished
+    run with the same parameters and inputs is reused, an interrupted one (killed, failed) continues
+    where it stopped, and anything else gets a new run (earlier runs are kept) — so a changed
+    parameter re-runs its step and, through the changed input, everything downstream.
+    ``on_continue(step, line)`` hears one line per step saying which and why.
     The executor (``options['executor']``: local or dask) is made once for the whole chain.
     """
     from tiltflow.workflow.executor import make_executor
@@ -190,25 +194,84 @@ def run_workflow(store: ProjectStore, wf: Workflow, *, options: dict | None = No
     if "_executor" not in options and options.get("executor") == "dask":
         owned = options["_executor"] = make_executor(options)
     try:
-        return _run_steps(store, wf, options, on_step, progress, resume)
+        return _run_steps(store, wf, options, on_step, progress, resume, on_continue)
     finally:
         if owned is not None:
             owned.close()
             options.pop("_executor", None)
 
 
-def _previous_runs(store: ProjectStore) -> dict[str, RunRecord]:
-    latest: dict[str, RunRecord] = {}
+def _runs_by_label(store: ProjectStore) -> dict[str, list[RunRecord]]:
+    by_label: dict[str, list[RunRecord]] = {}
     for run in store.runs():
         if run.label:
-            latest[run.label] = run
-    return latest
+            by_label.setdefault(run.label, []).append(run)
+    return by_label
 
 
-def _run_steps(store, wf, options, on_step, progress, resume) -> dict[str, RunRecord]:
-    from tiltflow.workflow.runner import run_step
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
-    previous = _previous_runs(store) if resume else {}
+
+def param_changes(step_id: str, wanted: dict[str, Any], recorded: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(field, recorded value, wanted value)`` for each parameter that differs (both as a run records
+    them, :func:`runner.recorded_params`). A field a run predates counts as its default."""
+    from pydantic_core import to_jsonable_python
+
+    fields = get_step(step_id).params.model_fields
+    changes = []
+    for name, value in wanted.items():
+        if name in recorded:
+            old = recorded[name]
+        elif name in fields:
+            old = to_jsonable_python(fields[name].get_default(call_default_factory=True))
+        else:
+            old = None
+        if old != value:
+            changes.append((name, old, value))
+    return changes
+
+
+def _why_rerun(sid: str, step_id: str, params: dict, inputs: dict[str, str], last: RunRecord) -> str:
+    """Why a step's last run cannot be reused: its step type, parameters (at most 3 named) or inputs."""
+    if last.step != step_id:
+        return f"its step changed ({last.step} -> {step_id})"
+    reasons = []
+    changes = param_changes(step_id, params, last.params)
+    if changes:
+        named = [f"{sid}.{k} changed ({_shown(a)} -> {_shown(b)})" for k, a, b in changes[:3]]
+        extra = len(changes) - 3
+        more = f" and {extra} more parameter{'s' if extra > 1 else ''}" if extra > 0 else ""
+        reasons.append(", ".join(named) + more)
+    moved = [f"{k} {last.inputs.get(k, 'none')} -> {v}" for k, v in inputs.items() if last.inputs.get(k) != v]
+    moved += [f"{k} {v} -> none" for k, v in last.inputs.items() if k not in inputs]
+    if moved:
+        reasons.append(f"its input changed ({', '.join(moved)})")
+    return "; ".join(reasons) or f"run {last.id} is {last.status}"
+
+
+def continue_choice(sid: str, step_id: str, params: dict, inputs: dict[str, str],
+                    earlier: list[RunRecord]) -> tuple[str, RunRecord | None, str]:
+    """What ``--continue`` does with workflow step ``sid`` given its earlier runs (oldest first):
+    ``("reuse", run, line)``, ``("resume", run, line)`` or ``("new", None, line)``. ``params`` and
+    ``inputs`` are as a run records them (resolved pointers)."""
+    same = [r for r in earlier if r.step == step_id and r.inputs == inputs
+            and not param_changes(step_id, params, r.params)]
+    finished = [r for r in same if r.status == "finished"]
+    if finished:
+        return "reuse", finished[-1], f"step {sid}: reused run {finished[-1].id}"
+    if same:
+        return "resume", same[-1], f"step {sid}: continuing run {same[-1].id} ({same[-1].status})"
+    if not earlier:
+        return "new", None, f"step {sid}: new run (no earlier run)"
+    last = ([r for r in earlier if r.status == "finished"] or earlier)[-1]
+    return "new", None, f"step {sid}: re-run because {_why_rerun(sid, step_id, params, inputs, last)}"
+
+
+def _run_steps(store, wf, options, on_step, progress, resume, on_continue) -> dict[str, RunRecord]:
+    from tiltflow.workflow.runner import recorded_params, resolve_inputs, run_step
+
+    earlier = _runs_by_label(store) if resume else {}
     warn = options.setdefault("warnings", []).append
     options["within_workflow"] = True     # steps go on with the series that aligned and report the rest
     done: dict[str, RunRecord] = {}
@@ -221,13 +284,19 @@ def _run_steps(store, wf, options, on_step, progress, resume) -> dict[str, RunRe
                 inputs[name] = f"{done[head].id}.{out}" if out else str(done[head].id)
             else:
                 inputs[name] = str(ref)
-        old = previous.get(s.id)
-        if old is not None and old.step == s.step and old.status == "finished":
+        action, old = "new", None
+        if resume:
+            step = get_step(s.step)
+            pointers = {k: o.pointer for k, o in resolve_inputs(store, step, inputs).items()}
+            action, old, line = continue_choice(s.id, s.step, recorded_params(step, s.params), pointers,
+                                                earlier.get(s.id, []))
+            if on_continue:
+                on_continue(s, line)
+        if action == "reuse":
             run = old
         else:
-            again = old.id if old is not None and old.step == s.step else None
             run = run_step(store, s.step, s.params, inputs, options=options, label=s.id, progress=progress,
-                           resume=again)
+                           resume=old.id if action == "resume" else None)
         done[s.id] = run
         if on_step:
             on_step(s, run)

@@ -51,6 +51,9 @@ class StepContext:
     options: dict[str, Any] = field(default_factory=dict)   # device, skip_bad, executor, ...
     progress: Callable[[str, int, int], None] = lambda what, done, total: None
     store: Any = None   # the ProjectStore (for per-item progress records only)
+    # intermediate files or folders a continue still needs: the runner removes them only once the
+    # run is registered finished (a step never deletes them itself)
+    scratch: list[Path] = field(default_factory=list)
 
     @property
     def skip_bad(self) -> bool:

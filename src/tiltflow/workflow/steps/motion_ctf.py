@@ -183,13 +183,17 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     summed = align_and_sum(frames, motion, even_odd=halves, dose_weights=weights, binning=p["binning"])
     del frames
     out = Path(out_dir)
-    # per-movie sums are intermediate (stacked per series by the coordinator, then removed): raw .npy
+    # per-movie sums are intermediate (stacked per series by the coordinator; removed by the runner
+    # once the run is finished): raw .npy
     files = {"sum": _write_sum(out / "sums" / f"{name}.npy", summed.total)}
     if p["even_odd"]:
         files["even"] = _write_sum(out / "sums" / f"{name}_even.npy", summed.even)
         files["odd"] = _write_sum(out / "sums" / f"{name}_odd.npy", summed.odd)
     shifts = summed.shifts_px                      # refined by the local fit when there is one
-    write_motion_star(out / "motion" / f"{name}.star", shifts.cpu().numpy(), movie=movie, pixel_size_a=pixel_size_a)
+    star = out / "motion" / f"{name}.star"
+    tmp = write_motion_star(star.with_name(f".{name}.tmp.star"), shifts.cpu().numpy(), movie=movie,
+                            pixel_size_a=pixel_size_a)
+    tmp.replace(star)                              # atomic: a kill leaves no half-written STAR
     result = {"files": files, "shifts_px": shifts.cpu().tolist(), "total_motion_px": total_motion_px(shifts),
               "frame_xray_px": n_xray_px, "motion_note": checked.note}
     if p["estimate_ctf"]:
@@ -225,7 +229,8 @@ def _read_sum(path: str):
 
 
 def _assemble_series(ts: TiltSeries, results: dict, run_dir: Path, binning: int, even_odd: bool) -> TiltSeries:
-    """One MRC stack per series (tilt-angle order) from the per-movie sums; per-movie sums removed."""
+    """One MRC stack per series (tilt-angle order) from the per-movie sums, which are kept (a
+    continue after a kill here assembles again; the runner removes them once the run is finished)."""
     import numpy as np
 
     from tiltflow.io.mrc import write_mrc
@@ -251,9 +256,6 @@ def _assemble_series(ts: TiltSeries, results: dict, run_dir: Path, binning: int,
                                 dose_accumulated_e_a2=im.dose_accumulated_e_a2, file=stacks["sum"], index=i,
                                 frames=None, enabled=im.enabled, odd_file=stacks.get("odd"),
                                 even_file=stacks.get("even"), attrs=attrs))
-    for im in kept:
-        for f in results[im.file]["files"].values():
-            Path(f).unlink(missing_ok=True)
     nx, ny = ts.size
     size = (nx // binning, ny // binning)
     return TiltSeries(ts.ts_id, ts.acquisition.__class__(**{**ts.acquisition.__dict__, "pixel_size_a": pixel}),
@@ -270,6 +272,7 @@ def run_motion_ctf(ctx: StepContext):
     gain, dark = source.attrs.get("gain_file"), source.attrs.get("dark_file")
     pd = p.model_dump()
     session = f"{id(ctx)}-{ctx.run_id}"
+    ctx.scratch.append(ctx.run_dir / "sums")
     tasks, where = [], {}
     for ts in source.items:
         a = ts.acquisition
