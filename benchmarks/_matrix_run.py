@@ -1,10 +1,12 @@
 """One scenario of the accuracy matrix through the tutorial chain, as the steps run it
-(``accuracy_matrix.py``). Two simulations of the same scenario (``tiltflow.testing.scenarios``):
+(``accuracy_matrix.py``). Three simulations of the same scenario (``tiltflow.testing.scenarios``):
 
 - the **movies** (unbinned crop, a few tilts to ±60°), written as ``demo-data`` writes them:
-  ``motion-ctf``: ``motion_movie_task`` per movie (file in, files out, the step's defaults), then
-  the step's CTF series pass (``refine_series_results``) on the even/odd half sums;
+  ``motion-ctf``: ``motion_movie_task`` per movie (file in, files out, the step's defaults);
   ``xray-erase``: ``erase_series_task`` on the stack of sums in tilt-angle order;
+- the **CTF field** (motion-corrected even/odd sums of a wider field): the step's per-tilt CTF
+  fits (``fit_tilt_ctf``) and its series pass (``refine_series_results``), and the same on the
+  noise-free sums (the oracle);
 - the **alignment series** (41 views at 3°, at the binned pixel size the align step works at,
   ``demo.simulate_stack``): ``align``: ``align_series_task``, fiducial and patch, given the binned
   stack with ``binning`` 1 (the step's other parameters at the CLI's defaults),
@@ -32,7 +34,7 @@ from tiltflow.testing import write_demo_dataset
 from tiltflow.testing.demo import GAIN_FILE, simulate_stack
 from tiltflow.testing.scenarios import Scenario
 from tiltflow.workflow.steps.align import AlignParams, align_series_task
-from tiltflow.workflow.steps.ctf_common import ctf_params
+from tiltflow.workflow.steps.ctf_common import ctf_params, fit_tilt_ctf
 from tiltflow.workflow.steps.ctf_series_pass import refine_series_results
 from tiltflow.workflow.steps.motion_ctf import MotionCtfParams, motion_movie_task
 from tiltflow.workflow.steps.xray_erase import XrayEraseParams, erase_series_task
@@ -153,41 +155,76 @@ def motion_rows(ses: Session) -> list[dict]:
     return [_row("motion RMS (px)", rms, target, rms <= limit and not ses.failed, oracle=oracle, note=note)]
 
 
-def ctf_rows(ses: Session) -> list[dict]:
-    """The step's series pass, then median |mean-defocus error| (Å) by |tilt| (dark views left out)."""
-    s, p = ses.series, ses.params["motion"]
-    params = ctf_params(MotionCtfParams(**p), pixel_size_a=s["pixel_size_a"], voltage_kv=s["voltage_kv"],
-                        cs_mm=s["cs_mm"], amplitude_contrast=s["amplitude_contrast"])
-    per_tilt = {i: dict(r["ctf"]) for i, r in ses.motion.items()}
+class CtfField:
+    """The CTF field of a scenario (``Scenario.ctf_config``): per tilt (acquisition order) the
+    noise-free sum (frames x expected counts per frame) and its even/odd halves (Poisson of the
+    summed dose, split binomially as alternate frames split it)."""
 
-    def images_of(i: int) -> list:
-        files = ses.motion[i]["files"]
-        return [torch.from_numpy(np.load(files[k])) for k in ("even", "odd")]
+    def __init__(self, sc: Scenario, root: Path):
+        from tiltflow.testing.acquisition import plan_series
+        from tiltflow.testing.demo import render_truth_tilt, series_rng
 
-    refine_series_results(per_tilt, images_of, params,
-                          tilt_angles_deg={i: t["mdoc_tilt_angle_deg"] for i, t in enumerate(s["tilts"])},
-                          tilt_axis_deg=s["mdoc_tilt_axis_deg"], grid_xy=None)
-    low, high = [], []
+        cfg = sc.ctf_config()
+        self.sc, self.root = sc, root
+        self.series = plan_series(cfg, 0, series_rng(cfg, 0))
+        rng = np.random.default_rng([sc.seed, 17])
+        self.clean, self.halves = {}, {}
+        for i in range(len(self.series["tilts"])):
+            clean = render_truth_tilt(self.series, i).double().numpy() * cfg.n_frames
+            total = rng.poisson(np.clip(clean, 0.0, None))
+            even = rng.binomial(total, 0.5)
+            self.clean[i] = torch.from_numpy(clean.astype(np.float32))
+            self.halves[i] = [torch.from_numpy(even.astype(np.float32)), torch.from_numpy((total - even).astype(np.float32))]
+
+
+def _fit_series(field: CtfField, params, images_of, name: str) -> dict[int, dict]:
+    """The motion-ctf step's per-tilt fits of ``images_of(i)`` and its series pass."""
+    s = field.series
+    angles = {i: t["mdoc_tilt_angle_deg"] for i, t in enumerate(s["tilts"])}
+    fits = {i: fit_tilt_ctf(images_of(i), params, tilt_angle_deg=angles[i], tilt_axis_deg=s["mdoc_tilt_axis_deg"],
+                            grid_xy=None, out_png=field.root / name / f"{i:03d}.png") for i in angles}
+    refine_series_results(fits, images_of, params, tilt_angles_deg=angles, tilt_axis_deg=s["mdoc_tilt_axis_deg"],
+                          grid_xy=None)
+    return fits
+
+
+def ctf_rows(field: CtfField) -> list[dict]:
+    """The motion-ctf step's per-tilt fits of the even/odd sums and its series pass; median
+    |mean-defocus error| (Å) by |tilt|, the CTF verdict; the oracle: the same on the noise-free
+    sums (what the specimen and the field allow)."""
+    from tiltflow.core.ctf_verdict import ctf_series_verdict
+
+    s = field.series
+    params = ctf_params(MotionCtfParams(window_px=field.sc.window_px), pixel_size_a=s["pixel_size_a"],
+                        voltage_kv=s["voltage_kv"], cs_mm=s["cs_mm"], amplitude_contrast=s["amplitude_contrast"])
+    ours = _fit_series(field, params, lambda i: field.halves[i], "ctf")
+    oracle = _fit_series(field, params, lambda i: [field.clean[i]], "ctf_oracle")
+    order = sorted(ours)
+    verdict = ctf_series_verdict([ours[i].get("ring_strength", math.nan) for i in order],
+                                 [s["tilts"][i]["mdoc_tilt_angle_deg"] for i in order])
+    errors: dict[str, tuple[list, list]] = {"ours": ([], []), "oracle": ([], [])}
     for i, t in enumerate(s["tilts"]):
-        if i in ses.dark or i in ses.failed:
-            continue
-        fit = per_tilt[i]
-        e = abs(0.5 * (fit["defocus_u_a"] + fit["defocus_v_a"]) - 0.5 * (t["defocus_u_a"] + t["defocus_v_a"]))
-        (low if abs(t["nominal_tilt_angle_deg"]) <= 30 else high).append(e)  # the scheme's angle
-    rows, rings = [], _ring_sampling(ses, params)
-    for name, errs, lim in (("<= 30", low, TARGETS["ctf_low_a"]), ("> 30", high, TARGETS["ctf_high_a"])):
+        true = 0.5 * (t["defocus_u_a"] + t["defocus_v_a"])
+        for key, fits in (("ours", ours), ("oracle", oracle)):
+            e = abs(0.5 * (fits[i]["defocus_u_a"] + fits[i]["defocus_v_a"]) - true)
+            errors[key][0 if abs(t["nominal_tilt_angle_deg"]) <= 30 else 1].append(e)  # the scheme's angle
+    rows, rings = [], _ring_sampling(field.sc, params)
+    reason = f"; {verdict.reasons[0][:90]}" if verdict.reasons else ""
+    for k, (name, lim) in enumerate((("<= 30", TARGETS["ctf_low_a"]), ("> 30", TARGETS["ctf_high_a"]))):
+        errs, orc = errors["ours"][k], errors["oracle"][k]
         med = float(np.median(errs)) if errs else math.nan
         rows.append(_row(f"CTF median |d defocus| |tilt| {name} (Å)", med, f"<= {lim:g}",
-                         med <= lim if errs else None, note=f"{len(errs)} views; {rings}"))
+                         med <= lim if errs else None, oracle=float(np.median(orc)) if orc else None,
+                         verdict=verdict.status, note=f"{len(errs)} views; {rings}{reason}"))
     return rows
 
 
-def _ring_sampling(ses: Session, params) -> str:
+def _ring_sampling(sc: Scenario, params) -> str:
     """How finely the step's periodogram samples the Thon rings at the fit's high-resolution limit
     (spectrum pixels per ring period at the series' defocus); below 2 the rings there are not resolved."""
-    lam = electron_wavelength_a(ses.series["voltage_kv"])
+    lam = electron_wavelength_a(params.voltage_kv)
     k = 1.0 / params.resolution_range_a[1]  # 1/Å
-    period = 1.0 / (2.0 * lam * ses.sc.defocus_um * 1e4 * k)  # 1/Å between rings at k
+    period = 1.0 / (2.0 * lam * sc.defocus_um * 1e4 * k)  # 1/Å between rings at k
     per_ring = period * params.window_px * params.pixel_size_a  # spectrum px (1 / (window * px) each)
     return (f"{per_ring:.1f} spectrum px per Thon ring at {1 / k:.1f} Å (window {params.window_px})"
             + (": not resolved" if per_ring < 2 else ""))
@@ -280,13 +317,10 @@ def align_rows(ses: AlignSeries, stack: Path, method: str) -> list[dict]:
                  note=note)]
 
 
-MEASURES = [  # (the quantities a failure stands for, function)
-    (["motion RMS (px)"], motion_rows),
-    (["CTF median |d defocus| |tilt| <= 30 (Å)", "CTF median |d defocus| |tilt| > 30 (Å)"], ctf_rows),
-]
+CTF_QUANTITIES = ["CTF median |d defocus| |tilt| <= 30 (Å)", "CTF median |d defocus| |tilt| > 30 (Å)"]
 
 
-MOVIE_QUANTITIES = list(QUANTITIES)[:5]
+MOVIE_QUANTITIES = [q for q in list(QUANTITIES)[:5] if q not in CTF_QUANTITIES]
 ALIGN_QUANTITIES = list(QUANTITIES)[5:]
 
 
@@ -306,8 +340,11 @@ def run_scenario(sc: Scenario, root: Path, log=print) -> tuple[list[dict], dict]
         rows += [_error_row(n, exc) for n in MOVIE_QUANTITIES]
         ses = None
     if ses is not None:
-        for names, fn in MEASURES:
-            rows += _guarded(names, lambda fn=fn: fn(ses), log)
+        rows += _guarded(["motion RMS (px)"], lambda: motion_rows(ses), log)
+    t0 = time.perf_counter()
+    rows += _guarded(CTF_QUANTITIES, lambda: ctf_rows(CtfField(sc, root / "ctf_field")), log)
+    seconds["CTF field"] = time.perf_counter() - t0
+    if ses is not None:
         t0 = time.perf_counter()
         rows += _guarded([XRAY_ERASED, "X-ray: erased pixels on beads"], lambda: run_xray(ses)[0], log)
         seconds["xray-erase"] = time.perf_counter() - t0

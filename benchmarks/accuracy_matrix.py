@@ -40,9 +40,10 @@ from tiltflow.testing.scenarios import Scenario, draw_scenarios  # noqa: E402
 
 QUICK = {"movie_size_px": 256, "movie_n_tilts": 5, "movie_tilt_step_deg": 30.0, "window_px": 256,
          "max_frames": 6, "align_n_tilts": 17, "align_tilt_step_deg": 7.5, "align_min_px": 160,
-         "align_max_px": 224}
+         "align_max_px": 224, "ctf_size_px": 512, "ctf_n_tilts": 5, "ctf_tilt_step_deg": 30.0}
 FULL = {"movie_size_px": 512, "movie_n_tilts": 7, "movie_tilt_step_deg": 20.0, "window_px": 512,
-        "align_n_tilts": 41, "align_tilt_step_deg": 3.0, "align_min_px": 256, "align_max_px": 320}
+        "align_n_tilts": 41, "align_tilt_step_deg": 3.0, "align_min_px": 256, "align_max_px": 320,
+        "ctf_size_px": 1536, "ctf_n_tilts": 13, "ctf_tilt_step_deg": 10.0}
 
 
 def matrix_scenarios(n: int, seed: int, quick: bool, **override) -> list[Scenario]:

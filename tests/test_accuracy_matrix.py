@@ -192,6 +192,17 @@ def test_quick_targets(quick, quantity, request):
     assert not failing, failing
 
 
+def test_ctf_misses_are_never_silent(quick):
+    """Each CTF row carries the noise-free oracle and the series pass's verdict; a median beyond its
+    target is never reported with a 'good' verdict (the spectra's ring evidence says so)."""
+    results, _ = quick
+    for quantity in QUANTITIES[1:3]:
+        for name, row in _rows(results, quantity):
+            assert row["oracle"] is not None and math.isfinite(row["oracle"]), (name, row)
+            assert row["verdict"] in ("good", "check", "failed"), (name, row)
+            assert row["holds"] or row["verdict"] != "good", (name, row)
+
+
 def test_alignment_series_show_their_beads(quick):
     """The alignment series is simulated at the step's binning over a field wider than the ice: where
     the scenario puts >= 5 beads in view, the fiducial route finds enough of them to align (it does

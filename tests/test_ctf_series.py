@@ -224,6 +224,43 @@ def test_series_pass_keeps_one_astigmatism_and_follows_a_drift_from_wrong_per_ti
     true_slope = float(torch.linalg.lstsq(design, truth[rings, None]).solution[1, 0])
     trend_slope = float(torch.linalg.lstsq(design, refined.trend.defocus_a[rings, None]).solution[1, 0])
     assert trend_slope == pytest.approx(true_slope, abs=4.0) and abs(true_slope - 40.0) < 8.0
+    # the tilts with rings show them (ring evidence well above noise): the verdict is good
+    from tiltflow.core.ctf_verdict import RINGS_Z, ctf_series_verdict
+
+    assert int((refined.trend.strength[amplitude >= 6.0] >= RINGS_Z).sum()) >= 5, refined.trend.strength
+    assert ctf_series_verdict(refined.trend.strength, angles).status == "good"
+
+
+@pytest.mark.parametrize("rings_at", [(), (0.0, 7.5)])
+def test_series_without_rings_is_failed_and_with_two_is_checked(rings_at):
+    """Spectra of noise (no Thon rings: each fit a chance peak) get a 'failed' CTF verdict, never
+    a defocus reported as found; rings in only two tilts give 'check'."""
+    from tiltflow.core.ctf_series import refine_series
+    from tiltflow.core.ctf_verdict import ctf_series_verdict
+
+    params = CtfParams(pixel_size_a=2.76, window_px=256, resolution_range_a=(30.0, 7.0))
+    angles, truth, _, _, fits, order = _synthetic_series()
+    astig = fit_from_components(0.0, 140.0, 242.5)
+    offsets = (astig.defocus_u_a, astig.defocus_v_a, astig.astigmatism_angle_deg)
+    spectra = [_synthetic_spectrum(256, 2.76, float(truth[i]), offsets, 12.0 if float(a) in rings_at else 0.0,
+                                   seed=300 + i) for i, a in enumerate(angles)]
+    refined = refine_series(fits, lambda i, ref: spectra[i], params, tilt_angles_deg=angles, acquisition_order=order)
+    verdict = ctf_series_verdict(refined.trend.strength, angles)
+    assert verdict.status == ("failed" if not rings_at else "check"), (verdict, refined.trend.strength)
+    assert "Thon rings" in verdict.reasons[0]
+
+
+def test_ctf_verdict_rules():
+    from tiltflow.core.ctf_verdict import ctf_series_verdict
+
+    angles = [-40.0, -20.0, 0.0, 20.0, 40.0]
+    assert ctf_series_verdict([9.0, 12.0, 15.0, 7.0, 2.0], angles).status == "good"
+    assert ctf_series_verdict([1.0, 3.9, 2.0, 0.5, 3.0], angles).line().startswith(
+        "failed: no tilt shows Thon rings above the noise (strongest z 3.9 at -20°")
+    assert ctf_series_verdict([1.0, 3.9, 8.0, 0.5, 3.0], angles).status == "check"
+    assert ctf_series_verdict([math.nan] * 5, angles).status == "check"
+    with pytest.raises(ValueError, match="5 strengths for 4 tilt angles"):
+        ctf_series_verdict([1.0] * 5, angles[:4])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

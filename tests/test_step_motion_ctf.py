@@ -40,7 +40,7 @@ def test_motion_ctf_outputs_and_accuracy(demo, tmp_path):
     run = run_step(store, "motion-ctf", PARAMS, {"input": str(imp.id)})
     outs = {o.name: o for o in store.outputs(run.id)}
     assert outs["TiltSeries"].summary == "TiltSeries (1 item, 5 x 384 x 384, +oe, 2.76 Å/px)"
-    assert outs["CTFTomoSeries"].summary == "CTFTomoSeries (1 item, 5 tilts)"
+    assert outs["CTFTomoSeries"].summary == "CTFTomoSeries (1 item, 5 tilts, CTF: 1 good)"
     ts = store.load(outs["TiltSeries"]).items[0]
     angles = [im.tilt_angle_deg for im in ts.images]
     assert angles == sorted(angles) and [im.index for im in ts.images] == list(range(5))

@@ -6,12 +6,9 @@ Run 1 of the project is a movie set (128 x 96 px, 3 frames, 2.76 Å/px), run 2 a
 
 from __future__ import annotations
 
-import inspect
 
 import pytest
 
-from tiltflow.workflow import runner
-from tiltflow.workflow.steps import motion_ctf
 from tiltflow.workflow.steps.base import get_step
 from tiltflow.workflow.steps.checks import validate_cli
 from tiltflow.workflow.store import ProjectStore
@@ -63,16 +60,13 @@ CASES = [
     ("reconstruct", STACKS, ["--x-offset-nm", "1000", "--binning", "1"], ["--x-offset-nm 1000", "TS_A"]),
 ]
 
-# need a one-line hook: ``checks_data.check_inputs(step.id, p, loaded)`` in runner.run_step before the run is
-# created, or ``check_motion_ctf(p, source)`` at the top of steps/motion_ctf.run_motion_ctf
+# checked against the movies by ``checks_data.check_inputs`` in ``runner.run_step``, before a run is created
 MOTION_DATA_CASES = [
     ("motion-ctf", MOVIES, ["--binning", "1000"], ["--binning 1000", "128 x 96 px", "TS_01"]),
     ("motion-ctf", MOVIES, ["--window", "64", "--binning", "2"], ["--binning 2", "TS_01"]),
     ("motion-ctf", MOVIES, ["--window", "64", "--motion-grid", "2", "2", "9"], ["--motion-grid 2 2 9", "3 frames"]),
     ("motion-ctf", MOVIES, ["--window", "64", "--ctf-range", "5", "3"], ["--ctf-range 5 3", "Nyquist"]),
 ]
-HOOKED = ("check_motion_ctf" in inspect.getsource(motion_ctf.run_motion_ctf)
-          or "check_inputs" in inspect.getsource(runner.run_step))
 
 IMPORT_CASES = [
     (["--voltage", "3000"], ["--voltage 3000", "at most 400"]),
@@ -101,7 +95,6 @@ def test_a_bad_option_is_one_line_before_any_run(project, case):
     assert_refused(result, needles, project, before)
 
 
-@pytest.mark.skipif(not HOOKED, reason="the runner / motion-ctf do not call the input checks yet")
 @pytest.mark.parametrize("case", MOTION_DATA_CASES, ids=_case_id)
 def test_motion_ctf_options_against_the_movies_before_the_first_movie(project, case):
     test_a_bad_option_is_one_line_before_any_run(project, case)

@@ -78,17 +78,17 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
 
 
 def _verdict_lines(store, output) -> list[str]:
-    """``TS_01: check (reason; reason)`` for each series of a tilt-series set with a verdict."""
-    from tiltflow.workflow.sets import TiltSeriesSet, alignment_verdict, verdict_text
+    """``TS_01: check (reason; reason)`` for each series of a tilt-series set (alignment) or a
+    CTF set (series pass) that carries a verdict."""
+    from tiltflow.workflow.sets import CtfSeriesSet, TiltSeriesSet, alignment_verdict, ctf_verdict, verdict_text
 
-    if output.type != "TiltSeries":
+    if output.type not in ("TiltSeries", "CTFTomoSeries"):
         return []
     value = store.load(output)
-    if not isinstance(value, TiltSeriesSet):
+    if isinstance(value, TiltSeriesSet):
+        judged = [(ts.ts_id, alignment_verdict(ts)) for ts in value.items]
+    elif isinstance(value, CtfSeriesSet):
+        judged = [(s.ts_id, ctf_verdict(s)) for s in value.items]
+    else:
         return []
-    lines = []
-    for ts in value.items:
-        v = alignment_verdict(ts)
-        if v["status"]:
-            lines.append(f"{ts.ts_id}: {verdict_text(v)}")
-    return lines
+    return [f"{ts_id}: {verdict_text(v)}" for ts_id, v in judged if v["status"]]

@@ -67,7 +67,9 @@ class SeriesTrend:
     """What a tilt series agrees on. Per tilt (t,): ``defocus_a`` the trend's mean defocus,
     ``consistent`` (fit within 3 sigma of the trend), ``refit`` (to be re-fitted with the prior).
     ``sigma_a``: robust scatter about the trend of the most precise tilts (Å); ``astigmatism_a``:
-    the series' ``(a1, a2)`` (Å); ``phase_shift_rad``: the series' phase shift."""
+    the series' ``(a1, a2)`` (Å); ``phase_shift_rad``: the series' phase shift; ``strength`` (t,):
+    after ``refine_series``, each tilt's ring evidence near the trend (robust z over the defocus
+    range; noise alone reaches about 3-4), else None."""
 
     defocus_a: torch.Tensor
     sigma_a: float
@@ -75,6 +77,7 @@ class SeriesTrend:
     phase_shift_rad: float
     consistent: torch.Tensor
     refit: torch.Tensor
+    strength: torch.Tensor | None = None
 
     def reference(self, i: int) -> tuple[float, float, float]:
         """(u, v, angle) of tilt ``i`` on the trend with the consensus astigmatism."""
@@ -349,6 +352,7 @@ def refine_series(
                                   jitters_a=tuple(min_sigma_a * f for f in (1.0, 5 / 3, 8 / 3, 16 / 3)))
         trend.defocus_a, trend.sigma_a = found.defocus_a.clone(), found.sigma_a
         trend.consistent = (found.peak_a - found.defocus_a).abs() <= 2.0 * found.sigma_a
+        trend.strength = found.strength.clone()
         chosen = [i for i in found.strength.argsort(descending=True).tolist()[:joint_tilts]
                   if bool(trend.consistent[i])]
         if len(chosen) >= 2 and params.astigmatism:

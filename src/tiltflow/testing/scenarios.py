@@ -12,15 +12,19 @@ error of the mdoc, X-ray events (single pixels, pairs, streaks), gain variation 
 stripes, dark views. Thickness attenuation at high tilt follows from the ice
 (``DemoConfig.ice_mean_free_path_nm``).
 
-Each scenario is simulated twice, each where its quantities are physically meaningful, as real
-sessions measure them:
+Each scenario is simulated three times, each where its quantities are physically meaningful, as
+real sessions measure them:
 
 - **movies** (``movie_config``): a ``movie_size_px`` crop at the *unbinned* pixel size with the
   scenario's dose and frames, ``movie_n_tilts`` tilts ``movie_tilt_step_deg`` apart (0, ±20, ±40,
-  ±60 by default), for motion, CTF and X-rays. Each carries the prior dose (damage) it would have
+  ±60 by default), for motion and X-rays. Each carries the prior dose (damage) it would have
   in the full series (``prior_dose_scale`` = the full series' tilts per simulated one). The bead
   density is the alignment field's, but at least 4 beads (where the scenario has any) so that the
   eraser's bead rule is tested; no dark views (they are left out of these measures anyway).
+- **CTF field** (``ctf_config``): motion-corrected sums of a ``ctf_size_px``² field (1536 px: a
+  tenth of a 5760 x 4092 frame; one 512-px crop holds too few Thon-ring tiles to stand for a
+  session) at the unbinned pixel size, ``ctf_n_tilts`` tilts ``ctf_tilt_step_deg`` apart (13 x
+  10° to ±60° by default), with the full series' prior dose;
 - **alignment series** (``align_config``): ``align_n_tilts`` views ``align_tilt_step_deg`` apart
   (41 x 3° by default) as the align step sees them, at the binned pixel size
   ``align_pixel_size_a`` = pixel size x ``align_binning``, views ``align_size_px`` wide (256-320 px
@@ -118,6 +122,10 @@ class Scenario:
     align_size_px: int
     align_n_tilts: int
     align_tilt_step_deg: float
+    # the CTF field (unbinned, motion-corrected sums)
+    ctf_size_px: int = 1536
+    ctf_n_tilts: int = 13
+    ctf_tilt_step_deg: float = 10.0
 
     @property
     def field_width_nm(self) -> float:
@@ -160,6 +168,7 @@ class Scenario:
                 f"defocus {self.defocus_um:.1f} µm ({self.defocus_slope_a_per_deg:+.0f} Å/°), "
                 f"astig {self.astigmatism_a:.0f} Å | movies {self.movie_size_px}² x "
                 f"{self.movie_n_tilts} tilts to ±{top:g}°, window {self.window_px} | "
+                f"CTF field {self.ctf_size_px}² x {self.ctf_n_tilts} tilts | "
                 f"align bin {self.align_binning} ({self.align_pixel_size_a:.1f} Å) "
                 f"{self.align_size_px}² x {self.align_n_tilts} x {self.align_tilt_step_deg:g}°, "
                 f"field {self.align_field_nm:.0f} nm = {self.align_field_ratio:.1f}x ice "
@@ -201,6 +210,20 @@ class Scenario:
             drift_px_per_frame=self.drift_px_per_frame, jitter_px=self.jitter_px,
             xray_events_per_frame=self.xray_events_per_frame, xray_counts=self.xray_counts,
             gain_range=(1.0 - g, 1.0 + g), gain_stripe_amplitude=self.gain_stripe_amplitude,
+        )
+
+    def ctf_config(self) -> DemoConfig:
+        """The CTF field: ``ctf_size_px``² at the unbinned pixel size (a tenth of a 5760 x 4092
+        frame at the default 1536), ``ctf_n_tilts`` tilts ``ctf_tilt_step_deg`` apart with the full
+        series' prior dose, beads at the alignment field's density; the motion-corrected sums are
+        drawn from it (``demo.simulate_stack``'s noise), without motion, X-rays or gain."""
+        density = self.n_beads * (self.ctf_size_px * self.pixel_size_a / 10.0 / self.align_field_nm) ** 2
+        return DemoConfig(
+            **self._common(), n_tilts=self.ctf_n_tilts, tilt_step_deg=self.ctf_tilt_step_deg,
+            size=(self.ctf_size_px, self.ctf_size_px), pixel_size_a=self.pixel_size_a,
+            n_beads=min(round(density), 4 * self.n_beads),
+            prior_dose_scale=self.ctf_tilt_step_deg / self.align_tilt_step_deg, local_motion=False,
+            xray_events_per_frame=(0, 0),
         )
 
     def align_config(self) -> DemoConfig:
@@ -254,7 +277,8 @@ def draw_scenario(
     seed: int, index: int, *, movie_size_px: int = 512, movie_n_tilts: int = 7,
     movie_tilt_step_deg: float = 20.0, window_px: int = 512, align_n_tilts: int = 41,
     align_tilt_step_deg: float = 3.0, align_min_px: int = 256, align_max_px: int = 320,
-    camera_px: int = 4096, max_frames: int | None = None,
+    camera_px: int = 4096, max_frames: int | None = None, ctf_size_px: int = 1536, ctf_n_tilts: int = 13,
+    ctf_tilt_step_deg: float = 10.0,
 ) -> Scenario:
     """Scenario ``index`` of the matrix drawn from ``seed`` (module docstring). The keywords set
     how it is simulated, not what is drawn: the same (seed, index) draws the same session."""
@@ -288,7 +312,8 @@ def draw_scenario(
         movie_size_px=movie_size_px, movie_n_tilts=movie_n_tilts,
         movie_tilt_step_deg=movie_tilt_step_deg, window_px=min(window_px, movie_size_px),
         align_binning=binning, align_size_px=side, align_n_tilts=align_n_tilts,
-        align_tilt_step_deg=align_tilt_step_deg,
+        align_tilt_step_deg=align_tilt_step_deg, ctf_size_px=ctf_size_px, ctf_n_tilts=ctf_n_tilts,
+        ctf_tilt_step_deg=ctf_tilt_step_deg,
     )
     return Scenario(name=f"S{index:02d}", seed=int(rng.integers(2**31)), **values)
 

@@ -108,6 +108,9 @@ def run_step(
     resolved = resolve_inputs(store, step, inputs)
     pointers = {name: out.pointer for name, out in resolved.items()}
     loaded = {name: store.load(out) for name, out in resolved.items()}
+    from tiltflow.workflow.steps.checks_data import check_inputs
+
+    check_inputs(step.id, p, loaded)   # options against the input's images: before any run exists
     if resume is not None:
         store.set_status(resume, "running")
         run = store.run(resume)

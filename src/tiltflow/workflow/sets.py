@@ -102,20 +102,32 @@ class TiltSeriesSet:
 
     def _verdict_summary(self) -> str:
         """``, aligned: 2 good, 1 failed (TS_03)`` when the series carry alignment verdicts."""
-        status = {ts.ts_id: alignment_verdict(ts)["status"] for ts in self.items if ts.enabled}
-        status = {k: v for k, v in status.items() if v}
-        if not status:
-            return ""
-        counts = [f"{sum(v == s for v in status.values())} {s}" for s in ("good", "check", "failed")
-                  if s in status.values()]
-        failed = [k for k, v in status.items() if v == "failed"]
-        return ", aligned: " + ", ".join(counts) + (f" ({', '.join(failed)})" if failed else "")
+        return verdict_summary("aligned", {ts.ts_id: alignment_verdict(ts)["status"] for ts in self.items
+                                           if ts.enabled})
+
+
+def verdict_summary(label: str, status: dict[str, str | None]) -> str:
+    """``, LABEL: 2 good, 1 failed (TS_03)`` from each series' status ('' when none is judged)."""
+    status = {k: v for k, v in status.items() if v}
+    if not status:
+        return ""
+    counts = [f"{sum(v == s for v in status.values())} {s}" for s in ("good", "check", "failed")
+              if s in status.values()]
+    failed = [k for k, v in status.items() if v == "failed"]
+    return f", {label}: " + ", ".join(counts) + (f" ({', '.join(failed)})" if failed else "")
 
 
 def verdict_text(verdict: dict[str, Any]) -> str:
     """``check (reason; reason)``, or just the status when there are no reasons."""
     reasons = verdict.get("reasons") or []
     return f"{verdict['status']}" + (f" ({'; '.join(reasons)})" if reasons else "")
+
+
+def ctf_verdict(series: CtfTomoSeries) -> dict[str, Any]:
+    """The CTF series pass's verdict of one series: ``{"status": good|check|failed|None,
+    "reasons": [...]}`` (status None when the series pass did not judge it)."""
+    verdict = series.attrs.get("ctf_verdict") or {}
+    return {"status": verdict.get("status"), "reasons": list(verdict.get("reasons", []))}
 
 
 def alignment_verdict(ts: TiltSeries) -> dict[str, Any]:
@@ -164,6 +176,7 @@ class CtfSeriesSet:
         tilts = sum(len(s.items) for s in self.items)
         excluded = sum(1 for s in self.items for c in s.items if not c.enabled)
         extra = f", {excluded} excluded" if excluded else ""
+        extra += verdict_summary("CTF", {s.ts_id: ctf_verdict(s)["status"] for s in self.items if s.enabled})
         return f"CTFTomoSeries ({n} {'item' if n == 1 else 'items'}, {tilts} tilts{extra})"
 
 

@@ -13,16 +13,15 @@ values it was given; what still fails is a ``failed`` verdict, never a result.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
+
+from tiltflow.core.verdict import Verdict
 
 __all__ = ["GeometryLimits", "Verdict", "fiducial_verdict", "geometry_problems", "held_reasons",
            "inconsistent_tracks", "weak_correlation",
            "offset_spread_deg", "patch_verdict"]
-
-Status = Literal["good", "check", "failed"]
 
 
 @dataclass(frozen=True)
@@ -62,21 +61,6 @@ def inconsistent_tracks(
         return (f"the bead tracks are inconsistent: they need tilt changes of {float(change.abs().max()):.0f}°; "
                 "tracking followed different beads")
     return None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One series' verdict; ``reasons`` say why it is not ``good`` (or notes that it is)."""
-
-    status: Status
-    reasons: tuple[str, ...] = field(default_factory=tuple)
-
-    def line(self) -> str:
-        """``good``, ``check: reason; reason`` or ``failed: reason``."""
-        return self.status + (": " + "; ".join(self.reasons) if self.reasons else "")
-
-    def to_dict(self) -> dict:
-        return {"status": self.status, "reasons": list(self.reasons)}
 
 
 def geometry_problems(

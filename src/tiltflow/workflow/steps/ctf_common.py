@@ -3,15 +3,17 @@ its viewer files, and the per-series CTFFIND4 / IMOD ``.defocus`` files."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltSeries
-from tiltflow.workflow.steps.base import StepParams, param
+from tiltflow.workflow.steps.base import param
+from tiltflow.workflow.steps.checks import CheckedParams
 
 
-class CtfOptions(StepParams):
+class CtfOptions(CheckedParams):
     window_px: int = param(512, "CTF: periodogram window, px.", cli="--window", ge=64)
     ctf_range_a: tuple[float, float] = param((30.0, 8.0), "CTF: fit resolution range (low, high), Å.", cli="--ctf-range")
     defocus_range_um: tuple[float, float] = param((0.5, 8.0), "CTF: defocus search range (min, max), µm.", cli="--defocus-range")
@@ -113,13 +115,20 @@ def ctf_series_from_results(ts: TiltSeries, results: dict[int, dict], params) ->
         r = results.get(im.acquisition_order)
         if r is None:
             continue
-        attrs = {k: r[k] for k in ("spectrum_file", "radial_profile", "defocus_grid_a", "series_refit") if k in r}
+        attrs = {k: r[k] for k in ("spectrum_file", "radial_profile", "defocus_grid_a", "series_refit",
+                                   "ring_strength") if k in r}
         items.append(CtfTomo(acquisition_order=im.acquisition_order, tilt_angle_deg=im.tilt_angle_deg,
                              defocus_u_a=r["defocus_u_a"], defocus_v_a=r["defocus_v_a"],
                              astigmatism_angle_deg=r["astigmatism_angle_deg"], phase_shift_rad=r["phase_shift_rad"],
                              fit_resolution_a=r["fit_resolution_a"], score=r["score"], enabled=im.enabled, attrs=attrs))
     attrs = {"pixel_size_a": params.pixel_size_a, "voltage_kv": params.voltage_kv, "cs_mm": params.cs_mm,
              "amplitude_contrast": params.amplitude_contrast, "spectrum_pixel_size_a": params.pixel_size_a}
+    strengths = [c.attrs.get("ring_strength") for c in items]
+    if any(v is not None for v in strengths):   # the series pass ran: is the CTF supported by the spectra?
+        from tiltflow.core.ctf_verdict import ctf_series_verdict
+
+        attrs["ctf_verdict"] = ctf_series_verdict([math.nan if v is None else v for v in strengths],
+                                                  [c.tilt_angle_deg for c in items]).to_dict()
     return CtfTomoSeries(ts.ts_id, items, ts.enabled, attrs)
 
 

@@ -54,6 +54,9 @@ def refine_series_results(
         old.clear()
         old.update(new)
         changed.append(o)
+    if refined.trend.strength is not None:
+        for i, o in enumerate(orders):
+            results[o]["ring_strength"] = float(refined.trend.strength[i])
     return sorted(changed)
 
 

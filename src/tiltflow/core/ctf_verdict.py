@@ -1,0 +1,50 @@
+"""Is a tilt series' CTF supported by its spectra?  The series pass (``ctf_series.refine_series``)
+measures each tilt's ring evidence near the series' defocus trend: the robust z-score of the 1-D
+Thon-ring score at its peak there, over the whole defocus range (``SeriesTrend.strength``). A
+spectrum without rings still peaks somewhere by chance: on the accuracy matrix's noise-limited
+512-px crops the highest such peak of 7 tilts was z 3.1-4.0, while tilts whose fits were right
+(within 100 Å) had 6.4-20. A series whose tilts all stay below ``rings_z`` has defocus values the
+data do not support (its fits were 1.4-3.9 µm off); one where only a few tilts reach it rests on
+those few, the others following the trend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tiltflow.core.verdict import Verdict
+
+__all__ = ["RINGS_Z", "ctf_series_verdict"]
+
+RINGS_Z = 6.0   # ring evidence (robust z) a tilt needs to count as showing Thon rings
+
+
+def ctf_series_verdict(
+    strength,                          # (t,) ring evidence per tilt (SeriesTrend.strength); NaN: unknown
+    tilt_angles_deg,                   # (t,) degrees
+    *,
+    rings_z: float = RINGS_Z,
+    min_tilts: int = 3,
+) -> Verdict:
+    """failed: no tilt shows Thon rings (evidence < ``rings_z``); check: fewer than ``min_tilts``
+    tilts do (the others follow the defocus trend through them); good otherwise."""
+    z = torch.as_tensor(strength, dtype=torch.float64).reshape(-1).cpu()
+    angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).cpu()
+    if z.numel() != angles.numel():
+        raise ValueError(f"ctf_series_verdict: {z.numel()} strengths for {angles.numel()} tilt angles")
+    known = torch.isfinite(z)
+    if not bool(known.any()):
+        return Verdict("check", ("the series pass did not run (too few tilts): defocus values unchecked",))
+    z = torch.where(known, z, torch.full_like(z, -math.inf))
+    best = int(z.argmax())
+    with_rings = int((z >= rings_z).sum())
+    if with_rings == 0:
+        return Verdict("failed", (f"no tilt shows Thon rings above the noise (strongest z {float(z[best]):.1f} "
+                                  f"at {float(angles[best]):.0f}°, rings need {rings_z:g}): the defocus values are "
+                                  "not supported by the data; check the dose, the CTF window and --ctf-range",))
+    if with_rings < min(min_tilts, int(known.sum())):
+        return Verdict("check", (f"only {with_rings} of {int(known.sum())} tilts show Thon rings (z ≥ {rings_z:g}): "
+                                 "the others follow the series' defocus trend through them",))
+    return Verdict("good")
