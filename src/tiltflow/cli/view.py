@@ -96,7 +96,7 @@ def view_command(project: str, port: int, host: str, no_browser: bool, as_json: 
     if not no_browser:
         browser.start()
     try:
-        serve(create_app(store, token), host, port)
+        serve(create_app(store, token, hosts=[host]), host, port)
     except OSError:                         # taken since we looked
         browser.cancel()
         fail([f"--port {port}: cannot listen on {shown}:{port} (in use?) — choose another --port, or 0 for any"])

@@ -16,6 +16,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -124,8 +125,9 @@ class ThumbnailCache:
     """Renders each view once into ``cache_dir``; ``computed`` counts renders (for tests and logs)."""
 
     def __init__(self, cache_dir: Path | str, *, thumb_px: int = THUMB_PX, preview_px: int = PREVIEW_PX,
-                 max_parallel: int = 2):
+                 max_parallel: int = 2, guard: Callable[[Path], Path] | None = None):
         self.dir = Path(cache_dir)
+        self.guard = guard      # raises for a file that must not be read (``web.limits.served_path``)
         self.thumb_px, self.preview_px = thumb_px, preview_px
         self.computed = 0
         self._locks: dict[str, threading.Lock] = {}
@@ -142,6 +144,8 @@ class ThumbnailCache:
 
     def ensure(self, ref: ImageRef) -> dict[str, Path]:
         """Render ``ref`` unless cached; the paths of its PNG, preview ``.npy`` and stats ``.json``."""
+        if self.guard is not None:
+            self.guard(Path(ref.file))
         if not Path(ref.file).is_file():
             raise FileNotFoundError(f"{ref.file}: image file not found — was it moved or deleted?")
         key = self.key(ref)

@@ -2,13 +2,16 @@
 
 Exclusions are rows of ``curation`` keyed by (output, tsId, view); a view is its acquisition
 order, so flags survive re-sorting. Saving creates a new output on the run that produced the viewed
-set (``TiltSeries_2``, ``goodSetOfCTFTomoSeries2``…) as Scipion's viewers do; ``restack`` writes new
-stacks without the excluded views, keeping acquisition order and dose.
+set (``TiltSeries_2``, ``goodSetOfCTFTomoSeries2``…) as Scipion's viewers do, the name chosen in the
+transaction that registers it (viewers and the CLI may save at once); ``restack`` writes new stacks
+without the excluded views, keeping acquisition order and dose.
 """
 
 from __future__ import annotations
 
 import copy
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,25 +128,23 @@ def save_subset(store: ProjectStore, output: OutputRecord, *, restack: bool = Fa
     flags = exclusions(store, output) if flags is None else flags
     curated = apply_exclusions(value, flags)
     if isinstance(curated, CtfSeriesSet):
-        name = _ctf_subset_name(store, output.run_id)
         curated.attrs = dict(curated.attrs, subset_of=output.pointer,
                              bad=[f"{s.ts_id}:{c.acquisition_order}" for s in curated.items for c in s.items if not c.enabled])
-        return store.add_output(output.run_id, name, curated)
+        return store.add_output_unique(output.run_id, lambda n: f"goodSetOfCTFTomoSeries{n}", curated)
     if not isinstance(curated, TiltSeriesSet):
         raise InputError(f"{output.pointer}: a {output.type} cannot be curated")
     base = output.name.rsplit("_", 1)[0] if output.name.rsplit("_", 1)[-1].isdigit() else output.name
-    name = store.next_output_name(output.run_id, base)
-    if restack:
-        out_dir = store.run_dir(output.run_id) / name
-        items = [_restack_series(s, out_dir) for s in curated.items if s.enabled]
-        curated = TiltSeriesSet(curated.kind, items, dict(curated.attrs))
-    curated.attrs = dict(curated.attrs, subset_of=output.pointer, restacked=restack)
-    return store.add_output(output.run_id, name, curated)
-
-
-def _ctf_subset_name(store: ProjectStore, run_id: int) -> str:
-    names = {o.name for o in store.outputs(run_id)}
-    n = 2
-    while f"goodSetOfCTFTomoSeries{n}" in names:
-        n += 1
-    return f"goodSetOfCTFTomoSeries{n}"
+    staged: Path | None = None
+    try:
+        if restack:   # written aside, moved to runs/<run>/<name> when the name is chosen (concurrent saves)
+            staged = Path(tempfile.mkdtemp(prefix=".saving-", dir=store.run_dir(output.run_id)))
+            items = [_restack_series(s, staged) for s in curated.items if s.enabled]
+            curated = TiltSeriesSet(curated.kind, items, dict(curated.attrs))
+            if not any(staged.iterdir()):     # movies: nothing was written
+                staged.rmdir()
+                staged = None
+        curated.attrs = dict(curated.attrs, subset_of=output.pointer, restacked=restack)
+        return store.add_output_unique(output.run_id, lambda n: f"{base}_{n}", curated, staged=staged)
+    finally:
+        if staged is not None and staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)

@@ -8,15 +8,18 @@ readers (the viewer) never see a half-registered output.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tiltflow import __version__
 from tiltflow.workflow.errors import ProjectError
+from tiltflow.workflow.paths import ProjectPaths, map_attrs, map_set, rebase
+from tiltflow.workflow.pointers import resolve_pointer
 from tiltflow.workflow.records import OutputRecord, RunRecord, run_from_row as _run_from_row
 from tiltflow.workflow.sets import AnySet
 from tiltflow.workflow import run_liveness, set_tables
@@ -47,6 +50,7 @@ class ProjectStore:
     def __init__(self, root: Path | str, *, create: bool = True):
         self.root = Path(root).absolute()
         self.db_path = self.root / DB_NAME
+        self.paths = ProjectPaths(self.root)
         self._made: list[Path] | None = None   # set when this instance created the project: its new folders
         self._pending = not self.db_path.exists()
         if self._pending:
@@ -62,7 +66,11 @@ class ProjectStore:
         con = self._open(self.db_path)
         try:
             con.executescript(_SCHEMA)
+            if con.execute("SELECT 1 FROM meta WHERE key='schema_version'").fetchone() is None:
+                con.execute("INSERT OR IGNORE INTO meta VALUES ('root', ?)", (str(self.root),))  # a new project
             con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            row = con.execute("SELECT value FROM meta WHERE key='root'").fetchone()
+            self.paths = ProjectPaths(self.root, row[0] if row else None)
         finally:
             con.close()
 
@@ -136,15 +144,11 @@ class ProjectStore:
     # -- paths ------------------------------------------------------------------------------
     def relpath(self, path: Path | str) -> str:
         """Paths inside the project are stored relative to it; others absolute."""
-        p = Path(path).absolute()
-        try:
-            return str(p.relative_to(self.root))
-        except ValueError:
-            return str(p)
+        return self.paths.rel(path)
 
     def abspath(self, stored: str) -> Path:
-        p = Path(stored)
-        return p if p.is_absolute() else self.root / p
+        """A stored path in the project's current folder (see ``workflow.paths``)."""
+        return self.paths.abs(stored)
 
     # -- runs -------------------------------------------------------------------------------
     def create_run(self, step: str, params: dict[str, Any], inputs: dict[str, str],
@@ -218,15 +222,16 @@ class ProjectStore:
     def record_item(self, run_id: int, item: str, result: Any) -> None:
         with self.transaction() as con:
             con.execute("INSERT OR REPLACE INTO item_progress VALUES (?, ?, ?, ?)",
-                        (run_id, item, json.dumps(result), time.time()))
+                        (run_id, item, json.dumps(map_attrs(result, self.paths.rel_attr)), time.time()))
 
     def finished_items(self, run_id: int) -> dict[str, Any]:
         with self.reading() as con:
             rows = con.execute("SELECT item, result FROM item_progress WHERE run_id=?", (run_id,))
-            return {r["item"]: json.loads(r["result"]) for r in rows}
+            return {r["item"]: map_attrs(json.loads(r["result"]), self.paths.abs_attr) for r in rows}
 
     # -- outputs ----------------------------------------------------------------------------
     def _insert_output(self, con: sqlite3.Connection, run_id: int, name: str, value: AnySet) -> int:
+        value = map_set(value, self.paths.rel_attr, files=False)   # attrs' paths relative too
         cur = con.execute(
             "INSERT INTO outputs (run_id, name, type, summary, attrs, created) VALUES (?, ?, ?, ?, ?, ?)",
             (run_id, name, value.kind, value.summary(), json.dumps(value.attrs), time.time()))
@@ -241,19 +246,38 @@ class ProjectStore:
             self._insert_output(con, run_id, name, value)
         return self.output(run_id, name)
 
+    def add_output_unique(self, run_id: int, name_for: Callable[[int], str], value: AnySet, *,
+                          staged: Path | None = None) -> OutputRecord:
+        """Register ``value`` as the first free name of ``name_for(2)``, ``name_for(3)``…, chosen in
+        the transaction that registers it, so concurrent saves (viewers, CLI) get distinct names.
+        ``staged``: a folder of its files, moved to ``<run_dir>/<name>`` in that transaction."""
+        run_dir, target = self.run_dir(run_id), None
+        try:
+            with self.transaction() as con:
+                taken = {r[0] for r in con.execute("SELECT name FROM outputs WHERE run_id=?", (run_id,))}
+                name = _first_free(name_for, lambda n: n in taken or (staged is not None and (run_dir / n).exists()))
+                if staged is not None:
+                    target = run_dir / name
+                    os.rename(staged, target)
+                    value = rebase(value, staged, target)
+                self._insert_output(con, run_id, name, value)
+        except BaseException:
+            if staged is not None and target is not None and target.exists():
+                os.rename(target, staged)
+            raise
+        return self.output(run_id, name)
+
     def next_output_name(self, run_id: int, base: str) -> str:
+        """A hint: ``base_2``, ``base_3``… not taken now (saving picks with :meth:`add_output_unique`)."""
         names = {o.name for o in self.outputs(run_id)}
-        n = 2
-        while f"{base}_{n}" in names:
-            n += 1
-        return f"{base}_{n}"
+        return _first_free(lambda n: f"{base}_{n}", names.__contains__)
 
     def outputs(self, run_id: int | None = None) -> list[OutputRecord]:
         sql = "SELECT * FROM outputs" + (" WHERE run_id = ?" if run_id is not None else "") + " ORDER BY run_id, id"
         with self.reading() as con:
             rows = con.execute(sql, (run_id,) if run_id is not None else ()).fetchall()
         return [OutputRecord(r["id"], r["run_id"], r["name"], r["type"], r["summary"],
-                             json.loads(r["attrs"] or "{}")) for r in rows]
+                             map_attrs(json.loads(r["attrs"] or "{}"), self.paths.abs_attr)) for r in rows]
 
     def output(self, run_id: int, name: str) -> OutputRecord:
         for o in self.outputs(run_id):
@@ -263,23 +287,16 @@ class ProjectStore:
 
     def load(self, output: OutputRecord) -> AnySet:
         with self.reading() as con:
-            return set_tables.load_set(con, output.id, output.type, output.attrs, self.abspath)
+            value = set_tables.load_set(con, output.id, output.type, output.attrs, self.abspath)
+        return map_set(value, self.paths.abs_attr, files=False, inplace=True)
 
     def resolve(self, pointer: str, types: tuple[str, ...] = ()) -> OutputRecord:
         """``RUN_ID`` or ``RUN_ID.outputName`` -> the output (of one of ``types`` when given)."""
-        text = str(pointer).strip()
-        run_part, _, name = text.partition(".")
-        if not run_part.isdigit():
-            raise ProjectError(f"input '{pointer}': expected RUN_ID or RUN_ID.outputName (e.g. 1 or 3.TiltSeries_2)")
-        run = self.run(int(run_part))
-        if name:
-            out = self.output(run.id, name)
-            if types and out.type not in types:
-                raise ProjectError(f"input '{pointer}' is a {out.type}; this step needs {' or '.join(types)}")
-            return out
-        if run.status != "finished":
-            raise ProjectError(f"input '{pointer}': run {run.id} is {run.status}, not finished")
-        candidates = [o for o in self.outputs(run.id) if not types or o.type in types]
-        if not candidates:
-            raise ProjectError(f"input '{pointer}': run {run.id} has no output of type {' or '.join(types)}")
-        return candidates[0]
+        return resolve_pointer(self, pointer, types)
+
+
+def _first_free(name_for: Callable[[int], str], taken: Callable[[str], bool]) -> str:
+    n = 2
+    while taken(name_for(n)):
+        n += 1
+    return name_for(n)

@@ -15,6 +15,7 @@ from tiltflow.workflow.steps.ctf_common import (
     ctf_series_from_results,
     ctf_set,
     fit_tilt_ctf,
+    note_ctf_verdict,
     smooth_grids_in_time,
     write_series_ctf_files,
 )
@@ -76,6 +77,7 @@ def run_ctf(ctx: StepContext):
         if p.defocus_grid:
             smooth_grids_in_time(per_tilt, p.defocus_grid[2])
         s = ctf_series_from_results(ts, per_tilt, params)
+        note_ctf_verdict(ctx, s)
         s.attrs.update(write_series_ctf_files(s, params, ctx.run_dir))
         series.append(s)
     return {"CTFTomoSeries": ctf_set(series)}

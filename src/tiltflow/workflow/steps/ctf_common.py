@@ -132,6 +132,18 @@ def ctf_series_from_results(ts: TiltSeries, results: dict[int, dict], params) ->
     return CtfTomoSeries(ts.ts_id, items, ts.enabled, attrs)
 
 
+def note_ctf_verdict(ctx, series: CtfTomoSeries) -> None:
+    """The series pass's verdict in run.log; a 'check' or 'failed' one also as a step warning."""
+    from tiltflow.workflow.sets import ctf_verdict, verdict_text
+
+    verdict = ctf_verdict(series)
+    if not verdict["status"]:
+        return
+    ctx.log.info("%s: CTF verdict %s", series.ts_id, verdict_text(verdict))
+    if verdict["status"] != "good":
+        ctx.options.setdefault("warnings", []).append(f"{series.ts_id}: CTF {verdict_text(verdict)}")
+
+
 def write_series_ctf_files(series: CtfTomoSeries, params, out_dir: Path) -> dict[str, str]:
     """CTFFIND4 text (tilt-angle order) and an IMOD version-3 ``.defocus`` for one series."""
     from tiltflow.io.ctffind import CtffindFile, CtffindRow, write_ctffind

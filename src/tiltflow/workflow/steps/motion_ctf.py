@@ -23,6 +23,7 @@ from tiltflow.workflow.steps.ctf_common import (
     ctf_series_from_results,
     ctf_set,
     fit_tilt_ctf,
+    note_ctf_verdict,
     smooth_grids_in_time,
     write_series_ctf_files,
 )
@@ -330,6 +331,7 @@ def run_motion_ctf(ctx: StepContext):
                 ctx.log.warning("%s: defocus grid not fitted: %s", new.ts_id, skipped)
                 ctx.options.setdefault("warnings", []).append(f"{new.ts_id}: defocus grid not fitted ({skipped})")
             series = ctf_series_from_results(new, per_tilt, params)
+            note_ctf_verdict(ctx, series)
             series.attrs.update(write_series_ctf_files(series, params, ctx.run_dir))
             ctf_items.append(series)
     if not items:
