@@ -11,25 +11,33 @@ from __future__ import annotations
 import hashlib
 import secrets
 from pathlib import Path
+from typing import Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from tiltflow.web import project_data as pd
+from tiltflow.web import tomograms as tomo
+from tiltflow.web.ctf_source import find_ctf_source
 from tiltflow.web.curate import Curator
+from tiltflow.web.limits import RequestLimits, served_path
 from tiltflow.web.models import (
     CtfSeriesDetail,
     CurationResult,
     ExcludeRequest,
     ProjectInfo,
+    SavePreview,
     SaveRequest,
     SaveResult,
     SeriesInfo,
     Suggestion,
+    TomogramInfo,
     ViewInfo,
 )
 from tiltflow.web.quality import suggest_for_ctf, suggest_for_tilt_series
+from tiltflow.web.save_preview import save_preview as preview_save
+from tiltflow.web.save_preview import save_result
 from tiltflow.web.spectra import ctf_power_image
 from tiltflow.web.thumbnails import ImageRef, ThumbnailCache, render_png
 from tiltflow.workflow.errors import InputError, ProjectError
@@ -85,16 +93,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(err)}, 422)
 
 
-def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None) -> FastAPI:
-    """The viewer for ``store``; ``app.state.cache`` / ``app.state.curator`` are its helpers."""
+def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None,
+               hosts: list[str] | tuple[str, ...] | None = None) -> FastAPI:
+    """The viewer for ``store``; ``app.state.cache`` / ``app.state.curator`` are its helpers.
+    ``hosts``: names it answers besides loopback (``view --host``), see ``web.limits``."""
     if len(token) < 16:
         raise ValueError("create_app: the token must be at least 16 characters (use secrets.token_urlsafe())")
     app = FastAPI(title="tiltflow viewer", docs_url=None, redoc_url=None, openapi_url=None)
-    cache = ThumbnailCache(cache_dir or store.root / ".cache" / "thumbs")
+    cache = ThumbnailCache(cache_dir or store.root / ".cache" / "thumbs",
+                           guard=lambda f: served_path(store.root, f))   # no symlinks out
     curator = Curator(store)
+    slices = tomo.SliceServer()
     app.state.cache, app.state.curator, app.state.store = cache, curator, store
     _install_token_check(app, token)
     _install_error_handlers(app)
+    app.add_middleware(RequestLimits, hosts=hosts)   # outermost: Host check, body limit
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def tilt_series(pointer: str, ts_id: str) -> tuple[pd.OutputRecord, TiltSeries]:
@@ -120,7 +133,8 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
     @app.get("/api/outputs/{pointer}/series")
     def series_list(pointer: str) -> list[SeriesInfo]:
         out = pd.get_output(store, pointer, pd.TILT_TYPES + pd.CTF_TYPES)
-        return pd.series_infos(pd.load_curated(store, out))
+        ctf = find_ctf_source(store, out) if out.type in pd.TILT_TYPES else None
+        return pd.series_infos(pd.load_curated(store, out), ctf)
 
     def shown_ref(out: pd.OutputRecord, series: TiltSeries, order: int) -> ImageRef:
         """The picture of one view: a movie's motion-corrected sum when a run made one."""
@@ -131,7 +145,7 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
     def views(pointer: str, ts_id: str) -> list[ViewInfo]:
         out, series = tilt_series(pointer, ts_id)
         sums = pd.motion_corrected(store, out)
-        return pd.view_infos(series, pd.ctf_of_same_run(store, sums or out), pd.shown_images(store, sums, series))
+        return pd.view_infos(series, find_ctf_source(store, out), pd.shown_images(store, sums, series))
 
     @app.get("/api/outputs/{pointer}/series/{ts_id}/views/{order}/thumbnail.png")
     def thumbnail(pointer: str, ts_id: str, order: int) -> FileResponse:
@@ -152,8 +166,8 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
         out, series = tilt_series(pointer, ts_id)
         sums = pd.motion_corrected(store, out)
         stats = pd.series_stats(cache, list(pd.shown_images(store, sums, series).values()))
-        ctf = pd.ctf_of_same_run(store, sums or out)
-        ctf_s = next((s for s in ctf.items if s.ts_id == ts_id), None) if ctf else None
+        ctf = find_ctf_source(store, out)
+        ctf_s = ctf.series(ts_id) if ctf else None
         return suggest_for_tilt_series(series, stats, ctf_s)
 
     @app.get("/api/outputs/{pointer}/ctf/{ts_id}")
@@ -171,6 +185,7 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
         """The spectrum the CTF step saved (PNG, or MRC rendered), else the fitted model's CTF²."""
         out, series = ctf_series(pointer, ts_id)
         path = None if model else pd.spectrum_file(store, series, order)
+        path = served_path(store.root, path, inside_only=True) if path is not None else None
         if path is not None:
             if path.suffix.lower() == ".png" and path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n":
                 return FileResponse(path, media_type=PNG, headers={"X-Spectrum-Source": "file"})
@@ -197,9 +212,32 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
     def undo(pointer: str) -> CurationResult:
         return curator.undo(pd.get_output(store, pointer, pd.TILT_TYPES + pd.CTF_TYPES))
 
+    @app.get("/api/outputs/{pointer}/tomograms")
+    def tomogram_list(pointer: str) -> list[TomogramInfo]:
+        out = pd.get_output(store, pointer, pd.TOMOGRAM_TYPES)
+        return tomo.tomogram_infos(store, tomo.load_tomograms(store, out))
+
+    @app.get("/api/outputs/{pointer}/tomograms/{ts_id}/slice.png")
+    def tomogram_slice(pointer: str, ts_id: str, axis: Literal["xy", "xz", "yz"] = "xy",
+                       index: int | None = Query(None, ge=0), half: Literal["full", "even", "odd"] = "full",
+                       slab: int = Query(1, ge=1, le=64), lo: float = Query(1.0, ge=0, le=100),
+                       hi: float = Query(99.0, ge=0, le=100), gamma: float = Query(1.0, gt=0.05, le=10),
+                       max_px: int = Query(1024, ge=32, le=4096)) -> Response:
+        """A slice (``xy`` at z ``index``, ``xz`` at y, ``yz`` at x; None: the centre) read by mmap, as
+        PNG between the volume's ``lo`` and ``hi`` percentiles (grey levels in ``X-Contrast``)."""
+        t = tomo.find_tomogram(tomo.load_tomograms(store, pd.get_output(store, pointer, pd.TOMOGRAM_TYPES)), ts_id)
+        path = served_path(store.root, tomo.tomogram_path(store, t, half))
+        data, g_lo, g_hi = slices.png(path, tomo.SliceRequest(axis, index, slab, max_px), lo_pct=lo, hi_pct=hi, gamma=gamma)
+        return Response(data, media_type=PNG, headers={"X-Contrast": f"{g_lo:.6g},{g_hi:.6g}",
+                                                       "Cache-Control": "private, no-cache"})
+
+    @app.get("/api/outputs/{pointer}/save-preview")
+    def save_preview(pointer: str) -> SavePreview:
+        return preview_save(store, pd.get_output(store, pointer, pd.TILT_TYPES + pd.CTF_TYPES))
+
     @app.post("/api/outputs/{pointer}/save")
     def save(pointer: str, req: SaveRequest) -> SaveResult:
         new = curator.save(pd.get_output(store, pointer, pd.TILT_TYPES + pd.CTF_TYPES), restack=req.restack)
-        return SaveResult(pointer=new.pointer, name=new.name, type=new.type, summary=new.summary)
+        return save_result(store, new)
 
     return app

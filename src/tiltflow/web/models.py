@@ -12,7 +12,7 @@ class OutputInfo(BaseModel):
     name: str
     type: str
     summary: str
-    viewer: Literal["tomo", "ctf"] | None   # which viewer opens it, if any
+    viewer: Literal["tomo", "ctf", "tomogram"] | None   # which viewer opens it, if any
 
 
 class RunInfo(BaseModel):
@@ -43,6 +43,9 @@ class SeriesInfo(BaseModel):
     is_movie: bool = False
     verdict: str | None = None        # alignment verdict: good / check / failed (None: not judged)
     verdict_reasons: list[str] = []
+    ctf_verdict: str | None = None    # the CTF series pass's verdict: good / check / failed (None: not judged)
+    ctf_verdict_reasons: list[str] = []
+    ctf_from: str | None = None       # tilt series: the CTF set its defocus comes from, "2.CTFTomoSeries (motion-ctf, run 2)"
 
 
 class ViewInfo(BaseModel):
@@ -53,7 +56,9 @@ class ViewInfo(BaseModel):
     dose_accumulated_e_a2: float | None
     defocus_u_a: float | None
     defocus_v_a: float | None
-    defocus_source: Literal["ctf", "attrs"] | None
+    defocus_source: Literal["ctf", "attrs"] | None   # attrs: no CTF set found, the image's own (unrefined) values
+    defocus_from: str | None = None   # the CTF set and run the defocus comes from
+    ring_strength: float | None = None   # Thon-ring evidence of the CTF fit (robust z; rings need >= 6)
     total_motion_px: float | None
     excluded: bool
     file_name: str                    # the file's name only, for display
@@ -78,6 +83,7 @@ class CtfInfo(BaseModel):
     score: float | None
     excluded: bool
     has_spectrum_file: bool
+    ring_strength: float | None = None   # Thon-ring evidence near the series' trend (robust z; rings need >= 6)
     radial_profile: RadialProfile | None
     zeros_u_per_a: list[float]        # CTF zeros along the u axis (1/Å); empty when unknown
     zeros_v_per_a: list[float]
@@ -87,6 +93,8 @@ class CtfSeriesDetail(BaseModel):
     ts_id: str
     excluded: bool
     nyquist_per_a: float | None       # edge of the drawn spectra (1/Å); None: acquisition unknown
+    verdict: str | None = None        # the CTF series pass's verdict: good / check / failed (None: not judged)
+    verdict_reasons: list[str] = []
     items: list[CtfInfo]              # tilt-angle order
 
 
@@ -111,11 +119,40 @@ class SaveRequest(BaseModel):
     restack: bool = False             # write new stacks without the excluded views
 
 
+class SavePreview(BaseModel):
+    """What Save would create now (another writer may take the name first: Save returns the real one)."""
+
+    pointer: str                      # RUN_ID.outputName of the new output
+    name: str
+    run_id: int
+    step: str
+    restack_folder: str | None        # tilt series: where re-stacking writes the new stacks (project-relative)
+    n_series: int                     # series kept (not excluded)
+    n_excluded_series: int
+    n_excluded_items: int             # views (or CTF tilts) excluded in the kept series
+
+
 class SaveResult(BaseModel):
     pointer: str
     name: str
     type: str
     summary: str
+    run_id: int | None = None
+    step: str | None = None
+    folder: str | None = None         # re-stacked: the folder of the new stacks (project-relative)
+
+
+class TomogramInfo(BaseModel):
+    ts_id: str
+    shape: tuple[int, int, int]       # (nz, ny, nx) voxels
+    voxel_size_a: float
+    file_name: str                    # the file's name only, for display
+    file: str                         # project-relative path (for the terminal user)
+    halves: bool                      # even/odd tomograms exist
+    method: str | None
+    source: str | None                # the tilt-series set it was reconstructed from
+    snapshots: list[str]              # PNGs of the central slices beside the tomogram (project-relative)
+    missing: bool = False             # the MRC file is gone
 
 
 class Suggestion(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from tiltflow.web.ctf_source import CtfSource
 from tiltflow.web.models import (
     CtfInfo,
     CtfSeriesDetail,
@@ -26,17 +27,19 @@ from tiltflow.workflow.errors import ProjectError
 from tiltflow.workflow.sets import (
     Acquisition,
     AnySet,
-    CtfSeriesSet,
     CtfTomo,
     CtfTomoSeries,
     TiltImage,
     TiltSeries,
     alignment_verdict,
+    ctf_verdict,
 )
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
 TILT_TYPES = ("TiltSeries", "TiltSeriesM")
 CTF_TYPES = ("CTFTomoSeries",)
+TOMOGRAM_TYPES = ("Tomograms",)
+VIEWERS = {**{t: "tomo" for t in TILT_TYPES}, **{t: "ctf" for t in CTF_TYPES}, **{t: "tomogram" for t in TOMOGRAM_TYPES}}
 
 
 def _num(x: float | None) -> float | None:
@@ -47,8 +50,7 @@ def project_info(store: ProjectStore) -> ProjectInfo:
     outputs = store.outputs()
     runs = []
     for r in store.runs():
-        outs = [OutputInfo(pointer=o.pointer, name=o.name, type=o.type, summary=o.summary,
-                           viewer="tomo" if o.type in TILT_TYPES else "ctf" if o.type in CTF_TYPES else None)
+        outs = [OutputInfo(pointer=o.pointer, name=o.name, type=o.type, summary=o.summary, viewer=VIEWERS.get(o.type))
                 for o in outputs if o.run_id == r.id]
         duration = r.ended - r.started if r.started and r.ended else None
         runs.append(RunInfo(id=r.id, step=r.step, label=r.label, status=r.status, duration_s=duration,
@@ -128,14 +130,20 @@ def series_stats(cache: ThumbnailCache, images: list[TiltImage]) -> dict[int, Vi
     return stats
 
 
-def series_infos(value: AnySet) -> list[SeriesInfo]:
+def series_infos(value: AnySet, ctf: CtfSource | None = None) -> list[SeriesInfo]:
+    """One row per series; a tilt series carries the verdict of its CTF in ``ctf`` (from
+    ``ctf_source.find_ctf_source``), a CTF series its own."""
     out = []
     for s in value.items:
         if isinstance(s, TiltSeries):
             tilts = [im.tilt_angle_deg for im in s.images]
             verdict = alignment_verdict(s)
+            ctf_s = ctf.series(s.ts_id) if ctf is not None else None
+            cv = ctf_verdict(ctf_s) if ctf_s is not None else {"status": None, "reasons": []}
             out.append(SeriesInfo(
                 verdict=verdict["status"], verdict_reasons=verdict["reasons"],
+                ctf_verdict=cv["status"], ctf_verdict_reasons=cv["reasons"],
+                ctf_from=ctf.label if ctf_s is not None else None,
                 ts_id=s.ts_id, n_views=len(s.images), tilt_min_deg=min(tilts, default=None),
                 tilt_max_deg=max(tilts, default=None), tilt_axis_deg=s.acquisition.tilt_axis_deg,
                 pixel_size_a=s.acquisition.pixel_size_a, size_px=tuple(s.size), excluded=not s.enabled,
@@ -143,21 +151,13 @@ def series_infos(value: AnySet) -> list[SeriesInfo]:
                 is_movie=any(im.index is None for im in s.images)))
         else:
             tilts = [c.tilt_angle_deg for c in s.items]
+            cv = ctf_verdict(s)
             out.append(SeriesInfo(
+                ctf_verdict=cv["status"], ctf_verdict_reasons=cv["reasons"],
                 ts_id=s.ts_id, n_views=len(s.items), tilt_min_deg=min(tilts, default=None),
                 tilt_max_deg=max(tilts, default=None), tilt_axis_deg=None, pixel_size_a=None, size_px=None,
                 excluded=not s.enabled, n_excluded=sum(not c.enabled for c in s.items)))
     return out
-
-
-def ctf_of_same_run(store: ProjectStore, output: OutputRecord) -> CtfSeriesSet | None:
-    """The first CTF set registered by the run that produced ``output``, if any."""
-    for o in store.outputs(output.run_id):
-        if o.type in CTF_TYPES:
-            value = store.load(o)
-            assert isinstance(value, CtfSeriesSet)
-            return value
-    return None
 
 
 def _picture(item: TiltImage, shown: TiltImage) -> str:
@@ -168,29 +168,29 @@ def _picture(item: TiltImage, shown: TiltImage) -> str:
     return ""
 
 
-def view_infos(series: TiltSeries, ctf: CtfSeriesSet | None, shown: dict[int, TiltImage] | None = None) -> list[ViewInfo]:
+def view_infos(series: TiltSeries, ctf: CtfSource | None, shown: dict[int, TiltImage] | None = None) -> list[ViewInfo]:
     """One row per view in tilt-angle order; ``shown`` (from ``shown_images``) gives the drawn image,
-    whose per-tilt values (total motion) complete those of a movie."""
+    whose per-tilt values (total motion) complete those of a movie. Defocus comes from the CTF set
+    ``ctf`` (``ctf_source.find_ctf_source``); an image's own defocus attributes (a step's per-tilt fit
+    before its series pass) are shown, marked "attrs", only when no CTF set applies."""
     shown = shown or {}
-    by_order = {}
-    if ctf is not None:
-        for cs in ctf.items:
-            if cs.ts_id == series.ts_id:
-                by_order = {c.acquisition_order: c for c in cs.items}
+    ctf_s = ctf.series(series.ts_id) if ctf is not None else None
+    by_order = {c.acquisition_order: c for c in ctf_s.items} if ctf_s is not None else {}
     rows = []
     for pos, im in enumerate(sorted(series.images, key=lambda im: im.tilt_angle_deg), start=1):
         c = by_order.get(im.acquisition_order)
         if c is not None:
-            du, dv, source = c.defocus_u_a, c.defocus_v_a, "ctf"
+            du, dv, source, origin = c.defocus_u_a, c.defocus_v_a, "ctf", ctf.label if ctf else None
         else:
             du = im.attrs.get("defocus_u_a", im.attrs.get("defocus_a"))
             dv = im.attrs.get("defocus_v_a", du)
-            source = "attrs" if du is not None else None
+            source, origin = ("attrs", "the image's attributes (no CTF set applies)") if du is not None else (None, None)
         drawn = shown.get(im.acquisition_order, im)
         rows.append(ViewInfo(
             position=pos, acquisition_order=im.acquisition_order, tilt_angle_deg=im.tilt_angle_deg,
             dose_e_a2=_num(im.dose_e_a2), dose_accumulated_e_a2=_num(im.dose_accumulated_e_a2),
-            defocus_u_a=_num(du), defocus_v_a=_num(dv), defocus_source=source,
+            defocus_u_a=_num(du), defocus_v_a=_num(dv), defocus_source=source, defocus_from=origin,
+            ring_strength=_num(c.attrs.get("ring_strength")) if c is not None else None,
             total_motion_px=_num(im.attrs.get("total_motion_px", drawn.attrs.get("total_motion_px"))),
             excluded=not im.enabled,
             file_name=Path(im.file).name if im.index is None else f"{Path(im.file).name}[{im.index}]",
@@ -241,8 +241,11 @@ def ctf_detail(series: CtfTomoSeries, acq: Acquisition | None, spectrum_pixel_si
             defocus_v_a=c.defocus_v_a, astigmatism_angle_deg=c.astigmatism_angle_deg,
             phase_shift_deg=math.degrees(c.phase_shift_rad or 0.0), fit_resolution_a=_num(c.fit_resolution_a),
             score=_num(c.score), excluded=not c.enabled, has_spectrum_file=bool(c.attrs.get("spectrum_file")),
+            ring_strength=_num(c.attrs.get("ring_strength")),
             radial_profile=radial, zeros_u_per_a=zeros_u, zeros_v_per_a=zeros_v))
-    return CtfSeriesDetail(ts_id=series.ts_id, excluded=not series.enabled, nyquist_per_a=nyquist, items=items)
+    verdict = ctf_verdict(series)
+    return CtfSeriesDetail(ts_id=series.ts_id, excluded=not series.enabled, nyquist_per_a=nyquist, items=items,
+                           verdict=verdict["status"], verdict_reasons=verdict["reasons"])
 
 
 def find_ctf(series: CtfTomoSeries, order: int) -> CtfTomo:

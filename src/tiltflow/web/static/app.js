@@ -4,9 +4,12 @@ const TF = {
   tab: "project",
   tomoOutput: null,   // pointer of the tilt-series set in the TomoViewer
   ctfOutput: null,    // pointer of the CTF set in the CTF viewer
+  tomogramOutput: null,  // pointer of the tomogram set in the tomogram viewer
   pages: {},          // tab -> {show(), key(event)} registered by tomo.js / ctf.js
 };
 
+const TABS = ["project", "tomo", "ctf", "tomogram"];   // keys 1-4
+const VIEWER_NAMES = {tomo: "TomoViewer", ctf: "CTF viewer", tomogram: "tomogram viewer"};
 const $ = sel => document.querySelector(sel);
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 function fmt(v, digits, unit) {
@@ -55,8 +58,8 @@ function report(err) {
 function showTab(name) {
   TF.tab = name;
   for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.tab === name);
-  for (const t of ["project", "tomo", "ctf"]) $(`#tab-${t}`).hidden = t !== name;
-  const pointer = name === "tomo" ? TF.tomoOutput : name === "ctf" ? TF.ctfOutput : null;
+  for (const t of TABS) $(`#tab-${t}`).hidden = t !== name;
+  const pointer = {tomo: TF.tomoOutput, ctf: TF.ctfOutput, tomogram: TF.tomogramOutput}[name] || null;
   $("#current-set").textContent = pointer || "";
   const page = TF.pages[name];
   if (page) page.show().catch(report);
@@ -68,6 +71,7 @@ function showTab(name) {
 function openOutput(o) {
   if (o.viewer === "tomo") { TF.tomoOutput = o.pointer; showTab("tomo"); }
   else if (o.viewer === "ctf") { TF.ctfOutput = o.pointer; showTab("ctf"); }
+  else if (o.viewer === "tomogram") { TF.tomogramOutput = o.pointer; showTab("tomogram"); }
 }
 
 async function loadProject() {
@@ -84,7 +88,7 @@ async function loadProject() {
         ${r.error ? `<span class="status-failed">${esc(r.error)}</span>` : ""}</div>
       ${r.outputs.map(o => `
         <div class="output"><span class="pointer">${esc(o.pointer)}</span><span>${esc(o.summary)}</span>
-          ${o.viewer ? `<button data-pointer="${esc(o.pointer)}" data-viewer="${o.viewer}">open in ${o.viewer === "tomo" ? "TomoViewer" : "CTF viewer"}</button>` : ""}
+          ${o.viewer ? `<button data-pointer="${esc(o.pointer)}" data-viewer="${o.viewer}">open in ${VIEWER_NAMES[o.viewer]}</button>` : ""}
         </div>`).join("")}
     </div>`).join("");
   for (const b of box.querySelectorAll("button[data-pointer]")) {
@@ -93,13 +97,23 @@ async function loadProject() {
   return p;
 }
 
-/* Save: ask "keep excluded views disabled" or "re-stack" (tilt series), or confirm (CTF). */
-async function saveSubset(pointer, isCtf) {
+/* Save: the dialog names the output Save will make (asked of the server now) and asks "keep excluded
+   views disabled" or "re-stack" (tilt series), or confirms (CTF); afterwards ``box`` shows the output
+   Save really made (its name, run, summary, and where re-stacked stacks went) with a button to open it. */
+async function saveSubset(pointer, isCtf, box) {
   const dlg = $("#save-dialog");
+  const pv = await api(outputUrl(pointer, "/save-preview"));
+  const plural = (n, w) => `${n} ${w}${n === 1 || w.endsWith("series") ? "" : "s"}`;
+  const excluded = isCtf ? plural(pv.n_excluded_items, "excluded tilt") : plural(pv.n_excluded_items, "excluded view");
   $("#save-title").textContent = isCtf ? "Save good CTFs" : "Save subset";
-  $("#save-text").textContent = isCtf
-    ? `Register the CTF series of ${pointer} with the excluded tilts disabled as a new output (goodSetOfCTFTomoSeries…) of the same run; the excluded ones are recorded.`
-    : `Register ${pointer} as a new output (…_2) of the same run. Keep the excluded views in the stacks, disabled, or write new stacks without them (acquisition order and dose are kept)?`;
+  $("#save-name").textContent = pv.pointer;
+  $("#save-text").innerHTML = isCtf
+    ? `A new output of run ${pv.run_id} (${esc(pv.step)}): the CTF series of ${esc(pointer)} with the ${excluded} disabled ` +
+      `(listed in its <i>bad</i> attribute)${pv.n_excluded_series ? `; ${plural(pv.n_excluded_series, "excluded series")} kept, disabled` : ""}.`
+    : `A new output of run ${pv.run_id} (${esc(pv.step)}) made from ${esc(pointer)}: ${plural(pv.n_series, "series")}` +
+      `${pv.n_excluded_series ? ` (${plural(pv.n_excluded_series, "excluded series")} more, kept disabled — left out when re-stacking)` : ""}, ` +
+      `${excluded}. Keep the excluded views in the stacks, disabled, or write new stacks without them ` +
+      `into <code>${pathHtml(pv.restack_folder)}/</code> (acquisition order and dose are kept)?`;
   $("#save-disabled").textContent = isCtf ? "Save" : "Keep excluded views disabled";
   $("#save-restack").hidden = isCtf;
   dlg.returnValue = "cancel";
@@ -109,7 +123,24 @@ async function saveSubset(pointer, isCtf) {
   status(choice === "restack" ? "re-stacking…" : "saving…");
   const r = await api(outputUrl(pointer, "/save"), {json: {restack: choice === "restack"}});
   status(`saved ${r.pointer}: ${r.summary}`, "ok");
+  if (box) showSaved(box, r, pv);
   return r;
+}
+
+/* A path that wraps after its slashes only. */
+const pathHtml = path => esc(path).replace(/\//g, "/<wbr>");
+
+function showSaved(box, r, pv) {
+  const viewer = r.type === "CTFTomoSeries" ? "ctf" : "tomo";
+  box.hidden = false;
+  box.innerHTML = `<button class="close" title="dismiss">✕</button>
+    <div>Saved as <b class="saved-pointer">${esc(r.pointer)}</b>${r.run_id !== null ? ` <span class="muted">(run ${r.run_id}, ${esc(r.step)})</span>` : ""}</div>
+    <div class="muted">${esc(r.summary)}</div>
+    ${r.folder ? `<div>new stacks in <code class="saved-folder">${pathHtml(r.folder)}/</code></div>` : ""}
+    ${pv && pv.pointer !== r.pointer ? `<div class="muted">(${esc(pv.pointer)} was taken meanwhile)</div>` : ""}
+    <button class="open">open ${esc(r.pointer)}</button>`;
+  box.querySelector(".close").addEventListener("click", () => { box.hidden = true; });
+  box.querySelector(".open").addEventListener("click", () => openOutput({pointer: r.pointer, viewer}));
 }
 
 /* Fill a <select> with the project's outputs that ``viewer`` opens; returns the chosen pointer. */
@@ -142,6 +173,19 @@ function refocusSeriesRow(table, tsId) {
   if (row) row.focus({preventScroll: true});
 }
 
+/* A verdict (good / check / failed) as a coloured dot in a table cell, reasons on hover. */
+function verdictCell(status, reasons, what, from) {
+  if (!status) return `<td class="verdict-none"></td>`;
+  const title = `${what} ${status}${reasons && reasons.length ? ": " + reasons.join("; ") : ""}${from ? ` — ${from}` : ""}`;
+  return `<td class="verdict verdict-${esc(status)}" data-verdict="${esc(status)}" title="${esc(title)}">●</td>`;
+}
+/* The verdict as words, reasons after it. */
+function verdictText(status, reasons) {
+  const why = reasons && reasons.length ? reasons.join("; ") : "";
+  return `<span class="verdict-${esc(status)}">${esc(status)}</span>` +
+    (why ? ` <span class="muted reasons" title="${esc(why)}">${esc(why)}</span>` : "");
+}
+
 async function exclude(pointer, body) {
   const r = await api(outputUrl(pointer, "/exclude"), {json: body});
   status(`${r.changed} flag${r.changed === 1 ? "" : "s"} changed`);
@@ -158,7 +202,7 @@ async function undo(pointer) {
 document.addEventListener("keydown", ev => {
   if (ev.target.closest && ev.target.closest("input, select, textarea, dialog")) return;
   if ((ev.key === " " || ev.key === "Enter") && ev.target.closest && ev.target.closest("button")) return;
-  if (ev.key === "1" || ev.key === "2" || ev.key === "3") { showTab(["project", "tomo", "ctf"][+ev.key - 1]); return; }
+  if (/^[1-9]$/.test(ev.key) && +ev.key <= TABS.length && !ev.ctrlKey && !ev.metaKey && !ev.altKey) { showTab(TABS[+ev.key - 1]); return; }
   const page = TF.pages[TF.tab];
   if (page && page.key(ev)) ev.preventDefault();
 });
@@ -166,10 +210,17 @@ document.addEventListener("keydown", ev => {
 // the project page follows runs as they register outputs
 setInterval(() => { if (TF.tab === "project" && !document.hidden) loadProject().catch(report); }, 5000);
 
-window.addEventListener("DOMContentLoaded", () => {
-  for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+/* The address's #tab/pointer opens that tab on that set (on load, and when the user edits it). */
+function followHash() {
   const [tab, pointer] = location.hash.slice(1).split("/");
   if (tab === "tomo" && pointer) TF.tomoOutput = decodeURIComponent(pointer);
   if (tab === "ctf" && pointer) TF.ctfOutput = decodeURIComponent(pointer);
-  showTab(["tomo", "ctf"].includes(tab) ? tab : "project");
+  if (tab === "tomogram" && pointer) TF.tomogramOutput = decodeURIComponent(pointer);
+  showTab(TABS.includes(tab) ? tab : "project");
+}
+
+window.addEventListener("hashchange", followHash);   // showTab's replaceState does not fire it
+window.addEventListener("DOMContentLoaded", () => {
+  for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+  followHash();
 });

@@ -3,6 +3,7 @@
    radial profile, exclusion of outliers, Save (goodSetOfCTFTomoSeries…). */
 (() => {
   const C = {series: [], ts: null, detail: null, cur: 0, suggestions: []};
+  const RINGS_Z = 6;   // core.ctf_verdict.RINGS_Z: ring evidence a tilt needs to count as showing Thon rings
   const pointer = () => TF.ctfOutput;
   const item = () => C.detail && C.detail.items[C.cur];
 
@@ -27,9 +28,10 @@
       <tr class="row ${s.ts_id === C.ts ? "selected" : ""} ${s.excluded ? "excluded" : ""}" data-ts="${esc(s.ts_id)}" tabindex="0">
         <td>${esc(s.ts_id)}</td><td>${s.n_views}</td><td>${fmt(s.tilt_min_deg, 0)}…${fmt(s.tilt_max_deg, 0)}°</td>
         <td class="${s.n_excluded ? "bad" : ""}">${s.n_excluded}</td>
+        ${verdictCell(s.ctf_verdict, s.ctf_verdict_reasons, "CTF")}
         <td><button class="x-btn" data-toggle="${esc(s.ts_id)}" title="exclude / include the whole series (X)">${s.excluded ? "include" : "exclude"}</button></td>
       </tr>`).join("");
-    table.innerHTML = `<tr><th>tsId</th><th>tilts</th><th>tilt</th><th>excl.</th><th></th></tr>${rows}`;
+    table.innerHTML = `<tr><th>tsId</th><th>tilts</th><th>tilt</th><th>excl.</th><th title="CTF verdict of the series pass: green good, orange check, red failed (hover for the reasons)">ctf</th><th></th></tr>${rows}`;
     for (const tr of table.querySelectorAll("tr.row")) {
       tr.addEventListener("click", ev => {
         if (ev.target.dataset.toggle) return;
@@ -60,6 +62,14 @@
     C.cur = Math.min(C.cur, Math.max(detail.items.length - 1, 0));
     renderSuggestions();
     select(C.cur);
+  }
+
+  function renderVerdict() {
+    const d = C.detail, box = $("#ctf-verdict");
+    box.className = d.verdict ? `verdict-banner verdict-${d.verdict}` : "verdict-banner";
+    box.innerHTML = d.verdict ? `<b>${esc(d.ts_id)}: CTF ${esc(d.verdict)}</b>` +
+      (d.verdict_reasons.length ? ` — ${esc(d.verdict_reasons.join("; "))}` : "")
+      : `<span class="muted">${esc(d.ts_id)}: CTF not judged by a series pass</span>`;
   }
 
   function renderPlot() {
@@ -94,10 +104,11 @@
         <td>${fmt(c.defocus_u_a / 1e4, 3)}</td><td>${fmt(c.defocus_v_a / 1e4, 3)}</td>
         <td>${fmt(c.defocus_u_a - c.defocus_v_a, 0)}</td><td>${fmt(c.astigmatism_angle_deg, 1)}</td>
         <td>${fmt(c.phase_shift_deg, 1)}</td><td>${fmt(c.fit_resolution_a, 1)}</td><td>${fmt(c.score, 3)}</td>
+        <td class="${c.ring_strength !== null && c.ring_strength < RINGS_Z ? "weak" : ""}">${fmt(c.ring_strength, 1)}</td>
         <td>${sugg.has(c.acquisition_order) && !c.excluded ? '<span class="kind">?</span>' : ""}</td>
         <td><button class="x-btn" data-x="${i}">${c.excluded ? "include" : "exclude"}</button></td></tr>`).join("");
     $("#ctf-table").innerHTML = `<tr><th>tilt °</th><th>acq</th><th>U µm</th><th>V µm</th><th>U−V Å</th><th>azimuth °</th>
-      <th>phase °</th><th>fit res. Å</th><th>score</th><th></th><th></th></tr>${rows}`;
+      <th>phase °</th><th>fit res. Å</th><th>score</th><th title="Thon-ring evidence near the series' defocus trend (robust z); rings need ${RINGS_Z}">rings z</th><th></th><th></th></tr>${rows}`;
     for (const tr of $("#ctf-table").querySelectorAll("tr[data-i]")) {
       tr.addEventListener("click", ev => {
         if (ev.target.dataset.x !== undefined) toggleTilt(+ev.target.dataset.x).catch(report);
@@ -175,7 +186,11 @@
       ["defocus U / V", `${um(c.defocus_u_a)} / ${um(c.defocus_v_a)}`],
       ["astigmatism", `${fmt(c.defocus_u_a - c.defocus_v_a, 0, " Å")} at ${fmt(c.astigmatism_angle_deg, 1, "°")}`],
       ["phase shift", fmt(c.phase_shift_deg, 1, "°")], ["fit resolution", fmt(c.fit_resolution_a, 2, " Å")],
-      ["score", fmt(c.score, 4)], ["state", c.excluded ? '<span class="status-failed">excluded</span>' : "included"],
+      ["score", fmt(c.score, 4)],
+      ["ring evidence", c.ring_strength !== null ? `z ${fmt(c.ring_strength, 1)} <span class="muted">(rings need ${RINGS_Z})</span>` : "–"],
+      ["series verdict", C.detail.verdict ? `<span class="verdict-${esc(C.detail.verdict)}">${esc(C.detail.verdict)}</span> <span class="muted">(above)</span>`
+        : '<span class="muted">not judged</span>'],
+      ["state", c.excluded ? '<span class="status-failed">excluded</span>' : "included"],
     ];
     const s = C.suggestions.filter(x => x.view === c.acquisition_order);
     $("#ctf-info").innerHTML = `<table>${rows.map(r => `<tr><td>${r[0]}</td><td>${r[1]}</td></tr>`).join("")}</table>` +
@@ -186,7 +201,7 @@
   function select(i) {
     if (!C.detail || !C.detail.items.length) return;
     C.cur = (i + C.detail.items.length) % C.detail.items.length;
-    renderPlot(); renderTable(); renderSpectrum(); renderRadial(); renderInfo();
+    renderVerdict(); renderPlot(); renderTable(); renderSpectrum(); renderRadial(); renderInfo();
     const table = $("#ctf-table"), row = table.querySelector(`tr[data-i="${C.cur}"]`);
     if (row) scrollWithin(table, row, table.rows[0].getBoundingClientRect().height);
   }
@@ -230,7 +245,7 @@
     if (next) openSeries(next.ts_id);
   }
 
-  async function save() { if (await saveSubset(pointer(), true)) await show(); }
+  async function save() { if (await saveSubset(pointer(), true, $("#ctf-saved"))) await show(); }
 
   function key(ev) {
     const row = focusedSeriesRow($("#ctf-series"));

@@ -30,10 +30,11 @@
         <td>${esc(s.ts_id)}</td><td>${s.n_views}</td>
         <td>${fmt(s.tilt_min_deg, 0)}…${fmt(s.tilt_max_deg, 0)}°</td><td>${fmt(s.tilt_axis_deg, 1, "°")}</td>
         <td class="${s.n_excluded ? "bad" : ""}">${s.n_excluded}</td>
-        <td class="verdict-${esc(s.verdict || "none")}" title="${s.verdict ? esc(`alignment ${s.verdict}${s.verdict_reasons.length ? ": " + s.verdict_reasons.join("; ") : ""}`) : ""}">${s.verdict ? "●" : ""}</td>
+        ${verdictCell(s.verdict, s.verdict_reasons, "alignment")}
+        ${verdictCell(s.ctf_verdict, s.ctf_verdict_reasons, "CTF", s.ctf_from)}
         <td><button class="x-btn" data-toggle="${esc(s.ts_id)}" title="exclude / include the whole series (X)">${s.excluded ? "include" : "exclude"}</button></td>
       </tr>`).join("");
-    table.innerHTML = `<tr><th>tsId</th><th>views</th><th>tilt</th><th>axis</th><th>excl.</th><th title="alignment verdict: green good, orange check, red failed (hover for the reasons)">aln</th><th></th></tr>${rows}`;
+    table.innerHTML = `<tr><th>tsId</th><th>views</th><th>tilt</th><th>axis</th><th>excl.</th><th title="alignment verdict: green good, orange check, red failed (hover for the reasons)">aln</th><th title="CTF verdict of the series pass: green good, orange check, red failed (hover for the reasons)">ctf</th><th></th></tr>${rows}`;
     for (const tr of table.querySelectorAll("tr.row")) {
       tr.addEventListener("click", ev => {
         if (ev.target.dataset.toggle) return;
@@ -118,13 +119,16 @@
     const v = view(), s = T.series.find(x => x.ts_id === T.ts);
     const rows = [
       ["tilt series", `${esc(T.ts)}${s && s.excluded ? ' <span class="status-failed">(excluded)</span>' : ""}`],
-      ...(s && s.verdict ? [["alignment", `<span class="verdict-${esc(s.verdict)}">${esc(s.verdict)}</span>` +
-          (s.verdict_reasons.length ? ` <span class="muted">${esc(s.verdict_reasons.join("; "))}</span>` : "")]] : []),
+      ...(s && s.verdict ? [["alignment", verdictText(s.verdict, s.verdict_reasons)]] : []),
       ["view", `${v.position} of ${T.views.length} (tilt order)`],
       ["acquisition order", v.acquisition_order],
       ["tilt angle", fmt(v.tilt_angle_deg, 2, "°")],
       ["dose / accumulated", `${fmt(v.dose_e_a2, 2)} / ${fmt(v.dose_accumulated_e_a2, 1, " e⁻/Å²")}`],
-      ["defocus U / V", v.defocus_u_a !== null ? `${um(v.defocus_u_a)} / ${um(v.defocus_v_a)} <span class="muted">(${v.defocus_source})</span>` : "–"],
+      ["defocus U / V", v.defocus_u_a !== null ? `${um(v.defocus_u_a)} / ${um(v.defocus_v_a)}` +
+          `<div class="muted defocus-from ${v.defocus_source === "attrs" ? "stale" : ""}">from ${esc(v.defocus_from || v.defocus_source)}</div>` : "–"],
+      ...(s && (s.ctf_verdict || s.ctf_from) ? [["CTF verdict", (s.ctf_verdict ? verdictText(s.ctf_verdict, s.ctf_verdict_reasons)
+          : '<span class="muted">not judged (no series pass)</span>') + (v.ring_strength !== null ?
+          ` <span class="muted" title="Thon-ring evidence of this view (robust z); rings need 6">· rings z ${fmt(v.ring_strength, 1)} in this view</span>` : "")]] : []),
       ["total motion", fmt(v.total_motion_px, 2, " px")],
       ["file", esc(v.file_name) + (v.frames ? ` <span class="muted">(${v.frames} frames)</span>` : "")],
       ...(v.picture ? [["shown", `<span class="muted">${esc(v.picture)}</span>`]] : []),
@@ -245,7 +249,7 @@
     if (next) openSeries(next.ts_id);
   }
 
-  async function save() { if (await saveSubset(pointer(), false)) await show(); }
+  async function save() { if (await saveSubset(pointer(), false, $("#tomo-saved"))) await show(); }
 
   function key(ev) {
     const row = focusedSeriesRow($("#tomo-series"));

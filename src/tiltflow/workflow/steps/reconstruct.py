@@ -42,6 +42,10 @@ class ReconstructParams(CheckedParams):
                                  cli="--radial-cutoff", gt=0, le=0.5)
     radial_falloff: float = param(0.035, "Radial filter fall-off (Gaussian sigma), cycles/px.", cli="--radial-falloff", gt=0)
     fake_sirt_iterations: int | None = param(None, "WBP with IMOD's SIRT-like filter of N iterations.", cli="--fake-sirt", ge=1)
+    hamming_start: float | None = param(
+        None, "WBP: tomo3d's Hamming window on the ramp from this frequency, cycles/px of the binned views (0: the "
+              "whole range, tomo3d's default; 0.5: none); replaces --radial-cutoff/--radial-falloff.",
+        cli="--hamming", ge=0, le=0.5)
     sirt_iterations: int = param(20, "SIRT iterations.", cli="--sirt-iterations", ge=1)
     positivity: bool = param(False, "SIRT: clamp negative densities (after inverting to bright protein).", cli="--positivity")
     even_odd: bool = param(False, "Also reconstruct even/odd tomograms from the half-sum stacks.", cli="--even-odd")
@@ -55,6 +59,12 @@ class ReconstructParams(CheckedParams):
     dose_weight: bool = param(
         False, "Filter each view by its exposure (Grant & Grigorieff); not with views already dose-weighted by "
                "motion-ctf --dose-weighting.", cli="--dose-weight")
+
+    def problems(self) -> list[str]:
+        if self.hamming_start is not None and self.method != "wbp":
+            return [f"--hamming {self.hamming_start:g}: a filter of weighted back-projection — pass --method wbp "
+                    "or leave out --hamming"]
+        return []
 
 
 def reconstruct_series_task(refs: dict[str, list[tuple[str, int]]], xf: list[list[float]], angles: list[float],
@@ -90,7 +100,12 @@ def reconstruct_series_task(refs: dict[str, list[tuple[str, int]]], xf: list[lis
         if p["invert"]:
             views = -views
         if p["method"] == "wbp":
-            vol = wbp(views, angles_t, thickness_px=thickness_px, radial_cutoff=p["radial_cutoff"],
+            cutoff = p["radial_cutoff"]
+            if p.get("hamming_start") is not None:      # tomo3d: ramp x Hamming (core.wbp_window)
+                from tiltflow.core.wbp_window import hamming_filter_views
+
+                views, cutoff = hamming_filter_views(views, p["hamming_start"]), 0.5
+            vol = wbp(views, angles_t, thickness_px=thickness_px, radial_cutoff=cutoff,
                       radial_falloff=p["radial_falloff"], fake_sirt_iterations=p["fake_sirt_iterations"],
                       z_offset_px=z_offset_px, x_offset_px=x_offset_px)
         else:
@@ -217,6 +232,10 @@ def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
                          "motion-ctf)")
     if ctf_set is not None and p.ctf_correct == "none":
         ctx.options.setdefault("warnings", []).append("--ctf given without --ctf-correct phaseflip: CTF not used")
+    if p.dose_weight and source.attrs.get("dose_filtered"):
+        ctx.options.setdefault("warnings", []).append(
+            f"--dose-weight on views already dose-filtered (dose-filter --mode {source.attrs['dose_filtered']}): "
+            "weighted twice")
     device = resolve_device(ctx.options.get("device"))
     skip = _failed_alignments(ctx, source)
     tasks, meta = [], {}
