@@ -25,7 +25,7 @@ from tiltflow.core.ctf import (
     subtract_background,
     tiled_power_spectrum,
 )
-from tiltflow.core.ctf_fit import fit_resolution_a
+from tiltflow.core.ctf_rings import fit_resolution_a
 from tiltflow.core.ctf_model import ctf_2d, defocus_at_azimuth, electron_wavelength_a
 from tiltflow.core.fourier import frequency_grid_2d
 from tiltflow.core.geometry import defocus_offset_a

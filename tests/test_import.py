@@ -9,7 +9,6 @@ import pytest
 
 from tiltflow.io.mrc import write_mrc
 from tiltflow.testing.demo import DemoConfig, write_demo_dataset
-from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.runner import run_step
 from tiltflow.workflow.store import ProjectStore
 

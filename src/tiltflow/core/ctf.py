@@ -18,15 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tiltflow.core.ctf_fit import (
-    CtfFit,
-    CtfParams,
-    equiphase_average,
-    fit_ctf_spectrum,
-    ring_correlation,
-    search_defocus_local,
-)
+from tiltflow.core.ctf_fit import CtfFit, CtfParams, fit_ctf_spectrum, search_defocus_local
 from tiltflow.core.ctf_model import ctf_2d, electron_wavelength_a
+from tiltflow.core.ctf_rings import equiphase_average, ring_correlation
 from tiltflow.core.ctf_series import refine_series
 from tiltflow.core.ctf_spectra import (
     pixel_radius,

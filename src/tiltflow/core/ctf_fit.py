@@ -24,18 +24,15 @@ from dataclasses import dataclass
 
 import torch
 
-from tiltflow.core.ctf_model import ctf_1d, defocus_at_azimuth, electron_wavelength_a
+from tiltflow.core.ctf_model import ctf_1d, electron_wavelength_a
 from tiltflow.core.ctf_spectra import (
-    defocus_phase,
-    local_mean,
-    matching_k2,
     normalise_profile,
     pixel_radius,
     radial_bins,
     ring_window,
-    subtract_background,
 )
-from tiltflow.core.fourier import frequency_grid_2d
+from tiltflow.core.ctf_annulus import annulus, grid_scores, model_sq
+from tiltflow.core.ctf_rings import fit_resolution_a
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,54 +160,6 @@ def search_defocus_1d(
     return float(fine[i]), float(phases[j]), float(sf[i, j])
 
 
-def annulus(spectrum: torch.Tensor, params: CtfParams, mean_defocus_a: float) -> dict:
-    """The background-subtracted spectrum over the fit band: ``k`` (1/Å), ``az`` (rad), ``y``, each
-    (p,) float64, and ``grid``: float32 terms of the grid searches (``_grid_scores``)."""
-    n = spectrum.shape[-2]
-    dev = spectrum.device
-    ky, kx = frequency_grid_2d((n, n), device=dev)
-    ky, kx = ky.to(torch.float64) / params.pixel_size_a, kx.to(torch.float64) / params.pixel_size_a  # 1/Å
-    k2 = kx**2 + ky**2
-    kmin, kmax = _k_limits(params)
-    mask = (k2 >= kmin**2) & (k2 <= kmax**2)
-    norm = subtract_background(spectrum, pixel_size_a=params.pixel_size_a, defocus_a=mean_defocus_a,
-                               voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
-    ann = {"k": torch.sqrt(k2[mask]), "az": torch.atan2(ky, kx)[mask], "y": norm.to(torch.float64)[mask]}
-    # float32 terms of the grid searches: chi = df * per_df + fixed (+ phase), df = m + a1 c2 + a2 s2
-    lam, cs_a = electron_wavelength_a(params.voltage_kv), params.cs_mm * 1e7
-    k2m = k2[mask]
-    y = ann["y"] - ann["y"].mean()
-    ann["grid"] = {key: val.to(torch.float32) for key, val in {
-        "per_df": math.pi * lam * k2m,   # rad/Å
-        "fixed": -0.5 * math.pi * cs_a * lam**3 * k2m**2 + math.asin(params.amplitude_contrast),
-        "c2": torch.cos(2 * ann["az"]), "s2": torch.sin(2 * ann["az"]), "y": y / y.norm().clamp_min(1e-30),
-    }.items()}
-    return ann
-
-
-def _model_sq(ann: dict, params: CtfParams, m, a1, a2, ph) -> torch.Tensor:
-    az = ann["az"]
-    df = m[..., None] + a1[..., None] * torch.cos(2 * az) + a2[..., None] * torch.sin(2 * az)
-    ctf = ctf_1d(ann["k"], voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
-                 amplitude_contrast=params.amplitude_contrast, defocus_a=df, phase_shift_rad=ph[..., None])
-    return ctf * ctf
-
-
-def _grid_scores(ann: dict, m, a1, a2, ph, chunk: int = 32) -> torch.Tensor:
-    """Pearson correlations (c,) of ``ctf^2`` with the annulus for candidate (mean defocus, a1, a2,
-    phase) (c,) each, in float32 (for grid searches; refinement is float64)."""
-    g = ann["grid"]
-    out = []
-    for i in range(0, m.numel(), chunk):
-        sl = slice(i, i + chunk)
-        df = (m[sl, None].float() + a1[sl, None].float() * g["c2"]).addcmul_(a2[sl, None].float(), g["s2"])
-        chi = df.mul_(g["per_df"]).add_(g["fixed"]).add_(ph[sl, None].float())
-        x = chi.sin_().square_()
-        x = x - x.mean(-1, keepdim=True)
-        out.append((x @ g["y"]) / x.norm(dim=-1).clamp_min(1e-30))
-    return torch.cat(out).to(torch.float64)
-
-
 def refine_2d(
     spectrum: torch.Tensor, params: CtfParams, *, mean_defocus_a: float, phase_rad: float = 0.0,
     astigmatism_starts: list[tuple[float, float]] = (), max_iter: int = 60,
@@ -232,13 +181,13 @@ def refine_2d(
         if astigmatism_starts:
             cands = torch.cat([cands, torch.tensor(list(astigmatism_starts), dtype=f64, device=dev)])
         m = torch.full((cands.shape[0],), mean_defocus_a, dtype=f64, device=dev)
-        i = int(_grid_scores(ann, m, cands[:, 0], cands[:, 1], torch.full_like(m, phase_rad)).argmax())
+        i = int(grid_scores(ann, m, cands[:, 0], cands[:, 1], torch.full_like(m, phase_rad)).argmax())
         a1, a2 = float(cands[i, 0]), float(cands[i, 1])
     start = torch.tensor([mean_defocus_a, a1, a2, phase_rad], dtype=f64, device=dev)
-    x = _lbfgs(lambda v: -pearson(_model_sq(ann, params, *_unpack(v, start, params)), ann["y"]), max_iter, dev)
+    x = _lbfgs(lambda v: -pearson(model_sq(ann, params, *_unpack(v, start, params)), ann.y), max_iter, dev)
     with torch.no_grad():
         best = _unpack(torch.as_tensor(x, dtype=f64, device=dev), start, params)
-        score = float(pearson(_model_sq(ann, params, *best), ann["y"]))
+        score = float(pearson(model_sq(ann, params, *best), ann.y))
     m, b1, b2, ph = (float(t) for t in best)
     return m, b1, b2, ph, score
 
@@ -283,7 +232,7 @@ def search_defocus_local(
     _, a1, a2 = fit_components(fit)
 
     def scores(m: torch.Tensor) -> torch.Tensor:
-        return _grid_scores(ann, m, torch.full_like(m, a1), torch.full_like(m, a2), torch.full_like(m, fit.phase_shift_rad))
+        return grid_scores(ann, m, torch.full_like(m, a1), torch.full_like(m, a2), torch.full_like(m, fit.phase_shift_rad))
 
     # every 4th point of the fine grid first, then the fine grid around the best of those
     m = torch.arange(mean_defocus_a - halfwidth_a, mean_defocus_a + halfwidth_a + step, step, dtype=f64, device=dev)
@@ -296,72 +245,6 @@ def search_defocus_local(
     denom = float(sc[i - 1] - 2 * sc[i] + sc[i + 1])
     shift = 0.5 * float(sc[i - 1] - sc[i + 1]) / denom if denom < 0 else 0.0
     return float(m[i]) + max(-1.0, min(1.0, shift)) * step
-
-
-def equiphase_average(
-    spectrum: torch.Tensor, params: CtfParams, fit: CtfFit
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Astigmatism-corrected rotational average of the normalised spectrum -> (profile, counts) (nb,).
-
-    Each pixel is binned at the radius where a CTF of the mean defocus has the same phase.
-    """
-    n = spectrum.shape[-2]
-    nb = n // 2 + 1
-    dev = spectrum.device
-    lam, cs_a = electron_wavelength_a(params.voltage_kv), params.cs_mm * 1e7
-    ky, kx = frequency_grid_2d((n, n), device=dev)
-    ky, kx = ky.to(torch.float64) / params.pixel_size_a, kx.to(torch.float64) / params.pixel_size_a
-    k2 = kx**2 + ky**2
-    df = defocus_at_azimuth(fit.defocus_u_a, fit.defocus_v_a, fit.astigmatism_angle_deg, torch.atan2(ky, kx))
-    chi = defocus_phase(k2, df, wavelength_a=lam, cs_a=cs_a)
-    mean = torch.full_like(k2, fit.defocus_mean_a)
-    r_eq = torch.sqrt(matching_k2(chi, mean, wavelength_a=lam, cs_a=cs_a)) * n * params.pixel_size_a
-    r_eq = torch.where(pixel_radius(n, device=dev) <= nb - 1, r_eq, torch.full_like(r_eq, float(nb + 1)))
-    norm = subtract_background(spectrum, pixel_size_a=params.pixel_size_a, defocus_a=fit.defocus_mean_a,
-                               voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
-    return radial_bins(norm, r_eq, nb)
-
-
-def ring_correlation(
-    spectrum: torch.Tensor, params: CtfParams, fit: CtfFit
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(k 1/Å, equi-phase profile, fitted ctf^2, per-ring correlation), each (nb,)."""
-    n = spectrum.shape[-2]
-    nb = n // 2 + 1
-    dev = spectrum.device
-    profile, counts = equiphase_average(spectrum, params, fit)
-    k = torch.arange(nb, dtype=torch.float64, device=dev) / (n * params.pixel_size_a)
-    model = ctf_1d(k, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm, amplitude_contrast=params.amplitude_contrast,
-                   defocus_a=fit.defocus_mean_a, phase_shift_rad=fit.phase_shift_rad) ** 2
-    lo, hi = ring_window(n, pixel_size_a=params.pixel_size_a, defocus_a=torch.tensor(fit.defocus_mean_a, device=dev),
-                         voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
-    mo, mm = local_mean(profile, counts, lo, hi), local_mean(model, counts, lo, hi)
-    cov = local_mean(profile * model, counts, lo, hi) - mo * mm
-    vo = local_mean(profile * profile, counts, lo, hi) - mo * mo
-    vm = local_mean(model * model, counts, lo, hi) - mm * mm
-    frc = cov / torch.sqrt((vo * vm).clamp_min(1e-30))
-    return k, profile, model, frc
-
-
-def fit_resolution_a(spectrum: torch.Tensor, params: CtfParams, fit: CtfFit) -> float:
-    """Resolution (Å) up to which Thon rings are fitted: CTFFIND4's thresholds on the ring
-    correlation, scanned from the low-resolution limit up to where rings come closer than 3 px."""
-    k, _, _, frc = ring_correlation(spectrum, params, fit)
-    n = spectrum.shape[-2]
-    kmin, _ = _k_limits(params)
-    lam = electron_wavelength_a(params.voltage_kv)
-    # ring period in bins at bin i: d(r^2) = (n*px)^2 / (lam*df) per ring, dr = d(r^2) / (2r)
-    period = (n * params.pixel_size_a) ** 2 / (lam * max(fit.defocus_u_a, 1.0) * 2.0 * torch.arange(k.numel()).clamp_min(1))
-    last = int((period >= 3.0).sum()) - 1
-    start = max(int(torch.searchsorted(k, torch.tensor(kmin, dtype=k.dtype, device=k.device))), 1)
-    above_low = above_high = 0
-    for i in range(start, last + 1):
-        c = float(frc[i])
-        if (above_low > 3 and c < 0.1) or (above_high > 3 and c < 0.5):
-            return float(1.0 / k[i])
-        above_low += c > 0.1
-        above_high += c > 0.66
-    return float(1.0 / k[max(last, start)]) if above_high > 3 else float(1.0 / k[start])
 
 
 def fit_ctf_spectrum(

@@ -35,24 +35,18 @@ from dataclasses import dataclass
 
 import torch
 
-from tiltflow.core.ctf_fit import (
-    CtfFit,
-    CtfParams,
-    annulus,
-    fit_components,
-    fit_from_components,
-    fit_resolution_a,
-    pearson,
-)
+from tiltflow.core.ctf_annulus import annulus
+from tiltflow.core.ctf_fit import CtfFit, CtfParams, fit_components, fit_from_components, pearson
 from tiltflow.core.ctf_model import ctf_1d, ctf_2d, electron_wavelength_a
+from tiltflow.core.ctf_rings import fit_resolution_a
 from tiltflow.core.ctf_spectra import subtract_background
 from tiltflow.core.ctf_trend import (
-    weighted_median,
     defocus_evidence,
     equiphase_power,
     fit_defocus_trend,
     profile_scores,
     robust_fit,
+    weighted_median,
 )
 from tiltflow.core.fourier import frequency_grid_2d
 
@@ -268,10 +262,10 @@ def fit_series_astigmatism(
         x = base + unit * v
         total = torch.zeros((), dtype=torch.float64, device=dev)
         for j, ann in enumerate(anns):
-            df = x[2 + j] + x[0] * torch.cos(2 * ann["az"]) + x[1] * torch.sin(2 * ann["az"])
-            model = ctf_1d(ann["k"], voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
+            df = x[2 + j] + x[0] * torch.cos(2 * ann.az) + x[1] * torch.sin(2 * ann.az)
+            model = ctf_1d(ann.k, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
                            amplitude_contrast=params.amplitude_contrast, defocus_a=df, phase_shift_rad=phases[j]) ** 2
-            total = total - pearson(model, ann["y"], torch.ones_like(model))
+            total = total - pearson(model, ann.y, torch.ones_like(model))
         return total
 
     def value_and_grad(v):
