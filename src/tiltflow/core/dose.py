@@ -6,7 +6,9 @@ A view recorded after an accumulated exposure ``N`` (e/Å²) has lost signal amp
 Filtering each view by that same factor weights its frequencies by their expected signal before
 back-projection (matched filter), so late, damaged views add less noise at high resolution;
 the mean (k = 0) is kept.  The exposure of a view whose frames were summed is taken at the middle
-of its own exposure: ``prior + dose / 2`` (``view_exposure_e_a2``).
+of its own exposure, ``prior + dose / 2`` (``view_exposure_e_a2(..., at="mid")``, what ``reconstruct
+--dose-weight`` uses), or at its end, ``prior + dose`` = the accumulated dose (``at="end"``, what IMOD's
+mtffilter and unblur use).
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from tiltflow.core.fourier import frequency_grid_2d
 from tiltflow.core.motion_sum import critical_exposure_e_a2
 
 
-def view_exposure_e_a2(dose_prior_e_a2, dose_e_a2) -> torch.Tensor:
-    """Mid-exposure ``(t,)`` e/Å² of views with these prior and own doses (acquisition order)."""
+def view_exposure_e_a2(dose_prior_e_a2, dose_e_a2, *, at: str = "mid") -> torch.Tensor:
+    """Exposure ``(t,)`` e/Å² of views with these prior and own doses: mid-exposure ``prior + dose / 2``
+    (``at="mid"``) or the accumulated dose ``prior + dose`` (``at="end"``)."""
+    if at not in ("mid", "end"):
+        raise ValueError(f"dose weighting: at must be 'mid' or 'end', got {at!r}")
     prior = torch.as_tensor(dose_prior_e_a2, dtype=torch.float64).reshape(-1)
     own = torch.as_tensor(dose_e_a2, dtype=torch.float64).reshape(-1)
     if prior.shape != own.shape or bool((prior < 0).any() | (own < 0).any()):
         raise ValueError("dose weighting: need one non-negative prior dose and dose per view (e/Å²)")
-    return prior + 0.5 * own
+    return prior + (0.5 if at == "mid" else 1.0) * own
 
 
 def exposure_filter_2d(

@@ -62,8 +62,8 @@ class ReconstructParams(CheckedParams):
 
     def problems(self) -> list[str]:
         if self.hamming_start is not None and self.method != "wbp":
-            return [f"--hamming {self.hamming_start:g}: a filter of weighted back-projection — pass --method wbp "
-                    "or leave out --hamming"]
+            return [(f"--hamming {self.hamming_start:g}: a filter of weighted back-projection — pass --method "
+                     "wbp or leave out --hamming")]
         return []
 
 
