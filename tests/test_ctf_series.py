@@ -259,6 +259,11 @@ def test_ctf_verdict_rules():
         "failed: no tilt shows Thon rings above the noise (strongest z 3.9 at -20°")
     assert ctf_series_verdict([1.0, 3.9, 8.0, 0.5, 3.0], angles).status == "check"
     assert ctf_series_verdict([math.nan] * 5, angles).status == "check"
+    wide = [-60.0, -50.0, -40.0, -30.0, -20.0, 0.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    rings_low = [1.0, 2.0, 1.5, 3.0, 8.0, 15.0, 9.0, 4.0, 2.0, 1.0, 0.5]
+    assert ctf_series_verdict(rings_low, wide).line().startswith(
+        "check: no tilt beyond ±20° shows Thon rings: the defocus of the 8 tilts up to ±60° is extrapolated")
+    assert ctf_series_verdict([1.0, 2.0, 1.5, 7.0, 8.0, 15.0, 9.0, 4.0, 2.0, 1.0, 0.5], wide).status == "good"
     with pytest.raises(ValueError, match="5 strengths for 4 tilt angles"):
         ctf_series_verdict([1.0] * 5, angles[:4])
 

@@ -5,7 +5,9 @@ spectrum without rings still peaks somewhere by chance: on the accuracy matrix's
 512-px crops the highest such peak of 7 tilts was z 3.1-4.0, while tilts whose fits were right
 (within 100 Å) had 6.4-20. A series whose tilts all stay below ``rings_z`` has defocus values the
 data do not support (its fits were 1.4-3.9 µm off); one where only a few tilts reach it rests on
-those few, the others following the trend.
+those few, the others following the trend; one whose rings stop at low tilt has its high-tilt
+defocus extrapolated (on the matrix, 350 Å median error above 30° where the noise-free oracle
+had 40 Å).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def ctf_series_verdict(
     min_tilts: int = 3,
 ) -> Verdict:
     """failed: no tilt shows Thon rings (evidence < ``rings_z``); check: fewer than ``min_tilts``
-    tilts do (the others follow the defocus trend through them); good otherwise."""
+    tilts do (the others follow the defocus trend through them), or none beyond half the tilt
+    range does while more than two tilts lie beyond (their defocus is extrapolated); good
+    otherwise."""
     z = torch.as_tensor(strength, dtype=torch.float64).reshape(-1).cpu()
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).cpu()
     if z.numel() != angles.numel():
@@ -47,4 +51,10 @@ def ctf_series_verdict(
     if with_rings < min(min_tilts, int(known.sum())):
         return Verdict("check", (f"only {with_rings} of {int(known.sum())} tilts show Thon rings (z ≥ {rings_z:g}): "
                                  "the others follow the series' defocus trend through them",))
+    reach = float(angles[z >= rings_z].abs().max())
+    beyond = int((known & (angles.abs() > reach + 1e-6)).sum())
+    top = float(angles[known].abs().max())
+    if reach < 0.5 * top and beyond > 2:
+        return Verdict("check", (f"no tilt beyond ±{reach:.0f}° shows Thon rings: the defocus of the {beyond} tilts up "
+                                 f"to ±{top:.0f}° is extrapolated from the trend of those within",))
     return Verdict("good")
