@@ -77,36 +77,44 @@ def test_scipion_tutorial_workflow_imports_and_runs(corpus, demo, tmp_path):
     wf = load_workflow(corpus / "scipion" / "tutorial_STA_CellEnv_Chlamy.json.template")
     assert [(s.id, s.step) for s in wf.steps] == [
         ("2", "import-movies"), ("52", "motion-ctf"), ("113", "xray-erase"), ("151", "align"),
-        ("151-reconstruct", "reconstruct"), ("808", "reconstruct")]
+        ("151-reconstruct", "reconstruct"), ("151-ctf", "ctf"), ("766", "normalize"), ("808", "reconstruct")]
     assert any("ProtRelion5ExtractSubtomos" in u for u in wf.unmapped)
-    imp, motion, xray, align, rec, flipped = wf.steps
+    imp, motion, xray, align, rec, ctf, norm, flipped = wf.steps
     assert imp.params["tomo5"] is True and imp.params["pixel_size_a"] == 1.91 and imp.params["tilt_axis_deg"] == -95.0
     assert motion.params["ctf_range_a"] == [30.0, 8.0] and motion.params["defocus_grid"] == [1, 1, 8]
-    assert motion.inputs == {"input": "2.outputTiltSeriesM"} and xray.inputs == {"input": "52.TiltSeries_3"}
-    # AreTomo's align + reconstruct: alignZ 1000 unbinned px at the import's 1.91 Å/px, thickness 2048 / bin 4
+    assert motion.inputs == {"input": "2.TiltSeriesM"} and xray.inputs == {"input": "52.TiltSeries_3"}
+    # AreTomo's align + reconstruct: alignZ 1000 unbinned px at the import's 1.91 Å/px, thickness 2048 / bin 4;
+    # its CTF (used by RELION's extraction) as a ctf step on AreTomo's input
     assert align.params == {"method": "patch", "binning": 4, "refine_tilt_axis": True, "refine_tilt_offset": True,
                             "align_z_nm": pytest.approx(191.0)}
     assert rec.inputs == {"input": "151.TiltSeries"}
-    assert rec.params == {"even_odd": True, "binning": 4, "method": "wbp", "thickness_px": 512}
-    # IMOD's CTF correction (ctfphaseflip) and preprocess (bin 4) fold into the IMOD reconstruction
-    assert flipped.inputs == {"input": "151.TiltSeries", "ctf": "52.CTFTomoSeries"}
+    assert rec.params == {"even_odd": True, "binning": 4, "method": "wbp", "thickness_px": 512, "dose_weight": True}
+    assert ctf.inputs == {"input": "113.TiltSeries"}
+    # IMOD's preprocess is a normalize step (bin 4); IMOD's CTF correction (ctfphaseflip) travels past it into
+    # the IMOD reconstruction, which reconstructs the binned stack as is
+    assert norm.inputs == {"input": "151.TiltSeries"} and norm.params["binning"] == 4
+    assert flipped.inputs == {"input": "766.TiltSeries", "ctf": "52.CTFTomoSeries"}
     assert flipped.params["ctf_correct"] == "phaseflip" and flipped.params["ctf_defocus_tol_nm"] == 200
-    assert flipped.params["binning"] == 4 and flipped.params["thickness_px"] == 350
+    assert flipped.params["binning"] == 1 and flipped.params["thickness_px"] == 350
     assert flipped.params["fake_sirt_iterations"] == 10
     apply_overrides(wf, [f"2.files={demo}", "2.pattern=*.mdoc", "2.tomo5=false", "2.pixel_size_a=2.76",
                          "2.magnification=null", "2.tilt_axis_deg=85", "52.window_px=128", "52.motion_grid=[1,1,1]",
                          "52.defocus_grid=null", "151.binning=2", "151.iterations=1", "151-reconstruct.binning=2",
-                         "151-reconstruct.thickness_px=50", "808.binning=2", "808.thickness_px=50"])
+                         "151-reconstruct.thickness_px=50", "151-ctf.window_px=128", "766.binning=2",
+                         "808.thickness_px=50"])
     store = ProjectStore(tmp_path / "p")
     options: dict = {}
     runs = run_workflow(store, wf, options=options)
-    assert [r.status for r in runs.values()] == ["finished"] * 6
-    assert runs["808"].inputs == {"input": f"{runs['151'].id}.TiltSeries", "ctf": f"{runs['52'].id}.CTFTomoSeries"}
+    assert [r.status for r in runs.values()] == ["finished"] * 8
+    assert runs["808"].inputs == {"input": f"{runs['766'].id}.TiltSeries", "ctf": f"{runs['52'].id}.CTFTomoSeries"}
+    assert runs["766"].inputs == {"input": f"{runs['151'].id}.TiltSeries"}
     assert runs["113"].inputs == {"input": f"{runs['52'].id}.TiltSeries"}
     assert runs["151-reconstruct"].inputs == {"input": f"{runs['151'].id}.TiltSeries"}
     assert any("TiltSeries_3 does not exist yet" in w for w in options["warnings"])
     tomos = store.load(store.resolve(f"{runs['151-reconstruct'].id}.Tomograms"))
     assert [t.shape for t in tomos.items] == [(50, 128, 112)] * 2   # axis ~85°: y along it
+    flipped_tomos = store.load(store.resolve(f"{runs['808'].id}.Tomograms"))
+    assert [t.shape for t in flipped_tomos.items] == [(50, 128, 112)] * 2   # normalize binned 2, rec 1
 
 
 def _protocol(cls: str, pid: str, **fields) -> dict:
@@ -118,13 +126,15 @@ def _protocol(cls: str, pid: str, **fields) -> dict:
 
 def test_scipion_imod_fiducial_chain_folds_into_align(tmp_path):
     """IMOD's route in Scipion (preprocess -> xcorr -> fiducial model -> fiducial alignment -> tomogram),
-    listed out of dependency order, becomes align + reconstruct with the binning and bead size carried."""
+    listed out of dependency order: the preprocess is a normalize step (bin 4); the coarse prealignment and
+    the fiducial model fold into one align step (bead size carried; the binned stack is aligned as is)."""
     protocols = [
         _protocol("ProtImodTomoReconstruction", "808", inputSetOfTiltSeries="766.TiltSeries", tomoThickness=300,
                   radialFirstParameter=0.35, radialSecondParameter=0.035, fakeInteractionsSIRT=0,
                   processOddEven=False),
         _protocol("ProtImportTsMovies", "2", filesPath="/data", filesPattern="*.mdoc", samplingRate=1.38),
-        _protocol("ProtImodXraysEraser", "113", inputSetOfTiltSeries="2.outputTiltSeriesM", peakCriterion=8.0),
+        _protocol("ProtWarpTSMotionCorr", "52", inputTSMovies="2.outputTiltSeriesM"),
+        _protocol("ProtImodXraysEraser", "113", inputSetOfTiltSeries="52.TiltSeries", peakCriterion=8.0),
         _protocol("ProtImodTsNormalization", "500", inputSetOfTiltSeries="113.TiltSeries", binning=4,
                   floatDensities=2),
         _protocol("ProtImodXcorrPrealignment", "600", inputSetOfTiltSeries="500.TiltSeries", cumulativeCorr=False),
@@ -138,14 +148,18 @@ def test_scipion_imod_fiducial_chain_folds_into_align(tmp_path):
     path.write_text(json.dumps(protocols, indent=4))
     wf = load_workflow(path)
     assert [(s.id, s.step) for s in wf.steps] == [
-        ("2", "import-movies"), ("113", "xray-erase"), ("766", "align"), ("808", "reconstruct")]
-    align, rec = wf.steps[2:]
-    assert align.inputs == {"input": "113.TiltSeries"}
-    assert align.params == {"binning": 4, "bead_diameter_nm": 6.0, "method": "fiducial",
-                            "solve_magnification": False, "solve_tilt_angles": True}
+        ("2", "import-movies"), ("52", "motion-ctf"), ("113", "xray-erase"), ("500", "normalize"), ("766", "align"),
+        ("808", "reconstruct"), ("900", "reconstruct")]
+    norm, align, rec, tomo3d = wf.steps[3:]
+    assert norm.params == {"binning": 4, "scale": "mean_sd", "mean": 0.0, "sd": 1.0, "mode": "float"}
+    assert align.inputs == {"input": "500.TiltSeries"}
+    assert align.params == {"bead_diameter_nm": 6.0, "method": "fiducial", "solve_magnification": False,
+                            "solve_tilt_angles": True, "refine_tilt_axis": True, "binning": 1}
     assert rec.inputs == {"input": "766.TiltSeries"}
-    assert rec.params["binning"] == 4 and rec.params["thickness_px"] == 300   # the preprocess binned the stack and rec.params["method"] == "wbp"
-    assert wf.unmapped == ["ProtTomo3dReconstrucTomo (id 900)"]
+    assert rec.params["binning"] == 1 and rec.params["thickness_px"] == 300 and rec.params["method"] == "wbp"
+    # tomo3d with Scipion's defaults: WBP with a Hamming window over the whole range, 300 px thick
+    assert tomo3d.params == {"binning": 1, "method": "wbp", "hamming_start": 0.0, "thickness_px": 300}
+    assert wf.unmapped == []
     validate(wf)
 
 

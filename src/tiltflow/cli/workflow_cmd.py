@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import click
@@ -30,10 +31,15 @@ def workflow_group() -> None:
 @click.option("--threads-per-worker", type=int, default=None, help="Dask: threads (and torch threads) per worker.")
 @click.option("--scheduler", default=None, help="Dask: address of an existing scheduler (tcp://host:8786).")
 @click.option("--jobqueue", default=None, help="Dask: SLURM cluster config for dask-jobqueue (YAML).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan and run nothing: for a Scipion file each protocol and the step it became (or why "
+                   "not), with the steps' parameters; with --json a list of {protocol, id, label, step, reason}.")
 @click.option("--json", "as_json", is_flag=True)
 def run_command(source, project, overrides, fresh, skip_bad, device, resume, executor, workers, threads_per_worker,
-                scheduler, jobqueue, as_json) -> None:
+                scheduler, jobqueue, dry_run, as_json) -> None:
     """Run SOURCE (a workflow JSON file, a Scipion workflow JSON, or a template name such as 'tutorial').
+
+    A Scipion workflow's plan is printed first: each protocol and the tiltflow step it became, or why not.
 
     Example: tiltflow workflow run tutorial -p P --set import-movies.files=/data/session
     """
@@ -42,11 +48,32 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
 
     from tiltflow.workflow.errors import InputError, ProjectError
     from tiltflow.workflow.store import DB_NAME, ProjectStore
-    from tiltflow.workflow.workflow_file import apply_overrides, load_workflow, run_workflow
+    from tiltflow.workflow.workflow_file import apply_overrides, load_workflow, run_workflow, validate
 
     try:
         wf = load_workflow(source)
         apply_overrides(wf, list(overrides))
+    except (InputError, ProjectError) as err:
+        if getattr(err, "plan", None) is not None:          # a Scipion file of which nothing can run
+            _print_plan(err.plan, [], source, as_json=as_json, dry_run=dry_run)
+        fail(getattr(err, "problems", [str(err)]))
+    if dry_run:
+        if wf.plan is not None:
+            _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=True)
+        elif as_json:
+            echo_json(wf.to_json()["steps"])
+        else:
+            for s in wf.steps:
+                console.print(f"{s.id}: {s.step} inputs {json.dumps(s.inputs)} params {json.dumps(s.params)}",
+                              markup=False)
+        try:
+            validate(wf)
+        except InputError as err:
+            fail(err.problems)
+        return
+    if wf.plan is not None:
+        _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=False)
+    try:
         root = Path(project)
         if fresh and (root / DB_NAME).exists():
             for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
@@ -102,6 +129,22 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
                          **({"continue": decisions[sid]} if sid in decisions else {})} for sid, r in runs.items()})
     else:
         console.print(f"workflow '{wf.name}' finished in {time.time() - t0:.1f} s", markup=False)
+
+
+def _print_plan(plan, steps, source, *, as_json: bool, dry_run: bool) -> None:
+    """A Scipion workflow's plan: on stdout for a dry run (JSON with --json), else before the run (on
+    stderr when stdout carries the run's JSON)."""
+    from pathlib import Path
+
+    from tiltflow.cli.output import err_console
+    from tiltflow.workflow.scipion import format_plan
+
+    if dry_run and as_json:
+        echo_json([entry.to_json() for entry in plan])
+        return
+    out = err_console if as_json else console
+    for line in format_plan(plan, steps, origin=Path(str(source)).name, params=dry_run):
+        out.print(line, markup=False)
 
 
 @workflow_group.command("export")

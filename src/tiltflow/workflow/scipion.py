@@ -1,158 +1,86 @@
-"""Read Scipion's exported workflow JSON (a list of protocols) into a tiltflow workflow.
+"""Read Scipion's exported workflow JSON (a list of protocols) into a tiltflow workflow and its plan.
 
 Scipion writes each protocol with ``object.className``, ``object.id`` (a string), form parameters
 (enums as integer indices) and pointers ``"<id>.<outputName>"``. Templates may carry description
 lines before the JSON array and ``~Title|default|type|alias~`` / ``%(ENV)s`` fields; those are
-expanded before this module sees the list. Protocols we do not implement are reported by name.
+expanded before this module sees the list.
+
+Nothing is dropped silently: the plan (:class:`PlanEntry`, one per protocol, in dependency order)
+says what each protocol became — a workflow step, folded into the step that consumes it — or why
+not: out of scope (with the export that hands over to the tool that does it), not a tiltflow step,
+unknown, or its input not mapped. A protocol that is not run but takes and gives the same kind of
+set (tilt series in, tilt series out) hands its input on to its consumers (the nearest mapped
+ancestor feeds them), and the plan says so. The mapping itself is :mod:`tiltflow.workflow.scipion_map`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.scipion_map import PROTOCOLS, Extra, ProtocolMap, register_protocol  # noqa: F401
+from tiltflow.workflow.scipion_plan import PlanEntry, format_plan  # noqa: F401
+from tiltflow.workflow.scipion_scope import (
+    KIND_WORDS,
+    NOT_A_STEP,
+    is_subset_name,
+    out_of_scope,
+    output_kind,
+)
+
+_POINTER = re.compile(r"^(\d+)\.([A-Za-z_]\w*)$")
+_BEAD_KEYS = {"ProtImodFiducialModel": "fiducialDiameter", "ProtImodBRT": "fidSize",
+              "ProtImodFiducialEraser": "fidDiameter"}
 
 
 @dataclass
-class ProtocolMap:
-    """How one Scipion protocol becomes tiltflow steps.
+class _Feed:
+    """What a pointer resolves to: one of our outputs, with what travels along it."""
 
-    ``step=None`` folds the protocol into whatever consumes its output (IMOD's preprocessing, coarse
-    prealignment and fiducial-model protocols are stages of our one ``align`` step): pointers to it
-    resolve to its input, and its mapped ``params`` travel downstream to the next step that accepts them.
-    ``then`` adds a second step fed by the first one's ``TiltSeries`` (AreTomo aligns *and*
-    reconstructs); ``then_outputs`` are the Scipion output names that the second step provides.
-    """
+    pointer: str
+    source: str                                                          # Scipion id of the step making it
+    carried: dict[str, tuple[Any, str]] = field(default_factory=dict)   # param -> (value, folded origin)
+    carried_inputs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    ctx: dict[str, Any] = field(default_factory=dict)                    # lineage: pixel_size_a, binning, binned
+    via: list[str] = field(default_factory=list)                         # protocols not run on the way
+    folds: list[str] = field(default_factory=list)                       # folded protocols on the way
+    otype: str = ""                                                      # our output type (TiltSeries ...)
 
-    step: str | None
-    params: dict[str, str]                      # Scipion name -> our parameter name
-    inputs: dict[str, str] = field(default_factory=dict)   # Scipion pointer param -> our input name
-    convert: Callable[[dict[str, Any], dict[str, Any]], None] | None = None   # (scipion, ours) fix-ups
-    then: ProtocolMap | None = None
-    then_outputs: tuple[str, ...] = ()
-
-
-def _import_movies_fix(src: dict[str, Any], out: dict[str, Any]) -> None:
-    words = src.get("exclusionWords")
-    out["exclusion_words"] = words.split() if isinstance(words, str) and words.strip() else []
-    if not src.get("gainFile"):
-        out.pop("gain", None)
-    if src.get("dosePerFrame") is not None:
-        # Scipion's "dose per tilt" field in the tilt-series-movie import
-        out["dose_per_tilt_e_a2"] = src["dosePerFrame"]
+    def copy(self) -> _Feed:
+        return _Feed(self.pointer, self.source, dict(self.carried), dict(self.carried_inputs), dict(self.ctx),
+                     list(self.via), list(self.folds), self.otype)
 
 
-def _warp_fix(src: dict[str, Any], out: dict[str, Any]) -> None:
-    out["fit_range_a"] = [src.get("m_range_min", 500.0), src.get("m_range_max", 10.0)]
-    out["ctf_range_a"] = [src.get("range_min", 30.0), src.get("range_max", 8.0)]
-    out["defocus_range_um"] = [src.get("defocus_min", 0.5), src.get("defocus_max", 8.0)]
-    grid = [src.get(k) for k in ("x", "y", "z")]
-    if all(isinstance(v, int) and v > 0 for v in grid):
-        out["motion_grid"] = grid
-    cgrid = [src.get(k) for k in ("c_x", "c_y", "c_z")]
-    if all(isinstance(v, int) and v > 0 for v in cgrid):
-        out["defocus_grid"] = cgrid
-    out["gain_transpose"] = ["none", "transpose"][int(src.get("gainSwap") or 0)]
-    out["gain_flip"] = ["none", "x", "y"][int(src.get("gainFlip") or 0)]
-    out["binning"] = max(1, round(float(src.get("binFactor") or 1)))    # the tutorial's 1.0 = unbinned
+@dataclass
+class _Node:
+    state: str                       # "step" | "fold" | "pass" (not run, transparent) | "none" (not run)
+    cls: str
+    why: str = ""
+    feed: _Feed | None = None
+    by_kind: dict[str, str] = field(default_factory=dict)    # output kind -> "sid.Output"
+    types: dict[str, str] = field(default_factory=dict)      # "sid.Output" -> its type
+    named: dict[str, str] = field(default_factory=dict)      # Scipion output name -> "sid.Output"
+    pending: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    pending_inputs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    ctx: dict[str, Any] = field(default_factory=dict)
+    inputs: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _imod_reconstruction_fix(src: dict[str, Any], out: dict[str, Any]) -> None:
-    out["method"] = "wbp"
-    out.setdefault("binning", int(out.get("_binning", 1)))   # Scipion's stack may have been binned upstream
-    out["fake_sirt_iterations"] = src.get("fakeInteractionsSIRT") or None
+def _pointers(proto: dict[str, Any], ids: set[str]) -> dict[str, tuple[str, str]]:
+    """Form field -> (protocol id, output name) for each pointer to a protocol of the workflow."""
+    found = {}
+    for key, value in proto.items():
+        if isinstance(value, str) and not key.startswith(("_", "object.")):
+            m = _POINTER.match(value.strip())
+            if m and m.group(1) in ids:
+                found[key] = (m.group(1), m.group(2))
+    return found
 
 
-def _imod_fiducial_alignment_fix(src: dict[str, Any], out: dict[str, Any]) -> None:
-    out.setdefault("method", "fiducial")
-    if src.get("magnificationSolutionType") is not None:      # 0 = fixed at 1.0
-        out["solve_magnification"] = int(src["magnificationSolutionType"]) > 0
-    if src.get("tiltAngleSolutionType") is not None:          # 0 = fixed tilt angles
-        out["solve_tilt_angles"] = int(src["tiltAngleSolutionType"]) > 0
-
-
-def _aretomo_align_fix(src: dict[str, Any], out: dict[str, Any]) -> None:
-    out["method"] = "patch"
-    out["binning"] = max(1, int(src.get("binFactor") or 1)) * int(out.get("_binning", 1))
-    out["refine_tilt_axis"] = int(src.get("refineTiltAxis") or 0) > 0
-    out["refine_tilt_offset"] = int(src.get("refineTiltAngles") or 0) == 2     # "measure and correct"
-    pixel = out.get("_pixel_size_a")
-    if src.get("alignZ") and pixel:                                           # unbinned voxels -> nm
-        out["align_z_nm"] = float(src["alignZ"]) * pixel / 10.0
-
-
-def _aretomo_reconstruct_fix(src: dict[str, Any], out: dict[str, Any]) -> None:
-    binning = max(1, int(src.get("binFactor") or 1))
-    out["binning"] = binning * int(out.get("_binning", 1))
-    out["method"] = "sirt" if int(src.get("reconMethod") or 0) == 0 else "wbp"   # AreTomo: 0 SART, 1 WBP
-    if out["method"] == "sirt" and src.get("SARTiter"):
-        out["sirt_iterations"] = int(src["SARTiter"])
-    if src.get("tomoThickness"):
-        out["thickness_px"] = max(1, round(int(src["tomoThickness"]) / binning))   # unbinned -> binned voxels
-
-
-PROTOCOLS: dict[str, ProtocolMap] = {
-    "ProtImportTsMovies": ProtocolMap(
-        step="import-movies",
-        params={"filesPath": "files", "filesPattern": "pattern", "isTomo5": "tomo5", "voltage": "voltage_kv",
-                "sphericalAberration": "cs_mm", "amplitudeContrast": "amplitude_contrast",
-                "magnification": "magnification", "samplingRate": "pixel_size_a", "tiltAxisAngle": "tilt_axis_deg",
-                "doseInitial": "initial_dose_e_a2", "gainFile": "gain", "darkFile": "dark"},
-        convert=_import_movies_fix),
-    "ProtWarpTSMotionCorr": ProtocolMap(
-        step="motion-ctf",
-        params={"bfactor": "bfactor_a2", "average_halves": "even_odd", "eer_ngroups": "eer_groups",
-                "estimateCTF": "estimate_ctf", "window": "window_px", "fit_phase": "fit_phase",
-                "use_sum": "use_movie_average"},
-        inputs={"inputTSMovies": "input"}, convert=_warp_fix),
-    "ProtImodXraysEraser": ProtocolMap(
-        step="xray-erase",
-        params={"peakCriterion": "peak_criterion", "diffCriterion": "diff_criterion",
-                "maximumRadius": "max_radius_px", "bigDiffCriterion": "big_diff_criterion",
-                "processOddEven": "odd_even"},
-        inputs={"inputSetOfTiltSeries": "input"}),
-    "ProtImodTomoReconstruction": ProtocolMap(
-        step="reconstruct",
-        params={"tomoThickness": "thickness_px", "radialFirstParameter": "radial_cutoff",
-                "radialSecondParameter": "radial_falloff", "processOddEven": "even_odd"},
-        inputs={"inputSetOfTiltSeries": "input"},
-        convert=_imod_reconstruction_fix),
-    # IMOD's fiducial route is five protocols in Scipion and one `align` step here: the preprocessing
-    # (binning), the coarse prealignment and the fiducial model fold into the fiducial alignment.
-    "ProtImodTsNormalization": ProtocolMap(
-        step=None, params={"binning": "binning"}, inputs={"inputSetOfTiltSeries": "input"}),
-    # IMOD's ctfphaseflip on the aligned stack: our reconstruction flips phases strip by strip itself
-    "ProtImodCtfCorrection": ProtocolMap(
-        step=None, params={"defocusTol": "ctf_defocus_tol_nm"},
-        inputs={"inputSetOfTiltSeries": "input", "inputSetOfCtfTomoSeries": "ctf"},
-        convert=lambda src, out: out.update(ctf_correct="phaseflip")),
-    "ProtImodXcorrPrealignment": ProtocolMap(step=None, params={}, inputs={"inputSetOfTiltSeries": "input"}),
-    "ProtImodFiducialModel": ProtocolMap(
-        step=None, params={"fiducialDiameter": "bead_diameter_nm"}, inputs={"inputSetOfTiltSeries": "input"},
-        convert=lambda src, out: out.update(method="patch" if int(src.get("typeOfModel") or 0) == 1 else "fiducial")),
-    "ProtImodFiducialAlignment": ProtocolMap(
-        step="align", params={}, inputs={"inputSetOfLandmarkModels": "input", "inputSetOfTiltSeries": "input"},
-        convert=_imod_fiducial_alignment_fix),
-    "ProtAreTomoAlignRecon": ProtocolMap(
-        step="align", params={}, inputs={"inputSetOfTiltSeries": "input"}, convert=_aretomo_align_fix,
-        then=ProtocolMap(step="reconstruct", params={"doEvenOdd": "even_odd"}, convert=_aretomo_reconstruct_fix),
-        then_outputs=("Tomograms",)),
-}
-
-
-def register_protocol(class_name: str, mapping: ProtocolMap) -> None:
-    """Steps add their Scipion mapping here when they land."""
-    PROTOCOLS[class_name] = mapping
-
-
-def _pointer_heads(proto: dict[str, Any], mapping: ProtocolMap | None) -> list[str]:
-    names = mapping.inputs if mapping else [k for k in proto if k.startswith("input")]
-    return [str(proto[k]).partition(".")[0] for k in names if isinstance(proto.get(k), str) and proto[k]]
-
-
-def _in_dependency_order(protocols: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _in_dependency_order(protocols: list[dict[str, Any]], ids: set[str]) -> list[dict[str, Any]]:
     """Scipion lists protocols in creation order, which is not always the order they depend on."""
     by_id = {str(p.get("object.id")): p for p in protocols}
     placed: list[dict[str, Any]] = []
@@ -161,119 +89,342 @@ def _in_dependency_order(protocols: list[dict[str, Any]]) -> list[dict[str, Any]
     def visit(pid: str, stack: tuple[str, ...]) -> None:
         if pid in seen or pid not in by_id or pid in stack:
             return
-        proto = by_id[pid]
-        for head in _pointer_heads(proto, PROTOCOLS.get(proto.get("object.className") or "")):
+        for head, _ in _pointers(by_id[pid], ids).values():
             visit(head, stack + (pid,))
         seen.add(pid)
-        placed.append(proto)
+        placed.append(by_id[pid])
 
     for proto in protocols:
         visit(str(proto.get("object.id")), ())
     return placed
 
 
-def _step_fields(step: str) -> set[str]:
-    from tiltflow.workflow.steps.base import all_steps
+def _with_compose(protocols: list[dict[str, Any]], ids: set[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """ProtImportMovies -> motion correction -> ProtComposeTS: the import learns ComposeTS's mdocs.
+    Returns copies of the protocols and ComposeTS id -> ProtImportMovies id."""
+    protocols = [dict(p) for p in protocols]
+    by_id = {str(p.get("object.id")): p for p in protocols}
+    composed = {}
+    for compose in (p for p in protocols if p.get("object.className") == "ProtComposeTS"):
+        for head, _ in _pointers(compose, ids).values():
+            for up, _ in _pointers(by_id[head], ids).values():
+                if by_id[up].get("object.className") == "ProtImportMovies":
+                    by_id[up]["_compose"] = compose
+                    composed[str(compose.get("object.id"))] = up
+    return protocols, composed
 
-    return set(all_steps()[step].params.model_fields)
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
-def _converted(mapping: ProtocolMap, proto: dict[str, Any], params: dict[str, Any],
-               context: dict[str, float]) -> dict[str, Any]:
-    """Run the mapping's fix-ups; they see the lineage as ``_pixel_size_a`` / ``_binning``."""
-    if mapping.convert:
-        params.update({f"_{k}": v for k, v in context.items()})
-        mapping.convert(proto, params)
-    return {k: v for k, v in params.items() if not k.startswith("_")}
+class _Builder:
+    def __init__(self, protocols: list[dict[str, Any]]):
+        from tiltflow.workflow.steps.base import all_steps
+
+        self.known = all_steps()
+        self.ids = {str(p.get("object.id")) for p in protocols}
+        self.protocols, self.composed = _with_compose(protocols, self.ids)
+        self.by_id = {str(p.get("object.id")): p for p in self.protocols}
+        self.nodes: dict[str, _Node] = {}
+        self.entries: list[PlanEntry] = []
+        self.steps: list = []
+        self.absorbed: dict[str, dict[str, list[str]]] = {}    # folded id -> step id -> what it took
+        self.fed: dict[str, list[str]] = {}                    # id not run -> step ids fed past it
+        self.refs: dict[str, set[str]] = {}                    # id -> kinds of its outputs that are used
+        for p in self.protocols:
+            for head, out in _pointers(p, self.ids).values():
+                self.refs.setdefault(head, set()).add(output_kind(out))
+        beads = [p.get(_BEAD_KEYS[str(p.get("object.className"))]) for p in self.protocols
+                 if p.get("object.className") in _BEAD_KEYS]
+        self.bead_nm = next((float(b) for b in beads if b), None)
+
+    # --- pointers ------------------------------------------------------------------------------
+    def resolve(self, head: str, out: str, depth: int = 0) -> _Feed | str:
+        node = self.nodes.get(head)
+        if node is None:
+            return f"protocol {head} comes later or not at all"
+        kind = output_kind(out)
+        if node.state == "step":
+            target = node.named.get(out) or node.by_kind.get(kind)
+            if target is None and kind == "other" and len(set(node.by_kind.values())) == 1:
+                target = next(iter(node.by_kind.values()))
+            if target is None:
+                return f"{head} ({node.cls}) makes no {KIND_WORDS[kind]} in tiltflow"
+            sid, _, ours = target.partition(".")
+            tilt = kind == "tiltseries"
+            return _Feed(f"{sid}.{out}" if is_subset_name(out, ours) else target, head,
+                         dict(node.pending) if tilt else {}, dict(node.pending_inputs) if tilt else {}, dict(node.ctx),
+                         otype=node.types.get(target, ""))
+        if node.state == "fold" and node.feed is not None:
+            return node.feed.copy()
+        if node.state == "pass" and depth < 100:
+            for up, up_out in node.inputs:
+                if output_kind(up_out) == kind:
+                    found = self.resolve(up, up_out, depth + 1)
+                    if isinstance(found, _Feed):
+                        found.via.append(head)
+                    return found
+        return f"{head} ({node.cls}) is not run ({node.why})"
+
+    def _nearest_step(self, pid: str, kind: str) -> str | None:
+        """The nearest ancestor run as a step, preferring one that makes ``kind`` (tomograms for a picker,
+        tilt series for subtomogram averaging)."""
+        queue, seen, found = [h for h, _ in _pointers(self.by_id[pid], self.ids).values()], set(), []
+        while queue:
+            head = queue.pop(0)
+            if head in seen:
+                continue
+            seen.add(head)
+            node = self.nodes.get(head)
+            if node and node.state == "fold" and node.feed is not None:
+                head, node = node.feed.source, self.nodes.get(node.feed.source)
+            if node and node.state == "step":
+                if kind in node.by_kind:
+                    return node.by_kind[kind].partition(".")[0]
+                found.append(head)
+            queue += [h for h, _ in _pointers(self.by_id[head], self.ids).values()]
+        return found[0] if found else None
+
+    # --- one protocol --------------------------------------------------------------------------
+    def place(self, proto: dict[str, Any]) -> None:
+        cls, pid = str(proto.get("object.className") or ""), str(proto.get("object.id"))
+        entry = PlanEntry(cls, pid, proto.get("object.label"), None, "")
+        self.entries.append(entry)
+        pointers = _pointers(proto, self.ids)
+        mapping = PROTOCOLS.get(cls)
+        if mapping is None:
+            scope = out_of_scope(cls)
+            if scope is not None:
+                nearest = self._nearest_step(pid, scope[2])
+                run = (f"RUN = the run of workflow step {nearest} ({self._step_of(nearest)})" if nearest
+                       else "RUN = the tiltflow run that made its input")
+                entry.kind, entry.reason = "out of scope", f"out of scope ({scope[0]}): hand over with {scope[1]}; {run}"
+                self.nodes[pid] = _Node("none", cls, why="out of scope")
+            else:
+                why = NOT_A_STEP.get(cls, "unknown protocol: not a tiltflow step")
+                self.nodes[pid] = _Node("pass", cls, why=why, inputs=list(pointers.values()))
+                entry.reason = why
+            return
+        if mapping.variant is not None:
+            mapping = mapping.variant(proto, self.refs.get(pid, set())) or mapping
+        if cls == "ProtImportMovies" and not proto.get("_compose"):
+            entry.reason = "single-particle movies: no ProtComposeTS groups them into tilt series"
+            self.nodes[pid] = _Node("none", cls, why="single-particle movies")
+            return
+        notes: list[str] = []
+        if mapping.step is not None and mapping.step not in self.known:
+            if mapping.fallback is None:
+                why = f"tiltflow has no '{mapping.step}' step in this version"
+                self.nodes[pid] = _Node("pass", cls, why=why, inputs=list(pointers.values()))
+                entry.reason = why
+                return
+            notes.append(f"tiltflow has no '{mapping.step}' step in this version")
+            mapping = mapping.fallback
+        feeds: dict[str, _Feed] = {}
+        missing: dict[str, str] = {}
+        specs = {spec.name: spec for spec in self.known[mapping.step].inputs} if mapping.step else {}
+        for s_name, our in mapping.inputs.items():
+            if s_name in pointers and our not in feeds:
+                found = self.resolve(*pointers[s_name])
+                if isinstance(found, _Feed) and our in specs and found.otype not in specs[our].types:
+                    found = (f"{found.source} ({self.nodes[found.source].cls}) gives {found.otype}; "
+                             f"{mapping.step} takes {' or '.join(specs[our].types)}")
+                if isinstance(found, str):
+                    missing.setdefault(our, found)
+                else:
+                    feeds[our] = found
+                    missing.pop(our, None)
+        required = [our for our in missing if our == "input" or (our in specs and not specs[our].optional)]
+        if mapping.inputs and "input" not in feeds and "input" not in missing:
+            missing["input"] = "it names no protocol of this workflow"
+            required.insert(0, "input")
+        if required:
+            entry.reason = "input not mapped: " + missing[required[0]]
+            self.nodes[pid] = _Node("none", cls, why="input not mapped")
+            return
+        main = feeds.get("input")
+        ctx = dict(main.ctx) if main else {"binning": 1, "binned": 1}
+        if not mapping.inputs and proto.get("samplingRate"):
+            ctx["pixel_size_a"] = float(proto["samplingRate"])
+        notes += [f"{our} not mapped: {why}" for our, why in missing.items()]
+        own = {ours: proto[s] for s, ours in mapping.params.items() if proto.get(s) is not None}
+        if mapping.step is None:
+            self._fold(pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry)
+        else:
+            self._step(pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry)
+
+    def _convert(self, mapping: ProtocolMap, proto: dict, params: dict, ctx: dict, missing: dict,
+                 notes: list[str]) -> tuple[dict[str, Any], float]:
+        params = {**params, "_pixel_size_a": ctx.get("pixel_size_a"), "_binning": ctx.get("binning", 1),
+                  "_binned": ctx.get("binned", 1), "_bead_diameter_nm": self.bead_nm, "_missing": set(missing)}
+        if mapping.convert is not None:
+            mapping.convert(proto, params)
+        notes += params.get("_notes", [])
+        scale = float(params.get("_scale", 1) or 1)
+        return {k: v for k, v in params.items() if not k.startswith("_")}, scale
+
+    def _only_fields(self, step_id: str, params: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+        fields = self.known[step_id].params.model_fields
+        for key in [k for k in params if k not in fields]:
+            value = params.pop(key)
+            if value not in (None, False, "", [], 0):
+                notes.append(f"not translated: {key}={_shown(value)} (no such {step_id} parameter)")
+        return params
+
+    def _absorb(self, origin: str, sid: str, what: str | None) -> None:
+        taken = self.absorbed.setdefault(origin, {}).setdefault(sid, [])
+        if what and what not in taken:
+            taken.append(what)
+
+    def _fold(self, pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry) -> None:
+        main = feeds["input"]
+        params, _ = self._convert(mapping, proto, own, ctx, missing, notes)
+        carried = dict(main.carried)
+        carried.update({k: (v, pid) for k, v in params.items()})
+        carried_inputs = dict(main.carried_inputs)
+        carried_inputs.update({our: (f.pointer, pid) for our, f in feeds.items() if our != "input"})
+        binning = int(params.get("binning") or 1)
+        if binning > 1:                      # Scipion's stack is binned, tiltflow's is not (yet)
+            ctx["binning"] = ctx.get("binning", 1) * binning
+            if ctx.get("pixel_size_a"):
+                ctx["pixel_size_a"] *= binning
+        feed = _Feed(main.pointer, main.source, carried, carried_inputs, ctx, list(main.via), main.folds + [pid],
+                     main.otype)
+        self.nodes[pid] = _Node("fold", cls, feed=feed)
+        entry.kind = "folded"
+        entry.reason = "; ".join(notes)          # completed in finish()
+
+    def _step(self, pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry) -> None:
+        from tiltflow.workflow.workflow_file import WorkflowStep
+
+        step = self.known[mapping.step]
+        fields, accepts = set(step.params.model_fields), {spec.name for spec in step.inputs}
+        main = feeds.get("input")
+        params: dict[str, Any] = {}
+        node = _Node("step", cls)
+        inputs = {our: f.pointer for our, f in feeds.items()}
+        for our, f in feeds.items():
+            for origin in f.folds:
+                self._absorb(origin, pid, None)
+            if f.via:
+                for skipped in f.via:
+                    self.fed.setdefault(skipped, []).append(pid)
+                names = ", ".join(f"{v} ({self.nodes[v].cls})" for v in f.via)
+                notes.append(f"{our} from {f.source} ({self.nodes[f.source].cls}): {names} not run")
+        if main is not None:
+            for key, (value, origin) in main.carried.items():
+                if key in fields:
+                    params[key] = value
+                    self._absorb(origin, pid, key)
+                else:
+                    node.pending[key] = (value, origin)
+            for key, (ptr, origin) in main.carried_inputs.items():
+                if key in accepts and key not in inputs:
+                    inputs[key] = ptr
+                    self._absorb(origin, pid, key)
+                elif key not in accepts:
+                    node.pending_inputs[key] = (ptr, origin)
+        params.update(own)
+        params, scale = self._convert(mapping, proto, params, ctx, missing, notes)
+        self.steps.append(WorkflowStep(id=pid, step=mapping.step, params=self._only_fields(mapping.step, params, notes),
+                                       inputs=inputs))
+        for name, typ in step.outputs.items():
+            node.by_kind.setdefault(output_kind(typ), f"{pid}.{name}")
+            node.types[f"{pid}.{name}"] = typ
+        node.ctx = dict(ctx)
+        if scale != 1:
+            if node.ctx.get("pixel_size_a"):
+                node.ctx["pixel_size_a"] *= scale
+            if mapping.step == "normalize":
+                node.ctx["binned"] = node.ctx.get("binned", 1) * scale
+        made = [f"workflow step {pid}"]
+        entry.steps.append(pid)
+        for extra in mapping.all_extras():
+            made += self._extra(pid, proto, extra, node, inputs, ctx, notes, entry)
+        self.nodes[pid] = node
+        entry.kind, entry.step = "step", mapping.step
+        entry.reason = "; ".join([" + ".join(made), *notes])
+
+    def _extra(self, pid, proto, extra: Extra, node: _Node, inputs, ctx, notes, entry) -> list[str]:
+        from tiltflow.workflow.workflow_file import WorkflowStep
+
+        step_id = extra.mapping.step
+        if extra.when is not None and not extra.when(proto, self.refs.get(pid, set())):
+            return []
+        if step_id not in self.known:
+            notes.append(f"tiltflow has no '{step_id}' step: its {', '.join(extra.outputs)} not made")
+            return []
+        sid = f"{pid}-{step_id}"
+        own = {ours: proto[s] for s, ours in extra.mapping.params.items() if proto.get(s) is not None}
+        params, _ = self._convert(extra.mapping, proto, own, ctx, {}, notes)
+        source = f"{pid}.TiltSeries" if extra.feed == "main" else inputs["input"]
+        self.steps.append(WorkflowStep(id=sid, step=step_id, params=self._only_fields(step_id, params, notes),
+                                       inputs={"input": source}))
+        for name in extra.outputs:
+            node.named[name] = f"{sid}.{name}"
+        for name, typ in self.known[step_id].outputs.items():
+            node.by_kind.setdefault(output_kind(typ), f"{sid}.{name}")
+            node.types[f"{sid}.{name}"] = typ
+        entry.steps.append(sid)
+        return [f"{sid} ({step_id})"]
+
+    def _step_of(self, sid: str | None) -> str | None:
+        return next((s.step for s in self.steps if s.id == sid), None)
+
+    def finish(self) -> None:
+        for entry in self.entries:
+            node = self.nodes.get(entry.id)
+            if entry.kind == "folded" and node is not None and node.feed is not None:
+                own = {k: v for k, (v, origin) in {**node.feed.carried, **node.feed.carried_inputs}.items()
+                       if origin == entry.id}
+                taken = self.absorbed.get(entry.id, {})
+                imported = self.composed.get(entry.id)
+                if imported and self.nodes.get(imported) and self.nodes[imported].state == "step":
+                    entry.step = self._step_of(imported)
+                    text = (f"folded into step {imported} ({entry.step}), which reads its mdocs; its tilt series are "
+                            f"step {node.feed.source}'s ({self._step_of(node.feed.source)})")
+                elif taken:
+                    sids = [sid for sid, what in taken.items() if what] or list(taken)
+                    entry.step = self._step_of(sids[0])
+                    into = ", ".join(f"step {sid} ({self._step_of(sid)})" for sid in sids)
+                    what = ", ".join(f"{k}={_shown(v)}" for k, v in own.items())
+                    text = f"folded into {into}" + (f": {what}" if what else "")
+                else:
+                    text = "folded, but no tiltflow step uses its output"
+                entry.reason = "; ".join([text, entry.reason] if entry.reason else [text])
+            elif node is not None and node.state == "pass" and entry.id in self.fed:
+                entry.reason += f"; its consumers ({', '.join(sorted(set(self.fed[entry.id])))}) take its input"
+
+
+def scipion_plan(protocols: list[dict[str, Any]]) -> tuple[list, list[PlanEntry]]:
+    """The workflow steps and the plan of a Scipion workflow (nothing raised for an empty plan)."""
+    builder = _Builder(protocols)
+    for proto in _in_dependency_order(builder.protocols, builder.ids):
+        builder.place(proto)
+    builder.finish()
+    return builder.steps, builder.entries
 
 
 def workflow_from_scipion(protocols: list[dict[str, Any]], origin: str):
-    from tiltflow.workflow.steps.base import all_steps
-    from tiltflow.workflow.workflow_file import Workflow, WorkflowStep
+    from tiltflow.workflow.workflow_file import Workflow
 
-    known = all_steps()
-    steps, unmapped = [], []
-    ids: set[str] = set()                                  # Scipion ids that became steps
-    # folded id -> (pointer it stands for, carried params, carried extra inputs such as a CTF set)
-    folded: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {}
-    second: dict[tuple[str, str], str] = {}                # (id, Scipion output) -> our pointer
-    # what is known along each id's lineage: the import's pixel size (Å) and how much earlier
-    # (folded) protocols binned the stack Scipion would pass on
-    lineage: dict[str, dict[str, float]] = {}
-    for proto in _in_dependency_order(protocols):
-        cls = proto.get("object.className")
-        pid = str(proto.get("object.id"))
-        mapping = PROTOCOLS.get(cls or "")
-        if mapping is None or (mapping.step is not None and mapping.step not in known):
-            unmapped.append(f"{cls} (id {pid})")
-            continue
-        inputs: dict[str, str] = {}
-        carried: dict[str, Any] = {}
-        carried_inputs: dict[str, str] = {}
-        missing = None
-        for s_name, our in mapping.inputs.items():
-            ref = proto.get(s_name)
-            if not ref or our in inputs:
-                continue
-            head, _, out = str(ref).partition(".")
-            if head in folded:
-                inputs[our], more, more_inputs = folded[head]
-                carried.update(more)
-                carried_inputs.update(more_inputs)
-            elif (head, out) in second:
-                inputs[our] = second[(head, out)]
-            elif head in ids:
-                inputs[our] = f"{head}.{out}" if out else head
-            else:
-                missing = head
-                break
-            if head in lineage:
-                lineage[pid] = dict(lineage[head])
-        if missing is not None:
-            unmapped.append(f"{cls} (id {pid}): its input protocol {missing} is not mapped")
-            continue
-        context = lineage.setdefault(pid, {})
-        if proto.get("samplingRate"):
-            context["pixel_size_a"] = float(proto["samplingRate"])
-        own: dict[str, Any] = {our: proto[s] for s, our in mapping.params.items() if proto.get(s) is not None}
-        if mapping.step is None:
-            if mapping.convert:
-                mapping.convert(proto, own)
-            if own.get("binning"):
-                context["binning"] = context.get("binning", 1) * int(own["binning"])
-            extra = {k: v for k, v in inputs.items() if k != "input"}
-            folded[pid] = (inputs.get("input", ""), {**carried, **own}, {**carried_inputs, **extra})
-            continue
-        fields = _step_fields(mapping.step)
-        params = {k: v for k, v in carried.items() if k in fields}
-        accepts = {spec.name for spec in known[mapping.step].inputs}
-        inputs.update({k: v for k, v in carried_inputs.items() if k in accepts and k not in inputs})
-        params.update(own)
-        steps.append(WorkflowStep(id=pid, step=mapping.step, params=_converted(mapping, proto, params, context),
-                                  inputs=inputs))
-        ids.add(pid)
-        then = mapping.then
-        if then is not None and then.step in known and proto.get("makeTomo", True) is not False:
-            sid = f"{pid}-{then.step}"
-            tparams = {our: proto[s] for s, our in then.params.items() if proto.get(s) is not None}
-            tparams = _converted(then, proto, tparams, context)
-            steps.append(WorkflowStep(id=sid, step=then.step, params=tparams, inputs={"input": f"{pid}.TiltSeries"}))
-            for name in mapping.then_outputs:
-                second[(pid, name)] = f"{sid}.{name}"
+    if not isinstance(protocols, list) or not all(isinstance(p, dict) for p in protocols):
+        raise InputError(f"{origin}: not a Scipion workflow (expected a list of protocols)")
+    steps, plan = scipion_plan(protocols)
     if not steps:
-        raise InputError(f"{origin}: no protocol of this Scipion workflow can be run by tiltflow"
-                         f" (cannot map: {', '.join(unmapped)})")
-    wf = Workflow(steps=steps, name="scipion")
-    wf.unmapped = unmapped  # type: ignore[attr-defined]
+        err = InputError(f"{origin}: no protocol of this Scipion workflow can be run by tiltflow"
+                         f" ({', '.join(f'{e.protocol} (id {e.id})' for e in plan)}; see the plan)")
+        err.plan = plan  # type: ignore[attr-defined]
+        raise err
+    wf = Workflow(steps=steps, name="scipion", plan=plan)
+    wf.unmapped = [f"{e.protocol} (id {e.id})" for e in plan if e.step is None]  # type: ignore[attr-defined]
     return wf
 
 
 def parse_scipion_template(text: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """A Scipion ``.json.template``: drop description lines, fill ``~...|default|...~`` with defaults and
     ``%(NAME)s`` from ``env``."""
-    import json
-    import re
-
     start = text.find("[")
     if start < 0:
         raise InputError("not a Scipion workflow: no JSON array")

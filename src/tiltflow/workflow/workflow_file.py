@@ -40,6 +40,7 @@ class WorkflowStep:
 class Workflow:
     steps: list[WorkflowStep]
     name: str = "workflow"
+    plan: list | None = None       # a Scipion workflow's plan (scipion.PlanEntry per protocol)
 
     def to_json(self) -> dict:
         return {"tiltflow_workflow": FORMAT_VERSION, "name": self.name,
@@ -82,7 +83,10 @@ def load_workflow(source: str | Path) -> Workflow:
         text = (resources.files("tiltflow.workflow") / "templates" / f"{source}.json").read_text()
         origin = f"template '{source}'"
     elif path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as err:
+            raise InputError(f"{path}: not a text file (byte {err.start} is not UTF-8) — give a workflow JSON file") from None
         origin = str(path)
     else:
         raise InputError(f"{source}: no such workflow file or template (templates: {', '.join(template_names())})")
@@ -102,13 +106,22 @@ def load_workflow(source: str | Path) -> Workflow:
         return workflow_from_scipion(data, origin)
     if not isinstance(data, dict) or "steps" not in data:
         raise InputError(f"{origin}: not a tiltflow workflow (expected an object with 'steps')")
+    version = data.get("tiltflow_workflow", FORMAT_VERSION)
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise InputError(f"{origin}: 'tiltflow_workflow': {json.dumps(version)[:40]} — this tiltflow reads "
+                         f"version {FORMAT_VERSION} (`tiltflow workflow template tutorial` shows one)")
+    if not isinstance(data["steps"], list) or not data["steps"]:
+        raise InputError(f"{origin}: 'steps' must be a list of one or more steps "
+                         "({\"step\": \"import-movies\", \"params\": {...}})")
     steps = []
     for i, s in enumerate(data["steps"], 1):
-        try:
-            steps.append(WorkflowStep(id=str(s.get("id") or s["step"]), step=s["step"],
-                                      params=dict(s.get("params") or {}), inputs=dict(s.get("inputs") or {})))
-        except (KeyError, TypeError, AttributeError):
-            raise InputError(f"{origin}: step {i} needs at least a 'step' name") from None
+        if not isinstance(s, dict) or not isinstance(s.get("step"), str) or not s["step"]:
+            raise InputError(f"{origin}: step {i} needs at least a 'step' name")
+        for key in ("params", "inputs"):
+            if s.get(key) is not None and not isinstance(s[key], dict):
+                raise InputError(f"{origin}: step {i} ({s['step']}): '{key}' must be an object ({{\"name\": value}})")
+        steps.append(WorkflowStep(id=str(s.get("id") or s["step"]), step=s["step"], params=dict(s.get("params") or {}),
+                                  inputs={str(k): str(v) for k, v in (s.get("inputs") or {}).items()}))
     return Workflow(steps=steps, name=str(data.get("name", path.stem)))
 
 
@@ -167,6 +180,8 @@ def validate(wf: Workflow) -> None:
             head = str(ref).split(".")[0]
             if head not in ids and not head.isdigit():
                 problems.append(f"workflow step '{s.id}': input {name}='{ref}' names no earlier step")
+        if s.id in ids:
+            problems.append(f"workflow step '{s.id}': an earlier step has this id — give each step its own 'id'")
         ids.add(s.id)
     if problems:
         raise InputError(problems)
@@ -317,6 +332,12 @@ def _existing_output(store: ProjectStore, run_id: int, name: str, warn: Callable
     stripped = base[len("output"):] if base.startswith("output") else None
     if stripped and stripped in names:
         return stripped
+    # Scipion spells some outputs differently (tiltSeries, goodSetOfCTFTomoSeries2): the run's output
+    # whose name ends that one, ignoring case
+    similar = [n for n in names if base.lower().endswith(n.lower())]
+    if len(similar) == 1:
+        warn(f"output {run_id}.{name} does not exist; using {run_id}.{similar[0]}")
+        return similar[0]
     return name
 
 
