@@ -50,7 +50,7 @@ def cli_align(folder, series, root, *args):
     imp = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
                                                  "tilt_axis_deg": series["mdoc_tilt_axis_deg"]})
     result = CliRunner().invoke(build_cli(), ["align", "-p", str(root), "--input", str(imp.id), "--binning", "3",
-                                              "--align-z-nm", "160", *args])
+                                              "--align-z-nm", "160", "-v", *args])
     assert result.exit_code == 0, result.output
     return store, int(store.runs()[-1].id), result.output
 

@@ -77,7 +77,9 @@ def print_run(store: Any, run: Any, *, elapsed: float | None = None, warnings: l
 
 
 class ProgressPrinter:
-    """Live per-item progress with an ETA: one updating line on a terminal, a line per ~10% otherwise."""
+    """Live per-item progress with an ETA: one updating line on a terminal, a line per ~10% otherwise.
+    A step's later phase (a new ``total``, or ``done`` counting again from 0, e.g. the CTF series
+    pass after the movies) restarts the clock, so its ETA is its own."""
 
     def __init__(self, label: str = ""):
         import time
@@ -86,15 +88,17 @@ class ProgressPrinter:
         self._clock = time.monotonic
         self._start: float | None = None
         self._last_pct = -1
+        self._last: tuple[int, int] = (0, 0)
 
     def __call__(self, item: str, done: int, total: int) -> None:
         now = self._clock()
-        if self._start is None:
-            self._start = now
+        if self._start is None or total != self._last[1] or done < self._last[0]:
+            self._start, self._last_pct = now, -1       # a new phase
+        self._last = (done, total)
         elapsed = now - self._start
-        eta = elapsed / done * (total - done) if done else 0.0
+        eta = f"ETA {elapsed / done * (total - done):.0f} s" if done else "ETA ?"
         name = item.rsplit("/", 1)[-1]
-        text = f"  {self.label} {done}/{total} ({name}), elapsed {elapsed:.0f} s, ETA {eta:.0f} s"
+        text = f"  {self.label} {done}/{total} ({name}), elapsed {elapsed:.0f} s, {eta}"
         if console.is_terminal:
             console.print(text.ljust(100), end="\r", markup=False, highlight=False)
             if done == total:
@@ -106,4 +110,4 @@ class ProgressPrinter:
                 console.print(text, markup=False)
 
     def reset(self, label: str) -> None:
-        self.label, self._start, self._last_pct = label, None, -1
+        self.label, self._start, self._last_pct, self._last = label, None, -1, (0, 0)

@@ -43,9 +43,14 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
                 console.print(f"{r.id:>3}  {r.step:<20} {r.status:<10} {_duration(r):>8}  {r.label or ''}", markup=False)
                 if r.status == "interrupted":
                     console.print(f"       {with_hint(r, store.root)}", markup=False)
+                elif r.status == "failed" and r.error:       # a summary: the first few, then "and N more"
+                    console.print(f"       error: {r.error}", markup=False)
                 for o in outputs:
                     if o.run_id == r.id:
                         console.print(f"       {o.pointer}: {o.summary}", markup=False)
+                quality = quality_line(store, r, [o for o in outputs if o.run_id == r.id])
+                if quality:
+                    console.print(f"       quality: {quality}", markup=False)
             return
         head = str(run_id).split(".")[0].strip()
         if not head.isdigit():
@@ -67,8 +72,12 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
         console.print(f"  folder: {store.root / (run.run_dir or '')}", markup=False)
         console.print("  inputs: " + (", ".join(f"{k}={v}" for k, v in run.inputs.items()) or "none"), markup=False)
         console.print("  parameters:", markup=False)
+        read = values_read(store, run, outs)
         for k, v in run.params.items():
-            console.print(f"    {k} = {v}", markup=False)
+            console.print(f"    {k} = {read.get(k, v) if v is None else v}", markup=False)
+        quality = quality_line(store, run, outs)
+        if quality:
+            console.print(f"  quality: {quality}", markup=False)
         for o in outs:
             console.print(f"  output {o.pointer}: {o.summary}", markup=False)
             for line in _verdict_lines(store, o):
@@ -92,3 +101,74 @@ def _verdict_lines(store, output) -> list[str]:
     else:
         return []
     return [f"{ts_id}: {verdict_text(v)}" for ts_id, v in judged if v["status"]]
+
+
+# acquisition values a run reads from its files when the user gave none (``voltage_kv = None``)
+_READ = ("voltage_kv", "cs_mm", "amplitude_contrast", "magnification", "pixel_size_a", "tilt_axis_deg",
+         "dose_per_tilt_e_a2")
+
+
+def values_read(store, run, outputs) -> dict[str, str]:
+    """``{"voltage_kv": "300 (from the mdoc)"}`` for each empty acquisition parameter of ``run``,
+    with the value(s) its tilt-series output carries."""
+    from tiltflow.workflow.sets import TiltSeriesSet
+
+    empty = [k for k in _READ if k in run.params and run.params[k] is None]
+    main = next((o for o in outputs if o.type in ("TiltSeriesM", "TiltSeries")), None)
+    if not empty or main is None:
+        return {}
+    value = store.load(main)
+    if not isinstance(value, TiltSeriesSet) or not value.items:
+        return {}
+    source = {"import-movies": "the mdoc", "import-tilt-series": "the files"}.get(run.step, "the input")
+    read = {}
+    for key in empty:
+        found = sorted({getattr(ts.acquisition, key) for ts in value.items} - {None})
+        if found:
+            read[key] = f"{', '.join(f'{v:g}' for v in found)} (from {source})"
+    return read
+
+
+def _span(values: list[float], unit: str, fmt: str = ".2f") -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:{fmt}} {unit}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}-{hi:{fmt}} {unit}"
+
+
+def quality_line(store, run, outputs) -> str:
+    """One line on a run's results: motion (median, max), defocus range and CTF verdicts, alignment
+    residual and verdicts — what its first output of each kind carries ('' when nothing applies)."""
+    import statistics
+
+    from tiltflow.workflow.sets import alignment_verdict, ctf_verdict, verdict_summary
+
+    parts = []
+    first = {}
+    for o in outputs:
+        first.setdefault(o.type, o)
+    ts_out = first.get("TiltSeries")
+    if ts_out is not None and run.step == "motion-ctf":
+        motion = [im.attrs["total_motion_px"] for ts in store.load(ts_out).items for im in ts.images
+                  if im.attrs.get("total_motion_px") is not None]
+        if motion:
+            parts.append(f"motion {statistics.median(motion):.2f} px median (max {max(motion):.2f} px)")
+    if "CTFTomoSeries" in first:
+        series = [s for s in store.load(first["CTFTomoSeries"]).items if s.enabled]
+        defocus = [c.defocus_mean_a / 1e4 for s in series for c in s.items if c.enabled]
+        if defocus:
+            verdicts = verdict_summary("CTF", {s.ts_id: ctf_verdict(s)["status"] for s in series})
+            parts.append(f"defocus {_span(defocus, 'µm')}{verdicts}")
+    if ts_out is not None and run.step in ("align", "import-alignment"):
+        series = [ts for ts in store.load(ts_out).items if ts.enabled]
+        residual = [ts.attrs["alignment"]["mean_residual_px"] for ts in series
+                    if (ts.attrs.get("alignment") or {}).get("mean_residual_px") is not None]
+        errors = [statistics.fmean(e) for ts in series
+                  if (e := [im.attrs["projection_matching_error"] for im in ts.images
+                            if im.attrs.get("projection_matching_error") is not None])]
+        verdicts = verdict_summary("aligned", {ts.ts_id: alignment_verdict(ts)["status"] for ts in series})
+        if residual:
+            parts.append(f"residual {_span(residual, 'px')}{verdicts}")
+        elif errors:
+            parts.append(f"projection-matching error {_span(errors, '(1 - NCC)', '.3f')}{verdicts}")
+        elif verdicts:
+            parts.append(verdicts[2:])
+    return "; ".join(parts)

@@ -13,6 +13,34 @@ import click
 from tiltflow.cli.output import echo_json, fail, print_run
 from tiltflow.workflow.steps.base import Step
 
+# one example line per step in its --help (those of the README's example where it has one)
+EXAMPLES = {
+    "import-movies": "tiltflow import-movies -p P --files demo/data --pattern '*.mdoc' --gain demo/data/gain_ref.gain",
+    "import-tilt-series": "tiltflow import-tilt-series -p P --files stacks --pattern '{TS}.st' --angles tlt --voltage 300",
+    "motion-ctf": "tiltflow motion-ctf -p P --input 1 --fit-range 500 10 --window 512 --ctf-range 30 8 "
+                  "--defocus-grid 2 2 8",
+    "ctf": "tiltflow ctf -p P --input 2.TiltSeries --window 512 --ctf-range 30 8 --defocus-range 0.5 8",
+    "xray-erase": "tiltflow xray-erase -p P --input 2.TiltSeries",
+    "align": "tiltflow align -p P --input 3.TiltSeries_2 --method fiducial --bead-diameter-nm 10 --binning 4",
+    "reconstruct": "tiltflow reconstruct -p P --input 5 --method wbp --binning 4 --thickness-nm 200",
+    "import-alignment": "tiltflow import-alignment -p P --input 3 --files imod --pattern '{TS}/{TS}.xf'",
+}
+
+
+def example_line(step: Step) -> str:
+    """The step's example: from ``EXAMPLES``, else its inputs and required parameters."""
+    if step.id in EXAMPLES:
+        return EXAMPLES[step.id]
+    parts = ["tiltflow", step.id, "-p", "P"]
+    for i, spec in enumerate(step.inputs):
+        if not spec.optional:
+            parts += [f"--{spec.name}", str(i + 2)]
+    for name, info in step.params.model_fields.items():
+        if info.is_required():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            parts += [extra.get("cli") or "--" + name.replace("_", "-"), name.upper()]
+    return " ".join(parts)
+
 
 def _unwrap_optional(annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
@@ -51,6 +79,8 @@ def _option_for(name: str, field: Any) -> click.Option:
 COMMON_OPTIONS = [
     click.Option(["-p", "--project", "project"], default=".", show_default=True, help="Project folder (created if missing)."),
     click.Option(["--json", "as_json"], is_flag=True, help="Print machine-readable output."),
+    click.Option(["-v", "--verbose", "verbose"], is_flag=True,
+                 help="Print the per-view tables too (they are always in the run's run.log)."),
     click.Option(["--skip-bad", "skip_bad"], is_flag=True, help="Report and skip bad series/movies instead of failing."),
     click.Option(["--device", "device"], type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                  help="Where the heavy math runs."),
@@ -75,6 +105,7 @@ def make_step_command(step: Step) -> click.Command:
 
     def callback(**kwargs: Any) -> None:
         from tiltflow.workflow.errors import InputError, ProjectError
+        from tiltflow.workflow.executor import ItemFailures
         from tiltflow.workflow.runner import run_step
         from tiltflow.workflow.steps.checks import validate_cli
         from tiltflow.workflow.store import ProjectStore
@@ -83,7 +114,8 @@ def make_step_command(step: Step) -> click.Command:
         values = {k: v for k, v in kwargs.items() if k in fields}
         values = {k: (list(v) if isinstance(v, tuple) and typing.get_origin(_unwrap_optional(fields[k].annotation)) is list else v)
                   for k, v in values.items() if v is not None}
-        options = {k: kwargs[k] for k in ("skip_bad", "device", "executor", "workers", "scheduler", "jobqueue")}
+        options = {k: kwargs[k] for k in ("skip_bad", "device", "executor", "workers", "scheduler", "jobqueue",
+                                          "verbose")}
         if kwargs["scheduler"] or kwargs["jobqueue"]:
             options["executor"] = "dask"
         try:
@@ -98,6 +130,8 @@ def make_step_command(step: Step) -> click.Command:
             fail(getattr(err, "problems", [str(err)]), code=2)
         except KeyboardInterrupt:
             fail(["interrupted — resume with the same command and --continue"], code=130)
+        except ItemFailures as err:   # the first few, then "and N more (see runs/<id>_<step>/run.log)"
+            fail([f"{step.id} failed: {err}"], code=1)
         except Exception as err:  # the run is marked failed; its log has the traceback
             fail([f"{step.id} failed: {type(err).__name__}: {err} (see the run's run.log)"], code=1)
         if kwargs["as_json"]:
@@ -106,8 +140,8 @@ def make_step_command(step: Step) -> click.Command:
             print_run(store, run, elapsed=time.time() - t0, warnings=options.get("warnings", []),
                       notes=options.get("notes", []))
 
-    return click.Command(step.id, params=params, callback=callback, help=step.help + "\n\n" + step.title,
-                         short_help=step.title)
+    return click.Command(step.id, params=params, callback=callback, short_help=step.title,
+                         help=f"{step.help}\n\n{step.title}\n\n\b\nExample:\n  {example_line(step)}")
 
 
 def run_summary_json(store: Any, run_id: int) -> dict:

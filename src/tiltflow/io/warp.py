@@ -10,7 +10,10 @@ Per-tilt grids (``GridCTF``, ``GridCTFDefocusDelta``, ``GridCTFDefocusAngle``: d
 astigmatism in µm, angle in degrees) are ``Width=1 Height=1 Depth=<tilts>`` grids of ``<Node>``s;
 :func:`grid_element` / :func:`grid_values` make and read them. A ``.tomostar`` (the tilt-series
 list Warp loads, columns ``wrpMovieName wrpAngleTilt wrpAxisAngle wrpAxisOffsetX wrpAxisOffsetY
-wrpDose``) is written with :func:`write_tomostar`.
+wrpDose``) is written with :func:`write_tomostar`. A per-movie ``<Movie>`` XML (a frame series'
+metadata: ``CTF``, ``GridCTF*``, ``GridMovementX/Y`` in Å per frame, ...) is a ``WarpTiltSeries``
+with ``root="Movie"`` and no per-tilt lists. :func:`ctf_param_values` gives the whole ``<CTF>``
+parameter list that WarpTools writes; :data:`DEFAULT_GRIDS` the neutral grids it carries.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "PER_TILT", "WarpFormatError", "WarpTiltSeries", "grid_element", "grid_values", "read_warp_xml",
-    "write_tomostar", "write_warp_xml",
+    "DEFAULT_GRIDS", "PER_TILT", "WarpFormatError", "WarpTiltSeries", "ctf_param_values", "grid_element",
+    "grid_values", "read_warp_xml", "volume_warp_element", "write_tomostar", "write_warp_xml",
 ]
 
 # element -> value type of its per-tilt lines
@@ -50,6 +53,7 @@ class WarpTiltSeries:
     order: list[str] = field(default_factory=list)  # child tags in file order (with repeats)
     encoding: str = "utf-8-sig"  # 'utf-8-sig' (Warp) or 'utf-16' (older Warp)
     newline: str = "\n"  # between elements: '\r\n' in Windows-written files
+    root: str = "TiltSeries"  # 'Movie' for a frame series' XML
 
     @property
     def n_tilts(self) -> int:
@@ -152,7 +156,7 @@ def write_warp_xml(path: str | Path, ts: WarpTiltSeries, *, encoding: str | None
     if bad:
         raise ValueError(f"write_warp_xml: per-tilt lists {bad} differ from {n} Angles")
     nl = ts.newline
-    root = ET.Element("TiltSeries", ts.attributes)
+    root = ET.Element(ts.root, ts.attributes)
     tags = ts.order + [t for t in (*ts.per_tilt, *ts.params) if t not in ts.order]
     others = iter(ts.other)
     for tag in tags:
@@ -183,15 +187,49 @@ def write_warp_xml(path: str | Path, ts: WarpTiltSeries, *, encoding: str | None
 
 
 def grid_element(tag: str, values: list[float], *, newline: str = "\n") -> ET.Element:
-    """A per-tilt grid ``<tag Width="1" Height="1" Depth="t">`` with one ``<Node>`` per value."""
+    """A grid ``<tag Width="1" Height="1" Depth="n">`` with one ``<Node>`` per value (per tilt, or per
+    frame for a movie's ``GridMovementX/Y``), as WarpTools' ``CubicGrid`` writes it."""
     depth = len(values)
     el = ET.Element(tag, {"Width": "1", "Height": "1", "Depth": str(depth), "MarginX": "0",
                           "MarginY": "0", "MarginZ": "0"})
     for z, v in enumerate(values):
-        node = ET.SubElement(el, "Node", {"X": "0", "Y": "0", "Z": str(z), "Value": _format(float(v))})
-        node.tail = newline + ("\t\t" if z < depth - 1 else "\t")
-    el.text = newline + "\t\t" if depth else None
+        ET.SubElement(el, "Node", {"X": "0", "Y": "0", "Z": str(z), "Value": _format(float(v))})
+    return _indent_nodes(el, newline)
+
+
+def volume_warp_element(tag: str, *, newline: str = "\n") -> ET.Element:
+    """A neutral ``GridVolumeWarpX/Y/Z`` (WarpTools' 1x1x1, one time point, value 0)."""
+    el = ET.Element(tag, {"Width": "1", "Height": "1", "Depth": "1", "Duration": "1"})
+    ET.SubElement(el, "Node", {"X": "0", "Y": "0", "Z": "0", "W": "0", "Value": "0"})
+    return _indent_nodes(el, newline)
+
+
+def _indent_nodes(el: ET.Element, newline: str) -> ET.Element:
+    nodes = list(el)
+    for i, node in enumerate(nodes):
+        node.tail = newline + ("\t\t" if i < len(nodes) - 1 else "\t")
+    el.text = newline + "\t\t" if nodes else None
     return el
+
+
+# the grids WarpTools writes before any refinement: name -> the value of its single node
+DEFAULT_GRIDS = {"GridAngleX": 0.0, "GridAngleY": 0.0, "GridAngleZ": 0.0, "GridDoseBfacs": 0.0,
+                 "GridDoseBfacsDelta": 0.0, "GridDoseBfacsAngle": 0.0, "GridDoseWeights": 1.0,
+                 "GridLocationBfacs": 0.0, "GridLocationWeights": 1.0}
+
+
+def ctf_param_values(*, pixel_size_a: float, voltage_kv: float, cs_mm: float, amplitude: float,
+                     defocus_um: float = 0.0, defocus_delta_um: float = 0.0, defocus_angle_deg: float = 0.0,
+                     phase_shift_pi: float = 0.0) -> dict[str, str]:
+    """Every ``<Param>`` of a WarpTools ``<CTF>``, in its order (Cc 2.7 mm, no beam tilt, no Zernike
+    terms, as in real files). Defocus is the mean (µm), ``DefocusDelta`` = U - V (µm), phase in pi."""
+    g = "{:.7g}".format
+    return {"PixelSize": g(pixel_size_a), "ZernikeCoeffsOdd": "", "BeamTilt2": "1,0,1", "BeamTilt": "0,0",
+            "PhaseShift": g(phase_shift_pi), "Scale": "1.0", "BfactorAngle": "0", "BfactorDelta": "0",
+            "Bfactor": "0", "ZernikeCoeffsEven": "", "Amplitude": g(amplitude), "DefocusDelta": g(defocus_delta_um),
+            "Defocus": g(defocus_um), "Voltage": g(voltage_kv), "Cc": "2.7", "Cs": g(cs_mm),
+            "Distortion": "1, 0, 0, 1", "PixelSizeAngle": "0", "PixelSizeDeltaPercent": "0",
+            "DefocusAngle": g(defocus_angle_deg), "Thickness": "0"}
 
 
 def grid_values(el: ET.Element) -> list[float]:

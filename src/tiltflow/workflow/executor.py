@@ -116,10 +116,42 @@ def run_items(ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]],
     return results
 
 
-def run_items_or_fail(ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]]) -> dict[str, Any]:
-    """:func:`run_items`, then one error listing every failed item (nothing is registered)."""
+class ItemFailures(RuntimeError):
+    """Per-item failures of a run. ``str()`` is a summary — the first few, then ``and N more (see
+    run.log)`` — and ``lines`` keeps every one (the runner writes them all to the run's log and
+    stores the summary, naming the log, as the run's error)."""
+
+    SHOWN = 3
+
+    def __init__(self, lines: list[str], *, what: str = "item", total: int | None = None, hint: str = ""):
+        self.lines, self.what, self.total, self.hint = list(lines), what, total, hint
+        super().__init__(self.summary())
+
+    def summary(self, log: str = "run.log") -> str:
+        n = len(self.lines)
+        plural = self.what if n == 1 or self.what.endswith("series") else self.what + "s"
+        head = f"{n} of {self.total} {plural} failed" if self.total else f"{n} {plural} failed"
+        more = f"; and {n - self.SHOWN} more (see {log})" if n > self.SHOWN else ""
+        return f"{head}{self.hint}: " + "; ".join(self.lines[:self.SHOWN]) + more
+
+
+def summarized(lines: list[str], shown: int = ItemFailures.SHOWN) -> list[str]:
+    """The first ``shown`` lines, then ``and N more (see run.log)`` when there are more."""
+    more = [f"and {len(lines) - shown} more (see run.log)"] if len(lines) > shown else []
+    return list(lines[:shown]) + more
+
+
+def failure_line(key: str, err: BaseException) -> str:
+    """``key: message`` (the message alone when it already names the item)."""
+    text = str(err)
+    return text if text.startswith(key) else f"{key}: {type(err).__name__}: {text}"
+
+
+def run_items_or_fail(ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]], *,
+                      what: str = "item") -> dict[str, Any]:
+    """:func:`run_items`, then :class:`ItemFailures` when any item failed (nothing is registered)."""
     results = run_items(ctx, fn, tasks)
-    failed = [f"{k}: {type(v).__name__}: {v}" for k, v in results.items() if isinstance(v, BaseException)]
+    failed = [failure_line(k, v) for k, v in results.items() if isinstance(v, BaseException)]
     if failed:
-        raise RuntimeError("; ".join(failed))
+        raise ItemFailures(failed, what=what, total=len(tasks))
     return results

@@ -13,10 +13,12 @@ by acquisition order) follows the views of that stack:
   ``rlnTomoHand = -1``: our defocus falls with height z' above the specimen centre (DESIGN.md §2,
   ``core/geometry.py``), RELION adds ``hand * pixel * z'`` to the defocus.
 - ``warp``: ``DIR/warp_tiltseries/<tsId>.xml`` (``Angles`` refined, ``Dose`` before each tilt,
-  ``UseTilt``, ``AxisAngle``, ``AxisOffsetX/Y`` in Å, ``MoviePath``, CTF and per-tilt CTF grids),
-  ``DIR/tomostar/<tsId>.tomostar``, and ``DIR/warp_tiltseries/tiltstack/<tsId>/`` with the stack,
-  ``.rawtlt``, ``.tlt`` and ``.xf`` that WarpTools ``ts_import_alignments`` reads. Warp takes the
-  images of each tilt from its frame-series folder (``../warp_frameseries/<movie>``).
+  ``UseTilt``, ``AxisAngle``, ``AxisOffsetX/Y`` in Å, ``MoviePath``, ``FOVFraction``, the whole
+  ``<CTF>``, per-tilt ``GridCTF/DefocusDelta/DefocusAngle/Phase`` and the other grids WarpTools
+  writes), ``DIR/tomostar/<tsId>.tomostar``, ``DIR/warp_tiltseries/tiltstack/<tsId>/`` with the
+  stack, ``.rawtlt``, ``.tlt`` and ``.xf`` that WarpTools ``ts_import_alignments`` reads, and the
+  frame series each ``MoviePath`` points to: ``DIR/warp_frameseries/<movie>.xml`` and averages
+  (:mod:`tiltflow.workflow.export_warp_frames`), where WarpTools takes each tilt's image from.
 - ``aretomo``: ``DIR/<tsId>/<tsId>.mrc``, ``.tlt`` (angles as stored, for ``-AngFile``) and
   ``.aln`` (for ``-AlnFile``; excluded views as dark frames; more decimals than AreTomo prints).
 """
@@ -162,33 +164,41 @@ def export_relion(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir:
 # ---- Warp ----------------------------------------------------------------------------------------
 
 
-def _movie_names(ts: TiltSeries) -> list[str]:
-    names = []
-    for im in ts.images:
-        movie = im.attrs.get("movie")
-        names.append(Path(movie).name if movie else f"{ts.ts_id}_{im.acquisition_order:03d}_{im.tilt_angle_deg:.2f}.mrc")
-    return [f"../warp_frameseries/{n}" for n in names]
-
-
-def _warp_ctf(ts: TiltSeries, rows: list[CtfTomo], order: list[str], params: dict, other: list) -> None:
-    from tiltflow.io.warp import grid_element
+def _warp_ctf(ts: TiltSeries, rows: list[CtfTomo] | None, order: list[str], params: dict, other: list) -> None:
+    """``<CTF>`` (all of WarpTools' parameters), the per-tilt CTF grids (zeros without a CTF) and the
+    neutral grids WarpTools writes, in its order."""
+    from tiltflow.io.warp import DEFAULT_GRIDS, ctf_param_values, grid_element, volume_warp_element
 
     a = ts.acquisition
-    used = [c for c, im in zip(rows, ts.images) if im.enabled] or rows
-    central = min(zip(rows, ts.images), key=lambda p: abs(p[1].tilt_angle_deg))[0]
     um = 1e-4  # Å -> µm
-    params["CTF"] = {"PixelSize": f"{a.pixel_size_a:g}", "Voltage": f"{a.voltage_kv:g}", "Cs": f"{a.cs_mm:g}",
-                     "Amplitude": f"{a.amplitude_contrast:g}",
-                     "Defocus": f"{sum(c.defocus_mean_a for c in used) / len(used) * um:.6g}",
-                     "DefocusDelta": f"{(central.defocus_u_a - central.defocus_v_a) * um:.6g}",
-                     "DefocusAngle": f"{central.astigmatism_angle_deg:.6g}",
-                     "PhaseShift": f"{central.phase_shift_rad / math.pi:.6g}"}   # Warp: units of pi
+    ctf = {"pixel_size_a": a.pixel_size_a, "voltage_kv": a.voltage_kv, "cs_mm": a.cs_mm,
+           "amplitude": a.amplitude_contrast}
+    grids = {"GridCTF": [0.0], "GridCTFDefocusDelta": [0.0], "GridCTFDefocusAngle": [0.0], "GridCTFPhase": [0.0]}
+    if rows is not None:
+        used = [c for c, im in zip(rows, ts.images) if im.enabled] or rows
+        central = min(zip(rows, ts.images), key=lambda p: abs(p[1].tilt_angle_deg))[0]
+        ctf.update(defocus_um=sum(c.defocus_mean_a for c in used) / len(used) * um,
+                   defocus_delta_um=(central.defocus_u_a - central.defocus_v_a) * um,
+                   defocus_angle_deg=central.astigmatism_angle_deg, phase_shift_pi=central.phase_shift_rad / math.pi)
+        grids = {"GridCTF": [c.defocus_mean_a * um for c in rows],
+                 "GridCTFDefocusDelta": [(c.defocus_u_a - c.defocus_v_a) * um for c in rows],
+                 "GridCTFDefocusAngle": [c.astigmatism_angle_deg for c in rows],
+                 "GridCTFPhase": [c.phase_shift_rad / math.pi for c in rows]}
+    params["CTF"] = ctf_param_values(**ctf)
     order.append("CTF")
-    for tag, values in (("GridCTF", [c.defocus_mean_a * um for c in rows]),
-                        ("GridCTFDefocusDelta", [(c.defocus_u_a - c.defocus_v_a) * um for c in rows]),
-                        ("GridCTFDefocusAngle", [c.astigmatism_angle_deg for c in rows])):
-        other.append(grid_element(tag, values))
-        order.append(tag)
+    elements = [grid_element(tag, values) for tag, values in grids.items()]
+    elements += [grid_element("GridMovementX", [0.0]), grid_element("GridMovementY", [0.0])]
+    elements += [volume_warp_element(f"GridVolumeWarp{axis}") for axis in "XYZ"]
+    elements += [grid_element(tag, [value]) for tag, value in DEFAULT_GRIDS.items()]
+    for el in elements:
+        other.append(el)
+        order.append(el.tag)
+
+
+def _resolution_estimate(ts: TiltSeries, rows: list[CtfTomo] | None) -> str:
+    """WarpTools' ``CTFResolutionEstimate``: the median fit resolution of the used tilts, Å (0: none)."""
+    fits = sorted(c.fit_resolution_a for c, im in zip(rows or [], ts.images) if im.enabled and c.fit_resolution_a)
+    return f"{fits[len(fits) // 2]:.3g}" if fits else "0"
 
 
 def export_warp(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir: Path, *,
@@ -196,6 +206,7 @@ def export_warp(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir: P
     from tiltflow.core.alignment_convert import xf_to_warp
     from tiltflow.io.imod import write_tlt, write_xf
     from tiltflow.io.warp import WarpTiltSeries, write_tomostar, write_warp_xml
+    from tiltflow.workflow.export_warp_frames import FRAMES_DIR, movie_names, write_frame_series
 
     written: list[Path] = []
     (out_dir / "tomostar").mkdir(exist_ok=True)
@@ -211,17 +222,18 @@ def export_warp(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir: P
         written += [stack_dir / f"{ts.ts_id}{s}" for s in (".st", ".rawtlt", ".tlt", ".xf")]
         _note_dropped(ts, al, "Warp", notes)
         geo = xf_to_warp(al.xf, pixel_size_a=a.pixel_size_a)
-        movies, dose = _movie_names(ts), pre_exposure_e_a2(ts)
+        movies, dose = [f"../{FRAMES_DIR}/{n}" for n in movie_names(ts)], pre_exposure_e_a2(ts)
         per_tilt = {"Angles": al.tilt_angles_deg.tolist(), "Dose": dose, "UseTilt": [im.enabled for im in ts.images],
                     "AxisAngle": geo.axis_angle_deg.tolist(), "AxisOffsetX": geo.offsets_a[:, 0].tolist(),
-                    "AxisOffsetY": geo.offsets_a[:, 1].tolist(), "MoviePath": movies}
+                    "AxisOffsetY": geo.offsets_a[:, 1].tolist(), "MoviePath": movies,
+                    "FOVFraction": [1.0] * len(ts.images)}
+        rows = ctf_rows(ts, ctf, notes)
         attributes = {"DataDirectory": str((out_dir / "tomostar").absolute()), "AreAnglesInverted": "False",
                       "PlaneNormal": "0, 0, 1", "Bfactor": "0", "Weight": "1", "MagnificationCorrection": "1, 0, 0, 1",
-                      "UnselectFilter": "False", "UnselectManual": ""}
+                      "UnselectFilter": "False", "UnselectManual": "", "CTFResolutionEstimate": _resolution_estimate(ts, rows)}
         order, params, other = list(per_tilt), {}, []
-        rows = ctf_rows(ts, ctf, notes)
-        if rows is not None:
-            _warp_ctf(ts, rows, order, params, other)
+        _warp_ctf(ts, rows, order, params, other)
+        written += write_frame_series(ts, rows, out_dir, notes)
         xml = out_dir / "warp_tiltseries" / f"{ts.ts_id}.xml"
         write_warp_xml(xml, WarpTiltSeries(attributes, per_tilt, params, other, order))
         tomostar = out_dir / "tomostar" / f"{ts.ts_id}.tomostar"

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.param_names import canonical_workflow
 from tiltflow.workflow.steps.base import get_step
 from tiltflow.workflow.store import ProjectStore, RunRecord
 
@@ -165,6 +166,7 @@ def _field_name(step_id: str, name: str) -> str:
 def validate(wf: Workflow) -> None:
     """Check every step's type and parameters before anything runs (all problems at once)."""
     problems, ids = [], set()
+    problems.extend(canonical_workflow(wf))    # option names as well as field names; 'did you mean'
     for s in wf.steps:
         try:
             step = get_step(s.step)

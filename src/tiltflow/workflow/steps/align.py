@@ -198,7 +198,7 @@ def run_align(ctx: StepContext):
         r = results[ts.ts_id]
         if ts.ts_id in failed:
             items.append(_failed_series(ts, p.method, r))
-            _log_verdict(ctx, ts.ts_id, r)
+            _log_verdict(ctx, ts.ts_id, r, "")
             continue
         per_view = r.get("per_view_residual_px", r.get("per_view_error"))
         rows = iter(zip(r["xf"], r["refined_tilt_angles_deg"], per_view))
@@ -225,8 +225,11 @@ def run_align(ctx: StepContext):
         items.append(TiltSeries(ts.ts_id, acq, images, ts.size, ts.enabled,
                                 dict(ts.attrs, alignment={"method": p.method, **summary, **r["files"],
                                                           "plots": r["plots"]})))
-        _log_summary(ctx, ts, r, p.method)
-        _log_verdict(ctx, ts.ts_id, r)
+        _log_verdict(ctx, ts.ts_id, r, _log_summary(ctx, ts, r, p.method))
+    if not ctx.options.get("verbose"):
+        where = ctx.run_dir.relative_to(ctx.project_root) if ctx.run_dir.is_relative_to(ctx.project_root) else ctx.run_dir
+        ctx.options.setdefault("notes", []).append(f"per-view tables in {where / 'run.log'} (-v prints them), "
+                                                   "plots (PNG) in the same folder")
     return {"TiltSeries": TiltSeriesSet("TiltSeries", items, dict(source.attrs, aligned=p.method))}
 
 
@@ -237,9 +240,9 @@ def _failed_series(ts: TiltSeries, method: str, r: dict) -> TiltSeries:
                       dict(ts.attrs, alignment={"method": method, "verdict": r["verdict"], "fixed": r["fixed"]}))
 
 
-def _log_verdict(ctx: StepContext, ts_id: str, r: dict) -> None:
-    """One line per series: its verdict and reasons, and each parameter held at its given value."""
-    line = f"{ts_id}: verdict {verdict_text(r['verdict'])}"
+def _log_verdict(ctx: StepContext, ts_id: str, r: dict, summary: str) -> None:
+    """One line per series on the terminal: its verdict (with reasons) and the solution's summary."""
+    line = f"{ts_id}: verdict {verdict_text(r['verdict'])}" + (f"; {summary}" if summary else "")
     ctx.log.info(line)
     ctx.options.setdefault("notes", []).append(line)
 
@@ -292,24 +295,26 @@ def _input_model(ts: TiltSeries, enabled: list[TiltImage], drop: set[int], point
     return kept
 
 
-def _log_summary(ctx: StepContext, ts: TiltSeries, r: dict, method: str) -> None:
+def _log_summary(ctx: StepContext, ts: TiltSeries, r: dict, method: str) -> str:
+    """The per-view tables and plot names to run.log (and, with ``-v``, under the run); returns the
+    one-line summary of the solution."""
     px = ts.acquisition.pixel_size_a
     if method == "fiducial":
-        line = (f"{ts.ts_id}: {r['n_beads']} beads, mean residual {r['mean_residual_px']:.2f} px"
+        line = (f"{r['n_beads']} beads, mean residual {r['mean_residual_px']:.2f} px"
                 f" ({r['mean_residual_px'] * px / 10:.2f} nm), axis {r['tilt_axis_deg']:.2f}°,"
                 f" offset {r['tilt_offset_deg']:.2f}°")
     else:
         errs = [e for e in r["per_view_error"] if not math.isnan(e)]
-        line = (f"{ts.ts_id}: projection-matching error {sum(errs) / max(len(errs), 1):.3f} (1 - NCC),"
+        line = (f"projection-matching error {sum(errs) / max(len(errs), 1):.3f} (1 - NCC),"
                 f" {sum(r['dark_views'])} dark views, axis {r['tilt_axis_deg']:.2f}°, offset {r['tilt_offset_deg']:.2f}°"
                 + _slab_note(r))
-    ctx.log.info(line)
     tables = residual_tables(ts, r, method)
-    for table in tables:
-        ctx.log.info("%s", table)
-    plots = ", ".join(Path(f).name for f in r["plots"].values())
-    # printed by the CLI under the run
-    ctx.options.setdefault("notes", []).extend([line, *tables, f"{ts.ts_id}: plots in the run folder: {plots}"])
+    plots = f"{ts.ts_id}: plots in the run folder: {', '.join(Path(f).name for f in r['plots'].values())}"
+    for text in (f"{ts.ts_id}: {line}", *tables, plots):
+        ctx.log.info("%s", text)
+    if ctx.options.get("verbose"):
+        ctx.options.setdefault("notes", []).extend([*tables, plots])
+    return line
 
 
 def _slab_note(r: dict) -> str:
