@@ -66,6 +66,10 @@ def test_motion_ctf_outputs_and_accuracy(demo, tmp_path):
     assert len(text.rows) == 5
     assert [r.defocus_1_a for r in text.rows] == pytest.approx([c.defocus_u_a for c in ctf.items], rel=1e-4)
     assert Path(ctf.attrs["defocus"]).is_file()
+    # the tilt series carries the CTF set's (series pass) values, which align and xray-erase copy on
+    ts = store.load(outs["TiltSeries"]).items[0]
+    by_tilt = {c.acquisition_order: c for c in ctf.items}
+    assert all(im.attrs["defocus_u_a"] == by_tilt[im.acquisition_order].defocus_u_a for im in ts.images)
 
 
 def _break_movie(data: Path, how: str) -> Path:

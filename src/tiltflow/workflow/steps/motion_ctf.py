@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from tiltflow.workflow.executor import run_items
+from tiltflow.workflow.executor import ItemFailures, failure_line, run_items, summarized
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.common import check_window_fits
@@ -268,7 +268,8 @@ def run_motion_ctf(ctx: StepContext):
 
     p: MotionCtfParams = ctx.params
     source: TiltSeriesSet = ctx.inputs["input"]
-    check_window_fits(p.window_px, source)
+    if p.estimate_ctf:              # the runner checked already (checks_data.check_motion_ctf); kept for direct calls
+        check_window_fits(p.window_px, source, binning=p.binning)
     device = resolve_device(ctx.options.get("device"))
     gain, dark = source.attrs.get("gain_file"), source.attrs.get("dark_file")
     pd = p.model_dump()
@@ -297,21 +298,22 @@ def run_motion_ctf(ctx: StepContext):
         _SESSIONS.pop(session).close()
     bad = {k: v for k, v in results.items() if isinstance(v, BaseException)}
     if bad:
-        lines = [str(v) if str(v).startswith(k) else f"{k}: {type(v).__name__}: {v}" for k, v in bad.items()]
+        lines = [failure_line(k, v) for k, v in bad.items()]
         if not ctx.skip_bad:
-            raise RuntimeError(f"{len(bad)} movie(s) failed (use --skip-bad to process the rest): " + " | ".join(lines))
+            raise ItemFailures(lines, what="movie", total=len(tasks), hint=" (use --skip-bad to process the rest)")
         for line in lines:
             ctx.log.warning("skipped: %s", line)
-            ctx.options.setdefault("warnings", []).append(f"skipped: {line}")
+        ctx.options.setdefault("warnings", []).extend(f"skipped: {w}" for w in summarized(lines))
     good = {k: v for k, v in results.items() if not isinstance(v, BaseException)}
     noted = [f"{where[k][1]}: {v['motion_note']}" for k, v in good.items() if v.get("motion_note")]
     if noted:
         more = f" and {len(noted) - 3} more (see run.log)" if len(noted) > 3 else ""
         ctx.options.setdefault("notes", []).append(f"motion: {'; '.join(noted[:3])}{more}")
     items, ctf_items = [], []
-    for ts in source.items:
-        if not any(im.file in good for im in ts.images):
-            continue
+    series = [ts for ts in source.items if any(im.file in good for im in ts.images)]
+    phase = "stacks + CTF series pass" if p.estimate_ctf else "stacks"   # progress per series
+    for i, ts in enumerate(series):
+        ctx.progress(f"{phase}: {ts.ts_id}", i, len(series))
         new = _assemble_series(ts, good, ctx.run_dir, p.binning, p.even_odd)
         items.append(new)
         if p.estimate_ctf:
@@ -330,10 +332,15 @@ def run_motion_ctf(ctx: StepContext):
             if skipped:
                 ctx.log.warning("%s: defocus grid not fitted: %s", new.ts_id, skipped)
                 ctx.options.setdefault("warnings", []).append(f"{new.ts_id}: defocus grid not fitted ({skipped})")
-            series = ctf_series_from_results(new, per_tilt, params)
-            note_ctf_verdict(ctx, series)
-            series.attrs.update(write_series_ctf_files(series, params, ctx.run_dir))
-            ctf_items.append(series)
+            for im in new.images:   # the tilt series carries the series pass's values, not the first fits
+                r = per_tilt.get(im.acquisition_order)
+                if r is not None:
+                    im.attrs.update(defocus_u_a=r["defocus_u_a"], defocus_v_a=r["defocus_v_a"])
+            ctf_series = ctf_series_from_results(new, per_tilt, params)
+            note_ctf_verdict(ctx, ctf_series)
+            ctf_series.attrs.update(write_series_ctf_files(ctf_series, params, ctx.run_dir))
+            ctf_items.append(ctf_series)
+        ctx.progress(f"{phase}: {ts.ts_id}", i + 1, len(series))
     if not items:
         raise RuntimeError("no movie could be processed")
     outputs = {"TiltSeries": TiltSeriesSet("TiltSeries", items, {"odd_even": p.even_odd, "source": ctx.input_pointers["input"]})}
