@@ -220,6 +220,8 @@ def run_align(ctx: StepContext):
         summary = {k: r[k] for k in ("mean_residual_px", "n_beads", "tilt_offset_deg", "flagged_beads",
                                      "flagged_views", "verdict", "fixed") if k in r}
         summary["view_orders"] = [im.acquisition_order for im in ts.images if im.enabled]   # the .fid's z
+        if p.method == "fiducial":
+            summary["bead_diameter_nm"] = p.bead_diameter_nm   # the bead model's size (erase-beads reads it)
         if "per_bead_residual_px" in r:
             summary["per_bead_residual_px"] = [None if math.isnan(v) else v for v in r["per_bead_residual_px"]]
         items.append(TiltSeries(ts.ts_id, acq, images, ts.size, ts.enabled,
