@@ -20,7 +20,16 @@ class TiltflowGroup(click.Group):
     """Runs every command with Python warnings printed once as ``note:`` lines, and an unexpected
     error as one line (the traceback only with ``--debug`` or TILTFLOW_DEBUG=1)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["tiltflow.argv"] = list(args)      # run.log starts with the command line
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
+        import shlex
+
+        from tiltflow.workflow.runner import COMMAND_LINE
+
+        token = COMMAND_LINE.set(shlex.join(["tiltflow", *ctx.meta.get("tiltflow.argv", [])]))
         with warnings_as_notes() as notes:
             try:
                 return super().invoke(ctx)
@@ -32,6 +41,7 @@ class TiltflowGroup(click.Group):
                 fail([f"unexpected {type(err).__name__}: {err} — please report it; "
                       "`tiltflow --debug ...` shows the traceback"], code=1)
             finally:
+                COMMAND_LINE.reset(token)
                 print_notes(notes)
 
 
@@ -97,7 +107,8 @@ def _optional_commands() -> list[click.Command]:
     """Commands of layers that may not be installed (web viewer, workflows)."""
     found = []
     for module, attr in (("tiltflow.cli.workflow_cmd", "workflow_group"), ("tiltflow.cli.view", "view_command"),
-                         ("tiltflow.cli.export", "export_command"), ("tiltflow.cli.subset", "subset_command")):
+                         ("tiltflow.cli.export", "export_command"), ("tiltflow.cli.subset", "subset_command"),
+                         ("tiltflow.cli.watch", "watch_command")):
         try:
             mod = __import__(module, fromlist=[attr])
         except ModuleNotFoundError as err:

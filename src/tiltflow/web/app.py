@@ -240,4 +240,7 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
         new = curator.save(pd.get_output(store, pointer, pd.TILT_TYPES + pd.CTF_TYPES), restack=req.restack)
         return save_result(store, new)
 
+    from tiltflow.web.live import add_live_routes   # the session dashboard (issue 14)
+
+    add_live_routes(app, store)
     return app
