@@ -8,6 +8,7 @@ import time
 import click
 
 from tiltflow.cli.output import console, echo_json, fail
+from tiltflow.cli.watch import WATCH_FIELDS, watch_options
 
 
 @click.group("workflow")
@@ -34,22 +35,51 @@ def workflow_group() -> None:
 @click.option("--dry-run", is_flag=True,
               help="Print the plan and run nothing: for a Scipion file each protocol and the step it became (or why "
                    "not), with the steps' parameters; with --json a list of {protocol, id, label, step, reason}.")
+@click.option("--watch", "watch_dir", default=None, metavar="DIR",
+              help="Follow DIR while the microscope writes it: the same as `tiltflow watch DIR --workflow SOURCE` "
+                   "(per tilt as movies complete, per series once complete; Ctrl+C stops, the same command goes on). "
+                   "A Scipion workflow whose import is in streaming is watched without it, in its own files path.")
+@click.option("--no-watch", is_flag=True,
+              help="A Scipion workflow whose import is in streaming: run it once on the files there now instead.")
+@watch_options
 @click.option("--json", "as_json", is_flag=True)
 def run_command(source, project, overrides, fresh, skip_bad, device, resume, executor, workers, threads_per_worker,
-                scheduler, jobqueue, dry_run, as_json) -> None:
+                scheduler, jobqueue, dry_run, watch_dir, no_watch, interval_s, settle_s, movie_timeout_s, quiet_s,
+                min_fraction, expected_tilts, stop_after_idle_s, as_json) -> None:
     """Run SOURCE (a workflow JSON file, a Scipion workflow JSON, or a template name such as 'tutorial').
 
     A Scipion workflow's plan is printed first: each protocol and the tiltflow step it became, or why not.
+    With --watch DIR (or a Scipion workflow whose import is in streaming) it follows an acquisition folder
+    as `tiltflow watch` does, with the same options.
 
-    Example: tiltflow workflow run tutorial -p P --set import-movies.files=/data/session
+    Examples: tiltflow workflow run tutorial -p P --set import-movies.files=/data/session;
+    tiltflow workflow run tutorial -p P --watch /data/session --set import-movies.gain=/data/session/gain.tif
     """
     import shutil
     from pathlib import Path
 
+    from tiltflow.cli.watch import (
+        describe,
+        executor_options,
+        given_options,
+        import_folder,
+        run_watch,
+        watch_settings,
+    )
     from tiltflow.workflow.errors import InputError, ProjectError
     from tiltflow.workflow.store import DB_NAME, ProjectStore
-    from tiltflow.workflow.workflow_file import apply_overrides, load_workflow, run_workflow, validate
+    from tiltflow.workflow.workflow_file import (
+        apply_overrides,
+        load_workflow,
+        run_workflow,
+        validate,
+    )
 
+    given = given_options({"interval_s": interval_s, "settle_s": settle_s, "movie_timeout_s": movie_timeout_s,
+                           "quiet_s": quiet_s, "min_fraction": min_fraction, "expected_tilts": expected_tilts,
+                           "stop_after_idle_s": stop_after_idle_s})
+    if watch_dir is not None and no_watch:
+        fail(["--watch and --no-watch: give one of them"])
     try:
         wf = load_workflow(source)
         apply_overrides(wf, list(overrides))
@@ -57,28 +87,55 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
         if getattr(err, "plan", None) is not None:          # a Scipion file of which nothing can run
             _print_plan(err.plan, [], source, as_json=as_json, dry_run=dry_run)
         fail(getattr(err, "problems", [str(err)]))
+    streaming = getattr(wf, "streaming", None)
+    watching = watch_dir is not None or (streaming is not None and not no_watch)
+    if not watching and any(v is not None for v in given.values()):
+        named = ", ".join(WATCH_FIELDS[k] for k, v in given.items() if v is not None)
+        fail([f"{named}: options of the watch mode — add --watch DIR to follow an acquisition folder"])
+    folder = watch_dir or (import_folder(wf) if watching else None)
     if dry_run:
+        if watching and folder:                               # what the watch reads
+            for s in wf.steps:
+                if s.step == "import-movies":
+                    s.params["files"] = str(Path(folder).absolute())
         if wf.plan is not None:
-            _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=True)
+            _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=True, streaming=streaming)
         elif as_json:
             echo_json(wf.to_json()["steps"])
         else:
             for s in wf.steps:
                 console.print(f"{s.id}: {s.step} inputs {json.dumps(s.inputs)} params {json.dumps(s.params)}",
                               markup=False)
+        if watching and not as_json:
+            settings, lines = watch_settings(wf, given, workers)
+            there = "" if folder and Path(folder).is_dir() else " (not there: give --watch DIR)"
+            console.print(f"watch: would follow {folder}{there} with {describe(settings)}", markup=False)
+            for line in lines:
+                console.print(f"    {line}", markup=False)
         try:
             validate(wf)
         except InputError as err:
             fail(err.problems)
         return
     if wf.plan is not None:
-        _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=False)
+        _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=False, streaming=streaming)
+    if watching:
+        if watch_dir is None and not (folder and Path(folder).is_dir()):
+            sid = streaming.import_id
+            fail([(f"{folder}: no such folder — this Scipion workflow imports in streaming (step {sid}): give the "
+                   f"folder the microscope writes into with --watch DIR (or --set {sid}.files=DIR), or --no-watch "
+                   "to run it once on the files there")])
+        run_watch(folder, project, wf, given,
+                  executor_options(device, executor, workers, threads_per_worker, scheduler, jobqueue, skip_bad),
+                  as_json=as_json, fresh=fresh)
+        return
     try:
         root = Path(project)
         if fresh and (root / DB_NAME).exists():
             for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
                 (root / name).unlink(missing_ok=True)
-            shutil.rmtree(root / "runs", ignore_errors=True)
+            for sub in ("runs", "watch"):
+                shutil.rmtree(root / sub, ignore_errors=True)
         store = ProjectStore(root)
         t0 = time.time()
         options = {"skip_bad": skip_bad, "device": device, "workers": workers, "threads_per_worker": threads_per_worker,
@@ -131,7 +188,7 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
         console.print(f"workflow '{wf.name}' finished in {time.time() - t0:.1f} s", markup=False)
 
 
-def _print_plan(plan, steps, source, *, as_json: bool, dry_run: bool) -> None:
+def _print_plan(plan, steps, source, *, as_json: bool, dry_run: bool, streaming=None) -> None:
     """A Scipion workflow's plan: on stdout for a dry run (JSON with --json), else before the run (on
     stderr when stdout carries the run's JSON)."""
     from pathlib import Path
@@ -143,8 +200,14 @@ def _print_plan(plan, steps, source, *, as_json: bool, dry_run: bool) -> None:
         echo_json([entry.to_json() for entry in plan])
         return
     out = err_console if as_json else console
-    for line in format_plan(plan, steps, origin=Path(str(source)).name, params=dry_run):
+    for line in format_plan(plan, steps, origin=Path(str(source)).name, params=dry_run, streaming=streaming):
         out.print(line, markup=False)
+
+
+def print_plan(wf, source, *, as_json: bool, dry_run: bool) -> None:
+    """``wf``'s Scipion plan (see :func:`_print_plan`); nothing for a tiltflow workflow."""
+    if wf.plan is not None:
+        _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=dry_run, streaming=getattr(wf, "streaming", None))
 
 
 @workflow_group.command("export")

@@ -10,7 +10,8 @@ says what each protocol became — a workflow step, folded into the step that co
 not: out of scope (with the export that hands over to the tool that does it), not a tiltflow step,
 unknown, or its input not mapped. A protocol that is not run but takes and gives the same kind of
 set (tilt series in, tilt series out) hands its input on to its consumers (the nearest mapped
-ancestor feeds them), and the plan says so. The mapping itself is :mod:`tiltflow.workflow.scipion_map`.
+ancestor feeds them), and the plan says so. The mapping itself is :mod:`tiltflow.workflow.scipion_map`;
+an import in streaming becomes the watch mode (:mod:`tiltflow.workflow.scipion_streaming`).
 """
 
 from __future__ import annotations
@@ -417,8 +418,12 @@ def workflow_from_scipion(protocols: list[dict[str, Any]], origin: str):
                          f" ({', '.join(f'{e.protocol} (id {e.id})' for e in plan)}; see the plan)")
         err.plan = plan  # type: ignore[attr-defined]
         raise err
+    from tiltflow.workflow.scipion_streaming import streaming_import
+
+    streaming = streaming_import(protocols, plan, steps)       # also says so in the plan
     wf = Workflow(steps=steps, name="scipion", plan=plan)
     wf.unmapped = [f"{e.protocol} (id {e.id})" for e in plan if e.step is None]  # type: ignore[attr-defined]
+    wf.streaming = streaming  # type: ignore[attr-defined]  # watch settings when the import is in streaming
     return wf
 
 

@@ -77,6 +77,7 @@ function openOutput(o) {
 async function loadProject() {
   const p = await api("/api/project");
   $("#project-root").textContent = p.root;
+  loadWatchState();
   const box = $("#runs");
   if (!p.runs.length) { box.innerHTML = '<p class="muted">No runs yet.</p>'; return p; }
   box.innerHTML = p.runs.map(r => `
@@ -95,6 +96,19 @@ async function loadProject() {
     b.addEventListener("click", () => openOutput({pointer: b.dataset.pointer, viewer: b.dataset.viewer}));
   }
   return p;
+}
+
+/* The project page's line under its link to the session dashboard: what a watch on this project did. */
+async function loadWatchState() {
+  const line = $("#watch-state");
+  try {
+    const w = await api("/api/watch/state");
+    const counts = Object.entries(w.counts || {}).map(([k, n]) => `${n} ${k}`).join(", ");
+    line.textContent = !w.watching ? "(no watch has run here yet)"
+      : `(${w.series.length} series${counts ? ": " + counts : ""}; updated ${fmt(w.age_s, 0, " s")} ago)`;
+  } catch (err) {
+    line.textContent = "";
+  }
 }
 
 /* Save: the dialog names the output Save will make (asked of the server now) and asks "keep excluded

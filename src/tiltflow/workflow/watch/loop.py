@@ -56,7 +56,8 @@ class WatchLoop:
         self.root = store.root / "watch"
         store.connect().close()                       # the project exists from the start: `view` works at once
         self.scanner = FolderScanner(self.folder, mdoc_pattern=self.pattern, settle_s=settings.settle_s,
-                                     ignore=tuple(Path(p) for p in (self.gain, self.dark) if p), clock=clock)
+                                     ignore=(*(Path(p) for p in (self.gain, self.dark) if p), store.root),
+                                     exclude_words=tuple(checked.exclusion_words), clock=clock)
         self.tracker = SeriesTracker(settings)
         self.cache, self.book = TiltCache(store), SeriesBook(self.root)
         self.executor = make_executor(self.options)

@@ -4,7 +4,10 @@ Polling, not filesystem events: facility data sit on network filesystems where i
 events do not arrive. A movie is complete when its size and mtime have not changed for
 ``settle_s`` (first sight counts from its mtime, so a restart does not wait again) and it decodes:
 its header reads (a truncated TIFF or MRC is caught there) and, for TIFF/EER, its last frame
-decodes. The folder and its direct subfolders are scanned (movies often sit in ``frames/``).
+decodes. The folder and its direct subfolders are scanned (movies often sit in ``frames/``), and
+deeper when the mdoc pattern names subfolders (``*/frames/*.mdoc``, as in Scipion's Chlamy templates:
+the mdocs' folders and their direct subfolders); a pattern's ``{TS}`` reads as ``*``, as in
+import-movies, and mdocs whose name holds an exclusion word are left out.
 """
 
 from __future__ import annotations
@@ -69,27 +72,45 @@ class FolderScanner:
     """Keeps the state of every movie and mdoc of ``folder`` across polls."""
 
     def __init__(self, folder: Path, *, mdoc_pattern: str = "*.mdoc", settle_s: float = 10.0,
-                 ignore: tuple[Path, ...] = (), clock: Callable[[], float] = time.time):
+                 ignore: tuple[Path, ...] = (), exclude_words: tuple[str, ...] = (),
+                 clock: Callable[[], float] = time.time):
         self.folder, self.pattern, self.settle_s, self.clock = Path(folder), mdoc_pattern, settle_s, clock
+        self.parts = tuple(p for p in mdoc_pattern.replace("{TS}", "*").replace("\\", "/").split("/") if p not in ("", "."))
+        self.depth = max(1, len(self.parts))          # subfolder levels scanned: the mdocs' and one more
         self.ignore = {Path(p).absolute() for p in ignore}
+        self.exclude_words = tuple(w for w in exclude_words if w)
         self.scan = Scan()
 
-    def _listing(self) -> list[os.DirEntry]:
-        entries = []
+    def is_mdoc(self, path: Path) -> bool:
+        """Does ``path`` (under the folder) match the mdoc pattern (and no exclusion word)?"""
         try:
-            top = list(os.scandir(self.folder))
-        except OSError:
-            return []
-        for e in top:
-            if e.name.startswith("."):
-                continue
-            if e.is_dir(follow_symlinks=True):
+            rel = path.relative_to(self.folder).parts
+        except ValueError:
+            return False
+        return (len(rel) == len(self.parts) and all(fnmatch.fnmatch(a, b) for a, b in zip(rel, self.parts))
+                and not any(w in path.name for w in self.exclude_words))
+
+    def _listing(self) -> list[os.DirEntry]:
+        entries: list[os.DirEntry] = []
+
+        def walk(folder: str, level: int) -> None:
+            try:
+                found = list(os.scandir(folder))
+            except OSError:
+                return
+            for e in found:
+                if e.name.startswith("."):
+                    continue
                 try:
-                    entries += [s for s in os.scandir(e.path) if s.is_file()]
+                    if e.is_dir(follow_symlinks=True):
+                        if level < self.depth and Path(e.path).absolute() not in self.ignore:
+                            walk(e.path, level + 1)
+                    elif e.is_file():
+                        entries.append(e)
                 except OSError:
                     continue
-            elif e.is_file():
-                entries.append(e)
+
+        walk(str(self.folder), 0)
         return entries
 
     def poll(self) -> Scan:
@@ -100,7 +121,7 @@ class FolderScanner:
             path = Path(e.path)
             if path.absolute() in self.ignore or path.name.startswith("."):
                 continue
-            is_mdoc = path.parent == self.folder and fnmatch.fnmatch(path.name, self.pattern)
+            is_mdoc = self.is_mdoc(path)
             if not is_mdoc and path.suffix.lower() not in MOVIE_SUFFIXES:
                 continue
             try:

@@ -106,8 +106,9 @@ def read_snapshot(mdoc: Path, import_params: dict):
     from tiltflow.io.mdoc import MdocError, read_tilt_series_mdoc
     from tiltflow.workflow.steps.import_movies import (
         ImportMoviesParams,
-        _build_series,
-        _check_series,
+        build_series,
+        check_series,
+        header_or_error,
     )
 
     p = ImportMoviesParams.model_validate({**import_params, "files": str(mdoc.parent), "pattern": mdoc.name})
@@ -117,17 +118,8 @@ def read_snapshot(mdoc: Path, import_params: dict):
     except (MdocError, ValueError) as err:
         return None, [str(err)]
     ms.tilts = [t for t in ms.tilts if t.movie_name != PHANTOM]
-    headers = {t.movie_path: _header(t.movie_path) for t in ms.tilts if t.movie_path is not None}
-    problems = _check_series(ms, p, headers)
+    headers = {t.movie_path: header_or_error(t.movie_path) for t in ms.tilts if t.movie_path is not None}
+    problems = check_series(ms, p, headers)
     if problems:
         return None, problems
-    return _build_series(ms, p, headers), []
-
-
-def _header(path: Path):
-    from tiltflow.io.movies import MovieError, read_movie_header
-
-    try:
-        return read_movie_header(path)
-    except MovieError as err:
-        return str(err)
+    return build_series(ms, p, headers), []

@@ -12,6 +12,7 @@ angle in its name; doses only count with dose weighting); otherwise it is comput
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import shutil
@@ -21,11 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from tiltflow.workflow.paths import map_attrs
-from tiltflow.workflow.steps.motion_ctf import motion_movie_task
+from tiltflow.workflow.steps.motion_ctf import motion_movie_task, movie_task_args
 
 ANGLE_TOLERANCE_DEG = 0.1
+# the task's arguments before its output place, by the names records carry (``p`` is "params")
 _KEYS = ("movie", "gain", "dark", "params", "pixel_size_a", "voltage_kv", "cs_mm", "amplitude_contrast",
          "tilt_angle_deg", "tilt_axis_deg", "prior_dose", "dose")
+_ARGS = tuple(inspect.signature(motion_movie_task).parameters)
+_OUT, _NAME = _ARGS.index("out_dir"), _ARGS.index("name")
+assert _OUT == len(_KEYS) and _ARGS[:_OUT] == tuple("p" if k == "params" else k for k in _KEYS), _ARGS
 
 
 def _real(path: str | None) -> str | None:
@@ -34,7 +39,7 @@ def _real(path: str | None) -> str | None:
 
 def signature(args: tuple) -> dict:
     """What decides a task's result: its arguments less the output place, device and session."""
-    sig = dict(zip(_KEYS, args[:12]))
+    sig = dict(zip(_KEYS, args[:_OUT]))
     for key in ("movie", "gain", "dark"):
         sig[key] = _real(sig[key])
     return json.loads(json.dumps(sig))
@@ -130,17 +135,15 @@ def tilt_task(*args) -> dict:
 
 
 def task_args(series, image, gain: str | None, dark: str | None, params: dict, device: str) -> tuple:
-    """The motion-ctf step's per-movie task arguments for one tilt (as ``run_motion_ctf`` builds
-    them; the output place and name are the caller's)."""
-    a = series.acquisition
-    return (image.file, gain, dark, params, a.pixel_size_a, a.voltage_kv, a.cs_mm, a.amplitude_contrast,
-            image.tilt_angle_deg, a.tilt_axis_deg, image.dose_prior_e_a2, image.dose_e_a2, "", "", device, None)
+    """The motion-ctf step's per-movie task arguments for one tilt (``movie_task_args``, as the step's
+    runs build them; the output place and name are the caller's)."""
+    return movie_task_args(series, image, gain, dark, params, "", "", device)
 
 
 def cache_args(args: tuple, folder: Path) -> tuple:
     """``args`` of the per-movie task writing into the cache ``folder`` under the movie's name."""
     movie = _real(args[0])
-    return (movie, *args[1:12], str(folder), Path(movie).stem, *args[14:])
+    return (movie, *args[1:_OUT], str(folder), Path(movie).stem, *args[_NAME + 1:])
 
 
 class CachingExecutor:
@@ -160,7 +163,7 @@ class CachingExecutor:
             rec = self.cache.lookup(signature(args))
             if rec is not None and rec["result"] is not None:
                 self.hits += 1
-                yield key, self.cache.linked(rec, args[12], args[13])
+                yield key, self.cache.linked(rec, args[_OUT], args[_NAME])
             else:
                 misses.append((key, cache_args(args, self.cache.folder(self.ts_id))))
                 wanted[key] = args
@@ -169,7 +172,7 @@ class CachingExecutor:
             self.misses += 1
             args = wanted[key]
             rec = self.cache.put(self.ts_id, signature(args), value, time.time() - started)
-            yield key, value if isinstance(value, BaseException) else self.cache.linked(rec, args[12], args[13])
+            yield key, value if isinstance(value, BaseException) else self.cache.linked(rec, args[_OUT], args[_NAME])
 
     def close(self) -> None:
         pass
