@@ -125,9 +125,9 @@ def test_a_series_that_cannot_align_gets_a_failed_verdict_and_the_others_go_on(o
     run = store.runs()[-1]
     ts_set = store.load(store.resolve(str(run.id)))
     by_id = {ts.ts_id: ts for ts in ts_set.items}
-    assert by_id["TS_02"].attrs["alignment"]["verdict"]["status"] == "failed"
+    assert by_id["TS_02"].alignment["verdict"]["status"] == "failed"
     assert all(im.transform is None for im in by_id["TS_02"].images)
-    assert by_id["TS_01"].attrs["alignment"]["verdict"]["status"] in ("good", "check")
+    assert by_id["TS_01"].alignment["verdict"]["status"] in ("good", "check")
     assert "aligned: " in ts_set.summary() and "1 failed (TS_02)" in ts_set.summary()
     shown = CliRunner().invoke(build_cli(), ["show", "-p", str(root)])
     assert "1 failed (TS_02)" in shown.output

@@ -30,7 +30,7 @@ def aligned(tmp_path):
     xf = []
     for i, im in enumerate(value.items[0].images):
         im.transform = [0.17, 0.98, -0.98, 0.17, float(i), -float(i)]
-        im.attrs["refined_tilt_angle_deg"] = im.tilt_angle_deg + 0.5
+        im.refined_tilt_angle_deg = im.tilt_angle_deg + 0.5
         xf.append(im.transform)
     value.items[0].images[4].enabled = False
     store.add_output(run.id, "TiltSeries_2", value)

@@ -45,7 +45,7 @@ def aligned(tmp_path):
     ts = value.items[0]
     for i, im in enumerate(ts.images):
         im.transform = xf[i].tolist()
-        im.attrs["refined_tilt_angle_deg"] = im.tilt_angle_deg + 0.4 + 0.01 * i
+        im.refined_tilt_angle_deg = im.tilt_angle_deg + 0.4 + 0.01 * i
     ts.images[5].enabled = False
     ts.images[5].transform = None                          # as align leaves a view excluded before it
     store.add_output(run.id, "TiltSeries_2", value)
@@ -95,7 +95,7 @@ def test_relion_export(aligned, tmp_path):
     # our importer gives the set's transforms and refined angles back
     back = relion_to_xf(table, pixel_size_a=PIXEL, image_shape=SHAPE)
     assert xf_point_difference_px(back.xf, xf[keep], SHAPE).max() < 1e-5
-    refined = torch.tensor([ts.images[i].attrs["refined_tilt_angle_deg"] for i in keep], dtype=torch.float64)
+    refined = torch.tensor([ts.images[i].refined_tilt_angle_deg for i in keep], dtype=torch.float64)
     assert (back.tilt_angles_deg - refined).abs().max() < 1e-6
     # RELION's projection (Rz Ry Rx p + shift / pixel + N // 2, tomogram.cpp) of specimen points, from
     # the written numbers, lands where our geometry puts them in the raw views
@@ -118,7 +118,7 @@ def test_warp_export(aligned, tmp_path):
     assert xml.read_bytes().startswith(b"\xef\xbb\xbf<?xml")          # UTF-8 with BOM, like Warp 2
     w = read_warp_xml(xml)
     assert w.per_tilt["UseTilt"] == [True] * 5 + [False, True]
-    refined = [im.attrs["refined_tilt_angle_deg"] for im in ts.images]
+    refined = [im.refined_tilt_angle_deg for im in ts.images]
     assert w.per_tilt["Angles"] == pytest.approx(refined, abs=1e-9)
     assert w.per_tilt["Dose"] == [im.dose_prior_e_a2 for im in ts.images]
     got = warp_to_xf(w.per_tilt["AxisAngle"], torch.tensor([w.per_tilt["AxisOffsetX"], w.per_tilt["AxisOffsetY"]], dtype=torch.float64).T,
@@ -154,7 +154,7 @@ def test_aretomo_export(aligned, tmp_path):
     keep = aln.raw_indices()
     assert (aln.column("ROT") - axis[keep]).abs().max() < 1e-6
     assert (torch.stack([aln.column("TX"), aln.column("TY")], 1) - shifts[keep]).abs().max() < 1e-5
-    refined = torch.tensor([ts.images[i].attrs["refined_tilt_angle_deg"] for i in keep.tolist()], dtype=torch.float64)
+    refined = torch.tensor([ts.images[i].refined_tilt_angle_deg for i in keep.tolist()], dtype=torch.float64)
     assert (aln.column("TILT") - refined).abs().max() < 1e-5
     assert (aln.column("GMAG") - 1).abs().max() < 1e-7
 

@@ -135,7 +135,7 @@ def _fiducial_alignment(store, run, tmp_path, beads_xyz, shifts):
     xyz = tmp_path / "TS_01fid.xyz"
     write_fid_xyz(xyz, FidXyz(torch.arange(1, n + 1), beads_xyz, torch.ones(n), torch.arange(1, n + 1),
                               PIXEL, (SHAPE[1], SHAPE[0])))
-    ts.attrs["alignment"] = {"method": "fiducial", "fid": str(fid), "fid_xyz": str(xyz),
+    ts.alignment = {"method": "fiducial", "fid": str(fid), "fid_xyz": str(xyz),
                              "view_orders": [im.acquisition_order for im in ts.images]}
     return value, xf
 
@@ -190,7 +190,7 @@ def test_fid_follows_the_restacked_views(fiducial, tmp_path):
     restacked = save_subset(store, out, restack=True, flags={("TS_01", drop): True})
     _export(store, restacked.pointer, "imod", tmp_path / "imod")
     model = read_mod(tmp_path / "imod" / "TS_01" / "TS_01.fid")
-    original = read_mod(store.load(out).items[0].attrs["alignment"]["fid"])
+    original = read_mod(store.load(out).items[0].alignment["fid"])
     assert model.header["zmax"] == len(ANGLES) - 1
     for c, before in zip(model.objects[0].contours, original.objects[0].contours):
         assert c.points[:, 2].tolist() == [0.0, 1.0, 2.0, 3.0]             # sections of the 4-view stack

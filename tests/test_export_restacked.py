@@ -53,7 +53,7 @@ def restacked(tmp_path_factory):
         im.acquisition_order = ORDERS[i]
         im.dose_prior_e_a2 = 3.0 * (ORDERS[i] - 1)
         im.transform = xf[i].tolist()
-        im.attrs["refined_tilt_angle_deg"] = im.tilt_angle_deg + 0.3 + 0.01 * i
+        im.refined_tilt_angle_deg = im.tilt_angle_deg + 0.3 + 0.01 * i
     store.add_output(run.id, "TiltSeries_2", value)
     ctf = CtfSeriesSet([CtfTomoSeries("TS_01", [
         CtfTomo(o, a, _defocus_a(o), _defocus_a(o) - 800, 30.0 + o, 0.0, 9.0, 0.2) for a, o in zip(ANGLES, ORDERS)])])

@@ -70,7 +70,7 @@ def test_import_matches_truth(flavour, serialem_data, tomo5_data, tmp_path):
     ts_set = import_movies(store, data, tomo5=(flavour == "tomo5"), gain=str(data / "gain_ref.gain"))
     assert ts_set.summary() == "TiltSeriesM (2 items, 7 x 96 x 80 x 3, 2.76 Å/px)"
     assert_matches_truth(ts_set, truth)
-    assert ts_set.attrs["gain_file"].endswith("gain_ref.gain")
+    assert ts_set.gain_file.endswith("gain_ref.gain")
 
 
 def test_user_values_win_over_mdoc(serialem_data, tmp_path):

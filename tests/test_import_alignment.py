@@ -63,8 +63,7 @@ def project(tmp_path_factory):
 
 def _geometry(ts):
     xf = torch.tensor([im.transform if im.enabled else [1.0, 0, 0, 1, 0, 0] for im in ts.images], dtype=torch.float64)
-    angles = torch.tensor([im.attrs.get("refined_tilt_angle_deg", im.tilt_angle_deg) for im in ts.images],
-                          dtype=torch.float64)
+    angles = torch.tensor([im.best_tilt_angle_deg for im in ts.images], dtype=torch.float64)
     return xf, angles, [im.enabled for im in ts.images]
 
 
@@ -83,7 +82,7 @@ def test_exported_alignment_imports_back_identically(project, fmt, pattern):
     assert moved < 1e-3, moved                     # imod: .xf prints DX, DY to 3 decimals
     assert (ang_a[keep] - ang_b[keep]).abs().max().item() < 1e-3
     assert abs(back.acquisition.tilt_axis_deg - ours.acquisition.tilt_axis_deg) < 1e-3
-    assert back.attrs["alignment"]["format"] == fmt
+    assert back.alignment["format"] == fmt
     # the honest residual against the simulator's beads is the same alignment's
     r_a = alignment_residual_against_truth(xf_a[keep], ang_a[keep], truth[:, keep], (SIZE, SIZE))
     r_b = alignment_residual_against_truth(xf_b[keep], ang_b[keep], truth[:, keep], (SIZE, SIZE))
@@ -201,7 +200,7 @@ def test_xf_binning_scales_shifts_and_keeps_set_angles_without_tlt(small):
     run = run_step(store, "import-alignment", {"files": str(d), "pattern": "{TS}.xf", "binning": 2.0}, {"input": "1"})
     ts = store.load(store.resolve(str(run.id))).items[0]
     assert ts.images[0].transform[4:] == pytest.approx([3.0, -4.0])
-    assert "refined_tilt_angle_deg" not in ts.images[0].attrs
+    assert ts.images[0].refined_tilt_angle_deg is None
     assert ts.acquisition.tilt_axis_deg == pytest.approx(85.0, abs=1e-5)
 
 
@@ -236,7 +235,7 @@ def test_corpus_aln_imports_as_its_companion_xf_says(aln_dir, tmp_path):
     corpus = xf_to_geometry(read_xf(aln_dir / "alnfile_global_no_local.xf"))
     assert (ours.shifts_px - corpus.shifts_px / 32).abs().max() < 1e-5
     assert (ours.tilt_axis_deg + corpus.tilt_axis_deg).abs().max() < 1e-5
-    refined = torch.tensor([im.attrs["refined_tilt_angle_deg"] for im in ts.images], dtype=torch.float64)
+    refined = torch.tensor([im.refined_tilt_angle_deg for im in ts.images], dtype=torch.float64)
     assert (refined - angles).abs().max() < 1e-9 and all(im.enabled for im in ts.images)
 
 

@@ -1,7 +1,6 @@
 """A project folder can be moved or copied: every path it stores inside itself is relative to it,
 so `show`, the viewer (spectra, thumbnails) and exports use the files of the folder it is in now."""
 
-import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -72,7 +71,7 @@ def check_works_in(root: Path, old: Path) -> None:
     invoke("export", "2.CTFTomoSeries", "-p", root, "--format", "ctffind", "--out", out)
     assert (out / "TS_01_ctffind.txt").read_text() == ctffind.read_text()
     value = ProjectStore(root, create=False).load(ProjectStore(root, create=False).resolve("2.CTFTomoSeries"))
-    files = [c.attrs["spectrum_file"] for s in value.items for c in s.items] + [value.items[0].attrs["ctffind"]]
+    files = [c.spectrum_file for s in value.items for c in s.items] + [value.items[0].ctffind_file]
     assert all(Path(f).is_relative_to(root) for f in files)
     assert not any(Path(f).is_relative_to(old) for f in files)
 
@@ -107,17 +106,15 @@ def test_moved_project_works(original, tmp_path):
 
 
 def _legacy(root: Path) -> None:
-    """Make a project look as older versions wrote it: attrs paths absolute, no recorded folder."""
+    """Make a project look as older versions wrote it: stored paths absolute, no recorded folder."""
     con = sqlite3.connect(root / "project.sqlite")
     try:
         con.execute("DELETE FROM meta WHERE key='root'")
-        for table in ("ctf_items", "ctf_series", "outputs"):
-            for rid, attrs in con.execute(f"SELECT id, attrs FROM {table}").fetchall():
-                a = json.loads(attrs or "{}")
-                for key in ("spectrum_file", "ctffind", "defocus"):
-                    if key in a and not Path(a[key]).is_absolute():
-                        a[key] = str(root / a[key])
-                con.execute(f"UPDATE {table} SET attrs=? WHERE id=?", (json.dumps(a), rid))
+        for table, columns in (("ctf_items", ("spectrum_file",)), ("ctf_series", ("ctffind_file", "defocus_file"))):
+            for column in columns:
+                for rid, path in con.execute(f"SELECT id, {column} FROM {table}").fetchall():
+                    if path and not Path(path).is_absolute():
+                        con.execute(f"UPDATE {table} SET {column}=? WHERE id=?", (str(root / path), rid))
         con.commit()
     finally:
         con.close()

@@ -207,7 +207,7 @@ def test_warp_brt_family_plan_and_run(demo, tmp_path):
     warp = store.load(store.resolve(f"{runs['600'].id}.Tomograms"))
     assert all(t.shape[0] == 60 and t.voxel_size_a == pytest.approx(PIXEL) for t in imod.items)
     assert all(t.shape[0] == 40 and t.voxel_size_a == pytest.approx(4 * PIXEL) for t in warp.items)
-    assert all(t.attrs.get("even_file") and t.attrs.get("odd_file") for t in imod.items)
+    assert all(t.even_file and t.odd_file for t in imod.items)
 
 
 # --- ProtImportTs (stacks from elsewhere) + AreTomo ------------------------------------------------

@@ -40,9 +40,9 @@ def test_every_step_takes_a_stack_that_is_not_counts(series, convert, tmp_path):
     for method in ("patch", "fiducial"):
         aligned = run_step(store, "align", {"method": method, "binning": 1}, {"input": f"{erased.id}"})
         ts = store.load(store.resolve(str(aligned.id))).items[0]
-        assert ts.attrs["alignment"]["verdict"]["status"] in ("good", "check")
+        assert ts.alignment["verdict"]["status"] in ("good", "check")
         xf = torch.tensor([im.transform for im in ts.images], dtype=torch.float64)
-        refined = torch.tensor([im.attrs["refined_tilt_angle_deg"] for im in ts.images], dtype=torch.float64)
+        refined = torch.tensor([im.refined_tilt_angle_deg for im in ts.images], dtype=torch.float64)
         res = alignment_residual_against_truth(xf, refined, series["proj"], (256, 256))
         print(f"{convert.__name__} {method}: honest residual {res:.2f} px")
         assert res <= 1.0

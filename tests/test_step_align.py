@@ -102,7 +102,7 @@ def aligned_series(store, run_id):
     """The align run's tilt series, its .xf rows ``(t, 6)`` and refined tilt angles ``(t,)``."""
     ts = store.load(store.resolve(str(run_id))).items[0]
     xf = torch.tensor([im.transform for im in ts.images], dtype=torch.float64)
-    refined = torch.tensor([im.attrs["refined_tilt_angle_deg"] for im in ts.images], dtype=torch.float64)
+    refined = torch.tensor([im.refined_tilt_angle_deg for im in ts.images], dtype=torch.float64)
     return ts, xf, refined
 
 
@@ -114,7 +114,7 @@ def test_align_step_recovers_geometry(noisy_series, fiducial_run, method="fiduci
     residual = alignment_residual_against_truth(xf, refined, truth, (768, 768))
     assert residual <= limit, residual
     assert abs(ts.acquisition.tilt_axis_deg - series["tilt_axis_deg"]) <= 0.5
-    files = ts.attrs["alignment"]
+    files = ts.alignment
     assert torch.allclose(read_xf(files["xf"]), xf, atol=1e-3)
     assert read_tlt(files["tlt"]).tolist() == pytest.approx(refined.tolist(), abs=0.01)
     if method == "fiducial":
@@ -133,8 +133,8 @@ def test_patch_route_writes_a_complete_alignment(patch_run, noisy_series):
     store, run_id, _ = patch_run
     ts, xf, refined = aligned_series(store, run_id)
     assert xf.shape == (25, 6) and torch.isfinite(xf).all()
-    assert torch.allclose(read_xf(ts.attrs["alignment"]["xf"]), xf, atol=1e-3)
-    assert len(read_tlt(ts.attrs["alignment"]["tlt"])) == 25
+    assert torch.allclose(read_xf(ts.alignment["xf"]), xf, atol=1e-3)
+    assert len(read_tlt(ts.alignment["tlt"])) == 25
     residual = alignment_residual_against_truth(xf, refined, truth, (768, 768))
     axis_error = ts.acquisition.tilt_axis_deg - series["tilt_axis_deg"]
     print(f"patch route: honest residual {residual:.2f} px (bin 1), axis error {axis_error:+.2f} deg "
@@ -147,7 +147,7 @@ def test_fiducial_route_plots_and_tables_match_the_stored_residuals(fiducial_run
     store, run_id, output = fiducial_run
     series = noisy_series[1]
     ts = store.load(store.resolve(str(run_id))).items[0]
-    alignment = ts.attrs["alignment"]
+    alignment = ts.alignment
     plots = alignment["plots"]
     run_dir = store.root / store.run(run_id).run_dir
     assert set(plots) == {"residual_vs_tilt", "bead_tracks"}
@@ -179,9 +179,9 @@ def test_fiducial_route_plots_and_tables_match_the_stored_residuals(fiducial_run
     for im, row in zip(ts.images, rows):
         assert int(row[0]) == ts.images.index(im) + 1
         assert float(row[1]) == pytest.approx(im.tilt_angle_deg, abs=0.006)
-        assert float(row[2]) == pytest.approx(im.attrs["refined_tilt_angle_deg"], abs=0.006)
-        assert float(row[3]) == pytest.approx(im.attrs["residual_px"], abs=6e-4)
-    per_view = np.array([im.attrs["residual_px"] for im in ts.images])
+        assert float(row[2]) == pytest.approx(im.refined_tilt_angle_deg, abs=0.006)
+        assert float(row[3]) == pytest.approx(im.residual_px, abs=6e-4)
+    per_view = np.array([im.residual_px for im in ts.images])
     beads = np.array([int(r[4]) for r in rows])
     # the tiltalign mean is over all points: the per-view means weighted by their bead counts
     assert (per_view * beads).sum() / beads.sum() == pytest.approx(alignment["mean_residual_px"], rel=1e-3)
@@ -195,12 +195,12 @@ def test_fiducial_route_plots_and_tables_match_the_stored_residuals(fiducial_run
 def test_patch_route_plots_and_table_match_the_stored_errors(patch_run):
     store, run_id, output = patch_run
     ts = store.load(store.resolve(str(run_id))).items[0]
-    plot = ts.attrs["alignment"]["plots"]["error_vs_tilt"]
+    plot = ts.alignment["plots"]["error_vs_tilt"]
     assert png_pixels(plot).shape == (520, 900, 3)
     rows = table_rows(output, "projection-matching error per view")
     assert len(rows) == 25
     for im, row in zip(ts.images, rows):
-        stored = im.attrs["projection_matching_error"]
+        stored = im.projection_matching_error
         if stored is None:
             assert row[3] == "nan" and row[-1] == "dark"
         else:
@@ -221,13 +221,13 @@ def test_resolve_after_dropping_a_bead_and_excluding_views(noisy_series, fiducia
     params = {"method": "fiducial", "binning": 3, "resolve": True, "drop_beads": [f"{ts_id}:2"]}
     redo = run_step(store, "align", params, {"input": source})
     ts = store.load(store.resolve(str(redo.id))).items[0]
-    alignment = ts.attrs["alignment"]
-    assert alignment["n_beads"] == before.attrs["alignment"]["n_beads"] - 1
+    alignment = ts.alignment
+    assert alignment["n_beads"] == before.alignment["n_beads"] - 1
     assert ts.images[0].transform is None and ts.images[-1].transform is None
     kept = [i for i, im in enumerate(ts.images) if im.enabled]
     assert kept == list(range(1, 24))
     xf = torch.tensor([ts.images[i].transform for i in kept], dtype=torch.float64)
-    refined = torch.tensor([ts.images[i].attrs["refined_tilt_angle_deg"] for i in kept], dtype=torch.float64)
+    refined = torch.tensor([ts.images[i].refined_tilt_angle_deg for i in kept], dtype=torch.float64)
     assert alignment_residual_against_truth(xf, refined, truth[:, kept], (768, 768)) <= 0.5
     assert abs(ts.acquisition.tilt_axis_deg - series["tilt_axis_deg"]) <= 0.5
     with pytest.raises(InputError, match="needs --resolve"):

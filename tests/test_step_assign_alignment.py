@@ -41,14 +41,14 @@ def project(tmp_path):
     value = store.load(store.resolve(str(imp.id)))
     for im in value.items[0].images:
         im.odd_file, im.even_file = str(folder / "TS_01_odd.st"), str(folder / "TS_01_even.st")
-    value.attrs["odd_even"] = True
+    value.odd_even = True
     store.add_output(imp.id, "TiltSeries_oe", value)
     ts = value.items[0]                                   # what align would give: transforms, angles, axis, verdict
     for im, row, refined in zip(ts.images, xf_from_geometry(REFINED_AXIS, SHIFTS).tolist(), REFINED):
-        im.transform, im.attrs["refined_tilt_angle_deg"], im.attrs["residual_px"] = row, refined, 0.3
+        im.transform, im.refined_tilt_angle_deg, im.residual_px = row, refined, 0.3
     ts.images[4].transform, ts.images[4].enabled = None, False  # left out of the alignment
     ts.acquisition.tilt_axis_deg = REFINED_AXIS
-    ts.attrs["alignment"] = {"method": "fiducial", "verdict": {"status": "good", "reasons": []}}
+    ts.alignment = {"method": "fiducial", "verdict": {"status": "good", "reasons": []}}
     value.attrs["aligned"] = "fiducial"
     store.add_output(imp.id, "TiltSeries_aligned", value)
     return store, imp.id
@@ -56,7 +56,7 @@ def project(tmp_path):
 
 def _tomograms(store, run_id):
     tomo = store.load(store.resolve(str(run_id))).items[0]
-    return [read_stack(tomo.file), read_stack(tomo.attrs["odd_file"]), read_stack(tomo.attrs["even_file"])]
+    return [read_stack(tomo.file), read_stack(tomo.odd_file), read_stack(tomo.even_file)]
 
 
 def test_binned_and_dose_filtered_stacks_get_the_same_geometry(project):
@@ -74,8 +74,8 @@ def test_binned_and_dose_filtered_stacks_get_the_same_geometry(project):
             assert im.transform is None and not im.enabled
             continue
         assert im.transform == pytest.approx(a.transform[:4] + [a.transform[4] / 2, a.transform[5] / 2])
-        assert im.attrs["refined_tilt_angle_deg"] == a.attrs["refined_tilt_angle_deg"]
-    assert ts.attrs["alignment"]["verdict"]["status"] == "good"
+        assert im.refined_tilt_angle_deg == a.refined_tilt_angle_deg
+    assert ts.alignment["verdict"]["status"] == "good"
     assert "1 views excluded: the alignment left them out" in " ".join(options["notes"])
     # the same tomograms: align at binning 2 == binned stacks with the assigned alignment at binning 1
     rec = {"method": "wbp", "thickness_px": 16, "even_odd": True, "hamming_start": 0.1}   # tomo3d-style WBP

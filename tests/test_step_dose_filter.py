@@ -53,7 +53,7 @@ def project(tmp_path):
         im.dose_prior_e_a2, im.dose_accumulated_e_a2 = 4.0 * (order - 1), 4.0 * order
         im.odd_file, im.even_file = str(folder / "TS_01_odd.st"), str(folder / "TS_01_even.st")
     value.items[0].images[1].enabled = False                   # a flag that must pass through
-    value.attrs["odd_even"] = True
+    value.odd_even = True
     store.add_output(imp.id, "TiltSeries_doses", value)
     return store, f"{imp.id}.TiltSeries_doses"
 
@@ -72,7 +72,7 @@ def test_views_equal_the_analytic_exposure_filter(project):
             np.testing.assert_allclose(got[v], want, atol=2e-5 * scale, err_msg=f"{key} view {v}")
     assert [im.attrs["dose_filter_exposure_e_a2"] for im in ts.images] == [4.0 * o for o in ORDERS]
     out = store.load(store.resolve(str(run.id)))
-    assert out.attrs["dose_filtered"] == "exposure" and out.attrs["odd_even"]
+    assert out.attrs["dose_filtered"] == "exposure" and out.odd_even
 
 
 def test_fixed_dose_mid_exposure_and_voltage(project):

@@ -78,10 +78,10 @@ def project(tmp_path):
     ts = value.items[0]
     store.add_output(imp.id, "TiltSeries_plain", value)
     for im, row, refined in zip(ts.images, xf_from_geometry(AXIS, SHIFTS).tolist(), REFINED):
-        im.transform, im.attrs["refined_tilt_angle_deg"] = row, refined
+        im.transform, im.refined_tilt_angle_deg = row, refined
         im.odd_file, im.even_file = str(folder / "TS_01_odd.st"), str(folder / "TS_01_even.st")
     ts.images[3].enabled, ts.images[3].transform = False, None      # excluded when aligned: left as it is
-    ts.attrs["alignment"] = {"method": "fiducial", "fid_xyz": str(folder / "TS_01fid.xyz"),
+    ts.alignment = {"method": "fiducial", "fid_xyz": str(folder / "TS_01fid.xyz"),
                              "verdict": {"status": "good", "reasons": []}}
     store.add_output(imp.id, "TiltSeries_aligned", value)
     return store, imp.id, stacks
@@ -138,8 +138,8 @@ def test_bead_diameter_from_the_align_run(project):
     align = store.create_run("align", {"bead_diameter_nm": BEAD_NM}, {"input": str(run_id)})
     model = store.root / align.run_dir / "TS_01fid.xyz"       # the model where align writes it
     value = store.load(store.resolve(f"{run_id}.TiltSeries_aligned"))
-    shutil.copy(value.items[0].attrs["alignment"]["fid_xyz"], model)
-    value.items[0].attrs["alignment"]["fid_xyz"] = str(model)
+    shutil.copy(value.items[0].alignment["fid_xyz"], model)
+    value.items[0].alignment["fid_xyz"] = str(model)
     store.add_output(run_id, "TiltSeries_from_run", value)
     run = run_step(store, "erase-beads", {}, {"input": f"{run_id}.TiltSeries_from_run"})
     ts = store.load(store.resolve(str(run.id))).items[0]

@@ -55,21 +55,21 @@ def test_motion_ctf_outputs_and_accuracy(demo, tmp_path):
         est = read_motion_star(star)
         true = np.array(t["frame_shifts_px"])
         errors.append(np.sqrt((((est - est.mean(0)) - (true - true.mean(0))) ** 2).sum(1).mean()))
-        assert im.attrs["total_motion_px"] > 0
+        assert im.total_motion_px > 0
     assert np.median(errors) <= 0.2, errors
     ctf = store.load(outs["CTFTomoSeries"]).items[0]
     mean_err = [abs(c.defocus_mean_a - 0.5 * (by_order[c.acquisition_order]["defocus_u_a"] +
                                              by_order[c.acquisition_order]["defocus_v_a"])) for c in ctf.items]
     assert np.median(mean_err) <= 400, mean_err        # 384 px images: few tiles; benchmarks measure more
-    assert all(Path(c.attrs["spectrum_file"]).read_bytes()[:4] == b"\x89PNG" for c in ctf.items)
-    text = read_ctffind(ctf.attrs["ctffind"])
+    assert all(Path(c.spectrum_file).read_bytes()[:4] == b"\x89PNG" for c in ctf.items)
+    text = read_ctffind(ctf.ctffind_file)
     assert len(text.rows) == 5
     assert [r.defocus_1_a for r in text.rows] == pytest.approx([c.defocus_u_a for c in ctf.items], rel=1e-4)
-    assert Path(ctf.attrs["defocus"]).is_file()
+    assert Path(ctf.defocus_file).is_file()
     # the tilt series carries the CTF set's (series pass) values, which align and xray-erase copy on
     ts = store.load(outs["TiltSeries"]).items[0]
     by_tilt = {c.acquisition_order: c for c in ctf.items}
-    assert all(im.attrs["defocus_u_a"] == by_tilt[im.acquisition_order].defocus_u_a for im in ts.images)
+    assert all(im.defocus_u_a == by_tilt[im.acquisition_order].defocus_u_a for im in ts.images)
 
 
 def _break_movie(data: Path, how: str) -> Path:
@@ -98,7 +98,7 @@ def test_bad_movie_fails_run_or_is_skipped(demo, tmp_path, how, message):
     run = run_step(store, "motion-ctf", {**PARAMS, "estimate_ctf": False}, {"input": str(imp.id)},
                    options={"skip_bad": True})
     ts = store.load(store.output(run.id, "TiltSeries")).items[0]
-    assert len(ts.images) == 4 and str(movie) not in [im.attrs["movie"] for im in ts.images]
+    assert len(ts.images) == 4 and str(movie) not in [im.movie for im in ts.images]
 
 
 def test_one_frame_movies(demo, tmp_path):
@@ -133,7 +133,7 @@ def test_ctf_step_on_stacks_agrees_with_truth(demo, tmp_path):
     assert np.median(errors) <= 400, errors
     grids = [np.array(c.attrs["defocus_grid_a"]) for c in ctf.items]
     assert all(g.shape == (2, 2) for g in grids)
-    assert read_ctffind(ctf.attrs["ctffind"]).rows[0].defocus_1_a == pytest.approx(ctf.items[0].defocus_u_a, rel=1e-4)
+    assert read_ctffind(ctf.ctffind_file).rows[0].defocus_1_a == pytest.approx(ctf.items[0].defocus_u_a, rel=1e-4)
 
 
 def test_movie_prefetcher_decodes_ahead_in_a_background_thread(tmp_path, monkeypatch):

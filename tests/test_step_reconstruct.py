@@ -246,7 +246,7 @@ def test_phase_flipping_restores_every_band_beyond_the_first_ctf_zero(ctf_series
     _, plain = reconstruct(store, pointer, **params)
     tomo, flipped = reconstruct(store, pointer, ctf=f"{run}.CTF", ctf_correct="phaseflip", **params)
     _, off = reconstruct(store, pointer, ctf=f"{run}.CTF_astig_off", ctf_correct="phaseflip", **params)
-    assert tomo.attrs["ctf_correct"] == "phaseflip" and tomo.attrs["ctf"] == f"{run}.CTF"
+    assert tomo.attrs["ctf_correct"] == "phaseflip" and tomo.ctf == f"{run}.CTF"
     edges = np.linspace(0.0, 0.5, 11)       # cycles/voxel; the first CTF zero is near 0.2 (3.2 µm, 2.76 Å)
     r_plain, r_flip, r_off = (shell_correlations(truth, v, edges) for v in (plain, flipped, off))
     with capsys.disabled():

@@ -26,7 +26,7 @@ def make_set(n_series=2, n_tilts=5, frames=8) -> TiltSeriesSet:
 def test_summary_matches_scipion_style():
     s = make_set(5, 41, 8)
     assert s.summary() == "TiltSeriesM (5 items, 41 x 5760 x 4092 x 8, 1.38 Å/px)"
-    s2 = TiltSeriesSet(kind="TiltSeries", items=s.items, attrs={"odd_even": True})
+    s2 = TiltSeriesSet(kind="TiltSeries", items=s.items, odd_even=True)
     assert s2.summary() == "TiltSeries (5 items, 41 x 5760 x 4092, +oe, 1.38 Å/px)"
 
 

@@ -51,18 +51,16 @@ def tilt_series(stack: Path, *, transform: bool) -> TiltSeries:
     images = [TiltImage(tilt_angle_deg=t, acquisition_order=o, dose_prior_e_a2=3.0 * (o - 1), dose_e_a2=3.0,
                         dose_accumulated_e_a2=3.0 * o, file=str(stack), index=i,
                         transform=[1.0, 0.0, 0.0, 1.0, 0.0, 0.0] if transform else None,
-                        attrs={"defocus_u_a": u, "defocus_v_a": u - 1200.0, "total_motion_px": 2.0})
+                        defocus_u_a=u, defocus_v_a=u - 1200.0, total_motion_px=2.0)
               for i, (t, o, u) in enumerate(zip(TILTS, ORDERS, STALE_U))]
     return TiltSeries("TS_01", acquisition(), images, (48, 40))
 
 
 def ctf_series(u_values: list[float], verdict: dict | None) -> CtfTomoSeries:
-    items = [CtfTomo(o, t, u, u - 1000.0, 30.0, 0.0, 9.0, 0.2, attrs={"ring_strength": z})
+    items = [CtfTomo(o, t, u, u - 1000.0, 30.0, 0.0, 9.0, 0.2, ring_strength=z)
              for t, o, u, z in zip(TILTS, ORDERS, u_values, RINGS)]
     attrs = {"pixel_size_a": 2.0, "voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07}
-    if verdict:
-        attrs["ctf_verdict"] = verdict
-    return CtfTomoSeries("TS_01", items, True, attrs)
+    return CtfTomoSeries("TS_01", items, True, attrs, verdict=verdict or None)
 
 
 def build(root: Path) -> ProjectStore:

@@ -51,7 +51,7 @@ def project(tmp_path):
     series = [TiltSeries(ts, acq, [TiltImage(t, i + 1, 0.0, 3.0, 3.0, str(rd / f"{ts}.mrc"), i)
                                    for i, t in enumerate(TILTS)], (32, 32)) for ts in ("TS_01", "TS_02")]
     ctf = CtfTomoSeries("TS_01", [CtfTomo(i + 1, t, 3e4, 2.9e4, 10.0,
-                                          attrs={"spectrum_file": str(rd / "spectra" / f"{i + 1}.png")})
+                                          spectrum_file=str(rd / "spectra" / f"{i + 1}.png"))
                                   for i, t in enumerate(TILTS)])
     store.finish_run(run.id, {"TiltSeries": TiltSeriesSet("TiltSeries", series), "CTFTomoSeries": CtfSeriesSet([ctf])})
     client = TestClient(create_app(store, TOKEN), headers={TOKEN_HEADER: TOKEN})

@@ -100,13 +100,14 @@ def tomogram_project(root: Path, *, volume: np.ndarray | None = None, halves: bo
     run = store.create_run("reconstruct", {}, {"input": "0.TiltSeries"})
     rd = store.run_dir(run.id)
     vol = boxes() if volume is None else volume
-    attrs = {"method": "wbp", "source": "0.TiltSeries"}
+    fields = {"method": "wbp", "source": "0.TiltSeries"}
     write_mrc(rd / "TS_01_rec.mrc", vol, voxel_size_a=8.0, is_volume=True)
     if halves:
         write_mrc(rd / "TS_01_rec_even.mrc", vol, voxel_size_a=8.0, is_volume=True)
         write_mrc(rd / "TS_01_rec_odd.mrc", -vol, voxel_size_a=8.0, is_volume=True)
-        attrs.update(even_file=str(rd / "TS_01_rec_even.mrc"), odd_file=str(rd / "TS_01_rec_odd.mrc"))
-    store.finish_run(run.id, {"Tomograms": TomogramSet([Tomogram("TS_01", str(rd / "TS_01_rec.mrc"), 8.0, vol.shape, attrs)],
+        fields.update(even_file=str(rd / "TS_01_rec_even.mrc"), odd_file=str(rd / "TS_01_rec_odd.mrc"))
+    store.finish_run(run.id, {"Tomograms": TomogramSet([Tomogram("TS_01", str(rd / "TS_01_rec.mrc"), 8.0, vol.shape,
+                                                                 **fields)],
                                                        {"method": "wbp", "even_odd": halves})})
     return store
 

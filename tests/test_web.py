@@ -61,7 +61,7 @@ def build_project(root):
         stacks[ts_id] = write_series(rd / f"{ts_id}.mrc", rng)
         images = [TiltImage(tilt_angle_deg=t, acquisition_order=o, dose_prior_e_a2=3.0 * (o - 1), dose_e_a2=3.0,
                             dose_accumulated_e_a2=3.0 * o, file=str(rd / f"{ts_id}.mrc"), index=i,
-                            attrs={"total_motion_px": 30.0 if i == MOVING else 2.0 + 0.1 * i})
+                            total_motion_px=30.0 if i == MOVING else 2.0 + 0.1 * i)
                   for i, (t, o) in enumerate(zip(TILTS, ORDERS))]
         series.append(TiltSeries(ts_id, acquisition(), images, (SHAPE[1], SHAPE[0])))
         items = []
@@ -73,8 +73,8 @@ def build_project(root):
     spectrum.parent.mkdir()
     spectrum.write_bytes(encode_png_gray8(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64).astype(np.uint8)))
     first = ctfs[0].items[3]  # acquisition order 1
-    first.attrs = {"spectrum_file": store.relpath(spectrum),
-                   "radial_profile": {"k": [0.01, 0.02, 0.03], "observed": [0.5, 0.2, 0.4], "fitted": [0.6, 0.1, 0.5]}}
+    first.spectrum_file = store.relpath(spectrum)
+    first.attrs = {"radial_profile": {"k": [0.01, 0.02, 0.03], "observed": [0.5, 0.2, 0.4], "fitted": [0.6, 0.1, 0.5]}}
     store.finish_run(run.id, {"TiltSeries": TiltSeriesSet("TiltSeries", series),
                               "CTFTomoSeries": CtfSeriesSet(ctfs)})
     return store, stacks
@@ -282,7 +282,7 @@ def test_path_traversal_refused(project, tmp_path):
         assert r.status_code in (200, 404) if "thumbnail" in path else r.status_code == 404, path
     # an item whose spectrum_file names a file outside the project that is not an image: refused
     run = store.create_run("ctf", {}, {})
-    bad = CtfSeriesSet([CtfTomoSeries("TS_01", [CtfTomo(1, 0.0, 3e4, 3e4, 0.0, attrs={"spectrum_file": str(secret)})])])
+    bad = CtfSeriesSet([CtfTomoSeries("TS_01", [CtfTomo(1, 0.0, 3e4, 3e4, 0.0, spectrum_file=str(secret))])])
     store.finish_run(run.id, {"CTFTomoSeries": bad})
     r = client.get(f"/api/outputs/{run.id}.CTFTomoSeries/ctf/TS_01/1/spectrum.png")
     assert r.status_code == 404 and b"top secret" not in r.content
@@ -396,7 +396,7 @@ def test_movie_set_shows_motion_corrected_sums_when_a_run_made_them(tmp_path):
     write_mrc(store.run_dir(mc.id) / "TS_01.mrc", sums, voxel_size_a=2.0)
     corrected = [TiltImage(tilt_angle_deg=im.tilt_angle_deg, acquisition_order=im.acquisition_order, dose_prior_e_a2=0.0,
                            dose_e_a2=3.0, dose_accumulated_e_a2=im.dose_accumulated_e_a2,
-                           file=str(store.run_dir(mc.id) / "TS_01.mrc"), index=i, attrs={"total_motion_px": 1.5 + i})
+                           file=str(store.run_dir(mc.id) / "TS_01.mrc"), index=i, total_motion_px=1.5 + i)
                  for i, im in enumerate(images)]
     store.finish_run(mc.id, {"TiltSeries": TiltSeriesSet("TiltSeries", [TiltSeries("TS_01", acquisition(), corrected, (64, 48))])})
     views = client.get(url).json()

@@ -54,6 +54,6 @@ def test_tutorial_on_a_384_session_stops_in_one_line_or_completes_with_verdicts(
     store = ProjectStore(root)
     align = next(r for r in store.runs() if r.step == "align")
     ts = store.load(store.resolve(str(align.id))).items[0]
-    angles = [im.attrs["refined_tilt_angle_deg"] for im in ts.images if im.enabled]
+    angles = [im.refined_tilt_angle_deg for im in ts.images if im.enabled]
     assert max(abs(a) for a in angles) < 90.0
-    assert ts.attrs["alignment"]["verdict"]["status"] in ("good", "check", "failed")
+    assert ts.alignment["verdict"]["status"] in ("good", "check", "failed")

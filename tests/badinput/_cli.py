@@ -55,3 +55,18 @@ def assert_refused(result, needles: list[str], root: Path | None, before=None) -
     if root is not None:
         assert project_state(root) == before, "a refused command changed the project"
     return lines[0]
+
+
+def project_state_readonly(root: Path) -> tuple[list[str], list[str]]:
+    """:func:`project_state` without writing a byte (for a project whose disk is full)."""
+    from tiltflow.workflow.diskspace import read_only_connection
+    from tiltflow.workflow.errors import DiskFull
+
+    con = read_only_connection(root / "project.sqlite", DiskFull(root, 0.0))
+    try:
+        dump = list(con.iterdump())
+    finally:
+        con.close()
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                   if not p.name.endswith(("-wal", "-shm")))
+    return dump, files

@@ -163,8 +163,8 @@ def test_a_zero_dark_and_a_gain_with_dead_pixels_are_accepted(data, tmp_path):
     result = invoke(["import-movies", "-p", tmp_path / "p", "--files", data, "--gain", gain, "--dark", dark])
     assert result.exit_code == 0, result.output
     store = ProjectStore(tmp_path / "p")
-    attrs = store.load(store.resolve("1")).attrs
-    assert attrs["dark_file"] == str(dark) and attrs["gain_file"] == str(gain)
+    value = store.load(store.resolve("1"))
+    assert value.dark_file == str(dark) and value.gain_file == str(gain)
 
 
 def test_voltage_zero_in_an_mdoc_means_unknown(data, tmp_path):

@@ -60,9 +60,8 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
         run = store.run(rid)
         outs = store.outputs(rid)
         if as_json:
-            echo_json({**run.to_dict(), "outputs": [
-                {"name": o.name, "pointer": o.pointer, "type": o.type, "summary": o.summary, "attrs": o.attrs,
-                 "items": store.load(o).items} for o in outs]})
+            echo_json({**run.to_dict(), "methods": list(step_methods(run.step)),
+                       "outputs": [_output_json(store, o) for o in outs]})
             return
         console.print(f"run {run.id} {run.step} — {run.status} {_duration(run)}", markup=False)
         if run.status == "interrupted":
@@ -82,8 +81,24 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
             console.print(f"  output {o.pointer}: {o.summary}", markup=False)
             for line in _verdict_lines(store, o):
                 console.print(f"    {line}", markup=False)
+        methods = step_methods(run.step)
+        if methods:                 # what to cite for this run (Scipion's _methods)
+            console.print("  methods:", markup=False)
+            for line in methods:
+                console.print(f"    {line}", markup=False)
     except (ProjectError, ValueError) as err:
         fail([str(err)])
+
+
+def step_methods(step_id: str) -> tuple[str, ...]:
+    """The published methods a step implements (its declaration's ``methods``); none for a step
+    this version does not know."""
+    from tiltflow.workflow.steps.base import get_step
+
+    try:
+        return get_step(step_id).methods
+    except KeyError:
+        return ()
 
 
 def _verdict_lines(store, output) -> list[str]:
@@ -134,6 +149,14 @@ def _span(values: list[float], unit: str, fmt: str = ".2f") -> str:
     return f"{lo:{fmt}} {unit}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}-{hi:{fmt}} {unit}"
 
 
+def _output_json(store, o) -> dict:
+    """An output for ``--json``: its record, the set's typed fields (odd_even, gain_file...) and items."""
+    value = store.load(o)
+    fields = {k: v for k, v in vars(value).items() if k not in ("kind", "items", "attrs")}
+    return {"name": o.name, "pointer": o.pointer, "type": o.type, "summary": o.summary, "attrs": o.attrs,
+            **fields, "items": value.items}
+
+
 def quality_line(store, run, outputs) -> str:
     """One line on a run's results: motion (median, max), defocus range and CTF verdicts, alignment
     residual and verdicts — what its first output of each kind carries ('' when nothing applies)."""
@@ -147,8 +170,8 @@ def quality_line(store, run, outputs) -> str:
         first.setdefault(o.type, o)
     ts_out = first.get("TiltSeries")
     if ts_out is not None and run.step == "motion-ctf":
-        motion = [im.attrs["total_motion_px"] for ts in store.load(ts_out).items for im in ts.images
-                  if im.attrs.get("total_motion_px") is not None]
+        motion = [im.total_motion_px for ts in store.load(ts_out).items for im in ts.images
+                  if im.total_motion_px is not None]
         if motion:
             parts.append(f"motion {statistics.median(motion):.2f} px median (max {max(motion):.2f} px)")
     if "CTFTomoSeries" in first:
@@ -159,11 +182,11 @@ def quality_line(store, run, outputs) -> str:
             parts.append(f"defocus {_span(defocus, 'µm')}{verdicts}")
     if ts_out is not None and run.step in ("align", "import-alignment"):
         series = [ts for ts in store.load(ts_out).items if ts.enabled]
-        residual = [ts.attrs["alignment"]["mean_residual_px"] for ts in series
-                    if (ts.attrs.get("alignment") or {}).get("mean_residual_px") is not None]
+        residual = [ts.alignment["mean_residual_px"] for ts in series
+                    if ts.alignment and ts.alignment.get("mean_residual_px") is not None]
         errors = [statistics.fmean(e) for ts in series
-                  if (e := [im.attrs["projection_matching_error"] for im in ts.images
-                            if im.attrs.get("projection_matching_error") is not None])]
+                  if (e := [im.projection_matching_error for im in ts.images
+                            if im.projection_matching_error is not None])]
         verdicts = verdict_summary("aligned", {ts.ts_id: alignment_verdict(ts)["status"] for ts in series})
         if residual:
             parts.append(f"residual {_span(residual, 'px')}{verdicts}")

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import click
 
 from tiltflow.cli.output import echo_json, fail, print_run
-from tiltflow.workflow.steps.base import Step
+from tiltflow.workflow.steps.base import ParamMeta, Step, param_meta
 
 # one example line per step in its --help (those of the README's example where it has one)
 EXAMPLES = {
@@ -51,12 +51,12 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-def _option_for(name: str, field: Any) -> click.Option:
+def _option_for(name: str, field: Any, help_text: str | None = None) -> click.Option:
     extra = field.json_schema_extra or {}
     flag = extra.get("cli") or "--" + name.replace("_", "-")
     ann = _unwrap_optional(field.annotation)
     origin = typing.get_origin(ann)
-    help_text = field.description or ""
+    help_text = (field.description or "") if help_text is None else help_text
     required = field.is_required()
     default = None if required else field.default
     if ann is bool:
@@ -95,9 +95,68 @@ COMMON_OPTIONS = [
 ]
 
 
+_TITLES = {"ctf": "CTF", "wbp": "WBP", "sirt": "SIRT"}
+
+
+class StepCommand(click.Command):
+    """A step's command whose ``--help`` lists its options by section (``sections``: title and
+    parameter names, in order): inputs, main options, one section per group, expert options, run options."""
+
+    def __init__(self, *args: Any, sections: list[tuple[str, list[str]]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.sections = sections
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+        placed = {name for _, names in self.sections for name in names}
+        for title, names in self.sections:
+            if title == "Run options":          # the common options, --help among them
+                names = names + [n for n in records if n not in placed]
+            rows = [records[n] for n in names if records.get(n)]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def help_sections(step: Step) -> tuple[list[tuple[str, list[str]]], dict[str, str]]:
+    """The ``--help`` sections of ``step`` from its parameters' metadata, and each parameter's help
+    as shown: a group whose options all belong to one mode names it in its title
+    ("Patch options (with --method patch)"); any other option of a mode starts "With --resolve: "."""
+    model = step.params
+    metas = [param_meta(model, name) for name in model.model_fields]
+    groups: dict[str | None, list[ParamMeta]] = {None: []}
+    for m in metas:
+        if not m.expert:
+            groups.setdefault(m.group, []).append(m)
+    sections: list[tuple[str, list[str]]] = [("Inputs", ["input__" + spec.name for spec in step.inputs])]
+    shown: dict[str, str] = {}
+    for group, members in groups.items():
+        cond = members[0].condition if members and all(m.condition for m in members) else None
+        title = "Options" if group is None else f"{_TITLES.get(group, group.capitalize())} options"
+        if cond is not None:
+            title += f" (with {cond.option_text(model)})"
+        for m in members:
+            shown[m.name] = _with(m, model) if m.condition not in (None, cond) else m.help
+        sections.append((title, [m.name for m in members]))
+    experts = [m for m in metas if m.expert]
+    shown.update({m.name: _with(m, model) if m.condition else m.help for m in experts})
+    sections += [("Expert options", [m.name for m in experts]),
+                 ("Run options", [p.name for p in COMMON_OPTIONS if p.name])]
+    return sections, shown
+
+
+def _with(meta: ParamMeta, model: Any) -> str:
+    """``With --resolve: beads to leave out, ...`` (the help's first letter lowered unless an acronym)."""
+    if meta.condition is None:
+        return meta.help
+    text = meta.help[:1].lower() + meta.help[1:] if meta.help[1:2].islower() else meta.help
+    return f"With {meta.condition.option_text(model)}: {text}"
+
+
 def make_step_command(step: Step) -> click.Command:
     fields = step.params.model_fields
-    params: list[click.Parameter] = [_option_for(name, f) for name, f in fields.items()]
+    sections, shown = help_sections(step)
+    params: list[click.Parameter] = [_option_for(name, f, shown[name]) for name, f in fields.items()]
     for spec in step.inputs:
         params.append(click.Option([f"--{spec.name}", f"input__{spec.name}"], required=not spec.optional,
                                    help=f"{spec.help} (RUN_ID or RUN_ID.outputName; {' or '.join(spec.types)})"))
@@ -107,7 +166,6 @@ def make_step_command(step: Step) -> click.Command:
         from tiltflow.workflow.errors import InputError, ProjectError
         from tiltflow.workflow.executor import ItemFailures
         from tiltflow.workflow.runner import run_step
-        from tiltflow.workflow.steps.checks import validate_cli
         from tiltflow.workflow.store import ProjectStore
 
         inputs = {k[len("input__"):]: v for k, v in kwargs.items() if k.startswith("input__")}
@@ -118,8 +176,12 @@ def make_step_command(step: Step) -> click.Command:
                                           "verbose")}
         if kwargs["scheduler"] or kwargs["jobqueue"]:
             options["executor"] = "dask"
+        ctx = click.get_current_context()
+        given = {k for k in fields if ctx.get_parameter_source(k) in (click.core.ParameterSource.COMMANDLINE,
+                                                                      click.core.ParameterSource.ENVIRONMENT)}
         try:
-            validate_cli(step.params, values)        # one line per bad option, with its CLI name
+            # one line per bad option, with its CLI name; a note per option its mode does not use
+            options["notes"] = step.validate(values, given=given)
             store = ProjectStore(kwargs["project"])
             t0 = time.time()
             from tiltflow.cli.output import ProgressPrinter
@@ -140,8 +202,8 @@ def make_step_command(step: Step) -> click.Command:
             print_run(store, run, elapsed=time.time() - t0, warnings=options.get("warnings", []),
                       notes=options.get("notes", []))
 
-    return click.Command(step.id, params=params, callback=callback, short_help=step.title,
-                         help=f"{step.help}\n\n{step.title}\n\n\b\nExample:\n  {example_line(step)}")
+    return StepCommand(step.id, params=params, callback=callback, short_help=step.title, sections=sections,
+                       help=f"{step.help}\n\n{step.title}\n\n\b\nExample:\n  {example_line(step)}")
 
 
 def run_summary_json(store: Any, run_id: int) -> dict:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from tiltflow.cli.output import console, echo_json, fail
-
 
 CURATABLE = ("TiltSeries", "TiltSeriesM", "CTFTomoSeries")
 
@@ -29,6 +30,9 @@ def subset_command(project, pointer, exclude_ts, exclude_views, exclude_beyond, 
     from tiltflow.workflow.sets import TiltSeriesSet
     from tiltflow.workflow.store import ProjectStore
 
+    if exclude_beyond is not None and not 0 <= exclude_beyond <= 90:     # nan fails both
+        fail([f"--exclude-beyond {exclude_beyond:g}: give an angle from 0 to 90 degrees "
+              "(views with |tilt| above it are excluded)"])
     try:
         store = ProjectStore(project, create=False)
         try:
@@ -65,6 +69,13 @@ def subset_command(project, pointer, exclude_ts, exclude_views, exclude_beyond, 
         new = save_subset(store, out, restack=restack, flags=flags)
     except (InputError, ProjectError) as err:
         fail(getattr(err, "problems", [str(err)]))
+    except OSError as err:                        # a full disk while re-stacking: nothing was saved
+        from tiltflow.workflow.diskspace import as_disk_full
+
+        full = as_disk_full(err, Path(project).absolute(), "nothing was saved; free space there and save again")
+        if full is None:
+            raise
+        fail([str(full)])
     if as_json:
         echo_json({"pointer": new.pointer, "type": new.type, "summary": new.summary})
     else:

@@ -20,6 +20,7 @@ row's 0-based index in the raw stack. Convert with :mod:`tiltflow.core.transform
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -100,15 +101,22 @@ def _numbers(line: str, n: int, where: str) -> list[float]:
     if len(parts) != n:
         raise AlnFormatError(f"{where}: expected {n} numbers, found {len(parts)}: {line.strip()!r}")
     try:
-        return [float(p) for p in parts]
+        values = [float(p) for p in parts]
     except ValueError:
-        raise AlnFormatError(f"{where}: not numbers: {line.strip()!r}") from None
+        raise AlnFormatError(f"{where}: not numbers: {line.strip()[:80]!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise AlnFormatError(f"{where}: a value that is not a finite number: {line.strip()[:80]!r}")
+    return values
 
 
 def read_aln(path: str | Path, *, strict: bool = True) -> AlnFile:
     """Read an ``.aln``; inconsistent counts raise (``strict``) or warn."""
     path = Path(path)
-    lines = path.read_text().splitlines()
+    data = path.read_bytes()
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise AlnFormatError(f"{path}: not a text file (not UTF-8) — expected an AreTomo .aln") from None
     if not lines or not lines[0].startswith("# AreTomo Alignment"):
         raise AlnFormatError(f"{path}:1: not an AreTomo .aln (expected '# AreTomo Alignment')")
     header: dict[str, str] = {}

@@ -13,6 +13,7 @@ skipped with a warning.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -66,15 +67,27 @@ def _problem(strict: bool, message: str) -> None:
 
 
 def _numbers(text: str, where: str) -> list[float]:
-    """All numbers on a line (Fortran output may glue them: ``-0.1234567-0.9876543``)."""
+    """All numbers on a line (Fortran output may glue them: ``-0.1234567-0.9876543``); finite."""
     if _NUM.sub(" ", text).strip():
         raise ImodFormatError(f"{where}: not a list of numbers: {text.strip()[:60]!r}")
-    return [float(v.replace("d", "e").replace("D", "e")) for v in _NUM.findall(text)]
+    values = [float(v.replace("d", "e").replace("D", "e")) for v in _NUM.findall(text)]
+    if not all(math.isfinite(v) for v in values):
+        raise ImodFormatError(f"{where}: a number too large for a float: {text.strip()[:60]!r}")
+    return values
+
+
+def _text(path: Path) -> str:
+    """The file as text (bytes that are not UTF-8 are kept as Latin-1 and fail as 'not numbers')."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def _rows(path: Path, width: int | None, strict: bool, what: str) -> list[list[float]]:
     rows: list[list[float]] = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for i, line in enumerate(_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -198,6 +198,8 @@ def _build(raws: list[RawMdoc], kind: str, tomo5: bool, initial_dose_e_a2: float
                                         "series) with --pattern", line=sec.line))
     for raw in raws:
         check_ranges(raw, [s for s in raw.sections if s.kind == kind])
+        if kind == "ZValue":
+            _check_unique_labels(raw, [s for s in raw.sections if s.kind == kind])
     angles = [_tilt_angle(raw, s) for raw, s in items]
     try:
         _check_near_duplicates(items, angles)
@@ -245,6 +247,18 @@ def _build(raws: list[RawMdoc], kind: str, tomo5: bool, initial_dose_e_a2: float
         magnification=_common(items, "Magnification", warnings),
         pixel_size_a=_common(items, "PixelSpacing", warnings), tilt_axis_deg=axis,
         image_size=_image_size(raws[0]), warnings=warnings)
+
+
+def _check_unique_labels(raw: RawMdoc, sections: list[Section]) -> None:
+    """Each ``[ZValue = N]`` once per file (a repeated one is a pasted or damaged file)."""
+    seen: dict[str, int] = {}
+    for s in sections:
+        key = " ".join(s.label.split())
+        if key in seen:
+            raise error(raw.path, f"[{s.label}] appears twice (lines {seen[key]} and {s.line})",
+                        "each image has its own ZValue: fix the file or export it from SerialEM again",
+                        line=s.line)
+        seen[key] = s.line
 
 
 def _tilt_angle(raw: RawMdoc, s: Section) -> float:

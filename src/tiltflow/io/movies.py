@@ -128,6 +128,9 @@ def read_movie_frames(path: Path | str, *, eer_groups: int | None = None) -> np.
         raise
     except Exception as err:  # noqa: BLE001 — the decoders raise many kinds on corrupt data
         raise MovieError(f"{path}: cannot decode frames ({err}) — the file is corrupt or truncated") from None
+    if frames.size and frames.min() == frames.max():
+        raise MovieError(f"{path}: every pixel of every frame is {frames.flat[0]} — a blank movie (no exposure, "
+                         "or damaged in copying); re-copy it, or leave it out with --skip-bad")
     return frames
 
 

@@ -64,7 +64,7 @@ def read_star_blocks(path: str | Path) -> dict[str, pd.DataFrame | dict]:
     try:
         return starfile.read(path, always_dict=True)
     except Exception as err:  # noqa: BLE001 — starfile raises several types on bad input
-        raise RelionFormatError(f"{path}: not a readable STAR file ({err})") from None
+        raise RelionFormatError(f"{path}: not a readable STAR file ({' '.join(str(err).split())})") from None
 
 
 def read_tomograms_star(path: str | Path, *, strict: bool = True) -> TomogramsStar:

@@ -182,16 +182,16 @@ def view_infos(series: TiltSeries, ctf: CtfSource | None, shown: dict[int, TiltI
         if c is not None:
             du, dv, source, origin = c.defocus_u_a, c.defocus_v_a, "ctf", ctf.label if ctf else None
         else:
-            du = im.attrs.get("defocus_u_a", im.attrs.get("defocus_a"))
-            dv = im.attrs.get("defocus_v_a", du)
+            du = im.defocus_u_a
+            dv = du if im.defocus_v_a is None else im.defocus_v_a
             source, origin = ("attrs", "the image's attributes (no CTF set applies)") if du is not None else (None, None)
         drawn = shown.get(im.acquisition_order, im)
         rows.append(ViewInfo(
             position=pos, acquisition_order=im.acquisition_order, tilt_angle_deg=im.tilt_angle_deg,
             dose_e_a2=_num(im.dose_e_a2), dose_accumulated_e_a2=_num(im.dose_accumulated_e_a2),
             defocus_u_a=_num(du), defocus_v_a=_num(dv), defocus_source=source, defocus_from=origin,
-            ring_strength=_num(c.attrs.get("ring_strength")) if c is not None else None,
-            total_motion_px=_num(im.attrs.get("total_motion_px", drawn.attrs.get("total_motion_px"))),
+            ring_strength=_num(c.ring_strength) if c is not None else None,
+            total_motion_px=_num(drawn.total_motion_px if im.total_motion_px is None else im.total_motion_px),
             excluded=not im.enabled,
             file_name=Path(im.file).name if im.index is None else f"{Path(im.file).name}[{im.index}]",
             frames=im.frames, picture=_picture(im, drawn)))
@@ -240,8 +240,8 @@ def ctf_detail(series: CtfTomoSeries, acq: Acquisition | None, spectrum_pixel_si
             acquisition_order=c.acquisition_order, tilt_angle_deg=c.tilt_angle_deg, defocus_u_a=c.defocus_u_a,
             defocus_v_a=c.defocus_v_a, astigmatism_angle_deg=c.astigmatism_angle_deg,
             phase_shift_deg=math.degrees(c.phase_shift_rad or 0.0), fit_resolution_a=_num(c.fit_resolution_a),
-            score=_num(c.score), excluded=not c.enabled, has_spectrum_file=bool(c.attrs.get("spectrum_file")),
-            ring_strength=_num(c.attrs.get("ring_strength")),
+            score=_num(c.score), excluded=not c.enabled, has_spectrum_file=bool(c.spectrum_file),
+            ring_strength=_num(c.ring_strength),
             radial_profile=radial, zeros_u_per_a=zeros_u, zeros_v_per_a=zeros_v))
     verdict = ctf_verdict(series)
     return CtfSeriesDetail(ts_id=series.ts_id, excluded=not series.enabled, nyquist_per_a=nyquist, items=items,
@@ -256,6 +256,6 @@ def find_ctf(series: CtfTomoSeries, order: int) -> CtfTomo:
 
 
 def spectrum_file(store: ProjectStore, series: CtfTomoSeries, order: int) -> Path | None:
-    """The spectrum image a CTF step recorded for one tilt (``attrs['spectrum_file']``), if any."""
-    name = find_ctf(series, order).attrs.get("spectrum_file")
+    """The spectrum image a CTF step recorded for one tilt (``CtfTomo.spectrum_file``), if any."""
+    name = find_ctf(series, order).spectrum_file
     return store.abspath(str(name)) if name else None

@@ -70,7 +70,7 @@ def suggest_for_tilt_series(series: TiltSeries, stats: dict[int, ViewStats],
         drops.flagged &= ~(dark.flagged | blank.flagged)
         found += _collect(series.ts_id, orders, drops, "intensity_drop",
                           lambda i, s: f"mean {s:.2f}x what its neighbours predict")
-    motion = torch.tensor([_value(im.attrs.get("total_motion_px")) for im in images], dtype=torch.float64)
+    motion = torch.tensor([_value(im.total_motion_px) for im in images], dtype=torch.float64)
     if len(images) >= 3 and torch.isfinite(motion).any():
         found += _collect(series.ts_id, orders, quality.flag_large_motion(motion), "motion",
                           lambda i, s: f"total motion {motion[i]:.1f} px (z {s:.1f})")

@@ -48,7 +48,7 @@ def tomogram_path(store: ProjectStore, tomogram: Tomogram, half: str) -> Path:
     """The MRC of the full tomogram or of one half (``even``/``odd``)."""
     if half == "full":
         return store.abspath(tomogram.file)
-    name = tomogram.attrs.get(HALVES[half])
+    name = getattr(tomogram, HALVES[half])
     if not name:
         raise ProjectError(f"{tomogram.ts_id}: no {half} tomogram — reconstruct with --even-odd to get the halves")
     return store.abspath(str(name))
@@ -62,8 +62,7 @@ def tomogram_infos(store: ProjectStore, value: TomogramSet) -> list[TomogramInfo
         out.append(TomogramInfo(
             ts_id=t.ts_id, shape=tuple(int(n) for n in t.shape), voxel_size_a=float(t.voxel_size_a),
             file_name=path.name, file=store.relpath(path),
-            halves=bool(t.attrs.get("even_file") and t.attrs.get("odd_file")),
-            method=t.attrs.get("method", value.attrs.get("method")), source=t.attrs.get("source"),
+            halves=bool(t.even_file and t.odd_file), method=t.method, source=t.source,
             snapshots=snaps, missing=not path.is_file()))
     return out
 

@@ -13,6 +13,7 @@ import copy
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,9 @@ def set_excluded(store: ProjectStore, output: OutputRecord, ts_id: str, views: l
 
 
 def exclusions(store: ProjectStore, output: OutputRecord) -> dict[tuple[str, int], bool]:
-    _ensure(store)
-    with store.reading() as con:
+    with store.reading() as con:          # reads only: no table yet is no flags (and a full disk reads)
+        if con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='curation'").fetchone() is None:
+            return {}
         rows = con.execute("SELECT ts_id, view, excluded FROM curation WHERE output_id=?", (output.id,)).fetchall()
     return {(r["ts_id"], r["view"]): bool(r["excluded"]) for r in rows}
 
@@ -63,8 +65,9 @@ def clear(store: ProjectStore, output: OutputRecord) -> None:
 
 
 def apply_exclusions(value, flags: dict[tuple[str, int], bool]):
-    """A copy of the set with ``enabled`` following the flags (flags override stored state)."""
-    out = copy.deepcopy(value)
+    """A copy of the set with ``enabled`` following the flags (flags override stored state). The
+    set, its series and their items are copied; what they hold (attrs, acquisition) is shared."""
+    out = _copy_items(value)
     for series in out.items:
         whole = flags.get((series.ts_id, WHOLE_SERIES))
         if whole is not None:
@@ -74,6 +77,22 @@ def apply_exclusions(value, flags: dict[tuple[str, int], bool]):
             f = flags.get((series.ts_id, item.acquisition_order))
             if f is not None:
                 item.enabled = not f
+    return out
+
+
+def _copy_items(value):
+    """Copies of the set, series and items (not a deep copy: the viewer does this per request)."""
+    if not isinstance(value, (TiltSeriesSet, CtfSeriesSet)):
+        return copy.deepcopy(value)
+    out = copy.copy(value)
+    out.items = []
+    for series in value.items:
+        twin = copy.copy(series)
+        if isinstance(value, TiltSeriesSet):
+            twin.images = [copy.copy(im) for im in series.images]
+        else:
+            twin.items = [copy.copy(c) for c in series.items]
+        out.items.append(twin)
     return out
 
 
@@ -94,8 +113,7 @@ def _restack_series(series: TiltSeries, out_dir: Path) -> TiltSeries:
         raise InputError(f"{series.ts_id}: every view is excluded — exclude the whole series instead")
     if any(im.index is None for im in kept):
         # movies: nothing to stack; the subset simply omits the excluded movies
-        return TiltSeries(series.ts_id, series.acquisition, [copy.deepcopy(im) for im in kept], series.size,
-                          series.enabled, dict(series.attrs))
+        return replace(series, images=[copy.deepcopy(im) for im in kept], attrs=dict(series.attrs))
     new_images = []
     stacks: dict[str, list[np.ndarray]] = {"file": [], "odd_file": [], "even_file": []}
     for im in kept:
@@ -118,7 +136,20 @@ def _restack_series(series: TiltSeries, out_dir: Path) -> TiltSeries:
         new.even_file = written.get("even_file")
         new_images.append(new)
     attrs = dict(series.attrs, restacked_from=series.images[0].file)
-    return TiltSeries(series.ts_id, series.acquisition, new_images, series.size, True, attrs)
+    return replace(series, images=new_images, enabled=True, attrs=attrs)
+
+
+def _refuse_empty(curated, output: OutputRecord) -> None:
+    """A subset keeps at least one series, and every series it keeps keeps at least one view."""
+    kept = [s for s in curated.items if s.enabled]
+    if not kept:
+        raise InputError(f"{output.pointer}: every tilt series would be excluded — nothing to save "
+                         "(keep at least one series)")
+    for series in kept:
+        children = series.images if isinstance(curated, TiltSeriesSet) else series.items
+        if children and not any(c.enabled for c in children):
+            raise InputError(f"{series.ts_id}: every view would be excluded — exclude the whole series "
+                             f"(--exclude {series.ts_id}) instead")
 
 
 def save_subset(store: ProjectStore, output: OutputRecord, *, restack: bool = False,
@@ -127,6 +158,7 @@ def save_subset(store: ProjectStore, output: OutputRecord, *, restack: bool = Fa
     value = store.load(output)
     flags = exclusions(store, output) if flags is None else flags
     curated = apply_exclusions(value, flags)
+    _refuse_empty(curated, output)
     if isinstance(curated, CtfSeriesSet):
         curated.attrs = dict(curated.attrs, subset_of=output.pointer,
                              bad=[f"{s.ts_id}:{c.acquisition_order}" for s in curated.items for c in s.items if not c.enabled])
@@ -139,7 +171,7 @@ def save_subset(store: ProjectStore, output: OutputRecord, *, restack: bool = Fa
         if restack:   # written aside, moved to runs/<run>/<name> when the name is chosen (concurrent saves)
             staged = Path(tempfile.mkdtemp(prefix=".saving-", dir=store.run_dir(output.run_id)))
             items = [_restack_series(s, staged) for s in curated.items if s.enabled]
-            curated = TiltSeriesSet(curated.kind, items, dict(curated.attrs))
+            curated = replace(curated, items=items, attrs=dict(curated.attrs))
             if not any(staged.iterdir()):     # movies: nothing was written
                 staged.rmdir()
                 staged = None

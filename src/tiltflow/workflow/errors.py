@@ -16,3 +16,15 @@ class InputError(Exception):
 
 class ProjectError(Exception):
     """A project that cannot be opened, or a pointer to a run/output that does not exist."""
+
+
+class DiskFull(ProjectError):
+    """The disk under the project (or an output folder) is full: one line, ``disk full at PATH (N MB free)``
+    and what to do. A :class:`ProjectError`, so every command prints it as its one-line error.
+    ``workflow.diskspace`` recognises the many forms a full disk takes (ENOSPC, SQLite's
+    'database or disk is full' and its 'disk I/O error' on a full disk)."""
+
+    def __init__(self, path, free_mb: float, hint: str = ""):
+        self.path, self.free_mb, self.hint = str(path), float(free_mb), hint
+        shown = f"{free_mb:.1f}" if free_mb < 10 else f"{free_mb:.0f}"
+        super().__init__(f"disk full at {self.path} ({shown} MB free)" + (f" — {hint}" if hint else ""))

@@ -84,7 +84,7 @@ def write_ctf_files(ts: TiltSeries, rows: list[CtfTomo], out_dir: Path) -> list[
                        resolution_range_a=(30.0, max(8.0, 2.01 * a.pixel_size_a)))
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_series_ctf_files(stack_ctf_series(ts, rows), params, out_dir)
-    return [Path(files["ctffind"]), Path(files["defocus"])]
+    return [Path(str(files.ctffind_file)), Path(str(files.defocus_file))]
 
 
 def write_stack(ts: TiltSeries, path: Path, key: str = "file") -> None:
@@ -119,8 +119,7 @@ def series_alignment(ts: TiltSeries):
 
     rot = xf_from_geometry(ts.acquisition.tilt_axis_deg, torch.zeros(1, 2))[0].tolist()
     xf = torch.tensor([im.transform if im.transform is not None else rot for im in ts.images], dtype=torch.float64)
-    tilts = torch.tensor([im.attrs.get("refined_tilt_angle_deg", im.tilt_angle_deg) for im in ts.images],
-                         dtype=torch.float64)
+    tilts = torch.tensor([im.best_tilt_angle_deg for im in ts.images], dtype=torch.float64)
     return SeriesAlignment(xf, tilts, torch.tensor([im.enabled for im in ts.images]))
 
 
@@ -142,8 +141,8 @@ def tilt_series_of(store: ProjectStore, out: OutputRecord,
     """The tilt-series set to export: the set itself, or the one a tomogram set was made from."""
     if isinstance(value, TiltSeriesSet):
         return value, out, None
-    if isinstance(value, TomogramSet) and value.items and value.items[0].attrs.get("source"):
-        src = store.resolve(value.items[0].attrs["source"], ("TiltSeries",))
+    if isinstance(value, TomogramSet) and value.items and value.items[0].source:
+        src = store.resolve(value.items[0].source, ("TiltSeries",))
         return store.load(src), src, value  # type: ignore[return-value]
     raise InputError(f"{out.pointer}: a {out.type} holds no tilt series to export — give a tilt-series set")
 
@@ -178,7 +177,7 @@ def _export_ctffind(value, ctf: CtfSeriesSet | None, out: OutputRecord, out_dir:
             rows = ctf_rows(ts, ctf, notes) if ts.enabled else None
             if rows is None:
                 continue
-            src = by_id[ts.ts_id].attrs.get("ctffind")
+            src = by_id[ts.ts_id].ctffind_file
             same = [c.acquisition_order for c in by_id[ts.ts_id].items] == [im.acquisition_order for im in ts.images]
             if src and same:
                 written.append(out_dir / Path(src).name)   # the estimate's own file describes these views
@@ -188,7 +187,7 @@ def _export_ctffind(value, ctf: CtfSeriesSet | None, out: OutputRecord, out_dir:
             (out_dir / f"{ts.ts_id}.defocus").unlink(missing_ok=True)
         return written
     for series in ctf.items:
-        src = series.attrs.get("ctffind")
+        src = series.ctffind_file
         if src:
             dest = out_dir / Path(src).name
             shutil.copyfile(src, dest)

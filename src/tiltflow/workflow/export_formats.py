@@ -96,8 +96,8 @@ def _relion_table(ts: TiltSeries, ctf_rows, stacks: dict[str, str], notes: list[
     images = [ts.images[i] for i in keep]
     dose = pre_exposure_e_a2(ts)
     table: dict[str, list] = {}
-    if all("movie" in im.attrs for im in images):
-        table["rlnMicrographMovieName"] = [str(im.attrs["movie"]) for im in images]
+    if all(im.movie is not None for im in images):
+        table["rlnMicrographMovieName"] = [str(im.movie) for im in images]
     table["rlnTomoNominalStageTiltAngle"] = [im.tilt_angle_deg for im in images]
     table["rlnTomoNominalTiltAxisAngle"] = [a.tilt_axis_deg] * len(images)
     table["rlnMicrographPreExposure"] = [dose[i] for i in keep]

@@ -50,7 +50,7 @@ class TiltSettings:
 
 def settings_of_run(params: dict, tomo: Tomogram, pixel_size_a: float) -> TiltSettings:
     """The settings of a reconstruct run (its stored parameters) that made ``tomo``."""
-    b = int(params.get("binning", tomo.attrs.get("binning", 1)))
+    b = int(params.get("binning", tomo.binning or 1))
     px = pixel_size_a
 
     def shift(key: str) -> float:
@@ -119,7 +119,7 @@ def _imod_fid_xyz(ts: TiltSeries, src: str, dest: Path) -> None:
 
 
 def _fiducial_files(ts: TiltSeries, d: Path) -> list[Path]:
-    alignment = ts.attrs.get("alignment") or {}
+    alignment = ts.alignment or {}
     written = []
     if alignment.get("fid") and Path(alignment["fid"]).is_file():
         _renumbered_fid(ts, alignment, d / f"{ts.ts_id}.fid")
@@ -212,7 +212,7 @@ def export_imod(store: ProjectStore, out: OutputRecord, value, out_dir: Path, *,
     for tomo in value.items:
         ts = by_id.get(tomo.ts_id)
         if ts is not None:
-            pointer = ctf_pointer or tomo.attrs.get("ctf")
+            pointer = ctf_pointer or tomo.ctf
             ctf = ctf_for(store, ts_out, pointer)
             written += imod_series(ts, ctf, out_dir, notes, settings_of_run(params, tomo, ts.acquisition.pixel_size_a))
             if params.get("method") == "sirt":

@@ -25,14 +25,14 @@ def movie_names(ts: TiltSeries) -> list[str]:
     """Each view's movie file name (with extension); stacks get ``<tsId>_<order>_<angle>.mrc``."""
     names = []
     for im in ts.images:
-        movie = im.attrs.get("movie")
+        movie = im.movie
         names.append(Path(movie).name if movie else f"{ts.ts_id}_{im.acquisition_order:03d}_{im.tilt_angle_deg:.2f}.mrc")
     return names
 
 
 def _frame_shifts(ts: TiltSeries, order: int) -> tuple[list[list[float]], float] | None:
     """(per-frame shifts in unbinned movie px, the movie's pixel size Å) from the motion STAR."""
-    folder = ts.attrs.get("motion_star_dir")
+    folder = ts.motion_star_dir
     star = Path(folder) / f"{ts.ts_id}_{order:03d}.star" if folder else None
     if star is None or not star.is_file():
         return None
@@ -101,7 +101,7 @@ def write_frame_series(ts: TiltSeries, rows: list[CtfTomo] | None, out_dir: Path
     for i, (im, name) in enumerate(zip(ts.images, movie_names(ts))):
         stem = Path(name).stem
         view = np.ascontiguousarray(read_section(im.file, im.index), dtype=np.float32)
-        movie = im.attrs.get("movie")
+        movie = im.movie
         if movie:
             data_dir = Path(movie).absolute().parent
             if not Path(movie).is_file():

@@ -14,12 +14,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.sets import AnySet, TiltSeriesSet, TomogramSet
+from tiltflow.workflow.sets import (
+    AnySet, CtfTomo, CtfTomoSeries, TiltImage, TiltSeries, TiltSeriesSet, Tomogram, TomogramSet,
+)
 
 # attrs keys whose values are file paths (a string, or a list or dict of them); also *_file(s)/_dir/_path
 PATH_KEYS = frozenset({"spectrum_file", "ctffind", "defocus", "odd_file", "even_file", "restacked_from",
                        "movie", "stack", "gain_file", "dark_file", "mdoc", "files", "motion_star_dir",
                        "xf", "tlt", "fid", "fid_xyz", "plots"})
+# typed fields holding paths (a string, or a dict as attrs hold them): stored as attrs' paths are
+PATH_FIELDS: dict[type, tuple[str, ...]] = {
+    TiltSeriesSet: ("gain_file", "dark_file"), TiltSeries: ("motion_star_dir", "alignment"), TiltImage: ("movie",),
+    CtfTomoSeries: ("ctffind_file", "defocus_file"), CtfTomo: ("spectrum_file",), Tomogram: ("odd_file", "even_file")}
 _RUN_DIR = re.compile(r"\d+_")
 Fn = Callable[[str], str]
 
@@ -44,20 +50,29 @@ def map_set(value: AnySet, fn: Fn, *, files: bool = True, inplace: bool = False)
     """``value`` (a copy unless ``inplace``) with ``fn`` applied to its attrs' paths and, with
     ``files``, to the items' own files (images, odd/even halves, tomograms)."""
     out = value if inplace else _copy(value)
-    out.attrs = map_attrs(out.attrs, fn)
+    _map_fields(out, fn)
     for series in out.items:
-        series.attrs = map_attrs(series.attrs, fn)
+        _map_fields(series, fn)
         if isinstance(out, TomogramSet):
             if files:
                 series.file = fn(series.file)
             continue
         for item in (series.images if isinstance(out, TiltSeriesSet) else series.items):
-            item.attrs = map_attrs(item.attrs, fn)
+            _map_fields(item, fn)
             if files and isinstance(out, TiltSeriesSet):
                 item.file = fn(item.file)
                 item.odd_file = fn(item.odd_file) if item.odd_file else item.odd_file
                 item.even_file = fn(item.even_file) if item.even_file else item.even_file
     return out
+
+
+def _map_fields(obj: Any, fn: Fn) -> None:
+    """``fn`` applied to the paths of ``obj``'s attrs and typed path fields (new values, set on ``obj``)."""
+    obj.attrs = map_attrs(obj.attrs, fn)
+    for name in PATH_FIELDS.get(type(obj), ()):
+        value = getattr(obj, name)
+        if value:
+            setattr(obj, name, fn(value) if isinstance(value, str) else map_attrs(value, fn))
 
 
 def _copy(value: AnySet) -> AnySet:

@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
+import sys
 import traceback
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import ValidationError
 
 from tiltflow.workflow.errors import InputError, ProjectError
+from tiltflow.workflow.executor import ItemFailures
+from tiltflow.workflow.param_names import canonical_or_raise
 from tiltflow.workflow.steps.base import Step, StepContext, get_step
 from tiltflow.workflow.store import OutputRecord, ProjectStore, RunRecord
+
+# the command line that is running (set by the CLI); the first line of every run.log it makes
+COMMAND_LINE: ContextVar[str | None] = ContextVar("tiltflow_command_line", default=None)
+
+
+def command_line_text(label: str | None = None) -> str:
+    """``command: tiltflow align -p P ...`` (and the workflow step), or how Python called us."""
+    line = COMMAND_LINE.get()
+    if line is None:
+        line = f"(Python, no command line: {shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])})"
+    chained = label and any(f" {word} " in f"{line} " for word in ("workflow", "watch"))
+    return f"command: {line}" + (f"  [workflow step '{label}']" if chained else "")
 
 
 def _validation_messages(step: Step, err: ValidationError) -> list[str]:
@@ -30,6 +47,7 @@ def _run_logger(run_dir: Path, run_id: int) -> logging.Logger:
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
+    run_dir.mkdir(parents=True, exist_ok=True)     # a run killed as it was created has no folder yet
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -43,7 +61,8 @@ def _close_logger(log: logging.Logger) -> None:
 
 
 def recorded_params(step: Step, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` as a run records them: validated, defaults filled, JSON values."""
+    """``params`` (field or option names) as a run records them: validated, defaults filled, JSON values."""
+    params = canonical_or_raise(step.id, params)
     try:
         return step.params.model_validate(params).model_dump(mode="json")
     except ValidationError as err:
@@ -101,6 +120,7 @@ def run_step(
         if old.status == "finished":
             return old
         params, inputs = old.params, old.inputs
+    params = canonical_or_raise(step.id, params)     # option names (``window``) work as field names
     try:
         p = step.params.model_validate(params)
     except ValidationError as err:
@@ -110,7 +130,9 @@ def run_step(
     loaded = {name: store.load(out) for name, out in resolved.items()}
     from tiltflow.workflow.steps.checks_data import check_inputs
 
-    check_inputs(step.id, p, loaded)   # options against the input's images: before any run exists
+    for note in check_inputs(step.id, p, loaded):   # options their mode does not use: one note line each
+        if options is not None and note not in options.setdefault("notes", []):
+            options["notes"].append(note)
     if resume is not None:
         store.set_status(resume, "running")
         run = store.run(resume)
@@ -118,13 +140,17 @@ def run_step(
         run = store.create_run(step.id, p.model_dump(mode="json"), pointers, label)
     run_dir = store.root / (run.run_dir or "")
     log = _run_logger(run_dir, run.id)
+    log.info("%s", command_line_text(label))
     log.info("step %s, parameters %s, inputs %s", step.id, p.model_dump_json(), pointers)
     ctx = StepContext(params=p, inputs=loaded, input_pointers=pointers, run_dir=run_dir,
                       project_root=store.root, run_id=run.id, log=log, options=options if options is not None else {},
                       progress=progress or (lambda what, done, total: None), store=store)
     try:
-        outputs = step.run(ctx)
-        store.finish_run(run.id, outputs)
+        from tiltflow.workflow.diskspace import guard   # a full disk: DiskFull, run marked failed
+
+        with guard(run_dir, f"free space there, then `tiltflow {step.id} -p {store.root} --continue {run.id}`"):
+            outputs = step.run(ctx)
+            store.finish_run(run.id, outputs)
         log.info("finished: %s", {k: v.summary() for k, v in outputs.items()})
         _remove_scratch(ctx.scratch, log)
     except InputError:
@@ -137,6 +163,14 @@ def run_step(
     except KeyboardInterrupt:
         log.error("interrupted")
         store.fail_run(run.id, "interrupted", status="interrupted")
+        _close_logger(log)
+        raise
+    except ItemFailures as err:               # every item in the log; the summary names the log
+        for line in err.lines:
+            log.error("failed: %s", line)
+        err.args = (err.summary(log=f"{run.run_dir}/run.log" if run.run_dir else "run.log"),)
+        log.error("%s\n%s", err, traceback.format_exc())
+        store.fail_run(run.id, str(err))
         _close_logger(log)
         raise
     except BaseException as err:

@@ -3,12 +3,14 @@ by ``ts_id``, each holding tilt images sorted by tilt angle; sets of CTF series 
 each holding per-tilt CTF keyed by acquisition order.
 
 Excluding is setting ``enabled = False``; a subset is a new set with its own items.
-Plain dataclasses: the project store (``workflow.store``) maps them to tables.
+Plain dataclasses: the project store (``workflow.store``) maps them to tables. The values steps,
+exports and the viewer agree on are typed fields (keyword-only, after ``attrs``), each a table
+column; ``attrs`` holds free-form extras a step records for its own use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any, Literal
 
 TiltSeriesKind = Literal["TiltSeriesM", "TiltSeries"]
@@ -44,7 +46,20 @@ class TiltImage:
     odd_file: str | None = None
     even_file: str | None = None
     transform: list[float] | None = None  # IMOD .xf row: A11 A12 A21 A22 DX DY
-    attrs: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)   # free-form extras (mdoc section, step notes)
+    _: KW_ONLY
+    movie: str | None = None              # the movie this view was summed from (motion-ctf)
+    total_motion_px: float | None = None  # frame motion, unbinned movie pixels
+    defocus_u_a: float | None = None      # the CTF series pass's defocus of this view (motion-ctf)
+    defocus_v_a: float | None = None
+    refined_tilt_angle_deg: float | None = None      # the alignment's tilt angle
+    residual_px: float | None = None                 # fiducial alignment: mean bead residual
+    projection_matching_error: float | None = None   # patch alignment: the view's error
+
+    @property
+    def best_tilt_angle_deg(self) -> float:
+        """The alignment's refined tilt angle, else the microscope's."""
+        return self.tilt_angle_deg if self.refined_tilt_angle_deg is None else self.refined_tilt_angle_deg
 
 
 @dataclass
@@ -55,6 +70,9 @@ class TiltSeries:
     size: tuple[int, int]                 # (nx, ny) of each view
     enabled: bool = True
     attrs: dict[str, Any] = field(default_factory=dict)
+    _: KW_ONLY
+    alignment: dict[str, Any] | None = None   # method, verdict, residuals, files (xf, tlt, fid...), plots
+    motion_star_dir: str | None = None        # the per-movie motion STAR files (motion-ctf)
 
     @property
     def enabled_images(self) -> list[TiltImage]:
@@ -68,7 +86,11 @@ class TiltSeries:
 class TiltSeriesSet:
     kind: TiltSeriesKind
     items: list[TiltSeries]
-    attrs: dict[str, Any] = field(default_factory=dict)   # e.g. odd_even, gain_file, gain_transpose
+    attrs: dict[str, Any] = field(default_factory=dict)   # e.g. gain_fits, aligned, dose_filtered
+    _: KW_ONLY
+    odd_even: bool = False                # every view has odd/even halves
+    gain_file: str | None = None
+    dark_file: str | None = None
 
     def summary(self) -> str:
         """Scipion's summary: ``TiltSeriesM (5 items, 41 x 5760 x 4092 x 8, 1.38 Å/px)``."""
@@ -84,7 +106,7 @@ class TiltSeriesSet:
             frames = sorted({im.frames or 0 for ts in self.items for im in ts.images})
             dims += f" x {frames[0]}" if len(frames) == 1 else f" x {frames[0]}-{frames[-1]}"
         extras = ""
-        if self.attrs.get("odd_even"):
+        if self.odd_even:
             extras += ", +oe"
         excluded = sum(1 for ts in self.items for im in ts.images if not im.enabled)
         disabled_ts = sum(1 for ts in self.items if not ts.enabled)
@@ -126,14 +148,14 @@ def verdict_text(verdict: dict[str, Any]) -> str:
 def ctf_verdict(series: CtfTomoSeries) -> dict[str, Any]:
     """The CTF series pass's verdict of one series: ``{"status": good|check|failed|None,
     "reasons": [...]}`` (status None when the series pass did not judge it)."""
-    verdict = series.attrs.get("ctf_verdict") or {}
+    verdict = series.verdict or {}
     return {"status": verdict.get("status"), "reasons": list(verdict.get("reasons", []))}
 
 
 def alignment_verdict(ts: TiltSeries) -> dict[str, Any]:
     """The series' alignment verdict: ``{"status": good|check|failed|None, "reasons": [...]}``
     (status None when the series carries no judged alignment)."""
-    verdict = (ts.attrs.get("alignment") or {}).get("verdict") or {}
+    verdict = (ts.alignment or {}).get("verdict") or {}
     return {"status": verdict.get("status"), "reasons": list(verdict.get("reasons", []))}
 
 
@@ -150,7 +172,10 @@ class CtfTomo:
     fit_resolution_a: float | None = None
     score: float | None = None
     enabled: bool = True
-    attrs: dict[str, Any] = field(default_factory=dict)   # grid values, spectrum image path, ...
+    attrs: dict[str, Any] = field(default_factory=dict)   # grid values, radial profile, ...
+    _: KW_ONLY
+    spectrum_file: str | None = None      # the power spectrum image the fit saw
+    ring_strength: float | None = None    # how clearly Thon rings show (the series pass)
 
     @property
     def defocus_mean_a(self) -> float:
@@ -162,7 +187,11 @@ class CtfTomoSeries:
     ts_id: str
     items: list[CtfTomo]
     enabled: bool = True
-    attrs: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)   # microscope values of the fit
+    _: KW_ONLY
+    verdict: dict[str, Any] | None = None   # the series pass's {"status", "reasons"}
+    ctffind_file: str | None = None         # CTFFIND4 text, tilt-angle order
+    defocus_file: str | None = None         # IMOD .defocus
 
 
 @dataclass
@@ -186,7 +215,14 @@ class Tomogram:
     file: str
     voxel_size_a: float
     shape: tuple[int, int, int]           # (nz, ny, nx)
-    attrs: dict[str, Any] = field(default_factory=dict)  # even/odd files, method
+    attrs: dict[str, Any] = field(default_factory=dict)
+    _: KW_ONLY
+    method: str | None = None             # wbp | sirt
+    binning: int | None = None
+    source: str | None = None             # pointer to the tilt series reconstructed
+    ctf: str | None = None                # pointer to the CTF series used, if any
+    odd_file: str | None = None
+    even_file: str | None = None
 
 
 @dataclass

@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tiltflow import __version__
-from tiltflow.workflow.errors import ProjectError
+from tiltflow.workflow import diskspace
+from tiltflow.workflow.errors import DiskFull, ProjectError
 from tiltflow.workflow.paths import ProjectPaths, map_attrs, map_set, rebase
 from tiltflow.workflow.pointers import resolve_pointer
 from tiltflow.workflow.records import OutputRecord, RunRecord, run_from_row as _run_from_row
 from tiltflow.workflow.sets import AnySet
-from tiltflow.workflow import run_liveness, set_tables
+from tiltflow.workflow import migrations, run_liveness, set_tables
+from tiltflow.workflow.migrations import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
 DB_NAME = "project.sqlite"
 
 _SCHEMA = """
@@ -63,8 +64,17 @@ class ProjectStore:
         self._init_schema()
 
     def _init_schema(self) -> None:
-        con = self._open(self.db_path)
         try:
+            con = self._open(self.db_path)
+        except sqlite3.OperationalError as err:        # a full disk: read-only (workflow/diskspace.py)
+            con = diskspace.read_only_connection(self.db_path, err)
+            migrations.check_readable(con, self.db_path)
+            row = con.execute("SELECT value FROM meta WHERE key='root'").fetchone()
+            self.paths = ProjectPaths(self.root, row[0] if row else None)
+            con.close()
+            return
+        try:
+            migrations.upgrade(con, self.db_path)       # an older project: migrated (a copy kept beside it)
             con.executescript(_SCHEMA)
             if con.execute("SELECT 1 FROM meta WHERE key='schema_version'").fetchone() is None:
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('root', ?)", (str(self.root),))  # a new project
@@ -100,7 +110,10 @@ class ProjectStore:
     def connect(self) -> sqlite3.Connection:
         if self._pending:
             self._materialize()
-        return self._open(self.db_path)
+        try:
+            return self._open(self.db_path)
+        except sqlite3.OperationalError as err:
+            raise diskspace.as_disk_full(err, self.root) or err
 
     @staticmethod
     def _open(path: Path | str) -> sqlite3.Connection:
@@ -118,9 +131,11 @@ class ProjectStore:
             con.execute("BEGIN IMMEDIATE")
             yield con
             con.execute("COMMIT")
-        except BaseException:
+        except BaseException as err:
             if con.in_transaction:
                 con.execute("ROLLBACK")
+            if isinstance(err, sqlite3.OperationalError):
+                raise diskspace.as_disk_full(err, self.root) or err
             raise
         finally:
             con.close()
@@ -133,7 +148,10 @@ class ProjectStore:
             con = self._open(":memory:")
             con.executescript(_SCHEMA)
         else:
-            con = self.connect()
+            try:
+                con = self.connect()
+            except DiskFull as err:                    # readers go on while the disk is full
+                con = diskspace.read_only_connection(self.db_path, err)
         try:
             con.execute("BEGIN")
             yield con

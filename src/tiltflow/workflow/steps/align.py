@@ -6,13 +6,14 @@ tilt-series set; writes per series ``.xf`` (unbinned stack pixels), ``.tlt`` (re
 Inspection (etomo's step-by-step view, until the viewer shows it): per series PNG plots in the run
 folder — residual vs tilt angle and bead tracks over the 0° view (fiducial), projection-matching
 error vs tilt angle (patch) — registered under the series' ``alignment["plots"]``; per-view and
-per-bead residual tables printed under the run (the numbers stored in the views' ``attrs`` and
+per-bead residual tables printed under the run (the numbers stored in the views' fields and
 the series' ``alignment``)."""
 
 from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet, verdict
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.checks_data import check_align
+from tiltflow.workflow.steps.citations import ARETOMO, IMOD, IMOD_AUTOMATED
 from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 
 _FORWARD_AD_LOCK = threading.Lock()
@@ -31,21 +33,28 @@ class AlignParams(CheckedParams):
     method: Literal["fiducial", "patch"] = param("fiducial", "fiducial (gold beads) or patch (projection matching).",
                                                  cli="--method")
     binning: int = param(4, "Align views binned by this factor.", cli="--binning", ge=1)
-    bead_diameter_nm: float = param(10.0, "Fiducial: gold bead diameter, nm.", cli="--bead-diameter-nm", gt=0)
-    solve_magnification: bool = param(True, "Fiducial: solve a magnification per view.", cli="--solve-magnification")
-    solve_tilt_angles: bool = param(True, "Fiducial: grouped tilt-angle corrections.", cli="--solve-tilt-angles")
-    align_z_nm: float = param(150.0, "Patch: slab thickness of the intermediate reconstructions, nm (at most 3/4 "
+    bead_diameter_nm: float = param(10.0, "Gold bead diameter, nm.", cli="--bead-diameter-nm", gt=0,
+                                    condition=("method", "fiducial"), group="fiducial")
+    solve_magnification: bool = param(True, "Solve a magnification per view.", cli="--solve-magnification",
+                                      condition=("method", "fiducial"), group="fiducial", expert=True)
+    solve_tilt_angles: bool = param(True, "Grouped tilt-angle corrections.", cli="--solve-tilt-angles",
+                                    condition=("method", "fiducial"), group="fiducial", expert=True)
+    align_z_nm: float = param(150.0, "Slab thickness of the intermediate reconstructions, nm (at most 3/4 "
                               "of the aligned field's width).", cli="--align-z-nm",
-                              gt=0)
-    iterations: int = param(5, "Patch: projection-matching iterations.", cli="--iterations", ge=1)
-    refine_tilt_axis: bool = param(True, "Refine the tilt-axis angle.", cli="--refine-tilt-axis")
-    refine_tilt_offset: bool = param(True, "Refine a tilt-angle offset.", cli="--refine-tilt-offset")
-    exclude_dark: bool = param(True, "Patch: detect dark views and leave them out of the alignment.", cli="--exclude-dark")
-    resolve: bool = param(False, "Fiducial: re-solve the input's bead model (no coarse alignment, no tracking) after "
+                              gt=0, condition=("method", "patch"), group="patch")
+    iterations: int = param(5, "Projection-matching iterations.", cli="--iterations", ge=1,
+                            condition=("method", "patch"), group="patch")
+    refine_tilt_axis: bool = param(True, "Refine the tilt-axis angle.", cli="--refine-tilt-axis", group="geometry")
+    refine_tilt_offset: bool = param(True, "Refine a tilt-angle offset.", cli="--refine-tilt-offset", group="geometry")
+    exclude_dark: bool = param(True, "Detect dark views and leave them out of the alignment.", cli="--exclude-dark",
+                               condition=("method", "patch"), group="patch")
+    resolve: bool = param(False, "Re-solve the input's bead model (no coarse alignment, no tracking) after "
                                  "dropping beads (--drop-beads) or views (excluded in the input, e.g. by `subset`): "
-                                 "etomo's fix-and-re-solve.", cli="--resolve")
-    drop_beads: list[str] = param([], "With --resolve: beads to leave out, TS:N,N (1-based, as numbered in the "
-                                      "per-bead residual table and the .fid contours).", cli="--drop-beads")
+                                 "etomo's fix-and-re-solve.", cli="--resolve",
+                          condition=("method", "fiducial"), group="fiducial")
+    drop_beads: list[str] = param([], "Beads to leave out, TS:N,N (1-based, as numbered in the "
+                                      "per-bead residual table and the .fid contours).", cli="--drop-beads",
+                                  condition=("resolve", True), group="fiducial")
 
 
 def align_series_task(refs: list[tuple[str, int]], angles: list[float], p: dict, tilt_axis_deg: float,
@@ -204,15 +213,13 @@ def run_align(ctx: StepContext):
         rows = iter(zip(r["xf"], r["refined_tilt_angles_deg"], per_view))
         images = []
         for im in ts.images:
-            new = TiltImage(**{**im.__dict__, "attrs": dict(im.attrs)})
-            new.attrs.pop("residual_px", None)
-            new.attrs.pop("projection_matching_error", None)
+            new = replace(im, attrs=dict(im.attrs), residual_px=None, projection_matching_error=None)
             if im.enabled:
                 row, angle, value = next(rows)
                 new.transform = row
-                new.attrs["refined_tilt_angle_deg"] = angle
+                new.refined_tilt_angle_deg = angle
                 key = "residual_px" if p.method == "fiducial" else "projection_matching_error"
-                new.attrs[key] = None if value is None or math.isnan(value) else value
+                setattr(new, key, None if value is None or math.isnan(value) else value)
             else:
                 new.transform = None
             images.append(new)
@@ -224,22 +231,22 @@ def run_align(ctx: StepContext):
             summary["bead_diameter_nm"] = p.bead_diameter_nm   # the bead model's size (erase-beads reads it)
         if "per_bead_residual_px" in r:
             summary["per_bead_residual_px"] = [None if math.isnan(v) else v for v in r["per_bead_residual_px"]]
-        items.append(TiltSeries(ts.ts_id, acq, images, ts.size, ts.enabled,
-                                dict(ts.attrs, alignment={"method": p.method, **summary, **r["files"],
-                                                          "plots": r["plots"]})))
+        items.append(replace(ts, acquisition=acq, images=images, attrs=dict(ts.attrs),
+                             alignment={"method": p.method, **summary, **r["files"], "plots": r["plots"]}))
         _log_verdict(ctx, ts.ts_id, r, _log_summary(ctx, ts, r, p.method))
     if not ctx.options.get("verbose"):
         where = ctx.run_dir.relative_to(ctx.project_root) if ctx.run_dir.is_relative_to(ctx.project_root) else ctx.run_dir
         ctx.options.setdefault("notes", []).append(f"per-view tables in {where / 'run.log'} (-v prints them), "
                                                    "plots (PNG) in the same folder")
-    return {"TiltSeries": TiltSeriesSet("TiltSeries", items, dict(source.attrs, aligned=p.method))}
+    attrs = dict(source.attrs, aligned=p.method)
+    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=attrs)}
 
 
 def _failed_series(ts: TiltSeries, method: str, r: dict) -> TiltSeries:
     """The input series without transforms, carrying the failed verdict (reconstruct refuses it)."""
-    images = [TiltImage(**{**im.__dict__, "transform": None, "attrs": dict(im.attrs)}) for im in ts.images]
-    return TiltSeries(ts.ts_id, ts.acquisition, images, ts.size, ts.enabled,
-                      dict(ts.attrs, alignment={"method": method, "verdict": r["verdict"], "fixed": r["fixed"]}))
+    images = [replace(im, transform=None, attrs=dict(im.attrs)) for im in ts.images]
+    return replace(ts, images=images, attrs=dict(ts.attrs),
+                   alignment={"method": method, "verdict": r["verdict"], "fixed": r["fixed"]})
 
 
 def _log_verdict(ctx: StepContext, ts_id: str, r: dict, summary: str) -> None:
@@ -271,7 +278,7 @@ def _input_model(ts: TiltSeries, enabled: list[TiltImage], drop: set[int], point
     without the dropped beads; the .fid's sections are the views aligned then (``view_orders``)."""
     from tiltflow.io.imod import read_mod
 
-    alignment = ts.attrs.get("alignment") or {}
+    alignment = ts.alignment or {}
     fid, orders = alignment.get("fid"), alignment.get("view_orders")
     if not fid or orders is None:
         raise InputError(f"{pointer}: {ts.ts_id} has no fiducial model to re-solve; run align --method fiducial first")
@@ -403,4 +410,5 @@ register(Step(
     id="align", title="Tilt-series alignment", params=AlignParams,
     inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks)"),),
     outputs={"TiltSeries": "TiltSeries"}, run=run_align, scipion_class="ProtImodAutomaticAlign",
+    checks=check_align, methods=(IMOD_AUTOMATED, IMOD, ARETOMO),
     help="Align tilt series: fiducial (gold beads, bundle adjustment) or patch (projection matching)."))

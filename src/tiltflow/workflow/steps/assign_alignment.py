@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
+from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, StepParams, register
+from tiltflow.workflow.steps.citations import SCIPION_TOMO
 
-PER_VIEW = ("refined_tilt_angle_deg", "residual_px", "projection_matching_error")   # alignment's view attrs
+PER_VIEW = ("refined_tilt_angle_deg", "residual_px", "projection_matching_error")   # alignment's view fields
 
 
 class AssignAlignmentParams(StepParams):
@@ -51,16 +52,14 @@ def assign_series(ts: TiltSeries, a: TiltSeries, pointer: str) -> tuple[TiltSeri
         if abs(src.tilt_angle_deg - im.tilt_angle_deg) > 1.0:
             raise InputError(f"{pointer}: {where}: the alignment's view of that order is at "
                              f"{src.tilt_angle_deg:.1f}° — is --alignment from another tilt series?")
-        attrs = {k: v for k, v in im.attrs.items() if k not in PER_VIEW}
-        attrs.update({k: src.attrs[k] for k in PER_VIEW if k in src.attrs})
         xf = None if src.transform is None else rescale_xf_shifts(
             [src.transform], a.acquisition.pixel_size_a, ts.acquisition.pixel_size_a)[0].tolist()
         enabled = im.enabled and (xf is not None or not aligned)
         dropped += im.enabled and not enabled
-        images.append(TiltImage(**{**im.__dict__, "transform": xf, "enabled": enabled, "attrs": attrs}))
+        images.append(replace(im, transform=xf, enabled=enabled, attrs=dict(im.attrs),
+                              **{k: getattr(src, k) for k in PER_VIEW}))
     acq = replace(ts.acquisition, tilt_axis_deg=a.acquisition.tilt_axis_deg)
-    attrs = dict(ts.attrs, alignment=a.attrs.get("alignment"))
-    return TiltSeries(ts.ts_id, acq, images, ts.size, ts.enabled, attrs), dropped
+    return replace(ts, acquisition=acq, images=images, attrs=dict(ts.attrs), alignment=a.alignment), dropped
 
 
 def run_assign_alignment(ctx: StepContext) -> dict[str, TiltSeriesSet]:
@@ -78,11 +77,11 @@ def run_assign_alignment(ctx: StepContext) -> dict[str, TiltSeriesSet]:
             held = ", ".join(sorted(by_id)[:5]) + (" ..." if len(by_id) > 5 else "")
             raise InputError(f"{pointer}: no tilt series {ts.ts_id} (it holds {held or 'none'}) — give the "
                              "alignment of the same tilt series, or exclude it (subset --exclude)")
-        if not any(im.transform is not None for im in a.images) and not a.attrs.get("alignment"):
+        if not any(im.transform is not None for im in a.images) and not a.alignment:
             raise InputError(f"{pointer}: {ts.ts_id} carries no alignment — align it first (align --input ...)")
         new, dropped = assign_series(ts, a, pointer)
         items.append(new)
-        verdict = ((a.attrs.get("alignment") or {}).get("verdict") or {}).get("status")
+        verdict = ((a.alignment or {}).get("verdict") or {}).get("status")
         line = (f"{ts.ts_id}: alignment of {pointer} assigned to {sum(im.transform is not None for im in new.images)} "
                 f"views (axis {new.acquisition.tilt_axis_deg:.2f}°" + (f", verdict {verdict}" if verdict else "") + ")"
                 + (f"; {dropped} views excluded: the alignment left them out" if dropped else ""))
@@ -91,7 +90,7 @@ def run_assign_alignment(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     if not any(ts.enabled for ts in items):
         raise InputError(f"{ctx.input_pointers['input']}: every tilt series is excluded")
     attrs = dict(source.attrs, aligned=alignment.attrs.get("aligned"), alignment_from=pointer)
-    return {"TiltSeries": TiltSeriesSet("TiltSeries", items, attrs)}
+    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=attrs)}
 
 
 register(Step(
@@ -99,5 +98,5 @@ register(Step(
     inputs=(InputSpec("input", ("TiltSeries",), "Tilt series to receive the alignment"),
             InputSpec("alignment", ("TiltSeries",), "Tilt series carrying the alignment (align's output)")),
     outputs={"TiltSeries": "TiltSeries"}, run=run_assign_alignment,
-    scipion_class="ProtAssignTransformationMatrixTiltSeries",
+    scipion_class="ProtAssignTransformationMatrixTiltSeries", methods=(SCIPION_TOMO,),
     help="Give one set's alignment (transforms, refined angles and axis, verdict) to another set of the same series."))

@@ -4,7 +4,8 @@ user typed it (``--window``, not ``window_px``), the value and the fix.
 ``CheckedParams`` is the base of the steps' parameter models: a bad value (wrong type, out of
 bounds, NaN or infinite, a reversed range, a zero grid) fails pydantic validation, so before a run
 exists and before any work; ``cli_problems`` words each error with the option's CLI name (workflow
-files keep their own keys). Checks that need the input (image size, frames) are in ``checks_data``.
+files keep their own keys). Checks that need the input (image size, frames) are in ``checks_data``;
+a step declares them (``Step.checks``) and ``Step.validate`` runs both.
 """
 
 from __future__ import annotations
@@ -14,14 +15,7 @@ from typing import Any, Callable
 from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.steps.base import StepParams
-
-
-def cli_flag(model: type[StepParams], name: str) -> str:
-    """The option a field is typed as (``window_px`` -> ``--window``)."""
-    info = model.model_fields.get(name)
-    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
-    return extra.get("cli") or "--" + name.replace("_", "-")
+from tiltflow.workflow.steps.base import StepParams, cli_flag
 
 
 def show(value: Any) -> str:
@@ -151,9 +145,9 @@ def cli_problems(model: type[StepParams], err: ValidationError, data: Any) -> li
     return [_message(model, e, data) for e in err.errors()]
 
 
-def validate_cli(model: type[StepParams], values: dict[str, Any]) -> None:
+def validate_cli(model: type[StepParams], values: dict[str, Any]) -> StepParams:
     """Validate options given on the command line; InputError with their CLI names."""
     try:
-        model.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as err:
         raise InputError(cli_problems(model, err, values)) from None

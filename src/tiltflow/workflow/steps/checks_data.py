@@ -1,6 +1,7 @@
 """Parameter checks that need the input set (image size, pixel size, frames, voltage): one line,
-once, naming the option the user typed and the series, raised as InputError by a step before its
-first item. Each ``check_<step>`` runs every check of one step."""
+once, naming the option the user typed and the series, raised as InputError before a run exists.
+Each ``check_<step>`` runs every check of one step; the step declares it (``Step.checks``) and
+``Step.validate`` runs it."""
 
 from __future__ import annotations
 
@@ -67,8 +68,7 @@ def check_references(source: TiltSeriesSet) -> None:
     """The gain / dark files recorded at import still exist and are usable."""
     from tiltflow.io.gain import GainError, check_gain_values, read_gain
 
-    for key, option in (("gain_file", "--gain"), ("dark_file", "--dark")):
-        path = source.attrs.get(key)
+    for path, option in ((source.gain_file, "--gain"), (source.dark_file, "--dark")):
         if not path:
             continue
         try:
@@ -145,6 +145,11 @@ def check_reconstruct(p, source: TiltSeriesSet) -> None:
                              f"±{half_field_nm:.0f}")
 
 
+def check_normalize(p, source: TiltSeriesSet) -> None:
+    """Binned views keep 16 px at least."""
+    check_binning(p.binning, source)
+
+
 def check_xray_erase(p, source: TiltSeriesSet) -> None:
     """X-ray search needs images of at least 16 px."""
     for ts in _series(source):
@@ -153,12 +158,10 @@ def check_xray_erase(p, source: TiltSeriesSet) -> None:
                              f"{MIN_BINNED_PX} x {MIN_BINNED_PX} px at least")
 
 
-CHECKS = {"motion-ctf": check_motion_ctf, "ctf": check_ctf, "align": check_align, "reconstruct": check_reconstruct,
-          "xray-erase": check_xray_erase}
+def check_inputs(step_id: str, params, inputs: dict) -> list[str]:
+    """Every check of ``step_id`` (:meth:`Step.validate`) against its loaded ``input`` set, for the
+    runner and ``watch``: before a run exists. Returns the step's notes (parameters set for a mode
+    that is not active)."""
+    from tiltflow.workflow.steps.base import get_step
 
-
-def check_inputs(step_id: str, params, inputs: dict) -> None:
-    """The checks of ``step_id`` against its loaded ``input`` set (for the runner: before a run exists)."""
-    check = CHECKS.get(step_id)
-    if check is not None and inputs.get("input") is not None:
-        check(params, inputs["input"])
+    return get_step(step_id).validate(params, inputs)

@@ -21,18 +21,20 @@ class AcquisitionParams(CheckedParams):
     Bounds are the plausible ranges of the same mdoc values (``io.mdoc_ranges``)."""
 
     voltage_kv: float | None = param(None, "Acceleration voltage, kV (empty: from the mdoc).", cli="--voltage",
-                                     ge=_KV[0], le=_KV[1])
-    cs_mm: float = param(2.7, "Spherical aberration, mm.", cli="--cs", ge=0, le=20)
-    amplitude_contrast: float = param(0.1, "Amplitude contrast (0-1).", cli="--amp-contrast", ge=0, lt=1)
-    magnification: float | None = param(None, "Nominal magnification (empty: from the mdoc).", cli="--magnification", gt=0)
+                                     ge=_KV[0], le=_KV[1], group="acquisition")
+    cs_mm: float = param(2.7, "Spherical aberration, mm.", cli="--cs", group="acquisition", ge=0, le=20)
+    amplitude_contrast: float = param(0.1, "Amplitude contrast (0-1).", cli="--amp-contrast", ge=0, lt=1,
+                                      group="acquisition")
+    magnification: float | None = param(None, "Nominal magnification (empty: from the mdoc).", cli="--magnification",
+                                        gt=0, group="acquisition")
     pixel_size_a: float | None = param(None, "Pixel size, Å/px (empty: from the mdoc or the stack header).",
-                                       cli="--pixel-size", ge=_PIX[0], le=_PIX[1])
+                                       cli="--pixel-size", group="acquisition", ge=_PIX[0], le=_PIX[1])
     tilt_axis_deg: float | None = param(None, "Tilt-axis angle, degrees from +y CCW (empty: from the mdoc).",
-                                        cli="--tilt-axis", ge=-360, le=360)
+                                        cli="--tilt-axis", group="acquisition", ge=-360, le=360)
     dose_per_tilt_e_a2: float | None = param(None, "Dose per tilt image, e/Å² (empty: from the mdoc).", cli="--dose",
-                                             gt=0, le=_DOSE[1])
+                                             gt=0, le=_DOSE[1], group="acquisition")
     initial_dose_e_a2: float = param(0.0, "Dose received before the first tilt, e/Å².", cli="--initial-dose",
-                                     ge=0, le=1e4)
+                                     ge=0, le=1e4, group="acquisition")
 
 
 def find_files(files_dir: Path, pattern: str, exclusion_words: Iterable[str] = ()) -> list[Path]:

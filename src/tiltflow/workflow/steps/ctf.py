@@ -9,6 +9,7 @@ from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, register
 from tiltflow.workflow.steps.checks_data import check_ctf
+from tiltflow.workflow.steps.citations import CTFFIND4, WARP
 from tiltflow.workflow.steps.ctf_common import (
     CtfOptions,
     ctf_params,
@@ -78,8 +79,7 @@ def run_ctf(ctx: StepContext):
             smooth_grids_in_time(per_tilt, p.defocus_grid[2])
         s = ctf_series_from_results(ts, per_tilt, params)
         note_ctf_verdict(ctx, s)
-        s.attrs.update(write_series_ctf_files(s, params, ctx.run_dir))
-        series.append(s)
+        series.append(write_series_ctf_files(s, params, ctx.run_dir))
     return {"CTFTomoSeries": ctf_set(series)}
 
 
@@ -87,4 +87,5 @@ register(Step(
     id="ctf", title="CTF estimation (tilt series)", params=CtfStepParams,
     inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks)"),),
     outputs={"CTFTomoSeries": "CTFTomoSeries"}, run=run_ctf, scipion_class="ProtTsCtffind",
+    checks=check_ctf, methods=(CTFFIND4, WARP),
     help="Per-tilt CTF estimation on any tilt-series set (tilt-aware periodograms, astigmatism, optional phase)."))

@@ -4,6 +4,7 @@ its viewer files, and the per-series CTFFIND4 / IMOD ``.defocus`` files."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,21 @@ from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltSer
 from tiltflow.workflow.steps.base import param
 from tiltflow.workflow.steps.checks import CheckedParams
 
+_CTF_ON = ("estimate_ctf", True)
+
 
 class CtfOptions(CheckedParams):
-    window_px: int = param(512, "CTF: periodogram window, px.", cli="--window", ge=64)
-    ctf_range_a: tuple[float, float] = param((30.0, 8.0), "CTF: fit resolution range (low, high), Å.", cli="--ctf-range")
-    defocus_range_um: tuple[float, float] = param((0.5, 8.0), "CTF: defocus search range (min, max), µm.", cli="--defocus-range")
+    # (the condition applies where the model has ``estimate_ctf``, i.e. motion-ctf; ``ctf`` always estimates)
+    window_px: int = param(512, "Periodogram window, px.", cli="--window", ge=64, group="ctf", condition=_CTF_ON)
+    ctf_range_a: tuple[float, float] = param((30.0, 8.0), "Fit resolution range (low, high), Å.", cli="--ctf-range",
+                                             group="ctf", condition=_CTF_ON)
+    defocus_range_um: tuple[float, float] = param((0.5, 8.0), "Defocus search range (min, max), µm.",
+                                                  cli="--defocus-range", group="ctf", condition=_CTF_ON)
     defocus_grid: tuple[int, int, int] | None = param(
-        None, "CTF: defocus model grid: x, y cells over each tilt and t nodes along the acquisition order"
+        None, "Defocus model grid: x, y cells over each tilt and t nodes along the acquisition order"
         " (a smooth temporal model), e.g. 2 2 8; empty: none.",
-        cli="--defocus-grid")
-    fit_phase: bool = param(False, "CTF: fit a phase shift (phase plate).", cli="--fit-phase")
+        cli="--defocus-grid", group="ctf", condition=_CTF_ON)
+    fit_phase: bool = param(False, "Fit a phase shift (phase plate).", cli="--fit-phase", group="ctf", condition=_CTF_ON)
 
 
 def ctf_params(o: CtfOptions, *, pixel_size_a: float, voltage_kv: float, cs_mm: float, amplitude_contrast: float):
@@ -115,21 +121,22 @@ def ctf_series_from_results(ts: TiltSeries, results: dict[int, dict], params) ->
         r = results.get(im.acquisition_order)
         if r is None:
             continue
-        attrs = {k: r[k] for k in ("spectrum_file", "radial_profile", "defocus_grid_a", "series_refit",
-                                   "ring_strength") if k in r}
+        attrs = {k: r[k] for k in ("radial_profile", "defocus_grid_a", "series_refit") if k in r}
         items.append(CtfTomo(acquisition_order=im.acquisition_order, tilt_angle_deg=im.tilt_angle_deg,
                              defocus_u_a=r["defocus_u_a"], defocus_v_a=r["defocus_v_a"],
                              astigmatism_angle_deg=r["astigmatism_angle_deg"], phase_shift_rad=r["phase_shift_rad"],
-                             fit_resolution_a=r["fit_resolution_a"], score=r["score"], enabled=im.enabled, attrs=attrs))
+                             fit_resolution_a=r["fit_resolution_a"], score=r["score"], enabled=im.enabled, attrs=attrs,
+                             spectrum_file=r.get("spectrum_file"), ring_strength=r.get("ring_strength")))
     attrs = {"pixel_size_a": params.pixel_size_a, "voltage_kv": params.voltage_kv, "cs_mm": params.cs_mm,
              "amplitude_contrast": params.amplitude_contrast, "spectrum_pixel_size_a": params.pixel_size_a}
-    strengths = [c.attrs.get("ring_strength") for c in items]
+    strengths = [c.ring_strength for c in items]
+    verdict = None
     if any(v is not None for v in strengths):   # the series pass ran: is the CTF supported by the spectra?
         from tiltflow.core.ctf_verdict import ctf_series_verdict
 
-        attrs["ctf_verdict"] = ctf_series_verdict([math.nan if v is None else v for v in strengths],
-                                                  [c.tilt_angle_deg for c in items]).to_dict()
-    return CtfTomoSeries(ts.ts_id, items, ts.enabled, attrs)
+        verdict = ctf_series_verdict([math.nan if v is None else v for v in strengths],
+                                     [c.tilt_angle_deg for c in items]).to_dict()
+    return CtfTomoSeries(ts.ts_id, items, ts.enabled, attrs, verdict=verdict)
 
 
 def note_ctf_verdict(ctx, series: CtfTomoSeries) -> None:
@@ -144,8 +151,9 @@ def note_ctf_verdict(ctx, series: CtfTomoSeries) -> None:
         ctx.options.setdefault("warnings", []).append(f"{series.ts_id}: CTF {verdict_text(verdict)}")
 
 
-def write_series_ctf_files(series: CtfTomoSeries, params, out_dir: Path) -> dict[str, str]:
-    """CTFFIND4 text (tilt-angle order) and an IMOD version-3 ``.defocus`` for one series."""
+def write_series_ctf_files(series: CtfTomoSeries, params, out_dir: Path) -> CtfTomoSeries:
+    """CTFFIND4 text (tilt-angle order) and an IMOD version-3 ``.defocus`` for one series: the series
+    naming them."""
     from tiltflow.io.ctffind import CtffindFile, CtffindRow, write_ctffind
     from tiltflow.io.imod_defocus import defocus_file_from_ctf, write_defocus
 
@@ -167,7 +175,7 @@ def write_series_ctf_files(series: CtfTomoSeries, params, out_dir: Path) -> dict
                                                  [c.defocus_v_a for c in series.items],
                                                  [c.astigmatism_angle_deg for c in series.items],
                                                  [c.phase_shift_rad for c in series.items]))
-    return {"ctffind": str(ctffind), "defocus": str(defocus)}
+    return replace(series, ctffind_file=str(ctffind), defocus_file=str(defocus))
 
 
 def ctf_set(series: list[CtfTomoSeries]) -> CtfSeriesSet:

@@ -8,6 +8,7 @@ records ``dose_filtered`` so that ``reconstruct --dose-weight`` warns about weig
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams
+from tiltflow.workflow.steps.citations import EXPOSURE_FILTER, IMOD
 from tiltflow.workflow.steps.views import require_stacks
 
 KNOWN_KV = (200.0, 300.0)   # the voltages the critical exposure was measured between (core.motion_sum)
@@ -122,18 +124,18 @@ def run_dose_filter(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                                "odd_file": files.get("odd_file"), "even_file": files.get("even_file"),
                                "attrs": dict(im.attrs, dose_filter_exposure_e_a2=e)})
                   for pos, (im, e) in enumerate(zip(ts.images, exposures[ts.ts_id]))]
-        items.append(TiltSeries(ts.ts_id, ts.acquisition, images, ts.size, ts.enabled,
-                                dict(ts.attrs, dose_filtered=p.mode)))
+        items.append(replace(ts, images=images, attrs=dict(ts.attrs, dose_filtered=p.mode)))
         e = exposures[ts.ts_id]
         ctx.log.info("%s: %d views filtered at %.1f-%.1f e/Å² (%s, %g kV)%s", ts.ts_id, len(e), min(e), max(e),
                      p.mode, found[ts.ts_id][1], ", odd/even too" if "odd_file" in files else "")
     attrs = dict(source.attrs, dose_filtered=p.mode)
-    attrs["odd_even"] = all(im.odd_file and im.even_file for ts in items for im in ts.images)
-    return {"TiltSeries": TiltSeriesSet("TiltSeries", items, attrs)}
+    odd_even = all(im.odd_file and im.even_file for ts in items for im in ts.images)
+    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=attrs, odd_even=odd_even)}
 
 
 register(Step(
     id="dose-filter", title="Dose filter", params=DoseFilterParams,
     inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks) to filter"),),
     outputs={"TiltSeries": "TiltSeries"}, run=run_dose_filter, scipion_class="ProtImodDoseFilter",
+    methods=(EXPOSURE_FILTER, IMOD),
     help="Filter each view by its accumulated exposure (Grant & Grigorieff's exposure filter, IMOD mtffilter)."))

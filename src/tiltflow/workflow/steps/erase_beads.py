@@ -12,6 +12,7 @@ out; odd/even half-sum stacks erased at the same places. Per series the erased p
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from tiltflow.workflow.errors import InputError, ProjectError
@@ -19,6 +20,7 @@ from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams
+from tiltflow.workflow.steps.citations import CCDERASER, IMOD
 from tiltflow.workflow.steps.views import require_stacks
 
 
@@ -34,7 +36,7 @@ class EraseBeadsParams(CheckedParams):
 def _diameter_from_alignment(ts: TiltSeries, ctx: StepContext) -> float | None:
     """The bead diameter (nm) of the alignment that made this series' bead model: recorded with the
     alignment, else the parameters of the align run whose folder holds its ``.fid``."""
-    alignment = ts.attrs.get("alignment") or {}
+    alignment = ts.alignment or {}
     if alignment.get("bead_diameter_nm"):
         return float(alignment["bead_diameter_nm"])
     fid = alignment.get("fid") or alignment.get("fid_xyz")
@@ -57,7 +59,7 @@ def _model_positions(ts: TiltSeries, pointer: str) -> list[list[list[float]]]:
     from tiltflow.core.bead_erase import beads_in_views
     from tiltflow.io.imod import read_fid_xyz
 
-    alignment = ts.attrs.get("alignment") or {}
+    alignment = ts.alignment or {}
     path = alignment.get("fid_xyz")
     if not path:
         status = (alignment.get("verdict") or {}).get("status")
@@ -75,7 +77,7 @@ def _model_positions(ts: TiltSeries, pointer: str) -> list[list[list[float]]]:
     out: list[list[list[float]]] = [[] for _ in ts.images]
     if not views or not xyz.shape[0]:
         return out
-    angles = [ts.images[i].attrs.get("refined_tilt_angle_deg", ts.images[i].tilt_angle_deg) for i in views]
+    angles = [ts.images[i].best_tilt_angle_deg for i in views]
     xf = torch.tensor([ts.images[i].transform for i in views], dtype=torch.float64)
     raw = beads_in_views(xyz, angles, xf, (ts.size[1], ts.size[0]))
     for j, i in enumerate(views):
@@ -170,22 +172,22 @@ def run_erase_beads(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                   for pos, im in enumerate(ts.images)]
         diameter, radius = plans[ts.ts_id]
         untouched = sum(1 for n in r["beads"] if n == 0)
-        items.append(TiltSeries(ts.ts_id, ts.acquisition, images, ts.size, ts.enabled,
-                                dict(ts.attrs, beads_erased={"source": "detected" if p.detect else "alignment",
-                                                             "bead_diameter_nm": diameter, "radius_px": radius,
-                                                             "positions_file": r["positions"]})))
+        items.append(replace(ts, images=images, attrs=dict(
+            ts.attrs, beads_erased={"source": "detected" if p.detect else "alignment", "bead_diameter_nm": diameter,
+                                    "radius_px": radius, "positions_file": r["positions"]})))
         line = (f"{ts.ts_id}: {sum(r['beads'])} bead discs of {radius:.1f} px erased over {len(ts.images)} views "
                 f"({'detected' if p.detect else 'bead model of the alignment'}, {diameter:g} nm beads)"
                 + (f"; {untouched} views without beads" if untouched else ""))
         ctx.log.info(line)
         ctx.options.setdefault("notes", []).append(line)
     attrs = dict(source.attrs, beads_erased="detected" if p.detect else "alignment")
-    attrs["odd_even"] = all(im.odd_file and im.even_file for ts in items for im in ts.images)
-    return {"TiltSeries": TiltSeriesSet("TiltSeries", items, attrs)}
+    odd_even = all(im.odd_file and im.even_file for ts in items for im in ts.images)
+    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=attrs, odd_even=odd_even)}
 
 
 register(Step(
     id="erase-beads", title="Gold bead eraser", params=EraseBeadsParams,
     inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks), aligned with beads unless --detect"),),
     outputs={"TiltSeries": "TiltSeries"}, run=run_erase_beads, scipion_class="ProtFidderDetectAndEraseFiducials",
+    methods=(CCDERASER, IMOD),
     help="Replace gold beads by local noise: the alignment's bead model projected to each view, or detected beads."))

@@ -16,15 +16,17 @@ series in tilt-angle order (as IMOD and AreTomo see our stacks) or only the enab
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from pydantic import field_validator
 
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
+from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams
+from tiltflow.workflow.steps.citations import ARETOMO, IMOD
 from tiltflow.workflow.steps.common import find_files, report_bad_series, ts_id_from_pattern
 
 ORDER_TOLERANCE_DEG = 5.0  # file angles further than this from the set's (after a common offset): wrong order
@@ -148,11 +150,11 @@ def _apply(ts: TiltSeries, r: dict, ctx: StepContext) -> TiltSeries:
     pos = {v: k for k, v in enumerate(r["views"])}
     images = []
     for i, im in enumerate(ts.images):
-        new = TiltImage(**{**im.__dict__, "attrs": dict(im.attrs)})
+        new = replace(im, attrs=dict(im.attrs))
         k = pos.get(i)
         new.transform = None if k is None else [float(v) for v in r["xf"][k].tolist()]
         if k is not None and r["angles"] is not None:
-            new.attrs["refined_tilt_angle_deg"] = float(r["angles"][k])
+            new.refined_tilt_angle_deg = float(r["angles"][k])
         new.enabled = im.enabled and k is not None and bool(r["enabled"][k])
         images.append(new)
     aligned = [im for im in images if im.enabled]
@@ -164,8 +166,7 @@ def _apply(ts: TiltSeries, r: dict, ctx: StepContext) -> TiltSeries:
     acq = ts.acquisition.__class__(**{**ts.acquisition.__dict__, "tilt_axis_deg": axis})
     out = Path(ctx.run_dir)
     write_xf(out / f"{ts.ts_id}.xf", torch.tensor([im.transform or [1.0, 0, 0, 1.0, 0, 0] for im in images]))
-    write_tlt(out / f"{ts.ts_id}.tlt", torch.tensor([im.attrs.get("refined_tilt_angle_deg", im.tilt_angle_deg)
-                                                     for im in images]), fmt="{:10.4f}")
+    write_tlt(out / f"{ts.ts_id}.tlt", torch.tensor([im.best_tilt_angle_deg for im in images]), fmt="{:10.4f}")
     alignment = {"method": "import", "format": r["format"], "source": r["files"], "xf": str(out / f"{ts.ts_id}.xf"),
                  "tlt": str(out / f"{ts.ts_id}.tlt")}
     excluded = sum(1 for a, b in zip(ts.images, images) if a.enabled and not b.enabled)
@@ -174,7 +175,7 @@ def _apply(ts: TiltSeries, r: dict, ctx: StepContext) -> TiltSeries:
             f"{'' if r['angles'] is not None else ', tilt angles kept (no .tlt)'}")
     ctx.log.info(line)
     ctx.options.setdefault("notes", []).append(line)
-    return TiltSeries(ts.ts_id, acq, images, ts.size, ts.enabled, dict(ts.attrs, alignment=alignment))
+    return replace(ts, acquisition=acq, images=images, attrs=dict(ts.attrs), alignment=alignment)
 
 
 def run_import_alignment(ctx: StepContext) -> dict[str, TiltSeriesSet]:
@@ -208,12 +209,12 @@ def run_import_alignment(ctx: StepContext) -> dict[str, TiltSeriesSet]:
             items.append(_apply(ts, results[ts.ts_id], ctx))
         elif not ts.enabled:
             items.append(ts)
-    return {"TiltSeries": TiltSeriesSet("TiltSeries", items, dict(source.attrs, aligned="import"))}
+    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=dict(source.attrs, aligned="import"))}
 
 
 register(Step(
     id="import-alignment", title="Import alignment", params=ImportAlignmentParams,
     inputs=(InputSpec("input", ("TiltSeries",), "Tilt series the alignments were made for"),),
     outputs={"TiltSeries": "TiltSeries"}, run=run_import_alignment,
-    scipion_class="ProtImodImportTransformationMatrix",
+    scipion_class="ProtImodImportTransformationMatrix", methods=(IMOD, ARETOMO),
     help="Put alignments made elsewhere (IMOD .xf + .tlt, AreTomo .aln) on a tilt-series set."))

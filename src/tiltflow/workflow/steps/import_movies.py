@@ -16,6 +16,7 @@ from tiltflow.io.movies import MovieError, MovieHeader, read_movie_header
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import Step, StepContext, param, register
+from tiltflow.workflow.steps.citations import SCIPION_TOMO, SERIALEM
 from tiltflow.workflow.steps.common import AcquisitionParams, find_files, override, report_bad_series
 
 
@@ -24,8 +25,8 @@ class ImportMoviesParams(AcquisitionParams):
     pattern: str = param("*.mdoc", "Glob pattern of the mdoc files inside --files.", cli="--pattern")
     tomo5: bool = param(False, "The mdocs were written by Thermo Tomo5 (tilt axis = -TiltAxisAngle - 90).", cli="--tomo5")
     exclusion_words: list[str] = param([], "Skip mdoc files whose name contains any of these words.", cli="--exclude-words")
-    gain: str | None = param(None, "Gain reference (.gain, .tif, .mrc).", cli="--gain")
-    dark: str | None = param(None, "Dark reference (.tif, .mrc).", cli="--dark")
+    gain: str | None = param(None, "Gain reference (.gain, .tif, .mrc).", cli="--gain", group="references")
+    dark: str | None = param(None, "Dark reference (.tif, .mrc).", cli="--dark", group="references")
 
     @field_validator("files", "gain", "dark")
     @classmethod
@@ -41,8 +42,9 @@ def _read_series(paths: list[Path], p: ImportMoviesParams, movie_dirs: list[Path
     return read_tilt_series_mdoc(paths[0], **kwargs)
 
 
-def _check_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict[Path, MovieHeader | str]) -> list[str]:
-    """Every problem of one series, one line each."""
+def check_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict[Path, MovieHeader | str]) -> list[str]:
+    """Every problem of one series, one line each (``headers``: movie path -> header, or the line saying
+    why it cannot be read). The watch mode checks each snapshot of a series being collected with it."""
     where = ms.paths[0] if len(ms.paths) == 1 else f"{ms.paths[0].parent} ({ms.ts_id}, {len(ms.paths)} mdocs)"
     problems = []
     if override(p.voltage_kv, ms.voltage_kv) is None:
@@ -56,6 +58,10 @@ def _check_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict[Path,
     sizes: Counter = Counter()
     frames: Counter = Counter()
     for t in ms.tilts:
+        if t.movie_path is None and not t.movie_name:
+            problems.append(f"{t.source}:{t.line} [{t.section}]: no SubFramePath (the movie's file name) — add it, "
+                            "or import stacks with import-tilt-series")
+            continue
         if t.movie_path is None:
             problems.append(f"{t.source}:{t.line} [{t.section}]: movie '{t.movie_name}' not found next to the mdoc"
                             " or in --files — copy it there or fix SubFramePath")
@@ -83,14 +89,17 @@ def _check_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict[Path,
     return problems
 
 
-def _header_or_error(path: Path) -> MovieHeader | str:
+def header_or_error(path: Path) -> MovieHeader | str:
+    """The movie's header, or the line saying why it cannot be read (for :func:`check_series`)."""
     try:
         return read_movie_header(path)
     except MovieError as err:
         return str(err)
 
 
-def _build_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict) -> TiltSeries:
+def build_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict) -> TiltSeries:
+    """The imported tilt series of ``ms`` (checked by :func:`check_series`): tilts sorted by angle,
+    optics from ``p`` where given, else from the mdoc. The watch mode builds its snapshots with it."""
     acq = Acquisition(
         voltage_kv=float(override(p.voltage_kv, ms.voltage_kv)),
         cs_mm=p.cs_mm, amplitude_contrast=p.amplitude_contrast,
@@ -131,9 +140,10 @@ def _read_references(p: ImportMoviesParams) -> dict[str, tuple[str, tuple[int, i
     return refs
 
 
-def _reference_attrs(refs: dict, size: tuple[int, int] | None) -> dict:
-    """The set's gain/dark attributes; a reference that fits the movies in no orientation is refused."""
-    attrs: dict = {}
+def _reference_fields(refs: dict, size: tuple[int, int] | None) -> dict:
+    """The set's gain/dark fields (with ``attrs['gain_fits']``) as keyword arguments; a reference that
+    fits the movies in no orientation is refused."""
+    fields: dict = {"attrs": {}}
     for option, (path, shape) in refs.items():
         fits = gain_orientations_for(shape, size) if size is not None else []
         what = "gain" if option == "--gain" else "dark reference"
@@ -141,10 +151,11 @@ def _reference_attrs(refs: dict, size: tuple[int, int] | None) -> dict:
             raise InputError(f"{path}: {what} is {shape[1]} x {shape[0]} px, the movies are {size[0]} x {size[1]}"
                              f" — no orientation fits; pass the {what} of this camera/mode to {option}")
         if option == "--gain":
-            attrs.update(gain_file=path, **({"gain_fits": fits} if fits else {}))
+            fields["gain_file"] = path
+            fields["attrs"].update({"gain_fits": fits} if fits else {})
         else:
-            attrs["dark_file"] = path
-    return attrs
+            fields["dark_file"] = path
+    return fields
 
 
 def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
@@ -163,9 +174,9 @@ def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
             problems[ts_id] = [str(err)]
     movie_paths = sorted({t.movie_path for ms in series for t in ms.tilts if t.movie_path})
     with ThreadPoolExecutor(max_workers=8) as pool:
-        headers = dict(zip(movie_paths, pool.map(_header_or_error, movie_paths)))
+        headers = dict(zip(movie_paths, pool.map(header_or_error, movie_paths)))
     for ms in series:
-        found = _check_series(ms, p, headers)
+        found = check_series(ms, p, headers)
         if found:
             problems[ms.ts_id] = found
     good = [ms for ms in series if ms.ts_id not in problems]
@@ -175,14 +186,14 @@ def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
         raise InputError(f"{files_dir}: mixed pixel sizes in one import ({detail} Å/px) — import them separately"
                          " with different --pattern, or give --pixel-size")
     size = next((headers[ms.tilts[0].movie_path].size for ms in good), None)
-    gain_attrs = _reference_attrs(refs, size)
+    references = _reference_fields(refs, size)
     report_bad_series(ctx, problems, total=len(groups))
-    items = [_build_series(ms, p, headers) for ms in sorted(good, key=lambda s: s.ts_id)]
+    items = [build_series(ms, p, headers) for ms in sorted(good, key=lambda s: s.ts_id)]
     for ms in good:
         for w in ms.warnings:
             ctx.log.warning("%s: %s", ms.ts_id, w)
             ctx.options.setdefault("warnings", []).append(f"{ms.ts_id}: {w}")
-    result = TiltSeriesSet(kind="TiltSeriesM", items=items, attrs=gain_attrs)
+    result = TiltSeriesSet(kind="TiltSeriesM", items=items, **references)
     ctx.log.info("imported %s", result.summary())
     return {"TiltSeriesM": result}
 
@@ -190,4 +201,5 @@ def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
 register(Step(
     id="import-movies", title="Import tilt-series movies", params=ImportMoviesParams, inputs=(),
     outputs={"TiltSeriesM": "TiltSeriesM"}, run=run_import_movies, scipion_class="ProtImportTsMovies",
+    methods=(SERIALEM, SCIPION_TOMO),
     help="Import tilt-series movies from a folder of .mdoc files (SerialEM or Tomo5) and their movies."))

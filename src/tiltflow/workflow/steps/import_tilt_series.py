@@ -17,6 +17,7 @@ from tiltflow.io.mrc import StackError, extended_header_tilt_angles, read_stack_
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import Step, StepContext, param, register
+from tiltflow.workflow.steps.citations import IMOD, SCIPION_TOMO, SERIALEM
 from tiltflow.workflow.steps.common import (
     AcquisitionParams,
     find_files, override, report_bad_series, safe_ts_id, ts_id_from_pattern,
@@ -45,7 +46,7 @@ def _angles_from_tlt(stack: Path) -> tuple[list[float], Path] | None:
         for cand in (stack.with_suffix(suffix), stack.parent / (stack.name + suffix)):
             if cand.is_file():
                 values = []
-                for i, line in enumerate(cand.read_text().splitlines(), 1):
+                for i, line in enumerate(cand.read_text(errors="replace").splitlines(), 1):
                     if not line.strip():
                         continue
                     try:
@@ -73,7 +74,7 @@ def _order_list(stack: Path, angles: list[float]) -> list[int] | None:
     if not cand.is_file():
         return None
     rows = []
-    for i, line in enumerate(cand.read_text().splitlines(), 1):
+    for i, line in enumerate(cand.read_text(errors="replace").splitlines(), 1):
         parts = line.replace(",", " ").split()
         if not parts:
             continue
@@ -203,4 +204,5 @@ def run_import_tilt_series(ctx: StepContext) -> dict[str, TiltSeriesSet]:
 register(Step(
     id="import-tilt-series", title="Import tilt series", params=ImportTiltSeriesParams, inputs=(),
     outputs={"TiltSeries": "TiltSeries"}, run=run_import_tilt_series, scipion_class="ProtImportTs",
+    methods=(SERIALEM, IMOD, SCIPION_TOMO),
     help="Import stacks made elsewhere (.mrc/.st/.mrcs/.ali) with angles from an mdoc, .rawtlt/.tlt or the header."))

@@ -10,12 +10,15 @@ run fails and nothing is registered."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from tiltflow.workflow.executor import ItemFailures, failure_line, run_items, summarized
-from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
+from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
+from tiltflow.workflow.steps.checks_data import check_motion_ctf
+from tiltflow.workflow.steps.citations import CTFFIND4, EXPOSURE_FILTER, WARP
 from tiltflow.workflow.steps.common import check_window_fits
 from tiltflow.workflow.steps.ctf_common import (
     CtfOptions,
@@ -32,14 +35,19 @@ from tiltflow.workflow.steps.ctf_series_pass import refine_series_results, stack
 
 class MotionCtfParams(CtfOptions):
     binning: int = param(1, "Bin the output by this factor (Fourier cropping).", cli="--binning", ge=1)
-    fit_range_a: tuple[float, float] = param((500.0, 10.0), "Motion: fit resolution range (low, high), Å.", cli="--fit-range")
-    bfactor_a2: float = param(-500.0, "Motion: B-factor weighting of the fit, Å².", cli="--bfactor")
+    fit_range_a: tuple[float, float] = param((500.0, 10.0), "Fit resolution range (low, high), Å.", cli="--fit-range",
+                                             group="motion")
+    bfactor_a2: float = param(-500.0, "B-factor weighting of the fit, Å².", cli="--bfactor", group="motion",
+                              expert=True)
     motion_grid: tuple[int, int, int] | None = param(
-        None, "Motion model grid (x, y, frames); empty: automatic; 1 1 1: global only.", cli="--motion-grid")
+        None, "Motion model grid (x, y, frames); empty: automatic; 1 1 1: global only.", cli="--motion-grid",
+        group="motion")
     even_odd: bool = param(True, "Write even/odd half-sum stacks.", cli="--even-odd")
-    gain_transpose: Literal["none", "transpose"] = param("none", "Transpose the gain before use.", cli="--gain-transpose")
-    gain_flip: Literal["none", "x", "y"] = param("none", "Flip the gain (before transposing, as Warp).", cli="--gain-flip")
-    eer_groups: int = param(16, "EER: fractions summed into this many frames.", cli="--eer-groups", ge=1)
+    gain_transpose: Literal["none", "transpose"] = param("none", "Transpose the gain before use.", cli="--gain-transpose",
+                                                         group="gain")
+    gain_flip: Literal["none", "x", "y"] = param("none", "Flip the gain (before transposing, as Warp).", cli="--gain-flip",
+                                                 group="gain")
+    eer_groups: int = param(16, "EER: fractions summed into this many frames.", cli="--eer-groups", ge=1, group="motion")
     frame_xray_sd: float = param(
         7.0, "X-rays: replace frame pixels this many noise SD above their local expectation (and their"
         " neighbours above 3 SD) before the frames are shifted; 0: off.", cli="--frame-xray-sd", ge=0)
@@ -47,7 +55,8 @@ class MotionCtfParams(CtfOptions):
     estimate_ctf: bool = param(True, "Estimate the CTF of each tilt.", cli="--estimate-ctf")
     use_movie_average: bool = param(False, "CTF from the aligned sum's spectrum instead of the mean spectrum of the"
                                     " aligned frame groups (even/odd half sums).",
-                                    cli="--use-movie-average")
+                                    cli="--use-movie-average", condition=("estimate_ctf", True), group="ctf",
+                                    expert=True)
 
 
 class _MovieSession:
@@ -209,6 +218,15 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     return result
 
 
+def movie_task_args(ts: TiltSeries, im, gain: str | None, dark: str | None, params: dict, out_dir: str, name: str,
+                    device: str, session: str | None = None) -> tuple:
+    """The positional arguments of :func:`motion_movie_task` for tilt ``im`` of series ``ts`` (``params``:
+    the step's ``model_dump()``); the step's runs and the watch mode's per-tilt tasks both build them here."""
+    a = ts.acquisition
+    return (im.file, gain, dark, params, a.pixel_size_a, a.voltage_kv, a.cs_mm, a.amplitude_contrast,
+            im.tilt_angle_deg, a.tilt_axis_deg, im.dose_prior_e_a2, im.dose_e_a2, out_dir, name, device, session)
+
+
 def _write_sum(path: Path, image) -> str:
     """Write one per-movie sum (h, w) float32 as .npy, atomically; returns the path."""
     import numpy as np
@@ -246,21 +264,18 @@ def _assemble_series(ts: TiltSeries, results: dict, run_dir: Path, binning: int,
     images = []
     for i, im in enumerate(kept):
         r = results[im.file]
-        attrs = dict(im.attrs, movie=im.file, total_motion_px=r["total_motion_px"],
-                     frame_xray_px=r.get("frame_xray_px", 0))
+        attrs = dict(im.attrs, frame_xray_px=r.get("frame_xray_px", 0))
         if r.get("motion_note"):
             attrs["motion_note"] = r["motion_note"]
-        if "ctf" in r:
-            attrs.update(defocus_u_a=r["ctf"]["defocus_u_a"], defocus_v_a=r["ctf"]["defocus_v_a"])
-        images.append(TiltImage(tilt_angle_deg=im.tilt_angle_deg, acquisition_order=im.acquisition_order,
-                                dose_prior_e_a2=im.dose_prior_e_a2, dose_e_a2=im.dose_e_a2,
-                                dose_accumulated_e_a2=im.dose_accumulated_e_a2, file=stacks["sum"], index=i,
-                                frames=None, enabled=im.enabled, odd_file=stacks.get("odd"),
-                                even_file=stacks.get("even"), attrs=attrs))
+        ctf = r.get("ctf") or {}
+        images.append(replace(im, file=stacks["sum"], index=i, frames=None, transform=None, odd_file=stacks.get("odd"),
+                              even_file=stacks.get("even"), attrs=attrs, movie=im.file,
+                              total_motion_px=r["total_motion_px"], defocus_u_a=ctf.get("defocus_u_a"),
+                              defocus_v_a=ctf.get("defocus_v_a")))
     nx, ny = ts.size
     size = (nx // binning, ny // binning)
-    return TiltSeries(ts.ts_id, ts.acquisition.__class__(**{**ts.acquisition.__dict__, "pixel_size_a": pixel}),
-                      images, size, ts.enabled, dict(ts.attrs, motion_star_dir=str(run_dir / "motion")))
+    return replace(ts, acquisition=replace(ts.acquisition, pixel_size_a=pixel), images=images, size=size,
+                   attrs=dict(ts.attrs), motion_star_dir=str(run_dir / "motion"))
 
 
 def run_motion_ctf(ctx: StepContext):
@@ -271,19 +286,16 @@ def run_motion_ctf(ctx: StepContext):
     if p.estimate_ctf:              # the runner checked already (checks_data.check_motion_ctf); kept for direct calls
         check_window_fits(p.window_px, source, binning=p.binning)
     device = resolve_device(ctx.options.get("device"))
-    gain, dark = source.attrs.get("gain_file"), source.attrs.get("dark_file")
+    gain, dark = source.gain_file, source.dark_file
     pd = p.model_dump()
     session = f"{id(ctx)}-{ctx.run_id}"
     ctx.scratch.append(ctx.run_dir / "sums")
     tasks, where = [], {}
     for ts in source.items:
-        a = ts.acquisition
         for im in ts.images:
             name = f"{ts.ts_id}_{im.acquisition_order:03d}"
             where[im.file] = (ts.ts_id, name)
-            tasks.append((im.file, (im.file, gain, dark, pd, a.pixel_size_a, a.voltage_kv, a.cs_mm,
-                                    a.amplitude_contrast, im.tilt_angle_deg, a.tilt_axis_deg, im.dose_prior_e_a2,
-                                    im.dose_e_a2, str(ctx.run_dir), name, device, session)))
+            tasks.append((im.file, movie_task_args(ts, im, gain, dark, pd, str(ctx.run_dir), name, device, session)))
     # movies are decoded in a background thread ahead of the tasks that use them
     _SESSIONS[session] = _MovieSession([key for key, _ in tasks], p.eer_groups,
                                        depth=max(1, int(ctx.options.get("workers") or 2)), device=device)
@@ -320,7 +332,7 @@ def run_motion_ctf(ctx: StepContext):
             a = new.acquisition
             params = ctf_params(p, pixel_size_a=a.pixel_size_a, voltage_kv=a.voltage_kv, cs_mm=a.cs_mm,
                                 amplitude_contrast=a.amplitude_contrast)
-            per_tilt = {im.acquisition_order: dict(good[im.attrs["movie"]]["ctf"]) for im in new.images}
+            per_tilt = {im.acquisition_order: dict(good[im.movie]["ctf"]) for im in new.images}
             changed = refine_series_results(  # tilts that disagree with the series' trend are re-fitted
                 per_tilt, stack_images_of(new, halves=not p.use_movie_average, device=device), params,
                 tilt_angles_deg={im.acquisition_order: im.tilt_angle_deg for im in new.images},
@@ -335,15 +347,16 @@ def run_motion_ctf(ctx: StepContext):
             for im in new.images:   # the tilt series carries the series pass's values, not the first fits
                 r = per_tilt.get(im.acquisition_order)
                 if r is not None:
-                    im.attrs.update(defocus_u_a=r["defocus_u_a"], defocus_v_a=r["defocus_v_a"])
+                    im.defocus_u_a, im.defocus_v_a = r["defocus_u_a"], r["defocus_v_a"]
             ctf_series = ctf_series_from_results(new, per_tilt, params)
             note_ctf_verdict(ctx, ctf_series)
-            ctf_series.attrs.update(write_series_ctf_files(ctf_series, params, ctx.run_dir))
+            ctf_series = write_series_ctf_files(ctf_series, params, ctx.run_dir)
             ctf_items.append(ctf_series)
         ctx.progress(f"{phase}: {ts.ts_id}", i + 1, len(series))
     if not items:
         raise RuntimeError("no movie could be processed")
-    outputs = {"TiltSeries": TiltSeriesSet("TiltSeries", items, {"odd_even": p.even_odd, "source": ctx.input_pointers["input"]})}
+    outputs = {"TiltSeries": TiltSeriesSet("TiltSeries", items, {"source": ctx.input_pointers["input"]},
+                                           odd_even=p.even_odd)}
     if p.estimate_ctf:
         outputs["CTFTomoSeries"] = ctf_set(ctf_items)
     return outputs
@@ -353,5 +366,5 @@ register(Step(
     id="motion-ctf", title="Motion correction and CTF estimation (tilt-series movies)", params=MotionCtfParams,
     inputs=(InputSpec("input", ("TiltSeriesM",), "Tilt-series movies"),),
     outputs={"TiltSeries": "TiltSeries", "CTFTomoSeries": "CTFTomoSeries"}, run=run_motion_ctf,
-    scipion_class="ProtWarpTSMotionCorr",
+    scipion_class="ProtWarpTSMotionCorr", checks=check_motion_ctf, methods=(WARP, CTFFIND4, EXPOSURE_FILTER),
     help="Warp-style motion correction (global + local grid, even/odd) and per-tilt CTF estimation."))

@@ -12,14 +12,16 @@ byte range) in MRC mode 6 (unsigned 16-bit), because mode 0 is read as signed by
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from tiltflow.workflow.executor import run_items_or_fail
-from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeries, TiltSeriesSet
+from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams, show
-from tiltflow.workflow.steps.checks_data import check_binning
+from tiltflow.workflow.steps.checks_data import check_binning, check_normalize
+from tiltflow.workflow.steps.citations import IMOD, NEWSTACK
 from tiltflow.workflow.steps.views import require_stacks
 
 STORED = {"float": "float32", "int16": "int16", "uint8": "uint16"}   # numpy dtype written per mode
@@ -32,10 +34,14 @@ class NormalizeParams(CheckedParams):
     scale: Literal["none", "mean_sd", "min_max"] = param(
         "none", "none; mean_sd: every view to --mean/--sd (newstack -float 2 -meansd); min_max: one scaling of "
                 "the whole stack from its min/max to --min/--max (newstack -scale).", cli="--scale")
-    mean: float = param(0.0, "mean_sd: mean of each view, density units.", cli="--mean")
-    sd: float = param(1.0, "mean_sd: standard deviation of each view, density units.", cli="--sd", gt=0)
-    min: float = param(0.0, "min_max: value the stack's minimum becomes.", cli="--min")
-    max: float = param(255.0, "min_max: value the stack's maximum becomes.", cli="--max")
+    mean: float = param(0.0, "Mean of each view, density units.", cli="--mean", condition=("scale", "mean_sd"),
+                        group="scaling")
+    sd: float = param(1.0, "Standard deviation of each view, density units.", cli="--sd", gt=0,
+                      condition=("scale", "mean_sd"), group="scaling")
+    min: float = param(0.0, "Value the stack's minimum becomes.", cli="--min", condition=("scale", "min_max"),
+                       group="scaling")
+    max: float = param(255.0, "Value the stack's maximum becomes.", cli="--max", condition=("scale", "min_max"),
+                       group="scaling")
 
     def problems(self) -> list[str]:
         if self.scale == "min_max" and not self.max > self.min:
@@ -127,8 +133,8 @@ def run_normalize(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                                        "attrs": dict(im.attrs)}))
         acq = Acquisition(**{**ts.acquisition.__dict__, "pixel_size_a": pixel})
         size = (r["stats"]["shape"][2], r["stats"]["shape"][1])
-        items.append(TiltSeries(ts.ts_id, acq, images, size, ts.enabled,
-                                dict(ts.attrs, normalized={"binning": b, "mode": p.mode, "scale": p.scale})))
+        items.append(replace(ts, acquisition=acq, images=images, size=size,
+                             attrs=dict(ts.attrs, normalized={"binning": b, "mode": p.mode, "scale": p.scale})))
         s = r["stats"]
         ctx.log.info("%s: %d x %d px at %.4g Å/px, %s, mean %.4g, SD %.4g, range %.4g to %.4g", ts.ts_id, *size,
                      pixel, p.mode, s["mean"], s["sd"], s["min"], s["max"])
@@ -137,12 +143,13 @@ def run_normalize(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                 warnings.append(f"{ts.ts_id}{'' if key == 'file' else ' ' + key.split('_')[0]}: {n} px clipped to "
                                 f"the range of --mode {p.mode} — use --scale min_max or mean_sd")
     attrs = dict(source.attrs, normalized={"binning": p.binning, "mode": p.mode, "scale": p.scale})
-    attrs["odd_even"] = all(im.odd_file and im.even_file for ts in items for im in ts.images)
-    return {"TiltSeries": TiltSeriesSet("TiltSeries", items, attrs)}
+    odd_even = all(im.odd_file and im.even_file for ts in items for im in ts.images)
+    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=attrs, odd_even=odd_even)}
 
 
 register(Step(
     id="normalize", title="Tilt-series normalization", params=NormalizeParams,
     inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks)"),),
     outputs={"TiltSeries": "TiltSeries"}, run=run_normalize, scipion_class="ProtImodTsNormalization",
+    checks=check_normalize, methods=(NEWSTACK, IMOD),
     help="New stacks binned, scaled to a mean/SD or a range, and stored as float, int16 or uint8 (IMOD newstack)."))

@@ -26,6 +26,7 @@ from tiltflow.workflow.sets import (
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.checks_data import MAX_THICKNESS_NM, check_reconstruct
+from tiltflow.workflow.steps.citations import CTFPHASEFLIP, EXPOSURE_FILTER, IMOD, SIRT, TOMO3D, WBP
 from tiltflow.workflow.steps.views import load_binned_views, require_stacks
 
 
@@ -39,26 +40,31 @@ class ReconstructParams(CheckedParams):
                                ge=-MAX_THICKNESS_NM, le=MAX_THICKNESS_NM)
     x_offset_nm: float = param(0.0, "Specimen x at the volume centre, nm.", cli="--x-offset-nm")
     radial_cutoff: float = param(0.35, "Radial filter cut-off, cycles/px of the binned views (IMOD RADIAL).",
-                                 cli="--radial-cutoff", gt=0, le=0.5)
-    radial_falloff: float = param(0.035, "Radial filter fall-off (Gaussian sigma), cycles/px.", cli="--radial-falloff", gt=0)
-    fake_sirt_iterations: int | None = param(None, "WBP with IMOD's SIRT-like filter of N iterations.", cli="--fake-sirt", ge=1)
+                                 cli="--radial-cutoff", gt=0, le=0.5, condition=("method", "wbp"), group="wbp")
+    radial_falloff: float = param(0.035, "Radial filter fall-off (Gaussian sigma), cycles/px.", cli="--radial-falloff", gt=0,
+                                  condition=("method", "wbp"), group="wbp", expert=True)
+    fake_sirt_iterations: int | None = param(None, "WBP with IMOD's SIRT-like filter of N iterations.", cli="--fake-sirt", ge=1,
+                                             condition=("method", "wbp"), group="wbp")
     hamming_start: float | None = param(
-        None, "WBP: tomo3d's Hamming window on the ramp from this frequency, cycles/px of the binned views (0: the "
+        None, "tomo3d's Hamming window on the ramp from this frequency, cycles/px of the binned views (0: the "
               "whole range, tomo3d's default; 0.5: none); replaces --radial-cutoff/--radial-falloff.",
-        cli="--hamming", ge=0, le=0.5)
-    sirt_iterations: int = param(20, "SIRT iterations.", cli="--sirt-iterations", ge=1)
-    positivity: bool = param(False, "SIRT: clamp negative densities (after inverting to bright protein).", cli="--positivity")
+        cli="--hamming", ge=0, le=0.5, condition=("method", "wbp"), group="wbp", expert=True)
+    sirt_iterations: int = param(20, "SIRT iterations.", cli="--sirt-iterations", ge=1,
+                                 condition=("method", "sirt"), group="sirt")
+    positivity: bool = param(False, "Clamp negative densities (after inverting to bright protein).", cli="--positivity",
+                             condition=("method", "sirt"), group="sirt")
     even_odd: bool = param(False, "Also reconstruct even/odd tomograms from the half-sum stacks.", cli="--even-odd")
     invert: bool = param(False, "Invert contrast (bright protein).", cli="--invert")
     ctf_correct: Literal["none", "phaseflip"] = param(
         "none", "CTF correction: phaseflip = strip-based phase flipping of the aligned views (needs --ctf).",
-        cli="--ctf-correct")
+        cli="--ctf-correct", group="correction")
     ctf_defocus_tol_nm: float | None = param(
-        None, "Phase flipping: defocus change allowed within a strip, nm (IMOD DefocusTol; default: the change "
-              "that moves the CTF phase by pi/4 at the binned views' Nyquist).", cli="--ctf-defocus-tol-nm", gt=0)
+        None, "Defocus change allowed within a phase-flipping strip, nm (IMOD DefocusTol; default: the change "
+              "that moves the CTF phase by pi/4 at the binned views' Nyquist).", cli="--ctf-defocus-tol-nm", gt=0,
+        condition=("ctf_correct", "phaseflip"), group="correction", expert=True)
     dose_weight: bool = param(
         False, "Filter each view by its exposure (Grant & Grigorieff); not with views already dose-weighted by "
-               "motion-ctf --dose-weighting.", cli="--dose-weight")
+               "motion-ctf --dose-weighting.", cli="--dose-weight", group="correction")
 
     def problems(self) -> list[str]:
         if self.hamming_start is not None and self.method != "wbp":
@@ -254,7 +260,7 @@ def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
             refs["even_file"] = [(im.even_file, im.index) for im in enabled]
         voxel = ts.acquisition.pixel_size_a * p.binning
         thickness_px = p.thickness_px or max(1, round(p.thickness_nm * 10.0 / voxel))
-        angles = [im.attrs.get("refined_tilt_angle_deg", im.tilt_angle_deg) for im in enabled]
+        angles = [im.best_tilt_angle_deg for im in enabled]
         meta[ts.ts_id] = voxel
         a = ts.acquisition
         optics = {"voltage_kv": a.voltage_kv, "cs_mm": a.cs_mm, "amplitude_contrast": a.amplitude_contrast}
@@ -272,13 +278,11 @@ def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
     items = []
     for key, _ in tasks:
         r = results[key]
-        attrs = {"method": p.method, "binning": p.binning, "source": ctx.input_pointers["input"],
-                 "ctf_correct": p.ctf_correct, "dose_weight": p.dose_weight}
-        if p.ctf_correct != "none":
-            attrs["ctf"] = ctx.input_pointers["ctf"]
-        if "odd_file" in r["files"]:
-            attrs.update(odd_file=r["files"]["odd_file"], even_file=r["files"]["even_file"])
-        items.append(Tomogram(key, r["files"]["file"], meta[key], tuple(r["shape"]), attrs))
+        attrs = {"ctf_correct": p.ctf_correct, "dose_weight": p.dose_weight}
+        items.append(Tomogram(key, r["files"]["file"], meta[key], tuple(r["shape"]), attrs, method=p.method,
+                              binning=p.binning, source=ctx.input_pointers["input"],
+                              ctf=ctx.input_pointers["ctf"] if p.ctf_correct != "none" else None,
+                              odd_file=r["files"].get("odd_file"), even_file=r["files"].get("even_file")))
     return {"Tomograms": TomogramSet(items, {"method": p.method, "even_odd": p.even_odd})}
 
 
@@ -287,4 +291,5 @@ register(Step(
     inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (aligned, or rotated by the tilt axis only)"),
             InputSpec("ctf", ("CTFTomoSeries",), "Per-tilt CTF for --ctf-correct phaseflip", optional=True)),
     outputs={"Tomograms": "Tomograms"}, run=run_reconstruct, scipion_class="ProtImodTomoReconstruction",
+    checks=check_reconstruct, methods=(WBP, SIRT, IMOD, TOMO3D, CTFPHASEFLIP, EXPOSURE_FILTER),
     help="Reconstruct tomograms by WBP (IMOD-like radial filter, optional SIRT-like filter) or SIRT."))

@@ -4,35 +4,43 @@ per tilt the erased pixels are saved (and, optionally, an IMOD point model)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from tiltflow.workflow.executor import run_items_or_fail
-from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet
-from tiltflow.workflow.steps.views import require_stacks
+from tiltflow.workflow.sets import TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.checks_data import check_xray_erase
+from tiltflow.workflow.steps.citations import CCDERASER, IMOD
+from tiltflow.workflow.steps.views import require_stacks
 
 
 class XrayEraseParams(CheckedParams):
     peak_criterion: float = param(8.0, "Peaks this many SD above the local annulus are X-rays.", cli="--peak-criterion", gt=0)
     diff_criterion: float = param(6.0, "Pixel-to-neighbour differences this many SD are X-rays.", cli="--diff-criterion", gt=0)
-    grow_criterion: float = param(4.0, "Neighbours above this many SD join a patch.", cli="--grow-criterion", gt=0)
-    scan_criterion: float = param(3.0, "Criterion for the scan that finds candidate peaks, SD.", cli="--scan-criterion", gt=0)
+    grow_criterion: float = param(4.0, "Neighbours above this many SD join a patch.", cli="--grow-criterion", gt=0,
+                                  expert=True)
+    scan_criterion: float = param(3.0, "Criterion for the scan that finds candidate peaks, SD.", cli="--scan-criterion", gt=0,
+                                  expert=True)
     max_radius_px: float = param(4.2, "Largest radius of a patch, px.", cli="--max-radius", gt=0)
     giant_criterion: float = param(12.0, "Peaks this many SD are giant X-rays (erased up to --extra-large-radius).",
-                                   cli="--giant-criterion", gt=0)
-    extra_large_radius_px: float = param(8.0, "Largest radius of a giant patch, px.", cli="--extra-large-radius", gt=0)
-    big_diff_criterion: float = param(19.0, "Differences this many SD mark a big X-ray.", cli="--big-diff-criterion", gt=0)
-    annulus_width_px: float = param(2.0, "Width of the annulus for local statistics, px.", cli="--annulus-width", gt=0)
-    scan_size_px: int = param(100, "Size of the regions for local statistics, px.", cli="--scan-size", ge=10)
+                                   cli="--giant-criterion", gt=0, expert=True)
+    extra_large_radius_px: float = param(8.0, "Largest radius of a giant patch, px.", cli="--extra-large-radius", gt=0,
+                                         expert=True)
+    big_diff_criterion: float = param(19.0, "Differences this many SD mark a big X-ray.", cli="--big-diff-criterion", gt=0,
+                                      expert=True)
+    annulus_width_px: float = param(2.0, "Width of the annulus for local statistics, px.", cli="--annulus-width", gt=0,
+                                    expert=True)
+    scan_size_px: int = param(100, "Size of the regions for local statistics, px.", cli="--scan-size", ge=10, expert=True)
     edge_exclusion_px: int = param(0, "Pixels at the edges not examined (IMOD's default: 4; 0 reaches the border).",
                                    cli="--edge-exclusion", ge=0)
-    border_px: int = param(2, "Border around a patch used to fit the replacement, px.", cli="--border", ge=1, le=5)
-    poly_order: int = param(2, "Order of the polynomial fitted to the border (0-3).", cli="--poly-order", ge=0, le=3)
+    border_px: int = param(2, "Border around a patch used to fit the replacement, px.", cli="--border", ge=1, le=5,
+                           expert=True)
+    poly_order: int = param(2, "Order of the polynomial fitted to the border (0-3).", cli="--poly-order", ge=0, le=3,
+                            expert=True)
     odd_even: bool = param(True, "Erase the odd/even half-sum stacks too, when present.", cli="--odd-even")
     imod_model: bool = param(False, "Also write the erased pixels as an IMOD point model per series.", cli="--imod-model")
 
@@ -121,16 +129,17 @@ def run_xray_erase(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                                           "even_file": r["files"].get("even_file"),
                                           "attrs": attrs}))
         total += sum(r["erased_px"])
-        items.append(TiltSeries(ts.ts_id, ts.acquisition, new_images, ts.size, ts.enabled,
-                                dict(ts.attrs, xray_pixels=r["positions"], xray_model=r.get("imod_model"))))
+        items.append(replace(ts, images=new_images,
+                             attrs=dict(ts.attrs, xray_pixels=r["positions"], xray_model=r.get("imod_model"))))
         ctx.log.info("%s: %d px erased in %d patches", ts.ts_id, sum(r["erased_px"]), sum(r["patches"]))
     attrs = dict(source.attrs, xray_erased_px=total)
-    attrs["odd_even"] = all(im.odd_file and im.even_file for ts in items for im in ts.images)
-    return {"TiltSeries": TiltSeriesSet("TiltSeries", items, attrs)}
+    odd_even = all(im.odd_file and im.even_file for ts in items for im in ts.images)
+    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=attrs, odd_even=odd_even)}
 
 
 register(Step(
     id="xray-erase", title="X-ray eraser", params=XrayEraseParams,
     inputs=(InputSpec("input", ("TiltSeries",), "Tilt series to clean"),),
     outputs={"TiltSeries": "TiltSeries"}, run=run_xray_erase, scipion_class="ProtImodXraysEraser",
+    checks=check_xray_erase, methods=(CCDERASER, IMOD),
     help="Find and remove hot pixels and X-ray hits (IMOD ccderaser's detection and replacement)."))
