@@ -276,10 +276,6 @@ def test_workflow_file_reader(content):
     _check_workflow(content)
 
 
-@pytest.mark.xfail(strict=False, reason="workflow/scipion*.py (another worker's, in progress): a Scipion "
-                                        "'~Label|default|...~' placeholder read from a .json reaches "
-                                        "Path.expanduser -> RuntimeError 'Could not determine home "
-                                        "directory' — see the issue 13 report")
 @FUZZ
 @given(content=mutated("scipion") | st.lists(st.dictionaries(
     st.sampled_from(["object.className", "object.id", "inputSetOfTiltSeries", "filesPath", "binning",

@@ -412,6 +412,10 @@ def workflow_from_scipion(protocols: list[dict[str, Any]], origin: str):
 
     if not isinstance(protocols, list) or not all(isinstance(p, dict) for p in protocols):
         raise InputError(f"{origin}: not a Scipion workflow (expected a list of protocols)")
+    for i, p in enumerate(protocols, 1):
+        if not isinstance(p.get("object.className"), str) or not isinstance(p.get("object.id"), (str, int)):
+            raise InputError(f"{origin}: protocol {i} has no text 'object.className' and 'object.id' — "
+                             "is this a workflow exported by Scipion?")
     steps, plan = scipion_plan(protocols)
     if not steps:
         err = InputError(f"{origin}: no protocol of this Scipion workflow can be run by tiltflow"

@@ -151,3 +151,14 @@ def validate_cli(model: type[StepParams], values: dict[str, Any]) -> StepParams:
         return model.model_validate(values)
     except ValidationError as err:
         raise InputError(cli_problems(model, err, values)) from None
+
+
+def absolute_path(value: str) -> str:
+    """``value`` with ``~`` expanded, made absolute; ``~name`` of no user on this machine (a Scipion
+    ``~Label|default~`` placeholder left in a file) is a ValueError, which validation reports."""
+    from pathlib import Path
+
+    try:
+        return str(Path(value).expanduser().absolute())
+    except RuntimeError:
+        raise ValueError(f"{value}: '~' names no user on this machine — give the full path") from None

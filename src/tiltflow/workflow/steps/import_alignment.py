@@ -25,7 +25,7 @@ from pydantic import field_validator
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
-from tiltflow.workflow.steps.checks import CheckedParams
+from tiltflow.workflow.steps.checks import CheckedParams, absolute_path
 from tiltflow.workflow.steps.citations import ARETOMO, IMOD
 from tiltflow.workflow.steps.common import find_files, report_bad_series, ts_id_from_pattern
 
@@ -42,7 +42,7 @@ class ImportAlignmentParams(CheckedParams):
     @field_validator("files")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        return str(Path(v).expanduser().absolute())
+        return absolute_path(v)
 
 
 def _covered(path: Path, n_file: int, ts: TiltSeries) -> list[int]:

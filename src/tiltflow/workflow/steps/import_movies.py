@@ -11,13 +11,25 @@ from pathlib import Path
 from pydantic import field_validator
 
 from tiltflow.io.gain import GainError, check_gain_values, gain_orientations_for, read_gain
-from tiltflow.io.mdoc import MdocError, MdocTiltSeries, group_mdocs, read_frame_set_mdocs, read_tilt_series_mdoc
+from tiltflow.io.mdoc import (
+    MdocError,
+    MdocTiltSeries,
+    group_mdocs,
+    read_frame_set_mdocs,
+    read_tilt_series_mdoc,
+)
 from tiltflow.io.movies import MovieError, MovieHeader, read_movie_header
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import Step, StepContext, param, register
+from tiltflow.workflow.steps.checks import absolute_path
 from tiltflow.workflow.steps.citations import SCIPION_TOMO, SERIALEM
-from tiltflow.workflow.steps.common import AcquisitionParams, find_files, override, report_bad_series
+from tiltflow.workflow.steps.common import (
+    AcquisitionParams,
+    find_files,
+    override,
+    report_bad_series,
+)
 
 
 class ImportMoviesParams(AcquisitionParams):
@@ -31,7 +43,7 @@ class ImportMoviesParams(AcquisitionParams):
     @field_validator("files", "gain", "dark")
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
-        return str(Path(v).expanduser().absolute()) if v else v
+        return absolute_path(v) if v else v
 
 
 def _read_series(paths: list[Path], p: ImportMoviesParams, movie_dirs: list[Path]) -> MdocTiltSeries:

@@ -17,10 +17,15 @@ from tiltflow.io.mrc import StackError, extended_header_tilt_angles, read_stack_
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import Step, StepContext, param, register
+from tiltflow.workflow.steps.checks import absolute_path
 from tiltflow.workflow.steps.citations import IMOD, SCIPION_TOMO, SERIALEM
 from tiltflow.workflow.steps.common import (
     AcquisitionParams,
-    find_files, override, report_bad_series, safe_ts_id, ts_id_from_pattern,
+    find_files,
+    override,
+    report_bad_series,
+    safe_ts_id,
+    ts_id_from_pattern,
 )
 
 STACK_SUFFIXES = (".mrc", ".st", ".mrcs", ".ali")
@@ -38,7 +43,7 @@ class ImportTiltSeriesParams(AcquisitionParams):
     @field_validator("files")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        return str(Path(v).expanduser().absolute())
+        return absolute_path(v)
 
 
 def _angles_from_tlt(stack: Path) -> tuple[list[float], Path] | None:
