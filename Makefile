@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/tiltflow demo-data $(DEMO_DIR)/data --force
 	$(BIN)/tiltflow workflow run tutorial -p $(DEMO_DIR)/project --fresh \
 		--set import-movies.files=$(DEMO_DIR)/data --set import-movies.gain=$(DEMO_DIR)/data/gain_ref.gain \
-		--set align.binning=2 --set reconstruct.binning=2
+		--set motion-ctf.window=256 --set align.binning=2 --set reconstruct.binning=2
 	# (the demo's 2.76 Å/px is the course's 1.38 Å/px binned 2x: its bin 2 is the course's bin 4)
 	$(BIN)/tiltflow show -p $(DEMO_DIR)/project
 	@echo "Browse the results: $(BIN)/tiltflow view -p $(DEMO_DIR)/project"
