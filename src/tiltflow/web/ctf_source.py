@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tiltflow.web.set_cache import load_registered
 from tiltflow.workflow.sets import CtfSeriesSet, CtfTomoSeries
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
@@ -84,7 +85,7 @@ def find_ctf_source(store: ProjectStore, output: OutputRecord) -> CtfSource | No
                 if found is not None:
                     break
         if found is not None:
-            value = store.load(found)
+            value = load_registered(store, found)
             assert isinstance(value, CtfSeriesSet)
             return CtfSource(found, value, runs[found.run_id].step if found.run_id in runs else "?")
         producer = runs.get(current.run_id)

@@ -20,6 +20,7 @@ from tiltflow.web.models import (
     SeriesInfo,
     ViewInfo,
 )
+from tiltflow.web.set_cache import load_registered
 from tiltflow.web.spectra import ctf_zero_frequencies
 from tiltflow.web.thumbnails import ImageRef, ThumbnailCache, ViewStats
 from tiltflow.workflow.curation import apply_exclusions, exclusions
@@ -66,8 +67,9 @@ def get_output(store: ProjectStore, pointer: str, types: tuple[str, ...] = ()) -
 
 
 def load_curated(store: ProjectStore, output: OutputRecord) -> AnySet:
-    """The set with the viewer's exclusion flags applied (``enabled`` = not excluded)."""
-    return apply_exclusions(store.load(output), exclusions(store, output))
+    """The set with the viewer's exclusion flags applied (``enabled`` = not excluded): copies of the
+    set, its series and items over the shared registered set (``load_registered``)."""
+    return apply_exclusions(load_registered(store, output), exclusions(store, output))
 
 
 def find_series(value: AnySet, ts_id: str) -> TiltSeries | CtfTomoSeries:
@@ -112,7 +114,7 @@ def shown_images(store: ProjectStore, sums: OutputRecord | None, series: TiltSer
     where there is one, else the item itself (a stack section, or a movie's frame average)."""
     twin: dict[int, TiltImage] = {}
     if sums is not None:
-        for s in store.load(sums).items:
+        for s in load_registered(store, sums).items:
             if s.ts_id == series.ts_id and isinstance(s, TiltSeries):
                 twin = {im.acquisition_order: im for im in s.images if im.index is not None}
     return {im.acquisition_order: twin.get(im.acquisition_order, im) for im in series.images}
@@ -202,7 +204,7 @@ def find_acquisition(store: ProjectStore, output: OutputRecord, ts_id: str) -> A
     """Microscope values for a CTF series: its own attrs, else a tilt-series set of the same run,
     else one of that run's inputs."""
     keys = ("voltage_kv", "cs_mm", "amplitude_contrast", "pixel_size_a")
-    value = store.load(output)
+    value = load_registered(store, output)
     for attrs in [s.attrs for s in value.items if s.ts_id == ts_id] + [value.attrs]:
         acq = attrs.get("acquisition", attrs)
         if all(acq.get(k) is not None for k in keys):
@@ -214,7 +216,7 @@ def find_acquisition(store: ProjectStore, output: OutputRecord, ts_id: str) -> A
         except ProjectError:
             continue
     for o in candidates:
-        for s in store.load(o).items:
+        for s in load_registered(store, o).items:
             if s.ts_id == ts_id and isinstance(s, TiltSeries):
                 return s.acquisition
     return None
