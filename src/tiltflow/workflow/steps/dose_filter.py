@@ -19,7 +19,7 @@ from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.citations import EXPOSURE_FILTER, IMOD
-from tiltflow.workflow.steps.views import require_stacks
+from tiltflow.workflow.steps.views import require_stacks, stacks_set
 
 KNOWN_KV = (200.0, 300.0)   # the voltages the critical exposure was measured between (core.motion_sum)
 
@@ -129,8 +129,7 @@ def run_dose_filter(ctx: StepContext) -> dict[str, TiltSeriesSet]:
         ctx.log.info("%s: %d views filtered at %.1f-%.1f e/Å² (%s, %g kV)%s", ts.ts_id, len(e), min(e), max(e),
                      p.mode, found[ts.ts_id][1], ", odd/even too" if "odd_file" in files else "")
     attrs = dict(source.attrs, dose_filtered=p.mode)
-    odd_even = all(im.odd_file and im.even_file for ts in items for im in ts.images)
-    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=attrs, odd_even=odd_even)}
+    return {"TiltSeries": stacks_set(source, items, attrs)}
 
 
 register(Step(

@@ -21,7 +21,7 @@ from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.citations import CCDERASER, IMOD
-from tiltflow.workflow.steps.views import require_stacks
+from tiltflow.workflow.steps.views import require_stacks, stacks_set
 
 
 class EraseBeadsParams(CheckedParams):
@@ -181,8 +181,7 @@ def run_erase_beads(ctx: StepContext) -> dict[str, TiltSeriesSet]:
         ctx.log.info(line)
         ctx.options.setdefault("notes", []).append(line)
     attrs = dict(source.attrs, beads_erased="detected" if p.detect else "alignment")
-    odd_even = all(im.odd_file and im.even_file for ts in items for im in ts.images)
-    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=attrs, odd_even=odd_even)}
+    return {"TiltSeries": stacks_set(source, items, attrs)}
 
 
 register(Step(

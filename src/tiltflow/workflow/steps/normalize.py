@@ -22,7 +22,7 @@ from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, re
 from tiltflow.workflow.steps.checks import CheckedParams, show
 from tiltflow.workflow.steps.checks_data import check_binning, check_normalize
 from tiltflow.workflow.steps.citations import IMOD, NEWSTACK
-from tiltflow.workflow.steps.views import require_stacks
+from tiltflow.workflow.steps.views import require_stacks, stacks_set
 
 STORED = {"float": "float32", "int16": "int16", "uint8": "uint16"}   # numpy dtype written per mode
 
@@ -143,8 +143,7 @@ def run_normalize(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                 warnings.append(f"{ts.ts_id}{'' if key == 'file' else ' ' + key.split('_')[0]}: {n} px clipped to "
                                 f"the range of --mode {p.mode} — use --scale min_max or mean_sd")
     attrs = dict(source.attrs, normalized={"binning": p.binning, "mode": p.mode, "scale": p.scale})
-    odd_even = all(im.odd_file and im.even_file for ts in items for im in ts.images)
-    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=attrs, odd_even=odd_even)}
+    return {"TiltSeries": stacks_set(source, items, attrs)}
 
 
 register(Step(

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.sets import TiltSeries
+from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet
 
 
 def require_stacks(ts: TiltSeries, pointer: str, images=None) -> None:
     """Stacks only: a set of movies must be motion-corrected first."""
     if any(im.index is None for im in (ts.images if images is None else images)):
         raise InputError(f"{pointer}: {ts.ts_id} holds movies — run motion-ctf first")
+
+
+def stacks_set(source: TiltSeriesSet, items: list[TiltSeries], attrs: dict) -> TiltSeriesSet:
+    """The set a step made by writing new stacks for ``items``: ``source``'s set fields with these
+    series and ``attrs``, odd/even when every view has both halves."""
+    odd_even = all(im.odd_file and im.even_file for ts in items for im in ts.images)
+    return replace(source, kind="TiltSeries", items=items, attrs=attrs, odd_even=odd_even)
 
 
 def load_binned_views(refs: list[tuple[str, int]], binning: int, device: str):

@@ -15,7 +15,7 @@ from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, re
 from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.checks_data import check_xray_erase
 from tiltflow.workflow.steps.citations import CCDERASER, IMOD
-from tiltflow.workflow.steps.views import require_stacks
+from tiltflow.workflow.steps.views import require_stacks, stacks_set
 
 
 class XrayEraseParams(CheckedParams):
@@ -133,8 +133,7 @@ def run_xray_erase(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                              attrs=dict(ts.attrs, xray_pixels=r["positions"], xray_model=r.get("imod_model"))))
         ctx.log.info("%s: %d px erased in %d patches", ts.ts_id, sum(r["erased_px"]), sum(r["patches"]))
     attrs = dict(source.attrs, xray_erased_px=total)
-    odd_even = all(im.odd_file and im.even_file for ts in items for im in ts.images)
-    return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=attrs, odd_even=odd_even)}
+    return {"TiltSeries": stacks_set(source, items, attrs)}
 
 
 register(Step(
