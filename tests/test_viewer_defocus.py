@@ -9,8 +9,6 @@ the attributes ('1.71 / 1.59 µm (attrs)').
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -130,32 +128,11 @@ def test_a_ctf_run_on_the_set_itself_comes_first_and_attrs_only_without_any(proj
 
 
 # -- in the browser ---------------------------------------------------------------------------------
-CHROMIUM = Path(os.environ.get("TILTFLOW_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
 @pytest.fixture
-def page(tmp_path):
-    if not CHROMIUM.is_file():
-        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    pytest.importorskip("uvicorn")
-    from tiltflow.web.server import serve_in_thread
-
+def page(tmp_path, viewer_page):
     store = build(tmp_path / "proj")
-    token = secrets.token_urlsafe(24)
-    errors: list[str] = []
-    with serve_in_thread(create_app(store, token)) as base, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        p = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-        p.set_default_timeout(30_000)
-        p.on("pageerror", lambda err: errors.append(str(err)))
-        p.goto(f"{base}/?token={token}")
-        p.wait_for_selector("#runs .run")
+    with viewer_page(store) as p:
         yield p
-        browser.close()
-    assert not errors, errors
 
 
 def um(a: float) -> str:

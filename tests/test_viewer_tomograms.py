@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import tracemalloc
 from pathlib import Path
 
@@ -198,32 +197,11 @@ def test_a_slice_of_a_big_tomogram_is_read_without_loading_it(tmp_path):
 
 
 # -- in the browser ---------------------------------------------------------------------------------
-CHROMIUM = Path(os.environ.get("TILTFLOW_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
 @pytest.fixture
-def page(tmp_path):
-    if not CHROMIUM.is_file():
-        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    pytest.importorskip("uvicorn")
-    from tiltflow.web.server import serve_in_thread
-
+def page(tmp_path, viewer_page):
     store = tomogram_project(tmp_path / "proj")
-    token = secrets.token_urlsafe(24)
-    errors: list[str] = []
-    with serve_in_thread(create_app(store, token)) as base, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        p = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-        p.set_default_timeout(30_000)
-        p.on("pageerror", lambda err: errors.append(str(err)))
-        p.goto(f"{base}/?token={token}")
-        p.wait_for_selector("#runs .run")
+    with viewer_page(store) as p:
         yield p
-        browser.close()
-    assert not errors, errors
 
 
 LOADED = """sel => [...document.querySelectorAll(sel)].every(i => i.complete && i.naturalWidth > 0
