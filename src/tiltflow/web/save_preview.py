@@ -1,9 +1,7 @@
 """What the viewer's Save would create, read-only, for its dialog; and where a Save went.
 
-The name follows ``workflow.curation.save_subset``: a tilt-series set is saved as
-``<name>_<n>`` (the ``_<n>`` of a set saved before is dropped first: ``TiltSeries_2`` ->
-``TiltSeries_3``), a CTF set as ``goodSetOfCTFTomoSeries<n>``, n from 2 up to the first free one
-on the run that made the set. Only the store's read API is used; Save itself chooses the name when it
+The name is the first free one of ``workflow.curation.subset_name_for`` on the run that made the
+set, as ``save_subset`` picks it. Only the store's read API is used; Save itself chooses the name when it
 writes, so another writer may take this one first: the page then shows what Save returns.
 """
 
@@ -12,26 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from tiltflow.web.models import SavePreview, SaveResult
-from tiltflow.workflow.curation import apply_exclusions, exclusions
+from tiltflow.workflow.curation import apply_exclusions, exclusions, subset_name_for
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import CtfSeriesSet, TiltSeriesSet
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
-CTF_SUBSET = "goodSetOfCTFTomoSeries"
-
-
 def next_subset_name(store: ProjectStore, output: OutputRecord) -> str:
     """The name Save would give the subset of ``output`` now (see the module's docstring)."""
-    names = {o.name for o in store.outputs(output.run_id)}
-    if output.type == "CTFTomoSeries":
-        base, sep = CTF_SUBSET, ""
-    else:
-        stem, _, tail = output.name.rpartition("_")
-        base, sep = (stem if stem and tail.isdigit() else output.name), "_"
-    n = 2
-    while f"{base}{sep}{n}" in names:
-        n += 1
-    return f"{base}{sep}{n}"
+    return store.first_free_name(output.run_id, subset_name_for(output))
 
 
 def save_preview(store: ProjectStore, output: OutputRecord) -> SavePreview:

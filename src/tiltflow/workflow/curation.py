@@ -13,6 +13,7 @@ import copy
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -152,6 +153,17 @@ def _refuse_empty(curated, output: OutputRecord) -> None:
                              f"(--exclude {series.ts_id}) instead")
 
 
+def subset_name_for(output: OutputRecord) -> Callable[[int], str]:
+    """The names a Save of ``output`` may take, by n = 2, 3, ...: ``goodSetOfCTFTomoSeries<n>`` for a
+    CTF set, else ``<name>_<n>`` (the ``_<n>`` of a set saved before dropped: ``TiltSeries_2`` ->
+    ``TiltSeries_3``)."""
+    if output.type == "CTFTomoSeries":
+        return lambda n: f"goodSetOfCTFTomoSeries{n}"
+    stem, _, tail = output.name.rpartition("_")
+    base = stem if stem and tail.isdigit() else output.name
+    return lambda n: f"{base}_{n}"
+
+
 def save_subset(store: ProjectStore, output: OutputRecord, *, restack: bool = False,
                 flags: dict[tuple[str, int], bool] | None = None) -> OutputRecord:
     """Register the curated set as a new output of the run that produced ``output``."""
@@ -162,10 +174,9 @@ def save_subset(store: ProjectStore, output: OutputRecord, *, restack: bool = Fa
     if isinstance(curated, CtfSeriesSet):
         curated.attrs = dict(curated.attrs, subset_of=output.pointer,
                              bad=[f"{s.ts_id}:{c.acquisition_order}" for s in curated.items for c in s.items if not c.enabled])
-        return store.add_output_unique(output.run_id, lambda n: f"goodSetOfCTFTomoSeries{n}", curated)
+        return store.add_output_unique(output.run_id, subset_name_for(output), curated)
     if not isinstance(curated, TiltSeriesSet):
         raise InputError(f"{output.pointer}: a {output.type} cannot be curated")
-    base = output.name.rsplit("_", 1)[0] if output.name.rsplit("_", 1)[-1].isdigit() else output.name
     staged: Path | None = None
     try:
         if restack:   # written aside, moved to runs/<run>/<name> when the name is chosen (concurrent saves)
@@ -176,7 +187,7 @@ def save_subset(store: ProjectStore, output: OutputRecord, *, restack: bool = Fa
                 staged.rmdir()
                 staged = None
         curated.attrs = dict(curated.attrs, subset_of=output.pointer, restacked=restack)
-        return store.add_output_unique(output.run_id, lambda n: f"{base}_{n}", curated, staged=staged)
+        return store.add_output_unique(output.run_id, subset_name_for(output), curated, staged=staged)
     finally:
         if staged is not None and staged.exists():
             shutil.rmtree(staged, ignore_errors=True)

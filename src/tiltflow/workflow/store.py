@@ -287,8 +287,12 @@ class ProjectStore:
 
     def next_output_name(self, run_id: int, base: str) -> str:
         """A hint: ``base_2``, ``base_3``… not taken now (saving picks with :meth:`add_output_unique`)."""
+        return self.first_free_name(run_id, lambda n: f"{base}_{n}")
+
+    def first_free_name(self, run_id: int, name_for: Callable[[int], str]) -> str:
+        """A hint: the first of ``name_for(2)``, ``name_for(3)``… not taken on ``run_id`` now."""
         names = {o.name for o in self.outputs(run_id)}
-        return _first_free(lambda n: f"{base}_{n}", names.__contains__)
+        return _first_free(name_for, names.__contains__)
 
     def outputs(self, run_id: int | None = None) -> list[OutputRecord]:
         sql = "SELECT * FROM outputs" + (" WHERE run_id = ?" if run_id is not None else "") + " ORDER BY run_id, id"
