@@ -24,10 +24,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-
 from _matrix_truth import (
-    alignment_errors, bead_pixels, clean_movie_and_oracle, trajectory_sq_errors, xray_leftovers,
+    alignment_errors,
+    bead_pixels,
+    clean_movie_and_oracle,
+    trajectory_sq_errors,
+    xray_leftovers,
 )
+
 from tiltflow.core.ctf_model import electron_wavelength_a
 from tiltflow.io.mrc import read_section, write_mrc
 from tiltflow.testing import write_demo_dataset
@@ -40,9 +44,17 @@ from tiltflow.workflow.steps.motion_ctf import MotionCtfParams, motion_movie_tas
 from tiltflow.workflow.steps.xray_erase import XrayEraseParams, erase_series_task
 
 XRAY_ERASED = "X-ray hits erased (fraction)"
-TARGETS = {"motion_px": 0.15, "motion_oracle_ratio": 1.5, "motion_min_dose": 0.5,
-           "ctf_low_a": 100.0, "ctf_high_a": 250.0, "xray_erased": 0.99, "bead_px": 0,
-           "align_px": 1.0, "align_deg": 3.0}
+TARGETS = {
+    "motion_px": 0.15,
+    "motion_oracle_ratio": 1.5,
+    "motion_min_dose": 0.5,
+    "ctf_low_a": 100.0,
+    "ctf_high_a": 250.0,
+    "xray_erased": 0.99,
+    "bead_px": 0,
+    "align_px": 1.0,
+    "align_deg": 3.0,
+}
 QUANTITIES = {  # every row of a scenario, in order, with its target
     "motion RMS (px)": "<= 1.5x oracle (<= 0.15 at >= 0.5 e/px/frame)",
     "CTF median |d defocus| |tilt| <= 30 (Å)": "<= 100",
@@ -62,18 +74,30 @@ def step_params(sc: Scenario) -> dict:
     window, binning = sc.window_px, 1
     motion = MotionCtfParams(window_px=window).model_dump()
     # the X-ray reference: the hit-free movie, motion only, nothing replaced in its frames
-    clean = dict(motion, estimate_ctf=False, even_odd=False, **({"frame_xray_sd": 0.0} if "frame_xray_sd" in motion
-                                                                else {}))
-    return {"motion": motion, "clean": clean,
-            "xray": asdict(XrayEraseParams().core()),
-            "fiducial": AlignParams(method="fiducial", binning=binning,
-                                    bead_diameter_nm=round(sc.bead_diameter_nm, 1)).model_dump(),
-            "patch": AlignParams(method="patch", binning=binning).model_dump()}
+    clean = dict(
+        motion, estimate_ctf=False, even_odd=False, **({"frame_xray_sd": 0.0} if "frame_xray_sd" in motion else {})
+    )
+    return {
+        "motion": motion,
+        "clean": clean,
+        "xray": asdict(XrayEraseParams().core()),
+        "fiducial": AlignParams(
+            method="fiducial", binning=binning, bead_diameter_nm=round(sc.bead_diameter_nm, 1)
+        ).model_dump(),
+        "patch": AlignParams(method="patch", binning=binning).model_dump(),
+    }
 
 
 def _row(quantity: str, value: float, target: str, holds: bool | None, **kw) -> dict:
-    return {"quantity": quantity, "value": value, "target": target, "holds": holds,
-            "oracle": kw.get("oracle"), "verdict": kw.get("verdict"), "note": kw.get("note", "")}
+    return {
+        "quantity": quantity,
+        "value": value,
+        "target": target,
+        "holds": holds,
+        "oracle": kw.get("oracle"),
+        "verdict": kw.get("verdict"),
+        "note": kw.get("note", ""),
+    }
 
 
 def _error_row(quantity: str, exc: BaseException) -> dict:
@@ -99,10 +123,23 @@ class Session:
 
     def movie_task(self, i: int, movie: str, p: dict, out: str) -> dict:
         s, t = self.series, self.series["tilts"][i]
-        return motion_movie_task(movie, str(self.root / "data" / GAIN_FILE), None, p, s["pixel_size_a"],
-                                 s["voltage_kv"], s["cs_mm"], s["amplitude_contrast"], t["mdoc_tilt_angle_deg"],
-                                 s["mdoc_tilt_axis_deg"], t["prior_dose_e_a2"], t["dose_e_a2"], out, f"m{i:03d}",
-                                 "cpu")
+        return motion_movie_task(
+            movie,
+            str(self.root / "data" / GAIN_FILE),
+            None,
+            p,
+            s["pixel_size_a"],
+            s["voltage_kv"],
+            s["cs_mm"],
+            s["amplitude_contrast"],
+            t["mdoc_tilt_angle_deg"],
+            s["mdoc_tilt_axis_deg"],
+            t["prior_dose_e_a2"],
+            t["dose_e_a2"],
+            out,
+            f"m{i:03d}",
+            "cpu",
+        )
 
 
 def xray_views(series: dict) -> set[int]:
@@ -119,8 +156,9 @@ def run_motion(ses: Session) -> None:
     measured = xray_views(ses.series)
     for i, t in enumerate(ses.series["tilts"]):
         try:
-            ses.motion[i] = ses.movie_task(i, str(ses.root / "data" / t["movie"]), ses.params["motion"],
-                                           str(ses.root / "motion"))
+            ses.motion[i] = ses.movie_task(
+                i, str(ses.root / "data" / t["movie"]), ses.params["motion"], str(ses.root / "motion")
+            )
         except Exception as exc:  # noqa: BLE001 -- one bad movie: left out, as --skip-bad does
             ses.failed[i] = f"{type(exc).__name__}: {exc}"[:160]
             continue
@@ -174,17 +212,30 @@ class CtfField:
             total = rng.poisson(np.clip(clean, 0.0, None))
             even = rng.binomial(total, 0.5)
             self.clean[i] = torch.from_numpy(clean.astype(np.float32))
-            self.halves[i] = [torch.from_numpy(even.astype(np.float32)), torch.from_numpy((total - even).astype(np.float32))]
+            self.halves[i] = [
+                torch.from_numpy(even.astype(np.float32)),
+                torch.from_numpy((total - even).astype(np.float32)),
+            ]
 
 
 def _fit_series(field: CtfField, params, images_of, name: str) -> dict[int, dict]:
     """The motion-ctf step's per-tilt fits of ``images_of(i)`` and its series pass."""
     s = field.series
     angles = {i: t["mdoc_tilt_angle_deg"] for i, t in enumerate(s["tilts"])}
-    fits = {i: fit_tilt_ctf(images_of(i), params, tilt_angle_deg=angles[i], tilt_axis_deg=s["mdoc_tilt_axis_deg"],
-                            grid_xy=None, out_png=field.root / name / f"{i:03d}.png") for i in angles}
-    refine_series_results(fits, images_of, params, tilt_angles_deg=angles, tilt_axis_deg=s["mdoc_tilt_axis_deg"],
-                          grid_xy=None)
+    fits = {
+        i: fit_tilt_ctf(
+            images_of(i),
+            params,
+            tilt_angle_deg=angles[i],
+            tilt_axis_deg=s["mdoc_tilt_axis_deg"],
+            grid_xy=None,
+            out_png=field.root / name / f"{i:03d}.png",
+        )
+        for i in angles
+    }
+    refine_series_results(
+        fits, images_of, params, tilt_angles_deg=angles, tilt_axis_deg=s["mdoc_tilt_axis_deg"], grid_xy=None
+    )
     return fits
 
 
@@ -195,13 +246,19 @@ def ctf_rows(field: CtfField) -> list[dict]:
     from tiltflow.core.ctf_verdict import ctf_series_verdict
 
     s = field.series
-    params = ctf_params(MotionCtfParams(window_px=field.sc.window_px), pixel_size_a=s["pixel_size_a"],
-                        voltage_kv=s["voltage_kv"], cs_mm=s["cs_mm"], amplitude_contrast=s["amplitude_contrast"])
+    params = ctf_params(
+        MotionCtfParams(window_px=field.sc.window_px),
+        pixel_size_a=s["pixel_size_a"],
+        voltage_kv=s["voltage_kv"],
+        cs_mm=s["cs_mm"],
+        amplitude_contrast=s["amplitude_contrast"],
+    )
     ours = _fit_series(field, params, lambda i: field.halves[i], "ctf")
     oracle = _fit_series(field, params, lambda i: [field.clean[i]], "ctf_oracle")
     order = sorted(ours)
-    verdict = ctf_series_verdict([ours[i].get("ring_strength", math.nan) for i in order],
-                                 [s["tilts"][i]["mdoc_tilt_angle_deg"] for i in order])
+    verdict = ctf_series_verdict(
+        [ours[i].get("ring_strength", math.nan) for i in order], [s["tilts"][i]["mdoc_tilt_angle_deg"] for i in order]
+    )
     errors: dict[str, tuple[list, list]] = {"ours": ([], []), "oracle": ([], [])}
     for i, t in enumerate(s["tilts"]):
         true = 0.5 * (t["defocus_u_a"] + t["defocus_v_a"])
@@ -213,9 +270,17 @@ def ctf_rows(field: CtfField) -> list[dict]:
     for k, (name, lim) in enumerate((("<= 30", TARGETS["ctf_low_a"]), ("> 30", TARGETS["ctf_high_a"]))):
         errs, orc = errors["ours"][k], errors["oracle"][k]
         med = float(np.median(errs)) if errs else math.nan
-        rows.append(_row(f"CTF median |d defocus| |tilt| {name} (Å)", med, f"<= {lim:g}",
-                         med <= lim if errs else None, oracle=float(np.median(orc)) if orc else None,
-                         verdict=verdict.status, note=f"{len(errs)} views; {rings}{reason}"))
+        rows.append(
+            _row(
+                f"CTF median |d defocus| |tilt| {name} (Å)",
+                med,
+                f"<= {lim:g}",
+                med <= lim if errs else None,
+                oracle=float(np.median(orc)) if orc else None,
+                verdict=verdict.status,
+                note=f"{len(errs)} views; {rings}{reason}",
+            )
+        )
     return rows
 
 
@@ -226,14 +291,16 @@ def _ring_sampling(sc: Scenario, params) -> str:
     k = 1.0 / params.resolution_range_a[1]  # 1/Å
     period = 1.0 / (2.0 * lam * sc.defocus_um * 1e4 * k)  # 1/Å between rings at k
     per_ring = period * params.window_px * params.pixel_size_a  # spectrum px (1 / (window * px) each)
-    return (f"{per_ring:.1f} spectrum px per Thon ring at {1 / k:.1f} Å (window {params.window_px})"
-            + (": not resolved" if per_ring < 2 else ""))
+    return f"{per_ring:.1f} spectrum px per Thon ring at {1 / k:.1f} Å (window {params.window_px})" + (
+        ": not resolved" if per_ring < 2 else ""
+    )
 
 
 def _stack(ses: Session, runs: dict[int, dict], name: str) -> Path:
     path = ses.root / f"{name}.mrc"
-    write_mrc(path, np.stack([np.load(runs[i]["files"]["sum"]) for i in ses.order]),
-              voxel_size_a=ses.series["pixel_size_a"])
+    write_mrc(
+        path, np.stack([np.load(runs[i]["files"]["sum"]) for i in ses.order]), voxel_size_a=ses.series["pixel_size_a"]
+    )
     return path
 
 
@@ -244,8 +311,17 @@ def run_xray(ses: Session) -> tuple[list[dict], Path]:
     out = ses.root / "xray"
     out.mkdir(exist_ok=True)
     n = len(ses.order)
-    r = erase_series_task([(str(stack), k) for k in range(n)], {}, str(out), "TS", ses.params["xray"], "cpu",
-                          ses.series["pixel_size_a"], False, True)
+    r = erase_series_task(
+        [(str(stack), k) for k in range(n)],
+        {},
+        str(out),
+        "TS",
+        ses.params["xray"],
+        "cpu",
+        ses.series["pixel_size_a"],
+        False,
+        True,
+    )
     erased_path = r["files"]["file"]
     lines = [ln.split() for ln in Path(r["positions"]).read_text().splitlines() if ln and not ln.startswith("#")]
     marks = np.array(lines, dtype=np.int64).reshape(-1, 3)  # view (tilt order), x, y
@@ -263,10 +339,17 @@ def run_xray(ses: Session) -> tuple[list[dict], Path]:
         mask[sel[:, 2], sel[:, 1]] = True
         on_beads += bead_pixels(t, radius, mask)
     frac = 1.0 - left / seen if seen else math.nan
-    rows = [_row(XRAY_ERASED, frac, f">= {TARGETS['xray_erased']}", frac >= TARGETS["xray_erased"] if seen else None,
-                 note=f"{left} of {seen} hits >= 5 SD left ({after_motion} after motion-ctf) in "
-                      f"{sum(i in ses.clean for i in ses.order)} views"),
-            _row("X-ray: erased pixels on beads", float(on_beads), "0", on_beads == 0)]
+    rows = [
+        _row(
+            XRAY_ERASED,
+            frac,
+            f">= {TARGETS['xray_erased']}",
+            frac >= TARGETS["xray_erased"] if seen else None,
+            note=f"{left} of {seen} hits >= 5 SD left ({after_motion} after motion-ctf) in "
+            f"{sum(i in ses.clean for i in ses.order)} views",
+        ),
+        _row("X-ray: erased pixels on beads", float(on_beads), "0", on_beads == 0),
+    ]
     return rows, Path(erased_path)
 
 
@@ -296,14 +379,25 @@ def align_rows(ses: AlignSeries, stack: Path, method: str) -> list[dict]:
     out = ses.root / f"align_{method}"
     out.mkdir(exist_ok=True)
     angles = [s["tilts"][i]["mdoc_tilt_angle_deg"] for i in ses.order]
-    r = align_series_task([(str(stack), k) for k in range(len(angles))], angles, ses.params[method],
-                          s["mdoc_tilt_axis_deg"], s["pixel_size_a"], str(out), "TS", "cpu")
+    r = align_series_task(
+        [(str(stack), k) for k in range(len(angles))],
+        angles,
+        ses.params[method],
+        s["mdoc_tilt_axis_deg"],
+        s["pixel_size_a"],
+        str(out),
+        "TS",
+        "cpu",
+    )
     verdict = _verdict(r)
     failed = verdict == "failed"
     zero = min(ses.order, key=lambda i: abs(s["tilts"][i]["mdoc_tilt_angle_deg"]))
     beads = f"{sum(s['tilts'][zero]['bead_in_image'])} beads in the 0° view"
-    reasons = "; ".join(str(x) for x in (r.get("verdict") or {}).get("reasons", []))[:160] \
-        if isinstance(r.get("verdict"), dict) else ""
+    reasons = (
+        "; ".join(str(x) for x in (r.get("verdict") or {}).get("reasons", []))[:160]
+        if isinstance(r.get("verdict"), dict)
+        else ""
+    )
     res_q, ang_q = f"{method} residual vs truth (px)", f"{method} angles vs truth (°)"
     if "xf" not in r:  # a failed series has no alignment to measure
         note = f"{beads}; {reasons or 'no alignment returned'}"
@@ -311,10 +405,17 @@ def align_rows(ses: AlignSeries, stack: Path, method: str) -> list[dict]:
     e = alignment_errors(s, ses.order, r)
     angle = max(e["tilt_err_deg"], e["axis_err_deg"])
     note = f"tilt {e['tilt_err_deg']:.2f}°, axis {e['axis_err_deg']:.2f}°" + (f"; {reasons}" if reasons else "")
-    return [_row(res_q, e["residual_px"], QUANTITIES[res_q], failed or e["residual_px"] <= TARGETS["align_px"],
-                 verdict=verdict, note=f"{beads}; residual of {e['markers']}"),
-            _row(ang_q, angle, QUANTITIES[ang_q], failed or angle <= TARGETS["align_deg"], verdict=verdict,
-                 note=note)]
+    return [
+        _row(
+            res_q,
+            e["residual_px"],
+            QUANTITIES[res_q],
+            failed or e["residual_px"] <= TARGETS["align_px"],
+            verdict=verdict,
+            note=f"{beads}; residual of {e['markers']}",
+        ),
+        _row(ang_q, angle, QUANTITIES[ang_q], failed or angle <= TARGETS["align_deg"], verdict=verdict, note=note),
+    ]
 
 
 CTF_QUANTITIES = ["CTF median |d defocus| |tilt| <= 30 (Å)", "CTF median |d defocus| |tilt| > 30 (Å)"]
@@ -357,8 +458,11 @@ def run_scenario(sc: Scenario, root: Path, log=print) -> tuple[list[dict], dict]
     seconds["simulate alignment series"] = time.perf_counter() - t0
     for method in ("fiducial", "patch"):
         t0 = time.perf_counter()
-        rows += _guarded([f"{method} residual vs truth (px)", f"{method} angles vs truth (°)"],
-                         lambda m=method: align_rows(series, series.stack, m), log)
+        rows += _guarded(
+            [f"{method} residual vs truth (px)", f"{method} angles vs truth (°)"],
+            lambda m=method: align_rows(series, series.stack, m),
+            log,
+        )
         seconds[f"align {method}"] = time.perf_counter() - t0
     return rows, seconds
 

@@ -22,12 +22,14 @@ HIT_SD = 5.0  # a hit remains while its left-over reaches this many SD of the lo
 
 def _taper(h: int, w: int) -> torch.Tensor:
     """Separable cosine edge taper, 1/8 of each side."""
+
     def one(n: int) -> torch.Tensor:
         e = max(n // 8, 1)
         v = torch.ones(n, dtype=torch.float64)
         ramp = 0.5 - 0.5 * torch.cos(torch.pi * (torch.arange(e, dtype=torch.float64) + 0.5) / e)
-        v[:e], v[n - e:] = ramp, ramp.flip(0)
+        v[:e], v[n - e :] = ramp, ramp.flip(0)
         return v
+
     return one(h)[:, None] * one(w)[None, :]
 
 
@@ -66,8 +68,7 @@ def clean_movie_and_oracle(series: dict, i: int, gain: np.ndarray) -> tuple[np.n
     oracle = []
     g = gain.astype(np.float64)
     for f, expected in enumerate(iter_expected_frames(series, i)):
-        clean = detector.count_frame(expected.cpu().numpy(), gain, rng, frame_index=f, hot_pixels=[],
-                                     xray_hits=[])
+        clean = detector.count_frame(expected.cpu().numpy(), gain, rng, frame_index=f, hot_pixels=[], xray_hits=[])
         oracle.append(register_to_template(torch.from_numpy(clean * g), expected))
         for hp in series["hot_pixels"]:
             clean[hp["y"], hp["x"]] += hp["excess_counts_per_frame"]
@@ -78,7 +79,7 @@ def clean_movie_and_oracle(series: dict, i: int, gain: np.ndarray) -> tuple[np.n
 def trajectory_sq_errors(est: np.ndarray, true: np.ndarray) -> np.ndarray:
     """(t,) squared errors px² of mean-subtracted (t, 2) trajectories."""
     d = (est - est.mean(0)) - (true - true.mean(0))
-    return (d ** 2).sum(-1)
+    return (d**2).sum(-1)
 
 
 def hit_events(tilt: dict) -> dict[int, list[dict]]:
@@ -96,7 +97,7 @@ def _event_mask(pixels: list[dict], shift: np.ndarray, shape: tuple[int, int]) -
     mask = np.zeros(shape, bool)
     for p in pixels:
         x, y = p["x"] - shift[0], p["y"] - shift[1]
-        mask |= (xx - x) ** 2 + (yy - y) ** 2 <= HIT_RADIUS_PX ** 2
+        mask |= (xx - x) ** 2 + (yy - y) ** 2 <= HIT_RADIUS_PX**2
     return mask
 
 
@@ -134,7 +135,7 @@ def bead_pixels(tilt: dict, radius_px: float, mask: np.ndarray) -> int:
     if len(beads) == 0:
         return 0
     d2 = (xs[:, None] - beads[None, :, 0]) ** 2 + (ys[:, None] - beads[None, :, 1]) ** 2
-    return int((d2.min(1) <= radius_px ** 2).sum())
+    return int((d2.min(1) <= radius_px**2).sum())
 
 
 def true_markers(series: dict, order: list[int]) -> tuple[torch.Tensor, str]:
@@ -152,9 +153,12 @@ def true_markers(series: dict, order: list[int]) -> tuple[torch.Tensor, str]:
     g = torch.tensor([-0.3, 0.0, 0.3], dtype=torch.float64)
     xyz = torch.cartesian_prod(g * nx, g * ny, g / 0.3 * half_z)
     proj = geometry.project_points(
-        xyz, tilt_angles_deg=torch.tensor([t["true_tilt_angle_deg"] for t in tilts]),
+        xyz,
+        tilt_angles_deg=torch.tensor([t["true_tilt_angle_deg"] for t in tilts]),
         tilt_axis_deg=series["tilt_axis_deg"],
-        shifts_px=torch.tensor([t["stage_shift_px"] for t in tilts]), image_shape=(ny, nx))
+        shifts_px=torch.tensor([t["stage_shift_px"] for t in tilts]),
+        image_shape=(ny, nx),
+    )
     return proj.permute(1, 0, 2), "virtual markers (fewer than 3 beads in view)"
 
 
@@ -168,5 +172,9 @@ def alignment_errors(series: dict, order: list[int], r: dict) -> dict:
     if bool((refined.abs() < 90).all()):
         residual = alignment_residual_against_truth(torch.tensor(r["xf"]), refined, markers, (ny, nx))
     axis_err = (r["tilt_axis_deg"] - series["tilt_axis_deg"] + 180.0) % 360.0 - 180.0
-    return {"residual_px": residual, "tilt_err_deg": float((refined - true).abs().max()),
-            "axis_err_deg": abs(axis_err), "markers": kind}
+    return {
+        "residual_px": residual,
+        "tilt_err_deg": float((refined - true).abs().max()),
+        "axis_err_deg": abs(axis_err),
+        "markers": kind,
+    }

@@ -34,16 +34,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from _matrix_run import run_scenario  # noqa: E402
+
 from tiltflow.testing.scenarios import Scenario, draw_scenarios  # noqa: E402
 
-QUICK = {"movie_size_px": 256, "movie_n_tilts": 5, "movie_tilt_step_deg": 30.0, "window_px": 256,
-         "max_frames": 6, "align_n_tilts": 17, "align_tilt_step_deg": 7.5, "align_min_px": 160,
-         "align_max_px": 224, "ctf_size_px": 512, "ctf_n_tilts": 5, "ctf_tilt_step_deg": 30.0}
-FULL = {"movie_size_px": 512, "movie_n_tilts": 7, "movie_tilt_step_deg": 20.0, "window_px": 512,
-        "align_n_tilts": 41, "align_tilt_step_deg": 3.0, "align_min_px": 256, "align_max_px": 320,
-        "ctf_size_px": 1536, "ctf_n_tilts": 13, "ctf_tilt_step_deg": 10.0}
+QUICK = {
+    "movie_size_px": 256,
+    "movie_n_tilts": 5,
+    "movie_tilt_step_deg": 30.0,
+    "window_px": 256,
+    "max_frames": 6,
+    "align_n_tilts": 17,
+    "align_tilt_step_deg": 7.5,
+    "align_min_px": 160,
+    "align_max_px": 224,
+    "ctf_size_px": 512,
+    "ctf_n_tilts": 5,
+    "ctf_tilt_step_deg": 30.0,
+}
+FULL = {
+    "movie_size_px": 512,
+    "movie_n_tilts": 7,
+    "movie_tilt_step_deg": 20.0,
+    "window_px": 512,
+    "align_n_tilts": 41,
+    "align_tilt_step_deg": 3.0,
+    "align_min_px": 256,
+    "align_max_px": 320,
+    "ctf_size_px": 1536,
+    "ctf_n_tilts": 13,
+    "ctf_tilt_step_deg": 10.0,
+}
 
 
 def matrix_scenarios(n: int, seed: int, quick: bool, **override) -> list[Scenario]:
@@ -64,8 +85,7 @@ def run_matrix(scenarios: list[Scenario], workdir: Path | None = None, log=print
             rows, seconds = run_scenario(sc, Path(tmp) / sc.name, log=log)
             seconds["total"] = time.perf_counter() - t0
             seconds["cpu"] = time.process_time() - c0  # this process's CPU time: less load-dependent
-            results.append({"scenario": sc.as_dict(), "description": sc.describe(), "rows": rows,
-                            "seconds": seconds})
+            results.append({"scenario": sc.as_dict(), "description": sc.describe(), "rows": rows, "seconds": seconds})
             for row in rows:
                 log(format_row(sc.name, row))
     return results
@@ -81,13 +101,14 @@ def _num(v) -> str:
 
 def format_row(name: str, row: dict) -> str:
     holds = {True: "yes", False: "NO", None: "n/a"}[row["holds"]]
-    return (f"{name:4s} {row['quantity']:44s} {_num(row['value']):>8s} {_num(row['oracle']):>7s} "
-            f"{row['target']:28s} {holds:4s} {row['verdict'] or '-':8s} {row['note']}")
+    return (
+        f"{name:4s} {row['quantity']:44s} {_num(row['value']):>8s} {_num(row['oracle']):>7s} "
+        f"{row['target']:28s} {holds:4s} {row['verdict'] or '-':8s} {row['note']}"
+    )
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"\n{'':4s} {'quantity':44s} {'value':>8s} {'oracle':>7s} {'target':28s} {'holds':4s} "
-          f"{'verdict':8s} note")
+    print(f"\n{'':4s} {'quantity':44s} {'value':>8s} {'oracle':>7s} {'target':28s} {'holds':4s} {'verdict':8s} note")
     for r in results:
         print(r["description"])
         for row in r["rows"]:
@@ -106,22 +127,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--workdir", type=Path, help="folder for the temporary sessions (default: system tmp)")
     ap.add_argument("--movie-size", type=int, help=f"movie crop side, px (default {FULL['movie_size_px']})")
     ap.add_argument("--window", type=int, help=f"motion-ctf's CTF window, px (default {FULL['window_px']})")
-    ap.add_argument("--align-max", type=int, help=f"largest alignment view side, px (default "
-                    f"{FULL['align_max_px']}; wider fields at finer binning, slower)")
+    ap.add_argument(
+        "--align-max",
+        type=int,
+        help=f"largest alignment view side, px (default {FULL['align_max_px']}; wider fields at finer binning, slower)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     n = 3 if args.quick else args.scenarios
     t0, c0 = time.perf_counter(), time.process_time()
-    scenarios = matrix_scenarios(n, args.seed, args.quick, movie_size_px=args.movie_size, window_px=args.window,
-                                 align_max_px=args.align_max)
+    scenarios = matrix_scenarios(
+        n, args.seed, args.quick, movie_size_px=args.movie_size, window_px=args.window, align_max_px=args.align_max
+    )
     results = run_matrix(scenarios, args.workdir)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print_table(results)
-    print(f"wall time {wall:.0f} s ({wall / 60:.1f} min), CPU time {cpu:.0f} s for {n} scenarios ({torch.get_num_threads()} torch "
-          f"thread(s), load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"wall time {wall:.0f} s ({wall / 60:.1f} min), CPU time {cpu:.0f} s for {n} scenarios ({torch.get_num_threads()} torch "
+        f"thread(s), load average {os.getloadavg()[0]:.1f})"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"seed": args.seed, "quick": args.quick, "wall_s": wall, "cpu_s": cpu,
-                                         "results": results}, indent=1, default=str))
+        args.json.write_text(
+            json.dumps(
+                {"seed": args.seed, "quick": args.quick, "wall_s": wall, "cpu_s": cpu, "results": results},
+                indent=1,
+                default=str,
+            )
+        )
     return results
 
 

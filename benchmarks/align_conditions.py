@@ -38,20 +38,39 @@ from tiltflow.testing.tilt_series import noisy_tilt_series
 
 # (name, DemoConfig keywords): sizes and pixel sizes as the align step sees them (binned)
 CONDITIONS: list[tuple[str, dict]] = [
-    ("narrow: 199x141 nm field, 150 nm ice, 10 beads",
-     dict(n_tilts=41, size=(360, 256), pixel_size_a=5.52, ice_thickness_nm=150.0, n_beads=10)),
+    (
+        "narrow: 199x141 nm field, 150 nm ice, 10 beads",
+        dict(n_tilts=41, size=(360, 256), pixel_size_a=5.52, ice_thickness_nm=150.0, n_beads=10),
+    ),
     ("384² demo at bin 2 (212 nm, 150 nm ice)", dict(n_tilts=21, size=(384, 384), pixel_size_a=5.52)),
-    ("wide: field 6x the ice (410 nm, 70 nm ice), 30 beads",
-     dict(n_tilts=41, size=(512, 512), pixel_size_a=8.0, ice_thickness_nm=70.0, n_beads=30)),
-    ("mdoc off: tilt offset ±5°, axis ±3°, 20 beads",
-     dict(n_tilts=41, size=(384, 384), pixel_size_a=5.52, ice_thickness_nm=150.0, n_beads=20,
-          tilt_offset_max_deg=5.0, tilt_axis_jitter_deg=3.0)),
-    ("thick: 300 nm ice, 422 nm field, 12 beads",
-     dict(n_tilts=41, size=(384, 384), pixel_size_a=11.0, ice_thickness_nm=300.0, n_beads=12)),
-    ("few beads: 4 in 212 nm, 100 nm ice",
-     dict(n_tilts=41, size=(384, 384), pixel_size_a=5.52, ice_thickness_nm=100.0, n_beads=4)),
-    ("no beads (fiducial must fail), 100 nm ice",
-     dict(n_tilts=41, size=(384, 384), pixel_size_a=5.52, ice_thickness_nm=100.0, n_beads=0)),
+    (
+        "wide: field 6x the ice (410 nm, 70 nm ice), 30 beads",
+        dict(n_tilts=41, size=(512, 512), pixel_size_a=8.0, ice_thickness_nm=70.0, n_beads=30),
+    ),
+    (
+        "mdoc off: tilt offset ±5°, axis ±3°, 20 beads",
+        dict(
+            n_tilts=41,
+            size=(384, 384),
+            pixel_size_a=5.52,
+            ice_thickness_nm=150.0,
+            n_beads=20,
+            tilt_offset_max_deg=5.0,
+            tilt_axis_jitter_deg=3.0,
+        ),
+    ),
+    (
+        "thick: 300 nm ice, 422 nm field, 12 beads",
+        dict(n_tilts=41, size=(384, 384), pixel_size_a=11.0, ice_thickness_nm=300.0, n_beads=12),
+    ),
+    (
+        "few beads: 4 in 212 nm, 100 nm ice",
+        dict(n_tilts=41, size=(384, 384), pixel_size_a=5.52, ice_thickness_nm=100.0, n_beads=4),
+    ),
+    (
+        "no beads (fiducial must fail), 100 nm ice",
+        dict(n_tilts=41, size=(384, 384), pixel_size_a=5.52, ice_thickness_nm=100.0, n_beads=0),
+    ),
 ]
 
 
@@ -60,7 +79,7 @@ def honest(xf, angles, s) -> tuple[float, float]:
     err = float((angles - s.true).abs().max())
     try:
         res = alignment_residual_against_truth(xf, angles, s.proj, tuple(s.views.shape[-2:]))
-    except ValueError:              # |tilt| >= 90 or no bead in view
+    except ValueError:  # |tilt| >= 90 or no bead in view
         res = math.nan
     return res, err
 
@@ -80,7 +99,7 @@ def run_condition(name: str, kw: dict, seed: int, patch: bool) -> dict:
         sol = checked.alignment.solution
         row["checked"] = honest(sol.xf, sol.tilt_angles_deg, s)
         row["verdict"] = checked.verdict.line()
-    except ValueError as err:       # the align step turns this into a 'failed' verdict
+    except ValueError as err:  # the align step turns this into a 'failed' verdict
         row["unchecked"] = row["checked"] = (math.nan, math.nan)
         row["verdict"] = f"failed: {err}"
     row["fiducial_s"] = time.perf_counter() - t0
@@ -91,8 +110,15 @@ def run_condition(name: str, kw: dict, seed: int, patch: bool) -> dict:
         row["oracle"] = (math.nan, math.nan)
     if patch:
         t0 = time.perf_counter()
-        pm = checked_projection_matching(s.views, s.mdoc, tilt_axis_deg=axis, align_z_px=1500.0 / config.pixel_size_a,
-                                         binning=1, pixel_size_a=config.pixel_size_a, iterations=5)
+        pm = checked_projection_matching(
+            s.views,
+            s.mdoc,
+            tilt_axis_deg=axis,
+            align_z_px=1500.0 / config.pixel_size_a,
+            binning=1,
+            pixel_size_a=config.pixel_size_a,
+            iterations=5,
+        )
         ran = pm.result is not None and s.proj.shape[0]
         row["patch"] = honest(pm.result.xf, pm.result.tilt_angles_deg, s) if ran else (math.nan, math.nan)
         row["patch_verdict"] = pm.verdict.line()
@@ -110,14 +136,18 @@ def holds(res_err: tuple[float, float], verdict: str) -> str:
 def print_table(rows: list[dict]) -> None:
     f = lambda v: "  n/a" if v is None or not math.isfinite(v) else f"{v:5.2f}"  # noqa: E731
     print("\nhonest residual px / largest tilt-angle error ° (target ≤ 1 px and ≤ 3°, or a 'failed' verdict)")
-    print(f"{'condition':55s} {'seed':>4s} {'off°':>5s} | {'unchecked':>11s} | {'checked':>11s} {'holds':>7s} | "
-          f"{'oracle':>11s} | {'patch':>11s} {'holds':>7s}")
+    print(
+        f"{'condition':55s} {'seed':>4s} {'off°':>5s} | {'unchecked':>11s} | {'checked':>11s} {'holds':>7s} | "
+        f"{'oracle':>11s} | {'patch':>11s} {'holds':>7s}"
+    )
     for r in rows:
         u, c, o = r["unchecked"], r["checked"], r["oracle"]
         p = r.get("patch", (math.nan, math.nan))
-        print(f"{r['condition'][:55]:55s} {r['seed']:4d} {r['true_offset_deg']:5.2f} | {f(u[0])} {f(u[1])} | "
-              f"{f(c[0])} {f(c[1])} {holds(c, r['verdict']):>7s} | {f(o[0])} {f(o[1])} | {f(p[0])} {f(p[1])} "
-              f"{holds(p, r.get('patch_verdict', 'failed')) if 'patch' in r else '':>7s}")
+        print(
+            f"{r['condition'][:55]:55s} {r['seed']:4d} {r['true_offset_deg']:5.2f} | {f(u[0])} {f(u[1])} | "
+            f"{f(c[0])} {f(c[1])} {holds(c, r['verdict']):>7s} | {f(o[0])} {f(o[1])} | {f(p[0])} {f(p[1])} "
+            f"{holds(p, r.get('patch_verdict', 'failed')) if 'patch' in r else '':>7s}"
+        )
     print("\nverdicts")
     for r in rows:
         print(f"  {r['condition'][:40]:40s} seed {r['seed']}: fiducial {r['verdict']}")
@@ -137,7 +167,7 @@ def main() -> None:
         for seed in range(1, args.seeds + 1):
             try:
                 rows.append(run_condition(name, kw, seed, patch=not args.no_patch))
-            except Exception:       # a method that fails is reported; the rest goes on
+            except Exception:  # a method that fails is reported; the rest goes on
                 print(f"{name} seed {seed}: FAILED\n{traceback.format_exc()}")
             print(f"  done: {name}, seed {seed} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print_table(rows)

@@ -64,9 +64,9 @@ from tiltflow.testing.phantom import (
 )
 
 BIN = 4
-THICKNESS_NM = 200.0     # tomogram (the reconstruct step's default)
-ALIGN_Z_NM = 150.0       # patch route's slab (the align step's default)
-PATCH_ITERATIONS = 5     # the align step's default
+THICKNESS_NM = 200.0  # tomogram (the reconstruct step's default)
+ALIGN_Z_NM = 150.0  # patch route's slab (the align step's default)
+PATCH_ITERATIONS = 5  # the align step's default
 SIZES = {  # n_tilts, ny, nx, tilt step (deg): all span +-60 deg
     "small": (21, 512, 512, 6.0),
     "default": (41, 1024, 1440, 3.0),
@@ -75,6 +75,7 @@ SIZES = {  # n_tilts, ny, nx, tilt step (deg): all span +-60 deg
 
 
 # --- data ------------------------------------------------------------------------------------------
+
 
 def make_series(size: str, seed: int, cache: Path | None, device: str) -> dict:
     """Noise-free and noisy raw views ``(t, ny, nx)`` in tilt order, and the series truth."""
@@ -88,9 +89,10 @@ def make_series(size: str, seed: int, cache: Path | None, device: str) -> dict:
         noisy = torch.from_numpy(np.load(cache / f"{stem}_noisy.npy").astype(np.float32))
     else:
         t0 = time.perf_counter()
-        clean = torch.stack([render_truth_tilt(truth, i, device=device).cpu() * cfg.n_frames
-                             for i in order])  # a whole tilt's expected counts
-        if device == "cuda":   # numpy's Poisson draw takes minutes at full size
+        clean = torch.stack(
+            [render_truth_tilt(truth, i, device=device).cpu() * cfg.n_frames for i in order]
+        )  # a whole tilt's expected counts
+        if device == "cuda":  # numpy's Poisson draw takes minutes at full size
             gen = torch.Generator(device="cuda").manual_seed(seed)
             noisy = torch.stack([torch.poisson(c.to(device).clamp_min(0), generator=gen).cpu() for c in clean])
         else:
@@ -105,8 +107,12 @@ def make_series(size: str, seed: int, cache: Path | None, device: str) -> dict:
     proj = torch.tensor([tl["bead_projections_px"] for tl in tilts], dtype=torch.float64)
     proj[~torch.tensor([tl["bead_in_image"] for tl in tilts])] = math.nan
     return {
-        "config": cfg, "truth": truth, "clean": clean, "noisy": noisy, "shape": (ny, nx),
-        "beads_true_px": proj.permute(1, 0, 2),          # (n, t, 2) raw unbinned px
+        "config": cfg,
+        "truth": truth,
+        "clean": clean,
+        "noisy": noisy,
+        "shape": (ny, nx),
+        "beads_true_px": proj.permute(1, 0, 2),  # (n, t, 2) raw unbinned px
         "mdoc_angles": torch.tensor([tl["mdoc_tilt_angle_deg"] for tl in tilts], dtype=torch.float64),
         "true_angles": torch.tensor([tl["true_tilt_angle_deg"] for tl in tilts], dtype=torch.float64),
         "xf_true": torch.tensor(truth["xf_rows"], dtype=torch.float64),
@@ -121,10 +127,16 @@ def aligned_shape(shape_b: tuple[int, int], axis_deg: float) -> tuple[int, int]:
 
 def binned_specimen(spec: Specimen, b: int) -> Specimen:
     """The specimen in pixels of views binned by ``b``."""
-    return Specimen(bead_xyz_px=spec.bead_xyz_px / b, bead_radius_px=spec.bead_radius_px / b,
-                    vesicle_xyz_px=spec.vesicle_xyz_px / b, vesicle_radius_px=spec.vesicle_radius_px / b,
-                    blob_xyz_px=spec.blob_xyz_px / b, blob_sigma_px=spec.blob_sigma_px / b,
-                    ice_thickness_px=spec.ice_thickness_px / b, pixel_size_a=spec.pixel_size_a * b)
+    return Specimen(
+        bead_xyz_px=spec.bead_xyz_px / b,
+        bead_radius_px=spec.bead_radius_px / b,
+        vesicle_xyz_px=spec.vesicle_xyz_px / b,
+        vesicle_radius_px=spec.vesicle_radius_px / b,
+        blob_xyz_px=spec.blob_xyz_px / b,
+        blob_sigma_px=spec.blob_sigma_px / b,
+        ice_thickness_px=spec.ice_thickness_px / b,
+        pixel_size_a=spec.pixel_size_a * b,
+    )
 
 
 def objects_inside(spec: Specimen, shape: tuple[int, int, int]) -> Specimen:
@@ -133,15 +145,21 @@ def objects_inside(spec: Specimen, shape: tuple[int, int, int]) -> Specimen:
     nz, _, nx = shape
 
     def keep(xyz: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return ((xyz[:, 0].abs() + r <= (nx - 1) / 2) & (xyz[:, 2].abs() + r <= (nz - 1) / 2))
+        return (xyz[:, 0].abs() + r <= (nx - 1) / 2) & (xyz[:, 2].abs() + r <= (nz - 1) / 2)
 
     b = keep(spec.bead_xyz_px, torch.full((len(spec.bead_xyz_px),), spec.bead_radius_px))
     v = keep(spec.vesicle_xyz_px, spec.vesicle_radius_px)
     g = keep(spec.blob_xyz_px, 4 * spec.blob_sigma_px)
-    return Specimen(bead_xyz_px=spec.bead_xyz_px[b], bead_radius_px=spec.bead_radius_px,
-                    vesicle_xyz_px=spec.vesicle_xyz_px[v], vesicle_radius_px=spec.vesicle_radius_px[v],
-                    blob_xyz_px=spec.blob_xyz_px[g], blob_sigma_px=spec.blob_sigma_px[g],
-                    ice_thickness_px=spec.ice_thickness_px, pixel_size_a=spec.pixel_size_a)
+    return Specimen(
+        bead_xyz_px=spec.bead_xyz_px[b],
+        bead_radius_px=spec.bead_radius_px,
+        vesicle_xyz_px=spec.vesicle_xyz_px[v],
+        vesicle_radius_px=spec.vesicle_radius_px[v],
+        blob_xyz_px=spec.blob_xyz_px[g],
+        blob_sigma_px=spec.blob_sigma_px[g],
+        ice_thickness_px=spec.ice_thickness_px,
+        pixel_size_a=spec.pixel_size_a,
+    )
 
 
 def _add_occupancy(grid, centre_xyz, outer_r, shells, ss=2):
@@ -149,20 +167,20 @@ def _add_occupancy(grid, centre_xyz, outer_r, shells, ss=2):
     nz, ny, nx = grid.shape
     c = [centre_xyz[2] + (nz - 1) / 2, centre_xyz[1] + (ny - 1) / 2, centre_xyz[0] + (nx - 1) / 2]
     lo = [max(math.floor(ci - outer_r) - 1, 0) for ci in c]
-    hi = [min(math.ceil(ci + outer_r) + 2, n) for ci, n in zip(c, grid.shape)]
-    if any(a >= b for a, b in zip(lo, hi)):
+    hi = [min(math.ceil(ci + outer_r) + 2, n) for ci, n in zip(c, grid.shape, strict=False)]
+    if any(a >= b for a, b in zip(lo, hi, strict=False)):
         return
     sub = (np.arange(ss) + 0.5) / ss - 0.5
-    z, y, x = ((np.arange(a, b)[:, None] + sub).ravel() - ci for a, b, ci in zip(lo, hi, c))
+    z, y, x = ((np.arange(a, b)[:, None] + sub).ravel() - ci for a, b, ci in zip(lo, hi, c, strict=False))
     r2 = z[:, None, None] ** 2 + y[None, :, None] ** 2 + x[None, None, :] ** 2
     occ = np.zeros_like(r2, dtype=np.float32)
     for a, b in shells:
         occ += r2 <= (outer_r - a) ** 2
         if outer_r - b > 0:
             occ -= r2 <= (outer_r - b) ** 2
-    dims = [hh - ll for ll, hh in zip(lo, hi)]
+    dims = [hh - ll for ll, hh in zip(lo, hi, strict=False)]
     occ = occ.reshape(dims[0], ss, dims[1], ss, dims[2], ss).mean(axis=(1, 3, 5))
-    grid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] += occ
+    grid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] += occ
 
 
 def voxelize_specimen(spec: Specimen, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -173,19 +191,19 @@ def voxelize_specimen(spec: Specimen, shape: tuple[int, int, int]) -> torch.Tens
     gold = np.zeros(shape, np.float32)
     nm = 10.0 / spec.pixel_size_a
     leaflets = [(0.0, HEAD_GROUP_NM * nm), ((BILAYER_NM - HEAD_GROUP_NM) * nm, BILAYER_NM * nm)]
-    for xyz, r in zip(spec.vesicle_xyz_px.tolist(), spec.vesicle_radius_px.tolist()):
+    for xyz, r in zip(spec.vesicle_xyz_px.tolist(), spec.vesicle_radius_px.tolist(), strict=False):
         _add_occupancy(soft, xyz, r, leaflets)
     for xyz in spec.bead_xyz_px.tolist():
         _add_occupancy(gold, xyz, spec.bead_radius_px, [(0.0, math.inf)], ss=4)
     axes = [np.arange(n) - (n - 1) / 2 for n in (nx, ny, nz)]
-    for (bx, by, bz), s in zip(spec.blob_xyz_px.tolist(), spec.blob_sigma_px.tolist()):
+    for (bx, by, bz), s in zip(spec.blob_xyz_px.tolist(), spec.blob_sigma_px.tolist(), strict=False):
         idx = []
-        for a, centre in zip(axes, (bx, by, bz)):
+        for a, centre in zip(axes, (bx, by, bz), strict=False):
             keep = np.nonzero(np.abs(a - centre) <= 4 * s)[0]
             idx.append(keep)
         if any(k.size == 0 for k in idx):
             continue
-        gx, gy, gz = (np.exp(-0.5 * ((a[k] - ce) / s) ** 2) for a, k, ce in zip(axes, idx, (bx, by, bz)))
+        gx, gy, gz = (np.exp(-0.5 * ((a[k] - ce) / s) ** 2) for a, k, ce in zip(axes, idx, (bx, by, bz), strict=False))
         soft[np.ix_(idx[2], idx[1], idx[0])] += gz[:, None, None] * gy[None, :, None] * gx[None, None, :]
     px = spec.pixel_size_a  # rad/Å * Å/px = rad per px of path; gold also absorbs (1/120 Å * Å/px)
     vol = soft * (PROTEIN_PHASE_RAD_PER_A * px) + gold * (GOLD_PHASE_RAD_PER_A * px + px / GOLD_ABSORPTION_LENGTH_A)
@@ -201,20 +219,26 @@ def phantom_data(data: dict, nz: int, shape_al: tuple[int, int], seed: int) -> d
     rng = np.random.default_rng([seed, 11])
     clean, noisy = [], []
     for ang in data["true_angles"].tolist():
-        p = project_specimen(spec, tilt_angle_deg=ang, tilt_axis_deg=0.0, shift_px=(0.0, 0.0),
-                             image_shape=shape_al)
+        p = project_specimen(spec, tilt_angle_deg=ang, tilt_axis_deg=0.0, shift_px=(0.0, 0.0), image_shape=shape_al)
         dens = (p.phase_rad + p.gold_thickness_a / GOLD_ABSORPTION_LENGTH_A).numpy().astype(np.float64)
         # electrons per binned pixel through the ice: e/Å^2 * Å^2/px * inelastic loss
-        n0 = cfg.dose_per_tilt_e_a2 * spec.pixel_size_a ** 2 * math.exp(
-            -cfg.ice_thickness_nm / math.cos(math.radians(ang)) / cfg.ice_mean_free_path_nm)
+        n0 = (
+            cfg.dose_per_tilt_e_a2
+            * spec.pixel_size_a**2
+            * math.exp(-cfg.ice_thickness_nm / math.cos(math.radians(ang)) / cfg.ice_mean_free_path_nm)
+        )
         counts = rng.poisson(n0 * np.exp(-dens))
         clean.append(dens)
         noisy.append(-np.log(np.maximum(counts, 0.5) / n0))
-    return {"volume": volume, "clean": torch.from_numpy(np.stack(clean).astype(np.float32)),
-            "noisy": torch.from_numpy(np.stack(noisy).astype(np.float32))}
+    return {
+        "volume": volume,
+        "clean": torch.from_numpy(np.stack(clean).astype(np.float32)),
+        "noisy": torch.from_numpy(np.stack(noisy).astype(np.float32)),
+    }
 
 
 # --- measures --------------------------------------------------------------------------------------
+
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().flatten(), b.double().flatten()
@@ -229,18 +253,18 @@ def wedge_band_correlation(a: torch.Tensor, b: torch.Tensor, max_tilt_deg: float
     kz = torch.fft.fftfreq(nz)[:, None, None]
     ky = torch.fft.fftfreq(ny)[None, :, None]
     kx = torch.fft.rfftfreq(nx)[None, None, :]
-    k = torch.sqrt(kx ** 2 + ky ** 2 + kz ** 2)
+    k = torch.sqrt(kx**2 + ky**2 + kz**2)
     m = (kz.abs() <= math.tan(math.radians(max_tilt_deg)) * kx.abs() + 1e-9) & (k > 0) & (k < k_max)
     num = (fa[m] * fb[m].conj()).real.sum()
     return float(num / torch.sqrt((fa[m].abs() ** 2).sum() * (fb[m].abs() ** 2).sum()))
 
 
 def honest_residual(xf_unbinned, angles, data) -> float:
-    return alignment_residual_against_truth(xf_unbinned.cpu(), angles.cpu(), data["beads_true_px"],
-                                            data["shape"])
+    return alignment_residual_against_truth(xf_unbinned.cpu(), angles.cpu(), data["beads_true_px"], data["shape"])
 
 
 # --- peers -----------------------------------------------------------------------------------------
+
 
 def import_peer(name: str):
     try:
@@ -253,8 +277,13 @@ def import_peer(name: str):
 def tiltxcorr_xf(module, views_b, angles, axis_deg, lowpass_a=None, pixel_a=None) -> torch.Tensor:
     """torch-tiltxcorr's shifts (dy, dx that centre each image: a feature at raw p sits at p + shift
     once shifted) as .xf at bin 1: raw-image shift s = -(dx, dy) (core/geometry.py)."""
-    shifts_yx = module.tiltxcorr(views_b, angles.float().to(views_b.device), tilt_axis_angle=axis_deg,
-                                 pixel_spacing_angstroms=pixel_a, lowpass_angstroms=lowpass_a)
+    shifts_yx = module.tiltxcorr(
+        views_b,
+        angles.float().to(views_b.device),
+        tilt_axis_angle=axis_deg,
+        pixel_spacing_angstroms=pixel_a,
+        lowpass_angstroms=lowpass_a,
+    )
     s = -shifts_yx.flip(-1).double().cpu() * BIN
     return geometry_to_xf(axis_deg, s)
 
@@ -274,8 +303,9 @@ def check_astra_geometry(astra) -> None:
         raise RuntimeError(f"ASTRA geometry differs from the one assumed here: {u}")
 
 
-def astra_reconstruct(astra, views: np.ndarray, angles_deg, nz: int, algorithm: str, iterations=1,
-                      filter_type="ram-lak", cuda=False) -> np.ndarray:
+def astra_reconstruct(
+    astra, views: np.ndarray, angles_deg, nz: int, algorithm: str, iterations=1, filter_type="ram-lak", cuda=False
+) -> np.ndarray:
     """Slice-by-slice ASTRA 2-D reconstruction of aligned views ``(t, ny, nx)`` -> ``(nz, ny, nx)``."""
     _, ny, nx = views.shape
     vg = astra.create_vol_geom(nz, nx)
@@ -318,15 +348,14 @@ def tfs_reconstruct(tfs, views: torch.Tensor, angles_deg, nz: int) -> torch.Tens
     d = 2 * math.ceil(max(ny, nx, nz) / 2)
     oy, ox = (d - ny) // 2, (d - nx) // 2
     padded = views.new_zeros((t, d, d))
-    padded[:, oy:oy + ny, ox:ox + nx] = views - views.mean(dim=(-2, -1), keepdim=True)
+    padded[:, oy : oy + ny, ox : ox + nx] = views - views.mean(dim=(-2, -1), keepdim=True)
     s = torch.tensor([d / 2 - ((nx - 1) / 2 + ox), d / 2 - ((ny - 1) / 2 + oy)], device=views.device)
     padded = shift_image_2d(padded, s.to(padded.dtype).expand(t, 2))
     th = torch.deg2rad(torch.as_tensor(angles_deg, dtype=torch.float32, device=views.device))
     c, sn = torch.cos(th), torch.sin(th)
     o, i = torch.zeros_like(c), torch.ones_like(c)
     # R_y(theta)^T acting on xyz: u = x cos + z sin (checked against project_3d_to_2d)
-    rot = torch.stack([torch.stack([c, o, -sn], -1), torch.stack([o, i, o], -1),
-                       torch.stack([sn, o, c], -1)], -2)
+    rot = torch.stack([torch.stack([c, o, -sn], -1), torch.stack([o, i, o], -1), torch.stack([sn, o, c], -1)], -2)
     vol = tfs.backproject_2d_to_3d(padded, rot, pad_factor=2.0)
     for dim, n in ((0, nz), (1, ny), (2, nx)):
         off = d / 2 - (n - 1) / 2
@@ -336,6 +365,7 @@ def tfs_reconstruct(tfs, views: torch.Tensor, angles_deg, nz: int) -> torch.Tens
 
 
 # --- timing ----------------------------------------------------------------------------------------
+
 
 def run_interleaved(items: dict, repeats: int, sync) -> dict:
     """Run every ``name -> fn`` ``repeats`` times in rotating order; min wall / CPU s and a result.
@@ -386,18 +416,21 @@ def print_table(title: str, header: list[str], rows: list[list]) -> None:
     if not rows:
         print(f"\n{title}: nothing to show")
         return
+
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else ("-" if v is None else str(v))
+
     cells = [[fmt(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     print(f"\n{title}")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)))
     print("  ".join("-" * w for w in widths))
     for c in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=False)))
 
 
 # --- the two benchmarks ----------------------------------------------------------------------------
+
 
 def bench_alignment(data: dict, vb: torch.Tensor, args, sync) -> dict:
     """Time and honest residual of every alignment method on the binned noisy views ``vb``."""
@@ -415,16 +448,23 @@ def bench_alignment(data: dict, vb: torch.Tensor, args, sync) -> dict:
         return unbinned(c.xf), angles, axis0
 
     def fiducial():
-        sol = align_fiducial(vb, angles, tilt_axis_deg=axis0,
-                             bead_diameter_px=cfg.bead_diameter_nm * 10.0 / px_b).solution
+        sol = align_fiducial(
+            vb, angles, tilt_axis_deg=axis0, bead_diameter_px=cfg.bead_diameter_nm * 10.0 / px_b
+        ).solution
         return unbinned(sol.xf), sol.tilt_angles_deg, sol.tilt_axis_deg
 
     def patch(start_from_coarse=True):
         c = coarse_align(vb, angles, tilt_axis_deg=axis0) if start_from_coarse else None
-        pm = projection_matching_align(vb, angles, tilt_axis_deg=axis0, align_z_px=ALIGN_Z_NM * 10.0 / px_b,
-                                       pixel_size_a=px_b,
-                                       initial_shifts_px=None if c is None else c.shifts_px, binning=1,
-                                       iterations=PATCH_ITERATIONS)
+        pm = projection_matching_align(
+            vb,
+            angles,
+            tilt_axis_deg=axis0,
+            align_z_px=ALIGN_Z_NM * 10.0 / px_b,
+            pixel_size_a=px_b,
+            initial_shifts_px=None if c is None else c.shifts_px,
+            binning=1,
+            iterations=PATCH_ITERATIONS,
+        )
         return unbinned(pm.xf), pm.tilt_angles_deg, pm.tilt_axis_deg
 
     items = {"tiltflow coarse": coarse}
@@ -432,7 +472,10 @@ def bench_alignment(data: dict, vb: torch.Tensor, args, sync) -> dict:
     if txc is not None:
         items["torch-tiltxcorr (defaults)"] = lambda: (tiltxcorr_xf(txc, vb, angles, axis0), angles, axis0)
         items["torch-tiltxcorr (low-pass 0.25/px)"] = lambda: (
-            tiltxcorr_xf(txc, vb, angles, axis0, lowpass_a=4 * px_b, pixel_a=px_b), angles, axis0)
+            tiltxcorr_xf(txc, vb, angles, axis0, lowpass_a=4 * px_b, pixel_a=px_b),
+            angles,
+            axis0,
+        )
     items["tiltflow fiducial"] = fiducial
     items["tiltflow patch (coarse + PM)"] = patch
     if args.patch_as_step:
@@ -441,20 +484,30 @@ def bench_alignment(data: dict, vb: torch.Tensor, args, sync) -> dict:
     res = run_interleaved(items, args.repeats, sync)
     rows = {}
     for ref_name, xf, ang, axis in (
-        ("(no alignment: mdoc axis, zero shifts)", xf_from_geometry(axis0, torch.zeros(len(angles), 2)), angles,
-         axis0),
+        ("(no alignment: mdoc axis, zero shifts)", xf_from_geometry(axis0, torch.zeros(len(angles), 2)), angles, axis0),
         ("(truth: true .xf, true angles)", data["xf_true"], data["true_angles"], truth["tilt_axis_deg"]),
     ):
-        rows[ref_name] = {"residual_px": honest_residual(xf, ang, data), "axis_error_deg": axis - truth["tilt_axis_deg"]}
+        rows[ref_name] = {
+            "residual_px": honest_residual(xf, ang, data),
+            "axis_error_deg": axis - truth["tilt_axis_deg"],
+        }
     for name, r in res.items():
         xf, ang, axis = r["result"]
-        rows[name] = {"wall_s": r["wall_min"], "cpu_s": r["cpu_min"], "residual_px": honest_residual(xf, ang, data),
-                      "axis_error_deg": float(axis) - truth["tilt_axis_deg"], "walls": r["wall"]}
+        rows[name] = {
+            "wall_s": r["wall_min"],
+            "cpu_s": r["cpu_min"],
+            "residual_px": honest_residual(xf, ang, data),
+            "axis_error_deg": float(axis) - truth["tilt_axis_deg"],
+            "walls": r["wall"],
+        }
     print_table(
         f"Alignment at bin {BIN}: time (min of {args.repeats}) and honest residual against the true bead positions",
         ["method", "wall s", "cpu s", "residual px (bin 1)", f"residual px (bin {BIN})", "axis error deg"],
-        [[n, r.get("wall_s"), r.get("cpu_s"), r["residual_px"], r["residual_px"] / BIN, r["axis_error_deg"]]
-         for n, r in rows.items()])
+        [
+            [n, r.get("wall_s"), r.get("cpu_s"), r["residual_px"], r["residual_px"] / BIN, r["axis_error_deg"]]
+            for n, r in rows.items()
+        ],
+    )
     return rows
 
 
@@ -469,8 +522,12 @@ def _recon_methods(args, nz: int) -> dict:
         cuda = dev == "cuda" and bool(astra.use_cuda())  # never touch ASTRA's CUDA/3-D code otherwise
         tag = "FBP_CUDA" if cuda else "FBP (CPU)"
         for filt in ("ram-lak", "hann"):
-            methods[f"astra {tag}, {filt}, slice by slice"] = ("wbp", lambda v, a, f=filt: torch.from_numpy(
-                astra_reconstruct(astra, v.cpu().numpy(), a.tolist(), nz, "FBP", filter_type=f, cuda=cuda)))
+            methods[f"astra {tag}, {filt}, slice by slice"] = (
+                "wbp",
+                lambda v, a, f=filt: torch.from_numpy(
+                    astra_reconstruct(astra, v.cpu().numpy(), a.tolist(), nz, "FBP", filter_type=f, cuda=cuda)
+                ),
+            )
     tfs = import_peer("torch_fourier_slice")
     if tfs is not None:
         methods["torch-fourier-slice backproject"] = ("wbp", lambda v, a: tfs_reconstruct(tfs, v, a, nz).cpu())
@@ -478,8 +535,11 @@ def _recon_methods(args, nz: int) -> dict:
     methods[f"tiltflow SIRT {n} it"] = ("sirt", lambda v, a: sirt(v, a, thickness_px=nz, iterations=n).cpu())
     if astra is not None:
         methods[f"astra {'SIRT_CUDA' if cuda else 'SIRT (CPU)'} {n} it, slice by slice"] = (
-            "sirt", lambda v, a: torch.from_numpy(
-                astra_reconstruct(astra, v.cpu().numpy(), a.tolist(), nz, "SIRT", iterations=n, cuda=cuda)))
+            "sirt",
+            lambda v, a: torch.from_numpy(
+                astra_reconstruct(astra, v.cpu().numpy(), a.tolist(), nz, "SIRT", iterations=n, cuda=cuda)
+            ),
+        )
     return methods
 
 
@@ -512,8 +572,10 @@ def bench_reconstruction(data: dict, vb: torch.Tensor, args, sync) -> dict:
     xf_b[:, 4:] /= BIN
     xf_b = xf_b.to(dev)
     angles = data["true_angles"]
-    print(f"\nreconstruction: {len(angles)} aligned views of {shape_al[0]} x {shape_al[1]} (true geometry, bin "
-          f"{BIN}) -> {nz} x {shape_al[0]} x {shape_al[1]} voxels; {load()}")
+    print(
+        f"\nreconstruction: {len(angles)} aligned views of {shape_al[0]} x {shape_al[1]} (true geometry, bin "
+        f"{BIN}) -> {nz} x {shape_al[0]} x {shape_al[1]} voxels; {load()}"
+    )
     ali = run_interleaved({"tiltflow apply .xf": lambda: apply_xf(vb, xf_b, out_shape=shape_al)}, args.repeats, sync)
     noisy = _contrast(ali["tiltflow apply .xf"]["result"])
     clean = _contrast(apply_xf(bin_views(data["clean"].to(dev), BIN), xf_b, out_shape=shape_al))
@@ -529,7 +591,8 @@ def bench_reconstruction(data: dict, vb: torch.Tensor, args, sync) -> dict:
 
     items = {n: (lambda f=f, kind=kind: f(part(kind, noisy), angles)) for n, (kind, f) in methods.items()}
     items[f"tiltflow SIRT {args.sirt_iterations} it, whole volume"] = lambda: sirt(
-        noisy, angles, thickness_px=nz, iterations=args.sirt_iterations).cpu()
+        noisy, angles, thickness_px=nz, iterations=args.sirt_iterations
+    ).cpu()
     res = run_interleaved(items, args.repeats, sync)
     out = {"apply_xf": {"wall_s": ali["tiltflow apply .xf"]["wall_min"], "cpu_s": ali["tiltflow apply .xf"]["cpu_min"]}}
     tilt_max = float(angles.abs().max())
@@ -549,19 +612,42 @@ def bench_reconstruction(data: dict, vb: torch.Tensor, args, sync) -> dict:
         else:
             row["kind"] = "sirt-whole"
         out[name] = row
-    for kind, label in (("wbp", f"whole volume {nz} x {shape_al[0]} x {shape_al[1]}"),
-                        ("sirt", f"slab of {k} rows ({nz} x {k} x {shape_al[1]}), {args.sirt_iterations} iterations")):
+    for kind, label in (
+        ("wbp", f"whole volume {nz} x {shape_al[0]} x {shape_al[1]}"),
+        ("sirt", f"slab of {k} rows ({nz} x {k} x {shape_al[1]}), {args.sirt_iterations} iterations"),
+    ):
         print_table(
             f"Reconstruction ({'WBP-like' if kind == 'wbp' else 'SIRT'}, {label}): time (min of {args.repeats}) and "
             "quality (Pearson r)",
-            ["method", "wall s", "cpu s", "r vs own noise-free rec (CTF data)", "r vs phantom (noisy)",
-             "r in wedge k<0.25", "r vs phantom (noise-free)"],
-            [[n, r["wall_s"], r["cpu_s"], r["r_noise_free_rec"], r["r_phantom"], r["r_phantom_wedge"],
-              r["r_phantom_noise_free"]] for n, r in out.items() if r.get("kind") == kind])
+            [
+                "method",
+                "wall s",
+                "cpu s",
+                "r vs own noise-free rec (CTF data)",
+                "r vs phantom (noisy)",
+                "r in wedge k<0.25",
+                "r vs phantom (noise-free)",
+            ],
+            [
+                [
+                    n,
+                    r["wall_s"],
+                    r["cpu_s"],
+                    r["r_noise_free_rec"],
+                    r["r_phantom"],
+                    r["r_phantom_wedge"],
+                    r["r_phantom_noise_free"],
+                ]
+                for n, r in out.items()
+                if r.get("kind") == kind
+            ],
+        )
     whole = [n for n, r in out.items() if r.get("kind") == "sirt-whole"] or [None]
     if whole[0] is not None:
-        print(f"{whole[0]}: {out[whole[0]]['wall_s']:.3g} s wall, {out[whole[0]]['cpu_s']:.3g} s cpu; "
-              f"tiltflow apply .xf: {out['apply_xf']['wall_s']:.3g} s")
+        print(
+            f"{whole[0]}: {out[whole[0]]['wall_s']:.3g} s wall, {out[whole[0]]['cpu_s']:.3g} s cpu; "
+            f"tiltflow apply .xf: {out['apply_xf']['wall_s']:.3g} s"
+        )
     return out
 
 
@@ -574,8 +660,14 @@ def summary(align: dict, recon: dict, repeats: int) -> None:
                 if mine not in align:
                     continue
                 m = align[mine]
-                rows.append([f"{name} vs {mine}", r["wall_s"] / m["wall_s"], r["cpu_s"] / m["cpu_s"],
-                             f"{r['residual_px']:.2f} vs {m['residual_px']:.2f} px"])
+                rows.append(
+                    [
+                        f"{name} vs {mine}",
+                        r["wall_s"] / m["wall_s"],
+                        r["cpu_s"] / m["cpu_s"],
+                        f"{r['residual_px']:.2f} vs {m['residual_px']:.2f} px",
+                    ]
+                )
     wbp_ours = next((r for n, r in recon.items() if n == "tiltflow WBP"), None)
     sirt_ours = next((r for n, r in recon.items() if r.get("kind") == "sirt" and n.startswith("tiltflow")), None)
     for name, r in recon.items():
@@ -583,11 +675,22 @@ def summary(align: dict, recon: dict, repeats: int) -> None:
             m = wbp_ours if r["kind"] == "wbp" else sirt_ours
             if m is None:
                 continue
-            rows.append([f"{name} vs tiltflow {r['kind'].upper()}", r["wall_s"] / m["wall_s"], r["cpu_s"] / m["cpu_s"],
-                         (f"phantom r {r['r_phantom']:.3f} vs {m['r_phantom']:.3f}; "
-                          f"wedge {r['r_phantom_wedge']:.3f} vs {m['r_phantom_wedge']:.3f}")])
-    print_table(f"Peers against tiltflow (time ratio = peer / tiltflow, min of {repeats}; > 1: tiltflow faster)",
-                ["pair", "wall ratio", "cpu ratio", "accuracy (peer vs tiltflow)"], rows)
+            rows.append(
+                [
+                    f"{name} vs tiltflow {r['kind'].upper()}",
+                    r["wall_s"] / m["wall_s"],
+                    r["cpu_s"] / m["cpu_s"],
+                    (
+                        f"phantom r {r['r_phantom']:.3f} vs {m['r_phantom']:.3f}; "
+                        f"wedge {r['r_phantom_wedge']:.3f} vs {m['r_phantom_wedge']:.3f}"
+                    ),
+                ]
+            )
+    print_table(
+        f"Peers against tiltflow (time ratio = peer / tiltflow, min of {repeats}; > 1: tiltflow faster)",
+        ["pair", "wall ratio", "cpu ratio", "accuracy (peer vs tiltflow)"],
+        rows,
+    )
 
 
 def peer_versions() -> str:
@@ -613,8 +716,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--sirt-iterations", type=int, default=20)
     ap.add_argument("--sirt-rows", type=int, default=32, help="rows of the slab both SIRTs reconstruct")
-    ap.add_argument("--patch-as-step", action="store_true",
-                    help="also time projection matching without the coarse start (as the align step calls it)")
+    ap.add_argument(
+        "--patch-as-step",
+        action="store_true",
+        help="also time projection matching without the coarse start (as the align step calls it)",
+    )
     ap.add_argument("--cache", type=Path, default=None, help="folder keeping the rendered series between runs")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     args = ap.parse_args()
@@ -625,32 +731,52 @@ def main() -> None:
     key = "small" if args.small else "full" if args.full_size else "default"
     t, ny, nx, _ = SIZES[key]
     dev_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {args.threads} torch thread(s)"
-    print(f"align_reconstruct: {t} x {ny} x {nx} series, bin {BIN}, {dev_name}; {peer_versions()}; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; {load()}")
+    print(
+        f"align_reconstruct: {t} x {ny} x {nx} series, bin {BIN}, {dev_name}; {peer_versions()}; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; {load()}"
+    )
     data = make_series(key, args.seed, args.cache, args.device)
     tr = data["truth"]
-    print(f"truth: tilt axis {tr['tilt_axis_deg']:.2f} deg (mdoc {tr['mdoc_tilt_axis_deg']:.1f}), tilt offset "
-          f"{tr['tilt_offset_deg']:.2f} deg, {int(torch.isfinite(data['beads_true_px'][..., 0]).any(1).sum())} beads "
-          f"seen, stage shifts up to {max(abs(v) for tl in tr['tilts'] for v in tl['stage_shift_px']):.1f} px")
+    print(
+        f"truth: tilt axis {tr['tilt_axis_deg']:.2f} deg (mdoc {tr['mdoc_tilt_axis_deg']:.1f}), tilt offset "
+        f"{tr['tilt_offset_deg']:.2f} deg, {int(torch.isfinite(data['beads_true_px'][..., 0]).any(1).sum())} beads "
+        f"seen, stage shifts up to {max(abs(v) for tl in tr['tilts'] for v in tl['stage_shift_px']):.1f} px"
+    )
     noisy = data["noisy"].to(args.device)
     binned = run_interleaved({"tiltflow bin x4": lambda: bin_views(noisy, BIN)}, args.repeats, sync)
     vb = binned["tiltflow bin x4"]["result"]
     align = guarded(bench_alignment, data, vb, args, sync)
     recon = guarded(bench_reconstruction, data, vb, args, sync)
     stages = [["bin x4 (Fourier crop)", binned["tiltflow bin x4"]["wall_min"], binned["tiltflow bin x4"]["cpu_min"]]]
-    stages += [[n.removeprefix("tiltflow "), r["wall_s"], r["cpu_s"]] for n, r in align.items()
-               if n.startswith("tiltflow")]
+    stages += [
+        [n.removeprefix("tiltflow "), r["wall_s"], r["cpu_s"]] for n, r in align.items() if n.startswith("tiltflow")
+    ]
     if "apply_xf" in recon:
         stages.append(["apply .xf (aligned stack, bin 4)", recon["apply_xf"]["wall_s"], recon["apply_xf"]["cpu_s"]])
-    stages += [[n.removeprefix("tiltflow "), r["wall_s"], r["cpu_s"]] for n, r in recon.items()
-               if n.startswith("tiltflow")]
-    print_table(f"tiltflow time per stage ({t} x {ny} x {nx}, bin {BIN}, min of {args.repeats})",
-                ["stage", "wall s", "cpu s"], stages)
+    stages += [
+        [n.removeprefix("tiltflow "), r["wall_s"], r["cpu_s"]] for n, r in recon.items() if n.startswith("tiltflow")
+    ]
+    print_table(
+        f"tiltflow time per stage ({t} x {ny} x {nx}, bin {BIN}, min of {args.repeats})",
+        ["stage", "wall s", "cpu s"],
+        stages,
+    )
     summary(align, recon, args.repeats)
     print(f"\n{load()}")
     if args.json:
-        args.json.write_text(json.dumps({"size": [t, ny, nx], "device": dev_name, "versions": peer_versions(),
-                                         "alignment": align, "reconstruction": recon}, indent=1, default=float))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "size": [t, ny, nx],
+                    "device": dev_name,
+                    "versions": peer_versions(),
+                    "alignment": align,
+                    "reconstruction": recon,
+                },
+                indent=1,
+                default=float,
+            )
+        )
 
 
 if __name__ == "__main__":

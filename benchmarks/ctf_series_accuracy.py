@@ -36,10 +36,10 @@ import torch
 
 try:
     import tiltflow  # noqa: F401
-except ImportError:       # run from the checkout
+except ImportError:  # run from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-SIZE = (1440, 1024)       # (nx, ny)
+SIZE = (1440, 1024)  # (nx, ny)
 N_FRAMES = 8
 TARGET_LOW_A, TARGET_HIGH_A = 100.0, 250.0
 
@@ -48,12 +48,12 @@ TARGET_LOW_A, TARGET_HIGH_A = 100.0, 250.0
 class Condition:
     name: str
     pixel_size_a: float
-    dose_e_a2: float          # per tilt
-    astigmatism: str          # "fixed" (one per series) or "per-tilt"
-    slope_a_per_deg: float    # defocus drift with the tilt angle
+    dose_e_a2: float  # per tilt
+    astigmatism: str  # "fixed" (one per series) or "per-tilt"
+    slope_a_per_deg: float  # defocus drift with the tilt angle
     bfactor_a2: float
     seed: int
-    ice_texture_rad: float | None = None   # None: the demo's ice (0.15 rad at 2.76 Å/px) at this sampling
+    ice_texture_rad: float | None = None  # None: the demo's ice (0.15 rad at 2.76 Å/px) at this sampling
 
 
 CONDITIONS = [
@@ -80,9 +80,19 @@ def plan(cond: Condition, n_tilts: int, step_deg: float) -> dict:
     from tiltflow.testing.config import DemoConfig
     from tiltflow.testing.demo import series_rng
 
-    cfg = DemoConfig(n_series=1, n_tilts=n_tilts, tilt_step_deg=step_deg, size=SIZE, n_frames=N_FRAMES,
-                     pixel_size_a=cond.pixel_size_a, dose_per_tilt_e_a2=cond.dose_e_a2, seed=cond.seed,
-                     local_motion=False, xray_hits_per_frame_mpx=0.0, ice_texture_rad=ice_texture_rad(cond))
+    cfg = DemoConfig(
+        n_series=1,
+        n_tilts=n_tilts,
+        tilt_step_deg=step_deg,
+        size=SIZE,
+        n_frames=N_FRAMES,
+        pixel_size_a=cond.pixel_size_a,
+        dose_per_tilt_e_a2=cond.dose_e_a2,
+        seed=cond.seed,
+        local_motion=False,
+        xray_hits_per_frame_mpx=0.0,
+        ice_texture_rad=ice_texture_rad(cond),
+    )
     truth = plan_series(cfg, 0, series_rng(cfg, 0))
     rng = np.random.default_rng([cond.seed, 11])
     centre = rng.uniform(2.0e4, 5.0e4)
@@ -140,17 +150,30 @@ def fit_series(truth: dict, counts: np.ndarray, out_dir: Path) -> tuple[dict, di
     from tiltflow.workflow.steps.ctf_common import CtfOptions, ctf_params, fit_tilt_ctf
     from tiltflow.workflow.steps.ctf_series_pass import refine_series_results
 
-    params = ctf_params(CtfOptions(window_px=512, ctf_range_a=(30.0, 8.0), defocus_range_um=(0.5, 8.0)),
-                        pixel_size_a=truth["pixel_size_a"], voltage_kv=truth["voltage_kv"], cs_mm=truth["cs_mm"],
-                        amplitude_contrast=truth["amplitude_contrast"])
+    params = ctf_params(
+        CtfOptions(window_px=512, ctf_range_a=(30.0, 8.0), defocus_range_um=(0.5, 8.0)),
+        pixel_size_a=truth["pixel_size_a"],
+        voltage_kv=truth["voltage_kv"],
+        cs_mm=truth["cs_mm"],
+        amplitude_contrast=truth["amplitude_contrast"],
+    )
     axis = truth["mdoc_tilt_axis_deg"]
     angles = {i: t["mdoc_tilt_angle_deg"] for i, t in enumerate(truth["tilts"])}
 
     def images_of(i: int) -> list:
         return [torch.from_numpy(counts[i, j].astype(np.float32)) for j in range(2)]
 
-    results = {i: fit_tilt_ctf(images_of(i), params, tilt_angle_deg=angles[i], tilt_axis_deg=axis, grid_xy=None,
-                               out_png=out_dir / f"{i:03d}.png") for i in angles}
+    results = {
+        i: fit_tilt_ctf(
+            images_of(i),
+            params,
+            tilt_angle_deg=angles[i],
+            tilt_axis_deg=axis,
+            grid_xy=None,
+            out_png=out_dir / f"{i:03d}.png",
+        )
+        for i in angles
+    }
     per_tilt = copy.deepcopy(results)
     refine_series_results(results, images_of, params, tilt_angles_deg=angles, tilt_axis_deg=axis, grid_xy=None)
     return per_tilt, results
@@ -169,8 +192,14 @@ def errors(truth: dict, results: dict) -> dict:
         if true_astig >= 300.0:
             angle.append(abs((r["astigmatism_angle_deg"] - t["astigmatism_angle_deg"] + 90.0) % 180.0 - 90.0))
     med = lambda xs: float(np.median(xs)) if xs else float("nan")  # noqa: E731
-    return {"low": med(low), "high": med(high), "max": max(low + high), "astig": med(astig), "angle": med(angle),
-            "signed": signed}
+    return {
+        "low": med(low),
+        "high": med(high),
+        "max": max(low + high),
+        "astig": med(astig),
+        "angle": med(angle),
+        "signed": signed,
+    }
 
 
 def main() -> None:
@@ -198,15 +227,19 @@ def main() -> None:
         print(f"{cond.name}: simulated {t1 - t0:.0f} s, fitted {t2 - t1:.0f} s", flush=True)
         if args.verbose:
             print("  tilt  per-tilt  series  (signed error of the mean defocus, Å)")
-            for (a, d0), (_, d1) in sorted(zip(e0["signed"], e1["signed"])):
+            for (a, d0), (_, d1) in sorted(zip(e0["signed"], e1["signed"], strict=False)):
                 print(f"  {a:6.1f} {d0:8.0f} {d1:8.0f}")
-    print(f"\n| condition | per-tilt low / high (Å) | series low / high (Å) | max (Å) | astig (Å) | angle (°) | "
-          f"target {TARGET_LOW_A:.0f} / {TARGET_HIGH_A:.0f} |")
+    print(
+        f"\n| condition | per-tilt low / high (Å) | series low / high (Å) | max (Å) | astig (Å) | angle (°) | "
+        f"target {TARGET_LOW_A:.0f} / {TARGET_HIGH_A:.0f} |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for cond, e0, e1 in rows:
         ok = e1["low"] <= TARGET_LOW_A and e1["high"] <= TARGET_HIGH_A
-        print(f"| {cond.name} | {e0['low']:.0f} / {e0['high']:.0f} | {e1['low']:.0f} / {e1['high']:.0f} | "
-              f"{e1['max']:.0f} | {e1['astig']:.0f} | {e1['angle']:.1f} | {'holds' if ok else 'MISSED'} |")
+        print(
+            f"| {cond.name} | {e0['low']:.0f} / {e0['high']:.0f} | {e1['low']:.0f} / {e1['high']:.0f} | "
+            f"{e1['max']:.0f} | {e1['astig']:.0f} | {e1['angle']:.1f} | {'holds' if ok else 'MISSED'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         summary = store.outputs(run.id)[0].summary
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"session: {args.series} x {args.tilts} movies of {args.size[0]} x {args.size[1]} x {args.frames}"
-          f" (written in {setup:.1f} s)")
+    print(
+        f"session: {args.series} x {args.tilts} movies of {args.size[0]} x {args.size[1]} x {args.frames}"
+        f" (written in {setup:.1f} s)"
+    )
     print(f"output:  {summary}")
     print("| what | value |\n| --- | --- |")
     print(f"| import, best of {args.repeats} | {min(times):.3f} s |")

@@ -48,7 +48,7 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TQDM_DISABLE", "1")   # the teamtomo optimisers print a progress bar per movie
+os.environ.setdefault("TQDM_DISABLE", "1")  # the teamtomo optimisers print a progress bar per movie
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 try:
     import tiltflow  # noqa: F401
-except ImportError:       # a bare GPU machine: run from the checkout
+except ImportError:  # a bare GPU machine: run from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 PIXEL_A, FRAMES, DOSE_E_A2 = 2.76, 8, 3.0
@@ -69,6 +69,7 @@ SMALL_PLAN = (5, 20.0)
 
 
 # --- peers --------------------------------------------------------------------------------------
+
 
 def _gaussian_blur(img: torch.Tensor, kernel_size, sigma=None) -> torch.Tensor:
     """torchvision.transforms.functional.gaussian_blur for tensors (separable, reflect padding)."""
@@ -89,8 +90,9 @@ def _gaussian_blur(img: torch.Tensor, kernel_size, sigma=None) -> torch.Tensor:
 def _shim_torchvision() -> None:
     if "torchvision" in sys.modules:
         return
-    tv, tr, fn = (types.ModuleType(n) for n in ("torchvision", "torchvision.transforms",
-                                                "torchvision.transforms.functional"))
+    tv, tr, fn = (
+        types.ModuleType(n) for n in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+    )
     fn.gaussian_blur, tr.functional, tv.transforms = _gaussian_blur, fn, tr
     sys.modules.update({"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn})
 
@@ -102,6 +104,7 @@ def available_methods() -> dict[str, str]:
         _shim_torchvision()
         import torch_ctf_estimation  # noqa: F401
         import torch_motion_correction  # noqa: F401
+
         out["teamtomo"] = ""
     except ImportError as err:
         out["teamtomo"] = f"not installed ({err.name})"
@@ -111,12 +114,13 @@ def available_methods() -> dict[str, str]:
 
 # --- data ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class Dataset:
     root: Path
     series: dict
     gain: np.ndarray
-    size: tuple[int, int]     # (nx, ny)
+    size: tuple[int, int]  # (nx, ny)
 
     def movie(self, i: int) -> Path:
         return self.root / self.series["tilts"][i]["movie"]
@@ -126,8 +130,16 @@ def ensure_dataset(root: Path, size: tuple[int, int], n_tilts: int, step_deg: fl
     from tiltflow.io.gain import read_gain
     from tiltflow.testing.demo import DemoConfig, write_demo_dataset
 
-    cfg = DemoConfig(n_series=1, n_tilts=n_tilts, tilt_step_deg=step_deg, size=size, n_frames=FRAMES,
-                     pixel_size_a=PIXEL_A, dose_per_tilt_e_a2=DOSE_E_A2, seed=seed)
+    cfg = DemoConfig(
+        n_series=1,
+        n_tilts=n_tilts,
+        tilt_step_deg=step_deg,
+        size=size,
+        n_frames=FRAMES,
+        pixel_size_a=PIXEL_A,
+        dose_per_tilt_e_a2=DOSE_E_A2,
+        seed=seed,
+    )
     truth_file = root / "truth.json"
     want = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()}
     if not (truth_file.is_file() and json.loads(truth_file.read_text())["config"] == want):
@@ -161,12 +173,14 @@ def true_displacements(tilt: dict, size: tuple[int, int], points: torch.Tensor) 
     if local:
         coef = torch.tensor(local["coefficients_px"], dtype=torch.float64)
         for f, w in enumerate(local["frame_weights"]):
-            out[f] += local_displacement_px(points, coefficients_px=coef, frame_weight=w,
-                                            image_shape=(size[1], size[0]))
+            out[f] += local_displacement_px(
+                points, coefficients_px=coef, frame_weight=w, image_shape=(size[1], size[0])
+            )
     return out.numpy()
 
 
 # --- methods: each returns {"seconds": {...}, "disp": (t, P, 2) or None, "ctf": {...} or None} ----
+
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
@@ -176,8 +190,15 @@ def _sync(device: str) -> None:
 def _ctf_truth_free_params():
     from tiltflow.core.ctf import CtfParams
 
-    return CtfParams(pixel_size_a=PIXEL_A, window_px=WINDOW_PX, resolution_range_a=CTF_RANGE_A,
-                     defocus_range_um=DEFOCUS_RANGE_UM, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07)
+    return CtfParams(
+        pixel_size_a=PIXEL_A,
+        window_px=WINDOW_PX,
+        resolution_range_a=CTF_RANGE_A,
+        defocus_range_um=DEFOCUS_RANGE_UM,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        amplitude_contrast=0.07,
+    )
 
 
 def clean_frames(raw: np.ndarray, gain: np.ndarray, device: str) -> torch.Tensor:
@@ -197,19 +218,26 @@ def run_tiltflow_core(ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor
     t0 = time.perf_counter()
     frames = clean_frames(raw, ds.gain, device)
     shifts = estimate_global_shifts(frames, pixel_size_a=PIXEL_A, fit_range_a=FIT_RANGE_A, bfactor_a2=BFACTOR_A2)
-    motion = estimate_local_motion(frames, shifts, pixel_size_a=PIXEL_A, fit_range_a=FIT_RANGE_A,
-                                   bfactor_a2=BFACTOR_A2)
+    motion = estimate_local_motion(frames, shifts, pixel_size_a=PIXEL_A, fit_range_a=FIT_RANGE_A, bfactor_a2=BFACTOR_A2)
     summed = align_and_sum(frames, motion, even_odd=True)
     _sync(device)
     t1 = time.perf_counter()
-    fit = fit_ctf(summed.total, _ctf_truth_free_params(), tilt_angle_deg=tilt["mdoc_tilt_angle_deg"],
-                  tilt_axis_deg=ds.series["mdoc_tilt_axis_deg"])
+    fit = fit_ctf(
+        summed.total,
+        _ctf_truth_free_params(),
+        tilt_angle_deg=tilt["mdoc_tilt_angle_deg"],
+        tilt_axis_deg=ds.series["mdoc_tilt_axis_deg"],
+    )
     _sync(device)
     t2 = time.perf_counter()
     f = torch.arange(raw.shape[0])[:, None].expand(-1, points.shape[0])
     disp = motion.shifts_at(f, points[:, 0].float().to(device), points[:, 1].float().to(device))
-    return {"seconds": {"motion": t1 - t0, "ctf": t2 - t1}, "disp": disp.double().cpu().numpy(), "local": True,
-            "ctf": {"u": fit.defocus_u_a, "v": fit.defocus_v_a, "angle": fit.astigmatism_angle_deg}}
+    return {
+        "seconds": {"motion": t1 - t0, "ctf": t2 - t1},
+        "disp": disp.double().cpu().numpy(),
+        "local": True,
+        "ctf": {"u": fit.defocus_u_a, "v": fit.defocus_v_a, "angle": fit.astigmatism_angle_deg},
+    }
 
 
 def run_tiltflow_step(ds: Dataset, i: int, points: torch.Tensor, device: str, *, with_ctf: bool) -> dict:
@@ -217,17 +245,40 @@ def run_tiltflow_step(ds: Dataset, i: int, points: torch.Tensor, device: str, *,
 
     tilt, s = ds.series["tilts"][i], ds.series
     # the tutorial's command line (issue #3), CTF alone switched by with_ctf
-    p = MotionCtfParams(binning=1, fit_range_a=FIT_RANGE_A, bfactor_a2=BFACTOR_A2, even_odd=True, eer_groups=16,
-                        estimate_ctf=with_ctf, window_px=WINDOW_PX, ctf_range_a=CTF_RANGE_A,
-                        defocus_range_um=DEFOCUS_RANGE_UM, defocus_grid=(2, 2, 8), fit_phase=False,
-                        use_movie_average=False).model_dump()
+    p = MotionCtfParams(
+        binning=1,
+        fit_range_a=FIT_RANGE_A,
+        bfactor_a2=BFACTOR_A2,
+        even_odd=True,
+        eer_groups=16,
+        estimate_ctf=with_ctf,
+        window_px=WINDOW_PX,
+        ctf_range_a=CTF_RANGE_A,
+        defocus_range_um=DEFOCUS_RANGE_UM,
+        defocus_grid=(2, 2, 8),
+        fit_phase=False,
+        use_movie_average=False,
+    ).model_dump()
     with tempfile.TemporaryDirectory(dir=ds.root) as out:
         _sync(device)
         t0 = time.perf_counter()
-        r = motion_movie_task(str(ds.movie(i)), str(ds.root / "gain_ref.gain"), None, p, PIXEL_A, s["voltage_kv"],
-                              s["cs_mm"], s["amplitude_contrast"], tilt["mdoc_tilt_angle_deg"],
-                              s["mdoc_tilt_axis_deg"], tilt["prior_dose_e_a2"], tilt["dose_e_a2"], out,
-                              f"m{i:03d}", device)
+        r = motion_movie_task(
+            str(ds.movie(i)),
+            str(ds.root / "gain_ref.gain"),
+            None,
+            p,
+            PIXEL_A,
+            s["voltage_kv"],
+            s["cs_mm"],
+            s["amplitude_contrast"],
+            tilt["mdoc_tilt_angle_deg"],
+            s["mdoc_tilt_axis_deg"],
+            tilt["prior_dose_e_a2"],
+            tilt["dose_e_a2"],
+            out,
+            f"m{i:03d}",
+            device,
+        )
         _sync(device)
         seconds = time.perf_counter() - t0
     shifts = np.asarray(r["shifts_px"], dtype=np.float64)
@@ -264,7 +315,7 @@ def run_teamtomo(ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor, dev
 
     from tiltflow.core.motion import automatic_grid
 
-    frames = clean_frames(raw, ds.gain, device)      # the same cleaned frames tiltflow aligns; not timed
+    frames = clean_frames(raw, ds.gain, device)  # the same cleaned frames tiltflow aligns; not timed
     t, h, w = frames.shape
     nx_ctrl, ny_ctrl, _ = automatic_grid((h, w), t)  # the control points tiltflow's automatic grid uses
     patch = 1024 if min(h, w) >= 2048 else 512
@@ -275,29 +326,47 @@ def run_teamtomo(ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor, dev
     _sync(device)
     t_glob = time.perf_counter()
     field, _ = estimate_local_motion(
-        frames, PIXEL_A, deformation_field_resolution=(t, ny_ctrl, nx_ctrl),
-        patch_sampling=PatchSamplingConfig(patch_shape=(patch, patch), overlap=0.5), initial_deformation_field=glob,
-        fourier_filter=filt, optimization=OptimizationConfig(max_iterations=100, optimizer_type="adam",
-                                                             optimizer_kwargs={"lr": 0.2}),
-        device=torch.device(device))
+        frames,
+        PIXEL_A,
+        deformation_field_resolution=(t, ny_ctrl, nx_ctrl),
+        patch_sampling=PatchSamplingConfig(patch_shape=(patch, patch), overlap=0.5),
+        initial_deformation_field=glob,
+        fourier_filter=filt,
+        optimization=OptimizationConfig(max_iterations=100, optimizer_type="adam", optimizer_kwargs={"lr": 0.2}),
+        device=torch.device(device),
+    )
     total = correct_motion(frames, field, pixel_spacing=PIXEL_A, device=torch.device(device)).sum(0)
     _sync(device)
     t1 = time.perf_counter()
-    _, _, r2 = estimate_ctf(total, OpticalParams(pixel_spacing_angstroms=PIXEL_A, voltage_kev=300.0,
-                                                 spherical_aberration_mm=2.7, amplitude_contrast_fraction=0.07),
-                            CTFFittingParams(defocus_grid_resolution=(1, 2, 2), frequency_fit_range_angstroms=CTF_RANGE_A,
-                                             defocus_range_microns=DEFOCUS_RANGE_UM, patch_sidelength=WINDOW_PX),
-                            device=torch.device(device))
+    _, _, r2 = estimate_ctf(
+        total,
+        OpticalParams(
+            pixel_spacing_angstroms=PIXEL_A,
+            voltage_kev=300.0,
+            spherical_aberration_mm=2.7,
+            amplitude_contrast_fraction=0.07,
+        ),
+        CTFFittingParams(
+            defocus_grid_resolution=(1, 2, 2),
+            frequency_fit_range_angstroms=CTF_RANGE_A,
+            defocus_range_microns=DEFOCUS_RANGE_UM,
+            patch_sidelength=WINDOW_PX,
+        ),
+        device=torch.device(device),
+    )
     _sync(device)
     t2 = time.perf_counter()
     mean_a = 0.5 * (r2.defocus_u + r2.defocus_v) * 1e4
-    astig_a = abs(r2.astigmatism) * 1e4            # torch-ctf: U, V = mean ± astigmatism
+    astig_a = abs(r2.astigmatism) * 1e4  # torch-ctf: U, V = mean ± astigmatism
     angle = r2.astigmatism_angle + (90.0 if r2.astigmatism < 0 else 0.0)
-    xc = glob.data[:, :, 0, 0].T.flip(-1).double().cpu().numpy() / PIXEL_A     # (t, 2) x, y px
-    return {"seconds": {"motion": t1 - t0, "ctf": t2 - t1, "global": t_glob - t0},
-            "disp": _teamtomo_field_px(field, t, points, ds.size), "local": True,
-            "xc": np.repeat(xc[:, None], points.shape[0], 1),
-            "ctf": {"u": mean_a + astig_a, "v": mean_a - astig_a, "angle": angle}}
+    xc = glob.data[:, :, 0, 0].T.flip(-1).double().cpu().numpy() / PIXEL_A  # (t, 2) x, y px
+    return {
+        "seconds": {"motion": t1 - t0, "ctf": t2 - t1, "global": t_glob - t0},
+        "disp": _teamtomo_field_px(field, t, points, ds.size),
+        "local": True,
+        "xc": np.repeat(xc[:, None], points.shape[0], 1),
+        "ctf": {"u": mean_a + astig_a, "v": mean_a - astig_a, "angle": angle},
+    }
 
 
 def _relion_patches(size: tuple[int, int]) -> tuple[int, int]:
@@ -315,22 +384,52 @@ def run_relion(ds: Dataset, i: int, points: torch.Tensor) -> dict:
             "_rlnMicrographOriginalPixelSize #3\n_rlnVoltage #4\n_rlnSphericalAberration #5\n"
             f"_rlnAmplitudeContrast #6\nopticsGroup1 1 {PIXEL_A} {s['voltage_kv']} {s['cs_mm']} "
             f"{s['amplitude_contrast']}\n\n\ndata_movies\n\nloop_\n_rlnMicrographMovieName #1\n"
-            f"_rlnOpticsGroup #2\n{movie} 1\n")
+            f"_rlnOpticsGroup #2\n{movie} 1\n"
+        )
         px, py = _relion_patches(ds.size)
-        cmd = ["relion_run_motioncorr", "--i", str(star), "--o", str(tmp / "out") + "/", "--use_own", "--j", "1",
-               "--bin_factor", "1", "--bfactor", "150", "--angpix", str(PIXEL_A), "--voltage", str(s["voltage_kv"]),
-               "--dose_per_frame", str(s["dose_per_frame_e_a2"]), "--preexposure",
-               str(s["tilts"][i]["prior_dose_e_a2"]), "--patch_x", str(px), "--patch_y", str(py),
-               "--gainref", str(ds.root / "gain_relion.mrc"), "--gain_rot", "0", "--gain_flip", "1"]
+        cmd = [
+            "relion_run_motioncorr",
+            "--i",
+            str(star),
+            "--o",
+            str(tmp / "out") + "/",
+            "--use_own",
+            "--j",
+            "1",
+            "--bin_factor",
+            "1",
+            "--bfactor",
+            "150",
+            "--angpix",
+            str(PIXEL_A),
+            "--voltage",
+            str(s["voltage_kv"]),
+            "--dose_per_frame",
+            str(s["dose_per_frame_e_a2"]),
+            "--preexposure",
+            str(s["tilts"][i]["prior_dose_e_a2"]),
+            "--patch_x",
+            str(px),
+            "--patch_y",
+            str(py),
+            "--gainref",
+            str(ds.root / "gain_relion.mrc"),
+            "--gain_rot",
+            "0",
+            "--gain_flip",
+            "1",
+        ]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         t0 = time.perf_counter()
         done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=tmp)
         seconds = time.perf_counter() - t0
         out = list((tmp / "out").rglob(f"{movie.stem.replace('.', '_')}.star"))
         if done.returncode or not out:
-            raise RuntimeError(f"relion_run_motioncorr failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
+            raise RuntimeError(
+                f"relion_run_motioncorr failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}"
+            )
         shifts = _relion_global_shifts(out[0])
-    shifts = shifts * np.array([-1.0, 1.0])      # RELION: the shift that aligns the frame, y of the flipped TIFF
+    shifts = shifts * np.array([-1.0, 1.0])  # RELION: the shift that aligns the frame, y of the flipped TIFF
     return {"seconds": {"motion": seconds}, "disp": np.repeat(shifts[:, None], points.shape[0], 1), "ctf": None}
 
 
@@ -343,23 +442,29 @@ def _relion_global_shifts(path: Path) -> np.ndarray:
 
 # --- accuracy ---------------------------------------------------------------------------------
 
+
 def trajectory_errors(est: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """(global, local) RMS error px of (t, P, 2) displacements, each mean-subtracted over frames."""
     g_est, g_true = est.mean(1), truth.mean(1)
     g = (g_est - g_est.mean(0)) - (g_true - g_true.mean(0))
     loc = (est - est.mean(0)) - (truth - truth.mean(0))
-    return float(np.sqrt((g ** 2).sum(-1).mean())), float(np.sqrt((loc ** 2).sum(-1).mean()))
+    return float(np.sqrt((g**2).sum(-1).mean())), float(np.sqrt((loc**2).sum(-1).mean()))
 
 
 def ctf_errors(ctf: dict, tilt: dict) -> dict:
     true_mean = 0.5 * (tilt["defocus_u_a"] + tilt["defocus_v_a"])
     true_astig = tilt["defocus_u_a"] - tilt["defocus_v_a"]
     d_angle = (ctf["angle"] - tilt["astigmatism_angle_deg"] + 90.0) % 180.0 - 90.0
-    return {"defocus": 0.5 * (ctf["u"] + ctf["v"]) - true_mean, "astig": abs(ctf["u"] - ctf["v"]) - true_astig,
-            "angle": d_angle, "true_astig": true_astig}
+    return {
+        "defocus": 0.5 * (ctf["u"] + ctf["v"]) - true_mean,
+        "astig": abs(ctf["u"] - ctf["v"]) - true_astig,
+        "angle": d_angle,
+        "true_astig": true_astig,
+    }
 
 
 # Results: {method: {"seconds": {part: [s, ...]}, "tilts": {acquisition index: {...}}, "note": str}}
+
 
 def _slot(results: dict, name: str) -> dict:
     return results.setdefault(name, {"seconds": {}, "tilts": {}, "note": ""})
@@ -369,15 +474,20 @@ def add_seconds(results: dict, name: str, r: dict) -> None:
     for k, v in r["seconds"].items():
         if k != "global":
             _slot(results, name)["seconds"].setdefault(k, []).append(v)
-    if "global" in r["seconds"]:          # teamtomo's cross-correlation pre-pass, timed inside its run
+    if "global" in r["seconds"]:  # teamtomo's cross-correlation pre-pass, timed inside its run
         # (its CPU time is not measured apart)
         _slot(results, "teamtomo (global XC only)")["seconds"].setdefault("motion", []).append(r["seconds"]["global"])
 
 
 def add_accuracy(results: dict, name: str, r: dict, tilt: dict, i: int, truth: np.ndarray) -> None:
     g, loc = trajectory_errors(r["disp"], truth)
-    entry = {"tilt": tilt["nominal_tilt_angle_deg"], "global": g, "local": loc if r.get("local") else None,
-             "ctf": ctf_errors(r["ctf"], tilt) if r.get("ctf") else None, "seconds": r["seconds"]}
+    entry = {
+        "tilt": tilt["nominal_tilt_angle_deg"],
+        "global": g,
+        "local": loc if r.get("local") else None,
+        "ctf": ctf_errors(r["ctf"], tilt) if r.get("ctf") else None,
+        "seconds": r["seconds"],
+    }
     _slot(results, name)["tilts"][str(i)] = entry
     if "xc" in r:
         xc = _slot(results, "teamtomo (global XC only)")
@@ -390,9 +500,11 @@ def add_accuracy(results: dict, name: str, r: dict, tilt: dict, i: int, truth: n
 
 # --- running ------------------------------------------------------------------------------------
 
+
 def run_one(name: str, ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor, device: str) -> dict:
     """One method on one movie; adds ``seconds["cpu"]``: CPU time of this process and its children
     (RELION) for the whole call, which a loaded machine does not inflate as it does wall time."""
+
     def cpu() -> float:
         child = resource.getrusage(resource.RUSAGE_CHILDREN)
         return time.process_time() + child.ru_utime + child.ru_stime
@@ -429,8 +541,9 @@ def warm_up(ds: Dataset, methods: list[str], i: int, raw: np.ndarray, device: st
             run_one(name, ds, i, raw, grid_points(ds.size), device)
 
 
-def benchmark_size(ds: Dataset, methods: list[str], repeats: int, device: str, accuracy_tilts: int | None,
-                   accuracy_from: int = 0) -> dict:
+def benchmark_size(
+    ds: Dataset, methods: list[str], repeats: int, device: str, accuracy_tilts: int | None, accuracy_from: int = 0
+) -> dict:
     """Timing on the movie nearest 0° (``repeats`` rounds, methods interleaved); accuracy on the tilts
     ``accuracy_from`` to ``accuracy_from + accuracy_tilts`` in the order of |tilt| (None: to the end)."""
     from tiltflow.io.movies import read_movie_frames
@@ -444,14 +557,14 @@ def benchmark_size(ds: Dataset, methods: list[str], repeats: int, device: str, a
         raw = read_movie_frames(ds.movie(i))
         truth = true_displacements(tilts[i], ds.size, points)
         warm_up(ds, methods, i, raw, device)
-        for rep in range(repeats):        # methods interleaved, so that load changes hit them alike
+        for rep in range(repeats):  # methods interleaved, so that load changes hit them alike
             for name in methods:
                 r = run_one(name, ds, i, raw, points, device)
                 add_seconds(results, name, r)
                 if rep == 0:
                     add_accuracy(results, name, r, tilts[i], i, truth)
             print(f"  timing round {rep + 1}/{repeats} done", flush=True)
-    todo = order[accuracy_from:] if accuracy_tilts is None else order[accuracy_from:accuracy_from + accuracy_tilts]
+    todo = order[accuracy_from:] if accuracy_tilts is None else order[accuracy_from : accuracy_from + accuracy_tilts]
     for i in todo:
         if all(str(i) in results.get(name, {}).get("tilts", {}) for name in methods):
             continue
@@ -475,6 +588,7 @@ def merge(into: dict, other: dict) -> None:
 
 
 # --- tables -------------------------------------------------------------------------------------
+
 
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
@@ -500,9 +614,11 @@ def _best(res: dict | None, part: str) -> float | None:
 def print_tables(size: str, results: dict, device: str) -> None:
     core, step_motion = results.get("tiltflow core"), results.get("tiltflow step (motion only)")
     print(f"\n### {size.replace('x', ' x ')} x {FRAMES} movies, {PIXEL_A} Å/px, {DOSE_E_A2} e/Å² per tilt, {device}")
-    print("Seconds per movie: wall time, the minimum over the repeats (n); CPU s: CPU time of the whole call"
-          " (process + children, min), which load does not inflate. Ratio (wall) = method / tiltflow core (both"
-          " in memory); for RELION (file to file, decode included) / tiltflow step (motion only).")
+    print(
+        "Seconds per movie: wall time, the minimum over the repeats (n); CPU s: CPU time of the whole call"
+        " (process + children, min), which load does not inflate. Ratio (wall) = method / tiltflow core (both"
+        " in memory); for RELION (file to file, decode included) / tiltflow step (motion only)."
+    )
     print("| method | n | motion s | CTF s | total s | CPU s | ratio motion | ratio CTF | ratio total |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, res in results.items():
@@ -515,14 +631,24 @@ def print_tables(size: str, results: dict, device: str) -> None:
             ref = _best(step_motion, "total")
             ratios = [m / ref, None, m / ref] if ref else ratios
         elif not name.startswith("tiltflow") and _best(core, "motion"):
-            ratios = [m / _best(core, "motion") if m else None, c / _best(core, "ctf") if c else None,
-                      tot / _best(core, "total") if tot and c else None]
-        print(f"| {name} | {n} | {_fmt(m)} | {_fmt(c)} | {_fmt(tot)} | {_fmt(_best(res, 'cpu'))} | "
-              + " | ".join(_fmt(r, 1) for r in ratios) + " |")
-    print("\nAccuracy against truth.json: trajectories mean-subtracted, RMS px over frames (global: grid mean;"
-          " local: per grid point); CTF errors |estimate - truth| in Å, medians over tilts")
-    print("| method | tilts | global RMS px median / max | local RMS px median | |Δdefocus| <=30° | "
-          "|Δdefocus| >30° | |Δastig| (astig > 300 Å) | |Δangle| ° (astig > 300 Å) | note |")
+            ratios = [
+                m / _best(core, "motion") if m else None,
+                c / _best(core, "ctf") if c else None,
+                tot / _best(core, "total") if tot and c else None,
+            ]
+        print(
+            f"| {name} | {n} | {_fmt(m)} | {_fmt(c)} | {_fmt(tot)} | {_fmt(_best(res, 'cpu'))} | "
+            + " | ".join(_fmt(r, 1) for r in ratios)
+            + " |"
+        )
+    print(
+        "\nAccuracy against truth.json: trajectories mean-subtracted, RMS px over frames (global: grid mean;"
+        " local: per grid point); CTF errors |estimate - truth| in Å, medians over tilts"
+    )
+    print(
+        "| method | tilts | global RMS px median / max | local RMS px median | |Δdefocus| <=30° | "
+        "|Δdefocus| >30° | |Δastig| (astig > 300 Å) | |Δangle| ° (astig > 300 Å) | note |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, res in results.items():
         t = list(res["tilts"].values())
@@ -535,10 +661,12 @@ def print_tables(size: str, results: dict, device: str) -> None:
         high = [abs(c["defocus"]) for a, c in ctf if abs(a) > 30]
         ast = [c for _, c in ctf if c["true_astig"] > 300]
         n_ctf = f" ({len(low)} + {len(high)} CTF)" if ctf else ""
-        print(f"| {name} | {len(t)}{n_ctf} | {_fmt(_median(glob), 3)} / {_fmt(max(glob), 3)} | "
-              f"{_fmt(_median(local), 3)} | {_fmt(_median(low), 0)} | {_fmt(_median(high), 0)} | "
-              f"{_fmt(_median([abs(c['astig']) for c in ast]), 0)} | "
-              f"{_fmt(_median([abs(c['angle']) for c in ast]), 1)} | {res['note']} |")
+        print(
+            f"| {name} | {len(t)}{n_ctf} | {_fmt(_median(glob), 3)} / {_fmt(max(glob), 3)} | "
+            f"{_fmt(_median(local), 3)} | {_fmt(_median(low), 0)} | {_fmt(_median(high), 0)} | "
+            f"{_fmt(_median([abs(c['astig']) for c in ast]), 0)} | "
+            f"{_fmt(_median([abs(c['angle']) for c in ast]), 1)} | {res['note']} |"
+        )
 
 
 def _uptime() -> str:
@@ -552,15 +680,24 @@ def main() -> None:
     ap.add_argument("--full-size", action="store_true", help="also one 5760 x 4092 x 8 movie (decode included)")
     ap.add_argument("--repeats", type=int, default=3, help="timing rounds (0: accuracy only)")
     ap.add_argument("--accuracy-tilts", type=int, default=None, help="tilts per size for accuracy (default all)")
-    ap.add_argument("--accuracy-from", type=int, default=0,
-                    help="skip this many tilts (in the order of |tilt|) for accuracy: to split a long run")
+    ap.add_argument(
+        "--accuracy-from",
+        type=int,
+        default=0,
+        help="skip this many tilts (in the order of |tilt|) for accuracy: to split a long run",
+    )
     ap.add_argument("--methods", nargs="+", default=None, help="subset of the methods (names as printed)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "tiltflow-bench-motion-ctf")
     ap.add_argument("--json", type=Path, default=None, help="write the raw results here")
-    ap.add_argument("--report", type=Path, nargs="+", default=None,
-                    help="print the tables of earlier --json files merged (timings appended), run nothing")
+    ap.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the tables of earlier --json files merged (timings appended), run nothing",
+    )
     args = ap.parse_args()
 
     if args.report:
@@ -585,8 +722,9 @@ def main() -> None:
         sizes, args.repeats = [(1440, 1024)], 1
     if args.full_size:
         sizes.append((5760, 4092))
-    environment = (f"torch {torch.__version__}, {args.threads} thread(s), device {device}"
-                   + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""))
+    environment = f"torch {torch.__version__}, {args.threads} thread(s), device {device}" + (
+        f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""
+    )
     uptime = [_uptime()]
     print(f"uptime: {uptime[0]}\n{environment}")
     for m, why in usable.items():

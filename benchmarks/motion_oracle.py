@@ -57,8 +57,7 @@ def trajectory_px(t: int, rng: np.random.Generator, *, jitter_px: float = 0.05) 
     jump = rng.uniform(1.0, 4.0) * (1.0 - np.exp(-f / tau))
     a1, a2 = rng.uniform(0, 2 * np.pi, 2)
     drift = rng.uniform(0.3, 1.2) * f / max(t - 1, 1)  # px over the whole movie
-    path = (jump[:, None] * [math.cos(a1), math.sin(a1)]
-            + drift[:, None] * [math.cos(a2), math.sin(a2)])
+    path = jump[:, None] * [math.cos(a1), math.sin(a1)] + drift[:, None] * [math.cos(a2), math.sin(a2)]
     path = path + rng.normal(0.0, jitter_px, (t, 2))
     return path - path.mean(axis=0)
 
@@ -70,16 +69,33 @@ def tilt_canvas(shape, pixel_size_a, tilt_deg, seed, device):
     area = (nx * pixel_size_a / 10) * (ny * pixel_size_a / 10) / FIELD_NM**2  # per (200 nm)^2
     # the demo's density: 12 beads, 2 vesicles, 150 blobs per 512^2 at 2.76 Å (141 nm)^2
     per = area * (FIELD_NM / 141.3) ** 2
-    spec = make_specimen(rng, image_shape=shape, pixel_size_a=pixel_size_a, ice_thickness_nm=150.0,
-                         bead_diameter_nm=10.0, n_beads=max(1, round(6 * per)),
-                         n_vesicles=round(2 * per), n_blobs=round(150 * per),
-                         max_tilt_deg=abs(tilt_deg))
+    spec = make_specimen(
+        rng,
+        image_shape=shape,
+        pixel_size_a=pixel_size_a,
+        ice_thickness_nm=150.0,
+        bead_diameter_nm=10.0,
+        n_beads=max(1, round(6 * per)),
+        n_vesicles=round(2 * per),
+        n_blobs=round(150 * per),
+        max_tilt_deg=abs(tilt_deg),
+    )
     prior = abs(tilt_deg) / 3.0 * 3.0  # e/Å²: a dose-symmetric scheme, 3° steps, 3 e/Å² each
-    img = render_tilt_image(spec, tilt_angle_deg=tilt_deg, tilt_axis_deg=85.0, image_shape=shape,
-                            defocus_u_a=36000.0, defocus_v_a=34000.0, astigmatism_angle_deg=30.0,
-                            pixel_size_a=pixel_size_a, exposure_e_a2=prior + 1.5,
-                            ice_texture_rad=0.15, texture_seed=seed, margin_px=MARGIN,
-                            device=device)
+    img = render_tilt_image(
+        spec,
+        tilt_angle_deg=tilt_deg,
+        tilt_axis_deg=85.0,
+        image_shape=shape,
+        defocus_u_a=36000.0,
+        defocus_v_a=34000.0,
+        astigmatism_angle_deg=30.0,
+        pixel_size_a=pixel_size_a,
+        exposure_e_a2=prior + 1.5,
+        ice_texture_rad=0.15,
+        texture_seed=seed,
+        margin_px=MARGIN,
+        device=device,
+    )
     return img / img.mean()
 
 
@@ -109,8 +125,7 @@ def oracle_shifts(frames, ref, pixel_size_a=None, fit_range_a=None):
     fr = torch.fft.rfft2((ref - ref.mean()) * taper)
     ky, kx = mx.frequency_vectors((h, w), (1.0, 1.0), device=dev)
     if fit_range_a is not None:
-        fr = fr * mx.fit_weights(ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a,
-                                 bfactor_a2=0.0)
+        fr = fr * mx.fit_weights(ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=0.0)
     herm = mx.hermitian_weights(w, device=dev)
     out = []
     for i in range(t):
@@ -137,8 +152,7 @@ def trajectory_error(motion, truth, shape) -> float:
     ys = torch.linspace(0, h - 1, 8)[None, :, None]
     xs = torch.linspace(0, w - 1, 8)[None, None, :]
     f, ys, xs = torch.broadcast_tensors(f, ys, xs)
-    est = motion.shifts_at(f.to(motion.grid.device), xs.to(motion.grid.device),
-                           ys.to(motion.grid.device)).cpu()
+    est = motion.shifts_at(f.to(motion.grid.device), xs.to(motion.grid.device), ys.to(motion.grid.device)).cpu()
     est = est - est.mean(0, keepdim=True)
     err = est - (truth - truth.mean(0))[:, None, None, :]
     return float(err.square().sum(-1).mean().sqrt())
@@ -155,8 +169,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="1.38 Å, 0.5/0.7 e/px/frame, 8 frames")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--fit-range", type=float, nargs=2, default=[500.0, 10.0],
-                    help="fit_range_a passed to estimate_motion (the step's default: 500 10)")
+    ap.add_argument(
+        "--fit-range",
+        type=float,
+        nargs=2,
+        default=[500.0, 10.0],
+        help="fit_range_a passed to estimate_motion (the step's default: 500 10)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -165,10 +184,14 @@ def main(argv=None) -> int:
     shape = (ny, nx)
     dev = torch.device(args.device)
     fit = tuple(args.fit_range)
-    print(f"motion vs oracle: {nx} x {ny}, device {dev}, fit range {fit} Å, RMS trajectory error "
-          "px (ours = automatic grid, global = grid 1 1 1)")
-    print(f"{'px Å':>5} {'tilt':>5} {'e/px/fr':>7} {'frames':>6} | {'ours':>6} {'global':>6} "
-          f"{'oracle':>6} {'or@fit':>6} | {'ours/or':>7} {'/or@fit':>7} {'time s':>6}")
+    print(
+        f"motion vs oracle: {nx} x {ny}, device {dev}, fit range {fit} Å, RMS trajectory error "
+        "px (ours = automatic grid, global = grid 1 1 1)"
+    )
+    print(
+        f"{'px Å':>5} {'tilt':>5} {'e/px/fr':>7} {'frames':>6} | {'ours':>6} {'global':>6} "
+        f"{'oracle':>6} {'or@fit':>6} | {'ours/or':>7} {'/or@fit':>7} {'time s':>6}"
+    )
     rows = []
     for pixel in args.pixel:
         for tilt in args.tilts:
@@ -182,26 +205,38 @@ def main(argv=None) -> int:
                         t0 = time.perf_counter()
                         ours = estimate_motion(frames, pixel_size_a=pixel, fit_range_a=fit)
                         dt = time.perf_counter() - t0
-                        glob = estimate_motion(frames, pixel_size_a=pixel, fit_range_a=fit,
-                                              grid=(1, 1, 1))
+                        glob = estimate_motion(frames, pixel_size_a=pixel, fit_range_a=fit, grid=(1, 1, 1))
                         orc = oracle_shifts(frames, ref)
                         band = oracle_shifts(frames, ref, pixel, fit)
-                        errs.append((trajectory_error(ours, truth, shape),
-                                     rms_px(glob.global_shifts.cpu(), truth),
-                                     rms_px(orc, truth), rms_px(band, truth), dt))
+                        errs.append(
+                            (
+                                trajectory_error(ours, truth, shape),
+                                rms_px(glob.global_shifts.cpu(), truth),
+                                rms_px(orc, truth),
+                                rms_px(band, truth),
+                                dt,
+                            )
+                        )
                     e = np.sqrt(np.mean(np.square(errs), axis=0))
                     rows.append((pixel, tilt, dose, t, *e))
-                    print(f"{pixel:5.2f} {tilt:5.0f} {dose:7.2f} {t:6d} | {e[0]:6.3f} {e[1]:6.3f} "
-                          f"{e[2]:6.3f} {e[3]:6.3f} | {e[0] / e[2]:7.2f} {e[0] / e[3]:7.2f} "
-                          f"{np.mean([x[4] for x in errs]):6.1f}", flush=True)
+                    print(
+                        f"{pixel:5.2f} {tilt:5.0f} {dose:7.2f} {t:6d} | {e[0]:6.3f} {e[1]:6.3f} "
+                        f"{e[2]:6.3f} {e[3]:6.3f} | {e[0] / e[2]:7.2f} {e[0] / e[3]:7.2f} "
+                        f"{np.mean([x[4] for x in errs]):6.1f}",
+                        flush=True,
+                    )
     a = np.array(rows)
     rms = np.sqrt(np.mean(a[:, 4:8] ** 2, axis=0))
-    print(f"RMS over all: ours {rms[0]:.3f}  global {rms[1]:.3f}  oracle {rms[2]:.3f}  "
-          f"oracle in the fit range {rms[3]:.3f}; worst ours/oracle {np.max(a[:, 4] / a[:, 6]):.2f}")
+    print(
+        f"RMS over all: ours {rms[0]:.3f}  global {rms[1]:.3f}  oracle {rms[2]:.3f}  "
+        f"oracle in the fit range {rms[3]:.3f}; worst ours/oracle {np.max(a[:, 4] / a[:, 6]):.2f}"
+    )
     ok = a[:, 2] >= 0.5
-    print(f"dose >= 0.5 e/px/frame: ours <= 0.15 px in {int((a[ok, 4] <= 0.15).sum())} of "
-          f"{int(ok.sum())} conditions; ours <= 1.5 x oracle in "
-          f"{int((a[:, 4] <= 1.5 * a[:, 6]).sum())} of {len(a)}")
+    print(
+        f"dose >= 0.5 e/px/frame: ours <= 0.15 px in {int((a[ok, 4] <= 0.15).sum())} of "
+        f"{int(ok.sum())} conditions; ours <= 1.5 x oracle in "
+        f"{int((a[:, 4] <= 1.5 * a[:, 6]).sum())} of {len(a)}"
+    )
     return 0
 
 

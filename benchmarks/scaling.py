@@ -37,12 +37,18 @@ def main() -> None:
     extra = ["motion-ctf.window_px=256", "motion-ctf.defocus_grid=null", "align.binning=2", "reconstruct.binning=2"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_demo_dataset(tmp / "data", DemoConfig(n_series=args.series, n_tilts=args.tilts, size=tuple(args.size),
-                                                    n_frames=args.frames), force=True)
-        run(tmp / "data", tmp / "warm-up", {"workers": 2}, extra)      # imports, caches: not timed
+        write_demo_dataset(
+            tmp / "data",
+            DemoConfig(n_series=args.series, n_tilts=args.tilts, size=tuple(args.size), n_frames=args.frames),
+            force=True,
+        )
+        run(tmp / "data", tmp / "warm-up", {"workers": 2}, extra)  # imports, caches: not timed
         dask_opts = {"executor": "dask", "workers": 2, "threads_per_worker": 1}
-        rows = [("local, 1 worker", {"workers": 1}), ("local, 2 workers", {"workers": 2}),
-                ("dask LocalCluster, 2 workers (cold: cluster start + worker imports)", dict(dask_opts))]
+        rows = [
+            ("local, 1 worker", {"workers": 1}),
+            ("local, 2 workers", {"workers": 2}),
+            ("dask LocalCluster, 2 workers (cold: cluster start + worker imports)", dict(dask_opts)),
+        ]
         times = {name: run(tmp / "data", tmp / f"p{i}", opts, extra) for i, (name, opts) in enumerate(rows)}
         # the same cluster kept up between runs, as on a facility cluster: warm workers
         from tiltflow.workflow.executor import make_executor
@@ -50,19 +56,24 @@ def main() -> None:
         executor = make_executor(dict(dask_opts))
         try:
             run(tmp / "data", tmp / "dask-warm-up", {**dask_opts, "_executor": executor}, extra)
-            times["dask LocalCluster, 2 workers (warm)"] = run(tmp / "data", tmp / "dask-warm",
-                                                                {**dask_opts, "_executor": executor}, extra)
+            times["dask LocalCluster, 2 workers (warm)"] = run(
+                tmp / "data", tmp / "dask-warm", {**dask_opts, "_executor": executor}, extra
+            )
         finally:
             executor.close()
-    n_tasks = args.series * args.tilts + 3 * args.series     # movies + per-series erase / align / reconstruct
+    n_tasks = args.series * args.tilts + 3 * args.series  # movies + per-series erase / align / reconstruct
     base = times["local, 1 worker"]
     print(f"demo workflow: {args.series} x {args.tilts} movies of {args.size[0]} x {args.size[1]} x {args.frames}")
     print("| executor | wall (s) | speed-up vs 1 local worker |\n| --- | --- | --- |")
     for name, t in times.items():
         print(f"| {name} | {t:.1f} | {base / t:.2f}x |")
-    for label, key in (("incl. cluster start-up and worker imports", "dask LocalCluster, 2 workers (cold: cluster "
-                                                                       "start + worker imports)"),
-                       ("warm workers", "dask LocalCluster, 2 workers (warm)")):
+    for label, key in (
+        (
+            "incl. cluster start-up and worker imports",
+            "dask LocalCluster, 2 workers (cold: cluster start + worker imports)",
+        ),
+        ("warm workers", "dask LocalCluster, 2 workers (warm)"),
+    ):
         overhead = (times[key] - times["local, 2 workers"]) / n_tasks
         print(f"Dask overhead per task ({label}, spread over {n_tasks} tasks): {overhead * 1000:.0f} ms")
 

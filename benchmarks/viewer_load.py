@@ -55,7 +55,7 @@ def build_project(root: Path, n_series: int, n_tilts: int, size: tuple[int, int]
     rd = store.run_dir(run.id)
     rng = np.random.default_rng(seed)
     angles = np.linspace(-60.0, 60.0, n_tilts)
-    orders = np.argsort(np.argsort(np.abs(angles), kind="stable"), kind="stable") + 1   # dose-symmetric-ish
+    orders = np.argsort(np.argsort(np.abs(angles), kind="stable"), kind="stable") + 1  # dose-symmetric-ish
     acq = Acquisition(voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07, pixel_size_a=2.76 * 8, tilt_axis_deg=85.0)
     series, ctfs = [], []
     yy, xx = np.mgrid[0:256, 0:256] - 128.0
@@ -63,15 +63,29 @@ def build_project(root: Path, n_series: int, n_tilts: int, size: tuple[int, int]
     for s in range(n_series):
         ts_id = f"TS_{s + 1:02d}"
         texture = rng.normal(0.0, 1.0, (ny, nx)).astype(np.float32)
-        stack = np.stack([100 * np.exp(-0.5 / np.cos(np.deg2rad(a))) * (1 + 0.2 * texture)
-                          + rng.normal(0, 2, (ny, nx)).astype(np.float32) for a in angles]).astype(np.float32)
+        stack = np.stack(
+            [
+                100 * np.exp(-0.5 / np.cos(np.deg2rad(a))) * (1 + 0.2 * texture)
+                + rng.normal(0, 2, (ny, nx)).astype(np.float32)
+                for a in angles
+            ]
+        ).astype(np.float32)
         write_mrc(rd / f"{ts_id}.mrc", stack, voxel_size_a=acq.pixel_size_a)
         (rd / "ctf").mkdir(exist_ok=True)
         images, items = [], []
-        for i, (a, o) in enumerate(zip(angles, orders)):
-            images.append(TiltImage(tilt_angle_deg=float(a), acquisition_order=int(o), dose_prior_e_a2=3.0 * (o - 1),
-                                    dose_e_a2=3.0, dose_accumulated_e_a2=3.0 * o, file=str(rd / f"{ts_id}.mrc"),
-                                    index=i, total_motion_px=float(rng.uniform(1, 6))))
+        for i, (a, o) in enumerate(zip(angles, orders, strict=False)):
+            images.append(
+                TiltImage(
+                    tilt_angle_deg=float(a),
+                    acquisition_order=int(o),
+                    dose_prior_e_a2=3.0 * (o - 1),
+                    dose_e_a2=3.0,
+                    dose_accumulated_e_a2=3.0 * o,
+                    file=str(rd / f"{ts_id}.mrc"),
+                    index=i,
+                    total_motion_px=float(rng.uniform(1, 6)),
+                )
+            )
             du = 30000.0 + 20.0 * a + rng.normal(0, 200)
             spectrum = rd / "ctf" / f"{ts_id}_{int(o):03d}.png"
             picture = (127 + 100 * np.cos(ring * (0.15 + 0.002 * i))).clip(0, 255).astype(np.uint8)
@@ -86,10 +100,14 @@ def build_project(root: Path, n_series: int, n_tilts: int, size: tuple[int, int]
 
 def start_viewer(root: Path) -> tuple[subprocess.Popen, str, str]:
     """``tiltflow view`` in its own process; (process, base URL, token)."""
-    proc = subprocess.Popen([sys.executable, "-m", "tiltflow.cli.main", "view", "-p", str(root), "--port", "0",
-                             "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tiltflow.cli.main", "view", "-p", str(root), "--port", "0", "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
-    for line in proc.stdout:                       # the token URL is printed once it listens
+    for line in proc.stdout:  # the token URL is printed once it listens
         m = re.search(r"(http://[^/\s]+)/\?token=(\S+)", line)
         if m:
             return proc, m.group(1), m.group(2)
@@ -136,8 +154,12 @@ def browse(base: str, token: str, rec: Recorder, n_series: int, visits: int, see
 
             orders = [v["acquisition_order"] for v in json.loads(views or b"[]")]
             for order in orders:
-                rec.get(client, "thumbnail, cached", f"/api/outputs/1.TiltSeries/series/{ts}/views/{order}/thumbnail.png",
-                        first_kind="thumbnail, first")
+                rec.get(
+                    client,
+                    "thumbnail, cached",
+                    f"/api/outputs/1.TiltSeries/series/{ts}/views/{order}/thumbnail.png",
+                    first_kind="thumbnail, first",
+                )
             rec.get(client, "suggestions", f"/api/outputs/1.TiltSeries/series/{ts}/suggestions")
             rec.get(client, "CTF table", f"/api/outputs/1.CTFTomoSeries/ctf/{ts}")
             for order in rng.sample(orders, min(5, len(orders))):
@@ -152,11 +174,15 @@ def table(rec: Recorder, wall: float) -> str:
     for what in sorted(rec.times, key=lambda k: -len(rec.times[k])):
         t = np.array(rec.times[what]) * 1000
         everything.extend(t)
-        rows.append(f"| {what} | {len(t)} | {np.percentile(t, 50):.0f} | {np.percentile(t, 95):.0f} | {t.max():.0f} |"
-                    f" {rec.errors.get(what, 0)} |")
+        rows.append(
+            f"| {what} | {len(t)} | {np.percentile(t, 50):.0f} | {np.percentile(t, 95):.0f} | {t.max():.0f} |"
+            f" {rec.errors.get(what, 0)} |"
+        )
     t = np.array(everything)
-    rows.append(f"| **all** | {len(t)} | {np.percentile(t, 50):.0f} | {np.percentile(t, 95):.0f} | {t.max():.0f} |"
-                f" {sum(rec.errors.values())} |")
+    rows.append(
+        f"| **all** | {len(t)} | {np.percentile(t, 50):.0f} | {np.percentile(t, 95):.0f} | {t.max():.0f} |"
+        f" {sum(rec.errors.values())} |"
+    )
     return "\n".join(rows) + f"\n\n{len(t)} requests in {wall:.1f} s ({len(t) / wall:.0f} per second)"
 
 
@@ -178,8 +204,10 @@ def main() -> None:
         proc, base, token = start_viewer(root)
         try:
             rec = Recorder()
-            threads = [threading.Thread(target=browse, args=(base, token, rec, args.series, args.visits, i))
-                       for i in range(args.clients)]
+            threads = [
+                threading.Thread(target=browse, args=(base, token, rec, args.series, args.visits, i))
+                for i in range(args.clients)
+            ]
             t0 = time.perf_counter()
             for t in threads:
                 t.start()
@@ -189,8 +217,10 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    print(f"project: {args.series} x {args.tilts} views of {args.size[0]} x {args.size[1]} px (built in {built:.1f} s); "
-          f"{args.clients} clients x {args.visits} tilt series each; viewer pid apart, {os.cpu_count()} CPUs")
+    print(
+        f"project: {args.series} x {args.tilts} views of {args.size[0]} x {args.size[1]} px (built in {built:.1f} s); "
+        f"{args.clients} clients x {args.visits} tilt series each; viewer pid apart, {os.cpu_count()} CPUs"
+    )
     print(table(rec, wall))
 
 

@@ -86,9 +86,24 @@ def _condition(label, dose, pixel_a, kind, frames, binning, movies, seed0):
     from tiltflow.testing.xray_movies import hit_mask, motion_sum, simulate_movie
 
     n = 512 // binning
-    acc = {k: 0 for k in ("hits", "alone_ok", "both_ok", "alone_bead", "alone_bead_false",
-                          "both_bead", "both_bead_false", "alone_other", "both_other",
-                          "frame_fp", "frame_px", "frame_missed", "frame_hit_px")}
+    acc = {
+        k: 0
+        for k in (
+            "hits",
+            "alone_ok",
+            "both_ok",
+            "alone_bead",
+            "alone_bead_false",
+            "both_bead",
+            "both_bead_false",
+            "alone_other",
+            "both_other",
+            "frame_fp",
+            "frame_px",
+            "frame_missed",
+            "frame_hit_px",
+        )
+    }
     secs = 0.0
 
     def summed(fr, sim):
@@ -96,9 +111,15 @@ def _condition(label, dose, pixel_a, kind, frames, binning, movies, seed0):
         return s if binning == 1 else fourier_crop_2d(s, (n, n)) * binning**2
 
     for m in range(movies):
-        sim = simulate_movie(seed0 + m, shape=(512, 512), n_frames=frames, dose=dose,
-                             pixel_size_a=pixel_a, kind=kind,
-                             n_beads=max(2, int(5 * (pixel_a / 1.38) ** 1.5)))
+        sim = simulate_movie(
+            seed0 + m,
+            shape=(512, 512),
+            n_frames=frames,
+            dose=dose,
+            pixel_size_a=pixel_a,
+            kind=kind,
+            n_beads=max(2, int(5 * (pixel_a / 1.38) ** 1.5)),
+        )
         bead = torch.nn.functional.max_pool2d(sim["bead_mask"][None].float(), binning)[0] > 0
         reference = summed(sim["clean"], sim)
         t0 = time.perf_counter()
@@ -128,11 +149,16 @@ def accuracy(movies: int, quick: bool) -> None:
 
     torch.set_num_threads(1)
     conditions = CONDITIONS[:3] + CONDITIONS[-2:-1] if quick else CONDITIONS
-    print(f"X-ray hits below 5 SD in motion-corrected sums; {movies} movies of 512 x 512 per "
-          "condition; load average " f"{os.getloadavg()[0]:.1f}")
-    head = ("| condition | hits | eraser alone: % < 5 SD | bead px (mistaken) | other px "
-            "| frames + eraser: % < 5 SD | bead px (mistaken) | other px | frame FP / 10^6 px "
-            "| hit px missed in frames | frame removal ms (512² movie) |")
+    print(
+        f"X-ray hits below 5 SD in motion-corrected sums; {movies} movies of 512 x 512 per "
+        "condition; load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    head = (
+        "| condition | hits | eraser alone: % < 5 SD | bead px (mistaken) | other px "
+        "| frames + eraser: % < 5 SD | bead px (mistaken) | other px | frame FP / 10^6 px "
+        "| hit px missed in frames | frame removal ms (512² movie) |"
+    )
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
     tot = {}
@@ -140,17 +166,22 @@ def accuracy(movies: int, quick: bool) -> None:
         a = _condition(label, dose, pixel_a, kind, frames, binning, movies, 1000 * (i + 1))
         for k, v in a.items():
             tot[k] = tot.get(k, 0) + v
-        print(f"| {label} | {a['hits']} | {100 * a['alone_ok'] / a['hits']:.1f} | "
-              f"{a['alone_bead']} ({a['alone_bead_false']}) | {a['alone_other']} | "
-              f"{100 * a['both_ok'] / a['hits']:.1f} | {a['both_bead']} ({a['both_bead_false']}) | "
-              f"{a['both_other']} | {1e6 * a['frame_fp'] / a['frame_px']:.2f} | "
-              f"{a['frame_missed']} of {a['frame_hit_px']} | {a['ms_per_movie']:.0f} |", flush=True)
-    print(f"| all | {tot['hits']} | {100 * tot['alone_ok'] / tot['hits']:.1f} | "
-          f"{tot['alone_bead']} ({tot['alone_bead_false']}) | {tot['alone_other']} | "
-          f"{100 * tot['both_ok'] / tot['hits']:.1f} | "
-          f"{tot['both_bead']} ({tot['both_bead_false']}) | "
-          f"{tot['both_other']} | {1e6 * tot['frame_fp'] / tot['frame_px']:.2f} | "
-          f"{tot['frame_missed']} of {tot['frame_hit_px']} | |")
+        print(
+            f"| {label} | {a['hits']} | {100 * a['alone_ok'] / a['hits']:.1f} | "
+            f"{a['alone_bead']} ({a['alone_bead_false']}) | {a['alone_other']} | "
+            f"{100 * a['both_ok'] / a['hits']:.1f} | {a['both_bead']} ({a['both_bead_false']}) | "
+            f"{a['both_other']} | {1e6 * a['frame_fp'] / a['frame_px']:.2f} | "
+            f"{a['frame_missed']} of {a['frame_hit_px']} | {a['ms_per_movie']:.0f} |",
+            flush=True,
+        )
+    print(
+        f"| all | {tot['hits']} | {100 * tot['alone_ok'] / tot['hits']:.1f} | "
+        f"{tot['alone_bead']} ({tot['alone_bead_false']}) | {tot['alone_other']} | "
+        f"{100 * tot['both_ok'] / tot['hits']:.1f} | "
+        f"{tot['both_bead']} ({tot['both_bead_false']}) | "
+        f"{tot['both_other']} | {1e6 * tot['frame_fp'] / tot['frame_px']:.2f} | "
+        f"{tot['frame_missed']} of {tot['frame_hit_px']} | |"
+    )
 
 
 # ----------------------------------------------------------------------------- speed
@@ -172,8 +203,8 @@ def _worker(threads: int, device: str, repeats: int, hits: int, what: str) -> di
     if what == "eraser":
         data = torch.empty(H, W)
         for r in range(0, H, 512):  # in chunks, so that making the image needs no extra memory
-            lam = 10.0 * (1.0 + 0.1 * torch.linspace(-1.0, 1.0, H)[r:r + 512, None]).expand(-1, W)
-            data[r:r + 512] = torch.poisson(lam, generator=g)
+            lam = 10.0 * (1.0 + 0.1 * torch.linspace(-1.0, 1.0, H)[r : r + 512, None]).expand(-1, W)
+            data[r : r + 512] = torch.poisson(lam, generator=g)
         idx = torch.randint(0, H * W, (hits,), generator=g)
         data.view(-1)[idx] += torch.empty(hits).uniform_(50.0, 2000.0, generator=g)
 
@@ -189,6 +220,7 @@ def _worker(threads: int, device: str, repeats: int, hits: int, what: str) -> di
 
         def fn(x):
             return fn0(x, inplace=True).n_replaced_px
+
     data = data.to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rss0 = _rss_mb()
@@ -208,8 +240,13 @@ def _worker(threads: int, device: str, repeats: int, hits: int, what: str) -> di
         peak_mb = (torch.cuda.max_memory_allocated() - data.numel() * 4) / 2**20
     wall.sort()
     cpu.sort()
-    return {"wall_min": wall[0], "wall_median": wall[len(wall) // 2], "cpu_median":
-            cpu[len(cpu) // 2], "peak_mb": peak_mb, "found": found}
+    return {
+        "wall_min": wall[0],
+        "wall_median": wall[len(wall) // 2],
+        "cpu_median": cpu[len(cpu) // 2],
+        "peak_mb": peak_mb,
+        "found": found,
+    }
 
 
 def timing(repeats: int, hits: int) -> None:
@@ -218,25 +255,44 @@ def timing(repeats: int, hits: int) -> None:
     configs = [("cpu, 1 thread", 1, "cpu", {}), ("cpu, 2 threads", 2, "cpu", {})]
     if torch.cuda.is_available():
         configs.append((f"cuda ({torch.cuda.get_device_name()})", 2, "cuda", {}))
-    print(f"{W} x {H}: erase_xrays per float32 image, remove_frame_xrays per 8-frame movie; "
-          f"{hits} hits, {repeats} repeats; {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"{'function, configuration':44s} {'s (min)':>8s} {'median':>8s} {'cpu s':>7s} "
-          f"{'+peak MiB':>9s} {'found':>6s}")
+    print(
+        f"{W} x {H}: erase_xrays per float32 image, remove_frame_xrays per 8-frame movie; "
+        f"{hits} hits, {repeats} repeats; {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'function, configuration':44s} {'s (min)':>8s} {'median':>8s} {'cpu s':>7s} {'+peak MiB':>9s} {'found':>6s}"
+    )
     for what in ("eraser", "frames"):
         for name, threads, device, env in configs:
             label = f"{'erase_xrays' if what == 'eraser' else 'remove_frame_xrays'}, {name}"
-            out = subprocess.run([sys.executable, __file__, "--worker", str(threads), device, what,
-                                  "--repeats", str(repeats), "--hits", str(hits)],
-                                 check=False, capture_output=True, text=True,
-                                 env={**os.environ, **env})
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    str(threads),
+                    device,
+                    what,
+                    "--repeats",
+                    str(repeats),
+                    "--hits",
+                    str(hits),
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                env={**os.environ, **env},
+            )
             if out.returncode:
                 print(f"{label:44s} failed: {out.stderr.strip().splitlines()[-1]}")
                 continue
             r = json.loads(out.stdout)
-            print(f"{label:44s} {r['wall_min']:8.3f} {r['wall_median']:8.3f} "
-                  f"{r['cpu_median']:7.3f} "
-                  f"{r['peak_mb']:9.0f} {r['found']:6d}")
+            print(
+                f"{label:44s} {r['wall_min']:8.3f} {r['wall_median']:8.3f} "
+                f"{r['cpu_median']:7.3f} "
+                f"{r['peak_mb']:9.0f} {r['found']:6d}"
+            )
 
 
 def main() -> None:
@@ -249,8 +305,7 @@ def main() -> None:
     ap.add_argument("--worker", nargs=3, metavar=("THREADS", "DEVICE", "WHAT"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(_worker(int(args.worker[0]), args.worker[1], args.repeats, args.hits,
-                                 args.worker[2])))
+        print(json.dumps(_worker(int(args.worker[0]), args.worker[1], args.repeats, args.hits, args.worker[2])))
     elif args.timing:
         timing(args.repeats, args.hits)
     else:

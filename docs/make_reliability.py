@@ -22,41 +22,66 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_JSON = Path(os.environ.get("TILTFLOW_RELIABILITY_JSON",
-                                   Path(tempfile.gettempdir()) / "tiltflow-reliability" / "last-run.json"))
+DEFAULT_JSON = Path(
+    os.environ.get("TILTFLOW_RELIABILITY_JSON", Path(tempfile.gettempdir()) / "tiltflow-reliability" / "last-run.json")
+)
 
 # issue 13's table: row -> (what was tried, tests that cover it: substrings of test ids)
 ROWS = {
-    1: ("SIGKILL of `motion-ctf` after all movies are recorded", ["test_motion_ctf_resume.py",
-                                                                   "test_sigkill_steps.py::test_sigkill_at_random_points_of_a_step[motion-ctf]"]),
+    1: (
+        "SIGKILL of `motion-ctf` after all movies are recorded",
+        ["test_motion_ctf_resume.py", "test_sigkill_steps.py::test_sigkill_at_random_points_of_a_step[motion-ctf]"],
+    ),
     2: ("a path or file name containing `[/]` or `[bold]`", ["test_paths_with_markup_are_printed_verbatim"]),
     3: ("two viewers (and the CLI) press Save at the same moment", ["test_concurrency_save.py"]),
-    4: ("an all-zero (or NaN) gain", ["test_a_bad_gain_or_dark_reference_is_refused_at_import[zero.gain]",
-                                      "test_a_bad_gain_or_dark_reference_is_refused_at_import[nan.gain]"]),
+    4: (
+        "an all-zero (or NaN) gain",
+        [
+            "test_a_bad_gain_or_dark_reference_is_refused_at_import[zero.gain]",
+            "test_a_bad_gain_or_dark_reference_is_refused_at_import[nan.gain]",
+        ],
+    ),
     5: ("`--bfactor nan` and other non-finite options", ["nan", "inf"]),
     6: ("`--dark` naming a missing file", ["missing_dark.mrc"]),
-    7: ("implausible mdoc values (`PixelSpacing = 1e300`, `Voltage = -300`, ...)",
-        ["test_an_implausible_mdoc_value_is_refused_with_file_line_and_key"]),
-    8: ("reversed/negative ranges, oversized windows, grids, binning", ["test_a_bad_option_is_one_line_before_any_run",
-                                                                       "test_motion_ctf_options_against_the_movies"]),
+    7: (
+        "implausible mdoc values (`PixelSpacing = 1e300`, `Voltage = -300`, ...)",
+        ["test_an_implausible_mdoc_value_is_refused_with_file_line_and_key"],
+    ),
+    8: (
+        "reversed/negative ranges, oversized windows, grids, binning",
+        ["test_a_bad_option_is_one_line_before_any_run", "test_motion_ctf_options_against_the_movies"],
+    ),
     9: ("`subset --input` of a tomogram set", ["test_subset_of_tomograms_is_refused"]),
     10: ("`export --out` into an unwritable or missing place", ["test_export_out"]),
     11: ("`view --port 70000` / a port in use", ["test_view_port_out_of_range_and_in_use"]),
     12: ("disk full during a step; readers while the disk is full", ["test_disk_full.py"]),
     13: ("project folder moved or copied", ["test_relocatable.py"]),
     14: ("NaN / inf / \\|angle\\| > 90 in a `.rawtlt`", ["test_a_bad_angle_file_or_stack_header_is_refused"]),
-    15: ("`subset --exclude-beyond -5` or `nan`; excluding every series or view",
-         ["test_an_empty_or_meaningless_subset_is_refused", "test_a_subset_keeping_one_view_per_series_is_accepted"]),
-    16: ("TIFF written one page per frame series", ["test_a_tiff_written_one_page_per_series_reads_every_frame",
-                                                    "test_a_tiff_with_pages_of_different_sizes"]),
+    15: (
+        "`subset --exclude-beyond -5` or `nan`; excluding every series or view",
+        ["test_an_empty_or_meaningless_subset_is_refused", "test_a_subset_keeping_one_view_per_series_is_accepted"],
+    ),
+    16: (
+        "TIFF written one page per frame series",
+        ["test_a_tiff_written_one_page_per_series_reads_every_frame", "test_a_tiff_with_pages_of_different_sizes"],
+    ),
     17: ("a corrupt or truncated MRC stack", ["test_mrc_corrupt.py"]),
     18: ("a symlink inside the project pointing outside it", ["test_symlinks_out_of_the_project_are_not_followed"]),
     19: ("a 16 MB JSON body; a foreign Host header", ["test_large_bodies_get_413", "test_host_"]),
-    20: ("workflow file `[1,2,3]`, version 99, duplicate ids; `show abc`; missing SubFramePath; `--workers 0`; "
-         "a constant-valued movie; duplicate `[ZValue]`; rejected first import; rejected `--restack`",
-         ["test_a_workflow_file_that_is_not", "test_show_non_numeric", "test_a_missing_subframepath",
-          "test_workers_below_one", "test_a_constant_valued_movie", "test_duplicate_zvalue_labels",
-          "test_rejected_first_import_leaves_no_folder", "test_a_rejected_restack_leaves_no_stack"]),
+    20: (
+        "workflow file `[1,2,3]`, version 99, duplicate ids; `show abc`; missing SubFramePath; `--workers 0`; "
+        "a constant-valued movie; duplicate `[ZValue]`; rejected first import; rejected `--restack`",
+        [
+            "test_a_workflow_file_that_is_not",
+            "test_show_non_numeric",
+            "test_a_missing_subframepath",
+            "test_workers_below_one",
+            "test_a_constant_valued_movie",
+            "test_duplicate_zvalue_labels",
+            "test_rejected_first_import_leaves_no_folder",
+            "test_a_rejected_restack_leaves_no_stack",
+        ],
+    ),
 }
 
 # groups of the catalogue: test file -> (kind, what it does)
@@ -105,13 +130,20 @@ def traceback_failures(tests: dict) -> list[str]:
 
 
 def changed_projects(tests: dict) -> list[str]:
-    return [k for k, v in tests.items() if v["outcome"] in ("failed", "error") and
-            ("changed the project" in v["message"] or "project_state" in v["message"])]
+    return [
+        k
+        for k, v in tests.items()
+        if v["outcome"] in ("failed", "error")
+        and ("changed the project" in v["message"] or "project_state" in v["message"])
+    ]
 
 
 def failed_resumes(tests: dict) -> list[str]:
-    faults = [g for g, kind, _ in GROUPS if kind == "fault" and ("kill" in g or "resume" in g or "continue" in g
-                                                                 or "scale" in g or "disk" in g)]
+    faults = [
+        g
+        for g, kind, _ in GROUPS
+        if kind == "fault" and ("kill" in g or "resume" in g or "continue" in g or "scale" in g or "disk" in g)
+    ]
     return [k for k, v in tests.items() if v["outcome"] in ("failed", "error") and k.startswith(tuple(faults))]
 
 
@@ -119,8 +151,7 @@ def render(data: dict, commit: str) -> str:
     tests: dict[str, dict] = data["tests"]
     kills = sum(int(v["properties"].get("kills", 0)) for v in tests.values() if v["outcome"] == "passed")
     kill_tests = {k: v for k, v in tests.items() if "kills" in v["properties"]}
-    fuzz = {k: v for k, v in tests.items() if k.startswith("tests/badinput/test_fuzz_readers.py")
-            and "seeds" not in k}
+    fuzz = {k: v for k, v in tests.items() if k.startswith("tests/badinput/test_fuzz_readers.py") and "seeds" not in k}
     tb, changed, resumes = traceback_failures(tests), changed_projects(tests), failed_resumes(tests)
     whens = sorted(v["when"] for v in tests.values())
     out = [
@@ -156,12 +187,19 @@ def render(data: dict, commit: str) -> str:
     for path, kind, what in GROUPS:
         out.append(f"| `{path}` | {kind} | {what} | {len(by_group[path])} | {_counts(by_group[path])} |")
     if kill_tests:
-        out += ["", "## SIGKILLs per step", "", "| step | kills | runs finished and compared with an uninterrupted one | outcome |",
-                "| --- | ---: | ---: | --- |"]
+        out += [
+            "",
+            "## SIGKILLs per step",
+            "",
+            "| step | kills | runs finished and compared with an uninterrupted one | outcome |",
+            "| --- | ---: | ---: | --- |",
+        ]
         for k, v in sorted(kill_tests.items()):
             name = k.split("[", 1)[1].rstrip("]") if "[" in k else "workflow run"
-            out.append(f"| {name} | {v['properties'].get('kills')} | {v['properties'].get('continued_to_the_end')} | "
-                       f"{v['outcome']} |")
+            out.append(
+                f"| {name} | {v['properties'].get('kills')} | {v['properties'].get('continued_to_the_end')} | "
+                f"{v['outcome']} |"
+            )
     known = {k: v for k, v in tests.items() if v["outcome"] in ("xfailed", "skipped")}
     if known:
         out += ["", "## Known open or not run here", ""]
@@ -185,10 +223,16 @@ def main() -> None:
         raise SystemExit(f"{args.json}: no test results — run `make test` (or pytest tests/badinput) first")
     data = json.loads(args.json.read_text())
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
         commit = f"commit {commit}" + (" with local changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         commit = "(commit unknown)"

@@ -19,8 +19,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SIZE = {"width": 1400, "height": 900}
 
 
@@ -34,12 +42,21 @@ def build_demo_project(root: Path):
 
     torch.set_num_threads(1)
     data = root / "data"
-    write_demo_dataset(data, DemoConfig(n_series=2, n_tilts=15, tilt_step_deg=8.0, size=(1024, 1024), n_frames=4,
-                                        seed=1, local_motion=False), force=True)
+    write_demo_dataset(
+        data,
+        DemoConfig(
+            n_series=2, n_tilts=15, tilt_step_deg=8.0, size=(1024, 1024), n_frames=4, seed=1, local_motion=False
+        ),
+        force=True,
+    )
     store = ProjectStore(root / "project")
     imp = run_step(store, "import-movies", {"files": str(data), "gain": str(data / "gain_ref.gain")})
-    run_step(store, "motion-ctf", {"window_px": 256, "ctf_range_a": [30.0, 7.0], "motion_grid": [1, 1, 1]},
-             {"input": str(imp.id)})
+    run_step(
+        store,
+        "motion-ctf",
+        {"window_px": 256, "ctf_range_a": [30.0, 7.0], "motion_grid": [1, 1, 1]},
+        {"input": str(imp.id)},
+    )
     return store
 
 
@@ -81,9 +98,9 @@ def tomo_viewer(page, pointer: str, path: Path) -> None:
     page.fill("#beyond", "54")
     page.click("#beyond-this")
     page.wait_for_selector("#gallery .thumb.excluded")
-    page.click("#gallery .thumb[data-i='4'] button.x")           # one more view, by its ✕
+    page.click("#gallery .thumb[data-i='4'] button.x")  # one more view, by its ✕
     page.wait_for_selector("#gallery .thumb[data-i='4'].excluded")
-    page.click("#gallery .thumb[data-i='4'] img")                # show it in the preview
+    page.click("#gallery .thumb[data-i='4'] img")  # show it in the preview
     page.wait_for_function("document.querySelector('#preview').width > 16")
     page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth)")
     save_png(page, path)
@@ -96,16 +113,21 @@ def ctf_viewer(page, pointer: str, path: Path) -> None:
         page.click("#ctf-accept-all")
         page.wait_for_selector("#ctf-plot svg .pt.bad")
     rows = page.locator("#ctf-table tr[data-i]")
-    rows.nth(rows.count() // 2 + 1).click()                      # a tilt near 0°
-    page.wait_for_function("document.querySelector('#spectrum').complete && document.querySelector('#spectrum').naturalWidth > 0")
+    rows.nth(rows.count() // 2 + 1).click()  # a tilt near 0°
+    page.wait_for_function(
+        "document.querySelector('#spectrum').complete && document.querySelector('#spectrum').naturalWidth > 0"
+    )
     save_png(page, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, help="an existing project (default: build a simulated one)")
-    ap.add_argument("--keep-demo", type=Path, help="build the simulated project in this folder and keep it"
-                    " (reused when it is there)")
+    ap.add_argument(
+        "--keep-demo",
+        type=Path,
+        help="build the simulated project in this folder and keep it (reused when it is there)",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for the PNGs (default: docs/)")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args(argv)
@@ -121,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         source = args.project
         if source is None:
             demo = args.keep_demo or Path(tmp) / "demo"
-            source = demo / "project" if (demo / "project" / "project.sqlite").is_file() else build_demo_project(demo).root
+            source = (
+                demo / "project" if (demo / "project" / "project.sqlite").is_file() else build_demo_project(demo).root
+            )
         # curate a copy, from no exclusions: the shots are reproducible and the source stays as it was
         ProjectStore(source, create=False)
         shutil.copytree(source, Path(tmp) / "shown", ignore=shutil.ignore_patterns(".cache"))
@@ -134,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport=SIZE)
             page.on("pageerror", lambda err: print(f"page error: {err}", file=sys.stderr))
-            page.goto(f"{base}/?token={token}")       # sets the session cookie
+            page.goto(f"{base}/?token={token}")  # sets the session cookie
             page.wait_for_selector("#runs .run")
             tomo_viewer(page, first_output(store, ("TiltSeries",)), args.out / "viewer_tomo.png")
             ctf_viewer(page, first_output(store, ("CTFTomoSeries",)), args.out / "viewer_ctf.png")

@@ -20,8 +20,18 @@ from pathlib import Path
 
 # typed field -> its version-1 attrs key, per dataclass
 MOVED = {
-    "TiltImage": {k: k for k in ("movie", "total_motion_px", "defocus_u_a", "defocus_v_a", "refined_tilt_angle_deg",
-                                 "residual_px", "projection_matching_error")},
+    "TiltImage": {
+        k: k
+        for k in (
+            "movie",
+            "total_motion_px",
+            "defocus_u_a",
+            "defocus_v_a",
+            "refined_tilt_angle_deg",
+            "residual_px",
+            "projection_matching_error",
+        )
+    },
     "TiltSeries": {"alignment": "alignment", "motion_star_dir": "motion_star_dir"},
     "TiltSeriesSet": {"odd_even": "odd_even", "gain_file": "gain_file", "dark_file": "dark_file"},
     "CtfTomo": {"spectrum_file": "spectrum_file", "ring_strength": "ring_strength"},
@@ -64,15 +74,23 @@ def build(base: Path) -> None:
     from tiltflow.workflow.store import ProjectStore
 
     raw = base / "raw"
-    write_demo_dataset(raw, DemoConfig(n_series=1, n_tilts=9, size=(192, 192), n_frames=3, seed=5, n_beads=10,
-                                       bead_diameter_nm=5.0), force=True)
+    write_demo_dataset(
+        raw,
+        DemoConfig(n_series=1, n_tilts=9, size=(192, 192), n_frames=3, seed=5, n_beads=10, bead_diameter_nm=5.0),
+        force=True,
+    )
     store = ProjectStore(base / "proj")
     imp = run_step(store, "import-movies", {"files": str(raw), "pattern": "*.mdoc", "gain": str(raw / "gain_ref.gain")})
     mc = run_step(store, "motion-ctf", FAST, {"input": str(imp.id)})
-    al = run_step(store, "align", {"method": "fiducial", "binning": 1, "bead_diameter_nm": 5.0},
-                  {"input": f"{mc.id}.TiltSeries"})
-    rec = run_step(store, "reconstruct", {"binning": 2, "even_odd": True, "ctf_correct": "phaseflip"},
-                   {"input": f"{al.id}.TiltSeries", "ctf": f"{mc.id}.CTFTomoSeries"})
+    al = run_step(
+        store, "align", {"method": "fiducial", "binning": 1, "bead_diameter_nm": 5.0}, {"input": f"{mc.id}.TiltSeries"}
+    )
+    rec = run_step(
+        store,
+        "reconstruct",
+        {"binning": 2, "even_odd": True, "ctf_correct": "phaseflip"},
+        {"input": f"{al.id}.TiltSeries", "ctf": f"{mc.id}.CTFTomoSeries"},
+    )
     assert [r.status for r in (imp, mc, al, rec)] == ["finished"] * 4
 
 
@@ -97,15 +115,23 @@ def _viewer(store) -> dict:
         if o.type in ("TiltSeries", "TiltSeriesM"):
             ctf = find_ctf_source(store, o)
             sums = pd.motion_corrected(store, o)
-            out[o.pointer] = {"series": [s.model_dump() for s in pd.series_infos(value, ctf)], "views": {
-                ts.ts_id: [v.model_dump() for v in pd.view_infos(ts, ctf, pd.shown_images(store, sums, ts))]
-                for ts in value.items}}
+            out[o.pointer] = {
+                "series": [s.model_dump() for s in pd.series_infos(value, ctf)],
+                "views": {
+                    ts.ts_id: [v.model_dump() for v in pd.view_infos(ts, ctf, pd.shown_images(store, sums, ts))]
+                    for ts in value.items
+                },
+            }
         elif o.type == "CTFTomoSeries":
-            out[o.pointer] = {s.ts_id: {
-                "detail": pd.ctf_detail(s, pd.find_acquisition(store, o, s.ts_id),
-                                        s.attrs.get("spectrum_pixel_size_a")).model_dump(),
-                "spectra": [str(pd.spectrum_file(store, s, c.acquisition_order)) for c in s.items]}
-                for s in value.items}
+            out[o.pointer] = {
+                s.ts_id: {
+                    "detail": pd.ctf_detail(
+                        s, pd.find_acquisition(store, o, s.ts_id), s.attrs.get("spectrum_pixel_size_a")
+                    ).model_dump(),
+                    "spectra": [str(pd.spectrum_file(store, s, c.acquisition_order)) for c in s.items],
+                }
+                for s in value.items
+            }
         elif o.type == "Tomograms":
             out[o.pointer] = [t.model_dump() for t in tomogram_infos(store, value)]
     return out
@@ -143,8 +169,12 @@ def probe(root: Path) -> dict:
     runs = store.runs()
     sets = {o.pointer: {"summary": o.summary, "value": as_v1(store.load(o))} for o in store.outputs()}
     show = {"": _cli("show", "-p", root), **{str(r.id): _cli("show", "-p", root, r.id) for r in runs}}
-    return {"sets": sets, "show": show, "viewer": json.loads(json.dumps(_viewer(store), default=str)),
-            "exports": _exports(root, runs)}
+    return {
+        "sets": sets,
+        "show": show,
+        "viewer": json.loads(json.dumps(_viewer(store), default=str)),
+        "exports": _exports(root, runs),
+    }
 
 
 if __name__ == "__main__":

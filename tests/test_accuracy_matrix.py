@@ -21,9 +21,15 @@ from tiltflow.testing.scenarios import MIN_BEAD_PX, RANGES, align_geometry, draw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 QUANTITIES = [
-    "motion RMS (px)", "CTF median |d defocus| |tilt| <= 30 (Å)", "CTF median |d defocus| |tilt| > 30 (Å)",
-    "X-ray hits erased (fraction)", "X-ray: erased pixels on beads", "fiducial residual vs truth (px)",
-    "fiducial angles vs truth (°)", "patch residual vs truth (px)", "patch angles vs truth (°)",
+    "motion RMS (px)",
+    "CTF median |d defocus| |tilt| <= 30 (Å)",
+    "CTF median |d defocus| |tilt| > 30 (Å)",
+    "X-ray hits erased (fraction)",
+    "X-ray: erased pixels on beads",
+    "fiducial residual vs truth (px)",
+    "fiducial angles vs truth (°)",
+    "patch residual vs truth (px)",
+    "patch angles vs truth (°)",
 ]
 PENDING = {  # quantity -> the issue 11 item whose work should make it hold on the quick scenarios
     "motion RMS (px)": "issue 11 item 2 (motion within 1.5x oracle and <= 0.15 px)",
@@ -39,6 +45,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # --- scenarios ---------------------------------------------------------------------------------
 
+
 def _within(value: float, key: str) -> bool:
     lo, hi = RANGES[key]
     return lo - 1e-9 <= value <= hi + 1e-9
@@ -47,10 +54,25 @@ def _within(value: float, key: str) -> bool:
 def test_scenarios_are_drawn_within_the_stated_ranges():
     scenarios = draw_scenarios(60, seed=3)
     for s in scenarios:
-        for key in ("pixel_size_a", "dose_e_px_frame", "n_frames", "ice_thickness_nm", "field_ratio",
-                    "n_beads", "bead_diameter_nm", "drift_px_per_frame", "jitter_px", "defocus_um",
-                    "defocus_slope_a_per_deg", "astigmatism_a", "astigmatism_drift_a", "tilt_offset_deg",
-                    "tilt_axis_error_deg", "gain_stripe_amplitude", "n_dark_views"):
+        for key in (
+            "pixel_size_a",
+            "dose_e_px_frame",
+            "n_frames",
+            "ice_thickness_nm",
+            "field_ratio",
+            "n_beads",
+            "bead_diameter_nm",
+            "drift_px_per_frame",
+            "jitter_px",
+            "defocus_um",
+            "defocus_slope_a_per_deg",
+            "astigmatism_a",
+            "astigmatism_drift_a",
+            "tilt_offset_deg",
+            "tilt_axis_error_deg",
+            "gain_stripe_amplitude",
+            "n_dark_views",
+        ):
             assert _within(getattr(s, key), key), (s.name, key, getattr(s, key))
         assert 1 <= s.xray_events_per_frame[0] <= s.xray_events_per_frame[1] <= 5
         assert s.xray_counts == (40.0, 250.0)
@@ -136,7 +158,7 @@ def test_prior_dose_scale_stands_a_few_tilts_for_the_full_series():
     plain = plan_series(base, 0, series_rng(base, 0))
     scaled_config = replace(base, prior_dose_scale=20 / 3)
     scaled = plan_series(scaled_config, 0, series_rng(scaled_config, 0))
-    for a, b in zip(plain["tilts"], scaled["tilts"]):
+    for a, b in zip(plain["tilts"], scaled["tilts"], strict=False):
         assert b["prior_dose_e_a2"] == pytest.approx(a["prior_dose_e_a2"] * 20 / 3)
         assert b["dose_e_a2"] == a["dose_e_a2"] and b["frame_shifts_px"] == a["frame_shifts_px"]
     assert scaled_config.extension_values() == {"prior_dose_scale": 20 / 3} and base.extension_values() == {}
@@ -145,6 +167,7 @@ def test_prior_dose_scale_stands_a_few_tilts_for_the_full_series():
 
 
 # --- the harness ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
@@ -157,8 +180,7 @@ def quick(tmp_path_factory):
 
 
 def _rows(results, quantity):
-    return [(r["scenario"]["name"], next(row for row in r["rows"] if row["quantity"] == quantity))
-            for r in results]
+    return [(r["scenario"]["name"], next(row for row in r["rows"] if row["quantity"] == quantity)) for r in results]
 
 
 def test_quick_harness_gives_every_row_with_finite_values(quick):

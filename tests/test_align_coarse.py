@@ -29,17 +29,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def simulated_series(seed: int, *, size: int = 768, n_tilts: int = 31, step_deg: float = 4.0,
-                     binning: int = 3) -> dict:
+def simulated_series(seed: int, *, size: int = 768, n_tilts: int = 31, step_deg: float = 4.0, binning: int = 3) -> dict:
     """Noisy binned tilt series (Poisson, ~15 counts/px per tilt at 2.76 Å/px) in tilt order,
     with the true bead projections in binned pixels."""
-    cfg = DemoConfig(n_series=1, n_tilts=n_tilts, tilt_step_deg=step_deg, size=(size, size),
-                     n_beads=20)
+    cfg = DemoConfig(n_series=1, n_tilts=n_tilts, tilt_step_deg=step_deg, size=(size, size), n_beads=20)
     series = plan_series(cfg, 0, np.random.default_rng(seed))
     order = series["tilt_order_by_angle"]
     gen = torch.Generator().manual_seed(seed)
-    raw = [torch.poisson(render_truth_tilt(series, i).double() * cfg.n_frames, generator=gen)
-           for i in order]
+    raw = [torch.poisson(render_truth_tilt(series, i).double() * cfg.n_frames, generator=gen) for i in order]
     views = bin_views(torch.stack(raw).float(), binning)
     tilts = [series["tilts"][i] for i in order]
     nb = size // binning
@@ -48,7 +45,9 @@ def simulated_series(seed: int, *, size: int = 768, n_tilts: int = 31, step_deg:
     outside = (proj < 0).any(-1) | (proj > nb - 1).any(-1)
     proj[outside] = torch.nan
     return {
-        "views": views, "proj": proj, "axis": series["tilt_axis_deg"],
+        "views": views,
+        "proj": proj,
+        "axis": series["tilt_axis_deg"],
         "mdoc_axis": series["mdoc_tilt_axis_deg"],
         "angles": torch.tensor([t["mdoc_tilt_angle_deg"] for t in tilts], dtype=torch.float64),
         "shifts": torch.tensor([t["stage_shift_px"] for t in tilts], dtype=torch.float64) / binning,
@@ -62,14 +61,12 @@ def flat_specimen_series(angles_deg, axis_deg, shifts_px, shape=(192, 224), seed
     big = 512
     tex = torch.randn(1, 1, big, big, generator=gen, dtype=torch.float64)
     k = torch.fft.fftfreq(big)
-    tex = torch.fft.ifft2(torch.fft.fft2(tex) * torch.exp(-(k[:, None] ** 2 + k[None] ** 2)
-                                                          / (2 * 0.05 ** 2))).real
+    tex = torch.fft.ifft2(torch.fft.fft2(tex) * torch.exp(-(k[:, None] ** 2 + k[None] ** 2) / (2 * 0.05**2))).real
     h, w = shape
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64),
-                            torch.arange(w, dtype=torch.float64), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     c = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=torch.float64)
     views = []
-    for theta, s in zip(angles_deg.tolist(), shifts_px):
+    for theta, s in zip(angles_deg.tolist(), shifts_px, strict=False):
         u = (torch.stack([xx, yy], -1) - c - s) @ rotation_matrix_2d(-axis_deg).T
         x, y = u[..., 0] / math.cos(math.radians(theta)), u[..., 1]
         grid = torch.stack([x / ((big - 1) / 2), y / ((big - 1) / 2)], -1)[None]
@@ -89,8 +86,7 @@ def test_flat_specimen_shifts_recovered_up_to_the_free_translation():
     # a flat specimen translated by (a, b) moves view k by R(axis) (a cos(theta_k), b)
     ab = rotation_matrix_2d(-axis) @ shifts[ref]
     cos = torch.cos(torch.deg2rad(angles))
-    expected = shifts - torch.stack([ab[0] * cos / cos[ref], ab[1].expand_as(cos)], -1) \
-        @ rotation_matrix_2d(axis).T
+    expected = shifts - torch.stack([ab[0] * cos / cos[ref], ab[1].expand_as(cos)], -1) @ rotation_matrix_2d(axis).T
     err = (result.shifts_px - expected).norm(dim=1)
     assert err.max() < 0.06, err  # measured 0.04 (neighbour), 0.04 (cumulative)
     assert (shifts - shifts[ref]).norm(dim=1).max() > 8  # not trivially small
@@ -100,8 +96,7 @@ def test_flat_specimen_shifts_recovered_up_to_the_free_translation():
 
 def test_flat_specimen_binning_and_neighbour_reference_agree():
     angles = torch.arange(-45.0, 45.1, 9.0, dtype=torch.float64)
-    shifts = torch.tensor([[3.0 * i, -2.0 * i + 1] for i in range(angles.numel())],
-                          dtype=torch.float64)
+    shifts = torch.tensor([[3.0 * i, -2.0 * i + 1] for i in range(angles.numel())], dtype=torch.float64)
     views = flat_specimen_series(angles, -10.0, shifts, shape=(200, 200), seed=2)
     full = coarse_align(views, angles, tilt_axis_deg=-10.0, reference="neighbour")
     binned = coarse_align(views, angles, tilt_axis_deg=-10.0, binning=2)

@@ -31,10 +31,20 @@ def test_dim_thick_series_aligns_from_the_start_its_views_support():
     order = list(series["tilt_order_by_angle"])
     angles = torch.tensor([series["tilts"][i]["mdoc_tilt_angle_deg"] for i in order], dtype=torch.float64)
     px = series["pixel_size_a"]
-    r = projection_matching_align(torch.from_numpy(stack), angles, tilt_axis_deg=series["mdoc_tilt_axis_deg"],
-                                  align_z_px=150.0 * 10.0 / px, binning=1, iterations=5, pixel_size_a=px)
+    r = projection_matching_align(
+        torch.from_numpy(stack),
+        angles,
+        tilt_axis_deg=series["mdoc_tilt_axis_deg"],
+        align_z_px=150.0 * 10.0 / px,
+        binning=1,
+        iterations=5,
+        pixel_size_a=px,
+    )
     start = next(h for h in r.history if h["stage"] == "coarse_start")
     assert start["chosen"] == "half sampling" and start["disagreement_px"] > 10.0, start
-    e = alignment_errors(series, order, {"xf": r.xf.tolist(), "refined_tilt_angles_deg": r.tilt_angles_deg.tolist(),
-                                         "tilt_axis_deg": r.tilt_axis_deg})
+    e = alignment_errors(
+        series,
+        order,
+        {"xf": r.xf.tolist(), "refined_tilt_angles_deg": r.tilt_angles_deg.tolist(), "tilt_axis_deg": r.tilt_axis_deg},
+    )
     assert e["residual_px"] <= 1.0 and e["tilt_err_deg"] <= 3.0 and e["axis_err_deg"] <= 3.0, e

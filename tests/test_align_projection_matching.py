@@ -59,16 +59,28 @@ def _bead_truth(truth: dict) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
 
 @pytest.fixture(scope="module")
 def series() -> dict:
-    cfg = DemoConfig(n_series=1, n_tilts=25, tilt_step_deg=5.0, size=(256, 256),
-                     pixel_size_a=8.0, ice_thickness_nm=50.0, n_beads=20, n_vesicles=4, seed=3)
+    cfg = DemoConfig(
+        n_series=1,
+        n_tilts=25,
+        tilt_step_deg=5.0,
+        size=(256, 256),
+        pixel_size_a=8.0,
+        ice_thickness_nm=50.0,
+        n_beads=20,
+        n_vesicles=4,
+        seed=3,
+    )
     truth = plan_series(cfg, 0, series_rng(cfg, 0))
     proj, angles, order = _bead_truth(truth)
     clean = torch.stack([render_truth_tilt(truth, i) for i in order]).double()
     gen = torch.Generator().manual_seed(3)
     views = torch.poisson(clean * (10.0 / clean.mean()), generator=gen).float()
     return {
-        "views": views, "proj": proj, "axis": truth["tilt_axis_deg"],
-        "mdoc_axis": truth["mdoc_tilt_axis_deg"], "offset": truth["tilt_offset_deg"],
+        "views": views,
+        "proj": proj,
+        "axis": truth["tilt_axis_deg"],
+        "mdoc_axis": truth["mdoc_tilt_axis_deg"],
+        "offset": truth["tilt_offset_deg"],
         "angles": angles,
     }
 
@@ -78,14 +90,20 @@ def test_feature_alignment_beats_coarse_and_recovers_the_geometry(series):
     coarse = coarse_align(views, angles, tilt_axis_deg=series["mdoc_axis"])
     res_coarse = alignment_residual_against_truth(coarse.xf, angles, series["proj"], shape)
     out = projection_matching_align(
-        views, angles, tilt_axis_deg=series["mdoc_axis"], align_z_px=ALIGN_Z_PX,
-        initial_shifts_px=coarse.shifts_px, binning=1,
+        views,
+        angles,
+        tilt_axis_deg=series["mdoc_axis"],
+        align_z_px=ALIGN_Z_PX,
+        initial_shifts_px=coarse.shifts_px,
+        binning=1,
     )
     res = alignment_residual_against_truth(out.xf, out.tilt_angles_deg, series["proj"], shape)
-    print(f"honest residual: coarse {res_coarse:.2f} px, projection matching {res:.2f} px; "
-          f"axis {out.tilt_axis_deg:.2f} (true {series['axis']:.2f}, mdoc "
-          f"{series['mdoc_axis']:.1f}); offset {out.tilt_offset_deg:.2f} "
-          f"(true {series['offset']:.2f})")
+    print(
+        f"honest residual: coarse {res_coarse:.2f} px, projection matching {res:.2f} px; "
+        f"axis {out.tilt_axis_deg:.2f} (true {series['axis']:.2f}, mdoc "
+        f"{series['mdoc_axis']:.1f}); offset {out.tilt_offset_deg:.2f} "
+        f"(true {series['offset']:.2f})"
+    )
     # measured (seed 3): coarse 1.02, PM 0.63 px; axis +0.23°, offset -0.61° off
     assert res <= 1.0
     assert res < 0.8 * res_coarse
@@ -98,13 +116,21 @@ def test_feature_alignment_beats_coarse_and_recovers_the_geometry(series):
 
 
 def _render(ice_nm: float, seed: int) -> dict:
-    cfg = DemoConfig(n_series=1, n_tilts=25, tilt_step_deg=5.0, size=(256, 256),
-                     pixel_size_a=8.0, ice_thickness_nm=ice_nm, n_beads=20, n_vesicles=4, seed=seed)
+    cfg = DemoConfig(
+        n_series=1,
+        n_tilts=25,
+        tilt_step_deg=5.0,
+        size=(256, 256),
+        pixel_size_a=8.0,
+        ice_thickness_nm=ice_nm,
+        n_beads=20,
+        n_vesicles=4,
+        seed=seed,
+    )
     truth = plan_series(cfg, 0, series_rng(cfg, 0))
     proj, angles, order = _bead_truth(truth)
     clean = torch.stack([render_truth_tilt(truth, i) for i in order]).double()
-    views = torch.poisson(clean * (10.0 / clean.mean()),
-                          generator=torch.Generator().manual_seed(seed)).float()
+    views = torch.poisson(clean * (10.0 / clean.mean()), generator=torch.Generator().manual_seed(seed)).float()
     return {"views": views, "proj": proj, "angles": angles, "truth": truth}
 
 
@@ -118,15 +144,14 @@ def test_thick_specimen_is_no_worse_than_coarse():
     axis0 = d["truth"]["mdoc_tilt_axis_deg"]
     coarse = coarse_align(d["views"], d["angles"], tilt_axis_deg=axis0)
     res_coarse = alignment_residual_against_truth(coarse.xf, d["angles"], d["proj"], (256, 256))
-    out = projection_matching_align(d["views"], d["angles"], tilt_axis_deg=axis0, align_z_px=100,
-                                    binning=1)
+    out = projection_matching_align(d["views"], d["angles"], tilt_axis_deg=axis0, align_z_px=100, binning=1)
     res = alignment_residual_against_truth(out.xf, out.tilt_angles_deg, d["proj"], (256, 256))
-    print(f"thick ice: coarse {res_coarse:.2f} px, projection matching {res:.2f} px, axis "
-          f"{out.tilt_axis_deg - d['truth']['tilt_axis_deg']:+.2f}° off")
-    found = coarse_align(d["views"], d["angles"] + out.tilt_offset_deg,
-                         tilt_axis_deg=out.tilt_axis_deg)
-    res_found = alignment_residual_against_truth(found.xf, d["angles"] + out.tilt_offset_deg,
-                                                 d["proj"], (256, 256))
+    print(
+        f"thick ice: coarse {res_coarse:.2f} px, projection matching {res:.2f} px, axis "
+        f"{out.tilt_axis_deg - d['truth']['tilt_axis_deg']:+.2f}° off"
+    )
+    found = coarse_align(d["views"], d["angles"] + out.tilt_offset_deg, tilt_axis_deg=out.tilt_axis_deg)
+    res_found = alignment_residual_against_truth(found.xf, d["angles"] + out.tilt_offset_deg, d["proj"], (256, 256))
     print(f"  coarse at the found geometry {res_found:.2f} px")
     assert res <= min(1.0, res_coarse)
     assert res <= res_found + 0.3
@@ -153,23 +178,27 @@ def test_slab_as_thick_as_the_field_is_narrowed():
 
     coarse = coarse_align(views, angles, tilt_axis_deg=axis0)
     res_coarse = alignment_residual_against_truth(unbinned(coarse.xf), angles, proj, (512, 512))
-    out = projection_matching_align(views, angles, tilt_axis_deg=axis0, binning=1, iterations=5,
-                                    align_z_px=1500.0 / (cfg.pixel_size_a * 4))
+    out = projection_matching_align(
+        views, angles, tilt_axis_deg=axis0, binning=1, iterations=5, align_z_px=1500.0 / (cfg.pixel_size_a * 4)
+    )
     res = alignment_residual_against_truth(unbinned(out.xf), out.tilt_angles_deg, proj, (512, 512))
     print(f"128-px field: coarse {res_coarse:.2f} px, projection matching {res:.2f} px (bin 1)")
     assert out.history[0]["align_z_px"] == 96
     assert res <= min(res_coarse, 2.5)
 
 
-@pytest.mark.parametrize("side, pixel_a, expected", [
-    (1023, 11.04, 2),   # 4092 x 5760 at bin 4: matched at 512 x 720 px, 22 Å
-    (256, 11.04, 1),    # 1024 x 1440 at bin 4
-    (512, 5.52, 2),     # 512 px at 5.5 Å: 256 px at 11 Å
-    (256, 5.52, 1),     # never below 256 px
-    (2046, 5.52, 4),    # 4092 at bin 2: 512 px at 22 Å
-    (1023, None, 4),    # no pixel size: at most 320 px
-    (300, None, 1),
-])
+@pytest.mark.parametrize(
+    "side, pixel_a, expected",
+    [
+        (1023, 11.04, 2),  # 4092 x 5760 at bin 4: matched at 512 x 720 px, 22 Å
+        (256, 11.04, 1),  # 1024 x 1440 at bin 4
+        (512, 5.52, 2),  # 512 px at 5.5 Å: 256 px at 11 Å
+        (256, 5.52, 1),  # never below 256 px
+        (2046, 5.52, 4),  # 4092 at bin 2: 512 px at 22 Å
+        (1023, None, 4),  # no pixel size: at most 320 px
+        (300, None, 1),
+    ],
+)
 def test_working_binning(side, pixel_a, expected):
     assert working_binning(side, pixel_a) == expected
 
@@ -180,18 +209,18 @@ def test_geometry_search_moves_a_far_axis_and_finds_the_offset(series):
     in ``projection_matching_align`` gets within 0.6°)."""
     start = series["axis"] + 2.5
     g = search_tilt_geometry(series["views"], series["angles"], tilt_axis_deg=start, binning=2)
-    print(f"search: axis {g.tilt_axis_deg - series['axis']:+.2f}° off, offset "
-          f"{g.tilt_offset_deg - series['offset']:+.2f}° off, {len(g.trials)} trials")
+    print(
+        f"search: axis {g.tilt_axis_deg - series['axis']:+.2f}° off, offset "
+        f"{g.tilt_offset_deg - series['offset']:+.2f}° off, {len(g.trials)} trials"
+    )
     assert abs(g.tilt_axis_deg - series["axis"]) <= 0.5
     assert abs(g.tilt_offset_deg - series["offset"]) <= 2.0
     best = max(g.trials, key=lambda trial: trial[2])
     assert g.score >= best[2] - 1e-3  # the answer is the best point seen (up to the fit)
-    kept = search_tilt_geometry(series["views"], series["angles"], tilt_axis_deg=start,
-                                axis_range_deg=0.0, binning=2)
+    kept = search_tilt_geometry(series["views"], series["angles"], tilt_axis_deg=start, axis_range_deg=0.0, binning=2)
     assert kept.tilt_axis_deg == start
     with pytest.raises(ValueError, match="narrow offset_range_deg"):
-        search_tilt_geometry(series["views"], series["angles"] * 1.35, tilt_axis_deg=start,
-                             offset_range_deg=5.0)
+        search_tilt_geometry(series["views"], series["angles"] * 1.35, tilt_axis_deg=start, offset_range_deg=5.0)
 
 
 def test_blanked_view_is_detected_and_excluded(series):
@@ -205,11 +234,16 @@ def test_blanked_view_is_detected_and_excluded(series):
     # the caller removes dark views before the coarse step; their rows keep a guess
     keep = ~dark
     initial = torch.zeros(25, 2, dtype=torch.float64)
-    initial[keep] = coarse_align(views[keep], angles[keep],
-                                 tilt_axis_deg=series["mdoc_axis"]).shifts_px
+    initial[keep] = coarse_align(views[keep], angles[keep], tilt_axis_deg=series["mdoc_axis"]).shifts_px
     out = projection_matching_align(
-        views, angles, tilt_axis_deg=series["mdoc_axis"], align_z_px=ALIGN_Z_PX,
-        initial_shifts_px=initial, binning=2, iterations=3, refine_tilt_axis=False,
+        views,
+        angles,
+        tilt_axis_deg=series["mdoc_axis"],
+        align_z_px=ALIGN_Z_PX,
+        initial_shifts_px=initial,
+        binning=2,
+        iterations=3,
+        refine_tilt_axis=False,
         refine_tilt_offset=False,
     )
     assert torch.equal(out.dark_views, expected)
@@ -259,8 +293,9 @@ def test_signed_stack_with_negative_mean_aligns_with_the_defaults(series):
     """A signed int16 stack with a negative mean (FEI's STEM writes these) aligns by projection
     matching with every default (dark-view detection on)."""
     views = (series["views"] - 3.0 * series["views"].mean()).round().to(torch.int16)
-    out = projection_matching_align(views, series["angles"], tilt_axis_deg=series["mdoc_axis"],
-                                    align_z_px=ALIGN_Z_PX, binning=2)
+    out = projection_matching_align(
+        views, series["angles"], tilt_axis_deg=series["mdoc_axis"], align_z_px=ALIGN_Z_PX, binning=2
+    )
     assert not out.dark_views.any()
     res = alignment_residual_against_truth(out.xf, out.tilt_angles_deg, series["proj"], (256, 256))
     print(f"signed int16 stack, negative mean: honest residual {res:.2f} px")
@@ -273,13 +308,15 @@ def test_references_leave_out_exactly_the_views_near_each_angle():
     angles = torch.tensor([-50.0, -20.0, -10.0, 0.0, 30.0, 55.0], dtype=torch.float64)
     loo, wide = references(views, angles, nz=12, nx_volume=70, exclude_deg=12.0)
     n_pad = padded_length(40)
-    filtered = filter_views(views, radial_filter(n_pad, cutoff=0.3, falloff=0.05).double(),
-                            n_pad=n_pad) * tilt_increment_weights(angles)[:, None, None]
+    filtered = (
+        filter_views(views, radial_filter(n_pad, cutoff=0.3, falloff=0.05).double(), n_pad=n_pad)
+        * tilt_increment_weights(angles)[:, None, None]
+    )
     for window, got in ((0.0, loo), (12.0, wide)):
         for i in range(6):
             keep = (angles - angles[i]).abs() > window
             vol = backproject(filtered[keep], angles[keep], thickness_px=12, nx=70)
-            want = project_volume(vol, angles[i:i + 1], nx_view=40)[0]
+            want = project_volume(vol, angles[i : i + 1], nx_view=40)[0]
             torch.testing.assert_close(got[i], want, rtol=0, atol=1e-12)
 
 
@@ -299,9 +336,7 @@ def test_specimen_pitch_and_height_of_a_tilted_slab():
             vol += torch.exp(-((x - bx) ** 2 + (y - by) ** 2 + (z - bz) ** 2) / 4.0)
     angles = torch.arange(-60.0, 61.0, 5.0, dtype=torch.float64)
     views = project_volume(vol, angles, nx_view=nx)
-    got_pitch, got_height, got_thickness = specimen_pitch(
-        views.float(), angles, nz=64, x_extent_px=nx
-    )
+    got_pitch, got_height, got_thickness = specimen_pitch(views.float(), angles, nz=64, x_extent_px=nx)
     assert got_pitch == pytest.approx(pitch, abs=0.5)
     assert got_height == pytest.approx(height, abs=2.0)
     assert 16.0 <= got_thickness <= 26.0  # surfaces 16 px apart, blobs ~3 px across
@@ -318,8 +353,7 @@ def test_specimen_pitch_and_height_of_a_tilted_slab():
     ],
 )
 def test_bad_input_names_the_problem(change, message):
-    kwargs = {"tilt_angles_deg": np.linspace(-60, 60, 7), "tilt_axis_deg": 85.0,
-              "align_z_px": 20.0, **change}
+    kwargs = {"tilt_angles_deg": np.linspace(-60, 60, 7), "tilt_axis_deg": 85.0, "align_z_px": 20.0, **change}
     views = torch.rand(7, 96, 96) + 1.0
     angles = kwargs.pop("tilt_angles_deg")
     with pytest.raises(ValueError, match=message):
@@ -330,5 +364,4 @@ def test_too_few_usable_views():
     views = torch.rand(7, 64, 64) + 1.0
     views[:3] *= 0.01
     with pytest.raises(ValueError, match="usable"):
-        projection_matching_align(views, np.linspace(-30, 30, 7), tilt_axis_deg=0.0,
-                                  align_z_px=20.0, binning=1)
+        projection_matching_align(views, np.linspace(-30, 30, 7), tilt_axis_deg=0.0, align_z_px=20.0, binning=1)

@@ -17,7 +17,6 @@ from tiltflow.testing.tilt_series import noisy_tilt_series
 from tiltflow.workflow.runner import run_step
 from tiltflow.workflow.store import ProjectStore
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -25,18 +24,30 @@ ANGLES = torch.arange(-60.0, 61.0, 3.0, dtype=torch.float64)
 
 
 def test_plausible_geometry_has_no_problems():
-    assert geometry_problems(ANGLES, ANGLES + 1.2, axis_initial_deg=85.0, axis_deg=86.5, offset_deg=1.2,
-                             magnification=torch.full_like(ANGLES, 1.01)) == {}
+    assert (
+        geometry_problems(
+            ANGLES,
+            ANGLES + 1.2,
+            axis_initial_deg=85.0,
+            axis_deg=86.5,
+            offset_deg=1.2,
+            magnification=torch.full_like(ANGLES, 1.01),
+        )
+        == {}
+    )
 
 
-@pytest.mark.parametrize("case, key", [
-    ({"offset_deg": 26.0, "refined": ANGLES + 26.0}, "tilt_offset"),
-    ({"offset_deg": 79.0, "refined": ANGLES + 79.0}, "tilt_angles"),      # tilts up to 139°
-    ({"offset_deg": 0.0, "refined": ANGLES * 1.2}, "tilt_angles"),         # grouped changes of 12°
-    ({"axis_deg": 92.0}, "tilt_axis"),
-    ({"axis_deg": float("nan")}, "tilt_axis"),
-    ({"magnification": torch.linspace(0.7, 1.3, ANGLES.numel())}, "magnification"),
-])
+@pytest.mark.parametrize(
+    "case, key",
+    [
+        ({"offset_deg": 26.0, "refined": ANGLES + 26.0}, "tilt_offset"),
+        ({"offset_deg": 79.0, "refined": ANGLES + 79.0}, "tilt_angles"),  # tilts up to 139°
+        ({"offset_deg": 0.0, "refined": ANGLES * 1.2}, "tilt_angles"),  # grouped changes of 12°
+        ({"axis_deg": 92.0}, "tilt_axis"),
+        ({"axis_deg": float("nan")}, "tilt_axis"),
+        ({"magnification": torch.linspace(0.7, 1.3, ANGLES.numel())}, "magnification"),
+    ],
+)
 def test_implausible_geometry_is_named(case, key):
     kw = {"axis_initial_deg": 85.0, "axis_deg": 85.0, "offset_deg": 0.0, "magnification": None}
     refined = case.pop("refined", ANGLES)
@@ -47,46 +58,80 @@ def test_implausible_geometry_is_named(case, key):
 
 
 def test_verdicts_follow_the_residual_beads_and_held_parameters():
-    good = fiducial_verdict(mean_residual_px=0.4, bead_diameter_px=6.0, n_beads=12, n_views=41,
-                            n_flagged_views=1, fixed={})
+    good = fiducial_verdict(
+        mean_residual_px=0.4, bead_diameter_px=6.0, n_beads=12, n_views=41, n_flagged_views=1, fixed={}
+    )
     assert good == Verdict("good")
-    held = fiducial_verdict(mean_residual_px=0.4, bead_diameter_px=6.0, n_beads=12, n_views=41,
-                            n_flagged_views=1, fixed={"tilt_offset": "tilt offset 26.0° beyond ±10°"})
+    held = fiducial_verdict(
+        mean_residual_px=0.4,
+        bead_diameter_px=6.0,
+        n_beads=12,
+        n_views=41,
+        n_flagged_views=1,
+        fixed={"tilt_offset": "tilt offset 26.0° beyond ±10°"},
+    )
     assert held.status == "check" and "tilt offset held at 0°" in held.line()
-    assert fiducial_verdict(mean_residual_px=5.0, bead_diameter_px=6.0, n_beads=12, n_views=41,
-                            n_flagged_views=0, fixed={}).status == "failed"
-    assert fiducial_verdict(mean_residual_px=0.3, bead_diameter_px=6.0, n_beads=2, n_views=41,
-                            n_flagged_views=0, fixed={}).status == "failed"
+    assert (
+        fiducial_verdict(
+            mean_residual_px=5.0, bead_diameter_px=6.0, n_beads=12, n_views=41, n_flagged_views=0, fixed={}
+        ).status
+        == "failed"
+    )
+    assert (
+        fiducial_verdict(
+            mean_residual_px=0.3, bead_diameter_px=6.0, n_beads=2, n_views=41, n_flagged_views=0, fixed={}
+        ).status
+        == "failed"
+    )
     err = torch.full((41,), 0.4, dtype=torch.float64)
     assert patch_verdict(per_view_error=err, n_dark=0, fixed={}).status == "good"
     err[7] = 0.9
     assert patch_verdict(per_view_error=err, n_dark=0, fixed={}).status == "check"
-    assert patch_verdict(per_view_error=torch.full((41,), 0.99, dtype=torch.float64), n_dark=0,
-                         fixed={}).status == "failed"
+    assert (
+        patch_verdict(per_view_error=torch.full((41,), 0.99, dtype=torch.float64), n_dark=0, fixed={}).status
+        == "failed"
+    )
 
 
-@pytest.mark.parametrize("name, config", [
-    # the 384² demo session at the tutorial's bin 2 (5.5 Å/px): 4-6 beads in view
-    ("demo 384", DemoConfig(n_series=1, size=(384, 384), seed=0)),
-    # a field about as narrow as the ice is thick: 211 nm field, 200 nm ice, few beads
-    ("narrow field", DemoConfig(n_series=1, n_tilts=31, tilt_step_deg=4.0, size=(384, 384), pixel_size_a=5.5,
-                                ice_thickness_nm=200.0, n_beads=6, seed=4)),
-])
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        # the 384² demo session at the tutorial's bin 2 (5.5 Å/px): 4-6 beads in view
+        ("demo 384", DemoConfig(n_series=1, size=(384, 384), seed=0)),
+        # a field about as narrow as the ice is thick: 211 nm field, 200 nm ice, few beads
+        (
+            "narrow field",
+            DemoConfig(
+                n_series=1,
+                n_tilts=31,
+                tilt_step_deg=4.0,
+                size=(384, 384),
+                pixel_size_a=5.5,
+                ice_thickness_nm=200.0,
+                n_beads=6,
+                seed=4,
+            ),
+        ),
+    ],
+)
 def test_small_fields_align_within_a_pixel_or_fail_never_beyond_90(name, config):
     s = noisy_tilt_series(config)
     bead_px = config.bead_diameter_nm * 10.0 / config.pixel_size_a
     axis = s.truth["mdoc_tilt_axis_deg"]
     fid = align_fiducial(s.views, s.mdoc, tilt_axis_deg=axis, bead_diameter_px=bead_px)
-    checked = check_fiducial(fid, s.mdoc, tilt_axis_deg=axis, image_shape=tuple(s.views.shape[-2:]),
-                             bead_diameter_px=bead_px)
+    checked = check_fiducial(
+        fid, s.mdoc, tilt_axis_deg=axis, image_shape=tuple(s.views.shape[-2:]), bead_diameter_px=bead_px
+    )
     sol = checked.alignment.solution
     assert float(sol.tilt_angles_deg.abs().max()) < 90.0
     assert abs(sol.tilt_offset_deg) <= 10.0 and abs(sol.tilt_axis_deg - axis) <= 5.0
     res = alignment_residual_against_truth(sol.xf, sol.tilt_angles_deg, s.proj, tuple(s.views.shape[-2:]))
     angle_err = float((sol.tilt_angles_deg - s.true).abs().max())
-    print(f"{name}: verdict {checked.verdict.line()}; true-bead residual {res:.2f} px, angles within "
-          f"{angle_err:.2f}° (unchecked offset {fid.solution.tilt_offset_deg:.1f}°, true "
-          f"{s.truth['tilt_offset_deg']:.2f}°)")
+    print(
+        f"{name}: verdict {checked.verdict.line()}; true-bead residual {res:.2f} px, angles within "
+        f"{angle_err:.2f}° (unchecked offset {fid.solution.tilt_offset_deg:.1f}°, true "
+        f"{s.truth['tilt_offset_deg']:.2f}°)"
+    )
     if checked.verdict.status != "failed":
         assert res <= 1.0 and angle_err <= 3.0
     else:
@@ -111,10 +156,14 @@ def one_good_one_beadless(tmp_path_factory):
     _stack(folder, "TS_02", noise, angles, config.pixel_size_a)
     root = tmp_path_factory.mktemp("p") / "p"
     store = ProjectStore(root)
-    imp = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": s.truth["mdoc_tilt_axis_deg"]})
-    out = CliRunner().invoke(build_cli(), ["align", "-p", str(root), "--input", str(imp.id), "--binning", "1",
-                                           "--method", "fiducial"])
+    imp = run_step(
+        store,
+        "import-tilt-series",
+        {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300, "tilt_axis_deg": s.truth["mdoc_tilt_axis_deg"]},
+    )
+    out = CliRunner().invoke(
+        build_cli(), ["align", "-p", str(root), "--input", str(imp.id), "--binning", "1", "--method", "fiducial"]
+    )
     return store, root, out
 
 
@@ -139,14 +188,17 @@ def test_reconstruct_refuses_a_failed_alignment_in_one_line_or_skips_it(one_good
     store, root, _ = one_good_one_beadless
     align_id = str(store.runs()[-1].id)
     n_runs = len(store.runs())
-    refused = CliRunner().invoke(build_cli(), ["reconstruct", "-p", str(root), "--input", align_id,
-                                               "--binning", "4", "--thickness-nm", "100"])
+    refused = CliRunner().invoke(
+        build_cli(), ["reconstruct", "-p", str(root), "--input", align_id, "--binning", "4", "--thickness-nm", "100"]
+    )
     assert refused.exit_code == 2
     lines = [line for line in refused.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "TS_02 failed to align" in lines[0] and "Traceback" not in refused.output
-    assert len(store.runs()) == n_runs                       # the project is unchanged
-    skipped = CliRunner().invoke(build_cli(), ["reconstruct", "-p", str(root), "--input", align_id,
-                                               "--binning", "4", "--thickness-nm", "100", "--skip-bad"])
+    assert len(store.runs()) == n_runs  # the project is unchanged
+    skipped = CliRunner().invoke(
+        build_cli(),
+        ["reconstruct", "-p", str(root), "--input", align_id, "--binning", "4", "--thickness-nm", "100", "--skip-bad"],
+    )
     assert skipped.exit_code == 0, skipped.output
     assert "TS_02: not reconstructed" in skipped.output
     tomograms = store.load(store.resolve(str(store.runs()[-1].id)))
@@ -157,15 +209,19 @@ def test_every_series_failing_is_one_line(tmp_path):
     noise = np.random.default_rng(1).poisson(30.0, size=(11, 128, 128))
     _stack(tmp_path, "TS_09", noise, [float(a) for a in range(-30, 31, 6)], 5.5)
     store = ProjectStore(tmp_path / "p")
-    imp = run_step(store, "import-tilt-series", {"files": str(tmp_path), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": 85.0})
-    out = CliRunner().invoke(build_cli(), ["align", "-p", str(tmp_path / "p"), "--input", str(imp.id),
-                                           "--binning", "1"])
+    imp = run_step(
+        store,
+        "import-tilt-series",
+        {"files": str(tmp_path), "pattern": "{TS}.st", "voltage_kv": 300, "tilt_axis_deg": 85.0},
+    )
+    out = CliRunner().invoke(
+        build_cli(), ["align", "-p", str(tmp_path / "p"), "--input", str(imp.id), "--binning", "1"]
+    )
     assert out.exit_code == 2
     errors = [line for line in out.output.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "no tilt series aligned: TS_09:" in errors[0]
     assert "Traceback" not in out.output
-    assert [r.step for r in store.runs()] == ["import-tilt-series"]   # no align run registered
+    assert [r.step for r in store.runs()] == ["import-tilt-series"]  # no align run registered
 
 
 def test_the_viewer_lists_each_series_verdict(one_good_one_beadless):
@@ -191,13 +247,20 @@ def test_views_without_beads_take_the_coarse_shift_in_the_bundle_frame():
     xyz -= xyz.mean(0)
     shifts = torch.cumsum(torch.randn(angles.numel(), 2, generator=gen, dtype=torch.float64) * 2.0, 0)
     obs = project_beads(xyz, angles, tilt_axis_deg=85.0, shifts_px=shifts, image_shape=(256, 256))
-    obs[:, :2] = torch.nan                                    # nothing tracked at -45° and -40°
-    sol = solve_alignment(obs, angles, tilt_axis_deg_initial=85.0, image_shape=(256, 256),
-                          solve_magnification=False, solve_tilt_angles=False, solve_tilt_offset=False)
+    obs[:, :2] = torch.nan  # nothing tracked at -45° and -40°
+    sol = solve_alignment(
+        obs,
+        angles,
+        tilt_axis_deg_initial=85.0,
+        image_shape=(256, 256),
+        solve_magnification=False,
+        solve_tilt_angles=False,
+        solve_tilt_offset=False,
+    )
     assert beadless_views(sol).tolist() == [True, True] + [False] * (angles.numel() - 2)
     coarse = shifts - torch.tensor([0.5, -0.3], dtype=torch.float64)
     filled = fill_beadless_views(sol, coarse, angles)
-    gauge = (sol.shifts_px[2:] - shifts[2:]).mean(0)          # the bundle's frame vs the truth's
+    gauge = (sol.shifts_px[2:] - shifts[2:]).mean(0)  # the bundle's frame vs the truth's
     torch.testing.assert_close(filled.shifts_px[:2], shifts[:2] + gauge, atol=0.05, rtol=0)
     assert float((sol.shifts_px[:2] - shifts[:2]).norm(dim=-1).max()) > 2.0  # what the bundle left
     torch.testing.assert_close(filled.shifts_px[2:], sol.shifts_px[2:])
@@ -207,15 +270,18 @@ def test_coarse_peaks_of_noise_are_not_significant_and_the_verdicts_say_so():
     from tiltflow.core.align import coarse_align
     from tiltflow.core.align.verdict import weak_correlation
 
-    config = DemoConfig(n_series=1, n_tilts=11, tilt_step_deg=6.0, size=(192, 192), pixel_size_a=5.5,
-                        n_beads=10, seed=7)
+    config = DemoConfig(
+        n_series=1, n_tilts=11, tilt_step_deg=6.0, size=(192, 192), pixel_size_a=5.5, n_beads=10, seed=7
+    )
     s = noisy_tilt_series(config)
     real = coarse_align(s.views, s.mdoc, tilt_axis_deg=85.0).peak_significance
     noise_views = torch.poisson(torch.full_like(s.views, 30.0), generator=torch.Generator().manual_seed(1))
     noise = coarse_align(noise_views, s.mdoc, tilt_axis_deg=85.0).peak_significance
     finite = torch.isfinite(real)
-    print(f"coarse peak significance: specimen min {float(real[finite].min()):.1f}, "
-          f"noise median {float(noise[finite].median()):.1f}")
+    print(
+        f"coarse peak significance: specimen min {float(real[finite].min()):.1f}, "
+        f"noise median {float(noise[finite].median()):.1f}"
+    )
     assert float(real[finite].min()) > 8.0 and float(noise[finite].median()) < 6.0
     assert weak_correlation(real) == (None, False)
     reason, fatal = weak_correlation(noise)
@@ -232,6 +298,7 @@ def test_patch_matching_that_cannot_run_is_a_failed_verdict_without_a_result():
     from tiltflow.core.align.checked import checked_projection_matching
 
     views = torch.poisson(torch.full((4, 96, 96), 20.0), generator=torch.Generator().manual_seed(0))
-    out = checked_projection_matching(views, torch.tensor([-9.0, -3.0, 3.0, 9.0]), tilt_axis_deg=85.0,
-                                      align_z_px=30.0, binning=1)
+    out = checked_projection_matching(
+        views, torch.tensor([-9.0, -3.0, 3.0, 9.0]), tilt_axis_deg=85.0, align_z_px=30.0, binning=1
+    )
     assert out.result is None and out.verdict.status == "failed" and "needs >= 5" in out.verdict.line()

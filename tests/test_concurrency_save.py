@@ -14,7 +14,13 @@ from tiltflow.io.mrc import read_stack, write_mrc
 from tiltflow.web.app import TOKEN_HEADER, create_app
 from tiltflow.workflow.curation import save_subset
 from tiltflow.workflow.sets import (
-    Acquisition, CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltImage, TiltSeries, TiltSeriesSet,
+    Acquisition,
+    CtfSeriesSet,
+    CtfTomo,
+    CtfTomoSeries,
+    TiltImage,
+    TiltSeries,
+    TiltSeriesSet,
 )
 from tiltflow.workflow.store import ProjectStore
 
@@ -29,10 +35,14 @@ def build(root: Path) -> ProjectStore:
     acq = Acquisition(voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07, pixel_size_a=2.0, tilt_axis_deg=0.0)
     series, ctfs = [], []
     for k, ts_id in enumerate(("TS_01", "TS_02")):
-        write_mrc(rd / f"{ts_id}.mrc", np.stack([np.full((32, 48), 10 * k + i, np.float32) for i in range(5)]),
-                  voxel_size_a=2.0)
-        images = [TiltImage(t, i + 1, 3.0 * i, 3.0, 3.0 * (i + 1), str(rd / f"{ts_id}.mrc"), i)
-                  for i, t in enumerate(TILTS)]
+        write_mrc(
+            rd / f"{ts_id}.mrc",
+            np.stack([np.full((32, 48), 10 * k + i, np.float32) for i in range(5)]),
+            voxel_size_a=2.0,
+        )
+        images = [
+            TiltImage(t, i + 1, 3.0 * i, 3.0, 3.0 * (i + 1), str(rd / f"{ts_id}.mrc"), i) for i, t in enumerate(TILTS)
+        ]
         series.append(TiltSeries(ts_id, acq, images, (48, 32)))
         ctfs.append(CtfTomoSeries(ts_id, [CtfTomo(i + 1, t, 3e4, 2.9e4, 10.0) for i, t in enumerate(TILTS)]))
     store.finish_run(run.id, {"TiltSeries": TiltSeriesSet("TiltSeries", series), "CTFTomoSeries": CtfSeriesSet(ctfs)})
@@ -61,8 +71,12 @@ def _at_once(jobs):
 
 def test_two_viewers_and_the_cli_save_at_once(tmp_path):
     store = build(tmp_path / "proj")
-    viewers = [TestClient(create_app(ProjectStore(store.root), TOKEN), headers={TOKEN_HEADER: TOKEN},
-                          raise_server_exceptions=False) for _ in range(2)]
+    viewers = [
+        TestClient(
+            create_app(ProjectStore(store.root), TOKEN), headers={TOKEN_HEADER: TOKEN}, raise_server_exceptions=False
+        )
+        for _ in range(2)
+    ]
     viewers[0].post("/api/outputs/1.TiltSeries/exclude", json={"ts_id": "TS_01", "views": [1]})
 
     def viewer_save(client, restack):
@@ -70,15 +84,15 @@ def test_two_viewers_and_the_cli_save_at_once(tmp_path):
         assert r.status_code == 200, r.text
         return r.json()["name"]
 
-    def cli_save():   # what `tiltflow subset --exclude-views TS_01:5 --restack` does, in its own store
+    def cli_save():  # what `tiltflow subset --exclude-views TS_01:5 --restack` does, in its own store
         cli_store = ProjectStore(store.root, create=False)
-        return save_subset(cli_store, cli_store.resolve("1.TiltSeries"), restack=True,
-                           flags={("TS_01", 5): True}).name
+        return save_subset(cli_store, cli_store.resolve("1.TiltSeries"), restack=True, flags={("TS_01", 5): True}).name
 
     names = []
-    for _ in range(3):   # three rounds of three saves at the same moment
-        results, errors = _at_once([lambda: viewer_save(viewers[0], True), lambda: viewer_save(viewers[1], True),
-                                    cli_save])
+    for _ in range(3):  # three rounds of three saves at the same moment
+        results, errors = _at_once(
+            [lambda: viewer_save(viewers[0], True), lambda: viewer_save(viewers[1], True), cli_save]
+        )
         assert not errors, errors
         names += results
     assert sorted(names, key=lambda n: int(n.rsplit("_", 1)[1])) == [f"TiltSeries_{n}" for n in range(2, 11)]
@@ -96,8 +110,12 @@ def test_two_viewers_and_the_cli_save_at_once(tmp_path):
 
 def test_ctf_saves_at_once_while_a_viewer_reads(tmp_path):
     store = build(tmp_path / "proj")
-    clients = [TestClient(create_app(ProjectStore(store.root), TOKEN), headers={TOKEN_HEADER: TOKEN},
-                          raise_server_exceptions=False) for _ in range(3)]
+    clients = [
+        TestClient(
+            create_app(ProjectStore(store.root), TOKEN), headers={TOKEN_HEADER: TOKEN}, raise_server_exceptions=False
+        )
+        for _ in range(3)
+    ]
     stop = threading.Event()
     read_errors = []
 
@@ -118,8 +136,9 @@ def test_ctf_saves_at_once_while_a_viewer_reads(tmp_path):
     try:
         names = []
         for _ in range(3):
-            results, errors = _at_once([lambda c=c, s=s: save(c, s) for s in ("1.CTFTomoSeries", "1.TiltSeries")
-                                        for c in clients[:2]])
+            results, errors = _at_once(
+                [lambda c=c, s=s: save(c, s) for s in ("1.CTFTomoSeries", "1.TiltSeries") for c in clients[:2]]
+            )
             assert not errors, errors
             names += results
     finally:

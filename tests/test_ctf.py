@@ -25,8 +25,8 @@ from tiltflow.core.ctf import (
     subtract_background,
     tiled_power_spectrum,
 )
-from tiltflow.core.ctf_rings import fit_resolution_a
 from tiltflow.core.ctf_model import ctf_2d, defocus_at_azimuth, electron_wavelength_a
+from tiltflow.core.ctf_rings import fit_resolution_a
 from tiltflow.core.fourier import frequency_grid_2d
 from tiltflow.core.geometry import defocus_offset_a
 
@@ -45,7 +45,9 @@ def _one_thread():
 def _phase_object(shape, pixel_size_a, gen, rms_rad=0.25):
     ky, kx = frequency_grid_2d(shape)
     k = torch.sqrt(kx**2 + ky**2) / pixel_size_a
-    noise = torch.fft.irfft2(torch.fft.rfft2(torch.randn(shape, generator=gen)) / torch.sqrt(1 + (k / 0.02) ** 2), s=shape)
+    noise = torch.fft.irfft2(
+        torch.fft.rfft2(torch.randn(shape, generator=gen)) / torch.sqrt(1 + (k / 0.02) ** 2), s=shape
+    )
     phase = noise / noise.std() * rms_rad
     for _ in range(40):  # blobs 10-40 Å in radius, drawn in a local window
         cy, cx = (torch.rand(2, generator=gen) * torch.tensor(shape)).tolist()
@@ -68,17 +70,36 @@ def _chi(shape, pixel_size_a, defocus_u_a, defocus_v_a, angle_deg, phase_shift_r
     return k2, chi
 
 
-def simulate_tilt(shape=(512, 512), *, pixel_size_a=2.76, defocus_u_a, defocus_v_a, angle_deg, tilt_deg=0.0,
-                  axis_deg=AXIS_DEG, dose_e_px=5.0, phase_shift_rad=0.0, seed=0, extra_offset_a=None, strip_a=50.0):
+def simulate_tilt(
+    shape=(512, 512),
+    *,
+    pixel_size_a=2.76,
+    defocus_u_a,
+    defocus_v_a,
+    angle_deg,
+    tilt_deg=0.0,
+    axis_deg=AXIS_DEG,
+    dose_e_px=5.0,
+    phase_shift_rad=0.0,
+    seed=0,
+    extra_offset_a=None,
+    strip_a=50.0,
+):
     """Counts (h, w) of one tilt image; ``extra_offset_a(x, y)`` adds a defocus field (Å)."""
     gen = torch.Generator().manual_seed(seed)
     spectrum = torch.fft.rfft2(_phase_object(shape, pixel_size_a, gen)).to(torch.complex128)
     k2, chi = _chi(shape, pixel_size_a, defocus_u_a, defocus_v_a, angle_deg, phase_shift_rad)
     spectrum = spectrum * torch.exp(-150.0 * k2 / 4)  # B-factor envelope, 150 Å^2
-    yy, xx = torch.meshgrid(torch.arange(shape[0], dtype=torch.float64), torch.arange(shape[1], dtype=torch.float64),
-                            indexing="ij")
-    offset = defocus_offset_a(torch.stack([xx, yy], -1), tilt_angle_deg=tilt_deg, tilt_axis_deg=axis_deg,
-                              pixel_size_a=pixel_size_a, image_shape=shape)
+    yy, xx = torch.meshgrid(
+        torch.arange(shape[0], dtype=torch.float64), torch.arange(shape[1], dtype=torch.float64), indexing="ij"
+    )
+    offset = defocus_offset_a(
+        torch.stack([xx, yy], -1),
+        tilt_angle_deg=tilt_deg,
+        tilt_axis_deg=axis_deg,
+        pixel_size_a=pixel_size_a,
+        image_shape=shape,
+    )
     if extra_offset_a is not None:
         offset = offset + extra_offset_a(xx, yy)
     level = torch.round(offset / strip_a)
@@ -105,22 +126,37 @@ def _accuracy(pixel_size_a, window_px, tilt_deg, n, seed):
     params = CtfParams(pixel_size_a=pixel_size_a, window_px=window_px)
     mean_err, astig_err, angle_err = [], [], []
     for i, (mean, astig, angle) in enumerate(_truths(n, seed)):
-        image = simulate_tilt(pixel_size_a=pixel_size_a, defocus_u_a=mean + astig / 2, defocus_v_a=mean - astig / 2,
-                              angle_deg=angle, tilt_deg=tilt_deg, seed=seed + 10 * i)
+        image = simulate_tilt(
+            pixel_size_a=pixel_size_a,
+            defocus_u_a=mean + astig / 2,
+            defocus_v_a=mean - astig / 2,
+            angle_deg=angle,
+            tilt_deg=tilt_deg,
+            seed=seed + 10 * i,
+        )
         fit = fit_ctf(image, params, tilt_angle_deg=tilt_deg, tilt_axis_deg=AXIS_DEG)
         assert fit.defocus_u_a >= fit.defocus_v_a and -90 <= fit.astigmatism_angle_deg < 90
         mean_err.append(abs(fit.defocus_mean_a - mean))
         if astig > 300:
             astig_err.append(abs(fit.astigmatism_a - astig))
             angle_err.append(_angle_error(fit.astigmatism_angle_deg, angle))
-    return (torch.tensor(mean_err).median().item(), torch.tensor(astig_err).median().item(),
-            torch.tensor(angle_err).median().item(), len(astig_err))
+    return (
+        torch.tensor(mean_err).median().item(),
+        torch.tensor(astig_err).median().item(),
+        torch.tensor(angle_err).median().item(),
+        len(astig_err),
+    )
 
 
 @pytest.mark.parametrize(
     ("pixel_size_a", "window_px", "tilt_deg", "n", "max_median_a"),
-    [(2.76, 256, 0.0, 6, 100.0), (2.76, 256, 30.0, 6, 100.0), (2.76, 256, 50.0, 6, 250.0),
-     (1.38, 512, 0.0, 4, 100.0), (1.38, 512, 50.0, 4, 250.0)],
+    [
+        (2.76, 256, 0.0, 6, 100.0),
+        (2.76, 256, 30.0, 6, 100.0),
+        (2.76, 256, 50.0, 6, 250.0),
+        (1.38, 512, 0.0, 4, 100.0),
+        (1.38, 512, 50.0, 4, 250.0),
+    ],
 )
 def test_fit_ctf_recovers_defocus_and_astigmatism(pixel_size_a, window_px, tilt_deg, n, max_median_a):
     # issue's acceptance: median |mean defocus error| <= 100 Å (|tilt| <= 30°), <= 250 Å above;
@@ -134,8 +170,17 @@ def test_fit_ctf_recovers_defocus_and_astigmatism(pixel_size_a, window_px, tilt_
 
 def test_simulator_ctf_is_the_ctf_model():
     _, chi = _chi((64, 64), 2.76, 31000.0, 29000.0, 35.0, 0.4)
-    model = ctf_2d((64, 64), pixel_size_a=2.76, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07,
-                   defocus_u_a=31000.0, defocus_v_a=29000.0, astigmatism_angle_deg=35.0, phase_shift_rad=0.4)
+    model = ctf_2d(
+        (64, 64),
+        pixel_size_a=2.76,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        amplitude_contrast=0.07,
+        defocus_u_a=31000.0,
+        defocus_v_a=29000.0,
+        astigmatism_angle_deg=35.0,
+        phase_shift_rad=0.4,
+    )
     assert torch.allclose(-torch.sin(chi).float(), model, atol=1e-5)
 
 
@@ -144,8 +189,16 @@ def _annulus_correlation(spectrum, pixel_size_a, truth, resolution_a=(30.0, 8.0)
     n = spectrum.shape[0]
     u, v, ang = truth
     norm = subtract_background(spectrum, pixel_size_a=pixel_size_a, defocus_a=(u + v) / 2)
-    ctf2 = ctf_2d((n, n), pixel_size_a=pixel_size_a, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07,
-                  defocus_u_a=u, defocus_v_a=v, astigmatism_angle_deg=ang).square()
+    ctf2 = ctf_2d(
+        (n, n),
+        pixel_size_a=pixel_size_a,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        amplitude_contrast=0.07,
+        defocus_u_a=u,
+        defocus_v_a=v,
+        astigmatism_angle_deg=ang,
+    ).square()
     ky, kx = frequency_grid_2d((n, n))
     k = torch.sqrt(kx**2 + ky**2) / pixel_size_a
     band = (k >= 1 / resolution_a[0]) & (k <= 1 / resolution_a[1])
@@ -156,8 +209,16 @@ def test_tiled_spectrum_rescaling_sharpens_rings_of_tilted_image():
     # 60° tilt, axis along y: across 1024 px the defocus spans ±2450 Å; rescaling each tile to the
     # centre defocus must restore the rings, and the opposite tilt sign must not
     truth = (30500.0, 29500.0, 30.0)
-    image = simulate_tilt((256, 1024), defocus_u_a=truth[0], defocus_v_a=truth[1], angle_deg=truth[2],
-                          tilt_deg=60.0, axis_deg=0.0, dose_e_px=1e5, seed=1)
+    image = simulate_tilt(
+        (256, 1024),
+        defocus_u_a=truth[0],
+        defocus_v_a=truth[1],
+        angle_deg=truth[2],
+        tilt_deg=60.0,
+        axis_deg=0.0,
+        dose_e_px=1e5,
+        seed=1,
+    )
     common = {"window_px": 256, "pixel_size_a": 2.76, "tilt_axis_deg": 0.0}
     plain = tiled_power_spectrum(image, tilt_angle_deg=60.0, **common)
     rescaled = tiled_power_spectrum(image, tilt_angle_deg=60.0, reference_defocus_a=truth, **common)
@@ -175,12 +236,25 @@ def test_tile_rescaling_pooled_in_offset_bins_equals_rescaling_every_tile(monkey
     from tiltflow.core import ctf_spectra
 
     truth = (30500.0, 29500.0, 30.0)
-    image = simulate_tilt((512, 1024), defocus_u_a=truth[0], defocus_v_a=truth[1], angle_deg=truth[2],
-                          tilt_deg=55.0, axis_deg=10.0, dose_e_px=50.0, seed=2)
-    common = {"window_px": 256, "pixel_size_a": 2.76, "tilt_axis_deg": 10.0, "tilt_angle_deg": 55.0,
-              "reference_defocus_a": truth}
+    image = simulate_tilt(
+        (512, 1024),
+        defocus_u_a=truth[0],
+        defocus_v_a=truth[1],
+        angle_deg=truth[2],
+        tilt_deg=55.0,
+        axis_deg=10.0,
+        dose_e_px=50.0,
+        seed=2,
+    )
+    common = {
+        "window_px": 256,
+        "pixel_size_a": 2.76,
+        "tilt_axis_deg": 10.0,
+        "tilt_angle_deg": 55.0,
+        "reference_defocus_a": truth,
+    }
     pooled = tiled_power_spectrum(image, **common)
-    monkeypatch.setattr(ctf_spectra, "RESCALE_PHASE_STEP_RAD", 1e-6)   # one bin per tile
+    monkeypatch.setattr(ctf_spectra, "RESCALE_PHASE_STEP_RAD", 1e-6)  # one bin per tile
     every_tile = tiled_power_spectrum(image, **common)
     radius = torch.sqrt(sum(g**2 for g in frequency_grid_2d((256, 256)))) * 256
     band = (radius > 8) & (radius < 120)
@@ -193,8 +267,20 @@ def test_subtract_background_flattens_a_synthetic_spectrum():
     n, px, truth = 256, 2.76, (25000.0, 24000.0, -40.0)
     ky, kx = frequency_grid_2d((n, n))
     k2 = (kx**2 + ky**2).double() / px**2
-    ctf2 = ctf_2d((n, n), pixel_size_a=px, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, defocus_u_a=truth[0],
-                  defocus_v_a=truth[1], astigmatism_angle_deg=truth[2]).square().double()
+    ctf2 = (
+        ctf_2d(
+            (n, n),
+            pixel_size_a=px,
+            voltage_kv=300.0,
+            cs_mm=2.7,
+            amplitude_contrast=0.07,
+            defocus_u_a=truth[0],
+            defocus_v_a=truth[1],
+            astigmatism_angle_deg=truth[2],
+        )
+        .square()
+        .double()
+    )
     spectrum = 1e4 / (1 + k2 / 1e-4) + 50.0 + 300.0 * torch.exp(-80.0 * k2) * ctf2
     norm = subtract_background(spectrum.float(), pixel_size_a=px, defocus_a=24500.0)
     band = (k2 >= 1 / 30.0**2) & (k2 <= 1 / 8.0**2)
@@ -218,8 +304,9 @@ def test_fit_ctf_phase_shift():
     params = CtfParams(pixel_size_a=2.76, window_px=256, fit_phase=True)
     phase_err, mean_err = [], []
     for i, mean in enumerate((22000.0, 31000.0, 40000.0)):
-        image = simulate_tilt(defocus_u_a=mean + 400, defocus_v_a=mean - 400, angle_deg=30.0, phase_shift_rad=1.2,
-                              seed=20 + i)
+        image = simulate_tilt(
+            defocus_u_a=mean + 400, defocus_v_a=mean - 400, angle_deg=30.0, phase_shift_rad=1.2, seed=20 + i
+        )
         fit = fit_ctf(image, params)
         phase_err.append(abs(fit.phase_shift_rad - 1.2))
         mean_err.append(abs(fit.defocus_mean_a - mean))
@@ -233,17 +320,22 @@ def test_fit_ctf_series_local_grid_recovers_a_defocus_ramp_and_the_tilt_plane():
     def ramp(x, y):  # Å along x: -250 / +250 at the two cells' tile centres (x = 255.5, 767.5)
         return 1000.0 * (x - 511.5) / 1024.0
 
-    flat = simulate_tilt((1024, 1024), defocus_u_a=30400.0, defocus_v_a=29600.0, angle_deg=-20.0, seed=30,
-                         extra_offset_a=ramp)
-    grid = fit_ctf_series(flat[None], params, tilt_angles_deg=[0.0], tilt_axis_deg=AXIS_DEG,
-                          defocus_grid=(2, 1, 1))[0].defocus_grid_a
+    flat = simulate_tilt(
+        (1024, 1024), defocus_u_a=30400.0, defocus_v_a=29600.0, angle_deg=-20.0, seed=30, extra_offset_a=ramp
+    )
+    grid = fit_ctf_series(flat[None], params, tilt_angles_deg=[0.0], tilt_axis_deg=AXIS_DEG, defocus_grid=(2, 1, 1))[
+        0
+    ].defocus_grid_a
     assert grid.shape == (1, 2)
     assert grid[0, 0].item() == pytest.approx(-250.0, abs=120.0)
     assert grid[0, 1].item() == pytest.approx(250.0, abs=120.0)
     # tilted 40°: the tilt plane (±590 Å at the cells) is modelled; nothing must be left in the grid
-    tilted = simulate_tilt((1024, 1024), defocus_u_a=30400.0, defocus_v_a=29600.0, angle_deg=-20.0, tilt_deg=40.0,
-                           seed=33)
-    fit = fit_ctf_series(tilted[None], params, tilt_angles_deg=[40.0], tilt_axis_deg=AXIS_DEG, defocus_grid=(2, 2, 1))[0]
+    tilted = simulate_tilt(
+        (1024, 1024), defocus_u_a=30400.0, defocus_v_a=29600.0, angle_deg=-20.0, tilt_deg=40.0, seed=33
+    )
+    fit = fit_ctf_series(tilted[None], params, tilt_angles_deg=[40.0], tilt_axis_deg=AXIS_DEG, defocus_grid=(2, 2, 1))[
+        0
+    ]
     assert fit.defocus_mean_a == pytest.approx(30000.0, abs=150.0)
     assert fit.defocus_grid_a.abs().max() <= 150.0
 
@@ -252,10 +344,14 @@ def test_fit_ctf_series_fits_every_tilt_in_input_order():
     params = CtfParams(pixel_size_a=2.76, window_px=256)
     angles = [0.0, 30.0, -30.0, 50.0, -50.0]
     means = [30000.0 + 400.0 * a / 50.0 for a in angles]  # a slow drift with tilt
-    images = torch.stack([simulate_tilt(defocus_u_a=m + 500, defocus_v_a=m - 500, angle_deg=45.0, tilt_deg=a, seed=40 + i)
-                          for i, (a, m) in enumerate(zip(angles, means))])
+    images = torch.stack(
+        [
+            simulate_tilt(defocus_u_a=m + 500, defocus_v_a=m - 500, angle_deg=45.0, tilt_deg=a, seed=40 + i)
+            for i, (a, m) in enumerate(zip(angles, means, strict=False))
+        ]
+    )
     fits = fit_ctf_series(images, params, tilt_angles_deg=angles, tilt_axis_deg=AXIS_DEG, defocus_grid=(2, 1, 1))
-    errors = [abs(f.defocus_mean_a - m) for f, m in zip(fits, means)]
+    errors = [abs(f.defocus_mean_a - m) for f, m in zip(fits, means, strict=False)]
     assert all(isinstance(f, CtfFit) for f in fits)
     assert torch.tensor(errors).median() <= 100.0 and max(errors) <= 300.0
     # nt = 1: one spatial field for the whole series (the mean of the per-tilt fields)

@@ -45,26 +45,59 @@ def corpus_file(*parts: str) -> Path:
 
 # --- CTFFIND4 ------------------------------------------------------------------------------------
 
+
 def _rows():
     return [
-        CtffindRow(micrograph_number=1, defocus_1_a=31000.5, defocus_2_a=29000.25, azimuth_deg=-42.5,
-                   phase_shift_rad=0.0, cross_correlation=0.0123, fit_resolution_a=8.75),
-        CtffindRow(micrograph_number=2, defocus_1_a=30500.0, defocus_2_a=30100.0, azimuth_deg=88.0,
-                   phase_shift_rad=1.25, cross_correlation=0.02, fit_resolution_a=9.5),
-        CtffindRow(micrograph_number=3, defocus_1_a=29800.0, defocus_2_a=29700.0, azimuth_deg=3.0,
-                   phase_shift_rad=0.0, cross_correlation=0.03, fit_resolution_a=12.0),
+        CtffindRow(
+            micrograph_number=1,
+            defocus_1_a=31000.5,
+            defocus_2_a=29000.25,
+            azimuth_deg=-42.5,
+            phase_shift_rad=0.0,
+            cross_correlation=0.0123,
+            fit_resolution_a=8.75,
+        ),
+        CtffindRow(
+            micrograph_number=2,
+            defocus_1_a=30500.0,
+            defocus_2_a=30100.0,
+            azimuth_deg=88.0,
+            phase_shift_rad=1.25,
+            cross_correlation=0.02,
+            fit_resolution_a=9.5,
+        ),
+        CtffindRow(
+            micrograph_number=3,
+            defocus_1_a=29800.0,
+            defocus_2_a=29700.0,
+            azimuth_deg=3.0,
+            phase_shift_rad=0.0,
+            cross_correlation=0.03,
+            fit_resolution_a=12.0,
+        ),
     ]
 
 
 def test_ctffind_round_trip_keeps_rows_and_header(tmp_path):
-    data = CtffindFile(input_file="TS_01.st", pixel_size_a=1.35, voltage_kv=300.0, cs_mm=2.7,
-                       amplitude_contrast=0.07, box_size_px=512, min_resolution_a=30.0, max_resolution_a=8.0,
-                       min_defocus_a=5000.0, max_defocus_a=80000.0, rows=_rows())
+    data = CtffindFile(
+        input_file="TS_01.st",
+        pixel_size_a=1.35,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        amplitude_contrast=0.07,
+        box_size_px=512,
+        min_resolution_a=30.0,
+        max_resolution_a=8.0,
+        min_defocus_a=5000.0,
+        max_defocus_a=80000.0,
+        rows=_rows(),
+    )
     write_ctffind(tmp_path / "ts.txt", data)
     back = read_ctffind(tmp_path / "ts.txt")
     assert back.rows == data.rows
-    assert back.model_dump(exclude={"rows", "version", "run_on", "number_of_micrographs", "columns"}) == \
-        data.model_dump(exclude={"rows", "version", "run_on", "number_of_micrographs", "columns"})
+    assert back.model_dump(
+        exclude={"rows", "version", "run_on", "number_of_micrographs", "columns"}
+    ) == data.model_dump(exclude={"rows", "version", "run_on", "number_of_micrographs", "columns"})
     assert back.number_of_micrographs == 3 and back.version.startswith("tiltflow")
     assert len((tmp_path / "ts.txt").read_text().splitlines()[-1].split()) == 7
 
@@ -140,6 +173,7 @@ def test_ctffind_corpus_rotational_average():
 
 # --- IMOD .defocus ---------------------------------------------------------------------------------
 
+
 def test_imod_defocus_corpus_version_2_matches_the_defocus_list():
     data = read_defocus(corpus_file("imod", "pytom-match-pick", "test_imod.defocus"))
     listed = [float(x) for x in corpus_file("imod", "pytom-match-pick", "test_defocus.txt").read_text().split()]
@@ -162,14 +196,21 @@ def test_imod_defocus_corpus_version_3_astigmatic_round_trips_byte_for_byte():
     assert format_defocus(data) == path.read_text()
 
 
-@pytest.mark.parametrize("flags", [ASTIGMATISM, ASTIGMATISM | ANGLE_RADIANS | PHASE | PHASE_RADIANS,
-                                   PHASE, ASTIGMATISM | PHASE | CUT_ON])
+@pytest.mark.parametrize(
+    "flags", [ASTIGMATISM, ASTIGMATISM | ANGLE_RADIANS | PHASE | PHASE_RADIANS, PHASE, ASTIGMATISM | PHASE | CUT_ON]
+)
 def test_imod_defocus_version_3_flags_round_trip(tmp_path, flags):
-    entry = DefocusEntry(start_view=1, end_view=3, start_tilt_deg=-3.0, end_tilt_deg=3.0, defocus_1_nm=3100.0,
-                         defocus_2_nm=2900.0 if flags & ASTIGMATISM else None,
-                         astigmatism_angle_deg=25.0 if flags & ASTIGMATISM else None,
-                         phase_shift_deg=60.0 if flags & PHASE else None,
-                         cut_on_frequency_per_nm=0.02 if flags & CUT_ON else None)
+    entry = DefocusEntry(
+        start_view=1,
+        end_view=3,
+        start_tilt_deg=-3.0,
+        end_tilt_deg=3.0,
+        defocus_1_nm=3100.0,
+        defocus_2_nm=2900.0 if flags & ASTIGMATISM else None,
+        astigmatism_angle_deg=25.0 if flags & ASTIGMATISM else None,
+        phase_shift_deg=60.0 if flags & PHASE else None,
+        cut_on_frequency_per_nm=0.02 if flags & CUT_ON else None,
+    )
     data = DefocusFile(version=3, flags=flags, entries=[entry])
     write_defocus(tmp_path / "a.defocus", data)
     back = read_defocus(tmp_path / "a.defocus")
@@ -191,19 +232,32 @@ def test_imod_defocus_version_1_and_errors():
     with pytest.raises(ValueError, match="line 2"):
         parse_defocus("1 0 0.0 0.0 0.0 3\n1 1 -60.0 -60.0 3000\n")  # flag 1 needs 7 columns
     with pytest.raises(ValueError, match="version 3"):
-        format_defocus(DefocusFile(version=2, entries=[DefocusEntry(
-            start_view=1, end_view=1, start_tilt_deg=0.0, end_tilt_deg=0.0, defocus_1_nm=3000.0, defocus_2_nm=2900.0)]))
+        format_defocus(
+            DefocusFile(
+                version=2,
+                entries=[
+                    DefocusEntry(
+                        start_view=1,
+                        end_view=1,
+                        start_tilt_deg=0.0,
+                        end_tilt_deg=0.0,
+                        defocus_1_nm=3000.0,
+                        defocus_2_nm=2900.0,
+                    )
+                ],
+            )
+        )
 
 
 def test_ctffind_to_imod_and_back_keeps_u_v_angle(tmp_path):
     rows = _rows()
     angles = [-30.0, 0.0, 30.0]
-    u, v, ang = zip(*(r.to_u_v_angle() for r in rows))
+    u, v, ang = zip(*(r.to_u_v_angle() for r in rows), strict=False)
     data = defocus_file_from_ctf(angles, list(u), list(v), list(ang), [r.phase_shift_rad for r in rows])
     assert data.flags == ASTIGMATISM | PHASE
     write_defocus(tmp_path / "ts.defocus", data)
     back = read_defocus(tmp_path / "ts.defocus")
-    for row, entry, tilt in zip(rows, back.entries, angles):
+    for row, entry, tilt in zip(rows, back.entries, angles, strict=False):
         assert entry.start_tilt_deg == tilt
         assert entry.to_u_v_angle() == pytest.approx(row.to_u_v_angle(), abs=0.51)  # the file keeps 0.1 nm, 0.01°
         assert math.radians(entry.phase_shift_deg) == pytest.approx(row.phase_shift_rad, abs=1e-3)

@@ -41,18 +41,24 @@ def test_series_pass_removes_wrong_minima_on_a_simulated_tilt_series():
     from tiltflow.testing.config import DemoConfig
     from tiltflow.testing.demo import render_truth_tilt, series_rng
 
-    cfg = DemoConfig(n_series=1, n_tilts=21, tilt_step_deg=6.0, size=(512, 512), n_frames=4, seed=16,
-                     local_motion=False)  # 3 e/Å² per tilt (the tutorial's dose)
+    cfg = DemoConfig(
+        n_series=1, n_tilts=21, tilt_step_deg=6.0, size=(512, 512), n_frames=4, seed=16, local_motion=False
+    )  # 3 e/Å² per tilt (the tutorial's dose)
     truth = plan_series(cfg, 0, series_rng(cfg, 0))
     rng = np.random.default_rng(16)
-    images = torch.stack([  # the motion-corrected sum: expected counts per frame x frames, Poisson
-        torch.from_numpy(rng.poisson(render_truth_tilt(truth, i).double().numpy() * cfg.n_frames).astype(np.float32))
-        for i in range(len(truth["tilts"]))])
+    images = torch.stack(
+        [  # the motion-corrected sum: expected counts per frame x frames, Poisson
+            torch.from_numpy(
+                rng.poisson(render_truth_tilt(truth, i).double().numpy() * cfg.n_frames).astype(np.float32)
+            )
+            for i in range(len(truth["tilts"]))
+        ]
+    )
     params = CtfParams(pixel_size_a=2.76, window_px=256, resolution_range_a=(30.0, 7.0))
-    angles = [t["mdoc_tilt_angle_deg"] for t in truth["tilts"]]   # images in acquisition order
+    angles = [t["mdoc_tilt_angle_deg"] for t in truth["tilts"]]  # images in acquisition order
     fits = fit_ctf_series(images, params, tilt_angles_deg=angles, tilt_axis_deg=cfg.tilt_axis_deg)
     low, high, astig, angle = [], [], [], []
-    for t, f in zip(truth["tilts"], fits):
+    for t, f in zip(truth["tilts"], fits, strict=False):
         error = abs(f.defocus_mean_a - 0.5 * (t["defocus_u_a"] + t["defocus_v_a"]))
         (low if abs(t["mdoc_tilt_angle_deg"]) <= 30 else high).append(error)
         astig.append(abs(f.astigmatism_a - (t["defocus_u_a"] - t["defocus_v_a"])))
@@ -70,15 +76,15 @@ def test_series_trend_finds_the_majority_and_marks_the_wrong_minima():
     g = torch.Generator().manual_seed(3)
     angles = torch.tensor([0.0, 3, -3, -6, 6, 9, -9, -12, 12, 15, -15, -18, 18, 21, -21, -24, 24, 27, -27, -30, 30])
     order = torch.arange(21)
-    truth = 30000.0 + 40.0 * order                          # a drift along the acquisition, 800 Å
+    truth = 30000.0 + 40.0 * order  # a drift along the acquisition, 800 Å
     measured = truth + 80.0 * torch.randn(21, generator=g, dtype=torch.float64)
-    wrong = [7, 11, 14, 17, 18, 19, 20]                     # a third of the tilts, all late ones
+    wrong = [7, 11, 14, 17, 18, 19, 20]  # a third of the tilts, all late ones
     measured[wrong] = torch.tensor([12000.0, 45000.0, 21000.0, 52000.0, 9000.0, 38000.0, 26000.0], dtype=torch.float64)
     astig = torch.tensor([[400.0, -300.0]]).repeat(21, 1) + 50 * torch.randn(21, 2, generator=g)
     astig[wrong] = torch.tensor([[-700.0, 200.0]])
     trend = series_trend(measured, astig, angles, order, scores=torch.full((21,), 0.1))
     keep = [i for i in range(21) if i not in wrong]
-    assert (trend.defocus_a - truth).abs().max() <= 120.0    # the drift is found (significant here)
+    assert (trend.defocus_a - truth).abs().max() <= 120.0  # the drift is found (significant here)
     assert trend.refit[wrong].all() and not trend.refit[keep].any()
     assert trend.consistent[keep].all() and not trend.consistent[wrong].any()
     assert trend.astigmatism_a == pytest.approx((400.0, -300.0), abs=60.0)
@@ -94,8 +100,20 @@ def _synthetic_spectrum(n, px, mean_a, astig, ring_amplitude, seed, tiles=20):
     ky, kx = frequency_grid_2d((n, n))
     k2 = (kx**2 + ky**2).double() / px**2
     u, v, ang = astig
-    ctf2 = ctf_2d((n, n), pixel_size_a=px, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07,
-                  defocus_u_a=mean_a + u, defocus_v_a=mean_a + v, astigmatism_angle_deg=ang).square().double()
+    ctf2 = (
+        ctf_2d(
+            (n, n),
+            pixel_size_a=px,
+            voltage_kv=300.0,
+            cs_mm=2.7,
+            amplitude_contrast=0.07,
+            defocus_u_a=mean_a + u,
+            defocus_v_a=mean_a + v,
+            astigmatism_angle_deg=ang,
+        )
+        .square()
+        .double()
+    )
     expected = 1e3 / (1 + k2 / 4e-4) + 20.0 + ring_amplitude * torch.exp(-60.0 * k2) * ctf2
     gamma = torch.distributions.Gamma(torch.full_like(expected, float(tiles)), torch.full_like(expected, float(tiles)))
     torch.manual_seed(seed)
@@ -104,18 +122,19 @@ def _synthetic_spectrum(n, px, mean_a, astig, ring_amplitude, seed, tiles=20):
 
 def test_fit_ctf_with_prior_keeps_a_real_jump_and_falls_back_to_the_trend_without_rings():
     params = CtfParams(pixel_size_a=2.76, window_px=256, resolution_range_a=(30.0, 7.0))
-    astig = fit_from_components(0.0, 300.0, 200.0)          # (a1, a2) -> (u, v, angle) about 0
+    astig = fit_from_components(0.0, 300.0, 200.0)  # (a1, a2) -> (u, v, angle) about 0
     offsets = (astig.defocus_u_a, astig.defocus_v_a, astig.astigmatism_angle_deg)
     # strong rings 3000 Å away from the series' expectation: the data win
     strong = _synthetic_spectrum(256, 2.76, 33000.0, offsets, ring_amplitude=40.0, seed=1)
     fit = fit_ctf_with_prior(strong, params, prior_defocus_a=30000.0, prior_sigma_a=200.0, astigmatism_a=(300.0, 200.0))
     assert fit.defocus_mean_a == pytest.approx(33000.0, abs=100.0)
-    assert fit.astigmatism_a == pytest.approx(2 * math.hypot(300.0, 200.0), abs=1.0)   # held at the series'
+    assert fit.astigmatism_a == pytest.approx(2 * math.hypot(300.0, 200.0), abs=1.0)  # held at the series'
     # no rings at all: the expectation, not a noise peak somewhere in 0.5-8 µm
     for seed in range(3):
         empty = _synthetic_spectrum(256, 2.76, 33000.0, offsets, ring_amplitude=0.0, seed=10 + seed)
-        fit = fit_ctf_with_prior(empty, params, prior_defocus_a=30000.0, prior_sigma_a=200.0,
-                                 astigmatism_a=(300.0, 200.0))
+        fit = fit_ctf_with_prior(
+            empty, params, prior_defocus_a=30000.0, prior_sigma_a=200.0, astigmatism_a=(300.0, 200.0)
+        )
         assert fit.defocus_mean_a == pytest.approx(30000.0, abs=300.0)
     with pytest.raises(ValueError, match="prior_sigma_a"):
         fit_ctf_with_prior(strong, params, prior_defocus_a=30000.0, prior_sigma_a=0.0)
@@ -123,8 +142,13 @@ def test_fit_ctf_with_prior_keeps_a_real_jump_and_falls_back_to_the_trend_withou
 
 def test_series_trend_without_usable_scores_and_bad_input():
     # every fit scored <= 0 (no rings anywhere): tilt weights alone, the majority still wins
-    trend = series_trend([30000.0, 30100.0, 29900.0, 30050.0, 52000.0], torch.zeros(5, 2), [0.0, 3.0, -3.0, 6.0, -6.0],
-                         range(5), scores=[0.0, -0.01, 0.0, -0.2, 0.0])
+    trend = series_trend(
+        [30000.0, 30100.0, 29900.0, 30050.0, 52000.0],
+        torch.zeros(5, 2),
+        [0.0, 3.0, -3.0, 6.0, -6.0],
+        range(5),
+        scores=[0.0, -0.01, 0.0, -0.2, 0.0],
+    )
     assert trend.defocus_a[0].item() == pytest.approx(30000.0, abs=100.0)
     assert trend.refit.tolist() == [False, False, False, False, True]
     with pytest.raises(ValueError, match="one of each per tilt"):
@@ -144,7 +168,11 @@ def test_fit_ctf_with_prior_same_on_cuda():
 
 def _drift_truth(angles: torch.Tensor, seed: int, slope_a_per_deg: float = 40.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return 30000.0 + slope_a_per_deg * angles + 300.0 * (2 * torch.rand(angles.numel(), generator=g, dtype=torch.float64) - 1)
+    return (
+        30000.0
+        + slope_a_per_deg * angles
+        + 300.0 * (2 * torch.rand(angles.numel(), generator=g, dtype=torch.float64) - 1)
+    )
 
 
 def test_fit_defocus_trend_follows_a_drift_in_tilt_through_noise_and_decoys():
@@ -155,24 +183,29 @@ def test_fit_defocus_trend_follows_a_drift_in_tilt_through_noise_and_decoys():
     order = torch.tensor(sorted(range(angles.numel()), key=lambda i: abs(float(angles[i]))), dtype=torch.float64)
     grid = torch.arange(5000.0, 80000.0, 50.0, dtype=torch.float64)
     truth = _drift_truth(angles, 5)
-    strength = (10.0 * (1 - angles.abs() / 45.0)).clamp_min(0.0)     # no signal at all above 45°
+    strength = (10.0 * (1 - angles.abs() / 45.0)).clamp_min(0.0)  # no signal at all above 45°
     evidence = torch.randn(angles.numel(), grid.numel(), generator=g, dtype=torch.float64)
     evidence += strength[:, None] * torch.exp(-0.5 * ((grid[None] - truth[:, None]) / 150.0) ** 2)
     decoys = torch.randint(0, grid.numel(), (angles.numel(),), generator=g)
-    evidence[torch.arange(angles.numel()), decoys] += 6.0             # a strong wrong peak in every tilt
+    evidence[torch.arange(angles.numel()), decoys] += 6.0  # a strong wrong peak in every tilt
     found = fit_defocus_trend(evidence, grid, angles, order)
     line = 30000.0 + 40.0 * angles
     assert (found.defocus_a - line).abs().max() <= 250.0, found.defocus_a - line
-    slope = float(torch.linalg.lstsq(torch.stack([torch.ones_like(angles), angles], -1),
-                                     found.defocus_a[:, None]).solution[1, 0])
+    slope = float(
+        torch.linalg.lstsq(torch.stack([torch.ones_like(angles), angles], -1), found.defocus_a[:, None]).solution[1, 0]
+    )
     assert slope == pytest.approx(40.0, abs=5.0)
     strong = strength >= 4
     assert (found.peak_a - truth)[strong].abs().max() <= 150.0
     assert 100.0 <= found.sigma_a <= 300.0
     # no drift: a flat trend, not a slope made of noise
-    flat = fit_defocus_trend(torch.randn(angles.numel(), grid.numel(), generator=g, dtype=torch.float64)
-                             + strength[:, None] * torch.exp(-0.5 * ((grid[None] - 30000.0) / 150.0) ** 2),
-                             grid, angles, order)
+    flat = fit_defocus_trend(
+        torch.randn(angles.numel(), grid.numel(), generator=g, dtype=torch.float64)
+        + strength[:, None] * torch.exp(-0.5 * ((grid[None] - 30000.0) / 150.0) ** 2),
+        grid,
+        angles,
+        order,
+    )
     assert float(flat.defocus_a.max() - flat.defocus_a.min()) <= 150.0
     with pytest.raises(ValueError, match="pass"):
         fit_defocus_trend(evidence[:, :10], grid, angles, order)
@@ -185,11 +218,13 @@ def _synthetic_series(device="cpu"):
 
     angles = torch.arange(-60.0, 60.1, 7.5, dtype=torch.float64)
     truth = _drift_truth(angles, 7)
-    astig = fit_from_components(0.0, 140.0, 242.5)                       # |a| = 280 Å: 560 Å, 30°
+    astig = fit_from_components(0.0, 140.0, 242.5)  # |a| = 280 Å: 560 Å, 30°
     offsets = (astig.defocus_u_a, astig.defocus_v_a, astig.astigmatism_angle_deg)
     amplitude = (12.0 * (1 - angles.abs() / 50.0)).clamp_min(0.0)
-    spectra = [_synthetic_spectrum(256, 2.76, float(truth[i]), offsets, float(amplitude[i]), seed=100 + i).to(device)
-               for i in range(angles.numel())]
+    spectra = [
+        _synthetic_spectrum(256, 2.76, float(truth[i]), offsets, float(amplitude[i]), seed=100 + i).to(device)
+        for i in range(angles.numel())
+    ]
     g = torch.Generator().manual_seed(8)
     fits = []
     for i in range(angles.numel()):
@@ -212,7 +247,7 @@ def test_series_pass_keeps_one_astigmatism_and_follows_a_drift_from_wrong_per_ti
     low = angles.abs() <= 30
     assert float(err[low].abs().median()) <= 100.0, err
     assert float(err[~low].abs().median()) <= 250.0, err
-    assert float(err.abs().max()) <= 800.0, err      # above 50° no rings: jitter + extrapolation
+    assert float(err.abs().max()) <= 800.0, err  # above 50° no rings: jitter + extrapolation
     # one astigmatism for the series, the true one
     assert len({(round(f.astigmatism_a, 6), round(f.astigmatism_angle_deg, 6)) for f in refined.fits}) == 1
     assert refined.fits[0].astigmatism_a == pytest.approx(560.0, abs=80.0)
@@ -242,8 +277,10 @@ def test_series_without_rings_is_failed_and_with_two_is_checked(rings_at):
     angles, truth, _, _, fits, order = _synthetic_series()
     astig = fit_from_components(0.0, 140.0, 242.5)
     offsets = (astig.defocus_u_a, astig.defocus_v_a, astig.astigmatism_angle_deg)
-    spectra = [_synthetic_spectrum(256, 2.76, float(truth[i]), offsets, 12.0 if float(a) in rings_at else 0.0,
-                                   seed=300 + i) for i, a in enumerate(angles)]
+    spectra = [
+        _synthetic_spectrum(256, 2.76, float(truth[i]), offsets, 12.0 if float(a) in rings_at else 0.0, seed=300 + i)
+        for i, a in enumerate(angles)
+    ]
     refined = refine_series(fits, lambda i, ref: spectra[i], params, tilt_angles_deg=angles, acquisition_order=order)
     verdict = ctf_series_verdict(refined.trend.strength, angles)
     assert verdict.status == ("failed" if not rings_at else "check"), (verdict, refined.trend.strength)
@@ -255,14 +292,22 @@ def test_ctf_verdict_rules():
 
     angles = [-40.0, -20.0, 0.0, 20.0, 40.0]
     assert ctf_series_verdict([9.0, 12.0, 15.0, 7.0, 2.0], angles).status == "good"
-    assert ctf_series_verdict([1.0, 3.9, 2.0, 0.5, 3.0], angles).line().startswith(
-        "failed: no tilt shows Thon rings above the noise (strongest z 3.9 at -20°")
+    assert (
+        ctf_series_verdict([1.0, 3.9, 2.0, 0.5, 3.0], angles)
+        .line()
+        .startswith("failed: no tilt shows Thon rings above the noise (strongest z 3.9 at -20°")
+    )
     assert ctf_series_verdict([1.0, 3.9, 8.0, 0.5, 3.0], angles).status == "check"
     assert ctf_series_verdict([math.nan] * 5, angles).status == "check"
     wide = [-60.0, -50.0, -40.0, -30.0, -20.0, 0.0, 20.0, 30.0, 40.0, 50.0, 60.0]
     rings_low = [1.0, 2.0, 1.5, 3.0, 8.0, 15.0, 9.0, 4.0, 2.0, 1.0, 0.5]
-    assert ctf_series_verdict(rings_low, wide).line().startswith(
-        "check: no tilt beyond ±20° shows Thon rings: the defocus of the 8 tilts up to ±60° is extrapolated")
+    assert (
+        ctf_series_verdict(rings_low, wide)
+        .line()
+        .startswith(
+            "check: no tilt beyond ±20° shows Thon rings: the defocus of the 8 tilts up to ±60° is extrapolated"
+        )
+    )
     assert ctf_series_verdict([1.0, 2.0, 1.5, 7.0, 8.0, 15.0, 9.0, 4.0, 2.0, 1.0, 0.5], wide).status == "good"
     with pytest.raises(ValueError, match="5 strengths for 4 tilt angles"):
         ctf_series_verdict([1.0] * 5, angles[:4])
@@ -276,9 +321,10 @@ def test_series_pass_same_on_cuda():
     results = []
     for device in ("cpu", "cuda"):
         angles, _, _, spectra, fits, order = _synthetic_series(device)
-        results.append(refine_series(fits, lambda i, ref: spectra[i], params, tilt_angles_deg=angles,
-                                     acquisition_order=order))
+        results.append(
+            refine_series(fits, lambda i, ref: spectra[i], params, tilt_angles_deg=angles, acquisition_order=order)
+        )
     cpu, gpu = results
     assert gpu.fits[0].astigmatism_a == pytest.approx(cpu.fits[0].astigmatism_a, abs=10.0)
-    for a, b in zip(cpu.fits, gpu.fits):
+    for a, b in zip(cpu.fits, gpu.fits, strict=False):
         assert b.defocus_mean_a == pytest.approx(a.defocus_mean_a, abs=20.0)

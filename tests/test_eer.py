@@ -47,11 +47,11 @@ def eer_encode(events: np.ndarray, skipbits: int, horzbits: int, vertbits: int, 
     last = 0
     for p in np.flatnonzero(events.ravel()).tolist():
         skip(p - last)
-        put(int(rng.integers(1 << horzbits)), horzbits)   # sub-pixel position (unused at 1x decoding)
+        put(int(rng.integers(1 << horzbits)), horzbits)  # sub-pixel position (unused at 1x decoding)
         put(int(rng.integers(1 << vertbits)), vertbits)
         last = p + 1
-    skip(events.size - last)                  # the counts end exactly on the last pixel
-    nbytes = (pos + 7) // 8 + 2                # the decoder reads whole codes ahead: pad
+    skip(events.size - last)  # the counts end exactly on the last pixel
+    nbytes = (pos + 7) // 8 + 2  # the decoder reads whole codes ahead: pad
     return acc.to_bytes(nbytes + nbytes % 2, "little")
 
 
@@ -60,16 +60,27 @@ def write_eer(path, events: np.ndarray, compression: int = 65001, seed: int = 0)
     skipbits, horzbits, vertbits = SCHEMES[compression]
     rng = np.random.default_rng(seed)
     n, h, w = events.shape
-    scheme_tags = [(65007, "H", 1, skipbits, True), (65008, "H", 1, horzbits, True),
-                   (65009, "H", 1, vertbits, True)] if compression == 65002 else []
+    scheme_tags = (
+        [(65007, "H", 1, skipbits, True), (65008, "H", 1, horzbits, True), (65009, "H", 1, vertbits, True)]
+        if compression == 65002
+        else []
+    )
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
         for i in range(n):
             strip = eer_encode(events[i], skipbits, horzbits, vertbits, rng)
             tags = [(65001, 7, None, EER_XML, True)] if i == 0 else []
             # tifffile writes pre-coded strips verbatim only for a codec it knows: zlib here,
             # then the Compression tag is set to the EER scheme in place
-            tw.write(iter([strip]), shape=(h, w), dtype=np.uint8, compression="zlib", photometric="minisblack",
-                     rowsperstrip=h, metadata=None, extratags=tags + scheme_tags)
+            tw.write(
+                iter([strip]),
+                shape=(h, w),
+                dtype=np.uint8,
+                compression="zlib",
+                photometric="minisblack",
+                rowsperstrip=h,
+                metadata=None,
+                extratags=tags + scheme_tags,
+            )
     with tifffile.TiffFile(path, mode="r+b") as tif:
         for page in tif.pages:
             page.tags["Compression"].overwrite(compression)
@@ -83,8 +94,8 @@ def random_events(n: int, shape=(48, 64), rate: float = 0.08, seed: int = 1) -> 
 @pytest.mark.parametrize("compression", sorted(SCHEMES))
 def test_eer_fractions_decode_to_the_events(tmp_path, compression):
     events = random_events(12, seed=compression)
-    events[3] = False                          # an empty fraction: one long run of skip codes
-    events[4] = np.random.default_rng(2).random(events.shape[1:]) < 0.003   # runs over 255 pixels
+    events[3] = False  # an empty fraction: one long run of skip codes
+    events[4] = np.random.default_rng(2).random(events.shape[1:]) < 0.003  # runs over 255 pixels
     path = write_eer(tmp_path / "movie.eer", events, compression)
     header = read_movie_header(path)
     assert (header.format, header.n_frames, header.size) == ("eer", 12, (64, 48))
@@ -106,8 +117,8 @@ def test_eer_grouping_sums_consecutive_fractions(tmp_path, n_fractions, n_groups
     assert groups.shape == (expected_groups, 48, 64) and groups.dtype == np.float32
     assert eer_group_layout(n_fractions, n_groups) == (expected_groups, per)
     for g in range(expected_groups):
-        np.testing.assert_array_equal(groups[g], events[g * per:(g + 1) * per].sum(0))
-    assert groups.sum() == events[: expected_groups * per].sum()     # exactly the dropped tail is missing
+        np.testing.assert_array_equal(groups[g], events[g * per : (g + 1) * per].sum(0))
+    assert groups.sum() == events[: expected_groups * per].sum()  # exactly the dropped tail is missing
     np.testing.assert_array_equal(group_frames(events.astype(np.uint8), n_groups), groups)
 
 
@@ -118,7 +129,7 @@ def test_eer_groups_must_be_positive_and_corrupt_eer_is_a_movie_error(tmp_path):
     data = bytearray(path.read_bytes())
     with tifffile.TiffFile(path) as tif:
         offset, size = tif.pages[2].dataoffsets[0], tif.pages[2].databytecounts[0]
-    data[offset:offset + size] = b"\xff" * size    # all-ones counts run past the end of the fraction
+    data[offset : offset + size] = b"\xff" * size  # all-ones counts run past the end of the fraction
     bad = tmp_path / "bad.eer"
     bad.write_bytes(bytes(data))
     with pytest.raises(MovieError, match="bad.eer: cannot decode frames"):

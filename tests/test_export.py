@@ -24,8 +24,17 @@ def aligned(tmp_path):
     write_mrc(folder / "TS_01.st", data, voxel_size_a=2.5)
     (folder / "TS_01.rawtlt").write_text("".join(f"{a}\n" for a in angles))
     store = ProjectStore(tmp_path / "p")
-    run = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": 80.0, "dose_per_tilt_e_a2": 3.0})
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(folder),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "tilt_axis_deg": 80.0,
+            "dose_per_tilt_e_a2": 3.0,
+        },
+    )
     value = store.load(store.resolve(str(run.id)))
     xf = []
     for i, im in enumerate(value.items[0].images):
@@ -34,8 +43,13 @@ def aligned(tmp_path):
         xf.append(im.transform)
     value.items[0].images[4].enabled = False
     store.add_output(run.id, "TiltSeries_2", value)
-    ctf = CtfSeriesSet([CtfTomoSeries("TS_01", [CtfTomo(i + 1, a, 30000 + i, 29000 + i, 10.0, 0.0, 8.0, 0.2)
-                                                for i, a in enumerate(angles)])])
+    ctf = CtfSeriesSet(
+        [
+            CtfTomoSeries(
+                "TS_01", [CtfTomo(i + 1, a, 30000 + i, 29000 + i, 10.0, 0.0, 8.0, 0.2) for i, a in enumerate(angles)]
+            )
+        ]
+    )
     store.add_output(run.id, "CTFTomoSeries", ctf)
     return store, run, data, torch.tensor(xf, dtype=torch.float64)
 
@@ -43,8 +57,9 @@ def aligned(tmp_path):
 def test_imod_layout(aligned, tmp_path):
     store, run, data, xf = aligned
     out = tmp_path / "imod"
-    result = CliRunner().invoke(build_cli(), ["export", "-p", str(store.root), f"{run.id}.TiltSeries_2",
-                                              "--format", "imod", "--out", str(out)])
+    result = CliRunner().invoke(
+        build_cli(), ["export", "-p", str(store.root), f"{run.id}.TiltSeries_2", "--format", "imod", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     d = out / "TS_01"
     np.testing.assert_array_equal(read_stack(d / "TS_01.st"), data)
@@ -67,6 +82,7 @@ def test_ctffind_export_needs_ctf(tmp_path):
     (folder / "A.rawtlt").write_text("-3\n0\n3\n")
     store = ProjectStore(tmp_path / "p")
     run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300})
-    result = CliRunner().invoke(build_cli(), ["export", "-p", str(store.root), "1", "--format", "ctffind",
-                                              "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        build_cli(), ["export", "-p", str(store.root), "1", "--format", "ctffind", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "no CTF estimated" in result.output

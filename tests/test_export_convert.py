@@ -54,13 +54,14 @@ def test_series_to_aln_rows_and_back_keeps_enabled_views_exactly():
     assert torch.equal(back.enabled, al.enabled)
     keep = al.enabled
     assert (back.xf[keep] - al.xf[keep]).abs().max() < 1e-12
-    assert torch.equal(back.tilt_angles_deg[~keep], raw[~keep])         # dark views keep their raw angle
+    assert torch.equal(back.tilt_angles_deg[~keep], raw[~keep])  # dark views keep their raw angle
     assert torch.equal(back.xf[0], torch.tensor([1.0, 0, 0, 1, 0, 0], dtype=torch.float64))
 
 
 def test_aln_shift_scale_is_binning_of_the_aln_stack():
-    rows = AlnRows(torch.tensor([80.0]), torch.tensor([1.0]), torch.tensor([[3.0, -2.0]]), torch.tensor([0.0]),
-                   torch.tensor([0]))
+    rows = AlnRows(
+        torch.tensor([80.0]), torch.tensor([1.0]), torch.tensor([[3.0, -2.0]]), torch.tensor([0.0]), torch.tensor([0])
+    )
     bin1 = aln_rows_to_series(rows, n_views=1, raw_tilt_angles_deg=torch.zeros(1), shift_scale=4.0)
     assert torch.allclose(xf_to_geometry(bin1.xf).shifts_px, torch.tensor([[12.0, -8.0]], dtype=torch.float64))
     outside = AlnRows(rows.rot_deg, rows.gmag, rows.shifts_px, rows.tilt_deg, torch.tensor([3]))
@@ -107,7 +108,7 @@ def test_chain_xf_aln_relion_warp_and_back_is_exact():
 def test_xf_point_difference_known_answer():
     xf = geometry_to_xf(torch.tensor([0.0, 30.0]), torch.zeros(2, 2, dtype=torch.float64))
     moved = xf.clone()
-    moved[:, 4] += 0.25                                       # a pure shift moves every point by it
+    moved[:, 4] += 0.25  # a pure shift moves every point by it
     assert torch.allclose(xf_point_difference_px(xf, moved, (64, 96)), torch.full((2,), 0.25, dtype=torch.float64))
     turned = geometry_to_xf(torch.tensor([0.1, 30.1]), torch.zeros(2, 2, dtype=torch.float64))
     corner = math.hypot(47.5, 31.5) * 2 * math.sin(math.radians(0.05))  # a 0.1° turn about the centre
@@ -125,12 +126,17 @@ def test_corpus_aln_converts_to_its_companion_xf_and_tlt(corpus_root):
 
     d = corpus_root / "aretomo"
     aln = read_aln(d / "alnfile_global_no_local.aln")
-    rows = AlnRows(aln.column("ROT"), aln.column("GMAG"), torch.stack([aln.column("TX"), aln.column("TY")], 1),
-                   aln.column("TILT"), aln.raw_indices())
+    rows = AlnRows(
+        aln.column("ROT"),
+        aln.column("GMAG"),
+        torch.stack([aln.column("TX"), aln.column("TY")], 1),
+        aln.column("TILT"),
+        aln.raw_indices(),
+    )
     ours = aln_rows_to_series(rows, n_views=61, raw_tilt_angles_deg=torch.zeros(61))
     corpus = xf_to_geometry(read_xf(d / "alnfile_global_no_local.xf"))
     mine = xf_to_geometry(ours.xf)
-    assert (mine.shifts_px - corpus.shifts_px).abs().max() < 1e-4        # measured 4.9e-5 (printed decimals)
+    assert (mine.shifts_px - corpus.shifts_px).abs().max() < 1e-4  # measured 4.9e-5 (printed decimals)
     assert (mine.tilt_axis_deg + corpus.tilt_axis_deg).abs().max() < 1e-5
     assert (ours.tilt_angles_deg - read_tlt(d / "alnfile_global_no_local.tlt")).abs().max() < 1e-9
     assert bool(ours.enabled.all())
@@ -150,11 +156,16 @@ def test_corpus_cryoet_aln_axis_agrees_with_the_imod_xf_of_the_same_data(corpus_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         aln = read_aln(d / "cryoet-alignment_test.aln", strict=False)
-    rows = AlnRows(aln.column("ROT"), aln.column("GMAG"), torch.stack([aln.column("TX"), aln.column("TY")], 1),
-                   aln.column("TILT"), torch.arange(4))
+    rows = AlnRows(
+        aln.column("ROT"),
+        aln.column("GMAG"),
+        torch.stack([aln.column("TX"), aln.column("TY")], 1),
+        aln.column("TILT"),
+        torch.arange(4),
+    )
     ours = aln_rows_to_series(rows, n_views=4, raw_tilt_angles_deg=torch.zeros(4))
     imod = xf_to_geometry(read_xf(d / "cryoet-alignment_test.xf"))
-    assert (xf_to_geometry(ours.xf).tilt_axis_deg[:3] - imod.tilt_axis_deg).abs().max() < 1.5   # 12.66 vs 11.4
+    assert (xf_to_geometry(ours.xf).tilt_axis_deg[:3] - imod.tilt_axis_deg).abs().max() < 1.5  # 12.66 vs 11.4
 
 
 @pytest.mark.parametrize("name", ["warpxmlfile_EMPIAR-10491_TS_1.xml", "pytom-match-pick_gs04_ts_003.xml"])

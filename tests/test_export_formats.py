@@ -24,7 +24,7 @@ from tiltflow.workflow.store import ProjectStore
 
 ANGLES = [-9.0, -6.0, -3.0, 0.0, 3.0, 6.0, 9.0]
 PIXEL = 2.5
-SHAPE = (40, 48)          # (ny, nx); even sizes, where IMOD's and RELION's centres differ by 0.5 px
+SHAPE = (40, 48)  # (ny, nx); even sizes, where IMOD's and RELION's centres differ by 0.5 px
 
 
 @pytest.fixture
@@ -34,9 +34,19 @@ def aligned(tmp_path):
     write_mrc(folder / "TS_01.st", data, voxel_size_a=PIXEL)
     (folder / "TS_01.rawtlt").write_text("".join(f"{a}\n" for a in ANGLES))
     store = ProjectStore(tmp_path / "p")
-    run = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "cs_mm": 2.7, "amplitude_contrast": 0.07, "tilt_axis_deg": 84.0,
-                                                 "dose_per_tilt_e_a2": 3.0})
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(folder),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "cs_mm": 2.7,
+            "amplitude_contrast": 0.07,
+            "tilt_axis_deg": 84.0,
+            "dose_per_tilt_e_a2": 3.0,
+        },
+    )
     value = store.load(store.resolve(str(run.id)))
     g = torch.Generator().manual_seed(1)
     axis = 84.0 + torch.rand(7, generator=g, dtype=torch.float64)
@@ -47,18 +57,36 @@ def aligned(tmp_path):
         im.transform = xf[i].tolist()
         im.refined_tilt_angle_deg = im.tilt_angle_deg + 0.4 + 0.01 * i
     ts.images[5].enabled = False
-    ts.images[5].transform = None                          # as align leaves a view excluded before it
+    ts.images[5].transform = None  # as align leaves a view excluded before it
     store.add_output(run.id, "TiltSeries_2", value)
-    ctf = CtfSeriesSet([CtfTomoSeries("TS_01", [CtfTomo(im.acquisition_order, im.tilt_angle_deg, 30000 + 10 * i,
-                                                        29000 + 10 * i, 20.0 + i, 0.0, 8.0 + i, 0.2)
-                                                for i, im in enumerate(ts.images)])])
+    ctf = CtfSeriesSet(
+        [
+            CtfTomoSeries(
+                "TS_01",
+                [
+                    CtfTomo(
+                        im.acquisition_order,
+                        im.tilt_angle_deg,
+                        30000 + 10 * i,
+                        29000 + 10 * i,
+                        20.0 + i,
+                        0.0,
+                        8.0 + i,
+                        0.2,
+                    )
+                    for i, im in enumerate(ts.images)
+                ],
+            )
+        ]
+    )
     store.add_output(run.id, "CTFTomoSeries", ctf)
     return store, f"{run.id}.TiltSeries_2", data, ts, xf, axis, shifts
 
 
 def _export(store, pointer, fmt, out):
-    result = CliRunner().invoke(build_cli(), ["export", "-p", str(store.root), pointer, "--format", fmt,
-                                              "--out", str(out)])
+    result = CliRunner().invoke(
+        build_cli(), ["export", "-p", str(store.root), pointer, "--format", fmt, "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -77,13 +105,13 @@ def test_relion_export(aligned, tmp_path):
     assert row["rlnTomoName"] == "TS_01" and row["rlnTomoHand"] == -1
     assert (row["rlnVoltage"], row["rlnSphericalAberration"], row["rlnAmplitudeContrast"]) == (300, 2.7, 0.07)
     assert row["rlnTomoTiltSeriesPixelSize"] == PIXEL and row["rlnMicrographOriginalPixelSize"] == PIXEL
-    assert (row["rlnTomoSizeX"], row["rlnTomoSizeY"], row["rlnTomoSizeZ"]) == (48, 40, 800)   # 2000 Å / 2.5
+    assert (row["rlnTomoSizeX"], row["rlnTomoSizeY"], row["rlnTomoSizeZ"]) == (48, 40, 800)  # 2000 Å / 2.5
     table = starfile.read(out / row["rlnTomoTiltSeriesStarFile"])
     keep = [0, 1, 2, 3, 4, 6]
-    assert len(table) == 6                                  # the excluded view is not listed
+    assert len(table) == 6  # the excluded view is not listed
     # name@file points at the right section of the exported stack (1-based, RELION's notation)
     with mrcfile.open(out / "TS_01/TS_01.mrcs") as mrc:
-        for name, i in zip(table["rlnMicrographName"], keep):
+        for name, i in zip(table["rlnMicrographName"], keep, strict=False):
             section, stack = name.split("@")
             assert stack == "TS_01/TS_01.mrcs" and int(section) == i + 1
             np.testing.assert_array_equal(mrc.data[int(section) - 1], data[i])
@@ -105,8 +133,13 @@ def test_relion_export(aligned, tmp_path):
     shift = torch.stack([col("rlnTomoXShiftAngst"), col("rlnTomoYShiftAngst")], 1) / PIXEL
     relion = pts @ rot[:, :2].transpose(-1, -2) + shift[:, None] + torch.tensor([48 // 2, 40 // 2])
     for k, i in enumerate(keep):
-        ours = project_points(pts, tilt_angles_deg=refined[k:k + 1], tilt_axis_deg=float(axis[i]),
-                              shifts_px=shifts[i:i + 1], image_shape=SHAPE)[0]
+        ours = project_points(
+            pts,
+            tilt_angles_deg=refined[k : k + 1],
+            tilt_axis_deg=float(axis[i]),
+            shifts_px=shifts[i : i + 1],
+            image_shape=SHAPE,
+        )[0]
         assert (relion[k] - ours).abs().max() < 1e-4
 
 
@@ -115,20 +148,23 @@ def test_warp_export(aligned, tmp_path):
     out = tmp_path / "warp"
     _export(store, pointer, "warp", out)
     xml = out / "warp_tiltseries" / "TS_01.xml"
-    assert xml.read_bytes().startswith(b"\xef\xbb\xbf<?xml")          # UTF-8 with BOM, like Warp 2
+    assert xml.read_bytes().startswith(b"\xef\xbb\xbf<?xml")  # UTF-8 with BOM, like Warp 2
     w = read_warp_xml(xml)
     assert w.per_tilt["UseTilt"] == [True] * 5 + [False, True]
     refined = [im.refined_tilt_angle_deg for im in ts.images]
     assert w.per_tilt["Angles"] == pytest.approx(refined, abs=1e-9)
     assert w.per_tilt["Dose"] == [im.dose_prior_e_a2 for im in ts.images]
-    got = warp_to_xf(w.per_tilt["AxisAngle"], torch.tensor([w.per_tilt["AxisOffsetX"], w.per_tilt["AxisOffsetY"]], dtype=torch.float64).T,
-                     pixel_size_a=PIXEL)
+    got = warp_to_xf(
+        w.per_tilt["AxisAngle"],
+        torch.tensor([w.per_tilt["AxisOffsetX"], w.per_tilt["AxisOffsetY"]], dtype=torch.float64).T,
+        pixel_size_a=PIXEL,
+    )
     keep = [0, 1, 2, 3, 4, 6]
     assert xf_point_difference_px(got[keep], xf[keep], SHAPE).max() < 1e-9
-    assert w.per_tilt["AxisOffsetX"][2] == pytest.approx(float(shifts[2, 0]) * PIXEL)   # raw shift, Å
+    assert w.per_tilt["AxisOffsetX"][2] == pytest.approx(float(shifts[2, 0]) * PIXEL)  # raw shift, Å
     assert float(w.param("CTF", "PixelSize")) == PIXEL and float(w.param("CTF", "Voltage")) == 300
     grids = {el.tag: grid_values(el) for el in w.other}
-    assert grids["GridCTF"] == pytest.approx([(29500 + 10 * i) * 1e-4 for i in range(7)])       # µm
+    assert grids["GridCTF"] == pytest.approx([(29500 + 10 * i) * 1e-4 for i in range(7)])  # µm
     assert grids["GridCTFDefocusDelta"] == pytest.approx([0.1] * 7)
     assert grids["GridCTFDefocusAngle"] == pytest.approx([20.0 + i for i in range(7)])
     star = starfile.read(out / "tomostar" / "TS_01.tomostar")
@@ -148,7 +184,7 @@ def test_aretomo_export(aligned, tmp_path):
     with mrcfile.open(d / "TS_01.mrc") as mrc:
         np.testing.assert_array_equal(mrc.data, data)
     assert read_tlt(d / "TS_01.tlt").tolist() == ANGLES
-    aln = read_aln(d / "TS_01.aln")                            # strict: counts consistent
+    aln = read_aln(d / "TS_01.aln")  # strict: counts consistent
     assert aln.RawSize == (48, 40, 7) and aln.DarkFrame == [(5, 5, 6.0)]
     assert aln.raw_indices().tolist() == [0, 1, 2, 3, 4, 6]
     keep = aln.raw_indices()
@@ -161,11 +197,14 @@ def test_aretomo_export(aligned, tmp_path):
 
 def test_relion_without_ctf_notes_it(aligned, tmp_path):
     store, *_ = aligned
-    again = run_step(store, "import-tilt-series", {"files": str(tmp_path / "stacks"), "pattern": "{TS}.st",
-                                                   "voltage_kv": 300, "tilt_axis_deg": 84.0})
-    output = _export(store, str(again.id), "relion", tmp_path / "r")   # no CTF in this run or upstream
+    again = run_step(
+        store,
+        "import-tilt-series",
+        {"files": str(tmp_path / "stacks"), "pattern": "{TS}.st", "voltage_kv": 300, "tilt_axis_deg": 84.0},
+    )
+    output = _export(store, str(again.id), "relion", tmp_path / "r")  # no CTF in this run or upstream
     assert "no CTF found" in output
     table = starfile.read(tmp_path / "r" / "tilt_series" / "TS_01.star")
     assert "rlnDefocusU" not in table.columns and len(table) == 7
-    assert table["rlnTomoZRot"].tolist() == pytest.approx([84.0] * 7)   # unaligned: the nominal axis
+    assert table["rlnTomoZRot"].tolist() == pytest.approx([84.0] * 7)  # unaligned: the nominal axis
     assert math.isclose(table["rlnTomoYTilt"].iloc[0], -9.0)

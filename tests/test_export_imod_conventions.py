@@ -24,7 +24,7 @@ from tiltflow.workflow.store import ProjectStore
 
 ANGLES = [-12.0, -6.0, 0.0, 6.0, 12.0]
 PIXEL = 2.5
-SHAPE = (40, 48)          # (ny, nx)
+SHAPE = (40, 48)  # (ny, nx)
 AXIS = 84.0
 
 
@@ -33,8 +33,17 @@ def _project(tmp_path, data, axis=AXIS):
     write_mrc(folder / "TS_01.st", data, voxel_size_a=PIXEL)
     (folder / "TS_01.rawtlt").write_text("".join(f"{a}\n" for a in ANGLES))
     store = ProjectStore(tmp_path / "p")
-    run = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": axis, "dose_per_tilt_e_a2": 3.0})
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(folder),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "tilt_axis_deg": axis,
+            "dose_per_tilt_e_a2": 3.0,
+        },
+    )
     return store, run
 
 
@@ -47,15 +56,16 @@ def _aligned(store, run, shifts):
 
 
 def _export(store, pointer, fmt, out, *extra):
-    result = CliRunner().invoke(build_cli(), ["export", "-p", str(store.root), pointer, "--format", fmt,
-                                              "--out", str(out), *extra])
+    result = CliRunner().invoke(
+        build_cli(), ["export", "-p", str(store.root), pointer, "--format", fmt, "--out", str(out), *extra]
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
 
 @pytest.fixture
 def float_series(tmp_path):
-    data = np.random.default_rng(0).normal(size=(len(ANGLES), *SHAPE)).astype(np.float32)   # centred on zero
+    data = np.random.default_rng(0).normal(size=(len(ANGLES), *SHAPE)).astype(np.float32)  # centred on zero
     store, run = _project(tmp_path, data)
     value, xf = _aligned(store, run, torch.zeros(len(ANGLES), 2, dtype=torch.float64))
     out = store.add_output(run.id, "TiltSeries_2", value)
@@ -69,7 +79,7 @@ def test_tilt_com_has_no_log_for_float_images(float_series, tmp_path):
     assert "LOG" not in tilt.options
     nx, ny = SHAPE[1], SHAPE[0]
     assert tilt.options["THICKNESS"] != str(min(nx, ny) // 4)
-    assert tilt.options["THICKNESS"] == str(round(2000 / PIXEL))          # reconstruct's default, 200 nm
+    assert tilt.options["THICKNESS"] == str(round(2000 / PIXEL))  # reconstruct's default, 200 nm
 
 
 def test_tilt_com_takes_the_log_of_counts(tmp_path):
@@ -83,9 +93,12 @@ def test_tilt_com_takes_the_log_of_counts(tmp_path):
 
 def test_reconstruct_export_carries_the_runs_com_files(float_series, tmp_path):
     store, pointer = float_series
-    rec = run_step(store, "reconstruct", {"binning": 2, "thickness_nm": 6.0, "radial_cutoff": 0.3,
-                                          "radial_falloff": 0.05, "z_offset_nm": 1.0},
-                   {"input": pointer})
+    rec = run_step(
+        store,
+        "reconstruct",
+        {"binning": 2, "thickness_nm": 6.0, "radial_cutoff": 0.3, "radial_falloff": 0.05, "z_offset_nm": 1.0},
+        {"input": pointer},
+    )
     tomo = store.load(store.resolve(str(rec.id))).items[0]
     nz = tomo.shape[0]
     assert nz == round(60 / (PIXEL * 2))
@@ -97,21 +110,25 @@ def test_reconstruct_export_carries_the_runs_com_files(float_series, tmp_path):
     assert newst["BinByFactor"] == "2"
     tilt = read_com(d / "tilt.com")[0].options
     assert tilt["IMAGEBINNED"] == "2"
-    assert tilt["THICKNESS"] == str(nz * 2)                              # unbinned px, as etomo writes it
+    assert tilt["THICKNESS"] == str(nz * 2)  # unbinned px, as etomo writes it
     assert tilt["RADIAL"] == "0.3 0.05" and "LOG" not in tilt
-    assert tilt["SHIFT"].split()[1] == f"{-10.0 / PIXEL:.1f}"            # specimen z at the centre: SHIFT z = -offset
+    assert tilt["SHIFT"].split()[1] == f"{-10.0 / PIXEL:.1f}"  # specimen z at the centre: SHIFT z = -offset
     assert tilt["InputProjections"] == "TS_01.ali" and newst["OutputFile"] == "TS_01.ali"
 
 
 def test_phase_flipped_reconstruction_exports_ctfcorrection_com(float_series, tmp_path):
     store, pointer = float_series
     run_id = int(pointer.split(".")[0])
-    ctf = CtfSeriesSet([CtfTomoSeries("TS_01", [CtfTomo(i + 1, a, 20000.0, 19000.0, 10.0)
-                                                for i, a in enumerate(ANGLES)])])
+    ctf = CtfSeriesSet(
+        [CtfTomoSeries("TS_01", [CtfTomo(i + 1, a, 20000.0, 19000.0, 10.0) for i, a in enumerate(ANGLES)])]
+    )
     ctf_out = store.add_output(run_id, "CTFTomoSeries", ctf)
-    rec = run_step(store, "reconstruct", {"binning": 2, "thickness_nm": 6.0, "ctf_correct": "phaseflip",
-                                          "ctf_defocus_tol_nm": 100.0},
-                   {"input": pointer, "ctf": ctf_out.pointer})
+    rec = run_step(
+        store,
+        "reconstruct",
+        {"binning": 2, "thickness_nm": 6.0, "ctf_correct": "phaseflip", "ctf_defocus_tol_nm": 100.0},
+        {"input": pointer, "ctf": ctf_out.pointer},
+    )
     _export(store, str(rec.id), "imod", tmp_path / "imod")
     d = tmp_path / "imod" / "TS_01"
     flip = read_com(d / "ctfcorrection.com")[0].options
@@ -125,18 +142,27 @@ def _fiducial_alignment(store, run, tmp_path, beads_xyz, shifts):
     fid.xyz with the bead centroid at zero."""
     value, xf = _aligned(store, run, shifts)
     ts = value.items[0]
-    raw = project_points(beads_xyz, tilt_angles_deg=torch.tensor(ANGLES), tilt_axis_deg=AXIS, shifts_px=shifts,
-                         image_shape=SHAPE)                                  # (t, n, 2)
-    contours = [torch.cat([raw[:, b], torch.arange(len(ANGLES), dtype=torch.float64)[:, None]], 1)
-                for b in range(beads_xyz.shape[0])]
+    raw = project_points(
+        beads_xyz, tilt_angles_deg=torch.tensor(ANGLES), tilt_axis_deg=AXIS, shifts_px=shifts, image_shape=SHAPE
+    )  # (t, n, 2)
+    contours = [
+        torch.cat([raw[:, b], torch.arange(len(ANGLES), dtype=torch.float64)[:, None]], 1)
+        for b in range(beads_xyz.shape[0])
+    ]
     fid = tmp_path / "TS_01.fid"
     write_mod(fid, fiducial_model(contours, image_shape=SHAPE, n_views=len(ANGLES), pixel_size_a=PIXEL))
     n = beads_xyz.shape[0]
     xyz = tmp_path / "TS_01fid.xyz"
-    write_fid_xyz(xyz, FidXyz(torch.arange(1, n + 1), beads_xyz, torch.ones(n), torch.arange(1, n + 1),
-                              PIXEL, (SHAPE[1], SHAPE[0])))
-    ts.alignment = {"method": "fiducial", "fid": str(fid), "fid_xyz": str(xyz),
-                             "view_orders": [im.acquisition_order for im in ts.images]}
+    write_fid_xyz(
+        xyz,
+        FidXyz(torch.arange(1, n + 1), beads_xyz, torch.ones(n), torch.arange(1, n + 1), PIXEL, (SHAPE[1], SHAPE[0])),
+    )
+    ts.alignment = {
+        "method": "fiducial",
+        "fid": str(fid),
+        "fid_xyz": str(xyz),
+        "view_orders": [im.acquisition_order for im in ts.images],
+    }
     return value, xf
 
 
@@ -161,15 +187,20 @@ def test_fid_xyz_in_imods_convention(fiducial, tmp_path):
     expected = beads.clone()
     expected[:, 0] += nx / 2
     expected[:, 1] += ny / 2
-    assert (got.xyz - expected).abs().max() < 0.01                       # written with 2 decimals
+    assert (got.xyz - expected).abs().max() < 0.01  # written with 2 decimals
     # the meaning: at 0° a bead lies in the aligned image at (X, Y) in IMOD model coordinates (pixel
     # centres at index + 0.5); z is its height above the tilt axis
     zero = ANGLES.index(0.0)
-    raw = project_points(beads, tilt_angles_deg=torch.tensor([0.0]), tilt_axis_deg=AXIS,
-                         shifts_px=torch.tensor([[0.0, 0.0]], dtype=torch.float64), image_shape=SHAPE)[0]
+    raw = project_points(
+        beads,
+        tilt_angles_deg=torch.tensor([0.0]),
+        tilt_axis_deg=AXIS,
+        shifts_px=torch.tensor([[0.0, 0.0]], dtype=torch.float64),
+        image_shape=SHAPE,
+    )[0]
     a = xf[zero, :4].reshape(2, 2)
     centre = torch.tensor([(nx - 1) / 2, (ny - 1) / 2], dtype=torch.float64)
-    aligned = (raw - centre) @ a.T + xf[zero, 4:] + centre                 # 0-based pixel index
+    aligned = (raw - centre) @ a.T + xf[zero, 4:] + centre  # 0-based pixel index
     assert (got.xyz[:, :2] - (aligned + 0.5)).abs().max() < 0.01
 
 
@@ -178,24 +209,26 @@ def test_fid_xyz_layout_matches_tiltalign(fiducial, tmp_path, corpus):
     _export(store, out.pointer, "imod", tmp_path / "imod")
     ours = (tmp_path / "imod" / "TS_01" / "TS_01fid.xyz").read_text().splitlines()[0]
     theirs = (corpus / "imod" / "IMOD_BB_tutorial" / "BBafid.xyz").read_text().splitlines()[0]
-    number = r"[ \d.-]{9}\d"                                              # f10.2
-    layout = re.compile(rf"^[ \d]{{3}}\d{number}{number}{number}[ \d]{{6}}\d[ \d]{{4}}\d Pix:[ \d.]{{12}} Dim:[ \d]{{12}}$")
+    number = r"[ \d.-]{9}\d"  # f10.2
+    layout = re.compile(
+        rf"^[ \d]{{3}}\d{number}{number}{number}[ \d]{{6}}\d[ \d]{{4}}\d Pix:[ \d.]{{12}} Dim:[ \d]{{12}}$"
+    )
     assert layout.match(theirs) and layout.match(ours), (theirs, ours)
 
 
 def test_fid_follows_the_restacked_views(fiducial, tmp_path):
     store, out, beads, _ = fiducial
     value = store.load(out)
-    drop = value.items[0].images[1].acquisition_order                    # the second view in tilt order
+    drop = value.items[0].images[1].acquisition_order  # the second view in tilt order
     restacked = save_subset(store, out, restack=True, flags={("TS_01", drop): True})
     _export(store, restacked.pointer, "imod", tmp_path / "imod")
     model = read_mod(tmp_path / "imod" / "TS_01" / "TS_01.fid")
     original = read_mod(store.load(out).items[0].alignment["fid"])
     assert model.header["zmax"] == len(ANGLES) - 1
-    for c, before in zip(model.objects[0].contours, original.objects[0].contours):
-        assert c.points[:, 2].tolist() == [0.0, 1.0, 2.0, 3.0]             # sections of the 4-view stack
+    for c, before in zip(model.objects[0].contours, original.objects[0].contours, strict=False):
+        assert c.points[:, 2].tolist() == [0.0, 1.0, 2.0, 3.0]  # sections of the 4-view stack
         kept = before.points[[0, 2, 3, 4]]
-        assert torch.allclose(c.points[:, :2], kept[:, :2] + 0.5)          # IMOD model coordinates
+        assert torch.allclose(c.points[:, :2], kept[:, :2] + 0.5)  # IMOD model coordinates
 
 
 def _labels(path):
@@ -210,11 +243,13 @@ def test_every_exported_mrc_names_tiltflow_and_the_run(float_series, tmp_path, f
     out = tmp_path / fmt
     _export(store, str(rec.id), fmt, out)
     mrcs = [p for p in out.rglob("*") if p.suffix in (".mrc", ".mrcs", ".st")]
-    if fmt in ("imod", "relion"):                                         # these carry the tomogram too
+    if fmt in ("imod", "relion"):  # these carry the tomogram too
         assert any(p.name.endswith("_rec.mrc") or p.name.startswith("rec_") for p in mrcs), mrcs
     assert mrcs
     for path in mrcs:
         labels = _labels(path)
-        assert any(f"tiltflow {__version__}" in lab and f"run {rec.id} reconstruct" in lab for lab in labels), \
-            (path, labels)
+        assert any(f"tiltflow {__version__}" in lab and f"run {rec.id} reconstruct" in lab for lab in labels), (
+            path,
+            labels,
+        )
         assert all(len(lab) <= 80 for lab in labels)

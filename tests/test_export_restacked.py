@@ -23,8 +23,8 @@ from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, CtfTomoSeries
 from tiltflow.workflow.store import ProjectStore
 
 ANGLES = [-12.0, -9.0, -6.0, -3.0, 0.0, 3.0, 6.0, 9.0, 12.0]
-ORDERS = [9, 7, 5, 3, 1, 2, 4, 6, 8]          # dose-symmetric acquisition
-EXCLUDE = [1, 5]                               # 1-based tilt positions: the first and the middle (0°) view
+ORDERS = [9, 7, 5, 3, 1, 2, 4, 6, 8]  # dose-symmetric acquisition
+EXCLUDE = [1, 5]  # 1-based tilt positions: the first and the middle (0°) view
 KEEP = [i for i in range(len(ANGLES)) if i + 1 not in EXCLUDE]
 PIXEL, SHAPE = 2.5, (40, 48)
 
@@ -38,40 +38,72 @@ def restacked(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("restack")
     folder = tmp / "stacks"
     data = np.random.default_rng(0).normal(size=(len(ANGLES), *SHAPE)).astype(np.float32)
-    data += 10.0 * np.arange(len(ANGLES), dtype=np.float32)[:, None, None]     # each section recognisable
+    data += 10.0 * np.arange(len(ANGLES), dtype=np.float32)[:, None, None]  # each section recognisable
     write_mrc(folder / "TS_01.st", data, voxel_size_a=PIXEL)
     (folder / "TS_01.rawtlt").write_text("".join(f"{a}\n" for a in ANGLES))
     store = ProjectStore(tmp / "p")
-    run = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": 84.0, "dose_per_tilt_e_a2": 3.0})
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(folder),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "tilt_axis_deg": 84.0,
+            "dose_per_tilt_e_a2": 3.0,
+        },
+    )
     value = store.load(store.resolve(str(run.id)))
     ts = value.items[0]
     g = torch.Generator().manual_seed(1)
-    xf = geometry_to_xf(84.0 + torch.rand(len(ANGLES), generator=g, dtype=torch.float64),
-                        torch.randn(len(ANGLES), 2, generator=g, dtype=torch.float64) * 4)
+    xf = geometry_to_xf(
+        84.0 + torch.rand(len(ANGLES), generator=g, dtype=torch.float64),
+        torch.randn(len(ANGLES), 2, generator=g, dtype=torch.float64) * 4,
+    )
     for i, im in enumerate(ts.images):
         im.acquisition_order = ORDERS[i]
         im.dose_prior_e_a2 = 3.0 * (ORDERS[i] - 1)
         im.transform = xf[i].tolist()
         im.refined_tilt_angle_deg = im.tilt_angle_deg + 0.3 + 0.01 * i
     store.add_output(run.id, "TiltSeries_2", value)
-    ctf = CtfSeriesSet([CtfTomoSeries("TS_01", [
-        CtfTomo(o, a, _defocus_a(o), _defocus_a(o) - 800, 30.0 + o, 0.0, 9.0, 0.2) for a, o in zip(ANGLES, ORDERS)])])
+    ctf = CtfSeriesSet(
+        [
+            CtfTomoSeries(
+                "TS_01",
+                [
+                    CtfTomo(o, a, _defocus_a(o), _defocus_a(o) - 800, 30.0 + o, 0.0, 9.0, 0.2)
+                    for a, o in zip(ANGLES, ORDERS, strict=False)
+                ],
+            )
+        ]
+    )
     store.add_output(run.id, "CTFTomoSeries", ctf)
-    result = CliRunner().invoke(build_cli(), ["subset", "-p", str(store.root), "--input", f"{run.id}.TiltSeries_2",
-                                              "--exclude-views", "TS_01:" + ",".join(map(str, EXCLUDE)),
-                                              "--restack", "--json"])
+    result = CliRunner().invoke(
+        build_cli(),
+        [
+            "subset",
+            "-p",
+            str(store.root),
+            "--input",
+            f"{run.id}.TiltSeries_2",
+            "--exclude-views",
+            "TS_01:" + ",".join(map(str, EXCLUDE)),
+            "--restack",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    pointer = json.loads(result.output[result.output.index("{"):])["pointer"]
+    pointer = json.loads(result.output[result.output.index("{") :])["pointer"]
     sub = store.load(store.resolve(pointer)).items[0]
-    assert [im.tilt_angle_deg for im in sub.images] == [ANGLES[i] for i in KEEP]   # the re-stack worked
+    assert [im.tilt_angle_deg for im in sub.images] == [ANGLES[i] for i in KEEP]  # the re-stack worked
     return {"store": store, "pointer": pointer, "data": data, "xf": xf, "tmp": tmp, "ts": ts}
 
 
 def _export(r, fmt):
     out = r["tmp"] / fmt
-    result = CliRunner().invoke(build_cli(), ["export", "-p", str(r["store"].root), r["pointer"], "--format", fmt,
-                                              "--out", str(out)])
+    result = CliRunner().invoke(
+        build_cli(), ["export", "-p", str(r["store"].root), r["pointer"], "--format", fmt, "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -101,7 +133,7 @@ def test_imod_per_view_files_match_the_stack(restacked):
     assert [e.start_tilt_deg for e in entries] == pytest.approx(_kept(ANGLES))
     assert [e.defocus_1_nm for e in entries] == pytest.approx([_defocus_a(o) / 10 for o in _kept(ORDERS)])
     tilt = {p.program: p for p in read_com(d / "tilt.com")}["tilt"]
-    assert "EXCLUDELIST" not in tilt.options                     # every view of the new stack is used
+    assert "EXCLUDELIST" not in tilt.options  # every view of the new stack is used
 
 
 def test_relion_per_view_files_match_the_stack(restacked):
@@ -110,7 +142,7 @@ def test_relion_per_view_files_match_the_stack(restacked):
     assert len(table) == len(KEEP)
     stack = _sections(out / "TS_01" / "TS_01.mrcs")
     assert stack.shape[0] == len(KEEP)
-    for name, i in zip(table["rlnMicrographName"], KEEP):
+    for name, i in zip(table["rlnMicrographName"], KEEP, strict=False):
         section, _ = name.split("@")
         np.testing.assert_array_equal(stack[int(section) - 1], restacked["data"][i])
     assert table["rlnTomoNominalStageTiltAngle"].tolist() == _kept(ANGLES)
@@ -155,16 +187,35 @@ def test_subset_without_restack_keeps_every_section(restacked):
     """Not re-stacked: the stack keeps all views, so every per-view file does too (excluded views
     listed in EXCLUDELIST; a view the CTF set lacks gets the mean defocus)."""
     store, run_id = restacked["store"], int(restacked["pointer"].split(".")[0])
-    result = CliRunner().invoke(build_cli(), ["subset", "-p", str(store.root), "--input", f"{run_id}.TiltSeries_2",
-                                              "--exclude-views", "TS_01:" + ",".join(map(str, EXCLUDE)), "--json"])
+    result = CliRunner().invoke(
+        build_cli(),
+        [
+            "subset",
+            "-p",
+            str(store.root),
+            "--input",
+            f"{run_id}.TiltSeries_2",
+            "--exclude-views",
+            "TS_01:" + ",".join(map(str, EXCLUDE)),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    pointer = json.loads(result.output[result.output.index("{"):])["pointer"]
-    partial = CtfSeriesSet([CtfTomoSeries("TS_01", [CtfTomo(ORDERS[i], ANGLES[i], _defocus_a(ORDERS[i]),
-                                                            _defocus_a(ORDERS[i]), 0.0) for i in KEEP])])
+    pointer = json.loads(result.output[result.output.index("{") :])["pointer"]
+    partial = CtfSeriesSet(
+        [
+            CtfTomoSeries(
+                "TS_01",
+                [CtfTomo(ORDERS[i], ANGLES[i], _defocus_a(ORDERS[i]), _defocus_a(ORDERS[i]), 0.0) for i in KEEP],
+            )
+        ]
+    )
     ctf = store.add_output(run_id, "CTFTomoSeries_kept", partial)
     out = restacked["tmp"] / "imod_all"
-    result = CliRunner().invoke(build_cli(), ["export", "-p", str(store.root), pointer, "--format", "imod",
-                                              "--out", str(out), "--ctf", ctf.pointer])
+    result = CliRunner().invoke(
+        build_cli(),
+        ["export", "-p", str(store.root), pointer, "--format", "imod", "--out", str(out), "--ctf", ctf.pointer],
+    )
     assert result.exit_code == 0, result.output
     d = out / "TS_01"
     n = len(ANGLES)

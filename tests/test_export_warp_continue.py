@@ -27,15 +27,21 @@ def exported(tmp_path_factory):
     """A motion-corrected + CTF-estimated demo series exported for Warp."""
     root = tmp_path_factory.mktemp("warp")
     data = root / "data"
-    write_demo_dataset(data, DemoConfig(n_series=1, n_tilts=5, size=(256, 256), n_frames=4, seed=3,
-                                        local_motion=False), force=True)
+    write_demo_dataset(
+        data, DemoConfig(n_series=1, n_tilts=5, size=(256, 256), n_frames=4, seed=3, local_motion=False), force=True
+    )
     store = ProjectStore(root / "p")
     imp = run_step(store, "import-movies", {"files": str(data), "gain": str(data / "gain_ref.gain")})
-    run = run_step(store, "motion-ctf", {"window_px": 128, "ctf_range_a": [30.0, 8.0], "motion_grid": [1, 1, 1]},
-                   {"input": str(imp.id)})
+    run = run_step(
+        store,
+        "motion-ctf",
+        {"window_px": 128, "ctf_range_a": [30.0, 8.0], "motion_grid": [1, 1, 1]},
+        {"input": str(imp.id)},
+    )
     out = root / "export"
-    result = CliRunner().invoke(build_cli(), ["export", "-p", str(store.root), f"{run.id}.TiltSeries",
-                                              "--format", "warp", "--out", str(out)])
+    result = CliRunner().invoke(
+        build_cli(), ["export", "-p", str(store.root), f"{run.id}.TiltSeries", "--format", "warp", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     ts = store.load(store.resolve(f"{run.id}.TiltSeries")).items[0]
     return out, ts, store.root / store.run(run.id).run_dir
@@ -50,18 +56,19 @@ def test_every_movie_path_leads_to_a_frame_series_warptools_reads(exported):
     w = read_warp_xml(out / "warp_tiltseries" / f"{ts.ts_id}.xml")
     tomostar = Path(w.attributes["DataDirectory"])
     assert tomostar == (out / "tomostar").absolute()
-    for i, (im, movie_path) in enumerate(zip(ts.images, w.per_tilt["MoviePath"])):
-        movie = (tomostar / movie_path).resolve()          # WarpTools: DataDirectory + MoviePath
+    for i, (im, movie_path) in enumerate(zip(ts.images, w.per_tilt["MoviePath"], strict=False)):
+        movie = (tomostar / movie_path).resolve()  # WarpTools: DataDirectory + MoviePath
         stem = movie.stem
-        xml = movie.parent / f"{stem}.xml"                  # Movie.XMLPath
+        xml = movie.parent / f"{stem}.xml"  # Movie.XMLPath
         root = ET.parse(xml).getroot()
         assert root.tag == "Movie"
-        assert (Path(root.get("DataDirectory")) / movie.name).is_file()   # the raw movie (header read)
-        average = movie.parent / "average" / f"{stem}.mrc"                  # Movie.AveragePath
+        assert (Path(root.get("DataDirectory")) / movie.name).is_file()  # the raw movie (header read)
+        average = movie.parent / "average" / f"{stem}.mrc"  # Movie.AveragePath
         np.testing.assert_array_equal(read_stack(average), read_section(im.file, im.index)[None])
         for half, name in ((im.odd_file, "odd"), (im.even_file, "even")):
-            np.testing.assert_array_equal(read_stack(movie.parent / "average" / name / f"{stem}.mrc"),
-                                          read_section(half, im.index)[None])
+            np.testing.assert_array_equal(
+                read_stack(movie.parent / "average" / name / f"{stem}.mrc"), read_section(half, im.index)[None]
+            )
         # the tilt's CTF, the same as the tilt series' per-tilt grid
         ctf = {p.get("Name"): p.get("Value") for p in root.find("CTF")}
         grids = {el.tag: el for el in root}
@@ -86,7 +93,7 @@ def test_tilt_series_xml_carries_what_warptools_writes(exported, corpus):
         assert [p.get("Name") for p in next(el for el in ours if el.tag == "CTF")] == real_ctf
         by_tag = {el.tag: el for el in ours}
         for el in real:
-            if el.tag.startswith("Grid"):                  # the same grid kind (cubic or 4-D), node attributes
+            if el.tag.startswith("Grid"):  # the same grid kind (cubic or 4-D), node attributes
                 assert set(by_tag[el.tag].attrib) == set(el.attrib), el.tag
                 assert set(by_tag[el.tag][0].attrib) == set(el[0].attrib), el.tag
     assert len(grid_values(next(el for el in ours if el.tag == "GridCTFPhase"))) == len(ts.images)
@@ -101,11 +108,15 @@ def test_stacks_without_movies_get_a_stand_in_movie(tmp_path):
     write_mrc(folder / "TS_01.st", data, voxel_size_a=2.0)
     (folder / "TS_01.rawtlt").write_text("".join(f"{a}\n" for a in (-6, -3, 0, 3, 6)))
     store = ProjectStore(tmp_path / "p")
-    run = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage": 300,
-                                                 "tilt-axis": 0.0, "dose": 2.0})
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {"files": str(folder), "pattern": "{TS}.st", "voltage": 300, "tilt-axis": 0.0, "dose": 2.0},
+    )
     out = tmp_path / "export"
-    result = CliRunner().invoke(build_cli(), ["export", "-p", str(store.root), str(run.id), "--format", "warp",
-                                              "--out", str(out)])
+    result = CliRunner().invoke(
+        build_cli(), ["export", "-p", str(store.root), str(run.id), "--format", "warp", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     w = read_warp_xml(out / "warp_tiltseries" / "TS_01.xml")
     for i, movie_path in enumerate(w.per_tilt["MoviePath"]):

@@ -50,7 +50,7 @@ def assert_matches_truth(ts_set, truth):
         assert ts.size == tuple(t["image_size"])
         truth_tilts = sorted(t["tilts"], key=lambda x: x["mdoc_tilt_angle_deg"])
         assert len(ts.images) == len(truth_tilts)
-        for im, tt in zip(ts.images, truth_tilts):
+        for im, tt in zip(ts.images, truth_tilts, strict=False):
             assert im.tilt_angle_deg == pytest.approx(tt["mdoc_tilt_angle_deg"], abs=1e-4)
             assert im.acquisition_order == tt["acquisition_order"] + 1
             assert im.dose_e_a2 == pytest.approx(tt["dose_e_a2"], rel=1e-3)
@@ -75,8 +75,15 @@ def test_import_matches_truth(flavour, serialem_data, tomo5_data, tmp_path):
 
 def test_user_values_win_over_mdoc(serialem_data, tmp_path):
     store = ProjectStore(tmp_path / "p")
-    ts_set = import_movies(store, serialem_data, voltage_kv=200, pixel_size_a=1.5, tilt_axis_deg=-12.5,
-                           dose_per_tilt_e_a2=2.0, initial_dose_e_a2=1.0)
+    ts_set = import_movies(
+        store,
+        serialem_data,
+        voltage_kv=200,
+        pixel_size_a=1.5,
+        tilt_axis_deg=-12.5,
+        dose_per_tilt_e_a2=2.0,
+        initial_dose_e_a2=1.0,
+    )
     ts = ts_set.items[0]
     assert (ts.acquisition.voltage_kv, ts.acquisition.pixel_size_a, ts.acquisition.tilt_axis_deg) == (200, 1.5, -12.5)
     first = min(ts.images, key=lambda im: im.acquisition_order)
@@ -98,30 +105,45 @@ def test_stack_with_rawtlt_imports_like_movies(serialem_data, tmp_path):
         write_mrc(stacks / f"{ts.ts_id}.st", data, voxel_size_a=ts.acquisition.pixel_size_a)
         (stacks / f"{ts.ts_id}.rawtlt").write_text("".join(f"{im.tilt_angle_deg:.5f}\n" for im in ts.images))
         (stacks / f"{ts.ts_id}_order.csv").write_text(
-            "".join(f"{im.acquisition_order},{im.tilt_angle_deg:.5f}\n" for im in ts.images))
-    run = run_step(store, "import-tilt-series", {"files": str(stacks), "pattern": "{TS}.st", "angles": "tlt",
-                                                 "voltage_kv": 300, "tilt_axis_deg": 85.0,
-                                                 "dose_per_tilt_e_a2": 3.0})
+            "".join(f"{im.acquisition_order},{im.tilt_angle_deg:.5f}\n" for im in ts.images)
+        )
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(stacks),
+            "pattern": "{TS}.st",
+            "angles": "tlt",
+            "voltage_kv": 300,
+            "tilt_axis_deg": 85.0,
+            "dose_per_tilt_e_a2": 3.0,
+        },
+    )
     stacked = store.load(store.resolve(str(run.id)))
     assert stacked.kind == "TiltSeries"
     assert stacked.summary() == "TiltSeries (2 items, 7 x 96 x 80, 2.76 Å/px)"
-    for a, b in zip(movies.items, stacked.items):
+    for a, b in zip(movies.items, stacked.items, strict=False):
         assert a.ts_id == b.ts_id
         assert [im.tilt_angle_deg for im in b.images] == pytest.approx([im.tilt_angle_deg for im in a.images], abs=1e-4)
         assert [im.acquisition_order for im in b.images] == [im.acquisition_order for im in a.images]
-        assert [im.dose_accumulated_e_a2 for im in b.images] == pytest.approx([im.dose_accumulated_e_a2 for im in a.images])
+        assert [im.dose_accumulated_e_a2 for im in b.images] == pytest.approx(
+            [im.dose_accumulated_e_a2 for im in a.images]
+        )
         assert [im.index for im in b.images] == list(range(len(b.images)))
 
 
 def test_corpus_seri_stack_imports_with_header_angles(corpus, tmp_path):
     folder = corpus / "images" / "etspy_serialem_NIST_Titan"
     store = ProjectStore(tmp_path / "p")
-    run = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "test_000.mrc", "angles": "header",
-                                                 "voltage_kv": 300})
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {"files": str(folder), "pattern": "test_000.mrc", "angles": "header", "voltage_kv": 300},
+    )
     ts_set = store.load(store.resolve(str(run.id)))
     ts = ts_set.items[0]
     assert ts.ts_id == "test_000" and len(ts.images) == 2 and ts.size == (1024, 1024)
-    assert [im.tilt_angle_deg for im in ts.images] == [0.0, 0.0]   # the file's SERI header: both sections at 0°
+    assert [im.tilt_angle_deg for im in ts.images] == [0.0, 0.0]  # the file's SERI header: both sections at 0°
     assert ts.acquisition.pixel_size_a == pytest.approx(7.88)
     assert any("same tilt angle" in w for w in ts.attrs["warnings"])
 
@@ -129,8 +151,11 @@ def test_corpus_seri_stack_imports_with_header_angles(corpus, tmp_path):
 def test_corpus_seri_stack_imports_with_mdoc(corpus, tmp_path):
     folder = corpus / "images" / "etspy_serialem_NIST_Titan"
     store = ProjectStore(tmp_path / "p")
-    run = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "test_000.mrc", "angles": "mdoc",
-                                                 "dose_per_tilt_e_a2": 1.0})
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {"files": str(folder), "pattern": "test_000.mrc", "angles": "mdoc", "dose_per_tilt_e_a2": 1.0},
+    )
     ts = store.load(store.resolve(str(run.id))).items[0]
     assert ts.acquisition.tilt_axis_deg == pytest.approx(-90.0)
     assert ts.acquisition.voltage_kv == 300

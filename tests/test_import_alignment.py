@@ -38,20 +38,34 @@ def project(tmp_path_factory):
     series = plan_series(config, 0, np.random.default_rng(21))
     order = sorted(range(15), key=lambda i: series["tilts"][i]["mdoc_tilt_angle_deg"])
     rng = np.random.default_rng(0)
-    views = [rng.poisson(np.clip(render_truth_tilt(series, i).numpy() * config.n_frames, 0, None)).astype(np.float32)
-             for i in order]
+    views = [
+        rng.poisson(np.clip(render_truth_tilt(series, i).numpy() * config.n_frames, 0, None)).astype(np.float32)
+        for i in order
+    ]
     write_mrc(root / "stacks" / "TS_01.st", np.stack(views), voxel_size_a=series["pixel_size_a"])
     (root / "stacks" / "TS_01.rawtlt").write_text(
-        "".join(f"{series['tilts'][i]['mdoc_tilt_angle_deg']:.4f}\n" for i in order))
-    truth = torch.tensor([[series["tilts"][i]["bead_projections_px"][b] for i in order]
-                          for b in range(len(series["bead_xyz_px"]))], dtype=torch.float64)
-    seen = torch.tensor([[series["tilts"][i]["bead_in_image"][b] for i in order]
-                         for b in range(len(series["bead_xyz_px"]))])
+        "".join(f"{series['tilts'][i]['mdoc_tilt_angle_deg']:.4f}\n" for i in order)
+    )
+    truth = torch.tensor(
+        [[series["tilts"][i]["bead_projections_px"][b] for i in order] for b in range(len(series["bead_xyz_px"]))],
+        dtype=torch.float64,
+    )
+    seen = torch.tensor(
+        [[series["tilts"][i]["bead_in_image"][b] for i in order] for b in range(len(series["bead_xyz_px"]))]
+    )
     truth[~seen] = float("nan")
     store = ProjectStore(root / "p")
-    imp = run_step(store, "import-tilt-series", {"files": str(root / "stacks"), "pattern": "{TS}.st",
-                                                 "voltage_kv": 300, "dose_per_tilt_e_a2": 3.0,
-                                                 "tilt_axis_deg": series["mdoc_tilt_axis_deg"]})
+    imp = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(root / "stacks"),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "dose_per_tilt_e_a2": 3.0,
+            "tilt_axis_deg": series["mdoc_tilt_axis_deg"],
+        },
+    )
     subset = store.load(store.resolve(str(imp.id)))
     subset.items[0].images[-1].enabled = False
     store.add_output(imp.id, "TiltSeries_2", subset)
@@ -79,7 +93,7 @@ def test_exported_alignment_imports_back_identically(project, fmt, pattern):
     assert on_b == on_a == [True] * 14 + [False]
     keep = torch.tensor(on_a)
     moved = xf_point_difference_px(xf_a[keep], xf_b[keep], (SIZE, SIZE)).max().item()
-    assert moved < 1e-3, moved                     # imod: .xf prints DX, DY to 3 decimals
+    assert moved < 1e-3, moved  # imod: .xf prints DX, DY to 3 decimals
     assert (ang_a[keep] - ang_b[keep]).abs().max().item() < 1e-3
     assert abs(back.acquisition.tilt_axis_deg - ours.acquisition.tilt_axis_deg) < 1e-3
     assert back.alignment["format"] == fmt
@@ -147,14 +161,19 @@ def small(tmp_path):
     write_mrc(folder / "TS_01.st", np.zeros((5, 16, 16), np.float32), voxel_size_a=2.0)
     (folder / "TS_01.rawtlt").write_text("-6\n-3\n0\n3\n6\n")
     store = ProjectStore(tmp_path / "p")
-    run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                           "tilt_axis_deg": 85.0})
+    run_step(
+        store,
+        "import-tilt-series",
+        {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300, "tilt_axis_deg": 85.0},
+    )
     return store, tmp_path / "align"
 
 
 def _cli(store, files, pattern):
-    return CliRunner().invoke(build_cli(), ["import-alignment", "-p", str(store.root), "--input", "1",
-                                            "--files", str(files), "--pattern", pattern])
+    return CliRunner().invoke(
+        build_cli(),
+        ["import-alignment", "-p", str(store.root), "--input", "1", "--files", str(files), "--pattern", pattern],
+    )
 
 
 XF_ROW = "   0.0871557   0.9961947  -0.9961947   0.0871557       1.500      -2.000\n"
@@ -188,7 +207,7 @@ def test_unparsable_line_names_file_and_line(small):
     (d / "TS_01.tlt").write_text("-6\n-3\n0\n3\n")
     with pytest.raises(InputError, match=r"TS_01\.tlt: 4 tilt angles for 5 views"):
         run_step(store, "import-alignment", {"files": str(d), "pattern": "{TS}.xf"}, {"input": "1"})
-    (d / "TS_01.tlt").write_text("6\n3\n0\n-3\n-6\n")          # a stack in the other order
+    (d / "TS_01.tlt").write_text("6\n3\n0\n-3\n-6\n")  # a stack in the other order
     with pytest.raises(InputError, match="another order"):
         run_step(store, "import-alignment", {"files": str(d), "pattern": "{TS}.xf"}, {"input": "1"})
 

@@ -28,8 +28,10 @@ def data(pristine, tmp_path) -> Path:
 
 def snapshot(store: ProjectStore):
     with store.reading() as con:
-        tables = {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                  for t in ("runs", "outputs", "tilt_series", "tilt_images")}
+        tables = {
+            t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("runs", "outputs", "tilt_series", "tilt_images")
+        }
     files = sorted(str(p.relative_to(store.root)) for p in (store.root / "runs").rglob("*"))
     return tables, files
 
@@ -94,7 +96,9 @@ def test_movie_with_other_size(data, store, tmp_path):
 def test_gain_of_wrong_shape(data, store, tmp_path):
     gain = data / "bad.gain"
     tifffile.imwrite(gain, np.ones((50, 50), np.float32))
-    expect_error(store, data, r"bad\.gain: gain is 50 x 50 px, the movies are 80 x 64 — no orientation fits", gain=str(gain))
+    expect_error(
+        store, data, r"bad\.gain: gain is 50 x 50 px, the movies are 80 x 64 — no orientation fits", gain=str(gain)
+    )
 
 
 def test_transposed_gain_is_accepted(data, store, tmp_path):

@@ -29,8 +29,7 @@ def test_global_no_local(aln_dir):
     assert (aln.AlphaOffset, aln.BetaOffset, aln.Thickness) == (-7.0, 0.0, 2050)
     assert list(aln.global_alignment.columns) == list(GLOBAL_COLUMNS)
     first = aln.global_alignment.iloc[0]
-    assert (first["SEC"], first["ROT"], first["TX"], first["TY"], first["TILT"]) == (
-        1, -95.404, 9.22, 103.933, -63.2)
+    assert (first["SEC"], first["ROT"], first["TX"], first["TY"], first["TILT"]) == (1, -95.404, 9.22, 103.933, -63.2)
     assert torch.equal(aln.raw_indices(), torch.arange(61))
 
 
@@ -46,8 +45,12 @@ def test_global_and_local_with_dark_frames(aln_dir):
     assert tilts[0].item() == -68.0 and tilts[14].item() == -27.71 and not tilts.isnan().any()
     last = aln.local_alignment.iloc[-1].tolist()
     assert last == [36, 15, 1483.93, 997.39, 12.57, -1.59, 1.0]
-    full = aln_to_xf(aln.column("ROT"), torch.stack([aln.column("TX"), aln.column("TY")], 1),
-                     raw_indices=aln.raw_indices(), n_raw=aln.RawSize[2])
+    full = aln_to_xf(
+        aln.column("ROT"),
+        torch.stack([aln.column("TX"), aln.column("TY")], 1),
+        raw_indices=aln.raw_indices(),
+        n_raw=aln.RawSize[2],
+    )
     identity = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
     assert full.shape == (51, 6) and torch.equal(full[:14], identity.repeat(14, 1))
 
@@ -66,8 +69,9 @@ def test_truncated_fixture_is_rejected_strictly_and_read_permissively(aln_dir):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("name", ["alnfile_global_no_local.aln", "alnfile_global_and_local.aln",
-                                  "cryoet-alignment_test.aln"])
+@pytest.mark.parametrize(
+    "name", ["alnfile_global_no_local.aln", "alnfile_global_and_local.aln", "cryoet-alignment_test.aln"]
+)
 def test_aln_rewrites_byte_for_byte(aln_dir, tmp_path, name):
     aln = read_aln(aln_dir / name, strict=False)
     write_aln(tmp_path / "out.aln", aln)
@@ -79,8 +83,7 @@ def test_alnfile_tlt_and_xf_companions(aln_dir):
     assert torch.equal(read_tlt(aln_dir / "alnfile_global_no_local.tlt"), aln.column("TILT"))
     xf = read_xf(aln_dir / "alnfile_global_no_local.xf")
     assert xf.shape == (61, 6)
-    ours = aln_to_xf(aln.column("ROT"), torch.stack([aln.column("TX"), aln.column("TY")], 1),
-                     convention="alnfile")
+    ours = aln_to_xf(aln.column("ROT"), torch.stack([aln.column("TX"), aln.column("TY")], 1), convention="alnfile")
     assert (ours - xf).abs().max() < 5e-5  # measured 4.9e-5 (4 printed decimals); factor 1
     cryoet = read_xf(aln_dir / "cryoet-alignment_test.xf")
     assert cryoet.shape == (3, 6)
@@ -88,11 +91,9 @@ def test_alnfile_tlt_and_xf_companions(aln_dir):
 
 
 def test_new_aln_round_trip_and_unknown_keys(tmp_path):
-    rows = [[1, 85.1, 1.0, 3.5, -2.25, 1.0, 1.0, 1.0, 0.0, -3.0],
-            [2, 85.1, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
+    rows = [[1, 85.1, 1.0, 3.5, -2.25, 1.0, 1.0, 1.0, 0.0, -3.0], [2, 85.1, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
     table = pd.DataFrame(rows, columns=list(GLOBAL_COLUMNS))
-    aln = AlnFile((512, 480, 3), 0, table, DarkFrame=[(2, 3, 3.0)], Thickness=300,
-                  extra={"Binning": "4"})
+    aln = AlnFile((512, 480, 3), 0, table, DarkFrame=[(2, 3, 3.0)], Thickness=300, extra={"Binning": "4"})
     write_aln(tmp_path / "a.aln", aln)
     back = read_aln(tmp_path / "a.aln")
     assert back.extra == {"Binning": "4"} and back.DarkFrame == [(2, 3, 3.0)]
@@ -105,8 +106,10 @@ def test_malformed_aln_lines(tmp_path):
     path.write_text("hello\n")
     with pytest.raises(AlnFormatError, match=r"bad\.aln:1: not an AreTomo"):
         read_aln(path)
-    path.write_text("# AreTomo Alignment / Priims bprmMn\n# RawSize = 4 4 1\n# SEC ROT\n"
-                    "    1   85.0  1.0  0.0  0.0  1.0  1.0  1.0  0.0\n")
+    path.write_text(
+        "# AreTomo Alignment / Priims bprmMn\n# RawSize = 4 4 1\n# SEC ROT\n"
+        "    1   85.0  1.0  0.0  0.0  1.0  1.0  1.0  0.0\n"
+    )
     with pytest.raises(AlnFormatError, match=r"bad\.aln:4: expected 10 numbers, found 9"):
         read_aln(path)
     path.write_text("# AreTomo Alignment\n# NumPatches = 0\n")

@@ -48,8 +48,11 @@ def imod_dir() -> Path:
 # ---- .xf ---------------------------------------------------------------------------------------
 
 XF_FILES = {
-    "IMOD_BB_tutorial/BBa.xf": 61, "IMOD_BB_tutorial/BBb.xf": 61, "IMOD_BB_tutorial/BBa.tltxf": 61,
-    "IMOD_BB_tutorial/BBb.tltxf": 61, "cryoet-alignment_imod_1/tilt_1.xf": 59,
+    "IMOD_BB_tutorial/BBa.xf": 61,
+    "IMOD_BB_tutorial/BBb.xf": 61,
+    "IMOD_BB_tutorial/BBa.tltxf": 61,
+    "IMOD_BB_tutorial/BBb.tltxf": 61,
+    "cryoet-alignment_imod_1/tilt_1.xf": 59,
     "etomofiles_TS_001/TS_001.xf": 40,
 }
 
@@ -85,8 +88,7 @@ def test_malformed_xf_line_strict_raises_with_file_and_line(tmp_path):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=6, max_size=6),
-                min_size=1, max_size=8))
+@given(st.lists(st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=6, max_size=6), min_size=1, max_size=8))
 def test_xf_write_read_round_trip_to_printed_precision(rows):
     import tempfile
 
@@ -101,8 +103,9 @@ def test_xf_write_read_round_trip_to_printed_precision(rows):
 # ---- local .xf ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,zfac", [("BBalocal.xf", True), ("BBblocal.xf", True),
-                                        ("BBalocal_patch-tracking.xf", False)])
+@pytest.mark.parametrize(
+    "name,zfac", [("BBalocal.xf", True), ("BBblocal.xf", True), ("BBalocal_patch-tracking.xf", False)]
+)
 def test_local_xf_counts_and_byte_round_trip(imod_dir, tmp_path, name, zfac):
     path = imod_dir / "IMOD_BB_tutorial" / name
     local = read_local_xf(path)
@@ -118,10 +121,12 @@ def test_local_xf_counts_and_byte_round_trip(imod_dir, tmp_path, name, zfac):
 # ---- .tlt / .rawtlt / .xtilt -------------------------------------------------------------------
 
 TLT_FILES = {
-    "IMOD_BB_tutorial/BBa.tlt": (61, 65.06), "IMOD_BB_tutorial/BBb.tlt": (61, 64.73),
+    "IMOD_BB_tutorial/BBa.tlt": (61, 65.06),
+    "IMOD_BB_tutorial/BBb.tlt": (61, 64.73),
     "cryoet-alignment_imod_1/tilt_1.tlt": (59, -52.24),
     "etomofiles_TS_001/TS_001.tlt": (40, -57.12),
-    "etomofiles_TS_001/TS_001.rawtlt": (40, -60.0), "pytom_testData/angles.tlt": (59, -60.0),
+    "etomofiles_TS_001/TS_001.rawtlt": (40, -60.0),
+    "pytom_testData/angles.tlt": (59, -60.0),
     "pytom-match-pick/test_angles.rawtlt": (35, -51.0),
     "pytom-match-pick/test_angles_multi_column.rawtlt": (35, -51.0),
 }
@@ -207,11 +212,19 @@ def test_cryocat_tilt_com(imod_dir):
 
 def test_com_writers_round_trip(tmp_path):
     programs = [
-        newst_com(input_file="ts.st", output_file="ts.ali", transform_file="ts.xf", bin_by=4,
-                  size_to_output_xy=(928, 958)),
-        tilt_com(input_projections="ts.ali", output_file="ts.rec", tilt_file="ts.tlt",
-                 thickness_px=300, full_image_xy=(3708, 3832), image_binned=4,
-                 xtilt_file="ts.xtilt", exclude_views=[1, 2, 3, 41]),
+        newst_com(
+            input_file="ts.st", output_file="ts.ali", transform_file="ts.xf", bin_by=4, size_to_output_xy=(928, 958)
+        ),
+        tilt_com(
+            input_projections="ts.ali",
+            output_file="ts.rec",
+            tilt_file="ts.tlt",
+            thickness_px=300,
+            full_image_xy=(3708, 3832),
+            image_binned=4,
+            xtilt_file="ts.xtilt",
+            exclude_views=[1, 2, 3, 41],
+        ),
     ]
     write_com(tmp_path / "both.com", programs)
     back = read_com(tmp_path / "both.com")
@@ -248,10 +261,13 @@ def test_imod_list_round_trip(values):
 # ---- binary models -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,contours,sized,first", [
-    ("cryocat_modMotl_correct111.mod", 161, 3, [128.5, 699.0, -76.0]),
-    ("cryocat_modMotl_correct189.mod", 74, 2, [98.5, 691.5, 112.0]),
-])
+@pytest.mark.parametrize(
+    "name,contours,sized,first",
+    [
+        ("cryocat_modMotl_correct111.mod", 161, 3, [128.5, 699.0, -76.0]),
+        ("cryocat_modMotl_correct189.mod", 74, 2, [98.5, 691.5, 112.0]),
+    ],
+)
 def test_corpus_models(imod_dir, tmp_path, name, contours, sized, first):
     path = imod_dir / name
     model = read_mod(path)
@@ -272,21 +288,21 @@ def test_corpus_models(imod_dir, tmp_path, name, contours, sized, first):
     assert ours[:8] + ours[136:] == original[:8] + original[136:]
     again = read_mod(tmp_path / "m.mod")
     assert again.header == model.header
-    pairs = zip(again.objects[0].contours, obj.contours)
+    pairs = zip(again.objects[0].contours, obj.contours, strict=False)
     assert all(torch.equal(a.points, b.points) for a, b in pairs)
 
 
 def test_fiducial_model_round_trip(tmp_path):
     g = torch.Generator().manual_seed(0)
-    beads = [torch.cat([torch.rand(n, 2, generator=g) * 512, torch.arange(n)[:, None].float()], 1)
-             for n in (41, 12, 1)]
-    model = fiducial_model(beads, image_shape=(480, 512), n_views=41, pixel_size_a=2.7,
-                           sizes=[torch.full((n,), 4.5) for n in (41, 12, 1)])
+    beads = [torch.cat([torch.rand(n, 2, generator=g) * 512, torch.arange(n)[:, None].float()], 1) for n in (41, 12, 1)]
+    model = fiducial_model(
+        beads, image_shape=(480, 512), n_views=41, pixel_size_a=2.7, sizes=[torch.full((n,), 4.5) for n in (41, 12, 1)]
+    )
     write_mod(tmp_path / "ts.fid", model)
     back = read_mod(tmp_path / "ts.fid")
     assert (back.header["xmax"], back.header["ymax"], back.header["zmax"]) == (512, 480, 41)
     assert back.header["objsize"] == 1 and back.objects[0].header["contsize"] == 3
-    for c, pts in zip(back.objects[0].contours, beads):
+    for c, pts in zip(back.objects[0].contours, beads, strict=False):
         assert torch.equal(c.points, pts) and torch.equal(c.sizes, torch.full((len(pts),), 4.5))
     assert [c.flags for c in back.objects[0].contours] == [16, 16, 0]  # wild across views
     write_mod(tmp_path / "again.fid", back)

@@ -35,15 +35,19 @@ def relion_dir() -> Path:
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True),
-                                  check_exact=False, rtol=1e-6, atol=1e-6)
+    pd.testing.assert_frame_equal(
+        a.reset_index(drop=True), b.reset_index(drop=True), check_exact=False, rtol=1e-6, atol=1e-6
+    )
 
 
-@pytest.mark.parametrize("name,rows,cols,embedded", [
-    ("cryocat_R5_tutorial_run_tomograms.star", 5, 16, 0),
-    (f"{PYTOM}/tomograms.star", 10, 13, 0),
-    ("cryocat_warp2_matching_tomograms.star", 5, 13, 5),
-])
+@pytest.mark.parametrize(
+    "name,rows,cols,embedded",
+    [
+        ("cryocat_R5_tutorial_run_tomograms.star", 5, 16, 0),
+        (f"{PYTOM}/tomograms.star", 10, 13, 0),
+        ("cryocat_warp2_matching_tomograms.star", 5, 13, 5),
+    ],
+)
 def test_tomograms_star_counts_and_round_trip(relion_dir, tmp_path, name, rows, cols, embedded):
     star = read_tomograms_star(relion_dir / name)
     assert star.tomograms.shape == (rows, cols) and len(star.tilt_series) == embedded
@@ -65,11 +69,14 @@ def test_tomograms_star_values(relion_dir):
     assert row["rlnTomoSizeZ"] == 2000 and row["rlnTomoHand"] == -1.0
 
 
-@pytest.mark.parametrize("name,block,rows,cols", [
-    ("cryocat_relion5_TS_01_tilt.star", "TS_01", 40, 28),
-    (f"{PYTOM}/tilt_series/tomo200528_107.star", "tomo200528_107", 35, 25),
-    ("tomo_preprocessing_import_TS_01.star", "tilt_images", 41, 9),
-])
+@pytest.mark.parametrize(
+    "name,block,rows,cols",
+    [
+        ("cryocat_relion5_TS_01_tilt.star", "TS_01", 40, 28),
+        (f"{PYTOM}/tilt_series/tomo200528_107.star", "tomo200528_107", 35, 25),
+        ("tomo_preprocessing_import_TS_01.star", "tilt_images", 41, 9),
+    ],
+)
 def test_tilt_series_star_counts_and_round_trip(relion_dir, tmp_path, name, block, rows, cols):
     ts = read_tilt_series_star(relion_dir / name)
     assert ts.name == block and ts.tilts.shape == (rows, cols)
@@ -81,19 +88,24 @@ def test_tilt_series_star_counts_and_round_trip(relion_dir, tmp_path, name, bloc
 
 
 def test_aligned_tilt_series_agree_with_nominal_axes(relion_dir):
-    for name, nominal in (("cryocat_relion5_TS_01_tilt.star", 85.0),
-                          (f"{PYTOM}/tilt_series/tomo200528_107.star", -91.0)):
+    for name, nominal in (
+        ("cryocat_relion5_TS_01_tilt.star", 85.0),
+        (f"{PYTOM}/tilt_series/tomo200528_107.star", -91.0),
+    ):
         tilts = read_tilt_series_star(relion_dir / name).tilts
         assert (tilts["rlnTomoNominalTiltAxisAngle"] == nominal).all()
         assert (tilts["rlnTomoZRot"] - nominal).abs().max() < 1.0  # 0.58 and 0.45 measured
         assert (tilts["rlnTomoYTilt"] - tilts["rlnTomoNominalStageTiltAngle"]).abs().max() < 0.02
 
 
-@pytest.mark.parametrize("name,blocks", [
-    ("cryocat_warp2_matching_optimisation_set.star", {"": 2}),
-    ("tiltstack_EMPIAR-10164_TS_01_corrected_micrographs.star", {"optics": 1, "micrographs": 205}),
-    ("tomo_preprocessing_relion_motion_correction_output.star", {"optics": 1, "micrographs": 41}),
-])
+@pytest.mark.parametrize(
+    "name,blocks",
+    [
+        ("cryocat_warp2_matching_optimisation_set.star", {"": 2}),
+        ("tiltstack_EMPIAR-10164_TS_01_corrected_micrographs.star", {"optics": 1, "micrographs": 205}),
+        ("tomo_preprocessing_relion_motion_correction_output.star", {"optics": 1, "micrographs": 41}),
+    ],
+)
 def test_other_star_files_read_and_round_trip(relion_dir, tmp_path, name, blocks):
     data = read_star_blocks(relion_dir / name)
     assert {k: len(v) for k, v in data.items()} == blocks
@@ -128,8 +140,9 @@ def test_alignment_columns_survive_a_star_file(tmp_path):
     table = pd.DataFrame({k: v.numpy() for k, v in cols.items()})
     table.insert(0, "rlnMicrographName", [f"TS_1_{i:03d}.mrc" for i in range(5)])
     write_tilt_series_star(tmp_path / "TS_1.star", TiltSeriesStar("TS_1", table))
-    back = relion_to_xf(read_tilt_series_star(tmp_path / "TS_1.star").tilts, pixel_size_a=1.724,
-                        image_shape=(4092, 5760))
+    back = relion_to_xf(
+        read_tilt_series_star(tmp_path / "TS_1.star").tilts, pixel_size_a=1.724, image_shape=(4092, 5760)
+    )
     # the STAR file prints 6 decimals: Å shifts to 1e-6 -> xf shifts within ~1e-6 px
     assert (back.xf - xf).abs().max() < 1e-5
     assert (back.tilt_angles_deg - tilts).abs().max() < 1e-6

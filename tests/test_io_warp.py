@@ -13,8 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS_FILES = {
     # name: tilts, encoding, pixel size Å, first angle, axis angle, kept elements, per-tilt lists
     "warp/pytom-match-pick_gs04_ts_003.xml": (47, "utf-8-sig", "0.7303", 46.0, 84.500114, 114, 7),
-    "warp/warpxmlfile_EMPIAR-10491_TS_1.xml": (41, "utf-8-sig", "0.7894", -40.01, -85.59953, 102,
-                                               8),
+    "warp/warpxmlfile_EMPIAR-10491_TS_1.xml": (41, "utf-8-sig", "0.7894", -40.01, -85.59953, 102, 8),
     "cryocat_TS_017/017.xml": (60, "utf-16", "1.97100", -52.0, 83.22321, 18, 7),
 }
 

@@ -76,7 +76,7 @@ def serialem_sections(angles: list[float], order: list[int], **common: str) -> l
             "DateTime": (start + dt.timedelta(seconds=61 * k)).strftime("%d-%b-%y  %H:%M:%S"),
             **common,
         }
-        for a, k in zip(angles, order)
+        for a, k in zip(angles, order, strict=False)
     ]
 
 
@@ -119,21 +119,13 @@ def test_order_falls_back_to_section_order_when_one_datetime_is_missing(tmp_path
 
 
 def test_datetime_formats_and_flavour_fallback():
-    assert parse_datetime("30-Nov-15  15:21:38", year_first=False) == dt.datetime(
-        2015, 11, 30, 15, 21, 38
-    )
-    assert parse_datetime("11-Aug-2023  17:44:56", year_first=True) == dt.datetime(
-        2023, 8, 11, 17, 44, 56
-    )
-    assert parse_datetime("22-Feb-04  23:02:05", year_first=True) == dt.datetime(
-        2022, 2, 4, 23, 2, 5
-    )
+    assert parse_datetime("30-Nov-15  15:21:38", year_first=False) == dt.datetime(2015, 11, 30, 15, 21, 38)
+    assert parse_datetime("11-Aug-2023  17:44:56", year_first=True) == dt.datetime(2023, 8, 11, 17, 44, 56)
+    assert parse_datetime("22-Feb-04  23:02:05", year_first=True) == dt.datetime(2022, 2, 4, 23, 2, 5)
     assert parse_datetime("31-Feb-15 10:00:00", year_first=False) is None
     now = dt.datetime(2024, 1, 1)
     # a SerialEM file read as Tomo5: 30-Nov-15 would be 2030 (future) -> day-first reading is used
-    dates, note = parse_datetimes(
-        ["30-Nov-15  15:21:38", "30-Nov-15  15:22:37"], tomo5=True, now=now
-    )
+    dates, note = parse_datetimes(["30-Nov-15  15:21:38", "30-Nov-15  15:22:37"], tomo5=True, now=now)
     assert dates[0] == dt.datetime(2015, 11, 30, 15, 21, 38) and "SerialEM" in note
     # a Tomo5 file read as SerialEM: 22-Feb-28 would be 22 Feb 2028 (future) -> year first
     dates, note = parse_datetimes(["22-Feb-28  23:02:05"], tomo5=False, now=now)
@@ -184,7 +176,7 @@ def test_dose_from_prior_record_dose_differences_in_acquisition_order(tmp_path):
     angles, order = [-6.0, -3.0, 0.0, 3.0, 6.0], [4, 2, 0, 1, 3]
     prior_by_order = [0.0, 2.0, 4.5, 7.0, 9.5]  # steps 2.0 2.5 2.5 2.5 (+ median 2.5)
     secs = serialem_sections(angles, order, ExposureDose="0")
-    for sec, k in zip(secs, order):
+    for sec, k in zip(secs, order, strict=False):
         sec["PriorRecordDose"] = f"{prior_by_order[k]}"
     ts = read_tilt_series_mdoc(write(tmp_path / "a.mdoc", serialem_text(secs)))
     by_order = sorted(ts.tilts, key=lambda t: t.acquisition_order)
@@ -196,7 +188,7 @@ def test_dose_from_prior_record_dose_differences_in_acquisition_order(tmp_path):
 def test_prior_record_dose_gap_warns_that_an_image_was_deleted(tmp_path):
     angles, order = [-6.0, -3.0, 0.0, 3.0, 6.0], [4, 2, 0, 1, 3]
     secs = serialem_sections(angles, order, ExposureDose="2")
-    for sec, k in zip(secs, order):
+    for sec, k in zip(secs, order, strict=False):
         sec["PriorRecordDose"] = f"{0.1 + 2.0 * k}"
     p = write(tmp_path / "a.mdoc", serialem_text(secs))
     assert read_tilt_series_mdoc(p, initial_dose_e_a2=0.1).warnings == []
@@ -210,9 +202,7 @@ def test_prior_record_dose_gap_warns_that_an_image_was_deleted(tmp_path):
 
 
 def test_dose_rate_doses_that_vary_a_lot_are_flagged(tmp_path):
-    secs = serialem_sections(
-        [-3.0, 0.0, 3.0], [1, 0, 2], DoseRate="10", ExposureTime="1", PixelSpacing="2"
-    )
+    secs = serialem_sections([-3.0, 0.0, 3.0], [1, 0, 2], DoseRate="10", ExposureTime="1", PixelSpacing="2")
     secs[2]["DoseRate"] = "2"  # thick region: few counts
     ts = read_tilt_series_mdoc(write(tmp_path / "a.mdoc", serialem_text(secs)))
     assert [t.dose_e_a2 for t in ts.tilts] == pytest.approx([2.5, 2.5, 0.5])
@@ -230,9 +220,7 @@ def test_user_dose_wins_and_missing_dose_is_none(tmp_path):
     assert all(t.dose_e_a2 is None and t.prior_dose_e_a2 is None for t in ts.tilts)
     assert any("--dose" in w for w in ts.warnings)
     secs = serialem_sections([-3.0, 0.0, 3.0], [1, 0, 2], ExposureDose="9")
-    ts = read_tilt_series_mdoc(
-        write(p, serialem_text(secs)), dose_per_tilt_e_a2=2.0, initial_dose_e_a2=0.5
-    )
+    ts = read_tilt_series_mdoc(write(p, serialem_text(secs)), dose_per_tilt_e_a2=2.0, initial_dose_e_a2=0.5)
     assert [(t.dose_e_a2, t.prior_dose_e_a2, t.accumulated_dose_e_a2) for t in ts.tilts] == [
         (2.0, 2.5, 4.5),
         (2.0, 0.5, 2.5),
@@ -271,10 +259,8 @@ def tomo5_text(
     if axis_header is not None:
         lines += [f"[T =   TiltAxisAngle = {axis_header}  Binning = 1  SpotSize = 7]", ""]
     start = dt.datetime(2022, 2, 4, 23, 2, 5)
-    for z, (a, k) in enumerate(zip(angles, order)):
-        name = (
-            names[z] if names else f"Position_1_{k + 1:03d}_{a:.2f}_20220204_{230205 + k}_EER.eer"
-        )
+    for z, (a, k) in enumerate(zip(angles, order, strict=False)):
+        name = names[z] if names else f"Position_1_{k + 1:03d}_{a:.2f}_20220204_{230205 + k}_EER.eer"
         sec = {
             "TiltAngle": f"{a + 0.013:.3f}",
             "Voltage": "300",
@@ -338,10 +324,7 @@ def test_crlf_lf_and_cr_give_the_same_series(tmp_path):
     for nl in ("\n", "\r\n", "\r"):
         ts = read_tilt_series_mdoc(write(tmp_path / "a.mdoc", serialem_text(secs, newline=nl)))
         results.append(
-            [
-                (t.tilt_angle_deg, t.acquisition_order, t.dose_e_a2, t.line, t.movie_name)
-                for t in ts.tilts
-            ]
+            [(t.tilt_angle_deg, t.acquisition_order, t.dose_e_a2, t.line, t.movie_name) for t in ts.tilts]
             + [ts.tilt_axis_deg]
         )
     assert results[0] == results[1] == results[2]
@@ -396,8 +379,11 @@ def test_tomo5_movie_name_variants_case_and_nominal_angle(tmp_path):
 def test_absurd_rotation_angle_is_named_not_overflowed(tmp_path):
     """Two RotationAngle values near float max made the median infinite (found by hypothesis):
     now a one-line MdocError naming the file, line and section."""
-    p = write(tmp_path / "a.mdoc", "\n[ZValue = 0]\nTiltAngle = 0.0\nRotationAngle = 8.98e+307\n"
-              "[ZValue = 1]\nTiltAngle = 1.0\nRotationAngle = 8.98e+307\n")
+    p = write(
+        tmp_path / "a.mdoc",
+        "\n[ZValue = 0]\nTiltAngle = 0.0\nRotationAngle = 8.98e+307\n"
+        "[ZValue = 1]\nTiltAngle = 1.0\nRotationAngle = 8.98e+307\n",
+    )
     with pytest.raises(MdocError) as exc:
         read_tilt_series_mdoc(p)
     msg = str(exc.value)
@@ -447,9 +433,7 @@ def test_binary_missing_and_malformed_files_give_one_line_errors(tmp_path):
     secs[1]["TiltAngle"] = "abc"
     p = write(tmp_path / "bad.mdoc", serialem_text(secs))
     line = p.read_text().splitlines().index("TiltAngle = abc") + 1
-    with pytest.raises(
-        MdocError, match=rf"bad.mdoc:line {line} ZValue = 1: TiltAngle = abc is not a number"
-    ):
+    with pytest.raises(MdocError, match=rf"bad.mdoc:line {line} ZValue = 1: TiltAngle = abc is not a number"):
         read_tilt_series_mdoc(p)
     secs[1]["TiltAngle"] = "NaN"
     with pytest.raises(MdocError, match="no TiltAngle"):
@@ -457,9 +441,7 @@ def test_binary_missing_and_malformed_files_give_one_line_errors(tmp_path):
 
 
 # --- per-movie mdocs, grouping, several files --------------------------------------------------
-def frame_set_files(
-    folder: Path, ts: str, angles: list[float], with_dates: bool = True
-) -> list[Path]:
+def frame_set_files(folder: Path, ts: str, angles: list[float], with_dates: bool = True) -> list[Path]:
     folder.mkdir(exist_ok=True)
     paths = []
     for k, a in enumerate(angles):
@@ -672,9 +654,5 @@ def test_parser_fails_only_with_mdoc_error_on_random_text(lines, nl, tomo5):
             assert "\n" not in str(exc) and str(exc).startswith(str(p))
         else:
             assert len(ts.tilts) >= 2
-            assert [t.tilt_angle_deg for t in ts.tilts] == sorted(
-                t.tilt_angle_deg for t in ts.tilts
-            )
-            assert sorted(t.acquisition_order for t in ts.tilts) == list(
-                range(1, len(ts.tilts) + 1)
-            )
+            assert [t.tilt_angle_deg for t in ts.tilts] == sorted(t.tilt_angle_deg for t in ts.tilts)
+            assert sorted(t.acquisition_order for t in ts.tilts) == list(range(1, len(ts.tilts) + 1))

@@ -52,8 +52,14 @@ def specimen(shape, pixel_size_a, seed, contrast=0.1, n_disks=4):
     ky, kx = frequency_grid_2d(shape)
     k_a = torch.sqrt(kx**2 + ky**2) / pixel_size_a
     ctf = ctf_2d(
-        shape, pixel_size_a=pixel_size_a, voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07,
-        defocus_u_a=35000.0, defocus_v_a=33000.0, astigmatism_angle_deg=30.0,
+        shape,
+        pixel_size_a=pixel_size_a,
+        voltage_kv=300,
+        cs_mm=2.7,
+        amplitude_contrast=0.07,
+        defocus_u_a=35000.0,
+        defocus_v_a=33000.0,
+        astigmatism_angle_deg=30.0,
     )
     envelope = torch.exp(-150.0 * k_a**2 / 4) / torch.sqrt(1 + (k_a * 200) ** 2)
     texture = torch.fft.irfft2(spec * ctf * envelope, s=shape)
@@ -73,8 +79,13 @@ def trajectory(t, seed, jump_px=3.0, tau=2.0, drift_px=0.3):
     ang = torch.rand(2, generator=g) * 2 * math.pi
     i = torch.arange(t, dtype=torch.float32)
     jump = jump_px * (1 - torch.exp(-i / tau))
-    s = torch.stack([jump * torch.cos(ang[0]) + drift_px * i * torch.cos(ang[1]),
-                     jump * torch.sin(ang[0]) + drift_px * i * torch.sin(ang[1])], -1)
+    s = torch.stack(
+        [
+            jump * torch.cos(ang[0]) + drift_px * i * torch.cos(ang[1]),
+            jump * torch.sin(ang[0]) + drift_px * i * torch.sin(ang[1]),
+        ],
+        -1,
+    )
     return s - s.mean(0)
 
 
@@ -108,6 +119,7 @@ def rms_px(a, b):
 
 
 # --- global shifts ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "shape, pixel_size_a, t, kw",
@@ -157,6 +169,7 @@ def test_single_frame_and_path_length():
 
 # --- local motion ----------------------------------------------------------------------------
 
+
 def smooth_field(t, shape, amp_px, seed):
     """Affine + twist + dome deformation growing over the frames, mean zero over frames."""
     h, w = shape
@@ -189,9 +202,7 @@ def deformed_movie(shape, t, pixel_size_a, dose_e_a2, seed, amp_px, margin=32):
         d = glob[i] + field(torch.full_like(xx, float(i)), xx, yy)
         sx, sy = (xx - d[..., 0] + margin) * 2, (yy - d[..., 1] + margin) * 2
         grid = torch.stack([sx / (2 * ww - 1) * 2 - 1, sy / (2 * hh - 1) * 2 - 1], -1)[None]
-        sampled = torch.nn.functional.grid_sample(
-            up[None, None], grid, mode="bicubic", align_corners=True
-        )
+        sampled = torch.nn.functional.grid_sample(up[None, None], grid, mode="bicubic", align_corners=True)
         clean.append(sampled[0, 0])
     clean = torch.stack(clean)
     return poisson(clean, dose_e_a2 / t * pixel_size_a**2, seed), clean, glob, field
@@ -242,6 +253,7 @@ def test_local_motion_without_deformation_stays_at_global():
 
 # --- sessions: decaying beam-induced motion + drift + jitter (issue 11) ------------------------
 
+
 def decaying_trajectory(t, rng, jitter_px=0.05):
     """(t, 2) px, mean zero: a 1-4 px jump decaying over 10-30 % of the exposure, 0.3-1.2 px of
     linear drift and N(0, jitter_px) per frame and axis."""
@@ -249,8 +261,11 @@ def decaying_trajectory(t, rng, jitter_px=0.05):
     jump = rng.uniform(1.0, 4.0) * (1.0 - np.exp(-f / (rng.uniform(0.1, 0.3) * t)))
     a1, a2 = rng.uniform(0, 2 * np.pi, 2)
     drift = rng.uniform(0.3, 1.2) * f / (t - 1)
-    path = (jump[:, None] * [math.cos(a1), math.sin(a1)]
-            + drift[:, None] * [math.cos(a2), math.sin(a2)] + rng.normal(0.0, jitter_px, (t, 2)))
+    path = (
+        jump[:, None] * [math.cos(a1), math.sin(a1)]
+        + drift[:, None] * [math.cos(a2), math.sin(a2)]
+        + rng.normal(0.0, jitter_px, (t, 2))
+    )
     return torch.tensor(path - path.mean(0), dtype=torch.float32)
 
 
@@ -292,23 +307,38 @@ def phantom_movie(shape, pixel_size_a, tilt_deg, dose_px, t, seed, margin=32):
     from tiltflow.testing.phantom import make_specimen
 
     rng = np.random.default_rng(seed)
-    spec = make_specimen(rng, image_shape=shape, pixel_size_a=pixel_size_a, ice_thickness_nm=150.0,
-                         bead_diameter_nm=10.0, n_beads=3, n_vesicles=2, n_blobs=150,
-                         max_tilt_deg=abs(tilt_deg))
-    canvas = render_tilt_image(spec, tilt_angle_deg=tilt_deg, tilt_axis_deg=85.0, image_shape=shape,
-                               defocus_u_a=36000.0, defocus_v_a=34000.0, pixel_size_a=pixel_size_a,
-                               exposure_e_a2=abs(tilt_deg) + 1.5, ice_texture_rad=0.15,
-                               texture_seed=seed, margin_px=margin)
+    spec = make_specimen(
+        rng,
+        image_shape=shape,
+        pixel_size_a=pixel_size_a,
+        ice_thickness_nm=150.0,
+        bead_diameter_nm=10.0,
+        n_beads=3,
+        n_vesicles=2,
+        n_blobs=150,
+        max_tilt_deg=abs(tilt_deg),
+    )
+    canvas = render_tilt_image(
+        spec,
+        tilt_angle_deg=tilt_deg,
+        tilt_axis_deg=85.0,
+        image_shape=shape,
+        defocus_u_a=36000.0,
+        defocus_v_a=34000.0,
+        pixel_size_a=pixel_size_a,
+        exposure_e_a2=abs(tilt_deg) + 1.5,
+        ice_texture_rad=0.15,
+        texture_seed=seed,
+        margin_px=margin,
+    )
     canvas = canvas / canvas.mean()
     truth = decaying_trajectory(t, rng)
     gain = detector.make_gain(shape, rng)
     hot = detector.make_hot_pixels(shape, rng, n=3)
     frames = torch.empty((t, *shape))
     for i in range(t):
-        clean = detector.move_frame(canvas, tuple(truth[i].tolist()), margin_px=margin,
-                                    image_shape=shape)
-        raw = detector.count_frame((clean * dose_px).numpy(), gain, rng, frame_index=i,
-                                   hot_pixels=hot, xray_hits=[])
+        clean = detector.move_frame(canvas, tuple(truth[i].tolist()), margin_px=margin, image_shape=shape)
+        raw = detector.count_frame((clean * dose_px).numpy(), gain, rng, frame_index=i, hot_pixels=hot, xray_hits=[])
         frames[i] = torch.from_numpy((raw * gain).astype(np.float32))
     return frames, truth
 
@@ -334,8 +364,7 @@ def test_trajectory_prior_smooths_noise_and_keeps_measured_jitter():
     raw_err, smooth_err, precise_raw, precise_smooth = [], [], [], []
     for _ in range(40):
         truth = decaying_trajectory(20, rng).double()
-        for sd, raw_list, smooth_list in ((0.3, raw_err, smooth_err),
-                                          (0.01, precise_raw, precise_smooth)):
+        for sd, raw_list, smooth_list in ((0.3, raw_err, smooth_err), (0.01, precise_raw, precise_smooth)):
             meas = truth + torch.from_numpy(rng.normal(0.0, sd, (20, 2)))
             out = smooth_trajectory(meas, torch.full((20, 2), sd**2))
             raw_list.append(rms_px(meas, truth) ** 2)
@@ -369,9 +398,7 @@ def test_local_motion_interpolates_control_points():
     motion = LocalMotion(grid=grid, global_shifts=glob, image_shape=(100, 300))
     xs, ys = torch.tensor([0.0, 299.0, 299.0 / 3]), torch.tensor([0.0, 99.0, 0.0])
     got = motion.shifts_at(torch.tensor([0, 4, 2]), xs, ys)
-    expected = torch.stack(
-        [grid[0, 0, 0] + glob[0], grid[2, 1, 3] + glob[4], grid[1, 0, 1] + glob[2]]
-    )
+    expected = torch.stack([grid[0, 0, 0] + glob[0], grid[2, 1, 3] + glob[4], grid[1, 0, 1] + glob[2]])
     assert torch.allclose(got, expected, atol=1e-4)
 
 
@@ -388,8 +415,8 @@ def test_tile_warp_with_zero_local_motion_matches_fourier_shift():
 def test_estimate_motion_equals_separate_estimates_on_cleaned_frames():
     """One binning with outliers cleaned on the way == cleaned copy + global + local estimates."""
     frames, _, _, _ = deformed_movie((512, 512), 8, 2.76, 3.0, seed=2, amp_px=1.0)
-    frames[:, 100, 200] += 40.0          # a persistent hot pixel
-    frames[3, 300:302, 50:52] += 400.0   # an X-ray hit
+    frames[:, 100, 200] += 40.0  # a persistent hot pixel
+    frames[3, 300:302, 50:52] += 400.0  # an X-ray hit
     cleaned = suppress_bright_outliers(frames)
     g = estimate_global_shifts(cleaned, pixel_size_a=2.76)
     separate = estimate_local_motion(cleaned, g, pixel_size_a=2.76, grid=(3, 3, 3))
@@ -404,8 +431,8 @@ def test_estimate_motion_equals_separate_estimates_on_cleaned_frames():
 def test_bright_outliers_are_found_and_replaced_by_the_frame_mean():
     g = torch.Generator().manual_seed(9)
     frames = torch.poisson(torch.full((6, 300, 400), 2.0), generator=g)
-    frames[:, 10, 20] += 12.0            # persistent: only mildly high in each frame
-    frames[2, 150, 30] = 500.0           # X-ray hits
+    frames[:, 10, 20] += 12.0  # persistent: only mildly high in each frame
+    frames[2, 150, 30] = 500.0  # X-ray hits
     frames[4, 299, 399] = 300.0
     mask = bright_outlier_mask(frames)
     expected = torch.zeros_like(mask)
@@ -422,7 +449,7 @@ def test_bright_outliers_are_found_and_replaced_by_the_frame_mean():
 def test_binning_in_blocks_equals_cropping_the_full_spectrum(monkeypatch):
     """The streamed Fourier crop (row blocks, column blocks) is the plain rfft2 crop."""
     frames = torch.rand(3, 250, 330) * 10
-    monkeypatch.setattr(defects, "CHUNK_PIXELS", 4000)        # many small blocks
+    monkeypatch.setattr(defects, "CHUNK_PIXELS", 4000)  # many small blocks
     monkeypatch.setattr(motion_xcorr, "CHUNK_PIXELS", 4000)
     for shape in ((250, 330), (120, 168), (97, 121)):
         binned = motion_xcorr.bin_frames(frames, shape)
@@ -460,7 +487,11 @@ def equivalent_shift_px(image, truth, patch=64, edge=32):
     h, w = truth.shape
     for y in range(edge, h - edge - patch + 1, patch):
         for x in range(edge, w - edge - patch + 1, patch):
-            a, b, d = gx[y : y + patch, x : x + patch], gy[y : y + patch, x : x + patch], diff[y : y + patch, x : x + patch]
+            a, b, d = (
+                gx[y : y + patch, x : x + patch],
+                gy[y : y + patch, x : x + patch],
+                diff[y : y + patch, x : x + patch],
+            )
             m = torch.tensor([[(a * a).sum(), (a * b).sum()], [(a * b).sum(), (b * b).sum()]], dtype=torch.float64)
             out.append(torch.linalg.solve(m, torch.tensor([(d * a).sum(), (d * b).sum()], dtype=torch.float64)))
     return float(torch.stack(out).norm(dim=-1).square().mean().sqrt())
@@ -480,8 +511,9 @@ def test_tile_warp_restores_a_frame_moved_by_a_known_smooth_field(amp_px):
     yy, xx = pixel_grid(shape)
     s = motion.shifts_at(torch.zeros_like(xx).long(), xx, yy)
     where = torch.stack([(xx + s[..., 0]) / (shape[1] - 1), (yy + s[..., 1]) / (shape[0] - 1)], -1) * 2 - 1
-    bicubic = torch.nn.functional.grid_sample(frame[None, None], where[None], mode="bicubic",
-                                              align_corners=True, padding_mode="border")[0, 0]
+    bicubic = torch.nn.functional.grid_sample(
+        frame[None, None], where[None], mode="bicubic", align_corners=True, padding_mode="border"
+    )[0, 0]
     inner = (slice(24, -24), slice(24, -24))
     error, error_bicubic = ((im - truth)[inner].std() / truth[inner].std() for im in (restored, bicubic))
     assert error < 0.05 and error < error_bicubic
@@ -496,7 +528,7 @@ def test_local_sum_with_a_uniform_field_matches_the_fourier_sum():
     frames = clean * dose_px
     per_frame = torch.tensor([[0.3, -0.2], [0.1, 0.25], [-0.15, 0.05], [0.0, -0.3], [0.2, 0.1], [-0.45, 0.1]])
     per_frame = per_frame - per_frame.mean(0)
-    grid = per_frame[:, None, None, :].expand(6, 2, 2, 2).clone()   # nt = t: one node per frame
+    grid = per_frame[:, None, None, :].expand(6, 2, 2, 2).clone()  # nt = t: one node per frame
     motion = LocalMotion(grid=grid, global_shifts=shifts, image_shape=(320, 384))
     weighting = DoseWeighting(2.76, dose_per_frame_e_a2=5.0, pre_exposure_e_a2=40.0)
     inner = (slice(24, -24), slice(24, -24))
@@ -511,6 +543,7 @@ def test_local_sum_with_a_uniform_field_matches_the_fourier_sum():
 
 
 # --- sums ------------------------------------------------------------------------------------
+
 
 def test_even_odd_add_up_and_their_noise_is_independent():
     frames, shifts, clean, dose_px = movie((512, 512), 8, 2.76, 3.0, seed=6)
@@ -583,8 +616,12 @@ def test_prepare_frames_orients_the_gain(o):
         stored_gain, stored_dark = torch.flip(stored_gain, dims), torch.flip(stored_dark, dims)
     before = raw.clone()
     out = prepare_frames(
-        raw, gain=stored_gain.numpy(), dark=stored_dark,
-        gain_transpose=o.transpose, gain_flip_x=o.flip_x, gain_flip_y=o.flip_y,
+        raw,
+        gain=stored_gain.numpy(),
+        dark=stored_dark,
+        gain_transpose=o.transpose,
+        gain_flip_x=o.flip_x,
+        gain_flip_y=o.flip_y,
     )
     assert out.dtype == torch.float32 and torch.equal(raw, before)
     assert torch.allclose(out, (raw.float() - dark) * gain, atol=1e-6)

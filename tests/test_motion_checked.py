@@ -21,9 +21,9 @@ def test_jumps_and_spans_beyond_what_a_specimen_does_are_named():
 
 def test_group_shifts_are_interpolated_to_every_frame():
     true = torch.stack([torch.linspace(-3, 3, 12), torch.linspace(2, -2, 12)], -1)
-    groups = torch.stack([true[i * 4:(i + 1) * 4].mean(0) for i in range(3)])   # centres 1.5, 5.5, 9.5
+    groups = torch.stack([true[i * 4 : (i + 1) * 4].mean(0) for i in range(3)])  # centres 1.5, 5.5, 9.5
     out = _interpolate_groups(groups, 4, 12)
-    inner = slice(2, 10)                                # between the first and last centres
+    inner = slice(2, 10)  # between the first and last centres
     torch.testing.assert_close(out[inner], (true - true.mean(0))[inner], atol=1e-5, rtol=0)
 
 

@@ -49,7 +49,7 @@ def _recorded(store: ProjectStore, run_id: int) -> dict[str, float]:
 def reference(demo, tmp_path_factory) -> dict[str, np.ndarray]:
     store = ProjectStore(tmp_path_factory.mktemp("ref") / "p")
     run = _motion(store, demo)
-    assert not list(store.run_dir(run.id).glob("sums/*.npy"))   # per-movie sums go once the run is finished
+    assert not list(store.run_dir(run.id).glob("sums/*.npy"))  # per-movie sums go once the run is finished
     return _stacks(store, run.id)
 
 
@@ -69,20 +69,20 @@ def _killed_at(monkeypatch, target, name: str, when) -> None:
 def test_continue_after_kill_while_assembling(demo, reference, tmp_path, monkeypatch, one_torch_thread, where):
     store = ProjectStore(tmp_path / "p")
     with monkeypatch.context() as m:
-        if where == "second series stack":     # the first series is stacked, the second not yet
+        if where == "second series stack":  # the first series is stacked, the second not yet
             _killed_at(m, mrc, "write_mrc", lambda path, *a: Path(path).name.startswith("TS_02"))
-        else:                                  # every stack written, the run not yet registered
+        else:  # every stack written, the run not yet registered
             _killed_at(m, ProjectStore, "finish_run", lambda store, run_id, outputs: "CTFTomoSeries" in outputs)
         with pytest.raises(KeyboardInterrupt):
             _motion(store, demo)
     run = next(r for r in store.runs() if r.step == "motion-ctf")
     assert run.status == "interrupted" and store.outputs(run.id) == []
-    store.set_status(run.id, "running")         # what SIGKILL leaves behind
+    store.set_status(run.id, "running")  # what SIGKILL leaves behind
     before = _recorded(store, run.id)
     assert len(before) == 8
     done = run_step(store, "motion-ctf", {}, resume=run.id)
     assert done.id == run.id and done.status == "finished"
-    assert _recorded(store, run.id) == before                  # no movie recomputed
+    assert _recorded(store, run.id) == before  # no movie recomputed
     assert not list(store.run_dir(run.id).glob("sums/*.npy"))
     got = _stacks(store, run.id)
     assert got.keys() == reference.keys()

@@ -19,8 +19,9 @@ ANGLES = [-9.0, -6.0, -3.0, 0.0, 3.0, 6.0, 9.0]
 
 
 def _good(folder, name="TS_01.st"):
-    path = write_mrc(folder / name, np.random.default_rng(0).normal(size=(7, 40, 48)).astype(np.float32),
-                     voxel_size_a=2.5)
+    path = write_mrc(
+        folder / name, np.random.default_rng(0).normal(size=(7, 40, 48)).astype(np.float32), voxel_size_a=2.5
+    )
     (folder / "TS_01.rawtlt").write_text("".join(f"{a}\n" for a in ANGLES))
     return path
 
@@ -28,7 +29,7 @@ def _good(folder, name="TS_01.st"):
 def _truncated(folder):
     path = _good(folder)
     data = path.read_bytes()
-    path.write_bytes(data[: 1024 + 3 * 40 * 48 * 4 + 100])     # 3 sections and a bit of a fourth
+    path.write_bytes(data[: 1024 + 3 * 40 * 48 * 4 + 100])  # 3 sections and a bit of a fourth
     return path
 
 
@@ -36,7 +37,7 @@ def _garbage_header(folder):
     path = _good(folder)
     data = bytearray(path.read_bytes())
     data[:1024] = np.random.default_rng(3).integers(0, 256, 1024, dtype=np.uint8).tobytes()
-    data[8:12] = struct.pack("<i", 1061376589)                  # the section count of the report
+    data[8:12] = struct.pack("<i", 1061376589)  # the section count of the report
     path.write_bytes(bytes(data))
     return path
 
@@ -44,22 +45,24 @@ def _garbage_header(folder):
 def _huge_section_count(folder):
     path = _good(folder)
     data = bytearray(path.read_bytes())
-    data[8:12] = struct.pack("<i", 1061376589)                  # a plausible header otherwise
+    data[8:12] = struct.pack("<i", 1061376589)  # a plausible header otherwise
     path.write_bytes(bytes(data))
     return path
 
 
 def _short(folder):
     path = folder / "TS_01.st"
-    path.write_bytes(b"MRC?" * 50)                             # not even a header
+    path.write_bytes(b"MRC?" * 50)  # not even a header
     (folder / "TS_01.rawtlt").write_text("".join(f"{a}\n" for a in ANGLES))
     return path
 
 
-CASES = {"truncated": (_truncated, r"truncated.*7 sections.*48 x 40.*float32.*bytes"),
-         "garbage header": (_garbage_header, r"not a readable MRC.*corrupt"),
-         "huge section count": (_huge_section_count, r"corrupt or truncated.*1061376589 sections.*file holds"),
-         "shorter than a header": (_short, r"200 bytes.*1024-byte")}
+CASES = {
+    "truncated": (_truncated, r"truncated.*7 sections.*48 x 40.*float32.*bytes"),
+    "garbage header": (_garbage_header, r"not a readable MRC.*corrupt"),
+    "huge section count": (_huge_section_count, r"corrupt or truncated.*1061376589 sections.*file holds"),
+    "shorter than a header": (_short, r"200 bytes.*1024-byte"),
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -102,8 +105,20 @@ def test_cli_import_prints_one_line_and_exits_2(case, tmp_path):
     path = make(folder)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = CliRunner().invoke(build_cli(), ["import-tilt-series", "-p", str(tmp_path / "p"), "--files",
-                                                  str(folder), "--pattern", "{TS}.st", "--voltage", "300"])
+        result = CliRunner().invoke(
+            build_cli(),
+            [
+                "import-tilt-series",
+                "-p",
+                str(tmp_path / "p"),
+                "--files",
+                str(folder),
+                "--pattern",
+                "{TS}.st",
+                "--voltage",
+                "300",
+            ],
+        )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -119,9 +134,26 @@ def test_cli_in_a_fresh_process_has_no_warning_lines(tmp_path):
     path = _garbage_header(folder)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default")
     code = "from tiltflow.cli.main import main; main()"
-    proc = subprocess.run([sys.executable, "-c", code, "import-tilt-series", "-p", str(tmp_path / "p"), "--files",
-                           str(folder), "--pattern", "{TS}.st", "--voltage", "300"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "import-tilt-series",
+            "-p",
+            str(tmp_path / "p"),
+            "--files",
+            str(folder),
+            "--pattern",
+            "{TS}.st",
+            "--voltage",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and str(path) in lines[0], lines

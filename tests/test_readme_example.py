@@ -48,8 +48,13 @@ def test_readme_example_runs_verbatim(tmp_path, monkeypatch, one_torch_thread):
         printed.setdefault(args[1], []).append(result.output)
     store = ProjectStore(tmp_path / "P", create=False)
     assert [(r.id, r.step, r.status) for r in store.runs()] == [
-        (1, "import-movies", "finished"), (2, "motion-ctf", "finished"), (3, "xray-erase", "finished"),
-        (4, "align", "finished"), (5, "align", "finished"), (6, "reconstruct", "finished")]
+        (1, "import-movies", "finished"),
+        (2, "motion-ctf", "finished"),
+        (3, "xray-erase", "finished"),
+        (4, "align", "finished"),
+        (5, "align", "finished"),
+        (6, "reconstruct", "finished"),
+    ]
     # a subset is an output of the run it curates: the pointers the README's next commands use
     assert [out.split(":")[0] for out in printed["subset"]] == ["3.TiltSeries_2", "4.TiltSeries_2"]
     assert store.run(5).inputs == {"input": "4.TiltSeries_2"} and store.run(6).inputs == {"input": "5.TiltSeries"}

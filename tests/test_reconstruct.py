@@ -28,7 +28,12 @@ NZ, NY, NX = 40, 40, 80
 ANGLES = torch.linspace(-60.0, 60.0, 41)
 # x, y, z (px, specimen frame), sigma (px), amplitude
 BLOBS = torch.tensor(
-    [[-20.0, -8.0, 8.0, 2.5, 1.0], [15.0, 10.0, -10.0, 2.0, 1.5], [0.0, 0.0, 0.0, 3.0, 0.8], [30.0, -12.0, -5.0, 2.0, 1.2]],
+    [
+        [-20.0, -8.0, 8.0, 2.5, 1.0],
+        [15.0, 10.0, -10.0, 2.0, 1.5],
+        [0.0, 0.0, 0.0, 3.0, 0.8],
+        [30.0, -12.0, -5.0, 2.0, 1.2],
+    ],
     dtype=torch.float64,
 )
 
@@ -51,7 +56,7 @@ def gaussian_image(centres_xy, sigma, amps, shape):
     yy = torch.arange(h, dtype=torch.float64)[:, None]
     xx = torch.arange(w, dtype=torch.float64)[None, :]
     img = torch.zeros(h, w, dtype=torch.float64)
-    for (cx, cy), s, a in zip(centres_xy.tolist(), sigma, amps):
+    for (cx, cy), s, a in zip(centres_xy.tolist(), sigma, amps, strict=False):
         img += a * torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
     return img
 
@@ -59,8 +64,11 @@ def gaussian_image(centres_xy, sigma, amps, shape):
 def blob_projections(angles, *, tilt_axis_deg=0.0, shifts_px=None, shape=(NY, NX), blobs=BLOBS):
     """Analytic projections of ``blobs`` into raw views ``(t, h, w)`` via geometry.project_points."""
     raw = geometry.project_points(
-        blobs[:, :3], tilt_angles_deg=torch.as_tensor(angles), tilt_axis_deg=tilt_axis_deg,
-        shifts_px=shifts_px, image_shape=shape,
+        blobs[:, :3],
+        tilt_angles_deg=torch.as_tensor(angles),
+        tilt_axis_deg=tilt_axis_deg,
+        shifts_px=shifts_px,
+        image_shape=shape,
     )
     sig = blobs[:, 3].tolist()
     amps = (blobs[:, 4] * blobs[:, 3] * math.sqrt(2 * math.pi)).tolist()
@@ -88,10 +96,10 @@ def wedge_band_correlation(a, b, *, max_tilt_deg=60.0, k_max=0.25):
 def subvoxel_peak(vol, near_zyx, radius=3):
     """Specimen (z, y, x) of the local maximum near a voxel, refined by a parabola along each axis."""
     dims = vol.shape
-    idx = [round(c + (n - 1) / 2.0) for c, n in zip(near_zyx, dims)]
+    idx = [round(c + (n - 1) / 2.0) for c, n in zip(near_zyx, dims, strict=False)]
     lo = [max(i - radius, 0) for i in idx]
-    sub = vol[lo[0]:idx[0] + radius + 1, lo[1]:idx[1] + radius + 1, lo[2]:idx[2] + radius + 1]
-    p = [int(q) + o for q, o in zip(torch.nonzero(sub == sub.max())[0], lo)]
+    sub = vol[lo[0] : idx[0] + radius + 1, lo[1] : idx[1] + radius + 1, lo[2] : idx[2] + radius + 1]
+    p = [int(q) + o for q, o in zip(torch.nonzero(sub == sub.max())[0], lo, strict=False)]
     out = []
     for ax in range(3):
         m, c, pl = (list(p) for _ in range(3))
@@ -105,9 +113,11 @@ def subvoxel_peak(vol, near_zyx, radius=3):
 def centroid(img, centre_xy, radius=6):
     """Intensity centroid (x, y) of ``img`` in a square window around a 0-based position."""
     cx, cy = (round(c) for c in centre_xy)
-    win = img[cy - radius:cy + radius + 1, cx - radius:cx + radius + 1].double()
+    win = img[cy - radius : cy + radius + 1, cx - radius : cx + radius + 1].double()
     win = win - win.min()
-    yy, xx = torch.meshgrid(torch.arange(cy - radius, cy + radius + 1), torch.arange(cx - radius, cx + radius + 1), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(cy - radius, cy + radius + 1), torch.arange(cx - radius, cx + radius + 1), indexing="ij"
+    )
     return float((win * xx).sum() / win.sum()), float((win * yy).sum() / win.sum())
 
 
@@ -128,7 +138,10 @@ def sirt20_volume(blob_series):
 
 # --- projector pair --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("zyx, offsets", [((15, 5, 30), (0.0, 0.0)), ((3, 10, 70), (4.5, -7.25)), ((35, 0, 11), (-2.0, 3.0))])
+
+@pytest.mark.parametrize(
+    "zyx, offsets", [((15, 5, 30), (0.0, 0.0)), ((3, 10, 70), (4.5, -7.25)), ((35, 0, 11), (-2.0, 3.0))]
+)
 def test_project_volume_puts_a_voxel_where_geometry_projects_it(zyx, offsets):
     z_off, x_off = offsets
     iz, iy, ix = zyx
@@ -136,7 +149,9 @@ def test_project_volume_puts_a_voxel_where_geometry_projects_it(zyx, offsets):
     vol[iz, iy, ix] = 1.0
     views = project_volume(vol, ANGLES, z_offset_px=z_off, x_offset_px=x_off)
     point = torch.tensor([[ix - (NX - 1) / 2 + x_off, iy - 7.5, iz - (NZ - 1) / 2 + z_off]], dtype=torch.float64)
-    expected = geometry.project_points(point, tilt_angles_deg=ANGLES, tilt_axis_deg=0.0, shifts_px=None, image_shape=(16, NX))
+    expected = geometry.project_points(
+        point, tilt_angles_deg=ANGLES, tilt_axis_deg=0.0, shifts_px=None, image_shape=(16, NX)
+    )
     row = views[:, iy, :].double()
     cols = torch.arange(NX, dtype=torch.float64)
     found_x = (row * cols).sum(-1) / row.sum(-1)
@@ -161,6 +176,7 @@ def test_project_volume_matches_analytic_projections(blob_series):
 
 
 # --- WBP -------------------------------------------------------------------------------------------
+
 
 def test_wbp_peaks_at_the_blob_positions(wbp_volume):
     for bx, by, bz, _, _ in BLOBS.tolist():
@@ -199,8 +215,8 @@ def test_radial_filter_is_a_ramp_with_gaussian_falloff():
     w = radial_filter(n, cutoff=0.3, falloff=0.05).double()
     k = torch.arange(n // 2 + 1, dtype=torch.float64) / n
     assert w.shape == (n // 2 + 1,)
-    assert torch.allclose(w[1:121], k[1:121], rtol=1e-6)          # ramp up to 0.3 cycles/px
-    assert abs(float(w[0]) - 0.2 / n) < 1e-9                      # Kak & Slaney's value at 0
+    assert torch.allclose(w[1:121], k[1:121], rtol=1e-6)  # ramp up to 0.3 cycles/px
+    assert abs(float(w[0]) - 0.2 / n) < 1e-9  # Kak & Slaney's value at 0
     assert abs(float(w[140] / w[120]) - math.exp(-0.5 * (0.05 / 0.05) ** 2)) < 1e-5  # one sigma out
     assert torch.allclose(radial_filter(n, n_views=41), radial_filter(n) * math.pi / 41)
 
@@ -214,13 +230,13 @@ def test_fake_sirt_filter_keeps_low_frequencies_and_flattens_high_ones():
         ratio = (radial_filter(n, cutoff=0.5, sirt_like_iterations=iters).double() / ramp)[1:]
         kk = k[1:]
         assert torch.all(ratio <= 1.0 + 1e-6) and torch.all(ratio > 0)
-        assert torch.all(ratio[kk <= 2 * FAKE_SIRT_ALPHA] > 0.99)           # low frequencies untouched
-        assert torch.all(ratio[1:] <= ratio[:-1] + 1e-6)                    # attenuation grows with k
-        plateau = fake_sirt_exponent(iters) * FAKE_SIRT_ALPHA               # weight -> N alpha at high k
+        assert torch.all(ratio[kk <= 2 * FAKE_SIRT_ALPHA] > 0.99)  # low frequencies untouched
+        assert torch.all(ratio[1:] <= ratio[:-1] + 1e-6)  # attenuation grows with k
+        plateau = fake_sirt_exponent(iters) * FAKE_SIRT_ALPHA  # weight -> N alpha at high k
         hi = kk > 20 * plateau
         assert torch.allclose(ratio[hi] * kk[hi], torch.full_like(kk[hi], plateau), rtol=0.05)
         if prev is not None:
-            assert torch.all(ratio >= prev - 1e-6)                          # more iterations, closer to WBP
+            assert torch.all(ratio >= prev - 1e-6)  # more iterations, closer to WBP
         prev = ratio
 
 
@@ -229,11 +245,13 @@ def test_fake_sirt_reconstruction_moves_power_to_low_frequencies(blob_series, wb
         p = torch.fft.fftn(v.double() - v.double().mean()).abs() ** 2
         kz, ky, kx = torch.meshgrid(*(torch.fft.fftfreq(s) for s in v.shape), indexing="ij")
         return float(p[torch.sqrt(kx**2 + ky**2 + kz**2) < 0.05].sum() / p.sum())
+
     fake = wbp(blob_series, ANGLES, thickness_px=NZ, fake_sirt_iterations=10)
     assert low_fraction(fake) > low_fraction(wbp_volume) + 0.05  # measured 0.38 vs 0.20
 
 
 # --- SIRT ------------------------------------------------------------------------------------------
+
 
 def test_sirt_residual_decreases_monotonically(blob_series):
     x, residuals = None, []
@@ -274,20 +292,31 @@ def test_sirt_by_blocks_of_rows_equals_the_whole_volume(blob_series, monkeypatch
 
 # --- .xf alignment and binning ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("out_shape", [None, (100, 140)])
 def test_apply_xf_maps_raw_projections_to_aligned_positions(out_shape):
     tilt_axis, shape = -96.3, (128, 112)
     angles = torch.tensor([-50.0, -20.0, 0.0, 30.0, 55.0])
     shifts = torch.tensor([[3.2, -5.7], [-6.1, 2.4], [0.0, 0.0], [4.4, 4.9], [-2.3, -6.6]], dtype=torch.float64)
     # points whose projections stay > 20 px apart, so window centroids are unbiased
-    points = torch.tensor([[-30.0, -35.0, 5.0, 2.0, 1.0], [25.0, -5.0, -8.0, 2.0, 1.0], [-5.0, 25.0, 10.0, 2.0, 1.0], [35.0, 40.0, 0.0, 2.0, 1.0]], dtype=torch.float64)
+    points = torch.tensor(
+        [
+            [-30.0, -35.0, 5.0, 2.0, 1.0],
+            [25.0, -5.0, -8.0, 2.0, 1.0],
+            [-5.0, 25.0, 10.0, 2.0, 1.0],
+            [35.0, 40.0, 0.0, 2.0, 1.0],
+        ],
+        dtype=torch.float64,
+    )
     raw = blob_projections(angles, tilt_axis_deg=tilt_axis, shifts_px=shifts, shape=shape, blobs=points)
     xf = geometry.xf_from_geometry(tilt_axis, shifts)
     oh, ow = shape if out_shape is None else out_shape
     for mode in ("bicubic", "bilinear"):
         aligned = apply_xf(raw, xf, out_shape, mode=mode)
         assert aligned.shape == (5, oh, ow)
-        expected = geometry.tilt_points(points[:, :3], angles)[..., :2] + torch.tensor([(ow - 1) / 2, (oh - 1) / 2], dtype=torch.float64)
+        expected = geometry.tilt_points(points[:, :3], angles)[..., :2] + torch.tensor(
+            [(ow - 1) / 2, (oh - 1) / 2], dtype=torch.float64
+        )
         for i in range(5):
             for j in range(len(points)):
                 cx, cy = centroid(aligned[i], expected[i, j].tolist())
@@ -357,12 +386,12 @@ def tilted_ctf_image():
     dfs = df0 + x_centre * math.tan(math.radians(tilt)) * CTF_KW["pixel_size_a"]
     image = torch.empty_like(specimen)
     for b0 in range(0, len(dfs), 16):
-        d = dfs[b0:b0 + 16]
+        d = dfs[b0 : b0 + 16]
         ctf = ctf_2d((n, n), defocus_u_a=d, defocus_v_a=d, astigmatism_angle_deg=torch.zeros_like(d), **CTF_KW)
         modulated = torch.fft.irfft2(spectrum * ctf.double(), s=(n, n))
         for j in range(len(d)):
             x0 = (b0 + j) * block
-            image[:, x0:x0 + block] = modulated[j, :, x0:x0 + block]
+            image[:, x0 : x0 + block] = modulated[j, :, x0 : x0 + block]
     return image.float(), -specimen, df0, tilt  # -specimen: the ideal image (dark protein, like low k)
 
 
@@ -380,18 +409,22 @@ def test_ctf_phase_flip_strips_restores_contrast_in_every_band(tilted_ctf_image)
 
     image, ideal, df0, tilt = tilted_ctf_image
     flip = lambda angle, width: ctf_phase_flip_strips(
-        image[None], [angle], defocus_u_a=[df0], strip_width_px=width, **CTF_KW)[0]
+        image[None], [angle], defocus_u_a=[df0], strip_width_px=width, **CTF_KW
+    )[0]
     strips, whole, wrong_way = flip(tilt, 32), flip(tilt, 512), flip(-tilt, 32)
-    assert pearson(image, ideal) < 0.2            # CTF-modulated: measured 0.10
-    assert pearson(strips, ideal) > 0.8           # measured 0.857 (one defocus for the whole view: 0.755)
+    assert pearson(image, ideal) < 0.2  # CTF-modulated: measured 0.10
+    assert pearson(strips, ideal) > 0.8  # measured 0.857 (one defocus for the whole view: 0.755)
     for k_lo in (0.0, 0.1, 0.2, 0.3, 0.4):
         assert shell_correlation(strips, ideal, k_lo, k_lo + 0.05) > 0.7  # measured >= 0.77
     high = (0.3, 0.45)  # where the defocus gradient matters
-    assert shell_correlation(strips, ideal, *high) > shell_correlation(whole, ideal, *high) + 0.05  # measured 0.79 vs 0.48
+    assert (
+        shell_correlation(strips, ideal, *high) > shell_correlation(whole, ideal, *high) + 0.05
+    )  # measured 0.79 vs 0.48
     assert shell_correlation(wrong_way, ideal, *high) < 0.3  # reversed gradient: measured -0.01
 
 
 # --- CTF in the aligned frame, strip widths, dose weighting, cached operators ----------------------------
+
 
 def test_defocus_in_aligned_views_follows_the_xf_and_the_geometry():
     from tiltflow.core.phase_flip import defocus_in_aligned_views
@@ -400,8 +433,15 @@ def test_defocus_in_aligned_views_follows_the_xf_and_the_geometry():
     angles = torch.tensor([-50.0, 0.0, 40.0], dtype=torch.float64)
     shifts = torch.tensor([[12.0, -7.0], [0.0, 0.0], [-20.0, 5.0]], dtype=torch.float64)
     xf = geometry.xf_from_geometry(axis, shifts)
-    out = defocus_in_aligned_views(xf, angles, defocus_u_a=[20000.0] * 3, defocus_v_a=[19000.0] * 3,
-                                   astigmatism_angle_deg=[30.0] * 3, pixel_size_a=px, image_shape=shape)
+    out = defocus_in_aligned_views(
+        xf,
+        angles,
+        defocus_u_a=[20000.0] * 3,
+        defocus_v_a=[19000.0] * 3,
+        astigmatism_angle_deg=[30.0] * 3,
+        pixel_size_a=px,
+        image_shape=shape,
+    )
     # the aligned centre shows the raw point c + s (geometry: p_raw = c + R(axis) p_aligned + s); its
     # mid-plane defocus is the raw centre's plus x' tan(theta) px, x' = (R(-axis) s)_x
     s_aligned = shifts @ geometry.rotation_matrix_2d(-axis).T
@@ -409,20 +449,20 @@ def test_defocus_in_aligned_views_follows_the_xf_and_the_geometry():
     assert torch.allclose(out.defocus_u_a, expected, atol=1e-6)
     assert torch.allclose(out.defocus_u_a - out.defocus_v_a, torch.full((3,), 1000.0, dtype=torch.float64))
     assert torch.allclose(out.astigmatism_angle_deg, torch.full((3,), (30.0 - axis) % 180.0, dtype=torch.float64))
-    assert out.defocus_u_a[1] == pytest.approx(20000.0)           # no gradient at 0°
+    assert out.defocus_u_a[1] == pytest.approx(20000.0)  # no gradient at 0°
 
 
 def test_strip_width_keeps_the_defocus_change_within_tolerance():
     from tiltflow.core.phase_flip import strip_width_for_tolerance
 
     widths = strip_width_for_tolerance([0.0, 30.0, 60.0], pixel_size_a=2.0, width_px=1000, defocus_tol_a=500.0)
-    assert widths[0] == 1000                                       # flat view: one strip
-    for w, a in zip(widths[1:], (30.0, 60.0)):
+    assert widths[0] == 1000  # flat view: one strip
+    for w, a in zip(widths[1:], (30.0, 60.0), strict=False):
         assert w * math.tan(math.radians(a)) * 2.0 <= 500.0 < (w + 1) * math.tan(math.radians(a)) * 2.0
     auto = strip_width_for_tolerance([60.0], pixel_size_a=2.0, width_px=1000)[0]
-    lam = 0.019687                                                  # Å at 300 kV
-    tol = auto * math.tan(math.radians(60.0)) * 2.0                 # Å of defocus across one strip
-    assert math.pi * lam * tol * (0.25 / 2.0) ** 2 <= math.pi / 4 + 1e-3   # phase change at Nyquist <= pi/4
+    lam = 0.019687  # Å at 300 kV
+    tol = auto * math.tan(math.radians(60.0)) * 2.0  # Å of defocus across one strip
+    assert math.pi * lam * tol * (0.25 / 2.0) ** 2 <= math.pi / 4 + 1e-3  # phase change at Nyquist <= pi/4
 
 
 def test_dose_weighting_is_the_simulators_damage_filter_per_view():
@@ -456,7 +496,7 @@ def test_cached_operators_give_the_same_projections_and_stay_bounded(blob_series
     assert len(cache) == 1 and torch.equal(first, again)
     assert torch.allclose(first, project_volume(vol, ANGLES), atol=1e-5)
     bp = backproject(blob_series, ANGLES, thickness_px=NZ, operators=cache)
-    assert len(cache) == 1                                          # same geometry: the same matrices
+    assert len(cache) == 1  # same geometry: the same matrices
     assert torch.allclose(bp, backproject(blob_series, ANGLES, thickness_px=NZ), atol=1e-4)
     for offset in (1.0, 2.0, 3.0):
         project_volume(vol, ANGLES + offset, operators=cache)

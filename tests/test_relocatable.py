@@ -26,8 +26,9 @@ def original(tmp_path_factory, one_torch_thread) -> Path:
     demo = base / "raw"
     write_demo_dataset(demo, DemoConfig(n_series=1, n_tilts=5, size=(128, 128), n_frames=3, seed=8), force=True)
     store = ProjectStore(base / "proj")
-    imp = run_step(store, "import-movies",
-                   {"files": str(demo), "pattern": "*.mdoc", "gain": str(demo / "gain_ref.gain")})
+    imp = run_step(
+        store, "import-movies", {"files": str(demo), "pattern": "*.mdoc", "gain": str(demo / "gain_ref.gain")}
+    )
     run_step(store, "motion-ctf", FAST, {"input": str(imp.id)})
     return store.root
 
@@ -43,6 +44,7 @@ def client_for(root: Path):
     from fastapi.testclient import TestClient
 
     from tiltflow.web.app import TOKEN_HEADER, create_app
+
     return TestClient(create_app(ProjectStore(root, create=False), TOKEN), headers={TOKEN_HEADER: TOKEN})
 
 
@@ -86,7 +88,7 @@ def test_project_stores_no_path_of_its_own_folder(original):
     hits = [line for line in dump.splitlines() if str(original) in line]
     assert len(hits) == 1 and "'root'" in hits[0], hits[:3]
     raw = str(original.parent / "raw")
-    assert raw in dump          # inputs outside the project stay absolute
+    assert raw in dump  # inputs outside the project stay absolute
 
 
 def test_copied_project_uses_its_own_files(original, tmp_path):
@@ -125,10 +127,10 @@ def test_older_projects_with_absolute_paths_are_rerooted(original, tmp_path):
     shutil.copytree(original, old)
     _legacy(old)
     copied = tmp_path / "copied"
-    shutil.copytree(old, copied)           # the old one is still there: the copy must not use its files
+    shutil.copytree(old, copied)  # the old one is still there: the copy must not use its files
     check_works_in(copied, old)
     moved = tmp_path / "moved"
-    old.rename(moved)                      # the old folder is gone
+    old.rename(moved)  # the old folder is gone
     check_works_in(moved, old)
 
 

@@ -23,34 +23,85 @@ REPO = Path(__file__).resolve().parents[1]
 # run). Every other protocol must be listed as out of scope.
 EXPECTED = {
     "202601_Streaming_Chlamy.json.template": {
-        "42935": "import-movies", "42867": "motion-ctf", "42827": "~import-movies", "42789": "xray-erase",
-        "42725": "align", "43131": "~reconstruct", "43000": "normalize", "43042": "reconstruct", "43085": "reconstruct"},
+        "42935": "import-movies",
+        "42867": "motion-ctf",
+        "42827": "~import-movies",
+        "42789": "xray-erase",
+        "42725": "align",
+        "43131": "~reconstruct",
+        "43000": "normalize",
+        "43042": "reconstruct",
+        "43085": "reconstruct",
+    },
     "202601_Streaming_HIV.json.template": {
-        "41473": "import-movies", "41405": "motion-ctf", "41365": "~import-movies", "41575": "xray-erase",
-        "41613": "dose-filter", "41650": "~align", "41695": "~align", "41749": "align", "41538": "erase-beads",
-        "41917": "ctf", "41792": "~reconstruct", "41832": "normalize", "41874": "reconstruct"},
+        "41473": "import-movies",
+        "41405": "motion-ctf",
+        "41365": "~import-movies",
+        "41575": "xray-erase",
+        "41613": "dose-filter",
+        "41650": "~align",
+        "41695": "~align",
+        "41749": "align",
+        "41538": "erase-beads",
+        "41917": "ctf",
+        "41792": "~reconstruct",
+        "41832": "normalize",
+        "41874": "reconstruct",
+    },
     "tutorial_STA_CellEnv_Chlamy.json.template": {
-        "2": "import-movies", "52": "motion-ctf", "113": "xray-erase", "151": "align", "726": "~reconstruct",
-        "766": "normalize", "808": "reconstruct"},
+        "2": "import-movies",
+        "52": "motion-ctf",
+        "113": "xray-erase",
+        "151": "align",
+        "726": "~reconstruct",
+        "766": "normalize",
+        "808": "reconstruct",
+    },
     "tutorial_STA_HIV.json.template": {
-        "2": "import-movies", "52": "motion-ctf", "152": "xray-erase", "115": "erase-beads", "190": "dose-filter",
-        "227": "~align", "272": "~align", "326": "align", "369": "assign-alignment", "1660": "ctf",
-        "1787": "~reconstruct", "405": "normalize", "542": "reconstruct"},
+        "2": "import-movies",
+        "52": "motion-ctf",
+        "152": "xray-erase",
+        "115": "erase-beads",
+        "190": "dose-filter",
+        "227": "~align",
+        "272": "~align",
+        "326": "align",
+        "369": "assign-alignment",
+        "1660": "ctf",
+        "1787": "~reconstruct",
+        "405": "normalize",
+        "542": "reconstruct",
+    },
     "tutorial_STA_apoferritin.json.template": {
-        "2": "import-movies", "52": "motion-ctf", "113": "xray-erase", "2173": "align"},
+        "2": "import-movies",
+        "52": "motion-ctf",
+        "113": "xray-erase",
+        "2173": "align",
+    },
     "tutorial_nonOrientedPicking_ribosome.json.template": {
-        "1254": "import-tilt-series", "2506": "align", "2157": None, "2197": None, "2313": None},
+        "1254": "import-tilt-series",
+        "2506": "align",
+        "2157": None,
+        "2197": None,
+        "2313": None,
+    },
     "deprecated/tutorial_apoferritin_STA.json.template": {
-        "2": "import-movies", "83": "motion-ctf", "186": "xray-erase", "253": "normalize", "478": "align",
-        "575": "reconstruct", "714": "assign-alignment"},
+        "2": "import-movies",
+        "83": "motion-ctf",
+        "186": "xray-erase",
+        "253": "normalize",
+        "478": "align",
+        "575": "reconstruct",
+        "714": "assign-alignment",
+    },
 }
 EXPECTED["202601_F_Streaming_Chlamy.json.template"] = EXPECTED["202601_Streaming_Chlamy.json.template"]
 EXPECTED["202601_F_Streaming_HIV.json.template"] = EXPECTED["202601_Streaming_HIV.json.template"]
-for _old, _ids in (("deprecated/tomo_202503_HIV_workflow.json.template",
-                    "2 83 243 206 310 376 481 542 687 794 863 752 933"),
-                   ("deprecated/tutorial_HIV_STA_202503.json.template",
-                    "2 51 151 114 189 226 273 327 372 450 505 408 546")):
-    EXPECTED[_old] = dict(zip(_ids.split(), EXPECTED["tutorial_STA_HIV.json.template"].values()))
+for _old, _ids in (
+    ("deprecated/tomo_202503_HIV_workflow.json.template", "2 83 243 206 310 376 481 542 687 794 863 752 933"),
+    ("deprecated/tutorial_HIV_STA_202503.json.template", "2 51 151 114 189 226 273 327 372 450 505 408 546"),
+):
+    EXPECTED[_old] = dict(zip(_ids.split(), EXPECTED["tutorial_STA_HIV.json.template"].values(), strict=False))
 
 
 def _templates() -> list[str]:
@@ -77,7 +128,7 @@ def test_every_template_has_a_plan_for_every_protocol(corpus, name):
     protocols = parse_scipion_template(path.read_text())
     wf = load_workflow(path)
     plan = {e.id: e for e in wf.plan}
-    assert sorted(plan) == sorted(str(p["object.id"]) for p in protocols)       # each protocol once
+    assert sorted(plan) == sorted(str(p["object.id"]) for p in protocols)  # each protocol once
     got = {pid: ("~" + e.step if e.kind == "folded" else e.step) for pid, e in plan.items() if e.kind != "out of scope"}
     assert got == expected
     for e in wf.plan:
@@ -95,20 +146,36 @@ def test_hiv_template_translations(corpus):
     steps = {s.id: s for s in wf.steps}
     assert steps["52"].params["binning"] == 2 and steps["52"].params["estimate_ctf"] is False
     assert steps["52"].inputs == {"input": "2.TiltSeriesM"}
-    assert steps["115"].params == {"detect": True, "bead_diameter_nm": 10.0}        # fidder: gold from the IMOD model
+    assert steps["115"].params == {"detect": True, "bead_diameter_nm": 10.0}  # fidder: gold from the IMOD model
     assert steps["190"].params["dose_per_tilt_e_a2"] is None and steps["190"].params["mode"] == "exposure"
     assert steps["326"].inputs == {"input": "190.TiltSeries"}
-    assert steps["326"].params == {"bead_diameter_nm": 10.0, "method": "fiducial", "solve_magnification": False,
-                                   "solve_tilt_angles": True, "refine_tilt_axis": True}
+    assert steps["326"].params == {
+        "bead_diameter_nm": 10.0,
+        "method": "fiducial",
+        "solve_magnification": False,
+        "solve_tilt_angles": True,
+        "refine_tilt_axis": True,
+    }
     assert steps["369"].inputs == {"input": "115.TiltSeries", "alignment": "326.TiltSeries"}
-    assert steps["1660"].params == {"window_px": 512, "fit_phase": False, "ctf_range_a": [50.0, 5.0],
-                                    "defocus_range_um": [1.0, 5.0]}
+    assert steps["1660"].params == {
+        "window_px": 512,
+        "fit_phase": False,
+        "ctf_range_a": [50.0, 5.0],
+        "defocus_range_um": [1.0, 5.0],
+    }
     assert steps["405"].params == {"binning": 4, "scale": "mean_sd", "mean": 0.0, "sd": 1.0, "mode": "float"}
     # IMOD's CTF correction travels past the normalization into tomo3d's reconstruction (binning 1: the
     # stack is already binned 4), SIRT 30 iterations, 300 px thick
     assert steps["542"].inputs == {"input": "405.TiltSeries", "ctf": "1660.goodSetOfCTFTomoSeries2"}
-    assert steps["542"].params == {"ctf_defocus_tol_nm": 200, "ctf_correct": "phaseflip", "even_odd": False,
-                                   "binning": 1, "method": "sirt", "sirt_iterations": 30, "thickness_px": 300}
+    assert steps["542"].params == {
+        "ctf_defocus_tol_nm": 200,
+        "ctf_correct": "phaseflip",
+        "even_odd": False,
+        "binning": 1,
+        "method": "sirt",
+        "sirt_iterations": 30,
+        "thickness_px": 300,
+    }
     plan = {e.id: e for e in wf.plan}
     assert plan["1787"].step == "reconstruct" and "folded into step 542 (reconstruct)" in plan["1787"].reason
     assert "ctf=1660.goodSetOfCTFTomoSeries2" in plan["1787"].reason
@@ -123,10 +190,10 @@ def test_streaming_templates_compose_movies_into_tilt_series(corpus):
     wf = load_workflow(corpus / "scipion" / "202601_Streaming_HIV.json.template")
     steps = {s.id: s for s in wf.steps}
     imp = steps["41473"].params
-    assert imp["files"].endswith("empiar_10164_HIV_frames/") and imp["pattern"] == "*.mdoc"     # ComposeTS's mdocs
+    assert imp["files"].endswith("empiar_10164_HIV_frames/") and imp["pattern"] == "*.mdoc"  # ComposeTS's mdocs
     assert imp["pixel_size_a"] == 0.675 and imp["dose_per_tilt_e_a2"] == 3.0 and imp["amplitude_contrast"] == 0.07
     assert steps["41405"].inputs == {"input": "41473.TiltSeriesM"} and steps["41405"].params["binning"] == 2
-    assert steps["41575"].inputs == {"input": "41405.TiltSeries"}                       # ComposeTS folded
+    assert steps["41575"].inputs == {"input": "41405.TiltSeries"}  # ComposeTS folded
     # AreTomo used only for its CTF: a ctf step, no alignment
     assert steps["41917"].step == "ctf" and steps["41917"].inputs == {"input": "41405.TiltSeries"}
     assert steps["41874"].inputs == {"input": "41832.TiltSeries", "ctf": "41917.CTFTomoSeries"}
@@ -134,9 +201,14 @@ def test_streaming_templates_compose_movies_into_tilt_series(corpus):
     assert "which reads its mdocs" in plan["41365"].reason and plan["41365"].step == "import-movies"
     chlamy = {s.id: s for s in load_workflow(corpus / "scipion" / "202601_Streaming_Chlamy.json.template").steps}
     assert chlamy["42935"].params["tomo5"] is True and chlamy["42935"].params["pattern"] == "*/frames/*.mdoc"
-    assert chlamy["42725-ctf"].inputs == {"input": "42789.TiltSeries"}                 # its CTF is used: made
-    assert chlamy["42725-reconstruct"].params == {"even_odd": False, "binning": 4, "method": "wbp",
-                                                  "thickness_px": 512, "dose_weight": True}
+    assert chlamy["42725-ctf"].inputs == {"input": "42789.TiltSeries"}  # its CTF is used: made
+    assert chlamy["42725-reconstruct"].params == {
+        "even_odd": False,
+        "binning": 4,
+        "method": "wbp",
+        "thickness_px": 512,
+        "dose_weight": True,
+    }
     assert chlamy["43042"].params["method"] == "sirt" and "hamming_start" not in chlamy["43042"].params
 
 
@@ -145,7 +217,7 @@ def test_ribosome_template_imports_stacks(corpus):
     imp = wf.steps[0]
     assert imp.step == "import-tilt-series" and imp.params["angles"] == "mdoc" and imp.params["pattern"] == "*.*"
     plan = {e.id: e for e in wf.plan}
-    assert "pixel size unknown here" in plan["2506"].reason                # said, not dropped
+    assert "pixel size unknown here" in plan["2506"].reason  # said, not dropped
     assert plan["2157"].step is None and "tiltflow subset" in plan["2157"].reason
 
 
@@ -161,8 +233,12 @@ def test_dry_run_json_is_the_plan_and_touches_nothing(corpus, tmp_path):
     plan = json.loads(result.stdout)
     assert len(plan) == len(parse_scipion_template(path.read_text()))
     assert all(set(e) == {"protocol", "id", "label", "step", "reason"} for e in plan)
-    assert {"protocol": "ProtTomo3dReconstrucTomo", "id": "542", "label": "tomo3d - reconstruct tomogram",
-            "step": "reconstruct"}.items() <= next(e for e in plan if e["id"] == "542").items()
+    assert {
+        "protocol": "ProtTomo3dReconstrucTomo",
+        "id": "542",
+        "label": "tomo3d - reconstruct tomogram",
+        "step": "reconstruct",
+    }.items() <= next(e for e in plan if e["id"] == "542").items()
     assert not (tmp_path / "p").exists()
     text = _cli("run", str(path), "-p", str(tmp_path / "p"), "--dry-run")
     assert text.exit_code == 0
@@ -179,10 +255,18 @@ def _write(path: Path, protocols: list[dict]) -> Path:
 
 
 def test_run_prints_the_plan_before_running(tmp_path):
-    path = _write(tmp_path / "wf.json", [
-        {"object.className": "ProtImportTsMovies", "object.id": "2", "filesPath": str(tmp_path / "nowhere"),
-         "filesPattern": "*.mdoc"},
-        {"object.className": "ProtRelion5ExtractSubtomos", "object.id": "9", "inputTS": "2.outputTiltSeriesM"}])
+    path = _write(
+        tmp_path / "wf.json",
+        [
+            {
+                "object.className": "ProtImportTsMovies",
+                "object.id": "2",
+                "filesPath": str(tmp_path / "nowhere"),
+                "filesPattern": "*.mdoc",
+            },
+            {"object.className": "ProtRelion5ExtractSubtomos", "object.id": "9", "inputTS": "2.outputTiltSeriesM"},
+        ],
+    )
     result = CliRunner().invoke(workflow_group, ["run", str(path), "-p", str(tmp_path / "p")])
     assert result.exit_code != 0
     out = result.stdout
@@ -192,9 +276,13 @@ def test_run_prints_the_plan_before_running(tmp_path):
 
 
 def test_nothing_mappable_still_prints_the_plan(tmp_path):
-    path = _write(tmp_path / "wf.json", [
-        {"object.className": "DynamoBoxing", "object.id": "1"},
-        {"object.className": "SomeUnknownProtocol", "object.id": "2", "inputTomograms": "1.tomograms"}])
+    path = _write(
+        tmp_path / "wf.json",
+        [
+            {"object.className": "DynamoBoxing", "object.id": "1"},
+            {"object.className": "SomeUnknownProtocol", "object.id": "2", "inputTomograms": "1.tomograms"},
+        ],
+    )
     with pytest.raises(InputError) as info:
         load_workflow(path)
     assert [e.protocol for e in info.value.plan] == ["DynamoBoxing", "SomeUnknownProtocol"]
@@ -217,15 +305,19 @@ def test_motioncor_gain_orientation_is_tiltflows_flip_then_transpose(rot, flip):
     from tiltflow.core.frames import orient_gain
 
     gain = np.arange(12.0).reshape(3, 4)
-    want = np.rot90(gain, k=-rot)        # counter-clockwise with y up = clockwise in array order
+    want = np.rot90(gain, k=-rot)  # counter-clockwise with y up = clockwise in array order
     want = want[::-1] if flip == 1 else want[:, ::-1] if flip == 2 else want
     out: dict = {}
     motioncor_gain({"gainRot": rot, "gainFlip": flip}, out)
-    if "gain_flip" not in out:           # no flip+transpose equivalent: reported, not guessed
+    if "gain_flip" not in out:  # no flip+transpose equivalent: reported, not guessed
         assert "_notes" in out and rot in (1, 2, 3)
         return
-    got = orient_gain(torch.tensor(gain), transpose=out["gain_transpose"] == "transpose",
-                      flip_x=out["gain_flip"] == "x", flip_y=out["gain_flip"] == "y").numpy()
+    got = orient_gain(
+        torch.tensor(gain),
+        transpose=out["gain_transpose"] == "transpose",
+        flip_x=out["gain_flip"] == "x",
+        flip_y=out["gain_flip"] == "y",
+    ).numpy()
     np.testing.assert_array_equal(got, want)
 
 
@@ -234,6 +326,8 @@ def test_readme_lists_the_mapped_protocols():
     start, end = "<!-- scipion-table -->\n", "<!-- /scipion-table -->"
     assert start in readme and end in readme, "README: the Scipion table markers are missing"
     table = readme.split(start, 1)[1].split(end, 1)[0]
-    assert table == markdown_table(), ("README's Scipion table is out of date: paste the output of "
-                                       "python -c 'from tiltflow.workflow.scipion_map import markdown_table as t; "
-                                       "print(t(), end=\"\")'")
+    assert table == markdown_table(), (
+        "README's Scipion table is out of date: paste the output of "
+        "python -c 'from tiltflow.workflow.scipion_map import markdown_table as t; "
+        'print(t(), end="")\''
+    )

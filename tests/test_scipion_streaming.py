@@ -55,10 +55,12 @@ def test_scipion_durations():
 
 
 def test_the_corpus_has_the_2026_streaming_templates(corpus):
-    assert {Path(n).name for n in STREAMING} >= {"202601_Streaming_HIV.json.template",
-                                                  "202601_Streaming_Chlamy.json.template",
-                                                  "202601_F_Streaming_HIV.json.template",
-                                                  "202601_F_Streaming_Chlamy.json.template"}
+    assert {Path(n).name for n in STREAMING} >= {
+        "202601_Streaming_HIV.json.template",
+        "202601_Streaming_Chlamy.json.template",
+        "202601_F_Streaming_HIV.json.template",
+        "202601_F_Streaming_Chlamy.json.template",
+    }
 
 
 @pytest.mark.parametrize("name", _templates() or ["(no corpus)"])
@@ -74,10 +76,13 @@ def test_streaming_templates_and_only_they_are_watched(corpus, name):
     imp = next(st for st in wf.steps if st.step == "import-movies")
     assert s.import_id == imp.id and s.protocol == "ProtImportMovies"
     assert s.settings == TEMPLATE_SETTINGS and not s.notes
-    assert s.sources == {"settle_s": "import fileTimeout 30", "stop_after_idle_s": "import timeout 12h",
-                         "quiet_s": "ComposeTS time4NextTilt 180",
-                         "min_fraction": "ComposeTS percentTiltsRequired 3 (80 %)"}
-    assert s.queue == (not Path(name).name.startswith("202601_F_"))        # the F_ ones run without a queue
+    assert s.sources == {
+        "settle_s": "import fileTimeout 30",
+        "stop_after_idle_s": "import timeout 12h",
+        "quiet_s": "ComposeTS time4NextTilt 180",
+        "min_fraction": "ComposeTS percentTiltsRequired 3 (80 %)",
+    }
+    assert s.queue == (not Path(name).name.startswith("202601_F_"))  # the F_ ones run without a queue
     plan = {e.id: e for e in wf.plan}
     assert "streaming (dataStreaming): `workflow run` follows the folder" in plan[imp.id].reason
     assert "import fileTimeout 30 -> --settle 30" in plan[imp.id].reason
@@ -88,23 +93,37 @@ def test_streaming_templates_and_only_they_are_watched(corpus, name):
 def test_translations_of_other_versions_and_odd_values():
     def settings(**compose_fields):
         protocols = [
-            {"object.className": "ProtImportMovies", "object.id": "1", "filesPath": "/m", "filesPattern": "*.tif",
-             "samplingRate": 1.0, "dataStreaming": True, "fileTimeout": "1m", "timeout": "2h"},
+            {
+                "object.className": "ProtImportMovies",
+                "object.id": "1",
+                "filesPath": "/m",
+                "filesPattern": "*.tif",
+                "samplingRate": 1.0,
+                "dataStreaming": True,
+                "fileTimeout": "1m",
+                "timeout": "2h",
+            },
             {"object.className": "ProtMotionCorr", "object.id": "2", "inputMovies": "1.outputMovies"},
-            {"object.className": "ProtComposeTS", "object.id": "3", "inputMicrographs": "2.outputMicrographs",
-             "filesPath": "/m", **compose_fields}]
+            {
+                "object.className": "ProtComposeTS",
+                "object.id": "3",
+                "inputMicrographs": "2.outputMicrographs",
+                "filesPath": "/m",
+                **compose_fields,
+            },
+        ]
         from tiltflow.workflow.scipion import scipion_plan
 
         steps, plan = scipion_plan(protocols)
         return streaming_import(protocols, plan, steps), plan
 
-    s, _ = settings(time4NextTilt="20s", percentTiltsRequired=90)          # a plain percentage (IntParam versions)
+    s, _ = settings(time4NextTilt="20s", percentTiltsRequired=90)  # a plain percentage (IntParam versions)
     assert s.settings == {"settle_s": 60, "stop_after_idle_s": 7200, "quiet_s": 20, "min_fraction": 0.9}
     s, plan = settings(time4NextTilt="whenever", percentTiltsRequired=30)
     assert s.settings == {"settle_s": 60, "stop_after_idle_s": 7200}
     assert any("time4NextTilt 'whenever': not a duration" in n for n in s.notes)
     assert any("percentTiltsRequired 30" in n for n in s.notes)
-    assert "time4NextTilt 'whenever'" in next(e for e in plan if e.id == "1").reason      # said in the plan
+    assert "time4NextTilt 'whenever'" in next(e for e in plan if e.id == "1").reason  # said in the plan
 
 
 def test_dry_run_says_the_workflow_is_watched(corpus, tmp_path):
@@ -116,7 +135,7 @@ def test_dry_run_says_the_workflow_is_watched(corpus, tmp_path):
     lines = r.stdout.splitlines()
     assert lines[1].startswith("streaming: ProtImportMovies") and "--settle 30" in lines[1]
     watch = next(line for line in lines if line.startswith("watch: would follow"))
-    assert "(not there: give --watch DIR)" in watch                     # %(SCIPION_TESTS)s is not set here
+    assert "(not there: give --watch DIR)" in watch  # %(SCIPION_TESTS)s is not set here
     assert "--settle 30 --movie-timeout 300 --quiet 60 --min-fraction 0.8 --stop-after-idle 43200" in watch
     assert not (tmp_path / "p").exists()
     # without the folder: one line saying what to give; --no-watch is the batch run (its import says why not)
@@ -128,14 +147,32 @@ def test_dry_run_says_the_workflow_is_watched(corpus, tmp_path):
 
 # Each template's steps scaled to the small demo session (its pixel size, 5 nm beads, thin tomograms).
 SETS = {
-    "HIV": ["41473.pixel_size_a={pixel}", "41473.gain={gain}", "41749.binning=1", "41749.bead_diameter_nm=5",
-            "41538.bead_diameter_nm=5", "41917.window_px=64", "41832.binning=1", "41874.thickness_px=40",
-            "41874.sirt_iterations=5"],
-    "Chlamy": ["42935.pixel_size_a={pixel}", "42935.gain={gain}", "42725.binning=2", "42725.iterations=1",
-               "42725-reconstruct.binning=2", "42725-reconstruct.thickness_px=40", "42725-ctf.window_px=128",
-               "43000.binning=2", "43042.thickness_px=40", "43042.sirt_iterations=5", "43085.thickness_px=40"],
+    "HIV": [
+        "41473.pixel_size_a={pixel}",
+        "41473.gain={gain}",
+        "41749.binning=1",
+        "41749.bead_diameter_nm=5",
+        "41538.bead_diameter_nm=5",
+        "41917.window_px=64",
+        "41832.binning=1",
+        "41874.thickness_px=40",
+        "41874.sirt_iterations=5",
+    ],
+    "Chlamy": [
+        "42935.pixel_size_a={pixel}",
+        "42935.gain={gain}",
+        "42725.binning=2",
+        "42725.iterations=1",
+        "42725-reconstruct.binning=2",
+        "42725-reconstruct.thickness_px=40",
+        "42725-ctf.window_px=128",
+        "43000.binning=2",
+        "43042.thickness_px=40",
+        "43042.sirt_iterations=5",
+        "43085.thickness_px=40",
+    ],
 }
-FOLDER = {"HIV": "empiar_10164_HIV_frames", "Chlamy": "chlamy_visual_proteomics"}   # the templates' own paths
+FOLDER = {"HIV": "empiar_10164_HIV_frames", "Chlamy": "chlamy_visual_proteomics"}  # the templates' own paths
 
 
 @pytest.mark.slow
@@ -147,18 +184,45 @@ def test_every_streaming_template_follows_a_live_session(corpus, name, tmp_path,
         pytest.skip("no streaming template in the corpus")
     kind = "Chlamy" if "Chlamy" in name else "HIV"
     own_path = Path(name).name.startswith("202601_F_")
-    root = tmp_path / "tests" / FOLDER[kind]                # = %(SCIPION_TESTS)s/<the template's folder>
+    root = tmp_path / "tests" / FOLDER[kind]  # = %(SCIPION_TESTS)s/<the template's folder>
     where = root / "grid1" / "frames" if kind == "Chlamy" else root
-    config = DemoConfig(n_series=2, n_tilts=5, size=(192, 192), n_frames=3, seed=8, bead_diameter_nm=5.0, n_beads=12,
-                        flavour="tomo5" if kind == "Chlamy" else "serialem")
+    config = DemoConfig(
+        n_series=2,
+        n_tilts=5,
+        size=(192, 192),
+        n_frames=3,
+        seed=8,
+        bead_diameter_nm=5.0,
+        n_beads=12,
+        flavour="tomo5" if kind == "Chlamy" else "serialem",
+    )
     writer = threading.Thread(target=write_live_session, args=(where, config, LiveScenario(interval_s=0.4, pieces=2)))
     writer.start()
     while not (where / "gain_ref.gain").exists():
         time.sleep(0.05)
     sets = [s.format(pixel=config.pixel_size_a, gain=where / "gain_ref.gain") for s in SETS[kind]]
-    args = ["workflow", "run", corpus / "scipion" / name, "-p", tmp_path / "p", *(() if own_path else ("--watch", root)),
-            "--interval", "0.2", "--settle", "0.3", "--quiet", "2", "--movie-timeout", "20", "--stop-after-idle", "3",
-            "--json", "--workers", "1", *[x for s in sets for x in ("--set", s)]]
+    args = [
+        "workflow",
+        "run",
+        corpus / "scipion" / name,
+        "-p",
+        tmp_path / "p",
+        *(() if own_path else ("--watch", root)),
+        "--interval",
+        "0.2",
+        "--settle",
+        "0.3",
+        "--quiet",
+        "2",
+        "--movie-timeout",
+        "20",
+        "--stop-after-idle",
+        "3",
+        "--json",
+        "--workers",
+        "1",
+        *[x for s in sets for x in ("--set", s)],
+    ]
     result = _cli(*args, env={"SCIPION_TESTS": str(tmp_path / "tests")})
     writer.join()
     assert result.exit_code == 0, result.stderr
@@ -168,10 +232,10 @@ def test_every_streaming_template_follows_a_live_session(corpus, name, tmp_path,
     state = json.loads(result.stdout)
     assert [s["state"] for s in state["series"]] == ["done", "done"], err
     movies = computed(tmp_path / "p")
-    assert len(movies) == len(set(movies)) == 10                      # every tilt computed once, as it came
+    assert len(movies) == len(set(movies)) == 10  # every tilt computed once, as it came
     wf = load_workflow(corpus / "scipion" / name)
     runs = ProjectStore(tmp_path / "p", create=False).runs()
-    for ts in (s["ts"] for s in state["series"]):                     # each series ran the template's whole chain
+    for ts in (s["ts"] for s in state["series"]):  # each series ran the template's whole chain
         assert sorted(r.label for r in runs if r.label.endswith(f":{ts}")) == sorted(f"{s.id}:{ts}" for s in wf.steps)
     assert all(r.status == "finished" for r in runs)
 
@@ -181,15 +245,25 @@ def test_scanner_follows_mdoc_patterns_with_subfolders(tmp_path):
     exclusion words leave mdocs out; a project inside the watched folder is not scanned."""
     from tiltflow.workflow.watch.scanner import FolderScanner
 
-    for rel in ("g1/frames/Position_1.mdoc", "g1/frames/Position_1_tgt.mdoc", "g1/frames/frames/a.tif",
-                "g2/frames/Position_2.mdoc", "g2/frames/b.tif", "top.mdoc", "g1/other/c.mdoc",
-                "P/runs/1_motion-ctf/sums/x.mrc"):
+    for rel in (
+        "g1/frames/Position_1.mdoc",
+        "g1/frames/Position_1_tgt.mdoc",
+        "g1/frames/frames/a.tif",
+        "g2/frames/Position_2.mdoc",
+        "g2/frames/b.tif",
+        "top.mdoc",
+        "g1/other/c.mdoc",
+        "P/runs/1_motion-ctf/sums/x.mrc",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("")
-    scan = FolderScanner(tmp_path, mdoc_pattern="*/frames/*.mdoc", exclude_words=("_tgt",),
-                         ignore=(tmp_path / "P",)).poll()
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in scan.mdocs) == ["g1/frames/Position_1.mdoc",
-                                                                             "g2/frames/Position_2.mdoc"]
+    scan = FolderScanner(
+        tmp_path, mdoc_pattern="*/frames/*.mdoc", exclude_words=("_tgt",), ignore=(tmp_path / "P",)
+    ).poll()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in scan.mdocs) == [
+        "g1/frames/Position_1.mdoc",
+        "g2/frames/Position_2.mdoc",
+    ]
     assert sorted(p.name for p in scan.movies) == ["a.tif", "b.tif"]
-    flat = FolderScanner(tmp_path, mdoc_pattern="{TS}.mdoc").poll()          # the usual flat layout is unchanged
+    flat = FolderScanner(tmp_path, mdoc_pattern="{TS}.mdoc").poll()  # the usual flat layout is unchanged
     assert [p.name for p in flat.mdocs] == ["top.mdoc"] and not flat.movies

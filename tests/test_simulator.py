@@ -18,10 +18,15 @@ from tiltflow.testing import detector
 from tiltflow.testing.acquisition import dose_symmetric_order, plan_series
 from tiltflow.testing.config import DemoConfig
 from tiltflow.testing.demo import (
-    expected_frames, make_detector, render_truth_tilt, write_demo_dataset,
+    expected_frames,
+    make_detector,
+    render_truth_tilt,
+    write_demo_dataset,
 )
 from tiltflow.testing.imaging import (
-    critical_exposure_e_a2, defocus_offset_map_a, render_tilt_image,
+    critical_exposure_e_a2,
+    defocus_offset_map_a,
+    render_tilt_image,
 )
 from tiltflow.testing.phantom import Specimen
 
@@ -36,8 +41,7 @@ def one_thread():
 
 
 def small_config(**kw) -> DemoConfig:
-    base = dict(n_series=1, n_tilts=5, size=(192, 160), n_frames=3, pixel_size_a=5.0,
-                tilt_step_deg=10.0)
+    base = dict(n_series=1, n_tilts=5, size=(192, 160), n_frames=3, pixel_size_a=5.0, tilt_step_deg=10.0)
     base.update(kw)
     return DemoConfig(**base)
 
@@ -61,10 +65,8 @@ def fit_shift(a: np.ndarray, b: np.ndarray, border: int = 24) -> np.ndarray:
     # start from the integer peak of the cross-correlation
     cc = np.fft.ifft2(np.fft.fft2(b - b.mean()) * np.conj(np.fft.fft2(a - a.mean()))).real
     iy, ix = np.unravel_index(np.argmax(cc), cc.shape)
-    x0 = [(ix + a.shape[1] // 2) % a.shape[1] - a.shape[1] // 2,
-          (iy + a.shape[0] // 2) % a.shape[0] - a.shape[0] // 2]
-    return optimize.least_squares(residual, x0=np.array(x0, dtype=float), jac="3-point",
-                                  diff_step=1e-3).x
+    x0 = [(ix + a.shape[1] // 2) % a.shape[1] - a.shape[1] // 2, (iy + a.shape[0] // 2) % a.shape[0] - a.shape[0] // 2]
+    return optimize.least_squares(residual, x0=np.array(x0, dtype=float), jac="3-point", diff_step=1e-3).x
 
 
 def test_dose_symmetric_order_hagen_groups_and_plain():
@@ -80,8 +82,7 @@ def test_doses_accumulate_in_acquisition_order(dataset):
         assert [t["acquisition_order"] for t in tilts] == list(range(cfg.n_tilts))
         prior = np.cumsum([0.0] + [t["dose_e_a2"] for t in tilts])[:-1]
         np.testing.assert_allclose([t["prior_dose_e_a2"] for t in tilts], prior)
-        np.testing.assert_allclose([t["accumulated_dose_e_a2"] for t in tilts],
-                                   prior + cfg.dose_per_tilt_e_a2)
+        np.testing.assert_allclose([t["accumulated_dose_e_a2"] for t in tilts], prior + cfg.dose_per_tilt_e_a2)
         df = mdocfile.read(out / series["mdoc"])
         np.testing.assert_allclose(df["PriorRecordDose"], prior, atol=1e-4)
 
@@ -95,7 +96,7 @@ def test_bead_truth_projections_are_the_darkest_spots():
         t = series["tilts"][i]
         img = render_truth_tilt(series, i).numpy()
         smooth = ndimage.gaussian_filter(img, radius / 2)
-        minima = (smooth == ndimage.minimum_filter(smooth, size=int(2 * radius) + 1))
+        minima = smooth == ndimage.minimum_filter(smooth, size=int(2 * radius) + 1)
         minima &= smooth < 0.7 * np.median(smooth)
         pred = np.array(t["bead_projections_px"])
         yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
@@ -119,13 +120,24 @@ def test_bead_truth_projections_are_the_darkest_spots():
 def test_projection_convention_independent_of_project_points():
     # axis 90°: aligned +x' lies along raw +y; tilt 30°: x' = x cos + z sin
     spec = Specimen(
-        bead_xyz_px=torch.tensor([[30.0, 0.0, 60.0]], dtype=torch.float64), bead_radius_px=6.0,
-        vesicle_xyz_px=torch.zeros(0, 3), vesicle_radius_px=torch.zeros(0),
-        blob_xyz_px=torch.zeros(0, 3), blob_sigma_px=torch.zeros(0),
-        ice_thickness_px=200.0, pixel_size_a=4.0,
+        bead_xyz_px=torch.tensor([[30.0, 0.0, 60.0]], dtype=torch.float64),
+        bead_radius_px=6.0,
+        vesicle_xyz_px=torch.zeros(0, 3),
+        vesicle_radius_px=torch.zeros(0),
+        blob_xyz_px=torch.zeros(0, 3),
+        blob_sigma_px=torch.zeros(0),
+        ice_thickness_px=200.0,
+        pixel_size_a=4.0,
     )
-    img = render_tilt_image(spec, tilt_angle_deg=30.0, tilt_axis_deg=90.0, image_shape=(160, 128),
-                            defocus_u_a=5000.0, defocus_v_a=5000.0, shift_px=(3.0, -5.0)).numpy()
+    img = render_tilt_image(
+        spec,
+        tilt_angle_deg=30.0,
+        tilt_axis_deg=90.0,
+        image_shape=(160, 128),
+        defocus_u_a=5000.0,
+        defocus_v_a=5000.0,
+        shift_px=(3.0, -5.0),
+    ).numpy()
     xprime = 30 * np.cos(np.radians(30)) + 60 * np.sin(np.radians(30))
     expected = np.array([63.5 + 3.0 - 0.0, 79.5 - 5.0 + xprime])  # R(90) (x', 0) = (0, x')
     w = np.clip(np.median(img) - img, 0, None)
@@ -162,8 +174,9 @@ def _dark_centroid(img: np.ndarray, centre: np.ndarray, radius: float) -> np.nda
 
 def test_local_motion_moves_beads_as_truth_says():
     """A bead at p in the tilt image lies at p + shift + local(p) in the frame."""
-    cfg = small_config(local_motion=True, local_motion_px=3.0, ice_texture_rad=0.0,
-                       size=(256, 256), n_frames=2, pixel_size_a=4.0)
+    cfg = small_config(
+        local_motion=True, local_motion_px=3.0, ice_texture_rad=0.0, size=(256, 256), n_frames=2, pixel_size_a=4.0
+    )
     checked, errors = 0, []
     for seed in (2, 3, 4):
         series = plan_series(cfg, 0, np.random.default_rng(seed))
@@ -179,8 +192,11 @@ def test_local_motion_moves_beads_as_truth_says():
             base = _dark_centroid(tilt, p, radius)
             for f in range(cfg.n_frames):
                 d = detector.local_displacement_px(
-                    torch.tensor(p), coefficients_px=coeff, image_shape=(ny, nx),
-                    frame_weight=t["local_motion"]["frame_weights"][f]).numpy()
+                    torch.tensor(p),
+                    coefficients_px=coeff,
+                    image_shape=(ny, nx),
+                    frame_weight=t["local_motion"]["frame_weights"][f],
+                ).numpy()
                 move = np.array(t["frame_shifts_px"][f]) + d
                 moved = _dark_centroid(frames[f], p + move, radius)
                 errors.append(np.abs((moved - base) - move).max())
@@ -194,8 +210,10 @@ def test_gain_corrected_mean_is_flat():
     gain = detector.make_gain((128, 128), rng)
     assert 0.75 < gain.min() and gain.max() < 1.25
     expected = np.full((128, 128), 30.0)
-    raw = np.mean([detector.count_frame(expected, gain, rng, frame_index=0, hot_pixels=[],
-                                        xray_hits=[]) for _ in range(40)], axis=0)
+    raw = np.mean(
+        [detector.count_frame(expected, gain, rng, frame_index=0, hot_pixels=[], xray_hits=[]) for _ in range(40)],
+        axis=0,
+    )
     block = lambda a: a.reshape(16, 8, 16, 8).mean(axis=(1, 3))  # noqa: E731
     corrected = block(raw * gain)
     assert np.abs(corrected / 30.0 - 1).max() < 0.02  # flat within Poisson error (~0.6 %)
@@ -233,18 +251,24 @@ def _fit_defocus(tile_stack: np.ndarray, pixel_size_a: float, candidates: np.nda
 def test_defocus_gradient_sign_in_rendered_power_spectra():
     """Tilt axis along +y, tilt +40°: the right half (x' > 0) is further underfocus."""
     px, df = 2.0, 15000.0
-    spec = Specimen(torch.zeros(0, 3), 5.0, torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3),
-                    torch.zeros(0), 500.0, px)
-    img = render_tilt_image(spec, tilt_angle_deg=40.0, tilt_axis_deg=0.0, image_shape=(256, 512),
-                            defocus_u_a=df, defocus_v_a=df, ice_texture_rad=0.2).numpy()
+    spec = Specimen(
+        torch.zeros(0, 3), 5.0, torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3), torch.zeros(0), 500.0, px
+    )
+    img = render_tilt_image(
+        spec,
+        tilt_angle_deg=40.0,
+        tilt_axis_deg=0.0,
+        image_shape=(256, 512),
+        defocus_u_a=df,
+        defocus_v_a=df,
+        ice_texture_rad=0.2,
+    ).numpy()
     candidates = np.arange(12000.0, 18001.0, 50.0)
     found = {}
     for side, x0 in (("left", 0), ("right", 384)):  # 128-px columns centred at x = 64 and 448
-        tiles = [img[y : y + 64, x0 + x : x0 + x + 64] for y in range(0, 193, 32)
-                 for x in range(0, 65, 32)]
+        tiles = [img[y : y + 64, x0 + x : x0 + x + 64] for y in range(0, 193, 32) for x in range(0, 65, 32)]
         found[side] = _fit_defocus(np.array(tiles), px, candidates)
-    want = {s: df + (x - 255.5) * np.tan(np.radians(40)) * px for s, x in (("left", 63.5),
-                                                                           ("right", 447.5))}
+    want = {s: df + (x - 255.5) * np.tan(np.radians(40)) * px for s, x in (("left", 63.5), ("right", 447.5))}
     assert found["right"] > found["left"]
     for s in found:
         assert abs(found[s] - want[s]) < 150, (found, want)
@@ -255,8 +279,7 @@ def test_critical_exposure_known_values():
     ne = critical_exposure_e_a2(k, voltage_kv=300)
     np.testing.assert_allclose(ne.numpy(), 0.245 * k.numpy() ** -1.665 + 2.81, rtol=1e-6)
     assert ne[0] > ne[1]
-    np.testing.assert_allclose(critical_exposure_e_a2(k, voltage_kv=200).numpy(),
-                               0.8 * ne.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(critical_exposure_e_a2(k, voltage_kv=200).numpy(), 0.8 * ne.numpy(), rtol=1e-6)
 
 
 def test_xf_rows_align_bead_projections(dataset):
@@ -293,11 +316,10 @@ def test_mdoc_serialem_fields(dataset):
     names = [p.split("\\")[-1] for p in paths]
     assert names == [t["movie"].split("/")[-1] for t in s["tilts"]]
     times = [datetime.strptime(d, "%d-%b-%y  %H:%M:%S") for d in df["DateTime"]]
-    assert all(b > a for a, b in zip(times, times[1:]))
+    assert all(b > a for a, b in zip(times, times[1:], strict=False))
     frame_doses = re.findall(r"FrameDosesAndNumber = (\S+) (\d+)", text)
     assert len(frame_doses) == cfg.n_tilts
-    assert all(float(d) == cfg.dose_per_tilt_e_a2 / cfg.n_frames and int(n) == cfg.n_frames
-               for d, n in frame_doses)
+    assert all(float(d) == cfg.dose_per_tilt_e_a2 / cfg.n_frames and int(n) == cfg.n_frames for d, n in frame_doses)
 
 
 def _section_keys(text: str) -> set[str]:
@@ -327,7 +349,7 @@ def test_mdoc_tomo5_fields(tmp_path):
     df = mdocfile.read(tmp_path / s["mdoc"])
     np.testing.assert_allclose(df["RotationAngle"], -84.23)
     times = [datetime.strptime(d, "%y-%b-%d  %H:%M:%S") for d in df["DateTime"]]
-    assert all(b > a for a, b in zip(times, times[1:]))
+    assert all(b > a for a, b in zip(times, times[1:], strict=False))
     for i, t in enumerate(s["tilts"]):
         name = t["movie"].split("/")[-1]
         m = re.fullmatch(r"Position_1_(\d{3})_(-?\d+\.\d\d)_(\d{8})_(\d{6})_fractions\.tiff", name)
@@ -402,6 +424,7 @@ def test_config_rejects_bad_input():
 
 # --- scenario extensions (issue 11): additive, defaults unchanged ------------------------------
 
+
 def _plan(**kw) -> dict:
     cfg = small_config(n_tilts=9, n_frames=12, **kw)
     return plan_series(cfg, 0, np.random.default_rng([cfg.seed, 1, 0]))
@@ -423,22 +446,30 @@ def test_exact_tilt_offset_and_axis_error():
     base, s = _plan(), _plan(tilt_offset_deg=4.2, tilt_axis_error_deg=-2.5)
     assert s["tilt_offset_deg"] == 4.2
     assert s["tilt_axis_deg"] == pytest.approx(s["mdoc_tilt_axis_deg"] - 2.5)
-    for a, b in zip(base["tilts"], s["tilts"]):
+    for a, b in zip(base["tilts"], s["tilts"], strict=False):
         assert b["true_tilt_angle_deg"] == pytest.approx(b["mdoc_tilt_angle_deg"] + 4.2)
         assert a["mdoc_tilt_angle_deg"] == b["mdoc_tilt_angle_deg"]
     xyz = torch.tensor(s["bead_xyz_px"], dtype=torch.float64).reshape(-1, 3)
-    raw = geometry.project_points(xyz, tilt_angles_deg=torch.tensor([t["true_tilt_angle_deg"] for t in s["tilts"]]),
-                                  tilt_axis_deg=s["mdoc_tilt_axis_deg"] - 2.5,
-                                  shifts_px=torch.tensor([t["stage_shift_px"] for t in s["tilts"]]),
-                                  image_shape=tuple(s["image_size"][::-1]))
+    raw = geometry.project_points(
+        xyz,
+        tilt_angles_deg=torch.tensor([t["true_tilt_angle_deg"] for t in s["tilts"]]),
+        tilt_axis_deg=s["mdoc_tilt_axis_deg"] - 2.5,
+        shifts_px=torch.tensor([t["stage_shift_px"] for t in s["tilts"]]),
+        image_shape=tuple(s["image_size"][::-1]),
+    )
     for i, t in enumerate(s["tilts"]):
         assert np.allclose(np.asarray(t["bead_projections_px"]).reshape(-1, 2), raw[i].numpy())
 
 
 def test_defocus_drifts_with_tilt_and_astigmatism_drifts_slowly():
-    s = _plan(defocus_range_um=(3.0, 3.0), defocus_jitter_a=0.0, defocus_slope_a_per_deg=40.0,
-              astigmatism_range_a=(400.0, 400.0), astigmatism_drift_a=100.0,
-              astigmatism_angle_drift_deg=8.0)
+    s = _plan(
+        defocus_range_um=(3.0, 3.0),
+        defocus_jitter_a=0.0,
+        defocus_slope_a_per_deg=40.0,
+        astigmatism_range_a=(400.0, 400.0),
+        astigmatism_drift_a=100.0,
+        astigmatism_angle_drift_deg=8.0,
+    )
     n = len(s["tilts"])
     for i, t in enumerate(s["tilts"]):
         mean = 0.5 * (t["defocus_u_a"] + t["defocus_v_a"])
@@ -453,7 +484,7 @@ def test_drift_and_jitter_add_to_the_beam_induced_path():
     base = _plan()
     drift = _plan(drift_px_per_frame=0.2)
     both = _plan(drift_px_per_frame=0.2, jitter_px=0.1)
-    for a, b, c in zip(base["tilts"], drift["tilts"], both["tilts"]):
+    for a, b, c in zip(base["tilts"], drift["tilts"], both["tilts"], strict=False):
         d = np.asarray(b["frame_shifts_px"]) - np.asarray(a["frame_shifts_px"])
         step = np.diff(d, axis=0)  # a straight line at 0.2 px per frame
         assert np.allclose(step, step[0]) and np.linalg.norm(step[0]) == pytest.approx(0.2)
@@ -472,7 +503,8 @@ def test_xray_events_are_pixels_pairs_and_streaks_with_the_given_counts():
         for h in t["xray_hits"]:
             events.setdefault(h["event"], []).append(h)
             per_frame[(t["acquisition_order"], h["frame"])] = per_frame.get(
-                (t["acquisition_order"], h["frame"]), set()) | {h["event"]}
+                (t["acquisition_order"], h["frame"]), set()
+            ) | {h["event"]}
             assert 0 <= h["x"] < nx and 0 <= h["y"] < ny
         for pixels in events.values():
             xy = np.array([(p["x"], p["y"]) for p in pixels])
@@ -504,7 +536,7 @@ def test_dark_views_are_the_highest_tilts_and_lose_their_counts():
     assert len(dark) == 2
     top = max(abs(t["nominal_tilt_angle_deg"]) for t in s["tilts"])
     assert all(abs(t["nominal_tilt_angle_deg"]) == top for t in dark)
-    for a, b in zip(base["tilts"], s["tilts"]):
+    for a, b in zip(base["tilts"], s["tilts"], strict=False):
         factor = 0.05 if b["dark_view"] else 1.0
         assert b["mean_counts_per_frame_px"] == pytest.approx(factor * a["mean_counts_per_frame_px"])
     with pytest.raises(ValueError, match="n_dark_views"):

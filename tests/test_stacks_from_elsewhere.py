@@ -33,8 +33,16 @@ def test_every_step_takes_a_stack_that_is_not_counts(series, convert, tmp_path):
     write_mrc(tmp_path / "TS_01.st", views, voxel_size_a=5.5)
     (tmp_path / "TS_01.rawtlt").write_text("".join(f"{a:.3f}\n" for a in series["angles"]))
     store = ProjectStore(tmp_path / "p")
-    imp = run_step(store, "import-tilt-series", {"files": str(tmp_path), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": series["truth"]["mdoc_tilt_axis_deg"]})
+    imp = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(tmp_path),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "tilt_axis_deg": series["truth"]["mdoc_tilt_axis_deg"],
+        },
+    )
     run_step(store, "ctf", {"window_px": 128}, {"input": str(imp.id)})
     erased = run_step(store, "xray-erase", {}, {"input": str(imp.id)})
     for method in ("patch", "fiducial"):
@@ -47,4 +55,4 @@ def test_every_step_takes_a_stack_that_is_not_counts(series, convert, tmp_path):
         print(f"{convert.__name__} {method}: honest residual {res:.2f} px")
         assert res <= 1.0
         rec = run_step(store, "reconstruct", {"binning": 2, "thickness_nm": 100.0}, {"input": str(aligned.id)})
-        assert store.load(store.resolve(str(rec.id))).items[0].shape == (91, 128, 128)   # 100 nm at 11 Å per voxel
+        assert store.load(store.resolve(str(rec.id))).items[0].shape == (91, 128, 128)  # 100 nm at 11 Å per voxel

@@ -31,15 +31,18 @@ def noisy_series(tmp_path_factory):
     rng = np.random.default_rng(0)
     views = []
     for i in order:
-        clean = render_truth_tilt(series, i).numpy() * config.n_frames     # a whole tilt's counts
+        clean = render_truth_tilt(series, i).numpy() * config.n_frames  # a whole tilt's counts
         views.append(rng.poisson(np.clip(clean, 0, None)).astype(np.float32))
     folder = tmp_path_factory.mktemp("stack")
     write_mrc(folder / "TS_01.st", np.stack(views), voxel_size_a=series["pixel_size_a"])
     (folder / "TS_01.rawtlt").write_text("".join(f"{series['tilts'][i]['mdoc_tilt_angle_deg']:.4f}\n" for i in order))
-    truth = torch.tensor([[series["tilts"][i]["bead_projections_px"][b] for i in order]
-                          for b in range(len(series["bead_xyz_px"]))], dtype=torch.float64)
-    seen = torch.tensor([[series["tilts"][i]["bead_in_image"][b] for i in order]
-                         for b in range(len(series["bead_xyz_px"]))])
+    truth = torch.tensor(
+        [[series["tilts"][i]["bead_projections_px"][b] for i in order] for b in range(len(series["bead_xyz_px"]))],
+        dtype=torch.float64,
+    )
+    seen = torch.tensor(
+        [[series["tilts"][i]["bead_in_image"][b] for i in order] for b in range(len(series["bead_xyz_px"]))]
+    )
     truth[~seen] = float("nan")
     return folder, series, truth
 
@@ -47,10 +50,15 @@ def noisy_series(tmp_path_factory):
 def cli_align(folder, series, root, *args):
     """Import the stack, then ``tiltflow align`` through the CLI; returns (store, run id, printed text)."""
     store = ProjectStore(root)
-    imp = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": series["mdoc_tilt_axis_deg"]})
-    result = CliRunner().invoke(build_cli(), ["align", "-p", str(root), "--input", str(imp.id), "--binning", "3",
-                                              "--align-z-nm", "160", "-v", *args])
+    imp = run_step(
+        store,
+        "import-tilt-series",
+        {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300, "tilt_axis_deg": series["mdoc_tilt_axis_deg"]},
+    )
+    result = CliRunner().invoke(
+        build_cli(),
+        ["align", "-p", str(root), "--input", str(imp.id), "--binning", "3", "--align-z-nm", "160", "-v", *args],
+    )
     assert result.exit_code == 0, result.output
     return store, int(store.runs()[-1].id), result.output
 
@@ -73,8 +81,8 @@ def png_pixels(path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat, header = 8, b"", None
     while pos < len(data):
-        n = struct.unpack(">I", data[pos:pos + 4])[0]
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        n = struct.unpack(">I", data[pos : pos + 4])[0]
+        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
         header = struct.unpack(">IIBBBBB", body) if tag == b"IHDR" else header
         idat += body if tag == b"IDAT" else b""
         pos += 12 + n
@@ -88,7 +96,7 @@ def png_pixels(path):
 def table_rows(output, title):
     """Numeric rows of the printed table whose title line contains ``title``."""
     lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if title in line) + 2   # title, column names
+    start = next(i for i, line in enumerate(lines) if title in line) + 2  # title, column names
     rows = []
     for line in lines[start:]:
         fields = line.replace("*", " ").split()
@@ -137,8 +145,10 @@ def test_patch_route_writes_a_complete_alignment(patch_run, noisy_series):
     assert len(read_tlt(ts.alignment["tlt"])) == 25
     residual = alignment_residual_against_truth(xf, refined, truth, (768, 768))
     axis_error = ts.acquisition.tilt_axis_deg - series["tilt_axis_deg"]
-    print(f"patch route: honest residual {residual:.2f} px (bin 1), axis error {axis_error:+.2f} deg "
-          f"(mdoc {series['mdoc_tilt_axis_deg'] - series['tilt_axis_deg']:+.2f})")
+    print(
+        f"patch route: honest residual {residual:.2f} px (bin 1), axis error {axis_error:+.2f} deg "
+        f"(mdoc {series['mdoc_tilt_axis_deg'] - series['tilt_axis_deg']:+.2f})"
+    )
     assert residual <= 1.0
     assert abs(axis_error) <= 0.5
 
@@ -154,15 +164,15 @@ def test_fiducial_route_plots_and_tables_match_the_stored_residuals(fiducial_run
     assert all(Path(f).parent == run_dir for f in plots.values())
     chart = png_pixels(plots["residual_vs_tilt"])
     assert chart.shape == (520, 900, 3)
-    assert (np.abs(chart.astype(int) - [31, 119, 180]).sum(-1) == 0).sum() > 200   # the residual series drawn
+    assert (np.abs(chart.astype(int) - [31, 119, 180]).sum(-1) == 0).sum() > 200  # the residual series drawn
     tracks = png_pixels(plots["bead_tracks"])
-    assert tracks.shape == (40 + 512 + 80, 110 + 512 + 30, 3)     # 768 px views at bin 3 shown x2, margins
+    assert tracks.shape == (40 + 512 + 80, 110 + 512 + 30, 3)  # 768 px views at bin 3 shown x2, margins
     colourful = (tracks.max(-1).astype(int) - tracks.min(-1)) > 60
-    assert colourful.sum() > 50 * alignment["n_beads"]           # a coloured track per bead
+    assert colourful.sum() > 50 * alignment["n_beads"]  # a coloured track per bead
     # each bead's ring sits on its dark gold in the 0° view (y up, x2, bin 3): the plot's conventions hold
     zero = int(np.argmin([abs(im.tilt_angle_deg) for im in ts.images]))
     grey = tracks[40:552, 110:622].astype(int)
-    plain = (grey.max(-1) == grey.min(-1))
+    plain = grey.max(-1) == grey.min(-1)
     background = np.median(grey[..., 0][plain])
     dark = 0
     for contour in read_mod(alignment["fid"]).objects[0].contours:
@@ -170,13 +180,16 @@ def test_fiducial_route_plots_and_tables_match_the_stored_residuals(fiducial_run
         if at:
             col = round((at[0][0] / 3 + 0.5) / 256 * 511)
             row = 511 - round((at[0][1] / 3 + 0.5) / 256 * 511)
-            box, ok = grey[max(row - 5, 0):row + 6, max(col - 5, 0):col + 6, 0], plain[max(row - 5, 0):row + 6, max(col - 5, 0):col + 6]
+            box, ok = (
+                grey[max(row - 5, 0) : row + 6, max(col - 5, 0) : col + 6, 0],
+                plain[max(row - 5, 0) : row + 6, max(col - 5, 0) : col + 6],
+            )
             dark += int(box[ok].mean() < 0.6 * background)
     assert dark >= 0.8 * alignment["n_beads"], (dark, alignment["n_beads"])
     # per-view table == stored per-view residuals (px, unbinned), one row per enabled view
     rows = table_rows(output, "residual per view")
     assert len(rows) == len(ts.images) == 25
-    for im, row in zip(ts.images, rows):
+    for im, row in zip(ts.images, rows, strict=False):
         assert int(row[0]) == ts.images.index(im) + 1
         assert float(row[1]) == pytest.approx(im.tilt_angle_deg, abs=0.006)
         assert float(row[2]) == pytest.approx(im.refined_tilt_angle_deg, abs=0.006)
@@ -187,7 +200,7 @@ def test_fiducial_route_plots_and_tables_match_the_stored_residuals(fiducial_run
     assert (per_view * beads).sum() / beads.sum() == pytest.approx(alignment["mean_residual_px"], rel=1e-3)
     bead_rows = table_rows(output, "residual per bead")
     assert len(bead_rows) == alignment["n_beads"] == len(alignment["per_bead_residual_px"])
-    for row, stored in zip(bead_rows, alignment["per_bead_residual_px"]):
+    for row, stored in zip(bead_rows, alignment["per_bead_residual_px"], strict=False):
         assert float(row[2]) == pytest.approx(stored, abs=6e-4)
     assert f"{series['tsId']}_residuals.png" in output and "bead_tracks.png" in output
 
@@ -199,7 +212,7 @@ def test_patch_route_plots_and_table_match_the_stored_errors(patch_run):
     assert png_pixels(plot).shape == (520, 900, 3)
     rows = table_rows(output, "projection-matching error per view")
     assert len(rows) == 25
-    for im, row in zip(ts.images, rows):
+    for im, row in zip(ts.images, rows, strict=False):
         stored = im.projection_matching_error
         if stored is None:
             assert row[3] == "nan" and row[-1] == "dark"
@@ -217,7 +230,7 @@ def test_resolve_after_dropping_a_bead_and_excluding_views(noisy_series, fiducia
     ts_id = before.ts_id
     out = store.resolve(str(run_id))
     flags = {(ts_id, order): True for order in views_to_orders(before, [1, 25])}
-    source = save_subset(store, out, flags=flags).pointer            # first and last view excluded
+    source = save_subset(store, out, flags=flags).pointer  # first and last view excluded
     params = {"method": "fiducial", "binning": 3, "resolve": True, "drop_beads": [f"{ts_id}:2"]}
     redo = run_step(store, "align", params, {"input": source})
     ts = store.load(store.resolve(str(redo.id))).items[0]
@@ -256,8 +269,13 @@ def test_align_and_reconstruct_on_cuda_agree_with_cpu(method, noisy_series, fidu
     for params in ({"method": "wbp"}, {"method": "sirt", "sirt_iterations": 4}):
         vols = []
         for dev in ("cuda", "cpu"):
-            rec = run_step(store, "reconstruct", {"binning": 8, "thickness_nm": 160.0, **params},
-                           {"input": str(run_id)}, options={"device": dev})
+            rec = run_step(
+                store,
+                "reconstruct",
+                {"binning": 8, "thickness_nm": 160.0, **params},
+                {"input": str(run_id)},
+                options={"device": dev},
+            )
             vols.append(read_stack(store.load(store.resolve(str(rec.id))).items[0].file).astype(np.float64))
         assert vols[0].shape == (72, 96, 96)
         assert np.corrcoef(vols[0].ravel(), vols[1].ravel())[0, 1] > 0.999, params

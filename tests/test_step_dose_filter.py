@@ -15,13 +15,13 @@ from tiltflow.workflow.store import ProjectStore
 
 PIXEL_A, NY, NX = 2.0, 48, 64
 ANGLES = [-6, -3, 0, 3, 6]
-ORDERS = [5, 3, 1, 2, 4]            # dose-symmetric: 0° first (the stack is in tilt order)
-WAVES = [(3, 0, 1.0), (0, 5, 0.7), (13, 9, 0.4)]   # (cycles across x, cycles across y, amplitude)
+ORDERS = [5, 3, 1, 2, 4]  # dose-symmetric: 0° first (the stack is in tilt order)
+WAVES = [(3, 0, 1.0), (0, 5, 0.7), (13, 9, 0.4)]  # (cycles across x, cycles across y, amplitude)
 
 
 def critical_exposure(k_per_a: float, kv: float) -> float:
     """Ne(k) = 0.245 k^-1.665 + 2.81 e/Å² at 300 kV, times 0.8 at 200 kV (Grant & Grigorieff 2015, Fig. 2)."""
-    return (0.245 * k_per_a ** -1.665 + 2.81) * (0.8 if kv == 200 else 1.0)
+    return (0.245 * k_per_a**-1.665 + 2.81) * (0.8 if kv == 200 else 1.0)
 
 
 def waves_image(scale: float = 1.0, offset: float = 10.0, dose=None, kv=300.0) -> np.ndarray:
@@ -39,20 +39,29 @@ def waves_image(scale: float = 1.0, offset: float = 10.0, dose=None, kv=300.0) -
 def project(tmp_path):
     folder = tmp_path / "stacks"
     write_mrc(folder / "TS_01.st", np.stack([waves_image() for _ in ANGLES]).astype(np.float32), voxel_size_a=PIXEL_A)
-    write_mrc(folder / "TS_01_odd.st", np.stack([waves_image(0.5, 5.0) for _ in ANGLES]).astype(np.float32),
-              voxel_size_a=PIXEL_A)
-    write_mrc(folder / "TS_01_even.st", np.stack([waves_image(0.25, 5.0) for _ in ANGLES]).astype(np.float32),
-              voxel_size_a=PIXEL_A)
+    write_mrc(
+        folder / "TS_01_odd.st",
+        np.stack([waves_image(0.5, 5.0) for _ in ANGLES]).astype(np.float32),
+        voxel_size_a=PIXEL_A,
+    )
+    write_mrc(
+        folder / "TS_01_even.st",
+        np.stack([waves_image(0.25, 5.0) for _ in ANGLES]).astype(np.float32),
+        voxel_size_a=PIXEL_A,
+    )
     (folder / "TS_01.rawtlt").write_text("".join(f"{a}\n" for a in ANGLES))
     store = ProjectStore(tmp_path / "p")
-    imp = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "TS_01.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": 0.0, "pixel_size_a": PIXEL_A})
+    imp = run_step(
+        store,
+        "import-tilt-series",
+        {"files": str(folder), "pattern": "TS_01.st", "voltage_kv": 300, "tilt_axis_deg": 0.0, "pixel_size_a": PIXEL_A},
+    )
     value = store.load(store.resolve(str(imp.id)))
-    for im, order in zip(value.items[0].images, ORDERS):       # doses as an mdoc gives them
+    for im, order in zip(value.items[0].images, ORDERS, strict=False):  # doses as an mdoc gives them
         im.acquisition_order, im.dose_e_a2 = order, 4.0
         im.dose_prior_e_a2, im.dose_accumulated_e_a2 = 4.0 * (order - 1), 4.0 * order
         im.odd_file, im.even_file = str(folder / "TS_01_odd.st"), str(folder / "TS_01_even.st")
-    value.items[0].images[1].enabled = False                   # a flag that must pass through
+    value.items[0].images[1].enabled = False  # a flag that must pass through
     value.odd_even = True
     store.add_output(imp.id, "TiltSeries_doses", value)
     return store, f"{imp.id}.TiltSeries_doses"
@@ -64,10 +73,10 @@ def test_views_equal_the_analytic_exposure_filter(project):
     ts = store.load(store.resolve(str(run.id))).items[0]
     assert [im.tilt_angle_deg for im in ts.images] == ANGLES
     assert [im.enabled for im in ts.images] == [True, False, True, True, True]
-    assert [im.dose_accumulated_e_a2 for im in ts.images] == [4.0 * o for o in ORDERS]   # doses kept
+    assert [im.dose_accumulated_e_a2 for im in ts.images] == [4.0 * o for o in ORDERS]  # doses kept
     for key, scale, offset in (("file", 1.0, 10.0), ("odd_file", 0.5, 5.0), ("even_file", 0.25, 5.0)):
         got = read_stack(getattr(ts.images[0], key))
-        for v, order in enumerate(ORDERS):      # exposure = accumulated dose after the view (mtffilter)
+        for v, order in enumerate(ORDERS):  # exposure = accumulated dose after the view (mtffilter)
             want = waves_image(scale, offset, dose=4.0 * order)
             np.testing.assert_allclose(got[v], want, atol=2e-5 * scale, err_msg=f"{key} view {v}")
     assert [im.attrs["dose_filter_exposure_e_a2"] for im in ts.images] == [4.0 * o for o in ORDERS]
@@ -77,10 +86,14 @@ def test_views_equal_the_analytic_exposure_filter(project):
 
 def test_fixed_dose_mid_exposure_and_voltage(project):
     store, pointer = project
-    run = run_step(store, "dose-filter", {"dose_per_tilt_e_a2": 3.0, "initial_dose_e_a2": 1.0, "voltage_kv": 200,
-                                          "mode": "mid_exposure"}, {"input": pointer})
+    run = run_step(
+        store,
+        "dose-filter",
+        {"dose_per_tilt_e_a2": 3.0, "initial_dose_e_a2": 1.0, "voltage_kv": 200, "mode": "mid_exposure"},
+        {"input": pointer},
+    )
     got = read_stack(store.load(store.resolve(str(run.id))).items[0].images[0].file)
-    for v, order in enumerate(ORDERS):          # 1 + 3 (order - 1) before the view, + 1.5 to its middle
+    for v, order in enumerate(ORDERS):  # 1 + 3 (order - 1) before the view, + 1.5 to its middle
         np.testing.assert_allclose(got[v], waves_image(dose=1.0 + 3.0 * (order - 1) + 1.5, kv=200), atol=2e-5)
 
 
@@ -98,7 +111,8 @@ def test_refusals_before_work(project, tmp_path):
     store.add_output(run_id, "TiltSeries_120kv", value)
     with pytest.raises(InputError, match="120 kV"):
         run_step(store, "dose-filter", {"dose_per_tilt_e_a2": 3.0}, {"input": f"{run_id}.TiltSeries_120kv"})
-    assert len(store.runs()) == n_runs           # nothing registered
-    result = CliRunner().invoke(build_cli(), ["dose-filter", "-p", str(tmp_path / "p"), "--input", pointer,
-                                              "--voltage", "100"])
+    assert len(store.runs()) == n_runs  # nothing registered
+    result = CliRunner().invoke(
+        build_cli(), ["dose-filter", "-p", str(tmp_path / "p"), "--input", pointer, "--voltage", "100"]
+    )
     assert result.exit_code == 2 and "--voltage 100: must be at least 200" in result.output, result.output

@@ -20,8 +20,18 @@ from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.steps.base import Condition, all_steps, condition_of, get_step, param_meta
 from tiltflow.workflow.steps.checks import validate_cli
 
-MODE_PREFIXES = ("Fiducial:", "Patch:", "CTF:", "Motion:", "SIRT:", "WBP:", "mean_sd:", "min_max:",
-                 "Phase flipping:", "With --resolve")
+MODE_PREFIXES = (
+    "Fiducial:",
+    "Patch:",
+    "CTF:",
+    "Motion:",
+    "SIRT:",
+    "WBP:",
+    "mean_sd:",
+    "min_max:",
+    "Phase flipping:",
+    "With --resolve",
+)
 
 
 def tiltflow(*args):
@@ -44,29 +54,33 @@ def _stack_project(tmp_path: Path, size: int = 128) -> Path:
 
 # -- the declarations ---------------------------------------------------------------------------------
 
+
 def test_modes_live_in_conditions_not_in_help_text():
     for step in all_steps().values():
         for name in step.params.model_fields:
             meta = param_meta(step.params, name)
             assert not meta.help.startswith(MODE_PREFIXES), (step.id, name, meta.help)
-            if meta.condition is not None:      # the mode is a field of the same model, with that value
+            if meta.condition is not None:  # the mode is a field of the same model, with that value
                 field = step.params.model_fields[meta.condition.field]
                 assert field.annotation is not None
                 assert meta.condition.field != name
 
 
-@pytest.mark.parametrize("step_id, name, condition", [
-    ("align", "align_z_nm", ("method", ("patch",))),
-    ("align", "bead_diameter_nm", ("method", ("fiducial",))),
-    ("align", "drop_beads", ("resolve", (True,))),
-    ("reconstruct", "sirt_iterations", ("method", ("sirt",))),
-    ("reconstruct", "radial_cutoff", ("method", ("wbp",))),
-    ("reconstruct", "ctf_defocus_tol_nm", ("ctf_correct", ("phaseflip",))),
-    ("motion-ctf", "window_px", ("estimate_ctf", (True,))),
-    ("normalize", "sd", ("scale", ("mean_sd",))),
-    ("ctf", "window_px", None),                 # the shared CTF options: ctf always estimates
-    ("align", "binning", None),
-])
+@pytest.mark.parametrize(
+    "step_id, name, condition",
+    [
+        ("align", "align_z_nm", ("method", ("patch",))),
+        ("align", "bead_diameter_nm", ("method", ("fiducial",))),
+        ("align", "drop_beads", ("resolve", (True,))),
+        ("reconstruct", "sirt_iterations", ("method", ("sirt",))),
+        ("reconstruct", "radial_cutoff", ("method", ("wbp",))),
+        ("reconstruct", "ctf_defocus_tol_nm", ("ctf_correct", ("phaseflip",))),
+        ("motion-ctf", "window_px", ("estimate_ctf", (True,))),
+        ("normalize", "sd", ("scale", ("mean_sd",))),
+        ("ctf", "window_px", None),  # the shared CTF options: ctf always estimates
+        ("align", "binning", None),
+    ],
+)
 def test_conditions_as_declared(step_id, name, condition):
     cond = condition_of(get_step(step_id).params, name)
     assert (None if cond is None else (cond.field, cond.values)) == condition
@@ -87,18 +101,21 @@ def test_condition_forms_and_option_text():
 def test_workflow_schema_carries_group_expert_condition():
     from tiltflow.workflow.workflow_file import json_schema
 
-    variants = {v["properties"]["step"]["const"]: v["properties"]["params"]["properties"]
-                for v in json_schema()["properties"]["steps"]["items"]["oneOf"]}
+    variants = {
+        v["properties"]["step"]["const"]: v["properties"]["params"]["properties"]
+        for v in json_schema()["properties"]["steps"]["items"]["oneOf"]
+    }
     z = variants["align"]["align_z_nm"]
     assert (z["group"], z["condition"], z["cli"]) == ("patch", {"field": "method", "values": ["patch"]}, "--align-z-nm")
     assert variants["align"]["solve_magnification"]["expert"] is True
     assert "expert" not in variants["align"]["bead_diameter_nm"]
     assert variants["motion-ctf"]["window_px"]["condition"] == {"field": "estimate_ctf", "values": [True]}
-    assert "condition" not in variants["ctf"]["window_px"]           # no --estimate-ctf in ctf
+    assert "condition" not in variants["ctf"]["window_px"]  # no --estimate-ctf in ctf
     assert variants["ctf"]["window_px"]["group"] == "ctf"
 
 
 # -- Step.validate -------------------------------------------------------------------------------------
+
 
 def test_validate_words_problems_as_validate_cli():
     from tiltflow.workflow.steps.reconstruct import ReconstructParams
@@ -112,22 +129,42 @@ def test_validate_words_problems_as_validate_cli():
     assert any("--binning 0" in line for line in via_step.value.problems)
 
 
-@pytest.mark.parametrize("step_id, params, notes", [
-    ("align", {"method": "fiducial", "align_z_nm": 100.0},
-     ["--align-z-nm applies only with --method patch — ignored with --method fiducial"]),
-    ("align", {"method": "patch", "align_z_nm": 100.0}, []),
-    ("align", {"method": "fiducial", "iterations": 5}, []),        # the default, as workflow files repeat it
-    ("align", {"method": "patch", "bead_diameter_nm": 5.0},
-     ["--bead-diameter-nm applies only with --method fiducial — ignored with --method patch"]),
-    ("reconstruct", {"method": "wbp", "sirt_iterations": 5, "positivity": True},
-     ["--sirt-iterations applies only with --method sirt — ignored with --method wbp",
-      "--positivity applies only with --method sirt — ignored with --method wbp"]),
-    ("motion-ctf", {"estimate_ctf": False, "window_px": 256},
-     ["--window applies only with --estimate-ctf — ignored with --no-estimate-ctf"]),
-    ("ctf", {"window_px": 256}, []),
-    ("normalize", {"scale": "min_max", "mean": 3.0},
-     ["--mean applies only with --scale mean_sd — ignored with --scale min_max"]),
-])
+@pytest.mark.parametrize(
+    "step_id, params, notes",
+    [
+        (
+            "align",
+            {"method": "fiducial", "align_z_nm": 100.0},
+            ["--align-z-nm applies only with --method patch — ignored with --method fiducial"],
+        ),
+        ("align", {"method": "patch", "align_z_nm": 100.0}, []),
+        ("align", {"method": "fiducial", "iterations": 5}, []),  # the default, as workflow files repeat it
+        (
+            "align",
+            {"method": "patch", "bead_diameter_nm": 5.0},
+            ["--bead-diameter-nm applies only with --method fiducial — ignored with --method patch"],
+        ),
+        (
+            "reconstruct",
+            {"method": "wbp", "sirt_iterations": 5, "positivity": True},
+            [
+                "--sirt-iterations applies only with --method sirt — ignored with --method wbp",
+                "--positivity applies only with --method sirt — ignored with --method wbp",
+            ],
+        ),
+        (
+            "motion-ctf",
+            {"estimate_ctf": False, "window_px": 256},
+            ["--window applies only with --estimate-ctf — ignored with --no-estimate-ctf"],
+        ),
+        ("ctf", {"window_px": 256}, []),
+        (
+            "normalize",
+            {"scale": "min_max", "mean": 3.0},
+            ["--mean applies only with --scale mean_sd — ignored with --scale min_max"],
+        ),
+    ],
+)
 def test_validate_notes_options_of_an_inactive_mode(step_id, params, notes):
     assert get_step(step_id).validate(params) == notes
 
@@ -135,7 +172,8 @@ def test_validate_notes_options_of_an_inactive_mode(step_id, params, notes):
 def test_validate_given_names_what_the_user_typed():
     step = get_step("align")
     assert step.validate({"method": "fiducial", "iterations": 5}, given={"iterations"}) == [
-        "--iterations applies only with --method patch — ignored with --method fiducial"]
+        "--iterations applies only with --method patch — ignored with --method fiducial"
+    ]
     assert step.validate({"method": "fiducial", "align_z_nm": 99.0}, given=set()) == []
 
 
@@ -147,18 +185,18 @@ def test_validate_runs_the_checks_against_the_input(tmp_path):
     store = ProjectStore(root, create=False)
     source = store.load(store.outputs(1)[0])
     step = get_step("align")
-    p = step.params.model_validate({"binning": 8})           # 128 px / 8 = 16 px < 32 px
+    p = step.params.model_validate({"binning": 8})  # 128 px / 8 = 16 px < 32 px
     with pytest.raises(InputError) as direct:
         check_align(p, source)
     with pytest.raises(InputError) as via_step:
         step.validate(p, {"input": source})
-    with pytest.raises(InputError) as via_runner:             # the runner's and watch's entry
+    with pytest.raises(InputError) as via_runner:  # the runner's and watch's entry
         check_inputs("align", p, {"input": source})
     assert via_step.value.problems == via_runner.value.problems == direct.value.problems
     assert step.validate(step.params.model_validate({"binning": 2}), {"input": source}) == []
     seen = []
     spy = replace(step, checks=lambda params, s: seen.append((params, s)))
-    assert spy.validate(p) == [] and seen == []               # no input: only the parameter checks
+    assert spy.validate(p) == [] and seen == []  # no input: only the parameter checks
     spy.validate(p, {"input": source})
     assert seen == [(p, source)]
 
@@ -170,15 +208,22 @@ def test_steps_with_input_checks_declare_them():
 
 # -- the command line ----------------------------------------------------------------------------------
 
+
 def _sections(text: str) -> list[str]:
     return [line[:-1] for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
 
 
 def test_help_groups_options_expert_last():
     text = tiltflow("align", "--help").output
-    assert _sections(text) == ["Inputs", "Options", "Fiducial options (with --method fiducial)",
-                               "Patch options (with --method patch)", "Geometry options", "Expert options",
-                               "Run options"]
+    assert _sections(text) == [
+        "Inputs",
+        "Options",
+        "Fiducial options (with --method fiducial)",
+        "Patch options (with --method patch)",
+        "Geometry options",
+        "Expert options",
+        "Run options",
+    ]
     patch = text.split("Patch options (with --method patch):", 1)[1].split("\n\n", 1)[0]
     assert "--align-z-nm" in patch and "--bead-diameter-nm" not in patch
     expert = text.split("Expert options:", 1)[1].split("Run options:", 1)[0]
@@ -221,15 +266,16 @@ def test_cli_bad_option_still_one_line(tmp_path):
 
 # -- methods ---------------------------------------------------------------------------------------------
 
+
 def test_every_step_declares_its_methods():
     for step in all_steps().values():
         assert step.methods, step.id
         for line in step.methods:
             for doi in re.findall(r"doi:(\S+)", line):
                 assert re.fullmatch(r"10\.\d{4,9}/\S+[^.,;]", doi), (step.id, doi)
-    assert any("doi:10.1038/s41592-019-0580-y" in m for m in get_step("motion-ctf").methods)    # Warp
-    assert any("doi:10.1016/j.jsb.2015.08.008" in m for m in get_step("ctf").methods)           # CTFFIND4
-    assert any("doi:10.1016/j.yjsbx.2022.100068" in m for m in get_step("align").methods)        # AreTomo
+    assert any("doi:10.1038/s41592-019-0580-y" in m for m in get_step("motion-ctf").methods)  # Warp
+    assert any("doi:10.1016/j.jsb.2015.08.008" in m for m in get_step("ctf").methods)  # CTFFIND4
+    assert any("doi:10.1016/j.yjsbx.2022.100068" in m for m in get_step("align").methods)  # AreTomo
 
 
 def test_show_run_prints_methods(tmp_path):

@@ -21,15 +21,17 @@ PARAMS = {"window_px": 256, "ctf_range_a": [30.0, 7.0], "motion_grid": [1, 1, 1]
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(out, DemoConfig(n_series=1, n_tilts=5, size=(384, 384), n_frames=8, seed=4,
-                                       local_motion=False), force=True)
+    write_demo_dataset(
+        out, DemoConfig(n_series=1, n_tilts=5, size=(384, 384), n_frames=8, seed=4, local_motion=False), force=True
+    )
     return out
 
 
 def imported(tmp_path, data):
     store = ProjectStore(tmp_path / "p")
-    run = run_step(store, "import-movies", {"files": str(data), "gain": str(data / "gain_ref.gain"),
-                                            "amplitude_contrast": 0.07})
+    run = run_step(
+        store, "import-movies", {"files": str(data), "gain": str(data / "gain_ref.gain"), "amplitude_contrast": 0.07}
+    )
     return store, run
 
 
@@ -44,7 +46,11 @@ def test_motion_ctf_outputs_and_accuracy(demo, tmp_path):
     ts = store.load(outs["TiltSeries"]).items[0]
     angles = [im.tilt_angle_deg for im in ts.images]
     assert angles == sorted(angles) and [im.index for im in ts.images] == list(range(5))
-    total, even, odd = read_stack(ts.images[0].file), read_stack(ts.images[0].even_file), read_stack(ts.images[0].odd_file)
+    total, even, odd = (
+        read_stack(ts.images[0].file),
+        read_stack(ts.images[0].even_file),
+        read_stack(ts.images[0].odd_file),
+    )
     assert total.shape == (5, 384, 384)
     np.testing.assert_allclose(even + odd, total, rtol=1e-4, atol=1e-3)
     errors = []
@@ -58,9 +64,14 @@ def test_motion_ctf_outputs_and_accuracy(demo, tmp_path):
         assert im.total_motion_px > 0
     assert np.median(errors) <= 0.2, errors
     ctf = store.load(outs["CTFTomoSeries"]).items[0]
-    mean_err = [abs(c.defocus_mean_a - 0.5 * (by_order[c.acquisition_order]["defocus_u_a"] +
-                                             by_order[c.acquisition_order]["defocus_v_a"])) for c in ctf.items]
-    assert np.median(mean_err) <= 400, mean_err        # 384 px images: few tiles; benchmarks measure more
+    mean_err = [
+        abs(
+            c.defocus_mean_a
+            - 0.5 * (by_order[c.acquisition_order]["defocus_u_a"] + by_order[c.acquisition_order]["defocus_v_a"])
+        )
+        for c in ctf.items
+    ]
+    assert np.median(mean_err) <= 400, mean_err  # 384 px images: few tiles; benchmarks measure more
     assert all(Path(c.spectrum_file).read_bytes()[:4] == b"\x89PNG" for c in ctf.items)
     text = read_ctffind(ctf.ctffind_file)
     assert len(text.rows) == 5
@@ -89,14 +100,15 @@ def _break_movie(data: Path, how: str) -> Path:
 @pytest.mark.parametrize("how,message", [("zeros", "all zeros"), ("unreadable", "not a readable TIFF")])
 def test_bad_movie_fails_run_or_is_skipped(demo, tmp_path, how, message):
     data = Path(shutil.copytree(demo, tmp_path / "data"))
-    store, imp = imported(tmp_path, data)   # import reads headers only: a zero frame passes it
+    store, imp = imported(tmp_path, data)  # import reads headers only: a zero frame passes it
     movie = _break_movie(data, how)
     with pytest.raises(RuntimeError, match=message):
         run_step(store, "motion-ctf", {**PARAMS, "estimate_ctf": False}, {"input": str(imp.id)})
     failed = store.runs()[-1]
     assert failed.status == "failed" and store.outputs(failed.id) == []
-    run = run_step(store, "motion-ctf", {**PARAMS, "estimate_ctf": False}, {"input": str(imp.id)},
-                   options={"skip_bad": True})
+    run = run_step(
+        store, "motion-ctf", {**PARAMS, "estimate_ctf": False}, {"input": str(imp.id)}, options={"skip_bad": True}
+    )
     ts = store.load(store.output(run.id, "TiltSeries")).items[0]
     assert len(ts.images) == 4 and str(movie) not in [im.movie for im in ts.images]
 
@@ -124,12 +136,21 @@ def test_ctf_step_on_stacks_agrees_with_truth(demo, tmp_path):
     by_order = {t["acquisition_order"] + 1: t for t in truth["tilts"]}
     store, imp = imported(tmp_path, demo)
     motion = run_step(store, "motion-ctf", {**PARAMS, "estimate_ctf": False}, {"input": str(imp.id)})
-    run = run_step(store, "ctf", {"window_px": 128, "ctf_range_a": [30.0, 7.0], "defocus_grid": [2, 2, 2]},
-                   {"input": f"{motion.id}.TiltSeries"})
+    run = run_step(
+        store,
+        "ctf",
+        {"window_px": 128, "ctf_range_a": [30.0, 7.0], "defocus_grid": [2, 2, 2]},
+        {"input": f"{motion.id}.TiltSeries"},
+    )
     ctf = store.load(store.output(run.id, "CTFTomoSeries")).items[0]
     assert len(ctf.items) == 5
-    errors = [abs(c.defocus_mean_a - 0.5 * (by_order[c.acquisition_order]["defocus_u_a"]
-                                            + by_order[c.acquisition_order]["defocus_v_a"])) for c in ctf.items]
+    errors = [
+        abs(
+            c.defocus_mean_a
+            - 0.5 * (by_order[c.acquisition_order]["defocus_u_a"] + by_order[c.acquisition_order]["defocus_v_a"])
+        )
+        for c in ctf.items
+    ]
     assert np.median(errors) <= 400, errors
     grids = [np.array(c.attrs["defocus_grid_a"]) for c in ctf.items]
     assert all(g.shape == (2, 2) for g in grids)
@@ -150,8 +171,9 @@ def test_movie_prefetcher_decodes_ahead_in_a_background_thread(tmp_path, monkeyp
     paths = []
     for i in range(4):
         p = tmp_path / f"m{i}.tif"
-        tifffile.imwrite(p, rng.integers(0, 5, (3, 32, 40), dtype=np.uint8), compression="lzw",
-                         photometric="minisblack")
+        tifffile.imwrite(
+            p, rng.integers(0, 5, (3, 32, 40), dtype=np.uint8), compression="lzw", photometric="minisblack"
+        )
         paths.append(p)
     (tmp_path / "bad.tif").write_bytes(b"garbage" * 10)
     decoded_by = {}
@@ -166,13 +188,13 @@ def test_movie_prefetcher_decodes_ahead_in_a_background_thread(tmp_path, monkeyp
     with MoviePrefetcher(order, depth=1) as prefetch:
         for p in paths[:2]:
             assert np.array_equal(prefetch.get(p), read_movie_frames(p))
-            for _ in range(500):       # "computing": the next movie is decoded meanwhile
+            for _ in range(500):  # "computing": the next movie is decoded meanwhile
                 if str(order[order.index(p) + 1]) in decoded_by:
                     break
                 time.sleep(0.01)
         with pytest.raises(MovieError, match="bad.tif"):
             prefetch.get(tmp_path / "bad.tif")
-        assert np.array_equal(prefetch.get(paths[3]), read_movie_frames(paths[3]))   # skips m2
+        assert np.array_equal(prefetch.get(paths[3]), read_movie_frames(paths[3]))  # skips m2
         assert np.array_equal(prefetch.get(paths[2]), read_movie_frames(paths[2]))
     assert decoded_by[str(paths[0])] == decoded_by[str(paths[1])] == "movie-prefetch"
     assert decoded_by[str(tmp_path / "bad.tif")] == "movie-prefetch"

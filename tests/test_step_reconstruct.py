@@ -41,17 +41,27 @@ def write_stack_folder(folder, series, order, views):
     """``TS_01.st`` in tilt order, its ``.rawtlt`` (true angles) and ``_order.csv`` (acquisition order)."""
     write_mrc(folder / "TS_01.st", np.asarray(views, np.float32), voxel_size_a=series["pixel_size_a"])
     (folder / "TS_01.rawtlt").write_text("".join(f"{series['tilts'][i]['true_tilt_angle_deg']:.4f}\n" for i in order))
-    (folder / "TS_01_order.csv").write_text("".join(f"{i + 1}, {series['tilts'][i]['true_tilt_angle_deg']:.4f}\n"
-                                                    for i in range(len(order))))
+    (folder / "TS_01_order.csv").write_text(
+        "".join(f"{i + 1}, {series['tilts'][i]['true_tilt_angle_deg']:.4f}\n" for i in range(len(order)))
+    )
     return folder
 
 
 def aligned_project(tmp_path, folder, xf):
     store = ProjectStore(tmp_path / "p")
-    run = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": 0.0, "dose_per_tilt_e_a2": 3.0})
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(folder),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "tilt_axis_deg": 0.0,
+            "dose_per_tilt_e_a2": 3.0,
+        },
+    )
     value = store.load(store.resolve(str(run.id)))
-    for im, row in zip(value.items[0].images, xf.tolist()):
+    for im, row in zip(value.items[0].images, xf.tolist(), strict=False):
         im.transform = row
     store.add_output(run.id, "TiltSeries_aligned", value)
     return store, f"{run.id}.TiltSeries_aligned"
@@ -63,15 +73,15 @@ def bead_centres(vol, series, binning, voxel_size_a):
 
     nz, ny, nx = vol.shape
     smooth = ndi.gaussian_filter(vol, 1.0)
-    r = int(np.ceil(50.0 / voxel_size_a)) + 3      # 10 nm beads: radius 50 Å, plus a margin
+    r = int(np.ceil(50.0 / voxel_size_a)) + 3  # 10 nm beads: radius 50 Å, plus a margin
     found, true = [], []
     for x, y, z in series["bead_xyz_px"]:
         p = np.array([z / binning + (nz - 1) / 2, y / binning + (ny - 1) / 2, x / binning + (nx - 1) / 2])
         if np.any(p < r) or np.any(p > np.array(vol.shape) - r - 1):
             continue
         lo = np.round(p).astype(int) - r
-        box = smooth[lo[0]:lo[0] + 2 * r + 1, lo[1]:lo[1] + 2 * r + 1, lo[2]:lo[2] + 2 * r + 1]
-        weight = np.clip(np.median(box) - box, 0, None) ** 2          # gold is dark
+        box = smooth[lo[0] : lo[0] + 2 * r + 1, lo[1] : lo[1] + 2 * r + 1, lo[2] : lo[2] + 2 * r + 1]
+        weight = np.clip(np.median(box) - box, 0, None) ** 2  # gold is dark
         grid = np.indices(box.shape).reshape(3, -1)
         found.append(lo + (grid * weight.reshape(-1)).sum(1) / weight.sum())
         true.append(p)
@@ -90,8 +100,9 @@ def test_beads_at_true_positions(simulated, tmp_path, method):
     folder, series, xf, _ = simulated
     store, pointer = aligned_project(tmp_path, folder, xf)
     binning, thickness_nm = 2, 180.0
-    tomo, vol = reconstruct(store, pointer, method=method, binning=binning, thickness_nm=thickness_nm,
-                            sirt_iterations=8)
+    tomo, vol = reconstruct(
+        store, pointer, method=method, binning=binning, thickness_nm=thickness_nm, sirt_iterations=8
+    )
     nz, ny, nx = vol.shape
     assert (ny, nx) == (128, 128) and nz == round(thickness_nm * 10 / (series["pixel_size_a"] * binning))
     assert tomo.voxel_size_a == pytest.approx(series["pixel_size_a"] * binning)
@@ -118,7 +129,7 @@ def test_dose_weighting_keeps_beads_in_place(simulated, tmp_path):
     assert len(found) >= 3
     assert np.median(np.linalg.norm(found - true, axis=1)) <= 1.0
     moved = np.linalg.norm(found - found_plain, axis=1)
-    assert moved.max() <= 0.15, moved                     # measured: max 0.0x voxel
+    assert moved.max() <= 0.15, moved  # measured: max 0.0x voxel
     # low frequencies are kept: the weighted tomogram still correlates with the plain one
     assert np.corrcoef(plain.ravel(), weighted.ravel())[0, 1] > 0.9
 
@@ -133,11 +144,23 @@ def test_dose_weighting_filters_by_the_exposure_filter_at_the_binned_pixel_size(
     write_mrc(tmp_path / "TS_01.st", rng.standard_normal((31, 256, 256)).astype(np.float32) + 100.0, voxel_size_a=2.76)
     (tmp_path / "TS_01.rawtlt").write_text("".join(f"{a:.3f}\n" for a in angles))
     store = ProjectStore(tmp_path / "p")
-    run = run_step(store, "import-tilt-series", {"files": str(tmp_path), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": 0.0, "dose_per_tilt_e_a2": 0.001,
-                                                 "initial_dose_e_a2": 40.0})
-    undosed = run_step(store, "import-tilt-series", {"files": str(tmp_path), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                     "tilt_axis_deg": 0.0})
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(tmp_path),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "tilt_axis_deg": 0.0,
+            "dose_per_tilt_e_a2": 0.001,
+            "initial_dose_e_a2": 40.0,
+        },
+    )
+    undosed = run_step(
+        store,
+        "import-tilt-series",
+        {"files": str(tmp_path), "pattern": "{TS}.st", "voltage_kv": 300, "tilt_axis_deg": 0.0},
+    )
     with pytest.raises(InputError, match="has no dose"):
         run_step(store, "reconstruct", {"dose_weight": True}, {"input": str(undosed.id)})
     common = {"binning": 2, "thickness_nm": 100.0, "radial_cutoff": 0.5}
@@ -145,13 +168,13 @@ def test_dose_weighting_filters_by_the_exposure_filter_at_the_binned_pixel_size(
     _, weighted = reconstruct(store, str(run.id), dose_weight=True, **common)
     k = np.sqrt(sum(g**2 for g in np.meshgrid(*[np.fft.fftfreq(n) for n in plain.shape], indexing="ij")))
     power_plain, power_weighted = abs(np.fft.fftn(plain)) ** 2, abs(np.fft.fftn(weighted)) ** 2
-    exposure = 40.0 + 15 * 0.001 + 0.0005                # mean over the views, e/Å²
+    exposure = 40.0 + 15 * 0.001 + 0.0005  # mean over the views, e/Å²
     for k_lo in (0.15, 0.25, 0.35, 0.45):
         shell = (k >= k_lo) & (k < k_lo + 0.02)
         measured = np.sqrt(power_weighted[shell].sum() / power_plain[shell].sum())
-        k_a = (k_lo + 0.01) / (2.76 * 2)                  # cycles/voxel / (Å/voxel) = 1/Å
+        k_a = (k_lo + 0.01) / (2.76 * 2)  # cycles/voxel / (Å/voxel) = 1/Å
         expected = np.exp(-exposure / (2 * critical_exposure_e_a2(torch.tensor(k_a), 300.0).item()))
-        assert measured == pytest.approx(expected, rel=0.04), (k_lo, measured, expected)   # tolerance 4 %
+        assert measured == pytest.approx(expected, rel=0.04), (k_lo, measured, expected)  # tolerance 4 %
 
 
 def test_reconstruction_correlates_with_the_noise_free_one(simulated, tmp_path, capsys):
@@ -166,8 +189,10 @@ def test_reconstruction_correlates_with_the_noise_free_one(simulated, tmp_path, 
         _, noisy = reconstruct(noisy_store, noisy_pointer, method=method, binning=2, thickness_nm=180.0, **params)
         report[method] = np.corrcoef(clean.ravel(), noisy.ravel())[0, 1]
     with capsys.disabled():
-        print(f"\ncorrelation with the reconstruction of the noise-free projections (bin 2): "
-              f"WBP {report['wbp']:.3f}, SIRT-10 {report['sirt']:.3f}")
+        print(
+            f"\ncorrelation with the reconstruction of the noise-free projections (bin 2): "
+            f"WBP {report['wbp']:.3f}, SIRT-10 {report['sirt']:.3f}"
+        )
     # measured: WBP 0.335 (its ramp keeps the high-frequency noise), SIRT-10 0.834
     assert report["wbp"] > 0.25 and report["sirt"] > 0.7
 
@@ -181,6 +206,7 @@ def test_even_odd_needs_halves(simulated, tmp_path):
 
 # --- CTF phase flipping through the step -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ctf_series(tmp_path_factory):
     """Noise-free views with the simulator's CTF (defocus gradient across the axis, astigmatism in the
@@ -188,9 +214,18 @@ def ctf_series(tmp_path_factory):
     2.76 Å/px; rendered with a margin so the CTF's delocalisation does not wrap around."""
     from tiltflow.testing.phantom import project_specimen, specimen_from_dict
 
-    config = DemoConfig(n_series=1, n_tilts=31, tilt_step_deg=4.0, size=(256, 256), seed=3, n_beads=0,
-                        n_vesicles=4, ice_thickness_nm=50.0, defocus_range_um=(3.0, 3.5),
-                        astigmatism_range_a=(1000.0, 1500.0))
+    config = DemoConfig(
+        n_series=1,
+        n_tilts=31,
+        tilt_step_deg=4.0,
+        size=(256, 256),
+        seed=3,
+        n_beads=0,
+        n_vesicles=4,
+        ice_thickness_nm=50.0,
+        defocus_range_um=(3.0, 3.5),
+        astigmatism_range_a=(1000.0, 1500.0),
+    )
     series = plan_series(config, 0, np.random.default_rng(3))
     order = sorted(range(len(series["tilts"])), key=lambda i: series["tilts"][i]["mdoc_tilt_angle_deg"])
     specimen = specimen_from_dict(series["specimen"])
@@ -199,8 +234,13 @@ def ctf_series(tmp_path_factory):
     for i in order:
         t = series["tilts"][i]
         with_ctf.append(render_truth_tilt(series, i, margin_px=m, with_damage=False, with_texture=False)[m:-m, m:-m])
-        phase = project_specimen(specimen, tilt_angle_deg=t["true_tilt_angle_deg"], tilt_axis_deg=series["tilt_axis_deg"],
-                                 shift_px=tuple(t["stage_shift_px"]), image_shape=(256, 256)).phase_rad
+        phase = project_specimen(
+            specimen,
+            tilt_angle_deg=t["true_tilt_angle_deg"],
+            tilt_axis_deg=series["tilt_axis_deg"],
+            shift_px=tuple(t["stage_shift_px"]),
+            image_shape=(256, 256),
+        ).phase_rad
         without.append(t["mean_counts_per_frame_px"] * (1.0 - (phase - phase.mean())))
     ctf_folder = write_stack_folder(tmp_path_factory.mktemp("ctf"), series, order, torch.stack(with_ctf).numpy())
     ideal_folder = write_stack_folder(tmp_path_factory.mktemp("ideal"), series, order, torch.stack(without).numpy())
@@ -212,9 +252,16 @@ def true_ctf_set(series, astigmatism_change_deg=0.0):
     """The simulator's per-tilt CTF, keyed by acquisition order (1-based) as the ctf step stores it."""
     from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, CtfTomoSeries
 
-    items = [CtfTomo(acquisition_order=i + 1, tilt_angle_deg=t["true_tilt_angle_deg"], defocus_u_a=t["defocus_u_a"],
-                     defocus_v_a=t["defocus_v_a"], astigmatism_angle_deg=t["astigmatism_angle_deg"] + astigmatism_change_deg)
-             for i, t in enumerate(series["tilts"])]
+    items = [
+        CtfTomo(
+            acquisition_order=i + 1,
+            tilt_angle_deg=t["true_tilt_angle_deg"],
+            defocus_u_a=t["defocus_u_a"],
+            defocus_v_a=t["defocus_v_a"],
+            astigmatism_angle_deg=t["astigmatism_angle_deg"] + astigmatism_change_deg,
+        )
+        for i, t in enumerate(series["tilts"])
+    ]
     return CtfSeriesSet([CtfTomoSeries(series["tsId"], items)])
 
 
@@ -230,7 +277,9 @@ def shell_correlations(a, b, edges):
     out = []
     for lo, hi in itertools.pairwise(edges):
         m = (k >= lo) & (k < hi)
-        out.append(float((fa[m] * fb[m].conj()).real.sum() / np.sqrt((abs(fa[m]) ** 2).sum() * (abs(fb[m]) ** 2).sum())))
+        out.append(
+            float((fa[m] * fb[m].conj()).real.sum() / np.sqrt((abs(fa[m]) ** 2).sum() * (abs(fb[m]) ** 2).sum()))
+        )
     return np.array(out)
 
 
@@ -247,7 +296,7 @@ def test_phase_flipping_restores_every_band_beyond_the_first_ctf_zero(ctf_series
     tomo, flipped = reconstruct(store, pointer, ctf=f"{run}.CTF", ctf_correct="phaseflip", **params)
     _, off = reconstruct(store, pointer, ctf=f"{run}.CTF_astig_off", ctf_correct="phaseflip", **params)
     assert tomo.attrs["ctf_correct"] == "phaseflip" and tomo.ctf == f"{run}.CTF"
-    edges = np.linspace(0.0, 0.5, 11)       # cycles/voxel; the first CTF zero is near 0.2 (3.2 µm, 2.76 Å)
+    edges = np.linspace(0.0, 0.5, 11)  # cycles/voxel; the first CTF zero is near 0.2 (3.2 µm, 2.76 Å)
     r_plain, r_flip, r_off = (shell_correlations(truth, v, edges) for v in (plain, flipped, off))
     with capsys.disabled():
         print("\nshell correlation with the CTF-free reconstruction, shells of 0.05 cycles/voxel from 0:")
@@ -255,10 +304,10 @@ def test_phase_flipping_restores_every_band_beyond_the_first_ctf_zero(ctf_series
             print(f"  {name:20s}" + " ".join(f"{v:6.3f}" for v in r))
     # measured: plain -0.25 .. 0.68 with reversed bands (-0.88 at 0.2-0.25); flipped >= 0.77 in every band;
     # with the astigmatism azimuth 90° off the top bands fall to ~0.0-0.3
-    assert r_plain[2:].min() < -0.5                   # CTF reversals beyond the first zero
-    assert r_flip.min() > 0.7                         # every band restored (wrong sign: all negative)
+    assert r_plain[2:].min() < -0.5  # CTF reversals beyond the first zero
+    assert r_flip.min() > 0.7  # every band restored (wrong sign: all negative)
     assert r_flip[7:].mean() > r_off[7:].mean() + 0.3  # the astigmatism carried to the aligned frame matters
-    assert r_flip[:2] == pytest.approx(r_plain[:2], abs=0.02)   # below the first zero nothing changes
+    assert r_flip[:2] == pytest.approx(r_plain[:2], abs=0.02)  # below the first zero nothing changes
 
 
 def test_phase_flipping_refuses_missing_or_mismatched_ctf(ctf_series, tmp_path):
@@ -280,7 +329,7 @@ def test_phase_flipping_refuses_missing_or_mismatched_ctf(ctf_series, tmp_path):
     store.add_output(run, "CTF_mirrored", CtfSeriesSet([CtfTomoSeries("TS_01", shuffled)]))
     with pytest.raises(InputError, match="the CTF is of a view at"):
         run_step(store, "reconstruct", {"ctf_correct": "phaseflip"}, {"input": pointer, "ctf": f"{run}.CTF_mirrored"})
-    assert [r.step for r in store.runs()] == ["import-tilt-series"]   # nothing half-registered
+    assert [r.step for r in store.runs()] == ["import-tilt-series"]  # nothing half-registered
 
 
 def test_tilt_axis_near_90_keeps_the_field_along_the_axis(tmp_path):

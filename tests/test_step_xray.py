@@ -18,14 +18,23 @@ def project_with_stack(tmp_path):
     for v in range(n):
         for _ in range(6):
             y, x = int(rng.integers(10, ny - 10)), int(rng.integers(10, nx - 10))
-            data[v, y, x] += 200.0   # ~45 SD above the local mean
+            data[v, y, x] += 200.0  # ~45 SD above the local mean
             hits.append((v, x, y))
     folder = tmp_path / "stacks"
     write_mrc(folder / "TS_01.st", data, voxel_size_a=2.0)
     (folder / "TS_01.rawtlt").write_text("".join(f"{a}\n" for a in (-6, -3, 0, 3, 6)))
     store = ProjectStore(tmp_path / "p")
-    run = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": 0.0, "dose_per_tilt_e_a2": 3.0})
+    run = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(folder),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "tilt_axis_deg": 0.0,
+            "dose_per_tilt_e_a2": 3.0,
+        },
+    )
     return store, run, clean, data, hits
 
 
@@ -33,7 +42,7 @@ def test_xray_erase_step(project_with_stack):
     store, run, clean, data, hits = project_with_stack
     out = store.resolve(str(run.id))
     value = store.load(out)
-    value.items[0].images[1].enabled = False   # a flag that must pass through
+    value.items[0].images[1].enabled = False  # a flag that must pass through
     store.add_output(run.id, "TiltSeries_flags", value)
     erase = run_step(store, "xray-erase", {"imod_model": True}, {"input": f"{run.id}.TiltSeries_flags"})
     result = store.load(store.resolve(str(erase.id)))
@@ -47,7 +56,7 @@ def test_xray_erase_step(project_with_stack):
     changed = erased != data
     hit_mask = np.zeros_like(changed)
     for v, x, y in hits:
-        hit_mask[v, y - 1:y + 2, x - 1:x + 2] = True
+        hit_mask[v, y - 1 : y + 2, x - 1 : x + 2] = True
     assert changed[~hit_mask].mean() < 1e-4
     positions = np.loadtxt(ts.attrs["xray_pixels"], dtype=int, ndmin=2)
     assert {(v, x, y) for v, x, y in hits} <= {tuple(r) for r in positions}

@@ -7,7 +7,13 @@ import pytest
 
 from tiltflow.workflow.errors import ProjectError
 from tiltflow.workflow.sets import (
-    Acquisition, CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltImage, TiltSeries, TiltSeriesSet,
+    Acquisition,
+    CtfSeriesSet,
+    CtfTomo,
+    CtfTomoSeries,
+    TiltImage,
+    TiltSeries,
+    TiltSeriesSet,
 )
 from tiltflow.workflow.store import ProjectStore
 
@@ -16,9 +22,19 @@ def make_set(n_series=2, n_tilts=5, frames=8) -> TiltSeriesSet:
     items = []
     for s in range(n_series):
         acq = Acquisition(voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.1, pixel_size_a=1.38, tilt_axis_deg=85.0)
-        images = [TiltImage(tilt_angle_deg=-6 + 3 * i, acquisition_order=i + 1, dose_prior_e_a2=3.0 * i,
-                            dose_e_a2=3.0, dose_accumulated_e_a2=3.0 * (i + 1), file=f"/data/TS_{s}_{i}.tif",
-                            frames=frames, attrs={"k": i}) for i in range(n_tilts)]
+        images = [
+            TiltImage(
+                tilt_angle_deg=-6 + 3 * i,
+                acquisition_order=i + 1,
+                dose_prior_e_a2=3.0 * i,
+                dose_e_a2=3.0,
+                dose_accumulated_e_a2=3.0 * (i + 1),
+                file=f"/data/TS_{s}_{i}.tif",
+                frames=frames,
+                attrs={"k": i},
+            )
+            for i in range(n_tilts)
+        ]
         items.append(TiltSeries(ts_id=f"TS_{s:02d}", acquisition=acq, images=images, size=(5760, 4092)))
     return TiltSeriesSet(kind="TiltSeriesM", items=items)
 
@@ -45,8 +61,17 @@ def test_set_round_trip(tmp_path):
 def test_ctf_round_trip(tmp_path):
     store = ProjectStore(tmp_path / "p")
     run = store.create_run("ctf", {}, {})
-    ctf = CtfSeriesSet([CtfTomoSeries("TS_01", [CtfTomo(2, -3.0, 30000, 29000, 45.0, 0.0, 6.5, 0.2),
-                                                CtfTomo(1, 0.0, 31000, 30500, 40.0, 0.0, 7.0, 0.3)])])
+    ctf = CtfSeriesSet(
+        [
+            CtfTomoSeries(
+                "TS_01",
+                [
+                    CtfTomo(2, -3.0, 30000, 29000, 45.0, 0.0, 6.5, 0.2),
+                    CtfTomo(1, 0.0, 31000, 30500, 40.0, 0.0, 7.0, 0.3),
+                ],
+            )
+        ]
+    )
     store.finish_run(run.id, {"CTFTomoSeries": ctf})
     loaded = store.load(store.output(run.id, "CTFTomoSeries"))
     assert [c.acquisition_order for c in loaded.items[0].items] == [2, 1]  # tilt-angle order

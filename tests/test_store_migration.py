@@ -23,21 +23,29 @@ from tiltflow.workflow import migrations
 from tiltflow.workflow.errors import ProjectError
 from tiltflow.workflow.store import SCHEMA_VERSION, ProjectStore
 
-V1_COMMIT = "85891fd40870f2c070aeb8630e301986059e2b26"   # the last commit whose store is version 1
+V1_COMMIT = "85891fd40870f2c070aeb8630e301986059e2b26"  # the last commit whose store is version 1
 PROBE = Path(__file__).with_name("store_migration_probe.py")
 REPO = Path(__file__).resolve().parents[1]
-MOVED = {"tilt_images": ("movie", "total_motion_px", "defocus_u_a", "refined_tilt_angle_deg", "residual_px"),
-         "tilt_series": ("alignment", "motion_star_dir"), "ctf_items": ("spectrum_file", "ring_strength"),
-         "ctf_series": ("ctf_verdict", "ctffind", "defocus"), "tomograms": ("method", "source", "ctf", "odd_file"),
-         "outputs": ("gain_file", "odd_even")}   # version-1 attrs keys that became columns
+MOVED = {
+    "tilt_images": ("movie", "total_motion_px", "defocus_u_a", "refined_tilt_angle_deg", "residual_px"),
+    "tilt_series": ("alignment", "motion_star_dir"),
+    "ctf_items": ("spectrum_file", "ring_strength"),
+    "ctf_series": ("ctf_verdict", "ctffind", "defocus"),
+    "tomograms": ("method", "source", "ctf", "odd_file"),
+    "outputs": ("gain_file", "odd_even"),
+}  # version-1 attrs keys that became columns
 
 
 @pytest.fixture(scope="module")
 def v1_code(tmp_path_factory) -> Path:
     """``src/`` of the version-1 commit, from git (skipped where the history is not at hand)."""
     try:
-        tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", V1_COMMIT, "src/tiltflow"],
-                             capture_output=True, check=True, timeout=120).stdout
+        tar = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", V1_COMMIT, "src/tiltflow"],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         pytest.skip(f"git commit {V1_COMMIT[:7]} (the version-1 code) is not available")
     out = tmp_path_factory.mktemp("v1code")
@@ -48,8 +56,9 @@ def v1_code(tmp_path_factory) -> Path:
 
 def run_v1(src: Path, *args) -> None:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(PROBE), *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(PROBE), *map(str, args)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 
@@ -110,25 +119,31 @@ def test_a_version_1_project_migrates_and_shows_the_same_values(v1_project, one_
     before = json.loads((v1_project / "v1.json").read_text())
     view = before["sets"]["3.TiltSeries"]["value"]["items"][0]
     assert {"movie", "total_motion_px", "refined_tilt_angle_deg", "defocus_u_a"} <= set(view["images"][0]["attrs"])
-    assert {"alignment", "motion_star_dir"} <= set(view["attrs"])     # the values to migrate are there
-    after = probe(root)                                  # opens it: migrated
+    assert {"alignment", "motion_star_dir"} <= set(view["attrs"])  # the values to migrate are there
+    after = probe(root)  # opens it: migrated
     assert schema_of(db) == SCHEMA_VERSION == 2
     backup = root / "project.sqlite.v1.bak"
     assert schema_of(backup) == 1 and dump(backup) == dump(v1_project / "pristine" / "project.sqlite")
-    assert after["sets"] == before["sets"]               # every value, moved to its field, is as it was
+    assert after["sets"] == before["sets"]  # every value, moved to its field, is as it was
     assert after["viewer"] == before["viewer"]
     assert {k: _shown(v) for k, v in after["show"].items()} == {k: _shown(v) for k, v in before["show"].items()}
-    assert {k: _exported(v) for k, v in after["exports"].items()} == {k: _exported(v) for k, v in
-                                                                      before["exports"].items()}
+    assert {k: _exported(v) for k, v in after["exports"].items()} == {
+        k: _exported(v) for k, v in before["exports"].items()
+    }
     con = sqlite3.connect(db)
     try:
-        left = {(table, key) for table, keys in MOVED.items() for (text,) in con.execute(f"SELECT attrs FROM {table}")
-                for key in keys if key in json.loads(text or "{}")}
+        left = {
+            (table, key)
+            for table, keys in MOVED.items()
+            for (text,) in con.execute(f"SELECT attrs FROM {table}")
+            for key in keys
+            if key in json.loads(text or "{}")
+        }
     finally:
         con.close()
     assert not left
     stamp = backup.stat().st_mtime_ns
-    ProjectStore(root, create=False).runs()              # opened again: nothing left to migrate
+    ProjectStore(root, create=False).runs()  # opened again: nothing left to migrate
     assert backup.stat().st_mtime_ns == stamp and schema_of(db) == SCHEMA_VERSION
 
 
@@ -157,7 +172,7 @@ def test_a_failed_migration_leaves_the_project_and_its_copy_as_they_were(v1_proj
     to_v2 = migrations.MIGRATIONS[0]
 
     def half_then_fail(con):
-        to_v2(con)                                       # every change made, then a failure
+        to_v2(con)  # every change made, then a failure
         raise RuntimeError("disk trouble")
 
     monkeypatch.setattr(migrations, "MIGRATIONS", [half_then_fail])
@@ -168,7 +183,7 @@ def test_a_failed_migration_leaves_the_project_and_its_copy_as_they_were(v1_proj
     assert dump(db) == before and schema_of(db) == 1
     assert dump(root / "project.sqlite.v1.bak") == before
     monkeypatch.undo()
-    ProjectStore(root, create=False)                     # the next open migrates it
+    ProjectStore(root, create=False)  # the next open migrates it
     assert schema_of(db) == SCHEMA_VERSION
 
 

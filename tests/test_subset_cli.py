@@ -19,8 +19,17 @@ def project(tmp_path):
         write_mrc(folder / f"{ts}.st", data, voxel_size_a=2.0)
         (folder / f"{ts}.rawtlt").write_text("".join(f"{a}\n" for a in angles))
     store = ProjectStore(tmp_path / "p")
-    run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                           "tilt_axis_deg": 0.0, "dose_per_tilt_e_a2": 2.0})
+    run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(folder),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "tilt_axis_deg": 0.0,
+            "dose_per_tilt_e_a2": 2.0,
+        },
+    )
     return store
 
 
@@ -31,14 +40,25 @@ def invoke(*args):
 
 
 def test_subset_disables_views_and_series(project):
-    out = invoke("subset", "-p", str(project.root), "--input", "1", "--exclude", "TS_02",
-                 "--exclude-views", "TS_01:1,6", "--exclude-beyond", "7.5")
+    out = invoke(
+        "subset",
+        "-p",
+        str(project.root),
+        "--input",
+        "1",
+        "--exclude",
+        "TS_02",
+        "--exclude-views",
+        "TS_01:1,6",
+        "--exclude-beyond",
+        "7.5",
+    )
     assert "1.TiltSeries_2" in out and "views excluded" in out
     subset = project.load(project.output(1, "TiltSeries_2"))
     ts1, ts2 = subset.items
     assert [im.enabled for im in ts1.images] == [False, True, True, True, True, False, False]
     assert not ts2.enabled and ts1.enabled
-    assert project.load(project.output(1, "TiltSeries")).items[0].images[0].enabled   # source untouched
+    assert project.load(project.output(1, "TiltSeries")).items[0].images[0].enabled  # source untouched
 
 
 def test_subset_restack_keeps_order_and_dose(project):
@@ -49,13 +69,17 @@ def test_subset_restack_keeps_order_and_dose(project):
     assert [im.index for im in ts.images] == list(range(6))
     stack = read_stack(ts.images[0].file)
     assert stack.shape == (6, 32, 40) and stack[:, 0, 0].tolist() == [0, 2, 3, 4, 5, 6]
-    assert [im.dose_accumulated_e_a2 for im in ts.images] == \
-        [im.dose_accumulated_e_a2 for im in project.load(project.output(1, "TiltSeries")).items[0].images if im.tilt_angle_deg != -6]
+    assert [im.dose_accumulated_e_a2 for im in ts.images] == [
+        im.dose_accumulated_e_a2
+        for im in project.load(project.output(1, "TiltSeries")).items[0].images
+        if im.tilt_angle_deg != -6
+    ]
     run = project.run(1)
     assert ts.images[0].file.startswith(str(project.root / run.run_dir))
 
 
 def test_subset_bad_view_number(project):
-    result = CliRunner().invoke(build_cli(), ["subset", "-p", str(project.root), "--input", "1",
-                                              "--exclude-views", "TS_01:0,8"])
+    result = CliRunner().invoke(
+        build_cli(), ["subset", "-p", str(project.root), "--input", "1", "--exclude-views", "TS_01:0,8"]
+    )
     assert result.exit_code == 2 and "out of range 1..7" in result.output

@@ -77,8 +77,7 @@ def test_xf_maps_projected_raw_points_to_aligned_positions(shape):
     # the .xf made from the geometry undoes rotation and shift: aligned = tilted (x', y') + centre
     axis, shifts, tilts, points = _random_geometry(7, seed=1)
     axis = torch.full((7,), 85.3, dtype=torch.float64)
-    raw = project_points(points, tilt_angles_deg=tilts, tilt_axis_deg=85.3, shifts_px=shifts,
-                         image_shape=shape)
+    raw = project_points(points, tilt_angles_deg=tilts, tilt_axis_deg=85.3, shifts_px=shifts, image_shape=shape)
     aligned = _apply_xf(geometry_to_xf(axis, shifts), raw, shape, shape)
     centre = torch.tensor(image_centre(shape), dtype=torch.float64)
     expected = tilt_points(points, tilts)[..., :2] + centre
@@ -94,8 +93,13 @@ def test_aretomo_convention_is_design_formula_and_tx_ty_is_the_raw_shift():
     # ... and it aligns views projected with ROT as tilt axis and (TX, TY) as raw shift
     shape = (300, 300)
     for i in range(6):
-        raw = project_points(points, tilt_angles_deg=tilts[i : i + 1], tilt_axis_deg=float(axis[i]),
-                             shifts_px=shifts[i : i + 1], image_shape=shape)
+        raw = project_points(
+            points,
+            tilt_angles_deg=tilts[i : i + 1],
+            tilt_axis_deg=float(axis[i]),
+            shifts_px=shifts[i : i + 1],
+            image_shape=shape,
+        )
         aligned = _apply_xf(xf[i : i + 1], raw, shape, shape)
         expected = tilt_points(points, tilts[i : i + 1])[..., :2] + 149.5
         assert (aligned - expected).abs().max() < 1e-9
@@ -138,8 +142,7 @@ def test_xf_to_relion_columns_project_like_our_geometry(shape):
     ny, nx = shape
     centre = torch.tensor([nx // 2, ny // 2], dtype=torch.float64)
     relion = points @ rot[:, :2, :].transpose(-1, -2) + shift[:, None] + centre
-    ours = project_points(points, tilt_angles_deg=tilts, tilt_axis_deg=-84.2, shifts_px=shifts,
-                          image_shape=shape)
+    ours = project_points(points, tilt_angles_deg=tilts, tilt_axis_deg=-84.2, shifts_px=shifts, image_shape=shape)
     assert (relion - ours).abs().max() < 1e-9
     assert torch.allclose(cols["rlnTomoZRot"], axis)
 
@@ -166,8 +169,7 @@ def test_bad_inputs_give_one_line_errors():
     with pytest.raises(ValueError, match="det"):
         xf_to_geometry(torch.zeros(1, 6))
     with pytest.raises(ValueError, match="image_shape"):
-        xf_to_relion(geometry_to_xf(0.0, torch.zeros(1, 2)), [0.0], pixel_size_a=1.0,
-                     image_shape=(0, 4))
+        xf_to_relion(geometry_to_xf(0.0, torch.zeros(1, 2)), [0.0], pixel_size_a=1.0, image_shape=(0, 4))
     with pytest.raises(ValueError, match="missing columns"):
         relion_to_xf({"rlnTomoYTilt": [0.0]}, pixel_size_a=1.0, image_shape=(8, 8))
     with pytest.raises(ValueError, match="convention"):
@@ -233,8 +235,9 @@ def test_relion5_tilt_series_star_round_trips_and_matches_nominal_axis(corpus_ro
     ts = read_tilt_series_star(corpus_root / "relion/cryocat_relion5_TS_01_tilt.star")
     table = ts.tilts
     imod = relion_to_xf(table, pixel_size_a=1.35, image_shape=(3838, 3710))
-    back = xf_to_relion(imod.xf, imod.tilt_angles_deg, pixel_size_a=1.35, image_shape=(3838, 3710),
-                        xtilt_deg=imod.xtilt_deg)
+    back = xf_to_relion(
+        imod.xf, imod.tilt_angles_deg, pixel_size_a=1.35, image_shape=(3838, 3710), xtilt_deg=imod.xtilt_deg
+    )
     for col in RELION_ALIGNMENT_COLUMNS:
         assert (back[col] - torch.tensor(table[col].to_numpy())).abs().max() < 1e-9, col
     nominal_axis = torch.tensor(table["rlnTomoNominalTiltAxisAngle"].to_numpy())

@@ -34,11 +34,13 @@ from tiltflow.workflow.store import ProjectStore
 TOKEN = "test-token-0123456789abcdef"
 TILTS = [-45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0]
 ORDERS = [7, 5, 3, 1, 2, 4, 6]
-STALE_U = [16500.0, 42100.0, 60100.0, 17100.0, 25000.0, 51000.0, 33000.0]   # before the series pass
-TRUE_U = [45200.0 + 10.0 * t for t in TILTS]                               # the CTF set's values
+STALE_U = [16500.0, 42100.0, 60100.0, 17100.0, 25000.0, 51000.0, 33000.0]  # before the series pass
+TRUE_U = [45200.0 + 10.0 * t for t in TILTS]  # the CTF set's values
 RINGS = [2.0, 3.5, 7.5, 9.0, 8.0, 4.0, 1.5]
-VERDICT = {"status": "check", "reasons": ["only 3 of 7 tilts show Thon rings (z ≥ 6): the others follow "
-                                          "the series' defocus trend through them"]}
+VERDICT = {
+    "status": "check",
+    "reasons": ["only 3 of 7 tilts show Thon rings (z ≥ 6): the others follow the series' defocus trend through them"],
+}
 
 
 def acquisition() -> Acquisition:
@@ -46,17 +48,30 @@ def acquisition() -> Acquisition:
 
 
 def tilt_series(stack: Path, *, transform: bool) -> TiltSeries:
-    images = [TiltImage(tilt_angle_deg=t, acquisition_order=o, dose_prior_e_a2=3.0 * (o - 1), dose_e_a2=3.0,
-                        dose_accumulated_e_a2=3.0 * o, file=str(stack), index=i,
-                        transform=[1.0, 0.0, 0.0, 1.0, 0.0, 0.0] if transform else None,
-                        defocus_u_a=u, defocus_v_a=u - 1200.0, total_motion_px=2.0)
-              for i, (t, o, u) in enumerate(zip(TILTS, ORDERS, STALE_U))]
+    images = [
+        TiltImage(
+            tilt_angle_deg=t,
+            acquisition_order=o,
+            dose_prior_e_a2=3.0 * (o - 1),
+            dose_e_a2=3.0,
+            dose_accumulated_e_a2=3.0 * o,
+            file=str(stack),
+            index=i,
+            transform=[1.0, 0.0, 0.0, 1.0, 0.0, 0.0] if transform else None,
+            defocus_u_a=u,
+            defocus_v_a=u - 1200.0,
+            total_motion_px=2.0,
+        )
+        for i, (t, o, u) in enumerate(zip(TILTS, ORDERS, STALE_U, strict=False))
+    ]
     return TiltSeries("TS_01", acquisition(), images, (48, 40))
 
 
 def ctf_series(u_values: list[float], verdict: dict | None) -> CtfTomoSeries:
-    items = [CtfTomo(o, t, u, u - 1000.0, 30.0, 0.0, 9.0, 0.2, ring_strength=z)
-             for t, o, u, z in zip(TILTS, ORDERS, u_values, RINGS)]
+    items = [
+        CtfTomo(o, t, u, u - 1000.0, 30.0, 0.0, 9.0, 0.2, ring_strength=z)
+        for t, o, u, z in zip(TILTS, ORDERS, u_values, RINGS, strict=False)
+    ]
     attrs = {"pixel_size_a": 2.0, "voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07}
     return CtfTomoSeries("TS_01", items, True, attrs, verdict=verdict or None)
 
@@ -68,8 +83,13 @@ def build(root: Path) -> ProjectStore:
     stack = store.run_dir(mc.id) / "TS_01.mrc"
     rng = np.random.default_rng(1)
     write_mrc(stack, rng.normal(0, 1, (len(TILTS), 40, 48)).astype(np.float32), voxel_size_a=2.0)
-    store.finish_run(mc.id, {"TiltSeries": TiltSeriesSet("TiltSeries", [tilt_series(stack, transform=False)]),
-                             "CTFTomoSeries": CtfSeriesSet([ctf_series(TRUE_U, VERDICT)])})
+    store.finish_run(
+        mc.id,
+        {
+            "TiltSeries": TiltSeriesSet("TiltSeries", [tilt_series(stack, transform=False)]),
+            "CTFTomoSeries": CtfSeriesSet([ctf_series(TRUE_U, VERDICT)]),
+        },
+    )
     al = store.create_run("align", {}, {"input": f"{mc.id}.TiltSeries"})
     store.finish_run(al.id, {"TiltSeries": TiltSeriesSet("TiltSeries", [tilt_series(stack, transform=True)])})
     return store
@@ -88,7 +108,7 @@ def by_order(views: list[dict]) -> dict[int, dict]:
 def test_aligned_set_shows_the_ctf_sets_defocus_and_its_run(project):
     _, client = project
     views = by_order(client.get("/api/outputs/2.TiltSeries/series/TS_01/views").json())
-    for t, o, u, z in zip(TILTS, ORDERS, TRUE_U, RINGS):
+    for t, o, u, z in zip(TILTS, ORDERS, TRUE_U, RINGS, strict=False):
         v = views[o]
         assert v["defocus_source"] == "ctf", v
         assert v["defocus_u_a"] == pytest.approx(u) and v["defocus_v_a"] == pytest.approx(u - 1000.0)
@@ -103,7 +123,7 @@ def test_aligned_set_shows_the_ctf_sets_defocus_and_its_run(project):
     assert c["ctf_verdict"] == "check" and c["ctf_verdict_reasons"] == VERDICT["reasons"]
     detail = client.get("/api/outputs/1.CTFTomoSeries/ctf/TS_01").json()
     assert detail["verdict"] == "check" and detail["verdict_reasons"] == VERDICT["reasons"]
-    assert [i["ring_strength"] for i in detail["items"]] == RINGS      # tilt-angle order
+    assert [i["ring_strength"] for i in detail["items"]] == RINGS  # tilt-angle order
 
 
 def test_a_ctf_run_on_the_set_itself_comes_first_and_attrs_only_without_any(project):
@@ -115,13 +135,16 @@ def test_a_ctf_run_on_the_set_itself_comes_first_and_attrs_only_without_any(proj
     assert [views[o]["defocus_u_a"] for o in ORDERS] == pytest.approx(later)
     assert {v["defocus_from"] for v in views.values()} == {"3.CTFTomoSeries (ctf, run 3)"}
     (s,) = client.get("/api/outputs/2.TiltSeries/series").json()
-    assert s["ctf_verdict"] is None and s["ctf_from"] == "3.CTFTomoSeries (ctf, run 3)"   # not judged
+    assert s["ctf_verdict"] is None and s["ctf_from"] == "3.CTFTomoSeries (ctf, run 3)"  # not judged
     # the motion-ctf set keeps its own run's values
     views = by_order(client.get("/api/outputs/1.TiltSeries/series/TS_01/views").json())
     assert [views[o]["defocus_u_a"] for o in ORDERS] == pytest.approx(TRUE_U)
     # a set no CTF set applies to: the image's values, said to be such
     imp = store.create_run("import-tilt-series", {}, {})
-    store.finish_run(imp.id, {"TiltSeries": TiltSeriesSet("TiltSeries", [tilt_series(store.run_dir(1) / "TS_01.mrc", transform=False)])})
+    store.finish_run(
+        imp.id,
+        {"TiltSeries": TiltSeriesSet("TiltSeries", [tilt_series(store.run_dir(1) / "TS_01.mrc", transform=False)])},
+    )
     views = by_order(client.get(f"/api/outputs/{imp.id}.TiltSeries/series/TS_01/views").json())
     assert {v["defocus_source"] for v in views.values()} == {"attrs"}
     assert all("no CTF set" in v["defocus_from"] for v in views.values())
@@ -143,7 +166,7 @@ def test_tomoviewer_page_shows_ctf_defocus_run_and_verdict(page):
     page.click("#runs button[data-pointer='2.TiltSeries']")
     page.wait_for_selector("#gallery .thumb img")
     page.wait_for_selector("#view-info table")
-    first = min(range(len(TILTS)), key=lambda i: TILTS[i])            # the view shown first: tilt order
+    first = min(range(len(TILTS)), key=lambda i: TILTS[i])  # the view shown first: tilt order
     info = page.locator("#view-info").inner_text()
     assert f"{um(TRUE_U[first])} / {um(TRUE_U[first] - 1000.0)}" in info, info
     assert "1.CTFTomoSeries (motion-ctf, run 1)" in info
@@ -156,7 +179,7 @@ def test_tomoviewer_page_shows_ctf_defocus_run_and_verdict(page):
     # thumbnails: the CTF set's mean defocus per view
     captions = page.locator("#gallery .thumb .cap").all_inner_texts()
     order = sorted(range(len(TILTS)), key=lambda i: TILTS[i])
-    for cap, i in zip(captions, order):
+    for cap, i in zip(captions, order, strict=False):
         assert um(TRUE_U[i] - 500.0) in cap, (cap, i)
 
 

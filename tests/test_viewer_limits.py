@@ -18,7 +18,13 @@ from tiltflow.web.limits import host_name
 from tiltflow.web.server import serve_in_thread
 from tiltflow.workflow.curation import exclusions
 from tiltflow.workflow.sets import (
-    Acquisition, CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltImage, TiltSeries, TiltSeriesSet,
+    Acquisition,
+    CtfSeriesSet,
+    CtfTomo,
+    CtfTomoSeries,
+    TiltImage,
+    TiltSeries,
+    TiltSeriesSet,
 )
 from tiltflow.workflow.store import ProjectStore
 
@@ -48,11 +54,22 @@ def project(tmp_path):
     os.symlink(outside / "private.png", rd / "spectra" / "2.png")
     os.symlink(rd / "spectra" / "1.png", rd / "spectra" / "3.png")
     acq = Acquisition(voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07, pixel_size_a=2.0, tilt_axis_deg=0.0)
-    series = [TiltSeries(ts, acq, [TiltImage(t, i + 1, 0.0, 3.0, 3.0, str(rd / f"{ts}.mrc"), i)
-                                   for i, t in enumerate(TILTS)], (32, 32)) for ts in ("TS_01", "TS_02")]
-    ctf = CtfTomoSeries("TS_01", [CtfTomo(i + 1, t, 3e4, 2.9e4, 10.0,
-                                          spectrum_file=str(rd / "spectra" / f"{i + 1}.png"))
-                                  for i, t in enumerate(TILTS)])
+    series = [
+        TiltSeries(
+            ts,
+            acq,
+            [TiltImage(t, i + 1, 0.0, 3.0, 3.0, str(rd / f"{ts}.mrc"), i) for i, t in enumerate(TILTS)],
+            (32, 32),
+        )
+        for ts in ("TS_01", "TS_02")
+    ]
+    ctf = CtfTomoSeries(
+        "TS_01",
+        [
+            CtfTomo(i + 1, t, 3e4, 2.9e4, 10.0, spectrum_file=str(rd / "spectra" / f"{i + 1}.png"))
+            for i, t in enumerate(TILTS)
+        ],
+    )
     store.finish_run(run.id, {"TiltSeries": TiltSeriesSet("TiltSeries", series), "CTFTomoSeries": CtfSeriesSet([ctf])})
     client = TestClient(create_app(store, TOKEN), headers={TOKEN_HEADER: TOKEN})
     return store, client
@@ -65,41 +82,50 @@ def test_symlinks_out_of_the_project_are_not_followed(project):
     assert r.status_code == 200 and r.content == png(50)
     r = client.get(f"{url}/2/spectrum.png")
     assert r.status_code == 404 and r.content != png(200) and "not served" in r.json()["detail"]
-    r = client.get(f"{url}/3/spectrum.png")               # a symlink within the project is fine
+    r = client.get(f"{url}/3/spectrum.png")  # a symlink within the project is fine
     assert r.status_code == 200 and r.content == png(50)
     views = "/api/outputs/1.TiltSeries/series"
     assert client.get(f"{views}/TS_01/views/1/thumbnail.png").status_code == 200
     for what in ("thumbnail.png", "preview"):
         r = client.get(f"{views}/TS_02/views/1/{what}")
         assert r.status_code == 404 and "not served" in r.json()["detail"], what
-    assert client.get(f"{views}/TS_02/views").status_code == 200          # listing still works
-    assert client.get(f"{views}/TS_02/suggestions").status_code == 200    # without the pixels
+    assert client.get(f"{views}/TS_02/views").status_code == 200  # listing still works
+    assert client.get(f"{views}/TS_02/suggestions").status_code == 200  # without the pixels
     assert len(list((store.root / ".cache" / "thumbs").glob("*.npy"))) == 1  # only TS_01 view 1 rendered
 
 
 def test_large_bodies_get_413(project):
     store, client = project
     url = "/api/outputs/1.TiltSeries/exclude"
-    big = b'{"ts_id": "TS_01", "views": [' + b"1, " * 700_000 + b'1]}'     # 2.1 MB of valid JSON
+    big = b'{"ts_id": "TS_01", "views": [' + b"1, " * 700_000 + b"1]}"  # 2.1 MB of valid JSON
     start = time.monotonic()
     r = client.post(url, content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and time.monotonic() - start < 2.0
-    assert not exclusions(store, store.resolve("1.TiltSeries"))            # nothing was applied
+    assert not exclusions(store, store.resolve("1.TiltSeries"))  # nothing was applied
 
-    def chunks():                                                         # no Content-Length: counted
+    def chunks():  # no Content-Length: counted
         yield b'{"ts_id": "TS_01", "views": ['
         for _ in range(40):
             yield b"1, " * 20_000
-        yield b'1]}'
+        yield b"1]}"
+
     r = client.post(url, content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert not exclusions(store, store.resolve("1.TiltSeries"))
-    r = client.post(url, json={"ts_id": "TS_01", "views": [1]})          # a normal request still works
+    r = client.post(url, json={"ts_id": "TS_01", "views": [1]})  # a normal request still works
     assert r.status_code == 200 and r.json()["changed"] == 1
 
 
-@pytest.mark.parametrize("header, name", [("127.0.0.1:8000", "127.0.0.1"), ("LOCALHOST", "localhost"),
-                                          ("[::1]:8000", "::1"), ("::1", "::1"), ("evil.example:80", "evil.example")])
+@pytest.mark.parametrize(
+    "header, name",
+    [
+        ("127.0.0.1:8000", "127.0.0.1"),
+        ("LOCALHOST", "localhost"),
+        ("[::1]:8000", "::1"),
+        ("::1", "::1"),
+        ("evil.example:80", "evil.example"),
+    ],
+)
 def test_host_name(header, name):
     assert host_name(header) == name
 
@@ -123,7 +149,7 @@ def test_real_server_checks_host_size_and_token(project):
     with serve_in_thread(create_app(store, TOKEN)) as base:
         port = base.rsplit(":", 1)[1]
         with httpx.Client(base_url=base, timeout=30) as http:
-            assert http.get("/api/project").status_code == 403                            # token model unchanged
+            assert http.get("/api/project").status_code == 403  # token model unchanged
             assert http.get("/api/project", headers={TOKEN_HEADER: TOKEN}).status_code == 200
             r = http.get("/api/project", headers={TOKEN_HEADER: TOKEN, "host": f"rebound.example:{port}"})
             assert r.status_code == 400
@@ -131,6 +157,9 @@ def test_real_server_checks_host_size_and_token(project):
             assert r.status_code == 200
         with httpx.Client(base_url=base, timeout=30) as http:
             start = time.monotonic()
-            r = http.post("/api/outputs/1.TiltSeries/exclude", content=b" " * (16 << 20),
-                          headers={TOKEN_HEADER: TOKEN, "content-type": "application/json"})
+            r = http.post(
+                "/api/outputs/1.TiltSeries/exclude",
+                content=b" " * (16 << 20),
+                headers={TOKEN_HEADER: TOKEN, "content-type": "application/json"},
+            )
             assert r.status_code == 413 and time.monotonic() - start < 5.0

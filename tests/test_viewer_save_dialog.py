@@ -43,13 +43,34 @@ def build(root: Path, *, saved_before: bool) -> ProjectStore:
     rng = np.random.default_rng(0)
     series, ctfs = [], []
     for ts_id in ("TS_01", "TS_02"):
-        stack = write_mrc(store.run_dir(run.id) / f"{ts_id}.mrc", rng.normal(0, 1, (5, 32, 40)).astype(np.float32),
-                          voxel_size_a=2.0)
-        series.append(TiltSeries(ts_id, acq, [
-            TiltImage(tilt_angle_deg=t, acquisition_order=o, dose_prior_e_a2=3.0 * (o - 1), dose_e_a2=3.0,
-                      dose_accumulated_e_a2=3.0 * o, file=str(stack), index=i) for i, (t, o) in enumerate(zip(TILTS, ORDERS))],
-            (40, 32)))
-        ctfs.append(CtfTomoSeries(ts_id, [CtfTomo(o, t, 40000.0, 39000.0, 10.0, 0.0, 9.0, 0.2) for t, o in zip(TILTS, ORDERS)]))
+        stack = write_mrc(
+            store.run_dir(run.id) / f"{ts_id}.mrc", rng.normal(0, 1, (5, 32, 40)).astype(np.float32), voxel_size_a=2.0
+        )
+        series.append(
+            TiltSeries(
+                ts_id,
+                acq,
+                [
+                    TiltImage(
+                        tilt_angle_deg=t,
+                        acquisition_order=o,
+                        dose_prior_e_a2=3.0 * (o - 1),
+                        dose_e_a2=3.0,
+                        dose_accumulated_e_a2=3.0 * o,
+                        file=str(stack),
+                        index=i,
+                    )
+                    for i, (t, o) in enumerate(zip(TILTS, ORDERS, strict=False))
+                ],
+                (40, 32),
+            )
+        )
+        ctfs.append(
+            CtfTomoSeries(
+                ts_id,
+                [CtfTomo(o, t, 40000.0, 39000.0, 10.0, 0.0, 9.0, 0.2) for t, o in zip(TILTS, ORDERS, strict=False)],
+            )
+        )
     store.finish_run(run.id, {"TiltSeries": TiltSeriesSet("TiltSeries", series), "CTFTomoSeries": CtfSeriesSet(ctfs)})
     if saved_before:
         save_subset(store, store.resolve("1.TiltSeries"), flags={})
@@ -71,11 +92,11 @@ def test_preview_names_the_output_save_then_makes(client):
     assert (pv["run_id"], pv["step"]) == (1, "motion-ctf")
     assert (pv["n_series"], pv["n_excluded_series"], pv["n_excluded_items"]) == (1, 1, 1)
     assert pv["restack_folder"] == "runs/001_motion-ctf/TiltSeries_3"
-    assert [o.name for o in store.outputs(1)] == ["TiltSeries", "CTFTomoSeries", "TiltSeries_2"]   # read-only
+    assert [o.name for o in store.outputs(1)] == ["TiltSeries", "CTFTomoSeries", "TiltSeries_2"]  # read-only
     r = c.post("/api/outputs/1.TiltSeries/save", json={"restack": True}).json()
     assert r["pointer"] == pv["pointer"] and r["name"] == pv["name"] and (r["run_id"], r["step"]) == (1, "motion-ctf")
     assert r["folder"] == pv["restack_folder"]
-    assert read_stack(store.root / r["folder"] / "TS_01.mrc").shape == (4, 32, 40)   # where it went
+    assert read_stack(store.root / r["folder"] / "TS_01.mrc").shape == (4, 32, 40)  # where it went
     # the next one, from the original or from a subset of it
     assert c.get("/api/outputs/1.TiltSeries/save-preview").json()["pointer"] == "1.TiltSeries_4"
     assert c.get("/api/outputs/1.TiltSeries_2/save-preview").json()["pointer"] == "1.TiltSeries_4"

@@ -28,9 +28,9 @@ from tiltflow.workflow.sets import Tomogram, TomogramSet
 from tiltflow.workflow.store import ProjectStore
 
 TOKEN = "test-token-0123456789abcdef"
-SHAPE = (12, 20, 30)                       # (nz, ny, nx)
-BRIGHT = (slice(5, 8), slice(8, 12), slice(3, 9))     # z 5-7, y 8-11, x 3-8: +10
-DARK = (slice(2, 4), slice(0, 5), slice(14, 17))      # z 2-3, y 0-4, x 14-16: -10 (crosses x = 15)
+SHAPE = (12, 20, 30)  # (nz, ny, nx)
+BRIGHT = (slice(5, 8), slice(8, 12), slice(3, 9))  # z 5-7, y 8-11, x 3-8: +10
+DARK = (slice(2, 4), slice(0, 5), slice(14, 17))  # z 2-3, y 0-4, x 14-16: -10 (crosses x = 15)
 
 
 def boxes() -> np.ndarray:
@@ -54,16 +54,16 @@ def test_snapshots_of_the_central_slices_in_their_orientation(tmp_path):
     xy, xz, yz = (png(p.read_bytes()) for p in written)
     assert xy.shape == (20, 30) and xz.shape == (12, 30) and yz.shape == (20, 12)
     bright = np.zeros((20, 30), bool)
-    bright[8:12, 3:9] = True                                   # z = 6 crosses the bright box
+    bright[8:12, 3:9] = True  # z = 6 crosses the bright box
     assert np.all(xy[bright] == 255) and np.all(xy[~bright] == 0)
     bright = np.zeros((12, 30), bool)
-    bright[5:8, 3:9] = True                                    # y = 10 crosses it too (rows: z)
+    bright[5:8, 3:9] = True  # y = 10 crosses it too (rows: z)
     assert np.all(xz[bright] == 255) and np.all(xz[~bright] == 0)
     dark = np.zeros((20, 12), bool)
-    dark[0:5, 2:4] = True                                      # x = 15 crosses the dark box (rows y, columns z)
+    dark[0:5, 2:4] = True  # x = 15 crosses the dark box (rows y, columns z)
     assert np.all(yz[dark] == 0) and np.all(yz[~dark] == 255)
     big = write_slice_snapshots(np.zeros((4, 3000, 2000), np.float32), tmp_path / "big.mrc")
-    assert png(big[0].read_bytes()).shape == (1000, 667)       # longest side <= 1024, area-averaged by 3
+    assert png(big[0].read_bytes()).shape == (1000, 667)  # longest side <= 1024, area-averaged by 3
 
 
 def test_reconstruct_writes_snapshots_beside_each_tomogram(tmp_path):
@@ -76,8 +76,17 @@ def test_reconstruct_writes_snapshots_beside_each_tomogram(tmp_path):
     write_mrc(folder / "TS_01.st", rng.normal(0, 1, (9, 64, 64)).astype(np.float32), voxel_size_a=4.0)
     (folder / "TS_01.rawtlt").write_text("".join(f"{a:.2f}\n" for a in angles))
     store = ProjectStore(tmp_path / "p")
-    imp = run_step(store, "import-tilt-series", {"files": str(folder), "pattern": "{TS}.st", "voltage_kv": 300,
-                                                 "tilt_axis_deg": 0.0, "dose_per_tilt_e_a2": 3.0})
+    imp = run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(folder),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "tilt_axis_deg": 0.0,
+            "dose_per_tilt_e_a2": 3.0,
+        },
+    )
     rec = run_step(store, "reconstruct", {"binning": 2, "thickness_px": 10}, {"input": str(imp.id)})
     (tomo,) = store.load(store.resolve(str(rec.id))).items
     mrc = store.abspath(tomo.file)
@@ -105,9 +114,15 @@ def tomogram_project(root: Path, *, volume: np.ndarray | None = None, halves: bo
         write_mrc(rd / "TS_01_rec_even.mrc", vol, voxel_size_a=8.0, is_volume=True)
         write_mrc(rd / "TS_01_rec_odd.mrc", -vol, voxel_size_a=8.0, is_volume=True)
         fields.update(even_file=str(rd / "TS_01_rec_even.mrc"), odd_file=str(rd / "TS_01_rec_odd.mrc"))
-    store.finish_run(run.id, {"Tomograms": TomogramSet([Tomogram("TS_01", str(rd / "TS_01_rec.mrc"), 8.0, vol.shape,
-                                                                 **fields)],
-                                                       {"method": "wbp", "even_odd": halves})})
+    store.finish_run(
+        run.id,
+        {
+            "Tomograms": TomogramSet(
+                [Tomogram("TS_01", str(rd / "TS_01_rec.mrc"), 8.0, vol.shape, **fields)],
+                {"method": "wbp", "even_odd": halves},
+            )
+        },
+    )
     return store
 
 
@@ -130,7 +145,7 @@ def test_tomogram_set_is_listed_and_opens_in_the_viewer(client):
     (info,) = c.get("/api/outputs/1.Tomograms/tomograms").json()
     assert info["shape"] == list(SHAPE) and info["voxel_size_a"] == 8.0 and info["halves"]
     assert info["file"] == "runs/001_reconstruct/TS_01_rec.mrc" and info["snapshots"] == [] and not info["missing"]
-    assert c.get("/api/outputs/1.Tomograms/series").status_code == 404      # not a tilt-series set
+    assert c.get("/api/outputs/1.Tomograms/series").status_code == 404  # not a tilt-series set
 
 
 def test_slices_along_each_axis_in_their_orientation(client):
@@ -140,12 +155,12 @@ def test_slices_along_each_axis_in_their_orientation(client):
     xy = get_slice(c, f"axis=xy&index=6&{q}")
     assert xy.shape == (20, 30)
     assert np.all(xy[8:12, 3:9] == 255) and xy[0, 0] == xy[19, 29] and 0 < xy[0, 0] < 255
-    assert np.all(get_slice(c, f"axis=xy&index=0&{q}") == xy[0, 0])          # z = 0: nothing there
+    assert np.all(get_slice(c, f"axis=xy&index=0&{q}") == xy[0, 0])  # z = 0: nothing there
     xz = get_slice(c, f"axis=xz&index=10&{q}")
     assert xz.shape == (12, 30) and np.all(xz[5:8, 3:9] == 255) and np.sum(xz == 255) == 18
     yz = get_slice(c, f"axis=yz&index=15&{q}")
     assert yz.shape == (20, 12) and np.all(yz[0:5, 2:4] == 0) and np.sum(yz == 0) == 10
-    assert np.array_equal(get_slice(c, "axis=xz"), get_slice(c, "axis=xz&index=10"))   # default: the centre
+    assert np.array_equal(get_slice(c, "axis=xz"), get_slice(c, "axis=xz&index=10"))  # default: the centre
     # slab: z 3-5 averaged at z = 4 (one of three planes in the bright box)
     slab = get_slice(c, f"axis=xy&index=4&slab=3&{q}")
     assert 0 < slab[9, 5] < 255 and slab[9, 5] > slab[0, 0]
@@ -158,7 +173,7 @@ def test_even_and_odd_halves_and_clear_refusals(client, tmp_path):
     store, c = client
     q = "axis=xy&index=6&lo=0.1&hi=99.5"
     even, odd = get_slice(c, f"{q}&half=even"), get_slice(c, f"{q}&half=odd")
-    assert np.all(even[8:12, 3:9] == 255) and np.all(odd[8:12, 3:9] == 0)   # the odd half is negated here
+    assert np.all(even[8:12, 3:9] == 255) and np.all(odd[8:12, 3:9] == 0)  # the odd half is negated here
     assert "outside the tomogram (0..11 along z)" in get_slice(c, "axis=xy&index=12", 400)
     assert "below the high one" in get_slice(c, "lo=60&hi=40", 400)
     get_slice(c, "axis=zz", 422)
@@ -223,7 +238,7 @@ def test_orthogonal_slices_z_slider_contrast_and_halves_in_the_browser(page):
     axes = p.eval_on_selector_all("#ortho figure.slice", "fs => fs.map(f => f.dataset.axis + ':' + f.dataset.half)")
     assert axes == ["xy:full", "yz:full", "xz:full"]
     xy = "#ortho figure[data-axis='xy'] img"
-    assert "index=6" in p.get_attribute(xy, "src")                         # the centre, z = 6: the bright box
+    assert "index=6" in p.get_attribute(xy, "src")  # the centre, z = 6: the bright box
     assert p.evaluate(PIXEL, [xy, 5.5 / 30, 9.5 / 20]) == 255
     # the z slider: z = 0 has nothing at the box's place
     p.eval_on_selector("#t-z", "s => { s.value = 0; s.dispatchEvent(new Event('input')); }")
@@ -234,7 +249,9 @@ def test_orthogonal_slices_z_slider_contrast_and_halves_in_the_browser(page):
     # clicking XY moves the XZ and YZ slices there (y and x)
     box = p.locator("#ortho figure[data-axis='xy'] .wrap").bounding_box()
     p.mouse.click(box["x"] + box["width"] * 5.5 / 30, box["y"] + box["height"] * 9.5 / 20)
-    p.wait_for_function("document.querySelector(\"#ortho figure[data-axis='xz'] img\").getAttribute('src').includes('index=9&')")
+    p.wait_for_function(
+        "document.querySelector(\"#ortho figure[data-axis='xz'] img\").getAttribute('src').includes('index=9&')"
+    )
     assert "index=5&" in p.get_attribute("#ortho figure[data-axis='yz'] img", "src")
     assert (p.input_value("#t-x"), p.input_value("#t-y")) == ("5", "9")
     # contrast: the low percentile slider goes into the request
@@ -254,10 +271,12 @@ def test_orthogonal_slices_z_slider_contrast_and_halves_in_the_browser(page):
         src = p.get_attribute(f"#ortho figure[data-axis='xy'][data-half='{half}'] img", "src")
         assert f"half={half}" in src and "index=0&" in src
     # back to z = 6 with the keyboard: the box, bright in the even half and dark in the negated odd one
-    p.evaluate("document.activeElement.blur()")                          # keys go to the page, not the radio
+    p.evaluate("document.activeElement.blur()")  # keys go to the page, not the radio
     for _ in range(6):
         p.keyboard.press("ArrowRight")
-    p.wait_for_function("document.querySelector(\"#ortho figure[data-half='odd'] img\").getAttribute('src').includes('index=6&')")
+    p.wait_for_function(
+        "document.querySelector(\"#ortho figure[data-half='odd'] img\").getAttribute('src').includes('index=6&')"
+    )
     wait_loaded(p)
     assert p.evaluate(PIXEL, ["#ortho figure[data-axis='xy'][data-half='even'] img", 5.5 / 30, 9.5 / 20]) == 255
     assert p.evaluate(PIXEL, ["#ortho figure[data-axis='xy'][data-half='odd'] img", 5.5 / 30, 9.5 / 20]) == 0

@@ -38,18 +38,28 @@ FAST = {"interval_s": 0.2, "settle_s": 0.4, "movie_timeout_s": 6.0, "quiet_s": 3
 
 def small_workflow(data: Path) -> Workflow:
     """import -> motion (no CTF, global) -> reconstruct (unaligned): seconds per series."""
-    return Workflow([
-        WorkflowStep("import-movies", "import-movies", {"files": str(data), "gain": str(data / "gain_ref.gain")}),
-        WorkflowStep("motion-ctf", "motion-ctf", {"estimate_ctf": False, "even_odd": False, "motion_grid": [1, 1, 1],
-                                                  "window_px": 64}, {"input": "import-movies.TiltSeriesM"}),
-        WorkflowStep("reconstruct", "reconstruct", {"binning": 2, "thickness_nm": 60}, {"input": "motion-ctf.TiltSeries"}),
-    ], name="small")
+    return Workflow(
+        [
+            WorkflowStep("import-movies", "import-movies", {"files": str(data), "gain": str(data / "gain_ref.gain")}),
+            WorkflowStep(
+                "motion-ctf",
+                "motion-ctf",
+                {"estimate_ctf": False, "even_odd": False, "motion_grid": [1, 1, 1], "window_px": 64},
+                {"input": "import-movies.TiltSeriesM"},
+            ),
+            WorkflowStep(
+                "reconstruct", "reconstruct", {"binning": 2, "thickness_nm": 60}, {"input": "motion-ctf.TiltSeries"}
+            ),
+        ],
+        name="small",
+    )
 
 
 def watch(folder: Path, project: Path, wf: Workflow, **settings) -> tuple[dict, list[str]]:
     lines: list[str] = []
-    loop = WatchLoop(folder, ProjectStore(project), wf, WatchSettings(**{**FAST, **settings}), {"workers": 1},
-                     on_line=lines.append)
+    loop = WatchLoop(
+        folder, ProjectStore(project), wf, WatchSettings(**{**FAST, **settings}), {"workers": 1}, on_line=lines.append
+    )
     return loop.run(), lines
 
 
@@ -64,7 +74,7 @@ def digest(project: Path) -> dict[str, dict]:
             for item in store.load(o).items:
                 d = out.setdefault(item.ts_id, {})
                 if o.type == "TiltSeries" and alignment_verdict(item)["status"] == "failed":
-                    continue                 # the batch keeps a series its alignment failed; a series batch stops
+                    continue  # the batch keeps a series its alignment failed; a series batch stops
                 if o.type == "TiltSeries":
                     with mrcfile.open(item.images[0].file, permissive=True) as m:
                         d[f"{run.step}.stack"] = np.array(m.data)
@@ -111,7 +121,7 @@ def test_when_is_a_series_complete(tmp_path, one_torch_thread):
     for p in data.rglob("*"):
         os.utime(p, (now[0], now[0]))
     assert tracker.update(scanner.poll(), now[0]) == [] and tracker.series["TS_01"].state == "collecting"
-    now[0] += 3                                            # settled: movies complete, but SerialEM may go on
+    now[0] += 3  # settled: movies complete, but SerialEM may go on
     tracker.update(scanner.poll(), now[0])
     v = tracker.series["TS_01"]
     assert len(v.accepted()) == 4 and v.state == "collecting"
@@ -140,8 +150,9 @@ def test_aborted_series_and_truncated_movie_are_reported_and_the_rest_completes(
     assert by_ts["TS_01"]["tilts_done"] == 4 and "4 of 5 tilts (80%)" in by_ts["TS_01"]["reason"]
     store = ProjectStore(tmp_path / "p", create=False)
     labels = sorted(r.label for r in store.runs() if r.status == "finished")
-    assert labels == sorted(f"{s}:{ts}" for s in ("import-movies", "motion-ctf", "reconstruct")
-                            for ts in ("TS_01", "Position_2"))
+    assert labels == sorted(
+        f"{s}:{ts}" for s in ("import-movies", "motion-ctf", "reconstruct") for ts in ("TS_01", "Position_2")
+    )
     assert not any("Traceback" in line for line in lines)
 
 
@@ -154,10 +165,11 @@ def test_late_tilt_reopens_its_series_and_keeps_the_per_tilt_work(tmp_path, one_
     state, lines = watch(data, project, small_workflow(data), movie_timeout_s=1.0, quiet_s=1.5)
     assert state["series"][0]["state"] == "done" and state["series"][0]["tilts_done"] == 4
     late = truth["series"][0]["tilts"][3]["movie"]
-    (data / late).write_bytes((full / late).read_bytes())          # the late movie arrives
+    (data / late).write_bytes((full / late).read_bytes())  # the late movie arrives
     state, lines = watch(data, project, small_workflow(data), movie_timeout_s=1.0, quiet_s=1.5)
-    assert any("TS_01: reopened (1 new tilt(s)) — series steps re-run as batch 2, per-tilt work kept" in x
-               for x in lines), lines
+    assert any(
+        "TS_01: reopened (1 new tilt(s)) — series steps re-run as batch 2, per-tilt work kept" in x for x in lines
+    ), lines
     assert any("per-tilt results reused 5/5" in x for x in lines), lines
     assert sorted(computed(project)) == sorted(str((data / t["movie"]).resolve()) for t in truth["series"][0]["tilts"])
     runs = ProjectStore(project, create=False).runs()
@@ -172,8 +184,9 @@ def test_live_session_watched_equals_the_batch_workflow(tmp_path, one_torch_thre
     """3 series (SerialEM, Tomo5, SerialEM) watched while written; small workflow."""
     data = tmp_path / "d"
     config = DemoConfig(n_series=3, n_tilts=5, size=(96, 96), n_frames=3, seed=6)
-    writer = threading.Thread(target=write_live_session, args=(data, config, LiveScenario(
-        interval_s=0.4, pieces=3, flavours=MIXED)))
+    writer = threading.Thread(
+        target=write_live_session, args=(data, config, LiveScenario(interval_s=0.4, pieces=3, flavours=MIXED))
+    )
     writer.start()
     while not (data / "gain_ref.gain").exists():
         time.sleep(0.05)
@@ -186,8 +199,26 @@ def test_live_session_watched_equals_the_batch_workflow(tmp_path, one_torch_thre
 
 
 def _cli(data: Path, project: Path, wf: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tiltflow.cli.main", "watch", str(data), "-p", str(project), "--workflow", str(wf),
-            "--interval", "0.2", "--settle", "0.3", "--quiet", "1", "--movie-timeout", "5", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "tiltflow.cli.main",
+        "watch",
+        str(data),
+        "-p",
+        str(project),
+        "--workflow",
+        str(wf),
+        "--interval",
+        "0.2",
+        "--settle",
+        "0.3",
+        "--quiet",
+        "1",
+        "--movie-timeout",
+        "5",
+        *extra,
+    ]
 
 
 def test_sigkill_anywhere_then_the_same_command_recomputes_nothing(tmp_path):
@@ -198,21 +229,28 @@ def test_sigkill_anywhere_then_the_same_command_recomputes_nothing(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     project = tmp_path / "p"
     rng = random.Random(14)
-    for k in range(5):                       # killed at a random moment once its loop runs
-        proc = subprocess.Popen(_cli(data, project, wf), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True)
+    for k in range(5):  # killed at a random moment once its loop runs
+        proc = subprocess.Popen(
+            _cli(data, project, wf), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         while not proc.stdout.readline().startswith("watching"):
             pass
         time.sleep(rng.uniform(0.1, 3.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    done = subprocess.run(_cli(data, project, wf, "--stop-after-idle", "2", "--json"), env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    done = subprocess.run(
+        _cli(data, project, wf, "--stop-after-idle", "2", "--json"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     state = json.loads(done.stdout)
     assert [s["state"] for s in state["series"]] == ["done", "done"], done.stderr
     movies = computed(project)
-    assert len(movies) == len(set(movies)) == 10                    # every tilt computed once
+    assert len(movies) == len(set(movies)) == 10  # every tilt computed once
     runs = ProjectStore(project, create=False).runs()
     labels = [r.label for r in runs]
     assert len(labels) == len(set(labels)) == 6 and all(r.status == "finished" for r in runs)
@@ -227,12 +265,20 @@ def test_tutorial_watched_live_equals_the_batch_tutorial(tmp_path, one_torch_thr
     series' tilts, computed before its mdoc from the angle in their names, differ in CTF only slightly."""
     data = tmp_path / "d"
     config = DemoConfig(n_series=3, n_tilts=5, size=(160, 160), n_frames=3, seed=8, bead_diameter_nm=5.0, n_beads=20)
-    sets = [f"import-movies.gain={data / 'gain_ref.gain'}", "motion-ctf.window_px=64", "motion-ctf.defocus_grid=null",
-            "align.binning=1", "align.bead_diameter_nm=5", "reconstruct.binning=2", "reconstruct.thickness_nm=100"]
+    sets = [
+        f"import-movies.gain={data / 'gain_ref.gain'}",
+        "motion-ctf.window_px=64",
+        "motion-ctf.defocus_grid=null",
+        "align.binning=1",
+        "align.bead_diameter_nm=5",
+        "reconstruct.binning=2",
+        "reconstruct.thickness_nm=100",
+    ]
     wf = load_workflow("tutorial")
     apply_overrides(wf, sets + [f"import-movies.files={data}"])
-    writer = threading.Thread(target=write_live_session, args=(data, config, LiveScenario(
-        interval_s=1.0, pieces=3, flavours=MIXED)))
+    writer = threading.Thread(
+        target=write_live_session, args=(data, config, LiveScenario(interval_s=1.0, pieces=3, flavours=MIXED))
+    )
     writer.start()
     while not (data / "gain_ref.gain").exists():
         time.sleep(0.05)
@@ -259,23 +305,36 @@ def test_dashboard_shows_series_appearing_and_completing(tmp_path, one_torch_thr
     from tiltflow.web.server import serve_in_thread
 
     data, project = tmp_path / "d", tmp_path / "p"
-    writer = threading.Thread(target=write_live_session, args=(
-        data, DemoConfig(n_series=2, n_tilts=5, size=(96, 96), n_frames=3, seed=9),
-        LiveScenario(interval_s=1.0, pieces=2, flavours=["serialem", "tomo5"])))
+    writer = threading.Thread(
+        target=write_live_session,
+        args=(
+            data,
+            DemoConfig(n_series=2, n_tilts=5, size=(96, 96), n_frames=3, seed=9),
+            LiveScenario(interval_s=1.0, pieces=2, flavours=["serialem", "tomo5"]),
+        ),
+    )
     writer.start()
     while not (data / "gain_ref.gain").exists():
         time.sleep(0.05)
-    loop = WatchLoop(data, ProjectStore(project), small_workflow(data),
-                     WatchSettings(**{**FAST, "quiet_s": 4.0, "stop_after_idle_s": 6.0, "preview_every_s": 0.0}),
-                     {"workers": 1}, on_line=lambda line: None)
+    loop = WatchLoop(
+        data,
+        ProjectStore(project),
+        small_workflow(data),
+        WatchSettings(**{**FAST, "quiet_s": 4.0, "stop_after_idle_s": 6.0, "preview_every_s": 0.0}),
+        {"workers": 1},
+        on_line=lambda line: None,
+    )
     watcher = threading.Thread(target=loop.run)
     watcher.start()
     token = secrets.token_urlsafe(24)
     seen = []
-    with serve_in_thread(create_app(ProjectStore(project, create=False), token)) as base, \
-            playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox",
-                                                                           "--disable-gpu"])
+    with (
+        serve_in_thread(create_app(ProjectStore(project, create=False), token)) as base,
+        playwright.sync_playwright() as pw,
+    ):
+        browser = pw.chromium.launch(
+            executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
         page = browser.new_page()
         page.set_default_timeout(120_000)
         errors = []

@@ -33,15 +33,37 @@ def test_workflow_run_watch_hands_the_same_call_to_the_watch(tmp_path, monkeypat
     monkeypatch.setattr(watch_cli, "run_watch", lambda *a, **k: calls.append((a, k)))
     data = tmp_path / "d"
     data.mkdir()
-    common = ["-p", tmp_path / "p", "--set", "import-movies.gain=/g.gain", "--quiet", "5", "--settle", "2",
-              "--tilts", "41", "--workers", "2", "--device", "cpu", "--json"]
+    common = [
+        "-p",
+        tmp_path / "p",
+        "--set",
+        "import-movies.gain=/g.gain",
+        "--quiet",
+        "5",
+        "--settle",
+        "2",
+        "--tilts",
+        "41",
+        "--workers",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+    ]
     assert _cli("watch", data, "--workflow", "tutorial", *common).exit_code == 0
     assert _cli("workflow", "run", "tutorial", "--watch", data, *common).exit_code == 0
     (a1, k1), (a2, k2) = calls
-    assert (a1[0], a1[1], a1[3], a1[4]) == (a2[0], a2[1], a2[3], a2[4])     # folder, project, given, options
-    assert a1[2].to_json() == a2[2].to_json()                               # the workflow, overrides applied
-    assert a1[3] == {"interval_s": None, "settle_s": 2.0, "movie_timeout_s": None, "quiet_s": 5.0,
-                     "min_fraction": None, "expected_tilts": 41, "stop_after_idle_s": None}   # None: not given
+    assert (a1[0], a1[1], a1[3], a1[4]) == (a2[0], a2[1], a2[3], a2[4])  # folder, project, given, options
+    assert a1[2].to_json() == a2[2].to_json()  # the workflow, overrides applied
+    assert a1[3] == {
+        "interval_s": None,
+        "settle_s": 2.0,
+        "movie_timeout_s": None,
+        "quiet_s": 5.0,
+        "min_fraction": None,
+        "expected_tilts": 41,
+        "stop_after_idle_s": None,
+    }  # None: not given
     assert a1[4]["workers"] == 2 and a1[4]["device"] == "cpu"
     assert k1["as_json"] and k2["as_json"]
 
@@ -55,21 +77,35 @@ def test_workflow_run_watch_follows_a_live_session_as_the_batch_would(tmp_path, 
     writer.start()
     while not (data / "gain_ref.gain").exists():
         time.sleep(0.05)
-    result = _cli("workflow", "run", wf, "-p", tmp_path / "p", "--watch", data, *FAST, "--stop-after-idle", "3",
-                  "--json", "--workers", "1")
+    result = _cli(
+        "workflow",
+        "run",
+        wf,
+        "-p",
+        tmp_path / "p",
+        "--watch",
+        data,
+        *FAST,
+        "--stop-after-idle",
+        "3",
+        "--json",
+        "--workers",
+        "1",
+    )
     writer.join()
     assert result.exit_code == 0, result.stderr
     state = json.loads(result.stdout)
     assert [s["state"] for s in state["series"]] == ["done", "done"], result.stderr
     assert result.stderr.splitlines()[0].startswith(f"watching {data}")
-    assert "/dashboard" in result.stderr and f"tiltflow view -p {tmp_path / 'p'}" in result.stderr   # where it is
+    assert "/dashboard" in result.stderr and f"tiltflow view -p {tmp_path / 'p'}" in result.stderr  # where it is
     movies = computed(tmp_path / "p")
-    assert len(movies) == len(set(movies)) == 8                      # every tilt once
+    assert len(movies) == len(set(movies)) == 8  # every tilt once
     run_workflow(ProjectStore(tmp_path / "batch"), small_workflow(data), options={"workers": 1})
     assert_same(digest(tmp_path / "p"), digest(tmp_path / "batch"))
     # the same command again: nothing left to do, nothing recomputed, the same runs
-    again = _cli("workflow", "run", wf, "-p", tmp_path / "p", "--watch", data, *FAST, "--stop-after-idle", "1",
-                 "--json")
+    again = _cli(
+        "workflow", "run", wf, "-p", tmp_path / "p", "--watch", data, *FAST, "--stop-after-idle", "1", "--json"
+    )
     assert again.exit_code == 0 and len(computed(tmp_path / "p")) == 8
     assert [s["state"] for s in json.loads(again.stdout)["series"]] == ["done", "done"]
 
@@ -79,8 +115,17 @@ def test_watch_options_belong_to_the_watch_mode(tmp_path):
     assert r.exit_code == 2 and "--quiet, --stop-after-idle: options of the watch mode — add --watch DIR" in r.stderr
     r = _cli("workflow", "run", "tutorial", "-p", tmp_path / "p", "--watch", tmp_path, "--no-watch")
     assert r.exit_code == 2 and "--watch and --no-watch" in r.stderr
-    r = _cli("workflow", "run", "tutorial", "-p", tmp_path / "p", "--watch", tmp_path / "nowhere",
-             "--set", f"import-movies.gain={tmp_path / 'g.gain'}")
+    r = _cli(
+        "workflow",
+        "run",
+        "tutorial",
+        "-p",
+        tmp_path / "p",
+        "--watch",
+        tmp_path / "nowhere",
+        "--set",
+        f"import-movies.gain={tmp_path / 'g.gain'}",
+    )
     assert r.exit_code == 2 and "nowhere: no such folder" in r.stderr
     assert not (tmp_path / "p").exists()
 
@@ -89,8 +134,10 @@ def test_dry_run_with_watch_says_what_it_would_follow(tmp_path):
     r = _cli("workflow", "run", "tutorial", "-p", tmp_path / "p", "--watch", tmp_path, "--dry-run", "--quiet", "7")
     assert r.exit_code == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith("import-movies: import-movies")
-    assert (f"watch: would follow {tmp_path} with --interval 10 --settle 10 --movie-timeout 300 --quiet 7 "
-            "--min-fraction 0.8") in r.stdout
+    assert (
+        f"watch: would follow {tmp_path} with --interval 10 --settle 10 --movie-timeout 300 --quiet 7 "
+        "--min-fraction 0.8"
+    ) in r.stdout
     assert not (tmp_path / "p").exists()
 
 
@@ -98,16 +145,27 @@ def test_fresh_starts_the_watch_from_an_empty_project(tmp_path, one_torch_thread
     data = tmp_path / "d"
     write_demo_dataset(data, DemoConfig(n_series=1, n_tilts=3, size=(64, 64), n_frames=2, seed=3))
     wf = tmp_path / "wf.json"
-    wf.write_text(json.dumps(Workflow([WorkflowStep("import-movies", "import-movies",
-                                                    {"files": str(data), "gain": str(data / "gain_ref.gain")}),
-                                       WorkflowStep("motion-ctf", "motion-ctf",
-                                                    {"estimate_ctf": False, "even_odd": False,
-                                                     "motion_grid": [1, 1, 1]},
-                                                    {"input": "import-movies.TiltSeriesM"})]).to_json()))
+    wf.write_text(
+        json.dumps(
+            Workflow(
+                [
+                    WorkflowStep(
+                        "import-movies", "import-movies", {"files": str(data), "gain": str(data / "gain_ref.gain")}
+                    ),
+                    WorkflowStep(
+                        "motion-ctf",
+                        "motion-ctf",
+                        {"estimate_ctf": False, "even_odd": False, "motion_grid": [1, 1, 1]},
+                        {"input": "import-movies.TiltSeriesM"},
+                    ),
+                ]
+            ).to_json()
+        )
+    )
     args = ["workflow", "run", wf, "-p", tmp_path / "p", "--watch", data, *FAST, "--stop-after-idle", "1", "--json"]
     assert _cli(*args).exit_code == 0 and len(computed(tmp_path / "p")) == 3
     assert _cli(*args, "--fresh").exit_code == 0
-    assert len(computed(tmp_path / "p")) == 3                        # a new log: the old watch state was removed
+    assert len(computed(tmp_path / "p")) == 3  # a new log: the old watch state was removed
     assert len(ProjectStore(tmp_path / "p", create=False).runs()) == 2
 
 
@@ -154,9 +212,17 @@ def test_the_watch_uses_the_steps_public_helpers(tmp_path, monkeypatch, one_torc
 
     monkeypatch.setattr(mc, "run_items", spy)
     store = ProjectStore(tmp_path / "p")
-    wf = Workflow([WorkflowStep("import-movies", "import-movies", {"files": str(data), "gain": str(data / "gain_ref.gain")}),
-                   WorkflowStep("motion-ctf", "motion-ctf", {"estimate_ctf": False, "motion_grid": [1, 1, 1]},
-                                {"input": "import-movies.TiltSeriesM"})])
+    wf = Workflow(
+        [
+            WorkflowStep("import-movies", "import-movies", {"files": str(data), "gain": str(data / "gain_ref.gain")}),
+            WorkflowStep(
+                "motion-ctf",
+                "motion-ctf",
+                {"estimate_ctf": False, "motion_grid": [1, 1, 1]},
+                {"input": "import-movies.TiltSeriesM"},
+            ),
+        ]
+    )
     runs = run_workflow(store, wf, options={"workers": 1, "device": "cpu"})
     movies = store.load(store.resolve(f"{runs['import-movies'].id}.TiltSeriesM"))
     params = mc.MotionCtfParams.model_validate(wf.steps[1].params).model_dump()
@@ -164,6 +230,7 @@ def test_the_watch_uses_the_steps_public_helpers(tmp_path, monkeypatch, one_torc
     for key, args in captured:
         ts, im = next((ts, im) for ts in movies.items for im in ts.images if im.file == key)
         ours = task_args(ts, im, movies.gain_file, movies.dark_file, params, "cpu")
-        assert signature(ours) == signature(args)                      # the watch's cache key is the step's
-        assert args == mc.movie_task_args(ts, im, movies.gain_file, movies.dark_file, params, args[12], args[13],
-                                          "cpu", args[15])
+        assert signature(ours) == signature(args)  # the watch's cache key is the step's
+        assert args == mc.movie_task_args(
+            ts, im, movies.gain_file, movies.dark_file, params, args[12], args[13], "cpu", args[15]
+        )

@@ -32,13 +32,12 @@ def test_windowed_views_with_a_plain_ramp_are_tomo3d_wbp():
     angles = torch.tensor([-40.0, -20.0, 0.0, 20.0, 40.0])
     n_pad = padded_length(40)
     ramp = radial_filter(n_pad, cutoff=0.5).double()
-    got = filter_views(hamming_filter_views(views, 0.1), ramp, n_pad=n_pad)      # window, then the ramp
-    want = filter_views(views, ramp * hamming_window(n_pad, 0.1).double(), n_pad=n_pad)   # one filter
-    inner = (got - want)[..., 8:32].abs().max()          # the edges differ: each filter pads its own input
+    got = filter_views(hamming_filter_views(views, 0.1), ramp, n_pad=n_pad)  # window, then the ramp
+    want = filter_views(views, ramp * hamming_window(n_pad, 0.1).double(), n_pad=n_pad)  # one filter
+    inner = (got - want)[..., 8:32].abs().max()  # the edges differ: each filter pads its own input
     assert float(inner) < 0.02 * float(want.abs().max())
     plain = wbp(views, angles, thickness_px=12, radial_cutoff=0.5)
-    torch.testing.assert_close(wbp(hamming_filter_views(views, 0.5), angles, thickness_px=12, radial_cutoff=0.5),
-                               plain)
+    torch.testing.assert_close(wbp(hamming_filter_views(views, 0.5), angles, thickness_px=12, radial_cutoff=0.5), plain)
     windowed = wbp(hamming_filter_views(views, 0.0), angles, thickness_px=12, radial_cutoff=0.5)
     high = lambda v: torch.fft.rfft(v, dim=-1)[..., 10:].abs().pow(2).sum()
     assert float(high(windowed)) < 0.5 * float(high(plain))

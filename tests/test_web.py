@@ -32,9 +32,9 @@ from tiltflow.workflow.store import ProjectStore
 
 TOKEN = "test-token-0123456789abcdef"
 TILTS = [-54.0, -36.0, -18.0, 0.0, 18.0, 36.0, 54.0]
-ORDERS = [7, 5, 3, 1, 2, 4, 6]           # dose-symmetric acquisition order, per tilt above
-DARK, MOVING, DEFOCUS_BAD = 1, 5, 2     # positions (tilt order) with a planted problem
-SHAPE = (240, 320)                      # (ny, nx)
+ORDERS = [7, 5, 3, 1, 2, 4, 6]  # dose-symmetric acquisition order, per tilt above
+DARK, MOVING, DEFOCUS_BAD = 1, 5, 2  # positions (tilt order) with a planted problem
+SHAPE = (240, 320)  # (ny, nx)
 
 
 def acquisition() -> Acquisition:
@@ -44,8 +44,9 @@ def acquisition() -> Acquisition:
 def write_series(path, rng):
     """Views with Beer–Lambert dimming, one dark view; returns the stack (tilt order)."""
     base = rng.normal(0, 1, SHAPE)
-    stack = np.stack([100 * np.exp(-0.5 / np.cos(np.deg2rad(t))) * (1 + 0.2 * base) + rng.normal(0, 2, SHAPE)
-                      for t in TILTS]).astype(np.float32)
+    stack = np.stack(
+        [100 * np.exp(-0.5 / np.cos(np.deg2rad(t))) * (1 + 0.2 * base) + rng.normal(0, 2, SHAPE) for t in TILTS]
+    ).astype(np.float32)
     stack[DARK] *= 0.02
     write_mrc(path, stack, voxel_size_a=2.0)
     return stack
@@ -59,13 +60,22 @@ def build_project(root):
     series, ctfs, stacks = [], [], {}
     for ts_id in ("TS_01", "TS_02"):
         stacks[ts_id] = write_series(rd / f"{ts_id}.mrc", rng)
-        images = [TiltImage(tilt_angle_deg=t, acquisition_order=o, dose_prior_e_a2=3.0 * (o - 1), dose_e_a2=3.0,
-                            dose_accumulated_e_a2=3.0 * o, file=str(rd / f"{ts_id}.mrc"), index=i,
-                            total_motion_px=30.0 if i == MOVING else 2.0 + 0.1 * i)
-                  for i, (t, o) in enumerate(zip(TILTS, ORDERS))]
+        images = [
+            TiltImage(
+                tilt_angle_deg=t,
+                acquisition_order=o,
+                dose_prior_e_a2=3.0 * (o - 1),
+                dose_e_a2=3.0,
+                dose_accumulated_e_a2=3.0 * o,
+                file=str(rd / f"{ts_id}.mrc"),
+                index=i,
+                total_motion_px=30.0 if i == MOVING else 2.0 + 0.1 * i,
+            )
+            for i, (t, o) in enumerate(zip(TILTS, ORDERS, strict=False))
+        ]
         series.append(TiltSeries(ts_id, acquisition(), images, (SHAPE[1], SHAPE[0])))
         items = []
-        for i, (t, o) in enumerate(zip(TILTS, ORDERS)):
+        for i, (t, o) in enumerate(zip(TILTS, ORDERS, strict=False)):
             du = 30000.0 + 10.0 * t + (9000.0 if i == DEFOCUS_BAD else 50.0 * ((-1) ** i))
             items.append(CtfTomo(o, t, du, du - 600.0, 30.0, 0.0, 8.0 + 0.1 * i, 0.2))
         ctfs.append(CtfTomoSeries(ts_id, items))
@@ -75,8 +85,7 @@ def build_project(root):
     first = ctfs[0].items[3]  # acquisition order 1
     first.spectrum_file = store.relpath(spectrum)
     first.attrs = {"radial_profile": {"k": [0.01, 0.02, 0.03], "observed": [0.5, 0.2, 0.4], "fitted": [0.6, 0.1, 0.5]}}
-    store.finish_run(run.id, {"TiltSeries": TiltSeriesSet("TiltSeries", series),
-                              "CTFTomoSeries": CtfSeriesSet(ctfs)})
+    store.finish_run(run.id, {"TiltSeries": TiltSeriesSet("TiltSeries", series), "CTFTomoSeries": CtfSeriesSet(ctfs)})
     return store, stacks
 
 
@@ -104,7 +113,7 @@ def test_token_refused_then_cookie(tmp_path):
     r = client.get(f"/?token={TOKEN}", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/"  # token dropped from the address bar
     assert client.cookies.get(cookie_name(TOKEN)) == TOKEN
-    assert client.get("/api/project").status_code == 200   # the cookie alone now
+    assert client.get("/api/project").status_code == 200  # the cookie alone now
     assert "TomoViewer" in client.get("/").text
 
 
@@ -134,7 +143,9 @@ def test_series_and_views_fields(project):
     assert views[MOVING]["total_motion_px"] == 30.0
     v0 = views[0]  # defocus comes from the CTF set of the same run
     assert v0["defocus_source"] == "ctf"
-    assert v0["defocus_u_a"] == pytest.approx(30000 - 540 + 50) and v0["defocus_v_a"] == pytest.approx(v0["defocus_u_a"] - 600)
+    assert v0["defocus_u_a"] == pytest.approx(30000 - 540 + 50) and v0["defocus_v_a"] == pytest.approx(
+        v0["defocus_u_a"] - 600
+    )
     ctf_series = client.get("/api/outputs/1.CTFTomoSeries/series").json()
     assert ctf_series[0]["n_views"] == 7 and ctf_series[0]["tilt_axis_deg"] is None
 
@@ -144,18 +155,18 @@ def test_thumbnails_generated_and_cached(project):
     url = "/api/outputs/1.TiltSeries/series/TS_01/views/3/thumbnail.png"  # acquisition order 3 = -18°
     r = client.get(url)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-    assert png_size(r.content) == (256, 192)          # longest side 256, aspect kept
+    assert png_size(r.content) == (256, 192)  # longest side 256, aspect kept
     cache = app.state.cache
     assert cache.computed == 1
     (png,) = (store.root / ".cache" / "thumbs").glob("*.png")
     mtime = png.stat().st_mtime_ns
     assert client.get(url).content == r.content
-    assert cache.computed == 1 and png.stat().st_mtime_ns == mtime   # second call: a file read
+    assert cache.computed == 1 and png.stat().st_mtime_ns == mtime  # second call: a file read
     p = client.get("/api/outputs/1.TiltSeries/series/TS_01/views/3/preview")
-    assert p.headers["x-shape"] == "240,320"           # below 1024 px: full size
+    assert p.headers["x-shape"] == "240,320"  # below 1024 px: full size
     data = np.frombuffer(p.content, "<f4").reshape(240, 320)
     np.testing.assert_allclose(data, stacks["TS_01"][2], rtol=1e-6)
-    assert cache.computed == 1                          # preview came from the same render
+    assert cache.computed == 1  # preview came from the same render
     write_mrc(store.run_dir(1) / "TS_01.mrc", stacks["TS_01"] + 1, voxel_size_a=2.0)  # rewritten file
     client.get(url)
     assert cache.computed == 2
@@ -163,7 +174,7 @@ def test_thumbnails_generated_and_cached(project):
 
 def test_downsampling_known_answer_and_movie_average(tmp_path):
     small = torch.randn(30, 40, generator=torch.Generator().manual_seed(0))
-    big = torch.kron(small, torch.ones(8, 8))          # 240 x 320, each pixel an 8 x 8 block
+    big = torch.kron(small, torch.ones(8, 8))  # 240 x 320, each pixel an 8 x 8 block
     torch.testing.assert_close(downsample_to_max_2d(big, 40), small, rtol=1e-5, atol=1e-5)
     assert downsample_to_max_2d(big, 500).shape == (240, 320)
     import tifffile
@@ -187,7 +198,7 @@ def test_exclude_and_undo_update_curation_rows(project):
     assert r == {"changed": 1, "undo_depth": 1}
     assert exclusions(store, out) == {("TS_01", 3): True}
     assert client.post(f"{url}/exclude", json={"ts_id": "TS_01", "views": [3]}).json()["changed"] == 0
-    r = client.post(f"{url}/exclude", json={"beyond_deg": 40}).json()   # ±54° of both series
+    r = client.post(f"{url}/exclude", json={"beyond_deg": 40}).json()  # ±54° of both series
     assert r["changed"] == 4
     views = client.get(f"{url}/series/TS_02/views").json()
     assert [v["excluded"] for v in views] == [True, False, False, False, False, False, True]
@@ -219,7 +230,7 @@ def test_bad_requests_are_clear(project):
 def test_save_without_and_with_restack(project):
     store, _, client, stacks = project
     url = "/api/outputs/1.TiltSeries"
-    client.post(f"{url}/exclude", json={"ts_id": "TS_01", "views": [7, 3]})   # -54° and -18°
+    client.post(f"{url}/exclude", json={"ts_id": "TS_01", "views": [7, 3]})  # -54° and -18°
     client.post(f"{url}/exclude", json={"ts_id": "TS_02"})
     r = client.post(f"{url}/save", json={"restack": False}).json()
     assert r["pointer"] == "1.TiltSeries_2" and r["type"] == "TiltSeries"
@@ -248,11 +259,11 @@ def test_ctf_viewer_exclusion_and_save(project):
     assert [c["tilt_angle_deg"] for c in d["items"]] == TILTS
     first = d["items"][3]
     assert first["has_spectrum_file"] and first["radial_profile"]["fitted"] == [0.6, 0.1, 0.5]
-    assert first["zeros_u_per_a"][0] < first["zeros_v_per_a"][0]       # larger defocus, closer first zero
+    assert first["zeros_u_per_a"][0] < first["zeros_v_per_a"][0]  # larger defocus, closer first zero
     sug = client.get(f"{url}/ctf/TS_01/suggestions").json()
     assert [(s["kind"], s["view"]) for s in sug] == [("defocus", ORDERS[DEFOCUS_BAD])]
     client.post(f"{url}/exclude", json={"ts_id": "TS_01", "views": [ORDERS[DEFOCUS_BAD]], "reason": "auto:defocus"})
-    assert client.get(f"{url}/ctf/TS_01/suggestions").json() == []      # accepted: no longer suggested
+    assert client.get(f"{url}/ctf/TS_01/suggestions").json() == []  # accepted: no longer suggested
     r = client.post(f"{url}/save", json={}).json()
     assert r["pointer"] == "1.goodSetOfCTFTomoSeries2" and r["type"] == "CTFTomoSeries"
     good = store.load(store.resolve(r["pointer"]))
@@ -274,9 +285,14 @@ def test_path_traversal_refused(project, tmp_path):
     store, _, client, _ = project
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
-    for path in ["/static/../project.sqlite", "/static/%2e%2e/project.sqlite", "/static/..%2fproject.sqlite",
-                 "/api/outputs/..%2Fproject.sqlite/series", "/api/outputs/1.TiltSeries/series/..%2F..%2Fproject.sqlite/views",
-                 f"/api/outputs/1.TiltSeries/series/TS_01/views/1/thumbnail.png?file={secret}"]:
+    for path in [
+        "/static/../project.sqlite",
+        "/static/%2e%2e/project.sqlite",
+        "/static/..%2fproject.sqlite",
+        "/api/outputs/..%2Fproject.sqlite/series",
+        "/api/outputs/1.TiltSeries/series/..%2F..%2Fproject.sqlite/views",
+        f"/api/outputs/1.TiltSeries/series/TS_01/views/1/thumbnail.png?file={secret}",
+    ]:
         r = client.get(path)
         assert b"SQLite format" not in r.content and b"top secret" not in r.content
         assert r.status_code in (200, 404) if "thumbnail" in path else r.status_code == 404, path
@@ -301,7 +317,7 @@ def test_missing_image_file_is_a_clear_404(project):
     r = client.get("/api/outputs/1.TiltSeries/series/TS_02/views/1/thumbnail.png")
     assert r.status_code == 404 and "TS_02.mrc: image file not found" in r.json()["detail"]
     sug = client.get("/api/outputs/1.TiltSeries/series/TS_02/suggestions")
-    assert sug.status_code == 200   # image flags need the pixels; motion and CTF flags still come
+    assert sug.status_code == 200  # image flags need the pixels; motion and CTF flags still come
     assert {s["kind"] for s in sug.json()} == {"motion", "defocus"}
 
 
@@ -322,7 +338,11 @@ def test_reading_while_runs_register(project):
     t.start()
     n = 0
     while t.is_alive() or n < 5:
-        for path in ["/api/project", "/api/outputs/1.TiltSeries/series", "/api/outputs/1.TiltSeries/series/TS_01/views"]:
+        for path in [
+            "/api/project",
+            "/api/outputs/1.TiltSeries/series",
+            "/api/outputs/1.TiltSeries/series/TS_01/views",
+        ]:
             r = client.get(path)
             assert r.status_code == 200, r.text
         n += 1
@@ -338,7 +358,7 @@ def test_ctf_zero_frequencies_are_zeros():
     values = ctf_1d(torch.tensor(zeros, dtype=torch.float64), defocus_a=25000.0, **kw)
     assert values.abs().max().item() < 1e-9
     mids = torch.tensor([(a + b) / 2 for a, b in itertools.pairwise(zeros)], dtype=torch.float64)
-    assert ctf_1d(mids, defocus_a=25000.0, **kw).abs().min().item() > 0.3   # real zeros, none skipped
+    assert ctf_1d(mids, defocus_a=25000.0, **kw).abs().min().item() > 0.3  # real zeros, none skipped
     # first zero of a weak-phase CTF: k ≈ sqrt((1 - arcsin(A)/pi) / (lam df)) when Cs is negligible
     lam = 0.019687
     assert zeros[0] == pytest.approx(np.sqrt((1 - np.arcsin(0.07) / np.pi) / (lam * 25000.0)), rel=0.01)
@@ -380,10 +400,22 @@ def test_movie_set_shows_motion_corrected_sums_when_a_run_made_them(tmp_path):
         tifffile.imwrite(path, frames, photometric="minisblack")
         movies.append((path, frames))
     imp = store.create_run("import-movies", {}, {})
-    images = [TiltImage(tilt_angle_deg=t, acquisition_order=o, dose_prior_e_a2=0.0, dose_e_a2=3.0,
-                        dose_accumulated_e_a2=3.0 * o, file=str(path), index=None, frames=3)
-              for (path, _), t, o in zip(movies, TILTS[:3], [3, 1, 2])]
-    store.finish_run(imp.id, {"TiltSeriesM": TiltSeriesSet("TiltSeriesM", [TiltSeries("TS_01", acquisition(), images, (64, 48))])})
+    images = [
+        TiltImage(
+            tilt_angle_deg=t,
+            acquisition_order=o,
+            dose_prior_e_a2=0.0,
+            dose_e_a2=3.0,
+            dose_accumulated_e_a2=3.0 * o,
+            file=str(path),
+            index=None,
+            frames=3,
+        )
+        for (path, _), t, o in zip(movies, TILTS[:3], [3, 1, 2], strict=False)
+    ]
+    store.finish_run(
+        imp.id, {"TiltSeriesM": TiltSeriesSet("TiltSeriesM", [TiltSeries("TS_01", acquisition(), images, (64, 48))])}
+    )
     client = TestClient(create_app(store, TOKEN), headers={TOKEN_HEADER: TOKEN})
     url = f"/api/outputs/{imp.id}.TiltSeriesM/series/TS_01/views"
     views = client.get(url).json()
@@ -394,11 +426,22 @@ def test_movie_set_shows_motion_corrected_sums_when_a_run_made_them(tmp_path):
     mc = store.create_run("motion-ctf", {}, {"input": f"{imp.id}.TiltSeriesM"})
     sums = rng.normal(0, 1, (3, 48, 64)).astype(np.float32)
     write_mrc(store.run_dir(mc.id) / "TS_01.mrc", sums, voxel_size_a=2.0)
-    corrected = [TiltImage(tilt_angle_deg=im.tilt_angle_deg, acquisition_order=im.acquisition_order, dose_prior_e_a2=0.0,
-                           dose_e_a2=3.0, dose_accumulated_e_a2=im.dose_accumulated_e_a2,
-                           file=str(store.run_dir(mc.id) / "TS_01.mrc"), index=i, total_motion_px=1.5 + i)
-                 for i, im in enumerate(images)]
-    store.finish_run(mc.id, {"TiltSeries": TiltSeriesSet("TiltSeries", [TiltSeries("TS_01", acquisition(), corrected, (64, 48))])})
+    corrected = [
+        TiltImage(
+            tilt_angle_deg=im.tilt_angle_deg,
+            acquisition_order=im.acquisition_order,
+            dose_prior_e_a2=0.0,
+            dose_e_a2=3.0,
+            dose_accumulated_e_a2=im.dose_accumulated_e_a2,
+            file=str(store.run_dir(mc.id) / "TS_01.mrc"),
+            index=i,
+            total_motion_px=1.5 + i,
+        )
+        for i, im in enumerate(images)
+    ]
+    store.finish_run(
+        mc.id, {"TiltSeries": TiltSeriesSet("TiltSeries", [TiltSeries("TS_01", acquisition(), corrected, (64, 48))])}
+    )
     views = client.get(url).json()
     assert [v["picture"] for v in views] == [f"motion-corrected sum TS_01.mrc[{i}]" for i in range(3)]
     assert [v["total_motion_px"] for v in views] == [1.5, 2.5, 3.5]

@@ -20,13 +20,16 @@ import pytest
 
 CHROMIUM = Path(os.environ.get("TILTFLOW_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.is_file():
-    pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)",
-                allow_module_level=True)
+    pytest.skip(
+        f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)",
+        allow_module_level=True,
+    )
 try:
     from playwright.sync_api import sync_playwright
 except ImportError:
-    pytest.skip("browser tests need Playwright (pip install playwright; it is in the dev extra)",
-                allow_module_level=True)
+    pytest.skip(
+        "browser tests need Playwright (pip install playwright; it is in the dev extra)", allow_module_level=True
+    )
 pytest.importorskip("fastapi", reason="the viewer needs the web extra")
 pytest.importorskip("uvicorn", reason="the viewer needs the web extra")
 
@@ -38,14 +41,22 @@ from tiltflow.web.app import create_app
 from tiltflow.web.server import serve_in_thread
 from tiltflow.workflow.store import ProjectStore
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SET = "2.TiltSeries"            # motion-ctf's tilt series
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SET = "2.TiltSeries"  # motion-ctf's tilt series
 CTF_SET = "2.CTFTomoSeries"
-DROP_SERIES = "TS_02"           # excluded with the space bar
+DROP_SERIES = "TS_02"  # excluded with the space bar
 KEEP_SERIES = "TS_01"
-DROP_VIEWS = (2, 8)             # 1-based positions in tilt-angle order, excluded by clicking
-TIMEOUT_MS = 30_000             # a loaded 2-core machine
+DROP_VIEWS = (2, 8)  # 1-based positions in tilt-angle order, excluded by clicking
+TIMEOUT_MS = 30_000  # a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +69,19 @@ def template(tmp_path_factory) -> Path:
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("browser")
-    write_demo_dataset(root / "data", DemoConfig(n_series=2, n_tilts=9, size=(256, 256), n_frames=4, seed=3,
-                                                 local_motion=False), force=True)
+    write_demo_dataset(
+        root / "data",
+        DemoConfig(n_series=2, n_tilts=9, size=(256, 256), n_frames=4, seed=3, local_motion=False),
+        force=True,
+    )
     store = ProjectStore(root / "project")
     imp = run_step(store, "import-movies", {"files": str(root / "data"), "gain": str(root / "data" / "gain_ref.gain")})
-    run_step(store, "motion-ctf", {"window_px": 128, "ctf_range_a": [30.0, 7.0], "motion_grid": [1, 1, 1]},
-             {"input": str(imp.id)})
+    run_step(
+        store,
+        "motion-ctf",
+        {"window_px": 128, "ctf_range_a": [30.0, 7.0], "motion_grid": [1, 1, 1]},
+        {"input": str(imp.id)},
+    )
     return root
 
 
@@ -112,26 +130,38 @@ def expected_after_exclusion(template: Path) -> list[tuple[float, int, float, fl
     truth = json.loads((template / "data" / "truth.json").read_text())
     (series,) = [s for s in truth["series"] if s["tsId"] == KEEP_SERIES]
     tilts = sorted(series["tilts"], key=lambda t: t["mdoc_tilt_angle_deg"])
-    return [(t["mdoc_tilt_angle_deg"], t["acquisition_order"] + 1, t["prior_dose_e_a2"], t["dose_e_a2"],
-             t["accumulated_dose_e_a2"]) for pos, t in enumerate(tilts, start=1) if pos not in DROP_VIEWS]
+    return [
+        (
+            t["mdoc_tilt_angle_deg"],
+            t["acquisition_order"] + 1,
+            t["prior_dose_e_a2"],
+            t["dose_e_a2"],
+            t["accumulated_dose_e_a2"],
+        )
+        for pos, t in enumerate(tilts, start=1)
+        if pos not in DROP_VIEWS
+    ]
 
 
 def check_restacked(store: ProjectStore, pointer: str, template: Path) -> None:
     """``pointer`` holds KEEP_SERIES only, re-stacked without DROP_VIEWS, orders and doses kept."""
-    new = ProjectStore(store.root, create=False)            # a fresh reader of what was committed
+    new = ProjectStore(store.root, create=False)  # a fresh reader of what was committed
     subset = new.load(new.resolve(pointer))
     assert [s.ts_id for s in subset.items] == [KEEP_SERIES]
     images = subset.items[0].images
-    got = [(im.tilt_angle_deg, im.acquisition_order, im.dose_prior_e_a2, im.dose_e_a2, im.dose_accumulated_e_a2)
-           for im in images]
+    got = [
+        (im.tilt_angle_deg, im.acquisition_order, im.dose_prior_e_a2, im.dose_e_a2, im.dose_accumulated_e_a2)
+        for im in images
+    ]
     want = expected_after_exclusion(template)
-    assert [g[1] for g in got] == [w[1] for w in want]      # acquisition orders, tilt-angle order
+    assert [g[1] for g in got] == [w[1] for w in want]  # acquisition orders, tilt-angle order
     np.testing.assert_allclose([g[:1] + g[2:] for g in got], [w[:1] + w[2:] for w in want], rtol=1e-6)
     assert all(im.enabled for im in images) and [im.index for im in images] == list(range(len(want)))
-    stack = read_stack(images[0].file)                      # the new stack: the kept sections, in order
+    stack = read_stack(images[0].file)  # the new stack: the kept sections, in order
     assert Path(images[0].file).is_relative_to(store.root) and stack.shape == (len(want), 256, 256)
-    source = {im.acquisition_order: im for s in new.load(new.resolve(SET)).items if s.ts_id == KEEP_SERIES
-              for im in s.images}
+    source = {
+        im.acquisition_order: im for s in new.load(new.resolve(SET)).items if s.ts_id == KEEP_SERIES for im in s.images
+    }
     for i, im in enumerate(images):
         src = source[im.acquisition_order]
         np.testing.assert_array_equal(stack[i], read_section(src.file, src.index))
@@ -161,14 +191,27 @@ def test_curate_in_browser_space_bar_clicks_and_save_restack(page, store, templa
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('saved ')")
     assert page.locator("#status").inner_text().startswith(f"saved {SET}_2:")
     check_restacked(store, f"{SET}_2", template)
-    source = store.load(store.resolve(SET))                 # the viewed set itself is untouched
+    source = store.load(store.resolve(SET))  # the viewed set itself is untouched
     assert all(s.enabled and all(im.enabled for im in s.images) for s in source.items)
 
 
 def test_subset_cli_gives_the_same_output(store, template):
     views = ",".join(str(v) for v in DROP_VIEWS)
-    result = CliRunner().invoke(build_cli(), ["subset", "-p", str(store.root), "--input", SET, "--exclude", DROP_SERIES,
-                                              "--exclude-views", f"{KEEP_SERIES}:{views}", "--restack"])
+    result = CliRunner().invoke(
+        build_cli(),
+        [
+            "subset",
+            "-p",
+            str(store.root),
+            "--input",
+            SET,
+            "--exclude",
+            DROP_SERIES,
+            "--exclude-views",
+            f"{KEEP_SERIES}:{views}",
+            "--restack",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"{SET}_2" in result.output
     check_restacked(store, f"{SET}_2", template)
@@ -185,13 +228,18 @@ def test_ctf_plot_draws_one_point_per_tilt(page, store):
     assert page.locator(plotted.format("defocus V")).count() == len(items)
     assert page.locator(plotted.format("fit resolution")).count() == n_res
     # where they are drawn: left to right by tilt, higher defocus higher up (smaller SVG y)
-    xy = page.eval_on_selector_all(plotted.format("defocus U") + " circle",
-                                   "cs => cs.map(c => [+c.getAttribute('cx'), +c.getAttribute('cy')])")
+    xy = page.eval_on_selector_all(
+        plotted.format("defocus U") + " circle", "cs => cs.map(c => [+c.getAttribute('cx'), +c.getAttribute('cy')])"
+    )
     x, y = np.array(xy).T
     assert np.all(np.diff(x) > 0)
-    np.testing.assert_array_equal(np.argsort(-y, kind="stable"), np.argsort([c.defocus_u_a for c in items], kind="stable"))
+    np.testing.assert_array_equal(
+        np.argsort(-y, kind="stable"), np.argsort([c.defocus_u_a for c in items], kind="stable")
+    )
     # the spectrum of the selected tilt, with the fitted zeros drawn over it
-    page.wait_for_function("document.querySelector('#spectrum').complete && document.querySelector('#spectrum').naturalWidth > 0")
+    page.wait_for_function(
+        "document.querySelector('#spectrum').complete && document.querySelector('#spectrum').naturalWidth > 0"
+    )
     assert page.locator("#spectrum-rings ellipse").count() >= 1
     # exclude one tilt from the table: its three points turn into "excluded" markers
     page.click("#ctf-table tr[data-i='4'] button.x-btn")
@@ -203,7 +251,7 @@ def test_ctf_plot_draws_one_point_per_tilt(page, store):
 
 def test_requests_without_the_token_get_403(browser, viewer, page):
     base, token = viewer
-    stranger = browser.new_context()                         # no cookie, no token
+    stranger = browser.new_context()  # no cookie, no token
     try:
         r = stranger.request.get(f"{base}/")
         assert r.status == 403 and "token required" in r.json()["detail"]

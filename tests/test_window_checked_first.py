@@ -21,7 +21,7 @@ def test_a_window_larger_than_the_images_is_one_line_before_any_work(tmp_path):
     assert len(errors) == 1, out.output
     assert "--window 512" in errors[0] and "128 x 96 px" in errors[0] and "TS_01" in errors[0]
     assert "pass --window 96 or less" in errors[0]
-    assert [r.step for r in ProjectStore(root).runs()] == ["import-movies"]   # nothing was started
+    assert [r.step for r in ProjectStore(root).runs()] == ["import-movies"]  # nothing was started
 
 
 def test_set_accepts_the_cli_spelling_of_a_parameter():
@@ -41,9 +41,21 @@ def test_tutorial_on_a_384_session_stops_in_one_line_or_completes_with_verdicts(
     data = tmp_path / "data"
     write_demo_dataset(data, DemoConfig(n_series=1, n_tilts=11, size=(384, 384), n_frames=4, seed=3))
     root = tmp_path / "p"
-    base = ["workflow", "run", "tutorial", "-p", str(root), "--set", f"import-movies.files={data}",
-            "--set", f"import-movies.gain={data / 'gain_ref.gain'}", "--set", "align.binning=2",
-            "--set", "reconstruct.binning=2"]
+    base = [
+        "workflow",
+        "run",
+        "tutorial",
+        "-p",
+        str(root),
+        "--set",
+        f"import-movies.files={data}",
+        "--set",
+        f"import-movies.gain={data / 'gain_ref.gain'}",
+        "--set",
+        "align.binning=2",
+        "--set",
+        "reconstruct.binning=2",
+    ]
     stopped = CliRunner().invoke(build_cli(), base)
     assert stopped.exit_code == 2
     errors = [line for line in stopped.output.splitlines() if line.startswith("error")]

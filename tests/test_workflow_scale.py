@@ -18,16 +18,26 @@ from tiltflow.testing.demo import DemoConfig, write_demo_dataset
 from tiltflow.workflow.store import ProjectStore
 from tiltflow.workflow.workflow_file import apply_overrides, load_workflow, run_workflow
 
-FAST = ["motion-ctf.window_px=128", "motion-ctf.ctf_range_a=[30, 8]", "motion-ctf.motion_grid=[1, 1, 1]",
-        "motion-ctf.defocus_grid=null", "align.binning=2", "align.bead_diameter_nm=5",
-        "reconstruct.binning=2", "reconstruct.thickness_nm=100"]
+FAST = [
+    "motion-ctf.window_px=128",
+    "motion-ctf.ctf_range_a=[30, 8]",
+    "motion-ctf.motion_grid=[1, 1, 1]",
+    "motion-ctf.defocus_grid=null",
+    "align.binning=2",
+    "align.bead_diameter_nm=5",
+    "reconstruct.binning=2",
+    "reconstruct.thickness_nm=100",
+]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(out, DemoConfig(n_series=2, n_tilts=7, size=(256, 224), n_frames=4, seed=9,
-                                                   bead_diameter_nm=5.0, n_beads=12), force=True)
+    write_demo_dataset(
+        out,
+        DemoConfig(n_series=2, n_tilts=7, size=(256, 224), n_frames=4, seed=9, bead_diameter_nm=5.0, n_beads=12),
+        force=True,
+    )
     return out
 
 
@@ -70,7 +80,7 @@ def assert_same(a: dict, b: dict) -> None:
         np.testing.assert_allclose(a["shifts"][k], b["shifts"][k], atol=1e-3)
     np.testing.assert_allclose(a["defocus"], b["defocus"], atol=5.0)
     np.testing.assert_allclose(a["xf"], b["xf"], atol=1e-3)
-    for x, y in zip(a["stacks"] + a["tomograms"], b["stacks"] + b["tomograms"]):
+    for x, y in zip(a["stacks"] + a["tomograms"], b["stacks"] + b["tomograms"], strict=False):
         np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-3 * float(np.abs(x).max()))
 
 
@@ -96,8 +106,18 @@ def _finished_items(db: Path, run_id: int) -> dict[str, float]:
 
 def test_sigkill_during_motion_then_continue(demo, reference, tmp_path):
     project = tmp_path / "p"
-    cmd = [sys.executable, "-m", "tiltflow.cli.main", "workflow", "run", "tutorial", "-p", str(project),
-           "--workers", "1"] + [a for o in overrides(demo) for a in ("--set", o)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tiltflow.cli.main",
+        "workflow",
+        "run",
+        "tutorial",
+        "-p",
+        str(project),
+        "--workers",
+        "1",
+    ] + [a for o in overrides(demo) for a in ("--set", o)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db, before, deadline = project / "project.sqlite", {}, time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -116,5 +136,5 @@ def test_sigkill_during_motion_then_continue(demo, reference, tmp_path):
     after = _finished_items(db, 2)
     assert len(after) == 14
     assert all(after[k] == before[k] for k in before), "finished movies were recomputed"
-    assert [r.id for r in store.runs()] == [1, 2, 3, 4, 5]       # the interrupted run continued, no duplicate
+    assert [r.id for r in store.runs()] == [1, 2, 3, 4, 5]  # the interrupted run continued, no duplicate
     assert_same(outputs(reference), outputs(store))

@@ -23,8 +23,7 @@ from tiltflow.core.fourier import fourier_crop_2d
 from tiltflow.core.xray import XrayParams, erase_xrays, find_xrays, replace_patches
 from tiltflow.testing.xray_movies import motion_sum, simulate_movie
 
-CORPUS = Path(os.environ.get("TILTFLOW_CORPUS", Path(__file__).resolve().parents[1] / ".."
-                             / "shared" / "corpus"))
+CORPUS = Path(os.environ.get("TILTFLOW_CORPUS", Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"))
 LEGINON = CORPUS / "images" / "leginon" / "08mar13e_00010gr_00004sq_v02_00005hl.mrc"
 
 
@@ -46,24 +45,29 @@ def _ring(r_in: float = 4.2, r_out: float = 6.2) -> tuple[torch.Tensor, torch.Te
     return dy[sel], dx[sel]
 
 
-def simulate(seed: int, *, size: int = 512, dose: float = 10.0, n_hits: int = 150,
-             n_beads: int = 10, texture: float = 0.1) -> dict:
+def simulate(
+    seed: int, *, size: int = 512, dose: float = 10.0, n_hits: int = 150, n_beads: int = 10, texture: float = 0.1
+) -> dict:
     """Image (float32 counts), expected counts ``lam``, bead mask and hits (pixels, excess)."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(*(torch.arange(size, dtype=torch.float64),) * 2, indexing="ij")
     background = 1.0 + 0.15 * (xx / size - 0.5) + 0.1 * torch.cos(2 * math.pi * yy / size)
-    k = torch.sqrt(torch.fft.fftfreq(size, dtype=torch.float64)[:, None] ** 2
-                   + torch.fft.rfftfreq(size, dtype=torch.float64)[None] ** 2)
+    k = torch.sqrt(
+        torch.fft.fftfreq(size, dtype=torch.float64)[:, None] ** 2
+        + torch.fft.rfftfreq(size, dtype=torch.float64)[None] ** 2
+    )
     ctf = torch.sin(300.0 * k**2) * torch.exp(-((k / 0.3) ** 2))  # rings up to ~0.3 cycles/px
-    tex = torch.fft.irfft2(torch.fft.rfft2(torch.randn(size, size, generator=g,
-                                                       dtype=torch.float64)) * ctf, s=(size,) * 2)
+    tex = torch.fft.irfft2(
+        torch.fft.rfft2(torch.randn(size, size, generator=g, dtype=torch.float64)) * ctf, s=(size,) * 2
+    )
     lam = dose * background * (1.0 + texture * tex / tex.std())
     bead = torch.zeros(size, size, dtype=torch.bool)
     near_bead = torch.zeros_like(bead)
     for _ in range(n_beads):
-        cy, cx, r, c = (torch.rand(4, generator=g, dtype=torch.float64)
-                        * torch.tensor([size - 40.0, size - 40.0, 5.0, 0.3])
-                        + torch.tensor([20.0, 20.0, 5.0, 0.3])).tolist()
+        cy, cx, r, c = (
+            torch.rand(4, generator=g, dtype=torch.float64) * torch.tensor([size - 40.0, size - 40.0, 5.0, 0.3])
+            + torch.tensor([20.0, 20.0, 5.0, 0.3])
+        ).tolist()
         d = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
         lam = torch.where(d <= r, lam * (1.0 - c), lam)
         bead |= d <= r
@@ -75,12 +79,20 @@ def simulate(seed: int, *, size: int = 512, dose: float = 10.0, n_hits: int = 15
     cells = cells[torch.randperm(len(cells), generator=g)] * 16 + 8
     cells = cells + torch.randint(-3, 4, cells.shape, generator=g)
     cells = cells[~near_bead[cells[:, 0], cells[:, 1]]][:n_hits]
-    shapes = [[(0, 0)], [(0, 0), (0, 1)], [(0, 0), (1, 0)], [(0, 0), (1, 1)],
-              [(0, 0), (0, 1), (1, 0)], [(0, 0), (1, 0), (2, 0)], [(0, 0), (1, 1), (1, 0)]]
-    excess = torch.exp(torch.empty(len(cells), dtype=torch.float64).uniform_(
-        math.log(3.0), math.log(300.0), generator=g))
+    shapes = [
+        [(0, 0)],
+        [(0, 0), (0, 1)],
+        [(0, 0), (1, 0)],
+        [(0, 0), (1, 1)],
+        [(0, 0), (0, 1), (1, 0)],
+        [(0, 0), (1, 0), (2, 0)],
+        [(0, 0), (1, 1), (1, 0)],
+    ]
+    excess = torch.exp(
+        torch.empty(len(cells), dtype=torch.float64).uniform_(math.log(3.0), math.log(300.0), generator=g)
+    )
     hits = []
-    for (y, x), e in zip(cells.tolist(), excess.tolist()):
+    for (y, x), e in zip(cells.tolist(), excess.tolist(), strict=False):
         shape = shapes[int(torch.randint(len(shapes), (1,), generator=g))]
         pix = [(y + dy, x + dx) for dy, dx in shape]
         for i, (py, px) in enumerate(pix):  # secondary pixels carry 60-100 % of the excess
@@ -149,8 +161,7 @@ def test_erasing_twice_changes_nothing_more():
 
 
 def test_batch_equals_loop_and_input_is_not_modified():
-    sims = [simulate(s, size=256, dose=d, n_hits=60, n_beads=4) for s, d in ((1, 5.0), (2, 12.0),
-                                                                             (3, 20.0))]
+    sims = [simulate(s, size=256, dose=d, n_hits=60, n_beads=4) for s, d in ((1, 5.0), (2, 12.0), (3, 20.0))]
     stack = torch.stack([s["image"] for s in sims])
     before = stack.clone()
     batch = erase_xrays(stack)
@@ -233,15 +244,26 @@ def test_hits_at_the_border_are_erased(dose):
     lam = torch.full((h, w), dose)
     clean = torch.poisson(lam, generator=g)
     sd = math.sqrt(dose)
-    spots = [(0, 40), (1, 70), (h - 1, 30), (h - 2, 100), (50, 0), (30, 1), (60, w - 1),
-             (20, w - 2), (0, 0), (h - 1, w - 1), (1, w - 2), (h - 2, 1)]
-    pairs = [((0, 90), (0, 91)), ((h - 1, 60), (h - 1, 61)), ((70, 0), (71, 0)),
-             ((75, w - 1), (76, w - 1))]
+    spots = [
+        (0, 40),
+        (1, 70),
+        (h - 1, 30),
+        (h - 2, 100),
+        (50, 0),
+        (30, 1),
+        (60, w - 1),
+        (20, w - 2),
+        (0, 0),
+        (h - 1, w - 1),
+        (1, w - 2),
+        (h - 2, 1),
+    ]
+    pairs = [((0, 90), (0, 91)), ((h - 1, 60), (h - 1, 61)), ((70, 0), (71, 0)), ((75, w - 1), (76, w - 1))]
     image = clean.clone()
     truth = torch.zeros(h, w, dtype=torch.bool)
     excess = torch.empty(len(spots) + 2 * len(pairs)).uniform_(8.0, 20.0, generator=g) * sd
     pix = spots + [q for pair in pairs for q in pair]
-    for (y, x), e in zip(pix, excess.tolist()):
+    for (y, x), e in zip(pix, excess.tolist(), strict=False):
         image[y, x] += round(e)
         truth[y, x] = True
     res = erase_xrays(image)
@@ -255,16 +277,21 @@ def test_hits_at_the_border_are_erased(dose):
         assert not erase_xrays(free).mask.any()
 
 
-@pytest.mark.parametrize("pixel_size_a,binning,seed", [(1.38, 1, 300), (5.5, 4, 300), (5.5, 4, 301),
-                                                       (2.76, 2, 302)])
+@pytest.mark.parametrize("pixel_size_a,binning,seed", [(1.38, 1, 300), (5.5, 4, 300), (5.5, 4, 301), (2.76, 2, 302)])
 def test_no_gold_bead_pixel_changes(pixel_size_a, binning, seed):
     """Motion-corrected sums (3 e/px/frame, 8 frames) of a field with 5-15 nm gold beads (dark,
     with CTF fringes; see tiltflow.testing.xray_movies), Fourier-binned as a tilt-series stack
     often is, plus hits injected away from the beads: every hit is erased, no pixel within 2 px
     of a bead changes. (Without both the bead-rim test and the local-noise test of difference
     seeds, seed 300 at 5.5 Å/px, bin 4, loses bright fringe pixels.)"""
-    sim = simulate_movie(seed, shape=(512, 512), dose=3.0, pixel_size_a=pixel_size_a,
-                         n_beads=int(8 * (pixel_size_a / 1.38) ** 1.5), hits_per_frame=(0, 0))
+    sim = simulate_movie(
+        seed,
+        shape=(512, 512),
+        dose=3.0,
+        pixel_size_a=pixel_size_a,
+        n_beads=int(8 * (pixel_size_a / 1.38) ** 1.5),
+        hits_per_frame=(0, 0),
+    )
     n = 512 // binning
     image = fourier_crop_2d(motion_sum(sim["clean"], sim), (n, n)) * binning**2
     bead = F.max_pool2d(sim["bead_mask"][None].float(), binning)[0] > 0
@@ -285,8 +312,7 @@ def test_bright_beads_of_an_inverted_stack_are_not_hits():
     """A stack of inverted contrast (beads bright, 2.3-6.8 px radius at 11 Å/px): the beads are
     smooth blobs, not hits (the eraser before the sharpness / compactness tests erased 31 bead
     pixels here). Known limit: at 22 Å/px beads of 1-2 px radius are X-ray sized and erased."""
-    sim = simulate_movie(303, shape=(512, 512), dose=3.0, pixel_size_a=2.76, n_beads=22,
-                         hits_per_frame=(0, 0))
+    sim = simulate_movie(303, shape=(512, 512), dose=3.0, pixel_size_a=2.76, n_beads=22, hits_per_frame=(0, 0))
     image = fourier_crop_2d(motion_sum(sim["clean"], sim), (128, 128)) * 16
     bead = F.max_pool2d(sim["bead_mask"][None].float(), 4)[0] > 0
     assert int(bead.sum()) > 500
@@ -298,8 +324,10 @@ def test_no_false_hits_at_a_few_counts_per_pixel_but_hits_are_found():
     eraser before the Poisson-tail test changed 33 noise pixels of these); hits of 20-200 counts
     on them are all erased."""
     g = torch.Generator().manual_seed(4)
-    images = torch.poisson(torch.tensor([1.0, 2.5])[:, None, None, None].expand(2, 4, 512, 512)
-                           .reshape(8, 512, 512).contiguous(), generator=g)
+    images = torch.poisson(
+        torch.tensor([1.0, 2.5])[:, None, None, None].expand(2, 4, 512, 512).reshape(8, 512, 512).contiguous(),
+        generator=g,
+    )
     assert not erase_xrays(images).mask.any()
     spots = torch.randint(0, 512, (8, 40, 2), generator=g)
     hits = torch.zeros(images.shape, dtype=torch.bool)

@@ -15,7 +15,6 @@ from tiltflow.core.fourier import shift_image_2d
 from tiltflow.core.xray_frames import remove_frame_xrays
 from tiltflow.testing.xray_movies import hit_mask, hit_residuals_sd, motion_sum, simulate_movie
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -28,7 +27,7 @@ def test_frame_removal_leaves_no_lobe_in_the_sum(dose):
     z = hit_residuals_sd(motion_sum(res.frames, sim), reference, sim)
     assert len(sim["hits"]) >= 24
     assert (z_raw >= 5.0).float().mean() > 0.9  # without removal the hits (and lobes) stay
-    assert float(z.max()) < 5.0                 # with it: no lobe >= 5 SD of the sum's noise
+    assert float(z.max()) < 5.0  # with it: no lobe >= 5 SD of the sum's noise
     # every injected pixel replaced, by a value close to the expectation
     truth = hit_mask(sim)
     got = torch.zeros_like(truth)

@@ -15,8 +15,9 @@ from tiltflow.cli.main import build_cli
 STACK_ANGLES = (-30.0, -15.0, 0.0, 15.0, 30.0)
 
 
-def write_stack(folder: Path, name: str = "TS_A", *, size: int = 128, pixel_a: float = 2.0,
-                angles=STACK_ANGLES) -> Path:
+def write_stack(
+    folder: Path, name: str = "TS_A", *, size: int = 128, pixel_a: float = 2.0, angles=STACK_ANGLES
+) -> Path:
     """An MRC stack with a ``.rawtlt`` beside it."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -39,8 +40,7 @@ def project_state(root: Path) -> tuple[list[str], list[str]]:
         dump = list(con.iterdump())
     finally:
         con.close()
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                   if not p.name.endswith(("-wal", "-shm")))
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.name.endswith(("-wal", "-shm")))
     return dump, files
 
 
@@ -67,6 +67,5 @@ def project_state_readonly(root: Path) -> tuple[list[str], list[str]]:
         dump = list(con.iterdump())
     finally:
         con.close()
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                   if not p.name.endswith(("-wal", "-shm")))
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.name.endswith(("-wal", "-shm")))
     return dump, files

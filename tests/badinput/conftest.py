@@ -24,8 +24,10 @@ def movie_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pristine_project(movie_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("project") / "p"
-    assert invoke(["import-movies", "-p", root, "--files", movie_data,
-                   "--gain", movie_data / "gain_ref.gain"]).exit_code == 0
+    assert (
+        invoke(["import-movies", "-p", root, "--files", movie_data, "--gain", movie_data / "gain_ref.gain"]).exit_code
+        == 0
+    )
     stacks = write_stack(tmp_path_factory.mktemp("stacks")).parent
     result = invoke(["import-tilt-series", "-p", root, "--files", stacks, "--pattern", "*.st", "--voltage", "300"])
     assert result.exit_code == 0, result.output
@@ -47,18 +49,30 @@ def data(movie_data, tmp_path) -> Path:
 # -- the reliability record (docs/reliability.md) -------------------------------------------------------
 # Every test of the issue-13 catalogue leaves its outcome in a JSON file after the run (merged with
 # earlier runs by test id); ``docs/make_reliability.py`` turns it into docs/reliability.md.
-RELIABILITY_TESTS = ("tests/badinput/", "tests/badinput_cli/", "tests/test_mrc_corrupt.py",
-                     "tests/test_import_bad_input.py", "tests/test_concurrency_save.py",
-                     "tests/test_relocatable.py", "tests/test_viewer_limits.py", "tests/test_motion_ctf_resume.py",
-                     "tests/test_workflow_scale.py", "tests/test_workflow_continue.py", "tests/test_subset_cli.py")
+RELIABILITY_TESTS = (
+    "tests/badinput/",
+    "tests/badinput_cli/",
+    "tests/test_mrc_corrupt.py",
+    "tests/test_import_bad_input.py",
+    "tests/test_concurrency_save.py",
+    "tests/test_relocatable.py",
+    "tests/test_viewer_limits.py",
+    "tests/test_motion_ctf_resume.py",
+    "tests/test_workflow_scale.py",
+    "tests/test_workflow_continue.py",
+    "tests/test_subset_cli.py",
+)
 
 
 def reliability_json() -> Path:
     import os
     import tempfile
 
-    return Path(os.environ.get("TILTFLOW_RELIABILITY_JSON",
-                               Path(tempfile.gettempdir()) / "tiltflow-reliability" / "last-run.json"))
+    return Path(
+        os.environ.get(
+            "TILTFLOW_RELIABILITY_JSON", Path(tempfile.gettempdir()) / "tiltflow-reliability" / "last-run.json"
+        )
+    )
 
 
 def _outcome(reports: dict) -> tuple[str, str]:
@@ -94,7 +108,7 @@ def pytest_sessionfinish(session, exitstatus):
                 continue
             if when in ("setup", "call", "teardown"):
                 by_test.setdefault(nodeid, {})[when] = r
-            elif when == "collect" and r.failed:        # a file that cannot even be collected
+            elif when == "collect" and r.failed:  # a file that cannot even be collected
                 by_test.setdefault(nodeid, {})["setup"] = r
     if not by_test:
         return
@@ -107,8 +121,13 @@ def pytest_sessionfinish(session, exitstatus):
     for nodeid, reports in by_test.items():
         outcome, message = _outcome(reports)
         props = {k: v for r in reports.values() for k, v in getattr(r, "user_properties", [])}
-        old[nodeid] = {"outcome": outcome, "message": message[-4000:], "when": now, "properties": props,
-                       "duration_s": round(sum(getattr(r, "duration", 0.0) for r in reports.values()), 3)}
+        old[nodeid] = {
+            "outcome": outcome,
+            "message": message[-4000:],
+            "when": now,
+            "properties": props,
+            "duration_s": round(sum(getattr(r, "duration", 0.0) for r in reports.values()), 3),
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"written": now, "tests": old}, indent=1, sort_keys=True))

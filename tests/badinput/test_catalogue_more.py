@@ -43,8 +43,12 @@ def test_an_empty_or_meaningless_subset_is_refused(project, args, needles):
 def test_a_rejected_restack_leaves_no_stack(project):
     """row 20: a refused ``--restack`` wrote its first stacks and left them (an orphan ``.mrc``)."""
     before = project_state(project)
-    assert_refused(invoke(["subset", "-p", project, "--input", "2", "--exclude-views", "TS_A:1,2,3,4,5",
-                           "--restack"]), ["TS_A"], project, before)
+    assert_refused(
+        invoke(["subset", "-p", project, "--input", "2", "--exclude-views", "TS_A:1,2,3,4,5", "--restack"]),
+        ["TS_A"],
+        project,
+        before,
+    )
     assert not list(project.rglob("*.mrc")) and not list(project.rglob(".saving-*"))
 
 
@@ -67,8 +71,11 @@ WORKFLOW_CASES = [
     ("list of lists", [[1]], ["not a Scipion workflow"]),
     ("version 99", {**_steps(IMPORT), "tiltflow_workflow": 99}, ["'tiltflow_workflow': 99", "version 1"]),
     ("version as text", {**_steps(IMPORT), "tiltflow_workflow": "1"}, ["'tiltflow_workflow': \"1\""]),
-    ("duplicate step ids", _steps(IMPORT, {**IMPORT, "params": {"files": "other"}}),
-     ["workflow step 'import'", "its own 'id'"]),
+    (
+        "duplicate step ids",
+        _steps(IMPORT, {**IMPORT, "params": {"files": "other"}}),
+        ["workflow step 'import'", "its own 'id'"],
+    ),
     ("steps a number", {"steps": 5}, ["'steps' must be a list"]),
     ("steps null", {"steps": None}, ["'steps' must be a list"]),
     ("no steps", {"steps": []}, ["one or more steps"]),
@@ -128,8 +135,22 @@ def test_a_constant_valued_movie_is_one_line_naming_it(project, data, value):
     tifffile.imwrite(movie, np.full_like(frames, value), photometric="minisblack")
     imported = invoke(["import-movies", "-p", project, "--files", data, "--gain", data / "gain_ref.gain"])
     assert imported.exit_code == 0, imported.output
-    result = invoke(["motion-ctf", "-p", project, "--input", "3", "--window", "64", "--no-estimate-ctf",
-                     "--motion-grid", "1", "1", "1"])
+    result = invoke(
+        [
+            "motion-ctf",
+            "-p",
+            project,
+            "--input",
+            "3",
+            "--window",
+            "64",
+            "--no-estimate-ctf",
+            "--motion-grid",
+            "1",
+            "1",
+            "1",
+        ]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and movie.name in errors[0] and f"every frame is {value}" in errors[0], result.output

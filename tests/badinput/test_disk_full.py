@@ -73,11 +73,17 @@ def tmpfs(tmp_path) -> Path:
     where.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no `mount` command: cannot make a small file system (the emulated tests below still run)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(where)], check=False,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(where)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'needs root or CAP_SYS_ADMIN'}); "
-                    "the emulated disk-full tests below still run")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() or 'needs root or CAP_SYS_ADMIN'}); "
+            "the emulated disk-full tests below still run"
+        )
     try:
         yield where
     finally:
@@ -98,11 +104,11 @@ def test_motion_ctf_on_a_full_tmpfs(tmpfs, movie_data, pristine_project):
     store = ProjectStore(root)
     run = store.run(3)
     assert run.status == "failed" and "disk full at" in run.error
-    assert store.outputs(3) == []                                     # nothing registered
+    assert store.outputs(3) == []  # nothing registered
     assert integrity(root) == "ok"
     assert not list((root / "runs").rglob("*.tmp*")) and not list((root / "runs").rglob(diskspace.RESERVE_NAME + "*"))
 
-    fill(tmpfs / "ballast2")                                          # and now not a byte left
+    fill(tmpfs / "ballast2")  # and now not a byte left
     assert shutil.disk_usage(tmpfs).free == 0
     before = project_state_readonly(root)
 
@@ -112,9 +118,10 @@ def test_motion_ctf_on_a_full_tmpfs(tmpfs, movie_data, pristine_project):
     assert detail.exit_code == 0 and "disk full at" in detail.output, detail.output
 
     one_disk_full_line(invoke(["subset", "-p", root, "--input", "1", "--exclude-views", "TS_01:1"]), str(root))
-    one_disk_full_line(invoke(["subset", "-p", root, "--input", "1", "--exclude-views", "TS_01:2", "--restack"]),
-                       str(root))
-    one_disk_full_line(invoke([*MOTION[:1], "-p", root, *MOTION[1:]]), str(root))      # a new run: refused
+    one_disk_full_line(
+        invoke(["subset", "-p", root, "--input", "1", "--exclude-views", "TS_01:2", "--restack"]), str(root)
+    )
+    one_disk_full_line(invoke([*MOTION[:1], "-p", root, *MOTION[1:]]), str(root))  # a new run: refused
 
     out = tmpfs.parent / "exported"
     exported = invoke(["export", "2", "-p", root, "--format", "imod", "--out", out])
@@ -125,8 +132,9 @@ def test_motion_ctf_on_a_full_tmpfs(tmpfs, movie_data, pristine_project):
 
     from tiltflow.web.app import TOKEN_HEADER, create_app
 
-    client = TestClient(create_app(ProjectStore(root), TOKEN, cache_dir=tmpfs.parent / "thumbs"),
-                        headers={TOKEN_HEADER: TOKEN})
+    client = TestClient(
+        create_app(ProjectStore(root), TOKEN, cache_dir=tmpfs.parent / "thumbs"), headers={TOKEN_HEADER: TOKEN}
+    )
     assert client.get("/api/project").status_code == 200
     series = client.get("/api/outputs/1.TiltSeriesM/series")
     assert series.status_code == 200, series.text
@@ -142,12 +150,14 @@ def test_motion_ctf_on_a_full_tmpfs(tmpfs, movie_data, pristine_project):
 # -- emulated: the same outcomes wherever the test may not mount --------------------------------
 def _enospc_after(limit: int):
     """A ``write_mrc`` that writes ``limit`` bytes of its temporary file, then finds the disk full."""
+
     def write_mrc(path, data, **_kw):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(b"\0" * limit)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
     return write_mrc
 
 
@@ -166,6 +176,7 @@ def test_a_write_that_finds_the_disk_full_is_one_line(project, monkeypatch):
 def test_sqlite_database_or_disk_is_full_is_the_same_line(project, monkeypatch):
     def full(*_a, **_k):
         raise sqlite3.OperationalError("database or disk is full")
+
     monkeypatch.setattr(ProjectStore, "finish_run", full)
     result = invoke(["xray-erase", "-p", project, "--input", "2"])
     one_disk_full_line(result, str(project), "--continue 3")
@@ -180,6 +191,7 @@ def test_a_disk_full_item_failure_is_the_same_line(project, monkeypatch):
 
     def failing(*_a, **_k):
         raise ItemFailures(["TS_A: OSError: [Errno 28] No space left on device"], what="series", total=1)
+
     monkeypatch.setattr("tiltflow.workflow.steps.xray_erase.run_items_or_fail", failing)
     one_disk_full_line(invoke(["xray-erase", "-p", project, "--input", "2"]), "--continue 3")
     assert ProjectStore(project).run(3).status == "failed"
@@ -196,6 +208,7 @@ def full_disk(project, monkeypatch):
         if str(path) == db:
             raise sqlite3.OperationalError("disk I/O error")
         return real_open(path)
+
     monkeypatch.setattr(ProjectStore, "_open", staticmethod(_open))
     monkeypatch.setattr(diskspace, "free_mb", lambda path: 0.0)
     return project
@@ -222,8 +235,9 @@ def test_the_viewer_reads_while_the_disk_is_full(full_disk, tmp_path):
 
     from tiltflow.web.app import TOKEN_HEADER, create_app
 
-    client = TestClient(create_app(ProjectStore(full_disk), TOKEN, cache_dir=tmp_path / "thumbs"),
-                        headers={TOKEN_HEADER: TOKEN})
+    client = TestClient(
+        create_app(ProjectStore(full_disk), TOKEN, cache_dir=tmp_path / "thumbs"), headers={TOKEN_HEADER: TOKEN}
+    )
     assert client.get("/api/project").status_code == 200
     listing = client.get("/api/outputs/2.TiltSeries/series")
     assert listing.status_code == 200 and "TS_A" in listing.text
@@ -248,14 +262,14 @@ def test_a_pending_log_is_read_from_a_snapshot(project, tmp_path):
     read = diskspace.read_only_connection(copy / "project.sqlite", DiskFull(copy, 0.0))
     assert read.execute("SELECT label FROM runs WHERE id=1").fetchone()[0] == "from the log"
     immutable = sqlite3.connect(f"{(copy / 'project.sqlite').as_uri()}?mode=ro&immutable=1", uri=True)
-    assert immutable.execute("SELECT label FROM runs WHERE id=1").fetchone()[0] is None   # the file alone
+    assert immutable.execute("SELECT label FROM runs WHERE id=1").fetchone()[0] is None  # the file alone
 
 
 def test_what_is_not_a_full_disk_is_left_alone(tmp_path, monkeypatch):
     assert diskspace.as_disk_full(OSError(errno.EACCES, "Permission denied"), tmp_path) is None
     assert diskspace.as_disk_full(ValueError("disk full of cats"), tmp_path) is None
     io_error = sqlite3.OperationalError("disk I/O error")
-    assert diskspace.as_disk_full(io_error, tmp_path) is None          # space left: a real I/O error
+    assert diskspace.as_disk_full(io_error, tmp_path) is None  # space left: a real I/O error
     with pytest.raises(sqlite3.OperationalError):
         diskspace.read_only_connection(tmp_path / "x.sqlite", io_error)
     monkeypatch.setattr(diskspace, "free_mb", lambda path: 0.2)

@@ -28,7 +28,11 @@ from tiltflow.io.star import StarFormatError, read_motion_star, write_motion_sta
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.workflow_file import load_workflow, validate
 
-FUZZ = settings(max_examples=int(os.environ.get("TILTFLOW_FUZZ_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("TILTFLOW_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 WORK = Path(tempfile.mkdtemp(prefix="tiltflow-fuzz-"))
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,21 +75,61 @@ def _seed_xf() -> bytes:
 SEEDS = {
     "mdoc": [_seed_mdoc(), *_seeds_from_corpus("mdoc", (".mdoc",))],
     "star": [_seed_star(), *_seeds_from_corpus("relion", (".star",), 2)],
-    "rawtlt": [b"-30\n-15\n0\n15\n30\n", b"  -60.01  1\n -57.0  2\n", *_seeds_from_corpus("aretomo", (".rawtlt", ".tlt"))],
+    "rawtlt": [
+        b"-30\n-15\n0\n15\n30\n",
+        b"  -60.01  1\n -57.0  2\n",
+        *_seeds_from_corpus("aretomo", (".rawtlt", ".tlt")),
+    ],
     "xf": [_seed_xf(), *_seeds_from_corpus("aretomo", (".xf",))],
-    "aln": _seeds_from_corpus("aretomo", (".aln",)) or [b"# AreTomo Alignment / Priims bprmMn\n# RawSize = 64 64 2\n"
-                                                        b"# NumPatches = 0\n# SEC ROT GMAG TX TY SMEAN SFIT SCALE BASE TILT\n"
-                                                        b"0 85 1 0 0 1 1 1 0 -3\n1 85 1 0 0 1 1 1 0 3\n"],
+    "aln": _seeds_from_corpus("aretomo", (".aln",))
+    or [
+        b"# AreTomo Alignment / Priims bprmMn\n# RawSize = 64 64 2\n"
+        b"# NumPatches = 0\n# SEC ROT GMAG TX TY SMEAN SFIT SCALE BASE TILT\n"
+        b"0 85 1 0 0 1 1 1 0 -3\n1 85 1 0 0 1 1 1 0 3\n"
+    ],
     "workflow": [(REPO / "src/tiltflow/workflow/templates/tutorial.json").read_bytes()],
-    "scipion": _seeds_from_corpus("scipion", (".json.template", ".json"), 2) or [
+    "scipion": _seeds_from_corpus("scipion", (".json.template", ".json"), 2)
+    or [
         b'[{"object.className": "ProtImportTsMovies", "object.id": "2", "filesPath": "/data", '
-        b'"filesPattern": "*.mdoc"}]'],
+        b'"filesPattern": "*.mdoc"}]'
+    ],
 }
 
 # values a careless or hostile file holds where a number should be
-ODD_VALUES = [b"nan", b"NaN", b"inf", b"-inf", b"1e999", b"-1e400", b"", b" ", b"0", b"-0", b"1,5", b"0x10",
-              b"9" * 400, b"1e-400", b"[", b"]", b"=", b"\"", b"{}", b"[]", b"null", b"true", b"\xff\xfe",
-              b"\x00", b"\r", b"\t", b"# ", b"data_", b"loop_", b"_rln", b"[ZValue = 0]", b"[T = x]"]
+ODD_VALUES = [
+    b"nan",
+    b"NaN",
+    b"inf",
+    b"-inf",
+    b"1e999",
+    b"-1e400",
+    b"",
+    b" ",
+    b"0",
+    b"-0",
+    b"1,5",
+    b"0x10",
+    b"9" * 400,
+    b"1e-400",
+    b"[",
+    b"]",
+    b"=",
+    b'"',
+    b"{}",
+    b"[]",
+    b"null",
+    b"true",
+    b"\xff\xfe",
+    b"\x00",
+    b"\r",
+    b"\t",
+    b"# ",
+    b"data_",
+    b"loop_",
+    b"_rln",
+    b"[ZValue = 0]",
+    b"[T = x]",
+]
 
 
 @st.composite
@@ -94,8 +138,7 @@ def mutated(draw, kind: str) -> bytes:
     cut, spliced or replaced, a number replaced by an odd value."""
     data = bytearray(draw(st.sampled_from(SEEDS[kind])))
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["drop_line", "dup_line", "swap_lines", "cut", "insert", "odd_number",
-                                   "truncate"]))
+        op = draw(st.sampled_from(["drop_line", "dup_line", "swap_lines", "cut", "insert", "odd_number", "truncate"]))
         lines = bytes(data).split(b"\n")
         i = draw(st.integers(0, max(len(lines) - 1, 0)))
         if op == "drop_line" and lines:
@@ -111,7 +154,7 @@ def mutated(draw, kind: str) -> bytes:
             numbers = list(re.finditer(rb"-?\d+\.?\d*(?:[eE][-+]?\d+)?", lines[i])) if lines else []
             if numbers:
                 m = numbers[draw(st.integers(0, len(numbers) - 1))]
-                lines[i] = lines[i][:m.start()] + draw(st.sampled_from(ODD_VALUES)) + lines[i][m.end():]
+                lines[i] = lines[i][: m.start()] + draw(st.sampled_from(ODD_VALUES)) + lines[i][m.end() :]
         data = bytearray(b"\n".join(lines))
         n = len(data)
         a = draw(st.integers(0, n))
@@ -157,9 +200,9 @@ def test_mdoc_reader(content):
     for read in (lambda: read_tilt_series_mdoc(path), lambda: read_mdocs([path])):
         try:
             read()
-        except MdocError as err:            # NotATiltSeriesError is one too
+        except MdocError as err:  # NotATiltSeriesError is one too
             if read is not None and "\n" in str(err):
-                continue                    # read_mdocs lists one line per file: one file here
+                continue  # read_mdocs lists one line per file: one file here
             _one_line(err, path)
 
 
@@ -247,10 +290,31 @@ def test_aln_reader(content):
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.sampled_from(["steps", "step", "id", "params", "inputs", "name", "tiltflow_workflow",
-                         "object.className", "object.id", "input", "files"]) | st.text(max_size=6),
-        inner, max_size=5), max_leaves=20)
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "steps",
+                    "step",
+                    "id",
+                    "params",
+                    "inputs",
+                    "name",
+                    "tiltflow_workflow",
+                    "object.className",
+                    "object.id",
+                    "input",
+                    "files",
+                ]
+            )
+            | st.text(max_size=6),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=20,
+)
 
 
 def _not_scipion(value) -> bool:
@@ -267,8 +331,11 @@ def _check_workflow(content: bytes, name: str = "fuzz_workflow.json") -> None:
 
 
 @FUZZ
-@given(content=st.binary(max_size=400) | mutated("workflow") | JSON.filter(_not_scipion).map(
-    lambda v: json.dumps(v).encode()))
+@given(
+    content=st.binary(max_size=400)
+    | mutated("workflow")
+    | JSON.filter(_not_scipion).map(lambda v: json.dumps(v).encode())
+)
 @example(content=b"[1, 2, 3]")
 @example(content=b'{"tiltflow_workflow": 99, "steps": [{"step": "ctf"}]}')
 @example(content=b'{"steps": [{"step": "ctf", "params": {"window": []}, "inputs": {"input": {"a": 1}}}]}')
@@ -277,10 +344,20 @@ def test_workflow_file_reader(content):
 
 
 @FUZZ
-@given(content=mutated("scipion") | st.lists(st.dictionaries(
-    st.sampled_from(["object.className", "object.id", "inputSetOfTiltSeries", "filesPath", "binning",
-                     "inputMovies"]), JSON, max_size=4), min_size=1, max_size=3).map(
-    lambda v: json.dumps(v).encode()))
+@given(
+    content=mutated("scipion")
+    | st.lists(
+        st.dictionaries(
+            st.sampled_from(
+                ["object.className", "object.id", "inputSetOfTiltSeries", "filesPath", "binning", "inputMovies"]
+            ),
+            JSON,
+            max_size=4,
+        ),
+        min_size=1,
+        max_size=3,
+    ).map(lambda v: json.dumps(v).encode())
+)
 def test_scipion_workflow_reader(content):
     _check_workflow(content)
 
@@ -288,8 +365,15 @@ def test_scipion_workflow_reader(content):
 @pytest.mark.parametrize("kind", sorted(SEEDS))
 def test_the_seeds_are_valid(kind, tmp_path):
     """Mutations start from files each reader accepts."""
-    read = {"mdoc": read_tilt_series_mdoc, "star": None, "rawtlt": read_tlt, "xf": read_xf, "aln": read_aln,
-            "workflow": load_workflow, "scipion": load_workflow}[kind]
+    read = {
+        "mdoc": read_tilt_series_mdoc,
+        "star": None,
+        "rawtlt": read_tlt,
+        "xf": read_xf,
+        "aln": read_aln,
+        "workflow": load_workflow,
+        "scipion": load_workflow,
+    }[kind]
     for i, seed in enumerate(SEEDS[kind][:1]):
         path = tmp_path / f"seed{i}.{'json' if kind in ('workflow', 'scipion') else kind}"
         path.write_bytes(seed)

@@ -6,7 +6,6 @@ Run 1 of the project is a movie set (128 x 96 px, 3 frames, 2.76 Å/px), run 2 a
 
 from __future__ import annotations
 
-
 import pytest
 
 from tiltflow.workflow.steps.base import get_step
@@ -53,8 +52,12 @@ CASES = [
     ("ctf", STACKS, ["--window", "64", "--ctf-range", "3", "2"], ["--ctf-range 3 2", "Nyquist", "TS_A"]),
     ("align", STACKS, ["--binning", "1000"], ["--binning 1000", "128 x 128 px", "TS_A", "--binning 4 or less"]),
     ("align", STACKS, ["--bead-diameter-nm", "5000", "--binning", "1"], ["--bead-diameter-nm 5000", "TS_A"]),
-    ("align", STACKS, ["--method", "fiducial", "--binning", "4", "--bead-diameter-nm", "0.5"],
-     ["--bead-diameter-nm 0.5", "--binning"]),
+    (
+        "align",
+        STACKS,
+        ["--method", "fiducial", "--binning", "4", "--bead-diameter-nm", "0.5"],
+        ["--bead-diameter-nm 0.5", "--binning"],
+    ),
     ("reconstruct", STACKS, ["--binning", "1000"], ["--binning 1000", "128 x 128 px", "--binning 8 or less"]),
     ("reconstruct", STACKS, ["--thickness-px", "100000", "--binning", "1"], ["--thickness-px 100000", "TS_A"]),
     ("reconstruct", STACKS, ["--x-offset-nm", "1000", "--binning", "1"], ["--x-offset-nm 1000", "TS_A"]),
@@ -107,20 +110,33 @@ def test_a_bad_import_option_is_one_line(project, movie_data, options, needles):
     assert_refused(result, needles, project, before)
 
 
-@pytest.mark.parametrize("options,needles", [(["--pixel-size", "0"], ["--pixel-size 0"]),
-                                             (["--binning", "nan"], ["--binning nan"])])
+@pytest.mark.parametrize(
+    "options,needles", [(["--pixel-size", "0"], ["--pixel-size 0"]), (["--binning", "nan"], ["--binning nan"])]
+)
 def test_bad_options_of_the_other_imports(project, tmp_path, options, needles):
     step = "import-tilt-series" if options[0] == "--pixel-size" else "import-alignment"
     before = project_state(project)
-    result = invoke([step, "-p", project, "--files", tmp_path, *options]
-                    + (["--input", STACKS] if step == "import-alignment" else []))
+    result = invoke(
+        [step, "-p", project, "--files", tmp_path, *options]
+        + (["--input", STACKS] if step == "import-alignment" else [])
+    )
     assert_refused(result, needles, project, before)
 
 
 # -- accepted values: the same checks let good values through -----------------------------------------
 GOOD = [
-    ("motion-ctf", {"window_px": 64, "fit_range_a": (500, 10), "ctf_range_a": (30, 8), "motion_grid": (1, 1, 1),
-                    "defocus_grid": (2, 2, 3), "defocus_range_um": (0.5, 8), "bfactor_a2": -500.0}),
+    (
+        "motion-ctf",
+        {
+            "window_px": 64,
+            "fit_range_a": (500, 10),
+            "ctf_range_a": (30, 8),
+            "motion_grid": (1, 1, 1),
+            "defocus_grid": (2, 2, 3),
+            "defocus_range_um": (0.5, 8),
+            "bfactor_a2": -500.0,
+        },
+    ),
     ("ctf", {"window_px": 128, "ctf_range_a": (30, 5)}),
     ("reconstruct", {"thickness_nm": 2000.0, "z_offset_nm": -50.0, "binning": 8, "x_offset_nm": 10.0}),
     ("align", {"binning": 4, "bead_diameter_nm": 10.0, "align_z_nm": 100.0}),

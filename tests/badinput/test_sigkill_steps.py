@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 KILLS = int(os.environ.get("TILTFLOW_KILLS_PER_STEP", "20"))
-FAST_EXIT = 0.0                  # an attempt may also be killed at once (before any work)
+FAST_EXIT = 0.0  # an attempt may also be killed at once (before any work)
 
 
 # -- forked children ------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def attempt(args: list[str], log: Path, kill_after: float | None) -> tuple[str, 
         if deadline is not None and time.monotonic() >= deadline:
             os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
-            if os.WIFEXITED(status):                   # it ended just before the kill
+            if os.WIFEXITED(status):  # it ended just before the kill
                 return "exited", os.WEXITSTATUS(status), time.monotonic() - t0
             return "killed", None, time.monotonic() - t0
         time.sleep(0.001)
@@ -103,10 +103,16 @@ class Zygote:
     def __init__(self) -> None:
         import subprocess
 
-        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-                "from badinput import test_sigkill_steps as m; m.zygote_main()")
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1])],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); from badinput import test_sigkill_steps as m; m.zygote_main()"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(Path(__file__).resolve().parents[1])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
 
     def ask(self, **request) -> dict:
         self.proc.stdin.write(json.dumps(request, default=str) + "\n")
@@ -128,7 +134,7 @@ def zygote_main() -> None:
     """In the zygote: import everything, then fork one child per request read from stdin."""
     _preimport()
     out = sys.stdout
-    sys.stdout = sys.stderr                       # nothing but answers on the pipe
+    sys.stdout = sys.stderr  # nothing but answers on the pipe
     for line in sys.stdin:
         req = json.loads(line)
         if req.get("build"):
@@ -197,22 +203,25 @@ def _paths(value, root: Path) -> set[Path]:
                 walk(x)
         elif isinstance(v, str) and v.startswith(str(root)) and Path(v).suffix:
             found.add(Path(v))
+
     walk(value)
     return found
 
 
 def check_after_kill(root: Path) -> None:
     if not (root / "project.sqlite").exists():
-        return                                          # killed before the first run existed
+        return  # killed before the first run existed
     from tiltflow.workflow.store import ProjectStore
 
     con = _db(root)
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'outputs'").fetchone() is None:
-            return                                      # killed while the first import made the project
-        unfinished = con.execute("SELECT o.run_id, o.name, r.status FROM outputs o JOIN runs r ON r.id = o.run_id "
-                                 "WHERE r.status != 'finished'").fetchall()
+            return  # killed while the first import made the project
+        unfinished = con.execute(
+            "SELECT o.run_id, o.name, r.status FROM outputs o JOIN runs r ON r.id = o.run_id "
+            "WHERE r.status != 'finished'"
+        ).fetchall()
         assert not unfinished, f"outputs registered on unfinished runs: {[tuple(r) for r in unfinished]}"
     finally:
         con.close()
@@ -235,8 +244,11 @@ def _normal(value, root: Path):
     if is_dataclass(value) and not isinstance(value, type):
         return _normal(asdict(value), root)
     if isinstance(value, dict):
-        return {str(k): _normal(v, root) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
-                if k not in IGNORED_KEYS}
+        return {
+            str(k): _normal(v, root)
+            for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+            if k not in IGNORED_KEYS
+        }
     if isinstance(value, (list, tuple)):
         return [_normal(v, root) for v in value]
     if isinstance(value, str):
@@ -271,13 +283,26 @@ def signature(root: Path, run_ids: list[int]) -> dict:
         outs = {}
         for out in store.outputs(run_id):
             value = store.load(out)
-            outs[out.name] = {"type": out.type, "summary": out.summary, "value": _normal(value, root),
-                              "files": {str(p.relative_to(root)): _digest(p) for p in sorted(_paths(value, root))}}
+            outs[out.name] = {
+                "type": out.type,
+                "summary": out.summary,
+                "value": _normal(value, root),
+                "files": {str(p.relative_to(root)): _digest(p) for p in sorted(_paths(value, root))},
+            }
         folder = root / run.run_dir
-        listing = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                         if p.is_file() and p.name != "run.log" and p.relative_to(folder).parts[0] not in SCRATCH)
-        sig[run_id] = {"step": run.step, "status": run.status, "params": run.params, "inputs": run.inputs,
-                       "outputs": outs, "files": listing}
+        listing = sorted(
+            str(p.relative_to(folder))
+            for p in folder.rglob("*")
+            if p.is_file() and p.name != "run.log" and p.relative_to(folder).parts[0] not in SCRATCH
+        )
+        sig[run_id] = {
+            "step": run.step,
+            "status": run.status,
+            "params": run.params,
+            "inputs": run.inputs,
+            "outputs": outs,
+            "files": listing,
+        }
     return sig
 
 
@@ -309,16 +334,21 @@ def _build_base(base: Path) -> None:
     stacks, small = data / "stacks", data / "small"
     write_mrc(stacks / "TS_01.st", series.views.numpy(), voxel_size_a=config.pixel_size_a)
     (stacks / "TS_01.rawtlt").write_text("".join(f"{a:.2f}\n" for a in series.mdoc.tolist()))
-    middle = series.views[2:5, 80:144, 80:144].numpy()                 # 3 views of 64 x 64 px (CTF)
+    middle = series.views[2:5, 80:144, 80:144].numpy()  # 3 views of 64 x 64 px (CTF)
     write_mrc(small / "TS_02.st", middle, voxel_size_a=config.pixel_size_a)
     (small / "TS_02.rawtlt").write_text("".join(f"{a:.2f}\n" for a in series.mdoc[2:5].tolist()))
     store = ProjectStore(base / "p")
     common = {"voltage_kv": 300.0, "tilt_axis_deg": 86.0, "dose_per_tilt_e_a2": 3.0, "pattern": "{TS}.st"}
     run_step(store, "import-movies", {"files": str(data / "movies"), "gain": str(data / "movies" / "gain_ref.gain")})
-    run_step(store, "import-tilt-series", {"files": str(stacks), **common})                       # run 2
-    run_step(store, "import-tilt-series", {"files": str(small), **common})                        # run 3
-    align = run_step(store, "align", {"method": "fiducial", "binning": 2, "bead_diameter_nm": 5.0},
-                     {"input": "2"}, options={"workers": 1})                                      # run 4
+    run_step(store, "import-tilt-series", {"files": str(stacks), **common})  # run 2
+    run_step(store, "import-tilt-series", {"files": str(small), **common})  # run 3
+    align = run_step(
+        store,
+        "align",
+        {"method": "fiducial", "binning": 2, "bead_diameter_nm": 5.0},
+        {"input": "2"},
+        options={"workers": 1},
+    )  # run 4
     xf = data / "xf"
     xf.mkdir()
     for name in ("TS_01.xf", "TS_01.tlt"):
@@ -342,11 +372,36 @@ def _plans(base: Path) -> dict[str, list[str]]:
     d = base / "data"
     return {
         "import-movies": ["--files", d / "movies", "--gain", d / "movies" / "gain_ref.gain"],
-        "import-tilt-series": ["--files", d / "stacks", "--pattern", "{TS}.st", "--voltage", "300",
-                               "--tilt-axis", "86", "--dose", "3"],
+        "import-tilt-series": [
+            "--files",
+            d / "stacks",
+            "--pattern",
+            "{TS}.st",
+            "--voltage",
+            "300",
+            "--tilt-axis",
+            "86",
+            "--dose",
+            "3",
+        ],
         "import-alignment": ["--input", "2", "--files", d / "xf"],
-        "motion-ctf": ["--input", "1", "--window", "64", "--ctf-range", "30", "8", "--motion-grid", "1", "1", "1",
-                       "--defocus-grid", "1", "1", "1"],
+        "motion-ctf": [
+            "--input",
+            "1",
+            "--window",
+            "64",
+            "--ctf-range",
+            "30",
+            "8",
+            "--motion-grid",
+            "1",
+            "1",
+            "1",
+            "--defocus-grid",
+            "1",
+            "1",
+            "1",
+        ],
         "ctf": ["--input", "3", "--window", "64", "--ctf-range", "30", "8", "--defocus-grid", "1", "1", "1"],
         "xray-erase": ["--input", "2"],
         "align": ["--input", "4", "--method", "fiducial", "--binning", "2", "--bead-diameter-nm", "5", "--resolve"],
@@ -364,12 +419,13 @@ def _steps() -> list[str]:
     return sorted(all_steps())
 
 
-def kill_chain(project: Path, pristine: Path, args_for, runs_of, reference: dict, t_ref: float, rng, work: Path
-               ) -> dict:
+def kill_chain(
+    project: Path, pristine: Path, args_for, runs_of, reference: dict, t_ref: float, rng, work: Path
+) -> dict:
     """Kill ``KILLS`` attempts at random moments; continue after each; compare every finished one."""
     counts = {"kills": 0, "finished": 0, "resumed": 0, "killed_after_finishing": 0}
     resume: int | None = None
-    n, fresh = 0, True                       # fresh: this attempt starts from the pristine project
+    n, fresh = 0, True  # fresh: this attempt starts from the pristine project
     while counts["kills"] < KILLS:
         n += 1
         kind, code, took = ZYGOTE.attempt(args_for(resume), work / f"attempt{n}.log", rng.uniform(FAST_EXIT, t_ref))
@@ -381,14 +437,18 @@ def kill_chain(project: Path, pristine: Path, args_for, runs_of, reference: dict
             counts["resumed"] += resume is not None
             if resume is not None or not _all_there(project, runs_of, reference):
                 continue
-            counts["killed_after_finishing"] += 1       # it had finished: compare, start again
+            counts["killed_after_finishing"] += 1  # it had finished: compare, start again
         else:
-            assert code == 0, f"attempt {n} ({'--continue ' + str(resume) if resume else 'fresh'}) exit {code}:\n" \
-                              + (work / f"attempt{n}.log").read_text()[-3000:]
+            assert code == 0, (
+                f"attempt {n} ({'--continue ' + str(resume) if resume else 'fresh'}) exit {code}:\n"
+                + (work / f"attempt{n}.log").read_text()[-3000:]
+            )
             counts["finished"] += 1
-            if fresh:                        # a whole run's length: the reference may have run on a busy machine
+            if fresh:  # a whole run's length: the reference may have run on a busy machine
                 t_ref = min(t_ref, took)
-            leftovers = [p.name for p in (project / "runs").glob(".disk-reserve-*")] if (project / "runs").is_dir() else []
+            leftovers = (
+                [p.name for p in (project / "runs").glob(".disk-reserve-*")] if (project / "runs").is_dir() else []
+            )
             assert not leftovers, f"a finished attempt left {leftovers}"
         assert_same(signature(project, runs_of(project)), reference)
         shutil.rmtree(project)
@@ -437,7 +497,7 @@ def test_sigkill_at_random_points_of_a_step(base, step, tmp_path, record_propert
     is_import = step.startswith("import-movies") or step == "import-tilt-series"
     pristine = tmp_path / "pristine"
     if is_import:
-        pristine.mkdir()                                  # a first import creates the project
+        pristine.mkdir()  # a first import creates the project
     else:
         shutil.copytree(base / "p", pristine / "p")
     pristine_p = pristine / "p"
@@ -447,6 +507,7 @@ def test_sigkill_at_random_points_of_a_step(base, step, tmp_path, record_propert
     def args_for(root: Path):
         def make(resume: int | None) -> list[str]:
             return [step, "-p", root, *plan, "--workers", "1"] + (["--continue", str(resume)] if resume else [])
+
         return make
 
     def runs_of(root: Path) -> list[int]:
@@ -460,8 +521,16 @@ def test_sigkill_at_random_points_of_a_step(base, step, tmp_path, record_propert
     reference = signature(ref / "p", runs_of(ref / "p"))
     project = tmp_path / "work"
     shutil.copytree(pristine, project)
-    counts = kill_chain(project / "p", pristine_p, args_for(project / "p"), runs_of, reference, t_ref,
-                        random.Random(f"{step}-kills"), tmp_path)
+    counts = kill_chain(
+        project / "p",
+        pristine_p,
+        args_for(project / "p"),
+        runs_of,
+        reference,
+        t_ref,
+        random.Random(f"{step}-kills"),
+        tmp_path,
+    )
     print(f"{step}: {counts} (an uninterrupted run {t_ref:.2f} s)")
     record_property("kills", counts["kills"])
     record_property("continued_to_the_end", counts["finished"] + 1)
@@ -472,14 +541,30 @@ WORKFLOW_STEPS = ["import-movies", "motion-ctf", "xray-erase", "reconstruct"]
 
 def _workflow(base: Path, path: Path) -> Path:
     movies = base / "data" / "movies"
-    wf = {"tiltflow_workflow": 1, "name": "kills", "steps": [
-        {"id": "import-movies", "step": "import-movies",
-         "params": {"files": str(movies), "gain": str(movies / "gain_ref.gain")}},
-        {"id": "motion-ctf", "step": "motion-ctf", "inputs": {"input": "import-movies"},
-         "params": {"window_px": 64, "motion_grid": [1, 1, 1], "estimate_ctf": False}},
-        {"id": "xray-erase", "step": "xray-erase", "inputs": {"input": "motion-ctf"}},
-        {"id": "reconstruct", "step": "reconstruct", "inputs": {"input": "xray-erase"},
-         "params": {"binning": 1, "thickness_nm": 30.0}}]}
+    wf = {
+        "tiltflow_workflow": 1,
+        "name": "kills",
+        "steps": [
+            {
+                "id": "import-movies",
+                "step": "import-movies",
+                "params": {"files": str(movies), "gain": str(movies / "gain_ref.gain")},
+            },
+            {
+                "id": "motion-ctf",
+                "step": "motion-ctf",
+                "inputs": {"input": "import-movies"},
+                "params": {"window_px": 64, "motion_grid": [1, 1, 1], "estimate_ctf": False},
+            },
+            {"id": "xray-erase", "step": "xray-erase", "inputs": {"input": "motion-ctf"}},
+            {
+                "id": "reconstruct",
+                "step": "reconstruct",
+                "inputs": {"input": "xray-erase"},
+                "params": {"binning": 1, "thickness_nm": 30.0},
+            },
+        ],
+    }
     path.write_text(json.dumps(wf))
     return path
 
@@ -493,6 +578,7 @@ def test_sigkill_at_random_points_of_workflow_run(base, tmp_path, record_propert
             # the first attempt of a chain is a plain run; every later one continues the project
             started = (root / "project.sqlite").exists()
             return ["workflow", "run", wf, "-p", root, "--workers", "1"] + (["--continue"] if started else [])
+
         return make
 
     def runs_of(root: Path) -> list[int]:
@@ -507,8 +593,16 @@ def test_sigkill_at_random_points_of_workflow_run(base, tmp_path, record_propert
     assert [r["step"] for r in reference.values()] == WORKFLOW_STEPS
     (tmp_path / "empty").mkdir()
     project = tmp_path / "work"
-    counts = kill_chain(project, tmp_path / "empty", args_for(project), _by_label(reference), reference, t_ref,
-                        random.Random("workflow-kills"), tmp_path)
+    counts = kill_chain(
+        project,
+        tmp_path / "empty",
+        args_for(project),
+        _by_label(reference),
+        reference,
+        t_ref,
+        random.Random("workflow-kills"),
+        tmp_path,
+    )
     print(f"workflow run: {counts} (an uninterrupted run {t_ref:.2f} s)")
     record_property("kills", counts["kills"])
     record_property("continued_to_the_end", counts["finished"] + 1)
@@ -517,6 +611,7 @@ def test_sigkill_at_random_points_of_workflow_run(base, tmp_path, record_propert
 def _by_label(reference: dict):
     """The finished runs a continued workflow ends with: one per step, as the reference (a killed and
     continued run keeps its id; runs it replaced are gone or unfinished)."""
+
     def runs_of(root: Path) -> list[int]:
         con = _db(root)
         try:
@@ -525,6 +620,7 @@ def _by_label(reference: dict):
             con.close()
         latest = {step: run_id for run_id, step in rows}
         return [latest[s] for s in WORKFLOW_STEPS if s in latest]
+
     return runs_of
 
 
@@ -537,7 +633,7 @@ def test_a_run_killed_as_it_was_created_continues(project):
 
     store = ProjectStore(project)
     run = store.create_run("xray-erase", {}, {"input": "2.TiltSeries"})
-    shutil.rmtree(project / run.run_dir)                  # as if killed just after the commit
+    shutil.rmtree(project / run.run_dir)  # as if killed just after the commit
     result = invoke(["xray-erase", "-p", project, "--input", "2", "--continue", str(run.id)])
     assert result.exit_code == 0, result.output
     assert ProjectStore(project).run(run.id).status == "finished"

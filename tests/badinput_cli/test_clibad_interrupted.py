@@ -24,12 +24,16 @@ REGISTER_AND_WAIT = textwrap.dedent("""
 
 def test_killed_run_shows_interrupted_with_hint(tmp_path):
     root = tmp_path / "p"
-    proc = subprocess.Popen([sys.executable, "-c", REGISTER_AND_WAIT, str(root)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REGISTER_AND_WAIT, str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         run_id = int(proc.stdout.readline())
         store = ProjectStore(root, create=False)
-        assert store.run(run_id).status == "running"          # its process is alive
+        assert store.run(run_id).status == "running"  # its process is alive
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -41,15 +45,15 @@ def test_killed_run_shows_interrupted_with_hint(tmp_path):
     assert "running" not in out.output
     one = CliRunner().invoke(build_cli(), ["show", "-p", str(root), str(run_id)])
     assert "interrupted" in one.output and f"--continue {run_id}" in one.output
-    info = project_info(store)                                 # the viewer's data layer
+    info = project_info(store)  # the viewer's data layer
     assert info.runs[0].status == "interrupted" and f"--continue {run_id}" in info.runs[0].error
 
 
 def test_reused_pid_counts_as_gone(tmp_path):
     store = ProjectStore(tmp_path / "p")
     run = store.create_run("import-tilt-series", {}, {})
-    assert store.run(run.id).status == "running"              # this very process
-    with store.transaction() as con:                            # the pid now names a process started later
+    assert store.run(run.id).status == "running"  # this very process
+    with store.transaction() as con:  # the pid now names a process started later
         con.execute("UPDATE run_process SET proc_start = 'not-this-one' WHERE run_id = ?", (run.id,))
     if os.path.exists(f"/proc/{os.getpid()}/stat"):
         assert store.runs()[0].status == "interrupted"
@@ -62,8 +66,10 @@ def test_run_of_another_host_or_without_record_stays_running(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with store.transaction() as con:
-        con.execute("UPDATE run_process SET pid = ?, host = ? WHERE run_id = ?",
-                    (dead.pid, socket.gethostname() + "-elsewhere", a.id))
+        con.execute(
+            "UPDATE run_process SET pid = ?, host = ? WHERE run_id = ?",
+            (dead.pid, socket.gethostname() + "-elsewhere", a.id),
+        )
         con.execute("DELETE FROM run_process WHERE run_id = ?", (b.id,))  # a run written by an older tiltflow
     assert [r.status for r in store.runs()] == ["running", "running"]
 
@@ -77,5 +83,5 @@ def test_finished_and_resumed_runs_are_not_touched(tmp_path):
     with store.transaction() as con:
         con.execute("UPDATE run_process SET pid = ? WHERE run_id = ?", (dead.pid, run.id))
     assert store.run(run.id).status == "finished"
-    store.set_status(run.id, "running")                        # --continue: this process takes it over
+    store.set_status(run.id, "running")  # --continue: this process takes it over
     assert store.run(run.id).status == "running"

@@ -30,10 +30,21 @@ IMPORT = ["--pattern", "{TS}.st", "--voltage", "300", "--tilt-axis", "0", "--dos
 @pytest.fixture
 def project(tmp_path):
     store = ProjectStore(tmp_path / "p")
-    run_step(store, "import-tilt-series", {"files": str(stacks(tmp_path)), "pattern": "{TS}.st", "voltage_kv": 300,
-                                           "tilt_axis_deg": 0.0, "dose_per_tilt_e_a2": 2.0})
+    run_step(
+        store,
+        "import-tilt-series",
+        {
+            "files": str(stacks(tmp_path)),
+            "pattern": "{TS}.st",
+            "voltage_kv": 300,
+            "tilt_axis_deg": 0.0,
+            "dose_per_tilt_e_a2": 2.0,
+        },
+    )
     tomo = store.create_run("reconstruct", {}, {"input": "1"})
-    store.finish_run(tomo.id, {"Tomograms": TomogramSet([Tomogram("TS_01", str(tmp_path / "TS_01.st"), 2.0, (5, 24, 32))])})
+    store.finish_run(
+        tomo.id, {"Tomograms": TomogramSet([Tomogram("TS_01", str(tmp_path / "TS_01.st"), 2.0, (5, 24, 32))])}
+    )
     return store
 
 
@@ -81,12 +92,13 @@ def test_subset_of_tomograms_is_refused(project):
 def test_export_out_in_impossible_places(project, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    refused(tiltflow("export", "-p", project.root, "1", "--format", "imod", "--out", blocker / "sub"),
-            "--out", "is a file")
+    refused(
+        tiltflow("export", "-p", project.root, "1", "--format", "imod", "--out", blocker / "sub"), "--out", "is a file"
+    )
     assert blocker.read_text() == "x"
     refused(tiltflow("export", "-p", project.root, "1", "--format", "imod", "--out", "/proc/tiltflow_no/x"), "--out")
     refused(tiltflow("export", "-p", project.root, "99", "--format", "imod", "--out", tmp_path / "never"), "no run 99")
-    assert not (tmp_path / "never").exists()                   # a bad pointer is refused before --out is made
+    assert not (tmp_path / "never").exists()  # a bad pointer is refused before --out is made
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
@@ -95,8 +107,11 @@ def test_export_out_unwritable(project, tmp_path):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        refused(tiltflow("export", "-p", project.root, "1", "--format", "imod", "--out", locked / "x"),
-                "--out", "not writable")
+        refused(
+            tiltflow("export", "-p", project.root, "1", "--format", "imod", "--out", locked / "x"),
+            "--out",
+            "not writable",
+        )
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o700)
@@ -117,14 +132,17 @@ def test_view_port_out_of_range_and_in_use(project, monkeypatch):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        monkeypatch.setattr(view, "_free_port", lambda host, wanted: wanted)   # taken after we looked
+        monkeypatch.setattr(view, "_free_port", lambda host, wanted: wanted)  # taken after we looked
         refused(tiltflow("view", "-p", project.root, "--port", port, "--no-browser"), f"--port {port}", "in use")
 
 
 def test_workers_below_one_is_refused_before_any_run(project, tmp_path):
     before = state(project)
-    refused(tiltflow("import-tilt-series", "-p", project.root, "--files", tmp_path, *IMPORT, "--workers", "0"),
-            "--workers 0", "1 or more")
+    refused(
+        tiltflow("import-tilt-series", "-p", project.root, "--files", tmp_path, *IMPORT, "--workers", "0"),
+        "--workers 0",
+        "1 or more",
+    )
     refused(tiltflow("workflow", "run", "tutorial", "-p", project.root, "--workers", "-1"), "--workers -1")
     assert state(project) == before
 
@@ -133,14 +151,19 @@ def test_jobqueue_without_dask_jobqueue_names_the_install(project, tmp_path):
     pytest.importorskip("dask")
     try:
         import dask_jobqueue  # noqa: F401
+
         pytest.skip("dask-jobqueue is installed")
     except ImportError:
         pass
     config = tmp_path / "slurm.yaml"
     config.write_text("cores: 4\n")
     before = state(project)
-    refused(tiltflow("import-tilt-series", "-p", project.root, "--files", tmp_path, *IMPORT, "--jobqueue", config),
-            "--jobqueue", "pip install", "dask-jobqueue")
+    refused(
+        tiltflow("import-tilt-series", "-p", project.root, "--files", tmp_path, *IMPORT, "--jobqueue", config),
+        "--jobqueue",
+        "pip install",
+        "dask-jobqueue",
+    )
     assert state(project) == before
 
 
@@ -156,11 +179,14 @@ def test_step_refuses_a_folder_without_project(tmp_path):
 def test_rejected_first_import_leaves_no_folder(tmp_path):
     stacks(tmp_path)
     target = tmp_path / "new" / "project"
-    refused(tiltflow("import-tilt-series", "-p", target, "--files", tmp_path, *IMPORT[2:], "--pattern", "*.nothing"),
-            "--pattern")                                        # refused inside the step, after the run began
+    refused(
+        tiltflow("import-tilt-series", "-p", target, "--files", tmp_path, *IMPORT[2:], "--pattern", "*.nothing"),
+        "--pattern",
+    )  # refused inside the step, after the run began
     assert not (tmp_path / "new").exists()
-    refused(tiltflow("import-tilt-series", "-p", target, "--files", tmp_path, *IMPORT, "--dose", "-5"),
-            "dose")                                             # refused by the parameter model
+    refused(
+        tiltflow("import-tilt-series", "-p", target, "--files", tmp_path, *IMPORT, "--dose", "-5"), "dose"
+    )  # refused by the parameter model
     assert not (tmp_path / "new").exists()
     r = tiltflow("import-tilt-series", "-p", target, "--files", tmp_path, *IMPORT)
     assert r.exit_code == 0, r.output
@@ -178,7 +204,7 @@ def test_warnings_become_notes_once(tmp_path):
     def noisy():
         for _ in range(3):
             warnings.warn("the gain has 12 dead pixels [bold]", UserWarning)
-        np.log(np.zeros(1))                                    # RuntimeWarning: divide by zero
+        np.log(np.zeros(1))  # RuntimeWarning: divide by zero
         click.echo("done")
 
     r = tiltflow("noisy", cli=_with(noisy))

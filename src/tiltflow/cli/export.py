@@ -54,14 +54,19 @@ def export_command(pointer, project, fmt, out_dir, ctf_pointer) -> None:
     notes: list[str] = []
     try:
         store = ProjectStore(project, create=False)
-        store.resolve(pointer)                     # a bad pointer is refused before --out is made
+        store.resolve(pointer)  # a bad pointer is refused before --out is made
         prepare_out(Path(out_dir))
         written = export_set(store, pointer, fmt, Path(out_dir), ctf_pointer=ctf_pointer, notes=notes)
     except (InputError, ProjectError) as err:
         fail(getattr(err, "problems", [str(err)]))
     except OSError as err:
-        fail([f"export to --out {out_dir} failed: {err.strerror or err}"
-              + (f": {err.filename}" if err.filename else "")], code=1)
+        fail(
+            [
+                f"export to --out {out_dir} failed: {err.strerror or err}"
+                + (f": {err.filename}" if err.filename else "")
+            ],
+            code=1,
+        )
     for note in notes:
         console.print(f"note: {note}", markup=False)
     console.print(f"wrote {len(written)} files to {out_dir}", markup=False)

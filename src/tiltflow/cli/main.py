@@ -21,7 +21,7 @@ class TiltflowGroup(click.Group):
     error as one line (the traceback only with ``--debug`` or TILTFLOW_DEBUG=1)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        ctx.meta["tiltflow.argv"] = list(args)      # run.log starts with the command line
+        ctx.meta["tiltflow.argv"] = list(args)  # run.log starts with the command line
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -38,8 +38,13 @@ class TiltflowGroup(click.Group):
             except Exception as err:
                 if ctx.params.get("debug") or os.environ.get("TILTFLOW_DEBUG"):
                     raise
-                fail([f"unexpected {type(err).__name__}: {err} — please report it; "
-                      "`tiltflow --debug ...` shows the traceback"], code=1)
+                fail(
+                    [
+                        f"unexpected {type(err).__name__}: {err} — please report it; "
+                        "`tiltflow --debug ...` shows the traceback"
+                    ],
+                    code=1,
+                )
             finally:
                 COMMAND_LINE.reset(token)
                 print_notes(notes)
@@ -54,8 +59,9 @@ def option_problems(kw: dict[str, Any]) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} {value}: must be 1 or more (leave it out for the default)")
     if kw.get("jobqueue"):
         if importlib.util.find_spec("dask_jobqueue") is None:
-            problems.append("--jobqueue needs dask-jobqueue, which is not installed — "
-                            "pip install 'tiltflow[dask]' dask-jobqueue")
+            problems.append(
+                "--jobqueue needs dask-jobqueue, which is not installed — pip install 'tiltflow[dask]' dask-jobqueue"
+            )
         elif not Path(kw["jobqueue"]).is_file():
             problems.append(f"--jobqueue {kw['jobqueue']}: no such file — give a dask-jobqueue SLURM config (YAML)")
     return problems
@@ -106,9 +112,13 @@ def build_cli() -> click.Group:
 def _optional_commands() -> list[click.Command]:
     """Commands of layers that may not be installed (web viewer, workflows)."""
     found = []
-    for module, attr in (("tiltflow.cli.workflow_cmd", "workflow_group"), ("tiltflow.cli.view", "view_command"),
-                         ("tiltflow.cli.export", "export_command"), ("tiltflow.cli.subset", "subset_command"),
-                         ("tiltflow.cli.watch", "watch_command")):
+    for module, attr in (
+        ("tiltflow.cli.workflow_cmd", "workflow_group"),
+        ("tiltflow.cli.view", "view_command"),
+        ("tiltflow.cli.export", "export_command"),
+        ("tiltflow.cli.subset", "subset_command"),
+        ("tiltflow.cli.watch", "watch_command"),
+    ):
         try:
             mod = __import__(module, fromlist=[attr])
         except ModuleNotFoundError as err:

@@ -6,9 +6,10 @@ import json
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
-from typing import Any, Iterator, NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -63,13 +64,14 @@ def echo_json(value: Any) -> None:
     sys.stdout.write(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False) + "\n")
 
 
-def print_run(store: Any, run: Any, *, elapsed: float | None = None, warnings: list[str] = (),
-              notes: list[str] = ()) -> None:
+def print_run(
+    store: Any, run: Any, *, elapsed: float | None = None, warnings: list[str] = (), notes: list[str] = ()
+) -> None:
     took = f" in {elapsed:.1f} s" if elapsed is not None else ""
     console.print(f"run {run.id} [bold]{run.step}[/] {run.status}{took}", markup=True)
     for out in store.outputs(run.id):
         console.print(f"  {out.pointer}: {out.summary}", markup=False)
-    for n in notes:                       # a note may be a multi-line table: indent every line
+    for n in notes:  # a note may be a multi-line table: indent every line
         for line in str(n).splitlines():
             console.print(f"  {line}", markup=False)
     for w in warnings:
@@ -93,7 +95,7 @@ class ProgressPrinter:
     def __call__(self, item: str, done: int, total: int) -> None:
         now = self._clock()
         if self._start is None or total != self._last[1] or done < self._last[0]:
-            self._start, self._last_pct = now, -1       # a new phase
+            self._start, self._last_pct = now, -1  # a new phase
         self._last = (done, total)
         elapsed = now - self._start
         eta = f"ETA {elapsed / done * (total - done):.0f} s" if done else "ETA ?"

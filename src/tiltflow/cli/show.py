@@ -32,18 +32,32 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
             runs = store.runs()
             outputs = store.outputs()
             if as_json:
-                echo_json({"project": str(store.root), "runs": [
-                    {**r.to_dict(), "outputs": [{"name": o.name, "pointer": o.pointer, "type": o.type,
-                                                 "summary": o.summary} for o in outputs if o.run_id == r.id]}
-                    for r in runs]})
+                echo_json(
+                    {
+                        "project": str(store.root),
+                        "runs": [
+                            {
+                                **r.to_dict(),
+                                "outputs": [
+                                    {"name": o.name, "pointer": o.pointer, "type": o.type, "summary": o.summary}
+                                    for o in outputs
+                                    if o.run_id == r.id
+                                ],
+                            }
+                            for r in runs
+                        ],
+                    }
+                )
                 return
             if not runs:
                 console.print(f"{store.root}: no runs yet", markup=False)
             for r in runs:
-                console.print(f"{r.id:>3}  {r.step:<20} {r.status:<10} {_duration(r):>8}  {r.label or ''}", markup=False)
+                console.print(
+                    f"{r.id:>3}  {r.step:<20} {r.status:<10} {_duration(r):>8}  {r.label or ''}", markup=False
+                )
                 if r.status == "interrupted":
                     console.print(f"       {with_hint(r, store.root)}", markup=False)
-                elif r.status == "failed" and r.error:       # a summary: the first few, then "and N more"
+                elif r.status == "failed" and r.error:  # a summary: the first few, then "and N more"
                     console.print(f"       error: {r.error}", markup=False)
                 for o in outputs:
                     if o.run_id == r.id:
@@ -54,14 +68,21 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
             return
         head = str(run_id).split(".")[0].strip()
         if not head.isdigit():
-            raise ProjectError(f"run '{run_id}': expected a run number such as 1 (or 3.TiltSeries) — "
-                               f"`tiltflow show -p {project}` lists the runs")
+            raise ProjectError(
+                f"run '{run_id}': expected a run number such as 1 (or 3.TiltSeries) — "
+                f"`tiltflow show -p {project}` lists the runs"
+            )
         rid = int(head)
         run = store.run(rid)
         outs = store.outputs(rid)
         if as_json:
-            echo_json({**run.to_dict(), "methods": list(step_methods(run.step)),
-                       "outputs": [_output_json(store, o) for o in outs]})
+            echo_json(
+                {
+                    **run.to_dict(),
+                    "methods": list(step_methods(run.step)),
+                    "outputs": [_output_json(store, o) for o in outs],
+                }
+            )
             return
         console.print(f"run {run.id} {run.step} — {run.status} {_duration(run)}", markup=False)
         if run.status == "interrupted":
@@ -82,7 +103,7 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
             for line in _verdict_lines(store, o):
                 console.print(f"    {line}", markup=False)
         methods = step_methods(run.step)
-        if methods:                 # what to cite for this run (Scipion's _methods)
+        if methods:  # what to cite for this run (Scipion's _methods)
             console.print("  methods:", markup=False)
             for line in methods:
                 console.print(f"    {line}", markup=False)
@@ -119,8 +140,15 @@ def _verdict_lines(store, output) -> list[str]:
 
 
 # acquisition values a run reads from its files when the user gave none (``voltage_kv = None``)
-_READ = ("voltage_kv", "cs_mm", "amplitude_contrast", "magnification", "pixel_size_a", "tilt_axis_deg",
-         "dose_per_tilt_e_a2")
+_READ = (
+    "voltage_kv",
+    "cs_mm",
+    "amplitude_contrast",
+    "magnification",
+    "pixel_size_a",
+    "tilt_axis_deg",
+    "dose_per_tilt_e_a2",
+)
 
 
 def values_read(store, run, outputs) -> dict[str, str]:
@@ -153,8 +181,15 @@ def _output_json(store, o) -> dict:
     """An output for ``--json``: its record, the set's typed fields (odd_even, gain_file...) and items."""
     value = store.load(o)
     fields = {k: v for k, v in vars(value).items() if k not in ("kind", "items", "attrs")}
-    return {"name": o.name, "pointer": o.pointer, "type": o.type, "summary": o.summary, "attrs": o.attrs,
-            **fields, "items": value.items}
+    return {
+        "name": o.name,
+        "pointer": o.pointer,
+        "type": o.type,
+        "summary": o.summary,
+        "attrs": o.attrs,
+        **fields,
+        "items": value.items,
+    }
 
 
 def quality_line(store, run, outputs) -> str:
@@ -170,8 +205,9 @@ def quality_line(store, run, outputs) -> str:
         first.setdefault(o.type, o)
     ts_out = first.get("TiltSeries")
     if ts_out is not None and run.step == "motion-ctf":
-        motion = [im.total_motion_px for ts in store.load(ts_out).items for im in ts.images
-                  if im.total_motion_px is not None]
+        motion = [
+            im.total_motion_px for ts in store.load(ts_out).items for im in ts.images if im.total_motion_px is not None
+        ]
         if motion:
             parts.append(f"motion {statistics.median(motion):.2f} px median (max {max(motion):.2f} px)")
     if "CTFTomoSeries" in first:
@@ -182,11 +218,16 @@ def quality_line(store, run, outputs) -> str:
             parts.append(f"defocus {_span(defocus, 'µm')}{verdicts}")
     if ts_out is not None and run.step in ("align", "import-alignment"):
         series = [ts for ts in store.load(ts_out).items if ts.enabled]
-        residual = [ts.alignment["mean_residual_px"] for ts in series
-                    if ts.alignment and ts.alignment.get("mean_residual_px") is not None]
-        errors = [statistics.fmean(e) for ts in series
-                  if (e := [im.projection_matching_error for im in ts.images
-                            if im.projection_matching_error is not None])]
+        residual = [
+            ts.alignment["mean_residual_px"]
+            for ts in series
+            if ts.alignment and ts.alignment.get("mean_residual_px") is not None
+        ]
+        errors = [
+            statistics.fmean(e)
+            for ts in series
+            if (e := [im.projection_matching_error for im in ts.images if im.projection_matching_error is not None])
+        ]
         verdicts = verdict_summary("aligned", {ts.ts_id: alignment_verdict(ts)["status"] for ts in series})
         if residual:
             parts.append(f"residual {_span(residual, 'px')}{verdicts}")

@@ -18,7 +18,7 @@ EXAMPLES = {
     "import-movies": "tiltflow import-movies -p P --files demo/data --pattern '*.mdoc' --gain demo/data/gain_ref.gain",
     "import-tilt-series": "tiltflow import-tilt-series -p P --files stacks --pattern '{TS}.st' --angles tlt --voltage 300",
     "motion-ctf": "tiltflow motion-ctf -p P --input 1 --fit-range 500 10 --window 512 --ctf-range 30 8 "
-                  "--defocus-grid 2 2 8",
+    "--defocus-grid 2 2 8",
     "ctf": "tiltflow ctf -p P --input 2.TiltSeries --window 512 --ctf-range 30 8 --defocus-range 0.5 8",
     "xray-erase": "tiltflow xray-erase -p P --input 2.TiltSeries",
     "align": "tiltflow align -p P --input 3.TiltSeries_2 --method fiducial --bead-diameter-nm 10 --binning 4",
@@ -62,35 +62,75 @@ def _option_for(name: str, field: Any, help_text: str | None = None) -> click.Op
     if ann is bool:
         return click.Option([f"{flag}/--no-{flag[2:]}", name], default=default, show_default=True, help=help_text)
     if origin is Literal:
-        return click.Option([flag, name], type=click.Choice([str(a) for a in typing.get_args(ann)]),
-                            default=default, show_default=True, required=required, help=help_text)
+        return click.Option(
+            [flag, name],
+            type=click.Choice([str(a) for a in typing.get_args(ann)]),
+            default=default,
+            show_default=True,
+            required=required,
+            help=help_text,
+        )
     if origin is list:
         (inner,) = typing.get_args(ann) or (str,)
         return click.Option([flag, name], multiple=True, type=inner, default=default or (), help=help_text)
     if origin is tuple:
         args = typing.get_args(ann)
-        return click.Option([flag, name], nargs=len(args), type=args[0], default=default, show_default=True,
-                            required=required, help=help_text)
+        return click.Option(
+            [flag, name],
+            nargs=len(args),
+            type=args[0],
+            default=default,
+            show_default=True,
+            required=required,
+            help=help_text,
+        )
     ptype = {float: float, int: int, str: str}.get(ann, str)
-    return click.Option([flag, name], type=ptype, default=default, show_default=default is not None,
-                        required=required, help=help_text)
+    return click.Option(
+        [flag, name], type=ptype, default=default, show_default=default is not None, required=required, help=help_text
+    )
 
 
 COMMON_OPTIONS = [
-    click.Option(["-p", "--project", "project"], default=".", show_default=True, help="Project folder (created if missing)."),
+    click.Option(
+        ["-p", "--project", "project"], default=".", show_default=True, help="Project folder (created if missing)."
+    ),
     click.Option(["--json", "as_json"], is_flag=True, help="Print machine-readable output."),
-    click.Option(["-v", "--verbose", "verbose"], is_flag=True,
-                 help="Print the per-view tables too (they are always in the run's run.log)."),
-    click.Option(["--skip-bad", "skip_bad"], is_flag=True, help="Report and skip bad series/movies instead of failing."),
-    click.Option(["--device", "device"], type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                 help="Where the heavy math runs."),
+    click.Option(
+        ["-v", "--verbose", "verbose"],
+        is_flag=True,
+        help="Print the per-view tables too (they are always in the run's run.log).",
+    ),
+    click.Option(
+        ["--skip-bad", "skip_bad"], is_flag=True, help="Report and skip bad series/movies instead of failing."
+    ),
+    click.Option(
+        ["--device", "device"],
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="Where the heavy math runs.",
+    ),
     click.Option(["--label", "label"], default=None, help="A label for this run."),
-    click.Option(["--continue", "resume"], type=int, default=None, metavar="RUN",
-                 help="Continue an interrupted run (same parameters); finished items are not recomputed."),
-    click.Option(["--executor", "executor"], type=click.Choice(["local", "dask"]), default="local", show_default=True,
-                 help="Where per-movie / per-series tasks run."),
-    click.Option(["--workers", "workers"], type=int, default=None, help="Parallel tasks (local threads or Dask workers)."),
-    click.Option(["--scheduler", "scheduler"], default=None, help="Dask: address of an existing scheduler (tcp://host:8786)."),
+    click.Option(
+        ["--continue", "resume"],
+        type=int,
+        default=None,
+        metavar="RUN",
+        help="Continue an interrupted run (same parameters); finished items are not recomputed.",
+    ),
+    click.Option(
+        ["--executor", "executor"],
+        type=click.Choice(["local", "dask"]),
+        default="local",
+        show_default=True,
+        help="Where per-movie / per-series tasks run.",
+    ),
+    click.Option(
+        ["--workers", "workers"], type=int, default=None, help="Parallel tasks (local threads or Dask workers)."
+    ),
+    click.Option(
+        ["--scheduler", "scheduler"], default=None, help="Dask: address of an existing scheduler (tcp://host:8786)."
+    ),
     click.Option(["--jobqueue", "jobqueue"], default=None, help="Dask: a dask-jobqueue SLURM cluster config (YAML)."),
 ]
 
@@ -110,7 +150,7 @@ class StepCommand(click.Command):
         records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
         placed = {name for _, names in self.sections for name in names}
         for title, names in self.sections:
-            if title == "Run options":          # the common options, --help among them
+            if title == "Run options":  # the common options, --help among them
                 names = names + [n for n in records if n not in placed]
             rows = [records[n] for n in names if records.get(n)]
             if rows:
@@ -140,8 +180,10 @@ def help_sections(step: Step) -> tuple[list[tuple[str, list[str]]], dict[str, st
         sections.append((title, [m.name for m in members]))
     experts = [m for m in metas if m.expert]
     shown.update({m.name: _with(m, model) if m.condition else m.help for m in experts})
-    sections += [("Expert options", [m.name for m in experts]),
-                 ("Run options", [p.name for p in COMMON_OPTIONS if p.name])]
+    sections += [
+        ("Expert options", [m.name for m in experts]),
+        ("Run options", [p.name for p in COMMON_OPTIONS if p.name]),
+    ]
     return sections, shown
 
 
@@ -158,8 +200,13 @@ def make_step_command(step: Step) -> click.Command:
     sections, shown = help_sections(step)
     params: list[click.Parameter] = [_option_for(name, f, shown[name]) for name, f in fields.items()]
     for spec in step.inputs:
-        params.append(click.Option([f"--{spec.name}", f"input__{spec.name}"], required=not spec.optional,
-                                   help=f"{spec.help} (RUN_ID or RUN_ID.outputName; {' or '.join(spec.types)})"))
+        params.append(
+            click.Option(
+                [f"--{spec.name}", f"input__{spec.name}"],
+                required=not spec.optional,
+                help=f"{spec.help} (RUN_ID or RUN_ID.outputName; {' or '.join(spec.types)})",
+            )
+        )
     params.extend(COMMON_OPTIONS)
 
     def callback(**kwargs: Any) -> None:
@@ -168,17 +215,29 @@ def make_step_command(step: Step) -> click.Command:
         from tiltflow.workflow.runner import run_step
         from tiltflow.workflow.store import ProjectStore
 
-        inputs = {k[len("input__"):]: v for k, v in kwargs.items() if k.startswith("input__")}
+        inputs = {k[len("input__") :]: v for k, v in kwargs.items() if k.startswith("input__")}
         values = {k: v for k, v in kwargs.items() if k in fields}
-        values = {k: (list(v) if isinstance(v, tuple) and typing.get_origin(_unwrap_optional(fields[k].annotation)) is list else v)
-                  for k, v in values.items() if v is not None}
-        options = {k: kwargs[k] for k in ("skip_bad", "device", "executor", "workers", "scheduler", "jobqueue",
-                                          "verbose")}
+        values = {
+            k: (
+                list(v)
+                if isinstance(v, tuple) and typing.get_origin(_unwrap_optional(fields[k].annotation)) is list
+                else v
+            )
+            for k, v in values.items()
+            if v is not None
+        }
+        options = {
+            k: kwargs[k] for k in ("skip_bad", "device", "executor", "workers", "scheduler", "jobqueue", "verbose")
+        }
         if kwargs["scheduler"] or kwargs["jobqueue"]:
             options["executor"] = "dask"
         ctx = click.get_current_context()
-        given = {k for k in fields if ctx.get_parameter_source(k) in (click.core.ParameterSource.COMMANDLINE,
-                                                                      click.core.ParameterSource.ENVIRONMENT)}
+        given = {
+            k
+            for k in fields
+            if ctx.get_parameter_source(k)
+            in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+        }
         try:
             # one line per bad option, with its CLI name; a note per option its mode does not use
             options["notes"] = step.validate(values, given=given)
@@ -186,31 +245,55 @@ def make_step_command(step: Step) -> click.Command:
             t0 = time.time()
             from tiltflow.cli.output import ProgressPrinter
 
-            run = run_step(store, step.id, values, inputs, options=options, label=kwargs["label"],
-                           resume=kwargs["resume"], progress=None if kwargs["as_json"] else ProgressPrinter(step.id))
+            run = run_step(
+                store,
+                step.id,
+                values,
+                inputs,
+                options=options,
+                label=kwargs["label"],
+                resume=kwargs["resume"],
+                progress=None if kwargs["as_json"] else ProgressPrinter(step.id),
+            )
         except (InputError, ProjectError) as err:
             fail(getattr(err, "problems", [str(err)]), code=2)
         except KeyboardInterrupt:
             fail(["interrupted — resume with the same command and --continue"], code=130)
-        except ItemFailures as err:   # the first few, then "and N more (see runs/<id>_<step>/run.log)"
+        except ItemFailures as err:  # the first few, then "and N more (see runs/<id>_<step>/run.log)"
             fail([f"{step.id} failed: {err}"], code=1)
         except Exception as err:  # the run is marked failed; its log has the traceback
             fail([f"{step.id} failed: {type(err).__name__}: {err} (see the run's run.log)"], code=1)
         if kwargs["as_json"]:
             echo_json(run_summary_json(store, run.id))
         else:
-            print_run(store, run, elapsed=time.time() - t0, warnings=options.get("warnings", []),
-                      notes=options.get("notes", []))
+            print_run(
+                store,
+                run,
+                elapsed=time.time() - t0,
+                warnings=options.get("warnings", []),
+                notes=options.get("notes", []),
+            )
 
-    return StepCommand(step.id, params=params, callback=callback, short_help=step.title, sections=sections,
-                       help=f"{step.help}\n\n{step.title}\n\n\b\nExample:\n  {example_line(step)}")
+    return StepCommand(
+        step.id,
+        params=params,
+        callback=callback,
+        short_help=step.title,
+        sections=sections,
+        help=f"{step.help}\n\n{step.title}\n\n\b\nExample:\n  {example_line(step)}",
+    )
 
 
 def run_summary_json(store: Any, run_id: int) -> dict:
     run = store.run(run_id)
-    return {"id": run.id, "step": run.step, "status": run.status,
-            "outputs": {o.name: {"pointer": o.pointer, "type": o.type, "summary": o.summary}
-                        for o in store.outputs(run.id)}}
+    return {
+        "id": run.id,
+        "step": run.step,
+        "status": run.status,
+        "outputs": {
+            o.name: {"pointer": o.pointer, "type": o.type, "summary": o.summary} for o in store.outputs(run.id)
+        },
+    }
 
 
 _ = sys  # keep import for debugging hooks

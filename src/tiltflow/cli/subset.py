@@ -15,8 +15,11 @@ CURATABLE = ("TiltSeries", "TiltSeriesM", "CTFTomoSeries")
 @click.option("-p", "--project", default=".", show_default=True)
 @click.option("--input", "pointer", required=True, help="The set to curate: RUN_ID or RUN_ID.outputName.")
 @click.option("--exclude", "exclude_ts", multiple=True, help="Exclude a whole tilt series (tsId); repeatable.")
-@click.option("--exclude-views", multiple=True,
-              help="TS:1,5,41 — views by 1-based position in tilt-angle order (IMOD EXCLUDELIST); repeatable.")
+@click.option(
+    "--exclude-views",
+    multiple=True,
+    help="TS:1,5,41 — views by 1-based position in tilt-angle order (IMOD EXCLUDELIST); repeatable.",
+)
 @click.option("--exclude-beyond", type=float, default=None, help="Exclude every view with |tilt| above this, degrees.")
 @click.option("--restack", is_flag=True, help="Write new stacks without the excluded views.")
 @click.option("--json", "as_json", is_flag=True)
@@ -30,18 +33,24 @@ def subset_command(project, pointer, exclude_ts, exclude_views, exclude_beyond, 
     from tiltflow.workflow.sets import TiltSeriesSet
     from tiltflow.workflow.store import ProjectStore
 
-    if exclude_beyond is not None and not 0 <= exclude_beyond <= 90:     # nan fails both
-        fail([f"--exclude-beyond {exclude_beyond:g}: give an angle from 0 to 90 degrees "
-              "(views with |tilt| above it are excluded)"])
+    if exclude_beyond is not None and not 0 <= exclude_beyond <= 90:  # nan fails both
+        fail(
+            [
+                f"--exclude-beyond {exclude_beyond:g}: give an angle from 0 to 90 degrees "
+                "(views with |tilt| above it are excluded)"
+            ]
+        )
     try:
         store = ProjectStore(project, create=False)
         try:
             out = store.resolve(pointer, CURATABLE)
         except ProjectError:
-            out = store.resolve(pointer)          # the run's other output, to name it below
+            out = store.resolve(pointer)  # the run's other output, to name it below
         if out.type not in CURATABLE:
-            raise InputError(f"--input {pointer}: {out.pointer} is a set of {out.type}; subset works on tilt series "
-                             f"and CTF ({', '.join(CURATABLE)}) — `tiltflow show -p {project}` lists the outputs")
+            raise InputError(
+                f"--input {pointer}: {out.pointer} is a set of {out.type}; subset works on tilt series "
+                f"and CTF ({', '.join(CURATABLE)}) — `tiltflow show -p {project}` lists the outputs"
+            )
         value = store.load(out)
         by_id = {s.ts_id: s for s in value.items}
         flags = exclusions(store, out)
@@ -63,13 +72,13 @@ def subset_command(project, pointer, exclude_ts, exclude_views, exclude_beyond, 
                 flags[(ts, order)] = True
         if exclude_beyond is not None:
             for s in value.items:
-                for item in (s.images if isinstance(value, TiltSeriesSet) else s.items):
+                for item in s.images if isinstance(value, TiltSeriesSet) else s.items:
                     if abs(item.tilt_angle_deg) > exclude_beyond:
                         flags[(s.ts_id, item.acquisition_order)] = True
         new = save_subset(store, out, restack=restack, flags=flags)
     except (InputError, ProjectError) as err:
         fail(getattr(err, "problems", [str(err)]))
-    except OSError as err:                        # a full disk while re-stacking: nothing was saved
+    except OSError as err:  # a full disk while re-stacking: nothing was saved
         from tiltflow.workflow.diskspace import as_disk_full
 
         full = as_disk_full(err, Path(project).absolute(), "nothing was saved; free space there and save again")

@@ -13,7 +13,7 @@ def _free_port(host: str, wanted: int) -> int:
     """``wanted`` when it is free on ``host``, else any free port (0 asks for any)."""
     import socket
 
-    for port in ((wanted, 0) if wanted else (0,)):
+    for port in (wanted, 0) if wanted else (0,):
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             try:
                 s.bind((host, port))
@@ -41,10 +41,19 @@ def serve(app, host: str, port: int) -> None:  # pragma: no cover - blocks; test
 
 @click.command("view")
 @click.option("-p", "--project", default=".", show_default=True, help="Project folder.")
-@click.option("--port", type=int, default=8765, show_default=True,
-              help="Port to listen on (another free one is used when it is taken; 0 = any).")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind. Anything but 127.0.0.1 opens the viewer to your network (token still needed).")
+@click.option(
+    "--port",
+    type=int,
+    default=8765,
+    show_default=True,
+    help="Port to listen on (another free one is used when it is taken; 0 = any).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind. Anything but 127.0.0.1 opens the viewer to your network (token still needed).",
+)
 @click.option("--no-browser", is_flag=True, help="Only print the URL; do not open a browser.")
 @click.option("--json", "as_json", is_flag=True, help="Print the URL, host, port and project as JSON.")
 def view_command(project: str, port: int, host: str, no_browser: bool, as_json: bool) -> None:
@@ -83,8 +92,10 @@ def view_command(project: str, port: int, host: str, no_browser: bool, as_json: 
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/?token={token}"
     if host not in LOOPBACK:
-        err_console.print(f"warning: listening on {host}: anyone on your network who gets the URL can curate "
-                          "this project", markup=False)
+        err_console.print(
+            f"warning: listening on {host}: anyone on your network who gets the URL can curate this project",
+            markup=False,
+        )
     if as_json:
         echo_json({"url": url, "host": host, "port": port, "project": str(store.root)})
         sys.stdout.flush()
@@ -92,11 +103,11 @@ def view_command(project: str, port: int, host: str, no_browser: bool, as_json: 
         console.print(f"tiltflow viewer for {store.root}", markup=False)
         console.print(f"  {url}", markup=False)
         console.print("  (Ctrl+C to stop)", markup=False)
-    browser = threading.Timer(1.0, webbrowser.open, (url,))   # a moment later, when the server listens
+    browser = threading.Timer(1.0, webbrowser.open, (url,))  # a moment later, when the server listens
     if not no_browser:
         browser.start()
     try:
         serve(create_app(store, token, hosts=[host]), host, port)
-    except OSError:                         # taken since we looked
+    except OSError:  # taken since we looked
         browser.cancel()
         fail([f"--port {port}: cannot listen on {shown}:{port} (in use?) — choose another --port, or 0 for any"])

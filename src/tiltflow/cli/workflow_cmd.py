@@ -23,29 +23,66 @@ def workflow_group() -> None:
 @click.option("--fresh", is_flag=True, help="Start from an empty project (removes the folder's project first).")
 @click.option("--skip-bad", is_flag=True, help="Skip bad series instead of failing.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--continue", "resume", is_flag=True,
-              help="Continue in the same project: steps whose parameters and inputs are unchanged reuse their "
-                   "finished run, an interrupted one resumes, changed ones and everything downstream re-run "
-                   "(earlier runs are kept).")
+@click.option(
+    "--continue",
+    "resume",
+    is_flag=True,
+    help="Continue in the same project: steps whose parameters and inputs are unchanged reuse their "
+    "finished run, an interrupted one resumes, changed ones and everything downstream re-run "
+    "(earlier runs are kept).",
+)
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
 @click.option("--workers", type=int, default=None, help="Parallel tasks (local threads or Dask LocalCluster workers).")
 @click.option("--threads-per-worker", type=int, default=None, help="Dask: threads (and torch threads) per worker.")
 @click.option("--scheduler", default=None, help="Dask: address of an existing scheduler (tcp://host:8786).")
 @click.option("--jobqueue", default=None, help="Dask: SLURM cluster config for dask-jobqueue (YAML).")
-@click.option("--dry-run", is_flag=True,
-              help="Print the plan and run nothing: for a Scipion file each protocol and the step it became (or why "
-                   "not), with the steps' parameters; with --json a list of {protocol, id, label, step, reason}.")
-@click.option("--watch", "watch_dir", default=None, metavar="DIR",
-              help="Follow DIR while the microscope writes it: the same as `tiltflow watch DIR --workflow SOURCE` "
-                   "(per tilt as movies complete, per series once complete; Ctrl+C stops, the same command goes on). "
-                   "A Scipion workflow whose import is in streaming is watched without it, in its own files path.")
-@click.option("--no-watch", is_flag=True,
-              help="A Scipion workflow whose import is in streaming: run it once on the files there now instead.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan and run nothing: for a Scipion file each protocol and the step it became (or why "
+    "not), with the steps' parameters; with --json a list of {protocol, id, label, step, reason}.",
+)
+@click.option(
+    "--watch",
+    "watch_dir",
+    default=None,
+    metavar="DIR",
+    help="Follow DIR while the microscope writes it: the same as `tiltflow watch DIR --workflow SOURCE` "
+    "(per tilt as movies complete, per series once complete; Ctrl+C stops, the same command goes on). "
+    "A Scipion workflow whose import is in streaming is watched without it, in its own files path.",
+)
+@click.option(
+    "--no-watch",
+    is_flag=True,
+    help="A Scipion workflow whose import is in streaming: run it once on the files there now instead.",
+)
 @watch_options
 @click.option("--json", "as_json", is_flag=True)
-def run_command(source, project, overrides, fresh, skip_bad, device, resume, executor, workers, threads_per_worker,
-                scheduler, jobqueue, dry_run, watch_dir, no_watch, interval_s, settle_s, movie_timeout_s, quiet_s,
-                min_fraction, expected_tilts, stop_after_idle_s, as_json) -> None:
+def run_command(
+    source,
+    project,
+    overrides,
+    fresh,
+    skip_bad,
+    device,
+    resume,
+    executor,
+    workers,
+    threads_per_worker,
+    scheduler,
+    jobqueue,
+    dry_run,
+    watch_dir,
+    no_watch,
+    interval_s,
+    settle_s,
+    movie_timeout_s,
+    quiet_s,
+    min_fraction,
+    expected_tilts,
+    stop_after_idle_s,
+    as_json,
+) -> None:
     """Run SOURCE (a workflow JSON file, a Scipion workflow JSON, or a template name such as 'tutorial').
 
     A Scipion workflow's plan is printed first: each protocol and the tiltflow step it became, or why not.
@@ -75,16 +112,24 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
         validate,
     )
 
-    given = given_options({"interval_s": interval_s, "settle_s": settle_s, "movie_timeout_s": movie_timeout_s,
-                           "quiet_s": quiet_s, "min_fraction": min_fraction, "expected_tilts": expected_tilts,
-                           "stop_after_idle_s": stop_after_idle_s})
+    given = given_options(
+        {
+            "interval_s": interval_s,
+            "settle_s": settle_s,
+            "movie_timeout_s": movie_timeout_s,
+            "quiet_s": quiet_s,
+            "min_fraction": min_fraction,
+            "expected_tilts": expected_tilts,
+            "stop_after_idle_s": stop_after_idle_s,
+        }
+    )
     if watch_dir is not None and no_watch:
         fail(["--watch and --no-watch: give one of them"])
     try:
         wf = load_workflow(source)
         apply_overrides(wf, list(overrides))
     except (InputError, ProjectError) as err:
-        if getattr(err, "plan", None) is not None:          # a Scipion file of which nothing can run
+        if getattr(err, "plan", None) is not None:  # a Scipion file of which nothing can run
             _print_plan(err.plan, [], source, as_json=as_json, dry_run=dry_run)
         fail(getattr(err, "problems", [str(err)]))
     streaming = getattr(wf, "streaming", None)
@@ -94,7 +139,7 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
         fail([f"{named}: options of the watch mode — add --watch DIR to follow an acquisition folder"])
     folder = watch_dir or (import_folder(wf) if watching else None)
     if dry_run:
-        if watching and folder:                               # what the watch reads
+        if watching and folder:  # what the watch reads
             for s in wf.steps:
                 if s.step == "import-movies":
                     s.params["files"] = str(Path(folder).absolute())
@@ -104,8 +149,9 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
             echo_json(wf.to_json()["steps"])
         else:
             for s in wf.steps:
-                console.print(f"{s.id}: {s.step} inputs {json.dumps(s.inputs)} params {json.dumps(s.params)}",
-                              markup=False)
+                console.print(
+                    f"{s.id}: {s.step} inputs {json.dumps(s.inputs)} params {json.dumps(s.params)}", markup=False
+                )
         if watching and not as_json:
             settings, lines = watch_settings(wf, given, workers)
             there = "" if folder and Path(folder).is_dir() else " (not there: give --watch DIR)"
@@ -122,12 +168,24 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
     if watching:
         if watch_dir is None and not (folder and Path(folder).is_dir()):
             sid = streaming.import_id
-            fail([(f"{folder}: no such folder — this Scipion workflow imports in streaming (step {sid}): give the "
-                   f"folder the microscope writes into with --watch DIR (or --set {sid}.files=DIR), or --no-watch "
-                   "to run it once on the files there")])
-        run_watch(folder, project, wf, given,
-                  executor_options(device, executor, workers, threads_per_worker, scheduler, jobqueue, skip_bad),
-                  as_json=as_json, fresh=fresh)
+            fail(
+                [
+                    (
+                        f"{folder}: no such folder — this Scipion workflow imports in streaming (step {sid}): give the "
+                        f"folder the microscope writes into with --watch DIR (or --set {sid}.files=DIR), or --no-watch "
+                        "to run it once on the files there"
+                    )
+                ]
+            )
+        run_watch(
+            folder,
+            project,
+            wf,
+            given,
+            executor_options(device, executor, workers, threads_per_worker, scheduler, jobqueue, skip_bad),
+            as_json=as_json,
+            fresh=fresh,
+        )
         return
     try:
         root = Path(project)
@@ -138,9 +196,15 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
                 shutil.rmtree(root / sub, ignore_errors=True)
         store = ProjectStore(root)
         t0 = time.time()
-        options = {"skip_bad": skip_bad, "device": device, "workers": workers, "threads_per_worker": threads_per_worker,
-                   "executor": "dask" if (scheduler or jobqueue) else executor, "scheduler": scheduler,
-                   "jobqueue": jobqueue}
+        options = {
+            "skip_bad": skip_bad,
+            "device": device,
+            "workers": workers,
+            "threads_per_worker": threads_per_worker,
+            "executor": "dask" if (scheduler or jobqueue) else executor,
+            "scheduler": scheduler,
+            "jobqueue": jobqueue,
+        }
         shown = {"warnings": 0, "notes": 0}
         decisions: dict[str, str] = {}
 
@@ -157,9 +221,9 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
             for o in store.outputs(run.id):
                 console.print(f"    {o.pointer}: {o.summary}", markup=False)
             for kind, prefix in (("notes", "    "), ("warnings", "    warning: ")):
-                new = options.get(kind, [])[shown[kind]:]
+                new = options.get(kind, [])[shown[kind] :]
                 shown[kind] += len(new)
-                for note in new:                  # a note may be a multi-line table: indent every line
+                for note in new:  # a note may be a multi-line table: indent every line
                     for i, line in enumerate(str(note).splitlines()):
                         console.print((prefix if i == 0 else "    ") + line, markup=False)
 
@@ -175,15 +239,31 @@ def run_command(source, project, overrides, fresh, skip_bad, device, resume, exe
             if nxt is not None:
                 printer.reset(f"[{nxt.id}]")
 
-        runs = run_workflow(store, wf, options=options, on_step=on_step_and_progress, resume=resume,
-                            progress=None if as_json else printer, on_continue=on_continue)
+        runs = run_workflow(
+            store,
+            wf,
+            options=options,
+            on_step=on_step_and_progress,
+            resume=resume,
+            progress=None if as_json else printer,
+            on_continue=on_continue,
+        )
     except (InputError, ProjectError) as err:
         fail(getattr(err, "problems", [str(err)]))
     except Exception as err:
         fail([f"workflow failed: {type(err).__name__}: {err}"], code=1)
     if as_json:
-        echo_json({sid: {"id": r.id, "step": r.step, "status": r.status,
-                         **({"continue": decisions[sid]} if sid in decisions else {})} for sid, r in runs.items()})
+        echo_json(
+            {
+                sid: {
+                    "id": r.id,
+                    "step": r.step,
+                    "status": r.status,
+                    **({"continue": decisions[sid]} if sid in decisions else {}),
+                }
+                for sid, r in runs.items()
+            }
+        )
     else:
         console.print(f"workflow '{wf.name}' finished in {time.time() - t0:.1f} s", markup=False)
 
@@ -207,7 +287,9 @@ def _print_plan(plan, steps, source, *, as_json: bool, dry_run: bool, streaming=
 def print_plan(wf, source, *, as_json: bool, dry_run: bool) -> None:
     """``wf``'s Scipion plan (see :func:`_print_plan`); nothing for a tiltflow workflow."""
     if wf.plan is not None:
-        _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=dry_run, streaming=getattr(wf, "streaming", None))
+        _print_plan(
+            wf.plan, wf.steps, source, as_json=as_json, dry_run=dry_run, streaming=getattr(wf, "streaming", None)
+        )
 
 
 @workflow_group.command("export")

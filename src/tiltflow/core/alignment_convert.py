@@ -26,8 +26,14 @@ from tiltflow.core.geometry import image_centre
 from tiltflow.core.transforms import geometry_to_xf, xf_to_geometry
 
 __all__ = [
-    "AlnRows", "SeriesAlignment", "WarpGeometry", "aln_rows_to_series", "series_to_aln_rows",
-    "warp_to_xf", "xf_point_difference_px", "xf_to_warp",
+    "AlnRows",
+    "SeriesAlignment",
+    "WarpGeometry",
+    "aln_rows_to_series",
+    "series_to_aln_rows",
+    "warp_to_xf",
+    "xf_point_difference_px",
+    "xf_to_warp",
 ]
 
 _SIMILARITY_TOL = 1e-3  # a 2x2 part further than this from m R(-a) loses information
@@ -76,8 +82,11 @@ def _warn_lost(xf: torch.Tensor, keep_magnification: bool, what: str) -> None:
     lost = (rebuilt[:, :4] - xf[:, :4]).abs().max().item() if xf.shape[0] else 0.0
     if lost > _SIMILARITY_TOL:
         kept = "rotation and magnification" if keep_magnification else "rotation"
-        warnings.warn(f"{what}: the .xf 2x2 part differs from a {kept} by up to {lost:.2g}; "
-                      f"only the {kept} and the shift are kept", stacklevel=3)
+        warnings.warn(
+            f"{what}: the .xf 2x2 part differs from a {kept} by up to {lost:.2g}; "
+            f"only the {kept} and the shift are kept",
+            stacklevel=3,
+        )
 
 
 def series_to_aln_rows(al: SeriesAlignment) -> AlnRows:
@@ -100,14 +109,16 @@ def aln_rows_to_series(
     shift_scale: float = 1.0,  # px of our stack per px of the .aln stack
 ) -> SeriesAlignment:
     """Place ``.aln`` rows into a series of ``n_views``; views without a row are disabled and
-    keep the identity ``.xf`` and their raw tilt angle."""
+    keep the identity ``.xf`` and their raw tilt angle.
+    """
     idx = torch.as_tensor(rows.raw_indices, dtype=torch.long)
     k = idx.shape[0]
     if bool((idx < 0).any()) or bool((idx >= n_views).any()) or len(set(idx.tolist())) != k:
         raise ValueError(f"raw_indices must be {k} distinct indices in [0, {n_views})")
     shifts = torch.as_tensor(rows.shifts_px, dtype=torch.float64) * shift_scale
-    xf_rows = geometry_to_xf(torch.as_tensor(rows.rot_deg, dtype=torch.float64), shifts,
-                             torch.as_tensor(rows.gmag, dtype=torch.float64))
+    xf_rows = geometry_to_xf(
+        torch.as_tensor(rows.rot_deg, dtype=torch.float64), shifts, torch.as_tensor(rows.gmag, dtype=torch.float64)
+    )
     xf = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64).repeat(n_views, 1)
     xf[idx] = xf_rows
     tilts = torch.as_tensor(raw_tilt_angles_deg, dtype=torch.float64).clone().reshape(-1)
@@ -153,8 +164,9 @@ def xf_point_difference_px(
         raise ValueError(f"xf_a and xf_b must both be (t, 6), got {tuple(a.shape)} and {tuple(b.shape)}")
     ny, nx = image_shape
     cx, cy = image_centre(image_shape)
-    pts = torch.tensor([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1], [cx, cy]],
-                       dtype=torch.float64, device=a.device) - torch.tensor([cx, cy], device=a.device)
+    pts = torch.tensor(
+        [[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1], [cx, cy]], dtype=torch.float64, device=a.device
+    ) - torch.tensor([cx, cy], device=a.device)
 
     def apply(x: torch.Tensor) -> torch.Tensor:  # (t, 5, 2) aligned positions rel. centre
         return pts @ x[:, :4].reshape(-1, 2, 2).transpose(-1, -2) + x[:, None, 4:6]

@@ -41,8 +41,7 @@ def _angles_rad(tilt_angles_deg, n_views: int | None, device: torch.device) -> t
         raise ValueError("tilt_angles_deg is empty; pass one angle per view")
     if n_views is not None and angles.numel() != n_views:
         raise ValueError(
-            f"tilt_angles_deg has {angles.numel()} angles but the views have {n_views}; "
-            "pass one angle per view"
+            f"tilt_angles_deg has {angles.numel()} angles but the views have {n_views}; pass one angle per view"
         )
     if not torch.isfinite(angles).all() or angles.abs().max() > 90.0:
         raise ValueError("tilt_angles_deg must be finite degrees within [-90, 90]")
@@ -50,7 +49,7 @@ def _angles_rad(tilt_angles_deg, n_views: int | None, device: torch.device) -> t
 
 
 def _interp_matrix(
-    theta_rad: torch.Tensor,   # (t,) float64
+    theta_rad: torch.Tensor,  # (t,) float64
     *,
     nx_view: int,
     nx: int,
@@ -59,7 +58,7 @@ def _interp_matrix(
     x_offset_px: float,
     z_offset_px: float,
     dtype: torch.dtype,
-) -> torch.Tensor:             # CSR (nzc * nx, t * (nx_view + 2))
+) -> torch.Tensor:  # CSR (nzc * nx, t * (nx_view + 2))
     """Linear-interpolation weights from padded view columns to the voxels of planes ``z_range``."""
     dev = theta_rad.device
     t = theta_rad.shape[0]
@@ -71,7 +70,7 @@ def _interp_matrix(
     i0 = torch.floor(u).clamp(max=nx_view - 1)
     frac = u - i0
     view_base = torch.arange(t, device=dev) * (nx_view + 2)
-    col = i0.to(torch.int64) + 1 + view_base           # padded column of the left tap
+    col = i0.to(torch.int64) + 1 + view_base  # padded column of the left tap
     cols = torch.stack([col, col + 1], -1).reshape(-1).to(torch.int32)
     vals = torch.stack([1.0 - frac, frac], -1).reshape(-1).to(dtype)
     n_rows = (z_range[1] - z_range[0]) * nx
@@ -86,9 +85,7 @@ def _transpose_csr(w: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         csc = w.to_sparse_csc()
-        return torch.sparse_csr_tensor(
-            csc.ccol_indices(), csc.row_indices(), csc.values(), (w.shape[1], w.shape[0])
-        )
+        return torch.sparse_csr_tensor(csc.ccol_indices(), csc.row_indices(), csc.values(), (w.shape[1], w.shape[0]))
 
 
 class _Projector:
@@ -110,8 +107,14 @@ class _Projector:
         w = self._w.get(i)
         if w is None:
             w = _interp_matrix(
-                self.theta, nx_view=self.nx_view, nx=self.nx, nz=self.nz, z_range=self.chunks[i],
-                x_offset_px=self.offsets[0], z_offset_px=self.offsets[1], dtype=self.dtype,
+                self.theta,
+                nx_view=self.nx_view,
+                nx=self.nx,
+                nz=self.nz,
+                z_range=self.chunks[i],
+                x_offset_px=self.offsets[0],
+                z_offset_px=self.offsets[1],
+                dtype=self.dtype,
             )
             if self.cache:
                 self._w[i] = w
@@ -128,7 +131,7 @@ class _Projector:
         v = padded.permute(1, 3, 0, 2).reshape(t * (self.nx_view + 2), b * ny)
         out = views.new_empty((b, self.nz, ny, self.nx))
         for i, (z0, z1) in enumerate(self.chunks):
-            r = self._matrix(i, False) @ v                       # (nzc * nx, b * ny)
+            r = self._matrix(i, False) @ v  # (nzc * nx, b * ny)
             out[:, z0:z1] = r.reshape(z1 - z0, self.nx, b, ny).permute(2, 0, 3, 1)
         return out
 
@@ -145,17 +148,31 @@ class _Projector:
 
 
 def _projector(
-    theta: torch.Tensor, operators: dict | None, *, nx_view: int, nx: int, nz: int,
-    x_offset_px: float, z_offset_px: float, dtype: torch.dtype,
+    theta: torch.Tensor,
+    operators: dict | None,
+    *,
+    nx_view: int,
+    nx: int,
+    nz: int,
+    x_offset_px: float,
+    z_offset_px: float,
+    dtype: torch.dtype,
 ) -> _Projector:
     """A projector for this geometry: the one kept in ``operators`` (built and kept there if new,
-    evicting the least recently used beyond ``OPERATOR_CACHE_SIZE``), or a throw-away one."""
-    geometry = {"nx_view": nx_view, "nx": nx, "nz": nz, "x_offset_px": float(x_offset_px),
-                    "z_offset_px": float(z_offset_px), "dtype": dtype}
+    evicting the least recently used beyond ``OPERATOR_CACHE_SIZE``), or a throw-away one.
+    """
+    geometry = {
+        "nx_view": nx_view,
+        "nx": nx,
+        "nz": nz,
+        "x_offset_px": float(x_offset_px),
+        "z_offset_px": float(z_offset_px),
+        "dtype": dtype,
+    }
     if operators is None:
         return _Projector(theta, **geometry)
     key = (theta.detach().cpu().numpy().tobytes(), *geometry.values(), str(theta.device))
-    proj = operators.pop(key, None)     # re-inserted below: the most recently used comes last
+    proj = operators.pop(key, None)  # re-inserted below: the most recently used comes last
     if proj is None:
         proj = _Projector(theta, cache=True, **geometry)
         while len(operators) >= OPERATOR_CACHE_SIZE:
@@ -174,14 +191,14 @@ def _as_float(x: torch.Tensor, name: str, min_dim: int) -> torch.Tensor:
 
 
 def project_volume(
-    volume: torch.Tensor,                # (..., nz, ny, nx)
-    tilt_angles_deg,                     # (t,)
+    volume: torch.Tensor,  # (..., nz, ny, nx)
+    tilt_angles_deg,  # (t,)
     *,
     z_offset_px: float = 0.0,
     x_offset_px: float = 0.0,
     nx_view: int | None = None,
     operators: dict | None = None,
-) -> torch.Tensor:                       # (..., t, ny, nx_view) aligned views
+) -> torch.Tensor:  # (..., t, ny, nx_view) aligned views
     """Forward-project a volume into aligned views: the exact adjoint of :func:`backproject`.
 
     Each voxel's value is split between the two view columns around ``u`` (module docstring), so a
@@ -193,15 +210,23 @@ def project_volume(
     nz, ny, nx = volume.shape[-3:]
     nxv = nx if nx_view is None else int(nx_view)
     theta = _angles_rad(tilt_angles_deg, None, volume.device)
-    proj = _projector(theta, operators, nx_view=nxv, nx=nx, nz=nz, x_offset_px=x_offset_px,
-                      z_offset_px=z_offset_px, dtype=volume.dtype)
+    proj = _projector(
+        theta,
+        operators,
+        nx_view=nxv,
+        nx=nx,
+        nz=nz,
+        x_offset_px=x_offset_px,
+        z_offset_px=z_offset_px,
+        dtype=volume.dtype,
+    )
     flat = volume.reshape(-1, nz, ny, nx)
     return proj.project(flat).reshape(*volume.shape[:-3], theta.shape[0], ny, nxv)
 
 
 def backproject(
-    views: torch.Tensor,                 # (..., t, ny, nx_view) aligned (and filtered) views
-    tilt_angles_deg,                     # (t,)
+    views: torch.Tensor,  # (..., t, ny, nx_view) aligned (and filtered) views
+    tilt_angles_deg,  # (t,)
     *,
     thickness_px: int,
     z_offset_px: float = 0.0,
@@ -209,7 +234,7 @@ def backproject(
     weights: torch.Tensor | None = None,  # (t,) per-view factors, e.g. angular increments in rad
     nx: int | None = None,
     operators: dict | None = None,
-) -> torch.Tensor:                       # (..., nz = thickness_px, ny, nx)
+) -> torch.Tensor:  # (..., nz = thickness_px, ny, nx)
     """Backproject aligned views into a volume (z = beam axis); linear interpolation along x'.
 
     Sums ``weights[i] * views[i]`` sampled at each voxel's projected column (zero outside the view).
@@ -228,8 +253,16 @@ def backproject(
         if w.numel() != t:
             raise ValueError(f"weights has {w.numel()} values for {t} views; give one per view")
         views = views * w[:, None, None]
-    proj = _projector(theta, operators, nx_view=nxv, nx=nxv if nx is None else int(nx), nz=nz,
-                      x_offset_px=x_offset_px, z_offset_px=z_offset_px, dtype=views.dtype)
+    proj = _projector(
+        theta,
+        operators,
+        nx_view=nxv,
+        nx=nxv if nx is None else int(nx),
+        nz=nz,
+        x_offset_px=x_offset_px,
+        z_offset_px=z_offset_px,
+        dtype=views.dtype,
+    )
     flat = views.reshape(-1, t, ny, nxv)
     out = proj.backproject(flat)
     return out.reshape(*views.shape[:-3], nz, ny, proj.nx)

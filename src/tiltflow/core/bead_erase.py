@@ -24,20 +24,22 @@ __all__ = ["bead_disc_mask", "beads_in_views", "erase_beads"]
 
 
 def beads_in_views(
-    xyz_px: torch.Tensor,                # (n, 3) bead positions, px of these views (module docstring)
-    tilt_angles_deg,                     # (t,) tilt angles the alignment solved (refined)
-    xf,                                  # (t, 6) IMOD .xf rows aligning these raw views
-    image_shape: tuple[int, int],        # (ny, nx) of the raw views
-) -> torch.Tensor:                       # (n, t, 2) raw pixel coordinates (x, y), 0-based
+    xyz_px: torch.Tensor,  # (n, 3) bead positions, px of these views (module docstring)
+    tilt_angles_deg,  # (t,) tilt angles the alignment solved (refined)
+    xf,  # (t, 6) IMOD .xf rows aligning these raw views
+    image_shape: tuple[int, int],  # (ny, nx) of the raw views
+) -> torch.Tensor:  # (n, t, 2) raw pixel coordinates (x, y), 0-based
     """Where each bead of the model lies in each raw view (module docstring)."""
     xyz = torch.as_tensor(xyz_px, dtype=torch.float64).reshape(-1, 3)
     th = torch.deg2rad(torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1)).to(xyz.device)
     xf = torch.as_tensor(xf, dtype=torch.float64).to(xyz.device)
     if xf.shape != (th.shape[0], 6):
-        raise ValueError(f"beads_in_views: xf must be ({th.shape[0]}, 6) for {th.shape[0]} tilt angles, "
-                         f"got {tuple(xf.shape)}")
-    u = torch.stack([xyz[:, None, 0] * torch.cos(th) + xyz[:, None, 2] * torch.sin(th),
-                     xyz[:, None, 1].expand(-1, th.shape[0])], -1)            # (n, t, 2)
+        raise ValueError(
+            f"beads_in_views: xf must be ({th.shape[0]}, 6) for {th.shape[0]} tilt angles, got {tuple(xf.shape)}"
+        )
+    u = torch.stack(
+        [xyz[:, None, 0] * torch.cos(th) + xyz[:, None, 2] * torch.sin(th), xyz[:, None, 1].expand(-1, th.shape[0])], -1
+    )  # (n, t, 2)
     a_inv = torch.linalg.inv(xf[:, :4].reshape(-1, 2, 2))
     cx, cy = image_centre(image_shape)
     raw = torch.einsum("tij,ntj->nti", a_inv, u - xf[None, :, 4:6])
@@ -58,12 +60,12 @@ def _neighbourhood(xy: torch.Tensor, half: int, shape: tuple[int, int]):
 
 
 def bead_disc_mask(
-    shape: tuple[int, int],              # (h, w)
-    xy_px: torch.Tensor,                 # (n, 2) bead centres (x, y), px; NaN rows ignored
+    shape: tuple[int, int],  # (h, w)
+    xy_px: torch.Tensor,  # (n, 2) bead centres (x, y), px; NaN rows ignored
     radius_px: float,
     *,
     device=None,
-) -> torch.Tensor:                       # (h, w) bool: within radius_px of a centre
+) -> torch.Tensor:  # (h, w) bool: within radius_px of a centre
     """Pixels whose centres lie within ``radius_px`` of a bead centre."""
     mask = torch.zeros(shape, dtype=torch.bool, device=device)
     xy = torch.as_tensor(xy_px, dtype=torch.float64, device=device).reshape(-1, 2)
@@ -77,11 +79,11 @@ def bead_disc_mask(
 
 
 def erase_beads(
-    image: torch.Tensor,                 # (h, w) one view
-    xy_px: torch.Tensor,                 # (n, 2) bead centres (x, y), px; NaN rows ignored
-    radius_px: float,                    # erased radius, px (bead radius + expansion)
+    image: torch.Tensor,  # (h, w) one view
+    xy_px: torch.Tensor,  # (n, 2) bead centres (x, y), px; NaN rows ignored
+    radius_px: float,  # erased radius, px (bead radius + expansion)
     *,
-    ring_px: float | None = None,        # width of the ring giving the local statistics, px
+    ring_px: float | None = None,  # width of the ring giving the local statistics, px
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # erased image (h, w), erased-pixel mask (h, w) bool
     """Replace the discs around the beads by local noise (module docstring).

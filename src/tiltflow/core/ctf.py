@@ -32,8 +32,17 @@ from tiltflow.core.ctf_spectra import (
 from tiltflow.core.geometry import defocus_offset_a
 
 __all__ = [
-    "CtfFit", "CtfParams", "CtfProfile", "ctf_fit_image", "ctf_fit_profile", "fit_ctf", "fit_ctf_series",
-    "fit_defocus_grid", "radial_average", "subtract_background", "tiled_power_spectrum",
+    "CtfFit",
+    "CtfParams",
+    "CtfProfile",
+    "ctf_fit_image",
+    "ctf_fit_profile",
+    "fit_ctf",
+    "fit_ctf_series",
+    "fit_defocus_grid",
+    "radial_average",
+    "subtract_background",
+    "tiled_power_spectrum",
 ]
 
 
@@ -43,9 +52,15 @@ def _is_spectrum(data: torch.Tensor, params: CtfParams) -> bool:
 
 def _spectrum(image, params, *, tilt_angle_deg, tilt_axis_deg, reference=None, max_offset_a=None):
     return tiled_power_spectrum(
-        image, window_px=params.window_px, pixel_size_a=params.pixel_size_a, tilt_angle_deg=tilt_angle_deg,
-        tilt_axis_deg=tilt_axis_deg, reference_defocus_a=reference, max_offset_a=max_offset_a,
-        voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
+        image,
+        window_px=params.window_px,
+        pixel_size_a=params.pixel_size_a,
+        tilt_angle_deg=tilt_angle_deg,
+        tilt_axis_deg=tilt_axis_deg,
+        reference_defocus_a=reference,
+        max_offset_a=max_offset_a,
+        voltage_kv=params.voltage_kv,
+        cs_mm=params.cs_mm,
     )
 
 
@@ -54,7 +69,7 @@ def _reference(fit: CtfFit) -> tuple[float, float, float]:
 
 
 def fit_ctf(
-    data: torch.Tensor,                  # (h, w) tilt image, or (window_px, window_px//2+1) power spectrum
+    data: torch.Tensor,  # (h, w) tilt image, or (window_px, window_px//2+1) power spectrum
     params: CtfParams,
     *,
     tilt_angle_deg: float = 0.0,
@@ -79,8 +94,9 @@ def fit_ctf(
     spec = _spectrum(data, params, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg, max_offset_a=max_offset)
     fit = fit_ctf_spectrum(spec, params, initial=initial)
     if tilted:
-        spec = _spectrum(data, params, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
-                         reference=_reference(fit))
+        spec = _spectrum(
+            data, params, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg, reference=_reference(fit)
+        )
         fit = fit_ctf_spectrum(spec, params, initial=fit, search_halfwidth_a=2000.0)
     return fit
 
@@ -98,15 +114,15 @@ def _neighbour_order(tilt_angles: list[float]) -> list[tuple[int, int | None]]:
 
 
 def fit_ctf_series(
-    images: torch.Tensor,                # (t, h, w) tilt images (any order)
+    images: torch.Tensor,  # (t, h, w) tilt images (any order)
     params: CtfParams,
     *,
-    tilt_angles_deg,                     # (t,) degrees
+    tilt_angles_deg,  # (t,) degrees
     tilt_axis_deg: float,
-    defocus_grid: tuple[int, int, int] | None = None,   # (nx, ny, nt)
-    acquisition_order=None,              # (t,) for the series pass; None: the order of ``images``
+    defocus_grid: tuple[int, int, int] | None = None,  # (nx, ny, nt)
+    acquisition_order=None,  # (t,) for the series pass; None: the order of ``images``
     series_pass: bool = True,
-) -> list[CtfFit]:                       # in the order of ``images``
+) -> list[CtfFit]:  # in the order of ``images``
     """Fit every tilt; tilts are visited from 0° outwards, each seeded by its nearest fitted neighbour.
     Then (``series_pass``, 4 tilts or more) ``ctf_series.refine_series`` finds the series' defocus
     trend in tilt angle from all tilts' spectra and one astigmatism, and re-fits every tilt with the
@@ -126,21 +142,41 @@ def fit_ctf_series(
         raise ValueError(f"fit_ctf_series: {len(angles)} tilt angles for {images.shape[0]} images; pass one per image")
     fits: list[CtfFit | None] = [None] * len(angles)
     for i, seed in _neighbour_order(angles):
-        fits[i] = fit_ctf(images[i], params, tilt_angle_deg=angles[i], tilt_axis_deg=tilt_axis_deg,
-                          initial=fits[seed] if seed is not None else None)
+        fits[i] = fit_ctf(
+            images[i],
+            params,
+            tilt_angle_deg=angles[i],
+            tilt_axis_deg=tilt_axis_deg,
+            initial=fits[seed] if seed is not None else None,
+        )
     if series_pass and len(angles) >= 4:
         order = list(range(len(angles))) if acquisition_order is None else acquisition_order
-        fits = refine_series(fits, lambda i, ref: _spectrum(images[i], params, tilt_angle_deg=angles[i],
-                                                            tilt_axis_deg=tilt_axis_deg, reference=ref),
-                             params, tilt_angles_deg=angles, acquisition_order=order).fits
+        fits = refine_series(
+            fits,
+            lambda i, ref: _spectrum(
+                images[i], params, tilt_angle_deg=angles[i], tilt_axis_deg=tilt_axis_deg, reference=ref
+            ),
+            params,
+            tilt_angles_deg=angles,
+            acquisition_order=order,
+        ).fits
     if defocus_grid is not None:
         nx, ny, nt = defocus_grid
         if min(nx, ny, nt) < 1:
             raise ValueError(f"fit_ctf_series: defocus_grid={defocus_grid} needs positive (nx, ny, nt)")
-        grids = torch.stack([
-            fit_defocus_grid(images[i], params, fits[i], tilt_angle_deg=angles[i], tilt_axis_deg=tilt_axis_deg,
-                             grid_shape=(ny, nx)) for i in range(len(angles))
-        ])
+        grids = torch.stack(
+            [
+                fit_defocus_grid(
+                    images[i],
+                    params,
+                    fits[i],
+                    tilt_angle_deg=angles[i],
+                    tilt_axis_deg=tilt_axis_deg,
+                    grid_shape=(ny, nx),
+                )
+                for i in range(len(angles))
+            ]
+        )
         grids = smooth_grids_along_series(grids, nt)
         for i, f in enumerate(fits):
             f.defocus_grid_a = grids[i]
@@ -148,9 +184,14 @@ def fit_ctf_series(
 
 
 def fit_defocus_grid(
-    image: torch.Tensor, params: CtfParams, fit: CtfFit, *, tilt_angle_deg: float, tilt_axis_deg: float,
+    image: torch.Tensor,
+    params: CtfParams,
+    fit: CtfFit,
+    *,
+    tilt_angle_deg: float,
+    tilt_axis_deg: float,
     grid_shape: tuple[int, int],
-) -> torch.Tensor:                       # (ny, nx) Å beyond the tilt plane
+) -> torch.Tensor:  # (ny, nx) Å beyond the tilt plane
     """Local defocus departures from the tilt plane, one per cell of a (ny, nx) grid over the image.
 
     Each cell's value is measured at the centre of the tiles whose centres fall in the cell.
@@ -176,13 +217,26 @@ def fit_defocus_grid(
             rows = sorted({ys[int(i) // len(xs)] for i in idx})
             cols = sorted({xs[int(i) % len(xs)] for i in idx})
             crop = image[rows[0] : rows[-1] + n, cols[0] : cols[-1] + n]
-            centre = torch.tensor([[(cols[0] + cols[-1] + n - 1) / 2.0, (rows[0] + rows[-1] + n - 1) / 2.0]],
-                                  dtype=torch.float64)
-            plane = float(defocus_offset_a(centre, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
-                                           pixel_size_a=params.pixel_size_a, image_shape=(h, w))[0])
+            centre = torch.tensor(
+                [[(cols[0] + cols[-1] + n - 1) / 2.0, (rows[0] + rows[-1] + n - 1) / 2.0]], dtype=torch.float64
+            )
+            plane = float(
+                defocus_offset_a(
+                    centre,
+                    tilt_angle_deg=tilt_angle_deg,
+                    tilt_axis_deg=tilt_axis_deg,
+                    pixel_size_a=params.pixel_size_a,
+                    image_shape=(h, w),
+                )[0]
+            )
             # offsets inside the crop are relative to its centre: rescale the tiles to the plane there
-            spec = _spectrum(crop, params, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
-                             reference=(u + plane, v + plane, ang))
+            spec = _spectrum(
+                crop,
+                params,
+                tilt_angle_deg=tilt_angle_deg,
+                tilt_axis_deg=tilt_axis_deg,
+                reference=(u + plane, v + plane, ang),
+            )
             local = search_defocus_local(spec, params, fit, mean_defocus_a=fit.defocus_mean_a + plane)
             out[iy, ix] = local - (fit.defocus_mean_a + plane)
     return out
@@ -206,13 +260,14 @@ def smooth_grids_along_series(grids: torch.Tensor, nt: int) -> torch.Tensor:
 
 
 def radial_average(
-    spectrum: torch.Tensor,              # (n, n//2+1) power, rfft layout
+    spectrum: torch.Tensor,  # (n, n//2+1) power, rfft layout
     *,
     params: CtfParams | None = None,
     fit: CtfFit | None = None,
-) -> torch.Tensor:                       # (n//2+1,) bin i at k = i / (n * pixel_size_a)
+) -> torch.Tensor:  # (n//2+1,) bin i at k = i / (n * pixel_size_a)
     """Rotational average in one-pixel rings; with ``fit`` (and ``params``) the astigmatism-corrected
-    (equi-phase) average of the background-subtracted, envelope-normalised spectrum."""
+    (equi-phase) average of the background-subtracted, envelope-normalised spectrum.
+    """
     n = spectrum.shape[-2]
     if fit is None:
         return radial_bins(spectrum, pixel_radius(n, device=spectrum.device), n // 2 + 1)[0].to(torch.float32)
@@ -224,7 +279,8 @@ def radial_average(
 @dataclass
 class CtfProfile:
     """1-D plot data, each (n//2+1,): frequency (1/Å), observed equi-phase average (normalised),
-    fitted ctf^2 rescaled to zero mean / unit RMS, per-ring correlation."""
+    fitted ctf^2 rescaled to zero mean / unit RMS, per-ring correlation.
+    """
 
     k_per_a: torch.Tensor
     observed: torch.Tensor
@@ -242,22 +298,37 @@ def ctf_fit_profile(spectrum: torch.Tensor, fit: CtfFit, params: CtfParams) -> C
 def _full_from_rfft(half: torch.Tensor) -> torch.Tensor:
     """(n, n//2+1) real spectrum -> (n, n) using P(-k) = P(k); column j >= n//2+1 is kx = j - n."""
     n = half.shape[-2]
-    mirrored = torch.roll(torch.flip(half, (0,)), 1, 0)       # row i -> row (-i) mod n
+    mirrored = torch.roll(torch.flip(half, (0,)), 1, 0)  # row i -> row (-i) mod n
     negative = torch.flip(mirrored[:, 1 : n - n // 2], (1,))  # columns n - j for j = n//2+1 .. n-1
     return torch.cat([half, negative], dim=1)
 
 
 def ctf_fit_image(spectrum: torch.Tensor, fit: CtfFit, params: CtfParams) -> torch.Tensor:
     """Picture (n, n) in [0, 1], origin at (n//2, n//2): left half the background-subtracted spectrum,
-    right half the fitted ``ctf^2`` (2-D, with astigmatism), for the viewer."""
+    right half the fitted ``ctf^2`` (2-D, with astigmatism), for the viewer.
+    """
     n = spectrum.shape[-2]
-    norm = subtract_background(spectrum, pixel_size_a=params.pixel_size_a, defocus_a=fit.defocus_mean_a,
-                               voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
+    norm = subtract_background(
+        spectrum,
+        pixel_size_a=params.pixel_size_a,
+        defocus_a=fit.defocus_mean_a,
+        voltage_kv=params.voltage_kv,
+        cs_mm=params.cs_mm,
+    )
     observed = torch.fft.fftshift(_full_from_rfft(norm), dim=(0, 1))
-    model = ctf_2d((n, n), pixel_size_a=params.pixel_size_a, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
-                   amplitude_contrast=params.amplitude_contrast, defocus_u_a=fit.defocus_u_a,
-                   defocus_v_a=fit.defocus_v_a, astigmatism_angle_deg=fit.astigmatism_angle_deg,
-                   phase_shift_rad=fit.phase_shift_rad, rfft=False, device=spectrum.device)
+    model = ctf_2d(
+        (n, n),
+        pixel_size_a=params.pixel_size_a,
+        voltage_kv=params.voltage_kv,
+        cs_mm=params.cs_mm,
+        amplitude_contrast=params.amplitude_contrast,
+        defocus_u_a=fit.defocus_u_a,
+        defocus_v_a=fit.defocus_v_a,
+        astigmatism_angle_deg=fit.astigmatism_angle_deg,
+        phase_shift_rad=fit.phase_shift_rad,
+        rfft=False,
+        device=spectrum.device,
+    )
     model = torch.fft.fftshift((model.square() - 0.5) * 2.0**1.5, dim=(0, 1))
     picture = torch.where(torch.arange(n, device=spectrum.device)[None, :] < n // 2, observed.clamp(-3, 3), model)
     return ((picture + 3.0) / 6.0).clamp(0, 1).to(torch.float32)

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 
 import torch
 
+from tiltflow.core.ctf_annulus import annulus, grid_scores, model_sq
 from tiltflow.core.ctf_model import ctf_1d, electron_wavelength_a
+from tiltflow.core.ctf_rings import fit_resolution_a
 from tiltflow.core.ctf_spectra import (
     normalise_profile,
     pixel_radius,
     radial_bins,
     ring_window,
 )
-from tiltflow.core.ctf_annulus import annulus, grid_scores, model_sq
-from tiltflow.core.ctf_rings import fit_resolution_a
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +62,9 @@ class CtfParams:
                 f"low > high >= Nyquist {2 * self.pixel_size_a:.2f} Å; raise the high-resolution limit"
             )
         if not 0 < self.defocus_range_um[0] < self.defocus_range_um[1]:
-            raise ValueError(f"CtfParams: defocus_range_um={self.defocus_range_um} must be (min, max) with 0 < min < max")
+            raise ValueError(
+                f"CtfParams: defocus_range_um={self.defocus_range_um} must be (min, max) with 0 < min < max"
+            )
         if not 0 <= self.amplitude_contrast < 1:
             raise ValueError(f"CtfParams: amplitude_contrast={self.amplitude_contrast} must be in [0, 1)")
 
@@ -88,10 +90,18 @@ class CtfFit:
         return self.defocus_u_a - self.defocus_v_a
 
 
-def fit_from_components(mean_a: float, a1: float, a2: float, *, phase_shift_rad: float = 0.0,
-                        fit_resolution_a: float = float("nan"), score: float = float("nan")) -> CtfFit:
+def fit_from_components(
+    mean_a: float,
+    a1: float,
+    a2: float,
+    *,
+    phase_shift_rad: float = 0.0,
+    fit_resolution_a: float = float("nan"),
+    score: float = float("nan"),
+) -> CtfFit:
     """The CtfFit (u >= v, angle in [-90, 90), phase in [0, pi)) of a mean defocus and astigmatism
-    components ``(a1, a2) = (u - v) / 2 * (cos 2θ, sin 2θ)`` (Å)."""
+    components ``(a1, a2) = (u - v) / 2 * (cos 2θ, sin 2θ)`` (Å).
+    """
     half = math.hypot(a1, a2)
     angle = 0.5 * math.degrees(math.atan2(a2, a1)) if half > 0 else 0.0
     angle = (angle + 90.0) % 180.0 - 90.0
@@ -135,16 +145,29 @@ def search_defocus_1d(
     lam = electron_wavelength_a(params.voltage_kv)
     lo_df, hi_df = defocus_range_a or (params.defocus_range_um[0] * 1e4, params.defocus_range_um[1] * 1e4)
     step = 0.1 / (lam * kmax**2)  # Å: ring phase at kmax moves by 0.1*pi per step
-    phases = torch.arange(0.0, math.pi, math.pi / 12, dtype=torch.float64, device=dev) if params.fit_phase \
+    phases = (
+        torch.arange(0.0, math.pi, math.pi / 12, dtype=torch.float64, device=dev)
+        if params.fit_phase
         else torch.zeros(1, dtype=torch.float64, device=dev)
+    )
 
     def scores(dfs: torch.Tensor, phs: torch.Tensor) -> torch.Tensor:
         df = dfs[:, None].expand(-1, phs.numel()).reshape(-1)
         ph = phs[None, :].expand(dfs.numel(), -1).reshape(-1)
-        lo, hi = ring_window(n, pixel_size_a=params.pixel_size_a, defocus_a=df, voltage_kv=params.voltage_kv,
-                             cs_mm=params.cs_mm)
-        model = ctf_1d(k, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm, amplitude_contrast=params.amplitude_contrast,
-                       defocus_a=df[:, None], phase_shift_rad=ph[:, None]) ** 2
+        lo, hi = ring_window(
+            n, pixel_size_a=params.pixel_size_a, defocus_a=df, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm
+        )
+        model = (
+            ctf_1d(
+                k,
+                voltage_kv=params.voltage_kv,
+                cs_mm=params.cs_mm,
+                amplitude_contrast=params.amplitude_contrast,
+                defocus_a=df[:, None],
+                phase_shift_rad=ph[:, None],
+            )
+            ** 2
+        )
         obs = normalise_profile(profile.expand_as(model), counts, lo, hi)
         mod = normalise_profile(model, counts, lo, hi)
         return pearson(obs, mod, w.expand_as(model)).reshape(dfs.numel(), phs.numel())
@@ -161,8 +184,13 @@ def search_defocus_1d(
 
 
 def refine_2d(
-    spectrum: torch.Tensor, params: CtfParams, *, mean_defocus_a: float, phase_rad: float = 0.0,
-    astigmatism_starts: list[tuple[float, float]] = (), max_iter: int = 60,
+    spectrum: torch.Tensor,
+    params: CtfParams,
+    *,
+    mean_defocus_a: float,
+    phase_rad: float = 0.0,
+    astigmatism_starts: list[tuple[float, float]] = (),
+    max_iter: int = 60,
 ) -> tuple[float, float, float, float, float]:
     """2-D refinement -> (mean defocus Å, a1 Å, a2 Å, phase rad, correlation).
 
@@ -202,7 +230,8 @@ def _unpack(v: torch.Tensor, start: torch.Tensor, params: CtfParams) -> tuple[to
 
 def _lbfgs(loss_fn, max_iter: int, device: torch.device) -> list[float]:
     """Minimise ``loss_fn(v)`` over 4 scaled parameters from 0: scipy's L-BFGS-B on torch autograd
-    gradients (only the 4 numbers leave the device)."""
+    gradients (only the 4 numbers leave the device).
+    """
     from scipy.optimize import minimize  # lazy: keeps `import tiltflow.core` light
 
     def value_and_grad(v):
@@ -211,8 +240,14 @@ def _lbfgs(loss_fn, max_iter: int, device: torch.device) -> list[float]:
         (grad,) = torch.autograd.grad(loss, t)
         return float(loss.detach()), grad.detach().cpu().numpy()
 
-    res = minimize(value_and_grad, x0=[0.0] * 4, jac=True, method="L-BFGS-B",
-                   bounds=[(-20.0, 20.0)] * 3 + [(-4.0, 4.0)], options={"maxiter": max_iter})
+    res = minimize(
+        value_and_grad,
+        x0=[0.0] * 4,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(-20.0, 20.0)] * 3 + [(-4.0, 4.0)],
+        options={"maxiter": max_iter},
+    )
     return list(res.x)
 
 
@@ -232,7 +267,9 @@ def search_defocus_local(
     _, a1, a2 = fit_components(fit)
 
     def scores(m: torch.Tensor) -> torch.Tensor:
-        return grid_scores(ann, m, torch.full_like(m, a1), torch.full_like(m, a2), torch.full_like(m, fit.phase_shift_rad))
+        return grid_scores(
+            ann, m, torch.full_like(m, a1), torch.full_like(m, a2), torch.full_like(m, fit.phase_shift_rad)
+        )
 
     # every 4th point of the fine grid first, then the fine grid around the best of those
     m = torch.arange(mean_defocus_a - halfwidth_a, mean_defocus_a + halfwidth_a + step, step, dtype=f64, device=dev)
@@ -248,7 +285,7 @@ def search_defocus_local(
 
 
 def fit_ctf_spectrum(
-    spectrum: torch.Tensor,             # (n, n//2+1) power, rfft layout
+    spectrum: torch.Tensor,  # (n, n//2+1) power, rfft layout
     params: CtfParams,
     *,
     initial: CtfFit | None = None,
@@ -271,4 +308,3 @@ def fit_ctf_spectrum(
     fit = fit_from_components(m, a1, a2, phase_shift_rad=ph if params.fit_phase else 0.0, score=score)
     fit.fit_resolution_a = fit_resolution_a(spectrum, params, fit)
     return fit
-

@@ -65,7 +65,11 @@ def ctf_2d(
     ph = torch.as_tensor(phase_shift_rad, dtype=torch.float64, device=kx.device)
     batch = torch.broadcast_shapes(du.shape, dv.shape, da.shape, ph.shape)
     expand = (...,) + (None, None)
-    df = defocus_at_azimuth(du[expand], dv[expand], da[expand], azimuth) if batch else defocus_at_azimuth(du, dv, da, azimuth)
+    df = (
+        defocus_at_azimuth(du[expand], dv[expand], da[expand], azimuth)
+        if batch
+        else defocus_at_azimuth(du, dv, da, azimuth)
+    )
     lam = electron_wavelength_a(voltage_kv)
     cs_a = cs_mm * 1e7
     chi = math.pi * lam * df * k2 - 0.5 * math.pi * cs_a * lam**3 * k2**2

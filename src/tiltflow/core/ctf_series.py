@@ -51,8 +51,14 @@ from tiltflow.core.ctf_trend import (
 from tiltflow.core.fourier import frequency_grid_2d
 
 __all__ = [
-    "SeriesRefinement", "SeriesTrend", "fit_components", "fit_ctf_with_prior", "fit_from_components",
-    "fit_series_astigmatism", "refine_series", "series_trend",
+    "SeriesRefinement",
+    "SeriesTrend",
+    "fit_components",
+    "fit_ctf_with_prior",
+    "fit_from_components",
+    "fit_series_astigmatism",
+    "refine_series",
+    "series_trend",
 ]
 
 
@@ -63,7 +69,8 @@ class SeriesTrend:
     ``sigma_a``: robust scatter about the trend of the most precise tilts (Å); ``astigmatism_a``:
     the series' ``(a1, a2)`` (Å); ``phase_shift_rad``: the series' phase shift; ``strength`` (t,):
     after ``refine_series``, each tilt's ring evidence near the trend (robust z over the defocus
-    range; noise alone reaches about 3-4), else None."""
+    range; noise alone reaches about 3-4), else None.
+    """
 
     defocus_a: torch.Tensor
     sigma_a: float
@@ -82,7 +89,8 @@ class SeriesTrend:
 @dataclass
 class SeriesRefinement:
     """``refine_series``'s result: the fits (t,) (unchanged ones are the input objects), the trend,
-    and the spectra of the changed tilts (index -> (n, n//2+1)), for pictures and profiles."""
+    and the spectra of the changed tilts (index -> (n, n//2+1)), for pictures and profiles.
+    """
 
     fits: list[CtfFit]
     trend: SeriesTrend
@@ -90,13 +98,13 @@ class SeriesRefinement:
 
 
 def series_trend(
-    mean_defocus_a,                      # (t,) per-tilt mean defocus, Å
-    astigmatism_a,                       # (t, 2) per-tilt (a1, a2), Å
-    tilt_angles_deg,                     # (t,) degrees
-    acquisition_order,                   # (t,) any increasing numbering of the acquisition
+    mean_defocus_a,  # (t,) per-tilt mean defocus, Å
+    astigmatism_a,  # (t, 2) per-tilt (a1, a2), Å
+    tilt_angles_deg,  # (t,) degrees
+    acquisition_order,  # (t,) any increasing numbering of the acquisition
     *,
-    phase_shift_rad=None,                # (t,) radians, or None
-    scores=None,                         # (t,) fit scores (higher: more reliable), or None
+    phase_shift_rad=None,  # (t,) radians, or None
+    scores=None,  # (t,) fit scores (higher: more reliable), or None
     bandwidth_a: float = 1000.0,
     min_sigma_a: float = 150.0,
     refit_sigmas: float = 2.5,
@@ -110,14 +118,17 @@ def series_trend(
     order = torch.as_tensor(acquisition_order, dtype=torch.float64).reshape(-1)
     t = m.numel()
     if not (astig.shape[0] == theta.numel() == order.numel() == t):
-        raise ValueError(f"series_trend: {t} defoci, {astig.shape[0]} astigmatisms, {theta.numel()} angles and "
-                         f"{order.numel()} acquisition orders — pass one of each per tilt")
+        raise ValueError(
+            f"series_trend: {t} defoci, {astig.shape[0]} astigmatisms, {theta.numel()} angles and "
+            f"{order.numel()} acquisition orders — pass one of each per tilt"
+        )
     w_tilt = torch.cos(theta) ** 2
     score = torch.ones_like(m) if scores is None else torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
     precision = w_tilt * torch.nan_to_num(score, nan=0.0).clamp_min(0.0) ** 2  # ~ 1 / variance of each fit
     # 1) the mode of the mean defocus (weighted kernel density) picks the consistent majority
-    grid = torch.arange(float(m.min()) - bandwidth_a, float(m.max()) + bandwidth_a, bandwidth_a / 20,
-                        dtype=torch.float64)
+    grid = torch.arange(
+        float(m.min()) - bandwidth_a, float(m.max()) + bandwidth_a, bandwidth_a / 20, dtype=torch.float64
+    )
     density = (w_tilt * torch.exp(-0.5 * ((grid[:, None] - m[None]) / bandwidth_a) ** 2)).sum(1)
     centre = float(grid[int(density.argmax())])
     near = (m - centre).abs() <= 3 * bandwidth_a
@@ -147,30 +158,44 @@ def series_trend(
 
 def _score_2d(spectrum: torch.Tensor, params: CtfParams, fit: CtfFit) -> float:
     """Pearson correlation of the background-subtracted spectrum with ctf^2 over the fit annulus
-    (the score ``ctf_fit`` reports)."""
+    (the score ``ctf_fit`` reports).
+    """
     n = spectrum.shape[-2]
     ky, kx = frequency_grid_2d((n, n), device=spectrum.device)
     k = torch.sqrt(kx.to(torch.float64) ** 2 + ky.to(torch.float64) ** 2) / params.pixel_size_a
     low, high = params.resolution_range_a
     band = (k >= 1.0 / low) & (k <= 1.0 / high)
-    norm = subtract_background(spectrum, pixel_size_a=params.pixel_size_a, defocus_a=fit.defocus_mean_a,
-                               voltage_kv=params.voltage_kv, cs_mm=params.cs_mm)
-    model = ctf_2d((n, n), pixel_size_a=params.pixel_size_a, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
-                   amplitude_contrast=params.amplitude_contrast, defocus_u_a=fit.defocus_u_a,
-                   defocus_v_a=fit.defocus_v_a, astigmatism_angle_deg=fit.astigmatism_angle_deg,
-                   phase_shift_rad=fit.phase_shift_rad, device=spectrum.device).square()
+    norm = subtract_background(
+        spectrum,
+        pixel_size_a=params.pixel_size_a,
+        defocus_a=fit.defocus_mean_a,
+        voltage_kv=params.voltage_kv,
+        cs_mm=params.cs_mm,
+    )
+    model = ctf_2d(
+        (n, n),
+        pixel_size_a=params.pixel_size_a,
+        voltage_kv=params.voltage_kv,
+        cs_mm=params.cs_mm,
+        amplitude_contrast=params.amplitude_contrast,
+        defocus_u_a=fit.defocus_u_a,
+        defocus_v_a=fit.defocus_v_a,
+        astigmatism_angle_deg=fit.astigmatism_angle_deg,
+        phase_shift_rad=fit.phase_shift_rad,
+        device=spectrum.device,
+    ).square()
     x, y = norm[band].to(torch.float64), model[band].to(torch.float64)
     return float(pearson(x, y, torch.ones_like(x)))
 
 
 def fit_ctf_with_prior(
-    spectrum: torch.Tensor,              # (n, n//2+1) power, rfft layout (tilt-aware, rescaled to the prior)
+    spectrum: torch.Tensor,  # (n, n//2+1) power, rfft layout (tilt-aware, rescaled to the prior)
     params: CtfParams,
     *,
-    prior_defocus_a: float,              # expected mean defocus (the series trend), Å
-    prior_sigma_a: float,                # its uncertainty, Å
-    astigmatism_a: tuple[float, float] = (0.0, 0.0),   # (a1, a2) held fixed, Å
-    phase_shift_rad: float | None = None,               # None: searched when params.fit_phase
+    prior_defocus_a: float,  # expected mean defocus (the series trend), Å
+    prior_sigma_a: float,  # its uncertainty, Å
+    astigmatism_a: tuple[float, float] = (0.0, 0.0),  # (a1, a2) held fixed, Å
+    phase_shift_rad: float | None = None,  # None: searched when params.fit_phase
     outlier_fraction: float = 0.005,
     z_weight: float = 1.5,
     z_floor: float | None = None,
@@ -178,7 +203,9 @@ def fit_ctf_with_prior(
     """Mean defocus of one tilt given the series' expectation (module docstring, step 2)."""
     n = spectrum.shape[-2]
     if spectrum.ndim != 2 or spectrum.shape[-1] != n // 2 + 1:
-        raise ValueError(f"fit_ctf_with_prior: expected an (n, n//2+1) rfft power spectrum, got {tuple(spectrum.shape)}")
+        raise ValueError(
+            f"fit_ctf_with_prior: expected an (n, n//2+1) rfft power spectrum, got {tuple(spectrum.shape)}"
+        )
     if prior_sigma_a <= 0:
         raise ValueError(f"fit_ctf_with_prior: prior_sigma_a={prior_sigma_a} must be > 0")
     dev, f64 = spectrum.device, torch.float64
@@ -197,9 +224,11 @@ def fit_ctf_with_prior(
 
     def log_posterior(dfs: torch.Tensor, med: float, sd: float) -> torch.Tensor:
         z = (profile_scores(profile, counts, params, dfs, phases) - med) / sd
-        if z_floor is not None:   # a matched filter's log-likelihood; peaks no higher than a ring-less
-            z = 0.5 * (z - z_floor).clamp_min(0.0) ** 2   # curve's (about z_floor) pull nothing
-        gauss = torch.exp(-0.5 * ((dfs - prior_defocus_a) / prior_sigma_a) ** 2) / (prior_sigma_a * math.sqrt(2 * math.pi))
+        if z_floor is not None:  # a matched filter's log-likelihood; peaks no higher than a ring-less
+            z = 0.5 * (z - z_floor).clamp_min(0.0) ** 2  # curve's (about z_floor) pull nothing
+        gauss = torch.exp(-0.5 * ((dfs - prior_defocus_a) / prior_sigma_a) ** 2) / (
+            prior_sigma_a * math.sqrt(2 * math.pi)
+        )
         prior = (1.0 - outlier_fraction) * gauss + outlier_fraction / max(hi_df - lo_df, step)
         return z_weight * z + torch.log(prior)
 
@@ -214,7 +243,9 @@ def fit_ctf_with_prior(
     if abs(centre - prior_defocus_a) <= 3.0 * prior_sigma_a:
         # within the prior's reach: the posterior mean over it (a tilt without rings stays near the trend)
         half = 4.0 * prior_sigma_a
-        fine = torch.arange(prior_defocus_a - half, prior_defocus_a + half, step / 20, dtype=f64, device=dev).clamp(lo_df, hi_df)
+        fine = torch.arange(prior_defocus_a - half, prior_defocus_a + half, step / 20, dtype=f64, device=dev).clamp(
+            lo_df, hi_df
+        )
         post_f = log_posterior(fine, med, sd)
         weight = torch.exp(post_f - post_f.max())
         mean = float((weight * fine).sum() / weight.sum())
@@ -226,20 +257,28 @@ def fit_ctf_with_prior(
         if 0 < i < fine.numel() - 1:  # parabola through the best point and its neighbours
             denom = float(post_f[i - 1] - 2 * post_f[i] + post_f[i + 1])
             if denom < 0:
-                mean += max(-1.0, min(1.0, 0.5 * float(post_f[i - 1] - post_f[i + 1]) / denom)) * float(fine[1] - fine[0])
+                mean += max(-1.0, min(1.0, 0.5 * float(post_f[i - 1] - post_f[i + 1]) / denom)) * float(
+                    fine[1] - fine[0]
+                )
     phase = float(phases[0])
     if phases.numel() > 1:
-        best = [float(profile_scores(profile, counts, params, torch.tensor([mean], dtype=f64, device=dev),
-                                      phases[j : j + 1])[0]) for j in range(phases.numel())]
+        best = [
+            float(
+                profile_scores(profile, counts, params, torch.tensor([mean], dtype=f64, device=dev), phases[j : j + 1])[
+                    0
+                ]
+            )
+            for j in range(phases.numel())
+        ]
         phase = float(phases[max(range(len(best)), key=best.__getitem__)])
     return _finish(fit_from_components(mean, a1, a2, phase_shift_rad=phase), spectrum, params)
 
 
 def fit_series_astigmatism(
-    spectra: list[torch.Tensor],         # each (n, n//2+1), tilt-aware, rescaled near its fit
+    spectra: list[torch.Tensor],  # each (n, n//2+1), tilt-aware, rescaled near its fit
     params: CtfParams,
     *,
-    mean_defocus_a: list[float],         # per spectrum, Å
+    mean_defocus_a: list[float],  # per spectrum, Å
     phase_shift_rad: list[float] | None = None,
     start: tuple[float, float] = (0.0, 0.0),
     max_shift_a: float = 2000.0,
@@ -247,13 +286,14 @@ def fit_series_astigmatism(
 ) -> tuple[tuple[float, float], list[float]]:
     """One astigmatism ``(a1, a2)`` shared by several tilts (each with its own mean defocus):
     L-BFGS of the summed 2-D Pearson correlations with ``ctf^2`` over the fit annulus (Warp fits
-    the astigmatism of a tilt series this way). Returns ((a1, a2) Å, mean defoci Å)."""
+    the astigmatism of a tilt series this way). Returns ((a1, a2) Å, mean defoci Å).
+    """
     from scipy.optimize import minimize  # lazy, as in ctf_fit
 
     if not spectra or len(spectra) != len(mean_defocus_a):
         raise ValueError(f"fit_series_astigmatism: {len(spectra)} spectra, {len(mean_defocus_a)} defoci — one each")
     dev = spectra[0].device
-    anns = [annulus(s, params, m) for s, m in zip(spectra, mean_defocus_a)]
+    anns = [annulus(s, params, m) for s, m in zip(spectra, mean_defocus_a, strict=False)]
     phases = phase_shift_rad or [0.0] * len(spectra)
     base = torch.tensor([*start, *mean_defocus_a], dtype=torch.float64, device=dev)
     unit = 1000.0  # optimiser unit, Å
@@ -263,8 +303,17 @@ def fit_series_astigmatism(
         total = torch.zeros((), dtype=torch.float64, device=dev)
         for j, ann in enumerate(anns):
             df = x[2 + j] + x[0] * torch.cos(2 * ann.az) + x[1] * torch.sin(2 * ann.az)
-            model = ctf_1d(ann.k, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
-                           amplitude_contrast=params.amplitude_contrast, defocus_a=df, phase_shift_rad=phases[j]) ** 2
+            model = (
+                ctf_1d(
+                    ann.k,
+                    voltage_kv=params.voltage_kv,
+                    cs_mm=params.cs_mm,
+                    amplitude_contrast=params.amplitude_contrast,
+                    defocus_a=df,
+                    phase_shift_rad=phases[j],
+                )
+                ** 2
+            )
             total = total - pearson(model, ann.y, torch.ones_like(model))
         return total
 
@@ -277,8 +326,14 @@ def fit_series_astigmatism(
     half = 0.5 * params.max_astigmatism_a / unit
     bounds = [(-half - start[0] / unit, half - start[0] / unit), (-half - start[1] / unit, half - start[1] / unit)]
     bounds += [(-max_shift_a / unit, max_shift_a / unit)] * len(spectra)
-    res = minimize(value_and_grad, x0=[0.0] * (2 + len(spectra)), jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"maxiter": max_iter})
+    res = minimize(
+        value_and_grad,
+        x0=[0.0] * (2 + len(spectra)),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": max_iter},
+    )
     x = base.cpu() + unit * torch.as_tensor(res.x, dtype=torch.float64)
     return (float(x[0]), float(x[1])), [float(m) for m in x[2:]]
 
@@ -297,11 +352,11 @@ def _phases(params: CtfParams, phase_shift_rad: float) -> torch.Tensor:
 
 def refine_series(
     fits: list[CtfFit],
-    spectrum_of,                          # (i, reference (u, v, angle)) -> (n, n//2+1) tilt-aware spectrum of tilt i
+    spectrum_of,  # (i, reference (u, v, angle)) -> (n, n//2+1) tilt-aware spectrum of tilt i
     params: CtfParams,
     *,
-    tilt_angles_deg,                     # (t,) degrees
-    acquisition_order,                   # (t,)
+    tilt_angles_deg,  # (t,) degrees
+    acquisition_order,  # (t,)
     joint_tilts: int = 8,
     min_sigma_a: float = 150.0,
     max_slope_a_per_deg: float = 150.0,
@@ -315,11 +370,19 @@ def refine_series(
     trend in tilt angle from the summed evidence of all tilts (``ctf_trend``) and one astigmatism
     fitted jointly on the ``joint_tilts`` strongest tilts at their peaks near the trend; finally every
     tilt re-fitted by ``fit_ctf_with_prior`` (trend as prior, the series' astigmatism) on its
-    spectrum rescaled to the trend. Fewer than 4 tilts: returned as they are."""
+    spectrum rescaled to the trend. Fewer than 4 tilts: returned as they are.
+    """
     comps = torch.tensor([fit_components(f) for f in fits], dtype=torch.float64).reshape(-1, 3)
     phases = [f.phase_shift_rad for f in fits] if params.fit_phase else None
-    trend = series_trend(comps[:, 0], comps[:, 1:], tilt_angles_deg, acquisition_order, phase_shift_rad=phases,
-                         scores=[f.score for f in fits], min_sigma_a=min_sigma_a)
+    trend = series_trend(
+        comps[:, 0],
+        comps[:, 1:],
+        tilt_angles_deg,
+        acquisition_order,
+        phase_shift_rad=phases,
+        scores=[f.score for f in fits],
+        min_sigma_a=min_sigma_a,
+    )
     out = list(fits)
     if len(fits) < 4:
         trend.refit[:] = False
@@ -330,35 +393,56 @@ def refine_series(
     spectra: dict[int, torch.Tensor] = {}
     refs: dict[int, tuple[float, float, float]] = {}
 
-    def update_spectra() -> None:   # re-rescale the tiles of tilts whose reference moved by > refresh_a
+    def update_spectra() -> None:  # re-rescale the tiles of tilts whose reference moved by > refresh_a
         for i in range(len(fits)):
             ref = trend.reference(i)
-            if i not in refs or max(abs(a - b) for a, b in zip(ref[:2], refs[i][:2])) > refresh_a:
+            if i not in refs or max(abs(a - b) for a, b in zip(ref[:2], refs[i][:2], strict=False)) > refresh_a:
                 spectra[i], refs[i] = spectrum_of(i, ref), ref
 
     for _ in range(rounds):
         update_spectra()
-        evidence = defocus_evidence([spectra[i] for i in range(len(fits))], params,
-                                    references=[refs[i] for i in range(len(fits))], defocus_grid_a=grid,
-                                    phases_rad=_phases(params, trend.phase_shift_rad))
-        found = fit_defocus_trend(evidence, grid, tilt_angles_deg, acquisition_order,
-                                  max_slope_a_per_deg=max_slope_a_per_deg,
-                                  jitters_a=tuple(min_sigma_a * f for f in (1.0, 5 / 3, 8 / 3, 16 / 3)))
+        evidence = defocus_evidence(
+            [spectra[i] for i in range(len(fits))],
+            params,
+            references=[refs[i] for i in range(len(fits))],
+            defocus_grid_a=grid,
+            phases_rad=_phases(params, trend.phase_shift_rad),
+        )
+        found = fit_defocus_trend(
+            evidence,
+            grid,
+            tilt_angles_deg,
+            acquisition_order,
+            max_slope_a_per_deg=max_slope_a_per_deg,
+            jitters_a=tuple(min_sigma_a * f for f in (1.0, 5 / 3, 8 / 3, 16 / 3)),
+        )
         trend.defocus_a, trend.sigma_a = found.defocus_a.clone(), found.sigma_a
         trend.consistent = (found.peak_a - found.defocus_a).abs() <= 2.0 * found.sigma_a
         trend.strength = found.strength.clone()
-        chosen = [i for i in found.strength.argsort(descending=True).tolist()[:joint_tilts]
-                  if bool(trend.consistent[i])]
+        chosen = [
+            i for i in found.strength.argsort(descending=True).tolist()[:joint_tilts] if bool(trend.consistent[i])
+        ]
         if len(chosen) >= 2 and params.astigmatism:
             trend.astigmatism_a, _ = fit_series_astigmatism(
-                [spectra[i] for i in chosen], params, mean_defocus_a=[float(found.peak_a[i]) for i in chosen],
-                phase_shift_rad=[trend.phase_shift_rad] * len(chosen), start=trend.astigmatism_a,
-                max_shift_a=max(2.0 * found.sigma_a, 300.0))
+                [spectra[i] for i in chosen],
+                params,
+                mean_defocus_a=[float(found.peak_a[i]) for i in chosen],
+                phase_shift_rad=[trend.phase_shift_rad] * len(chosen),
+                start=trend.astigmatism_a,
+                max_shift_a=max(2.0 * found.sigma_a, 300.0),
+            )
     update_spectra()
     trend.refit[:] = True
     sigma = max(trend.sigma_a, min_sigma_a)
     for i in range(len(fits)):
-        out[i] = fit_ctf_with_prior(spectra[i], params, prior_defocus_a=float(trend.defocus_a[i]), prior_sigma_a=sigma,
-                                    astigmatism_a=trend.astigmatism_a, z_weight=z_weight, z_floor=z_floor,
-                                    phase_shift_rad=trend.phase_shift_rad if params.fit_phase else None)
+        out[i] = fit_ctf_with_prior(
+            spectra[i],
+            params,
+            prior_defocus_a=float(trend.defocus_a[i]),
+            prior_sigma_a=sigma,
+            astigmatism_a=trend.astigmatism_a,
+            z_weight=z_weight,
+            z_floor=z_floor,
+            phase_shift_rad=trend.phase_shift_rad if params.fit_phase else None,
+        )
     return SeriesRefinement(out, trend, dict(spectra))

@@ -46,16 +46,15 @@ def tile_grid(
     """Tile origins ``(ys, xs)`` and tile centres ``(t, 2)`` (x, y) in 0-based raw pixel indices."""
     h, w = image_shape
     if window_px > min(h, w):
-        raise ValueError(
-            f"tile_grid: image {h}x{w} px is smaller than window_px={window_px}; pass a smaller window_px"
-        )
+        raise ValueError(f"tile_grid: image {h}x{w} px is smaller than window_px={window_px}; pass a smaller window_px")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"tile_grid: overlap={overlap} must be in [0, 1)")
     step = max(round(window_px * (1.0 - overlap)), 1)
     ys, xs = _tile_starts(h, window_px, step), _tile_starts(w, window_px, step)
     half = (window_px - 1) / 2.0
-    cy, cx = torch.meshgrid(torch.tensor(ys, dtype=torch.float64) + half,
-                            torch.tensor(xs, dtype=torch.float64) + half, indexing="ij")
+    cy, cx = torch.meshgrid(
+        torch.tensor(ys, dtype=torch.float64) + half, torch.tensor(xs, dtype=torch.float64) + half, indexing="ij"
+    )
     return ys, xs, torch.stack([cx.reshape(-1), cy.reshape(-1)], dim=-1)
 
 
@@ -85,7 +84,7 @@ def _reference_tuple(reference: Reference) -> tuple[float, float, float]:
 
 
 def tiled_power_spectrum(
-    image: torch.Tensor,                 # (h, w) one tilt image
+    image: torch.Tensor,  # (h, w) one tilt image
     *,
     window_px: int,
     pixel_size_a: float,
@@ -97,7 +96,7 @@ def tiled_power_spectrum(
     voltage_kv: float = 300.0,
     cs_mm: float = 2.7,
     chunk: int = 16,
-) -> torch.Tensor:                       # (window_px, window_px // 2 + 1) mean power, rfft layout
+) -> torch.Tensor:  # (window_px, window_px // 2 + 1) mean power, rfft layout
     """Average periodogram of tapered, mean-subtracted tiles (Welch), tilt-aware.
 
     A tile centred at raw pixel p sits at the defocus offset ``geometry.defocus_offset_a(p)`` from
@@ -111,8 +110,13 @@ def tiled_power_spectrum(
         raise ValueError(f"tiled_power_spectrum: expected one (h, w) image, got shape {tuple(image.shape)}")
     n = window_px
     ys, xs, centres = tile_grid(tuple(image.shape), window_px=n, overlap=overlap)
-    offsets = defocus_offset_a(centres, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
-                               pixel_size_a=pixel_size_a, image_shape=tuple(image.shape))
+    offsets = defocus_offset_a(
+        centres,
+        tilt_angle_deg=tilt_angle_deg,
+        tilt_axis_deg=tilt_axis_deg,
+        pixel_size_a=pixel_size_a,
+        image_shape=tuple(image.shape),
+    )
     keep = torch.ones_like(offsets, dtype=torch.bool)
     if max_offset_a is not None:
         keep = offsets.abs() <= max_offset_a
@@ -134,8 +138,8 @@ def tiled_power_spectrum(
         step_a = RESCALE_PHASE_STEP_RAD / (math.pi * electron_wavelength_a(voltage_kv) * (0.5 / pixel_size_a) ** 2)
         pos = offsets[chosen].to(torch.float64) / step_a
         floor = pos.floor()
-        used = torch.unique(torch.cat([floor, floor + 1.0]))       # bins holding tiles, sorted
-        lower = torch.searchsorted(used, floor).to(dev)            # index of a tile's lower bin
+        used = torch.unique(torch.cat([floor, floor + 1.0]))  # bins holding tiles, sorted
+        lower = torch.searchsorted(used, floor).to(dev)  # index of a tile's lower bin
         frac = (pos - floor).to(device=dev, dtype=torch.float32)
         bins = torch.zeros((used.numel(), n, n // 2 + 1), dtype=torch.float32, device=dev)
     for c0 in range(0, len(chosen), chunk):
@@ -171,11 +175,17 @@ def _rescale_setup(n, pixel_size_a, reference, voltage_kv, cs_mm, device) -> dic
     inv_k2 = torch.where(k2 > 0, 1.0 / k2.clamp_min(1e-30), torch.zeros_like(k2))
     c = defocus_phase(k2, df, wavelength_a=lam, cs_a=cs_a)
     b = 0.5 * math.pi * cs_a * lam**3
-    f32 = {"a": math.pi * lam * df, "four_bc": 4.0 * b * c, "two_c_inv_k2": 2.0 * c * inv_k2,
-           "gxy": torch.stack([kx * n / (n // 2) * 2.0, ky * n / (n - 1) * 2.0], dim=-1)}
+    f32 = {
+        "a": math.pi * lam * df,
+        "four_bc": 4.0 * b * c,
+        "two_c_inv_k2": 2.0 * c * inv_k2,
+        "gxy": torch.stack([kx * n / (n // 2) * 2.0, ky * n / (n - 1) * 2.0], dim=-1),
+    }
     out = {key: val.to(torch.float32) for key, val in f32.items()}
-    out.update(a_per_a=math.pi * lam,
-               g0=torch.tensor([-1.0, (n // 2) / (n - 1) * 2.0 - 1.0], dtype=torch.float32, device=device))
+    out.update(
+        a_per_a=math.pi * lam,
+        g0=torch.tensor([-1.0, (n // 2) / (n - 1) * 2.0 - 1.0], dtype=torch.float32, device=device),
+    )
     return out
 
 
@@ -185,12 +195,14 @@ def _rescale_tiles(power: torch.Tensor, offsets_a: torch.Tensor, setup: dict) ->
     The source radius solves chi(k_src; df + offset) = chi(k; df) (``matching_k2``, inlined here in
     float32 for speed); the source lies on the same azimuth, sampled bilinearly.
     """
-    a = setup["a"] + (setup["a_per_a"] * offsets_a.to(torch.float32))[:, None, None]   # (t, n, n//2+1)
+    a = setup["a"] + (setup["a_per_a"] * offsets_a.to(torch.float32))[:, None, None]  # (t, n, n//2+1)
     root = a.square().sub_(setup["four_bc"]).clamp_min_(0.0).sqrt_().add_(a)
-    ratio = torch.div(setup["two_c_inv_k2"], root, out=root).sqrt_()    # k_src / k = sqrt(k2_src / k2)
+    ratio = torch.div(setup["two_c_inv_k2"], root, out=root).sqrt_()  # k_src / k = sqrt(k2_src / k2)
     grid = (ratio[..., None] * setup["gxy"]).add_(setup["g0"])
     shifted = torch.fft.fftshift(power, dim=-2)[:, None]
-    return F.grid_sample(shifted, grid.to(power.dtype), mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
+    return F.grid_sample(shifted, grid.to(power.dtype), mode="bilinear", padding_mode="border", align_corners=True)[
+        :, 0
+    ]
 
 
 def pixel_radius(n: int, *, device=None) -> torch.Tensor:
@@ -221,8 +233,14 @@ def radial_bins(values: torch.Tensor, radius_px: torch.Tensor, n_bins: int) -> t
 
 
 def ring_window(
-    n: int, *, pixel_size_a: float, defocus_a: torch.Tensor | float, voltage_kv: float, cs_mm: float,
-    periods: float = 1.0, min_half_bins: int = 2,
+    n: int,
+    *,
+    pixel_size_a: float,
+    defocus_a: torch.Tensor | float,
+    voltage_kv: float,
+    cs_mm: float,
+    periods: float = 1.0,
+    min_half_bins: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bin ranges ``[lo, hi)`` ``(..., n//2+1)`` spanning ``periods`` Thon-ring periods around each bin."""
     nb = n // 2 + 1
@@ -230,10 +248,10 @@ def ring_window(
     df = torch.as_tensor(defocus_a, dtype=torch.float64)
     device = df.device
     i = torch.arange(nb, dtype=torch.float64, device=device)
-    s = i * i                                           # px^2
-    k2 = s / (n * pixel_size_a) ** 2                    # 1/Å^2
-    rate = lam * df[..., None] - cs_a * lam**3 * k2     # d(chi/pi)/d(k^2), Å
-    period = (n * pixel_size_a) ** 2 / rate.clamp_min(1e-3)   # px^2 per ring
+    s = i * i  # px^2
+    k2 = s / (n * pixel_size_a) ** 2  # 1/Å^2
+    rate = lam * df[..., None] - cs_a * lam**3 * k2  # d(chi/pi)/d(k^2), Å
+    period = (n * pixel_size_a) ** 2 / rate.clamp_min(1e-3)  # px^2 per ring
     half = 0.5 * periods * period
     lo = torch.searchsorted(s, (s - half).contiguous(), right=False)
     hi = torch.searchsorted(s, (s + half).contiguous(), right=True)
@@ -278,14 +296,14 @@ def normalise_profile(values, weights, lo, hi) -> torch.Tensor:
 
 
 def subtract_background(
-    spectrum: torch.Tensor,              # (n, n//2+1) power, rfft layout
+    spectrum: torch.Tensor,  # (n, n//2+1) power, rfft layout
     *,
     pixel_size_a: float,
     defocus_a: float,
     voltage_kv: float = 300.0,
     cs_mm: float = 2.7,
     periods: float = 1.0,
-) -> torch.Tensor:                       # (n, n//2+1) background-free, envelope-normalised
+) -> torch.Tensor:  # (n, n//2+1) background-free, envelope-normalised
     """Remove the smooth background and normalise the Thon-ring envelope.
 
     The rotational average is fitted, bin by bin, by a straight line in ``k^2`` over a window of
@@ -299,8 +317,14 @@ def subtract_background(
     nb = n // 2 + 1
     radius = pixel_radius(n, device=spectrum.device)
     profile, counts = radial_bins(spectrum, radius, nb)
-    lo, hi = ring_window(n, pixel_size_a=pixel_size_a, defocus_a=torch.tensor(float(defocus_a), device=spectrum.device),
-                         voltage_kv=voltage_kv, cs_mm=cs_mm, periods=periods)
+    lo, hi = ring_window(
+        n,
+        pixel_size_a=pixel_size_a,
+        defocus_a=torch.tensor(float(defocus_a), device=spectrum.device),
+        voltage_kv=voltage_kv,
+        cs_mm=cs_mm,
+        periods=periods,
+    )
     background = local_linear(profile, counts, lo, hi)
     resid2, _ = radial_bins((spectrum.to(torch.float64) - interp_profile(background, radius)) ** 2, radius, nb)
     rms = torch.sqrt(local_mean(resid2, counts, lo, hi).clamp_min(1e-30))

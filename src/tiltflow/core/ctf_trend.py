@@ -45,7 +45,8 @@ __all__ = ["DefocusTrend", "defocus_evidence", "equiphase_power", "fit_defocus_t
 def equiphase_power(spectrum: torch.Tensor, params: CtfParams, reference: tuple[float, float, float]):
     """Radial average (nb,) of the raw power ``(n, n//2+1)``, each pixel binned where a CTF of the
     reference's mean defocus has the phase the reference astigmatism (u, v, angle) gives it
-    -> (profile, counts)."""
+    -> (profile, counts).
+    """
     n = spectrum.shape[-2]
     nb = n // 2 + 1
     dev = spectrum.device
@@ -61,10 +62,12 @@ def equiphase_power(spectrum: torch.Tensor, params: CtfParams, reference: tuple[
     return radial_bins(spectrum, r_eq, nb)
 
 
-def profile_scores(profile, counts, params: CtfParams, defocus_a: torch.Tensor, phases: torch.Tensor,
-                   chunk: int = 512) -> torch.Tensor:
+def profile_scores(
+    profile, counts, params: CtfParams, defocus_a: torch.Tensor, phases: torch.Tensor, chunk: int = 512
+) -> torch.Tensor:
     """``ctf_fit``'s 1-D score (per-ring normalised Pearson with ctf^2 over the fit band) of a radial
-    profile (nb,) at every defocus (C,) Å, best over ``phases`` (rad) -> (C,)."""
+    profile (nb,) at every defocus (C,) Å, best over ``phases`` (rad) -> (C,).
+    """
     nb = profile.shape[-1]
     n = 2 * (nb - 1)
     dev = profile.device
@@ -74,13 +77,23 @@ def profile_scores(profile, counts, params: CtfParams, defocus_a: torch.Tensor, 
     out = []
     for c0 in range(0, defocus_a.numel(), chunk):
         df = defocus_a[c0 : c0 + chunk].to(device=dev, dtype=torch.float64)
-        lo, hi = ring_window(n, pixel_size_a=params.pixel_size_a, defocus_a=df, voltage_kv=params.voltage_kv,
-                             cs_mm=params.cs_mm)
+        lo, hi = ring_window(
+            n, pixel_size_a=params.pixel_size_a, defocus_a=df, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm
+        )
         obs = normalise_profile(profile.expand(df.numel(), -1), counts, lo, hi)
         best = torch.full((df.numel(),), -2.0, dtype=torch.float64, device=dev)
         for ph in phases.tolist():
-            model = ctf_1d(k, voltage_kv=params.voltage_kv, cs_mm=params.cs_mm,
-                           amplitude_contrast=params.amplitude_contrast, defocus_a=df[:, None], phase_shift_rad=ph) ** 2
+            model = (
+                ctf_1d(
+                    k,
+                    voltage_kv=params.voltage_kv,
+                    cs_mm=params.cs_mm,
+                    amplitude_contrast=params.amplitude_contrast,
+                    defocus_a=df[:, None],
+                    phase_shift_rad=ph,
+                )
+                ** 2
+            )
             mod = normalise_profile(model, counts, lo, hi)
             best = torch.maximum(best, pearson(obs, mod, w.expand_as(model)))
         out.append(best)
@@ -95,16 +108,16 @@ def robust_z(scores: torch.Tensor) -> torch.Tensor:
 
 
 def defocus_evidence(
-    spectra: list[torch.Tensor],          # t x (n, n//2+1) tilt-aware power spectra
+    spectra: list[torch.Tensor],  # t x (n, n//2+1) tilt-aware power spectra
     params: CtfParams,
     *,
-    references: list[tuple[float, float, float]],   # per tilt (u, v, angle): astigmatism of the average
-    defocus_grid_a: torch.Tensor,         # (C,) Å
-    phases_rad: torch.Tensor,             # (p,) candidate phase shifts
-) -> torch.Tensor:                        # (t, C) robust z-scores
+    references: list[tuple[float, float, float]],  # per tilt (u, v, angle): astigmatism of the average
+    defocus_grid_a: torch.Tensor,  # (C,) Å
+    phases_rad: torch.Tensor,  # (p,) candidate phase shifts
+) -> torch.Tensor:  # (t, C) robust z-scores
     """Each tilt's 1-D score along the defocus grid as a robust z-score (module docstring, step 1)."""
     rows = []
-    for spectrum, ref in zip(spectra, references):
+    for spectrum, ref in zip(spectra, references, strict=False):
         profile, counts = equiphase_power(spectrum, params, ref)
         rows.append(robust_z(profile_scores(profile, counts, params, defocus_grid_a.to(spectrum.device), phases_rad)))
     return torch.stack([r.cpu() for r in rows])
@@ -114,7 +127,8 @@ def defocus_evidence(
 class DefocusTrend:
     """``fit_defocus_trend``'s result, per tilt (t,): ``defocus_a`` the trend, ``peak_a`` the tilt's
     own best defocus within ``2 sigma_a`` of it, ``strength`` that peak's z-score; ``sigma_a`` the
-    most likely scatter of the tilts about the trend (Å)."""
+    most likely scatter of the tilts about the trend (Å).
+    """
 
     defocus_a: torch.Tensor
     peak_a: torch.Tensor
@@ -129,11 +143,18 @@ def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> float:
     return float(v[int(torch.searchsorted(cum, 0.5 * cum[-1]))])
 
 
-def robust_fit(columns: list[torch.Tensor], y: torch.Tensor, w0: torch.Tensor, min_sigma: float,
-               t_min: float = 4.0, iters: int = 20):
+def robust_fit(
+    columns: list[torch.Tensor],
+    y: torch.Tensor,
+    w0: torch.Tensor,
+    min_sigma: float,
+    t_min: float = 4.0,
+    iters: int = 20,
+):
     """Tukey-biweight IRLS fit of ``y ~ b0 + sum_j b_j columns[j]`` with relative precisions ``w0``
     -> (fitted (t,), scale of a unit-precision residual). Terms less significant than ``t_min``
-    standard errors are dropped, weakest first."""
+    standard errors are dropped, weakest first.
+    """
     used = w0 > 0
     p = w0 / w0.max().clamp_min(1e-30)
     cols = [c for c in columns if int(used.sum()) >= 3 + 3 * len(columns) and float(c[used].std()) > 0]
@@ -171,13 +192,20 @@ def _marginal(loglik: torch.Tensor, step_a: float, sigma_a: float, z_weight: flo
     return torch.log(smooth.clamp_min(1e-300)) + top
 
 
-def _line_search(m: torch.Tensor, grid: torch.Tensor, theta_deg: torch.Tensor, max_slope: float,
-                 slope_step: float, slope_sigma: float) -> tuple[float, float]:
+def _line_search(
+    m: torch.Tensor,
+    grid: torch.Tensor,
+    theta_deg: torch.Tensor,
+    max_slope: float,
+    slope_step: float,
+    slope_sigma: float,
+) -> tuple[float, float]:
     """(c0, c1) of the line ``c0 + c1 * tilt`` over the grid maximising ``sum_i m[i, line_i]`` plus
-    the slope's log prior ``-(c1 / slope_sigma)^2 / 2``."""
+    the slope's log prior ``-(c1 / slope_sigma)^2 / 2``.
+    """
     c, step = grid.numel(), float(grid[1] - grid[0])
     slopes = torch.arange(-max_slope, max_slope + 1e-9, slope_step, dtype=torch.float64)
-    floor = m.min(1).values                                                            # (t,) outside the grid
+    floor = m.min(1).values  # (t,) outside the grid
     total = torch.zeros(slopes.numel(), c, dtype=torch.float64)
     for i in range(m.shape[0]):
         idx = torch.arange(c)[None, :] + torch.round(slopes[:, None] * theta_deg[i] / step).long()
@@ -202,14 +230,20 @@ def _total(m: torch.Tensor, grid: torch.Tensor, design: torch.Tensor, coef) -> f
 
 def _refine(m, grid, design, start, scales, slope_sigma) -> tuple[list[float], float]:
     """Nelder-Mead of ``_total`` plus the slope's log prior over the coefficients (scaled by
-    ``scales``) from ``start``."""
+    ``scales``) from ``start``.
+    """
     from scipy.optimize import minimize  # lazy, as in ctf_fit
 
-    res = minimize(lambda v: 0.5 * (v[1] * scales[1] / slope_sigma) ** 2
-                   - _total(m, grid, design, [a * b for a, b in zip(v, scales)]),
-                   [a / b for a, b in zip(start, scales)], method="Nelder-Mead",
-                   options={"xatol": 1e-3, "fatol": 1e-3, "maxiter": 400})
-    return [a * b for a, b in zip(res.x, scales)], -float(res.fun)
+    res = minimize(
+        lambda v: (
+            0.5 * (v[1] * scales[1] / slope_sigma) ** 2
+            - _total(m, grid, design, [a * b for a, b in zip(v, scales, strict=False)])
+        ),
+        [a / b for a, b in zip(start, scales, strict=False)],
+        method="Nelder-Mead",
+        options={"xatol": 1e-3, "fatol": 1e-3, "maxiter": 400},
+    )
+    return [a * b for a, b in zip(res.x, scales, strict=False)], -float(res.fun)
 
 
 def _trend_at(m, grid, theta, extra, max_slope, min_gain, slope_sigma) -> tuple[torch.Tensor, float]:
@@ -228,10 +262,10 @@ def _trend_at(m, grid, theta, extra, max_slope, min_gain, slope_sigma) -> tuple[
 
 
 def fit_defocus_trend(
-    evidence: torch.Tensor,              # (t, C) robust z-scores (defocus_evidence)
-    defocus_grid_a: torch.Tensor,        # (C,) Å, evenly spaced
-    tilt_angles_deg,                     # (t,)
-    acquisition_order,                   # (t,)
+    evidence: torch.Tensor,  # (t, C) robust z-scores (defocus_evidence)
+    defocus_grid_a: torch.Tensor,  # (C,) Å, evenly spaced
+    tilt_angles_deg,  # (t,)
+    acquisition_order,  # (t,)
     *,
     z_weight: float = 1.0,
     noise_z: float = 3.0,
@@ -249,15 +283,18 @@ def fit_defocus_trend(
     maximises the summed marginal log-likelihoods plus a Gaussian log prior on the slope (width
     ``slope_sigma_a_per_deg``: a slope the few tilts with rings cannot pin down stays moderate): a
     line in tilt angle, plus the squared tilt and the acquisition order where either raises the
-    total by ``min_gain``."""
+    total by ``min_gain``.
+    """
     grid = defocus_grid_a.to(torch.float64).cpu()
     z = evidence.to(torch.float64).cpu()
     theta = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1)
     order = torch.as_tensor(acquisition_order, dtype=torch.float64).reshape(-1)
     t, c = z.shape
     if not (theta.numel() == order.numel() == t) or grid.numel() != c or c < 3:
-        raise ValueError(f"fit_defocus_trend: evidence {tuple(z.shape)}, grid {grid.numel()}, {theta.numel()} angles, "
-                         f"{order.numel()} acquisition orders — pass (t, C), (C,), (t,), (t,)")
+        raise ValueError(
+            f"fit_defocus_trend: evidence {tuple(z.shape)}, grid {grid.numel()}, {theta.numel()} angles, "
+            f"{order.numel()} acquisition orders — pass (t, C), (C,), (t,), (t,)"
+        )
     step = float(grid[1] - grid[0])
     extra = [theta * theta, order - order.mean()]
     best = None

@@ -20,12 +20,12 @@ from tiltflow.core.verdict import Verdict
 
 __all__ = ["RINGS_Z", "ctf_series_verdict"]
 
-RINGS_Z = 6.0   # ring evidence (robust z) a tilt needs to count as showing Thon rings
+RINGS_Z = 6.0  # ring evidence (robust z) a tilt needs to count as showing Thon rings
 
 
 def ctf_series_verdict(
-    strength,                          # (t,) ring evidence per tilt (SeriesTrend.strength); NaN: unknown
-    tilt_angles_deg,                   # (t,) degrees
+    strength,  # (t,) ring evidence per tilt (SeriesTrend.strength); NaN: unknown
+    tilt_angles_deg,  # (t,) degrees
     *,
     rings_z: float = RINGS_Z,
     min_tilts: int = 3,
@@ -33,7 +33,8 @@ def ctf_series_verdict(
     """failed: no tilt shows Thon rings (evidence < ``rings_z``); check: fewer than ``min_tilts``
     tilts do (the others follow the defocus trend through them), or none beyond half the tilt
     range does while more than two tilts lie beyond (their defocus is extrapolated); good
-    otherwise."""
+    otherwise.
+    """
     z = torch.as_tensor(strength, dtype=torch.float64).reshape(-1).cpu()
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).cpu()
     if z.numel() != angles.numel():
@@ -45,16 +46,31 @@ def ctf_series_verdict(
     best = int(z.argmax())
     with_rings = int((z >= rings_z).sum())
     if with_rings == 0:
-        return Verdict("failed", (f"no tilt shows Thon rings above the noise (strongest z {float(z[best]):.1f} "
-                                  f"at {float(angles[best]):.0f}°, rings need {rings_z:g}): the defocus values are "
-                                  "not supported by the data; check the dose, the CTF window and --ctf-range",))
+        return Verdict(
+            "failed",
+            (
+                f"no tilt shows Thon rings above the noise (strongest z {float(z[best]):.1f} "
+                f"at {float(angles[best]):.0f}°, rings need {rings_z:g}): the defocus values are "
+                "not supported by the data; check the dose, the CTF window and --ctf-range",
+            ),
+        )
     if with_rings < min(min_tilts, int(known.sum())):
-        return Verdict("check", (f"only {with_rings} of {int(known.sum())} tilts show Thon rings (z ≥ {rings_z:g}): "
-                                 "the others follow the series' defocus trend through them",))
+        return Verdict(
+            "check",
+            (
+                f"only {with_rings} of {int(known.sum())} tilts show Thon rings (z ≥ {rings_z:g}): "
+                "the others follow the series' defocus trend through them",
+            ),
+        )
     reach = float(angles[z >= rings_z].abs().max())
     beyond = int((known & (angles.abs() > reach + 1e-6)).sum())
     top = float(angles[known].abs().max())
     if reach < 0.5 * top and beyond > 2:
-        return Verdict("check", (f"no tilt beyond ±{reach:.0f}° shows Thon rings: the defocus of the {beyond} tilts up "
-                                 f"to ±{top:.0f}° is extrapolated from the trend of those within",))
+        return Verdict(
+            "check",
+            (
+                f"no tilt beyond ±{reach:.0f}° shows Thon rings: the defocus of the {beyond} tilts up "
+                f"to ±{top:.0f}° is extrapolated from the trend of those within",
+            ),
+        )
     return Verdict("good")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 SAMPLE_PIXELS = 1 << 18  # pixels per frame that set the statistics (SD to ~0.2 %)
-CHUNK_PIXELS = 1 << 21   # CPU work block (8 MB of float32): large temporaries cost page faults
+CHUNK_PIXELS = 1 << 21  # CPU work block (8 MB of float32): large temporaries cost page faults
 
 
 def row_chunk(h: int, w: int, device: torch.device) -> int:
@@ -35,7 +35,7 @@ def _robust_mean_sd(x: torch.Tensor, k_sigma: float) -> tuple[torch.Tensor, torc
     """Mean and SD of each row of ``x`` (b, n) after removing values above mean + k SD once."""
     x = x.to(torch.float64)
     mean, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True)  # float64: sums of 10^5+ values
-    keep = x <= mean + k_sigma * std            # one trim pass: the outliers inflate the first SD
+    keep = x <= mean + k_sigma * std  # one trim pass: the outliers inflate the first SD
     n = keep.sum(-1, keepdim=True).clamp_min(2)
     mean = (x * keep).sum(-1, keepdim=True) / n
     std = torch.sqrt(((x - mean) ** 2 * keep).sum(-1, keepdim=True) / (n - 1))
@@ -50,8 +50,8 @@ class BrightOutliers:
     ``fill`` (t,) is each frame's mean without its outliers, the replacement value.
     """
 
-    threshold: torch.Tensor   # (t,) counts
-    fill: torch.Tensor        # (t,) counts
+    threshold: torch.Tensor  # (t,) counts
+    fill: torch.Tensor  # (t,) counts
     persistent: torch.Tensor  # (n,) int64 flat indices y * w + x, sorted
     width: int
 
@@ -67,11 +67,10 @@ class BrightOutliers:
         lo, hi = torch.searchsorted(self.persistent, bounds).tolist()
         return self.persistent[lo:hi] - row0 * self.width
 
-    def clean(
-        self, block: torch.Tensor, index: int, row0: int, *, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def clean(self, block: torch.Tensor, index: int, row0: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """A float32 copy of ``block`` (rows of frame ``index`` from ``row0``) with outliers filled
-        (written into ``out`` when given)."""
+        (written into ``out`` when given).
+        """
         out = block.to(torch.float32, copy=True) if out is None else out.copy_(block)
         fill = self.fill[index]
         out.masked_fill_(out > self.threshold[index], fill)
@@ -80,14 +79,14 @@ class BrightOutliers:
 
 
 def find_bright_outliers(
-    frames: torch.Tensor,                # (t, h, w) gain-corrected counts
+    frames: torch.Tensor,  # (t, h, w) gain-corrected counts
     *,
     k_sigma: float = 10.0,
 ) -> BrightOutliers:
     """Thresholds, fill values and persistent hot pixels of a movie (see the module doc)."""
     t, h, w = frames.shape
     step = max(1, math.ceil(h * w / SAMPLE_PIXELS))
-    sample = frames[:, ::step]                                      # a view: every step-th row
+    sample = frames[:, ::step]  # a view: every step-th row
     mean, std = _robust_mean_sd(sample.reshape(t, -1), k_sigma)
     threshold = (mean + k_sigma * std).to(torch.float32)
     x = sample.reshape(t, -1).to(torch.float32)
@@ -108,12 +107,13 @@ def find_bright_outliers(
 
 
 def bright_outlier_mask(
-    frames: torch.Tensor,                # (t, h, w) gain-corrected counts
+    frames: torch.Tensor,  # (t, h, w) gain-corrected counts
     *,
     k_sigma: float = 10.0,
-) -> torch.Tensor:                       # (t, h, w) bool
+) -> torch.Tensor:  # (t, h, w) bool
     """Pixels more than ``k_sigma`` robust SDs above their frame's mean, or whose sum over frames is
-    (persistent hot pixels, each frame only mildly high)."""
+    (persistent hot pixels, each frame only mildly high).
+    """
     model = find_bright_outliers(frames, k_sigma=k_sigma)
     mask = (frames if frames.is_floating_point() else frames.float()) > model.threshold[:, None, None]
     mask.view(frames.shape[0], -1)[:, model.persistent] = True

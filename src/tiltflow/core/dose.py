@@ -21,7 +21,8 @@ from tiltflow.core.motion_sum import critical_exposure_e_a2
 
 def view_exposure_e_a2(dose_prior_e_a2, dose_e_a2, *, at: str = "mid") -> torch.Tensor:
     """Exposure ``(t,)`` e/Å² of views with these prior and own doses: mid-exposure ``prior + dose / 2``
-    (``at="mid"``) or the accumulated dose ``prior + dose`` (``at="end"``)."""
+    (``at="mid"``) or the accumulated dose ``prior + dose`` (``at="end"``).
+    """
     if at not in ("mid", "end"):
         raise ValueError(f"dose weighting: at must be 'mid' or 'end', got {at!r}")
     prior = torch.as_tensor(dose_prior_e_a2, dtype=torch.float64).reshape(-1)
@@ -32,13 +33,13 @@ def view_exposure_e_a2(dose_prior_e_a2, dose_e_a2, *, at: str = "mid") -> torch.
 
 
 def exposure_filter_2d(
-    shape: tuple[int, int],              # (h, w) of the views
-    exposure_e_a2,                       # (t,) e/Å² per view
+    shape: tuple[int, int],  # (h, w) of the views
+    exposure_e_a2,  # (t,) e/Å² per view
     *,
     pixel_size_a: float,
     voltage_kv: float,
     device: torch.device | str | None = None,
-) -> torch.Tensor:                       # (t, h, w // 2 + 1) float32, rfft2 layout
+) -> torch.Tensor:  # (t, h, w // 2 + 1) float32, rfft2 layout
     """``exp(-N_i / (2 Ne(k)))`` per view (module docstring); 1 at k = 0."""
     if not pixel_size_a > 0:
         raise ValueError(f"dose weighting: pixel_size_a must be > 0 Å/px, got {pixel_size_a}")
@@ -52,12 +53,12 @@ def exposure_filter_2d(
 
 
 def dose_weight_views(
-    views: torch.Tensor,                 # (t, h, w)
-    exposure_e_a2,                       # (t,) e/Å² per view
+    views: torch.Tensor,  # (t, h, w)
+    exposure_e_a2,  # (t,) e/Å² per view
     *,
-    pixel_size_a: float,                 # of these views (binned)
+    pixel_size_a: float,  # of these views (binned)
     voltage_kv: float,
-) -> torch.Tensor:                       # (t, h, w) filtered views
+) -> torch.Tensor:  # (t, h, w) filtered views
     """Filter each view by its exposure filter (module docstring); mean and positions unchanged."""
     if views.ndim != 3:
         raise ValueError(f"dose weighting: views must be (t, h, w), got {tuple(views.shape)}")
@@ -67,7 +68,8 @@ def dose_weight_views(
         raise ValueError(f"dose weighting: {exposure.numel()} exposures for {t} views; give one per view")
     out = torch.empty_like(views)
     for i in range(t):  # one view at a time: bounded memory
-        filt = exposure_filter_2d((h, w), exposure[i:i + 1], pixel_size_a=pixel_size_a,
-                                  voltage_kv=voltage_kv, device=views.device)[0]
+        filt = exposure_filter_2d(
+            (h, w), exposure[i : i + 1], pixel_size_a=pixel_size_a, voltage_kv=voltage_kv, device=views.device
+        )[0]
         out[i] = torch.fft.irfft2(torch.fft.rfft2(views[i]) * filt, s=(h, w)).to(views.dtype)
     return out

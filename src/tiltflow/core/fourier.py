@@ -23,9 +23,7 @@ def frequency_grid_2d(
     return torch.meshgrid(ky, kx, indexing="ij")
 
 
-def phase_shift_2d(
-    spectrum: torch.Tensor, shifts_px: torch.Tensor, image_shape: tuple[int, int]
-) -> torch.Tensor:
+def phase_shift_2d(spectrum: torch.Tensor, shifts_px: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
     """Shift images given as rfft2 spectra ``(..., h, w//2+1)`` by ``shifts_px`` ``(..., 2)`` (x, y).
 
     A feature at p moves to p + shift (sub-pixel, periodic boundary).
@@ -59,7 +57,11 @@ def fourier_crop_2d(images: torch.Tensor, new_shape: tuple[int, int]) -> torch.T
     spectrum = torch.fft.rfft2(images)
     top = (nh + 1) // 2
     bottom = nh // 2
-    rows = torch.cat([spectrum[..., :top, :], spectrum[..., h - bottom :, :]], dim=-2) if bottom else spectrum[..., :top, :]
+    rows = (
+        torch.cat([spectrum[..., :top, :], spectrum[..., h - bottom :, :]], dim=-2)
+        if bottom
+        else spectrum[..., :top, :]
+    )
     cropped = rows[..., : nw // 2 + 1]
     out = torch.fft.irfft2(cropped, s=(nh, nw))
     return out * (nh * nw) / (h * w)
@@ -92,9 +94,7 @@ def bandpass_2d(
     return mask
 
 
-def bfactor_weight_2d(
-    shape: tuple[int, int], *, pixel_size_a: float, bfactor_a2: float, device=None
-) -> torch.Tensor:
+def bfactor_weight_2d(shape: tuple[int, int], *, pixel_size_a: float, bfactor_a2: float, device=None) -> torch.Tensor:
     """exp(B k^2 / 4) in rfft2 layout, k in 1/Å; negative B dampens high frequencies."""
     ky, kx = frequency_grid_2d(shape, device=device)
     k2 = (kx**2 + ky**2) / pixel_size_a**2  # (cycles/px)^2 / (Å/px)^2 = 1/Å^2

@@ -38,9 +38,7 @@ def orient_gain(
     return out
 
 
-def gain_orientations_matching(
-    gain_shape: tuple[int, int], frame_shape: tuple[int, int]
-) -> list[GainOrientation]:
+def gain_orientations_matching(gain_shape: tuple[int, int], frame_shape: tuple[int, int]) -> list[GainOrientation]:
     """All orientations that turn a gain of ``gain_shape`` (h, w) into ``frame_shape`` (h, w).
 
     Flips never change the shape, so a non-square gain matches 4 orientations (and a square one 8);
@@ -52,9 +50,7 @@ def gain_orientations_matching(
     for transpose in (False, True):
         shape = (gw, gh) if transpose else (gh, gw)
         if shape == (fh, fw):
-            found += [
-                GainOrientation(transpose, fx, fy) for fx in (False, True) for fy in (False, True)
-            ]
+            found += [GainOrientation(transpose, fx, fy) for fx in (False, True) for fy in (False, True)]
     return found
 
 
@@ -73,7 +69,8 @@ def _oriented_reference(ref, name, frame_shape, device, transpose, flip_x, flip_
     if tuple(oriented.shape) != tuple(frame_shape):
         options = gain_orientations_matching(tuple(ref.shape), tuple(frame_shape))
         hint = (
-            "set gain_transpose=True" if any(o.transpose for o in options)
+            "set gain_transpose=True"
+            if any(o.transpose for o in options)
             else "use the gain reference of this camera and binning"
         )
         raise ValueError(
@@ -111,10 +108,7 @@ def prepare_frames(
     """
     frames_raw = _as_tensor(frames_raw, None)
     if frames_raw.ndim != 3 or frames_raw.is_complex():
-        raise ValueError(
-            "prepare_frames: frames must be a real (t, h, w) stack, "
-            f"got shape {tuple(frames_raw.shape)}"
-        )
+        raise ValueError(f"prepare_frames: frames must be a real (t, h, w) stack, got shape {tuple(frames_raw.shape)}")
     t, h, w = frames_raw.shape
     device = frames_raw.device
     opts = (gain_transpose, gain_flip_x, gain_flip_y)

@@ -48,13 +48,13 @@ def tilt_points(points_xyz: torch.Tensor, tilt_angles_deg: torch.Tensor) -> torc
 
 
 def project_points(
-    points_xyz: torch.Tensor,            # (n, 3) specimen frame, px
+    points_xyz: torch.Tensor,  # (n, 3) specimen frame, px
     *,
-    tilt_angles_deg: torch.Tensor,       # (t,) true tilt angles
+    tilt_angles_deg: torch.Tensor,  # (t,) true tilt angles
     tilt_axis_deg: float,
-    shifts_px: torch.Tensor | None,      # (t, 2) raw-image shifts (x, y), or None
-    image_shape: tuple[int, int],        # (ny, nx)
-) -> torch.Tensor:                       # (t, n, 2) raw pixel coordinates (x, y), 0-based
+    shifts_px: torch.Tensor | None,  # (t, 2) raw-image shifts (x, y), or None
+    image_shape: tuple[int, int],  # (ny, nx)
+) -> torch.Tensor:  # (t, n, 2) raw pixel coordinates (x, y), 0-based
     """Project 3-D points into raw tilt images (module docstring conventions)."""
     tilted = tilt_points(points_xyz, tilt_angles_deg)[..., :2]
     rot = rotation_matrix_2d(tilt_axis_deg)
@@ -78,14 +78,14 @@ def raw_to_aligned(
 
 
 def defocus_offset_a(
-    points_xy: torch.Tensor,             # (..., 2) raw pixel coordinates (x, y)
+    points_xy: torch.Tensor,  # (..., 2) raw pixel coordinates (x, y)
     *,
     tilt_angle_deg: float,
     tilt_axis_deg: float,
     pixel_size_a: float,
     image_shape: tuple[int, int],
     shift_px: torch.Tensor | None = None,
-) -> torch.Tensor:                       # (...,) Å to add to the defocus at the image centre
+) -> torch.Tensor:  # (...,) Å to add to the defocus at the image centre
     """Defocus change across a tilted specimen plane: ``x' * tan(theta) * pixel_size_a``."""
     aligned = raw_to_aligned(points_xy, tilt_axis_deg=tilt_axis_deg, shift_px=shift_px, image_shape=image_shape)
     return aligned[..., 0] * math.tan(math.radians(tilt_angle_deg)) * pixel_size_a

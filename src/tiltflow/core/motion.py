@@ -83,14 +83,15 @@ def estimate_motion(
         zero = torch.zeros((1, 2), dtype=torch.float32, device=frames.device)
         return LocalMotion(torch.zeros((nt, ny, nx, 2), device=frames.device), zero, (h, w))
     outliers = find_bright_outliers(frames) if suppress_outliers else None
-    binned = bin_movie(frames, pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning,
-                       outliers=outliers)
-    shifts = global_shifts_binned(
-        binned, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2
-    )
+    binned = bin_movie(frames, pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning, outliers=outliers)
+    shifts = global_shifts_binned(binned, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2)
     if (nx, ny, nt) == (1, 1, 1):
         return LocalMotion(torch.zeros((1, 1, 1, 2), device=frames.device), shifts, (h, w))
     return local_motion_binned(
-        binned, shifts, pixel_size_a=pixel_size_a, grid=(nx, ny, nt), fit_range_a=fit_range_a,
+        binned,
+        shifts,
+        pixel_size_a=pixel_size_a,
+        grid=(nx, ny, nt),
+        fit_range_a=fit_range_a,
         bfactor_a2=bfactor_a2,
     )

@@ -25,19 +25,20 @@ __all__ = ["CheckedMotion", "estimate_motion_checked", "implausible_motion"]
 @dataclass(frozen=True)
 class CheckedMotion:
     motion: LocalMotion
-    note: str | None          # None: single frames; else how the trajectory was obtained, and why
-    frames_per_group: int     # 1: single frames; 0: no motion correction
+    note: str | None  # None: single frames; else how the trajectory was obtained, and why
+    frames_per_group: int  # 1: single frames; 0: no motion correction
 
 
 def implausible_motion(
     shifts_px: torch.Tensor,  # (t, 2) per frame
     pixel_size_a: float,
     *,
-    max_jump_a: float = 30.0,   # between consecutive frames
+    max_jump_a: float = 30.0,  # between consecutive frames
     max_range_a: float = 400.0,  # over the movie
 ) -> str | None:
     """Why a trajectory cannot be the specimen's (jumps beyond ``max_jump_a`` between frames,
-    or a range beyond ``max_range_a``; at least 3 px each), or None."""
+    or a range beyond ``max_range_a``; at least 3 px each), or None.
+    """
     s = shifts_px.detach().to(torch.float64).cpu()
     if not bool(torch.isfinite(s).all()):
         return "non-finite shifts"
@@ -56,7 +57,7 @@ def estimate_motion_checked(
     frames: torch.Tensor,  # (t, h, w) gain-corrected counts
     *,
     pixel_size_a: float,
-    **options,             # as for :func:`estimate_motion`
+    **options,  # as for :func:`estimate_motion`
 ) -> CheckedMotion:
     """:func:`estimate_motion`, its trajectory checked (module docstring)."""
     motion = estimate_motion(frames, pixel_size_a=pixel_size_a, **options)
@@ -68,25 +69,32 @@ def estimate_motion_checked(
     group = 2
     while t // group >= 2:
         n = t // group
-        grouped = torch.stack([frames[i * group:(i + 1) * group].sum(0) for i in range(n)])
+        grouped = torch.stack([frames[i * group : (i + 1) * group].sum(0) for i in range(n)])
         coarse = estimate_motion(grouped, pixel_size_a=pixel_size_a, grid=(1, 1, 1), **global_only)
         del grouped
         shifts = _interpolate_groups(coarse.global_shifts, group, t)
         # judged on the groups themselves: interpolation spreads a noise jump over many frames
         if implausible_motion(coarse.global_shifts, pixel_size_a) is None:
             zero = torch.zeros((1, 1, 1, 2), dtype=motion.grid.dtype, device=frames.device)
-            return CheckedMotion(LocalMotion(zero, shifts.to(motion.global_shifts.dtype), (h, w)),
-                                 f"single frames too dim ({why}): aligned in groups of {group} frames", group)
+            return CheckedMotion(
+                LocalMotion(zero, shifts.to(motion.global_shifts.dtype), (h, w)),
+                f"single frames too dim ({why}): aligned in groups of {group} frames",
+                group,
+            )
         group *= 2
     zero = torch.zeros((1, 1, 1, 2), dtype=motion.grid.dtype, device=frames.device)
     none = torch.zeros_like(motion.global_shifts)
-    return CheckedMotion(LocalMotion(zero, none, (h, w)),
-                         f"motion not measurable ({why}, also in groups of frames): summed without shifts", 0)
+    return CheckedMotion(
+        LocalMotion(zero, none, (h, w)),
+        f"motion not measurable ({why}, also in groups of frames): summed without shifts",
+        0,
+    )
 
 
 def _interpolate_groups(group_shifts: torch.Tensor, group: int, n_frames: int) -> torch.Tensor:
     """Shifts (n_frames, 2) linearly interpolated from groups of ``group`` frames (each group's
-    shift at its centre frame; constant beyond the first and last centres), mean zero."""
+    shift at its centre frame; constant beyond the first and last centres), mean zero.
+    """
     g = group_shifts.detach().to(torch.float64)
     centres = torch.arange(g.shape[0], dtype=torch.float64, device=g.device) * group + (group - 1) / 2.0
     f = torch.arange(n_frames, dtype=torch.float64, device=g.device).clamp(float(centres[0]), float(centres[-1]))

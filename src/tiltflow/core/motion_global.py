@@ -34,9 +34,7 @@ def check_movie(frames: torch.Tensor, pixel_size_a: float, fit_range_a, binning:
         raise ValueError(f"{name}: pixel_size_a must be > 0 Å/px, got {pixel_size_a}")
     low_a, high_a = fit_range_a
     if not (low_a > high_a > 0):
-        raise ValueError(
-            f"{name}: fit_range_a must be (low, high) in Å with low > high > 0, got {fit_range_a}"
-        )
+        raise ValueError(f"{name}: fit_range_a must be (low, high) in Å with low > high > 0, got {fit_range_a}")
     if int(binning) != binning or binning < 1:
         raise ValueError(f"{name}: binning must be an integer >= 1, got {binning}")
 
@@ -68,9 +66,7 @@ def bin_movie(
     hits are replaced by the frame mean on the way, without copying the frames.
     """
     h, w = frames.shape[-2:]
-    shape_b = estimation_shape(
-        (h, w), pixel_size_a=pixel_size_a, high_res_a=high_res_a, binning=binning
-    )
+    shape_b = estimation_shape((h, w), pixel_size_a=pixel_size_a, high_res_a=high_res_a, binning=binning)
     binned = bin_frames(frames, shape_b, outliers=outliers)
     return BinnedMovie(binned, (h / shape_b[0], w / shape_b[1]), (h, w))
 
@@ -113,8 +109,13 @@ def estimate_global_shifts(
         return torch.zeros((1, 2), dtype=torch.float32, device=frames.device)
     binned = bin_movie(frames, pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning)
     return global_shifts_binned(
-        binned, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2,
-        iterations=iterations, smooth=smooth, max_shift_a=max_shift_a,
+        binned,
+        pixel_size_a=pixel_size_a,
+        fit_range_a=fit_range_a,
+        bfactor_a2=bfactor_a2,
+        iterations=iterations,
+        smooth=smooth,
+        max_shift_a=max_shift_a,
     )
 
 
@@ -135,9 +136,7 @@ def global_shifts_binned(
     if t == 1:
         return torch.zeros((1, 2), dtype=torch.float32, device=dev)
     ky, kx = frequency_vectors((hb, wb), binned.scale_yx, device=dev)
-    weights = fit_weights(
-        ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2
-    )
+    weights = fit_weights(ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2)
     root_w = weights.sqrt()
     taper = edge_taper((hb, wb), device=dev)
     spectra = torch.empty((t, hb, wb // 2 + 1), dtype=torch.complex64, device=dev)
@@ -221,8 +220,10 @@ def smooth_trajectory(shifts: torch.Tensor, variance: torch.Tensor) -> torch.Ten
             best = cand
         else:
             better = nll < best[0]
-            best = tuple(torch.where(better[..., None] if x.ndim > nll.ndim else better, x, y)
-                         for x, y in zip(cand, best))
+            best = tuple(
+                torch.where(better[..., None] if x.ndim > nll.ndim else better, x, y)
+                for x, y in zip(cand, best, strict=False)
+            )
     _, lam, c, j2 = best
     prior = torch.einsum("it,...i,is->...ts", d2, 1.0 / lam, d2)  # (..., t, t)
     noise = c[..., None, None] * v + j2[..., None, None]  # (..., 2, t): all that is white

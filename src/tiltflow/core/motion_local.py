@@ -22,7 +22,6 @@ from tiltflow.core.motion_xcorr import (
     frequency_vectors,
 )
 
-
 # abutting patches: a narrow taper keeps more of each patch (5 % measured better than 10 % and
 # 20 % on deformed test movies; the residual shifts in a patch are small, so edges matter little)
 PATCH_TAPER = 0.05
@@ -222,8 +221,9 @@ def _held_out_gain(residual, variance, centres_xy, grid_shape, image_shape) -> f
         test = all_frames[(all_frames % 2) != (train[0] % 2)]
         if len(train) < 2 or len(test) < 1:
             return -1.0
-        _, _, grid = _fit_grid(residual[:, train], variance[:, train], centres_xy, grid_shape,
-                               image_shape, frames=train, n_frames=t)
+        _, _, grid = _fit_grid(
+            residual[:, train], variance[:, train], centres_xy, grid_shape, image_shape, frames=train, n_frames=t
+        )
         y = residual[:, test].to(dt)
         w = 1.0 / variance[:, test].to(dt).clamp_min(1e-8)
         pred = _field_at(grid, centres_xy, test, t, image_shape)
@@ -278,8 +278,13 @@ def estimate_local_motion(
         return LocalMotion(grid=empty, global_shifts=global_shifts, image_shape=(h, w))
     binned = bin_movie(frames, pixel_size_a=pixel_size_a, high_res_a=fit_range_a[1], binning=binning)
     return local_motion_binned(
-        binned, global_shifts, pixel_size_a=pixel_size_a, grid=(nx, ny, nt),
-        fit_range_a=fit_range_a, bfactor_a2=bfactor_a2, iterations=iterations,
+        binned,
+        global_shifts,
+        pixel_size_a=pixel_size_a,
+        grid=(nx, ny, nt),
+        fit_range_a=fit_range_a,
+        bfactor_a2=bfactor_a2,
+        iterations=iterations,
     )
 
 
@@ -299,9 +304,7 @@ def local_motion_binned(
     t, hb, wb = binned.frames.shape
     dev = binned.frames.device
     global_shifts = global_shifts.to(device=dev, dtype=torch.float32)
-    motion = LocalMotion(
-        grid=torch.zeros((nt, ny, nx, 2), device=dev), global_shifts=global_shifts, image_shape=(h, w)
-    )
+    motion = LocalMotion(grid=torch.zeros((nt, ny, nx, 2), device=dev), global_shifts=global_shifts, image_shape=(h, w))
     if t == 1:
         return motion
     scale = binned.scale_yx  # unbinned px per binned px
@@ -310,9 +313,7 @@ def local_motion_binned(
     scale_xy = torch.tensor([scale[1], scale[0]], device=dev)
     offsets = torch.round(global_shifts / scale_xy).long()  # (t, 2) binned px
     ky, kx = frequency_vectors((ph, pw), scale, device=dev)
-    weights = fit_weights(
-        ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2
-    )
+    weights = fit_weights(ky, kx, pixel_size_a=pixel_size_a, fit_range_a=fit_range_a, bfactor_a2=bfactor_a2)
     taper = edge_taper((ph, pw), device=dev, fraction=PATCH_TAPER)
     root_w = weights.sqrt()
     spectra = torch.empty((count_y * count_x, t, ph, pw // 2 + 1), dtype=torch.complex64, device=dev)
@@ -329,19 +330,25 @@ def local_motion_binned(
     for _ in range(iterations):
         total = motion.shifts_at(frame_idx[None, :], centres[:, None, 0], centres[:, None, 1])
         fit = align_stack(
-            spectra, ky=ky, kx=kx, image_shape=(ph, pw), scale_yx=scale, weights=None,
-            shifts=total - offsets * scale_xy, coarse_iterations=0, outer_iterations=1,
+            spectra,
+            ky=ky,
+            kx=kx,
+            image_shape=(ph, pw),
+            scale_yx=scale,
+            weights=None,
+            shifts=total - offsets * scale_xy,
+            coarse_iterations=0,
+            outer_iterations=1,
             max_shift_px=0.0,
         )
         residual = fit.shifts + offsets * scale_xy - global_shifts  # (P, t, 2)
         residual = residual - residual.mean(dim=-2, keepdim=True)
-        correction, variance, new_grid = _fit_grid(
-            residual, fit.variance, centres, (nx, ny, nt), (h, w)
-        )
+        correction, variance, new_grid = _fit_grid(residual, fit.variance, centres, (nx, ny, nt), (h, w))
         new_global = global_shifts + smooth_trajectory(correction, variance)
         motion = LocalMotion(grid=new_grid, global_shifts=new_global, image_shape=(h, w))
     if t < 4 or _held_out_gain(residual, fit.variance, centres, (nx, ny, nt), (h, w)) <= 3.0:
         # the local model does not predict held-out frames better than global motion alone
-        return LocalMotion(grid=torch.zeros((nt, ny, nx, 2), device=dev),
-                           global_shifts=global_shifts, image_shape=(h, w))
+        return LocalMotion(
+            grid=torch.zeros((nt, ny, nx, 2), device=dev), global_shifts=global_shifts, image_shape=(h, w)
+        )
     return motion

@@ -60,9 +60,7 @@ class MotionSum:
 def critical_exposure_e_a2(k_per_a: torch.Tensor, voltage_kv: float) -> torch.Tensor:
     """Grant & Grigorieff critical exposure (e/Å²) at spatial frequency ``k_per_a`` (1/Å)."""
     if not 200.0 <= voltage_kv <= 300.0:
-        raise ValueError(
-            f"dose weighting: voltage_kv {voltage_kv} is outside the fitted 200-300 kV range"
-        )
+        raise ValueError(f"dose weighting: voltage_kv {voltage_kv} is outside the fitted 200-300 kV range")
     scale = 0.8 + 0.2 * (voltage_kv - 200.0) / 100.0  # 0.8 at 200 kV, 1 at 300 kV
     return (0.245 * k_per_a.clamp_min(1e-6) ** -1.665 + 2.81) * scale
 
@@ -72,9 +70,7 @@ def _mid_frame_exposure(dw: DoseWeighting, t: int, device) -> torch.Tensor:
     if dose.numel() == 1:
         dose = dose.expand(t)
     if dose.numel() != t or bool((dose < 0).any()):
-        raise ValueError(
-            f"dose weighting: need one non-negative dose per frame ({t}), got {dose.numel()}"
-        )
+        raise ValueError(f"dose weighting: need one non-negative dose per frame ({t}), got {dose.numel()}")
     return dw.pre_exposure_e_a2 + torch.cumsum(dose, 0) - 0.5 * dose
 
 
@@ -142,13 +138,20 @@ class _TileLayout:
 
 def _tile_layout(h: int, w: int, stride: int) -> _TileLayout:
     """Tiles stepping by ``stride``; their windows overlap by >= stride / 16 (all the room up to
-    the next fast FFT size) and are read with ``TILE_MARGIN_PX`` more on each side."""
+    the next fast FFT size) and are read with ``TILE_MARGIN_PX`` more on each side.
+    """
     margin = TILE_MARGIN_PX
     size = fast_fft_size(stride + max(8, stride // 16) + 2 * margin)
     overlap = size - stride - 2 * margin
     ny, nx = math.ceil((h + overlap) / stride), math.ceil((w + overlap) / stride)
-    return _TileLayout(stride, overlap, margin, size, [j * stride - overlap for j in range(ny)],
-                       [j * stride - overlap for j in range(nx)])
+    return _TileLayout(
+        stride,
+        overlap,
+        margin,
+        size,
+        [j * stride - overlap for j in range(ny)],
+        [j * stride - overlap for j in range(nx)],
+    )
 
 
 def _read_tile(frame: torch.Tensor, top: int, left: int, size: int, out: torch.Tensor) -> None:
@@ -170,15 +173,15 @@ def _read_tile(frame: torch.Tensor, top: int, left: int, size: int, out: torch.T
 
 
 def _sum_tiles(
-    frames: torch.Tensor,        # (t, h, w)
+    frames: torch.Tensor,  # (t, h, w)
     motion: LocalMotion,
     layout: _TileLayout,
-    parity: list[int],           # accumulator of each frame
+    parity: list[int],  # accumulator of each frame
     n_sums: int,
     filters: torch.Tensor | None,  # (t, size, size//2+1) per-frame Fourier weights on the tile grid
-    frame_ids: list[int],        # frame index (for the motion) of each frame in ``frames``
+    frame_ids: list[int],  # frame index (for the motion) of each frame in ``frames``
     first_order: bool = False,
-) -> torch.Tensor:               # (n_sums, h, w) float32
+) -> torch.Tensor:  # (n_sums, h, w) float32
     """Warped frames summed tile by tile: for each row of tiles every frame's tiles are moved by the
     motion at their centres (whole pixels by where they are read, the rest by a Fourier shift),
     filtered, accumulated in Fourier space, transformed back once per sum and blended.
@@ -186,7 +189,8 @@ def _sum_tiles(
     ``first_order`` adds the field's slope inside each tile: with J the Jacobian of the shift at
     the tile centre c, the tile at p is G(p + J (p - c)) ~ G(p) + sum_ab J_ab (p - c)_b d_a G(p), and
     since the sums are linear only ``sum_t J_t,ab G_t`` are accumulated (two more inverse
-    transforms per sum)."""
+    transforms per sum).
+    """
     t, h, w = frames.shape
     dev = frames.device
     n, m, win = layout.size, layout.margin, layout.window
@@ -244,7 +248,8 @@ def _sum_tiles(
 
 def _tile_jacobians(motion: LocalMotion, ids, cx, cy, step: float) -> torch.Tensor:
     """(t, n, 2, 2) central differences ``d shift_a / d x_b`` of the residual field over +- step px
-    around the tile centres (cx, cy) (n,), in every frame ``ids``."""
+    around the tile centres (cx, cy) (n,), in every frame ``ids``.
+    """
     f = ids[:, None]
 
     def at(dx: float, dy: float) -> torch.Tensor:
@@ -307,8 +312,9 @@ def _sum_fourier(frames, glob, parity, n_sums, out_shape, dose_weights) -> torch
         else:
             if work is None:
                 work = torch.empty((h, spec_shape[1]), dtype=torch.complex64, device=dev)
-            streamed_cropped_spectrum(lambda r0, r1, i=i: frames[i, r0:r1].float(), (h, w), out_shape,
-                                      out=spec, work=work)
+            streamed_cropped_spectrum(
+                lambda r0, r1, i=i: frames[i, r0:r1].float(), (h, w), out_shape, out=spec, work=work
+            )
         py, px = ramp_vectors(ky, kx, glob[i])  # moves the frame by -shift
         spec.mul_(py[:, None]).mul_(px[None, :])
         if dose_weights is not None:
@@ -372,9 +378,7 @@ def align_and_sum(
     if motion is not None and tuple(motion.image_shape) != (h, w):
         raise ValueError(f"{name}: local motion is for frames {motion.image_shape}, not {(h, w)}")
     if int(binning) != binning or not 1 <= binning <= min(h, w):
-        raise ValueError(
-            f"{name}: binning must be an integer between 1 and {min(h, w)}, got {binning}"
-        )
+        raise ValueError(f"{name}: binning must be an integer between 1 and {min(h, w)}, got {binning}")
     if tile_px is not None and (int(tile_px) != tile_px or tile_px < 16):
         raise ValueError(f"{name}: tile_px must be an integer >= 16, got {tile_px}")
     if dose_weights is not None and not dose_weights.pixel_size_a > 0:

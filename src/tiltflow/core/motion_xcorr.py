@@ -78,8 +78,12 @@ def hermitian_weights(width: int, device=None) -> torch.Tensor:
 
 
 def fit_weights(
-    ky: torch.Tensor, kx: torch.Tensor, *, pixel_size_a: float,
-    fit_range_a: tuple[float, float], bfactor_a2: float,
+    ky: torch.Tensor,
+    kx: torch.Tensor,
+    *,
+    pixel_size_a: float,
+    fit_range_a: tuple[float, float],
+    bfactor_a2: float,
 ) -> torch.Tensor:
     """Band-pass (cosine edges) times ``exp(B k^2 / 4)`` on the (ky, kx) grid; k in 1/Å."""
     low_a, high_a = fit_range_a
@@ -129,7 +133,7 @@ def streamed_cropped_spectrum(
     image_shape: tuple[int, int],
     new_shape: tuple[int, int],
     *,
-    out: torch.Tensor,                 # (new_h, new_w//2+1) complex64, written and returned
+    out: torch.Tensor,  # (new_h, new_w//2+1) complex64, written and returned
     work: torch.Tensor | None = None,  # (h, new_w//2+1) complex64 scratch, reused between calls
 ) -> torch.Tensor:
     """The cropped rfft2 of one image (as :func:`cropped_spectrum_2d`), written into ``out``.
@@ -158,9 +162,7 @@ def streamed_cropped_spectrum(
     return out.mul_((nh * nw) / (h * w))
 
 
-def bin_frames(
-    frames: torch.Tensor, shape: tuple[int, int], *, outliers: BrightOutliers | None = None
-) -> torch.Tensor:
+def bin_frames(frames: torch.Tensor, shape: tuple[int, int], *, outliers: BrightOutliers | None = None) -> torch.Tensor:
     """Mean-subtracted, Fourier-cropped copy ``(t, h', w')`` of frames ``(t, h, w)``.
 
     With ``outliers`` each frame is cleaned block by block on the way (the frames are not copied).
@@ -171,6 +173,7 @@ def bin_frames(
     spec = torch.empty((shape[0], shape[1] // 2 + 1), dtype=torch.complex64, device=dev)
     work = torch.empty((h, shape[1] // 2 + 1), dtype=torch.complex64, device=dev)
     for i in range(t):
+
         def read(r0, r1, i=i):
             block = frames[i, r0:r1]
             return block.float() if outliers is None else outliers.clean(block, i, r0)
@@ -269,7 +272,8 @@ class _LeaveOneOut:
 
 def _ring_means(values, ring, herm, n, smooth_bins):
     """Means over rings (n,) of ``values`` (h, w') and full-plane counts (n,), each ring averaged
-    with ``smooth_bins`` rings either side."""
+    with ``smooth_bins`` rings either side.
+    """
     kernel = torch.ones(1, 1, 2 * smooth_bins + 1, dtype=torch.float64, device=values.device)
     out = []
     for v in (values.flatten() * herm, herm):
@@ -341,13 +345,13 @@ def _derivatives(cross, ky, kx, shifts, column_weights):
 
 def _coarse_shifts(spectra, ky, kx, shifts, image_shape, scale_yx, max_shift_px) -> torch.Tensor:
     """Cross-correlation peaks (..., t, 2) unbinned px, on maps at 1 / ``COARSE_CROP`` of the
-    resolution of ``spectra`` (..., t, h, w//2+1), leave-one-out references aligned by ``shifts``."""
+    resolution of ``spectra`` (..., t, h, w//2+1), leave-one-out references aligned by ``shifts``.
+    """
     h, w = image_shape
     mh = min(h, fast_fft_size(math.ceil(h / COARSE_CROP)))
     mw = min(w, fast_fft_size(math.ceil(w / COARSE_CROP)))
     cols = slice(0, mw // 2 + 1)
-    loo = _LeaveOneOut(_crop_rows(spectra[..., cols], h, mh), _crop_rows(ky[:, None], h, mh)[:, 0],
-                       kx[cols], shifts)
+    loo = _LeaveOneOut(_crop_rows(spectra[..., cols], h, mh), _crop_rows(ky[:, None], h, mh)[:, 0], kx[cols], shifts)
     sy, sx = scale_yx[0] * h / mh, scale_yx[1] * w / mw  # unbinned px per map px
     peaks = []
     for g in loo.groups:
@@ -360,7 +364,8 @@ def _coarse_shifts(spectra, ky, kx, shifts, image_shape, scale_yx, max_shift_px)
 def _newton(cross, ky, kx, start, herm, max_step, steps, tol_px=1e-3):
     """Newton ascent of ``C(s)`` from ``start`` (..., 2) for cross spectra (..., h, w'):
     (s, curvature, variance), each (..., 2). Stops early once every step is below ``tol_px``
-    (the curvature is then the one just evaluated, ``tol_px`` away)."""
+    (the curvature is then the one just evaluated, ``tol_px`` away).
+    """
     raw = start
     hxx = hyy = None
     for _ in range(steps):
@@ -429,11 +434,8 @@ def align_stack(
             groups = _LeaveOneOut.group_slices(base)
             spectra = base * signal_weights(base, ky, kx, s, groups, image_shape[1]).sqrt()
         loo = _LeaveOneOut(spectra, ky, kx, s)
-        fits = [
-            _newton(loo.cross(g), ky, kx, s[..., g, :], herm, max_step, newton_steps)
-            for g in loo.groups
-        ]
-        raw, curvature, variance = (torch.cat(v, dim=-2) for v in zip(*fits))
+        fits = [_newton(loo.cross(g), ky, kx, s[..., g, :], herm, max_step, newton_steps) for g in loo.groups]
+        raw, curvature, variance = (torch.cat(v, dim=-2) for v in zip(*fits, strict=False))
         raw = s + (raw - s) * damping
         variance = variance * damping**2
         s = smooth(raw, variance) if smooth is not None else raw

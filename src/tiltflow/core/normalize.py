@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import torch
 
-MODE_RANGES = {"int16": (-32768.0, 32767.0), "uint8": (0.0, 255.0)}   # whole numbers a mode holds
+MODE_RANGES = {"int16": (-32768.0, 32767.0), "uint8": (0.0, 255.0)}  # whole numbers a mode holds
 
 
 def scale_views(
-    views: torch.Tensor,                 # (t, h, w) float
-    scale: str,                          # "none" | "mean_sd" | "min_max"
+    views: torch.Tensor,  # (t, h, w) float
+    scale: str,  # "none" | "mean_sd" | "min_max"
     *,
-    mean: float = 0.0,                   # mean_sd: target mean of each view (density units)
-    sd: float = 1.0,                     # mean_sd: target standard deviation of each view, > 0
-    minimum: float = 0.0,                # min_max: value the stack's minimum maps to
-    maximum: float = 255.0,              # min_max: value the stack's maximum maps to
-) -> torch.Tensor:                       # (t, h, w) float32
+    mean: float = 0.0,  # mean_sd: target mean of each view (density units)
+    sd: float = 1.0,  # mean_sd: target standard deviation of each view, > 0
+    minimum: float = 0.0,  # min_max: value the stack's minimum maps to
+    maximum: float = 255.0,  # min_max: value the stack's maximum maps to
+) -> torch.Tensor:  # (t, h, w) float32
     """Scale densities (module docstring); a constant view (SD 0) becomes ``mean`` / the range's middle."""
     if views.ndim != 3:
         raise ValueError(f"scale_views: views must be (t, h, w), got {tuple(views.shape)}")
@@ -56,7 +56,8 @@ def scale_views(
 
 def quantize(views: torch.Tensor, mode: str) -> tuple[torch.Tensor, int]:
     """Values as stored in ``mode``: ``float`` unchanged (float32); ``int16`` / ``uint8`` rounded to whole
-    numbers and clipped to the mode's range (``MODE_RANGES``). Returns (values as float32, clipped count)."""
+    numbers and clipped to the mode's range (``MODE_RANGES``). Returns (values as float32, clipped count).
+    """
     if mode == "float":
         return views.to(torch.float32), 0
     if mode not in MODE_RANGES:
@@ -68,12 +69,13 @@ def quantize(views: torch.Tensor, mode: str) -> tuple[torch.Tensor, int]:
 
 
 def rescale_xf_shifts(
-    xf,                                  # (t, 6) IMOD .xf rows for a stack of pixel size ``from_pixel_a``
-    from_pixel_a: float,                 # Å/px of the stack the rows apply to
-    to_pixel_a: float,                   # Å/px of the stack they should apply to
-) -> torch.Tensor:                       # (t, 6) float64
+    xf,  # (t, 6) IMOD .xf rows for a stack of pixel size ``from_pixel_a``
+    from_pixel_a: float,  # Å/px of the stack the rows apply to
+    to_pixel_a: float,  # Å/px of the stack they should apply to
+) -> torch.Tensor:  # (t, 6) float64
     """The same alignment for a stack of the same field at another pixel size: the 2x2 part is kept,
-    DX, DY (pixels of the stack they apply to) are multiplied by ``from_pixel_a / to_pixel_a``."""
+    DX, DY (pixels of the stack they apply to) are multiplied by ``from_pixel_a / to_pixel_a``.
+    """
     if not (from_pixel_a > 0 and to_pixel_a > 0):
         raise ValueError(f"rescale_xf_shifts: pixel sizes must be > 0 Å/px, got {from_pixel_a}, {to_pixel_a}")
     out = torch.as_tensor(xf, dtype=torch.float64).clone().reshape(-1, 6)

@@ -19,7 +19,7 @@ MAD_TO_SIGMA = 1.4826
 @dataclass
 class Flags:
     flagged: torch.Tensor  # (n,) bool
-    score: torch.Tensor    # (n,) float64, detector-specific (ratio, robust z, residual in Å)
+    score: torch.Tensor  # (n,) float64, detector-specific (ratio, robust z, residual in Å)
 
 
 def _as_1d(values: torch.Tensor | list[float], name: str) -> torch.Tensor:
@@ -87,8 +87,13 @@ def _theil_sen_at(x: torch.Tensor, y: torch.Tensor, x0: torch.Tensor) -> torch.T
     return intercept + slope * x0
 
 
-def flag_intensity_drops(tilt_angle_deg: torch.Tensor | list[float], mean: torch.Tensor | list[float], *,
-                         window: int = 3, min_ratio: float = 0.6) -> Flags:
+def flag_intensity_drops(
+    tilt_angle_deg: torch.Tensor | list[float],
+    mean: torch.Tensor | list[float],
+    *,
+    window: int = 3,
+    min_ratio: float = 0.6,
+) -> Flags:
     """Views whose mean falls far below their neighbours' trend (ice, grid bar, shutter).
 
     Beer–Lambert: ``log(mean) = a - b / cos(tilt)`` for a slab, so a robust (Theil–Sen) line in
@@ -128,24 +133,40 @@ def _flag_high(values: torch.Tensor, k_sigma: float, min_excess: float, limit: f
     return Flags(flagged, z)
 
 
-def flag_large_motion(total_motion_px: torch.Tensor | list[float], *, k_sigma: float = 4.0,
-                      min_excess_px: float = 2.0, max_px: float | None = None) -> Flags:
+def flag_large_motion(
+    total_motion_px: torch.Tensor | list[float],
+    *,
+    k_sigma: float = 4.0,
+    min_excess_px: float = 2.0,
+    max_px: float | None = None,
+) -> Flags:
     """Views whose total frame motion (px) stands out: robust z above ``k_sigma`` and more than
     ``min_excess_px`` above the series median, or above ``max_px`` when given. ``score`` = robust z.
     """
     return _flag_high(_as_1d(total_motion_px, "total_motion_px"), k_sigma, min_excess_px, max_px)
 
 
-def flag_poor_fit_resolution(fit_resolution_a: torch.Tensor | list[float], *, k_sigma: float = 4.0,
-                             min_excess_a: float = 2.0, worst_a: float | None = None) -> Flags:
+def flag_poor_fit_resolution(
+    fit_resolution_a: torch.Tensor | list[float],
+    *,
+    k_sigma: float = 4.0,
+    min_excess_a: float = 2.0,
+    worst_a: float | None = None,
+) -> Flags:
     """CTF fits whose resolution (Å, larger is worse) stands out from the series, or is worse than
     ``worst_a`` when given. ``score`` = robust z.
     """
     return _flag_high(_as_1d(fit_resolution_a, "fit_resolution_a"), k_sigma, min_excess_a, worst_a)
 
 
-def flag_defocus_outliers(tilt_angle_deg: torch.Tensor | list[float], defocus_a: torch.Tensor | list[float], *,
-                          window: int = 3, k_sigma: float = 4.0, min_deviation_a: float = 2000.0) -> Flags:
+def flag_defocus_outliers(
+    tilt_angle_deg: torch.Tensor | list[float],
+    defocus_a: torch.Tensor | list[float],
+    *,
+    window: int = 3,
+    k_sigma: float = 4.0,
+    min_deviation_a: float = 2000.0,
+) -> Flags:
     """CTF fits whose defocus (Å) lies far from its neighbours' trend.
 
     For each view, a robust (Theil–Sen) line through the ``2 * window`` nearest views in tilt order

@@ -36,12 +36,12 @@ def fake_sirt_exponent(iterations: int) -> float:
 def radial_filter(
     n_px: int,
     *,
-    cutoff: float = 0.35,                 # cycles/px where the Gaussian fall-off starts (0.5: none)
-    falloff: float = 0.035,               # sigma of the fall-off, cycles/px
-    n_views: int | None = None,           # scale by pi / n_views (views evenly over 180 deg)
+    cutoff: float = 0.35,  # cycles/px where the Gaussian fall-off starts (0.5: none)
+    falloff: float = 0.035,  # sigma of the fall-off, cycles/px
+    n_views: int | None = None,  # scale by pi / n_views (views evenly over 180 deg)
     sirt_like_iterations: int | None = None,
     device: torch.device | str | None = None,
-) -> torch.Tensor:                        # (n_px // 2 + 1,) float32 weights, rfft layout
+) -> torch.Tensor:  # (n_px // 2 + 1,) float32 weights, rfft layout
     """IMOD-style radial weighting for rows of ``n_px`` pixels (module docstring).
 
     Without ``n_views`` the weights are in cycles/px: backprojecting rows filtered by them, each
@@ -106,25 +106,23 @@ def tilt_increment_weights(tilt_angles_deg) -> torch.Tensor:
 
 
 def filter_views(
-    views: torch.Tensor,                  # (..., ny, nx)
-    weights: torch.Tensor,                # (n_pad // 2 + 1,) from radial_filter(n_pad)
+    views: torch.Tensor,  # (..., ny, nx)
+    weights: torch.Tensor,  # (n_pad // 2 + 1,) from radial_filter(n_pad)
     *,
     n_pad: int,
     rows_per_batch: int = 2048,
-) -> torch.Tensor:                        # (..., ny, nx) filtered rows
+) -> torch.Tensor:  # (..., ny, nx) filtered rows
     """Filter rows along x with 1-D rfft weights after edge-value padding to ``n_pad`` pixels."""
     nx = views.shape[-1]
     if n_pad < nx or weights.numel() != n_pad // 2 + 1:
-        raise ValueError(
-            f"filter_views: {weights.numel()} weights do not fit n_pad={n_pad} (must be >= nx={nx})"
-        )
+        raise ValueError(f"filter_views: {weights.numel()} weights do not fit n_pad={n_pad} (must be >= nx={nx})")
     left = (n_pad - nx) // 2
     rows = views.reshape(-1, 1, nx)
     out = torch.empty_like(rows)
     w = weights.to(device=views.device)
     for r0 in range(0, rows.shape[0], rows_per_batch):
-        chunk = rows[r0:r0 + rows_per_batch]
+        chunk = rows[r0 : r0 + rows_per_batch]
         padded = torch.nn.functional.pad(chunk, (left, n_pad - nx - left), mode="replicate")
         spec = torch.fft.rfft(padded, dim=-1) * w
-        out[r0:r0 + rows_per_batch] = torch.fft.irfft(spec, n=n_pad, dim=-1)[..., left:left + nx]
+        out[r0 : r0 + rows_per_batch] = torch.fft.irfft(spec, n=n_pad, dim=-1)[..., left : left + nx]
     return out.reshape(views.shape)

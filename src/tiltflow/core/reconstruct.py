@@ -37,17 +37,17 @@ __all__ = [
 
 
 def wbp(
-    views: torch.Tensor,                 # (..., t, ny, nx) aligned views
-    tilt_angles_deg,                     # (t,)
+    views: torch.Tensor,  # (..., t, ny, nx) aligned views
+    tilt_angles_deg,  # (t,)
     *,
     thickness_px: int,
-    radial_cutoff: float = 0.35,         # cycles/px
-    radial_falloff: float = 0.035,       # cycles/px (Gaussian sigma)
+    radial_cutoff: float = 0.35,  # cycles/px
+    radial_falloff: float = 0.035,  # cycles/px (Gaussian sigma)
     fake_sirt_iterations: int | None = None,
     z_offset_px: float = 0.0,
     x_offset_px: float = 0.0,
     weight_by_increment: bool = True,
-) -> torch.Tensor:                       # (..., nz, ny, nx)
+) -> torch.Tensor:  # (..., nz, ny, nx)
     """Weighted backprojection: radial filter along x' (IMOD ``RADIAL``), then :func:`backproject`.
 
     Each view is weighted by its angular increment in radians (``weight_by_increment``; else by
@@ -59,8 +59,11 @@ def wbp(
     _angles_rad(tilt_angles_deg, t, views.device)
     n_pad = padded_length(nx)
     weights_k = radial_filter(
-        n_pad, cutoff=radial_cutoff, falloff=radial_falloff,
-        sirt_like_iterations=fake_sirt_iterations, device=views.device,
+        n_pad,
+        cutoff=radial_cutoff,
+        falloff=radial_falloff,
+        sirt_like_iterations=fake_sirt_iterations,
+        device=views.device,
     )
     filtered = filter_views(views, weights_k.to(views.dtype), n_pad=n_pad)
     if weight_by_increment:
@@ -68,28 +71,33 @@ def wbp(
     else:
         view_w = torch.full((t,), math.pi / t, dtype=torch.float64)
     return backproject(
-        filtered, tilt_angles_deg, thickness_px=thickness_px, z_offset_px=z_offset_px,
-        x_offset_px=x_offset_px, weights=view_w.to(device=views.device, dtype=views.dtype),
+        filtered,
+        tilt_angles_deg,
+        thickness_px=thickness_px,
+        z_offset_px=z_offset_px,
+        x_offset_px=x_offset_px,
+        weights=view_w.to(device=views.device, dtype=views.dtype),
     )
 
 
 def aligned_shape(raw_shape: tuple[int, int], xf: torch.Tensor) -> tuple[int, int]:
     """(h', w') of the aligned views: the raw (h, w), swapped when the ``.xf`` rotations turn the image
     by more than 45° (a tilt axis near ±90°), so the field along the axis, which becomes y, is kept whole
-    (etomo does the same for its aligned stack)."""
+    (etomo does the same for its aligned stack).
+    """
     xf = torch.as_tensor(xf, dtype=torch.float64)
-    turn = torch.atan2(xf[:, 2], xf[:, 0]).median()          # A = R(-axis) / mag: angle of the first column
+    turn = torch.atan2(xf[:, 2], xf[:, 0]).median()  # A = R(-axis) / mag: angle of the first column
     h, w = int(raw_shape[0]), int(raw_shape[1])
     return (w, h) if abs(math.sin(float(turn))) > abs(math.cos(float(turn))) else (h, w)
 
 
 def apply_xf(
-    images: torch.Tensor,                # (..., t, h, w) raw views
-    xf: torch.Tensor,                    # (t, 6) IMOD .xf rows: A11 A12 A21 A22 DX DY
+    images: torch.Tensor,  # (..., t, h, w) raw views
+    xf: torch.Tensor,  # (t, 6) IMOD .xf rows: A11 A12 A21 A22 DX DY
     out_shape: tuple[int, int] | None = None,  # (h', w'), default (h, w)
     *,
-    mode: str = "bicubic",               # or "bilinear"
-) -> torch.Tensor:                       # (..., t, h', w') aligned views
+    mode: str = "bicubic",  # or "bilinear"
+) -> torch.Tensor:  # (..., t, h', w') aligned views
     """Transform raw views into aligned ones with IMOD ``.xf`` rows, like ``newstack -xform``.
 
     ``X' = A (X - c_in) + D + c_out`` maps raw to aligned pixels (DESIGN.md §2; centres
@@ -100,10 +108,7 @@ def apply_xf(
     t, h, w = images.shape[-3:]
     xf = torch.as_tensor(xf, dtype=torch.float64).to(images.device)
     if xf.shape != (t, 6):
-        raise ValueError(
-            f"xf must have shape ({t}, 6) for {t} views (A11 A12 A21 A22 DX DY), "
-            f"got {tuple(xf.shape)}"
-        )
+        raise ValueError(f"xf must have shape ({t}, 6) for {t} views (A11 A12 A21 A22 DX DY), got {tuple(xf.shape)}")
     if mode not in ("bilinear", "bicubic"):
         raise ValueError(f"apply_xf: mode must be 'bilinear' or 'bicubic', got {mode!r}")
     ho, wo = (h, w) if out_shape is None else (int(out_shape[0]), int(out_shape[1]))
@@ -117,7 +122,7 @@ def apply_xf(
         torch.arange(wo, dtype=torch.float64, device=dev) - (wo - 1) / 2.0,
         indexing="ij",
     )
-    out_xy = torch.stack([xo, yo], -1)                                  # (h', w', 2)
+    out_xy = torch.stack([xo, yo], -1)  # (h', w', 2)
     centre_in = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64, device=dev)
     scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], dtype=torch.float64, device=dev)
     flat = images.reshape(-1, t, h, w)
@@ -128,16 +133,20 @@ def apply_xf(
         grid = (raw * scale - 1.0).to(images.dtype)[None].expand(flat.shape[0], ho, wo, 2)
         mean = flat[:, i].mean(dim=(-2, -1), keepdim=True)
         sampled = torch.nn.functional.grid_sample(
-            (flat[:, i] - mean)[:, None], grid, mode=mode, padding_mode="zeros", align_corners=True,
+            (flat[:, i] - mean)[:, None],
+            grid,
+            mode=mode,
+            padding_mode="zeros",
+            align_corners=True,
         )
         out[:, i] = sampled[:, 0] + mean
     return out.reshape(*images.shape[:-3], t, ho, wo)
 
 
 def bin_views(
-    views: torch.Tensor,                 # (..., h, w)
+    views: torch.Tensor,  # (..., h, w)
     factor: int,
-) -> torch.Tensor:                       # (..., h // factor, w // factor)
+) -> torch.Tensor:  # (..., h // factor, w // factor)
     """Bin by Fourier cropping keeping IMOD's centre: ``(x_b - (n_b-1)/2) * f == x - (n-1)/2``.
 
     Rows / columns beyond a multiple of ``factor`` are trimmed first and a sub-pixel shift puts the
@@ -155,7 +164,7 @@ def bin_views(
     if hb < 1 or wb < 1:
         raise ValueError(f"bin_views: images of {h} x {w} px are too small to bin by {f}")
     sy, sx = (h - f * hb) // 2, (w - f * wb) // 2
-    trimmed = views[..., sy:sy + f * hb, sx:sx + f * wb]
+    trimmed = views[..., sy : sy + f * hb, sx : sx + f * wb]
     binned = fourier_crop_2d(trimmed, (hb, wb))
     # feature at original x sits at (x - s) / f; IMOD's centres want (x - (n-1)/2) / f + (n_b-1)/2
     dx = -(w - 1) / (2.0 * f) + (wb - 1) / 2.0 + sx / f

@@ -77,9 +77,7 @@ class ImodAlignment:
 def _as_xf(xf: torch.Tensor | object) -> torch.Tensor:
     xf = torch.as_tensor(xf, dtype=torch.float64)
     if xf.ndim != 2 or xf.shape[-1] != 6:
-        raise ValueError(
-            f"xf must have shape (t, 6) = A11 A12 A21 A22 DX DY per view, got {tuple(xf.shape)}"
-        )
+        raise ValueError(f"xf must have shape (t, 6) = A11 A12 A21 A22 DX DY per view, got {tuple(xf.shape)}")
     return xf
 
 
@@ -171,9 +169,7 @@ def aln_to_xf(
     return full
 
 
-def xf_to_aln(
-    xf: torch.Tensor, *, shift_scale: float = 1.0, convention: AlnConvention = "aretomo"
-) -> XfGeometry:
+def xf_to_aln(xf: torch.Tensor, *, shift_scale: float = 1.0, convention: AlnConvention = "aretomo") -> XfGeometry:
     """IMOD ``.xf`` -> AreTomo ``ROT`` (``tilt_axis_deg``), ``(TX, TY)`` (``shifts_px``), ``GMAG``.
 
     ``shift_scale`` is the factor applied by :func:`aln_to_xf`; the shifts are divided by it.
@@ -277,9 +273,7 @@ def relion_rotation_matrices(
     """
     inputs = (xtilt_deg, ytilt_deg, zrot_deg)
     device = next((v.device for v in inputs if isinstance(v, torch.Tensor)), None)
-    x, y, z = torch.broadcast_tensors(
-        *(torch.as_tensor(v, dtype=torch.float64, device=device) for v in inputs)
-    )
+    x, y, z = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64, device=device) for v in inputs))
     x, y, z = (torch.deg2rad(v.reshape(-1)) for v in (x, y, z))
     one, zero = torch.ones_like(x), torch.zeros_like(x)
 
@@ -290,4 +284,3 @@ def relion_rotation_matrices(
     ry = stack([[y.cos(), zero, y.sin()], [zero, one, zero], [-y.sin(), zero, y.cos()]])
     rz = stack([[z.cos(), -z.sin(), zero], [z.sin(), z.cos(), zero], [zero, zero, one]])
     return rz @ ry @ rx
-

@@ -1,5 +1,6 @@
 """A result's verdict: is it supported by the data?  ``good`` / ``check`` / ``failed`` with the
-reasons, shared by every method that judges its own result (alignment, the CTF series pass)."""
+reasons, shared by every method that judges its own result (alignment, the CTF series pass).
+"""
 
 from __future__ import annotations
 

@@ -20,11 +20,11 @@ from tiltflow.core.radial_filter import filter_views, padded_length
 
 
 def hamming_window(
-    n_px: int,                           # row length the rfft works on
-    start: float,                        # cycles/px where the window starts, in [0, 0.5]
+    n_px: int,  # row length the rfft works on
+    start: float,  # cycles/px where the window starts, in [0, 0.5]
     *,
     device: torch.device | str | None = None,
-) -> torch.Tensor:                       # (n_px // 2 + 1,) float32, rfft layout
+) -> torch.Tensor:  # (n_px // 2 + 1,) float32, rfft layout
     """The window ``H(k)`` of the module docstring at ``k = i / n_px`` cycles/px."""
     if n_px < 2:
         raise ValueError(f"hamming_window: n_px must be at least 2, got {n_px}")
@@ -38,9 +38,9 @@ def hamming_window(
 
 
 def hamming_filter_views(
-    views: torch.Tensor,                 # (..., ny, nx)
-    start: float,                        # cycles/px, [0, 0.5]
-) -> torch.Tensor:                       # (..., ny, nx)
+    views: torch.Tensor,  # (..., ny, nx)
+    start: float,  # cycles/px, [0, 0.5]
+) -> torch.Tensor:  # (..., ny, nx)
     """Filter every row of the views by :func:`hamming_window` (edge-padded like the ramp filter)."""
     nx = views.shape[-1]
     n_pad = padded_length(nx)

@@ -65,8 +65,16 @@ from tiltflow.core.xray_criteria import (
 from tiltflow.core.xray_patches import _components, _fit_values, _quantize
 
 __all__ = [
-    "MAX_COMPACT_PX", "MIN_SHARPNESS", "POISSON_MAX_COUNTS", "POISSON_MIN_Z", "RIM_DARK_SD",
-    "XrayParams", "XrayResult", "erase_xrays", "find_xrays", "replace_patches",
+    "MAX_COMPACT_PX",
+    "MIN_SHARPNESS",
+    "POISSON_MAX_COUNTS",
+    "POISSON_MIN_Z",
+    "RIM_DARK_SD",
+    "XrayParams",
+    "XrayResult",
+    "erase_xrays",
+    "find_xrays",
+    "replace_patches",
 ]
 
 _MAX_PASSES = 8
@@ -99,9 +107,17 @@ class XrayParams:
     max_diff_patch_px: int = 2  # IMOD's MaxPixelsInDiffPatch default
 
     def __post_init__(self) -> None:
-        for name in ("peak_criterion", "diff_criterion", "grow_criterion", "scan_criterion",
-                     "max_radius_px", "giant_criterion", "extra_large_radius_px",
-                     "big_diff_criterion", "annulus_width_px"):
+        for name in (
+            "peak_criterion",
+            "diff_criterion",
+            "grow_criterion",
+            "scan_criterion",
+            "max_radius_px",
+            "giant_criterion",
+            "extra_large_radius_px",
+            "big_diff_criterion",
+            "annulus_width_px",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"XrayParams.{name} must be a positive number, got {value!r}")
@@ -117,7 +133,8 @@ class XrayParams:
 @dataclass
 class XrayResult:
     """``image``: erased copy (input shape/dtype); ``mask``: bool, pixels replaced;
-    ``n_patches``: connected patches replaced (int for one image, else a tensor (...))."""
+    ``n_patches``: connected patches replaced (int for one image, else a tensor (...)).
+    """
 
     image: torch.Tensor
     mask: torch.Tensor
@@ -136,12 +153,12 @@ def replace_patches(
 ) -> torch.Tensor:
     """Copy of ``image`` ``(..., h, w)`` with each 8-connected patch of ``mask`` replaced by a
     polynomial in (x, y) of ``poly_order`` (0-3) fitted to the unmasked pixels within
-    ``border_px`` (Chebyshev distance) of the patch; too few such pixels: their mean."""
+    ``border_px`` (Chebyshev distance) of the patch; too few such pixels: their mean.
+    """
     x, _ = _as_stack(image, "replace_patches")
     _check_fit_options(border_px, poly_order)
     if not isinstance(mask, torch.Tensor) or mask.shape != image.shape or mask.dtype != torch.bool:
-        raise ValueError("replace_patches: mask must be a bool tensor of the image's shape "
-                         f"{tuple(image.shape)}")
+        raise ValueError(f"replace_patches: mask must be a bool tensor of the image's shape {tuple(image.shape)}")
     lin = mask.to(x.device).reshape(-1).nonzero().flatten()
     if not lin.numel():
         return image.clone(memory_format=torch.contiguous_format)
@@ -165,8 +182,9 @@ def erase_xrays(image: torch.Tensor, params: XrayParams = XrayParams()) -> XrayR
     comp_b = torch.zeros(n_comp, dtype=lin.dtype, device=x.device).scatter_(0, comp, lin // (h * w))
     counts = torch.bincount(comp_b, minlength=nb)
     n = int(counts[0]) if image.ndim == 2 else counts.reshape(image.shape[:-2])
-    return XrayResult(image=out.to(image.dtype).reshape(image.shape),
-                      mask=_mask(x, lin).reshape(image.shape), n_patches=n)
+    return XrayResult(
+        image=out.to(image.dtype).reshape(image.shape), mask=_mask(x, lin).reshape(image.shape), n_patches=n
+    )
 
 
 # ----------------------------------------------------------------------------- search
@@ -176,7 +194,8 @@ def _search(x, owned, p, dtype):
     """Find and replace X-rays until nothing changes -> (sorted flat indices of every pixel
     replaced, erased images). Each pass scans the current images; pass 1 every area, later
     passes only the areas whose inputs changed, reusing the others' results (which equals a
-    full scan). The search ends when the patches found would be replaced by their own values."""
+    full scan). The search ends when the patches found would be replaced by their own values.
+    """
     _, h, w = x.shape
     size = min(p.scan_size_px, h, w)
     grid = (size, -(-h // size), -(-w // size))
@@ -201,16 +220,20 @@ def _search(x, owned, p, dtype):
             return found, work
         flat[lin] = values.to(flat.dtype)
         todo = _affected_areas(lin[changed], h, w, grid, p)
-    warnings.warn(f"erase_xrays: the X-ray search did not settle in {_MAX_PASSES} passes; "
-                  "erasing the result again may change more pixels", stacklevel=3)
+    warnings.warn(
+        f"erase_xrays: the X-ray search did not settle in {_MAX_PASSES} passes; "
+        "erasing the result again may change more pixels",
+        stacklevel=3,
+    )
     return found, work
 
 
 def _affected_areas(lin, h, w, grid, p):
     """(ny, nx) bool: scan areas whose detection reads any of the pixels ``lin``."""
     size, ny, nx = grid
-    reach = max(math.ceil(max(p.extra_large_radius_px, p.max_radius_px) + p.annulus_width_px),
-                p.max_diff_patch_px + 1) + 2
+    reach = (
+        max(math.ceil(max(p.extra_large_radius_px, p.max_radius_px) + p.annulus_width_px), p.max_diff_patch_px + 1) + 2
+    )
     y, x = (lin // w % h).cpu(), (lin % w).cpu()
 
     def hits(v, n, extent):  # (len(v), count) bool: v inside each area's region +- reach
@@ -233,12 +256,14 @@ def _mask(x, lin):
 
 def _as_stack(image: torch.Tensor, fn: str) -> tuple[torch.Tensor, bool]:
     """(..., h, w) real image -> contiguous (B, h, w) float32 (float64 stays) and whether that
-    tensor is a copy (owned) rather than the input itself."""
+    tensor is a copy (owned) rather than the input itself.
+    """
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"{fn}: image must be a torch.Tensor, got {type(image).__name__}")
     if image.ndim < 2 or image.is_complex() or image.dtype == torch.bool:
-        raise ValueError(f"{fn}: image must be a real (..., h, w) tensor, got {image.dtype} "
-                         f"of shape {tuple(image.shape)}")
+        raise ValueError(
+            f"{fn}: image must be a real (..., h, w) tensor, got {image.dtype} of shape {tuple(image.shape)}"
+        )
     h, w = image.shape[-2:]
     if h < 16 or w < 16:
         raise ValueError(f"{fn}: image is {h} x {w} px; X-ray search needs at least 16 x 16")

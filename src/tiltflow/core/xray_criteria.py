@@ -38,7 +38,8 @@ POISSON_MAX_COUNTS = 20.0  # ... up to this many counts per pixel (above, tails 
 def _find(x, p, grid, todo):
     """Scan the areas marked in ``todo`` (ny, nx) -> (flat indices, area of the seed) of the
     patch pixels found there. Every area is scanned as a tile (its statistics window plus a
-    margin) so that a rescan of some areas computes exactly what a full scan would."""
+    margin) so that a rescan of some areas computes exactly what a full scan would.
+    """
     _, h, w = x.shape
     size, _, nx = grid
     edge = p.edge_exclusion_px
@@ -47,25 +48,26 @@ def _find(x, p, grid, todo):
         areas = [(j, c) for c, f in enumerate(row) if f]
         (chunks if len(areas) == nx else loose).append(areas)
     loose = [area for row in loose for area in row]
-    chunks += [loose[i:i + 64] for i in range(0, len(loose), 64)]
+    chunks += [loose[i : i + 64] for i in range(0, len(loose), 64)]
     parts = [_scan_tiles(x, areas, size, edge, p) for areas in chunks]
     if not parts:
         empty = torch.zeros(0, dtype=torch.long, device=x.device)
         return empty, empty
-    peaks, seeds = ([torch.cat(c) for c in zip(*part)] for part in zip(*parts))
+    peaks, seeds = ([torch.cat(c) for c in zip(*part, strict=False)] for part in zip(*parts, strict=False))
     coords = list(_peak_patches(x, *peaks, size, edge, p))
     b, y, xx, win, level, scale = seeds
     reach = _grow(win, level, scale, p.grow_criterion, math.inf, y, xx, h, w, edge)
     keep = reach.sum((1, 2)) <= p.max_diff_patch_px  # a bigger patch reaches the window edge
     keep &= _stands_out_locally(x, b, y, xx, win[:, win.shape[1] // 2], p.diff_criterion)
     coords.append(_window_coords(reach[keep], b[keep], y[keep], xx[keep]))
-    b, y, xx, sy, sx = (torch.cat(c) for c in zip(*coords))
+    b, y, xx, sy, sx = (torch.cat(c) for c in zip(*coords, strict=False))
     return (b * h + y) * w + xx, (sy // size) * nx + (sx // size).clamp_max(nx - 1)
 
 
 def _scan_tiles(x, areas, size, edge, p):
     """Scan areas [(row, column)]: intensity candidates (b, y, x, giant threshold) and
-    difference seeds (b, y, x, windows of ``9 * pixel - box3x3``, area mean and SD of it)."""
+    difference seeds (b, y, x, windows of ``9 * pixel - box3x3``, area mean and SD of it).
+    """
     nb, h, w = x.shape
     m = p.max_diff_patch_px
     pad, na, dev = m + 1, len(areas), x.device  # tile = statistics window + seed margin
@@ -81,21 +83,27 @@ def _scan_tiles(x, areas, size, edge, p):
     nd.sub_(tiles[:, 1:-1, 1:-1], alpha=9.0).neg_()  # 9 * pixel - box = 8 * (pixel - mean8)
     nd4 = nd.view(nb, na, t - 2, t - 2)
     if border:  # edge rows / columns: pixel - mean of its in-image neighbours
-        _edge_differences(nd4, tiles.view(nb, na, t, t), border, [s0[k] - pad + 1 for k in border],
-                          [t0[k] - pad + 1 for k in border], h, w)
+        _edge_differences(
+            nd4,
+            tiles.view(nb, na, t, t),
+            border,
+            [s0[k] - pad + 1 for k in border],
+            [t0[k] - pad + 1 for k in border],
+            h,
+            w,
+        )
     si = 4 if size % 4 == 0 and size >= 40 else 1  # intensity statistics: 4x subsample
     st = 2 if size % 2 == 0 and size >= 20 else 1  # difference statistics: 2x subsample
     core = slice(pad, pad + size)
-    mean, sd = _robust_stats(tiles[:, pad:pad + size:si, pad:pad + size:si].reshape(nb * na, -1))
-    sub = nd[:, pad - 1:pad - 1 + size:st, pad - 1:pad - 1 + size:st].reshape(nb * na, -1)
+    mean, sd = _robust_stats(tiles[:, pad : pad + size : si, pad : pad + size : si].reshape(nb * na, -1))
+    sub = nd[:, pad - 1 : pad - 1 + size : st, pad - 1 : pad - 1 + size : st].reshape(nb * na, -1)
     if not bool(torch.isfinite(sub.sum())):  # a NaN or inf pixel spoils 3 x 3 differences
         raise ValueError("find_xrays: image contains NaN or inf; replace them before erasing")
     dmean, dsd = _robust_stats(sub)
     tiny = 1e-12 * (float(mean.abs().max()) + 1.0)
     sd, dsd = sd.clamp_min(tiny), dsd.clamp_min(tiny)
     cand = tiles[:, core, core] > (mean + p.scan_criterion * sd)[:, None, None]
-    seed = nd[:, pad - 1:pad - 1 + size, pad - 1:pad - 1 + size] > (
-        dmean + p.diff_criterion * dsd)[:, None, None]
+    seed = nd[:, pad - 1 : pad - 1 + size, pad - 1 : pad - 1 + size] > (dmean + p.diff_criterion * dsd)[:, None, None]
     i, ty, tx = (cand | seed).nonzero(as_tuple=True)  # one sparse scan for both detectors
     k = i % na
     meta = torch.tensor([[j * size, c * size] for j, c in areas], device=dev)[k]
@@ -106,8 +114,9 @@ def _scan_tiles(x, areas, size, edge, p):
     sel = ok & cand[i, ty, tx]
     peaks = (img[sel], y[sel], xx[sel], (mean + (p.scan_criterion + 1.0) * sd)[i[sel]])
     sel = ok & seed[i, ty, tx]
-    win = _gather(nd.reshape(-1), t - 2, t - 2, i[sel], ty[sel] + pad - 1, tx[sel] + pad - 1,
-                  *_offsets(math.inf, -1.0, m))
+    win = _gather(
+        nd.reshape(-1), t - 2, t - 2, i[sel], ty[sel] + pad - 1, tx[sel] + pad - 1, *_offsets(math.inf, -1.0, m)
+    )
     return peaks, (img[sel], y[sel], xx[sel], win, dmean[i[sel]], dsd[i[sel]])
 
 
@@ -115,7 +124,8 @@ def _edge_differences(nd, tiles, border, a, b, h, w):
     """In place on ``nd`` (B, N, n, n) = 9 * pixel - box3 of ``tiles`` (B, N, n + 2, n + 2) (zeros
     outside the image), for the tiles ``border`` whose nd[0, 0] lies at image (a[i], b[i]): at the
     image's edges 8 * (pixel - mean of its k in-image neighbours) * sqrt((1 + 1/8) / (1 + 1/k))
-    (the interior's noise); 0 outside the image."""
+    (the interior's noise); 0 outside the image.
+    """
     n, dev = nd.shape[-1], nd.device
     rows = torch.arange(n, device=dev) + torch.tensor(a, device=dev)[:, None]  # (K, n)
     cols = torch.arange(n, device=dev) + torch.tensor(b, device=dev)[:, None]
@@ -135,29 +145,29 @@ def _edge_differences(nd, tiles, border, a, b, h, w):
 
 def _cut_tiles(x, areas, s0, t0, size, pad):
     """(B, n, t, t) copies of the areas' statistics windows plus ``pad``; zeros outside the
-    image, whose tiles are listed in ``border``. Identical values whichever way they are cut."""
+    image, whose tiles are listed in ``border``. Identical values whichever way they are cut.
+    """
     nb, h, w = x.shape
     t = size + 2 * pad
     tiles = x.new_empty(nb, len(areas), t, t)
     done = set()
     a = s0[0] - pad
-    if len(areas) > 2 and a >= 0 and a + t <= h and areas == [(areas[0][0], c)
-                                                               for c in range(len(areas))]:
+    if len(areas) > 2 and a >= 0 and a + t <= h and areas == [(areas[0][0], c) for c in range(len(areas))]:
         # areas 0.. of one band: the regular ones 1..n-1 at once from a strided view
         n = min((w - t + pad) // size, len(areas) - 1) + 1  # areas 1..n-1 fit entirely
         if n > 1:
-            view = x[:, a:a + t, size - pad:].unfold(2, t, size)  # window i: area i + 1
-            tiles[:, 1:n] = view[:, :, :n - 1].permute(0, 2, 1, 3)
+            view = x[:, a : a + t, size - pad :].unfold(2, t, size)  # window i: area i + 1
+            tiles[:, 1:n] = view[:, :, : n - 1].permute(0, 2, 1, 3)
             done = set(range(1, n))
     border = []
-    for k, (a, b) in enumerate(zip(s0, t0)):
+    for k, (a, b) in enumerate(zip(s0, t0, strict=False)):
         if k in done:
             continue
         ya, yb, xa, xb = max(a - pad, 0), min(a - pad + t, h), max(b - pad, 0), min(b - pad + t, w)
         if yb - ya < t or xb - xa < t:
             tiles[:, k].zero_()
             border.append(k)
-        tiles[:, k, ya - a + pad:yb - a + pad, xa - b + pad:xb - b + pad] = x[:, ya:yb, xa:xb]
+        tiles[:, k, ya - a + pad : yb - a + pad, xa - b + pad : xb - b + pad] = x[:, ya:yb, xa:xb]
     return tiles, border
 
 
@@ -177,16 +187,15 @@ def _peak_patches(x, b, y, xx, big, size, edge, p):
         if not giant:  # X-rays are sharp; a smooth blob (a bright bead) is left to the giant test
             ok &= (v - mean8) >= MIN_SHARPNESS * (v - ring_m)
         win = _gather(flat, h, w, b[ok], y[ok], xx[ok], *_offsets(math.inf, -1.0, int(r_in)))
-        reach = _grow(win, ring_m[ok], ring_s[ok], p.grow_criterion, r_in, y[ok], xx[ok], h, w,
-                      edge)
+        reach = _grow(win, ring_m[ok], ring_s[ok], p.grow_criterion, r_in, y[ok], xx[ok], h, w, edge)
         # giant patches, and normal ones larger than an X-ray's few pixels (a bead in a bright-
         # bead stack), are erased only when sharp-edged (an X-ray), not a smooth bright blob
-        test = torch.ones_like(b[ok], dtype=torch.bool) if giant else \
-            reach.flatten(1).sum(1) > MAX_COMPACT_PX
+        test = torch.ones_like(b[ok], dtype=torch.bool) if giant else reach.flatten(1).sum(1) > MAX_COMPACT_PX
         if bool(test.any()):
             sharp = ~test
-            sharp[test] = _big_diff_z(x, b[ok][test], y[ok][test], xx[ok][test], reach[test],
-                                      size) > p.big_diff_criterion
+            sharp[test] = (
+                _big_diff_z(x, b[ok][test], y[ok][test], xx[ok][test], reach[test], size) > p.big_diff_criterion
+            )
             ok[ok.clone()] = sharp
             reach = reach[sharp]
         yield _window_coords(reach, b[ok], y[ok], xx[ok])
@@ -197,7 +206,8 @@ def _peak_patches(x, b, y, xx, big, size, edge, p):
 
 def _grow(v, level, scale, crit, radius, y, x, h, w, edge):
     """Windows ``v`` (n, s*s) centred on seeds -> (n, s, s) bool: 8-connected pixels reachable
-    from the centre, within ``radius``, with ``v - level > crit * scale``, off the edges."""
+    from the centre, within ``radius``, with ``v - level > crit * scale``, off the edges.
+    """
     s = math.isqrt(v.shape[1])
     r = s // 2
     dy, dx = (t.to(y.device) for t in _offsets(math.inf, -1.0, r))
@@ -229,7 +239,8 @@ def _window_coords(reach, b, y, x):
 
 def _big_diff_z(x, b, y, xx, reach, size):
     """Per giant patch: mean of the top quarter of its pixels' max |adjacent difference|, in SDs
-    above the mean |adjacent difference| of its scan area."""
+    above the mean |adjacent difference| of its scan area.
+    """
     _, h, w = x.shape
     r = reach.shape[-1] // 2 + 1
     v = _gather(x.reshape(-1), h, w, b, y, xx, *_offsets(math.inf, -1.0, r))
@@ -241,14 +252,11 @@ def _big_diff_z(x, b, y, xx, reach, size):
     k = (reach.flatten(1).sum(1) * 0.25).round().clamp_min(1)  # IMOD: most extreme 1/4
     first = torch.arange(top.shape[1], device=x.device)[None] < k[:, None]
     avg = torch.where(first, top, 0.0).sum(1) / k
-    key = torch.stack([b, torch.clamp(y // size * size, max=h - size),
-                       torch.clamp(xx // size * size, max=w - size)], 1)
+    key = torch.stack([b, torch.clamp(y // size * size, max=h - size), torch.clamp(xx // size * size, max=w - size)], 1)
     key, which = torch.unique(key, dim=0, return_inverse=True)  # scan areas of these patches
     g = torch.arange(size, device=x.device)
-    win = x[key[:, 0, None, None], (key[:, 1, None] + g)[:, :, None],
-            (key[:, 2, None] + g)[:, None, :]]
-    d = torch.cat([(win[:, :, 1:] - win[:, :, :-1]).abs().flatten(1),
-                   (win[:, 1:] - win[:, :-1]).abs().flatten(1)], 1)
+    win = x[key[:, 0, None, None], (key[:, 1, None] + g)[:, :, None], (key[:, 2, None] + g)[:, None, :]]
+    d = torch.cat([(win[:, :, 1:] - win[:, :, :-1]).abs().flatten(1), (win[:, 1:] - win[:, :-1]).abs().flatten(1)], 1)
     m = d.mean(1)
     sd = ((d - m[:, None]).abs().mean(1) * _SD_PER_MAD).clamp_min(1e-12)
     return (avg - m[which]) / sd[which]
@@ -258,23 +266,25 @@ def _stands_out_locally(x, b, y, xx, value, crit):
     """Bool (n,): difference seeds whose ``value`` (9 * pixel - box3) also exceeds ``crit`` SDs of
     the differences in their own 15 x 15 neighbourhood (their 5 x 5 centre left out; SD from the
     noisiest quarter, 75th percentile of |d - median| / 1.1503): where dark beads lower the noise
-    of part of a scan area, its robust SD is too small for the pixels around them."""
+    of part of a scan area, its robust SD is too small for the pixels around them.
+    """
     _, h, w = x.shape
     r = 8
     g = torch.arange(-r + 1, r, device=x.device)
     centre = (g.abs() <= 2)[:, None] & (g.abs() <= 2)[None, :]
     out = []
     for i in range(0, y.numel(), _CHUNK):
-        bi, yi, xi = b[i:i + _CHUNK], y[i:i + _CHUNK], xx[i:i + _CHUNK]
+        bi, yi, xi = b[i : i + _CHUNK], y[i : i + _CHUNK], xx[i : i + _CHUNK]
         v = _gather(x.reshape(-1), h, w, bi, yi, xi, *_offsets(math.inf, -1.0, r))
         v = v.view(-1, 1, 2 * r + 1, 2 * r + 1)
         nd = (9.0 * v[:, 0, 1:-1, 1:-1] - 9.0 * F.avg_pool2d(v, 3, 1)[:, 0]).flatten(1)
-        ok = ((yi[:, None] + g >= 1) & (yi[:, None] + g < h - 1))[:, :, None] & \
-            ((xi[:, None] + g >= 1) & (xi[:, None] + g < w - 1))[:, None, :]
+        ok = ((yi[:, None] + g >= 1) & (yi[:, None] + g < h - 1))[:, :, None] & (
+            (xi[:, None] + g >= 1) & (xi[:, None] + g < w - 1)
+        )[:, None, :]
         nd = torch.where((ok & ~centre).flatten(1), nd, math.nan)
         med = nd.nanmedian(1).values
         sd = torch.nanquantile((nd - med[:, None]).abs(), 0.75, dim=1) / 1.1503
-        out.append(value[i:i + _CHUNK] - med > crit * sd.clamp_min(1e-12))
+        out.append(value[i : i + _CHUNK] - med > crit * sd.clamp_min(1e-12))
     return torch.cat(out) if out else value.new_zeros(0, dtype=torch.bool)
 
 
@@ -302,8 +312,8 @@ def _drop_unlike_xrays(x, lin, size, p):
     top = torch.full((n,), -math.inf, dtype=v.dtype, device=x.device)
     top = top.scatter_reduce(0, comp, v, "amax")
     first = torch.full((n,), lin.numel(), device=x.device).scatter_reduce(
-        0, comp, torch.where(v == top[comp], torch.arange(lin.numel(), device=x.device),
-                             lin.numel()), "amin")
+        0, comp, torch.where(v == top[comp], torch.arange(lin.numel(), device=x.device), lin.numel()), "amin"
+    )
     peak = lin[first]
     b, y, xx = peak // (h * w), peak // w % h, peak % w
     dy, dx = _offsets(4.5, 1.5)
@@ -326,14 +336,13 @@ def _drop_unlike_xrays(x, lin, size, p):
 
 def _area_stats(x, b, y, xx, size):
     """Per point (b, y, x), of its scan area: robust intensity mean and SD, and the noise SD
-    (robust SD of adjacent-pixel differences / sqrt 2, blind to smooth structure) -> 3 x (n,)."""
+    (robust SD of adjacent-pixel differences / sqrt 2, blind to smooth structure) -> 3 x (n,).
+    """
     _, h, w = x.shape
-    key = torch.stack([b, torch.clamp(y // size * size, max=h - size),
-                       torch.clamp(xx // size * size, max=w - size)], 1)
+    key = torch.stack([b, torch.clamp(y // size * size, max=h - size), torch.clamp(xx // size * size, max=w - size)], 1)
     key, which = torch.unique(key, dim=0, return_inverse=True)
     rows, cols = torch.arange(0, size, 2, device=x.device), torch.arange(size, device=x.device)
-    win = x[key[:, 0, None, None], (key[:, 1, None] + rows)[:, :, None],
-            (key[:, 2, None] + cols)[:, None, :]]
+    win = x[key[:, 0, None, None], (key[:, 1, None] + rows)[:, :, None], (key[:, 2, None] + cols)[:, None, :]]
     mean, sd = _robust_stats(win[:, :, ::2].flatten(1))
     noise = _robust_stats((win[:, :, 1:] - win[:, :, :-1]).flatten(1))[1] / math.sqrt(2.0)
     return mean[which], sd.clamp_min(1e-12)[which], noise.clamp_min(1e-12)[which]

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 SAMPLE_PIXELS = 1 << 16  # pixels whose temporal statistics set the noise scale
-BLOCK_PX = 16            # screen blocks
-_MAX_GROW = 8            # grow steps: the longest streak followed from its hit pixel
-_CHUNK = 1 << 14         # candidate pixels per batched gather
+BLOCK_PX = 16  # screen blocks
+_MAX_GROW = 8  # grow steps: the longest streak followed from its hit pixel
+_CHUNK = 1 << 14  # candidate pixels per batched gather
 
 
 @dataclass
@@ -87,14 +87,14 @@ def remove_frame_xrays(
     x = frames if inplace else frames.clone()
     t, h, w = x.shape
     s = _noise_scale(x)
-    floor = _screen_floor(x, s, threshold_sd)          # (hb, wb) no hit pixel is below it
-    yx = _screen(x, floor)                             # candidate pixels (flat y * w + x)
+    floor = _screen_floor(x, s, threshold_sd)  # (hb, wb) no hit pixel is below it
+    yx = _screen(x, floor)  # candidate pixels (flat y * w + x)
     flat = x.view(-1)
     lin = (torch.arange(t, device=x.device)[:, None] * (h * w) + yx).flatten()
     lam = _expectation(x, floor, yx, box_px).repeat(t)
     lin = lin[flat[lin] > lam + threshold_sd * _sd(lam, s)]
     done = lin
-    for _ in range(_MAX_GROW):                          # 8-connected neighbours, same frame
+    for _ in range(_MAX_GROW):  # 8-connected neighbours, same frame
         nbr = _neighbours(lin, h, w)
         nbr = nbr[~torch.isin(nbr, done)]
         if not nbr.numel():
@@ -109,16 +109,22 @@ def remove_frame_xrays(
     values = _expectation(x, floor, done % (h * w), box_px)
     original = flat[done].clone()
     flat[done] = values.to(flat.dtype)
-    return FrameXrays(frames=x, frame=done // (h * w), y=done // w % h, x=done % w,
-                      original=original, replacement=values, noise_scale=s)
+    return FrameXrays(
+        frames=x,
+        frame=done // (h * w),
+        y=done // w % h,
+        x=done % w,
+        original=original,
+        replacement=values,
+        noise_scale=s,
+    )
 
 
 def _check(frames, threshold_sd, grow_sd, box_px) -> None:
     name = "remove_frame_xrays"
     if not isinstance(frames, torch.Tensor) or frames.ndim != 3 or not frames.is_floating_point():
         got = f"{getattr(frames, 'dtype', type(frames))} {tuple(getattr(frames, 'shape', ()))}"
-        raise ValueError(f"{name}: frames must be a real floating-point (t, h, w) tensor, "
-                         f"got {got}")
+        raise ValueError(f"{name}: frames must be a real floating-point (t, h, w) tensor, got {got}")
     if not frames.is_contiguous():
         raise ValueError(f"{name}: frames must be contiguous")
     if not (math.isfinite(threshold_sd) and math.isfinite(grow_sd) and 0 < grow_sd <= threshold_sd):
@@ -134,7 +140,8 @@ def _sd(lam: torch.Tensor, s: float) -> torch.Tensor:
 
 def _noise_scale(x: torch.Tensor) -> float:
     """``s`` = variance / mean of the counts, from the temporal statistics of sampled rows
-    (pixels whose variance is over 10x the model's are left out: hits, hot pixels)."""
+    (pixels whose variance is over 10x the model's are left out: hits, hot pixels).
+    """
     t, h, w = x.shape
     if t < 2:
         return 1.0
@@ -152,7 +159,8 @@ def _noise_scale(x: torch.Tensor) -> float:
 
 def _screen_floor(x: torch.Tensor, s: float, threshold_sd: float) -> torch.Tensor:
     """(hb, wb) per 16 x 16 block: a count no hit pixel of the block is below, from the lowest
-    mean of the block and its 8 neighbours (first and last frame; 0.8 x for finer structure)."""
+    mean of the block and its 8 neighbours (first and last frame; 0.8 x for finer structure).
+    """
     ends = {0, x.shape[0] - 1}  # one frame at a time: pooling a strided view is ~5x slower
     mean = sum(F.avg_pool2d(x[i][None], BLOCK_PX, BLOCK_PX, ceil_mode=True)[0] for i in ends)
     mean = mean / len(ends)
@@ -162,7 +170,8 @@ def _screen_floor(x: torch.Tensor, s: float, threshold_sd: float) -> torch.Tenso
 
 def _screen(x: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
     """Sorted flat indices (y * w + x) of the pixels whose maximum over frames exceeds the floor
-    of their block."""
+    of their block.
+    """
     t, h, w = x.shape
     top = x.amax(0)
     hb, wb = floor.shape
@@ -179,7 +188,8 @@ def _screen(x: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
 
 def _expectation(x: torch.Tensor, floor: torch.Tensor, yx: torch.Tensor, box: int) -> torch.Tensor:
     """Expected counts (n,) at pixels ``yx`` (flat y * w + x): mean over all frames of the
-    in-image box x box neighbourhood, values above the block's floor left out."""
+    in-image box x box neighbourhood, values above the block's floor left out.
+    """
     t, h, w = x.shape
     r = box // 2
     g = torch.arange(-r, r + 1, device=x.device)
@@ -187,9 +197,9 @@ def _expectation(x: torch.Tensor, floor: torch.Tensor, yx: torch.Tensor, box: in
     flat = x.view(-1)
     out = []
     for i in range(0, yx.numel(), _CHUNK):
-        p = yx[i:i + _CHUNK]
+        p = yx[i : i + _CHUNK]
         yy, xx = p // w, p % w
-        ny, nx = yy[:, None] + dy, xx[:, None] + dx                        # (n, box^2)
+        ny, nx = yy[:, None] + dy, xx[:, None] + dx  # (n, box^2)
         ok = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
         q = ny.clamp(0, h - 1) * w + nx.clamp(0, w - 1)
         lim = floor[ny.clamp(0, h - 1) // BLOCK_PX, nx.clamp(0, w - 1) // BLOCK_PX]

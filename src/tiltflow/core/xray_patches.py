@@ -25,7 +25,8 @@ _FIT_CHUNK = 1024  # patches per batched polynomial fit
 
 def _robust_stats(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Trimmed mean and robust SD along the last axis of ``v`` (n, k) -> (n,), (n,): SD is
-    sqrt(pi/2) x the mean absolute deviation; two rounds leave out values beyond 4 SD."""
+    sqrt(pi/2) x the mean absolute deviation; two rounds leave out values beyond 4 SD.
+    """
     mean = v.mean(-1, keepdim=True)
     sd = (v - mean).abs().mean(-1, keepdim=True) * _SD_PER_MAD
     for _ in range(2):
@@ -39,7 +40,8 @@ def _robust_stats(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @functools.lru_cache(maxsize=32)
 def _offsets(r_out: float, r_in: float, r: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer (dy, dx) with r_in < distance <= r_out in a (2r+1)^2 window, row-major;
-    ``r_in < 0`` and ``r_out = inf`` give the whole window."""
+    ``r_in < 0`` and ``r_out = inf`` give the whole window.
+    """
     r = math.floor(r_out) if r is None else r
     g = torch.arange(-r, r + 1)
     dy, dx = (a.reshape(-1) for a in torch.meshgrid(g, g, indexing="ij"))
@@ -65,12 +67,13 @@ def _gather(flat, h, w, b, y, x, dy, dx):
 
 def _ring_stats(flat, h, w, b, y, x, r_in, width):
     """Mean and SD of the in-image pixels of the annulus r_in < r <= r_in + width around each
-    point -> (n,), (n,)."""
+    point -> (n,), (n,).
+    """
     dy, dx = _offsets(r_in + width, r_in)
     k = dy.numel()
     means, sds = [flat.new_zeros(0)], [flat.new_zeros(0)]
     for i in range(0, y.numel(), _CHUNK):
-        v = _gather(flat, h, w, b[i:i + _CHUNK], y[i:i + _CHUNK], x[i:i + _CHUNK], dy, dx)
+        v = _gather(flat, h, w, b[i : i + _CHUNK], y[i : i + _CHUNK], x[i : i + _CHUNK], dy, dx)
         ref = v[:, 0]
         v = v - ref[:, None]  # shifted for an accurate one-pass variance (torch.std is slow)
         s1, s2 = v.sum(1), v.square().sum(1)
@@ -126,19 +129,18 @@ def _components(lin, y, x, h, w):
 
 def _fit_values(x, lin, border, order):
     """Replacement values (float64) at sorted flat indices ``lin`` of ``x`` (B, h, w): one
-    polynomial per 8-connected patch, least squares on the unmasked pixels within ``border``."""
+    polynomial per 8-connected patch, least squares on the unmasked pixels within ``border``.
+    """
     _, h, w = x.shape
     y, xx = lin // w % h, lin % w
     comp = _components(lin, y, xx, h, w)
     n_comp = int(comp.max()) + 1
     flat, dev = x.reshape(-1), x.device
-    lo = [torch.full((n_comp,), h + w, device=dev).scatter_reduce(0, comp, t, "amin")
-          for t in (y, xx)]
-    hi = [torch.full((n_comp,), -1, device=dev).scatter_reduce(0, comp, t, "amax")
-          for t in (y, xx)]
+    lo = [torch.full((n_comp,), h + w, device=dev).scatter_reduce(0, comp, t, "amin") for t in (y, xx)]
+    hi = [torch.full((n_comp,), -1, device=dev).scatter_reduce(0, comp, t, "amax") for t in (y, xx)]
     base = torch.zeros(n_comp, dtype=lin.dtype, device=dev).scatter_(0, comp, lin // (h * w) * h)
     extent = torch.maximum(hi[0] - lo[0], hi[1] - lo[1])
-    cen = [(a + c).double() / 2 for a, c in zip(lo, hi)]
+    cen = [(a + c).double() / 2 for a, c in zip(lo, hi, strict=False)]
     scale = (extent.double() / 2 + border).clamp_min(1.0)  # coordinates in ~[-1, 1]
     terms = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
     eye = torch.eye(len(terms), dtype=torch.float64, device=dev)

@@ -8,8 +8,9 @@ capped so workers do not oversubscribe the cores.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 
 def _limit_threads(n: int) -> None:
@@ -31,18 +32,24 @@ class DaskExecutor:
         self.torch_threads = torch_threads
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> "DaskExecutor":
+    def from_options(cls, options: dict[str, Any]) -> DaskExecutor:
         from dask.distributed import Client, LocalCluster
 
         threads = int(options.get("threads_per_worker") or 1)
         if options.get("scheduler"):
             return cls(Client(options["scheduler"]), torch_threads=threads)
         if options.get("jobqueue"):
-            return cls(Client(slurm_cluster_from_config(Path(options["jobqueue"]))), owns_cluster=True,
-                       torch_threads=threads)
+            return cls(
+                Client(slurm_cluster_from_config(Path(options["jobqueue"]))), owns_cluster=True, torch_threads=threads
+            )
         resources = {"GPU": int(options["gpus_per_worker"])} if options.get("gpus_per_worker") else None
-        cluster = LocalCluster(n_workers=int(options.get("workers") or 2), threads_per_worker=threads,
-                               processes=True, dashboard_address=None, resources=resources)
+        cluster = LocalCluster(
+            n_workers=int(options.get("workers") or 2),
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=None,
+            resources=resources,
+        )
         return cls(Client(cluster), owns_cluster=True, torch_threads=threads)
 
     def map_unordered(self, fn: Callable[..., Any], tasks: Iterable[tuple[str, tuple]]) -> Iterator[tuple[str, Any]]:
@@ -50,8 +57,15 @@ class DaskExecutor:
 
         futures = {}
         for key, args in tasks:
-            fut = self.client.submit(_run_task, fn, args, self.torch_threads, key=f"tiltflow-{key}-{id(fn)}",
-                                     retries=self.retries, pure=False)
+            fut = self.client.submit(
+                _run_task,
+                fn,
+                args,
+                self.torch_threads,
+                key=f"tiltflow-{key}-{id(fn)}",
+                retries=self.retries,
+                pure=False,
+            )
             futures[fut] = key
         for fut in as_completed(list(futures)):
             key = futures[fut]

@@ -33,9 +33,7 @@ __all__ = ["GLOBAL_COLUMNS", "LOCAL_COLUMNS", "AlnFile", "AlnFormatError", "read
 
 GLOBAL_COLUMNS = ("SEC", "ROT", "GMAG", "TX", "TY", "SMEAN", "SFIT", "SCALE", "BASE", "TILT")
 LOCAL_COLUMNS = ("TILT_INDEX", "PATCH", "X", "Y", "SHIFT_X", "SHIFT_Y", "GOOD")
-_GLOBAL_HEADER = (
-    "# SEC     ROT         GMAG       TX          TY      SMEAN     SFIT    SCALE     BASE     TILT"
-)
+_GLOBAL_HEADER = "# SEC     ROT         GMAG       TX          TY      SMEAN     SFIT    SCALE     BASE     TILT"
 _GLOBAL_FMT = "{:5d}  {:9.4f}  {:9.5f}  {:9.3f}  {:9.3f}" + "  {:7.2f}" * 4 + "  {:8.2f}"
 # more decimals for files we write from our own alignments (AreTomo reads whitespace-separated)
 _GLOBAL_FMT_PRECISE = "{:5d}  {:11.6f}  {:10.7f}  {:11.5f}  {:11.5f}" + "  {:7.2f}" * 4 + "  {:10.5f}"
@@ -164,11 +162,17 @@ def read_aln(path: str | Path, *, strict: bool = True) -> AlnFile:
         ldf = ldf.astype({"TILT_INDEX": int, "PATCH": int})
     aln = AlnFile(raw_size, num_patches, gdf, dark, alpha, beta, thickness, ldf, header, lines[0])
     if len(gdf) + len(dark) != raw_size[2]:
-        _problem(strict, f"{path}: {len(gdf)} global rows + {len(dark)} dark frames != "
-                 f"RawSize {raw_size[2]} sections (truncated or edited file?)")
+        _problem(
+            strict,
+            f"{path}: {len(gdf)} global rows + {len(dark)} dark frames != "
+            f"RawSize {raw_size[2]} sections (truncated or edited file?)",
+        )
     if num_patches and len(local) != num_patches * len(gdf):
-        _problem(strict, f"{path}: {len(local)} local rows, expected NumPatches {num_patches} x "
-                 f"{len(gdf)} views = {num_patches * len(gdf)}")
+        _problem(
+            strict,
+            f"{path}: {len(local)} local rows, expected NumPatches {num_patches} x "
+            f"{len(gdf)} views = {num_patches * len(gdf)}",
+        )
     return aln
 
 

@@ -71,12 +71,25 @@ class CtffindRow(BaseModel):
 
     @classmethod
     def from_u_v_angle(
-        cls, number: int, defocus_u_a: float, defocus_v_a: float, astigmatism_angle_deg: float, *,
-        phase_shift_rad: float = 0.0, cross_correlation: float = 0.0, fit_resolution_a: float = 0.0,
+        cls,
+        number: int,
+        defocus_u_a: float,
+        defocus_v_a: float,
+        astigmatism_angle_deg: float,
+        *,
+        phase_shift_rad: float = 0.0,
+        cross_correlation: float = 0.0,
+        fit_resolution_a: float = 0.0,
     ) -> CtffindRow:
-        return cls(micrograph_number=number, defocus_1_a=defocus_u_a, defocus_2_a=defocus_v_a,
-                   azimuth_deg=astigmatism_angle_deg, phase_shift_rad=phase_shift_rad,
-                   cross_correlation=cross_correlation, fit_resolution_a=fit_resolution_a)
+        return cls(
+            micrograph_number=number,
+            defocus_1_a=defocus_u_a,
+            defocus_2_a=defocus_v_a,
+            azimuth_deg=astigmatism_angle_deg,
+            phase_shift_rad=phase_shift_rad,
+            cross_correlation=cross_correlation,
+            fit_resolution_a=fit_resolution_a,
+        )
 
 
 class CtffindFile(BaseModel):
@@ -97,8 +110,8 @@ class CtffindFile(BaseModel):
     max_resolution_a: float | None = None
     min_defocus_a: float | None = None
     max_defocus_a: float | None = None
-    columns: str | None = None                            # the text after "# Columns:"
-    header_extra: dict[str, str] = Field(default_factory=dict)   # unknown "key: value" pairs
+    columns: str | None = None  # the text after "# Columns:"
+    header_extra: dict[str, str] = Field(default_factory=dict)  # unknown "key: value" pairs
     other_header_lines: list[str] = Field(default_factory=list)  # unrecognised '#' lines
     rows: list[CtffindRow] = Field(default_factory=list)
 
@@ -157,8 +170,10 @@ def parse_ctffind(text: str, *, strict: bool = True) -> CtffindFile:
     """Parse CTFFIND4 text. ``strict``: raise on a malformed data line (else warn and skip it)."""
     header, extra, other, data = _split(text)
     if "lines_per_micrograph" in header:
-        raise ValueError("this is a CTFFIND rotational-average file (*_avrot.txt), not the per-micrograph "
-                         "summary; read it with read_ctffind_avrot")
+        raise ValueError(
+            "this is a CTFFIND rotational-average file (*_avrot.txt), not the per-micrograph "
+            "summary; read it with read_ctffind_avrot"
+        )
     rows: list[CtffindRow] = []
     for lineno, line in data:
         try:
@@ -166,9 +181,18 @@ def parse_ctffind(text: str, *, strict: bool = True) -> CtffindFile:
             if len(values) < 4:
                 raise ValueError(f"{len(values)} columns, need at least 4")
             pad = values + [0.0] * max(0, 7 - len(values))
-            rows.append(CtffindRow(micrograph_number=round(pad[0]), defocus_1_a=pad[1], defocus_2_a=pad[2],
-                                   azimuth_deg=pad[3], phase_shift_rad=pad[4], cross_correlation=pad[5],
-                                   fit_resolution_a=pad[6], extra=values[7:]))
+            rows.append(
+                CtffindRow(
+                    micrograph_number=round(pad[0]),
+                    defocus_1_a=pad[1],
+                    defocus_2_a=pad[2],
+                    azimuth_deg=pad[3],
+                    phase_shift_rad=pad[4],
+                    cross_correlation=pad[5],
+                    fit_resolution_a=pad[6],
+                    extra=values[7:],
+                )
+            )
         except ValueError as err:
             msg = f"CTFFIND text line {lineno}: cannot read {line.strip()!r} ({err})"
             if strict:
@@ -176,8 +200,11 @@ def parse_ctffind(text: str, *, strict: bool = True) -> CtffindFile:
             warnings.warn(msg + "; skipped", stacklevel=2)
     out = CtffindFile(**header, header_extra=extra, other_header_lines=other, rows=rows)
     if out.number_of_micrographs is not None and out.number_of_micrographs != len(rows):
-        warnings.warn(f"CTFFIND header says {out.number_of_micrographs} micrographs but the file has "
-                      f"{len(rows)} rows; using the rows", stacklevel=2)
+        warnings.warn(
+            f"CTFFIND header says {out.number_of_micrographs} micrographs but the file has "
+            f"{len(rows)} rows; using the rows",
+            stacklevel=2,
+        )
     return out
 
 
@@ -196,7 +223,9 @@ def format_ctffind(data: CtffindFile, *, tilt_angles_deg: list[float] | None = N
     rows = list(data.rows)
     if tilt_angles_deg is not None:
         if len(tilt_angles_deg) != len(rows):
-            raise ValueError(f"format_ctffind: {len(tilt_angles_deg)} tilt angles for {len(rows)} rows; pass one per row")
+            raise ValueError(
+                f"format_ctffind: {len(tilt_angles_deg)} tilt angles for {len(rows)} rows; pass one per row"
+            )
         order = sorted(range(len(rows)), key=lambda i: tilt_angles_deg[i])
         rows = [rows[i].model_copy(update={"micrograph_number": k + 1}) for k, i in enumerate(order)]
     lines = []
@@ -205,13 +234,17 @@ def format_ctffind(data: CtffindFile, *, tilt_angles_deg: list[float] | None = N
     lines.append(f"# Output from CTFFind version {version}, run on {run_on}")
     lines.append(f"# Input file: {data.input_file or 'unknown'} ; Number of micrographs: {len(rows)}")
     if data.pixel_size_a is not None:
-        lines.append(f"# Pixel size: {_fmt(data.pixel_size_a, '.3f')} Angstroms ; acceleration voltage: "
-                     f"{_fmt(data.voltage_kv, '.1f')} keV ; spherical aberration: {_fmt(data.cs_mm, '.2f')} mm ; "
-                     f"amplitude contrast: {_fmt(data.amplitude_contrast, '.2f')}")
+        lines.append(
+            f"# Pixel size: {_fmt(data.pixel_size_a, '.3f')} Angstroms ; acceleration voltage: "
+            f"{_fmt(data.voltage_kv, '.1f')} keV ; spherical aberration: {_fmt(data.cs_mm, '.2f')} mm ; "
+            f"amplitude contrast: {_fmt(data.amplitude_contrast, '.2f')}"
+        )
     if data.box_size_px is not None:
-        lines.append(f"# Box size: {data.box_size_px} pixels ; min. res.: {_fmt(data.min_resolution_a, '.1f')} "
-                     f"Angstroms ; max. res.: {_fmt(data.max_resolution_a, '.1f')} Angstroms ; min. def.: "
-                     f"{_fmt(data.min_defocus_a, '.1f')} um; max. def. {_fmt(data.max_defocus_a, '.1f')} um")
+        lines.append(
+            f"# Box size: {data.box_size_px} pixels ; min. res.: {_fmt(data.min_resolution_a, '.1f')} "
+            f"Angstroms ; max. res.: {_fmt(data.max_resolution_a, '.1f')} Angstroms ; min. def.: "
+            f"{_fmt(data.min_defocus_a, '.1f')} um; max. def. {_fmt(data.max_defocus_a, '.1f')} um"
+        )
     for key, value in data.header_extra.items():
         lines.append(f"# {key}: {value}")
     lines.extend(data.other_header_lines)
@@ -219,8 +252,16 @@ def format_ctffind(data: CtffindFile, *, tilt_angles_deg: list[float] | None = N
     columns = data.columns if data.columns and (n_extra or "#8" not in data.columns) else COLUMNS_7
     lines.append(f"# Columns: {columns}")
     for r in rows:
-        values = [float(r.micrograph_number), r.defocus_1_a, r.defocus_2_a, r.azimuth_deg, r.phase_shift_rad,
-                  r.cross_correlation, r.fit_resolution_a, *r.extra]
+        values = [
+            float(r.micrograph_number),
+            r.defocus_1_a,
+            r.defocus_2_a,
+            r.azimuth_deg,
+            r.phase_shift_rad,
+            r.cross_correlation,
+            r.fit_resolution_a,
+            *r.extra,
+        ]
         lines.append(" ".join(f"{v:.6f}" for v in values))
     return "\n".join(lines) + "\n"
 
@@ -235,8 +276,8 @@ class CtffindAvrot(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    header: CtffindFile                                   # metadata only (no rows)
-    spatial_frequency_per_a: list[list[float]]            # [micrograph][bin], 1/Å
+    header: CtffindFile  # metadata only (no rows)
+    spatial_frequency_per_a: list[list[float]]  # [micrograph][bin], 1/Å
     rotational_average_no_astigmatism: list[list[float]]
     rotational_average: list[list[float]]
     ctf_fit: list[list[float]]
@@ -249,11 +290,18 @@ def read_ctffind_avrot(path: str | Path) -> CtffindAvrot:
     header, extra, other, data = _split(Path(path).read_text(encoding="utf-8", errors="replace"))
     header.pop("lines_per_micrograph", None)
     if len(data) % 6:
-        raise ValueError(f"read_ctffind_avrot: {path}: {len(data)} data lines, expected 6 per micrograph; "
-                         "is this a CTFFIND *_avrot.txt file?")
+        raise ValueError(
+            f"read_ctffind_avrot: {path}: {len(data)} data lines, expected 6 per micrograph; "
+            "is this a CTFFIND *_avrot.txt file?"
+        )
     curves = [[float(v) for v in line.split()] for _, line in data]
     groups = [curves[i::6] for i in range(6)]
-    return CtffindAvrot(header=CtffindFile(**header, header_extra=extra, other_header_lines=other),
-                        spatial_frequency_per_a=groups[0], rotational_average_no_astigmatism=groups[1],
-                        rotational_average=groups[2], ctf_fit=groups[3], cross_correlation=groups[4],
-                        two_sigma_noise=groups[5])
+    return CtffindAvrot(
+        header=CtffindFile(**header, header_extra=extra, other_header_lines=other),
+        spatial_frequency_per_a=groups[0],
+        rotational_average_no_astigmatism=groups[1],
+        rotational_average=groups[2],
+        ctf_fit=groups[3],
+        cross_correlation=groups[4],
+        two_sigma_noise=groups[5],
+    )

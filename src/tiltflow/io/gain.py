@@ -29,8 +29,10 @@ def read_gain(path: Path | str, *, option: str = "--gain") -> np.ndarray:
 
             data = tifffile.imread(path).astype(np.float32)
         elif suffix in (".dm4", ".dm3"):
-            raise GainError(f"{path}: DigitalMicrograph {what}s are not read directly — "
-                            f"convert it with IMOD's dm2mrc and pass the .mrc to {option}")
+            raise GainError(
+                f"{path}: DigitalMicrograph {what}s are not read directly — "
+                f"convert it with IMOD's dm2mrc and pass the .mrc to {option}"
+            )
         else:
             raise GainError(f"{path}: unknown {what} format '{suffix}' — pass a .gain, .tif or .mrc to {option}")
     except GainError:
@@ -49,8 +51,10 @@ def read_gain(path: Path | str, *, option: str = "--gain") -> np.ndarray:
 def check_gain_values(gain: np.ndarray, path: Path | str, *, option: str = "--gain") -> None:
     """A gain reference without one positive value (all zeros) would zero every movie: GainError."""
     if not bool((gain > 0).any()):
-        raise GainError(f"{path}: the gain reference has no positive value (all zeros?) — "
-                        f"pass the camera's gain reference to {option}")
+        raise GainError(
+            f"{path}: the gain reference has no positive value (all zeros?) — "
+            f"pass the camera's gain reference to {option}"
+        )
 
 
 def gain_orientations_for(gain_shape: tuple[int, int], frame_size: tuple[int, int]) -> list[str]:

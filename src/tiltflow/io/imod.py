@@ -43,11 +43,33 @@ from tiltflow.io.imod_model import (
 )
 
 __all__ = [
-    "ComProgram", "FidXyz", "ImodContour", "ImodFormatError", "ImodModel", "ImodObject",
-    "LocalXf", "ctfphaseflip_com", "fiducial_model", "fid_xyz_to_imod", "format_imod_list", "newst_com",
-    "parse_imod_list", "read_com",
-    "read_fid_xyz", "read_local_xf", "read_mod", "read_tlt", "read_xf", "read_xtilt", "tilt_com",
-    "write_com", "write_fid_xyz", "write_local_xf", "write_mod", "write_tlt", "write_xf",
+    "ComProgram",
+    "FidXyz",
+    "ImodContour",
+    "ImodFormatError",
+    "ImodModel",
+    "ImodObject",
+    "LocalXf",
+    "ctfphaseflip_com",
+    "fiducial_model",
+    "fid_xyz_to_imod",
+    "format_imod_list",
+    "newst_com",
+    "parse_imod_list",
+    "read_com",
+    "read_fid_xyz",
+    "read_local_xf",
+    "read_mod",
+    "read_tlt",
+    "read_xf",
+    "read_xtilt",
+    "tilt_com",
+    "write_com",
+    "write_fid_xyz",
+    "write_local_xf",
+    "write_mod",
+    "write_tlt",
+    "write_xf",
     "write_xtilt",
 ]
 
@@ -198,7 +220,9 @@ def read_local_xf(path: str | Path, *, n_views: int | None = None) -> LocalXf:
     cut = [v, v * int(if_alpha), 2 * v * int(has_z), 6 * v]
     tilt, alpha, zf, xf = torch.split(data, cut, dim=1)
     return LocalXf(
-        n_areas=(nx, ny), start_px=(ix, iy), interval_px=(dx, dy),
+        n_areas=(nx, ny),
+        start_px=(ix, iy),
+        interval_px=(dx, dy),
         pixel_size_a=head[7] if len(head) > 7 else None,
         delta_tilt_deg=tilt.clone(),
         delta_alpha_deg=alpha.clone() if if_alpha else None,
@@ -268,8 +292,9 @@ def read_fid_xyz(path: str | Path, *, strict: bool = True) -> FidXyz:
     return FidXyz(t[:, 0].long(), t[:, 1:4].clone(), t[:, 4].long(), t[:, 5].long(), pix, dim)
 
 
-def fid_xyz_to_imod(centred_xyz_px: torch.Tensor, image_size: tuple[int, int], *,
-                    pixel_size_a: float | None = None) -> FidXyz:
+def fid_xyz_to_imod(
+    centred_xyz_px: torch.Tensor, image_size: tuple[int, int], *, pixel_size_a: float | None = None
+) -> FidXyz:
     """Bead positions ``(n, 3)`` relative to the aligned image centre (x, y) and the tilt axis (z)
     -> IMOD's ``fid.xyz`` (x + nx / 2, y + ny / 2, z), one contour per bead; ``image_size`` (nx, ny)
     of the images the beads were tracked on (tiltalign's ``Dim:``)."""
@@ -277,8 +302,14 @@ def fid_xyz_to_imod(centred_xyz_px: torch.Tensor, image_size: tuple[int, int], *
     xyz[:, 0] += image_size[0] / 2.0
     xyz[:, 1] += image_size[1] / 2.0
     n = xyz.shape[0]
-    return FidXyz(torch.arange(1, n + 1), xyz, torch.ones(n, dtype=torch.long), torch.arange(1, n + 1),
-                  pixel_size_a, (int(image_size[0]), int(image_size[1])))
+    return FidXyz(
+        torch.arange(1, n + 1),
+        xyz,
+        torch.ones(n, dtype=torch.long),
+        torch.arange(1, n + 1),
+        pixel_size_a,
+        (int(image_size[0]), int(image_size[1])),
+    )
 
 
 def write_fid_xyz(path: str | Path, fid: FidXyz) -> None:

@@ -15,8 +15,16 @@ from pathlib import Path
 
 from tiltflow.io.imod_model import ImodFormatError
 
-__all__ = ["ComProgram", "ctfphaseflip_com", "format_imod_list", "newst_com", "parse_imod_list", "read_com",
-           "tilt_com", "write_com"]
+__all__ = [
+    "ComProgram",
+    "ctfphaseflip_com",
+    "format_imod_list",
+    "newst_com",
+    "parse_imod_list",
+    "read_com",
+    "tilt_com",
+    "write_com",
+]
 
 
 def _problem(strict: bool, message: str) -> None:
@@ -78,12 +86,23 @@ def write_com(path: str | Path, programs: Sequence[ComProgram]) -> None:
 
 
 def newst_com(
-    *, input_file: str, output_file: str, transform_file: str, bin_by: int = 1,
-    size_to_output_xy: tuple[int, int] | None = None, extra: dict[str, str] | None = None,
+    *,
+    input_file: str,
+    output_file: str,
+    transform_file: str,
+    bin_by: int = 1,
+    size_to_output_xy: tuple[int, int] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> ComProgram:
     """A minimal ``newst.com`` program block (aligned stack from raw stack + ``.xf``)."""
-    opts = {"AntialiasFilter": "-1", "InputFile": input_file, "OutputFile": output_file,
-            "TransformFile": transform_file, "TaperAtFill": "1,1", "AdjustOrigin": ""}
+    opts = {
+        "AntialiasFilter": "-1",
+        "InputFile": input_file,
+        "OutputFile": output_file,
+        "TransformFile": transform_file,
+        "TaperAtFill": "1,1",
+        "AdjustOrigin": "",
+    }
     if size_to_output_xy is not None:
         opts["SizeToOutputInXandY"] = f"{size_to_output_xy[0]},{size_to_output_xy[1]}"
     opts.update({"OffsetsInXandY": "0.0,0.0", "ImagesAreBinned": "1.0", "BinByFactor": str(bin_by)})
@@ -92,27 +111,51 @@ def newst_com(
 
 
 def tilt_com(
-    *, input_projections: str, output_file: str, tilt_file: str, thickness_px: int,
-    full_image_xy: tuple[int, int], image_binned: int = 1, xtilt_file: str | None = None,
-    exclude_views: Iterable[int] = (), log_offset: float | None = None,
-    radial: tuple[float, float] = (0.35, 0.035), shift_xz_px: tuple[float, float] = (0.0, 0.0),
-    scale: tuple[float, float] = (0.0, 1.0), fake_sirt_iterations: int | None = None,
+    *,
+    input_projections: str,
+    output_file: str,
+    tilt_file: str,
+    thickness_px: int,
+    full_image_xy: tuple[int, int],
+    image_binned: int = 1,
+    xtilt_file: str | None = None,
+    exclude_views: Iterable[int] = (),
+    log_offset: float | None = None,
+    radial: tuple[float, float] = (0.35, 0.035),
+    shift_xz_px: tuple[float, float] = (0.0, 0.0),
+    scale: tuple[float, float] = (0.0, 1.0),
+    fake_sirt_iterations: int | None = None,
     extra: dict[str, str] | None = None,
 ) -> ComProgram:
     """A ``tilt.com`` block. With ``IMAGEBINNED`` b, ``THICKNESS``, ``FULLIMAGE`` and ``SHIFT``
     are in unbinned pixels (as etomo writes them); ``RADIAL`` in cycles/px of the binned input;
     ``exclude_views`` 1-based. ``LOG`` (take the log after adding ``log_offset``) only when given:
     it suits stacks of counts, not float images centred on zero."""
-    opts = {"InputProjections": input_projections, "OutputFile": output_file,
-            "IMAGEBINNED": str(image_binned), "TILTFILE": tilt_file,
-            "THICKNESS": str(thickness_px), "RADIAL": f"{radial[0]:g} {radial[1]:g}", "FalloffIsTrueSigma": "1",
-            "XAXISTILT": "0.0"}
+    opts = {
+        "InputProjections": input_projections,
+        "OutputFile": output_file,
+        "IMAGEBINNED": str(image_binned),
+        "TILTFILE": tilt_file,
+        "THICKNESS": str(thickness_px),
+        "RADIAL": f"{radial[0]:g} {radial[1]:g}",
+        "FalloffIsTrueSigma": "1",
+        "XAXISTILT": "0.0",
+    }
     if log_offset is not None:
         opts["LOG"] = f"{log_offset:.1f}"
-    opts.update({"SCALE": f"{scale[0]:.1f} {scale[1]:.1f}", "PERPENDICULAR": "",
-                 "MODE": "2", "FULLIMAGE": f"{full_image_xy[0]} {full_image_xy[1]}",
-                 "SUBSETSTART": "0 0", "AdjustOrigin": "", "OFFSET": "0.0",
-                 "SHIFT": f"{shift_xz_px[0]:.1f} {shift_xz_px[1]:.1f}", "ActionIfGPUFails": "1,2"})
+    opts.update(
+        {
+            "SCALE": f"{scale[0]:.1f} {scale[1]:.1f}",
+            "PERPENDICULAR": "",
+            "MODE": "2",
+            "FULLIMAGE": f"{full_image_xy[0]} {full_image_xy[1]}",
+            "SUBSETSTART": "0 0",
+            "AdjustOrigin": "",
+            "OFFSET": "0.0",
+            "SHIFT": f"{shift_xz_px[0]:.1f} {shift_xz_px[1]:.1f}",
+            "ActionIfGPUFails": "1,2",
+        }
+    )
     if fake_sirt_iterations:
         opts["FakeSIRTiterations"] = str(fake_sirt_iterations)
     if xtilt_file is not None:
@@ -125,18 +168,35 @@ def tilt_com(
 
 
 def ctfphaseflip_com(
-    *, input_stack: str, output_file: str, angle_file: str, defocus_file: str, transform_file: str,
-    pixel_size_a: float, voltage_kv: float, cs_mm: float, amplitude_contrast: float,
-    defocus_tol_nm: float, interpolation_width_px: int = 15,
+    *,
+    input_stack: str,
+    output_file: str,
+    angle_file: str,
+    defocus_file: str,
+    transform_file: str,
+    pixel_size_a: float,
+    voltage_kv: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    defocus_tol_nm: float,
+    interpolation_width_px: int = 15,
 ) -> ComProgram:
     """A ``ctfcorrection.com`` block (``ctfphaseflip`` on the aligned stack); ``pixel_size_a`` is
     that of the aligned stack, written in nm as IMOD wants it."""
-    opts = {"InputStack": input_stack, "AngleFile": angle_file, "OutputFileName": output_file,
-            "DefocusFile": defocus_file, "TransformFile": transform_file,
-            "Voltage": f"{voltage_kv:g}", "SphericalAberration": f"{cs_mm:g}",
-            "DefocusTol": f"{defocus_tol_nm:.0f}", "PixelSize": f"{pixel_size_a / 10.0:.6g}",
-            "AmplitudeContrast": f"{amplitude_contrast:g}", "InterpolationWidth": str(interpolation_width_px),
-            "ActionIfGPUFails": "1,2"}
+    opts = {
+        "InputStack": input_stack,
+        "AngleFile": angle_file,
+        "OutputFileName": output_file,
+        "DefocusFile": defocus_file,
+        "TransformFile": transform_file,
+        "Voltage": f"{voltage_kv:g}",
+        "SphericalAberration": f"{cs_mm:g}",
+        "DefocusTol": f"{defocus_tol_nm:.0f}",
+        "PixelSize": f"{pixel_size_a / 10.0:.6g}",
+        "AmplitudeContrast": f"{amplitude_contrast:g}",
+        "InterpolationWidth": str(interpolation_width_px),
+        "ActionIfGPUFails": "1,2",
+    }
     return ComProgram("ctfphaseflip", opts, {"IMOD_OUTPUT_FORMAT": "MRC"}, "-StandardInput")
 
 

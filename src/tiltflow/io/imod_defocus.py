@@ -69,8 +69,13 @@ def _n_columns(flags: int) -> int:
 
 
 def _entry(values: list[float], flags: int) -> DefocusEntry:
-    fields = {"start_view": int(values[0]), "end_view": int(values[1]), "start_tilt_deg": values[2],
-              "end_tilt_deg": values[3], "defocus_1_nm": values[4]}
+    fields = {
+        "start_view": int(values[0]),
+        "end_view": int(values[1]),
+        "start_tilt_deg": values[2],
+        "end_tilt_deg": values[3],
+        "defocus_1_nm": values[4],
+    }
     i = 5
     if flags & ASTIGMATISM:
         angle = values[i + 1]
@@ -98,8 +103,10 @@ def parse_defocus(text: str, *, strict: bool = True) -> DefocusFile:
     elif len(first) == 5:
         version, flags, body = 1, 0, lines
     else:
-        raise ValueError(f"IMOD defocus file: first line {' '.join(first)!r} is neither version 1, 2 nor 3 "
-                         "(expected 5 values, or 6 ending in 2 or 3)")
+        raise ValueError(
+            f"IMOD defocus file: first line {' '.join(first)!r} is neither version 1, 2 nor 3 "
+            "(expected 5 values, or 6 ending in 2 or 3)"
+        )
     want = _n_columns(flags)
     entries = []
     for lineno, parts in body:
@@ -125,13 +132,19 @@ def format_defocus(data: DefocusFile) -> str:
     if data.version not in (1, 2, 3):
         raise ValueError(f"format_defocus: version {data.version} is not 1, 2 or 3")
     flags = data.flags if data.version == 3 else 0
-    if data.version < 3 and any(e.defocus_2_nm is not None and e.defocus_2_nm != e.defocus_1_nm or e.phase_shift_deg
-                                for e in data.entries):
+    if data.version < 3 and any(
+        e.defocus_2_nm is not None and e.defocus_2_nm != e.defocus_1_nm or e.phase_shift_deg for e in data.entries
+    ):
         raise ValueError("format_defocus: astigmatism or phase shifts need version 3 (set version=3 and flags)")
     lines = [f"{flags}\t0\t0.0\t0.0\t0.0\t3"] if data.version == 3 else []
     for k, e in enumerate(data.entries):
-        cols = [str(e.start_view), str(e.end_view), f"{e.start_tilt_deg:5.2f}", f"{e.end_tilt_deg:5.2f}",
-                f"{e.defocus_1_nm:7.1f}"]
+        cols = [
+            str(e.start_view),
+            str(e.end_view),
+            f"{e.start_tilt_deg:5.2f}",
+            f"{e.end_tilt_deg:5.2f}",
+            f"{e.defocus_1_nm:7.1f}",
+        ]
         if flags & ASTIGMATISM:
             ang = e.astigmatism_angle_deg or 0.0
             d2 = e.defocus_2_nm if e.defocus_2_nm is not None else e.defocus_1_nm
@@ -153,8 +166,11 @@ def write_defocus(path: str | Path, data: DefocusFile) -> None:
 
 
 def defocus_file_from_ctf(
-    tilt_angles_deg: list[float], defocus_u_a: list[float], defocus_v_a: list[float],
-    astigmatism_angle_deg: list[float], phase_shift_rad: list[float] | None = None,
+    tilt_angles_deg: list[float],
+    defocus_u_a: list[float],
+    defocus_v_a: list[float],
+    astigmatism_angle_deg: list[float],
+    phase_shift_rad: list[float] | None = None,
 ) -> DefocusFile:
     """A version-3 file, one entry per view in the given (tilt-angle) order, from tiltflow's CTF (Å, rad)."""
     n = len(tilt_angles_deg)
@@ -162,9 +178,18 @@ def defocus_file_from_ctf(
         raise ValueError("defocus_file_from_ctf: pass one defocus_u_a, defocus_v_a and angle per tilt angle")
     phase = phase_shift_rad is not None and any(p != 0 for p in phase_shift_rad)
     entries = [
-        DefocusEntry(start_view=i + 1, end_view=i + 1, start_tilt_deg=t, end_tilt_deg=t, defocus_1_nm=u / 10.0,
-                     defocus_2_nm=v / 10.0, astigmatism_angle_deg=a,
-                     phase_shift_deg=math.degrees(phase_shift_rad[i]) if phase else None)
-        for i, (t, u, v, a) in enumerate(zip(tilt_angles_deg, defocus_u_a, defocus_v_a, astigmatism_angle_deg))
+        DefocusEntry(
+            start_view=i + 1,
+            end_view=i + 1,
+            start_tilt_deg=t,
+            end_tilt_deg=t,
+            defocus_1_nm=u / 10.0,
+            defocus_2_nm=v / 10.0,
+            astigmatism_angle_deg=a,
+            phase_shift_deg=math.degrees(phase_shift_rad[i]) if phase else None,
+        )
+        for i, (t, u, v, a) in enumerate(
+            zip(tilt_angles_deg, defocus_u_a, defocus_v_a, astigmatism_angle_deg, strict=False)
+        )
     ]
     return DefocusFile(version=3, flags=ASTIGMATISM | (PHASE if phase else 0), entries=entries)

@@ -21,7 +21,12 @@ import numpy as np
 import torch
 
 __all__ = [
-    "ImodContour", "ImodFormatError", "ImodModel", "ImodObject", "fiducial_model", "read_mod",
+    "ImodContour",
+    "ImodFormatError",
+    "ImodModel",
+    "ImodObject",
+    "fiducial_model",
+    "read_mod",
     "write_mod",
 ]
 
@@ -32,19 +37,55 @@ class ImodFormatError(ValueError):
 
 # (name, struct code) in file order; '128s' etc. are raw byte strings
 MODEL_HEADER = (
-    ("name", "128s"), ("xmax", "i"), ("ymax", "i"), ("zmax", "i"), ("objsize", "i"),
-    ("flags", "I"), ("drawmode", "i"), ("mousemode", "i"), ("blacklevel", "i"),
-    ("whitelevel", "i"), ("xoffset", "f"), ("yoffset", "f"), ("zoffset", "f"),
-    ("xscale", "f"), ("yscale", "f"), ("zscale", "f"), ("object", "i"), ("contour", "i"),
-    ("point", "i"), ("res", "i"), ("thresh", "i"), ("pixsize", "f"), ("units", "i"),
-    ("csum", "i"), ("alpha", "f"), ("beta", "f"), ("gamma", "f"),
+    ("name", "128s"),
+    ("xmax", "i"),
+    ("ymax", "i"),
+    ("zmax", "i"),
+    ("objsize", "i"),
+    ("flags", "I"),
+    ("drawmode", "i"),
+    ("mousemode", "i"),
+    ("blacklevel", "i"),
+    ("whitelevel", "i"),
+    ("xoffset", "f"),
+    ("yoffset", "f"),
+    ("zoffset", "f"),
+    ("xscale", "f"),
+    ("yscale", "f"),
+    ("zscale", "f"),
+    ("object", "i"),
+    ("contour", "i"),
+    ("point", "i"),
+    ("res", "i"),
+    ("thresh", "i"),
+    ("pixsize", "f"),
+    ("units", "i"),
+    ("csum", "i"),
+    ("alpha", "f"),
+    ("beta", "f"),
+    ("gamma", "f"),
 )
 OBJECT_HEADER = (
-    ("name", "64s"), ("extra", "64s"), ("contsize", "i"), ("flags", "I"), ("axis", "i"),
-    ("drawmode", "i"), ("red", "f"), ("green", "f"), ("blue", "f"), ("pdrawsize", "i"),
-    ("symbol", "B"), ("symsize", "B"), ("linewidth2", "B"), ("linewidth", "B"),
-    ("linesty", "B"), ("symflags", "B"), ("sympad", "B"), ("trans", "B"),
-    ("meshsize", "i"), ("surfsize", "i"),
+    ("name", "64s"),
+    ("extra", "64s"),
+    ("contsize", "i"),
+    ("flags", "I"),
+    ("axis", "i"),
+    ("drawmode", "i"),
+    ("red", "f"),
+    ("green", "f"),
+    ("blue", "f"),
+    ("pdrawsize", "i"),
+    ("symbol", "B"),
+    ("symsize", "B"),
+    ("linewidth2", "B"),
+    ("linewidth", "B"),
+    ("linesty", "B"),
+    ("symflags", "B"),
+    ("sympad", "B"),
+    ("trans", "B"),
+    ("meshsize", "i"),
+    ("surfsize", "i"),
 )
 _MODEL = struct.Struct(">" + "".join(code for _, code in MODEL_HEADER))
 _OBJECT = struct.Struct(">" + "".join(code for _, code in OBJECT_HEADER))
@@ -56,7 +97,7 @@ assert _MODEL.size == 232 and _OBJECT.size == 176
 
 
 def _unpack(spec: tuple, packer: struct.Struct, data: bytes) -> dict[str, Any]:
-    values = dict(zip((n for n, _ in spec), packer.unpack(data)))
+    values = dict(zip((n for n, _ in spec), packer.unpack(data), strict=False))
     for key, code in spec:
         if code.endswith("s") and key == "name":
             values[key] = values[key].split(b"\0", 1)[0].decode("latin-1")
@@ -191,9 +232,7 @@ def write_mod(path: str | Path, model: ImodModel) -> None:
             if c.sizes is not None:
                 sizes = torch.as_tensor(c.sizes, dtype=torch.float32).reshape(-1)
                 if sizes.numel() != pts.shape[0]:
-                    raise ValueError(
-                        f"contour has {pts.shape[0]} points, {sizes.numel()} sizes; give one each"
-                    )
+                    raise ValueError(f"contour has {pts.shape[0]} points, {sizes.numel()} sizes; give one each")
                 out += [b"SIZE", struct.pack(">i", 4 * sizes.numel()), _to_be(sizes)]
             out += [cid + struct.pack(">i", len(body)) + body for cid, body in c.chunks]
         for cid, body in obj.chunks:
@@ -215,13 +254,36 @@ def fiducial_model(
     """A one-object model of open contours (one per bead), as tiltalign reads it."""
     ny, nx = image_shape
     header = {k: 0 for k, _ in MODEL_HEADER}
-    header.update(name=name, xmax=nx, ymax=ny, zmax=n_views, drawmode=1, mousemode=1,
-                  whitelevel=255, xscale=1.0, yscale=1.0, zscale=1.0, pixsize=pixel_size_a,
-                  units=-10 if pixel_size_a != 1.0 else 0, blacklevel=0)
+    header.update(
+        name=name,
+        xmax=nx,
+        ymax=ny,
+        zmax=n_views,
+        drawmode=1,
+        mousemode=1,
+        whitelevel=255,
+        xscale=1.0,
+        yscale=1.0,
+        zscale=1.0,
+        pixsize=pixel_size_a,
+        units=-10 if pixel_size_a != 1.0 else 0,
+        blacklevel=0,
+    )
     header.update(xoffset=0.0, yoffset=0.0, zoffset=0.0, alpha=0.0, beta=0.0, gamma=0.0)
     obj = {k: 0 for k, _ in OBJECT_HEADER}
-    obj.update(name="", extra=b"", flags=OBJ_OPEN, red=0.0, green=1.0, blue=0.0, pdrawsize=0,
-               symbol=0, symsize=7, linewidth2=1, linewidth=1)
+    obj.update(
+        name="",
+        extra=b"",
+        flags=OBJ_OPEN,
+        red=0.0,
+        green=1.0,
+        blue=0.0,
+        pdrawsize=0,
+        symbol=0,
+        symsize=7,
+        linewidth2=1,
+        linewidth=1,
+    )
     conts = []
     for i, pts in enumerate(contours):
         pts = torch.as_tensor(pts, dtype=torch.float32).reshape(-1, 3).cpu()

@@ -39,8 +39,17 @@ from tiltflow.io.mdoc_resolve import (
     read_raw,
 )
 
-__all__ = ["MdocError", "NotATiltSeriesError", "MdocTilt", "MdocTiltSeries", "group_mdocs",
-           "read_frame_set_mdocs", "read_mdocs", "read_tilt_series_mdoc", "ts_id_from_path"]
+__all__ = [
+    "MdocError",
+    "NotATiltSeriesError",
+    "MdocTilt",
+    "MdocTiltSeries",
+    "group_mdocs",
+    "read_frame_set_mdocs",
+    "read_mdocs",
+    "read_tilt_series_mdoc",
+    "ts_id_from_path",
+]
 
 NEAR_DUPLICATE_DEG = 0.05
 _FIELDS = ("TiltAngle", "SubFramePath", "NumSubFrames", "DateTime")
@@ -51,17 +60,17 @@ class MdocTilt:
     """One tilt image of a series, after resolution (angles °, doses e/Å², acquisition order)."""
 
     tilt_angle_deg: float
-    acquisition_order: int                # 1-based
-    dose_e_a2: float | None               # this image's dose
-    prior_dose_e_a2: float | None         # initial dose + doses of images acquired before
-    accumulated_dose_e_a2: float | None   # prior + own
-    movie_name: str | None                # SubFramePath basename as written
-    movie_path: Path | None               # resolved existing file, or None
-    num_frames: int | None                # NumSubFrames
-    section: str                          # e.g. "ZValue = 12"
-    line: int                             # 1-based line of the section header in `source`
+    acquisition_order: int  # 1-based
+    dose_e_a2: float | None  # this image's dose
+    prior_dose_e_a2: float | None  # initial dose + doses of images acquired before
+    accumulated_dose_e_a2: float | None  # prior + own
+    movie_name: str | None  # SubFramePath basename as written
+    movie_path: Path | None  # resolved existing file, or None
+    num_frames: int | None  # NumSubFrames
+    section: str  # e.g. "ZValue = 12"
+    line: int  # 1-based line of the section header in `source`
     source: Path
-    nominal_angle_deg: float | None       # Tomo5 angle in the movie name when different
+    nominal_angle_deg: float | None  # Tomo5 angle in the movie name when different
     datetime: dt.datetime | None
     extra: dict[str, str] = field(default_factory=dict)  # every other key, as written
 
@@ -75,10 +84,10 @@ class MdocTiltSeries:
     flavour: Literal["serialem", "tomo5"]
     voltage_kv: float | None
     magnification: float | None
-    pixel_size_a: float | None            # PixelSpacing (Å/px)
-    tilt_axis_deg: float | None           # from +y, counter-clockwise, (-180, 180]
-    tilts: list[MdocTilt]                 # ascending tilt angle
-    image_size: tuple[int, int] | None    # (nx, ny)
+    pixel_size_a: float | None  # PixelSpacing (Å/px)
+    tilt_axis_deg: float | None  # from +y, counter-clockwise, (-180, 180]
+    tilts: list[MdocTilt]  # ascending tilt angle
+    image_size: tuple[int, int] | None  # (nx, ny)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -87,10 +96,15 @@ def ts_id_from_path(path: Path) -> str:
     return rs.ts_id_from_name(Path(path).name)
 
 
-def read_tilt_series_mdoc(path: Path, *, tomo5: bool = False, initial_dose_e_a2: float = 0.0,
-                          dose_per_tilt_e_a2: float | None = None,
-                          movie_dirs: Sequence[Path] = (),
-                          allow_duplicate_angles: bool = False) -> MdocTiltSeries:
+def read_tilt_series_mdoc(
+    path: Path,
+    *,
+    tomo5: bool = False,
+    initial_dose_e_a2: float = 0.0,
+    dose_per_tilt_e_a2: float | None = None,
+    movie_dirs: Sequence[Path] = (),
+    allow_duplicate_angles: bool = False,
+) -> MdocTiltSeries:
     """Read one tilt-series mdoc (``[ZValue]`` sections; a ``[FrameSet]`` file is read as a
     one-file per-movie set). Raises MdocError, or NotATiltSeriesError for montages, grid maps,
     single images, empty files and non-mdocs. ``allow_duplicate_angles`` turns the near-duplicate
@@ -98,27 +112,44 @@ def read_tilt_series_mdoc(path: Path, *, tomo5: bool = False, initial_dose_e_a2:
     """
     raw = read_raw(Path(path))
     kind = "FrameSet" if check_tilt_series(raw) == "FrameSet" else "ZValue"
-    return _build([raw], kind, tomo5, initial_dose_e_a2, dose_per_tilt_e_a2, movie_dirs,
-                  allow_duplicate_angles=allow_duplicate_angles)
+    return _build(
+        [raw],
+        kind,
+        tomo5,
+        initial_dose_e_a2,
+        dose_per_tilt_e_a2,
+        movie_dirs,
+        allow_duplicate_angles=allow_duplicate_angles,
+    )
 
 
-def read_frame_set_mdocs(paths: Sequence[Path], *, tomo5: bool = False,
-                         initial_dose_e_a2: float = 0.0, dose_per_tilt_e_a2: float | None = None,
-                         movie_dirs: Sequence[Path] = ()) -> MdocTiltSeries:
+def read_frame_set_mdocs(
+    paths: Sequence[Path],
+    *,
+    tomo5: bool = False,
+    initial_dose_e_a2: float = 0.0,
+    dose_per_tilt_e_a2: float | None = None,
+    movie_dirs: Sequence[Path] = (),
+) -> MdocTiltSeries:
     """Merge the per-movie ``[FrameSet]`` mdocs of ONE tilt series into one series."""
     unique = sorted({Path(p) for p in paths}, key=lambda p: rs.natural_key(str(p)))
     if not unique:
-        raise MdocError("read_frame_set_mdocs: no files given — pass the per-movie mdocs of "
-                        "one series")
+        raise MdocError("read_frame_set_mdocs: no files given — pass the per-movie mdocs of one series")
     raws = [read_raw(p) for p in unique]
     for raw in raws:
         if check_tilt_series(raw) != "FrameSet":
-            raise error(raw.path, "is a tilt-series mdoc ([ZValue] sections), not a per-movie "
-                        "[FrameSet] mdoc", "read it with read_tilt_series_mdoc")
+            raise error(
+                raw.path,
+                "is a tilt-series mdoc ([ZValue] sections), not a per-movie [FrameSet] mdoc",
+                "read it with read_tilt_series_mdoc",
+            )
     ids = sorted({ts_id_from_path(r.path) for r in raws})
     if len(ids) > 1:
-        raise error(unique[0], f"the files belong to {len(ids)} series ({', '.join(ids[:4])})",
-                    "group them with group_mdocs and read each group")
+        raise error(
+            unique[0],
+            f"the files belong to {len(ids)} series ({', '.join(ids[:4])})",
+            "group them with group_mdocs and read each group",
+        )
     return _build(raws, "FrameSet", tomo5, initial_dose_e_a2, dose_per_tilt_e_a2, movie_dirs)
 
 
@@ -146,11 +177,12 @@ def group_mdocs(paths: Sequence[Path]) -> dict[str, list[Path]]:
     by_id: dict[str, list[list[Path]]] = {}
     for (ts_id, _), files in groups.items():
         by_id.setdefault(ts_id, []).append(files)
-    clashes = [f"{ts_id}: {', '.join(str(g[0]) for g in gs)}" for ts_id, gs in by_id.items()
-               if len(gs) > 1]
+    clashes = [f"{ts_id}: {', '.join(str(g[0]) for g in gs)}" for ts_id, gs in by_id.items() if len(gs) > 1]
     if clashes:
-        raise MdocError(f"{len(clashes)} series names are used by several mdocs ("
-                        f"{'; '.join(clashes)}) — rename the files or select one with --pattern")
+        raise MdocError(
+            f"{len(clashes)} series names are used by several mdocs ("
+            f"{'; '.join(clashes)}) — rename the files or select one with --pattern"
+        )
     ordered = sorted(by_id.items(), key=lambda kv: rs.natural_key(kv[0]))
     return {ts_id: gs[0] for ts_id, gs in ordered}
 
@@ -172,30 +204,43 @@ def read_mdocs(paths: Sequence[Path], **kwargs: object) -> list[MdocTiltSeries]:
         except MdocError as exc:
             problems.append(exc)
     if problems:
-        cls = (NotATiltSeriesError if all(isinstance(e, NotATiltSeriesError) for e in problems)
-               else MdocError)
+        cls = NotATiltSeriesError if all(isinstance(e, NotATiltSeriesError) for e in problems) else MdocError
         raise cls("\n".join(str(e) for e in problems))
     return series
 
 
-def _build(raws: list[RawMdoc], kind: str, tomo5: bool, initial_dose_e_a2: float,
-           dose_per_tilt_e_a2: float | None, movie_dirs: Sequence[Path],
-           allow_duplicate_angles: bool = False) -> MdocTiltSeries:
+def _build(
+    raws: list[RawMdoc],
+    kind: str,
+    tomo5: bool,
+    initial_dose_e_a2: float,
+    dose_per_tilt_e_a2: float | None,
+    movie_dirs: Sequence[Path],
+    allow_duplicate_angles: bool = False,
+) -> MdocTiltSeries:
     if not (math.isfinite(initial_dose_e_a2) and initial_dose_e_a2 >= 0):
         raise ValueError(f"initial_dose_e_a2 = {initial_dose_e_a2} — give a dose >= 0 (e/Å²)")
-    if dose_per_tilt_e_a2 is not None and not (math.isfinite(dose_per_tilt_e_a2)
-                                               and dose_per_tilt_e_a2 > 0):
-        raise ValueError(f"dose_per_tilt_e_a2 = {dose_per_tilt_e_a2} — give a dose > 0 (e/Å²) "
-                         "or None to read it from the mdoc")
+    if dose_per_tilt_e_a2 is not None and not (math.isfinite(dose_per_tilt_e_a2) and dose_per_tilt_e_a2 > 0):
+        raise ValueError(
+            f"dose_per_tilt_e_a2 = {dose_per_tilt_e_a2} — give a dose > 0 (e/Å²) or None to read it from the mdoc"
+        )
     items = [(raw, s) for raw in raws for s in raw.sections if s.kind == kind]
     warnings = [w for raw in raws for w in raw.warnings]
     if len(items) < 2:
         raw, sec = items[0]
-        what = (f"holds a single image ({sec.label}: a target, preview or search image)"
-                if kind == "ZValue" else "is the only per-movie [FrameSet] mdoc of its series")
-        raise NotATiltSeriesError(error(raw.path, f"{what}, not a tilt series",
-                                        "select tilt-series mdocs (or all per-movie mdocs of a "
-                                        "series) with --pattern", line=sec.line))
+        what = (
+            f"holds a single image ({sec.label}: a target, preview or search image)"
+            if kind == "ZValue"
+            else "is the only per-movie [FrameSet] mdoc of its series"
+        )
+        raise NotATiltSeriesError(
+            error(
+                raw.path,
+                f"{what}, not a tilt series",
+                "select tilt-series mdocs (or all per-movie mdocs of a series) with --pattern",
+                line=sec.line,
+            )
+        )
     for raw in raws:
         check_ranges(raw, [s for s in raw.sections if s.kind == kind])
         if kind == "ZValue":
@@ -208,8 +253,7 @@ def _build(raws: list[RawMdoc], kind: str, tomo5: bool, initial_dose_e_a2: float
             raise
         warnings.append(str(err))
     flavour, axis = _flavour_and_axis(raws, items, tomo5, warnings)
-    dates, note = rs.parse_datetimes([s.values.get("DateTime") for _, s in items],
-                                     tomo5=flavour == "tomo5")
+    dates, note = rs.parse_datetimes([s.values.get("DateTime") for _, s in items], tomo5=flavour == "tomo5")
     warnings += [note] if note else []
     rank = list(range(len(items)))
     if all(d is not None for d in dates):
@@ -232,21 +276,37 @@ def _build(raws: list[RawMdoc], kind: str, tomo5: bool, initial_dose_e_a2: float
             if nominal is not None and abs(nominal - angles[i]) < NEAR_DUPLICATE_DEG:
                 nominal = None
         frames = number(raw, s, "NumSubFrames", header=False)
-        tilts.append(MdocTilt(
-            tilt_angle_deg=angles[i], acquisition_order=order[i], dose_e_a2=doses[i],
-            prior_dose_e_a2=prior[i],
-            accumulated_dose_e_a2=None if prior[i] is None else prior[i] + doses[i],  # type: ignore[operator]
-            movie_name=name, movie_path=path,
-            num_frames=int(frames) if frames is not None and frames >= 1 else None,
-            section=s.label, line=s.line, source=raw.path, nominal_angle_deg=nominal,
-            datetime=dates[i], extra={k: v for k, v in s.values.items() if k not in _FIELDS}))
+        tilts.append(
+            MdocTilt(
+                tilt_angle_deg=angles[i],
+                acquisition_order=order[i],
+                dose_e_a2=doses[i],
+                prior_dose_e_a2=prior[i],
+                accumulated_dose_e_a2=None if prior[i] is None else prior[i] + doses[i],  # type: ignore[operator]
+                movie_name=name,
+                movie_path=path,
+                num_frames=int(frames) if frames is not None and frames >= 1 else None,
+                section=s.label,
+                line=s.line,
+                source=raw.path,
+                nominal_angle_deg=nominal,
+                datetime=dates[i],
+                extra={k: v for k, v in s.values.items() if k not in _FIELDS},
+            )
+        )
     tilts.sort(key=lambda t: t.tilt_angle_deg)
     return MdocTiltSeries(
-        ts_id=ts_id_from_path(raws[0].path), paths=[r.path for r in raws], flavour=flavour,
-        voltage_kv=_common(items, "Voltage", warnings), tilts=tilts,
+        ts_id=ts_id_from_path(raws[0].path),
+        paths=[r.path for r in raws],
+        flavour=flavour,
+        voltage_kv=_common(items, "Voltage", warnings),
+        tilts=tilts,
         magnification=_common(items, "Magnification", warnings),
-        pixel_size_a=_common(items, "PixelSpacing", warnings), tilt_axis_deg=axis,
-        image_size=_image_size(raws[0]), warnings=warnings)
+        pixel_size_a=_common(items, "PixelSpacing", warnings),
+        tilt_axis_deg=axis,
+        image_size=_image_size(raws[0]),
+        warnings=warnings,
+    )
 
 
 def _check_unique_labels(raw: RawMdoc, sections: list[Section]) -> None:
@@ -255,27 +315,39 @@ def _check_unique_labels(raw: RawMdoc, sections: list[Section]) -> None:
     for s in sections:
         key = " ".join(s.label.split())
         if key in seen:
-            raise error(raw.path, f"[{s.label}] appears twice (lines {seen[key]} and {s.line})",
-                        "each image has its own ZValue: fix the file or export it from SerialEM again",
-                        line=s.line)
+            raise error(
+                raw.path,
+                f"[{s.label}] appears twice (lines {seen[key]} and {s.line})",
+                "each image has its own ZValue: fix the file or export it from SerialEM again",
+                line=s.line,
+            )
         seen[key] = s.line
 
 
 def _tilt_angle(raw: RawMdoc, s: Section) -> float:
     angle = number(raw, s, "TiltAngle", header=False)
     if angle is None:
-        raise error(raw.path, "no TiltAngle (missing, empty or NaN)",
-                    "add the angle or delete the section", line=s.line, where=s.label)
+        raise error(
+            raw.path,
+            "no TiltAngle (missing, empty or NaN)",
+            "add the angle or delete the section",
+            line=s.line,
+            where=s.label,
+        )
     if abs(angle) > 90:
-        raise error(raw.path, f"TiltAngle = {angle:g} is outside [-90, 90]",
-                    "correct the angle or delete the section", line=s.lines["TiltAngle"],
-                    where=s.label)
+        raise error(
+            raw.path,
+            f"TiltAngle = {angle:g} is outside [-90, 90]",
+            "correct the angle or delete the section",
+            line=s.lines["TiltAngle"],
+            where=s.label,
+        )
     return angle
 
 
 def _check_near_duplicates(items: list[tuple[RawMdoc, Section]], angles: list[float]) -> None:
     idx = sorted(range(len(angles)), key=lambda i: angles[i])
-    pairs = [(a, b) for a, b in zip(idx, idx[1:]) if angles[b] - angles[a] < NEAR_DUPLICATE_DEG]
+    pairs = [(a, b) for a, b in zip(idx, idx[1:], strict=False) if angles[b] - angles[a] < NEAR_DUPLICATE_DEG]
     if not pairs:
         return
 
@@ -285,33 +357,38 @@ def _check_near_duplicates(items: list[tuple[RawMdoc, Section]], angles: list[fl
         return f"[{s.label}] ({own}line {s.line}, {angles[i]:g}°)"
 
     text = "; ".join(f"{where(a)} and {where(b)}" for a, b in pairs)
-    raise error(items[0][0].path, f"sections with (nearly) the same tilt angle (< "
-                f"{NEAR_DUPLICATE_DEG}° apart): {text}",
-                "delete the section of the image you do not want (e.g. a retake)")
+    raise error(
+        items[0][0].path,
+        f"sections with (nearly) the same tilt angle (< {NEAR_DUPLICATE_DEG}° apart): {text}",
+        "delete the section of the image you do not want (e.g. a retake)",
+    )
 
 
-def _flavour_and_axis(raws: list[RawMdoc], items: list[tuple[RawMdoc, Section]], tomo5: bool,
-                      warnings: list[str]) -> tuple[Literal["serialem", "tomo5"], float | None]:
+def _flavour_and_axis(
+    raws: list[RawMdoc], items: list[tuple[RawMdoc, Section]], tomo5: bool, warnings: list[str]
+) -> tuple[Literal["serialem", "tomo5"], float | None]:
     titles = [t for raw in raws for t in raw.titles]
     axis, form = rs.axis_from_titles(titles)
     looks_tomo5 = form == "tomo5" or any(t.lstrip().startswith("Tomography") for t in titles)
     looks_serialem = form == "serialem" or any("SerialEM" in t for t in titles)
-    flavour: Literal["serialem", "tomo5"] = (
-        "tomo5" if looks_tomo5 or (tomo5 and not looks_serialem) else "serialem")
+    flavour: Literal["serialem", "tomo5"] = "tomo5" if looks_tomo5 or (tomo5 and not looks_serialem) else "serialem"
     if tomo5 and flavour == "serialem":
         warnings.append("read as SerialEM although tomo5 was asked: the titles are SerialEM's")
     if not tomo5 and flavour == "tomo5":
-        warnings.append("read as Tomo5 (its TiltAxisAngle/Tomography title) although tomo5 was "
-                        "not asked")
+        warnings.append("read as Tomo5 (its TiltAxisAngle/Tomography title) although tomo5 was not asked")
     rotations = []
     for raw, s in items:
         r = number(raw, s, "RotationAngle", header=False)
         if r is None:
             continue
         if abs(r) > 720.0:  # also keeps the median below from overflowing
-            raise error(raw.path, f"RotationAngle = {r:g} is not an image rotation in degrees",
-                        "correct or delete the line", line=s.lines["RotationAngle"],
-                        where=s.label if s.kind else "")
+            raise error(
+                raw.path,
+                f"RotationAngle = {r:g} is not an image rotation in degrees",
+                "correct or delete the line",
+                line=s.lines["RotationAngle"],
+                where=s.label if s.kind else "",
+            )
         rotations.append(r)
     from_rotation = None
     if rotations:
@@ -321,10 +398,16 @@ def _flavour_and_axis(raws: list[RawMdoc], items: list[tuple[RawMdoc, Section]],
         rule = "-RotationAngle (Tomo5)" if flavour == "tomo5" else "RotationAngle - 90 (SerialEM)"
         warnings.append(f"no tilt-axis title: tilt axis {from_rotation:g}° taken from {rule}")
         axis = from_rotation
-    elif (axis is not None and from_rotation is not None and flavour == "tomo5"
-          and rs.angle_difference_deg(axis, from_rotation) > 1.0):
-        warnings.append(f"Tomo5 tilt axes disagree: header TiltAxisAngle gives {axis:g}°, "
-                        f"RotationAngle gives {from_rotation:g}°; using the header's")
+    elif (
+        axis is not None
+        and from_rotation is not None
+        and flavour == "tomo5"
+        and rs.angle_difference_deg(axis, from_rotation) > 1.0
+    ):
+        warnings.append(
+            f"Tomo5 tilt axes disagree: header TiltAxisAngle gives {axis:g}°, "
+            f"RotationAngle gives {from_rotation:g}°; using the header's"
+        )
     return flavour, axis
 
 
@@ -338,19 +421,27 @@ def _own_dose(raw: RawMdoc, s: Section) -> tuple[float | None, str]:
         try:
             d = rs.frame_doses_sum(text)
         except ValueError:
-            raise error(raw.path, f"FrameDosesAndNumber = {text} is not pairs of 'dose count'",
-                        "correct or delete the line", line=s.lines["FrameDosesAndNumber"],
-                        where=s.label) from None
+            raise error(
+                raw.path,
+                f"FrameDosesAndNumber = {text} is not pairs of 'dose count'",
+                "correct or delete the line",
+                line=s.lines["FrameDosesAndNumber"],
+                where=s.label,
+            ) from None
         if math.isfinite(d) and d > 0:
             return d, "FrameDosesAndNumber"
-    d = rs.dose_from_rate(number(raw, s, "DoseRate", header=False),
-                          number(raw, s, "ExposureTime", header=False),
-                          number(raw, s, "PixelSpacing"), number(raw, s, "Binning"))
+    d = rs.dose_from_rate(
+        number(raw, s, "DoseRate", header=False),
+        number(raw, s, "ExposureTime", header=False),
+        number(raw, s, "PixelSpacing"),
+        number(raw, s, "Binning"),
+    )
     return (d, "DoseRate") if d is not None and math.isfinite(d) and d > 0 else (None, "")
 
 
-def _doses(items: list[tuple[RawMdoc, Section]], rank: list[int], user: float | None,
-           initial: float, warnings: list[str]) -> tuple[list[float | None], list[float | None]]:
+def _doses(
+    items: list[tuple[RawMdoc, Section]], rank: list[int], user: float | None, initial: float, warnings: list[str]
+) -> tuple[list[float | None], list[float | None]]:
     """Per-image dose and prior dose (e/Å²), in the order of ``items``."""
     records = [number(raw, s, "PriorRecordDose", header=False) for raw, s in items]
     labels = [s.label for _, s in items]
@@ -362,9 +453,8 @@ def _doses(items: list[tuple[RawMdoc, Section]], rank: list[int], user: float | 
         if any(d is None for d in doses) and all(r is not None for r in records):
             steps = rs.prior_record_steps(records, rank)  # type: ignore[arg-type]
             if steps is not None and doses[rank[-1]] is None:
-                warnings.append("dose of the last image acquired set to the median of the "
-                                "PriorRecordDose steps")
-            for i, step in zip(rank, steps or []):
+                warnings.append("dose of the last image acquired set to the median of the PriorRecordDose steps")
+            for i, step in zip(rank, steps or [], strict=False):
                 doses[i] = step if doses[i] is None else doses[i]
         warnings += rs.dose_warnings(doses, [src for _, src in found], labels)
     prior = rs.prior_doses(doses, rank, initial)
@@ -379,8 +469,7 @@ def _common(items: list[tuple[RawMdoc, Section]], key: str, warnings: list[str])
     if not values:
         return None
     if max(values) - min(values) > 0.01 * abs(values[0]):
-        warnings.append(f"{key} varies between images ({min(values):g} .. {max(values):g}); "
-                        f"using {values[0]:g}")
+        warnings.append(f"{key} varies between images ({min(values):g} .. {max(values):g}); using {values[0]:g}")
     return values[0]
 
 

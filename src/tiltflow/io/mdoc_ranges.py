@@ -23,8 +23,12 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "Magnification": (1.0, 1e7, "x"),
 }
 UNKNOWN_WHEN_ZERO = frozenset({"Voltage", "PixelSpacing", "Magnification"})
-OPTION_FOR_KEY = {"Voltage": "--voltage", "PixelSpacing": "--pixel-size", "ExposureDose": "--dose",
-                  "Magnification": "--magnification"}
+OPTION_FOR_KEY = {
+    "Voltage": "--voltage",
+    "PixelSpacing": "--pixel-size",
+    "ExposureDose": "--dose",
+    "Magnification": "--magnification",
+}
 
 
 def check_ranges(raw: RawMdoc, sections: Iterable[Section]) -> None:
@@ -37,8 +41,13 @@ def check_ranges(raw: RawMdoc, sections: Iterable[Section]) -> None:
             if not low <= value <= high:
                 option = OPTION_FOR_KEY.get(key)
                 fix = f"correct the line, or delete it and give {option}" if option else "correct or delete the line"
-                raise error(raw.path, f"{key} = {s.values[key]} is outside the plausible {low:g} to {high:g} {unit}",
-                            fix, line=s.lines[key], where=s.label if s.kind else "")
+                raise error(
+                    raw.path,
+                    f"{key} = {s.values[key]} is outside the plausible {low:g} to {high:g} {unit}",
+                    fix,
+                    line=s.lines[key],
+                    where=s.label if s.kind else "",
+                )
 
 
 def known(value: float | None, key: str) -> float | None:

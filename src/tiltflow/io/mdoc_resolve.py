@@ -21,8 +21,9 @@ class NotATiltSeriesError(MdocError):
     """A montage, grid map, single (target) image, empty file or not an mdoc."""
 
 
-def error(path: Path | str, what: str, fix: str, *, line: int | None = None, where: str = "",
-          cls: type[MdocError] = MdocError) -> MdocError:
+def error(
+    path: Path | str, what: str, fix: str, *, line: int | None = None, where: str = "", cls: type[MdocError] = MdocError
+) -> MdocError:
     """Build the one-line error ``<file>[:line N][ where]: what — fix``."""
     loc = f"{path}" + (f":line {line}" if line else "") + (f" {where}" if where else "")
     return cls(" ".join(f"{loc}: {what} — {fix}".split()))
@@ -82,8 +83,9 @@ def parse_text(text: str, path: Path) -> RawMdoc:
         else:
             cur.values[key], cur.lines[key] = value, n
     if ignored:
-        raw.warnings.append(f"{path}: {len(ignored)} lines ignored (not 'key = value' or "
-                            f"'[section]'), first at line {ignored[0]}")
+        raw.warnings.append(
+            f"{path}: {len(ignored)} lines ignored (not 'key = value' or '[section]'), first at line {ignored[0]}"
+        )
     return raw
 
 
@@ -94,8 +96,9 @@ def read_raw(path: Path) -> RawMdoc:
     except OSError as exc:
         raise error(path, f"cannot be read ({exc.strerror or exc})", "check the path") from None
     if b"\x00" in data:
-        raise error(path, "is a binary file, not an mdoc", "select the .mdoc files with --pattern",
-                    cls=NotATiltSeriesError)
+        raise error(
+            path, "is a binary file, not an mdoc", "select the .mdoc files with --pattern", cls=NotATiltSeriesError
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -113,8 +116,13 @@ def number(raw: RawMdoc, s: Section, key: str, *, header: bool = True) -> float 
     try:
         value = float(text.split()[0])
     except ValueError:
-        raise error(raw.path, f"{key} = {text} is not a number", "correct or delete the line",
-                    line=src.lines[key], where=src.label if src.kind else "") from None
+        raise error(
+            raw.path,
+            f"{key} = {text} is not a number",
+            "correct or delete the line",
+            line=src.lines[key],
+            where=src.label if src.kind else "",
+        ) from None
     return value if math.isfinite(value) else None
 
 
@@ -123,40 +131,61 @@ def check_tilt_series(raw: RawMdoc) -> str:
     kinds = {s.kind for s in raw.sections}
     pieces = {s.values["PieceCoordinates"] for s in raw.sections if "PieceCoordinates" in s.values}
     if not raw.sections and not raw.header.values:
-        raise error(raw.path, "is empty or not an mdoc (no 'key = value' lines)",
-                    "select the tilt-series .mdoc files with --pattern", cls=NotATiltSeriesError)
+        raise error(
+            raw.path,
+            "is empty or not an mdoc (no 'key = value' lines)",
+            "select the tilt-series .mdoc files with --pattern",
+            cls=NotATiltSeriesError,
+        )
     montage = raw.header.values.get("Montage", "0") not in ("", "0")
     if montage or "MontSection" in kinds or len(pieces) > 1:
         mags = [m for s in raw.sections if (m := number(raw, s, "Magnification")) is not None]
         low_mag = bool(mags) and min(mags) < 1000
         what = "a grid map (low-magnification montage)" if low_mag else "a montage"
-        raise error(raw.path, f"is {what}, not a tilt series",
-                    "select only tilt-series mdocs with --pattern", cls=NotATiltSeriesError)
+        raise error(
+            raw.path,
+            f"is {what}, not a tilt series",
+            "select only tilt-series mdocs with --pattern",
+            cls=NotATiltSeriesError,
+        )
     frame_ts = [s for s in raw.sections if "FrameTSStartEndFrames" in s.values]
     if frame_ts:
-        raise error(raw.path, f"is a frame-based tilt series (FrameTSStartEndFrames: "
-                    f"{len(frame_ts)} tilts in one movie), which tiltflow cannot import",
-                    "import the aligned stack with import-tilt-series", line=frame_ts[0].line)
+        raise error(
+            raw.path,
+            f"is a frame-based tilt series (FrameTSStartEndFrames: "
+            f"{len(frame_ts)} tilts in one movie), which tiltflow cannot import",
+            "import the aligned stack with import-tilt-series",
+            line=frame_ts[0].line,
+        )
     tilt_kinds = kinds & {"ZValue", "FrameSet"}
     if not tilt_kinds:
-        raise error(raw.path, "has no [ZValue] or [FrameSet] section, so it is not a tilt series",
-                    "select only tilt-series mdocs with --pattern", cls=NotATiltSeriesError)
+        raise error(
+            raw.path,
+            "has no [ZValue] or [FrameSet] section, so it is not a tilt series",
+            "select only tilt-series mdocs with --pattern",
+            cls=NotATiltSeriesError,
+        )
     if len(tilt_kinds) > 1:
-        raise error(raw.path, "mixes [ZValue] and [FrameSet] sections",
-                    "keep one kind: a tilt-series mdoc or one per-movie mdoc per movie")
+        raise error(
+            raw.path,
+            "mixes [ZValue] and [FrameSet] sections",
+            "keep one kind: a tilt-series mdoc or one per-movie mdoc per movie",
+        )
     return tilt_kinds.pop()
 
 
-_MONTHS = {m: i for i, m in enumerate(
-    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)
+}
 _DATETIME = re.compile(r"^(\d{1,4})-([A-Za-z]{3})-(\d{1,4})\s+(\d{1,2}):(\d{1,2}):(\d{1,2})$")
 # Tomo5 movie names: <Position>_<NNN acquisition index>_<nominal angle>_<yyyymmdd>_<hhmmss><suffix>
 _TOMO5_MOVIE = re.compile(
     r"^(?P<prefix>.+?_(?P<index>\d+)_)(?P<angle>[-+]?\d+(?:\.\d+)?)_(?P<date>\d{8})_(?P<time>\d{6})"
-    r"(?P<suffix>(?:_[A-Za-z]+)?\.[A-Za-z0-9]+)$")
+    r"(?P<suffix>(?:_[A-Za-z]+)?\.[A-Za-z0-9]+)$"
+)
 # per-movie (FrameSet) mdoc names: <tsId>_<NNN index>_<angle with a decimal point>[_Mon08_07.39.05]
-_PER_MOVIE_STEM = re.compile(
-    r"^(?P<ts>.+?)_\d{3,}_[-+]?\d+\.\d+(?:_[A-Za-z]{3}\d{2}_\d{2}\.\d{2}\.\d{2})?$")
+_PER_MOVIE_STEM = re.compile(r"^(?P<ts>.+?)_\d{3,}_[-+]?\d+\.\d+(?:_[A-Za-z]{3}\d{2}_\d{2}\.\d{2}\.\d{2})?$")
 _MOVIE_EXTS = (".mrc", ".st", ".mrcs", ".tif", ".tiff", ".eer", ".ali")
 
 
@@ -176,14 +205,14 @@ def parse_datetime(text: str, *, year_first: bool) -> dt.datetime | None:
         year, day = b, a
     y = int(year) + (2000 if len(year) <= 2 else 0)
     try:
-        return dt.datetime(y, _MONTHS[m.group(2).lower()], int(day),
-                           int(m.group(4)), int(m.group(5)), int(m.group(6)))
+        return dt.datetime(y, _MONTHS[m.group(2).lower()], int(day), int(m.group(4)), int(m.group(5)), int(m.group(6)))
     except ValueError:
         return None
 
 
-def parse_datetimes(texts: list[str | None], *, tomo5: bool, now: dt.datetime | None = None
-                    ) -> tuple[list[dt.datetime | None], str | None]:
+def parse_datetimes(
+    texts: list[str | None], *, tomo5: bool, now: dt.datetime | None = None
+) -> tuple[list[dt.datetime | None], str | None]:
     """Parse every ``DateTime`` of one series with one reading (tomo5: year first).
 
     A reading is sane when every given date parses, lies after 1990 and not in the future; when
@@ -193,10 +222,12 @@ def parse_datetimes(texts: list[str | None], *, tomo5: bool, now: dt.datetime | 
     given = [t for t in texts if t and t.strip()]
 
     def reading(year_first: bool) -> list[dt.datetime | None] | None:
-        out = [parse_datetime(t, year_first=year_first) if t and t.strip() else None
-               for t in texts]
-        sane = all(d is not None and dt.datetime(1990, 1, 1) <= d <= now + dt.timedelta(days=2)
-                   for d, t in zip(out, texts) if t and t.strip())
+        out = [parse_datetime(t, year_first=year_first) if t and t.strip() else None for t in texts]
+        sane = all(
+            d is not None and dt.datetime(1990, 1, 1) <= d <= now + dt.timedelta(days=2)
+            for d, t in zip(out, texts, strict=False)
+            if t and t.strip()
+        )
         return out if sane else None
 
     preferred, other = reading(tomo5), reading(not tomo5)
@@ -204,10 +235,13 @@ def parse_datetimes(texts: list[str | None], *, tomo5: bool, now: dt.datetime | 
         return preferred or [None] * len(texts), None
     if other is not None:
         names = ("YY-Mon-DD (Tomo5)", "DD-Mon-YY (SerialEM)")
-        return other, (f"DateTime read as {names[int(tomo5)]}: the {names[int(not tomo5)]} "
-                       f"reading gives impossible dates (e.g. '{given[0].strip()}')")
-    return [None] * len(texts), (f"DateTime not understood (e.g. '{given[0].strip()}'); "
-                                 "acquisition order taken from the section order")
+        return other, (
+            f"DateTime read as {names[int(tomo5)]}: the {names[int(not tomo5)]} "
+            f"reading gives impossible dates (e.g. '{given[0].strip()}')"
+        )
+    return [None] * len(texts), (
+        f"DateTime not understood (e.g. '{given[0].strip()}'); acquisition order taken from the section order"
+    )
 
 
 def frame_doses_sum(text: str) -> float:
@@ -218,11 +252,12 @@ def frame_doses_sum(text: str) -> float:
         return math.nan
     if len(tokens) % 2:
         raise ValueError("needs pairs of 'dose count'")
-    return sum(d * n for d, n in zip(tokens[::2], tokens[1::2]))
+    return sum(d * n for d, n in zip(tokens[::2], tokens[1::2], strict=False))
 
 
-def dose_from_rate(dose_rate: float | None, exposure_time_s: float | None,
-                   pixel_size_a: float | None, binning: float | None) -> float | None:
+def dose_from_rate(
+    dose_rate: float | None, exposure_time_s: float | None, pixel_size_a: float | None, binning: float | None
+) -> float | None:
     """``DoseRate`` (e/unbinned px/s) x ``ExposureTime`` (s) / (unbinned pixel size Å)², or None.
 
     Unbinned pixel size = ``PixelSpacing / Binning`` (SerialEM: Binning 0.5 = super-resolution).
@@ -251,44 +286,51 @@ def prior_doses(doses: list[float | None], rank: list[int], initial: float) -> l
 def prior_record_steps(records: list[float], rank: list[int]) -> list[float] | None:
     """Doses from ``PriorRecordDose`` differences in acquisition order (in ``rank`` order); the
     last image gets the median step. None when a step is not > 0."""
-    steps = [records[b] - records[a] for a, b in zip(rank, rank[1:])]
+    steps = [records[b] - records[a] for a, b in zip(rank, rank[1:], strict=False)]
     if not steps or not all(x > 0 for x in steps):
         return None
     return steps + [sorted(steps)[len(steps) // 2]]
 
 
-def prior_record_gap(prior: list[float], records: list[float], rank: list[int],
-                     labels: list[str]) -> str | None:
+def prior_record_gap(prior: list[float], records: list[float], rank: list[int], labels: list[str]) -> str | None:
     """A warning when ``PriorRecordDose`` stops matching the summed doses (an image missing
     from the mdoc, e.g. one deleted after acquisition), else None."""
     offset = records[rank[0]] - prior[rank[0]]
     for i in rank:
         excess = records[i] - prior[i] - offset
         if abs(excess) > 0.05 + 0.01 * abs(records[i]):
-            return (f"PriorRecordDose differs from the summed doses by {excess:+.3g} e/Å² from "
-                    f"{labels[i]} on (acquisition order) — an image missing from the mdoc? Prior "
-                    "doses here count only the images listed")
+            return (
+                f"PriorRecordDose differs from the summed doses by {excess:+.3g} e/Å² from "
+                f"{labels[i]} on (acquisition order) — an image missing from the mdoc? Prior "
+                "doses here count only the images listed"
+            )
     return None
 
 
 def dose_warnings(doses: list[float | None], sources: list[str], labels: list[str]) -> list[str]:
     """Warnings about missing, implausible or DoseRate-derived doses."""
     out = []
-    missing = [lab for lab, d in zip(labels, doses) if d is None]
+    missing = [lab for lab, d in zip(labels, doses, strict=False) if d is None]
     if missing:
-        out.append(f"no dose for {len(missing)} of {len(doses)} images ("
-                   f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): no "
-                   "ExposureDose, FrameDosesAndNumber, DoseRate or PriorRecordDose — give the "
-                   "dose per tilt (--dose); prior doses left unknown")
+        out.append(
+            f"no dose for {len(missing)} of {len(doses)} images ("
+            f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): no "
+            "ExposureDose, FrameDosesAndNumber, DoseRate or PriorRecordDose — give the "
+            "dose per tilt (--dose); prior doses left unknown"
+        )
     high = [d for d in doses if d is not None and d > 50]
     if high:
-        out.append(f"{len(high)} images have an implausible dose (> 50 e/Å², e.g. {high[0]:.4g})"
-                   " — check the mdoc or give --dose")
-    rate = [d for d, src in zip(doses, sources) if src == "DoseRate" and d is not None]
+        out.append(
+            f"{len(high)} images have an implausible dose (> 50 e/Å², e.g. {high[0]:.4g})"
+            " — check the mdoc or give --dose"
+        )
+    rate = [d for d, src in zip(doses, sources, strict=False) if src == "DoseRate" and d is not None]
     if rate and max(rate) > 2 * min(rate):
-        out.append(f"doses from DoseRate x ExposureTime (counted through the specimen) vary "
-                   f"from {min(rate):.3g} to {max(rate):.3g} e/Å² — give --dose for the incident "
-                   "dose per tilt")
+        out.append(
+            f"doses from DoseRate x ExposureTime (counted through the specimen) vary "
+            f"from {min(rate):.3g} to {max(rate):.3g} e/Å² — give --dose for the incident "
+            "dose per tilt"
+        )
     return out
 
 
@@ -352,8 +394,9 @@ def _listing(directory: Path, cache: dict[Path, list[str]]) -> list[str]:
     return cache[directory]
 
 
-def resolve_movie(name: str, sub_frame_path: str, dirs: list[Path],
-                  cache: dict[Path, list[str]]) -> tuple[Path | None, str | None]:
+def resolve_movie(
+    name: str, sub_frame_path: str, dirs: list[Path], cache: dict[Path, list[str]]
+) -> tuple[Path | None, str | None]:
     """Find the movie ``name`` in ``dirs`` (first the mdoc's folder).
 
     Tries, in order: the exact name; a relative ``SubFramePath`` below the first folder; the name
@@ -377,13 +420,16 @@ def resolve_movie(name: str, sub_frame_path: str, dirs: list[Path],
         if m is None:
             continue
         prefix, suffix = m.group("prefix").lower(), m.group("suffix").lower()
-        near = [f for f in files if f.lower().startswith(prefix) and f.lower().endswith(suffix)
-                and _TOMO5_MOVIE.match(f)]
+        near = [
+            f for f in files if f.lower().startswith(prefix) and f.lower().endswith(suffix) and _TOMO5_MOVIE.match(f)
+        ]
         if len(near) == 1:
             return d / near[0], None
         if len(near) > 1:
-            return None, (f"movie {name}: {len(near)} files in {d} start with "
-                          f"{m.group('prefix')} ({', '.join(near[:3])}) — cannot tell which")
+            return None, (
+                f"movie {name}: {len(near)} files in {d} start with "
+                f"{m.group('prefix')} ({', '.join(near[:3])}) — cannot tell which"
+            )
     return None, None
 
 

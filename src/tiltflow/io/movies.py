@@ -25,8 +25,8 @@ class MovieError(ValueError):
 @dataclass(frozen=True)
 class MovieHeader:
     path: Path
-    format: str          # "tiff" | "eer" | "mrc"
-    n_frames: int        # stored frames (EER: fractions)
+    format: str  # "tiff" | "eer" | "mrc"
+    n_frames: int  # stored frames (EER: fractions)
     size: tuple[int, int]  # (nx, ny)
     dtype: str
 
@@ -56,12 +56,14 @@ def _tiff_header(path: Path, fmt: str) -> MovieHeader:
             last = pages[-1]
             offsets = getattr(last, "dataoffsets", ()) or ()
             counts = getattr(last, "databytecounts", ()) or ()
-            if offsets and counts and max(o + c for o, c in zip(offsets, counts)) > size_on_disk:
+            if offsets and counts and max(o + c for o, c in zip(offsets, counts, strict=False)) > size_on_disk:
                 raise MovieError(f"{path}: truncated TIFF (last frame ends past the end of the file) — re-copy it")
             ny, nx = first.shape[-2:]
             if fmt == "tiff" and tuple(last.shape[-2:]) != (ny, nx):
-                raise MovieError(f"{path}: TIFF pages of different sizes ({nx} x {ny} and {last.shape[-1]} x "
-                                 f"{last.shape[-2]} px) — not a movie of frames; check the file")
+                raise MovieError(
+                    f"{path}: TIFF pages of different sizes ({nx} x {ny} and {last.shape[-1]} x "
+                    f"{last.shape[-2]} px) — not a movie of frames; check the file"
+                )
             dtype = str(first.dtype) if first.dtype is not None else "uint8"
     except MovieError:
         raise
@@ -129,8 +131,10 @@ def read_movie_frames(path: Path | str, *, eer_groups: int | None = None) -> np.
     except Exception as err:  # noqa: BLE001 — the decoders raise many kinds on corrupt data
         raise MovieError(f"{path}: cannot decode frames ({err}) — the file is corrupt or truncated") from None
     if frames.size and frames.min() == frames.max():
-        raise MovieError(f"{path}: every pixel of every frame is {frames.flat[0]} — a blank movie (no exposure, "
-                         "or damaged in copying); re-copy it, or leave it out with --skip-bad")
+        raise MovieError(
+            f"{path}: every pixel of every frame is {frames.flat[0]} — a blank movie (no exposure, "
+            "or damaged in copying); re-copy it, or leave it out with --skip-bad"
+        )
     return frames
 
 
@@ -161,7 +165,7 @@ def _read_eer_grouped(path: Path, n_groups: int) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        pages = tif.series[0].pages          # EER: the fractions (an integrated image, if any, is another series)
+        pages = tif.series[0].pages  # EER: the fractions (an integrated image, if any, is another series)
         groups, per = eer_group_layout(len(pages), n_groups)
         ny, nx = pages[0].shape[-2:]
         out = np.zeros((groups, ny, nx), dtype=np.float32)
@@ -190,13 +194,13 @@ class MoviePrefetcher:
     def __init__(self, paths, *, depth: int = 1, eer_groups: int | None = None, prepare=None):
         import threading
 
-        self._prepare = prepare       # optional callable applied to the frames in the thread
+        self._prepare = prepare  # optional callable applied to the frames in the thread
         self._order = [str(p) for p in paths]
         self._index = {p: i for i, p in enumerate(self._order)}
         self._depth = max(1, int(depth))
         self._eer_groups = eer_groups
         self._queue: list[str] = []
-        self._ready: dict[str, object] = {}   # path -> None while decoding, then frames or exception
+        self._ready: dict[str, object] = {}  # path -> None while decoding, then frames or exception
         self._cond = threading.Condition()
         self._closed = False
         self._schedule(range(min(self._depth, len(self._order))))
@@ -241,7 +245,7 @@ class MoviePrefetcher:
                     del self._ready[old]
                 self._cond.notify_all()
             if key in self._queue:
-                self._queue.remove(key)                   # not started: read it here
+                self._queue.remove(key)  # not started: read it here
             if key in self._ready:
                 self._cond.wait_for(lambda: self._ready.get(key, 0) is not None)
             value = self._ready.pop(key, None)

@@ -17,9 +17,18 @@ from pathlib import Path
 import numpy as np
 
 HEADER_BYTES = 1024
-MODE_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 16: 3}   # MRC2014 modes; 101 (4-bit) below
-MODE_NAMES = {0: "int8", 1: "int16", 2: "float32", 3: "complex int16", 4: "complex64", 6: "uint16",
-              12: "float16", 16: "rgb", 101: "4-bit"}
+MODE_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 16: 3}  # MRC2014 modes; 101 (4-bit) below
+MODE_NAMES = {
+    0: "int8",
+    1: "int16",
+    2: "float32",
+    3: "complex int16",
+    4: "complex64",
+    6: "uint16",
+    12: "float16",
+    16: "rgb",
+    101: "4-bit",
+}
 MAX_LABELS, LABEL_CHARS = 10, 80
 
 
@@ -31,7 +40,7 @@ class StackError(ValueError):
 class StackHeader:
     path: Path
     n_sections: int
-    size: tuple[int, int]      # (nx, ny)
+    size: tuple[int, int]  # (nx, ny)
     pixel_size_a: float | None
     exttyp: str
 
@@ -44,8 +53,9 @@ def _quiet():
         yield
 
 
-def write_mrc(path: Path | str, data: np.ndarray, *, voxel_size_a: float, is_volume: bool = False,
-              labels: list[str] = ()) -> Path:
+def write_mrc(
+    path: Path | str, data: np.ndarray, *, voxel_size_a: float, is_volume: bool = False, labels: list[str] = ()
+) -> Path:
     """Write float32 (or int) data atomically (temporary file, then rename); ``labels`` are added
     to the header after mrcfile's own."""
     import mrcfile
@@ -99,8 +109,10 @@ def _raw_header(path: Path) -> tuple[dict, str]:
     with open(path, "rb") as fh:
         data = fh.read(HEADER_BYTES)
     if len(data) < HEADER_BYTES:
-        raise StackError(f"{path}: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte MRC header — "
-                         "not an MRC stack, or a copy cut short")
+        raise StackError(
+            f"{path}: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte MRC header — "
+            "not an MRC stack, or a copy cut short"
+        )
     stamp = data[212]
     orders = [">"] if stamp == 0x11 else ["<"] if stamp in (0x44, 0x41) else ["<", ">"]
     best = None
@@ -125,14 +137,18 @@ def check_mrc(path: Path | str) -> dict:
     if mode not in MODE_NAMES:
         raise StackError(f"{path}: not a readable MRC stack — {what}: data mode {mode} is no MRC mode")
     if min(nx, ny, nz) <= 0 or nsymbt < 0:
-        raise StackError(f"{path}: not a readable MRC stack — {what}: it says {nx} x {ny} x {nz} px "
-                         f"with {nsymbt} bytes of extended header")
+        raise StackError(
+            f"{path}: not a readable MRC stack — {what}: it says {nx} x {ny} x {nz} px "
+            f"with {nsymbt} bytes of extended header"
+        )
     data_bytes = (nx + 1) // 2 * ny * nz if mode == 101 else nx * ny * nz * MODE_BYTES[mode]
     needed = HEADER_BYTES + nsymbt + data_bytes
     if needed > size:
         kind = "truncated" if h["map"] == b"MAP " and needed <= 64 * size else "corrupt or truncated"
-        raise StackError(f"{path}: {kind} MRC — the header claims {nz} sections of {nx} x {ny} "
-                         f"{MODE_NAMES[mode]} ({needed:,} bytes with the header) but the file holds {size:,} bytes")
+        raise StackError(
+            f"{path}: {kind} MRC — the header claims {nz} sections of {nx} x {ny} "
+            f"{MODE_NAMES[mode]} ({needed:,} bytes with the header) but the file holds {size:,} bytes"
+        )
     return h
 
 
@@ -216,5 +232,5 @@ def extended_header_tilt_angles(path: Path | str) -> list[float] | None:
         # SerialEM: nint = bytes per section, nreal = flags; flag 1 = tilt angle x 100 as int16 first
         if nint <= 0 or not (int(nreal) & 1) or len(ext) < nint * nz:
             return None
-        return [float(np.frombuffer(ext[i * nint: i * nint + 2], "<i2")[0]) / 100.0 for i in range(nz)]
+        return [float(np.frombuffer(ext[i * nint : i * nint + 2], "<i2")[0]) / 100.0 for i in range(nz)]
     return None

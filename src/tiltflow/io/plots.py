@@ -18,38 +18,74 @@ import numpy as np
 from tiltflow.io.png import encode_png_rgb8
 
 _GLYPHS = {  # 7 rows of 5 bits, most significant bit on the left
-    "0": "01110 10001 10011 10101 11001 10001 01110", "1": "00100 01100 00100 00100 00100 00100 01110",
-    "2": "01110 10001 00001 00010 00100 01000 11111", "3": "11111 00010 00100 00010 00001 10001 01110",
-    "4": "00010 00110 01010 10010 11111 00010 00010", "5": "11111 10000 11110 00001 00001 10001 01110",
-    "6": "00110 01000 10000 11110 10001 10001 01110", "7": "11111 00001 00010 00100 01000 01000 01000",
-    "8": "01110 10001 10001 01110 10001 10001 01110", "9": "01110 10001 10001 01111 00001 00010 01100",
-    "A": "01110 10001 10001 11111 10001 10001 10001", "B": "11110 10001 10001 11110 10001 10001 11110",
-    "C": "01110 10001 10000 10000 10000 10001 01110", "D": "11100 10010 10001 10001 10001 10010 11100",
-    "E": "11111 10000 10000 11110 10000 10000 11111", "F": "11111 10000 10000 11110 10000 10000 10000",
-    "G": "01110 10001 10000 10111 10001 10001 01111", "H": "10001 10001 10001 11111 10001 10001 10001",
-    "I": "01110 00100 00100 00100 00100 00100 01110", "J": "00111 00010 00010 00010 00010 10010 01100",
-    "K": "10001 10010 10100 11000 10100 10010 10001", "L": "10000 10000 10000 10000 10000 10000 11111",
-    "M": "10001 11011 10101 10101 10001 10001 10001", "N": "10001 10001 11001 10101 10011 10001 10001",
-    "O": "01110 10001 10001 10001 10001 10001 01110", "P": "11110 10001 10001 11110 10000 10000 10000",
-    "Q": "01110 10001 10001 10001 10101 10010 01101", "R": "11110 10001 10001 11110 10100 10010 10001",
-    "S": "01111 10000 10000 01110 00001 00001 11110", "T": "11111 00100 00100 00100 00100 00100 00100",
-    "U": "10001 10001 10001 10001 10001 10001 01110", "V": "10001 10001 10001 10001 10001 01010 00100",
-    "W": "10001 10001 10001 10101 10101 10101 01010", "X": "10001 10001 01010 00100 01010 10001 10001",
-    "Y": "10001 10001 10001 01010 00100 00100 00100", "Z": "11111 00001 00010 00100 01000 10000 11111",
-    "-": "00000 00000 00000 11111 00000 00000 00000", ".": "00000 00000 00000 00000 00000 01100 01100",
-    ",": "00000 00000 00000 00000 01100 00100 01000", "(": "00010 00100 01000 01000 01000 00100 00010",
-    ")": "01000 00100 00010 00010 00010 00100 01000", "/": "00000 00001 00010 00100 01000 10000 00000",
-    ":": "00000 01100 01100 00000 01100 01100 00000", "+": "00000 00100 00100 11111 00100 00100 00000",
-    "=": "00000 00000 11111 00000 11111 00000 00000", "%": "11000 11001 00010 00100 01000 10011 00011",
-    "°": "01100 10010 10010 01100 00000 00000 00000", "_": "00000 00000 00000 00000 00000 00000 11111",
-    "#": "01010 01010 11111 01010 11111 01010 01010", " ": "00000 00000 00000 00000 00000 00000 00000",
-    "<": "00010 00100 01000 10000 01000 00100 00010", ">": "01000 00100 00010 00001 00010 00100 01000",
+    "0": "01110 10001 10011 10101 11001 10001 01110",
+    "1": "00100 01100 00100 00100 00100 00100 01110",
+    "2": "01110 10001 00001 00010 00100 01000 11111",
+    "3": "11111 00010 00100 00010 00001 10001 01110",
+    "4": "00010 00110 01010 10010 11111 00010 00010",
+    "5": "11111 10000 11110 00001 00001 10001 01110",
+    "6": "00110 01000 10000 11110 10001 10001 01110",
+    "7": "11111 00001 00010 00100 01000 01000 01000",
+    "8": "01110 10001 10001 01110 10001 10001 01110",
+    "9": "01110 10001 10001 01111 00001 00010 01100",
+    "A": "01110 10001 10001 11111 10001 10001 10001",
+    "B": "11110 10001 10001 11110 10001 10001 11110",
+    "C": "01110 10001 10000 10000 10000 10001 01110",
+    "D": "11100 10010 10001 10001 10001 10010 11100",
+    "E": "11111 10000 10000 11110 10000 10000 11111",
+    "F": "11111 10000 10000 11110 10000 10000 10000",
+    "G": "01110 10001 10000 10111 10001 10001 01111",
+    "H": "10001 10001 10001 11111 10001 10001 10001",
+    "I": "01110 00100 00100 00100 00100 00100 01110",
+    "J": "00111 00010 00010 00010 00010 10010 01100",
+    "K": "10001 10010 10100 11000 10100 10010 10001",
+    "L": "10000 10000 10000 10000 10000 10000 11111",
+    "M": "10001 11011 10101 10101 10001 10001 10001",
+    "N": "10001 10001 11001 10101 10011 10001 10001",
+    "O": "01110 10001 10001 10001 10001 10001 01110",
+    "P": "11110 10001 10001 11110 10000 10000 10000",
+    "Q": "01110 10001 10001 10001 10101 10010 01101",
+    "R": "11110 10001 10001 11110 10100 10010 10001",
+    "S": "01111 10000 10000 01110 00001 00001 11110",
+    "T": "11111 00100 00100 00100 00100 00100 00100",
+    "U": "10001 10001 10001 10001 10001 10001 01110",
+    "V": "10001 10001 10001 10001 10001 01010 00100",
+    "W": "10001 10001 10001 10101 10101 10101 01010",
+    "X": "10001 10001 01010 00100 01010 10001 10001",
+    "Y": "10001 10001 10001 01010 00100 00100 00100",
+    "Z": "11111 00001 00010 00100 01000 10000 11111",
+    "-": "00000 00000 00000 11111 00000 00000 00000",
+    ".": "00000 00000 00000 00000 00000 01100 01100",
+    ",": "00000 00000 00000 00000 01100 00100 01000",
+    "(": "00010 00100 01000 01000 01000 00100 00010",
+    ")": "01000 00100 00010 00010 00010 00100 01000",
+    "/": "00000 00001 00010 00100 01000 10000 00000",
+    ":": "00000 01100 01100 00000 01100 01100 00000",
+    "+": "00000 00100 00100 11111 00100 00100 00000",
+    "=": "00000 00000 11111 00000 11111 00000 00000",
+    "%": "11000 11001 00010 00100 01000 10011 00011",
+    "°": "01100 10010 10010 01100 00000 00000 00000",
+    "_": "00000 00000 00000 00000 00000 00000 11111",
+    "#": "01010 01010 11111 01010 11111 01010 01010",
+    " ": "00000 00000 00000 00000 00000 00000 00000",
+    "<": "00010 00100 01000 10000 01000 00100 00010",
+    ">": "01000 00100 00010 00001 00010 00100 01000",
 }
 _FONT = {c: np.array([[b == "1" for b in row] for row in g.split()], dtype=bool) for c, g in _GLYPHS.items()}
-SCALE = 2                   # glyph pixel size
-CHAR_W, CHAR_H = 6 * SCALE, 7 * SCALE   # advance and height of one character
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+SCALE = 2  # glyph pixel size
+CHAR_W, CHAR_H = 6 * SCALE, 7 * SCALE  # advance and height of one character
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 BLACK, GREY, RED = (0, 0, 0), (200, 200, 200), (214, 39, 40)
 
 
@@ -57,8 +93,9 @@ def text_width(text: str) -> int:
     return len(text) * CHAR_W - SCALE
 
 
-def draw_text(img: np.ndarray, x: int, y: int, text: str, color=BLACK, *, vertical: bool = False,
-              box: bool = False) -> None:
+def draw_text(
+    img: np.ndarray, x: int, y: int, text: str, color=BLACK, *, vertical: bool = False, box: bool = False
+) -> None:
     """Draw ``text`` with its top-left corner at pixel column ``x``, row ``y`` (``vertical``: rotated
     90° counter-clockwise, reading upwards, starting at the bottom-left ``(x, y)``); ``box``: on a
     white background (labels over images)."""
@@ -94,7 +131,7 @@ def draw_line(img: np.ndarray, x0: float, y0: float, x1: float, y1: float, color
 
 def draw_marker(img: np.ndarray, x: float, y: float, color=BLACK, radius: int = 3, filled: bool = True) -> None:
     """A disc (or ring) centred at pixel (column ``x``, row ``y``)."""
-    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     d = np.sqrt(xx**2 + yy**2)
     keep = d <= radius + 0.3 if filled else (d <= radius + 0.3) & (d >= radius - 1.0)
     ys, xs = yy[keep] + round(y), xx[keep] + round(x)
@@ -128,7 +165,7 @@ class Series:
     color: tuple[int, int, int] = PALETTE[0]
     lines: bool = True
     marker: int = 3
-    highlight: np.ndarray | None = None   # bool per point: drawn as red rings
+    highlight: np.ndarray | None = None  # bool per point: drawn as red rings
 
 
 @dataclass
@@ -171,13 +208,18 @@ def draw_axes(img: np.ndarray, ax: Axes, *, x_label: str, y_label: str, title: s
         draw_line(img, ax.left - 5, py, ax.left, py)
         s = _label(v, y_step)
         draw_text(img, ax.left - 9 - text_width(s), int(py) - CHAR_H // 2, s)
-    for a, b, c, d in ((ax.left, ax.top, right, ax.top), (ax.left, bottom, right, bottom),
-                       (ax.left, ax.top, ax.left, bottom), (right, ax.top, right, bottom)):
+    for a, b, c, d in (
+        (ax.left, ax.top, right, ax.top),
+        (ax.left, bottom, right, bottom),
+        (ax.left, ax.top, ax.left, bottom),
+        (right, ax.top, right, bottom),
+    ):
         draw_line(img, a, b, c, d)
     draw_text(img, ax.left + (ax.width - text_width(x_label)) // 2, bottom + 16 + CHAR_H, x_label)
     draw_text(img, 8, ax.top + (ax.height + text_width(y_label)) // 2, y_label, vertical=True)
-    draw_text(img, max(8, min(ax.left + (ax.width - text_width(title)) // 2,
-                              img.shape[1] - text_width(title) - 8)), 10, title)
+    draw_text(
+        img, max(8, min(ax.left + (ax.width - text_width(title)) // 2, img.shape[1] - text_width(title) - 8)), 10, title
+    )
 
 
 def _padded_range(values: np.ndarray, *, include_zero: bool = False) -> tuple[float, float]:
@@ -191,8 +233,16 @@ def _padded_range(values: np.ndarray, *, include_zero: bool = False) -> tuple[fl
     return lo - (0.0 if include_zero and lo == 0.0 else pad), hi + pad
 
 
-def line_chart(series: list[Series], *, x_label: str, y_label: str, title: str, size: tuple[int, int] = (900, 520),
-               include_zero: bool = True, legend_notes: tuple[str, ...] = ()) -> np.ndarray:
+def line_chart(
+    series: list[Series],
+    *,
+    x_label: str,
+    y_label: str,
+    title: str,
+    size: tuple[int, int] = (900, 520),
+    include_zero: bool = True,
+    legend_notes: tuple[str, ...] = (),
+) -> np.ndarray:
     """A chart of one or more series: ``(h, w, 3)`` uint8, ``size`` = (width, height) px."""
     w, h = size
     img = np.full((h, w, 3), 255, dtype=np.uint8)
@@ -200,8 +250,14 @@ def line_chart(series: list[Series], *, x_label: str, y_label: str, title: str, 
     ys = np.concatenate([np.asarray(s.y, dtype=float) for s in series])
     legend = [(s.label, s.color, True) for s in series] + [(n, RED, False) for n in legend_notes]
     top = 40 + len(legend) * (CHAR_H + 6)
-    ax = Axes(left=110, top=top, width=w - 110 - 30, height=h - top - 80,
-              x_range=_padded_range(xs), y_range=_padded_range(ys, include_zero=include_zero))
+    ax = Axes(
+        left=110,
+        top=top,
+        width=w - 110 - 30,
+        height=h - top - 80,
+        x_range=_padded_range(xs),
+        y_range=_padded_range(ys, include_zero=include_zero),
+    )
     draw_axes(img, ax, x_label=x_label, y_label=y_label, title=title)
     y = 36
     for text, color, filled in legend:  # one line each, between the title and the plot
@@ -222,9 +278,17 @@ def line_chart(series: list[Series], *, x_label: str, y_label: str, title: str, 
     return img
 
 
-def tracks_over_image(image: np.ndarray, tracks: np.ndarray, *, title: str, max_size: int = 720,
-                      labels: list[str] | None = None, flagged: np.ndarray | None = None,
-                      scale: float = 1.0, anchor: int | None = None) -> np.ndarray:
+def tracks_over_image(
+    image: np.ndarray,
+    tracks: np.ndarray,
+    *,
+    title: str,
+    max_size: int = 720,
+    labels: list[str] | None = None,
+    flagged: np.ndarray | None = None,
+    scale: float = 1.0,
+    anchor: int | None = None,
+) -> np.ndarray:
     """Point tracks ``(n, t, 2)`` (x, y image px; NaN = missing) over a greyscale ``(h, w)`` image.
 
     The image is shrunk to fit ``max_size`` and shown with row 0 at the bottom (y up); each track
@@ -234,19 +298,25 @@ def tracks_over_image(image: np.ndarray, tracks: np.ndarray, *, title: str, max_
     pixels of the unbinned stack).
     """
     h, w = image.shape
-    f = max(1, math.ceil(max(h, w) / max_size))          # shrink by block means, or
-    up = max(1, max_size // max(h, w))                   # enlarge small images by pixel repetition
+    f = max(1, math.ceil(max(h, w) / max_size))  # shrink by block means, or
+    up = max(1, max_size // max(h, w))  # enlarge small images by pixel repetition
     hb, wb = h // f, w // f
-    thumb = image[:hb * f, :wb * f].astype(np.float64).reshape(hb, f, wb, f).mean(axis=(1, 3))
+    thumb = image[: hb * f, : wb * f].astype(np.float64).reshape(hb, f, wb, f).mean(axis=(1, 3))
     lo, hi = np.percentile(thumb, [1, 99])
-    grey = np.clip((thumb - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)[::-1]   # row 0 at the bottom
+    grey = np.clip((thumb - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)[::-1]  # row 0 at the bottom
     grey = np.repeat(np.repeat(grey, up, axis=0), up, axis=1)
     hb, wb = grey.shape
     left, top = 110, 40
     img = np.full((top + hb + 80, max(left + wb + 30, text_width(title) + 40), 3), 255, dtype=np.uint8)
-    img[top:top + hb, left:left + wb] = grey[..., None]
-    ax = Axes(left=left, top=top, width=wb, height=hb, x_range=(-0.5 * scale, (w - 0.5) * scale),
-              y_range=(-0.5 * scale, (h - 0.5) * scale))
+    img[top : top + hb, left : left + wb] = grey[..., None]
+    ax = Axes(
+        left=left,
+        top=top,
+        width=wb,
+        height=hb,
+        x_range=(-0.5 * scale, (w - 0.5) * scale),
+        y_range=(-0.5 * scale, (h - 0.5) * scale),
+    )
     draw_axes(img, ax, x_label="X (PX)", y_label="Y (PX)", title=title, grid=False)
     for i, track in enumerate(np.asarray(tracks, dtype=float)):
         ok = np.isfinite(track).all(-1)
@@ -257,7 +327,7 @@ def tracks_over_image(image: np.ndarray, tracks: np.ndarray, *, title: str, max_
         for a in range(len(px) - 1):
             draw_line(img, px[a], py[a], px[a + 1], py[a + 1], color, width=2)
         k = int(np.cumsum(ok)[anchor] - 1) if anchor is not None and ok[anchor] else 0
-        draw_marker(img, px[k], py[k], color, 7, filled=False)   # a ring: the bead stays visible inside
+        draw_marker(img, px[k], py[k], color, 7, filled=False)  # a ring: the bead stays visible inside
         if labels is not None:
             draw_text(img, int(px[k]) + 8, int(py[k]) - CHAR_H - 6, labels[i], color, box=True)
     return img

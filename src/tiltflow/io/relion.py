@@ -24,9 +24,17 @@ import starfile
 import torch
 
 __all__ = [
-    "RelionFormatError", "TiltSeriesStar", "TomogramsStar", "format_projection_matrices",
-    "parse_projection_matrices", "read_star_blocks", "read_tilt_series_star",
-    "read_tomograms_star", "write_star_blocks", "write_tilt_series_star", "write_tomograms_star",
+    "RelionFormatError",
+    "TiltSeriesStar",
+    "TomogramsStar",
+    "format_projection_matrices",
+    "parse_projection_matrices",
+    "read_star_blocks",
+    "read_tilt_series_star",
+    "read_tomograms_star",
+    "write_star_blocks",
+    "write_tilt_series_star",
+    "write_tomograms_star",
 ]
 
 STAR_VERSION = "50001"

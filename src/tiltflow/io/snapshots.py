@@ -38,7 +38,7 @@ def central_slice(volume, axis: str) -> np.ndarray:
         plane = volume[:, :, nx // 2].T
     else:
         raise ValueError(f"central_slice: axis must be one of {AXES}, not {axis!r}")
-    if hasattr(plane, "detach"):          # a tensor (on any device): only the slice is copied
+    if hasattr(plane, "detach"):  # a tensor (on any device): only the slice is copied
         plane = plane.detach().cpu().numpy()
     return np.array(plane, dtype=np.float32)
 
@@ -69,12 +69,14 @@ def write_slice_snapshots(volume, tomogram: Path | str, *, max_px: int = 1024) -
     """Write the XY, XZ and YZ central slices of ``volume`` ``(nz, ny, nx)`` (array, memmap or tensor) as PNGs
     beside the file ``tomogram`` (see :func:`snapshot_paths`); returns their paths."""
     if getattr(volume, "ndim", 0) != 3:
-        raise ValueError(f"write_slice_snapshots: need a volume (nz, ny, nx), got shape {getattr(volume, 'shape', None)}")
+        raise ValueError(
+            f"write_slice_snapshots: need a volume (nz, ny, nx), got shape {getattr(volume, 'shape', None)}"
+        )
     written = []
     for axis, path in snapshot_paths(tomogram).items():
         plane = area_downsample(central_slice(volume, axis), max_px)
         finite = plane[np.isfinite(plane)]
-        lo, hi = (np.percentile(finite, [1.0, 99.0]) if finite.size else (0.0, 1.0))
+        lo, hi = np.percentile(finite, [1.0, 99.0]) if finite.size else (0.0, 1.0)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(encode_png_gray8(to_gray8(plane, float(lo), float(hi))))

@@ -15,10 +15,19 @@ def write_motion_star(path: Path | str, shifts_px: np.ndarray, *, movie: str, pi
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shifts = np.asarray(shifts_px, dtype=float)
-    general = {"rlnImageSizeZ": int(shifts.shape[0]), "rlnMicrographMovieName": str(movie),
-               "rlnMicrographOriginalPixelSize": float(pixel_size_a), "rlnMicrographBinning": 1.0}
-    table = pd.DataFrame({"rlnMicrographFrameNumber": np.arange(1, shifts.shape[0] + 1),
-                          "rlnMicrographShiftX": shifts[:, 0], "rlnMicrographShiftY": shifts[:, 1]})
+    general = {
+        "rlnImageSizeZ": int(shifts.shape[0]),
+        "rlnMicrographMovieName": str(movie),
+        "rlnMicrographOriginalPixelSize": float(pixel_size_a),
+        "rlnMicrographBinning": 1.0,
+    }
+    table = pd.DataFrame(
+        {
+            "rlnMicrographFrameNumber": np.arange(1, shifts.shape[0] + 1),
+            "rlnMicrographShiftX": shifts[:, 0],
+            "rlnMicrographShiftY": shifts[:, 1],
+        }
+    )
     starfile.write({"general": general, "global_shift": table}, path, overwrite=True)
     return path
 

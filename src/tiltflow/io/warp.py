@@ -26,14 +26,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "DEFAULT_GRIDS", "PER_TILT", "WarpFormatError", "WarpTiltSeries", "ctf_param_values", "grid_element",
-    "grid_values", "read_warp_xml", "volume_warp_element", "write_tomostar", "write_warp_xml",
+    "DEFAULT_GRIDS",
+    "PER_TILT",
+    "WarpFormatError",
+    "WarpTiltSeries",
+    "ctf_param_values",
+    "grid_element",
+    "grid_values",
+    "read_warp_xml",
+    "volume_warp_element",
+    "write_tomostar",
+    "write_warp_xml",
 ]
 
 # element -> value type of its per-tilt lines
 PER_TILT = {
-    "Angles": float, "Dose": float, "UseTilt": bool, "AxisAngle": float, "AxisOffsetX": float,
-    "AxisOffsetY": float, "MoviePath": str, "FOVFraction": float,
+    "Angles": float,
+    "Dose": float,
+    "UseTilt": bool,
+    "AxisAngle": float,
+    "AxisOffsetX": float,
+    "AxisOffsetY": float,
+    "MoviePath": str,
+    "FOVFraction": float,
 }
 _PARAMS = ("CTF", "OptionsCTF")
 
@@ -112,9 +127,9 @@ def read_warp_xml(path: str | Path, *, strict: bool = True) -> WarpTiltSeries:
         if child.tag in PER_TILT:
             text = (child.text or "").strip()
             where = f"{path}: <{child.tag}>"
-            ts.per_tilt[child.tag] = [
-                _parse_value(PER_TILT[child.tag], v.strip(), where) for v in text.split("\n")
-            ] if text else []
+            ts.per_tilt[child.tag] = (
+                [_parse_value(PER_TILT[child.tag], v.strip(), where) for v in text.split("\n")] if text else []
+            )
         elif child.tag in _PARAMS:
             ts.params[child.tag] = {p.get("Name", ""): p.get("Value", "") for p in child}
         else:
@@ -190,8 +205,9 @@ def grid_element(tag: str, values: list[float], *, newline: str = "\n") -> ET.El
     """A grid ``<tag Width="1" Height="1" Depth="n">`` with one ``<Node>`` per value (per tilt, or per
     frame for a movie's ``GridMovementX/Y``), as WarpTools' ``CubicGrid`` writes it."""
     depth = len(values)
-    el = ET.Element(tag, {"Width": "1", "Height": "1", "Depth": str(depth), "MarginX": "0",
-                          "MarginY": "0", "MarginZ": "0"})
+    el = ET.Element(
+        tag, {"Width": "1", "Height": "1", "Depth": str(depth), "MarginX": "0", "MarginY": "0", "MarginZ": "0"}
+    )
     for z, v in enumerate(values):
         ET.SubElement(el, "Node", {"X": "0", "Y": "0", "Z": str(z), "Value": _format(float(v))})
     return _indent_nodes(el, newline)
@@ -213,30 +229,64 @@ def _indent_nodes(el: ET.Element, newline: str) -> ET.Element:
 
 
 # the grids WarpTools writes before any refinement: name -> the value of its single node
-DEFAULT_GRIDS = {"GridAngleX": 0.0, "GridAngleY": 0.0, "GridAngleZ": 0.0, "GridDoseBfacs": 0.0,
-                 "GridDoseBfacsDelta": 0.0, "GridDoseBfacsAngle": 0.0, "GridDoseWeights": 1.0,
-                 "GridLocationBfacs": 0.0, "GridLocationWeights": 1.0}
+DEFAULT_GRIDS = {
+    "GridAngleX": 0.0,
+    "GridAngleY": 0.0,
+    "GridAngleZ": 0.0,
+    "GridDoseBfacs": 0.0,
+    "GridDoseBfacsDelta": 0.0,
+    "GridDoseBfacsAngle": 0.0,
+    "GridDoseWeights": 1.0,
+    "GridLocationBfacs": 0.0,
+    "GridLocationWeights": 1.0,
+}
 
 
-def ctf_param_values(*, pixel_size_a: float, voltage_kv: float, cs_mm: float, amplitude: float,
-                     defocus_um: float = 0.0, defocus_delta_um: float = 0.0, defocus_angle_deg: float = 0.0,
-                     phase_shift_pi: float = 0.0) -> dict[str, str]:
+def ctf_param_values(
+    *,
+    pixel_size_a: float,
+    voltage_kv: float,
+    cs_mm: float,
+    amplitude: float,
+    defocus_um: float = 0.0,
+    defocus_delta_um: float = 0.0,
+    defocus_angle_deg: float = 0.0,
+    phase_shift_pi: float = 0.0,
+) -> dict[str, str]:
     """Every ``<Param>`` of a WarpTools ``<CTF>``, in its order (Cc 2.7 mm, no beam tilt, no Zernike
     terms, as in real files). Defocus is the mean (µm), ``DefocusDelta`` = U - V (µm), phase in pi."""
     g = "{:.7g}".format
-    return {"PixelSize": g(pixel_size_a), "ZernikeCoeffsOdd": "", "BeamTilt2": "1,0,1", "BeamTilt": "0,0",
-            "PhaseShift": g(phase_shift_pi), "Scale": "1.0", "BfactorAngle": "0", "BfactorDelta": "0",
-            "Bfactor": "0", "ZernikeCoeffsEven": "", "Amplitude": g(amplitude), "DefocusDelta": g(defocus_delta_um),
-            "Defocus": g(defocus_um), "Voltage": g(voltage_kv), "Cc": "2.7", "Cs": g(cs_mm),
-            "Distortion": "1, 0, 0, 1", "PixelSizeAngle": "0", "PixelSizeDeltaPercent": "0",
-            "DefocusAngle": g(defocus_angle_deg), "Thickness": "0"}
+    return {
+        "PixelSize": g(pixel_size_a),
+        "ZernikeCoeffsOdd": "",
+        "BeamTilt2": "1,0,1",
+        "BeamTilt": "0,0",
+        "PhaseShift": g(phase_shift_pi),
+        "Scale": "1.0",
+        "BfactorAngle": "0",
+        "BfactorDelta": "0",
+        "Bfactor": "0",
+        "ZernikeCoeffsEven": "",
+        "Amplitude": g(amplitude),
+        "DefocusDelta": g(defocus_delta_um),
+        "Defocus": g(defocus_um),
+        "Voltage": g(voltage_kv),
+        "Cc": "2.7",
+        "Cs": g(cs_mm),
+        "Distortion": "1, 0, 0, 1",
+        "PixelSizeAngle": "0",
+        "PixelSizeDeltaPercent": "0",
+        "DefocusAngle": g(defocus_angle_deg),
+        "Thickness": "0",
+    }
 
 
 def grid_values(el: ET.Element) -> list[float]:
     """The values of a per-tilt grid (``Width = Height = 1``) in ``Z`` order."""
     if el.get("Width", "1") != "1" or el.get("Height", "1") != "1":
-        raise WarpFormatError(f"<{el.tag}> is a {el.get('Width')}x{el.get('Height')} spatial grid, "
-                              "not one value per tilt")
+        raise WarpFormatError(
+            f"<{el.tag}> is a {el.get('Width')}x{el.get('Height')} spatial grid, not one value per tilt"
+        )
     nodes = sorted(el.iter("Node"), key=lambda n: int(n.get("Z", "0")))
     try:
         return [float(n.get("Value", "")) for n in nodes]

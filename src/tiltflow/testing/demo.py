@@ -41,13 +41,15 @@ def make_detector(config: DemoConfig) -> dict:
     """The session's camera (same for every series): gain ``(ny, nx)`` and hot pixels."""
     nx, ny = config.size
     rng = np.random.default_rng([config.seed, 7919])
-    gain = detector.make_gain((ny, nx), rng, smooth_range=config.gain_range,
-                              pixel_noise=config.gain_pixel_noise)
+    gain = detector.make_gain((ny, nx), rng, smooth_range=config.gain_range, pixel_noise=config.gain_pixel_noise)
     hot = detector.make_hot_pixels((ny, nx), rng, n=config.n_hot_pixels)
     if config.gain_stripe_amplitude > 0:
-        gain = detector.add_gain_stripes(gain, np.random.default_rng([config.seed, 7919, 1]),
-                                         amplitude=config.gain_stripe_amplitude,
-                                         width_px=config.gain_stripe_width_px)
+        gain = detector.add_gain_stripes(
+            gain,
+            np.random.default_rng([config.seed, 7919, 1]),
+            amplitude=config.gain_stripe_amplitude,
+            width_px=config.gain_stripe_width_px,
+        )
     return {"gain": gain, "hot_pixels": hot}
 
 
@@ -57,8 +59,13 @@ def series_rng(config: DemoConfig, index: int) -> np.random.Generator:
 
 
 def render_truth_tilt(
-    series: dict, acquisition_index: int, *, margin_px: int = 0, with_damage: bool = True,
-    with_texture: bool = True, device: torch.device | str | None = None,
+    series: dict,
+    acquisition_index: int,
+    *,
+    margin_px: int = 0,
+    with_damage: bool = True,
+    with_texture: bool = True,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:  # (ny + 2m, nx + 2m) float32
     """Noise-free tilt image (expected gain-corrected counts per frame) of one tilt of a series
     truth dict, at the frame-average geometry; canvas pixel [y + m, x + m] is raw pixel (x, y)."""
@@ -66,15 +73,22 @@ def render_truth_tilt(
     nx, ny = series["image_size"]
     return render_tilt_image(
         specimen_from_dict(series["specimen"]),
-        tilt_angle_deg=t["true_tilt_angle_deg"], tilt_axis_deg=series["tilt_axis_deg"],
-        image_shape=(ny, nx), defocus_u_a=t["defocus_u_a"], defocus_v_a=t["defocus_v_a"],
-        astigmatism_angle_deg=t["astigmatism_angle_deg"], shift_px=tuple(t["stage_shift_px"]),
-        voltage_kv=series["voltage_kv"], cs_mm=series["cs_mm"],
+        tilt_angle_deg=t["true_tilt_angle_deg"],
+        tilt_axis_deg=series["tilt_axis_deg"],
+        image_shape=(ny, nx),
+        defocus_u_a=t["defocus_u_a"],
+        defocus_v_a=t["defocus_v_a"],
+        astigmatism_angle_deg=t["astigmatism_angle_deg"],
+        shift_px=tuple(t["stage_shift_px"]),
+        voltage_kv=series["voltage_kv"],
+        cs_mm=series["cs_mm"],
         amplitude_contrast=series["amplitude_contrast"],
         exposure_e_a2=t["damage_exposure_e_a2"] if with_damage else 0.0,
         mean_counts=t["mean_counts_per_frame_px"],
         ice_texture_rad=series["ice_texture_rad"] if with_texture else 0.0,
-        texture_seed=t["texture_seed"], margin_px=margin_px, device=device,
+        texture_seed=t["texture_seed"],
+        margin_px=margin_px,
+        device=device,
     )
 
 
@@ -87,8 +101,15 @@ def iter_expected_frames(
     canvas = render_truth_tilt(series, acquisition_index, margin_px=MARGIN_PX, device=device)
     spline = detector.bspline_coefficients_2x(canvas) if t["local_motion"] else None
     for f, shift in enumerate(t["frame_shifts_px"]):
-        yield detector.move_frame(canvas, tuple(shift), margin_px=MARGIN_PX, image_shape=(ny, nx),
-                                  local=t["local_motion"], frame_index=f, spline_2x=spline)
+        yield detector.move_frame(
+            canvas,
+            tuple(shift),
+            margin_px=MARGIN_PX,
+            image_shape=(ny, nx),
+            local=t["local_motion"],
+            frame_index=f,
+            spline_2x=spline,
+        )
 
 
 def expected_frames(series: dict, acquisition_index: int, **kw) -> torch.Tensor:
@@ -103,15 +124,19 @@ def simulate_movie(series: dict, acquisition_index: int, camera: dict) -> np.nda
     nx, ny = series["image_size"]
     movie = np.empty((series["n_frames"], ny, nx), dtype=np.uint16)
     for f, frame in enumerate(iter_expected_frames(series, acquisition_index)):
-        raw = detector.count_frame(frame.cpu().numpy(), camera["gain"], rng, frame_index=f,
-                                   hot_pixels=camera["hot_pixels"], xray_hits=t["xray_hits"])
+        raw = detector.count_frame(
+            frame.cpu().numpy(),
+            camera["gain"],
+            rng,
+            frame_index=f,
+            hot_pixels=camera["hot_pixels"],
+            xray_hits=t["xray_hits"],
+        )
         movie[f] = np.clip(raw, 0, 65535)
     return detector.to_movie_dtype(movie)
 
 
-def simulate_series(
-    config: DemoConfig, index: int, rng: np.random.Generator
-) -> tuple[Iterator[np.ndarray], dict]:
+def simulate_series(config: DemoConfig, index: int, rng: np.random.Generator) -> tuple[Iterator[np.ndarray], dict]:
     """Truth of series ``index`` and a lazy iterator over its movies in acquisition order.
 
     The truth is complete before the first movie is rendered; each movie is rendered only when
@@ -138,8 +163,10 @@ def _clear_previous(out_dir: Path, force: bool) -> None:
     old = [out_dir / TRUTH_FILE, out_dir / GAIN_FILE, out_dir / "frames", *out_dir.glob("*.mdoc")]
     old = [p for p in old if p.exists()]
     if old and not force:
-        raise FileExistsError(f"{out_dir} already holds a demo dataset ({old[0].name}); "
-                              "choose an empty folder or pass force=True (--force)")
+        raise FileExistsError(
+            f"{out_dir} already holds a demo dataset ({old[0].name}); "
+            "choose an empty folder or pass force=True (--force)"
+        )
     for p in old:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
@@ -154,17 +181,22 @@ def write_demo_dataset(out_dir: Path | str, config: DemoConfig, *, force: bool =
     tifffile.imwrite(out_dir / GAIN_FILE, camera["gain"], photometric="minisblack")
     nx, ny = config.size
     truth = {
-        "format": "tiltflow-demo-truth", "version": 1, "config": _config_dict(config),
+        "format": "tiltflow-demo-truth",
+        "version": 1,
+        "config": _config_dict(config),
         "conventions": CONVENTIONS,
-        "detector": {"gain_file": GAIN_FILE, "image_size": [nx, ny],
-                     "hot_pixels": camera["hot_pixels"], "gain_convention": CONVENTIONS["gain"]},
+        "detector": {
+            "gain_file": GAIN_FILE,
+            "image_size": [nx, ny],
+            "hot_pixels": camera["hot_pixels"],
+            "gain_convention": CONVENTIONS["gain"],
+        },
         "series": [],
     }
     for index in range(config.n_series):
         movies, series = simulate_series(config, index, series_rng(config, index))
-        for tilt, movie in zip(series["tilts"], movies):
-            tifffile.imwrite(out_dir / tilt["movie"], movie, compression="lzw",
-                             photometric="minisblack")
+        for tilt, movie in zip(series["tilts"], movies, strict=False):
+            tifffile.imwrite(out_dir / tilt["movie"], movie, compression="lzw", photometric="minisblack")
         (out_dir / series["mdoc"]).write_text(format_mdoc(series), newline="\r\n")
         truth["series"].append(series)
     text = json.dumps(truth, indent=1)

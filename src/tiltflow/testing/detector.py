@@ -44,7 +44,10 @@ def global_trajectory_px(
 
 
 def add_drift_and_jitter(
-    trajectory_px: np.ndarray, rng: np.random.Generator, *, drift_px_per_frame: float,
+    trajectory_px: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    drift_px_per_frame: float,
     jitter_px: float,
 ) -> np.ndarray:  # (n_frames, 2) mean zero
     """A beam-induced path plus a linear stage drift (random direction) and per-frame jitter."""
@@ -69,8 +72,9 @@ def local_displacement_px(
     return torch.stack([dx, dy], -1)
 
 
-def _poly2_field(x: torch.Tensor, y: torch.Tensor, c: list[list[float]],
-                 image_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _poly2_field(
+    x: torch.Tensor, y: torch.Tensor, c: list[list[float]], image_shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dy) of the quadratic field with (weighted) coefficients ``c`` (2 x 5 nested list)."""
     ny, nx = image_shape
     xn = (x - (nx - 1) / 2) / (nx / 2)
@@ -81,15 +85,17 @@ def _poly2_field(x: torch.Tensor, y: torch.Tensor, c: list[list[float]],
     return dx, dy
 
 
-def local_motion_model(
-    n_frames: int, rng: np.random.Generator, *, amplitude_px: float = 0.6
-) -> dict:
+def local_motion_model(n_frames: int, rng: np.random.Generator, *, amplitude_px: float = 0.6) -> dict:
     """Random quadratic deformation: coefficients (2, 5) px and mean-zero frame weights."""
     coefficients = rng.normal(0.0, amplitude_px / 2, (2, 5))
     weights = motion_weights(n_frames, decay_frames=rng.uniform(0.8, 2.5))
-    return {"model": "poly2", "basis": LOCAL_BASIS, "coefficients_px": coefficients.tolist(),
-            "frame_weights": weights.tolist(),
-            "displacement": "frame_weights[f] * coefficients_px @ basis(x, y), x and y in raw px"}
+    return {
+        "model": "poly2",
+        "basis": LOCAL_BASIS,
+        "coefficients_px": coefficients.tolist(),
+        "frame_weights": weights.tolist(),
+        "displacement": "frame_weights[f] * coefficients_px @ basis(x, y), x and y in raw px",
+    }
 
 
 def bspline_coefficients_2x(image: torch.Tensor) -> torch.Tensor:  # (2h, 2w)
@@ -113,9 +119,7 @@ def bspline_coefficients_2x(image: torch.Tensor) -> torch.Tensor:  # (2h, 2w)
     return torch.fft.irfft2(out / response, s=(2 * h, 2 * w)) * 4.0
 
 
-def sample_bspline_2d(
-    coefficients: torch.Tensor, points_x: torch.Tensor, points_y: torch.Tensor
-) -> torch.Tensor:
+def sample_bspline_2d(coefficients: torch.Tensor, points_x: torch.Tensor, points_y: torch.Tensor) -> torch.Tensor:
     """Cubic B-spline interpolation of the coefficient image (h, w) at pixel coordinates
     ``points_x``, ``points_y`` (ny, nx); four bilinear look-ups (positive weights merge taps)."""
     h, w = coefficients.shape[-2:]
@@ -131,13 +135,17 @@ def sample_bspline_2d(
 
     gx0, gx1, hx0, hx1 = taps(points_x)
     gy0, gy1, hy0, hy1 = taps(points_y)
-    grid = torch.empty((4, *points_x.shape, 2), dtype=coefficients.dtype,
-                       device=coefficients.device)
+    grid = torch.empty((4, *points_x.shape, 2), dtype=coefficients.dtype, device=coefficients.device)
     for i, (gx, gy) in enumerate([(hx0, hy0), (hx1, hy0), (hx0, hy1), (hx1, hy1)]):
         grid[i, ..., 0] = gx * (2.0 / (w - 1)) - 1
         grid[i, ..., 1] = gy * (2.0 / (h - 1)) - 1
-    v = F.grid_sample(coefficients[None, None], grid.reshape(1, -1, points_x.shape[-1], 2),
-                      mode="bilinear", padding_mode="border", align_corners=True)
+    v = F.grid_sample(
+        coefficients[None, None],
+        grid.reshape(1, -1, points_x.shape[-1], 2),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )
     v = v.reshape(4, *points_x.shape)
     return gy0 * (gx0 * v[0] + gx1 * v[1]) + gy1 * (gx0 * v[2] + gx1 * v[3])
 
@@ -167,19 +175,20 @@ def move_frame(
     qx = torch.arange(nx, dtype=torch.float32, device=dev)[None, :] - shift_px[0]  # q - s
     out = torch.empty((ny, nx), dtype=spline.dtype, device=dev)
     for y0 in range(0, ny, ROW_CHUNK):  # bounded memory for camera-size frames
-        qy = torch.arange(y0, min(y0 + ROW_CHUNK, ny), dtype=torch.float32,
-                          device=dev)[:, None] - shift_px[1]
+        qy = torch.arange(y0, min(y0 + ROW_CHUNK, ny), dtype=torch.float32, device=dev)[:, None] - shift_px[1]
         dx, dy = _poly2_field(qx, qy, c, image_shape)
         dx, dy = _poly2_field(qx - dx, qy - dy, c, image_shape)
         # canvas pixel p + m = q - s - d + m, at twice the coordinate in the 2x spline
-        out[y0 : y0 + ROW_CHUNK] = sample_bspline_2d(spline, 2.0 * (qx - dx + m),
-                                                     2.0 * (qy - dy + m))
+        out[y0 : y0 + ROW_CHUNK] = sample_bspline_2d(spline, 2.0 * (qx - dx + m), 2.0 * (qy - dy + m))
     return out
 
 
 def make_gain(
-    image_shape: tuple[int, int], rng: np.random.Generator, *,
-    smooth_range: tuple[float, float] = (0.8, 1.2), pixel_noise: float = 0.02,
+    image_shape: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    smooth_range: tuple[float, float] = (0.8, 1.2),
+    pixel_noise: float = 0.02,
 ) -> np.ndarray:  # (ny, nx) float32, multiply raw counts by it
     """Gain reference: a smooth field spanning ``smooth_range`` times (1 + pixel_noise * N(0,1))."""
     ny, nx = image_shape
@@ -196,7 +205,11 @@ def make_gain(
 
 
 def add_gain_stripes(
-    gain: np.ndarray, rng: np.random.Generator, *, amplitude: float, width_px: int = 16,
+    gain: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    amplitude: float,
+    width_px: int = 16,
 ) -> np.ndarray:  # (ny, nx) float32
     """Column stripes of a camera's readout sectors: each block of ``width_px`` columns times
     ``1 + amplitude * N(0, 1)`` (clipped at 0.5), and a weaker ripple of single columns."""
@@ -207,8 +220,12 @@ def add_gain_stripes(
 
 
 def draw_xray_events(
-    n_frames: int, image_shape: tuple[int, int], rng: np.random.Generator, *,
-    events_per_frame: tuple[int, int] = (1, 5), counts: tuple[float, float] = (40.0, 250.0),
+    n_frames: int,
+    image_shape: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    events_per_frame: tuple[int, int] = (1, 5),
+    counts: tuple[float, float] = (40.0, 250.0),
     streak_max_px: int = 5,
 ) -> list[dict]:
     """X-ray events anywhere on the frame, borders included: a count drawn uniformly from
@@ -224,31 +241,44 @@ def draw_xray_events(
             x, y = int(rng.integers(0, nx)), int(rng.integers(0, ny))
             peak = rng.uniform(*counts)
             kind = rng.choice(3, p=[0.5, 0.25, 0.25])
-            length = (1 if kind == 0 else 2 if kind == 1
-                      else int(rng.integers(3, max(streak_max_px, 3) + 1)))
+            length = 1 if kind == 0 else 2 if kind == 1 else int(rng.integers(3, max(streak_max_px, 3) + 1))
             dx, dy = steps[rng.integers(4)]
-            pixels = [(x + k * dx, y + k * dy, peak * (1.0 if k == 0 else rng.uniform(0.3, 1.0)))
-                      for k in range(length)]
-            hits += [{"frame": f, "x": qx, "y": qy, "excess_counts": max(int(round(e)), 1),
-                      "event": n_events} for qx, qy, e in pixels if 0 <= qx < nx and 0 <= qy < ny]
+            pixels = [
+                (x + k * dx, y + k * dy, peak * (1.0 if k == 0 else rng.uniform(0.3, 1.0))) for k in range(length)
+            ]
+            hits += [
+                {"frame": f, "x": qx, "y": qy, "excess_counts": max(int(round(e)), 1), "event": n_events}
+                for qx, qy, e in pixels
+                if 0 <= qx < nx and 0 <= qy < ny
+            ]
             n_events += 1
     return hits
 
 
 def make_hot_pixels(
-    image_shape: tuple[int, int], rng: np.random.Generator, *, n: int,
+    image_shape: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    n: int,
     excess_counts: tuple[float, float] = (40.0, 150.0),
 ) -> list[dict]:
     """Persistent hot pixels: the same raw excess (counts) in every frame of every movie."""
     ny, nx = image_shape
     flat = rng.choice(ny * nx, size=min(n, ny * nx), replace=False)
-    return [{"x": int(i % nx), "y": int(i // nx),
-             "excess_counts_per_frame": int(round(rng.uniform(*excess_counts)))} for i in flat]
+    return [
+        {"x": int(i % nx), "y": int(i // nx), "excess_counts_per_frame": int(round(rng.uniform(*excess_counts)))}
+        for i in flat
+    ]
 
 
 def draw_xray_hits(
-    n_frames: int, image_shape: tuple[int, int], rng: np.random.Generator, *,
-    hits_per_frame: float, frame_sd_counts: float, excess_sd: tuple[float, float] = (10.0, 200.0),
+    n_frames: int,
+    image_shape: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    hits_per_frame: float,
+    frame_sd_counts: float,
+    excess_sd: tuple[float, float] = (10.0, 200.0),
 ) -> list[dict]:
     """X-ray events: Poisson(hits_per_frame) per frame, each 1-3 adjacent pixels, the first
     ``excess_sd`` x frame SD above the counts, neighbours 30-100 % of it. One dict per pixel."""
@@ -265,8 +295,10 @@ def draw_xray_hits(
                 qx, qy = pixels[-1][0] + dx, pixels[-1][1] + dy
                 if 0 <= qx < nx and 0 <= qy < ny and (qx, qy) not in [p[:2] for p in pixels]:
                     pixels.append((qx, qy, excess * rng.uniform(0.3, 1.0)))
-            hits += [{"frame": f, "x": qx, "y": qy, "excess_counts": max(int(round(e)), 1),
-                      "event": n_events} for qx, qy, e in pixels]
+            hits += [
+                {"frame": f, "x": qx, "y": qy, "excess_counts": max(int(round(e)), 1), "event": n_events}
+                for qx, qy, e in pixels
+            ]
             n_events += 1
     return hits
 

@@ -34,7 +34,11 @@ def critical_exposure_e_a2(k_per_a: torch.Tensor, *, voltage_kv: float) -> torch
 
 
 def damage_filter_2d(
-    shape: tuple[int, int], *, pixel_size_a: float, exposure_e_a2: float, voltage_kv: float,
+    shape: tuple[int, int],
+    *,
+    pixel_size_a: float,
+    exposure_e_a2: float,
+    voltage_kv: float,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:  # (h, w//2+1)
     """Amplitude attenuation ``exp(-N / (2 Ne(k)))`` after exposure N (e/Å²), rfft2 layout."""
@@ -45,16 +49,25 @@ def damage_filter_2d(
 
 
 def defocus_offset_map_a(
-    canvas_shape: tuple[int, int], *, margin_px: int, image_shape: tuple[int, int],
-    tilt_angle_deg: float, tilt_axis_deg: float, pixel_size_a: float,
+    canvas_shape: tuple[int, int],
+    *,
+    margin_px: int,
+    image_shape: tuple[int, int],
+    tilt_angle_deg: float,
+    tilt_axis_deg: float,
+    pixel_size_a: float,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:  # (H, W) Å to add to the defocus at the raw image centre
     """``geometry.defocus_offset_a`` on every canvas pixel (canvas [y+m, x+m] = raw (x, y))."""
     cx, cy = geometry.image_centre(image_shape)
     probe = torch.tensor([[cx, cy], [cx + 1.0, cy], [cx, cy + 1.0]], dtype=torch.float64)
     off = geometry.defocus_offset_a(
-        probe, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
-        pixel_size_a=pixel_size_a, image_shape=image_shape, shift_px=None,
+        probe,
+        tilt_angle_deg=tilt_angle_deg,
+        tilt_axis_deg=tilt_axis_deg,
+        pixel_size_a=pixel_size_a,
+        image_shape=image_shape,
+        shift_px=None,
     )
     gx, gy = float(off[1] - off[0]), float(off[2] - off[0])  # the offset is linear in (x, y)
     h, w = canvas_shape
@@ -63,9 +76,7 @@ def defocus_offset_map_a(
     return gy * y[:, None] + gx * x[None, :]
 
 
-def nyquist_strip_step_a(
-    pixel_size_a: float, voltage_kv: float, max_phase_rad: float = 0.5
-) -> float:
+def nyquist_strip_step_a(pixel_size_a: float, voltage_kv: float, max_phase_rad: float = 0.5) -> float:
     """Defocus step (Å) whose CTF phase change at Nyquist is ``max_phase_rad``."""
     lam = electron_wavelength_a(voltage_kv)
     k2 = (0.5 / pixel_size_a) ** 2  # (1/Å)^2 at Nyquist
@@ -97,9 +108,16 @@ def apply_ctf_with_gradient(
     spectrum[..., 0, 0] = 0
     if spectral_filter is not None:
         spectrum = spectrum * spectral_filter
-    optics = dict(pixel_size_a=pixel_size_a, voltage_kv=voltage_kv, cs_mm=cs_mm,
-                  amplitude_contrast=amplitude_contrast, defocus_u_a=defocus_u_a,
-                  defocus_v_a=defocus_v_a, astigmatism_angle_deg=astigmatism_angle_deg, device=dev)
+    optics = dict(
+        pixel_size_a=pixel_size_a,
+        voltage_kv=voltage_kv,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude_contrast,
+        defocus_u_a=defocus_u_a,
+        defocus_v_a=defocus_v_a,
+        astigmatism_angle_deg=astigmatism_angle_deg,
+        device=dev,
+    )
     ctf0 = ctf_2d(shape, **optics)  # -sin(a), a = chi + arcsin(A) at the centre's defocus
     lo = float(offset_a.min()) if offset_a is not None else 0.0
     hi = float(offset_a.max()) if offset_a is not None else 0.0
@@ -152,10 +170,18 @@ def render_tilt_image(
     """
     px = specimen.pixel_size_a if pixel_size_a is None else pixel_size_a
     if abs(px - specimen.pixel_size_a) > 1e-9:
-        raise ValueError(f"pixel_size_a {px} differs from the specimen's {specimen.pixel_size_a}; "
-                         "build the specimen at the pixel size you render")
-    proj = project_specimen(specimen, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
-                            shift_px=shift_px, image_shape=image_shape, margin_px=margin_px)
+        raise ValueError(
+            f"pixel_size_a {px} differs from the specimen's {specimen.pixel_size_a}; "
+            "build the specimen at the pixel size you render"
+        )
+    proj = project_specimen(
+        specimen,
+        tilt_angle_deg=tilt_angle_deg,
+        tilt_axis_deg=tilt_axis_deg,
+        shift_px=shift_px,
+        image_shape=image_shape,
+        margin_px=margin_px,
+    )
     phase = proj.phase_rad.to(device=device, dtype=torch.float32)
     canvas_shape = (phase.shape[-2], phase.shape[-1])
     if ice_texture_rad > 0:
@@ -163,17 +189,31 @@ def render_tilt_image(
         phase = phase + ice_texture_rad * torch.from_numpy(noise).to(phase)
     damage = None
     if exposure_e_a2 > 0:
-        damage = damage_filter_2d(canvas_shape, pixel_size_a=px, exposure_e_a2=exposure_e_a2,
-                                  voltage_kv=voltage_kv, device=phase.device)
+        damage = damage_filter_2d(
+            canvas_shape, pixel_size_a=px, exposure_e_a2=exposure_e_a2, voltage_kv=voltage_kv, device=phase.device
+        )
     offset = None
     if defocus_gradient and abs(tilt_angle_deg) > 1e-6:
-        offset = defocus_offset_map_a(canvas_shape, margin_px=margin_px, image_shape=image_shape,
-                                      tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
-                                      pixel_size_a=px, device=phase.device)
+        offset = defocus_offset_map_a(
+            canvas_shape,
+            margin_px=margin_px,
+            image_shape=image_shape,
+            tilt_angle_deg=tilt_angle_deg,
+            tilt_axis_deg=tilt_axis_deg,
+            pixel_size_a=px,
+            device=phase.device,
+        )
     contrast = apply_ctf_with_gradient(
-        phase, offset, pixel_size_a=px, voltage_kv=voltage_kv, cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast, defocus_u_a=defocus_u_a, defocus_v_a=defocus_v_a,
-        astigmatism_angle_deg=astigmatism_angle_deg, spectral_filter=damage,
+        phase,
+        offset,
+        pixel_size_a=px,
+        voltage_kv=voltage_kv,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude_contrast,
+        defocus_u_a=defocus_u_a,
+        defocus_v_a=defocus_v_a,
+        astigmatism_angle_deg=astigmatism_angle_deg,
+        spectral_filter=damage,
     )
     transmission = torch.exp(-proj.gold_thickness_a.to(contrast) / GOLD_ABSORPTION_LENGTH_A)
     image = mean_counts * transmission * (1.0 + contrast)

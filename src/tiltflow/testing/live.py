@@ -41,15 +41,15 @@ from tiltflow.testing.mdoc_writer import format_mdoc
 class LiveScenario:
     """How the session is written. Series and tilts are 0-based (tilts in acquisition order)."""
 
-    interval_s: float = 5.0                 # from one tilt's start to the next
-    pieces: int = 4                         # chunks per movie, spread over half an interval
-    flavours: list[str] | None = None       # per series; default: the config's flavour for all
-    truncated: set[tuple[int, int]] = field(default_factory=set)   # movies never finished
-    aborted: dict[int, int] = field(default_factory=dict)          # series -> tilts acquired
-    late: set[tuple[int, int]] = field(default_factory=set)        # movies written after the session
-    late_delay_s: float | None = 0.0        # wait this long after the session before the late ones
+    interval_s: float = 5.0  # from one tilt's start to the next
+    pieces: int = 4  # chunks per movie, spread over half an interval
+    flavours: list[str] | None = None  # per series; default: the config's flavour for all
+    truncated: set[tuple[int, int]] = field(default_factory=set)  # movies never finished
+    aborted: dict[int, int] = field(default_factory=dict)  # series -> tilts acquired
+    late: set[tuple[int, int]] = field(default_factory=set)  # movies written after the session
+    late_delay_s: float | None = 0.0  # wait this long after the session before the late ones
     # (None: they are not written at all; a test copies them in from a batch demo of the same config)
-    series_gap_s: float | None = None       # pause between series (default: one interval)
+    series_gap_s: float | None = None  # pause between series (default: one interval)
 
 
 Event = Callable[[str, dict], None]
@@ -67,13 +67,20 @@ def _append(path: Path, data: bytes) -> None:
         f.flush()
 
 
-def _write_pieces(path: Path, data: bytes, pieces: int, pause_s: float, *, stop_after: int | None = None,
-                  after_first: Callable[[], None] | None = None) -> None:
+def _write_pieces(
+    path: Path,
+    data: bytes,
+    pieces: int,
+    pause_s: float,
+    *,
+    stop_after: int | None = None,
+    after_first: Callable[[], None] | None = None,
+) -> None:
     """Write ``data`` in ``pieces`` chunks (only ``stop_after`` of them when given)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")
     step = -(-len(data) // pieces)
-    chunks = [data[i:i + step] for i in range(0, len(data), step)]
+    chunks = [data[i : i + step] for i in range(0, len(data), step)]
     for j, chunk in enumerate(chunks[:stop_after]):
         if j:
             time.sleep(pause_s)
@@ -96,8 +103,14 @@ class _Pacer:
         self.next = max(self.next, time.monotonic()) + self.interval
 
 
-def write_live_session(out_dir: Path | str, config: DemoConfig, scenario: LiveScenario | None = None, *,
-                       force: bool = False, on_event: Event | None = None) -> dict:
+def write_live_session(
+    out_dir: Path | str,
+    config: DemoConfig,
+    scenario: LiveScenario | None = None,
+    *,
+    force: bool = False,
+    on_event: Event | None = None,
+) -> dict:
     """Simulate and write the session as it would be acquired (module docstring); returns the truth.
 
     ``on_event(kind, info)`` hears ``movie-start``, ``movie-done``, ``mdoc`` and ``series-done``."""
@@ -109,11 +122,20 @@ def write_live_session(out_dir: Path | str, config: DemoConfig, scenario: LiveSc
     camera = make_detector(config)
     tifffile.imwrite(out_dir / GAIN_FILE, camera["gain"], photometric="minisblack")
     nx, ny = config.size
-    truth = {"format": "tiltflow-demo-truth", "version": 1, "config": _config_dict(config),
-             "conventions": CONVENTIONS, "live": {"interval_s": sc.interval_s, "pieces": sc.pieces},
-             "detector": {"gain_file": GAIN_FILE, "image_size": [nx, ny], "hot_pixels": camera["hot_pixels"],
-                          "gain_convention": CONVENTIONS["gain"]},
-             "series": []}
+    truth = {
+        "format": "tiltflow-demo-truth",
+        "version": 1,
+        "config": _config_dict(config),
+        "conventions": CONVENTIONS,
+        "live": {"interval_s": sc.interval_s, "pieces": sc.pieces},
+        "detector": {
+            "gain_file": GAIN_FILE,
+            "image_size": [nx, ny],
+            "hot_pixels": camera["hot_pixels"],
+            "gain_convention": CONVENTIONS["gain"],
+        },
+        "series": [],
+    }
 
     def sessions():
         for index in range(config.n_series):
@@ -125,8 +147,14 @@ def write_live_session(out_dir: Path | str, config: DemoConfig, scenario: LiveSc
     return _finish(out_dir, truth)
 
 
-def replay_session(source: Path | str, out_dir: Path | str, scenario: LiveScenario | None = None, *,
-                   force: bool = False, on_event: Event | None = None) -> dict:
+def replay_session(
+    source: Path | str,
+    out_dir: Path | str,
+    scenario: LiveScenario | None = None,
+    *,
+    force: bool = False,
+    on_event: Event | None = None,
+) -> dict:
     """Write a finished demo folder ``source`` (``write_demo_dataset``) into ``out_dir`` at the pace of
     ``scenario``, in acquisition order, without simulating anything (benchmarks: only the watch works)."""
     sc = scenario or LiveScenario()
@@ -135,8 +163,9 @@ def replay_session(source: Path | str, out_dir: Path | str, scenario: LiveScenar
     out_dir = _start(out_dir, sc, force)
     (out_dir / GAIN_FILE).write_bytes((source / GAIN_FILE).read_bytes())
     truth["live"] = {"interval_s": sc.interval_s, "pieces": sc.pieces, "replayed_from": str(source)}
-    sessions = ((dict(series), ((source / t["movie"]).read_bytes() for t in series["tilts"]))
-                for series in truth["series"])
+    sessions = (
+        (dict(series), ((source / t["movie"]).read_bytes() for t in series["tilts"])) for series in truth["series"]
+    )
     truth["series"] = _play(out_dir, sessions, sc, on_event or (lambda kind, info: None))
     return _finish(out_dir, truth)
 
@@ -169,15 +198,15 @@ def _play(out_dir: Path, sessions, sc: LiveScenario, emit: Event) -> list[dict]:
         n = min(sc.aborted.get(index, len(series["tilts"])), len(series["tilts"]))
         mdoc = out_dir / series["mdoc"]
         written = ""
-        for k, (tilt, data) in enumerate(zip(series["tilts"][:n], movies)):
+        for k, (tilt, data) in enumerate(zip(series["tilts"][:n], movies, strict=False)):
             pacer.wait(gap if k == 0 and index else 0.0)
             path = out_dir / tilt["movie"]
 
             def add_section(k=k, series=series, mdoc=mdoc, tomo5=tomo5) -> None:
                 nonlocal written
                 if not tomo5:
-                    text = format_mdoc({**series, "tilts": series["tilts"][:k + 1]}).replace("\n", "\r\n")
-                    _append(mdoc, text[len(written):].encode())
+                    text = format_mdoc({**series, "tilts": series["tilts"][: k + 1]}).replace("\n", "\r\n")
+                    _append(mdoc, text[len(written) :].encode())
                     written = text
                     emit("mdoc", {"series": series["tsId"], "sections": k + 1})
 
@@ -188,15 +217,17 @@ def _play(out_dir: Path, sessions, sc: LiveScenario, emit: Event) -> list[dict]:
             emit("movie-start", {"series": series["tsId"], "tilt": k, "movie": str(path)})
             cut = max(1, sc.pieces // 2) if (index, k) in sc.truncated else None
             if cut is not None and sc.pieces == 1:
-                data = data[:len(data) // 2]
+                data = data[: len(data) // 2]
             _write_pieces(path, data, sc.pieces, pause, stop_after=cut, after_first=add_section)
             emit("movie-done", {"series": series["tsId"], "tilt": k, "movie": str(path), "truncated": cut is not None})
         if tomo5:
             mdoc.write_bytes(format_mdoc({**series, "tilts": series["tilts"][:n]}).replace("\n", "\r\n").encode())
             emit("mdoc", {"series": series["tsId"], "sections": n})
-        series["live"] = {"acquired_tilts": n,
-                          "truncated": sorted(k for s, k in sc.truncated if s == index and k < n),
-                          "late": sorted(k for s, k in sc.late if s == index and k < n)}
+        series["live"] = {
+            "acquired_tilts": n,
+            "truncated": sorted(k for s, k in sc.truncated if s == index and k < n),
+            "late": sorted(k for s, k in sc.late if s == index and k < n),
+        }
         done.append(series)
         emit("series-done", {"series": series["tsId"], "tilts": n})
     if held and sc.late_delay_s is not None:

@@ -37,15 +37,28 @@ def format_mdoc(series: dict) -> str:
     start = datetime.fromisoformat(tilts[0]["datetime"])
     lines = [f"PixelSpacing = {_fmt(px)}", f"Voltage = {_fmt(series['voltage_kv'], 1)}"]
     if tomo5:
-        lines += [f"ImageFile = {series['tsId']}.mrc", f"ImageSize = {nx} {ny}", "DataMode = 1", "",
-                  f"[T = Tomography: TILTFLOW-SIM  {start:%y-%b-%d  %H:%M:%S}]", "",
-                  f"[T =   TiltAxisAngle = {_fmt(-axis - 90.0, 2)}  Binning = 1  SpotSize = 7]", ""]
+        lines += [
+            f"ImageFile = {series['tsId']}.mrc",
+            f"ImageSize = {nx} {ny}",
+            "DataMode = 1",
+            "",
+            f"[T = Tomography: TILTFLOW-SIM  {start:%y-%b-%d  %H:%M:%S}]",
+            "",
+            f"[T =   TiltAxisAngle = {_fmt(-axis - 90.0, 2)}  Binning = 1  SpotSize = 7]",
+            "",
+        ]
     else:
-        lines += ["Version = SerialEM Version 4.1.0 64-bit (tiltflow simulated)",
-                  f"ImageFile = {series['tsId']}.mrc", f"ImageSize = {nx} {ny}", "DataMode = 1", "",
-                  f"[T = SerialEM: Acquired on tiltflow simulated Krios      "
-                  f"{start:%d-%b-%y  %H:%M:%S}]", "",
-                  f"[T = Tilt axis angle = {_fmt(axis, 1)}, binning = 1  spot = 7  camera = 0]", ""]
+        lines += [
+            "Version = SerialEM Version 4.1.0 64-bit (tiltflow simulated)",
+            f"ImageFile = {series['tsId']}.mrc",
+            f"ImageSize = {nx} {ny}",
+            "DataMode = 1",
+            "",
+            f"[T = SerialEM: Acquired on tiltflow simulated Krios      {start:%d-%b-%y  %H:%M:%S}]",
+            "",
+            f"[T = Tilt axis angle = {_fmt(axis, 1)}, binning = 1  spot = 7  camera = 0]",
+            "",
+        ]
     n_frames = series["n_frames"]
     mag = int(round(88000.0 / px, -3))
     for t in tilts:
@@ -66,8 +79,7 @@ def format_mdoc(series: dict) -> str:
             "SpotSize = 7",
             f"Defocus = {_fmt(defocus_um, 4)}",
             f"TargetDefocus = {_fmt(series['target_defocus_um'], 2)}",
-            f"ImageShift = {_fmt(t['stage_shift_px'][0] * px / 1e4, 4)} "
-            f"{_fmt(t['stage_shift_px'][1] * px / 1e4, 4)}",
+            f"ImageShift = {_fmt(t['stage_shift_px'][0] * px / 1e4, 4)} {_fmt(t['stage_shift_px'][1] * px / 1e4, 4)}",
             f"RotationAngle = {_fmt(-axis if tomo5 else _wrap_deg(axis + 90.0), 2)}",
             f"ExposureTime = {_fmt(exposure_s, 4)}",
             "Binning = 1",
@@ -79,8 +91,7 @@ def format_mdoc(series: dict) -> str:
             f"FrameDosesAndNumber = {_fmt(t['dose_e_a2'] / n_frames, 4)} {n_frames}",
         ]
         if tomo5:
-            section += [f"DateTime = {when:%y-%b-%d  %H:%M:%S}", "ChannelName =",
-                        "CameraLength = NaN"]
+            section += [f"DateTime = {when:%y-%b-%d  %H:%M:%S}", "ChannelName =", "CameraLength = NaN"]
         else:
             section += [f"DateTime = {when:%d-%b-%y  %H:%M:%S}"]
         lines += section + [""]

@@ -112,7 +112,7 @@ def make_specimen(
             r = min(rng.uniform(*vesicle_diameter_nm) * nm / 2, thick / 2 - 2 * nm)
             zmax = max(thick / 2 - r - 2 * nm, 0.0)
             c = np.array([*uniform_xy(1)[0], rng.uniform(-zmax, zmax)])
-            if all(np.linalg.norm(c - v) > r + rv + 2 * nm for v, rv in zip(ves, ves_r)):
+            if all(np.linalg.norm(c - v) > r + rv + 2 * nm for v, rv in zip(ves, ves_r, strict=False)):
                 ves.append(c)
                 ves_r.append(r)
                 break
@@ -126,7 +126,7 @@ def make_specimen(
             z = zs if u < 0.4 else (-zs if u < 0.8 else rng.uniform(-zs, zs))
             c = np.array([*uniform_xy(1)[0], z])
             far_2d = all(np.linalg.norm(c[:2] - b[:2]) > 5 * rb for b in beads)
-            outside = all(np.linalg.norm(c - v) > rv + rb + nm for v, rv in zip(ves, ves_r))
+            outside = all(np.linalg.norm(c - v) > rv + rb + nm for v, rv in zip(ves, ves_r, strict=False))
             if far_2d and outside:
                 beads.append(c)
                 break
@@ -153,7 +153,10 @@ def make_specimen(
 
 
 def _add_spheres(
-    canvas: np.ndarray, centres: np.ndarray, shells: list[tuple[float, float]], radii: np.ndarray,
+    canvas: np.ndarray,
+    centres: np.ndarray,
+    shells: list[tuple[float, float]],
+    radii: np.ndarray,
     supersample: int = 2,
 ) -> None:
     """Add projected thickness (px) of spheres/shells at ``centres`` (n, 2) canvas (x, y).
@@ -164,7 +167,7 @@ def _add_spheres(
     """
     h, w = canvas.shape
     sub = (np.arange(supersample) + 0.5) / supersample - 0.5
-    for (cx, cy), r in zip(centres, radii):
+    for (cx, cy), r in zip(centres, radii, strict=False):
         x0, x1 = max(math.floor(cx - r) - 1, 0), min(math.ceil(cx + r) + 2, w)
         y0, y1 = max(math.floor(cy - r) - 1, 0), min(math.ceil(cy + r) + 2, h)
         if x0 >= x1 or y0 >= y1:
@@ -185,7 +188,7 @@ def _add_spheres(
 def _add_blobs(canvas: np.ndarray, centres: np.ndarray, sigmas: np.ndarray) -> None:
     """Add projected 3-D Gaussians (unit peak density): peak ``sigma sqrt(2 pi)`` px."""
     h, w = canvas.shape
-    for (cx, cy), s in zip(centres, sigmas):
+    for (cx, cy), s in zip(centres, sigmas, strict=False):
         x0, x1 = max(math.floor(cx - 4 * s), 0), min(math.ceil(cx + 4 * s) + 1, w)
         y0, y1 = max(math.floor(cy - 4 * s), 0), min(math.ceil(cy + 4 * s) + 1, h)
         if x0 >= x1 or y0 >= y1:
@@ -227,7 +230,10 @@ def project_specimen(
         if xyz.shape[0] == 0:
             return np.zeros((0, 2))
         p = geometry.project_points(
-            xyz, tilt_angles_deg=angles, tilt_axis_deg=tilt_axis_deg, shifts_px=shift,
+            xyz,
+            tilt_angles_deg=angles,
+            tilt_axis_deg=tilt_axis_deg,
+            shifts_px=shift,
             image_shape=image_shape,
         )[0]
         return p.numpy()
@@ -237,8 +243,7 @@ def project_specimen(
     bead_xy = centres(specimen.bead_xyz_px)
     nm = 10.0 / px
     leaflets = [(0.0, HEAD_GROUP_NM * nm), ((BILAYER_NM - HEAD_GROUP_NM) * nm, BILAYER_NM * nm)]
-    _add_spheres(soft, centres(specimen.vesicle_xyz_px) + m, leaflets,
-                 specimen.vesicle_radius_px.numpy())
+    _add_spheres(soft, centres(specimen.vesicle_xyz_px) + m, leaflets, specimen.vesicle_radius_px.numpy())
     _add_blobs(soft, centres(specimen.blob_xyz_px) + m, specimen.blob_sigma_px.numpy())
     gold = np.zeros(canvas_shape, np.float32)
     radii = np.full(len(bead_xy), specimen.bead_radius_px)

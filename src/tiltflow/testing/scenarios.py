@@ -161,34 +161,46 @@ class Scenario:
     def describe(self) -> str:
         """One line: the numbers that matter most for the methods."""
         top = self.movie_tilt_step_deg * (self.movie_n_tilts // 2)
-        return (f"{self.name}: {self.pixel_size_a:.2f} Å, ice {self.ice_thickness_nm:.0f} nm, "
-                f"{self.n_frames} frames{' (EER as frames)' if self.eer else ''} at "
-                f"{self.dose_e_px_frame:.2f} e/px/frame "
-                f"({self.dose_per_tilt_e_a2:.1f} e/Å²/tilt), "
-                f"defocus {self.defocus_um:.1f} µm ({self.defocus_slope_a_per_deg:+.0f} Å/°), "
-                f"astig {self.astigmatism_a:.0f} Å | movies {self.movie_size_px}² x "
-                f"{self.movie_n_tilts} tilts to ±{top:g}°, window {self.window_px} | "
-                f"CTF field {self.ctf_size_px}² x {self.ctf_n_tilts} tilts | "
-                f"align bin {self.align_binning} ({self.align_pixel_size_a:.1f} Å) "
-                f"{self.align_size_px}² x {self.align_n_tilts} x {self.align_tilt_step_deg:g}°, "
-                f"field {self.align_field_nm:.0f} nm = {self.align_field_ratio:.1f}x ice "
-                f"(drawn {self.field_ratio:.1f}x), {self.n_beads} beads of "
-                f"{self.bead_diameter_nm:.1f} nm, "
-                f"offset {self.tilt_offset_deg:+.1f}°, axis {self.mdoc_tilt_axis_deg:.0f}"
-                f"{self.tilt_axis_error_deg:+.1f}°, {self.n_dark_views} dark")
+        return (
+            f"{self.name}: {self.pixel_size_a:.2f} Å, ice {self.ice_thickness_nm:.0f} nm, "
+            f"{self.n_frames} frames{' (EER as frames)' if self.eer else ''} at "
+            f"{self.dose_e_px_frame:.2f} e/px/frame "
+            f"({self.dose_per_tilt_e_a2:.1f} e/Å²/tilt), "
+            f"defocus {self.defocus_um:.1f} µm ({self.defocus_slope_a_per_deg:+.0f} Å/°), "
+            f"astig {self.astigmatism_a:.0f} Å | movies {self.movie_size_px}² x "
+            f"{self.movie_n_tilts} tilts to ±{top:g}°, window {self.window_px} | "
+            f"CTF field {self.ctf_size_px}² x {self.ctf_n_tilts} tilts | "
+            f"align bin {self.align_binning} ({self.align_pixel_size_a:.1f} Å) "
+            f"{self.align_size_px}² x {self.align_n_tilts} x {self.align_tilt_step_deg:g}°, "
+            f"field {self.align_field_nm:.0f} nm = {self.align_field_ratio:.1f}x ice "
+            f"(drawn {self.field_ratio:.1f}x), {self.n_beads} beads of "
+            f"{self.bead_diameter_nm:.1f} nm, "
+            f"offset {self.tilt_offset_deg:+.1f}°, axis {self.mdoc_tilt_axis_deg:.0f}"
+            f"{self.tilt_axis_error_deg:+.1f}°, {self.n_dark_views} dark"
+        )
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "align_pixel_size_a": self.align_pixel_size_a,
-                "align_field_nm": self.align_field_nm, "align_field_ratio": self.align_field_ratio,
-                "movie_field_nm": self.movie_field_nm, "movie_n_beads": self.movie_n_beads,
-                "dose_per_tilt_e_a2": self.dose_per_tilt_e_a2}
+        return {
+            **asdict(self),
+            "align_pixel_size_a": self.align_pixel_size_a,
+            "align_field_nm": self.align_field_nm,
+            "align_field_ratio": self.align_field_ratio,
+            "movie_field_nm": self.movie_field_nm,
+            "movie_n_beads": self.movie_n_beads,
+            "dose_per_tilt_e_a2": self.dose_per_tilt_e_a2,
+        }
 
     def _common(self) -> dict:
         return dict(
-            n_series=1, dose_per_tilt_e_a2=self.dose_per_tilt_e_a2, n_frames=self.n_frames,
-            seed=self.seed, ice_thickness_nm=self.ice_thickness_nm,
-            bead_diameter_nm=self.bead_diameter_nm, tilt_axis_deg=self.mdoc_tilt_axis_deg,
-            tilt_axis_error_deg=self.tilt_axis_error_deg, tilt_offset_deg=self.tilt_offset_deg,
+            n_series=1,
+            dose_per_tilt_e_a2=self.dose_per_tilt_e_a2,
+            n_frames=self.n_frames,
+            seed=self.seed,
+            ice_thickness_nm=self.ice_thickness_nm,
+            bead_diameter_nm=self.bead_diameter_nm,
+            tilt_axis_deg=self.mdoc_tilt_axis_deg,
+            tilt_axis_error_deg=self.tilt_axis_error_deg,
+            tilt_offset_deg=self.tilt_offset_deg,
             defocus_range_um=(self.defocus_um, self.defocus_um),
             astigmatism_range_a=(self.astigmatism_a, self.astigmatism_a),
             defocus_jitter_a=self.defocus_jitter_a,
@@ -201,15 +213,22 @@ class Scenario:
         """The movies: unbinned crop, a few tilts with the full series' prior dose (SerialEM)."""
         g = self.gain_variation
         return DemoConfig(
-            **self._common(), n_tilts=self.movie_n_tilts, tilt_step_deg=self.movie_tilt_step_deg,
-            size=(self.movie_size_px, self.movie_size_px), pixel_size_a=self.pixel_size_a,
+            **self._common(),
+            n_tilts=self.movie_n_tilts,
+            tilt_step_deg=self.movie_tilt_step_deg,
+            size=(self.movie_size_px, self.movie_size_px),
+            pixel_size_a=self.pixel_size_a,
             n_beads=self.movie_n_beads,
             prior_dose_scale=self.movie_tilt_step_deg / self.align_tilt_step_deg,
             motion_total_px=(0.5 * self.motion_burst_px, 1.5 * self.motion_burst_px),
-            local_motion=self.local_motion_px > 0, local_motion_px=self.local_motion_px,
-            drift_px_per_frame=self.drift_px_per_frame, jitter_px=self.jitter_px,
-            xray_events_per_frame=self.xray_events_per_frame, xray_counts=self.xray_counts,
-            gain_range=(1.0 - g, 1.0 + g), gain_stripe_amplitude=self.gain_stripe_amplitude,
+            local_motion=self.local_motion_px > 0,
+            local_motion_px=self.local_motion_px,
+            drift_px_per_frame=self.drift_px_per_frame,
+            jitter_px=self.jitter_px,
+            xray_events_per_frame=self.xray_events_per_frame,
+            xray_counts=self.xray_counts,
+            gain_range=(1.0 - g, 1.0 + g),
+            gain_stripe_amplitude=self.gain_stripe_amplitude,
         )
 
     def ctf_config(self) -> DemoConfig:
@@ -219,19 +238,28 @@ class Scenario:
         drawn from it (``demo.simulate_stack``'s noise), without motion, X-rays or gain."""
         density = self.n_beads * (self.ctf_size_px * self.pixel_size_a / 10.0 / self.align_field_nm) ** 2
         return DemoConfig(
-            **self._common(), n_tilts=self.ctf_n_tilts, tilt_step_deg=self.ctf_tilt_step_deg,
-            size=(self.ctf_size_px, self.ctf_size_px), pixel_size_a=self.pixel_size_a,
+            **self._common(),
+            n_tilts=self.ctf_n_tilts,
+            tilt_step_deg=self.ctf_tilt_step_deg,
+            size=(self.ctf_size_px, self.ctf_size_px),
+            pixel_size_a=self.pixel_size_a,
             n_beads=min(round(density), 4 * self.n_beads),
-            prior_dose_scale=self.ctf_tilt_step_deg / self.align_tilt_step_deg, local_motion=False,
+            prior_dose_scale=self.ctf_tilt_step_deg / self.align_tilt_step_deg,
+            local_motion=False,
             xray_events_per_frame=(0, 0),
         )
 
     def align_config(self) -> DemoConfig:
         """The alignment series at the binned pixel size (``demo.simulate_stack``)."""
         return DemoConfig(
-            **self._common(), n_tilts=self.align_n_tilts, tilt_step_deg=self.align_tilt_step_deg,
-            size=(self.align_size_px, self.align_size_px), pixel_size_a=self.align_pixel_size_a,
-            n_beads=self.n_beads, n_dark_views=self.n_dark_views, local_motion=False,
+            **self._common(),
+            n_tilts=self.align_n_tilts,
+            tilt_step_deg=self.align_tilt_step_deg,
+            size=(self.align_size_px, self.align_size_px),
+            pixel_size_a=self.align_pixel_size_a,
+            n_beads=self.n_beads,
+            n_dark_views=self.n_dark_views,
+            local_motion=False,
             xray_events_per_frame=(0, 0),
         )
 
@@ -244,9 +272,7 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def _dose_and_frames(
-    rng: np.random.Generator, px: float, max_frames: int | None
-) -> tuple[float, int]:
+def _dose_and_frames(rng: np.random.Generator, px: float, max_frames: int | None) -> tuple[float, int]:
     """(e/px/frame, frames) within ``RANGES``, aiming at a tilt dose of ``dose_per_tilt_e_a2``
     as sessions do (fine pixels get few electrons per frame, coarse ones many)."""
     lo_d, hi_d = RANGES["dose_e_px_frame"]
@@ -258,7 +284,13 @@ def _dose_and_frames(
 
 
 def align_geometry(
-    px: float, ice_nm: float, ratio: float, bead_nm: float, *, min_px: int, max_px: int,
+    px: float,
+    ice_nm: float,
+    ratio: float,
+    bead_nm: float,
+    *,
+    min_px: int,
+    max_px: int,
     camera_px: int,
 ) -> tuple[int, int]:
     """(binning, view side px) of the alignment series: a field of ``ratio`` x ``ice_nm``, at most
@@ -274,10 +306,21 @@ def align_geometry(
 
 
 def draw_scenario(
-    seed: int, index: int, *, movie_size_px: int = 512, movie_n_tilts: int = 7,
-    movie_tilt_step_deg: float = 20.0, window_px: int = 512, align_n_tilts: int = 41,
-    align_tilt_step_deg: float = 3.0, align_min_px: int = 256, align_max_px: int = 320,
-    camera_px: int = 4096, max_frames: int | None = None, ctf_size_px: int = 1536, ctf_n_tilts: int = 13,
+    seed: int,
+    index: int,
+    *,
+    movie_size_px: int = 512,
+    movie_n_tilts: int = 7,
+    movie_tilt_step_deg: float = 20.0,
+    window_px: int = 512,
+    align_n_tilts: int = 41,
+    align_tilt_step_deg: float = 3.0,
+    align_min_px: int = 256,
+    align_max_px: int = 320,
+    camera_px: int = 4096,
+    max_frames: int | None = None,
+    ctf_size_px: int = 1536,
+    ctf_n_tilts: int = 13,
     ctf_tilt_step_deg: float = 10.0,
 ) -> Scenario:
     """Scenario ``index`` of the matrix drawn from ``seed`` (module docstring). The keywords set
@@ -291,28 +334,46 @@ def draw_scenario(
     ice, ratio = u("ice_thickness_nm"), u("field_ratio")
     beads = int(rng.integers(r["n_beads"][0], r["n_beads"][1] + 1))
     bead_nm = u("bead_diameter_nm")
-    binning, side = align_geometry(px, ice, ratio, bead_nm, min_px=align_min_px,
-                                   max_px=align_max_px, camera_px=camera_px)
+    binning, side = align_geometry(
+        px, ice, ratio, bead_nm, min_px=align_min_px, max_px=align_max_px, camera_px=camera_px
+    )
     values = dict(
-        pixel_size_a=px, dose_e_px_frame=dose, n_frames=frames, eer=eer,
-        ice_thickness_nm=ice, field_ratio=ratio, n_beads=beads, bead_diameter_nm=bead_nm,
+        pixel_size_a=px,
+        dose_e_px_frame=dose,
+        n_frames=frames,
+        eer=eer,
+        ice_thickness_nm=ice,
+        field_ratio=ratio,
+        n_beads=beads,
+        bead_diameter_nm=bead_nm,
         motion_burst_px=u("motion_burst_px"),
-        drift_px_per_frame=u("drift_px_per_frame"), jitter_px=u("jitter_px"),
-        local_motion_px=u("local_motion_px"), defocus_um=u("defocus_um"),
+        drift_px_per_frame=u("drift_px_per_frame"),
+        jitter_px=u("jitter_px"),
+        local_motion_px=u("local_motion_px"),
+        defocus_um=u("defocus_um"),
         defocus_slope_a_per_deg=u("defocus_slope_a_per_deg"),
-        defocus_jitter_a=u("defocus_jitter_a"), astigmatism_a=u("astigmatism_a"),
+        defocus_jitter_a=u("defocus_jitter_a"),
+        astigmatism_a=u("astigmatism_a"),
         astigmatism_drift_a=u("astigmatism_drift_a"),
         astigmatism_angle_drift_deg=u("astigmatism_angle_drift_deg"),
         mdoc_tilt_axis_deg=float(rng.choice(AXIS_FAMILIES_DEG) + rng.uniform(-3, 3)),
-        tilt_offset_deg=u("tilt_offset_deg"), tilt_axis_error_deg=u("tilt_axis_error_deg"),
+        tilt_offset_deg=u("tilt_offset_deg"),
+        tilt_axis_error_deg=u("tilt_axis_error_deg"),
         xray_events_per_frame=(1, int(rng.integers(1, r["xray_events_per_frame"][1] + 1))),
-        xray_counts=r["xray_counts"], gain_variation=u("gain_variation"),
+        xray_counts=r["xray_counts"],
+        gain_variation=u("gain_variation"),
         gain_stripe_amplitude=u("gain_stripe_amplitude"),
         n_dark_views=int(rng.integers(r["n_dark_views"][0], r["n_dark_views"][1] + 1)),
-        movie_size_px=movie_size_px, movie_n_tilts=movie_n_tilts,
-        movie_tilt_step_deg=movie_tilt_step_deg, window_px=min(window_px, movie_size_px),
-        align_binning=binning, align_size_px=side, align_n_tilts=align_n_tilts,
-        align_tilt_step_deg=align_tilt_step_deg, ctf_size_px=ctf_size_px, ctf_n_tilts=ctf_n_tilts,
+        movie_size_px=movie_size_px,
+        movie_n_tilts=movie_n_tilts,
+        movie_tilt_step_deg=movie_tilt_step_deg,
+        window_px=min(window_px, movie_size_px),
+        align_binning=binning,
+        align_size_px=side,
+        align_n_tilts=align_n_tilts,
+        align_tilt_step_deg=align_tilt_step_deg,
+        ctf_size_px=ctf_size_px,
+        ctf_n_tilts=ctf_n_tilts,
         ctf_tilt_step_deg=ctf_tilt_step_deg,
     )
     return Scenario(name=f"S{index:02d}", seed=int(rng.integers(2**31)), **values)

@@ -17,11 +17,11 @@ __all__ = ["NoisyTiltSeries", "noisy_tilt_series"]
 
 @dataclass(frozen=True)
 class NoisyTiltSeries:
-    views: torch.Tensor    # (t, h, w) float32 counts, tilt order
-    proj: torch.Tensor     # (n, t, 2) TRUE raw bead positions (x, y) px, NaN where out of the image
-    truth: dict            # the simulator's plan (``plan_series``): axis, offset, tilts, ...
-    mdoc: torch.Tensor     # (t,) tilt angles as the mdoc states them, degrees
-    true: torch.Tensor     # (t,) true tilt angles, degrees
+    views: torch.Tensor  # (t, h, w) float32 counts, tilt order
+    proj: torch.Tensor  # (n, t, 2) TRUE raw bead positions (x, y) px, NaN where out of the image
+    truth: dict  # the simulator's plan (``plan_series``): axis, offset, tilts, ...
+    mdoc: torch.Tensor  # (t,) tilt angles as the mdoc states them, degrees
+    true: torch.Tensor  # (t,) true tilt angles, degrees
 
 
 def noisy_tilt_series(config: DemoConfig, index: int = 0) -> NoisyTiltSeries:
@@ -36,6 +36,9 @@ def noisy_tilt_series(config: DemoConfig, index: int = 0) -> NoisyTiltSeries:
     if proj.shape[1]:
         proj[~torch.tensor([t["bead_in_image"] for t in tilts])] = torch.nan
     return NoisyTiltSeries(
-        views=views, proj=proj.permute(1, 0, 2), truth=truth,
+        views=views,
+        proj=proj.permute(1, 0, 2),
+        truth=truth,
         mdoc=torch.tensor([t["mdoc_tilt_angle_deg"] for t in tilts], dtype=torch.float64),
-        true=torch.tensor([t["true_tilt_angle_deg"] for t in tilts], dtype=torch.float64))
+        true=torch.tensor([t["true_tilt_angle_deg"] for t in tilts], dtype=torch.float64),
+    )

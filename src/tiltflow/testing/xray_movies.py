@@ -25,14 +25,21 @@ from tiltflow.core.motion import align_and_sum
 
 _DIRECTIONS = [(0, 1), (1, 0), (1, 1), (1, -1)]
 # hit kind -> probabilities of (single pixel, pair, 3-5 px streak)
-KINDS = {"single": (1.0, 0.0, 0.0), "pair": (0.0, 1.0, 0.0), "streak": (0.0, 0.0, 1.0),
-         "mixed": (0.5, 0.3, 0.2)}
+KINDS = {"single": (1.0, 0.0, 0.0), "pair": (0.0, 1.0, 0.0), "streak": (0.0, 0.0, 1.0), "mixed": (0.5, 0.3, 0.2)}
 
 
-def simulate_movie(seed: int, *, shape: tuple[int, int] = (256, 256), n_frames: int = 8,
-                   dose: float = 1.0, pixel_size_a: float = 1.38, n_beads: int = 3,
-                   kind: str = "mixed", hits_per_frame: tuple[int, int] = (1, 5),
-                   counts: tuple[float, float] = (40.0, 250.0)) -> dict:
+def simulate_movie(
+    seed: int,
+    *,
+    shape: tuple[int, int] = (256, 256),
+    n_frames: int = 8,
+    dose: float = 1.0,
+    pixel_size_a: float = 1.38,
+    n_beads: int = 3,
+    kind: str = "mixed",
+    hits_per_frame: tuple[int, int] = (1, 5),
+    counts: tuple[float, float] = (40.0, 250.0),
+) -> dict:
     """Movie with X-ray hits and its hit-free twin; see the module docstring.
 
     ``dose`` in e/px/frame, ``kind`` a key of :data:`KINDS`, ``hits_per_frame`` the (least, most)
@@ -46,27 +53,38 @@ def simulate_movie(seed: int, *, shape: tuple[int, int] = (256, 256), n_frames: 
     lam, beads, bead_mask = _specimen_image(g, shape, dose, pixel_size_a, n_beads)
     shifts = _trajectory(g, n_frames)
     xx = torch.arange(w, dtype=torch.float64)[None].expand(h, w)
-    gain = (1.0 + 0.05 * torch.sin(xx / 7.0) + 0.02 * torch.randn(h, w, generator=g,
-                                                                 dtype=torch.float64)).float()
+    gain = (1.0 + 0.05 * torch.sin(xx / 7.0) + 0.02 * torch.randn(h, w, generator=g, dtype=torch.float64)).float()
     moved = shift_image_2d(lam.float().expand(n_frames, h, w), shifts).clamp_min(0.0)
     clean = torch.poisson(moved / gain, generator=g) * gain
     frames = clean.clone()
     hits = _add_hits(g, frames, gain, kind, hits_per_frame, counts)
-    return {"frames": frames, "clean": clean, "lam": lam.float(), "shifts": shifts,
-            "beads": beads, "bead_mask": bead_mask, "hits": hits}
+    return {
+        "frames": frames,
+        "clean": clean,
+        "lam": lam.float(),
+        "shifts": shifts,
+        "beads": beads,
+        "bead_mask": bead_mask,
+        "hits": hits,
+    }
 
 
-def _specimen_image(g: torch.Generator, shape: tuple[int, int], dose: float,
-                    pixel_size_a: float, n_beads: int) -> tuple[torch.Tensor, list, torch.Tensor]:
+def _specimen_image(
+    g: torch.Generator, shape: tuple[int, int], dose: float, pixel_size_a: float, n_beads: int
+) -> tuple[torch.Tensor, list, torch.Tensor]:
     """Noise-free image ``lam`` (h, w) float64 e/px/frame, beads [(y, x, radius px)] and the
     bead mask (h, w) bool (within radius + 2 px)."""
     h, w = shape
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64),
-                            torch.arange(w, dtype=torch.float64), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     # phase: weak texture and the gold beads (5e-3 rad/Å of projected gold), imaged through a CTF
     # (300 kV, 2-5 µm underfocus): the beads get fringes; amplitude: exp(-gold / 120 Å)
-    k = torch.sqrt(torch.fft.fftfreq(h, dtype=torch.float64)[:, None] ** 2
-                   + torch.fft.rfftfreq(w, dtype=torch.float64)[None] ** 2) / pixel_size_a  # 1/Å
+    k = (
+        torch.sqrt(
+            torch.fft.fftfreq(h, dtype=torch.float64)[:, None] ** 2
+            + torch.fft.rfftfreq(w, dtype=torch.float64)[None] ** 2
+        )
+        / pixel_size_a
+    )  # 1/Å
     defocus_a = 20000.0 + 30000.0 * float(torch.rand(1, generator=g))
     ctf = -torch.sin(math.pi * 0.0197 * defocus_a * k**2 + 0.07) * torch.exp(-((k / 0.25) ** 2))
     phase = 0.05 * torch.randn(h, w, generator=g, dtype=torch.float64)
@@ -92,14 +110,19 @@ def _trajectory(g: torch.Generator, n_frames: int) -> torch.Tensor:
     path = 1.0 - torch.exp(-(f + 1.0) / 1.5)
     angle = 2 * math.pi * float(torch.rand(1, generator=g))
     length = 1.0 + 3.0 * float(torch.rand(1, generator=g))
-    shifts = length * path[:, None] * torch.tensor([math.cos(angle), math.sin(angle)],
-                                                   dtype=torch.float64)
+    shifts = length * path[:, None] * torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)
     shifts = shifts + 0.1 * torch.randn(n_frames, 2, generator=g, dtype=torch.float64)
     return (shifts - shifts.mean(0)).float()
 
 
-def _add_hits(g: torch.Generator, frames: torch.Tensor, gain: torch.Tensor, kind: str,
-              hits_per_frame: tuple[int, int], counts: tuple[float, float]) -> list[dict]:
+def _add_hits(
+    g: torch.Generator,
+    frames: torch.Tensor,
+    gain: torch.Tensor,
+    kind: str,
+    hits_per_frame: tuple[int, int],
+    counts: tuple[float, float],
+) -> list[dict]:
     """Add X-ray events to ``frames`` (t, h, w) in place (raw counts times ``gain`` (h, w)) ->
     [{frame, pix [(y, x)]}]."""
     n_frames, h, w = frames.shape
@@ -131,8 +154,7 @@ def hit_mask(sim: dict) -> torch.Tensor:
     return mask
 
 
-def hit_residuals_sd(image: torch.Tensor, reference: torch.Tensor, sim: dict,
-                     radius_px: int = 3) -> torch.Tensor:
+def hit_residuals_sd(image: torch.Tensor, reference: torch.Tensor, sim: dict, radius_px: int = 3) -> torch.Tensor:
     """Per hit event: the largest |image - reference| within ``radius_px`` (Chebyshev) of where
     its pixels land in the sum (p - shift), in SDs of the sum's noise (sqrt(t * lam)) -> (n,)."""
     h, w = image.shape

@@ -93,21 +93,23 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(err)}, 422)
 
 
-def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None,
-               hosts: list[str] | tuple[str, ...] | None = None) -> FastAPI:
+def create_app(
+    store: ProjectStore, token: str, *, cache_dir: Path | None = None, hosts: list[str] | tuple[str, ...] | None = None
+) -> FastAPI:
     """The viewer for ``store``; ``app.state.cache`` / ``app.state.curator`` are its helpers.
     ``hosts``: names it answers besides loopback (``view --host``), see ``web.limits``."""
     if len(token) < 16:
         raise ValueError("create_app: the token must be at least 16 characters (use secrets.token_urlsafe())")
     app = FastAPI(title="tiltflow viewer", docs_url=None, redoc_url=None, openapi_url=None)
-    cache = ThumbnailCache(cache_dir or store.root / ".cache" / "thumbs",
-                           guard=lambda f: served_path(store.root, f))   # no symlinks out
+    cache = ThumbnailCache(
+        cache_dir or store.root / ".cache" / "thumbs", guard=lambda f: served_path(store.root, f)
+    )  # no symlinks out
     curator = Curator(store)
     slices = tomo.SliceServer()
     app.state.cache, app.state.curator, app.state.store = cache, curator, store
     _install_token_check(app, token)
     _install_error_handlers(app)
-    app.add_middleware(RequestLimits, hosts=hosts)   # outermost: Host check, body limit
+    app.add_middleware(RequestLimits, hosts=hosts)  # outermost: Host check, body limit
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def tilt_series(pointer: str, ts_id: str) -> tuple[pd.OutputRecord, TiltSeries]:
@@ -158,8 +160,11 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
         """The view at <= 1024 px as little-endian float32, row 0 first; shape in ``X-Shape`` (ny,nx)."""
         out, series = tilt_series(pointer, ts_id)
         data = cache.preview(shown_ref(out, series, order))
-        return Response(data.astype("<f4").tobytes(), media_type="application/octet-stream",
-                        headers={"X-Shape": f"{data.shape[0]},{data.shape[1]}", "Cache-Control": "private, max-age=3600"})
+        return Response(
+            data.astype("<f4").tobytes(),
+            media_type="application/octet-stream",
+            headers={"X-Shape": f"{data.shape[0]},{data.shape[1]}", "Cache-Control": "private, max-age=3600"},
+        )
 
     @app.get("/api/outputs/{pointer}/series/{ts_id}/suggestions")
     def tilt_suggestions(pointer: str, ts_id: str) -> list[Suggestion]:
@@ -190,18 +195,26 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
             if path.suffix.lower() == ".png" and path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n":
                 return FileResponse(path, media_type=PNG, headers={"X-Spectrum-Source": "file"})
             if path.suffix.lower() in (".mrc", ".mrcs"):
-                return FileResponse(cache.thumbnail_png(ImageRef(path, 0)), media_type=PNG,
-                                    headers={"X-Spectrum-Source": "file"})
+                return FileResponse(
+                    cache.thumbnail_png(ImageRef(path, 0)), media_type=PNG, headers={"X-Spectrum-Source": "file"}
+                )
             raise ProjectError(f"{ts_id}:{order}: spectrum file {path.name} is missing or not a PNG/MRC image")
         acq = pd.find_acquisition(store, out, ts_id)
         if acq is None:
             raise ProjectError(f"{ts_id}: no acquisition values (voltage, Cs, pixel size) to draw the CTF model")
         c = pd.find_ctf(series, order)
         pixel = series.attrs.get("spectrum_pixel_size_a") or acq.pixel_size_a
-        image = ctf_power_image(256, pixel_size_a=pixel, voltage_kv=acq.voltage_kv, cs_mm=acq.cs_mm,
-                                amplitude_contrast=acq.amplitude_contrast, defocus_u_a=c.defocus_u_a,
-                                defocus_v_a=c.defocus_v_a, astigmatism_angle_deg=c.astigmatism_angle_deg,
-                                phase_shift_rad=c.phase_shift_rad or 0.0)
+        image = ctf_power_image(
+            256,
+            pixel_size_a=pixel,
+            voltage_kv=acq.voltage_kv,
+            cs_mm=acq.cs_mm,
+            amplitude_contrast=acq.amplitude_contrast,
+            defocus_u_a=c.defocus_u_a,
+            defocus_v_a=c.defocus_v_a,
+            astigmatism_angle_deg=c.astigmatism_angle_deg,
+            phase_shift_rad=c.phase_shift_rad or 0.0,
+        )
         return Response(render_png(image, 256), media_type=PNG, headers={"X-Spectrum-Source": "model"})
 
     @app.post("/api/outputs/{pointer}/exclude")
@@ -218,18 +231,28 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
         return tomo.tomogram_infos(store, tomo.load_tomograms(store, out))
 
     @app.get("/api/outputs/{pointer}/tomograms/{ts_id}/slice.png")
-    def tomogram_slice(pointer: str, ts_id: str, axis: Literal["xy", "xz", "yz"] = "xy",
-                       index: int | None = Query(None, ge=0), half: Literal["full", "even", "odd"] = "full",
-                       slab: int = Query(1, ge=1, le=64), lo: float = Query(1.0, ge=0, le=100),
-                       hi: float = Query(99.0, ge=0, le=100), gamma: float = Query(1.0, gt=0.05, le=10),
-                       max_px: int = Query(1024, ge=32, le=4096)) -> Response:
+    def tomogram_slice(
+        pointer: str,
+        ts_id: str,
+        axis: Literal["xy", "xz", "yz"] = "xy",
+        index: int | None = Query(None, ge=0),
+        half: Literal["full", "even", "odd"] = "full",
+        slab: int = Query(1, ge=1, le=64),
+        lo: float = Query(1.0, ge=0, le=100),
+        hi: float = Query(99.0, ge=0, le=100),
+        gamma: float = Query(1.0, gt=0.05, le=10),
+        max_px: int = Query(1024, ge=32, le=4096),
+    ) -> Response:
         """A slice (``xy`` at z ``index``, ``xz`` at y, ``yz`` at x; None: the centre) read by mmap, as
         PNG between the volume's ``lo`` and ``hi`` percentiles (grey levels in ``X-Contrast``)."""
         t = tomo.find_tomogram(tomo.load_tomograms(store, pd.get_output(store, pointer, pd.TOMOGRAM_TYPES)), ts_id)
         path = served_path(store.root, tomo.tomogram_path(store, t, half))
-        data, g_lo, g_hi = slices.png(path, tomo.SliceRequest(axis, index, slab, max_px), lo_pct=lo, hi_pct=hi, gamma=gamma)
-        return Response(data, media_type=PNG, headers={"X-Contrast": f"{g_lo:.6g},{g_hi:.6g}",
-                                                       "Cache-Control": "private, no-cache"})
+        data, g_lo, g_hi = slices.png(
+            path, tomo.SliceRequest(axis, index, slab, max_px), lo_pct=lo, hi_pct=hi, gamma=gamma
+        )
+        return Response(
+            data, media_type=PNG, headers={"X-Contrast": f"{g_lo:.6g},{g_hi:.6g}", "Cache-Control": "private, no-cache"}
+        )
 
     @app.get("/api/outputs/{pointer}/save-preview")
     def save_preview(pointer: str) -> SavePreview:
@@ -240,7 +263,7 @@ def create_app(store: ProjectStore, token: str, *, cache_dir: Path | None = None
         new = curator.save(pd.get_output(store, pointer, pd.TILT_TYPES + pd.CTF_TYPES), restack=req.restack)
         return save_result(store, new)
 
-    from tiltflow.web.live import add_live_routes   # the session dashboard (issue 14)
+    from tiltflow.web.live import add_live_routes  # the session dashboard (issue 14)
 
     add_live_routes(app, store)
     return app

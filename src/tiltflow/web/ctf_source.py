@@ -21,7 +21,7 @@ from tiltflow.workflow.store import OutputRecord, ProjectStore
 
 CTF_TYPES = ("CTFTomoSeries",)
 TILT_TYPES = ("TiltSeries", "TiltSeriesM")
-MAX_DEPTH = 32   # input chains longer than this are not followed (a guard against cycles)
+MAX_DEPTH = 32  # input chains longer than this are not followed (a guard against cycles)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def find_ctf_source(store: ProjectStore, output: OutputRecord) -> CtfSource | No
     """The CTF set whose values apply to the views of ``output`` (see the module's docstring)."""
     runs = {r.id: r for r in store.runs()}
     outputs = _Outputs(store)
-    consumers: dict[int, list[int]] = {}          # output id -> finished runs that took it as input
+    consumers: dict[int, list[int]] = {}  # output id -> finished runs that took it as input
     for r in sorted(runs.values(), key=lambda r: r.id, reverse=True):
         if r.status != "finished":
             continue
@@ -80,7 +80,7 @@ def find_ctf_source(store: ProjectStore, output: OutputRecord) -> CtfSource | No
         seen.add(current.id)
         found = outputs.registered_ctf(current.run_id)
         if found is None:
-            for run_id in consumers.get(current.id, []):   # newest first
+            for run_id in consumers.get(current.id, []):  # newest first
                 found = outputs.registered_ctf(run_id)
                 if found is not None:
                     break

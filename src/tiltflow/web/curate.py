@@ -15,7 +15,7 @@ from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import TiltSeriesSet
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
-Key = tuple[str, int]   # (tsId, acquisition order); order 0 = the whole series
+Key = tuple[str, int]  # (tsId, acquisition order); order 0 = the whole series
 
 
 class Curator:
@@ -33,7 +33,7 @@ class Curator:
         state: dict[Key, bool] = {}
         for s in value.items:
             state[(s.ts_id, WHOLE_SERIES)] = flags.get((s.ts_id, WHOLE_SERIES), not s.enabled)
-            for item in (s.images if isinstance(value, TiltSeriesSet) else s.items):
+            for item in s.images if isinstance(value, TiltSeriesSet) else s.items:
                 key = (s.ts_id, item.acquisition_order)
                 state[key] = flags.get(key, not item.enabled)
         return state
@@ -47,15 +47,20 @@ class Curator:
             if req.views is not None:
                 raise InputError("give either views or beyond_deg, not both")
             chosen = [by_id[req.ts_id]] if req.ts_id is not None else list(by_id.values())
-            return [(s.ts_id, item.acquisition_order) for s in chosen
-                    for item in (s.images if isinstance(value, TiltSeriesSet) else s.items)
-                    if abs(item.tilt_angle_deg) > req.beyond_deg]
+            return [
+                (s.ts_id, item.acquisition_order)
+                for s in chosen
+                for item in (s.images if isinstance(value, TiltSeriesSet) else s.items)
+                if abs(item.tilt_angle_deg) > req.beyond_deg
+            ]
         if req.ts_id is None:
             raise InputError("ts_id is required (or beyond_deg for every series)")
         if req.views is None:
             return [(req.ts_id, WHOLE_SERIES)]
         series = by_id[req.ts_id]
-        orders = {item.acquisition_order for item in (series.images if isinstance(value, TiltSeriesSet) else series.items)}
+        orders = {
+            item.acquisition_order for item in (series.images if isinstance(value, TiltSeriesSet) else series.items)
+        }
         bad = sorted(set(req.views) - orders)
         if bad:
             raise InputError(f"{req.ts_id}: no view with acquisition order {bad} (valid: {min(orders)}..{max(orders)})")

@@ -15,7 +15,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 MAX_BODY_BYTES = 1 << 20
@@ -25,15 +24,23 @@ def host_name(value: str) -> str:
     """``Host`` header -> its name, without port or IPv6 brackets, lower case."""
     value = value.strip().lower()
     if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value[1:]
+        return value[1 : value.find("]")] if "]" in value else value[1:]
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 async def _reply(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -47,26 +54,30 @@ class RequestLimits:
 
     def host_allowed(self, scope) -> bool:
         headers = dict(scope.get("headers") or [])
-        if b"host" not in headers:          # not a browser (browsers always send one)
+        if b"host" not in headers:  # not a browser (browsers always send one)
             return True
         server = host_name(str((scope.get("server") or ("",))[0] or ""))
         if server in ANY_ADDRESS or self.hosts & ANY_ADDRESS:
-            return True                     # listening on every address: the token protects it
+            return True  # listening on every address: the token protects it
         return host_name(headers[b"host"].decode("latin-1")) in self.hosts | {server}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if not self.host_allowed(scope):
-            return await _reply(send, 400, "unknown Host — open the URL that `tiltflow view` printed "
-                                           "(or start it with --host NAME to use another name)")
+            return await _reply(
+                send,
+                400,
+                "unknown Host — open the URL that `tiltflow view` printed "
+                "(or start it with --host NAME to use another name)",
+            )
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and not length.strip().isdigit():
             return await _reply(send, 400, "bad Content-Length")
         if length is not None and int(length) > self.max_body:
             return await _reply(send, 413, f"request body over {self.max_body} bytes")
         messages, size = [], 0
-        while True:                          # read (at most max_body bytes), then hand it on
+        while True:  # read (at most max_body bytes), then hand it on
             message = await receive()
             messages.append(message)
             if message["type"] != "http.request":

@@ -47,10 +47,17 @@ def tilt_rows(root: Path, ts_id: str) -> list[dict]:
             continue
         r = rec.get("result") or {}
         ctf = r.get("ctf") or {}
-        rows.append({"name": Path(rec["sig"]["movie"]).name, "angle_deg": rec["sig"].get("tilt_angle_deg"),
-                     "when": rec.get("when"), "seconds": rec.get("seconds"), "error": rec.get("error"),
-                     "motion_px": r.get("total_motion_px"),
-                     "defocus_um": (ctf["defocus_u_a"] + ctf["defocus_v_a"]) / 2e4 if ctf else None})
+        rows.append(
+            {
+                "name": Path(rec["sig"]["movie"]).name,
+                "angle_deg": rec["sig"].get("tilt_angle_deg"),
+                "when": rec.get("when"),
+                "seconds": rec.get("seconds"),
+                "error": rec.get("error"),
+                "motion_px": r.get("total_motion_px"),
+                "defocus_um": (ctf["defocus_u_a"] + ctf["defocus_v_a"]) / 2e4 if ctf else None,
+            }
+        )
     return sorted(rows, key=lambda row: row["when"] or 0)
 
 
@@ -81,8 +88,13 @@ def add_live_routes(app: FastAPI, store: ProjectStore) -> None:
 
         state = read_state(root)
         if state is None:
-            return {"watching": False, "series": [], "counts": {}, "lines": [],
-                    "detail": f"no watch has run in {root} — start one with `tiltflow watch DIR -p {root}`"}
+            return {
+                "watching": False,
+                "series": [],
+                "counts": {},
+                "lines": [],
+                "detail": f"no watch has run in {root} — start one with `tiltflow watch DIR -p {root}`",
+            }
         state["watching"] = True
         state["age_s"] = round(time.time() - float(state.get("updated") or 0), 1)
         return state
@@ -114,7 +126,11 @@ def add_live_routes(app: FastAPI, store: ProjectStore) -> None:
             picture = root / "watch" / "preview" / f"{ts_id}.png"
         if not picture.is_file():
             raise HTTPException(404, f"{ts_id}: no reconstruction yet (the preview needs 3 tilts)")
-        return FileResponse(served_path(root, picture), media_type="image/png",
-                            headers={"Cache-Control": "no-store",
-                                     "X-Tiltflow-Picture": "tomogram" if pointer and picture.name.endswith("_xy.png")
-                                     else "preview"})
+        return FileResponse(
+            served_path(root, picture),
+            media_type="image/png",
+            headers={
+                "Cache-Control": "no-store",
+                "X-Tiltflow-Picture": "tomogram" if pointer and picture.name.endswith("_xy.png") else "preview",
+            },
+        )

@@ -40,7 +40,11 @@ from tiltflow.workflow.store import OutputRecord, ProjectStore
 TILT_TYPES = ("TiltSeries", "TiltSeriesM")
 CTF_TYPES = ("CTFTomoSeries",)
 TOMOGRAM_TYPES = ("Tomograms",)
-VIEWERS = {**{t: "tomo" for t in TILT_TYPES}, **{t: "ctf" for t in CTF_TYPES}, **{t: "tomogram" for t in TOMOGRAM_TYPES}}
+VIEWERS = {
+    **{t: "tomo" for t in TILT_TYPES},
+    **{t: "ctf" for t in CTF_TYPES},
+    **{t: "tomogram" for t in TOMOGRAM_TYPES},
+}
 
 
 def _num(x: float | None) -> float | None:
@@ -51,11 +55,17 @@ def project_info(store: ProjectStore) -> ProjectInfo:
     outputs = store.outputs()
     runs = []
     for r in store.runs():
-        outs = [OutputInfo(pointer=o.pointer, name=o.name, type=o.type, summary=o.summary, viewer=VIEWERS.get(o.type))
-                for o in outputs if o.run_id == r.id]
+        outs = [
+            OutputInfo(pointer=o.pointer, name=o.name, type=o.type, summary=o.summary, viewer=VIEWERS.get(o.type))
+            for o in outputs
+            if o.run_id == r.id
+        ]
         duration = r.ended - r.started if r.started and r.ended else None
-        runs.append(RunInfo(id=r.id, step=r.step, label=r.label, status=r.status, duration_s=duration,
-                            error=r.error, outputs=outs))
+        runs.append(
+            RunInfo(
+                id=r.id, step=r.step, label=r.label, status=r.status, duration_s=duration, error=r.error, outputs=outs
+            )
+        )
     return ProjectInfo(root=str(store.root), runs=runs)
 
 
@@ -142,23 +152,43 @@ def series_infos(value: AnySet, ctf: CtfSource | None = None) -> list[SeriesInfo
             verdict = alignment_verdict(s)
             ctf_s = ctf.series(s.ts_id) if ctf is not None else None
             cv = ctf_verdict(ctf_s) if ctf_s is not None else {"status": None, "reasons": []}
-            out.append(SeriesInfo(
-                verdict=verdict["status"], verdict_reasons=verdict["reasons"],
-                ctf_verdict=cv["status"], ctf_verdict_reasons=cv["reasons"],
-                ctf_from=ctf.label if ctf_s is not None else None,
-                ts_id=s.ts_id, n_views=len(s.images), tilt_min_deg=min(tilts, default=None),
-                tilt_max_deg=max(tilts, default=None), tilt_axis_deg=s.acquisition.tilt_axis_deg,
-                pixel_size_a=s.acquisition.pixel_size_a, size_px=tuple(s.size), excluded=not s.enabled,
-                n_excluded=sum(not im.enabled for im in s.images),
-                is_movie=any(im.index is None for im in s.images)))
+            out.append(
+                SeriesInfo(
+                    verdict=verdict["status"],
+                    verdict_reasons=verdict["reasons"],
+                    ctf_verdict=cv["status"],
+                    ctf_verdict_reasons=cv["reasons"],
+                    ctf_from=ctf.label if ctf_s is not None else None,
+                    ts_id=s.ts_id,
+                    n_views=len(s.images),
+                    tilt_min_deg=min(tilts, default=None),
+                    tilt_max_deg=max(tilts, default=None),
+                    tilt_axis_deg=s.acquisition.tilt_axis_deg,
+                    pixel_size_a=s.acquisition.pixel_size_a,
+                    size_px=tuple(s.size),
+                    excluded=not s.enabled,
+                    n_excluded=sum(not im.enabled for im in s.images),
+                    is_movie=any(im.index is None for im in s.images),
+                )
+            )
         else:
             tilts = [c.tilt_angle_deg for c in s.items]
             cv = ctf_verdict(s)
-            out.append(SeriesInfo(
-                ctf_verdict=cv["status"], ctf_verdict_reasons=cv["reasons"],
-                ts_id=s.ts_id, n_views=len(s.items), tilt_min_deg=min(tilts, default=None),
-                tilt_max_deg=max(tilts, default=None), tilt_axis_deg=None, pixel_size_a=None, size_px=None,
-                excluded=not s.enabled, n_excluded=sum(not c.enabled for c in s.items)))
+            out.append(
+                SeriesInfo(
+                    ctf_verdict=cv["status"],
+                    ctf_verdict_reasons=cv["reasons"],
+                    ts_id=s.ts_id,
+                    n_views=len(s.items),
+                    tilt_min_deg=min(tilts, default=None),
+                    tilt_max_deg=max(tilts, default=None),
+                    tilt_axis_deg=None,
+                    pixel_size_a=None,
+                    size_px=None,
+                    excluded=not s.enabled,
+                    n_excluded=sum(not c.enabled for c in s.items),
+                )
+            )
     return out
 
 
@@ -186,17 +216,29 @@ def view_infos(series: TiltSeries, ctf: CtfSource | None, shown: dict[int, TiltI
         else:
             du = im.defocus_u_a
             dv = du if im.defocus_v_a is None else im.defocus_v_a
-            source, origin = ("attrs", "the image's attributes (no CTF set applies)") if du is not None else (None, None)
+            source, origin = (
+                ("attrs", "the image's attributes (no CTF set applies)") if du is not None else (None, None)
+            )
         drawn = shown.get(im.acquisition_order, im)
-        rows.append(ViewInfo(
-            position=pos, acquisition_order=im.acquisition_order, tilt_angle_deg=im.tilt_angle_deg,
-            dose_e_a2=_num(im.dose_e_a2), dose_accumulated_e_a2=_num(im.dose_accumulated_e_a2),
-            defocus_u_a=_num(du), defocus_v_a=_num(dv), defocus_source=source, defocus_from=origin,
-            ring_strength=_num(c.ring_strength) if c is not None else None,
-            total_motion_px=_num(drawn.total_motion_px if im.total_motion_px is None else im.total_motion_px),
-            excluded=not im.enabled,
-            file_name=Path(im.file).name if im.index is None else f"{Path(im.file).name}[{im.index}]",
-            frames=im.frames, picture=_picture(im, drawn)))
+        rows.append(
+            ViewInfo(
+                position=pos,
+                acquisition_order=im.acquisition_order,
+                tilt_angle_deg=im.tilt_angle_deg,
+                dose_e_a2=_num(im.dose_e_a2),
+                dose_accumulated_e_a2=_num(im.dose_accumulated_e_a2),
+                defocus_u_a=_num(du),
+                defocus_v_a=_num(dv),
+                defocus_source=source,
+                defocus_from=origin,
+                ring_strength=_num(c.ring_strength) if c is not None else None,
+                total_motion_px=_num(drawn.total_motion_px if im.total_motion_px is None else im.total_motion_px),
+                excluded=not im.enabled,
+                file_name=Path(im.file).name if im.index is None else f"{Path(im.file).name}[{im.index}]",
+                frames=im.frames,
+                picture=_picture(im, drawn),
+            )
+        )
     return rows
 
 
@@ -230,24 +272,46 @@ def ctf_detail(series: CtfTomoSeries, acq: Acquisition | None, spectrum_pixel_si
         zeros_u: list[float] = []
         zeros_v: list[float] = []
         if acq is not None and nyquist:
-            kw = {"voltage_kv": acq.voltage_kv, "cs_mm": acq.cs_mm, "amplitude_contrast": acq.amplitude_contrast,
-                  "phase_shift_rad": c.phase_shift_rad or 0.0, "k_max_per_a": nyquist}
+            kw = {
+                "voltage_kv": acq.voltage_kv,
+                "cs_mm": acq.cs_mm,
+                "amplitude_contrast": acq.amplitude_contrast,
+                "phase_shift_rad": c.phase_shift_rad or 0.0,
+                "k_max_per_a": nyquist,
+            }
             zeros_u = ctf_zero_frequencies(c.defocus_u_a, **kw)
             zeros_v = ctf_zero_frequencies(c.defocus_v_a, **kw)
         prof = c.attrs.get("radial_profile")
         radial = None
         if isinstance(prof, dict) and all(isinstance(prof.get(k), list) for k in ("k", "observed", "fitted")):
             radial = RadialProfile(k=prof["k"], observed=prof["observed"], fitted=prof["fitted"])
-        items.append(CtfInfo(
-            acquisition_order=c.acquisition_order, tilt_angle_deg=c.tilt_angle_deg, defocus_u_a=c.defocus_u_a,
-            defocus_v_a=c.defocus_v_a, astigmatism_angle_deg=c.astigmatism_angle_deg,
-            phase_shift_deg=math.degrees(c.phase_shift_rad or 0.0), fit_resolution_a=_num(c.fit_resolution_a),
-            score=_num(c.score), excluded=not c.enabled, has_spectrum_file=bool(c.spectrum_file),
-            ring_strength=_num(c.ring_strength),
-            radial_profile=radial, zeros_u_per_a=zeros_u, zeros_v_per_a=zeros_v))
+        items.append(
+            CtfInfo(
+                acquisition_order=c.acquisition_order,
+                tilt_angle_deg=c.tilt_angle_deg,
+                defocus_u_a=c.defocus_u_a,
+                defocus_v_a=c.defocus_v_a,
+                astigmatism_angle_deg=c.astigmatism_angle_deg,
+                phase_shift_deg=math.degrees(c.phase_shift_rad or 0.0),
+                fit_resolution_a=_num(c.fit_resolution_a),
+                score=_num(c.score),
+                excluded=not c.enabled,
+                has_spectrum_file=bool(c.spectrum_file),
+                ring_strength=_num(c.ring_strength),
+                radial_profile=radial,
+                zeros_u_per_a=zeros_u,
+                zeros_v_per_a=zeros_v,
+            )
+        )
     verdict = ctf_verdict(series)
-    return CtfSeriesDetail(ts_id=series.ts_id, excluded=not series.enabled, nyquist_per_a=nyquist, items=items,
-                           verdict=verdict["status"], verdict_reasons=verdict["reasons"])
+    return CtfSeriesDetail(
+        ts_id=series.ts_id,
+        excluded=not series.enabled,
+        nyquist_per_a=nyquist,
+        items=items,
+        verdict=verdict["status"],
+        verdict_reasons=verdict["reasons"],
+    )
 
 
 def find_ctf(series: CtfTomoSeries, order: int) -> CtfTomo:

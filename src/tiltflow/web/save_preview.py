@@ -15,6 +15,7 @@ from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import CtfSeriesSet, TiltSeriesSet
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
+
 def next_subset_name(store: ProjectStore, output: OutputRecord) -> str:
     """The name Save would give the subset of ``output`` now (see the module's docstring)."""
     return store.first_free_name(output.run_id, subset_name_for(output))
@@ -30,9 +31,16 @@ def save_preview(store: ProjectStore, output: OutputRecord) -> SavePreview:
     kept = [s for s in value.items if s.enabled]
     items = [im for s in kept for im in (s.images if isinstance(value, TiltSeriesSet) else s.items)]
     folder = store.relpath(store.run_dir(run.id) / name) if isinstance(value, TiltSeriesSet) else None
-    return SavePreview(pointer=f"{run.id}.{name}", name=name, run_id=run.id, step=run.step, restack_folder=folder,
-                       n_series=len(kept), n_excluded_series=len(value.items) - len(kept),
-                       n_excluded_items=sum(not it.enabled for it in items))
+    return SavePreview(
+        pointer=f"{run.id}.{name}",
+        name=name,
+        run_id=run.id,
+        step=run.step,
+        restack_folder=folder,
+        n_series=len(kept),
+        n_excluded_series=len(value.items) - len(kept),
+        n_excluded_items=sum(not it.enabled for it in items),
+    )
 
 
 def save_result(store: ProjectStore, new: OutputRecord) -> SaveResult:
@@ -43,5 +51,12 @@ def save_result(store: ProjectStore, new: OutputRecord) -> SaveResult:
         parents = {Path(im.file).parent for s in value.items for im in getattr(s, "images", [])}
         if len(parents) == 1:
             folder = store.relpath(parents.pop())
-    return SaveResult(pointer=new.pointer, name=new.name, type=new.type, summary=new.summary, run_id=new.run_id,
-                      step=store.run(new.run_id).step, folder=folder)
+    return SaveResult(
+        pointer=new.pointer,
+        name=new.name,
+        type=new.type,
+        summary=new.summary,
+        run_id=new.run_id,
+        step=store.run(new.run_id).step,
+        folder=folder,
+    )

@@ -12,7 +12,7 @@ from tiltflow.workflow.store import OutputRecord, ProjectStore
 
 __all__ = ["load_registered"]
 
-_LOADED: OrderedDict[tuple, AnySet] = OrderedDict()   # registered sets never change: loaded once per viewer
+_LOADED: OrderedDict[tuple, AnySet] = OrderedDict()  # registered sets never change: loaded once per viewer
 _LOADED_LOCK = threading.Lock()
 _LOADED_MAX = 16
 

@@ -14,8 +14,16 @@ import torch
 from tiltflow.core.ctf_model import ctf_2d, electron_wavelength_a
 
 
-def ctf_zero_frequencies(defocus_a: float, *, voltage_kv: float, cs_mm: float, amplitude_contrast: float,
-                         phase_shift_rad: float = 0.0, k_max_per_a: float, n_max: int = 60) -> list[float]:
+def ctf_zero_frequencies(
+    defocus_a: float,
+    *,
+    voltage_kv: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    phase_shift_rad: float = 0.0,
+    k_max_per_a: float,
+    n_max: int = 60,
+) -> list[float]:
     """Spatial frequencies (1/Å, ascending, <= ``k_max_per_a``) where the CTF is zero.
 
     Zeros: ``chi(k) + arcsin(A) + phase = n pi``; with ``u = k^2`` that is the quadratic
@@ -47,11 +55,29 @@ def ctf_zero_frequencies(defocus_a: float, *, voltage_kv: float, cs_mm: float, a
     return zeros
 
 
-def ctf_power_image(size_px: int, *, pixel_size_a: float, voltage_kv: float, cs_mm: float,
-                    amplitude_contrast: float, defocus_u_a: float, defocus_v_a: float,
-                    astigmatism_angle_deg: float, phase_shift_rad: float = 0.0) -> torch.Tensor:
+def ctf_power_image(
+    size_px: int,
+    *,
+    pixel_size_a: float,
+    voltage_kv: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    defocus_u_a: float,
+    defocus_v_a: float,
+    astigmatism_angle_deg: float,
+    phase_shift_rad: float = 0.0,
+) -> torch.Tensor:
     """CTF² of the fitted model as a centred ``(size, size)`` spectrum (origin at ``size // 2``)."""
-    ctf = ctf_2d((size_px, size_px), pixel_size_a=pixel_size_a, voltage_kv=voltage_kv, cs_mm=cs_mm,
-                 amplitude_contrast=amplitude_contrast, defocus_u_a=defocus_u_a, defocus_v_a=defocus_v_a,
-                 astigmatism_angle_deg=astigmatism_angle_deg, phase_shift_rad=phase_shift_rad, rfft=False)
+    ctf = ctf_2d(
+        (size_px, size_px),
+        pixel_size_a=pixel_size_a,
+        voltage_kv=voltage_kv,
+        cs_mm=cs_mm,
+        amplitude_contrast=amplitude_contrast,
+        defocus_u_a=defocus_u_a,
+        defocus_v_a=defocus_v_a,
+        astigmatism_angle_deg=astigmatism_angle_deg,
+        phase_shift_rad=phase_shift_rad,
+        rfft=False,
+    )
     return torch.fft.fftshift(ctf**2, dim=(-2, -1))

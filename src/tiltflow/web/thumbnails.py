@@ -14,9 +14,9 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -100,7 +100,7 @@ def _frame_average(path: Path) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
             for page in tif.pages:
                 frames = np.asarray(page.asarray(), dtype=np.float64)  # type: ignore[union-attr]
-                frames = frames.reshape(-1, *frames.shape[-2:])       # a page may hold several planes
+                frames = frames.reshape(-1, *frames.shape[-2:])  # a page may hold several planes
                 total = frames.sum(axis=0) if total is None else total + frames.sum(axis=0)
                 n += frames.shape[0]
         if total is None:
@@ -124,10 +124,17 @@ def read_view(ref: ImageRef) -> np.ndarray:
 class ThumbnailCache:
     """Renders each view once into ``cache_dir``; ``computed`` counts renders (for tests and logs)."""
 
-    def __init__(self, cache_dir: Path | str, *, thumb_px: int = THUMB_PX, preview_px: int = PREVIEW_PX,
-                 max_parallel: int = 2, guard: Callable[[Path], Path] | None = None):
+    def __init__(
+        self,
+        cache_dir: Path | str,
+        *,
+        thumb_px: int = THUMB_PX,
+        preview_px: int = PREVIEW_PX,
+        max_parallel: int = 2,
+        guard: Callable[[Path], Path] | None = None,
+    ):
         self.dir = Path(cache_dir)
-        self.guard = guard      # raises for a file that must not be read (``web.limits.served_path``)
+        self.guard = guard  # raises for a file that must not be read (``web.limits.served_path``)
         self.thumb_px, self.preview_px = thumb_px, preview_px
         self.computed = 0
         self._locks: dict[str, threading.Lock] = {}
@@ -164,8 +171,13 @@ class ThumbnailCache:
         full = torch.from_numpy(np.ascontiguousarray(read_view(ref), dtype=np.float32))
         f64 = full.to(torch.float64)
         preview = downsample_to_max_2d(full, self.preview_px)
-        stats = ViewStats(float(f64.mean()), float(f64.std()), float(full.min()), float(full.max()),
-                          (int(preview.shape[0]), int(preview.shape[1])))
+        stats = ViewStats(
+            float(f64.mean()),
+            float(f64.std()),
+            float(full.min()),
+            float(full.max()),
+            (int(preview.shape[0]), int(preview.shape[1])),
+        )
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(paths["png"], render_png(preview, self.thumb_px))
         tmp = paths["npy"].with_name(f".{paths['npy'].name}.{threading.get_ident()}.tmp")

@@ -26,8 +26,8 @@ from tiltflow.workflow.sets import Tomogram, TomogramSet
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
 HALVES = {"full": "file", "even": "even_file", "odd": "odd_file"}
-SAMPLE_SLICES = 16          # z slices read for the volume's grey-level sample
-SAMPLE_VOXELS = 1_000_000   # at most this many voxels in the sample
+SAMPLE_SLICES = 16  # z slices read for the volume's grey-level sample
+SAMPLE_VOXELS = 1_000_000  # at most this many voxels in the sample
 
 
 def load_tomograms(store: ProjectStore, output: OutputRecord) -> TomogramSet:
@@ -59,19 +59,28 @@ def tomogram_infos(store: ProjectStore, value: TomogramSet) -> list[TomogramInfo
     for t in value.items:
         path = store.abspath(t.file)
         snaps = [store.relpath(p) for p in snapshot_paths(path).values() if p.is_file()]
-        out.append(TomogramInfo(
-            ts_id=t.ts_id, shape=tuple(int(n) for n in t.shape), voxel_size_a=float(t.voxel_size_a),
-            file_name=path.name, file=store.relpath(path),
-            halves=bool(t.even_file and t.odd_file), method=t.method, source=t.source,
-            snapshots=snaps, missing=not path.is_file()))
+        out.append(
+            TomogramInfo(
+                ts_id=t.ts_id,
+                shape=tuple(int(n) for n in t.shape),
+                voxel_size_a=float(t.voxel_size_a),
+                file_name=path.name,
+                file=store.relpath(path),
+                halves=bool(t.even_file and t.odd_file),
+                method=t.method,
+                source=t.source,
+                snapshots=snaps,
+                missing=not path.is_file(),
+            )
+        )
     return out
 
 
 @dataclass(frozen=True)
 class SliceRequest:
-    axis: str                 # xy | xz | yz
-    index: int | None         # None: the centre
-    slab: int = 1             # slices averaged around ``index``
+    axis: str  # xy | xz | yz
+    index: int | None  # None: the centre
+    slab: int = 1  # slices averaged around ``index``
     max_px: int = 1024
 
 
@@ -84,7 +93,7 @@ def _open(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: tomogram file not found — was it moved or deleted?")
     check_mrc(path)
-    with warnings.catch_warnings():   # odd headers: check_mrc has said what matters
+    with warnings.catch_warnings():  # odd headers: check_mrc has said what matters
         warnings.simplefilter("ignore")
         mrc = mrcfile.mmap(path, mode="r", permissive=True)
     if mrc.data is None or mrc.data.ndim != 3:
@@ -164,7 +173,9 @@ class SliceServer:
     def sample(self, path: Path) -> np.ndarray:
         return self._cached(self._samples, self._file_key(path), self._limits[1], lambda: volume_sample(path))
 
-    def png(self, path: Path, req: SliceRequest, *, lo_pct: float, hi_pct: float, gamma: float) -> tuple[bytes, float, float]:
+    def png(
+        self, path: Path, req: SliceRequest, *, lo_pct: float, hi_pct: float, gamma: float
+    ) -> tuple[bytes, float, float]:
         """The slice as an 8-bit PNG between the volume's ``lo_pct`` and ``hi_pct`` percentiles; and
         those grey levels."""
         if not lo_pct < hi_pct:

@@ -41,8 +41,9 @@ def _ensure(store: ProjectStore) -> None:
         con.close()
 
 
-def set_excluded(store: ProjectStore, output: OutputRecord, ts_id: str, views: list[int] | None,
-                 excluded: bool, reason: str = "user") -> None:
+def set_excluded(
+    store: ProjectStore, output: OutputRecord, ts_id: str, views: list[int] | None, excluded: bool, reason: str = "user"
+) -> None:
     """Flag views (acquisition orders) of ``ts_id``, or the whole series when ``views`` is None."""
     _ensure(store)
     now = time.time()
@@ -52,7 +53,7 @@ def set_excluded(store: ProjectStore, output: OutputRecord, ts_id: str, views: l
 
 
 def exclusions(store: ProjectStore, output: OutputRecord) -> dict[tuple[str, int], bool]:
-    with store.reading() as con:          # reads only: no table yet is no flags (and a full disk reads)
+    with store.reading() as con:  # reads only: no table yet is no flags (and a full disk reads)
         if con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='curation'").fetchone() is None:
             return {}
         rows = con.execute("SELECT ts_id, view, excluded FROM curation WHERE output_id=?", (output.id,)).fetchall()
@@ -124,7 +125,11 @@ def _restack_series(series: TiltSeries, out_dir: Path) -> TiltSeries:
             if path:
                 stacks[key].append(read_section(path, im.index))
     pixel = series.acquisition.pixel_size_a
-    names = {"file": f"{series.ts_id}.mrc", "odd_file": f"{series.ts_id}_odd.mrc", "even_file": f"{series.ts_id}_even.mrc"}
+    names = {
+        "file": f"{series.ts_id}.mrc",
+        "odd_file": f"{series.ts_id}_odd.mrc",
+        "even_file": f"{series.ts_id}_even.mrc",
+    }
     written = {}
     for key, data in stacks.items():
         if data and len(data) == len(kept):
@@ -144,13 +149,16 @@ def _refuse_empty(curated, output: OutputRecord) -> None:
     """A subset keeps at least one series, and every series it keeps keeps at least one view."""
     kept = [s for s in curated.items if s.enabled]
     if not kept:
-        raise InputError(f"{output.pointer}: every tilt series would be excluded — nothing to save "
-                         "(keep at least one series)")
+        raise InputError(
+            f"{output.pointer}: every tilt series would be excluded — nothing to save (keep at least one series)"
+        )
     for series in kept:
         children = series.images if isinstance(curated, TiltSeriesSet) else series.items
         if children and not any(c.enabled for c in children):
-            raise InputError(f"{series.ts_id}: every view would be excluded — exclude the whole series "
-                             f"(--exclude {series.ts_id}) instead")
+            raise InputError(
+                f"{series.ts_id}: every view would be excluded — exclude the whole series "
+                f"(--exclude {series.ts_id}) instead"
+            )
 
 
 def subset_name_for(output: OutputRecord) -> Callable[[int], str]:
@@ -164,26 +172,34 @@ def subset_name_for(output: OutputRecord) -> Callable[[int], str]:
     return lambda n: f"{base}_{n}"
 
 
-def save_subset(store: ProjectStore, output: OutputRecord, *, restack: bool = False,
-                flags: dict[tuple[str, int], bool] | None = None) -> OutputRecord:
+def save_subset(
+    store: ProjectStore,
+    output: OutputRecord,
+    *,
+    restack: bool = False,
+    flags: dict[tuple[str, int], bool] | None = None,
+) -> OutputRecord:
     """Register the curated set as a new output of the run that produced ``output``."""
     value = store.load(output)
     flags = exclusions(store, output) if flags is None else flags
     curated = apply_exclusions(value, flags)
     _refuse_empty(curated, output)
     if isinstance(curated, CtfSeriesSet):
-        curated.attrs = dict(curated.attrs, subset_of=output.pointer,
-                             bad=[f"{s.ts_id}:{c.acquisition_order}" for s in curated.items for c in s.items if not c.enabled])
+        curated.attrs = dict(
+            curated.attrs,
+            subset_of=output.pointer,
+            bad=[f"{s.ts_id}:{c.acquisition_order}" for s in curated.items for c in s.items if not c.enabled],
+        )
         return store.add_output_unique(output.run_id, subset_name_for(output), curated)
     if not isinstance(curated, TiltSeriesSet):
         raise InputError(f"{output.pointer}: a {output.type} cannot be curated")
     staged: Path | None = None
     try:
-        if restack:   # written aside, moved to runs/<run>/<name> when the name is chosen (concurrent saves)
+        if restack:  # written aside, moved to runs/<run>/<name> when the name is chosen (concurrent saves)
             staged = Path(tempfile.mkdtemp(prefix=".saving-", dir=store.run_dir(output.run_id)))
             items = [_restack_series(s, staged) for s in curated.items if s.enabled]
             curated = replace(curated, items=items, attrs=dict(curated.attrs))
-            if not any(staged.iterdir()):     # movies: nothing was written
+            if not any(staged.iterdir()):  # movies: nothing was written
                 staged.rmdir()
                 staged = None
         curated.attrs = dict(curated.attrs, subset_of=output.pointer, restacked=restack)

@@ -28,11 +28,16 @@ from pathlib import Path
 from tiltflow.workflow.errors import DiskFull
 
 RESERVE_NAME = ".disk-reserve"
-RESERVE_BYTES = 1 << 20            # room to mark the run failed and to open the database afterwards
-NEARLY_FULL_MB = 1.0               # an I/O error with less free than this is a full disk
+RESERVE_BYTES = 1 << 20  # room to mark the run failed and to open the database afterwards
+NEARLY_FULL_MB = 1.0  # an I/O error with less free than this is a full disk
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-_FULL_TEXTS = ("no space left on device", "database or disk is full", "disk quota exceeded",
-               "[errno 28]", "[errno 122]")
+_FULL_TEXTS = (
+    "no space left on device",
+    "database or disk is full",
+    "disk quota exceeded",
+    "[errno 28]",
+    "[errno 122]",
+)
 _SQLITE_FULL = 13
 _QUOTED_PATH = re.compile(r"(?:No space left on device|Disk quota exceeded): '([^']+)'")
 
@@ -65,8 +70,9 @@ def _is_full(err: BaseException, where: Path) -> bool:
     if any(t in text for t in _FULL_TEXTS):
         return True
     # SQLite reports a -shm/-wal file it cannot grow as an I/O error; tifffile/torch lose errno
-    io_error = (isinstance(err, sqlite3.OperationalError) and "disk i/o error" in text) or \
-               (isinstance(err, (OSError, RuntimeError)) and "write" in text and "fail" in text)
+    io_error = (isinstance(err, sqlite3.OperationalError) and "disk i/o error" in text) or (
+        isinstance(err, (OSError, RuntimeError)) and "write" in text and "fail" in text
+    )
     return io_error and free_mb(where) < NEARLY_FULL_MB
 
 
@@ -78,9 +84,14 @@ def as_disk_full(err: BaseException, where: Path | str, hint: str = "") -> DiskF
         if isinstance(e, DiskFull):
             return e if e.hint or not hint else DiskFull(e.path, e.free_mb, hint)
         if _is_full(e, where):
-            quoted = _QUOTED_PATH.search(str(e))          # a per-item failure quotes the OSError
-            path = Path(e.filename) if isinstance(e, OSError) and e.filename else \
-                Path(quoted.group(1)) if quoted else where
+            quoted = _QUOTED_PATH.search(str(e))  # a per-item failure quotes the OSError
+            path = (
+                Path(e.filename)
+                if isinstance(e, OSError) and e.filename
+                else Path(quoted.group(1))
+                if quoted
+                else where
+            )
             return DiskFull(path, free_mb(path), hint)
     return None
 
@@ -104,7 +115,7 @@ def _make_reserve(path: Path) -> None:
             os.posix_fallocate(fd, 0, RESERVE_BYTES)
         except (AttributeError, OSError):
             os.write(fd, b"\0" * RESERVE_BYTES)
-    except OSError:                                   # already full: nothing to keep
+    except OSError:  # already full: nothing to keep
         os.close(fd)
         path.unlink(missing_ok=True)
         return
@@ -126,7 +137,7 @@ def _remove_stale_reserves(folder: Path) -> None:
         except ProcessLookupError:
             path.unlink(missing_ok=True)
         except OSError:
-            pass                                        # alive (another user's): leave it
+            pass  # alive (another user's): leave it
 
 
 def release(run_dir: Path) -> None:
@@ -170,8 +181,12 @@ def read_only_connection(db_path: Path | str, err: BaseException) -> sqlite3.Con
         raise err
     wal = db_path.with_name(db_path.name + "-wal")
     if not wal.exists() or wal.stat().st_size == 0:
-        con = sqlite3.connect(f"{db_path.absolute().as_uri()}?mode=ro&immutable=1", uri=True,
-                              isolation_level=None, check_same_thread=False)
+        con = sqlite3.connect(
+            f"{db_path.absolute().as_uri()}?mode=ro&immutable=1",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
     else:
         con = _snapshot(db_path, wal)
     con.row_factory = sqlite3.Row
@@ -187,9 +202,11 @@ def _snapshot(db_path: Path, wal: Path) -> sqlite3.Connection:
             shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
             src = sqlite3.connect(copy)
         except OSError as copy_err:
-            raise DiskFull(db_path.parent, free_mb(db_path),
-                           f"the project cannot be read until there is space (copying it aside failed: "
-                           f"{copy_err.strerror})") from None
+            raise DiskFull(
+                db_path.parent,
+                free_mb(db_path),
+                f"the project cannot be read until there is space (copying it aside failed: {copy_err.strerror})",
+            ) from None
         try:
             con = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             src.backup(con)

@@ -9,9 +9,10 @@ interrupted run resumes without recomputing it (``resume_items``).
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 
 class Executor(Protocol):
@@ -90,8 +91,9 @@ def make_executor(options: dict[str, Any]) -> Executor:
     raise ValueError(f"unknown executor '{kind}' (local or dask)")
 
 
-def run_items(ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]],
-              on_result: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+def run_items(
+    ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]], on_result: Callable[[str, Any], None] | None = None
+) -> dict[str, Any]:
     """Run per-item tasks through the step's executor, skipping items this run already finished
     (resume) and recording each new result atomically in the project. Exceptions are returned as
     values (keyed), for the step to report per item."""
@@ -132,7 +134,7 @@ class ItemFailures(RuntimeError):
         plural = self.what if n == 1 or self.what.endswith("series") else self.what + "s"
         head = f"{n} of {self.total} {plural} failed" if self.total else f"{n} {plural} failed"
         more = f"; and {n - self.SHOWN} more (see {log})" if n > self.SHOWN else ""
-        return f"{head}{self.hint}: " + "; ".join(self.lines[:self.SHOWN]) + more
+        return f"{head}{self.hint}: " + "; ".join(self.lines[: self.SHOWN]) + more
 
 
 def summarized(lines: list[str], shown: int = ItemFailures.SHOWN) -> list[str]:
@@ -147,8 +149,9 @@ def failure_line(key: str, err: BaseException) -> str:
     return text if text.startswith(key) else f"{key}: {type(err).__name__}: {text}"
 
 
-def run_items_or_fail(ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]], *,
-                      what: str = "item") -> dict[str, Any]:
+def run_items_or_fail(
+    ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]], *, what: str = "item"
+) -> dict[str, Any]:
     """:func:`run_items`, then :class:`ItemFailures` when any item failed (nothing is registered)."""
     results = run_items(ctx, fn, tasks)
     failed = [failure_line(k, v) for k, v in results.items() if isinstance(v, BaseException)]

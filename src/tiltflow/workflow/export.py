@@ -60,16 +60,22 @@ def ctf_rows(ts: TiltSeries, ctf: CtfSeriesSet | None, notes: list[str]) -> list
         return None
     missing = [i + 1 for i, im in enumerate(ts.images) if im.enabled and im.acquisition_order not in by_order]
     if missing:
-        raise InputError(f"{ts.ts_id}: the CTF set has no values for views {missing} (tilt order) — "
-                         "estimate CTF on this set or exclude those views")
+        raise InputError(
+            f"{ts.ts_id}: the CTF set has no values for views {missing} (tilt order) — "
+            "estimate CTF on this set or exclude those views"
+        )
     mean = sum(c.defocus_mean_a for c in by_order.values()) / len(by_order)
-    return [by_order.get(im.acquisition_order) or CtfTomo(im.acquisition_order, im.tilt_angle_deg, mean, mean, 0.0)
-            for im in ts.images]
+    return [
+        by_order.get(im.acquisition_order) or CtfTomo(im.acquisition_order, im.tilt_angle_deg, mean, mean, 0.0)
+        for im in ts.images
+    ]
 
 
 def stack_ctf_series(ts: TiltSeries, rows: list[CtfTomo]) -> CtfTomoSeries:
     """The CTF series of the stack's views, with the stack's tilt angles (for the per-view files)."""
-    items = [CtfTomo(**{**c.__dict__, "tilt_angle_deg": im.tilt_angle_deg}) for c, im in zip(rows, ts.images)]
+    items = [
+        CtfTomo(**{**c.__dict__, "tilt_angle_deg": im.tilt_angle_deg}) for c, im in zip(rows, ts.images, strict=False)
+    ]
     return CtfTomoSeries(ts.ts_id, items)
 
 
@@ -79,9 +85,13 @@ def write_ctf_files(ts: TiltSeries, rows: list[CtfTomo], out_dir: Path) -> list[
     from tiltflow.workflow.steps.ctf_common import write_series_ctf_files
 
     a = ts.acquisition
-    params = CtfParams(pixel_size_a=a.pixel_size_a, voltage_kv=a.voltage_kv, cs_mm=a.cs_mm,
-                       amplitude_contrast=a.amplitude_contrast,
-                       resolution_range_a=(30.0, max(8.0, 2.01 * a.pixel_size_a)))
+    params = CtfParams(
+        pixel_size_a=a.pixel_size_a,
+        voltage_kv=a.voltage_kv,
+        cs_mm=a.cs_mm,
+        amplitude_contrast=a.amplitude_contrast,
+        resolution_range_a=(30.0, max(8.0, 2.01 * a.pixel_size_a)),
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_series_ctf_files(stack_ctf_series(ts, rows), params, out_dir)
     return [Path(str(files.ctffind_file)), Path(str(files.defocus_file))]
@@ -100,9 +110,9 @@ def write_stack(ts: TiltSeries, path: Path, key: str = "file") -> None:
 
             if read_stack_header(files[0]).n_sections == len(ts.images):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(files[0], path)          # already every view in tilt order
+                shutil.copyfile(files[0], path)  # already every view in tilt order
                 return
-        data = np.stack([read_section(f, im.index) for f, im in zip(files, ts.images)])
+        data = np.stack([read_section(f, im.index) for f, im in zip(files, ts.images, strict=False)])
     except StackError as err:
         raise InputError(str(err)) from None
     write_mrc(path, data, voxel_size_a=ts.acquisition.pixel_size_a)
@@ -136,8 +146,9 @@ def pre_exposure_e_a2(ts: TiltSeries) -> list[float]:
     return out
 
 
-def tilt_series_of(store: ProjectStore, out: OutputRecord,
-                   value) -> tuple[TiltSeriesSet, OutputRecord, TomogramSet | None]:
+def tilt_series_of(
+    store: ProjectStore, out: OutputRecord, value
+) -> tuple[TiltSeriesSet, OutputRecord, TomogramSet | None]:
     """The tilt-series set to export: the set itself, or the one a tomogram set was made from."""
     if isinstance(value, TiltSeriesSet):
         return value, out, None
@@ -171,7 +182,7 @@ def _export_ctffind(value, ctf: CtfSeriesSet | None, out: OutputRecord, out_dir:
     if ctf is None:
         raise InputError(f"{out.pointer}: no CTF estimated for this set — run motion-ctf or ctf first")
     written: list[Path] = []
-    if isinstance(value, TiltSeriesSet):          # the views of this set, as its stacks hold them
+    if isinstance(value, TiltSeriesSet):  # the views of this set, as its stacks hold them
         by_id = {s.ts_id: s for s in ctf.items}
         for ts in value.items:
             rows = ctf_rows(ts, ctf, notes) if ts.enabled else None
@@ -180,7 +191,7 @@ def _export_ctffind(value, ctf: CtfSeriesSet | None, out: OutputRecord, out_dir:
             src = by_id[ts.ts_id].ctffind_file
             same = [c.acquisition_order for c in by_id[ts.ts_id].items] == [im.acquisition_order for im in ts.images]
             if src and same:
-                written.append(out_dir / Path(src).name)   # the estimate's own file describes these views
+                written.append(out_dir / Path(src).name)  # the estimate's own file describes these views
                 shutil.copyfile(src, written[-1])
                 continue
             written.append(write_ctf_files(ts, rows, out_dir)[0])
@@ -195,8 +206,15 @@ def _export_ctffind(value, ctf: CtfSeriesSet | None, out: OutputRecord, out_dir:
     return written
 
 
-def export_set(store: ProjectStore, pointer: str, fmt: str, out_dir: Path, *, ctf_pointer: str | None = None,
-               notes: list[str] | None = None) -> list[Path]:
+def export_set(
+    store: ProjectStore,
+    pointer: str,
+    fmt: str,
+    out_dir: Path,
+    *,
+    ctf_pointer: str | None = None,
+    notes: list[str] | None = None,
+) -> list[Path]:
     """Write the set behind ``pointer`` in format ``fmt`` under ``out_dir``; returns the files written.
 
     ``notes`` (when given) collects one-line remarks for the user (e.g. "no CTF: no defocus columns")."""
@@ -211,8 +229,11 @@ def export_set(store: ProjectStore, pointer: str, fmt: str, out_dir: Path, *, ct
 
         tilt_series, ts_out, tomograms = tilt_series_of(store, out, value)
         ctf = ctf_for(store, ts_out, ctf_pointer)
-        writer = {"relion": export_formats.export_relion, "warp": export_formats.export_warp,
-                  "aretomo": export_formats.export_aretomo}[fmt]
+        writer = {
+            "relion": export_formats.export_relion,
+            "warp": export_formats.export_warp,
+            "aretomo": export_formats.export_aretomo,
+        }[fmt]
         written = writer(tilt_series, ctf, out_dir, tomograms=tomograms, notes=notes)
     elif fmt == "imod":
         from tiltflow.workflow.export_imod import export_imod

@@ -63,11 +63,15 @@ def _note_dropped(ts: TiltSeries, al, tool: str, notes: list[str]) -> None:
     if not bool(keep.any()):
         return
     geo = xf_to_geometry(al.xf[keep])
-    moved = xf_point_difference_px(al.xf[keep], geometry_to_xf(geo.tilt_axis_deg, geo.shifts_px),
-                                   (ts.size[1], ts.size[0])).max().item()
+    moved = (
+        xf_point_difference_px(al.xf[keep], geometry_to_xf(geo.tilt_axis_deg, geo.shifts_px), (ts.size[1], ts.size[0]))
+        .max()
+        .item()
+    )
     if moved > 0.05:
-        notes.append(f"{ts.ts_id}: {tool} has no per-view magnification; dropping it moves view corners by up to "
-                     f"{moved:.2f} px")
+        notes.append(
+            f"{ts.ts_id}: {tool} has no per-view magnification; dropping it moves view corners by up to {moved:.2f} px"
+        )
 
 
 def _tomogram_size(ts: TiltSeries, tomograms: TomogramSet | None) -> tuple[list[int], float, object]:
@@ -91,8 +95,9 @@ def _relion_table(ts: TiltSeries, ctf_rows, stacks: dict[str, str], notes: list[
     al = series_alignment(ts)
     _note_dropped(ts, al, "RELION", notes)
     keep = [i for i, im in enumerate(ts.images) if im.enabled]
-    cols = xf_to_relion(al.xf[keep], al.tilt_angles_deg[keep], pixel_size_a=a.pixel_size_a,
-                        image_shape=(ts.size[1], ts.size[0]))
+    cols = xf_to_relion(
+        al.xf[keep], al.tilt_angles_deg[keep], pixel_size_a=a.pixel_size_a, image_shape=(ts.size[1], ts.size[0])
+    )
     images = [ts.images[i] for i in keep]
     dose = pre_exposure_e_a2(ts)
     table: dict[str, list] = {}
@@ -101,8 +106,11 @@ def _relion_table(ts: TiltSeries, ctf_rows, stacks: dict[str, str], notes: list[
     table["rlnTomoNominalStageTiltAngle"] = [im.tilt_angle_deg for im in images]
     table["rlnTomoNominalTiltAxisAngle"] = [a.tilt_axis_deg] * len(images)
     table["rlnMicrographPreExposure"] = [dose[i] for i in keep]
-    for key, label in (("even_file", "rlnMicrographNameEven"), ("odd_file", "rlnMicrographNameOdd"),
-                       ("file", "rlnMicrographName")):
+    for key, label in (
+        ("even_file", "rlnMicrographNameEven"),
+        ("odd_file", "rlnMicrographNameOdd"),
+        ("file", "rlnMicrographName"),
+    ):
         if key in stacks:
             table[label] = [f"{i + 1}@{stacks[key]}" for i in keep]
     if ctf_rows is not None:
@@ -110,7 +118,7 @@ def _relion_table(ts: TiltSeries, ctf_rows, stacks: dict[str, str], notes: list[
         table["rlnDefocusU"] = [c.defocus_u_a for c in rows]
         table["rlnDefocusV"] = [c.defocus_v_a for c in rows]
         table["rlnDefocusAngle"] = [c.astigmatism_angle_deg for c in rows]
-        table["rlnPhaseShift"] = [math.degrees(c.phase_shift_rad) for c in rows]     # RELION: degrees
+        table["rlnPhaseShift"] = [math.degrees(c.phase_shift_rad) for c in rows]  # RELION: degrees
         if all(c.fit_resolution_a is not None for c in rows):
             table["rlnCtfMaxResolution"] = [c.fit_resolution_a for c in rows]
     for name, values in cols.items():
@@ -119,8 +127,14 @@ def _relion_table(ts: TiltSeries, ctf_rows, stacks: dict[str, str], notes: list[
     return pd.DataFrame(table)
 
 
-def export_relion(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir: Path, *,
-                  tomograms: TomogramSet | None = None, notes: list[str]) -> list[Path]:
+def export_relion(
+    tilt_series: TiltSeriesSet,
+    ctf: CtfSeriesSet | None,
+    out_dir: Path,
+    *,
+    tomograms: TomogramSet | None = None,
+    notes: list[str],
+) -> list[Path]:
     from tiltflow.io.relion import (
         TiltSeriesStar,
         TomogramsStar,
@@ -139,17 +153,27 @@ def export_relion(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir:
             written.append(out_dir / rel)
         star_rel = f"tilt_series/{ts.ts_id}.star"
         (out_dir / "tilt_series").mkdir(exist_ok=True)
-        write_tilt_series_star(out_dir / star_rel, TiltSeriesStar(ts.ts_id, _relion_table(ts, ctf_rows(ts, ctf, notes),
-                                                                                          stacks, notes)))
+        write_tilt_series_star(
+            out_dir / star_rel, TiltSeriesStar(ts.ts_id, _relion_table(ts, ctf_rows(ts, ctf, notes), stacks, notes))
+        )
         written.append(out_dir / star_rel)
         a = ts.acquisition
         size, binning, tomo = _tomogram_size(ts, tomograms)
-        row = {"rlnTomoName": ts.ts_id, "rlnVoltage": a.voltage_kv, "rlnSphericalAberration": a.cs_mm,
-               "rlnAmplitudeContrast": a.amplitude_contrast, "rlnMicrographOriginalPixelSize": a.pixel_size_a,
-               "rlnTomoHand": RELION_HAND, "rlnOpticsGroupName": "opticsGroup1",
-               "rlnTomoTiltSeriesPixelSize": a.pixel_size_a, "rlnTomoTiltSeriesStarFile": star_rel,
-               "rlnTomoTomogramBinning": binning, "rlnTomoSizeX": size[0], "rlnTomoSizeY": size[1],
-               "rlnTomoSizeZ": size[2]}
+        row = {
+            "rlnTomoName": ts.ts_id,
+            "rlnVoltage": a.voltage_kv,
+            "rlnSphericalAberration": a.cs_mm,
+            "rlnAmplitudeContrast": a.amplitude_contrast,
+            "rlnMicrographOriginalPixelSize": a.pixel_size_a,
+            "rlnTomoHand": RELION_HAND,
+            "rlnOpticsGroupName": "opticsGroup1",
+            "rlnTomoTiltSeriesPixelSize": a.pixel_size_a,
+            "rlnTomoTiltSeriesStarFile": star_rel,
+            "rlnTomoTomogramBinning": binning,
+            "rlnTomoSizeX": size[0],
+            "rlnTomoSizeY": size[1],
+            "rlnTomoSizeZ": size[2],
+        }
         if tomo is not None:
             rel = f"tomograms/rec_{ts.ts_id}.mrc"
             (out_dir / "tomograms").mkdir(exist_ok=True)
@@ -171,19 +195,28 @@ def _warp_ctf(ts: TiltSeries, rows: list[CtfTomo] | None, order: list[str], para
 
     a = ts.acquisition
     um = 1e-4  # Å -> µm
-    ctf = {"pixel_size_a": a.pixel_size_a, "voltage_kv": a.voltage_kv, "cs_mm": a.cs_mm,
-           "amplitude": a.amplitude_contrast}
+    ctf = {
+        "pixel_size_a": a.pixel_size_a,
+        "voltage_kv": a.voltage_kv,
+        "cs_mm": a.cs_mm,
+        "amplitude": a.amplitude_contrast,
+    }
     grids = {"GridCTF": [0.0], "GridCTFDefocusDelta": [0.0], "GridCTFDefocusAngle": [0.0], "GridCTFPhase": [0.0]}
     if rows is not None:
-        used = [c for c, im in zip(rows, ts.images) if im.enabled] or rows
-        central = min(zip(rows, ts.images), key=lambda p: abs(p[1].tilt_angle_deg))[0]
-        ctf.update(defocus_um=sum(c.defocus_mean_a for c in used) / len(used) * um,
-                   defocus_delta_um=(central.defocus_u_a - central.defocus_v_a) * um,
-                   defocus_angle_deg=central.astigmatism_angle_deg, phase_shift_pi=central.phase_shift_rad / math.pi)
-        grids = {"GridCTF": [c.defocus_mean_a * um for c in rows],
-                 "GridCTFDefocusDelta": [(c.defocus_u_a - c.defocus_v_a) * um for c in rows],
-                 "GridCTFDefocusAngle": [c.astigmatism_angle_deg for c in rows],
-                 "GridCTFPhase": [c.phase_shift_rad / math.pi for c in rows]}
+        used = [c for c, im in zip(rows, ts.images, strict=False) if im.enabled] or rows
+        central = min(zip(rows, ts.images, strict=False), key=lambda p: abs(p[1].tilt_angle_deg))[0]
+        ctf.update(
+            defocus_um=sum(c.defocus_mean_a for c in used) / len(used) * um,
+            defocus_delta_um=(central.defocus_u_a - central.defocus_v_a) * um,
+            defocus_angle_deg=central.astigmatism_angle_deg,
+            phase_shift_pi=central.phase_shift_rad / math.pi,
+        )
+        grids = {
+            "GridCTF": [c.defocus_mean_a * um for c in rows],
+            "GridCTFDefocusDelta": [(c.defocus_u_a - c.defocus_v_a) * um for c in rows],
+            "GridCTFDefocusAngle": [c.astigmatism_angle_deg for c in rows],
+            "GridCTFPhase": [c.phase_shift_rad / math.pi for c in rows],
+        }
     params["CTF"] = ctf_param_values(**ctf)
     order.append("CTF")
     elements = [grid_element(tag, values) for tag, values in grids.items()]
@@ -197,12 +230,20 @@ def _warp_ctf(ts: TiltSeries, rows: list[CtfTomo] | None, order: list[str], para
 
 def _resolution_estimate(ts: TiltSeries, rows: list[CtfTomo] | None) -> str:
     """WarpTools' ``CTFResolutionEstimate``: the median fit resolution of the used tilts, Å (0: none)."""
-    fits = sorted(c.fit_resolution_a for c, im in zip(rows or [], ts.images) if im.enabled and c.fit_resolution_a)
+    fits = sorted(
+        c.fit_resolution_a for c, im in zip(rows or [], ts.images, strict=False) if im.enabled and c.fit_resolution_a
+    )
     return f"{fits[len(fits) // 2]:.3g}" if fits else "0"
 
 
-def export_warp(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir: Path, *,
-                tomograms: TomogramSet | None = None, notes: list[str]) -> list[Path]:
+def export_warp(
+    tilt_series: TiltSeriesSet,
+    ctf: CtfSeriesSet | None,
+    out_dir: Path,
+    *,
+    tomograms: TomogramSet | None = None,
+    notes: list[str],
+) -> list[Path]:
     from tiltflow.core.alignment_convert import xf_to_warp
     from tiltflow.io.imod import write_tlt, write_xf
     from tiltflow.io.warp import WarpTiltSeries, write_tomostar, write_warp_xml
@@ -216,31 +257,56 @@ def export_warp(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir: P
         stack_dir = out_dir / "warp_tiltseries" / "tiltstack" / ts.ts_id
         stack_dir.mkdir(parents=True, exist_ok=True)
         write_stack(ts, stack_dir / f"{ts.ts_id}.st")
-        write_tlt(stack_dir / f"{ts.ts_id}.rawtlt", torch.tensor([im.tilt_angle_deg for im in ts.images]), fmt=TLT_FORMAT)
+        write_tlt(
+            stack_dir / f"{ts.ts_id}.rawtlt", torch.tensor([im.tilt_angle_deg for im in ts.images]), fmt=TLT_FORMAT
+        )
         write_tlt(stack_dir / f"{ts.ts_id}.tlt", al.tilt_angles_deg, fmt=TLT_FORMAT)
         write_xf(stack_dir / f"{ts.ts_id}.xf", al.xf)
         written += [stack_dir / f"{ts.ts_id}{s}" for s in (".st", ".rawtlt", ".tlt", ".xf")]
         _note_dropped(ts, al, "Warp", notes)
         geo = xf_to_warp(al.xf, pixel_size_a=a.pixel_size_a)
         movies, dose = [f"../{FRAMES_DIR}/{n}" for n in movie_names(ts)], pre_exposure_e_a2(ts)
-        per_tilt = {"Angles": al.tilt_angles_deg.tolist(), "Dose": dose, "UseTilt": [im.enabled for im in ts.images],
-                    "AxisAngle": geo.axis_angle_deg.tolist(), "AxisOffsetX": geo.offsets_a[:, 0].tolist(),
-                    "AxisOffsetY": geo.offsets_a[:, 1].tolist(), "MoviePath": movies,
-                    "FOVFraction": [1.0] * len(ts.images)}
+        per_tilt = {
+            "Angles": al.tilt_angles_deg.tolist(),
+            "Dose": dose,
+            "UseTilt": [im.enabled for im in ts.images],
+            "AxisAngle": geo.axis_angle_deg.tolist(),
+            "AxisOffsetX": geo.offsets_a[:, 0].tolist(),
+            "AxisOffsetY": geo.offsets_a[:, 1].tolist(),
+            "MoviePath": movies,
+            "FOVFraction": [1.0] * len(ts.images),
+        }
         rows = ctf_rows(ts, ctf, notes)
-        attributes = {"DataDirectory": str((out_dir / "tomostar").absolute()), "AreAnglesInverted": "False",
-                      "PlaneNormal": "0, 0, 1", "Bfactor": "0", "Weight": "1", "MagnificationCorrection": "1, 0, 0, 1",
-                      "UnselectFilter": "False", "UnselectManual": "", "CTFResolutionEstimate": _resolution_estimate(ts, rows)}
+        attributes = {
+            "DataDirectory": str((out_dir / "tomostar").absolute()),
+            "AreAnglesInverted": "False",
+            "PlaneNormal": "0, 0, 1",
+            "Bfactor": "0",
+            "Weight": "1",
+            "MagnificationCorrection": "1, 0, 0, 1",
+            "UnselectFilter": "False",
+            "UnselectManual": "",
+            "CTFResolutionEstimate": _resolution_estimate(ts, rows),
+        }
         order, params, other = list(per_tilt), {}, []
         _warp_ctf(ts, rows, order, params, other)
         written += write_frame_series(ts, rows, out_dir, notes)
         xml = out_dir / "warp_tiltseries" / f"{ts.ts_id}.xml"
         write_warp_xml(xml, WarpTiltSeries(attributes, per_tilt, params, other, order))
         tomostar = out_dir / "tomostar" / f"{ts.ts_id}.tomostar"
-        write_tomostar(tomostar, pd.DataFrame({
-            "wrpMovieName": movies, "wrpAngleTilt": [im.tilt_angle_deg for im in ts.images],
-            "wrpAxisAngle": [a.tilt_axis_deg] * len(ts.images), "wrpAxisOffsetX": [0.0] * len(ts.images),
-            "wrpAxisOffsetY": [0.0] * len(ts.images), "wrpDose": dose}))
+        write_tomostar(
+            tomostar,
+            pd.DataFrame(
+                {
+                    "wrpMovieName": movies,
+                    "wrpAngleTilt": [im.tilt_angle_deg for im in ts.images],
+                    "wrpAxisAngle": [a.tilt_axis_deg] * len(ts.images),
+                    "wrpAxisOffsetX": [0.0] * len(ts.images),
+                    "wrpAxisOffsetY": [0.0] * len(ts.images),
+                    "wrpDose": dose,
+                }
+            ),
+        )
         written += [xml, tomostar]
     return written
 
@@ -248,8 +314,14 @@ def export_warp(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir: P
 # ---- AreTomo -------------------------------------------------------------------------------------
 
 
-def export_aretomo(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir: Path, *,
-                   tomograms: TomogramSet | None = None, notes: list[str]) -> list[Path]:
+def export_aretomo(
+    tilt_series: TiltSeriesSet,
+    ctf: CtfSeriesSet | None,
+    out_dir: Path,
+    *,
+    tomograms: TomogramSet | None = None,
+    notes: list[str],
+) -> list[Path]:
     from tiltflow.core.alignment_convert import series_to_aln_rows
     from tiltflow.io.aretomo import GLOBAL_COLUMNS, AlnFile, write_aln
     from tiltflow.io.imod import write_tlt
@@ -262,14 +334,30 @@ def export_aretomo(tilt_series: TiltSeriesSet, ctf: CtfSeriesSet | None, out_dir
         write_tlt(d / f"{ts.ts_id}.tlt", torch.tensor([im.tilt_angle_deg for im in ts.images]), fmt=TLT_FORMAT)
         rows = series_to_aln_rows(series_alignment(ts))
         k = rows.raw_indices.shape[0]
-        table = pd.DataFrame({"SEC": list(range(1, k + 1)), "ROT": rows.rot_deg.tolist(), "GMAG": rows.gmag.tolist(),
-                              "TX": rows.shifts_px[:, 0].tolist(), "TY": rows.shifts_px[:, 1].tolist(),
-                              "SMEAN": [1.0] * k, "SFIT": [1.0] * k, "SCALE": [1.0] * k, "BASE": [0.0] * k,
-                              "TILT": rows.tilt_deg.tolist()}, columns=list(GLOBAL_COLUMNS))
+        table = pd.DataFrame(
+            {
+                "SEC": list(range(1, k + 1)),
+                "ROT": rows.rot_deg.tolist(),
+                "GMAG": rows.gmag.tolist(),
+                "TX": rows.shifts_px[:, 0].tolist(),
+                "TY": rows.shifts_px[:, 1].tolist(),
+                "SMEAN": [1.0] * k,
+                "SFIT": [1.0] * k,
+                "SCALE": [1.0] * k,
+                "BASE": [0.0] * k,
+                "TILT": rows.tilt_deg.tolist(),
+            },
+            columns=list(GLOBAL_COLUMNS),
+        )
         dark = [(i, i, im.tilt_angle_deg) for i, im in enumerate(ts.images) if not im.enabled]
         size, _, tomo = _tomogram_size(ts, tomograms)
-        aln = AlnFile((ts.size[0], ts.size[1], len(ts.images)), 0, table, DarkFrame=dark,
-                      Thickness=size[2] if tomo is not None else None)
+        aln = AlnFile(
+            (ts.size[0], ts.size[1], len(ts.images)),
+            0,
+            table,
+            DarkFrame=dark,
+            Thickness=size[2] if tomo is not None else None,
+        )
         write_aln(d / f"{ts.ts_id}.aln", aln, precise=True)
         written += [d / f"{ts.ts_id}.mrc", d / f"{ts.ts_id}.tlt", d / f"{ts.ts_id}.aln"]
     return written

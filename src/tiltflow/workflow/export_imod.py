@@ -39,7 +39,7 @@ class TiltSettings:
     """What ``newst.com`` / ``tilt.com`` reproduce; lengths in unbinned px unless said."""
 
     binning: int = 1
-    thickness_px: int | None = None              # None: 200 nm
+    thickness_px: int | None = None  # None: 200 nm
     radial: tuple[float, float] = (0.35, 0.035)  # cycles/px of the binned views
     shift_xz_px: tuple[float, float] = (0.0, 0.0)
     fake_sirt_iterations: int | None = None
@@ -56,13 +56,16 @@ def settings_of_run(params: dict, tomo: Tomogram, pixel_size_a: float) -> TiltSe
     def shift(key: str) -> float:
         return -float(params.get(key) or 0.0) * 10.0 / px
 
-    return TiltSettings(binning=b, thickness_px=tomo.shape[0] * b,
-                        radial=(float(params.get("radial_cutoff", 0.35)), float(params.get("radial_falloff", 0.035))),
-                        shift_xz_px=(shift("x_offset_nm"), shift("z_offset_nm")),
-                        fake_sirt_iterations=params.get("fake_sirt_iterations") if params.get("method", "wbp") == "wbp"
-                        else None, invert=bool(params.get("invert")),
-                        phaseflip=params.get("ctf_correct") == "phaseflip",
-                        defocus_tol_nm=params.get("ctf_defocus_tol_nm"))
+    return TiltSettings(
+        binning=b,
+        thickness_px=tomo.shape[0] * b,
+        radial=(float(params.get("radial_cutoff", 0.35)), float(params.get("radial_falloff", 0.035))),
+        shift_xz_px=(shift("x_offset_nm"), shift("z_offset_nm")),
+        fake_sirt_iterations=params.get("fake_sirt_iterations") if params.get("method", "wbp") == "wbp" else None,
+        invert=bool(params.get("invert")),
+        phaseflip=params.get("ctf_correct") == "phaseflip",
+        defocus_tol_nm=params.get("ctf_defocus_tol_nm"),
+    )
 
 
 def log_offset(stack: Path) -> float | None:
@@ -135,37 +138,75 @@ def _com_files(ts: TiltSeries, d: Path, al, s: TiltSettings, ctf_written: bool, 
     from tiltflow.io.imod import ctfphaseflip_com, newst_com, tilt_com, write_com
 
     name, a, b = ts.ts_id, ts.acquisition, s.binning
-    ny, nx = aligned_shape((ts.size[1], ts.size[0]), al.xf)   # swapped for an axis near 90°, as etomo does
+    ny, nx = aligned_shape((ts.size[1], ts.size[0]), al.xf)  # swapped for an axis near 90°, as etomo does
     swapped = (nx, ny) != tuple(ts.size)
     excluded = [i + 1 for i, im in enumerate(ts.images) if not im.enabled]
-    size = (nx // b, ny // b) if (swapped or b > 1) else None               # newstack: binned px
-    write_com(d / "newst.com", [newst_com(input_file=f"{name}.st", output_file=f"{name}.ali",
-                                          transform_file=f"{name}.xf", bin_by=b, size_to_output_xy=size)])
+    size = (nx // b, ny // b) if (swapped or b > 1) else None  # newstack: binned px
+    write_com(
+        d / "newst.com",
+        [
+            newst_com(
+                input_file=f"{name}.st",
+                output_file=f"{name}.ali",
+                transform_file=f"{name}.xf",
+                bin_by=b,
+                size_to_output_xy=size,
+            )
+        ],
+    )
     written = [d / "newst.com"]
     projections = f"{name}.ali"
     if s.phaseflip and ctf_written:
         from tiltflow.core.ctf_model import electron_wavelength_a
 
         tol = s.defocus_tol_nm or 0.25 / (electron_wavelength_a(a.voltage_kv) * (0.5 / (a.pixel_size_a * b)) ** 2) / 10
-        write_com(d / "ctfcorrection.com", [ctfphaseflip_com(
-            input_stack=projections, output_file=f"{name}_ctfcorr.ali", angle_file=f"{name}.tlt",
-            defocus_file=f"{name}.defocus", transform_file=f"{name}.xf", pixel_size_a=a.pixel_size_a * b,
-            voltage_kv=a.voltage_kv, cs_mm=a.cs_mm, amplitude_contrast=a.amplitude_contrast, defocus_tol_nm=tol)])
+        write_com(
+            d / "ctfcorrection.com",
+            [
+                ctfphaseflip_com(
+                    input_stack=projections,
+                    output_file=f"{name}_ctfcorr.ali",
+                    angle_file=f"{name}.tlt",
+                    defocus_file=f"{name}.defocus",
+                    transform_file=f"{name}.xf",
+                    pixel_size_a=a.pixel_size_a * b,
+                    voltage_kv=a.voltage_kv,
+                    cs_mm=a.cs_mm,
+                    amplitude_contrast=a.amplitude_contrast,
+                    defocus_tol_nm=tol,
+                )
+            ],
+        )
         written.append(d / "ctfcorrection.com")
         projections = f"{name}_ctfcorr.ali"
     elif s.phaseflip:
         notes.append(f"{name}: the run phase-flipped, but no CTF was found for its .defocus: no ctfcorrection.com")
     thickness = s.thickness_px or max(1, round(DEFAULT_THICKNESS_A / a.pixel_size_a))
-    write_com(d / "tilt.com", [tilt_com(
-        input_projections=projections, output_file=f"{name}_full_rec.mrc", tilt_file=f"{name}.tlt",
-        thickness_px=thickness, full_image_xy=(nx, ny), image_binned=b, exclude_views=excluded,
-        log_offset=log_offset(d / f"{name}.st"), radial=s.radial, shift_xz_px=s.shift_xz_px,
-        scale=(0.0, -1.0 if s.invert else 1.0), fake_sirt_iterations=s.fake_sirt_iterations)])
+    write_com(
+        d / "tilt.com",
+        [
+            tilt_com(
+                input_projections=projections,
+                output_file=f"{name}_full_rec.mrc",
+                tilt_file=f"{name}.tlt",
+                thickness_px=thickness,
+                full_image_xy=(nx, ny),
+                image_binned=b,
+                exclude_views=excluded,
+                log_offset=log_offset(d / f"{name}.st"),
+                radial=s.radial,
+                shift_xz_px=s.shift_xz_px,
+                scale=(0.0, -1.0 if s.invert else 1.0),
+                fake_sirt_iterations=s.fake_sirt_iterations,
+            )
+        ],
+    )
     return [*written, d / "tilt.com"]
 
 
-def imod_series(ts: TiltSeries, ctf, out_dir: Path, notes: list[str],
-                settings: TiltSettings | None = None) -> list[Path]:
+def imod_series(
+    ts: TiltSeries, ctf, out_dir: Path, notes: list[str], settings: TiltSettings | None = None
+) -> list[Path]:
     """One series' files under ``out_dir/<tsId>/``; ``settings`` of the reconstruct run exported, if any."""
     from tiltflow.io.imod import write_tlt, write_xf
 
@@ -187,8 +228,9 @@ def imod_series(ts: TiltSeries, ctf, out_dir: Path, notes: list[str],
     return written
 
 
-def export_imod(store: ProjectStore, out: OutputRecord, value, out_dir: Path, *, ctf_pointer: str | None,
-                notes: list[str]) -> list[Path]:
+def export_imod(
+    store: ProjectStore, out: OutputRecord, value, out_dir: Path, *, ctf_pointer: str | None, notes: list[str]
+) -> list[Path]:
     """Tilt series (enabled ones) or tomograms with the series and ``.com`` files that made them."""
     if isinstance(value, TiltSeriesSet):
         ctf = ctf_for(store, out, ctf_pointer)
@@ -216,8 +258,10 @@ def export_imod(store: ProjectStore, out: OutputRecord, value, out_dir: Path, *,
             ctf = ctf_for(store, ts_out, pointer)
             written += imod_series(ts, ctf, out_dir, notes, settings_of_run(params, tomo, ts.acquisition.pixel_size_a))
             if params.get("method") == "sirt":
-                notes.append(f"{tomo.ts_id}: the run used SIRT ({params.get('sirt_iterations')} iterations); "
-                             "tilt.com back-projects — IMOD's sirtsetup makes the SIRT equivalent")
+                notes.append(
+                    f"{tomo.ts_id}: the run used SIRT ({params.get('sirt_iterations')} iterations); "
+                    "tilt.com back-projects — IMOD's sirtsetup makes the SIRT equivalent"
+                )
             if params.get("dose_weight"):
                 notes.append(f"{tomo.ts_id}: the run dose-weighted its views; tilt.com does not (IMOD: mtffilter)")
         (out_dir / tomo.ts_id).mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,9 @@ def movie_names(ts: TiltSeries) -> list[str]:
     names = []
     for im in ts.images:
         movie = im.movie
-        names.append(Path(movie).name if movie else f"{ts.ts_id}_{im.acquisition_order:03d}_{im.tilt_angle_deg:.2f}.mrc")
+        names.append(
+            Path(movie).name if movie else f"{ts.ts_id}_{im.acquisition_order:03d}_{im.tilt_angle_deg:.2f}.mrc"
+        )
     return names
 
 
@@ -49,7 +51,7 @@ def _mean_frame_movement(shifts_a: list[list[float]]) -> float:
     from itertools import pairwise
 
     steps = [((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2) ** 0.5 for a, b in pairwise(shifts_a)]
-    first = steps[:max(1, len(steps) // 3)]
+    first = steps[: max(1, len(steps) // 3)]
     return sum(first) / len(first) if first else 0.0
 
 
@@ -64,26 +66,46 @@ def _movie_xml(ts: TiltSeries, im, row: CtfTomo | None, data_dir: Path, path: Pa
 
     a = ts.acquisition
     um = 1e-4
-    ctf = {"pixel_size_a": a.pixel_size_a, "voltage_kv": a.voltage_kv, "cs_mm": a.cs_mm,
-           "amplitude": a.amplitude_contrast}
+    ctf = {
+        "pixel_size_a": a.pixel_size_a,
+        "voltage_kv": a.voltage_kv,
+        "cs_mm": a.cs_mm,
+        "amplitude": a.amplitude_contrast,
+    }
     if row is not None:
-        ctf.update(defocus_um=row.defocus_mean_a * um, defocus_delta_um=(row.defocus_u_a - row.defocus_v_a) * um,
-                   defocus_angle_deg=row.astigmatism_angle_deg, phase_shift_pi=row.phase_shift_rad / 3.141592653589793)
-    grids = [grid_element("GridCTF", [ctf.get("defocus_um", 0.0)]),
-             grid_element("GridCTFDefocusDelta", [ctf.get("defocus_delta_um", 0.0)]),
-             grid_element("GridCTFDefocusAngle", [ctf.get("defocus_angle_deg", 0.0)]),
-             grid_element("GridCTFPhase", [ctf.get("phase_shift_pi", 0.0)])]
+        ctf.update(
+            defocus_um=row.defocus_mean_a * um,
+            defocus_delta_um=(row.defocus_u_a - row.defocus_v_a) * um,
+            defocus_angle_deg=row.astigmatism_angle_deg,
+            phase_shift_pi=row.phase_shift_rad / 3.141592653589793,
+        )
+    grids = [
+        grid_element("GridCTF", [ctf.get("defocus_um", 0.0)]),
+        grid_element("GridCTFDefocusDelta", [ctf.get("defocus_delta_um", 0.0)]),
+        grid_element("GridCTFDefocusAngle", [ctf.get("defocus_angle_deg", 0.0)]),
+        grid_element("GridCTFPhase", [ctf.get("phase_shift_pi", 0.0)]),
+    ]
     motion = _frame_shifts(ts, im.acquisition_order)
     shifts_a = [[-x * motion[1], -y * motion[1]] for x, y in motion[0]] if motion else [[0.0, 0.0]]
-    grids += [grid_element("GridMovementX", [s[0] for s in shifts_a]),
-              grid_element("GridMovementY", [s[1] for s in shifts_a]),
-              grid_element("GridLocalMovementX", [0.0]), grid_element("GridLocalMovementY", [0.0])]
+    grids += [
+        grid_element("GridMovementX", [s[0] for s in shifts_a]),
+        grid_element("GridMovementY", [s[1] for s in shifts_a]),
+        grid_element("GridLocalMovementX", [0.0]),
+        grid_element("GridLocalMovementY", [0.0]),
+    ]
     grids += [grid_element(tag, [value]) for tag, value in DEFAULT_GRIDS.items()]
     resolution = row.fit_resolution_a if row is not None and row.fit_resolution_a else 0
-    attributes = {"DataDirectory": str(data_dir), "UnselectFilter": "False",
-                  "UnselectManual": "null",
-                  "CTFResolutionEstimate": f"{resolution:.3g}", "MeanFrameMovement": f"{_mean_frame_movement(shifts_a):.4g}",
-                  "MaskPercentage": "-1", "Bfactor": "0", "Weight": "1", "MagnificationCorrection": "1, 0, 0, 1"}
+    attributes = {
+        "DataDirectory": str(data_dir),
+        "UnselectFilter": "False",
+        "UnselectManual": "null",
+        "CTFResolutionEstimate": f"{resolution:.3g}",
+        "MeanFrameMovement": f"{_mean_frame_movement(shifts_a):.4g}",
+        "MaskPercentage": "-1",
+        "Bfactor": "0",
+        "Weight": "1",
+        "MagnificationCorrection": "1, 0, 0, 1",
+    }
     params = {"CTF": ctf_param_values(**ctf)}
     write_warp_xml(path, WarpTiltSeries(attributes, {}, params, grids, ["CTF", *(g.tag for g in grids)], root="Movie"))
 
@@ -98,7 +120,7 @@ def write_frame_series(ts: TiltSeries, rows: list[CtfTomo] | None, out_dir: Path
     written: list[Path] = []
     missing = []
     pixel = ts.acquisition.pixel_size_a
-    for i, (im, name) in enumerate(zip(ts.images, movie_names(ts))):
+    for i, (im, name) in enumerate(zip(ts.images, movie_names(ts), strict=False)):
         stem = Path(name).stem
         view = np.ascontiguousarray(read_section(im.file, im.index), dtype=np.float32)
         movie = im.movie
@@ -106,20 +128,26 @@ def write_frame_series(ts: TiltSeries, rows: list[CtfTomo] | None, out_dir: Path
             data_dir = Path(movie).absolute().parent
             if not Path(movie).is_file():
                 missing.append(name)
-        else:                                  # a stack's view: a one-frame stand-in 'movie'
+        else:  # a stack's view: a one-frame stand-in 'movie'
             data_dir = frames.absolute()
             written.append(write_mrc(frames / name, view[None], voxel_size_a=pixel))
         written.append(write_mrc(frames / "average" / f"{stem}.mrc", view, voxel_size_a=pixel))
         for key, sub in (("odd_file", "odd"), ("even_file", "even")):
             half = getattr(im, key)
             if half:
-                written.append(write_mrc(frames / "average" / sub / f"{stem}.mrc",
-                                         np.ascontiguousarray(read_section(half, im.index), dtype=np.float32),
-                                         voxel_size_a=pixel))
+                written.append(
+                    write_mrc(
+                        frames / "average" / sub / f"{stem}.mrc",
+                        np.ascontiguousarray(read_section(half, im.index), dtype=np.float32),
+                        voxel_size_a=pixel,
+                    )
+                )
         xml = frames / f"{stem}.xml"
         _movie_xml(ts, im, rows[i] if rows is not None else None, data_dir, xml)
         written.append(xml)
     if missing:
-        notes.append(f"{ts.ts_id}: {len(missing)} raw movie(s) not found (e.g. {missing[0]}); WarpTools reads "
-                     "their headers — keep them at the folder the frame-series XMLs name (DataDirectory)")
+        notes.append(
+            f"{ts.ts_id}: {len(missing)} raw movie(s) not found (e.g. {missing[0]}); WarpTools reads "
+            "their headers — keep them at the folder the frame-series XMLs name (DataDirectory)"
+        )
     return written

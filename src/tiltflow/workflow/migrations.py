@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tiltflow import __version__
 from tiltflow.workflow.errors import ProjectError
@@ -21,20 +21,33 @@ from tiltflow.workflow.errors import ProjectError
 # version 1 -> 2: values the steps kept in the items' attrs JSON become typed columns.
 # table -> [(attrs key, column, SQL type)]; a key may feed a column of another name
 _V2_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
-    "tilt_images": [("movie", "movie", "TEXT"), ("total_motion_px", "total_motion_px", "REAL"),
-                    ("defocus_u_a", "defocus_u_a", "REAL"), ("defocus_v_a", "defocus_v_a", "REAL"),
-                    ("refined_tilt_angle_deg", "refined_tilt_angle_deg", "REAL"),
-                    ("residual_px", "residual_px", "REAL"),
-                    ("projection_matching_error", "projection_matching_error", "REAL")],
+    "tilt_images": [
+        ("movie", "movie", "TEXT"),
+        ("total_motion_px", "total_motion_px", "REAL"),
+        ("defocus_u_a", "defocus_u_a", "REAL"),
+        ("defocus_v_a", "defocus_v_a", "REAL"),
+        ("refined_tilt_angle_deg", "refined_tilt_angle_deg", "REAL"),
+        ("residual_px", "residual_px", "REAL"),
+        ("projection_matching_error", "projection_matching_error", "REAL"),
+    ],
     "tilt_series": [("alignment", "alignment", "TEXT"), ("motion_star_dir", "motion_star_dir", "TEXT")],
     "ctf_items": [("spectrum_file", "spectrum_file", "TEXT"), ("ring_strength", "ring_strength", "REAL")],
-    "ctf_series": [("ctf_verdict", "verdict", "TEXT"), ("ctffind", "ctffind_file", "TEXT"),
-                   ("defocus", "defocus_file", "TEXT")],
-    "tomograms": [("method", "method", "TEXT"), ("binning", "binning", "INTEGER"), ("source", "source", "TEXT"),
-                  ("ctf", "ctf", "TEXT"), ("odd_file", "odd_file", "TEXT"), ("even_file", "even_file", "TEXT")],
+    "ctf_series": [
+        ("ctf_verdict", "verdict", "TEXT"),
+        ("ctffind", "ctffind_file", "TEXT"),
+        ("defocus", "defocus_file", "TEXT"),
+    ],
+    "tomograms": [
+        ("method", "method", "TEXT"),
+        ("binning", "binning", "INTEGER"),
+        ("source", "source", "TEXT"),
+        ("ctf", "ctf", "TEXT"),
+        ("odd_file", "odd_file", "TEXT"),
+        ("even_file", "even_file", "TEXT"),
+    ],
 }
 _V2_JSON = frozenset({"alignment", "verdict"})
-_V2_SET_KEYS = ("odd_even", "gain_file", "dark_file")   # a tilt-series set's attrs -> tilt_series_sets
+_V2_SET_KEYS = ("odd_even", "gain_file", "dark_file")  # a tilt-series set's attrs -> tilt_series_sets
 
 
 def _to_v2(con: sqlite3.Connection) -> None:
@@ -45,15 +58,17 @@ def _to_v2(con: sqlite3.Connection) -> None:
         updates = []
         for row in con.execute(f"SELECT id, attrs FROM {table} WHERE attrs IS NOT NULL").fetchall():
             attrs = json.loads(row[1] or "{}")
-            if table == "tilt_images" and "defocus_a" in attrs:     # older motion-ctf: one defocus per view
+            if table == "tilt_images" and "defocus_a" in attrs:  # older motion-ctf: one defocus per view
                 value = attrs.pop("defocus_a")
                 attrs.setdefault("defocus_u_a", value)
                 attrs.setdefault("defocus_v_a", attrs["defocus_u_a"])
             if not any(key in attrs for key, _, _ in columns):
                 continue
             values = [attrs.pop(key, None) for key, _, _ in columns]
-            values = [json.dumps(v) if v is not None and col in _V2_JSON else v
-                      for v, (_, col, _) in zip(values, columns)]
+            values = [
+                json.dumps(v) if v is not None and col in _V2_JSON else v
+                for v, (_, col, _) in zip(values, columns, strict=False)
+            ]
             updates.append((*values, json.dumps(attrs), row[0]))
         assignments = ", ".join(f"{column} = ?" for _, column, _ in columns)
         con.executemany(f"UPDATE {table} SET {assignments}, attrs = ? WHERE id = ?", updates)
@@ -82,8 +97,10 @@ def stored_version(con: sqlite3.Connection) -> int | None:
 
 def refuse_newer(version: int | None, db_path: Path) -> None:
     if version is not None and version > SCHEMA_VERSION:
-        raise ProjectError(f"{db_path.parent}: the project was written by a newer tiltflow (schema {version}; "
-                           f"tiltflow {__version__} reads up to {SCHEMA_VERSION}) — upgrade tiltflow to open it")
+        raise ProjectError(
+            f"{db_path.parent}: the project was written by a newer tiltflow (schema {version}; "
+            f"tiltflow {__version__} reads up to {SCHEMA_VERSION}) — upgrade tiltflow to open it"
+        )
 
 
 def check_readable(con: sqlite3.Connection, db_path: Path) -> None:
@@ -92,8 +109,10 @@ def check_readable(con: sqlite3.Connection, db_path: Path) -> None:
     if version is not None and version != SCHEMA_VERSION:
         con.close()
         refuse_newer(version, db_path)
-        raise ProjectError(f"{db_path.parent}: the project (schema {version}) must be migrated to schema "
-                           f"{SCHEMA_VERSION}, which needs free disk space there")
+        raise ProjectError(
+            f"{db_path.parent}: the project (schema {version}) must be migrated to schema "
+            f"{SCHEMA_VERSION}, which needs free disk space there"
+        )
 
 
 def upgrade(con: sqlite3.Connection, db_path: Path) -> None:
@@ -105,7 +124,7 @@ def upgrade(con: sqlite3.Connection, db_path: Path) -> None:
         return
     con.execute("BEGIN IMMEDIATE")
     try:
-        found = stored_version(con) or SCHEMA_VERSION    # another process may have migrated meanwhile
+        found = stored_version(con) or SCHEMA_VERSION  # another process may have migrated meanwhile
         if found < SCHEMA_VERSION:
             backup = _backup(db_path, found)
             _apply(con, found, db_path, backup)
@@ -129,8 +148,10 @@ def _backup(db_path: Path, version: int) -> Path:
             source.close()
             copy.close()
     except (OSError, sqlite3.Error) as err:
-        raise ProjectError(f"{db_path.parent}: cannot copy the project database before migrating it to schema "
-                           f"{SCHEMA_VERSION} ({err}) — free disk space there and open it again") from None
+        raise ProjectError(
+            f"{db_path.parent}: cannot copy the project database before migrating it to schema "
+            f"{SCHEMA_VERSION} ({err}) — free disk space there and open it again"
+        ) from None
     return backup
 
 
@@ -141,5 +162,7 @@ def _apply(con: sqlite3.Connection, found: int, db_path: Path, backup: Path) -> 
             MIGRATIONS[version - 1](con)
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
     except Exception as err:
-        raise ProjectError(f"{db_path.parent}: migrating the project from schema {version} to {version + 1} failed "
-                           f"({type(err).__name__}: {err}); it is unchanged (a copy is in {backup.name})") from err
+        raise ProjectError(
+            f"{db_path.parent}: migrating the project from schema {version} to {version + 1} failed "
+            f"({type(err).__name__}: {err}); it is unchanged (a copy is in {backup.name})"
+        ) from err

@@ -64,8 +64,9 @@ def canonical_params(step_id: str, params: dict[str, Any]) -> tuple[dict[str, An
             problems.append(f"{step_id}: '{key}' is not a parameter{did_you_mean(model, key)}")
             continue
         if field in out:
-            problems.append(f"{step_id}: '{key}' and '{given_as[field]}' name the same parameter ({field}); "
-                            "give it once")
+            problems.append(
+                f"{step_id}: '{key}' and '{given_as[field]}' name the same parameter ({field}); give it once"
+            )
             continue
         out[field], given_as[field] = value, key
     return out, problems

@@ -10,22 +10,54 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import (
-    AnySet, CtfTomo, CtfTomoSeries, TiltImage, TiltSeries, TiltSeriesSet, Tomogram, TomogramSet,
+    AnySet,
+    CtfTomo,
+    CtfTomoSeries,
+    TiltImage,
+    TiltSeries,
+    TiltSeriesSet,
+    Tomogram,
+    TomogramSet,
 )
 
 # attrs keys whose values are file paths (a string, or a list or dict of them); also *_file(s)/_dir/_path
-PATH_KEYS = frozenset({"spectrum_file", "ctffind", "defocus", "odd_file", "even_file", "restacked_from",
-                       "movie", "stack", "gain_file", "dark_file", "mdoc", "files", "motion_star_dir",
-                       "xf", "tlt", "fid", "fid_xyz", "plots"})
+PATH_KEYS = frozenset(
+    {
+        "spectrum_file",
+        "ctffind",
+        "defocus",
+        "odd_file",
+        "even_file",
+        "restacked_from",
+        "movie",
+        "stack",
+        "gain_file",
+        "dark_file",
+        "mdoc",
+        "files",
+        "motion_star_dir",
+        "xf",
+        "tlt",
+        "fid",
+        "fid_xyz",
+        "plots",
+    }
+)
 # typed fields holding paths (a string, or a dict as attrs hold them): stored as attrs' paths are
 PATH_FIELDS: dict[type, tuple[str, ...]] = {
-    TiltSeriesSet: ("gain_file", "dark_file"), TiltSeries: ("motion_star_dir", "alignment"), TiltImage: ("movie",),
-    CtfTomoSeries: ("ctffind_file", "defocus_file"), CtfTomo: ("spectrum_file",), Tomogram: ("odd_file", "even_file")}
+    TiltSeriesSet: ("gain_file", "dark_file"),
+    TiltSeries: ("motion_star_dir", "alignment"),
+    TiltImage: ("movie",),
+    CtfTomoSeries: ("ctffind_file", "defocus_file"),
+    CtfTomo: ("spectrum_file",),
+    Tomogram: ("odd_file", "even_file"),
+}
 _RUN_DIR = re.compile(r"\d+_")
 Fn = Callable[[str], str]
 
@@ -57,7 +89,7 @@ def map_set(value: AnySet, fn: Fn, *, files: bool = True, inplace: bool = False)
             if files:
                 series.file = fn(series.file)
             continue
-        for item in (series.images if isinstance(out, TiltSeriesSet) else series.items):
+        for item in series.images if isinstance(out, TiltSeriesSet) else series.items:
             _map_fields(item, fn)
             if files and isinstance(out, TiltSeriesSet):
                 item.file = fn(item.file)
@@ -89,9 +121,11 @@ def _copy(value: AnySet) -> AnySet:
 
 def rebase(value: AnySet, old: Path, new: Path) -> AnySet:
     """A copy of ``value`` whose paths under folder ``old`` are under ``new`` instead."""
+
     def move(text: str) -> str:
         rel = _relative(Path(text), old)
         return text if rel is None else str(new / rel)
+
     return map_set(value, move)
 
 
@@ -180,10 +214,14 @@ def check_files(value: AnySet, pointer: str, root: Path) -> None:
     inside = [f for f in missing if f not in outside]
     problems = []
     if outside:
-        problems.append(f"{pointer}: {len(outside)} input file(s) outside the project folder are missing, e.g. "
-                        f"{outside[0]} — the project refers to them by absolute path: put them back there, or "
-                        "import the data again from where they are now")
+        problems.append(
+            f"{pointer}: {len(outside)} input file(s) outside the project folder are missing, e.g. "
+            f"{outside[0]} — the project refers to them by absolute path: put them back there, or "
+            "import the data again from where they are now"
+        )
     if inside:
-        problems.append(f"{pointer}: {len(inside)} file(s) of the project are missing, e.g. {inside[0]} — "
-                        "were they deleted? run the step that made them again")
+        problems.append(
+            f"{pointer}: {len(inside)} file(s) of the project are missing, e.g. {inside[0]} — "
+            "were they deleted? run the step that made them again"
+        )
     raise InputError(problems)

@@ -43,7 +43,16 @@ class OutputRecord:
 
 def run_from_row(row: sqlite3.Row) -> RunRecord:
     return RunRecord(
-        id=row["id"], step=row["step"], label=row["label"], params=json.loads(row["params"]),
-        inputs=json.loads(row["inputs"]), status=row["status"], created=row["created"],
-        started=row["started"], ended=row["ended"], code_version=row["code_version"],
-        error=row["error"], run_dir=row["run_dir"])
+        id=row["id"],
+        step=row["step"],
+        label=row["label"],
+        params=json.loads(row["params"]),
+        inputs=json.loads(row["inputs"]),
+        status=row["status"],
+        created=row["created"],
+        started=row["started"],
+        ended=row["ended"],
+        code_version=row["code_version"],
+        error=row["error"],
+        run_dir=row["run_dir"],
+    )

@@ -7,9 +7,10 @@ import shlex
 import shutil
 import sys
 import traceback
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -47,7 +48,7 @@ def _run_logger(run_dir: Path, run_id: int) -> logging.Logger:
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
-    run_dir.mkdir(parents=True, exist_ok=True)     # a run killed as it was created has no folder yet
+    run_dir.mkdir(parents=True, exist_ok=True)  # a run killed as it was created has no folder yet
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -120,7 +121,7 @@ def run_step(
         if old.status == "finished":
             return old
         params, inputs = old.params, old.inputs
-    params = canonical_or_raise(step.id, params)     # option names (``window``) work as field names
+    params = canonical_or_raise(step.id, params)  # option names (``window``) work as field names
     try:
         p = step.params.model_validate(params)
     except ValidationError as err:
@@ -130,7 +131,7 @@ def run_step(
     loaded = {name: store.load(out) for name, out in resolved.items()}
     from tiltflow.workflow.steps.checks_data import check_inputs
 
-    for note in check_inputs(step.id, p, loaded):   # options their mode does not use: one note line each
+    for note in check_inputs(step.id, p, loaded):  # options their mode does not use: one note line each
         if options is not None and note not in options.setdefault("notes", []):
             options["notes"].append(note)
     if resume is not None:
@@ -142,11 +143,20 @@ def run_step(
     log = _run_logger(run_dir, run.id)
     log.info("%s", command_line_text(label))
     log.info("step %s, parameters %s, inputs %s", step.id, p.model_dump_json(), pointers)
-    ctx = StepContext(params=p, inputs=loaded, input_pointers=pointers, run_dir=run_dir,
-                      project_root=store.root, run_id=run.id, log=log, options=options if options is not None else {},
-                      progress=progress or (lambda what, done, total: None), store=store)
+    ctx = StepContext(
+        params=p,
+        inputs=loaded,
+        input_pointers=pointers,
+        run_dir=run_dir,
+        project_root=store.root,
+        run_id=run.id,
+        log=log,
+        options=options if options is not None else {},
+        progress=progress or (lambda what, done, total: None),
+        store=store,
+    )
     try:
-        from tiltflow.workflow.diskspace import guard   # a full disk: DiskFull, run marked failed
+        from tiltflow.workflow.diskspace import guard  # a full disk: DiskFull, run marked failed
 
         with guard(run_dir, f"free space there, then `tiltflow {step.id} -p {store.root} --continue {run.id}`"):
             outputs = step.run(ctx)
@@ -165,7 +175,7 @@ def run_step(
         store.fail_run(run.id, "interrupted", status="interrupted")
         _close_logger(log)
         raise
-    except ItemFailures as err:               # every item in the log; the summary names the log
+    except ItemFailures as err:  # every item in the log; the summary names the log
         for line in err.lines:
             log.error("failed: %s", line)
         err.args = (err.summary(log=f"{run.run_dir}/run.log" if run.run_dir else "run.log"),)

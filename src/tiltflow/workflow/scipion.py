@@ -33,8 +33,11 @@ from tiltflow.workflow.scipion_scope import (
 )
 
 _POINTER = re.compile(r"^(\d+)\.([A-Za-z_]\w*)$")
-_BEAD_KEYS = {"ProtImodFiducialModel": "fiducialDiameter", "ProtImodBRT": "fidSize",
-              "ProtImodFiducialEraser": "fidDiameter"}
+_BEAD_KEYS = {
+    "ProtImodFiducialModel": "fiducialDiameter",
+    "ProtImodBRT": "fidSize",
+    "ProtImodFiducialEraser": "fidDiameter",
+}
 
 
 @dataclass
@@ -42,28 +45,36 @@ class _Feed:
     """What a pointer resolves to: one of our outputs, with what travels along it."""
 
     pointer: str
-    source: str                                                          # Scipion id of the step making it
-    carried: dict[str, tuple[Any, str]] = field(default_factory=dict)   # param -> (value, folded origin)
+    source: str  # Scipion id of the step making it
+    carried: dict[str, tuple[Any, str]] = field(default_factory=dict)  # param -> (value, folded origin)
     carried_inputs: dict[str, tuple[str, str]] = field(default_factory=dict)
-    ctx: dict[str, Any] = field(default_factory=dict)                    # lineage: pixel_size_a, binning, binned
-    via: list[str] = field(default_factory=list)                         # protocols not run on the way
-    folds: list[str] = field(default_factory=list)                       # folded protocols on the way
-    otype: str = ""                                                      # our output type (TiltSeries ...)
+    ctx: dict[str, Any] = field(default_factory=dict)  # lineage: pixel_size_a, binning, binned
+    via: list[str] = field(default_factory=list)  # protocols not run on the way
+    folds: list[str] = field(default_factory=list)  # folded protocols on the way
+    otype: str = ""  # our output type (TiltSeries ...)
 
     def copy(self) -> _Feed:
-        return _Feed(self.pointer, self.source, dict(self.carried), dict(self.carried_inputs), dict(self.ctx),
-                     list(self.via), list(self.folds), self.otype)
+        return _Feed(
+            self.pointer,
+            self.source,
+            dict(self.carried),
+            dict(self.carried_inputs),
+            dict(self.ctx),
+            list(self.via),
+            list(self.folds),
+            self.otype,
+        )
 
 
 @dataclass
 class _Node:
-    state: str                       # "step" | "fold" | "pass" (not run, transparent) | "none" (not run)
+    state: str  # "step" | "fold" | "pass" (not run, transparent) | "none" (not run)
     cls: str
     why: str = ""
     feed: _Feed | None = None
-    by_kind: dict[str, str] = field(default_factory=dict)    # output kind -> "sid.Output"
-    types: dict[str, str] = field(default_factory=dict)      # "sid.Output" -> its type
-    named: dict[str, str] = field(default_factory=dict)      # Scipion output name -> "sid.Output"
+    by_kind: dict[str, str] = field(default_factory=dict)  # output kind -> "sid.Output"
+    types: dict[str, str] = field(default_factory=dict)  # "sid.Output" -> its type
+    named: dict[str, str] = field(default_factory=dict)  # Scipion output name -> "sid.Output"
     pending: dict[str, tuple[Any, str]] = field(default_factory=dict)
     pending_inputs: dict[str, tuple[str, str]] = field(default_factory=dict)
     ctx: dict[str, Any] = field(default_factory=dict)
@@ -130,14 +141,17 @@ class _Builder:
         self.nodes: dict[str, _Node] = {}
         self.entries: list[PlanEntry] = []
         self.steps: list = []
-        self.absorbed: dict[str, dict[str, list[str]]] = {}    # folded id -> step id -> what it took
-        self.fed: dict[str, list[str]] = {}                    # id not run -> step ids fed past it
-        self.refs: dict[str, set[str]] = {}                    # id -> kinds of its outputs that are used
+        self.absorbed: dict[str, dict[str, list[str]]] = {}  # folded id -> step id -> what it took
+        self.fed: dict[str, list[str]] = {}  # id not run -> step ids fed past it
+        self.refs: dict[str, set[str]] = {}  # id -> kinds of its outputs that are used
         for p in self.protocols:
             for head, out in _pointers(p, self.ids).values():
                 self.refs.setdefault(head, set()).add(output_kind(out))
-        beads = [p.get(_BEAD_KEYS[str(p.get("object.className"))]) for p in self.protocols
-                 if p.get("object.className") in _BEAD_KEYS]
+        beads = [
+            p.get(_BEAD_KEYS[str(p.get("object.className"))])
+            for p in self.protocols
+            if p.get("object.className") in _BEAD_KEYS
+        ]
         self.bead_nm = next((float(b) for b in beads if b), None)
 
     # --- pointers ------------------------------------------------------------------------------
@@ -154,9 +168,14 @@ class _Builder:
                 return f"{head} ({node.cls}) makes no {KIND_WORDS[kind]} in tiltflow"
             sid, _, ours = target.partition(".")
             tilt = kind == "tiltseries"
-            return _Feed(f"{sid}.{out}" if is_subset_name(out, ours) else target, head,
-                         dict(node.pending) if tilt else {}, dict(node.pending_inputs) if tilt else {}, dict(node.ctx),
-                         otype=node.types.get(target, ""))
+            return _Feed(
+                f"{sid}.{out}" if is_subset_name(out, ours) else target,
+                head,
+                dict(node.pending) if tilt else {},
+                dict(node.pending_inputs) if tilt else {},
+                dict(node.ctx),
+                otype=node.types.get(target, ""),
+            )
         if node.state == "fold" and node.feed is not None:
             return node.feed.copy()
         if node.state == "pass" and depth < 100:
@@ -198,9 +217,15 @@ class _Builder:
             scope = out_of_scope(cls)
             if scope is not None:
                 nearest = self._nearest_step(pid, scope[2])
-                run = (f"RUN = the run of workflow step {nearest} ({self._step_of(nearest)})" if nearest
-                       else "RUN = the tiltflow run that made its input")
-                entry.kind, entry.reason = "out of scope", f"out of scope ({scope[0]}): hand over with {scope[1]}; {run}"
+                run = (
+                    f"RUN = the run of workflow step {nearest} ({self._step_of(nearest)})"
+                    if nearest
+                    else "RUN = the tiltflow run that made its input"
+                )
+                entry.kind, entry.reason = (
+                    "out of scope",
+                    f"out of scope ({scope[0]}): hand over with {scope[1]}; {run}",
+                )
                 self.nodes[pid] = _Node("none", cls, why="out of scope")
             else:
                 why = NOT_A_STEP.get(cls, "unknown protocol: not a tiltflow step")
@@ -229,8 +254,10 @@ class _Builder:
             if s_name in pointers and our not in feeds:
                 found = self.resolve(*pointers[s_name])
                 if isinstance(found, _Feed) and our in specs and found.otype not in specs[our].types:
-                    found = (f"{found.source} ({self.nodes[found.source].cls}) gives {found.otype}; "
-                             f"{mapping.step} takes {' or '.join(specs[our].types)}")
+                    found = (
+                        f"{found.source} ({self.nodes[found.source].cls}) gives {found.otype}; "
+                        f"{mapping.step} takes {' or '.join(specs[our].types)}"
+                    )
                 if isinstance(found, str):
                     missing.setdefault(our, found)
                 else:
@@ -255,10 +282,17 @@ class _Builder:
         else:
             self._step(pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry)
 
-    def _convert(self, mapping: ProtocolMap, proto: dict, params: dict, ctx: dict, missing: dict,
-                 notes: list[str]) -> tuple[dict[str, Any], float]:
-        params = {**params, "_pixel_size_a": ctx.get("pixel_size_a"), "_binning": ctx.get("binning", 1),
-                  "_binned": ctx.get("binned", 1), "_bead_diameter_nm": self.bead_nm, "_missing": set(missing)}
+    def _convert(
+        self, mapping: ProtocolMap, proto: dict, params: dict, ctx: dict, missing: dict, notes: list[str]
+    ) -> tuple[dict[str, Any], float]:
+        params = {
+            **params,
+            "_pixel_size_a": ctx.get("pixel_size_a"),
+            "_binning": ctx.get("binning", 1),
+            "_binned": ctx.get("binned", 1),
+            "_bead_diameter_nm": self.bead_nm,
+            "_missing": set(missing),
+        }
         if mapping.convert is not None:
             mapping.convert(proto, params)
         notes += params.get("_notes", [])
@@ -286,15 +320,16 @@ class _Builder:
         carried_inputs = dict(main.carried_inputs)
         carried_inputs.update({our: (f.pointer, pid) for our, f in feeds.items() if our != "input"})
         binning = int(params.get("binning") or 1)
-        if binning > 1:                      # Scipion's stack is binned, tiltflow's is not (yet)
+        if binning > 1:  # Scipion's stack is binned, tiltflow's is not (yet)
             ctx["binning"] = ctx.get("binning", 1) * binning
             if ctx.get("pixel_size_a"):
                 ctx["pixel_size_a"] *= binning
-        feed = _Feed(main.pointer, main.source, carried, carried_inputs, ctx, list(main.via), main.folds + [pid],
-                     main.otype)
+        feed = _Feed(
+            main.pointer, main.source, carried, carried_inputs, ctx, list(main.via), main.folds + [pid], main.otype
+        )
         self.nodes[pid] = _Node("fold", cls, feed=feed)
         entry.kind = "folded"
-        entry.reason = "; ".join(notes)          # completed in finish()
+        entry.reason = "; ".join(notes)  # completed in finish()
 
     def _step(self, pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry) -> None:
         from tiltflow.workflow.workflow_file import WorkflowStep
@@ -328,8 +363,11 @@ class _Builder:
                     node.pending_inputs[key] = (ptr, origin)
         params.update(own)
         params, scale = self._convert(mapping, proto, params, ctx, missing, notes)
-        self.steps.append(WorkflowStep(id=pid, step=mapping.step, params=self._only_fields(mapping.step, params, notes),
-                                       inputs=inputs))
+        self.steps.append(
+            WorkflowStep(
+                id=pid, step=mapping.step, params=self._only_fields(mapping.step, params, notes), inputs=inputs
+            )
+        )
         for name, typ in step.outputs.items():
             node.by_kind.setdefault(output_kind(typ), f"{pid}.{name}")
             node.types[f"{pid}.{name}"] = typ
@@ -360,8 +398,11 @@ class _Builder:
         own = {ours: proto[s] for s, ours in extra.mapping.params.items() if proto.get(s) is not None}
         params, _ = self._convert(extra.mapping, proto, own, ctx, {}, notes)
         source = f"{pid}.TiltSeries" if extra.feed == "main" else inputs["input"]
-        self.steps.append(WorkflowStep(id=sid, step=step_id, params=self._only_fields(step_id, params, notes),
-                                       inputs={"input": source}))
+        self.steps.append(
+            WorkflowStep(
+                id=sid, step=step_id, params=self._only_fields(step_id, params, notes), inputs={"input": source}
+            )
+        )
         for name in extra.outputs:
             node.named[name] = f"{sid}.{name}"
         for name, typ in self.known[step_id].outputs.items():
@@ -377,14 +418,19 @@ class _Builder:
         for entry in self.entries:
             node = self.nodes.get(entry.id)
             if entry.kind == "folded" and node is not None and node.feed is not None:
-                own = {k: v for k, (v, origin) in {**node.feed.carried, **node.feed.carried_inputs}.items()
-                       if origin == entry.id}
+                own = {
+                    k: v
+                    for k, (v, origin) in {**node.feed.carried, **node.feed.carried_inputs}.items()
+                    if origin == entry.id
+                }
                 taken = self.absorbed.get(entry.id, {})
                 imported = self.composed.get(entry.id)
                 if imported and self.nodes.get(imported) and self.nodes[imported].state == "step":
                     entry.step = self._step_of(imported)
-                    text = (f"folded into step {imported} ({entry.step}), which reads its mdocs; its tilt series are "
-                            f"step {node.feed.source}'s ({self._step_of(node.feed.source)})")
+                    text = (
+                        f"folded into step {imported} ({entry.step}), which reads its mdocs; its tilt series are "
+                        f"step {node.feed.source}'s ({self._step_of(node.feed.source)})"
+                    )
                 elif taken:
                     sids = [sid for sid, what in taken.items() if what] or list(taken)
                     entry.step = self._step_of(sids[0])
@@ -414,17 +460,21 @@ def workflow_from_scipion(protocols: list[dict[str, Any]], origin: str):
         raise InputError(f"{origin}: not a Scipion workflow (expected a list of protocols)")
     for i, p in enumerate(protocols, 1):
         if not isinstance(p.get("object.className"), str) or not isinstance(p.get("object.id"), (str, int)):
-            raise InputError(f"{origin}: protocol {i} has no text 'object.className' and 'object.id' — "
-                             "is this a workflow exported by Scipion?")
+            raise InputError(
+                f"{origin}: protocol {i} has no text 'object.className' and 'object.id' — "
+                "is this a workflow exported by Scipion?"
+            )
     steps, plan = scipion_plan(protocols)
     if not steps:
-        err = InputError(f"{origin}: no protocol of this Scipion workflow can be run by tiltflow"
-                         f" ({', '.join(f'{e.protocol} (id {e.id})' for e in plan)}; see the plan)")
+        err = InputError(
+            f"{origin}: no protocol of this Scipion workflow can be run by tiltflow"
+            f" ({', '.join(f'{e.protocol} (id {e.id})' for e in plan)}; see the plan)"
+        )
         err.plan = plan  # type: ignore[attr-defined]
         raise err
     from tiltflow.workflow.scipion_streaming import streaming_import
 
-    streaming = streaming_import(protocols, plan, steps)       # also says so in the plan
+    streaming = streaming_import(protocols, plan, steps)  # also says so in the plan
     wf = Workflow(steps=steps, name="scipion", plan=plan)
     wf.unmapped = [f"{e.protocol} (id {e.id})" for e in plan if e.step is None]  # type: ignore[attr-defined]
     wf.streaming = streaming  # type: ignore[attr-defined]  # watch settings when the import is in streaming

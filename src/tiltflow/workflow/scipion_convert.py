@@ -44,7 +44,7 @@ def import_ts_movies(src: Params, out: Params) -> None:
     for key in ("gain", "dark"):
         if not out.get(key):
             out.pop(key, None)
-    if src.get("dosePerFrame") is not None:      # "Dose per tilt image" in the tilt-series imports
+    if src.get("dosePerFrame") is not None:  # "Dose per tilt image" in the tilt-series imports
         out["dose_per_tilt_e_a2"] = src["dosePerFrame"]
 
 
@@ -53,17 +53,20 @@ def import_tilt_series(src: Params, out: Params) -> None:
 
     import_ts_movies(src, out)
     pattern = str(src.get("filesPattern") or "")
-    if pattern.endswith(".mdoc"):                  # Scipion: one stack per mdoc, named like it
+    if pattern.endswith(".mdoc"):  # Scipion: one stack per mdoc, named like it
         base = pattern[: -len(".mdoc")]
         out["pattern"] = base if any(base.lower().endswith(s) for s in STACK_SUFFIXES) else base + ".*"
         out["angles"] = "mdoc"
         note(out, f"stacks beside the mdocs: pattern '{out['pattern']}', tilt angles from the mdocs")
     else:
-        angles_from = int(src.get("anglesFrom") or 0)          # Range, Header, Tlt file
+        angles_from = int(src.get("anglesFrom") or 0)  # Range, Header, Tlt file
         out["angles"] = ["auto", "header", "tlt"][min(angles_from, 2)]
         if angles_from == 0:
-            note(out, f"tilt angles given as a range ({src.get('minAngle', -60)}..{src.get('maxAngle', 60)} step "
-                      f"{src.get('stepAngle', 3)}): tiltflow reads them from .tlt/.rawtlt, mdoc or the header")
+            note(
+                out,
+                f"tilt angles given as a range ({src.get('minAngle', -60)}..{src.get('maxAngle', 60)} step "
+                f"{src.get('stepAngle', 3)}): tiltflow reads them from .tlt/.rawtlt, mdoc or the header",
+            )
     if src.get("isTomo5"):
         note(out, "Tomo5 mdoc: give --tilt-axis as -TiltAxisAngle - 90 if the stacks' mdocs hold it")
     for key, what in (("ctfCorrected", "CTF-corrected"), ("interpolated", "already aligned")):
@@ -98,7 +101,7 @@ def _dihedral(cells, flip: str, transpose: bool):
         cells = [row[::-1] for row in cells]
     elif flip == "y":
         cells = cells[::-1]
-    return [list(r) for r in zip(*cells)] if transpose else [list(r) for r in cells]
+    return [list(r) for r in zip(*cells, strict=False)] if transpose else [list(r) for r in cells]
 
 
 def motioncor_gain(src: Params, out: Params) -> None:
@@ -108,8 +111,8 @@ def motioncor_gain(src: Params, out: Params) -> None:
     rot, flip = int(src.get("gainRot") or 0) % 4, int(src.get("gainFlip") or 0)
     cells = [[0, 1, 2], [3, 4, 5]]
     want = cells
-    for _ in range(rot):            # CCW with row 0 at the bottom = clockwise in array order
-        want = [list(r) for r in zip(*want[::-1])]
+    for _ in range(rot):  # CCW with row 0 at the bottom = clockwise in array order
+        want = [list(r) for r in zip(*want[::-1], strict=False)]
     if flip == 1:
         want = want[::-1]
     elif flip == 2:
@@ -119,8 +122,7 @@ def motioncor_gain(src: Params, out: Params) -> None:
             if _dihedral(cells, fl, tr) == want:
                 out["gain_flip"], out["gain_transpose"] = fl, "transpose" if tr else "none"
                 return
-    note(out, f"gain rotation {90 * rot}° + flip {flip} has no flip+transpose equivalent: orient the gain "
-              "file itself")
+    note(out, f"gain rotation {90 * rot}° + flip {flip} has no flip+transpose equivalent: orient the gain file itself")
 
 
 def motioncor(src: Params, out: Params) -> None:
@@ -136,13 +138,22 @@ def motioncor(src: Params, out: Params) -> None:
     if (first, last) != (1, 0):
         note(out, f"MotionCor frames {first}-{last or 'last'}: tiltflow aligns and sums every frame")
     if int(src.get("patchX") or 0) > 0 or int(src.get("patchY") or 0) > 0:
-        note(out, f"MotionCor patches {src.get('patchX')}x{src.get('patchY')}: tiltflow's motion grid is chosen "
-                  "from the movie size")
+        note(
+            out,
+            f"MotionCor patches {src.get('patchX')}x{src.get('patchY')}: tiltflow's motion grid is chosen "
+            "from the movie size",
+        )
     if src.get("eerGroup") not in (None, 8):
-        note(out, f"EER: MotionCor groups {src['eerGroup']} raw frames per frame; tiltflow sums the fractions "
-                  "into eer_groups frames (16 unless set)")
-    for key, what in (("defectFile", "camera defects file"), ("defectMap", "camera defects map"),
-                      ("doMagCor", "anisotropic magnification correction")):
+        note(
+            out,
+            f"EER: MotionCor groups {src['eerGroup']} raw frames per frame; tiltflow sums the fractions "
+            "into eer_groups frames (16 unless set)",
+        )
+    for key, what in (
+        ("defectFile", "camera defects file"),
+        ("defectMap", "camera defects map"),
+        ("doMagCor", "anisotropic magnification correction"),
+    ):
         if src.get(key):
             note(out, f"{what}: not applied by tiltflow")
     if any(int(src.get(k) or 0) for k in ("cropDimX", "cropDimY")):
@@ -162,7 +173,7 @@ def warp_ts_motion_ctf(src: Params, out: Params) -> None:
     _grid(out, src, ("x", "y", "z"), "motion_grid")
     _grid(out, src, ("c_x", "c_y", "c_z"), "defocus_grid")
     warp_gain(src, out)
-    out["binning"] = _int_binning(out, src.get("binFactor"), "binFactor")     # the tutorial's 1.0 = unbinned
+    out["binning"] = _int_binning(out, src.get("binFactor"), "binFactor")  # the tutorial's 1.0 = unbinned
     out["_scale"] = out["binning"]
 
 
@@ -193,7 +204,7 @@ def imod_ctf_estimation(src: Params, out: Params) -> None:
         note(out, "expected defocus from a file: tiltflow searches its default defocus range")
     start, end = float(src.get("startFreq") or 0), float(src.get("endFreq") or 0)
     pixel = tiltflow_pixel(out)
-    if start > 0 and end > start and pixel:                      # cycles/px -> Å
+    if start > 0 and end > start and pixel:  # cycles/px -> Å
         out["ctf_range_a"] = [pixel / start, pixel / end]
 
 
@@ -216,7 +227,7 @@ def imod_normalization(src: Params, out: Params) -> None:
         out.update(scale="mean_sd", mean=src.get("scaleMean", 0.0), sd=src.get("scaleSd", 1.0))
         if mode == 3:
             note(out, "mode 3 (shift to a mean without scaling, deprecated in Scipion) becomes mean/SD scaling")
-    else:                                        # 4: shifted to a mean and rescaled to min/max; 1 deprecated
+    else:  # 4: shifted to a mean and rescaled to min/max; 1 deprecated
         out.update(scale="min_max", min=src.get("scaleMin", 0.0), max=src.get("scaleMax", 255.0))
     storage = int(src.get("modeToOutput") or 0)
     out["mode"] = _MODES.get(storage, "float")
@@ -234,7 +245,7 @@ def imod_ctf_correction(src: Params, out: Params) -> None:
         note(out, "its CTF input is not mapped: no phase flipping")
         return
     out["ctf_correct"] = "phaseflip"
-    out.setdefault("ctf_defocus_tol_nm", 200)          # Scipion's default
+    out.setdefault("ctf_defocus_tol_nm", 200)  # Scipion's default
 
 
 def imod_fiducial_model(src: Params, out: Params) -> None:
@@ -305,23 +316,26 @@ def import_transforms(src: Params, out: Params) -> None:
 
 # --- reconstruction ----------------------------------------------------------------------------
 def _reconstruct_common(out: Params) -> None:
-    out.setdefault("binning", int(out.get("_binning", 1)))    # Scipion's stack may have been binned upstream
+    out.setdefault("binning", int(out.get("_binning", 1)))  # Scipion's stack may have been binned upstream
 
 
 def imod_reconstruction(src: Params, out: Params) -> None:
     out["method"] = "wbp"
     _reconstruct_common(out)
-    out.setdefault("thickness_px", 300)                 # Scipion's default (voxels)
+    out.setdefault("thickness_px", 300)  # Scipion's default (voxels)
     out["fake_sirt_iterations"] = src.get("fakeInteractionsSIRT") or None
-    voxel = out.get("_pixel_size_a")           # tomogram voxel = Scipion's input pixel
+    voxel = out.get("_pixel_size_a")  # tomogram voxel = Scipion's input pixel
     for key, ours, sign in (("tomoShiftZ", "z_offset_nm", -1), ("tomoShiftX", "x_offset_nm", -1)):
         shift = float(src.get(key) or 0)
         if shift and voxel:
             out[ours] = sign * shift * float(voxel) / 10.0
         elif shift:
             note(out, f"{key} {shift} px not applied (pixel size unknown here)")
-    for key, what in (("tomoWidth", "tomogram width"), ("angleOffset", "tilt-angle offset"),
-                      ("tiltAxisOffset", "tilt-axis offset")):
+    for key, what in (
+        ("tomoWidth", "tomogram width"),
+        ("angleOffset", "tilt-angle offset"),
+        ("tiltAxisOffset", "tilt-axis offset"),
+    ):
         if src.get(key):
             note(out, f"{what} {src[key]}: not applied by tiltflow")
 
@@ -332,7 +346,7 @@ def tomo3d_reconstruction(src: Params, out: Params) -> None:
     out["method"] = "sirt" if int(src.get("method") or 0) == 1 else "wbp"
     if out["method"] == "sirt":
         out["sirt_iterations"] = int(src.get("nIterations") or 30)
-    if out["method"] == "wbp":                 # ramp x Hamming from this frequency (0: the whole range)
+    if out["method"] == "wbp":  # ramp x Hamming from this frequency (0: the whole range)
         out["hamming_start"] = min(0.5, max(0.0, float(src.get("Hamming") or 0.0)))
     if src.get("setShape", True) and int(src.get("height", 300) or 0) > 0:
         out["thickness_px"] = int(src.get("height", 300))
@@ -351,9 +365,10 @@ def warp_reconstruction(src: Params, out: Params) -> None:
         out["binning"] = max(1, round(angpix / pixel))
         if abs(out["binning"] * pixel - angpix) > 0.05 * angpix:
             note(out, f"{angpix} Å/px is not an integer binning of {pixel:.3g} Å/px: binning {out['binning']}")
-        voxel = out["binning"] * pixel                     # unbinned = Scipion's input pixels
-        out["thickness_px"] = max(1, round(float(src.get("tomo_thickness") or 1000) * float(out["_pixel_size_a"])
-                                           / voxel))
+        voxel = out["binning"] * pixel  # unbinned = Scipion's input pixels
+        out["thickness_px"] = max(
+            1, round(float(src.get("tomo_thickness") or 1000) * float(out["_pixel_size_a"]) / voxel)
+        )
     else:
         note(out, "pixel size unknown here: reconstruct's default binning and thickness")
     if src.get("deconv"):
@@ -364,16 +379,19 @@ def aretomo_align(src: Params, out: Params) -> None:
     out["method"] = "patch"
     out["binning"] = max(1, int(src.get("binFactor") or 2)) * int(out.get("_binning", 1))
     out["refine_tilt_axis"] = int(src.get("refineTiltAxis", 1) or 0) > 0
-    out["refine_tilt_offset"] = int(src.get("refineTiltAngles", 1) or 0) == 2     # "measure and correct"
+    out["refine_tilt_offset"] = int(src.get("refineTiltAngles", 1) or 0) == 2  # "measure and correct"
     pixel, align_z = out.get("_pixel_size_a"), float(src.get("alignZ", 800) or 0)
-    if align_z and pixel:                                 # voxels of AreTomo's input -> nm
+    if align_z and pixel:  # voxels of AreTomo's input -> nm
         out["align_z_nm"] = align_z * float(pixel) / 10.0
     elif align_z:
         note(out, "pixel size unknown here: align_z_nm keeps its default")
     if int(src.get("sampleType") or 0):
         note(out, "AreTomo's local motion correction: not done by tiltflow")
-    for key, what in (("roiArea", "ROI for focused alignment"), ("alignZfile", "per-series alignZ file"),
-                      ("extraParams", "extra AreTomo parameters")):
+    for key, what in (
+        ("roiArea", "ROI for focused alignment"),
+        ("alignZfile", "per-series alignZ file"),
+        ("extraParams", "extra AreTomo parameters"),
+    ):
         if src.get(key):
             note(out, f"{what} ({src[key]}): not used by tiltflow")
 
@@ -381,12 +399,12 @@ def aretomo_align(src: Params, out: Params) -> None:
 def aretomo_reconstruct(src: Params, out: Params) -> None:
     binning = max(1, int(src.get("binFactor") or 2))
     out["binning"] = binning * int(out.get("_binning", 1))
-    out["method"] = "sirt" if int(src.get("reconMethod") or 0) == 0 else "wbp"   # AreTomo: 0 SART, 1 WBP
+    out["method"] = "sirt" if int(src.get("reconMethod") or 0) == 0 else "wbp"  # AreTomo: 0 SART, 1 WBP
     if out["method"] == "sirt":
         out["sirt_iterations"] = int(src.get("SARTiter") or 15)
     thickness = int(src.get("tomoThickness", 1200) or 0)
     if thickness:
-        out["thickness_px"] = max(1, round(thickness / binning))   # unbinned -> binned voxels
+        out["thickness_px"] = max(1, round(thickness / binning))  # unbinned -> binned voxels
     if src.get("doDW"):
         out["dose_weight"] = True
     if src.get("flipInt"):

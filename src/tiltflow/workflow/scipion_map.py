@@ -28,9 +28,9 @@ class ProtocolMap:
     """
 
     step: str | None
-    params: dict[str, str] = field(default_factory=dict)       # Scipion name -> our parameter name
-    inputs: dict[str, str] = field(default_factory=dict)       # Scipion pointer param -> our input name
-    convert: Callable[[dict[str, Any], dict[str, Any]], None] | None = None   # (scipion, ours) fix-ups
+    params: dict[str, str] = field(default_factory=dict)  # Scipion name -> our parameter name
+    inputs: dict[str, str] = field(default_factory=dict)  # Scipion pointer param -> our input name
+    convert: Callable[[dict[str, Any], dict[str, Any]], None] | None = None  # (scipion, ours) fix-ups
     then: ProtocolMap | None = None
     then_outputs: tuple[str, ...] = ()
     extras: tuple[Extra, ...] = ()
@@ -42,8 +42,12 @@ class ProtocolMap:
     def all_extras(self) -> tuple[Extra, ...]:
         if self.then is None:
             return self.extras
-        legacy = Extra(self.then, feed="main", outputs=self.then_outputs,
-                       when=lambda src, refs: src.get("makeTomo", True) is not False)
+        legacy = Extra(
+            self.then,
+            feed="main",
+            outputs=self.then_outputs,
+            when=lambda src, refs: src.get("makeTomo", True) is not False,
+        )
         return (legacy, *self.extras)
 
 
@@ -58,9 +62,15 @@ class Extra:
     when: Callable[[dict[str, Any], set[str]], bool] | None = None
 
 
-_ACQ = {"voltage": "voltage_kv", "sphericalAberration": "cs_mm", "amplitudeContrast": "amplitude_contrast",
-        "magnification": "magnification", "samplingRate": "pixel_size_a", "tiltAxisAngle": "tilt_axis_deg",
-        "doseInitial": "initial_dose_e_a2"}
+_ACQ = {
+    "voltage": "voltage_kv",
+    "sphericalAberration": "cs_mm",
+    "amplitudeContrast": "amplitude_contrast",
+    "magnification": "magnification",
+    "samplingRate": "pixel_size_a",
+    "tiltAxisAngle": "tilt_axis_deg",
+    "doseInitial": "initial_dose_e_a2",
+}
 _TS = {"inputSetOfTiltSeries": "input"}
 
 
@@ -74,113 +84,267 @@ def _aretomo_variant(src: dict[str, Any], refs: set[str]) -> ProtocolMap | None:
 
 
 _IMOD_NORMALIZATION = ProtocolMap(
-    "normalize", {"binning": "binning"}, _TS, cv.imod_normalization, plugin="imod",
+    "normalize",
+    {"binning": "binning"},
+    _TS,
+    cv.imod_normalization,
+    plugin="imod",
     fallback=ProtocolMap(None, {"binning": "binning"}, _TS, cv.normalization_folded),
     doc="binning, `floatDensities` 0/2/4 -> `scale` none/mean_sd/min_max with mean, SD, min, max; "
-        "`modeToOutput` -> `mode` (odd/even stacks always follow)")
+    "`modeToOutput` -> `mode` (odd/even stacks always follow)",
+)
 
 PROTOCOLS: dict[str, ProtocolMap] = {
     # --- imports (scipion-em-tomo, pwem) ---
     "ProtImportTsMovies": ProtocolMap(
-        "import-movies", {"filesPath": "files", "filesPattern": "pattern", "isTomo5": "tomo5", **_ACQ,
-                          "gainFile": "gain", "darkFile": "dark"},
-        convert=cv.import_ts_movies, plugin="tomo", doc="mdoc folder and pattern, optics, dose per tilt, gain/dark"),
+        "import-movies",
+        {
+            "filesPath": "files",
+            "filesPattern": "pattern",
+            "isTomo5": "tomo5",
+            **_ACQ,
+            "gainFile": "gain",
+            "darkFile": "dark",
+        },
+        convert=cv.import_ts_movies,
+        plugin="tomo",
+        doc="mdoc folder and pattern, optics, dose per tilt, gain/dark",
+    ),
     "ProtImportTs": ProtocolMap(
-        "import-tilt-series", {"filesPath": "files", "filesPattern": "pattern", **_ACQ}, convert=cv.import_tilt_series,
-        plugin="tomo", doc="stacks; angles from mdoc / header / .tlt (`anglesFrom`); a range is not supported"),
+        "import-tilt-series",
+        {"filesPath": "files", "filesPattern": "pattern", **_ACQ},
+        convert=cv.import_tilt_series,
+        plugin="tomo",
+        doc="stacks; angles from mdoc / header / .tlt (`anglesFrom`); a range is not supported",
+    ),
     "ProtImportMovies": ProtocolMap(
-        "import-movies", {**_ACQ, "gainFile": "gain", "darkFile": "dark"}, convert=cv.import_movies_composed,
-        plugin="pwem", doc="with a ProtComposeTS downstream: its mdoc folder/pattern, the movies' optics and dose"),
+        "import-movies",
+        {**_ACQ, "gainFile": "gain", "darkFile": "dark"},
+        convert=cv.import_movies_composed,
+        plugin="pwem",
+        doc="with a ProtComposeTS downstream: its mdoc folder/pattern, the movies' optics and dose",
+    ),
     "ProtComposeTS": ProtocolMap(
-        None, {}, {"inputMicrographs": "input"}, plugin="tomo",
-        doc="its mdocs are what import-movies reads"),
+        None, {}, {"inputMicrographs": "input"}, plugin="tomo", doc="its mdocs are what import-movies reads"
+    ),
     # --- motion correction ---
     "ProtTsMotionCorr": ProtocolMap(
-        "motion-ctf", {}, {"inputTiltSeriesM": "input"}, cv.motioncor, plugin="motioncorr",
-        doc="motion only (`estimate_ctf` off), `binFactor` -> binning, `splitEvenOdd` -> even_odd, gain rotation/flip"),
+        "motion-ctf",
+        {},
+        {"inputTiltSeriesM": "input"},
+        cv.motioncor,
+        plugin="motioncorr",
+        doc="motion only (`estimate_ctf` off), `binFactor` -> binning, `splitEvenOdd` -> even_odd, gain rotation/flip",
+    ),
     "ProtMotionCorr": ProtocolMap(
-        "motion-ctf", {}, {"inputMovies": "input"}, cv.motioncor, plugin="motioncorr",
-        doc="as ProtTsMotionCorr, on the movies ProtComposeTS groups; `doApplyDoseFilter` -> dose_weighting"),
+        "motion-ctf",
+        {},
+        {"inputMovies": "input"},
+        cv.motioncor,
+        plugin="motioncorr",
+        doc="as ProtTsMotionCorr, on the movies ProtComposeTS groups; `doApplyDoseFilter` -> dose_weighting",
+    ),
     "ProtWarpTSMotionCorr": ProtocolMap(
-        "motion-ctf", {"bfactor": "bfactor_a2", "average_halves": "even_odd", "eer_ngroups": "eer_groups",
-                       "estimateCTF": "estimate_ctf", "window": "window_px", "fit_phase": "fit_phase",
-                       "use_sum": "use_movie_average"},
-        {"inputTSMovies": "input"}, cv.warp_ts_motion_ctf, plugin="warp",
-        doc="motion and CTF ranges, grids, B-factor, gain swap/flip, EER groups, binning"),
+        "motion-ctf",
+        {
+            "bfactor": "bfactor_a2",
+            "average_halves": "even_odd",
+            "eer_ngroups": "eer_groups",
+            "estimateCTF": "estimate_ctf",
+            "window": "window_px",
+            "fit_phase": "fit_phase",
+            "use_sum": "use_movie_average",
+        },
+        {"inputTSMovies": "input"},
+        cv.warp_ts_motion_ctf,
+        plugin="warp",
+        doc="motion and CTF ranges, grids, B-factor, gain swap/flip, EER groups, binning",
+    ),
     "ProtWarpMotionCorr": ProtocolMap(
-        "motion-ctf", {"bfactor": "bfactor_a2", "eer_ngroups": "eer_groups"}, {"inputMovies": "input"},
-        cv.warp_motion, plugin="warp", doc="motion only, on the movies ProtComposeTS groups"),
+        "motion-ctf",
+        {"bfactor": "bfactor_a2", "eer_ngroups": "eer_groups"},
+        {"inputMovies": "input"},
+        cv.warp_motion,
+        plugin="warp",
+        doc="motion only, on the movies ProtComposeTS groups",
+    ),
     # --- CTF ---
     "CistemProtTsCtffind": ProtocolMap(
-        "ctf", {"windowSize": "window_px", "findPhaseShift": "fit_phase"}, {"inputTiltSeries": "input"},
-        cv.ctffind, plugin="cistem", doc="box, resolution range (Å), defocus range (Å -> µm), phase shift"),
+        "ctf",
+        {"windowSize": "window_px", "findPhaseShift": "fit_phase"},
+        {"inputTiltSeries": "input"},
+        cv.ctffind,
+        plugin="cistem",
+        doc="box, resolution range (Å), defocus range (Å -> µm), phase shift",
+    ),
     "ProtTsCtffind": ProtocolMap(
-        "ctf", {"windowSize": "window_px", "findPhaseShift": "fit_phase"}, {"inputTiltSeries": "input"},
-        cv.ctffind, plugin="cistem", doc="as CistemProtTsCtffind"),
+        "ctf",
+        {"windowSize": "window_px", "findPhaseShift": "fit_phase"},
+        {"inputTiltSeries": "input"},
+        cv.ctffind,
+        plugin="cistem",
+        doc="as CistemProtTsCtffind",
+    ),
     "ProtImodAutomaticCtfEstimation": ProtocolMap(
-        "ctf", {"tileSize": "window_px", "searchPhaseShift": "fit_phase"}, _TS, cv.imod_ctf_estimation,
-        plugin="imod", doc="expected defocus +- tolerances (nm) -> defocus range (µm), tile size"),
+        "ctf",
+        {"tileSize": "window_px", "searchPhaseShift": "fit_phase"},
+        _TS,
+        cv.imod_ctf_estimation,
+        plugin="imod",
+        doc="expected defocus +- tolerances (nm) -> defocus range (µm), tile size",
+    ),
     # --- tilt-series processing (IMOD, fidder, tomo) ---
     "ProtImodXraysEraser": ProtocolMap(
-        "xray-erase", {"peakCriterion": "peak_criterion", "diffCriterion": "diff_criterion",
-                       "maximumRadius": "max_radius_px", "bigDiffCriterion": "big_diff_criterion",
-                       "processOddEven": "odd_even"}, _TS, plugin="imod", doc="ccderaser's criteria"),
+        "xray-erase",
+        {
+            "peakCriterion": "peak_criterion",
+            "diffCriterion": "diff_criterion",
+            "maximumRadius": "max_radius_px",
+            "bigDiffCriterion": "big_diff_criterion",
+            "processOddEven": "odd_even",
+        },
+        _TS,
+        plugin="imod",
+        doc="ccderaser's criteria",
+    ),
     "ProtImodDoseFilter": ProtocolMap(
-        "dose-filter", {"initialDose": "initial_dose_e_a2"}, _TS, cv.imod_dose_filter, plugin="imod",
-        doc="mtffilter's exposure filter; dose from the import, or `fixedImageDose` per tilt"),
+        "dose-filter",
+        {"initialDose": "initial_dose_e_a2"},
+        _TS,
+        cv.imod_dose_filter,
+        plugin="imod",
+        doc="mtffilter's exposure filter; dose from the import, or `fixedImageDose` per tilt",
+    ),
     "ProtImodTsNormalization": _IMOD_NORMALIZATION,
     "ProtImodFiducialEraser": ProtocolMap(
-        "erase-beads", {"fidDiameter": "bead_diameter_nm"}, _TS, cv.imod_fiducial_eraser, plugin="imod",
-        doc="beads detected; erased diameter (nm) -> expand_px"),
+        "erase-beads",
+        {"fidDiameter": "bead_diameter_nm"},
+        _TS,
+        cv.imod_fiducial_eraser,
+        plugin="imod",
+        doc="beads detected; erased diameter (nm) -> expand_px",
+    ),
     "ProtFidderDetectAndEraseFiducials": ProtocolMap(
-        "erase-beads", {}, {"inTsSet": "input"}, cv.fidder, plugin="fidder",
-        doc="beads detected; bead size from the workflow's IMOD fiducial protocols"),
+        "erase-beads",
+        {},
+        {"inTsSet": "input"},
+        cv.fidder,
+        plugin="fidder",
+        doc="beads detected; bead size from the workflow's IMOD fiducial protocols",
+    ),
     "ProtAssignTransformationMatrixTiltSeries": ProtocolMap(
-        "assign-alignment", {}, {"setTMSetOfTiltSeries": "input", "getTMSetOfTiltSeries": "alignment"},
-        plugin="tomo", fallback=ProtocolMap(None, {}, {"getTMSetOfTiltSeries": "input"}),
-        doc="the alignment of one set on another (e.g. the dose-filtered set's onto the raw one)"),
+        "assign-alignment",
+        {},
+        {"setTMSetOfTiltSeries": "input", "getTMSetOfTiltSeries": "alignment"},
+        plugin="tomo",
+        fallback=ProtocolMap(None, {}, {"getTMSetOfTiltSeries": "input"}),
+        doc="the alignment of one set on another (e.g. the dose-filtered set's onto the raw one)",
+    ),
     "ProtImodImportTransformationMatrix": ProtocolMap(
-        "import-alignment", {"filesPath": "files", "filesPattern": "pattern"}, _TS, cv.import_transforms,
-        plugin="imod", doc="`.xf` files; `binningTM`/`binningTS` -> binning"),
+        "import-alignment",
+        {"filesPath": "files", "filesPattern": "pattern"},
+        _TS,
+        cv.import_transforms,
+        plugin="imod",
+        doc="`.xf` files; `binningTM`/`binningTS` -> binning",
+    ),
     "ProtImodApplyTransformationMatrix": ProtocolMap(
-        None, {"binning": "binning"}, _TS, plugin="imod",
-        doc="reconstruct applies the `.xf` itself; its binning is carried"),
+        None,
+        {"binning": "binning"},
+        _TS,
+        plugin="imod",
+        doc="reconstruct applies the `.xf` itself; its binning is carried",
+    ),
     # --- alignment ---
     "ProtImodXcorrPrealignment": ProtocolMap(
-        None, {}, _TS, cv.xcorr_prealignment, plugin="imod", doc="into align (its coarse stage)"),
+        None, {}, _TS, cv.xcorr_prealignment, plugin="imod", doc="into align (its coarse stage)"
+    ),
     "ProtImodFiducialModel": ProtocolMap(
-        None, {"fiducialDiameter": "bead_diameter_nm"}, _TS, cv.imod_fiducial_model, plugin="imod",
-        doc="into align: bead diameter (nm); patch tracking -> method patch"),
+        None,
+        {"fiducialDiameter": "bead_diameter_nm"},
+        _TS,
+        cv.imod_fiducial_model,
+        plugin="imod",
+        doc="into align: bead diameter (nm); patch tracking -> method patch",
+    ),
     "ProtImodFiducialAlignment": ProtocolMap(
-        "align", {}, {"inputSetOfLandmarkModels": "input", "inputSetOfTiltSeries": "input"},
-        cv.imod_fiducial_alignment, plugin="imod",
-        doc="method fiducial; rotation / magnification / tilt-angle solutions on or off"),
+        "align",
+        {},
+        {"inputSetOfLandmarkModels": "input", "inputSetOfTiltSeries": "input"},
+        cv.imod_fiducial_alignment,
+        plugin="imod",
+        doc="method fiducial; rotation / magnification / tilt-angle solutions on or off",
+    ),
     "ProtImodBRT": ProtocolMap(
-        "align", {"fidSize": "bead_diameter_nm"}, _TS, cv.imod_brt, plugin="imod",
-        doc="`alignMode` -> method fiducial/patch, binning to ~10 Å/px as batchruntomo"),
+        "align",
+        {"fidSize": "bead_diameter_nm"},
+        _TS,
+        cv.imod_brt,
+        plugin="imod",
+        doc="`alignMode` -> method fiducial/patch, binning to ~10 Å/px as batchruntomo",
+    ),
     "ProtAreTomoAlignRecon": ProtocolMap(
-        "align", {}, _TS, cv.aretomo_align, plugin="aretomo", variant=_aretomo_variant,
-        extras=(Extra(ProtocolMap("reconstruct", {"doEvenOdd": "even_odd"}, convert=cv.aretomo_reconstruct),
-                      feed="main", outputs=("Tomograms",), when=lambda src, refs: src.get("makeTomo", True) is not False),
-                Extra(ProtocolMap("ctf", {}, convert=cv.aretomo_ctf), feed="input", outputs=("CTFTomoSeries",),
-                      when=lambda src, refs: bool(src.get("doEstimateCtf", True)) and "ctf" in refs)),
+        "align",
+        {},
+        _TS,
+        cv.aretomo_align,
+        plugin="aretomo",
+        variant=_aretomo_variant,
+        extras=(
+            Extra(
+                ProtocolMap("reconstruct", {"doEvenOdd": "even_odd"}, convert=cv.aretomo_reconstruct),
+                feed="main",
+                outputs=("Tomograms",),
+                when=lambda src, refs: src.get("makeTomo", True) is not False,
+            ),
+            Extra(
+                ProtocolMap("ctf", {}, convert=cv.aretomo_ctf),
+                feed="input",
+                outputs=("CTFTomoSeries",),
+                when=lambda src, refs: bool(src.get("doEstimateCtf", True)) and "ctf" in refs,
+            ),
+        ),
         doc="`align --method patch` (binFactor, alignZ voxels -> nm, tilt axis/angle refinement) + `reconstruct` "
-            "(SART/WBP, unbinned thickness, dose weighting) + `ctf` when its CTF is used"),
+        "(SART/WBP, unbinned thickness, dose weighting) + `ctf` when its CTF is used",
+    ),
     # --- reconstruction ---
     "ProtImodCtfCorrection": ProtocolMap(
-        None, {"defocusTol": "ctf_defocus_tol_nm"}, {"inputSetOfTiltSeries": "input", "inputSetOfCtfTomoSeries": "ctf"},
-        cv.imod_ctf_correction, plugin="imod",
-        doc="into reconstruct: strip phase flipping with that CTF set, defocus tolerance (nm)"),
+        None,
+        {"defocusTol": "ctf_defocus_tol_nm"},
+        {"inputSetOfTiltSeries": "input", "inputSetOfCtfTomoSeries": "ctf"},
+        cv.imod_ctf_correction,
+        plugin="imod",
+        doc="into reconstruct: strip phase flipping with that CTF set, defocus tolerance (nm)",
+    ),
     "ProtImodTomoReconstruction": ProtocolMap(
-        "reconstruct", {"tomoThickness": "thickness_px", "radialFirstParameter": "radial_cutoff",
-                        "radialSecondParameter": "radial_falloff", "processOddEven": "even_odd"}, _TS,
-        cv.imod_reconstruction, plugin="imod", doc="WBP; thickness (voxels), radial filter, SIRT-like filter, shifts"),
+        "reconstruct",
+        {
+            "tomoThickness": "thickness_px",
+            "radialFirstParameter": "radial_cutoff",
+            "radialSecondParameter": "radial_falloff",
+            "processOddEven": "even_odd",
+        },
+        _TS,
+        cv.imod_reconstruction,
+        plugin="imod",
+        doc="WBP; thickness (voxels), radial filter, SIRT-like filter, shifts",
+    ),
     "ProtTomo3dReconstrucTomo": ProtocolMap(
-        "reconstruct", {"doEvenOdd": "even_odd"}, _TS, cv.tomo3d_reconstruction, plugin="tomo3d",
-        doc="WBP (ramp x Hamming from `Hamming`) or SIRT (`nIterations`), thickness `height` (px)"),
+        "reconstruct",
+        {"doEvenOdd": "even_odd"},
+        _TS,
+        cv.tomo3d_reconstruction,
+        plugin="tomo3d",
+        doc="WBP (ramp x Hamming from `Hamming`) or SIRT (`nIterations`), thickness `height` (px)",
+    ),
     "ProtWarpTomoReconstruct": ProtocolMap(
-        "reconstruct", {"halfmap_tilts": "even_odd", "invert": "invert"}, {"inputSet": "input"},
-        cv.warp_reconstruction, plugin="warp", doc="`angpix` -> binning, unbinned thickness"),
+        "reconstruct",
+        {"halfmap_tilts": "even_odd", "invert": "invert"},
+        {"inputSet": "input"},
+        cv.warp_reconstruction,
+        plugin="warp",
+        doc="`angpix` -> binning, unbinned thickness",
+    ),
 }
 
 

@@ -18,24 +18,26 @@ class PlanEntry:
     label: str | None
     step: str | None
     reason: str
-    kind: str = "not run"             # "step" | "folded" | "out of scope" | "not run"
-    steps: list[str] = field(default_factory=list)     # workflow step ids it became
+    kind: str = "not run"  # "step" | "folded" | "out of scope" | "not run"
+    steps: list[str] = field(default_factory=list)  # workflow step ids it became
 
     def to_json(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "id": self.id, "label": self.label, "step": self.step,
-                "reason": self.reason}
+        return {"protocol": self.protocol, "id": self.id, "label": self.label, "step": self.step, "reason": self.reason}
 
 
-def format_plan(plan: list[PlanEntry], steps: list | None = None, *, origin: str = "",
-                params: bool = False, streaming=None) -> list[str]:
+def format_plan(
+    plan: list[PlanEntry], steps: list | None = None, *, origin: str = "", params: bool = False, streaming=None
+) -> list[str]:
     """The plan as lines: a summary (and, for a streaming import, how it is followed: a
     :class:`~tiltflow.workflow.scipion_streaming.StreamingImport`), then per protocol its id, class and
     label, and what it became or why not."""
     counts = {k: sum(e.kind == k for e in plan) for k in ("step", "folded", "out of scope", "not run")}
     n_steps = sum(len(e.steps) for e in plan)
-    lines = [f"Scipion workflow{' ' + origin if origin else ''}: {len(plan)} protocols -> {n_steps} tiltflow steps "
-             f"({counts['step']} mapped, {counts['folded']} folded, {counts['out of scope']} out of scope, "
-             f"{counts['not run']} not run)"]
+    lines = [
+        f"Scipion workflow{' ' + origin if origin else ''}: {len(plan)} protocols -> {n_steps} tiltflow steps "
+        f"({counts['step']} mapped, {counts['folded']} folded, {counts['out of scope']} out of scope, "
+        f"{counts['not run']} not run)"
+    ]
     if streaming is not None:
         lines.append(streaming.summary())
     by_id = {s.id: s for s in steps or []}

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import re
 
-KIND_WORDS = {"movies": "tilt-series movies", "tiltseries": "tilt series", "ctf": "CTF estimates",
-              "tomograms": "tomograms", "fiducials": "fiducial models", "other": "such output"}
+KIND_WORDS = {
+    "movies": "tilt-series movies",
+    "tiltseries": "tilt series",
+    "ctf": "CTF estimates",
+    "tomograms": "tomograms",
+    "fiducials": "fiducial models",
+    "other": "such output",
+}
 
 
 def output_kind(name: str) -> str:
@@ -38,21 +44,39 @@ def is_subset_name(scipion: str, ours: str) -> bool:
 
 
 # (category, pattern on the class name, hand-over). Checked in order; the first match wins.
-_RELION = ("`tiltflow export RUN --format relion --out DIR` (RELION 5 tomograms.star + per-tilt-series STAR) "
-           "or `--format warp` (Warp XML for M)")
+_RELION = (
+    "`tiltflow export RUN --format relion --out DIR` (RELION 5 tomograms.star + per-tilt-series STAR) "
+    "or `--format warp` (Warp XML for M)"
+)
 OUT_OF_SCOPE: list[tuple[str, re.Pattern, str]] = [
-    ("denoising", re.compile(r"Denois|CryoCARE|Deconv|IsoNet|Noise2|Topaz", re.IGNORECASE),
-     "`tiltflow export RUN --format imod --out DIR` (tomograms; reconstruct with even_odd for cryoCARE)"),
-    ("picking and segmentation", re.compile(
-        r"Pick|Boxing|TemplateMatch|ModelWorkflow|Coordinates|DeepFinder|Membrain|Segment|Mesh", re.IGNORECASE),
-     "`tiltflow export RUN --format imod --out DIR` (DIR/<tsId>/<tsId>_rec.mrc for the picker) or "
-     "`--format relion`"),
-    ("post-processing", re.compile(
-        r"PostProcess|MonoRes|FSO|LocSharp|Sharpen|Mask|CropResize|ResMap|Resolution|ImportVolume|Volume", re.IGNORECASE),
-     "follows subtomogram averaging: start from " + _RELION),
-    ("subtomogram extraction and averaging", re.compile(
-        r"Sub[Tt]omo|Extract|Particle|InitialModel|Refine|MRA|Average|Classif|HighRes|Relion|Dynamo|Eman|Pyseg",
-        re.IGNORECASE), _RELION),
+    (
+        "denoising",
+        re.compile(r"Denois|CryoCARE|Deconv|IsoNet|Noise2|Topaz", re.IGNORECASE),
+        "`tiltflow export RUN --format imod --out DIR` (tomograms; reconstruct with even_odd for cryoCARE)",
+    ),
+    (
+        "picking and segmentation",
+        re.compile(
+            r"Pick|Boxing|TemplateMatch|ModelWorkflow|Coordinates|DeepFinder|Membrain|Segment|Mesh", re.IGNORECASE
+        ),
+        "`tiltflow export RUN --format imod --out DIR` (DIR/<tsId>/<tsId>_rec.mrc for the picker) or `--format relion`",
+    ),
+    (
+        "post-processing",
+        re.compile(
+            r"PostProcess|MonoRes|FSO|LocSharp|Sharpen|Mask|CropResize|ResMap|Resolution|ImportVolume|Volume",
+            re.IGNORECASE,
+        ),
+        "follows subtomogram averaging: start from " + _RELION,
+    ),
+    (
+        "subtomogram extraction and averaging",
+        re.compile(
+            r"Sub[Tt]omo|Extract|Particle|InitialModel|Refine|MRA|Average|Classif|HighRes|Relion|Dynamo|Eman|Pyseg",
+            re.IGNORECASE,
+        ),
+        _RELION,
+    ),
 ]
 
 # Tilt-series protocols tiltflow knows but does not run as a step; their consumers take their input.
@@ -60,7 +84,7 @@ NOT_A_STEP: dict[str, str] = {
     "ProtImodEtomo": "interactive etomo session: tiltflow's align step, curated in `tiltflow view`",
     "ProtImodManualCtfEstimation": "interactive ctfplotter: tiltflow's ctf step and the CTF viewer",
     "ProtImodExcludeViews": "views are excluded in `tiltflow view` (Save, re-stack) or with "
-                            "`tiltflow subset --exclude-views TS:N --restack`",
+    "`tiltflow subset --exclude-views TS:N --restack`",
     "ProtSubSet": "Scipion set operation: curate with `tiltflow view` or `tiltflow subset`",
     "ProtUnionSet": "Scipion set operation: tiltflow steps take one set",
     "ProtCorrectTiltOffset": "tilt-angle offsets are refined by tiltflow's align (refine_tilt_offset)",
@@ -86,6 +110,9 @@ def out_of_scope(cls: str) -> tuple[str, str, str] | None:
         return None
     for category, pattern, handover in OUT_OF_SCOPE:
         if pattern.search(cls):
-            return category, handover, "tomograms" if category in ("denoising", "picking and segmentation") \
-                else "tiltseries"
+            return (
+                category,
+                handover,
+                "tomograms" if category in ("denoising", "picking and segmentation") else "tiltseries",
+            )
     return None

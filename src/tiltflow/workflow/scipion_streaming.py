@@ -28,10 +28,16 @@ from typing import Any
 from tiltflow.workflow.watch.settings import WatchSettings
 
 # WatchSettings field -> the `tiltflow watch` option
-OPTION = {"interval_s": "--interval", "settle_s": "--settle", "movie_timeout_s": "--movie-timeout",
-          "quiet_s": "--quiet", "min_fraction": "--min-fraction", "expected_tilts": "--tilts",
-          "stop_after_idle_s": "--stop-after-idle"}
-_PERCENTS = (50, 60, 70, 80, 90, 100)           # ComposeTS's percentTiltsRequired choices (an EnumParam)
+OPTION = {
+    "interval_s": "--interval",
+    "settle_s": "--settle",
+    "movie_timeout_s": "--movie-timeout",
+    "quiet_s": "--quiet",
+    "min_fraction": "--min-fraction",
+    "expected_tilts": "--tilts",
+    "stop_after_idle_s": "--stop-after-idle",
+}
+_PERCENTS = (50, 60, 70, 80, 90, 100)  # ComposeTS's percentTiltsRequired choices (an EnumParam)
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*([dhms]?)\s*)+$", re.IGNORECASE)
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)", re.IGNORECASE)
 _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
@@ -62,12 +68,12 @@ def format_options(settings: dict[str, Any]) -> str:
 class StreamingImport:
     """A Scipion workflow whose import runs in streaming: the watch settings it translates to."""
 
-    import_id: str                                        # the workflow step (= Scipion id) of the import
+    import_id: str  # the workflow step (= Scipion id) of the import
     protocol: str
-    settings: dict[str, float] = field(default_factory=dict)   # WatchSettings field -> value
-    sources: dict[str, str] = field(default_factory=dict)      # WatchSettings field -> "fileTimeout 30"
+    settings: dict[str, float] = field(default_factory=dict)  # WatchSettings field -> value
+    sources: dict[str, str] = field(default_factory=dict)  # WatchSettings field -> "fileTimeout 30"
     notes: list[str] = field(default_factory=list)
-    queue: bool = False                                   # Scipion sent the protocols to a queue
+    queue: bool = False  # Scipion sent the protocols to a queue
 
     def translated(self) -> str:
         """``fileTimeout 30 -> --settle 30, ...``"""
@@ -75,11 +81,16 @@ class StreamingImport:
 
     def summary(self) -> str:
         """One line for the plan's head."""
-        queue = ("; Scipion sent its protocols to a queue: add --jobqueue CONFIG (dask-jobqueue, SLURM) to do "
-                 "the same") if self.queue else ""
-        return (f"streaming: {self.protocol} (id {self.import_id}) imports in streaming — `workflow run` follows "
-                f"its folder as `tiltflow watch` does ({format_options(self.settings) or 'default settings'}; "
-                f"--watch DIR names the folder, --no-watch runs once on the files there){queue}")
+        queue = (
+            ("; Scipion sent its protocols to a queue: add --jobqueue CONFIG (dask-jobqueue, SLURM) to do the same")
+            if self.queue
+            else ""
+        )
+        return (
+            f"streaming: {self.protocol} (id {self.import_id}) imports in streaming — `workflow run` follows "
+            f"its folder as `tiltflow watch` does ({format_options(self.settings) or 'default settings'}; "
+            f"--watch DIR names the folder, --no-watch runs once on the files there){queue}"
+        )
 
 
 def _time(proto: dict, key: str, target: str, out: StreamingImport, what: str) -> None:
@@ -88,8 +99,10 @@ def _time(proto: dict, key: str, target: str, out: StreamingImport, what: str) -
         return
     seconds = parse_duration(raw)
     if seconds is None:
-        out.notes.append(f"{what} {key} {raw!r}: not a duration (a number of seconds or '1d 2h 20m 15s') — "
-                         f"{OPTION[target]} keeps {getattr(WatchSettings(), target)}")
+        out.notes.append(
+            f"{what} {key} {raw!r}: not a duration (a number of seconds or '1d 2h 20m 15s') — "
+            f"{OPTION[target]} keeps {getattr(WatchSettings(), target)}"
+        )
         return
     out.settings[target] = seconds
     out.sources[target] = f"{what} {key} {raw}"
@@ -103,13 +116,15 @@ def _percent(compose: dict, out: StreamingImport) -> None:
         value = float(raw)
     except (TypeError, ValueError):
         value = -1.0
-    if value.is_integer() and 0 <= value < len(_PERCENTS):          # the EnumParam's index (2025-2026)
+    if value.is_integer() and 0 <= value < len(_PERCENTS):  # the EnumParam's index (2025-2026)
         percent = _PERCENTS[int(value)]
-    elif 50 <= value <= 100:                                         # a plain percentage (other versions)
+    elif 50 <= value <= 100:  # a plain percentage (other versions)
         percent = value
     else:
-        out.notes.append(f"ComposeTS percentTiltsRequired {raw!r}: neither a choice index nor 50-100 % — "
-                         f"--min-fraction keeps {WatchSettings().min_fraction:g}")
+        out.notes.append(
+            f"ComposeTS percentTiltsRequired {raw!r}: neither a choice index nor 50-100 % — "
+            f"--min-fraction keeps {WatchSettings().min_fraction:g}"
+        )
         return
     out.settings["min_fraction"] = round(percent / 100, 4)
     out.sources["min_fraction"] = f"ComposeTS percentTiltsRequired {raw} ({percent:g} %)"
@@ -132,8 +147,10 @@ def streaming_import(protocols: list[dict[str, Any]], plan: list, steps: list) -
         cls = str(proto.get("object.className"))
         if kinds[pid] != "import-movies":
             if pid in entries:
-                entries[pid].reason += (f"; streaming import ({cls}): tiltflow's watch mode follows movies and their "
-                                        "mdocs — this import runs once on the files there")
+                entries[pid].reason += (
+                    f"; streaming import ({cls}): tiltflow's watch mode follows movies and their "
+                    "mdocs — this import runs once on the files there"
+                )
             continue
         if found is not None:
             if pid in entries:
@@ -153,19 +170,24 @@ def streaming_import(protocols: list[dict[str, Any]], plan: list, steps: list) -
             if "stop_after_idle_s" not in out.settings:
                 _time(proto, "time4NextTS", "stop_after_idle_s", out, "import")
         settle = out.settings.get("settle_s", WatchSettings().settle_s)
-        if settle >= WatchSettings().movie_timeout_s:      # a movie must be able to settle before it times out
+        if settle >= WatchSettings().movie_timeout_s:  # a movie must be able to settle before it times out
             out.settings["movie_timeout_s"] = 2 * settle
             out.sources["movie_timeout_s"] = f"twice the file timeout ({settle:g} s)"
         found = out
         if pid in entries:
-            entries[pid].reason += ("; streaming (dataStreaming): `workflow run` follows the folder as `tiltflow watch` "
-                                    f"does — {out.translated() or 'default watch settings'}"
-                                    + "".join(f"; {n}" for n in out.notes))
+            entries[pid].reason += (
+                "; streaming (dataStreaming): `workflow run` follows the folder as `tiltflow watch` "
+                f"does — {out.translated() or 'default watch settings'}" + "".join(f"; {n}" for n in out.notes)
+            )
         if compose is not None:
             cid = str(compose.get("object.id"))
             if cid in entries:
-                mine = [f"{out.sources[k]} -> {OPTION[k]} {out.settings[k]:g}" for k in ("quiet_s", "min_fraction")
-                        if k in out.sources and out.sources[k].startswith("ComposeTS")]
-                entries[cid].reason += ("; in streaming: a series is complete as in `tiltflow watch`"
-                                        + (f" ({', '.join(mine)})" if mine else ""))
+                mine = [
+                    f"{out.sources[k]} -> {OPTION[k]} {out.settings[k]:g}"
+                    for k in ("quiet_s", "min_fraction")
+                    if k in out.sources and out.sources[k].startswith("ComposeTS")
+                ]
+                entries[cid].reason += "; in streaming: a series is complete as in `tiltflow watch`" + (
+                    f" ({', '.join(mine)})" if mine else ""
+                )
     return found

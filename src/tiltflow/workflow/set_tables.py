@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tiltflow.workflow.sets import (
-    Acquisition, AnySet, CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltImage, TiltSeries,
-    TiltSeriesSet, Tomogram, TomogramSet,
+    Acquisition,
+    AnySet,
+    CtfSeriesSet,
+    CtfTomo,
+    CtfTomoSeries,
+    TiltImage,
+    TiltSeries,
+    TiltSeriesSet,
+    Tomogram,
+    TomogramSet,
 )
 
 SCHEMA = """
@@ -49,8 +58,15 @@ CREATE INDEX IF NOT EXISTS ctf_items_series ON ctf_items(series_id);
 """
 # The typed fields of each table beyond its version-1 columns (``workflow.migrations`` fills them
 # from the version-1 attrs); paths among them are stored as attrs paths are (``workflow.paths``).
-IMAGE_FIELDS = ("movie", "total_motion_px", "defocus_u_a", "defocus_v_a", "refined_tilt_angle_deg",
-                "residual_px", "projection_matching_error")
+IMAGE_FIELDS = (
+    "movie",
+    "total_motion_px",
+    "defocus_u_a",
+    "defocus_v_a",
+    "refined_tilt_angle_deg",
+    "residual_px",
+    "projection_matching_error",
+)
 SERIES_FIELDS = ("alignment", "motion_star_dir")
 CTF_FIELDS = ("spectrum_file", "ring_strength")
 CTF_SERIES_FIELDS = ("verdict", "ctffind_file", "defocus_file")
@@ -81,42 +97,101 @@ def _sql(table: str, names: tuple[str, ...]) -> str:
 
 def insert_set(con: sqlite3.Connection, output_id: int, value: AnySet, rel: Rel) -> None:
     if isinstance(value, TiltSeriesSet):
-        con.execute(_sql("tilt_series_sets", ("output_id", "odd_even", "gain_file", "dark_file")),
-                    (output_id, int(value.odd_even), value.gain_file, value.dark_file))
+        con.execute(
+            _sql("tilt_series_sets", ("output_id", "odd_even", "gain_file", "dark_file")),
+            (output_id, int(value.odd_even), value.gain_file, value.dark_file),
+        )
         _insert_tilt_series(con, output_id, value, rel)
     elif isinstance(value, CtfSeriesSet):
         _insert_ctf(con, output_id, value)
     elif isinstance(value, TomogramSet):
         names = ("output_id", "position", "ts_id", "file", "voxel_size_a", "nz", "ny", "nx", "attrs") + TOMOGRAM_FIELDS
         for pos, tomo in enumerate(value.items):
-            con.execute(_sql("tomograms", names), (output_id, pos, tomo.ts_id, rel(tomo.file), tomo.voxel_size_a,
-                                                   *tomo.shape, _j(tomo.attrs)) + _columns(tomo, TOMOGRAM_FIELDS))
+            con.execute(
+                _sql("tomograms", names),
+                (output_id, pos, tomo.ts_id, rel(tomo.file), tomo.voxel_size_a, *tomo.shape, _j(tomo.attrs))
+                + _columns(tomo, TOMOGRAM_FIELDS),
+            )
     else:  # pragma: no cover - programming error
         raise TypeError(f"cannot store {type(value).__name__}")
 
 
 _SERIES = ("output_id", "position", "ts_id", "enabled", "size_x", "size_y", "acquisition", "attrs") + SERIES_FIELDS
-_IMAGES = ("series_id", "position", "tilt_angle_deg", "acquisition_order", "dose_prior_e_a2", "dose_e_a2",
-           "dose_accumulated_e_a2", "file", "idx", "frames", "enabled", "odd_file", "even_file", "transform",
-           "attrs") + IMAGE_FIELDS
+_IMAGES = (
+    "series_id",
+    "position",
+    "tilt_angle_deg",
+    "acquisition_order",
+    "dose_prior_e_a2",
+    "dose_e_a2",
+    "dose_accumulated_e_a2",
+    "file",
+    "idx",
+    "frames",
+    "enabled",
+    "odd_file",
+    "even_file",
+    "transform",
+    "attrs",
+) + IMAGE_FIELDS
 
 
 def _insert_tilt_series(con: sqlite3.Connection, output_id: int, value: TiltSeriesSet, rel: Rel) -> None:
     for pos, ts in enumerate(value.items):
-        sid = con.execute(_sql("tilt_series", _SERIES), (
-            output_id, pos, ts.ts_id, int(ts.enabled), ts.size[0], ts.size[1], json.dumps(ts.acquisition.__dict__),
-            _j(ts.attrs)) + _columns(ts, SERIES_FIELDS)).lastrowid
+        sid = con.execute(
+            _sql("tilt_series", _SERIES),
+            (
+                output_id,
+                pos,
+                ts.ts_id,
+                int(ts.enabled),
+                ts.size[0],
+                ts.size[1],
+                json.dumps(ts.acquisition.__dict__),
+                _j(ts.attrs),
+            )
+            + _columns(ts, SERIES_FIELDS),
+        ).lastrowid
         con.executemany(
             _sql("tilt_images", _IMAGES),
-            [(sid, i, im.tilt_angle_deg, im.acquisition_order, im.dose_prior_e_a2, im.dose_e_a2,
-              im.dose_accumulated_e_a2, rel(im.file), im.index, im.frames, int(im.enabled),
-              rel(im.odd_file) if im.odd_file else None, rel(im.even_file) if im.even_file else None,
-              _j(im.transform), _j(im.attrs)) + _columns(im, IMAGE_FIELDS) for i, im in enumerate(ts.images)])
+            [
+                (
+                    sid,
+                    i,
+                    im.tilt_angle_deg,
+                    im.acquisition_order,
+                    im.dose_prior_e_a2,
+                    im.dose_e_a2,
+                    im.dose_accumulated_e_a2,
+                    rel(im.file),
+                    im.index,
+                    im.frames,
+                    int(im.enabled),
+                    rel(im.odd_file) if im.odd_file else None,
+                    rel(im.even_file) if im.even_file else None,
+                    _j(im.transform),
+                    _j(im.attrs),
+                )
+                + _columns(im, IMAGE_FIELDS)
+                for i, im in enumerate(ts.images)
+            ],
+        )
 
 
 _CTF_SERIES = ("output_id", "position", "ts_id", "enabled", "attrs") + CTF_SERIES_FIELDS
-_CTF = ("series_id", "acquisition_order", "tilt_angle_deg", "defocus_u_a", "defocus_v_a", "astigmatism_angle_deg",
-        "phase_shift_rad", "fit_resolution_a", "score", "enabled", "attrs") + CTF_FIELDS
+_CTF = (
+    "series_id",
+    "acquisition_order",
+    "tilt_angle_deg",
+    "defocus_u_a",
+    "defocus_v_a",
+    "astigmatism_angle_deg",
+    "phase_shift_rad",
+    "fit_resolution_a",
+    "score",
+    "enabled",
+    "attrs",
+) + CTF_FIELDS
 
 
 def _insert_ctf(con: sqlite3.Connection, output_id: int, value: CtfSeriesSet) -> None:
@@ -125,9 +200,24 @@ def _insert_ctf(con: sqlite3.Connection, output_id: int, value: CtfSeriesSet) ->
         sid = con.execute(_sql("ctf_series", _CTF_SERIES), row + _columns(series, CTF_SERIES_FIELDS)).lastrowid
         con.executemany(
             _sql("ctf_items", _CTF),
-            [(sid, c.acquisition_order, c.tilt_angle_deg, c.defocus_u_a, c.defocus_v_a, c.astigmatism_angle_deg,
-              c.phase_shift_rad, c.fit_resolution_a, c.score, int(c.enabled), _j(c.attrs)) + _columns(c, CTF_FIELDS)
-             for c in series.items])
+            [
+                (
+                    sid,
+                    c.acquisition_order,
+                    c.tilt_angle_deg,
+                    c.defocus_u_a,
+                    c.defocus_v_a,
+                    c.astigmatism_angle_deg,
+                    c.phase_shift_rad,
+                    c.fit_resolution_a,
+                    c.score,
+                    int(c.enabled),
+                    _j(c.attrs),
+                )
+                + _columns(c, CTF_FIELDS)
+                for c in series.items
+            ],
+        )
 
 
 def load_set(con: sqlite3.Connection, output_id: int, kind: str, attrs: dict, absp: Abs) -> AnySet:
@@ -137,9 +227,20 @@ def load_set(con: sqlite3.Connection, output_id: int, kind: str, attrs: dict, ab
         return _load_ctf(con, output_id, attrs)
     if kind == "Tomograms":
         rows = con.execute("SELECT * FROM tomograms WHERE output_id=? ORDER BY position", (output_id,))
-        return TomogramSet([Tomogram(r["ts_id"], str(absp(r["file"])), r["voxel_size_a"], (r["nz"], r["ny"], r["nx"]),
-                                     json.loads(r["attrs"] or "{}"), **_fields(r, TOMOGRAM_FIELDS))
-                            for r in rows], attrs)
+        return TomogramSet(
+            [
+                Tomogram(
+                    r["ts_id"],
+                    str(absp(r["file"])),
+                    r["voxel_size_a"],
+                    (r["nz"], r["ny"], r["nx"]),
+                    json.loads(r["attrs"] or "{}"),
+                    **_fields(r, TOMOGRAM_FIELDS),
+                )
+                for r in rows
+            ],
+            attrs,
+        )
     raise TypeError(f"unknown output type {kind}")
 
 
@@ -148,18 +249,36 @@ def _load_tilt_series(con, output_id, kind, attrs, absp) -> TiltSeriesSet:
     items = []
     for s in series:
         rows = con.execute("SELECT * FROM tilt_images WHERE series_id=? ORDER BY position", (s["id"],))
-        images = [TiltImage(
-            tilt_angle_deg=r["tilt_angle_deg"], acquisition_order=r["acquisition_order"],
-            dose_prior_e_a2=r["dose_prior_e_a2"], dose_e_a2=r["dose_e_a2"],
-            dose_accumulated_e_a2=r["dose_accumulated_e_a2"], file=str(absp(r["file"])), index=r["idx"],
-            frames=r["frames"], enabled=bool(r["enabled"]),
-            odd_file=str(absp(r["odd_file"])) if r["odd_file"] else None,
-            even_file=str(absp(r["even_file"])) if r["even_file"] else None,
-            transform=json.loads(r["transform"]) if r["transform"] else None,
-            attrs=json.loads(r["attrs"] or "{}"), **_fields(r, IMAGE_FIELDS)) for r in rows]
-        items.append(TiltSeries(ts_id=s["ts_id"], acquisition=Acquisition(**json.loads(s["acquisition"])),
-                                images=images, size=(s["size_x"], s["size_y"]), enabled=bool(s["enabled"]),
-                                attrs=json.loads(s["attrs"] or "{}"), **_fields(s, SERIES_FIELDS)))
+        images = [
+            TiltImage(
+                tilt_angle_deg=r["tilt_angle_deg"],
+                acquisition_order=r["acquisition_order"],
+                dose_prior_e_a2=r["dose_prior_e_a2"],
+                dose_e_a2=r["dose_e_a2"],
+                dose_accumulated_e_a2=r["dose_accumulated_e_a2"],
+                file=str(absp(r["file"])),
+                index=r["idx"],
+                frames=r["frames"],
+                enabled=bool(r["enabled"]),
+                odd_file=str(absp(r["odd_file"])) if r["odd_file"] else None,
+                even_file=str(absp(r["even_file"])) if r["even_file"] else None,
+                transform=json.loads(r["transform"]) if r["transform"] else None,
+                attrs=json.loads(r["attrs"] or "{}"),
+                **_fields(r, IMAGE_FIELDS),
+            )
+            for r in rows
+        ]
+        items.append(
+            TiltSeries(
+                ts_id=s["ts_id"],
+                acquisition=Acquisition(**json.loads(s["acquisition"])),
+                images=images,
+                size=(s["size_x"], s["size_y"]),
+                enabled=bool(s["enabled"]),
+                attrs=json.loads(s["attrs"] or "{}"),
+                **_fields(s, SERIES_FIELDS),
+            )
+        )
     row = con.execute("SELECT * FROM tilt_series_sets WHERE output_id=?", (output_id,)).fetchone()
     fields = _fields(row, ("gain_file", "dark_file")) if row else {}
     return TiltSeriesSet(kind=kind, items=items, attrs=attrs, odd_even=bool(row and row["odd_even"]), **fields)
@@ -169,13 +288,31 @@ def _load_ctf(con, output_id, attrs) -> CtfSeriesSet:
     series = con.execute("SELECT * FROM ctf_series WHERE output_id=? ORDER BY position", (output_id,)).fetchall()
     items = []
     for s in series:
-        rows = con.execute("SELECT * FROM ctf_items WHERE series_id=? ORDER BY tilt_angle_deg, acquisition_order",
-                           (s["id"],))
-        items.append(CtfTomoSeries(s["ts_id"], [CtfTomo(
-            acquisition_order=r["acquisition_order"], tilt_angle_deg=r["tilt_angle_deg"],
-            defocus_u_a=r["defocus_u_a"], defocus_v_a=r["defocus_v_a"],
-            astigmatism_angle_deg=r["astigmatism_angle_deg"], phase_shift_rad=r["phase_shift_rad"],
-            fit_resolution_a=r["fit_resolution_a"], score=r["score"], enabled=bool(r["enabled"]),
-            attrs=json.loads(r["attrs"] or "{}"), **_fields(r, CTF_FIELDS)) for r in rows], bool(s["enabled"]),
-            json.loads(s["attrs"] or "{}"), **_fields(s, CTF_SERIES_FIELDS)))
+        rows = con.execute(
+            "SELECT * FROM ctf_items WHERE series_id=? ORDER BY tilt_angle_deg, acquisition_order", (s["id"],)
+        )
+        items.append(
+            CtfTomoSeries(
+                s["ts_id"],
+                [
+                    CtfTomo(
+                        acquisition_order=r["acquisition_order"],
+                        tilt_angle_deg=r["tilt_angle_deg"],
+                        defocus_u_a=r["defocus_u_a"],
+                        defocus_v_a=r["defocus_v_a"],
+                        astigmatism_angle_deg=r["astigmatism_angle_deg"],
+                        phase_shift_rad=r["phase_shift_rad"],
+                        fit_resolution_a=r["fit_resolution_a"],
+                        score=r["score"],
+                        enabled=bool(r["enabled"]),
+                        attrs=json.loads(r["attrs"] or "{}"),
+                        **_fields(r, CTF_FIELDS),
+                    )
+                    for r in rows
+                ],
+                bool(s["enabled"]),
+                json.loads(s["attrs"] or "{}"),
+                **_fields(s, CTF_SERIES_FIELDS),
+            )
+        )
     return CtfSeriesSet(items=items, attrs=attrs)

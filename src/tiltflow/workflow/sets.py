@@ -35,26 +35,26 @@ class TiltImage:
     """One view: a movie (``frames`` > 0, ``index`` None) or an image of a stack file."""
 
     tilt_angle_deg: float
-    acquisition_order: int                # 1-based
+    acquisition_order: int  # 1-based
     dose_prior_e_a2: float | None
     dose_e_a2: float | None
     dose_accumulated_e_a2: float | None
-    file: str                             # absolute path, or relative to the project folder
-    index: int | None = None              # 0-based section in a stack file; None for a movie
-    frames: int | None = None             # frames of a movie
+    file: str  # absolute path, or relative to the project folder
+    index: int | None = None  # 0-based section in a stack file; None for a movie
+    frames: int | None = None  # frames of a movie
     enabled: bool = True
     odd_file: str | None = None
     even_file: str | None = None
     transform: list[float] | None = None  # IMOD .xf row: A11 A12 A21 A22 DX DY
-    attrs: dict[str, Any] = field(default_factory=dict)   # free-form extras (mdoc section, step notes)
+    attrs: dict[str, Any] = field(default_factory=dict)  # free-form extras (mdoc section, step notes)
     _: KW_ONLY
-    movie: str | None = None              # the movie this view was summed from (motion-ctf)
+    movie: str | None = None  # the movie this view was summed from (motion-ctf)
     total_motion_px: float | None = None  # frame motion, unbinned movie pixels
-    defocus_u_a: float | None = None      # the CTF series pass's defocus of this view (motion-ctf)
+    defocus_u_a: float | None = None  # the CTF series pass's defocus of this view (motion-ctf)
     defocus_v_a: float | None = None
-    refined_tilt_angle_deg: float | None = None      # the alignment's tilt angle
-    residual_px: float | None = None                 # fiducial alignment: mean bead residual
-    projection_matching_error: float | None = None   # patch alignment: the view's error
+    refined_tilt_angle_deg: float | None = None  # the alignment's tilt angle
+    residual_px: float | None = None  # fiducial alignment: mean bead residual
+    projection_matching_error: float | None = None  # patch alignment: the view's error
 
     @property
     def best_tilt_angle_deg(self) -> float:
@@ -66,19 +66,19 @@ class TiltImage:
 class TiltSeries:
     ts_id: str
     acquisition: Acquisition
-    images: list[TiltImage]               # sorted by tilt angle
-    size: tuple[int, int]                 # (nx, ny) of each view
+    images: list[TiltImage]  # sorted by tilt angle
+    size: tuple[int, int]  # (nx, ny) of each view
     enabled: bool = True
     attrs: dict[str, Any] = field(default_factory=dict)
     _: KW_ONLY
-    alignment: dict[str, Any] | None = None   # method, verdict, residuals, files (xf, tlt, fid...), plots
-    motion_star_dir: str | None = None        # the per-movie motion STAR files (motion-ctf)
+    alignment: dict[str, Any] | None = None  # method, verdict, residuals, files (xf, tlt, fid...), plots
+    motion_star_dir: str | None = None  # the per-movie motion STAR files (motion-ctf)
 
     @property
     def enabled_images(self) -> list[TiltImage]:
         return [im for im in self.images if im.enabled]
 
-    def sorted_by_angle(self) -> "TiltSeries":
+    def sorted_by_angle(self) -> TiltSeries:
         return replace(self, images=sorted(self.images, key=lambda im: im.tilt_angle_deg))
 
 
@@ -86,9 +86,9 @@ class TiltSeries:
 class TiltSeriesSet:
     kind: TiltSeriesKind
     items: list[TiltSeries]
-    attrs: dict[str, Any] = field(default_factory=dict)   # e.g. gain_fits, aligned, dose_filtered
+    attrs: dict[str, Any] = field(default_factory=dict)  # e.g. gain_fits, aligned, dose_filtered
     _: KW_ONLY
-    odd_even: bool = False                # every view has odd/even halves
+    odd_even: bool = False  # every view has odd/even halves
     gain_file: str | None = None
     dark_file: str | None = None
 
@@ -121,11 +121,11 @@ class TiltSeriesSet:
         items = "item" if n == 1 else "items"
         return f"{self.kind} ({n} {items}, {dims}{extras}, {pix:.4g} Å/px)"
 
-
     def _verdict_summary(self) -> str:
         """``, aligned: 2 good, 1 failed (TS_03)`` when the series carry alignment verdicts."""
-        return verdict_summary("aligned", {ts.ts_id: alignment_verdict(ts)["status"] for ts in self.items
-                                           if ts.enabled})
+        return verdict_summary(
+            "aligned", {ts.ts_id: alignment_verdict(ts)["status"] for ts in self.items if ts.enabled}
+        )
 
 
 def verdict_summary(label: str, status: dict[str, str | None]) -> str:
@@ -133,8 +133,9 @@ def verdict_summary(label: str, status: dict[str, str | None]) -> str:
     status = {k: v for k, v in status.items() if v}
     if not status:
         return ""
-    counts = [f"{sum(v == s for v in status.values())} {s}" for s in ("good", "check", "failed")
-              if s in status.values()]
+    counts = [
+        f"{sum(v == s for v in status.values())} {s}" for s in ("good", "check", "failed") if s in status.values()
+    ]
     failed = [k for k, v in status.items() if v == "failed"]
     return f", {label}: " + ", ".join(counts) + (f" ({', '.join(failed)})" if failed else "")
 
@@ -172,10 +173,10 @@ class CtfTomo:
     fit_resolution_a: float | None = None
     score: float | None = None
     enabled: bool = True
-    attrs: dict[str, Any] = field(default_factory=dict)   # grid values, radial profile, ...
+    attrs: dict[str, Any] = field(default_factory=dict)  # grid values, radial profile, ...
     _: KW_ONLY
-    spectrum_file: str | None = None      # the power spectrum image the fit saw
-    ring_strength: float | None = None    # how clearly Thon rings show (the series pass)
+    spectrum_file: str | None = None  # the power spectrum image the fit saw
+    ring_strength: float | None = None  # how clearly Thon rings show (the series pass)
 
     @property
     def defocus_mean_a(self) -> float:
@@ -187,11 +188,11 @@ class CtfTomoSeries:
     ts_id: str
     items: list[CtfTomo]
     enabled: bool = True
-    attrs: dict[str, Any] = field(default_factory=dict)   # microscope values of the fit
+    attrs: dict[str, Any] = field(default_factory=dict)  # microscope values of the fit
     _: KW_ONLY
-    verdict: dict[str, Any] | None = None   # the series pass's {"status", "reasons"}
-    ctffind_file: str | None = None         # CTFFIND4 text, tilt-angle order
-    defocus_file: str | None = None         # IMOD .defocus
+    verdict: dict[str, Any] | None = None  # the series pass's {"status", "reasons"}
+    ctffind_file: str | None = None  # CTFFIND4 text, tilt-angle order
+    defocus_file: str | None = None  # IMOD .defocus
 
 
 @dataclass
@@ -214,13 +215,13 @@ class Tomogram:
     ts_id: str
     file: str
     voxel_size_a: float
-    shape: tuple[int, int, int]           # (nz, ny, nx)
+    shape: tuple[int, int, int]  # (nz, ny, nx)
     attrs: dict[str, Any] = field(default_factory=dict)
     _: KW_ONLY
-    method: str | None = None             # wbp | sirt
+    method: str | None = None  # wbp | sirt
     binning: int | None = None
-    source: str | None = None             # pointer to the tilt series reconstructed
-    ctf: str | None = None                # pointer to the CTF series used, if any
+    source: str | None = None  # pointer to the tilt series reconstructed
+    ctf: str | None = None  # pointer to the CTF series used, if any
     odd_file: str | None = None
     even_file: str | None = None
 
@@ -235,8 +236,10 @@ class TomogramSet:
         if not self.items:
             return "Tomograms (0 items)"
         nz, ny, nx = self.items[0].shape
-        return (f"Tomograms ({len(self.items)} {'item' if len(self.items) == 1 else 'items'}, "
-                f"{nx} x {ny} x {nz}, {self.items[0].voxel_size_a:.4g} Å/px)")
+        return (
+            f"Tomograms ({len(self.items)} {'item' if len(self.items) == 1 else 'items'}, "
+            f"{nx} x {ny} x {nz}, {self.items[0].voxel_size_a:.4g} Å/px)"
+        )
 
 
 AnySet = TiltSeriesSet | CtfSeriesSet | TomogramSet

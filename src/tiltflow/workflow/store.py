@@ -12,23 +12,25 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tiltflow import __version__
-from tiltflow.workflow import diskspace
+from tiltflow.workflow import diskspace, migrations, run_liveness, set_tables
 from tiltflow.workflow.errors import DiskFull, ProjectError
+from tiltflow.workflow.migrations import SCHEMA_VERSION
 from tiltflow.workflow.paths import ProjectPaths, map_attrs, map_set, rebase
 from tiltflow.workflow.pointers import resolve_pointer
-from tiltflow.workflow.records import OutputRecord, RunRecord, run_from_row as _run_from_row
+from tiltflow.workflow.records import OutputRecord, RunRecord
+from tiltflow.workflow.records import run_from_row as _run_from_row
 from tiltflow.workflow.sets import AnySet
-from tiltflow.workflow import migrations, run_liveness, set_tables
-from tiltflow.workflow.migrations import SCHEMA_VERSION
 
 DB_NAME = "project.sqlite"
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, step TEXT NOT NULL, label TEXT, params TEXT NOT NULL,
@@ -41,7 +43,10 @@ CREATE TABLE IF NOT EXISTS outputs (
 CREATE TABLE IF NOT EXISTS item_progress (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, item TEXT NOT NULL,
     result TEXT, finished REAL, PRIMARY KEY (run_id, item));
-""" + set_tables.SCHEMA + run_liveness.SCHEMA
+"""
+    + set_tables.SCHEMA
+    + run_liveness.SCHEMA
+)
 
 
 class ProjectStore:
@@ -52,12 +57,14 @@ class ProjectStore:
         self.root = Path(root).absolute()
         self.db_path = self.root / DB_NAME
         self.paths = ProjectPaths(self.root)
-        self._made: list[Path] | None = None   # set when this instance created the project: its new folders
+        self._made: list[Path] | None = None  # set when this instance created the project: its new folders
         self._pending = not self.db_path.exists()
         if self._pending:
             if not create:
-                raise ProjectError(f"{self.root}: no tiltflow project here ({DB_NAME} missing) — "
-                                   "check -p, or import data there first to create one")
+                raise ProjectError(
+                    f"{self.root}: no tiltflow project here ({DB_NAME} missing) — "
+                    "check -p, or import data there first to create one"
+                )
             if self.root.exists() and not self.root.is_dir():
                 raise ProjectError(f"{self.root}: exists and is not a folder — choose another -p")
             return
@@ -66,7 +73,7 @@ class ProjectStore:
     def _init_schema(self) -> None:
         try:
             con = self._open(self.db_path)
-        except sqlite3.OperationalError as err:        # a full disk: read-only (workflow/diskspace.py)
+        except sqlite3.OperationalError as err:  # a full disk: read-only (workflow/diskspace.py)
             con = diskspace.read_only_connection(self.db_path, err)
             migrations.check_readable(con, self.db_path)
             row = con.execute("SELECT value FROM meta WHERE key='root'").fetchone()
@@ -74,7 +81,7 @@ class ProjectStore:
             con.close()
             return
         try:
-            migrations.upgrade(con, self.db_path)       # an older project: migrated (a copy kept beside it)
+            migrations.upgrade(con, self.db_path)  # an older project: migrated (a copy kept beside it)
             con.executescript(_SCHEMA)
             if con.execute("SELECT 1 FROM meta WHERE key='schema_version'").fetchone() is None:
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('root', ?)", (str(self.root),))  # a new project
@@ -90,9 +97,10 @@ class ProjectStore:
         try:
             (self.root / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ProjectError(f"{self.root}: cannot create the project folder ({err.strerror}) — "
-                               "choose a writable -p") from None
-        self._made, self._pending = missing, False       # innermost first
+            raise ProjectError(
+                f"{self.root}: cannot create the project folder ({err.strerror}) — choose a writable -p"
+            ) from None
+        self._made, self._pending = missing, False  # innermost first
         self._init_schema()
 
     def _discard(self) -> None:
@@ -101,7 +109,7 @@ class ProjectStore:
             (self.root / name).unlink(missing_ok=True)
         for folder in self._made or []:
             try:
-                folder.rmdir()                     # only when empty
+                folder.rmdir()  # only when empty
             except OSError:
                 pass
         self._made, self._pending = None, True
@@ -150,7 +158,7 @@ class ProjectStore:
         else:
             try:
                 con = self.connect()
-            except DiskFull as err:                    # readers go on while the disk is full
+            except DiskFull as err:  # readers go on while the disk is full
                 con = diskspace.read_only_connection(self.db_path, err)
         try:
             con.execute("BEGIN")
@@ -169,14 +177,16 @@ class ProjectStore:
         return self.paths.abs(stored)
 
     # -- runs -------------------------------------------------------------------------------
-    def create_run(self, step: str, params: dict[str, Any], inputs: dict[str, str],
-                   label: str | None = None) -> RunRecord:
+    def create_run(
+        self, step: str, params: dict[str, Any], inputs: dict[str, str], label: str | None = None
+    ) -> RunRecord:
         now = time.time()
         with self.transaction() as con:
             cur = con.execute(
                 "INSERT INTO runs (step, label, params, inputs, status, created, started, code_version)"
                 " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
-                (step, label, json.dumps(params), json.dumps(inputs), now, now, __version__))
+                (step, label, json.dumps(params), json.dumps(inputs), now, now, __version__),
+            )
             run_id = int(cur.lastrowid)
             run_dir = f"runs/{run_id:03d}_{step}"
             con.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (run_dir, run_id))
@@ -187,8 +197,9 @@ class ProjectStore:
     def run(self, run_id: int) -> RunRecord:
         """One run; a 'running' run whose process is gone reads as 'interrupted' (with a hint)."""
         if self._pending:
-            raise ProjectError(f"{self.root}: no tiltflow project here ({DB_NAME} missing) — check -p, "
-                               "or import data there first")
+            raise ProjectError(
+                f"{self.root}: no tiltflow project here ({DB_NAME} missing) — check -p, or import data there first"
+            )
         with self.reading() as con:
             row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
@@ -210,13 +221,11 @@ class ProjectStore:
         with self.transaction() as con:
             for name, value in outputs.items():
                 self._insert_output(con, run_id, name, value)
-            con.execute("UPDATE runs SET status='finished', ended=?, error=NULL WHERE id=?",
-                        (time.time(), run_id))
+            con.execute("UPDATE runs SET status='finished', ended=?, error=NULL WHERE id=?", (time.time(), run_id))
 
     def fail_run(self, run_id: int, error: str, status: str = "failed") -> None:
         with self.transaction() as con:
-            con.execute("UPDATE runs SET status=?, ended=?, error=? WHERE id=?",
-                        (status, time.time(), error, run_id))
+            con.execute("UPDATE runs SET status=?, ended=?, error=? WHERE id=?", (status, time.time(), error, run_id))
 
     def set_status(self, run_id: int, status: str) -> None:
         with self.transaction() as con:
@@ -239,8 +248,10 @@ class ProjectStore:
     # -- per-item progress (resume) ---------------------------------------------------------
     def record_item(self, run_id: int, item: str, result: Any) -> None:
         with self.transaction() as con:
-            con.execute("INSERT OR REPLACE INTO item_progress VALUES (?, ?, ?, ?)",
-                        (run_id, item, json.dumps(map_attrs(result, self.paths.rel_attr)), time.time()))
+            con.execute(
+                "INSERT OR REPLACE INTO item_progress VALUES (?, ?, ?, ?)",
+                (run_id, item, json.dumps(map_attrs(result, self.paths.rel_attr)), time.time()),
+            )
 
     def finished_items(self, run_id: int) -> dict[str, Any]:
         with self.reading() as con:
@@ -249,10 +260,11 @@ class ProjectStore:
 
     # -- outputs ----------------------------------------------------------------------------
     def _insert_output(self, con: sqlite3.Connection, run_id: int, name: str, value: AnySet) -> int:
-        value = map_set(value, self.paths.rel_attr, files=False)   # attrs' paths relative too
+        value = map_set(value, self.paths.rel_attr, files=False)  # attrs' paths relative too
         cur = con.execute(
             "INSERT INTO outputs (run_id, name, type, summary, attrs, created) VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, name, value.kind, value.summary(), json.dumps(value.attrs), time.time()))
+            (run_id, name, value.kind, value.summary(), json.dumps(value.attrs), time.time()),
+        )
         output_id = int(cur.lastrowid)
         set_tables.insert_set(con, output_id, value, self.relpath)
         return output_id
@@ -264,8 +276,9 @@ class ProjectStore:
             self._insert_output(con, run_id, name, value)
         return self.output(run_id, name)
 
-    def add_output_unique(self, run_id: int, name_for: Callable[[int], str], value: AnySet, *,
-                          staged: Path | None = None) -> OutputRecord:
+    def add_output_unique(
+        self, run_id: int, name_for: Callable[[int], str], value: AnySet, *, staged: Path | None = None
+    ) -> OutputRecord:
         """Register ``value`` as the first free name of ``name_for(2)``, ``name_for(3)``…, chosen in
         the transaction that registers it, so concurrent saves (viewers, CLI) get distinct names.
         ``staged``: a folder of its files, moved to ``<run_dir>/<name>`` in that transaction."""
@@ -298,8 +311,17 @@ class ProjectStore:
         sql = "SELECT * FROM outputs" + (" WHERE run_id = ?" if run_id is not None else "") + " ORDER BY run_id, id"
         with self.reading() as con:
             rows = con.execute(sql, (run_id,) if run_id is not None else ()).fetchall()
-        return [OutputRecord(r["id"], r["run_id"], r["name"], r["type"], r["summary"],
-                             map_attrs(json.loads(r["attrs"] or "{}"), self.paths.abs_attr)) for r in rows]
+        return [
+            OutputRecord(
+                r["id"],
+                r["run_id"],
+                r["name"],
+                r["type"],
+                r["summary"],
+                map_attrs(json.loads(r["attrs"] or "{}"), self.paths.abs_attr),
+            )
+            for r in rows
+        ]
 
     def output(self, run_id: int, name: str) -> OutputRecord:
         for o in self.outputs(run_id):

@@ -14,10 +14,11 @@ being a step ``id`` or a step type.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -41,11 +42,14 @@ class WorkflowStep:
 class Workflow:
     steps: list[WorkflowStep]
     name: str = "workflow"
-    plan: list | None = None       # a Scipion workflow's plan (scipion.PlanEntry per protocol)
+    plan: list | None = None  # a Scipion workflow's plan (scipion.PlanEntry per protocol)
 
     def to_json(self) -> dict:
-        return {"tiltflow_workflow": FORMAT_VERSION, "name": self.name,
-                "steps": [{"id": s.id, "step": s.step, "params": s.params, "inputs": s.inputs} for s in self.steps]}
+        return {
+            "tiltflow_workflow": FORMAT_VERSION,
+            "name": self.name,
+            "steps": [{"id": s.id, "step": s.step, "params": s.params, "inputs": s.inputs} for s in self.steps],
+        }
 
 
 def json_schema() -> dict:
@@ -54,22 +58,42 @@ def json_schema() -> dict:
 
     variants = []
     for step in all_steps().values():
-        variants.append({
-            "type": "object", "title": step.title, "additionalProperties": False,
-            "required": ["step"],
-            "properties": {
-                "id": {"type": "string", "description": "Name other steps use in their inputs"},
-                "step": {"const": step.id},
-                "params": step.params.model_json_schema(),
-                "inputs": {"type": "object", "properties": {
-                    spec.name: {"type": "string", "description": f"{spec.help}: step id[.output] or RUN_ID[.output]"}
-                    for spec in step.inputs}, "additionalProperties": False},
-            }})
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "tiltflow workflow",
-            "type": "object", "required": ["steps"],
-            "properties": {"tiltflow_workflow": {"const": FORMAT_VERSION}, "name": {"type": "string"},
-                           "description": {"type": "string"},
-                           "steps": {"type": "array", "items": {"oneOf": variants}}}}
+        variants.append(
+            {
+                "type": "object",
+                "title": step.title,
+                "additionalProperties": False,
+                "required": ["step"],
+                "properties": {
+                    "id": {"type": "string", "description": "Name other steps use in their inputs"},
+                    "step": {"const": step.id},
+                    "params": step.params.model_json_schema(),
+                    "inputs": {
+                        "type": "object",
+                        "properties": {
+                            spec.name: {
+                                "type": "string",
+                                "description": f"{spec.help}: step id[.output] or RUN_ID[.output]",
+                            }
+                            for spec in step.inputs
+                        },
+                        "additionalProperties": False,
+                    },
+                },
+            }
+        )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "tiltflow workflow",
+        "type": "object",
+        "required": ["steps"],
+        "properties": {
+            "tiltflow_workflow": {"const": FORMAT_VERSION},
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "steps": {"type": "array", "items": {"oneOf": variants}},
+        },
+    }
 
 
 def template_names() -> list[str]:
@@ -87,7 +111,9 @@ def load_workflow(source: str | Path) -> Workflow:
         try:
             text = path.read_text()
         except UnicodeDecodeError as err:
-            raise InputError(f"{path}: not a text file (byte {err.start} is not UTF-8) — give a workflow JSON file") from None
+            raise InputError(
+                f"{path}: not a text file (byte {err.start} is not UTF-8) — give a workflow JSON file"
+            ) from None
         origin = str(path)
     else:
         raise InputError(f"{source}: no such workflow file or template (templates: {', '.join(template_names())})")
@@ -100,7 +126,7 @@ def load_workflow(source: str | Path) -> Workflow:
 
         from tiltflow.workflow.scipion import parse_scipion_template
 
-        data = parse_scipion_template(text, dict(os.environ))   # a Scipion .json.template
+        data = parse_scipion_template(text, dict(os.environ))  # a Scipion .json.template
     if isinstance(data, list):
         from tiltflow.workflow.scipion import workflow_from_scipion
 
@@ -109,11 +135,14 @@ def load_workflow(source: str | Path) -> Workflow:
         raise InputError(f"{origin}: not a tiltflow workflow (expected an object with 'steps')")
     version = data.get("tiltflow_workflow", FORMAT_VERSION)
     if type(version) is not int or version != FORMAT_VERSION:
-        raise InputError(f"{origin}: 'tiltflow_workflow': {json.dumps(version)[:40]} — this tiltflow reads "
-                         f"version {FORMAT_VERSION} (`tiltflow workflow template tutorial` shows one)")
+        raise InputError(
+            f"{origin}: 'tiltflow_workflow': {json.dumps(version)[:40]} — this tiltflow reads "
+            f"version {FORMAT_VERSION} (`tiltflow workflow template tutorial` shows one)"
+        )
     if not isinstance(data["steps"], list) or not data["steps"]:
-        raise InputError(f"{origin}: 'steps' must be a list of one or more steps "
-                         "({\"step\": \"import-movies\", \"params\": {...}})")
+        raise InputError(
+            f'{origin}: \'steps\' must be a list of one or more steps ({{"step": "import-movies", "params": {{...}}}})'
+        )
     steps = []
     for i, s in enumerate(data["steps"], 1):
         if not isinstance(s, dict) or not isinstance(s.get("step"), str) or not s["step"]:
@@ -121,8 +150,14 @@ def load_workflow(source: str | Path) -> Workflow:
         for key in ("params", "inputs"):
             if s.get(key) is not None and not isinstance(s[key], dict):
                 raise InputError(f"{origin}: step {i} ({s['step']}): '{key}' must be an object ({{\"name\": value}})")
-        steps.append(WorkflowStep(id=str(s.get("id") or s["step"]), step=s["step"], params=dict(s.get("params") or {}),
-                                  inputs={str(k): str(v) for k, v in (s.get("inputs") or {}).items()}))
+        steps.append(
+            WorkflowStep(
+                id=str(s.get("id") or s["step"]),
+                step=s["step"],
+                params=dict(s.get("params") or {}),
+                inputs={str(k): str(v) for k, v in (s.get("inputs") or {}).items()},
+            )
+        )
     return Workflow(steps=steps, name=str(data.get("name", path.stem)))
 
 
@@ -141,7 +176,9 @@ def apply_overrides(wf: Workflow, overrides: list[str]) -> None:
             raise InputError(f"--set '{item}': expected STEP.PARAM=VALUE (e.g. import-movies.files=/data)")
         matched = [s for s in wf.steps if s.id == target or s.step == target]
         if not matched:
-            raise InputError(f"--set '{item}': no step '{target}' in the workflow ({', '.join(s.id for s in wf.steps)})")
+            raise InputError(
+                f"--set '{item}': no step '{target}' in the workflow ({', '.join(s.id for s in wf.steps)})"
+            )
         for s in matched:
             s.params[_field_name(s.step, name)] = _coerce(value)
 
@@ -152,7 +189,7 @@ def _field_name(step_id: str, name: str) -> str:
     try:
         fields = get_step(step_id).params.model_fields
     except KeyError:
-        return name                 # an unknown step is reported by validate()
+        return name  # an unknown step is reported by validate()
     if name in fields:
         return name
     wanted = name.lstrip("-").replace("_", "-")
@@ -166,7 +203,7 @@ def _field_name(step_id: str, name: str) -> str:
 def validate(wf: Workflow) -> None:
     """Check every step's type and parameters before anything runs (all problems at once)."""
     problems, ids = [], set()
-    problems.extend(canonical_workflow(wf))    # option names as well as field names; 'did you mean'
+    problems.extend(canonical_workflow(wf))  # option names as well as field names; 'did you mean'
     for s in wf.steps:
         try:
             step = get_step(s.step)
@@ -189,11 +226,16 @@ def validate(wf: Workflow) -> None:
         raise InputError(problems)
 
 
-def run_workflow(store: ProjectStore, wf: Workflow, *, options: dict | None = None,
-                 on_step: Callable[[WorkflowStep, RunRecord], None] | None = None,
-                 progress: Callable[[str, int, int], None] | None = None,
-                 resume: bool = False,
-                 on_continue: Callable[[WorkflowStep, str], None] | None = None) -> dict[str, RunRecord]:
+def run_workflow(
+    store: ProjectStore,
+    wf: Workflow,
+    *,
+    options: dict | None = None,
+    on_step: Callable[[WorkflowStep, RunRecord], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    resume: bool = False,
+    on_continue: Callable[[WorkflowStep, str], None] | None = None,
+) -> dict[str, RunRecord]:
     """Run the steps in order; returns step id -> run.
 
     With ``resume`` each step is compared with the project's runs labelled with its id: a finished
@@ -267,13 +309,15 @@ def _why_rerun(sid: str, step_id: str, params: dict, inputs: dict[str, str], las
     return "; ".join(reasons) or f"run {last.id} is {last.status}"
 
 
-def continue_choice(sid: str, step_id: str, params: dict, inputs: dict[str, str],
-                    earlier: list[RunRecord]) -> tuple[str, RunRecord | None, str]:
+def continue_choice(
+    sid: str, step_id: str, params: dict, inputs: dict[str, str], earlier: list[RunRecord]
+) -> tuple[str, RunRecord | None, str]:
     """What ``--continue`` does with workflow step ``sid`` given its earlier runs (oldest first):
     ``("reuse", run, line)``, ``("resume", run, line)`` or ``("new", None, line)``. ``params`` and
     ``inputs`` are as a run records them (resolved pointers)."""
-    same = [r for r in earlier if r.step == step_id and r.inputs == inputs
-            and not param_changes(step_id, params, r.params)]
+    same = [
+        r for r in earlier if r.step == step_id and r.inputs == inputs and not param_changes(step_id, params, r.params)
+    ]
     finished = [r for r in same if r.status == "finished"]
     if finished:
         return "reuse", finished[-1], f"step {sid}: reused run {finished[-1].id}"
@@ -290,7 +334,7 @@ def _run_steps(store, wf, options, on_step, progress, resume, on_continue) -> di
 
     earlier = _runs_by_label(store) if resume else {}
     warn = options.setdefault("warnings", []).append
-    options["within_workflow"] = True     # steps go on with the series that aligned and report the rest
+    options["within_workflow"] = True  # steps go on with the series that aligned and report the rest
     done: dict[str, RunRecord] = {}
     for s in wf.steps:
         inputs = {}
@@ -305,15 +349,24 @@ def _run_steps(store, wf, options, on_step, progress, resume, on_continue) -> di
         if resume:
             step = get_step(s.step)
             pointers = {k: o.pointer for k, o in resolve_inputs(store, step, inputs).items()}
-            action, old, line = continue_choice(s.id, s.step, recorded_params(step, s.params), pointers,
-                                                earlier.get(s.id, []))
+            action, old, line = continue_choice(
+                s.id, s.step, recorded_params(step, s.params), pointers, earlier.get(s.id, [])
+            )
             if on_continue:
                 on_continue(s, line)
         if action == "reuse":
             run = old
         else:
-            run = run_step(store, s.step, s.params, inputs, options=options, label=s.id, progress=progress,
-                           resume=old.id if action == "resume" else None)
+            run = run_step(
+                store,
+                s.step,
+                s.params,
+                inputs,
+                options=options,
+                label=s.id,
+                progress=progress,
+                resume=old.id if action == "resume" else None,
+            )
         done[s.id] = run
         if on_step:
             on_step(s, run)
@@ -329,9 +382,11 @@ def _existing_output(store: ProjectStore, run_id: int, name: str, warn: Callable
     base = name.rstrip("0123456789").rstrip("_")
     for candidate in (base, "output" + base[0].upper() + base[1:] if base else base):
         if candidate in names:
-            warn(f"output {run_id}.{name} does not exist yet (a curation viewer creates it); using {run_id}.{candidate}")
+            warn(
+                f"output {run_id}.{name} does not exist yet (a curation viewer creates it); using {run_id}.{candidate}"
+            )
             return candidate
-    stripped = base[len("output"):] if base.startswith("output") else None
+    stripped = base[len("output") :] if base.startswith("output") else None
     if stripped and stripped in names:
         return stripped
     # Scipion spells some outputs differently (tiltSeries, goodSetOfCTFTomoSeries2): the run's output

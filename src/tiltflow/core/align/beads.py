@@ -22,13 +22,13 @@ __all__ = ["BeadDetections", "bead_template", "detect_beads", "ncc_map", "subpix
 class BeadDetections:
     """Beads found in one image, strongest first."""
 
-    xy_px: torch.Tensor          # (n, 2) sub-pixel centres (x, y)
-    scores: torch.Tensor         # (n,) NCC with the bead template at the peak
+    xy_px: torch.Tensor  # (n, 2) sub-pixel centres (x, y)
+    scores: torch.Tensor  # (n,) NCC with the bead template at the peak
 
 
 def bead_template(
     diameter_px: float, *, blur_px: float | None = None, device=None, dtype=torch.float32
-) -> torch.Tensor:                       # (L, L), L odd ~ 2 * diameter, zero mean, unit norm
+) -> torch.Tensor:  # (L, L), L odd ~ 2 * diameter, zero mean, unit norm
     """Negated projected-sphere profile of a bead (module docstring), centred at ``L // 2``."""
     if not diameter_px > 1.0:
         raise ValueError(f"bead_diameter_px must be > 1 px, got {diameter_px}")
@@ -40,11 +40,11 @@ def bead_template(
     # supersample by 4 so the disc edge is smooth
     sub = (torch.arange(4, dtype=torch.float64) + 0.5) / 4 - 0.5
     xs = (r[:, None] + sub[None, :]).reshape(-1)
-    prof = 2.0 * torch.sqrt((radius ** 2 - xs[:, None] ** 2 - xs[None, :] ** 2).clamp_min(0.0))
+    prof = 2.0 * torch.sqrt((radius**2 - xs[:, None] ** 2 - xs[None, :] ** 2).clamp_min(0.0))
     prof = prof.reshape(size, 4, size, 4).mean(dim=(1, 3))
     sigma = 0.15 * diameter_px if blur_px is None else blur_px
     if sigma > 0:
-        g = torch.exp(-rr / (2 * sigma ** 2))
+        g = torch.exp(-rr / (2 * sigma**2))
         kernel = torch.fft.rfft2(torch.fft.ifftshift(g / g.sum()))
         prof = torch.fft.irfft2(torch.fft.rfft2(prof) * kernel, s=(size, size))
     tpl = -(prof - prof.mean())
@@ -53,7 +53,8 @@ def bead_template(
 
 def _box_sums(x: torch.Tensor, size: int) -> torch.Tensor:
     """Sums over every ``size`` x ``size`` window (valid positions) of ``x`` (b, 1, h, w), from an
-    integral image in float64: O(1) per pixel whatever the window size."""
+    integral image in float64: O(1) per pixel whatever the window size.
+    """
     c = F.pad(x.to(torch.float64), (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
     return c[..., size:, size:] - c[..., :-size, size:] - c[..., size:, :-size] + c[..., :-size, :-size]
 
@@ -67,13 +68,14 @@ def _correlate_valid(x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
 
 
 def ncc_map(
-    images: torch.Tensor,                # (b, h, w)
-    template: torch.Tensor,              # (L, L) zero mean, unit norm
+    images: torch.Tensor,  # (b, h, w)
+    template: torch.Tensor,  # (L, L) zero mean, unit norm
     *,
-    padding: str = "same",               # "same" (reflect-padded) or "valid"
-) -> torch.Tensor:                       # (b, h, w) or (b, h-L+1, w-L+1)
+    padding: str = "same",  # "same" (reflect-padded) or "valid"
+) -> torch.Tensor:  # (b, h, w) or (b, h-L+1, w-L+1)
     """Normalised cross-correlation of each image with the template at every position
-    (FFT correlation and integral-image window statistics: cost independent of the template size)."""
+    (FFT correlation and integral-image window statistics: cost independent of the template size).
+    """
     x = images.to(template.dtype)[:, None]
     size = template.shape[-1]
     if padding == "same":
@@ -81,7 +83,7 @@ def ncc_map(
         x = F.pad(x, (half, half, half, half), mode="reflect")
     elif padding != "valid":
         raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
-    x = x - x.mean(dim=(-2, -1), keepdim=True)    # NCC ignores offsets; FFT precision does not
+    x = x - x.mean(dim=(-2, -1), keepdim=True)  # NCC ignores offsets; FFT precision does not
     num = _correlate_valid(x, template)
     n_px = size * size
     mean = _box_sums(x, size) / n_px
@@ -93,13 +95,15 @@ def ncc_map(
 def _parabola(m1: torch.Tensor, c0: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
     den = m1 - 2 * c0 + p1
     ok = den < -1e-12
-    return torch.where(ok, 0.5 * (m1 - p1) / torch.where(ok, den, -torch.ones_like(den)),
-                       torch.zeros_like(den)).clamp(-0.5, 0.5)
+    return torch.where(ok, 0.5 * (m1 - p1) / torch.where(ok, den, -torch.ones_like(den)), torch.zeros_like(den)).clamp(
+        -0.5, 0.5
+    )
 
 
 def subpixel_peak(score: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
     """Parabolic sub-pixel offsets (n, 2) (dx, dy) of maxima at integer (iy, ix) of ``score``
-    ``(n, h, w)`` (one map per peak) or ``(h, w)``; edges give 0."""
+    ``(n, h, w)`` (one map per peak) or ``(h, w)``; edges give 0.
+    """
     s = score if score.ndim == 3 else score[None].expand(iy.shape[0], -1, -1)
     h, w = s.shape[-2:]
     n = torch.arange(iy.shape[0], device=s.device)
@@ -112,13 +116,13 @@ def subpixel_peak(score: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> to
 
 
 def detect_beads(
-    image: torch.Tensor,                 # (h, w) one tilt image (gold dark)
+    image: torch.Tensor,  # (h, w) one tilt image (gold dark)
     *,
     bead_diameter_px: float,
-    threshold: float | None = None,      # minimum NCC; default: adaptive (docstring)
+    threshold: float | None = None,  # minimum NCC; default: adaptive (docstring)
     max_beads: int | None = None,
     min_separation_px: float | None = None,  # default: the bead diameter
-    edge_px: float | None = None,        # ignore peaks this close to the border, default radius + 1
+    edge_px: float | None = None,  # ignore peaks this close to the border, default radius + 1
 ) -> BeadDetections:
     """Find gold beads as NCC maxima with the bead template, strongest first.
 
@@ -133,8 +137,7 @@ def detect_beads(
     win = 2 * int(bead_diameter_px / 4) + 1
     is_max = score == F.max_pool2d(score[None, None], win, stride=1, padding=win // 2)[0, 0]
     edge = bead_diameter_px / 2 + 1 if edge_px is None else edge_px
-    yy, xx = torch.meshgrid(torch.arange(h, device=score.device),
-                            torch.arange(w, device=score.device), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(h, device=score.device), torch.arange(w, device=score.device), indexing="ij")
     inner = (xx >= edge) & (xx <= w - 1 - edge) & (yy >= edge) & (yy <= h - 1 - edge)
     iy, ix = torch.nonzero(is_max & inner & (score > 0), as_tuple=True)
     vals = score[iy, ix]

@@ -35,43 +35,45 @@ _RAYLEIGH_MEDIAN = math.sqrt(2.0 * math.log(2.0))  # median of |2-D unit Gaussia
 class FiducialSolution:
     """Result of :func:`solve_alignment`; views in tilt order, px of the tracked images."""
 
-    xf: torch.Tensor                   # (t, 6) IMOD .xf, A = R(-axis) / magnification
-    tilt_angles_deg: torch.Tensor      # (t,) refined: input + grouped change + tilt offset
-    tilt_axis_deg: float               # from +y, counter-clockwise
-    tilt_offset_deg: float             # added to every view so the bead surfaces are level
-    tilt_offset_sd_deg: float          # its jackknife SD over the beads (NaN when not levelled)
-    magnification: torch.Tensor        # (t,) of each view relative to the reference view
-    shifts_px: torch.Tensor            # (t, 2) raw-image shifts s (geometry convention)
-    bead_xyz_px: torch.Tensor          # (n, 3) specimen frame, mean zero
-    projected_px: torch.Tensor         # (n, t, 2) model positions of every bead in every view
-    residuals_px: torch.Tensor         # (n, t) |observed - model|, NaN where not observed
-    weights: torch.Tensor              # (n, t) final robust weights (0 where not observed)
-    mean_residual_px: float            # mean over all observed points (tiltalign's mean)
+    xf: torch.Tensor  # (t, 6) IMOD .xf, A = R(-axis) / magnification
+    tilt_angles_deg: torch.Tensor  # (t,) refined: input + grouped change + tilt offset
+    tilt_axis_deg: float  # from +y, counter-clockwise
+    tilt_offset_deg: float  # added to every view so the bead surfaces are level
+    tilt_offset_sd_deg: float  # its jackknife SD over the beads (NaN when not levelled)
+    magnification: torch.Tensor  # (t,) of each view relative to the reference view
+    shifts_px: torch.Tensor  # (t, 2) raw-image shifts s (geometry convention)
+    bead_xyz_px: torch.Tensor  # (n, 3) specimen frame, mean zero
+    projected_px: torch.Tensor  # (n, t, 2) model positions of every bead in every view
+    residuals_px: torch.Tensor  # (n, t) |observed - model|, NaN where not observed
+    weights: torch.Tensor  # (n, t) final robust weights (0 where not observed)
+    mean_residual_px: float  # mean over all observed points (tiltalign's mean)
     per_view_residual_px: torch.Tensor  # (t,)
     per_bead_residual_px: torch.Tensor  # (n,)
-    flagged_beads: torch.Tensor        # (k,) long: mean weight < 0.3 or residual > 4 x median
-    flagged_views: torch.Tensor        # (k,) long: the same rule per view
+    flagged_beads: torch.Tensor  # (k,) long: mean weight < 0.3 or residual > 4 x median
+    flagged_views: torch.Tensor  # (k,) long: the same rule per view
     reference_view: int
 
 
 def tukey_weights(residuals_px: torch.Tensor, *, k_factor: float = 1.0) -> torch.Tensor:
     """Tukey biweight of residual magnitudes (NaN -> 0): ``(1 - u^2)^2`` for ``u < 1``, where
-    ``u = r / (4.685 k_factor sigma)`` and ``sigma = median(r) / 1.1774`` (2-D Gaussian)."""
+    ``u = r / (4.685 k_factor sigma)`` and ``sigma = median(r) / 1.1774`` (2-D Gaussian).
+    """
     r = torch.nan_to_num(residuals_px, nan=torch.inf)
     finite = torch.isfinite(r)
     sigma = r[finite].median() / _RAYLEIGH_MEDIAN if bool(finite.any()) else r.new_tensor(1.0)
     u = r / (4.685 * k_factor * sigma.clamp_min(1e-6))
-    return torch.where(u < 1.0, (1.0 - u ** 2) ** 2, torch.zeros_like(r))
+    return torch.where(u < 1.0, (1.0 - u**2) ** 2, torch.zeros_like(r))
 
 
 def _node_matrix(t: int, group_size: int, ref: int, device) -> torch.Tensor:
     """(t, g-1): linear interpolation between nodes every ``group_size`` views, 0 at ``ref``."""
-    nodes = torch.linspace(0, t - 1, max(2, math.ceil((t - 1) / max(group_size, 1)) + 1),
-                           dtype=torch.float64, device=device)
+    nodes = torch.linspace(
+        0, t - 1, max(2, math.ceil((t - 1) / max(group_size, 1)) + 1), dtype=torch.float64, device=device
+    )
     v = torch.arange(t, dtype=torch.float64, device=device)[:, None]
     spacing = float(nodes[1] - nodes[0])
     hat = (1.0 - (v - nodes[None]).abs() / spacing).clamp_min(0.0)  # rows sum to 1
-    return (hat - hat[ref:ref + 1])[:, 1:]
+    return (hat - hat[ref : ref + 1])[:, 1:]
 
 
 def _lm(fun, p: torch.Tensor, max_iterations: int) -> torch.Tensor:
@@ -113,15 +115,14 @@ def _surface_tilt_deg(xyz: torch.Tensor, max_deg: float = 15.0) -> float:
     """
     x, y, z = (xyz[:, i].to(torch.float64) for i in range(3))
     cut = max(2.0, 0.02 * float(z.max() - z.min()))  # px; surfaces are not perfectly flat
-    trial = torch.deg2rad(torch.arange(-max_deg, max_deg + 1e-9, 0.1, dtype=torch.float64,
-                                       device=xyz.device))
-    level = z[None] + torch.tan(trial)[:, None] * x[None]           # (a, n): z' after rotation
+    trial = torch.deg2rad(torch.arange(-max_deg, max_deg + 1e-9, 0.1, dtype=torch.float64, device=xyz.device))
+    level = z[None] + torch.tan(trial)[:, None] * x[None]  # (a, n): z' after rotation
     q = torch.linspace(0, 1, min(z.numel(), 32), dtype=torch.float64, device=xyz.device)
-    cand = torch.quantile(level, q, dim=1).T                        # (a, c) candidate heights
+    cand = torch.quantile(level, q, dim=1).T  # (a, c) candidate heights
     best_cost, best = math.inf, (0, 0.0, 0.0)
-    for a0 in range(0, trial.numel(), 16):                          # bounded memory
-        lv, cd = level[a0:a0 + 16], cand[a0:a0 + 16]
-        dist = ((lv[:, None, :] - cd[:, :, None]) ** 2).clamp_max(cut ** 2)  # (a, c, n)
+    for a0 in range(0, trial.numel(), 16):  # bounded memory
+        lv, cd = level[a0 : a0 + 16], cand[a0 : a0 + 16]
+        dist = ((lv[:, None, :] - cd[:, :, None]) ** 2).clamp_max(cut**2)  # (a, c, n)
         pair = torch.minimum(dist[:, :, None, :], dist[:, None, :, :]).sum(-1)  # (a, c, c)
         k = int(pair.reshape(-1).argmin())
         if float(pair.reshape(-1)[k]) < best_cost:
@@ -149,17 +150,22 @@ def _check_tracks(tracks, tilt_angles_deg) -> tuple[torch.Tensor, torch.Tensor]:
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).to(pos.device)
     t = pos.shape[1] if pos.ndim == 3 else -1
     if pos.ndim != 3 or pos.shape[-1] != 2 or angles.shape != (t,):
-        raise ValueError(f"tracks must be (n_beads, t, 2) with one tilt angle per view; got "
-                         f"{tuple(pos.shape)} and {tuple(angles.shape)} angles")
+        raise ValueError(
+            f"tracks must be (n_beads, t, 2) with one tilt angle per view; got "
+            f"{tuple(pos.shape)} and {tuple(angles.shape)} angles"
+        )
     if int((torch.isfinite(pos).all(-1).sum(1) >= 3).sum()) < 3:
-        raise ValueError("solve_alignment: need at least 3 beads each seen in 3 or more views; "
-                         "track more beads or lower the tracking threshold")
+        raise ValueError(
+            "solve_alignment: need at least 3 beads each seen in 3 or more views; "
+            "track more beads or lower the tracking threshold"
+        )
     return pos, angles
 
 
 def _irls(p, residual, beads, *, robust, rounds, k_factor, max_iterations):
     """LM on ``residual(p)`` (m, 2), then Tukey re-weighting until the weights settle; the
-    mean of ``beads(p)`` (n, 3) is held at 0 (the free translation)."""
+    mean of ``beads(p)`` (n, 3) is held at 0 (the free translation).
+    """
     m = residual(p).shape[0]
     weights = torch.ones(m, dtype=p.dtype, device=p.device)
     gauge = 10.0 * math.sqrt(max(m, 1))
@@ -181,19 +187,19 @@ def _irls(p, residual, beads, *, robust, rounds, k_factor, max_iterations):
 
 
 def solve_alignment(
-    tracks: Tracks | torch.Tensor,       # Tracks, or positions (n, t, 2) raw px with NaN missing
-    tilt_angles_deg: torch.Tensor,       # (t,) as stored (nominal), views in tilt order
+    tracks: Tracks | torch.Tensor,  # Tracks, or positions (n, t, 2) raw px with NaN missing
+    tilt_angles_deg: torch.Tensor,  # (t,) as stored (nominal), views in tilt order
     *,
     tilt_axis_deg_initial: float,
-    image_shape: tuple[int, int],        # (ny, nx) of the tracked images
+    image_shape: tuple[int, int],  # (ny, nx) of the tracked images
     solve_tilt_offset: bool = True,
     solve_magnification: bool = True,
     solve_tilt_angles: bool = True,
-    solve_tilt_axis: bool = True,        # False: keep ``tilt_axis_deg_initial``
+    solve_tilt_axis: bool = True,  # False: keep ``tilt_axis_deg_initial``
     group_size: int = 5,
     robust: bool = True,
     k_factor: float = 1.0,
-    reference_view: int | None = None,   # default: the view nearest 0°
+    reference_view: int | None = None,  # default: the view nearest 0°
     robust_rounds: int = 8,
     max_iterations: int = 100,
 ) -> FiducialSolution:
@@ -214,9 +220,9 @@ def solve_alignment(
 
     def unpack(p: torch.Tensor):
         a = p[0] if solve_tilt_axis else axis0
-        logm, dth = wm @ p[1:1 + gm], wt @ p[1 + gm:1 + gm + gt]
-        s = p[1 + gm + gt:1 + gm + gt + 2 * t].reshape(t, 2)
-        return a, logm, dth, s, p[1 + gm + gt + 2 * t:].reshape(n, 3)
+        logm, dth = wm @ p[1 : 1 + gm], wt @ p[1 + gm : 1 + gm + gt]
+        s = p[1 + gm + gt : 1 + gm + gt + 2 * t].reshape(t, 2)
+        return a, logm, dth, s, p[1 + gm + gt + 2 * t :].reshape(n, 3)
 
     def project(p: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         a, logm, dth, s, xyz = unpack(p)
@@ -226,20 +232,31 @@ def solve_alignment(
         ca, sa = torch.cos(a), torch.sin(a)
         return torch.stack([ca * ux - sa * uy, sa * ux + ca * uy], -1) + centre + s[v]
 
-    xyz0, s0 = fit_beads_and_shifts(pos, angles, tilt_axis_deg=tilt_axis_deg_initial,
-                                    image_shape=image_shape, iterations=4)
+    xyz0, s0 = fit_beads_and_shifts(
+        pos, angles, tilt_axis_deg=tilt_axis_deg_initial, image_shape=image_shape, iterations=4
+    )
     xyz0 = torch.nan_to_num(xyz0, nan=0.0)
-    p = torch.cat([torch.tensor([math.radians(tilt_axis_deg_initial)]).to(pos),
-                   torch.zeros(gm + gt).to(pos), s0.reshape(-1), xyz0.reshape(-1)])
-    p, weights = _irls(p, lambda q: project(q, bi, vi) - obs, lambda q: unpack(q)[4],
-                       robust=robust, rounds=robust_rounds, k_factor=k_factor,
-                       max_iterations=max_iterations)
-    return _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
-                     solve_tilt_offset)
+    p = torch.cat(
+        [
+            torch.tensor([math.radians(tilt_axis_deg_initial)]).to(pos),
+            torch.zeros(gm + gt).to(pos),
+            s0.reshape(-1),
+            xyz0.reshape(-1),
+        ]
+    )
+    p, weights = _irls(
+        p,
+        lambda q: project(q, bi, vi) - obs,
+        lambda q: unpack(q)[4],
+        robust=robust,
+        rounds=robust_rounds,
+        k_factor=k_factor,
+        max_iterations=max_iterations,
+    )
+    return _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref, solve_tilt_offset)
 
 
-def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
-              solve_tilt_offset) -> FiducialSolution:
+def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref, solve_tilt_offset) -> FiducialSolution:
     a, logm, dth, s, xyz = (x.detach() for x in unpack(p))
     dev = pos.device
     b_all = torch.arange(n, device=dev).repeat_interleave(t)
@@ -253,16 +270,14 @@ def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
     offset, offset_sd = 0.0, math.nan
     # beads with a well-determined z: seen over at least half the tilt range (or 30°)
     seen_deg = torch.where(seen & (w > 0.5), angles[None], torch.nan)
-    span = torch.nan_to_num(seen_deg, nan=-1e9).amax(1) \
-        - torch.nan_to_num(seen_deg, nan=1e9).amin(1)
+    span = torch.nan_to_num(seen_deg, nan=-1e9).amax(1) - torch.nan_to_num(seen_deg, nan=1e9).amin(1)
     solid = span >= min(30.0, 0.5 * float(angles.max() - angles.min()))
     if solve_tilt_offset and int(solid.sum()) >= 4:
         offset = _surface_tilt_deg(xyz[solid])
         offset_sd = offset_spread_deg(xyz[solid], _surface_tilt_deg)
         phi = math.radians(offset)
         x, z = xyz[:, 0], xyz[:, 2]
-        xyz = torch.stack([x * math.cos(phi) - z * math.sin(phi), xyz[:, 1],
-                           x * math.sin(phi) + z * math.cos(phi)], -1)
+        xyz = torch.stack([x * math.cos(phi) - z * math.sin(phi), xyz[:, 1], x * math.sin(phi) + z * math.cos(phi)], -1)
         tilts = tilts + offset
     mag = torch.exp(logm)
     per_view = torch.nanmean(residuals, dim=0)
@@ -276,11 +291,21 @@ def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref,
         return torch.nonzero(bad).squeeze(1)
 
     return FiducialSolution(
-        xf=geometry_to_xf(axis, s, 1.0 / mag), tilt_angles_deg=tilts, tilt_axis_deg=axis,
-        tilt_offset_deg=offset, tilt_offset_sd_deg=offset_sd, magnification=mag, shifts_px=s, bead_xyz_px=xyz,
-        projected_px=projected, residuals_px=residuals, weights=w,
-        mean_residual_px=float(residuals[seen].mean()), per_view_residual_px=per_view,
+        xf=geometry_to_xf(axis, s, 1.0 / mag),
+        tilt_angles_deg=tilts,
+        tilt_axis_deg=axis,
+        tilt_offset_deg=offset,
+        tilt_offset_sd_deg=offset_sd,
+        magnification=mag,
+        shifts_px=s,
+        bead_xyz_px=xyz,
+        projected_px=projected,
+        residuals_px=residuals,
+        weights=w,
+        mean_residual_px=float(residuals[seen].mean()),
+        per_view_residual_px=per_view,
         per_bead_residual_px=per_bead,
         flagged_beads=flag(per_bead, mean_w_bead, seen.any(1)),
-        flagged_views=flag(per_view, mean_w_view, seen.any(0)), reference_view=ref,
+        flagged_views=flag(per_view, mean_w_view, seen.any(0)),
+        reference_view=ref,
     )

@@ -29,13 +29,17 @@ from tiltflow.core.align.verdict import (
 
 __all__ = ["CheckedFiducial", "CheckedPatch", "check_fiducial", "checked_projection_matching"]
 
-_FIDUCIAL_FLAGS = {"tilt_offset": "solve_tilt_offset", "tilt_angles": "solve_tilt_angles",
-                   "magnification": "solve_magnification", "tilt_axis": "solve_tilt_axis"}
+_FIDUCIAL_FLAGS = {
+    "tilt_offset": "solve_tilt_offset",
+    "tilt_angles": "solve_tilt_angles",
+    "magnification": "solve_magnification",
+    "tilt_axis": "solve_tilt_axis",
+}
 
 
 @dataclass(frozen=True)
 class CheckedFiducial:
-    alignment: FiducialAlignment          # ``solution`` is the one to use (after any fall-back)
+    alignment: FiducialAlignment  # ``solution`` is the one to use (after any fall-back)
     verdict: Verdict
     fixed: dict[str, str] = field(default_factory=dict)  # parameter -> why it was held
 
@@ -47,23 +51,37 @@ class CheckedPatch:
     fixed: dict[str, str] = field(default_factory=dict)
 
 
-def fiducial_problems(solution: FiducialSolution, tilt_angles_deg: torch.Tensor, *, tilt_axis_deg: float,
-                      limits: GeometryLimits = GeometryLimits(), solved: dict[str, bool] | None = None,
-                      min_beads: int = 5) -> dict[str, str]:
+def fiducial_problems(
+    solution: FiducialSolution,
+    tilt_angles_deg: torch.Tensor,
+    *,
+    tilt_axis_deg: float,
+    limits: GeometryLimits = GeometryLimits(),
+    solved: dict[str, bool] | None = None,
+    min_beads: int = 5,
+) -> dict[str, str]:
     """:func:`geometry_problems` of a bundle solution, plus a tilt offset the beads leave free
     (jackknife SD above ``limits.max_offset_spread_deg``, or too few beads to tell), and grouped
-    tilt angles / magnifications solved (``solved[name]``) from fewer than ``min_beads`` beads."""
+    tilt angles / magnifications solved (``solved[name]``) from fewer than ``min_beads`` beads.
+    """
     solved = {} if solved is None else solved
-    problems = geometry_problems(tilt_angles_deg, solution.tilt_angles_deg, axis_initial_deg=tilt_axis_deg,
-                                 axis_deg=solution.tilt_axis_deg, offset_deg=solution.tilt_offset_deg,
-                                 magnification=solution.magnification, limits=limits)
+    problems = geometry_problems(
+        tilt_angles_deg,
+        solution.tilt_angles_deg,
+        axis_initial_deg=tilt_axis_deg,
+        axis_deg=solution.tilt_axis_deg,
+        offset_deg=solution.tilt_offset_deg,
+        magnification=solution.magnification,
+        limits=limits,
+    )
     sd, offset = solution.tilt_offset_sd_deg, solution.tilt_offset_deg
     if "tilt_offset" not in problems and offset != 0.0:
         if not math.isfinite(sd):
             problems["tilt_offset"] = f"tilt offset {offset:.1f}° from 4 beads cannot be checked"
         elif sd > limits.max_offset_spread_deg:
-            problems["tilt_offset"] = (f"tilt offset {offset:.1f}° not determined by the beads "
-                                       f"(±{sd:.1f}° leaving out one bead at a time)")
+            problems["tilt_offset"] = (
+                f"tilt offset {offset:.1f}° not determined by the beads (±{sd:.1f}° leaving out one bead at a time)"
+            )
     n_beads = int((torch.isfinite(solution.residuals_px).sum(1) >= 3).sum())
     if n_beads < min_beads:
         too_few = f"only {n_beads} beads (grouped tilt angles and magnifications need {min_beads})"
@@ -75,24 +93,34 @@ def fiducial_problems(solution: FiducialSolution, tilt_angles_deg: torch.Tensor,
 
 def check_fiducial(
     alignment: FiducialAlignment,
-    tilt_angles_deg: torch.Tensor,       # (t,) as given, tilt order
+    tilt_angles_deg: torch.Tensor,  # (t,) as given, tilt order
     *,
-    tilt_axis_deg: float,                # as given (mdoc)
-    image_shape: tuple[int, int],        # (ny, nx) of the tracked views
-    bead_diameter_px: float,             # px of the tracked views
+    tilt_axis_deg: float,  # as given (mdoc)
+    image_shape: tuple[int, int],  # (ny, nx) of the tracked views
+    bead_diameter_px: float,  # px of the tracked views
     solve_magnification: bool = True,
     solve_tilt_angles: bool = True,
     solve_tilt_offset: bool = True,
     limits: GeometryLimits = GeometryLimits(),
 ) -> CheckedFiducial:
     """Check a fiducial alignment; re-solve its tracks with the implausible parameters held at
-    their given values (then with every one held) until the geometry is plausible."""
+    their given values (then with every one held) until the geometry is plausible.
+    """
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64)
-    asked = {"solve_tilt_offset": solve_tilt_offset, "solve_tilt_angles": solve_tilt_angles,
-             "solve_magnification": solve_magnification, "solve_tilt_axis": True}
+    asked = {
+        "solve_tilt_offset": solve_tilt_offset,
+        "solve_tilt_angles": solve_tilt_angles,
+        "solve_magnification": solve_magnification,
+        "solve_tilt_axis": True,
+    }
     solution = alignment.solution
-    broken = inconsistent_tracks(angles, solution.tilt_angles_deg, solution.tilt_offset_deg,
-                                 solution.magnification if solve_magnification else None, limits)
+    broken = inconsistent_tracks(
+        angles,
+        solution.tilt_angles_deg,
+        solution.tilt_offset_deg,
+        solution.magnification if solve_magnification else None,
+        limits,
+    )
     if broken:
         return CheckedFiducial(alignment, Verdict("failed", (broken,)), {})
     solved = {"tilt_angles": solve_tilt_angles, "magnification": solve_magnification}
@@ -105,8 +133,13 @@ def check_fiducial(
         if hold_all:
             fixed.update({k: "held with the others" for k in _FIDUCIAL_FLAGS if k not in fixed})
         flags = {flag: asked[flag] and name not in fixed for name, flag in _FIDUCIAL_FLAGS.items()}
-        solution = solve_alignment(alignment.tracks.positions_px.to(angles.device), angles,
-                                   tilt_axis_deg_initial=tilt_axis_deg, image_shape=image_shape, **flags)
+        solution = solve_alignment(
+            alignment.tracks.positions_px.to(angles.device),
+            angles,
+            tilt_axis_deg_initial=tilt_axis_deg,
+            image_shape=image_shape,
+            **flags,
+        )
         if alignment.coarse is not None:
             solution = fill_beadless_views(solution, alignment.coarse.shifts_px, angles)
         solved = {k: asked[_FIDUCIAL_FLAGS[k]] and k not in fixed for k in solved}
@@ -116,16 +149,20 @@ def check_fiducial(
         return CheckedFiducial(result, Verdict("failed", tuple(problems.values())), fixed)
     found = torch.isfinite(solution.residuals_px)
     verdict = fiducial_verdict(
-        mean_residual_px=solution.mean_residual_px, bead_diameter_px=bead_diameter_px,
-        n_beads=int((found.sum(1) >= 3).sum()), n_views=int(angles.numel()),
-        n_flagged_views=int(solution.flagged_views.numel()), fixed=fixed,
+        mean_residual_px=solution.mean_residual_px,
+        bead_diameter_px=bead_diameter_px,
+        n_beads=int((found.sum(1) >= 3).sum()),
+        n_views=int(angles.numel()),
+        n_flagged_views=int(solution.flagged_views.numel()),
+        fixed=fixed,
         n_beadless_views=int(beadless_views(solution).sum()),
-        coarse_peak_significance=None if alignment.coarse is None else alignment.coarse.peak_significance)
+        coarse_peak_significance=None if alignment.coarse is None else alignment.coarse.peak_significance,
+    )
     return CheckedFiducial(result, verdict, fixed)
 
 
 def checked_projection_matching(
-    views: torch.Tensor,                 # (t, h, w) as for :func:`projection_matching_align`
+    views: torch.Tensor,  # (t, h, w) as for :func:`projection_matching_align`
     tilt_angles_deg: torch.Tensor,
     *,
     tilt_axis_deg: float,
@@ -134,7 +171,8 @@ def checked_projection_matching(
 ) -> CheckedPatch:
     """:func:`projection_matching_align`, checked; a wandering axis or offset is held at its
     given value and the matching run again. ``ValueError`` (too few usable views) becomes a
-    ``failed`` verdict."""
+    ``failed`` verdict.
+    """
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64)
     fixed: dict[str, str] = {}
     try:
@@ -148,14 +186,19 @@ def checked_projection_matching(
         problems = _patch_problems(result, angles, tilt_axis_deg, limits)
     if problems:
         return CheckedPatch(result, Verdict("failed", tuple(problems.values())), fixed)
-    verdict = patch_verdict(per_view_error=result.per_view_error, n_dark=int(result.dark_views.sum()), fixed=fixed,
-                            coarse_peak_significance=result.coarse_peak_significance)
+    verdict = patch_verdict(
+        per_view_error=result.per_view_error,
+        n_dark=int(result.dark_views.sum()),
+        fixed=fixed,
+        coarse_peak_significance=result.coarse_peak_significance,
+    )
     return CheckedPatch(result, verdict, fixed)
 
 
 def _matching_at_given_geometry(views, angles, axis_deg: float, dark: torch.Tensor, options: dict):
     """Projection matching without axis or offset refinement, from a coarse alignment of the
-    non-dark views at the given geometry (it would otherwise start from zero shifts)."""
+    non-dark views at the given geometry (it would otherwise start from zero shifts).
+    """
     from tiltflow.core.align.coarse import coarse_align
 
     use = ~dark.cpu()
@@ -169,8 +212,14 @@ def _matching_at_given_geometry(views, angles, axis_deg: float, dark: torch.Tens
     return replace(result, coarse_peak_significance=significance)
 
 
-def _patch_problems(result: ProjectionMatchingResult, angles: torch.Tensor, axis_deg: float,
-                    limits: GeometryLimits) -> dict[str, str]:
-    return geometry_problems(angles, result.tilt_angles_deg, axis_initial_deg=axis_deg,
-                             axis_deg=result.tilt_axis_deg, offset_deg=result.tilt_offset_deg, limits=limits)
-
+def _patch_problems(
+    result: ProjectionMatchingResult, angles: torch.Tensor, axis_deg: float, limits: GeometryLimits
+) -> dict[str, str]:
+    return geometry_problems(
+        angles,
+        result.tilt_angles_deg,
+        axis_initial_deg=axis_deg,
+        axis_deg=result.tilt_axis_deg,
+        offset_deg=result.tilt_offset_deg,
+        limits=limits,
+    )

@@ -31,10 +31,10 @@ __all__ = ["CoarseResult", "coarse_align", "warp_affine"]
 class CoarseResult:
     """Coarse alignment of a tilt series sorted by tilt angle."""
 
-    shifts_px: torch.Tensor      # (t, 2) raw-image shifts s (x, y), px of the input views
-    xf: torch.Tensor             # (t, 6) IMOD .xf rows = geometry_to_xf(tilt_axis_deg, shifts_px)
-    peak_scores: torch.Tensor    # (t,) normalised cross-correlation at the peak (1 for reference)
-    reference_index: int         # the view nearest 0°, shift (0, 0)
+    shifts_px: torch.Tensor  # (t, 2) raw-image shifts s (x, y), px of the input views
+    xf: torch.Tensor  # (t, 6) IMOD .xf rows = geometry_to_xf(tilt_axis_deg, shifts_px)
+    peak_scores: torch.Tensor  # (t,) normalised cross-correlation at the peak (1 for reference)
+    reference_index: int  # the view nearest 0°, shift (0, 0)
     tilt_axis_deg: float
     # (t,) the peak's height above the correlation map's median in robust SDs (1.4826 MAD) over
     # the searched disc away from the peak: below ~5 the peak may be noise (inf for the reference)
@@ -42,13 +42,13 @@ class CoarseResult:
 
 
 def warp_affine(
-    image: torch.Tensor,                 # (h, w) or (n, h, w)
-    matrix: torch.Tensor,                # (2, 2) B, or (n, 2, 2)
-    src_centre: torch.Tensor,            # (2,) x, y px, or (n, 2)
-    dst_centre: torch.Tensor,            # (2,) x, y px, or (n, 2)
+    image: torch.Tensor,  # (h, w) or (n, h, w)
+    matrix: torch.Tensor,  # (2, 2) B, or (n, 2, 2)
+    src_centre: torch.Tensor,  # (2,) x, y px, or (n, 2)
+    dst_centre: torch.Tensor,  # (2,) x, y px, or (n, 2)
     *,
     mode: str = "bicubic",
-) -> torch.Tensor:                       # (h, w) or (n, h, w)
+) -> torch.Tensor:  # (h, w) or (n, h, w)
     """Resample ``out(p) = image(src_centre + B (p - dst_centre))``; outside = the mean.
 
     Batched over a leading dimension (one ``grid_sample`` call); the sampling grid is built in
@@ -61,18 +61,17 @@ def warp_affine(
     b = matrix.to(dev, torch.float64).reshape(-1, 2, 2).expand(n, 2, 2)
     src = src_centre.to(dev, torch.float64).reshape(-1, 2).expand(n, 2)
     dst = dst_centre.to(dev, torch.float64).reshape(-1, 2).expand(n, 2)
-    half = torch.tensor([max(w - 1, 1) / 2.0, max(h - 1, 1) / 2.0], dtype=torch.float64,
-                        device=dev)
-    lin = b * half[None, None, :] / half[None, :, None]             # D^-1 B D
+    half = torch.tensor([max(w - 1, 1) / 2.0, max(h - 1, 1) / 2.0], dtype=torch.float64, device=dev)
+    lin = b * half[None, None, :] / half[None, :, None]  # D^-1 B D
     off = (src + torch.einsum("nij,nj->ni", b, half - dst) - half) / half
     lin, off = lin.to(img.dtype)[:, :, :, None, None], off.to(img.dtype)[:, :, None, None]
     xn = torch.linspace(-1.0, 1.0, w, dtype=img.dtype, device=dev)[None, :]
     yn = torch.linspace(-1.0, 1.0, h, dtype=img.dtype, device=dev)[:, None]
-    grid = torch.stack([lin[:, 0, 0] * xn + (lin[:, 0, 1] * yn + off[:, 0]),
-                        lin[:, 1, 0] * xn + (lin[:, 1, 1] * yn + off[:, 1])], -1)
+    grid = torch.stack(
+        [lin[:, 0, 0] * xn + (lin[:, 0, 1] * yn + off[:, 0]), lin[:, 1, 0] * xn + (lin[:, 1, 1] * yn + off[:, 1])], -1
+    )
     mean = img.mean(dim=(-2, -1), keepdim=True)
-    out = F.grid_sample((img - mean)[:, None], grid, mode=mode, padding_mode="zeros",
-                        align_corners=True)[:, 0] + mean
+    out = F.grid_sample((img - mean)[:, None], grid, mode=mode, padding_mode="zeros", align_corners=True)[:, 0] + mean
     return out[0] if single else out
 
 
@@ -94,19 +93,20 @@ def _parabola_offset(m1: torch.Tensor, c0: torch.Tensor, p1: torch.Tensor) -> to
     return off.clamp(-0.5, 0.5)
 
 
-def _xcorr_peak(moving: torch.Tensor, reference: torch.Tensor, band: torch.Tensor,
-                taper: torch.Tensor, max_shift_px: float) -> tuple[torch.Tensor, float, float]:
+def _xcorr_peak(
+    moving: torch.Tensor, reference: torch.Tensor, band: torch.Tensor, taper: torch.Tensor, max_shift_px: float
+) -> tuple[torch.Tensor, float, float]:
     """Displacement d (x, y) with ``moving(p + d) ~ reference(p)``, the normalised peak and its
-    significance (``CoarseResult.peak_significance``)."""
+    significance (``CoarseResult.peak_significance``).
+    """
     h, w = moving.shape
     fm = torch.fft.rfft2((moving - moving.mean()) * taper) * band
     fr = torch.fft.rfft2((reference - reference.mean()) * taper) * band
     cc = torch.fft.irfft2(fm * fr.conj(), s=(h, w))
-    norm = torch.sqrt((torch.fft.irfft2(fm, s=(h, w)) ** 2).sum()
-                      * (torch.fft.irfft2(fr, s=(h, w)) ** 2).sum())
+    norm = torch.sqrt((torch.fft.irfft2(fm, s=(h, w)) ** 2).sum() * (torch.fft.irfft2(fr, s=(h, w)) ** 2).sum())
     ky = torch.fft.fftfreq(h, d=1.0 / h, device=cc.device)
     kx = torch.fft.fftfreq(w, d=1.0 / w, device=cc.device)
-    allowed = (ky[:, None] ** 2 + kx[None, :] ** 2) <= max_shift_px ** 2
+    allowed = (ky[:, None] ** 2 + kx[None, :] ** 2) <= max_shift_px**2
     masked = torch.where(allowed, cc, torch.full_like(cc, -torch.inf))
     idx = int(torch.argmax(masked))
     iy, ix = divmod(idx, w)
@@ -119,13 +119,14 @@ def _xcorr_peak(moving: torch.Tensor, reference: torch.Tensor, band: torch.Tenso
 
 def _significance(cc: torch.Tensor, allowed: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> float:
     """(peak - median) / (1.4826 MAD) of ``cc`` over ``allowed`` beyond 3 px of the peak
-    (wrapped coordinates ``ky``/``kx`` as in :func:`_xcorr_peak`)."""
+    (wrapped coordinates ``ky``/``kx`` as in :func:`_xcorr_peak`).
+    """
     h, w = cc.shape
     ky = torch.fft.fftfreq(h, d=1.0 / h, device=cc.device)
     kx = torch.fft.fftfreq(w, d=1.0 / w, device=cc.device)
     dy = torch.remainder(ky[:, None] - py + h / 2, h) - h / 2
     dx = torch.remainder(kx[None, :] - px + w / 2, w) - w / 2
-    background = cc[allowed & ((dy ** 2 + dx ** 2) > 9.0)]
+    background = cc[allowed & ((dy**2 + dx**2) > 9.0)]
     if background.numel() < 16:
         return float("nan")
     med = background.median()
@@ -138,27 +139,25 @@ def _check_inputs(views: torch.Tensor, tilt_angles_deg) -> torch.Tensor:
         raise ValueError(f"views must have shape (t, h, w), got {tuple(views.shape)}")
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).cpu()
     if angles.numel() != views.shape[0]:
-        raise ValueError(f"{angles.numel()} tilt angles for {views.shape[0]} views; "
-                         "pass one per view")
+        raise ValueError(f"{angles.numel()} tilt angles for {views.shape[0]} views; pass one per view")
     if not bool(torch.isfinite(angles).all()) or bool((angles.abs() >= 85).any()):
         raise ValueError("tilt_angles_deg must be finite and within (-85, 85) degrees")
     if angles.numel() > 1 and not bool((angles[1:] > angles[:-1]).all()):
-        raise ValueError("views must be sorted by increasing tilt angle "
-                         "(restack them in tilt order)")
+        raise ValueError("views must be sorted by increasing tilt angle (restack them in tilt order)")
     return angles
 
 
 def coarse_align(
-    views: torch.Tensor,                 # (t, h, w) raw views sorted by tilt angle
-    tilt_angles_deg: torch.Tensor,       # (t,)
+    views: torch.Tensor,  # (t, h, w) raw views sorted by tilt angle
+    tilt_angles_deg: torch.Tensor,  # (t,)
     *,
     tilt_axis_deg: float,
     binning: int = 1,
-    lowpass_px: float | None = None,     # period (px of the input) below which to filter out
-    highpass_px: float | None = None,    # period (px of the input) above which to filter out
+    lowpass_px: float | None = None,  # period (px of the input) below which to filter out
+    highpass_px: float | None = None,  # period (px of the input) above which to filter out
     reference: Literal["neighbour", "cumulative"] = "cumulative",
-    n_cumulative: int = 10,              # aligned views summed into a cumulative reference
-    max_shift_px: float | None = None,   # largest displacement between neighbours, input px
+    n_cumulative: int = 10,  # aligned views summed into a cumulative reference
+    max_shift_px: float | None = None,  # largest displacement between neighbours, input px
     taper_fraction: float = 0.1,
 ) -> CoarseResult:
     """Cosine-stretched cross-correlation of each view with its lower-tilt neighbour (module
@@ -181,9 +180,13 @@ def coarse_align(
     work = bin_views(views.float(), b) if b > 1 else views.float()
     t, h, w = work.shape
     dev = work.device
-    band = bandpass_2d((h, w), low_cut_px=(highpass_px / b) if highpass_px else min(h, w) / 4.0,
-                       high_cut_px=(lowpass_px / b) if lowpass_px else 4.0, falloff=0.03,
-                       device=dev).to(work.dtype)
+    band = bandpass_2d(
+        (h, w),
+        low_cut_px=(highpass_px / b) if highpass_px else min(h, w) / 4.0,
+        high_cut_px=(lowpass_px / b) if lowpass_px else 4.0,
+        falloff=0.03,
+        device=dev,
+    ).to(work.dtype)
     taper = _edge_taper((h, w), max(int(taper_fraction * min(h, w)), 1), dev)
     max_shift = (max_shift_px / b) if max_shift_px else min(h, w) / 4.0
     rot = rotation_matrix_2d(tilt_axis_deg)
@@ -209,8 +212,7 @@ def coarse_align(
             ref_img = work[j].clone() if j in members else torch.zeros_like(work[j])
             if others:
                 mats = torch.stack([stretch(float(cos[i] / cos[j])) for i in others])
-                ref_img += warp_affine(work[others], mats, centre + shifts[others],
-                                       target).sum(0)
+                ref_img += warp_affine(work[others], mats, centre + shifts[others], target).sum(0)
             ref_img /= len(members)
         bmat = stretch(float(cos[k] / cos[j]))
         shifts[k] = shifts[j]
@@ -222,6 +224,11 @@ def coarse_align(
         scores[k] = score
         done.append(k)
     shifts = (shifts * b).to(dev)
-    return CoarseResult(shifts_px=shifts, xf=geometry_to_xf(tilt_axis_deg, shifts),
-                        peak_scores=scores.to(dev), reference_index=ref,
-                        tilt_axis_deg=float(tilt_axis_deg), peak_significance=significance)
+    return CoarseResult(
+        shifts_px=shifts,
+        xf=geometry_to_xf(tilt_axis_deg, shifts),
+        peak_scores=scores.to(dev),
+        reference_index=ref,
+        tilt_axis_deg=float(tilt_axis_deg),
+        peak_significance=significance,
+    )

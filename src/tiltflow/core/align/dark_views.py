@@ -31,16 +31,11 @@ def dark_view_ratios(
     0°, so dark views, even a dark 0° view or half of that half, do not move it.
     """
     if not isinstance(views, torch.Tensor) or views.ndim != 3:
-        raise ValueError(
-            "views must be a (t, h, w) tensor of tilt images, got "
-            f"{getattr(views, 'shape', type(views))}"
-        )
+        raise ValueError(f"views must be a (t, h, w) tensor of tilt images, got {getattr(views, 'shape', type(views))}")
     t = views.shape[0]
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).to(views.device)
     if angles.numel() != t:
-        raise ValueError(
-            f"tilt_angles_deg has {angles.numel()} angles for {t} views; pass one per view"
-        )
+        raise ValueError(f"tilt_angles_deg has {angles.numel()} angles for {t} views; pass one per view")
     if not torch.isfinite(angles).all() or angles.abs().max() >= 90.0:
         raise ValueError("tilt_angles_deg must be finite degrees within (-90, 90)")
     x = views.to(torch.float64)
@@ -59,7 +54,8 @@ def dark_view_ratios(
 def looks_like_counts(views: torch.Tensor) -> bool:
     """True when ``views`` (t, h, w) look like raw counts: a positive mean in every view and
     at most 1% negative pixels (read noise on a dark-subtracted camera), so the mean measures
-    the dose."""
+    the dose.
+    """
     means = views.mean(dim=(-2, -1))
     negative = float((views < 0).to(torch.float32).mean())
     return bool((means > 0).all()) and negative <= 0.01
@@ -72,9 +68,8 @@ def detect_dark_views(
     tolerance: float = 0.7,
 ) -> torch.Tensor:  # (t,) bool, True = dark
     """Views below ``tolerance`` x the cosine-law expectation (AreTomo ``DarkTol``): of the mean
-    for counts, of the spread for stacks that are not counts (module docstring)."""
+    for counts, of the spread for stacks that are not counts (module docstring).
+    """
     if not 0.0 < tolerance < 1.0:
-        raise ValueError(
-            f"tolerance must be in (0, 1) (a fraction of the expected mean), got {tolerance}"
-        )
+        raise ValueError(f"tolerance must be in (0, 1) (a fraction of the expected mean), got {tolerance}")
     return dark_view_ratios(views, tilt_angles_deg) < tolerance

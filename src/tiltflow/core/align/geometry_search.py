@@ -45,7 +45,8 @@ def stretch_score(
 
 def _parabola_max(xs: list[float], ys: list[float], lo: float, hi: float) -> float:
     """Apex of the parabola through the best trial and its neighbours (the best trial if the
-    parabola opens upwards or the best is at an end), clamped to ``[lo, hi]``."""
+    parabola opens upwards or the best is at an end), clamped to ``[lo, hi]``.
+    """
     k = max(range(len(ys)), key=lambda i: ys[i])
     if k == 0 or k == len(xs) - 1:
         return xs[k]
@@ -73,9 +74,7 @@ def search_tilt_geometry(
     """Axis and offset maximising :func:`stretch_score` (module docstring); pure, any device."""
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).cpu()
     if axis_range_deg < 0 or offset_range_deg < 0:
-        raise ValueError(
-            f"search ranges must be >= 0, got axis {axis_range_deg}, offset {offset_range_deg}"
-        )
+        raise ValueError(f"search ranges must be >= 0, got axis {axis_range_deg}, offset {offset_range_deg}")
     span = float(angles.abs().max())
     if span + offset_range_deg >= 85.0:
         raise ValueError(
@@ -101,9 +100,7 @@ def search_tilt_geometry(
         step = min(1.0, axis_range_deg)
         n = max(1, round(axis_range_deg / step))
         xs = [a0 + step * k for k in range(-n, n + 1)]
-        a = _parabola_max(
-            xs, [score(x, o) for x in xs], a0 - axis_range_deg, a0 + axis_range_deg
-        )
+        a = _parabola_max(xs, [score(x, o) for x in xs], a0 - axis_range_deg, a0 + axis_range_deg)
     # joint refinement: quadratic surface through 3 x 3 trials (1-D parabola for one unknown)
     for da, do in ((0.5, 0.75), (0.25, 0.35))[:refinements]:
         da = da if axis_range_deg > 0 else 0.0
@@ -125,7 +122,8 @@ def _quadratic_max(
     pts: list[tuple[float, float]], vals: list[float], a: float, o: float, da: float, do: float
 ) -> tuple[float, float]:
     """Maximum of a quadratic surface fitted to the trials (within one step of the centre);
-    the best trial if the surface has no maximum."""
+    the best trial if the surface has no maximum.
+    """
     best = max(range(len(vals)), key=lambda i: vals[i])
     x = torch.tensor([(p - a) / max(da, 1e-9) for p, _ in pts], dtype=torch.float64)
     y = torch.tensor([(q - o) / max(do, 1e-9) for _, q in pts], dtype=torch.float64)

@@ -133,32 +133,22 @@ def projection_matching_align(
     neighbours in angle).  Raises ``ValueError`` for malformed input or too few usable views.
     """
     if not isinstance(views, torch.Tensor) or views.ndim != 3:
-        raise ValueError(
-            f"views must be a (t, h, w) tensor, got {getattr(views, 'shape', type(views))}"
-        )
+        raise ValueError(f"views must be a (t, h, w) tensor, got {getattr(views, 'shape', type(views))}")
     t, h, w = views.shape
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).cpu()
     if angles.numel() != t:
-        raise ValueError(
-            f"tilt_angles_deg has {angles.numel()} angles for {t} views; pass one per view"
-        )
+        raise ValueError(f"tilt_angles_deg has {angles.numel()} angles for {t} views; pass one per view")
     if bool((angles[1:] < angles[:-1]).any()):
         raise ValueError("views must be sorted by tilt angle (ascending), as in tilt-series stacks")
     if int(binning) != binning or binning < 1 or min(h, w) // binning < 32:
-        raise ValueError(
-            f"binning must be a positive integer leaving >= 32 px, got {binning} for {h}x{w}"
-        )
+        raise ValueError(f"binning must be a positive integer leaving >= 32 px, got {binning} for {h}x{w}")
     if align_z_px <= 0 or iterations < 1:
-        raise ValueError(
-            f"align_z_px must be > 0 px and iterations >= 1, got {align_z_px}, {iterations}"
-        )
+        raise ValueError(f"align_z_px must be > 0 px and iterations >= 1, got {align_z_px}, {iterations}")
     shifts = torch.zeros(t, 2, dtype=torch.float64)
     if initial_shifts_px is not None:
         shifts = torch.as_tensor(initial_shifts_px, dtype=torch.float64).cpu().clone()
         if shifts.shape != (t, 2):
-            raise ValueError(
-                f"initial_shifts_px must have shape ({t}, 2), got {tuple(shifts.shape)}"
-            )
+            raise ValueError(f"initial_shifts_px must have shape ({t}, 2), got {tuple(shifts.shape)}")
     dark = (
         detect_dark_views(views, angles, tolerance=dark_tolerance).cpu()
         if exclude_dark
@@ -166,15 +156,11 @@ def projection_matching_align(
     )
     use = torch.nonzero(~dark).reshape(-1)
     if use.numel() < 5:
-        raise ValueError(
-            f"only {use.numel()} usable (non-dark) views; projection matching needs >= 5"
-        )
+        raise ValueError(f"only {use.numel()} usable (non-dark) views; projection matching needs >= 5")
 
     x = views[use.to(views.device)]
     x = bin_views(x if x.is_floating_point() else x.float(), int(binning))
-    x = (x - x.mean(dim=(-2, -1), keepdim=True)) / x.std(dim=(-2, -1), keepdim=True).clamp_min(
-        1e-12
-    )
+    x = (x - x.mean(dim=(-2, -1), keepdim=True)) / x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
     axis = float(tilt_axis_deg)
     used = angles[use]
     cos_max = max(math.cos(math.radians(float(used.abs().max()))), 0.5)
@@ -199,8 +185,7 @@ def projection_matching_align(
     )
 
     history: list[dict] = [
-        {"stage": "slab", "align_z_px": low.nz * b, "requested_align_z_px": float(align_z_px),
-         "working_binning": b}
+        {"stage": "slab", "align_z_px": low.nz * b, "requested_align_z_px": float(align_z_px), "working_binning": b}
     ]
     offset = 0.0
     search = refine_tilt_axis or refine_tilt_offset
@@ -215,8 +200,13 @@ def projection_matching_align(
         )
         axis, offset = g.tilt_axis_deg, g.tilt_offset_deg
         history.append(
-            {"stage": "geometry_search", "tilt_axis_deg": axis, "tilt_offset_deg": offset,
-             "score": g.score, "trials": len(g.trials)}
+            {
+                "stage": "geometry_search",
+                "tilt_axis_deg": axis,
+                "tilt_offset_deg": offset,
+                "score": g.score,
+                "trials": len(g.trials),
+            }
         )
         sub, peak_significance = coarse_start(low, axis, offset, history)
         significance = torch.full((t,), math.nan, dtype=torch.float64)

@@ -26,11 +26,10 @@ EDGE_TAPER = 0.1  # cosine taper of the CC mask, fraction of the view size
 RAMP_CUTOFF = 0.3  # cycles/px, radial filter of the intermediate reconstructions
 
 
-def support_mask(
-    xf: torch.Tensor, raw_shape: tuple[int, int], out_shape: tuple[int, int]
-) -> torch.Tensor:
+def support_mask(xf: torch.Tensor, raw_shape: tuple[int, int], out_shape: tuple[int, int]) -> torch.Tensor:
     """Soft mask ``(n, ho, wo)``: 1 inside the raw view's footprint, cosine edges; the aligned
-    view's own border tapered too.  ``xf`` ``(n, 6)`` maps raw ``raw_shape`` to aligned views."""
+    view's own border tapered too.  ``xf`` ``(n, 6)`` maps raw ``raw_shape`` to aligned views.
+    """
     h, w = raw_shape
     ho, wo = out_shape
     dev = xf.device
@@ -41,9 +40,7 @@ def support_mask(
     )
     a_inv = torch.linalg.inv(xf[:, :4].reshape(-1, 2, 2).to(torch.float64))
     d = torch.stack([xo, yo], -1)[None] - xf[:, None, None, 4:].to(torch.float64)
-    raw = torch.einsum(
-        "tij,tyxj->tyxi", a_inv, d
-    )  # relative to the raw centre, as apply_xf samples
+    raw = torch.einsum("tij,tyxj->tyxi", a_inv, d)  # relative to the raw centre, as apply_xf samples
     dist = torch.minimum(
         torch.minimum(raw[..., 0] + (w - 1) / 2.0, (w - 1) / 2.0 - raw[..., 0]),
         torch.minimum(raw[..., 1] + (h - 1) / 2.0, (h - 1) / 2.0 - raw[..., 1]),
@@ -112,9 +109,7 @@ def _operators(
         i = torch.arange(max(0, -delta), min(n, n - delta), device=angles.device)
         i = i[(angles[i + delta] - angles[i]).abs() <= exclude_deg + 1e-6]
         if delta == 0 or i.numel():
-            m = share_operator(
-                theta[i], theta[i + delta], nz=nz, nx_volume=nx_volume, nx_view=nx_view
-            )
+            m = share_operator(theta[i], theta[i + delta], nz=nz, nx_volume=nx_volume, nx_view=nx_view)
             ops.append((delta, i, m.to(dtype)))
     if cache is not None:
         while len(cache) >= 2:  # two windows of the current geometry at most
@@ -165,9 +160,7 @@ def references(
     return loo, wide
 
 
-def cross_correlation(
-    views: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
+def cross_correlation(views: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Normalised, band-passed, masked cross-correlation maps ``(n, h, w)``, fftshift-ed."""
     h, w = views.shape[-2:]
     bp = bandpass_2d(
@@ -250,9 +243,9 @@ def specimen_pitch(
     """
     vol = wbp(aligned, angles_deg.to(aligned.device), thickness_px=nz, radial_cutoff=RAMP_CUTOFF)
     nzv, ny, nx = vol.shape
-    bp = bandpass_2d(
-        (ny, nx), low_cut_px=BANDPASS_PX[0] / 2, high_cut_px=BANDPASS_PX[1], device=vol.device
-    ).to(vol.dtype)
+    bp = bandpass_2d((ny, nx), low_cut_px=BANDPASS_PX[0] / 2, high_cut_px=BANDPASS_PX[1], device=vol.device).to(
+        vol.dtype
+    )
     power = torch.fft.irfft2(torch.fft.rfft2(vol) * bp, s=(ny, nx)).square().mean(dim=1)
     power = power.to(torch.float64).cpu()
     xs = torch.arange(nx, dtype=torch.float64) - (nx - 1) / 2.0

@@ -1,6 +1,7 @@
 """The stages of projection matching (``projection_matching``): the working series, the coarse
 start, the specimen's centre and level, the shift iterations, dark views' shifts.
-Conventions as ``projection_matching`` (raw unbinned px for shifts, binned aligned px inside)."""
+Conventions as ``projection_matching`` (raw unbinned px for shifts, binned aligned px inside).
+"""
 
 from __future__ import annotations
 
@@ -22,8 +23,15 @@ from tiltflow.core.geometry import rotation_matrix_2d
 from tiltflow.core.reconstruct import apply_xf, bin_views
 from tiltflow.core.transforms import geometry_to_xf
 
-__all__ = ["MatchSeries", "aligned_views", "centre_specimen", "coarse_start", "fill_dark_views",
-           "measure_shifts", "refine_shifts"]
+__all__ = [
+    "MatchSeries",
+    "aligned_views",
+    "centre_specimen",
+    "coarse_start",
+    "fill_dark_views",
+    "measure_shifts",
+    "refine_shifts",
+]
 
 _SMOOTH_DEGREE = 3  # shift trends over the tilt range not updated by projection matching
 _DAMPING = 0.5  # of each correction: noise-driven ones (thick specimens) stop sooner
@@ -49,9 +57,7 @@ class MatchSeries:
     projectors: dict = field(default_factory=dict)  # backprojection / projection matrices
 
 
-def aligned_views(
-    s: MatchSeries, axis_deg: float, shifts_px: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def aligned_views(s: MatchSeries, axis_deg: float, shifts_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Aligned binned views ``(n, ho, wo)`` and their soft correlation masks."""
     xf = geometry_to_xf(axis_deg, shifts_px.to(torch.float64).cpu() / s.binning).to(s.views.device)
     aligned = apply_xf(s.views, xf, s.out_shape, mode="bilinear")
@@ -62,7 +68,8 @@ def measure_shifts(
     s: MatchSeries, axis: float, offset: float, shifts: torch.Tensor, max_shift_px: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift corrections ``(n, 2)`` (binned aligned px) from the correlation peaks with the
-    leave-one-out references, and those peaks' NCC ``(n,)``."""
+    leave-one-out references, and those peaks' NCC ``(n,)``.
+    """
     aligned, mask = aligned_views(s, axis, shifts)
     loo, _ = references(
         aligned,
@@ -127,7 +134,8 @@ def centre_specimen(
     level: bool,
 ) -> tuple[float, torch.Tensor]:
     """Shifts that centre the specimen in z and the tilt offset that levels it if ``level``,
-    from a reconstruction ``nz`` thick."""
+    from a reconstruction ``nz`` thick.
+    """
     aligned, _ = aligned_views(s, axis, shifts)
     pitch_deg, z_centre, thickness = specimen_pitch(
         aligned, s.angles_deg + offset, nz=nz, x_extent_px=s.out_shape[1], max_pitch_deg=_MAX_PITCH_DEG
@@ -148,8 +156,11 @@ def centre_specimen(
             "specimen_z_px": z_centre * s.binning,
             "specimen_thickness_px": thickness * s.binning,
             "tilt_offset_deg": new_offset,
-            **({"level_skipped": "pitch at the search's edge or the specimen too thick for this field"}
-               if level and not seen else {}),
+            **(
+                {"level_skipped": "pitch at the search's edge or the specimen too thick for this field"}
+                if level and not seen
+                else {}
+            ),
         }
     )
     return new_offset, shifts - s.binning * d @ rot.T
@@ -162,7 +173,8 @@ def coarse_start(s: MatchSeries, axis: float, offset: float, history: list[dict]
     fine sampling the chain can follow noise far off while its peaks still look significant (a
     41-view 320-px series at 18.6 Å/px under 286 nm of ice: 20 px off at 320 px, 0.1 px at 160);
     where the two disagree by more than ``_START_AGREE_PX`` (RMS, working px), the one whose views
-    match their leave-one-out reprojections better (mean NCC at the half sampling) is taken."""
+    match their leave-one-out reprojections better (mean NCC at the half sampling) is taken.
+    """
     fine = coarse_align(s.views, s.angles_deg + offset, tilt_axis_deg=axis)
     start, significance = fine.shifts_px.cpu().to(torch.float64) * s.binning, fine.peak_significance
     if min(s.views.shape[-2:]) // 2 < _START_MIN_PX:
@@ -175,13 +187,27 @@ def coarse_start(s: MatchSeries, axis: float, offset: float, history: list[dict]
     if disagreement <= _START_AGREE_PX:
         return start, significance
     out_shape = (s.out_shape[0] // 2, s.out_shape[1] // 2)
-    judge = MatchSeries(views=half, angles_deg=s.angles_deg, binning=2 * s.binning, nz=max(4, s.nz // 2),
-                    out_shape=out_shape, nx_volume=max(2, s.nx_volume // 2), max_shift_px=2.0)
+    judge = MatchSeries(
+        views=half,
+        angles_deg=s.angles_deg,
+        binning=2 * s.binning,
+        nz=max(4, s.nz // 2),
+        out_shape=out_shape,
+        nx_volume=max(2, s.nx_volume // 2),
+        max_shift_px=2.0,
+    )
     ncc_fine = float(measure_shifts(judge, axis, offset, start, judge.max_shift_px)[1].mean())
     ncc_half = float(measure_shifts(judge, axis, offset, alt, judge.max_shift_px)[1].mean())
     take_half = ncc_half > ncc_fine
-    history.append({"stage": "coarse_start", "disagreement_px": disagreement * s.binning, "ncc_working": ncc_fine,
-                    "ncc_half_sampling": ncc_half, "chosen": "half sampling" if take_half else "working sampling"})
+    history.append(
+        {
+            "stage": "coarse_start",
+            "disagreement_px": disagreement * s.binning,
+            "ncc_working": ncc_fine,
+            "ncc_half_sampling": ncc_half,
+            "chosen": "half sampling" if take_half else "working sampling",
+        }
+    )
     return (alt, coarse.peak_significance) if take_half else (start, significance)
 
 

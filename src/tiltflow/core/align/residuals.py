@@ -29,8 +29,7 @@ __all__ = [
 def _check_points(points: torch.Tensor, t: int, name: str) -> torch.Tensor:
     points = torch.as_tensor(points)
     if points.ndim != 3 or points.shape[1:] != (t, 2):
-        raise ValueError(f"{name} must have shape (n_beads, {t}, 2) = x, y per view, "
-                         f"got {tuple(points.shape)}")
+        raise ValueError(f"{name} must have shape (n_beads, {t}, 2) = x, y per view, got {tuple(points.shape)}")
     return points.to(torch.float64)
 
 
@@ -42,10 +41,10 @@ def _angles(tilt_angles_deg, device) -> torch.Tensor:
 
 
 def transform_points_xf(
-    xf: torch.Tensor,                    # (t, 6) IMOD .xf rows
-    points_px: torch.Tensor,             # (n, t, 2) raw pixel coordinates (x, y), NaN = missing
-    image_shape: tuple[int, int],        # (ny, nx) of the stack the .xf applies to
-) -> torch.Tensor:                       # (n, t, 2) aligned (x', y') relative to the centre
+    xf: torch.Tensor,  # (t, 6) IMOD .xf rows
+    points_px: torch.Tensor,  # (n, t, 2) raw pixel coordinates (x, y), NaN = missing
+    image_shape: tuple[int, int],  # (ny, nx) of the stack the .xf applies to
+) -> torch.Tensor:  # (n, t, 2) aligned (x', y') relative to the centre
     """Apply ``.xf`` rows to raw points: ``A (X - c) + D`` (same size in and out, DESIGN.md §2)."""
     xf = torch.as_tensor(xf, dtype=torch.float64)
     points = _check_points(points_px, xf.shape[0], "points_px")
@@ -59,8 +58,8 @@ def transform_points_xf(
 
 
 def fit_bead_positions_3d(
-    aligned_px: torch.Tensor,            # (n, t, 2) aligned coordinates, NaN = missing
-    tilt_angles_deg: torch.Tensor,       # (t,)
+    aligned_px: torch.Tensor,  # (n, t, 2) aligned coordinates, NaN = missing
+    tilt_angles_deg: torch.Tensor,  # (t,)
     weights: torch.Tensor | None = None,  # (n, t) >= 0, default 1 where observed
 ) -> tuple[torch.Tensor, torch.Tensor]:  # xyz (n, 3) px, residuals (n, t, 2) px (NaN missing)
     """Least-squares 3-D bead positions from aligned coordinates at known tilt angles.
@@ -92,19 +91,20 @@ def fit_bead_positions_3d(
 
 
 def project_beads(
-    xyz_px: torch.Tensor,                # (n, 3) specimen frame
-    tilt_angles_deg: torch.Tensor,       # (t,)
+    xyz_px: torch.Tensor,  # (n, 3) specimen frame
+    tilt_angles_deg: torch.Tensor,  # (t,)
     *,
     tilt_axis_deg: float,
-    shifts_px: torch.Tensor,             # (t, 2) raw-image shifts
-    image_shape: tuple[int, int],        # (ny, nx)
+    shifts_px: torch.Tensor,  # (t, 2) raw-image shifts
+    image_shape: tuple[int, int],  # (ny, nx)
     magnification: torch.Tensor | None = None,  # (t,) view magnification, default 1
-) -> torch.Tensor:                       # (n, t, 2) raw pixel coordinates
+) -> torch.Tensor:  # (n, t, 2) raw pixel coordinates
     """Raw positions ``c + m R(axis) (x cos + z sin, y) + s`` of beads in every view."""
     xyz = xyz_px.to(torch.float64)
     th = torch.deg2rad(_angles(tilt_angles_deg, xyz.device))
-    u = torch.stack([xyz[:, None, 0] * torch.cos(th) + xyz[:, None, 2] * torch.sin(th),
-                     xyz[:, None, 1].expand(-1, th.shape[0])], -1)
+    u = torch.stack(
+        [xyz[:, None, 0] * torch.cos(th) + xyz[:, None, 2] * torch.sin(th), xyz[:, None, 1].expand(-1, th.shape[0])], -1
+    )
     if magnification is not None:
         u = u * magnification.to(u)[None, :, None]
     raw = u @ rotation_matrix_2d(tilt_axis_deg).to(u).T
@@ -113,8 +113,8 @@ def project_beads(
 
 
 def fit_beads_and_shifts(
-    positions_px: torch.Tensor,          # (n, t, 2) raw bead positions, NaN = missing
-    tilt_angles_deg: torch.Tensor,       # (t,)
+    positions_px: torch.Tensor,  # (n, t, 2) raw bead positions, NaN = missing
+    tilt_angles_deg: torch.Tensor,  # (t,)
     *,
     tilt_axis_deg: float,
     image_shape: tuple[int, int],
@@ -128,8 +128,7 @@ def fit_beads_and_shifts(
     """
     pos = positions_px.to(torch.float64)
     t = pos.shape[1]
-    s = torch.zeros(t, 2, dtype=torch.float64, device=pos.device) if shifts_px is None \
-        else shifts_px.to(pos).clone()
+    s = torch.zeros(t, 2, dtype=torch.float64, device=pos.device) if shifts_px is None else shifts_px.to(pos).clone()
     seen = torch.isfinite(pos).all(-1)
     rot = rotation_matrix_2d(-tilt_axis_deg).to(pos)
     cx, cy = image_centre(image_shape)
@@ -138,8 +137,7 @@ def fit_beads_and_shifts(
     for _ in range(iterations):
         aligned = (pos - centre - s[None]) @ rot.T
         xyz, _ = fit_bead_positions_3d(aligned, tilt_angles_deg, weights)
-        pred = project_beads(xyz, tilt_angles_deg, tilt_axis_deg=tilt_axis_deg,
-                             shifts_px=s, image_shape=image_shape)
+        pred = project_beads(xyz, tilt_angles_deg, tilt_axis_deg=tilt_axis_deg, shifts_px=s, image_shape=image_shape)
         diff = torch.where(seen[..., None], pos - pred, torch.nan)
         step = torch.nanmedian(diff, dim=0).values
         s = s + torch.nan_to_num(step, nan=0.0)
@@ -147,11 +145,11 @@ def fit_beads_and_shifts(
 
 
 def alignment_residual_against_truth(
-    xf: torch.Tensor,                    # (t, 6) our .xf rows
-    tilt_angles_deg: torch.Tensor,       # (t,) our tilt angles
+    xf: torch.Tensor,  # (t, 6) our .xf rows
+    tilt_angles_deg: torch.Tensor,  # (t,) our tilt angles
     true_bead_projections_px: torch.Tensor,  # (n, t, 2) TRUE raw bead positions, NaN = not seen
-    image_shape: tuple[int, int],        # (ny, nx) of the stack the .xf applies to
-) -> float:                              # RMS residual, px
+    image_shape: tuple[int, int],  # (ny, nx) of the stack the .xf applies to
+) -> float:  # RMS residual, px
     """The honest measure: our ``.xf`` applied to the TRUE 2-D bead positions, each bead's 3-D
     position fitted to those aligned positions at our tilt angles (least squares), RMS of the
     2-D residuals over all observed points of beads seen in at least 3 views.
@@ -165,7 +163,7 @@ def alignment_residual_against_truth(
     if not bool(keep.any()):
         raise ValueError("alignment_residual_against_truth: no bead is seen in 3 or more views")
     _, res = fit_bead_positions_3d(aligned[keep], tilt_angles_deg)
-    r2 = (res ** 2).sum(-1)[seen[keep]]
+    r2 = (res**2).sum(-1)[seen[keep]]
     return float(r2.mean().sqrt())
 
 
@@ -176,15 +174,15 @@ class ResidualSummary:
     mean_px: float
     sd_px: float
     rms_px: float
-    mean_nm: float | None        # mean_px * pixel size, when a pixel size was given
-    per_view_px: torch.Tensor    # (t,) mean residual of each view (NaN when no bead)
-    per_bead_px: torch.Tensor    # (n,) mean residual of each bead (NaN when never seen)
+    mean_nm: float | None  # mean_px * pixel size, when a pixel size was given
+    per_view_px: torch.Tensor  # (t,) mean residual of each view (NaN when no bead)
+    per_bead_px: torch.Tensor  # (n,) mean residual of each bead (NaN when never seen)
 
 
 def summarize_residuals(
-    residuals_px: torch.Tensor,          # (n, t) residual magnitudes, NaN = missing
+    residuals_px: torch.Tensor,  # (n, t) residual magnitudes, NaN = missing
     *,
-    pixel_size_a: float | None = None,   # Å/px of the images the residuals are in
+    pixel_size_a: float | None = None,  # Å/px of the images the residuals are in
 ) -> ResidualSummary:
     """Mean, sd and RMS of residual magnitudes, per view and per bead; nm via ``pixel_size_a``."""
     r = torch.as_tensor(residuals_px, dtype=torch.float64)
@@ -198,6 +196,10 @@ def summarize_residuals(
     sd = float(vals.std()) if vals.numel() > 1 else 0.0
     nm = None if pixel_size_a is None else mean * pixel_size_a / 10.0  # px * Å/px / (Å/nm)
     return ResidualSummary(
-        mean_px=mean, sd_px=sd, rms_px=math.sqrt(float((vals ** 2).mean())), mean_nm=nm,
-        per_view_px=torch.nanmean(r, dim=0), per_bead_px=torch.nanmean(r, dim=1),
+        mean_px=mean,
+        sd_px=sd,
+        rms_px=math.sqrt(float((vals**2).mean())),
+        mean_nm=nm,
+        per_view_px=torch.nanmean(r, dim=0),
+        per_bead_px=torch.nanmean(r, dim=1),
     )

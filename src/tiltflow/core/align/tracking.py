@@ -28,11 +28,11 @@ __all__ = ["Tracks", "fill_gaps", "locate_beads", "refine_tilt_axis", "track_bea
 class Tracks:
     """Bead tracks through a tilt series sorted by tilt angle."""
 
-    positions_px: torch.Tensor   # (n, t, 2) raw (x, y), NaN where the bead was not found
-    scores: torch.Tensor         # (n, t) NCC with the bead template, NaN where not found
-    predicted_px: torch.Tensor   # (n, t, 2) the tracking model's positions in every view
-    seed_view: int               # index of the view the beads were seeded in
-    tilt_axis_deg: float         # axis angle of the tracking model (refined from the tracks)
+    positions_px: torch.Tensor  # (n, t, 2) raw (x, y), NaN where the bead was not found
+    scores: torch.Tensor  # (n, t) NCC with the bead template, NaN where not found
+    predicted_px: torch.Tensor  # (n, t, 2) the tracking model's positions in every view
+    seed_view: int  # index of the view the beads were seeded in
+    tilt_axis_deg: float  # axis angle of the tracking model (refined from the tracks)
 
     @property
     def found(self) -> torch.Tensor:  # (n, t) bool
@@ -40,13 +40,13 @@ class Tracks:
 
 
 def locate_beads(
-    image: torch.Tensor,                 # (h, w)
-    predicted_px: torch.Tensor,          # (n, 2) raw (x, y)
+    image: torch.Tensor,  # (h, w)
+    predicted_px: torch.Tensor,  # (n, 2) raw (x, y)
     *,
-    template: torch.Tensor,              # (L, L) from beads.bead_template
-    radius_px: float,                    # search radius across the slit (or of a disc)
+    template: torch.Tensor,  # (L, L) from beads.bead_template
+    radius_px: float,  # search radius across the slit (or of a disc)
     along_px: torch.Tensor | float = 0.0,  # (n,) extra half-length along x' (slit), px
-    tilt_axis_deg: float = 0.0,          # x' is perpendicular to the axis
+    tilt_axis_deg: float = 0.0,  # x' is perpendicular to the axis
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # xy (n, 2), scores (n,), maps (n, S, S)
     """Best NCC peak of each bead within an ellipse around its prediction.
 
@@ -60,23 +60,23 @@ def locate_beads(
     half = int(math.ceil(radius_px + (float(along.max()) if n else 0.0))) + 1
     size_t = template.shape[-1]
     pad = half + size_t // 2 + 1
-    img = torch.nn.functional.pad(image[None, None].float(), (pad,) * 4, mode="constant",
-                                  value=float(image.mean()))[0, 0]
+    img = torch.nn.functional.pad(image[None, None].float(), (pad,) * 4, mode="constant", value=float(image.mean()))[
+        0, 0
+    ]
     base = torch.round(predicted_px.to(torch.float64)).long()
     # one NCC map of the whole (padded) image, then each bead's window of it: windows of many
     # beads overlap, and the full map costs one FFT
-    full = ncc_map(img[None], template.to(dev), padding="valid")[0]   # window top-left (r, c)
+    full = ncc_map(img[None], template.to(dev), padding="valid")[0]  # window top-left (r, c)
     r = torch.arange(-half, half + 1, device=dev)
     rows = (base[:, 1, None] + pad - size_t // 2 + r[None])[:, :, None]
     cols = (base[:, 0, None] + pad - size_t // 2 + r[None])[:, None, :]
     rows, cols = rows.clamp(0, full.shape[0] - 1), cols.clamp(0, full.shape[1] - 1)
-    maps = full[rows, cols]                                              # (n, S, S)
+    maps = full[rows, cols]  # (n, S, S)
     g = torch.arange(-half, half + 1, dtype=torch.float64, device=dev)
     off = torch.stack(torch.broadcast_tensors(g[None, None, :], g[None, :, None]), -1)
     off = off + (base - predicted_px.to(torch.float64))[:, None, None, :]  # from the prediction
     aligned = off @ rotation_matrix_2d(-tilt_axis_deg).to(off).T
-    inside = (aligned[..., 0] / (radius_px + along[:, None, None])) ** 2 \
-        + (aligned[..., 1] / radius_px) ** 2 <= 1.0
+    inside = (aligned[..., 0] / (radius_px + along[:, None, None])) ** 2 + (aligned[..., 1] / radius_px) ** 2 <= 1.0
     masked = torch.where(inside, maps.to(torch.float64), -torch.inf)
     flat = masked.reshape(n, -1).argmax(1) if n else torch.zeros(0, dtype=torch.long, device=dev)
     iy, ix = flat // masked.shape[-1], flat % masked.shape[-1]
@@ -96,7 +96,7 @@ def _vote(maps: torch.Tensor, keep: torch.Tensor, radius_px: float) -> torch.Ten
     total = maps[keep].clamp_min(0).sum(0)
     half = total.shape[-1] // 2
     g = torch.arange(-half, half + 1, device=maps.device)
-    disc = (g[None, :] ** 2 + g[:, None] ** 2) <= radius_px ** 2
+    disc = (g[None, :] ** 2 + g[:, None] ** 2) <= radius_px**2
     total = torch.where(disc, total, -torch.inf)
     k = int(total.argmax())
     iy, ix = torch.tensor([k // total.shape[-1]]), torch.tensor([k % total.shape[-1]])
@@ -105,10 +105,10 @@ def _vote(maps: torch.Tensor, keep: torch.Tensor, radius_px: float) -> torch.Ten
 
 
 def refine_tilt_axis(
-    positions_px: torch.Tensor,          # (n, t, 2) raw, NaN missing
-    tilt_angles_deg: torch.Tensor,       # (t,)
+    positions_px: torch.Tensor,  # (n, t, 2) raw, NaN missing
+    tilt_angles_deg: torch.Tensor,  # (t,)
     *,
-    tilt_axis_deg: float,                # starting value
+    tilt_axis_deg: float,  # starting value
     image_shape: tuple[int, int],
     search_deg: float = 3.0,
     step_deg: float = 0.25,
@@ -116,16 +116,16 @@ def refine_tilt_axis(
     """In-plane axis angle from bead tracks: minimises the median residual of the tracking model
     (3-D beads + per-view shifts, ``residuals.fit_beads_and_shifts``) over a grid of angles
     around ``tilt_axis_deg``, refined by a parabola. The full solve
-    (``bundle.solve_alignment``) refines it further."""
-    trial = tilt_axis_deg + torch.arange(-search_deg, search_deg + 1e-9, step_deg,
-                                         dtype=torch.float64)
+    (``bundle.solve_alignment``) refines it further.
+    """
+    trial = tilt_axis_deg + torch.arange(-search_deg, search_deg + 1e-9, step_deg, dtype=torch.float64)
     seen = torch.isfinite(positions_px).all(-1)
     cost = []
     for a in trial.tolist():
-        xyz, s = fit_beads_and_shifts(positions_px, tilt_angles_deg, tilt_axis_deg=a,
-                                      image_shape=image_shape, iterations=3)
-        pred = project_beads(xyz, tilt_angles_deg, tilt_axis_deg=a, shifts_px=s,
-                             image_shape=image_shape)
+        xyz, s = fit_beads_and_shifts(
+            positions_px, tilt_angles_deg, tilt_axis_deg=a, image_shape=image_shape, iterations=3
+        )
+        pred = project_beads(xyz, tilt_angles_deg, tilt_axis_deg=a, shifts_px=s, image_shape=image_shape)
         cost.append(float(((pred - positions_px) ** 2).sum(-1)[seen].sqrt().median()))
     c = torch.tensor(cost)
     i = int(c.argmin())
@@ -144,17 +144,17 @@ def _visit_order(seed: int, t: int) -> list[int]:
 
 
 def track_beads(
-    views: torch.Tensor,                 # (t, h, w) raw views sorted by tilt angle
-    tilt_angles_deg: torch.Tensor,       # (t,)
+    views: torch.Tensor,  # (t, h, w) raw views sorted by tilt angle
+    tilt_angles_deg: torch.Tensor,  # (t,)
     *,
     tilt_axis_deg: float,
-    coarse_shifts_px: torch.Tensor,      # (t, 2) raw-image shifts, e.g. CoarseResult.shifts_px
+    coarse_shifts_px: torch.Tensor,  # (t, 2) raw-image shifts, e.g. CoarseResult.shifts_px
     bead_diameter_px: float,
-    seeds: torch.Tensor | None = None,   # (n, 2) bead positions in the seed view, default detected
-    seed_view: int | None = None,        # default: the view nearest 0°
+    seeds: torch.Tensor | None = None,  # (n, 2) bead positions in the seed view, default detected
+    seed_view: int | None = None,  # default: the view nearest 0°
     search_radius_px: float | None = None,  # default max(0.3 d, 3)
     vote_radius_px: float | None = None,  # common-offset search, default max(d, 8)
-    max_z_px: float | None = None,       # bead |z| range for slit searches, default max(h, w)
+    max_z_px: float | None = None,  # bead |z| range for slit searches, default max(h, w)
     min_score: float = 0.35,
     max_residual_px: float | None = None,  # outlier limit after tracking, default max(0.3 d, 2.5)
     fill_gaps: bool = True,
@@ -173,21 +173,27 @@ def track_beads(
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).to(dev)
     coarse = torch.as_tensor(coarse_shifts_px, dtype=torch.float64).to(dev)
     if angles.shape != (t,) or coarse.shape != (t, 2):
-        raise ValueError(f"need one tilt angle and one (x, y) coarse shift per view for {t} "
-                         f"views, got {tuple(angles.shape)} and {tuple(coarse.shape)}")
+        raise ValueError(
+            f"need one tilt angle and one (x, y) coarse shift per view for {t} "
+            f"views, got {tuple(angles.shape)} and {tuple(coarse.shape)}"
+        )
     d = float(bead_diameter_px)
     seed = int(torch.argmin(angles.abs())) if seed_view is None else int(seed_view)
     if seeds is None:
         seeds = detect_beads(views[seed], bead_diameter_px=d, edge_px=d).xy_px
     seeds = torch.as_tensor(seeds, dtype=torch.float64).to(dev).reshape(-1, 2)
     if seeds.shape[0] < 3:
-        raise ValueError(f"track_beads: only {seeds.shape[0]} beads to seed in view {seed}; "
-                         "pass seeds or check bead_diameter_px")
+        raise ValueError(
+            f"track_beads: only {seeds.shape[0]} beads to seed in view {seed}; pass seeds or check bead_diameter_px"
+        )
     search = _Search(
-        template=bead_template(d, device=dev), margin=d / 2 + 1, shape=(h, w),
+        template=bead_template(d, device=dev),
+        margin=d / 2 + 1,
+        shape=(h, w),
         radius_px=max(0.3 * d, 3.0) if search_radius_px is None else search_radius_px,
         vote_px=max(d, 8.0) if vote_radius_px is None else vote_radius_px,
-        min_score=min_score)
+        min_score=min_score,
+    )
     z_max = float(max(h, w)) if max_z_px is None else max_z_px
     n = seeds.shape[0]
     pos = torch.full((n, t, 2), torch.nan, dtype=torch.float64, device=dev)
@@ -199,13 +205,15 @@ def track_beads(
         done = torch.isfinite(pos).all(-1)
         j = k - 1 if k > seed else k + 1  # the neighbour towards the seed view, already visited
         shifts[k] = coarse[k] + (shifts[j] - coarse[j])  # carry the neighbour's correction
-        xyz, fitted = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts,
-                                           iterations=2, image_shape=(h, w))
+        xyz, fitted = fit_beads_and_shifts(
+            pos, angles, tilt_axis_deg=axis, shifts_px=shifts, iterations=2, image_shape=(h, w)
+        )
         shifts = torch.where(done.any(0)[:, None], fitted, shifts)
         if refine_axis and count >= 6 and count % 4 == 2:
             axis = refine_tilt_axis(pos, angles, tilt_axis_deg=axis, image_shape=(h, w))
-        pred = project_beads(xyz, angles[k:k + 1], tilt_axis_deg=axis,
-                             shifts_px=shifts[k:k + 1], image_shape=(h, w))[:, 0]
+        pred = project_beads(
+            xyz, angles[k : k + 1], tilt_axis_deg=axis, shifts_px=shifts[k : k + 1], image_shape=(h, w)
+        )[:, 0]
         seen_sin = torch.where(done, sin[None], 0.0).sum(1) / done.sum(1).clamp_min(1)
         known = done.sum(1) >= 2
         along = torch.where(known, 0.0, z_max * (seen_sin - sin[k]).abs())
@@ -214,8 +222,21 @@ def track_beads(
         ok = torch.isfinite(sc)
         pos[ok, k], score[ok, k] = xy[ok], sc[ok]
     tol = max(0.3 * d, 2.5) if max_residual_px is None else max_residual_px
-    return _finish(views, pos, score, angles, axis, shifts, seed, d=d, r_small=search.radius_px,
-                   tol=tol, min_score=min_score, fill=fill_gaps, refine_axis=refine_axis)
+    return _finish(
+        views,
+        pos,
+        score,
+        angles,
+        axis,
+        shifts,
+        seed,
+        d=d,
+        r_small=search.radius_px,
+        tol=tol,
+        min_score=min_score,
+        fill=fill_gaps,
+        refine_axis=refine_axis,
+    )
 
 
 @dataclass(frozen=True)
@@ -230,40 +251,46 @@ class _Search:
     def inside(self, p: torch.Tensor) -> torch.Tensor:
         h, w = self.shape
         p = torch.nan_to_num(p, nan=-1e9)
-        return (p[:, 0] >= self.margin) & (p[:, 0] <= w - 1 - self.margin) \
-            & (p[:, 1] >= self.margin) & (p[:, 1] <= h - 1 - self.margin)
+        return (
+            (p[:, 0] >= self.margin)
+            & (p[:, 0] <= w - 1 - self.margin)
+            & (p[:, 1] >= self.margin)
+            & (p[:, 1] <= h - 1 - self.margin)
+        )
 
 
 def _search_view(image, pred, known, along, axis, search: _Search):
     """One view: the common offset by voting (beads with a z), then each bead's peak near its
-    shifted prediction. Returns positions (n, 2), scores (n,) (NaN = rejected), offset (2,)."""
+    shifted prediction. Returns positions (n, 2), scores (n,) (NaN = rejected), offset (2,).
+    """
     offset = torch.zeros(2, dtype=torch.float64, device=pred.device)
     if int((known & search.inside(pred)).sum()) >= 3:
-        _, _, maps = locate_beads(image, pred, template=search.template,
-                                  radius_px=search.vote_px, tilt_axis_deg=axis)
+        _, _, maps = locate_beads(image, pred, template=search.template, radius_px=search.vote_px, tilt_axis_deg=axis)
         offset = _vote(maps, known & search.inside(pred), search.vote_px)
         pred = pred + offset
-    xy, sc, _ = locate_beads(image, pred, template=search.template, radius_px=search.radius_px,
-                             along_px=along, tilt_axis_deg=axis)
+    xy, sc, _ = locate_beads(
+        image, pred, template=search.template, radius_px=search.radius_px, along_px=along, tilt_axis_deg=axis
+    )
     ok = search.inside(pred) & (sc >= search.min_score) & search.inside(xy)
     return xy, torch.where(ok, sc, torch.nan), offset
 
 
 def fill_gaps(
-    views: torch.Tensor,                 # (t, h, w)
-    positions_px: torch.Tensor,          # (n, t, 2) raw, NaN missing
-    scores: torch.Tensor,                # (n, t)
-    predicted_px: torch.Tensor,          # (n, t, 2) model, e.g. FiducialSolution.projected_px
+    views: torch.Tensor,  # (t, h, w)
+    positions_px: torch.Tensor,  # (n, t, 2) raw, NaN missing
+    scores: torch.Tensor,  # (n, t)
+    predicted_px: torch.Tensor,  # (n, t, 2) model, e.g. FiducialSolution.projected_px
     *,
     bead_diameter_px: float,
     tilt_axis_deg: float,
     search_radius_px: float | None = None,  # default max(0.3 d, 3)
     min_score: float = 0.35,
     max_residual_px: float | None = None,  # default max(0.3 d, 2.5)
-    keep_views: tuple[int, ...] = (),    # views whose points are never dropped (the seed view)
+    keep_views: tuple[int, ...] = (),  # views whose points are never dropped (the seed view)
 ) -> tuple[torch.Tensor, torch.Tensor]:  # new positions (n, t, 2), scores (n, t)
     """Drop points further than ``max_residual_px`` from the model and search missing points
-    within ``search_radius_px`` of the model's prediction (inputs are not modified)."""
+    within ``search_radius_px`` of the model's prediction (inputs are not modified).
+    """
     t, h, w = views.shape
     d = float(bead_diameter_px)
     r_small = max(0.3 * d, 3.0) if search_radius_px is None else search_radius_px
@@ -275,36 +302,39 @@ def fill_gaps(
     pos[bad], score[bad] = torch.nan, torch.nan
     tpl = bead_template(d, device=views.device)
     m = d / 2 + 1
-    inside = (pred[..., 0] >= m) & (pred[..., 0] <= w - 1 - m) & (pred[..., 1] >= m) \
-        & (pred[..., 1] <= h - 1 - m)
+    inside = (pred[..., 0] >= m) & (pred[..., 0] <= w - 1 - m) & (pred[..., 1] >= m) & (pred[..., 1] <= h - 1 - m)
     for k in range(t):
         miss = ~torch.isfinite(pos[:, k]).all(-1) & inside[:, k]
         if not bool(miss.any()):
             continue
-        xy, sc, _ = locate_beads(views[k], pred[miss, k], template=tpl, radius_px=r_small,
-                                 tilt_axis_deg=tilt_axis_deg)
+        xy, sc, _ = locate_beads(views[k], pred[miss, k], template=tpl, radius_px=r_small, tilt_axis_deg=tilt_axis_deg)
         good = (sc >= min_score) & ((xy - pred[miss, k]).norm(dim=-1) <= tol)
         idx = torch.nonzero(miss).squeeze(1)[good]
         pos[idx, k], score[idx, k] = xy[good], sc[good]
     return pos, score
 
 
-def _finish(views, pos, score, angles, axis, shifts, seed, *, d, r_small, tol, min_score,
-            fill, refine_axis) -> Tracks:
+def _finish(views, pos, score, angles, axis, shifts, seed, *, d, r_small, tol, min_score, fill, refine_axis) -> Tracks:
     """Refit the model (axis too), drop outliers, fill gaps around the model's predictions."""
     model = dict(image_shape=tuple(views.shape[-2:]))
     for _ in range(2 if fill else 1):
         if refine_axis:
             axis = refine_tilt_axis(pos, angles, tilt_axis_deg=axis, **model)
-        xyz, shifts = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts,
-                                           iterations=4, **model)
+        xyz, shifts = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts, iterations=4, **model)
         pred = project_beads(xyz, angles, tilt_axis_deg=axis, shifts_px=shifts, **model)
         if fill:
-            pos, score = fill_gaps(views, pos, score, pred, bead_diameter_px=d, tilt_axis_deg=axis,
-                                   search_radius_px=r_small, min_score=min_score,
-                                   max_residual_px=tol, keep_views=(seed,))
-    xyz, shifts = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts,
-                                       iterations=2, **model)
+            pos, score = fill_gaps(
+                views,
+                pos,
+                score,
+                pred,
+                bead_diameter_px=d,
+                tilt_axis_deg=axis,
+                search_radius_px=r_small,
+                min_score=min_score,
+                max_residual_px=tol,
+                keep_views=(seed,),
+            )
+    xyz, shifts = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts, iterations=2, **model)
     pred = project_beads(xyz, angles, tilt_axis_deg=axis, shifts_px=shifts, **model)
-    return Tracks(positions_px=pos, scores=score, predicted_px=pred, seed_view=seed,
-                  tilt_axis_deg=float(axis))
+    return Tracks(positions_px=pos, scores=score, predicted_px=pred, seed_view=seed, tilt_axis_deg=float(axis))

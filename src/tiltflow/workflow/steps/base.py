@@ -11,9 +11,10 @@ the command-line spelling and the metadata as data: the mode a parameter belongs
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,8 +70,16 @@ def _schema_conditions(schema: dict[str, Any], model: Any) -> None:
             del prop["condition"]
 
 
-def param(default: Any = None, help: str = "", *, cli: str | None = None, condition: Any = None,
-          group: str | None = None, expert: bool = False, **kwargs: Any) -> Any:
+def param(
+    default: Any = None,
+    help: str = "",
+    *,
+    cli: str | None = None,
+    condition: Any = None,
+    group: str | None = None,
+    expert: bool = False,
+    **kwargs: Any,
+) -> Any:
     """A parameter field with help text, an optional CLI spelling (``--voltage``) and its metadata:
     ``condition`` (the mode it belongs to, see :class:`Condition`), ``group`` ("motion", "ctf", ...;
     none: the step's main options) and ``expert`` (listed last in ``--help``). The metadata are
@@ -112,19 +121,24 @@ def condition_of(model: type[BaseModel], name: str) -> Condition | None:
 class ParamMeta:
     """What ``--help``, the workflow schema and the viewer's forms show of one parameter."""
 
-    name: str                       # field name (``window_px``)
-    flag: str                       # option (``--window``)
+    name: str  # field name (``window_px``)
+    flag: str  # option (``--window``)
     help: str
-    group: str | None               # None: the step's main options
+    group: str | None  # None: the step's main options
     expert: bool
-    condition: Condition | None     # None: always applies
+    condition: Condition | None  # None: always applies
 
 
 def param_meta(model: type[BaseModel], name: str) -> ParamMeta:
     extra = _extra(model, name)
-    return ParamMeta(name=name, flag=cli_flag(model, name), help=model.model_fields[name].description or "",
-                     group=extra.get("group"), expert=bool(extra.get("expert")),
-                     condition=condition_of(model, name))
+    return ParamMeta(
+        name=name,
+        flag=cli_flag(model, name),
+        help=model.model_fields[name].description or "",
+        group=extra.get("group"),
+        expert=bool(extra.get("expert")),
+        condition=condition_of(model, name),
+    )
 
 
 def inactive_notes(params: BaseModel, given: Any = None) -> list[str]:
@@ -132,22 +146,27 @@ def inactive_notes(params: BaseModel, given: Any = None) -> list[str]:
     ``--method fiducial``). ``given``: the names set (default: those set to other than the default)."""
     model = type(params)
     if given is None:
-        given = {name for name in params.model_fields_set
-                 if getattr(params, name) != model.model_fields[name].get_default(call_default_factory=True)}
+        given = {
+            name
+            for name in params.model_fields_set
+            if getattr(params, name) != model.model_fields[name].get_default(call_default_factory=True)
+        }
     notes = []
     for name in model.model_fields:
         cond = condition_of(model, name)
         if name in given and cond is not None and not cond.holds(params):
             now = (getattr(params, cond.field),)
-            notes.append(f"{cli_flag(model, name)} applies only with {cond.option_text(model)} — ignored "
-                         f"with {cond.option_text(model, now)}")
+            notes.append(
+                f"{cli_flag(model, name)} applies only with {cond.option_text(model)} — ignored "
+                f"with {cond.option_text(model, now)}"
+            )
     return notes
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    name: str                       # CLI option --<name>
-    types: tuple[str, ...]          # accepted output types
+    name: str  # CLI option --<name>
+    types: tuple[str, ...]  # accepted output types
     help: str
     optional: bool = False
 
@@ -163,9 +182,9 @@ class StepContext:
     project_root: Path
     run_id: int
     log: logging.Logger
-    options: dict[str, Any] = field(default_factory=dict)   # device, skip_bad, executor, ...
+    options: dict[str, Any] = field(default_factory=dict)  # device, skip_bad, executor, ...
     progress: Callable[[str, int, int], None] = lambda what, done, total: None
-    store: Any = None   # the ProjectStore (for per-item progress records only)
+    store: Any = None  # the ProjectStore (for per-item progress records only)
     # intermediate files or folders a continue still needs: the runner removes them only once the
     # run is registered finished (a step never deletes them itself)
     scratch: list[Path] = field(default_factory=list)
@@ -177,14 +196,14 @@ class StepContext:
 
 @dataclass(frozen=True)
 class Step:
-    id: str                                          # e.g. "import-movies"
+    id: str  # e.g. "import-movies"
     title: str
     params: type[StepParams]
     inputs: tuple[InputSpec, ...]
-    outputs: dict[str, str]                          # name -> type
+    outputs: dict[str, str]  # name -> type
     run: Callable[[StepContext], dict[str, AnySet]]
     help: str = ""
-    scipion_class: str | None = None                 # e.g. "ProtImportTsMovies"
+    scipion_class: str | None = None  # e.g. "ProtImportTsMovies"
     # checks against the loaded ``input`` set (steps/checks_data.py): InputError, one line, before any work
     checks: Callable[[Any, Any], None] | None = None
     # the published methods the step implements, short citations with DOI (steps/citations.py)

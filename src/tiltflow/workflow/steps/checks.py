@@ -10,7 +10,8 @@ a step declares them (``Step.checks``) and ``Step.validate`` runs both.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -27,10 +28,12 @@ def show(value: Any) -> str:
     return str(value)
 
 
-_BOUNDS = {"greater_than": ("gt", "above", "a value above {b}"),
-           "greater_than_equal": ("ge", "at least", "{flag} {b} or more"),
-           "less_than": ("lt", "below", "a value below {b}"),
-           "less_than_equal": ("le", "at most", "{flag} {b} or less")}
+_BOUNDS = {
+    "greater_than": ("gt", "above", "a value above {b}"),
+    "greater_than_equal": ("ge", "at least", "{flag} {b} or more"),
+    "less_than": ("lt", "below", "a value below {b}"),
+    "less_than_equal": ("le", "at most", "{flag} {b} or less"),
+}
 
 
 def _message(model: type[StepParams], e: dict, data: Any) -> str:
@@ -46,7 +49,7 @@ def _message(model: type[StepParams], e: dict, data: Any) -> str:
     what = f"{flag} {show(given)}"
     each = "each value " if len(loc) > 1 else ""
     kind, ctx = e["type"], e.get("ctx") or {}
-    if kind == "value_error":          # a rule's own line (RULES, problems())
+    if kind == "value_error":  # a rule's own line (RULES, problems())
         return str(ctx.get("error", e.get("msg")))
     if kind == "missing":
         return f"{flag} is required"
@@ -79,8 +82,11 @@ def _resolution_range(flag: str, v: tuple[float, float]) -> str | None:
     low, high = v
     if low > high > 0:
         return None
-    hint = f"pass {flag} {show((max(abs(low), abs(high)), min(abs(low), abs(high))))}" if low and high and low != high \
+    hint = (
+        f"pass {flag} {show((max(abs(low), abs(high)), min(abs(low), abs(high))))}"
+        if low and high and low != high
         else "pass the low-resolution end first, e.g. 500 10"
+    )
     return f"{flag} {show(v)}: give (low, high) resolution in Å with low > high > 0 — {hint}"
 
 

@@ -11,10 +11,10 @@ from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.sets import TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.checks import show
 
-MIN_WINDOW_PX = 64          # the smallest CTF periodogram window (core.ctf_fit)
-MIN_BINNED_PX = 16          # the smallest image motion, X-ray and reconstruction work on
-MIN_ALIGN_PX = 32           # projection matching needs 32 px views
-MAX_THICKNESS_NM = 2000.0   # thicker than any specimen a tilt series can image
+MIN_WINDOW_PX = 64  # the smallest CTF periodogram window (core.ctf_fit)
+MIN_BINNED_PX = 16  # the smallest image motion, X-ray and reconstruction work on
+MIN_ALIGN_PX = 32  # projection matching needs 32 px views
+MAX_THICKNESS_NM = 2000.0  # thicker than any specimen a tilt series can image
 
 
 def _series(source: TiltSeriesSet) -> list[TiltSeries]:
@@ -28,8 +28,9 @@ def check_window_fits(window_px: int, source: TiltSeriesSet, option: str = "--wi
         bx, by = nx // binning, ny // binning
         if window_px <= min(bx, by):
             continue
-        size = f"{nx} x {ny} px images of {ts.ts_id}" + (f" ({bx} x {by} px after --binning {binning})"
-                                                          if binning > 1 else "")
+        size = f"{nx} x {ny} px images of {ts.ts_id}" + (
+            f" ({bx} x {by} px after --binning {binning})" if binning > 1 else ""
+        )
         largest = min(bx, by) // 2 * 2
         if largest >= MIN_WINDOW_PX:
             fix = f"pass {option} {largest} or less"
@@ -40,16 +41,19 @@ def check_window_fits(window_px: int, source: TiltSeriesSet, option: str = "--wi
         raise InputError(f"{option} {window_px}: larger than the {size}; {fix}")
 
 
-def check_binning(binning: int, source: TiltSeriesSet, *, min_px: int = MIN_BINNED_PX,
-                  option: str = "--binning") -> None:
+def check_binning(
+    binning: int, source: TiltSeriesSet, *, min_px: int = MIN_BINNED_PX, option: str = "--binning"
+) -> None:
     """Binned images keep at least ``min_px`` pixels on their shorter side."""
     for ts in _series(source):
         nx, ny = ts.size
         if min(nx, ny) // binning < min_px:
             most = max(1, min(nx, ny) // min_px)
-            raise InputError(f"{option} {binning}: the {nx} x {ny} px images of {ts.ts_id} would be "
-                             f"{nx // binning} x {ny // binning} px, below the {min_px} px this step needs; "
-                             f"pass {option} {most} or less")
+            raise InputError(
+                f"{option} {binning}: the {nx} x {ny} px images of {ts.ts_id} would be "
+                f"{nx // binning} x {ny // binning} px, below the {min_px} px this step needs; "
+                f"pass {option} {most} or less"
+            )
 
 
 def check_ctf_range(ctf_range_a: tuple[float, float], source: TiltSeriesSet, binning: int = 1) -> None:
@@ -59,9 +63,11 @@ def check_ctf_range(ctf_range_a: tuple[float, float], source: TiltSeriesSet, bin
         nyquist = 2.0 * pixel * 1.001
         if ctf_range_a[0] <= nyquist:
             after, smaller = (f" after --binning {binning}", " or a smaller --binning") if binning > 1 else ("", "")
-            raise InputError(f"--ctf-range {show(ctf_range_a)}: {ctf_range_a[0]:g} Å is not coarser than Nyquist "
-                             f"({nyquist:.2f} Å) of {ts.ts_id} ({pixel:g} Å/px{after}); pass a first value of "
-                             f"{math.ceil(nyquist * 10) / 10:g} or more{smaller}")
+            raise InputError(
+                f"--ctf-range {show(ctf_range_a)}: {ctf_range_a[0]:g} Å is not coarser than Nyquist "
+                f"({nyquist:.2f} Å) of {ts.ts_id} ({pixel:g} Å/px{after}); pass a first value of "
+                f"{math.ceil(nyquist * 10) / 10:g} or more{smaller}"
+            )
 
 
 def check_references(source: TiltSeriesSet) -> None:
@@ -96,12 +102,16 @@ def check_motion_ctf(p, source: TiltSeriesSet) -> None:
     for ts in _series(source):
         n = _frames(ts, p.eer_groups)
         if p.motion_grid and n is not None and p.motion_grid[2] > n:
-            raise InputError(f"--motion-grid {show(p.motion_grid)}: {p.motion_grid[2]} time points, but the movies "
-                             f"of {ts.ts_id} have {n} frames; pass a last value of {n} or less (1 1 1: global only)")
+            raise InputError(
+                f"--motion-grid {show(p.motion_grid)}: {p.motion_grid[2]} time points, but the movies "
+                f"of {ts.ts_id} have {n} frames; pass a last value of {n} or less (1 1 1: global only)"
+            )
         kv = ts.acquisition.voltage_kv
         if p.dose_weighting and not 200.0 <= kv <= 300.0:
-            raise InputError(f"--dose-weighting: critical exposures are known for 200-300 kV, {ts.ts_id} was "
-                             f"recorded at {kv:g} kV — leave out --dose-weighting")
+            raise InputError(
+                f"--dose-weighting: critical exposures are known for 200-300 kV, {ts.ts_id} was "
+                f"recorded at {kv:g} kV — leave out --dose-weighting"
+            )
     check_references(source)
 
 
@@ -120,12 +130,16 @@ def check_align(p, source: TiltSeriesSet) -> None:
         bead_px = p.bead_diameter_nm * 10.0 / (ts.acquisition.pixel_size_a * p.binning)
         nx, ny = ts.size
         if bead_px <= 1.0:
-            raise InputError(f"--bead-diameter-nm {p.bead_diameter_nm:g}: {bead_px:.2f} px in the views of "
-                             f"{ts.ts_id} binned by --binning {p.binning}; beads need more than 1 px — pass a "
-                             "smaller --binning")
+            raise InputError(
+                f"--bead-diameter-nm {p.bead_diameter_nm:g}: {bead_px:.2f} px in the views of "
+                f"{ts.ts_id} binned by --binning {p.binning}; beads need more than 1 px — pass a "
+                "smaller --binning"
+            )
         if bead_px > min(nx, ny) / p.binning / 2:
-            raise InputError(f"--bead-diameter-nm {p.bead_diameter_nm:g}: {bead_px:.0f} px, more than half the "
-                             f"{nx} x {ny} px images of {ts.ts_id} — give the gold beads' diameter in nm")
+            raise InputError(
+                f"--bead-diameter-nm {p.bead_diameter_nm:g}: {bead_px:.0f} px, more than half the "
+                f"{nx} x {ny} px images of {ts.ts_id} — give the gold beads' diameter in nm"
+            )
 
 
 def check_reconstruct(p, source: TiltSeriesSet) -> None:
@@ -134,15 +148,19 @@ def check_reconstruct(p, source: TiltSeriesSet) -> None:
     for ts in _series(source):
         voxel_nm = ts.acquisition.pixel_size_a * p.binning / 10.0
         if p.thickness_px is not None and p.thickness_px * voxel_nm > MAX_THICKNESS_NM:
-            raise InputError(f"--thickness-px {p.thickness_px}: {p.thickness_px * voxel_nm:.0f} nm at "
-                             f"{voxel_nm * 10:g} Å/voxel ({ts.ts_id}), thicker than any specimen "
-                             f"({MAX_THICKNESS_NM:g} nm at most); pass --thickness-px "
-                             f"{int(MAX_THICKNESS_NM / voxel_nm)} or less")
+            raise InputError(
+                f"--thickness-px {p.thickness_px}: {p.thickness_px * voxel_nm:.0f} nm at "
+                f"{voxel_nm * 10:g} Å/voxel ({ts.ts_id}), thicker than any specimen "
+                f"({MAX_THICKNESS_NM:g} nm at most); pass --thickness-px "
+                f"{int(MAX_THICKNESS_NM / voxel_nm)} or less"
+            )
         half_field_nm = max(ts.size) * ts.acquisition.pixel_size_a / 10.0 / 2.0
         if abs(p.x_offset_nm) > half_field_nm:
-            raise InputError(f"--x-offset-nm {p.x_offset_nm:g}: moves the volume centre outside the "
-                             f"{2 * half_field_nm:.0f} nm wide field of {ts.ts_id}; pass a value within "
-                             f"±{half_field_nm:.0f}")
+            raise InputError(
+                f"--x-offset-nm {p.x_offset_nm:g}: moves the volume centre outside the "
+                f"{2 * half_field_nm:.0f} nm wide field of {ts.ts_id}; pass a value within "
+                f"±{half_field_nm:.0f}"
+            )
 
 
 def check_normalize(p, source: TiltSeriesSet) -> None:
@@ -154,8 +172,10 @@ def check_xray_erase(p, source: TiltSeriesSet) -> None:
     """X-ray search needs images of at least 16 px."""
     for ts in _series(source):
         if min(ts.size) < MIN_BINNED_PX:
-            raise InputError(f"{ts.ts_id}: {ts.size[0]} x {ts.size[1]} px images — the X-ray search needs "
-                             f"{MIN_BINNED_PX} x {MIN_BINNED_PX} px at least")
+            raise InputError(
+                f"{ts.ts_id}: {ts.size[0]} x {ts.size[1]} px images — the X-ray search needs "
+                f"{MIN_BINNED_PX} x {MIN_BINNED_PX} px at least"
+            )
 
 
 def check_inputs(step_id: str, params, inputs: dict) -> list[str]:

@@ -27,8 +27,15 @@ class CtfStepParams(CtfOptions):
     pass
 
 
-def ctf_series_task(refs: list[tuple[int, str, int, float]], p: dict, optics: dict, tilt_axis_deg: float,
-                    out_dir: str, ts_id: str, device: str) -> dict:
+def ctf_series_task(
+    refs: list[tuple[int, str, int, float]],
+    p: dict,
+    optics: dict,
+    tilt_axis_deg: float,
+    out_dir: str,
+    ts_id: str,
+    device: str,
+) -> dict:
     """Fit every view of one series; ``refs``: (acquisition order, file, index, tilt angle)."""
     import numpy as np
     import torch
@@ -45,11 +52,18 @@ def ctf_series_task(refs: list[tuple[int, str, int, float]], p: dict, optics: di
 
     out = {}
     for order, _, _, angle in refs:
-        out[order] = fit_tilt_ctf(images_of(order), params, tilt_angle_deg=angle, tilt_axis_deg=tilt_axis_deg,
-                                  grid_xy=grid, out_png=Path(out_dir) / "ctf" / f"{ts_id}_{order:03d}.png")
+        out[order] = fit_tilt_ctf(
+            images_of(order),
+            params,
+            tilt_angle_deg=angle,
+            tilt_axis_deg=tilt_axis_deg,
+            grid_xy=grid,
+            out_png=Path(out_dir) / "ctf" / f"{ts_id}_{order:03d}.png",
+        )
     # series pass: tilts that disagree with the series' defocus trend / astigmatism are re-fitted
-    refine_series_results(out, images_of, params, tilt_angles_deg={r[0]: r[3] for r in refs},
-                          tilt_axis_deg=tilt_axis_deg, grid_xy=grid)
+    refine_series_results(
+        out, images_of, params, tilt_angles_deg={r[0]: r[3] for r in refs}, tilt_axis_deg=tilt_axis_deg, grid_xy=grid
+    )
     return {str(order): r for order, r in out.items()}
 
 
@@ -62,18 +76,27 @@ def run_ctf(ctx: StepContext):
     device = resolve_device(ctx.options.get("device"))
     tasks = []
     for ts in source.items:
-        require_stacks(ts, ctx.input_pointers['input'])
+        require_stacks(ts, ctx.input_pointers["input"])
         a = ts.acquisition
-        optics = {"pixel_size_a": a.pixel_size_a, "voltage_kv": a.voltage_kv, "cs_mm": a.cs_mm,
-                  "amplitude_contrast": a.amplitude_contrast}
+        optics = {
+            "pixel_size_a": a.pixel_size_a,
+            "voltage_kv": a.voltage_kv,
+            "cs_mm": a.cs_mm,
+            "amplitude_contrast": a.amplitude_contrast,
+        }
         refs = [(im.acquisition_order, im.file, im.index, im.tilt_angle_deg) for im in ts.images]
         tasks.append((ts.ts_id, (refs, p.model_dump(), optics, a.tilt_axis_deg, str(ctx.run_dir), ts.ts_id, device)))
     results = run_items_or_fail(ctx, ctf_series_task, tasks)
     series = []
     for ts in source.items:
         a = ts.acquisition
-        params = ctf_params(p, pixel_size_a=a.pixel_size_a, voltage_kv=a.voltage_kv, cs_mm=a.cs_mm,
-                            amplitude_contrast=a.amplitude_contrast)
+        params = ctf_params(
+            p,
+            pixel_size_a=a.pixel_size_a,
+            voltage_kv=a.voltage_kv,
+            cs_mm=a.cs_mm,
+            amplitude_contrast=a.amplitude_contrast,
+        )
         per_tilt = {int(k): dict(v) for k, v in results[ts.ts_id].items()}
         if p.defocus_grid:
             smooth_grids_in_time(per_tilt, p.defocus_grid[2])
@@ -83,9 +106,17 @@ def run_ctf(ctx: StepContext):
     return {"CTFTomoSeries": ctf_set(series)}
 
 
-register(Step(
-    id="ctf", title="CTF estimation (tilt series)", params=CtfStepParams,
-    inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks)"),),
-    outputs={"CTFTomoSeries": "CTFTomoSeries"}, run=run_ctf, scipion_class="ProtTsCtffind",
-    checks=check_ctf, methods=(CTFFIND4, WARP),
-    help="Per-tilt CTF estimation on any tilt-series set (tilt-aware periodograms, astigmatism, optional phase)."))
+register(
+    Step(
+        id="ctf",
+        title="CTF estimation (tilt series)",
+        params=CtfStepParams,
+        inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks)"),),
+        outputs={"CTFTomoSeries": "CTFTomoSeries"},
+        run=run_ctf,
+        scipion_class="ProtTsCtffind",
+        checks=check_ctf,
+        methods=(CTFFIND4, WARP),
+        help="Per-tilt CTF estimation on any tilt-series set (tilt-aware periodograms, astigmatism, optional phase).",
+    )
+)

@@ -13,11 +13,11 @@ from tiltflow.workflow.steps.ctf_common import _mean_spectrum, tilt_ctf_outputs
 
 
 def refine_series_results(
-    results: dict[int, dict],            # per tilt, keyed by acquisition order: fit_tilt_ctf's dicts
-    images_of: Callable[[int], list],    # acquisition order -> the images the tilt was fitted on
+    results: dict[int, dict],  # per tilt, keyed by acquisition order: fit_tilt_ctf's dicts
+    images_of: Callable[[int], list],  # acquisition order -> the images the tilt was fitted on
     params,
     *,
-    tilt_angles_deg: dict[int, float],   # acquisition order -> tilt angle, degrees
+    tilt_angles_deg: dict[int, float],  # acquisition order -> tilt angle, degrees
     tilt_axis_deg: float,
     grid_xy: tuple[int, int] | None,
 ) -> list[int]:
@@ -29,28 +29,53 @@ def refine_series_results(
     orders = sorted(results)
     if len(orders) < 4:
         return []
-    fits = [CtfFit(results[o]["defocus_u_a"], results[o]["defocus_v_a"], results[o]["astigmatism_angle_deg"],
-                   results[o]["phase_shift_rad"], results[o]["fit_resolution_a"], results[o]["score"]) for o in orders]
+    fits = [
+        CtfFit(
+            results[o]["defocus_u_a"],
+            results[o]["defocus_v_a"],
+            results[o]["astigmatism_angle_deg"],
+            results[o]["phase_shift_rad"],
+            results[o]["fit_resolution_a"],
+            results[o]["score"],
+        )
+        for o in orders
+    ]
 
     def spectrum_of(i: int, reference: tuple[float, float, float]):
         # the spectrum of the summed images (the aligned even + odd half sums are the sum): at low dose
         # its rings stand sqrt(2) x higher above the noise than in the mean of the halves' spectra
         o = orders[i]
-        return _mean_spectrum([sum(images_of(o))], params, tilt_angle_deg=tilt_angles_deg[o],
-                              tilt_axis_deg=tilt_axis_deg, reference=reference)
+        return _mean_spectrum(
+            [sum(images_of(o))],
+            params,
+            tilt_angle_deg=tilt_angles_deg[o],
+            tilt_axis_deg=tilt_axis_deg,
+            reference=reference,
+        )
 
-    refined = refine_series(fits, spectrum_of, params, tilt_angles_deg=[tilt_angles_deg[o] for o in orders],
-                            acquisition_order=orders)
+    refined = refine_series(
+        fits, spectrum_of, params, tilt_angles_deg=[tilt_angles_deg[o] for o in orders], acquisition_order=orders
+    )
     changed = []
     for i, spectrum in refined.spectra.items():
         o = orders[i]
         old = results[o]
         grid_images = images_of(o) if grid_xy and tuple(grid_xy) != (1, 1) else []  # read again only for a grid
-        new = tilt_ctf_outputs(grid_images, spectrum, refined.fits[i], params, tilt_angle_deg=tilt_angles_deg[o],
-                               tilt_axis_deg=tilt_axis_deg, grid_xy=grid_xy, out_png=Path(old["spectrum_file"]))
-        new["series_refit"] = {"defocus_mean_a": 0.5 * (old["defocus_u_a"] + old["defocus_v_a"]),
-                               "astigmatism_a": old["defocus_u_a"] - old["defocus_v_a"],
-                               "trend_defocus_a": float(refined.trend.defocus_a[i])}
+        new = tilt_ctf_outputs(
+            grid_images,
+            spectrum,
+            refined.fits[i],
+            params,
+            tilt_angle_deg=tilt_angles_deg[o],
+            tilt_axis_deg=tilt_axis_deg,
+            grid_xy=grid_xy,
+            out_png=Path(old["spectrum_file"]),
+        )
+        new["series_refit"] = {
+            "defocus_mean_a": 0.5 * (old["defocus_u_a"] + old["defocus_v_a"]),
+            "astigmatism_a": old["defocus_u_a"] - old["defocus_v_a"],
+            "trend_defocus_a": float(refined.trend.defocus_a[i]),
+        }
         old.clear()
         old.update(new)
         changed.append(o)

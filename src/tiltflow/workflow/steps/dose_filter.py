@@ -21,21 +21,30 @@ from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.citations import EXPOSURE_FILTER, IMOD
 from tiltflow.workflow.steps.views import require_stacks, stacks_set
 
-KNOWN_KV = (200.0, 300.0)   # the voltages the critical exposure was measured between (core.motion_sum)
+KNOWN_KV = (200.0, 300.0)  # the voltages the critical exposure was measured between (core.motion_sum)
 
 
 class DoseFilterParams(CheckedParams):
     dose_per_tilt_e_a2: float | None = param(
-        None, "Dose per tilt image, e/Å² (empty: the doses stored with each view); a fixed dose gives view k "
-              "(acquisition order) the exposure k x dose, as mtffilter -FixedImageDose.", cli="--dose",
-        gt=0, le=RANGES["ExposureDose"][1])
-    initial_dose_e_a2: float = param(0.0, "Dose before the first tilt, e/Å², added to every view's exposure.",
-                                     cli="--initial-dose", ge=0, le=1e4)
-    voltage_kv: float | None = param(None, "Acceleration voltage, kV (empty: the set's).", cli="--voltage",
-                                     ge=KNOWN_KV[0], le=KNOWN_KV[1])
+        None,
+        "Dose per tilt image, e/Å² (empty: the doses stored with each view); a fixed dose gives view k "
+        "(acquisition order) the exposure k x dose, as mtffilter -FixedImageDose.",
+        cli="--dose",
+        gt=0,
+        le=RANGES["ExposureDose"][1],
+    )
+    initial_dose_e_a2: float = param(
+        0.0, "Dose before the first tilt, e/Å², added to every view's exposure.", cli="--initial-dose", ge=0, le=1e4
+    )
+    voltage_kv: float | None = param(
+        None, "Acceleration voltage, kV (empty: the set's).", cli="--voltage", ge=KNOWN_KV[0], le=KNOWN_KV[1]
+    )
     mode: Literal["exposure", "mid_exposure"] = param(
-        "exposure", "exposure: filter at the accumulated dose after each view (IMOD mtffilter, unblur); "
-                    "mid_exposure: at the middle of the view's own exposure.", cli="--mode")
+        "exposure",
+        "exposure: filter at the accumulated dose after each view (IMOD mtffilter, unblur); "
+        "mid_exposure: at the middle of the view's own exposure.",
+        cli="--mode",
+    )
 
 
 def view_doses(ts: TiltSeries, p: DoseFilterParams, pointer: str) -> list[tuple[float, float]]:
@@ -49,8 +58,10 @@ def view_doses(ts: TiltSeries, p: DoseFilterParams, pointer: str) -> list[tuple[
             if prior is None and im.dose_accumulated_e_a2 is not None and own is not None:
                 prior = im.dose_accumulated_e_a2 - own
             if own is None or prior is None:
-                raise InputError(f"{pointer}: {ts.ts_id} view at {im.tilt_angle_deg:.1f}° (acquisition order "
-                                 f"{im.acquisition_order}) has no dose — pass --dose (e/Å² per tilt)")
+                raise InputError(
+                    f"{pointer}: {ts.ts_id} view at {im.tilt_angle_deg:.1f}° (acquisition order "
+                    f"{im.acquisition_order}) has no dose — pass --dose (e/Å² per tilt)"
+                )
         out.append((prior + p.initial_dose_e_a2, own))
     return out
 
@@ -63,14 +74,23 @@ def check_dose_filter(p: DoseFilterParams, source: TiltSeriesSet, pointer: str) 
         require_stacks(ts, pointer)
         kv = p.voltage_kv if p.voltage_kv is not None else ts.acquisition.voltage_kv
         if not KNOWN_KV[0] <= kv <= KNOWN_KV[1]:
-            raise InputError(f"{ts.ts_id}: recorded at {kv:g} kV; critical exposures are known for 200-300 kV "
-                             "— dose filtering cannot be done for this voltage")
+            raise InputError(
+                f"{ts.ts_id}: recorded at {kv:g} kV; critical exposures are known for 200-300 kV "
+                "— dose filtering cannot be done for this voltage"
+            )
         found[ts.ts_id] = (view_doses(ts, p, pointer), kv)
     return found
 
 
-def dose_filter_series_task(refs: dict[str, list[tuple[str, int]]], exposure_e_a2: list[float], out_dir: str,
-                            ts_id: str, pixel_size_a: float, voltage_kv: float, device: str) -> dict:
+def dose_filter_series_task(
+    refs: dict[str, list[tuple[str, int]]],
+    exposure_e_a2: list[float],
+    out_dir: str,
+    ts_id: str,
+    pixel_size_a: float,
+    voltage_kv: float,
+    device: str,
+) -> dict:
     """Filter one series and its halves, a view at a time (module level, so a Dask worker can run it).
     ``exposure_e_a2``: per view (stack order), e/Å²."""
     import numpy as np
@@ -82,7 +102,7 @@ def dose_filter_series_task(refs: dict[str, list[tuple[str, int]]], exposure_e_a
     files = {}
     for key, view_refs in refs.items():
         out = None
-        for i, ((f, index), exposure) in enumerate(zip(view_refs, exposure_e_a2)):
+        for i, ((f, index), exposure) in enumerate(zip(view_refs, exposure_e_a2, strict=False)):
             view = torch.from_numpy(np.ascontiguousarray(read_section(f, index))).to(device)
             filtered = dose_weight_views(view[None], [exposure], pixel_size_a=pixel_size_a, voltage_kv=voltage_kv)
             if out is None:
@@ -103,7 +123,8 @@ def run_dose_filter(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     found = check_dose_filter(p, source, pointer)
     if source.attrs.get("dose_filtered"):
         ctx.options.setdefault("warnings", []).append(
-            f"{pointer} is already dose-filtered ({source.attrs['dose_filtered']}): filtering it again")
+            f"{pointer} is already dose-filtered ({source.attrs['dose_filtered']}): filtering it again"
+        )
     device = resolve_device(ctx.options.get("device"))
     at = "end" if p.mode == "exposure" else "mid"
     tasks, exposures = [], {}
@@ -112,29 +133,57 @@ def run_dose_filter(ctx: StepContext) -> dict[str, TiltSeriesSet]:
         exposure = view_exposure_e_a2([d[0] for d in doses], [d[1] for d in doses], at=at).tolist()
         exposures[ts.ts_id] = exposure
         refs = {"file": [(im.file, im.index) for im in ts.images]}
-        refs.update({key: [(getattr(im, key), im.index) for im in ts.images]
-                     for key in ("odd_file", "even_file") if all(getattr(im, key) for im in ts.images)})
-        tasks.append((ts.ts_id, (refs, exposure, str(ctx.run_dir), ts.ts_id, ts.acquisition.pixel_size_a, kv,
-                                 device)))
+        refs.update(
+            {
+                key: [(getattr(im, key), im.index) for im in ts.images]
+                for key in ("odd_file", "even_file")
+                if all(getattr(im, key) for im in ts.images)
+            }
+        )
+        tasks.append((ts.ts_id, (refs, exposure, str(ctx.run_dir), ts.ts_id, ts.acquisition.pixel_size_a, kv, device)))
     results = run_items_or_fail(ctx, dose_filter_series_task, tasks)
     items = []
     for ts in source.items:
         files = results[ts.ts_id]["files"]
-        images = [TiltImage(**{**im.__dict__, "file": files["file"], "index": pos,
-                               "odd_file": files.get("odd_file"), "even_file": files.get("even_file"),
-                               "attrs": dict(im.attrs, dose_filter_exposure_e_a2=e)})
-                  for pos, (im, e) in enumerate(zip(ts.images, exposures[ts.ts_id]))]
+        images = [
+            TiltImage(
+                **{
+                    **im.__dict__,
+                    "file": files["file"],
+                    "index": pos,
+                    "odd_file": files.get("odd_file"),
+                    "even_file": files.get("even_file"),
+                    "attrs": dict(im.attrs, dose_filter_exposure_e_a2=e),
+                }
+            )
+            for pos, (im, e) in enumerate(zip(ts.images, exposures[ts.ts_id], strict=False))
+        ]
         items.append(replace(ts, images=images, attrs=dict(ts.attrs, dose_filtered=p.mode)))
         e = exposures[ts.ts_id]
-        ctx.log.info("%s: %d views filtered at %.1f-%.1f e/Å² (%s, %g kV)%s", ts.ts_id, len(e), min(e), max(e),
-                     p.mode, found[ts.ts_id][1], ", odd/even too" if "odd_file" in files else "")
+        ctx.log.info(
+            "%s: %d views filtered at %.1f-%.1f e/Å² (%s, %g kV)%s",
+            ts.ts_id,
+            len(e),
+            min(e),
+            max(e),
+            p.mode,
+            found[ts.ts_id][1],
+            ", odd/even too" if "odd_file" in files else "",
+        )
     attrs = dict(source.attrs, dose_filtered=p.mode)
     return {"TiltSeries": stacks_set(source, items, attrs)}
 
 
-register(Step(
-    id="dose-filter", title="Dose filter", params=DoseFilterParams,
-    inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks) to filter"),),
-    outputs={"TiltSeries": "TiltSeries"}, run=run_dose_filter, scipion_class="ProtImodDoseFilter",
-    methods=(EXPOSURE_FILTER, IMOD),
-    help="Filter each view by its accumulated exposure (Grant & Grigorieff's exposure filter, IMOD mtffilter)."))
+register(
+    Step(
+        id="dose-filter",
+        title="Dose filter",
+        params=DoseFilterParams,
+        inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks) to filter"),),
+        outputs={"TiltSeries": "TiltSeries"},
+        run=run_dose_filter,
+        scipion_class="ProtImodDoseFilter",
+        methods=(EXPOSURE_FILTER, IMOD),
+        help="Filter each view by its accumulated exposure (Grant & Grigorieff's exposure filter, IMOD mtffilter).",
+    )
+)

@@ -26,11 +26,14 @@ from tiltflow.workflow.steps.views import require_stacks, stacks_set
 
 class EraseBeadsParams(CheckedParams):
     bead_diameter_nm: float | None = param(
-        None, "Gold bead diameter, nm (empty: the one the fiducial alignment used).", cli="--bead-diameter-nm", gt=0)
-    expand_px: float = param(1.0, "Erase this many pixels beyond the bead's radius (ccderaser -expand).",
-                             cli="--expand", ge=0, le=50)
-    detect: bool = param(False, "Find the beads in every view instead of using the alignment's bead model.",
-                         cli="--detect")
+        None, "Gold bead diameter, nm (empty: the one the fiducial alignment used).", cli="--bead-diameter-nm", gt=0
+    )
+    expand_px: float = param(
+        1.0, "Erase this many pixels beyond the bead's radius (ccderaser -expand).", cli="--expand", ge=0, le=50
+    )
+    detect: bool = param(
+        False, "Find the beads in every view instead of using the alignment's bead model.", cli="--detect"
+    )
 
 
 def _diameter_from_alignment(ts: TiltSeries, ctx: StepContext) -> float | None:
@@ -45,7 +48,7 @@ def _diameter_from_alignment(ts: TiltSeries, ctx: StepContext) -> float | None:
         return None
     try:
         run = ctx.store.run(int(m.group(1)))
-    except ProjectError:     # a run of another project, or gone: the user gives the diameter
+    except ProjectError:  # a run of another project, or gone: the user gives the diameter
         return None
     value = run.params.get("bead_diameter_nm") if run.step == "align" else None
     return float(value) if value else None
@@ -70,7 +73,7 @@ def _model_positions(ts: TiltSeries, pointer: str) -> list[list[list[float]]]:
     fid = read_fid_xyz(path)
     xyz = fid.xyz.clone()
     if xyz.shape[0] and fid.image_size and not bool((xyz[:, :2].mean(0).abs() < 1.0).all()):
-        xyz[:, 0] -= fid.image_size[0] / 2.0      # IMOD's convention (corner origin): to the centre
+        xyz[:, 0] -= fid.image_size[0] / 2.0  # IMOD's convention (corner origin): to the centre
         xyz[:, 1] -= fid.image_size[1] / 2.0
     xyz *= (fid.pixel_size_a or ts.acquisition.pixel_size_a) / ts.acquisition.pixel_size_a
     views = [i for i, im in enumerate(ts.images) if im.enabled and im.transform is not None]
@@ -85,9 +88,17 @@ def _model_positions(ts: TiltSeries, pointer: str) -> list[list[list[float]]]:
     return out
 
 
-def erase_beads_series_task(refs: dict[str, list[tuple[str, int]]], positions: list | None, radius_px: float,
-                            detect_diameter_px: float | None, out_dir: str, ts_id: str, pixel_size_a: float,
-                            device: str, seed: int = 0) -> dict:
+def erase_beads_series_task(
+    refs: dict[str, list[tuple[str, int]]],
+    positions: list | None,
+    radius_px: float,
+    detect_diameter_px: float | None,
+    out_dir: str,
+    ts_id: str,
+    pixel_size_a: float,
+    device: str,
+    seed: int = 0,
+) -> dict:
     """Erase one series and its halves (module level, so a Dask worker can run it). ``positions``: per view
     a list of (x, y) px; None with ``detect_diameter_px`` finds them in each view of the main stack."""
     import numpy as np
@@ -101,7 +112,7 @@ def erase_beads_series_task(refs: dict[str, list[tuple[str, int]]], positions: l
     files: dict[str, str] = {}
     erased_px: list[int] = []
     found = positions
-    for key, view_refs in refs.items():       # "file" first: detection runs on the main stack
+    for key, view_refs in refs.items():  # "file" first: detection runs on the main stack
         stack = None
         gen = torch.Generator(device=device).manual_seed(seed + len(files))
         for v, (f, index) in enumerate(view_refs):
@@ -120,10 +131,13 @@ def erase_beads_series_task(refs: dict[str, list[tuple[str, int]]], positions: l
         files[key] = str(write_mrc(out / name, stack, voxel_size_a=pixel_size_a))
     rows = [(v, x, y, radius_px) for v, xy in enumerate(found or []) for x, y in xy]
     table = out / f"{ts_id}_beads.txt"
-    np.savetxt(table, np.array(rows, dtype=np.float64).reshape(-1, 4), fmt=["%d", "%.2f", "%.2f", "%.2f"],
-               header="view(0-based, stack order) x y radius (px)")
-    return {"files": files, "erased_px": erased_px, "beads": [len(xy) for xy in (found or [])],
-            "positions": str(table)}
+    np.savetxt(
+        table,
+        np.array(rows, dtype=np.float64).reshape(-1, 4),
+        fmt=["%d", "%.2f", "%.2f", "%.2f"],
+        header="view(0-based, stack order) x y radius (px)",
+    )
+    return {"files": files, "erased_px": erased_px, "beads": [len(xy) for xy in (found or [])], "positions": str(table)}
 
 
 def run_erase_beads(ctx: StepContext) -> dict[str, TiltSeriesSet]:
@@ -134,59 +148,113 @@ def run_erase_beads(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     pointer = ctx.input_pointers["input"]
     device = resolve_device(ctx.options.get("device"))
     tasks, plans = [], {}
-    for ts in source.items:       # every check and every bead model before the first view is read
+    for ts in source.items:  # every check and every bead model before the first view is read
         if not ts.enabled:
             continue
         require_stacks(ts, pointer)
         diameter = p.bead_diameter_nm or _diameter_from_alignment(ts, ctx)
         if diameter is None:
-            raise InputError(f"{pointer}: {ts.ts_id}: the bead diameter of its alignment is not known — pass "
-                             "--bead-diameter-nm")
+            raise InputError(
+                f"{pointer}: {ts.ts_id}: the bead diameter of its alignment is not known — pass --bead-diameter-nm"
+            )
         diameter_px = diameter * 10.0 / ts.acquisition.pixel_size_a
         if not 1.0 < diameter_px <= min(ts.size) / 2:
-            raise InputError(f"--bead-diameter-nm {diameter:g}: {diameter_px:.1f} px in the {ts.size[0]} x "
-                             f"{ts.size[1]} px views of {ts.ts_id} — give the gold beads' diameter in nm")
+            raise InputError(
+                f"--bead-diameter-nm {diameter:g}: {diameter_px:.1f} px in the {ts.size[0]} x "
+                f"{ts.size[1]} px views of {ts.ts_id} — give the gold beads' diameter in nm"
+            )
         positions = None if p.detect else _model_positions(ts, pointer)
         radius = diameter_px / 2.0 + p.expand_px
         plans[ts.ts_id] = (diameter, radius)
         refs = {"file": [(im.file, im.index) for im in ts.images]}
-        refs.update({key: [(getattr(im, key), im.index) for im in ts.images]
-                     for key in ("odd_file", "even_file") if all(getattr(im, key) for im in ts.images)})
-        tasks.append((ts.ts_id, (refs, positions, radius, diameter_px if p.detect else None, str(ctx.run_dir),
-                                 ts.ts_id, ts.acquisition.pixel_size_a, device)))
+        refs.update(
+            {
+                key: [(getattr(im, key), im.index) for im in ts.images]
+                for key in ("odd_file", "even_file")
+                if all(getattr(im, key) for im in ts.images)
+            }
+        )
+        tasks.append(
+            (
+                ts.ts_id,
+                (
+                    refs,
+                    positions,
+                    radius,
+                    diameter_px if p.detect else None,
+                    str(ctx.run_dir),
+                    ts.ts_id,
+                    ts.acquisition.pixel_size_a,
+                    device,
+                ),
+            )
+        )
     if not tasks:
         raise InputError(f"{pointer}: every tilt series is excluded")
     results = run_items_or_fail(ctx, erase_beads_series_task, tasks)
     items = []
     for ts in source.items:
-        if ts.ts_id not in results:     # excluded: its alignment may have failed; passed through as it was
+        if ts.ts_id not in results:  # excluded: its alignment may have failed; passed through as it was
             items.append(ts)
             ctx.options.setdefault("notes", []).append(f"{ts.ts_id}: excluded, passed through without erasing")
             continue
         r = results[ts.ts_id]
         files = r["files"]
-        images = [TiltImage(**{**im.__dict__, "file": files["file"], "index": pos,
-                               "odd_file": files.get("odd_file"), "even_file": files.get("even_file"),
-                               "attrs": dict(im.attrs, beads_erased=r["beads"][pos] if pos < len(r["beads"]) else 0,
-                                             bead_erased_px=r["erased_px"][pos])})
-                  for pos, im in enumerate(ts.images)]
+        images = [
+            TiltImage(
+                **{
+                    **im.__dict__,
+                    "file": files["file"],
+                    "index": pos,
+                    "odd_file": files.get("odd_file"),
+                    "even_file": files.get("even_file"),
+                    "attrs": dict(
+                        im.attrs,
+                        beads_erased=r["beads"][pos] if pos < len(r["beads"]) else 0,
+                        bead_erased_px=r["erased_px"][pos],
+                    ),
+                }
+            )
+            for pos, im in enumerate(ts.images)
+        ]
         diameter, radius = plans[ts.ts_id]
         untouched = sum(1 for n in r["beads"] if n == 0)
-        items.append(replace(ts, images=images, attrs=dict(
-            ts.attrs, beads_erased={"source": "detected" if p.detect else "alignment", "bead_diameter_nm": diameter,
-                                    "radius_px": radius, "positions_file": r["positions"]})))
-        line = (f"{ts.ts_id}: {sum(r['beads'])} bead discs of {radius:.1f} px erased over {len(ts.images)} views "
-                f"({'detected' if p.detect else 'bead model of the alignment'}, {diameter:g} nm beads)"
-                + (f"; {untouched} views without beads" if untouched else ""))
+        items.append(
+            replace(
+                ts,
+                images=images,
+                attrs=dict(
+                    ts.attrs,
+                    beads_erased={
+                        "source": "detected" if p.detect else "alignment",
+                        "bead_diameter_nm": diameter,
+                        "radius_px": radius,
+                        "positions_file": r["positions"],
+                    },
+                ),
+            )
+        )
+        line = (
+            f"{ts.ts_id}: {sum(r['beads'])} bead discs of {radius:.1f} px erased over {len(ts.images)} views "
+            f"({'detected' if p.detect else 'bead model of the alignment'}, {diameter:g} nm beads)"
+            + (f"; {untouched} views without beads" if untouched else "")
+        )
         ctx.log.info(line)
         ctx.options.setdefault("notes", []).append(line)
     attrs = dict(source.attrs, beads_erased="detected" if p.detect else "alignment")
     return {"TiltSeries": stacks_set(source, items, attrs)}
 
 
-register(Step(
-    id="erase-beads", title="Gold bead eraser", params=EraseBeadsParams,
-    inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks), aligned with beads unless --detect"),),
-    outputs={"TiltSeries": "TiltSeries"}, run=run_erase_beads, scipion_class="ProtFidderDetectAndEraseFiducials",
-    methods=(CCDERASER, IMOD),
-    help="Replace gold beads by local noise: the alignment's bead model projected to each view, or detected beads."))
+register(
+    Step(
+        id="erase-beads",
+        title="Gold bead eraser",
+        params=EraseBeadsParams,
+        inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks), aligned with beads unless --detect"),),
+        outputs={"TiltSeries": "TiltSeries"},
+        run=run_erase_beads,
+        scipion_class="ProtFidderDetectAndEraseFiducials",
+        methods=(CCDERASER, IMOD),
+        help="Replace gold beads by local noise: the alignment's bead model projected to each view, or detected beads.",
+    )
+)

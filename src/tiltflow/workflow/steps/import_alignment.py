@@ -34,10 +34,19 @@ ORDER_TOLERANCE_DEG = 5.0  # file angles further than this from the set's (after
 
 class ImportAlignmentParams(CheckedParams):
     files: str = param(..., "Folder holding the alignment files.", cli="--files")
-    pattern: str = param("{TS}.xf", "Glob pattern of the files; {TS} marks the tilt-series id ('{TS}/{TS}.xf', "
-                         "'{TS}.aln'). .xf files are read as IMOD, .aln as AreTomo.", cli="--pattern")
-    binning: float = param(1.0, "IMOD .xf only: the stack it was made on was binned by this factor relative to the "
-                           "input set (.aln files give their stack size).", cli="--binning", gt=0)
+    pattern: str = param(
+        "{TS}.xf",
+        "Glob pattern of the files; {TS} marks the tilt-series id ('{TS}/{TS}.xf', "
+        "'{TS}.aln'). .xf files are read as IMOD, .aln as AreTomo.",
+        cli="--pattern",
+    )
+    binning: float = param(
+        1.0,
+        "IMOD .xf only: the stack it was made on was binned by this factor relative to the "
+        "input set (.aln files give their stack size).",
+        cli="--binning",
+        gt=0,
+    )
 
     @field_validator("files")
     @classmethod
@@ -52,8 +61,10 @@ def _covered(path: Path, n_file: int, ts: TiltSeries) -> list[int]:
     enabled = [i for i, im in enumerate(ts.images) if im.enabled]
     if n_file == len(enabled):
         return enabled
-    raise InputError(f"{path}: {n_file} views, but {ts.ts_id} has {len(ts.images)} views ({len(enabled)} enabled)"
-                     " — the file belongs to another stack")
+    raise InputError(
+        f"{path}: {n_file} views, but {ts.ts_id} has {len(ts.images)} views ({len(enabled)} enabled)"
+        " — the file belongs to another stack"
+    )
 
 
 def _check_order(path: Path, angles: torch.Tensor, ts: TiltSeries, views: list[int]) -> None:
@@ -61,8 +72,10 @@ def _check_order(path: Path, angles: torch.Tensor, ts: TiltSeries, views: list[i
     diff = angles - nominal
     worst = (diff - diff.median()).abs().max().item() if len(views) else 0.0
     if worst > ORDER_TOLERANCE_DEG:
-        raise InputError(f"{path}: its tilt angles differ from {ts.ts_id}'s by up to {worst:.1f}° (beyond a common "
-                         "offset) — was its stack in another order?")
+        raise InputError(
+            f"{path}: its tilt angles differ from {ts.ts_id}'s by up to {worst:.1f}° (beyond a common "
+            "offset) — was its stack in another order?"
+        )
 
 
 def _excludelist(xf_path: Path, tlt: Path | None) -> list[int]:
@@ -86,7 +99,7 @@ def _read_imod(path: Path, ts: TiltSeries, p: ImportAlignmentParams) -> dict:
 
     xf = read_xf(path)
     views = _covered(path, xf.shape[0], ts)
-    xf[:, 4:] *= p.binning                       # shifts in pixels of our (unbinned) stack
+    xf[:, 4:] *= p.binning  # shifts in pixels of our (unbinned) stack
     tlt = path.with_suffix(".tlt")
     angles = None
     if tlt.is_file():
@@ -102,8 +115,14 @@ def _read_imod(path: Path, ts: TiltSeries, p: ImportAlignmentParams) -> dict:
         raise InputError(f"{path.parent / 'tilt.com'}: EXCLUDELIST views {bad} are outside 1..{len(views)}")
     enabled = torch.ones(len(views), dtype=torch.bool)
     enabled[[v - 1 for v in excluded]] = False
-    return {"format": "imod", "views": views, "xf": xf, "angles": angles, "enabled": enabled,
-            "files": [str(path)] + ([str(tlt)] if tlt else [])}
+    return {
+        "format": "imod",
+        "views": views,
+        "xf": xf,
+        "angles": angles,
+        "enabled": enabled,
+        "files": [str(path)] + ([str(tlt)] if tlt else []),
+    }
 
 
 def _read_aretomo(path: Path, ts: TiltSeries) -> dict:
@@ -116,16 +135,27 @@ def _read_aretomo(path: Path, ts: TiltSeries) -> dict:
     sx, sy = ts.size[0] / nx, ts.size[1] / ny
     if abs(sx - sy) > 0.01 * sx:
         raise InputError(f"{path}: RawSize {nx} x {ny} does not scale to {ts.ts_id}'s {ts.size[0]} x {ts.size[1]}")
-    rows = AlnRows(aln.column("ROT"), aln.column("GMAG"), torch.stack([aln.column("TX"), aln.column("TY")], 1),
-                   aln.column("TILT"), aln.raw_indices())
+    rows = AlnRows(
+        aln.column("ROT"),
+        aln.column("GMAG"),
+        torch.stack([aln.column("TX"), aln.column("TY")], 1),
+        aln.column("TILT"),
+        aln.raw_indices(),
+    )
     raw = torch.tensor([ts.images[i].tilt_angle_deg for i in views], dtype=torch.float64)
     try:
         al = aln_rows_to_series(rows, n_views=len(views), raw_tilt_angles_deg=raw, shift_scale=sx)
     except ValueError as err:
         raise InputError(f"{path}: {err}") from None
     _check_order(path, al.tilt_angles_deg[al.enabled], ts, [views[i] for i in rows.raw_indices.tolist()])
-    return {"format": "aretomo", "views": views, "xf": al.xf, "angles": al.tilt_angles_deg, "enabled": al.enabled,
-            "files": [str(path)]}
+    return {
+        "format": "aretomo",
+        "views": views,
+        "xf": al.xf,
+        "angles": al.tilt_angles_deg,
+        "enabled": al.enabled,
+        "files": [str(path)],
+    }
 
 
 def _read_one(path: Path, ts: TiltSeries, p: ImportAlignmentParams) -> dict:
@@ -159,20 +189,29 @@ def _apply(ts: TiltSeries, r: dict, ctx: StepContext) -> TiltSeries:
         images.append(new)
     aligned = [im for im in images if im.enabled]
     if len(aligned) < 3:
-        raise InputError(f"{r['files'][0]}: leaves {ts.ts_id} with {len(aligned)} enabled views — at least 3 are needed")
+        raise InputError(
+            f"{r['files'][0]}: leaves {ts.ts_id} with {len(aligned)} enabled views — at least 3 are needed"
+        )
     geo = xf_to_geometry(torch.tensor([im.transform for im in aligned], dtype=torch.float64))
-    rad = torch.deg2rad(geo.tilt_axis_deg)                 # circular mean of the per-view axes
+    rad = torch.deg2rad(geo.tilt_axis_deg)  # circular mean of the per-view axes
     axis = math.degrees(math.atan2(rad.sin().mean().item(), rad.cos().mean().item()))
     acq = ts.acquisition.__class__(**{**ts.acquisition.__dict__, "tilt_axis_deg": axis})
     out = Path(ctx.run_dir)
     write_xf(out / f"{ts.ts_id}.xf", torch.tensor([im.transform or [1.0, 0, 0, 1.0, 0, 0] for im in images]))
     write_tlt(out / f"{ts.ts_id}.tlt", torch.tensor([im.best_tilt_angle_deg for im in images]), fmt="{:10.4f}")
-    alignment = {"method": "import", "format": r["format"], "source": r["files"], "xf": str(out / f"{ts.ts_id}.xf"),
-                 "tlt": str(out / f"{ts.ts_id}.tlt")}
-    excluded = sum(1 for a, b in zip(ts.images, images) if a.enabled and not b.enabled)
-    line = (f"{ts.ts_id}: {r['format']} {Path(r['files'][0]).name}: {len(aligned)} views aligned"
-            f"{f', {excluded} more excluded' if excluded else ''}, axis {axis:.2f}°"
-            f"{'' if r['angles'] is not None else ', tilt angles kept (no .tlt)'}")
+    alignment = {
+        "method": "import",
+        "format": r["format"],
+        "source": r["files"],
+        "xf": str(out / f"{ts.ts_id}.xf"),
+        "tlt": str(out / f"{ts.ts_id}.tlt"),
+    }
+    excluded = sum(1 for a, b in zip(ts.images, images, strict=False) if a.enabled and not b.enabled)
+    line = (
+        f"{ts.ts_id}: {r['format']} {Path(r['files'][0]).name}: {len(aligned)} views aligned"
+        f"{f', {excluded} more excluded' if excluded else ''}, axis {axis:.2f}°"
+        f"{'' if r['angles'] is not None else ', tilt angles kept (no .tlt)'}"
+    )
     ctx.log.info(line)
     ctx.options.setdefault("notes", []).append(line)
     return replace(ts, acquisition=acq, images=images, attrs=dict(ts.attrs), alignment=alignment)
@@ -212,9 +251,16 @@ def run_import_alignment(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     return {"TiltSeries": replace(source, kind="TiltSeries", items=items, attrs=dict(source.attrs, aligned="import"))}
 
 
-register(Step(
-    id="import-alignment", title="Import alignment", params=ImportAlignmentParams,
-    inputs=(InputSpec("input", ("TiltSeries",), "Tilt series the alignments were made for"),),
-    outputs={"TiltSeries": "TiltSeries"}, run=run_import_alignment,
-    scipion_class="ProtImodImportTransformationMatrix", methods=(IMOD, ARETOMO),
-    help="Put alignments made elsewhere (IMOD .xf + .tlt, AreTomo .aln) on a tilt-series set."))
+register(
+    Step(
+        id="import-alignment",
+        title="Import alignment",
+        params=ImportAlignmentParams,
+        inputs=(InputSpec("input", ("TiltSeries",), "Tilt series the alignments were made for"),),
+        outputs={"TiltSeries": "TiltSeries"},
+        run=run_import_alignment,
+        scipion_class="ProtImodImportTransformationMatrix",
+        methods=(IMOD, ARETOMO),
+        help="Put alignments made elsewhere (IMOD .xf + .tlt, AreTomo .aln) on a tilt-series set.",
+    )
+)

@@ -35,8 +35,12 @@ from tiltflow.workflow.steps.common import (
 class ImportMoviesParams(AcquisitionParams):
     files: str = param(..., "Folder holding the .mdoc files (movies next to them or in a subfolder).", cli="--files")
     pattern: str = param("*.mdoc", "Glob pattern of the mdoc files inside --files.", cli="--pattern")
-    tomo5: bool = param(False, "The mdocs were written by Thermo Tomo5 (tilt axis = -TiltAxisAngle - 90).", cli="--tomo5")
-    exclusion_words: list[str] = param([], "Skip mdoc files whose name contains any of these words.", cli="--exclude-words")
+    tomo5: bool = param(
+        False, "The mdocs were written by Thermo Tomo5 (tilt axis = -TiltAxisAngle - 90).", cli="--tomo5"
+    )
+    exclusion_words: list[str] = param(
+        [], "Skip mdoc files whose name contains any of these words.", cli="--exclude-words"
+    )
     gain: str | None = param(None, "Gain reference (.gain, .tif, .mrc).", cli="--gain", group="references")
     dark: str | None = param(None, "Dark reference (.tif, .mrc).", cli="--dark", group="references")
 
@@ -47,8 +51,12 @@ class ImportMoviesParams(AcquisitionParams):
 
 
 def _read_series(paths: list[Path], p: ImportMoviesParams, movie_dirs: list[Path]) -> MdocTiltSeries:
-    kwargs = dict(tomo5=p.tomo5, initial_dose_e_a2=p.initial_dose_e_a2,
-                  dose_per_tilt_e_a2=p.dose_per_tilt_e_a2, movie_dirs=movie_dirs)
+    kwargs = dict(
+        tomo5=p.tomo5,
+        initial_dose_e_a2=p.initial_dose_e_a2,
+        dose_per_tilt_e_a2=p.dose_per_tilt_e_a2,
+        movie_dirs=movie_dirs,
+    )
     if len(paths) > 1:
         return read_frame_set_mdocs(paths, **kwargs)
     return read_tilt_series_mdoc(paths[0], **kwargs)
@@ -66,17 +74,23 @@ def check_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict[Path, 
     if override(p.tilt_axis_deg, ms.tilt_axis_deg) is None:
         problems.append(f"{where}: no tilt-axis angle in the mdoc — give --tilt-axis (degrees)")
     if p.dose_per_tilt_e_a2 is None and any(t.dose_e_a2 is None for t in ms.tilts):
-        problems.append(f"{where}: no dose in the mdoc (ExposureDose, FrameDosesAndNumber, DoseRate) — give --dose (e/Å² per tilt)")
+        problems.append(
+            f"{where}: no dose in the mdoc (ExposureDose, FrameDosesAndNumber, DoseRate) — give --dose (e/Å² per tilt)"
+        )
     sizes: Counter = Counter()
     frames: Counter = Counter()
     for t in ms.tilts:
         if t.movie_path is None and not t.movie_name:
-            problems.append(f"{t.source}:{t.line} [{t.section}]: no SubFramePath (the movie's file name) — add it, "
-                            "or import stacks with import-tilt-series")
+            problems.append(
+                f"{t.source}:{t.line} [{t.section}]: no SubFramePath (the movie's file name) — add it, "
+                "or import stacks with import-tilt-series"
+            )
             continue
         if t.movie_path is None:
-            problems.append(f"{t.source}:{t.line} [{t.section}]: movie '{t.movie_name}' not found next to the mdoc"
-                            " or in --files — copy it there or fix SubFramePath")
+            problems.append(
+                f"{t.source}:{t.line} [{t.section}]: movie '{t.movie_name}' not found next to the mdoc"
+                " or in --files — copy it there or fix SubFramePath"
+            )
             continue
         h = headers[t.movie_path]
         if isinstance(h, str):
@@ -89,15 +103,19 @@ def check_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict[Path, 
         for t in ms.tilts:
             h = headers.get(t.movie_path) if t.movie_path else None
             if isinstance(h, MovieHeader) and h.size != common:
-                problems.append(f"{t.movie_path}: {h.size[0]} x {h.size[1]} px while the other movies of {ms.ts_id}"
-                                f" are {common[0]} x {common[1]} — remove or replace this movie")
+                problems.append(
+                    f"{t.movie_path}: {h.size[0]} x {h.size[1]} px while the other movies of {ms.ts_id}"
+                    f" are {common[0]} x {common[1]} — remove or replace this movie"
+                )
     if frames and len(frames) > 1:
         common_n = frames.most_common(1)[0][0]
         for t in ms.tilts:
             h = headers.get(t.movie_path) if t.movie_path else None
             if isinstance(h, MovieHeader) and h.n_frames != common_n:
-                problems.append(f"{t.movie_path}: {h.n_frames} frames while the other movies of {ms.ts_id}"
-                                f" have {common_n} — remove or replace this movie")
+                problems.append(
+                    f"{t.movie_path}: {h.n_frames} frames while the other movies of {ms.ts_id}"
+                    f" have {common_n} — remove or replace this movie"
+                )
     return problems
 
 
@@ -114,26 +132,45 @@ def build_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict) -> Ti
     optics from ``p`` where given, else from the mdoc. The watch mode builds its snapshots with it."""
     acq = Acquisition(
         voltage_kv=float(override(p.voltage_kv, ms.voltage_kv)),
-        cs_mm=p.cs_mm, amplitude_contrast=p.amplitude_contrast,
+        cs_mm=p.cs_mm,
+        amplitude_contrast=p.amplitude_contrast,
         pixel_size_a=float(override(p.pixel_size_a, ms.pixel_size_a)),
         tilt_axis_deg=float(override(p.tilt_axis_deg, ms.tilt_axis_deg)),
         magnification=override(p.magnification, ms.magnification),
-        dose_per_tilt_e_a2=p.dose_per_tilt_e_a2, initial_dose_e_a2=p.initial_dose_e_a2)
+        dose_per_tilt_e_a2=p.dose_per_tilt_e_a2,
+        initial_dose_e_a2=p.initial_dose_e_a2,
+    )
     images = []
     for t in sorted(ms.tilts, key=lambda t: t.tilt_angle_deg):
         h = headers[t.movie_path]
         attrs = {"mdoc": str(t.source), "mdoc_section": t.section}
         if t.nominal_angle_deg is not None:
             attrs["nominal_angle_deg"] = t.nominal_angle_deg
-        images.append(TiltImage(
-            tilt_angle_deg=t.tilt_angle_deg, acquisition_order=t.acquisition_order,
-            dose_prior_e_a2=t.prior_dose_e_a2, dose_e_a2=t.dose_e_a2,
-            dose_accumulated_e_a2=t.accumulated_dose_e_a2, file=str(t.movie_path), index=None,
-            frames=h.n_frames, attrs=attrs))
+        images.append(
+            TiltImage(
+                tilt_angle_deg=t.tilt_angle_deg,
+                acquisition_order=t.acquisition_order,
+                dose_prior_e_a2=t.prior_dose_e_a2,
+                dose_e_a2=t.dose_e_a2,
+                dose_accumulated_e_a2=t.accumulated_dose_e_a2,
+                file=str(t.movie_path),
+                index=None,
+                frames=h.n_frames,
+                attrs=attrs,
+            )
+        )
     size = headers[ms.tilts[0].movie_path].size
-    return TiltSeries(ts_id=ms.ts_id, acquisition=acq, images=images, size=size,
-                      attrs={"mdoc": [str(x) for x in ms.paths], "flavour": ms.flavour,
-                             "movie_format": headers[ms.tilts[0].movie_path].format})
+    return TiltSeries(
+        ts_id=ms.ts_id,
+        acquisition=acq,
+        images=images,
+        size=size,
+        attrs={
+            "mdoc": [str(x) for x in ms.paths],
+            "flavour": ms.flavour,
+            "movie_format": headers[ms.tilts[0].movie_path].format,
+        },
+    )
 
 
 def _read_references(p: ImportMoviesParams) -> dict[str, tuple[str, tuple[int, int]]]:
@@ -160,8 +197,10 @@ def _reference_fields(refs: dict, size: tuple[int, int] | None) -> dict:
         fits = gain_orientations_for(shape, size) if size is not None else []
         what = "gain" if option == "--gain" else "dark reference"
         if size is not None and not fits:
-            raise InputError(f"{path}: {what} is {shape[1]} x {shape[0]} px, the movies are {size[0]} x {size[1]}"
-                             f" — no orientation fits; pass the {what} of this camera/mode to {option}")
+            raise InputError(
+                f"{path}: {what} is {shape[1]} x {shape[0]} px, the movies are {size[0]} x {size[1]}"
+                f" — no orientation fits; pass the {what} of this camera/mode to {option}"
+            )
         if option == "--gain":
             fields["gain_file"] = path
             fields["attrs"].update({"gain_fits": fits} if fits else {})
@@ -186,7 +225,7 @@ def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
             problems[ts_id] = [str(err)]
     movie_paths = sorted({t.movie_path for ms in series for t in ms.tilts if t.movie_path})
     with ThreadPoolExecutor(max_workers=8) as pool:
-        headers = dict(zip(movie_paths, pool.map(header_or_error, movie_paths)))
+        headers = dict(zip(movie_paths, pool.map(header_or_error, movie_paths), strict=False))
     for ms in series:
         found = check_series(ms, p, headers)
         if found:
@@ -195,8 +234,10 @@ def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     pixel_sizes = {round(float(override(p.pixel_size_a, ms.pixel_size_a)), 4) for ms in good}
     if len(pixel_sizes) > 1:
         detail = ", ".join(f"{ms.ts_id}: {ms.pixel_size_a}" for ms in good)
-        raise InputError(f"{files_dir}: mixed pixel sizes in one import ({detail} Å/px) — import them separately"
-                         " with different --pattern, or give --pixel-size")
+        raise InputError(
+            f"{files_dir}: mixed pixel sizes in one import ({detail} Å/px) — import them separately"
+            " with different --pattern, or give --pixel-size"
+        )
     size = next((headers[ms.tilts[0].movie_path].size for ms in good), None)
     references = _reference_fields(refs, size)
     report_bad_series(ctx, problems, total=len(groups))
@@ -210,8 +251,16 @@ def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     return {"TiltSeriesM": result}
 
 
-register(Step(
-    id="import-movies", title="Import tilt-series movies", params=ImportMoviesParams, inputs=(),
-    outputs={"TiltSeriesM": "TiltSeriesM"}, run=run_import_movies, scipion_class="ProtImportTsMovies",
-    methods=(SERIALEM, SCIPION_TOMO),
-    help="Import tilt-series movies from a folder of .mdoc files (SerialEM or Tomo5) and their movies."))
+register(
+    Step(
+        id="import-movies",
+        title="Import tilt-series movies",
+        params=ImportMoviesParams,
+        inputs=(),
+        outputs={"TiltSeriesM": "TiltSeriesM"},
+        run=run_import_movies,
+        scipion_class="ProtImportTsMovies",
+        methods=(SERIALEM, SCIPION_TOMO),
+        help="Import tilt-series movies from a folder of .mdoc files (SerialEM or Tomo5) and their movies.",
+    )
+)

@@ -34,10 +34,14 @@ NEAR_DUPLICATE_DEG = 0.05
 
 class ImportTiltSeriesParams(AcquisitionParams):
     files: str = param(..., "Folder holding the stacks.", cli="--files")
-    pattern: str = param("*.mrc", "Glob pattern of the stacks; {TS} marks the tilt-series id (e.g. '{TS}.st').", cli="--pattern")
+    pattern: str = param(
+        "*.mrc", "Glob pattern of the stacks; {TS} marks the tilt-series id (e.g. '{TS}.st').", cli="--pattern"
+    )
     angles: Literal["auto", "mdoc", "tlt", "header"] = param(
-        "auto", "Where tilt angles come from: mdoc, tlt (.rawtlt/.tlt beside the stack), header; auto tries them in that order.",
-        cli="--angles")
+        "auto",
+        "Where tilt angles come from: mdoc, tlt (.rawtlt/.tlt beside the stack), header; auto tries them in that order.",
+        cli="--angles",
+    )
     exclusion_words: list[str] = param([], "Skip stacks whose name contains any of these words.", cli="--exclude-words")
 
     @field_validator("files")
@@ -59,8 +63,9 @@ def _angles_from_tlt(stack: Path) -> tuple[list[float], Path] | None:
                     except ValueError:
                         value = math.nan
                     if not (math.isfinite(value) and abs(value) <= 90.0):
-                        raise InputError(f"{cand}:{i}: '{line.strip()}' is not a tilt angle in [-90, 90] degrees"
-                                         " — correct the line")
+                        raise InputError(
+                            f"{cand}:{i}: '{line.strip()}' is not a tilt angle in [-90, 90] degrees — correct the line"
+                        )
                     values.append(value)
                 return values, cand
     return None
@@ -111,8 +116,12 @@ def _import_one(stack: Path, p: ImportTiltSeriesParams, ts_id: str) -> TiltSerie
         raise InputError(f"{stack}: no mdoc beside it ({stack.name}.mdoc) — use --angles tlt or header")
     source = ""
     if mdoc is not None:
-        ms = read_tilt_series_mdoc(mdoc, initial_dose_e_a2=p.initial_dose_e_a2, dose_per_tilt_e_a2=p.dose_per_tilt_e_a2,
-                                  allow_duplicate_angles=True)
+        ms = read_tilt_series_mdoc(
+            mdoc,
+            initial_dose_e_a2=p.initial_dose_e_a2,
+            dose_per_tilt_e_a2=p.dose_per_tilt_e_a2,
+            allow_duplicate_angles=True,
+        )
         warnings += ms.warnings
         # mdoc sections are stack sections in ZValue order
         by_z = sorted(ms.tilts, key=lambda t: int(t.section.split("=")[-1]) if "=" in t.section else 0)
@@ -132,12 +141,16 @@ def _import_one(stack: Path, p: ImportTiltSeriesParams, ts_id: str) -> TiltSerie
         angles = extended_header_tilt_angles(stack)
         source = f"{stack} extended header"
         if angles is None:
-            raise InputError(f"{stack}: no tilt angles (no mdoc, .rawtlt/.tlt, or FEI/SerialEM extended header)"
-                             " — put a .rawtlt beside the stack")
+            raise InputError(
+                f"{stack}: no tilt angles (no mdoc, .rawtlt/.tlt, or FEI/SerialEM extended header)"
+                " — put a .rawtlt beside the stack"
+            )
         bad = next((i for i, a in enumerate(angles) if not (math.isfinite(a) and abs(a) <= 90.0)), None)
         if bad is not None:
-            raise InputError(f"{source}: section {bad} has tilt angle {angles[bad]:g}, not in [-90, 90] degrees"
-                             " — put a .rawtlt beside the stack")
+            raise InputError(
+                f"{source}: section {bad} has tilt angle {angles[bad]:g}, not in [-90, 90] degrees"
+                " — put a .rawtlt beside the stack"
+            )
     if len(angles) != n:
         raise InputError(f"{source}: {len(angles)} tilt angles for {n} sections in {stack} — they must match")
     if order is None:
@@ -153,8 +166,10 @@ def _import_one(stack: Path, p: ImportTiltSeriesParams, ts_id: str) -> TiltSerie
         raise InputError(f"{stack}: no pixel size in the header or mdoc — give --pixel-size (Å/px)")
     low, high, _ = RANGES["PixelSpacing"]
     if not low <= pixel <= high:
-        raise InputError(f"{stack}: pixel size {pixel:g} Å/px in its header is outside {low:g} to {high:g}"
-                         " — give --pixel-size (Å/px)")
+        raise InputError(
+            f"{stack}: pixel size {pixel:g} Å/px in its header is outside {low:g} to {high:g}"
+            " — give --pixel-size (Å/px)"
+        )
     voltage = override(p.voltage_kv, meta["voltage"])
     if voltage is None:
         raise InputError(f"{stack}: no voltage known — give --voltage (kV)")
@@ -162,19 +177,39 @@ def _import_one(stack: Path, p: ImportTiltSeriesParams, ts_id: str) -> TiltSerie
     if axis is None:
         axis = 0.0
         warnings.append("no tilt-axis angle given or in an mdoc: 0° assumed (give --tilt-axis)")
-    images = [TiltImage(tilt_angle_deg=float(a), acquisition_order=int(o), dose_prior_e_a2=d[0], dose_e_a2=d[1],
-                        dose_accumulated_e_a2=d[2], file=str(stack), index=i)
-              for i, (a, o, d) in enumerate(zip(angles, order, doses))]
+    images = [
+        TiltImage(
+            tilt_angle_deg=float(a),
+            acquisition_order=int(o),
+            dose_prior_e_a2=d[0],
+            dose_e_a2=d[1],
+            dose_accumulated_e_a2=d[2],
+            file=str(stack),
+            index=i,
+        )
+        for i, (a, o, d) in enumerate(zip(angles, order, doses, strict=False))
+    ]
     images.sort(key=lambda im: (im.tilt_angle_deg, im.index))
-    for a, b in zip(images, images[1:]):
+    for a, b in zip(images, images[1:], strict=False):
         if abs(a.tilt_angle_deg - b.tilt_angle_deg) < NEAR_DUPLICATE_DEG:
             warnings.append(f"sections {a.index} and {b.index} have the same tilt angle {a.tilt_angle_deg:g}°")
-    acq = Acquisition(voltage_kv=float(voltage), cs_mm=p.cs_mm, amplitude_contrast=p.amplitude_contrast,
-                      pixel_size_a=float(pixel), tilt_axis_deg=float(axis),
-                      magnification=override(p.magnification, meta["mag"]),
-                      dose_per_tilt_e_a2=p.dose_per_tilt_e_a2, initial_dose_e_a2=p.initial_dose_e_a2)
-    return TiltSeries(ts_id=ts_id, acquisition=acq, images=images, size=header.size,
-                      attrs={"stack": str(stack), "angles_from": source, "warnings": warnings})
+    acq = Acquisition(
+        voltage_kv=float(voltage),
+        cs_mm=p.cs_mm,
+        amplitude_contrast=p.amplitude_contrast,
+        pixel_size_a=float(pixel),
+        tilt_axis_deg=float(axis),
+        magnification=override(p.magnification, meta["mag"]),
+        dose_per_tilt_e_a2=p.dose_per_tilt_e_a2,
+        initial_dose_e_a2=p.initial_dose_e_a2,
+    )
+    return TiltSeries(
+        ts_id=ts_id,
+        acquisition=acq,
+        images=images,
+        size=header.size,
+        attrs={"stack": str(stack), "angles_from": source, "warnings": warnings},
+    )
 
 
 def run_import_tilt_series(ctx: StepContext) -> dict[str, TiltSeriesSet]:
@@ -197,17 +232,29 @@ def run_import_tilt_series(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     report_bad_series(ctx, problems, total=len(stacks))
     sizes = {round(ts.acquisition.pixel_size_a, 4) for ts in items}
     if len(sizes) > 1:
-        raise InputError(f"{p.files}: mixed pixel sizes {sorted(sizes)} Å/px — import them separately or give --pixel-size")
+        raise InputError(
+            f"{p.files}: mixed pixel sizes {sorted(sizes)} Å/px — import them separately or give --pixel-size"
+        )
     ids = [ts.ts_id for ts in items]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
-        raise InputError(f"{p.files}: several stacks give the tsId {sorted(dup)} — use a {{TS}} pattern that tells them apart")
+        raise InputError(
+            f"{p.files}: several stacks give the tsId {sorted(dup)} — use a {{TS}} pattern that tells them apart"
+        )
     result = TiltSeriesSet(kind="TiltSeries", items=sorted(items, key=lambda t: t.ts_id))
     return {"TiltSeries": result}
 
 
-register(Step(
-    id="import-tilt-series", title="Import tilt series", params=ImportTiltSeriesParams, inputs=(),
-    outputs={"TiltSeries": "TiltSeries"}, run=run_import_tilt_series, scipion_class="ProtImportTs",
-    methods=(SERIALEM, IMOD, SCIPION_TOMO),
-    help="Import stacks made elsewhere (.mrc/.st/.mrcs/.ali) with angles from an mdoc, .rawtlt/.tlt or the header."))
+register(
+    Step(
+        id="import-tilt-series",
+        title="Import tilt series",
+        params=ImportTiltSeriesParams,
+        inputs=(),
+        outputs={"TiltSeries": "TiltSeries"},
+        run=run_import_tilt_series,
+        scipion_class="ProtImportTs",
+        methods=(SERIALEM, IMOD, SCIPION_TOMO),
+        help="Import stacks made elsewhere (.mrc/.st/.mrcs/.ali) with angles from an mdoc, .rawtlt/.tlt or the header.",
+    )
+)

@@ -35,28 +35,48 @@ from tiltflow.workflow.steps.ctf_series_pass import refine_series_results, stack
 
 class MotionCtfParams(CtfOptions):
     binning: int = param(1, "Bin the output by this factor (Fourier cropping).", cli="--binning", ge=1)
-    fit_range_a: tuple[float, float] = param((500.0, 10.0), "Fit resolution range (low, high), Å.", cli="--fit-range",
-                                             group="motion")
-    bfactor_a2: float = param(-500.0, "B-factor weighting of the fit, Å².", cli="--bfactor", group="motion",
-                              expert=True)
+    fit_range_a: tuple[float, float] = param(
+        (500.0, 10.0), "Fit resolution range (low, high), Å.", cli="--fit-range", group="motion"
+    )
+    bfactor_a2: float = param(
+        -500.0, "B-factor weighting of the fit, Å².", cli="--bfactor", group="motion", expert=True
+    )
     motion_grid: tuple[int, int, int] | None = param(
-        None, "Motion model grid (x, y, frames); empty: automatic; 1 1 1: global only.", cli="--motion-grid",
-        group="motion")
+        None,
+        "Motion model grid (x, y, frames); empty: automatic; 1 1 1: global only.",
+        cli="--motion-grid",
+        group="motion",
+    )
     even_odd: bool = param(True, "Write even/odd half-sum stacks.", cli="--even-odd")
-    gain_transpose: Literal["none", "transpose"] = param("none", "Transpose the gain before use.", cli="--gain-transpose",
-                                                         group="gain")
-    gain_flip: Literal["none", "x", "y"] = param("none", "Flip the gain (before transposing, as Warp).", cli="--gain-flip",
-                                                 group="gain")
-    eer_groups: int = param(16, "EER: fractions summed into this many frames.", cli="--eer-groups", ge=1, group="motion")
+    gain_transpose: Literal["none", "transpose"] = param(
+        "none", "Transpose the gain before use.", cli="--gain-transpose", group="gain"
+    )
+    gain_flip: Literal["none", "x", "y"] = param(
+        "none", "Flip the gain (before transposing, as Warp).", cli="--gain-flip", group="gain"
+    )
+    eer_groups: int = param(
+        16, "EER: fractions summed into this many frames.", cli="--eer-groups", ge=1, group="motion"
+    )
     frame_xray_sd: float = param(
-        7.0, "X-rays: replace frame pixels this many noise SD above their local expectation (and their"
-        " neighbours above 3 SD) before the frames are shifted; 0: off.", cli="--frame-xray-sd", ge=0)
-    dose_weighting: bool = param(False, "Weight frames by the accumulated dose (Grant & Grigorieff).", cli="--dose-weighting")
+        7.0,
+        "X-rays: replace frame pixels this many noise SD above their local expectation (and their"
+        " neighbours above 3 SD) before the frames are shifted; 0: off.",
+        cli="--frame-xray-sd",
+        ge=0,
+    )
+    dose_weighting: bool = param(
+        False, "Weight frames by the accumulated dose (Grant & Grigorieff).", cli="--dose-weighting"
+    )
     estimate_ctf: bool = param(True, "Estimate the CTF of each tilt.", cli="--estimate-ctf")
-    use_movie_average: bool = param(False, "CTF from the aligned sum's spectrum instead of the mean spectrum of the"
-                                    " aligned frame groups (even/odd half sums).",
-                                    cli="--use-movie-average", condition=("estimate_ctf", True), group="ctf",
-                                    expert=True)
+    use_movie_average: bool = param(
+        False,
+        "CTF from the aligned sum's spectrum instead of the mean spectrum of the"
+        " aligned frame groups (even/odd half sums).",
+        cli="--use-movie-average",
+        condition=("estimate_ctf", True),
+        group="ctf",
+        expert=True,
+    )
 
 
 class _MovieSession:
@@ -70,8 +90,9 @@ class _MovieSession:
         from tiltflow.io.movies import MoviePrefetcher
 
         # for a GPU the raw counts are also copied into page-locked memory in the thread (fast upload)
-        self.prefetch = MoviePrefetcher(movies, depth=depth, eer_groups=eer_groups,
-                                        prepare=_pinned if str(device).startswith("cuda") else None)
+        self.prefetch = MoviePrefetcher(
+            movies, depth=depth, eer_groups=eer_groups, prepare=_pinned if str(device).startswith("cuda") else None
+        )
         self._lock = threading.Lock()
         self._refs: dict[str, object] = {}
         self._buffers: dict[int, object] = {}
@@ -112,7 +133,7 @@ def _pinned(frames):
     return torch.from_numpy(np.ascontiguousarray(frames)).pin_memory()
 
 
-_SESSIONS: dict[str, _MovieSession] = {}   # run key -> session, looked up by tasks in this process
+_SESSIONS: dict[str, _MovieSession] = {}  # run key -> session, looked up by tasks in this process
 
 
 def _check_raw_frames(movie: str, raw) -> None:
@@ -130,10 +151,24 @@ def _check_raw_frames(movie: str, raw) -> None:
         raise MovieError(f"{movie}: a frame is all zeros — the file is corrupt or the camera dropped a frame")
 
 
-def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, pixel_size_a: float,
-                      voltage_kv: float, cs_mm: float, amplitude_contrast: float, tilt_angle_deg: float,
-                      tilt_axis_deg: float, prior_dose: float | None, dose: float | None, out_dir: str,
-                      name: str, device: str, session: str | None = None) -> dict:
+def motion_movie_task(
+    movie: str,
+    gain: str | None,
+    dark: str | None,
+    p: dict,
+    pixel_size_a: float,
+    voltage_kv: float,
+    cs_mm: float,
+    amplitude_contrast: float,
+    tilt_angle_deg: float,
+    tilt_axis_deg: float,
+    prior_dose: float | None,
+    dose: float | None,
+    out_dir: str,
+    name: str,
+    device: str,
+    session: str | None = None,
+) -> dict:
     """Motion-correct (and CTF-fit) one movie; writes its files, returns small results.
 
     ``session`` names this run's shared decoder and buffers when the task runs in the coordinator's
@@ -154,40 +189,54 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
 
     shared = _SESSIONS.get(session) if session else None
     raw = shared.prefetch.get(movie) if shared else read_movie_frames(movie, eer_groups=p["eer_groups"])
-    if isinstance(raw, torch.Tensor):   # page-locked by the prefetcher (GPU runs)
+    if isinstance(raw, torch.Tensor):  # page-locked by the prefetcher (GPU runs)
         _check_raw_frames(movie, raw.numpy())
         frames = raw.to(device, non_blocking=True)
     else:
         _check_raw_frames(movie, raw)
-        frames = torch.from_numpy(np.ascontiguousarray(raw)).to(device)   # raw counts travel (4x smaller)
+        frames = torch.from_numpy(np.ascontiguousarray(raw)).to(device)  # raw counts travel (4x smaller)
     del raw
 
     def ref(path):
         return None if path is None else shared.reference(path) if shared else read_gain(path)
 
-    frames = prepare_frames(frames, gain=ref(gain), dark=ref(dark),
-                            gain_transpose=p["gain_transpose"] == "transpose",
-                            gain_flip_x=p["gain_flip"] == "x", gain_flip_y=p["gain_flip"] == "y",
-                            out=shared.buffer(tuple(frames.shape), device) if shared else None)
+    frames = prepare_frames(
+        frames,
+        gain=ref(gain),
+        dark=ref(dark),
+        gain_transpose=p["gain_transpose"] == "transpose",
+        gain_flip_x=p["gain_flip"] == "x",
+        gain_flip_y=p["gain_flip"] == "y",
+        out=shared.buffer(tuple(frames.shape), device) if shared else None,
+    )
     if p.get("frame_xray_sd", 0) > 0:  # before any shift: a hit is still a few bright pixels
         from tiltflow.core.xray_frames import remove_frame_xrays
 
-        xrays = remove_frame_xrays(frames, threshold_sd=p["frame_xray_sd"],
-                                   grow_sd=min(3.0, p["frame_xray_sd"]), inplace=True)
+        xrays = remove_frame_xrays(
+            frames, threshold_sd=p["frame_xray_sd"], grow_sd=min(3.0, p["frame_xray_sd"]), inplace=True
+        )
         n_xray_px = xrays.n_replaced_px
         del xrays
     else:
         n_xray_px = 0
     t = frames.shape[0]
     # hot pixels / X-rays would pin the shifts at zero: cleaned while binning for estimation
-    checked = estimate_motion_checked(frames, pixel_size_a=pixel_size_a, fit_range_a=tuple(p["fit_range_a"]),
-                                      bfactor_a2=p["bfactor_a2"],
-                                      grid=tuple(p["motion_grid"]) if p["motion_grid"] else None)
+    checked = estimate_motion_checked(
+        frames,
+        pixel_size_a=pixel_size_a,
+        fit_range_a=tuple(p["fit_range_a"]),
+        bfactor_a2=p["bfactor_a2"],
+        grid=tuple(p["motion_grid"]) if p["motion_grid"] else None,
+    )
     motion = checked.motion
     weights = None
     if p["dose_weighting"] and dose is not None:
-        weights = DoseWeighting(pixel_size_a=pixel_size_a, dose_per_frame_e_a2=dose / t,
-                                pre_exposure_e_a2=prior_dose or 0.0, voltage_kv=voltage_kv)
+        weights = DoseWeighting(
+            pixel_size_a=pixel_size_a,
+            dose_per_frame_e_a2=dose / t,
+            pre_exposure_e_a2=prior_dose or 0.0,
+            voltage_kv=voltage_kv,
+        )
     # the CTF's "frame spectra" mode averages the spectra of the aligned even and odd half sums
     halves = p["even_odd"] or (p["estimate_ctf"] and not p["use_movie_average"])
     summed = align_and_sum(frames, motion, even_odd=halves, dose_weights=weights, binning=p["binning"])
@@ -199,32 +248,73 @@ def motion_movie_task(movie: str, gain: str | None, dark: str | None, p: dict, p
     if p["even_odd"]:
         files["even"] = _write_sum(out / "sums" / f"{name}_even.npy", summed.even)
         files["odd"] = _write_sum(out / "sums" / f"{name}_odd.npy", summed.odd)
-    shifts = summed.shifts_px                      # refined by the local fit when there is one
+    shifts = summed.shifts_px  # refined by the local fit when there is one
     star = out / "motion" / f"{name}.star"
-    tmp = write_motion_star(star.with_name(f".{name}.tmp.star"), shifts.cpu().numpy(), movie=movie,
-                            pixel_size_a=pixel_size_a)
-    tmp.replace(star)                              # atomic: a kill leaves no half-written STAR
-    result = {"files": files, "shifts_px": shifts.cpu().tolist(), "total_motion_px": total_motion_px(shifts),
-              "frame_xray_px": n_xray_px, "motion_note": checked.note}
+    tmp = write_motion_star(
+        star.with_name(f".{name}.tmp.star"), shifts.cpu().numpy(), movie=movie, pixel_size_a=pixel_size_a
+    )
+    tmp.replace(star)  # atomic: a kill leaves no half-written STAR
+    result = {
+        "files": files,
+        "shifts_px": shifts.cpu().tolist(),
+        "total_motion_px": total_motion_px(shifts),
+        "frame_xray_px": n_xray_px,
+        "motion_note": checked.note,
+    }
     if p["estimate_ctf"]:
-        params = ctf_params(CtfOptions(**{k: p[k] for k in CtfOptions.model_fields}),
-                            pixel_size_a=pixel_size_a * p["binning"], voltage_kv=voltage_kv, cs_mm=cs_mm,
-                            amplitude_contrast=amplitude_contrast)
+        params = ctf_params(
+            CtfOptions(**{k: p[k] for k in CtfOptions.model_fields}),
+            pixel_size_a=pixel_size_a * p["binning"],
+            voltage_kv=voltage_kv,
+            cs_mm=cs_mm,
+            amplitude_contrast=amplitude_contrast,
+        )
         # single frames are too noisy at tilt-series doses: the aligned half sums are the frame groups
         images = [summed.total] if p["use_movie_average"] else [summed.even, summed.odd]
         grid = tuple(p["defocus_grid"][:2]) if p["defocus_grid"] else None
-        result["ctf"] = fit_tilt_ctf(images, params, tilt_angle_deg=tilt_angle_deg, tilt_axis_deg=tilt_axis_deg,
-                                     grid_xy=grid, out_png=out / "ctf" / f"{name}.png")
+        result["ctf"] = fit_tilt_ctf(
+            images,
+            params,
+            tilt_angle_deg=tilt_angle_deg,
+            tilt_axis_deg=tilt_axis_deg,
+            grid_xy=grid,
+            out_png=out / "ctf" / f"{name}.png",
+        )
     return result
 
 
-def movie_task_args(ts: TiltSeries, im, gain: str | None, dark: str | None, params: dict, out_dir: str, name: str,
-                    device: str, session: str | None = None) -> tuple:
+def movie_task_args(
+    ts: TiltSeries,
+    im,
+    gain: str | None,
+    dark: str | None,
+    params: dict,
+    out_dir: str,
+    name: str,
+    device: str,
+    session: str | None = None,
+) -> tuple:
     """The positional arguments of :func:`motion_movie_task` for tilt ``im`` of series ``ts`` (``params``:
     the step's ``model_dump()``); the step's runs and the watch mode's per-tilt tasks both build them here."""
     a = ts.acquisition
-    return (im.file, gain, dark, params, a.pixel_size_a, a.voltage_kv, a.cs_mm, a.amplitude_contrast,
-            im.tilt_angle_deg, a.tilt_axis_deg, im.dose_prior_e_a2, im.dose_e_a2, out_dir, name, device, session)
+    return (
+        im.file,
+        gain,
+        dark,
+        params,
+        a.pixel_size_a,
+        a.voltage_kv,
+        a.cs_mm,
+        a.amplitude_contrast,
+        im.tilt_angle_deg,
+        a.tilt_axis_deg,
+        im.dose_prior_e_a2,
+        im.dose_e_a2,
+        out_dir,
+        name,
+        device,
+        session,
+    )
 
 
 def _write_sum(path: Path, image) -> str:
@@ -268,14 +358,32 @@ def _assemble_series(ts: TiltSeries, results: dict, run_dir: Path, binning: int,
         if r.get("motion_note"):
             attrs["motion_note"] = r["motion_note"]
         ctf = r.get("ctf") or {}
-        images.append(replace(im, file=stacks["sum"], index=i, frames=None, transform=None, odd_file=stacks.get("odd"),
-                              even_file=stacks.get("even"), attrs=attrs, movie=im.file,
-                              total_motion_px=r["total_motion_px"], defocus_u_a=ctf.get("defocus_u_a"),
-                              defocus_v_a=ctf.get("defocus_v_a")))
+        images.append(
+            replace(
+                im,
+                file=stacks["sum"],
+                index=i,
+                frames=None,
+                transform=None,
+                odd_file=stacks.get("odd"),
+                even_file=stacks.get("even"),
+                attrs=attrs,
+                movie=im.file,
+                total_motion_px=r["total_motion_px"],
+                defocus_u_a=ctf.get("defocus_u_a"),
+                defocus_v_a=ctf.get("defocus_v_a"),
+            )
+        )
     nx, ny = ts.size
     size = (nx // binning, ny // binning)
-    return replace(ts, acquisition=replace(ts.acquisition, pixel_size_a=pixel), images=images, size=size,
-                   attrs=dict(ts.attrs), motion_star_dir=str(run_dir / "motion"))
+    return replace(
+        ts,
+        acquisition=replace(ts.acquisition, pixel_size_a=pixel),
+        images=images,
+        size=size,
+        attrs=dict(ts.attrs),
+        motion_star_dir=str(run_dir / "motion"),
+    )
 
 
 def run_motion_ctf(ctx: StepContext):
@@ -283,7 +391,7 @@ def run_motion_ctf(ctx: StepContext):
 
     p: MotionCtfParams = ctx.params
     source: TiltSeriesSet = ctx.inputs["input"]
-    if p.estimate_ctf:              # the runner checked already (checks_data.check_motion_ctf); kept for direct calls
+    if p.estimate_ctf:  # the runner checked already (checks_data.check_motion_ctf); kept for direct calls
         check_window_fits(p.window_px, source, binning=p.binning)
     device = resolve_device(ctx.options.get("device"))
     gain, dark = source.gain_file, source.dark_file
@@ -297,15 +405,24 @@ def run_motion_ctf(ctx: StepContext):
             where[im.file] = (ts.ts_id, name)
             tasks.append((im.file, movie_task_args(ts, im, gain, dark, pd, str(ctx.run_dir), name, device, session)))
     # movies are decoded in a background thread ahead of the tasks that use them
-    _SESSIONS[session] = _MovieSession([key for key, _ in tasks], p.eer_groups,
-                                       depth=max(1, int(ctx.options.get("workers") or 2)), device=device)
+    _SESSIONS[session] = _MovieSession(
+        [key for key, _ in tasks], p.eer_groups, depth=max(1, int(ctx.options.get("workers") or 2)), device=device
+    )
     try:
-        results = run_items(ctx, motion_movie_task, tasks,
-                            on_result=lambda key, v: ctx.log.info("%s: %s", where[key][1], "failed: " + str(v)
-                                                                  if isinstance(v, BaseException) else
-                                                                  f"{v['total_motion_px']:.2f} px total motion, "
-                                                                  f"{v.get('frame_xray_px', 0)} X-ray px replaced in frames"
-                                                                  + (f"; {v['motion_note']}" if v.get("motion_note") else "")))
+        results = run_items(
+            ctx,
+            motion_movie_task,
+            tasks,
+            on_result=lambda key, v: ctx.log.info(
+                "%s: %s",
+                where[key][1],
+                "failed: " + str(v)
+                if isinstance(v, BaseException)
+                else f"{v['total_motion_px']:.2f} px total motion, "
+                f"{v.get('frame_xray_px', 0)} X-ray px replaced in frames"
+                + (f"; {v['motion_note']}" if v.get("motion_note") else ""),
+            ),
+        )
     finally:
         _SESSIONS.pop(session).close()
     bad = {k: v for k, v in results.items() if isinstance(v, BaseException)}
@@ -323,20 +440,29 @@ def run_motion_ctf(ctx: StepContext):
         ctx.options.setdefault("notes", []).append(f"motion: {'; '.join(noted[:3])}{more}")
     items, ctf_items = [], []
     series = [ts for ts in source.items if any(im.file in good for im in ts.images)]
-    phase = "stacks + CTF series pass" if p.estimate_ctf else "stacks"   # progress per series
+    phase = "stacks + CTF series pass" if p.estimate_ctf else "stacks"  # progress per series
     for i, ts in enumerate(series):
         ctx.progress(f"{phase}: {ts.ts_id}", i, len(series))
         new = _assemble_series(ts, good, ctx.run_dir, p.binning, p.even_odd)
         items.append(new)
         if p.estimate_ctf:
             a = new.acquisition
-            params = ctf_params(p, pixel_size_a=a.pixel_size_a, voltage_kv=a.voltage_kv, cs_mm=a.cs_mm,
-                                amplitude_contrast=a.amplitude_contrast)
+            params = ctf_params(
+                p,
+                pixel_size_a=a.pixel_size_a,
+                voltage_kv=a.voltage_kv,
+                cs_mm=a.cs_mm,
+                amplitude_contrast=a.amplitude_contrast,
+            )
             per_tilt = {im.acquisition_order: dict(good[im.movie]["ctf"]) for im in new.images}
             changed = refine_series_results(  # tilts that disagree with the series' trend are re-fitted
-                per_tilt, stack_images_of(new, halves=not p.use_movie_average, device=device), params,
+                per_tilt,
+                stack_images_of(new, halves=not p.use_movie_average, device=device),
+                params,
                 tilt_angles_deg={im.acquisition_order: im.tilt_angle_deg for im in new.images},
-                tilt_axis_deg=a.tilt_axis_deg, grid_xy=tuple(p.defocus_grid[:2]) if p.defocus_grid else None)
+                tilt_axis_deg=a.tilt_axis_deg,
+                grid_xy=tuple(p.defocus_grid[:2]) if p.defocus_grid else None,
+            )
             ctx.log.info("%s: series pass re-fitted %d tilt(s): %s", new.ts_id, len(changed), changed)
             if p.defocus_grid:
                 smooth_grids_in_time(per_tilt, p.defocus_grid[2])
@@ -344,7 +470,7 @@ def run_motion_ctf(ctx: StepContext):
             if skipped:
                 ctx.log.warning("%s: defocus grid not fitted: %s", new.ts_id, skipped)
                 ctx.options.setdefault("warnings", []).append(f"{new.ts_id}: defocus grid not fitted ({skipped})")
-            for im in new.images:   # the tilt series carries the series pass's values, not the first fits
+            for im in new.images:  # the tilt series carries the series pass's values, not the first fits
                 r = per_tilt.get(im.acquisition_order)
                 if r is not None:
                     im.defocus_u_a, im.defocus_v_a = r["defocus_u_a"], r["defocus_v_a"]
@@ -355,16 +481,25 @@ def run_motion_ctf(ctx: StepContext):
         ctx.progress(f"{phase}: {ts.ts_id}", i + 1, len(series))
     if not items:
         raise RuntimeError("no movie could be processed")
-    outputs = {"TiltSeries": TiltSeriesSet("TiltSeries", items, {"source": ctx.input_pointers["input"]},
-                                           odd_even=p.even_odd)}
+    outputs = {
+        "TiltSeries": TiltSeriesSet("TiltSeries", items, {"source": ctx.input_pointers["input"]}, odd_even=p.even_odd)
+    }
     if p.estimate_ctf:
         outputs["CTFTomoSeries"] = ctf_set(ctf_items)
     return outputs
 
 
-register(Step(
-    id="motion-ctf", title="Motion correction and CTF estimation (tilt-series movies)", params=MotionCtfParams,
-    inputs=(InputSpec("input", ("TiltSeriesM",), "Tilt-series movies"),),
-    outputs={"TiltSeries": "TiltSeries", "CTFTomoSeries": "CTFTomoSeries"}, run=run_motion_ctf,
-    scipion_class="ProtWarpTSMotionCorr", checks=check_motion_ctf, methods=(WARP, CTFFIND4, EXPOSURE_FILTER),
-    help="Warp-style motion correction (global + local grid, even/odd) and per-tilt CTF estimation."))
+register(
+    Step(
+        id="motion-ctf",
+        title="Motion correction and CTF estimation (tilt-series movies)",
+        params=MotionCtfParams,
+        inputs=(InputSpec("input", ("TiltSeriesM",), "Tilt-series movies"),),
+        outputs={"TiltSeries": "TiltSeries", "CTFTomoSeries": "CTFTomoSeries"},
+        run=run_motion_ctf,
+        scipion_class="ProtWarpTSMotionCorr",
+        checks=check_motion_ctf,
+        methods=(WARP, CTFFIND4, EXPOSURE_FILTER),
+        help="Warp-style motion correction (global + local grid, even/odd) and per-tilt CTF estimation.",
+    )
+)

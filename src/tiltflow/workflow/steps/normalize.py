@@ -24,24 +24,37 @@ from tiltflow.workflow.steps.checks_data import check_binning, check_normalize
 from tiltflow.workflow.steps.citations import IMOD, NEWSTACK
 from tiltflow.workflow.steps.views import require_stacks, stacks_set
 
-STORED = {"float": "float32", "int16": "int16", "uint8": "uint16"}   # numpy dtype written per mode
+STORED = {"float": "float32", "int16": "int16", "uint8": "uint16"}  # numpy dtype written per mode
 
 
 class NormalizeParams(CheckedParams):
     binning: int = param(1, "Bin the views by this factor (Fourier cropping, newstack -bin).", cli="--binning", ge=1)
     mode: Literal["float", "int16", "uint8"] = param(
-        "float", "Storage: float (MRC mode 2), int16 (mode 1) or uint8 (whole numbers 0-255).", cli="--mode")
+        "float", "Storage: float (MRC mode 2), int16 (mode 1) or uint8 (whole numbers 0-255).", cli="--mode"
+    )
     scale: Literal["none", "mean_sd", "min_max"] = param(
-        "none", "none; mean_sd: every view to --mean/--sd (newstack -float 2 -meansd); min_max: one scaling of "
-                "the whole stack from its min/max to --min/--max (newstack -scale).", cli="--scale")
-    mean: float = param(0.0, "Mean of each view, density units.", cli="--mean", condition=("scale", "mean_sd"),
-                        group="scaling")
-    sd: float = param(1.0, "Standard deviation of each view, density units.", cli="--sd", gt=0,
-                      condition=("scale", "mean_sd"), group="scaling")
-    min: float = param(0.0, "Value the stack's minimum becomes.", cli="--min", condition=("scale", "min_max"),
-                       group="scaling")
-    max: float = param(255.0, "Value the stack's maximum becomes.", cli="--max", condition=("scale", "min_max"),
-                       group="scaling")
+        "none",
+        "none; mean_sd: every view to --mean/--sd (newstack -float 2 -meansd); min_max: one scaling of "
+        "the whole stack from its min/max to --min/--max (newstack -scale).",
+        cli="--scale",
+    )
+    mean: float = param(
+        0.0, "Mean of each view, density units.", cli="--mean", condition=("scale", "mean_sd"), group="scaling"
+    )
+    sd: float = param(
+        1.0,
+        "Standard deviation of each view, density units.",
+        cli="--sd",
+        gt=0,
+        condition=("scale", "mean_sd"),
+        group="scaling",
+    )
+    min: float = param(
+        0.0, "Value the stack's minimum becomes.", cli="--min", condition=("scale", "min_max"), group="scaling"
+    )
+    max: float = param(
+        255.0, "Value the stack's maximum becomes.", cli="--max", condition=("scale", "min_max"), group="scaling"
+    )
 
     def problems(self) -> list[str]:
         if self.scale == "min_max" and not self.max > self.min:
@@ -51,13 +64,18 @@ class NormalizeParams(CheckedParams):
 
             lo, hi = MODE_RANGES[self.mode]
             if self.min < lo or self.max > hi:
-                return [(f"--min {show(self.min)} --max {show(self.max)}: outside the {lo:g} to {hi:g} that "
-                         f"--mode {self.mode} holds — pass values within it, e.g. --min {lo:g} --max {hi:g}")]
+                return [
+                    (
+                        f"--min {show(self.min)} --max {show(self.max)}: outside the {lo:g} to {hi:g} that "
+                        f"--mode {self.mode} holds — pass values within it, e.g. --min {lo:g} --max {hi:g}"
+                    )
+                ]
         return []
 
 
-def normalize_series_task(refs: dict[str, list[tuple[str, int]]], p: dict, out_dir: str, ts_id: str,
-                          pixel_size_a: float, device: str) -> dict:
+def normalize_series_task(
+    refs: dict[str, list[tuple[str, int]]], p: dict, out_dir: str, ts_id: str, pixel_size_a: float, device: str
+) -> dict:
     """Bin, scale and store one series and its halves (module level, so a Dask worker can run it)."""
     import numpy as np
 
@@ -76,8 +94,13 @@ def normalize_series_task(refs: dict[str, list[tuple[str, int]]], p: dict, out_d
         name = f"{ts_id}.mrc" if key == "file" else f"{ts_id}_{key.split('_')[0]}.mrc"
         files[key] = str(write_mrc(Path(out_dir) / name, data, voxel_size_a=pixel_size_a * p["binning"]))
         if key == "file":
-            stats = {"mean": float(np.mean(data, dtype=np.float64)), "sd": float(np.std(data, dtype=np.float64)),
-                     "min": float(data.min()), "max": float(data.max()), "shape": list(data.shape)}
+            stats = {
+                "mean": float(np.mean(data, dtype=np.float64)),
+                "sd": float(np.std(data, dtype=np.float64)),
+                "min": float(data.min()),
+                "max": float(data.max()),
+                "shape": list(data.shape),
+            }
     return {"files": files, "clipped": clipped, "stats": stats}
 
 
@@ -90,11 +113,15 @@ def _precision_warnings(p: NormalizeParams) -> list[str]:
     lo, hi = MODE_RANGES[p.mode]
     out = []
     if p.sd < 10:
-        out.append(f"--mode {p.mode} --sd {show(p.sd)}: rounding to whole numbers keeps few grey levels — "
-                   "a larger --sd (e.g. 1000 for int16, 40 for uint8) keeps more")
+        out.append(
+            f"--mode {p.mode} --sd {show(p.sd)}: rounding to whole numbers keeps few grey levels — "
+            "a larger --sd (e.g. 1000 for int16, 40 for uint8) keeps more"
+        )
     if p.mean - 4 * p.sd < lo or p.mean + 4 * p.sd > hi:
-        out.append(f"--mean {show(p.mean)} --sd {show(p.sd)}: mean ± 4 SD leaves the {lo:g} to {hi:g} of --mode "
-                   f"{p.mode}; values beyond are clipped")
+        out.append(
+            f"--mean {show(p.mean)} --sd {show(p.sd)}: mean ± 4 SD leaves the {lo:g} to {hi:g} of --mode "
+            f"{p.mode}; values beyond are clipped"
+        )
     return out
 
 
@@ -106,7 +133,7 @@ def run_normalize(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     source: TiltSeriesSet = ctx.inputs["input"]
     pointer = ctx.input_pointers["input"]
     check_binning(p.binning, source)
-    for ts in source.items:     # excluded series too: every series of the set keeps one pixel size
+    for ts in source.items:  # excluded series too: every series of the set keeps one pixel size
         require_stacks(ts, pointer)
     warnings = ctx.options.setdefault("warnings", [])
     warnings.extend(_precision_warnings(p))
@@ -114,10 +141,16 @@ def run_normalize(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     tasks = []
     for ts in source.items:
         refs = {"file": [(im.file, im.index) for im in ts.images]}
-        refs.update({key: [(getattr(im, key), im.index) for im in ts.images]
-                     for key in ("odd_file", "even_file") if all(getattr(im, key) for im in ts.images)})
-        tasks.append((ts.ts_id, (refs, p.model_dump(), str(ctx.run_dir), ts.ts_id, ts.acquisition.pixel_size_a,
-                                 device)))
+        refs.update(
+            {
+                key: [(getattr(im, key), im.index) for im in ts.images]
+                for key in ("odd_file", "even_file")
+                if all(getattr(im, key) for im in ts.images)
+            }
+        )
+        tasks.append(
+            (ts.ts_id, (refs, p.model_dump(), str(ctx.run_dir), ts.ts_id, ts.acquisition.pixel_size_a, device))
+        )
     results = run_items_or_fail(ctx, normalize_series_task, tasks)
     items = []
     for ts in source.items:
@@ -126,29 +159,68 @@ def run_normalize(ctx: StepContext) -> dict[str, TiltSeriesSet]:
         pixel = ts.acquisition.pixel_size_a * b
         images = []
         for pos, im in enumerate(ts.images):
-            xf = None if im.transform is None else \
-                rescale_xf_shifts([im.transform], ts.acquisition.pixel_size_a, pixel)[0].tolist()
-            images.append(TiltImage(**{**im.__dict__, "file": files["file"], "index": pos, "transform": xf,
-                                       "odd_file": files.get("odd_file"), "even_file": files.get("even_file"),
-                                       "attrs": dict(im.attrs)}))
+            xf = (
+                None
+                if im.transform is None
+                else rescale_xf_shifts([im.transform], ts.acquisition.pixel_size_a, pixel)[0].tolist()
+            )
+            images.append(
+                TiltImage(
+                    **{
+                        **im.__dict__,
+                        "file": files["file"],
+                        "index": pos,
+                        "transform": xf,
+                        "odd_file": files.get("odd_file"),
+                        "even_file": files.get("even_file"),
+                        "attrs": dict(im.attrs),
+                    }
+                )
+            )
         acq = Acquisition(**{**ts.acquisition.__dict__, "pixel_size_a": pixel})
         size = (r["stats"]["shape"][2], r["stats"]["shape"][1])
-        items.append(replace(ts, acquisition=acq, images=images, size=size,
-                             attrs=dict(ts.attrs, normalized={"binning": b, "mode": p.mode, "scale": p.scale})))
+        items.append(
+            replace(
+                ts,
+                acquisition=acq,
+                images=images,
+                size=size,
+                attrs=dict(ts.attrs, normalized={"binning": b, "mode": p.mode, "scale": p.scale}),
+            )
+        )
         s = r["stats"]
-        ctx.log.info("%s: %d x %d px at %.4g Å/px, %s, mean %.4g, SD %.4g, range %.4g to %.4g", ts.ts_id, *size,
-                     pixel, p.mode, s["mean"], s["sd"], s["min"], s["max"])
+        ctx.log.info(
+            "%s: %d x %d px at %.4g Å/px, %s, mean %.4g, SD %.4g, range %.4g to %.4g",
+            ts.ts_id,
+            *size,
+            pixel,
+            p.mode,
+            s["mean"],
+            s["sd"],
+            s["min"],
+            s["max"],
+        )
         for key, n in r["clipped"].items():
             if n:
-                warnings.append(f"{ts.ts_id}{'' if key == 'file' else ' ' + key.split('_')[0]}: {n} px clipped to "
-                                f"the range of --mode {p.mode} — use --scale min_max or mean_sd")
+                warnings.append(
+                    f"{ts.ts_id}{'' if key == 'file' else ' ' + key.split('_')[0]}: {n} px clipped to "
+                    f"the range of --mode {p.mode} — use --scale min_max or mean_sd"
+                )
     attrs = dict(source.attrs, normalized={"binning": p.binning, "mode": p.mode, "scale": p.scale})
     return {"TiltSeries": stacks_set(source, items, attrs)}
 
 
-register(Step(
-    id="normalize", title="Tilt-series normalization", params=NormalizeParams,
-    inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks)"),),
-    outputs={"TiltSeries": "TiltSeries"}, run=run_normalize, scipion_class="ProtImodTsNormalization",
-    checks=check_normalize, methods=(NEWSTACK, IMOD),
-    help="New stacks binned, scaled to a mean/SD or a range, and stored as float, int16 or uint8 (IMOD newstack)."))
+register(
+    Step(
+        id="normalize",
+        title="Tilt-series normalization",
+        params=NormalizeParams,
+        inputs=(InputSpec("input", ("TiltSeries",), "Tilt series (stacks)"),),
+        outputs={"TiltSeries": "TiltSeries"},
+        run=run_normalize,
+        scipion_class="ProtImodTsNormalization",
+        checks=check_normalize,
+        methods=(NEWSTACK, IMOD),
+        help="New stacks binned, scaled to a mean/SD or a range, and stored as float, int16 or uint8 (IMOD newstack).",
+    )
+)

@@ -29,5 +29,6 @@ def load_binned_views(refs: list[tuple[str, int]], binning: int, device: str):
     from tiltflow.core.reconstruct import bin_views
     from tiltflow.io.mrc import read_section
 
-    return torch.stack([bin_views(torch.from_numpy(np.ascontiguousarray(read_section(f, i))).to(device), binning)
-                        for f, i in refs])
+    return torch.stack(
+        [bin_views(torch.from_numpy(np.ascontiguousarray(read_section(f, i))).to(device), binning) for f, i in refs]
+    )

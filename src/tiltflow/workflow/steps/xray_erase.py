@@ -19,35 +19,58 @@ from tiltflow.workflow.steps.views import require_stacks, stacks_set
 
 
 class XrayEraseParams(CheckedParams):
-    peak_criterion: float = param(8.0, "Peaks this many SD above the local annulus are X-rays.", cli="--peak-criterion", gt=0)
-    diff_criterion: float = param(6.0, "Pixel-to-neighbour differences this many SD are X-rays.", cli="--diff-criterion", gt=0)
-    grow_criterion: float = param(4.0, "Neighbours above this many SD join a patch.", cli="--grow-criterion", gt=0,
-                                  expert=True)
-    scan_criterion: float = param(3.0, "Criterion for the scan that finds candidate peaks, SD.", cli="--scan-criterion", gt=0,
-                                  expert=True)
+    peak_criterion: float = param(
+        8.0, "Peaks this many SD above the local annulus are X-rays.", cli="--peak-criterion", gt=0
+    )
+    diff_criterion: float = param(
+        6.0, "Pixel-to-neighbour differences this many SD are X-rays.", cli="--diff-criterion", gt=0
+    )
+    grow_criterion: float = param(
+        4.0, "Neighbours above this many SD join a patch.", cli="--grow-criterion", gt=0, expert=True
+    )
+    scan_criterion: float = param(
+        3.0, "Criterion for the scan that finds candidate peaks, SD.", cli="--scan-criterion", gt=0, expert=True
+    )
     max_radius_px: float = param(4.2, "Largest radius of a patch, px.", cli="--max-radius", gt=0)
-    giant_criterion: float = param(12.0, "Peaks this many SD are giant X-rays (erased up to --extra-large-radius).",
-                                   cli="--giant-criterion", gt=0, expert=True)
-    extra_large_radius_px: float = param(8.0, "Largest radius of a giant patch, px.", cli="--extra-large-radius", gt=0,
-                                         expert=True)
-    big_diff_criterion: float = param(19.0, "Differences this many SD mark a big X-ray.", cli="--big-diff-criterion", gt=0,
-                                      expert=True)
-    annulus_width_px: float = param(2.0, "Width of the annulus for local statistics, px.", cli="--annulus-width", gt=0,
-                                    expert=True)
-    scan_size_px: int = param(100, "Size of the regions for local statistics, px.", cli="--scan-size", ge=10, expert=True)
-    edge_exclusion_px: int = param(0, "Pixels at the edges not examined (IMOD's default: 4; 0 reaches the border).",
-                                   cli="--edge-exclusion", ge=0)
-    border_px: int = param(2, "Border around a patch used to fit the replacement, px.", cli="--border", ge=1, le=5,
-                           expert=True)
-    poly_order: int = param(2, "Order of the polynomial fitted to the border (0-3).", cli="--poly-order", ge=0, le=3,
-                            expert=True)
+    giant_criterion: float = param(
+        12.0,
+        "Peaks this many SD are giant X-rays (erased up to --extra-large-radius).",
+        cli="--giant-criterion",
+        gt=0,
+        expert=True,
+    )
+    extra_large_radius_px: float = param(
+        8.0, "Largest radius of a giant patch, px.", cli="--extra-large-radius", gt=0, expert=True
+    )
+    big_diff_criterion: float = param(
+        19.0, "Differences this many SD mark a big X-ray.", cli="--big-diff-criterion", gt=0, expert=True
+    )
+    annulus_width_px: float = param(
+        2.0, "Width of the annulus for local statistics, px.", cli="--annulus-width", gt=0, expert=True
+    )
+    scan_size_px: int = param(
+        100, "Size of the regions for local statistics, px.", cli="--scan-size", ge=10, expert=True
+    )
+    edge_exclusion_px: int = param(
+        0, "Pixels at the edges not examined (IMOD's default: 4; 0 reaches the border).", cli="--edge-exclusion", ge=0
+    )
+    border_px: int = param(
+        2, "Border around a patch used to fit the replacement, px.", cli="--border", ge=1, le=5, expert=True
+    )
+    poly_order: int = param(
+        2, "Order of the polynomial fitted to the border (0-3).", cli="--poly-order", ge=0, le=3, expert=True
+    )
     odd_even: bool = param(True, "Erase the odd/even half-sum stacks too, when present.", cli="--odd-even")
-    imod_model: bool = param(False, "Also write the erased pixels as an IMOD point model per series.", cli="--imod-model")
+    imod_model: bool = param(
+        False, "Also write the erased pixels as an IMOD point model per series.", cli="--imod-model"
+    )
 
     def problems(self) -> list[str]:
         if self.extra_large_radius_px < self.max_radius_px:
-            return [f"--extra-large-radius {self.extra_large_radius_px:g}: smaller than --max-radius "
-                    f"{self.max_radius_px:g} — pass --extra-large-radius {self.max_radius_px:g} or more"]
+            return [
+                f"--extra-large-radius {self.extra_large_radius_px:g}: smaller than --max-radius "
+                f"{self.max_radius_px:g} — pass --extra-large-radius {self.max_radius_px:g} or more"
+            ]
         return []
 
     def core(self):
@@ -56,9 +79,17 @@ class XrayEraseParams(CheckedParams):
         return XrayParams(**{k: v for k, v in self.model_dump().items() if k not in ("odd_even", "imod_model")})
 
 
-def erase_series_task(images: list[tuple[str, int]], halves: dict[str, list[tuple[str, int]]], out_dir: str,
-                      ts_id: str, params: dict, device: str, pixel_size_a: float, imod_model: bool,
-                      erase_halves: bool) -> dict:
+def erase_series_task(
+    images: list[tuple[str, int]],
+    halves: dict[str, list[tuple[str, int]]],
+    out_dir: str,
+    ts_id: str,
+    params: dict,
+    device: str,
+    pixel_size_a: float,
+    imod_model: bool,
+    erase_halves: bool,
+) -> dict:
     """Erase one tilt series (module level, so a Dask worker can run it). Returns small results.
     Odd/even half-sum stacks are erased too with ``erase_halves``, else copied in the same order."""
     import torch
@@ -92,10 +123,17 @@ def erase_series_task(images: list[tuple[str, int]], halves: dict[str, list[tupl
     if imod_model and len(views):
         from tiltflow.io.imod import fiducial_model, write_mod
 
-        contours = [torch.tensor(np.stack([xs[views == v], ys[views == v], views[views == v]], 1), dtype=torch.float32)
-                    for v in np.unique(views)]
-        model = fiducial_model(contours, image_shape=masks.shape[1:], n_views=masks.shape[0],
-                               pixel_size_a=pixel_size_a, name=f"{ts_id} erased pixels")
+        contours = [
+            torch.tensor(np.stack([xs[views == v], ys[views == v], views[views == v]], 1), dtype=torch.float32)
+            for v in np.unique(views)
+        ]
+        model = fiducial_model(
+            contours,
+            image_shape=masks.shape[1:],
+            n_views=masks.shape[0],
+            pixel_size_a=pixel_size_a,
+            name=f"{ts_id} erased pixels",
+        )
         write_mod(out / f"{ts_id}_xrays.mod", model)
         result["imod_model"] = str(out / f"{ts_id}_xrays.mod")
     return result
@@ -111,12 +149,28 @@ def run_xray_erase(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     device = resolve_device(ctx.options.get("device"))
     tasks = []
     for ts in source.items:
-        require_stacks(ts, ctx.input_pointers['input'])
-        halves = {key: [(getattr(im, key), im.index) for im in ts.images]
-                  for key in ("odd_file", "even_file") if all(getattr(im, key) for im in ts.images)}
-        tasks.append((ts.ts_id, ([(im.file, im.index) for im in ts.images], halves,
-                                 str(ctx.run_dir), ts.ts_id, core, device, ts.acquisition.pixel_size_a, p.imod_model,
-                                 p.odd_even)))
+        require_stacks(ts, ctx.input_pointers["input"])
+        halves = {
+            key: [(getattr(im, key), im.index) for im in ts.images]
+            for key in ("odd_file", "even_file")
+            if all(getattr(im, key) for im in ts.images)
+        }
+        tasks.append(
+            (
+                ts.ts_id,
+                (
+                    [(im.file, im.index) for im in ts.images],
+                    halves,
+                    str(ctx.run_dir),
+                    ts.ts_id,
+                    core,
+                    device,
+                    ts.acquisition.pixel_size_a,
+                    p.imod_model,
+                    p.odd_even,
+                ),
+            )
+        )
     results = run_items_or_fail(ctx, erase_series_task, tasks)
     items, total = [], 0
     for ts in source.items:
@@ -124,21 +178,40 @@ def run_xray_erase(ctx: StepContext) -> dict[str, TiltSeriesSet]:
         new_images = []
         for pos, im in enumerate(ts.images):
             attrs = dict(im.attrs, xray_erased_px=r["erased_px"][pos])
-            new_images.append(type(im)(**{**im.__dict__, "file": r["files"]["file"], "index": pos,
-                                          "odd_file": r["files"].get("odd_file"),
-                                          "even_file": r["files"].get("even_file"),
-                                          "attrs": attrs}))
+            new_images.append(
+                type(im)(
+                    **{
+                        **im.__dict__,
+                        "file": r["files"]["file"],
+                        "index": pos,
+                        "odd_file": r["files"].get("odd_file"),
+                        "even_file": r["files"].get("even_file"),
+                        "attrs": attrs,
+                    }
+                )
+            )
         total += sum(r["erased_px"])
-        items.append(replace(ts, images=new_images,
-                             attrs=dict(ts.attrs, xray_pixels=r["positions"], xray_model=r.get("imod_model"))))
+        items.append(
+            replace(
+                ts, images=new_images, attrs=dict(ts.attrs, xray_pixels=r["positions"], xray_model=r.get("imod_model"))
+            )
+        )
         ctx.log.info("%s: %d px erased in %d patches", ts.ts_id, sum(r["erased_px"]), sum(r["patches"]))
     attrs = dict(source.attrs, xray_erased_px=total)
     return {"TiltSeries": stacks_set(source, items, attrs)}
 
 
-register(Step(
-    id="xray-erase", title="X-ray eraser", params=XrayEraseParams,
-    inputs=(InputSpec("input", ("TiltSeries",), "Tilt series to clean"),),
-    outputs={"TiltSeries": "TiltSeries"}, run=run_xray_erase, scipion_class="ProtImodXraysEraser",
-    checks=check_xray_erase, methods=(CCDERASER, IMOD),
-    help="Find and remove hot pixels and X-ray hits (IMOD ccderaser's detection and replacement)."))
+register(
+    Step(
+        id="xray-erase",
+        title="X-ray eraser",
+        params=XrayEraseParams,
+        inputs=(InputSpec("input", ("TiltSeries",), "Tilt series to clean"),),
+        outputs={"TiltSeries": "TiltSeries"},
+        run=run_xray_erase,
+        scipion_class="ProtImodXraysEraser",
+        checks=check_xray_erase,
+        methods=(CCDERASER, IMOD),
+        help="Find and remove hot pixels and X-ray hits (IMOD ccderaser's detection and replacement).",
+    )
+)

@@ -31,12 +31,12 @@ from tiltflow.workflow.watch.settings import WatchSettings
 
 @dataclass
 class Tilt:
-    name: str                         # movie file name as listed (or found)
-    path: Path | None                 # the movie file, once found
+    name: str  # movie file name as listed (or found)
+    path: Path | None  # the movie file, once found
     angle: float | None
-    section: str | None               # mdoc section label, None when not listed yet (Tomo5)
+    section: str | None  # mdoc section label, None when not listed yet (Tomo5)
     first_seen: float
-    state: str = "missing"            # missing | growing | complete | dropped
+    state: str = "missing"  # missing | growing | complete | dropped
     note: str | None = None
 
 
@@ -44,13 +44,13 @@ class Tilt:
 class SeriesView:
     ts_id: str
     mdoc: Path | None = None
-    flavour: str | None = None        # serialem | tomo5
-    final_mdoc: bool = False          # the mdoc lists the whole series (Tomo5)
+    flavour: str | None = None  # serialem | tomo5
+    final_mdoc: bool = False  # the mdoc lists the whole series (Tomo5)
     tilts: list[Tilt] = field(default_factory=list)
     first_seen: float = 0.0
     last_activity: float = 0.0
-    last_tilt: float = 0.0            # when its newest complete movie last changed (lag is measured from it)
-    state: str = "collecting"         # collecting | closed | aborted
+    last_tilt: float = 0.0  # when its newest complete movie last changed (lag is measured from it)
+    state: str = "collecting"  # collecting | closed | aborted
     reason: str = ""
     expected: int | None = None
 
@@ -73,11 +73,11 @@ class SeriesTracker:
     def __init__(self, settings: WatchSettings):
         self.s = settings
         self.series: dict[str, SeriesView] = {}
-        self.first_seen: dict[tuple[str, str], float] = {}   # (ts, movie name) -> when listed
-        self.closed_once: dict[str, tuple[tuple, str]] = {}   # ts -> (tilts, why) when it first closed
-        self.counts: dict[str, int] = {}                      # ts -> tilts listed when it closed
+        self.first_seen: dict[tuple[str, str], float] = {}  # (ts, movie name) -> when listed
+        self.closed_once: dict[str, tuple[tuple, str]] = {}  # ts -> (tilts, why) when it first closed
+        self.counts: dict[str, int] = {}  # ts -> tilts listed when it closed
         self._said: set[str] = set()
-        self.force = False          # the watch is stopping: close what is open with what is there
+        self.force = False  # the watch is stopping: close what is open with what is there
 
     def _say(self, key: str, line: str, out: list[str]) -> None:
         if key not in self._said:
@@ -99,8 +99,11 @@ class SeriesTracker:
                 self._say(f"skip:{f.path}", f"skipped {f.path.name}: {str(err).split(': ', 1)[-1]}", out)
                 continue
             if kind != "ZValue":
-                self._say(f"frameset:{f.path}", f"skipped {f.path.name}: a per-movie [FrameSet] mdoc — the watch "
-                          "mode follows tilt-series mdocs", out)
+                self._say(
+                    f"frameset:{f.path}",
+                    f"skipped {f.path.name}: a per-movie [FrameSet] mdoc — the watch mode follows tilt-series mdocs",
+                    out,
+                )
                 continue
             chosen.setdefault(ts_id_from_name(f.path.name), []).append(f)
         result = {}
@@ -108,8 +111,12 @@ class SeriesTracker:
             files.sort(key=lambda f: (len(f.raw.sections), f.mtime), reverse=True)
             if len(files) > 1:
                 others = ", ".join(x.path.name for x in files[1:])
-                self._say(f"dup:{ts}:{len(files)}", f"{ts}: {len(files)} mdocs ({files[0].path.name}, {others}) — "
-                          f"using {files[0].path.name} (most tilts, newest)", out)
+                self._say(
+                    f"dup:{ts}:{len(files)}",
+                    f"{ts}: {len(files)} mdocs ({files[0].path.name}, {others}) — "
+                    f"using {files[0].path.name} (most tilts, newest)",
+                    out,
+                )
             result[ts] = files[0]
         return result
 
@@ -125,9 +132,13 @@ class SeriesTracker:
             except (ValueError, IndexError):
                 angle = None
             if name is None or angle is None:
-                if s is not f.raw.sections[-1]:      # the last one may be half-written
-                    self._say(f"sec:{f.path}:{s.label}", f"{f.path.name} [{s.label}]: no "
-                              f"{'SubFramePath' if name is None else 'TiltAngle'} — section skipped", out)
+                if s is not f.raw.sections[-1]:  # the last one may be half-written
+                    self._say(
+                        f"sec:{f.path}:{s.label}",
+                        f"{f.path.name} [{s.label}]: no "
+                        f"{'SubFramePath' if name is None else 'TiltAngle'} — section skipped",
+                        out,
+                    )
                 continue
             rows.append((name, angle, s.label))
         return rows
@@ -138,7 +149,7 @@ class SeriesTracker:
         if len(hits) == 1:
             return hits[0]
         m = _TOMO5_MOVIE.match(name)
-        if m and not hits:                           # Tomo5: the nominal angle in the name may differ
+        if m and not hits:  # Tomo5: the nominal angle in the name may differ
             pre, suf = m.group("prefix").lower(), m.group("suffix").lower()
             near = [p for k, ps in names.items() if k.startswith(pre) and k.endswith(suf) for p in ps]
             return near[0] if len(near) == 1 else None
@@ -163,16 +174,23 @@ class SeriesTracker:
                     continue
                 if path is not None:
                     claimed.add(path)
-                first = self.first_seen.setdefault((ts, name), min(now, f.changed))   # a restart keeps clocks
+                first = self.first_seen.setdefault((ts, name), min(now, f.changed))  # a restart keeps clocks
                 v.tilts.append(Tilt(name, path, angle, label, first))
-        for path in scan.movies:                       # Tomo5 movies before their mdoc
+        for path in scan.movies:  # Tomo5 movies before their mdoc
             ts = tomo5_series_of(path.name)
             if path in claimed or ts is None or (ts in views and views[ts].mdoc is not None):
                 continue
             v = views.setdefault(ts, SeriesView(ts, flavour="tomo5"))
             m = _TOMO5_MOVIE.match(path.name)
-            v.tilts.append(Tilt(path.name, path, float(m.group("angle")), None,
-                                self.first_seen.setdefault((ts, path.name), min(now, scan.movies[path].changed))))
+            v.tilts.append(
+                Tilt(
+                    path.name,
+                    path,
+                    float(m.group("angle")),
+                    None,
+                    self.first_seen.setdefault((ts, path.name), min(now, scan.movies[path].changed)),
+                )
+            )
             claimed.add(path)
         for v in views.values():
             self._tilt_states(v, scan, now, out)
@@ -194,12 +212,20 @@ class SeriesTracker:
             late = now - t.first_seen >= self.s.movie_timeout_s
             if t.state != "complete" and t.section is not None and (late or self.force):
                 t.state = "dropped"
-                why = ("never arrived" if f is None else f"does not decode ({f.error})" if f.status == "bad"
-                       else "still growing" if now - f.changed < self.s.settle_s else "not complete")
+                why = (
+                    "never arrived"
+                    if f is None
+                    else f"does not decode ({f.error})"
+                    if f.status == "bad"
+                    else "still growing"
+                    if now - f.changed < self.s.settle_s
+                    else "not complete"
+                )
                 when = f"{now - t.first_seen:.0f} s after it was listed" if late else "when the watch stopped"
                 t.note = why
-                self._say(f"drop:{v.ts_id}:{t.name}", f"{v.ts_id}: {t.name} {why} {when} — the series goes on "
-                          "without it", out)
+                self._say(
+                    f"drop:{v.ts_id}:{t.name}", f"{v.ts_id}: {t.name} {why} {when} — the series goes on without it", out
+                )
             elif t.state == "complete" and f"drop:{v.ts_id}:{t.name}" in self._said:
                 self._said.discard(f"drop:{v.ts_id}:{t.name}")
                 out.append(f"{v.ts_id}: {t.name} is complete after all")
@@ -209,8 +235,11 @@ class SeriesTracker:
     def _orphans(self, scan: Scan, claimed: set[Path], now: float, out: list[str]) -> None:
         old = [p for p, f in scan.movies.items() if p not in claimed and now - f.first_seen >= self.s.movie_timeout_s]
         if old:
-            self._say(f"orphans:{len(old)}", f"{len(old)} movie(s) not listed in any mdoc (e.g. {old[0].name}) — "
-                      "ignored until an mdoc lists them", out)
+            self._say(
+                f"orphans:{len(old)}",
+                f"{len(old)} movie(s) not listed in any mdoc (e.g. {old[0].name}) — ignored until an mdoc lists them",
+                out,
+            )
 
     def session_count(self) -> int | None:
         counts = Counter(self.counts.values())
@@ -224,8 +253,12 @@ class SeriesTracker:
         if v.mdoc is None:
             if quiet >= self.s.quiet_s:
                 v.reason = "waiting for its mdoc"
-                self._say(f"nomdoc:{v.ts_id}", f"{v.ts_id}: {len(v.tilts)} movies and no mdoc after {quiet:.0f} s — "
-                          "waiting for it (Tomo5 writes it at the end of a series)", out)
+                self._say(
+                    f"nomdoc:{v.ts_id}",
+                    f"{v.ts_id}: {len(v.tilts)} movies and no mdoc after {quiet:.0f} s — "
+                    "waiting for it (Tomo5 writes it at the end of a series)",
+                    out,
+                )
             return
         later = [w for w in views.values() if w is not v and w.first_seen > v.last_activity]
         listed = len(v.tilts)
@@ -256,7 +289,8 @@ class SeriesTracker:
             self.counts.setdefault(v.ts_id, listed)
         else:
             v.state = "aborted"
-            v.reason = (f"{why}, only {n_in} of {n_ref} tilts ({100 * n_in / n_ref:.0f}%, < "
-                        f"{100 * self.s.min_fraction:.0f}%) — looks aborted; not processed (--min-fraction lowers the bar)")
+            v.reason = (
+                f"{why}, only {n_in} of {n_ref} tilts ({100 * n_in / n_ref:.0f}%, < "
+                f"{100 * self.s.min_fraction:.0f}%) — looks aborted; not processed (--min-fraction lowers the bar)"
+            )
             self._say(f"aborted:{v.ts_id}:{n_in}", f"{v.ts_id}: {v.reason}", out)
-

@@ -33,9 +33,18 @@ from tiltflow.workflow.watch.workers import Workers, run_one
 
 
 class WatchLoop:
-    def __init__(self, folder: Path | str, store: ProjectStore, workflow, settings: WatchSettings,
-                 options: dict | None = None, *, on_line: Callable[[str], None] = print,
-                 on_state: Callable[[dict], None] | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        folder: Path | str,
+        store: ProjectStore,
+        workflow,
+        settings: WatchSettings,
+        options: dict | None = None,
+        *,
+        on_line: Callable[[str], None] = print,
+        on_state: Callable[[dict], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         from tiltflow.workflow.device import resolve_device
         from tiltflow.workflow.executor import make_executor
         from tiltflow.workflow.steps.import_movies import ImportMoviesParams
@@ -50,23 +59,27 @@ class WatchLoop:
         self.import_params = ip
         checked = ImportMoviesParams.model_validate({**ip, "files": str(self.folder)})
         self.gain, self.dark = checked.gain, checked.dark
-        self.motion = (MotionCtfParams.model_validate(self.plan.motion_step.params)
-                       if self.plan.motion_step else None)
+        self.motion = MotionCtfParams.model_validate(self.plan.motion_step.params) if self.plan.motion_step else None
         self.device = resolve_device(self.options.get("device"))
         self.root = store.root / "watch"
-        store.connect().close()                       # the project exists from the start: `view` works at once
-        self.scanner = FolderScanner(self.folder, mdoc_pattern=self.pattern, settle_s=settings.settle_s,
-                                     ignore=(*(Path(p) for p in (self.gain, self.dark) if p), store.root),
-                                     exclude_words=tuple(checked.exclusion_words), clock=clock)
+        store.connect().close()  # the project exists from the start: `view` works at once
+        self.scanner = FolderScanner(
+            self.folder,
+            mdoc_pattern=self.pattern,
+            settle_s=settings.settle_s,
+            ignore=(*(Path(p) for p in (self.gain, self.dark) if p), store.root),
+            exclude_words=tuple(checked.exclusion_words),
+            clock=clock,
+        )
         self.tracker = SeriesTracker(settings)
         self.cache, self.book = TiltCache(store), SeriesBook(self.root)
         self.executor = make_executor(self.options)
         self.dask = self.options.get("executor") == "dask"
         self.tilt_workers = Workers(settings.tilt_workers, "watch-tilt")
         self.batch_worker = Workers(1, "watch-series")
-        self.inflight: dict[str, str] = {}            # real movie path -> tsId
-        self.live: dict[str, tuple] = {}              # tsId -> (tilt set, {real movie: (series, image)})
-        self.blocked: dict[str, str] = {}             # tsId -> why its tilts cannot be processed
+        self.inflight: dict[str, str] = {}  # real movie path -> tsId
+        self.live: dict[str, tuple] = {}  # tsId -> (tilt set, {real movie: (series, image)})
+        self.blocked: dict[str, str] = {}  # tsId -> why its tilts cannot be processed
         self.said_blocked: set[tuple[str, str]] = set()
         self.previewed: dict[str, tuple[int, float]] = {}  # tsId -> (tilts, when) of its last preview
         self.queue: deque[tuple[str, Batch]] = deque(self.book.unfinished())
@@ -76,7 +89,7 @@ class WatchLoop:
         self.started = self.last_work = clock()
         self.done_times: deque[float] = deque(maxlen=500)
         self.stopping = False
-        self.log = (self.root / "watch.log")
+        self.log = self.root / "watch.log"
         self.root.mkdir(parents=True, exist_ok=True)
 
     # -- reporting ------------------------------------------------------------------------
@@ -167,8 +180,9 @@ class WatchLoop:
             else:
                 ctf = value.get("ctf")
                 df = f", defocus {(ctf['defocus_u_a'] + ctf['defocus_v_a']) / 2e4:.2f} µm" if ctf else ""
-                self.say(f"{ts_id}: {name} done in {seconds:.1f} s: motion {value['total_motion_px']:.2f} px{df}",
-                         quiet=True)
+                self.say(
+                    f"{ts_id}: {name} done in {seconds:.1f} s: motion {value['total_motion_px']:.2f} px{df}", quiet=True
+                )
 
     def _preview(self, v: SeriesView) -> None:
         from tiltflow.workflow.watch.preview import refresh_preview
@@ -192,7 +206,7 @@ class WatchLoop:
             return
         recs = {t.name: self.tilt_result(v, t.name) for t in v.accepted()}
         if any(r is None for r in recs.values()):
-            return                                      # per-tilt work still going on
+            return  # per-tilt work still going on
         good = [t for t in v.accepted() if recs[t.name]["result"] is not None]
         tilts = sorted([t.name, t.angle] for t in good)
         last = self.book.last(v.ts_id)
@@ -208,8 +222,9 @@ class WatchLoop:
         made = snapshot_sections(v, raw, good, None)
         folder = self.root / "batches" / v.ts_id / f"b{k}"
         write_snapshot(folder, v.ts_id, made[0], made[1], good)
-        b = Batch(k, tilts, str(folder.relative_to(self.store.root)), v.reason, queued=self.clock(),
-                  last_tilt=v.last_tilt)
+        b = Batch(
+            k, tilts, str(folder.relative_to(self.store.root)), v.reason, queued=self.clock(), last_tilt=v.last_tilt
+        )
         self.book.add(v.ts_id, b)
         self.queue.append((v.ts_id, b))
         if last is None:
@@ -217,8 +232,10 @@ class WatchLoop:
         else:
             new = {n for n, _ in tilts} - {n for n, _ in last.tilts}
             gone = {n for n, _ in last.tilts} - {n for n, _ in tilts}
-            what = ", ".join([f"{len(new)} new tilt(s)"] * bool(new) + [f"{len(gone)} tilt(s) gone"] * bool(gone)) \
+            what = (
+                ", ".join([f"{len(new)} new tilt(s)"] * bool(new) + [f"{len(gone)} tilt(s) gone"] * bool(gone))
                 or "mdoc rewritten"
+            )
             self.say(f"{v.ts_id}: reopened ({what}) — series steps re-run as batch {k}, per-tilt work kept")
 
     def _run_batch(self, ts_id: str, b: Batch) -> str:
@@ -228,8 +245,12 @@ class WatchLoop:
         mdoc = self.store.root / b.folder / f"{ts_id}.mdoc"
         wf = series_workflow(self.plan.workflow, ts_id, b.k, mdoc)
         caching = CachingExecutor(self.executor, self.cache, ts_id)
-        opts = {**{k: v for k, v in self.options.items() if not k.startswith("_")}, "_executor": caching,
-                "warnings": [], "notes": []}
+        opts = {
+            **{k: v for k, v in self.options.items() if not k.startswith("_")},
+            "_executor": caching,
+            "warnings": [],
+            "notes": [],
+        }
         try:
             runs = run_workflow(self.store, wf, options=opts, resume=True)
         except InputError as err:
@@ -240,8 +261,9 @@ class WatchLoop:
             return f"{ts_id}: series steps failed: {type(err).__name__}: {err}"
         ids = {sid.split(":")[0]: r.id for sid, r in runs.items()}
         verdicts, summary = status.batch_verdicts(self.store, [r.id for r in runs.values()])
-        self.book.update(ts_id, b, status="done", ended=time.time(), runs=ids, summary=summary + opts["warnings"],
-                         verdicts=verdicts)
+        self.book.update(
+            ts_id, b, status="done", ended=time.time(), runs=ids, summary=summary + opts["warnings"], verdicts=verdicts
+        )
         lag = f", {time.time() - b.last_tilt:.0f} s after its last tilt" if b.last_tilt else ""
         reused = f", per-tilt results reused {caching.hits}/{caching.hits + caching.misses}" if self.motion else ""
         return f"{ts_id}: done (runs {min(ids.values())}-{max(ids.values())}{reused}{lag})"
@@ -292,9 +314,10 @@ class WatchLoop:
             self.step()
             limit = self.s.stop_after_idle_s
             if limit is not None and not self.busy() and self.idle_s() >= limit:
-                if not self.tracker.force and any(v.state == "collecting" and v.tilts
-                                                  for v in self.tracker.series.values()):
-                    self.tracker.force = True        # close what is open with what is there
+                if not self.tracker.force and any(
+                    v.state == "collecting" and v.tilts for v in self.tracker.series.values()
+                ):
+                    self.tracker.force = True  # close what is open with what is there
                     continue
                 break
             time.sleep(self.s.interval_s)

@@ -59,8 +59,15 @@ def write_thumb(sum_file: str | Path, target_px: int = 256) -> Path:
     return out
 
 
-def coarse_preview(angles_deg: list[float], sums: list[str], tilt_axis_deg: float, out_png: Path, *,
-                   target_px: int = 256, thickness_frac: float = 0.4) -> dict:
+def coarse_preview(
+    angles_deg: list[float],
+    sums: list[str],
+    tilt_axis_deg: float,
+    out_png: Path,
+    *,
+    target_px: int = 256,
+    thickness_frac: float = 0.4,
+) -> dict:
     """Reconstruct from per-tilt sum files (``.npy``, their binned copies when made) at ``angles_deg``;
     returns what it used."""
     import torch

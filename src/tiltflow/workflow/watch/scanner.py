@@ -29,11 +29,11 @@ class FileState:
     size: int
     mtime: float
     first_seen: float
-    changed: float                    # when its size or mtime last changed (as observed)
-    status: str = "growing"           # movies: growing | complete | bad; mdocs: read | unreadable
+    changed: float  # when its size or mtime last changed (as observed)
+    status: str = "growing"  # movies: growing | complete | bad; mdocs: read | unreadable
     error: str | None = None
-    checked: tuple[int, float] | None = None   # (size, mtime) of the last decode / parse
-    raw: RawMdoc | None = None        # mdocs: the parsed text
+    checked: tuple[int, float] | None = None  # (size, mtime) of the last decode / parse
+    raw: RawMdoc | None = None  # mdocs: the parsed text
 
     def stable_for(self, now: float) -> float:
         return now - self.changed
@@ -43,7 +43,7 @@ class FileState:
 class Scan:
     movies: dict[Path, FileState] = field(default_factory=dict)
     mdocs: dict[Path, FileState] = field(default_factory=dict)
-    newest_change: float = 0.0        # latest change of any file (idle detection)
+    newest_change: float = 0.0  # latest change of any file (idle detection)
 
     def by_name(self) -> dict[str, list[Path]]:
         names: dict[str, list[Path]] = {}
@@ -71,12 +71,21 @@ def movie_decodes(path: Path) -> str | None:
 class FolderScanner:
     """Keeps the state of every movie and mdoc of ``folder`` across polls."""
 
-    def __init__(self, folder: Path, *, mdoc_pattern: str = "*.mdoc", settle_s: float = 10.0,
-                 ignore: tuple[Path, ...] = (), exclude_words: tuple[str, ...] = (),
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        mdoc_pattern: str = "*.mdoc",
+        settle_s: float = 10.0,
+        ignore: tuple[Path, ...] = (),
+        exclude_words: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.time,
+    ):
         self.folder, self.pattern, self.settle_s, self.clock = Path(folder), mdoc_pattern, settle_s, clock
-        self.parts = tuple(p for p in mdoc_pattern.replace("{TS}", "*").replace("\\", "/").split("/") if p not in ("", "."))
-        self.depth = max(1, len(self.parts))          # subfolder levels scanned: the mdocs' and one more
+        self.parts = tuple(
+            p for p in mdoc_pattern.replace("{TS}", "*").replace("\\", "/").split("/") if p not in ("", ".")
+        )
+        self.depth = max(1, len(self.parts))  # subfolder levels scanned: the mdocs' and one more
         self.ignore = {Path(p).absolute() for p in ignore}
         self.exclude_words = tuple(w for w in exclude_words if w)
         self.scan = Scan()
@@ -87,8 +96,11 @@ class FolderScanner:
             rel = path.relative_to(self.folder).parts
         except ValueError:
             return False
-        return (len(rel) == len(self.parts) and all(fnmatch.fnmatch(a, b) for a, b in zip(rel, self.parts))
-                and not any(w in path.name for w in self.exclude_words))
+        return (
+            len(rel) == len(self.parts)
+            and all(fnmatch.fnmatch(a, b) for a, b in zip(rel, self.parts, strict=False))
+            and not any(w in path.name for w in self.exclude_words)
+        )
 
     def _listing(self) -> list[os.DirEntry]:
         entries: list[os.DirEntry] = []
@@ -149,7 +161,7 @@ class FolderScanner:
         if f.checked == key and f.status in ("complete", "bad"):
             return
         if f.checked != key and f.status != "growing":
-            f.status, f.error = "growing", None            # rewritten: check again once it settles
+            f.status, f.error = "growing", None  # rewritten: check again once it settles
         if f.size == 0 or f.stable_for(now) < self.settle_s:
             return
         f.error = movie_decodes(f.path)

@@ -32,8 +32,10 @@ class Plan:
 def plan(wf: Workflow) -> Plan:
     imports = [s for s in wf.steps if s.step == "import-movies"]
     if not wf.steps or wf.steps[0].step != "import-movies" or len(imports) != 1:
-        raise InputError(f"workflow '{wf.name}': the watch mode needs one import-movies step, first "
-                         f"(found: {', '.join(s.step for s in wf.steps) or 'no steps'})")
+        raise InputError(
+            f"workflow '{wf.name}': the watch mode needs one import-movies step, first "
+            f"(found: {', '.join(s.step for s in wf.steps) or 'no steps'})"
+        )
     motion = [s for s in wf.steps if s.step == "motion-ctf"]
     if len(motion) > 1:
         raise InputError(f"workflow '{wf.name}': {len(motion)} motion-ctf steps — the watch mode runs one per tilt")
@@ -66,17 +68,17 @@ def series_workflow(wf: Workflow, ts_id: str, batch: int, mdoc: Path) -> Workflo
 @dataclass
 class Batch:
     k: int
-    tilts: list[list]                 # [movie name, angle] of the tilts it holds
-    folder: str                       # snapshot folder, relative to the project
+    tilts: list[list]  # [movie name, angle] of the tilts it holds
+    folder: str  # snapshot folder, relative to the project
     reason: str
-    status: str = "queued"            # queued | running | done | failed
+    status: str = "queued"  # queued | running | done | failed
     queued: float = 0.0
     started: float | None = None
     ended: float | None = None
-    last_tilt: float | None = None    # when the series' last tilt arrived (lag = ended - last_tilt)
+    last_tilt: float | None = None  # when the series' last tilt arrived (lag = ended - last_tilt)
     runs: dict[str, int] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
-    verdicts: dict = field(default_factory=dict)    # ctf, alignment (status), residual_px, tomogram
+    verdicts: dict = field(default_factory=dict)  # ctf, alignment (status), residual_px, tomogram
     error: str | None = None
 
 

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 @dataclass
 class WatchSettings:
-    interval_s: float = 10.0          # polling interval
-    settle_s: float = 10.0            # a movie's size stable this long (then it must decode)
-    movie_timeout_s: float = 300.0    # a listed movie not complete this long is left out (reported)
-    quiet_s: float = 180.0            # no new tilt this long closes a series
-    min_fraction: float = 0.8         # of the expected tilts, to process a series closed by quiet time
+    interval_s: float = 10.0  # polling interval
+    settle_s: float = 10.0  # a movie's size stable this long (then it must decode)
+    movie_timeout_s: float = 300.0  # a listed movie not complete this long is left out (reported)
+    quiet_s: float = 180.0  # no new tilt this long closes a series
+    min_fraction: float = 0.8  # of the expected tilts, to process a series closed by quiet time
     expected_tilts: int | None = None  # tilts per series when known (else: Tomo5 mdoc, then the session)
     stop_after_idle_s: float | None = None  # stop when nothing new arrived this long and all is done
-    tilt_workers: int = 1             # per-tilt tasks in flight at once
+    tilt_workers: int = 1  # per-tilt tasks in flight at once
     preview_every_s: float | None = 20.0  # coarse reconstruction of a series being collected (None: off)
 
     def problems(self) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from tiltflow.io.mdoc_resolve import _TOMO5_MOVIE, RawMdoc, Section, axis_from_titles
 from tiltflow.workflow.watch.completeness import SeriesView, Tilt
 
-PHANTOM = "tiltflow_watch_phantom.none"   # a second section for one-tilt snapshots (no movie)
+PHANTOM = "tiltflow_watch_phantom.none"  # a second section for one-tilt snapshots (no movie)
 
 
 def _section_text(s: Section) -> list[str]:
@@ -44,14 +44,18 @@ def _tomo5_section(template: RawMdoc, tilt: Tilt) -> Section | None:
     _, form = axis_from_titles(template.titles)
     tomo5 = form == "tomo5" or any("Tomography" in t for t in template.titles)
     values = {k: v for k, v in first.values.items() if k != "PriorRecordDose"}
-    values.update(TiltAngle=m.group("angle"), SubFramePath=tilt.name,
-                  DateTime=when.strftime("%y-%b-%d  %H:%M:%S" if tomo5 else "%d-%b-%y  %H:%M:%S"))
+    values.update(
+        TiltAngle=m.group("angle"),
+        SubFramePath=tilt.name,
+        DateTime=when.strftime("%y-%b-%d  %H:%M:%S" if tomo5 else "%d-%b-%y  %H:%M:%S"),
+    )
     index = int(m.group("index")) - 1
     return Section("ZValue", f"ZValue = {index}", 0, values)
 
 
-def snapshot_sections(view: SeriesView, raw: RawMdoc | None, tilts: list[Tilt],
-                      template: RawMdoc | None) -> tuple[RawMdoc, list[Section]] | None:
+def snapshot_sections(
+    view: SeriesView, raw: RawMdoc | None, tilts: list[Tilt], template: RawMdoc | None
+) -> tuple[RawMdoc, list[Section]] | None:
     """The header source and the sections of ``tilts`` (None: no mdoc and no template yet)."""
     if raw is not None:
         wanted = {t.section for t in tilts}
@@ -74,8 +78,9 @@ def _with_phantom(sections: list[Section]) -> list[Section]:
     return sections + [s]
 
 
-def write_snapshot(dest: Path, ts_id: str, raw: RawMdoc, sections: list[Section], tilts: list[Tilt], *,
-                   phantom: bool = False) -> Path:
+def write_snapshot(
+    dest: Path, ts_id: str, raw: RawMdoc, sections: list[Section], tilts: list[Tilt], *, phantom: bool = False
+) -> Path:
     """Write ``dest/<tsId>.mdoc`` and a link per movie (named as listed), replacing ``dest``
     atomically; returns the mdoc."""
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -113,8 +118,13 @@ def read_snapshot(mdoc: Path, import_params: dict):
 
     p = ImportMoviesParams.model_validate({**import_params, "files": str(mdoc.parent), "pattern": mdoc.name})
     try:
-        ms = read_tilt_series_mdoc(mdoc, tomo5=p.tomo5, initial_dose_e_a2=p.initial_dose_e_a2,
-                                   dose_per_tilt_e_a2=p.dose_per_tilt_e_a2, movie_dirs=[mdoc.parent])
+        ms = read_tilt_series_mdoc(
+            mdoc,
+            tomo5=p.tomo5,
+            initial_dose_e_a2=p.initial_dose_e_a2,
+            dose_per_tilt_e_a2=p.dose_per_tilt_e_a2,
+            movie_dirs=[mdoc.parent],
+        )
     except (MdocError, ValueError) as err:
         return None, [str(err)]
     ms.tilts = [t for t in ms.tilts if t.movie_name != PHANTOM]

@@ -46,18 +46,35 @@ def series_state(loop, v) -> dict:
             if r.get("ctf"):
                 defocus.append((r["ctf"]["defocus_u_a"] + r["ctf"]["defocus_v_a"]) / 2e4)
     good.sort()
-    out = {"ts": v.ts_id, "state": _label(loop, v, last, good), "listed": len(v.tilts), "in": len(v.accepted()),
-           "pending": len(v.pending()), "dropped": sum(t.state == "dropped" for t in v.tilts),
-           "expected": v.expected, "tilts_done": done, "tilts_failed": failed,
-           "reason": loop.blocked.get(v.ts_id) or v.reason, "flavour": v.flavour,
-           "first_seen": v.first_seen, "last_activity": v.last_activity,
-           "motion_px": round(statistics.median(motion), 2) if motion else None,
-           "defocus_um": round(statistics.median(defocus), 2) if defocus else None}
+    out = {
+        "ts": v.ts_id,
+        "state": _label(loop, v, last, good),
+        "listed": len(v.tilts),
+        "in": len(v.accepted()),
+        "pending": len(v.pending()),
+        "dropped": sum(t.state == "dropped" for t in v.tilts),
+        "expected": v.expected,
+        "tilts_done": done,
+        "tilts_failed": failed,
+        "reason": loop.blocked.get(v.ts_id) or v.reason,
+        "flavour": v.flavour,
+        "first_seen": v.first_seen,
+        "last_activity": v.last_activity,
+        "motion_px": round(statistics.median(motion), 2) if motion else None,
+        "defocus_um": round(statistics.median(defocus), 2) if defocus else None,
+    }
     if last is not None:
-        out.update(batch=last.k, batch_status=last.status, runs=last.runs, summary=last.summary, error=last.error,
-                   verdicts=last.verdicts,
-                   lag_s=round(last.ended - last.last_tilt, 1) if last.ended and last.last_tilt and
-                   last.status == "done" else None)
+        out.update(
+            batch=last.k,
+            batch_status=last.status,
+            runs=last.runs,
+            summary=last.summary,
+            error=last.error,
+            verdicts=last.verdicts,
+            lag_s=round(last.ended - last.last_tilt, 1)
+            if last.ended and last.last_tilt and last.status == "done"
+            else None,
+        )
     return out
 
 
@@ -84,21 +101,30 @@ def batch_verdicts(store, run_ids) -> tuple[dict, list[str]]:
 
 def state(loop) -> dict:
     now = loop.clock()
-    series = [series_state(loop, v) for v in sorted(loop.tracker.series.values(), key=lambda v: (v.first_seen, v.ts_id))]
+    series = [
+        series_state(loop, v) for v in sorted(loop.tracker.series.values(), key=lambda v: (v.first_seen, v.ts_id))
+    ]
     recent = [t for t in loop.done_times if now - t <= 600]
     minutes = max(min(10.0, (now - loop.started) / 60), 1 / 60)
     counts: dict[str, int] = {}
     for s in series:
         counts[s["state"]] = counts.get(s["state"], 0) + 1
     lags = [s["lag_s"] for s in series if s.get("lag_s") is not None]
-    return {"folder": str(loop.folder), "project": str(loop.store.root), "started": loop.started, "now": now,
-            "updated": time.time(), "series": series, "counts": counts,
-            "tilts_done": sum(s["tilts_done"] for s in series),
-            "movies_per_min": round(len(recent) / minutes, 2),
-            "queue": {"tilts": len(loop.inflight), "series": len(loop.queue) + (loop.running is not None)},
-            "processing": loop.running[0] if loop.running else None,
-            "lag_s": {"last": lags[-1], "median": statistics.median(lags)} if lags else None,
-            "lines": list(loop.lines)}
+    return {
+        "folder": str(loop.folder),
+        "project": str(loop.store.root),
+        "started": loop.started,
+        "now": now,
+        "updated": time.time(),
+        "series": series,
+        "counts": counts,
+        "tilts_done": sum(s["tilts_done"] for s in series),
+        "movies_per_min": round(len(recent) / minutes, 2),
+        "queue": {"tilts": len(loop.inflight), "series": len(loop.queue) + (loop.running is not None)},
+        "processing": loop.running[0] if loop.running else None,
+        "lag_s": {"last": lags[-1], "median": statistics.median(lags)} if lags else None,
+        "lines": list(loop.lines),
+    }
 
 
 def write_state(root: Path, data: dict) -> None:

@@ -26,8 +26,20 @@ from tiltflow.workflow.steps.motion_ctf import motion_movie_task, movie_task_arg
 
 ANGLE_TOLERANCE_DEG = 0.1
 # the task's arguments before its output place, by the names records carry (``p`` is "params")
-_KEYS = ("movie", "gain", "dark", "params", "pixel_size_a", "voltage_kv", "cs_mm", "amplitude_contrast",
-         "tilt_angle_deg", "tilt_axis_deg", "prior_dose", "dose")
+_KEYS = (
+    "movie",
+    "gain",
+    "dark",
+    "params",
+    "pixel_size_a",
+    "voltage_kv",
+    "cs_mm",
+    "amplitude_contrast",
+    "tilt_angle_deg",
+    "tilt_axis_deg",
+    "prior_dose",
+    "dose",
+)
 _ARGS = tuple(inspect.signature(motion_movie_task).parameters)
 _OUT, _NAME = _ARGS.index("out_dir"), _ARGS.index("name")
 assert _OUT == len(_KEYS) and _ARGS[:_OUT] == tuple("p" if k == "params" else k for k in _KEYS), _ARGS
@@ -39,7 +51,7 @@ def _real(path: str | None) -> str | None:
 
 def signature(args: tuple) -> dict:
     """What decides a task's result: its arguments less the output place, device and session."""
-    sig = dict(zip(_KEYS, args[:_OUT]))
+    sig = dict(zip(_KEYS, args[:_OUT], strict=False))
     for key in ("movie", "gain", "dark"):
         sig[key] = _real(sig[key])
     return json.loads(json.dumps(sig))
@@ -47,7 +59,9 @@ def signature(args: tuple) -> dict:
 
 def same_result(a: dict, b: dict) -> bool:
     """Would tasks with signatures ``a`` and ``b`` give the same result (see module docstring)?"""
-    skip = {"tilt_angle_deg", "tilt_axis_deg"} | (set() if a["params"].get("dose_weighting") else {"prior_dose", "dose"})
+    skip = {"tilt_angle_deg", "tilt_axis_deg"} | (
+        set() if a["params"].get("dose_weighting") else {"prior_dose", "dose"}
+    )
     if any(a.get(k) != b.get(k) for k in _KEYS if k not in skip):
         return False
     return all(abs(float(a[k]) - float(b[k])) <= ANGLE_TOLERANCE_DEG for k in ("tilt_angle_deg", "tilt_axis_deg"))
@@ -75,7 +89,7 @@ class TiltCache:
             try:
                 rec = json.loads(path.read_text())
             except (OSError, ValueError):
-                continue                                   # unreadable: that tilt is done again
+                continue  # unreadable: that tilt is done again
             rec["result"] = map_attrs(rec.get("result"), store.paths.abs_attr)
             self.records[rec["sig"]["movie"]] = rec
 
@@ -89,10 +103,16 @@ class TiltCache:
     def put(self, ts_id: str, sig: dict, result: Any, seconds: float) -> dict:
         """Record a finished task (a result dict, or an exception: a movie that cannot be used)."""
         failed = isinstance(result, BaseException)
-        rec = {"ts": ts_id, "sig": sig, "when": time.time(), "seconds": round(seconds, 3),
-               "result": None if failed else result,
-               "error": (str(result) if str(result).startswith(sig["movie"]) else f"{type(result).__name__}: {result}")
-               if failed else None}
+        rec = {
+            "ts": ts_id,
+            "sig": sig,
+            "when": time.time(),
+            "seconds": round(seconds, 3),
+            "result": None if failed else result,
+            "error": (str(result) if str(result).startswith(sig["movie"]) else f"{type(result).__name__}: {result}")
+            if failed
+            else None,
+        }
         stored = dict(rec, result=map_attrs(rec["result"], self.store.paths.rel_attr))
         path = self.root / ts_id / "records" / (Path(sig["movie"]).name + ".json")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +121,7 @@ class TiltCache:
             tmp.write_text(json.dumps(stored))
             os.replace(tmp, path)
             self.records[sig["movie"]] = rec
-            with open(self.root / "computed.log", "a") as log:     # one line per task done (tests, audits)
+            with open(self.root / "computed.log", "a") as log:  # one line per task done (tests, audits)
                 log.write(f"{rec['when']:.3f} {sig['movie']} {'failed' if failed else 'ok'} {seconds:.2f}\n")
         return rec
 
@@ -143,7 +163,7 @@ def task_args(series, image, gain: str | None, dark: str | None, params: dict, d
 def cache_args(args: tuple, folder: Path) -> tuple:
     """``args`` of the per-movie task writing into the cache ``folder`` under the movie's name."""
     movie = _real(args[0])
-    return (movie, *args[1:_OUT], str(folder), Path(movie).stem, *args[_NAME + 1:])
+    return (movie, *args[1:_OUT], str(folder), Path(movie).stem, *args[_NAME + 1 :])
 
 
 class CachingExecutor:
