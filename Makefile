@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,8 +26,16 @@ demo: $(STAMP)
 	$(BIN)/tiltflow show -p $(DEMO_DIR)/project
 	@echo "Browse the results: $(BIN)/tiltflow view -p $(DEMO_DIR)/project"
 
+# the suite, and the core's public API examples as doctests
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules src/tiltflow/core
+
+# the written style (pyproject.toml): ruff, ruff format, mypy
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff format --check src tests benchmarks docs
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
