@@ -16,7 +16,14 @@ import pytest
 
 from tiltflow.testing.config import DemoConfig
 from tiltflow.testing.demo import simulate_stack
-from tiltflow.testing.scenarios import MIN_BEAD_PX, RANGES, align_geometry, draw_scenario, draw_scenarios
+from tiltflow.testing.scenarios import (
+    MIN_BEAD_PX,
+    RANGES,
+    SimulationSizes,
+    align_geometry,
+    draw_scenario,
+    draw_scenarios,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -116,7 +123,7 @@ def test_scenarios_are_reproducible_from_the_seed():
     assert draw_scenarios(3, seed=7) == a[:3]  # scenario i depends only on (seed, i)
     assert draw_scenario(7, 4) == a[4]
     assert draw_scenarios(5, seed=8) != a
-    small = draw_scenario(7, 4, movie_size_px=256, align_max_px=224, align_min_px=160)  # simulated small,
+    small = draw_scenario(7, 4, SimulationSizes(movie_size_px=256, align_max_px=224, align_min_px=160))  # small,
     assert small.pixel_size_a == a[4].pixel_size_a and small.n_beads == a[4].n_beads  # drawn the same
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiltflow.core.align.projection_matching import projection_matching_align
+from tiltflow.core.align.projection_matching import MatchingOptions, projection_matching_align
 from tiltflow.testing.demo import simulate_stack
 from tiltflow.testing.scenarios import draw_scenarios
 
@@ -37,8 +37,8 @@ def test_dim_thick_series_aligns_from_the_start_its_views_support():
         tilt_axis_deg=series["mdoc_tilt_axis_deg"],
         align_z_px=150.0 * 10.0 / px,
         binning=1,
-        iterations=5,
         pixel_size_a=px,
+        options=MatchingOptions(iterations=5),
     )
     start = next(h for h in r.history if h["stage"] == "coarse_start")
     assert start["chosen"] == "half sampling" and start["disagreement_px"] > 10.0, start

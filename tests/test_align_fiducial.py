@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tiltflow.core.align import (
+    BundleOptions,
     align_fiducial,
     alignment_residual_against_truth,
     coarse_align,
@@ -198,7 +199,11 @@ def test_tilt_offset_levels_the_bead_surfaces(surfaces, n_inside):
     assert abs(sol.tilt_offset_deg - s["offset"]) < 0.2
     assert (sol.tilt_angles_deg - s["true_angles"]).abs().max() < 0.2
     off = solve_alignment(
-        s["noisy"], s["angles"], tilt_axis_deg_initial=s["axis"], image_shape=s["shape"], solve_tilt_offset=False
+        s["noisy"],
+        s["angles"],
+        tilt_axis_deg_initial=s["axis"],
+        image_shape=s["shape"],
+        options=BundleOptions(solve_tilt_offset=False),
     )
     assert off.tilt_offset_deg == 0.0
     torch.testing.assert_close(off.xf, sol.xf)  # the offset does not change the alignment
@@ -215,7 +220,7 @@ def test_robust_weighting_downweights_a_corrupted_track():
     options = dict(tilt_axis_deg_initial=s["axis"], image_shape=s["shape"])
     clean = solve_alignment(s["noisy"], s["angles"], **options)
     robust = solve_alignment(tracks, s["angles"], **options)
-    plain = solve_alignment(tracks, s["angles"], robust=False, **options)
+    plain = solve_alignment(tracks, s["angles"], options=BundleOptions(robust=False), **options)
     good = torch.arange(tracks.shape[0]) != bad
     assert float(robust.weights[bad, high].mean()) < 0.1  # measured 0.0
     assert float(robust.weights[good].mean()) > 0.7  # measured 0.8

@@ -21,7 +21,7 @@ import torch
 from tiltflow.core.align import alignment_residual_against_truth, coarse_align
 from tiltflow.core.align.dark_views import dark_view_ratios, detect_dark_views
 from tiltflow.core.align.geometry_search import search_tilt_geometry
-from tiltflow.core.align.projection_matching import projection_matching_align, working_binning
+from tiltflow.core.align.projection_matching import MatchingOptions, projection_matching_align, working_binning
 from tiltflow.core.align.projection_matching_ops import references, specimen_pitch
 from tiltflow.core.radial_filter import (
     filter_views,
@@ -179,7 +179,12 @@ def test_slab_as_thick_as_the_field_is_narrowed():
     coarse = coarse_align(views, angles, tilt_axis_deg=axis0)
     res_coarse = alignment_residual_against_truth(unbinned(coarse.xf), angles, proj, (512, 512))
     out = projection_matching_align(
-        views, angles, tilt_axis_deg=axis0, binning=1, iterations=5, align_z_px=1500.0 / (cfg.pixel_size_a * 4)
+        views,
+        angles,
+        tilt_axis_deg=axis0,
+        binning=1,
+        align_z_px=1500.0 / (cfg.pixel_size_a * 4),
+        options=MatchingOptions(iterations=5),
     )
     res = alignment_residual_against_truth(unbinned(out.xf), out.tilt_angles_deg, proj, (512, 512))
     print(f"128-px field: coarse {res_coarse:.2f} px, projection matching {res:.2f} px (bin 1)")
@@ -242,9 +247,7 @@ def test_blanked_view_is_detected_and_excluded(series):
         align_z_px=ALIGN_Z_PX,
         initial_shifts_px=initial,
         binning=2,
-        iterations=3,
-        refine_tilt_axis=False,
-        refine_tilt_offset=False,
+        options=MatchingOptions(iterations=3, refine_tilt_axis=False, refine_tilt_offset=False),
     )
     assert torch.equal(out.dark_views, expected)
     assert math.isnan(float(out.per_view_error[blank]))

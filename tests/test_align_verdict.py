@@ -237,7 +237,7 @@ def test_the_viewer_lists_each_series_verdict(one_good_one_beadless):
 def test_views_without_beads_take_the_coarse_shift_in_the_bundle_frame():
     """The bundle cannot place a view with no bead; it gets the coarse shift corrected by the
     bundle-minus-coarse difference of its neighbours (here a constant 0.5, -0.3 px), not 0."""
-    from tiltflow.core.align import solve_alignment
+    from tiltflow.core.align import BundleOptions, solve_alignment
     from tiltflow.core.align.fiducial import beadless_views, fill_beadless_views
     from tiltflow.core.align.residuals import project_beads
 
@@ -253,9 +253,7 @@ def test_views_without_beads_take_the_coarse_shift_in_the_bundle_frame():
         angles,
         tilt_axis_deg_initial=85.0,
         image_shape=(256, 256),
-        solve_magnification=False,
-        solve_tilt_angles=False,
-        solve_tilt_offset=False,
+        options=BundleOptions(solve_magnification=False, solve_tilt_angles=False, solve_tilt_offset=False),
     )
     assert beadless_views(sol).tolist() == [True, True] + [False] * (angles.numel() - 2)
     coarse = shifts - torch.tensor([0.5, -0.3], dtype=torch.float64)

@@ -25,7 +25,7 @@ from tiltflow.core.ctf import (
     subtract_background,
     tiled_power_spectrum,
 )
-from tiltflow.core.ctf_model import ctf_2d, defocus_at_azimuth, electron_wavelength_a
+from tiltflow.core.ctf_model import Optics, ctf_2d, defocus_at_azimuth, electron_wavelength_a
 from tiltflow.core.ctf_rings import fit_resolution_a
 from tiltflow.core.fourier import frequency_grid_2d
 from tiltflow.core.geometry import defocus_offset_a
@@ -172,10 +172,7 @@ def test_simulator_ctf_is_the_ctf_model():
     _, chi = _chi((64, 64), 2.76, 31000.0, 29000.0, 35.0, 0.4)
     model = ctf_2d(
         (64, 64),
-        pixel_size_a=2.76,
-        voltage_kv=300.0,
-        cs_mm=2.7,
-        amplitude_contrast=0.07,
+        Optics(pixel_size_a=2.76, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07),
         defocus_u_a=31000.0,
         defocus_v_a=29000.0,
         astigmatism_angle_deg=35.0,
@@ -191,10 +188,7 @@ def _annulus_correlation(spectrum, pixel_size_a, truth, resolution_a=(30.0, 8.0)
     norm = subtract_background(spectrum, pixel_size_a=pixel_size_a, defocus_a=(u + v) / 2)
     ctf2 = ctf_2d(
         (n, n),
-        pixel_size_a=pixel_size_a,
-        voltage_kv=300.0,
-        cs_mm=2.7,
-        amplitude_contrast=0.07,
+        Optics(pixel_size_a=pixel_size_a, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07),
         defocus_u_a=u,
         defocus_v_a=v,
         astigmatism_angle_deg=ang,
@@ -219,7 +213,7 @@ def test_tiled_spectrum_rescaling_sharpens_rings_of_tilted_image():
         dose_e_px=1e5,
         seed=1,
     )
-    common = {"window_px": 256, "pixel_size_a": 2.76, "tilt_axis_deg": 0.0}
+    common = {"params": CtfParams(pixel_size_a=2.76, window_px=256), "tilt_axis_deg": 0.0}
     plain = tiled_power_spectrum(image, tilt_angle_deg=60.0, **common)
     rescaled = tiled_power_spectrum(image, tilt_angle_deg=60.0, reference_defocus_a=truth, **common)
     wrong = tiled_power_spectrum(image, tilt_angle_deg=-60.0, reference_defocus_a=truth, **common)
@@ -247,8 +241,7 @@ def test_tile_rescaling_pooled_in_offset_bins_equals_rescaling_every_tile(monkey
         seed=2,
     )
     common = {
-        "window_px": 256,
-        "pixel_size_a": 2.76,
+        "params": CtfParams(pixel_size_a=2.76, window_px=256),
         "tilt_axis_deg": 10.0,
         "tilt_angle_deg": 55.0,
         "reference_defocus_a": truth,
@@ -270,10 +263,7 @@ def test_subtract_background_flattens_a_synthetic_spectrum():
     ctf2 = (
         ctf_2d(
             (n, n),
-            pixel_size_a=px,
-            voltage_kv=300.0,
-            cs_mm=2.7,
-            amplitude_contrast=0.07,
+            Optics(pixel_size_a=px, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07),
             defocus_u_a=truth[0],
             defocus_v_a=truth[1],
             astigmatism_angle_deg=truth[2],
@@ -362,7 +352,7 @@ def test_fit_ctf_series_fits_every_tilt_in_input_order():
 def test_fit_picture_and_profile_agree_with_the_data():
     params = CtfParams(pixel_size_a=2.76, window_px=256)
     image = simulate_tilt(defocus_u_a=30600.0, defocus_v_a=29400.0, angle_deg=25.0, dose_e_px=100.0, seed=5)
-    spectrum = tiled_power_spectrum(image, window_px=256, pixel_size_a=2.76)
+    spectrum = tiled_power_spectrum(image, CtfParams(pixel_size_a=2.76, window_px=256))
     fit = fit_ctf(spectrum, params)
     wrong = CtfFit(fit.defocus_u_a + 2500, fit.defocus_v_a + 2500, fit.astigmatism_angle_deg, 0.0, 8.0, 0.0)
     n = 256

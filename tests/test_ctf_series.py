@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tiltflow.core.ctf import CtfParams, fit_ctf_series
-from tiltflow.core.ctf_model import ctf_2d
+from tiltflow.core.ctf_model import Optics, ctf_2d
 from tiltflow.core.ctf_series import fit_ctf_with_prior, fit_from_components, series_trend
 from tiltflow.core.fourier import frequency_grid_2d
 
@@ -103,10 +103,7 @@ def _synthetic_spectrum(n, px, mean_a, astig, ring_amplitude, seed, tiles=20):
     ctf2 = (
         ctf_2d(
             (n, n),
-            pixel_size_a=px,
-            voltage_kv=300.0,
-            cs_mm=2.7,
-            amplitude_contrast=0.07,
+            Optics(pixel_size_a=px, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07),
             defocus_u_a=mean_a + u,
             defocus_v_a=mean_a + v,
             astigmatism_angle_deg=ang,
@@ -322,7 +319,7 @@ def test_series_pass_same_on_cuda():
     for device in ("cpu", "cuda"):
         angles, _, _, spectra, fits, order = _synthetic_series(device)
         results.append(
-            refine_series(fits, lambda i, ref: spectra[i], params, tilt_angles_deg=angles, acquisition_order=order)
+            refine_series(fits, lambda i, ref, s=spectra: s[i], params, tilt_angles_deg=angles, acquisition_order=order)
         )
     cpu, gpu = results
     assert gpu.fits[0].astigmatism_a == pytest.approx(cpu.fits[0].astigmatism_a, abs=10.0)

@@ -128,7 +128,10 @@ def test_relion_export(aligned, tmp_path):
     # RELION's projection (Rz Ry Rx p + shift / pixel + N // 2, tomogram.cpp) of specimen points, from
     # the written numbers, lands where our geometry puts them in the raw views
     pts = torch.randn(12, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 10
-    col = lambda name: torch.tensor(table[name].to_numpy(), dtype=torch.float64)
+
+    def col(name):
+        return torch.tensor(table[name].to_numpy(), dtype=torch.float64)
+
     rot = relion_rotation_matrices(col("rlnTomoXTilt"), col("rlnTomoYTilt"), col("rlnTomoZRot"))
     shift = torch.stack([col("rlnTomoXShiftAngst"), col("rlnTomoYShiftAngst")], 1) / PIXEL
     relion = pts @ rot[:, :2].transpose(-1, -2) + shift[:, None] + torch.tensor([48 // 2, 40 // 2])

@@ -16,6 +16,7 @@ from tiltflow.testing.config import DemoConfig
 from tiltflow.testing.demo import write_demo_dataset
 from tiltflow.testing.tilt_series import noisy_tilt_series
 from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.run_options import RunReport
 from tiltflow.workflow.runner import run_step
 from tiltflow.workflow.store import ProjectStore
 
@@ -49,7 +50,7 @@ def motion_project(movies, tmp_path_factory):
         "motion-ctf",
         {"window_px": 128, "ctf_range_a": [30, 8], "motion_grid": [1, 1, 1]},
         {"input": "1"},
-        progress=lambda item, done, total: calls.append((item, done, total)),
+        report=RunReport(progress=lambda item, done, total: calls.append((item, done, total))),
     )
     return store, calls
 

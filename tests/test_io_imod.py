@@ -14,6 +14,7 @@ from tiltflow.io.imod import (
     ComProgram,
     FidXyz,
     ImodFormatError,
+    TiltComSettings,
     fiducial_model,
     format_imod_list,
     newst_com,
@@ -219,11 +220,10 @@ def test_com_writers_round_trip(tmp_path):
             input_projections="ts.ali",
             output_file="ts.rec",
             tilt_file="ts.tlt",
-            thickness_px=300,
-            full_image_xy=(3708, 3832),
-            image_binned=4,
+            settings=TiltComSettings(
+                thickness_px=300, full_image_xy=(3708, 3832), image_binned=4, exclude_views=(1, 2, 3, 41)
+            ),
             xtilt_file="ts.xtilt",
-            exclude_views=[1, 2, 3, 41],
         ),
     ]
     write_com(tmp_path / "both.com", programs)

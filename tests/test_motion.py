@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tiltflow.core import defects, motion_xcorr
-from tiltflow.core.ctf_model import ctf_2d
+from tiltflow.core.ctf_model import Optics, ctf_2d
 from tiltflow.core.defects import (
     bright_outlier_mask,
     find_bright_outliers,
@@ -53,10 +53,7 @@ def specimen(shape, pixel_size_a, seed, contrast=0.1, n_disks=4):
     k_a = torch.sqrt(kx**2 + ky**2) / pixel_size_a
     ctf = ctf_2d(
         shape,
-        pixel_size_a=pixel_size_a,
-        voltage_kv=300,
-        cs_mm=2.7,
-        amplitude_contrast=0.07,
+        Optics(pixel_size_a=pixel_size_a, voltage_kv=300, cs_mm=2.7, amplitude_contrast=0.07),
         defocus_u_a=35000.0,
         defocus_v_a=33000.0,
         astigmatism_angle_deg=30.0,
@@ -303,33 +300,24 @@ def phantom_movie(shape, pixel_size_a, tilt_deg, dose_px, t, seed, margin=32):
     (vesicles, blobs, 3 beads, ice texture) at a tilt with dose-symmetric damage, decaying
     motion, gain and hot pixels; no local motion."""
     from tiltflow.testing import detector
-    from tiltflow.testing.imaging import render_tilt_image
-    from tiltflow.testing.phantom import make_specimen
+    from tiltflow.testing.imaging import ImageCtf, ImageExposure, TiltView, render_tilt_image
+    from tiltflow.testing.phantom import SpecimenContents, make_specimen
 
     rng = np.random.default_rng(seed)
     spec = make_specimen(
         rng,
+        SpecimenContents(bead_diameter_nm=10.0, n_beads=3, n_vesicles=2, n_blobs=150),
         image_shape=shape,
         pixel_size_a=pixel_size_a,
         ice_thickness_nm=150.0,
-        bead_diameter_nm=10.0,
-        n_beads=3,
-        n_vesicles=2,
-        n_blobs=150,
         max_tilt_deg=abs(tilt_deg),
     )
     canvas = render_tilt_image(
         spec,
-        tilt_angle_deg=tilt_deg,
-        tilt_axis_deg=85.0,
-        image_shape=shape,
-        defocus_u_a=36000.0,
-        defocus_v_a=34000.0,
+        TiltView(tilt_angle_deg=tilt_deg, tilt_axis_deg=85.0, image_shape=shape, margin_px=margin),
+        ImageCtf(defocus_u_a=36000.0, defocus_v_a=34000.0),
+        ImageExposure(exposure_e_a2=abs(tilt_deg) + 1.5, ice_texture_rad=0.15, texture_seed=seed),
         pixel_size_a=pixel_size_a,
-        exposure_e_a2=abs(tilt_deg) + 1.5,
-        ice_texture_rad=0.15,
-        texture_seed=seed,
-        margin_px=margin,
     )
     canvas = canvas / canvas.mean()
     truth = decaying_trajectory(t, rng)
@@ -555,7 +543,10 @@ def test_even_odd_add_up_and_their_noise_is_independent():
         expected = align_and_sum(clean * dose_px, shifts, even_odd=True, dose_weights=dose)
         n_even, n_odd = (out.even - expected.even).flatten(), (out.odd - expected.odd).flatten()
         n_total = (out.total - expected.total).flatten()
-        corr = lambda a, b: float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+        def corr(a, b):
+            return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
         assert abs(corr(n_even, n_odd)) < 0.02
         assert corr(n_even, n_total) > 0.6  # the measure does see shared noise
 

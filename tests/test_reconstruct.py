@@ -280,7 +280,7 @@ def test_sirt_positivity_clamps_and_helps(blob_series, sirt20_volume):
 def test_sirt_by_blocks_of_rows_equals_the_whole_volume(blob_series, monkeypatch):
     """Rows are independent: CPU SIRT runs its iterations on blocks of rows (a ragged last block
     here); the volume and the positivity clamp are those of the whole-volume iteration."""
-    import tiltflow.core.sirt as sirt_module
+    from tiltflow.core import sirt_solver as sirt_module
 
     whole = sirt(blob_series, ANGLES, thickness_px=NZ, iterations=5, positivity=True)
     ny, nx = blob_series.shape[-2:]
@@ -372,7 +372,7 @@ CTF_KW = {"pixel_size_a": 2.0, "voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_con
 @pytest.fixture(scope="module")
 def tilted_ctf_image():
     """A 60° view of band-limited noise whose CTF follows the defocus gradient (in 8-px column blocks)."""
-    from tiltflow.core.ctf_model import ctf_2d
+    from tiltflow.core.ctf_model import Optics, ctf_2d
     from tiltflow.core.fourier import frequency_grid_2d
 
     n, df0, tilt = 512, 15000.0, 60.0
@@ -387,7 +387,7 @@ def tilted_ctf_image():
     image = torch.empty_like(specimen)
     for b0 in range(0, len(dfs), 16):
         d = dfs[b0 : b0 + 16]
-        ctf = ctf_2d((n, n), defocus_u_a=d, defocus_v_a=d, astigmatism_angle_deg=torch.zeros_like(d), **CTF_KW)
+        ctf = ctf_2d((n, n), Optics(**CTF_KW), defocus_u_a=d, defocus_v_a=d, astigmatism_angle_deg=torch.zeros_like(d))
         modulated = torch.fft.irfft2(spectrum * ctf.double(), s=(n, n))
         for j in range(len(d)):
             x0 = (b0 + j) * block
@@ -405,12 +405,14 @@ def shell_correlation(a, b, k_lo, k_hi):
 
 
 def test_ctf_phase_flip_strips_restores_contrast_in_every_band(tilted_ctf_image):
+    from tiltflow.core.ctf_model import Optics
     from tiltflow.core.reconstruct import ctf_phase_flip_strips
 
     image, ideal, df0, tilt = tilted_ctf_image
-    flip = lambda angle, width: ctf_phase_flip_strips(
-        image[None], [angle], defocus_u_a=[df0], strip_width_px=width, **CTF_KW
-    )[0]
+
+    def flip(angle, width):
+        return ctf_phase_flip_strips(image[None], [angle], Optics(**CTF_KW), defocus_u_a=[df0], strip_width_px=width)[0]
+
     strips, whole, wrong_way = flip(tilt, 32), flip(tilt, 512), flip(-tilt, 32)
     assert pearson(image, ideal) < 0.2  # CTF-modulated: measured 0.10
     assert pearson(strips, ideal) > 0.8  # measured 0.857 (one defocus for the whole view: 0.755)

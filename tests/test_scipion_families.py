@@ -11,6 +11,7 @@ import pytest
 from tiltflow.io.mrc import write_mrc
 from tiltflow.testing.config import DemoConfig
 from tiltflow.testing.demo import write_demo_dataset
+from tiltflow.workflow.run_options import RunReport
 from tiltflow.workflow.steps.base import all_steps
 from tiltflow.workflow.store import ProjectStore
 from tiltflow.workflow.workflow_file import apply_overrides, load_workflow, run_workflow, validate
@@ -62,10 +63,10 @@ def _load(tmp_path: Path, protocols: list[dict], name: str = "scipion.json"):
 def _run(tmp_path: Path, wf, overrides: list[str]):
     apply_overrides(wf, overrides)
     store = ProjectStore(tmp_path / "p")
-    options: dict = {}
-    runs = run_workflow(store, wf, options=options)
+    report = RunReport()
+    runs = run_workflow(store, wf, report=report)
     assert {sid: r.status for sid, r in runs.items()} == {s.id: "finished" for s in wf.steps}
-    return store, runs, options
+    return store, runs, report
 
 
 def _import_ts_movies(demo: Path, pid: str = "2") -> dict:
@@ -236,10 +237,10 @@ def test_hiv_family_plan_and_run(demo, tmp_path):
     assert plan["227"].kind == plan["272"].kind == "folded" and plan["272"].step == "align"
     assert plan["585"].kind == "out of scope" and "workflow step 542" in plan["585"].reason
     # (motion-ctf checks its CTF window against the images even with estimate_ctf off)
-    store, runs, options = _run(tmp_path, wf, ["326.binning=2", "52.window_px=128"])
+    store, runs, report = _run(tmp_path, wf, ["326.binning=2", "52.window_px=128"])
     # the CTF subset a Scipion viewer would make: the ctf run's set stands in, with a warning
     assert runs["542"].inputs["ctf"] == f"{runs['1660'].id}.CTFTomoSeries"
-    assert any("goodSetOfCTFTomoSeries2" in w for w in options["warnings"])
+    assert any("goodSetOfCTFTomoSeries2" in w for w in report.warnings)
     tomos = store.load(store.resolve(f"{runs['542'].id}.Tomograms"))
     assert tomos.items and all(t.shape[0] == 40 for t in tomos.items)
     assert all(t.voxel_size_a == pytest.approx(2 * PIXEL) for t in tomos.items)  # normalize binned by 2

@@ -24,6 +24,9 @@ from tiltflow.testing.demo import (
     write_demo_dataset,
 )
 from tiltflow.testing.imaging import (
+    ImageCtf,
+    ImageExposure,
+    TiltView,
     critical_exposure_e_a2,
     defocus_offset_map_a,
     render_tilt_image,
@@ -131,12 +134,8 @@ def test_projection_convention_independent_of_project_points():
     )
     img = render_tilt_image(
         spec,
-        tilt_angle_deg=30.0,
-        tilt_axis_deg=90.0,
-        image_shape=(160, 128),
-        defocus_u_a=5000.0,
-        defocus_v_a=5000.0,
-        shift_px=(3.0, -5.0),
+        TiltView(tilt_angle_deg=30.0, tilt_axis_deg=90.0, image_shape=(160, 128), shift_px=(3.0, -5.0)),
+        ImageCtf(defocus_u_a=5000.0, defocus_v_a=5000.0),
     ).numpy()
     xprime = 30 * np.cos(np.radians(30)) + 60 * np.sin(np.radians(30))
     expected = np.array([63.5 + 3.0 - 0.0, 79.5 - 5.0 + xprime])  # R(90) (x', 0) = (0, x')
@@ -256,12 +255,9 @@ def test_defocus_gradient_sign_in_rendered_power_spectra():
     )
     img = render_tilt_image(
         spec,
-        tilt_angle_deg=40.0,
-        tilt_axis_deg=0.0,
-        image_shape=(256, 512),
-        defocus_u_a=df,
-        defocus_v_a=df,
-        ice_texture_rad=0.2,
+        TiltView(tilt_angle_deg=40.0, tilt_axis_deg=0.0, image_shape=(256, 512)),
+        ImageCtf(defocus_u_a=df, defocus_v_a=df),
+        ImageExposure(ice_texture_rad=0.2),
     ).numpy()
     candidates = np.arange(12000.0, 18001.0, 50.0)
     found = {}

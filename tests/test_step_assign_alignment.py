@@ -8,6 +8,7 @@ import torch
 from tiltflow.core.geometry import project_points, xf_from_geometry
 from tiltflow.io.mrc import read_stack, write_mrc
 from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.run_options import RunReport
 from tiltflow.workflow.runner import run_step
 from tiltflow.workflow.store import ProjectStore
 
@@ -74,8 +75,8 @@ def test_binned_and_dose_filtered_stacks_get_the_same_geometry(project):
     store, imp = project
     aligned = f"{imp}.TiltSeries_aligned"
     binned = run_step(store, "normalize", {"binning": 2}, {"input": f"{imp}.TiltSeries_oe"})
-    options: dict = {}
-    assigned = run_step(store, "assign-alignment", {}, {"input": str(binned.id), "alignment": aligned}, options=options)
+    report = RunReport()
+    assigned = run_step(store, "assign-alignment", {}, {"input": str(binned.id), "alignment": aligned}, report=report)
     ts = store.load(store.resolve(str(assigned.id))).items[0]
     src = store.load(store.resolve(aligned)).items[0]
     assert ts.acquisition.tilt_axis_deg == REFINED_AXIS and ts.acquisition.pixel_size_a == 2 * PIXEL_A
@@ -86,7 +87,7 @@ def test_binned_and_dose_filtered_stacks_get_the_same_geometry(project):
         assert im.transform == pytest.approx(a.transform[:4] + [a.transform[4] / 2, a.transform[5] / 2])
         assert im.refined_tilt_angle_deg == a.refined_tilt_angle_deg
     assert ts.alignment["verdict"]["status"] == "good"
-    assert "1 views excluded: the alignment left them out" in " ".join(options["notes"])
+    assert "1 views excluded: the alignment left them out" in " ".join(report.notes)
     # the same tomograms: align at binning 2 == binned stacks with the assigned alignment at binning 1
     rec = {"method": "wbp", "thickness_px": 16, "even_odd": True, "hamming_start": 0.1}  # tomo3d-style WBP
     ref = _tomograms(store, run_step(store, "reconstruct", {**rec, "binning": 2}, {"input": aligned}).id)

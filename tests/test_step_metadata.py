@@ -245,8 +245,8 @@ def test_cli_notes_an_option_of_an_inactive_mode(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run_step(store, step_id, values, inputs, *, options, **kw):
-        seen.update(options)
+    def fake_run_step(store, step_id, values, inputs, *, options, report, **kw):
+        seen["notes"] = list(report.notes)
         raise InputError("stop here")
 
     monkeypatch.setattr(runner, "run_step", fake_run_step)

@@ -11,6 +11,7 @@ from tiltflow.cli.main import build_cli
 from tiltflow.core.reconstruct import bin_views
 from tiltflow.io.mrc import read_stack, write_mrc
 from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.run_options import RunReport
 from tiltflow.workflow.runner import run_step
 from tiltflow.workflow.store import ProjectStore
 
@@ -90,17 +91,17 @@ def test_int16_and_uint8_modes(project):
 
 def test_clipping_is_reported_and_bad_options_refused(project, tmp_path):
     store, pointer, _ = project
-    options: dict = {}
-    run_step(store, "normalize", {"mode": "uint8"}, {"input": pointer}, options=options)  # values 70-150 fit
-    assert not options.get("warnings")
+    report = RunReport()
+    run_step(store, "normalize", {"mode": "uint8"}, {"input": pointer}, report=report)  # values 70-150 fit
+    assert not report.warnings
     run_step(
         store,
         "normalize",
         {"mode": "uint8", "scale": "mean_sd", "mean": 0.0, "sd": 1.0},
         {"input": pointer},
-        options=options,
+        report=report,
     )
-    text = " ".join(options["warnings"])
+    text = " ".join(report.warnings)
     assert "keeps few grey levels" in text and "px clipped to the range of --mode uint8" in text
     with pytest.raises(InputError, match="--max must exceed --min"):
         run_step(store, "normalize", {"scale": "min_max", "min": 5.0, "max": 5.0}, {"input": pointer})

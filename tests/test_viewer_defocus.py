@@ -108,7 +108,7 @@ def by_order(views: list[dict]) -> dict[int, dict]:
 def test_aligned_set_shows_the_ctf_sets_defocus_and_its_run(project):
     _, client = project
     views = by_order(client.get("/api/outputs/2.TiltSeries/series/TS_01/views").json())
-    for t, o, u, z in zip(TILTS, ORDERS, TRUE_U, RINGS, strict=False):
+    for o, u, z in zip(ORDERS, TRUE_U, RINGS, strict=False):
         v = views[o]
         assert v["defocus_source"] == "ctf", v
         assert v["defocus_u_a"] == pytest.approx(u) and v["defocus_v_a"] == pytest.approx(u - 1000.0)

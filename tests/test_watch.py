@@ -229,7 +229,7 @@ def test_sigkill_anywhere_then_the_same_command_recomputes_nothing(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     project = tmp_path / "p"
     rng = random.Random(14)
-    for k in range(5):  # killed at a random moment once its loop runs
+    for _ in range(5):  # killed at a random moment once its loop runs
         proc = subprocess.Popen(
             _cli(data, project, wf), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )

@@ -4,6 +4,7 @@ where it is; the watch builds its series and per-tilt tasks with the steps' own 
 
 import ast
 import json
+import pickle
 import threading
 import time
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_workflow_run_watch_hands_the_same_call_to_the_watch(tmp_path, monkeypat
         "expected_tilts": 41,
         "stop_after_idle_s": None,
     }  # None: not given
-    assert a1[4]["workers"] == 2 and a1[4]["device"] == "cpu"
+    assert a1[4].workers == 2 and a1[4].device == "cpu"
     assert k1["as_json"] and k2["as_json"]
 
 
@@ -188,11 +189,13 @@ def test_project_page_links_the_session_dashboard(tmp_path):
 
 # -- item 3: the steps' own helpers ------------------------------------------------------------------
 def test_the_watch_uses_the_steps_public_helpers(tmp_path, monkeypatch, one_torch_thread):
-    """import-movies' check_series / build_series / header_or_error and motion-ctf's movie_task_args: the watch
-    imports no private name of a step, and its per-tilt task arguments are the step's own."""
+    """import-movies' check_series / build_series / header_or_error and motion-ctf's movie_task: the watch
+    imports no private name of a step, and its per-tilt tasks are the step's own."""
+    import dataclasses
+
     import tiltflow.workflow.steps.motion_ctf as mc
-    from tiltflow.workflow.steps import import_movies
-    from tiltflow.workflow.watch.tilt_cache import signature, task_args
+    from tiltflow.workflow.steps import import_movies, motion_tasks
+    from tiltflow.workflow.watch.tilt_cache import signature, tilt_movie_task
 
     for name in ("check_series", "build_series", "header_or_error"):
         assert callable(getattr(import_movies, name)) and not hasattr(import_movies, "_" + name)
@@ -206,9 +209,9 @@ def test_the_watch_uses_the_steps_public_helpers(tmp_path, monkeypatch, one_torc
     captured = []
     original = mc.run_items
 
-    def spy(ctx, fn, tasks, **kw):
+    def spy(ctx, fn, tasks, result_type, **kw):
         captured.extend(tasks)
-        return original(ctx, fn, tasks, **kw)
+        return original(ctx, fn, tasks, result_type, **kw)
 
     monkeypatch.setattr(mc, "run_items", spy)
     store = ProjectStore(tmp_path / "p")
@@ -225,12 +228,13 @@ def test_the_watch_uses_the_steps_public_helpers(tmp_path, monkeypatch, one_torc
     )
     runs = run_workflow(store, wf, options={"workers": 1, "device": "cpu"})
     movies = store.load(store.resolve(f"{runs['import-movies'].id}.TiltSeriesM"))
-    params = mc.MotionCtfParams.model_validate(wf.steps[1].params).model_dump()
+    params = mc.MotionCtfParams.model_validate(wf.steps[1].params)
     assert len(captured) == 3
-    for key, args in captured:
-        ts, im = next((ts, im) for ts in movies.items for im in ts.images if im.file == key)
-        ours = task_args(ts, im, movies.gain_file, movies.dark_file, params, "cpu")
-        assert signature(ours) == signature(args)  # the watch's cache key is the step's
-        assert args == mc.movie_task_args(
-            ts, im, movies.gain_file, movies.dark_file, params, args[12], args[13], "cpu", args[15]
-        )
+    for task in captured:
+        ts, im = next((ts, im) for ts in movies.items for im in ts.images if im.file == task.key)
+        ours = tilt_movie_task(ts, im, movies.gain_file, movies.dark_file, params, "cpu")
+        assert signature(ours) == signature(task)  # the watch's cache key is the step's
+        assert task == dataclasses.replace(ours, out_dir=task.out_dir, name=task.name)
+        assert task.session is not None and pickle.loads(pickle.dumps(task)).session is None
+        setup = motion_tasks.MovieSetup(params, movies.gain_file, movies.dark_file, "cpu")
+        assert task == motion_tasks.movie_task(ts, im, setup, out_dir=task.out_dir, name=task.name)

@@ -39,7 +39,10 @@ def test_windowed_views_with_a_plain_ramp_are_tomo3d_wbp():
     plain = wbp(views, angles, thickness_px=12, radial_cutoff=0.5)
     torch.testing.assert_close(wbp(hamming_filter_views(views, 0.5), angles, thickness_px=12, radial_cutoff=0.5), plain)
     windowed = wbp(hamming_filter_views(views, 0.0), angles, thickness_px=12, radial_cutoff=0.5)
-    high = lambda v: torch.fft.rfft(v, dim=-1)[..., 10:].abs().pow(2).sum()
+
+    def high(v):
+        return torch.fft.rfft(v, dim=-1)[..., 10:].abs().pow(2).sum()
+
     assert float(high(windowed)) < 0.5 * float(high(plain))
 
 

@@ -1,7 +1,9 @@
 """The curation web viewer: token, listings, thumbnails cache, exclusion/undo, Save, CTF, safety."""
 
+import errno
 import itertools
 import json
+import logging
 import struct
 import threading
 
@@ -13,8 +15,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
 
+from tiltflow.core import quality as core_quality
 from tiltflow.core.ctf_model import ctf_1d
 from tiltflow.io.mrc import read_stack, write_mrc
+from tiltflow.web import thumbnails
 from tiltflow.web.app import TOKEN_HEADER, cookie_name, create_app
 from tiltflow.web.spectra import ctf_zero_frequencies
 from tiltflow.web.thumbnails import ImageRef, ThumbnailCache, downsample_to_max_2d, encode_png_gray8
@@ -311,6 +315,68 @@ def test_tilt_series_suggestions(project):
     assert found == {("dark", ORDERS[DARK]), ("motion", ORDERS[MOVING]), ("defocus", ORDERS[DEFOCUS_BAD])}
 
 
+def test_repeated_suggestions_reuse_the_detectors_findings(project, monkeypatch):
+    """Issue 13: the suggestions endpoint ran every detector again on every request (most of its time
+    under load). An unchanged series' findings are reused; an exclusion, or a rewritten view, still
+    shows at the next request."""
+    store, _, client, stacks = project
+    runs = {"flag_dark_views": 0, "flag_intensity_drops": 0, "flag_defocus_outliers": 0}
+
+    def counted(name):
+        real = getattr(core_quality, name)
+
+        def detector(*args, **kwargs):
+            runs[name] += 1
+            return real(*args, **kwargs)
+
+        return detector
+
+    for name in runs:
+        monkeypatch.setattr(core_quality, name, counted(name))
+    url = "/api/outputs/1.TiltSeries/series/TS_01/suggestions"
+    first = client.get(url).json()
+    assert [client.get(url).json() for _ in range(3)] == [first] * 3
+    assert all(n <= 1 for n in runs.values()), runs  # today: once per request
+    assert ("dark", ORDERS[DARK]) in {(s["kind"], s["view"]) for s in first}
+    client.post("/api/outputs/1.TiltSeries/exclude", json={"ts_id": "TS_01", "views": [ORDERS[DARK]]})
+    assert ("dark", ORDERS[DARK]) not in {(s["kind"], s["view"]) for s in client.get(url).json()}  # excluded
+    stack = stacks["TS_01"].copy()
+    stack[DARK] = stack[DARK + 1]  # the dark view retaken: no longer dark
+    write_mrc(store.run_dir(1) / "TS_01.mrc", stack, voxel_size_a=2.0)
+    client.post("/api/outputs/1.TiltSeries/undo")
+    assert "dark" not in {s["kind"] for s in client.get(url).json()}
+
+
+def test_thumbnail_served_from_memory_when_the_cache_disk_is_full(project, monkeypatch, caplog):
+    """Issue 13: an uncached thumbnail answered 500 when the cache could not be written. The view
+    rendered in memory is served, the write skipped with one log line, and nothing half-written stays."""
+    store, _, client, stacks = project
+    real_write = thumbnails._atomic_write
+
+    def disk_full(path, data):  # room for the small PNG, not for the preview after it
+        if path.suffix != ".png":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(thumbnails, "_atomic_write", disk_full)
+    url = "/api/outputs/1.TiltSeries/series/TS_01/views/3/thumbnail.png"
+    with caplog.at_level(logging.WARNING, logger="tiltflow.web.thumbnails"):
+        r = client.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    assert png_size(r.content) == (256, 192)
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "tiltflow.web.thumbnails"]
+    assert len(lines) == 1 and "No space left on device" in lines[0], lines
+    cached = store.root / ".cache" / "thumbs"
+    assert not cached.exists() or not any(cached.iterdir())
+    p = client.get("/api/outputs/1.TiltSeries/series/TS_01/views/3/preview")
+    assert p.status_code == 200 and p.headers["x-shape"] == "240,320"
+    np.testing.assert_allclose(np.frombuffer(p.content, "<f4").reshape(240, 320), stacks["TS_01"][2], rtol=1e-6)
+    sug = client.get("/api/outputs/1.TiltSeries/series/TS_01/suggestions")
+    assert sug.status_code == 200 and ("dark", ORDERS[DARK]) in {(s["kind"], s["view"]) for s in sug.json()}
+    monkeypatch.undo()  # space again: the next request fills the cache
+    assert client.get(url).content == r.content and len(list(cached.glob("*.png"))) == 1
+
+
 def test_missing_image_file_is_a_clear_404(project):
     store, _, client, _ = project
     (store.run_dir(1) / "TS_02.mrc").unlink()
@@ -394,7 +460,7 @@ def test_movie_set_shows_motion_corrected_sums_when_a_run_made_them(tmp_path):
     store = ProjectStore(tmp_path / "proj")
     rng = np.random.default_rng(2)
     movies = []
-    for i, t in enumerate(TILTS[:3]):
+    for i in range(3):
         frames = rng.poisson(5.0, (3, 48, 64)).astype(np.uint8)
         path = tmp_path / f"TS_01_{i:03d}.tif"
         tifffile.imwrite(path, frames, photometric="minisblack")

@@ -7,6 +7,7 @@ import pytest
 
 from tiltflow.testing.demo import DemoConfig, write_demo_dataset
 from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.run_options import RunReport
 from tiltflow.workflow.sets import alignment_verdict
 from tiltflow.workflow.store import ProjectStore
 from tiltflow.workflow.workflow_file import (
@@ -151,14 +152,14 @@ def test_scipion_tutorial_workflow_imports_and_runs(corpus, demo, tmp_path):
         ],
     )
     store = ProjectStore(tmp_path / "p")
-    options: dict = {}
-    runs = run_workflow(store, wf, options=options)
+    report = RunReport()
+    runs = run_workflow(store, wf, report=report)
     assert [r.status for r in runs.values()] == ["finished"] * 8
     assert runs["808"].inputs == {"input": f"{runs['766'].id}.TiltSeries", "ctf": f"{runs['52'].id}.CTFTomoSeries"}
     assert runs["766"].inputs == {"input": f"{runs['151'].id}.TiltSeries"}
     assert runs["113"].inputs == {"input": f"{runs['52'].id}.TiltSeries"}
     assert runs["151-reconstruct"].inputs == {"input": f"{runs['151'].id}.TiltSeries"}
-    assert any("TiltSeries_3 does not exist yet" in w for w in options["warnings"])
+    assert any("TiltSeries_3 does not exist yet" in w for w in report.warnings)
     tomos = store.load(store.resolve(f"{runs['151-reconstruct'].id}.Tomograms"))
     assert [t.shape for t in tomos.items] == [(50, 128, 112)] * 2  # axis ~85°: y along it
     flipped_tomos = store.load(store.resolve(f"{runs['808'].id}.Tomograms"))

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from tiltflow.core.fourier import fourier_crop_2d
 from tiltflow.core.xray import XrayParams, erase_xrays, find_xrays, replace_patches
-from tiltflow.testing.xray_movies import motion_sum, simulate_movie
+from tiltflow.testing.xray_movies import NO_HITS, motion_sum, simulate_movie
 
 CORPUS = Path(os.environ.get("TILTFLOW_CORPUS", Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"))
 LEGINON = CORPUS / "images" / "leginon" / "08mar13e_00010gr_00004sq_v02_00005hl.mrc"
@@ -290,7 +290,7 @@ def test_no_gold_bead_pixel_changes(pixel_size_a, binning, seed):
         dose=3.0,
         pixel_size_a=pixel_size_a,
         n_beads=int(8 * (pixel_size_a / 1.38) ** 1.5),
-        hits_per_frame=(0, 0),
+        hits=NO_HITS,
     )
     n = 512 // binning
     image = fourier_crop_2d(motion_sum(sim["clean"], sim), (n, n)) * binning**2
@@ -312,7 +312,7 @@ def test_bright_beads_of_an_inverted_stack_are_not_hits():
     """A stack of inverted contrast (beads bright, 2.3-6.8 px radius at 11 Å/px): the beads are
     smooth blobs, not hits (the eraser before the sharpness / compactness tests erased 31 bead
     pixels here). Known limit: at 22 Å/px beads of 1-2 px radius are X-ray sized and erased."""
-    sim = simulate_movie(303, shape=(512, 512), dose=3.0, pixel_size_a=2.76, n_beads=22, hits_per_frame=(0, 0))
+    sim = simulate_movie(303, shape=(512, 512), dose=3.0, pixel_size_a=2.76, n_beads=22, hits=NO_HITS)
     image = fourier_crop_2d(motion_sum(sim["clean"], sim), (128, 128)) * 16
     bead = F.max_pool2d(sim["bead_mask"][None].float(), 4)[0] > 0
     assert int(bead.sum()) > 500

@@ -13,14 +13,14 @@ import torch
 
 from tiltflow.core.fourier import shift_image_2d
 from tiltflow.core.xray_frames import remove_frame_xrays
-from tiltflow.testing.xray_movies import hit_mask, hit_residuals_sd, motion_sum, simulate_movie
+from tiltflow.testing.xray_movies import XrayHits, hit_mask, hit_residuals_sd, motion_sum, simulate_movie
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("dose", [0.3, 3.0])
 def test_frame_removal_leaves_no_lobe_in_the_sum(dose):
-    sim = simulate_movie(1 if dose < 1 else 2, dose=dose, n_frames=8, hits_per_frame=(3, 5))
+    sim = simulate_movie(1 if dose < 1 else 2, dose=dose, n_frames=8, hits=XrayHits(per_frame=(3, 5)))
     res = remove_frame_xrays(sim["frames"])
     reference = motion_sum(sim["clean"], sim)
     z_raw = hit_residuals_sd(motion_sum(sim["frames"], sim), reference, sim)
@@ -55,7 +55,7 @@ def test_hit_free_poisson_frames_are_left_untouched():
 
 def test_scaled_counts_and_inplace():
     """Counts scaled by 8 (another gain normalisation): same pixels; the noise scale follows."""
-    sim = simulate_movie(3, dose=1.0, hits_per_frame=(2, 3))
+    sim = simulate_movie(3, dose=1.0, hits=XrayHits(per_frame=(2, 3)))
     a = remove_frame_xrays(sim["frames"])
     frames = sim["frames"] * 8.0
     b = remove_frame_xrays(frames, inplace=True)

@@ -289,3 +289,16 @@ def test_a_restack_that_finds_the_disk_full_saves_nothing(project, monkeypatch):
     result = invoke(["subset", "-p", project, "--input", "2", "--exclude-views", "TS_A:1", "--restack"])
     one_disk_full_line(result, "TS_A.mrc", "nothing was saved")
     assert project_state(project) == before
+
+
+def test_export_to_a_full_tmpfs_names_the_destination(tmpfs, project):
+    """``export --out`` on a full file system: the one line names the destination, not the stack
+    being copied, and no half-copied stack is left (tests/badinput/test_export_disk_full.py emulates it)."""
+    out = tmpfs / "exported"
+    out.mkdir()
+    fill(tmpfs / "ballast")
+    result = invoke(["export", "2", "-p", project, "--format", "imod", "--out", out])
+    line = one_disk_full_line(result, str(out))
+    assert "stacks" not in line, f"the line names the source, not the destination: {line}"
+    left = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert not [n for n in left if ".tmp" in n or n == "TS_A.st"], left

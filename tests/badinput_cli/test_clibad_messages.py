@@ -203,7 +203,7 @@ def test_warnings_become_notes_once(tmp_path):
     @click.command("noisy")
     def noisy():
         for _ in range(3):
-            warnings.warn("the gain has 12 dead pixels [bold]", UserWarning)
+            warnings.warn("the gain has 12 dead pixels [bold]", UserWarning, stacklevel=1)
         np.log(np.zeros(1))  # RuntimeWarning: divide by zero
         click.echo("done")
 
@@ -221,7 +221,7 @@ def test_warnings_during_a_run_go_to_its_log(tmp_path):
 
     log = _run_logger(tmp_path, 7)
     with warnings_as_notes() as notes:
-        warnings.warn("odd header, read permissively", UserWarning)
+        warnings.warn("odd header, read permissively", UserWarning, stacklevel=1)
     _close_logger(log)
     assert notes == ["odd header, read permissively"]
     assert "note: odd header, read permissively" in (tmp_path / "run.log").read_text()

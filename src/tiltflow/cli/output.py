@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from typing import Any, NoReturn
@@ -65,7 +65,7 @@ def echo_json(value: Any) -> None:
 
 
 def print_run(
-    store: Any, run: Any, *, elapsed: float | None = None, warnings: list[str] = (), notes: list[str] = ()
+    store: Any, run: Any, *, elapsed: float | None = None, warnings: Sequence[str] = (), notes: Sequence[str] = ()
 ) -> None:
     took = f" in {elapsed:.1f} s" if elapsed is not None else ""
     console.print(f"run {run.id} [bold]{run.step}[/] {run.status}{took}", markup=True)

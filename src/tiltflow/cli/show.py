@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from tiltflow.cli.output import console, echo_json, fail
@@ -23,92 +25,109 @@ def show_command(run_id: str | None, project: str, as_json: bool) -> None:
     Examples: tiltflow show -p P; tiltflow show -p P 1 --json
     """
     from tiltflow.workflow.errors import ProjectError
-    from tiltflow.workflow.run_liveness import with_hint
     from tiltflow.workflow.store import ProjectStore
 
     try:
         store = ProjectStore(project, create=False)
         if run_id is None:
-            runs = store.runs()
-            outputs = store.outputs()
-            if as_json:
-                echo_json(
-                    {
-                        "project": str(store.root),
-                        "runs": [
-                            {
-                                **r.to_dict(),
-                                "outputs": [
-                                    {"name": o.name, "pointer": o.pointer, "type": o.type, "summary": o.summary}
-                                    for o in outputs
-                                    if o.run_id == r.id
-                                ],
-                            }
-                            for r in runs
-                        ],
-                    }
-                )
-                return
-            if not runs:
-                console.print(f"{store.root}: no runs yet", markup=False)
-            for r in runs:
-                console.print(
-                    f"{r.id:>3}  {r.step:<20} {r.status:<10} {_duration(r):>8}  {r.label or ''}", markup=False
-                )
-                if r.status == "interrupted":
-                    console.print(f"       {with_hint(r, store.root)}", markup=False)
-                elif r.status == "failed" and r.error:  # a summary: the first few, then "and N more"
-                    console.print(f"       error: {r.error}", markup=False)
-                for o in outputs:
-                    if o.run_id == r.id:
-                        console.print(f"       {o.pointer}: {o.summary}", markup=False)
-                quality = quality_line(store, r, [o for o in outputs if o.run_id == r.id])
-                if quality:
-                    console.print(f"       quality: {quality}", markup=False)
-            return
-        head = str(run_id).split(".")[0].strip()
-        if not head.isdigit():
-            raise ProjectError(
-                f"run '{run_id}': expected a run number such as 1 (or 3.TiltSeries) — "
-                f"`tiltflow show -p {project}` lists the runs"
-            )
-        rid = int(head)
-        run = store.run(rid)
-        outs = store.outputs(rid)
-        if as_json:
-            echo_json(
-                {
-                    **run.to_dict(),
-                    "methods": list(step_methods(run.step)),
-                    "outputs": [_output_json(store, o) for o in outs],
-                }
-            )
-            return
-        console.print(f"run {run.id} {run.step} — {run.status} {_duration(run)}", markup=False)
-        if run.status == "interrupted":
-            console.print(f"  {with_hint(run, store.root)}", markup=False)
-        elif run.error:
-            console.print(f"  error: {run.error}", markup=False)
-        console.print(f"  folder: {store.root / (run.run_dir or '')}", markup=False)
-        console.print("  inputs: " + (", ".join(f"{k}={v}" for k, v in run.inputs.items()) or "none"), markup=False)
-        console.print("  parameters:", markup=False)
-        read = values_read(store, run, outs)
-        for k, v in run.params.items():
-            console.print(f"    {k} = {read.get(k, v) if v is None else v}", markup=False)
-        quality = quality_line(store, run, outs)
-        if quality:
-            console.print(f"  quality: {quality}", markup=False)
-        for o in outs:
-            console.print(f"  output {o.pointer}: {o.summary}", markup=False)
-            for line in _verdict_lines(store, o):
-                console.print(f"    {line}", markup=False)
-        methods = step_methods(run.step)
-        if methods:  # what to cite for this run (Scipion's _methods)
-            console.print("  methods:", markup=False)
-            for line in methods:
-                console.print(f"    {line}", markup=False)
+            _show_runs(store, as_json)
+        else:
+            _show_run(store, _run_number(run_id, project), as_json)
     except (ProjectError, ValueError) as err:
         fail([str(err)])
+
+
+def _run_number(run_id: str, project: str) -> int:
+    from tiltflow.workflow.errors import ProjectError
+
+    head = str(run_id).split(".")[0].strip()
+    if not head.isdigit():
+        raise ProjectError(
+            f"run '{run_id}': expected a run number such as 1 (or 3.TiltSeries) — "
+            f"`tiltflow show -p {project}` lists the runs"
+        )
+    return int(head)
+
+
+def _show_runs(store, as_json: bool) -> None:
+    """Every run: one line each, with its outputs, its error or hint, and its quality line."""
+    from tiltflow.workflow.run_liveness import with_hint
+
+    runs = store.runs()
+    outputs = store.outputs()
+    if as_json:
+        echo_json(
+            {
+                "project": str(store.root),
+                "runs": [
+                    {
+                        **r.to_dict(),
+                        "outputs": [
+                            {"name": o.name, "pointer": o.pointer, "type": o.type, "summary": o.summary}
+                            for o in outputs
+                            if o.run_id == r.id
+                        ],
+                    }
+                    for r in runs
+                ],
+            }
+        )
+        return
+    if not runs:
+        console.print(f"{store.root}: no runs yet", markup=False)
+    for r in runs:
+        console.print(f"{r.id:>3}  {r.step:<20} {r.status:<10} {_duration(r):>8}  {r.label or ''}", markup=False)
+        if r.status == "interrupted":
+            console.print(f"       {with_hint(r, store.root)}", markup=False)
+        elif r.status == "failed" and r.error:  # a summary: the first few, then "and N more"
+            console.print(f"       error: {r.error}", markup=False)
+        for o in outputs:
+            if o.run_id == r.id:
+                console.print(f"       {o.pointer}: {o.summary}", markup=False)
+        quality = quality_line(store, r, [o for o in outputs if o.run_id == r.id])
+        if quality:
+            console.print(f"       quality: {quality}", markup=False)
+
+
+def _show_run(store, rid: int, as_json: bool) -> None:
+    """One run: status, folder, inputs, parameters (with the values read from files), quality,
+    outputs with their verdicts, and the methods to cite."""
+    from tiltflow.workflow.run_liveness import with_hint
+
+    run = store.run(rid)
+    outs = store.outputs(rid)
+    if as_json:
+        echo_json(
+            {
+                **run.to_dict(),
+                "methods": list(step_methods(run.step)),
+                "outputs": [_output_json(store, o) for o in outs],
+            }
+        )
+        return
+    console.print(f"run {run.id} {run.step} — {run.status} {_duration(run)}", markup=False)
+    if run.status == "interrupted":
+        console.print(f"  {with_hint(run, store.root)}", markup=False)
+    elif run.error:
+        console.print(f"  error: {run.error}", markup=False)
+    console.print(f"  folder: {store.root / (run.run_dir or '')}", markup=False)
+    console.print("  inputs: " + (", ".join(f"{k}={v}" for k, v in run.inputs.items()) or "none"), markup=False)
+    console.print("  parameters:", markup=False)
+    read = values_read(store, run, outs)
+    for k, v in run.params.items():
+        console.print(f"    {k} = {read.get(k, v) if v is None else v}", markup=False)
+    quality = quality_line(store, run, outs)
+    if quality:
+        console.print(f"  quality: {quality}", markup=False)
+    for o in outs:
+        console.print(f"  output {o.pointer}: {o.summary}", markup=False)
+        for line in _verdict_lines(store, o):
+            console.print(f"    {line}", markup=False)
+    methods = step_methods(run.step)
+    if methods:  # what to cite for this run (Scipion's _methods)
+        console.print("  methods:", markup=False)
+        for line in methods:
+            console.print(f"    {line}", markup=False)
 
 
 def step_methods(step_id: str) -> tuple[str, ...]:
@@ -200,7 +219,7 @@ def quality_line(store, run, outputs) -> str:
     from tiltflow.workflow.sets import alignment_verdict, ctf_verdict, verdict_summary
 
     parts = []
-    first = {}
+    first: dict[str, Any] = {}
     for o in outputs:
         first.setdefault(o.type, o)
     ts_out = first.get("TiltSeries")

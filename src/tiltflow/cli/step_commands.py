@@ -11,12 +11,13 @@ from typing import Any, Literal
 import click
 
 from tiltflow.cli.output import echo_json, fail, print_run
-from tiltflow.workflow.steps.base import ParamMeta, Step, param_meta
+from tiltflow.workflow.steps.base import ParamMeta, Step, cli_flag, param_meta
 
 # one example line per step in its --help (those of the README's example where it has one)
 EXAMPLES = {
     "import-movies": "tiltflow import-movies -p P --files demo/data --pattern '*.mdoc' --gain demo/data/gain_ref.gain",
-    "import-tilt-series": "tiltflow import-tilt-series -p P --files stacks --pattern '{TS}.st' --angles tlt --voltage 300",
+    "import-tilt-series": "tiltflow import-tilt-series -p P --files stacks --pattern '{TS}.st' --angles tlt "
+    "--voltage 300",
     "motion-ctf": "tiltflow motion-ctf -p P --input 1 --fit-range 500 10 --window 512 --ctf-range 30 8 "
     "--defocus-grid 2 2 8",
     "ctf": "tiltflow ctf -p P --input 2.TiltSeries --window 512 --ctf-range 30 8 --defocus-range 0.5 8",
@@ -37,8 +38,7 @@ def example_line(step: Step) -> str:
             parts += [f"--{spec.name}", str(i + 2)]
     for name, info in step.params.model_fields.items():
         if info.is_required():
-            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            parts += [extra.get("cli") or "--" + name.replace("_", "-"), name.upper()]
+            parts += [cli_flag(step.params, name), name.upper()]
     return " ".join(parts)
 
 
@@ -152,7 +152,7 @@ class StepCommand(click.Command):
         for title, names in self.sections:
             if title == "Run options":  # the common options, --help among them
                 names = names + [n for n in records if n not in placed]
-            rows = [records[n] for n in names if records.get(n)]
+            rows = [row for n in names if (row := records.get(n))]
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)
@@ -210,8 +210,10 @@ def make_step_command(step: Step) -> click.Command:
     params.extend(COMMON_OPTIONS)
 
     def callback(**kwargs: Any) -> None:
+        from tiltflow.cli.output import ProgressPrinter
         from tiltflow.workflow.errors import InputError, ProjectError
         from tiltflow.workflow.executor import ItemFailures
+        from tiltflow.workflow.run_options import RunOptions, RunReport
         from tiltflow.workflow.runner import run_step
         from tiltflow.workflow.store import ProjectStore
 
@@ -226,11 +228,16 @@ def make_step_command(step: Step) -> click.Command:
             for k, v in values.items()
             if v is not None
         }
-        options = {
-            k: kwargs[k] for k in ("skip_bad", "device", "executor", "workers", "scheduler", "jobqueue", "verbose")
-        }
-        if kwargs["scheduler"] or kwargs["jobqueue"]:
-            options["executor"] = "dask"
+        options = RunOptions(
+            skip_bad=bool(kwargs["skip_bad"]),
+            device=kwargs["device"],
+            executor="dask" if (kwargs["scheduler"] or kwargs["jobqueue"]) else kwargs["executor"],
+            workers=kwargs["workers"],
+            scheduler=kwargs["scheduler"],
+            jobqueue=kwargs["jobqueue"],
+            verbose=bool(kwargs["verbose"]),
+        )
+        report = RunReport() if kwargs["as_json"] else RunReport(progress=ProgressPrinter(step.id))
         ctx = click.get_current_context()
         given = {
             k
@@ -240,10 +247,9 @@ def make_step_command(step: Step) -> click.Command:
         }
         try:
             # one line per bad option, with its CLI name; a note per option its mode does not use
-            options["notes"] = step.validate(values, given=given)
+            report.note_all(step.validate(values, given=given))
             store = ProjectStore(kwargs["project"])
             t0 = time.time()
-            from tiltflow.cli.output import ProgressPrinter
 
             run = run_step(
                 store,
@@ -251,9 +257,9 @@ def make_step_command(step: Step) -> click.Command:
                 values,
                 inputs,
                 options=options,
+                report=report,
                 label=kwargs["label"],
                 resume=kwargs["resume"],
-                progress=None if kwargs["as_json"] else ProgressPrinter(step.id),
             )
         except (InputError, ProjectError) as err:
             fail(getattr(err, "problems", [str(err)]), code=2)
@@ -270,8 +276,8 @@ def make_step_command(step: Step) -> click.Command:
                 store,
                 run,
                 elapsed=time.time() - t0,
-                warnings=options.get("warnings", []),
-                notes=options.get("notes", []),
+                warnings=report.warnings,
+                notes=report.notes,
             )
 
     return StepCommand(

@@ -28,9 +28,8 @@ def subset_command(project, pointer, exclude_ts, exclude_views, exclude_beyond, 
 
     Example: tiltflow subset -p P --input 2.TiltSeries --exclude TS_03 --exclude-views TS_01:1,41 --restack
     """
-    from tiltflow.workflow.curation import WHOLE_SERIES, exclusions, save_subset, views_to_orders
+    from tiltflow.workflow.curation import WHOLE_SERIES, exclusions, save_subset
     from tiltflow.workflow.errors import InputError, ProjectError
-    from tiltflow.workflow.sets import TiltSeriesSet
     from tiltflow.workflow.store import ProjectStore
 
     if exclude_beyond is not None and not 0 <= exclude_beyond <= 90:  # nan fails both
@@ -42,39 +41,17 @@ def subset_command(project, pointer, exclude_ts, exclude_views, exclude_beyond, 
         )
     try:
         store = ProjectStore(project, create=False)
-        try:
-            out = store.resolve(pointer, CURATABLE)
-        except ProjectError:
-            out = store.resolve(pointer)  # the run's other output, to name it below
-        if out.type not in CURATABLE:
-            raise InputError(
-                f"--input {pointer}: {out.pointer} is a set of {out.type}; subset works on tilt series "
-                f"and CTF ({', '.join(CURATABLE)}) — `tiltflow show -p {project}` lists the outputs"
-            )
+        out = _curatable_output(store, pointer, project)
         value = store.load(out)
-        by_id = {s.ts_id: s for s in value.items}
+        ids = [s.ts_id for s in value.items]
         flags = exclusions(store, out)
         for ts in exclude_ts:
-            if ts not in by_id:
-                raise InputError(f"--exclude {ts}: no such tilt series in {out.pointer} ({', '.join(by_id)})")
+            if ts not in ids:
+                raise InputError(f"--exclude {ts}: no such tilt series in {out.pointer} ({', '.join(ids)})")
             flags[(ts, WHOLE_SERIES)] = True
-        for spec in exclude_views:
-            ts, sep, views = spec.partition(":")
-            if not sep or ts not in by_id:
-                raise InputError(f"--exclude-views '{spec}': expected TS:1,5,41 with a tsId of {out.pointer}")
-            try:
-                positions = [int(v) for v in views.split(",") if v.strip()]
-            except ValueError:
-                raise InputError(f"--exclude-views '{spec}': view numbers must be integers") from None
-            if not isinstance(value, TiltSeriesSet):
-                raise InputError(f"--exclude-views applies to tilt series, {out.pointer} is a {out.type}")
-            for order in views_to_orders(by_id[ts], positions):
-                flags[(ts, order)] = True
+        _exclude_views(value, exclude_views, out, flags)
         if exclude_beyond is not None:
-            for s in value.items:
-                for item in s.images if isinstance(value, TiltSeriesSet) else s.items:
-                    if abs(item.tilt_angle_deg) > exclude_beyond:
-                        flags[(s.ts_id, item.acquisition_order)] = True
+            _exclude_beyond(value, exclude_beyond, flags)
         new = save_subset(store, out, restack=restack, flags=flags)
     except (InputError, ProjectError) as err:
         fail(getattr(err, "problems", [str(err)]))
@@ -89,3 +66,57 @@ def subset_command(project, pointer, exclude_ts, exclude_views, exclude_beyond, 
         echo_json({"pointer": new.pointer, "type": new.type, "summary": new.summary})
     else:
         console.print(f"{new.pointer}: {new.summary}", markup=False)
+
+
+def _curatable_output(store, pointer: str, project: str):
+    """The output ``pointer`` names, refused (naming it) when subset cannot curate it."""
+    from tiltflow.workflow.errors import InputError, ProjectError
+
+    try:
+        out = store.resolve(pointer, CURATABLE)
+    except ProjectError:
+        out = store.resolve(pointer)  # the run's other output, to name it below
+    if out.type not in CURATABLE:
+        raise InputError(
+            f"--input {pointer}: {out.pointer} is a set of {out.type}; subset works on tilt series "
+            f"and CTF ({', '.join(CURATABLE)}) — `tiltflow show -p {project}` lists the outputs"
+        )
+    return out
+
+
+def _exclude_views(value, specs: tuple[str, ...], out, flags: dict[tuple[str, int], bool]) -> None:
+    """``--exclude-views TS:1,5,41``: flag those views (1-based positions in tilt-angle order)."""
+    from tiltflow.workflow.curation import views_to_orders
+    from tiltflow.workflow.errors import InputError
+    from tiltflow.workflow.sets import TiltSeriesSet
+
+    ids = {s.ts_id for s in value.items}
+    for spec in specs:
+        ts, sep, views = spec.partition(":")
+        if not sep or ts not in ids:
+            raise InputError(f"--exclude-views '{spec}': expected TS:1,5,41 with a tsId of {out.pointer}")
+        try:
+            positions = [int(v) for v in views.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--exclude-views '{spec}': view numbers must be integers") from None
+        if not isinstance(value, TiltSeriesSet):
+            raise InputError(f"--exclude-views applies to tilt series, {out.pointer} is a {out.type}")
+        series = {s.ts_id: s for s in value.items}[ts]
+        for order in views_to_orders(series, positions):
+            flags[(ts, order)] = True
+
+
+def _exclude_beyond(value, limit_deg: float, flags: dict[tuple[str, int], bool]) -> None:
+    """``--exclude-beyond``: flag every view (or per-tilt CTF) with |tilt| above ``limit_deg``."""
+    from tiltflow.workflow.sets import CtfSeriesSet, TiltSeriesSet
+
+    if isinstance(value, TiltSeriesSet):
+        for ts in value.items:
+            for im in ts.images:
+                if abs(im.tilt_angle_deg) > limit_deg:
+                    flags[(ts.ts_id, im.acquisition_order)] = True
+    elif isinstance(value, CtfSeriesSet):
+        for s in value.items:
+            for c in s.items:
+                if abs(c.tilt_angle_deg) > limit_deg:
+                    flags[(s.ts_id, c.acquisition_order)] = True

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from tiltflow.cli.output import console, echo_json, err_console, fail
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tiltflow.workflow.run_options import RunOptions
 
 # WatchSettings field -> option; the defaults are WatchSettings' (a Scipion streaming workflow's own settings
 # come between: an option given on the command line wins over the template, the template over the default)
@@ -175,18 +181,16 @@ def import_folder(wf) -> str | None:
     return next((str(s.params.get("files") or "") or None for s in wf.steps if s.step == "import-movies"), None)
 
 
-def run_watch(folder: str, project: str, wf, given: dict, options: dict, *, as_json: bool, fresh: bool = False) -> None:
+def run_watch(
+    folder: str, project: str, wf, given: dict, options: RunOptions, *, as_json: bool, fresh: bool = False
+) -> None:
     """Follow ``folder`` with workflow ``wf`` (loaded, overrides applied) into ``project`` until stopped
     (or ``stop_after_idle_s``); prints the live status block, then a summary (JSON with ``as_json``)."""
-    import shutil
     from pathlib import Path
 
     from tiltflow.workflow.errors import InputError, ProjectError
-    from tiltflow.workflow.store import DB_NAME, ProjectStore
-    from tiltflow.workflow.watch.loop import WatchLoop
-    from tiltflow.workflow.workflow_file import validate
 
-    settings, setting_lines = watch_settings(wf, given, options.get("workers"))
+    settings, setting_lines = watch_settings(wf, given, options.workers)
     problems = settings.problems()
     if not Path(folder).is_dir():
         problems.append(f"{folder}: no such folder — give the folder the microscope writes into")
@@ -195,54 +199,13 @@ def run_watch(folder: str, project: str, wf, given: dict, options: dict, *, as_j
     tty = sys.stdout.isatty() and not as_json
     live = None
     try:
-        for s in wf.steps:
-            if s.step == "import-movies":
-                s.params["files"] = str(Path(folder).absolute())
-        validate(wf)
-        root = Path(project)
-        if fresh and (root / DB_NAME).exists():
-            for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
-                (root / name).unlink(missing_ok=True)
-            for sub in ("runs", "watch"):
-                shutil.rmtree(root / sub, ignore_errors=True)
-        store = ProjectStore(root)
+        store = _watch_store(folder, project, wf, fresh=fresh)
         if tty:
             from rich.live import Live
 
             live = Live(console=console, refresh_per_second=2, transient=False)
             live.start()
-
-        def on_line(line: str) -> None:
-            if as_json:
-                err_console.print(line, markup=False)
-            elif live is not None:
-                live.console.print(line, markup=False)
-            else:
-                console.print(line, markup=False)
-
-        loop = WatchLoop(
-            folder,
-            store,
-            wf,
-            settings,
-            options,
-            on_line=on_line,
-            on_state=(lambda st: live.update(_table(st))) if live is not None else None,
-        )
-        on_line(
-            f"watching {Path(folder).absolute()} -> project {store.root} (workflow '{wf.name}'; Ctrl+C stops, "
-            "the same command goes on)"
-        )
-        for line in setting_lines:
-            on_line(line)
-        on_line(
-            f"live dashboard: the viewer's /dashboard page — `tiltflow view -p {store.root}` prints its address "
-            "(the project page links it); it updates itself as series arrive"
-        )
-        try:
-            state = loop.run()
-        finally:
-            loop.close()
+        state = _follow(folder, store, wf, settings, options, setting_lines, live=live, as_json=as_json)
     except (InputError, ProjectError) as err:
         if live is not None:
             live.stop()
@@ -265,17 +228,90 @@ def run_watch(folder: str, project: str, wf, given: dict, options: dict, *, as_j
         )
 
 
-def executor_options(device, executor, workers, threads_per_worker, scheduler, jobqueue, skip_bad=False) -> dict:
-    """The run options both watch commands hand to :func:`run_watch` (as ``workflow run`` builds them)."""
-    return {
-        "skip_bad": skip_bad,
-        "device": device,
-        "workers": workers,
-        "threads_per_worker": threads_per_worker,
-        "executor": "dask" if (scheduler or jobqueue) else executor,
-        "scheduler": scheduler,
-        "jobqueue": jobqueue,
-    }
+def _watch_store(folder: str, project: str, wf, *, fresh: bool):
+    """The project to watch into, with the workflow's import pointed at ``folder`` and checked;
+    ``fresh`` first removes an earlier watch's database, runs and state."""
+    from pathlib import Path
+
+    from tiltflow.workflow.store import ProjectStore
+    from tiltflow.workflow.workflow_file import validate
+
+    for s in wf.steps:
+        if s.step == "import-movies":
+            s.params["files"] = str(Path(folder).absolute())
+    validate(wf)
+    root = Path(project)
+    if fresh:
+        clear_project(root)
+    return ProjectStore(root)
+
+
+def clear_project(root: Path) -> None:
+    """``--fresh``: remove the project in ``root`` (database, runs, watch state), if there is one."""
+    import shutil
+
+    from tiltflow.workflow.store import DB_NAME
+
+    if (root / DB_NAME).exists():
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+            (root / name).unlink(missing_ok=True)
+        for sub in ("runs", "watch"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+
+
+def _follow(folder: str, store, wf, settings, options: RunOptions, setting_lines: list[str], *, live, as_json: bool):
+    """Run the watch loop until it stops; each event line goes above the live table (to stderr with
+    ``as_json``). Returns the loop's final state."""
+    from pathlib import Path
+
+    from tiltflow.workflow.watch.loop import WatchLoop
+
+    def on_line(line: str) -> None:
+        if as_json:
+            err_console.print(line, markup=False)
+        elif live is not None:
+            live.console.print(line, markup=False)
+        else:
+            console.print(line, markup=False)
+
+    loop = WatchLoop(
+        folder,
+        store,
+        wf,
+        settings,
+        options,
+        on_line=on_line,
+        on_state=(lambda st: live.update(_table(st))) if live is not None else None,
+    )
+    on_line(
+        f"watching {Path(folder).absolute()} -> project {store.root} (workflow '{wf.name}'; Ctrl+C stops, "
+        "the same command goes on)"
+    )
+    for line in setting_lines:
+        on_line(line)
+    on_line(
+        f"live dashboard: the viewer's /dashboard page — `tiltflow view -p {store.root}` prints its address "
+        "(the project page links it); it updates itself as series arrive"
+    )
+    try:
+        return loop.run()
+    finally:
+        loop.close()
+
+
+def executor_options(device, executor, workers, threads_per_worker, scheduler, jobqueue, skip_bad=False) -> RunOptions:
+    """The run options of ``workflow run`` and both watch commands."""
+    from tiltflow.workflow.run_options import RunOptions
+
+    return RunOptions(
+        skip_bad=skip_bad,
+        device=device,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        executor="dask" if (scheduler or jobqueue) else executor,
+        scheduler=scheduler,
+        jobqueue=jobqueue,
+    )
 
 
 @click.command("watch")

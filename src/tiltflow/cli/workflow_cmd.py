@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from tiltflow.cli.output import console, echo_json, fail
 from tiltflow.cli.watch import WATCH_FIELDS, watch_options
+
+if TYPE_CHECKING:
+    from tiltflow.workflow.run_options import RunOptions, RunReport
 
 
 @click.group("workflow")
@@ -92,25 +96,7 @@ def run_command(
     Examples: tiltflow workflow run tutorial -p P --set import-movies.files=/data/session;
     tiltflow workflow run tutorial -p P --watch /data/session --set import-movies.gain=/data/session/gain.tif
     """
-    import shutil
-    from pathlib import Path
-
-    from tiltflow.cli.watch import (
-        describe,
-        executor_options,
-        given_options,
-        import_folder,
-        run_watch,
-        watch_settings,
-    )
-    from tiltflow.workflow.errors import InputError, ProjectError
-    from tiltflow.workflow.store import DB_NAME, ProjectStore
-    from tiltflow.workflow.workflow_file import (
-        apply_overrides,
-        load_workflow,
-        run_workflow,
-        validate,
-    )
+    from tiltflow.cli.watch import executor_options, given_options, import_folder, run_watch
 
     given = given_options(
         {
@@ -125,13 +111,7 @@ def run_command(
     )
     if watch_dir is not None and no_watch:
         fail(["--watch and --no-watch: give one of them"])
-    try:
-        wf = load_workflow(source)
-        apply_overrides(wf, list(overrides))
-    except (InputError, ProjectError) as err:
-        if getattr(err, "plan", None) is not None:  # a Scipion file of which nothing can run
-            _print_plan(err.plan, [], source, as_json=as_json, dry_run=dry_run)
-        fail(getattr(err, "problems", [str(err)]))
+    wf = _load(source, overrides, as_json=as_json, dry_run=dry_run)
     streaming = getattr(wf, "streaming", None)
     watching = watch_dir is not None or (streaming is not None and not no_watch)
     if not watching and any(v is not None for v in given.values()):
@@ -139,72 +119,109 @@ def run_command(
         fail([f"{named}: options of the watch mode — add --watch DIR to follow an acquisition folder"])
     folder = watch_dir or (import_folder(wf) if watching else None)
     if dry_run:
-        if watching and folder:  # what the watch reads
-            for s in wf.steps:
-                if s.step == "import-movies":
-                    s.params["files"] = str(Path(folder).absolute())
-        if wf.plan is not None:
-            _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=True, streaming=streaming)
-        elif as_json:
-            echo_json(wf.to_json()["steps"])
-        else:
-            for s in wf.steps:
-                console.print(
-                    f"{s.id}: {s.step} inputs {json.dumps(s.inputs)} params {json.dumps(s.params)}", markup=False
-                )
-        if watching and not as_json:
-            settings, lines = watch_settings(wf, given, workers)
-            there = "" if folder and Path(folder).is_dir() else " (not there: give --watch DIR)"
-            console.print(f"watch: would follow {folder}{there} with {describe(settings)}", markup=False)
-            for line in lines:
-                console.print(f"    {line}", markup=False)
-        try:
-            validate(wf)
-        except InputError as err:
-            fail(err.problems)
+        _dry_run(wf, source, given, workers, folder, watching=watching, as_json=as_json)
         return
     if wf.plan is not None:
         _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=False, streaming=streaming)
+    options = executor_options(device, executor, workers, threads_per_worker, scheduler, jobqueue, skip_bad)
     if watching:
-        if watch_dir is None and not (folder and Path(folder).is_dir()):
-            sid = streaming.import_id
-            fail(
-                [
-                    (
-                        f"{folder}: no such folder — this Scipion workflow imports in streaming (step {sid}): give the "
-                        f"folder the microscope writes into with --watch DIR (or --set {sid}.files=DIR), or --no-watch "
-                        "to run it once on the files there"
-                    )
-                ]
-            )
-        run_watch(
-            folder,
-            project,
-            wf,
-            given,
-            executor_options(device, executor, workers, threads_per_worker, scheduler, jobqueue, skip_bad),
-            as_json=as_json,
-            fresh=fresh,
-        )
+        if watch_dir is None:
+            folder = _streaming_folder(folder, streaming)
+        run_watch(folder or watch_dir, project, wf, given, options, as_json=as_json, fresh=fresh)
         return
+    _run_once(wf, project, options, fresh=fresh, resume=resume, as_json=as_json)
+
+
+def _load(source: str, overrides: tuple[str, ...], *, as_json: bool, dry_run: bool):
+    """The workflow ``source`` names, with ``--set`` overrides; a Scipion file of which nothing can
+    run prints its plan before the error."""
+    from tiltflow.workflow.errors import InputError, ProjectError
+    from tiltflow.workflow.workflow_file import apply_overrides, load_workflow
+
+    try:
+        wf = load_workflow(source)
+        apply_overrides(wf, list(overrides))
+    except (InputError, ProjectError) as err:
+        plan = getattr(err, "plan", None)
+        if plan is not None:  # a Scipion file of which nothing can run
+            _print_plan(plan, [], source, as_json=as_json, dry_run=dry_run)
+        fail(getattr(err, "problems", [str(err)]))
+    return wf
+
+
+def _dry_run(
+    wf, source: str, given: dict, workers: int | None, folder: str | None, *, watching: bool, as_json: bool
+) -> None:
+    """``--dry-run``: the plan (or the steps), what a watch would follow, and the workflow's problems."""
+    from pathlib import Path
+
+    from tiltflow.cli.watch import describe, watch_settings
+    from tiltflow.workflow.errors import InputError
+    from tiltflow.workflow.workflow_file import validate
+
+    if watching and folder:  # what the watch reads
+        for s in wf.steps:
+            if s.step == "import-movies":
+                s.params["files"] = str(Path(folder).absolute())
+    if wf.plan is not None:
+        _print_plan(wf.plan, wf.steps, source, as_json=as_json, dry_run=True, streaming=getattr(wf, "streaming", None))
+    elif as_json:
+        echo_json(wf.to_json()["steps"])
+    else:
+        for s in wf.steps:
+            console.print(f"{s.id}: {s.step} inputs {json.dumps(s.inputs)} params {json.dumps(s.params)}", markup=False)
+    if watching and not as_json:
+        settings, lines = watch_settings(wf, given, workers)
+        there = "" if folder and Path(folder).is_dir() else " (not there: give --watch DIR)"
+        console.print(f"watch: would follow {folder}{there} with {describe(settings)}", markup=False)
+        for line in lines:
+            console.print(f"    {line}", markup=False)
+    try:
+        validate(wf)
+    except InputError as err:
+        fail(err.problems)
+
+
+def _streaming_folder(folder: str | None, streaming) -> str:
+    """The files path of a Scipion workflow that imports in streaming; refused when it is not there."""
+    from pathlib import Path
+
+    if folder and Path(folder).is_dir():
+        return folder
+    sid = streaming.import_id
+    fail(
+        [
+            (
+                f"{folder}: no such folder — this Scipion workflow imports in streaming (step {sid}): give the "
+                f"folder the microscope writes into with --watch DIR (or --set {sid}.files=DIR), or --no-watch "
+                "to run it once on the files there"
+            )
+        ]
+    )
+
+
+def _run_once(wf, project: str, options: RunOptions, *, fresh: bool, resume: bool, as_json: bool) -> None:
+    """Run the workflow's steps in order, printing each run as it finishes (or the runs as JSON)."""
+    from pathlib import Path
+
+    from tiltflow.cli.output import ProgressPrinter
+    from tiltflow.cli.watch import clear_project
+    from tiltflow.workflow.errors import InputError, ProjectError
+    from tiltflow.workflow.run_options import RunReport
+    from tiltflow.workflow.store import ProjectStore
+    from tiltflow.workflow.workflow_file import run_workflow
+
+    t0 = time.time()
     try:
         root = Path(project)
-        if fresh and (root / DB_NAME).exists():
-            for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
-                (root / name).unlink(missing_ok=True)
-            for sub in ("runs", "watch"):
-                shutil.rmtree(root / sub, ignore_errors=True)
+        if fresh:
+            clear_project(root)
         store = ProjectStore(root)
         t0 = time.time()
-        options = {
-            "skip_bad": skip_bad,
-            "device": device,
-            "workers": workers,
-            "threads_per_worker": threads_per_worker,
-            "executor": "dask" if (scheduler or jobqueue) else executor,
-            "scheduler": scheduler,
-            "jobqueue": jobqueue,
-        }
+        printer = ProgressPrinter()
+        steps = iter(wf.steps)
+        printer.reset(f"[{next(steps).id}]")
+        report = RunReport() if as_json else RunReport(progress=printer)
         shown = {"warnings": 0, "notes": 0}
         decisions: dict[str, str] = {}
 
@@ -213,28 +230,9 @@ def run_command(
             if not as_json:
                 console.print(line, markup=False)
 
-        def on_step(s, run):
-            if as_json:
-                return
-            took = (run.ended or time.time()) - (run.started or t0)
-            console.print(f"[{s.id}] run {run.id} {run.step} {run.status} in {took:.1f} s", markup=False)
-            for o in store.outputs(run.id):
-                console.print(f"    {o.pointer}: {o.summary}", markup=False)
-            for kind, prefix in (("notes", "    "), ("warnings", "    warning: ")):
-                new = options.get(kind, [])[shown[kind] :]
-                shown[kind] += len(new)
-                for note in new:  # a note may be a multi-line table: indent every line
-                    for i, line in enumerate(str(note).splitlines()):
-                        console.print((prefix if i == 0 else "    ") + line, markup=False)
-
-        from tiltflow.cli.output import ProgressPrinter
-
-        printer = ProgressPrinter()
-        steps = iter(wf.steps)
-        printer.reset(f"[{next(steps).id}]")
-
         def on_step_and_progress(s, run):
-            on_step(s, run)
+            if not as_json:
+                _print_step(store, s, run, report, shown, t0)
             nxt = next(steps, None)
             if nxt is not None:
                 printer.reset(f"[{nxt.id}]")
@@ -243,9 +241,9 @@ def run_command(
             store,
             wf,
             options=options,
+            report=report,
             on_step=on_step_and_progress,
             resume=resume,
-            progress=None if as_json else printer,
             on_continue=on_continue,
         )
     except (InputError, ProjectError) as err:
@@ -266,6 +264,20 @@ def run_command(
         )
     else:
         console.print(f"workflow '{wf.name}' finished in {time.time() - t0:.1f} s", markup=False)
+
+
+def _print_step(store, s, run, report: RunReport, shown: dict[str, int], t0: float) -> None:
+    """One finished step: its run, outputs, and the notes and warnings it added to ``report``."""
+    took = (run.ended or time.time()) - (run.started or t0)
+    console.print(f"[{s.id}] run {run.id} {run.step} {run.status} in {took:.1f} s", markup=False)
+    for o in store.outputs(run.id):
+        console.print(f"    {o.pointer}: {o.summary}", markup=False)
+    for kind, prefix in (("notes", "    "), ("warnings", "    warning: ")):
+        new = getattr(report, kind)[shown[kind] :]
+        shown[kind] += len(new)
+        for note in new:  # a note may be a multi-line table: indent every line
+            for i, line in enumerate(str(note).splitlines()):
+                console.print((prefix if i == 0 else "    ") + line, markup=False)
 
 
 def _print_plan(plan, steps, source, *, as_json: bool, dry_run: bool, streaming=None) -> None:

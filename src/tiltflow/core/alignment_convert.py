@@ -61,6 +61,8 @@ class AlnRows:
 
 @dataclass(frozen=True)
 class WarpGeometry:
+    """A tilt series' alignment in Warp's terms (per view)."""
+
     axis_angle_deg: torch.Tensor  # (t,) Warp AxisAngle
     offsets_a: torch.Tensor  # (t, 2) Warp AxisOffsetX, AxisOffsetY, Å
 
@@ -108,7 +110,9 @@ def aln_rows_to_series(
     raw_tilt_angles_deg: torch.Tensor,  # (n_views,) angles of the views without a row (dark)
     shift_scale: float = 1.0,  # px of our stack per px of the .aln stack
 ) -> SeriesAlignment:
-    """Place ``.aln`` rows into a series of ``n_views``; views without a row are disabled and
+    """Place ``.aln`` rows into a series of ``n_views``.
+
+    Place ``.aln`` rows into a series of ``n_views``; views without a row are disabled and
     keep the identity ``.xf`` and their raw tilt angle.
     """
     idx = torch.as_tensor(rows.raw_indices, dtype=torch.long)

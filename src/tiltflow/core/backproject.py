@@ -25,6 +25,7 @@ an ``operators`` dict they own: the matrices of the last ``OPERATOR_CACHE_SIZE``
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -34,8 +35,16 @@ _CHUNK_NNZ = 4_000_000
 OPERATOR_CACHE_SIZE = 2
 
 
+@dataclass(frozen=True)
+class VolumeOffset:
+    """Specimen coordinates (px) of a volume's centre (module docstring); IMOD's ``SHIFT x z`` is minus these."""
+
+    x_px: float = 0.0
+    z_px: float = 0.0
+
+
 def _angles_rad(tilt_angles_deg, n_views: int | None, device: torch.device) -> torch.Tensor:
-    """Validated tilt angles ``(t,)`` in radians, float64 on ``device``."""
+    """Validate tilt angles; return them ``(t,)`` in radians, float64 on ``device``."""
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).to(device).reshape(-1)
     if angles.numel() == 0:
         raise ValueError("tilt_angles_deg is empty; pass one angle per view")
@@ -91,7 +100,7 @@ def _transpose_csr(w: torch.Tensor) -> torch.Tensor:
 class _Projector:
     """The matched pair (project, backproject) for one geometry; keeps the chunks if ``cache``."""
 
-    def __init__(self, theta_rad, *, nx_view, nx, nz, x_offset_px, z_offset_px, dtype, cache=False):
+    def __init__(self, theta_rad, *, nx_view, nx, nz, x_offset_px, z_offset_px, dtype, cache=False) -> None:
         self.theta, self.nx_view, self.nx, self.nz = theta_rad, nx_view, nx, nz
         self.offsets = (float(x_offset_px), float(z_offset_px))
         self.dtype, self.cache = dtype, cache
@@ -158,8 +167,10 @@ def _projector(
     z_offset_px: float,
     dtype: torch.dtype,
 ) -> _Projector:
-    """A projector for this geometry: the one kept in ``operators`` (built and kept there if new,
-    evicting the least recently used beyond ``OPERATOR_CACHE_SIZE``), or a throw-away one.
+    """Return a projector for this geometry: the one kept in ``operators``, or a throw-away one.
+
+    A new geometry's projector is built and kept in ``operators``, evicting the least recently
+    used beyond ``OPERATOR_CACHE_SIZE``.
     """
     geometry = {
         "nx_view": nx_view,

@@ -1,5 +1,6 @@
-"""Gold-bead erasing: beads of a 3-D bead model projected into the raw views, and discs around them
-replaced by noise matching their surroundings (IMOD ``ccderaser`` with a bead model and
+"""Gold-bead erasing: beads of a 3-D model projected into the raw views, discs around them replaced by noise.
+
+The noise matches the discs' surroundings (IMOD ``ccderaser`` with a bead model and
 ``-PolynomialOrder 0``; fidder's "local mean + noise").
 
 Projection (``core/geometry.py``, DESIGN.md §2): a bead at (x, y, z) px (specimen frame, relative to
@@ -90,13 +91,45 @@ def erase_beads(
 
     ``ring_px`` defaults to ``max(2, radius_px / 2)``. A bead whose ring holds fewer than 4 pixels
     (surrounded by other beads, or at a corner) takes the statistics of all pixels outside the discs.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        ``(h, w)`` one view; never modified.
+    xy_px : torch.Tensor
+        ``(n, 2)`` bead centres (x, y), px, 0-based (:func:`beads_in_views`); NaN rows ignored.
+    radius_px : float
+        Erased radius, px (bead radius plus a margin).
+    ring_px : float, optional
+        Width, px, of the ring around each disc whose pixels give the local mean and SD.
+    generator : torch.Generator, optional
+        Random numbers for the noise (for reproducible results).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The erased image ``(h, w)`` (dtype of ``image``) and the erased-pixel mask ``(h, w)`` bool.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not ``(h, w)`` or ``radius_px`` is not positive.
+
+    Examples
+    --------
+    >>> import torch
+    >>> image = torch.rand(32, 32)
+    >>> erased, mask = erase_beads(image, torch.tensor([[16.0, 16.0]]), 3.0)
+    >>> erased.shape, int(mask.sum()), bool((erased[~mask] == image[~mask]).all())
+    (torch.Size([32, 32]), 29, True)
     """
     if image.ndim != 2:
         raise ValueError(f"erase_beads: image must be (h, w), got {tuple(image.shape)}")
     if not radius_px > 0:
         raise ValueError(f"erase_beads: radius_px must be > 0, got {radius_px}")
     ring = max(2.0, 0.5 * radius_px) if ring_px is None else float(ring_px)
-    dev, shape = image.device, tuple(image.shape)
+    h, w = image.shape
+    dev, shape = image.device, (h, w)
     xy = torch.as_tensor(xy_px, dtype=torch.float64).to(dev).reshape(-1, 2)
     xy = xy[torch.isfinite(xy).all(-1)]
     mask = bead_disc_mask(shape, xy, radius_px, device=dev)

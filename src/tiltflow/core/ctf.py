@@ -53,14 +53,11 @@ def _is_spectrum(data: torch.Tensor, params: CtfParams) -> bool:
 def _spectrum(image, params, *, tilt_angle_deg, tilt_axis_deg, reference=None, max_offset_a=None):
     return tiled_power_spectrum(
         image,
-        window_px=params.window_px,
-        pixel_size_a=params.pixel_size_a,
+        params,
         tilt_angle_deg=tilt_angle_deg,
         tilt_axis_deg=tilt_axis_deg,
         reference_defocus_a=reference,
         max_offset_a=max_offset_a,
-        voltage_kv=params.voltage_kv,
-        cs_mm=params.cs_mm,
     )
 
 
@@ -76,11 +73,46 @@ def fit_ctf(
     tilt_axis_deg: float = 0.0,
     initial: CtfFit | None = None,
 ) -> CtfFit:
-    """Fit the CTF of one tilt image (defocus at the image centre) or of a ready spectrum.
+    """Fit the CTF of one tilt image (defocus at the image centre) or of a ready power spectrum.
 
     A spectrum is recognised by its shape ``(window_px, window_px // 2 + 1)``; tilt arguments are
-    then ignored. ``initial`` (e.g. a neighbouring tilt) narrows the defocus search to its mean
-    ± 1.5 µm and adds its astigmatism to the starting points.
+    then ignored. A tilted image is fitted twice (module docstring): tiles near the axis first, then
+    every tile rescaled to the first fit's defocus. ``initial`` (e.g. a neighbouring tilt) narrows the
+    defocus search to its mean ± 1.5 µm and adds its astigmatism to the starting points.
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        ``(h, w)`` tilt image, or ``(window_px, window_px // 2 + 1)`` power spectrum (rfft layout).
+    params : CtfParams
+        Optics and search settings (Å, kV, mm).
+    tilt_angle_deg : float
+        Tilt angle of the image, degrees.
+    tilt_axis_deg : float
+        Tilt-axis angle, degrees from +y, counter-clockwise.
+    initial : CtfFit, optional
+        A fit to start from.
+
+    Returns
+    -------
+    CtfFit
+        Defocus ``u >= v`` (Å, underfocus positive), astigmatism angle (degrees from +x), phase
+        shift (rad), score and fit resolution (Å).
+
+    Raises
+    ------
+    ValueError
+        For data that are neither one image nor one spectrum.
+
+    Examples
+    --------
+    >>> from tiltflow.core.ctf_model import ctf_2d
+    >>> params = CtfParams(pixel_size_a=2.0, window_px=128, resolution_range_a=(30.0, 6.0))
+    >>> ctf = ctf_2d((128, 128), params.optics, defocus_u_a=21000.0, defocus_v_a=19000.0, astigmatism_angle_deg=30.0)
+    >>> spectrum = ctf**2
+    >>> fit = fit_ctf(spectrum + 0.5, params)
+    >>> round(fit.defocus_u_a, -2), round(fit.defocus_v_a, -2), round(fit.astigmatism_angle_deg)
+    (21000.0, 19000.0, 30)
     """
     if data.ndim != 2:
         raise ValueError(f"fit_ctf: expected one (h, w) image or (n, n//2+1) spectrum, got shape {tuple(data.shape)}")
@@ -123,32 +155,69 @@ def fit_ctf_series(
     acquisition_order=None,  # (t,) for the series pass; None: the order of ``images``
     series_pass: bool = True,
 ) -> list[CtfFit]:  # in the order of ``images``
-    """Fit every tilt; tilts are visited from 0° outwards, each seeded by its nearest fitted neighbour.
-    Then (``series_pass``, 4 tilts or more) ``ctf_series.refine_series`` finds the series' defocus
-    trend in tilt angle from all tilts' spectra and one astigmatism, and re-fits every tilt with the
-    trend as prior and that astigmatism.
+    """Fit the CTF of every tilt of a series, then refine them together (the series pass).
 
-    ``defocus_grid=(nx, ny, nt)`` adds a local defocus field (Warp's spatial + temporal grid):
-    each tilt image is split into ny x nx cells; in each, the tiles (rescaled to the cell centre's
-    tilt-plane defocus) give the local mean defocus, and ``defocus_grid_a[iy, ix]`` is its
-    departure from the tilt plane (Å; bilinear between cell centres). Along the series (the
-    order of ``images``; pass them in acquisition order for a temporal model) the grids are
-    smoothed by a least-squares piecewise-linear fit with ``nt`` nodes (``nt >= t``: independent).
+    Tilts are visited from 0° outwards, each seeded by its nearest fitted neighbour. Then
+    (``series_pass``, 4 tilts or more) ``ctf_series.refine_series`` finds the series' defocus trend in
+    tilt angle from all tilts' spectra and one astigmatism, and re-fits every tilt with the trend as
+    prior and that astigmatism. ``defocus_grid=(nx, ny, nt)`` adds a local defocus field (Warp's
+    spatial + temporal grid): each tilt image is split into ny x nx cells; in each, the tiles
+    (rescaled to the cell centre's tilt-plane defocus) give the local mean defocus, and
+    ``defocus_grid_a[iy, ix]`` is its departure from the tilt plane (Å; bilinear between cell
+    centres). Along the series (the order of ``images``; pass them in acquisition order for a temporal
+    model) the grids are smoothed by a least-squares piecewise-linear fit with ``nt`` nodes
+    (``nt >= t``: independent).
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        ``(t, h, w)`` tilt images, any order.
+    params : CtfParams
+        Optics and search settings.
+    tilt_angles_deg : array_like
+        ``(t,)`` tilt angles, degrees.
+    tilt_axis_deg : float
+        Tilt-axis angle, degrees from +y, counter-clockwise.
+    defocus_grid : tuple of int, optional
+        ``(nx, ny, nt)`` of a local defocus grid.
+    acquisition_order : array_like, optional
+        ``(t,)`` for the series pass; default the order of ``images``.
+    series_pass : bool
+        Refine the fits together (4 tilts or more).
+
+    Returns
+    -------
+    list of CtfFit
+        One fit per image, in the order of ``images``.
+
+    Raises
+    ------
+    ValueError
+        For images that are not ``(t, h, w)`` with one angle each, or a grid without positive sizes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> params = CtfParams(pixel_size_a=2.0, window_px=64, resolution_range_a=(20.0, 5.0))
+    >>> images = torch.randn(4, 128, 128, generator=torch.Generator().manual_seed(0))
+    >>> len(fit_ctf_series(images, params, tilt_angles_deg=[-6.0, -3.0, 0.0, 3.0], tilt_axis_deg=0.0))
+    4
     """
     if images.ndim != 3:
         raise ValueError(f"fit_ctf_series: expected (t, h, w) images, got shape {tuple(images.shape)}")
     angles = [float(a) for a in torch.as_tensor(tilt_angles_deg).reshape(-1)]
     if len(angles) != images.shape[0]:
         raise ValueError(f"fit_ctf_series: {len(angles)} tilt angles for {images.shape[0]} images; pass one per image")
-    fits: list[CtfFit | None] = [None] * len(angles)
+    fitted: dict[int, CtfFit] = {}
     for i, seed in _neighbour_order(angles):
-        fits[i] = fit_ctf(
+        fitted[i] = fit_ctf(
             images[i],
             params,
             tilt_angle_deg=angles[i],
             tilt_axis_deg=tilt_axis_deg,
-            initial=fits[seed] if seed is not None else None,
+            initial=fitted[seed] if seed is not None else None,
         )
+    fits = [fitted[i] for i in range(len(angles))]
     if series_pass and len(angles) >= 4:
         order = list(range(len(angles))) if acquisition_order is None else acquisition_order
         fits = refine_series(
@@ -180,7 +249,7 @@ def fit_ctf_series(
         grids = smooth_grids_along_series(grids, nt)
         for i, f in enumerate(fits):
             f.defocus_grid_a = grids[i]
-    return fits  # type: ignore[return-value]
+    return fits
 
 
 def fit_defocus_grid(
@@ -265,7 +334,9 @@ def radial_average(
     params: CtfParams | None = None,
     fit: CtfFit | None = None,
 ) -> torch.Tensor:  # (n//2+1,) bin i at k = i / (n * pixel_size_a)
-    """Rotational average in one-pixel rings; with ``fit`` (and ``params``) the astigmatism-corrected
+    """Average a power spectrum in one-pixel rings (equi-phase with a fit).
+
+    Rotational average in one-pixel rings; with ``fit`` (and ``params``) the astigmatism-corrected
     (equi-phase) average of the background-subtracted, envelope-normalised spectrum.
     """
     n = spectrum.shape[-2]
@@ -278,7 +349,9 @@ def radial_average(
 
 @dataclass
 class CtfProfile:
-    """1-D plot data, each (n//2+1,): frequency (1/Å), observed equi-phase average (normalised),
+    """Compute the 1-D plot data of a CTF fit.
+
+    1-D plot data, each (n//2+1,): frequency (1/Å), observed equi-phase average (normalised),
     fitted ctf^2 rescaled to zero mean / unit RMS, per-ring correlation.
     """
 
@@ -304,7 +377,9 @@ def _full_from_rfft(half: torch.Tensor) -> torch.Tensor:
 
 
 def ctf_fit_image(spectrum: torch.Tensor, fit: CtfFit, params: CtfParams) -> torch.Tensor:
-    """Picture (n, n) in [0, 1], origin at (n//2, n//2): left half the background-subtracted spectrum,
+    """Draw a spectrum beside its fitted ``ctf^2``, for the viewer.
+
+    Picture (n, n) in [0, 1], origin at (n//2, n//2): left half the background-subtracted spectrum,
     right half the fitted ``ctf^2`` (2-D, with astigmatism), for the viewer.
     """
     n = spectrum.shape[-2]
@@ -318,10 +393,7 @@ def ctf_fit_image(spectrum: torch.Tensor, fit: CtfFit, params: CtfParams) -> tor
     observed = torch.fft.fftshift(_full_from_rfft(norm), dim=(0, 1))
     model = ctf_2d(
         (n, n),
-        pixel_size_a=params.pixel_size_a,
-        voltage_kv=params.voltage_kv,
-        cs_mm=params.cs_mm,
-        amplitude_contrast=params.amplitude_contrast,
+        params.optics,
         defocus_u_a=fit.defocus_u_a,
         defocus_v_a=fit.defocus_v_a,
         astigmatism_angle_deg=fit.astigmatism_angle_deg,

@@ -1,4 +1,6 @@
-"""The fit annulus of a power spectrum and the CTF model over it (``ctf_fit``'s 2-D refinement,
+"""The fit annulus of a power spectrum and the CTF model over it.
+
+(``ctf_fit``'s 2-D refinement,
 the series pass's joint astigmatism). Conventions as ``ctf_fit`` (DESIGN.md §2): Å, rad, rfft layout.
 """
 
@@ -22,7 +24,9 @@ __all__ = ["Annulus", "AnnulusGrid", "annulus", "grid_scores", "model_sq"]
 
 @dataclass(frozen=True)
 class AnnulusGrid:
-    """float32 terms of the grid searches: ``chi = df * per_df + fixed (+ phase)``,
+    """The float32 terms of the grid searches over an annulus.
+
+    float32 terms of the grid searches: ``chi = df * per_df + fixed (+ phase)``,
     ``df = m + a1 c2 + a2 s2``; ``y`` the centred, unit-norm spectrum values.
     """
 
@@ -35,7 +39,9 @@ class AnnulusGrid:
 
 @dataclass(frozen=True)
 class Annulus:
-    """The background-subtracted spectrum over the fit band, (p,) float64 each: spatial frequency
+    """The background-subtracted spectrum over the fit band.
+
+    The background-subtracted spectrum over the fit band, (p,) float64 each: spatial frequency
     ``k`` (1/Å), azimuth ``az`` (rad, from +x), value ``y``; ``grid``: the grid searches' terms.
     """
 
@@ -46,7 +52,7 @@ class Annulus:
 
 
 def annulus(spectrum: torch.Tensor, params: CtfParams, mean_defocus_a: float) -> Annulus:
-    """The fit band of ``spectrum`` (rfft layout), background removed at ``mean_defocus_a`` (Å)."""
+    """Take the fit band of ``spectrum`` (rfft layout), background removed at ``mean_defocus_a`` (Å)."""
     n = spectrum.shape[-2]
     dev = spectrum.device
     ky, kx = frequency_grid_2d((n, n), device=dev)
@@ -81,7 +87,9 @@ def annulus(spectrum: torch.Tensor, params: CtfParams, mean_defocus_a: float) ->
 
 
 def model_sq(ann: Annulus, params: CtfParams, m, a1, a2, ph) -> torch.Tensor:
-    """``ctf^2`` over the annulus for mean defocus ``m``, astigmatism ``(a1, a2)`` (Å) and phase
+    """Compute ``ctf^2`` over the annulus for given defocus, astigmatism and phase.
+
+    ``ctf^2`` over the annulus for mean defocus ``m``, astigmatism ``(a1, a2)`` (Å) and phase
     ``ph`` (rad), each a tensor (batched over leading dims; float64, differentiable).
     """
     df = m[..., None] + a1[..., None] * torch.cos(2 * ann.az) + a2[..., None] * torch.sin(2 * ann.az)
@@ -97,7 +105,9 @@ def model_sq(ann: Annulus, params: CtfParams, m, a1, a2, ph) -> torch.Tensor:
 
 
 def grid_scores(ann: Annulus, m, a1, a2, ph, chunk: int = 32) -> torch.Tensor:
-    """Pearson correlations (c,) of ``ctf^2`` with the annulus for candidate (mean defocus, a1, a2,
+    """Correlate ``ctf^2`` of candidate parameters with the annulus (float32, for grid searches).
+
+    Pearson correlations (c,) of ``ctf^2`` with the annulus for candidate (mean defocus, a1, a2,
     phase) (c,) each, in float32 (for grid searches; refinement is float64).
     """
     g = ann.grid

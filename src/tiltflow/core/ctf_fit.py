@@ -20,12 +20,13 @@ Method (after CTFFIND4, Rohou & Grigorieff 2015, doi:10.1016/j.jsb.2015.08.008):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from tiltflow.core.ctf_annulus import annulus, grid_scores, model_sq
-from tiltflow.core.ctf_model import ctf_1d, electron_wavelength_a
+from tiltflow.core.ctf_model import Optics, ctf_1d, electron_wavelength_a
 from tiltflow.core.ctf_rings import fit_resolution_a
 from tiltflow.core.ctf_spectra import (
     normalise_profile,
@@ -50,7 +51,18 @@ class CtfParams:
     amplitude_contrast: float = 0.07
     max_astigmatism_a: float = 2000.0
 
+    @property
+    def optics(self) -> Optics:
+        """The microscope and sampling terms of these settings (:class:`~tiltflow.core.ctf_model.Optics`)."""
+        return Optics(
+            pixel_size_a=self.pixel_size_a,
+            voltage_kv=self.voltage_kv,
+            cs_mm=self.cs_mm,
+            amplitude_contrast=self.amplitude_contrast,
+        )
+
     def __post_init__(self) -> None:
+        """Refuse settings no fit can use (``ValueError`` naming the field)."""
         low, high = self.resolution_range_a
         if self.pixel_size_a <= 0:
             raise ValueError(f"CtfParams: pixel_size_a={self.pixel_size_a} must be > 0")
@@ -83,10 +95,12 @@ class CtfFit:
 
     @property
     def defocus_mean_a(self) -> float:
+        """Mean of ``defocus_u_a`` and ``defocus_v_a`` (Å)."""
         return 0.5 * (self.defocus_u_a + self.defocus_v_a)
 
     @property
     def astigmatism_a(self) -> float:
+        """``defocus_u_a - defocus_v_a`` (Å, >= 0)."""
         return self.defocus_u_a - self.defocus_v_a
 
 
@@ -99,7 +113,9 @@ def fit_from_components(
     fit_resolution_a: float = float("nan"),
     score: float = float("nan"),
 ) -> CtfFit:
-    """The CtfFit (u >= v, angle in [-90, 90), phase in [0, pi)) of a mean defocus and astigmatism
+    """Build the CtfFit of a mean defocus and astigmatism components.
+
+    The CtfFit (u >= v, angle in [-90, 90), phase in [0, pi)) of a mean defocus and astigmatism
     components ``(a1, a2) = (u - v) / 2 * (cos 2θ, sin 2θ)`` (Å).
     """
     half = math.hypot(a1, a2)
@@ -189,7 +205,7 @@ def refine_2d(
     *,
     mean_defocus_a: float,
     phase_rad: float = 0.0,
-    astigmatism_starts: list[tuple[float, float]] = (),
+    astigmatism_starts: Sequence[tuple[float, float]] = (),
     max_iter: int = 60,
 ) -> tuple[float, float, float, float, float]:
     """2-D refinement -> (mean defocus Å, a1 Å, a2 Å, phase rad, correlation).
@@ -208,8 +224,8 @@ def refine_2d(
         cands = torch.stack([ga1[keep], ga2[keep]], -1)
         if astigmatism_starts:
             cands = torch.cat([cands, torch.tensor(list(astigmatism_starts), dtype=f64, device=dev)])
-        m = torch.full((cands.shape[0],), mean_defocus_a, dtype=f64, device=dev)
-        i = int(grid_scores(ann, m, cands[:, 0], cands[:, 1], torch.full_like(m, phase_rad)).argmax())
+        means = torch.full((cands.shape[0],), mean_defocus_a, dtype=f64, device=dev)
+        i = int(grid_scores(ann, means, cands[:, 0], cands[:, 1], torch.full_like(means, phase_rad)).argmax())
         a1, a2 = float(cands[i, 0]), float(cands[i, 1])
     start = torch.tensor([mean_defocus_a, a1, a2, phase_rad], dtype=f64, device=dev)
     x = _lbfgs(lambda v: -pearson(model_sq(ann, params, *_unpack(v, start, params)), ann.y), max_iter, dev)
@@ -229,7 +245,9 @@ def _unpack(v: torch.Tensor, start: torch.Tensor, params: CtfParams) -> tuple[to
 
 
 def _lbfgs(loss_fn, max_iter: int, device: torch.device) -> list[float]:
-    """Minimise ``loss_fn(v)`` over 4 scaled parameters from 0: scipy's L-BFGS-B on torch autograd
+    """Minimise ``loss_fn`` over 4 scaled parameters by L-BFGS-B on autograd gradients.
+
+    Minimise ``loss_fn(v)`` over 4 scaled parameters from 0: scipy's L-BFGS-B on torch autograd
     gradients (only the 4 numbers leave the device).
     """
     from scipy.optimize import minimize  # lazy: keeps `import tiltflow.core` light

@@ -9,10 +9,23 @@ Defocus is underfocus-positive in Å; ``defocus_u_a`` lies along the astigmatism
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from tiltflow.core.fourier import frequency_grid_2d
+
+__all__ = ["Optics", "ctf_1d", "ctf_2d", "defocus_at_azimuth", "electron_wavelength_a"]
+
+
+@dataclass(frozen=True)
+class Optics:
+    """The microscope and sampling terms of the CTF: Å/px, kV, mm, fraction."""
+
+    pixel_size_a: float
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
 
 
 def electron_wavelength_a(voltage_kv: float) -> float:
@@ -38,11 +51,8 @@ def defocus_at_azimuth(
 
 def ctf_2d(
     shape: tuple[int, int],
+    optics: Optics,
     *,
-    pixel_size_a: float,
-    voltage_kv: float,
-    cs_mm: float,
-    amplitude_contrast: float,
     defocus_u_a: torch.Tensor | float,
     defocus_v_a: torch.Tensor | float,
     astigmatism_angle_deg: torch.Tensor | float,
@@ -50,10 +60,42 @@ def ctf_2d(
     rfft: bool = True,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """CTF in rfft2 (or full fft) layout for an (h, w) image; batched over defocus tensors.
+    """Compute the CTF of an ``(h, w)`` image in rfft2 (or full fft) layout (DESIGN.md §2).
 
-    Defocus arguments may be tensors of shape ``(b,)``; the result is then ``(b, h, w')``.
+    ``-sin(chi + arcsin(A) + phase)`` with the relativistic wavelength; the defocus along each
+    frequency's azimuth follows ``defocus_u_a`` at ``astigmatism_angle_deg`` (from +x,
+    counter-clockwise) and ``defocus_v_a`` perpendicular. Batched over defocus tensors.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(h, w)`` of the image.
+    optics : Optics
+        Pixel size (Å/px), voltage (kV), Cs (mm), amplitude contrast.
+    defocus_u_a, defocus_v_a : torch.Tensor or float
+        Defocus along and across the astigmatism azimuth, Å, underfocus positive; ``(b,)`` tensors
+        give ``b`` CTFs.
+    astigmatism_angle_deg : torch.Tensor or float
+        Azimuth of ``defocus_u_a``, degrees from +x, counter-clockwise.
+    phase_shift_rad : torch.Tensor or float
+        Phase-plate shift, radians.
+    rfft : bool
+        ``(h, w // 2 + 1)`` rfft2 layout, else the full ``(h, w)`` fft layout.
+    device : torch.device or str, optional
+        Device of the result.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``(h, w // 2 + 1)`` (or ``(h, w)``), with a leading ``(b,)`` for batched defocus.
+
+    Examples
+    --------
+    >>> ctf = ctf_2d((64, 64), Optics(pixel_size_a=2.0), defocus_u_a=2e4, defocus_v_a=2e4, astigmatism_angle_deg=0.0)
+    >>> ctf.shape, round(float(ctf[0, 0]), 3)
+    (torch.Size([64, 33]), -0.07)
     """
+    pixel_size_a, voltage_kv, cs_mm = optics.pixel_size_a, optics.voltage_kv, optics.cs_mm
     ky, kx = frequency_grid_2d(shape, rfft=rfft, device=device)
     ky = ky.to(torch.float64) / pixel_size_a  # cycles/px / (Å/px) = 1/Å
     kx = kx.to(torch.float64) / pixel_size_a
@@ -74,7 +116,7 @@ def ctf_2d(
     cs_a = cs_mm * 1e7
     chi = math.pi * lam * df * k2 - 0.5 * math.pi * cs_a * lam**3 * k2**2
     phase = ph[expand] if batch else ph
-    out = -torch.sin(chi + math.asin(amplitude_contrast) + phase)
+    out = -torch.sin(chi + math.asin(optics.amplitude_contrast) + phase)
     return out.to(torch.float32)
 
 

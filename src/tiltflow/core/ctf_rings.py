@@ -1,4 +1,6 @@
-"""How far a CTF fit holds: the astigmatism-corrected (equi-phase) average of a spectrum, its
+"""How far a CTF fit holds.
+
+The astigmatism-corrected (equi-phase) average of a spectrum, its
 per-ring correlation with the fitted ``ctf^2`` and CTFFIND4's fit resolution. Conventions as
 ``ctf_fit`` (DESIGN.md §2): Å, 1/Å, rfft layout.
 """
@@ -90,7 +92,9 @@ def ring_correlation(
 
 
 def fit_resolution_a(spectrum: torch.Tensor, params: CtfParams, fit: CtfFit) -> float:
-    """Resolution (Å) up to which Thon rings are fitted: CTFFIND4's thresholds on the ring
+    """Estimate the resolution (Å) up to which Thon rings are fitted (CTFFIND4's measure).
+
+    Resolution (Å) up to which Thon rings are fitted: CTFFIND4's thresholds on the ring
     correlation, scanned from the low-resolution limit up to where rings come closer than 3 px.
     """
     k, _, _, frc = ring_correlation(spectrum, params, fit)

@@ -1,4 +1,6 @@
-"""Series-level CTF consistency: the defocus as a smooth function of tilt found from all tilts'
+"""Series-level CTF consistency.
+
+The defocus as a smooth function of tilt found from all tilts'
 spectra at once, one astigmatism for the series, and every tilt re-fitted with the trend as prior.
 
 Per-tilt fits at high tilt and low dose often pick a wrong minimum: the Thon rings there are weak
@@ -31,7 +33,7 @@ Conventions as ``ctf_fit`` (DESIGN.md §2): Å, degrees, underfocus positive.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,6 +43,7 @@ from tiltflow.core.ctf_model import ctf_1d, ctf_2d, electron_wavelength_a
 from tiltflow.core.ctf_rings import fit_resolution_a
 from tiltflow.core.ctf_spectra import subtract_background
 from tiltflow.core.ctf_trend import (
+    TrendSearch,
     defocus_evidence,
     equiphase_power,
     fit_defocus_trend,
@@ -51,7 +54,10 @@ from tiltflow.core.ctf_trend import (
 from tiltflow.core.fourier import frequency_grid_2d
 
 __all__ = [
+    "PriorWeights",
+    "SeriesPassOptions",
     "SeriesRefinement",
+    "TrendTolerances",
     "SeriesTrend",
     "fit_components",
     "fit_ctf_with_prior",
@@ -64,7 +70,9 @@ __all__ = [
 
 @dataclass
 class SeriesTrend:
-    """What a tilt series agrees on. Per tilt (t,): ``defocus_a`` the trend's mean defocus,
+    """What a tilt series agrees on.
+
+    What a tilt series agrees on. Per tilt (t,): ``defocus_a`` the trend's mean defocus,
     ``consistent`` (fit within 3 sigma of the trend), ``refit`` (to be re-fitted with the prior).
     ``sigma_a``: robust scatter about the trend of the most precise tilts (Å); ``astigmatism_a``:
     the series' ``(a1, a2)`` (Å); ``phase_shift_rad``: the series' phase shift; ``strength`` (t,):
@@ -88,13 +96,47 @@ class SeriesTrend:
 
 @dataclass
 class SeriesRefinement:
-    """``refine_series``'s result: the fits (t,) (unchanged ones are the input objects), the trend,
+    """The result of :func:`refine_series`.
+
+    ``refine_series``'s result: the fits (t,) (unchanged ones are the input objects), the trend,
     and the spectra of the changed tilts (index -> (n, n//2+1)), for pictures and profiles.
     """
 
     fits: list[CtfFit]
     trend: SeriesTrend
     spectra: dict[int, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrendTolerances:
+    """Widths and limits of :func:`series_trend` (Å)."""
+
+    bandwidth_a: float = 1000.0  # kernel-density bandwidth of the mean defocus
+    min_sigma_a: float = 150.0  # floor of the scatter about the trend
+    refit_sigmas: float = 2.5  # tilts further than this many sigma from the trend are re-fitted
+    min_refit_a: float = 500.0  # ... and further than this
+    min_astigmatism_tolerance_a: float = 150.0  # astigmatism this far from the consensus is re-fitted
+
+
+@dataclass(frozen=True)
+class PriorWeights:
+    """How :func:`fit_ctf_with_prior` weighs the rings against the prior (module docstring, step 4)."""
+
+    outlier_fraction: float = 0.005  # uniform share of the prior over the defocus range
+    z_weight: float = 1.5  # weight of the ring significance z in the log posterior
+    z_floor: float | None = None  # use the matched filter's 0.5 * max(z - z_floor, 0)^2 instead of z
+
+
+@dataclass(frozen=True)
+class SeriesPassOptions:
+    """Settings of :func:`refine_series` (its docstring)."""
+
+    joint_tilts: int = 8  # strongest tilts fitting the series' astigmatism
+    min_sigma_a: float = 150.0  # floor of the scatter about the trend, Å
+    max_slope_a_per_deg: float = 150.0
+    rounds: int = 2  # trend + astigmatism rounds
+    refresh_a: float = 600.0  # re-rescale a tilt's tiles when its reference moved by more (Å)
+    prior: PriorWeights = field(default_factory=lambda: PriorWeights(z_weight=1.0, z_floor=3.0))
 
 
 def series_trend(
@@ -105,13 +147,11 @@ def series_trend(
     *,
     phase_shift_rad=None,  # (t,) radians, or None
     scores=None,  # (t,) fit scores (higher: more reliable), or None
-    bandwidth_a: float = 1000.0,
-    min_sigma_a: float = 150.0,
-    refit_sigmas: float = 2.5,
-    min_refit_a: float = 500.0,
-    min_astigmatism_tolerance_a: float = 150.0,
+    tolerances: TrendTolerances | None = None,
 ) -> SeriesTrend:
     """Robust defocus trend, scatter and consensus astigmatism of a series (module docstring)."""
+    tol = TrendTolerances() if tolerances is None else tolerances
+    bandwidth_a, min_sigma_a = tol.bandwidth_a, tol.min_sigma_a
     m = torch.as_tensor(mean_defocus_a, dtype=torch.float64).reshape(-1)
     astig = torch.as_tensor(astigmatism_a, dtype=torch.float64).reshape(-1, 2)
     theta = torch.deg2rad(torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1))
@@ -151,13 +191,15 @@ def series_trend(
     phase = 0.0
     if phase_shift_rad is not None:
         phase = weighted_median(torch.as_tensor(phase_shift_rad, dtype=torch.float64).reshape(-1), w_c)
-    far = resid.abs() > max(refit_sigmas * sigma, min_refit_a)
-    odd_astig = dev > max(3.0 * a_scale, min_astigmatism_tolerance_a)
+    far = resid.abs() > max(tol.refit_sigmas * sigma, tol.min_refit_a)
+    odd_astig = dev > max(3.0 * a_scale, tol.min_astigmatism_tolerance_a)
     return SeriesTrend(trend, float(sigma), (a1, a2), phase, consistent, far | odd_astig)
 
 
 def _score_2d(spectrum: torch.Tensor, params: CtfParams, fit: CtfFit) -> float:
-    """Pearson correlation of the background-subtracted spectrum with ctf^2 over the fit annulus
+    """Correlate the background-subtracted spectrum with ctf^2 over the fit annulus.
+
+    Pearson correlation of the background-subtracted spectrum with ctf^2 over the fit annulus
     (the score ``ctf_fit`` reports).
     """
     n = spectrum.shape[-2]
@@ -174,10 +216,7 @@ def _score_2d(spectrum: torch.Tensor, params: CtfParams, fit: CtfFit) -> float:
     )
     model = ctf_2d(
         (n, n),
-        pixel_size_a=params.pixel_size_a,
-        voltage_kv=params.voltage_kv,
-        cs_mm=params.cs_mm,
-        amplitude_contrast=params.amplitude_contrast,
+        params.optics,
         defocus_u_a=fit.defocus_u_a,
         defocus_v_a=fit.defocus_v_a,
         astigmatism_angle_deg=fit.astigmatism_angle_deg,
@@ -196,11 +235,11 @@ def fit_ctf_with_prior(
     prior_sigma_a: float,  # its uncertainty, Å
     astigmatism_a: tuple[float, float] = (0.0, 0.0),  # (a1, a2) held fixed, Å
     phase_shift_rad: float | None = None,  # None: searched when params.fit_phase
-    outlier_fraction: float = 0.005,
-    z_weight: float = 1.5,
-    z_floor: float | None = None,
+    weights: PriorWeights | None = None,
 ) -> CtfFit:
-    """Mean defocus of one tilt given the series' expectation (module docstring, step 2)."""
+    """Mean defocus of one tilt given the series' expectation (module docstring, step 4)."""
+    w = PriorWeights() if weights is None else weights
+    outlier_fraction, z_weight, z_floor = w.outlier_fraction, w.z_weight, w.z_floor
     n = spectrum.shape[-2]
     if spectrum.ndim != 2 or spectrum.shape[-1] != n // 2 + 1:
         raise ValueError(
@@ -284,7 +323,9 @@ def fit_series_astigmatism(
     max_shift_a: float = 2000.0,
     max_iter: int = 80,
 ) -> tuple[tuple[float, float], list[float]]:
-    """One astigmatism ``(a1, a2)`` shared by several tilts (each with its own mean defocus):
+    """Fit one astigmatism shared by several tilts.
+
+    One astigmatism ``(a1, a2)`` shared by several tilts (each with its own mean defocus):
     L-BFGS of the summed 2-D Pearson correlations with ``ctf^2`` over the fit annulus (Warp fits
     the astigmatism of a tilt series this way). Returns ((a1, a2) Å, mean defoci Å).
     """
@@ -357,21 +398,19 @@ def refine_series(
     *,
     tilt_angles_deg,  # (t,) degrees
     acquisition_order,  # (t,)
-    joint_tilts: int = 8,
-    min_sigma_a: float = 150.0,
-    max_slope_a_per_deg: float = 150.0,
-    rounds: int = 2,
-    refresh_a: float = 600.0,
-    z_weight: float = 1.0,
-    z_floor: float | None = 3.0,
+    options: SeriesPassOptions | None = None,
 ) -> SeriesRefinement:
-    """Series pass over independent per-tilt fits (module docstring): the per-tilt fits' consensus
+    """Refine per-tilt CTF fits together: the series pass (module docstring).
+
+    Series pass over independent per-tilt fits (module docstring): the per-tilt fits' consensus
     gives the first references (tile rescaling, astigmatism); then ``rounds`` times the defocus
     trend in tilt angle from the summed evidence of all tilts (``ctf_trend``) and one astigmatism
     fitted jointly on the ``joint_tilts`` strongest tilts at their peaks near the trend; finally every
     tilt re-fitted by ``fit_ctf_with_prior`` (trend as prior, the series' astigmatism) on its
     spectrum rescaled to the trend. Fewer than 4 tilts: returned as they are.
     """
+    o = SeriesPassOptions() if options is None else options
+    min_sigma_a, refresh_a = o.min_sigma_a, o.refresh_a
     comps = torch.tensor([fit_components(f) for f in fits], dtype=torch.float64).reshape(-1, 3)
     phases = [f.phase_shift_rad for f in fits] if params.fit_phase else None
     trend = series_trend(
@@ -381,7 +420,7 @@ def refine_series(
         acquisition_order,
         phase_shift_rad=phases,
         scores=[f.score for f in fits],
-        min_sigma_a=min_sigma_a,
+        tolerances=TrendTolerances(min_sigma_a=min_sigma_a),
     )
     out = list(fits)
     if len(fits) < 4:
@@ -399,7 +438,7 @@ def refine_series(
             if i not in refs or max(abs(a - b) for a, b in zip(ref[:2], refs[i][:2], strict=False)) > refresh_a:
                 spectra[i], refs[i] = spectrum_of(i, ref), ref
 
-    for _ in range(rounds):
+    for _ in range(o.rounds):
         update_spectra()
         evidence = defocus_evidence(
             [spectra[i] for i in range(len(fits))],
@@ -413,14 +452,16 @@ def refine_series(
             grid,
             tilt_angles_deg,
             acquisition_order,
-            max_slope_a_per_deg=max_slope_a_per_deg,
-            jitters_a=tuple(min_sigma_a * f for f in (1.0, 5 / 3, 8 / 3, 16 / 3)),
+            search=TrendSearch(
+                max_slope_a_per_deg=o.max_slope_a_per_deg,
+                jitters_a=tuple(min_sigma_a * f for f in (1.0, 5 / 3, 8 / 3, 16 / 3)),
+            ),
         )
         trend.defocus_a, trend.sigma_a = found.defocus_a.clone(), found.sigma_a
         trend.consistent = (found.peak_a - found.defocus_a).abs() <= 2.0 * found.sigma_a
         trend.strength = found.strength.clone()
         chosen = [
-            i for i in found.strength.argsort(descending=True).tolist()[:joint_tilts] if bool(trend.consistent[i])
+            i for i in found.strength.argsort(descending=True).tolist()[: o.joint_tilts] if bool(trend.consistent[i])
         ]
         if len(chosen) >= 2 and params.astigmatism:
             trend.astigmatism_a, _ = fit_series_astigmatism(
@@ -441,8 +482,7 @@ def refine_series(
             prior_defocus_a=float(trend.defocus_a[i]),
             prior_sigma_a=sigma,
             astigmatism_a=trend.astigmatism_a,
-            z_weight=z_weight,
-            z_floor=z_floor,
+            weights=o.prior,
             phase_shift_rad=trend.phase_shift_rad if params.fit_phase else None,
         )
     return SeriesRefinement(out, trend, dict(spectra))

@@ -12,6 +12,7 @@ smoothing windows here are one ring period wide in ``s`` and follow the defocus.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ import torch.nn.functional as F
 from tiltflow.core.ctf_model import defocus_at_azimuth, electron_wavelength_a
 from tiltflow.core.fourier import frequency_grid_2d
 from tiltflow.core.geometry import defocus_offset_a
+
+if TYPE_CHECKING:  # ctf_fit imports this module
+    from tiltflow.core.ctf_fit import CtfParams
 
 Reference = float | tuple[float, float, float]  # mean defocus, or (u, v, angle_deg), Å
 RESCALE_PHASE_STEP_RAD = 0.2  # offset bins for tile rescaling: ring phase at Nyquist moves this much
@@ -85,16 +89,13 @@ def _reference_tuple(reference: Reference) -> tuple[float, float, float]:
 
 def tiled_power_spectrum(
     image: torch.Tensor,  # (h, w) one tilt image
+    params: CtfParams,  # window_px, pixel_size_a, voltage_kv and cs_mm are used
     *,
-    window_px: int,
-    pixel_size_a: float,
     overlap: float = 0.5,
     tilt_angle_deg: float = 0.0,
     tilt_axis_deg: float = 0.0,
     reference_defocus_a: Reference | None = None,
     max_offset_a: float | None = None,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
     chunk: int = 16,
 ) -> torch.Tensor:  # (window_px, window_px // 2 + 1) mean power, rfft layout
     """Average periodogram of tapered, mean-subtracted tiles (Welch), tilt-aware.
@@ -108,14 +109,15 @@ def tiled_power_spectrum(
     """
     if image.ndim != 2:
         raise ValueError(f"tiled_power_spectrum: expected one (h, w) image, got shape {tuple(image.shape)}")
-    n = window_px
-    ys, xs, centres = tile_grid(tuple(image.shape), window_px=n, overlap=overlap)
+    n, pixel_size_a, voltage_kv, cs_mm = params.window_px, params.pixel_size_a, params.voltage_kv, params.cs_mm
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    ys, xs, centres = tile_grid(shape, window_px=n, overlap=overlap)
     offsets = defocus_offset_a(
         centres,
         tilt_angle_deg=tilt_angle_deg,
         tilt_axis_deg=tilt_axis_deg,
         pixel_size_a=pixel_size_a,
-        image_shape=tuple(image.shape),
+        image_shape=shape,
     )
     keep = torch.ones_like(offsets, dtype=torch.bool)
     if max_offset_a is not None:
@@ -157,7 +159,7 @@ def tiled_power_spectrum(
         w = frac[c0 : c0 + len(ids), None, None]
         bins.index_add_(0, lower[c0 : c0 + len(ids)] + 1, power * w)
         bins.index_add_(0, lower[c0 : c0 + len(ids)], power.mul_(1.0 - w))
-    if bins is not None:
+    if bins is not None and scale_map is not None:
         bin_offsets = (used * step_a).to(dev)
         for c0 in range(0, used.numel(), chunk):
             total += _rescale_tiles(bins[c0 : c0 + chunk], bin_offsets[c0 : c0 + chunk], scale_map).sum(0)
@@ -262,7 +264,7 @@ def ring_window(
 
 
 def _window_sum(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Sums of ``values (..., nb)`` over bins ``[lo, hi)``; leading dims of values or bounds broadcast."""
+    """Sum ``values (..., nb)`` over bins ``[lo, hi)``; leading dims of values or bounds broadcast."""
     csum = F.pad(torch.cumsum(values, dim=-1), (1, 0))
     batch = lo.shape[:-1] if lo.dim() >= csum.dim() else csum.shape[:-1]
     csum = csum.expand(*batch, csum.shape[-1])

@@ -39,11 +39,13 @@ from tiltflow.core.ctf_spectra import (
 )
 from tiltflow.core.fourier import frequency_grid_2d
 
-__all__ = ["DefocusTrend", "defocus_evidence", "equiphase_power", "fit_defocus_trend", "profile_scores"]
+__all__ = ["DefocusTrend", "TrendSearch", "defocus_evidence", "equiphase_power", "fit_defocus_trend", "profile_scores"]
 
 
 def equiphase_power(spectrum: torch.Tensor, params: CtfParams, reference: tuple[float, float, float]):
-    """Radial average (nb,) of the raw power ``(n, n//2+1)``, each pixel binned where a CTF of the
+    """Average the raw power radially along equal CTF phase of a reference.
+
+    Radial average (nb,) of the raw power ``(n, n//2+1)``, each pixel binned where a CTF of the
     reference's mean defocus has the phase the reference astigmatism (u, v, angle) gives it
     -> (profile, counts).
     """
@@ -65,7 +67,9 @@ def equiphase_power(spectrum: torch.Tensor, params: CtfParams, reference: tuple[
 def profile_scores(
     profile, counts, params: CtfParams, defocus_a: torch.Tensor, phases: torch.Tensor, chunk: int = 512
 ) -> torch.Tensor:
-    """``ctf_fit``'s 1-D score (per-ring normalised Pearson with ctf^2 over the fit band) of a radial
+    """Score a radial profile at every defocus (``ctf_fit``'s 1-D score).
+
+    ``ctf_fit``'s 1-D score (per-ring normalised Pearson with ctf^2 over the fit band) of a radial
     profile (nb,) at every defocus (C,) Å, best over ``phases`` (rad) -> (C,).
     """
     nb = profile.shape[-1]
@@ -123,9 +127,23 @@ def defocus_evidence(
     return torch.stack([r.cpu() for r in rows])
 
 
+@dataclass(frozen=True)
+class TrendSearch:
+    """Likelihood and search settings of :func:`fit_defocus_trend` (its docstring)."""
+
+    z_weight: float = 1.0
+    noise_z: float = 3.0  # about the highest peaks of a curve without rings
+    jitters_a: tuple[float, ...] = (100.0, 200.0, 400.0, 800.0)  # candidate scatters about the trend
+    max_slope_a_per_deg: float = 150.0
+    slope_sigma_a_per_deg: float = 50.0  # width of the Gaussian prior on the slope
+    min_gain: float = 6.0  # log-likelihood a squared-tilt or acquisition term must add
+
+
 @dataclass
 class DefocusTrend:
-    """``fit_defocus_trend``'s result, per tilt (t,): ``defocus_a`` the trend, ``peak_a`` the tilt's
+    """The result of :func:`fit_defocus_trend`.
+
+    ``fit_defocus_trend``'s result, per tilt (t,): ``defocus_a`` the trend, ``peak_a`` the tilt's
     own best defocus within ``2 sigma_a`` of it, ``strength`` that peak's z-score; ``sigma_a`` the
     most likely scatter of the tilts about the trend (Å).
     """
@@ -151,7 +169,9 @@ def robust_fit(
     t_min: float = 4.0,
     iters: int = 20,
 ):
-    """Tukey-biweight IRLS fit of ``y ~ b0 + sum_j b_j columns[j]`` with relative precisions ``w0``
+    """Fit ``y`` robustly (Tukey-biweight IRLS) on significant terms only.
+
+    Tukey-biweight IRLS fit of ``y ~ b0 + sum_j b_j columns[j]`` with relative precisions ``w0``
     -> (fitted (t,), scale of a unit-precision residual). Terms less significant than ``t_min``
     standard errors are dropped, weakest first.
     """
@@ -200,7 +220,9 @@ def _line_search(
     slope_step: float,
     slope_sigma: float,
 ) -> tuple[float, float]:
-    """(c0, c1) of the line ``c0 + c1 * tilt`` over the grid maximising ``sum_i m[i, line_i]`` plus
+    """Find the line in tilt angle best supported by the evidence.
+
+    (c0, c1) of the line ``c0 + c1 * tilt`` over the grid maximising ``sum_i m[i, line_i]`` plus
     the slope's log prior ``-(c1 / slope_sigma)^2 / 2``.
     """
     c, step = grid.numel(), float(grid[1] - grid[0])
@@ -229,7 +251,9 @@ def _total(m: torch.Tensor, grid: torch.Tensor, design: torch.Tensor, coef) -> f
 
 
 def _refine(m, grid, design, start, scales, slope_sigma) -> tuple[list[float], float]:
-    """Nelder-Mead of ``_total`` plus the slope's log prior over the coefficients (scaled by
+    """Refine the trend's coefficients by Nelder-Mead.
+
+    Nelder-Mead of ``_total`` plus the slope's log prior over the coefficients (scaled by
     ``scales``) from ``start``.
     """
     from scipy.optimize import minimize  # lazy, as in ctf_fit
@@ -267,14 +291,9 @@ def fit_defocus_trend(
     tilt_angles_deg,  # (t,)
     acquisition_order,  # (t,)
     *,
-    z_weight: float = 1.0,
-    noise_z: float = 3.0,
-    jitters_a: tuple[float, ...] = (100.0, 200.0, 400.0, 800.0),
-    max_slope_a_per_deg: float = 150.0,
-    slope_sigma_a_per_deg: float = 50.0,
-    min_gain: float = 6.0,
+    search: TrendSearch | None = None,
 ) -> DefocusTrend:
-    """The series' defocus trend from the summed evidence of its tilts (module docstring, step 2).
+    """Find the series' defocus trend from the summed evidence of its tilts (module docstring, step 2).
 
     Each tilt's log-likelihood of its defocus is ``z_weight * max(z - noise_z, 0)^2 / 2`` (a matched
     filter's; the highest peaks of a curve without rings reach about ``noise_z``: they pull nothing);
@@ -285,6 +304,7 @@ def fit_defocus_trend(
     line in tilt angle, plus the squared tilt and the acquisition order where either raises the
     total by ``min_gain``.
     """
+    o = TrendSearch() if search is None else search
     grid = defocus_grid_a.to(torch.float64).cpu()
     z = evidence.to(torch.float64).cpu()
     theta = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1)
@@ -297,12 +317,14 @@ def fit_defocus_trend(
         )
     step = float(grid[1] - grid[0])
     extra = [theta * theta, order - order.mean()]
-    best = None
-    for sigma in jitters_a:
-        m = _marginal(0.5 * (z - noise_z).clamp_min(0.0) ** 2, step, sigma, z_weight)
-        trend, total = _trend_at(m, grid, theta, extra, max_slope_a_per_deg, min_gain, slope_sigma_a_per_deg)
+    best: tuple[torch.Tensor, float, float] | None = None
+    for sigma in o.jitters_a:
+        m = _marginal(0.5 * (z - o.noise_z).clamp_min(0.0) ** 2, step, sigma, o.z_weight)
+        trend, total = _trend_at(m, grid, theta, extra, o.max_slope_a_per_deg, o.min_gain, o.slope_sigma_a_per_deg)
         if best is None or total > best[1]:
             best = (trend, total, sigma)
+    if best is None:
+        raise ValueError("fit_defocus_trend: no jitters_a to try; pass at least one scatter (Å)")
     trend, _, sigma = best
     near = (grid[None, :] - trend[:, None]).abs() <= 2.0 * sigma
     masked = torch.where(near, z, torch.full_like(z, -1e9))

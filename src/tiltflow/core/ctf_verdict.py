@@ -1,4 +1,6 @@
-"""Is a tilt series' CTF supported by its spectra?  The series pass (``ctf_series.refine_series``)
+"""Whether a tilt series' CTF is supported by its spectra.
+
+The series pass (``ctf_series.refine_series``)
 measures each tilt's ring evidence near the series' defocus trend: the robust z-score of the 1-D
 Thon-ring score at its peak there, over the whole defocus range (``SeriesTrend.strength``). A
 spectrum without rings still peaks somewhere by chance: on the accuracy matrix's noise-limited
@@ -30,10 +32,35 @@ def ctf_series_verdict(
     rings_z: float = RINGS_Z,
     min_tilts: int = 3,
 ) -> Verdict:
-    """failed: no tilt shows Thon rings (evidence < ``rings_z``); check: fewer than ``min_tilts``
-    tilts do (the others follow the defocus trend through them), or none beyond half the tilt
-    range does while more than two tilts lie beyond (their defocus is extrapolated); good
+    """Judge whether a tilt series' spectra support its CTF: ``good``, ``check`` or ``failed``.
+
+    ``failed``: no tilt shows Thon rings (evidence below ``rings_z``); ``check``: fewer than
+    ``min_tilts`` tilts do (the others follow the defocus trend through them), or none beyond half the
+    tilt range does while more than two tilts lie beyond (their defocus is extrapolated); ``good``
     otherwise.
+
+    Parameters
+    ----------
+    strength : array_like
+        ``(t,)`` ring evidence per tilt (robust z, ``SeriesTrend.strength``); NaN where unknown.
+    tilt_angles_deg : array_like
+        ``(t,)`` tilt angles, degrees.
+    rings_z : float
+        Evidence a tilt needs to count as showing rings.
+    min_tilts : int
+        Tilts with rings a ``good`` series needs.
+
+    Returns
+    -------
+    Verdict
+        The status and its reasons.
+
+    Examples
+    --------
+    >>> ctf_series_verdict([9.0, 12.0, 8.0, 2.0], [-6.0, -3.0, 0.0, 3.0]).status
+    'good'
+    >>> ctf_series_verdict([2.0, 3.0, 1.0, 2.5], [-6.0, -3.0, 0.0, 3.0]).status
+    'failed'
     """
     z = torch.as_tensor(strength, dtype=torch.float64).reshape(-1).cpu()
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64).reshape(-1).cpu()

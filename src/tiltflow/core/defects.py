@@ -44,10 +44,11 @@ def _robust_mean_sd(x: torch.Tensor, k_sigma: float) -> tuple[torch.Tensor, torc
 
 @dataclass
 class BrightOutliers:
-    """Outlier model of a movie (h, w): a pixel of frame i is an outlier when above
-    ``threshold[i]``, or when it is one of the ``persistent`` hot pixels (sorted flat indices).
+    """Outlier model of a movie (t, h, w).
 
-    ``fill`` (t,) is each frame's mean without its outliers, the replacement value.
+    A pixel of frame i is an outlier when above ``threshold[i]``, or when it is one of the
+    ``persistent`` hot pixels (sorted flat indices). ``fill`` (t,) is each frame's mean without its
+    outliers, the replacement value.
     """
 
     threshold: torch.Tensor  # (t,) counts
@@ -68,8 +69,9 @@ class BrightOutliers:
         return self.persistent[lo:hi] - row0 * self.width
 
     def clean(self, block: torch.Tensor, index: int, row0: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
-        """A float32 copy of ``block`` (rows of frame ``index`` from ``row0``) with outliers filled
-        (written into ``out`` when given).
+        """Return a float32 copy of ``block`` (rows of frame ``index`` from ``row0``), outliers filled.
+
+        The copy is written into ``out`` when given.
         """
         out = block.to(torch.float32, copy=True) if out is None else out.copy_(block)
         fill = self.fill[index]
@@ -111,8 +113,9 @@ def bright_outlier_mask(
     *,
     k_sigma: float = 10.0,
 ) -> torch.Tensor:  # (t, h, w) bool
-    """Pixels more than ``k_sigma`` robust SDs above their frame's mean, or whose sum over frames is
-    (persistent hot pixels, each frame only mildly high).
+    """Mask the pixels more than ``k_sigma`` robust SDs above their frame's mean.
+
+    Also those whose sum over frames is (persistent hot pixels, each frame only mildly high).
     """
     model = find_bright_outliers(frames, k_sigma=k_sigma)
     mask = (frames if frames.is_floating_point() else frames.float()) > model.threshold[:, None, None]
@@ -121,7 +124,7 @@ def bright_outlier_mask(
 
 
 def suppress_bright_outliers(frames: torch.Tensor, *, k_sigma: float = 10.0) -> torch.Tensor:
-    """A float32 copy of ``frames`` (t, h, w) with bright outliers replaced by their frame's mean."""
+    """Return a float32 copy of ``frames`` (t, h, w) with bright outliers replaced by their frame's mean."""
     model = find_bright_outliers(frames, k_sigma=k_sigma)
     t, h, w = frames.shape
     out = torch.empty((t, h, w), dtype=torch.float32, device=frames.device)

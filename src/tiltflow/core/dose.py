@@ -20,8 +20,10 @@ from tiltflow.core.motion_sum import critical_exposure_e_a2
 
 
 def view_exposure_e_a2(dose_prior_e_a2, dose_e_a2, *, at: str = "mid") -> torch.Tensor:
-    """Exposure ``(t,)`` e/Å² of views with these prior and own doses: mid-exposure ``prior + dose / 2``
-    (``at="mid"``) or the accumulated dose ``prior + dose`` (``at="end"``).
+    """Exposure ``(t,)`` e/Å² of views with these prior and own doses.
+
+    Mid-exposure ``prior + dose / 2`` (``at="mid"``) or the accumulated dose ``prior + dose``
+    (``at="end"``).
     """
     if at not in ("mid", "end"):
         raise ValueError(f"dose weighting: at must be 'mid' or 'end', got {at!r}")
@@ -59,7 +61,37 @@ def dose_weight_views(
     pixel_size_a: float,  # of these views (binned)
     voltage_kv: float,
 ) -> torch.Tensor:  # (t, h, w) filtered views
-    """Filter each view by its exposure filter (module docstring); mean and positions unchanged."""
+    """Filter each view by its exposure filter (module docstring); mean and positions unchanged.
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        ``(t, h, w)`` views; never modified.
+    exposure_e_a2 : sequence of float or torch.Tensor
+        ``(t,)`` exposure of each view, e/Å² (:func:`view_exposure_e_a2`).
+    pixel_size_a : float
+        Pixel size of these (binned) views, Å/px.
+    voltage_kv : float
+        Acceleration voltage, kV (200-300, the range of the critical-exposure fit).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(t, h, w)`` filtered views, dtype of ``views``.
+
+    Raises
+    ------
+    ValueError
+        If the views are not ``(t, h, w)``, there is not one finite, non-negative exposure per
+        view, or the pixel size or voltage is out of range.
+
+    Examples
+    --------
+    >>> import torch
+    >>> weighted = dose_weight_views(torch.ones(2, 16, 16), [10.0, 40.0], pixel_size_a=2.0, voltage_kv=300.0)
+    >>> weighted.shape, round(float(weighted.mean()), 4)
+    (torch.Size([2, 16, 16]), 1.0)
+    """
     if views.ndim != 3:
         raise ValueError(f"dose weighting: views must be (t, h, w), got {tuple(views.shape)}")
     t, h, w = views.shape

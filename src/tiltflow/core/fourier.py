@@ -20,7 +20,8 @@ def frequency_grid_2d(
     h, w = shape
     ky = torch.fft.fftfreq(h, device=device)
     kx = torch.fft.rfftfreq(w, device=device) if rfft else torch.fft.fftfreq(w, device=device)
-    return torch.meshgrid(ky, kx, indexing="ij")
+    ky_grid, kx_grid = torch.meshgrid(ky, kx, indexing="ij")
+    return ky_grid, kx_grid
 
 
 def phase_shift_2d(spectrum: torch.Tensor, shifts_px: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
@@ -75,7 +76,7 @@ def bandpass_2d(
     falloff: float = 0.02,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """A soft band-pass in rfft2 layout, ``(h, w//2+1)``; cut-offs as periods in pixels.
+    """Soft band-pass in rfft2 layout, ``(h, w//2+1)``; cut-offs as periods in pixels.
 
     ``low_cut_px`` removes structure larger than that period, ``high_cut_px`` finer than that
     period; cosine edges ``falloff`` cycles/px wide.

@@ -79,7 +79,8 @@ def _oriented_reference(ref, name, frame_shape, device, transpose, flip_x, flip_
         )
     bad = ~torch.isfinite(oriented)
     if bool(bad.any()):
-        warnings.warn(f"prepare_frames: {int(bad.sum())} non-finite {name} values set to 0")
+        # stacklevel 3: the caller of prepare_frames
+        warnings.warn(f"prepare_frames: {int(bad.sum())} non-finite {name} values set to 0", stacklevel=3)
         oriented = torch.where(bad, torch.zeros_like(oriented), oriented)
     return oriented
 
@@ -100,11 +101,38 @@ def prepare_frames(
     before use. The input is never modified; frames are converted in blocks of rows, so the only
     large allocation is the result (none when ``out`` is given).
 
+    Parameters
+    ----------
+    frames_raw : torch.Tensor
+        ``(t, h, w)`` raw frames, counts, any real dtype.
+    gain : torch.Tensor or numpy.ndarray, optional
+        Multiplicative gain reference, ``(h, w)`` once oriented; non-finite values become 0 (with
+        a warning).
+    dark : torch.Tensor or numpy.ndarray, optional
+        Dark reference, counts, in the same orientation as the gain.
+    gain_transpose, gain_flip_x, gain_flip_y : bool
+        Orientation of the stored gain and dark relative to the frames (see :func:`orient_gain`).
+    out : torch.Tensor, optional
+        ``(t, h, w)`` float32 tensor on the frames' device to write the result into.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(t, h, w)`` float32 gain-corrected frames on the frames' device (``out`` when given).
+
     Raises
     ------
     ValueError
         If the frames are not ``(t, h, w)``, the oriented gain/dark does not match their shape, or
         ``out`` is not a float32 tensor of the frames' shape and device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> raw = torch.full((2, 16, 16), 3, dtype=torch.int16)
+    >>> frames = prepare_frames(raw, gain=torch.full((16, 16), 2.0))
+    >>> frames.dtype, frames.shape, float(frames[0, 0, 0])
+    (torch.float32, torch.Size([2, 16, 16]), 6.0)
     """
     frames_raw = _as_tensor(frames_raw, None)
     if frames_raw.ndim != 3 or frames_raw.is_complex():

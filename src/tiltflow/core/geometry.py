@@ -86,7 +86,37 @@ def defocus_offset_a(
     image_shape: tuple[int, int],
     shift_px: torch.Tensor | None = None,
 ) -> torch.Tensor:  # (...,) Å to add to the defocus at the image centre
-    """Defocus change across a tilted specimen plane: ``x' * tan(theta) * pixel_size_a``."""
+    """Compute the defocus change across a tilted specimen plane: ``x' * tan(theta) * pixel_size_a``.
+
+    ``x'`` is the aligned coordinate perpendicular to the tilt axis, from IMOD's image centre.
+
+    Parameters
+    ----------
+    points_xy : torch.Tensor
+        ``(..., 2)`` raw pixel coordinates (x, y).
+    tilt_angle_deg : float
+        Tilt angle, degrees.
+    tilt_axis_deg : float
+        Tilt-axis angle, degrees from +y, counter-clockwise.
+    pixel_size_a : float
+        Pixel size, Å/px.
+    image_shape : tuple of int
+        ``(ny, nx)`` of the image.
+    shift_px : torch.Tensor, optional
+        ``(2,)`` raw-image shift of the view.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(...,)`` Å to add to the defocus at the image centre.
+
+    Examples
+    --------
+    >>> import torch
+    >>> pts = torch.tensor([[0.0, 50.0], [99.0, 50.0]])
+    >>> defocus_offset_a(pts, tilt_angle_deg=45.0, tilt_axis_deg=0.0, pixel_size_a=2.0, image_shape=(100, 100)).round()
+    tensor([-99.,  99.], dtype=torch.float64)
+    """
     aligned = raw_to_aligned(points_xy, tilt_axis_deg=tilt_axis_deg, shift_px=shift_px, image_shape=image_shape)
     return aligned[..., 0] * math.tan(math.radians(tilt_angle_deg)) * pixel_size_a
 

@@ -72,6 +72,44 @@ def estimate_motion(
     predicts held-out (even/odd) frames better than global motion, else its grid is zero.
     Shifts are refined with weights measured on the movie itself (signal and noise per ring of
     |k| within ``fit_range_a``); ``bfactor_a2`` then only weights the coarse search.
+
+    Parameters
+    ----------
+    frames : torch.Tensor
+        ``(t, h, w)`` gain-corrected frames (h, w >= 16); never modified; the device follows them.
+    pixel_size_a : float
+        Unbinned pixel size, Å/px.
+    fit_range_a : tuple of float
+        (low, high) resolution, Å, of the band used for alignment.
+    bfactor_a2 : float
+        B-factor, Å², weighting the coarse cross-correlation search.
+    grid : tuple of int, optional
+        (nx, ny, nt) control points of the local motion; None: :func:`automatic_grid`;
+        ``(1, 1, 1)``: global motion only.
+    binning : int
+        Minimum down-sampling before estimation (e.g. 2 for super-resolution movies).
+    suppress_outliers : bool
+        Replace hot pixels and X-ray hits by the frame mean before estimating.
+
+    Returns
+    -------
+    LocalMotion
+        ``global_shifts`` ``(t, 2)`` x, y in unbinned px, mean zero (DESIGN.md §2), and the
+        residual ``grid`` ``(nt, ny, nx, 2)`` px (zero when local motion is not supported).
+
+    Raises
+    ------
+    ValueError
+        If the frames are not a real ``(t, h, w)`` tensor, or an option is out of range.
+
+    Examples
+    --------
+    >>> import torch
+    >>> image = torch.rand(64, 64, generator=torch.Generator().manual_seed(0))
+    >>> movie = torch.stack([image.roll(k, dims=-1) for k in range(4)])  # moves 1 px/frame along x
+    >>> motion = estimate_motion(movie, pixel_size_a=5.0)
+    >>> motion.global_shifts[:, 0].round(decimals=1).tolist()
+    [-1.5, -0.5, 0.5, 1.5]
     """
     name = "estimate_motion"
     check_movie(frames, pixel_size_a, fit_range_a, binning, name)

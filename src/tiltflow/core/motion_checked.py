@@ -1,10 +1,10 @@
-"""Motion the data support, or none: :func:`estimate_motion` followed by a plausibility check of
-the trajectory, and a fall-back to frames aligned in groups when single frames are too dim.
+"""Motion the data support, or none: motion estimation with a plausibility check and fall-backs.
 
-Frames of a tilt-series movie carry little dose (0.3-1 e/px at fine pixels, 40 frames at high
-tilt through thick ice); when a frame's correlation with the others holds no signal its peak lands
-anywhere in the search window (a simulated 40-frame movie at 0.9 e/px/frame, +40°, gave shifts of
-50-160 px where the specimen moved 4 px). Beam-induced motion and drift do not jump by tens of Å
+:func:`estimate_motion` is followed by a plausibility check of the trajectory, and a fall-back to
+frames aligned in groups when single frames are too dim. Frames of a tilt-series movie carry
+little dose (0.3-1 e/px at fine pixels, 40 frames at high tilt through thick ice); when a frame's
+correlation with the others holds no signal its peak lands anywhere in the search window, tens of
+pixels from where the specimen moved. Beam-induced motion and drift do not jump by tens of Å
 between frames, so such a trajectory is refused: the frames are summed in groups of 2, 4, ...
 (dose per group up), aligned as global motion, and the group shifts interpolated to every frame.
 When no grouping gives a plausible trajectory, the frames are summed without shifts.
@@ -24,6 +24,8 @@ __all__ = ["CheckedMotion", "estimate_motion_checked", "implausible_motion"]
 
 @dataclass(frozen=True)
 class CheckedMotion:
+    """Result of :func:`estimate_motion_checked`: the motion and how it was obtained."""
+
     motion: LocalMotion
     note: str | None  # None: single frames; else how the trajectory was obtained, and why
     frames_per_group: int  # 1: single frames; 0: no motion correction
@@ -36,8 +38,10 @@ def implausible_motion(
     max_jump_a: float = 30.0,  # between consecutive frames
     max_range_a: float = 400.0,  # over the movie
 ) -> str | None:
-    """Why a trajectory cannot be the specimen's (jumps beyond ``max_jump_a`` between frames,
-    or a range beyond ``max_range_a``; at least 3 px each), or None.
+    """Say why a trajectory cannot be the specimen's, or return None.
+
+    Refused: jumps beyond ``max_jump_a`` between frames, or a range beyond ``max_range_a`` (each
+    limit at least 3 px).
     """
     s = shifts_px.detach().to(torch.float64).cpu()
     if not bool(torch.isfinite(s).all()):
@@ -59,7 +63,32 @@ def estimate_motion_checked(
     pixel_size_a: float,
     **options,  # as for :func:`estimate_motion`
 ) -> CheckedMotion:
-    """:func:`estimate_motion`, its trajectory checked (module docstring)."""
+    """Estimate the motion of a movie as :func:`estimate_motion`, its trajectory checked (module docstring).
+
+    Parameters
+    ----------
+    frames : torch.Tensor
+        ``(t, h, w)`` gain-corrected frames; never modified.
+    pixel_size_a : float
+        Unbinned pixel size, Å/px.
+    **options
+        Passed to :func:`estimate_motion` (``fit_range_a``, ``bfactor_a2``, ``grid``, ...).
+
+    Returns
+    -------
+    CheckedMotion
+        The motion (single frames, frames aligned in groups, or none), ``note`` saying how it was
+        obtained (None for single frames) and ``frames_per_group`` (1, the group size, or 0).
+
+    Examples
+    --------
+    >>> import torch
+    >>> image = torch.rand(64, 64, generator=torch.Generator().manual_seed(0))
+    >>> movie = torch.stack([image.roll(k, dims=-1) for k in range(4)])
+    >>> checked = estimate_motion_checked(movie, pixel_size_a=5.0)
+    >>> checked.frames_per_group, checked.note, checked.motion.global_shifts.shape
+    (1, None, torch.Size([4, 2]))
+    """
     motion = estimate_motion(frames, pixel_size_a=pixel_size_a, **options)
     why = implausible_motion(motion.global_shifts, pixel_size_a)
     if why is None:
@@ -92,8 +121,9 @@ def estimate_motion_checked(
 
 
 def _interpolate_groups(group_shifts: torch.Tensor, group: int, n_frames: int) -> torch.Tensor:
-    """Shifts (n_frames, 2) linearly interpolated from groups of ``group`` frames (each group's
-    shift at its centre frame; constant beyond the first and last centres), mean zero.
+    """Shifts (n_frames, 2), mean zero, linearly interpolated from groups of ``group`` frames.
+
+    Each group's shift is taken at its centre frame; constant beyond the first and last centres.
     """
     g = group_shifts.detach().to(torch.float64)
     centres = torch.arange(g.shape[0], dtype=torch.float64, device=g.device) * group + (group - 1) / 2.0

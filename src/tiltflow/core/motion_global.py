@@ -14,6 +14,8 @@ import torch
 
 from tiltflow.core.defects import BrightOutliers
 from tiltflow.core.motion_xcorr import (
+    SearchSchedule,
+    SpectraGrid,
     align_stack,
     bin_frames,
     edge_taper,
@@ -147,15 +149,9 @@ def global_shifts_binned(
     max_shift_px = min(h, w) / 4.0 if max_shift_a is None else max_shift_a / pixel_size_a
     fit = align_stack(
         spectra,
-        ky=ky,
-        kx=kx,
-        image_shape=(hb, wb),
-        scale_yx=binned.scale_yx,
-        weights=None,
-        shifts=torch.zeros((t, 2), device=dev),
-        coarse_iterations=2,
-        outer_iterations=iterations,
-        max_shift_px=max_shift_px,
+        SpectraGrid(ky=ky, kx=kx, image_shape=(hb, wb), scale_yx=binned.scale_yx),
+        torch.zeros((t, 2), device=dev),
+        SearchSchedule(coarse_iterations=2, outer_iterations=iterations, max_shift_px=max_shift_px),
         smooth=smooth_trajectory if smooth else None,
     )
     return fit.shifts
@@ -206,7 +202,7 @@ def smooth_trajectory(shifts: torch.Tensor, variance: torch.Tensor) -> torch.Ten
     z = r @ d2.T  # (..., 2, t-2)
     a2 = torch.logspace(-6, 3, 28, dtype=dt, device=dev)  # px^2 / frame^4
     f = torch.arange(t - 2, dtype=dt, device=dev)
-    best = None  # (nll, lam, c, j2) of the best hyperparameters so far, per leading index
+    best: tuple[torch.Tensor, ...] | None = None  # (nll, lam, c, j2) of the best so far, per leading index
     for decay, j2, c in itertools.product(DECAYS, JITTERS_PX2, NOISE_SCALES):
         lam = (a2[:, None] * decay ** (2 * f)).clamp_min(1e-12)  # (A, t-2)
         white = torch.einsum("it,...ct,jt->...cij", d2, c * v + j2, d2)  # (..., 2, t-2, t-2)
@@ -224,10 +220,11 @@ def smooth_trajectory(shifts: torch.Tensor, variance: torch.Tensor) -> torch.Ten
                 torch.where(better[..., None] if x.ndim > nll.ndim else better, x, y)
                 for x, y in zip(cand, best, strict=False)
             )
-    _, lam, c, j2 = best
-    prior = torch.einsum("it,...i,is->...ts", d2, 1.0 / lam, d2)  # (..., t, t)
-    noise = c[..., None, None] * v + j2[..., None, None]  # (..., 2, t): all that is white
+    assert best is not None  # the hyperparameter grid is not empty
+    _, lam_best, c_best, j2_best = best
+    prior = torch.einsum("it,...i,is->...ts", d2, 1.0 / lam_best, d2)  # (..., t, t)
+    noise = c_best[..., None, None] * v + j2_best[..., None, None]  # (..., 2, t): all that is white
     prec = torch.diag_embed(1.0 / noise) + prior[..., None, :, :]
     smooth = torch.linalg.solve(prec, (r / noise)[..., None])[..., 0]
-    out = smooth + j2[..., None, None] / noise * (r - smooth)  # the jitter's share is kept
+    out = smooth + j2_best[..., None, None] / noise * (r - smooth)  # the jitter's share is kept
     return out.movedim(-2, -1).to(shifts.dtype)

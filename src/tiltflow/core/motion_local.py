@@ -15,6 +15,8 @@ import torch
 
 from tiltflow.core.motion_global import BinnedMovie, bin_movie, check_movie, smooth_trajectory
 from tiltflow.core.motion_xcorr import (
+    SearchSchedule,
+    SpectraGrid,
     align_stack,
     edge_taper,
     fast_fft_size,
@@ -67,6 +69,7 @@ class LocalMotion:
 
     @property
     def n_frames(self) -> int:
+        """Number of frames t of the movie."""
         return int(self.global_shifts.shape[0])
 
     def _weights(self, frame_index, x_px, y_px):
@@ -331,15 +334,9 @@ def local_motion_binned(
         total = motion.shifts_at(frame_idx[None, :], centres[:, None, 0], centres[:, None, 1])
         fit = align_stack(
             spectra,
-            ky=ky,
-            kx=kx,
-            image_shape=(ph, pw),
-            scale_yx=scale,
-            weights=None,
-            shifts=total - offsets * scale_xy,
-            coarse_iterations=0,
-            outer_iterations=1,
-            max_shift_px=0.0,
+            SpectraGrid(ky=ky, kx=kx, image_shape=(ph, pw), scale_yx=scale),
+            total - offsets * scale_xy,
+            SearchSchedule(coarse_iterations=0, outer_iterations=1, max_shift_px=0.0),
         )
         residual = fit.shifts + offsets * scale_xy - global_shifts  # (P, t, 2)
         residual = residual - residual.mean(dim=-2, keepdim=True)

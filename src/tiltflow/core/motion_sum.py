@@ -12,7 +12,7 @@ one inverse transform per sum; a first-order slope term when the field is strong
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,7 +88,7 @@ TILE_MARGIN_PX = 8  # beyond each tile's window: room for the periodic wrap of i
 
 
 def tile_plan(motion: LocalMotion, *, max_error_px: float = 0.05, max_stride_px: int = 512) -> tuple[int, bool]:
-    """(stride, first_order) of the tiles that apply ``motion`` within ``max_error_px``.
+    """Choose (stride, first_order) of the tiles that apply ``motion`` within ``max_error_px``.
 
     With slopes s' and curvatures s'' of the residual field (taken on a 17 x 17 grid of points,
     in every frame), a tile of stride S departs from the value at its centre by at most
@@ -137,8 +137,10 @@ class _TileLayout:
 
 
 def _tile_layout(h: int, w: int, stride: int) -> _TileLayout:
-    """Tiles stepping by ``stride``; their windows overlap by >= stride / 16 (all the room up to
-    the next fast FFT size) and are read with ``TILE_MARGIN_PX`` more on each side.
+    """Lay out tiles stepping by ``stride`` over an (h, w) frame.
+
+    Their windows overlap by >= stride / 16 (all the room up to the next fast FFT size) and are
+    read with ``TILE_MARGIN_PX`` more on each side.
     """
     margin = TILE_MARGIN_PX
     size = fast_fft_size(stride + max(8, stride // 16) + 2 * margin)
@@ -182,9 +184,11 @@ def _sum_tiles(
     frame_ids: list[int],  # frame index (for the motion) of each frame in ``frames``
     first_order: bool = False,
 ) -> torch.Tensor:  # (n_sums, h, w) float32
-    """Warped frames summed tile by tile: for each row of tiles every frame's tiles are moved by the
-    motion at their centres (whole pixels by where they are read, the rest by a Fourier shift),
-    filtered, accumulated in Fourier space, transformed back once per sum and blended.
+    """Sum warped frames tile by tile.
+
+    For each row of tiles every frame's tiles are moved by the motion at their centres (whole
+    pixels by where they are read, the rest by a Fourier shift), filtered, accumulated in Fourier
+    space, transformed back once per sum and blended.
 
     ``first_order`` adds the field's slope inside each tile: with J the Jacobian of the shift at
     the tile centre c, the tile at p is G(p + J (p - c)) ~ G(p) + sum_ab J_ab (p - c)_b d_a G(p), and
@@ -211,9 +215,9 @@ def _sum_tiles(
         cy = torch.full_like(cx, y0 + (win - 1) / 2)
         # (t, nx, 2): source of output pixel p is p + shift
         shift = motion.shifts_at(ids[:, None], cx[None, :], cy[None, :]).to(dev, torch.float32)
-        whole = torch.round(shift)
-        frac = shift - whole
-        whole = whole.long().tolist()
+        rounded = torch.round(shift)
+        frac = shift - rounded
+        whole = rounded.long().tolist()
         acc.zero_()
         if slopes is not None:
             slopes.zero_()
@@ -247,8 +251,9 @@ def _sum_tiles(
 
 
 def _tile_jacobians(motion: LocalMotion, ids, cx, cy, step: float) -> torch.Tensor:
-    """(t, n, 2, 2) central differences ``d shift_a / d x_b`` of the residual field over +- step px
-    around the tile centres (cx, cy) (n,), in every frame ``ids``.
+    """Central differences ``d shift_a / d x_b`` (t, n, 2, 2) of the residual field.
+
+    Taken over +- ``step`` px around the tile centres (cx, cy) (n,), in every frame ``ids``.
     """
     f = ids[:, None]
 
@@ -270,9 +275,9 @@ def warp_frame_2d(
 ) -> torch.Tensor:  # (h, w) float32
     """Frame ``index`` (h, w) moved back by its total (global + local) motion.
 
-    Tiles stepping by ``tile_px`` (default: :func:`tile_stride_px` for ``max_error_px``; a window
-    of at least 1/16 of that blends neighbours) are cut from the frame, each Fourier-shifted by the motion at
-    its centre, and blended with weights that sum to one.
+    Tiles stepping by ``tile_px`` (default: :func:`tile_plan` for ``max_error_px``; a window of at
+    least 1/16 of that blends neighbours) are cut from the frame, each Fourier-shifted by the
+    motion at its centre, and blended with weights that sum to one.
     """
     h, w = frame.shape
     stride, first_order = tile_plan(motion, max_error_px=max_error_px)
@@ -289,6 +294,11 @@ def _dose_filters(dw: DoseWeighting, t: int, ky, kx) -> tuple[torch.Tensor, torc
     critical = critical_exposure_e_a2(k_a, dw.voltage_kv)
     weights = torch.exp(-exposure[:, None, None] / (2.0 * critical))
     return weights, torch.sqrt(t / weights.square().sum(0).clamp_min(1e-30))
+
+
+def _float_rows(frame: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+    """Return a reader of rows ``r0 .. r1 - 1`` of ``frame`` (h, w) as float32."""
+    return lambda r0, r1: frame[r0:r1].float()
 
 
 def _sum_fourier(frames, glob, parity, n_sums, out_shape, dose_weights) -> torch.Tensor:
@@ -312,9 +322,7 @@ def _sum_fourier(frames, glob, parity, n_sums, out_shape, dose_weights) -> torch
         else:
             if work is None:
                 work = torch.empty((h, spec_shape[1]), dtype=torch.complex64, device=dev)
-            streamed_cropped_spectrum(
-                lambda r0, r1, i=i: frames[i, r0:r1].float(), (h, w), out_shape, out=spec, work=work
-            )
+            streamed_cropped_spectrum(_float_rows(frames[i]), (h, w), out_shape, out=spec, work=work)
         py, px = ramp_vectors(ky, kx, glob[i])  # moves the frame by -shift
         spec.mul_(py[:, None]).mul_(px[None, :])
         if dose_weights is not None:
@@ -362,6 +370,43 @@ def align_and_sum(
     local motion, on each tile's frequency grid). ``even``/``odd`` (with ``even_odd``) use the
     same weights and scaling, and ``total`` is their sum. The input is never modified, and no
     frame-sized temporaries are made beyond the sums.
+
+    Parameters
+    ----------
+    frames : torch.Tensor
+        ``(t, h, w)`` gain-corrected frames; the device follows them.
+    shifts : torch.Tensor or LocalMotion
+        ``(t, 2)`` x, y shifts in unbinned px (DESIGN.md §2), or global and local motion
+        (:func:`tiltflow.core.motion.estimate_motion`).
+    even_odd : bool
+        Also return the sums of the even and odd frames.
+    dose_weights : DoseWeighting, optional
+        Exposure filter inputs (pixel size, dose per frame, pre-exposure, voltage).
+    binning : int
+        Output binning factor, by Fourier cropping.
+    tile_px : int, optional
+        Tile stride (px, >= 16) for local motion; default from :func:`tile_plan`.
+    max_error_px : float
+        Largest motion error, px, allowed inside a tile when the stride is chosen.
+
+    Returns
+    -------
+    MotionSum
+        ``total`` ``(h // binning, w // binning)`` float32, ``even`` / ``odd`` (or None), the
+        shifts and local motion applied, and the binning.
+
+    Raises
+    ------
+    ValueError
+        If the frames are not ``(t, h, w)``, the shifts or motion do not match them, or an option
+        is out of range.
+
+    Examples
+    --------
+    >>> import torch
+    >>> summed = align_and_sum(torch.ones(4, 16, 16), torch.zeros(4, 2), even_odd=True, binning=2)
+    >>> summed.total.shape, round(float(summed.total.mean()), 3), round(float(summed.even.mean()), 3)
+    (torch.Size([8, 8]), 4.0, 2.0)
     """
     name = "align_and_sum"
     if not isinstance(frames, torch.Tensor) or frames.ndim != 3 or frames.is_complex():

@@ -136,7 +136,7 @@ def streamed_cropped_spectrum(
     out: torch.Tensor,  # (new_h, new_w//2+1) complex64, written and returned
     work: torch.Tensor | None = None,  # (h, new_w//2+1) complex64 scratch, reused between calls
 ) -> torch.Tensor:
-    """The cropped rfft2 of one image (as :func:`cropped_spectrum_2d`), written into ``out``.
+    """Write the cropped rfft2 of one image (as :func:`cropped_spectrum_2d`) into ``out``.
 
     The image is read in row blocks and the y transform runs on blocks of kept columns, so on the
     CPU no temporary exceeds a few MB (large fresh allocations cost page faults).
@@ -191,7 +191,7 @@ def phase_ramp(ky: torch.Tensor, kx: torch.Tensor, shifts: torch.Tensor) -> torc
 
 
 def ramp_vectors(ky, kx, shifts) -> tuple[torch.Tensor, torch.Tensor]:
-    """The separable factors (..., h) and (..., w') of :func:`phase_ramp`."""
+    """Return the separable factors (..., h) and (..., w') of :func:`phase_ramp`."""
     one = torch.ones((), device=ky.device)
     py = torch.polar(one, TWO_PI * ky * shifts[..., 1, None].to(ky.dtype))
     px = torch.polar(one, TWO_PI * kx * shifts[..., 0, None].to(kx.dtype))
@@ -202,6 +202,36 @@ def shifted(spectra: torch.Tensor, ky, kx, shifts) -> torch.Tensor:
     """``spectra * phase_ramp(ky, kx, shifts)`` without making the ramp (one new tensor)."""
     py, px = ramp_vectors(ky, kx, shifts)
     return (spectra * py[..., :, None]).mul_(px[..., None, :])
+
+
+@dataclass(frozen=True)
+class SpectraGrid:
+    """Frequencies of rfft2 spectra of (down-sampled) images, in cycles per unbinned px.
+
+    ``ky`` (h,) and ``kx`` (w//2+1,) are the frequency vectors, ``image_shape`` the (h, w) of the
+    images behind the spectra and ``scale_yx`` the size of one of their pixels in unbinned px.
+    """
+
+    ky: torch.Tensor
+    kx: torch.Tensor
+    image_shape: tuple[int, int]
+    scale_yx: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class SearchSchedule:
+    """How :func:`align_stack` searches: coarse rounds, Newton rounds and their limits.
+
+    ``coarse_iterations`` cross-correlation peak searches within ``max_shift_px`` (unbinned px),
+    then ``outer_iterations`` rounds of ``newton_steps`` Newton steps; with ``adaptive`` (and
+    t > 2) each round reweights the spectra by :func:`signal_weights`.
+    """
+
+    coarse_iterations: int
+    outer_iterations: int
+    max_shift_px: float
+    newton_steps: int = 3
+    adaptive: bool = True
 
 
 @dataclass
@@ -271,8 +301,9 @@ class _LeaveOneOut:
 
 
 def _ring_means(values, ring, herm, n, smooth_bins):
-    """Means over rings (n,) of ``values`` (h, w') and full-plane counts (n,), each ring averaged
-    with ``smooth_bins`` rings either side.
+    """Means over rings (n,) of ``values`` (h, w') and full-plane counts (n,).
+
+    Each ring is averaged with ``smooth_bins`` rings either side.
     """
     kernel = torch.ones(1, 1, 2 * smooth_bins + 1, dtype=torch.float64, device=values.device)
     out = []
@@ -344,8 +375,10 @@ def _derivatives(cross, ky, kx, shifts, column_weights):
 
 
 def _coarse_shifts(spectra, ky, kx, shifts, image_shape, scale_yx, max_shift_px) -> torch.Tensor:
-    """Cross-correlation peaks (..., t, 2) unbinned px, on maps at 1 / ``COARSE_CROP`` of the
-    resolution of ``spectra`` (..., t, h, w//2+1), leave-one-out references aligned by ``shifts``.
+    """Cross-correlation peaks (..., t, 2), unbinned px, against leave-one-out references.
+
+    The maps are at 1 / ``COARSE_CROP`` of the resolution of ``spectra`` (..., t, h, w//2+1); the
+    references are aligned by ``shifts``.
     """
     h, w = image_shape
     mh = min(h, fast_fft_size(math.ceil(h / COARSE_CROP)))
@@ -362,8 +395,9 @@ def _coarse_shifts(spectra, ky, kx, shifts, image_shape, scale_yx, max_shift_px)
 
 
 def _newton(cross, ky, kx, start, herm, max_step, steps, tol_px=1e-3):
-    """Newton ascent of ``C(s)`` from ``start`` (..., 2) for cross spectra (..., h, w'):
-    (s, curvature, variance), each (..., 2). Stops early once every step is below ``tol_px``
+    """Newton ascent of ``C(s)`` from ``start`` (..., 2) for cross spectra (..., h, w').
+
+    Returns (s, curvature, variance), each (..., 2). Stops early once every step is below ``tol_px``
     (the curvature is then the one just evaluated, ``tol_px`` away).
     """
     raw = start
@@ -394,26 +428,20 @@ def _newton(cross, ky, kx, start, herm, max_step, steps, tol_px=1e-3):
 
 def align_stack(
     spectra: torch.Tensor,  # (..., t, h, w//2+1) complex
-    *,
-    ky: torch.Tensor,  # (h,) cycles per unbinned px
-    kx: torch.Tensor,  # (w//2+1,)
-    image_shape: tuple[int, int],  # (h, w) of the images behind ``spectra``
-    scale_yx: tuple[float, float],  # unbinned px per pixel of those images
-    weights: torch.Tensor | None,  # (h, w//2+1) fit weights (no Hermitian factor); None: applied
+    grid: SpectraGrid,
     shifts: torch.Tensor,  # (..., t, 2) starting shifts, unbinned px
-    coarse_iterations: int,
-    outer_iterations: int,
-    max_shift_px: float,
-    newton_steps: int = 3,
+    schedule: SearchSchedule,
+    *,
+    weights: torch.Tensor | None = None,  # (h, w//2+1) fit weights (no Hermitian factor); None: applied
     smooth: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    adaptive: bool = True,
 ) -> StackFit:
     """Estimate per-frame shifts of a stack against leave-one-out references (see module doc).
 
     ``weights=None`` means the spectra already carry the square root of the fit weights. With
-    ``adaptive`` (and t > 2) each Newton round reweights them by :func:`signal_weights` measured
-    at the current shifts.
+    ``schedule.adaptive`` (and t > 2) each Newton round reweights them by :func:`signal_weights`
+    measured at the current shifts. ``smooth(shifts, variance)`` ends each round when given.
     """
+    ky, kx, image_shape, scale_yx = grid.ky, grid.kx, grid.image_shape, grid.scale_yx
     s = shifts.to(torch.float32).clone()
     t = spectra.shape[-3]
     # A reference built from the other frames carries their errors, -e_i / (t - 1) on average:
@@ -421,20 +449,20 @@ def align_stack(
     damping = (t - 1) / t
     if weights is not None:
         spectra = spectra * weights.sqrt()  # so that F conj(R) carries the fit weights once
-    for _ in range(coarse_iterations):
-        peak = _coarse_shifts(spectra, ky, kx, s, image_shape, scale_yx, max_shift_px)
+    for _ in range(schedule.coarse_iterations):
+        peak = _coarse_shifts(spectra, ky, kx, s, image_shape, scale_yx, schedule.max_shift_px)
         s = s + (peak - s) * damping
         s = s - s.mean(dim=-2, keepdim=True)
     herm = hermitian_weights(image_shape[1], device=spectra.device)
     max_step = torch.tensor([0.5 * scale_yx[1], 0.5 * scale_yx[0]], device=s.device)
     curvature = variance = torch.ones_like(s)
     base = spectra
-    for _ in range(outer_iterations):
-        if adaptive and t > 2:
+    for _ in range(schedule.outer_iterations):
+        if schedule.adaptive and t > 2:
             groups = _LeaveOneOut.group_slices(base)
             spectra = base * signal_weights(base, ky, kx, s, groups, image_shape[1]).sqrt()
         loo = _LeaveOneOut(spectra, ky, kx, s)
-        fits = [_newton(loo.cross(g), ky, kx, s[..., g, :], herm, max_step, newton_steps) for g in loo.groups]
+        fits = [_newton(loo.cross(g), ky, kx, s[..., g, :], herm, max_step, schedule.newton_steps) for g in loo.groups]
         raw, curvature, variance = (torch.cat(v, dim=-2) for v in zip(*fits, strict=False))
         raw = s + (raw - s) * damping
         variance = variance * damping**2

@@ -29,7 +29,38 @@ def scale_views(
     minimum: float = 0.0,  # min_max: value the stack's minimum maps to
     maximum: float = 255.0,  # min_max: value the stack's maximum maps to
 ) -> torch.Tensor:  # (t, h, w) float32
-    """Scale densities (module docstring); a constant view (SD 0) becomes ``mean`` / the range's middle."""
+    """Scale densities (module docstring); a constant view (SD 0) becomes ``mean`` / the range's middle.
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        ``(t, h, w)`` views; never modified.
+    scale : str
+        ``"none"``, ``"mean_sd"`` (each view to ``mean`` and ``sd``) or ``"min_max"`` (the stack's
+        range to ``minimum`` .. ``maximum``).
+    mean, sd : float
+        Target mean and standard deviation of each view (``mean_sd``; ``sd`` > 0).
+    minimum, maximum : float
+        Values the stack's minimum and maximum map to (``min_max``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(t, h, w)`` float32 scaled views.
+
+    Raises
+    ------
+    ValueError
+        If the views are not ``(t, h, w)``, ``scale`` is unknown, ``sd`` <= 0 or
+        ``maximum`` <= ``minimum``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> scaled = scale_views(torch.arange(32.0).reshape(2, 4, 4), "mean_sd", mean=10.0, sd=2.0)
+    >>> round(float(scaled[1].mean()), 4), round(float(scaled[1].std(correction=0)), 4)
+    (10.0, 2.0)
+    """
     if views.ndim != 3:
         raise ValueError(f"scale_views: views must be (t, h, w), got {tuple(views.shape)}")
     v = views.to(torch.float64)
@@ -55,8 +86,10 @@ def scale_views(
 
 
 def quantize(views: torch.Tensor, mode: str) -> tuple[torch.Tensor, int]:
-    """Values as stored in ``mode``: ``float`` unchanged (float32); ``int16`` / ``uint8`` rounded to whole
-    numbers and clipped to the mode's range (``MODE_RANGES``). Returns (values as float32, clipped count).
+    """Values as stored in ``mode``, and how many were clipped.
+
+    ``float``: unchanged (float32); ``int16`` / ``uint8``: rounded to whole numbers and clipped to
+    the mode's range (``MODE_RANGES``). Returns (values as float32, clipped count).
     """
     if mode == "float":
         return views.to(torch.float32), 0
@@ -73,8 +106,10 @@ def rescale_xf_shifts(
     from_pixel_a: float,  # Å/px of the stack the rows apply to
     to_pixel_a: float,  # Å/px of the stack they should apply to
 ) -> torch.Tensor:  # (t, 6) float64
-    """The same alignment for a stack of the same field at another pixel size: the 2x2 part is kept,
-    DX, DY (pixels of the stack they apply to) are multiplied by ``from_pixel_a / to_pixel_a``.
+    """Return the same alignment for a stack of the same field at another pixel size.
+
+    The 2x2 part is kept; DX, DY (pixels of the stack they apply to) are multiplied by
+    ``from_pixel_a / to_pixel_a``.
     """
     if not (from_pixel_a > 0 and to_pixel_a > 0):
         raise ValueError(f"rescale_xf_shifts: pixel sizes must be > 0 Å/px, got {from_pixel_a}, {to_pixel_a}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tiltflow.core import geometry
-from tiltflow.core.ctf_model import ctf_2d, electron_wavelength_a
+from tiltflow.core.ctf_model import Optics, ctf_2d, electron_wavelength_a
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def strip_width_for_tolerance(
     voltage_kv: float = 300.0,
     min_width_px: int = 16,
 ) -> list[int]:  # (t,) strip widths, px
-    """Strips over which the defocus changes by at most ``defocus_tol_a`` (IMOD ``DefocusTol``).
+    """Choose strip widths over which the defocus changes by at most ``defocus_tol_a`` (IMOD ``DefocusTol``).
 
     By default the tolerance is the defocus change that moves the CTF phase by pi/4 at Nyquist:
     ``pi lambda dz k^2 = pi / 4`` with ``k = 1 / (2 pixel_size_a)``.
@@ -99,20 +99,19 @@ def strip_width_for_tolerance(
     return widths
 
 
+STRIPS_PER_BATCH = 8  # strips whose CTFs are made at once: (8, h, w // 2 + 1) float64
+
+
 def ctf_phase_flip_strips(
     views: torch.Tensor,  # (t, h, w) ALIGNED views (tilt axis along y)
     tilt_angles_deg,  # (t,)
+    optics: Optics,
     *,
     defocus_u_a,  # (t,) Å at the view centre, underfocus positive
     defocus_v_a=None,  # (t,) Å, default = defocus_u_a (no astigmatism)
     astigmatism_angle_deg=0.0,  # (t,) or float, in the frame of these views
-    pixel_size_a: float,
-    voltage_kv: float,
-    cs_mm: float,
-    amplitude_contrast: float,
     phase_shift_rad=0.0,  # (t,) or float
     strip_width_px: int | list[int] = 64,  # one width, or one per view
-    strips_per_batch: int = 8,
 ) -> torch.Tensor:  # (t, h, w)
     """Phase-flip tilted views in strips parallel to the tilt axis (like IMOD ``ctfphaseflip``).
 
@@ -120,6 +119,44 @@ def ctf_phase_flip_strips(
     ``df + x' tan(theta) * pixel_size_a`` (``geometry.defocus_offset_a``; x' from the view centre).
     The image is multiplied by ``-sign(CTF)`` so low frequencies keep their sign: contrast stays
     as in the images (dark protein, DESIGN.md §2) and every frequency band agrees with it.
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        ``(t, h, w)`` aligned views (tilt axis along y); never modified.
+    tilt_angles_deg : sequence of float or torch.Tensor
+        ``(t,)`` tilt angles, degrees.
+    optics : Optics
+        Pixel size of these views (Å/px), voltage (kV), Cs (mm) and amplitude contrast.
+    defocus_u_a, defocus_v_a : sequence of float or torch.Tensor
+        ``(t,)`` defocus at each view centre, Å, underfocus positive; ``defocus_v_a`` defaults to
+        ``defocus_u_a`` (no astigmatism).
+    astigmatism_angle_deg : float or sequence of float
+        Astigmatism azimuth ``(t,)`` or one value, degrees from +x of these views, counter-clockwise.
+    phase_shift_rad : float or sequence of float
+        Phase-plate shift ``(t,)`` or one value, radians.
+    strip_width_px : int or list of int
+        Strip width in pixels, one for all views or one per view
+        (:func:`strip_width_for_tolerance`).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(t, h, w)`` phase-flipped views, dtype of ``views`` (float32 for integer input).
+
+    Raises
+    ------
+    ValueError
+        If ``views`` is not ``(t, h, w)``, or the angles or strip widths do not match the views.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tiltflow.core.ctf_model import Optics
+    >>> views = torch.randn(2, 32, 32)
+    >>> flipped = ctf_phase_flip_strips(views, [0.0, 40.0], Optics(pixel_size_a=2.0), defocus_u_a=[2e4, 2e4])
+    >>> flipped.shape
+    torch.Size([2, 32, 32])
     """
     if not isinstance(views, torch.Tensor) or views.ndim != 3:
         raise ValueError(f"views must be a (t, h, w) tensor, got {getattr(views, 'shape', type(views))}")
@@ -145,17 +182,18 @@ def ctf_phase_flip_strips(
         centres = torch.tensor([(s + min(s + widths[i], w) - 1) / 2.0 for s in starts], dtype=torch.float64)
         points = torch.stack([centres, torch.full_like(centres, (h - 1) / 2.0)], -1)
         offsets = geometry.defocus_offset_a(
-            points, tilt_angle_deg=float(angles[i]), tilt_axis_deg=0.0, pixel_size_a=pixel_size_a, image_shape=(h, w)
+            points,
+            tilt_angle_deg=float(angles[i]),
+            tilt_axis_deg=0.0,
+            pixel_size_a=optics.pixel_size_a,
+            image_shape=(h, w),
         )
         spectrum = torch.fft.rfft2(views[i])
-        for b0 in range(0, len(starts), strips_per_batch):
-            sl = slice(b0, b0 + strips_per_batch)
+        for b0 in range(0, len(starts), STRIPS_PER_BATCH):
+            sl = slice(b0, b0 + STRIPS_PER_BATCH)
             ctf = ctf_2d(
                 (h, w),
-                pixel_size_a=pixel_size_a,
-                voltage_kv=voltage_kv,
-                cs_mm=cs_mm,
-                amplitude_contrast=amplitude_contrast,
+                optics,
                 defocus_u_a=du[i] + offsets[sl],
                 defocus_v_a=dv[i] + offsets[sl],
                 astigmatism_angle_deg=da[i].expand(offsets[sl].shape),

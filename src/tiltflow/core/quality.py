@@ -18,6 +18,8 @@ MAD_TO_SIGMA = 1.4826
 
 @dataclass
 class Flags:
+    """Result of a detector: which views are flagged, and the statistic that was thresholded."""
+
     flagged: torch.Tensor  # (n,) bool
     score: torch.Tensor  # (n,) float64, detector-specific (ratio, robust z, residual in Å)
 
@@ -43,7 +45,7 @@ def _finite_median(values: torch.Tensor) -> torch.Tensor:
 
 
 def flag_dark_views(mean: torch.Tensor | list[float], *, dark_fraction: float = 0.1) -> Flags:
-    """Views whose mean is below ``dark_fraction`` of the series median (beam blanked, lost frames).
+    """Flag views whose mean is below ``dark_fraction`` of the series median (beam blanked, lost frames).
 
     ``score`` = mean / median(mean). Needs intensities on a positive scale (counts, e⁻/px); when the
     series median is not positive (e.g. normalised stacks) nothing is flagged.
@@ -70,7 +72,7 @@ def flag_blank_views(std: torch.Tensor | list[float], *, blank_fraction: float =
 
 
 def _neighbours(n: int, i: int, count: int) -> list[int]:
-    """The ``count`` positions nearest to ``i`` (excluding it), the window sliding at the ends."""
+    """Return the ``count`` positions nearest to ``i`` (excluding it), the window sliding at the ends."""
     lo = max(0, min(i - count // 2, n - 1 - count))
     return [j for j in range(lo, min(n, lo + count + 1)) if j != i][:count]
 
@@ -94,7 +96,7 @@ def flag_intensity_drops(
     window: int = 3,
     min_ratio: float = 0.6,
 ) -> Flags:
-    """Views whose mean falls far below their neighbours' trend (ice, grid bar, shutter).
+    """Flag views whose mean falls far below their neighbours' trend (ice, grid bar, shutter).
 
     Beer–Lambert: ``log(mean) = a - b / cos(tilt)`` for a slab, so a robust (Theil–Sen) line in
     ``1 / cos(tilt)`` through the ``2 * window`` nearest views in tilt order (not the view itself)
@@ -140,8 +142,10 @@ def flag_large_motion(
     min_excess_px: float = 2.0,
     max_px: float | None = None,
 ) -> Flags:
-    """Views whose total frame motion (px) stands out: robust z above ``k_sigma`` and more than
-    ``min_excess_px`` above the series median, or above ``max_px`` when given. ``score`` = robust z.
+    """Flag views whose total frame motion (px) stands out.
+
+    Flagged: robust z above ``k_sigma`` and more than ``min_excess_px`` above the series median,
+    or above ``max_px`` when given. ``score`` = robust z.
     """
     return _flag_high(_as_1d(total_motion_px, "total_motion_px"), k_sigma, min_excess_px, max_px)
 
@@ -153,8 +157,9 @@ def flag_poor_fit_resolution(
     min_excess_a: float = 2.0,
     worst_a: float | None = None,
 ) -> Flags:
-    """CTF fits whose resolution (Å, larger is worse) stands out from the series, or is worse than
-    ``worst_a`` when given. ``score`` = robust z.
+    """Flag CTF fits whose resolution (Å, larger is worse) stands out from the series.
+
+    Also those worse than ``worst_a`` when given. ``score`` = robust z.
     """
     return _flag_high(_as_1d(fit_resolution_a, "fit_resolution_a"), k_sigma, min_excess_a, worst_a)
 

@@ -24,7 +24,7 @@ FAKE_SIRT_ALPHA = 0.00195  # cycles/px, IMOD tilt's empirical value
 
 
 def fake_sirt_exponent(iterations: int) -> float:
-    """The exponent IMOD uses for ``iterations`` SIRT-like iterations (matched to its real SIRT)."""
+    """Return the exponent IMOD uses for ``iterations`` SIRT-like iterations (matched to its real SIRT)."""
     n = float(iterations)
     if iterations > 30:
         n = 27.0 + 0.6 * (iterations - 30)

@@ -3,7 +3,7 @@
 Geometry and volume layout: see ``core/geometry.py`` and ``core/backproject.py`` (volumes are
 ``(nz, ny, nx)`` with z the beam / thickness axis, views ``(t, ny, nx)``).  The pieces live in
 ``backproject.py`` (matched projector pair), ``radial_filter.py`` (IMOD-style weighting) and
-``sirt.py``; this module is the public entry point.
+``sirt_solver.py``; this module is the public entry point.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from tiltflow.core.backproject import _angles_rad, _as_float, backproject, project_volume
+from tiltflow.core.backproject import VolumeOffset, _angles_rad, _as_float, backproject, project_volume
 from tiltflow.core.fourier import fourier_crop_2d, shift_image_2d
 from tiltflow.core.phase_flip import ctf_phase_flip_strips
 from tiltflow.core.radial_filter import (
@@ -21,9 +21,10 @@ from tiltflow.core.radial_filter import (
     radial_filter,
     tilt_increment_weights,
 )
-from tiltflow.core.sirt import sirt
+from tiltflow.core.sirt_solver import sirt
 
 __all__ = [
+    "VolumeOffset",
     "aligned_shape",
     "apply_xf",
     "backproject",
@@ -44,19 +45,54 @@ def wbp(
     radial_cutoff: float = 0.35,  # cycles/px
     radial_falloff: float = 0.035,  # cycles/px (Gaussian sigma)
     fake_sirt_iterations: int | None = None,
-    z_offset_px: float = 0.0,
-    x_offset_px: float = 0.0,
+    offset: VolumeOffset | None = None,  # specimen coordinates of the volume's centre; None: (0, 0)
     weight_by_increment: bool = True,
 ) -> torch.Tensor:  # (..., nz, ny, nx)
-    """Weighted backprojection: radial filter along x' (IMOD ``RADIAL``), then :func:`backproject`.
+    """Reconstruct by weighted backprojection: radial filter along x' (IMOD ``RADIAL``), then backproject.
 
     Each view is weighted by its angular increment in radians (``weight_by_increment``; else by
     ``pi / t``), so with full angular coverage the volume reproduces the specimen's density.
     ``fake_sirt_iterations`` switches to the SIRT-like filter (IMOD ``FakeSIRTiterations``).
+    Geometry as :func:`backproject` (z is the beam axis; views aligned, tilt axis along y).
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        ``(..., t, ny, nx)`` aligned views; never modified.
+    tilt_angles_deg : sequence of float or torch.Tensor
+        ``(t,)`` tilt angles, degrees within [-90, 90].
+    thickness_px : int
+        Number of z planes ``nz`` of the volume.
+    radial_cutoff, radial_falloff : float
+        Cycles/px where the Gaussian fall-off of the ramp starts (0.5: a plain ramp), and its sigma.
+    fake_sirt_iterations : int, optional
+        Use the filter that mimics this many SIRT iterations instead of the ramp.
+    offset : VolumeOffset, optional
+        Specimen coordinates (px) of the volume's centre (default: 0, 0).
+    weight_by_increment : bool
+        Weight views by their angular increment (else all by ``pi / t``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., nz, ny, nx)`` volume, dtype of ``views`` (float32 for integer input).
+
+    Raises
+    ------
+    ValueError
+        If the angles do not match the views or lie outside [-90, 90] degrees.
+
+    Examples
+    --------
+    >>> import torch
+    >>> views = torch.ones(3, 4, 16)
+    >>> wbp(views, [-30.0, 0.0, 30.0], thickness_px=8).shape
+    torch.Size([8, 4, 16])
     """
     views = _as_float(views, "views", 3)
     t, _, nx = views.shape[-3:]
     _angles_rad(tilt_angles_deg, t, views.device)
+    offset = VolumeOffset() if offset is None else offset
     n_pad = padded_length(nx)
     weights_k = radial_filter(
         n_pad,
@@ -74,15 +110,16 @@ def wbp(
         filtered,
         tilt_angles_deg,
         thickness_px=thickness_px,
-        z_offset_px=z_offset_px,
-        x_offset_px=x_offset_px,
+        z_offset_px=offset.z_px,
+        x_offset_px=offset.x_px,
         weights=view_w.to(device=views.device, dtype=views.dtype),
     )
 
 
 def aligned_shape(raw_shape: tuple[int, int], xf: torch.Tensor) -> tuple[int, int]:
-    """(h', w') of the aligned views: the raw (h, w), swapped when the ``.xf`` rotations turn the image
-    by more than 45° (a tilt axis near ±90°), so the field along the axis, which becomes y, is kept whole
+    """Shape (h', w') of the aligned views: the raw (h, w), swapped when the ``.xf`` turns the image by over 45°.
+
+    A tilt axis near ±90° becomes y after alignment, so the field along the axis is kept whole
     (etomo does the same for its aligned stack).
     """
     xf = torch.as_tensor(xf, dtype=torch.float64)
@@ -103,6 +140,35 @@ def apply_xf(
     ``X' = A (X - c_in) + D + c_out`` maps raw to aligned pixels (DESIGN.md §2; centres
     ``(n-1)/2``), so each aligned pixel samples the raw image at ``A^-1 (X' - c_out - D) + c_in``.
     Areas outside the raw image are filled with the view's mean.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        ``(..., t, h, w)`` raw views; never modified.
+    xf : torch.Tensor
+        ``(t, 6)`` IMOD ``.xf`` rows ``A11 A12 A21 A22 DX DY``, shifts in pixels of these views.
+    out_shape : tuple of int, optional
+        ``(h', w')`` of the aligned views (default ``(h, w)``; see :func:`aligned_shape`).
+    mode : str
+        Interpolation, ``"bicubic"`` or ``"bilinear"``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., t, h', w')`` aligned views, dtype of ``images`` (float32 for integer input).
+
+    Raises
+    ------
+    ValueError
+        If ``xf`` is not ``(t, 6)``, a 2x2 part is singular, or ``mode`` is unknown.
+
+    Examples
+    --------
+    >>> import torch
+    >>> views = torch.rand(2, 8, 8)
+    >>> identity = torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]] * 2)
+    >>> torch.allclose(apply_xf(views, identity), views, atol=1e-5)
+    True
     """
     images = _as_float(images, "images", 3)
     t, h, w = images.shape[-3:]
@@ -151,7 +217,31 @@ def bin_views(
 
     Rows / columns beyond a multiple of ``factor`` are trimmed first and a sub-pixel shift puts the
     binned pixels at the right place (pixel ``j`` covers original pixels ``j*f .. j*f + f-1`` when
-    ``n`` is a multiple of ``f``, like IMOD's ``binvol`` / ``newstack -bin``).
+    ``n`` is a multiple of ``f``, like IMOD's ``binvol`` / ``newstack -bin``). The mean is kept.
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        ``(..., h, w)`` images; never modified.
+    factor : int
+        Binning factor, a positive integer.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., h // factor, w // factor)`` binned images (a copy for ``factor=1``).
+
+    Raises
+    ------
+    ValueError
+        If ``factor`` is not a positive integer or the images are smaller than it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> binned = bin_views(torch.ones(3, 16, 12), 2)
+    >>> binned.shape, round(float(binned.mean()), 4)
+    (torch.Size([3, 8, 6]), 1.0)
     """
     views = _as_float(views, "views", 2)
     f = int(factor)

@@ -120,7 +120,28 @@ def geometry_to_xf(
     shifts_px: torch.Tensor,  # (t, 2) raw-image shifts s (x, y), px
     magnification: torch.Tensor | float | None = None,  # (t,) or scalar, default 1
 ) -> torch.Tensor:  # (t, 6)
-    """``.xf`` rows aligning views of our geometry: ``A = m R(-tilt_axis)``, ``D = -A s``."""
+    """Compute the IMOD ``.xf`` rows aligning views of our geometry: ``A = m R(-tilt_axis)``, ``D = -A s``.
+
+    Parameters
+    ----------
+    tilt_axis_deg : torch.Tensor or float
+        ``(t,)`` or one tilt-axis angle, degrees from +y, counter-clockwise.
+    shifts_px : torch.Tensor
+        ``(t, 2)`` raw-image shifts s (x, y), px.
+    magnification : torch.Tensor or float, optional
+        ``(t,)`` or one magnification, default 1.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(t, 6)`` rows ``A11 A12 A21 A22 DX DY`` (DESIGN.md §2).
+
+    Examples
+    --------
+    >>> import torch
+    >>> geometry_to_xf(90.0, torch.tensor([[3.0, 0.0]])).round()
+    tensor([[ 0.,  1., -1.,  0., -0.,  3.]], dtype=torch.float64)
+    """
     s = _check_shifts(shifts_px)
     t = s.shape[0]
     axis = _per_view(tilt_axis_deg, t, s, "tilt_axis_deg")

@@ -1,4 +1,6 @@
-"""A result's verdict: is it supported by the data?  ``good`` / ``check`` / ``failed`` with the
+"""A result's verdict: whether it is supported by the data.
+
+``good`` / ``check`` / ``failed`` with the
 reasons, shared by every method that judges its own result (alignment, the CTF series pass).
 """
 
@@ -24,4 +26,5 @@ class Verdict:
         return self.status + (": " + "; ".join(self.reasons) if self.reasons else "")
 
     def to_dict(self) -> dict:
+        """``{"status": ..., "reasons": [...]}`` for JSON."""
         return {"status": self.status, "reasons": list(self.reasons)}

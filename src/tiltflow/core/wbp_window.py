@@ -1,6 +1,7 @@
-"""tomo3d's Hamming window for weighted back-projection (Agulleiro & Fernandez, Bioinformatics 27:582
-(2011), doi:10.1093/bioinformatics/btq692): the ramp filter times a Hamming window that starts at a
-frequency ``start`` (cycles/px) and falls to 0.08 at Nyquist:
+"""tomo3d's Hamming window for weighted back-projection: the ramp filter times a Hamming window.
+
+Agulleiro & Fernandez, Bioinformatics 27:582 (2011), doi:10.1093/bioinformatics/btq692. The window
+starts at a frequency ``start`` (cycles/px) and falls to 0.08 at Nyquist:
 
 ``H(k) = 1`` for ``|k| <= start``, ``0.54 + 0.46 cos(pi (|k| - start) / (0.5 - start))`` above;
 ``start = 0`` spans the whole range (tomo3d's default), ``start = 0.5`` is no window.
@@ -25,7 +26,7 @@ def hamming_window(
     *,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:  # (n_px // 2 + 1,) float32, rfft layout
-    """The window ``H(k)`` of the module docstring at ``k = i / n_px`` cycles/px."""
+    """Return the window ``H(k)`` of the module docstring at ``k = i / n_px`` cycles/px."""
     if n_px < 2:
         raise ValueError(f"hamming_window: n_px must be at least 2, got {n_px}")
     if not 0.0 <= start <= 0.5:

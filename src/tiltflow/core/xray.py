@@ -107,6 +107,7 @@ class XrayParams:
     max_diff_patch_px: int = 2  # IMOD's MaxPixelsInDiffPatch default
 
     def __post_init__(self) -> None:
+        """Check the parameters; raise a one-line ValueError."""
         for name in (
             "peak_criterion",
             "diff_criterion",
@@ -132,8 +133,10 @@ class XrayParams:
 
 @dataclass
 class XrayResult:
-    """``image``: erased copy (input shape/dtype); ``mask``: bool, pixels replaced;
-    ``n_patches``: connected patches replaced (int for one image, else a tensor (...)).
+    """Result of :func:`erase_xrays`.
+
+    ``image``: erased copy (input shape/dtype); ``mask``: bool, pixels replaced; ``n_patches``:
+    connected patches replaced (int for one image, else a tensor (...)).
     """
 
     image: torch.Tensor
@@ -151,9 +154,10 @@ def find_xrays(image: torch.Tensor, params: XrayParams = XrayParams()) -> torch.
 def replace_patches(
     image: torch.Tensor, mask: torch.Tensor, *, border_px: int = 2, poly_order: int = 2
 ) -> torch.Tensor:
-    """Copy of ``image`` ``(..., h, w)`` with each 8-connected patch of ``mask`` replaced by a
-    polynomial in (x, y) of ``poly_order`` (0-3) fitted to the unmasked pixels within
-    ``border_px`` (Chebyshev distance) of the patch; too few such pixels: their mean.
+    """Replace each 8-connected patch of ``mask`` in a copy of ``image`` ``(..., h, w)``.
+
+    Each patch becomes a polynomial in (x, y) of ``poly_order`` (0-3) fitted to the unmasked
+    pixels within ``border_px`` (Chebyshev distance) of the patch; too few such pixels: their mean.
     """
     x, _ = _as_stack(image, "replace_patches")
     _check_fit_options(border_px, poly_order)
@@ -169,7 +173,40 @@ def replace_patches(
 
 
 def erase_xrays(image: torch.Tensor, params: XrayParams = XrayParams()) -> XrayResult:
-    """Find X-rays in ``image`` ``(..., h, w)`` and replace them; the input is never modified."""
+    """Find X-rays in ``image`` ``(..., h, w)`` and replace them; the input is never modified.
+
+    The method is IMOD's ``ccderaser -find`` with the departures of the module docstring; every
+    image of the batch is searched on its own.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        ``(..., h, w)`` real images, h, w >= 16, any real dtype; X-rays are bright.
+    params : XrayParams
+        Detection and fill parameters (criteria in SDs, sizes in px).
+
+    Returns
+    -------
+    XrayResult
+        ``image`` the erased copy (input shape and dtype), ``mask`` the pixels replaced (bool,
+        input shape), ``n_patches`` the patches replaced (int for one image, else a tensor ``(...)``).
+
+    Raises
+    ------
+    TypeError
+        If ``image`` is not a tensor.
+    ValueError
+        If it is not a real ``(..., h, w)`` image of at least 16 x 16 px, or holds NaN or inf.
+
+    Examples
+    --------
+    >>> import torch
+    >>> image = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    >>> image[20, 30] = 50.0  # an X-ray hit
+    >>> erased = erase_xrays(image)
+    >>> bool(erased.mask[20, 30]), bool(erased.image[20, 30] < 5), float(image[20, 30])
+    (True, True, 50.0)
+    """
     x, owned = _as_stack(image, "erase_xrays")
     lin, work = _search(x, owned, params, image.dtype)
     out = work.clone() if work is x and not owned else work  # never hand out the input
@@ -191,10 +228,12 @@ def erase_xrays(image: torch.Tensor, params: XrayParams = XrayParams()) -> XrayR
 
 
 def _search(x, owned, p, dtype):
-    """Find and replace X-rays until nothing changes -> (sorted flat indices of every pixel
-    replaced, erased images). Each pass scans the current images; pass 1 every area, later
-    passes only the areas whose inputs changed, reusing the others' results (which equals a
-    full scan). The search ends when the patches found would be replaced by their own values.
+    """Find and replace X-rays until nothing changes.
+
+    Returns (sorted flat indices of every pixel replaced, erased images). Each pass scans the
+    current images; pass 1 every area, later passes only the areas whose inputs changed, reusing
+    the others' results (which equals a full scan). The search ends when the patches found would
+    be replaced by their own values.
     """
     _, h, w = x.shape
     size = min(p.scan_size_px, h, w)
@@ -255,8 +294,9 @@ def _mask(x, lin):
 
 
 def _as_stack(image: torch.Tensor, fn: str) -> tuple[torch.Tensor, bool]:
-    """(..., h, w) real image -> contiguous (B, h, w) float32 (float64 stays) and whether that
-    tensor is a copy (owned) rather than the input itself.
+    """Turn a (..., h, w) real image into a contiguous (B, h, w) float32 stack (float64 stays).
+
+    Also returns whether that tensor is a copy (owned) rather than the input itself.
     """
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"{fn}: image must be a torch.Tensor, got {type(image).__name__}")

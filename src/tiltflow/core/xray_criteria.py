@@ -1,7 +1,8 @@
-"""The detection stage of the X-ray eraser (:mod:`tiltflow.core.xray`, whose docstring gives the
-method): scan areas cut into tiles, their robust statistics, the peak and difference candidates,
-patches grown from them, and the tests a patch must pass to be an X-ray rather than a gold bead,
-its rim, a smooth bright blob or a Poisson tail.
+"""The detection stage of the X-ray eraser (:mod:`tiltflow.core.xray`, whose docstring gives the method).
+
+Scan areas cut into tiles, their robust statistics, the peak and difference candidates, patches
+grown from them, and the tests a patch must pass to be an X-ray rather than a gold bead, its rim,
+a smooth bright blob or a Poisson tail.
 
 Internal to :mod:`tiltflow.core.xray` (``_find`` and ``_drop_unlike_xrays`` are what it calls);
 images are ``(B, h, w)`` float tensors, points ``(b, y, x)`` index tensors, ``p`` an
@@ -36,9 +37,11 @@ POISSON_MAX_COUNTS = 20.0  # ... up to this many counts per pixel (above, tails 
 
 
 def _find(x, p, grid, todo):
-    """Scan the areas marked in ``todo`` (ny, nx) -> (flat indices, area of the seed) of the
-    patch pixels found there. Every area is scanned as a tile (its statistics window plus a
-    margin) so that a rescan of some areas computes exactly what a full scan would.
+    """Scan the areas marked in ``todo`` (ny, nx) for X-ray patches.
+
+    Returns (flat indices, area of the seed) of the patch pixels found there. Every area is
+    scanned as a tile (its statistics window plus a margin) so that a rescan of some areas
+    computes exactly what a full scan would.
     """
     _, h, w = x.shape
     size, _, nx = grid
@@ -56,7 +59,7 @@ def _find(x, p, grid, todo):
     peaks, seeds = ([torch.cat(c) for c in zip(*part, strict=False)] for part in zip(*parts, strict=False))
     coords = list(_peak_patches(x, *peaks, size, edge, p))
     b, y, xx, win, level, scale = seeds
-    reach = _grow(win, level, scale, p.grow_criterion, math.inf, y, xx, h, w, edge)
+    reach = _grow(win, level, scale, p.grow_criterion, math.inf, (y, xx), (h, w), edge)
     keep = reach.sum((1, 2)) <= p.max_diff_patch_px  # a bigger patch reaches the window edge
     keep &= _stands_out_locally(x, b, y, xx, win[:, win.shape[1] // 2], p.diff_criterion)
     coords.append(_window_coords(reach[keep], b[keep], y[keep], xx[keep]))
@@ -65,8 +68,10 @@ def _find(x, p, grid, todo):
 
 
 def _scan_tiles(x, areas, size, edge, p):
-    """Scan areas [(row, column)]: intensity candidates (b, y, x, giant threshold) and
-    difference seeds (b, y, x, windows of ``9 * pixel - box3x3``, area mean and SD of it).
+    """Find the candidates of scan areas [(row, column)].
+
+    Returns intensity candidates (b, y, x, giant threshold) and difference seeds (b, y, x, windows
+    of ``9 * pixel - box3x3``, area mean and SD of it).
     """
     nb, h, w = x.shape
     m = p.max_diff_patch_px
@@ -121,9 +126,11 @@ def _scan_tiles(x, areas, size, edge, p):
 
 
 def _edge_differences(nd, tiles, border, a, b, h, w):
-    """In place on ``nd`` (B, N, n, n) = 9 * pixel - box3 of ``tiles`` (B, N, n + 2, n + 2) (zeros
-    outside the image), for the tiles ``border`` whose nd[0, 0] lies at image (a[i], b[i]): at the
-    image's edges 8 * (pixel - mean of its k in-image neighbours) * sqrt((1 + 1/8) / (1 + 1/k))
+    """Correct, in place, the differences at the image's edges.
+
+    ``nd`` (B, N, n, n) = 9 * pixel - box3 of ``tiles`` (B, N, n + 2, n + 2) (zeros outside the
+    image); for the tiles ``border`` whose nd[0, 0] lies at image (a[i], b[i]) it becomes, at the
+    image's edges, 8 * (pixel - mean of its k in-image neighbours) * sqrt((1 + 1/8) / (1 + 1/k))
     (the interior's noise); 0 outside the image.
     """
     n, dev = nd.shape[-1], nd.device
@@ -144,8 +151,10 @@ def _edge_differences(nd, tiles, border, a, b, h, w):
 
 
 def _cut_tiles(x, areas, s0, t0, size, pad):
-    """(B, n, t, t) copies of the areas' statistics windows plus ``pad``; zeros outside the
-    image, whose tiles are listed in ``border``. Identical values whichever way they are cut.
+    """Cut (B, n, t, t) copies of the areas' statistics windows plus ``pad``.
+
+    Zeros outside the image, whose tiles are listed in ``border``. Identical values whichever way
+    they are cut.
     """
     nb, h, w = x.shape
     t = size + 2 * pad
@@ -187,7 +196,7 @@ def _peak_patches(x, b, y, xx, big, size, edge, p):
         if not giant:  # X-rays are sharp; a smooth blob (a bright bead) is left to the giant test
             ok &= (v - mean8) >= MIN_SHARPNESS * (v - ring_m)
         win = _gather(flat, h, w, b[ok], y[ok], xx[ok], *_offsets(math.inf, -1.0, int(r_in)))
-        reach = _grow(win, ring_m[ok], ring_s[ok], p.grow_criterion, r_in, y[ok], xx[ok], h, w, edge)
+        reach = _grow(win, ring_m[ok], ring_s[ok], p.grow_criterion, r_in, (y[ok], xx[ok]), (h, w), edge)
         # giant patches, and normal ones larger than an X-ray's few pixels (a bead in a bright-
         # bead stack), are erased only when sharp-edged (an X-ray), not a smooth bright blob
         test = torch.ones_like(b[ok], dtype=torch.bool) if giant else reach.flatten(1).sum(1) > MAX_COMPACT_PX
@@ -204,10 +213,14 @@ def _peak_patches(x, b, y, xx, big, size, edge, p):
         r_in, crit = p.extra_large_radius_px, p.giant_criterion
 
 
-def _grow(v, level, scale, crit, radius, y, x, h, w, edge):
-    """Windows ``v`` (n, s*s) centred on seeds -> (n, s, s) bool: 8-connected pixels reachable
-    from the centre, within ``radius``, with ``v - level > crit * scale``, off the edges.
+def _grow(v, level, scale, crit, radius, seeds_yx, shape_hw, edge):
+    """Grow patches in windows ``v`` (n, s*s) centred on seeds at ``seeds_yx`` (y (n,), x (n,)).
+
+    Returns (n, s, s) bool: the 8-connected pixels reachable from the centre, within ``radius``,
+    with ``v - level > crit * scale``, more than ``edge`` px inside an image of ``shape_hw`` (h, w).
     """
+    y, x = seeds_yx
+    h, w = shape_hw
     s = math.isqrt(v.shape[1])
     r = s // 2
     dy, dx = (t.to(y.device) for t in _offsets(math.inf, -1.0, r))
@@ -228,7 +241,7 @@ def _grow(v, level, scale, crit, radius, y, x, h, w, edge):
 
 
 def _window_coords(reach, b, y, x):
-    """Pixels of (n, s, s) windows centred on (y, x) -> (b, y, x, seed y, seed x)."""
+    """Turn pixels of (n, s, s) windows centred on (y, x) into (b, y, x, seed y, seed x)."""
     r = reach.shape[-1] // 2
     i, wy, wx = reach.nonzero(as_tuple=True)
     return b[i], y[i] + wy - r, x[i] + wx - r, y[i], x[i]
@@ -238,8 +251,10 @@ def _window_coords(reach, b, y, x):
 
 
 def _big_diff_z(x, b, y, xx, reach, size):
-    """Per giant patch: mean of the top quarter of its pixels' max |adjacent difference|, in SDs
-    above the mean |adjacent difference| of its scan area.
+    """Score the edges of giant patches (n,).
+
+    Per patch: the mean of the top quarter of its pixels' max |adjacent difference|, in SDs above
+    the mean |adjacent difference| of its scan area.
     """
     _, h, w = x.shape
     r = reach.shape[-1] // 2 + 1
@@ -263,10 +278,12 @@ def _big_diff_z(x, b, y, xx, reach, size):
 
 
 def _stands_out_locally(x, b, y, xx, value, crit):
-    """Bool (n,): difference seeds whose ``value`` (9 * pixel - box3) also exceeds ``crit`` SDs of
-    the differences in their own 15 x 15 neighbourhood (their 5 x 5 centre left out; SD from the
-    noisiest quarter, 75th percentile of |d - median| / 1.1503): where dark beads lower the noise
-    of part of a scan area, its robust SD is too small for the pixels around them.
+    """Tell which difference seeds also stand out locally: bool (n,).
+
+    True where ``value`` (9 * pixel - box3) also exceeds ``crit`` SDs of the differences in the
+    seed's own 15 x 15 neighbourhood (their 5 x 5 centre left out; SD from the noisiest quarter,
+    75th percentile of |d - median| / 1.1503): where dark beads lower the noise of part of a scan
+    area, its robust SD is too small for the pixels around them.
     """
     _, h, w = x.shape
     r = 8
@@ -289,9 +306,10 @@ def _stands_out_locally(x, b, y, xx, value, crit):
 
 
 def _drop_unlike_xrays(x, lin, size, p):
-    """``lin`` without the patches that are not X-rays, judged on the ring 1.5 < r <= 4.5 px
-    (in-image, unmasked pixels) around each patch's brightest pixel and its scan area's robust
-    mean and SD:
+    """Return ``lin`` without the patches that are not X-rays.
+
+    Judged on the ring 1.5 < r <= 4.5 px (in-image, unmasked pixels) around each patch's brightest
+    pixel and its scan area's robust mean and SD:
 
     - a bead's rim: the ring holds dark pixels (10th percentile more than ``RIM_DARK_SD`` SDs
       below the 75th) and the peak is not ``peak_criterion`` SDs above the ring's bright side
@@ -335,8 +353,10 @@ def _drop_unlike_xrays(x, lin, size, p):
 
 
 def _area_stats(x, b, y, xx, size):
-    """Per point (b, y, x), of its scan area: robust intensity mean and SD, and the noise SD
-    (robust SD of adjacent-pixel differences / sqrt 2, blind to smooth structure) -> 3 x (n,).
+    """Statistics of the scan area of each point (b, y, x): 3 x (n,).
+
+    Robust intensity mean and SD, and the noise SD (robust SD of adjacent-pixel differences /
+    sqrt 2, blind to smooth structure).
     """
     _, h, w = x.shape
     key = torch.stack([b, torch.clamp(y // size * size, max=h - size), torch.clamp(xx // size * size, max=w - size)], 1)

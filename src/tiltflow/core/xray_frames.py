@@ -57,6 +57,7 @@ class FrameXrays:
 
     @property
     def n_replaced_px(self) -> int:
+        """Number of pixels replaced (over all frames)."""
         return int(self.frame.numel())
 
 
@@ -72,16 +73,37 @@ def remove_frame_xrays(
 
     Parameters
     ----------
-    frames : (t, h, w) float tensor of gain-corrected counts (any device).
-    threshold_sd : a frame pixel this many noise SDs above its expectation is a hit.
-    grow_sd : pixels this many SDs above theirs, 8-connected to a hit in the same frame, join it.
-    box_px : odd side of the spatial neighbourhood (px) averaged, over all frames, for the
-        expectation.
-    inplace : write into ``frames`` (no copy of the movie) instead of a copy.
+    frames : torch.Tensor
+        ``(t, h, w)`` contiguous floating-point gain-corrected counts (any device).
+    threshold_sd : float
+        A frame pixel this many noise SDs above its expectation is a hit.
+    grow_sd : float
+        Pixels this many SDs above theirs, 8-connected to a hit in the same frame, join it.
+    box_px : int
+        Odd side of the spatial neighbourhood (px) averaged, over all frames, for the expectation.
+    inplace : bool
+        Write into ``frames`` (no copy of the movie) instead of a copy.
 
     Returns
     -------
-    FrameXrays with the cleaned frames and the replaced pixels.
+    FrameXrays
+        The cleaned frames ``(t, h, w)`` and the replaced pixels (frame, y, x, values before and
+        after).
+
+    Raises
+    ------
+    ValueError
+        If the frames are not a contiguous floating-point ``(t, h, w)`` tensor, or an option is out
+        of range.
+
+    Examples
+    --------
+    >>> import torch
+    >>> movie = torch.poisson(torch.full((8, 64, 64), 5.0), generator=torch.Generator().manual_seed(0))
+    >>> movie[3, 10, 12] = 200.0  # an X-ray hit
+    >>> cleaned = remove_frame_xrays(movie)
+    >>> cleaned.frames.shape, bool(cleaned.frames[3, 10, 12] < 20), float(movie[3, 10, 12])
+    (torch.Size([8, 64, 64]), True, 200.0)
     """
     _check(frames, threshold_sd, grow_sd, box_px)
     x = frames if inplace else frames.clone()
@@ -139,8 +161,9 @@ def _sd(lam: torch.Tensor, s: float) -> torch.Tensor:
 
 
 def _noise_scale(x: torch.Tensor) -> float:
-    """``s`` = variance / mean of the counts, from the temporal statistics of sampled rows
-    (pixels whose variance is over 10x the model's are left out: hits, hot pixels).
+    """Estimate ``s`` = variance / mean of the counts from the temporal statistics of sampled rows.
+
+    Pixels whose variance is over 10x the model's are left out (hits, hot pixels).
     """
     t, h, w = x.shape
     if t < 2:
@@ -158,19 +181,22 @@ def _noise_scale(x: torch.Tensor) -> float:
 
 
 def _screen_floor(x: torch.Tensor, s: float, threshold_sd: float) -> torch.Tensor:
-    """(hb, wb) per 16 x 16 block: a count no hit pixel of the block is below, from the lowest
-    mean of the block and its 8 neighbours (first and last frame; 0.8 x for finer structure).
+    """Floor (hb, wb) per 16 x 16 block: a count no hit pixel of the block is below.
+
+    Set from the lowest mean of the block and its 8 neighbours (first and last frame; 0.8 x for
+    finer structure).
     """
-    ends = {0, x.shape[0] - 1}  # one frame at a time: pooling a strided view is ~5x slower
-    mean = sum(F.avg_pool2d(x[i][None], BLOCK_PX, BLOCK_PX, ceil_mode=True)[0] for i in ends)
-    mean = mean / len(ends)
+    ends = sorted({0, x.shape[0] - 1})  # one frame at a time: pooling a strided view is ~5x slower
+    pooled = [F.avg_pool2d(x[i][None], BLOCK_PX, BLOCK_PX, ceil_mode=True)[0] for i in ends]
+    mean = (pooled[0] if len(pooled) == 1 else pooled[0] + pooled[1]) / len(ends)
     low = -F.max_pool2d(-mean[None], 3, 1, 1)[0] * 0.8
     return low + (threshold_sd - 1.0) * _sd(low, s)
 
 
 def _screen(x: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
-    """Sorted flat indices (y * w + x) of the pixels whose maximum over frames exceeds the floor
-    of their block.
+    """Find the pixels whose maximum over frames exceeds the floor of their block.
+
+    Returns their sorted flat indices (y * w + x).
     """
     t, h, w = x.shape
     top = x.amax(0)
@@ -187,8 +213,10 @@ def _screen(x: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
 
 
 def _expectation(x: torch.Tensor, floor: torch.Tensor, yx: torch.Tensor, box: int) -> torch.Tensor:
-    """Expected counts (n,) at pixels ``yx`` (flat y * w + x): mean over all frames of the
-    in-image box x box neighbourhood, values above the block's floor left out.
+    """Estimate the expected counts (n,) at pixels ``yx`` (flat y * w + x).
+
+    The mean over all frames of the in-image box x box neighbourhood, values above the block's
+    floor left out.
     """
     t, h, w = x.shape
     r = box // 2
@@ -210,7 +238,7 @@ def _expectation(x: torch.Tensor, floor: torch.Tensor, yx: torch.Tensor, box: in
 
 
 def _neighbours(lin: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Unique flat indices (f, y, x) of the in-image 8-neighbours (same frame) of ``lin``."""
+    """Return the unique flat indices (f, y, x) of the in-image 8-neighbours (same frame) of ``lin``."""
     y, xx = lin // w % h, lin % w
     out = []
     for dy in (-1, 0, 1):

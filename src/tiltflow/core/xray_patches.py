@@ -1,7 +1,8 @@
-"""Pixel neighbourhoods and patches for the X-ray eraser (:mod:`tiltflow.core.xray`): robust
-statistics, values gathered at offsets around points (clamped to the image) and annulus statistics
-of in-image pixels, 8-connected components of flat pixel indices, and the polynomial fill that
-replaces a patch.
+"""Pixel neighbourhoods and patches for the X-ray eraser (:mod:`tiltflow.core.xray`).
+
+Robust statistics, values gathered at offsets around points (clamped to the image) and annulus
+statistics of in-image pixels, 8-connected components of flat pixel indices, and the polynomial
+fill that replaces a patch.
 
 Internal helpers; images are ``(B, h, w)`` float tensors and pixels flat indices into them
 (``(b * h + y) * w + x``). Imports nothing from tiltflow. Pure torch; the device follows the input.
@@ -24,8 +25,9 @@ _FIT_CHUNK = 1024  # patches per batched polynomial fit
 
 
 def _robust_stats(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trimmed mean and robust SD along the last axis of ``v`` (n, k) -> (n,), (n,): SD is
-    sqrt(pi/2) x the mean absolute deviation; two rounds leave out values beyond 4 SD.
+    """Trimmed mean and robust SD along the last axis of ``v`` (n, k) -> (n,), (n,).
+
+    The SD is sqrt(pi/2) x the mean absolute deviation; two rounds leave out values beyond 4 SD.
     """
     mean = v.mean(-1, keepdim=True)
     sd = (v - mean).abs().mean(-1, keepdim=True) * _SD_PER_MAD
@@ -39,7 +41,8 @@ def _robust_stats(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @functools.lru_cache(maxsize=32)
 def _offsets(r_out: float, r_in: float, r: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer (dy, dx) with r_in < distance <= r_out in a (2r+1)^2 window, row-major;
+    """Integer (dy, dx) with r_in < distance <= r_out in a (2r+1)^2 window, row-major.
+
     ``r_in < 0`` and ``r_out = inf`` give the whole window.
     """
     r = math.floor(r_out) if r is None else r
@@ -66,9 +69,7 @@ def _gather(flat, h, w, b, y, x, dy, dx):
 
 
 def _ring_stats(flat, h, w, b, y, x, r_in, width):
-    """Mean and SD of the in-image pixels of the annulus r_in < r <= r_in + width around each
-    point -> (n,), (n,).
-    """
+    """Mean and SD (n,), (n,) of the in-image pixels of the annulus r_in < r <= r_in + width around each point."""
     dy, dx = _offsets(r_in + width, r_in)
     k = dy.numel()
     means, sds = [flat.new_zeros(0)], [flat.new_zeros(0)]
@@ -128,8 +129,9 @@ def _components(lin, y, x, h, w):
 
 
 def _fit_values(x, lin, border, order):
-    """Replacement values (float64) at sorted flat indices ``lin`` of ``x`` (B, h, w): one
-    polynomial per 8-connected patch, least squares on the unmasked pixels within ``border``.
+    """Compute replacement values (float64) at sorted flat indices ``lin`` of ``x`` (B, h, w).
+
+    One polynomial per 8-connected patch, least squares on the unmasked pixels within ``border``.
     """
     _, h, w = x.shape
     y, xx = lin // w % h, lin % w

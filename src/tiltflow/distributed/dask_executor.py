@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tiltflow.workflow.tasks import ItemResult, ItemTask
+
+if TYPE_CHECKING:
+    from tiltflow.workflow.run_options import RunOptions
+
+T = TypeVar("T", bound=ItemTask)
+R = TypeVar("R", bound=ItemResult)
 
 
 def _limit_threads(n: int) -> None:
@@ -19,9 +27,9 @@ def _limit_threads(n: int) -> None:
     torch.set_num_threads(max(1, n))
 
 
-def _run_task(fn: Callable[..., Any], args: tuple, torch_threads: int) -> Any:
+def _run_task(fn: Callable[[T], R], task: T, torch_threads: int) -> R:
     _limit_threads(torch_threads)
-    return fn(*args)
+    return fn(task)
 
 
 class DaskExecutor:
@@ -32,19 +40,19 @@ class DaskExecutor:
         self.torch_threads = torch_threads
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> DaskExecutor:
+    def from_options(cls, options: RunOptions) -> DaskExecutor:
         from dask.distributed import Client, LocalCluster
 
-        threads = int(options.get("threads_per_worker") or 1)
-        if options.get("scheduler"):
-            return cls(Client(options["scheduler"]), torch_threads=threads)
-        if options.get("jobqueue"):
+        threads = int(options.threads_per_worker or 1)
+        if options.scheduler:
+            return cls(Client(options.scheduler), torch_threads=threads)
+        if options.jobqueue:
             return cls(
-                Client(slurm_cluster_from_config(Path(options["jobqueue"]))), owns_cluster=True, torch_threads=threads
+                Client(slurm_cluster_from_config(Path(options.jobqueue))), owns_cluster=True, torch_threads=threads
             )
-        resources = {"GPU": int(options["gpus_per_worker"])} if options.get("gpus_per_worker") else None
+        resources = {"GPU": int(options.gpus_per_worker)} if options.gpus_per_worker else None
         cluster = LocalCluster(
-            n_workers=int(options.get("workers") or 2),
+            n_workers=int(options.workers or 2),
             threads_per_worker=threads,
             processes=True,
             dashboard_address=None,
@@ -52,27 +60,31 @@ class DaskExecutor:
         )
         return cls(Client(cluster), owns_cluster=True, torch_threads=threads)
 
-    def map_unordered(self, fn: Callable[..., Any], tasks: Iterable[tuple[str, tuple]]) -> Iterator[tuple[str, Any]]:
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[str, R | BaseException]]:
+        """Submit ``fn(task)`` per task (the task pickled to a worker); yield ``(task.key, result or
+        exception)`` as they finish."""
         from dask.distributed import as_completed
 
         futures = {}
-        for key, args in tasks:
+        for task in tasks:
             fut = self.client.submit(
                 _run_task,
                 fn,
-                args,
+                task,
                 self.torch_threads,
-                key=f"tiltflow-{key}-{id(fn)}",
+                key=f"tiltflow-{task.key}-{id(fn)}",
                 retries=self.retries,
                 pure=False,
             )
-            futures[fut] = key
+            futures[fut] = task.key
         for fut in as_completed(list(futures)):
             key = futures[fut]
+            value: R | BaseException
             try:
-                yield key, fut.result()
-            except Exception as err:
-                yield key, err
+                value = fut.result()
+            except Exception as err:  # reported per item by the caller
+                value = err
+            yield key, value
 
     def close(self) -> None:
         if self.owns_cluster:

@@ -88,10 +88,10 @@ class AlnFile:
         return torch.tensor(self.global_alignment[name].to_numpy(), dtype=torch.float64)
 
 
-def _problem(strict: bool, message: str) -> None:
+def _problem(strict: bool, message: str, stacklevel: int = 3) -> None:
     if strict:
         raise AlnFormatError(message)
-    warnings.warn(message, stacklevel=3)
+    warnings.warn(message, stacklevel=stacklevel)
 
 
 def _numbers(line: str, n: int, where: str) -> list[float]:
@@ -107,20 +107,18 @@ def _numbers(line: str, n: int, where: str) -> list[float]:
     return values
 
 
-def read_aln(path: str | Path, *, strict: bool = True) -> AlnFile:
-    """Read an ``.aln``; inconsistent counts raise (``strict``) or warn."""
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise AlnFormatError(f"{path}: not a text file (not UTF-8) — expected an AreTomo .aln") from None
-    if not lines or not lines[0].startswith("# AreTomo Alignment"):
-        raise AlnFormatError(f"{path}:1: not an AreTomo .aln (expected '# AreTomo Alignment')")
-    header: dict[str, str] = {}
-    dark: list[tuple[int, int, float]] = []
-    glob: list[list[float]] = []
-    local: list[list[float]] = []
+@dataclass
+class _Parsed:
+    """The lines of an ``.aln`` sorted by kind, before the header values are checked."""
+
+    header: dict[str, str] = field(default_factory=dict)
+    dark: list[tuple[int, int, float]] = field(default_factory=list)
+    glob: list[list[float]] = field(default_factory=list)
+    local: list[list[float]] = field(default_factory=list)
+
+
+def _parse_lines(lines: list[str], path: Path, strict: bool) -> _Parsed:
+    parsed = _Parsed()
     section = None
     for i, line in enumerate(lines[1:], start=2):
         where = f"{path}:{i}"
@@ -132,19 +130,34 @@ def read_aln(path: str | Path, *, strict: bool = True) -> AlnFile:
             elif line.strip() == "# Local Alignment":
                 section = "local"
             elif (m := _KEY.match(line)) is None:
-                _problem(strict, f"{where}: unrecognised header line {line.strip()!r}")
+                _problem(strict, f"{where}: unrecognised header line {line.strip()!r}", stacklevel=4)
             elif m.group(1) == "DarkFrame":
                 f, s, t = _numbers(m.group(2), 3, where)
-                dark.append((int(f), int(s), t))
+                parsed.dark.append((int(f), int(s), t))
             else:
-                header[m.group(1)] = m.group(2).strip()
+                parsed.header[m.group(1)] = m.group(2).strip()
             continue
         if section == "global":
-            glob.append(_numbers(line, 10, where))
+            parsed.glob.append(_numbers(line, 10, where))
         elif section == "local":
-            local.append(_numbers(line, 7, where))
+            parsed.local.append(_numbers(line, 7, where))
         else:
-            _problem(strict, f"{where}: data line before '# SEC' header")
+            _problem(strict, f"{where}: data line before '# SEC' header", stacklevel=4)
+    return parsed
+
+
+def read_aln(path: str | Path, *, strict: bool = True) -> AlnFile:
+    """Read an ``.aln``; inconsistent counts raise (``strict``) or warn."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise AlnFormatError(f"{path}: not a text file (not UTF-8) — expected an AreTomo .aln") from None
+    if not lines or not lines[0].startswith("# AreTomo Alignment"):
+        raise AlnFormatError(f"{path}:1: not an AreTomo .aln (expected '# AreTomo Alignment')")
+    parsed = _parse_lines(lines, path, strict)
+    header, dark, glob, local = parsed.header, parsed.dark, parsed.glob, parsed.local
     try:
         raw_size = tuple(int(v) for v in header.pop("RawSize").split())
         num_patches = int(header.pop("NumPatches", "0"))
@@ -160,7 +173,9 @@ def read_aln(path: str | Path, *, strict: bool = True) -> AlnFile:
     if local:
         ldf = pd.DataFrame(local, columns=list(LOCAL_COLUMNS))
         ldf = ldf.astype({"TILT_INDEX": int, "PATCH": int})
-    aln = AlnFile(raw_size, num_patches, gdf, dark, alpha, beta, thickness, ldf, header, lines[0])
+    aln = AlnFile(
+        (raw_size[0], raw_size[1], raw_size[2]), num_patches, gdf, dark, alpha, beta, thickness, ldf, header, lines[0]
+    )
     if len(gdf) + len(dark) != raw_size[2]:
         _problem(
             strict,

@@ -24,6 +24,8 @@ import torch
 
 from tiltflow.io.imod_com import (
     ComProgram,
+    PhaseFlipSettings,
+    TiltComSettings,
     ctfphaseflip_com,
     format_imod_list,
     newst_com,
@@ -50,6 +52,8 @@ __all__ = [
     "ImodModel",
     "ImodObject",
     "LocalXf",
+    "PhaseFlipSettings",
+    "TiltComSettings",
     "ctfphaseflip_com",
     "fiducial_model",
     "fid_xyz_to_imod",

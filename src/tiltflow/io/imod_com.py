@@ -17,6 +17,8 @@ from tiltflow.io.imod_model import ImodFormatError
 
 __all__ = [
     "ComProgram",
+    "PhaseFlipSettings",
+    "TiltComSettings",
     "ctfphaseflip_com",
     "format_imod_list",
     "newst_com",
@@ -110,61 +112,81 @@ def newst_com(
     return ComProgram("newstack", opts, {"IMOD_OUTPUT_FORMAT": "MRC"}, "-StandardInput")
 
 
+@dataclass(frozen=True)
+class TiltComSettings:
+    """What ``tilt`` does in a ``tilt.com``: with ``image_binned`` b, ``thickness_px``,
+    ``full_image_xy`` and ``shift_xz_px`` are in unbinned pixels (as etomo writes them); ``radial``
+    in cycles/px of the binned input; ``exclude_views`` 1-based. ``LOG`` (take the log after adding
+    ``log_offset``) only when given: it suits stacks of counts, not float images centred on zero."""
+
+    thickness_px: int
+    full_image_xy: tuple[int, int]
+    image_binned: int = 1
+    exclude_views: tuple[int, ...] = ()
+    log_offset: float | None = None
+    radial: tuple[float, float] = (0.35, 0.035)
+    shift_xz_px: tuple[float, float] = (0.0, 0.0)
+    scale: tuple[float, float] = (0.0, 1.0)
+    fake_sirt_iterations: int | None = None
+
+
 def tilt_com(
     *,
     input_projections: str,
     output_file: str,
     tilt_file: str,
-    thickness_px: int,
-    full_image_xy: tuple[int, int],
-    image_binned: int = 1,
+    settings: TiltComSettings,
     xtilt_file: str | None = None,
-    exclude_views: Iterable[int] = (),
-    log_offset: float | None = None,
-    radial: tuple[float, float] = (0.35, 0.035),
-    shift_xz_px: tuple[float, float] = (0.0, 0.0),
-    scale: tuple[float, float] = (0.0, 1.0),
-    fake_sirt_iterations: int | None = None,
     extra: dict[str, str] | None = None,
 ) -> ComProgram:
-    """A ``tilt.com`` block. With ``IMAGEBINNED`` b, ``THICKNESS``, ``FULLIMAGE`` and ``SHIFT``
-    are in unbinned pixels (as etomo writes them); ``RADIAL`` in cycles/px of the binned input;
-    ``exclude_views`` 1-based. ``LOG`` (take the log after adding ``log_offset``) only when given:
-    it suits stacks of counts, not float images centred on zero."""
+    """A ``tilt.com`` block reading ``input_projections`` and ``tilt_file`` (and ``xtilt_file``)."""
+    s = settings
     opts = {
         "InputProjections": input_projections,
         "OutputFile": output_file,
-        "IMAGEBINNED": str(image_binned),
+        "IMAGEBINNED": str(s.image_binned),
         "TILTFILE": tilt_file,
-        "THICKNESS": str(thickness_px),
-        "RADIAL": f"{radial[0]:g} {radial[1]:g}",
+        "THICKNESS": str(s.thickness_px),
+        "RADIAL": f"{s.radial[0]:g} {s.radial[1]:g}",
         "FalloffIsTrueSigma": "1",
         "XAXISTILT": "0.0",
     }
-    if log_offset is not None:
-        opts["LOG"] = f"{log_offset:.1f}"
+    if s.log_offset is not None:
+        opts["LOG"] = f"{s.log_offset:.1f}"
     opts.update(
         {
-            "SCALE": f"{scale[0]:.1f} {scale[1]:.1f}",
+            "SCALE": f"{s.scale[0]:.1f} {s.scale[1]:.1f}",
             "PERPENDICULAR": "",
             "MODE": "2",
-            "FULLIMAGE": f"{full_image_xy[0]} {full_image_xy[1]}",
+            "FULLIMAGE": f"{s.full_image_xy[0]} {s.full_image_xy[1]}",
             "SUBSETSTART": "0 0",
             "AdjustOrigin": "",
             "OFFSET": "0.0",
-            "SHIFT": f"{shift_xz_px[0]:.1f} {shift_xz_px[1]:.1f}",
+            "SHIFT": f"{s.shift_xz_px[0]:.1f} {s.shift_xz_px[1]:.1f}",
             "ActionIfGPUFails": "1,2",
         }
     )
-    if fake_sirt_iterations:
-        opts["FakeSIRTiterations"] = str(fake_sirt_iterations)
+    if s.fake_sirt_iterations:
+        opts["FakeSIRTiterations"] = str(s.fake_sirt_iterations)
     if xtilt_file is not None:
         opts["XTILTFILE"] = xtilt_file
-    excluded = list(exclude_views)
-    if excluded:
-        opts["EXCLUDELIST"] = format_imod_list(excluded)
+    if s.exclude_views:
+        opts["EXCLUDELIST"] = format_imod_list(s.exclude_views)
     opts.update(extra or {})
     return ComProgram("tilt", opts, {"IMOD_OUTPUT_FORMAT": "MRC"}, "-StandardInput")
+
+
+@dataclass(frozen=True)
+class PhaseFlipSettings:
+    """The optics and tolerances of a ``ctfphaseflip`` run; ``pixel_size_a`` is that of the aligned
+    stack (written in nm, as IMOD wants it)."""
+
+    pixel_size_a: float
+    voltage_kv: float
+    cs_mm: float
+    amplitude_contrast: float
+    defocus_tol_nm: float
+    interpolation_width_px: int = 15
 
 
 def ctfphaseflip_com(
@@ -174,27 +196,22 @@ def ctfphaseflip_com(
     angle_file: str,
     defocus_file: str,
     transform_file: str,
-    pixel_size_a: float,
-    voltage_kv: float,
-    cs_mm: float,
-    amplitude_contrast: float,
-    defocus_tol_nm: float,
-    interpolation_width_px: int = 15,
+    settings: PhaseFlipSettings,
 ) -> ComProgram:
-    """A ``ctfcorrection.com`` block (``ctfphaseflip`` on the aligned stack); ``pixel_size_a`` is
-    that of the aligned stack, written in nm as IMOD wants it."""
+    """A ``ctfcorrection.com`` block (``ctfphaseflip`` on the aligned stack)."""
+    s = settings
     opts = {
         "InputStack": input_stack,
         "AngleFile": angle_file,
         "OutputFileName": output_file,
         "DefocusFile": defocus_file,
         "TransformFile": transform_file,
-        "Voltage": f"{voltage_kv:g}",
-        "SphericalAberration": f"{cs_mm:g}",
-        "DefocusTol": f"{defocus_tol_nm:.0f}",
-        "PixelSize": f"{pixel_size_a / 10.0:.6g}",
-        "AmplitudeContrast": f"{amplitude_contrast:g}",
-        "InterpolationWidth": str(interpolation_width_px),
+        "Voltage": f"{s.voltage_kv:g}",
+        "SphericalAberration": f"{s.cs_mm:g}",
+        "DefocusTol": f"{s.defocus_tol_nm:.0f}",
+        "PixelSize": f"{s.pixel_size_a / 10.0:.6g}",
+        "AmplitudeContrast": f"{s.amplitude_contrast:g}",
+        "InterpolationWidth": str(s.interpolation_width_px),
         "ActionIfGPUFails": "1,2",
     }
     return ComProgram("ctfphaseflip", opts, {"IMOD_OUTPUT_FORMAT": "MRC"}, "-StandardInput")

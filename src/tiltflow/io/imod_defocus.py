@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,7 +70,7 @@ def _n_columns(flags: int) -> int:
 
 
 def _entry(values: list[float], flags: int) -> DefocusEntry:
-    fields = {
+    fields: dict[str, Any] = {
         "start_view": int(values[0]),
         "end_view": int(values[1]),
         "start_tilt_deg": values[2],
@@ -176,7 +177,7 @@ def defocus_file_from_ctf(
     n = len(tilt_angles_deg)
     if not len(defocus_u_a) == len(defocus_v_a) == len(astigmatism_angle_deg) == n:
         raise ValueError("defocus_file_from_ctf: pass one defocus_u_a, defocus_v_a and angle per tilt angle")
-    phase = phase_shift_rad is not None and any(p != 0 for p in phase_shift_rad)
+    phases = phase_shift_rad if phase_shift_rad is not None and any(p != 0 for p in phase_shift_rad) else None
     entries = [
         DefocusEntry(
             start_view=i + 1,
@@ -186,10 +187,10 @@ def defocus_file_from_ctf(
             defocus_1_nm=u / 10.0,
             defocus_2_nm=v / 10.0,
             astigmatism_angle_deg=a,
-            phase_shift_deg=math.degrees(phase_shift_rad[i]) if phase else None,
+            phase_shift_deg=math.degrees(phases[i]) if phases is not None else None,
         )
         for i, (t, u, v, a) in enumerate(
             zip(tilt_angles_deg, defocus_u_a, defocus_v_a, astigmatism_angle_deg, strict=False)
         )
     ]
-    return DefocusFile(version=3, flags=ASTIGMATISM | (PHASE if phase else 0), entries=entries)
+    return DefocusFile(version=3, flags=ASTIGMATISM | (PHASE if phases is not None else 0), entries=entries)

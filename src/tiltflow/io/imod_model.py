@@ -106,7 +106,7 @@ def _unpack(spec: tuple, packer: struct.Struct, data: bytes) -> dict[str, Any]:
 
 def _pack(spec: tuple, packer: struct.Struct, header: dict[str, Any]) -> bytes:
     values = []
-    for key, code in spec:
+    for key, _ in spec:
         v = header[key]
         values.append(v.encode("latin-1") if isinstance(v, str) else v)
     return packer.pack(*values)
@@ -141,6 +141,58 @@ def _mesh_size(data: bytes, at: int) -> int:
     return 20 + 12 * vsize + 4 * lsize
 
 
+def _problem(strict: bool, message: str) -> None:
+    """Raise (``strict``) or warn, attributed to the caller of :func:`read_mod`."""
+    if strict:
+        raise ImodFormatError(message)
+    warnings.warn(message, stacklevel=3)
+
+
+def _read_contour(data: bytes, at: int, model: ImodModel, path: Path) -> tuple[ImodContour, int]:
+    if not model.objects:
+        raise ImodFormatError(f"{path}: byte {at}: CONT before any OBJT")
+    psize, flags, time, surf = _CONT.unpack_from(data, at + 4)
+    end = at + 20 + 12 * psize
+    if psize < 0 or end > len(data):
+        raise struct.error("contour runs past the end")
+    contour = ImodContour(_floats(data[at + 20 : end]).reshape(psize, 3), flags, time, surf)
+    model.objects[-1].contours.append(contour)
+    return contour, end
+
+
+def _read_sized_chunk(data: bytes, at: int, cid: bytes, model: ImodModel, contour: ImodContour | None) -> int:
+    """A chunk with a size word: the contour's sizes, or kept verbatim where it belongs."""
+    (size,) = struct.unpack_from(">i", data, at + 4)
+    if size < 0 or at + 8 + size > len(data):
+        raise struct.error(f"chunk {cid!r} of {size} bytes runs past the end")
+    body = data[at + 8 : at + 8 + size]
+    if cid == b"SIZE" and contour is not None and size == 4 * len(contour.points):
+        contour.sizes = _floats(body)
+    elif cid in _CONTOUR_CHUNKS and contour is not None:
+        contour.chunks.append((cid, body))
+    elif cid in _OBJECT_CHUNKS and model.objects:
+        model.objects[-1].chunks.append((cid, body))
+    else:
+        model.chunks.append((cid, body))
+    return at + 8 + size
+
+
+def _read_chunk(
+    data: bytes, at: int, cid: bytes, model: ImodModel, contour: ImodContour | None, path: Path
+) -> tuple[ImodContour | None, int]:
+    """Read the chunk ``cid`` at byte ``at``: the contour that chunks now belong to, and the next offset."""
+    if cid == b"OBJT":
+        model.objects.append(ImodObject(_unpack(OBJECT_HEADER, _OBJECT, data[at + 4 : at + 180])))
+        return None, at + 180
+    if cid == b"CONT":
+        return _read_contour(data, at, model, path)
+    if cid == b"MESH":
+        size = _mesh_size(data, at + 4)
+        model.objects[-1].chunks.append((cid, data[at + 4 : at + 4 + size]))
+        return contour, at + 4 + size
+    return contour, _read_sized_chunk(data, at, cid, model, contour)
+
+
 def read_mod(path: str | Path, *, strict: bool = True) -> ImodModel:
     """Read an IMOD binary model; ``strict=False`` turns a truncated tail into a warning."""
     path = Path(path)
@@ -154,42 +206,10 @@ def read_mod(path: str | Path, *, strict: bool = True) -> ImodModel:
     contour: ImodContour | None = None
     while at + 4 <= len(data):
         cid = data[at : at + 4]
+        if cid == b"IEOF":
+            break
         try:
-            if cid == b"IEOF":
-                break
-            if cid == b"OBJT":
-                header = _unpack(OBJECT_HEADER, _OBJECT, data[at + 4 : at + 180])
-                model.objects.append(ImodObject(header))
-                contour, at = None, at + 180
-            elif cid == b"CONT":
-                if not model.objects:
-                    raise ImodFormatError(f"{path}: byte {at}: CONT before any OBJT")
-                psize, flags, time, surf = _CONT.unpack_from(data, at + 4)
-                end = at + 20 + 12 * psize
-                if psize < 0 or end > len(data):
-                    raise struct.error("contour runs past the end")
-                pts = _floats(data[at + 20 : end]).reshape(psize, 3)
-                contour = ImodContour(pts, flags, time, surf)
-                model.objects[-1].contours.append(contour)
-                at = end
-            elif cid == b"MESH":
-                size = _mesh_size(data, at + 4)
-                model.objects[-1].chunks.append((cid, data[at + 4 : at + 4 + size]))
-                at += 4 + size
-            else:
-                (size,) = struct.unpack_from(">i", data, at + 4)
-                if size < 0 or at + 8 + size > len(data):
-                    raise struct.error(f"chunk {cid!r} of {size} bytes runs past the end")
-                body = data[at + 8 : at + 8 + size]
-                if cid == b"SIZE" and contour is not None and size == 4 * len(contour.points):
-                    contour.sizes = _floats(body)
-                elif cid in _CONTOUR_CHUNKS and contour is not None:
-                    contour.chunks.append((cid, body))
-                elif cid in _OBJECT_CHUNKS and model.objects:
-                    model.objects[-1].chunks.append((cid, body))
-                else:
-                    model.chunks.append((cid, body))
-                at += 8 + size
+            contour, at = _read_chunk(data, at, cid, model, contour, path)
         except (struct.error, IndexError) as err:
             msg = f"{path}: byte {at}: bad {cid!r} chunk ({err}); the file is truncated or corrupt"
             if strict:
@@ -197,15 +217,9 @@ def read_mod(path: str | Path, *, strict: bool = True) -> ImodModel:
             warnings.warn(msg, stacklevel=2)
             break
     else:
-        msg = f"{path}: no IEOF end marker; the file may be truncated"
-        if strict:
-            raise ImodFormatError(msg)
-        warnings.warn(msg, stacklevel=2)
+        _problem(strict, f"{path}: no IEOF end marker; the file may be truncated")
     if len(model.objects) != model.header["objsize"]:
-        msg = f"{path}: header says {model.header['objsize']} objects, found {len(model.objects)}"
-        if strict:
-            raise ImodFormatError(msg)
-        warnings.warn(msg, stacklevel=2)
+        _problem(strict, f"{path}: header says {model.header['objsize']} objects, found {len(model.objects)}")
     return model
 
 
@@ -253,7 +267,7 @@ def fiducial_model(
 ) -> ImodModel:
     """A one-object model of open contours (one per bead), as tiltalign reads it."""
     ny, nx = image_shape
-    header = {k: 0 for k, _ in MODEL_HEADER}
+    header: dict[str, Any] = {k: 0 for k, _ in MODEL_HEADER}
     header.update(
         name=name,
         xmax=nx,
@@ -270,7 +284,7 @@ def fiducial_model(
         blacklevel=0,
     )
     header.update(xoffset=0.0, yoffset=0.0, zoffset=0.0, alpha=0.0, beta=0.0, gamma=0.0)
-    obj = {k: 0 for k, _ in OBJECT_HEADER}
+    obj: dict[str, Any] = {k: 0 for k, _ in OBJECT_HEADER}
     obj.update(
         name="",
         extra=b"",

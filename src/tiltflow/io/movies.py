@@ -167,10 +167,16 @@ def _read_eer_grouped(path: Path, n_groups: int) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         pages = tif.series[0].pages  # EER: the fractions (an integrated image, if any, is another series)
         groups, per = eer_group_layout(len(pages), n_groups)
-        ny, nx = pages[0].shape[-2:]
+        first = pages[0]
+        if first is None:
+            raise ValueError(f"{path}: EER file without a readable first fraction")
+        ny, nx = first.shape[-2:]
         out = np.zeros((groups, ny, nx), dtype=np.float32)
         for i in range(groups * per):
-            out[i // per] += pages[i].asarray()
+            page = pages[i]
+            if page is None:
+                raise ValueError(f"{path}: EER fraction {i + 1} cannot be read")
+            out[i // per] += page.asarray()
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ def _quiet():
 
 
 def write_mrc(
-    path: Path | str, data: np.ndarray, *, voxel_size_a: float, is_volume: bool = False, labels: list[str] = ()
+    path: Path | str, data: np.ndarray, *, voxel_size_a: float, is_volume: bool = False, labels: Sequence[str] = ()
 ) -> Path:
     """Write float32 (or int) data atomically (temporary file, then rename); ``labels`` are added
     to the header after mrcfile's own."""
@@ -115,13 +116,15 @@ def _raw_header(path: Path) -> tuple[dict, str]:
         )
     stamp = data[212]
     orders = [">"] if stamp == 0x11 else ["<"] if stamp in (0x44, 0x41) else ["<", ">"]
-    best = None
+    best: tuple[dict, str] | None = None
     for order in orders:
         nx, ny, nz, mode = np.frombuffer(data[:16], f"{order}i4").tolist()
         nsymbt = int(np.frombuffer(data[92:96], f"{order}i4")[0])
         fields = {"nx": nx, "ny": ny, "nz": nz, "mode": mode, "nsymbt": nsymbt, "map": data[208:212]}
         if best is None or (mode in MODE_NAMES and nx > 0 and ny > 0 and nz > 0):
             best = (fields, order)
+    if best is None:  # unreachable: there is always one byte order to try
+        raise StackError(f"{path}: no byte order to read the MRC header with")
     return best
 
 
@@ -165,8 +168,8 @@ def read_stack_header(path: Path | str) -> StackHeader:
             exttyp = bytes(h.exttyp).decode("ascii", "replace").strip("\x00 ")
     except Exception as err:
         raise StackError(f"{path}: not a readable MRC stack ({err})") from None
-    vs = vs if np.isfinite(vs) and vs > 0 else None
-    return StackHeader(path, nz, (nx, ny), vs, exttyp)
+    voxel = vs if np.isfinite(vs) and vs > 0 else None
+    return StackHeader(path, nz, (nx, ny), voxel, exttyp)
 
 
 def _unreadable(path: Path | str, err: Exception | None) -> StackError:

@@ -188,10 +188,10 @@ def write_warp_xml(path: str | Path, ts: WarpTiltSeries, *, encoding: str | None
             if last is not None:
                 last.tail = nl + "\t"
         else:
-            el = next(others, None)
-            if el is None or el.tag != tag:
+            other = next(others, None)
+            if other is None or other.tag != tag:
                 raise ValueError(f"write_warp_xml: order lists <{tag}> but ts.other does not match")
-            root.append(_with_newlines(el, nl))  # a copy: the tail is set below
+            root.append(_with_newlines(other, nl))  # a copy: the tail is set below
     root.text = nl + "\t"
     for i, el in enumerate(root):
         el.tail = nl if i == len(root) - 1 else nl + "\t"

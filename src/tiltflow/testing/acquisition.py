@@ -15,7 +15,7 @@ import torch
 from tiltflow.core import geometry
 from tiltflow.testing import detector
 from tiltflow.testing.config import DemoConfig
-from tiltflow.testing.phantom import make_specimen, specimen_to_dict
+from tiltflow.testing.phantom import SpecimenContents, make_specimen, specimen_to_dict
 
 SESSION_START = datetime(2024, 3, 15, 9, 0, 0)
 WINDOWS_FRAMES_DIR = "X:\\Session\\frames\\"
@@ -119,13 +119,10 @@ def plan_series(config: DemoConfig, index: int, rng: np.random.Generator) -> dic
     n_beads, n_ves, n_blobs = config.object_counts()
     specimen = make_specimen(
         rng,
+        SpecimenContents(config.bead_diameter_nm, n_beads=n_beads, n_vesicles=n_ves, n_blobs=n_blobs),
         image_shape=shape,
         pixel_size_a=config.pixel_size_a,
         ice_thickness_nm=config.ice_thickness_nm,
-        bead_diameter_nm=config.bead_diameter_nm,
-        n_beads=n_beads,
-        n_vesicles=n_ves,
-        n_blobs=n_blobs,
         max_tilt_deg=float(np.abs(true).max()),
     )
     # stage shifts: random walk in acquisition order

@@ -28,7 +28,7 @@ import torch
 from tiltflow.testing import detector
 from tiltflow.testing.acquisition import CONVENTIONS, plan_series
 from tiltflow.testing.config import EXTENSION_DEFAULTS, DemoConfig
-from tiltflow.testing.imaging import render_tilt_image
+from tiltflow.testing.imaging import ImageCtf, ImageExposure, TiltView, render_tilt_image
 from tiltflow.testing.mdoc_writer import format_mdoc
 from tiltflow.testing.phantom import specimen_from_dict
 
@@ -71,23 +71,30 @@ def render_truth_tilt(
     truth dict, at the frame-average geometry; canvas pixel [y + m, x + m] is raw pixel (x, y)."""
     t = series["tilts"][acquisition_index]
     nx, ny = series["image_size"]
+    sx, sy = t["stage_shift_px"]
     return render_tilt_image(
         specimen_from_dict(series["specimen"]),
-        tilt_angle_deg=t["true_tilt_angle_deg"],
-        tilt_axis_deg=series["tilt_axis_deg"],
-        image_shape=(ny, nx),
-        defocus_u_a=t["defocus_u_a"],
-        defocus_v_a=t["defocus_v_a"],
-        astigmatism_angle_deg=t["astigmatism_angle_deg"],
-        shift_px=tuple(t["stage_shift_px"]),
-        voltage_kv=series["voltage_kv"],
-        cs_mm=series["cs_mm"],
-        amplitude_contrast=series["amplitude_contrast"],
-        exposure_e_a2=t["damage_exposure_e_a2"] if with_damage else 0.0,
-        mean_counts=t["mean_counts_per_frame_px"],
-        ice_texture_rad=series["ice_texture_rad"] if with_texture else 0.0,
-        texture_seed=t["texture_seed"],
-        margin_px=margin_px,
+        TiltView(
+            tilt_angle_deg=t["true_tilt_angle_deg"],
+            tilt_axis_deg=series["tilt_axis_deg"],
+            image_shape=(ny, nx),
+            shift_px=(sx, sy),
+            margin_px=margin_px,
+        ),
+        ImageCtf(
+            defocus_u_a=t["defocus_u_a"],
+            defocus_v_a=t["defocus_v_a"],
+            astigmatism_angle_deg=t["astigmatism_angle_deg"],
+            voltage_kv=series["voltage_kv"],
+            cs_mm=series["cs_mm"],
+            amplitude_contrast=series["amplitude_contrast"],
+        ),
+        ImageExposure(
+            exposure_e_a2=t["damage_exposure_e_a2"] if with_damage else 0.0,
+            mean_counts=t["mean_counts_per_frame_px"],
+            ice_texture_rad=series["ice_texture_rad"] if with_texture else 0.0,
+            texture_seed=t["texture_seed"],
+        ),
         device=device,
     )
 
@@ -180,6 +187,7 @@ def write_demo_dataset(out_dir: Path | str, config: DemoConfig, *, force: bool =
     camera = make_detector(config)
     tifffile.imwrite(out_dir / GAIN_FILE, camera["gain"], photometric="minisblack")
     nx, ny = config.size
+    all_series: list[dict] = []
     truth = {
         "format": "tiltflow-demo-truth",
         "version": 1,
@@ -191,14 +199,14 @@ def write_demo_dataset(out_dir: Path | str, config: DemoConfig, *, force: bool =
             "hot_pixels": camera["hot_pixels"],
             "gain_convention": CONVENTIONS["gain"],
         },
-        "series": [],
+        "series": all_series,
     }
     for index in range(config.n_series):
         movies, series = simulate_series(config, index, series_rng(config, index))
         for tilt, movie in zip(series["tilts"], movies, strict=False):
             tifffile.imwrite(out_dir / tilt["movie"], movie, compression="lzw", photometric="minisblack")
         (out_dir / series["mdoc"]).write_text(format_mdoc(series), newline="\r\n")
-        truth["series"].append(series)
+        all_series.append(series)
     text = json.dumps(truth, indent=1)
     tmp = out_dir / (TRUTH_FILE + ".tmp")
     tmp.write_text(text)

@@ -12,16 +12,56 @@ interpolating per pixel.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from tiltflow.core import geometry
-from tiltflow.core.ctf_model import ctf_2d, electron_wavelength_a
+from tiltflow.core.ctf_model import Optics, ctf_2d, electron_wavelength_a
 from tiltflow.core.fourier import frequency_grid_2d
 from tiltflow.testing.phantom import GOLD_ABSORPTION_LENGTH_A, Specimen, project_specimen
 
 MIN_INTENSITY_FRACTION = 0.02
+
+
+@dataclass(frozen=True)
+class TiltView:
+    """Where a tilt image is taken: the true tilt angle (nominal + offset) and tilt-axis angle
+    (degrees from +y, CCW), the raw image shape ``(ny, nx)``, the stage shift ``(x, y)`` px of this
+    view and the margin (px) of canvas rendered around the image."""
+
+    tilt_angle_deg: float
+    tilt_axis_deg: float
+    image_shape: tuple[int, int]
+    shift_px: tuple[float, float] = (0.0, 0.0)
+    margin_px: int = 0
+
+
+@dataclass(frozen=True)
+class ImageCtf:
+    """The microscope's CTF for one image: defocus (Å, underfocus positive) at the raw image centre,
+    astigmatism, optics, and whether the tilted plane's defocus gradient is applied."""
+
+    defocus_u_a: float
+    defocus_v_a: float
+    astigmatism_angle_deg: float = 0.0
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    defocus_gradient: bool = True
+
+
+@dataclass(frozen=True)
+class ImageExposure:
+    """The dose side of an image: pre-exposure (e/Å²) for the damage filter (0: no damage), the
+    flux of the empty field, and the std (rad) of a white random phase (amorphous ice) per pixel
+    drawn from ``texture_seed``."""
+
+    exposure_e_a2: float = 0.0
+    mean_counts: float = 1.0
+    ice_texture_rad: float = 0.0
+    texture_seed: int = 0
 
 
 def critical_exposure_e_a2(k_per_a: torch.Tensor, *, voltage_kv: float) -> torch.Tensor:
@@ -88,12 +128,7 @@ def apply_ctf_with_gradient(
     offset_a: torch.Tensor | None,  # (H, W) defocus offsets (Å), or None for a uniform CTF
     *,
     pixel_size_a: float,
-    voltage_kv: float,
-    cs_mm: float,
-    amplitude_contrast: float,
-    defocus_u_a: float,
-    defocus_v_a: float,
-    astigmatism_angle_deg: float,
+    ctf: ImageCtf,  # its defocus_gradient is the caller's: offset_a is applied as given
     spectral_filter: torch.Tensor | None = None,  # (H, W//2+1) e.g. the damage filter
     strip_step_a: float | None = None,
     max_strips: int = 48,
@@ -108,60 +143,52 @@ def apply_ctf_with_gradient(
     spectrum[..., 0, 0] = 0
     if spectral_filter is not None:
         spectrum = spectrum * spectral_filter
-    optics = dict(
-        pixel_size_a=pixel_size_a,
-        voltage_kv=voltage_kv,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        defocus_u_a=defocus_u_a,
-        defocus_v_a=defocus_v_a,
-        astigmatism_angle_deg=astigmatism_angle_deg,
-        device=dev,
+    lens = Optics(
+        pixel_size_a=pixel_size_a, voltage_kv=ctf.voltage_kv, cs_mm=ctf.cs_mm, amplitude_contrast=ctf.amplitude_contrast
     )
-    ctf0 = ctf_2d(shape, **optics)  # -sin(a), a = chi + arcsin(A) at the centre's defocus
+
+    def lens_ctf(phase_shift_rad: float) -> torch.Tensor:
+        return ctf_2d(
+            shape,
+            lens,
+            defocus_u_a=ctf.defocus_u_a,
+            defocus_v_a=ctf.defocus_v_a,
+            astigmatism_angle_deg=ctf.astigmatism_angle_deg,
+            phase_shift_rad=phase_shift_rad,
+            device=dev,
+        )
+
+    ctf0 = lens_ctf(0.0)  # -sin(a), a = chi + arcsin(A) at the centre's defocus
     lo = float(offset_a.min()) if offset_a is not None else 0.0
     hi = float(offset_a.max()) if offset_a is not None else 0.0
     if offset_a is None or hi - lo < 1.0:
         return torch.fft.irfft2(spectrum * ctf0, s=shape)
     # -sin(a + b) = ctf0 cos(b) + ctf90 sin(b), b = pi lambda dz k^2: the same model, any offset dz
-    ctf90 = ctf_2d(shape, phase_shift_rad=math.pi / 2, **optics)  # -cos(a)
+    ctf90 = lens_ctf(math.pi / 2)  # -cos(a)
     ky, kx = frequency_grid_2d(shape, device=dev)
     k2 = (kx**2 + ky**2) / pixel_size_a**2  # 1/Å^2
-    lam = electron_wavelength_a(voltage_kv)
-    step_max = strip_step_a or nyquist_strip_step_a(pixel_size_a, voltage_kv)
+    lam = electron_wavelength_a(ctf.voltage_kv)
+    step_max = strip_step_a or nyquist_strip_step_a(pixel_size_a, ctf.voltage_kv)
     n = min(max(math.ceil((hi - lo) / step_max) + 1, 2), max_strips)
     step = (hi - lo) / (n - 1)
     out = torch.zeros(shape, dtype=torch.float32, device=dev)
     for node in torch.linspace(lo, hi, n, dtype=torch.float64).tolist():
         weight = (1.0 - (offset_a - node).abs() / step).clamp_min(0.0)
         b = (math.pi * lam * node) * k2  # Å * Å * 1/Å^2 = rad
-        ctf = ctf0 * torch.cos(b) + ctf90 * torch.sin(b)
-        out += weight * torch.fft.irfft2(spectrum * ctf, s=shape)
+        node_ctf = ctf0 * torch.cos(b) + ctf90 * torch.sin(b)
+        out += weight * torch.fft.irfft2(spectrum * node_ctf, s=shape)
     return out
 
 
 def render_tilt_image(
     specimen: Specimen,
+    view: TiltView,
+    ctf: ImageCtf,
+    exposure: ImageExposure = ImageExposure(),
     *,
-    tilt_angle_deg: float,  # true tilt angle (nominal + offset), degrees
-    tilt_axis_deg: float,  # true tilt-axis angle, degrees from +y, CCW
-    image_shape: tuple[int, int],  # (ny, nx)
-    defocus_u_a: float,  # at the raw image centre, underfocus positive
-    defocus_v_a: float,
-    astigmatism_angle_deg: float = 0.0,
-    shift_px: tuple[float, float] = (0.0, 0.0),  # stage shift (x, y) of this view
     pixel_size_a: float | None = None,  # default: the specimen's
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.07,
-    defocus_gradient: bool = True,
-    exposure_e_a2: float = 0.0,  # pre-exposure for the damage filter (0: no damage)
-    mean_counts: float = 1.0,  # flux of the empty field in this image
-    ice_texture_rad: float = 0.0,  # std of a white random phase (amorphous ice) per pixel
-    texture_seed: int = 0,
-    margin_px: int = 0,
     device: torch.device | str | None = None,
-) -> torch.Tensor:  # (ny + 2m, nx + 2m) float32 expected intensity
+) -> torch.Tensor:  # (ny + 2m, nx + 2m) float32 expected intensity, m = view.margin_px
     """Noise-free image of one tilt at the frame-average geometry (see the module docstring).
 
     Canvas pixel ``[y + m, x + m]`` is raw image pixel (x, y); the margin lets callers shift the
@@ -176,45 +203,38 @@ def render_tilt_image(
         )
     proj = project_specimen(
         specimen,
-        tilt_angle_deg=tilt_angle_deg,
-        tilt_axis_deg=tilt_axis_deg,
-        shift_px=shift_px,
-        image_shape=image_shape,
-        margin_px=margin_px,
+        tilt_angle_deg=view.tilt_angle_deg,
+        tilt_axis_deg=view.tilt_axis_deg,
+        shift_px=view.shift_px,
+        image_shape=view.image_shape,
+        margin_px=view.margin_px,
     )
     phase = proj.phase_rad.to(device=device, dtype=torch.float32)
     canvas_shape = (phase.shape[-2], phase.shape[-1])
-    if ice_texture_rad > 0:
-        noise = np.random.default_rng(texture_seed).standard_normal(canvas_shape, np.float32)
-        phase = phase + ice_texture_rad * torch.from_numpy(noise).to(phase)
+    if exposure.ice_texture_rad > 0:
+        noise = np.random.default_rng(exposure.texture_seed).standard_normal(canvas_shape, np.float32)
+        phase = phase + exposure.ice_texture_rad * torch.from_numpy(noise).to(phase)
     damage = None
-    if exposure_e_a2 > 0:
+    if exposure.exposure_e_a2 > 0:
         damage = damage_filter_2d(
-            canvas_shape, pixel_size_a=px, exposure_e_a2=exposure_e_a2, voltage_kv=voltage_kv, device=phase.device
+            canvas_shape,
+            pixel_size_a=px,
+            exposure_e_a2=exposure.exposure_e_a2,
+            voltage_kv=ctf.voltage_kv,
+            device=phase.device,
         )
     offset = None
-    if defocus_gradient and abs(tilt_angle_deg) > 1e-6:
+    if ctf.defocus_gradient and abs(view.tilt_angle_deg) > 1e-6:
         offset = defocus_offset_map_a(
             canvas_shape,
-            margin_px=margin_px,
-            image_shape=image_shape,
-            tilt_angle_deg=tilt_angle_deg,
-            tilt_axis_deg=tilt_axis_deg,
+            margin_px=view.margin_px,
+            image_shape=view.image_shape,
+            tilt_angle_deg=view.tilt_angle_deg,
+            tilt_axis_deg=view.tilt_axis_deg,
             pixel_size_a=px,
             device=phase.device,
         )
-    contrast = apply_ctf_with_gradient(
-        phase,
-        offset,
-        pixel_size_a=px,
-        voltage_kv=voltage_kv,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        defocus_u_a=defocus_u_a,
-        defocus_v_a=defocus_v_a,
-        astigmatism_angle_deg=astigmatism_angle_deg,
-        spectral_filter=damage,
-    )
+    contrast = apply_ctf_with_gradient(phase, offset, pixel_size_a=px, ctf=ctf, spectral_filter=damage)
     transmission = torch.exp(-proj.gold_thickness_a.to(contrast) / GOLD_ABSORPTION_LENGTH_A)
-    image = mean_counts * transmission * (1.0 + contrast)
-    return image.clamp_min(MIN_INTENSITY_FRACTION * mean_counts)
+    image = exposure.mean_counts * transmission * (1.0 + contrast)
+    return image.clamp_min(MIN_INTENSITY_FRACTION * exposure.mean_counts)

@@ -77,19 +77,27 @@ def specimen_from_dict(d: dict) -> Specimen:
     )
 
 
+@dataclass(frozen=True)
+class SpecimenContents:
+    """What a random specimen holds, counted per image area: gold beads, vesicles and blobs
+    (diameters drawn uniformly from the ranges)."""
+
+    bead_diameter_nm: float
+    n_beads: int
+    n_vesicles: int
+    n_blobs: int
+    vesicle_diameter_nm: tuple[float, float] = (30.0, 100.0)
+    blob_diameter_nm: tuple[float, float] = (3.0, 8.0)
+
+
 def make_specimen(
     rng: np.random.Generator,
+    contents: SpecimenContents,
     *,
     image_shape: tuple[int, int],  # (ny, nx)
     pixel_size_a: float,
     ice_thickness_nm: float,
-    bead_diameter_nm: float,
-    n_beads: int,
-    n_vesicles: int,
-    n_blobs: int,
     max_tilt_deg: float,
-    vesicle_diameter_nm: tuple[float, float] = (30.0, 100.0),
-    blob_diameter_nm: tuple[float, float] = (3.0, 8.0),
 ) -> Specimen:
     """Random specimen; counts are per image area and the region seen up to ``max_tilt_deg`` is
     filled at the same density. Beads: 40 % on the top ice surface, 40 % on the bottom, 20 % inside,
@@ -106,10 +114,11 @@ def make_specimen(
         return np.stack([rng.uniform(-half_x, half_x, n), rng.uniform(-half_y, half_y, n)], -1)
 
     # vesicles: non-overlapping, inside the slab
-    ves, ves_r = [], []
-    for _ in range(round(n_vesicles * density_scale)):
+    ves: list[np.ndarray] = []
+    ves_r: list[float] = []
+    for _ in range(round(contents.n_vesicles * density_scale)):
         for _try in range(50):
-            r = min(rng.uniform(*vesicle_diameter_nm) * nm / 2, thick / 2 - 2 * nm)
+            r = min(rng.uniform(*contents.vesicle_diameter_nm) * nm / 2, thick / 2 - 2 * nm)
             zmax = max(thick / 2 - r - 2 * nm, 0.0)
             c = np.array([*uniform_xy(1)[0], rng.uniform(-zmax, zmax)])
             if all(np.linalg.norm(c - v) > r + rv + 2 * nm for v, rv in zip(ves, ves_r, strict=False)):
@@ -117,9 +126,9 @@ def make_specimen(
                 ves_r.append(r)
                 break
 
-    rb = bead_diameter_nm * nm / 2
+    rb = contents.bead_diameter_nm * nm / 2
     beads: list[np.ndarray] = []
-    for _ in range(round(n_beads * density_scale)):
+    for _ in range(round(contents.n_beads * density_scale)):
         for _try in range(200):
             u = rng.uniform()
             zs = thick / 2 - rb
@@ -131,8 +140,8 @@ def make_specimen(
                 beads.append(c)
                 break
 
-    nb = round(n_blobs * density_scale)
-    sigma = rng.uniform(*blob_diameter_nm, nb) * nm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    nb = round(contents.n_blobs * density_scale)
+    sigma = rng.uniform(*contents.blob_diameter_nm, nb) * nm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
     zlim = np.maximum(thick / 2 - 2 * sigma, 0.0)
     blobs = np.concatenate([uniform_xy(nb), (rng.uniform(-1, 1, nb) * zlim)[:, None]], -1)
 

@@ -305,39 +305,44 @@ def align_geometry(
     return binning, side
 
 
-def draw_scenario(
-    seed: int,
-    index: int,
-    *,
-    movie_size_px: int = 512,
-    movie_n_tilts: int = 7,
-    movie_tilt_step_deg: float = 20.0,
-    window_px: int = 512,
-    align_n_tilts: int = 41,
-    align_tilt_step_deg: float = 3.0,
-    align_min_px: int = 256,
-    align_max_px: int = 320,
-    camera_px: int = 4096,
-    max_frames: int | None = None,
-    ctf_size_px: int = 1536,
-    ctf_n_tilts: int = 13,
-    ctf_tilt_step_deg: float = 10.0,
-) -> Scenario:
-    """Scenario ``index`` of the matrix drawn from ``seed`` (module docstring). The keywords set
-    how it is simulated, not what is drawn: the same (seed, index) draws the same session."""
+@dataclass(frozen=True)
+class SimulationSizes:
+    """How the scenarios are simulated, not what is drawn (module docstring): the movie crop, the
+    alignment series and the CTF field, the camera and an optional cap on the frames."""
+
+    movie_size_px: int = 512
+    movie_n_tilts: int = 7
+    movie_tilt_step_deg: float = 20.0
+    window_px: int = 512
+    align_n_tilts: int = 41
+    align_tilt_step_deg: float = 3.0
+    align_min_px: int = 256
+    align_max_px: int = 320
+    camera_px: int = 4096
+    max_frames: int | None = None
+    ctf_size_px: int = 1536
+    ctf_n_tilts: int = 13
+    ctf_tilt_step_deg: float = 10.0
+
+
+def draw_scenario(seed: int, index: int, sizes: SimulationSizes = SimulationSizes()) -> Scenario:
+    """Scenario ``index`` of the matrix drawn from ``seed`` (module docstring). ``sizes`` set how it
+    is simulated, not what is drawn: the same (seed, index) draws the same session."""
     rng = np.random.default_rng([seed, index, 11])
     r = RANGES
     u = lambda key: float(rng.uniform(*r[key]))  # noqa: E731
     px = _log_uniform(rng, *r["pixel_size_a"])
-    dose, frames = _dose_and_frames(rng, px, max_frames)
+    dose, frames = _dose_and_frames(rng, px, sizes.max_frames)
     eer = bool(rng.uniform() < 0.25)
     ice, ratio = u("ice_thickness_nm"), u("field_ratio")
-    beads = int(rng.integers(r["n_beads"][0], r["n_beads"][1] + 1))
+    beads = int(rng.integers(int(r["n_beads"][0]), int(r["n_beads"][1]) + 1))
     bead_nm = u("bead_diameter_nm")
     binning, side = align_geometry(
-        px, ice, ratio, bead_nm, min_px=align_min_px, max_px=align_max_px, camera_px=camera_px
+        px, ice, ratio, bead_nm, min_px=sizes.align_min_px, max_px=sizes.align_max_px, camera_px=sizes.camera_px
     )
-    values = dict(
+    # keywords are evaluated in the order written: the draws below, then the seed, as ever
+    return Scenario(
+        name=f"S{index:02d}",
         pixel_size_a=px,
         dose_e_px_frame=dose,
         n_frames=frames,
@@ -359,26 +364,26 @@ def draw_scenario(
         mdoc_tilt_axis_deg=float(rng.choice(AXIS_FAMILIES_DEG) + rng.uniform(-3, 3)),
         tilt_offset_deg=u("tilt_offset_deg"),
         tilt_axis_error_deg=u("tilt_axis_error_deg"),
-        xray_events_per_frame=(1, int(rng.integers(1, r["xray_events_per_frame"][1] + 1))),
+        xray_events_per_frame=(1, int(rng.integers(1, int(r["xray_events_per_frame"][1]) + 1))),
         xray_counts=r["xray_counts"],
         gain_variation=u("gain_variation"),
         gain_stripe_amplitude=u("gain_stripe_amplitude"),
-        n_dark_views=int(rng.integers(r["n_dark_views"][0], r["n_dark_views"][1] + 1)),
-        movie_size_px=movie_size_px,
-        movie_n_tilts=movie_n_tilts,
-        movie_tilt_step_deg=movie_tilt_step_deg,
-        window_px=min(window_px, movie_size_px),
+        n_dark_views=int(rng.integers(int(r["n_dark_views"][0]), int(r["n_dark_views"][1]) + 1)),
+        movie_size_px=sizes.movie_size_px,
+        movie_n_tilts=sizes.movie_n_tilts,
+        movie_tilt_step_deg=sizes.movie_tilt_step_deg,
+        window_px=min(sizes.window_px, sizes.movie_size_px),
         align_binning=binning,
         align_size_px=side,
-        align_n_tilts=align_n_tilts,
-        align_tilt_step_deg=align_tilt_step_deg,
-        ctf_size_px=ctf_size_px,
-        ctf_n_tilts=ctf_n_tilts,
-        ctf_tilt_step_deg=ctf_tilt_step_deg,
+        align_n_tilts=sizes.align_n_tilts,
+        align_tilt_step_deg=sizes.align_tilt_step_deg,
+        ctf_size_px=sizes.ctf_size_px,
+        ctf_n_tilts=sizes.ctf_n_tilts,
+        ctf_tilt_step_deg=sizes.ctf_tilt_step_deg,
+        seed=int(rng.integers(2**31)),
     )
-    return Scenario(name=f"S{index:02d}", seed=int(rng.integers(2**31)), **values)
 
 
-def draw_scenarios(n: int, seed: int = 0, **kw) -> list[Scenario]:
-    """``n`` scenarios from ``seed`` (``draw_scenario``'s keywords apply to all)."""
-    return [draw_scenario(seed, i, **kw) for i in range(n)]
+def draw_scenarios(n: int, seed: int = 0, sizes: SimulationSizes = SimulationSizes()) -> list[Scenario]:
+    """``n`` scenarios from ``seed``, all simulated with ``sizes``."""
+    return [draw_scenario(seed, i, sizes) for i in range(n)]

@@ -17,6 +17,7 @@ Arrays are ``(t, h, w)`` frames / ``(h, w)`` images, float32 gain-corrected coun
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +29,19 @@ _DIRECTIONS = [(0, 1), (1, 0), (1, 1), (1, -1)]
 KINDS = {"single": (1.0, 0.0, 0.0), "pair": (0.0, 1.0, 0.0), "streak": (0.0, 0.0, 1.0), "mixed": (0.5, 0.3, 0.2)}
 
 
+@dataclass(frozen=True)
+class XrayHits:
+    """The X-ray events of a movie: ``kind`` a key of :data:`KINDS`, ``per_frame`` the (least, most)
+    events per frame, ``counts`` the range of raw counts per hit pixel."""
+
+    kind: str = "mixed"
+    per_frame: tuple[int, int] = (1, 5)
+    counts: tuple[float, float] = (40.0, 250.0)
+
+
+NO_HITS = XrayHits(per_frame=(0, 0))
+
+
 def simulate_movie(
     seed: int,
     *,
@@ -36,14 +50,11 @@ def simulate_movie(
     dose: float = 1.0,
     pixel_size_a: float = 1.38,
     n_beads: int = 3,
-    kind: str = "mixed",
-    hits_per_frame: tuple[int, int] = (1, 5),
-    counts: tuple[float, float] = (40.0, 250.0),
+    hits: XrayHits = XrayHits(),
 ) -> dict:
     """Movie with X-ray hits and its hit-free twin; see the module docstring.
 
-    ``dose`` in e/px/frame, ``kind`` a key of :data:`KINDS`, ``hits_per_frame`` the (least, most)
-    events per frame, ``counts`` the range of raw counts per hit pixel. Returns frames / clean
+    ``dose`` in e/px/frame, ``hits`` the X-ray events (:class:`XrayHits`). Returns frames / clean
     (t, h, w) float32 gain-corrected counts, ``lam`` (h, w) the noise-free image (e/px/frame),
     ``shifts`` (t, 2) x, y px, ``beads`` [(y, x, radius px)], ``bead_mask`` (h, w) (within
     radius + 2 px: the fringe included) and ``hits`` [{frame, pix [(y, x)]}].
@@ -57,7 +68,7 @@ def simulate_movie(
     moved = shift_image_2d(lam.float().expand(n_frames, h, w), shifts).clamp_min(0.0)
     clean = torch.poisson(moved / gain, generator=g) * gain
     frames = clean.clone()
-    hits = _add_hits(g, frames, gain, kind, hits_per_frame, counts)
+    events = _add_hits(g, frames, gain, hits.kind, hits.per_frame, hits.counts)
     return {
         "frames": frames,
         "clean": clean,
@@ -65,7 +76,7 @@ def simulate_movie(
         "shifts": shifts,
         "beads": beads,
         "bead_mask": bead_mask,
-        "hits": hits,
+        "hits": events,
     }
 
 
@@ -91,8 +102,8 @@ def _specimen_image(
     gold = torch.zeros(h, w, dtype=torch.float64)
     beads, bead_mask = [], torch.zeros(h, w, dtype=torch.bool)
     for _ in range(n_beads):
-        r = torch.empty(1, dtype=torch.float64).uniform_(25.0, 75.0, generator=g)
-        r = float(r) / pixel_size_a  # radius, px
+        r_a = torch.empty(1, dtype=torch.float64).uniform_(25.0, 75.0, generator=g)
+        r = float(r_a) / pixel_size_a  # radius, px
         cy, cx = (float(torch.rand(1, generator=g)) * n for n in (h, w))
         rho = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
         gold = gold + 2.0 * r * pixel_size_a * torch.sqrt((1.0 - (rho / r) ** 2).clamp_min(0.0))

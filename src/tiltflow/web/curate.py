@@ -12,10 +12,15 @@ from collections import defaultdict
 from tiltflow.web.models import CurationResult, ExcludeRequest
 from tiltflow.workflow.curation import WHOLE_SERIES, exclusions, save_subset, set_excluded
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.sets import TiltSeriesSet
+from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
 Key = tuple[str, int]  # (tsId, acquisition order); order 0 = the whole series
+
+
+def _views(series: TiltSeries | CtfTomoSeries) -> list[TiltImage] | list[CtfTomo]:
+    """What is excluded one by one: a tilt series' images, a CTF series' per-tilt fits."""
+    return series.images if isinstance(series, TiltSeries) else series.items
 
 
 class Curator:
@@ -26,21 +31,26 @@ class Curator:
         self._history: dict[int, list[dict[Key, bool]]] = defaultdict(list)
         self._lock = threading.Lock()
 
+    def _load(self, output: OutputRecord) -> TiltSeriesSet | CtfSeriesSet:
+        value = self.store.load(output)
+        if not isinstance(value, (TiltSeriesSet, CtfSeriesSet)):
+            raise InputError(f"{output.pointer}: a {output.type} cannot be curated")
+        return value
+
     def _state(self, output: OutputRecord) -> dict[Key, bool]:
         """The effective excluded state of every series and item (stored flags + viewer flags)."""
-        value = self.store.load(output)
+        value = self._load(output)
         flags = exclusions(self.store, output)
         state: dict[Key, bool] = {}
         for s in value.items:
             state[(s.ts_id, WHOLE_SERIES)] = flags.get((s.ts_id, WHOLE_SERIES), not s.enabled)
-            for item in s.images if isinstance(value, TiltSeriesSet) else s.items:
+            for item in _views(s):
                 key = (s.ts_id, item.acquisition_order)
                 state[key] = flags.get(key, not item.enabled)
         return state
 
     def _targets(self, output: OutputRecord, req: ExcludeRequest) -> list[Key]:
-        value = self.store.load(output)
-        by_id = {s.ts_id: s for s in value.items}
+        by_id = {s.ts_id: s for s in self._load(output).items}
         if req.ts_id is not None and req.ts_id not in by_id:
             raise InputError(f"no tilt series '{req.ts_id}' in {output.pointer}")
         if req.beyond_deg is not None:
@@ -50,17 +60,14 @@ class Curator:
             return [
                 (s.ts_id, item.acquisition_order)
                 for s in chosen
-                for item in (s.images if isinstance(value, TiltSeriesSet) else s.items)
+                for item in _views(s)
                 if abs(item.tilt_angle_deg) > req.beyond_deg
             ]
         if req.ts_id is None:
             raise InputError("ts_id is required (or beyond_deg for every series)")
         if req.views is None:
             return [(req.ts_id, WHOLE_SERIES)]
-        series = by_id[req.ts_id]
-        orders = {
-            item.acquisition_order for item in (series.images if isinstance(value, TiltSeriesSet) else series.items)
-        }
+        orders = {item.acquisition_order for item in _views(by_id[req.ts_id])}
         bad = sorted(set(req.views) - orders)
         if bad:
             raise InputError(f"{req.ts_id}: no view with acquisition order {bad} (valid: {min(orders)}..{max(orders)})")

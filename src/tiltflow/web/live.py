@@ -1,4 +1,4 @@
-"""The session dashboard (issue 14 item 5): ``/dashboard`` and its read-only JSON under ``/api/watch``.
+"""What the session dashboard (issue 14 item 5, ``web.routes_live``) shows of a watch.
 
 It reads what ``tiltflow watch`` writes into the project (``watch/state.json``, the per-tilt records,
 their binned sums, the coarse previews) and never writes; with no watch it says so. Every route is
@@ -11,25 +11,25 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse, Response
+from fastapi import HTTPException
 
 from tiltflow.web.limits import served_path
+from tiltflow.workflow.sets import TomogramSet
 from tiltflow.workflow.store import ProjectStore
 
-STATIC = Path(__file__).parent / "static"
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,200}$")
 
 
-def _checked(name: str, what: str) -> str:
+def checked_name(name: str, what: str) -> str:
     if not _NAME.match(name) or name in (".", ".."):
         raise HTTPException(404, f"no {what} '{name}'")
     return name
 
 
-def _png(image: np.ndarray) -> bytes:
+def png_of(image: np.ndarray) -> bytes:
     from tiltflow.io.png import encode_png_gray8
 
     lo, hi = np.percentile(image, [1, 99])
@@ -61,12 +61,14 @@ def tilt_rows(root: Path, ts_id: str) -> list[dict]:
     return sorted(rows, key=lambda row: row["when"] or 0)
 
 
-def _tomogram_snapshot(store: ProjectStore, pointer: str, ts_id: str) -> Path | None:
+def tomogram_snapshot(store: ProjectStore, pointer: str, ts_id: str) -> Path | None:
     from tiltflow.io.snapshots import snapshot_paths
 
     try:
         tomos = store.load(store.resolve(pointer))
     except Exception:  # noqa: BLE001 — a run removed since: no picture
+        return None
+    if not isinstance(tomos, TomogramSet):
         return None
     for item in tomos.items:
         if item.ts_id == ts_id:
@@ -75,62 +77,47 @@ def _tomogram_snapshot(store: ProjectStore, pointer: str, ts_id: str) -> Path | 
     return None
 
 
-def add_live_routes(app: FastAPI, store: ProjectStore) -> None:
+def watch_state(root: Path) -> dict[str, Any]:
+    """What ``watch/state.json`` says, with ``watching`` and its age; a hint when no watch has run."""
+    from tiltflow.workflow.watch.status import read_state
+
+    state = read_state(root)
+    if state is None:
+        return {
+            "watching": False,
+            "series": [],
+            "counts": {},
+            "lines": [],
+            "detail": f"no watch has run in {root} — start one with `tiltflow watch DIR -p {root}`",
+        }
+    state["watching"] = True
+    state["age_s"] = round(time.time() - float(state.get("updated") or 0), 1)
+    return state
+
+
+def tilt_thumbnail(root: Path, ts_id: str, name: str) -> bytes:
+    """The PNG of one processed tilt's binned sum (404 while there is none)."""
+    folder = root / "watch" / "tilts" / checked_name(ts_id, "series") / "thumbs"
+    path = folder / f"{Path(checked_name(name, 'tilt')).stem}.npy"
+    if not path.is_file():
+        raise HTTPException(404, f"{name}: no picture yet")
+    return png_of(np.load(served_path(root, path, inside_only=True)))
+
+
+def series_picture(store: ProjectStore, ts_id: str) -> tuple[Path, str]:
+    """The series' tomogram (central XY slice) once made, else the coarse live reconstruction; and
+    which of the two it is (``tomogram`` / ``preview``)."""
+    from tiltflow.workflow.watch.status import read_state
+
     root = store.root
-
-    @app.get("/dashboard", include_in_schema=False)
-    def dashboard() -> FileResponse:
-        return FileResponse(STATIC / "dashboard.html", headers={"Cache-Control": "no-store"})
-
-    @app.get("/api/watch/state")
-    def watch_state() -> dict:
-        from tiltflow.workflow.watch.status import read_state
-
-        state = read_state(root)
-        if state is None:
-            return {
-                "watching": False,
-                "series": [],
-                "counts": {},
-                "lines": [],
-                "detail": f"no watch has run in {root} — start one with `tiltflow watch DIR -p {root}`",
-            }
-        state["watching"] = True
-        state["age_s"] = round(time.time() - float(state.get("updated") or 0), 1)
-        return state
-
-    @app.get("/api/watch/series/{ts_id}/tilts")
-    def watch_tilts(ts_id: str) -> list[dict]:
-        return tilt_rows(root, _checked(ts_id, "series"))
-
-    @app.get("/api/watch/series/{ts_id}/tilts/{name}/thumb.png")
-    def watch_thumb(ts_id: str, name: str) -> Response:
-        folder = root / "watch" / "tilts" / _checked(ts_id, "series") / "thumbs"
-        path = folder / f"{Path(_checked(name, 'tilt')).stem}.npy"
-        if not path.is_file():
-            raise HTTPException(404, f"{name}: no picture yet")
-        data = np.load(served_path(root, path, inside_only=True))
-        return Response(_png(data), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
-
-    @app.get("/api/watch/series/{ts_id}/preview.png")
-    def watch_preview(ts_id: str) -> FileResponse:
-        """The series' tomogram (central XY slice) once made, else the coarse live reconstruction."""
-        from tiltflow.workflow.watch.status import read_state
-
-        _checked(ts_id, "series")
-        state = read_state(root) or {}
-        series = next((s for s in state.get("series", []) if s["ts"] == ts_id), {})
-        pointer = (series.get("verdicts") or {}).get("tomogram")
-        picture = _tomogram_snapshot(store, pointer, ts_id) if pointer else None
-        if picture is None:
-            picture = root / "watch" / "preview" / f"{ts_id}.png"
-        if not picture.is_file():
-            raise HTTPException(404, f"{ts_id}: no reconstruction yet (the preview needs 3 tilts)")
-        return FileResponse(
-            served_path(root, picture),
-            media_type="image/png",
-            headers={
-                "Cache-Control": "no-store",
-                "X-Tiltflow-Picture": "tomogram" if pointer and picture.name.endswith("_xy.png") else "preview",
-            },
-        )
+    checked_name(ts_id, "series")
+    state = read_state(root) or {}
+    series: dict[str, Any] = next((s for s in state.get("series", []) if s["ts"] == ts_id), {})
+    pointer = (series.get("verdicts") or {}).get("tomogram")
+    picture = tomogram_snapshot(store, pointer, ts_id) if pointer else None
+    if picture is None:
+        picture = root / "watch" / "preview" / f"{ts_id}.png"
+    if not picture.is_file():
+        raise HTTPException(404, f"{ts_id}: no reconstruction yet (the preview needs 3 tilts)")
+    kind = "tomogram" if pointer and picture.name.endswith("_xy.png") else "preview"
+    return served_path(root, picture), kind

@@ -157,9 +157,12 @@ class TomogramInfo(BaseModel):
     missing: bool = False  # the MRC file is gone
 
 
+SuggestionKind = Literal["dark", "blank", "intensity_drop", "motion", "defocus", "fit_resolution"]
+
+
 class Suggestion(BaseModel):
     ts_id: str
     view: int  # acquisition order
-    kind: Literal["dark", "blank", "intensity_drop", "motion", "defocus", "fit_resolution"]
+    kind: SuggestionKind
     message: str
     score: float | None

@@ -7,7 +7,9 @@ Images are found from the items' own references only; the client never names a f
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from tiltflow.web.ctf_source import CtfSource
 from tiltflow.web.models import (
@@ -28,10 +30,12 @@ from tiltflow.workflow.errors import ProjectError
 from tiltflow.workflow.sets import (
     Acquisition,
     AnySet,
+    CtfSeriesSet,
     CtfTomo,
     CtfTomoSeries,
     TiltImage,
     TiltSeries,
+    TiltSeriesSet,
     alignment_verdict,
     ctf_verdict,
 )
@@ -40,7 +44,7 @@ from tiltflow.workflow.store import OutputRecord, ProjectStore
 TILT_TYPES = ("TiltSeries", "TiltSeriesM")
 CTF_TYPES = ("CTFTomoSeries",)
 TOMOGRAM_TYPES = ("Tomograms",)
-VIEWERS = {
+VIEWERS: dict[str, Literal["tomo", "ctf", "tomogram"]] = {
     **{t: "tomo" for t in TILT_TYPES},
     **{t: "ctf" for t in CTF_TYPES},
     **{t: "tomogram" for t in TOMOGRAM_TYPES},
@@ -82,7 +86,23 @@ def load_curated(store: ProjectStore, output: OutputRecord) -> AnySet:
     return apply_exclusions(load_registered(store, output), exclusions(store, output))
 
 
-def find_series(value: AnySet, ts_id: str) -> TiltSeries | CtfTomoSeries:
+def load_curated_series(store: ProjectStore, output: OutputRecord, ts_id: str) -> TiltSeries | CtfTomoSeries:
+    """One series of ``output`` with the viewer's exclusion flags applied, as in ``load_curated``; only
+    that series is copied (the other series' flags do not matter to it)."""
+    value = load_registered(store, output)
+    one: TiltSeriesSet | CtfSeriesSet
+    if isinstance(value, TiltSeriesSet):
+        one = replace(value, items=[s for s in value.items if s.ts_id == ts_id][:1])
+    elif isinstance(value, CtfSeriesSet):
+        one = replace(value, items=[s for s in value.items if s.ts_id == ts_id][:1])
+    else:
+        raise ProjectError(f"{output.pointer} is a {output.type}, not a set of tilt series")
+    if not one.items:
+        raise ProjectError(f"no tilt series '{ts_id}' in this set")
+    return apply_exclusions(one, exclusions(store, output)).items[0]
+
+
+def find_series(value: TiltSeriesSet | CtfSeriesSet, ts_id: str) -> TiltSeries | CtfTomoSeries:
     for s in value.items:
         if s.ts_id == ts_id:
             return s
@@ -133,63 +153,57 @@ def shown_images(store: ProjectStore, sums: OutputRecord | None, series: TiltSer
 def series_stats(cache: ThumbnailCache, images: list[TiltImage]) -> dict[int, ViewStats]:
     """Full-resolution statistics per acquisition order (rendering views not cached yet); views
     whose file is missing or unreadable are left out."""
-    stats = {}
-    for im in images:
-        try:
-            stats[im.acquisition_order] = cache.stats(image_ref(im))
-        except (OSError, ValueError):
-            continue
-    return stats
+    refs = {im.acquisition_order: image_ref(im) for im in images}
+    stats = cache.stats_of(refs.values())
+    return {order: stats[ref] for order, ref in refs.items() if ref in stats}
 
 
-def series_infos(value: AnySet, ctf: CtfSource | None = None) -> list[SeriesInfo]:
+def series_infos(value: TiltSeriesSet | CtfSeriesSet, ctf: CtfSource | None = None) -> list[SeriesInfo]:
     """One row per series; a tilt series carries the verdict of its CTF in ``ctf`` (from
     ``ctf_source.find_ctf_source``), a CTF series its own."""
-    out = []
-    for s in value.items:
-        if isinstance(s, TiltSeries):
-            tilts = [im.tilt_angle_deg for im in s.images]
-            verdict = alignment_verdict(s)
-            ctf_s = ctf.series(s.ts_id) if ctf is not None else None
-            cv = ctf_verdict(ctf_s) if ctf_s is not None else {"status": None, "reasons": []}
-            out.append(
-                SeriesInfo(
-                    verdict=verdict["status"],
-                    verdict_reasons=verdict["reasons"],
-                    ctf_verdict=cv["status"],
-                    ctf_verdict_reasons=cv["reasons"],
-                    ctf_from=ctf.label if ctf_s is not None else None,
-                    ts_id=s.ts_id,
-                    n_views=len(s.images),
-                    tilt_min_deg=min(tilts, default=None),
-                    tilt_max_deg=max(tilts, default=None),
-                    tilt_axis_deg=s.acquisition.tilt_axis_deg,
-                    pixel_size_a=s.acquisition.pixel_size_a,
-                    size_px=tuple(s.size),
-                    excluded=not s.enabled,
-                    n_excluded=sum(not im.enabled for im in s.images),
-                    is_movie=any(im.index is None for im in s.images),
-                )
-            )
-        else:
-            tilts = [c.tilt_angle_deg for c in s.items]
-            cv = ctf_verdict(s)
-            out.append(
-                SeriesInfo(
-                    ctf_verdict=cv["status"],
-                    ctf_verdict_reasons=cv["reasons"],
-                    ts_id=s.ts_id,
-                    n_views=len(s.items),
-                    tilt_min_deg=min(tilts, default=None),
-                    tilt_max_deg=max(tilts, default=None),
-                    tilt_axis_deg=None,
-                    pixel_size_a=None,
-                    size_px=None,
-                    excluded=not s.enabled,
-                    n_excluded=sum(not c.enabled for c in s.items),
-                )
-            )
-    return out
+    return [_tilt_series_info(s, ctf) if isinstance(s, TiltSeries) else _ctf_series_info(s) for s in value.items]
+
+
+def _tilt_series_info(s: TiltSeries, ctf: CtfSource | None) -> SeriesInfo:
+    tilts = [im.tilt_angle_deg for im in s.images]
+    verdict = alignment_verdict(s)
+    ctf_s = ctf.series(s.ts_id) if ctf is not None else None
+    cv = ctf_verdict(ctf_s) if ctf_s is not None else {"status": None, "reasons": []}
+    return SeriesInfo(
+        verdict=verdict["status"],
+        verdict_reasons=verdict["reasons"],
+        ctf_verdict=cv["status"],
+        ctf_verdict_reasons=cv["reasons"],
+        ctf_from=ctf.label if ctf is not None and ctf_s is not None else None,
+        ts_id=s.ts_id,
+        n_views=len(s.images),
+        tilt_min_deg=min(tilts, default=None),
+        tilt_max_deg=max(tilts, default=None),
+        tilt_axis_deg=s.acquisition.tilt_axis_deg,
+        pixel_size_a=s.acquisition.pixel_size_a,
+        size_px=(s.size[0], s.size[1]),
+        excluded=not s.enabled,
+        n_excluded=sum(not im.enabled for im in s.images),
+        is_movie=any(im.index is None for im in s.images),
+    )
+
+
+def _ctf_series_info(s: CtfTomoSeries) -> SeriesInfo:
+    tilts = [c.tilt_angle_deg for c in s.items]
+    cv = ctf_verdict(s)
+    return SeriesInfo(
+        ctf_verdict=cv["status"],
+        ctf_verdict_reasons=cv["reasons"],
+        ts_id=s.ts_id,
+        n_views=len(s.items),
+        tilt_min_deg=min(tilts, default=None),
+        tilt_max_deg=max(tilts, default=None),
+        tilt_axis_deg=None,
+        pixel_size_a=None,
+        size_px=None,
+        excluded=not s.enabled,
+        n_excluded=sum(not c.enabled for c in s.items),
+    )
 
 
 def _picture(item: TiltImage, shown: TiltImage) -> str:
@@ -211,6 +225,9 @@ def view_infos(series: TiltSeries, ctf: CtfSource | None, shown: dict[int, TiltI
     rows = []
     for pos, im in enumerate(sorted(series.images, key=lambda im: im.tilt_angle_deg), start=1):
         c = by_order.get(im.acquisition_order)
+        du: float | None
+        dv: float | None
+        source: Literal["ctf", "attrs"] | None
         if c is not None:
             du, dv, source, origin = c.defocus_u_a, c.defocus_v_a, "ctf", ctf.label if ctf else None
         else:
@@ -264,6 +281,17 @@ def find_acquisition(store: ProjectStore, output: OutputRecord, ts_id: str) -> A
     return None
 
 
+def _ctf_zeros(defocus_a: float, acq: Acquisition, phase_shift_rad: float | None, nyquist: float) -> list[float]:
+    return ctf_zero_frequencies(
+        defocus_a,
+        voltage_kv=acq.voltage_kv,
+        cs_mm=acq.cs_mm,
+        amplitude_contrast=acq.amplitude_contrast,
+        phase_shift_rad=phase_shift_rad or 0.0,
+        k_max_per_a=nyquist,
+    )
+
+
 def ctf_detail(series: CtfTomoSeries, acq: Acquisition | None, spectrum_pixel_size_a: float | None) -> CtfSeriesDetail:
     pixel = spectrum_pixel_size_a or (acq.pixel_size_a if acq else None)
     nyquist = 0.5 / pixel if pixel else None
@@ -272,15 +300,8 @@ def ctf_detail(series: CtfTomoSeries, acq: Acquisition | None, spectrum_pixel_si
         zeros_u: list[float] = []
         zeros_v: list[float] = []
         if acq is not None and nyquist:
-            kw = {
-                "voltage_kv": acq.voltage_kv,
-                "cs_mm": acq.cs_mm,
-                "amplitude_contrast": acq.amplitude_contrast,
-                "phase_shift_rad": c.phase_shift_rad or 0.0,
-                "k_max_per_a": nyquist,
-            }
-            zeros_u = ctf_zero_frequencies(c.defocus_u_a, **kw)
-            zeros_v = ctf_zero_frequencies(c.defocus_v_a, **kw)
+            zeros_u = _ctf_zeros(c.defocus_u_a, acq, c.phase_shift_rad, nyquist)
+            zeros_v = _ctf_zeros(c.defocus_v_a, acq, c.phase_shift_rad, nyquist)
         prof = c.attrs.get("radial_profile")
         radial = None
         if isinstance(prof, dict) and all(isinstance(prof.get(k), list) for k in ("k", "observed", "fitted")):

@@ -12,7 +12,7 @@ from pathlib import Path
 from tiltflow.web.models import SavePreview, SaveResult
 from tiltflow.workflow.curation import apply_exclusions, exclusions, subset_name_for
 from tiltflow.workflow.errors import InputError
-from tiltflow.workflow.sets import CtfSeriesSet, TiltSeriesSet
+from tiltflow.workflow.sets import CtfSeriesSet, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.store import OutputRecord, ProjectStore
 
 
@@ -29,7 +29,7 @@ def save_preview(store: ProjectStore, output: OutputRecord) -> SavePreview:
     name = next_subset_name(store, output)
     run = store.run(output.run_id)
     kept = [s for s in value.items if s.enabled]
-    items = [im for s in kept for im in (s.images if isinstance(value, TiltSeriesSet) else s.items)]
+    items = [im for s in kept for im in (s.images if isinstance(s, TiltSeries) else s.items)]
     folder = store.relpath(store.run_dir(run.id) / name) if isinstance(value, TiltSeriesSet) else None
     return SavePreview(
         pointer=f"{run.id}.{name}",

@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from tiltflow.core.ctf_model import ctf_2d, electron_wavelength_a
+from tiltflow.core.ctf_model import Optics, ctf_2d, electron_wavelength_a
+from tiltflow.workflow.sets import Acquisition, CtfTomo
 
 
 def ctf_zero_frequencies(
@@ -55,29 +56,22 @@ def ctf_zero_frequencies(
     return zeros
 
 
-def ctf_power_image(
-    size_px: int,
-    *,
-    pixel_size_a: float,
-    voltage_kv: float,
-    cs_mm: float,
-    amplitude_contrast: float,
-    defocus_u_a: float,
-    defocus_v_a: float,
-    astigmatism_angle_deg: float,
-    phase_shift_rad: float = 0.0,
-) -> torch.Tensor:
-    """CTF² of the fitted model as a centred ``(size, size)`` spectrum (origin at ``size // 2``)."""
+def ctf_power_image(size_px: int, fit: CtfTomo, *, acquisition: Acquisition, pixel_size_a: float) -> torch.Tensor:
+    """CTF² of the fitted model ``fit`` as a centred ``(size, size)`` spectrum (origin at ``size // 2``)
+    of pixel size ``pixel_size_a``; voltage, Cs and amplitude contrast from ``acquisition``."""
+    optics = Optics(
+        pixel_size_a=pixel_size_a,
+        voltage_kv=acquisition.voltage_kv,
+        cs_mm=acquisition.cs_mm,
+        amplitude_contrast=acquisition.amplitude_contrast,
+    )
     ctf = ctf_2d(
         (size_px, size_px),
-        pixel_size_a=pixel_size_a,
-        voltage_kv=voltage_kv,
-        cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast,
-        defocus_u_a=defocus_u_a,
-        defocus_v_a=defocus_v_a,
-        astigmatism_angle_deg=astigmatism_angle_deg,
-        phase_shift_rad=phase_shift_rad,
+        optics,
+        defocus_u_a=fit.defocus_u_a,
+        defocus_v_a=fit.defocus_v_a,
+        astigmatism_angle_deg=fit.astigmatism_angle_deg,
+        phase_shift_rad=fit.phase_shift_rad or 0.0,
         rfft=False,
     )
     return torch.fft.fftshift(ctf**2, dim=(-2, -1))

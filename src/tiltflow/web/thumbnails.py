@@ -11,12 +11,16 @@ first (it becomes the top row of the PNG).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +30,8 @@ from tiltflow.io.png import encode_png_gray8
 THUMB_PX = 256
 PREVIEW_PX = 1024
 _VERSION = "1"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ def _frame_average(path: Path) -> np.ndarray:
         total, n = None, 0
         with tifffile.TiffFile(path) as tif:
             for page in tif.pages:
-                frames = np.asarray(page.asarray(), dtype=np.float64)  # type: ignore[union-attr]
+                frames = np.asarray(page.asarray(), dtype=np.float64)
                 frames = frames.reshape(-1, *frames.shape[-2:])  # a page may hold several planes
                 total = frames.sum(axis=0) if total is None else total + frames.sum(axis=0)
                 n += frames.shape[0]
@@ -121,8 +127,45 @@ def read_view(ref: ImageRef) -> np.ndarray:
 
 
 # -- the cache --------------------------------------------------------------------------------------
+class _FileId(NamedTuple):
+    """A file as the cache keys know it: where it resolves to, and its version."""
+
+    resolved: str
+    mtime_ns: int
+    size: int
+
+
+@dataclass(frozen=True)
+class RenderedView:
+    """One view rendered in memory: the thumbnail PNG, the preview ``(ny, nx)`` float32, the statistics."""
+
+    png: bytes
+    preview: np.ndarray
+    stats: ViewStats
+
+
+def render_view(ref: ImageRef, *, thumb_px: int = THUMB_PX, preview_px: int = PREVIEW_PX) -> RenderedView:
+    """Read ``ref`` at full size once; its statistics, preview (<= ``preview_px``) and thumbnail."""
+    full = torch.from_numpy(np.ascontiguousarray(read_view(ref), dtype=np.float32))
+    f64 = full.to(torch.float64)
+    preview = downsample_to_max_2d(full, preview_px)
+    stats = ViewStats(
+        float(f64.mean()),
+        float(f64.std()),
+        float(full.min()),
+        float(full.max()),
+        (int(preview.shape[0]), int(preview.shape[1])),
+    )
+    return RenderedView(render_png(preview, thumb_px), preview.numpy().astype(np.float32), stats)
+
+
 class ThumbnailCache:
-    """Renders each view once into ``cache_dir``; ``computed`` counts renders (for tests and logs)."""
+    """Renders each view once into ``cache_dir``; ``computed`` counts renders (for tests and logs).
+
+    When the cache cannot be written (a full disk), the view rendered in memory is served and the
+    write skipped, with one log line; the next request renders it again. Statistics are also kept in
+    memory (``stats_memo`` entries), as the quality suggestions read those of every view of a series.
+    """
 
     def __init__(
         self,
@@ -132,6 +175,7 @@ class ThumbnailCache:
         preview_px: int = PREVIEW_PX,
         max_parallel: int = 2,
         guard: Callable[[Path], Path] | None = None,
+        stats_memo: int = 8192,
     ):
         self.dir = Path(cache_dir)
         self.guard = guard  # raises for a file that must not be read (``web.limits.served_path``)
@@ -140,67 +184,129 @@ class ThumbnailCache:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._slots = threading.Semaphore(max_parallel)  # full-size reads are large: a few at a time
+        self._stats: OrderedDict[str, ViewStats] = OrderedDict()
+        self._stats_max = stats_memo
 
     def key(self, ref: ImageRef) -> str:
         st = os.stat(ref.file)
-        text = f"{Path(ref.file).resolve()}|{ref.index}|{st.st_mtime_ns}|{st.st_size}|{self.preview_px}|{_VERSION}"
+        return self._key(_FileId(str(Path(ref.file).resolve()), st.st_mtime_ns, st.st_size), ref.index)
+
+    def _key(self, file: _FileId, index: int | None) -> str:
+        text = f"{file.resolved}|{index}|{file.mtime_ns}|{file.size}|{self.preview_px}|{_VERSION}"
         return hashlib.sha1(text.encode()).hexdigest()[:24]
 
     def _paths(self, key: str) -> dict[str, Path]:
         return {ext: self.dir / f"{key}.{ext}" for ext in ("png", "npy", "json")}
 
-    def ensure(self, ref: ImageRef) -> dict[str, Path]:
-        """Render ``ref`` unless cached; the paths of its PNG, preview ``.npy`` and stats ``.json``."""
+    def _checked(self, file: Path) -> _FileId:
+        """``file`` if it may be read (``guard``) and exists, as the cache keys know it."""
         if self.guard is not None:
-            self.guard(Path(ref.file))
-        if not Path(ref.file).is_file():
-            raise FileNotFoundError(f"{ref.file}: image file not found — was it moved or deleted?")
-        key = self.key(ref)
+            self.guard(file)
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: image file not found — was it moved or deleted?")
+        st = os.stat(file)
+        return _FileId(str(file.resolve()), st.st_mtime_ns, st.st_size)
+
+    def ensure(self, ref: ImageRef) -> dict[str, Path] | RenderedView:
+        """Render ``ref`` unless cached; the paths of its PNG, preview ``.npy`` and stats ``.json``,
+        or the rendering itself when the cache could not be written (a full disk)."""
+        return self._ensure(ref, self._key(self._checked(Path(ref.file)), ref.index))
+
+    def _ensure(self, ref: ImageRef, key: str) -> dict[str, Path] | RenderedView:
         paths = self._paths(key)
         if paths["json"].is_file():
             return paths
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
-            if not paths["json"].is_file():
-                with self._slots:
-                    self._render(ref, paths)
+            if paths["json"].is_file():
+                return paths
+            with self._slots:
+                view = render_view(ref, thumb_px=self.thumb_px, preview_px=self.preview_px)
+            with self._guard:
+                self.computed += 1
+            self._remember(key, view.stats)
+            try:
+                self._write(paths, view)
+            except OSError as err:
+                log.warning("thumbnail cache %s not written (%s): served from memory", self.dir, err.strerror or err)
+                return view
         return paths
 
-    def _render(self, ref: ImageRef, paths: dict[str, Path]) -> None:
-        full = torch.from_numpy(np.ascontiguousarray(read_view(ref), dtype=np.float32))
-        f64 = full.to(torch.float64)
-        preview = downsample_to_max_2d(full, self.preview_px)
-        stats = ViewStats(
-            float(f64.mean()),
-            float(f64.std()),
-            float(full.min()),
-            float(full.max()),
-            (int(preview.shape[0]), int(preview.shape[1])),
-        )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(paths["png"], render_png(preview, self.thumb_px))
-        tmp = paths["npy"].with_name(f".{paths['npy'].name}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, preview.numpy().astype(np.float32))
-        os.replace(tmp, paths["npy"])
-        _atomic_write(paths["json"], json.dumps(asdict(stats)).encode())  # last: marks the entry complete
-        with self._guard:
-            self.computed += 1
+    def _write(self, paths: dict[str, Path], view: RenderedView) -> None:
+        """The entry's three files, the stats last (they mark it complete); none when one fails."""
+        buffer = io.BytesIO()
+        np.save(buffer, view.preview)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(paths["png"], view.png)
+            _atomic_write(paths["npy"], buffer.getvalue())
+            _atomic_write(paths["json"], json.dumps(asdict(view.stats)).encode())
+        except OSError:
+            for path in paths.values():
+                path.unlink(missing_ok=True)
+            raise
 
-    def thumbnail_png(self, ref: ImageRef) -> Path:
-        return self.ensure(ref)["png"]
+    def _remember(self, key: str, stats: ViewStats) -> None:
+        with self._guard:
+            self._stats[key] = stats
+            self._stats.move_to_end(key)
+            while len(self._stats) > self._stats_max:
+                self._stats.popitem(last=False)
+
+    def thumbnail_png(self, ref: ImageRef) -> Path | bytes:
+        """The thumbnail's cached PNG file, or the PNG itself when the cache could not be written."""
+        entry = self.ensure(ref)
+        return entry.png if isinstance(entry, RenderedView) else entry["png"]
 
     def preview(self, ref: ImageRef) -> np.ndarray:
         """The preview ``(ny, nx)`` float32 (longest side <= ``preview_px``)."""
-        return np.load(self.ensure(ref)["npy"])
+        entry = self.ensure(ref)
+        return entry.preview if isinstance(entry, RenderedView) else np.load(entry["npy"])
 
     def stats(self, ref: ImageRef) -> ViewStats:
-        d = json.loads(self.ensure(ref)["json"].read_text())
-        return ViewStats(d["mean"], d["std"], d["min"], d["max"], tuple(d["preview_shape"]))
+        return self._stats_for_key(ref, self._key(self._checked(Path(ref.file)), ref.index))
+
+    def stats_of(self, refs: Iterable[ImageRef]) -> dict[ImageRef, ViewStats]:
+        """``stats`` of many views, such as a series' sections of one stack: each file is checked
+        once. Views whose file is missing, not served or unreadable are left out."""
+        files: dict[Path, _FileId | None] = {}
+        found = {}
+        for ref in refs:
+            file = Path(ref.file)
+            if file not in files:
+                try:
+                    files[file] = self._checked(file)
+                except OSError:
+                    files[file] = None
+            checked = files[file]
+            if checked is None:
+                continue
+            try:
+                found[ref] = self._stats_for_key(ref, self._key(checked, ref.index))
+            except (OSError, ValueError):
+                continue
+        return found
+
+    def _stats_for_key(self, ref: ImageRef, key: str) -> ViewStats:
+        with self._guard:
+            known = self._stats.get(key)
+        if known is not None:
+            return known
+        entry = self._ensure(ref, key)
+        if isinstance(entry, RenderedView):
+            return entry.stats
+        d = json.loads(entry["json"].read_text())
+        stats = ViewStats(d["mean"], d["std"], d["min"], d["max"], (d["preview_shape"][0], d["preview_shape"][1]))
+        self._remember(key, stats)
+        return stats
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk: no partial file left behind
+        raise

@@ -62,7 +62,7 @@ def tomogram_infos(store: ProjectStore, value: TomogramSet) -> list[TomogramInfo
         out.append(
             TomogramInfo(
                 ts_id=t.ts_id,
-                shape=tuple(int(n) for n in t.shape),
+                shape=(int(t.shape[0]), int(t.shape[1]), int(t.shape[2])),
                 voxel_size_a=float(t.voxel_size_a),
                 file_name=path.name,
                 file=store.relpath(path),

@@ -119,11 +119,11 @@ def _restack_series(series: TiltSeries, out_dir: Path) -> TiltSeries:
     new_images = []
     stacks: dict[str, list[np.ndarray]] = {"file": [], "odd_file": [], "even_file": []}
     for im in kept:
-        stacks["file"].append(read_section(im.file, im.index))
+        stacks["file"].append(read_section(im.file, im.section))
         for key in ("odd_file", "even_file"):
             path = getattr(im, key)
             if path:
-                stacks[key].append(read_section(path, im.index))
+                stacks[key].append(read_section(path, im.section))
     pixel = series.acquisition.pixel_size_a
     names = {
         "file": f"{series.ts_id}.mrc",

@@ -4,9 +4,9 @@
   EDQUOT, SQLite's ``database or disk is full``, SQLite's ``disk I/O error`` when the disk is in
   fact full (it cannot create the ``-shm`` file), and per-item failures that quote them.
 - :func:`guard` is what the runner wraps a step in: a small reserve file is kept beside the run
-  folders (``runs/.disk-reserve-PID``) while it works; when the disk fills, the reserve and the run's half-written temporary
-  files (``.NAME.tmp``…) are given back, so the run can still be marked failed and the project
-  read, and the error becomes :class:`~tiltflow.workflow.errors.DiskFull`
+  folders (``runs/.disk-reserve-PID``) while it works; when the disk fills, the reserve and the run's
+  half-written temporary files (``.NAME.tmp``…) are given back, so the run can still be marked failed
+  and the project read, and the error becomes :class:`~tiltflow.workflow.errors.DiskFull`
   (``disk full at PATH (N MB free) — …``). Files a continue needs are never removed.
 - :func:`read_only_connection` lets readers (``show``, ``view``, ``subset``, ``export``) open a
   project whose disk is full (SQLite cannot create its ``-shm`` file there): the database is
@@ -55,10 +55,11 @@ def free_mb(path: Path | str) -> float:
 
 def _chain(err: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
-    while err is not None and id(err) not in seen and len(seen) < 20:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen and len(seen) < 20:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def _is_full(err: BaseException, where: Path) -> bool:
@@ -96,7 +97,7 @@ def as_disk_full(err: BaseException, where: Path | str, hint: str = "") -> DiskF
     return None
 
 
-def _remove_temporaries(folder: Path) -> None:
+def remove_temporaries(folder: Path) -> None:
     """Half-written files of ``folder`` (``.NAME.tmp``, ``NAME.png.tmp``, ``.NAME.tmp.npy``): never a
     file that counts (files are written to a temporary name and renamed when complete)."""
     for path in folder.rglob("*"):
@@ -144,7 +145,7 @@ def release(run_dir: Path) -> None:
     """Give back the reserve and the half-written temporary files of ``run_dir``."""
     _reserve_path(run_dir).unlink(missing_ok=True)
     try:
-        _remove_temporaries(run_dir)
+        remove_temporaries(run_dir)
     except OSError:
         pass
 

@@ -1,23 +1,33 @@
 """Executors run a step's per-item tasks (per movie, per tilt series).
 
-A task is a module-level function and its arguments (picklable, so the Dask executor can ship it);
-it reads its inputs from the shared filesystem and returns a small result. Only the coordinator
-(the step function, in this process) writes the project: it records each finished item so an
-interrupted run resumes without recomputing it (``resume_items``).
+A task is a module-level function and one :class:`~tiltflow.workflow.tasks.ItemTask` (picklable, so
+the Dask executor can ship it); it reads its inputs from the shared filesystem and returns a small
+:class:`~tiltflow.workflow.tasks.ItemResult`. Only the coordinator (the step function, in this
+process) writes the project: it records each finished item so an interrupted run resumes without
+recomputing it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from tiltflow.workflow.tasks import ItemResult, ItemTask
+
+if TYPE_CHECKING:
+    from tiltflow.workflow.run_options import RunOptions
+    from tiltflow.workflow.steps.base import StepContext
+
+T = TypeVar("T", bound=ItemTask)
+R = TypeVar("R", bound=ItemResult)
 
 
 class Executor(Protocol):
-    def map_unordered(self, fn: Callable[..., Any], tasks: Iterable[tuple[str, tuple]]) -> Iterator[tuple[str, Any]]:
-        """Run ``fn(*args)`` for each ``(key, args)``; yield ``(key, result or exception)`` as they finish."""
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[str, R | BaseException]]:
+        """Run ``fn(task)`` for each task; yield ``(task.key, result or exception)`` as they finish."""
         ...
 
     def close(self) -> None: ...
@@ -30,35 +40,36 @@ class LocalExecutor:
     def __init__(self, workers: int | None = None):
         self.workers = max(1, workers or min(2, os.cpu_count() or 1))
 
-    def map_unordered(self, fn, tasks):
-        tasks = list(tasks)
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[str, R | BaseException]]:
+        todo = list(tasks)
         with _torch_threads(max(1, (os.cpu_count() or 1) // self.workers)):
-            yield from self._map(fn, tasks)
+            yield from self._map(fn, todo)
 
-    def _map(self, fn, tasks):
+    def _map(self, fn: Callable[[T], R], tasks: list[T]) -> Iterator[tuple[str, R | BaseException]]:
         if self.workers == 1:
-            for key, args in tasks:
+            for task in tasks:
                 try:
-                    yield key, fn(*args)
+                    value: R | BaseException = fn(task)
                 except Exception as err:  # reported per item by the caller
-                    yield key, err
+                    value = err
+                yield task.key, value
             return
         with ThreadPoolExecutor(self.workers) as pool:
-            pending: dict[Future, str] = {}
+            pending: dict[Future[R], str] = {}
             it = iter(tasks)
-            for key, args in it:
-                pending[pool.submit(fn, *args)] = key
+            for task in it:
+                pending[pool.submit(fn, task)] = task.key
                 if len(pending) >= self.workers * 2:
                     break
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     key = pending.pop(fut)
-                    err = fut.exception()
-                    yield key, err if err is not None else fut.result()
+                    failure = fut.exception()
+                    yield key, failure if failure is not None else fut.result()
                     nxt = next(it, None)
                     if nxt is not None:
-                        pending[pool.submit(fn, *nxt[1])] = nxt[0]
+                        pending[pool.submit(fn, nxt)] = nxt.key
 
     def close(self) -> None:
         pass
@@ -77,11 +88,11 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def make_executor(options: dict[str, Any]) -> Executor:
-    """``options['executor']``: 'local' (default) or 'dask' (``scheduler``, ``workers``, ``jobqueue``)."""
-    kind = options.get("executor") or "local"
+def make_executor(options: RunOptions) -> Executor:
+    """``options.executor``: 'local' (default) or 'dask' (``scheduler``, ``workers``, ``jobqueue``)."""
+    kind = options.executor or "local"
     if kind == "local":
-        return LocalExecutor(options.get("workers"))
+        return LocalExecutor(options.workers)
     if kind == "dask":
         try:
             from tiltflow.distributed.dask_executor import DaskExecutor
@@ -92,16 +103,22 @@ def make_executor(options: dict[str, Any]) -> Executor:
 
 
 def run_items(
-    ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]], on_result: Callable[[str, Any], None] | None = None
-) -> dict[str, Any]:
+    ctx: StepContext,
+    fn: Callable[[T], R],
+    tasks: Sequence[T],
+    result_type: type[R],
+    on_result: Callable[[str, R | BaseException], None] | None = None,
+) -> dict[str, R | BaseException]:
     """Run per-item tasks through the step's executor, skipping items this run already finished
-    (resume) and recording each new result atomically in the project. Exceptions are returned as
-    values (keyed), for the step to report per item."""
+    (resume: their recorded results, read back as ``result_type``) and recording each new result
+    atomically in the project. Exceptions are returned as values (keyed), for the step to report
+    per item."""
     store = ctx.store
-    done = store.finished_items(ctx.run_id) if store is not None else {}
-    results: dict[str, Any] = {k: v for k, v in done.items() if any(k == t[0] for t in tasks)}
-    todo = [t for t in tasks if t[0] not in results]
-    shared = ctx.options.get("_executor")
+    done = store.finished_items(ctx.run_id, result_type) if store is not None else {}
+    keys = {t.key for t in tasks}
+    results: dict[str, R | BaseException] = {k: v for k, v in done.items() if k in keys}
+    todo = [t for t in tasks if t.key not in results]
+    shared = ctx.options.shared_executor
     executor = shared or make_executor(ctx.options)
     total = len(tasks)
     try:
@@ -150,11 +167,11 @@ def failure_line(key: str, err: BaseException) -> str:
 
 
 def run_items_or_fail(
-    ctx, fn: Callable[..., Any], tasks: list[tuple[str, tuple]], *, what: str = "item"
-) -> dict[str, Any]:
+    ctx: StepContext, fn: Callable[[T], R], tasks: Sequence[T], result_type: type[R], *, what: str = "item"
+) -> dict[str, R]:
     """:func:`run_items`, then :class:`ItemFailures` when any item failed (nothing is registered)."""
-    results = run_items(ctx, fn, tasks)
+    results = run_items(ctx, fn, tasks, result_type)
     failed = [failure_line(k, v) for k, v in results.items() if isinstance(v, BaseException)]
     if failed:
         raise ItemFailures(failed, what=what, total=len(tasks))
-    return results
+    return {k: v for k, v in results.items() if not isinstance(v, BaseException)}

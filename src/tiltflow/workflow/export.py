@@ -12,6 +12,7 @@ label naming tiltflow, its version and the run exported.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,12 +29,27 @@ DEFAULT_THICKNESS_A = 2000.0  # tomogram z size written when no tomogram is expo
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".rec")
 
 
+def copy_file(src: Path | str, dest: Path) -> Path:
+    """Copy ``src`` to ``dest`` through a temporary name (renamed when complete): a copy that fails
+    leaves no half-written ``dest``, and its error names ``dest`` (``shutil`` names the source)."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(dest)) from err
+    return dest
+
+
 def ctf_for(store: ProjectStore, out: OutputRecord, ctf_pointer: str | None) -> CtfSeriesSet | None:
     """The CTF set given, else one of the same run or of the runs upstream of it."""
     if ctf_pointer:
         value = store.load(store.resolve(ctf_pointer, ("CTFTomoSeries",)))
         return value  # type: ignore[return-value]
-    run_id, seen = out.run_id, set()
+    run_id: int | None = out.run_id
+    seen: set[int] = set()
     while run_id is not None and run_id not in seen:
         seen.add(run_id)
         ctf = [o for o in store.outputs(run_id) if o.type == "CTFTomoSeries"]
@@ -110,9 +126,9 @@ def write_stack(ts: TiltSeries, path: Path, key: str = "file") -> None:
 
             if read_stack_header(files[0]).n_sections == len(ts.images):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(files[0], path)  # already every view in tilt order
+                copy_file(files[0], path)  # already every view in tilt order
                 return
-        data = np.stack([read_section(f, im.index) for f, im in zip(files, ts.images, strict=False)])
+        data = np.stack([read_section(f, im.section) for f, im in zip(files, ts.images, strict=False)])
     except StackError as err:
         raise InputError(str(err)) from None
     write_mrc(path, data, voxel_size_a=ts.acquisition.pixel_size_a)
@@ -192,7 +208,7 @@ def _export_ctffind(value, ctf: CtfSeriesSet | None, out: OutputRecord, out_dir:
             same = [c.acquisition_order for c in by_id[ts.ts_id].items] == [im.acquisition_order for im in ts.images]
             if src and same:
                 written.append(out_dir / Path(src).name)  # the estimate's own file describes these views
-                shutil.copyfile(src, written[-1])
+                copy_file(src, written[-1])
                 continue
             written.append(write_ctf_files(ts, rows, out_dir)[0])
             (out_dir / f"{ts.ts_id}.defocus").unlink(missing_ok=True)
@@ -201,8 +217,7 @@ def _export_ctffind(value, ctf: CtfSeriesSet | None, out: OutputRecord, out_dir:
         src = series.ctffind_file
         if src:
             dest = out_dir / Path(src).name
-            shutil.copyfile(src, dest)
-            written.append(dest)
+            written.append(copy_file(src, dest))
     return written
 
 
@@ -217,13 +232,32 @@ def export_set(
 ) -> list[Path]:
     """Write the set behind ``pointer`` in format ``fmt`` under ``out_dir``; returns the files written.
 
-    ``notes`` (when given) collects one-line remarks for the user (e.g. "no CTF: no defocus columns")."""
+    ``notes`` (when given) collects one-line remarks for the user (e.g. "no CTF: no defocus columns").
+    A full disk raises :class:`~tiltflow.workflow.errors.DiskFull` naming the file (or ``out_dir``) it
+    was writing, after the half-written temporary files under ``out_dir`` are removed."""
+    from tiltflow.workflow import diskspace
+
     out = store.resolve(pointer)
     value = store.load(out)
     notes = [] if notes is None else notes
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt}: unknown (one of {', '.join(FORMATS)})")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = _write_format(store, out, value, fmt, out_dir, ctf_pointer=ctf_pointer, notes=notes)
+        _label_mrcs(written, export_label(store, out))
+    except Exception as err:
+        full = diskspace.as_disk_full(err, out_dir, "free space there (or choose another --out) and export again")
+        if full is None:
+            raise
+        diskspace.remove_temporaries(out_dir)
+        raise full from err
+    return written
+
+
+def _write_format(
+    store: ProjectStore, out: OutputRecord, value, fmt: str, out_dir: Path, *, ctf_pointer: str | None, notes: list[str]
+) -> list[Path]:
     if fmt in ("relion", "warp", "aretomo"):
         from tiltflow.workflow import export_formats
 
@@ -242,5 +276,4 @@ def export_set(
     else:
         ctf = value if isinstance(value, CtfSeriesSet) else ctf_for(store, out, ctf_pointer)
         written = _export_ctffind(value, ctf, out, out_dir, notes)
-    _label_mrcs(written, export_label(store, out))
     return written

@@ -26,7 +26,7 @@ by acquisition order) follows the views of that stack:
 from __future__ import annotations
 
 import math
-import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pandas as pd
@@ -36,12 +36,13 @@ from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.export import (
     DEFAULT_THICKNESS_A,
     TLT_FORMAT,
+    copy_file,
     ctf_rows,
     pre_exposure_e_a2,
     series_alignment,
     write_stack,
 )
-from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, TiltSeries, TiltSeriesSet, TomogramSet
+from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, TiltSeries, TiltSeriesSet, Tomogram, TomogramSet
 
 RELION_HAND = -1.0
 
@@ -74,7 +75,7 @@ def _note_dropped(ts: TiltSeries, al, tool: str, notes: list[str]) -> None:
         )
 
 
-def _tomogram_size(ts: TiltSeries, tomograms: TomogramSet | None) -> tuple[list[int], float, object]:
+def _tomogram_size(ts: TiltSeries, tomograms: TomogramSet | None) -> tuple[list[int], float, Tomogram | None]:
     """Unbinned (x, y, z) tomogram size, binning, and the tomogram (or None)."""
     tomo = next((t for t in (tomograms.items if tomograms else []) if t.ts_id == ts.ts_id), None)
     nx, ny = ts.size
@@ -177,8 +178,7 @@ def export_relion(
         if tomo is not None:
             rel = f"tomograms/rec_{ts.ts_id}.mrc"
             (out_dir / "tomograms").mkdir(exist_ok=True)
-            shutil.copyfile(tomo.file, out_dir / rel)
-            written.append(out_dir / rel)
+            written.append(copy_file(tomo.file, out_dir / rel))
             row["rlnTomoReconstructedTomogram"] = rel
         rows.append(row)
     write_tomograms_star(out_dir / "tomograms.star", TomogramsStar(pd.DataFrame(rows)))
@@ -288,7 +288,9 @@ def export_warp(
             "UnselectManual": "",
             "CTFResolutionEstimate": _resolution_estimate(ts, rows),
         }
-        order, params, other = list(per_tilt), {}, []
+        order = list(per_tilt)
+        params: dict[str, dict[str, str]] = {}
+        other: list[ET.Element] = []
         _warp_ctf(ts, rows, order, params, other)
         written += write_frame_series(ts, rows, out_dir, notes)
         xml = out_dir / "warp_tiltseries" / f"{ts.ts_id}.xml"

@@ -13,7 +13,6 @@ stacks of counts (non-negative whole numbers); float images centred on zero have
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.export import (
     DEFAULT_THICKNESS_A,
     TLT_FORMAT,
+    copy_file,
     ctf_for,
     ctf_rows,
     series_alignment,
@@ -135,7 +135,7 @@ def _fiducial_files(ts: TiltSeries, d: Path) -> list[Path]:
 
 def _com_files(ts: TiltSeries, d: Path, al, s: TiltSettings, ctf_written: bool, notes: list[str]) -> list[Path]:
     from tiltflow.core.reconstruct import aligned_shape
-    from tiltflow.io.imod import ctfphaseflip_com, newst_com, tilt_com, write_com
+    from tiltflow.io.imod import PhaseFlipSettings, TiltComSettings, ctfphaseflip_com, newst_com, tilt_com, write_com
 
     name, a, b = ts.ts_id, ts.acquisition, s.binning
     ny, nx = aligned_shape((ts.size[1], ts.size[0]), al.xf)  # swapped for an axis near 90°, as etomo does
@@ -169,11 +169,13 @@ def _com_files(ts: TiltSeries, d: Path, al, s: TiltSettings, ctf_written: bool, 
                     angle_file=f"{name}.tlt",
                     defocus_file=f"{name}.defocus",
                     transform_file=f"{name}.xf",
-                    pixel_size_a=a.pixel_size_a * b,
-                    voltage_kv=a.voltage_kv,
-                    cs_mm=a.cs_mm,
-                    amplitude_contrast=a.amplitude_contrast,
-                    defocus_tol_nm=tol,
+                    settings=PhaseFlipSettings(
+                        pixel_size_a=a.pixel_size_a * b,
+                        voltage_kv=a.voltage_kv,
+                        cs_mm=a.cs_mm,
+                        amplitude_contrast=a.amplitude_contrast,
+                        defocus_tol_nm=tol,
+                    ),
                 )
             ],
         )
@@ -189,15 +191,17 @@ def _com_files(ts: TiltSeries, d: Path, al, s: TiltSettings, ctf_written: bool, 
                 input_projections=projections,
                 output_file=f"{name}_full_rec.mrc",
                 tilt_file=f"{name}.tlt",
-                thickness_px=thickness,
-                full_image_xy=(nx, ny),
-                image_binned=b,
-                exclude_views=excluded,
-                log_offset=log_offset(d / f"{name}.st"),
-                radial=s.radial,
-                shift_xz_px=s.shift_xz_px,
-                scale=(0.0, -1.0 if s.invert else 1.0),
-                fake_sirt_iterations=s.fake_sirt_iterations,
+                settings=TiltComSettings(
+                    thickness_px=thickness,
+                    full_image_xy=(nx, ny),
+                    image_binned=b,
+                    exclude_views=tuple(excluded),
+                    log_offset=log_offset(d / f"{name}.st"),
+                    radial=s.radial,
+                    shift_xz_px=s.shift_xz_px,
+                    scale=(0.0, -1.0 if s.invert else 1.0),
+                    fake_sirt_iterations=s.fake_sirt_iterations,
+                ),
             )
         ],
     )
@@ -243,6 +247,8 @@ def export_imod(
         return written
     if not isinstance(value, TomogramSet):
         raise InputError(f"{out.pointer}: a {out.type} has no IMOD layout — export tilt series or tomograms")
+    tilt_series: TiltSeriesSet | None
+    ts_out: OutputRecord | None
     try:
         tilt_series, ts_out, _ = tilt_series_of(store, out, value)
     except InputError:
@@ -252,11 +258,12 @@ def export_imod(
     by_id = {ts.ts_id: ts for ts in (tilt_series.items if tilt_series else [])}
     written = []
     for tomo in value.items:
-        ts = by_id.get(tomo.ts_id)
-        if ts is not None:
+        series = by_id.get(tomo.ts_id)
+        if series is not None and ts_out is not None:
             pointer = ctf_pointer or tomo.ctf
             ctf = ctf_for(store, ts_out, pointer)
-            written += imod_series(ts, ctf, out_dir, notes, settings_of_run(params, tomo, ts.acquisition.pixel_size_a))
+            settings = settings_of_run(params, tomo, series.acquisition.pixel_size_a)
+            written += imod_series(series, ctf, out_dir, notes, settings)
             if params.get("method") == "sirt":
                 notes.append(
                     f"{tomo.ts_id}: the run used SIRT ({params.get('sirt_iterations')} iterations); "
@@ -266,8 +273,7 @@ def export_imod(
                 notes.append(f"{tomo.ts_id}: the run dose-weighted its views; tilt.com does not (IMOD: mtffilter)")
         (out_dir / tomo.ts_id).mkdir(parents=True, exist_ok=True)
         dest = out_dir / tomo.ts_id / f"{tomo.ts_id}_rec.mrc"
-        shutil.copyfile(tomo.file, dest)
-        written.append(dest)
+        written.append(copy_file(tomo.file, dest))
     return written
 
 

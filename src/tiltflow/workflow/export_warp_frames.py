@@ -122,7 +122,7 @@ def write_frame_series(ts: TiltSeries, rows: list[CtfTomo] | None, out_dir: Path
     pixel = ts.acquisition.pixel_size_a
     for i, (im, name) in enumerate(zip(ts.images, movie_names(ts), strict=False)):
         stem = Path(name).stem
-        view = np.ascontiguousarray(read_section(im.file, im.index), dtype=np.float32)
+        view = np.ascontiguousarray(read_section(im.file, im.section), dtype=np.float32)
         movie = im.movie
         if movie:
             data_dir = Path(movie).absolute().parent
@@ -138,7 +138,7 @@ def write_frame_series(ts: TiltSeries, rows: list[CtfTomo] | None, out_dir: Path
                 written.append(
                     write_mrc(
                         frames / "average" / sub / f"{stem}.mrc",
-                        np.ascontiguousarray(read_section(half, im.index), dtype=np.float32),
+                        np.ascontiguousarray(read_section(half, im.section), dtype=np.float32),
                         voxel_size_a=pixel,
                     )
                 )

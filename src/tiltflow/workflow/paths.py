@@ -83,18 +83,25 @@ def map_set(value: AnySet, fn: Fn, *, files: bool = True, inplace: bool = False)
     ``files``, to the items' own files (images, odd/even halves, tomograms)."""
     out = value if inplace else _copy(value)
     _map_fields(out, fn)
-    for series in out.items:
-        _map_fields(series, fn)
-        if isinstance(out, TomogramSet):
+    if isinstance(out, TomogramSet):
+        for tomo in out.items:
+            _map_fields(tomo, fn)
             if files:
-                series.file = fn(series.file)
-            continue
-        for item in series.images if isinstance(out, TiltSeriesSet) else series.items:
-            _map_fields(item, fn)
-            if files and isinstance(out, TiltSeriesSet):
-                item.file = fn(item.file)
-                item.odd_file = fn(item.odd_file) if item.odd_file else item.odd_file
-                item.even_file = fn(item.even_file) if item.even_file else item.even_file
+                tomo.file = fn(tomo.file)
+    elif isinstance(out, TiltSeriesSet):
+        for ts in out.items:
+            _map_fields(ts, fn)
+            for im in ts.images:
+                _map_fields(im, fn)
+                if files:
+                    im.file = fn(im.file)
+                    im.odd_file = fn(im.odd_file) if im.odd_file else im.odd_file
+                    im.even_file = fn(im.even_file) if im.even_file else im.even_file
+    else:
+        for ctf_series in out.items:
+            _map_fields(ctf_series, fn)
+            for ctf in ctf_series.items:
+                _map_fields(ctf, fn)
     return out
 
 
@@ -110,12 +117,16 @@ def _map_fields(obj: Any, fn: Fn) -> None:
 def _copy(value: AnySet) -> AnySet:
     """A copy of the set, its series and their items (attrs are replaced, never changed in place)."""
     out = copy.copy(value)
-    out.items = [copy.copy(s) for s in value.items]
-    for series in out.items:
-        if isinstance(out, TiltSeriesSet):
-            series.images = [copy.copy(im) for im in series.images]
-        elif not isinstance(out, TomogramSet):
-            series.items = [copy.copy(c) for c in series.items]
+    if isinstance(out, TomogramSet):
+        out.items = [copy.copy(t) for t in out.items]
+    elif isinstance(out, TiltSeriesSet):
+        out.items = [copy.copy(ts) for ts in out.items]
+        for ts in out.items:
+            ts.images = [copy.copy(im) for im in ts.images]
+    else:
+        out.items = [copy.copy(cs) for cs in out.items]
+        for cs in out.items:
+            cs.items = [copy.copy(c) for c in cs.items]
     return out
 
 
@@ -190,12 +201,13 @@ class ProjectPaths:
 def item_files(value: AnySet) -> list[str]:
     """The files the enabled items of a set refer to (images, odd/even halves, tomograms), each once."""
     files: dict[str, None] = {}
-    for series in value.items:
-        if isinstance(value, TomogramSet):
-            files[series.file] = None
-        elif isinstance(value, TiltSeriesSet) and series.enabled:
-            for im in series.enabled_images:
-                files.update(dict.fromkeys(f for f in (im.file, im.odd_file, im.even_file) if f))
+    if isinstance(value, TomogramSet):
+        files.update(dict.fromkeys(tomo.file for tomo in value.items))
+    elif isinstance(value, TiltSeriesSet):
+        for ts in value.items:
+            if ts.enabled:
+                for im in ts.enabled_images:
+                    files.update(dict.fromkeys(f for f in (im.file, im.odd_file, im.even_file) if f))
     return list(files)
 
 

@@ -7,7 +7,7 @@ import shlex
 import shutil
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from tiltflow.workflow.errors import InputError, ProjectError
 from tiltflow.workflow.executor import ItemFailures
 from tiltflow.workflow.param_names import canonical_or_raise
+from tiltflow.workflow.run_options import RunOptions, RunReport
 from tiltflow.workflow.steps.base import Step, StepContext, get_step
 from tiltflow.workflow.store import OutputRecord, ProjectStore, RunRecord
 
@@ -86,13 +87,56 @@ def resolve_inputs(store: ProjectStore, step: Step, inputs: dict[str, str] | Non
     return resolved
 
 
-def _remove_scratch(paths: list[Path], log: logging.Logger) -> None:
-    """Delete a finished run's intermediate files (failures are logged: the run stays finished)."""
+# a run's scratch paths (one a line, relative to its folder), written before it is registered finished
+SCRATCH_LIST = ".scratch-paths"
+
+
+def _note_scratch(run_dir: Path, paths: list[Path]) -> None:
+    """Record ``paths`` in the run folder before the run is registered finished: should the process
+    die before it removes them, the next run in the project does (:func:`remove_finished_scratch`)."""
+    listed = run_dir / SCRATCH_LIST
+    if not paths:
+        listed.unlink(missing_ok=True)
+        return
+    lines = [str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p) for p in paths]
+    tmp = listed.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(listed)
+
+
+def _remove_scratch(run_dir: Path, paths: list[Path], log: logging.Logger) -> None:
+    """Delete a finished run's intermediate files, then their list (failures are logged: the run
+    stays finished, and the next run tries again)."""
+    failed = False
     for path in paths:
         try:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass  # removed meanwhile (by another process healing the project)
         except OSError as err:
+            failed = True
             log.warning("could not remove intermediate %s: %s", path, err)
+    if not failed:
+        (run_dir / SCRATCH_LIST).unlink(missing_ok=True)
+
+
+def remove_finished_scratch(store: ProjectStore) -> None:
+    """Remove the scratch a finished run left behind (its process ended between registering the run
+    finished and removing them); runs not finished keep theirs for ``--continue``."""
+    listed = sorted((store.root / "runs").glob(f"*/{SCRATCH_LIST}"))
+    if not listed:
+        return
+    finished = {run.run_dir for run in store.runs() if run.status == "finished" and run.run_dir}
+    log = logging.getLogger(__name__)
+    for path in listed:
+        run_dir = path.parent
+        if run_dir.relative_to(store.root).as_posix() not in finished:
+            continue
+        try:
+            names = path.read_text().splitlines()
+        except FileNotFoundError:  # its own process removed them meanwhile
+            continue
+        _remove_scratch(run_dir, [run_dir / name for name in names if name], log)
 
 
 def run_step(
@@ -101,9 +145,9 @@ def run_step(
     params: dict[str, Any],
     inputs: dict[str, str] | None = None,
     *,
-    options: dict[str, Any] | None = None,
+    options: RunOptions | Mapping[str, Any] | None = None,
+    report: RunReport | None = None,
     label: str | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
     resume: int | None = None,
 ) -> RunRecord:
     """Run ``step_id`` and return its finished run.
@@ -112,8 +156,12 @@ def run_step(
     re-raises other errors after marking the run failed (its log keeps the traceback).
     ``resume=RUN_ID`` continues an interrupted or failed run of the same step with its recorded
     parameters and inputs; items it finished are not recomputed.
+    ``options``: how to run (a mapping of :class:`RunOptions` field names works too); ``report``
+    hears the run's notes, warnings and progress.
     """
     step = get_step(step_id)
+    run_options = RunOptions.of(options)
+    report = RunReport() if report is None else report
     if resume is not None:
         old = store.run(resume)
         if old.step != step.id:
@@ -132,8 +180,9 @@ def run_step(
     from tiltflow.workflow.steps.checks_data import check_inputs
 
     for note in check_inputs(step.id, p, loaded):  # options their mode does not use: one note line each
-        if options is not None and note not in options.setdefault("notes", []):
-            options["notes"].append(note)
+        if note not in report.notes:
+            report.note(note)
+    remove_finished_scratch(store)
     if resume is not None:
         store.set_status(resume, "running")
         run = store.run(resume)
@@ -151,18 +200,19 @@ def run_step(
         project_root=store.root,
         run_id=run.id,
         log=log,
-        options=options if options is not None else {},
-        progress=progress or (lambda what, done, total: None),
+        options=run_options,
+        report=report,
         store=store,
     )
     try:
         from tiltflow.workflow.diskspace import guard  # a full disk: DiskFull, run marked failed
 
         with guard(run_dir, f"free space there, then `tiltflow {step.id} -p {store.root} --continue {run.id}`"):
-            outputs = step.run(ctx)
+            outputs = dict(step.run(ctx))
+            _note_scratch(run_dir, ctx.scratch)
             store.finish_run(run.id, outputs)
         log.info("finished: %s", {k: v.summary() for k, v in outputs.items()})
-        _remove_scratch(ctx.scratch, log)
+        _remove_scratch(run_dir, ctx.scratch, log)
     except InputError:
         _close_logger(log)
         if resume is None:

@@ -81,6 +81,23 @@ class _Node:
     inputs: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass
+class _Placement:
+    """A protocol being placed: its id, class, map and form; its own parameters, the feeds of its
+    inputs, the lineage along the main input, the inputs not mapped (why), notes and plan entry."""
+
+    pid: str
+    cls: str
+    mapping: ProtocolMap
+    proto: dict[str, Any]
+    own: dict[str, Any]
+    feeds: dict[str, _Feed]
+    ctx: dict[str, Any]
+    missing: dict[str, str]
+    notes: list[str]
+    entry: PlanEntry
+
+
 def _pointers(proto: dict[str, Any], ids: set[str]) -> dict[str, tuple[str, str]]:
     """Form field -> (protocol id, output name) for each pointer to a protocol of the workflow."""
     found = {}
@@ -272,15 +289,16 @@ class _Builder:
             self.nodes[pid] = _Node("none", cls, why="input not mapped")
             return
         main = feeds.get("input")
-        ctx = dict(main.ctx) if main else {"binning": 1, "binned": 1}
+        ctx: dict[str, Any] = dict(main.ctx) if main else {"binning": 1, "binned": 1}
         if not mapping.inputs and proto.get("samplingRate"):
             ctx["pixel_size_a"] = float(proto["samplingRate"])
         notes += [f"{our} not mapped: {why}" for our, why in missing.items()]
         own = {ours: proto[s] for s, ours in mapping.params.items() if proto.get(s) is not None}
+        placing = _Placement(pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry)
         if mapping.step is None:
-            self._fold(pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry)
+            self._fold(placing)
         else:
-            self._step(pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry)
+            self._step(placing, mapping.step)
 
     def _convert(
         self, mapping: ProtocolMap, proto: dict, params: dict, ctx: dict, missing: dict, notes: list[str]
@@ -312,13 +330,14 @@ class _Builder:
         if what and what not in taken:
             taken.append(what)
 
-    def _fold(self, pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry) -> None:
-        main = feeds["input"]
-        params, _ = self._convert(mapping, proto, own, ctx, missing, notes)
+    def _fold(self, p: _Placement) -> None:
+        pid, ctx = p.pid, p.ctx
+        main = p.feeds["input"]
+        params, _ = self._convert(p.mapping, p.proto, p.own, ctx, p.missing, p.notes)
         carried = dict(main.carried)
         carried.update({k: (v, pid) for k, v in params.items()})
         carried_inputs = dict(main.carried_inputs)
-        carried_inputs.update({our: (f.pointer, pid) for our, f in feeds.items() if our != "input"})
+        carried_inputs.update({our: (f.pointer, pid) for our, f in p.feeds.items() if our != "input"})
         binning = int(params.get("binning") or 1)
         if binning > 1:  # Scipion's stack is binned, tiltflow's is not (yet)
             ctx["binning"] = ctx.get("binning", 1) * binning
@@ -327,67 +346,78 @@ class _Builder:
         feed = _Feed(
             main.pointer, main.source, carried, carried_inputs, ctx, list(main.via), main.folds + [pid], main.otype
         )
-        self.nodes[pid] = _Node("fold", cls, feed=feed)
-        entry.kind = "folded"
-        entry.reason = "; ".join(notes)  # completed in finish()
+        self.nodes[pid] = _Node("fold", p.cls, feed=feed)
+        p.entry.kind = "folded"
+        p.entry.reason = "; ".join(p.notes)  # completed in finish()
 
-    def _step(self, pid, cls, mapping, proto, own, feeds, ctx, missing, notes, entry) -> None:
-        from tiltflow.workflow.workflow_file import WorkflowStep
-
-        step = self.known[mapping.step]
-        fields, accepts = set(step.params.model_fields), {spec.name for spec in step.inputs}
-        main = feeds.get("input")
-        params: dict[str, Any] = {}
-        node = _Node("step", cls)
-        inputs = {our: f.pointer for our, f in feeds.items()}
-        for our, f in feeds.items():
+    def _note_feeds(self, p: _Placement) -> None:
+        """The folded protocols each input passes absorb into this one; protocols not run are noted."""
+        for our, f in p.feeds.items():
             for origin in f.folds:
-                self._absorb(origin, pid, None)
+                self._absorb(origin, p.pid, None)
             if f.via:
                 for skipped in f.via:
-                    self.fed.setdefault(skipped, []).append(pid)
+                    self.fed.setdefault(skipped, []).append(p.pid)
                 names = ", ".join(f"{v} ({self.nodes[v].cls})" for v in f.via)
-                notes.append(f"{our} from {f.source} ({self.nodes[f.source].cls}): {names} not run")
-        if main is not None:
-            for key, (value, origin) in main.carried.items():
-                if key in fields:
-                    params[key] = value
-                    self._absorb(origin, pid, key)
-                else:
-                    node.pending[key] = (value, origin)
-            for key, (ptr, origin) in main.carried_inputs.items():
-                if key in accepts and key not in inputs:
-                    inputs[key] = ptr
-                    self._absorb(origin, pid, key)
-                elif key not in accepts:
-                    node.pending_inputs[key] = (ptr, origin)
-        params.update(own)
-        params, scale = self._convert(mapping, proto, params, ctx, missing, notes)
+                p.notes.append(f"{our} from {f.source} ({self.nodes[f.source].cls}): {names} not run")
+
+    def _take_carried(self, p: _Placement, step_id: str, node: _Node, inputs: dict[str, str]) -> dict[str, Any]:
+        """What travels along the main input: the parameters (returned) and inputs (added to
+        ``inputs``) the step takes; the rest waits on ``node`` for a step further down."""
+        step = self.known[step_id]
+        fields, accepts = set(step.params.model_fields), {spec.name for spec in step.inputs}
+        params: dict[str, Any] = {}
+        main = p.feeds.get("input")
+        if main is None:
+            return params
+        for key, (value, origin) in main.carried.items():
+            if key in fields:
+                params[key] = value
+                self._absorb(origin, p.pid, key)
+            else:
+                node.pending[key] = (value, origin)
+        for key, (ptr, origin) in main.carried_inputs.items():
+            if key in accepts and key not in inputs:
+                inputs[key] = ptr
+                self._absorb(origin, p.pid, key)
+            elif key not in accepts:
+                node.pending_inputs[key] = (ptr, origin)
+        return params
+
+    def _step(self, p: _Placement, step_id: str) -> None:
+        from tiltflow.workflow.workflow_file import WorkflowStep
+
+        pid = p.pid
+        node = _Node("step", p.cls)
+        inputs = {our: f.pointer for our, f in p.feeds.items()}
+        self._note_feeds(p)
+        params = self._take_carried(p, step_id, node, inputs)
+        params.update(p.own)
+        params, scale = self._convert(p.mapping, p.proto, params, p.ctx, p.missing, p.notes)
         self.steps.append(
-            WorkflowStep(
-                id=pid, step=mapping.step, params=self._only_fields(mapping.step, params, notes), inputs=inputs
-            )
+            WorkflowStep(id=pid, step=step_id, params=self._only_fields(step_id, params, p.notes), inputs=inputs)
         )
-        for name, typ in step.outputs.items():
+        for name, typ in self.known[step_id].outputs.items():
             node.by_kind.setdefault(output_kind(typ), f"{pid}.{name}")
             node.types[f"{pid}.{name}"] = typ
-        node.ctx = dict(ctx)
+        node.ctx = dict(p.ctx)
         if scale != 1:
             if node.ctx.get("pixel_size_a"):
                 node.ctx["pixel_size_a"] *= scale
-            if mapping.step == "normalize":
+            if step_id == "normalize":
                 node.ctx["binned"] = node.ctx.get("binned", 1) * scale
         made = [f"workflow step {pid}"]
-        entry.steps.append(pid)
-        for extra in mapping.all_extras():
-            made += self._extra(pid, proto, extra, node, inputs, ctx, notes, entry)
+        p.entry.steps.append(pid)
+        for extra in p.mapping.all_extras():
+            made += self._extra(p, extra, node, inputs)
         self.nodes[pid] = node
-        entry.kind, entry.step = "step", mapping.step
-        entry.reason = "; ".join([" + ".join(made), *notes])
+        p.entry.kind, p.entry.step = "step", step_id
+        p.entry.reason = "; ".join([" + ".join(made), *p.notes])
 
-    def _extra(self, pid, proto, extra: Extra, node: _Node, inputs, ctx, notes, entry) -> list[str]:
+    def _extra(self, p: _Placement, extra: Extra, node: _Node, inputs: dict[str, str]) -> list[str]:
         from tiltflow.workflow.workflow_file import WorkflowStep
 
+        pid, proto, ctx, notes, entry = p.pid, p.proto, p.ctx, p.notes, p.entry
         step_id = extra.mapping.step
         if extra.when is not None and not extra.when(proto, self.refs.get(pid, set())):
             return []

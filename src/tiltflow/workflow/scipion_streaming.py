@@ -11,9 +11,9 @@ protocol's ``_defineParams`` (pwem ``ProtImportFiles``, scipion-em-tomo ``ProtCo
 | --- | --- | --- |
 | import ``fileTimeout`` (default "30") | a file unchanged this long is a new file | ``--settle`` |
 | import ``timeout`` (default "12h") | no new file this long: the import ends, its set closes | ``--stop-after-idle`` |
-| ComposeTS ``time4NextTilt`` (default "3m") | no new tilt in the mdoc this long: the series is complete | ``--quiet`` |
-| ComposeTS ``percentTiltsRequired`` (enum 50..100 %, default 80) | tilts needed to compose a series | ``--min-fraction`` |
-| older ComposeTS / import ``time4NextTS`` | no new series this long: the protocol ends | ``--stop-after-idle`` (without ``timeout``) |
+| ComposeTS ``time4NextTilt`` (default "3m") | no new tilt in the mdoc this long: series complete | ``--quiet`` |
+| ComposeTS ``percentTiltsRequired`` (enum 50..100 %, default 80) | tilts to compose a series | ``--min-fraction`` |
+| older ComposeTS / import ``time4NextTS`` | no new series this long: it ends | ``--stop-after-idle`` (no ``timeout``) |
 
 Durations are Scipion's: seconds as a number, or ``1d 2h 20m 15s``. ``--movie-timeout`` has no
 Scipion counterpart (Scipion waits for a movie forever) and keeps tiltflow's default.
@@ -117,7 +117,7 @@ def _percent(compose: dict, out: StreamingImport) -> None:
     except (TypeError, ValueError):
         value = -1.0
     if value.is_integer() and 0 <= value < len(_PERCENTS):  # the EnumParam's index (2025-2026)
-        percent = _PERCENTS[int(value)]
+        percent = float(_PERCENTS[int(value)])
     elif 50 <= value <= 100:  # a plain percentage (other versions)
         percent = value
     else:

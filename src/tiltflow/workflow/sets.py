@@ -61,6 +61,13 @@ class TiltImage:
         """The alignment's refined tilt angle, else the microscope's."""
         return self.tilt_angle_deg if self.refined_tilt_angle_deg is None else self.refined_tilt_angle_deg
 
+    @property
+    def section(self) -> int:
+        """The 0-based section of the stack file holding this view (ValueError for a movie)."""
+        if self.index is None:
+            raise ValueError(f"{self.file}: a movie, not a section of a stack")
+        return self.index
+
 
 @dataclass
 class TiltSeries:

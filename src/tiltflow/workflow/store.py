@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tiltflow import __version__
 from tiltflow.workflow import diskspace, migrations, run_liveness, set_tables
@@ -26,8 +26,10 @@ from tiltflow.workflow.pointers import resolve_pointer
 from tiltflow.workflow.records import OutputRecord, RunRecord
 from tiltflow.workflow.records import run_from_row as _run_from_row
 from tiltflow.workflow.sets import AnySet
+from tiltflow.workflow.tasks import ItemResult
 
 DB_NAME = "project.sqlite"
+R = TypeVar("R", bound=ItemResult)
 
 _SCHEMA = (
     """
@@ -121,7 +123,10 @@ class ProjectStore:
         try:
             return self._open(self.db_path)
         except sqlite3.OperationalError as err:
-            raise diskspace.as_disk_full(err, self.root) or err
+            full = diskspace.as_disk_full(err, self.root)
+            if full is None:
+                raise
+            raise full from err
 
     @staticmethod
     def _open(path: Path | str) -> sqlite3.Connection:
@@ -142,9 +147,10 @@ class ProjectStore:
         except BaseException as err:
             if con.in_transaction:
                 con.execute("ROLLBACK")
-            if isinstance(err, sqlite3.OperationalError):
-                raise diskspace.as_disk_full(err, self.root) or err
-            raise
+            full = diskspace.as_disk_full(err, self.root) if isinstance(err, sqlite3.OperationalError) else None
+            if full is None:
+                raise
+            raise full from err
         finally:
             con.close()
 
@@ -187,7 +193,7 @@ class ProjectStore:
                 " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
                 (step, label, json.dumps(params), json.dumps(inputs), now, now, __version__),
             )
-            run_id = int(cur.lastrowid)
+            run_id = _inserted_id(cur)
             run_dir = f"runs/{run_id:03d}_{step}"
             con.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (run_dir, run_id))
             run_liveness.record_process(con, run_id)
@@ -246,17 +252,22 @@ class ProjectStore:
             self._discard()
 
     # -- per-item progress (resume) ---------------------------------------------------------
-    def record_item(self, run_id: int, item: str, result: Any) -> None:
+    def record_item(self, run_id: int, item: str, result: ItemResult) -> None:
+        """Record one finished item of a run (its result's record, paths relative to the project)."""
+        record = map_attrs(result.to_record(), self.paths.rel_attr)
         with self.transaction() as con:
             con.execute(
                 "INSERT OR REPLACE INTO item_progress VALUES (?, ?, ?, ?)",
-                (run_id, item, json.dumps(map_attrs(result, self.paths.rel_attr)), time.time()),
+                (run_id, item, json.dumps(record), time.time()),
             )
 
-    def finished_items(self, run_id: int) -> dict[str, Any]:
+    def finished_items(self, run_id: int, result_type: type[R]) -> dict[str, R]:
+        """The items of a run recorded finished, their results read back as ``result_type``."""
         with self.reading() as con:
-            rows = con.execute("SELECT item, result FROM item_progress WHERE run_id=?", (run_id,))
-            return {r["item"]: map_attrs(json.loads(r["result"]), self.paths.abs_attr) for r in rows}
+            rows = con.execute("SELECT item, result FROM item_progress WHERE run_id=?", (run_id,)).fetchall()
+        return {
+            r["item"]: result_type.from_record(map_attrs(json.loads(r["result"]), self.paths.abs_attr)) for r in rows
+        }
 
     # -- outputs ----------------------------------------------------------------------------
     def _insert_output(self, con: sqlite3.Connection, run_id: int, name: str, value: AnySet) -> int:
@@ -265,7 +276,7 @@ class ProjectStore:
             "INSERT INTO outputs (run_id, name, type, summary, attrs, created) VALUES (?, ?, ?, ?, ?, ?)",
             (run_id, name, value.kind, value.summary(), json.dumps(value.attrs), time.time()),
         )
-        output_id = int(cur.lastrowid)
+        output_id = _inserted_id(cur)
         set_tables.insert_set(con, output_id, value, self.relpath)
         return output_id
 
@@ -337,6 +348,13 @@ class ProjectStore:
     def resolve(self, pointer: str, types: tuple[str, ...] = ()) -> OutputRecord:
         """``RUN_ID`` or ``RUN_ID.outputName`` -> the output (of one of ``types`` when given)."""
         return resolve_pointer(self, pointer, types)
+
+
+def _inserted_id(cur: sqlite3.Cursor) -> int:
+    """The id SQLite gave the row an INSERT just made."""
+    if cur.lastrowid is None:
+        raise RuntimeError("SQLite returned no id for an inserted row")
+    return cur.lastrowid
 
 
 def _first_free(name_for: Callable[[int], str], taken: Callable[[str], bool]) -> str:

@@ -14,8 +14,8 @@ being a step ``id`` or a step type.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.param_names import canonical_workflow
+from tiltflow.workflow.run_options import RunOptions, RunReport
 from tiltflow.workflow.steps.base import get_step
 from tiltflow.workflow.store import ProjectStore, RunRecord
 
@@ -195,7 +196,7 @@ def _field_name(step_id: str, name: str) -> str:
     wanted = name.lstrip("-").replace("_", "-")
     for field_name, info in fields.items():
         cli = (info.json_schema_extra or {}).get("cli") if isinstance(info.json_schema_extra, dict) else None
-        if cli and cli.lstrip("-") == wanted:
+        if isinstance(cli, str) and cli.lstrip("-") == wanted:
             return field_name
     return name
 
@@ -230,9 +231,9 @@ def run_workflow(
     store: ProjectStore,
     wf: Workflow,
     *,
-    options: dict | None = None,
+    options: RunOptions | Mapping[str, Any] | None = None,
+    report: RunReport | None = None,
     on_step: Callable[[WorkflowStep, RunRecord], None] | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
     resume: bool = False,
     on_continue: Callable[[WorkflowStep, str], None] | None = None,
 ) -> dict[str, RunRecord]:
@@ -243,21 +244,26 @@ def run_workflow(
     where it stopped, and anything else gets a new run (earlier runs are kept) — so a changed
     parameter re-runs its step and, through the changed input, everything downstream.
     ``on_continue(step, line)`` hears one line per step saying which and why.
-    The executor (``options['executor']``: local or dask) is made once for the whole chain.
+    The executor (``options.executor``: local or dask) is made once for the whole chain; ``report``
+    hears every step's notes, warnings and progress.
     """
     from tiltflow.workflow.executor import make_executor
+    from tiltflow.workflow.runner import remove_finished_scratch
 
     validate(wf)
-    options = {} if options is None else options
+    # steps go on with the series that aligned and report the rest
+    run_options = replace(RunOptions.of(options), within_workflow=True)
+    report = RunReport() if report is None else report
+    remove_finished_scratch(store)
     owned = None
-    if "_executor" not in options and options.get("executor") == "dask":
-        owned = options["_executor"] = make_executor(options)
+    if run_options.shared_executor is None and run_options.executor == "dask":
+        owned = make_executor(run_options)
+        run_options = replace(run_options, shared_executor=owned)
     try:
-        return _run_steps(store, wf, options, on_step, progress, resume, on_continue)
+        return _run_steps(store, wf, run_options, report, on_step, resume, on_continue)
     finally:
         if owned is not None:
             owned.close()
-            options.pop("_executor", None)
 
 
 def _runs_by_label(store: ProjectStore) -> dict[str, list[RunRecord]]:
@@ -329,12 +335,11 @@ def continue_choice(
     return "new", None, f"step {sid}: re-run because {_why_rerun(sid, step_id, params, inputs, last)}"
 
 
-def _run_steps(store, wf, options, on_step, progress, resume, on_continue) -> dict[str, RunRecord]:
+def _run_steps(store, wf, options, report, on_step, resume, on_continue) -> dict[str, RunRecord]:
     from tiltflow.workflow.runner import recorded_params, resolve_inputs, run_step
 
     earlier = _runs_by_label(store) if resume else {}
-    warn = options.setdefault("warnings", []).append
-    options["within_workflow"] = True  # steps go on with the series that aligned and report the rest
+    warn = report.warn
     done: dict[str, RunRecord] = {}
     for s in wf.steps:
         inputs = {}
@@ -354,7 +359,7 @@ def _run_steps(store, wf, options, on_step, progress, resume, on_continue) -> di
             )
             if on_continue:
                 on_continue(s, line)
-        if action == "reuse":
+        if action == "reuse" and old is not None:
             run = old
         else:
             run = run_step(
@@ -363,9 +368,9 @@ def _run_steps(store, wf, options, on_step, progress, resume, on_continue) -> di
                 s.params,
                 inputs,
                 options=options,
+                report=report,
                 label=s.id,
-                progress=progress,
-                resume=old.id if action == "resume" else None,
+                resume=old.id if action == "resume" and old is not None else None,
             )
         done[s.id] = run
         if on_step:
@@ -400,7 +405,8 @@ def _existing_output(store: ProjectStore, run_id: int, name: str, warn: Callable
 
 def export_workflow(store: ProjectStore, name: str = "project") -> Workflow:
     """The project's finished runs as a workflow (inputs rewritten to step ids)."""
-    steps, ids = [], {}
+    steps: list[WorkflowStep] = []
+    ids: dict[int, str] = {}
     for run in store.runs():
         if run.status != "finished":
             continue

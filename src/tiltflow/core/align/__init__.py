@@ -7,8 +7,8 @@ Conventions: ``core/geometry.py`` and DESIGN.md §2 (IMOD ``.xf``, axis from +y,
 """
 
 from tiltflow.core.align.beads import BeadDetections, bead_template, detect_beads
-from tiltflow.core.align.bundle import FiducialSolution, solve_alignment, tukey_weights
-from tiltflow.core.align.coarse import CoarseResult, coarse_align
+from tiltflow.core.align.bundle import BundleOptions, FiducialSolution, solve_alignment, tukey_weights
+from tiltflow.core.align.coarse import CoarseOptions, CoarseResult, coarse_align
 from tiltflow.core.align.fiducial import FiducialAlignment, align_fiducial, resolve_fiducial
 from tiltflow.core.align.residuals import (
     ResidualSummary,
@@ -18,6 +18,7 @@ from tiltflow.core.align.residuals import (
     transform_points_xf,
 )
 from tiltflow.core.align.tracking import (
+    TrackingOptions,
     Tracks,
     fill_gaps,
     locate_beads,
@@ -27,10 +28,13 @@ from tiltflow.core.align.tracking import (
 
 __all__ = [
     "BeadDetections",
+    "BundleOptions",
+    "CoarseOptions",
     "CoarseResult",
     "FiducialAlignment",
     "FiducialSolution",
     "ResidualSummary",
+    "TrackingOptions",
     "Tracks",
     "align_fiducial",
     "resolve_fiducial",

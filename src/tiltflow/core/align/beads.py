@@ -52,7 +52,9 @@ def bead_template(
 
 
 def _box_sums(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Sums over every ``size`` x ``size`` window (valid positions) of ``x`` (b, 1, h, w), from an
+    """Sum every ``size`` x ``size`` window of ``x`` from an integral image.
+
+    Sums over every ``size`` x ``size`` window (valid positions) of ``x`` (b, 1, h, w), from an
     integral image in float64: O(1) per pixel whatever the window size.
     """
     c = F.pad(x.to(torch.float64), (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
@@ -73,7 +75,9 @@ def ncc_map(
     *,
     padding: str = "same",  # "same" (reflect-padded) or "valid"
 ) -> torch.Tensor:  # (b, h, w) or (b, h-L+1, w-L+1)
-    """Normalised cross-correlation of each image with the template at every position
+    """Compute the normalised cross-correlation of each image with the template at every position.
+
+    Normalised cross-correlation of each image with the template at every position
     (FFT correlation and integral-image window statistics: cost independent of the template size).
     """
     x = images.to(template.dtype)[:, None]
@@ -101,7 +105,9 @@ def _parabola(m1: torch.Tensor, c0: torch.Tensor, p1: torch.Tensor) -> torch.Ten
 
 
 def subpixel_peak(score: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
-    """Parabolic sub-pixel offsets (n, 2) (dx, dy) of maxima at integer (iy, ix) of ``score``
+    """Find parabolic sub-pixel offsets of maxima in score maps.
+
+    Parabolic sub-pixel offsets (n, 2) (dx, dy) of maxima at integer (iy, ix) of ``score``
     ``(n, h, w)`` (one map per peak) or ``(h, w)``; edges give 0.
     """
     s = score if score.ndim == 3 else score[None].expand(iy.shape[0], -1, -1)

@@ -1,4 +1,6 @@
-"""Fiducial bundle adjustment (like IMOD ``tiltalign``): tilt axis, per-view shifts, grouped
+"""Fiducial bundle adjustment (like IMOD ``tiltalign``).
+
+Tilt axis, per-view shifts, grouped
 magnifications and tilt angles, and 3-D bead positions from bead tracks.
 
 Model (``core/geometry.py``): bead b in view v lands at
@@ -26,7 +28,7 @@ from tiltflow.core.align.verdict import offset_spread_deg
 from tiltflow.core.geometry import image_centre
 from tiltflow.core.transforms import geometry_to_xf
 
-__all__ = ["FiducialSolution", "solve_alignment", "tukey_weights"]
+__all__ = ["BundleOptions", "FiducialSolution", "solve_alignment", "tukey_weights"]
 
 _RAYLEIGH_MEDIAN = math.sqrt(2.0 * math.log(2.0))  # median of |2-D unit Gaussian|
 
@@ -54,8 +56,26 @@ class FiducialSolution:
     reference_view: int
 
 
+@dataclass(frozen=True)
+class BundleOptions:
+    """What :func:`solve_alignment` solves for, and how robustly."""
+
+    solve_tilt_offset: bool = True
+    solve_magnification: bool = True
+    solve_tilt_angles: bool = True
+    solve_tilt_axis: bool = True  # False: keep ``tilt_axis_deg_initial``
+    group_size: int = 5  # views between the nodes of grouped magnifications and tilt angles
+    robust: bool = True  # Tukey-biweight re-weighting
+    k_factor: float = 1.0  # scales the Tukey cut-off
+    reference_view: int | None = None  # default: the view nearest 0°
+    robust_rounds: int = 8
+    max_iterations: int = 100  # Levenberg-Marquardt iterations per round
+
+
 def tukey_weights(residuals_px: torch.Tensor, *, k_factor: float = 1.0) -> torch.Tensor:
-    """Tukey biweight of residual magnitudes (NaN -> 0): ``(1 - u^2)^2`` for ``u < 1``, where
+    """Weigh residual magnitudes by Tukey's biweight.
+
+    Tukey biweight of residual magnitudes (NaN -> 0): ``(1 - u^2)^2`` for ``u < 1``, where
     ``u = r / (4.685 k_factor sigma)`` and ``sigma = median(r) / 1.1774`` (2-D Gaussian).
     """
     r = torch.nan_to_num(residuals_px, nan=torch.inf)
@@ -163,7 +183,9 @@ def _check_tracks(tracks, tilt_angles_deg) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _irls(p, residual, beads, *, robust, rounds, k_factor, max_iterations):
-    """LM on ``residual(p)`` (m, 2), then Tukey re-weighting until the weights settle; the
+    """Solve by Levenberg-Marquardt, then Tukey re-weighting until the weights settle.
+
+    LM on ``residual(p)`` (m, 2), then Tukey re-weighting until the weights settle; the
     mean of ``beads(p)`` (n, 3) is held at 0 (the free translation).
     """
     m = residual(p).shape[0]
@@ -192,34 +214,65 @@ def solve_alignment(
     *,
     tilt_axis_deg_initial: float,
     image_shape: tuple[int, int],  # (ny, nx) of the tracked images
-    solve_tilt_offset: bool = True,
-    solve_magnification: bool = True,
-    solve_tilt_angles: bool = True,
-    solve_tilt_axis: bool = True,  # False: keep ``tilt_axis_deg_initial``
-    group_size: int = 5,
-    robust: bool = True,
-    k_factor: float = 1.0,
-    reference_view: int | None = None,  # default: the view nearest 0°
-    robust_rounds: int = 8,
-    max_iterations: int = 100,
+    options: BundleOptions | None = None,
 ) -> FiducialSolution:
-    """Bundle adjustment of bead tracks (module docstring). Views without beads keep shift 0."""
+    """Solve the fiducial bundle adjustment of bead tracks (IMOD ``tiltalign``; module docstring).
+
+    Views without beads keep shift 0 (:func:`~tiltflow.core.align.fiducial.fill_beadless_views`
+    places them).
+
+    Parameters
+    ----------
+    tracks : Tracks or torch.Tensor
+        Bead tracks, or positions ``(n, t, 2)`` raw (x, y) px with NaN where a bead was not seen.
+    tilt_angles_deg : torch.Tensor
+        ``(t,)`` nominal tilt angles in degrees, views in tilt order.
+    tilt_axis_deg_initial : float
+        Starting tilt-axis angle, degrees from +y, counter-clockwise.
+    image_shape : tuple of int
+        ``(ny, nx)`` of the tracked images.
+    options : BundleOptions, optional
+        What is solved for (tilt offset, grouped magnifications and tilt angles, axis) and how
+        robustly; default: everything, robust.
+
+    Returns
+    -------
+    FiducialSolution
+        ``xf`` ``(t, 6)`` IMOD rows, refined angles and axis, 3-D beads, residuals in px.
+
+    Raises
+    ------
+    ValueError
+        For fewer than 3 beads each seen in 3 or more views, or malformed tracks.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tiltflow.core.align.residuals import project_beads
+    >>> angles = torch.arange(-30.0, 31.0, 10.0)
+    >>> xyz = torch.tensor([[-20.0, -20, 5], [20, -15, -5], [-10, 25, 0], [15, 10, 8], [0, 0, -8]])
+    >>> obs = project_beads(xyz, angles, tilt_axis_deg=85.0, shifts_px=torch.zeros(7, 2), image_shape=(128, 128))
+    >>> sol = solve_alignment(obs, angles, tilt_axis_deg_initial=84.0, image_shape=(128, 128))
+    >>> round(sol.tilt_axis_deg, 1), sol.mean_residual_px < 0.01
+    (85.0, True)
+    """
+    o = BundleOptions() if options is None else options
     pos, angles = _check_tracks(tracks, tilt_angles_deg)
     dev = pos.device
     n, t = pos.shape[:2]
     seen = torch.isfinite(pos).all(-1)
-    ref = int(torch.argmin(angles.abs())) if reference_view is None else int(reference_view)
+    ref = int(torch.argmin(angles.abs())) if o.reference_view is None else int(o.reference_view)
     bi, vi = torch.nonzero(seen, as_tuple=True)
     obs = pos[bi, vi]
-    wm = _node_matrix(t, group_size, ref, dev) if solve_magnification else torch.zeros(t, 0).to(pos)
-    wt = _node_matrix(t, group_size, ref, dev) if solve_tilt_angles else torch.zeros(t, 0).to(pos)
+    wm = _node_matrix(t, o.group_size, ref, dev) if o.solve_magnification else torch.zeros(t, 0).to(pos)
+    wt = _node_matrix(t, o.group_size, ref, dev) if o.solve_tilt_angles else torch.zeros(t, 0).to(pos)
     gm, gt = wm.shape[1], wt.shape[1]
     centre = torch.tensor(image_centre(image_shape), dtype=torch.float64, device=dev)
     th0 = torch.deg2rad(angles)
     axis0 = torch.tensor(math.radians(tilt_axis_deg_initial), dtype=torch.float64, device=dev)
 
     def unpack(p: torch.Tensor):
-        a = p[0] if solve_tilt_axis else axis0
+        a = p[0] if o.solve_tilt_axis else axis0
         logm, dth = wm @ p[1 : 1 + gm], wt @ p[1 + gm : 1 + gm + gt]
         s = p[1 + gm + gt : 1 + gm + gt + 2 * t].reshape(t, 2)
         return a, logm, dth, s, p[1 + gm + gt + 2 * t :].reshape(n, 3)
@@ -248,17 +301,21 @@ def solve_alignment(
         p,
         lambda q: project(q, bi, vi) - obs,
         lambda q: unpack(q)[4],
-        robust=robust,
-        rounds=robust_rounds,
-        k_factor=k_factor,
-        max_iterations=max_iterations,
+        robust=o.robust,
+        rounds=o.robust_rounds,
+        k_factor=o.k_factor,
+        max_iterations=o.max_iterations,
     )
-    return _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref, solve_tilt_offset)
+    return _solution(p, unpack, project, pos, weights, angles, ref, o.solve_tilt_offset)
 
 
-def _solution(p, unpack, project, pos, seen, bi, vi, weights, angles, n, t, ref, solve_tilt_offset) -> FiducialSolution:
+def _solution(p, unpack, project, pos, weights, angles, ref, solve_tilt_offset) -> FiducialSolution:
+    """Build the solution at parameters ``p``: residuals, weights per point, tilt offset, flags."""
     a, logm, dth, s, xyz = (x.detach() for x in unpack(p))
     dev = pos.device
+    n, t = pos.shape[:2]
+    seen = torch.isfinite(pos).all(-1)
+    bi, vi = torch.nonzero(seen, as_tuple=True)
     b_all = torch.arange(n, device=dev).repeat_interleave(t)
     v_all = torch.arange(t, device=dev).repeat(n)
     projected = project(p, b_all, v_all).detach().reshape(n, t, 2)

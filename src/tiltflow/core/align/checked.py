@@ -1,4 +1,6 @@
-"""Alignments the data support, or a ``failed`` verdict: the fiducial and patch routes followed by
+"""Alignments the data support, or a ``failed`` verdict.
+
+The fiducial and patch routes followed by
 the plausibility checks of :mod:`tiltflow.core.align.verdict`, with a fall-back that holds every
 implausible or undetermined parameter (tilt offset, tilt angles, tilt axis, magnification) at the
 value it was given and solves again.
@@ -15,9 +17,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from tiltflow.core.align.bundle import FiducialSolution, solve_alignment
+from tiltflow.core.align.bundle import BundleOptions, FiducialSolution, solve_alignment
 from tiltflow.core.align.fiducial import FiducialAlignment, beadless_views, fill_beadless_views
-from tiltflow.core.align.projection_matching import ProjectionMatchingResult, projection_matching_align
+from tiltflow.core.align.projection_matching import (
+    MatchingOptions,
+    ProjectionMatchingResult,
+    projection_matching_align,
+)
 from tiltflow.core.align.verdict import (
     GeometryLimits,
     Verdict,
@@ -39,6 +45,8 @@ _FIDUCIAL_FLAGS = {
 
 @dataclass(frozen=True)
 class CheckedFiducial:
+    """A fiducial alignment after the checks (:func:`check_fiducial`)."""
+
     alignment: FiducialAlignment  # ``solution`` is the one to use (after any fall-back)
     verdict: Verdict
     fixed: dict[str, str] = field(default_factory=dict)  # parameter -> why it was held
@@ -46,6 +54,8 @@ class CheckedFiducial:
 
 @dataclass(frozen=True)
 class CheckedPatch:
+    """A projection-matching alignment after the checks (:func:`checked_projection_matching`)."""
+
     result: ProjectionMatchingResult | None  # None: matching could not run (verdict 'failed')
     verdict: Verdict
     fixed: dict[str, str] = field(default_factory=dict)
@@ -56,15 +66,18 @@ def fiducial_problems(
     tilt_angles_deg: torch.Tensor,
     *,
     tilt_axis_deg: float,
-    limits: GeometryLimits = GeometryLimits(),
+    limits: GeometryLimits | None = None,  # default GeometryLimits()
     solved: dict[str, bool] | None = None,
     min_beads: int = 5,
 ) -> dict[str, str]:
-    """:func:`geometry_problems` of a bundle solution, plus a tilt offset the beads leave free
+    """List the implausible or undetermined parameters of a bundle solution.
+
+    :func:`geometry_problems` of a bundle solution, plus a tilt offset the beads leave free
     (jackknife SD above ``limits.max_offset_spread_deg``, or too few beads to tell), and grouped
     tilt angles / magnifications solved (``solved[name]``) from fewer than ``min_beads`` beads.
     """
     solved = {} if solved is None else solved
+    limits = GeometryLimits() if limits is None else limits
     problems = geometry_problems(
         tilt_angles_deg,
         solution.tilt_angles_deg,
@@ -98,20 +111,57 @@ def check_fiducial(
     tilt_axis_deg: float,  # as given (mdoc)
     image_shape: tuple[int, int],  # (ny, nx) of the tracked views
     bead_diameter_px: float,  # px of the tracked views
-    solve_magnification: bool = True,
-    solve_tilt_angles: bool = True,
-    solve_tilt_offset: bool = True,
-    limits: GeometryLimits = GeometryLimits(),
+    bundle: BundleOptions | None = None,  # as solved; held parameters are switched off in it
+    limits: GeometryLimits | None = None,  # default GeometryLimits()
 ) -> CheckedFiducial:
-    """Check a fiducial alignment; re-solve its tracks with the implausible parameters held at
-    their given values (then with every one held) until the geometry is plausible.
+    """Check a fiducial alignment and re-solve it with implausible parameters held until plausible.
+
+    The tracks are re-solved with the implausible parameters (:func:`fiducial_problems`) held at
+    their given values, then with every one held; what still fails gets a ``failed`` verdict.
+
+    Parameters
+    ----------
+    alignment : FiducialAlignment
+        From :func:`~tiltflow.core.align.fiducial.align_fiducial` or ``resolve_fiducial``.
+    tilt_angles_deg : torch.Tensor
+        ``(t,)`` tilt angles as given (degrees), tilt order.
+    tilt_axis_deg : float
+        Tilt-axis angle as given (mdoc), degrees from +y, counter-clockwise.
+    image_shape : tuple of int
+        ``(ny, nx)`` of the tracked views.
+    bead_diameter_px : float
+        Bead diameter in pixels of the tracked views.
+    bundle : BundleOptions, optional
+        What was solved for; held parameters are switched off in it for the re-solves.
+    limits : GeometryLimits, optional
+        Plausibility limits (default ``GeometryLimits()``).
+
+    Returns
+    -------
+    CheckedFiducial
+        The alignment to use (``alignment.solution``), its ``verdict`` and the held parameters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tiltflow.core.align import resolve_fiducial
+    >>> from tiltflow.core.align.residuals import project_beads
+    >>> angles = torch.arange(-30.0, 31.0, 10.0)
+    >>> xyz = torch.tensor([[-20.0, -20, 5], [20, -15, -5], [-10, 25, 0], [15, 10, 8], [0, 0, -8]])
+    >>> obs = project_beads(xyz, angles, tilt_axis_deg=85.0, shifts_px=torch.zeros(7, 2), image_shape=(128, 128))
+    >>> fid = resolve_fiducial(obs, angles, tilt_axis_deg=85.0, image_shape=(128, 128))
+    >>> check_fiducial(fid, angles, tilt_axis_deg=85.0, image_shape=(128, 128), bead_diameter_px=5.0).verdict.status
+    'check'
     """
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64)
+    limits = GeometryLimits() if limits is None else limits
+    bundle = BundleOptions() if bundle is None else bundle
+    solve_magnification, solve_tilt_angles = bundle.solve_magnification, bundle.solve_tilt_angles
     asked = {
-        "solve_tilt_offset": solve_tilt_offset,
+        "solve_tilt_offset": bundle.solve_tilt_offset,
         "solve_tilt_angles": solve_tilt_angles,
         "solve_magnification": solve_magnification,
-        "solve_tilt_axis": True,
+        "solve_tilt_axis": bundle.solve_tilt_axis,
     }
     solution = alignment.solution
     broken = inconsistent_tracks(
@@ -138,7 +188,7 @@ def check_fiducial(
             angles,
             tilt_axis_deg_initial=tilt_axis_deg,
             image_shape=image_shape,
-            **flags,
+            options=replace(bundle, **flags),
         )
         if alignment.coarse is not None:
             solution = fill_beadless_views(solution, alignment.coarse.shifts_px, angles)
@@ -166,23 +216,63 @@ def checked_projection_matching(
     tilt_angles_deg: torch.Tensor,
     *,
     tilt_axis_deg: float,
-    limits: GeometryLimits = GeometryLimits(),
-    **options,
+    align_z_px: float,
+    binning: int = 2,
+    pixel_size_a: float | None = None,
+    options: MatchingOptions | None = None,
+    limits: GeometryLimits | None = None,  # default GeometryLimits()
 ) -> CheckedPatch:
-    """:func:`projection_matching_align`, checked; a wandering axis or offset is held at its
-    given value and the matching run again. ``ValueError`` (too few usable views) becomes a
-    ``failed`` verdict.
+    """Align by projection matching and check the result; a wandering axis or offset is held.
+
+    A tilt axis or offset that wandered beyond ``limits`` is held at its given value and the matching
+    run again from a coarse alignment at the given geometry. ``ValueError`` (too few usable views)
+    becomes a ``failed`` verdict without a result.
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        ``(t, h, w)`` raw views sorted by tilt angle.
+    tilt_angles_deg : torch.Tensor
+        ``(t,)`` tilt angles as given (degrees).
+    tilt_axis_deg : float
+        Tilt-axis angle as given, degrees from +y, counter-clockwise.
+    align_z_px : float
+        Slab thickness of the intermediate reconstructions, pixels of ``views``.
+    binning : int
+        Binning before the work (shifts stay in pixels of ``views``).
+    pixel_size_a : float, optional
+        Pixel size of ``views`` (Å/px); sets the working binning.
+    options : MatchingOptions, optional
+        Iterations, refinements and searches.
+    limits : GeometryLimits, optional
+        Plausibility limits (default ``GeometryLimits()``).
+
+    Returns
+    -------
+    CheckedPatch
+        The result (None when matching could not run), its ``verdict`` and the held parameters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> views = torch.rand(4, 96, 96, generator=torch.Generator().manual_seed(0))
+    >>> angles = torch.tensor([-9.0, -3.0, 3.0, 9.0])
+    >>> out = checked_projection_matching(views, angles, tilt_axis_deg=85.0, align_z_px=30.0)
+    >>> out.result is None, out.verdict.status
+    (True, 'failed')
     """
+    limits = GeometryLimits() if limits is None else limits
+    run = _Matching(align_z_px=align_z_px, binning=binning, pixel_size_a=pixel_size_a, options=options)
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64)
     fixed: dict[str, str] = {}
     try:
-        result = projection_matching_align(views, angles, tilt_axis_deg=tilt_axis_deg, **options)
+        result = run(views, angles, tilt_axis_deg)
     except ValueError as err:
         return CheckedPatch(None, Verdict("failed", (str(err),)), fixed)
     problems = _patch_problems(result, angles, tilt_axis_deg, limits)
     if problems:
         fixed.update(problems)
-        result = _matching_at_given_geometry(views, angles, tilt_axis_deg, result.dark_views, options)
+        result = _matching_at_given_geometry(views, angles, tilt_axis_deg, result.dark_views, run)
         problems = _patch_problems(result, angles, tilt_axis_deg, limits)
     if problems:
         return CheckedPatch(result, Verdict("failed", tuple(problems.values())), fixed)
@@ -195,9 +285,35 @@ def checked_projection_matching(
     return CheckedPatch(result, verdict, fixed)
 
 
-def _matching_at_given_geometry(views, angles, axis_deg: float, dark: torch.Tensor, options: dict):
-    """Projection matching without axis or offset refinement, from a coarse alignment of the
-    non-dark views at the given geometry (it would otherwise start from zero shifts).
+@dataclass(frozen=True)
+class _Matching:
+    """The settings of one :func:`projection_matching_align` run, but the series and its axis."""
+
+    align_z_px: float
+    binning: int
+    pixel_size_a: float | None
+    options: MatchingOptions | None
+
+    def __call__(
+        self, views: torch.Tensor, angles: torch.Tensor, axis_deg: float, initial: torch.Tensor | None = None
+    ) -> ProjectionMatchingResult:
+        return projection_matching_align(
+            views,
+            angles,
+            tilt_axis_deg=axis_deg,
+            align_z_px=self.align_z_px,
+            initial_shifts_px=initial,
+            binning=self.binning,
+            pixel_size_a=self.pixel_size_a,
+            options=self.options,
+        )
+
+
+def _matching_at_given_geometry(views, angles, axis_deg: float, dark: torch.Tensor, run: _Matching):
+    """Projection matching without axis or offset refinement, from a coarse start at the given geometry.
+
+    The coarse alignment of the non-dark views at the given geometry is the start (it would
+    otherwise start from zero shifts).
     """
     from tiltflow.core.align.coarse import coarse_align
 
@@ -207,8 +323,9 @@ def _matching_at_given_geometry(views, angles, axis_deg: float, dark: torch.Tens
     initial[use] = coarse.shifts_px.to(torch.float64).cpu()
     significance = torch.full((int(angles.numel()),), math.nan, dtype=torch.float64)
     significance[use] = coarse.peak_significance
-    held = dict(options, refine_tilt_axis=False, refine_tilt_offset=False, initial_shifts_px=initial)
-    result = projection_matching_align(views, angles, tilt_axis_deg=axis_deg, **held)
+    options = MatchingOptions() if run.options is None else run.options
+    held = replace(run, options=replace(options, refine_tilt_axis=False, refine_tilt_offset=False))
+    result = held(views, angles, axis_deg, initial)
     return replace(result, coarse_peak_significance=significance)
 
 

@@ -24,7 +24,7 @@ from tiltflow.core.geometry import image_centre, rotation_matrix_2d
 from tiltflow.core.reconstruct import bin_views
 from tiltflow.core.transforms import geometry_to_xf
 
-__all__ = ["CoarseResult", "coarse_align", "warp_affine"]
+__all__ = ["CoarseOptions", "CoarseResult", "coarse_align", "warp_affine"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,18 @@ class CoarseResult:
     tilt_axis_deg: float
     # (t,) the peak's height above the correlation map's median in robust SDs (1.4826 MAD) over
     # the searched disc away from the peak: below ~5 the peak may be noise (inf for the reference)
-    peak_significance: torch.Tensor | None = None
+    peak_significance: torch.Tensor
+
+
+@dataclass(frozen=True)
+class CoarseOptions:
+    """Filter and search settings of :func:`coarse_align` (defaults in its docstring)."""
+
+    lowpass_px: float | None = None  # period (px of the input) below which to filter out
+    highpass_px: float | None = None  # period (px of the input) above which to filter out
+    n_cumulative: int = 10  # aligned views summed into a cumulative reference
+    max_shift_px: float | None = None  # largest displacement between neighbours, input px
+    taper_fraction: float = 0.1  # edge taper, of the binned image's smaller side
 
 
 def warp_affine(
@@ -96,7 +107,9 @@ def _parabola_offset(m1: torch.Tensor, c0: torch.Tensor, p1: torch.Tensor) -> to
 def _xcorr_peak(
     moving: torch.Tensor, reference: torch.Tensor, band: torch.Tensor, taper: torch.Tensor, max_shift_px: float
 ) -> tuple[torch.Tensor, float, float]:
-    """Displacement d (x, y) with ``moving(p + d) ~ reference(p)``, the normalised peak and its
+    """Find the displacement between two images from their cross-correlation peak.
+
+    Displacement d (x, y) with ``moving(p + d) ~ reference(p)``, the normalised peak and its
     significance (``CoarseResult.peak_significance``).
     """
     h, w = moving.shape
@@ -118,7 +131,9 @@ def _xcorr_peak(
 
 
 def _significance(cc: torch.Tensor, allowed: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> float:
-    """(peak - median) / (1.4826 MAD) of ``cc`` over ``allowed`` beyond 3 px of the peak
+    """Measure a correlation peak's height above the map's background in robust SDs.
+
+    (peak - median) / (1.4826 MAD) of ``cc`` over ``allowed`` beyond 3 px of the peak
     (wrapped coordinates ``ky``/``kx`` as in :func:`_xcorr_peak`).
     """
     h, w = cc.shape
@@ -153,24 +168,55 @@ def coarse_align(
     *,
     tilt_axis_deg: float,
     binning: int = 1,
-    lowpass_px: float | None = None,  # period (px of the input) below which to filter out
-    highpass_px: float | None = None,  # period (px of the input) above which to filter out
     reference: Literal["neighbour", "cumulative"] = "cumulative",
-    n_cumulative: int = 10,  # aligned views summed into a cumulative reference
-    max_shift_px: float | None = None,  # largest displacement between neighbours, input px
-    taper_fraction: float = 0.1,
+    options: CoarseOptions | None = None,
 ) -> CoarseResult:
-    """Cosine-stretched cross-correlation of each view with its lower-tilt neighbour (module
-    docstring), chained outwards from the view nearest 0°.
+    """Align a tilt series coarsely by cosine-stretched cross-correlation (IMOD ``tiltxcorr``).
 
-    Views are visited alternately on both sides. ``reference="cumulative"`` correlates with the
-    mean of the ``n_cumulative`` aligned views nearest in angle (both sides), each resampled into
-    the neighbour's frame (IMOD's cumulative correlation); sharing views across 0° keeps both
-    sides on the same depth when strong features (gold) sit at several depths, where
-    ``"neighbour"`` may follow the top surface on one side and the bottom on the other. Defaults:
-    ``lowpass_px = 4 * binning`` (0.25 cycles/binned px), ``highpass_px`` = a quarter of the
-    binned image's smaller side, ``max_shift_px`` = a quarter of the smaller side.
+    Each view is correlated with its lower-tilt neighbour (module docstring), chained outwards from
+    the view nearest 0°; views are visited alternately on both sides. ``reference="cumulative"``
+    correlates with the mean of the ``options.n_cumulative`` aligned views nearest in angle (both
+    sides), each resampled into the neighbour's frame (IMOD's cumulative correlation); sharing views
+    across 0° keeps both sides on the same depth when strong features (gold) sit at several depths,
+    where ``"neighbour"`` may follow the top surface on one side and the bottom on the other.
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        ``(t, h, w)`` raw views sorted by increasing tilt angle.
+    tilt_angles_deg : torch.Tensor
+        ``(t,)`` tilt angles in degrees, within (-85, 85).
+    tilt_axis_deg : float
+        Tilt-axis angle in degrees from the image +y axis, counter-clockwise.
+    binning : int
+        Work on views binned by this factor; shifts are returned in pixels of ``views``.
+    reference : {"neighbour", "cumulative"}
+        What each view is correlated with.
+    options : CoarseOptions, optional
+        Filter and search settings. Defaults: ``lowpass_px = 4 * binning`` (0.25 cycles/binned px),
+        ``highpass_px`` and ``max_shift_px`` a quarter of the binned image's smaller side.
+
+    Returns
+    -------
+    CoarseResult
+        ``shifts_px`` ``(t, 2)`` raw-image shifts (x, y) in pixels of ``views`` (0 for the view
+        nearest 0°), their IMOD ``.xf`` rows ``(t, 6)``, peak scores and significances.
+
+    Raises
+    ------
+    ValueError
+        For views that are not ``(t, h, w)``, one angle per view, sorted and within (-85, 85)°.
+
+    Examples
+    --------
+    >>> import torch
+    >>> yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    >>> views = torch.stack([torch.exp(-((xx - 30 - dx) ** 2 + (yy - 34) ** 2) / 40) for dx in (1.0, 0.0, -2.0)])
+    >>> coarse_align(views, torch.tensor([-3.0, 0.0, 3.0]), tilt_axis_deg=0.0).shifts_px[:, 0].round()
+    tensor([ 1.,  0., -2.], dtype=torch.float64)
     """
+    o = CoarseOptions() if options is None else options
+    lowpass_px, highpass_px, max_shift_px = o.lowpass_px, o.highpass_px, o.max_shift_px
     angles = _check_inputs(views, tilt_angles_deg)
     if reference not in ("neighbour", "cumulative"):
         raise ValueError(f"reference must be 'neighbour' or 'cumulative', got {reference!r}")
@@ -187,7 +233,7 @@ def coarse_align(
         falloff=0.03,
         device=dev,
     ).to(work.dtype)
-    taper = _edge_taper((h, w), max(int(taper_fraction * min(h, w)), 1), dev)
+    taper = _edge_taper((h, w), max(int(o.taper_fraction * min(h, w)), 1), dev)
     max_shift = (max_shift_px / b) if max_shift_px else min(h, w) / 4.0
     rot = rotation_matrix_2d(tilt_axis_deg)
     centre = torch.tensor(image_centre((h, w)), dtype=torch.float64)
@@ -207,7 +253,7 @@ def coarse_align(
         if reference == "neighbour":
             ref_img = work[j]
         else:  # the aligned views nearest in angle, from both sides, in j's frame
-            members = sorted(done, key=lambda i: abs(float(angles[i] - angles[k])))[:n_cumulative]
+            members = sorted(done, key=lambda i: abs(float(angles[i] - angles[k])))[: o.n_cumulative]
             others = [i for i in members if i != j]
             ref_img = work[j].clone() if j in members else torch.zeros_like(work[j])
             if others:

@@ -24,7 +24,9 @@ def dark_view_ratios(
     views: torch.Tensor,  # (t, h, w) raw counts, or a stack that is not counts; any order
     tilt_angles_deg,  # (t,) degrees
 ) -> torch.Tensor:  # (t,) float64 brightness / cosine-law expectation
-    """Each view's brightness relative to the cosine-law expectation (1 = as expected): the mean
+    """Measure each view's brightness relative to the cosine-law expectation.
+
+    Each view's brightness relative to the cosine-law expectation (1 = as expected): the mean
     over ``I_ref cos(theta)`` for counts, the spread over ``S_ref sqrt(cos(theta))`` otherwise.
 
     ``I_ref`` is the upper quartile of ``mean / cos(theta)`` over the half of the views nearest
@@ -52,7 +54,9 @@ def dark_view_ratios(
 
 
 def looks_like_counts(views: torch.Tensor) -> bool:
-    """True when ``views`` (t, h, w) look like raw counts: a positive mean in every view and
+    """Tell whether ``views`` look like raw counts.
+
+    True when ``views`` (t, h, w) look like raw counts: a positive mean in every view and
     at most 1% negative pixels (read noise on a dark-subtracted camera), so the mean measures
     the dose.
     """
@@ -67,7 +71,9 @@ def detect_dark_views(
     *,
     tolerance: float = 0.7,
 ) -> torch.Tensor:  # (t,) bool, True = dark
-    """Views below ``tolerance`` x the cosine-law expectation (AreTomo ``DarkTol``): of the mean
+    """Find views darker than ``tolerance`` x the cosine-law expectation (AreTomo ``DarkTol``).
+
+    Views below ``tolerance`` x the cosine-law expectation (AreTomo ``DarkTol``): of the mean
     for counts, of the spread for stacks that are not counts (module docstring).
     """
     if not 0.0 < tolerance < 1.0:

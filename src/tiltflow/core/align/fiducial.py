@@ -1,4 +1,6 @@
-"""The fiducial route in one call: coarse alignment -> bead tracking -> bundle adjustment ->
+"""The fiducial route in one call.
+
+Coarse alignment -> bead tracking -> bundle adjustment ->
 gap filling around the solution -> final bundle adjustment.
 
 Views are raw, sorted by tilt angle, at the binning the caller chose; every position, shift and
@@ -8,11 +10,12 @@ Views are raw, sorted by tilt angle, at the binning the caller chose; every posi
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
 
-from tiltflow.core.align.bundle import FiducialSolution, solve_alignment
+from tiltflow.core.align.bundle import BundleOptions, FiducialSolution, solve_alignment
 from tiltflow.core.align.coarse import CoarseResult, coarse_align
 from tiltflow.core.align.tracking import Tracks, fill_gaps, track_beads
 from tiltflow.core.transforms import geometry_to_xf
@@ -36,14 +39,54 @@ def align_fiducial(
     tilt_axis_deg: float,  # starting value, e.g. from the mdoc
     bead_diameter_px: float,  # in pixels of ``views``
     seeds: torch.Tensor | None = None,  # (n, 2) beads in the view nearest 0°, default detected
-    coarse_reference: str = "cumulative",
-    solve_magnification: bool = True,
-    solve_tilt_angles: bool = True,
-    solve_tilt_offset: bool = True,
-    group_size: int = 5,
-    robust: bool = True,
+    coarse_reference: Literal["neighbour", "cumulative"] = "cumulative",
+    bundle: BundleOptions | None = None,  # what the bundle adjustment solves for
 ) -> FiducialAlignment:
-    """Fiducial alignment of one tilt series (module docstring); see the stages' functions."""
+    """Align one tilt series on its gold beads (module docstring), from raw views to ``.xf``.
+
+    Coarse alignment, bead tracking, bundle adjustment, gap filling around the first solution and a
+    final bundle adjustment; views without beads take the coarse shift.
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        ``(t, h, w)`` raw views sorted by tilt angle.
+    tilt_angles_deg : torch.Tensor
+        ``(t,)`` tilt angles in degrees, as stored.
+    tilt_axis_deg : float
+        Starting tilt-axis angle (e.g. the mdoc's), degrees from +y, counter-clockwise.
+    bead_diameter_px : float
+        Bead diameter in pixels of ``views``.
+    seeds : torch.Tensor, optional
+        ``(n, 2)`` bead positions (x, y) in the view nearest 0°; default detected.
+    coarse_reference : {"neighbour", "cumulative"}
+        Reference of the coarse alignment (:func:`~tiltflow.core.align.coarse.coarse_align`).
+    bundle : BundleOptions, optional
+        What the bundle adjustment solves for (default: everything, robust).
+
+    Returns
+    -------
+    FiducialAlignment
+        The coarse result, the tracks and the ``solution`` (``solution.xf``: ``(t, 6)`` IMOD rows in
+        pixels of ``views``).
+
+    Raises
+    ------
+    ValueError
+        For fewer than 3 beads to seed or to solve with.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tiltflow.core.align.residuals import project_beads
+    >>> angles = torch.arange(-30.0, 31.0, 10.0)
+    >>> xyz = torch.tensor([[-20.0, -20, 5], [20, -15, -5], [-10, 25, 0], [15, 10, 8], [0, 0, -8]])
+    >>> p = project_beads(xyz, angles, tilt_axis_deg=85.0, shifts_px=torch.zeros(7, 2), image_shape=(128, 128))
+    >>> yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    >>> views = 100 - 50 * torch.exp(-((xx - p[..., :1, None]) ** 2 + (yy - p[..., 1:, None]) ** 2) / 8).sum(0)
+    >>> align_fiducial(views, angles, tilt_axis_deg=85.0, bead_diameter_px=5.0).solution.xf.shape
+    torch.Size([7, 6])
+    """
     angles = torch.as_tensor(tilt_angles_deg, dtype=torch.float64)
     shape = (int(views.shape[-2]), int(views.shape[-1]))
     coarse = coarse_align(views, angles, tilt_axis_deg=tilt_axis_deg, reference=coarse_reference)
@@ -55,16 +98,10 @@ def align_fiducial(
         bead_diameter_px=bead_diameter_px,
         seeds=seeds,
     )
-    options = {
-        "image_shape": shape,
-        "solve_tilt_offset": solve_tilt_offset,
-        "solve_magnification": solve_magnification,
-        "solve_tilt_angles": solve_tilt_angles,
-        "group_size": group_size,
-        "robust": robust,
-    }
     first = fill_beadless_views(
-        solve_alignment(tracks, angles, tilt_axis_deg_initial=tracks.tilt_axis_deg, **options), coarse.shifts_px, angles
+        solve_alignment(tracks, angles, tilt_axis_deg_initial=tracks.tilt_axis_deg, image_shape=shape, options=bundle),
+        coarse.shifts_px,
+        angles,
     )
     pos, scores = fill_gaps(
         views,
@@ -82,13 +119,15 @@ def align_fiducial(
         seed_view=tracks.seed_view,
         tilt_axis_deg=first.tilt_axis_deg,
     )
-    solution = solve_alignment(tracks, angles, tilt_axis_deg_initial=first.tilt_axis_deg, **options)
+    solution = solve_alignment(
+        tracks, angles, tilt_axis_deg_initial=first.tilt_axis_deg, image_shape=shape, options=bundle
+    )
     solution = fill_beadless_views(solution, coarse.shifts_px, angles)
     return FiducialAlignment(coarse=coarse, tracks=tracks, solution=solution)
 
 
 def beadless_views(solution: FiducialSolution) -> torch.Tensor:  # (t,) bool
-    """Views in which no bead was observed: the bundle cannot place them."""
+    """Find the views in which no bead was observed: the bundle cannot place them."""
     return ~torch.isfinite(solution.residuals_px).any(0)
 
 
@@ -97,7 +136,9 @@ def fill_beadless_views(
     coarse_shifts_px: torch.Tensor,  # (t, 2) raw-image shifts of the coarse alignment
     tilt_angles_deg: torch.Tensor,  # (t,) ascending
 ) -> FiducialSolution:
-    """Shifts for views without beads (the bundle leaves them at 0): the coarse shift plus the
+    """Give views without beads shifts from the coarse alignment, in the bundle's frame.
+
+    Shifts for views without beads (the bundle leaves them at 0): the coarse shift plus the
     bundle-minus-coarse difference interpolated over tilt angle from the views with beads
     (constant beyond the last one); ``xf`` and ``projected_px`` follow.
     """
@@ -122,13 +163,11 @@ def resolve_fiducial(
     *,
     tilt_axis_deg: float,  # starting value (e.g. the previous solution's)
     image_shape: tuple[int, int],  # (ny, nx) of the views the positions refer to
-    solve_magnification: bool = True,
-    solve_tilt_angles: bool = True,
-    solve_tilt_offset: bool = True,
-    group_size: int = 5,
-    robust: bool = True,
+    bundle: BundleOptions | None = None,  # what the bundle adjustment solves for
 ) -> FiducialAlignment:
-    """Bundle adjustment of an existing bead model, without coarse alignment or tracking: etomo's
+    """Re-solve an existing bead model by bundle adjustment, without coarse alignment or tracking.
+
+    Bundle adjustment of an existing bead model, without coarse alignment or tracking: etomo's
     "fix the model and re-solve" after beads or views were dropped.
     """
     pos = torch.as_tensor(positions_px, dtype=torch.float64)
@@ -146,10 +185,6 @@ def resolve_fiducial(
         angles,
         tilt_axis_deg_initial=float(tilt_axis_deg),
         image_shape=image_shape,
-        solve_tilt_offset=solve_tilt_offset,
-        solve_magnification=solve_magnification,
-        solve_tilt_angles=solve_tilt_angles,
-        group_size=group_size,
-        robust=robust,
+        options=bundle,
     )
     return FiducialAlignment(coarse=None, tracks=tracks, solution=solution)

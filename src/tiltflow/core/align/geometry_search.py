@@ -27,6 +27,8 @@ __all__ = ["GeometrySearchResult", "search_tilt_geometry", "stretch_score"]
 
 @dataclass(frozen=True)
 class GeometrySearchResult:
+    """The tilt axis and offset where the stretched correlation of a series peaks."""
+
     tilt_axis_deg: float  # degrees from +y, counter-clockwise
     tilt_offset_deg: float  # added to the given tilt angles
     score: float  # mean peak NCC of the coarse alignment there
@@ -44,7 +46,9 @@ def stretch_score(
 
 
 def _parabola_max(xs: list[float], ys: list[float], lo: float, hi: float) -> float:
-    """Apex of the parabola through the best trial and its neighbours (the best trial if the
+    """Find the apex of the parabola through the best trial and its neighbours.
+
+    Apex of the parabola through the best trial and its neighbours (the best trial if the
     parabola opens upwards or the best is at an end), clamped to ``[lo, hi]``.
     """
     k = max(range(len(ys)), key=lambda i: ys[i])
@@ -121,7 +125,9 @@ def search_tilt_geometry(
 def _quadratic_max(
     pts: list[tuple[float, float]], vals: list[float], a: float, o: float, da: float, do: float
 ) -> tuple[float, float]:
-    """Maximum of a quadratic surface fitted to the trials (within one step of the centre);
+    """Find the maximum of a quadratic surface fitted to the trials.
+
+    Maximum of a quadratic surface fitted to the trials (within one step of the centre);
     the best trial if the surface has no maximum.
     """
     best = max(range(len(vals)), key=lambda i: vals[i])

@@ -55,7 +55,7 @@ from tiltflow.core.align.projection_matching_stages import (
 from tiltflow.core.reconstruct import bin_views
 from tiltflow.core.transforms import geometry_to_xf
 
-__all__ = ["ProjectionMatchingResult", "projection_matching_align", "working_binning"]
+__all__ = ["MatchingOptions", "ProjectionMatchingResult", "projection_matching_align", "working_binning"]
 
 _SEARCH_PX = 128  # the geometry search works on views binned to about this size
 _WORK_PX = 320  # without a pixel size: larger views are binned by 2, 4, ... to this size
@@ -82,8 +82,25 @@ class ProjectionMatchingResult:
     coarse_peak_significance: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class MatchingOptions:
+    """Iterations, refinements and searches of :func:`projection_matching_align`."""
+
+    iterations: int = 4
+    refine_tilt_axis: bool = True
+    refine_tilt_offset: bool = True
+    exclude_dark: bool = True  # leave out views much darker than their tilt explains
+    dark_tolerance: float = 0.7
+    axis_search_deg: float = 3.0  # largest change of the axis from the initial one
+    offset_search_deg: float = 4.5  # largest tilt offset searched
+    # per iteration, px of the input views (default w / 16; 3 binned px from the coarse start)
+    max_shift_px: float | None = None
+
+
 def working_binning(side_px: int, pixel_size_a: float | None) -> int:
-    """Further binning (1, 2, 4, ...) of views ``side_px`` wide (their shorter side) for projection
+    """Choose the further binning (1, 2, 4, ...) of views for projection matching.
+
+    Further binning (1, 2, 4, ...) of views ``side_px`` wide (their shorter side) for projection
     matching: while their pixel is finer than 10 Å or they are wider than 640 px, never below 256
     px; without a pixel size, until they are at most 320 px.
 
@@ -111,27 +128,60 @@ def projection_matching_align(
     align_z_px: float,  # slab thickness of the intermediate reconstructions, input px
     initial_shifts_px: torch.Tensor | None = None,  # (t, 2) raw-image shifts, e.g. coarse
     binning: int = 2,
-    iterations: int = 4,
-    refine_tilt_axis: bool = True,
-    refine_tilt_offset: bool = True,
-    exclude_dark: bool = True,
-    dark_tolerance: float = 0.7,
-    axis_search_deg: float = 3.0,  # largest change of the axis from the initial one
-    offset_search_deg: float = 4.5,  # largest tilt offset searched
-    max_shift_px: float | None = None,  # per iteration, input px (default w / 16; 3 binned px
-    # from the coarse start)
     pixel_size_a: float | None = None,  # of ``views`` (Å); sets the working binning (below)
+    options: MatchingOptions | None = None,
 ) -> ProjectionMatchingResult:
-    """Align a tilt series by projection matching (module docstring); pure, device of ``views``.
+    """Align a tilt series by projection matching, without beads (AreTomo-style; module docstring).
 
-    Shifts and ``align_z_px`` are in pixels of ``views``; the work runs on views binned by
-    ``binning`` and by 2, 4, ... more: with ``pixel_size_a``, while their pixel is finer than 10 Å
-    or they are larger than 640 px (never below 256 px), else until they are at most 320 px; the
-    geometry search on about 128 px.  Projection matching starts from the coarse alignment at
-    the searched geometry, or from ``initial_shifts_px`` when neither the axis nor the offset is
-    refined (then dark views keep those; else they get shifts interpolated from their
-    neighbours in angle).  Raises ``ValueError`` for malformed input or too few usable views.
+    Shifts and ``align_z_px`` are in pixels of ``views``; the work runs on views binned by ``binning``
+    and by 2, 4, ... more: with ``pixel_size_a``, while their pixel is finer than 10 Å or they are
+    larger than 640 px (never below 256 px), else until they are at most 320 px; the geometry search
+    on about 128 px. Projection matching starts from the coarse alignment at the searched geometry,
+    or from ``initial_shifts_px`` when neither the axis nor the offset is refined (then dark views keep
+    those; else they get shifts interpolated from their neighbours in angle). Pure; device of ``views``.
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        ``(t, h, w)`` raw views (counts), sorted by tilt angle.
+    tilt_angles_deg : array_like
+        ``(t,)`` tilt angles in degrees, as stored by the microscope.
+    tilt_axis_deg : float
+        Initial tilt-axis angle (mdoc), degrees from +y, counter-clockwise.
+    align_z_px : float
+        Slab thickness of the intermediate reconstructions, pixels of ``views``.
+    initial_shifts_px : torch.Tensor, optional
+        ``(t, 2)`` raw-image shifts (x, y) to start from, e.g. a coarse alignment's.
+    binning : int
+        Binning before the work.
+    pixel_size_a : float, optional
+        Pixel size of ``views`` (Å/px); sets the further working binning.
+    options : MatchingOptions, optional
+        Iterations, refinements, dark-view exclusion and search ranges.
+
+    Returns
+    -------
+    ProjectionMatchingResult
+        ``xf`` ``(t, 6)`` IMOD rows and ``shifts_px`` ``(t, 2)`` in pixels of ``views``, refined axis
+        and tilt offset, dark views, per-view errors and the history of the stages.
+
+    Raises
+    ------
+    ValueError
+        For malformed input or fewer than 5 usable (non-dark) views.
+
+    Examples
+    --------
+    >>> import torch
+    >>> views = torch.rand(7, 64, 64, generator=torch.Generator().manual_seed(0)) + 1.0
+    >>> angles = torch.arange(-30.0, 31.0, 10.0)
+    >>> fixed = MatchingOptions(iterations=1, refine_tilt_axis=False, refine_tilt_offset=False)
+    >>> projection_matching_align(views, angles, tilt_axis_deg=0.0, align_z_px=16.0, binning=1, options=fixed).xf.shape
+    torch.Size([7, 6])
     """
+    o = MatchingOptions() if options is None else options
+    iterations, refine_tilt_axis, refine_tilt_offset = o.iterations, o.refine_tilt_axis, o.refine_tilt_offset
+    max_shift_px = o.max_shift_px
     if not isinstance(views, torch.Tensor) or views.ndim != 3:
         raise ValueError(f"views must be a (t, h, w) tensor, got {getattr(views, 'shape', type(views))}")
     t, h, w = views.shape
@@ -150,8 +200,8 @@ def projection_matching_align(
         if shifts.shape != (t, 2):
             raise ValueError(f"initial_shifts_px must have shape ({t}, 2), got {tuple(shifts.shape)}")
     dark = (
-        detect_dark_views(views, angles, tolerance=dark_tolerance).cpu()
-        if exclude_dark
+        detect_dark_views(views, angles, tolerance=o.dark_tolerance).cpu()
+        if o.exclude_dark
         else torch.zeros(t, dtype=torch.bool)
     )
     use = torch.nonzero(~dark).reshape(-1)
@@ -169,7 +219,7 @@ def projection_matching_align(
     extra = working_binning(min(x.shape[-2:]), None if not pixel_size_a else pixel_size_a * binning)
     v = bin_views(x, extra) if extra > 1 else x
     b = extra * int(binning)
-    out_shape = (v.shape[-1], v.shape[-2]) if sideways else tuple(v.shape[-2:])
+    out_shape = (int(v.shape[-1]), int(v.shape[-2])) if sideways else (int(v.shape[-2]), int(v.shape[-1]))
     # a slab about as thick as the field is wide spans it at high tilt, where few views see the
     # slab's edges: its references mislead (21 views of 128 px, 150 nm ice: a 136-px slab gave
     # 7-9 px honest residual, 80-100 px slabs 1-2 px)
@@ -195,8 +245,8 @@ def projection_matching_align(
             bin_views(x, k) if k > 1 else x,
             used,
             tilt_axis_deg=axis,
-            axis_range_deg=axis_search_deg if refine_tilt_axis else 0.0,
-            offset_range_deg=offset_search_deg if refine_tilt_offset else 0.0,
+            axis_range_deg=o.axis_search_deg if refine_tilt_axis else 0.0,
+            offset_range_deg=o.offset_search_deg if refine_tilt_offset else 0.0,
         )
         axis, offset = g.tilt_axis_deg, g.tilt_offset_deg
         history.append(

@@ -27,7 +27,9 @@ RAMP_CUTOFF = 0.3  # cycles/px, radial filter of the intermediate reconstruction
 
 
 def support_mask(xf: torch.Tensor, raw_shape: tuple[int, int], out_shape: tuple[int, int]) -> torch.Tensor:
-    """Soft mask ``(n, ho, wo)``: 1 inside the raw view's footprint, cosine edges; the aligned
+    """Build soft masks of the raw views' footprints in the aligned views.
+
+    Soft mask ``(n, ho, wo)``: 1 inside the raw view's footprint, cosine edges; the aligned
     view's own border tapered too.  ``xf`` ``(n, 6)`` maps raw ``raw_shape`` to aligned views.
     """
     h, w = raw_shape
@@ -128,7 +130,9 @@ def references(
     cache: dict | None = None,
     projectors: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (n, h, w) leave-one-out, (n, h, w) wide
-    """Reprojections at each angle of a WBP slab ``nz`` thick: without that view (leave-one-out)
+    """Reproject a WBP slab at each angle without that view (leave-one-out) and without its neighbours.
+
+    Reprojections at each angle of a WBP slab ``nz`` thick: without that view (leave-one-out)
     and without every view within ``exclude_deg`` of it (wide).
 
     ``P_i sum_j BP_j f_j`` is the full projection, so leaving views out subtracts ``M_ij f_j``

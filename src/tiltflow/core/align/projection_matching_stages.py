@@ -1,4 +1,6 @@
-"""The stages of projection matching (``projection_matching``): the working series, the coarse
+"""The stages of projection matching (``projection_matching``).
+
+The working series, the coarse
 start, the specimen's centre and level, the shift iterations, dark views' shifts.
 Conventions as ``projection_matching`` (raw unbinned px for shifts, binned aligned px inside).
 """
@@ -61,13 +63,15 @@ def aligned_views(s: MatchSeries, axis_deg: float, shifts_px: torch.Tensor) -> t
     """Aligned binned views ``(n, ho, wo)`` and their soft correlation masks."""
     xf = geometry_to_xf(axis_deg, shifts_px.to(torch.float64).cpu() / s.binning).to(s.views.device)
     aligned = apply_xf(s.views, xf, s.out_shape, mode="bilinear")
-    return aligned, support_mask(xf, s.views.shape[-2:], s.out_shape).to(aligned.dtype)
+    return aligned, support_mask(xf, (int(s.views.shape[-2]), int(s.views.shape[-1])), s.out_shape).to(aligned.dtype)
 
 
 def measure_shifts(
     s: MatchSeries, axis: float, offset: float, shifts: torch.Tensor, max_shift_px: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shift corrections ``(n, 2)`` (binned aligned px) from the correlation peaks with the
+    """Measure shift corrections from the correlation peaks with the leave-one-out references.
+
+    Shift corrections ``(n, 2)`` (binned aligned px) from the correlation peaks with the
     leave-one-out references, and those peaks' NCC ``(n,)``.
     """
     aligned, mask = aligned_views(s, axis, shifts)
@@ -133,7 +137,9 @@ def centre_specimen(
     nz: int,
     level: bool,
 ) -> tuple[float, torch.Tensor]:
-    """Shifts that centre the specimen in z and the tilt offset that levels it if ``level``,
+    """Centre the specimen in z and, if ``level``, level it by a tilt offset.
+
+    Shifts that centre the specimen in z and the tilt offset that levels it if ``level``,
     from a reconstruction ``nz`` thick.
     """
     aligned, _ = aligned_views(s, axis, shifts)

@@ -150,7 +150,9 @@ def alignment_residual_against_truth(
     true_bead_projections_px: torch.Tensor,  # (n, t, 2) TRUE raw bead positions, NaN = not seen
     image_shape: tuple[int, int],  # (ny, nx) of the stack the .xf applies to
 ) -> float:  # RMS residual, px
-    """The honest measure: our ``.xf`` applied to the TRUE 2-D bead positions, each bead's 3-D
+    """Measure an alignment honestly against the true 2-D bead positions (RMS, px).
+
+    The honest measure: our ``.xf`` applied to the TRUE 2-D bead positions, each bead's 3-D
     position fitted to those aligned positions at our tilt angles (least squares), RMS of the
     2-D residuals over all observed points of beads seen in at least 3 views.
 

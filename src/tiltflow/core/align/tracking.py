@@ -1,4 +1,6 @@
-"""Bead tracking through a tilt series: seeding near 0°, model-based prediction, local search,
+"""Bead tracking through a tilt series (in the spirit of IMOD ``beadtrack``).
+
+Bead tracking through a tilt series: seeding near 0°, model-based prediction, local search,
 gap filling (in the spirit of IMOD ``beadtrack``).
 
 Positions are raw pixel (x, y); views are sorted by tilt. The tracking model is
@@ -13,7 +15,7 @@ offset is found first by summing their correlation maps (robust to coarse-alignm
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,7 +23,7 @@ from tiltflow.core.align.beads import bead_template, detect_beads, ncc_map, subp
 from tiltflow.core.align.residuals import fit_beads_and_shifts, project_beads
 from tiltflow.core.geometry import rotation_matrix_2d
 
-__all__ = ["Tracks", "fill_gaps", "locate_beads", "refine_tilt_axis", "track_beads"]
+__all__ = ["TrackingOptions", "Tracks", "fill_gaps", "locate_beads", "refine_tilt_axis", "track_beads"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,31 @@ class Tracks:
 
     @property
     def found(self) -> torch.Tensor:  # (n, t) bool
+        """Where a bead was found: ``(n, t)`` bool."""
         return torch.isfinite(self.positions_px).all(-1)
+
+
+@dataclass(frozen=True)
+class TrackingOptions:
+    """Search and outlier settings of :func:`track_beads` and :func:`fill_gaps` (d = bead diameter)."""
+
+    search_radius_px: float | None = None  # default max(0.3 d, 3)
+    vote_radius_px: float | None = None  # common-offset search, default max(d, 8)
+    max_z_px: float | None = None  # bead |z| range for slit searches, default max(h, w)
+    min_score: float = 0.35  # lowest NCC with the bead template
+    max_residual_px: float | None = None  # outlier limit after tracking, default max(0.3 d, 2.5)
+    fill_gaps: bool = True  # search missing points again around the model's predictions
+    refine_axis: bool = True  # refine the tilt axis from the tracks
+
+    def resolved(self, bead_diameter_px: float) -> TrackingOptions:
+        """Fill in the defaults that depend on the bead diameter."""
+        d = float(bead_diameter_px)
+        return replace(
+            self,
+            search_radius_px=max(0.3 * d, 3.0) if self.search_radius_px is None else self.search_radius_px,
+            vote_radius_px=max(d, 8.0) if self.vote_radius_px is None else self.vote_radius_px,
+            max_residual_px=max(0.3 * d, 2.5) if self.max_residual_px is None else self.max_residual_px,
+        )
 
 
 def locate_beads(
@@ -92,7 +118,7 @@ def locate_beads(
 
 
 def _vote(maps: torch.Tensor, keep: torch.Tensor, radius_px: float) -> torch.Tensor:
-    """Common offset (x, y) of beads ``keep`` from their summed NCC maps within ``radius_px``."""
+    """Find the common offset (x, y) of beads ``keep`` from their summed NCC maps within ``radius_px``."""
     total = maps[keep].clamp_min(0).sum(0)
     half = total.shape[-1] // 2
     g = torch.arange(-half, half + 1, device=maps.device)
@@ -113,7 +139,9 @@ def refine_tilt_axis(
     search_deg: float = 3.0,
     step_deg: float = 0.25,
 ) -> float:
-    """In-plane axis angle from bead tracks: minimises the median residual of the tracking model
+    """Refine the in-plane tilt-axis angle from bead tracks.
+
+    In-plane axis angle from bead tracks: minimises the median residual of the tracking model
     (3-D beads + per-view shifts, ``residuals.fit_beads_and_shifts``) over a grid of angles
     around ``tilt_axis_deg``, refined by a parabola. The full solve
     (``bundle.solve_alignment``) refines it further.
@@ -152,19 +180,13 @@ def track_beads(
     bead_diameter_px: float,
     seeds: torch.Tensor | None = None,  # (n, 2) bead positions in the seed view, default detected
     seed_view: int | None = None,  # default: the view nearest 0°
-    search_radius_px: float | None = None,  # default max(0.3 d, 3)
-    vote_radius_px: float | None = None,  # common-offset search, default max(d, 8)
-    max_z_px: float | None = None,  # bead |z| range for slit searches, default max(h, w)
-    min_score: float = 0.35,
-    max_residual_px: float | None = None,  # outlier limit after tracking, default max(0.3 d, 2.5)
-    fill_gaps: bool = True,
-    refine_axis: bool = True,
+    options: TrackingOptions | None = None,
 ) -> Tracks:
     """Seed beads in the view nearest 0° and follow them through the series (module docstring).
 
-    After the first pass the model (axis included when ``refine_axis``) is re-fitted to all
-    points; points further than ``max_residual_px`` from it are dropped and missing points are
-    searched again around the model's prediction (``fill_gaps``).
+    After the first pass the model (axis included when ``options.refine_axis``) is re-fitted to
+    all points; points further than ``options.max_residual_px`` from it are dropped and missing
+    points are searched again around the model's prediction (``options.fill_gaps``).
     """
     if views.ndim != 3:
         raise ValueError(f"views must have shape (t, h, w), got {tuple(views.shape)}")
@@ -186,15 +208,16 @@ def track_beads(
         raise ValueError(
             f"track_beads: only {seeds.shape[0]} beads to seed in view {seed}; pass seeds or check bead_diameter_px"
         )
+    opts = (TrackingOptions() if options is None else options).resolved(d)
     search = _Search(
         template=bead_template(d, device=dev),
         margin=d / 2 + 1,
         shape=(h, w),
-        radius_px=max(0.3 * d, 3.0) if search_radius_px is None else search_radius_px,
-        vote_px=max(d, 8.0) if vote_radius_px is None else vote_radius_px,
-        min_score=min_score,
+        radius_px=float(opts.search_radius_px or 0.0),
+        vote_px=float(opts.vote_radius_px or 0.0),
+        min_score=opts.min_score,
     )
-    z_max = float(max(h, w)) if max_z_px is None else max_z_px
+    z_max = float(max(h, w)) if opts.max_z_px is None else opts.max_z_px
     n = seeds.shape[0]
     pos = torch.full((n, t, 2), torch.nan, dtype=torch.float64, device=dev)
     score = torch.full((n, t), torch.nan, dtype=torch.float64, device=dev)
@@ -209,7 +232,7 @@ def track_beads(
             pos, angles, tilt_axis_deg=axis, shifts_px=shifts, iterations=2, image_shape=(h, w)
         )
         shifts = torch.where(done.any(0)[:, None], fitted, shifts)
-        if refine_axis and count >= 6 and count % 4 == 2:
+        if opts.refine_axis and count >= 6 and count % 4 == 2:
             axis = refine_tilt_axis(pos, angles, tilt_axis_deg=axis, image_shape=(h, w))
         pred = project_beads(
             xyz, angles[k : k + 1], tilt_axis_deg=axis, shifts_px=shifts[k : k + 1], image_shape=(h, w)
@@ -221,22 +244,7 @@ def track_beads(
         shifts[k] = shifts[k] + offset
         ok = torch.isfinite(sc)
         pos[ok, k], score[ok, k] = xy[ok], sc[ok]
-    tol = max(0.3 * d, 2.5) if max_residual_px is None else max_residual_px
-    return _finish(
-        views,
-        pos,
-        score,
-        angles,
-        axis,
-        shifts,
-        seed,
-        d=d,
-        r_small=search.radius_px,
-        tol=tol,
-        min_score=min_score,
-        fill=fill_gaps,
-        refine_axis=refine_axis,
-    )
+    return _finish(views, angles, (pos, score), shifts, axis=axis, seed=seed, d=d, options=opts)
 
 
 @dataclass(frozen=True)
@@ -260,7 +268,9 @@ class _Search:
 
 
 def _search_view(image, pred, known, along, axis, search: _Search):
-    """One view: the common offset by voting (beads with a z), then each bead's peak near its
+    """Search one view: the common offset by voting, then each bead's peak.
+
+    One view: the common offset by voting (beads with a z), then each bead's peak near its
     shifted prediction. Returns positions (n, 2), scores (n,) (NaN = rejected), offset (2,).
     """
     offset = torch.zeros(2, dtype=torch.float64, device=pred.device)
@@ -283,18 +293,18 @@ def fill_gaps(
     *,
     bead_diameter_px: float,
     tilt_axis_deg: float,
-    search_radius_px: float | None = None,  # default max(0.3 d, 3)
-    min_score: float = 0.35,
-    max_residual_px: float | None = None,  # default max(0.3 d, 2.5)
+    options: TrackingOptions | None = None,  # search_radius_px, min_score, max_residual_px
     keep_views: tuple[int, ...] = (),  # views whose points are never dropped (the seed view)
 ) -> tuple[torch.Tensor, torch.Tensor]:  # new positions (n, t, 2), scores (n, t)
-    """Drop points further than ``max_residual_px`` from the model and search missing points
-    within ``search_radius_px`` of the model's prediction (inputs are not modified).
+    """Drop points far from the model and search missing points near its prediction.
+
+    Points further than ``options.max_residual_px`` from ``predicted_px`` are dropped; missing
+    points are searched within ``options.search_radius_px`` of it. Inputs are not modified.
     """
     t, h, w = views.shape
     d = float(bead_diameter_px)
-    r_small = max(0.3 * d, 3.0) if search_radius_px is None else search_radius_px
-    tol = max(0.3 * d, 2.5) if max_residual_px is None else max_residual_px
+    opts = (TrackingOptions() if options is None else options).resolved(d)
+    r_small, tol, min_score = float(opts.search_radius_px or 0.0), float(opts.max_residual_px or 0.0), opts.min_score
     pos, score = positions_px.clone(), scores.clone()
     pred = predicted_px.to(pos)
     bad = ((pos - pred).norm(dim=-1) > tol) & torch.isfinite(pos).all(-1)
@@ -314,15 +324,18 @@ def fill_gaps(
     return pos, score
 
 
-def _finish(views, pos, score, angles, axis, shifts, seed, *, d, r_small, tol, min_score, fill, refine_axis) -> Tracks:
+def _finish(views, angles, found, shifts, *, axis, seed, d, options: TrackingOptions) -> Tracks:
     """Refit the model (axis too), drop outliers, fill gaps around the model's predictions."""
-    model = dict(image_shape=tuple(views.shape[-2:]))
-    for _ in range(2 if fill else 1):
-        if refine_axis:
-            axis = refine_tilt_axis(pos, angles, tilt_axis_deg=axis, **model)
-        xyz, shifts = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts, iterations=4, **model)
-        pred = project_beads(xyz, angles, tilt_axis_deg=axis, shifts_px=shifts, **model)
-        if fill:
+    pos, score = found
+    shape = (int(views.shape[-2]), int(views.shape[-1]))
+    for _ in range(2 if options.fill_gaps else 1):
+        if options.refine_axis:
+            axis = refine_tilt_axis(pos, angles, tilt_axis_deg=axis, image_shape=shape)
+        xyz, shifts = fit_beads_and_shifts(
+            pos, angles, tilt_axis_deg=axis, shifts_px=shifts, iterations=4, image_shape=shape
+        )
+        pred = project_beads(xyz, angles, tilt_axis_deg=axis, shifts_px=shifts, image_shape=shape)
+        if options.fill_gaps:
             pos, score = fill_gaps(
                 views,
                 pos,
@@ -330,11 +343,11 @@ def _finish(views, pos, score, angles, axis, shifts, seed, *, d, r_small, tol, m
                 pred,
                 bead_diameter_px=d,
                 tilt_axis_deg=axis,
-                search_radius_px=r_small,
-                min_score=min_score,
-                max_residual_px=tol,
+                options=options,
                 keep_views=(seed,),
             )
-    xyz, shifts = fit_beads_and_shifts(pos, angles, tilt_axis_deg=axis, shifts_px=shifts, iterations=2, **model)
-    pred = project_beads(xyz, angles, tilt_axis_deg=axis, shifts_px=shifts, **model)
+    xyz, shifts = fit_beads_and_shifts(
+        pos, angles, tilt_axis_deg=axis, shifts_px=shifts, iterations=2, image_shape=shape
+    )
+    pred = project_beads(xyz, angles, tilt_axis_deg=axis, shifts_px=shifts, image_shape=shape)
     return Tracks(positions_px=pos, scores=score, predicted_px=pred, seed_view=seed, tilt_axis_deg=float(axis))

@@ -1,4 +1,6 @@
-"""Is an alignment supported by the data?  Plausibility limits on the refined geometry, the
+"""Whether an alignment is supported by the data.
+
+Plausibility limits on the refined geometry, the
 spread of a bead-levelled tilt offset, and a per-series verdict (good / check / failed) with
 its reasons.
 
@@ -55,7 +57,9 @@ def inconsistent_tracks(
     magnification: torch.Tensor | None,  # (t,)
     limits: GeometryLimits = GeometryLimits(),
 ) -> str | None:
-    """A reason when grouped magnifications or tilt changes are so far off that the bead tracks
+    """Name bead tracks that cannot belong to one rigid specimen.
+
+    A reason when grouped magnifications or tilt changes are so far off that the bead tracks
     cannot belong to one rigid specimen; None otherwise.
     """
     if magnification is not None:
@@ -89,7 +93,9 @@ def geometry_problems(
     magnification: torch.Tensor | None = None,  # (t,) or None
     limits: GeometryLimits = GeometryLimits(),
 ) -> dict[str, str]:
-    """Refined values beyond ``limits``: ``{parameter: reason}`` with parameter one of
+    """List the refined values beyond ``limits``.
+
+    Refined values beyond ``limits``: ``{parameter: reason}`` with parameter one of
     ``tilt_offset``, ``tilt_angles``, ``tilt_axis``, ``magnification``; empty when plausible.
     Non-finite values are problems too.
     """
@@ -128,7 +134,9 @@ def offset_spread_deg(
     bead_xyz_px: torch.Tensor,  # (n, 3) beads used to level the specimen
     level_fn,  # (m, 3) -> offset in degrees, e.g. bundle's levelling
 ) -> float:
-    """Jackknife standard error (degrees) of a tilt offset found by levelling beads: each bead
+    """Estimate the jackknife standard error (degrees) of a bead-levelled tilt offset.
+
+    Jackknife standard error (degrees) of a tilt offset found by levelling beads: each bead
     left out once, ``sqrt((n - 1) / n * sum((o_i - mean)^2))``. Large when few beads, or beads
     on one surface, leave the offset free (4 beads: 24°, -6°, 30°, 30°); small when every subset
     agrees. NaN with fewer than 5 beads (each subset needs 4).
@@ -170,7 +178,9 @@ def fiducial_verdict(
     n_beadless_views: int = 0,  # views placed by the coarse alignment alone
     coarse_peak_significance: torch.Tensor | None = None,  # (t,), the tracking's coarse start
 ) -> Verdict:
-    """good: residual ≤ 1 px (or a quarter bead) with ≥ 5 beads; check: a larger residual, few
+    """Judge a fiducial alignment: ``good``, ``check`` or ``failed``.
+
+    good: residual ≤ 1 px (or a quarter bead) with ≥ 5 beads; check: a larger residual, few
     beads, many flagged views, views without beads or a parameter held fixed; failed: a residual beyond half a bead
     (the model does not explain the tracks) or fewer than 3 beads.
     """
@@ -203,7 +213,9 @@ def fiducial_verdict(
 def weak_correlation(
     peak_significance: torch.Tensor | None, *, check_below: float = 8.0, fail_median_below: float = 5.0
 ) -> tuple[str | None, bool]:
-    """(reason, fatal) from the coarse alignment's peak significances (robust SDs above the
+    """Judge the coarse alignment's peak significances: (reason, fatal).
+
+    (reason, fatal) from the coarse alignment's peak significances (robust SDs above the
     correlation map's median, ``CoarseResult.peak_significance``): views below ``check_below``
     may have drifted; a median below ``fail_median_below`` means the views do not correlate at
     all (noise gives 3.7-4.1; a 7-view 128 x 112 px series of a real specimen 5.7). Calibration
@@ -238,7 +250,9 @@ def patch_verdict(
     fixed: dict[str, str],
     coarse_peak_significance: torch.Tensor | None = None,  # (t,)
 ) -> Verdict:
-    """failed: fewer than 5 matched views or no correlation left (median error ≥ 0.95);
+    """Judge a projection-matching alignment: ``good``, ``check`` or ``failed``.
+
+    failed: fewer than 5 matched views or no correlation left (median error ≥ 0.95);
     check: a parameter held fixed, more than a quarter of the views dark, or views whose error
     is an outlier (above median + 5 MAD, at least 0.1 above the median).
     """
@@ -253,7 +267,7 @@ def patch_verdict(
             "failed", (f"median projection-matching error {med:.2f}: the views do not match their reprojections",)
         )
     weak, fatal = weak_correlation(coarse_peak_significance)
-    if fatal:
+    if fatal and weak is not None:
         return Verdict("failed", (weak,))
     reasons = held_reasons(fixed) + ([weak] if weak else [])
     if n_dark > 0.25 * t:
@@ -266,7 +280,7 @@ def patch_verdict(
 
 
 def _angle_difference_deg(a: float, b: float) -> float:
-    """A - b wrapped to (-180, 180]."""
+    """Return a - b wrapped to (-180, 180]."""
     if not (math.isfinite(a) and math.isfinite(b)):
         return math.nan
     return (a - b + 180.0) % 360.0 - 180.0

@@ -72,9 +72,9 @@ def assign_series(ts: TiltSeries, a: TiltSeries, pointer: str) -> tuple[TiltSeri
     return replace(ts, acquisition=acq, images=images, attrs=dict(ts.attrs), alignment=a.alignment), dropped
 
 
-def run_assign_alignment(ctx: StepContext) -> dict[str, TiltSeriesSet]:
-    source: TiltSeriesSet = ctx.inputs["input"]
-    alignment: TiltSeriesSet = ctx.inputs["alignment"]
+def run_assign_alignment(ctx: StepContext[AssignAlignmentParams]) -> dict[str, TiltSeriesSet]:
+    source = ctx.input_set("input", TiltSeriesSet)
+    alignment = ctx.input_set("alignment", TiltSeriesSet)
     pointer = ctx.input_pointers["alignment"]
     by_id = {ts.ts_id: ts for ts in alignment.items}
     items = []
@@ -102,7 +102,7 @@ def run_assign_alignment(ctx: StepContext) -> dict[str, TiltSeriesSet]:
             + (f"; {dropped} views excluded: the alignment left them out" if dropped else "")
         )
         ctx.log.info(line)
-        ctx.options.setdefault("notes", []).append(line)
+        ctx.report.note(line)
     if not any(ts.enabled for ts in items):
         raise InputError(f"{ctx.input_pointers['input']}: every tilt series is excluded")
     attrs = dict(source.attrs, aligned=alignment.attrs.get("aligned"), alignment_from=pointer)
@@ -122,6 +122,7 @@ register(
         run=run_assign_alignment,
         scipion_class="ProtAssignTransformationMatrixTiltSeries",
         methods=(SCIPION_TOMO,),
-        help="Give one set's alignment (transforms, refined angles and axis, verdict) to another set of the same series.",
+        help="Give one set's alignment (transforms, refined angles and axis, verdict) to another set of the same "
+        "series.",
     )
 )

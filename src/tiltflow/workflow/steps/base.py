@@ -11,14 +11,18 @@ the command-line spelling and the metadata as data: the mode a parameter belongs
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tiltflow.workflow.run_options import RunOptions, RunReport
 from tiltflow.workflow.sets import AnySet
+
+if TYPE_CHECKING:
+    from tiltflow.workflow.store import ProjectStore
 
 
 @dataclass(frozen=True)
@@ -171,27 +175,44 @@ class InputSpec:
     optional: bool = False
 
 
-@dataclass
-class StepContext:
-    """What a step function gets: parameters, loaded inputs, its run folder, a logger."""
+P = TypeVar("P", bound=StepParams)
+S = TypeVar("S")
 
-    params: Any
+
+@dataclass
+class StepContext(Generic[P]):
+    """What a step function gets: its validated parameters, loaded inputs, its run folder, a logger,
+    the run options and the report its notes, warnings and progress go to."""
+
+    params: P
     inputs: dict[str, AnySet]
     input_pointers: dict[str, str]
     run_dir: Path
     project_root: Path
     run_id: int
     log: logging.Logger
-    options: dict[str, Any] = field(default_factory=dict)  # device, skip_bad, executor, ...
-    progress: Callable[[str, int, int], None] = lambda what, done, total: None
-    store: Any = None  # the ProjectStore (for per-item progress records only)
-    # intermediate files or folders a continue still needs: the runner removes them only once the
-    # run is registered finished (a step never deletes them itself)
+    options: RunOptions = field(default_factory=RunOptions)
+    report: RunReport = field(default_factory=RunReport)
+    store: ProjectStore | None = None  # the project (for per-item progress records only)
+    # intermediate files or folders a continue still needs: the runner lists them in the run folder,
+    # removes them once the run is registered finished, and the next run in the project removes those
+    # a killed process left (runner.remove_finished_scratch); a step never deletes them itself
     scratch: list[Path] = field(default_factory=list)
 
     @property
     def skip_bad(self) -> bool:
-        return bool(self.options.get("skip_bad"))
+        return self.options.skip_bad
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        """``done`` of ``total`` items finished, the last ``what`` (to ``report.progress``)."""
+        self.report.progress(what, done, total)
+
+    def input_set(self, name: str, kind: type[S]) -> S:
+        """The loaded input ``name`` as the set class ``kind`` (its :class:`InputSpec` types make it one)."""
+        value = self.inputs[name]
+        if not isinstance(value, kind):
+            raise TypeError(f"input '{name}' is a {type(value).__name__}, not a {kind.__name__}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -201,7 +222,7 @@ class Step:
     params: type[StepParams]
     inputs: tuple[InputSpec, ...]
     outputs: dict[str, str]  # name -> type
-    run: Callable[[StepContext], dict[str, AnySet]]
+    run: Callable[[StepContext[Any]], Mapping[str, AnySet]]
     help: str = ""
     scipion_class: str | None = None  # e.g. "ProtImportTsMovies"
     # checks against the loaded ``input`` set (steps/checks_data.py): InputError, one line, before any work

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from tiltflow.workflow.errors import InputError
 from tiltflow.workflow.steps.base import StepParams, cli_flag
@@ -36,7 +37,7 @@ _BOUNDS = {
 }
 
 
-def _message(model: type[StepParams], e: dict, data: Any) -> str:
+def _message(model: type[StepParams], e: ErrorDetails, data: Any) -> str:
     """One pydantic error as one line with the option's CLI name."""
     loc = e.get("loc") or ()
     if not loc:
@@ -129,7 +130,8 @@ class CheckedParams(StepParams):
     @field_validator(*RULES, check_fields=False)
     @classmethod
     def _rule(cls, value: Any, info: ValidationInfo) -> Any:
-        message = RULES[info.field_name](cli_flag(cls, info.field_name), value)
+        name = info.field_name or ""  # a field validator always knows its field
+        message = RULES[name](cli_flag(cls, name), value)
         if message:
             raise ValueError(message)
         return value

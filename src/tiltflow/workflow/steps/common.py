@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tiltflow.io.mdoc_ranges import RANGES
 from tiltflow.workflow.errors import InputError
@@ -91,7 +92,7 @@ def safe_ts_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip("._") or "TS"
 
 
-def report_bad_series(ctx: StepContext, problems: dict[str, list[str]], total: int) -> None:
+def report_bad_series(ctx: StepContext[Any], problems: dict[str, list[str]], total: int) -> None:
     """Fail with every problem listed, or (``--skip-bad``) log and skip the bad series."""
     if not problems:
         return
@@ -101,9 +102,17 @@ def report_bad_series(ctx: StepContext, problems: dict[str, list[str]], total: i
         raise InputError(lines + ([f"{len(problems)} of {total} series have problems{hint}"] if total > 1 else []))
     for line in lines:
         ctx.log.warning("skipped: %s", line)
-    ctx.options.setdefault("warnings", []).extend(f"skipped: {line}" for line in lines)
+    ctx.report.warn_all(f"skipped: {line}" for line in lines)
 
 
 def override(user: float | None, from_file: float | None) -> float | None:
     """A user value always wins over the file's."""
     return user if user is not None else from_file
+
+
+def required(user: float | None, from_file: float | None, what: str) -> float:
+    """:func:`override` of a value checked to be there (a missing one was reported before: a bug)."""
+    value = override(user, from_file)
+    if value is None:
+        raise ValueError(f"no {what}: neither given nor in the file")
+    return float(value)

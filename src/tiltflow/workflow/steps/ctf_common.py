@@ -4,14 +4,16 @@ its viewer files, and the per-series CTFFIND4 / IMOD ``.defocus`` files."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tiltflow.workflow.sets import CtfSeriesSet, CtfTomo, CtfTomoSeries, TiltSeries
 from tiltflow.workflow.steps.base import param
 from tiltflow.workflow.steps.checks import CheckedParams
+from tiltflow.workflow.tasks import ItemResult
 
 _CTF_ON = ("estimate_ctf", True)
 
@@ -36,6 +38,28 @@ class CtfOptions(CheckedParams):
     fit_phase: bool = param(
         False, "Fit a phase shift (phase plate).", cli="--fit-phase", group="ctf", condition=_CTF_ON
     )
+
+
+@dataclass(frozen=True)
+class TiltCtf(ItemResult):
+    """One tilt's fitted CTF and what the viewer shows of it (its spectrum picture, radial profile)."""
+
+    defocus_u_a: float
+    defocus_v_a: float
+    astigmatism_angle_deg: float
+    phase_shift_rad: float
+    fit_resolution_a: float
+    score: float
+    spectrum_file: str
+    radial_profile: dict[str, list[float]]  # k (1/Å), observed, fitted
+    defocus_grid_a: list[list[float]] | None = None  # (ny, nx), Å
+    defocus_grid_skipped: str | None = None  # why no grid was fitted
+    series_refit: dict[str, float] | None = None  # the first fit, when the series pass re-fitted the tilt
+    ring_strength: float | None = None  # from the series pass
+
+    def to_record(self) -> dict[str, Any]:
+        """As earlier versions recorded it: the optional values only when set."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 def ctf_params(o: CtfOptions, *, pixel_size_a: float, voltage_kv: float, cs_mm: float, amplitude_contrast: float):
@@ -63,14 +87,11 @@ def _mean_spectrum(images, params, *, tilt_angle_deg, tilt_axis_deg, reference=N
         [
             tiled_power_spectrum(
                 im,
-                window_px=params.window_px,
-                pixel_size_a=params.pixel_size_a,
+                params,
                 tilt_angle_deg=tilt_angle_deg,
                 tilt_axis_deg=tilt_axis_deg,
                 reference_defocus_a=reference,
                 max_offset_a=max_offset_a,
-                voltage_kv=params.voltage_kv,
-                cs_mm=params.cs_mm,
             )
             for im in images
         ]
@@ -79,11 +100,11 @@ def _mean_spectrum(images, params, *, tilt_angle_deg, tilt_axis_deg, reference=N
 
 def fit_tilt_ctf(
     images, params, *, tilt_angle_deg: float, tilt_axis_deg: float, grid_xy: tuple[int, int] | None, out_png: Path
-) -> dict:
+) -> TiltCtf:
     """Fit one tilt from the mean tilt-aware periodogram of ``images`` (the aligned sum, or the
     movie's frames: a shift does not change a power spectrum). Two passes when tilted: tiles near
     the axis first, then every tile rescaled to the fitted centre defocus (CTFFIND-tilt style).
-    Writes the spectrum picture; returns the values a CtfTomo needs (JSON-able)."""
+    Writes the spectrum picture; returns the values a CtfTomo needs."""
     from tiltflow.core.ctf import fit_ctf
     from tiltflow.core.ctf_model import electron_wavelength_a
 
@@ -110,77 +131,84 @@ def tilt_ctf_outputs(
     tilt_axis_deg: float,
     grid_xy: tuple[int, int] | None,
     out_png: Path,
-) -> dict:
-    """The JSON-able values a CtfTomo needs for one fitted tilt; writes its spectrum picture."""
+) -> TiltCtf:
+    """The values a CtfTomo needs for one fitted tilt; writes its spectrum picture."""
     from tiltflow.core.ctf import ctf_fit_image, ctf_fit_profile, fit_defocus_grid
     from tiltflow.io.png import encode_png_gray8
 
     angles = {"tilt_angle_deg": tilt_angle_deg, "tilt_axis_deg": tilt_axis_deg}
-    out = {
-        "defocus_u_a": fit.defocus_u_a,
-        "defocus_v_a": fit.defocus_v_a,
-        "astigmatism_angle_deg": fit.astigmatism_angle_deg,
-        "phase_shift_rad": fit.phase_shift_rad,
-        "fit_resolution_a": fit.fit_resolution_a,
-        "score": fit.score,
-    }
+    grid_a, skipped = None, None
     if grid_xy and tuple(grid_xy) != (1, 1):
         total = images[0] if len(images) == 1 else sum(images)
         try:
             grid = fit_defocus_grid(total, params, fit, grid_shape=(grid_xy[1], grid_xy[0]), **angles)
-            out["defocus_grid_a"] = grid.cpu().tolist()
+            grid_a = grid.cpu().tolist()
         except ValueError as err:  # image too small for this grid and window: the plane fit stands
-            out["defocus_grid_skipped"] = str(err)
+            skipped = str(err)
     picture = ctf_fit_image(spectrum, fit, params).cpu().numpy()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     out_png.write_bytes(encode_png_gray8((picture * 255).astype(np.uint8)))
     prof = ctf_fit_profile(spectrum, fit, params)
     keep = prof.k_per_a <= 1.2 / params.resolution_range_a[1]
-    out["spectrum_file"] = str(out_png)
-    out["radial_profile"] = {
-        "k": prof.k_per_a[keep].cpu().tolist(),
-        "observed": prof.observed[keep].cpu().tolist(),
-        "fitted": prof.fitted[keep].cpu().tolist(),
-    }
-    return out
+    return TiltCtf(
+        defocus_u_a=fit.defocus_u_a,
+        defocus_v_a=fit.defocus_v_a,
+        astigmatism_angle_deg=fit.astigmatism_angle_deg,
+        phase_shift_rad=fit.phase_shift_rad,
+        fit_resolution_a=fit.fit_resolution_a,
+        score=fit.score,
+        spectrum_file=str(out_png),
+        radial_profile={
+            "k": prof.k_per_a[keep].cpu().tolist(),
+            "observed": prof.observed[keep].cpu().tolist(),
+            "fitted": prof.fitted[keep].cpu().tolist(),
+        },
+        defocus_grid_a=grid_a,
+        defocus_grid_skipped=skipped,
+    )
 
 
-def smooth_grids_in_time(results: dict[int, dict], nt: int) -> None:
-    """Smooth the per-tilt defocus grids along the acquisition order with ``nt`` nodes (in place)."""
+def smooth_grids_in_time(results: dict[int, TiltCtf], nt: int) -> None:
+    """Smooth the per-tilt defocus grids along the acquisition order with ``nt`` nodes (the tilts
+    of ``results`` replaced by the smoothed ones)."""
     import torch
 
     from tiltflow.core.ctf import smooth_grids_along_series
 
-    orders = sorted(o for o, r in results.items() if "defocus_grid_a" in r)
+    orders = sorted(o for o, r in results.items() if r.defocus_grid_a is not None)
     if len(orders) < 2:
         return
-    grids = torch.tensor([results[o]["defocus_grid_a"] for o in orders], dtype=torch.float64)
+    grids = torch.tensor([results[o].defocus_grid_a for o in orders], dtype=torch.float64)
     for o, g in zip(orders, smooth_grids_along_series(grids, nt), strict=False):
-        results[o]["defocus_grid_a"] = g.tolist()
+        results[o] = replace(results[o], defocus_grid_a=g.tolist())
 
 
-def ctf_series_from_results(ts: TiltSeries, results: dict[int, dict], params) -> CtfTomoSeries:
+def ctf_series_from_results(ts: TiltSeries, results: dict[int, TiltCtf], params) -> CtfTomoSeries:
     """Per tilt values keyed by acquisition order -> a CTF series (tilt-angle order)."""
     items = []
     for im in ts.images:
         r = results.get(im.acquisition_order)
         if r is None:
             continue
-        attrs = {k: r[k] for k in ("radial_profile", "defocus_grid_a", "series_refit") if k in r}
+        attrs: dict[str, Any] = {"radial_profile": r.radial_profile}
+        if r.defocus_grid_a is not None:
+            attrs["defocus_grid_a"] = r.defocus_grid_a
+        if r.series_refit is not None:
+            attrs["series_refit"] = r.series_refit
         items.append(
             CtfTomo(
                 acquisition_order=im.acquisition_order,
                 tilt_angle_deg=im.tilt_angle_deg,
-                defocus_u_a=r["defocus_u_a"],
-                defocus_v_a=r["defocus_v_a"],
-                astigmatism_angle_deg=r["astigmatism_angle_deg"],
-                phase_shift_rad=r["phase_shift_rad"],
-                fit_resolution_a=r["fit_resolution_a"],
-                score=r["score"],
+                defocus_u_a=r.defocus_u_a,
+                defocus_v_a=r.defocus_v_a,
+                astigmatism_angle_deg=r.astigmatism_angle_deg,
+                phase_shift_rad=r.phase_shift_rad,
+                fit_resolution_a=r.fit_resolution_a,
+                score=r.score,
                 enabled=im.enabled,
                 attrs=attrs,
-                spectrum_file=r.get("spectrum_file"),
-                ring_strength=r.get("ring_strength"),
+                spectrum_file=r.spectrum_file,
+                ring_strength=r.ring_strength,
             )
         )
     attrs = {
@@ -210,7 +238,7 @@ def note_ctf_verdict(ctx, series: CtfTomoSeries) -> None:
         return
     ctx.log.info("%s: CTF verdict %s", series.ts_id, verdict_text(verdict))
     if verdict["status"] != "good":
-        ctx.options.setdefault("warnings", []).append(f"{series.ts_id}: CTF {verdict_text(verdict)}")
+        ctx.report.warn(f"{series.ts_id}: CTF {verdict_text(verdict)}")
 
 
 def write_series_ctf_files(series: CtfTomoSeries, params, out_dir: Path) -> CtfTomoSeries:

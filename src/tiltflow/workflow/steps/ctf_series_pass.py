@@ -1,19 +1,20 @@
 """The series pass of the ``motion-ctf`` and ``ctf`` steps: after every tilt of a series has been
 fitted on its own, ``core.ctf_series.refine_series`` finds the series' defocus trend in tilt angle
 and one astigmatism from all tilts' spectra and re-fits every tilt with the trend as prior (wrong
-minima at high tilt and low dose); values, spectrum pictures, profiles and grids are replaced in
-place (the old values are kept under ``series_refit``)."""
+minima at high tilt and low dose); values, spectrum pictures, profiles and grids are replaced (the
+old values are kept under ``series_refit``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from tiltflow.workflow.steps.ctf_common import _mean_spectrum, tilt_ctf_outputs
+from tiltflow.workflow.steps.ctf_common import TiltCtf, _mean_spectrum, tilt_ctf_outputs
 
 
 def refine_series_results(
-    results: dict[int, dict],  # per tilt, keyed by acquisition order: fit_tilt_ctf's dicts
+    results: dict[int, TiltCtf],  # per tilt, keyed by acquisition order: fit_tilt_ctf's results
     images_of: Callable[[int], list],  # acquisition order -> the images the tilt was fitted on
     params,
     *,
@@ -21,8 +22,8 @@ def refine_series_results(
     tilt_axis_deg: float,
     grid_xy: tuple[int, int] | None,
 ) -> list[int]:
-    """Run the series pass on one series' per-tilt results (in place); returns the acquisition
-    orders whose fit changed (marked ``series_refit`` in their results)."""
+    """Run the series pass on one series' per-tilt results (replacing the tilts of ``results``);
+    returns the acquisition orders whose fit changed (marked ``series_refit`` in their results)."""
     from tiltflow.core.ctf_fit import CtfFit
     from tiltflow.core.ctf_series import refine_series
 
@@ -31,12 +32,12 @@ def refine_series_results(
         return []
     fits = [
         CtfFit(
-            results[o]["defocus_u_a"],
-            results[o]["defocus_v_a"],
-            results[o]["astigmatism_angle_deg"],
-            results[o]["phase_shift_rad"],
-            results[o]["fit_resolution_a"],
-            results[o]["score"],
+            results[o].defocus_u_a,
+            results[o].defocus_v_a,
+            results[o].astigmatism_angle_deg,
+            results[o].phase_shift_rad,
+            results[o].fit_resolution_a,
+            results[o].score,
         )
         for o in orders
     ]
@@ -69,19 +70,20 @@ def refine_series_results(
             tilt_angle_deg=tilt_angles_deg[o],
             tilt_axis_deg=tilt_axis_deg,
             grid_xy=grid_xy,
-            out_png=Path(old["spectrum_file"]),
+            out_png=Path(old.spectrum_file),
         )
-        new["series_refit"] = {
-            "defocus_mean_a": 0.5 * (old["defocus_u_a"] + old["defocus_v_a"]),
-            "astigmatism_a": old["defocus_u_a"] - old["defocus_v_a"],
-            "trend_defocus_a": float(refined.trend.defocus_a[i]),
-        }
-        old.clear()
-        old.update(new)
+        results[o] = replace(
+            new,
+            series_refit={
+                "defocus_mean_a": 0.5 * (old.defocus_u_a + old.defocus_v_a),
+                "astigmatism_a": old.defocus_u_a - old.defocus_v_a,
+                "trend_defocus_a": float(refined.trend.defocus_a[i]),
+            },
+        )
         changed.append(o)
     if refined.trend.strength is not None:
         for i, o in enumerate(orders):
-            results[o]["ring_strength"] = float(refined.trend.strength[i])
+            results[o] = replace(results[o], ring_strength=float(refined.trend.strength[i]))
     return sorted(changed)
 
 

@@ -8,7 +8,7 @@ records ``dose_filtered`` so that ``reconstruct --dose-weight`` warns about weig
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +19,8 @@ from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.citations import EXPOSURE_FILTER, IMOD
-from tiltflow.workflow.steps.views import require_stacks, stacks_set
+from tiltflow.workflow.steps.views import require_stacks, stack_refs, stacks_set
+from tiltflow.workflow.tasks import ItemTask, StackRefs, StacksResult
 
 KNOWN_KV = (200.0, 300.0)  # the voltages the critical exposure was measured between (core.motion_sum)
 
@@ -51,6 +52,8 @@ def view_doses(ts: TiltSeries, p: DoseFilterParams, pointer: str) -> list[tuple[
     """(prior, own) dose in e/Å² of every view (stack order), from ``--dose`` or the stored doses."""
     out = []
     for im in ts.images:
+        own: float | None
+        prior: float | None
         if p.dose_per_tilt_e_a2 is not None:
             prior, own = p.dose_per_tilt_e_a2 * (im.acquisition_order - 1), p.dose_per_tilt_e_a2
         else:
@@ -82,17 +85,20 @@ def check_dose_filter(p: DoseFilterParams, source: TiltSeriesSet, pointer: str) 
     return found
 
 
-def dose_filter_series_task(
-    refs: dict[str, list[tuple[str, int]]],
-    exposure_e_a2: list[float],
-    out_dir: str,
-    ts_id: str,
-    pixel_size_a: float,
-    voltage_kv: float,
-    device: str,
-) -> dict:
-    """Filter one series and its halves, a view at a time (module level, so a Dask worker can run it).
-    ``exposure_e_a2``: per view (stack order), e/Å²."""
+@dataclass(frozen=True, kw_only=True)
+class DoseFilterTask(ItemTask):
+    """One series to filter (``key``: its tsId); ``exposure_e_a2`` per view, stack order."""
+
+    refs: StackRefs
+    exposure_e_a2: list[float]
+    out_dir: str
+    pixel_size_a: float
+    voltage_kv: float
+    device: str
+
+
+def dose_filter_series_task(task: DoseFilterTask) -> StacksResult:
+    """Filter one series and its halves, a view at a time (module level, so a Dask worker can run it)."""
     import numpy as np
     import torch
 
@@ -100,51 +106,54 @@ def dose_filter_series_task(
     from tiltflow.io.mrc import read_section, write_mrc
 
     files = {}
-    for key, view_refs in refs.items():
-        out = None
-        for i, ((f, index), exposure) in enumerate(zip(view_refs, exposure_e_a2, strict=False)):
-            view = torch.from_numpy(np.ascontiguousarray(read_section(f, index))).to(device)
-            filtered = dose_weight_views(view[None], [exposure], pixel_size_a=pixel_size_a, voltage_kv=voltage_kv)
-            if out is None:
+    for key, view_refs in task.refs.items():
+        out = np.empty((0,), dtype=np.float32)
+        for i, ((f, index), exposure) in enumerate(zip(view_refs, task.exposure_e_a2, strict=False)):
+            view = torch.from_numpy(np.ascontiguousarray(read_section(f, index))).to(task.device)
+            filtered = dose_weight_views(
+                view[None], [exposure], pixel_size_a=task.pixel_size_a, voltage_kv=task.voltage_kv
+            )
+            if i == 0:
                 out = np.empty((len(view_refs), *view.shape), dtype=np.float32)
             out[i] = filtered[0].cpu().numpy()
-        name = f"{ts_id}.mrc" if key == "file" else f"{ts_id}_{key.split('_')[0]}.mrc"
-        files[key] = str(write_mrc(Path(out_dir) / name, out, voxel_size_a=pixel_size_a))
-    return {"files": files}
+        name = f"{task.key}.mrc" if key == "file" else f"{task.key}_{key.split('_')[0]}.mrc"
+        files[key] = str(write_mrc(Path(task.out_dir) / name, out, voxel_size_a=task.pixel_size_a))
+    return StacksResult(files)
 
 
-def run_dose_filter(ctx: StepContext) -> dict[str, TiltSeriesSet]:
+def run_dose_filter(ctx: StepContext[DoseFilterParams]) -> dict[str, TiltSeriesSet]:
     from tiltflow.core.dose import view_exposure_e_a2
     from tiltflow.workflow.device import resolve_device
 
-    p: DoseFilterParams = ctx.params
-    source: TiltSeriesSet = ctx.inputs["input"]
+    p = ctx.params
+    source = ctx.input_set("input", TiltSeriesSet)
     pointer = ctx.input_pointers["input"]
     found = check_dose_filter(p, source, pointer)
     if source.attrs.get("dose_filtered"):
-        ctx.options.setdefault("warnings", []).append(
-            f"{pointer} is already dose-filtered ({source.attrs['dose_filtered']}): filtering it again"
-        )
-    device = resolve_device(ctx.options.get("device"))
+        ctx.report.warn(f"{pointer} is already dose-filtered ({source.attrs['dose_filtered']}): filtering it again")
+    device = resolve_device(ctx.options.device)
     at = "end" if p.mode == "exposure" else "mid"
-    tasks, exposures = [], {}
+    tasks: list[DoseFilterTask] = []
+    exposures: dict[str, list[float]] = {}
     for ts in source.items:
         doses, kv = found[ts.ts_id]
         exposure = view_exposure_e_a2([d[0] for d in doses], [d[1] for d in doses], at=at).tolist()
         exposures[ts.ts_id] = exposure
-        refs = {"file": [(im.file, im.index) for im in ts.images]}
-        refs.update(
-            {
-                key: [(getattr(im, key), im.index) for im in ts.images]
-                for key in ("odd_file", "even_file")
-                if all(getattr(im, key) for im in ts.images)
-            }
+        tasks.append(
+            DoseFilterTask(
+                key=ts.ts_id,
+                refs=stack_refs(ts.images),
+                exposure_e_a2=exposure,
+                out_dir=str(ctx.run_dir),
+                pixel_size_a=ts.acquisition.pixel_size_a,
+                voltage_kv=kv,
+                device=device,
+            )
         )
-        tasks.append((ts.ts_id, (refs, exposure, str(ctx.run_dir), ts.ts_id, ts.acquisition.pixel_size_a, kv, device)))
-    results = run_items_or_fail(ctx, dose_filter_series_task, tasks)
+    results = run_items_or_fail(ctx, dose_filter_series_task, tasks, StacksResult)
     items = []
     for ts in source.items:
-        files = results[ts.ts_id]["files"]
+        files = results[ts.ts_id].files
         images = [
             TiltImage(
                 **{

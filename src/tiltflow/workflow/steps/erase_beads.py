@@ -12,8 +12,9 @@ out; odd/even half-sum stacks erased at the same places. Per series the erased p
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 from tiltflow.workflow.errors import InputError, ProjectError
 from tiltflow.workflow.executor import run_items_or_fail
@@ -21,7 +22,8 @@ from tiltflow.workflow.sets import TiltImage, TiltSeries, TiltSeriesSet
 from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, register
 from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.citations import CCDERASER, IMOD
-from tiltflow.workflow.steps.views import require_stacks, stacks_set
+from tiltflow.workflow.steps.views import require_stacks, stack_refs, stacks_set
+from tiltflow.workflow.tasks import ItemTask, StackRefs, StacksResult, ViewRefs
 
 
 class EraseBeadsParams(CheckedParams):
@@ -88,19 +90,58 @@ def _model_positions(ts: TiltSeries, pointer: str) -> list[list[list[float]]]:
     return out
 
 
-def erase_beads_series_task(
-    refs: dict[str, list[tuple[str, int]]],
-    positions: list | None,
-    radius_px: float,
-    detect_diameter_px: float | None,
-    out_dir: str,
-    ts_id: str,
-    pixel_size_a: float,
-    device: str,
-    seed: int = 0,
-) -> dict:
-    """Erase one series and its halves (module level, so a Dask worker can run it). ``positions``: per view
-    a list of (x, y) px; None with ``detect_diameter_px`` finds them in each view of the main stack."""
+@dataclass(frozen=True, kw_only=True)
+class EraseBeadsTask(ItemTask):
+    """One series to erase (``key``: its tsId). ``positions``: per view a list of (x, y) px; None
+    with ``detect_diameter_px``: found in each view of the main stack."""
+
+    refs: StackRefs
+    positions: list[list[list[float]]] | None
+    radius_px: float
+    detect_diameter_px: float | None
+    out_dir: str
+    pixel_size_a: float
+    device: str
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EraseBeadsResult(StacksResult):
+    erased_px: list[int]  # per view (stack order) of the main stack
+    beads: list[int]  # per view: how many bead discs were erased
+    positions_file: str  # the table of erased positions
+
+    RENAMED: ClassVar[dict[str, str]] = {"positions": "positions_file"}
+
+
+def erase_beads_series_task(task: EraseBeadsTask) -> EraseBeadsResult:
+    """Erase one series and its halves (module level, so a Dask worker can run it)."""
+    import numpy as np
+
+    out = Path(task.out_dir)
+    files: dict[str, str] = {}
+    erased_px: list[int] = []
+    found = task.positions
+    for key, view_refs in task.refs.items():  # "file" first: detection runs on the main stack
+        found = _erase_stack(task, key, view_refs, found, erased_px if key == "file" else None, seed=len(files))
+        name = f"{task.key}.mrc" if key == "file" else f"{task.key}_{key.split('_')[0]}.mrc"
+        files[key] = str(out / name)
+    rows = [(v, x, y, task.radius_px) for v, xy in enumerate(found or []) for x, y in xy]
+    table = out / f"{task.key}_beads.txt"
+    np.savetxt(
+        table,
+        np.array(rows, dtype=np.float64).reshape(-1, 4),
+        fmt=["%d", "%.2f", "%.2f", "%.2f"],
+        header="view(0-based, stack order) x y radius (px)",
+    )
+    return EraseBeadsResult(files, erased_px, [len(xy) for xy in (found or [])], str(table))
+
+
+def _erase_stack(
+    task: EraseBeadsTask, key: str, view_refs: ViewRefs, found: list | None, erased_px: list[int] | None, *, seed: int
+) -> list:
+    """Erase the beads of one stack, writing it; returns the positions per view (found in the views
+    that had none yet). ``erased_px`` collects the erased pixels per view."""
     import numpy as np
     import torch
 
@@ -108,46 +149,36 @@ def erase_beads_series_task(
     from tiltflow.core.bead_erase import erase_beads
     from tiltflow.io.mrc import read_section, write_mrc
 
-    out = Path(out_dir)
-    files: dict[str, str] = {}
-    erased_px: list[int] = []
-    found = positions
-    for key, view_refs in refs.items():  # "file" first: detection runs on the main stack
-        stack = None
-        gen = torch.Generator(device=device).manual_seed(seed + len(files))
-        for v, (f, index) in enumerate(view_refs):
-            view = torch.from_numpy(np.ascontiguousarray(read_section(f, index))).to(device)
-            if found is None or len(found) <= v:
-                found = [] if found is None else found
-                found.append(detect_beads(view, bead_diameter_px=detect_diameter_px).xy_px.tolist())
-            xy = torch.tensor(found[v], dtype=torch.float64).reshape(-1, 2)
-            erased, mask = erase_beads(view, xy, radius_px, generator=gen)
-            if stack is None:
-                stack = np.empty((len(view_refs), *view.shape), dtype=np.float32)
-            stack[v] = erased.cpu().numpy()
-            if key == "file":
-                erased_px.append(int(mask.sum()))
-        name = f"{ts_id}.mrc" if key == "file" else f"{ts_id}_{key.split('_')[0]}.mrc"
-        files[key] = str(write_mrc(out / name, stack, voxel_size_a=pixel_size_a))
-    rows = [(v, x, y, radius_px) for v, xy in enumerate(found or []) for x, y in xy]
-    table = out / f"{ts_id}_beads.txt"
-    np.savetxt(
-        table,
-        np.array(rows, dtype=np.float64).reshape(-1, 4),
-        fmt=["%d", "%.2f", "%.2f", "%.2f"],
-        header="view(0-based, stack order) x y radius (px)",
-    )
-    return {"files": files, "erased_px": erased_px, "beads": [len(xy) for xy in (found or [])], "positions": str(table)}
+    found = [] if found is None else found
+    stack = np.empty((0,), dtype=np.float32)
+    gen = torch.Generator(device=task.device).manual_seed(task.seed + seed)
+    for v, (f, index) in enumerate(view_refs):
+        view = torch.from_numpy(np.ascontiguousarray(read_section(f, index))).to(task.device)
+        if len(found) <= v:
+            if task.detect_diameter_px is None:
+                raise ValueError(f"{task.key}: view {v} has no bead positions and detection is off")
+            found.append(detect_beads(view, bead_diameter_px=task.detect_diameter_px).xy_px.tolist())
+        xy = torch.tensor(found[v], dtype=torch.float64).reshape(-1, 2)
+        erased, mask = erase_beads(view, xy, task.radius_px, generator=gen)
+        if v == 0:
+            stack = np.empty((len(view_refs), *view.shape), dtype=np.float32)
+        stack[v] = erased.cpu().numpy()
+        if erased_px is not None:
+            erased_px.append(int(mask.sum()))
+    name = f"{task.key}.mrc" if key == "file" else f"{task.key}_{key.split('_')[0]}.mrc"
+    write_mrc(Path(task.out_dir) / name, stack, voxel_size_a=task.pixel_size_a)
+    return found
 
 
-def run_erase_beads(ctx: StepContext) -> dict[str, TiltSeriesSet]:
+def run_erase_beads(ctx: StepContext[EraseBeadsParams]) -> dict[str, TiltSeriesSet]:
     from tiltflow.workflow.device import resolve_device
 
-    p: EraseBeadsParams = ctx.params
-    source: TiltSeriesSet = ctx.inputs["input"]
+    p = ctx.params
+    source = ctx.input_set("input", TiltSeriesSet)
     pointer = ctx.input_pointers["input"]
-    device = resolve_device(ctx.options.get("device"))
-    tasks, plans = [], {}
+    device = resolve_device(ctx.options.device)
+    tasks: list[EraseBeadsTask] = []
+    plans: dict[str, tuple[float, float]] = {}
     for ts in source.items:  # every check and every bead model before the first view is read
         if not ts.enabled:
             continue
@@ -166,40 +197,29 @@ def run_erase_beads(ctx: StepContext) -> dict[str, TiltSeriesSet]:
         positions = None if p.detect else _model_positions(ts, pointer)
         radius = diameter_px / 2.0 + p.expand_px
         plans[ts.ts_id] = (diameter, radius)
-        refs = {"file": [(im.file, im.index) for im in ts.images]}
-        refs.update(
-            {
-                key: [(getattr(im, key), im.index) for im in ts.images]
-                for key in ("odd_file", "even_file")
-                if all(getattr(im, key) for im in ts.images)
-            }
-        )
         tasks.append(
-            (
-                ts.ts_id,
-                (
-                    refs,
-                    positions,
-                    radius,
-                    diameter_px if p.detect else None,
-                    str(ctx.run_dir),
-                    ts.ts_id,
-                    ts.acquisition.pixel_size_a,
-                    device,
-                ),
+            EraseBeadsTask(
+                key=ts.ts_id,
+                refs=stack_refs(ts.images),
+                positions=positions,
+                radius_px=radius,
+                detect_diameter_px=diameter_px if p.detect else None,
+                out_dir=str(ctx.run_dir),
+                pixel_size_a=ts.acquisition.pixel_size_a,
+                device=device,
             )
         )
     if not tasks:
         raise InputError(f"{pointer}: every tilt series is excluded")
-    results = run_items_or_fail(ctx, erase_beads_series_task, tasks)
+    results = run_items_or_fail(ctx, erase_beads_series_task, tasks, EraseBeadsResult)
     items = []
     for ts in source.items:
         if ts.ts_id not in results:  # excluded: its alignment may have failed; passed through as it was
             items.append(ts)
-            ctx.options.setdefault("notes", []).append(f"{ts.ts_id}: excluded, passed through without erasing")
+            ctx.report.note(f"{ts.ts_id}: excluded, passed through without erasing")
             continue
         r = results[ts.ts_id]
-        files = r["files"]
+        files = r.files
         images = [
             TiltImage(
                 **{
@@ -210,15 +230,15 @@ def run_erase_beads(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                     "even_file": files.get("even_file"),
                     "attrs": dict(
                         im.attrs,
-                        beads_erased=r["beads"][pos] if pos < len(r["beads"]) else 0,
-                        bead_erased_px=r["erased_px"][pos],
+                        beads_erased=r.beads[pos] if pos < len(r.beads) else 0,
+                        bead_erased_px=r.erased_px[pos],
                     ),
                 }
             )
             for pos, im in enumerate(ts.images)
         ]
         diameter, radius = plans[ts.ts_id]
-        untouched = sum(1 for n in r["beads"] if n == 0)
+        untouched = sum(1 for n in r.beads if n == 0)
         items.append(
             replace(
                 ts,
@@ -229,18 +249,18 @@ def run_erase_beads(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                         "source": "detected" if p.detect else "alignment",
                         "bead_diameter_nm": diameter,
                         "radius_px": radius,
-                        "positions_file": r["positions"],
+                        "positions_file": r.positions_file,
                     },
                 ),
             )
         )
         line = (
-            f"{ts.ts_id}: {sum(r['beads'])} bead discs of {radius:.1f} px erased over {len(ts.images)} views "
+            f"{ts.ts_id}: {sum(r.beads)} bead discs of {radius:.1f} px erased over {len(ts.images)} views "
             f"({'detected' if p.detect else 'bead model of the alignment'}, {diameter:g} nm beads)"
             + (f"; {untouched} views without beads" if untouched else "")
         )
         ctx.log.info(line)
-        ctx.options.setdefault("notes", []).append(line)
+        ctx.report.note(line)
     attrs = dict(source.attrs, beads_erased="detected" if p.detect else "alignment")
     return {"TiltSeries": stacks_set(source, items, attrs)}
 

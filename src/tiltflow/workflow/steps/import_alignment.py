@@ -100,15 +100,15 @@ def _read_imod(path: Path, ts: TiltSeries, p: ImportAlignmentParams) -> dict:
     xf = read_xf(path)
     views = _covered(path, xf.shape[0], ts)
     xf[:, 4:] *= p.binning  # shifts in pixels of our (unbinned) stack
-    tlt = path.with_suffix(".tlt")
+    beside = path.with_suffix(".tlt")
+    tlt: Path | None = None
     angles = None
-    if tlt.is_file():
-        angles = read_tlt(tlt)
+    if beside.is_file():
+        tlt = beside
+        angles = read_tlt(beside)
         if angles.shape[0] != xf.shape[0]:
-            raise InputError(f"{tlt}: {angles.shape[0]} tilt angles for {xf.shape[0]} views in {path.name}")
-        _check_order(tlt, angles, ts, views)
-    else:
-        tlt = None
+            raise InputError(f"{beside}: {angles.shape[0]} tilt angles for {xf.shape[0]} views in {path.name}")
+        _check_order(beside, angles, ts, views)
     excluded = _excludelist(path, tlt) if len(views) == len(ts.images) else []
     bad = [v for v in excluded if not 1 <= v <= len(views)]
     if bad:
@@ -173,7 +173,7 @@ def _read_one(path: Path, ts: TiltSeries, p: ImportAlignmentParams) -> dict:
     raise InputError(f"{path}: unknown alignment file type '{suffix}' — give IMOD .xf or AreTomo .aln files")
 
 
-def _apply(ts: TiltSeries, r: dict, ctx: StepContext) -> TiltSeries:
+def _apply(ts: TiltSeries, r: dict, ctx: StepContext[ImportAlignmentParams]) -> TiltSeries:
     from tiltflow.core.transforms import xf_to_geometry
     from tiltflow.io.imod import write_tlt, write_xf
 
@@ -213,13 +213,13 @@ def _apply(ts: TiltSeries, r: dict, ctx: StepContext) -> TiltSeries:
         f"{'' if r['angles'] is not None else ', tilt angles kept (no .tlt)'}"
     )
     ctx.log.info(line)
-    ctx.options.setdefault("notes", []).append(line)
+    ctx.report.note(line)
     return replace(ts, acquisition=acq, images=images, attrs=dict(ts.attrs), alignment=alignment)
 
 
-def run_import_alignment(ctx: StepContext) -> dict[str, TiltSeriesSet]:
-    p: ImportAlignmentParams = ctx.params
-    source: TiltSeriesSet = ctx.inputs["input"]
+def run_import_alignment(ctx: StepContext[ImportAlignmentParams]) -> dict[str, TiltSeriesSet]:
+    p = ctx.params
+    source = ctx.input_set("input", TiltSeriesSet)
     found: dict[str, list[Path]] = {}
     for path in find_files(Path(p.files), p.pattern):
         ts_id = ts_id_from_pattern(path, p.pattern) or path.name.split(".")[0]
@@ -241,7 +241,7 @@ def run_import_alignment(ctx: StepContext) -> dict[str, TiltSeriesSet]:
     report_bad_series(ctx, problems, total=len(wanted))
     unused = sorted(set(found) - {ts.ts_id for ts in source.items})
     if unused:
-        ctx.options.setdefault("warnings", []).append(f"files for series not in the set were ignored: {unused}")
+        ctx.report.warn(f"files for series not in the set were ignored: {unused}")
     items = []
     for ts in source.items:
         if ts.ts_id in results:

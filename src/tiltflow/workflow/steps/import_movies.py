@@ -5,8 +5,10 @@ and dose; gain recorded (its orientation is applied by motion correction)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from pydantic import field_validator
 
@@ -29,6 +31,7 @@ from tiltflow.workflow.steps.common import (
     find_files,
     override,
     report_bad_series,
+    required,
 )
 
 
@@ -51,18 +54,32 @@ class ImportMoviesParams(AcquisitionParams):
 
 
 def _read_series(paths: list[Path], p: ImportMoviesParams, movie_dirs: list[Path]) -> MdocTiltSeries:
-    kwargs = dict(
+    if len(paths) > 1:
+        return read_frame_set_mdocs(
+            paths,
+            tomo5=p.tomo5,
+            initial_dose_e_a2=p.initial_dose_e_a2,
+            dose_per_tilt_e_a2=p.dose_per_tilt_e_a2,
+            movie_dirs=movie_dirs,
+        )
+    return read_tilt_series_mdoc(
+        paths[0],
         tomo5=p.tomo5,
         initial_dose_e_a2=p.initial_dose_e_a2,
         dose_per_tilt_e_a2=p.dose_per_tilt_e_a2,
         movie_dirs=movie_dirs,
     )
-    if len(paths) > 1:
-        return read_frame_set_mdocs(paths, **kwargs)
-    return read_tilt_series_mdoc(paths[0], **kwargs)
 
 
-def check_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict[Path, MovieHeader | str]) -> list[str]:
+def _header(headers: Mapping[Path, MovieHeader | str], path: Path | None) -> MovieHeader:
+    """The header of a movie :func:`check_series` found readable."""
+    h = headers[path] if path is not None else None
+    if not isinstance(h, MovieHeader):
+        raise ValueError(f"{path}: no movie header (a series check_series refused)")
+    return h
+
+
+def check_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: Mapping[Path, MovieHeader | str]) -> list[str]:
     """Every problem of one series, one line each (``headers``: movie path -> header, or the line saying
     why it cannot be read). The watch mode checks each snapshot of a series being collected with it."""
     where = ms.paths[0] if len(ms.paths) == 1 else f"{ms.paths[0].parent} ({ms.ts_id}, {len(ms.paths)} mdocs)"
@@ -101,19 +118,19 @@ def check_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict[Path, 
     if sizes and len(sizes) > 1:
         common = sizes.most_common(1)[0][0]
         for t in ms.tilts:
-            h = headers.get(t.movie_path) if t.movie_path else None
-            if isinstance(h, MovieHeader) and h.size != common:
+            other = headers.get(t.movie_path) if t.movie_path else None
+            if isinstance(other, MovieHeader) and other.size != common:
                 problems.append(
-                    f"{t.movie_path}: {h.size[0]} x {h.size[1]} px while the other movies of {ms.ts_id}"
+                    f"{t.movie_path}: {other.size[0]} x {other.size[1]} px while the other movies of {ms.ts_id}"
                     f" are {common[0]} x {common[1]} — remove or replace this movie"
                 )
     if frames and len(frames) > 1:
         common_n = frames.most_common(1)[0][0]
         for t in ms.tilts:
-            h = headers.get(t.movie_path) if t.movie_path else None
-            if isinstance(h, MovieHeader) and h.n_frames != common_n:
+            other = headers.get(t.movie_path) if t.movie_path else None
+            if isinstance(other, MovieHeader) and other.n_frames != common_n:
                 problems.append(
-                    f"{t.movie_path}: {h.n_frames} frames while the other movies of {ms.ts_id}"
+                    f"{t.movie_path}: {other.n_frames} frames while the other movies of {ms.ts_id}"
                     f" have {common_n} — remove or replace this movie"
                 )
     return problems
@@ -127,23 +144,23 @@ def header_or_error(path: Path) -> MovieHeader | str:
         return str(err)
 
 
-def build_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict) -> TiltSeries:
+def build_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: Mapping[Path, MovieHeader | str]) -> TiltSeries:
     """The imported tilt series of ``ms`` (checked by :func:`check_series`): tilts sorted by angle,
     optics from ``p`` where given, else from the mdoc. The watch mode builds its snapshots with it."""
     acq = Acquisition(
-        voltage_kv=float(override(p.voltage_kv, ms.voltage_kv)),
+        voltage_kv=required(p.voltage_kv, ms.voltage_kv, "voltage"),
         cs_mm=p.cs_mm,
         amplitude_contrast=p.amplitude_contrast,
-        pixel_size_a=float(override(p.pixel_size_a, ms.pixel_size_a)),
-        tilt_axis_deg=float(override(p.tilt_axis_deg, ms.tilt_axis_deg)),
+        pixel_size_a=required(p.pixel_size_a, ms.pixel_size_a, "pixel size"),
+        tilt_axis_deg=required(p.tilt_axis_deg, ms.tilt_axis_deg, "tilt axis"),
         magnification=override(p.magnification, ms.magnification),
         dose_per_tilt_e_a2=p.dose_per_tilt_e_a2,
         initial_dose_e_a2=p.initial_dose_e_a2,
     )
     images = []
     for t in sorted(ms.tilts, key=lambda t: t.tilt_angle_deg):
-        h = headers[t.movie_path]
-        attrs = {"mdoc": str(t.source), "mdoc_section": t.section}
+        h = _header(headers, t.movie_path)
+        attrs: dict[str, Any] = {"mdoc": str(t.source), "mdoc_section": t.section}
         if t.nominal_angle_deg is not None:
             attrs["nominal_angle_deg"] = t.nominal_angle_deg
         images.append(
@@ -159,16 +176,16 @@ def build_series(ms: MdocTiltSeries, p: ImportMoviesParams, headers: dict) -> Ti
                 attrs=attrs,
             )
         )
-    size = headers[ms.tilts[0].movie_path].size
+    first = _header(headers, ms.tilts[0].movie_path)
     return TiltSeries(
         ts_id=ms.ts_id,
         acquisition=acq,
         images=images,
-        size=size,
+        size=first.size,
         attrs={
             "mdoc": [str(x) for x in ms.paths],
             "flavour": ms.flavour,
-            "movie_format": headers[ms.tilts[0].movie_path].format,
+            "movie_format": first.format,
         },
     )
 
@@ -209,8 +226,8 @@ def _reference_fields(refs: dict, size: tuple[int, int] | None) -> dict:
     return fields
 
 
-def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
-    p: ImportMoviesParams = ctx.params
+def run_import_movies(ctx: StepContext[ImportMoviesParams]) -> dict[str, TiltSeriesSet]:
+    p = ctx.params
     files_dir = Path(p.files)
     mdocs = find_files(files_dir, p.pattern, p.exclusion_words)
     refs = _read_references(p)
@@ -231,21 +248,21 @@ def run_import_movies(ctx: StepContext) -> dict[str, TiltSeriesSet]:
         if found:
             problems[ms.ts_id] = found
     good = [ms for ms in series if ms.ts_id not in problems]
-    pixel_sizes = {round(float(override(p.pixel_size_a, ms.pixel_size_a)), 4) for ms in good}
+    pixel_sizes = {round(required(p.pixel_size_a, ms.pixel_size_a, "pixel size"), 4) for ms in good}
     if len(pixel_sizes) > 1:
         detail = ", ".join(f"{ms.ts_id}: {ms.pixel_size_a}" for ms in good)
         raise InputError(
             f"{files_dir}: mixed pixel sizes in one import ({detail} Å/px) — import them separately"
             " with different --pattern, or give --pixel-size"
         )
-    size = next((headers[ms.tilts[0].movie_path].size for ms in good), None)
+    size = next((_header(headers, ms.tilts[0].movie_path).size for ms in good), None)
     references = _reference_fields(refs, size)
     report_bad_series(ctx, problems, total=len(groups))
     items = [build_series(ms, p, headers) for ms in sorted(good, key=lambda s: s.ts_id)]
     for ms in good:
         for w in ms.warnings:
             ctx.log.warning("%s: %s", ms.ts_id, w)
-            ctx.options.setdefault("warnings", []).append(f"{ms.ts_id}: {w}")
+            ctx.report.warn(f"{ms.ts_id}: {w}")
     result = TiltSeriesSet(kind="TiltSeriesM", items=items, **references)
     ctx.log.info("imported %s", result.summary())
     return {"TiltSeriesM": result}

@@ -12,9 +12,10 @@ byte range) in MRC mode 6 (unsigned 16-bit), because mode 0 is read as signed by
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 
 from tiltflow.workflow.executor import run_items_or_fail
 from tiltflow.workflow.sets import Acquisition, TiltImage, TiltSeriesSet
@@ -22,7 +23,8 @@ from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, re
 from tiltflow.workflow.steps.checks import CheckedParams, show
 from tiltflow.workflow.steps.checks_data import check_binning, check_normalize
 from tiltflow.workflow.steps.citations import IMOD, NEWSTACK
-from tiltflow.workflow.steps.views import require_stacks, stacks_set
+from tiltflow.workflow.steps.views import require_stacks, stack_refs, stacks_set
+from tiltflow.workflow.tasks import ItemTask, StackRefs, StacksResult
 
 STORED = {"float": "float32", "int16": "int16", "uint8": "uint16"}  # numpy dtype written per mode
 
@@ -73,9 +75,39 @@ class NormalizeParams(CheckedParams):
         return []
 
 
-def normalize_series_task(
-    refs: dict[str, list[tuple[str, int]]], p: dict, out_dir: str, ts_id: str, pixel_size_a: float, device: str
-) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class NormalizeTask(ItemTask):
+    """One series to bin, scale and store (``key``: its tsId)."""
+
+    refs: StackRefs
+    params: NormalizeParams
+    out_dir: str
+    pixel_size_a: float
+    device: str
+
+
+@dataclass(frozen=True)
+class StackStats:
+    """Density statistics of a written stack (as stored) and its shape ``(t, h, w)``."""
+
+    mean: float
+    sd: float
+    min: float
+    max: float
+    shape: list[int]
+
+
+@dataclass(frozen=True)
+class NormalizeResult(StacksResult):
+    clipped: dict[str, int]  # per stack kind: pixels clipped to the storage mode's range
+    stats: StackStats  # of the main stack
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return cls(record["files"], record["clipped"], StackStats(**record["stats"]))
+
+
+def normalize_series_task(task: NormalizeTask) -> NormalizeResult:
     """Bin, scale and store one series and its halves (module level, so a Dask worker can run it)."""
     import numpy as np
 
@@ -83,25 +115,27 @@ def normalize_series_task(
     from tiltflow.io.mrc import write_mrc
     from tiltflow.workflow.steps.views import load_binned_views
 
-    files, clipped, stats = {}, {}, {}
-    for key, view_refs in refs.items():
-        views = load_binned_views(view_refs, p["binning"], device)
-        scaled = scale_views(views, p["scale"], mean=p["mean"], sd=p["sd"], minimum=p["min"], maximum=p["max"])
+    p = task.params
+    files, clipped = {}, {}
+    stats = StackStats(0.0, 0.0, 0.0, 0.0, [])
+    for key, view_refs in task.refs.items():
+        views = load_binned_views(view_refs, p.binning, task.device)
+        scaled = scale_views(views, p.scale, mean=p.mean, sd=p.sd, minimum=p.min, maximum=p.max)
         del views
-        stored, clipped[key] = quantize(scaled, p["mode"])
+        stored, clipped[key] = quantize(scaled, p.mode)
         del scaled
-        data = stored.cpu().numpy().astype(STORED[p["mode"]])
-        name = f"{ts_id}.mrc" if key == "file" else f"{ts_id}_{key.split('_')[0]}.mrc"
-        files[key] = str(write_mrc(Path(out_dir) / name, data, voxel_size_a=pixel_size_a * p["binning"]))
+        data = stored.cpu().numpy().astype(STORED[p.mode])
+        name = f"{task.key}.mrc" if key == "file" else f"{task.key}_{key.split('_')[0]}.mrc"
+        files[key] = str(write_mrc(Path(task.out_dir) / name, data, voxel_size_a=task.pixel_size_a * p.binning))
         if key == "file":
-            stats = {
-                "mean": float(np.mean(data, dtype=np.float64)),
-                "sd": float(np.std(data, dtype=np.float64)),
-                "min": float(data.min()),
-                "max": float(data.max()),
-                "shape": list(data.shape),
-            }
-    return {"files": files, "clipped": clipped, "stats": stats}
+            stats = StackStats(
+                mean=float(np.mean(data, dtype=np.float64)),
+                sd=float(np.std(data, dtype=np.float64)),
+                min=float(data.min()),
+                max=float(data.max()),
+                shape=list(data.shape),
+            )
+    return NormalizeResult(files, clipped, stats)
 
 
 def _precision_warnings(p: NormalizeParams) -> list[str]:
@@ -125,37 +159,35 @@ def _precision_warnings(p: NormalizeParams) -> list[str]:
     return out
 
 
-def run_normalize(ctx: StepContext) -> dict[str, TiltSeriesSet]:
+def run_normalize(ctx: StepContext[NormalizeParams]) -> dict[str, TiltSeriesSet]:
     from tiltflow.core.normalize import rescale_xf_shifts
     from tiltflow.workflow.device import resolve_device
 
-    p: NormalizeParams = ctx.params
-    source: TiltSeriesSet = ctx.inputs["input"]
+    p = ctx.params
+    source = ctx.input_set("input", TiltSeriesSet)
     pointer = ctx.input_pointers["input"]
     check_binning(p.binning, source)
     for ts in source.items:  # excluded series too: every series of the set keeps one pixel size
         require_stacks(ts, pointer)
-    warnings = ctx.options.setdefault("warnings", [])
+    warnings = ctx.report.warnings
     warnings.extend(_precision_warnings(p))
-    device = resolve_device(ctx.options.get("device"))
-    tasks = []
-    for ts in source.items:
-        refs = {"file": [(im.file, im.index) for im in ts.images]}
-        refs.update(
-            {
-                key: [(getattr(im, key), im.index) for im in ts.images]
-                for key in ("odd_file", "even_file")
-                if all(getattr(im, key) for im in ts.images)
-            }
+    device = resolve_device(ctx.options.device)
+    tasks = [
+        NormalizeTask(
+            key=ts.ts_id,
+            refs=stack_refs(ts.images),
+            params=p,
+            out_dir=str(ctx.run_dir),
+            pixel_size_a=ts.acquisition.pixel_size_a,
+            device=device,
         )
-        tasks.append(
-            (ts.ts_id, (refs, p.model_dump(), str(ctx.run_dir), ts.ts_id, ts.acquisition.pixel_size_a, device))
-        )
-    results = run_items_or_fail(ctx, normalize_series_task, tasks)
+        for ts in source.items
+    ]
+    results = run_items_or_fail(ctx, normalize_series_task, tasks, NormalizeResult)
     items = []
     for ts in source.items:
         r = results[ts.ts_id]
-        files, b = r["files"], p.binning
+        files, b = r.files, p.binning
         pixel = ts.acquisition.pixel_size_a * b
         images = []
         for pos, im in enumerate(ts.images):
@@ -178,7 +210,7 @@ def run_normalize(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                 )
             )
         acq = Acquisition(**{**ts.acquisition.__dict__, "pixel_size_a": pixel})
-        size = (r["stats"]["shape"][2], r["stats"]["shape"][1])
+        size = (r.stats.shape[2], r.stats.shape[1])
         items.append(
             replace(
                 ts,
@@ -188,19 +220,19 @@ def run_normalize(ctx: StepContext) -> dict[str, TiltSeriesSet]:
                 attrs=dict(ts.attrs, normalized={"binning": b, "mode": p.mode, "scale": p.scale}),
             )
         )
-        s = r["stats"]
+        s = r.stats
         ctx.log.info(
             "%s: %d x %d px at %.4g Å/px, %s, mean %.4g, SD %.4g, range %.4g to %.4g",
             ts.ts_id,
             *size,
             pixel,
             p.mode,
-            s["mean"],
-            s["sd"],
-            s["min"],
-            s["max"],
+            s.mean,
+            s.sd,
+            s.min,
+            s.max,
         )
-        for key, n in r["clipped"].items():
+        for key, n in r.clipped.items():
             if n:
                 warnings.append(
                     f"{ts.ts_id}{'' if key == 'file' else ' ' + key.split('_')[0]}: {n} px clipped to "

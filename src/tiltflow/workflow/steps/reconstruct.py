@@ -10,7 +10,6 @@ weighting (Grant & Grigorieff exposure filter at the view's mid-exposure), then 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from tiltflow.workflow.errors import InputError
@@ -27,7 +26,16 @@ from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, re
 from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.checks_data import MAX_THICKNESS_NM, check_reconstruct
 from tiltflow.workflow.steps.citations import CTFPHASEFLIP, EXPOSURE_FILTER, IMOD, SIRT, TOMO3D, WBP
-from tiltflow.workflow.steps.views import load_binned_views, require_stacks
+from tiltflow.workflow.steps.reconstruct_tasks import (
+    Corrections,
+    Optics,
+    ReconstructResult,
+    ReconstructTask,
+    ViewsCtf,
+    reconstruct_series_task,
+)
+from tiltflow.workflow.steps.series_loop import SeriesViews, enabled_series
+from tiltflow.workflow.steps.views import stack_refs
 
 
 class ReconstructParams(CheckedParams):
@@ -131,156 +139,7 @@ class ReconstructParams(CheckedParams):
         return []
 
 
-def reconstruct_series_task(
-    refs: dict[str, list[tuple[str, int]]],
-    xf: list[list[float]],
-    angles: list[float],
-    p: dict,
-    thickness_px: int,
-    z_offset_px: float,
-    x_offset_px: float,
-    out_dir: str,
-    ts_id: str,
-    voxel_size_a: float,
-    device: str,
-    ctf: dict | None = None,
-    exposure_e_a2: list[float] | None = None,
-    optics: dict | None = None,
-) -> dict:
-    """Reconstruct one tilt series (and its halves); module level so a Dask worker can run it.
-
-    ``ctf``: per view ``defocus_u_a``, ``defocus_v_a``, ``astigmatism_angle_deg`` (raw frame),
-    ``phase_shift_rad``; ``exposure_e_a2``: per view mid-exposure; ``optics``: ``voltage_kv``,
-    ``cs_mm``, ``amplitude_contrast``.
-    """
-    import torch
-
-    from tiltflow.core.reconstruct import aligned_shape, apply_xf, sirt, wbp
-    from tiltflow.io.mrc import write_mrc
-    from tiltflow.io.snapshots import write_slice_snapshots
-
-    binning = p["binning"]
-    xf_b = torch.tensor(xf, dtype=torch.float64)
-    xf_b[:, 4:] /= binning  # shifts are in pixels of the stack they apply to
-    angles_t = torch.tensor(angles, dtype=torch.float64)
-    files = {}
-    shape = None
-    for key, view_refs in refs.items():
-        raw = load_binned_views(view_refs, binning, device)
-        raw_shape = (raw.shape[-2], raw.shape[-1])
-        views = apply_xf(raw, xf_b.to(device), aligned_shape(raw_shape, xf_b))
-        del raw
-        views = correct_views(
-            views,
-            xf_b,
-            angles_t,
-            raw_shape=raw_shape,
-            pixel_size_a=voxel_size_a,
-            ctf=ctf,
-            exposure_e_a2=exposure_e_a2,
-            optics=optics,
-            defocus_tol_nm=p.get("ctf_defocus_tol_nm"),
-        )
-        views = views - views.mean(dim=(-2, -1), keepdim=True)
-        if p["invert"]:
-            views = -views
-        if p["method"] == "wbp":
-            cutoff = p["radial_cutoff"]
-            if p.get("hamming_start") is not None:  # tomo3d: ramp x Hamming (core.wbp_window)
-                from tiltflow.core.wbp_window import hamming_filter_views
-
-                views, cutoff = hamming_filter_views(views, p["hamming_start"]), 0.5
-            vol = wbp(
-                views,
-                angles_t,
-                thickness_px=thickness_px,
-                radial_cutoff=cutoff,
-                radial_falloff=p["radial_falloff"],
-                fake_sirt_iterations=p["fake_sirt_iterations"],
-                z_offset_px=z_offset_px,
-                x_offset_px=x_offset_px,
-            )
-        else:
-            vol = sirt(
-                views,
-                angles_t,
-                thickness_px=thickness_px,
-                iterations=p["sirt_iterations"],
-                positivity=p["positivity"],
-                z_offset_px=z_offset_px,
-                x_offset_px=x_offset_px,
-            )
-        del views
-        suffix = "" if key == "file" else f"_{key.split('_')[0]}"
-        files[key] = str(
-            write_mrc(
-                Path(out_dir) / f"{ts_id}_rec{suffix}.mrc", vol.cpu().numpy(), voxel_size_a=voxel_size_a, is_volume=True
-            )
-        )
-        if key == "file":  # PNGs of the central slices beside the tomogram, for the terminal user
-            write_slice_snapshots(vol, files[key])
-        shape = list(vol.shape)
-        del vol
-    return {"files": files, "shape": shape}
-
-
-def correct_views(
-    views,
-    xf_b,
-    angles_t,
-    *,
-    raw_shape: tuple[int, int],
-    pixel_size_a: float,
-    ctf: dict | None,
-    exposure_e_a2: list[float] | None,
-    optics: dict | None,
-    defocus_tol_nm: float | None = None,
-):
-    """Phase-flip (``ctf``) and dose-weight (``exposure_e_a2``) aligned binned views ``(t, h, w)``."""
-    if ctf is not None:
-        from tiltflow.core.phase_flip import (
-            ctf_phase_flip_strips,
-            defocus_in_aligned_views,
-            strip_width_for_tolerance,
-        )
-
-        local = defocus_in_aligned_views(
-            xf_b,
-            angles_t,
-            defocus_u_a=ctf["defocus_u_a"],
-            defocus_v_a=ctf["defocus_v_a"],
-            astigmatism_angle_deg=ctf["astigmatism_angle_deg"],
-            pixel_size_a=pixel_size_a,
-            image_shape=raw_shape,
-        )
-        widths = strip_width_for_tolerance(
-            angles_t,
-            pixel_size_a=pixel_size_a,
-            width_px=views.shape[-1],
-            voltage_kv=optics["voltage_kv"],
-            defocus_tol_a=None if defocus_tol_nm is None else defocus_tol_nm * 10.0,
-        )
-        views = ctf_phase_flip_strips(
-            views,
-            angles_t,
-            defocus_u_a=local.defocus_u_a,
-            defocus_v_a=local.defocus_v_a,
-            astigmatism_angle_deg=local.astigmatism_angle_deg,
-            phase_shift_rad=ctf["phase_shift_rad"],
-            pixel_size_a=pixel_size_a,
-            voltage_kv=optics["voltage_kv"],
-            cs_mm=optics["cs_mm"],
-            amplitude_contrast=optics["amplitude_contrast"],
-            strip_width_px=widths,
-        )
-    if exposure_e_a2 is not None:
-        from tiltflow.core.dose import dose_weight_views
-
-        views = dose_weight_views(views, exposure_e_a2, pixel_size_a=pixel_size_a, voltage_kv=optics["voltage_kv"])
-    return views
-
-
-def series_ctf(ts: TiltSeries, ctf_set: CtfSeriesSet, pointer: str) -> dict[str, list[float]]:
+def series_ctf(ts: TiltSeries, ctf_set: CtfSeriesSet, pointer: str) -> ViewsCtf:
     """Per enabled view (tilt order) the CTF of the same acquisition order; one-line errors otherwise."""
     series = next((c for c in ctf_set.items if c.ts_id == ts.ts_id), None)
     if series is None:
@@ -305,7 +164,7 @@ def series_ctf(ts: TiltSeries, ctf_set: CtfSeriesSet, pointer: str) -> dict[str,
             raise InputError(f"{where}: its CTF is excluded — exclude the view too (subset) or re-enable it")
         for k, values in out.items():
             values.append(float(getattr(c, k)))
-    return out
+    return ViewsCtf(**out)
 
 
 def series_exposure(ts: TiltSeries, pointer: str) -> list[float]:
@@ -331,8 +190,9 @@ def series_xf(ts: TiltSeries) -> list[list[float]]:
     from tiltflow.core.geometry import xf_from_geometry
 
     enabled = ts.enabled_images
-    if all(im.transform is not None for im in enabled):
-        return [list(im.transform) for im in enabled]
+    transforms = [im.transform for im in enabled if im.transform is not None]
+    if len(transforms) == len(enabled):
+        return [list(t) for t in transforms]
     rows = xf_from_geometry(ts.acquisition.tilt_axis_deg, torch.zeros(len(enabled), 2))
     return rows.tolist()
 
@@ -344,7 +204,7 @@ def _failed_alignments(ctx: StepContext, source: TiltSeriesSet) -> set[str]:
     failed = {k: v["reasons"] for k, v in verdicts.items() if v["status"] == "failed"}
     if not failed:
         return set()
-    if not (ctx.skip_bad or ctx.options.get("within_workflow")):
+    if not (ctx.skip_bad or ctx.options.within_workflow):
         ts_id, reasons = next(iter(failed.items()))
         more = f" (and {len(failed) - 1} more series)" if len(failed) > 1 else ""
         raise InputError(
@@ -352,101 +212,96 @@ def _failed_alignments(ctx: StepContext, source: TiltSeriesSet) -> set[str]:
             f"exclude it (subset --exclude {ts_id}), align it again, or pass --skip-bad"
         )
     for ts_id, reasons in failed.items():
-        ctx.options.setdefault("notes", []).append(
-            f"{ts_id}: not reconstructed, its alignment failed ({'; '.join(reasons)})"
-        )
+        ctx.report.note(f"{ts_id}: not reconstructed, its alignment failed ({'; '.join(reasons)})")
     return set(failed)
 
 
-def run_reconstruct(ctx: StepContext) -> dict[str, TomogramSet]:
+def _series_task(
+    ctx: StepContext[ReconstructParams], sv: SeriesViews, ctf_set: CtfSeriesSet | None, device: str
+) -> ReconstructTask:
+    """The task of one series (checked: halves, CTF, doses)."""
+    p = ctx.params
+    ts, enabled = sv.series, sv.views
+    if p.even_odd and not all(im.odd_file and im.even_file for im in enabled):
+        raise InputError(f"{ts.ts_id}: --even-odd needs odd/even stacks (motion-ctf --even-odd)")
+    a = ts.acquisition
+    if p.dose_weight and not 200.0 <= a.voltage_kv <= 300.0:
+        raise InputError(f"{ts.ts_id}: --dose-weight knows critical exposures for 200-300 kV, not {a.voltage_kv} kV")
+    ctf = None
+    if p.ctf_correct == "phaseflip":
+        if ctf_set is None:  # run_reconstruct refused this already
+            raise InputError("reconstruct: --ctf-correct phaseflip needs --ctf RUN_ID")
+        ctf = series_ctf(ts, ctf_set, ctx.input_pointers["ctf"])
+    voxel = a.pixel_size_a * p.binning
+    return ReconstructTask(
+        key=ts.ts_id,
+        refs=stack_refs(enabled, halves=p.even_odd),
+        xf=series_xf(ts),
+        angles=[im.best_tilt_angle_deg for im in enabled],
+        params=p,
+        thickness_px=p.thickness_px or max(1, round(p.thickness_nm * 10.0 / voxel)),
+        z_offset_px=p.z_offset_nm * 10.0 / voxel,
+        x_offset_px=p.x_offset_nm * 10.0 / voxel,
+        voxel_size_a=voxel,
+        out_dir=str(ctx.run_dir),
+        device=device,
+        corrections=Corrections(
+            optics=Optics(a.voltage_kv, a.cs_mm, a.amplitude_contrast),
+            ctf=ctf,
+            exposure_e_a2=series_exposure(ts, ctx.input_pointers["input"]) if p.dose_weight else None,
+            defocus_tol_nm=p.ctf_defocus_tol_nm,
+        ),
+    )
+
+
+def run_reconstruct(ctx: StepContext[ReconstructParams]) -> dict[str, TomogramSet]:
     from tiltflow.workflow.device import resolve_device
 
-    p: ReconstructParams = ctx.params
-    source: TiltSeriesSet = ctx.inputs["input"]
-    ctf_set: CtfSeriesSet | None = ctx.inputs.get("ctf")
+    p = ctx.params
+    source = ctx.input_set("input", TiltSeriesSet)
+    ctf_set = ctx.input_set("ctf", CtfSeriesSet) if ctx.inputs.get("ctf") is not None else None
     check_reconstruct(p, source)
     if p.ctf_correct == "phaseflip" and ctf_set is None:
         raise InputError(
             "reconstruct: --ctf-correct phaseflip needs --ctf RUN_ID (the CTFTomoSeries of ctf or motion-ctf)"
         )
     if ctf_set is not None and p.ctf_correct == "none":
-        ctx.options.setdefault("warnings", []).append("--ctf given without --ctf-correct phaseflip: CTF not used")
+        ctx.report.warn("--ctf given without --ctf-correct phaseflip: CTF not used")
     if p.dose_weight and source.attrs.get("dose_filtered"):
-        ctx.options.setdefault("warnings", []).append(
+        ctx.report.warn(
             f"--dose-weight on views already dose-filtered (dose-filter --mode {source.attrs['dose_filtered']}): "
             "weighted twice"
         )
-    device = resolve_device(ctx.options.get("device"))
+    device = resolve_device(ctx.options.device)
     skip = _failed_alignments(ctx, source)
-    tasks, meta = [], {}
-    for ts in source.items:
-        if not ts.enabled or ts.ts_id in skip:
-            continue
-        enabled = ts.enabled_images
-        require_stacks(ts, ctx.input_pointers["input"], enabled)
-        if len(enabled) < 3:
-            raise InputError(f"{ts.ts_id}: only {len(enabled)} enabled views — at least 3 are needed")
-        refs = {"file": [(im.file, im.index) for im in enabled]}
-        if p.even_odd:
-            if not all(im.odd_file and im.even_file for im in enabled):
-                raise InputError(f"{ts.ts_id}: --even-odd needs odd/even stacks (motion-ctf --even-odd)")
-            refs["odd_file"] = [(im.odd_file, im.index) for im in enabled]
-            refs["even_file"] = [(im.even_file, im.index) for im in enabled]
-        voxel = ts.acquisition.pixel_size_a * p.binning
-        thickness_px = p.thickness_px or max(1, round(p.thickness_nm * 10.0 / voxel))
-        angles = [im.best_tilt_angle_deg for im in enabled]
-        meta[ts.ts_id] = voxel
-        a = ts.acquisition
-        optics = {"voltage_kv": a.voltage_kv, "cs_mm": a.cs_mm, "amplitude_contrast": a.amplitude_contrast}
-        ctf = series_ctf(ts, ctf_set, ctx.input_pointers["ctf"]) if p.ctf_correct == "phaseflip" else None
-        exposure = series_exposure(ts, ctx.input_pointers["input"]) if p.dose_weight else None
-        if p.dose_weight and not 200.0 <= a.voltage_kv <= 300.0:
-            raise InputError(
-                f"{ts.ts_id}: --dose-weight knows critical exposures for 200-300 kV, not {a.voltage_kv} kV"
-            )
-        tasks.append(
-            (
-                ts.ts_id,
-                (
-                    refs,
-                    series_xf(ts),
-                    angles,
-                    p.model_dump(),
-                    thickness_px,
-                    p.z_offset_nm * 10.0 / voxel,
-                    p.x_offset_nm * 10.0 / voxel,
-                    str(ctx.run_dir),
-                    ts.ts_id,
-                    voxel,
-                    device,
-                    ctf,
-                    exposure,
-                    optics,
-                ),
-            )
-        )
-    if not tasks:
-        raise InputError(
-            f"{ctx.input_pointers['input']}: every tilt series is excluded" + (" or failed to align" if skip else "")
-        )
-    results = run_items_or_fail(ctx, reconstruct_series_task, tasks)
+    tasks = []
+    for sv in enabled_series(
+        source,
+        ctx.input_pointers["input"],
+        min_views=3,
+        purpose="reconstruction",
+        skip=skip,
+        why_none=" or failed to align" if skip else "",
+    ):
+        tasks.append(_series_task(ctx, sv, ctf_set, device))
+    results = run_items_or_fail(ctx, reconstruct_series_task, tasks, ReconstructResult)
     items = []
-    for key, _ in tasks:
-        r = results[key]
+    for task in tasks:
+        key, r = task.key, results[task.key]
         attrs = {"ctf_correct": p.ctf_correct, "dose_weight": p.dose_weight}
         items.append(
             Tomogram(
                 key,
-                r["files"]["file"],
-                meta[key],
-                tuple(r["shape"]),
+                r.files["file"],
+                task.voxel_size_a,
+                (r.shape[0], r.shape[1], r.shape[2]),
                 attrs,
                 method=p.method,
                 binning=p.binning,
                 source=ctx.input_pointers["input"],
                 ctf=ctx.input_pointers["ctf"] if p.ctf_correct != "none" else None,
-                odd_file=r["files"].get("odd_file"),
-                even_file=r["files"].get("even_file"),
+                odd_file=r.files.get("odd_file"),
+                even_file=r.files.get("even_file"),
             )
         )
     return {"Tomograms": TomogramSet(items, {"method": p.method, "even_odd": p.even_odd})}

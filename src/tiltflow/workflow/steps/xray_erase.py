@@ -4,8 +4,9 @@ per tilt the erased pixels are saved (and, optionally, an IMOD point model)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -15,7 +16,8 @@ from tiltflow.workflow.steps.base import InputSpec, Step, StepContext, param, re
 from tiltflow.workflow.steps.checks import CheckedParams
 from tiltflow.workflow.steps.checks_data import check_xray_erase
 from tiltflow.workflow.steps.citations import CCDERASER, IMOD
-from tiltflow.workflow.steps.views import require_stacks, stacks_set
+from tiltflow.workflow.steps.views import require_stacks, stack_refs, stacks_set
+from tiltflow.workflow.tasks import ItemTask, StackRefs, StacksResult
 
 
 class XrayEraseParams(CheckedParams):
@@ -79,124 +81,130 @@ class XrayEraseParams(CheckedParams):
         return XrayParams(**{k: v for k, v in self.model_dump().items() if k not in ("odd_even", "imod_model")})
 
 
-def erase_series_task(
-    images: list[tuple[str, int]],
-    halves: dict[str, list[tuple[str, int]]],
-    out_dir: str,
-    ts_id: str,
-    params: dict,
-    device: str,
-    pixel_size_a: float,
-    imod_model: bool,
-    erase_halves: bool,
-) -> dict:
-    """Erase one tilt series (module level, so a Dask worker can run it). Returns small results.
-    Odd/even half-sum stacks are erased too with ``erase_halves``, else copied in the same order."""
+@dataclass(frozen=True, kw_only=True)
+class XrayTask(ItemTask):
+    """One series to clean (``key``: its tsId); the half-sum stacks are erased with
+    ``params.odd_even``, else copied in the same order."""
+
+    refs: StackRefs
+    params: XrayEraseParams
+    out_dir: str
+    pixel_size_a: float
+    device: str
+
+
+@dataclass(frozen=True)
+class XrayResult(StacksResult):
+    RENAMED: ClassVar[dict[str, str]] = {"positions": "positions_file", "imod_model": "model_file"}
+
+    erased_px: list[int]  # per view (tilt order) of the main stack
+    patches: list[int]
+    positions_file: str  # the table of erased pixels
+    model_file: str | None = None  # the erased pixels as an IMOD point model
+
+
+def erase_series_task(task: XrayTask) -> XrayResult:
+    """Erase one tilt series (module level, so a Dask worker can run it). Returns small results."""
     import torch
 
-    from tiltflow.core.xray import XrayParams, erase_xrays
+    from tiltflow.core.xray import erase_xrays
     from tiltflow.io.mrc import read_section, write_mrc
 
-    p = XrayParams(**params)
-    out = Path(out_dir)
-    result: dict = {"files": {}, "erased_px": [], "patches": []}
-    masks = []
-    for key, refs in {"file": images, **halves}.items():
+    p = task.params.core()
+    out = Path(task.out_dir)
+    files: dict[str, str] = {}
+    erased_px: list[int] = []
+    patches: list[int] = []
+    masks = np.zeros((0, 0, 0), dtype=bool)
+    for key, refs in task.refs.items():
         stack = np.stack([read_section(f, i) for f, i in refs])
-        name = f"{ts_id}.mrc" if key == "file" else f"{ts_id}_{key.split('_')[0]}.mrc"
-        if key != "file" and not erase_halves:
-            result["files"][key] = str(write_mrc(out / name, stack, voxel_size_a=pixel_size_a))
+        name = f"{task.key}.mrc" if key == "file" else f"{task.key}_{key.split('_')[0]}.mrc"
+        if key != "file" and not task.params.odd_even:
+            files[key] = str(write_mrc(out / name, stack, voxel_size_a=task.pixel_size_a))
             continue
-        erased = erase_xrays(torch.from_numpy(stack).to(device), p)
-        result["files"][key] = str(write_mrc(out / name, erased.image.cpu().numpy(), voxel_size_a=pixel_size_a))
+        erased = erase_xrays(torch.from_numpy(stack).to(task.device), p)
+        files[key] = str(write_mrc(out / name, erased.image.cpu().numpy(), voxel_size_a=task.pixel_size_a))
         if key == "file":
-            mask = erased.mask.cpu().numpy()
-            masks = mask
-            result["erased_px"] = [int(m.sum()) for m in mask]
+            masks = erased.mask.cpu().numpy()
+            erased_px = [int(m.sum()) for m in masks]
             n = erased.n_patches
-            result["patches"] = [int(v) for v in (n.tolist() if torch.is_tensor(n) else [n])]
+            patches = [int(v) for v in (n.tolist() if torch.is_tensor(n) else [n])]
     # positions of erased pixels: view (0-based, tilt order), x, y
     views, ys, xs = np.nonzero(masks)
-    positions = out / f"{ts_id}_xray_pixels.txt"
+    positions = out / f"{task.key}_xray_pixels.txt"
     np.savetxt(positions, np.stack([views, xs, ys], 1), fmt="%d", header="view(0-based, tilt order) x y")
-    result["positions"] = str(positions)
-    if imod_model and len(views):
-        from tiltflow.io.imod import fiducial_model, write_mod
-
-        contours = [
-            torch.tensor(np.stack([xs[views == v], ys[views == v], views[views == v]], 1), dtype=torch.float32)
-            for v in np.unique(views)
-        ]
-        model = fiducial_model(
-            contours,
-            image_shape=masks.shape[1:],
-            n_views=masks.shape[0],
-            pixel_size_a=pixel_size_a,
-            name=f"{ts_id} erased pixels",
-        )
-        write_mod(out / f"{ts_id}_xrays.mod", model)
-        result["imod_model"] = str(out / f"{ts_id}_xrays.mod")
-    return result
+    model = None
+    if task.params.imod_model and len(views):
+        model = str(_write_model(out / f"{task.key}_xrays.mod", masks, task.pixel_size_a, task.key))
+    return XrayResult(files, erased_px, patches, str(positions), model)
 
 
-def run_xray_erase(ctx: StepContext) -> dict[str, TiltSeriesSet]:
+def _write_model(path: Path, masks: np.ndarray, pixel_size_a: float, ts_id: str) -> Path:
+    """The erased pixels (``masks``: (t, h, w) bool) as an IMOD point model, a contour per view."""
+    import torch
+
+    from tiltflow.io.imod import fiducial_model, write_mod
+
+    views, ys, xs = np.nonzero(masks)
+    contours = [
+        torch.tensor(np.stack([xs[views == v], ys[views == v], views[views == v]], 1), dtype=torch.float32)
+        for v in np.unique(views)
+    ]
+    model = fiducial_model(
+        contours,
+        image_shape=masks.shape[1:],
+        n_views=masks.shape[0],
+        pixel_size_a=pixel_size_a,
+        name=f"{ts_id} erased pixels",
+    )
+    write_mod(path, model)
+    return path
+
+
+def run_xray_erase(ctx: StepContext[XrayEraseParams]) -> dict[str, TiltSeriesSet]:
     from tiltflow.workflow.device import resolve_device
 
-    p: XrayEraseParams = ctx.params
-    source: TiltSeriesSet = ctx.inputs["input"]
+    p = ctx.params
+    source = ctx.input_set("input", TiltSeriesSet)
     check_xray_erase(p, source)
-    core = asdict(p.core())
-    device = resolve_device(ctx.options.get("device"))
+    device = resolve_device(ctx.options.device)
     tasks = []
     for ts in source.items:
         require_stacks(ts, ctx.input_pointers["input"])
-        halves = {
-            key: [(getattr(im, key), im.index) for im in ts.images]
-            for key in ("odd_file", "even_file")
-            if all(getattr(im, key) for im in ts.images)
-        }
         tasks.append(
-            (
-                ts.ts_id,
-                (
-                    [(im.file, im.index) for im in ts.images],
-                    halves,
-                    str(ctx.run_dir),
-                    ts.ts_id,
-                    core,
-                    device,
-                    ts.acquisition.pixel_size_a,
-                    p.imod_model,
-                    p.odd_even,
-                ),
+            XrayTask(
+                key=ts.ts_id,
+                refs=stack_refs(ts.images),
+                params=p,
+                out_dir=str(ctx.run_dir),
+                pixel_size_a=ts.acquisition.pixel_size_a,
+                device=device,
             )
         )
-    results = run_items_or_fail(ctx, erase_series_task, tasks)
+    results = run_items_or_fail(ctx, erase_series_task, tasks, XrayResult)
     items, total = [], 0
     for ts in source.items:
         r = results[ts.ts_id]
         new_images = []
         for pos, im in enumerate(ts.images):
-            attrs = dict(im.attrs, xray_erased_px=r["erased_px"][pos])
+            attrs = dict(im.attrs, xray_erased_px=r.erased_px[pos])
             new_images.append(
                 type(im)(
                     **{
                         **im.__dict__,
-                        "file": r["files"]["file"],
+                        "file": r.files["file"],
                         "index": pos,
-                        "odd_file": r["files"].get("odd_file"),
-                        "even_file": r["files"].get("even_file"),
+                        "odd_file": r.files.get("odd_file"),
+                        "even_file": r.files.get("even_file"),
                         "attrs": attrs,
                     }
                 )
             )
-        total += sum(r["erased_px"])
+        total += sum(r.erased_px)
         items.append(
-            replace(
-                ts, images=new_images, attrs=dict(ts.attrs, xray_pixels=r["positions"], xray_model=r.get("imod_model"))
-            )
+            replace(ts, images=new_images, attrs=dict(ts.attrs, xray_pixels=r.positions_file, xray_model=r.model_file))
         )
-        ctx.log.info("%s: %d px erased in %d patches", ts.ts_id, sum(r["erased_px"]), sum(r["patches"]))
+        ctx.log.info("%s: %d px erased in %d patches", ts.ts_id, sum(r.erased_px), sum(r.patches))
     attrs = dict(source.attrs, xray_erased_px=total)
     return {"TiltSeries": stacks_set(source, items, attrs)}
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from tiltflow.io.mdoc_resolve import (
     _TOMO5_MOVIE,
     MdocError,
+    RawMdoc,
     axis_from_titles,
     check_tilt_series,
     movie_basename,
@@ -88,8 +89,9 @@ class SeriesTracker:
         return min(self.s.quiet_s, max(2 * self.s.settle_s, 2 * self.s.interval_s, 1.0))
 
     # -- listing --------------------------------------------------------------------------
-    def _mdocs_by_series(self, scan: Scan, out: list[str]) -> dict[str, FileState]:
-        chosen: dict[str, list[FileState]] = {}
+    def _mdocs_by_series(self, scan: Scan, out: list[str]) -> dict[str, tuple[FileState, RawMdoc]]:
+        """Each series' mdoc and its parsed text (the one with most tilts, newest, of duplicates)."""
+        chosen: dict[str, list[tuple[FileState, RawMdoc]]] = {}
         for f in scan.mdocs.values():
             if f.raw is None:
                 continue
@@ -105,25 +107,25 @@ class SeriesTracker:
                     out,
                 )
                 continue
-            chosen.setdefault(ts_id_from_name(f.path.name), []).append(f)
+            chosen.setdefault(ts_id_from_name(f.path.name), []).append((f, f.raw))
         result = {}
         for ts, files in chosen.items():
-            files.sort(key=lambda f: (len(f.raw.sections), f.mtime), reverse=True)
+            files.sort(key=lambda fr: (len(fr[1].sections), fr[0].mtime), reverse=True)
             if len(files) > 1:
-                others = ", ".join(x.path.name for x in files[1:])
+                first = files[0][0].path.name
+                others = ", ".join(x.path.name for x, _ in files[1:])
                 self._say(
                     f"dup:{ts}:{len(files)}",
-                    f"{ts}: {len(files)} mdocs ({files[0].path.name}, {others}) — "
-                    f"using {files[0].path.name} (most tilts, newest)",
+                    f"{ts}: {len(files)} mdocs ({first}, {others}) — using {first} (most tilts, newest)",
                     out,
                 )
             result[ts] = files[0]
         return result
 
-    def _listed(self, f: FileState, out: list[str]) -> list[tuple[str, float, str]]:
+    def _listed(self, f: FileState, raw: RawMdoc, out: list[str]) -> list[tuple[str, float, str]]:
         """(movie name, angle, section) of the mdoc's complete tilt sections."""
         rows = []
-        for s in f.raw.sections:
+        for s in raw.sections:
             if s.kind != "ZValue":
                 continue
             name = movie_basename(s.values.get("SubFramePath", "")) if s.values.get("SubFramePath") else None
@@ -132,7 +134,7 @@ class SeriesTracker:
             except (ValueError, IndexError):
                 angle = None
             if name is None or angle is None:
-                if s is not f.raw.sections[-1]:  # the last one may be half-written
+                if s is not raw.sections[-1]:  # the last one may be half-written
                     self._say(
                         f"sec:{f.path}:{s.label}",
                         f"{f.path.name} [{s.label}]: no "
@@ -162,12 +164,12 @@ class SeriesTracker:
         names = scan.by_name()
         claimed: set[Path] = set()
         views: dict[str, SeriesView] = {}
-        for ts, f in self._mdocs_by_series(scan, out).items():
-            _, form = axis_from_titles(f.raw.titles)
-            tomo5 = form == "tomo5" or any("Tomography" in t for t in f.raw.titles)
+        for ts, (f, raw) in self._mdocs_by_series(scan, out).items():
+            _, form = axis_from_titles(raw.titles)
+            tomo5 = form == "tomo5" or any("Tomography" in t for t in raw.titles)
             v = views[ts] = SeriesView(ts, f.path, "tomo5" if tomo5 else "serialem", final_mdoc=tomo5)
             v.last_activity = f.changed
-            for name, angle, label in self._listed(f, out):
+            for name, angle, label in self._listed(f, raw, out):
                 path = self._find(name, names)
                 if path in claimed:
                     self._say(f"twice:{path}", f"{path.name}: listed by two series — kept in the first", out)
@@ -177,25 +179,27 @@ class SeriesTracker:
                 first = self.first_seen.setdefault((ts, name), min(now, f.changed))  # a restart keeps clocks
                 v.tilts.append(Tilt(name, path, angle, label, first))
         for path in scan.movies:  # Tomo5 movies before their mdoc
-            ts = tomo5_series_of(path.name)
-            if path in claimed or ts is None or (ts in views and views[ts].mdoc is not None):
+            series_id = tomo5_series_of(path.name)
+            m = _TOMO5_MOVIE.match(path.name)  # None exactly when series_id is
+            if path in claimed or series_id is None or m is None:
                 continue
-            v = views.setdefault(ts, SeriesView(ts, flavour="tomo5"))
-            m = _TOMO5_MOVIE.match(path.name)
+            if series_id in views and views[series_id].mdoc is not None:
+                continue
+            v = views.setdefault(series_id, SeriesView(series_id, flavour="tomo5"))
             v.tilts.append(
                 Tilt(
                     path.name,
                     path,
                     float(m.group("angle")),
                     None,
-                    self.first_seen.setdefault((ts, path.name), min(now, scan.movies[path].changed)),
+                    self.first_seen.setdefault((series_id, path.name), min(now, scan.movies[path].changed)),
                 )
             )
             claimed.add(path)
         for v in views.values():
             self._tilt_states(v, scan, now, out)
         self._orphans(scan, claimed, now, out)
-        for ts, v in sorted(views.items(), key=lambda kv: kv[1].first_seen):
+        for v in sorted(views.values(), key=lambda view: view.first_seen):
             self._close(v, views, now, out)
         self.series = views
         return out

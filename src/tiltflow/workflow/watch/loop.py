@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from tiltflow.workflow.errors import InputError
+from tiltflow.workflow.run_options import RunOptions, RunReport
 from tiltflow.workflow.store import ProjectStore
 from tiltflow.workflow.watch import status
 from tiltflow.workflow.watch.completeness import SeriesTracker, SeriesView
@@ -24,9 +27,9 @@ from tiltflow.workflow.watch.snapshot import read_snapshot, snapshot_sections, w
 from tiltflow.workflow.watch.tilt_cache import (
     CachingExecutor,
     TiltCache,
-    cache_args,
+    cache_task,
     signature,
-    task_args,
+    tilt_movie_task,
     tilt_task,
 )
 from tiltflow.workflow.watch.workers import Workers, run_one
@@ -39,7 +42,7 @@ class WatchLoop:
         store: ProjectStore,
         workflow,
         settings: WatchSettings,
-        options: dict | None = None,
+        options: RunOptions | Mapping[str, Any] | None = None,
         *,
         on_line: Callable[[str], None] = print,
         on_state: Callable[[dict], None] | None = None,
@@ -52,7 +55,7 @@ class WatchLoop:
 
         self.folder, self.store, self.s, self.clock = Path(folder).absolute(), store, settings, clock
         self.plan = plan(workflow)
-        self.options = dict(options or {})
+        self.options = RunOptions.of(options)
         ip = dict(self.plan.import_step.params)
         self.pattern = ip.pop("pattern", "*.mdoc")
         ip.pop("files", None)
@@ -60,7 +63,7 @@ class WatchLoop:
         checked = ImportMoviesParams.model_validate({**ip, "files": str(self.folder)})
         self.gain, self.dark = checked.gain, checked.dark
         self.motion = MotionCtfParams.model_validate(self.plan.motion_step.params) if self.plan.motion_step else None
-        self.device = resolve_device(self.options.get("device"))
+        self.device = resolve_device(self.options.device)
         self.root = store.root / "watch"
         store.connect().close()  # the project exists from the start: `view` works at once
         self.scanner = FolderScanner(
@@ -74,7 +77,7 @@ class WatchLoop:
         self.tracker = SeriesTracker(settings)
         self.cache, self.book = TiltCache(store), SeriesBook(self.root)
         self.executor = make_executor(self.options)
-        self.dask = self.options.get("executor") == "dask"
+        self.dask = self.options.executor == "dask"
         self.tilt_workers = Workers(settings.tilt_workers, "watch-tilt")
         self.batch_worker = Workers(1, "watch-series")
         self.inflight: dict[str, str] = {}  # real movie path -> tsId
@@ -105,7 +108,7 @@ class WatchLoop:
         views = [v for v in self.tracker.series.values() if v.ts_id != ts_id and v.mdoc is not None]
         views.sort(key=lambda v: v.last_activity)
         for v in reversed(views):
-            f = self.scanner.scan.mdocs.get(v.mdoc)
+            f = self.scanner.scan.mdocs.get(v.mdoc) if v.mdoc is not None else None
             if f is not None and f.raw is not None:
                 return f.raw
         return None
@@ -154,34 +157,33 @@ class WatchLoop:
                 self.said_blocked.add(said)
                 self.say(f"{v.ts_id}: tilts wait — {self.blocked[v.ts_id]}")
             return
-        pd = self.motion.model_dump()
         for movie, (series, im) in images.items():
             if movie in self.inflight:
                 continue
-            args = task_args(series, im, self.gain, self.dark, pd, self.device)
-            if self.cache.lookup(signature(args)) is not None:
+            task = tilt_movie_task(series, im, self.gain, self.dark, self.motion, self.device)
+            if self.cache.lookup(signature(task)) is not None:
                 continue
             self.inflight[movie] = v.ts_id
-            run = cache_args(args, self.cache.folder(v.ts_id))
+            run = cache_task(task, self.cache.folder(v.ts_id))
             if self.dask:
-                self.tilt_workers.submit((movie, args), run_one, self.executor, tilt_task, movie, run)
+                self.tilt_workers.submit((movie, task), run_one, self.executor, tilt_task, run)
             else:
-                self.tilt_workers.submit((movie, args), tilt_task, *run)
+                self.tilt_workers.submit((movie, task), tilt_task, run)
 
     def _collect_tilts(self) -> None:
-        for (movie, args), value, seconds in self.tilt_workers.done():
+        for (movie, task), value, seconds in self.tilt_workers.done():
             ts_id = self.inflight.pop(movie)
-            self.cache.put(ts_id, signature(args), value, seconds)
+            self.cache.put(ts_id, signature(task), value, seconds)
             self.done_times.append(self.clock())
             self.last_work = self.clock()
             name = Path(movie).name
             if isinstance(value, BaseException):
                 self.say(f"{ts_id}: {name} cannot be used ({value}) — the series goes on without it")
             else:
-                ctf = value.get("ctf")
-                df = f", defocus {(ctf['defocus_u_a'] + ctf['defocus_v_a']) / 2e4:.2f} µm" if ctf else ""
+                ctf = value.ctf
+                df = f", defocus {(ctf.defocus_u_a + ctf.defocus_v_a) / 2e4:.2f} µm" if ctf else ""
                 self.say(
-                    f"{ts_id}: {name} done in {seconds:.1f} s: motion {value['total_motion_px']:.2f} px{df}", quiet=True
+                    f"{ts_id}: {name} done in {seconds:.1f} s: motion {value.total_motion_px:.2f} px{df}", quiet=True
                 )
 
     def _preview(self, v: SeriesView) -> None:
@@ -197,8 +199,8 @@ class WatchLoop:
         images = self.live.get(v.ts_id, (None, {}))[1]
         for series, im in images.values():
             if Path(im.file).name == name:
-                args = task_args(series, im, self.gain, self.dark, self.motion.model_dump(), self.device)
-                return self.cache.lookup(signature(args))
+                task = tilt_movie_task(series, im, self.gain, self.dark, self.motion, self.device)
+                return self.cache.lookup(signature(task))
         return None
 
     def _queue_batch(self, v: SeriesView) -> None:
@@ -220,6 +222,8 @@ class WatchLoop:
         k = 1 if last is None else last.k + 1
         raw = self.scanner.scan.mdocs[v.mdoc].raw
         made = snapshot_sections(v, raw, good, None)
+        if made is None:  # the mdoc is no longer readable: the next scan tries again
+            return
         folder = self.root / "batches" / v.ts_id / f"b{k}"
         write_snapshot(folder, v.ts_id, made[0], made[1], good)
         b = Batch(
@@ -245,14 +249,11 @@ class WatchLoop:
         mdoc = self.store.root / b.folder / f"{ts_id}.mdoc"
         wf = series_workflow(self.plan.workflow, ts_id, b.k, mdoc)
         caching = CachingExecutor(self.executor, self.cache, ts_id)
-        opts = {
-            **{k: v for k, v in self.options.items() if not k.startswith("_")},
-            "_executor": caching,
-            "warnings": [],
-            "notes": [],
-        }
+        report = RunReport()
         try:
-            runs = run_workflow(self.store, wf, options=opts, resume=True)
+            runs = run_workflow(
+                self.store, wf, options=replace(self.options, shared_executor=caching), report=report, resume=True
+            )
         except InputError as err:
             self.book.update(ts_id, b, status="failed", ended=time.time(), error="; ".join(err.problems))
             return f"{ts_id}: series steps failed: {'; '.join(err.problems)}"
@@ -262,7 +263,7 @@ class WatchLoop:
         ids = {sid.split(":")[0]: r.id for sid, r in runs.items()}
         verdicts, summary = status.batch_verdicts(self.store, [r.id for r in runs.values()])
         self.book.update(
-            ts_id, b, status="done", ended=time.time(), runs=ids, summary=summary + opts["warnings"], verdicts=verdicts
+            ts_id, b, status="done", ended=time.time(), runs=ids, summary=summary + report.warnings, verdicts=verdicts
         )
         lag = f", {time.time() - b.last_tilt:.0f} s after its last tilt" if b.last_tilt else ""
         reused = f", per-tilt results reused {caching.hits}/{caching.hits + caching.misses}" if self.motion else ""

@@ -83,7 +83,7 @@ def coarse_preview(
     f = max(1, math.ceil(max(views.shape[-2:]) / target_px))
     views = bin_views(views, f) if f > 1 else views
     xf = xf_from_geometry(tilt_axis_deg, torch.zeros(len(order), 2))
-    shape = aligned_shape(tuple(views.shape[-2:]), xf)
+    shape = aligned_shape((views.shape[-2], views.shape[-1]), xf)
     aligned = apply_xf(views, xf, shape, mode="bilinear")
     shifts = _coarse_shifts(aligned)
     xf[:, 4:] += shifts

@@ -97,7 +97,8 @@ class SeriesBook:
                 continue
 
     def last(self, ts_id: str) -> Batch | None:
-        return (self.batches.get(ts_id) or [None])[-1]
+        batches = self.batches.get(ts_id)
+        return batches[-1] if batches else None
 
     def add(self, ts_id: str, batch: Batch) -> None:
         with self._lock:

@@ -63,9 +63,10 @@ def snapshot_sections(
     if template is None:
         return None
     made = [_tomo5_section(template, t) for t in tilts]
-    if any(s is None for s in made):
+    sections = [s for s in made if s is not None]
+    if len(sections) < len(made):
         return None
-    return template, sorted(made, key=lambda s: int(s.label.split("=")[1]))
+    return template, sorted(sections, key=lambda s: int(s.label.split("=")[1]))
 
 
 def _with_phantom(sections: list[Section]) -> list[Section]:

@@ -12,20 +12,28 @@ angle in its name; doses only count with dose weighting); otherwise it is comput
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
 import shutil
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiltflow.workflow.paths import map_attrs
-from tiltflow.workflow.steps.motion_ctf import motion_movie_task, movie_task_args
+from tiltflow.workflow.steps.motion_tasks import MovieResult, MovieSetup, MovieTask, motion_movie_task, movie_task
+
+if TYPE_CHECKING:
+    from tiltflow.workflow.executor import Executor
+    from tiltflow.workflow.sets import TiltImage, TiltSeries
+    from tiltflow.workflow.steps.motion_ctf import MotionCtfParams
+    from tiltflow.workflow.store import ProjectStore
 
 ANGLE_TOLERANCE_DEG = 0.1
-# the task's arguments before its output place, by the names records carry (``p`` is "params")
+# what decides a task's result, by the names records carry: its fields less the output place,
+# device and session (``params``: the step's parameters as a dict)
 _KEYS = (
     "movie",
     "gain",
@@ -40,20 +48,21 @@ _KEYS = (
     "prior_dose",
     "dose",
 )
-_ARGS = tuple(inspect.signature(motion_movie_task).parameters)
-_OUT, _NAME = _ARGS.index("out_dir"), _ARGS.index("name")
-assert _OUT == len(_KEYS) and _ARGS[:_OUT] == tuple("p" if k == "params" else k for k in _KEYS), _ARGS
 
 
 def _real(path: str | None) -> str | None:
     return os.path.realpath(path) if path else None
 
 
-def signature(args: tuple) -> dict:
-    """What decides a task's result: its arguments less the output place, device and session."""
-    sig = dict(zip(_KEYS, args[:_OUT], strict=False))
-    for key in ("movie", "gain", "dark"):
-        sig[key] = _real(sig[key])
+def signature(task: MovieTask) -> dict:
+    """What decides a task's result (see ``_KEYS``), JSON-able, the files by their real paths."""
+    sig = {
+        "movie": _real(task.movie),
+        "gain": _real(task.setup.gain),
+        "dark": _real(task.setup.dark),
+        "params": task.setup.params.model_dump(),
+        **{k: getattr(task, k) for k in _KEYS[4:]},
+    }
     return json.loads(json.dumps(sig))
 
 
@@ -81,7 +90,7 @@ def _link(src: Path, dest: Path) -> None:
 class TiltCache:
     """``records`` by real movie path; thread-safe (the watch loop and a series batch share it)."""
 
-    def __init__(self, store):
+    def __init__(self, store: ProjectStore):
         self.store, self.root = store, store.root / "watch" / "tilts"
         self._lock = threading.Lock()
         self.records: dict[str, dict] = {}
@@ -100,15 +109,15 @@ class TiltCache:
         rec = self.records.get(sig["movie"])
         return rec if rec is not None and same_result(rec["sig"], sig) else None
 
-    def put(self, ts_id: str, sig: dict, result: Any, seconds: float) -> dict:
-        """Record a finished task (a result dict, or an exception: a movie that cannot be used)."""
+    def put(self, ts_id: str, sig: dict, result: MovieResult | BaseException, seconds: float) -> dict:
+        """Record a finished task (its result, or an exception: a movie that cannot be used)."""
         failed = isinstance(result, BaseException)
         rec = {
             "ts": ts_id,
             "sig": sig,
             "when": time.time(),
             "seconds": round(seconds, 3),
-            "result": None if failed else result,
+            "result": None if isinstance(result, BaseException) else result.to_record(),
             "error": (str(result) if str(result).startswith(sig["movie"]) else f"{type(result).__name__}: {result}")
             if failed
             else None,
@@ -125,7 +134,7 @@ class TiltCache:
                 log.write(f"{rec['when']:.3f} {sig['movie']} {'failed' if failed else 'ok'} {seconds:.2f}\n")
         return rec
 
-    def linked(self, rec: dict, out_dir: str, name: str) -> dict:
+    def linked(self, rec: dict, out_dir: str, name: str) -> MovieResult:
         """``rec``'s result with its files linked into a run's folder as ``name`` (what the task
         itself would have written there)."""
         result = copy.deepcopy(rec["result"])
@@ -142,57 +151,63 @@ class TiltCache:
             dest = out / "ctf" / f"{name}.png"
             _link(Path(result["ctf"]["spectrum_file"]), dest)
             result["ctf"]["spectrum_file"] = str(dest)
-        return result
+        return MovieResult.from_record(result)
 
 
-def tilt_task(*args) -> dict:
+def tilt_task(task: MovieTask) -> MovieResult:
     """The per-movie task, then a binned copy of its sum for previews and the dashboard."""
     from tiltflow.workflow.watch.preview import write_thumb
 
-    result = motion_movie_task(*args)
-    write_thumb(result["files"]["sum"])
+    result = motion_movie_task(task)
+    write_thumb(result.files["sum"])
     return result
 
 
-def task_args(series, image, gain: str | None, dark: str | None, params: dict, device: str) -> tuple:
-    """The motion-ctf step's per-movie task arguments for one tilt (``movie_task_args``, as the step's
-    runs build them; the output place and name are the caller's)."""
-    return movie_task_args(series, image, gain, dark, params, "", "", device)
+def tilt_movie_task(
+    series: TiltSeries, image: TiltImage, gain: str | None, dark: str | None, params: MotionCtfParams, device: str
+) -> MovieTask:
+    """The motion-ctf step's per-movie task for one tilt (``movie_task``, as the step's runs build
+    it; the output place and name are the caller's)."""
+    return movie_task(series, image, MovieSetup(params, gain, dark, device))
 
 
-def cache_args(args: tuple, folder: Path) -> tuple:
-    """``args`` of the per-movie task writing into the cache ``folder`` under the movie's name."""
-    movie = _real(args[0])
-    return (movie, *args[1:_OUT], str(folder), Path(movie).stem, *args[_NAME + 1 :])
+def cache_task(task: MovieTask, folder: Path) -> MovieTask:
+    """``task`` writing into the cache ``folder`` under the movie's name."""
+    movie = os.path.realpath(task.movie)
+    return replace(task, movie=movie, out_dir=str(folder), name=Path(movie).stem)
 
 
 class CachingExecutor:
     """An executor for a series' runs: the motion-ctf task is answered from the cache where it can,
     computed into the cache (then linked) where not; other tasks go to ``inner``."""
 
-    def __init__(self, inner, cache: TiltCache, ts_id: str):
+    def __init__(self, inner: Executor, cache: TiltCache, ts_id: str):
         self.inner, self.cache, self.ts_id = inner, cache, ts_id
         self.hits = self.misses = 0
 
-    def map_unordered(self, fn, tasks):
+    # typed loosely: which tasks are answered from the cache depends on ``fn`` at run time
+    def map_unordered(self, fn: Any, tasks: Iterable[Any]) -> Iterator[tuple[str, Any]]:
         if fn is not motion_movie_task:
             yield from self.inner.map_unordered(fn, tasks)
             return
+        yield from self._movies(tasks)
+
+    def _movies(self, tasks: Iterable[MovieTask]) -> Iterator[tuple[str, MovieResult | BaseException]]:
         misses, wanted = [], {}
-        for key, args in tasks:
-            rec = self.cache.lookup(signature(args))
+        for task in tasks:
+            rec = self.cache.lookup(signature(task))
             if rec is not None and rec["result"] is not None:
                 self.hits += 1
-                yield key, self.cache.linked(rec, args[_OUT], args[_NAME])
+                yield task.key, self.cache.linked(rec, task.out_dir, task.name)
             else:
-                misses.append((key, cache_args(args, self.cache.folder(self.ts_id))))
-                wanted[key] = args
+                misses.append(cache_task(task, self.cache.folder(self.ts_id)))
+                wanted[task.key] = task
         started = time.time()
-        for key, value in self.inner.map_unordered(fn, misses):
+        for key, value in self.inner.map_unordered(motion_movie_task, misses):
             self.misses += 1
-            args = wanted[key]
-            rec = self.cache.put(self.ts_id, signature(args), value, time.time() - started)
-            yield key, value if isinstance(value, BaseException) else self.cache.linked(rec, args[_OUT], args[_NAME])
+            task = wanted[key]
+            rec = self.cache.put(self.ts_id, signature(task), value, time.time() - started)
+            yield key, value if isinstance(value, BaseException) else self.cache.linked(rec, task.out_dir, task.name)
 
     def close(self) -> None:
         pass

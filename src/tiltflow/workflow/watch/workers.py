@@ -7,7 +7,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tiltflow.workflow.tasks import ItemResult, ItemTask
+
+if TYPE_CHECKING:
+    from tiltflow.workflow.executor import Executor
+
+T = TypeVar("T", bound=ItemTask)
+R = TypeVar("R", bound=ItemResult)
 
 
 class Workers:
@@ -49,10 +57,10 @@ class Workers:
         return items
 
 
-def run_one(executor, fn, key: str, args: tuple) -> Any:
+def run_one(executor: Executor, fn: Callable[[T], R], task: T) -> R:
     """One task through an executor (a Dask one: this thread waits for its worker)."""
-    for _, value in executor.map_unordered(fn, [(key, args)]):
+    for _, value in executor.map_unordered(fn, [task]):
         if isinstance(value, BaseException):
             raise value
         return value
-    raise RuntimeError(f"{key}: the executor returned nothing")
+    raise RuntimeError(f"{task.key}: the executor returned nothing")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tiltflow.core.backproject import _angles_rad, _as_float, _Projector
+from tiltflow.core.backproject import VolumeOffset, _angles_rad, _as_float, _Projector
 
 _CPU_BLOCK_VOXELS = 1 << 20  # voxels per block of rows on CPUs (4 MiB of float32)
 
@@ -28,13 +28,49 @@ def sirt(
     relaxation: float = 1.0,
     positivity: bool = False,
     initial: torch.Tensor | None = None,  # (..., nz, ny, nx) start volume, zeros if None
-    z_offset_px: float = 0.0,
-    x_offset_px: float = 0.0,
+    offset: VolumeOffset | None = None,  # specimen coordinates of the volume's centre; None: (0, 0)
 ) -> torch.Tensor:  # (..., nz, ny, nx)
     """Reconstruct by ``iterations`` SIRT updates (module docstring); geometry as ``backproject``.
 
     ``positivity`` clamps the volume at 0 after every update (for contrast-inverted data where the
     specimen is bright).  Calling again with ``initial`` set to the result continues the iteration.
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        ``(..., t, ny, nx)`` aligned views; never modified.
+    tilt_angles_deg : sequence of float or torch.Tensor
+        ``(t,)`` tilt angles, degrees within [-90, 90].
+    thickness_px : int
+        Number of z planes ``nz`` of the volume.
+    iterations : int
+        Number of updates (0 returns the start volume).
+    relaxation : float
+        Step size, in (0, 2).
+    positivity : bool
+        Clamp the volume at 0 after every update.
+    initial : torch.Tensor, optional
+        ``(..., nz, ny, nx)`` start volume (default zeros); never modified.
+    offset : VolumeOffset, optional
+        Specimen coordinates (px) of the volume's centre (default: 0, 0).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., nz, ny, nx)`` volume, dtype of ``views`` (float32 for integer input).
+
+    Raises
+    ------
+    ValueError
+        If the angles do not match the views, ``relaxation`` is outside (0, 2), ``iterations`` < 0
+        or ``initial`` has the wrong shape.
+
+    Examples
+    --------
+    >>> import torch
+    >>> views = torch.ones(3, 4, 16)
+    >>> sirt(views, [-30.0, 0.0, 30.0], thickness_px=8, iterations=2).shape
+    torch.Size([8, 4, 16])
     """
     views = _as_float(views, "views", 3)
     t, ny, nx = views.shape[-3:]
@@ -46,8 +82,9 @@ def sirt(
     if not 0.0 < relaxation < 2.0:
         raise ValueError(f"relaxation must lie in (0, 2) for SIRT to converge, got {relaxation}")
     theta = _angles_rad(tilt_angles_deg, t, views.device)
+    offset = VolumeOffset() if offset is None else offset
     op = _Projector(
-        theta, nx_view=nx, nx=nx, nz=nz, x_offset_px=x_offset_px, z_offset_px=z_offset_px, dtype=views.dtype, cache=True
+        theta, nx_view=nx, nx=nx, nz=nz, x_offset_px=offset.x_px, z_offset_px=offset.z_px, dtype=views.dtype, cache=True
     )
     b = views.reshape(-1, t, ny, nx)
     # every y row sees the same geometry: (1, t, 1, nx) 1 / ray length, (1, nz, 1, nx) 1 / views
@@ -61,7 +98,7 @@ def sirt(
             raise ValueError(f"initial has shape {tuple(initial.shape)}, expected {expected}")
         x = initial.to(dtype=views.dtype, device=views.device).reshape(-1, nz, ny, nx).clone()
     # y rows are independent problems: all iterations on a block of rows at a time keep the
-    # working set in cache on CPUs (181 x 360 x 256 voxels, 20 iterations: 25.6 -> 12.2 s CPU)
+    # working set in cache on CPUs (benchmarks/README.md)
     rows = ny if views.device.type == "cuda" else max(1, _CPU_BLOCK_VOXELS // (nz * nx))
     for y0 in range(0, ny, rows):
         xs, bs = x[:, :, y0 : y0 + rows], b[:, :, y0 : y0 + rows]
