@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +36,13 @@ from tiltflow.io.mrc import read_section, write_mrc
 from tiltflow.testing import write_demo_dataset
 from tiltflow.testing.demo import GAIN_FILE, simulate_stack
 from tiltflow.testing.scenarios import Scenario
-from tiltflow.workflow.steps.align import AlignParams, align_series_task
-from tiltflow.workflow.steps.ctf_common import ctf_params, fit_tilt_ctf
+from tiltflow.workflow.steps.align import AlignParams
+from tiltflow.workflow.steps.align_tasks import AlignResult, AlignTask, align_series_task
+from tiltflow.workflow.steps.ctf_common import TiltCtf, ctf_params, fit_tilt_ctf
 from tiltflow.workflow.steps.ctf_series_pass import refine_series_results
-from tiltflow.workflow.steps.motion_ctf import MotionCtfParams, motion_movie_task
-from tiltflow.workflow.steps.xray_erase import XrayEraseParams, erase_series_task
+from tiltflow.workflow.steps.motion_ctf import MotionCtfParams
+from tiltflow.workflow.steps.motion_tasks import MovieResult, MovieSetup, MovieTask, motion_movie_task
+from tiltflow.workflow.steps.xray_erase import XrayEraseParams, XrayTask, erase_series_task
 
 XRAY_ERASED = "X-ray hits erased (fraction)"
 TARGETS = {
@@ -72,19 +73,15 @@ def step_params(sc: Scenario) -> dict:
     """Parameters per step: CLI defaults; the scenario's CTF window (the default 512 where the
     movie crop holds it), the bead diameter, and binning 1 for a stack simulated already binned."""
     window, binning = sc.window_px, 1
-    motion = MotionCtfParams(window_px=window).model_dump()
+    motion = MotionCtfParams(window_px=window)
     # the X-ray reference: the hit-free movie, motion only, nothing replaced in its frames
-    clean = dict(
-        motion, estimate_ctf=False, even_odd=False, **({"frame_xray_sd": 0.0} if "frame_xray_sd" in motion else {})
-    )
+    clean = motion.model_copy(update={"estimate_ctf": False, "even_odd": False, "frame_xray_sd": 0.0})
     return {
         "motion": motion,
         "clean": clean,
-        "xray": asdict(XrayEraseParams().core()),
-        "fiducial": AlignParams(
-            method="fiducial", binning=binning, bead_diameter_nm=round(sc.bead_diameter_nm, 1)
-        ).model_dump(),
-        "patch": AlignParams(method="patch", binning=binning).model_dump(),
+        "xray": XrayEraseParams(),  # erases the half sums too (odd_even), no IMOD model
+        "fiducial": AlignParams(method="fiducial", binning=binning, bead_diameter_nm=round(sc.bead_diameter_nm, 1)),
+        "patch": AlignParams(method="patch", binning=binning),
     }
 
 
@@ -116,29 +113,29 @@ class Session:
         self.order = list(self.series["tilt_order_by_angle"])  # acquisition index per stack slot
         self.params = step_params(sc)
         self.dark = {i for i, t in enumerate(self.series["tilts"]) if t.get("dark_view")}
-        self.motion: dict[int, dict] = {}
-        self.clean: dict[int, dict] = {}
+        self.motion: dict[int, MovieResult] = {}
+        self.clean: dict[int, MovieResult] = {}
         self.oracle: dict[int, np.ndarray] = {}  # (t, 2) per view, truth zero
         self.failed: dict[int, str] = {}  # movies motion-ctf refused (left out, as --skip-bad)
 
-    def movie_task(self, i: int, movie: str, p: dict, out: str) -> dict:
+    def movie_task(self, i: int, movie: str, p: MotionCtfParams, out: str) -> MovieResult:
         s, t = self.series, self.series["tilts"][i]
         return motion_movie_task(
-            movie,
-            str(self.root / "data" / GAIN_FILE),
-            None,
-            p,
-            s["pixel_size_a"],
-            s["voltage_kv"],
-            s["cs_mm"],
-            s["amplitude_contrast"],
-            t["mdoc_tilt_angle_deg"],
-            s["mdoc_tilt_axis_deg"],
-            t["prior_dose_e_a2"],
-            t["dose_e_a2"],
-            out,
-            f"m{i:03d}",
-            "cpu",
+            MovieTask(
+                key=movie,
+                movie=movie,
+                setup=MovieSetup(params=p, gain=str(self.root / "data" / GAIN_FILE), dark=None, device="cpu"),
+                pixel_size_a=s["pixel_size_a"],
+                voltage_kv=s["voltage_kv"],
+                cs_mm=s["cs_mm"],
+                amplitude_contrast=s["amplitude_contrast"],
+                tilt_angle_deg=t["mdoc_tilt_angle_deg"],
+                tilt_axis_deg=s["mdoc_tilt_axis_deg"],
+                prior_dose=t["prior_dose_e_a2"],
+                dose=t["dose_e_a2"],
+                out_dir=out,
+                name=f"m{i:03d}",
+            )
         )
 
 
@@ -178,7 +175,7 @@ def motion_rows(ses: Session) -> list[dict]:
         if i in ses.dark or i in ses.failed:
             continue
         true = np.asarray(t["frame_shifts_px"])
-        err.append(trajectory_sq_errors(np.asarray(ses.motion[i]["shifts_px"]), true))
+        err.append(trajectory_sq_errors(np.asarray(ses.motion[i].shifts_px), true))
         orc.append(trajectory_sq_errors(ses.oracle[i], np.zeros_like(true)))
     rms, oracle = float(np.sqrt(np.concatenate(err).mean())), float(np.sqrt(np.concatenate(orc).mean()))
     limit, target, attainable = motion_target(ses.sc.dose_e_px_frame, oracle)
@@ -232,7 +229,7 @@ class CtfField:
             ]
 
 
-def _fit_series(field: CtfField, params, images_of, name: str) -> dict[int, dict]:
+def _fit_series(field: CtfField, params, images_of, name: str) -> dict[int, TiltCtf]:
     """The motion-ctf step's per-tilt fits of ``images_of(i)`` and its series pass."""
     s = field.series
     angles = {i: t["mdoc_tilt_angle_deg"] for i, t in enumerate(s["tilts"])}
@@ -270,14 +267,15 @@ def ctf_rows(field: CtfField) -> list[dict]:
     ours = _fit_series(field, params, lambda i: field.halves[i], "ctf")
     oracle = _fit_series(field, params, lambda i: [field.clean[i]], "ctf_oracle")
     order = sorted(ours)
+    strengths = [ours[i].ring_strength for i in order]
     verdict = ctf_series_verdict(
-        [ours[i].get("ring_strength", math.nan) for i in order], [s["tilts"][i]["mdoc_tilt_angle_deg"] for i in order]
+        [math.nan if v is None else v for v in strengths], [s["tilts"][i]["mdoc_tilt_angle_deg"] for i in order]
     )
     errors: dict[str, tuple[list, list]] = {"ours": ([], []), "oracle": ([], [])}
     for i, t in enumerate(s["tilts"]):
         true = 0.5 * (t["defocus_u_a"] + t["defocus_v_a"])
         for key, fits in (("ours", ours), ("oracle", oracle)):
-            e = abs(0.5 * (fits[i]["defocus_u_a"] + fits[i]["defocus_v_a"]) - true)
+            e = abs(0.5 * (fits[i].defocus_u_a + fits[i].defocus_v_a) - true)
             errors[key][0 if abs(t["nominal_tilt_angle_deg"]) <= 30 else 1].append(e)  # the scheme's angle
     rows, rings = [], _ring_sampling(field.sc, params)
     reason = f"; {verdict.reasons[0][:90]}" if verdict.reasons else ""
@@ -310,10 +308,10 @@ def _ring_sampling(sc: Scenario, params) -> str:
     )
 
 
-def _stack(ses: Session, runs: dict[int, dict], name: str) -> Path:
+def _stack(ses: Session, runs: dict[int, MovieResult], name: str) -> Path:
     path = ses.root / f"{name}.mrc"
     write_mrc(
-        path, np.stack([np.load(runs[i]["files"]["sum"]) for i in ses.order]), voxel_size_a=ses.series["pixel_size_a"]
+        path, np.stack([np.load(runs[i].files["sum"]) for i in ses.order]), voxel_size_a=ses.series["pixel_size_a"]
     )
     return path
 
@@ -326,18 +324,17 @@ def run_xray(ses: Session) -> tuple[list[dict], Path]:
     out.mkdir(exist_ok=True)
     n = len(ses.order)
     r = erase_series_task(
-        [(str(stack), k) for k in range(n)],
-        {},
-        str(out),
-        "TS",
-        ses.params["xray"],
-        "cpu",
-        ses.series["pixel_size_a"],
-        False,
-        True,
+        XrayTask(
+            key="TS",
+            refs={"file": [(str(stack), k) for k in range(n)]},
+            params=ses.params["xray"],
+            out_dir=str(out),
+            pixel_size_a=ses.series["pixel_size_a"],
+            device="cpu",
+        )
     )
-    erased_path = r["files"]["file"]
-    lines = [ln.split() for ln in Path(r["positions"]).read_text().splitlines() if ln and not ln.startswith("#")]
+    erased_path = r.files["file"]
+    lines = [ln.split() for ln in Path(r.positions_file).read_text().splitlines() if ln and not ln.startswith("#")]
     marks = np.array(lines, dtype=np.int64).reshape(-1, 3)  # view (tilt order), x, y
     seen = after_motion = left = on_beads = 0
     radius = ses.series["specimen"]["bead_radius_px"]
@@ -345,7 +342,7 @@ def run_xray(ses: Session) -> tuple[list[dict], Path]:
         t = ses.series["tilts"][i]
         erased = read_section(erased_path, k)
         if i in ses.clean:
-            clean = np.load(ses.clean[i]["files"]["sum"])
+            clean = np.load(ses.clean[i].files["sum"])
             a, b, c = xray_leftovers(t, ses.gain, clean, read_section(str(stack), k), erased)
             seen, after_motion, left = seen + a, after_motion + b, left + c
         mask = np.zeros(erased.shape, bool)
@@ -367,13 +364,6 @@ def run_xray(ses: Session) -> tuple[list[dict], Path]:
     return rows, Path(erased_path)
 
 
-def _verdict(r: dict) -> str | None:
-    v = r.get("verdict")
-    if isinstance(v, dict):
-        v = v.get("verdict") or v.get("status")
-    return None if v is None else str(v)
-
-
 class AlignSeries:
     """The alignment series of a scenario: binned stack (tilt-angle order) and its truth."""
 
@@ -393,30 +383,31 @@ def align_rows(ses: AlignSeries, stack: Path, method: str) -> list[dict]:
     out = ses.root / f"align_{method}"
     out.mkdir(exist_ok=True)
     angles = [s["tilts"][i]["mdoc_tilt_angle_deg"] for i in ses.order]
-    r = align_series_task(
-        [(str(stack), k) for k in range(len(angles))],
-        angles,
-        ses.params[method],
-        s["mdoc_tilt_axis_deg"],
-        s["pixel_size_a"],
-        str(out),
-        "TS",
-        "cpu",
+    r: AlignResult = align_series_task(
+        AlignTask(
+            key="TS",
+            refs=[(str(stack), k) for k in range(len(angles))],
+            angles=angles,
+            params=ses.params[method],
+            tilt_axis_deg=s["mdoc_tilt_axis_deg"],
+            pixel_size_a=s["pixel_size_a"],
+            out_dir=str(out),
+            device="cpu",
+        )
     )
-    verdict = _verdict(r)
-    failed = verdict == "failed"
+    verdict, failed = r.verdict.status, r.failed
     zero = min(ses.order, key=lambda i: abs(s["tilts"][i]["mdoc_tilt_angle_deg"]))
     beads = f"{sum(s['tilts'][zero]['bead_in_image'])} beads in the 0° view"
-    reasons = (
-        "; ".join(str(x) for x in (r.get("verdict") or {}).get("reasons", []))[:160]
-        if isinstance(r.get("verdict"), dict)
-        else ""
-    )
+    reasons = "; ".join(str(x) for x in r.verdict.reasons)[:160]
     res_q, ang_q = f"{method} residual vs truth (px)", f"{method} angles vs truth (°)"
-    if "xf" not in r:  # a failed series has no alignment to measure
+    if r.xf is None:  # a failed series has no alignment to measure
         note = f"{beads}; {reasons or 'no alignment returned'}"
         return [_row(q, math.nan, QUANTITIES[q], failed, verdict=verdict, note=note) for q in (res_q, ang_q)]
-    e = alignment_errors(s, ses.order, r)
+    e = alignment_errors(
+        s,
+        ses.order,
+        {"xf": r.xf, "refined_tilt_angles_deg": r.refined_tilt_angles_deg, "tilt_axis_deg": r.tilt_axis_deg},
+    )
     angle = max(e["tilt_err_deg"], e["axis_err_deg"])
     note = f"tilt {e['tilt_err_deg']:.2f}°, axis {e['axis_err_deg']:.2f}°" + (f"; {reasons}" if reasons else "")
     return [

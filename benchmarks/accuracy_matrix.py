@@ -6,9 +6,10 @@ simulated twice, each where its quantities mean what they mean in a real session
 crop at the unbinned pixel size, 7 tilts 0, ±20, ±40, ±60° with the full series' prior dose, the
 motion-ctf default CTF window of 512) run through motion-ctf and xray-erase, and an alignment
 series (41 views at 3°, at the binning the align step works at: views of 256-320 px over a field
-1-6x the ice thickness) aligned by fiducial and patch, as the steps run them (``_matrix_run``). One row per scenario and quantity: value, target,
-whether it holds, the motion oracle (each frame registered to its noise-free image) and the
-alignment verdict where the step gives one. A method that fails is reported in its rows; the rest go on.
+1-6x the ice thickness) aligned by fiducial and patch, as the steps run them (``_matrix_run``).
+One row per scenario and quantity: value, target, whether it holds, the motion oracle (each frame
+registered to its noise-free image) and the alignment verdict where the step gives one. A method
+that fails is reported in its rows; the rest go on.
 
 Run (one torch thread; a 2-core machine)::
 
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _matrix_run import run_scenario  # noqa: E402
 
-from tiltflow.testing.scenarios import Scenario, draw_scenarios  # noqa: E402
+from tiltflow.testing.scenarios import Scenario, SimulationSizes, draw_scenarios  # noqa: E402
 
 QUICK = {
     "movie_size_px": 256,
@@ -72,7 +73,7 @@ def matrix_scenarios(n: int, seed: int, quick: bool, **override) -> list[Scenari
     ``override`` replaces any of ``FULL``'s keywords (None: kept)."""
     kw = dict(QUICK if quick else FULL)
     kw.update({k: v for k, v in override.items() if v is not None})
-    return draw_scenarios(n, seed, **kw)
+    return draw_scenarios(n, seed, SimulationSizes(**kw))
 
 
 def run_matrix(scenarios: list[Scenario], workdir: Path | None = None, log=print) -> list[dict]:
@@ -143,8 +144,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print_table(results)
     print(
-        f"wall time {wall:.0f} s ({wall / 60:.1f} min), CPU time {cpu:.0f} s for {n} scenarios ({torch.get_num_threads()} torch "
-        f"thread(s), load average {os.getloadavg()[0]:.1f})"
+        f"wall time {wall:.0f} s ({wall / 60:.1f} min), CPU time {cpu:.0f} s for {n} scenarios "
+        f"({torch.get_num_threads()} torch thread(s), load average {os.getloadavg()[0]:.1f})"
     )
     if args.json:
         args.json.write_text(

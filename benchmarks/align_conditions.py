@@ -33,6 +33,7 @@ import torch
 
 from tiltflow.core.align import align_fiducial, alignment_residual_against_truth, solve_alignment
 from tiltflow.core.align.checked import check_fiducial, checked_projection_matching
+from tiltflow.core.align.projection_matching import MatchingOptions
 from tiltflow.testing.config import DemoConfig
 from tiltflow.testing.tilt_series import noisy_tilt_series
 
@@ -117,7 +118,7 @@ def run_condition(name: str, kw: dict, seed: int, patch: bool) -> dict:
             align_z_px=1500.0 / config.pixel_size_a,
             binning=1,
             pixel_size_a=config.pixel_size_a,
-            iterations=5,
+            options=MatchingOptions(iterations=5),
         )
         ran = pm.result is not None and s.proj.shape[0]
         row["patch"] = honest(pm.result.xf, pm.result.tilt_angles_deg, s) if ran else (math.nan, math.nan)

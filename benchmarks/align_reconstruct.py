@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from tiltflow.core.align import align_fiducial, alignment_residual_against_truth, coarse_align
-from tiltflow.core.align.projection_matching import projection_matching_align
+from tiltflow.core.align.projection_matching import MatchingOptions, projection_matching_align
 from tiltflow.core.fourier import shift_image_2d
 from tiltflow.core.geometry import xf_from_geometry
 from tiltflow.core.reconstruct import apply_xf, bin_views, sirt, wbp
@@ -463,7 +463,7 @@ def bench_alignment(data: dict, vb: torch.Tensor, args, sync) -> dict:
             pixel_size_a=px_b,
             initial_shifts_px=None if c is None else c.shifts_px,
             binning=1,
-            iterations=PATCH_ITERATIONS,
+            options=MatchingOptions(iterations=PATCH_ITERATIONS),
         )
         return unbinned(pm.xf), pm.tilt_angles_deg, pm.tilt_axis_deg
 

@@ -145,8 +145,6 @@ def simulate(cond: Condition, n_tilts: int, step_deg: float, data: Path) -> tupl
 def fit_series(truth: dict, counts: np.ndarray, out_dir: Path) -> tuple[dict, dict]:
     """The motion-ctf step's CTF on one series -> (per-tilt results, after the series pass), keyed by
     acquisition order."""
-    import copy
-
     from tiltflow.workflow.steps.ctf_common import CtfOptions, ctf_params, fit_tilt_ctf
     from tiltflow.workflow.steps.ctf_series_pass import refine_series_results
 
@@ -174,7 +172,7 @@ def fit_series(truth: dict, counts: np.ndarray, out_dir: Path) -> tuple[dict, di
         )
         for i in angles
     }
-    per_tilt = copy.deepcopy(results)
+    per_tilt = dict(results)  # the series pass replaces the tilts it re-fits (frozen results)
     refine_series_results(results, images_of, params, tilt_angles_deg=angles, tilt_axis_deg=axis, grid_xy=None)
     return per_tilt, results
 
@@ -185,12 +183,12 @@ def errors(truth: dict, results: dict) -> dict:
         r = results[i]
         true_mean = 0.5 * (t["defocus_u_a"] + t["defocus_v_a"])
         true_astig = t["defocus_u_a"] - t["defocus_v_a"]
-        err = 0.5 * (r["defocus_u_a"] + r["defocus_v_a"]) - true_mean
+        err = 0.5 * (r.defocus_u_a + r.defocus_v_a) - true_mean
         signed.append((t["mdoc_tilt_angle_deg"], err))
         (low if abs(t["mdoc_tilt_angle_deg"]) <= 30.0 else high).append(abs(err))
-        astig.append(abs(r["defocus_u_a"] - r["defocus_v_a"] - true_astig))
+        astig.append(abs(r.defocus_u_a - r.defocus_v_a - true_astig))
         if true_astig >= 300.0:
-            angle.append(abs((r["astigmatism_angle_deg"] - t["astigmatism_angle_deg"] + 90.0) % 180.0 - 90.0))
+            angle.append(abs((r.astigmatism_angle_deg - t["astigmatism_angle_deg"] + 90.0) % 180.0 - 90.0))
     med = lambda xs: float(np.median(xs)) if xs else float("nan")  # noqa: E731
     return {
         "low": med(low),

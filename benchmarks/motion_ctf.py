@@ -241,7 +241,8 @@ def run_tiltflow_core(ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor
 
 
 def run_tiltflow_step(ds: Dataset, i: int, points: torch.Tensor, device: str, *, with_ctf: bool) -> dict:
-    from tiltflow.workflow.steps.motion_ctf import MotionCtfParams, motion_movie_task
+    from tiltflow.workflow.steps.motion_ctf import MotionCtfParams
+    from tiltflow.workflow.steps.motion_tasks import MovieSetup, MovieTask, motion_movie_task
 
     tilt, s = ds.series["tilts"][i], ds.series
     # the tutorial's command line (issue #3), CTF alone switched by with_ctf
@@ -258,34 +259,34 @@ def run_tiltflow_step(ds: Dataset, i: int, points: torch.Tensor, device: str, *,
         defocus_grid=(2, 2, 8),
         fit_phase=False,
         use_movie_average=False,
-    ).model_dump()
+    )
     with tempfile.TemporaryDirectory(dir=ds.root) as out:
         _sync(device)
         t0 = time.perf_counter()
         r = motion_movie_task(
-            str(ds.movie(i)),
-            str(ds.root / "gain_ref.gain"),
-            None,
-            p,
-            PIXEL_A,
-            s["voltage_kv"],
-            s["cs_mm"],
-            s["amplitude_contrast"],
-            tilt["mdoc_tilt_angle_deg"],
-            s["mdoc_tilt_axis_deg"],
-            tilt["prior_dose_e_a2"],
-            tilt["dose_e_a2"],
-            out,
-            f"m{i:03d}",
-            device,
+            MovieTask(
+                key=str(ds.movie(i)),
+                movie=str(ds.movie(i)),
+                setup=MovieSetup(params=p, gain=str(ds.root / "gain_ref.gain"), dark=None, device=device),
+                pixel_size_a=PIXEL_A,
+                voltage_kv=s["voltage_kv"],
+                cs_mm=s["cs_mm"],
+                amplitude_contrast=s["amplitude_contrast"],
+                tilt_angle_deg=tilt["mdoc_tilt_angle_deg"],
+                tilt_axis_deg=s["mdoc_tilt_axis_deg"],
+                prior_dose=tilt["prior_dose_e_a2"],
+                dose=tilt["dose_e_a2"],
+                out_dir=out,
+                name=f"m{i:03d}",
+            )
         )
         _sync(device)
         seconds = time.perf_counter() - t0
-    shifts = np.asarray(r["shifts_px"], dtype=np.float64)
+    shifts = np.asarray(r.shifts_px, dtype=np.float64)
     ctf = None
-    if with_ctf:
-        c = r["ctf"]
-        ctf = {"u": c["defocus_u_a"], "v": c["defocus_v_a"], "angle": c["astigmatism_angle_deg"]}
+    if with_ctf and r.ctf is not None:
+        c = r.ctf
+        ctf = {"u": c.defocus_u_a, "v": c.defocus_v_a, "angle": c.astigmatism_angle_deg}
     return {"seconds": {"total": seconds}, "disp": np.repeat(shifts[:, None], points.shape[0], 1), "ctf": ctf}
 
 

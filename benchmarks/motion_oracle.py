@@ -43,8 +43,8 @@ from tiltflow.core import motion_xcorr as mx
 from tiltflow.core.defects import find_bright_outliers
 from tiltflow.core.motion import estimate_motion
 from tiltflow.testing import detector
-from tiltflow.testing.imaging import render_tilt_image
-from tiltflow.testing.phantom import make_specimen
+from tiltflow.testing.imaging import ImageCtf, ImageExposure, TiltView, render_tilt_image
+from tiltflow.testing.phantom import SpecimenContents, make_specimen
 
 MARGIN = 48
 FIELD_NM = 200.0  # field width used to scale object counts (pixel-size independent density)
@@ -71,29 +71,21 @@ def tilt_canvas(shape, pixel_size_a, tilt_deg, seed, device):
     per = area * (FIELD_NM / 141.3) ** 2
     spec = make_specimen(
         rng,
+        SpecimenContents(
+            bead_diameter_nm=10.0, n_beads=max(1, round(6 * per)), n_vesicles=round(2 * per), n_blobs=round(150 * per)
+        ),
         image_shape=shape,
         pixel_size_a=pixel_size_a,
         ice_thickness_nm=150.0,
-        bead_diameter_nm=10.0,
-        n_beads=max(1, round(6 * per)),
-        n_vesicles=round(2 * per),
-        n_blobs=round(150 * per),
         max_tilt_deg=abs(tilt_deg),
     )
     prior = abs(tilt_deg) / 3.0 * 3.0  # e/Å²: a dose-symmetric scheme, 3° steps, 3 e/Å² each
     img = render_tilt_image(
         spec,
-        tilt_angle_deg=tilt_deg,
-        tilt_axis_deg=85.0,
-        image_shape=shape,
-        defocus_u_a=36000.0,
-        defocus_v_a=34000.0,
-        astigmatism_angle_deg=30.0,
+        TiltView(tilt_angle_deg=tilt_deg, tilt_axis_deg=85.0, image_shape=shape, margin_px=MARGIN),
+        ImageCtf(defocus_u_a=36000.0, defocus_v_a=34000.0, astigmatism_angle_deg=30.0),
+        ImageExposure(exposure_e_a2=prior + 1.5, ice_texture_rad=0.15, texture_seed=seed),
         pixel_size_a=pixel_size_a,
-        exposure_e_a2=prior + 1.5,
-        ice_texture_rad=0.15,
-        texture_seed=seed,
-        margin_px=MARGIN,
         device=device,
     )
     return img / img.mean()

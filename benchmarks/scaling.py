@@ -52,12 +52,13 @@ def main() -> None:
         times = {name: run(tmp / "data", tmp / f"p{i}", opts, extra) for i, (name, opts) in enumerate(rows)}
         # the same cluster kept up between runs, as on a facility cluster: warm workers
         from tiltflow.workflow.executor import make_executor
+        from tiltflow.workflow.run_options import RunOptions
 
-        executor = make_executor(dict(dask_opts))
+        executor = make_executor(RunOptions.of(dask_opts))
         try:
-            run(tmp / "data", tmp / "dask-warm-up", {**dask_opts, "_executor": executor}, extra)
+            run(tmp / "data", tmp / "dask-warm-up", {**dask_opts, "shared_executor": executor}, extra)
             times["dask LocalCluster, 2 workers (warm)"] = run(
-                tmp / "data", tmp / "dask-warm", {**dask_opts, "_executor": executor}, extra
+                tmp / "data", tmp / "dask-warm", {**dask_opts, "shared_executor": executor}, extra
             )
         finally:
             executor.close()

@@ -83,7 +83,7 @@ def _condition(label, dose, pixel_a, kind, frames, binning, movies, seed0):
     from tiltflow.core.fourier import fourier_crop_2d
     from tiltflow.core.xray import erase_xrays
     from tiltflow.core.xray_frames import remove_frame_xrays
-    from tiltflow.testing.xray_movies import hit_mask, motion_sum, simulate_movie
+    from tiltflow.testing.xray_movies import XrayHits, hit_mask, motion_sum, simulate_movie
 
     n = 512 // binning
     acc = {
@@ -117,8 +117,8 @@ def _condition(label, dose, pixel_a, kind, frames, binning, movies, seed0):
             n_frames=frames,
             dose=dose,
             pixel_size_a=pixel_a,
-            kind=kind,
             n_beads=max(2, int(5 * (pixel_a / 1.38) ** 1.5)),
+            hits=XrayHits(kind=kind),
         )
         bead = torch.nn.functional.max_pool2d(sim["bead_mask"][None].float(), binning)[0] > 0
         reference = summed(sim["clean"], sim)
