@@ -6,8 +6,6 @@ the thumbnail cache (served from memory when the cache cannot be written).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
@@ -27,11 +25,8 @@ router = APIRouter()
 
 
 def _png(cache: ThumbnailCache, ref: ImageRef, headers: dict[str, str]) -> Response:
-    """The thumbnail of ``ref``: its cached file, or the PNG rendered in memory (a full disk)."""
-    png = cache.thumbnail_png(ref)
-    if isinstance(png, Path):
-        return FileResponse(png, media_type=PNG, headers=headers)
-    return Response(png, media_type=PNG, headers=headers)
+    """The thumbnail of ``ref`` (see ``ThumbnailCache.thumbnail_png``)."""
+    return Response(cache.thumbnail_png(ref), media_type=PNG, headers=headers)
 
 
 def _shown_ref(store: ProjectStore, ts: TiltSeriesOf, order: int) -> ImageRef:
