@@ -1,0 +1,112 @@
+"""How far the motion oracle of the accuracy matrix is from what the data allow (issue 11, item 2).
+
+The matrix's motion oracle registers each frame to its own *noise-free* image. An estimator has no
+such image: its reference is built from the other frames, whose noise correlates with nothing but
+adds a noise x noise term to every cross-correlation — at 0.5-3 e/px/frame the dominant one. This
+script prints, per scenario of the matrix (same draws, same simulated movies), three RMS trajectory
+errors (px, pooled over the views that are not dark):
+
+- ``noise-free oracle``: each frame registered to its noise-free image (the matrix's oracle);
+- ``data-reference floor``: each frame registered to the sum of the *other* frames placed at their
+  true positions — what per-frame registration could reach if every other frame were perfectly
+  aligned — band-limited and B-weighted as the motion step's fit (500-10 Å, B = -500 Å^2);
+- ``ours``: the motion-ctf step's task (its defaults), as the matrix runs it.
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/motion_reference_floor.py [--quick] [--scenarios 3,10,11]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import accuracy_matrix  # noqa: E402
+from _matrix_run import Session  # noqa: E402
+from _matrix_truth import clean_movie_and_oracle, register_to_template, trajectory_sq_errors  # noqa: E402
+
+from tiltflow.core.frames import prepare_frames  # noqa: E402
+
+FIT_RANGE_A, BFACTOR_A2 = (500.0, 10.0), -500.0
+
+
+def _shift(image: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+    """``image`` moved by (sx, sy) px (Fourier shift)."""
+    h, w = image.shape
+    ky = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
+    kx = torch.fft.fftfreq(w, dtype=torch.float64)[None, :]
+    return torch.fft.ifft2(torch.fft.fft2(image) * torch.exp(-2j * torch.pi * (kx * sx + ky * sy))).real
+
+
+def _band(frames: torch.Tensor, pixel_size_a: float) -> torch.Tensor:
+    """Frames restricted to the fit band and weighted by the B-factor, as the motion fit sees them."""
+    h, w = frames.shape[-2:]
+    ky = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
+    kx = torch.fft.fftfreq(w, dtype=torch.float64)[None, :]
+    k_a = torch.sqrt(kx**2 + ky**2) / pixel_size_a  # cycles/px / (Å/px) = 1/Å
+    keep = (k_a >= 1 / FIT_RANGE_A[0]) & (k_a <= 1 / FIT_RANGE_A[1])
+    weight = keep.double() * torch.exp(BFACTOR_A2 * k_a**2 / 4)
+    return torch.fft.ifft2(torch.fft.fft2(frames) * weight).real
+
+
+def reference_floor(frames: torch.Tensor, true_px: np.ndarray, pixel_size_a: float) -> np.ndarray:
+    """(t, 2) shifts of each frame registered to the other frames at their true positions (truth 0)."""
+    placed = torch.stack([_shift(frames[k], -true_px[k, 0], -true_px[k, 1]) for k in range(frames.shape[0])])
+    placed = _band(placed, pixel_size_a)
+    total = placed.sum(0)
+    return np.asarray([register_to_template(placed[k], total - placed[k]) for k in range(placed.shape[0])])
+
+
+def measure(ses: Session) -> tuple[float, float, float]:
+    """(noise-free oracle, data-reference floor, ours) RMS px of one scenario's movies."""
+    gain = torch.from_numpy(ses.gain.astype(np.float32))
+    oracle, floor, ours = [], [], []
+    for i, t in enumerate(ses.series["tilts"]):
+        if i in ses.dark:
+            continue
+        true = np.asarray(t["frame_shifts_px"], dtype=np.float64)
+        true -= true.mean(0)
+        clean, shifts = clean_movie_and_oracle(ses.series, i, ses.gain)
+        oracle.append(trajectory_sq_errors(shifts, np.zeros_like(true)))
+        raw = torch.from_numpy(clean.astype(np.float32))
+        for hp in ses.series["hot_pixels"]:  # off, as for the oracle
+            raw[:, hp["y"], hp["x"]] -= hp["excess_counts_per_frame"]
+        frames = prepare_frames(raw, gain=gain).double()
+        floor.append(trajectory_sq_errors(reference_floor(frames, true, ses.sc.pixel_size_a), np.zeros_like(true)))
+        result = ses.movie_task(i, str(ses.root / "data" / t["movie"]), ses.params["motion"], str(ses.root / "out"))
+        ours.append(trajectory_sq_errors(np.asarray(result.shifts_px), true))
+    rms = [float(np.sqrt(np.concatenate(x).mean())) for x in (oracle, floor, ours)]
+    return rms[0], rms[1], rms[2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the matrix's 3 quick scenarios (256² movies)")
+    ap.add_argument("--scenarios", default=None, help="comma-separated indices (default: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    n = 3 if args.quick else 12
+    scenarios = accuracy_matrix.matrix_scenarios(n, args.seed, args.quick)
+    picked = [int(s) for s in args.scenarios.split(",")] if args.scenarios else range(len(scenarios))
+    head = ("", "frames", "e/px/fr", "Å/px", "noise-free oracle", "data-ref floor", "ours")
+    print("{:4s} {:>6s} {:>7s} {:>5s} {:>17s} {:>14s} {:>6s}".format(*head))
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in picked:
+            sc = scenarios[k]
+            ses = Session(sc, Path(tmp) / sc.name)
+            oracle, floor, ours = measure(ses)
+            print(
+                f"{sc.name:4s} {sc.n_frames:6d} {sc.dose_e_px_frame:7.2f} {sc.pixel_size_a:5.2f} "
+                f"{oracle:17.3f} {floor:14.3f} {ours:6.3f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
