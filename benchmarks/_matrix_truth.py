@@ -57,10 +57,14 @@ def register_to_template(frame: torch.Tensor, template: torch.Tensor) -> tuple[f
 
 
 def clean_movie_and_oracle(series: dict, i: int, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Movie ``i`` without its X-rays (raw counts as ``demo.simulate_movie`` makes them: same noise
-    seed, hot pixels kept) and the oracle: (t, 2) shifts of each of its frames (hot pixels off, gain
-    applied as the camera's reference does) registered to the frame's own noise-free image. The
-    truth of the oracle is zero; its scatter is the noise floor of per-frame estimation."""
+    """Movie ``i`` without its X-rays and without the camera's hot pixels (raw counts as
+    ``demo.simulate_movie`` makes them: same noise seed) and the oracle: (t, 2) shifts of each of its
+    frames (gain applied as the camera's reference does) registered to the frame's own noise-free
+    image. The truth of the oracle is zero; its scatter is the noise floor of per-frame estimation.
+
+    The movie is the X-ray reference: hot pixels are left out because the pipeline removes them
+    (in the frames, and the eraser on sums), so a reference that kept them would count a removed
+    hot pixel near a hit as a hit left over."""
     t = series["tilts"][i]
     rng = np.random.default_rng(t["noise_seed"])
     nx, ny = series["image_size"]
@@ -70,8 +74,6 @@ def clean_movie_and_oracle(series: dict, i: int, gain: np.ndarray) -> tuple[np.n
     for f, expected in enumerate(iter_expected_frames(series, i)):
         clean = detector.count_frame(expected.cpu().numpy(), gain, rng, frame_index=f, hot_pixels=[], xray_hits=[])
         oracle.append(register_to_template(torch.from_numpy(clean * g), expected))
-        for hp in series["hot_pixels"]:
-            clean[hp["y"], hp["x"]] += hp["excess_counts_per_frame"]
         movie[f] = np.clip(clean, 0, 65535)
     return detector.to_movie_dtype(movie), np.asarray(oracle)
 

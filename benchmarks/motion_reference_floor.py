@@ -74,10 +74,7 @@ def measure(ses: Session) -> tuple[float, float, float]:
         true -= true.mean(0)
         clean, shifts = clean_movie_and_oracle(ses.series, i, ses.gain)
         oracle.append(trajectory_sq_errors(shifts, np.zeros_like(true)))
-        raw = torch.from_numpy(clean.astype(np.float32))
-        for hp in ses.series["hot_pixels"]:  # off, as for the oracle
-            raw[:, hp["y"], hp["x"]] -= hp["excess_counts_per_frame"]
-        frames = prepare_frames(raw, gain=gain).double()
+        frames = prepare_frames(torch.from_numpy(clean.astype(np.float32)), gain=gain).double()  # no hot pixels
         floor.append(trajectory_sq_errors(reference_floor(frames, true, ses.sc.pixel_size_a), np.zeros_like(true)))
         result = ses.movie_task(i, str(ses.root / "data" / t["movie"]), ses.params["motion"], str(ses.root / "out"))
         ours.append(trajectory_sq_errors(np.asarray(result.shifts_px), true))

@@ -41,7 +41,6 @@ QUANTITIES = [
 PENDING = {  # quantity -> the issue 11 item whose work should make it hold on the quick scenarios
     "motion RMS (px)": "issue 11 item 2 (motion within 1.5x oracle and <= 0.15 px)",
     "CTF median |d defocus| |tilt| > 30 (Å)": "issue 11 item 3 (CTF medians)",
-    "X-ray hits erased (fraction)": "issue 11 item 4 (X-rays >= 99 % erased)",
     "patch residual vs truth (px)": "issue 11 item 5 (patch alignment <= 1 px or failed)",
 }
 
