@@ -19,21 +19,17 @@ After AreTomo (Zheng et al. 2022, doi:10.1016/j.yjsbx.2022.100068), on binned, n
    the shifts over the tilt range (nearby views carry them too), so those (Legendre degrees 0-3
    of the angle, per axis) are left to step 1 and only the rest is updated, damped by half;
    corrections far beyond the others (a wrong peak) are ignored, and iterations stop when the
-   updates are small or stop shrinking.  On specimens thicker than the slab the references hold
-   ghosts of the features outside it and the corrections are noisy (a slab as thick as the
-   specimen is worse: its faces cut through the strongest features, the surface gold); the
-   damping keeps the result there near the coarse alignment's (280 nm ice: 0.20-0.34 px against
-   0.17-0.29), while on thin specimens projection matching improves it (0.17-0.50 px against
-   0.33-0.73);
+   updates are small or stop shrinking.  The slab is narrowed to 1.3x the specimen thickness
+   measured in step 2 where the specimen is thinner (the ice around it adds only noise to the
+   references), never widened: on specimens thicker than the slab the references hold ghosts of
+   the features outside it and the corrections are noisy (a slab as thick as the specimen is
+   worse: its faces cut through the strongest features, the surface gold), and the damping keeps
+   the result there near the coarse alignment's;
 4. tilt offset: the pitch of the specimen slab in the final reconstruction levels it (a flat
    specimen is level at 0° tilt, as IMOD ``tomopitch`` assumes).
 
 ``per_view_error`` is ``1 - NCC`` of each view with its leave-one-out reprojection (last
-iteration).
-
-Measured on simulated series (41 views, ±60°, 512 px at bin 2, 120 and 280 nm ice, 4 seeds
-each; honest residuals in px of the 512-px stack): the axis within 0.37° of the truth from mdoc
-axes up to 1.9° off, residuals above; 14-17 s on one CPU thread.
+iteration). Accuracy and timings: ``benchmarks/README.md`` (align_conditions, accuracy_matrix).
 """
 
 from __future__ import annotations
@@ -63,6 +59,7 @@ _WORK_PIXEL_A = 10.0  # with one: views are binned by 2, 4, ... while their pixe
 _WORK_MAX_PX = 640  # or while they are larger than this, but never below _WORK_MIN_PX
 _WORK_MIN_PX = 256
 _SLAB_FIELD_FRACTION = 0.75  # thickest slab, of the aligned field's width across the axis
+_SLAB_SPECIMEN_FACTOR = 1.3  # thickest slab, of the specimen's measured thickness
 
 
 @dataclass(frozen=True)
@@ -102,11 +99,8 @@ def working_binning(side_px: int, pixel_size_a: float | None) -> int:
 
     Further binning (1, 2, 4, ...) of views ``side_px`` wide (their shorter side) for projection
     matching: while their pixel is finer than 10 Å or they are wider than 640 px, never below 256
-    px; without a pixel size, until they are at most 320 px.
-
-    On 41 x 4092 x 5760 simulations at 2.76 Å/px (bin 4: 1023 x 1440 px, 11 Å) matching at
-    512 x 720 px gave 0.61 px honest residual (raw px), at 1023 x 1440 0.77 (and 6x the time), at
-    256 x 360 1.51; on 512-px views at 5.5 Å/px, 256 px at 11 Å/px was better than 512 px.
+    px; without a pixel size, until they are at most 320 px (the sizes that measured best:
+    ``benchmarks/README.md``).
     """
     extra = 1
     if pixel_size_a:
@@ -118,6 +112,20 @@ def working_binning(side_px: int, pixel_size_a: float | None) -> int:
         while side_px / extra > _WORK_PX:
             extra *= 2
     return extra
+
+
+def _narrow_slab(low: MatchSeries, history: list[dict]) -> None:
+    """Narrow the slab to the specimen: at most ``_SLAB_SPECIMEN_FACTOR`` x the thickness just measured.
+
+    The slab of the references is never widened (the measure can overestimate a thick specimen)
+    but narrowed where the specimen is thinner: the ice or vacuum around a thin specimen adds only
+    noise to the references (``benchmarks/README.md``, accuracy matrix).
+    """
+    measured_px = history[-1]["specimen_thickness_px"] / low.binning  # the centring's measure
+    narrowed = max(4, min(low.nz, round(_SLAB_SPECIMEN_FACTOR * measured_px)))
+    if narrowed < low.nz:
+        low.nz = narrowed
+        history.append({"stage": "slab", "align_z_px": narrowed * low.binning, "narrowed_to_specimen": True})
 
 
 def projection_matching_align(
@@ -268,6 +276,7 @@ def projection_matching_align(
         sub, significance = shifts[use], None
     nz_tall = max(2 * low.nz, low.out_shape[1] // 2)
     offset, sub = centre_specimen(low, axis, offset, sub, history, nz=nz_tall, level=False)
+    _narrow_slab(low, history)
     sub, ncc = refine_shifts(low, axis, offset, sub, iterations, history)
     if refine_tilt_offset:
         offset, sub = centre_specimen(low, axis, offset, sub, history, nz=nz_tall, level=True)

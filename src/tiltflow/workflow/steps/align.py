@@ -286,12 +286,14 @@ def _log_summary(ctx: StepContext, ts: TiltSeries, r: AlignResult) -> str:
 
 
 def _slab_note(pm: PatchStats | None) -> str:
-    """``, slab N nm`` and, when capped at 3/4 of the field's width, the thickness asked for."""
+    """``, slab N nm`` and, when narrower than asked, the thickness asked for and why."""
     if pm is None:
         return ""
     used, asked = pm.align_z_nm_used, pm.align_z_nm_asked
-    capped = used < asked - 0.5
-    return f", slab {used:.0f} nm" + (f" (asked {asked:.0f} nm; at most 3/4 of the field's width)" if capped else "")
+    if used >= asked - 0.5:
+        return f", slab {used:.0f} nm"
+    why = "narrowed to the specimen" if pm.slab_narrowed else "at most 3/4 of the field's width"
+    return f", slab {used:.0f} nm (asked {asked:.0f} nm; {why})"
 
 
 def _num(value: float | None, spec: str) -> str:

@@ -56,6 +56,7 @@ class PatchStats:
     dark_views: list[bool]
     align_z_nm_used: float
     align_z_nm_asked: float
+    slab_narrowed: bool = False  # narrowed to the specimen's measured thickness (else capped by the field)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,9 @@ class AlignResult(ItemResult):
             record.get("tilt_axis_deg"),
             record.get("tilt_offset_deg"),
             FiducialStats(**{f.name: record[f.name] for f in fields(FiducialStats)}) if "n_beads" in record else None,
-            PatchStats(**{f.name: record[f.name] for f in fields(PatchStats)}) if "per_view_error" in record else None,
+            PatchStats(**{f.name: record[f.name] for f in fields(PatchStats) if f.name in record})
+            if "per_view_error" in record
+            else None,
         )
 
 
@@ -269,11 +272,13 @@ def _patch_task(views, angles_t, task: AlignTask) -> AlignResult:
     if pm is None:  # too few usable views: nothing was matched
         return AlignResult(checked.verdict, checked.fixed)
     err = pm.per_view_error
+    slab = [h for h in pm.history if h["stage"] == "slab"][-1]  # the slab the shifts were refined with
     stats = PatchStats(
         per_view_error=err.tolist(),
         dark_views=pm.dark_views.tolist(),
-        align_z_nm_used=pm.history[0]["align_z_px"] * pixel_size_a * b / 10.0,
+        align_z_nm_used=slab["align_z_px"] * pixel_size_a * b / 10.0,
         align_z_nm_asked=float(p.align_z_nm),
+        slab_narrowed=bool(slab.get("narrowed_to_specimen")),
     )
     return AlignResult(
         checked.verdict,
