@@ -77,6 +77,16 @@ def test_a_kill_after_the_run_finished_leaves_no_scratch_for_good(tmp_path, scra
     assert os.listdir(finished) == ["run.log"]
 
 
+def test_continuing_the_finished_run_itself_heals_it(tmp_path, scratch_step):
+    """``STEP --continue RUN`` of the run killed after it finished: nothing to run, and the run's
+    folder is as an uninterrupted run leaves it (found by the SIGKILL catalogue on motion-ctf)."""
+    finished = _killed_run(tmp_path / "P", "after-finish")
+    store = ProjectStore(tmp_path / "P")
+    run = run_step(store, STEP, {}, resume=store.runs()[0].id)
+    assert run.status == "finished" and len(store.runs()) == 1
+    assert os.listdir(finished) == ["run.log"]
+
+
 def test_a_workflow_continue_heals_the_project_too(tmp_path, scratch_step):
     finished = _killed_run(tmp_path / "P", "after-finish")
     store = ProjectStore(tmp_path / "P")

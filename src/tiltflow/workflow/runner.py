@@ -167,6 +167,7 @@ def run_step(
         if old.step != step.id:
             raise InputError(f"--continue {resume}: run {resume} is a {old.step} run, not {step.id}")
         if old.status == "finished":
+            remove_finished_scratch(store)  # killed between 'finished' and its cleanup
             return old
         params, inputs = old.params, old.inputs
     params = canonical_or_raise(step.id, params)  # option names (``window``) work as field names
