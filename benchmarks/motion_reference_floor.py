@@ -9,7 +9,8 @@ errors (px, pooled over the views that are not dark):
 - ``noise-free oracle``: each frame registered to its noise-free image (the matrix's oracle);
 - ``data-reference floor``: each frame registered to the sum of the *other* frames placed at their
   true positions — what per-frame registration could reach if every other frame were perfectly
-  aligned — band-limited and B-weighted as the motion step's fit (500-10 Å, B = -500 Å^2);
+  aligned — weighted as the motion step's fit weights the frames (``motion_xcorr.fit_weights``:
+  500-10 Å with cosine edges, B = -500 Å^2);
 - ``ours``: the motion-ctf step's task (its defaults), as the matrix runs it.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/motion_reference_floor.py [--quick] [--scenarios 3,10,11]
@@ -31,36 +32,23 @@ import accuracy_matrix  # noqa: E402
 from _matrix_run import Session  # noqa: E402
 from _matrix_truth import clean_movie_and_oracle, register_to_template, trajectory_sq_errors  # noqa: E402
 
+from tiltflow.core.fourier import shift_image_2d  # noqa: E402
 from tiltflow.core.frames import prepare_frames  # noqa: E402
+from tiltflow.core.motion_xcorr import fit_weights, frequency_vectors  # noqa: E402
 
 FIT_RANGE_A, BFACTOR_A2 = (500.0, 10.0), -500.0
 
 
-def _shift(image: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
-    """``image`` moved by (sx, sy) px (Fourier shift)."""
-    h, w = image.shape
-    ky = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
-    kx = torch.fft.fftfreq(w, dtype=torch.float64)[None, :]
-    return torch.fft.ifft2(torch.fft.fft2(image) * torch.exp(-2j * torch.pi * (kx * sx + ky * sy))).real
-
-
-def _band(frames: torch.Tensor, pixel_size_a: float) -> torch.Tensor:
-    """Frames restricted to the fit band and weighted by the B-factor, as the motion fit sees them."""
-    h, w = frames.shape[-2:]
-    ky = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
-    kx = torch.fft.fftfreq(w, dtype=torch.float64)[None, :]
-    k_a = torch.sqrt(kx**2 + ky**2) / pixel_size_a  # cycles/px / (Å/px) = 1/Å
-    keep = (k_a >= 1 / FIT_RANGE_A[0]) & (k_a <= 1 / FIT_RANGE_A[1])
-    weight = keep.double() * torch.exp(BFACTOR_A2 * k_a**2 / 4)
-    return torch.fft.ifft2(torch.fft.fft2(frames) * weight).real
-
-
 def reference_floor(frames: torch.Tensor, true_px: np.ndarray, pixel_size_a: float) -> np.ndarray:
-    """(t, 2) shifts of each frame registered to the other frames at their true positions (truth 0)."""
-    placed = torch.stack([_shift(frames[k], -true_px[k, 0], -true_px[k, 1]) for k in range(frames.shape[0])])
-    placed = _band(placed, pixel_size_a)
+    """(t, 2) shifts of each frame registered to the other frames at their true positions (truth 0),
+    both weighted as the motion fit weights them (``motion_xcorr.fit_weights``)."""
+    t, h, w = frames.shape
+    placed = shift_image_2d(frames, -torch.as_tensor(true_px, dtype=frames.dtype))  # to the sum's frame
+    ky, kx = frequency_vectors((h, w), (1.0, 1.0))
+    weights = fit_weights(ky, kx, pixel_size_a=pixel_size_a, fit_range_a=FIT_RANGE_A, bfactor_a2=BFACTOR_A2)
+    placed = torch.fft.irfft2(torch.fft.rfft2(placed) * weights.to(placed.dtype), s=(h, w))
     total = placed.sum(0)
-    return np.asarray([register_to_template(placed[k], total - placed[k]) for k in range(placed.shape[0])])
+    return np.asarray([register_to_template(placed[k], total - placed[k]) for k in range(t)])
 
 
 def measure(ses: Session) -> tuple[float, float, float]:
