@@ -36,6 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/ruff format --check src tests benchmarks docs
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

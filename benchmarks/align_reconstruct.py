@@ -38,6 +38,7 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -371,7 +372,7 @@ def run_interleaved(items: dict, repeats: int, sync) -> dict:
     """Run every ``name -> fn`` ``repeats`` times in rotating order; min wall / CPU s and a result.
     An item that raises is reported (traceback) and left out, so one failure costs only its row."""
     names = list(items)
-    out = {n: {"wall": [], "cpu": [], "result": None} for n in names}
+    out: dict[str, dict] = {n: {"wall": [], "cpu": [], "result": None} for n in names}
     failed: set[str] = set()
     for r in range(repeats):
         k = r % len(names)
@@ -514,7 +515,9 @@ def bench_alignment(data: dict, vb: torch.Tensor, args, sync) -> dict:
 def _recon_methods(args, nz: int) -> dict:
     """name -> (kind, fn(views (t, ny, nx) tensor on the device, angles) -> volume tensor on CPU)."""
     dev = args.device
-    methods = {"tiltflow WBP": ("wbp", lambda v, a: wbp(v, a, thickness_px=nz).cpu())}
+    methods: dict[str, tuple[str, Callable[..., torch.Tensor]]] = {
+        "tiltflow WBP": ("wbp", lambda v, a: wbp(v, a, thickness_px=nz).cpu())
+    }
     astra = import_peer("astra")
     cuda = False
     if astra is not None:
@@ -589,7 +592,10 @@ def bench_reconstruction(data: dict, vb: torch.Tensor, args, sync) -> dict:
     def part(kind, v):
         return v if kind == "wbp" else v[:, rows]
 
-    items = {n: (lambda f=f, kind=kind: f(part(kind, noisy), angles)) for n, (kind, f) in methods.items()}
+    def bound(kind: str, f: Callable[..., torch.Tensor]) -> Callable[[], torch.Tensor]:
+        return lambda: f(part(kind, noisy), angles)
+
+    items = {n: bound(kind, f) for n, (kind, f) in methods.items()}
     items[f"tiltflow SIRT {args.sirt_iterations} it, whole volume"] = lambda: sirt(
         noisy, angles, thickness_px=nz, iterations=args.sirt_iterations
     ).cpu()
@@ -642,8 +648,8 @@ def bench_reconstruction(data: dict, vb: torch.Tensor, args, sync) -> dict:
                 if r.get("kind") == kind
             ],
         )
-    whole = [n for n, r in out.items() if r.get("kind") == "sirt-whole"] or [None]
-    if whole[0] is not None:
+    whole = [n for n, r in out.items() if r.get("kind") == "sirt-whole"]
+    if whole:
         print(
             f"{whole[0]}: {out[whole[0]]['wall_s']:.3g} s wall, {out[whole[0]]['cpu_s']:.3g} s cpu; "
             f"tiltflow apply .xf: {out['apply_xf']['wall_s']:.3g} s"

@@ -129,12 +129,12 @@ def simulate(cond: Condition, n_tilts: int, step_deg: float, data: Path) -> tupl
         return json.loads(str(z["truth"])), z["counts"]
     truth = plan(cond, n_tilts, step_deg)
     rng = np.random.default_rng([cond.seed, 12])
-    counts = []
+    per_tilt = []
     for i in range(len(truth["tilts"])):
         expected = _envelope(render_truth_tilt(truth, i), cond.pixel_size_a, cond.bfactor_a2).double().numpy()
         half = N_FRAMES // 2
-        counts.append(np.stack([rng.poisson(expected * half), rng.poisson(expected * half)]).astype(np.uint16))
-    counts = np.stack(counts)
+        per_tilt.append(np.stack([rng.poisson(expected * half), rng.poisson(expected * half)]).astype(np.uint16))
+    counts = np.stack(per_tilt)
     counts = counts.astype(np.uint8 if counts.max() < 256 else np.uint16)
     data.mkdir(parents=True, exist_ok=True)
     keep = {k: v for k, v in truth.items() if k not in ("specimen",)}
@@ -178,7 +178,9 @@ def fit_series(truth: dict, counts: np.ndarray, out_dir: Path) -> tuple[dict, di
 
 
 def errors(truth: dict, results: dict) -> dict:
-    low, high, astig, angle, signed = [], [], [], [], []
+    low: list[float] = []
+    high: list[float] = []
+    astig, angle, signed = [], [], []
     for i, t in enumerate(truth["tilts"]):
         r = results[i]
         true_mean = 0.5 * (t["defocus_u_a"] + t["defocus_v_a"])

@@ -93,7 +93,9 @@ def _shim_torchvision() -> None:
     tv, tr, fn = (
         types.ModuleType(n) for n in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
     )
-    fn.gaussian_blur, tr.functional, tv.transforms = _gaussian_blur, fn, tr
+    vars(fn).update(gaussian_blur=_gaussian_blur)  # module attributes mypy cannot know
+    vars(tr).update(functional=fn)
+    vars(tv).update(transforms=tr)
     sys.modules.update({"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn})
 
 
@@ -377,8 +379,8 @@ def _relion_patches(size: tuple[int, int]) -> tuple[int, int]:
 def run_relion(ds: Dataset, i: int, points: torch.Tensor) -> dict:
     movie = ds.movie(i)
     s = ds.series
-    with tempfile.TemporaryDirectory(dir=ds.root) as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=ds.root) as tmp_name:
+        tmp = Path(tmp_name)
         star = tmp / "movies.star"
         star.write_text(
             "\ndata_optics\n\nloop_\n_rlnOpticsGroupName #1\n_rlnOpticsGroup #2\n"
@@ -612,6 +614,17 @@ def _best(res: dict | None, part: str) -> float | None:
     return None
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``'HxW'`` -> (H, W) px."""
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    """value / reference, or None where either is missing."""
+    return value / reference if value and reference else None
+
+
 def print_tables(size: str, results: dict, device: str) -> None:
     core, step_motion = results.get("tiltflow core"), results.get("tiltflow step (motion only)")
     print(f"\n### {size.replace('x', ' x ')} x {FRAMES} movies, {PIXEL_A} Å/px, {DOSE_E_A2} e/Å² per tilt, {device}")
@@ -627,15 +640,15 @@ def print_tables(size: str, results: dict, device: str) -> None:
             continue
         m, c, tot = _best(res, "motion"), _best(res, "ctf"), _best(res, "total")
         n = max(len(v) for v in res["seconds"].values())
-        ratios = [None, None, None]
+        ratios: list[float | None] = [None, None, None]
         if name == "relion":
             ref = _best(step_motion, "total")
-            ratios = [m / ref, None, m / ref] if ref else ratios
+            ratios = [m / ref, None, m / ref] if ref and m else ratios
         elif not name.startswith("tiltflow") and _best(core, "motion"):
             ratios = [
-                m / _best(core, "motion") if m else None,
-                c / _best(core, "ctf") if c else None,
-                tot / _best(core, "total") if tot and c else None,
+                _ratio(m, _best(core, "motion")),
+                _ratio(c, _best(core, "ctf")),
+                _ratio(tot, _best(core, "total")) if c else None,
             ]
         print(
             f"| {name} | {n} | {_fmt(m)} | {_fmt(c)} | {_fmt(tot)} | {_fmt(_best(res, 'cpu'))} | "
@@ -718,7 +731,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     usable = available_methods()
     methods = [m for m, why in usable.items() if not why and (args.methods is None or m in args.methods)]
-    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+    sizes = [_size(s) for s in args.sizes]
     if args.small:
         sizes, args.repeats = [(1440, 1024)], 1
     if args.full_size:

@@ -35,15 +35,15 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=6)
     args = ap.parse_args()
     extra = ["motion-ctf.window_px=256", "motion-ctf.defocus_grid=null", "align.binning=2", "reconstruct.binning=2"]
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         write_demo_dataset(
             tmp / "data",
             DemoConfig(n_series=args.series, n_tilts=args.tilts, size=tuple(args.size), n_frames=args.frames),
             force=True,
         )
         run(tmp / "data", tmp / "warm-up", {"workers": 2}, extra)  # imports, caches: not timed
-        dask_opts = {"executor": "dask", "workers": 2, "threads_per_worker": 1}
+        dask_opts: dict = {"executor": "dask", "workers": 2, "threads_per_worker": 1}
         rows = [
             ("local, 1 worker", {"workers": 1}),
             ("local, 2 workers", {"workers": 2}),

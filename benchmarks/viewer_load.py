@@ -107,6 +107,7 @@ def start_viewer(root: Path) -> tuple[subprocess.Popen, str, str]:
         text=True,
     )
     deadline = time.monotonic() + 120
+    assert proc.stdout is not None  # stdout=PIPE
     for line in proc.stdout:  # the token URL is printed once it listens
         m = re.search(r"(http://[^/\s]+)/\?token=(\S+)", line)
         if m:
@@ -170,7 +171,7 @@ def browse(base: str, token: str, rec: Recorder, n_series: int, visits: int, see
 
 def table(rec: Recorder, wall: float) -> str:
     rows = ["| endpoint | requests | p50 ms | p95 ms | max ms | errors |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    everything = []
+    everything: list[float] = []
     for what in sorted(rec.times, key=lambda k: -len(rec.times[k])):
         t = np.array(rec.times[what]) * 1000
         everything.extend(t)

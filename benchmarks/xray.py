@@ -161,7 +161,7 @@ def accuracy(movies: int, quick: bool) -> None:
     )
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
-    tot = {}
+    tot: dict = {}
     for i, (label, dose, pixel_a, kind, frames, binning) in enumerate(conditions):
         a = _condition(label, dose, pixel_a, kind, frames, binning, movies, 1000 * (i + 1))
         for k, v in a.items():
@@ -252,7 +252,7 @@ def _worker(threads: int, device: str, repeats: int, hits: int, what: str) -> di
 def timing(repeats: int, hits: int) -> None:
     import torch
 
-    configs = [("cpu, 1 thread", 1, "cpu", {}), ("cpu, 2 threads", 2, "cpu", {})]
+    configs: list[tuple[str, int, str, dict]] = [("cpu, 1 thread", 1, "cpu", {}), ("cpu, 2 threads", 2, "cpu", {})]
     if torch.cuda.is_available():
         configs.append((f"cuda ({torch.cuda.get_device_name()})", 2, "cuda", {}))
     print(
