@@ -362,6 +362,29 @@ def test_trajectory_prior_smooths_noise_and_keeps_measured_jitter():
     assert math.sqrt(np.mean(precise_smooth)) < 1.5 * math.sqrt(np.mean(precise_raw))
 
 
+def test_trajectory_prior_averages_the_decay_on_short_movies():
+    """5-6 frames leave 3-4 second differences per axis, which rarely single out the decay of the
+    beam-induced motion: smooth_trajectory averages the posterior means over the decays, weighted by
+    their restricted likelihood, and is closer to the truth than the one the likelihood picks."""
+    from tiltflow.core import motion_global as mg
+
+    rng = np.random.default_rng(1)
+    avg_err, pick_err = [], []
+    for t in (5, 6):
+        for _ in range(150):
+            truth = decaying_trajectory(t, rng).double()
+            meas = truth + torch.from_numpy(rng.normal(0.0, 0.3, (t, 2)))
+            var = torch.full((t, 2), 0.09, dtype=torch.float64)
+            r, v = meas.T, var.T  # (2, t)
+            d2 = mg._second_differences(t, "cpu")
+            fits = [mg._best_at_decay(r @ d2.T, d2, v, decay) for decay in mg.DECAYS]
+            best = min(fits, key=lambda fit: float(fit[0]))
+            pick_err.append(rms_px(mg._posterior_mean(r, v, d2, *best[1:]).T, truth) ** 2)
+            avg_err.append(rms_px(mg.smooth_trajectory(meas, var), truth) ** 2)
+    # measured: 0.3435 px averaged vs 0.3460 px picked (seeds 2, 3: 0.332 vs 0.336, 0.338 vs 0.340)
+    assert math.sqrt(np.mean(avg_err)) < math.sqrt(np.mean(pick_err)) - 0.001
+
+
 def test_signal_weights_follow_the_data():
     """Rings with signal get weight, rings of pure noise none (core.motion_xcorr.signal_weights):
     a specimen low-passed to 0.1 cycles/px under white counting noise."""

@@ -181,30 +181,18 @@ def _second_differences(t: int, device) -> torch.Tensor:
     return d2
 
 
-def smooth_trajectory(shifts: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """Posterior mean of a trajectory (..., t, 2) under a prior matched to beam-induced motion.
+def _best_at_decay(z, d2, v, decay: float) -> tuple[torch.Tensor, ...]:
+    """(nll, lam, c, j2) per leading index: the restricted ML of ``a^2``, ``j^2``, ``c`` at one decay.
 
-    Model: measured = smooth + jitter + noise. The noise has variance ``c * variance``
-    (curvature-based variances are optimistic at low dose); the jitter, white with variance
-    ``j^2`` per frame, is part of the true trajectory and kept; the smooth part's second
-    difference at frame f + 1 ~ N(0, a^2 r^(2 f)): accelerations that decay over the exposure
-    (fast beam-induced motion first, then drift; r = 1 is uniform), the linear part free.
-    ``a^2``, ``r``, ``j^2`` and ``c`` are chosen per leading index by restricted maximum
-    likelihood, shared by x and y.
+    ``z`` (..., 2, t-2) second differences of the measured trajectory, ``v`` (..., 2, t) its stated
+    variances; ``nll`` is -2 log L (up to a constant, x and y summed), ``lam`` (..., t-2).
     """
-    t = shifts.shape[-2]
-    if t < 3:
-        return shifts
-    dt, dev = torch.float64, shifts.device
-    d2 = _second_differences(t, dev)
-    r = shifts.to(dt).movedim(-1, -2)  # (..., 2, t)
-    v = variance.to(dt).movedim(-1, -2).clamp_min(1e-12)
-    z = r @ d2.T  # (..., 2, t-2)
-    a2 = torch.logspace(-6, 3, 28, dtype=dt, device=dev)  # px^2 / frame^4
-    f = torch.arange(t - 2, dtype=dt, device=dev)
-    best: tuple[torch.Tensor, ...] | None = None  # (nll, lam, c, j2) of the best so far, per leading index
-    for decay, j2, c in itertools.product(DECAYS, JITTERS_PX2, NOISE_SCALES):
-        lam = (a2[:, None] * decay ** (2 * f)).clamp_min(1e-12)  # (A, t-2)
+    n = d2.shape[0]
+    a2 = torch.logspace(-6, 3, 28, dtype=d2.dtype, device=d2.device)  # px^2 / frame^4
+    f = torch.arange(n, dtype=d2.dtype, device=d2.device)
+    lam = (a2[:, None] * decay ** (2 * f)).clamp_min(1e-12)  # (A, t-2)
+    best: tuple[torch.Tensor, ...] | None = None
+    for j2, c in itertools.product(JITTERS_PX2, NOISE_SCALES):
         white = torch.einsum("it,...ct,jt->...cij", d2, c * v + j2, d2)  # (..., 2, t-2, t-2)
         cov = white[..., None, :, :, :] + torch.diag_embed(lam)[:, None]  # (..., A, 2, n, n)
         chol = torch.linalg.cholesky(cov)
@@ -221,10 +209,41 @@ def smooth_trajectory(shifts: torch.Tensor, variance: torch.Tensor) -> torch.Ten
                 for x, y in zip(cand, best, strict=False)
             )
     assert best is not None  # the hyperparameter grid is not empty
-    _, lam_best, c_best, j2_best = best
-    prior = torch.einsum("it,...i,is->...ts", d2, 1.0 / lam_best, d2)  # (..., t, t)
-    noise = c_best[..., None, None] * v + j2_best[..., None, None]  # (..., 2, t): all that is white
+    return best
+
+
+def _posterior_mean(r, v, d2, lam, c, j2) -> torch.Tensor:
+    """Posterior mean (..., 2, t) of the trajectory ``r`` (..., 2, t) under one set of hyperparameters."""
+    prior = torch.einsum("it,...i,is->...ts", d2, 1.0 / lam, d2)  # (..., t, t)
+    noise = c[..., None, None] * v + j2[..., None, None]  # (..., 2, t): all that is white
     prec = torch.diag_embed(1.0 / noise) + prior[..., None, :, :]
     smooth = torch.linalg.solve(prec, (r / noise)[..., None])[..., 0]
-    out = smooth + j2_best[..., None, None] / noise * (r - smooth)  # the jitter's share is kept
-    return out.movedim(-2, -1).to(shifts.dtype)
+    return smooth + j2[..., None, None] / noise * (r - smooth)  # the jitter's share is kept
+
+
+def smooth_trajectory(shifts: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """Posterior mean of a trajectory (..., t, 2) under a prior matched to beam-induced motion.
+
+    Model: measured = smooth + jitter + noise. The noise has variance ``c * variance``
+    (curvature-based variances are optimistic at low dose); the jitter, white with variance
+    ``j^2`` per frame, is part of the true trajectory and kept; the smooth part's second
+    difference at frame f + 1 ~ N(0, a^2 r^(2 f)): accelerations that decay over the exposure
+    (fast beam-induced motion first, then drift; r = 1 is uniform), the linear part free.
+    ``a^2``, ``j^2`` and ``c`` are chosen per leading index by restricted maximum likelihood,
+    shared by x and y. The decay ``r`` is averaged over (``DECAYS``, equally likely a priori),
+    each posterior mean weighted by its restricted likelihood: a movie of few frames has only
+    t - 2 second differences per axis, which rarely single out one decay, and picking the best
+    one alone makes the trajectory follow that choice's accidents.
+    """
+    t = shifts.shape[-2]
+    if t < 3:
+        return shifts
+    dt, dev = torch.float64, shifts.device
+    d2 = _second_differences(t, dev)
+    r = shifts.to(dt).movedim(-1, -2)  # (..., 2, t)
+    v = variance.to(dt).movedim(-1, -2).clamp_min(1e-12)
+    z = r @ d2.T  # (..., 2, t-2)
+    fits = [_best_at_decay(z, d2, v, decay) for decay in DECAYS]
+    weights = torch.softmax(-0.5 * torch.stack([fit[0] for fit in fits]), dim=0)  # (R, ...)
+    means = torch.stack([_posterior_mean(r, v, d2, *fit[1:]) for fit in fits])  # (R, ..., 2, t)
+    return (weights[..., None, None] * means).sum(0).movedim(-2, -1).to(shifts.dtype)
