@@ -171,14 +171,24 @@ def total_motion_px(shifts: torch.Tensor) -> float:
 DECAYS = (1.0, 0.7, 0.45, 0.25)  # r: acceleration amplitude ratio from one frame to the next
 JITTERS_PX2 = (0.0, 0.0005, 0.002, 0.008)  # j^2: per-frame jitter variance per axis, px^2
 NOISE_SCALES = (1.0, 1.5, 2.25, 3.4, 5.0)  # c: measured / stated shift variance
+ACCELERATIONS_PX2 = tuple(10.0 ** (-6 + 9 * k / 27) for k in range(28))  # a^2: px^2 / frame^4, 1e-6 to 1e3
 
 
-def _second_differences(t: int, device) -> torch.Tensor:
+def second_differences(t: int, device) -> torch.Tensor:
     """(t - 2, t) float64 operator taking a trajectory to its second differences."""
     d2 = torch.zeros((t - 2, t), dtype=torch.float64, device=device)
     idx = torch.arange(t - 2, device=device)
     d2[idx, idx], d2[idx, idx + 1], d2[idx, idx + 2] = 1.0, -2.0, 1.0
     return d2
+
+
+def acceleration_variances(a2: torch.Tensor, decay: torch.Tensor, n: int) -> torch.Tensor:
+    """Prior variances (..., n) of the n second differences: ``a2 * decay ** (2 f)`` (px^2 / frame^4).
+
+    ``a2`` and ``decay`` broadcast against each other (shape ``(...)``); clamped away from zero.
+    """
+    f = torch.arange(n, dtype=a2.dtype, device=a2.device)
+    return (a2[..., None] * decay[..., None].to(a2) ** (2 * f)).clamp_min(1e-12)
 
 
 def _best_at_decay(z, d2, v, decay: float) -> tuple[torch.Tensor, ...]:
@@ -187,10 +197,8 @@ def _best_at_decay(z, d2, v, decay: float) -> tuple[torch.Tensor, ...]:
     ``z`` (..., 2, t-2) second differences of the measured trajectory, ``v`` (..., 2, t) its stated
     variances; ``nll`` is -2 log L (up to a constant, x and y summed), ``lam`` (..., t-2).
     """
-    n = d2.shape[0]
-    a2 = torch.logspace(-6, 3, 28, dtype=d2.dtype, device=d2.device)  # px^2 / frame^4
-    f = torch.arange(n, dtype=d2.dtype, device=d2.device)
-    lam = (a2[:, None] * decay ** (2 * f)).clamp_min(1e-12)  # (A, t-2)
+    a2 = torch.tensor(ACCELERATIONS_PX2, dtype=d2.dtype, device=d2.device)
+    lam = acceleration_variances(a2, torch.tensor(decay, dtype=d2.dtype), d2.shape[0])  # (A, t-2)
     best: tuple[torch.Tensor, ...] | None = None
     for j2, c in itertools.product(JITTERS_PX2, NOISE_SCALES):
         white = torch.einsum("it,...ct,jt->...cij", d2, c * v + j2, d2)  # (..., 2, t-2, t-2)
@@ -212,7 +220,7 @@ def _best_at_decay(z, d2, v, decay: float) -> tuple[torch.Tensor, ...]:
     return best
 
 
-def _posterior_mean(r, v, d2, lam, c, j2) -> torch.Tensor:
+def posterior_mean(r, v, d2, lam, c, j2) -> torch.Tensor:
     """Posterior mean (..., 2, t) of the trajectory ``r`` (..., 2, t) under one set of hyperparameters."""
     prior = torch.einsum("it,...i,is->...ts", d2, 1.0 / lam, d2)  # (..., t, t)
     noise = c[..., None, None] * v + j2[..., None, None]  # (..., 2, t): all that is white
@@ -239,11 +247,11 @@ def smooth_trajectory(shifts: torch.Tensor, variance: torch.Tensor) -> torch.Ten
     if t < 3:
         return shifts
     dt, dev = torch.float64, shifts.device
-    d2 = _second_differences(t, dev)
+    d2 = second_differences(t, dev)
     r = shifts.to(dt).movedim(-1, -2)  # (..., 2, t)
     v = variance.to(dt).movedim(-1, -2).clamp_min(1e-12)
     z = r @ d2.T  # (..., 2, t-2)
     fits = [_best_at_decay(z, d2, v, decay) for decay in DECAYS]
     weights = torch.softmax(-0.5 * torch.stack([fit[0] for fit in fits]), dim=0)  # (R, ...)
-    means = torch.stack([_posterior_mean(r, v, d2, *fit[1:]) for fit in fits])  # (R, ..., 2, t)
+    means = torch.stack([posterior_mean(r, v, d2, *fit[1:]) for fit in fits])  # (R, ..., 2, t)
     return (weights[..., None, None] * means).sum(0).movedim(-2, -1).to(shifts.dtype)
