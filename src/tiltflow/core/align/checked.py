@@ -24,6 +24,7 @@ from tiltflow.core.align.projection_matching import (
     ProjectionMatchingResult,
     projection_matching_align,
 )
+from tiltflow.core.align.projection_matching_stages import DARK_MIN_SIGNIFICANCE, fill_dark_views
 from tiltflow.core.align.verdict import (
     GeometryLimits,
     Verdict,
@@ -281,8 +282,17 @@ def checked_projection_matching(
         n_dark=int(result.dark_views.sum()),
         fixed=fixed,
         coarse_peak_significance=result.coarse_peak_significance,
+        n_dark_unplaced=_unplaced_dark_views(result),
     )
     return CheckedPatch(result, verdict, fixed)
+
+
+def _unplaced_dark_views(result: ProjectionMatchingResult) -> int:
+    """Dark views whose correlation with the others' reprojection did not place them."""
+    sig = result.dark_view_significance
+    if sig is None:
+        return 0
+    return int((result.dark_views.cpu() & ~(sig >= DARK_MIN_SIGNIFICANCE)).sum())
 
 
 @dataclass(frozen=True)
@@ -313,7 +323,7 @@ def _matching_at_given_geometry(views, angles, axis_deg: float, dark: torch.Tens
     """Projection matching without axis or offset refinement, from a coarse start at the given geometry.
 
     The coarse alignment of the non-dark views at the given geometry is the start (it would
-    otherwise start from zero shifts).
+    otherwise start from zero shifts); dark views start from their neighbours' shifts.
     """
     from tiltflow.core.align.coarse import coarse_align
 
@@ -321,6 +331,7 @@ def _matching_at_given_geometry(views, angles, axis_deg: float, dark: torch.Tens
     coarse = coarse_align(views[use.to(views.device)], angles[use], tilt_axis_deg=axis_deg)
     initial = torch.zeros(int(angles.numel()), 2, dtype=torch.float64)
     initial[use] = coarse.shifts_px.to(torch.float64).cpu()
+    initial = fill_dark_views(initial, angles.to(torch.float64).cpu(), torch.nonzero(use).reshape(-1))
     significance = torch.full((int(angles.numel()),), math.nan, dtype=torch.float64)
     significance[use] = coarse.peak_significance
     options = MatchingOptions() if run.options is None else run.options

@@ -26,7 +26,11 @@ After AreTomo (Zheng et al. 2022, doi:10.1016/j.yjsbx.2022.100068), on binned, n
    worse: its faces cut through the strongest features, the surface gold), and the damping keeps
    the result there near the coarse alignment's;
 4. tilt offset: the pitch of the specimen slab in the final reconstruction levels it (a flat
-   specimen is level at 0° tilt, as IMOD ``tomopitch`` assumes).
+   specimen is level at 0° tilt, as IMOD ``tomopitch`` assumes);
+5. dark views (left out of 1-4): each placed by its correlation with the final slab of the
+   others reprojected at its angle (``place_dark_views``), where that peak stands out of its map
+   (``DARK_MIN_SIGNIFICANCE`` robust SDs; noise gives 3-4), else its neighbours' shifts are kept
+   (a guess: the darkest views are the highest tilts, their stage errors their own).
 
 ``per_view_error`` is ``1 - NCC`` of each view with its leave-one-out reprojection (last
 iteration). Accuracy and timings: ``benchmarks/README.md`` (align_conditions, accuracy_matrix).
@@ -46,6 +50,7 @@ from tiltflow.core.align.projection_matching_stages import (
     centre_specimen,
     coarse_start,
     fill_dark_views,
+    place_dark_views,
     refine_shifts,
 )
 from tiltflow.core.reconstruct import bin_views
@@ -77,6 +82,9 @@ class ProjectionMatchingResult:
     # (t,) significance of the coarse start's correlation peaks (``CoarseResult``); NaN for dark
     # views, None when the coarse start was given (``initial_shifts_px``)
     coarse_peak_significance: torch.Tensor | None = None
+    # (t,) significance of each dark view's correlation with the others' reprojection (robust SDs;
+    # placed by it when >= DARK_MIN_SIGNIFICANCE, else by its neighbours); NaN for the used views
+    dark_view_significance: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,13 @@ def working_binning(side_px: int, pixel_size_a: float | None) -> int:
     return extra
 
 
+def _normalised(views: torch.Tensor, idx: torch.Tensor, binning: int) -> torch.Tensor:
+    """Bin views ``idx`` by ``binning`` and bring each to zero mean and unit variance."""
+    x = views[idx.to(views.device)]
+    x = bin_views(x if x.is_floating_point() else x.float(), binning)
+    return (x - x.mean(dim=(-2, -1), keepdim=True)) / x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+
 def _narrow_slab(low: MatchSeries, history: list[dict]) -> None:
     """Narrow the slab to the specimen: at most ``_SLAB_SPECIMEN_FACTOR`` x the thickness just measured.
 
@@ -145,8 +160,9 @@ def projection_matching_align(
     and by 2, 4, ... more: with ``pixel_size_a``, while their pixel is finer than 10 Å or they are
     larger than 640 px (never below 256 px), else until they are at most 320 px; the geometry search
     on about 128 px. Projection matching starts from the coarse alignment at the searched geometry,
-    or from ``initial_shifts_px`` when neither the axis nor the offset is refined (then dark views keep
-    those; else they get shifts interpolated from their neighbours in angle). Pure; device of ``views``.
+    or from ``initial_shifts_px`` when neither the axis nor the offset is refined (then dark views start
+    from those; else from shifts interpolated from their neighbours in angle); dark views are then
+    placed on the others' reprojection where it correlates (module docstring, 5). Pure; device of ``views``.
 
     Parameters
     ----------
@@ -216,9 +232,7 @@ def projection_matching_align(
     if use.numel() < 5:
         raise ValueError(f"only {use.numel()} usable (non-dark) views; projection matching needs >= 5")
 
-    x = views[use.to(views.device)]
-    x = bin_views(x if x.is_floating_point() else x.float(), int(binning))
-    x = (x - x.mean(dim=(-2, -1), keepdim=True)) / x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    x = _normalised(views, use, int(binning))
     axis = float(tilt_axis_deg)
     used = angles[use]
     cos_max = max(math.cos(math.radians(float(used.abs().max()))), 0.5)
@@ -284,6 +298,21 @@ def projection_matching_align(
     shifts[use] = sub
     if search or initial_shifts_px is None:
         shifts = fill_dark_views(shifts, angles, use)
+    dark_significance = torch.full((t,), math.nan, dtype=torch.float64)
+    if bool(dark.any()):
+        idx = torch.nonzero(dark).reshape(-1)
+        dv = _normalised(views, idx, int(binning))
+        placed = place_dark_views(
+            low,
+            bin_views(dv, extra) if extra > 1 else dv,
+            angles[idx],
+            (axis, offset),
+            sub,
+            shifts[idx],
+            nz=(low.nz, nz_tall),
+        )
+        shifts[idx], dark_significance[idx] = placed.shifts_px, placed.significance
+        history.append({"stage": "dark_views", "placed": int(placed.placed.sum()), "of": int(idx.numel())})
     error = torch.full((t,), math.nan, dtype=torch.float64)
     error[use] = 1.0 - ncc
     return ProjectionMatchingResult(
@@ -296,4 +325,5 @@ def projection_matching_align(
         per_view_error=error,
         history=history,
         coarse_peak_significance=significance,
+        dark_view_significance=dark_significance,
     )

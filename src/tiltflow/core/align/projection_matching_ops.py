@@ -120,6 +120,70 @@ def _operators(
     return ops
 
 
+def _filtered(aligned: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
+    """Ramp-filter views ``(n, h, w)`` along x' and weight them by their tilt increments (WBP)."""
+    n_pad = padded_length(aligned.shape[-1])
+    ramp = radial_filter(n_pad, cutoff=RAMP_CUTOFF, falloff=0.05, device=aligned.device)
+    weights = tilt_increment_weights(angles_deg).to(device=aligned.device, dtype=aligned.dtype)
+    return filter_views(aligned, ramp.to(aligned.dtype), n_pad=n_pad) * weights[:, None, None]
+
+
+def reproject_at(
+    aligned: torch.Tensor,  # (n, h, w) aligned views, zero mean
+    angles_deg: torch.Tensor,  # (n,) their true tilt angles
+    at_deg: torch.Tensor,  # (m,) angles to reproject at
+    *,
+    nz: int,
+    nx_volume: int,
+) -> torch.Tensor:  # (m, h, w)
+    """Reproject the WBP slab ``nz`` thick of ``aligned`` at other angles (views left out of it)."""
+    angles = angles_deg.to(device=aligned.device, dtype=torch.float64)
+    volume = backproject(_filtered(aligned, angles_deg), angles, thickness_px=nz, nx=nx_volume)
+    return project_volume(volume, at_deg.to(device=aligned.device, dtype=torch.float64), nx_view=aligned.shape[-1])
+
+
+def ray_coverage(angles_deg: torch.Tensor, at_deg: torch.Tensor, *, nz: int, width: int) -> torch.Tensor:
+    """Fraction ``(m, width)`` of the views at ``angles_deg`` that see the slab along each column's rays.
+
+    The ray of column ``u`` of a view at ``at_deg`` crosses the slab (``nz`` thick, centred) at
+    ``x = (u - z sin) / cos``; a voxel is seen by a view at ``a`` where ``|x cos a + z sin a|`` is
+    within its ``width``. Averaged over the ray: where it is low, the ray runs through voxels few
+    views sampled (the field's edges at high tilt), and a reprojection there cannot match.
+    """
+    u = torch.arange(width, dtype=torch.float64) - (width - 1) / 2.0
+    z = torch.arange(nz, dtype=torch.float64) - (nz - 1) / 2.0
+    t_at = torch.deg2rad(at_deg.to(torch.float64).cpu())
+    t_in = torch.deg2rad(angles_deg.to(torch.float64).cpu())
+    x = (u[None, :, None] - z[None, None, :] * torch.sin(t_at)[:, None, None]) / torch.cos(t_at)[:, None, None]
+    seen = torch.zeros_like(x)
+    for a in t_in:
+        seen += ((x * torch.cos(a) + z[None, None, :] * torch.sin(a)).abs() <= width / 2.0).to(torch.float64)
+    return (seen / max(t_in.numel(), 1)).mean(-1)
+
+
+def peak_significance(cc: torch.Tensor, peak_px: torch.Tensor, max_shift_px: float) -> torch.Tensor:
+    """Peaks' heights ``(n,)`` above their maps ``(n, h, w)`` (fftshift-ed) in robust SDs.
+
+    ``(peak - median) / (1.4826 MAD)`` of each map within ``max_shift_px`` of zero shift but
+    beyond 3 px of the peak ``peak_px`` ``(n, 2)`` (x, y); NaN when too few such pixels remain.
+    """
+    n, h, w = cc.shape
+    yy = (torch.arange(h, dtype=torch.float64) - h // 2)[:, None]
+    xx = (torch.arange(w, dtype=torch.float64) - w // 2)[None, :]
+    out = torch.full((n,), math.nan, dtype=torch.float64)
+    for k in range(n):
+        px, py = float(peak_px[k, 0]), float(peak_px[k, 1])
+        near = (xx - px).square() + (yy - py).square() <= 9.0
+        c = cc[k].to(torch.float64).cpu()
+        background = c[(yy.square() + xx.square() <= max_shift_px**2) & ~near]
+        if background.numel() < 16:
+            continue
+        med = background.median()
+        mad = (background - med).abs().median().clamp_min(1e-30)
+        out[k] = float((c[round(py) + h // 2, round(px) + w // 2] - med) / (1.4826 * mad))
+    return out
+
+
 def references(
     aligned: torch.Tensor,  # (n, h, w) aligned views, zero mean
     angles_deg: torch.Tensor,  # (n,) true tilt angles
@@ -140,10 +204,7 @@ def references(
     backprojection / projection matrices (``backproject``'s ``operators``) between calls.
     """
     w = aligned.shape[-1]
-    n_pad = padded_length(w)
-    ramp = radial_filter(n_pad, cutoff=RAMP_CUTOFF, falloff=0.05, device=aligned.device)
-    weights = tilt_increment_weights(angles_deg).to(device=aligned.device, dtype=aligned.dtype)
-    filtered = filter_views(aligned, ramp.to(aligned.dtype), n_pad=n_pad) * weights[:, None, None]
+    filtered = _filtered(aligned, angles_deg)
     angles = angles_deg.to(device=aligned.device, dtype=torch.float64)
     volume = backproject(filtered, angles, thickness_px=nz, nx=nx_volume, operators=projectors)
     loo = project_volume(volume, angles, nx_view=w, operators=projectors)

@@ -16,7 +16,10 @@ from tiltflow.core.align.coarse import coarse_align
 from tiltflow.core.align.projection_matching_ops import (
     cross_correlation,
     peak_2d,
+    peak_significance,
+    ray_coverage,
     references,
+    reproject_at,
     smooth_part,
     specimen_pitch,
     support_mask,
@@ -26,12 +29,14 @@ from tiltflow.core.reconstruct import apply_xf, bin_views
 from tiltflow.core.transforms import geometry_to_xf
 
 __all__ = [
+    "DarkPlacement",
     "MatchSeries",
     "aligned_views",
     "centre_specimen",
     "coarse_start",
     "fill_dark_views",
     "measure_shifts",
+    "place_dark_views",
     "refine_shifts",
 ]
 
@@ -41,6 +46,7 @@ _MAX_PITCH_DEG = 6.0  # specimen pitch searched when levelling
 _SLAB_ASPECT = 2.0 / 3.0  # level only specimens thinner than this fraction of the field used
 _START_MIN_PX = 96  # the coarse start is also found at half the working sampling while views stay this wide
 _START_AGREE_PX = 2.0  # working px: coarse starts closer than this (RMS) agree
+DARK_MIN_SIGNIFICANCE = 5.0  # robust SDs: a dark view's correlation peak that places it (noise: 3.1-4.1)
 
 
 @dataclass
@@ -59,11 +65,14 @@ class MatchSeries:
     projectors: dict = field(default_factory=dict)  # backprojection / projection matrices
 
 
-def aligned_views(s: MatchSeries, axis_deg: float, shifts_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Aligned binned views ``(n, ho, wo)`` and their soft correlation masks."""
-    xf = geometry_to_xf(axis_deg, shifts_px.to(torch.float64).cpu() / s.binning).to(s.views.device)
-    aligned = apply_xf(s.views, xf, s.out_shape, mode="bilinear")
-    return aligned, support_mask(xf, (int(s.views.shape[-2]), int(s.views.shape[-1])), s.out_shape).to(aligned.dtype)
+def aligned_views(
+    s: MatchSeries, axis_deg: float, shifts_px: torch.Tensor, views: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned binned views ``(n, ho, wo)`` and their soft correlation masks (``views``: default ``s.views``)."""
+    views = s.views if views is None else views
+    xf = geometry_to_xf(axis_deg, shifts_px.to(torch.float64).cpu() / s.binning).to(views.device)
+    aligned = apply_xf(views, xf, s.out_shape, mode="bilinear")
+    return aligned, support_mask(xf, (int(views.shape[-2]), int(views.shape[-1])), s.out_shape).to(aligned.dtype)
 
 
 def measure_shifts(
@@ -215,6 +224,63 @@ def coarse_start(s: MatchSeries, axis: float, offset: float, history: list[dict]
         }
     )
     return (alt, coarse.peak_significance) if take_half else (start, significance)
+
+
+@dataclass(frozen=True)
+class DarkPlacement:
+    """Shifts of views left out of the matching, from their correlation with the others' reprojection."""
+
+    shifts_px: torch.Tensor  # (d, 2) raw px; the start where the peak is not significant
+    significance: torch.Tensor  # (d,) robust SDs of the first correlation peak above its map
+    placed: torch.Tensor  # (d,) bool, shift measured (significance >= DARK_MIN_SIGNIFICANCE)
+
+
+def place_dark_views(
+    s: MatchSeries,
+    dark_views: torch.Tensor,  # (d, hb, wb) binned, normalised as s.views
+    dark_angles_deg: torch.Tensor,  # (d,) as given
+    geometry: tuple[float, float],  # axis, tilt offset (deg)
+    shifts: torch.Tensor,  # (n, 2) raw px of the used views
+    start: torch.Tensor,  # (d, 2) raw px, e.g. interpolated from the neighbours in angle
+    *,
+    nz: tuple[int, ...],  # slabs of the candidate references, binned px
+) -> DarkPlacement:
+    """Place views left out of the matching (dark) on the reconstruction of the others.
+
+    A dark view's shift is otherwise a guess from its neighbours (the darkest views are the
+    highest tilts, so a guess from one side), wrong by its own stage error (5-10 px on simulated
+    series). Its correlation with the used views' slab reprojected at its angle is searched
+    within ``w / 8`` of the start, then refined twice within 2 px, each column weighted by the
+    share of the others that sampled its rays (``ray_coverage``). Each slab in ``nz`` gives a
+    reference; the one whose first peak stands out most is kept (a slab thinner than the
+    specimen misplaces the features outside it at high tilt: a strong peak 4-5 px off; a tall
+    one adds the noise of the empty volume). A best peak below ``DARK_MIN_SIGNIFICANCE`` robust
+    SDs above its map keeps the start.
+    """
+    axis, offset = geometry
+    rot = rotation_matrix_2d(axis)
+    aligned, _ = aligned_views(s, axis, shifts)
+    begin = start.to(torch.float64).cpu()
+    best, significance = begin.clone(), torch.full((begin.shape[0],), -math.inf, dtype=torch.float64)
+    for thickness in nz:
+        reference = reproject_at(
+            aligned, s.angles_deg + offset, dark_angles_deg + offset, nz=thickness, nx_volume=s.nx_volume
+        )
+        cover = ray_coverage(s.angles_deg, dark_angles_deg, nz=thickness, width=s.out_shape[1])
+        cover = cover.to(device=reference.device, dtype=reference.dtype)[:, None, :]
+        out = begin.clone()
+        for k, radius in enumerate((s.out_shape[1] / 8.0, 2.0, 2.0)):
+            view, mask = aligned_views(s, axis, out, dark_views)
+            cc = cross_correlation(view, reference, mask * cover)
+            d, _ = peak_2d(cc, radius)
+            if k == 0:
+                sig = peak_significance(cc, d, radius).nan_to_num(nan=-math.inf)
+            out = out + s.binning * d @ rot.T  # aligned binned px -> raw unbinned px
+        better = sig > significance
+        best[better], significance[better] = out[better], sig[better]
+    placed = significance >= DARK_MIN_SIGNIFICANCE
+    significance[significance == -math.inf] = math.nan
+    return DarkPlacement(torch.where(placed[:, None], best, begin), significance, placed)
 
 
 def fill_dark_views(shifts: torch.Tensor, angles: torch.Tensor, use: torch.Tensor) -> torch.Tensor:

@@ -249,12 +249,15 @@ def patch_verdict(
     n_dark: int,
     fixed: dict[str, str],
     coarse_peak_significance: torch.Tensor | None = None,  # (t,)
+    n_dark_unplaced: int = 0,  # dark views whose shifts are their neighbours' (no correlation peak)
 ) -> Verdict:
     """Judge a projection-matching alignment: ``good``, ``check`` or ``failed``.
 
     failed: fewer than 5 matched views or no correlation left (median error ≥ 0.95);
-    check: a parameter held fixed, more than a quarter of the views dark, or views whose error
-    is an outlier (above median + 5 MAD, at least 0.1 above the median).
+    check: a parameter held fixed, more than a quarter of the views dark, dark views not placed
+    by their correlation with the others' reprojection (their shifts are their neighbours': a
+    guess, off by their own stage error), or views whose error is an outlier (above median + 5
+    MAD, at least 0.1 above the median).
     """
     err = torch.as_tensor(per_view_error, dtype=torch.float64).cpu()
     ok = err[torch.isfinite(err)]
@@ -272,6 +275,11 @@ def patch_verdict(
     reasons = held_reasons(fixed) + ([weak] if weak else [])
     if n_dark > 0.25 * t:
         reasons.append(f"{n_dark} of {t} views dark")
+    if n_dark_unplaced:
+        reasons.append(
+            f"{n_dark_unplaced} dark views not placed (no significant correlation with the others' "
+            "reprojection): their shifts are guessed from their neighbours'"
+        )
     mad = float((ok - med).abs().median())
     outliers = int((ok > med + max(5.0 * 1.4826 * mad, 0.1)).sum())
     if outliers:
