@@ -39,9 +39,10 @@ QUANTITIES = [
     "patch angles vs truth (°)",
 ]
 PENDING = {  # quantity -> the issue 11 item whose work should make it hold on the quick scenarios
-    "motion RMS (px)": "issue 11 item 2 (motion within 1.5x oracle and <= 0.15 px)",
+    # 6 frames at 3 e/px/frame: even the trajectory prior's setting picked with the truth gives 0.287 / 0.242 /
+    # 0.473 px against 1.5x the noise-free oracle 0.105 / 0.063 / 0.182 (benchmarks/motion_reference_floor.py)
+    "motion RMS (px)": "issue 11 item 2 (motion within 1.5x oracle: out of the estimator's reach on 6-frame movies)",
     "CTF median |d defocus| |tilt| > 30 (Å)": "issue 11 item 3 (CTF medians)",
-    "patch residual vs truth (px)": "issue 11 item 5 (patch alignment <= 1 px or failed)",
 }
 
 
