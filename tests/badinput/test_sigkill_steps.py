@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tiltflow.workflow.runner import SCRATCH_LIST
+
 KILLS = int(os.environ.get("TILTFLOW_KILLS_PER_STEP", "20"))
 FAST_EXIT = 0.0  # an attempt may also be killed at once (before any work)
 
@@ -237,7 +239,9 @@ def check_after_kill(root: Path) -> None:
 IGNORED_KEYS = {"created", "started", "ended", "elapsed_s", "timings"}
 # intermediate folders a run removes once it is finished: a kill between finishing and removing them
 # leaves them (the run is complete; nothing names them) — see the issue 13 report
-SCRATCH = {"sums"}
+# intermediate files and their list (``runner.SCRATCH_LIST``): a kill between registering the run finished and
+# removing them leaves both, and the next command in the project removes them (test_runner_scratch)
+SCRATCH = {"sums", SCRATCH_LIST}
 
 
 def _normal(value, root: Path):

@@ -8,9 +8,11 @@ eucentric point, autofocus drift), so the evidence of all tilts is summed along 
 1. ``defocus_evidence``: for each tilt, the 1-D score of ``ctf_fit`` (per-ring normalised Pearson
    correlation of the astigmatism-corrected average with ``ctf^2``) over a fine defocus grid, as a
    robust z-score over the grid (a tilt without rings gives noise of unit scale everywhere);
-2. ``fit_defocus_trend``: ``max(z - 3, 0)^2 / 2`` is taken as each tilt's log-likelihood of its
-   defocus, and the tilts scatter about the trend as a Gaussian (width: the most likely of a few);
-   the trend maximises the summed marginal log-likelihoods (each tilt's likelihood convolved with
+2. ``fit_defocus_trend``: ``max(z - 1.5, 0)^2 / 2`` is taken as each tilt's log-likelihood of its
+   defocus (a floor well below the single-tilt detection level of about 3-4: a weak tilt's rings, one
+   noise peak among many on its own, still add up along the right trend, while noise peaks of
+   different tilts do not line up), and the tilts scatter about the trend as a Gaussian (width: the
+   most likely of a few); the trend maximises the summed marginal log-likelihoods (each tilt's likelihood convolved with
    the scatter) plus a weak prior on the slope: the best line ``c0 + c1 * tilt`` on a grid,
    refined, then the squared tilt and the acquisition order added where they raise the total
    clearly. A tilt without rings adds a flat curve; one whose best peak is elsewhere (a wrong
@@ -132,7 +134,10 @@ class TrendSearch:
     """Likelihood and search settings of :func:`fit_defocus_trend` (its docstring)."""
 
     z_weight: float = 1.0
-    noise_z: float = 3.0  # about the highest peaks of a curve without rings
+    # evidence below this z pulls nothing; the highest noise peaks of a ring-less curve reach 3-4, but
+    # those of different tilts do not line up, while weak rings (z 1.5-3) along the true trend add up
+    # (accuracy matrix and ctf_series_accuracy: 1.5 better than 3, 2 or 0)
+    noise_z: float = 1.5
     jitters_a: tuple[float, ...] = (100.0, 200.0, 400.0, 800.0)  # candidate scatters about the trend
     max_slope_a_per_deg: float = 150.0
     slope_sigma_a_per_deg: float = 50.0  # width of the Gaussian prior on the slope
@@ -296,7 +301,7 @@ def fit_defocus_trend(
     """Find the series' defocus trend from the summed evidence of its tilts (module docstring, step 2).
 
     Each tilt's log-likelihood of its defocus is ``z_weight * max(z - noise_z, 0)^2 / 2`` (a matched
-    filter's; the highest peaks of a curve without rings reach about ``noise_z``: they pull nothing);
+    filter's, floored: evidence below ``noise_z`` pulls nothing; module docstring, step 2);
     its defocus scatters about the trend as a Gaussian of width ``sigma`` (one of ``jitters_a``, the
     most likely); the trend
     maximises the summed marginal log-likelihoods plus a Gaussian log prior on the slope (width
