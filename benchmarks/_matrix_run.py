@@ -430,10 +430,29 @@ MOVIE_QUANTITIES = [q for q in list(QUANTITIES)[:5] if q not in CTF_QUANTITIES]
 ALIGN_QUANTITIES = list(QUANTITIES)[5:]
 
 
-def run_scenario(sc: Scenario, root: Path, log=print) -> tuple[list[dict], dict]:
-    """Every row of one scenario (a failing method gives error rows; the rest go on) and seconds."""
+# the parts of a scenario a run can measure: movies (motion and X-rays), the CTF field, the alignment series
+PARTS = ("movies", "ctf", "align")
+
+
+def run_scenario(sc: Scenario, root: Path, log=print, parts: tuple[str, ...] = PARTS) -> tuple[list[dict], dict]:
+    """Every row of the ``parts`` of one scenario (a failing method gives error rows; the rest go on)
+    and seconds."""
     seconds: dict[str, float] = {}
     rows: list[dict] = []
+    if "movies" in parts:
+        rows += _movie_rows(sc, root, seconds, log)
+    if "ctf" in parts:
+        t0 = time.perf_counter()
+        rows += _guarded(CTF_QUANTITIES, lambda: ctf_rows(CtfField(sc, root / "ctf_field")), log)
+        seconds["CTF field"] = time.perf_counter() - t0
+    if "align" in parts:
+        rows += _align_rows(sc, root, seconds, log)
+    order = list(QUANTITIES)
+    return sorted(rows, key=lambda row: order.index(row["quantity"])), seconds
+
+
+def _movie_rows(sc: Scenario, root: Path, seconds: dict[str, float], log) -> list[dict]:
+    """Motion and X-ray rows of a scenario's movies."""
     t0 = time.perf_counter()
     try:
         ses = Session(sc, root)
@@ -443,23 +462,23 @@ def run_scenario(sc: Scenario, root: Path, log=print) -> tuple[list[dict], dict]
         seconds["motion-ctf"] = time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001 -- nothing downstream of the movies can run
         log(traceback.format_exc())
-        rows += [_error_row(n, exc) for n in MOVIE_QUANTITIES]
-        ses = None
-    if ses is not None:
-        rows += _guarded(["motion RMS (px)"], lambda: motion_rows(ses), log)
+        return [_error_row(n, exc) for n in MOVIE_QUANTITIES]
+    rows = _guarded(["motion RMS (px)"], lambda: motion_rows(ses), log)
     t0 = time.perf_counter()
-    rows += _guarded(CTF_QUANTITIES, lambda: ctf_rows(CtfField(sc, root / "ctf_field")), log)
-    seconds["CTF field"] = time.perf_counter() - t0
-    if ses is not None:
-        t0 = time.perf_counter()
-        rows += _guarded([XRAY_ERASED, "X-ray: erased pixels on beads"], lambda: run_xray(ses)[0], log)
-        seconds["xray-erase"] = time.perf_counter() - t0
+    rows += _guarded([XRAY_ERASED, "X-ray: erased pixels on beads"], lambda: run_xray(ses)[0], log)
+    seconds["xray-erase"] = time.perf_counter() - t0
+    return rows
+
+
+def _align_rows(sc: Scenario, root: Path, seconds: dict[str, float], log) -> list[dict]:
+    """Fiducial and patch rows of a scenario's alignment series."""
+    rows: list[dict] = []
     t0 = time.perf_counter()
     try:
         series = AlignSeries(sc, root / "align", step_params(sc))
     except Exception as exc:  # noqa: BLE001
         log(traceback.format_exc())
-        return rows + [_error_row(n, exc) for n in ALIGN_QUANTITIES], seconds
+        return [_error_row(n, exc) for n in ALIGN_QUANTITIES]
     seconds["simulate alignment series"] = time.perf_counter() - t0
     for method in ("fiducial", "patch"):
         t0 = time.perf_counter()
@@ -469,7 +488,7 @@ def run_scenario(sc: Scenario, root: Path, log=print) -> tuple[list[dict], dict]
             log,
         )
         seconds[f"align {method}"] = time.perf_counter() - t0
-    return rows, seconds
+    return rows
 
 
 def _guarded(names: list[str], fn, log) -> list[dict]:

@@ -15,6 +15,7 @@ Run (one torch thread; a 2-core machine)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/accuracy_matrix.py --quick        # 3 small scenarios
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/accuracy_matrix.py --scenarios 12 --json out.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/accuracy_matrix.py --parts ctf    # only the CTF rows
 
 ``--quick`` shrinks the simulations, not the draws (256² movies with 5 tilts to ±60° and at most 6
 frames, CTF window 256; 17 alignment views at 7.5° of 160-224 px): a test of the harness. The CTF rows
@@ -35,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _matrix_run import run_scenario  # noqa: E402
+from _matrix_run import PARTS, run_scenario  # noqa: E402
 
 from tiltflow.testing.scenarios import Scenario, SimulationSizes, draw_scenarios  # noqa: E402
 
@@ -76,14 +77,16 @@ def matrix_scenarios(n: int, seed: int, quick: bool, **override) -> list[Scenari
     return draw_scenarios(n, seed, SimulationSizes(**kw))
 
 
-def run_matrix(scenarios: list[Scenario], workdir: Path | None = None, log=print) -> list[dict]:
-    """One result per scenario: its description, rows and seconds per step."""
+def run_matrix(
+    scenarios: list[Scenario], workdir: Path | None = None, log=print, parts: tuple[str, ...] = PARTS
+) -> list[dict]:
+    """One result per scenario: its description, rows (of ``parts``) and seconds per step."""
     results = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for sc in scenarios:
             log(sc.describe())
             t0, c0 = time.perf_counter(), time.process_time()
-            rows, seconds = run_scenario(sc, Path(tmp) / sc.name, log=log)
+            rows, seconds = run_scenario(sc, Path(tmp) / sc.name, log=log, parts=parts)
             seconds["total"] = time.perf_counter() - t0
             seconds["cpu"] = time.process_time() - c0  # this process's CPU time: less load-dependent
             results.append({"scenario": sc.as_dict(), "description": sc.describe(), "rows": rows, "seconds": seconds})
@@ -133,14 +136,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         type=int,
         help=f"largest alignment view side, px (default {FULL['align_max_px']}; wider fields at finer binning, slower)",
     )
+    ap.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"what to measure, comma-separated among {', '.join(PARTS)} (default: all)",
+    )
     args = ap.parse_args(argv)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        ap.error(f"--parts: {', '.join(unknown) or 'none given'}; choose among {', '.join(PARTS)}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     n = 3 if args.quick else args.scenarios
     t0, c0 = time.perf_counter(), time.process_time()
     scenarios = matrix_scenarios(
         n, args.seed, args.quick, movie_size_px=args.movie_size, window_px=args.window, align_max_px=args.align_max
     )
-    results = run_matrix(scenarios, args.workdir)
+    results = run_matrix(scenarios, args.workdir, parts=parts)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print_table(results)
     print(
@@ -150,7 +162,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"seed": args.seed, "quick": args.quick, "wall_s": wall, "cpu_s": cpu, "results": results},
+                {
+                    "seed": args.seed,
+                    "quick": args.quick,
+                    "parts": parts,
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "results": results,
+                },
                 indent=1,
                 default=str,
             )
