@@ -18,25 +18,19 @@ from tiltflow.core.align.projection_matching import projection_matching_align
 from tiltflow.core.align.projection_matching_ops import cross_correlation, peak_significance
 from tiltflow.core.align.residuals import fit_bead_positions_3d, transform_points_xf
 from tiltflow.core.align.verdict import patch_verdict
-from tiltflow.testing.acquisition import plan_series
 from tiltflow.testing.config import DemoConfig
-from tiltflow.testing.demo import render_truth_tilt, series_rng
+from tiltflow.testing.tilt_series import noisy_tilt_series
 
 DARK = (0, 24)  # the ±60° views
 ALIGN_Z_PX = 70
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared; one thread is faster than oversubscribed ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def series() -> dict:
+    """25 views to ±60°, the two highest-|tilt| darkened to 5% of the dose by a grid bar."""
     cfg = DemoConfig(
         n_series=1,
         n_tilts=25,
@@ -46,19 +40,11 @@ def series() -> dict:
         ice_thickness_nm=50.0,
         n_beads=20,
         n_vesicles=4,
+        n_dark_views=len(DARK),
         seed=5,
     )
-    truth = plan_series(cfg, 0, series_rng(cfg, 0))
-    order = truth["tilt_order_by_angle"]
-    tilts = [truth["tilts"][i] for i in order]
-    proj = torch.tensor([t["bead_projections_px"] for t in tilts], dtype=torch.float64)
-    proj[~torch.tensor([t["bead_in_image"] for t in tilts])] = torch.nan
-    clean = torch.stack([render_truth_tilt(truth, i) for i in order]).double()
-    dose = torch.full((25, 1, 1), 10.0, dtype=torch.float64)
-    dose[list(DARK)] *= 0.05
-    views = torch.poisson(clean * (dose / clean.mean()), generator=torch.Generator().manual_seed(5)).float()
-    angles = torch.tensor([t["mdoc_tilt_angle_deg"] for t in tilts], dtype=torch.float64)
-    return {"views": views, "proj": proj.permute(1, 0, 2), "angles": angles, "axis": truth["mdoc_tilt_axis_deg"]}
+    s = noisy_tilt_series(cfg)
+    return {"views": s.views, "proj": s.proj, "angles": s.mdoc, "axis": s.truth["mdoc_tilt_axis_deg"]}
 
 
 def _view_residuals(xf: torch.Tensor, angles: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
