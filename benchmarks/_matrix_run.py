@@ -30,6 +30,7 @@ from _matrix_truth import (
     trajectory_sq_errors,
     xray_leftovers,
 )
+from _simulated_tasks import simulated_movie_task
 
 from tiltflow.core.ctf_model import electron_wavelength_a
 from tiltflow.io.mrc import read_section, write_mrc
@@ -41,7 +42,7 @@ from tiltflow.workflow.steps.align_tasks import AlignResult, AlignTask, align_se
 from tiltflow.workflow.steps.ctf_common import TiltCtf, ctf_params, fit_tilt_ctf
 from tiltflow.workflow.steps.ctf_series_pass import refine_series_results
 from tiltflow.workflow.steps.motion_ctf import MotionCtfParams
-from tiltflow.workflow.steps.motion_tasks import MovieResult, MovieSetup, MovieTask, motion_movie_task
+from tiltflow.workflow.steps.motion_tasks import MovieResult, MovieSetup, motion_movie_task
 from tiltflow.workflow.steps.xray_erase import XrayEraseParams, XrayTask, erase_series_task
 
 XRAY_ERASED = "X-ray hits erased (fraction)"
@@ -119,24 +120,8 @@ class Session:
         self.failed: dict[int, str] = {}  # movies motion-ctf refused (left out, as --skip-bad)
 
     def movie_task(self, i: int, movie: str, p: MotionCtfParams, out: str) -> MovieResult:
-        s, t = self.series, self.series["tilts"][i]
-        return motion_movie_task(
-            MovieTask(
-                key=movie,
-                movie=movie,
-                setup=MovieSetup(params=p, gain=str(self.root / "data" / GAIN_FILE), dark=None, device="cpu"),
-                pixel_size_a=s["pixel_size_a"],
-                voltage_kv=s["voltage_kv"],
-                cs_mm=s["cs_mm"],
-                amplitude_contrast=s["amplitude_contrast"],
-                tilt_angle_deg=t["mdoc_tilt_angle_deg"],
-                tilt_axis_deg=s["mdoc_tilt_axis_deg"],
-                prior_dose=t["prior_dose_e_a2"],
-                dose=t["dose_e_a2"],
-                out_dir=out,
-                name=f"m{i:03d}",
-            )
-        )
+        setup = MovieSetup(params=p, gain=str(self.root / "data" / GAIN_FILE), dark=None, device="cpu")
+        return motion_movie_task(simulated_movie_task(self.series, i, movie, setup, out_dir=out))
 
 
 def xray_views(series: dict) -> set[int]:

@@ -243,10 +243,11 @@ def run_tiltflow_core(ds: Dataset, i: int, raw: np.ndarray, points: torch.Tensor
 
 
 def run_tiltflow_step(ds: Dataset, i: int, points: torch.Tensor, device: str, *, with_ctf: bool) -> dict:
-    from tiltflow.workflow.steps.motion_ctf import MotionCtfParams
-    from tiltflow.workflow.steps.motion_tasks import MovieSetup, MovieTask, motion_movie_task
+    from _simulated_tasks import simulated_movie_task
 
-    tilt, s = ds.series["tilts"][i], ds.series
+    from tiltflow.workflow.steps.motion_ctf import MotionCtfParams
+    from tiltflow.workflow.steps.motion_tasks import MovieSetup, motion_movie_task
+
     # the tutorial's command line (issue #3), CTF alone switched by with_ctf
     p = MotionCtfParams(
         binning=1,
@@ -265,23 +266,8 @@ def run_tiltflow_step(ds: Dataset, i: int, points: torch.Tensor, device: str, *,
     with tempfile.TemporaryDirectory(dir=ds.root) as out:
         _sync(device)
         t0 = time.perf_counter()
-        r = motion_movie_task(
-            MovieTask(
-                key=str(ds.movie(i)),
-                movie=str(ds.movie(i)),
-                setup=MovieSetup(params=p, gain=str(ds.root / "gain_ref.gain"), dark=None, device=device),
-                pixel_size_a=PIXEL_A,
-                voltage_kv=s["voltage_kv"],
-                cs_mm=s["cs_mm"],
-                amplitude_contrast=s["amplitude_contrast"],
-                tilt_angle_deg=tilt["mdoc_tilt_angle_deg"],
-                tilt_axis_deg=s["mdoc_tilt_axis_deg"],
-                prior_dose=tilt["prior_dose_e_a2"],
-                dose=tilt["dose_e_a2"],
-                out_dir=out,
-                name=f"m{i:03d}",
-            )
-        )
+        setup = MovieSetup(params=p, gain=str(ds.root / "gain_ref.gain"), dark=None, device=device)
+        r = motion_movie_task(simulated_movie_task(ds.series, i, str(ds.movie(i)), setup, out_dir=out))
         _sync(device)
         seconds = time.perf_counter() - t0
     shifts = np.asarray(r.shifts_px, dtype=np.float64)
